@@ -1,0 +1,424 @@
+"""pika transport: batched consuming, pipelined publisher confirms, on-confirm acks.
+
+No case logic lives here. A :class:`BatchHandler` turns a batch of deliveries into
+the messages to publish (it commits the ledger before returning); the worker
+publishes them with confirms pipelined and acks the batch's deliveries only when
+every one of its publishes is confirmed, like RabbitMQ's shovel in on-confirm mode.
+
+Outcomes, decided here once:
+
+* handler returns            → publish, ack on confirm
+* handler raises TransientError → keep the batch, retry with capped backoff (pauses work)
+* handler raises anything else → retry one delivery at a time; one that still fails is
+  dead-lettered with ``internal_error`` (a failing message never stops the queue)
+* broker nacks a publish, or a dead-letter publish is unroutable → reopen the channel;
+  the unacked deliveries come back and the ledger's inbox republishes the same messages
+* a publish is returned unroutable → republished to ``dead.<source>`` with the reason
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import pika
+from pika.adapters.select_connection import SelectConnection
+from pika.channel import Channel
+from pika.spec import Basic, BasicProperties
+
+from broker.envelope import Outbound
+from broker.errors import TransientError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+REASON_HEADER = "x-casebroker-reason"
+DETAIL_HEADER = "x-casebroker-detail"
+SOURCE_HEADER = "x-casebroker-source"
+
+
+def amqp_url() -> str:
+    """The broker URL from ``CASEBROKER_AMQP_URL`` (default: guest on localhost)."""
+    return os.environ.get("CASEBROKER_AMQP_URL", DEFAULT_AMQP_URL)
+
+
+@dataclass(frozen=True)
+class ConsumerSettings:
+    """How a worker consumes: prefetch window, batch size and flush interval."""
+
+    url: str = field(default_factory=amqp_url)
+    prefetch_count: int = 1000
+    batch_size: int = 250
+    flush_interval_ms: int = 5
+    retry_initial_s: float = 0.5
+    retry_max_s: float = 15.0
+    reconnect_max_s: float = 10.0
+    heartbeat_s: int = 30
+    shutdown_grace_s: float = 10.0
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One received message, unacked until its batch's publishes are confirmed."""
+
+    tag: int
+    body: bytes
+    properties: BasicProperties
+    redelivered: bool
+    routing_key: str
+
+    @property
+    def message_id(self) -> str | None:
+        return self.properties.message_id  # type: ignore[no-any-return]
+
+
+class BatchHandler(Protocol):
+    """Turns a batch of deliveries into messages to publish, after committing the ledger."""
+
+    source: str
+
+    def handle(self, deliveries: Sequence[Delivery]) -> list[Outbound]: ...
+
+    def internal_error(self, delivery: Delivery, error: BaseException) -> list[Outbound]: ...
+
+
+class Hooks:
+    """Observation points for metrics; each does nothing by default and never raises."""
+
+    def batch_done(self, source: str, size: int, published: int, seconds: float) -> None: ...
+
+    def acked(self, source: str, count: int) -> None: ...
+
+    def retry(self, source: str, reason: str) -> None: ...
+
+    def returned(self, source: str, exchange: str) -> None: ...
+
+    def connection(self, up: bool) -> None: ...
+
+
+def properties_for(out: Outbound, user_id: str | None) -> BasicProperties:
+    """Persistent AMQP properties for an outbound message."""
+    return BasicProperties(
+        content_type="application/json", delivery_mode=2, message_id=out.message_id,
+        correlation_id=out.correlation_id, type=out.type, headers=out.headers,
+        user_id=user_id, timestamp=int(time.time()))
+
+
+@dataclass(slots=True)
+class _InFlight:
+    last_tag: int
+    outstanding: int
+    failed: bool = False
+
+
+class _QueueWorker:
+    """Consumes one queue on its own channel and publishes what its handler returns."""
+
+    def __init__(self, service: ConsumerService, queue: str, handler: BatchHandler,
+                 dead_source_of: Callable[[str], str | None]) -> None:
+        self.service = service
+        self.queue = queue
+        self.handler = handler
+        self.dead_source_of = dead_source_of
+        self.settings = service.settings
+        self.channel: Channel | None = None
+        self.consumer_tag: str | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.pending: list[Delivery] = []
+        self.inflight: deque[_InFlight] = deque()
+        self.unconfirmed: dict[int, _InFlight] = {}
+        self.by_message_id: dict[str, _InFlight] = {}
+        self.next_seq = 1
+        self.flush_timer: Any = None
+        self.retry_timer: Any = None
+        self.retry_delay_s = 0.0
+
+    @property
+    def idle(self) -> bool:
+        return not self.inflight
+
+    # channel setup -----------------------------------------------------------------
+    def open(self, connection: SelectConnection) -> None:
+        self._reset()
+        connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_channel_open(self, channel: Channel) -> None:
+        self.channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_return)
+        channel.confirm_delivery(self._on_confirm, callback=lambda _f: channel.basic_qos(
+            prefetch_count=self.settings.prefetch_count, callback=self._on_qos_ok))
+
+    def _on_qos_ok(self, _frame: Any) -> None:
+        assert self.channel is not None
+        self.consumer_tag = self.channel.basic_consume(self.queue, self._on_message)
+        log.info("consuming %s", self.queue)
+
+    def _on_channel_closed(self, _channel: Channel, reason: Exception) -> None:
+        self.channel = None
+        self._cancel_timers()
+        dropped = len(self.pending) + sum(1 for _ in self.inflight)
+        self._reset()
+        if self.service.stopping or not self.service.connection_open:
+            return
+        log.warning("channel for %s closed (%s); %d batches will be redelivered; reopening",
+                    self.queue, reason, dropped)
+        self.service.call_later(1.0, self.service.reopen_worker, self)
+
+    def cancel(self) -> None:
+        """Stop receiving; unprocessed deliveries stay unacked and go back to the queue."""
+        self._cancel_timers()
+        if self.channel is not None and self.channel.is_open and self.consumer_tag:
+            self.channel.basic_cancel(self.consumer_tag)
+        self.pending.clear()
+
+    def _cancel_timers(self) -> None:
+        for timer in (self.flush_timer, self.retry_timer):
+            if timer is not None:
+                self.service.remove_timeout(timer)
+        self.flush_timer = self.retry_timer = None
+
+    # consuming ---------------------------------------------------------------------
+    def _on_message(self, _ch: Channel, method: Basic.Deliver, props: BasicProperties,
+                    body: bytes) -> None:
+        self.pending.append(Delivery(method.delivery_tag, body, props, method.redelivered,
+                                     method.routing_key))
+        if self.retry_timer is not None:
+            return
+        if len(self.pending) >= self.settings.batch_size:
+            self._flush()
+        elif self.flush_timer is None:
+            self.flush_timer = self.service.call_later(
+                self.settings.flush_interval_ms / 1000, self._flush)
+
+    def _flush(self) -> None:
+        self.flush_timer = None
+        while self.pending and self.retry_timer is None and not self.service.stopping:
+            batch = self.pending[: self.settings.batch_size]
+            started = time.perf_counter()
+            try:
+                outbound = self._handle(batch)
+            except TransientError as e:
+                self._schedule_retry(str(e))
+                return
+            self.retry_delay_s = 0.0
+            del self.pending[: len(batch)]
+            self._publish(batch[-1].tag, outbound)
+            self.service.hooks.batch_done(self.handler.source, len(batch), len(outbound),
+                                          time.perf_counter() - started)
+
+    def _handle(self, batch: list[Delivery]) -> list[Outbound]:
+        try:
+            return self.handler.handle(batch)
+        except TransientError:
+            raise
+        except Exception:
+            if len(batch) == 1:
+                log.exception("handler failed on one delivery of %s; dead-lettering it",
+                              self.queue)
+                return self.handler.internal_error(batch[0], RuntimeError("handler failed"))
+            log.exception("handler failed on a batch of %d from %s; retrying one by one",
+                          len(batch), self.queue)
+        outbound: list[Outbound] = []
+        for delivery in batch:
+            outbound += self._handle([delivery])
+        return outbound
+
+    def _schedule_retry(self, reason: str) -> None:
+        s = self.settings
+        self.retry_delay_s = min(s.retry_max_s, max(s.retry_initial_s, self.retry_delay_s * 2))
+        log.warning("%s paused: %s; retrying in %.1fs", self.queue, reason, self.retry_delay_s)
+        self.service.hooks.retry(self.handler.source, "transient")
+        self.retry_timer = self.service.call_later(self.retry_delay_s, self._retry)
+
+    def _retry(self) -> None:
+        self.retry_timer = None
+        self._flush()
+
+    # publishing and confirms ---------------------------------------------------------
+    def _publish(self, last_tag: int, outbound: list[Outbound]) -> None:
+        entry = _InFlight(last_tag, len(outbound))
+        self.inflight.append(entry)
+        for out in outbound:
+            self._send(out, entry)
+        self._ack_ready()
+
+    def _send(self, out: Outbound, entry: _InFlight) -> None:
+        assert self.channel is not None
+        self.channel.basic_publish(out.exchange, out.routing_key, out.body,
+                                   properties_for(out, self.service.user_id), mandatory=True)
+        self.unconfirmed[self.next_seq] = entry
+        self.by_message_id[out.message_id] = entry
+        self.next_seq += 1
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        tag, multiple = method.delivery_tag, method.multiple
+        seqs = [s for s in self.unconfirmed if s <= tag] if multiple else [tag]
+        nacked = isinstance(method, Basic.Nack)
+        for seq in seqs:
+            entry = self.unconfirmed.pop(seq, None)
+            if entry is not None:
+                entry.outstanding -= 1
+                entry.failed |= nacked
+        if len(self.by_message_id) > 4 * self.settings.prefetch_count:
+            self.by_message_id = {k: v for k, v in self.by_message_id.items()
+                                  if v.outstanding > 0}
+        self._ack_ready()
+
+    def _on_return(self, _ch: Channel, method: Basic.Return, props: BasicProperties,
+                   body: bytes) -> None:
+        entry = self.by_message_id.get(props.message_id)
+        self.service.hooks.returned(self.handler.source, method.exchange)
+        source = self.dead_source_of(method.exchange)
+        if entry is None or source is None:
+            log.error("unroutable publish to %s/%s could not be dead-lettered; will redo",
+                      method.exchange, method.routing_key)
+            if entry is not None:
+                entry.failed = True
+            return
+        headers = dict(props.headers or {})
+        headers.update({REASON_HEADER: "unroutable", SOURCE_HEADER: self.handler.source,
+                        DETAIL_HEADER: f"no queue for {method.routing_key} on {method.exchange}",
+                        "x-original-exchange": method.exchange,
+                        "x-original-routing-key": method.routing_key})
+        log.warning("publish to %s/%s unroutable; dead-lettered to %s", method.exchange,
+                    method.routing_key, source)
+        entry.outstanding += 1
+        self._send(Outbound(self.service.dead_letter_exchange, source, props.message_id,
+                            props.type or "", props.correlation_id, headers, body), entry)
+
+    def _ack_ready(self) -> None:
+        last = None
+        while self.inflight and self.inflight[0].outstanding <= 0:
+            entry = self.inflight.popleft()
+            if entry.failed:
+                self._fail_channel()
+                return
+            last = entry.last_tag
+        if last is not None and self.channel is not None and self.channel.is_open:
+            self.channel.basic_ack(last, multiple=True)
+            self.service.hooks.acked(self.handler.source, 1)
+
+    def _fail_channel(self) -> None:
+        log.error("a publish from %s was refused by the broker; reopening the channel so "
+                  "its deliveries are redone", self.queue)
+        if self.channel is not None and self.channel.is_open:
+            self.channel.close()
+
+
+class ConsumerService:
+    """Runs queue workers on one connection until stopped; reconnects with backoff."""
+
+    def __init__(self, settings: ConsumerSettings, dead_letter_exchange: str,
+                 dead_source_of: Callable[[str], str | None], hooks: Hooks | None = None,
+                 user_id: str | None = None) -> None:
+        self.settings = settings
+        self.dead_letter_exchange = dead_letter_exchange
+        self.dead_source_of = dead_source_of
+        self.hooks = hooks or Hooks()
+        params = pika.URLParameters(settings.url)
+        params.heartbeat = settings.heartbeat_s
+        self.params = params
+        self.user_id = user_id or params.credentials.username
+        self.workers: list[_QueueWorker] = []
+        self.connection: SelectConnection | None = None
+        self.stopping = False
+        self._stopped = threading.Event()
+        self._on_connected: list[Callable[[], None]] = []
+
+    def add(self, queue: str, handler: BatchHandler) -> None:
+        """Consume ``queue`` with ``handler`` (before :meth:`run`)."""
+        self.workers.append(_QueueWorker(self, queue, handler, self.dead_source_of))
+
+    def on_connected(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` in the I/O loop each time the connection is (re)opened."""
+        self._on_connected.append(callback)
+
+    @property
+    def connection_open(self) -> bool:
+        return self.connection is not None and self.connection.is_open
+
+    def call_later(self, delay_s: float, fn: Callable[..., None], *args: Any) -> Any:
+        assert self.connection is not None
+        return self.connection.ioloop.call_later(delay_s, lambda: fn(*args))
+
+    def remove_timeout(self, timer: Any) -> None:
+        if self.connection is not None:
+            self.connection.ioloop.remove_timeout(timer)
+
+    def reopen_worker(self, worker: _QueueWorker) -> None:
+        if self.connection_open and not self.stopping and worker.channel is None:
+            assert self.connection is not None
+            worker.open(self.connection)
+
+    def run(self) -> None:
+        """Block: connect, consume, reconnect after failures, until :meth:`stop`."""
+        delay_s = 0.5
+        while not self.stopping:
+            self.connection = SelectConnection(
+                self.params, on_open_callback=self._on_open,
+                on_open_error_callback=self._on_open_error, on_close_callback=self._on_closed)
+            self.connection.ioloop.start()
+            if self.stopping:
+                break
+            self.hooks.connection(False)
+            log.warning("connection to RabbitMQ lost; reconnecting in %.1fs", delay_s)
+            if self._stopped.wait(delay_s):
+                break
+            delay_s = min(self.settings.reconnect_max_s, delay_s * 2)
+        self._stopped.set()
+
+    def _on_open(self, connection: SelectConnection) -> None:
+        log.info("connected to RabbitMQ")
+        self.hooks.connection(True)
+        for callback in self._on_connected:
+            callback()
+        for worker in self.workers:
+            worker.open(connection)
+
+    def _on_open_error(self, connection: SelectConnection, error: BaseException) -> None:
+        log.warning("cannot connect to RabbitMQ: %s", error)
+        connection.ioloop.stop()
+
+    def _on_closed(self, connection: SelectConnection, reason: BaseException) -> None:
+        for worker in self.workers:
+            worker.channel = None
+            worker._cancel_timers()
+        connection.ioloop.stop()
+
+    def stop(self) -> None:
+        """Ask the service to stop (thread- and signal-safe); returns at once."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self._stopped.set()
+        conn = self.connection
+        if conn is not None:
+            conn.ioloop.add_callback_threadsafe(self._begin_shutdown)
+
+    def _begin_shutdown(self) -> None:
+        for worker in self.workers:
+            worker.cancel()
+        self._wait_idle(time.monotonic() + self.settings.shutdown_grace_s)
+
+    def _wait_idle(self, deadline: float) -> None:
+        """Let confirms for published batches arrive (and be acked) before closing."""
+        conn = self.connection
+        if conn is None:
+            return
+        if all(w.idle for w in self.workers) or time.monotonic() > deadline or not conn.is_open:
+            if conn.is_open:
+                conn.close()
+            else:
+                conn.ioloop.stop()
+            return
+        conn.ioloop.call_later(0.05, lambda: self._wait_idle(deadline))

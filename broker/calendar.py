@@ -1,0 +1,253 @@
+"""Working calendar: office hours, public holidays and legal due dates.
+
+Due-date semantics (``WorkingCalendar.due_at``):
+
+* The clock starts at ``clock_start(received_at)``: unchanged inside an office period;
+  before opening or at lunch on a working day it moves to the next period's start; after
+  closing or on a non-working day it moves to the next working day's opening.
+* ``working_days``: ``add_working_seconds(start, amount * seconds_per_day)``. A dossier
+  received Tue 2026-02-10 09:00 with 10 working days is due Tue 2026-03-03 09:00 (Tết
+  16-20 Feb skipped); one received Mon after 17:00 with 1 working day is due Tue 17:00.
+* ``working_hours``: ``add_working_seconds(start, amount * 3600)``.
+* ``calendar_days``: ``start + amount`` days on the wall clock; if that falls on a day off
+  it moves to the same time of day on the next working day.
+* Landing exactly on a period's end stays there (17:00, not next morning's 07:00).
+* ``amount`` must be a non-negative int; datetimes must be timezone-aware. Results are
+  aware datetimes in the calendar's timezone.
+
+Office time is measured on the local wall clock, so a DST jump inside office hours (none
+in Vietnam) does not change the length of a working day.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from enum import StrEnum
+from zoneinfo import ZoneInfo
+
+import holidays
+
+__all__ = ["DurationUnit", "OfficeHours", "WorkingCalendar"]
+
+_US = 1_000_000
+_ONE_DAY = timedelta(days=1)
+# Bounds the search for the next working day so a misconfigured calendar fails loudly
+# instead of looping forever.
+_MAX_DAYS_OFF = 366
+
+
+class DurationUnit(StrEnum):
+    """Unit of a procedure's legal processing time."""
+
+    WORKING_DAYS = "working_days"
+    CALENDAR_DAYS = "calendar_days"
+    WORKING_HOURS = "working_hours"
+
+
+def _us_of_day(t: time | datetime) -> int:
+    return ((t.hour * 60 + t.minute) * 60 + t.second) * _US + t.microsecond
+
+
+def _parse_hhmm(text: str) -> time:
+    hh, sep, mm = text.strip().partition(":")
+    if not sep or not (hh.isdigit() and mm.isdigit()) or len(mm) != 2:
+        raise ValueError(f"invalid time {text!r}, expected HH:MM")
+    return time(int(hh), int(mm))  # time() rejects hours > 23 and minutes > 59
+
+
+@dataclass(frozen=True)
+class OfficeHours:
+    """Daily office periods, e.g. morning and afternoon sessions around lunch."""
+
+    periods: tuple[tuple[time, time], ...] = (
+        (time(7, 0), time(11, 30)),
+        (time(13, 30), time(17, 0)),
+    )
+
+    def __post_init__(self) -> None:
+        if not self.periods:
+            raise ValueError("office hours need at least one period")
+        previous_end: time | None = None
+        for start, end in self.periods:
+            if start.tzinfo is not None or end.tzinfo is not None:
+                raise ValueError("office hours are local wall-clock times; drop the tzinfo")
+            if start.microsecond or end.microsecond:
+                # seconds_per_day is an int; sub-second periods would make it lossy.
+                raise ValueError(f"office period {start}-{end}: use whole seconds")
+            if start >= end:
+                raise ValueError(f"office period {start}-{end}: start must be before end")
+            if previous_end is not None and start < previous_end:
+                raise ValueError(
+                    f"office period {start}-{end} overlaps or precedes the one ending "
+                    f"{previous_end}; periods must be sorted and non-overlapping"
+                )
+            previous_end = end
+
+    @classmethod
+    def parse(cls, spec: list[str]) -> OfficeHours:
+        """Build office hours from strings like ``["07:00-11:30", "13:30-17:00"]``."""
+        periods: list[tuple[time, time]] = []
+        for item in spec:
+            start, sep, end = item.partition("-")
+            if not sep:
+                raise ValueError(f"invalid office period {item!r}, expected HH:MM-HH:MM")
+            periods.append((_parse_hhmm(start), _parse_hhmm(end)))
+        return cls(tuple(periods))
+
+    @property
+    def seconds_per_day(self) -> int:
+        """Office seconds in one working day."""
+        return sum(_us_of_day(e) - _us_of_day(s) for s, e in self.periods) // _US
+
+
+def _require_aware(value: datetime) -> None:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("timezone-aware datetime required")
+
+
+class WorkingCalendar:
+    """Working days and office hours of one country, timezone and office."""
+
+    def __init__(
+        self,
+        country: str = "VN",
+        timezone: str = "Asia/Ho_Chi_Minh",
+        office_hours: OfficeHours = OfficeHours(),  # noqa: B008 - frozen, so sharing is safe
+        extra_holidays: Iterable[date] = (),
+        extra_workdays: Iterable[date] = (),
+    ) -> None:
+        try:
+            holidays.country_holidays(country)
+        except NotImplementedError as exc:
+            raise ValueError(f"no holiday calendar for country {country!r}") from exc
+        self.country = country
+        self.tz = ZoneInfo(timezone)
+        self.office_hours = office_hours
+        self.extra_holidays = frozenset(extra_holidays)
+        self.extra_workdays = frozenset(extra_workdays)
+        # Periods as microseconds since midnight: integer arithmetic keeps
+        # add_working_seconds and working_seconds_between exact inverses.
+        self._periods = tuple((_us_of_day(s), _us_of_day(e)) for s, e in office_hours.periods)
+        self._us_per_day = sum(e - s for s, e in self._periods)
+        self._years: dict[int, tuple[frozenset[date], frozenset[date]]] = {}
+
+    def _year(self, year: int) -> tuple[frozenset[date], frozenset[date]]:
+        # Building a holidays object is slow (lunar maths), so each year is built once.
+        # One dict entry per year keeps concurrent first lookups race-free.
+        cached = self._years.get(year)
+        if cached is None:
+            cal = holidays.country_holidays(self.country, years=year)
+            # Decreed make-up Saturdays (swapped for a bridge day off) are known to the
+            # package; ignoring them would lose a working day from the count.
+            workdays = getattr(cal, "weekend_workdays", ())
+            cached = frozenset(cal), frozenset(d for d in workdays if d.year == year)
+            self._years[year] = cached
+        return cached
+
+    def is_working_day(self, day: date) -> bool:
+        """Whether offices are open on ``day``."""
+        if isinstance(day, datetime):
+            raise TypeError("is_working_day takes a date, not a datetime")
+        if day in self.extra_workdays:
+            return True
+        if day in self.extra_holidays:
+            return False
+        days_off, make_up_days = self._year(day.year)
+        if day in make_up_days:
+            return True
+        return day.weekday() < 5 and day not in days_off
+
+    def _next_working_day(self, day: date) -> date:
+        for _ in range(_MAX_DAYS_OFF):
+            day += _ONE_DAY
+            if self.is_working_day(day):
+                return day
+        raise ValueError(f"no working day within {_MAX_DAYS_OFF} days after {day}")
+
+    def _to_wall(self, value: datetime) -> datetime:
+        _require_aware(value)
+        return value.astimezone(self.tz).replace(tzinfo=None)
+
+    def _at(self, day: date, us: int) -> datetime:
+        return datetime.combine(day, time()) + timedelta(microseconds=us)
+
+    def _wall_clock_start(self, wall: datetime) -> datetime:
+        day = wall.date()
+        if self.is_working_day(day):
+            now = _us_of_day(wall)
+            for start, end in self._periods:
+                if now < start:
+                    return self._at(day, start)
+                if now < end:
+                    return wall
+        return self._at(self._next_working_day(day), self._periods[0][0])
+
+    def clock_start(self, received_at: datetime) -> datetime:
+        """When the processing clock starts for a dossier received at ``received_at``."""
+        return self._wall_clock_start(self._to_wall(received_at)).replace(tzinfo=self.tz)
+
+    def add_working_seconds(self, start: datetime, seconds: float) -> datetime:
+        """The instant ``seconds`` of office time after ``clock_start(start)``."""
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"seconds must be finite and >= 0, got {seconds!r}")
+        wall = self._wall_clock_start(self._to_wall(start))
+        remaining = round(seconds * _US)
+        day, now = wall.date(), _us_of_day(wall)
+        while True:
+            # Whole days first, so long durations cost one step per day, not per period.
+            # Strictly greater: a duration ending exactly at closing stays on this day.
+            if now == self._periods[0][0]:
+                while remaining > self._us_per_day:
+                    remaining -= self._us_per_day
+                    day = self._next_working_day(day)
+            for period_start, period_end in self._periods:
+                if now >= period_end:
+                    continue
+                now = max(now, period_start)
+                if remaining <= period_end - now:
+                    return self._at(day, now + remaining).replace(tzinfo=self.tz)
+                remaining -= period_end - now
+                now = period_end
+            day, now = self._next_working_day(day), self._periods[0][0]
+
+    def _office_us_in_day(self, day: date, lo: int, hi: int) -> int:
+        if not self.is_working_day(day):
+            return 0
+        return sum(max(0, min(hi, e) - max(lo, s)) for s, e in self._periods)
+
+    def working_seconds_between(self, a: datetime, b: datetime) -> float:
+        """Office seconds in ``[a, b)``; 0 if ``b <= a``."""
+        wall_a, wall_b = self._to_wall(a), self._to_wall(b)
+        if b <= a:
+            return 0.0
+        first, last = wall_a.date(), wall_b.date()
+        lo, hi = _us_of_day(wall_a), _us_of_day(wall_b)
+        if first == last:
+            return self._office_us_in_day(first, lo, hi) / _US
+        total = self._office_us_in_day(first, lo, self._periods[-1][1])
+        total += self._office_us_in_day(last, 0, hi)
+        day = first + _ONE_DAY
+        while day < last:
+            if self.is_working_day(day):
+                total += self._us_per_day
+            day += _ONE_DAY
+        return total / _US
+
+    def due_at(self, received_at: datetime, amount: int, unit: DurationUnit | str) -> datetime:
+        """Legal due date for a processing time of ``amount`` ``unit``."""
+        unit = DurationUnit(unit)
+        if isinstance(amount, bool) or not isinstance(amount, int):
+            raise TypeError(f"amount must be an int, got {amount!r}")
+        if amount < 0:
+            raise ValueError(f"amount must be >= 0, got {amount}")
+        if unit is DurationUnit.WORKING_DAYS:
+            return self.add_working_seconds(received_at, amount * self.office_hours.seconds_per_day)
+        if unit is DurationUnit.WORKING_HOURS:
+            return self.add_working_seconds(received_at, amount * 3600)
+        due = self._wall_clock_start(self._to_wall(received_at)) + timedelta(days=amount)
+        if not self.is_working_day(due.date()):
+            due = datetime.combine(self._next_working_day(due.date()), due.time())
+        return due.replace(tzinfo=self.tz)

@@ -1,0 +1,78 @@
+"""The exception tree. Everything casebroker raises on purpose derives from CasebrokerError.
+
+    CasebrokerError
+    ├── DecodeError            a message body that is not a valid v1 message (→ dead letter)
+    ├── CatalogError           a catalog file that cannot be loaded or fails validation
+    ├── RoutingError           a valid dossier no rule can route (→ triage)
+    │   └── UnknownParty       an unknown procedure, desk, agency or ward
+    ├── TransitionRefused      a status update the lifecycle table forbids
+    └── TransientError         the database or broker is away for now (→ retry with backoff)
+"""
+
+from __future__ import annotations
+
+
+class CasebrokerError(Exception):
+    """Root of every error casebroker raises on purpose."""
+
+
+class DecodeError(CasebrokerError):
+    """A message body that is not a valid v1 message; ``reason`` is a stable code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class CatalogProblem:
+    """One problem found in a catalog file, with where it is."""
+
+    __slots__ = ("file", "line", "message")
+
+    def __init__(self, file: str, line: int | None, message: str) -> None:
+        self.file = file
+        self.line = line
+        self.message = message
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"CatalogProblem({str(self)!r})"
+
+
+class CatalogError(CasebrokerError):
+    """A catalog that cannot be used; ``problems`` lists every problem found at once."""
+
+    def __init__(self, problems: list[CatalogProblem]) -> None:
+        self.problems = problems
+        head = f"{len(problems)} problem(s) in catalog"
+        super().__init__(head + "\n" + "\n".join(f"  {p}" for p in problems))
+
+
+class RoutingError(CasebrokerError):
+    """A valid dossier that no rule routes; ``reason`` is a stable code for triage."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class UnknownParty(RoutingError):
+    """An unknown procedure, desk, agency or ward code."""
+
+
+class TransitionRefused(CasebrokerError):
+    """A lifecycle transition the table forbids."""
+
+    def __init__(self, state: int, event: str) -> None:
+        super().__init__(f"{event} is not allowed in state {state}")
+        self.state = state
+        self.event = event
+
+
+class TransientError(CasebrokerError):
+    """A dependency is away for now; the work is retried, never dropped."""

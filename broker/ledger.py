@@ -1,0 +1,344 @@
+"""The ledger: dossiers, their append-only event log, and the idempotency tables.
+
+SQLite file by default, PostgreSQL when ``CASEBROKER_DB_URL`` says so. Writes come
+in batches: a consumer opens one :class:`Batch` per batch of deliveries and commits
+once. Each processed delivery leaves an ``inbox`` row (its message id, unique) and
+the messages it caused in ``outbox``; a redelivered message finds its inbox row and
+re-publishes the very same outbox messages, so effects happen once and downstream
+ids never change.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    DateTime,
+    Dialect,
+    Engine,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    TypeDecorator,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from broker.envelope import Outbound
+from broker.errors import TransientError
+
+DEFAULT_DB_URL = "sqlite:///casebroker.sqlite3"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware datetimes stored as UTC; SQLite keeps no offset, so restore it on read."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the ledger")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+dossiers = Table(
+    "dossiers", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("code", String(96), nullable=False, unique=True),
+    Column("submission_id", String(36), nullable=False, unique=True),
+    Column("procedure_code", String(16), nullable=False, index=True),
+    Column("intake_desk_id", String(64), nullable=False),
+    Column("return_desk_id", String(64), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("state", Integer, nullable=False, index=True),
+    Column("agency_id", String(64), nullable=False, index=True),
+    Column("step", Integer, nullable=False),
+    Column("steps", JSON, nullable=False),
+    Column("rule_id", String(96), nullable=False),
+    Column("catalog_hash", String(32), nullable=False),
+    Column("boundary_free", Boolean, nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("due_at", UTCDateTime, nullable=False),
+    Column("step_due_at", UTCDateTime, nullable=False),
+    Column("paused_at", UTCDateTime),
+    Column("finished_at", UTCDateTime),
+    Column("satisfaction", Integer),
+    Column("flags", JSON, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("submission", JSON, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+#: the process-control sheet: every hand-off and state change, append-only
+events = Table(
+    "events", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("dossier_code", String(96), nullable=False, index=True),
+    Column("seq", Integer, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("state_from", Integer),
+    Column("state_to", Integer, nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("from_agency", String(64)),
+    Column("to_agency", String(64)),
+    Column("message_id", String(128)),
+    Column("detail", JSON, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    UniqueConstraint("dossier_code", "seq"),
+)
+
+#: one row per processed delivery: the idempotency key of every consumer
+inbox = Table(
+    "inbox", metadata,
+    Column("message_id", String(128), primary_key=True),
+    Column("source", String(16), nullable=False),
+    Column("outcome", String(32), nullable=False, index=True),
+    Column("dossier_code", String(96)),
+    Column("processed_at", UTCDateTime, nullable=False),
+)
+
+#: what each processed delivery published, to re-publish identically on redelivery
+outbox = Table(
+    "outbox", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("inbox_message_id", String(128), nullable=False, index=True),
+    Column("exchange", String(255), nullable=False),
+    Column("routing_key", String(255), nullable=False),
+    Column("message_id", String(128), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("correlation_id", String(96)),
+    Column("headers", JSON),
+    Column("body", LargeBinary, nullable=False),
+)
+
+#: per competent unit and receipt day: the last dossier number handed out
+code_sequences = Table(
+    "code_sequences", metadata,
+    Column("agency_id", String(64), primary_key=True),
+    Column("day", String(6), primary_key=True),
+    Column("last", Integer, nullable=False),
+)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a database error means 'away for now' rather than 'wrong'."""
+    if isinstance(error, OperationalError):
+        return True
+    return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
+
+
+class Batch:
+    """One transaction over a batch of deliveries."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._inbox: list[dict[str, Any]] = []
+        self._outbox: list[dict[str, Any]] = []
+        self._events: list[dict[str, Any]] = []
+        self._dossiers: list[dict[str, Any]] = []
+
+    def seen(self, message_ids: Iterable[str]) -> dict[str, list[Outbound]]:
+        """Message ids already processed, with the messages they published."""
+        ids = list(set(message_ids))
+        if not ids:
+            return {}
+        found: dict[str, list[Outbound]] = {
+            mid: [] for mid in self.conn.scalars(
+                select(inbox.c.message_id).where(inbox.c.message_id.in_(ids)))}
+        if found:
+            rows = self.conn.execute(
+                select(outbox).where(outbox.c.inbox_message_id.in_(list(found)))
+                .order_by(outbox.c.id))
+            for r in rows:
+                found[r.inbox_message_id].append(Outbound(
+                    r.exchange, r.routing_key, r.message_id, r.type, r.correlation_id,
+                    r.headers, bytes(r.body)))
+        return found
+
+    def existing_submissions(self, submission_ids: Iterable[str]) -> dict[str, str]:
+        """submission id → dossier code for those already in the ledger."""
+        ids = list(set(submission_ids))
+        if not ids:
+            return {}
+        rows = self.conn.execute(select(dossiers.c.submission_id, dossiers.c.code)
+                                 .where(dossiers.c.submission_id.in_(ids)))
+        return {r.submission_id: r.code for r in rows}
+
+    def allocate_codes(self, counts: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+        """Reserve ``n`` numbers per (agency, YYMMDD); return the first of each block.
+
+        One upsert for the whole batch; rows in one order so routers never deadlock.
+        """
+        if not counts:
+            return {}
+        insert_fn = pg_insert if self.conn.dialect.name == "postgresql" else sqlite_insert
+        stmt = insert_fn(code_sequences).values(
+            [{"agency_id": a, "day": d, "last": counts[(a, d)]} for a, d in sorted(counts)])
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[code_sequences.c.agency_id, code_sequences.c.day],
+            set_={"last": code_sequences.c.last + stmt.excluded.last},
+        ).returning(code_sequences.c.agency_id, code_sequences.c.day, code_sequences.c.last)
+        return {(r.agency_id, r.day): r.last - counts[(r.agency_id, r.day)] + 1
+                for r in self.conn.execute(stmt)}
+
+    def load_dossiers(self, codes: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Current rows of the named dossiers, as dicts."""
+        wanted = list(set(codes))
+        if not wanted:
+            return {}
+        rows = self.conn.execute(select(dossiers).where(dossiers.c.code.in_(wanted)))
+        return {r.code: dict(r._mapping) for r in rows}
+
+    def add_dossier(self, row: dict[str, Any]) -> None:
+        self._dossiers.append(row)
+
+    def update_dossier(self, code: str, expected_seq: int, values: dict[str, Any]) -> None:
+        """Write a dossier's new state; fail the batch if another writer got there first."""
+        result = self.conn.execute(update(dossiers).where(
+            dossiers.c.code == code, dossiers.c.seq == expected_seq).values(**values))
+        if result.rowcount != 1:
+            raise ConcurrentUpdate(code)
+
+    def add_event(self, row: dict[str, Any]) -> None:
+        self._events.append(row)
+
+    def record(self, message_id: str, source: str, outcome: str, dossier_code: str | None,
+               published: Sequence[Outbound], at: datetime) -> None:
+        """Mark a delivery processed, with what it published."""
+        self._inbox.append({"message_id": message_id, "source": source, "outcome": outcome,
+                            "dossier_code": dossier_code, "processed_at": at})
+        self._outbox.extend({
+            "inbox_message_id": message_id, "exchange": o.exchange,
+            "routing_key": o.routing_key, "message_id": o.message_id, "type": o.type,
+            "correlation_id": o.correlation_id, "headers": o.headers, "body": o.body,
+        } for o in published)
+
+    def flush(self) -> None:
+        """Write everything added, one statement per table."""
+        for table, rows in ((dossiers, self._dossiers), (events, self._events),
+                            (inbox, self._inbox), (outbox, self._outbox)):
+            if rows:
+                self.conn.execute(insert(table), rows)
+                rows.clear()
+
+
+class ConcurrentUpdate(Exception):  # noqa: N818 - internal signal, retried by the consumer
+    """Another writer changed the dossier since this batch read it."""
+
+
+class Ledger:
+    """Connection to the ledger database."""
+
+    def __init__(self, url: str | None = None, *, create: bool = True) -> None:
+        self.url = url or os.environ.get("CASEBROKER_DB_URL") or DEFAULT_DB_URL
+        self.engine: Engine = _make_engine(self.url)
+        if create:
+            self.create_schema()
+
+    def create_schema(self) -> None:
+        """Create missing tables (idempotent)."""
+        try:
+            metadata.create_all(self.engine)
+        except DBAPIError as e:
+            if is_transient(e):
+                raise TransientError(f"ledger unavailable: {type(e.orig).__name__}") from e
+            raise
+
+    @contextmanager
+    def batch(self) -> Iterator[Batch]:
+        """One transaction; database outages surface as TransientError."""
+        try:
+            with self.engine.begin() as conn:
+                b = Batch(conn)
+                yield b
+                b.flush()
+        except DBAPIError as e:
+            if is_transient(e):
+                raise TransientError(f"ledger unavailable: {type(e.orig).__name__}") from e
+            raise
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A connection for queries."""
+        with self.engine.connect() as conn:
+            yield conn
+
+    def dossier(self, code: str) -> dict[str, Any] | None:
+        """One dossier's row, or None."""
+        with self.read() as conn:
+            row = conn.execute(select(dossiers).where(dossiers.c.code == code)).first()
+            return dict(row._mapping) if row else None
+
+    def history(self, code: str) -> list[dict[str, Any]]:
+        """A dossier's events in order: its process-control sheet."""
+        with self.read() as conn:
+            rows = conn.execute(select(events).where(events.c.dossier_code == code)
+                                .order_by(events.c.seq))
+            return [dict(r._mapping) for r in rows]
+
+    def count_by_state(self) -> dict[int, int]:
+        """How many dossiers are in each state."""
+        with self.read() as conn:
+            rows = conn.execute(select(dossiers.c.state, func.count()).group_by(
+                dossiers.c.state))
+            return {int(s): int(n) for s, n in rows}
+
+    def count_inbox_outcomes(self) -> dict[str, int]:
+        """How many processed deliveries ended in each outcome."""
+        with self.read() as conn:
+            rows = conn.execute(select(inbox.c.outcome, func.count()).group_by(inbox.c.outcome))
+            return {str(o): int(n) for o, n in rows}
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
+            # WAL lets readers (CLI, demo) run beside the router; FULL syncs every commit,
+            # because a delivery is acked on the strength of that commit
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.close()
+
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)

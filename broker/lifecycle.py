@@ -1,0 +1,90 @@
+"""Dossier states (the national portal's codes) and the one table of allowed transitions.
+
+Everything that changes a dossier's state asks :func:`apply`; nothing else decides.
+Overdue is not a state: it is derived from the due date.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, StrEnum
+
+from broker.errors import TransitionRefused
+
+
+class State(IntEnum):
+    """Dossier states with the national public-service portal's numeric codes."""
+
+    SUBMITTED = 1
+    RECEIVED = 2
+    REFUSED = 3
+    PROCESSING = 4
+    SUPPLEMENT_REQUESTED = 5
+    FINANCIAL_OBLIGATION = 6
+    WITHDRAWN = 7
+    STOPPED = 8
+    RESOLVED = 9
+    RETURNED = 10
+
+
+class Event(StrEnum):
+    """What can happen to a dossier."""
+
+    RECEIVE = "receive"  # router: receipt issued, due date set
+    REFUSE = "refuse"  # router (not open for boundary-free) or agency (rejected)
+    ACCEPT = "accept"  # agency took it up
+    PROCESS = "process"  # agency reports progress (also: obligation paid)
+    REQUEST_SUPPLEMENT = "request_supplement"
+    SUPPLEMENT = "supplement"  # desk brought the documents
+    REQUIRE_PAYMENT = "require_payment"
+    STOP = "stop"
+    HAND_OFF = "hand_off"  # one chain step done, the next agency takes over
+    RESOLVE = "resolve"  # last step done: result at the return desk
+    WITHDRAW = "withdraw"
+    RETURN = "return"  # result handed to the citizen
+
+
+S, E = State, Event
+OPEN_STATES = frozenset({S.SUBMITTED, S.RECEIVED, S.PROCESSING, S.SUPPLEMENT_REQUESTED,
+                         S.FINANCIAL_OBLIGATION})
+TERMINAL_STATES = frozenset({S.REFUSED, S.WITHDRAWN, S.STOPPED, S.RETURNED})
+#: states in which the agency works on the dossier (its clock runs)
+WORKING_STATES = frozenset({S.RECEIVED, S.PROCESSING, S.FINANCIAL_OBLIGATION})
+
+TRANSITIONS: dict[tuple[State, Event], State] = {
+    (S.SUBMITTED, E.RECEIVE): S.RECEIVED,
+    (S.SUBMITTED, E.REFUSE): S.REFUSED,
+    (S.RECEIVED, E.REFUSE): S.REFUSED,
+    (S.RECEIVED, E.ACCEPT): S.PROCESSING,
+    (S.RECEIVED, E.PROCESS): S.PROCESSING,
+    (S.RECEIVED, E.REQUEST_SUPPLEMENT): S.SUPPLEMENT_REQUESTED,
+    (S.RECEIVED, E.RESOLVE): S.RESOLVED,
+    (S.RECEIVED, E.HAND_OFF): S.PROCESSING,
+    (S.PROCESSING, E.PROCESS): S.PROCESSING,
+    (S.PROCESSING, E.ACCEPT): S.PROCESSING,
+    (S.PROCESSING, E.HAND_OFF): S.PROCESSING,
+    (S.PROCESSING, E.REQUEST_SUPPLEMENT): S.SUPPLEMENT_REQUESTED,
+    (S.PROCESSING, E.REQUIRE_PAYMENT): S.FINANCIAL_OBLIGATION,
+    (S.PROCESSING, E.STOP): S.STOPPED,
+    (S.PROCESSING, E.RESOLVE): S.RESOLVED,
+    (S.SUPPLEMENT_REQUESTED, E.SUPPLEMENT): S.PROCESSING,
+    (S.SUPPLEMENT_REQUESTED, E.STOP): S.STOPPED,
+    (S.FINANCIAL_OBLIGATION, E.PROCESS): S.PROCESSING,
+    (S.FINANCIAL_OBLIGATION, E.RESOLVE): S.RESOLVED,
+    (S.FINANCIAL_OBLIGATION, E.HAND_OFF): S.PROCESSING,
+    (S.FINANCIAL_OBLIGATION, E.STOP): S.STOPPED,
+    (S.RESOLVED, E.RETURN): S.RETURNED,
+    **{(s, E.WITHDRAW): S.WITHDRAWN for s in OPEN_STATES},
+}
+
+
+def apply(state: State | int, event: Event) -> State:
+    """The state after ``event``; raise TransitionRefused if the table forbids it."""
+    try:
+        return TRANSITIONS[(State(state), event)]
+    except KeyError:
+        raise TransitionRefused(int(state), event.value) from None
+
+
+def allowed(state: State | int, event: Event) -> bool:
+    """Whether the table allows ``event`` in ``state``."""
+    return (State(state), event) in TRANSITIONS

@@ -1,0 +1,342 @@
+"""The message contract (v1): one strict, frozen pydantic model per message kind.
+
+Every message is UTF-8 JSON with a ``schema`` field naming its kind and version,
+e.g. ``casebroker.dossier.submitted/v1``. :func:`decode` turns raw AMQP bodies into
+models, and maps every way a body can be wrong to a :class:`~broker.errors.DecodeError`
+with a stable reason code and a description free of personal data.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from broker.errors import DecodeError
+
+#: Bodies over this size are refused before parsing (documents travel by reference).
+MAX_BODY_BYTES = 256 * 1024
+CONTENT_TYPE = "application/json"
+
+ProcedureCode = Annotated[str, Field(pattern=r"^\d\.\d{6}$")]
+PartyId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+WardCode = Annotated[str, Field(pattern=r"^\d{2,5}$")]
+AttributeValue = str | int | float | bool
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Channel(StrEnum):
+    """How a dossier reached the desk."""
+
+    IN_PERSON = "in_person"
+    ONLINE = "online"
+    POSTAL = "postal"
+    AGENT = "agent"
+
+
+class Applicant(_Model):
+    """The citizen or organization; ``name``, ``id_number``, ``phone`` are personal data."""
+
+    kind: Literal["citizen", "organization"]
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    id_number: Annotated[str, Field(min_length=1, max_length=32)]
+    phone: str | None = None
+    email: str | None = None
+    address: str | None = None
+    ward_code: WardCode | None = None
+
+
+class Subject(_Model):
+    """The place the case concerns (a land parcel, a residence)."""
+
+    ward_code: WardCode | None = None
+    description: str | None = None
+
+
+class Document(_Model):
+    """A document by reference: the broker never carries file bodies."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    uri: Annotated[str, Field(min_length=1, max_length=1000)]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    size: Annotated[int, Field(ge=0)]
+    media_type: Annotated[str, Field(min_length=1, max_length=100)]
+
+
+class DossierSubmitted(_Model):
+    """desk → broker: a new dossier received at a desk."""
+
+    schema_: Literal["casebroker.dossier.submitted/v1"] = Field(
+        "casebroker.dossier.submitted/v1", alias="schema"
+    )
+    submission_id: UUID
+    procedure_code: ProcedureCode
+    desk_id: PartyId
+    return_desk_id: PartyId | None = None
+    channel: Channel
+    submitted_at: AwareDatetime
+    applicant: Applicant
+    subject: Subject | None = None
+    documents: list[Document] = Field(default_factory=list, max_length=100)
+    attributes: dict[str, AttributeValue] = Field(default_factory=dict)
+
+    @property
+    def collect_at(self) -> str:
+        """The desk where the citizen collects the result."""
+        return self.return_desk_id or self.desk_id
+
+
+class DossierAssigned(_Model):
+    """broker → agency: a dossier (or one step of a chain) for the competent agency."""
+
+    schema_: Literal["casebroker.dossier.assigned/v1"] = Field(
+        "casebroker.dossier.assigned/v1", alias="schema"
+    )
+    dossier_code: str
+    submission_id: UUID
+    procedure_code: ProcedureCode
+    agency_id: PartyId
+    step: Annotated[int, Field(ge=1)]
+    steps: Annotated[int, Field(ge=1)]
+    desk_id: PartyId
+    return_desk_id: PartyId
+    channel: Channel
+    received_at: AwareDatetime
+    due_at: AwareDatetime
+    step_due_at: AwareDatetime
+    applicant: Applicant
+    subject: Subject | None = None
+    documents: list[Document] = Field(default_factory=list)
+    attributes: dict[str, AttributeValue] = Field(default_factory=dict)
+    rule_id: str
+    catalog_hash: str
+
+
+class AgencyStatus(StrEnum):
+    """What an agency may report about a dossier assigned to it."""
+
+    ACCEPTED = "accepted"
+    PROCESSING = "processing"
+    SUPPLEMENT_REQUESTED = "supplement_requested"
+    FINANCIAL_OBLIGATION = "financial_obligation"
+    REJECTED = "rejected"
+    STOPPED = "stopped"
+    RESOLVED = "resolved"
+
+
+class DossierStatus(_Model):
+    """agency → broker: a status update from the dossier's current assignee."""
+
+    schema_: Literal["casebroker.dossier.status/v1"] = Field(
+        "casebroker.dossier.status/v1", alias="schema"
+    )
+    update_id: UUID
+    dossier_code: str
+    agency_id: PartyId
+    status: AgencyStatus
+    reason: Annotated[str, Field(max_length=2000)] | None = None
+    documents: list[Document] = Field(default_factory=list, max_length=100)
+    requested_documents: list[str] = Field(default_factory=list, max_length=100)
+    amount_vnd: Annotated[int, Field(ge=0)] | None = None
+    sent_at: AwareDatetime
+
+
+class DossierReturned(_Model):
+    """desk → broker: the result was handed to the citizen."""
+
+    schema_: Literal["casebroker.dossier.returned/v1"] = Field(
+        "casebroker.dossier.returned/v1", alias="schema"
+    )
+    event_id: UUID
+    dossier_code: str
+    desk_id: PartyId
+    returned_at: AwareDatetime
+    satisfaction: Annotated[int, Field(ge=1, le=5)] | None = None
+
+
+class DossierSupplemented(_Model):
+    """desk → broker: the citizen brought the documents the agency asked for."""
+
+    schema_: Literal["casebroker.dossier.supplemented/v1"] = Field(
+        "casebroker.dossier.supplemented/v1", alias="schema"
+    )
+    event_id: UUID
+    dossier_code: str
+    desk_id: PartyId
+    documents: list[Document] = Field(min_length=1, max_length=100)
+    sent_at: AwareDatetime
+
+
+class DossierWithdrawn(_Model):
+    """desk → broker: the citizen withdrew the dossier."""
+
+    schema_: Literal["casebroker.dossier.withdrawn/v1"] = Field(
+        "casebroker.dossier.withdrawn/v1", alias="schema"
+    )
+    event_id: UUID
+    dossier_code: str
+    desk_id: PartyId
+    reason: Annotated[str, Field(max_length=2000)] | None = None
+    sent_at: AwareDatetime
+
+
+class NoticeKind(StrEnum):
+    """What a notice to a desk or an agency is about."""
+
+    RECEIPT = "receipt"
+    REFUSED = "refused"
+    STATUS_CHANGED = "status_changed"
+    SUPPLEMENT_REQUESTED = "supplement_requested"
+    FINANCIAL_OBLIGATION = "financial_obligation"
+    RESULT_READY = "result_ready"
+    STOPPED = "stopped"
+    WITHDRAWN = "withdrawn"
+    SUPPLEMENTED = "supplemented"
+    AT_RISK = "at_risk"
+    OVERDUE_APOLOGY = "overdue_apology"
+    UPDATE_REFUSED = "update_refused"
+    CLOSED = "closed"
+
+
+class DeskNotice(_Model):
+    """broker → desk: receipt, status change, supplement request, result ready, apology."""
+
+    schema_: Literal["casebroker.desk.notice/v1"] = Field(
+        "casebroker.desk.notice/v1", alias="schema"
+    )
+    notice: NoticeKind
+    dossier_code: str
+    submission_id: UUID
+    desk_id: PartyId
+    procedure_code: ProcedureCode
+    state: Annotated[int, Field(ge=1, le=10)]
+    agency_id: PartyId | None = None
+    received_at: AwareDatetime | None = None
+    due_at: AwareDatetime | None = None
+    reason: str | None = None
+    documents: list[Document] = Field(default_factory=list)
+    requested_documents: list[str] = Field(default_factory=list)
+    amount_vnd: int | None = None
+    issued_at: AwareDatetime
+
+
+class AgencyNotice(_Model):
+    """broker → agency: an update refused, a withdrawal, supplements, deadline warnings."""
+
+    schema_: Literal["casebroker.agency.notice/v1"] = Field(
+        "casebroker.agency.notice/v1", alias="schema"
+    )
+    notice: NoticeKind
+    dossier_code: str
+    agency_id: PartyId
+    state: Annotated[int, Field(ge=1, le=10)] | None = None
+    reason: str | None = None
+    documents: list[Document] = Field(default_factory=list)
+    issued_at: AwareDatetime
+
+
+Message = (
+    DossierSubmitted
+    | DossierAssigned
+    | DossierStatus
+    | DossierReturned
+    | DossierSupplemented
+    | DossierWithdrawn
+    | DeskNotice
+    | AgencyNotice
+)
+
+#: message kind (the AMQP ``type`` property) → model
+KINDS: dict[str, type[_Model]] = {
+    "dossier.submitted": DossierSubmitted,
+    "dossier.assigned": DossierAssigned,
+    "dossier.status": DossierStatus,
+    "dossier.returned": DossierReturned,
+    "dossier.supplemented": DossierSupplemented,
+    "dossier.withdrawn": DossierWithdrawn,
+    "desk.notice": DeskNotice,
+    "agency.notice": AgencyNotice,
+}
+_BY_SCHEMA: dict[str, tuple[str, TypeAdapter[Any]]] = {
+    f"casebroker.{kind}/v1": (kind, TypeAdapter(model)) for kind, model in KINDS.items()
+}
+
+
+def kind_of(message: _Model) -> str:
+    """The kind (``dossier.submitted`` ...) of a message model instance."""
+    schema = str(message.schema_)  # type: ignore[attr-defined]
+    return schema.removeprefix("casebroker.").split("/", 1)[0]
+
+
+def encode(message: _Model) -> bytes:
+    """Serialize a message to its canonical UTF-8 JSON body."""
+    return message.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+def decode(
+    body: bytes,
+    *,
+    content_type: str | None = CONTENT_TYPE,
+    expected: frozenset[str] | None = None,
+) -> Message:
+    """Parse and validate one AMQP body; raise DecodeError with a reason code otherwise.
+
+    ``expected`` limits the kinds accepted on a queue (a desk event on the intake
+    queue is as wrong as a malformed body).
+    """
+    if content_type not in (CONTENT_TYPE, None, ""):
+        raise DecodeError("wrong_content_type", f"content type {content_type!r} is not JSON")
+    if len(body) > MAX_BODY_BYTES:
+        raise DecodeError("too_large", f"{len(body)} bytes over the {MAX_BODY_BYTES}-byte limit")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DecodeError("not_utf8", f"body is not UTF-8 (byte {e.start})") from e
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DecodeError("malformed_json", f"{e.msg} at line {e.lineno} column {e.colno}") from e
+    if not isinstance(raw, dict):
+        raise DecodeError("malformed_json", "body is not a JSON object")
+    schema = raw.get("schema")
+    entry = _BY_SCHEMA.get(schema) if isinstance(schema, str) else None
+    if entry is None:
+        raise DecodeError("unknown_kind", f"unknown schema {str(schema)[:80]!r}")
+    kind, adapter = entry
+    if expected is not None and kind not in expected:
+        raise DecodeError("unexpected_kind", f"{kind} is not accepted on this queue")
+    try:
+        return adapter.validate_python(raw)  # type: ignore[no-any-return]
+    except ValidationError as e:
+        raise DecodeError("invalid_fields", describe_validation_error(e)) from None
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """Summarize validation errors by field path and message, never echoing values."""
+    parts = []
+    for item in error.errors(include_input=False, include_url=False, include_context=False)[:10]:
+        loc = ".".join(str(p) for p in item["loc"]) or "(body)"
+        parts.append(f"{loc}: {item['msg']}")
+    return "; ".join(parts)
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schema of every message kind, keyed by its schema id."""
+    return {
+        f"casebroker.{kind}/v1": model.model_json_schema(by_alias=True)
+        for kind, model in KINDS.items()
+    }
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware (UTC)."""
+    from datetime import UTC
+
+    return datetime.now(UTC)

@@ -1,0 +1,267 @@
+"""Catalog file format v1: loading with line numbers, and whole-catalog validation.
+
+A catalog is one YAML file per province: calendar settings, agencies, desks,
+procedures and optional rules (see DESIGN.md §6). :func:`load_catalog` reports
+every problem at once, each with its file and line, as a
+:class:`~broker.errors.CatalogError`; it never returns a half-valid catalog.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from broker.calendar import DurationUnit
+from broker.errors import CatalogError, CatalogProblem
+
+SHIPPED_CATALOG = Path(__file__).parent / "catalogs" / "daklak.yaml"
+
+PartyId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+AreaCode = Annotated[str, Field(pattern=r"^\d{2}(\d{3})?$")]
+ProcedureCode = Annotated[str, Field(pattern=r"^\d\.\d{6}$")]
+Scalar = str | int | float | bool
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Agency(_Model):
+    """A competent authority; ``serves`` lists the area codes it is competent for."""
+
+    id: PartyId
+    name: str
+    serves: list[AreaCode] = Field(default_factory=list)
+
+
+class Desk(_Model):
+    """An intake and return point; ``unit`` is the agency (or agencies) that owns it."""
+
+    id: PartyId
+    name: str
+    area: AreaCode | None = None
+    unit: Annotated[list[PartyId], BeforeValidator(_as_list)] = Field(default_factory=list)
+    channel: Literal["in_person", "online", "postal", "agent"] = "in_person"
+
+
+class Processing(_Model):
+    """A legal processing time."""
+
+    amount: Annotated[int, Field(ge=0, le=3650)]
+    unit: DurationUnit = DurationUnit.WORKING_DAYS
+
+
+class FixedAgency(_Model):
+    agency: PartyId
+    processing: Processing | None = None
+
+
+class ByArea(_Model):
+    by_area: Literal["applicant", "subject"]
+    processing: Processing | None = None
+
+
+class AtIntake(_Model):
+    at_intake: Literal[True] = True
+    processing: Processing | None = None
+
+
+Step = FixedAgency | ByArea | AtIntake
+
+
+def _step(value: Any) -> Any:
+    return {"at_intake": True} if value == "at_intake" else value
+
+
+StepField = Annotated[Step, BeforeValidator(_step)]
+
+
+class Chain(_Model):
+    chain: Annotated[list[StepField], Field(min_length=2, max_length=10)]
+
+
+Competence = Annotated[FixedAgency | ByArea | AtIntake | Chain, BeforeValidator(_step)]
+
+
+class Range(_Model):
+    """A numeric range predicate: ``{min: 0, max: 100}`` (both bounds inclusive)."""
+
+    min: float | None = None
+    max: float | None = None
+
+
+Matcher = Scalar | list[Scalar] | Range
+
+
+class Rule(_Model):
+    """``when`` all predicates hold, ``route`` decides competence; first match wins."""
+
+    id: Annotated[str, Field(min_length=1, max_length=80)]
+    when: dict[str, Matcher] = Field(default_factory=dict)
+    route: Competence
+    description: str | None = None
+
+
+class Procedure(_Model):
+    """One procedure of the national catalogue as the province runs it."""
+
+    code: ProcedureCode
+    name: str
+    processing: Processing
+    competence: Competence
+    boundary_free: bool = False
+    boundary_free_from: date | None = None
+    sample: bool = False
+
+    def open_for_boundary_free(self, on: date) -> bool:
+        """Whether a desk outside the competent agency may receive it on ``on``."""
+        return self.boundary_free and (self.boundary_free_from is None
+                                       or self.boundary_free_from <= on)
+
+
+class CatalogFile(_Model):
+    """The whole catalog file (format v1)."""
+
+    catalog: Annotated[str, Field(min_length=1)]
+    format: Literal[1] = 1
+    calendar: str = "VN"
+    timezone: str = "Asia/Ho_Chi_Minh"
+    office_hours: list[str] = Field(default_factory=lambda: ["07:00-11:30", "13:30-17:00"])
+    extra_holidays: list[date] = Field(default_factory=list)
+    extra_workdays: list[date] = Field(default_factory=list)
+    agencies: list[Agency]
+    desks: list[Desk]
+    procedures: list[Procedure]
+    rules: list[Rule] = Field(default_factory=list)
+
+
+#: predicate keys a rule's ``when`` may use; ``attributes.<name>`` is also allowed
+RULE_FIELDS = frozenset({"procedure_code", "applicant.kind", "applicant.ward_code",
+                         "subject.ward_code", "channel", "desk_id", "desk.area"})
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """A loaded, validated catalog with its content hash and source lines."""
+
+    spec: CatalogFile
+    content_hash: str
+    path: str
+
+    @property
+    def agency_ids(self) -> list[str]:
+        return [a.id for a in self.spec.agencies]
+
+    @property
+    def desk_ids(self) -> list[str]:
+        return [d.id for d in self.spec.desks]
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A YAML loader that remembers the line of every mapping."""
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[str, Any]:
+    mapping = loader.construct_mapping(node, deep=True)
+    mapping["__line__"] = node.start_mark.line + 1
+    return mapping  # type: ignore[return-value]
+
+
+def _reject_duplicate_keys(loader: _LineLoader, node: yaml.MappingNode) -> dict[str, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+        if key in seen:
+            raise yaml.MarkedYAMLError(problem=f"duplicate key {key!r}",
+                                       problem_mark=key_node.start_mark)
+        seen.add(key)
+    return _construct_mapping(loader, node)
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _reject_duplicate_keys)
+
+
+def _strip_lines(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_lines(v) for k, v in value.items() if k != "__line__"}
+    if isinstance(value, list):
+        return [_strip_lines(v) for v in value]
+    return value
+
+
+def _line_of(raw: Any, loc: tuple[int | str, ...]) -> int | None:
+    """The line of the innermost mapping on a validation error's path."""
+    line = raw.get("__line__") if isinstance(raw, dict) else None
+    node = raw
+    for part in loc:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            break
+        if isinstance(node, dict) and "__line__" in node:
+            line = node["__line__"]
+    return line
+
+
+def load_catalog(path: str | Path | None = None) -> Catalog:
+    """Load and validate a catalog file (the shipped Đắk Lắk one when path is None)."""
+    file = Path(path) if path is not None else SHIPPED_CATALOG
+    name = str(file)
+    try:
+        data = file.read_bytes()
+    except OSError as e:
+        raise CatalogError([CatalogProblem(name, None, f"cannot read: {e.strerror}")]) from e
+    return parse_catalog(data, name)
+
+
+def parse_catalog(data: bytes, name: str = "<catalog>") -> Catalog:
+    """Validate catalog bytes; raise CatalogError listing every problem."""
+    try:
+        raw = yaml.load(data, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(e, "problem", None) or str(e)
+        raise CatalogError([CatalogProblem(name, line, f"YAML: {problem}")]) from None
+    if not isinstance(raw, dict):
+        raise CatalogError([CatalogProblem(name, 1, "a catalog is a YAML mapping")])
+    try:
+        spec = CatalogFile.model_validate(_strip_lines(raw))
+    except ValidationError as e:
+        raise CatalogError(_validation_problems(e, raw, name)) from None
+    from broker.rules.validate import check_catalog
+
+    problems = check_catalog(spec, raw, name)
+    if problems:
+        raise CatalogError(problems)
+    return Catalog(spec=spec, content_hash=hashlib.sha256(data).hexdigest()[:16], path=name)
+
+
+def _is_union_tag(part: int | str) -> bool:
+    """pydantic names union members (``FixedAgency``, ``function-before[...]``) in paths."""
+    return isinstance(part, str) and (part[:1].isupper() or part.startswith("function-"))
+
+
+def _validation_problems(error: ValidationError, raw: Any, name: str) -> list[CatalogProblem]:
+    """One problem per bad field; a union's alternatives are reported once."""
+    seen: set[tuple[Any, ...]] = set()
+    problems = []
+    for err in error.errors(include_input=False, include_url=False):
+        loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
+        key = loc[:3]
+        if key in seen:
+            continue
+        seen.add(key)
+        where = ".".join(str(p) for p in loc)
+        problems.append(CatalogProblem(name, _line_of(raw, loc), f"{where}: {err['msg']}"))
+    return problems

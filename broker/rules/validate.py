@@ -1,0 +1,162 @@
+"""Whole-catalog checks that a schema cannot express; every problem reported at once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from broker.errors import CatalogProblem
+from broker.rules.catalog import (
+    RULE_FIELDS,
+    ByArea,
+    CatalogFile,
+    Chain,
+    Competence,
+    FixedAgency,
+    Matcher,
+    Range,
+    Step,
+)
+
+WARD_CODE_LENGTH = 5
+
+
+def steps_of(competence: Competence) -> list[Step]:
+    """The steps of a competence: one for a single agency, several for a chain."""
+    return list(competence.chain) if isinstance(competence, Chain) else [competence]
+
+
+def check_catalog(spec: CatalogFile, raw: dict[str, Any], name: str) -> list[CatalogProblem]:
+    """Every semantic problem of a schema-valid catalog, with file and line."""
+    lines = _Lines(raw, name)
+    problems: list[CatalogProblem] = []
+    problems += _duplicates("agencies", "id", (a.id for a in spec.agencies), lines)
+    problems += _duplicates("desks", "id", (d.id for d in spec.desks), lines)
+    problems += _duplicates("procedures", "code", (p.code for p in spec.procedures), lines)
+    problems += _duplicates("rules", "id", (r.id for r in spec.rules), lines)
+    agencies = {a.id for a in spec.agencies}
+    problems += _areas_served_twice(spec, lines)
+    wards_served = any(len(c) == WARD_CODE_LENGTH for a in spec.agencies for c in a.serves)
+    for i, desk in enumerate(spec.desks):
+        problems += [lines.at("desks", i, f"desk {desk.id}: unknown unit agency {u}")
+                     for u in desk.unit if u not in agencies]
+    for i, proc in enumerate(spec.procedures):
+        where = f"procedure {proc.code}"
+        problems += _competence_problems(proc.competence, agencies, wards_served,
+                                         lambda m, i=i, w=where: lines.at("procedures", i,
+                                                                          f"{w}: {m}"))
+    codes = {p.code for p in spec.procedures}
+    for i, rule in enumerate(spec.rules):
+        def report(m: str, i: int = i, w: str = f"rule {rule.id}") -> CatalogProblem:
+            return lines.at("rules", i, f"{w}: {m}")
+
+        problems += _competence_problems(rule.route, agencies, wards_served, report)
+        problems += [report(m) for m in _rule_field_problems(rule.when, codes)]
+        for j in range(i):
+            if _covers(spec.rules[j].when, rule.when):
+                problems.append(report(f"can never match: rule {spec.rules[j].id} "
+                                       "matches everything it matches and comes first"))
+                break
+    try:
+        from broker.calendar import OfficeHours
+
+        OfficeHours.parse(spec.office_hours)
+    except ValueError as e:
+        problems.append(CatalogProblem(name, None, f"office_hours: {e}"))
+    try:
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(spec.timezone)
+    except (KeyError, ValueError):
+        problems.append(CatalogProblem(name, None,
+                                       f"timezone: unknown time zone {spec.timezone!r}"))
+    return problems
+
+
+class _Lines:
+    """Finds the line of the i-th entry of a top-level list in the raw YAML."""
+
+    def __init__(self, raw: dict[str, Any], name: str) -> None:
+        self.raw = raw
+        self.name = name
+
+    def at(self, section: str, index: int, message: str) -> CatalogProblem:
+        entries = self.raw.get(section) or []
+        line = None
+        if index < len(entries) and isinstance(entries[index], dict):
+            line = entries[index].get("__line__")
+        return CatalogProblem(self.name, line, message)
+
+
+def _duplicates(section: str, key: str, values: Iterable[str], lines: _Lines) -> Iterator[
+        CatalogProblem]:
+    first: dict[str, int] = {}
+    for i, value in enumerate(values):
+        if value in first:
+            earlier = lines.at(section, first[value], "").line
+            yield lines.at(section, i, f"duplicate {section[:-1]} {key} {value!r}"
+                           f" (first at line {earlier})")
+        else:
+            first[value] = i
+
+
+def _areas_served_twice(spec: CatalogFile, lines: _Lines) -> Iterator[CatalogProblem]:
+    served_by: dict[str, str] = {}
+    for i, agency in enumerate(spec.agencies):
+        for area in agency.serves:
+            if len(area) != WARD_CODE_LENGTH:
+                continue  # a province code is served by every department at once
+            if area in served_by and served_by[area] != agency.id:
+                yield lines.at("agencies", i, f"area {area} is served by both "
+                               f"{served_by[area]} and {agency.id}")
+            else:
+                served_by.setdefault(area, agency.id)
+
+
+def _competence_problems(competence: Competence, agencies: set[str], wards_served: bool,
+                         report: Any) -> list[CatalogProblem]:
+    problems = []
+    for step in steps_of(competence):
+        if isinstance(step, FixedAgency) and step.agency not in agencies:
+            problems.append(report(f"unknown agency {step.agency}"))
+        if isinstance(step, ByArea) and not wards_served:
+            problems.append(report(f"by_area {step.by_area}: no agency serves any ward"))
+    return problems
+
+
+def _rule_field_problems(when: dict[str, Matcher], codes: set[str]) -> list[str]:
+    problems = []
+    for key, matcher in when.items():
+        if key not in RULE_FIELDS and not key.startswith("attributes."):
+            problems.append(f"unknown field {key!r} in when")
+        if key == "procedure_code":
+            named = matcher if isinstance(matcher, list) else [matcher]
+            problems += [f"unknown procedure {c}" for c in named
+                         if not isinstance(c, Range) and str(c) not in codes]
+    return problems
+
+
+def _covers(earlier: dict[str, Matcher], later: dict[str, Matcher]) -> bool:
+    """Whether every input the later rule matches is matched by the earlier rule too."""
+    return all(key in later and _matcher_covers(m, later[key]) for key, m in earlier.items())
+
+
+def _matcher_covers(outer: Matcher, inner: Matcher) -> bool:
+    if isinstance(outer, Range):
+        if isinstance(inner, Range):
+            lo_ok = outer.min is None or (inner.min is not None and inner.min >= outer.min)
+            hi_ok = outer.max is None or (inner.max is not None and inner.max <= outer.max)
+            return lo_ok and hi_ok
+        values = inner if isinstance(inner, list) else [inner]
+        return all(_in_range(outer, v) for v in values)
+    if isinstance(inner, Range):
+        return False
+    outer_set = set(outer) if isinstance(outer, list) else {outer}
+    inner_set = set(inner) if isinstance(inner, list) else {inner}
+    return inner_set <= outer_set
+
+
+def _in_range(r: Range, value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return (r.min is None or value >= r.min) and (r.max is None or value <= r.max)

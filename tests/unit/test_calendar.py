@@ -1,0 +1,353 @@
+"""Unit tests for broker.calendar; every expected date was worked out by hand."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from broker.calendar import DurationUnit, OfficeHours, WorkingCalendar
+
+VN = ZoneInfo("Asia/Ho_Chi_Minh")
+DAY = 8 * 3600  # default office hours: 07:00-11:30 + 13:30-17:00
+CAL = WorkingCalendar()
+
+
+def vn(text: str) -> datetime:
+    """Local Vietnam time from 'YYYY-MM-DD HH:MM'."""
+    return datetime.fromisoformat(text).replace(tzinfo=VN)
+
+
+def assert_local(actual: datetime, expected: str) -> None:
+    assert actual.tzinfo == VN
+    assert actual.utcoffset() == timedelta(hours=7)
+    assert actual == vn(expected)
+
+
+# --- is_working_day ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("day", "expected"),
+    [
+        ("2026-03-11", True),  # Wed
+        ("2026-03-14", False),  # Sat
+        ("2026-03-15", False),  # Sun
+        ("2026-01-01", False),  # New Year
+        ("2026-02-16", False),  # Tết: 16-20 Feb
+        ("2026-02-20", False),
+        ("2026-02-23", True),  # first Monday after Tết
+        ("2026-04-27", False),  # Hung Kings (observed)
+        ("2026-04-30", False),
+        ("2026-05-01", False),
+        ("2026-08-31", False),  # bridge day off...
+        ("2026-08-22", True),  # ...made up on this Saturday (from the holidays package)
+        ("2026-09-01", False),
+        ("2026-09-02", False),
+    ],
+)
+def test_is_working_day(day: str, expected: bool) -> None:
+    assert CAL.is_working_day(date.fromisoformat(day)) is expected
+
+
+def test_is_working_day_rejects_datetime() -> None:
+    with pytest.raises(TypeError):
+        CAL.is_working_day(vn("2026-03-11 10:00"))
+
+
+# --- clock_start ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("received", "expected"),
+    [
+        ("2026-03-11 10:00", "2026-03-11 10:00"),  # inside morning period
+        ("2026-03-11 07:00", "2026-03-11 07:00"),  # at opening
+        ("2026-03-11 06:59", "2026-03-11 07:00"),  # before opening
+        ("2026-03-11 11:30", "2026-03-11 13:30"),  # lunch starts at 11:30
+        ("2026-03-11 12:15", "2026-03-11 13:30"),  # lunch
+        ("2026-03-11 16:59", "2026-03-11 16:59"),
+        ("2026-03-11 17:00", "2026-03-12 07:00"),  # closing
+        ("2026-03-13 18:00", "2026-03-16 07:00"),  # Fri evening -> Mon
+        ("2026-03-14 10:00", "2026-03-16 07:00"),  # Sat
+        ("2026-09-02 10:00", "2026-09-03 07:00"),  # National Day
+        ("2026-08-29 09:00", "2026-09-03 07:00"),  # Sat before 31 Aug-2 Sep off
+        ("2026-04-29 17:30", "2026-05-04 07:00"),  # 30 Apr, 1 May, weekend
+        ("2025-12-31 17:30", "2026-01-02 07:00"),  # across the year boundary
+    ],
+)
+def test_clock_start(received: str, expected: str) -> None:
+    assert_local(CAL.clock_start(vn(received)), expected)
+
+
+def test_clock_start_converts_other_timezones() -> None:
+    # 10:30Z is 17:30 in Hanoi, after closing on Monday.
+    received = datetime(2026, 3, 9, 10, 30, tzinfo=UTC)
+    assert_local(CAL.clock_start(received), "2026-03-10 07:00")
+    inside = datetime(2026, 3, 9, 3, 0, tzinfo=UTC)  # 10:00 local
+    assert_local(CAL.clock_start(inside), "2026-03-09 10:00")
+
+
+# --- due_at -----------------------------------------------------------------
+
+WD, CD, WH = DurationUnit.WORKING_DAYS, DurationUnit.CALENDAR_DAYS, DurationUnit.WORKING_HOURS
+
+
+@pytest.mark.parametrize(
+    ("received", "amount", "unit", "expected"),
+    [
+        # Tết 16-20 Feb skipped: 11,12,13,23,24,25,26,27 Feb, 2,3 Mar.
+        ("2026-02-10 09:00", 10, WD, "2026-03-03 09:00"),
+        ("2026-03-09 17:30", 1, WD, "2026-03-10 17:00"),  # after closing Monday
+        ("2026-03-09 17:00", 1, WD, "2026-03-10 17:00"),
+        ("2026-03-11 12:00", 1, WD, "2026-03-12 11:30"),  # lunch: 3.5h Wed + 4.5h Thu
+        ("2026-03-11 06:00", 1, WD, "2026-03-11 17:00"),  # before opening
+        ("2026-03-11 17:30", 2, WD, "2026-03-13 17:00"),
+        ("2026-03-13 10:00", 1, WD, "2026-03-16 10:00"),  # weekend
+        ("2026-03-13 10:00", 5, WD, "2026-03-20 10:00"),
+        ("2026-03-14 10:00", 1, WD, "2026-03-16 17:00"),  # received Saturday
+        ("2026-09-02 10:00", 1, WD, "2026-09-03 17:00"),  # received on a holiday
+        ("2026-04-30 09:00", 3, WD, "2026-05-06 17:00"),  # 30/4-1/5 + weekend
+        ("2026-04-29 17:30", 1, WD, "2026-05-04 17:00"),
+        ("2026-04-24 15:00", 2, WD, "2026-04-29 15:00"),  # Mon 27 Apr off
+        ("2025-12-31 17:30", 1, WD, "2026-01-02 17:00"),
+        ("2026-08-21 17:30", 1, WD, "2026-08-22 17:00"),  # make-up Saturday works
+        ("2026-03-14 10:00", 0, WD, "2026-03-16 07:00"),  # zero -> clock start
+        ("2026-03-11 10:00", 4, WH, "2026-03-11 16:00"),  # across lunch
+        ("2026-03-11 11:00", 1, WH, "2026-03-11 14:00"),
+        ("2026-03-11 07:00", 4, WH, "2026-03-11 11:00"),
+        ("2026-03-13 15:00", 8, WH, "2026-03-16 15:00"),  # 2h Fri + 6h Mon
+        ("2026-03-13 16:00", 1, WH, "2026-03-13 17:00"),  # ends at closing, stays
+        ("2026-03-11 09:00", 4, CD, "2026-03-16 09:00"),  # Sun 15 Mar -> Mon
+        ("2026-03-11 09:00", 2, CD, "2026-03-13 09:00"),
+        ("2026-08-24 10:00", 9, CD, "2026-09-03 10:00"),  # Wed 2 Sep -> Thu
+        ("2026-02-10 09:00", 7, CD, "2026-02-23 09:00"),  # Tết -> Mon after
+        ("2026-03-09 18:00", 5, CD, "2026-03-16 07:00"),  # starts Tue 07:00 -> Sun -> Mon
+        ("2026-03-14 10:00", 0, CD, "2026-03-16 07:00"),
+    ],
+)
+def test_due_at(received: str, amount: int, unit: DurationUnit, expected: str) -> None:
+    assert_local(CAL.due_at(vn(received), amount, unit), expected)
+
+
+@pytest.mark.parametrize("unit", ["working_days", "calendar_days", "working_hours"])
+def test_due_at_accepts_unit_strings(unit: str) -> None:
+    received = vn("2026-03-11 09:00")
+    assert CAL.due_at(received, 2, unit) == CAL.due_at(received, 2, DurationUnit(unit))
+
+
+def test_due_at_from_utc_input() -> None:
+    received = datetime(2026, 2, 10, 2, 0, tzinfo=UTC)  # 09:00 local
+    assert_local(CAL.due_at(received, 10, WD), "2026-03-03 09:00")
+
+
+@pytest.mark.parametrize(
+    ("received", "amount", "unit", "error"),
+    [
+        (vn("2026-03-11 09:00"), -1, WD, ValueError),
+        (vn("2026-03-11 09:00"), 1, "fortnights", ValueError),
+        (datetime(2026, 3, 11, 9, 0), 1, WD, ValueError),  # naive
+        (vn("2026-03-11 09:00"), 1.5, WD, TypeError),
+        (vn("2026-03-11 09:00"), True, WD, TypeError),
+    ],
+)
+def test_due_at_rejects(received: datetime, amount: int, unit: str, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        CAL.due_at(received, amount, unit)
+
+
+# --- add_working_seconds ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("start", "seconds", "expected"),
+    [
+        ("2026-03-11 07:00", 4.5 * 3600, "2026-03-11 11:30"),  # period end stays
+        ("2026-03-11 07:00", 4.5 * 3600 + 1, "2026-03-11 13:30:01"),
+        ("2026-03-11 07:00", DAY, "2026-03-11 17:00"),
+        ("2026-03-11 07:00", DAY + 0.25, "2026-03-12 07:00:00.250000"),
+        ("2026-03-11 17:00", 0, "2026-03-12 07:00"),  # zero -> clock start
+        ("2026-03-11 12:00", 0, "2026-03-11 13:30"),
+        ("2026-03-11 10:00", 0, "2026-03-11 10:00"),
+        ("2026-02-13 16:00", 2 * 3600, "2026-02-23 08:00"),  # across Tết
+    ],
+)
+def test_add_working_seconds(start: str, seconds: float, expected: str) -> None:
+    assert_local(CAL.add_working_seconds(vn(start), seconds), expected)
+
+
+@pytest.mark.parametrize("seconds", [-1.0, float("nan"), float("inf")])
+def test_add_working_seconds_rejects_bad_seconds(seconds: float) -> None:
+    with pytest.raises(ValueError):
+        CAL.add_working_seconds(vn("2026-03-11 10:00"), seconds)
+
+
+def test_naive_datetimes_rejected() -> None:
+    naive = datetime(2026, 3, 11, 10, 0)
+    with pytest.raises(ValueError, match="timezone-aware datetime required"):
+        CAL.clock_start(naive)
+    with pytest.raises(ValueError, match="timezone-aware datetime required"):
+        CAL.add_working_seconds(naive, 60)
+    with pytest.raises(ValueError, match="timezone-aware datetime required"):
+        CAL.working_seconds_between(naive, vn("2026-03-12 10:00"))
+    with pytest.raises(ValueError, match="timezone-aware datetime required"):
+        CAL.working_seconds_between(vn("2026-03-10 10:00"), naive)
+
+
+# --- extra holidays / workdays ----------------------------------------------
+
+
+def test_extra_workdays_and_holidays() -> None:
+    cal = WorkingCalendar(
+        extra_workdays=[date(2026, 3, 14), date(2026, 9, 2)],  # a Saturday, a holiday
+        extra_holidays=[date(2026, 3, 12), date(2026, 9, 2)],  # workdays win on overlap
+    )
+    assert cal.is_working_day(date(2026, 3, 14))
+    assert not cal.is_working_day(date(2026, 3, 12))
+    assert cal.is_working_day(date(2026, 9, 2))
+    # Wed 09:00: 6h Wed, Thu off, 2h Fri.
+    assert_local(cal.due_at(vn("2026-03-11 09:00"), 1, WD), "2026-03-13 09:00")
+    # Fri after closing: the Saturday is open.
+    assert_local(cal.due_at(vn("2026-03-13 17:30"), 1, WD), "2026-03-14 17:00")
+    # Calendar days: landing on the extra holiday moves on; the extra Saturday holds.
+    assert_local(cal.due_at(vn("2026-03-11 10:00"), 1, CD), "2026-03-13 10:00")
+    assert_local(cal.due_at(vn("2026-03-11 10:00"), 3, CD), "2026-03-14 10:00")
+    # Received on the extra holiday: the clock starts Fri 07:00; Sun 15 -> Mon 16.
+    assert_local(cal.due_at(vn("2026-03-12 09:00"), 2, CD), "2026-03-16 07:00")
+    assert cal.working_seconds_between(vn("2026-03-11 07:00"), vn("2026-03-16 07:00")) == 3 * DAY
+
+
+def test_custom_office_hours_and_timezone() -> None:
+    cal = WorkingCalendar(timezone="UTC", office_hours=OfficeHours.parse(["08:00-12:00"]))
+    start = datetime(2026, 3, 11, 11, 0, tzinfo=UTC)
+    assert cal.due_at(start, 1, WD) == datetime(2026, 3, 12, 11, 0, tzinfo=UTC)
+    assert cal.due_at(start, 2, WH) == datetime(2026, 3, 12, 9, 0, tzinfo=UTC)
+    assert cal.tz == ZoneInfo("UTC")
+
+
+def test_unknown_country_rejected() -> None:
+    with pytest.raises(ValueError, match="country"):
+        WorkingCalendar(country="XX")
+
+
+# --- OfficeHours ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "periods", "seconds"),
+    [
+        (
+            ["07:00-11:30", "13:30-17:00"],
+            ((time(7, 0), time(11, 30)), (time(13, 30), time(17, 0))),
+            DAY,
+        ),
+        (["08:00-12:00"], ((time(8, 0), time(12, 0)),), 4 * 3600),
+        ([" 7:30 - 11:45 "], ((time(7, 30), time(11, 45)),), 4 * 3600 + 15 * 60),
+        (["00:00-23:59"], ((time(0, 0), time(23, 59)),), 86400 - 60),
+    ],
+)
+def test_office_hours_parse(
+    spec: list[str], periods: tuple[tuple[time, time], ...], seconds: int
+) -> None:
+    hours = OfficeHours.parse(spec)
+    assert hours.periods == periods
+    assert hours.seconds_per_day == seconds
+
+
+def test_office_hours_default_matches_parse() -> None:
+    assert OfficeHours() == OfficeHours.parse(["07:00-11:30", "13:30-17:00"])
+    assert OfficeHours().seconds_per_day == DAY
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        [],  # empty
+        ["07:00"],  # no end
+        ["7-11"],  # no minutes
+        ["07:00-1130"],
+        ["ab:cd-11:30"],
+        ["07:0-11:30"],
+        ["24:00-25:00"],
+        ["07:60-08:00"],
+        ["11:30-07:00"],  # start after end
+        ["07:00-07:00"],  # empty period
+        ["07:00-11:30", "11:00-17:00"],  # overlap
+        ["13:30-17:00", "07:00-11:30"],  # unsorted
+    ],
+)
+def test_office_hours_parse_rejects(spec: list[str]) -> None:
+    with pytest.raises(ValueError):
+        OfficeHours.parse(spec)
+
+
+def test_office_hours_rejects_aware_and_subsecond_times() -> None:
+    with pytest.raises(ValueError):
+        OfficeHours(((time(7, 0, tzinfo=UTC), time(11, 0, tzinfo=UTC)),))
+    with pytest.raises(ValueError):
+        OfficeHours(((time(7, 0), time(11, 0, 0, 500)),))
+
+
+# --- working_seconds_between ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        ("2026-03-11 10:00", "2026-03-11 14:00", 2 * 3600),  # across lunch
+        ("2026-03-11 12:00", "2026-03-11 13:00", 0),  # inside lunch
+        ("2026-03-10 16:00", "2026-03-11 08:00", 2 * 3600),  # across a night
+        ("2026-03-13 16:00", "2026-03-16 08:00", 2 * 3600),  # across a weekend
+        ("2026-03-14 10:00", "2026-03-15 15:00", 0),  # weekend only
+        ("2026-08-28 12:00", "2026-09-03 12:00", DAY),  # 3.5h Fri + 4.5h Thu
+        ("2026-02-10 09:00", "2026-03-03 09:00", 10 * DAY),  # Tết
+        ("2026-03-11 07:00", "2026-03-11 17:00", DAY),
+        ("2026-03-11 10:00", "2026-03-11 10:00", 0),
+        ("2026-03-12 10:00", "2026-03-11 10:00", 0),  # reversed
+        ("2025-12-31 16:00", "2026-01-02 08:00", 2 * 3600),  # New Year
+    ],
+)
+def test_working_seconds_between(a: str, b: str, expected: float) -> None:
+    assert CAL.working_seconds_between(vn(a), vn(b)) == expected
+
+
+def test_working_seconds_between_mixed_timezones() -> None:
+    a = datetime(2026, 3, 11, 3, 0, tzinfo=UTC)  # 10:00 local
+    assert CAL.working_seconds_between(a, vn("2026-03-11 14:00")) == 2 * 3600
+
+
+ZONES = st.sampled_from([UTC, VN, ZoneInfo("Europe/Paris"), ZoneInfo("America/New_York")])
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    start=st.datetimes(
+        min_value=datetime(2025, 1, 1), max_value=datetime(2027, 12, 31), timezones=ZONES
+    ),
+    seconds=st.floats(min_value=0, max_value=30 * DAY, allow_nan=False),
+)
+def test_between_inverts_add(start: datetime, seconds: float) -> None:
+    end = CAL.add_working_seconds(start, seconds)
+    assert end >= CAL.clock_start(start)
+    assert abs(CAL.working_seconds_between(CAL.clock_start(start), end) - seconds) <= 1e-6
+
+
+@settings(deadline=None, max_examples=200)
+@given(
+    received=st.datetimes(
+        min_value=datetime(2025, 1, 1), max_value=datetime(2027, 12, 31), timezones=ZONES
+    ),
+    amount=st.integers(min_value=0, max_value=60),
+    unit=st.sampled_from(list(DurationUnit)),
+)
+def test_due_at_lands_on_working_day_in_office_hours(
+    received: datetime, amount: int, unit: DurationUnit
+) -> None:
+    due = CAL.due_at(received, amount, unit)
+    assert due.tzinfo == VN
+    assert CAL.is_working_day(due.date())
+    t = due.time()
+    assert any(start <= t <= end for start, end in OfficeHours().periods)
