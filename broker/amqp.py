@@ -41,6 +41,8 @@ DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 REASON_HEADER = "x-casebroker-reason"
 DETAIL_HEADER = "x-casebroker-detail"
 SOURCE_HEADER = "x-casebroker-source"
+#: conflicts between competing routers are retried this often before one-by-one handling
+MAX_BOUNDED_RETRIES = 5
 
 
 def amqp_url() -> str:
@@ -140,6 +142,7 @@ class _QueueWorker:
         self.flush_timer: Any = None
         self.retry_timer: Any = None
         self.retry_delay_s = 0.0
+        self.retries = 0
 
     @property
     def idle(self) -> bool:
@@ -205,31 +208,41 @@ class _QueueWorker:
             batch = self.pending[: self.settings.batch_size]
             started = time.perf_counter()
             try:
-                outbound = self._handle(batch)
+                outbound = self._handle(batch, singly=self.retries >= MAX_BOUNDED_RETRIES)
             except TransientError as e:
+                self.retries += 1 if e.bounded else 0
                 self._schedule_retry(str(e))
                 return
+            self.retries = 0
             self.retry_delay_s = 0.0
             del self.pending[: len(batch)]
             self._publish(batch[-1].tag, outbound)
             self.service.hooks.batch_done(self.handler.source, len(batch), len(outbound),
                                           time.perf_counter() - started)
 
-    def _handle(self, batch: list[Delivery]) -> list[Outbound]:
-        try:
-            return self.handler.handle(batch)
-        except TransientError:
-            raise
-        except Exception:
-            if len(batch) == 1:
-                log.exception("handler failed on one delivery of %s; dead-lettering it",
-                              self.queue)
-                return self.handler.internal_error(batch[0], RuntimeError("handler failed"))
-            log.exception("handler failed on a batch of %d from %s; retrying one by one",
-                          len(batch), self.queue)
+    def _handle(self, batch: list[Delivery], *, singly: bool) -> list[Outbound]:
+        if not singly:
+            try:
+                return self.handler.handle(batch)
+            except TransientError:
+                raise
+            except Exception:
+                log.exception("handler failed on a batch of %d from %s; retrying one by one",
+                              len(batch), self.queue)
         outbound: list[Outbound] = []
         for delivery in batch:
-            outbound += self._handle([delivery])
+            try:
+                outbound += self.handler.handle([delivery])
+            except TransientError as e:
+                if not e.bounded:
+                    raise  # the ledger is away: everything waits, nothing is dead-lettered
+                log.error("delivery %s from %s still conflicts after %d retries; dead-lettering",
+                          delivery.tag, self.queue, self.retries)
+                outbound += self.handler.internal_error(delivery, e)
+            except Exception as e:
+                log.exception("handler failed on one delivery of %s; dead-lettering it",
+                              self.queue)
+                outbound += self.handler.internal_error(delivery, e)
         return outbound
 
     def _schedule_retry(self, reason: str) -> None:

@@ -75,4 +75,11 @@ class TransitionRefused(CasebrokerError):
 
 
 class TransientError(CasebrokerError):
-    """A dependency is away for now; the work is retried, never dropped."""
+    """A dependency is away for now; the work is retried, never dropped.
+
+    ``bounded`` errors (a write conflict between competing routers) are retried a few
+    times and then handled as failures; unbounded ones (the database is down) pause
+    the work for as long as they last.
+    """
+
+    bounded = False

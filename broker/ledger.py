@@ -41,7 +41,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from broker.envelope import Outbound
 from broker.errors import TransientError
@@ -254,8 +254,10 @@ class Batch:
                 rows.clear()
 
 
-class ConcurrentUpdate(Exception):  # noqa: N818 - internal signal, retried by the consumer
-    """Another writer changed the dossier since this batch read it."""
+class ConcurrentUpdate(TransientError):
+    """Another writer (a competing router) changed the same rows; redo the batch."""
+
+    bounded = True
 
 
 class Ledger:
@@ -284,6 +286,10 @@ class Ledger:
                 b = Batch(conn)
                 yield b
                 b.flush()
+        except IntegrityError as e:
+            # a competing router committed the same submission or dossier first; on the
+            # retry this batch sees its row and treats the delivery as a duplicate
+            raise ConcurrentUpdate(f"conflict: {type(e.orig).__name__}") from e
         except DBAPIError as e:
             if is_transient(e):
                 raise TransientError(f"ledger unavailable: {type(e.orig).__name__}") from e

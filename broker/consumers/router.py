@@ -1,0 +1,203 @@
+"""ROUTER: a batch of submitted dossiers in, assignments and receipts out, one commit.
+
+For each delivery, in order: already processed (inbox) → re-publish what it published;
+not a valid ``dossier.submitted`` → dead letter; a submission id already in the
+ledger → recorded as a duplicate, nothing published; not routable → triage; not
+open for boundary-free receipt here → refused (state 3) with a notice to the desk;
+otherwise → received (state 2), ``dossier.assigned`` to the first agency and a
+receipt ``desk.notice`` to the intake desk.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from broker.amqp import Delivery
+from broker.consumers.common import (
+    Clock,
+    EngineProvider,
+    dead_letter,
+    delivery_id,
+    to_agency,
+    to_desk,
+    triage,
+)
+from broker.envelope import Outbound
+from broker.errors import DecodeError, RoutingError
+from broker.ledger import Batch, Ledger
+from broker.lifecycle import Event, State, apply
+from broker.messages import (
+    DeskNotice,
+    DossierAssigned,
+    DossierSubmitted,
+    NoticeKind,
+    decode,
+    utc_now,
+)
+from broker.rules.engine import Decision, Engine
+from broker.topology import Topology
+
+log = logging.getLogger(__name__)
+ACCEPTED_KINDS = frozenset({"dossier.submitted"})
+
+
+@dataclass(slots=True)
+class _Routed:
+    mid: str
+    dossier: DossierSubmitted
+    decision: Decision
+    code: str = ""
+
+
+class Router:
+    """The intake consumer: validates, routes, numbers, records and announces dossiers."""
+
+    source = "intake"
+
+    def __init__(self, engine: EngineProvider, ledger: Ledger, topology: Topology,
+                 clock: Clock = utc_now, metrics: Any = None) -> None:
+        self.engine = engine
+        self.ledger = ledger
+        self.topology = topology
+        self.clock = clock
+        self.metrics = metrics
+
+    def handle(self, deliveries: Sequence[Delivery]) -> list[Outbound]:
+        """Process one batch in one transaction; return every message to publish."""
+        engine = self.engine()  # one catalog version for the whole batch
+        now = self.clock()
+        out: list[Outbound] = []
+        with self.ledger.batch() as batch:
+            seen = batch.seen(delivery_id(d) for d in deliveries)
+            valid: list[tuple[str, DossierSubmitted]] = []
+            batch_ids: set[str] = set()
+            for d in deliveries:
+                mid = delivery_id(d)
+                if mid in seen:
+                    out += seen.pop(mid)  # redelivered: the very same messages again
+                    continue
+                if mid in batch_ids:
+                    continue  # the same message twice in one batch: once is enough
+                batch_ids.add(mid)
+                try:
+                    msg = decode(d.body, content_type=d.properties.content_type,
+                                 expected=ACCEPTED_KINDS)
+                except DecodeError as e:
+                    dl = dead_letter(self.topology, self.source, d, e.reason, e.detail)
+                    batch.record(mid, self.source, f"dead:{e.reason}", None, [dl], now)
+                    out.append(dl)
+                    self._count("dead_lettered", e.reason)
+                    continue
+                assert isinstance(msg, DossierSubmitted)
+                valid.append((mid, msg))
+            out += self._route(batch, engine, valid, deliveries, now)
+        return out
+
+    def _route(self, batch: Batch, engine: Engine, valid: list[tuple[str, DossierSubmitted]],
+               deliveries: Sequence[Delivery], now: datetime) -> list[Outbound]:
+        out: list[Outbound] = []
+        existing = batch.existing_submissions(str(m.submission_id) for _, m in valid)
+        by_mid = {delivery_id(d): d for d in deliveries}
+        routed: list[_Routed] = []
+        for mid, msg in valid:
+            sid = str(msg.submission_id)
+            if sid in existing:
+                batch.record(mid, self.source, "duplicate", existing[sid], [], now)
+                self._count("duplicate", "submission_id")
+                continue
+            existing[sid] = ""  # later copies in this batch are duplicates too
+            received_at = min(msg.submitted_at, now)
+            try:
+                decision = engine.decide(msg, received_at)
+            except RoutingError as e:
+                tr = triage(self.topology, self.source, by_mid[mid], e.reason, e.detail)
+                batch.record(mid, self.source, f"triaged:{e.reason}", None, [tr], now)
+                out.append(tr)
+                self._count("triaged", e.reason)
+                continue
+            routed.append(_Routed(mid, msg, decision))
+        self._number(batch, engine, routed)
+        for r in routed:
+            published = self._publish_for(r, now)
+            self._record(batch, r, published, now)
+            out += published
+        return out
+
+    def _number(self, batch: Batch, engine: Engine, routed: list[_Routed]) -> None:
+        """Give each dossier its code: competent unit, receipt day, daily sequence."""
+        tz = engine.calendar.tz
+        keys = [(r.decision.agency_id, r.decision.received_at.astimezone(tz).strftime("%y%m%d"))
+                for r in routed]
+        counts: dict[tuple[str, str], int] = {}
+        for key in keys:
+            counts[key] = counts.get(key, 0) + 1
+        next_number = batch.allocate_codes(counts)
+        for r, key in zip(routed, keys, strict=True):
+            r.code = f"{key[0]}-{key[1]}-{next_number[key]:04d}"
+            next_number[key] += 1
+
+    def _publish_for(self, r: _Routed, now: datetime) -> list[Outbound]:
+        msg, dec, code = r.dossier, r.decision, r.code
+        notice = DeskNotice(
+            notice=NoticeKind.REFUSED if dec.refusal else NoticeKind.RECEIPT,
+            dossier_code=code, submission_id=msg.submission_id, desk_id=msg.desk_id,
+            procedure_code=msg.procedure_code,
+            state=State.REFUSED if dec.refusal else State.RECEIVED,
+            agency_id=dec.agency_id, received_at=dec.received_at,
+            due_at=None if dec.refusal else dec.due_at, reason=dec.refusal, issued_at=now)
+        receipt = to_desk(self.topology, notice, f"{code}:{notice.notice.value}")
+        if dec.refusal:
+            return [receipt]
+        assigned = DossierAssigned(
+            dossier_code=code, submission_id=msg.submission_id,
+            procedure_code=msg.procedure_code, agency_id=dec.agency_id, step=1,
+            steps=len(dec.steps), desk_id=msg.desk_id, return_desk_id=msg.collect_at,
+            channel=msg.channel, received_at=dec.received_at, due_at=dec.due_at,
+            step_due_at=dec.first_step_due_at, applicant=msg.applicant, subject=msg.subject,
+            documents=msg.documents, attributes=msg.attributes, rule_id=dec.rule_id,
+            catalog_hash=dec.catalog_hash)
+        return [to_agency(self.topology, assigned, f"{code}:assigned:1"), receipt]
+
+    def _record(self, batch: Batch, r: _Routed, published: list[Outbound],
+                now: datetime) -> None:
+        msg, dec = r.dossier, r.decision
+        state = apply(State.SUBMITTED, Event.REFUSE if dec.refusal else Event.RECEIVE)
+        batch.add_dossier({
+            "code": r.code, "submission_id": str(msg.submission_id),
+            "procedure_code": msg.procedure_code, "intake_desk_id": msg.desk_id,
+            "return_desk_id": msg.collect_at, "channel": msg.channel.value,
+            "state": int(state), "agency_id": dec.agency_id, "step": 1,
+            "steps": [{"agency_id": s.agency_id, "amount": s.amount, "unit": s.unit.value}
+                      for s in dec.steps],
+            "rule_id": dec.rule_id, "catalog_hash": dec.catalog_hash,
+            "boundary_free": dec.boundary_free, "received_at": dec.received_at,
+            "due_at": dec.due_at, "step_due_at": dec.first_step_due_at,
+            "finished_at": now if dec.refusal else None, "flags": {}, "seq": 1,
+            "submission": msg.model_dump(mode="json", by_alias=True), "updated_at": now,
+        })
+        batch.add_event({
+            "dossier_code": r.code, "seq": 1, "kind": "refused" if dec.refusal else "received",
+            "state_from": int(State.SUBMITTED), "state_to": int(state), "actor": msg.desk_id,
+            "from_agency": None, "to_agency": dec.agency_id, "message_id": r.mid,
+            "detail": {"rule_id": dec.rule_id, "catalog_hash": dec.catalog_hash,
+                       "boundary_free": dec.boundary_free, "reason": dec.refusal},
+            "at": now,
+        })
+        outcome = "refused" if dec.refusal else "routed"
+        batch.record(r.mid, self.source, outcome, r.code, published, now)
+        self._count(outcome, "")
+
+    def _count(self, outcome: str, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.intake(outcome, reason)
+
+    def internal_error(self, delivery: Delivery, error: BaseException) -> list[Outbound]:
+        """Dead-letter a delivery the handler could not process at all."""
+        dl = dead_letter(self.topology, self.source, delivery, "internal_error",
+                         type(error).__name__)
+        self._count("dead_lettered", "internal_error")
+        return [dl]

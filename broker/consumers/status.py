@@ -1,0 +1,335 @@
+"""STATUS ROUTER: agency status updates and desk events, checked against the ledger.
+
+Each update is checked against its dossier's current state (the lifecycle table)
+and its sender (the current assignee for agency updates, the dossier's desks for
+desk events). A refused update changes nothing and tells the sender why. Accepted
+ones are applied in arrival order within the batch, written once per dossier with
+an optimistic check on the dossier's event sequence, and announced: to the return
+desk, to the agency, or, for a finished chain step, to the next agency.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from broker.amqp import Delivery
+from broker.calendar import DurationUnit
+from broker.consumers.common import (
+    Clock,
+    EngineProvider,
+    dead_letter,
+    delivery_id,
+    to_agency,
+    to_desk,
+)
+from broker.envelope import Outbound
+from broker.errors import DecodeError, TransitionRefused
+from broker.ledger import Batch, Ledger
+from broker.lifecycle import Event, State, apply
+from broker.messages import (
+    AgencyNotice,
+    AgencyStatus,
+    DeskNotice,
+    Document,
+    DossierAssigned,
+    DossierReturned,
+    DossierStatus,
+    DossierSubmitted,
+    DossierSupplemented,
+    DossierWithdrawn,
+    NoticeKind,
+    decode,
+    utc_now,
+)
+from broker.rules.engine import Engine, StepPlan
+from broker.topology import Topology
+
+log = logging.getLogger(__name__)
+
+ACCEPTED_KINDS = frozenset({"dossier.status", "dossier.returned", "dossier.supplemented",
+                            "dossier.withdrawn"})
+DeskEvent = DossierReturned | DossierSupplemented | DossierWithdrawn
+Update = DossierStatus | DeskEvent
+
+STATUS_EVENTS = {
+    AgencyStatus.ACCEPTED: Event.ACCEPT,
+    AgencyStatus.PROCESSING: Event.PROCESS,
+    AgencyStatus.SUPPLEMENT_REQUESTED: Event.REQUEST_SUPPLEMENT,
+    AgencyStatus.FINANCIAL_OBLIGATION: Event.REQUIRE_PAYMENT,
+    AgencyStatus.REJECTED: Event.REFUSE,
+    AgencyStatus.STOPPED: Event.STOP,
+    AgencyStatus.RESOLVED: Event.RESOLVE,
+}
+#: the desk notice each new state earns (None: the desk is not told)
+DESK_NOTICE_FOR = {
+    State.PROCESSING: NoticeKind.STATUS_CHANGED,
+    State.SUPPLEMENT_REQUESTED: NoticeKind.SUPPLEMENT_REQUESTED,
+    State.FINANCIAL_OBLIGATION: NoticeKind.FINANCIAL_OBLIGATION,
+    State.REFUSED: NoticeKind.REFUSED,
+    State.STOPPED: NoticeKind.STOPPED,
+    State.RESOLVED: NoticeKind.RESULT_READY,
+    State.WITHDRAWN: NoticeKind.WITHDRAWN,
+}
+FINISHED = frozenset({State.REFUSED, State.STOPPED, State.RESOLVED, State.WITHDRAWN})
+
+
+@dataclass(slots=True)
+class _Dossier:
+    """A dossier row being changed by this batch."""
+
+    row: dict[str, Any]
+    loaded_seq: int
+    changes: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.changes.get(key, self.row[key])
+
+    def set(self, **values: Any) -> None:
+        self.changes.update(values)
+
+
+class StatusRouter:
+    """The status consumer: applies updates the table allows, refuses the rest."""
+
+    source = "status"
+
+    def __init__(self, engine: EngineProvider, ledger: Ledger, topology: Topology,
+                 clock: Clock = utc_now, metrics: Any = None) -> None:
+        self.engine = engine
+        self.ledger = ledger
+        self.topology = topology
+        self.clock = clock
+        self.metrics = metrics
+
+    def handle(self, deliveries: Sequence[Delivery]) -> list[Outbound]:
+        """Process one batch in one transaction; return every message to publish."""
+        engine = self.engine()
+        now = self.clock()
+        out: list[Outbound] = []
+        with self.ledger.batch() as batch:
+            seen = batch.seen(delivery_id(d) for d in deliveries)
+            decoded: list[tuple[str, Delivery, Update]] = []
+            batch_ids: set[str] = set()
+            for d in deliveries:
+                mid = delivery_id(d)
+                if mid in seen:
+                    out += seen.pop(mid)
+                    continue
+                if mid in batch_ids:
+                    continue
+                batch_ids.add(mid)
+                try:
+                    msg = decode(d.body, content_type=d.properties.content_type,
+                                 expected=ACCEPTED_KINDS)
+                except DecodeError as e:
+                    out.append(self._dead(batch, mid, d, e.reason, e.detail, now))
+                    continue
+                decoded.append((mid, d, msg))  # type: ignore[arg-type]
+            loaded = batch.load_dossiers(m.dossier_code for _, _, m in decoded)
+            dossiers = {code: _Dossier(row, row["seq"]) for code, row in loaded.items()}
+            for mid, d, msg in decoded:
+                dossier = dossiers.get(msg.dossier_code)
+                if dossier is None:
+                    out.append(self._dead(batch, mid, d, "unknown_dossier",
+                                          "no dossier with this code", now))
+                    continue
+                published, outcome = self._apply(engine, dossier, mid, msg, batch, now)
+                batch.record(mid, self.source, outcome, msg.dossier_code, published, now)
+                self._count(outcome)
+                out += published
+            for code, dossier in dossiers.items():
+                if dossier.changes:
+                    batch.update_dossier(code, dossier.loaded_seq, dossier.changes)
+        return out
+
+    def _apply(self, engine: Engine, dossier: _Dossier, mid: str, msg: Update, batch: Batch,
+               now: datetime) -> tuple[list[Outbound], str]:
+        refusal = self._sender_problem(dossier, msg)
+        event = self._event_for(dossier, msg)
+        if refusal is None:
+            try:
+                new_state = apply(dossier["state"], event)
+            except TransitionRefused:
+                refusal = (f"{event.value} is not allowed: dossier is "
+                           f"{State(dossier['state']).name.lower()}")
+        if refusal is not None:
+            return [self._refuse(dossier, msg, refusal, now)], "refused_update"
+        old_state, old_agency = State(dossier["state"]), dossier["agency_id"]
+        seq = dossier["seq"] + 1
+        dossier.set(state=int(new_state), seq=seq, updated_at=now)
+        out = self._effects(engine, dossier, msg, event, old_state, seq, now)
+        hand_off = event == Event.HAND_OFF
+        batch.add_event({
+            "dossier_code": dossier["code"], "seq": seq, "kind": event.value,
+            "state_from": int(old_state), "state_to": int(new_state), "actor": _sender(msg),
+            "from_agency": old_agency if hand_off else None,
+            "to_agency": dossier["agency_id"] if hand_off else None,
+            "message_id": mid, "detail": _detail(msg), "at": now,
+        })
+        return out, "applied"
+
+    @staticmethod
+    def _event_for(dossier: _Dossier, msg: Update) -> Event:
+        if isinstance(msg, DossierStatus):
+            event = STATUS_EVENTS[msg.status]
+            if event == Event.RESOLVE and dossier["step"] < len(dossier["steps"]):
+                return Event.HAND_OFF
+            return event
+        if isinstance(msg, DossierReturned):
+            return Event.RETURN
+        if isinstance(msg, DossierSupplemented):
+            return Event.SUPPLEMENT
+        return Event.WITHDRAW
+
+    @staticmethod
+    def _sender_problem(dossier: _Dossier, msg: Update) -> str | None:
+        if isinstance(msg, DossierStatus):
+            if msg.agency_id != dossier["agency_id"]:
+                return f"{msg.agency_id} is not the dossier's current agency"
+            return None
+        desks = ({dossier["return_desk_id"]} if isinstance(msg, DossierReturned)
+                 else {dossier["return_desk_id"], dossier["intake_desk_id"]})
+        if msg.desk_id not in desks:
+            return f"desk {msg.desk_id} is not a desk of this dossier"
+        return None
+
+    def _effects(self, engine: Engine, dossier: _Dossier, msg: Update, event: Event,
+                 old_state: State, seq: int, now: datetime) -> list[Outbound]:
+        state = State(dossier["state"])
+        out: list[Outbound] = []
+        results: list[dict[str, Any]] = list(dossier["flags"].get("results", []))
+        if isinstance(msg, DossierStatus) and msg.documents and event in (Event.HAND_OFF,
+                                                                          Event.RESOLVE):
+            results += [doc.model_dump(mode="json") for doc in msg.documents]
+            dossier.set(flags={**dossier["flags"], "results": results})
+        if state in FINISHED:
+            dossier.set(finished_at=now)
+        if event == Event.REQUEST_SUPPLEMENT:
+            dossier.set(paused_at=now)
+        elif event == Event.SUPPLEMENT:
+            out.append(self._resume(engine, dossier, msg, seq, now))
+        elif event == Event.HAND_OFF:
+            out.append(self._hand_off(engine, dossier, [Document(**r) for r in results], now))
+        elif event == Event.WITHDRAW:
+            out.append(self._agency_notice(dossier, NoticeKind.WITHDRAWN, seq, now,
+                                           reason=getattr(msg, "reason", None)))
+        elif event == Event.RETURN:
+            assert isinstance(msg, DossierReturned)
+            dossier.set(satisfaction=msg.satisfaction)
+        kind = DESK_NOTICE_FOR.get(state)
+        if kind is not None and state != old_state:  # hand-offs stay 4 → 4: desk not told
+            out.append(self._desk_notice(dossier, kind, state, seq, now, msg,
+                                         results if state == State.RESOLVED else []))
+        return out
+
+    def _resume(self, engine: Engine, dossier: _Dossier, msg: Update, seq: int,
+                now: datetime) -> Outbound:
+        """The supplement is in: move the due dates by the paused working time."""
+        cal = engine.calendar
+        paused_at = dossier["paused_at"] or now
+        paused_s = cal.working_seconds_between(paused_at, now)
+        dossier.set(paused_at=None,
+                    due_at=cal.add_working_seconds(dossier["due_at"], paused_s),
+                    step_due_at=cal.add_working_seconds(dossier["step_due_at"], paused_s))
+        assert isinstance(msg, DossierSupplemented)
+        return self._agency_notice(dossier, NoticeKind.SUPPLEMENTED, seq, now,
+                                   documents=list(msg.documents))
+
+    def _hand_off(self, engine: Engine, dossier: _Dossier, results: list[Document],
+                  now: datetime) -> Outbound:
+        """One chain step done: assign the dossier to the next step's agency."""
+        step = dossier["step"] + 1
+        plan = dossier["steps"][step - 1]
+        step_plan = StepPlan(plan["agency_id"], plan["amount"], DurationUnit(plan["unit"]))
+        step_due = engine.step_due_at(step_plan, now, dossier["due_at"])
+        dossier.set(step=step, agency_id=step_plan.agency_id, step_due_at=step_due)
+        sub = DossierSubmitted.model_validate(dossier["submission"])
+        assigned = DossierAssigned(
+            dossier_code=dossier["code"], submission_id=sub.submission_id,
+            procedure_code=sub.procedure_code, agency_id=step_plan.agency_id, step=step,
+            steps=len(dossier["steps"]), desk_id=sub.desk_id, return_desk_id=sub.collect_at,
+            channel=sub.channel, received_at=dossier["received_at"], due_at=dossier["due_at"],
+            step_due_at=step_due, applicant=sub.applicant, subject=sub.subject,
+            documents=list(sub.documents) + results, attributes=sub.attributes,
+            rule_id=dossier["rule_id"], catalog_hash=dossier["catalog_hash"])
+        return to_agency(self.topology, assigned, f"{dossier['code']}:assigned:{step}")
+
+    def _agency_notice(self, dossier: _Dossier, kind: NoticeKind, seq: int, now: datetime,
+                       reason: str | None = None,
+                       documents: list[Document] | None = None) -> Outbound:
+        notice = AgencyNotice(notice=kind, dossier_code=dossier["code"],
+                              agency_id=dossier["agency_id"], state=dossier["state"],
+                              reason=reason, documents=documents or [], issued_at=now)
+        return to_agency(self.topology, notice, f"{dossier['code']}:{kind.value}:{seq}")
+
+    def _desk_notice(self, dossier: _Dossier, kind: NoticeKind, state: State, seq: int,
+                     now: datetime, msg: Update, results: list[dict[str, Any]]) -> Outbound:
+        sub = dossier["submission"]
+        notice = DeskNotice(
+            notice=kind, dossier_code=dossier["code"], submission_id=sub["submission_id"],
+            desk_id=dossier["return_desk_id"], procedure_code=sub["procedure_code"],
+            state=int(state), agency_id=dossier["agency_id"],
+            received_at=dossier["received_at"], due_at=dossier["due_at"],
+            reason=getattr(msg, "reason", None),
+            documents=[Document(**r) for r in results],
+            requested_documents=getattr(msg, "requested_documents", []),
+            amount_vnd=getattr(msg, "amount_vnd", None), issued_at=now)
+        return to_desk(self.topology, notice, f"{dossier['code']}:{kind.value}:{seq}")
+
+    def _refuse(self, dossier: _Dossier, msg: Update, reason: str, now: datetime) -> Outbound:
+        """Tell the sender its update changed nothing, and why."""
+        update_id = str(getattr(msg, "update_id", None) or getattr(msg, "event_id", ""))
+        message_id = f"{dossier['code']}:update_refused:{update_id}"
+        if isinstance(msg, DossierStatus):
+            notice = AgencyNotice(notice=NoticeKind.UPDATE_REFUSED,
+                                  dossier_code=dossier["code"], agency_id=msg.agency_id,
+                                  state=dossier["state"], reason=reason, issued_at=now)
+            return to_agency(self.topology, notice, message_id)
+        sub = dossier["submission"]
+        desk_notice = DeskNotice(
+            notice=NoticeKind.UPDATE_REFUSED, dossier_code=dossier["code"],
+            submission_id=sub["submission_id"], desk_id=msg.desk_id,
+            procedure_code=sub["procedure_code"], state=dossier["state"],
+            agency_id=dossier["agency_id"], reason=reason, issued_at=now)
+        return to_desk(self.topology, desk_notice, message_id)
+
+    def _dead(self, batch: Batch, mid: str, d: Delivery, reason: str, detail: str,
+              now: datetime) -> Outbound:
+        dl = dead_letter(self.topology, self.source, d, reason, detail)
+        batch.record(mid, self.source, f"dead:{reason}", None, [dl], now)
+        self._count("dead_lettered", reason)
+        return dl
+
+    def _count(self, outcome: str, reason: str = "") -> None:
+        if self.metrics is not None:
+            self.metrics.status(outcome, reason)
+
+    def internal_error(self, delivery: Delivery, error: BaseException) -> list[Outbound]:
+        """Dead-letter a delivery the handler could not process at all."""
+        self._count("dead_lettered", "internal_error")
+        return [dead_letter(self.topology, self.source, delivery, "internal_error",
+                            type(error).__name__)]
+
+
+def _sender(msg: Update) -> str:
+    return msg.agency_id if isinstance(msg, DossierStatus) else msg.desk_id
+
+
+def _detail(msg: Update) -> dict[str, Any]:
+    """What the process-control sheet keeps of an update (no personal data)."""
+    detail: dict[str, Any] = {"kind": type(msg).__name__}
+    if isinstance(msg, DossierStatus):
+        detail.update(status=msg.status.value, reason=msg.reason,
+                      documents=[d.name for d in msg.documents],
+                      requested_documents=msg.requested_documents, amount_vnd=msg.amount_vnd)
+    elif isinstance(msg, DossierReturned):
+        detail.update(satisfaction=msg.satisfaction)
+    elif isinstance(msg, DossierSupplemented):
+        detail.update(documents=[d.name for d in msg.documents])
+    elif isinstance(msg, DossierWithdrawn):
+        detail.update(reason=msg.reason)
+    return detail

@@ -1,0 +1,150 @@
+"""`casebroker run`: the router and the status router on one connection, until stopped.
+
+SIGINT/SIGTERM stop it cleanly: consuming stops, published batches get their
+confirms and acks, nothing unfinished is acked. SIGHUP reloads the catalog: the new
+one is validated and its topology declared before it replaces the old; a batch
+always sees one catalog version; an invalid catalog is refused and the old one
+keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pika
+
+from broker.amqp import ConsumerService, ConsumerSettings
+from broker.consumers.router import Router
+from broker.consumers.status import StatusRouter
+from broker.errors import CatalogError
+from broker.ledger import Ledger
+from broker.rules.catalog import Catalog, load_catalog
+from broker.rules.engine import Engine
+from broker.topology import Topology
+from monitoring.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+def declare_topology(url: str, topology: Topology, catalog: Catalog) -> int:
+    """Declare every exchange, queue and binding of a catalog (idempotent)."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        return topology.declare(connection.channel(), catalog.agency_ids, catalog.desk_ids)
+    finally:
+        connection.close()
+
+
+def delete_topology(url: str, topology: Topology, catalog: Catalog) -> None:
+    """Delete a catalog's queues and exchanges (tests and demos clean up after themselves)."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        for queue in topology.queues(catalog.agency_ids, catalog.desk_ids):
+            channel.queue_delete(queue)
+        for exchange in topology.exchanges:
+            channel.exchange_delete(exchange)
+    finally:
+        connection.close()
+
+
+@dataclass
+class Broker:
+    """The running service: one engine in force, the consumers, the ledger."""
+
+    catalog_path: str | None
+    topology: Topology
+    ledger: Ledger
+    settings: ConsumerSettings = field(default_factory=ConsumerSettings)
+    metrics: Metrics = field(default_factory=Metrics)
+
+    def __post_init__(self) -> None:
+        self.catalog = load_catalog(self.catalog_path)
+        self._engine = Engine(self.catalog)
+        self.metrics.catalog_loaded(self.catalog.spec.catalog, self.catalog.content_hash)
+        self._reload_lock = threading.Lock()
+        self.service = ConsumerService(
+            self.settings, self.topology.dead_letter_exchange, self._dead_source_of,
+            hooks=self.metrics)
+        self.service.add(self.topology.intake_queue, Router(
+            self.engine, self.ledger, self.topology, metrics=self.metrics))
+        self.service.add(self.topology.status_queue, StatusRouter(
+            self.engine, self.ledger, self.topology, metrics=self.metrics))
+
+    def engine(self) -> Engine:
+        """The engine in force now."""
+        return self._engine
+
+    def _dead_source_of(self, exchange: str) -> str | None:
+        t = self.topology
+        return {t.intake_exchange: "intake", t.status_exchange: "status",
+                t.agency_exchange: "agency", t.desk_exchange: "desk"}.get(exchange)
+
+    def declare(self) -> int:
+        """Declare the topology of the catalog in force."""
+        return declare_topology(self.settings.url, self.topology, self.catalog)
+
+    def reload(self) -> bool:
+        """Load the catalog file again; swap it in only if valid and its topology declared."""
+        with self._reload_lock:
+            try:
+                catalog = load_catalog(self.catalog_path)
+                engine = Engine(catalog)
+                declare_topology(self.settings.url, self.topology, catalog)
+            except CatalogError as e:
+                log.error("catalog reload refused, %d problem(s); keeping %s:\n%s",
+                          len(e.problems), self.catalog.content_hash, e)
+                self.metrics.catalog_reloads_total.labels("refused").inc()
+                return False
+            except Exception:
+                log.exception("catalog reload failed; keeping %s", self.catalog.content_hash)
+                self.metrics.catalog_reloads_total.labels("failed").inc()
+                return False
+            old = self.catalog.content_hash
+            self.catalog, self._engine = catalog, engine
+            self.metrics.catalog_loaded(catalog.spec.catalog, catalog.content_hash)
+            self.metrics.catalog_reloads_total.labels("applied").inc()
+            log.info("catalog reloaded: %s -> %s", old, catalog.content_hash)
+            return True
+
+    def run(self, *, install_signals: bool = True) -> None:
+        """Declare, consume until stopped; blocks."""
+        queues = self.declare()
+        log.info("catalog %s (%s): %d procedures; %d queues under prefix %r",
+                 self.catalog.spec.catalog, self.catalog.content_hash,
+                 len(self.catalog.spec.procedures), queues, self.topology.prefix)
+        if install_signals:
+            signal.signal(signal.SIGINT, self._on_stop_signal)
+            signal.signal(signal.SIGTERM, self._on_stop_signal)
+            signal.signal(signal.SIGHUP, self._on_reload_signal)
+        self.service.run()
+        log.info("stopped")
+
+    def stop(self) -> None:
+        """Stop consuming and close once published batches are confirmed (thread-safe)."""
+        self.service.stop()
+
+    def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        self.stop()
+
+    def _on_reload_signal(self, _signum: int, _frame: FrameType | None) -> None:
+        # the reload parses YAML and talks to RabbitMQ: not inside a signal handler
+        threading.Thread(target=self.reload, name="catalog-reload", daemon=True).start()
+
+
+def catalog_path_arg(value: str | None) -> str | None:
+    """A --catalog argument: None means the shipped catalog."""
+    return str(Path(value)) if value else None
+
+
+def describe(broker: Broker) -> dict[str, Any]:
+    """A short description of the service for logs and `--json` outputs."""
+    return {"catalog": broker.catalog.spec.catalog, "catalog_hash": broker.catalog.content_hash,
+            "prefix": broker.topology.prefix, "db": broker.ledger.url.split("@")[-1]}

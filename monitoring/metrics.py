@@ -1,0 +1,86 @@
+"""Prometheus metric definitions and the hooks that feed them.
+
+Labels carry only bounded, non-personal values: sources, outcomes, reason codes,
+agency ids. Never a dossier code, a name or an id number.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from broker.amqp import Hooks
+
+
+class Metrics(Hooks):
+    """Every casebroker metric, in its own registry (tests make as many as they like)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.intake_total = Counter(
+            "casebroker_intake_total", "Submitted dossiers processed by the router, by outcome",
+            ["outcome", "reason"], registry=r)
+        self.status_total = Counter(
+            "casebroker_status_updates_total",
+            "Status updates and desk events processed, by outcome", ["outcome", "reason"],
+            registry=r)
+        self.batch_seconds = Histogram(
+            "casebroker_batch_seconds", "Time to process one batch (decode, rules, ledger)",
+            ["source"], registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        self.batch_size = Histogram(
+            "casebroker_batch_size", "Deliveries per batch", ["source"], registry=r,
+            buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000))
+        self.published_total = Counter(
+            "casebroker_published_total", "Messages published (confirmed or pending)",
+            ["source"], registry=r)
+        self.acks_total = Counter(
+            "casebroker_ack_calls_total", "basic.ack calls (multiple=True) after confirms",
+            ["source"], registry=r)
+        self.retries_total = Counter(
+            "casebroker_retries_total", "Batches put back for a retry (ledger away, conflicts)",
+            ["source", "kind"], registry=r)
+        self.returned_total = Counter(
+            "casebroker_unroutable_total", "Publishes returned unroutable and dead-lettered",
+            ["source", "exchange"], registry=r)
+        self.connected = Gauge(
+            "casebroker_broker_connected", "1 while connected to RabbitMQ", registry=r)
+        self.catalog_reloads_total = Counter(
+            "casebroker_catalog_reloads_total", "Catalog reloads on SIGHUP, by result",
+            ["result"], registry=r)
+        self.catalog_info = Gauge(
+            "casebroker_catalog_info", "The catalog in force (value 1)", ["catalog", "hash"],
+            registry=r)
+
+    # consumers
+    def intake(self, outcome: str, reason: str) -> None:
+        self.intake_total.labels(outcome, reason).inc()
+
+    def status(self, outcome: str, reason: str) -> None:
+        self.status_total.labels(outcome, reason).inc()
+
+    # transport hooks
+    def batch_done(self, source: str, size: int, published: int, seconds: float) -> None:
+        self.batch_seconds.labels(source).observe(seconds)
+        self.batch_size.labels(source).observe(size)
+        self.published_total.labels(source).inc(published)
+
+    def acked(self, source: str, count: int) -> None:
+        self.acks_total.labels(source).inc(count)
+
+    def retry(self, source: str, reason: str) -> None:
+        self.retries_total.labels(source, reason).inc()
+
+    def returned(self, source: str, exchange: str) -> None:
+        self.returned_total.labels(source, exchange).inc()
+
+    def connection(self, up: bool) -> None:
+        self.connected.set(1 if up else 0)
+
+    def catalog_loaded(self, name: str, content_hash: str) -> None:
+        self.catalog_info.clear()
+        self.catalog_info.labels(name, content_hash).set(1)
+
+    def serve(self, port: int, addr: str = "127.0.0.1") -> None:
+        """Expose /metrics over HTTP on ``addr:port`` (a daemon thread)."""
+        start_http_server(port, addr=addr, registry=self.registry)

@@ -1,0 +1,129 @@
+"""Fixtures for tests against the real RabbitMQ and PostgreSQL on this machine.
+
+Each test gets its own topology prefix and its own ledger (a SQLite file, or a
+PostgreSQL schema), and removes what it declared. ``CASEBROKER_AMQP_URL`` and
+``CASEBROKER_TEST_PG_URL`` point elsewhere (e.g. at testcontainers on a laptop).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+from sqlalchemy import create_engine, text
+
+from broker.amqp import ConsumerSettings, amqp_url
+from broker.ledger import Ledger
+from broker.rules.catalog import Catalog, load_catalog
+from broker.service import Broker, declare_topology, delete_topology
+from broker.topology import Topology
+
+FIXTURES = Path(__file__).parent / "fixtures"
+MINI_CATALOG = FIXTURES / "mini.yaml"
+PG_URL = os.environ.get("CASEBROKER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def topology() -> Topology:
+    """A topology under a prefix no other test uses."""
+    return Topology(f"t{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture
+def mini_catalog() -> Catalog:
+    return load_catalog(MINI_CATALOG)
+
+
+@pytest.fixture
+def declared(topology: Topology, mini_catalog: Catalog) -> Iterator[Topology]:
+    """The mini catalog's topology, declared on the real RabbitMQ and deleted afterwards."""
+    declare_topology(amqp_url(), topology, mini_catalog)
+    yield topology
+    delete_topology(amqp_url(), topology, mini_catalog)
+
+
+def _pg_schema_url(schema: str) -> str:
+    return f"{PG_URL}?options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
+    """A fresh ledger: a SQLite file, or a schema of its own in the real PostgreSQL."""
+    if request.param == "sqlite":
+        led = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+        yield led
+        led.dispose()
+        return
+    schema = f"t{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    led = Ledger(_pg_schema_url(schema))
+    yield led
+    led.dispose()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+class RunningBroker:
+    """`casebroker run` in a thread of the test process, stopped at teardown."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.thread = threading.Thread(target=broker.run, kwargs={"install_signals": False},
+                                       daemon=True)
+
+    def start(self) -> RunningBroker:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.broker.stop()
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive(), "broker did not stop"
+
+
+@pytest.fixture
+def run_broker(declared: Topology, ledger: Ledger) -> Iterator[Callable[..., RunningBroker]]:
+    """Start the router and status router on the mini catalog; stop them afterwards."""
+    started: list[RunningBroker] = []
+
+    def start(**settings: Any) -> RunningBroker:
+        broker = Broker(str(MINI_CATALOG), declared, ledger,
+                        ConsumerSettings(flush_interval_ms=2, **settings))
+        running = RunningBroker(broker).start()
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+def queue_depth(queue: str) -> int:
+    """Messages ready in a queue (passive declare over AMQP)."""
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
+    try:
+        return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
+    finally:
+        conn.close()
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float = 20.0, what: str = "") -> Any:
+    """Poll until ``predicate`` returns something truthy; fail the test on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s}s waiting for {what or predicate}")
+        time.sleep(0.05)

@@ -1,0 +1,71 @@
+"""Plain pika helpers for tests: publish raw bodies, fetch what queues hold."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pika
+
+from broker.amqp import amqp_url
+from broker.messages import DossierSubmitted, encode
+from broker.topology import INTAKE_KEY, STATUS_KEY, Topology
+
+
+def dossier(procedure_code: str = "1.001193", desk_id: str = "T.MC.B",
+            applicant_ward: str | None = "10001", **extra: Any) -> DossierSubmitted:
+    """A valid dossier.submitted for the mini catalog."""
+    data: dict[str, Any] = {
+        "schema": "casebroker.dossier.submitted/v1", "submission_id": str(uuid.uuid4()),
+        "procedure_code": procedure_code, "desk_id": desk_id, "channel": "in_person",
+        "submitted_at": datetime(2026, 11, 25, 2, 0, tzinfo=UTC).isoformat(),
+        "applicant": {"kind": "citizen", "name": "Nguyễn Văn An", "id_number": "066090001234",
+                      "phone": "0905000000", "ward_code": applicant_ward},
+        "documents": [{"name": "to-khai.pdf", "uri": "s3://docs/1", "sha256": "a" * 64,
+                       "size": 1000, "media_type": "application/pdf"}],
+    }
+    data.update(extra)
+    return DossierSubmitted.model_validate(data)
+
+
+class Amqp:
+    """A blocking pika connection for a test."""
+
+    def __init__(self) -> None:
+        self.conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
+        self.ch = self.conn.channel()
+        self.ch.confirm_delivery()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def publish(self, exchange: str, key: str, body: bytes, *, message_id: str | None = None,
+                type: str | None = None, content_type: str | None = "application/json",
+                headers: dict[str, Any] | None = None) -> None:
+        self.ch.basic_publish(exchange, key, body, pika.BasicProperties(
+            content_type=content_type, delivery_mode=2, message_id=message_id, type=type,
+            headers=headers), mandatory=True)
+
+    def submit(self, t: Topology, d: DossierSubmitted, message_id: str | None = None) -> None:
+        self.publish(t.intake_exchange, INTAKE_KEY, encode(d),
+                     message_id=message_id or f"submit:{d.submission_id}",
+                     type="dossier.submitted")
+
+    def status(self, t: Topology, message: Any) -> None:
+        mid = str(getattr(message, "update_id", None) or getattr(message, "event_id"))
+        self.publish(t.status_exchange, STATUS_KEY, encode(message), message_id=mid,
+                     type=str(message.schema_).split("/")[0].removeprefix("casebroker."))
+
+    def get_all(self, queue: str) -> list[tuple[Any, bytes]]:
+        """Take (and ack) every message now in a queue: (properties, body) pairs."""
+        out = []
+        while True:
+            method, props, body = self.ch.basic_get(queue, auto_ack=True)
+            if method is None:
+                return out
+            out.append((props, body))
+
+    def json_all(self, queue: str) -> list[dict[str, Any]]:
+        return [json.loads(body) for _, body in self.get_all(queue)]

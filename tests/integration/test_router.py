@@ -1,0 +1,141 @@
+"""The router and status router on the real RabbitMQ, with SQLite and PostgreSQL ledgers."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+
+from broker.amqp import REASON_HEADER
+from broker.ledger import Ledger
+from broker.messages import DossierReturned, DossierStatus
+from broker.topology import INTAKE_KEY, Topology
+from tests.conftest import queue_depth, wait_for
+from tests.helpers import Amqp, dossier
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def amqp() -> Iterator[Amqp]:
+    a = Amqp()
+    yield a
+    a.close()
+
+
+def _wait_routed(ledger: Ledger, n: int) -> None:
+    wait_for(lambda: sum(ledger.count_by_state().values()) >= n, what=f"{n} dossiers in ledger")
+
+
+def test_dossier_goes_to_competent_agency_and_result_back_to_chosen_desk(
+        declared: Topology, ledger: Ledger, run_broker, amqp: Amqp) -> None:
+    run_broker()
+    # received at commune B's desk, applicant lives in commune A: A's committee decides
+    d = dossier("1.001193", desk_id="T.MC.B", applicant_ward="10001", return_desk_id="T.CENTRE")
+    amqp.submit(declared, d)
+    _wait_routed(ledger, 1)
+
+    assigned = wait_for(lambda: amqp.json_all(declared.agency_queue("T.UBND.A")), what="assign")
+    assert len(assigned) == 1
+    a = assigned[0]
+    assert a["schema"] == "casebroker.dossier.assigned/v1"
+    assert a["agency_id"] == "T.UBND.A" and a["step"] == 1 and a["steps"] == 1
+    assert a["return_desk_id"] == "T.CENTRE" and a["rule_id"] == "procedure:1.001193"
+    code = a["dossier_code"]
+    assert code.startswith("T.UBND.A-261125-") and code.endswith("-0001")
+
+    receipts = wait_for(lambda: amqp.json_all(declared.desk_queue("T.MC.B")), what="receipt")
+    assert [r["notice"] for r in receipts] == ["receipt"]
+    assert receipts[0]["dossier_code"] == code and receipts[0]["state"] == 2
+    assert receipts[0]["due_at"] == a["due_at"]
+    row = ledger.dossier(code)
+    assert row is not None and row["state"] == 2 and row["boundary_free"] is True
+
+    resolved = DossierStatus(update_id=uuid.uuid4(), dossier_code=code, agency_id="T.UBND.A",
+                             status="resolved", sent_at=datetime.now(UTC),
+                             documents=a["documents"])
+    amqp.status(declared, resolved)
+    results = wait_for(lambda: amqp.json_all(declared.desk_queue("T.CENTRE")), what="result")
+    assert [r["notice"] for r in results] == ["result_ready"]
+    assert results[0]["state"] == 9 and len(results[0]["documents"]) == 1
+    assert amqp.json_all(declared.desk_queue("T.MC.B")) == []  # intake desk not the return desk
+
+    amqp.status(declared, DossierReturned(event_id=uuid.uuid4(), dossier_code=code,
+                                          desk_id="T.CENTRE", returned_at=datetime.now(UTC),
+                                          satisfaction=5))
+    wait_for(lambda: (ledger.dossier(code) or {}).get("state") == 10, what="returned")
+    row = ledger.dossier(code)
+    assert row is not None and row["satisfaction"] == 5
+    assert [e["kind"] for e in ledger.history(code)] == ["received", "resolve", "return"]
+
+
+def test_bad_input_is_dead_lettered_or_triaged_and_good_input_unaffected(
+        declared: Topology, ledger: Ledger, run_broker, amqp: Amqp) -> None:
+    run_broker()
+    good = dossier()
+    wrong_schema = json.loads(dossier().model_dump_json(by_alias=True))
+    wrong_schema["schema"] = "casebroker.dossier.submitted/v9"
+    missing = json.loads(dossier().model_dump_json(by_alias=True))
+    del missing["applicant"]
+    desk_event_here = DossierReturned(event_id=uuid.uuid4(), dossier_code="X", desk_id="T.MC.A",
+                                      returned_at=datetime.now(UTC))
+    bad = {
+        "malformed_json": b'{"schema": "casebroker.dossier.submitted/v1", ',
+        "unknown_kind": json.dumps(wrong_schema).encode(),
+        "invalid_fields": json.dumps(missing).encode(),
+        "unexpected_kind": desk_event_here.model_dump_json(by_alias=True).encode(),
+        "not_utf8": b'{"schema": "\xff\xfe"}',
+    }
+    x = declared.intake_exchange
+    for i, (_, body) in enumerate(bad.items()):
+        amqp.publish(x, INTAKE_KEY, body, message_id=f"bad-{i}")
+    amqp.publish(x, INTAKE_KEY, b"<xml/>", message_id="bad-ct", content_type="text/xml")
+    amqp.submit(declared, good)
+    unknown_proc = dossier("9.999999")
+    no_area = dossier("1.001193", applicant_ward="99999")
+    amqp.submit(declared, unknown_proc)
+    amqp.submit(declared, no_area)
+
+    wait_for(lambda: queue_depth(declared.dead_queue("intake")) >= 6, what="dead letters")
+    wait_for(lambda: queue_depth(declared.triage_queue) >= 2, what="triage")
+    dead = amqp.get_all(declared.dead_queue("intake"))
+    reasons = sorted(p.headers[REASON_HEADER] for p, _ in dead)
+    assert reasons == sorted([*bad, "wrong_content_type"])
+    for props, _ in dead:  # no personal data in error headers
+        assert "066090001234" not in json.dumps(props.headers, default=str)
+    triaged = {p.headers[REASON_HEADER] for p, _ in amqp.get_all(declared.triage_queue)}
+    assert triaged == {"unknown_procedure", "area_not_served"}
+
+    _wait_routed(ledger, 1)
+    assert ledger.count_by_state() == {2: 1}
+    assert len(amqp.json_all(declared.agency_queue("T.UBND.A"))) == 1
+    assert queue_depth(declared.intake_queue) == 0
+
+
+def test_same_submission_twice_makes_one_dossier(
+        declared: Topology, ledger: Ledger, run_broker, amqp: Amqp) -> None:
+    run_broker()
+    d = dossier()
+    amqp.submit(declared, d)                           # the desk's first try
+    amqp.submit(declared, d)                           # a retry with the same message id
+    amqp.submit(declared, d, message_id="another-id")  # a retry with a new message id
+    wait_for(lambda: ledger.count_inbox_outcomes().get("duplicate", 0) >= 1, what="dup seen")
+    wait_for(lambda: queue_depth(declared.intake_queue) == 0, what="intake drained")
+    assert ledger.count_by_state() == {2: 1}
+    assigned = amqp.get_all(declared.agency_queue("T.UBND.A"))
+    # at most the same assignment twice (a redelivery), never a second dossier
+    assert len({p.message_id for p, _ in assigned}) == 1
+
+
+def test_not_open_for_boundary_free_is_refused_with_notice(
+        declared: Topology, ledger: Ledger, run_broker, amqp: Amqp) -> None:
+    run_broker()
+    amqp.submit(declared, dossier("1.000002", desk_id="T.MC.A"))
+    notices = wait_for(lambda: amqp.json_all(declared.desk_queue("T.MC.A")), what="refusal")
+    assert notices[0]["notice"] == "refused" and notices[0]["state"] == 3
+    assert "not open to boundary-free" in notices[0]["reason"]
+    assert ledger.count_by_state() == {3: 1}
+    assert queue_depth(declared.agency_queue("T.SO.TP")) == 0
