@@ -54,7 +54,7 @@ class Amqp:
                      type="dossier.submitted")
 
     def status(self, t: Topology, message: Any) -> None:
-        mid = str(getattr(message, "update_id", None) or getattr(message, "event_id"))
+        mid = str(getattr(message, "update_id", None) or message.event_id)
         self.publish(t.status_exchange, STATUS_KEY, encode(message), message_id=mid,
                      type=str(message.schema_).split("/")[0].removeprefix("casebroker."))
 

@@ -19,6 +19,7 @@ from broker.rules.catalog import (
 )
 
 WARD_CODE_LENGTH = 5
+_SINGULAR = {"agencies": "agency", "desks": "desk", "procedures": "procedure", "rules": "rule"}
 
 
 def steps_of(competence: Competence) -> list[Step]:
@@ -70,7 +71,7 @@ def check_catalog(spec: CatalogFile, raw: dict[str, Any], name: str) -> list[Cat
     except (KeyError, ValueError):
         problems.append(CatalogProblem(name, None,
                                        f"timezone: unknown time zone {spec.timezone!r}"))
-    return problems
+    return sorted(problems, key=lambda p: p.line or 0)
 
 
 class _Lines:
@@ -94,7 +95,7 @@ def _duplicates(section: str, key: str, values: Iterable[str], lines: _Lines) ->
     for i, value in enumerate(values):
         if value in first:
             earlier = lines.at(section, first[value], "").line
-            yield lines.at(section, i, f"duplicate {section[:-1]} {key} {value!r}"
+            yield lines.at(section, i, f"duplicate {_SINGULAR[section]} {key} {value!r}"
                            f" (first at line {earlier})")
         else:
             first[value] = i

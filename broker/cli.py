@@ -1,0 +1,256 @@
+"""The `casebroker` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from broker.errors import CasebrokerError, CatalogError, DecodeError, RoutingError
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+
+
+def _common(p: argparse.ArgumentParser, *, catalog: bool = True, db: bool = False,
+            prefix: bool = False) -> None:
+    if catalog:
+        p.add_argument("--catalog", help="catalog YAML (default: the shipped Đắk Lắk catalog)")
+    if db:
+        p.add_argument("--db-url", help="ledger URL (default: $CASEBROKER_DB_URL or "
+                       "sqlite:///casebroker.sqlite3)")
+    if prefix:
+        p.add_argument("--prefix", help="topology prefix (default: $CASEBROKER_PREFIX or cb)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="casebroker", description="Route administrative-procedure dossiers from any desk "
+        "to the competent agency over RabbitMQ, and results back to the chosen desk.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the router and status router until Ctrl-C")
+    _common(run, db=True, prefix=True)
+    run.add_argument("--metrics-port", type=int,
+                     default=int(os.environ.get("CASEBROKER_METRICS_PORT", "9464")),
+                     help="Prometheus /metrics port (0: off; default 9464)")
+    run.add_argument("--prefetch-count", type=int, default=1000)
+    run.add_argument("--batch-size", type=int, default=250)
+    run.add_argument("--flush-interval-ms", type=int, default=5)
+
+    topo = sub.add_parser("topology", help="declare or delete exchanges and queues")
+    topo_sub = topo.add_subparsers(dest="action", required=True)
+    for action in ("declare", "delete"):
+        p = topo_sub.add_parser(action, help=f"{action} the catalog's topology")
+        _common(p, prefix=True)
+
+    rules = sub.add_parser("rules", help="check the catalog, explain a routing decision")
+    rules_sub = rules.add_subparsers(dest="action", required=True)
+    explain = rules_sub.add_parser("explain", help="route one dossier.submitted JSON file")
+    explain.add_argument("file", help="a dossier.submitted/v1 JSON file ('-' for stdin)")
+    explain.add_argument("--at", help="received at (ISO 8601 with offset; default "
+                         "submitted_at)")
+    explain.add_argument("--json", action="store_true", help="print one JSON object")
+    _common(explain)
+    check = rules_sub.add_parser("check", help="validate a catalog; exit 1 on problems")
+    check.add_argument("path", nargs="?", help="catalog YAML (default: the shipped one)")
+
+    dossier = sub.add_parser("dossier", help="look up dossiers in the ledger")
+    dossier_sub = dossier.add_subparsers(dest="action", required=True)
+    show = dossier_sub.add_parser("show", help="a dossier and its process-control history")
+    show.add_argument("code")
+    show.add_argument("--json", action="store_true")
+    _common(show, catalog=False, db=True)
+
+    demo = sub.add_parser("demo", help="drive real traffic through RabbitMQ and report")
+    demo.add_argument("--dossiers", type=int, default=500, help="how many (default 500)")
+    demo.add_argument("--json", action="store_true", help="print one JSON object")
+    demo.add_argument("--seed", type=int, default=66)
+    demo.add_argument("--rate", type=float, default=0.0,
+                      help="submissions per second (0: as fast as confirms allow)")
+    demo.add_argument("--timeout-s", type=float, default=600.0,
+                      help="give up when nothing progresses for this long")
+    demo.add_argument("--keep", action="store_true",
+                      help="keep the demo's queues and ledger afterwards")
+    _common(demo, db=True)
+
+    sub.add_parser("schema", help="print the JSON Schema of every message kind")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `casebroker` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else os.environ.get("CASEBROKER_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("pika").setLevel(logging.WARNING)
+    try:
+        return int(_dispatch(args) or EXIT_OK)
+    except CatalogError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_PROBLEM if args.command == "rules" else EXIT_USAGE
+    except (RoutingError, DecodeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except CasebrokerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_PROBLEM
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int | None:
+    handlers = {"run": _run, "topology": _topology, "rules": _rules, "dossier": _dossier,
+                "demo": _demo, "schema": _schema}
+    return handlers[args.command](args)
+
+
+def _topology_of(args: argparse.Namespace) -> Any:
+    from broker.topology import Topology
+
+    return Topology(args.prefix) if getattr(args, "prefix", None) else Topology.from_env()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from broker.amqp import ConsumerSettings
+    from broker.ledger import Ledger
+    from broker.service import Broker
+
+    settings = ConsumerSettings(prefetch_count=args.prefetch_count, batch_size=args.batch_size,
+                                flush_interval_ms=args.flush_interval_ms)
+    broker = Broker(args.catalog, _topology_of(args), Ledger(args.db_url), settings)
+    if args.metrics_port:
+        broker.metrics.serve(args.metrics_port)
+    broker.run()
+    return EXIT_OK
+
+
+def _topology(args: argparse.Namespace) -> int:
+    from broker.amqp import amqp_url
+    from broker.rules.catalog import load_catalog
+    from broker.service import declare_topology, delete_topology
+
+    catalog, topology = load_catalog(args.catalog), _topology_of(args)
+    if args.action == "declare":
+        n = declare_topology(amqp_url(), topology, catalog)
+        print(f"declared {len(topology.exchanges)} exchanges and {n} queues under "
+              f"{topology.prefix!r}")
+    else:
+        delete_topology(amqp_url(), topology, catalog)
+        print(f"deleted the topology under {topology.prefix!r}")
+    return EXIT_OK
+
+
+def _rules(args: argparse.Namespace) -> int:
+    from broker.rules.catalog import load_catalog
+
+    if args.action == "check":
+        try:
+            catalog = load_catalog(args.path)
+        except CatalogError as e:
+            print(f"{len(e.problems)} problem(s):", file=sys.stderr)
+            for problem in e.problems:
+                print(f"  {problem}", file=sys.stderr)
+            return EXIT_PROBLEM
+        s = catalog.spec
+        print(f"ok: {len(s.procedures)} procedures, {len(s.agencies)} agencies, "
+              f"{len(s.desks)} desks, {len(s.rules)} rules")
+        return EXIT_OK
+    return _explain(args, load_catalog(args.catalog))
+
+
+def _explain(args: argparse.Namespace, catalog: Any) -> int:
+    from broker.messages import DossierSubmitted, decode
+    from broker.rules.engine import Engine
+
+    try:
+        body = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as e:
+        print(f"error: cannot read {args.file}: {e.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    message = decode(body, expected=frozenset({"dossier.submitted"}))
+    assert isinstance(message, DossierSubmitted)
+    received_at = datetime.fromisoformat(args.at) if args.at else message.submitted_at
+    if received_at.tzinfo is None:
+        print("error: --at needs a UTC offset, e.g. 2026-02-10T09:00:00+07:00", file=sys.stderr)
+        return EXIT_USAGE
+    result = Engine(catalog).explain(message, received_at)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+        return EXIT_OK
+    print(f"procedure   {result['procedure_code']}  {result['procedure_name']}")
+    print(f"agency      {' -> '.join(result['steps'])}  (by {result['rule_id']})")
+    print(f"boundary    {'boundary-free' if result['boundary_free'] else 'own area'}")
+    if result["refusal"]:
+        print(f"REFUSED     {result['refusal']}")
+    print(f"received    {result['received_at']}\ndue         {result['due_at']}")
+    for r in result["rules_considered"]:
+        print(f"  rule {r['rule_id']}: {'MATCH' if r['matched'] else 'no'} ({r['why']})")
+    print(f"catalog     {result['catalog_hash']}")
+    return EXIT_OK
+
+
+def _dossier(args: argparse.Namespace) -> int:
+    from broker.ledger import Ledger
+    from broker.lifecycle import State
+
+    ledger = Ledger(args.db_url, create=False)
+    row = ledger.dossier(args.code)
+    if row is None:
+        print(f"error: no dossier {args.code} in {ledger.url.split('@')[-1]}", file=sys.stderr)
+        return EXIT_PROBLEM
+    history = ledger.history(args.code)
+    # the ledger keeps the applicant for the agencies; the operator's view leaves it out
+    row.pop("submission", None)
+    if args.json:
+        print(json.dumps({"dossier": row, "history": history}, default=str, ensure_ascii=False))
+        return EXIT_OK
+    print(f"{row['code']}  {State(row['state']).name.lower()} ({row['state']})  "
+          f"procedure {row['procedure_code']}")
+    print(f"  desk {row['intake_desk_id']} -> return at {row['return_desk_id']}  "
+          f"({row['channel']}, {'boundary-free' if row['boundary_free'] else 'own area'})")
+    steps = " -> ".join(s["agency_id"] for s in row["steps"])
+    print(f"  agency {row['agency_id']} (step {row['step']} of {len(row['steps'])}: {steps})")
+    print(f"  received {row['received_at']}  due {row['due_at']}  rule {row['rule_id']}")
+    print("  history:")
+    for e in history:
+        hand = f" {e['from_agency']} -> {e['to_agency']}" if e["to_agency"] else ""
+        print(f"    {e['seq']:>3} {e['at']}  {e['kind']:<18} {e['state_from']}->{e['state_to']}"
+              f"  by {e['actor']}{hand}")
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from adapters.demo import DemoSettings, run_demo
+
+    summary = run_demo(DemoSettings(dossiers=args.dossiers, seed=args.seed, rate=args.rate,
+                                    catalog=args.catalog, db_url=args.db_url,
+                                    stall_timeout_s=args.timeout_s, keep=args.keep,
+                                    progress=not args.json or sys.stderr.isatty()))
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        from adapters.demo import format_summary
+
+        print(format_summary(summary))
+    return EXIT_OK if summary["lost"] == 0 and summary["returned"] == summary["submitted"] \
+        else EXIT_PROBLEM
+
+
+def _schema(_args: argparse.Namespace) -> int:
+    from broker.messages import json_schemas
+
+    print(json.dumps(json_schemas(), indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""The kombu client SDK against the real RabbitMQ: publishes, returns, inbox acks and rejects."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pika
+import pytest
+
+from adapters.client import AgencyClient, BrokerClient, DeskClient, Inbox, PublishError, Received
+from broker.amqp import amqp_url
+from broker.messages import (
+    AgencyNotice,
+    DeskNotice,
+    Document,
+    DossierSubmitted,
+    NoticeKind,
+    decode,
+)
+from broker.topology import STATUS_KEY, Topology
+
+pytestmark = pytest.mark.integration
+
+DESKS = ["T.MC.A", "T.MC.B"]
+AGENCIES = ["T.UBND.A"]
+CODE = "T.UBND.A-261125-0001"
+DOC = Document(name="ban-sao.pdf", uri="s3://docs/2", sha256="b" * 64, size=10,
+               media_type="application/pdf")
+
+
+@dataclass
+class Declared:
+    """A topology declared for one test, plus a pika channel to inspect it."""
+
+    topology: Topology
+    channel: Any
+
+    def depth(self, queue: str) -> int:
+        return int(self.channel.queue_declare(queue, passive=True).method.message_count)
+
+    def get_all(self, queue: str) -> list[tuple[Any, bytes]]:
+        out = []
+        while (got := self.channel.basic_get(queue, auto_ack=True))[0] is not None:
+            out.append((got[1], got[2]))
+        return out
+
+    def wait_depth(self, queue: str, n: int, timeout_s: float = 5.0) -> int:
+        # quorum queues dead-letter asynchronously: the copy lands a moment after the reject
+        deadline = time.monotonic() + timeout_s
+        while (depth := self.depth(queue)) < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return depth
+
+
+@pytest.fixture
+def declared() -> Iterator[Declared]:
+    """A whole topology (quorum queues) under a fresh prefix, deleted afterwards."""
+    topology = Topology(f"t{uuid.uuid4().hex[:8]}")
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
+    channel = conn.channel()
+    try:
+        topology.declare(channel, AGENCIES, DESKS)
+        yield Declared(topology, channel)
+    finally:
+        cleanup = conn.channel() if conn.is_open else None
+        if cleanup is None:
+            conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
+            cleanup = conn.channel()
+        for queue in topology.queues(AGENCIES, DESKS):
+            cleanup.queue_delete(queue)
+        for exchange in topology.exchanges:
+            cleanup.exchange_delete(exchange)
+        conn.close()
+
+
+def dossier(desk_id: str = "T.MC.A") -> DossierSubmitted:
+    return DossierSubmitted.model_validate({
+        "submission_id": str(uuid.uuid4()), "procedure_code": "1.001193", "desk_id": desk_id,
+        "channel": "in_person", "submitted_at": datetime.now(UTC).isoformat(),
+        "applicant": {"kind": "citizen", "name": "Nguyễn Văn An", "id_number": "066090001234"},
+    })
+
+
+def desk_notice(desk_id: str, n: int) -> DeskNotice:
+    return DeskNotice(notice=NoticeKind.RECEIPT, dossier_code=f"T.UBND.A-261125-{n:04d}",
+                      submission_id=uuid.uuid4(), desk_id=desk_id, procedure_code="1.001193",
+                      state=2, issued_at=datetime.now(UTC))
+
+
+def send_notices(client: BrokerClient, t: Topology) -> set[str]:
+    """Two desk notices per desk and one agency notice; return their message ids."""
+    ids = set()
+    for i, desk in enumerate(DESKS * 2):
+        ids.add(mid := f"notice:{desk}:{i}")
+        client.publish(desk_notice(desk, i), exchange=t.desk_exchange, routing_key=desk,
+                       message_id=mid)
+    agency_notice = AgencyNotice(notice=NoticeKind.WITHDRAWN, dossier_code=CODE,
+                                 agency_id=AGENCIES[0], state=7, issued_at=datetime.now(UTC))
+    client.publish(agency_notice, exchange=t.agency_exchange, routing_key=AGENCIES[0],
+                   message_id="notice:agency")
+    return ids | {"notice:agency"}
+
+
+def test_submit_lands_on_intake_with_properties(declared: Declared) -> None:
+    t = declared.topology
+    d = dossier()
+    with DeskClient("T.MC.A", topology=t) as desk:
+        assert desk.submit(d) == f"submit:{d.submission_id}"
+    [(props, body)] = declared.get_all(t.intake_queue)
+    assert props.delivery_mode == 2 and props.content_type == "application/json"
+    assert props.message_id == f"submit:{d.submission_id}"
+    assert props.type == "dossier.submitted"
+    assert props.correlation_id == str(d.submission_id)
+    assert props.user_id == "guest"
+    assert decode(body, content_type=props.content_type) == d
+
+
+def test_desk_events_and_agency_reports_land_on_status_queue(declared: Declared) -> None:
+    t = declared.topology
+    update_id = uuid.uuid4()
+    with DeskClient("T.MC.A", topology=t) as desk, AgencyClient("T.UBND.A", topology=t) as ag:
+        sent = [desk.returned(CODE, satisfaction=5), desk.supplemented(CODE, [DOC]),
+                desk.withdrawn(CODE, reason="citizen request"),
+                ag.report(CODE, "resolved", documents=[DOC], update_id=update_id)]
+    assert sent[3] == f"status:{update_id}"
+    got = declared.get_all(t.status_queue)
+    assert [p.message_id for p, _ in got] == sent
+    assert [p.type for p, _ in got] == ["dossier.returned", "dossier.supplemented",
+                                        "dossier.withdrawn", "dossier.status"]
+    assert {p.correlation_id for p, _ in got} == {CODE}
+    messages = [decode(body) for _, body in got]
+    assert [getattr(m, "desk_id", None) for m in messages[:3]] == ["T.MC.A"] * 3
+    assert messages[0].satisfaction == 5  # type: ignore[union-attr]
+    assert messages[3].agency_id == "T.UBND.A"  # type: ignore[union-attr]
+
+
+def test_unroutable_or_refused_publish_raises_and_client_recovers(declared: Declared) -> None:
+    t = declared.topology
+    with DeskClient("T.MC.A", topology=t) as desk:
+        with pytest.raises(PublishError, match="returned"):
+            desk.publish(dossier(), exchange=t.status_exchange, routing_key="nobody",
+                         message_id="lost")
+        with pytest.raises(PublishError):  # the exchange does not exist: channel error 404
+            desk.publish(dossier(), exchange=f"{t.prefix}.nowhere", routing_key=STATUS_KEY,
+                         message_id="nowhere")
+        # the next publishes confirm normally: no stale return or ack is left behind
+        d = dossier()
+        desk.submit(d)
+        desk.withdrawn(CODE)
+    assert declared.depth(t.intake_queue) == 1 and declared.depth(t.status_queue) == 1
+
+
+def test_inbox_drains_several_queues_and_acks(declared: Declared) -> None:
+    t = declared.topology
+    got: list[Received] = []
+    with BrokerClient(topology=t) as client:
+        ids = send_notices(client, t)
+        queues = [t.desk_queue(d) for d in DESKS] + [t.agency_queue(AGENCIES[0])]
+        handled = Inbox(client, queues).drain(got.append, timeout_s=0.3)
+    assert handled == len(got) == 5
+    assert {r.message_id for r in got} == ids
+    assert {r.queue for r in got} == set(queues)
+    for r in got:
+        assert r.kind == ("agency.notice" if r.queue == queues[2] else "desk.notice")
+        assert not r.redelivered
+        assert r.message.dossier_code.startswith("T.UBND.A-")
+    assert [declared.depth(q) for q in queues] == [0, 0, 0]
+
+
+def test_handler_failure_and_poison_are_dead_lettered_not_acked(declared: Declared) -> None:
+    t = declared.topology
+    queue = t.desk_queue("T.MC.A")
+
+    def handler(r: Received) -> None:
+        if r.message_id == "notice:bad":
+            raise RuntimeError("handler bug")
+
+    with DeskClient("T.MC.A", topology=t) as desk:
+        desk.publish(desk_notice("T.MC.A", 1), exchange=t.desk_exchange,
+                     routing_key="T.MC.A", message_id="notice:good")
+        desk.publish(desk_notice("T.MC.A", 2), exchange=t.desk_exchange,
+                     routing_key="T.MC.A", message_id="notice:bad")
+        declared.channel.basic_publish(t.desk_exchange, "T.MC.A", b"{not json",
+                                       pika.BasicProperties(message_id="poison"))
+        assert desk.inbox().drain(handler, timeout_s=0.3) == 1
+    assert declared.depth(queue) == 0
+    assert declared.wait_depth(t.dead_queue("desk"), 2) == 2
+    dead = declared.get_all(t.dead_queue("desk"))
+    assert sorted(p.message_id for p, _ in dead) == ["notice:bad", "poison"]
+    assert {p.headers["x-first-death-reason"] for p, _ in dead} == {"rejected"}
+    bad = next(body for p, body in dead if p.message_id == "notice:bad")
+    assert json.loads(bad)["dossier_code"] == "T.UBND.A-261125-0002"
+
+
+def test_stop_from_another_thread_ends_drain(declared: Declared) -> None:
+    with DeskClient("T.MC.B", topology=declared.topology) as desk:
+        inbox = desk.inbox()
+        timer = threading.Timer(0.3, inbox.stop)
+        started = time.monotonic()
+        timer.start()
+        assert inbox.drain(lambda r: None, timeout_s=None) == 0
+        assert time.monotonic() - started < 2.0
+        timer.join()

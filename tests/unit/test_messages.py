@@ -1,0 +1,120 @@
+"""The message contract: every kind round-trips; every bad body gets a reason code."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from broker.errors import DecodeError
+from broker.messages import (
+    KINDS,
+    MAX_BODY_BYTES,
+    AgencyStatus,
+    DossierStatus,
+    decode,
+    encode,
+    json_schemas,
+    kind_of,
+)
+from tests.helpers import dossier
+
+
+def test_submitted_round_trips() -> None:
+    d = dossier(return_desk_id="T.CENTRE", attributes={"area_m2": 120.5, "foreign": True})
+    back = decode(encode(d))
+    assert back == d and kind_of(back) == "dossier.submitted" and back.collect_at == "T.CENTRE"
+
+
+def test_status_round_trips() -> None:
+    s = DossierStatus(update_id=uuid.uuid4(), dossier_code="X-261128-0001", agency_id="A",
+                      status=AgencyStatus.SUPPLEMENT_REQUESTED, reason="need ID copy",
+                      requested_documents=["CCCD"], sent_at=datetime.now(UTC))
+    assert decode(encode(s)) == s
+
+
+def _body(**changes: object) -> bytes:
+    data = json.loads(encode(dossier()))
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key)
+        else:
+            data[key] = value
+    return json.dumps(data).encode()
+
+
+@pytest.mark.parametrize(("body", "content_type", "reason"), [
+    (b"{", "application/json", "malformed_json"),
+    (b"[1, 2]", "application/json", "malformed_json"),
+    (b"\xff\xfe{}", "application/json", "not_utf8"),
+    (b"{}", "text/plain", "wrong_content_type"),
+    (b"{}", "application/json", "unknown_kind"),
+    (_body(schema="casebroker.dossier.submitted/v2"), None, "unknown_kind"),
+    (_body(schema=7), None, "unknown_kind"),
+    (_body(applicant=None), None, "invalid_fields"),
+    (_body(procedure_code="1001193"), None, "invalid_fields"),
+    (_body(submitted_at="2026-11-28T09:00:00"), None, "invalid_fields"),  # no offset
+    (_body(channel="fax"), None, "invalid_fields"),
+    (_body(surprise="extra field"), None, "invalid_fields"),
+    (_body(submission_id="not-a-uuid"), None, "invalid_fields"),
+    (b" " * (MAX_BODY_BYTES + 1), None, "too_large"),
+])
+def test_bad_bodies_get_a_reason(body: bytes, content_type: str | None, reason: str) -> None:
+    with pytest.raises(DecodeError) as e:
+        decode(body, content_type=content_type)
+    assert e.value.reason == reason
+
+
+def test_unexpected_kind_on_a_queue() -> None:
+    with pytest.raises(DecodeError) as e:
+        decode(encode(dossier()), expected=frozenset({"dossier.status"}))
+    assert e.value.reason == "unexpected_kind"
+
+
+def test_errors_never_echo_personal_data() -> None:
+    data = json.loads(encode(dossier()))
+    data["applicant"]["id_number"] = ["066090001234"]  # wrong type, carries the id
+    data["applicant"]["phone"] = {"n": "0905123456"}
+    with pytest.raises(DecodeError) as e:
+        decode(json.dumps(data).encode())
+    assert "066090001234" not in str(e.value) and "0905123456" not in str(e.value)
+    assert "applicant.id_number" in e.value.detail
+
+
+def test_every_kind_has_a_json_schema() -> None:
+    schemas = json_schemas()
+    assert set(schemas) == {f"casebroker.{k}/v1" for k in KINDS}
+    assert schemas["casebroker.dossier.submitted/v1"]["additionalProperties"] is False
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2048))
+def test_decoder_never_crashes_on_bytes(body: bytes) -> None:
+    try:
+        decode(body)
+    except DecodeError as e:
+        assert e.reason in {"malformed_json", "not_utf8", "unknown_kind", "invalid_fields"}
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10),
+                                                                       children, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["schema", "submission_id", "procedure_code", "desk_id",
+                                        "channel", "submitted_at", "applicant", "x"]),
+                       json_values, max_size=8))
+def test_decoder_only_raises_decode_errors_on_json(obj: dict[str, object]) -> None:
+    if "schema" in obj and obj["schema"] is not None:
+        obj["schema"] = "casebroker.dossier.submitted/v1"
+    try:
+        decode(json.dumps(obj).encode())
+    except DecodeError as e:
+        assert e.reason in {"unknown_kind", "invalid_fields"}
