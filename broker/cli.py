@@ -241,8 +241,9 @@ def _demo(args: argparse.Namespace) -> int:
         from adapters.demo import format_summary
 
         print(format_summary(summary))
-    return EXIT_OK if summary["lost"] == 0 and summary["returned"] == summary["submitted"] \
-        else EXIT_PROBLEM
+    finished = summary["returned"] + summary["refused"] == summary["submitted"]
+    clean = summary["lost"] == 0 and summary["duplicates"] == 0
+    return EXIT_OK if finished and clean else EXIT_PROBLEM
 
 
 def _schema(_args: argparse.Namespace) -> int:

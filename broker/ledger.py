@@ -327,6 +327,20 @@ class Ledger:
             rows = conn.execute(select(inbox.c.outcome, func.count()).group_by(inbox.c.outcome))
             return {str(o): int(n) for o, n in rows}
 
+    def states_for_submissions(self, submission_ids: Sequence[str]
+                               ) -> dict[str, tuple[str, int, bool]]:
+        """submission id → (dossier code, state, boundary-free) for those in the ledger."""
+        found: dict[str, tuple[str, int, bool]] = {}
+        with self.read() as conn:
+            for i in range(0, len(submission_ids), 500):
+                chunk = list(submission_ids[i:i + 500])
+                rows = conn.execute(select(dossiers.c.submission_id, dossiers.c.code,
+                                           dossiers.c.state, dossiers.c.boundary_free)
+                                    .where(dossiers.c.submission_id.in_(chunk)))
+                found.update({r.submission_id: (r.code, int(r.state), bool(r.boundary_free))
+                              for r in rows})
+        return found
+
     def dispose(self) -> None:
         self.engine.dispose()
 

@@ -1,0 +1,361 @@
+"""`casebroker demo`: real traffic through the real RabbitMQ, and an honest count of it.
+
+It declares a topology under a prefix of its own, starts `casebroker run` as a
+separate process, and then plays the province: desks everywhere submit dossiers
+(a share of them for agencies outside the desk's area), simulated agencies take
+up and resolve what they are assigned, and return desks hand results back. Every
+figure of the summary is counted from what actually arrived at the simulated
+desks and agencies, and from what the ledger holds.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pika
+
+from adapters.client import BrokerClient, Inbox, Received
+from adapters.simulate import DossierFactory
+from broker.amqp import amqp_url
+from broker.ledger import Ledger
+from broker.messages import (
+    AgencyStatus,
+    DeskNotice,
+    Document,
+    DossierAssigned,
+    DossierReturned,
+    DossierStatus,
+    NoticeKind,
+)
+from broker.rules.catalog import Catalog, load_catalog
+from broker.service import declare_topology, delete_topology
+from broker.topology import INTAKE_KEY, STATUS_KEY, DEAD_SOURCES, Topology
+
+
+@dataclass
+class DemoSettings:
+    """What the demo does."""
+
+    dossiers: int = 500
+    seed: int = 66
+    rate: float = 0.0
+    catalog: str | None = None
+    db_url: str | None = None
+    stall_timeout_s: float = 600.0
+    keep: bool = False
+    progress: bool = True
+
+
+@dataclass
+class _Tally:
+    """What arrived where; shared by the simulator threads (guarded by ``lock``)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    submitted_at: dict[str, float] = field(default_factory=dict)
+    receipt_latency_ms: list[float] = field(default_factory=list)
+    seen: Counter[tuple[str, str]] = field(default_factory=Counter)
+    receipts: set[str] = field(default_factory=set)
+    results: set[str] = field(default_factory=set)
+    returned_sent: set[str] = field(default_factory=set)
+    refused: set[str] = field(default_factory=set)
+    assigned_steps: int = 0
+    notices: Counter[str] = field(default_factory=Counter)
+
+    def first_time(self, queue: str, message_id: str | None) -> bool:
+        """Count an arrival; False when the same message already arrived on that queue."""
+        key = (queue, message_id or "")
+        with self.lock:
+            self.seen[key] += 1
+            return self.seen[key] == 1
+
+    @property
+    def duplicates(self) -> int:
+        return sum(n - 1 for n in self.seen.values() if n > 1)
+
+
+class _Agencies:
+    """Every agency of the province: takes up each assignment and resolves it."""
+
+    def __init__(self, topology: Topology, catalog: Catalog, tally: _Tally) -> None:
+        self.topology, self.tally = topology, tally
+        self.client = BrokerClient(topology=topology)
+        self.inbox = Inbox(BrokerClient(topology=topology),
+                           [topology.agency_queue(a) for a in catalog.agency_ids])
+
+    def handle(self, received: Received) -> None:
+        if not self.tally.first_time(received.queue, received.message_id):
+            return  # a redelivery: a real agency drops it by message id, so do we
+        msg = received.message
+        if not isinstance(msg, DossierAssigned):
+            with self.tally.lock:
+                self.tally.notices[f"agency:{getattr(msg, 'notice', '?')}"] += 1
+            return
+        with self.tally.lock:
+            self.tally.assigned_steps += 1
+        now = datetime.now(UTC)
+        result = Document(name=f"ket-qua-buoc-{msg.step}.pdf",
+                          uri=f"https://docs.example.invalid/{msg.dossier_code}/{msg.step}",
+                          sha256=uuid.uuid5(uuid.NAMESPACE_URL, msg.dossier_code).hex * 2,
+                          size=120_000, media_type="application/pdf")
+        for status, docs in ((AgencyStatus.ACCEPTED, []), (AgencyStatus.RESOLVED, [result])):
+            update = DossierStatus(update_id=uuid.uuid4(), dossier_code=msg.dossier_code,
+                                   agency_id=msg.agency_id, status=status, documents=docs,
+                                   sent_at=now)
+            self.client.publish(update, exchange=self.topology.status_exchange,
+                                routing_key=STATUS_KEY, message_id=f"status:{update.update_id}")
+
+
+class _Desks:
+    """Every desk: notes receipts, hands results to citizens and says so."""
+
+    def __init__(self, topology: Topology, catalog: Catalog, tally: _Tally,
+                 rng: random.Random) -> None:
+        self.topology, self.tally, self.rng = topology, tally, rng
+        self.client = BrokerClient(topology=topology)
+        self.inbox = Inbox(BrokerClient(topology=topology),
+                           [topology.desk_queue(d) for d in catalog.desk_ids])
+
+    def handle(self, received: Received) -> None:
+        if not self.tally.first_time(received.queue, received.message_id):
+            return
+        notice = received.message
+        if not isinstance(notice, DeskNotice):
+            return
+        tally, code = self.tally, notice.dossier_code
+        with tally.lock:
+            tally.notices[f"desk:{notice.notice.value}"] += 1
+            if notice.notice == NoticeKind.RECEIPT:
+                sent = tally.submitted_at.get(str(notice.submission_id))
+                if sent is not None:
+                    tally.receipt_latency_ms.append((time.monotonic() - sent) * 1000)
+                tally.receipts.add(code)
+            elif notice.notice == NoticeKind.REFUSED:
+                tally.refused.add(code)
+        if notice.notice != NoticeKind.RESULT_READY:
+            return
+        with tally.lock:
+            tally.results.add(code)
+            satisfaction = self.rng.choice((3, 4, 4, 5, 5, 5))
+        event = DossierReturned(event_id=uuid.uuid4(), dossier_code=code,
+                                desk_id=notice.desk_id, returned_at=datetime.now(UTC),
+                                satisfaction=satisfaction)
+        self.client.publish(event, exchange=self.topology.status_exchange,
+                            routing_key=STATUS_KEY, message_id=f"event:{event.event_id}")
+        with tally.lock:
+            tally.returned_sent.add(code)
+
+
+def _start_router(topology: Topology, db_url: str, catalog: str | None,
+                  log_path: Path) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "broker.cli", "run", "--prefix", topology.prefix,
+           "--db-url", db_url, "--metrics-port", "0"]
+    if catalog:
+        cmd += ["--catalog", catalog]
+    log = log_path.open("wb")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+
+
+def _queue_info(channel: Any, queue: str) -> tuple[int, int]:
+    ok = channel.queue_declare(queue, passive=True).method
+    return int(ok.message_count), int(ok.consumer_count)
+
+
+def _wait_for_consumer(topology: Topology, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
+    try:
+        channel = conn.channel()
+        deadline = time.monotonic() + 120
+        while _queue_info(channel, topology.status_queue)[1] < 1:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"casebroker run did not start consuming:\n{tail}")
+            time.sleep(0.1)
+    finally:
+        conn.close()
+
+
+class _Progress:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled = total, enabled
+        self.last = 0.0
+
+    def show(self, counts: dict[str, int], *, final: bool = False) -> None:
+        if not self.enabled or (not final and time.monotonic() - self.last < 0.25):
+            return
+        self.last = time.monotonic()
+        done = counts["returned"]
+        width = 30
+        filled = int(width * done / max(1, self.total))
+        line = (f"\r[{'#' * filled}{'.' * (width - filled)}] "
+                + "  ".join(f"{k} {v}" for k, v in counts.items()) + f" / {self.total} ")
+        sys.stderr.write(line + ("\n" if final else ""))
+        sys.stderr.flush()
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+
+def run_demo(settings: DemoSettings) -> dict[str, Any]:
+    """Run the demo end to end and return its summary (see the module docstring)."""
+    catalog = load_catalog(settings.catalog)
+    topology = Topology(f"demo{uuid.uuid4().hex[:8]}")
+    workdir = Path(tempfile.mkdtemp(prefix="casebroker-demo-"))
+    db_url = settings.db_url or os.environ.get("CASEBROKER_DB_URL") \
+        or f"sqlite:///{workdir / 'ledger.sqlite3'}"
+    ledger = Ledger(db_url)
+    rng = random.Random(settings.seed)
+    factory = DossierFactory(catalog, rng)
+    tally = _Tally()
+    declare_topology(amqp_url(), topology, catalog)
+    proc = _start_router(topology, db_url, settings.catalog, workdir / "router.log")
+    parts: list[_Agencies | _Desks] = []
+    threads: list[threading.Thread] = []
+    try:
+        _wait_for_consumer(topology, proc, workdir / "router.log")
+        parts = [_Agencies(topology, catalog, tally),
+                 _Desks(topology, catalog, tally, random.Random(settings.seed + 1))]
+        for part in parts:
+            t = threading.Thread(target=part.inbox.drain, args=(part.handle,),
+                                 kwargs={"timeout_s": None}, daemon=True)
+            t.start()
+            threads.append(t)
+        summary = _drive(settings, topology, ledger, factory, tally, proc)
+    finally:
+        for part in parts:
+            part.inbox.stop()
+        for t in threads:
+            t.join(timeout=10)
+        for part in parts:
+            part.client.close()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if not settings.keep:
+            delete_topology(amqp_url(), topology, catalog)
+    summary["router_exit_code"] = proc.returncode
+    ledger.dispose()
+    if not settings.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        summary["workdir"] = str(workdir)
+        summary["prefix"] = topology.prefix
+    return summary
+
+
+def _drive(settings: DemoSettings, topology: Topology, ledger: Ledger,
+           factory: DossierFactory, tally: _Tally, proc: subprocess.Popen[bytes]
+           ) -> dict[str, Any]:
+    progress = _Progress(settings.dossiers, settings.progress)
+    publisher = BrokerClient(topology=topology)
+    submission_ids: list[str] = []
+    started = time.monotonic()
+    interval = 1.0 / settings.rate if settings.rate > 0 else 0.0
+
+    def counts() -> dict[str, int]:
+        states = ledger.states_for_submissions(submission_ids)
+        with tally.lock:
+            return {"submitted": len(submission_ids),
+                    "routed": sum(1 for s in states.values() if s[1] != 3),
+                    "resolved": len(tally.results),
+                    "returned": sum(1 for s in states.values() if s[1] == 10)}
+
+    for i in range(settings.dossiers):
+        dossier = factory.make()
+        sid = str(dossier.submission_id)
+        with tally.lock:
+            tally.submitted_at[sid] = time.monotonic()
+        publisher.publish(dossier, exchange=topology.intake_exchange, routing_key=INTAKE_KEY,
+                          message_id=f"submit:{sid}")
+        submission_ids.append(sid)
+        if i % 50 == 0:
+            progress.show(counts())
+        if interval:
+            time.sleep(max(0.0, started + (i + 1) * interval - time.monotonic()))
+    publisher.close()
+
+    last_change, last_counts = time.monotonic(), counts()
+    while True:
+        now_counts = counts()
+        progress.show(now_counts)
+        if now_counts != last_counts:
+            last_change, last_counts = time.monotonic(), now_counts
+        done = now_counts["returned"] + len(tally.refused) >= settings.dossiers
+        if done or time.monotonic() - last_change > settings.stall_timeout_s \
+                or proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    elapsed = time.monotonic() - started
+    progress.show(counts(), final=True)
+    return _summarize(topology, ledger, tally, submission_ids, elapsed)
+
+
+def _summarize(topology: Topology, ledger: Ledger, tally: _Tally, submission_ids: list[str],
+               elapsed: float) -> dict[str, Any]:
+    states = ledger.states_for_submissions(submission_ids)
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
+    try:
+        channel = conn.channel()
+        dead = sum(_queue_info(channel, topology.dead_queue(s))[0] for s in DEAD_SOURCES)
+        triaged = _queue_info(channel, topology.triage_queue)[0]
+    finally:
+        conn.close()
+    routed = [s for s in states.values() if s[1] != 3]
+    with tally.lock:
+        latencies = list(tally.receipt_latency_ms)
+        summary = {
+            "submitted": len(submission_ids),
+            "routed": len(routed),
+            "refused": len(states) - len(routed),
+            "assigned_steps": tally.assigned_steps,
+            "receipts": len(tally.receipts),
+            "resolved": len(tally.results),
+            "returned": sum(1 for s in states.values() if s[1] == 10),
+            "lost": len(submission_ids) - len(states) - dead - triaged,
+            "duplicates": tally.duplicates,
+            "dead_lettered": dead,
+            "triaged": triaged,
+            "boundary_free_share": round(sum(1 for s in routed if s[2]) / len(routed), 4)
+            if routed else 0.0,
+            "receipt_latency_ms": {"p50": _percentile(latencies, 0.50),
+                                   "p99": _percentile(latencies, 0.99)},
+            "elapsed_s": round(elapsed, 2),
+            "notices": dict(sorted(tally.notices.items())),
+        }
+    summary["dossiers_per_s"] = round(summary["returned"] / elapsed, 1) if elapsed else 0.0
+    return summary
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """The summary as a few readable lines."""
+    lat = s["receipt_latency_ms"]
+    return "\n".join([
+        f"submitted {s['submitted']}  routed {s['routed']}  resolved {s['resolved']}  "
+        f"returned {s['returned']}  in {s['elapsed_s']} s ({s['dossiers_per_s']} dossiers/s)",
+        f"lost {s['lost']}  duplicates {s['duplicates']}  dead-lettered {s['dead_lettered']}  "
+        f"triaged {s['triaged']}  refused {s['refused']}",
+        f"boundary-free share {s['boundary_free_share']:.1%}  "
+        f"receipt latency p50 {lat['p50']} ms, p99 {lat['p99']} ms",
+    ])
