@@ -1,0 +1,12 @@
+"""Client SDK for desk and agency systems (kombu), and the demo simulators."""
+
+from adapters.client import (
+    AgencyClient,
+    BrokerClient,
+    DeskClient,
+    Inbox,
+    PublishError,
+    Received,
+)
+
+__all__ = ["AgencyClient", "BrokerClient", "DeskClient", "Inbox", "PublishError", "Received"]

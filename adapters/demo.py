@@ -43,7 +43,7 @@ from broker.messages import (
 )
 from broker.rules.catalog import Catalog, load_catalog
 from broker.service import declare_topology, delete_topology
-from broker.topology import INTAKE_KEY, STATUS_KEY, DEAD_SOURCES, Topology
+from broker.topology import DEAD_SOURCES, INTAKE_KEY, STATUS_KEY, Topology
 
 
 @dataclass

@@ -128,7 +128,8 @@ def _run(args: argparse.Namespace) -> int:
                                 flush_interval_ms=args.flush_interval_ms)
     broker = Broker(args.catalog, _topology_of(args), Ledger(args.db_url), settings)
     if args.metrics_port:
-        broker.metrics.serve(args.metrics_port)
+        broker.metrics.serve(args.metrics_port,
+                             os.environ.get("CASEBROKER_METRICS_ADDR", "127.0.0.1"))
     broker.run()
     return EXIT_OK
 

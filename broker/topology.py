@@ -127,6 +127,10 @@ class Topology:
         if dead_letter_source:
             args["x-dead-letter-exchange"] = self.dead_letter_exchange
             args["x-dead-letter-routing-key"] = dead_letter_source
+            # quorum queues dead-letter at most once by default: a message could vanish
+            # between the queues; at-least-once needs reject-publish overflow
+            args["x-dead-letter-strategy"] = "at-least-once"
+            args["x-overflow"] = "reject-publish"
         return args
 
     def declare(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import uuid
@@ -36,8 +37,8 @@ DOC = Document(name="ban-sao.pdf", uri="s3://docs/2", sha256="b" * 64, size=10,
 
 
 @dataclass
-class Declared:
-    """A topology declared for one test, plus a pika channel to inspect it."""
+class Live:
+    """A topology live for one test, plus a pika channel to inspect it."""
 
     topology: Topology
     channel: Any
@@ -60,14 +61,14 @@ class Declared:
 
 
 @pytest.fixture
-def declared() -> Iterator[Declared]:
+def live() -> Iterator[Live]:
     """A whole topology (quorum queues) under a fresh prefix, deleted afterwards."""
     topology = Topology(f"t{uuid.uuid4().hex[:8]}")
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
     channel = conn.channel()
     try:
         topology.declare(channel, AGENCIES, DESKS)
-        yield Declared(topology, channel)
+        yield Live(topology, channel)
     finally:
         cleanup = conn.channel() if conn.is_open else None
         if cleanup is None:
@@ -108,12 +109,12 @@ def send_notices(client: BrokerClient, t: Topology) -> set[str]:
     return ids | {"notice:agency"}
 
 
-def test_submit_lands_on_intake_with_properties(declared: Declared) -> None:
-    t = declared.topology
+def test_submit_lands_on_intake_with_properties(live: Live) -> None:
+    t = live.topology
     d = dossier()
     with DeskClient("T.MC.A", topology=t) as desk:
         assert desk.submit(d) == f"submit:{d.submission_id}"
-    [(props, body)] = declared.get_all(t.intake_queue)
+    [(props, body)] = live.get_all(t.intake_queue)
     assert props.delivery_mode == 2 and props.content_type == "application/json"
     assert props.message_id == f"submit:{d.submission_id}"
     assert props.type == "dossier.submitted"
@@ -122,15 +123,15 @@ def test_submit_lands_on_intake_with_properties(declared: Declared) -> None:
     assert decode(body, content_type=props.content_type) == d
 
 
-def test_desk_events_and_agency_reports_land_on_status_queue(declared: Declared) -> None:
-    t = declared.topology
+def test_desk_events_and_agency_reports_land_on_status_queue(live: Live) -> None:
+    t = live.topology
     update_id = uuid.uuid4()
     with DeskClient("T.MC.A", topology=t) as desk, AgencyClient("T.UBND.A", topology=t) as ag:
         sent = [desk.returned(CODE, satisfaction=5), desk.supplemented(CODE, [DOC]),
                 desk.withdrawn(CODE, reason="citizen request"),
                 ag.report(CODE, "resolved", documents=[DOC], update_id=update_id)]
     assert sent[3] == f"status:{update_id}"
-    got = declared.get_all(t.status_queue)
+    got = live.get_all(t.status_queue)
     assert [p.message_id for p, _ in got] == sent
     assert [p.type for p, _ in got] == ["dossier.returned", "dossier.supplemented",
                                         "dossier.withdrawn", "dossier.status"]
@@ -141,8 +142,8 @@ def test_desk_events_and_agency_reports_land_on_status_queue(declared: Declared)
     assert messages[3].agency_id == "T.UBND.A"  # type: ignore[union-attr]
 
 
-def test_unroutable_or_refused_publish_raises_and_client_recovers(declared: Declared) -> None:
-    t = declared.topology
+def test_unroutable_or_refused_publish_raises_and_client_recovers(live: Live) -> None:
+    t = live.topology
     with DeskClient("T.MC.A", topology=t) as desk:
         with pytest.raises(PublishError, match="returned"):
             desk.publish(dossier(), exchange=t.status_exchange, routing_key="nobody",
@@ -154,11 +155,11 @@ def test_unroutable_or_refused_publish_raises_and_client_recovers(declared: Decl
         d = dossier()
         desk.submit(d)
         desk.withdrawn(CODE)
-    assert declared.depth(t.intake_queue) == 1 and declared.depth(t.status_queue) == 1
+    assert live.depth(t.intake_queue) == 1 and live.depth(t.status_queue) == 1
 
 
-def test_inbox_drains_several_queues_and_acks(declared: Declared) -> None:
-    t = declared.topology
+def test_inbox_drains_several_queues_and_acks(live: Live) -> None:
+    t = live.topology
     got: list[Received] = []
     with BrokerClient(topology=t) as client:
         ids = send_notices(client, t)
@@ -171,11 +172,11 @@ def test_inbox_drains_several_queues_and_acks(declared: Declared) -> None:
         assert r.kind == ("agency.notice" if r.queue == queues[2] else "desk.notice")
         assert not r.redelivered
         assert r.message.dossier_code.startswith("T.UBND.A-")
-    assert [declared.depth(q) for q in queues] == [0, 0, 0]
+    assert [live.depth(q) for q in queues] == [0, 0, 0]
 
 
-def test_handler_failure_and_poison_are_dead_lettered_not_acked(declared: Declared) -> None:
-    t = declared.topology
+def test_handler_failure_and_poison_are_dead_lettered_not_acked(live: Live) -> None:
+    t = live.topology
     queue = t.desk_queue("T.MC.A")
 
     def handler(r: Received) -> None:
@@ -187,20 +188,20 @@ def test_handler_failure_and_poison_are_dead_lettered_not_acked(declared: Declar
                      routing_key="T.MC.A", message_id="notice:good")
         desk.publish(desk_notice("T.MC.A", 2), exchange=t.desk_exchange,
                      routing_key="T.MC.A", message_id="notice:bad")
-        declared.channel.basic_publish(t.desk_exchange, "T.MC.A", b"{not json",
+        live.channel.basic_publish(t.desk_exchange, "T.MC.A", b"{not json",
                                        pika.BasicProperties(message_id="poison"))
         assert desk.inbox().drain(handler, timeout_s=0.3) == 1
-    assert declared.depth(queue) == 0
-    assert declared.wait_depth(t.dead_queue("desk"), 2) == 2
-    dead = declared.get_all(t.dead_queue("desk"))
+    assert live.depth(queue) == 0
+    assert live.wait_depth(t.dead_queue("desk"), 2) == 2
+    dead = live.get_all(t.dead_queue("desk"))
     assert sorted(p.message_id for p, _ in dead) == ["notice:bad", "poison"]
     assert {p.headers["x-first-death-reason"] for p, _ in dead} == {"rejected"}
     bad = next(body for p, body in dead if p.message_id == "notice:bad")
     assert json.loads(bad)["dossier_code"] == "T.UBND.A-261125-0002"
 
 
-def test_stop_from_another_thread_ends_drain(declared: Declared) -> None:
-    with DeskClient("T.MC.B", topology=declared.topology) as desk:
+def test_stop_from_another_thread_ends_drain(live: Live) -> None:
+    with DeskClient("T.MC.B", topology=live.topology) as desk:
         inbox = desk.inbox()
         timer = threading.Timer(0.3, inbox.stop)
         started = time.monotonic()
@@ -208,3 +209,38 @@ def test_stop_from_another_thread_ends_drain(declared: Declared) -> None:
         assert inbox.drain(lambda r: None, timeout_s=None) == 0
         assert time.monotonic() - started < 2.0
         timer.join()
+
+
+def cut(connection: Any) -> None:
+    """Simulate a network failure under a kombu connection."""
+    connection.connection.transport.sock.shutdown(socket.SHUT_RDWR)
+
+
+def test_publish_reconnects_after_connection_loss(live: Live) -> None:
+    t = live.topology
+    with DeskClient("T.MC.A", topology=t) as desk:
+        desk.submit(dossier())
+        cut(desk.connection)
+        desk.submit(dossier())
+    assert live.depth(t.intake_queue) == 2
+
+
+def test_inbox_reconnects_and_redelivers_what_it_had_not_acked(live: Live) -> None:
+    t = live.topology
+    seen: list[Received] = []
+    with DeskClient("T.MC.A", topology=t) as desk:
+        for i in range(3):
+            desk.publish(desk_notice("T.MC.A", i), exchange=t.desk_exchange,
+                         routing_key="T.MC.A", message_id=f"notice:{i}")
+        inbox = desk.inbox()
+
+        def handler(r: Received) -> None:
+            seen.append(r)
+            if len(seen) == 1:
+                cut(inbox.connection)  # the ack after this handler returns cannot be sent
+
+        handled = inbox.drain(handler, timeout_s=0.5)
+    assert handled == 3
+    assert [r.message_id for r in seen].count("notice:0") == 2
+    assert any(r.redelivered for r in seen if r.message_id == "notice:0")
+    assert live.depth(t.desk_queue("T.MC.A")) == 0

@@ -1,0 +1,11 @@
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY broker broker
+COPY adapters adapters
+COPY monitoring monitoring
+RUN pip install --no-cache-dir .
+# /metrics must be reachable from outside the container
+ENV CASEBROKER_METRICS_ADDR=0.0.0.0
+USER nobody
+CMD ["casebroker", "run"]

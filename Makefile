@@ -1,0 +1,31 @@
+# make demo  — real traffic through the RabbitMQ on localhost, then a summary
+# make test  — the whole suite (unit, integration against RabbitMQ and PostgreSQL)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DOSSIERS ?= 2000
+
+.PHONY: demo test lint services install clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+services:
+	@bash scripts/services.sh
+
+demo: install services
+	$(VENV)/bin/casebroker demo --dossiers $(DOSSIERS)
+
+test: install services
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy broker adapters monitoring
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

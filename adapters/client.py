@@ -1,0 +1,336 @@
+"""Client SDK for desks and agencies, on kombu.
+
+    BrokerClient        one connection, confirmed mandatory publishes, reconnect with backoff
+    ├── DeskClient      submits dossiers and desk events, reads its desk queue
+    └── AgencyClient    reports status updates, reads its agency queue
+    Inbox               consumes one or more queues; acks only after the handler returns
+
+A client is not thread-safe (neither is a kombu connection): use one per thread.
+Each publish waits for its own confirm, so a publish that returns is durable in the
+broker; at-least-once on reconnects, and receivers dedupe by the stable ``message_id``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self, cast
+from uuid import UUID, uuid4
+
+from amqp.exceptions import AMQPError, MessageNacked
+from kombu import connection as _connection
+from kombu import entity as _entity
+from kombu import messaging as _messaging
+from kombu.exceptions import KombuError
+
+from broker.amqp import amqp_url
+from broker.errors import CasebrokerError, DecodeError
+from broker.messages import (
+    CONTENT_TYPE,
+    AgencyNotice,
+    AgencyStatus,
+    DeskNotice,
+    Document,
+    DossierAssigned,
+    DossierReturned,
+    DossierStatus,
+    DossierSubmitted,
+    DossierSupplemented,
+    DossierWithdrawn,
+    Message,
+    decode,
+    encode,
+    kind_of,
+    utc_now,
+)
+from broker.topology import INTAKE_KEY, STATUS_KEY, Topology
+
+__all__ = ["AgencyClient", "BrokerClient", "DeskClient", "Inbox", "PublishError", "Received"]
+
+log = logging.getLogger(__name__)
+
+# kombu is untyped: its classes are Any here rather than a type: ignore on every call
+Connection: Any = _connection.Connection
+Consumer: Any = _messaging.Consumer
+Producer: Any = _messaging.Producer
+Queue: Any = _entity.Queue
+
+#: kinds an inbox accepts; anything else is poison and goes to the dead-letter queue
+INBOX_KINDS = frozenset({"desk.notice", "agency.notice", "dossier.assigned"})
+#: how often a draining inbox wakes up to notice stop() and its idle timeout
+POLL_INTERVAL_S = 0.1
+
+
+class PublishError(CasebrokerError):
+    """A publish the broker refused (nack), could not route (basic.return) or never took."""
+
+
+class BrokerClient:
+    """One kombu connection that publishes persistent, mandatory, confirmed messages."""
+
+    def __init__(self, url: str | None = None, topology: Topology | None = None, *,
+                 max_retries: int = 10, confirm_timeout_s: float = 30.0) -> None:
+        self.topology = topology or Topology.from_env()
+        self.max_retries = max_retries
+        self.confirm_timeout_s = confirm_timeout_s
+        # confirm_publish makes py-amqp wait for basic.ack/nack after every basic.publish
+        self.connection = Connection(url or amqp_url(), connect_timeout=5,
+                                     transport_options={"confirm_publish": True})
+        self._producer: Any = None
+        # message_id -> why it came back; filled by the basic.return callback
+        self._returned: dict[str | None, str] = {}
+
+    @property
+    def retry_policy(self) -> dict[str, Any]:
+        """Keyword arguments for kombu's ensure/ensure_connection (backoff up to 5 s)."""
+        return {"max_retries": self.max_retries, "interval_start": 0.2,
+                "interval_step": 0.5, "interval_max": 5.0, "errback": _log_retry}
+
+    def close(self) -> None:
+        """Close the connection (safe to call twice)."""
+        self._producer = None
+        self.connection.release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def publish(self, message: Message, *, exchange: str, routing_key: str,
+                message_id: str) -> None:
+        """Publish one message and wait for its confirm; raise PublishError if not taken."""
+        correlation_id = getattr(message, "dossier_code", None) or getattr(
+            message, "submission_id", None)
+        properties = {
+            "message_id": message_id,
+            "correlation_id": None if correlation_id is None else str(correlation_id),
+            "type": kind_of(message),
+            # RabbitMQ checks user_id against the login, so the status router can trust it
+            "user_id": self.connection.userid,
+        }
+        body = encode(message)
+        self._returned.pop(message_id, None)
+        try:
+            producer = self._ensure_producer()
+            publish = self.connection.ensure(producer, producer.publish, **self.retry_policy)
+            publish(body, exchange=exchange, routing_key=routing_key, mandatory=True,
+                    delivery_mode=2, content_type=CONTENT_TYPE, content_encoding="utf-8",
+                    confirm_timeout=self.confirm_timeout_s, **properties)
+        except (KombuError, AMQPError, MessageNacked, OSError) as e:
+            raise PublishError(f"publish {message_id} to {exchange}/{routing_key} failed: "
+                               f"{e}") from e
+        # RabbitMQ sends basic.return before the basic.ack of the same publish, so the
+        # return (if any) has been dispatched by the time the confirm wait ended
+        reason = self._returned.pop(message_id, None)
+        if reason is not None:
+            raise PublishError(f"publish {message_id} to {exchange}/{routing_key} was "
+                               f"returned: {reason}")
+
+    def _ensure_producer(self) -> Any:
+        if self._producer is None:
+            self.connection.ensure_connection(**self.retry_policy)
+            # ensure() revives the producer on connection.default_channel after a reconnect,
+            # re-registering on_return there, so start on that channel too
+            self._producer = Producer(self.connection.default_channel, auto_declare=False,
+                                      on_return=self._on_return)
+        return self._producer
+
+    def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
+        # without a basic_return handler py-amqp raises mid-wait and leaves the ack unread
+        message_id = message.properties.get("message_id")
+        self._returned[message_id] = f"{getattr(exc, 'reply_text', exc)} ({routing_key!r})"
+        log.warning("publish %s to %s was returned unroutable", message_id, exchange)
+
+
+class DeskClient(BrokerClient):
+    """A desk: submits dossiers and desk events; reads notices from its desk queue."""
+
+    def __init__(self, desk_id: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.desk_id = desk_id
+
+    def submit(self, dossier: DossierSubmitted) -> str:
+        """Submit a dossier to intake; a retried submit keeps its id so it is deduplicated."""
+        message_id = f"submit:{dossier.submission_id}"
+        self.publish(dossier, exchange=self.topology.intake_exchange, routing_key=INTAKE_KEY,
+                     message_id=message_id)
+        return message_id
+
+    def returned(self, dossier_code: str, *, satisfaction: int | None = None,
+                 returned_at: datetime | None = None) -> str:
+        """Report that the result was handed to the citizen."""
+        event = DossierReturned(event_id=uuid4(), dossier_code=dossier_code,
+                                desk_id=self.desk_id, returned_at=returned_at or utc_now(),
+                                satisfaction=satisfaction)
+        return self._event(event, event.event_id)
+
+    def supplemented(self, dossier_code: str, documents: list[Document]) -> str:
+        """Report that the citizen brought the requested documents."""
+        event = DossierSupplemented(event_id=uuid4(), dossier_code=dossier_code,
+                                    desk_id=self.desk_id, documents=documents, sent_at=utc_now())
+        return self._event(event, event.event_id)
+
+    def withdrawn(self, dossier_code: str, reason: str | None = None) -> str:
+        """Report that the citizen withdrew the dossier."""
+        event = DossierWithdrawn(event_id=uuid4(), dossier_code=dossier_code,
+                                 desk_id=self.desk_id, reason=reason, sent_at=utc_now())
+        return self._event(event, event.event_id)
+
+    def _event(self, event: Message, event_id: UUID) -> str:
+        message_id = f"event:{event_id}"
+        self.publish(event, exchange=self.topology.status_exchange, routing_key=STATUS_KEY,
+                     message_id=message_id)
+        return message_id
+
+    def inbox(self, *, prefetch_count: int = 200) -> Inbox:
+        """An inbox on this desk's queue."""
+        return Inbox(self, [self.topology.desk_queue(self.desk_id)], prefetch_count=prefetch_count)
+
+
+class AgencyClient(BrokerClient):
+    """An agency: reports status updates; reads assignments and notices from its queue."""
+
+    def __init__(self, agency_id: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.agency_id = agency_id
+
+    def report(self, dossier_code: str, status: AgencyStatus | str, *,
+               reason: str | None = None, documents: Iterable[Document] = (),
+               requested_documents: Iterable[str] = (), amount_vnd: int | None = None,
+               update_id: UUID | None = None) -> str:
+        """Report a status update; pass the same update_id when retrying the same update."""
+        update = DossierStatus(update_id=update_id or uuid4(), dossier_code=dossier_code,
+                               agency_id=self.agency_id, status=AgencyStatus(status),
+                               reason=reason, documents=list(documents),
+                               requested_documents=list(requested_documents),
+                               amount_vnd=amount_vnd, sent_at=utc_now())
+        message_id = f"status:{update.update_id}"
+        self.publish(update, exchange=self.topology.status_exchange, routing_key=STATUS_KEY,
+                     message_id=message_id)
+        return message_id
+
+    def inbox(self, *, prefetch_count: int = 200) -> Inbox:
+        """An inbox on this agency's queue."""
+        return Inbox(self, [self.topology.agency_queue(self.agency_id)],
+                     prefetch_count=prefetch_count)
+
+
+@dataclass(frozen=True)
+class Received:
+    """One decoded delivery handed to an inbox handler."""
+
+    queue: str
+    message_id: str | None
+    kind: str | None
+    redelivered: bool
+    message: DeskNotice | AgencyNotice | DossierAssigned
+
+
+class Inbox:
+    """Receives messages from one or more queues and acks each only after the handler returns.
+
+    Outcomes: handler returns → ack; handler raises, or the body is not a valid
+    notice/assignment → ``reject(requeue=False)``, which the quorum queue dead-letters
+    to ``dead.<source>`` (requeueing would loop on the same poison message). A lost
+    connection is re-established; deliveries not yet acked are redelivered, so a
+    handler may see a message twice (``redelivered`` is set) and must be idempotent.
+    """
+
+    def __init__(self, client: BrokerClient, queues: list[str], *,
+                 prefetch_count: int = 200) -> None:
+        self.client = client
+        self.queues = list(queues)
+        self.prefetch_count = prefetch_count
+        self._stop = threading.Event()
+        self._handled = 0
+        self._last_delivery = 0.0
+        #: the connection of the running drain (None when idle); tests cut it to force a reconnect
+        self.connection: Any = None
+
+    def stop(self) -> None:
+        """Make the running drain (or the next one) return soon; thread-safe."""
+        self._stop.set()
+
+    def drain(self, handler: Callable[[Received], None], *, timeout_s: float | None) -> int:
+        """Handle messages until none arrives for timeout_s (None: until stop); return count."""
+        self._handled = 0
+        self._last_delivery = time.monotonic()
+        # its own connection: a handler that publishes through the client must not
+        # read this inbox's frames while waiting for its confirm
+        conn = self.connection = self.client.connection.clone()
+        try:
+            self._consume(conn, handler)
+            while not self._stop.is_set():
+                idle_s = time.monotonic() - self._last_delivery
+                if timeout_s is not None and idle_s >= timeout_s:
+                    break
+                try:
+                    conn.drain_events(timeout=POLL_INTERVAL_S)
+                except TimeoutError:
+                    continue
+                except conn.recoverable_connection_errors as e:
+                    log.warning("inbox connection lost (%s); reconnecting", type(e).__name__)
+                    conn.collect()
+                    self._consume(conn, handler)
+            return self._handled
+        finally:
+            self._stop.clear()
+            self.connection = None
+            # unacked prefetched deliveries go back to their queues when the channel closes
+            conn.release()
+
+    def _consume(self, conn: Any, handler: Callable[[Received], None]) -> None:
+        conn.ensure_connection(**self.client.retry_policy)
+        channel = conn.channel()
+        # py-amqp would turn bodies with a content_encoding into str; decode() wants the bytes
+        channel.auto_decode = False
+        for name in self.queues:
+            # queues belong to the broker's topology: never declared here
+            consumer = Consumer(channel, queues=[Queue(name, no_declare=True)],
+                                auto_declare=False, prefetch_count=self.prefetch_count,
+                                on_message=self._on_message(name, handler))
+            consumer.consume()
+
+    def _on_message(self, queue: str, handler: Callable[[Received], None]
+                    ) -> Callable[[Any], None]:
+        def on_message(delivery: Any) -> None:
+            self._last_delivery = time.monotonic()
+            props = delivery.properties
+            body = delivery.body
+            try:
+                message = decode(body.encode() if isinstance(body, str) else body,
+                                 content_type=delivery.content_type,
+                                 expected=INBOX_KINDS)
+            except DecodeError as e:
+                # the reason code and detail never echo field values (no personal data)
+                log.error("poison message %s on %s (%s); dead-lettering",
+                          props.get("message_id"), queue, e)
+                delivery.reject(requeue=False)
+                return
+            received = Received(queue, props.get("message_id"), props.get("type"),
+                                bool(delivery.delivery_info.get("redelivered")),
+                                cast(DeskNotice | AgencyNotice | DossierAssigned, message))
+            try:
+                handler(received)
+            except Exception as e:
+                # only the type is logged: handler errors may carry personal data
+                log.error("handler failed on %s from %s (%s); dead-lettering",
+                          received.message_id, queue, type(e).__name__)
+                log.debug("handler failure", exc_info=True)
+                delivery.reject(requeue=False)
+                return
+            delivery.ack()
+            self._handled += 1
+
+        return on_message
+
+
+def _log_retry(exc: BaseException, interval_s: float) -> None:
+    log.warning("RabbitMQ unavailable (%s); retrying in %.1fs", type(exc).__name__, interval_s)

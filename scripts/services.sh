@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Make sure RabbitMQ (5672) and PostgreSQL (5432) answer on localhost.
+# Uses what is installed here (rabbitmq-server, pg_ctlcluster); where neither is
+# installed but Docker is, starts the docker-compose services instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() {  # port, name, seconds
+  for _ in $(seq 1 "$3"); do up "$1" && return 0; sleep 1; done
+  echo "services: $2 did not come up on port $1" >&2; return 1
+}
+
+if ! up 5672; then
+  if command -v rabbitmq-server >/dev/null; then
+    echo "services: starting RabbitMQ (rabbitmq-server -detached)"
+    rabbitmq-server -detached
+  elif command -v docker >/dev/null; then
+    docker compose up -d rabbitmq
+  else
+    echo "services: no RabbitMQ on 5672 and neither rabbitmq-server nor docker to start one" >&2
+    exit 1
+  fi
+  wait_port 5672 RabbitMQ 90
+fi
+if command -v rabbitmqctl >/dev/null && [ "$(id -u)" = 0 ]; then
+  # wait until the node accepts connections, not just until the port is open
+  rabbitmqctl await_startup >/dev/null 2>&1 || true
+fi
+
+if ! up 5432; then
+  if command -v pg_ctlcluster >/dev/null && ls /etc/postgresql >/dev/null 2>&1; then
+    echo "services: starting PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+  elif command -v docker >/dev/null; then
+    docker compose up -d postgres
+  else
+    echo "services: no PostgreSQL on 5432 (the PostgreSQL tests will fail)" >&2
+    exit 1
+  fi
+  wait_port 5432 PostgreSQL 60
+fi
+echo "services: RabbitMQ and PostgreSQL are up"
