@@ -325,14 +325,15 @@ def _summarize(topology: Topology, ledger: Ledger, tally: _Tally, submission_ids
     routed = [s for s in states.values() if s[1] != 3]
     with tally.lock:
         latencies = list(tally.receipt_latency_ms)
-        summary = {
+        returned = sum(1 for s in states.values() if s[1] == 10)
+        summary: dict[str, Any] = {
             "submitted": len(submission_ids),
             "routed": len(routed),
             "refused": len(states) - len(routed),
             "assigned_steps": tally.assigned_steps,
             "receipts": len(tally.receipts),
             "resolved": len(tally.results),
-            "returned": sum(1 for s in states.values() if s[1] == 10),
+            "returned": returned,
             "lost": len(submission_ids) - len(states) - dead - triaged,
             "duplicates": tally.duplicates,
             "dead_lettered": dead,
@@ -344,7 +345,7 @@ def _summarize(topology: Topology, ledger: Ledger, tally: _Tally, submission_ids
             "elapsed_s": round(elapsed, 2),
             "notices": dict(sorted(tally.notices.items())),
         }
-    summary["dossiers_per_s"] = round(summary["returned"] / elapsed, 1) if elapsed else 0.0
+        summary["dossiers_per_s"] = round(returned / elapsed, 1) if elapsed else 0.0
     return summary
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -15,6 +16,11 @@ from typing import Any
 from broker.errors import CasebrokerError, CatalogError, DecodeError, RoutingError
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+
+#: modules that add subcommands: each has ``register(sub, groups)`` where ``sub`` is the
+#: top-level subparsers and ``groups`` maps a group name ("rules", ...) to its
+#: subparsers; parsers they add set ``handler=callable(args) -> int`` as a default
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _common(p: argparse.ArgumentParser, *, catalog: bool = True, db: bool = False,
@@ -82,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(demo, db=True)
 
     sub.add_parser("schema", help="print the JSON Schema of every message kind")
+    groups = {"rules": rules_sub, "topology": topo_sub, "dossier": dossier_sub}
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub, groups)
     return parser
 
 
@@ -108,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int | None:
+    if getattr(args, "handler", None) is not None:
+        return int(args.handler(args))
     handlers = {"run": _run, "topology": _topology, "rules": _rules, "dossier": _dossier,
                 "demo": _demo, "schema": _schema}
     return handlers[args.command](args)

@@ -204,14 +204,14 @@ class Batch:
         if not counts:
             return {}
         insert_fn = pg_insert if self.conn.dialect.name == "postgresql" else sqlite_insert
-        stmt = insert_fn(code_sequences).values(
+        values = insert_fn(code_sequences).values(
             [{"agency_id": a, "day": d, "last": counts[(a, d)]} for a, d in sorted(counts)])
-        stmt = stmt.on_conflict_do_update(
+        upsert = values.on_conflict_do_update(
             index_elements=[code_sequences.c.agency_id, code_sequences.c.day],
-            set_={"last": code_sequences.c.last + stmt.excluded.last},
+            set_={"last": code_sequences.c.last + values.excluded.last},
         ).returning(code_sequences.c.agency_id, code_sequences.c.day, code_sequences.c.last)
         return {(r.agency_id, r.day): r.last - counts[(r.agency_id, r.day)] + 1
-                for r in self.conn.execute(stmt)}
+                for r in self.conn.execute(upsert)}
 
     def load_dossiers(self, codes: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Current rows of the named dossiers, as dicts."""

@@ -167,7 +167,7 @@ class Engine:
         if boundary_free and not procedure.open_for_boundary_free(local_day):
             since = procedure.boundary_free_from
             refusal = (f"procedure {procedure.code} is not open to boundary-free receipt"
-                       + (f" before {since.isoformat()}" if procedure.boundary_free else "")
+                       + (f" before {since.isoformat()}" if since else "")
                        + f"; submit it at a desk of {first.id}")
         due_at = self.calendar.due_at(received_at, procedure.processing.amount,
                                       procedure.processing.unit)
