@@ -347,7 +347,8 @@ class Ledger:
 
 def _make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30})
+        # short busy timeout: the consumer's I/O loop waits on it, then retries later
+        engine = create_engine(url, connect_args={"timeout": 5})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
@@ -361,4 +362,6 @@ def _make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+    # a ledger that does not answer within seconds is "away": fail fast, retry with backoff
+    return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2,
+                         connect_args={"connect_timeout": 5})

@@ -1,0 +1,149 @@
+"""The `casebroker` command as an operator runs it: separate processes, real servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from broker.cli import main
+from broker.ledger import Ledger
+from broker.topology import Topology
+from tests.conftest import MINI_CATALOG, queue_depth, wait_for
+from tests.helpers import Amqp, dossier
+
+pytestmark = pytest.mark.integration
+
+
+def _run(prefix: str, db_url: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "broker.cli", "run", "--catalog", str(MINI_CATALOG),
+         "--prefix", prefix, "--db-url", db_url, "--metrics-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
+
+
+def _consumers(queue: str) -> int:
+    import pika
+
+    from broker.amqp import amqp_url
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
+    try:
+        return int(conn.channel().queue_declare(queue, passive=True).method.consumer_count)
+    finally:
+        conn.close()
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> tuple[int, str]:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    return proc.returncode, out.decode(errors="replace")
+
+
+def test_run_routes_then_stops_cleanly_on_sigterm(declared: Topology, tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    proc = _run(declared.prefix, db_url)
+    try:
+        wait_for(lambda: _consumers(declared.intake_queue) == 1, what="router consuming")
+        amqp = Amqp()
+        subs = [dossier() for _ in range(300)]
+        for d in subs:
+            amqp.submit(declared, d)
+        amqp.close()
+        ledger = Ledger(db_url)
+        wait_for(lambda: ledger.count_by_state().get(2) == 300, what="300 routed")
+    finally:
+        code, log = _stop(proc)
+    assert code == 0, log
+    assert "stopped" in log
+    assert queue_depth(declared.intake_queue) == 0
+    assert queue_depth(declared.agency_queue("T.UBND.A")) == 300
+    # personal data never reaches the log
+    assert "066090001234" not in log and "Nguyễn Văn An" not in log
+
+
+def test_shutdown_while_the_ledger_is_locked_acks_nothing(declared: Topology,
+                                                          tmp_path: Path) -> None:
+    """Work that could not be committed is not acked: it is all back in the queue."""
+    db_path = tmp_path / "ledger.sqlite3"
+    db_url = f"sqlite:///{db_path}"
+    Ledger(db_url).dispose()  # create the schema
+    lock = sqlite3.connect(db_path, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")  # the router's commits now fail: the ledger is "away"
+    proc = _run(declared.prefix, db_url)
+    try:
+        wait_for(lambda: _consumers(declared.intake_queue) == 1, what="router consuming")
+        amqp = Amqp()
+        for _ in range(50):
+            amqp.submit(declared, dossier())
+        amqp.close()
+        time.sleep(7)  # longer than the 5 s busy timeout: at least one failed attempt
+    finally:
+        code, log = _stop(proc)
+    lock.execute("ROLLBACK")
+    lock.close()
+    assert code == 0, log
+    assert "paused" in log  # it noticed, and retried rather than crashing
+    assert queue_depth(declared.intake_queue) == 50  # requeued, none acked
+    assert Ledger(db_url).count_by_state() == {}
+    assert queue_depth(declared.agency_queue("T.UBND.A")) == 0
+
+    # the ledger is back: a new router processes every one of them exactly once
+    proc = _run(declared.prefix, db_url)
+    try:
+        ledger = Ledger(db_url)
+        wait_for(lambda: ledger.count_by_state().get(2) == 50, what="50 routed")
+        wait_for(lambda: queue_depth(declared.intake_queue) == 0, what="intake drained")
+    finally:
+        code, log = _stop(proc)
+    assert code == 0, log
+    assert queue_depth(declared.agency_queue("T.UBND.A")) == 50
+
+
+def test_rules_explain_and_check_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                            ) -> None:
+    good = tmp_path / "d.json"
+    good.write_text(dossier("1.001193", desk_id="T.MC.B").model_dump_json(by_alias=True))
+    assert main(["rules", "explain", str(good), "--catalog", str(MINI_CATALOG), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["agency_id"] == "T.UBND.A" and out["boundary_free"] is True
+    assert set(out) >= {"agency_id", "rule_id", "boundary_free", "due_at", "catalog_hash"}
+
+    for kw, word in ((dict(procedure_code="9.999999"), "procedure"),
+                     (dict(desk_id="T.NOWHERE"), "desk"),
+                     (dict(applicant_ward="99999"), "area")):
+        bad = tmp_path / "bad.json"
+        bad.write_text(dossier(**kw).model_dump_json(by_alias=True))
+        assert main(["rules", "explain", str(bad), "--catalog", str(MINI_CATALOG)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and word in err
+
+    assert main(["rules", "check", str(MINI_CATALOG)]) == 0
+    assert capsys.readouterr().out.startswith("ok: 7 procedures, 6 agencies")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(MINI_CATALOG.read_text().replace("T.SO.TP}", "T.SO.NOPE}", 1))
+    assert main(["rules", "check", str(broken)]) == 1
+    assert "unknown agency T.SO.NOPE" in capsys.readouterr().err
+
+
+def test_demo_main_job_counts_every_dossier() -> None:
+    """The README's main job, small: the shipped catalog, a real router process."""
+    result = subprocess.run([sys.executable, "-m", "broker.cli", "demo", "--dossiers", "150",
+                             "--json"], capture_output=True, timeout=300,
+                            env=os.environ.copy())
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    lines = result.stdout.decode().strip().splitlines()
+    assert len(lines) == 1  # exactly one JSON object
+    s = json.loads(lines[0])
+    assert s["submitted"] == 150 and s["returned"] == 150 and s["resolved"] == 150
+    assert s["routed"] == 150 and s["lost"] == 0 and s["duplicates"] == 0
+    assert s["dead_lettered"] == 0 and s["triaged"] == 0
+    assert 0 < s["boundary_free_share"] < 1
+    assert 0 < s["receipt_latency_ms"]["p50"] <= s["receipt_latency_ms"]["p99"]
+    assert s["elapsed_s"] > 0
