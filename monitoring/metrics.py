@@ -48,6 +48,12 @@ class Metrics(Hooks):
         self.catalog_reloads_total = Counter(
             "casebroker_catalog_reloads_total", "Catalog reloads on SIGHUP, by result",
             ["result"], registry=r)
+        self.overdue_dossiers = Gauge(
+            "casebroker_overdue_dossiers", "Open dossiers past their due date, by current agency",
+            ["agency"], registry=r)
+        self.deadline_notices_total = Counter(
+            "casebroker_deadline_notices_total", "Deadline notices published, by kind",
+            ["kind"], registry=r)
         self.catalog_info = Gauge(
             "casebroker_catalog_info", "The catalog in force (value 1)", ["catalog", "hash"],
             registry=r)
@@ -76,6 +82,12 @@ class Metrics(Hooks):
 
     def connection(self, up: bool) -> None:
         self.connected.set(1 if up else 0)
+
+    def overdue(self, by_agency: dict[str, int]) -> None:
+        """Replace the overdue gauge with a fresh count per agency."""
+        self.overdue_dossiers.clear()
+        for agency, n in by_agency.items():
+            self.overdue_dossiers.labels(agency).set(n)
 
     def catalog_loaded(self, name: str, content_hash: str) -> None:
         self.catalog_info.clear()
