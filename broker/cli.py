@@ -87,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep the demo's queues and ledger afterwards")
     _common(demo, db=True)
 
-    sub.add_parser("schema", help="print the JSON Schema of every message kind")
+    schema = sub.add_parser("schema", help="print the JSON Schema of every message kind")
+    schema.add_argument("--asyncapi", action="store_true",
+                        help="print the AsyncAPI document (YAML) instead")
     groups = {"rules": rules_sub, "topology": topo_sub, "dossier": dossier_sub}
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub, groups)
@@ -258,7 +260,14 @@ def _demo(args: argparse.Namespace) -> int:
     return EXIT_OK if finished and clean else EXIT_PROBLEM
 
 
-def _schema(_args: argparse.Namespace) -> int:
+def _schema(args: argparse.Namespace) -> int:
+    if args.asyncapi:
+        import yaml
+
+        from broker.contract import asyncapi
+
+        print(yaml.safe_dump(asyncapi(), sort_keys=False, allow_unicode=True), end="")
+        return EXIT_OK
     from broker.messages import json_schemas
 
     print(json.dumps(json_schemas(), indent=2, ensure_ascii=False))

@@ -118,3 +118,15 @@ def test_decoder_only_raises_decode_errors_on_json(obj: dict[str, object]) -> No
         decode(json.dumps(obj).encode())
     except DecodeError as e:
         assert e.reason in {"unknown_kind", "invalid_fields"}
+
+
+def test_published_asyncapi_document_matches_the_models() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from broker.contract import asyncapi
+
+    published = Path(__file__).parents[2] / "docs" / "asyncapi.yaml"
+    assert yaml.safe_load(published.read_text()) == asyncapi(), (
+        "docs/asyncapi.yaml is stale: casebroker schema --asyncapi > docs/asyncapi.yaml")

@@ -1,0 +1,69 @@
+"""The contract for integrators: an AsyncAPI 2.6 document built from the message models.
+
+``docs/asyncapi.yaml`` is this document for the default prefix; a test keeps it equal to
+what the models say, so the published contract cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker.messages import KINDS
+from broker.topology import INTAKE_KEY, STATUS_KEY, Topology
+
+#: (channel address, exchange, routing key, kind(s), who publishes, who consumes)
+_FLOWS = (
+    ("intake", "intake", INTAKE_KEY, ("dossier.submitted",), "desk", "broker"),
+    ("status", "status", STATUS_KEY, ("dossier.status", "dossier.returned",
+                                      "dossier.supplemented", "dossier.withdrawn"),
+     "agency or desk", "broker"),
+    ("agency.{agency_id}", "agency", "{agency_id}", ("dossier.assigned", "agency.notice"),
+     "broker", "agency"),
+    ("desk.{desk_id}", "desk", "{desk_id}", ("desk.notice",), "broker", "desk"),
+)
+
+
+def asyncapi(topology: Topology | None = None) -> dict[str, Any]:
+    """The AsyncAPI document of every channel and message kind."""
+    t = topology or Topology()
+    exchanges = {"intake": t.intake_exchange, "status": t.status_exchange,
+                 "agency": t.agency_exchange, "desk": t.desk_exchange}
+    messages: dict[str, Any] = {}
+    schemas: dict[str, Any] = {}
+    for kind, model in KINDS.items():
+        name = kind.replace(".", "_")
+        schema = model.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+        for def_name, definition in schema.pop("$defs", {}).items():
+            schemas[def_name] = definition
+        schemas[name] = schema
+        messages[name] = {
+            "name": kind, "title": model.__name__, "summary": (model.__doc__ or "").strip(),
+            "contentType": "application/json",
+            "bindings": {"amqp": {"messageType": kind, "deliveryMode": 2,
+                                  "bindingVersion": "0.2.0"}},
+            "payload": {"$ref": f"#/components/schemas/{name}"},
+        }
+    channels: dict[str, Any] = {}
+    for address, exchange, key, kinds, publisher, consumer in _FLOWS:
+        refs = [{"$ref": f"#/components/messages/{k.replace('.', '_')}"} for k in kinds]
+        message = refs[0] if len(refs) == 1 else {"oneOf": refs}
+        op = "publish" if publisher != "broker" else "subscribe"
+        channels[f"{t.prefix}.{address}"] = {
+            "description": f"{publisher} → {consumer}: exchange {exchanges[exchange]}, "
+                           f"routing key {key}",
+            op: {"operationId": f"{op}_{exchange}", "message": message},
+            "bindings": {"amqp": {"is": "routingKey", "bindingVersion": "0.2.0",
+                                  "exchange": {"name": exchanges[exchange], "type": "direct",
+                                               "durable": True, "autoDelete": False}}},
+        }
+    return {
+        "asyncapi": "2.6.0",
+        "info": {"title": "casebroker", "version": "1",
+                 "description": "Dossiers from any desk to the competent agency and results "
+                                "back. Every message is persistent JSON with a stable "
+                                "message_id (receivers drop duplicates by it), correlation_id "
+                                "= dossier code, type = message kind."},
+        "defaultContentType": "application/json",
+        "channels": channels,
+        "components": {"messages": messages, "schemas": dict(sorted(schemas.items()))},
+    }
