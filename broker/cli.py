@@ -20,7 +20,7 @@ EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 #: modules that add subcommands: each has ``register(sub, groups)`` where ``sub`` is the
 #: top-level subparsers and ``groups`` maps a group name ("rules", ...) to its
 #: subparsers; parsers they add set ``handler=callable(args) -> int`` as a default
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("broker.rules_cli",)
 
 
 def _common(p: argparse.ArgumentParser, *, catalog: bool = True, db: bool = False,
@@ -87,6 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep the demo's queues and ledger afterwards")
     _common(demo, db=True)
 
+    users = sub.add_parser("users", help="one RabbitMQ user per desk and agency")
+    users_sub = users.add_subparsers(dest="action", required=True)
+    plan = users_sub.add_parser("plan", help="print every user and its permissions")
+    plan.add_argument("--json", action="store_true")
+    _common(plan, prefix=True)
+    apply_ = users_sub.add_parser("apply", help="create missing users, set permissions")
+    _common(apply_, prefix=True)
+    apply_.add_argument("--management-url", default=os.environ.get(
+        "CASEBROKER_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672"))
+    apply_.add_argument("--secrets-dir", required=True,
+                        help="new users' passwords go to DIR/<user>.password (mode 0600)")
+    apply_.add_argument("--rotate", action="store_true", help="new passwords for all")
+
     schema = sub.add_parser("schema", help="print the JSON Schema of every message kind")
     schema.add_argument("--asyncapi", action="store_true",
                         help="print the AsyncAPI document (YAML) instead")
@@ -122,7 +135,7 @@ def _dispatch(args: argparse.Namespace) -> int | None:
     if getattr(args, "handler", None) is not None:
         return int(args.handler(args))
     handlers = {"run": _run, "topology": _topology, "rules": _rules, "dossier": _dossier,
-                "demo": _demo, "schema": _schema}
+                "demo": _demo, "schema": _schema, "users": _users}
     return handlers[args.command](args)
 
 
@@ -258,6 +271,29 @@ def _demo(args: argparse.Namespace) -> int:
     finished = summary["returned"] + summary["refused"] == summary["submitted"]
     clean = summary["lost"] == 0 and summary["duplicates"] == 0
     return EXIT_OK if finished and clean else EXIT_PROBLEM
+
+
+def _users(args: argparse.Namespace) -> int:
+    from urllib.parse import urlsplit
+
+    from broker.rules.catalog import load_catalog
+    from broker.security import Management, apply, grants
+
+    planned = grants(_topology_of(args), load_catalog(args.catalog))
+    if args.action == "plan":
+        if args.json:
+            print(json.dumps([g.__dict__ for g in planned], ensure_ascii=False))
+        else:
+            for g in planned:
+                print(f"{g.user:<40} {g.kind:<6} write {g.write}  read {g.read}")
+        return EXIT_OK
+    parts = urlsplit(args.management_url)
+    base = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    api = Management(base, parts.username or "guest", parts.password or "guest")
+    result = apply(planned, api, Path(args.secrets_dir), rotate=args.rotate)
+    print(f"{result['users']} users with permissions; {result['created']} created "
+          f"(passwords in {args.secrets_dir})")
+    return EXIT_OK
 
 
 def _schema(args: argparse.Namespace) -> int:

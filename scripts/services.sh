@@ -26,6 +26,9 @@ fi
 if command -v rabbitmqctl >/dev/null && [ "$(id -u)" = 0 ]; then
   # wait until the node accepts connections, not just until the port is open
   rabbitmqctl await_startup >/dev/null 2>&1 || true
+  # management API (per-party users), shovel (the benchmark's yardstick), prometheus
+  rabbitmq-plugins enable rabbitmq_management rabbitmq_shovel rabbitmq_prometheus \
+    >/dev/null 2>&1 || echo "services: could not enable RabbitMQ plugins" >&2
 fi
 
 if ! up 5432; then

@@ -11,6 +11,7 @@ receipt ``desk.notice`` to the intake desk.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,6 +40,7 @@ from broker.messages import (
     utc_now,
 )
 from broker.rules.engine import Decision, Engine
+from broker.security import user_for
 from broker.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -59,12 +61,17 @@ class Router:
     source = "intake"
 
     def __init__(self, engine: EngineProvider, ledger: Ledger, topology: Topology,
-                 clock: Clock = utc_now, metrics: Any = None) -> None:
+                 clock: Clock = utc_now, metrics: Any = None,
+                 party_users: bool | None = None) -> None:
         self.engine = engine
         self.ledger = ledger
         self.topology = topology
         self.clock = clock
         self.metrics = metrics
+        #: with one RabbitMQ user per desk (`casebroker users apply`), a dossier must come
+        #: from the desk it names: RabbitMQ guarantees user_id is the sender's login
+        self.party_users = (os.environ.get("CASEBROKER_PARTY_USERS") == "1"
+                            if party_users is None else party_users)
 
     def handle(self, deliveries: Sequence[Delivery]) -> list[Outbound]:
         """Process one batch in one transaction; return every message to publish."""
@@ -93,6 +100,14 @@ class Router:
                     self._count("dead_lettered", e.reason)
                     continue
                 assert isinstance(msg, DossierSubmitted)
+                sender = d.properties.user_id
+                if self.party_users and sender != user_for(self.topology, msg.desk_id):
+                    dl = dead_letter(self.topology, self.source, d, "sender_mismatch",
+                                     f"published by {sender!r}, not by desk {msg.desk_id}")
+                    batch.record(mid, self.source, "dead:sender_mismatch", None, [dl], now)
+                    out.append(dl)
+                    self._count("dead_lettered", "sender_mismatch")
+                    continue
                 valid.append((mid, msg))
             out += self._route(batch, engine, valid, deliveries, now)
         return out

@@ -1,0 +1,123 @@
+"""One RabbitMQ user per desk and agency, with permissions generated from the catalog.
+
+An agency may read only its own queue and write only to the status exchange; a desk
+may write only to the intake and status exchanges and read only its own queue;
+neither may configure anything. RabbitMQ checks the ``user_id`` property of every
+publish against the connection's user, so with these users in place the routers can
+trust ``user_id`` to say who sent a message (see :func:`user_for`).
+
+Users are created through the management HTTP API (plugin ``rabbitmq_management``),
+idempotently; a new user's password is written once to a file only root can read.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import secrets
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from broker.errors import CasebrokerError
+from broker.rules.catalog import Catalog
+from broker.topology import Topology
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A RabbitMQ user and its configure/write/read permission patterns."""
+
+    user: str
+    party: str
+    kind: str
+    configure: str
+    write: str
+    read: str
+
+
+def user_for(topology: Topology, party_id: str) -> str:
+    """The RabbitMQ user of a desk or agency: the ``user_id`` its messages must carry."""
+    return f"{topology.prefix}.{party_id}"
+
+
+def _exact(*names: str) -> str:
+    return "^(" + "|".join(re.escape(n) for n in names) + ")$"
+
+
+def grants(topology: Topology, catalog: Catalog) -> list[Grant]:
+    """Every party's user and permissions, derived from the catalog."""
+    t = topology
+    out = [Grant(user_for(t, a), a, "agency", "^$", _exact(t.status_exchange),
+                 _exact(t.agency_queue(a))) for a in catalog.agency_ids]
+    out += [Grant(user_for(t, d), d, "desk", "^$", _exact(t.intake_exchange, t.status_exchange),
+                  _exact(t.desk_queue(d))) for d in catalog.desk_ids]
+    return out
+
+
+class ManagementError(CasebrokerError):
+    """The RabbitMQ management API refused or could not be reached."""
+
+
+class Management:
+    """A minimal client of the RabbitMQ management HTTP API."""
+
+    def __init__(self, url: str = "http://127.0.0.1:15672", user: str = "guest",
+                 password: str = "guest", vhost: str = "/") -> None:
+        self.url = url.rstrip("/")
+        self.vhost = urllib.parse.quote(vhost, safe="")
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers=self.headers)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as e:
+            if e.code == 404 and method == "GET":
+                return None
+            raise ManagementError(f"{method} {path}: HTTP {e.code}") from e
+        except OSError as e:
+            raise ManagementError(f"management API at {self.url} unreachable: {e}") from e
+        return json.loads(raw) if raw else None
+
+    def user_exists(self, user: str) -> bool:
+        return self._call("GET", f"/api/users/{urllib.parse.quote(user, safe='')}") is not None
+
+    def put_user(self, user: str, password: str) -> None:
+        self._call("PUT", f"/api/users/{urllib.parse.quote(user, safe='')}",
+                   {"password": password, "tags": ""})
+
+    def delete_user(self, user: str) -> None:
+        self._call("DELETE", f"/api/users/{urllib.parse.quote(user, safe='')}")
+
+    def put_permissions(self, grant: Grant) -> None:
+        self._call("PUT", f"/api/permissions/{self.vhost}/"
+                   f"{urllib.parse.quote(grant.user, safe='')}",
+                   {"configure": grant.configure, "write": grant.write, "read": grant.read})
+
+
+def apply(grants_: list[Grant], api: Management, secrets_dir: Path,
+          rotate: bool = False) -> dict[str, int]:
+    """Create missing users (password to ``secrets_dir/<user>.password``), set permissions."""
+    secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    created = 0
+    for grant in grants_:
+        if rotate or not api.user_exists(grant.user):
+            password = secrets.token_urlsafe(24)
+            path = secrets_dir / f"{grant.user}.password"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(password + "\n")
+            api.put_user(grant.user, password)
+            created += 1
+        api.put_permissions(grant)
+    return {"users": len(grants_), "created": created}
