@@ -10,6 +10,7 @@ ids never change.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Engine,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -36,6 +38,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -45,6 +48,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from broker.envelope import Outbound
 from broker.errors import TransientError
+from broker.lifecycle import OPEN_STATES
 
 DEFAULT_DB_URL = "sqlite:///casebroker.sqlite3"
 
@@ -97,7 +101,13 @@ dossiers = Table(
     Column("seq", Integer, nullable=False),
     Column("submission", JSON, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    #: deadline watch: 0 nothing sent, 1 at-risk notices sent, 2 overdue notices sent
+    Column("watch_level", Integer, nullable=False, server_default="0"),
 )
+_OPEN = dossiers.c.state.in_(sorted(int(s) for s in OPEN_STATES))
+#: the deadline watch's query: open dossiers not yet flagged, by due date
+Index("ix_dossiers_watch", dossiers.c.watch_level, dossiers.c.due_at,
+      postgresql_where=_OPEN, sqlite_where=_OPEN)
 
 #: the process-control sheet: every hand-off and state change, append-only
 events = Table(
@@ -143,6 +153,23 @@ outbox = Table(
     Column("body", LargeBinary, nullable=False),
 )
 
+#: deadline-watch notices: written with the flag that caused them, published after the
+#: commit, marked confirmed once RabbitMQ confirms; unconfirmed rows are published again
+watch_outbox = Table(
+    "watch_outbox", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("dossier_code", String(96), nullable=False),
+    Column("exchange", String(255), nullable=False),
+    Column("routing_key", String(255), nullable=False),
+    Column("message_id", String(128), nullable=False, unique=True),
+    Column("type", String(32), nullable=False),
+    Column("correlation_id", String(96)),
+    Column("body", LargeBinary, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("confirmed_at", UTCDateTime, index=True),
+)
+
 #: per competent unit and receipt day: the last dossier number handed out
 code_sequences = Table(
     "code_sequences", metadata,
@@ -150,6 +177,16 @@ code_sequences = Table(
     Column("day", String(6), primary_key=True),
     Column("last", Integer, nullable=False),
 )
+
+
+class RawJSON(str):
+    """JSON text already serialized (a validated message body): stored as it is."""
+
+    __slots__ = ()
+
+
+def _json_dumps(value: Any) -> str:
+    return value if isinstance(value, RawJSON) else json.dumps(value, ensure_ascii=False)
 
 
 def is_transient(error: BaseException) -> bool:
@@ -233,6 +270,35 @@ class Batch:
 
     def add_event(self, row: dict[str, Any]) -> None:
         self._events.append(row)
+
+    def watch_candidates(self, due_before: datetime, limit: int) -> list[dict[str, Any]]:
+        """Open dossiers due by ``due_before`` whose overdue notices are not sent yet."""
+        c = dossiers.c
+        rows = self.conn.execute(
+            select(c.code, c.state, c.agency_id, c.return_desk_id, c.procedure_code,
+                   c.submission_id, c.received_at, c.due_at, c.paused_at, c.seq, c.watch_level)
+            .where(_OPEN, c.watch_level < 2, c.due_at <= due_before)
+            .order_by(c.due_at).limit(limit))
+        return [dict(r._mapping) for r in rows]
+
+    def raise_watch_level(self, code: str, expected_seq: int, expected_level: int,
+                          level: int, at: datetime) -> bool:
+        """Set a dossier's watch level (and bump its seq) unless someone changed it first."""
+        c = dossiers.c
+        result = self.conn.execute(update(dossiers).where(
+            c.code == code, c.seq == expected_seq, c.watch_level == expected_level,
+        ).values(watch_level=level, seq=expected_seq + 1, updated_at=at))
+        return bool(result.rowcount == 1)
+
+    def add_watch_notices(self, dossier_code: str, published: Sequence[Outbound],
+                          at: datetime) -> None:
+        """Keep deadline notices until RabbitMQ confirms them."""
+        if published:
+            self.conn.execute(insert(watch_outbox), [{
+                "dossier_code": dossier_code, "exchange": o.exchange,
+                "routing_key": o.routing_key, "message_id": o.message_id, "type": o.type,
+                "correlation_id": o.correlation_id, "body": o.body, "created_at": at,
+            } for o in published])
 
     def record(self, message_id: str, source: str, outcome: str, dossier_code: str | None,
                published: Sequence[Outbound], at: datetime) -> None:
@@ -341,6 +407,35 @@ class Ledger:
                               for r in rows})
         return found
 
+    def unconfirmed_notices(self, created_before: datetime, limit: int = 500
+                            ) -> list[Outbound]:
+        """Deadline notices written before ``created_before`` and not confirmed yet."""
+        with self.read() as conn:
+            rows = conn.execute(select(watch_outbox).where(
+                watch_outbox.c.confirmed_at.is_(None),
+                watch_outbox.c.created_at < created_before,
+            ).order_by(watch_outbox.c.id).limit(limit))
+            return [Outbound(r.exchange, r.routing_key, r.message_id, r.type,
+                             r.correlation_id, None, bytes(r.body)) for r in rows]
+
+    def confirm_notices(self, message_ids: Sequence[str], at: datetime) -> None:
+        """Mark deadline notices confirmed by RabbitMQ."""
+        if message_ids:
+            with self.engine.begin() as conn:
+                conn.execute(update(watch_outbox).where(
+                    watch_outbox.c.message_id.in_(list(message_ids)),
+                    watch_outbox.c.confirmed_at.is_(None)).values(confirmed_at=at))
+
+    def overdue_by_agency(self, now: datetime) -> dict[str, int]:
+        """Open dossiers past their due date, per current agency (paused in time: not late)."""
+        c = dossiers.c
+        with self.read() as conn:
+            rows = conn.execute(
+                select(c.agency_id, func.count()).where(
+                    _OPEN, c.due_at < now, or_(c.paused_at.is_(None), c.paused_at > c.due_at))
+                .group_by(c.agency_id))
+            return {str(a): int(n) for a, n in rows}
+
     def dispose(self) -> None:
         self.engine.dispose()
 
@@ -348,7 +443,7 @@ class Ledger:
 def _make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         # short busy timeout: the consumer's I/O loop waits on it, then retries later
-        engine = create_engine(url, connect_args={"timeout": 5})
+        engine = create_engine(url, connect_args={"timeout": 5}, json_serializer=_json_dumps)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
@@ -364,4 +459,4 @@ def _make_engine(url: str) -> Engine:
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     # a ledger that does not answer within seconds is "away": fail fast, retry with backoff
     return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2,
-                         connect_args={"connect_timeout": 5})
+                         connect_args={"connect_timeout": 5}, json_serializer=_json_dumps)

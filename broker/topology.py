@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Protocol
 
 DEFAULT_PREFIX = "cb"
@@ -52,41 +53,41 @@ class Topology:
         return ".".join((self.prefix, *parts))
 
     # exchanges
-    @property
+    @cached_property
     def intake_exchange(self) -> str:
         return self._n("intake")
 
-    @property
+    @cached_property
     def agency_exchange(self) -> str:
         return self._n("agency")
 
-    @property
+    @cached_property
     def status_exchange(self) -> str:
         return self._n("status")
 
-    @property
+    @cached_property
     def desk_exchange(self) -> str:
         return self._n("desk")
 
-    @property
+    @cached_property
     def dead_letter_exchange(self) -> str:
         return self._n("dlx")
 
-    @property
+    @cached_property
     def exchanges(self) -> tuple[str, ...]:
         return (self.intake_exchange, self.agency_exchange, self.status_exchange,
                 self.desk_exchange, self.dead_letter_exchange)
 
     # queues
-    @property
+    @cached_property
     def intake_queue(self) -> str:
         return self._n("intake")
 
-    @property
+    @cached_property
     def status_queue(self) -> str:
         return self._n("status")
 
-    @property
+    @cached_property
     def triage_queue(self) -> str:
         return self._n("triage")
 

@@ -29,7 +29,7 @@ from broker.consumers.common import (
 )
 from broker.envelope import Outbound
 from broker.errors import DecodeError, RoutingError
-from broker.ledger import Batch, Ledger
+from broker.ledger import Batch, Ledger, RawJSON
 from broker.lifecycle import Event, State, apply
 from broker.messages import (
     DeskNotice,
@@ -50,6 +50,7 @@ ACCEPTED_KINDS = frozenset({"dossier.submitted"})
 @dataclass(slots=True)
 class _Routed:
     mid: str
+    body: bytes
     dossier: DossierSubmitted
     decision: Decision
     code: str = ""
@@ -134,7 +135,7 @@ class Router:
                 out.append(tr)
                 self._count("triaged", e.reason)
                 continue
-            routed.append(_Routed(mid, msg, decision))
+            routed.append(_Routed(mid, by_mid[mid].body, msg, decision))
         self._number(batch, engine, routed)
         for r in routed:
             published = self._publish_for(r, now)
@@ -157,7 +158,9 @@ class Router:
 
     def _publish_for(self, r: _Routed, now: datetime) -> list[Outbound]:
         msg, dec, code = r.dossier, r.decision, r.code
-        notice = DeskNotice(
+        # model_construct: every value below was validated already; validating the
+        # applicant, documents and dates again per message would double the work
+        notice = DeskNotice.model_construct(
             notice=NoticeKind.REFUSED if dec.refusal else NoticeKind.RECEIPT,
             dossier_code=code, submission_id=msg.submission_id, desk_id=msg.desk_id,
             procedure_code=msg.procedure_code,
@@ -167,7 +170,7 @@ class Router:
         receipt = to_desk(self.topology, notice, f"{code}:{notice.notice.value}")
         if dec.refusal:
             return [receipt]
-        assigned = DossierAssigned(
+        assigned = DossierAssigned.model_construct(
             dossier_code=code, submission_id=msg.submission_id,
             procedure_code=msg.procedure_code, agency_id=dec.agency_id, step=1,
             steps=len(dec.steps), desk_id=msg.desk_id, return_desk_id=msg.collect_at,
@@ -192,7 +195,7 @@ class Router:
             "boundary_free": dec.boundary_free, "received_at": dec.received_at,
             "due_at": dec.due_at, "step_due_at": dec.first_step_due_at,
             "finished_at": now if dec.refusal else None, "flags": {}, "seq": 1,
-            "submission": msg.model_dump(mode="json", by_alias=True), "updated_at": now,
+            "submission": RawJSON(r.body.decode()), "updated_at": now,
         })
         batch.add_event({
             "dossier_code": r.code, "seq": 1, "kind": "refused" if dec.refusal else "received",

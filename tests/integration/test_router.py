@@ -6,6 +6,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -34,7 +35,9 @@ def test_dossier_goes_to_competent_agency_and_result_back_to_chosen_desk(
         declared: Topology, ledger: Ledger, run_broker, amqp: Amqp) -> None:
     run_broker()
     # received at commune B's desk, applicant lives in commune A: A's committee decides
-    d = dossier("1.001193", desk_id="T.MC.B", applicant_ward="10001", return_desk_id="T.CENTRE")
+    now = datetime.now(UTC)  # recent: the result is on time, no apology notice
+    d = dossier("1.001193", desk_id="T.MC.B", applicant_ward="10001", return_desk_id="T.CENTRE",
+                submitted_at=now.isoformat())
     amqp.submit(declared, d)
     _wait_routed(ledger, 1)
 
@@ -45,7 +48,8 @@ def test_dossier_goes_to_competent_agency_and_result_back_to_chosen_desk(
     assert a["agency_id"] == "T.UBND.A" and a["step"] == 1 and a["steps"] == 1
     assert a["return_desk_id"] == "T.CENTRE" and a["rule_id"] == "procedure:1.001193"
     code = a["dossier_code"]
-    assert code.startswith("T.UBND.A-261125-") and code.endswith("-0001")
+    day = now.astimezone(ZoneInfo("Asia/Ho_Chi_Minh")).strftime("%y%m%d")
+    assert code.startswith(f"T.UBND.A-{day}-") and code.endswith("-0001")
 
     receipts = wait_for(lambda: amqp.json_all(declared.desk_queue("T.MC.B")), what="receipt")
     assert [r["notice"] for r in receipts] == ["receipt"]
