@@ -1,8 +1,13 @@
 """The compiled rules engine: pure, dictionary lookups, one instance per catalog version.
 
-``decide`` answers, for one dossier: which agencies in which order, by which rule,
-whether it crossed a boundary, whether it may be received here at all, and when
-it is due. ``explain`` answers why, rule by rule.
+``route`` answers, for one dossier: which agencies in which order, by which rule,
+whether it crossed a boundary, and whether it may be received here at all. ``decide``
+adds the due dates from the working calendar. ``explain`` answers why, rule by rule.
+
+Compiled once per catalog: each procedure code maps to the few rules that can apply
+to it and to a plan of its steps; each desk maps to the agencies it is "home" for; a
+fixed route is a ready-made tuple. Deciding is a handful of dictionary lookups
+whatever the size of the catalog.
 
 ``at_intake`` competence picks the unit that owns the intake desk; a desk owned by
 no single unit (the portal, a bank agent point, the provincial centre) falls back to
@@ -13,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, time
 from typing import Any
 
 from broker.calendar import DurationUnit, OfficeHours, WorkingCalendar
@@ -26,12 +31,11 @@ from broker.rules.catalog import (
     Competence,
     Desk,
     FixedAgency,
-    Matcher,
     Procedure,
-    Range,
     Rule,
     Step,
 )
+from broker.rules.predicates import Getter, getter, predicate
 from broker.rules.validate import WARD_CODE_LENGTH, steps_of
 
 
@@ -63,50 +67,77 @@ class Decision:
         return self.steps[0].agency_id
 
 
-Getter = Callable[[DossierSubmitted, Desk], Any]
-_GETTERS: dict[str, Getter] = {
-    "procedure_code": lambda d, _: d.procedure_code,
-    "applicant.kind": lambda d, _: d.applicant.kind,
-    "applicant.ward_code": lambda d, _: d.applicant.ward_code,
-    "subject.ward_code": lambda d, _: d.subject.ward_code if d.subject else None,
-    "channel": lambda d, _: d.channel.value,
-    "desk_id": lambda d, _: d.desk_id,
-    "desk.area": lambda _, desk: desk.area,
-}
+@dataclass(frozen=True, slots=True)
+class Route:
+    """The routing part of a decision: who decides, by which rule, and whether it may be
+    received at this desk; no dates."""
+
+    procedure_code: str
+    steps: tuple[StepPlan, ...]
+    rule_id: str
+    boundary_free: bool
+    refusal: str | None
+
+    @property
+    def agency_id(self) -> str:
+        return self.steps[0].agency_id
 
 
-def _getter(key: str) -> Getter:
-    if key.startswith("attributes."):
-        name = key.removeprefix("attributes.")
-        return lambda d, _: d.attributes.get(name)
-    return _GETTERS[key]
+class _Plan:
+    """A competence compiled: fixed steps are one ready tuple, others are memoized by the
+    agencies they resolve to (a ward's committee, the intake desk's unit)."""
 
+    __slots__ = ("_fixed", "_intern", "_memo", "_resolvers", "_single", "_times")
 
-def _same(a: Any, b: Any) -> bool:
-    # True == 1 in Python; a catalog saying `true` must not match the number 1
-    return type(a) is type(b) and a == b if isinstance(a, bool) or isinstance(b, bool) else a == b
+    def __init__(self, engine: Engine, competence: Competence, procedure: Procedure) -> None:
+        steps = steps_of(competence)
+        total = procedure.processing
+        share = total.amount / len(steps)
+        self._times = tuple((s.processing.amount, s.processing.unit) if s.processing is not None
+                            else (share, total.unit) for s in steps)
+        self._resolvers = tuple(engine._resolver(s) for s in steps)
+        self._intern = engine._interned
+        # memo keys: the agency id for one step, the tuple of agency ids for a chain. The
+        # result depends only on the agencies and the step times, so plans with the same
+        # times share one memo: a few hundred small dicts, whatever the catalog's size
+        self._memo = engine._memos.setdefault(self._times, {})
+        self._fixed: tuple[StepPlan, ...] | None = None
+        self._single: Callable[[DossierSubmitted, Desk], str] | None = None
+        if all(isinstance(r, str) for r in self._resolvers):
+            self._fixed = self._build(tuple(str(r) for r in self._resolvers))
+        elif len(self._resolvers) == 1:
+            resolver = self._resolvers[0]
+            assert not isinstance(resolver, str)
+            self._single = resolver
 
+    def _build(self, agencies: tuple[str, ...]) -> tuple[StepPlan, ...]:
+        # shared across procedures: equal plans are one object, which keeps memory small
+        plan = tuple(StepPlan(a, amount, unit)
+                     for a, (amount, unit) in zip(agencies, self._times, strict=True))
+        return self._intern.setdefault(plan, plan)
 
-def _predicate(matcher: Matcher) -> tuple[Callable[[Any], bool], str]:
-    if isinstance(matcher, Range):
-        lo, hi = matcher.min, matcher.max
-
-        def in_range(v: Any) -> bool:
-            if isinstance(v, bool) or not isinstance(v, int | float):
-                return False
-            return (lo is None or v >= lo) and (hi is None or v <= hi)
-
-        return in_range, f"in [{lo}, {hi}]"
-    if isinstance(matcher, list):
-        options = list(matcher)
-        return (lambda v: any(_same(v, o) for o in options)), f"in {options}"
-    return (lambda v: _same(v, matcher)), f"== {matcher!r}"
+    def steps(self, dossier: DossierSubmitted, desk: Desk) -> tuple[StepPlan, ...]:
+        if self._fixed is not None:
+            return self._fixed
+        if self._single is not None:
+            agency = self._single(dossier, desk)
+            plan = self._memo.get(agency)
+            if plan is None:
+                plan = self._memo[agency] = self._build((agency,))  # one per agency
+            return plan
+        agencies = tuple(r if isinstance(r, str) else r(dossier, desk) for r in self._resolvers)
+        plan = self._memo.get(agencies)
+        if plan is None:
+            # bounded by the catalog: one entry per combination of agencies
+            plan = self._memo[agencies] = self._build(agencies)
+        return plan
 
 
 @dataclass(frozen=True, slots=True)
 class _CompiledRule:
     rule: Rule
     checks: tuple[tuple[str, Getter, Callable[[Any], bool], str], ...]
+    tests: tuple[tuple[Getter, Callable[[Any], bool]], ...]
 
     def first_failure(self, dossier: DossierSubmitted, desk: Desk) -> str | None:
         for key, get, ok, text in self.checks:
@@ -114,6 +145,18 @@ class _CompiledRule:
             if not ok(value):
                 return f"{key} {text} is false"
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class _CompiledProcedure:
+    code: str  # a copy, so routing never touches the pydantic model
+    procedure: Procedure
+    plan: _Plan
+    #: the rules that can apply to this procedure, in file order, each with its plan
+    rules: tuple[tuple[_CompiledRule, _Plan], ...]
+    #: boundary-free receipt: never (False), always (True) or from this instant on
+    open_from: bool | datetime
+    default_rule_id: str
 
 
 class Engine:
@@ -135,47 +178,86 @@ class Engine:
             for area in agency.serves:
                 if len(area) == WARD_CODE_LENGTH:
                     self.committee_of.setdefault(area, agency.id)
+        # the agencies a desk is "home" for: its units and every agency serving its area;
+        # receipt for any other agency is boundary-free
+        self._home: dict[str, frozenset[str]] = {
+            d.id: frozenset(d.unit) | {a.id for a in spec.agencies if d.area in a.serves}
+            for d in spec.desks}
         self.rules = [self._compile(r) for r in spec.rules]
-        self._rules_for: dict[str, tuple[_CompiledRule, ...]] = {}
-        for code in self.procedures:
-            self._rules_for[code] = tuple(
-                r for r in self.rules
-                if "procedure_code" not in r.rule.when or _names_code(r.rule, code))
+        self._interned: dict[tuple[StepPlan, ...], tuple[StepPlan, ...]] = {}
+        self._memos: dict[tuple[tuple[float, DurationUnit], ...],
+                          dict[Any, tuple[StepPlan, ...]]] = {}
+        self._compiled: dict[str, _CompiledProcedure] = {}
+        for proc in spec.procedures:
+            rules = tuple((r, _Plan(self, r.rule.route, proc)) for r in self.rules
+                          if "procedure_code" not in r.rule.when or _names_code(r.rule, proc.code))
+            self._compiled[proc.code] = _CompiledProcedure(
+                proc.code, proc, _Plan(self, proc.competence, proc), rules, self._open_from(proc),
+                f"procedure:{proc.code}")
+
+    def _open_from(self, procedure: Procedure) -> bool | datetime:
+        if not procedure.boundary_free:
+            return False
+        if procedure.boundary_free_from is None:
+            return True
+        # "on or after that local date" is "at or after that local midnight"
+        midnight = datetime.combine(procedure.boundary_free_from, time(), tzinfo=self.calendar.tz)
+        return midnight.astimezone(UTC)
 
     @staticmethod
     def _compile(rule: Rule) -> _CompiledRule:
         checks = []
         for key, matcher in rule.when.items():
-            ok, text = _predicate(matcher)
-            checks.append((key, _getter(key), ok, text))
-        return _CompiledRule(rule, tuple(checks))
+            ok, text = predicate(matcher)
+            checks.append((key, getter(key), ok, text))
+        return _CompiledRule(rule, tuple(checks), tuple((c[1], c[2]) for c in checks))
+
+    def route(self, dossier: DossierSubmitted, received_at: datetime) -> Route:
+        """Who decides one dossier and whether this desk may receive it; no due dates.
+
+        Raises RoutingError (→ triage) when it cannot be routed.
+        """
+        compiled, desk = self._lookup(dossier)
+        plan, rule_id = compiled.plan, ""
+        for rule, rule_plan in compiled.rules:
+            for get, ok in rule.tests:
+                if not ok(get(dossier, desk)):
+                    break
+            else:
+                plan, rule_id = rule_plan, rule.rule.id
+                break
+        steps = plan.steps(dossier, desk)
+        boundary_free = steps[0].agency_id not in self._home[desk.id]
+        refusal = None
+        if boundary_free:
+            open_from = compiled.open_from
+            if open_from is False or (open_from is not True and received_at < open_from):
+                refusal = self._refusal(compiled.procedure, steps[0].agency_id)
+        return Route(compiled.code, steps, rule_id or compiled.default_rule_id,
+                     boundary_free, refusal)
+
+    @staticmethod
+    def _refusal(procedure: Procedure, agency_id: str) -> str:
+        since = procedure.boundary_free_from if procedure.boundary_free else None
+        return (f"procedure {procedure.code} is not open to boundary-free receipt"
+                + (f" before {since.isoformat()}" if since else "")
+                + f"; submit it at a desk of {agency_id}")
 
     def decide(self, dossier: DossierSubmitted, received_at: datetime) -> Decision:
-        """Route one dossier; raise RoutingError (→ triage) when it cannot be routed."""
-        procedure, desk = self._lookup(dossier)
-        competence: Competence = procedure.competence
-        rule_id = f"procedure:{procedure.code}"
-        for compiled in self._rules_for[procedure.code]:
-            if compiled.first_failure(dossier, desk) is None:
-                competence, rule_id = compiled.rule.route, compiled.rule.id
-                break
-        steps = self._plan(competence, procedure, dossier, desk)
-        first = self.agencies[steps[0].agency_id]
-        boundary_free = first.id not in desk.unit and (desk.area not in first.serves)
-        local_day = received_at.astimezone(self.calendar.tz).date()
-        refusal = None
-        if boundary_free and not procedure.open_for_boundary_free(local_day):
-            since = procedure.boundary_free_from
-            refusal = (f"procedure {procedure.code} is not open to boundary-free receipt"
-                       + (f" before {since.isoformat()}" if since else "")
-                       + f"; submit it at a desk of {first.id}")
-        due_at = self.calendar.due_at(received_at, procedure.processing.amount,
-                                      procedure.processing.unit)
+        """Route one dossier and compute its due dates; raise RoutingError (→ triage)."""
+        r = self.route(dossier, received_at)
+        processing = self._compiled[r.procedure_code].procedure.processing
+        due_at = self.calendar.due_at(received_at, processing.amount, processing.unit)
+        first = r.steps[0]
+        if len(r.steps) == 1 and first.amount == processing.amount \
+                and first.unit == processing.unit:
+            first_step_due_at = due_at  # one step with the whole time: the same instant
+        else:
+            first_step_due_at = self.step_due_at(first, received_at, due_at)
         return Decision(
-            procedure_code=procedure.code, steps=steps, rule_id=rule_id,
-            boundary_free=boundary_free, refusal=refusal, received_at=received_at,
-            due_at=due_at, first_step_due_at=self.step_due_at(steps[0], received_at, due_at),
-            catalog_hash=self.catalog_hash)
+            procedure_code=r.procedure_code, steps=r.steps, rule_id=r.rule_id,
+            boundary_free=r.boundary_free, refusal=r.refusal, received_at=received_at,
+            due_at=due_at, first_step_due_at=first_step_due_at, catalog_hash=self.catalog_hash)
 
     def step_due_at(self, step: StepPlan, start: datetime, due_at: datetime) -> datetime:
         """When one step is due if it starts at ``start`` (never after the whole dossier)."""
@@ -189,29 +271,33 @@ class Engine:
         return min(end, due_at)
 
     def explain(self, dossier: DossierSubmitted, received_at: datetime) -> dict[str, Any]:
-        """The decision with every rule considered and why it did or did not match."""
-        procedure, desk = self._lookup(dossier)
+        """The decision with every rule considered and why it did or did not match.
+
+        The rules considered are those that can apply to the dossier's procedure (rules
+        naming other procedures are never tried), in file order.
+        """
+        compiled, desk = self._lookup(dossier)
         considered = []
         winner = None
-        for compiled in self.rules:
-            rule = compiled.rule
+        for rule, _ in compiled.rules:
             if winner is not None:
-                considered.append({"rule_id": rule.id, "matched": False,
+                considered.append({"rule_id": rule.rule.id, "matched": False,
                                    "why": f"not evaluated: {winner} matched first"})
                 continue
-            failure = compiled.first_failure(dossier, desk)
-            considered.append({"rule_id": rule.id, "matched": failure is None,
+            failure = rule.first_failure(dossier, desk)
+            considered.append({"rule_id": rule.rule.id, "matched": failure is None,
                                "why": failure or "all conditions hold"})
             if failure is None:
-                winner = rule.id
+                winner = rule.rule.id
         decision = self.decide(dossier, received_at)
         return {
-            "procedure_code": procedure.code,
-            "procedure_name": procedure.name,
+            "procedure_code": compiled.procedure.code,
+            "procedure_name": compiled.procedure.name,
             "agency_id": decision.agency_id,
             "steps": [s.agency_id for s in decision.steps],
             "rule_id": decision.rule_id,
             "rules_considered": considered,
+            "rules_not_applicable": len(self.rules) - len(considered),
             "boundary_free": decision.boundary_free,
             "refusal": decision.refusal,
             "received_at": decision.received_at.isoformat(),
@@ -219,44 +305,43 @@ class Engine:
             "catalog_hash": decision.catalog_hash,
         }
 
-    def _lookup(self, dossier: DossierSubmitted) -> tuple[Procedure, Desk]:
-        procedure = self.procedures.get(dossier.procedure_code)
-        if procedure is None:
+    def _lookup(self, dossier: DossierSubmitted) -> tuple[_CompiledProcedure, Desk]:
+        compiled = self._compiled.get(dossier.procedure_code)
+        if compiled is None:
             raise UnknownParty("unknown_procedure",
                                f"procedure {dossier.procedure_code} is not in the catalog")
         desk = self.desks.get(dossier.desk_id)
         if desk is None:
             raise UnknownParty("unknown_desk", f"desk {dossier.desk_id} is not in the catalog")
-        if dossier.collect_at not in self.desks:
+        if dossier.return_desk_id is not None and dossier.return_desk_id not in self.desks:
             raise UnknownParty("unknown_desk",
-                               f"return desk {dossier.collect_at} is not in the catalog")
-        return procedure, desk
+                               f"return desk {dossier.return_desk_id} is not in the catalog")
+        return compiled, desk
 
-    def _plan(self, competence: Competence, procedure: Procedure, dossier: DossierSubmitted,
-              desk: Desk) -> tuple[StepPlan, ...]:
-        steps = steps_of(competence)
-        total = procedure.processing
-        share = total.amount / len(steps)
-        plans = []
-        for step in steps:
-            agency = self._agency_for(step, dossier, desk)
-            if step.processing is not None:
-                plans.append(StepPlan(agency, step.processing.amount, step.processing.unit))
-            else:
-                plans.append(StepPlan(agency, share, total.unit))
-        return tuple(plans)
-
-    def _agency_for(self, step: Step, dossier: DossierSubmitted, desk: Desk) -> str:
+    def _resolver(self, step: Step) -> str | Callable[[DossierSubmitted, Desk], str]:
+        """A fixed agency id, or the function that finds the step's agency for a dossier."""
         if isinstance(step, FixedAgency):
             return step.agency
         if isinstance(step, ByArea):
-            area = (dossier.applicant.ward_code if step.by_area == "applicant"
-                    else dossier.subject.ward_code if dossier.subject else None)
-            if area is None:
-                raise RoutingError("no_area", f"{step.by_area}.ward_code is required to route"
-                                   f" procedure {dossier.procedure_code}")
-            return self._committee(area)
+            return self._by_applicant if step.by_area == "applicant" else self._by_subject
         assert isinstance(step, AtIntake)
+        return self._at_intake
+
+    def _by_applicant(self, dossier: DossierSubmitted, _desk: Desk) -> str:
+        area = dossier.applicant.ward_code
+        if area is None:
+            raise RoutingError("no_area", "applicant.ward_code is required to route"
+                               f" procedure {dossier.procedure_code}")
+        return self._committee(area)
+
+    def _by_subject(self, dossier: DossierSubmitted, _desk: Desk) -> str:
+        area = dossier.subject.ward_code if dossier.subject else None
+        if area is None:
+            raise RoutingError("no_area", "subject.ward_code is required to route"
+                               f" procedure {dossier.procedure_code}")
+        return self._committee(area)
+
+    def _at_intake(self, dossier: DossierSubmitted, desk: Desk) -> str:
         if len(desk.unit) == 1:
             return desk.unit[0]
         for area in (desk.area, dossier.applicant.ward_code):

@@ -53,6 +53,7 @@ def check_catalog(spec: CatalogFile, raw: dict[str, Any], name: str) -> list[Cat
 
         problems += _competence_problems(rule.route, agencies, wards_served, report)
         problems += [report(m) for m in _rule_field_problems(rule.when, codes)]
+        problems += [report(m) for m in _rule_value_problems(rule.when, spec)]
         for j in range(i):
             if _covers(spec.rules[j].when, rule.when):
                 problems.append(report(f"can never match: rule {spec.rules[j].id} "
@@ -132,8 +133,43 @@ def _rule_field_problems(when: dict[str, Matcher], codes: set[str]) -> list[str]
             problems.append(f"unknown field {key!r} in when")
         if key == "procedure_code":
             named = matcher if isinstance(matcher, list) else [matcher]
-            problems += [f"unknown procedure {c}" for c in named
-                         if not isinstance(c, Range) and str(c) not in codes]
+            for c in named:
+                if isinstance(c, Range):
+                    continue
+                if not isinstance(c, str):
+                    problems.append(f"procedure code {c!r} must be a quoted string")
+                elif c not in codes:
+                    problems.append(f"unknown procedure {c}")
+    return problems
+
+
+#: values the dossier contract allows for enumerated keys; any other value never matches
+_ENUMERATED = {"channel": frozenset({"in_person", "online", "postal", "agent"}),
+               "applicant.kind": frozenset({"citizen", "organization"})}
+#: keys whose value is always a string: a numeric range on them never matches
+_STRING_KEYS = RULE_FIELDS
+
+
+def _rule_value_problems(when: dict[str, Matcher], spec: CatalogFile) -> list[str]:
+    """Values a rule names that no dossier can have: unknown desks, desk areas, channels."""
+    known = dict(_ENUMERATED)
+    known["desk_id"] = frozenset(d.id for d in spec.desks)
+    known["desk.area"] = frozenset(d.area for d in spec.desks if d.area is not None)
+    what = {"desk_id": "desk", "desk.area": "desk area", "channel": "channel",
+            "applicant.kind": "applicant kind"}
+    problems = []
+    for key, matcher in when.items():
+        if isinstance(matcher, Range):
+            if key in _STRING_KEYS:
+                problems.append(f"{key}: a numeric range never matches a text value")
+            elif matcher.min is not None and matcher.max is not None and matcher.min > matcher.max:
+                problems.append(f"{key}: empty range (min {matcher.min} > max {matcher.max})")
+            continue
+        if key not in known:
+            continue
+        values = matcher if isinstance(matcher, list) else [matcher]
+        problems += [f"unknown {what[key]} {v!r} in when.{key}" for v in values
+                     if not isinstance(v, str) or v not in known[key]]
     return problems
 
 
@@ -152,9 +188,14 @@ def _matcher_covers(outer: Matcher, inner: Matcher) -> bool:
         return all(_in_range(outer, v) for v in values)
     if isinstance(inner, Range):
         return False
-    outer_set = set(outer) if isinstance(outer, list) else {outer}
-    inner_set = set(inner) if isinstance(inner, list) else {inner}
+    # typed, because the engine never lets `true` equal 1
+    outer_set = {_typed(v) for v in (outer if isinstance(outer, list) else [outer])}
+    inner_set = {_typed(v) for v in (inner if isinstance(inner, list) else [inner])}
     return inner_set <= outer_set
+
+
+def _typed(value: Any) -> tuple[bool, Any]:
+    return isinstance(value, bool), value
 
 
 def _in_range(r: Range, value: Any) -> bool:

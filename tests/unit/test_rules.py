@@ -1,9 +1,11 @@
 """Routing decisions on a hand-written catalog, and catalog validation."""
+# ruff: noqa: E501 - catalog YAML in flow style reads best one entry per line
 
 from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -64,7 +66,7 @@ def engine() -> Engine:
     ("chain", dict(procedure_code="1.000001", desk_id="T.MC.A", applicant_ward="10002"),
      ["T.UBND.B", "T.CA", "T.BHXH"], "procedure:1.000001", True),
 ])
-def test_routing(engine: Engine, case: str, kw: dict, agencies: list[str], rule: str,
+def test_routing(engine: Engine, case: str, kw: dict[str, Any], agencies: list[str], rule: str,
                  boundary_free: bool) -> None:
     d = dossier(**kw)
     decision = engine.decide(d, TUE_9AM)
@@ -82,7 +84,7 @@ def test_routing(engine: Engine, case: str, kw: dict, agencies: list[str], rule:
     (dict(applicant_ward=None), "no_area"),
     (dict(procedure_code="1.003000"), "no_area"),  # by subject, no subject
 ])
-def test_unroutable(engine: Engine, kw: dict, reason: str) -> None:
+def test_unroutable(engine: Engine, kw: dict[str, Any], reason: str) -> None:
     with pytest.raises(RoutingError) as e:
         engine.decide(dossier(**kw), TUE_9AM)
     assert e.value.reason == reason
@@ -171,3 +173,142 @@ def test_yaml_errors_and_duplicate_keys() -> None:
 
 def test_same_bytes_same_hash() -> None:
     assert load_catalog(MINI).content_hash == parse_catalog(MINI.read_bytes()).content_hash
+
+
+# --- conditional rules: every key, every matcher, first match wins -----------------------
+
+RULES_CATALOG = MINI.read_text(encoding="utf-8").split("rules:")[0] + """\
+rules:
+  - {id: online-birth, when: {procedure_code: "1.001193", channel: online}, route: {agency: T.SO.TP}}
+  - {id: bank-desk, when: {procedure_code: "1.001193", desk_id: T.BANK}, route: {agency: T.CA}}
+  - {id: centre-area, when: {procedure_code: "1.001193", desk.area: "10"}, route: {agency: T.BHXH}}
+  - {id: ward-a-land, when: {procedure_code: "1.003000", subject.ward_code: "10001", applicant.ward_code: ["10001"]}, route: {agency: T.SO.TP}}
+  - {id: mid-size, when: {procedure_code: "1.003000", attributes.area_m2: {min: 100, max: 200}}, route: {agency: T.CA}}
+  - {id: small, when: {procedure_code: "1.003000", attributes.area_m2: {max: 99.5}}, route: {agency: T.BHXH}}
+  - {id: purpose, when: {procedure_code: "1.003000", attributes.purpose: [farm, forest]}, route: {agency: T.SO.NNMT}}
+  - {id: flag-true, when: {procedure_code: "1.004227", attributes.urgent: true}, route: {agency: T.CA}}
+  - {id: level-one, when: {procedure_code: "1.004227", attributes.level: 1}, route: {agency: T.BHXH}}
+  - {id: any-org-postal, when: {applicant.kind: organization, channel: postal}, route: {agency: T.SO.NNMT}}
+"""
+
+
+@pytest.fixture(scope="module")
+def rules_engine() -> Engine:
+    return Engine(parse_catalog(RULES_CATALOG.encode(), "rules.yaml"))
+
+
+ORG = {"kind": "organization", "name": "Công ty X", "id_number": "6000000000",
+       "ward_code": "10001"}
+
+
+@pytest.mark.parametrize(("case", "kw", "agency", "rule"), [
+    ("channel equality", dict(channel="online", desk_id="T.PORTAL"), "T.SO.TP", "online-birth"),
+    ("channel differs", dict(channel="postal", desk_id="T.MC.B"), "T.UBND.A",
+     "procedure:1.001193"),
+    ("desk_id equality", dict(desk_id="T.BANK"), "T.CA", "bank-desk"),
+    ("desk.area of the centre", dict(desk_id="T.CENTRE"), "T.BHXH", "centre-area"),
+    ("first match wins: online at the portal (area 10) is online-birth, not centre-area",
+     dict(channel="online", desk_id="T.PORTAL"), "T.SO.TP", "online-birth"),
+    ("two wards, list of one", dict(procedure_code="1.003000", subject={"ward_code": "10001"}),
+     "T.SO.TP", "ward-a-land"),
+    ("applicant ward not in the list", dict(procedure_code="1.003000", applicant_ward="10002",
+                                            subject={"ward_code": "10001"}),
+     "T.UBND.A", "procedure:1.003000"),
+    ("range lower bound inclusive", dict(procedure_code="1.003000", subject={"ward_code": "10002"},
+                                         attributes={"area_m2": 100}), "T.CA", "mid-size"),
+    ("range upper bound inclusive", dict(procedure_code="1.003000", subject={"ward_code": "10002"},
+                                         attributes={"area_m2": 200.0}), "T.CA", "mid-size"),
+    ("just above the range", dict(procedure_code="1.003000", subject={"ward_code": "10002"},
+                                  attributes={"area_m2": 200.01}), "T.UBND.B",
+     "procedure:1.003000"),
+    ("max-only range", dict(procedure_code="1.003000", subject={"ward_code": "10002"},
+                            attributes={"area_m2": 99.5}), "T.BHXH", "small"),
+    ("a numeric string is not a number", dict(procedure_code="1.003000",
+                                              subject={"ward_code": "10002"},
+                                              attributes={"area_m2": "150"}),
+     "T.UBND.B", "procedure:1.003000"),
+    ("membership on an attribute", dict(procedure_code="1.003000", subject={"ward_code": "10002"},
+                                        attributes={"purpose": "forest"}), "T.SO.NNMT", "purpose"),
+    ("membership is case-sensitive", dict(procedure_code="1.003000",
+                                          subject={"ward_code": "10002"},
+                                          attributes={"purpose": "Forest"}),
+     "T.UBND.B", "procedure:1.003000"),
+    ("missing attribute never matches", dict(procedure_code="1.003000",
+                                             subject={"ward_code": "10002"}),
+     "T.UBND.B", "procedure:1.003000"),
+    ("true matches true", dict(procedure_code="1.004227", attributes={"urgent": True}), "T.CA",
+     "flag-true"),
+    ("1 does not match true", dict(procedure_code="1.004227", attributes={"urgent": 1}),
+     "T.SO.TP", "procedure:1.004227"),
+    ("true does not match 1", dict(procedure_code="1.004227", attributes={"level": True}),
+     "T.SO.TP", "procedure:1.004227"),
+    ("1.0 matches 1", dict(procedure_code="1.004227", attributes={"level": 1.0}), "T.BHXH",
+     "level-one"),
+    ("a rule without procedure_code applies to every procedure",
+     dict(procedure_code="2.000815", channel="postal", applicant=ORG), "T.SO.NNMT",
+     "any-org-postal"),
+    ("... and to the others too", dict(procedure_code="1.004227", channel="postal",
+                                       applicant=ORG), "T.SO.NNMT", "any-org-postal"),
+])
+def test_conditional_rules(rules_engine: Engine, case: str, kw: dict[str, Any], agency: str,
+                           rule: str) -> None:
+    decision = rules_engine.decide(dossier(**kw), TUE_9AM)
+    assert (decision.agency_id, decision.rule_id) == (agency, rule), case
+    route = rules_engine.route(dossier(**kw), TUE_9AM)
+    assert (route.agency_id, route.rule_id, route.steps) == (agency, rule, decision.steps)
+
+
+def test_explain_considers_only_rules_for_the_procedure(rules_engine: Engine) -> None:
+    result = rules_engine.explain(dossier("1.004227", attributes={"level": 1}), TUE_9AM)
+    considered = result["rules_considered"]
+    assert [r["rule_id"] for r in considered] == ["flag-true", "level-one", "any-org-postal"]
+    assert [r["matched"] for r in considered] == [False, True, False]
+    assert considered[0]["why"] == "attributes.urgent == True is false"
+    assert considered[2]["why"] == "not evaluated: level-one matched first"
+    assert result["rules_not_applicable"] == 7
+    assert result["rule_id"] == "level-one"
+
+
+def test_rollout_boundary_is_the_local_midnight() -> None:
+    text = MINI.read_text(encoding="utf-8").replace("2099-01-01", "2026-11-18")
+    engine = Engine(parse_catalog(text.encode(), "rollout.yaml"))
+    d = dossier("1.000002", desk_id="T.MC.A")
+    before = datetime(2026, 11, 17, 23, 59, 59, tzinfo=ICT)
+    at = datetime(2026, 11, 18, 0, 0, tzinfo=ICT)
+    assert engine.route(d, before).refusal is not None
+    assert engine.route(d, at).refusal is None
+    # the same instants in UTC decide the same way
+    assert engine.route(d, before.astimezone(ZoneInfo("UTC"))).refusal is not None
+    assert engine.route(d, at.astimezone(ZoneInfo("UTC"))).refusal is None
+
+
+VALUE_PROBLEMS = MINI.read_text(encoding="utf-8").split("rules:")[0] + """\
+rules:
+  - {id: ghost-desk, when: {desk_id: [T.MC.A, T.GHOST]}, route: {agency: T.CA}}
+  - {id: ghost-area, when: {desk.area: "99999"}, route: {agency: T.CA}}
+  - {id: fax, when: {channel: fax, applicant.kind: government}, route: {agency: T.CA}}
+  - {id: range-on-text, when: {procedure_code: {min: 5}}, route: {agency: T.CA}}
+  - {id: empty-range, when: {attributes.x: {min: 5, max: 1}}, route: {agency: T.CA}}
+  - {id: unquoted-code, when: {procedure_code: 1.004227}, route: {agency: T.CA}}
+  - {id: true-first, when: {attributes.flag: true}, route: {agency: T.CA}}
+  - {id: one-later, when: {attributes.flag: 1}, route: {agency: T.BHXH}}
+"""
+
+
+def test_rules_naming_values_no_dossier_has_are_reported() -> None:
+    with pytest.raises(CatalogError) as e:
+        parse_catalog(VALUE_PROBLEMS.encode(), "v.yaml")
+    text = "\n".join(str(p) for p in e.value.problems)
+    first = len(VALUE_PROBLEMS.split("rules:")[0].splitlines()) + 2
+    for expected in [f"v.yaml:{first}: rule ghost-desk: unknown desk 'T.GHOST' in when.desk_id",
+                     f"v.yaml:{first + 1}: rule ghost-area: unknown desk area '99999'",
+                     f"v.yaml:{first + 2}: rule fax: unknown channel 'fax'",
+                     f"v.yaml:{first + 2}: rule fax: unknown applicant kind 'government'",
+                     f"v.yaml:{first + 3}: rule range-on-text: procedure_code: a numeric range",
+                     f"v.yaml:{first + 4}: rule empty-range: attributes.x: empty range",
+                     f"v.yaml:{first + 5}: rule unquoted-code: procedure code 1.004227 must be"]:
+        assert expected in text, f"missing {expected!r} in:\n{text}"
+    assert "T.MC.A" not in text
+    # `true` never equals 1 in the engine, so one-later is reachable
+    assert "one-later" not in text
+    assert len(e.value.problems) == 7
