@@ -1,4 +1,7 @@
-"""`casebroker run`: the router and the status router on one connection, until stopped.
+"""`casebroker run`: the router, the status router and the deadline watch, until stopped.
+
+The consumers share one connection; the deadline watch (``WatchSettings``, from
+``CASEBROKER_DEADLINE_*``) runs in a thread with its own.
 
 SIGINT/SIGTERM stop it cleanly: consuming stops, published batches get their
 confirms and acks, nothing unfinished is acked. SIGHUP reloads the catalog: the new
@@ -20,10 +23,13 @@ from typing import Any
 import pika
 
 from broker.amqp import ConsumerService, ConsumerSettings
+from broker.consumers.common import Clock
+from broker.consumers.deadlines import DeadlineWatch, WatchSettings
 from broker.consumers.router import Router
 from broker.consumers.status import StatusRouter
 from broker.errors import CatalogError
 from broker.ledger import Ledger
+from broker.messages import utc_now
 from broker.rules.catalog import Catalog, load_catalog
 from broker.rules.engine import Engine
 from broker.topology import Topology
@@ -63,6 +69,10 @@ class Broker:
     ledger: Ledger
     settings: ConsumerSettings = field(default_factory=ConsumerSettings)
     metrics: Metrics = field(default_factory=Metrics)
+    #: None: no deadline watch in this process
+    watch_settings: WatchSettings | None = field(default_factory=WatchSettings.from_env)
+    #: what the consumers and the watch take for "now" (tests move it)
+    clock: Clock = utc_now
 
     def __post_init__(self) -> None:
         self.catalog = load_catalog(self.catalog_path)
@@ -73,9 +83,12 @@ class Broker:
             self.settings, self.topology.dead_letter_exchange, self._dead_source_of,
             hooks=self.metrics)
         self.service.add(self.topology.intake_queue, Router(
-            self.engine, self.ledger, self.topology, metrics=self.metrics))
+            self.engine, self.ledger, self.topology, clock=self.clock, metrics=self.metrics))
         self.service.add(self.topology.status_queue, StatusRouter(
-            self.engine, self.ledger, self.topology, metrics=self.metrics))
+            self.engine, self.ledger, self.topology, clock=self.clock, metrics=self.metrics))
+        self.watch = None if self.watch_settings is None else DeadlineWatch(
+            self.engine, self.ledger, self.topology, self.watch_settings, clock=self.clock,
+            metrics=self.metrics, url=self.settings.url)
 
     def engine(self) -> Engine:
         """The engine in force now."""
@@ -123,12 +136,20 @@ class Broker:
             signal.signal(signal.SIGINT, self._on_stop_signal)
             signal.signal(signal.SIGTERM, self._on_stop_signal)
             signal.signal(signal.SIGHUP, self._on_reload_signal)
-        self.service.run()
+        if self.watch is not None:
+            self.watch.start()
+        try:
+            self.service.run()
+        finally:
+            if self.watch is not None:
+                self.watch.stop()
         log.info("stopped")
 
     def stop(self) -> None:
         """Stop consuming and close once published batches are confirmed (thread-safe)."""
         self.service.stop()
+        if self.watch is not None:
+            self.watch.stop(timeout_s=0)
 
     def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info("signal %s: stopping", signal.Signals(signum).name)

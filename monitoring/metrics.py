@@ -52,8 +52,9 @@ class Metrics(Hooks):
             "casebroker_overdue_dossiers", "Open dossiers past their due date, by current agency",
             ["agency"], registry=r)
         self.deadline_notices_total = Counter(
-            "casebroker_deadline_notices_total", "Deadline notices published, by kind",
-            ["kind"], registry=r)
+            "casebroker_deadline_notices_total",
+            "Deadline notices confirmed, by kind (at_risk, overdue, overdue_apology) and party",
+            ["kind", "party"], registry=r)
         self.catalog_info = Gauge(
             "casebroker_catalog_info", "The catalog in force (value 1)", ["catalog", "hash"],
             registry=r)

@@ -5,7 +5,10 @@ and its sender (the current assignee for agency updates, the dossier's desks for
 desk events). A refused update changes nothing and tells the sender why. Accepted
 ones are applied in arrival order within the batch, written once per dossier with
 an optimistic check on the dossier's event sequence, and announced: to the return
-desk, to the agency, or, for a finished chain step, to the next agency.
+desk, to the agency, or, for a finished chain step, to the next agency (with the
+supplements and every earlier step's results). A supplement moves the due dates by
+the working time the dossier was paused; a result later than its due date, not yet
+apologized for by the deadline watch, brings the desk an apology.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from broker.consumers.common import (
     to_agency,
     to_desk,
 )
+from broker.consumers.deadlines import NOTHING_SENT, OVERDUE, apology
 from broker.envelope import Outbound
 from broker.errors import DecodeError, TransitionRefused
 from broker.ledger import Batch, Ledger
@@ -213,7 +217,9 @@ class StatusRouter:
         elif event == Event.SUPPLEMENT:
             out.append(self._resume(engine, dossier, msg, seq, now))
         elif event == Event.HAND_OFF:
-            out.append(self._hand_off(engine, dossier, [Document(**r) for r in results], now))
+            # the next agency gets the dossier as it stands: supplements and earlier results
+            extra = dossier["flags"].get("supplements", []) + results
+            out.append(self._hand_off(engine, dossier, [Document(**r) for r in extra], now))
         elif event == Event.WITHDRAW:
             out.append(self._agency_notice(dossier, NoticeKind.WITHDRAWN, seq, now,
                                            reason=getattr(msg, "reason", None)))
@@ -224,7 +230,20 @@ class StatusRouter:
         if kind is not None and state != old_state:  # hand-offs stay 4 → 4: desk not told
             out.append(self._desk_notice(dossier, kind, state, seq, now, msg,
                                          results if state == State.RESOLVED else []))
+        if state == State.RESOLVED and now > dossier["due_at"] and (
+                dossier["watch_level"] < OVERDUE):
+            out.append(self._late_apology(engine, dossier, now))
         return out
+
+    def _late_apology(self, engine: Engine, dossier: _Dossier, now: datetime) -> Outbound:
+        """A result later than the due date, not yet apologized for by the deadline watch."""
+        dossier.set(watch_level=OVERDUE)
+        due = dossier["due_at"].astimezone(engine.calendar.tz).isoformat(timespec="minutes")
+        row = {k: dossier[k] for k in ("code", "return_desk_id", "procedure_code", "state",
+                                       "agency_id", "received_at", "due_at")}
+        row["submission_id"] = dossier["submission"]["submission_id"]
+        return apology(self.topology, row, now, now,
+                       f"the result is late: legal due date {due}; it is ready now")
 
     def _resume(self, engine: Engine, dossier: _Dossier, msg: Update, seq: int,
                 now: datetime) -> Outbound:
@@ -232,10 +251,17 @@ class StatusRouter:
         cal = engine.calendar
         paused_at = dossier["paused_at"] or now
         paused_s = cal.working_seconds_between(paused_at, now)
-        dossier.set(paused_at=None,
-                    due_at=cal.add_working_seconds(dossier["due_at"], paused_s),
-                    step_due_at=cal.add_working_seconds(dossier["step_due_at"], paused_s))
         assert isinstance(msg, DossierSupplemented)
+        supplements = [d.model_dump(mode="json") for d in msg.documents]
+        dossier.set(paused_at=None, flags={
+            **dossier["flags"], "supplements": dossier["flags"].get("supplements", [])
+            + supplements})
+        if paused_s > 0:  # adding 0 s would still move a 17:00 due date to 07:00 next day
+            due_at = cal.add_working_seconds(dossier["due_at"], paused_s)
+            dossier.set(due_at=due_at,
+                        step_due_at=cal.add_working_seconds(dossier["step_due_at"], paused_s))
+            if due_at > now:  # a new due date still ahead: the watch judges it afresh
+                dossier.set(watch_level=NOTHING_SENT)
         return self._agency_notice(dossier, NoticeKind.SUPPLEMENTED, seq, now,
                                    documents=list(msg.documents))
 

@@ -351,3 +351,88 @@ def test_due_at_lands_on_working_day_in_office_hours(
     assert CAL.is_working_day(due.date())
     t = due.time()
     assert any(start <= t <= end for start, end in OfficeHours().periods)
+
+
+# --- the issue's checks, against an independent slot-by-slot oracle ------------------
+
+#: 2026 days off from February to September, written out by hand (government notices),
+#: and the Saturday worked to make up the 31 Aug bridge day
+OFF_2026 = frozenset(
+    [date(2026, 2, d) for d in range(16, 21)]
+    + [date(2026, 4, 27), date(2026, 4, 30), date(2026, 5, 1)]
+    + [date(2026, 8, 31), date(2026, 9, 1), date(2026, 9, 2)]
+)
+MADE_UP_2026 = frozenset({date(2026, 8, 22)})
+HALF_HOUR = timedelta(minutes=30)
+
+
+def _oracle_working_day(day: date) -> bool:
+    return day in MADE_UP_2026 or (day.weekday() < 5 and day not in OFF_2026)
+
+
+def _oracle_office_slot(t: datetime) -> bool:
+    """Whether the half hour starting at ``t`` is office time on a working day."""
+    hm = (t.hour, t.minute)
+    in_hours = (7, 0) <= hm < (11, 30) or (13, 30) <= hm < (17, 0)
+    return in_hours and _oracle_working_day(t.date())
+
+
+def _oracle_due(received: datetime, amount: int, unit: DurationUnit) -> datetime:
+    """Walk half hours from ``received`` (on the half hour): no calendar code involved."""
+    t = received
+    if unit is DurationUnit.CALENDAR_DAYS:
+        while not _oracle_office_slot(t):
+            t += HALF_HOUR
+        due = t + timedelta(days=amount)
+        while not _oracle_working_day(due.date()):
+            due += timedelta(days=1)
+        return due
+    need = amount * (16 if unit is DurationUnit.WORKING_DAYS else 2)
+    while True:
+        if _oracle_office_slot(t):
+            need -= 1
+            if need == 0:
+                return t + HALF_HOUR
+        t += HALF_HOUR
+
+
+@pytest.mark.parametrize(
+    ("first", "last"),
+    [("2026-02-02", "2026-02-27"),  # Tết
+     ("2026-04-20", "2026-05-08"),  # Hung Kings, 30 April, 1 May
+     ("2026-08-17", "2026-09-08")],  # make-up Saturday, bridge day, National Day
+)
+def test_due_dates_around_holidays_match_an_independent_oracle(first: str, last: str) -> None:
+    cases = [(1, WD), (3, WD), (10, WD), (4, WH), (13, WH), (5, CD), (12, CD)]
+    day, mismatches, checked = date.fromisoformat(first), [], 0
+    while day <= date.fromisoformat(last):
+        for hhmm in ("06:30", "09:00", "11:30", "12:00", "16:30", "17:00", "17:30"):
+            received = vn(f"{day.isoformat()} {hhmm}")
+            for amount, unit in cases:
+                expected = _oracle_due(received, amount, unit)
+                checked += 1
+                if CAL.due_at(received, amount, unit) != expected:
+                    mismatches.append((received.isoformat(), amount, unit.value, expected))
+        day += timedelta(days=1)
+    days = (date.fromisoformat(last) - date.fromisoformat(first)).days + 1
+    assert checked == days * 7 * len(cases) and mismatches == []
+
+
+@pytest.mark.parametrize(
+    ("hhmm", "expected"),
+    [("06:00", "2026-03-02 17:00"),  # 10-13 Feb, 23-27 Feb, 2 Mar: ten whole days
+     ("07:00", "2026-03-02 17:00"),
+     ("09:00", "2026-03-03 09:00"),
+     ("13:30", "2026-03-03 11:30"),  # the same office instant as 13:30: ends at noon
+     ("17:00", "2026-03-03 17:00"),  # starts Wed 11 Feb 07:00
+     ("20:00", "2026-03-03 17:00")],
+)
+def test_ten_working_days_from_10_february_2026_skip_tet(hhmm: str, expected: str) -> None:
+    received = vn(f"2026-02-10 {hhmm}")
+    due = CAL.due_at(received, 10, DurationUnit.WORKING_DAYS)
+    start = CAL.clock_start(received)
+    # the whole of 16-20 Feb (and the weekends around it) counts for nothing
+    assert CAL.working_seconds_between(vn("2026-02-14 00:00"), vn("2026-02-23 00:00")) == 0
+    assert CAL.working_seconds_between(start, due) == 10 * DAY
+    assert due == _oracle_due(start, 10, DurationUnit.WORKING_DAYS)
+    assert_local(due, expected)

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import itertools
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
+from broker.calendar import WorkingCalendar
+from broker.consumers.deadlines import AT_RISK, NOTHING_SENT, OVERDUE, decide, level_for, message_id
 from broker.errors import TransitionRefused
 from broker.lifecycle import OPEN_STATES, TERMINAL_STATES, TRANSITIONS, Event, State, apply
+from broker.messages import NoticeKind
 
 S, E = State, Event
 ALLOWED = {
@@ -61,3 +67,59 @@ def test_withdraw_from_every_open_state_only() -> None:
     assert {s for (s, e) in TRANSITIONS if e == E.WITHDRAW} == set(OPEN_STATES)
     with pytest.raises(TransitionRefused):
         apply(S.RESOLVED, E.WITHDRAW)
+
+
+# --- overdue is derived from the due date, not a state -------------------------------
+
+VN = ZoneInfo("Asia/Ho_Chi_Minh")
+CAL = WorkingCalendar()
+DUE = datetime(2026, 12, 9, 9, 0, tzinfo=VN)  # Wed
+EIGHT_HOURS = 8 * 3600.0
+
+
+def _vn(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=VN)
+
+
+def _row(state: State = S.PROCESSING, paused_at: str | None = None,
+         level: int = NOTHING_SENT) -> dict[str, Any]:
+    return {"state": int(state), "due_at": DUE, "watch_level": level,
+            "paused_at": _vn(paused_at) if paused_at else None}
+
+
+@pytest.mark.parametrize(
+    ("now", "state", "paused_at", "expected"),
+    [
+        ("2026-12-07 09:00", S.PROCESSING, None, NOTHING_SENT),  # 16 working hours left
+        ("2026-12-08 09:00", S.PROCESSING, None, NOTHING_SENT),  # exactly 8 h: not yet
+        ("2026-12-08 09:30", S.RECEIVED, None, AT_RISK),  # 7.5 h
+        ("2026-12-08 18:00", S.FINANCIAL_OBLIGATION, None, AT_RISK),  # 2 h
+        ("2026-12-09 09:00", S.PROCESSING, None, AT_RISK),  # due now: 0 h left, not past
+        ("2026-12-09 09:01", S.PROCESSING, None, OVERDUE),
+        ("2026-12-12 10:00", S.RECEIVED, None, OVERDUE),  # a Saturday: still late
+        # a paused clock stops at its pause: never at risk while waiting for the desk...
+        ("2026-12-20 10:00", S.SUPPLEMENT_REQUESTED, "2026-12-08 16:00", NOTHING_SENT),
+        # ...but late if it was already late when paused
+        ("2026-12-20 10:00", S.SUPPLEMENT_REQUESTED, "2026-12-09 10:00", OVERDUE),
+    ],
+)
+def test_deadline_level(now: str, state: State, paused_at: str | None, expected: int) -> None:
+    assert level_for(_row(state, paused_at), _vn(now), CAL, EIGHT_HOURS) == expected
+
+
+def test_deadline_levels_only_rise() -> None:
+    rows = [_row(level=NOTHING_SENT), _row(level=AT_RISK), _row(level=OVERDUE)]
+    assert [(r["watch_level"], lvl) for r, lvl in decide(rows, _vn("2026-12-09 10:00"), CAL,
+                                                         EIGHT_HOURS)] == [(0, 2), (1, 2)]
+    assert [(r["watch_level"], lvl) for r, lvl in decide(rows, _vn("2026-12-08 16:00"), CAL,
+                                                         EIGHT_HOURS)] == [(0, 1)]
+    assert decide(rows, _vn("2026-12-01 10:00"), CAL, EIGHT_HOURS) == []
+
+
+def test_deadline_notice_ids_are_deterministic_per_due_date_and_party() -> None:
+    ids = {message_id("X-261125-0001", kind, due, party)
+           for kind in (NoticeKind.AT_RISK, NoticeKind.OVERDUE)
+           for due in (DUE, DUE.replace(hour=10)) for party in ("agency", "desk")}
+    assert len(ids) == 8
+    assert message_id("X-261125-0001", NoticeKind.AT_RISK, DUE, "desk") == \
+        "X-261125-0001:at_risk:20261209T020000Z:desk"

@@ -1,0 +1,294 @@
+"""DEADLINE WATCH: flags dossiers at risk or overdue and tells their agency and desk once.
+
+Every ``interval_s`` one ledger transaction selects the open dossiers due within the
+at-risk margin whose notices are not sent yet (``watch_level`` < 2, a partial index),
+decides with the pure :func:`decide` which deserve a notice now, raises their
+``watch_level`` with an optimistic check (so two `casebroker run` processes never
+both notify), adds the flag to the process-control history, and writes the notices
+to ``watch_outbox``, all in that one transaction. Only after the commit are they
+published, with publisher confirms; confirmed rows are marked. Rows left unconfirmed
+(the process died, RabbitMQ was away) are published again, with the same
+deterministic message ids, on the next start and after ``stale_after_s``.
+
+The watch runs in a thread of its own with its own blocking connection, so a slow
+query never stalls the consumers' I/O loop and a failing tick never touches them.
+Deadline notices are few (at most two per dossier and party), so waiting for each
+confirm in turn costs nothing that matters.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pika
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.exceptions import NackError, UnroutableError
+
+from broker.amqp import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER, amqp_url, properties_for
+from broker.calendar import WorkingCalendar
+from broker.consumers.common import Clock, EngineProvider, to_agency, to_desk
+from broker.envelope import Outbound
+from broker.ledger import Batch, Ledger
+from broker.lifecycle import State
+from broker.messages import AgencyNotice, DeskNotice, NoticeKind, utc_now
+from broker.topology import Topology
+
+log = logging.getLogger(__name__)
+
+#: watch levels kept in ``dossiers.watch_level``; they only ever rise for one due date
+NOTHING_SENT, AT_RISK, OVERDUE = 0, 1, 2
+ACTOR = "deadline-watch"
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    """How often the watch looks and what counts as at risk."""
+
+    interval_s: float = 60.0
+    #: less working time than this left before the due date: at risk
+    at_risk_working_s: float = 8 * 3600.0
+    #: an overdue dossier's new appointment: this much working time after the notice
+    extension_working_s: float = 8 * 3600.0
+    #: unconfirmed notices older than this are published again
+    stale_after_s: float = 120.0
+    limit: int = 500
+
+    @classmethod
+    def from_env(cls) -> WatchSettings:
+        """Settings from ``CASEBROKER_DEADLINE_*`` variables (hours are working hours)."""
+        env = os.environ.get
+        return cls(
+            interval_s=float(env("CASEBROKER_DEADLINE_INTERVAL_S", "60")),
+            at_risk_working_s=float(env("CASEBROKER_DEADLINE_AT_RISK_HOURS", "8")) * 3600,
+            extension_working_s=float(env("CASEBROKER_DEADLINE_EXTENSION_HOURS", "8")) * 3600)
+
+
+def level_for(row: Mapping[str, Any], now: datetime, calendar: WorkingCalendar,
+              at_risk_working_s: float) -> int:
+    """The watch level a dossier deserves at ``now``; a paused clock stops at its pause."""
+    paused = row["state"] == State.SUPPLEMENT_REQUESTED
+    clock_at = row["paused_at"] if paused and row["paused_at"] is not None else now
+    if clock_at > row["due_at"]:
+        return OVERDUE
+    if paused:
+        return NOTHING_SENT  # its time left is frozen until the supplement comes
+    left_s = calendar.working_seconds_between(clock_at, row["due_at"])
+    return AT_RISK if left_s < at_risk_working_s else NOTHING_SENT
+
+
+def decide(rows: Iterable[Mapping[str, Any]], now: datetime, calendar: WorkingCalendar,
+           at_risk_working_s: float) -> list[tuple[Mapping[str, Any], int]]:
+    """(row, new level) for each dossier whose level must rise now."""
+    out = []
+    for row in rows:
+        level = level_for(row, now, calendar, at_risk_working_s)
+        if level > row["watch_level"]:
+            out.append((row, level))
+    return out
+
+
+def message_id(code: str, kind: NoticeKind, due_at: datetime, party: str) -> str:
+    """Deterministic id of a deadline notice: one per dossier, kind, due date and party."""
+    return f"{code}:{kind.value}:{due_at.astimezone(UTC):%Y%m%dT%H%M%SZ}:{party}"
+
+
+def apology(topology: Topology, row: Mapping[str, Any], now: datetime, appointment: datetime,
+            reason: str) -> Outbound:
+    """The return desk's apology for a late dossier, with its new appointment date.
+
+    ``row`` holds the dossier's code, submission_id, return_desk_id, procedure_code, state,
+    agency_id, received_at and due_at; the id is the same whoever sends it (watch or
+    status router), so a desk never keeps two apologies for one due date.
+    """
+    notice = DeskNotice(
+        notice=NoticeKind.OVERDUE_APOLOGY, dossier_code=row["code"],
+        submission_id=row["submission_id"], desk_id=row["return_desk_id"],
+        procedure_code=row["procedure_code"], state=int(row["state"]),
+        agency_id=row["agency_id"], received_at=row["received_at"], due_at=appointment,
+        reason=reason, issued_at=now)
+    return to_desk(topology, notice,
+                   message_id(row["code"], NoticeKind.OVERDUE_APOLOGY, row["due_at"], "desk"))
+
+
+def notices_for(topology: Topology, row: Mapping[str, Any], level: int, now: datetime,
+                calendar: WorkingCalendar, extension_working_s: float) -> list[Outbound]:
+    """The agency's and the return desk's notice for a dossier reaching ``level``."""
+    code, due_at = row["code"], row["due_at"]
+    due_text = due_at.astimezone(calendar.tz).isoformat(timespec="minutes")
+    if level == OVERDUE:
+        appointment = calendar.add_working_seconds(now, extension_working_s)
+        reason = f"legal due date {due_text} has passed"
+        agency_kind = NoticeKind.OVERDUE
+        desk = apology(topology, row, now, appointment,
+                       f"{reason}; new appointment "
+                       f"{appointment.isoformat(timespec='minutes')}")
+    else:
+        left_h = calendar.working_seconds_between(now, due_at) / 3600
+        reason = f"due {due_text}: {left_h:.1f} working hours left"
+        agency_kind = NoticeKind.AT_RISK
+        desk = to_desk(topology, DeskNotice(
+            notice=NoticeKind.AT_RISK, dossier_code=code, submission_id=row["submission_id"],
+            desk_id=row["return_desk_id"], procedure_code=row["procedure_code"],
+            state=int(row["state"]), agency_id=row["agency_id"],
+            received_at=row["received_at"], due_at=due_at, reason=reason, issued_at=now),
+            message_id(code, NoticeKind.AT_RISK, due_at, "desk"))
+    agency = to_agency(topology, AgencyNotice(
+        notice=agency_kind, dossier_code=code, agency_id=row["agency_id"],
+        state=int(row["state"]), reason=reason, issued_at=now),
+        message_id(code, agency_kind, due_at, "agency"))
+    return [agency, desk]
+
+
+class DeadlineWatch:
+    """Flags at-risk and overdue dossiers in the ledger, then publishes their notices."""
+
+    def __init__(self, engine: EngineProvider, ledger: Ledger, topology: Topology,
+                 settings: WatchSettings | None = None, clock: Clock = utc_now,
+                 metrics: Any = None, url: str | None = None) -> None:
+        self.engine = engine
+        self.ledger = ledger
+        self.topology = topology
+        self.settings = settings or WatchSettings()
+        self.clock = clock
+        self.metrics = metrics
+        self.url = url or amqp_url()
+        #: RabbitMQ validates user_id against the connection's user, like the consumers'
+        self.user_id: str = pika.URLParameters(self.url).credentials.username
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
+        self._republish_all = True  # on start: whatever a previous process left unconfirmed
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # one round ---------------------------------------------------------------------
+    def flag(self) -> list[Outbound]:
+        """One ledger transaction: raise watch levels, record them, keep their notices."""
+        engine = self.engine()
+        cal, s, now = engine.calendar, self.settings, self.clock()
+        cutoff = cal.add_working_seconds(now, s.at_risk_working_s)
+        out: list[Outbound] = []
+        with self.ledger.batch() as batch:
+            rows = batch.watch_candidates(cutoff, s.limit)
+            for row, level in decide(rows, now, cal, s.at_risk_working_s):
+                out += self._flag_one(batch, row, level, now, cal)
+        return out
+
+    def _flag_one(self, batch: Batch, row: Mapping[str, Any], level: int, now: datetime,
+                  cal: WorkingCalendar) -> list[Outbound]:
+        if not batch.raise_watch_level(row["code"], row["seq"], row["watch_level"], level, now):
+            return []  # a status update or another watch got there first
+        notices = notices_for(self.topology, row, level, now, cal,
+                              self.settings.extension_working_s)
+        kind = "overdue" if level == OVERDUE else "at_risk"
+        batch.add_event({
+            "dossier_code": row["code"], "seq": row["seq"] + 1, "kind": kind,
+            "state_from": int(row["state"]), "state_to": int(row["state"]), "actor": ACTOR,
+            "from_agency": None, "to_agency": None, "message_id": notices[0].message_id,
+            "detail": {"due_at": row["due_at"].isoformat(), "agency_id": row["agency_id"],
+                       "desk_id": row["return_desk_id"]},
+            "at": now})
+        batch.add_watch_notices(row["code"], notices, now)
+        return notices
+
+    def tick(self) -> int:
+        """Publish leftovers, flag what is due, refresh the gauge; return notices confirmed."""
+        now = self.clock()
+        before = now if self._republish_all else now - timedelta(
+            seconds=self.settings.stale_after_s)
+        leftovers = self.ledger.unconfirmed_notices(before, self.settings.limit)
+        self._republish_all = False
+        confirmed = self.publish(leftovers) + self.publish(self.flag())
+        if self.metrics is not None:
+            counts = dict.fromkeys(self.engine().agencies, 0)
+            counts.update(self.ledger.overdue_by_agency(now))
+            self.metrics.overdue(counts)
+        return confirmed
+
+    # publishing --------------------------------------------------------------------
+    def publish(self, outbound: list[Outbound]) -> int:
+        """Publish with confirms, mark the confirmed ones in the ledger; return their count."""
+        if not outbound:
+            return 0
+        confirmed: list[str] = []
+        try:
+            channel = self._open()
+            for out in outbound:
+                if self._publish_one(channel, out):
+                    confirmed.append(out.message_id)
+        finally:
+            self.ledger.confirm_notices(confirmed, self.clock())
+            if len(confirmed) < len(outbound):
+                self._republish_all = True
+        if self.metrics is not None:
+            for mid in confirmed:  # <code>:<kind>:<due>:<party>
+                _, kind, _, party = mid.rsplit(":", 3)
+                self.metrics.deadline_notices_total.labels(kind, party).inc()
+        return len(confirmed)
+
+    def _publish_one(self, channel: BlockingChannel, out: Outbound) -> bool:
+        try:
+            channel.basic_publish(out.exchange, out.routing_key, out.body,
+                                  properties_for(out, self.user_id), mandatory=True)
+            return True
+        except NackError:
+            log.warning("deadline notice %s nacked; will publish it again", out.message_id)
+            return False
+        except UnroutableError:
+            # like the consumers: an unroutable message is dead-lettered, never dropped
+            source = "agency" if out.exchange == self.topology.agency_exchange else "desk"
+            headers = {REASON_HEADER: "unroutable", SOURCE_HEADER: "watch",
+                       DETAIL_HEADER: f"no queue for {out.routing_key} on {out.exchange}"}
+            dead = Outbound(self.topology.dead_letter_exchange, source, out.message_id,
+                            out.type, out.correlation_id, headers, out.body)
+            channel.basic_publish(dead.exchange, dead.routing_key, dead.body,
+                                  properties_for(dead, self.user_id), mandatory=True)
+            return True
+
+    def _open(self) -> BlockingChannel:
+        if self._channel is None or not self._channel.is_open:
+            self.close()
+            self._connection = pika.BlockingConnection(pika.URLParameters(self.url))
+            self._channel = self._connection.channel()
+            self._channel.confirm_delivery()
+        return self._channel
+
+    def close(self) -> None:
+        """Close the publishing connection (reopened on the next publish)."""
+        conn, self._connection, self._channel = self._connection, None, None
+        if conn is not None and conn.is_open:
+            try:
+                conn.close()
+            except Exception:  # already broken: nothing to close cleanly
+                log.debug("closing the deadline watch connection failed", exc_info=True)
+
+    # the thread --------------------------------------------------------------------
+    def start(self) -> None:
+        """Run :meth:`tick` every ``interval_s`` in a daemon thread until :meth:`stop`."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="deadline-watch", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:
+                # the ledger or RabbitMQ is away, or a competing watch won a write race
+                log.exception("deadline watch round failed; retrying in %.0fs",
+                              self.settings.interval_s)
+                self._republish_all = True
+                self.close()
+            self._stop.wait(self.settings.interval_s)
+        self.close()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the thread after its current round (thread-safe)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)

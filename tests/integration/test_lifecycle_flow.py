@@ -1,0 +1,308 @@
+"""A dossier's whole life on the real RabbitMQ, with SQLite and PostgreSQL ledgers.
+
+Supplements, financial obligation, stop, withdrawal mid-chain, a three-agency chain with
+its process-control sheet, a postal return desk, refused updates, a late result, and
+codes from two competing routers. The broker runs on a clock the test moves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from broker.cli import main
+from broker.ledger import Ledger, dossiers
+from broker.messages import (
+    Document,
+    DossierReturned,
+    DossierStatus,
+    DossierSupplemented,
+    DossierWithdrawn,
+)
+from broker.topology import Topology
+from tests.conftest import queue_depth, wait_for
+from tests.helpers import Amqp, dossier
+from tests.integration.conftest import FakeClock, vn
+
+pytestmark = pytest.mark.integration
+
+
+def doc(name: str) -> Document:
+    return Document(name=name, uri=f"s3://docs/{name}", sha256="b" * 64, size=10,
+                    media_type="application/pdf")
+
+
+def report(amqp: Amqp, t: Topology, code: str, agency: str, status: str, **kw: Any) -> None:
+    amqp.status(t, DossierStatus(update_id=uuid.uuid4(), dossier_code=code, agency_id=agency,
+                                 status=status, sent_at=datetime.now(UTC), **kw))
+
+
+def take(amqp: Amqp, queue: str, n: int, what: str = "") -> list[dict[str, Any]]:
+    """Exactly the next ``n`` messages of a queue (fails on timeout, or if more arrived)."""
+    got: list[dict[str, Any]] = []
+
+    def enough() -> bool:
+        got.extend(amqp.json_all(queue))
+        return len(got) >= n
+
+    wait_for(enough, what=what or f"{n} message(s) on {queue}")
+    assert len(got) == n, got
+    return got
+
+
+def submit(amqp: Amqp, t: Topology, agency: str, **kw: Any) -> dict[str, Any]:
+    """Submit one dossier; return its assignment to ``agency``."""
+    amqp.submit(t, dossier(**kw))
+    return take(amqp, t.agency_queue(agency), 1, "assignment")[0]
+
+
+def test_forbidden_update_changes_nothing_and_tells_the_sender(
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp) -> None:
+    start_broker()
+    code = submit(amqp, declared, "T.UBND.A")["dossier_code"]
+    take(amqp, declared.desk_queue("T.MC.B"), 1, "receipt")
+    amqp.status(declared, DossierWithdrawn(event_id=uuid.uuid4(), dossier_code=code,
+                                           desk_id="T.MC.B", reason="citizen moved",
+                                           sent_at=datetime.now(UTC)))
+    withdrawn = take(amqp, declared.agency_queue("T.UBND.A"), 1, "withdrawal notice")[0]
+    assert withdrawn["notice"] == "withdrawn" and withdrawn["reason"] == "citizen moved"
+    assert take(amqp, declared.desk_queue("T.MC.B"), 1)[0]["notice"] == "withdrawn"
+    before = ledger.dossier(code)
+    assert before is not None and before["state"] == 7
+
+    report(amqp, declared, code, "T.UBND.A", "resolved", documents=[doc("kq.pdf")])
+    report(amqp, declared, code, "T.UBND.B", "processing")  # not the dossier's agency
+    refused = take(amqp, declared.agency_queue("T.UBND.A"), 1, "refusal")[0]
+    assert refused["notice"] == "update_refused" and refused["state"] == 7
+    assert refused["reason"] == "resolve is not allowed: dossier is withdrawn"
+    other = take(amqp, declared.agency_queue("T.UBND.B"), 1, "refusal to B")[0]
+    assert other["notice"] == "update_refused"
+    assert other["reason"] == "T.UBND.B is not the dossier's current agency"
+    wait_for(lambda: ledger.count_inbox_outcomes().get("refused_update") == 2, what="recorded")
+    assert ledger.dossier(code) == before  # not a column changed, not even updated_at
+    assert [e["kind"] for e in ledger.history(code)] == ["received", "withdraw"]
+    assert queue_depth(declared.desk_queue("T.MC.B")) == 0
+
+
+def test_supplement_round_trip_moves_due_date_by_paused_working_time(
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock) -> None:
+    start_broker()
+    desk, agency = declared.desk_queue("T.MC.B"), declared.agency_queue("T.SO.TP")
+    code = submit(amqp, declared, "T.SO.TP", procedure_code="1.004227")["dossier_code"]
+    take(amqp, desk, 1, "receipt")
+    row = ledger.dossier(code)
+    assert row is not None and row["due_at"] == vn("2026-12-09 09:00")  # 10 working days
+
+    clock.set("2026-11-26 09:00")
+    report(amqp, declared, code, "T.SO.TP", "supplement_requested", reason="bản sao mờ",
+           requested_documents=["CCCD bản sao chứng thực", "Giấy khai sinh"])
+    request = take(amqp, desk, 1, "supplement request")[0]
+    assert request["notice"] == "supplement_requested" and request["state"] == 5
+    assert request["reason"] == "bản sao mờ"
+    assert request["requested_documents"] == ["CCCD bản sao chứng thực", "Giấy khai sinh"]
+
+    clock.set("2026-11-27 10:00")  # paused Thu 09:00-17:00 (6 h) + Fri 07:00-10:00 (3 h)
+    amqp.status(declared, DossierSupplemented(
+        event_id=uuid.uuid4(), dossier_code=code, desk_id="T.MC.B",
+        documents=[doc("cccd.pdf"), doc("khai-sinh.pdf")], sent_at=datetime.now(UTC)))
+    supplemented = take(amqp, agency, 1, "supplement to agency")[0]
+    assert supplemented["notice"] == "supplemented" and supplemented["state"] == 4
+    assert [d["name"] for d in supplemented["documents"]] == ["cccd.pdf", "khai-sinh.pdf"]
+    assert take(amqp, desk, 1)[0]["notice"] == "status_changed"
+    row = ledger.dossier(code)
+    assert row is not None and row["state"] == 4 and row["paused_at"] is None
+    # 9 working hours after Wed 9 Dec 09:00: 09:00-11:30, 13:30-17:00, Thu 07:00-10:00
+    assert row["due_at"] == vn("2026-12-10 10:00") == row["step_due_at"]
+    assert [e["kind"] for e in ledger.history(code)] == [
+        "received", "request_supplement", "supplement"]
+
+
+def test_financial_obligation_and_stop_reach_the_desk_with_reasons(
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp) -> None:
+    start_broker()
+    desk = declared.desk_queue("T.MC.B")
+    code = submit(amqp, declared, "T.SO.TP", procedure_code="1.004227")["dossier_code"]
+    report(amqp, declared, code, "T.SO.TP", "accepted")
+    report(amqp, declared, code, "T.SO.TP", "financial_obligation", amount_vnd=200_000,
+           reason="lệ phí cấp phiếu")
+    notices = take(amqp, desk, 3, "receipt, processing, fee")
+    assert [n["notice"] for n in notices] == ["receipt", "status_changed", "financial_obligation"]
+    assert notices[2]["state"] == 6 and notices[2]["amount_vnd"] == 200_000
+    assert notices[2]["reason"] == "lệ phí cấp phiếu"
+
+    report(amqp, declared, code, "T.SO.TP", "processing")  # paid
+    report(amqp, declared, code, "T.SO.TP", "stopped", reason="người yêu cầu đã mất")
+    notices = take(amqp, desk, 2, "paid, stopped")
+    assert [(n["notice"], n["state"]) for n in notices] == [("status_changed", 4), ("stopped", 8)]
+    assert notices[1]["reason"] == "người yêu cầu đã mất"
+    row = ledger.dossier(code)
+    assert row is not None and row["state"] == 8 and row["finished_at"] is not None
+
+
+def _chain(amqp: Amqp, t: Topology, clock: FakeClock) -> tuple[str, dict[str, Any]]:
+    """A chain dossier received at B's desk, collected at the centre, step 1 at A."""
+    first = submit(amqp, t, "T.UBND.A", procedure_code="1.000001", return_desk_id="T.CENTRE")
+    assert first["step"] == 1 and first["steps"] == 3
+    assert first["step_due_at"] == vn("2026-11-27 09:00").isoformat()  # 2 of 6 working days
+    assert first["due_at"] == vn("2026-12-03 09:00").isoformat()
+    return first["dossier_code"], first
+
+
+def test_three_agency_chain_hands_off_with_results_and_shows_history(
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock) -> None:
+    start_broker()
+    code, _ = _chain(amqp, declared, clock)
+    centre = declared.desk_queue("T.CENTRE")
+
+    clock.set("2026-11-26 10:00")
+    report(amqp, declared, code, "T.UBND.A", "resolved", documents=[doc("khai-sinh.pdf")])
+    second = take(amqp, declared.agency_queue("T.CA"), 1, "step 2")[0]
+    assert (second["step"], second["agency_id"]) == (2, "T.CA")
+    assert second["step_due_at"] == vn("2026-11-30 10:00").isoformat()
+    assert [d["name"] for d in second["documents"]] == ["to-khai.pdf", "khai-sinh.pdf"]
+
+    clock.set("2026-11-27 07:00")  # step 2 pauses for 2 working hours
+    report(amqp, declared, code, "T.CA", "supplement_requested", reason="thiếu tờ khai",
+           requested_documents=["Tờ khai thường trú"])
+    take(amqp, centre, 2, "in progress, supplement request")
+    clock.set("2026-11-27 09:00")
+    amqp.status(declared, DossierSupplemented(
+        event_id=uuid.uuid4(), dossier_code=code, desk_id="T.MC.B",
+        documents=[doc("to-khai-thuong-tru.pdf")], sent_at=datetime.now(UTC)))
+    assert take(amqp, declared.agency_queue("T.CA"), 1)[0]["notice"] == "supplemented"
+    row = ledger.dossier(code)
+    assert row is not None and row["step_due_at"] == vn("2026-11-30 14:00")
+    assert row["due_at"] == vn("2026-12-03 11:00")
+
+    clock.set("2026-11-30 08:00")
+    report(amqp, declared, code, "T.CA", "resolved", documents=[doc("thuong-tru.pdf")])
+    third = take(amqp, declared.agency_queue("T.BHXH"), 1, "step 3")[0]
+    assert third["step"] == 3
+    assert third["step_due_at"] == vn("2026-12-02 08:00").isoformat()
+    # the next agency gets the dossier as it stands: supplements and earlier results
+    assert [d["name"] for d in third["documents"]] == [
+        "to-khai.pdf", "to-khai-thuong-tru.pdf", "khai-sinh.pdf", "thuong-tru.pdf"]
+    # before the last step the return desk learns of progress, never of a result
+    early = [(n["notice"], n["state"], n.get("documents", [])) for n in amqp.json_all(centre)]
+    assert early == [("status_changed", 4, [])]
+
+    clock.set("2026-12-01 15:00")
+    report(amqp, declared, code, "T.BHXH", "resolved", documents=[doc("bhyt.pdf")])
+    result = take(amqp, centre, 1, "result")[0]
+    assert result["notice"] == "result_ready" and result["state"] == 9
+    assert datetime.fromisoformat(result["due_at"]) == vn("2026-12-03 11:00")
+    assert [d["name"] for d in result["documents"]] == [
+        "khai-sinh.pdf", "thuong-tru.pdf", "bhyt.pdf"]
+    assert [n["notice"] for n in amqp.json_all(declared.desk_queue("T.MC.B"))] == ["receipt"]
+
+    history = ledger.history(code)
+    hand_offs = [(e["actor"], e["from_agency"], e["to_agency"], e["at"]) for e in history
+                 if e["kind"] == "hand_off"]
+    assert hand_offs == [("T.UBND.A", "T.UBND.A", "T.CA", vn("2026-11-26 10:00")),
+                         ("T.CA", "T.CA", "T.BHXH", vn("2026-11-30 08:00"))]
+    assert history[1]["detail"]["documents"] == ["khai-sinh.pdf"]
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["dossier", "show", code, "--db-url", ledger.url]) == 0
+    text = out.getvalue()
+    assert f"{code}  resolved (9)" in text and "step 3 of 3" in text
+    assert "T.UBND.A -> T.CA" in text and "T.CA -> T.BHXH" in text
+    assert "066090001234" not in text and "Nguyễn" not in text  # no personal data
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["dossier", "show", code, "--db-url", ledger.url, "--json"]) == 0
+    shown = json.loads(out.getvalue())
+    assert [e["kind"] for e in shown["history"]] == [
+        "received", "hand_off", "request_supplement", "supplement", "hand_off", "resolve"]
+
+
+def test_withdrawal_mid_chain_tells_the_current_agency(
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock) -> None:
+    start_broker()
+    code, _ = _chain(amqp, declared, clock)
+    report(amqp, declared, code, "T.UBND.A", "resolved", documents=[doc("khai-sinh.pdf")])
+    take(amqp, declared.agency_queue("T.CA"), 1, "step 2")
+    amqp.status(declared, DossierWithdrawn(event_id=uuid.uuid4(), dossier_code=code,
+                                           desk_id="T.MC.B", reason="không cần nữa",
+                                           sent_at=datetime.now(UTC)))
+    told = take(amqp, declared.agency_queue("T.CA"), 1, "withdrawal to T.CA")[0]
+    assert (told["notice"], told["agency_id"], told["state"]) == ("withdrawn", "T.CA", 7)
+    assert told["reason"] == "không cần nữa"
+    desk = take(amqp, declared.desk_queue("T.CENTRE"), 2, "in progress, withdrawn")
+    assert [(n["notice"], n["state"]) for n in desk] == [("status_changed", 4), ("withdrawn", 7)]
+    assert queue_depth(declared.agency_queue("T.UBND.A")) == 0  # its part was done
+    assert queue_depth(declared.agency_queue("T.BHXH")) == 0  # never reached
+
+    report(amqp, declared, code, "T.CA", "resolved")  # too late: refused, nothing moves
+    refused = take(amqp, declared.agency_queue("T.CA"), 1, "refusal")[0]
+    assert refused["notice"] == "update_refused"
+    row = ledger.dossier(code)
+    assert row is not None and (row["state"], row["agency_id"], row["step"]) == (7, "T.CA", 2)
+
+
+def test_postal_return_desk_gets_the_result_and_keeps_the_rating(
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp) -> None:
+    start_broker()
+    code = submit(amqp, declared, "T.UBND.A", desk_id="T.MC.A",
+                  return_desk_id="T.POST")["dossier_code"]
+    report(amqp, declared, code, "T.UBND.A", "resolved", documents=[doc("trich-luc.pdf")])
+    result = take(amqp, declared.desk_queue("T.POST"), 1, "result at the post")[0]
+    assert result["notice"] == "result_ready" and result["desk_id"] == "T.POST"
+    assert [n["notice"] for n in amqp.json_all(declared.desk_queue("T.MC.A"))] == ["receipt"]
+
+    # only the return desk can say the result was handed over
+    amqp.status(declared, DossierReturned(event_id=uuid.uuid4(), dossier_code=code,
+                                          desk_id="T.MC.A", returned_at=datetime.now(UTC)))
+    assert take(amqp, declared.desk_queue("T.MC.A"), 1)[0]["notice"] == "update_refused"
+    amqp.status(declared, DossierReturned(event_id=uuid.uuid4(), dossier_code=code,
+                                          desk_id="T.POST", returned_at=datetime.now(UTC),
+                                          satisfaction=4))
+    wait_for(lambda: (ledger.dossier(code) or {}).get("state") == 10, what="returned")
+    row = ledger.dossier(code)
+    assert row is not None and row["satisfaction"] == 4 and row["return_desk_id"] == "T.POST"
+
+
+def test_late_result_carries_an_apology(
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock) -> None:
+    start_broker()
+    code = submit(amqp, declared, "T.UBND.A")["dossier_code"]  # 1 working day: Thu 09:00
+    clock.set("2026-11-26 09:30")
+    report(amqp, declared, code, "T.UBND.A", "resolved", documents=[doc("kq.pdf")])
+    notices = take(amqp, declared.desk_queue("T.MC.B"), 3, "receipt, result, apology")
+    assert [n["notice"] for n in notices] == ["receipt", "result_ready", "overdue_apology"]
+    assert "legal due date 2026-11-26T09:00+07:00" in notices[2]["reason"]
+    assert notices[2]["due_at"] == vn("2026-11-26 09:30").isoformat()  # ready now
+    row = ledger.dossier(code)
+    assert row is not None and row["watch_level"] == 2
+
+
+def test_two_routers_number_1000_dossiers_uniquely_and_without_gaps(
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp) -> None:
+    first = start_broker(prefetch_count=40, batch_size=20)
+    second = start_broker(prefetch_count=40, batch_size=20)
+    wards = ("10001", "10002")
+    for i in range(1000):
+        amqp.submit(declared, dossier(applicant_ward=wards[i % 2]))
+    wait_for(lambda: sum(ledger.count_by_state().values()) >= 1000, timeout_s=90,
+             what="1000 dossiers")
+    with ledger.read() as conn:
+        codes = list(conn.scalars(select(dossiers.c.code)))
+    assert len(codes) == len(set(codes)) == 1000
+    by_unit: dict[str, list[int]] = {}
+    for code in codes:
+        unit_day, _, number = code.rpartition("-")
+        by_unit.setdefault(unit_day, []).append(int(number))
+    assert sorted(by_unit) == ["T.UBND.A-261125", "T.UBND.B-261125"]
+    for numbers in by_unit.values():
+        assert sorted(numbers) == list(range(1, 501))
+    routed = [r.broker.metrics.intake_total.labels("routed", "")._value.get()
+              for r in (first, second)]
+    assert sum(routed) == 1000 and min(routed) > 0, f"both routers take part: {routed}"
