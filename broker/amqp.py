@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -45,9 +46,19 @@ SOURCE_HEADER = "x-casebroker-source"
 MAX_BOUNDED_RETRIES = 5
 
 
+def amqp_urls() -> list[str]:
+    """Every URL in ``CASEBROKER_AMQP_URL``: several (comma-separated) name cluster nodes."""
+    raw = os.environ.get("CASEBROKER_AMQP_URL", DEFAULT_AMQP_URL)
+    return [u for u in re.split(r"[\s,;]+", raw) if u] or [DEFAULT_AMQP_URL]
+
+
 def amqp_url() -> str:
-    """The broker URL from ``CASEBROKER_AMQP_URL`` (default: guest on localhost)."""
-    return os.environ.get("CASEBROKER_AMQP_URL", DEFAULT_AMQP_URL)
+    """The first broker URL of ``CASEBROKER_AMQP_URL`` (default: guest on localhost)."""
+    return amqp_urls()[0]
+
+
+def _failover_urls() -> tuple[str, ...]:
+    return tuple(amqp_urls()[1:])
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,8 @@ class ConsumerSettings:
     """How a worker consumes: prefetch window, batch size and flush interval."""
 
     url: str = field(default_factory=amqp_url)
+    #: other nodes of the same cluster, tried in turn after a lost or refused connection
+    failover_urls: tuple[str, ...] = field(default_factory=_failover_urls)
     prefetch_count: int = 1000
     batch_size: int = 250
     flush_interval_ms: int = 5
@@ -338,10 +351,14 @@ class ConsumerService:
         self.dead_letter_exchange = dead_letter_exchange
         self.dead_source_of = dead_source_of
         self.hooks = hooks or Hooks()
-        params = pika.URLParameters(settings.url)
-        params.heartbeat = settings.heartbeat_s
-        self.params = params
-        self.user_id = user_id or params.credentials.username
+        urls = list(dict.fromkeys((settings.url, *settings.failover_urls)))
+        self._all_params = [pika.URLParameters(u) for u in urls]
+        for p in self._all_params:
+            p.heartbeat = settings.heartbeat_s
+        self._url_index = 0
+        self._opened = False
+        self.params = self._all_params[0]
+        self.user_id = user_id or self.params.credentials.username
         self.workers: list[_QueueWorker] = []
         self.connection: SelectConnection | None = None
         self.stopping = False
@@ -377,6 +394,8 @@ class ConsumerService:
         """Block: connect, consume, reconnect after failures, until :meth:`stop`."""
         delay_s = 0.5
         while not self.stopping:
+            # after a failure the next cluster node is tried (one URL: the same one again)
+            self.params = self._all_params[self._url_index % len(self._all_params)]
             self.connection = SelectConnection(
                 self.params, on_open_callback=self._on_open,
                 on_open_error_callback=self._on_open_error, on_close_callback=self._on_closed)
@@ -384,14 +403,23 @@ class ConsumerService:
             if self.stopping:
                 break
             self.hooks.connection(False)
-            log.warning("connection to RabbitMQ lost; reconnecting in %.1fs", delay_s)
+            self._url_index += 1
+            if self._opened:  # a connection that worked for a while starts the backoff afresh
+                delay_s, self._opened = 0.5, False
+            log.warning("connection to RabbitMQ lost; reconnecting to %s:%s in %.1fs",
+                        *self._next_host(), delay_s)
             if self._stopped.wait(delay_s):
                 break
             delay_s = min(self.settings.reconnect_max_s, delay_s * 2)
         self._stopped.set()
 
+    def _next_host(self) -> tuple[str, int]:
+        p = self._all_params[self._url_index % len(self._all_params)]
+        return p.host, p.port
+
     def _on_open(self, connection: SelectConnection) -> None:
-        log.info("connected to RabbitMQ")
+        log.info("connected to RabbitMQ at %s:%s", self.params.host, self.params.port)
+        self._opened = True
         self.hooks.connection(True)
         for callback in self._on_connected:
             callback()

@@ -6,6 +6,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# a RabbitMQ node out of file descriptors accepts TCP but never answers the AMQP header
+amqp_answers() {
+  timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/5672; printf "AMQP\x00\x00\x09\x01" >&3;
+                     head -c 8 <&3 | grep -q .' 2>/dev/null
+}
+start_rabbitmq() {
+  # quorum queues hold files open: the default 1024 descriptors run out with a few
+  # hundred queues (RabbitMQ's own production advice is 65536)
+  ulimit -n 65536 2>/dev/null || true
+  rabbitmq-server -detached
+}
 wait_port() {  # port, name, seconds
   for _ in $(seq 1 "$3"); do up "$1" && return 0; sleep 1; done
   echo "services: $2 did not come up on port $1" >&2; return 1
@@ -14,7 +25,7 @@ wait_port() {  # port, name, seconds
 if ! up 5672; then
   if command -v rabbitmq-server >/dev/null; then
     echo "services: starting RabbitMQ (rabbitmq-server -detached)"
-    rabbitmq-server -detached
+    start_rabbitmq
   elif command -v docker >/dev/null; then
     docker compose up -d rabbitmq
   else
@@ -22,6 +33,17 @@ if ! up 5672; then
     exit 1
   fi
   wait_port 5672 RabbitMQ 90
+fi
+if ! amqp_answers; then
+  if command -v rabbitmqctl >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "services: RabbitMQ accepts TCP but does not answer AMQP; restarting it" >&2
+    rabbitmqctl stop >/dev/null 2>&1 || true
+    start_rabbitmq
+    wait_port 5672 RabbitMQ 90
+  else
+    echo "services: RabbitMQ on 5672 does not answer AMQP (out of file descriptors?)" >&2
+    exit 1
+  fi
 fi
 if command -v rabbitmqctl >/dev/null && [ "$(id -u)" = 0 ]; then
   # wait until the node accepts connections, not just until the port is open

@@ -1,0 +1,1 @@
+"""Operator commands: the dead-letter workflow and the ledger/queue audit."""

@@ -1,0 +1,159 @@
+"""`casebroker audit`: reconcile the ledger with the queues and the desks' submissions.
+
+A dossier is accounted for when the ledger holds the proof of every hand-off its
+state implies (docs/RELIABILITY.md, "Audit"):
+
+* the delivery that created it is in ``inbox`` (its first event's message id);
+* its history is whole: events numbered 1..seq;
+* unless refused at intake, its latest assignment ``<code>:assigned:<step>`` is in
+  ``outbox`` (the outbox row is committed with the dossier, and the intake delivery
+  is acked only once that message is confirmed, so it reached the agency's queue
+  or will be published again on redelivery); a dossier refused at intake has
+  ``<code>:refused`` instead;
+* resolved (9) or returned (10): a ``result_ready`` notice for its return desk is in
+  ``outbox``.
+
+A submission a desk says it sent (``--submissions FILE``) is accounted for when it
+is a dossier, or its delivery was dead-lettered, triaged or recorded as a duplicate
+(inbox, or the body kept in outbox). Messages still waiting in the intake or
+status queue are reported as ``pending``; run the audit again once they drain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+
+from broker.ledger import Ledger, dossiers, events, inbox, outbox
+from broker.topology import DEAD_SOURCES, Topology
+
+
+def _ledger_problems(ledger: Ledger) -> tuple[int, list[dict[str, str]]]:
+    problems: list[dict[str, str]] = []
+    with ledger.read() as conn:
+        wanted = conn.execute(select(outbox.c.message_id).where(or_(
+            outbox.c.message_id.like("%:assigned:%"), outbox.c.message_id.like("%:refused"),
+            outbox.c.message_id.like("%:result_ready:%"))))
+        published = {r for (r,) in wanted}
+        results = {m.rsplit(":", 2)[0] for m in published if ":result_ready:" in m}
+        rows = conn.execute(select(dossiers.c.code, dossiers.c.state, dossiers.c.step,
+                                   dossiers.c.seq)).all()
+        counts = dict(conn.execute(
+            select(events.c.dossier_code, events.c.seq).where(events.c.seq == 1)).all())
+        n_events: dict[str, int] = {}
+        for code, _ in conn.execute(select(events.c.dossier_code, events.c.seq)):
+            n_events[code] = n_events.get(code, 0) + 1
+        orphan = {code for (code,) in conn.execute(
+            select(events.c.dossier_code).select_from(events.outerjoin(
+                inbox, inbox.c.message_id == events.c.message_id))
+            .where(and_(events.c.seq == 1, inbox.c.message_id.is_(None))))}
+    for code, state, step, seq in rows:
+        problem = None
+        if code not in counts or code in orphan:
+            problem = "creating delivery not in inbox"
+        elif n_events.get(code) != seq:
+            problem = f"history has {n_events.get(code, 0)} events, expected {seq}"
+        elif f"{code}:assigned:{step}" not in published and f"{code}:refused" not in published:
+            problem = f"assignment {code}:assigned:{step} not in outbox"
+        elif state in (9, 10) and code not in results:
+            problem = "result_ready notice not in outbox"
+        if problem:
+            problems.append({"dossier_code": code, "problem": problem})
+    return len(rows), problems
+
+
+def _submission_problems(ledger: Ledger, submission_ids: list[str]) -> list[dict[str, str]]:
+    found = set(ledger.states_for_submissions(submission_ids))
+    rest = [s for s in submission_ids if s not in found]
+    if not rest:
+        return []
+    handled: set[str] = set()
+    with ledger.read() as conn:
+        for i in range(0, len(rest), 500):
+            chunk = rest[i:i + 500]
+            rows = conn.execute(select(inbox.c.message_id).where(
+                inbox.c.message_id.in_([f"submit:{s}" for s in chunk])))
+            handled |= {m.removeprefix("submit:") for (m,) in rows}
+        # dead letters and triage keep the body: match desks that used other message ids
+        bodies = conn.execute(select(outbox.c.body).join(
+            inbox, inbox.c.message_id == outbox.c.inbox_message_id).where(or_(
+                inbox.c.outcome.like("dead:%"), inbox.c.outcome.like("triaged:%"))))
+        for (body,) in bodies:
+            try:
+                sid = json.loads(bytes(body)).get("submission_id")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(sid, str):
+                handled.add(sid)
+    return [{"submission_id": s, "problem": "not in the ledger, dead letters or triage"}
+            for s in rest if s not in handled]
+
+
+def _queue_depths(topology: Topology) -> dict[str, int] | None:
+    from broker.ops.queues import channel, depth
+
+    names = {"intake": topology.intake_queue, "status": topology.status_queue,
+             "triage": topology.triage_queue}
+    names |= {f"dead.{s}": topology.dead_queue(s) for s in DEAD_SOURCES}
+    try:
+        with channel() as ch:
+            return {k: depth(ch, q) for k, q in names.items()}
+    except Exception:
+        return None
+
+
+def audit(ledger: Ledger, topology: Topology, submission_ids: list[str] | None = None
+          ) -> dict[str, Any]:
+    """The audit report; ``unaccounted`` counts dossiers and submissions not accounted for."""
+    n, dossier_problems = _ledger_problems(ledger)
+    sub_problems = _submission_problems(ledger, submission_ids) if submission_ids else []
+    depths = _queue_depths(topology)
+    return {
+        "dossiers": n, "states": ledger.count_by_state(),
+        "submissions_checked": len(submission_ids or []),
+        "unaccounted": len(dossier_problems) + len(sub_problems),
+        "unaccounted_dossiers": dossier_problems,
+        "unaccounted_submissions": sub_problems,
+        "inbox": ledger.count_inbox_outcomes(),
+        "queues": depths,
+        "pending": None if depths is None else depths["intake"] + depths["status"],
+    }
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    topology = Topology(args.prefix) if args.prefix else Topology.from_env()
+    ledger = Ledger(args.db_url, create=False)
+    sids = None
+    if args.submissions:
+        text = sys.stdin.read() if args.submissions == "-" else Path(
+            args.submissions).read_text()
+        sids = [line.strip() for line in text.splitlines() if line.strip()]
+    report = audit(ledger, topology, sids)
+    ledger.dispose()
+    if args.json:
+        print(json.dumps(report, default=str))
+    else:
+        print(f"{report['dossiers']} dossiers, {report['submissions_checked']} submissions "
+              f"checked: {report['unaccounted']} unaccounted; pending {report['pending']}")
+        for p in report["unaccounted_dossiers"]:
+            print(f"  dossier {p['dossier_code']}: {p['problem']}")
+        for p in report["unaccounted_submissions"]:
+            print(f"  submission {p['submission_id']}: {p['problem']}")
+    return 1 if report["unaccounted"] else 0
+
+
+def register(sub: Any, groups: dict[str, Any]) -> None:
+    """Add `casebroker audit`."""
+    p = sub.add_parser("audit", help="reconcile the ledger with queues and submissions; "
+                       "exit 1 when anything is unaccounted for")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--submissions", help="file of submission ids the desks sent, one a "
+                   "line ('-': stdin)")
+    p.add_argument("--db-url", help="ledger URL (default: $CASEBROKER_DB_URL)")
+    p.add_argument("--prefix", help="topology prefix (default: $CASEBROKER_PREFIX or cb)")
+    p.set_defaults(handler=_cmd_audit)

@@ -1,0 +1,247 @@
+"""`casebroker dead-letters list|show|replay`: dead letters and triage as a workflow.
+
+Replay, and why it is safe to repeat (docs/RELIABILITY.md has the long form):
+
+* A dead-lettered intake or status message already has an ``inbox`` row (outcome
+  ``dead:<reason>`` or ``triaged:<reason>``) under its message id, so sending it
+  back with that id would only replay the dead letter. A replay therefore gets a
+  new id derived from the original: ``<original id>#replay<n>``, where ``n`` is one
+  more than the ``x-casebroker-replays`` header the dead letter carries. The same
+  dead letter replayed twice (a crash between publish and ack) gets the same id
+  and the inbox drops the second; a replay that is dead-lettered again carries
+  ``n`` and its next replay is ``n + 1``, processed afresh.
+* A replayed dossier can never make a second dossier: the router dedupes on its
+  ``submission_id`` whatever the message id.
+* Messages for agencies and desks (``dead.agency``, ``dead.desk``) go back to
+  their exchange with their own deterministic id: receivers drop what they have.
+
+Each message is published (confirmed) before the one it replaces is acked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.spec import BasicProperties
+
+from broker.amqp import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER
+from broker.messages import CONTENT_TYPE
+from broker.ops.queues import (
+    QUEUE_CHOICES,
+    Taken,
+    channel,
+    put_back,
+    queue_and_key,
+    settle,
+    take_all,
+)
+from broker.topology import INTAKE_KEY, STATUS_KEY, Topology
+
+REPLAY_OF_HEADER = "x-casebroker-replay-of"
+REPLAYS_HEADER = "x-casebroker-replays"
+#: headers that describe a dead-lettering, not the message: dropped on replay
+_DEAD_HEADERS = frozenset({REASON_HEADER, DETAIL_HEADER, SOURCE_HEADER, "x-death",
+                           "x-first-death-exchange", "x-first-death-queue",
+                           "x-first-death-reason", "x-delivery-count", "x-original-type",
+                           "x-original-content-type", "x-original-exchange",
+                           "x-original-routing-key"})
+#: applicant fields an operator's view leaves out
+_PERSONAL = ("name", "id_number", "phone", "email", "address")
+
+
+def copy_properties(props: BasicProperties, **changes: Any) -> BasicProperties:
+    """The same AMQP properties with ``changes``; no user_id (RabbitMQ checks it)."""
+    fields = {k: getattr(props, k) for k in (
+        "content_type", "content_encoding", "headers", "delivery_mode", "priority",
+        "correlation_id", "reply_to", "expiration", "message_id", "timestamp", "type",
+        "app_id")}
+    fields.update(changes)
+    return BasicProperties(**fields)
+
+
+def replay_id(msg: Taken) -> tuple[str, str, int]:
+    """(new message id, original message id, replay generation) of a dead letter."""
+    headers = msg.headers
+    original = str(headers.get(REPLAY_OF_HEADER) or msg.message_id)
+    generation = int(headers.get(REPLAYS_HEADER) or 0) + 1
+    return f"{original}#replay{generation}", original, generation
+
+
+def replay_target(topology: Topology, which: str, msg: Taken) -> tuple[str, str, bool]:
+    """(exchange, routing key, through our inbox?) where a dead letter is replayed to."""
+    headers = msg.headers
+    source = str(headers.get(SOURCE_HEADER) or which)
+    if which == "triage" or source == "intake":
+        return topology.intake_exchange, INTAKE_KEY, True
+    if source == "status":
+        return topology.status_exchange, STATUS_KEY, True
+    exchange, key = headers.get("x-original-exchange"), headers.get("x-original-routing-key")
+    deaths = headers.get("x-death") or []
+    if (not exchange or not key) and deaths:
+        exchange = deaths[0].get("exchange")
+        key = (deaths[0].get("routing-keys") or [None])[0]
+    if not exchange or not key:
+        raise ValueError(f"no original destination for {msg.message_id!r} in {which}")
+    exchange = exchange.decode() if isinstance(exchange, bytes) else str(exchange)
+    key = key.decode() if isinstance(key, bytes) else str(key)
+    return exchange, key, False
+
+
+def replay(ch: BlockingChannel, topology: Topology, which: str, msg: Taken) -> dict[str, Any]:
+    """Publish one dead letter back to its source (confirmed); what was done."""
+    exchange, key, via_inbox = replay_target(topology, which, msg)
+    headers = {k: v for k, v in msg.headers.items() if k not in _DEAD_HEADERS}
+    if via_inbox:
+        new_id, original, generation = replay_id(msg)
+        headers.update({REPLAY_OF_HEADER: original, REPLAYS_HEADER: generation})
+        props = copy_properties(msg.properties, message_id=new_id, headers=headers,
+                                content_type=CONTENT_TYPE)
+    else:
+        new_id = msg.message_id
+        props = copy_properties(msg.properties, headers=headers or None)
+    ch.basic_publish(exchange, key, msg.body, props, mandatory=True)
+    return {"queue": which, "message_id": msg.message_id, "replayed_as": new_id,
+            "exchange": exchange, "routing_key": key}
+
+
+def describe(which: str, msg: Taken) -> dict[str, Any]:
+    """One dead letter as the operator sees it (no body)."""
+    h = msg.headers
+    return {"queue": which, "message_id": msg.message_id,
+            "reason": _text(h.get(REASON_HEADER)), "detail": _text(h.get(DETAIL_HEADER)),
+            "source": _text(h.get(SOURCE_HEADER)), "type": msg.properties.type,
+            "content_type": _text(h.get("x-original-content-type"))
+            or msg.properties.content_type,
+            "correlation_id": msg.properties.correlation_id, "size": len(msg.body),
+            "replays": int(h.get(REPLAYS_HEADER) or 0)}
+
+
+def redacted_body(body: bytes) -> Any:
+    """The body with the applicant's personal data left out (or a short preview)."""
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {"undecodable": True, "size": len(body), "preview": repr(body[:80])}
+    if isinstance(data, dict) and isinstance(data.get("applicant"), dict):
+        data["applicant"] = {k: ("***" if k in _PERSONAL else v)
+                             for k, v in data["applicant"].items()}
+    return data
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _queues(arg: str | None) -> list[str]:
+    return list(QUEUE_CHOICES) if arg in (None, "all") else [str(arg)]
+
+
+def _topology(args: argparse.Namespace) -> Topology:
+    return Topology(args.prefix) if args.prefix else Topology.from_env()
+
+
+def list_dead(topology: Topology, queues: Iterable[str]) -> list[dict[str, Any]]:
+    """Every message in the named operator queues; each is put back unchanged."""
+    found: list[dict[str, Any]] = []
+    with channel() as ch:
+        for which in queues:
+            queue, _ = queue_and_key(topology, which)
+            taken = take_all(ch, queue)
+
+            def keep(msg: Taken, w: str = which) -> None:
+                put_back(ch, topology, w, msg)
+
+            settle(ch, taken, keep)
+            found += [dict(describe(which, m), body=redacted_body(m.body)) for m in taken]
+    return found
+
+
+def replay_dead(topology: Topology, queues: Iterable[str], ids: set[str] | None
+                ) -> list[dict[str, Any]]:
+    """Replay the messages with ``ids`` (None: all) from the queues; put the rest back."""
+    done: list[dict[str, Any]] = []
+    with channel() as ch:
+        for which in queues:
+            queue, _ = queue_and_key(topology, which)
+
+            def act(msg: Taken, w: str = which) -> None:
+                if ids is None or msg.message_id in ids:
+                    done.append(replay(ch, topology, w, msg))
+                else:
+                    put_back(ch, topology, w, msg)
+
+            settle(ch, take_all(ch, queue), act)
+    return done
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    found = list_dead(_topology(args), _queues(args.queue))
+    if args.json:
+        print(json.dumps([{k: v for k, v in f.items() if k != "body"} for f in found]))
+        return 0
+    for f in found:
+        print(f"{f['queue']:<7} {f['message_id']:<50} {f['reason'] or '-':<20} "
+              f"{f['size']:>7} B  replays {f['replays']}  {f['detail'] or ''}")
+    print(f"{len(found)} message(s)")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    found = [f for f in list_dead(_topology(args), _queues(args.queue))
+             if f["message_id"] == args.id]
+    if not found:
+        print(f"error: no dead letter with message id {args.id!r}", file=sys.stderr)
+        return 1
+    print(json.dumps(found if args.json else found[0], indent=None if args.json else 2,
+                     ensure_ascii=False, default=str))
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    ids = None if args.all else set(args.id)
+    done = replay_dead(_topology(args), _queues(args.queue), ids)
+    if args.json:
+        print(json.dumps({"replayed": len(done), "messages": done}))
+    else:
+        for d in done:
+            print(f"{d['queue']}: {d['message_id']} -> {d['exchange']} as {d['replayed_as']}")
+        print(f"{len(done)} message(s) replayed")
+    if ids is not None and len({d["message_id"] for d in done}) < len(ids):
+        missing = ids - {d["message_id"] for d in done}
+        print(f"error: not found: {', '.join(sorted(missing))}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(sub: Any, groups: dict[str, Any]) -> None:
+    """Add `casebroker dead-letters list|show|replay`."""
+    dl = sub.add_parser("dead-letters", help="list, show and replay dead letters and triage")
+    dl_sub = dl.add_subparsers(dest="action", required=True)
+    groups["dead-letters"] = dl_sub
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--queue", choices=[*QUEUE_CHOICES, "all"], default="all",
+                       help="dead.<source> or triage (default: all of them)")
+        p.add_argument("--prefix", help="topology prefix (default: $CASEBROKER_PREFIX or cb)")
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = dl_sub.add_parser("list", help="every dead letter and triaged message")
+    common(p)
+    p.set_defaults(handler=_cmd_list)
+    p = dl_sub.add_parser("show", help="one message: headers and body (personal data hidden)")
+    p.add_argument("id", help="message id")
+    common(p)
+    p.set_defaults(handler=_cmd_show)
+    p = dl_sub.add_parser("replay", help="publish messages back to their source, idempotently")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--id", action="append", help="message id (repeatable)")
+    what.add_argument("--all", action="store_true", help="every message in the queue(s)")
+    common(p)
+    p.set_defaults(handler=_cmd_replay)
