@@ -123,9 +123,15 @@ class Topology:
         return rows
 
     def queue_arguments(self, dead_letter_source: str) -> dict[str, Any]:
-        """Quorum queue arguments; poison past the delivery limit goes to dead.<source>."""
-        args: dict[str, Any] = {"x-queue-type": "quorum", "x-delivery-limit": DELIVERY_LIMIT}
+        """Quorum queue arguments; poison past the delivery limit goes to dead.<source>.
+
+        The dead-letter and triage queues themselves have no delivery limit: with
+        nowhere further to go, a limit would silently drop a message an operator's
+        tool returned to the queue too often.
+        """
+        args: dict[str, Any] = {"x-queue-type": "quorum"}
         if dead_letter_source:
+            args["x-delivery-limit"] = DELIVERY_LIMIT
             args["x-dead-letter-exchange"] = self.dead_letter_exchange
             args["x-dead-letter-routing-key"] = dead_letter_source
             # quorum queues dead-letter at most once by default: a message could vanish

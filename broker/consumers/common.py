@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from broker.amqp import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER, Delivery
 from broker.envelope import Outbound
-from broker.messages import DeskNotice, encode, kind_of
+from broker.errors import DecodeError
+from broker.ledger import Batch
+from broker.messages import DeskNotice, Message, decode, encode, kind_of
 from broker.rules.engine import Engine
+from broker.security import user_for
 from broker.topology import TRIAGE_KEY, Topology
 
 #: the engine in force now; swapped on catalog reload, read once per batch
@@ -60,3 +65,70 @@ def to_agency(topology: Topology, message: Any, message_id: str) -> Outbound:
     return Outbound(topology.agency_exchange, message.agency_id, message_id, kind_of(message),
                     message.dossier_code, None, encode(message))
 
+
+
+def party_users_enabled(explicit: bool | None) -> bool:
+    """Whether each desk and agency has its own RabbitMQ user (``CASEBROKER_PARTY_USERS=1``)."""
+    return os.environ.get("CASEBROKER_PARTY_USERS") == "1" if explicit is None else explicit
+
+
+@dataclass
+class Screened:
+    """A batch after the checks every consumer makes before its own logic."""
+
+    out: list[Outbound] = field(default_factory=list)
+    fresh: list[tuple[str, Delivery, Message]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Screen:
+    """Redelivery, duplicate, contract and sender checks, one place for every consumer.
+
+    A message id already in the inbox re-publishes what it published; a second copy
+    in the same batch is dropped; a body outside the contract, or (with per-party
+    users) a message whose claimed desk or agency is not its RabbitMQ sender, is
+    dead-lettered and recorded. What is left is ``fresh``.
+    """
+
+    topology: Topology
+    source: str
+    expected: frozenset[str]
+    sender_of: Callable[[Any], str]
+    count: Callable[[str, str], None]
+    party_users: bool = False
+
+    def __call__(self, batch: Batch, deliveries: Sequence[Delivery],
+                 now: datetime) -> Screened:
+        result = Screened()
+        seen = batch.seen(delivery_id(d) for d in deliveries)
+        batch_ids: set[str] = set()
+        for d in deliveries:
+            mid = delivery_id(d)
+            if mid in seen:
+                result.out += seen.pop(mid)  # redelivered: the very same messages again
+                continue
+            if mid in batch_ids:
+                continue  # the same message twice in one batch: once is enough
+            batch_ids.add(mid)
+            try:
+                msg = decode(d.body, content_type=d.properties.content_type,
+                             expected=self.expected)
+            except DecodeError as e:
+                result.out.append(self.dead(batch, mid, d, e.reason, e.detail, now))
+                continue
+            claimed = self.sender_of(msg)
+            if self.party_users and d.properties.user_id != user_for(self.topology, claimed):
+                result.out.append(self.dead(
+                    batch, mid, d, "sender_mismatch",
+                    f"published by {d.properties.user_id!r}, not by {claimed}", now))
+                continue
+            result.fresh.append((mid, d, msg))
+        return result
+
+    def dead(self, batch: Batch, mid: str, d: Delivery, reason: str, detail: str,
+             now: datetime) -> Outbound:
+        """Dead-letter a delivery and record it as processed."""
+        dl = dead_letter(self.topology, self.source, d, reason, detail)
+        batch.record(mid, self.source, f"dead:{reason}", None, [dl], now)
+        self.count("dead_lettered", reason)
+        return dl

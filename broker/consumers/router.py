@@ -11,7 +11,6 @@ receipt ``desk.notice`` to the intake desk.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,14 +20,16 @@ from broker.amqp import Delivery
 from broker.consumers.common import (
     Clock,
     EngineProvider,
+    Screen,
     dead_letter,
     delivery_id,
+    party_users_enabled,
     to_agency,
     to_desk,
     triage,
 )
 from broker.envelope import Outbound
-from broker.errors import DecodeError, RoutingError
+from broker.errors import RoutingError
 from broker.ledger import Batch, Ledger, RawJSON
 from broker.lifecycle import Event, State, apply
 from broker.messages import (
@@ -36,11 +37,9 @@ from broker.messages import (
     DossierAssigned,
     DossierSubmitted,
     NoticeKind,
-    decode,
     utc_now,
 )
 from broker.rules.engine import Decision, Engine
-from broker.security import user_for
 from broker.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -71,46 +70,19 @@ class Router:
         self.metrics = metrics
         #: with one RabbitMQ user per desk (`casebroker users apply`), a dossier must come
         #: from the desk it names: RabbitMQ guarantees user_id is the sender's login
-        self.party_users = (os.environ.get("CASEBROKER_PARTY_USERS") == "1"
-                            if party_users is None else party_users)
+        self.screen = Screen(topology, self.source, ACCEPTED_KINDS,
+                             sender_of=lambda m: m.desk_id,
+                             count=self._count, party_users=party_users_enabled(party_users))
 
     def handle(self, deliveries: Sequence[Delivery]) -> list[Outbound]:
         """Process one batch in one transaction; return every message to publish."""
         engine = self.engine()  # one catalog version for the whole batch
         now = self.clock()
-        out: list[Outbound] = []
         with self.ledger.batch() as batch:
-            seen = batch.seen(delivery_id(d) for d in deliveries)
-            valid: list[tuple[str, DossierSubmitted]] = []
-            batch_ids: set[str] = set()
-            for d in deliveries:
-                mid = delivery_id(d)
-                if mid in seen:
-                    out += seen.pop(mid)  # redelivered: the very same messages again
-                    continue
-                if mid in batch_ids:
-                    continue  # the same message twice in one batch: once is enough
-                batch_ids.add(mid)
-                try:
-                    msg = decode(d.body, content_type=d.properties.content_type,
-                                 expected=ACCEPTED_KINDS)
-                except DecodeError as e:
-                    dl = dead_letter(self.topology, self.source, d, e.reason, e.detail)
-                    batch.record(mid, self.source, f"dead:{e.reason}", None, [dl], now)
-                    out.append(dl)
-                    self._count("dead_lettered", e.reason)
-                    continue
-                assert isinstance(msg, DossierSubmitted)
-                sender = d.properties.user_id
-                if self.party_users and sender != user_for(self.topology, msg.desk_id):
-                    dl = dead_letter(self.topology, self.source, d, "sender_mismatch",
-                                     f"published by {sender!r}, not by desk {msg.desk_id}")
-                    batch.record(mid, self.source, "dead:sender_mismatch", None, [dl], now)
-                    out.append(dl)
-                    self._count("dead_lettered", "sender_mismatch")
-                    continue
-                valid.append((mid, msg))
-            out += self._route(batch, engine, valid, deliveries, now)
+            screened = self.screen(batch, deliveries, now)
+            valid = [(mid, msg) for mid, _, msg in screened.fresh]
+            out = screened.out
+            out += self._route(batch, engine, valid, deliveries, now)  # type: ignore[arg-type]
         return out
 
     def _route(self, batch: Batch, engine: Engine, valid: list[tuple[str, DossierSubmitted]],

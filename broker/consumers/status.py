@@ -24,14 +24,15 @@ from broker.calendar import DurationUnit
 from broker.consumers.common import (
     Clock,
     EngineProvider,
+    Screen,
     dead_letter,
-    delivery_id,
+    party_users_enabled,
     to_agency,
     to_desk,
 )
 from broker.consumers.deadlines import NOTHING_SENT, OVERDUE, apology
 from broker.envelope import Outbound
-from broker.errors import DecodeError, TransitionRefused
+from broker.errors import TransitionRefused
 from broker.ledger import Batch, Ledger
 from broker.lifecycle import Event, State, apply
 from broker.messages import (
@@ -46,7 +47,6 @@ from broker.messages import (
     DossierSupplemented,
     DossierWithdrawn,
     NoticeKind,
-    decode,
     utc_now,
 )
 from broker.rules.engine import Engine, StepPlan
@@ -102,12 +102,16 @@ class StatusRouter:
     source = "status"
 
     def __init__(self, engine: EngineProvider, ledger: Ledger, topology: Topology,
-                 clock: Clock = utc_now, metrics: Any = None) -> None:
+                 clock: Clock = utc_now, metrics: Any = None,
+                 party_users: bool | None = None) -> None:
         self.engine = engine
         self.ledger = ledger
         self.topology = topology
         self.clock = clock
         self.metrics = metrics
+        #: with per-party users, an update must come from the agency or desk it names
+        self.screen = Screen(topology, self.source, ACCEPTED_KINDS, sender_of=_sender,
+                             count=self._count, party_users=party_users_enabled(party_users))
 
     def handle(self, deliveries: Sequence[Delivery]) -> list[Outbound]:
         """Process one batch in one transaction; return every message to publish."""
@@ -115,30 +119,15 @@ class StatusRouter:
         now = self.clock()
         out: list[Outbound] = []
         with self.ledger.batch() as batch:
-            seen = batch.seen(delivery_id(d) for d in deliveries)
-            decoded: list[tuple[str, Delivery, Update]] = []
-            batch_ids: set[str] = set()
-            for d in deliveries:
-                mid = delivery_id(d)
-                if mid in seen:
-                    out += seen.pop(mid)
-                    continue
-                if mid in batch_ids:
-                    continue
-                batch_ids.add(mid)
-                try:
-                    msg = decode(d.body, content_type=d.properties.content_type,
-                                 expected=ACCEPTED_KINDS)
-                except DecodeError as e:
-                    out.append(self._dead(batch, mid, d, e.reason, e.detail, now))
-                    continue
-                decoded.append((mid, d, msg))  # type: ignore[arg-type]
+            screened = self.screen(batch, deliveries, now)
+            out += screened.out
+            decoded: list[tuple[str, Delivery, Update]] = screened.fresh  # type: ignore[assignment]
             loaded = batch.load_dossiers(m.dossier_code for _, _, m in decoded)
             dossiers = {code: _Dossier(row, row["seq"]) for code, row in loaded.items()}
             for mid, d, msg in decoded:
                 dossier = dossiers.get(msg.dossier_code)
                 if dossier is None:
-                    out.append(self._dead(batch, mid, d, "unknown_dossier",
+                    out.append(self.screen.dead(batch, mid, d, "unknown_dossier",
                                           "no dossier with this code", now))
                     continue
                 published, outcome = self._apply(engine, dossier, mid, msg, batch, now)
@@ -322,13 +311,6 @@ class StatusRouter:
             procedure_code=sub["procedure_code"], state=dossier["state"],
             agency_id=dossier["agency_id"], reason=reason, issued_at=now)
         return to_desk(self.topology, desk_notice, message_id)
-
-    def _dead(self, batch: Batch, mid: str, d: Delivery, reason: str, detail: str,
-              now: datetime) -> Outbound:
-        dl = dead_letter(self.topology, self.source, d, reason, detail)
-        batch.record(mid, self.source, f"dead:{reason}", None, [dl], now)
-        self._count("dead_lettered", reason)
-        return dl
 
     def _count(self, outcome: str, reason: str = "") -> None:
         if self.metrics is not None:
