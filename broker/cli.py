@@ -20,7 +20,8 @@ EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 #: modules that add subcommands: each has ``register(sub, groups)`` where ``sub`` is the
 #: top-level subparsers and ``groups`` maps a group name ("rules", ...) to its
 #: subparsers; parsers they add set ``handler=callable(args) -> int`` as a default
-COMMAND_MODULES: tuple[str, ...] = ("broker.rules_cli",)
+COMMAND_MODULES: tuple[str, ...] = ("broker.rules_cli", "bench.cli", "broker.ops.deadletters",
+                                     "broker.ops.audit")
 
 
 def _common(p: argparse.ArgumentParser, *, catalog: bool = True, db: bool = False,

@@ -1,0 +1,259 @@
+"""Stages that run the router as `casebroker run` in a process of its own.
+
+Receipt round trip at a fixed offered load, and the router's resident memory over a
+long run (read from /proc/<pid>/status, so it is the router's alone).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    Dossier,
+    Progress,
+    blocking,
+    consumers,
+    depth,
+    dossier_stream,
+    rate,
+    submit_properties,
+    wait_until,
+)
+from bench.ledgers import sqlite_ledger_url
+from bench.publisher import Message, publish
+from bench.router import fresh_topology
+from broker.ledger import Ledger
+from broker.rules.catalog import Catalog
+from broker.topology import INTAKE_KEY, Topology
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process in MB (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+@contextmanager
+def router_process(topology: Topology, db_url: str, *, prefetch_count: int = 1000,
+                   catalog_path: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """`casebroker run` on ``topology``, consuming, stopped (SIGTERM) afterwards."""
+    workdir = Path(tempfile.mkdtemp(prefix="casebroker-bench-router-"))
+    log_path = workdir / "router.log"
+    cmd = [sys.executable, "-m", "broker.cli", "run", "--prefix", topology.prefix,
+           "--db-url", db_url, "--metrics-port", "0", "--prefetch-count", str(prefetch_count)]
+    if catalog_path:
+        cmd += ["--catalog", str(Path(catalog_path).resolve())]
+    env = dict(os.environ, CASEBROKER_LOG_LEVEL="WARNING")
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                                cwd=REPO_ROOT)
+    try:
+        _wait_consuming(topology, proc, log_path)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _wait_consuming(topology: Topology, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    conn = blocking()
+    try:
+        ch = conn.channel()
+
+        def consuming() -> bool:
+            if proc.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"casebroker run exited {proc.returncode}:\n{tail}")
+            return consumers(ch, topology.intake_queue) > 0
+
+        wait_until(consuming, timeout_s=120, interval_s=0.1, what="casebroker run")
+    finally:
+        conn.close()
+
+
+def _intake(topology: Topology, d: Dossier) -> Message:
+    return topology.intake_exchange, INTAKE_KEY, d.body, submit_properties(d.submission_id)
+
+
+class _DeskListener:
+    """Consumes every desk queue (no-ack) and notes when each submission's receipt arrives."""
+
+    def __init__(self, topology: Topology, catalog: Catalog) -> None:
+        self.queues = [topology.desk_queue(d) for d in catalog.desk_ids]
+        self.arrived: dict[str, float] = {}
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="bench-desks", daemon=True)
+
+    def _on_message(self, _ch: Any, _method: Any, _props: Any, body: bytes) -> None:
+        at = time.monotonic()
+        sid = str(json.loads(body).get("submission_id"))
+        with self.lock:
+            self.arrived.setdefault(sid, at)
+
+    def _run(self) -> None:
+        conn = blocking()
+        try:
+            ch = conn.channel()
+            for q in self.queues:
+                ch.basic_consume(q, self._on_message, auto_ack=True)
+            self.ready.set()
+            while not self.stop.is_set():
+                conn.process_data_events(time_limit=0.1)
+        finally:
+            conn.close()
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.arrived)
+
+
+@dataclass
+class LatencyResult:
+    """Receipt round trip at an offered load."""
+
+    dossiers: int
+    offered_per_s: float
+    achieved_per_s: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+
+def receipt_latency(catalog: Catalog, n: int, progress: Progress, *,
+                    offered_per_s: float = 1000.0, catalog_path: str | None = None,
+                    timeout_s: float = 300.0) -> LatencyResult:
+    """Desk publishes → desk receives its receipt, at a paced load, through `casebroker run`."""
+    dossiers = list(dossier_stream(catalog, n, seed=7))
+    sent: dict[str, float] = {}
+
+    def on_sent(message: Message) -> None:
+        sent[str(message[3].message_id).removeprefix("submit:")] = time.monotonic()
+
+    with fresh_topology(catalog, "rc") as topology, sqlite_ledger_url() as url, \
+            router_process(topology, url, catalog_path=catalog_path):
+        listener = _DeskListener(topology, catalog)
+        listener.thread.start()
+        try:
+            listener.ready.wait(60)
+            progress.note(f"offering {n} dossiers at {offered_per_s:.0f}/s")
+            result = publish((_intake(topology, d) for d in dossiers), window=5000,
+                             rate_per_s=offered_per_s, on_sent=on_sent)
+
+            def all_arrived() -> bool:
+                progress.note(f"{listener.count()}/{n} receipts", every_s=1.0)
+                return listener.count() >= n
+
+            wait_until(all_arrived, timeout_s=timeout_s, interval_s=0.05, what="every receipt")
+        finally:
+            listener.stop.set()
+            listener.thread.join(timeout=30)
+    with listener.lock:
+        latencies = [(listener.arrived[s] - sent[s]) * 1000 for s in sent if s in listener.arrived]
+    return LatencyResult(n, offered_per_s, rate(result.sent, result.seconds),
+                         _percentile(latencies, 0.50), _percentile(latencies, 0.99),
+                         round(max(latencies), 2))
+
+
+def _recycled(catalog: Catalog, n: int, *, pool: int) -> Iterator[Dossier]:
+    """N dossiers from a pool of real ones, each with a fresh submission id.
+
+    Making a million dossiers with the simulator would cost the benchmark process more
+    CPU than the router it measures; swapping the id in the body costs almost nothing.
+    """
+    templates = list(dossier_stream(catalog, pool, seed=8))
+    for i in range(n):
+        t = templates[i % pool]
+        sid = str(uuid.uuid4())
+        yield Dossier(sid, t.body.replace(t.submission_id.encode(), sid.encode(), 1))
+
+
+@dataclass
+class RssResult:
+    """The router process's resident memory over a long run."""
+
+    dossiers: int
+    seconds: float
+    start_mb: float
+    warm_mb: float
+    end_mb: float
+    peak_mb: float
+
+    @property
+    def growth_mb(self) -> float:
+        """From idle after start-up to the end of the run."""
+        return round(self.end_mb - self.start_mb, 1)
+
+
+def router_rss(catalog: Catalog, n: int, progress: Progress, *, chunk: int = 20_000,
+               catalog_path: str | None = None, timeout_s: float = 7200.0) -> RssResult:
+    """Feed N dossiers in chunks to `casebroker run`; VmRSS before, after warm-up, at the end."""
+    chunk = max(1, min(chunk, n))
+    stream = _recycled(catalog, n, pool=min(n, 5000))
+    with fresh_topology(catalog, "rss") as topology, sqlite_ledger_url() as url, \
+            router_process(topology, url, catalog_path=catalog_path) as proc:
+        outputs = [topology.agency_queue(a) for a in catalog.agency_ids] + \
+                  [topology.desk_queue(d) for d in catalog.desk_ids]
+        start_mb = peak_mb = rss_mb(proc.pid)
+        warm_mb = start_mb
+        conn = blocking()
+        started = time.monotonic()
+        try:
+            ch = conn.channel()
+            fed = 0
+            while fed < n:
+                batch = list(itertools.islice(stream, chunk))
+                publish(_intake(topology, d) for d in batch)
+                fed += len(batch)
+                # never let the queue hold everything: wait until this chunk is half done
+                wait_until(lambda: depth(ch, topology.intake_queue) <= chunk // 2,
+                           timeout_s=timeout_s, interval_s=0.1, what="the router to catch up")
+                for q in outputs:  # nobody consumes them here; keep the broker small
+                    ch.queue_purge(q)
+                peak_mb = max(peak_mb, rss_mb(proc.pid))
+                if fed == len(batch):
+                    warm_mb = rss_mb(proc.pid)
+                progress.note(f"fed {fed}/{n}; router RSS {rss_mb(proc.pid)} MB "
+                              f"({time.monotonic() - started:.0f} s)")
+            ledger = Ledger(url, create=False)
+            try:
+                wait_until(lambda: sum(ledger.count_inbox_outcomes().values()) >= n,
+                           timeout_s=timeout_s, interval_s=1.0, what="the last dossiers")
+            finally:
+                ledger.dispose()
+            seconds = time.monotonic() - started
+            end_mb = rss_mb(proc.pid)
+        finally:
+            conn.close()
+    return RssResult(n, seconds, start_mb, warm_mb, end_mb, max(peak_mb, end_mb))
