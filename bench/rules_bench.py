@@ -1,6 +1,6 @@
 """Rules engine benchmark: decisions per second on one core, by catalog size.
 
-    python -m bench.rules_bench                 # markdown table (docs/BENCHMARKS-rules.md)
+    python -m bench.rules_bench                 # markdown table (docs/BENCHMARKS.md)
     python -m bench.rules_bench --json          # one JSON object
     python -m bench.rules_bench --popularity zipf   # traffic skewed to popular procedures
     python -m bench.rules_bench --sizes 100 1408 10000 --dossiers 20000 --repeats 9
@@ -208,7 +208,7 @@ def _machine() -> dict[str, Any]:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    """The result as the table in docs/BENCHMARKS-rules.md."""
+    """The result as the table in docs/BENCHMARKS.md, "Rules engine"."""
     m = result["machine"]
     lines = [f"{m['cpu_model']} ({m['cpus']} CPUs, one used), Python {m['python']}; "
              f"{result['dossiers']} dossiers, {result['popularity']} over the procedures, "

@@ -18,6 +18,7 @@ Outcomes, decided here once:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -68,9 +69,11 @@ class ConsumerSettings:
     url: str = field(default_factory=amqp_url)
     #: other nodes of the same cluster, tried in turn after a lost or refused connection
     failover_urls: tuple[str, ...] = field(default_factory=_failover_urls)
-    prefetch_count: int = 1000
+    prefetch_count: int = 2000
     batch_size: int = 250
-    flush_interval_ms: int = 5
+    #: 0: flush once the deliveries of the current network read are in (the next turn of
+    #: the I/O loop), so a batch is whatever arrived together, never a timer's wait
+    flush_interval_ms: int = 0
     retry_initial_s: float = 0.5
     retry_max_s: float = 15.0
     reconnect_max_s: float = 10.0
@@ -288,7 +291,10 @@ class _QueueWorker:
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
         tag, multiple = method.delivery_tag, method.multiple
-        seqs = [s for s in self.unconfirmed if s <= tag] if multiple else [tag]
+        if multiple:  # publish sequence numbers were inserted in order: stop at the first > tag
+            seqs = list(itertools.takewhile(lambda s: s <= tag, self.unconfirmed))
+        else:
+            seqs = [tag]
         nacked = isinstance(method, Basic.Nack)
         for seq in seqs:
             entry = self.unconfirmed.pop(seq, None)

@@ -133,6 +133,7 @@ class WorkingCalendar:
         self._periods = tuple((_us_of_day(s), _us_of_day(e)) for s, e in office_hours.periods)
         self._us_per_day = sum(e - s for s, e in self._periods)
         self._years: dict[int, tuple[frozenset[date], frozenset[date]]] = {}
+        self._next_cache: dict[date, date] = {}
 
     def _year(self, year: int) -> tuple[frozenset[date], frozenset[date]]:
         # Building a holidays object is slow (lunar maths), so each year is built once.
@@ -161,10 +162,16 @@ class WorkingCalendar:
         return day.weekday() < 5 and day not in days_off
 
     def _next_working_day(self, day: date) -> date:
+        # memoized: due dates step through the same few weeks for every dossier
+        found = self._next_cache.get(day)
+        if found is not None:
+            return found
+        following = day
         for _ in range(_MAX_DAYS_OFF):
-            day += _ONE_DAY
-            if self.is_working_day(day):
-                return day
+            following += _ONE_DAY
+            if self.is_working_day(following):
+                self._next_cache[day] = following
+                return following
         raise ValueError(f"no working day within {_MAX_DAYS_OFF} days after {day}")
 
     def _to_wall(self, value: datetime) -> datetime:

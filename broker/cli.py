@@ -37,6 +37,8 @@ def _common(p: argparse.ArgumentParser, *, catalog: bool = True, db: bool = Fals
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
+    from broker.amqp import ConsumerSettings
+
     parser = argparse.ArgumentParser(
         prog="casebroker", description="Route administrative-procedure dossiers from any desk "
         "to the competent agency over RabbitMQ, and results back to the chosen desk.")
@@ -48,9 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-port", type=int,
                      default=int(os.environ.get("CASEBROKER_METRICS_PORT", "9464")),
                      help="Prometheus /metrics port (0: off; default 9464)")
-    run.add_argument("--prefetch-count", type=int, default=1000)
-    run.add_argument("--batch-size", type=int, default=250)
-    run.add_argument("--flush-interval-ms", type=int, default=5)
+    defaults = ConsumerSettings
+    run.add_argument("--prefetch-count", type=int, default=defaults.prefetch_count,
+                     help=f"unacked deliveries per queue (default {defaults.prefetch_count})")
+    run.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                     help=f"deliveries per ledger transaction (default {defaults.batch_size})")
+    run.add_argument("--flush-interval-ms", type=int, default=defaults.flush_interval_ms,
+                     help="wait this long for a batch to fill (default 0: flush what one "
+                          "network read brought)")
 
     topo = sub.add_parser("topology", help="declare or delete exchanges and queues")
     topo_sub = topo.add_subparsers(dest="action", required=True)

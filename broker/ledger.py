@@ -10,6 +10,7 @@ ids never change.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -189,6 +190,17 @@ def _json_dumps(value: Any) -> str:
     return value if isinstance(value, RawJSON) else json.dumps(value, ensure_ascii=False)
 
 
+@functools.cache
+def _code_upsert(dialect: str) -> Any:
+    """One single-row upsert run for many rows: compiled once, whatever the batch holds."""
+    base = (pg_insert if dialect == "postgresql" else sqlite_insert)(code_sequences)
+    return base.on_conflict_do_update(
+        index_elements=[code_sequences.c.agency_id, code_sequences.c.day],
+        set_={"last": code_sequences.c.last + base.excluded.last},
+    ).returning(code_sequences.c.agency_id, code_sequences.c.day, code_sequences.c.last,
+                sort_by_parameter_order=True)
+
+
 def is_transient(error: BaseException) -> bool:
     """Whether a database error means 'away for now' rather than 'wrong'."""
     if isinstance(error, OperationalError):
@@ -240,15 +252,9 @@ class Batch:
         """
         if not counts:
             return {}
-        insert_fn = pg_insert if self.conn.dialect.name == "postgresql" else sqlite_insert
-        values = insert_fn(code_sequences).values(
-            [{"agency_id": a, "day": d, "last": counts[(a, d)]} for a, d in sorted(counts)])
-        upsert = values.on_conflict_do_update(
-            index_elements=[code_sequences.c.agency_id, code_sequences.c.day],
-            set_={"last": code_sequences.c.last + values.excluded.last},
-        ).returning(code_sequences.c.agency_id, code_sequences.c.day, code_sequences.c.last)
-        return {(r.agency_id, r.day): r.last - counts[(r.agency_id, r.day)] + 1
-                for r in self.conn.execute(upsert)}
+        rows = self.conn.execute(_code_upsert(self.conn.dialect.name), [
+            {"agency_id": a, "day": d, "last": counts[(a, d)]} for a, d in sorted(counts)])
+        return {(r.agency_id, r.day): r.last - counts[(r.agency_id, r.day)] + 1 for r in rows}
 
     def load_dossiers(self, codes: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Current rows of the named dossiers, as dicts."""
