@@ -201,6 +201,19 @@ def _code_upsert(dialect: str) -> Any:
                 sort_by_parameter_order=True)
 
 
+@contextmanager
+def _outages_are_transient() -> Iterator[None]:
+    """Turn 'the database is away' errors into TransientError (retried, never dropped)."""
+    try:
+        yield
+    except IntegrityError:
+        raise
+    except DBAPIError as e:
+        if is_transient(e):
+            raise TransientError(f"ledger unavailable: {type(e.orig).__name__}") from e
+        raise
+
+
 def is_transient(error: BaseException) -> bool:
     """Whether a database error means 'away for now' rather than 'wrong'."""
     if isinstance(error, OperationalError):
@@ -343,18 +356,14 @@ class Ledger:
 
     def create_schema(self) -> None:
         """Create missing tables (idempotent)."""
-        try:
+        with _outages_are_transient():
             metadata.create_all(self.engine)
-        except DBAPIError as e:
-            if is_transient(e):
-                raise TransientError(f"ledger unavailable: {type(e.orig).__name__}") from e
-            raise
 
     @contextmanager
     def batch(self) -> Iterator[Batch]:
         """One transaction; database outages surface as TransientError."""
         try:
-            with self.engine.begin() as conn:
+            with _outages_are_transient(), self.engine.begin() as conn:
                 b = Batch(conn)
                 yield b
                 b.flush()
@@ -362,10 +371,6 @@ class Ledger:
             # a competing router committed the same submission or dossier first; on the
             # retry this batch sees its row and treats the delivery as a duplicate
             raise ConcurrentUpdate(f"conflict: {type(e.orig).__name__}") from e
-        except DBAPIError as e:
-            if is_transient(e):
-                raise TransientError(f"ledger unavailable: {type(e.orig).__name__}") from e
-            raise
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

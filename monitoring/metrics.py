@@ -60,11 +60,10 @@ class Metrics(Hooks):
             registry=r)
 
     # consumers
-    def intake(self, outcome: str, reason: str) -> None:
-        self.intake_total.labels(outcome, reason).inc()
-
-    def status(self, outcome: str, reason: str) -> None:
-        self.status_total.labels(outcome, reason).inc()
+    def count(self, source: str, outcome: str, reason: str) -> None:
+        """One processed delivery of the intake or the status queue, by outcome."""
+        counter = self.intake_total if source == "intake" else self.status_total
+        counter.labels(outcome, reason).inc()
 
     # transport hooks
     def batch_done(self, source: str, size: int, published: int, seconds: float) -> None:

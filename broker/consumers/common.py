@@ -12,8 +12,8 @@ from typing import Any
 from broker.amqp import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER, Delivery
 from broker.envelope import Outbound
 from broker.errors import DecodeError
-from broker.ledger import Batch
-from broker.messages import DeskNotice, Message, decode, encode, kind_of
+from broker.ledger import Batch, Ledger
+from broker.messages import DeskNotice, Message, decode, encode, kind_of, utc_now
 from broker.rules.engine import Engine
 from broker.security import user_for
 from broker.topology import TRIAGE_KEY, Topology
@@ -132,3 +132,38 @@ class Screen:
         batch.record(mid, self.source, f"dead:{reason}", None, [dl], now)
         self.count("dead_lettered", reason)
         return dl
+
+
+class Consumer:
+    """What the router and the status router share: wiring, the screen, failure handling."""
+
+    source: str
+    accepted_kinds: frozenset[str]
+
+    def __init__(self, engine: EngineProvider, ledger: Ledger, topology: Topology,
+                 clock: Clock = utc_now, metrics: Any = None,
+                 party_users: bool | None = None) -> None:
+        self.engine = engine
+        self.ledger = ledger
+        self.topology = topology
+        self.clock = clock
+        self.metrics = metrics
+        #: with one RabbitMQ user per desk and agency (`casebroker users apply`), a message
+        #: must come from the party it names: RabbitMQ checks user_id is the sender's login
+        self.screen = Screen(topology, self.source, self.accepted_kinds,
+                             sender_of=self.sender_of, count=self._count,
+                             party_users=party_users_enabled(party_users))
+
+    def sender_of(self, message: Any) -> str:
+        """The desk or agency a message says it comes from."""
+        raise NotImplementedError
+
+    def _count(self, outcome: str, reason: str = "") -> None:
+        if self.metrics is not None:
+            self.metrics.count(self.source, outcome, reason)
+
+    def internal_error(self, delivery: Delivery, error: BaseException) -> list[Outbound]:
+        """Dead-letter a delivery the handler could not process at all."""
+        self._count("dead_lettered", "internal_error")
+        return [dead_letter(self.topology, self.source, delivery, "internal_error",
+                            type(error).__name__)]

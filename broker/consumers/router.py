@@ -18,29 +18,23 @@ from typing import Any
 
 from broker.amqp import Delivery
 from broker.consumers.common import (
-    Clock,
-    EngineProvider,
-    Screen,
-    dead_letter,
+    Consumer,
     delivery_id,
-    party_users_enabled,
     to_agency,
     to_desk,
     triage,
 )
 from broker.envelope import Outbound
 from broker.errors import RoutingError
-from broker.ledger import Batch, Ledger, RawJSON
+from broker.ledger import Batch, RawJSON
 from broker.lifecycle import Event, State, apply
 from broker.messages import (
     DeskNotice,
     DossierAssigned,
     DossierSubmitted,
     NoticeKind,
-    utc_now,
 )
 from broker.rules.engine import Decision, Engine
-from broker.topology import Topology
 
 log = logging.getLogger(__name__)
 ACCEPTED_KINDS = frozenset({"dossier.submitted"})
@@ -55,24 +49,14 @@ class _Routed:
     code: str = ""
 
 
-class Router:
+class Router(Consumer):
     """The intake consumer: validates, routes, numbers, records and announces dossiers."""
 
     source = "intake"
+    accepted_kinds = ACCEPTED_KINDS
 
-    def __init__(self, engine: EngineProvider, ledger: Ledger, topology: Topology,
-                 clock: Clock = utc_now, metrics: Any = None,
-                 party_users: bool | None = None) -> None:
-        self.engine = engine
-        self.ledger = ledger
-        self.topology = topology
-        self.clock = clock
-        self.metrics = metrics
-        #: with one RabbitMQ user per desk (`casebroker users apply`), a dossier must come
-        #: from the desk it names: RabbitMQ guarantees user_id is the sender's login
-        self.screen = Screen(topology, self.source, ACCEPTED_KINDS,
-                             sender_of=lambda m: m.desk_id,
-                             count=self._count, party_users=party_users_enabled(party_users))
+    def sender_of(self, message: Any) -> str:
+        return str(message.desk_id)
 
     def handle(self, deliveries: Sequence[Delivery]) -> list[Outbound]:
         """Process one batch in one transaction; return every message to publish."""
@@ -180,14 +164,3 @@ class Router:
         outcome = "refused" if dec.refusal else "routed"
         batch.record(r.mid, self.source, outcome, r.code, published, now)
         self._count(outcome, "")
-
-    def _count(self, outcome: str, reason: str) -> None:
-        if self.metrics is not None:
-            self.metrics.intake(outcome, reason)
-
-    def internal_error(self, delivery: Delivery, error: BaseException) -> list[Outbound]:
-        """Dead-letter a delivery the handler could not process at all."""
-        dl = dead_letter(self.topology, self.source, delivery, "internal_error",
-                         type(error).__name__)
-        self._count("dead_lettered", "internal_error")
-        return [dl]

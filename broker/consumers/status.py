@@ -22,18 +22,14 @@ from typing import Any
 from broker.amqp import Delivery
 from broker.calendar import DurationUnit
 from broker.consumers.common import (
-    Clock,
-    EngineProvider,
-    Screen,
-    dead_letter,
-    party_users_enabled,
+    Consumer,
     to_agency,
     to_desk,
 )
 from broker.consumers.deadlines import NOTHING_SENT, OVERDUE, apology
 from broker.envelope import Outbound
 from broker.errors import TransitionRefused
-from broker.ledger import Batch, Ledger
+from broker.ledger import Batch
 from broker.lifecycle import Event, State, apply
 from broker.messages import (
     AgencyNotice,
@@ -47,10 +43,8 @@ from broker.messages import (
     DossierSupplemented,
     DossierWithdrawn,
     NoticeKind,
-    utc_now,
 )
 from broker.rules.engine import Engine, StepPlan
-from broker.topology import Topology
 
 log = logging.getLogger(__name__)
 
@@ -96,22 +90,14 @@ class _Dossier:
         self.changes.update(values)
 
 
-class StatusRouter:
+class StatusRouter(Consumer):
     """The status consumer: applies updates the table allows, refuses the rest."""
 
     source = "status"
+    accepted_kinds = ACCEPTED_KINDS
 
-    def __init__(self, engine: EngineProvider, ledger: Ledger, topology: Topology,
-                 clock: Clock = utc_now, metrics: Any = None,
-                 party_users: bool | None = None) -> None:
-        self.engine = engine
-        self.ledger = ledger
-        self.topology = topology
-        self.clock = clock
-        self.metrics = metrics
-        #: with per-party users, an update must come from the agency or desk it names
-        self.screen = Screen(topology, self.source, ACCEPTED_KINDS, sender_of=_sender,
-                             count=self._count, party_users=party_users_enabled(party_users))
+    def sender_of(self, message: Any) -> str:
+        return _sender(message)
 
     def handle(self, deliveries: Sequence[Delivery]) -> list[Outbound]:
         """Process one batch in one transaction; return every message to publish."""
@@ -311,16 +297,6 @@ class StatusRouter:
             procedure_code=sub["procedure_code"], state=dossier["state"],
             agency_id=dossier["agency_id"], reason=reason, issued_at=now)
         return to_desk(self.topology, desk_notice, message_id)
-
-    def _count(self, outcome: str, reason: str = "") -> None:
-        if self.metrics is not None:
-            self.metrics.status(outcome, reason)
-
-    def internal_error(self, delivery: Delivery, error: BaseException) -> list[Outbound]:
-        """Dead-letter a delivery the handler could not process at all."""
-        self._count("dead_lettered", "internal_error")
-        return [dead_letter(self.topology, self.source, delivery, "internal_error",
-                            type(error).__name__)]
 
 
 def _sender(msg: Update) -> str:
