@@ -270,10 +270,12 @@ _ANY_KIND: TypeAdapter[Message] = TypeAdapter(
     Annotated[Message, Field(discriminator="schema_")])
 
 
+_KIND_OF_MODEL = {model: kind for kind, model in KINDS.items()}
+
+
 def kind_of(message: _Model) -> str:
     """The kind (``dossier.submitted`` ...) of a message model instance."""
-    schema = str(message.schema_)  # type: ignore[attr-defined]
-    return schema.removeprefix("casebroker.").split("/", 1)[0]
+    return _KIND_OF_MODEL[type(message)]
 
 
 def encode(message: _Model) -> bytes:
