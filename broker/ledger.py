@@ -11,30 +11,15 @@ ids never change.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Boolean,
-    Column,
     Connection,
-    DateTime,
-    Dialect,
     Engine,
-    Index,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
-    TypeDecorator,
-    UniqueConstraint,
     create_engine,
     event,
     func,
@@ -49,145 +34,24 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from broker.envelope import Outbound
 from broker.errors import TransientError
-from broker.lifecycle import OPEN_STATES
+from broker.tables import (
+    _OPEN,
+    RawJSON,
+    _json_dumps,
+    code_sequences,
+    dossiers,
+    events,
+    inbox,
+    metadata,
+    outbox,
+    watch_outbox,
+)
+
+#: the tables are defined in broker.tables; callers may take them from here
+__all__ = ["DEFAULT_DB_URL", "Batch", "ConcurrentUpdate", "Ledger", "RawJSON", "code_sequences",
+           "dossiers", "events", "inbox", "is_transient", "metadata", "outbox", "watch_outbox"]
 
 DEFAULT_DB_URL = "sqlite:///casebroker.sqlite3"
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Aware datetimes stored as UTC; SQLite keeps no offset, so restore it on read."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to the ledger")
-        return value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-metadata = MetaData()
-
-dossiers = Table(
-    "dossiers", metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-           autoincrement=True),
-    Column("code", String(96), nullable=False, unique=True),
-    Column("submission_id", String(36), nullable=False, unique=True),
-    Column("procedure_code", String(16), nullable=False, index=True),
-    Column("intake_desk_id", String(64), nullable=False),
-    Column("return_desk_id", String(64), nullable=False),
-    Column("channel", String(16), nullable=False),
-    Column("state", Integer, nullable=False, index=True),
-    Column("agency_id", String(64), nullable=False, index=True),
-    Column("step", Integer, nullable=False),
-    Column("steps", JSON, nullable=False),
-    Column("rule_id", String(96), nullable=False),
-    Column("catalog_hash", String(32), nullable=False),
-    Column("boundary_free", Boolean, nullable=False),
-    Column("received_at", UTCDateTime, nullable=False),
-    Column("due_at", UTCDateTime, nullable=False),
-    Column("step_due_at", UTCDateTime, nullable=False),
-    Column("paused_at", UTCDateTime),
-    Column("finished_at", UTCDateTime),
-    Column("satisfaction", Integer),
-    Column("flags", JSON, nullable=False),
-    Column("seq", Integer, nullable=False),
-    Column("submission", JSON, nullable=False),
-    Column("updated_at", UTCDateTime, nullable=False),
-    #: deadline watch: 0 nothing sent, 1 at-risk notices sent, 2 overdue notices sent
-    Column("watch_level", Integer, nullable=False, server_default="0"),
-)
-_OPEN = dossiers.c.state.in_(sorted(int(s) for s in OPEN_STATES))
-#: the deadline watch's query: open dossiers not yet flagged, by due date
-Index("ix_dossiers_watch", dossiers.c.watch_level, dossiers.c.due_at,
-      postgresql_where=_OPEN, sqlite_where=_OPEN)
-
-#: the process-control sheet: every hand-off and state change, append-only
-events = Table(
-    "events", metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-           autoincrement=True),
-    Column("dossier_code", String(96), nullable=False, index=True),
-    Column("seq", Integer, nullable=False),
-    Column("kind", String(32), nullable=False),
-    Column("state_from", Integer),
-    Column("state_to", Integer, nullable=False),
-    Column("actor", String(64), nullable=False),
-    Column("from_agency", String(64)),
-    Column("to_agency", String(64)),
-    Column("message_id", String(128)),
-    Column("detail", JSON, nullable=False),
-    Column("at", UTCDateTime, nullable=False),
-    UniqueConstraint("dossier_code", "seq"),
-)
-
-#: one row per processed delivery: the idempotency key of every consumer
-inbox = Table(
-    "inbox", metadata,
-    Column("message_id", String(128), primary_key=True),
-    Column("source", String(16), nullable=False),
-    Column("outcome", String(32), nullable=False, index=True),
-    Column("dossier_code", String(96)),
-    Column("processed_at", UTCDateTime, nullable=False),
-)
-
-#: what each processed delivery published, to re-publish identically on redelivery
-outbox = Table(
-    "outbox", metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-           autoincrement=True),
-    Column("inbox_message_id", String(128), nullable=False, index=True),
-    Column("exchange", String(255), nullable=False),
-    Column("routing_key", String(255), nullable=False),
-    Column("message_id", String(128), nullable=False),
-    Column("type", String(32), nullable=False),
-    Column("correlation_id", String(96)),
-    Column("headers", JSON),
-    Column("body", LargeBinary, nullable=False),
-)
-
-#: deadline-watch notices: written with the flag that caused them, published after the
-#: commit, marked confirmed once RabbitMQ confirms; unconfirmed rows are published again
-watch_outbox = Table(
-    "watch_outbox", metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-           autoincrement=True),
-    Column("dossier_code", String(96), nullable=False),
-    Column("exchange", String(255), nullable=False),
-    Column("routing_key", String(255), nullable=False),
-    Column("message_id", String(128), nullable=False, unique=True),
-    Column("type", String(32), nullable=False),
-    Column("correlation_id", String(96)),
-    Column("body", LargeBinary, nullable=False),
-    Column("created_at", UTCDateTime, nullable=False),
-    Column("confirmed_at", UTCDateTime, index=True),
-)
-
-#: per competent unit and receipt day: the last dossier number handed out
-code_sequences = Table(
-    "code_sequences", metadata,
-    Column("agency_id", String(64), primary_key=True),
-    Column("day", String(6), primary_key=True),
-    Column("last", Integer, nullable=False),
-)
-
-
-class RawJSON(str):
-    """JSON text already serialized (a validated message body): stored as it is."""
-
-    __slots__ = ()
-
-
-def _json_dumps(value: Any) -> str:
-    return value if isinstance(value, RawJSON) else json.dumps(value, ensure_ascii=False)
 
 
 @functools.cache
