@@ -96,9 +96,12 @@ def run_broker(declared: Topology, ledger: Ledger) -> Iterator[Callable[..., Run
     """Start the router and status router on the mini catalog; stop them afterwards."""
     started: list[RunningBroker] = []
 
-    def start(**settings: Any) -> RunningBroker:
+    def start(*, watch: Any = "default", clock: Any = None, **settings: Any) -> RunningBroker:
+        options: dict[str, Any] = {} if watch == "default" else {"watch_settings": watch}
+        if clock is not None:
+            options["clock"] = clock
         broker = Broker(str(MINI_CATALOG), declared, ledger,
-                        ConsumerSettings(flush_interval_ms=2, **settings))
+                        ConsumerSettings(flush_interval_ms=2, **settings), **options)
         running = RunningBroker(broker).start()
         started.append(running)
         return running

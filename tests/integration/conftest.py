@@ -9,12 +9,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from broker.amqp import ConsumerSettings
 from broker.consumers.deadlines import WatchSettings
-from broker.ledger import Ledger
-from broker.service import Broker
-from broker.topology import Topology
-from tests.conftest import MINI_CATALOG, RunningBroker
+from tests.conftest import RunningBroker
 from tests.helpers import Amqp
 
 VN = ZoneInfo("Asia/Ho_Chi_Minh")
@@ -51,22 +47,12 @@ def amqp() -> Iterator[Amqp]:
 
 
 @pytest.fixture
-def start_broker(declared: Topology, ledger: Ledger, clock: FakeClock
-                 ) -> Iterator[Callable[..., RunningBroker]]:
-    """Start `casebroker run` on the mini catalog with the test's clock; stop it afterwards.
-
-    No deadline watch unless ``watch`` settings are given.
-    """
-    started: list[RunningBroker] = []
+def start_broker(run_broker: Callable[..., RunningBroker], clock: FakeClock
+                 ) -> Callable[..., RunningBroker]:
+    """`casebroker run` on the mini catalog with the test's clock; no deadline watch
+    unless ``watch`` settings are given."""
 
     def start(watch: WatchSettings | None = None, **settings: Any) -> RunningBroker:
-        broker = Broker(str(MINI_CATALOG), declared, ledger,
-                        ConsumerSettings(flush_interval_ms=2, **settings),
-                        watch_settings=watch, clock=clock)
-        running = RunningBroker(broker).start()
-        started.append(running)
-        return running
+        return run_broker(watch=watch, clock=clock, **settings)
 
-    yield start
-    for running in started:
-        running.stop()
+    return start
