@@ -1,0 +1,286 @@
+"""One queue's worker: batches deliveries, publishes what the handler returns with
+pipelined confirms, and acks a batch only when all its publishes are confirmed.
+
+The outcomes it applies are listed in :mod:`broker.amqp`; the connection and
+reconnects are :class:`broker.amqp.ConsumerService`'s.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pika.adapters.select_connection import SelectConnection
+from pika.channel import Channel
+from pika.spec import Basic, BasicProperties
+
+from broker.envelope import Outbound
+from broker.errors import TransientError
+
+if TYPE_CHECKING:
+    from broker.amqp import ConsumerService
+
+log = logging.getLogger("broker.amqp")
+
+REASON_HEADER = "x-casebroker-reason"
+DETAIL_HEADER = "x-casebroker-detail"
+SOURCE_HEADER = "x-casebroker-source"
+#: conflicts between competing routers are retried this often before one-by-one handling
+MAX_BOUNDED_RETRIES = 5
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One received message, unacked until its batch's publishes are confirmed."""
+
+    tag: int
+    body: bytes
+    properties: BasicProperties
+    redelivered: bool
+    routing_key: str
+
+    @property
+    def message_id(self) -> str | None:
+        return self.properties.message_id  # type: ignore[no-any-return]
+
+
+class BatchHandler(Protocol):
+    """Turns a batch of deliveries into messages to publish, after committing the ledger."""
+
+    source: str
+
+    def handle(self, deliveries: Sequence[Delivery]) -> list[Outbound]: ...
+
+    def internal_error(self, delivery: Delivery, error: BaseException) -> list[Outbound]: ...
+
+
+def properties_for(out: Outbound, user_id: str | None) -> BasicProperties:
+    """Persistent AMQP properties for an outbound message."""
+    return BasicProperties(
+        content_type="application/json", delivery_mode=2, message_id=out.message_id,
+        correlation_id=out.correlation_id, type=out.type, headers=out.headers,
+        user_id=user_id, timestamp=int(time.time()))
+
+
+@dataclass(slots=True)
+class _InFlight:
+    last_tag: int
+    outstanding: int
+    failed: bool = False
+
+
+class QueueWorker:
+    """Consumes one queue on its own channel and publishes what its handler returns."""
+
+    def __init__(self, service: ConsumerService, queue: str, handler: BatchHandler,
+                 dead_source_of: Callable[[str], str | None]) -> None:
+        self.service = service
+        self.queue = queue
+        self.handler = handler
+        self.dead_source_of = dead_source_of
+        self.settings = service.settings
+        self.channel: Channel | None = None
+        self.consumer_tag: str | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.pending: list[Delivery] = []
+        self.inflight: deque[_InFlight] = deque()
+        self.unconfirmed: dict[int, _InFlight] = {}
+        self.by_message_id: dict[str, _InFlight] = {}
+        self.next_seq = 1
+        self.flush_timer: Any = None
+        self.retry_timer: Any = None
+        self.retry_delay_s = 0.0
+        self.retries = 0
+
+    @property
+    def idle(self) -> bool:
+        return not self.inflight
+
+    # channel setup -----------------------------------------------------------------
+    def open(self, connection: SelectConnection) -> None:
+        self._reset()
+        connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_channel_open(self, channel: Channel) -> None:
+        self.channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_return)
+        channel.confirm_delivery(self._on_confirm, callback=lambda _f: channel.basic_qos(
+            prefetch_count=self.settings.prefetch_count, callback=self._on_qos_ok))
+
+    def _on_qos_ok(self, _frame: Any) -> None:
+        assert self.channel is not None
+        self.consumer_tag = self.channel.basic_consume(self.queue, self._on_message)
+        log.info("consuming %s", self.queue)
+
+    def _on_channel_closed(self, _channel: Channel, reason: Exception) -> None:
+        self.channel = None
+        self._cancel_timers()
+        dropped = len(self.pending) + sum(1 for _ in self.inflight)
+        self._reset()
+        if self.service.stopping or not self.service.connection_open:
+            return
+        log.warning("channel for %s closed (%s); %d batches will be redelivered; reopening",
+                    self.queue, reason, dropped)
+        self.service.call_later(1.0, self.service.reopen_worker, self)
+
+    def cancel(self) -> None:
+        """Stop receiving; unprocessed deliveries stay unacked and go back to the queue."""
+        self._cancel_timers()
+        if self.channel is not None and self.channel.is_open and self.consumer_tag:
+            self.channel.basic_cancel(self.consumer_tag)
+        self.pending.clear()
+
+    def _cancel_timers(self) -> None:
+        for timer in (self.flush_timer, self.retry_timer):
+            if timer is not None:
+                self.service.remove_timeout(timer)
+        self.flush_timer = self.retry_timer = None
+
+    # consuming ---------------------------------------------------------------------
+    def _on_message(self, _ch: Channel, method: Basic.Deliver, props: BasicProperties,
+                    body: bytes) -> None:
+        self.pending.append(Delivery(method.delivery_tag, body, props, method.redelivered,
+                                     method.routing_key))
+        if self.retry_timer is not None:
+            return
+        if len(self.pending) >= self.settings.batch_size:
+            self._flush()
+        elif self.flush_timer is None:
+            self.flush_timer = self.service.call_later(
+                self.settings.flush_interval_ms / 1000, self._flush)
+
+    def _flush(self) -> None:
+        self.flush_timer = None
+        while self.pending and self.retry_timer is None and not self.service.stopping:
+            batch = self.pending[: self.settings.batch_size]
+            started = time.perf_counter()
+            try:
+                outbound = self._handle(batch, singly=self.retries >= MAX_BOUNDED_RETRIES)
+            except TransientError as e:
+                self.retries += 1 if e.bounded else 0
+                self._schedule_retry(str(e))
+                return
+            self.retries = 0
+            self.retry_delay_s = 0.0
+            del self.pending[: len(batch)]
+            self._publish(batch[-1].tag, outbound)
+            self.service.hooks.batch_done(self.handler.source, len(batch), len(outbound),
+                                          time.perf_counter() - started)
+
+    def _handle(self, batch: list[Delivery], *, singly: bool) -> list[Outbound]:
+        if not singly:
+            try:
+                return self.handler.handle(batch)
+            except TransientError:
+                raise
+            except Exception:
+                log.exception("handler failed on a batch of %d from %s; retrying one by one",
+                              len(batch), self.queue)
+        outbound: list[Outbound] = []
+        for delivery in batch:
+            try:
+                outbound += self.handler.handle([delivery])
+            except TransientError as e:
+                if not e.bounded:
+                    raise  # the ledger is away: everything waits, nothing is dead-lettered
+                log.error("delivery %s from %s still conflicts after %d retries; dead-lettering",
+                          delivery.tag, self.queue, self.retries)
+                outbound += self.handler.internal_error(delivery, e)
+            except Exception as e:
+                log.exception("handler failed on one delivery of %s; dead-lettering it",
+                              self.queue)
+                outbound += self.handler.internal_error(delivery, e)
+        return outbound
+
+    def _schedule_retry(self, reason: str) -> None:
+        s = self.settings
+        self.retry_delay_s = min(s.retry_max_s, max(s.retry_initial_s, self.retry_delay_s * 2))
+        log.warning("%s paused: %s; retrying in %.1fs", self.queue, reason, self.retry_delay_s)
+        self.service.hooks.retry(self.handler.source, "transient")
+        self.retry_timer = self.service.call_later(self.retry_delay_s, self._retry)
+
+    def _retry(self) -> None:
+        self.retry_timer = None
+        self._flush()
+
+    # publishing and confirms ---------------------------------------------------------
+    def _publish(self, last_tag: int, outbound: list[Outbound]) -> None:
+        entry = _InFlight(last_tag, len(outbound))
+        self.inflight.append(entry)
+        for out in outbound:
+            self._send(out, entry)
+        self._ack_ready()
+
+    def _send(self, out: Outbound, entry: _InFlight) -> None:
+        assert self.channel is not None
+        self.channel.basic_publish(out.exchange, out.routing_key, out.body,
+                                   properties_for(out, self.service.user_id), mandatory=True)
+        self.unconfirmed[self.next_seq] = entry
+        self.by_message_id[out.message_id] = entry
+        self.next_seq += 1
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        tag, multiple = method.delivery_tag, method.multiple
+        if multiple:  # publish sequence numbers were inserted in order: stop at the first > tag
+            seqs = list(itertools.takewhile(lambda s: s <= tag, self.unconfirmed))
+        else:
+            seqs = [tag]
+        nacked = isinstance(method, Basic.Nack)
+        for seq in seqs:
+            entry = self.unconfirmed.pop(seq, None)
+            if entry is not None:
+                entry.outstanding -= 1
+                entry.failed |= nacked
+        if len(self.by_message_id) > 4 * self.settings.prefetch_count:
+            self.by_message_id = {k: v for k, v in self.by_message_id.items()
+                                  if v.outstanding > 0}
+        self._ack_ready()
+
+    def _on_return(self, _ch: Channel, method: Basic.Return, props: BasicProperties,
+                   body: bytes) -> None:
+        entry = self.by_message_id.get(props.message_id)
+        self.service.hooks.returned(self.handler.source, method.exchange)
+        source = self.dead_source_of(method.exchange)
+        if entry is None or source is None:
+            log.error("unroutable publish to %s/%s could not be dead-lettered; will redo",
+                      method.exchange, method.routing_key)
+            if entry is not None:
+                entry.failed = True
+            return
+        headers = dict(props.headers or {})
+        headers.update({REASON_HEADER: "unroutable", SOURCE_HEADER: self.handler.source,
+                        DETAIL_HEADER: f"no queue for {method.routing_key} on {method.exchange}",
+                        "x-original-exchange": method.exchange,
+                        "x-original-routing-key": method.routing_key})
+        log.warning("publish to %s/%s unroutable; dead-lettered to %s", method.exchange,
+                    method.routing_key, source)
+        entry.outstanding += 1
+        self._send(Outbound(self.service.dead_letter_exchange, source, props.message_id,
+                            props.type or "", props.correlation_id, headers, body), entry)
+
+    def _ack_ready(self) -> None:
+        last = None
+        while self.inflight and self.inflight[0].outstanding <= 0:
+            entry = self.inflight.popleft()
+            if entry.failed:
+                self._fail_channel()
+                return
+            last = entry.last_tag
+        if last is not None and self.channel is not None and self.channel.is_open:
+            self.channel.basic_ack(last, multiple=True)
+            self.service.hooks.acked(self.handler.source, 1)
+
+    def _fail_channel(self) -> None:
+        log.error("a publish from %s was refused by the broker; reopening the channel so "
+                  "its deliveries are redone", self.queue)
+        if self.channel is not None and self.channel.is_open:
+            self.channel.close()
