@@ -138,6 +138,12 @@ class ConsumerService:
         assert self.connection is not None
         return self.connection.ioloop.call_later(delay_s, lambda: fn(*args))
 
+    def call_threadsafe(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` in the I/O loop soon, from any thread (dropped if disconnected)."""
+        conn = self.connection
+        if conn is not None and conn.is_open:
+            conn.ioloop.add_callback_threadsafe(fn)
+
     def remove_timeout(self, timer: Any) -> None:
         if self.connection is not None:
             self.connection.ioloop.remove_timeout(timer)

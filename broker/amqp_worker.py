@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -67,6 +69,22 @@ def properties_for(out: Outbound, user_id: str | None) -> BasicProperties:
         user_id=user_id, timestamp=int(time.time()))
 
 
+class _HandlerThread:
+    """Runs one batch at a time off the I/O loop, so receiving, publishing and acking go on
+    while the ledger commits (SQLite and PostgreSQL calls release the GIL)."""
+
+    def __init__(self, name: str) -> None:
+        self.jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        threading.Thread(target=self._loop, name=name, daemon=True).start()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.jobs.put(job)
+
+    def _loop(self) -> None:
+        while True:
+            self.jobs.get()()
+
+
 @dataclass(slots=True)
 class _InFlight:
     last_tag: int
@@ -86,9 +104,15 @@ class QueueWorker:
         self.settings = service.settings
         self.channel: Channel | None = None
         self.consumer_tag: str | None = None
+        self.thread = _HandlerThread(f"handler-{handler.source}")
+        self.generation = 0
         self._reset()
 
     def _reset(self) -> None:
+        # a batch still with the handler thread belongs to the old channel: its result is
+        # dropped (the deliveries come back, and the inbox republishes what it committed)
+        self.generation += 1
+        self.busy = False
         self.pending: list[Delivery] = []
         self.inflight: deque[_InFlight] = deque()
         self.unconfirmed: dict[int, _InFlight] = {}
@@ -101,7 +125,7 @@ class QueueWorker:
 
     @property
     def idle(self) -> bool:
-        return not self.inflight
+        return not self.inflight and not self.busy
 
     # channel setup -----------------------------------------------------------------
     def open(self, connection: SelectConnection) -> None:
@@ -158,22 +182,45 @@ class QueueWorker:
                 self.settings.flush_interval_ms / 1000, self._flush)
 
     def _flush(self) -> None:
+        """Hand the next batch to the handler thread (one batch there at a time)."""
         self.flush_timer = None
-        while self.pending and self.retry_timer is None and not self.service.stopping:
-            batch = self.pending[: self.settings.batch_size]
-            started = time.perf_counter()
+        if self.busy or not self.pending or self.retry_timer is not None \
+                or self.service.stopping:
+            return
+        batch = self.pending[: self.settings.batch_size]
+        singly = self.retries >= MAX_BOUNDED_RETRIES
+        generation, started = self.generation, time.perf_counter()
+        self.busy = True
+
+        def job() -> None:
+            outbound: list[Outbound] = []
+            error: TransientError | None = None
             try:
-                outbound = self._handle(batch, singly=self.retries >= MAX_BOUNDED_RETRIES)
+                outbound = self._handle(batch, singly=singly)
             except TransientError as e:
-                self.retries += 1 if e.bounded else 0
-                self._schedule_retry(str(e))
-                return
-            self.retries = 0
-            self.retry_delay_s = 0.0
-            del self.pending[: len(batch)]
-            self._publish(batch[-1].tag, outbound)
-            self.service.hooks.batch_done(self.handler.source, len(batch), len(outbound),
-                                          time.perf_counter() - started)
+                error = e
+            self.service.call_threadsafe(
+                lambda: self._handled(generation, batch, outbound, error, started))
+
+        self.thread.submit(job)
+
+    def _handled(self, generation: int, batch: list[Delivery], outbound: list[Outbound],
+                 error: TransientError | None, started: float) -> None:
+        """Back in the I/O loop: publish the batch's messages, or schedule its retry."""
+        if generation != self.generation:
+            return
+        self.busy = False
+        if error is not None:
+            self.retries += 1 if error.bounded else 0
+            self._schedule_retry(str(error))
+            return
+        self.retries = 0
+        self.retry_delay_s = 0.0
+        del self.pending[: len(batch)]
+        self._publish(batch[-1].tag, outbound)
+        self.service.hooks.batch_done(self.handler.source, len(batch), len(outbound),
+                                      time.perf_counter() - started)
+        self._flush()
 
     def _handle(self, batch: list[Delivery], *, singly: bool) -> list[Outbound]:
         if not singly:
