@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from broker.errors import CasebrokerError, CatalogError, DecodeError, RoutingError
 
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = dossier_sub.add_parser("show", help="a dossier and its process-control history")
     show.add_argument("code")
     show.add_argument("--json", action="store_true")
+    show.add_argument("--tz", default="Asia/Ho_Chi_Minh", help="time zone of the times shown")
     _common(show, catalog=False, db=True)
 
     demo = sub.add_parser("demo", help="drive real traffic through RabbitMQ and report")
@@ -254,12 +256,18 @@ def _dossier(args: argparse.Namespace) -> int:
           f"({row['channel']}, {'boundary-free' if row['boundary_free'] else 'own area'})")
     steps = " -> ".join(s["agency_id"] for s in row["steps"])
     print(f"  agency {row['agency_id']} (step {row['step']} of {len(row['steps'])}: {steps})")
-    print(f"  received {row['received_at']}  due {row['due_at']}  rule {row['rule_id']}")
+    tz = ZoneInfo(args.tz)
+
+    def local(value: datetime) -> str:
+        return value.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
+
+    print(f"  received {local(row['received_at'])}  due {local(row['due_at'])} ({args.tz})  "
+          f"rule {row['rule_id']}")
     print("  history:")
     for e in history:
-        hand = f" {e['from_agency']} -> {e['to_agency']}" if e["to_agency"] else ""
-        print(f"    {e['seq']:>3} {e['at']}  {e['kind']:<18} {e['state_from']}->{e['state_to']}"
-              f"  by {e['actor']}{hand}")
+        hand = f"  {e['from_agency'] or ''} -> {e['to_agency']}" if e["to_agency"] else ""
+        print(f"    {e['seq']:>3} {local(e['at'])}  {e['kind']:<18} "
+              f"{e['state_from']}->{e['state_to']}  by {e['actor']}{hand}")
     return EXIT_OK
 
 
