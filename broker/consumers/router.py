@@ -19,7 +19,6 @@ from typing import Any
 from broker.amqp import Delivery
 from broker.consumers.common import (
     Consumer,
-    delivery_id,
     to_agency,
     to_desk,
     triage,
@@ -64,18 +63,17 @@ class Router(Consumer):
         now = self.clock()
         with self.ledger.batch() as batch:
             screened = self.screen(batch, deliveries, now)
-            valid = [(mid, msg) for mid, _, msg in screened.fresh]
             out = screened.out
-            out += self._route(batch, engine, valid, deliveries, now)  # type: ignore[arg-type]
+            out += self._route(batch, engine, screened.fresh, now)  # type: ignore[arg-type]
         return out
 
-    def _route(self, batch: Batch, engine: Engine, valid: list[tuple[str, DossierSubmitted]],
-               deliveries: Sequence[Delivery], now: datetime) -> list[Outbound]:
+    def _route(self, batch: Batch, engine: Engine,
+               fresh: list[tuple[str, Delivery, DossierSubmitted]],
+               now: datetime) -> list[Outbound]:
         out: list[Outbound] = []
-        existing = batch.existing_submissions(str(m.submission_id) for _, m in valid)
-        by_mid = {delivery_id(d): d for d in deliveries}
+        existing = batch.existing_submissions(str(m.submission_id) for _, _, m in fresh)
         routed: list[_Routed] = []
-        for mid, msg in valid:
+        for mid, delivery, msg in fresh:
             sid = str(msg.submission_id)
             if sid in existing:
                 batch.record(mid, self.source, "duplicate", existing[sid], [], now)
@@ -86,12 +84,12 @@ class Router(Consumer):
             try:
                 decision = engine.decide(msg, received_at)
             except RoutingError as e:
-                tr = triage(self.topology, self.source, by_mid[mid], e.reason, e.detail)
+                tr = triage(self.topology, self.source, delivery, e.reason, e.detail)
                 batch.record(mid, self.source, f"triaged:{e.reason}", None, [tr], now)
                 out.append(tr)
                 self._count("triaged", e.reason)
                 continue
-            routed.append(_Routed(mid, by_mid[mid].body, msg, decision))
+            routed.append(_Routed(mid, delivery.body, msg, decision))
         self._number(batch, engine, routed)
         for r in routed:
             published = self._publish_for(r, now)
