@@ -37,6 +37,8 @@ _ONE_DAY = timedelta(days=1)
 # Bounds the search for the next working day so a misconfigured calendar fails loudly
 # instead of looping forever.
 _MAX_DAYS_OFF = 366
+#: bound of the (day, working days) memo: 365 days x 100 distinct processing times
+_SKIP_CACHE_MAX = 36_500
 
 
 class DurationUnit(StrEnum):
@@ -134,6 +136,8 @@ class WorkingCalendar:
         self._us_per_day = sum(e - s for s, e in self._periods)
         self._years: dict[int, tuple[frozenset[date], frozenset[date]]] = {}
         self._next_cache: dict[date, date] = {}
+        self._skip_cache: dict[tuple[date, int], date] = {}
+        self._working: dict[date, bool] = {}
 
     def _year(self, year: int) -> tuple[frozenset[date], frozenset[date]]:
         # Building a holidays object is slow (lunar maths), so each year is built once.
@@ -150,8 +154,18 @@ class WorkingCalendar:
 
     def is_working_day(self, day: date) -> bool:
         """Whether offices are open on ``day``."""
+        known = self._working.get(day)
+        if known is not None:
+            return known
         if isinstance(day, datetime):
             raise TypeError("is_working_day takes a date, not a datetime")
+        working = self._is_working_day(day)
+        if len(self._working) >= _SKIP_CACHE_MAX:
+            self._working.clear()
+        self._working[day] = working
+        return working
+
+    def _is_working_day(self, day: date) -> bool:
         if day in self.extra_workdays:
             return True
         if day in self.extra_holidays:
@@ -173,6 +187,21 @@ class WorkingCalendar:
                 self._next_cache[day] = following
                 return following
         raise ValueError(f"no working day within {_MAX_DAYS_OFF} days after {day}")
+
+    def _working_days_after(self, day: date, count: int) -> date:
+        # memoized like _next_working_day: a province's due dates start on the same few
+        # days with a few dozen processing times, so one lookup replaces a walk of up to
+        # a few dozen days; the memo is dropped when it grows past a year of such pairs
+        key = (day, count)
+        found = self._skip_cache.get(key)
+        if found is None:
+            found = day
+            for _ in range(count):
+                found = self._next_working_day(found)
+            if len(self._skip_cache) >= _SKIP_CACHE_MAX:
+                self._skip_cache.clear()
+            self._skip_cache[key] = found
+        return found
 
     def _to_wall(self, value: datetime) -> datetime:
         _require_aware(value)
@@ -206,10 +235,10 @@ class WorkingCalendar:
         while True:
             # Whole days first, so long durations cost one step per day, not per period.
             # Strictly greater: a duration ending exactly at closing stays on this day.
-            if now == self._periods[0][0]:
-                while remaining > self._us_per_day:
-                    remaining -= self._us_per_day
-                    day = self._next_working_day(day)
+            if now == self._periods[0][0] and remaining > self._us_per_day:
+                whole = (remaining - 1) // self._us_per_day
+                remaining -= whole * self._us_per_day
+                day = self._working_days_after(day, whole)
             for period_start, period_end in self._periods:
                 if now >= period_end:
                     continue
@@ -219,6 +248,32 @@ class WorkingCalendar:
                 remaining -= period_end - now
                 now = period_end
             day, now = self._next_working_day(day), self._periods[0][0]
+
+    def _working_days_due(self, received_at: datetime, amount: int) -> datetime:
+        """``add_working_seconds(received_at, amount whole office days)`` in closed form.
+
+        A whole number of office days keeps the clock's place within the day: from
+        office time ``o`` into day D, the due instant is office time ``o`` into the
+        ``amount``-th working day after D, or closing time of the ``amount - 1``-th when
+        the clock starts at opening (``o`` = 0; a duration ending exactly at closing
+        stays on its day). Where ``o`` falls on a break, the earliest wall instant is
+        the one meant, as in ``add_working_seconds``: the end of the period before it.
+        Two memoized lookups instead of a walk: the router computes one per dossier.
+        """
+        wall = self._wall_clock_start(self._to_wall(received_at))
+        if amount == 0:
+            return wall.replace(tzinfo=self.tz)
+        now = _us_of_day(wall)
+        periods = self._periods
+        if now == periods[0][0]:
+            day = self._working_days_after(wall.date(), amount - 1)
+            return self._at(day, periods[-1][1]).replace(tzinfo=self.tz)
+        for i in range(1, len(periods)):
+            if now == periods[i][0]:
+                now = periods[i - 1][1]  # the break after a period's end: its end
+                break
+        day = self._working_days_after(wall.date(), amount)
+        return self._at(day, now).replace(tzinfo=self.tz)
 
     def _office_us_in_day(self, day: date, lo: int, hi: int) -> int:
         if not self.is_working_day(day):
@@ -251,7 +306,7 @@ class WorkingCalendar:
         if amount < 0:
             raise ValueError(f"amount must be >= 0, got {amount}")
         if unit is DurationUnit.WORKING_DAYS:
-            return self.add_working_seconds(received_at, amount * self.office_hours.seconds_per_day)
+            return self._working_days_due(received_at, amount)
         if unit is DurationUnit.WORKING_HOURS:
             return self.add_working_seconds(received_at, amount * 3600)
         due = self._wall_clock_start(self._to_wall(received_at)) + timedelta(days=amount)

@@ -335,6 +335,28 @@ def test_between_inverts_add(start: datetime, seconds: float) -> None:
     assert abs(CAL.working_seconds_between(CAL.clock_start(start), end) - seconds) <= 1e-6
 
 
+LUNCH_EDGES = [time(7), time(11, 30), time(13, 30), time(17), time(0), time(23, 59, 59)]
+
+
+@settings(deadline=None, max_examples=400)
+@given(
+    day=st.dates(min_value=date(2025, 1, 1), max_value=date(2027, 12, 31)),
+    at=st.one_of(st.sampled_from(LUNCH_EDGES), st.times()),
+    amount=st.integers(min_value=0, max_value=60),
+    hours=st.sampled_from([["07:00-11:30", "13:30-17:00"], ["08:00-12:00"],
+                           ["07:00-09:00", "09:00-10:00", "13:00-17:30"]]),
+)
+def test_working_days_due_date_is_the_walk_in_closed_form(
+    day: date, at: time, amount: int, hours: list[str]
+) -> None:
+    # due_at in working days takes a closed form (two memoized lookups); the general
+    # walk of add_working_seconds is the reference, at period edges and in breaks too
+    cal = WorkingCalendar(office_hours=OfficeHours.parse(hours))
+    received = datetime.combine(day, at, tzinfo=VN)
+    expected = cal.add_working_seconds(received, amount * cal.office_hours.seconds_per_day)
+    assert cal.due_at(received, amount, DurationUnit.WORKING_DAYS) == expected
+
+
 @settings(deadline=None, max_examples=200)
 @given(
     received=st.datetimes(
