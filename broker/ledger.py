@@ -11,15 +11,23 @@ ids never change.
 from __future__ import annotations
 
 import functools
+import itertools
+import operator
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
+    Boolean,
     Connection,
     Engine,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
     create_engine,
     event,
     func,
@@ -37,6 +45,7 @@ from broker.errors import TransientError
 from broker.tables import (
     _OPEN,
     RawJSON,
+    UTCDateTime,
     _json_dumps,
     code_sequences,
     dossiers,
@@ -63,6 +72,65 @@ def _code_upsert(dialect: str) -> Any:
         set_={"last": code_sequences.c.last + base.excluded.last},
     ).returning(code_sequences.c.agency_id, code_sequences.c.day, code_sequences.c.last,
                 sort_by_parameter_order=True)
+
+
+def _sqlite_datetime(value: datetime | None) -> str | None:
+    # SQLAlchemy's SQLite DATETIME storage format, of the UTC instant (see UTCDateTime)
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to the ledger")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _utc_datetime(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to the ledger")
+    return value.astimezone(UTC)
+
+
+def _sqlite_bool(value: bool | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _column_converter(column: Any, dialect: str) -> Callable[[Any], Any] | None:
+    """How one column's Python value goes to the driver; None: as it is."""
+    kind = column.type
+    if isinstance(kind, UTCDateTime):
+        return _sqlite_datetime if dialect == "sqlite" else _utc_datetime
+    if isinstance(kind, JSON):
+        return _json_dumps  # None becomes JSON null, as SQLAlchemy's JSON type stores it
+    if isinstance(kind, Boolean):
+        return _sqlite_bool if dialect == "sqlite" else None
+    if isinstance(kind, (Integer, String, LargeBinary)):
+        return None
+    raise TypeError(f"no bulk conversion for {column.table.name}.{column.name} ({kind!r})")
+
+
+@functools.cache
+def _bulk_insert(table: Table, keys: tuple[str, ...], dialect: str, paramstyle: str
+                 ) -> tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]:
+    """The INSERT text for these columns and the function making one row's parameters.
+
+    ``flush`` hands over runs of rows with the same keys, so no value is left out.
+    """
+    columns = [table.c[k] for k in keys]  # KeyError: a key that is no column
+    mark = "?" if paramstyle == "qmark" else "%s"
+    sql = (f"INSERT INTO {table.name} ({', '.join(c.name for c in columns)}) "
+           f"VALUES ({', '.join([mark] * len(columns))})")
+    steps = [(k, _column_converter(c, dialect)) for k, c in zip(keys, columns, strict=True)]
+    if all(conv is None for _, conv in steps):
+        getter = operator.itemgetter(*keys)
+        if len(keys) == 1:
+            return sql, lambda row: (getter(row),)
+        return sql, getter
+
+    def convert(row: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(row[k] if conv is None else conv(row[k]) for k, conv in steps)
+
+    return sql, convert
 
 
 @contextmanager
@@ -195,12 +263,21 @@ class Batch:
         } for o in published)
 
     def flush(self) -> None:
-        """Write everything added, one statement per table."""
+        """Write everything added, one statement per table.
+
+        The rows go to the driver's ``executemany`` as tuples converted by
+        :func:`_bulk_insert` (what SQLAlchemy's ``insert`` would bind, without its
+        per-row, per-column processing: a third of the router's time before).
+        """
+        dialect = self.conn.dialect
         for table, rows in ((dossiers, self._dossiers), (events, self._events),
                             (inbox, self._inbox), (outbox, self._outbox)):
-            if rows:
-                self.conn.execute(insert(table), rows)
-                rows.clear()
+            # consecutive rows with the same keys go in one statement, in the order added
+            # (ids follow it: outbox rows are re-published in id order)
+            for keys, run in itertools.groupby(rows, key=tuple):
+                sql, convert = _bulk_insert(table, keys, dialect.name, dialect.paramstyle)
+                self.conn.exec_driver_sql(sql, [convert(r) for r in run])
+            rows.clear()
 
 
 class ConcurrentUpdate(TransientError):

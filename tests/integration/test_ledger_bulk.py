@@ -1,0 +1,122 @@
+"""The ledger's bulk insert (driver ``executemany``) stores exactly what SQLAlchemy's
+``insert`` stores, on SQLite and on the real PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from sqlalchemy import LargeBinary, Table, insert, text
+
+from broker.envelope import Outbound
+from broker.ledger import Ledger, RawJSON, dossiers, events, inbox, outbox
+
+ICT = timezone(timedelta(hours=7))
+AT = datetime(2026, 3, 2, 9, 15, 7, 123456, tzinfo=ICT)
+
+
+def _dossier(code: str, **over: Any) -> dict[str, Any]:
+    row = {
+        "code": code, "submission_id": f"{code}-sid"[-36:], "procedure_code": "1.001193",
+        "intake_desk_id": "desk.xa-ea-kar", "return_desk_id": "desk.portal", "channel": "desk",
+        "state": 2, "agency_id": "ubnd.xa-ea-kar", "step": 0,
+        "steps": [{"agency_id": "ubnd.xa-ea-kar", "amount": 5.0, "unit": "working_days"}],
+        "rule_id": "procedure:1.001193", "catalog_hash": "0123456789abcdef0123456789abcdef",
+        "boundary_free": True, "received_at": AT, "due_at": AT + timedelta(days=7),
+        "step_due_at": AT.astimezone(UTC) + timedelta(days=3), "paused_at": None,
+        "finished_at": None, "satisfaction": None, "flags": {"note": "Đắk Lắk – hồ sơ"},
+        "seq": 1, "submission": RawJSON('{"applicant":{"name":"Nguyễn Văn An"}}'),
+        "updated_at": AT,
+    }
+    return {**row, **over}
+
+
+def _event(code: str, seq: int, **over: Any) -> dict[str, Any]:
+    row = {"dossier_code": code, "seq": seq, "kind": "received", "state_from": None,
+           "state_to": 2, "actor": "router", "from_agency": None, "to_agency": "ubnd.x",
+           "message_id": f"submit:{code}", "detail": {"rule_id": "r1", "n": [1, 2]}, "at": AT}
+    return {**row, **over}
+
+
+def _text_rows(ledger: Ledger, table: Table, key: str, prefix: str) -> list[tuple[Any, ...]]:
+    """Every column but the surrogate id, as the database's own text, prefix removed."""
+    cols = [c.name if isinstance(c.type, LargeBinary) else f"CAST({c.name} AS TEXT)"
+            for c in table.c if c.name != "id"]  # bytes as bytes: not all are UTF-8
+    sql = (f"SELECT {', '.join(cols)} FROM {table.name} "
+           f"WHERE {key} LIKE :prefix ORDER BY {'id' if 'id' in table.c else key}")
+    with ledger.read() as conn:
+        rows = conn.execute(text(sql), {"prefix": f"{prefix}%"}).all()
+    return [tuple(v.replace(prefix, "<p>") if isinstance(v, str)
+                  else bytes(v) if isinstance(v, memoryview) else v for v in r) for r in rows]
+
+
+def test_bulk_insert_stores_what_sqlalchemy_stores(ledger: Ledger) -> None:
+    def rows(p: str) -> dict[Table, list[dict[str, Any]]]:
+        return {
+            dossiers: [_dossier(f"{p}-A"), _dossier(f"{p}-B", boundary_free=False,
+                                                    paused_at=AT, satisfaction=4, flags={})],
+            events: [_event(f"{p}-A", 1), _event(f"{p}-A", 2, state_from=2, detail={})],
+            inbox: [{"message_id": f"{p}-m1", "source": "intake", "outcome": "routed",
+                     "dossier_code": f"{p}-A", "processed_at": AT},
+                    {"message_id": f"{p}-m2", "source": "intake", "outcome": "triaged:x",
+                     "dossier_code": None, "processed_at": AT.astimezone(UTC)}],
+            outbox: [{"inbox_message_id": f"{p}-m1", "exchange": "cb.agency",
+                      "routing_key": "ubnd.x", "message_id": f"{p}-o1", "type": "assignment",
+                      "correlation_id": None, "headers": None, "body": b"\x00\xffbody"},
+                     {"inbox_message_id": f"{p}-m1", "exchange": "cb.desk",
+                      "routing_key": "desk.portal", "message_id": f"{p}-o2", "type": "receipt",
+                      "correlation_id": f"{p}-A", "headers": {"x-step": 0},
+                      "body": "Biên nhận".encode()}],
+        }
+
+    with ledger.batch() as batch:  # reference: SQLAlchemy's insert with its bind processing
+        for table, table_rows in rows("ref").items():
+            batch.conn.execute(insert(table), table_rows)
+    with ledger.batch() as batch:  # the bulk path
+        fast = rows("fast")
+        for row in fast[dossiers]:
+            batch.add_dossier(row)
+        for row in fast[events]:
+            batch.add_event(row)
+        batch._inbox.extend(fast[inbox])
+        batch._outbox.extend(fast[outbox])
+
+    for table, key in ((dossiers, "code"), (events, "dossier_code"), (inbox, "message_id"),
+                       (outbox, "message_id")):
+        ref = _text_rows(ledger, table, key, "ref")
+        assert len(ref) == 2
+        assert _text_rows(ledger, table, key, "fast") == ref, table.name
+
+    # and read back through the ledger's own types: aware UTC datetimes, JSON, booleans
+    got = ledger.dossier("fast-A")
+    assert got is not None
+    assert got["received_at"] == AT and got["received_at"].tzinfo is not None
+    assert got["steps"][0]["agency_id"] == "ubnd.xa-ea-kar"
+    assert got["submission"] == {"applicant": {"name": "Nguyễn Văn An"}}
+    assert got["boundary_free"] is True
+
+
+def test_rows_with_other_keys_keep_every_value_and_their_order(ledger: Ledger) -> None:
+    with ledger.batch() as batch:
+        batch.add_dossier(_dossier("k-A"))
+        batch.add_event(_event("k-A", 1))
+        batch.add_event({k: v for k, v in _event("k-A", 2).items() if k != "from_agency"})
+        batch.add_event(_event("k-A", 3, from_agency="so.tu-phap"))
+        batch.record("k-m", "intake", "routed", "k-A", [
+            Outbound("cb.agency", f"a{i}", f"k-o{i}", "assignment", None, None, b"x")
+            for i in range(3)], AT)
+    history = ledger.history("k-A")
+    assert [e["seq"] for e in history] == [1, 2, 3]
+    assert history[2]["from_agency"] == "so.tu-phap"
+    with ledger.batch() as batch:
+        again = batch.seen(["k-m"])["k-m"]
+    assert [o.message_id for o in again] == ["k-o0", "k-o1", "k-o2"]
+
+
+def test_naive_datetime_fails_the_batch_and_stores_nothing(ledger: Ledger) -> None:
+    with pytest.raises(ValueError, match="naive datetime"), ledger.batch() as batch:
+        batch.add_event(_event("n-A", 1))
+        batch.add_dossier(_dossier("n-A", received_at=datetime(2026, 3, 2, 9, 0)))
+    assert ledger.dossier("n-A") is None
+    assert ledger.history("n-A") == []
