@@ -111,26 +111,35 @@ def _column_converter(column: Any, dialect: str) -> Callable[[Any], Any] | None:
 
 @functools.cache
 def _bulk_insert(table: Table, keys: tuple[str, ...], dialect: str, paramstyle: str
-                 ) -> tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]:
-    """The INSERT text for these columns and the function making one row's parameters.
+                 ) -> tuple[str, str, Callable[[dict[str, Any]], tuple[Any, ...]]]:
+    """``INSERT INTO t (cols) VALUES``, one row's ``(?, ...)``, and the function making
+    one row's parameters.
 
     ``flush`` hands over runs of rows with the same keys, so no value is left out.
     """
     columns = [table.c[k] for k in keys]  # KeyError: a key that is no column
     mark = "?" if paramstyle == "qmark" else "%s"
-    sql = (f"INSERT INTO {table.name} ({', '.join(c.name for c in columns)}) "
-           f"VALUES ({', '.join([mark] * len(columns))})")
+    head = f"INSERT INTO {table.name} ({', '.join(c.name for c in columns)}) VALUES "
+    row_marks = f"({', '.join([mark] * len(columns))})"
     steps = [(k, _column_converter(c, dialect)) for k, c in zip(keys, columns, strict=True)]
     if all(conv is None for _, conv in steps):
         getter = operator.itemgetter(*keys)
         if len(keys) == 1:
-            return sql, lambda row: (getter(row),)
-        return sql, getter
+            return head, row_marks, lambda row: (getter(row),)
+        return head, row_marks, getter
 
     def convert(row: dict[str, Any]) -> tuple[Any, ...]:
         return tuple(row[k] if conv is None else conv(row[k]) for k, conv in steps)
 
-    return sql, convert
+    return head, row_marks, convert
+
+
+#: PostgreSQL: reserve blocks of numbers for many (agency, day) pairs, in sorted order
+_PG_CODE_UPSERT = (
+    "INSERT INTO code_sequences (agency_id, day, last)"
+    " SELECT * FROM unnest(%s::varchar[], %s::varchar[], %s::integer[])"
+    " ON CONFLICT (agency_id, day) DO UPDATE SET last = code_sequences.last + excluded.last"
+    " RETURNING agency_id, day, last")
 
 
 @contextmanager
@@ -197,6 +206,13 @@ class Batch:
         """
         if not counts:
             return {}
+        if self.conn.dialect.name == "postgresql":
+            # one statement over three arrays: a single round trip, where the generic
+            # upsert below costs the router a tenth of its time on PostgreSQL
+            keys = sorted(counts)
+            rows = self.conn.exec_driver_sql(_PG_CODE_UPSERT, (
+                [a for a, _ in keys], [d for _, d in keys], [counts[k] for k in keys]))
+            return {(a, d): last - counts[(a, d)] + 1 for a, d, last in rows}
         rows = self.conn.execute(_code_upsert(self.conn.dialect.name), [
             {"agency_id": a, "day": d, "last": counts[(a, d)]} for a, d in sorted(counts)])
         return {(r.agency_id, r.day): r.last - counts[(r.agency_id, r.day)] + 1 for r in rows}
@@ -275,9 +291,32 @@ class Batch:
             # consecutive rows with the same keys go in one statement, in the order added
             # (ids follow it: outbox rows are re-published in id order)
             for keys, run in itertools.groupby(rows, key=tuple):
-                sql, convert = _bulk_insert(table, keys, dialect.name, dialect.paramstyle)
-                self.conn.exec_driver_sql(sql, [convert(r) for r in run])
+                head, row_marks, convert = _bulk_insert(table, keys, dialect.name,
+                                                        dialect.paramstyle)
+                params = [convert(r) for r in run]
+                if dialect.name != "postgresql":
+                    # SQLite is in this process: executemany is one C loop
+                    self.conn.exec_driver_sql(head + row_marks, params)
+                    continue
+                self._copy(table, keys, params)
             rows.clear()
+
+    def _copy(self, table: Table, keys: tuple[str, ...], params: list[tuple[Any, ...]]
+              ) -> None:
+        """PostgreSQL: COPY the rows in, in this transaction (a Bind/Execute per row cost
+        the router twice as much). Driver errors come out as SQLAlchemy's, as from
+        ``execute``: a conflict is an IntegrityError, an outage an OperationalError."""
+        statement = f"COPY {table.name} ({', '.join(keys)}) FROM STDIN"
+        driver = self.conn.connection.driver_connection
+        assert driver is not None
+        error_base = self.conn.dialect.loaded_dbapi.Error
+        try:
+            with driver.cursor() as cursor, cursor.copy(statement) as copy:
+                for row in params:
+                    copy.write_row(row)
+        except error_base as e:
+            raise DBAPIError.instance(statement, None, e, error_base,
+                                      dialect=self.conn.dialect) from e
 
 
 class ConcurrentUpdate(TransientError):

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import LargeBinary, Table, insert, text
 
 from broker.envelope import Outbound
-from broker.ledger import Ledger, RawJSON, dossiers, events, inbox, outbox
+from broker.ledger import ConcurrentUpdate, Ledger, RawJSON, dossiers, events, inbox, outbox
 
 ICT = timezone(timedelta(hours=7))
 AT = datetime(2026, 3, 2, 9, 15, 7, 123456, tzinfo=ICT)
@@ -120,3 +120,29 @@ def test_naive_datetime_fails_the_batch_and_stores_nothing(ledger: Ledger) -> No
         batch.add_dossier(_dossier("n-A", received_at=datetime(2026, 3, 2, 9, 0)))
     assert ledger.dossier("n-A") is None
     assert ledger.history("n-A") == []
+
+
+def test_code_blocks_follow_on_per_agency_and_day(ledger: Ledger) -> None:
+    with ledger.batch() as batch:
+        first = batch.allocate_codes({("so.tu-phap", "260302"): 3, ("ubnd.x", "260302"): 1})
+    with ledger.batch() as batch:
+        second = batch.allocate_codes({("so.tu-phap", "260302"): 2, ("so.tu-phap", "260303"): 1,
+                                       ("ubnd.x", "260302"): 1})
+    assert first == {("so.tu-phap", "260302"): 1, ("ubnd.x", "260302"): 1}
+    assert second == {("so.tu-phap", "260302"): 4, ("so.tu-phap", "260303"): 1,
+                      ("ubnd.x", "260302"): 2}
+    with pytest.raises(ValueError, match="boom"), ledger.batch() as batch:
+        batch.allocate_codes({("ubnd.x", "260302"): 5})
+        raise ValueError("boom")  # rolled back: those five numbers are handed out again
+    with ledger.batch() as batch:
+        assert batch.allocate_codes({("ubnd.x", "260302"): 1}) == {("ubnd.x", "260302"): 3}
+
+
+def test_a_conflict_in_the_bulk_insert_is_a_concurrent_update(ledger: Ledger) -> None:
+    # what a competing router's commit looks like from here: retried, never dead-lettered
+    with ledger.batch() as batch:
+        batch.add_dossier(_dossier("c-A"))
+    with pytest.raises(ConcurrentUpdate), ledger.batch() as batch:
+        batch.add_event(_event("c-B", 1))
+        batch.add_dossier(_dossier("c-A"))
+    assert ledger.history("c-B") == []
