@@ -60,10 +60,10 @@ class Metrics(Hooks):
             registry=r)
 
     # consumers
-    def count(self, source: str, outcome: str, reason: str) -> None:
-        """One processed delivery of the intake or the status queue, by outcome."""
+    def count(self, source: str, outcome: str, reason: str, n: int = 1) -> None:
+        """``n`` processed deliveries of the intake or the status queue, by outcome."""
         counter = self.intake_total if source == "intake" else self.status_total
-        counter.labels(outcome, reason).inc()
+        counter.labels(outcome, reason).inc(n)
 
     # transport hooks
     def batch_done(self, source: str, size: int, published: int, seconds: float) -> None:

@@ -148,6 +148,7 @@ class Consumer:
         self.topology = topology
         self.clock = clock
         self.metrics = metrics
+        self._counts: dict[tuple[str, str], int] = {}
         #: with one RabbitMQ user per desk and agency (`casebroker users apply`), a message
         #: must come from the party it names: RabbitMQ checks user_id is the sender's login
         self.screen = Screen(topology, self.source, self.accepted_kinds,
@@ -159,11 +160,24 @@ class Consumer:
         raise NotImplementedError
 
     def _count(self, outcome: str, reason: str = "") -> None:
+        """Note one outcome of the batch in hand; reported by :meth:`_committed`."""
+        key = (outcome, reason)
+        self._counts[key] = self._counts.get(key, 0) + 1
+
+    def _begin(self) -> None:
+        """A new batch (or a retry of one): outcomes of a rolled-back try are dropped."""
+        self._counts = {}
+
+    def _committed(self) -> None:
+        """The batch is committed: its outcomes go to the metrics, once per label."""
+        counts, self._counts = self._counts, {}
         if self.metrics is not None:
-            self.metrics.count(self.source, outcome, reason)
+            for (outcome, reason), n in counts.items():
+                self.metrics.count(self.source, outcome, reason, n)
 
     def internal_error(self, delivery: Delivery, error: BaseException) -> list[Outbound]:
         """Dead-letter a delivery the handler could not process at all."""
-        self._count("dead_lettered", "internal_error")
+        if self.metrics is not None:
+            self.metrics.count(self.source, "dead_lettered", "internal_error")
         return [dead_letter(self.topology, self.source, delivery, "internal_error",
                             type(error).__name__)]
