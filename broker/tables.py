@@ -90,7 +90,8 @@ events = Table(
     "events", metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
            autoincrement=True),
-    Column("dossier_code", String(96), nullable=False, index=True),
+    # no index of its own: the unique (dossier_code, seq) below serves lookups by code
+    Column("dossier_code", String(96), nullable=False),
     Column("seq", Integer, nullable=False),
     Column("kind", String(32), nullable=False),
     Column("state_from", Integer),
