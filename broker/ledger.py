@@ -75,12 +75,23 @@ def _code_upsert(dialect: str) -> Any:
 
 
 def _sqlite_datetime(value: datetime | None) -> str | None:
-    # SQLAlchemy's SQLite DATETIME storage format, of the UTC instant (see UTCDateTime)
+    # SQLAlchemy's SQLite DATETIME storage format, of the UTC instant (see UTCDateTime).
+    # Remembered: a batch stores the same few instants (its clock reading, receipt
+    # times) in several columns of several rows
     if value is None:
         return None
-    if value.tzinfo is None:
-        raise ValueError("naive datetime given to the ledger")
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    text = _SQLITE_TEXT.get(value)
+    if text is None:
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the ledger")
+        text = value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+        if len(_SQLITE_TEXT) >= 4096:
+            _SQLITE_TEXT.clear()
+        _SQLITE_TEXT[value] = text
+    return text
+
+
+_SQLITE_TEXT: dict[datetime, str] = {}
 
 
 def _utc_datetime(value: datetime | None) -> datetime | None:
@@ -443,6 +454,10 @@ def _make_engine(url: str) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")
+            # 16 MB of page cache instead of 2: the indexes keyed by random ids (inbox,
+            # outbox, submission id) stay in memory longer; about 15% more dossiers/s
+            # for a bounded 14 MB more memory (docs/BENCHMARKS.md)
+            cur.execute("PRAGMA cache_size=-16384")
             cur.close()
 
         return engine
