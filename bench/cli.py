@@ -35,6 +35,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
                    help="pad each dossier to this size (default: natural, about 0.7 KB)")
     p.add_argument("--prefetch-count", type=int, default=1000,
                    help="prefetch of the shovel, forwarder and router (default 1000)")
+    p.add_argument("--shovel-runs", type=int, default=3,
+                   help="runs of the shovel stage; the fastest is the yardstick (default 3)")
     p.add_argument("--receipt-dossiers", type=int, default=10_000,
                    help="dossiers offered in the receipt stage (default 10000)")
     p.add_argument("--receipt-rate", type=float, default=1000.0,

@@ -18,11 +18,19 @@ def _settings(prefetch_count: int) -> ConsumerSettings:
 
 
 def shovel_stage(catalog: Catalog, args: argparse.Namespace, p: Progress) -> dict[str, Any]:
-    """RabbitMQ's shovel plugin: N in, 2N out, on-confirm."""
-    r = shovel(catalog, args.dossiers, p, body_kb=args.body_kb,
-               prefetch_count=args.prefetch_count)
-    return {"shovel_msgs_per_s": r.msgs_per_s, "shovel_seconds": round(r.seconds, 3),
-            "message_bytes": r.body_bytes}
+    """RabbitMQ's shovel plugin: N in, 2N out, on-confirm; the fastest of --shovel-runs.
+
+    A shovel run is short (a second or two for 20,000 dossiers), so the shovel's start-up
+    and a busy moment of the machine weigh on it more than on the router's longer runs;
+    the fastest run is the yardstick, which keeps the router's ratio from flattering it.
+    """
+    runs = [shovel(catalog, args.dossiers, p, body_kb=args.body_kb,
+                   prefetch_count=args.prefetch_count)
+            for _ in range(max(1, args.shovel_runs))]
+    best = min(runs, key=lambda r: r.seconds)
+    return {"shovel_msgs_per_s": best.msgs_per_s, "shovel_seconds": round(best.seconds, 3),
+            "shovel_runs_msgs_per_s": [r.msgs_per_s for r in runs],
+            "message_bytes": best.body_bytes}
 
 
 def forwarder_stage(catalog: Catalog, args: argparse.Namespace, p: Progress

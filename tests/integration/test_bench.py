@@ -29,6 +29,9 @@ def test_bench_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
         # RSS can shrink a little at this N; it must still have been measured
         assert report[key] > 0 or key == "router_rss_growth_mb", (key, report[key])
     assert report["router_rss_end_mb"] > 0
+    # the yardstick is the fastest of the shovel's runs
+    assert len(report["shovel_runs_msgs_per_s"]) == 3
+    assert report["shovel_msgs_per_s"] == max(report["shovel_runs_msgs_per_s"])
     assert report["router_sqlite_outcomes"] == report["router_postgres_outcomes"]
     assert sum(report["router_sqlite_outcomes"].values()) == 200
     assert report["machine"]["cpus"] >= 1
