@@ -95,7 +95,9 @@ def router(catalog: Catalog, n: int, progress: Progress, *, ledger_kind: str = "
         ledger = Ledger(url)
         reader = Ledger(url, create=False)
         broker = Broker(catalog_path, topology, ledger, settings)
-        thread = threading.Thread(target=broker.service.run, name="bench-router", daemon=True)
+        # as `casebroker run` serves (watch, checkpoints, GC freeze), minus the declaration
+        thread = threading.Thread(target=broker.serve, kwargs={"install_signals": False},
+                                  name="bench-router", daemon=True)
         conn = blocking()
         try:
             progress.note(f"{n} preloaded ({size} B each); starting the router "

@@ -133,10 +133,16 @@ class Broker:
         log.info("catalog %s (%s): %d procedures; %d queues under prefix %r",
                  self.catalog.spec.catalog, self.catalog.content_hash,
                  len(self.catalog.spec.procedures), queues, self.topology.prefix)
+        self.serve(install_signals=install_signals)
+
+    def serve(self, *, install_signals: bool = True) -> None:
+        """Consume until stopped, the topology being declared already; blocks."""
         if install_signals:
             signal.signal(signal.SIGINT, self._on_stop_signal)
             signal.signal(signal.SIGTERM, self._on_stop_signal)
             signal.signal(signal.SIGHUP, self._on_reload_signal)
+        # before anything uses the ledger: its connections are made without checkpoints
+        stop_checkpoints = self.ledger.background_checkpoints()
         if self.watch is not None:
             self.watch.start()
         # the catalog, engine and libraries are long-lived: keep them out of the garbage
@@ -148,6 +154,7 @@ class Broker:
         finally:
             if self.watch is not None:
                 self.watch.stop()
+            stop_checkpoints()
         log.info("stopped")
 
     def stop(self) -> None:

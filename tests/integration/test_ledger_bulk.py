@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+import time
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -146,3 +150,34 @@ def test_a_conflict_in_the_bulk_insert_is_a_concurrent_update(ledger: Ledger) ->
         batch.add_event(_event("c-B", 1))
         batch.add_dossier(_dossier("c-A"))
     assert ledger.history("c-B") == []
+
+
+def _checkpointed_dossiers(path: Path) -> int:
+    # immutable=1 reads the database file alone, ignoring the WAL: what was checkpointed
+    with contextlib.closing(sqlite3.connect(f"file:{path}?immutable=1", uri=True)) as conn:
+        return int(conn.execute("SELECT count(*) FROM dossiers").fetchone()[0])
+
+
+def test_background_checkpoints_move_the_wal_into_the_database(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    ledger = Ledger(f"sqlite:///{path}")
+    stop = ledger.background_checkpoints(every_s=0.05)
+    try:
+        with ledger.engine.connect() as conn:  # committing connections leave it to the thread
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+        with ledger.batch() as batch:
+            for i in range(20):
+                batch.add_dossier(_dossier(f"w-{i}"))
+        deadline = time.monotonic() + 10
+        while _checkpointed_dossiers(path) < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _checkpointed_dossiers(path) == 20
+    finally:
+        stop()
+    with ledger.engine.connect() as conn:  # stopped: SQLite's own checkpoints again
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 1000
+    with ledger.batch() as batch:
+        batch.add_dossier(_dossier("w-after"))
+    assert _checkpointed_dossiers(path) == 20  # a small commit stays in the WAL
+    assert ledger.dossier("w-after") is not None
+    ledger.dispose()
