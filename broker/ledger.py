@@ -15,6 +15,7 @@ import itertools
 import logging
 import operator
 import os
+import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -444,16 +445,23 @@ class Ledger:
                 .group_by(c.agency_id))
             return {str(a): int(n) for a, n in rows}
 
-    def background_checkpoints(self, every_s: float = 0.5) -> Callable[[], None]:
+    def background_checkpoints(self, every_s: float = 0.5, restart_frames: int = 4096
+                               ) -> Callable[[], None]:
         """SQLite: checkpoint the WAL in a thread of its own; return the function that
         stops it. PostgreSQL: nothing to do.
 
         By default SQLite checkpoints inside a ``COMMIT`` once the WAL passes 1,000
-        pages: every few batches one commit also copies megabytes back into the
-        database and syncs them, which was most of the router's latency tail. Here the
-        committing connections never checkpoint and a thread runs a PASSIVE checkpoint
-        (it never blocks the writer) every ``every_s`` seconds. Committed data is as
-        durable either way: it is synced in the WAL before the commit returns.
+        pages, and a router's batch dirties more than that (every random-keyed index
+        takes a page per dossier), so nearly every commit also copied megabytes back
+        into the database and synced them. Here the committing connections never
+        checkpoint. Every ``every_s`` seconds a thread runs a PASSIVE checkpoint, which
+        copies what the WAL holds without blocking the writer; then, once the WAL holds
+        more than ``restart_frames`` pages, a RESTART checkpoint, which waits for the
+        writer's transaction, copies the little written since and makes the next commit
+        write the WAL from its start again. Without that second step a busy writer never
+        lets the WAL start over and it grows without bound. ``journal_size_limit``
+        truncates the file after a restart. Committed data is as durable either way:
+        it is synced in the WAL before the commit returns.
         """
         if self.engine.dialect.name != "sqlite":
             return lambda: None
@@ -461,13 +469,25 @@ class Ledger:
         self.engine.dispose()  # pooled connections made before keep checkpointing
         stop = threading.Event()
 
+        database = self.engine.url.database
+        if not database or database == ":memory:":
+            return lambda: None  # nothing on disk, no WAL
+
         def loop() -> None:
-            while not stop.wait(every_s):
-                try:
-                    with self.engine.connect() as conn:
-                        conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-                except DBAPIError as e:  # busy or away: the next turn tries again
-                    log.warning("WAL checkpoint failed: %s", type(e.orig).__name__)
+            # a connection of its own, outside the pool: no page cache to fill, and the
+            # writer's pooled connection is never lent to the checkpoints
+            conn = sqlite3.connect(database, timeout=5, isolation_level=None)
+            try:
+                while not stop.wait(every_s):
+                    try:
+                        _busy, frames, _done = conn.execute(
+                            "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                        if frames > restart_frames:
+                            conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                    except sqlite3.Error as e:  # busy or away: the next turn tries again
+                        log.warning("WAL checkpoint failed: %s", e)
+            finally:
+                conn.close()
 
         thread = threading.Thread(target=loop, name="ledger-checkpoint", daemon=True)
         thread.start()
@@ -496,12 +516,13 @@ def _make_engine(url: str, sqlite: dict[str, bool]) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")
-            # 16 MB of page cache instead of 2: the indexes keyed by random ids (inbox,
+            # 8 MB of page cache instead of 2: the indexes keyed by random ids (inbox,
             # outbox, submission id) stay in memory longer; about 15% more dossiers/s
-            # for a bounded 14 MB more memory (docs/BENCHMARKS.md)
-            cur.execute("PRAGMA cache_size=-16384")
+            # for a bounded few MB per connection (docs/BENCHMARKS.md)
+            cur.execute("PRAGMA cache_size=-8192")
             if not sqlite["autocheckpoint"]:
                 cur.execute("PRAGMA wal_autocheckpoint=0")  # Ledger.background_checkpoints
+            cur.execute("PRAGMA journal_size_limit=67108864")  # the WAL file after a reset
             cur.close()
 
         return engine
