@@ -475,8 +475,11 @@ class Ledger:
 
         def loop() -> None:
             # a connection of its own, outside the pool: no page cache to fill, and the
-            # writer's pooled connection is never lent to the checkpoints
-            conn = sqlite3.connect(database, timeout=5, isolation_level=None)
+            # writer's pooled connection is never lent to the checkpoints. A short busy
+            # timeout: a RESTART holds new writers back while it waits for the writer's
+            # transaction and for readers (a CLI scan), so it gives up after 0.2 s and
+            # tries again next turn rather than stall the router for seconds
+            conn = sqlite3.connect(database, timeout=0.2, isolation_level=None)
             try:
                 while not stop.wait(every_s):
                     try:

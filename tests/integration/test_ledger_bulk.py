@@ -207,3 +207,33 @@ def test_the_wal_stays_bounded_under_a_writer_that_never_pauses(tmp_path: Path) 
     with ledger.read() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM dossiers").scalar() == 3000
     ledger.dispose()
+
+
+def test_a_long_reader_does_not_stall_the_writer_behind_a_checkpoint(tmp_path: Path) -> None:
+    # a RESTART checkpoint holds new writers back while it waits for readers; a reader
+    # keeping its snapshot for 1.5 s (a CLI scan) must not hold the router that long
+    path = tmp_path / "ledger.sqlite3"
+    ledger = Ledger(f"sqlite:///{path}")
+    with ledger.batch() as batch:
+        batch.add_dossier(_dossier("r-0"))
+    stop = ledger.background_checkpoints(every_s=0.02, restart_frames=8)
+    reader = sqlite3.connect(path, isolation_level=None)
+    slowest = 0.0
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM dossiers").fetchone()  # holds its snapshot
+        until = time.monotonic() + 1.5
+        b = 0
+        while time.monotonic() < until:
+            started = time.monotonic()
+            with ledger.batch() as batch:
+                batch.add_dossier(_dossier(f"r-{b + 1}", flags={"pad": "x" * 2000}))
+            slowest = max(slowest, time.monotonic() - started)
+            b += 1
+            time.sleep(0.002)
+        reader.execute("COMMIT")
+    finally:
+        reader.close()
+        stop()
+    assert slowest < 0.75, slowest
+    ledger.dispose()
