@@ -39,7 +39,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
@@ -69,9 +68,10 @@ log = logging.getLogger(__name__)
 
 
 @functools.cache
-def _code_upsert(dialect: str) -> Any:
-    """One single-row upsert run for many rows: compiled once, whatever the batch holds."""
-    base = (pg_insert if dialect == "postgresql" else sqlite_insert)(code_sequences)
+def _sqlite_code_upsert() -> Any:
+    """SQLite: one single-row upsert run for many rows, compiled once, whatever the batch
+    holds (PostgreSQL takes :data:`_PG_CODE_UPSERT`, one statement over arrays)."""
+    base = sqlite_insert(code_sequences)
     return base.on_conflict_do_update(
         index_elements=[code_sequences.c.agency_id, code_sequences.c.day],
         set_={"last": code_sequences.c.last + base.excluded.last},
@@ -126,28 +126,25 @@ def _column_converter(column: Any, dialect: str) -> Callable[[Any], Any] | None:
 
 
 @functools.cache
-def _bulk_insert(table: Table, keys: tuple[str, ...], dialect: str, paramstyle: str
-                 ) -> tuple[str, str, Callable[[dict[str, Any]], tuple[Any, ...]]]:
-    """``INSERT INTO t (cols) VALUES``, one row's ``(?, ...)``, and the function making
-    one row's parameters.
+def _bulk_insert(table: Table, keys: tuple[str, ...], dialect: str
+                 ) -> tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]:
+    """The column list of these keys and the function making one row's parameters.
 
     ``flush`` hands over runs of rows with the same keys, so no value is left out.
     """
     columns = [table.c[k] for k in keys]  # KeyError: a key that is no column
-    mark = "?" if paramstyle == "qmark" else "%s"
-    head = f"INSERT INTO {table.name} ({', '.join(c.name for c in columns)}) VALUES "
-    row_marks = f"({', '.join([mark] * len(columns))})"
     steps = [(k, _column_converter(c, dialect)) for k, c in zip(keys, columns, strict=True)]
+    names = f"{table.name} ({', '.join(c.name for c in columns)})"
     if all(conv is None for _, conv in steps):
         getter = operator.itemgetter(*keys)
         if len(keys) == 1:
-            return head, row_marks, lambda row: (getter(row),)
-        return head, row_marks, getter
+            return names, lambda row: (getter(row),)
+        return names, getter
 
     def convert(row: dict[str, Any]) -> tuple[Any, ...]:
         return tuple(row[k] if conv is None else conv(row[k]) for k, conv in steps)
 
-    return head, row_marks, convert
+    return names, convert
 
 
 #: PostgreSQL: reserve blocks of numbers for many (agency, day) pairs, in sorted order
@@ -229,7 +226,7 @@ class Batch:
             rows = self.conn.exec_driver_sql(_PG_CODE_UPSERT, (
                 [a for a, _ in keys], [d for _, d in keys], [counts[k] for k in keys]))
             return {(a, d): last - counts[(a, d)] + 1 for a, d, last in rows}
-        rows = self.conn.execute(_code_upsert(self.conn.dialect.name), [
+        rows = self.conn.execute(_sqlite_code_upsert(), [
             {"agency_id": a, "day": d, "last": counts[(a, d)]} for a, d in sorted(counts)])
         return {(r.agency_id, r.day): r.last - counts[(r.agency_id, r.day)] + 1 for r in rows}
 
@@ -297,32 +294,30 @@ class Batch:
     def flush(self) -> None:
         """Write everything added, one statement per table.
 
-        The rows go to the driver's ``executemany`` as tuples converted by
-        :func:`_bulk_insert` (what SQLAlchemy's ``insert`` would bind, without its
-        per-row, per-column processing: a third of the router's time before).
+        The rows go to the driver as tuples converted by :func:`_bulk_insert` (what
+        SQLAlchemy's ``insert`` would bind, without its per-row, per-column processing:
+        a third of the router's time before): SQLite's ``executemany``, one C loop in
+        this process, or PostgreSQL's ``COPY``.
         """
-        dialect = self.conn.dialect
+        dialect = self.conn.dialect.name
         for table, rows in ((dossiers, self._dossiers), (events, self._events),
                             (inbox, self._inbox), (outbox, self._outbox)):
             # consecutive rows with the same keys go in one statement, in the order added
             # (ids follow it: outbox rows are re-published in id order)
             for keys, run in itertools.groupby(rows, key=tuple):
-                head, row_marks, convert = _bulk_insert(table, keys, dialect.name,
-                                                        dialect.paramstyle)
+                names, convert = _bulk_insert(table, keys, dialect)
                 params = [convert(r) for r in run]
-                if dialect.name != "postgresql":
-                    # SQLite is in this process: executemany is one C loop
-                    self.conn.exec_driver_sql(head + row_marks, params)
-                    continue
-                self._copy(table, keys, params)
+                if dialect == "postgresql":
+                    self._copy(f"COPY {names} FROM STDIN", params)
+                else:
+                    marks = ", ".join("?" * len(keys))
+                    self.conn.exec_driver_sql(f"INSERT INTO {names} VALUES ({marks})", params)
             rows.clear()
 
-    def _copy(self, table: Table, keys: tuple[str, ...], params: list[tuple[Any, ...]]
-              ) -> None:
+    def _copy(self, statement: str, params: list[tuple[Any, ...]]) -> None:
         """PostgreSQL: COPY the rows in, in this transaction (a Bind/Execute per row cost
         the router twice as much). Driver errors come out as SQLAlchemy's, as from
         ``execute``: a conflict is an IntegrityError, an outage an OperationalError."""
-        statement = f"COPY {table.name} ({', '.join(keys)}) FROM STDIN"
         driver = self.conn.connection.driver_connection
         assert driver is not None
         error_base = self.conn.dialect.loaded_dbapi.Error
@@ -463,15 +458,12 @@ class Ledger:
         truncates the file after a restart. Committed data is as durable either way:
         it is synced in the WAL before the commit returns.
         """
-        if self.engine.dialect.name != "sqlite":
-            return lambda: None
+        database = self.engine.url.database
+        if self.engine.dialect.name != "sqlite" or not database or database == ":memory:":
+            return lambda: None  # PostgreSQL checkpoints itself; in memory, no WAL
         self._sqlite["autocheckpoint"] = False
         self.engine.dispose()  # pooled connections made before keep checkpointing
         stop = threading.Event()
-
-        database = self.engine.url.database
-        if not database or database == ":memory:":
-            return lambda: None  # nothing on disk, no WAL
 
         def loop() -> None:
             # a connection of its own, outside the pool: no page cache to fill, and the
