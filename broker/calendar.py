@@ -37,8 +37,8 @@ _ONE_DAY = timedelta(days=1)
 # Bounds the search for the next working day so a misconfigured calendar fails loudly
 # instead of looping forever.
 _MAX_DAYS_OFF = 366
-#: bound of the (day, working days) memo: 365 days x 100 distinct processing times
-_SKIP_CACHE_MAX = 36_500
+#: bound of each memo: a year of days x 100 distinct processing times
+_MEMO_MAX = 36_500
 
 
 class DurationUnit(StrEnum):
@@ -160,7 +160,7 @@ class WorkingCalendar:
         if isinstance(day, datetime):
             raise TypeError("is_working_day takes a date, not a datetime")
         working = self._is_working_day(day)
-        if len(self._working) >= _SKIP_CACHE_MAX:
+        if len(self._working) >= _MEMO_MAX:
             self._working.clear()
         self._working[day] = working
         return working
@@ -198,7 +198,7 @@ class WorkingCalendar:
             found = day
             for _ in range(count):
                 found = self._next_working_day(found)
-            if len(self._skip_cache) >= _SKIP_CACHE_MAX:
+            if len(self._skip_cache) >= _MEMO_MAX:
                 self._skip_cache.clear()
             self._skip_cache[key] = found
         return found
