@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -160,16 +161,17 @@ class Consumer:
         raise NotImplementedError
 
     def _count(self, outcome: str, reason: str = "") -> None:
-        """Note one outcome of the batch in hand; reported by :meth:`_committed`."""
+        """Note one outcome of the batch in hand; reported when it commits."""
         key = (outcome, reason)
         self._counts[key] = self._counts.get(key, 0) + 1
 
-    def _begin(self) -> None:
-        """A new batch (or a retry of one): outcomes of a rolled-back try are dropped."""
+    @contextmanager
+    def _batch(self) -> Iterator[Batch]:
+        """One ledger transaction; the outcomes counted in it reach the metrics, once per
+        label, only after it commits (a rolled-back try, retried later, counts nothing)."""
         self._counts = {}
-
-    def _committed(self) -> None:
-        """The batch is committed: its outcomes go to the metrics, once per label."""
+        with self.ledger.batch() as batch:
+            yield batch
         counts, self._counts = self._counts, {}
         if self.metrics is not None:
             for (outcome, reason), n in counts.items():

@@ -61,12 +61,10 @@ class Router(Consumer):
         """Process one batch in one transaction; return every message to publish."""
         engine = self.engine()  # one catalog version for the whole batch
         now = self.clock()
-        self._begin()
-        with self.ledger.batch() as batch:
+        with self._batch() as batch:
             screened = self.screen(batch, deliveries, now)
             out = screened.out
             out += self._route(batch, engine, screened.fresh, now)  # type: ignore[arg-type]
-        self._committed()
         return out
 
     def _route(self, batch: Batch, engine: Engine,

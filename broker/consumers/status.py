@@ -104,8 +104,7 @@ class StatusRouter(Consumer):
         engine = self.engine()
         now = self.clock()
         out: list[Outbound] = []
-        self._begin()
-        with self.ledger.batch() as batch:
+        with self._batch() as batch:
             screened = self.screen(batch, deliveries, now)
             out += screened.out
             decoded: list[tuple[str, Delivery, Update]] = screened.fresh  # type: ignore[assignment]
@@ -124,7 +123,6 @@ class StatusRouter(Consumer):
             for code, dossier in dossiers.items():
                 if dossier.changes:
                     batch.update_dossier(code, dossier.loaded_seq, dossier.changes)
-        self._committed()
         return out
 
     def _apply(self, engine: Engine, dossier: _Dossier, mid: str, msg: Update, batch: Batch,
