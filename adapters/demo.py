@@ -46,6 +46,17 @@ from broker.service import declare_topology, delete_topology
 from broker.topology import DEAD_SOURCES, INTAKE_KEY, STATUS_KEY, Topology
 
 
+def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 60.0) -> int:
+    """SIGTERM (``casebroker run`` finishes its confirmed batches and exits), SIGKILL if
+    it has not exited within ``timeout_s``; its exit status, once reaped."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
+
 @dataclass
 class DemoSettings:
     """What the demo does."""
@@ -247,12 +258,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
             t.join(timeout=10)
         for part in parts:
             part.client.close()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_process(proc)
         if not settings.keep:
             delete_topology(amqp_url(), topology, catalog)
     summary["router_exit_code"] = proc.returncode

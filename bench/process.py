@@ -10,7 +10,6 @@ import itertools
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adapters.demo import stop_process
 from bench.common import (
     Dossier,
     Progress,
@@ -70,13 +70,7 @@ def router_process(topology: Topology, db_url: str, *, prefetch_count: int = 100
         _wait_consuming(topology, proc, log_path)
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

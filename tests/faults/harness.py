@@ -29,6 +29,7 @@ import pika
 from pika.adapters.select_connection import SelectConnection
 from pika.spec import Basic, BasicProperties
 
+from adapters.demo import stop_process
 from broker.amqp import REASON_HEADER, SOURCE_HEADER
 from broker.ledger import Ledger
 from broker.messages import DossierStatus, encode
@@ -243,15 +244,7 @@ class RouterProc:
         self.proc.send_signal(signal.SIGHUP)
 
     def stop(self) -> int | None:
-        if self.alive():
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return None if self.proc is None else self.proc.returncode
+        return None if self.proc is None else stop_process(self.proc, timeout_s=30)
 
 
 def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str,

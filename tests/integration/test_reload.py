@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from adapters.demo import stop_process
 from broker.amqp import amqp_url
 from broker.ledger import Ledger, dossiers
 from broker.rules.catalog import load_catalog
@@ -159,12 +160,7 @@ def running(tmp_path: Path, topology: Topology) -> Iterator[RunProcess]:
         wait_for(consuming, 30, "casebroker run to consume")
         yield run
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout_s=20)
         delete_topology(amqp_url(), topology, load_catalog(MINI_CATALOG))
 
 
