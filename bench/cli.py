@@ -18,11 +18,15 @@ from bench.common import Progress
 from bench.machine import describe_machine
 from broker.rules.catalog import Catalog, load_catalog
 
-STAGES = ("shovel", "forwarder", "router_sqlite", "router_postgres", "lifecycle", "receipt",
-          "rss", "sizes", "prefetch")
-DEFAULT_STAGES = STAGES[:7]
+STAGES = ("shovel", "shovel_spread", "forwarder", "router_sqlite", "router_postgres",
+          "lifecycle", "receipt", "rss", "sizes", "prefetch")
+DEFAULT_STAGES = STAGES[:8]
 DEFAULT_SIZES_KB = (1.0, 16.0, 128.0)
 DEFAULT_PREFETCHES = (100, 1000, 5000)
+#: stages that report where the machine's CPU went, and the columns of that table
+CPU_STAGES = ("shovel", "shovel_spread", "forwarder", "router_sqlite", "router_postgres")
+CPU_COLUMNS = ("rabbitmq", "benchmark", "postgresql", "other", "machine", "cores_busy",
+               "steal")
 
 
 def register(sub: Any, groups: dict[str, Any]) -> None:
@@ -118,7 +122,8 @@ def measure(args: argparse.Namespace, stages: list[str], progress: Progress) -> 
                               "prefetch_count": args.prefetch_count, "body_kb": args.body_kb}
     errors: dict[str, str] = {}
     actions: dict[str, Callable[[Catalog, argparse.Namespace, Progress], dict[str, Any]]] = {
-        "shovel": st.shovel_stage, "forwarder": st.forwarder_stage,
+        "shovel": st.shovel_stage, "shovel_spread": st.shovel_spread_stage,
+        "forwarder": st.forwarder_stage,
         "router_sqlite": st.router_sqlite_stage, "router_postgres": st.router_postgres_stage,
         "lifecycle": st.lifecycle_stage, "receipt": st.receipt_stage, "rss": st.rss_stage,
         "sizes": st.sizes_stage, "prefetch": st.prefetch_stage,
@@ -132,9 +137,11 @@ def measure(args: argparse.Namespace, stages: list[str], progress: Progress) -> 
             errors[stage] = f"{type(e).__name__}: {e}"
             progress.note(f"FAILED: {errors[stage]}")
     for kind in ("sqlite", "postgres"):
-        router, shovel = report.get(f"router_{kind}_msgs_per_s"), report.get("shovel_msgs_per_s")
-        if router and shovel:
-            report[f"ratio_router_{kind}_to_shovel"] = round(router / shovel, 3)
+        router = report.get(f"router_{kind}_msgs_per_s")
+        for yardstick in ("shovel", "shovel_spread"):
+            shovel = report.get(f"{yardstick}_msgs_per_s")
+            if router and shovel:
+                report[f"ratio_router_{kind}_to_{yardstick}"] = round(router / shovel, 3)
     report["elapsed_s"] = round(time.monotonic() - started, 1)
     if errors:
         report["errors"] = errors
@@ -145,11 +152,17 @@ def format_report(r: dict[str, Any]) -> str:
     """The figures as a short table."""
     rows = [
         ("shovel (on-confirm, fanout to 2 quorum queues)", "shovel_msgs_per_s", "msg/s in"),
+        ("shovel over the real topology (agency + desk queue)", "shovel_spread_msgs_per_s",
+         "msg/s in"),
         ("forwarder (ConsumerService, no logic)", "forwarder_msgs_per_s", "msg/s in"),
         ("router, SQLite ledger", "router_sqlite_msgs_per_s", "msg/s in"),
         ("router, PostgreSQL ledger", "router_postgres_msgs_per_s", "msg/s in"),
         ("router SQLite / shovel", "ratio_router_sqlite_to_shovel", ""),
         ("router PostgreSQL / shovel", "ratio_router_postgres_to_shovel", ""),
+        ("router SQLite / shovel over the real topology", "ratio_router_sqlite_to_shovel_spread",
+         ""),
+        ("router PostgreSQL / shovel over the real topology",
+         "ratio_router_postgres_to_shovel_spread", ""),
         ("full lifecycle", "lifecycle_dossiers_per_s", "dossiers/s"),
         ("receipt round trip p50", "receipt_p50_ms", "ms"),
         ("receipt round trip p99", "receipt_p99_ms", "ms"),
@@ -162,6 +175,14 @@ def format_report(r: dict[str, Any]) -> str:
     for label, key, unit in rows:
         if key in r:
             lines.append(f"  {label:<48} {r[key]:>10} {unit}")
+    cpu = [(stage, r[f"{stage}_cpu_us_per_msg"]) for stage in CPU_STAGES
+           if r.get(f"{stage}_cpu_us_per_msg")]
+    if cpu:
+        lines.append("  CPU µs per input message (bench/cpu.py):")
+        lines.append(f"    {'stage':<16}" + "".join(f"{g:>11}" for g in CPU_COLUMNS))
+        for stage, figures in cpu:
+            lines.append(f"    {stage:<16}" + "".join(
+                f"{figures.get(g, ''):>11}" for g in CPU_COLUMNS))
     for key in ("by_body_kb", "by_prefetch"):
         if key in r:
             lines.append(f"  {key}: {json.dumps(r[key])}")

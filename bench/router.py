@@ -24,6 +24,7 @@ from bench.common import (
     unique_prefix,
     wait_until,
 )
+from bench.cpu import CpuMeter
 from bench.ledgers import ledger_url
 from bench.publisher import publish
 from bench.transport import Management
@@ -42,6 +43,8 @@ class RouterResult:
     seconds: float
     body_bytes: int
     outcomes: dict[str, int] = field(default_factory=dict)
+    #: CPU microseconds per input message, by process group (bench.cpu)
+    cpu: dict[str, float] = field(default_factory=dict)
 
     @property
     def msgs_per_s(self) -> float:
@@ -103,7 +106,7 @@ def router(catalog: Catalog, n: int, progress: Progress, *, ledger_kind: str = "
             progress.note(f"{n} preloaded ({size} B each); starting the router "
                           f"({ledger_kind}, prefetch {settings.prefetch_count})")
             channel = conn.channel()
-            started = time.monotonic()
+            started, cpu = time.monotonic(), CpuMeter()
             thread.start()
 
             def finished() -> bool:
@@ -116,6 +119,7 @@ def router(catalog: Catalog, n: int, progress: Progress, *, ledger_kind: str = "
 
             end = wait_until(finished, timeout_s=timeout_s, interval_s=0.05,
                              what=f"{n} dossiers in the {ledger_kind} ledger")
+            cpu.stop()
             outcomes = processed(reader)
         finally:
             conn.close()
@@ -123,4 +127,4 @@ def router(catalog: Catalog, n: int, progress: Progress, *, ledger_kind: str = "
             thread.join(timeout=60)
             reader.dispose()
             ledger.dispose()
-    return RouterResult(n, end - started, size, outcomes)
+    return RouterResult(n, end - started, size, outcomes, cpu.per_message(n))

@@ -30,7 +30,19 @@ def shovel_stage(catalog: Catalog, args: argparse.Namespace, p: Progress) -> dic
     best = min(runs, key=lambda r: r.seconds)
     return {"shovel_msgs_per_s": best.msgs_per_s, "shovel_seconds": round(best.seconds, 3),
             "shovel_runs_msgs_per_s": [r.msgs_per_s for r in runs],
-            "message_bytes": best.body_bytes}
+            "shovel_cpu_us_per_msg": best.cpu, "message_bytes": best.body_bytes}
+
+
+def shovel_spread_stage(catalog: Catalog, args: argparse.Namespace, p: Progress
+                        ) -> dict[str, Any]:
+    """The shovel over the real topology: each dossier to its agency's and desk's queue."""
+    from bench.spread import shovel_spread
+
+    r = shovel_spread(catalog, args.dossiers, p, body_kb=args.body_kb,
+                      prefetch_count=args.prefetch_count)
+    return {"shovel_spread_msgs_per_s": r.msgs_per_s,
+            "shovel_spread_seconds": round(r.seconds, 3),
+            "shovel_spread_cpu_us_per_msg": r.cpu}
 
 
 def forwarder_stage(catalog: Catalog, args: argparse.Namespace, p: Progress
@@ -39,7 +51,7 @@ def forwarder_stage(catalog: Catalog, args: argparse.Namespace, p: Progress
     r = forwarder(catalog, args.dossiers, p, body_kb=args.body_kb,
                   prefetch_count=args.prefetch_count)
     return {"forwarder_msgs_per_s": r.msgs_per_s, "forwarder_seconds": round(r.seconds, 3),
-            "message_bytes": r.body_bytes}
+            "forwarder_cpu_us_per_msg": r.cpu, "message_bytes": r.body_bytes}
 
 
 def _router_stage(kind: str, key: str, catalog: Catalog, args: argparse.Namespace,
@@ -48,7 +60,8 @@ def _router_stage(kind: str, key: str, catalog: Catalog, args: argparse.Namespac
                settings=_settings(args.prefetch_count), catalog_path=args.catalog)
     return {f"router_{key}_msgs_per_s": r.msgs_per_s,
             f"router_{key}_seconds": round(r.seconds, 3),
-            f"router_{key}_outcomes": r.outcomes, "message_bytes": r.body_bytes}
+            f"router_{key}_outcomes": r.outcomes, f"router_{key}_cpu_us_per_msg": r.cpu,
+            "message_bytes": r.body_bytes}
 
 
 def router_sqlite_stage(catalog: Catalog, args: argparse.Namespace, p: Progress

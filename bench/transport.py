@@ -16,7 +16,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pika
@@ -32,6 +32,7 @@ from bench.common import (
     unique_prefix,
     wait_until,
 )
+from bench.cpu import CpuMeter
 from bench.publisher import publish
 from broker.amqp import ConsumerService, ConsumerSettings, Delivery, amqp_url
 from broker.envelope import Outbound
@@ -47,6 +48,8 @@ class StageResult:
     dossiers: int
     seconds: float
     body_bytes: int
+    #: CPU microseconds per input message, by process group (bench.cpu)
+    cpu: dict[str, float] = field(default_factory=dict)
 
     @property
     def msgs_per_s(self) -> float:
@@ -197,14 +200,15 @@ def shovel(catalog: Catalog, n: int, progress: Progress, *, body_kb: float = 0.0
     try:
         size = queues.preload(catalog, n, body_kb, progress)
         progress.note(f"{n} preloaded ({size} B each); starting the shovel")
-        started = time.monotonic()
+        started, cpu = time.monotonic(), CpuMeter()
         mgmt.set_shovel(name, {
             "src-protocol": "amqp091", "src-uri": "amqp://", "src-queue": queues.source,
             "dest-protocol": "amqp091", "dest-uri": "amqp://",
             "dest-exchange": queues.exchange, "ack-mode": "on-confirm",
             "src-prefetch-count": prefetch_count})
         done = queues.wait_full(n, started, progress, timeout_s)
-        return StageResult(n, done - started, size)
+        cpu.stop()
+        return StageResult(n, done - started, size, cpu.per_message(n))
     finally:
         mgmt.clear_shovel(name)
         queues.delete()
@@ -244,11 +248,12 @@ def forwarder(catalog: Catalog, n: int, progress: Progress, *, body_kb: float = 
         service = ConsumerService(ConsumerSettings(prefetch_count=prefetch_count), "",
                                   lambda _exchange: None)
         service.add(queues.source, _Forward(queues.exchange))
-        started = time.monotonic()
+        started, cpu = time.monotonic(), CpuMeter()
         thread = threading.Thread(target=service.run, name="bench-forwarder", daemon=True)
         thread.start()
         done = queues.wait_full(n, started, progress, timeout_s)
-        return StageResult(n, done - started, size)
+        cpu.stop()
+        return StageResult(n, done - started, size, cpu.per_message(n))
     finally:
         if service is not None:
             service.stop()

@@ -11,9 +11,10 @@ from tests.conftest import MINI_CATALOG
 
 pytestmark = pytest.mark.integration
 
-KEYS = ("shovel_msgs_per_s", "forwarder_msgs_per_s", "router_sqlite_msgs_per_s",
-        "router_postgres_msgs_per_s", "ratio_router_sqlite_to_shovel",
-        "ratio_router_postgres_to_shovel", "lifecycle_dossiers_per_s", "receipt_p50_ms",
+KEYS = ("shovel_msgs_per_s", "shovel_spread_msgs_per_s", "forwarder_msgs_per_s",
+        "router_sqlite_msgs_per_s", "router_postgres_msgs_per_s", "ratio_router_sqlite_to_shovel",
+        "ratio_router_postgres_to_shovel", "ratio_router_sqlite_to_shovel_spread",
+        "ratio_router_postgres_to_shovel_spread", "lifecycle_dossiers_per_s", "receipt_p50_ms",
         "receipt_p99_ms", "router_rss_growth_mb")
 
 
@@ -35,3 +36,10 @@ def test_bench_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
     assert report["router_sqlite_outcomes"] == report["router_postgres_outcomes"]
     assert sum(report["router_sqlite_outcomes"].values()) == 200
     assert report["machine"]["cpus"] >= 1
+    # where the CPU went, per stage that moves messages (bench/cpu.py; its accuracy is
+    # tests/unit/test_bench_cpu.py's): every group reported, none negative
+    for stage in ("shovel", "shovel_spread", "forwarder", "router_sqlite", "router_postgres"):
+        cpu = report[f"{stage}_cpu_us_per_msg"]
+        assert set(cpu) >= {"rabbitmq", "benchmark", "postgresql", "other", "machine",
+                            "cores_busy", "steal"}, stage
+        assert min(cpu.values()) >= 0, (stage, cpu)

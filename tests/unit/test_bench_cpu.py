@@ -1,0 +1,39 @@
+"""bench.cpu: the kernel's accounting read back for a known amount of work."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.cpu import CpuMeter
+
+pytestmark = pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux /proc")
+
+
+def test_meter_counts_this_process_and_the_machine() -> None:
+    meter = CpuMeter()
+    started = time.process_time()
+    while time.process_time() - started < 0.5:
+        pass
+    spent = time.process_time() - started
+    seconds = meter.seconds()
+    # clock ticks are 10 ms; the process also ran a little outside the loop
+    assert spent - 0.03 <= seconds["benchmark"] <= spent + 0.1
+    assert seconds["machine"] >= seconds["benchmark"] - 0.03
+    assert seconds["wall"] >= 0.5
+    assert set(seconds) >= {"rabbitmq", "postgresql", "other", "steal"}
+
+
+def test_per_message_divides_and_reports_busy_cores() -> None:
+    meter = CpuMeter()
+    started = time.process_time()
+    while time.process_time() - started < 0.2:
+        pass
+    meter.stop()
+    time.sleep(0.05)  # after stop: not counted
+    report = meter.per_message(1000)
+    assert 150 <= report["benchmark"] <= 320  # µs per message: 0.2 s / 1000
+    assert 0 < report["cores_busy"] <= 2 * (len(Path("/proc/stat").read_text().split("cpu")) - 1)
+    assert meter.per_message(0) == {}
