@@ -6,6 +6,7 @@
     ├── RoutingError           a valid dossier no rule can route (→ triage)
     │   └── UnknownParty       an unknown procedure, desk, agency or ward
     ├── TransitionRefused      a status update the lifecycle table forbids
+    ├── LedgerSchemaError      a ledger whose tables this version cannot write (→ refuse to start)
     └── TransientError         the database or broker is away for now (→ retry with backoff)
 """
 
@@ -72,6 +73,20 @@ class TransitionRefused(CasebrokerError):
         super().__init__(f"{event} is not allowed in state {state}")
         self.state = state
         self.event = event
+
+
+class LedgerSchemaError(CasebrokerError):
+    """The ledger's tables lack columns this version writes or reads, or hold required
+    columns it does not know; ``problems`` lists each one."""
+
+    def __init__(self, where: str, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(
+            f"the ledger at {where} does not match this version of casebroker:\n"
+            + "\n".join(f"  {p}" for p in problems)
+            + "\nit was made by another version; casebroker has no migrations yet: point "
+            "CASEBROKER_DB_URL (--db-url) at a new ledger, or change the tables by hand "
+            "(broker/tables.py defines them)")
 
 
 class TransientError(CasebrokerError):

@@ -35,6 +35,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     or_,
     select,
     update,
@@ -43,7 +44,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from broker.envelope import Outbound
-from broker.errors import TransientError
+from broker.errors import LedgerSchemaError, TransientError
 from broker.tables import (
     _OPEN,
     RawJSON,
@@ -348,9 +349,39 @@ class Ledger:
             self.create_schema()
 
     def create_schema(self) -> None:
-        """Create missing tables (idempotent)."""
+        """Create missing tables (idempotent), then check the ones that were there."""
         with _outages_are_transient():
             metadata.create_all(self.engine)
+        self.check_schema()
+
+    def check_schema(self) -> None:
+        """Refuse, in words, a ledger made by another version of casebroker.
+
+        ``create_all`` adds missing tables but never changes existing ones. Without this
+        check a column this version writes and an old ledger lacks would fail every
+        batch: SQLite reports it as an OperationalError, which reads as "the ledger is
+        away", so the router would wait forever; PostgreSQL as a programming error, so
+        every dossier would be dead-lettered. Extra nullable columns (or ones with a
+        default) and extra indexes do no harm and are left alone.
+        """
+        problems: list[str] = []
+        with _outages_are_transient(), self.engine.connect() as conn:
+            found = inspect(conn)
+            for table in metadata.sorted_tables:
+                if not found.has_table(table.name):
+                    problems.append(f"table {table.name} is missing")
+                    continue
+                have = {c["name"]: c for c in found.get_columns(table.name)}
+                problems += [f"{table.name}.{c.name} is missing" for c in table.columns
+                             if c.name not in have]
+                problems += [f"{table.name}.{name} is required (NOT NULL, no default) but "
+                             "this version does not know it"
+                             for name, c in have.items() if name not in table.c
+                             and not c["nullable"] and c.get("default") is None
+                             and c.get("autoincrement") is not True]
+        if problems:
+            where = self.engine.url.render_as_string(hide_password=True)
+            raise LedgerSchemaError(where, problems)
 
     @contextmanager
     def batch(self) -> Iterator[Batch]:
