@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=66)
     demo.add_argument("--rate", type=float, default=0.0,
                       help="submissions per second (0: as fast as confirms allow)")
+    demo.add_argument("--parallel", type=int, default=4,
+                      help="agency systems, desk systems and submitting desks working at "
+                      "once, each on its own connection (default 4; --rate submits from one)")
     demo.add_argument("--timeout-s", type=float, default=600.0,
                       help="give up when nothing progresses for this long")
     demo.add_argument("--keep", action="store_true",
@@ -277,6 +280,7 @@ def _demo(args: argparse.Namespace) -> int:
     summary = run_demo(DemoSettings(dossiers=args.dossiers, seed=args.seed, rate=args.rate,
                                     catalog=args.catalog, db_url=args.db_url,
                                     stall_timeout_s=args.timeout_s, keep=args.keep,
+                                    parallel=args.parallel,
                                     progress=not args.json or sys.stderr.isatty()))
     if args.json:
         print(json.dumps(summary))
