@@ -134,16 +134,22 @@ def _bulk_insert(table: Table, keys: tuple[str, ...], dialect: str
     ``flush`` hands over runs of rows with the same keys, so no value is left out.
     """
     columns = [table.c[k] for k in keys]  # KeyError: a key that is no column
-    steps = [(k, _column_converter(c, dialect)) for k, c in zip(keys, columns, strict=True)]
     names = f"{table.name} ({', '.join(c.name for c in columns)})"
-    if all(conv is None for _, conv in steps):
-        getter = operator.itemgetter(*keys)
-        if len(keys) == 1:
-            return names, lambda row: (getter(row),)
+    getter = operator.itemgetter(*keys)
+    if len(keys) == 1:
+        single = getter
+        getter = lambda row: (single(row),)  # noqa: E731 - itemgetter of one key: no tuple
+    # only the columns that need it are converted; the rest come out of itemgetter (C)
+    converted = [(i, conv) for i, conv in enumerate(_column_converter(c, dialect)
+                                                     for c in columns) if conv is not None]
+    if not converted:
         return names, getter
 
     def convert(row: dict[str, Any]) -> tuple[Any, ...]:
-        return tuple(row[k] if conv is None else conv(row[k]) for k, conv in steps)
+        values = list(getter(row))
+        for i, conv in converted:
+            values[i] = conv(values[i])
+        return tuple(values)
 
     return names, convert
 

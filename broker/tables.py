@@ -162,5 +162,16 @@ class RawJSON(str):
     __slots__ = ()
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False)
+
+
 def _json_dumps(value: Any) -> str:
-    return value if isinstance(value, RawJSON) else json.dumps(value, ensure_ascii=False)
+    """JSON text of a column value: a RawJSON as it is, ``None`` as ``null`` (as
+    SQLAlchemy's JSON type stores it), an empty dict without the encoder's set-up."""
+    if isinstance(value, RawJSON):
+        return value
+    if value is None:
+        return "null"
+    if value == {} and type(value) is dict:
+        return "{}"
+    return _ENCODER.encode(value)

@@ -43,9 +43,8 @@ def test_without_the_check_the_same_ledger_fails_every_batch(ledger: Ledger) -> 
     unchecked = Ledger(ledger.url, create=False)
     out = Outbound("x", "k", "m1:a", "desk.notice", None, None, b"{}")
     expected = TransientError if ledger.engine.dialect.name == "sqlite" else ProgrammingError
-    with pytest.raises(expected):
-        with unchecked.batch() as batch:
-            batch.record("m1", "intake", "routed", None, [out], datetime.now(UTC))
+    with pytest.raises(expected), unchecked.batch() as batch:
+        batch.record("m1", "intake", "routed", None, [out], datetime.now(UTC))
     unchecked.dispose()
 
 
