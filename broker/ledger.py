@@ -135,9 +135,9 @@ def _bulk_insert(table: Table, keys: tuple[str, ...], dialect: str
     """
     columns = [table.c[k] for k in keys]  # KeyError: a key that is no column
     names = f"{table.name} ({', '.join(c.name for c in columns)})"
-    getter = operator.itemgetter(*keys)
+    getter: Callable[[dict[str, Any]], tuple[Any, ...]] = operator.itemgetter(*keys)
     if len(keys) == 1:
-        single = getter
+        single = operator.itemgetter(keys[0])
         getter = lambda row: (single(row),)  # noqa: E731 - itemgetter of one key: no tuple
     # only the columns that need it are converted; the rest come out of itemgetter (C)
     converted = [(i, conv) for i, conv in enumerate(_column_converter(c, dialect)
