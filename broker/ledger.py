@@ -40,7 +40,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from broker.envelope import Outbound
@@ -68,16 +67,9 @@ DEFAULT_DB_URL = "sqlite:///casebroker.sqlite3"
 log = logging.getLogger(__name__)
 
 
-@functools.cache
-def _sqlite_code_upsert() -> Any:
-    """SQLite: one single-row upsert run for many rows, compiled once, whatever the batch
-    holds (PostgreSQL takes :data:`_PG_CODE_UPSERT`, one statement over arrays)."""
-    base = sqlite_insert(code_sequences)
-    return base.on_conflict_do_update(
-        index_elements=[code_sequences.c.agency_id, code_sequences.c.day],
-        set_={"last": code_sequences.c.last + base.excluded.last},
-    ).returning(code_sequences.c.agency_id, code_sequences.c.day, code_sequences.c.last,
-                sort_by_parameter_order=True)
+#: SQLite: bound values per statement, well under SQLITE_MAX_VARIABLE_NUMBER (32,766
+#: since SQLite 3.32; 999 before)
+_SQLITE_CHUNK = 300
 
 
 def _sqlite_datetime(value: datetime | None) -> str | None:
@@ -162,6 +154,13 @@ _PG_CODE_UPSERT = (
     " RETURNING agency_id, day, last")
 
 
+#: SQLite: the same upsert over a multi-row VALUES list (``{}``: its rows)
+_SQLITE_CODE_UPSERT = (
+    "INSERT INTO code_sequences (agency_id, day, last) VALUES {}"
+    " ON CONFLICT (agency_id, day) DO UPDATE SET last = code_sequences.last + excluded.last"
+    " RETURNING agency_id, day, last")
+
+
 @contextmanager
 def _outages_are_transient() -> Iterator[None]:
     """Turn 'the database is away' errors into TransientError (retried, never dropped)."""
@@ -192,15 +191,28 @@ class Batch:
         self._events: list[dict[str, Any]] = []
         self._dossiers: list[dict[str, Any]] = []
 
+    def _rows_in(self, query: str, values: list[str]) -> Iterator[tuple[Any, ...]]:
+        """Rows of ``query`` whose column is one of ``values`` (``query`` ends with
+        ``WHERE <column>``). Driver SQL, not SQLAlchemy's ``select``: the hot reads run
+        once per batch, and building and caching a statement cost a small batch more
+        than the database did (docs/BENCHMARKS.md)."""
+        if self.conn.dialect.name == "postgresql":
+            yield from self.conn.exec_driver_sql(f"{query} = ANY(%s)", (values,))
+            return
+        for i in range(0, len(values), _SQLITE_CHUNK):
+            chunk = tuple(values[i:i + _SQLITE_CHUNK])
+            marks = ", ".join("?" * len(chunk))
+            yield from self.conn.exec_driver_sql(f"{query} IN ({marks})", chunk)
+
     def seen(self, message_ids: Iterable[str]) -> dict[str, list[Outbound]]:
         """Message ids already processed, with the messages they published."""
         ids = list(set(message_ids))
         if not ids:
             return {}
         found: dict[str, list[Outbound]] = {
-            mid: [] for mid in self.conn.scalars(
-                select(inbox.c.message_id).where(inbox.c.message_id.in_(ids)))}
-        if found:
+            mid: [] for mid, in self._rows_in("SELECT message_id FROM inbox WHERE message_id",
+                                              ids)}
+        if found:  # redeliveries: rare, so SQLAlchemy's conveniences are worth their cost
             rows = self.conn.execute(
                 select(outbox).where(outbox.c.inbox_message_id.in_(list(found)))
                 .order_by(outbox.c.id))
@@ -215,27 +227,30 @@ class Batch:
         ids = list(set(submission_ids))
         if not ids:
             return {}
-        rows = self.conn.execute(select(dossiers.c.submission_id, dossiers.c.code)
-                                 .where(dossiers.c.submission_id.in_(ids)))
-        return {r.submission_id: r.code for r in rows}
+        return dict(self._rows_in(
+            "SELECT submission_id, code FROM dossiers WHERE submission_id", ids))
 
     def allocate_codes(self, counts: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
         """Reserve ``n`` numbers per (agency, YYMMDD); return the first of each block.
 
-        One upsert for the whole batch; rows in one order so routers never deadlock.
+        One upsert for the whole batch (PostgreSQL: over three arrays; SQLite: one
+        multi-row VALUES per few hundred rows), rows in one order so routers never
+        deadlock.
         """
         if not counts:
             return {}
+        keys = sorted(counts)
         if self.conn.dialect.name == "postgresql":
-            # one statement over three arrays: a single round trip, where the generic
-            # upsert below costs the router a tenth of its time on PostgreSQL
-            keys = sorted(counts)
-            rows = self.conn.exec_driver_sql(_PG_CODE_UPSERT, (
-                [a for a, _ in keys], [d for _, d in keys], [counts[k] for k in keys]))
-            return {(a, d): last - counts[(a, d)] + 1 for a, d, last in rows}
-        rows = self.conn.execute(_sqlite_code_upsert(), [
-            {"agency_id": a, "day": d, "last": counts[(a, d)]} for a, d in sorted(counts)])
-        return {(r.agency_id, r.day): r.last - counts[(r.agency_id, r.day)] + 1 for r in rows}
+            rows = list(self.conn.exec_driver_sql(_PG_CODE_UPSERT, (
+                [a for a, _ in keys], [d for _, d in keys], [counts[k] for k in keys])))
+        else:
+            rows = []
+            for i in range(0, len(keys), _SQLITE_CHUNK // 3):
+                chunk = keys[i:i + _SQLITE_CHUNK // 3]
+                params = tuple(v for a, d in chunk for v in (a, d, counts[(a, d)]))
+                rows += self.conn.exec_driver_sql(
+                    _SQLITE_CODE_UPSERT.format(", ".join(["(?, ?, ?)"] * len(chunk))), params)
+        return {(a, d): last - counts[(a, d)] + 1 for a, d, last in rows}
 
     def load_dossiers(self, codes: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Current rows of the named dossiers, as dicts."""
