@@ -24,9 +24,10 @@ DEFAULT_STAGES = STAGES[:8]
 DEFAULT_SIZES_KB = (1.0, 16.0, 128.0)
 DEFAULT_PREFETCHES = (100, 1000, 5000)
 #: stages that report where the machine's CPU went, and the columns of that table
-CPU_STAGES = ("shovel", "shovel_spread", "forwarder", "router_sqlite", "router_postgres")
-CPU_COLUMNS = ("rabbitmq", "benchmark", "postgresql", "other", "machine", "cores_busy",
-               "steal")
+CPU_STAGES = ("shovel", "shovel_spread", "forwarder", "router_sqlite", "router_postgres",
+              "receipt")
+CPU_COLUMNS = ("rabbitmq", "benchmark", "router", "postgresql", "other", "machine",
+               "cores_busy", "steal")
 
 
 def register(sub: Any, groups: dict[str, Any]) -> None:

@@ -10,6 +10,8 @@ and a stage reports it as CPU microseconds per input message, per group:
 * ``postgresql``: every ``postgres`` process (server and backends);
 * ``benchmark``: this process (the forwarder and the router run in it; its own polling
   of queue depths is a small part);
+* ``router``: a ``casebroker run`` process the stage started (the receipt stage), when
+  the stage names its pid;
 * ``other``: every other process and the kernel's own work (network interrupts), the
   machine's busy time minus the three above;
 * ``machine``: all busy time of all cores (steal is not counted as busy);
@@ -32,7 +34,9 @@ _PROC = Path("/proc")
 GROUPS = ("rabbitmq", "postgresql", "benchmark")
 
 
-def _group_of(pid: int, comm: str) -> str | None:
+def _group_of(pid: int, comm: str, named: dict[int, str]) -> str | None:
+    if pid in named:
+        return named[pid]
     if pid == os.getpid():
         return "benchmark"
     if comm == "beam.smp":
@@ -42,7 +46,7 @@ def _group_of(pid: int, comm: str) -> str | None:
     return None
 
 
-def _process_ticks() -> dict[int, tuple[str, int]]:
+def _process_ticks(named: dict[int, str]) -> dict[int, tuple[str, int]]:
     """pid → (group, utime + stime in clock ticks) for the processes of a group."""
     found: dict[int, tuple[str, int]] = {}
     for entry in _PROC.iterdir():
@@ -55,7 +59,7 @@ def _process_ticks() -> dict[int, tuple[str, int]]:
         # "pid (comm) state ppid ...": comm may hold spaces and parentheses
         head, _, rest = raw.rpartition(")")
         comm = head.partition("(")[2]
-        group = _group_of(int(entry.name), comm)
+        group = _group_of(int(entry.name), comm, named)
         if group is None:
             continue
         fields = rest.split()
@@ -79,23 +83,27 @@ class _Reading:
     at: float
 
 
-def _read() -> _Reading:
+def _read(named: dict[int, str]) -> _Reading:
     busy, steal = _machine_ticks()
-    return _Reading(_process_ticks(), busy, steal, time.monotonic())
+    return _Reading(_process_ticks(named), busy, steal, time.monotonic())
 
 
 class CpuMeter:
-    """Start before a timed section; :meth:`per_message` after it."""
+    """Start before a timed section; :meth:`per_message` after it.
 
-    def __init__(self) -> None:
+    ``named`` puts processes of the stage's own (pid → group name) in groups of their own.
+    """
+
+    def __init__(self, named: dict[int, str] | None = None) -> None:
         self.available = (_PROC / "stat").exists()
-        self._start = _read() if self.available else None
+        self.named = dict(named or {})
+        self._start = _read(self.named) if self.available else None
         self._end: _Reading | None = None
 
     def stop(self) -> None:
         """Take the closing reading (the first call counts; later calls keep it)."""
         if self._start is not None and self._end is None:
-            self._end = _read()
+            self._end = _read(self.named)
 
     def seconds(self) -> dict[str, float]:
         """CPU seconds per group over the section, plus ``machine``, ``other``, ``steal``
@@ -104,7 +112,7 @@ class CpuMeter:
         if self._start is None or self._end is None:
             return {}
         start, end = self._start, self._end
-        spent = dict.fromkeys(GROUPS, 0)
+        spent = dict.fromkeys((*GROUPS, *self.named.values()), 0)
         for pid, (group, ticks) in end.processes.items():
             before = start.processes.get(pid)
             # a pid absent at the start began inside the section: all its time is in it

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from bench.common import (
     submit_properties,
     wait_until,
 )
+from bench.cpu import CpuMeter
 from bench.ledgers import sqlite_ledger_url
 from bench.publisher import Message, publish
 from bench.router import fresh_topology
@@ -138,6 +139,8 @@ class LatencyResult:
     p50_ms: float
     p99_ms: float
     max_ms: float
+    #: CPU microseconds per offered dossier while the load was offered (bench.cpu)
+    cpu: dict[str, float] = field(default_factory=dict)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -156,14 +159,16 @@ def receipt_latency(catalog: Catalog, n: int, progress: Progress, *,
         sent[str(message[3].message_id).removeprefix("submit:")] = time.monotonic()
 
     with fresh_topology(catalog, "rc") as topology, sqlite_ledger_url() as url, \
-            router_process(topology, url, catalog_path=catalog_path):
+            router_process(topology, url, catalog_path=catalog_path) as proc:
         listener = _DeskListener(topology, catalog)
         listener.thread.start()
         try:
             listener.ready.wait(60)
             progress.note(f"offering {n} dossiers at {offered_per_s:.0f}/s")
+            cpu = CpuMeter({proc.pid: "router"})
             result = publish((_intake(topology, d) for d in dossiers), window=5000,
                              rate_per_s=offered_per_s, on_sent=on_sent)
+            cpu.stop()  # the offered load's span: the backlog after it is the router's alone
 
             def all_arrived() -> bool:
                 progress.note(f"{listener.count()}/{n} receipts", every_s=1.0)
@@ -177,7 +182,7 @@ def receipt_latency(catalog: Catalog, n: int, progress: Progress, *,
         latencies = [(listener.arrived[s] - sent[s]) * 1000 for s in sent if s in listener.arrived]
     return LatencyResult(n, offered_per_s, rate(result.sent, result.seconds),
                          _percentile(latencies, 0.50), _percentile(latencies, 0.99),
-                         round(max(latencies), 2))
+                         round(max(latencies), 2), cpu.per_message(result.sent))
 
 
 def _recycled(catalog: Catalog, n: int, *, pool: int) -> Iterator[Dossier]:

@@ -38,8 +38,10 @@ def test_bench_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
     assert report["machine"]["cpus"] >= 1
     # where the CPU went, per stage that moves messages (bench/cpu.py; its accuracy is
     # tests/unit/test_bench_cpu.py's): every group reported, none negative
-    for stage in ("shovel", "shovel_spread", "forwarder", "router_sqlite", "router_postgres"):
+    for stage in ("shovel", "shovel_spread", "forwarder", "router_sqlite", "router_postgres",
+                  "receipt"):
         cpu = report[f"{stage}_cpu_us_per_msg"]
         assert set(cpu) >= {"rabbitmq", "benchmark", "postgresql", "other", "machine",
                             "cores_busy", "steal"}, stage
         assert min(cpu.values()) >= 0, (stage, cpu)
+    assert "router" in report["receipt_cpu_us_per_msg"]  # `casebroker run`, a group of its own

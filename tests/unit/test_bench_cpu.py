@@ -37,3 +37,26 @@ def test_per_message_divides_and_reports_busy_cores() -> None:
     assert 150 <= report["benchmark"] <= 320  # µs per message: 0.2 s / 1000
     assert 0 < report["cores_busy"] <= 2 * (len(Path("/proc/stat").read_text().split("cpu")) - 1)
     assert meter.per_message(0) == {}
+
+
+def test_a_named_process_is_a_group_of_its_own() -> None:
+    import subprocess
+    import sys
+
+    burn = ("import sys, time\nsys.stdin.readline()\nt = time.process_time()\n"
+            "while time.process_time() - t < 0.3: pass\nprint('done', flush=True)\n"
+            "sys.stdin.readline()")
+    child = subprocess.Popen([sys.executable, "-c", burn], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        meter = CpuMeter({child.pid: "router"})
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "done"
+        seconds = meter.seconds()  # the child is still alive: its time is still on record
+    finally:
+        child.kill()
+        child.wait()
+    assert 0.27 <= seconds["router"] <= 0.45
+    assert seconds["benchmark"] < 0.2  # this process only waited
