@@ -45,3 +45,17 @@ def test_bench_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
                             "cores_busy", "steal"}, stage
         assert min(cpu.values()) >= 0, (stage, cpu)
     assert "router" in report["receipt_cpu_us_per_msg"]  # `casebroker run`, a group of its own
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_handler_bench_reports_each_batch_size(kind: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.handler import main as handler_main
+
+    assert handler_main(["--batches", "1,7", "--dossiers", "21", "--ledger", kind]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ") and line[2].isdigit()]
+    assert [int(r[0]) for r in rows] == [1, 7]
+    for _batch, wall, cpu, per_batch in rows:
+        assert float(wall.replace(",", "")) > 0 and float(cpu.replace(",", "")) > 0
+        assert float(per_batch.replace(",", "")) > 0
