@@ -575,6 +575,12 @@ def _make_engine(url: str, sqlite: dict[str, bool]) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    # a ledger that does not answer within seconds is "away": fail fast, retry with backoff
+    # a ledger that does not answer within seconds is "away": fail fast, retry with backoff.
+    # No server-side prepared statements: psycopg prepares a statement after its fifth
+    # run, and PostgreSQL may then keep one generic plan for it. A plan made while the
+    # ledger was nearly empty (a sequential scan of inbox for `message_id = ANY(...)`)
+    # stayed as the tables grew: PostgreSQL's CPU per dossier tripled over 20,000
+    # dossiers (docs/BENCHMARKS.md). Planning each run of these few statements is cheap.
     return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2,
-                         connect_args={"connect_timeout": 5}, json_serializer=_json_dumps)
+                         connect_args={"connect_timeout": 5, "prepare_threshold": None},
+                         json_serializer=_json_dumps)

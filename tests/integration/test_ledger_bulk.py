@@ -158,6 +158,27 @@ def _checkpointed_dossiers(path: Path) -> int:
         return int(conn.execute("SELECT count(*) FROM dossiers").fetchone()[0])
 
 
+def test_the_batch_reads_find_rows_and_prepare_nothing_on_the_server(ledger: Ledger) -> None:
+    """The per-batch reads are driver SQL (``IN`` on SQLite, ``= ANY`` on PostgreSQL).
+    PostgreSQL must plan each run: a generic plan kept from when the ledger was empty
+    scanned the whole inbox on every batch as it grew."""
+    with ledger.batch() as b:
+        b.record("m-1", "intake", "routed", "C-1", [], AT)
+        b.add_dossier(_dossier("C-1"))
+    for _ in range(8):  # past psycopg's default threshold of 5 runs before it prepares
+        with ledger.batch() as b:
+            assert set(b.seen(["m-1", "m-2"])) == {"m-1"}
+            assert b.existing_submissions(["C-1-sid", "nope"]) == {"C-1-sid": "C-1"}
+            if ledger.engine.dialect.name == "postgresql":
+                prepared = b.conn.exec_driver_sql(
+                    "SELECT count(*) FROM pg_prepared_statements").scalar()
+                assert prepared == 0
+    # more ids than one SQLite statement takes at once
+    many = [f"m-{i}" for i in range(1, 1000)]
+    with ledger.batch() as b:
+        assert set(b.seen(many)) == {"m-1"}
+
+
 def test_background_checkpoints_move_the_wal_into_the_database(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite3"
     ledger = Ledger(f"sqlite:///{path}")
