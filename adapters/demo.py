@@ -76,6 +76,9 @@ class DemoSettings:
     #: systems; one thread playing them all, waiting for each publish's confirm, measured
     #: the simulator instead of the broker (about 130 dossiers/s whatever the router did)
     parallel: int = 4
+    #: the topology's prefix (default: demo<8 hex>); the benchmark gives its own, so that
+    #: `casebroker bench --cleanup` finds what an interrupted lifecycle stage left
+    prefix: str | None = None
 
 
 @dataclass
@@ -241,7 +244,7 @@ def _percentile(values: list[float], q: float) -> float | None:
 def run_demo(settings: DemoSettings) -> dict[str, Any]:
     """Run the demo end to end and return its summary (see the module docstring)."""
     catalog = load_catalog(settings.catalog)
-    topology = Topology(f"demo{uuid.uuid4().hex[:8]}")
+    topology = Topology(settings.prefix or f"demo{uuid.uuid4().hex[:8]}")
     workdir = Path(tempfile.mkdtemp(prefix="casebroker-demo-"))
     db_url = settings.db_url or os.environ.get("CASEBROKER_DB_URL") \
         or f"sqlite:///{workdir / 'ledger.sqlite3'}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from bench.common import Progress
+from bench.common import Progress, unique_prefix
 from bench.process import receipt_latency, router_rss
 from bench.router import router
 from bench.transport import forwarder, shovel
@@ -84,7 +84,7 @@ def lifecycle_stage(_catalog: Catalog, args: argparse.Namespace, p: Progress
     n = args.lifecycle_dossiers
     p.note(f"{n} dossiers through `casebroker demo` (its own prefix and SQLite ledger)")
     s = run_demo(DemoSettings(dossiers=n, progress=False, stall_timeout_s=120.0,
-                             catalog=args.catalog))
+                             catalog=args.catalog, prefix=unique_prefix("lc")))
     if s["returned"] + s["refused"] != s["submitted"] or s["lost"] or s["duplicates"]:
         raise RuntimeError(f"lifecycle incomplete: {s}")
     return {"lifecycle_dossiers_per_s": s["dossiers_per_s"], "lifecycle_dossiers": n,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -59,3 +60,27 @@ def test_handler_bench_reports_each_batch_size(kind: str,
     for _batch, wall, cpu, per_batch in rows:
         assert float(wall.replace(",", "")) > 0 and float(cpu.replace(",", "")) > 0
         assert float(per_batch.replace(",", "")) > 0
+
+
+def test_cleanup_finds_what_a_lifecycle_stage_left(capsys: pytest.CaptureFixture[str]) -> None:
+    """The lifecycle stage runs the demo under a bench prefix, so `--cleanup` removes its
+    topology when the stage is interrupted (here: kept on purpose)."""
+    from adapters.demo import DemoSettings, run_demo
+    from bench.common import unique_prefix
+    from bench.transport import Management
+
+    prefix = unique_prefix("lc")
+    summary = run_demo(DemoSettings(dossiers=5, progress=False, keep=True, prefix=prefix,
+                                    catalog=str(MINI_CATALOG), stall_timeout_s=60.0))
+    shutil.rmtree(summary["workdir"], ignore_errors=True)  # the kept ledger
+    assert summary["prefix"] == prefix and summary["returned"] == 5
+    mgmt = Management()
+
+    def left() -> list[str]:
+        return [q["name"] for q in mgmt.call("GET", f"/queues/{mgmt.vhost}?columns=name")
+                if q["name"].startswith(prefix + ".")]
+
+    assert left()
+    assert main(["bench", "--cleanup"]) == 0
+    assert left() == []
+    assert "deleted" in capsys.readouterr().out
