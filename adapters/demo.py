@@ -59,6 +59,7 @@ def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 60.0) -> int:
             proc.kill()
     return proc.wait()
 
+
 @dataclass
 class DemoSettings:
     """What the demo does."""

@@ -43,21 +43,21 @@ def _word(identifier: str) -> str:
     return identifier.replace(".", "_")
 
 
-def _routed(catalog: Catalog, n: int, body_kb: float
-            ) -> tuple[list[tuple[str, str, bytes, Any]], Counter[str]]:
+def _routed(catalog: Catalog, topology: Topology, n: int, body_kb: float
+            ) -> tuple[list[tuple[str, bytes, Any]], Counter[str]]:
     """The N dossiers with the routing key of the two queues the router would reach,
     and how many messages each of those queues must end up holding."""
     engine = Engine(catalog)
-    messages: list[tuple[str, str, bytes, Any]] = []
+    messages: list[tuple[str, bytes, Any]] = []
     expected: Counter[str] = Counter()
     for d in dossier_stream(catalog, n, body_kb=body_kb):
         msg = decode(d.body)
         assert isinstance(msg, DossierSubmitted)
         agency = engine.decide(msg, msg.submitted_at).agency_id
-        messages.append((f"{_word(agency)}.{_word(msg.desk_id)}", d.submission_id, d.body,
+        messages.append((f"{_word(agency)}.{_word(msg.desk_id)}", d.body,
                          submit_properties(d.submission_id)))
-        expected[f"a:{agency}"] += 1
-        expected[f"d:{msg.desk_id}"] += 1
+        expected[topology.agency_queue(agency)] += 1
+        expected[topology.desk_queue(msg.desk_id)] += 1
     return messages, expected
 
 
@@ -95,28 +95,21 @@ def shovel_spread(catalog: Catalog, n: int, progress: Progress, *, body_kb: floa
     """The shovel plugin, on-confirm, intake queue → the agency and desk queues."""
     mgmt = Management()
     mgmt.ensure_plugins(progress)
-    messages, expected = _routed(catalog, n, body_kb)
-    size = sum(len(m[2]) for m in messages) // max(1, n)
     with fresh_topology(catalog, "ss") as topology:
+        messages, queues = _routed(catalog, topology, n, body_kb)
+        size = sum(len(body) for _, body, _ in messages) // max(1, n)
         inlet, spread = _declare_spread(topology, catalog)
         name = f"{topology.prefix}.shovel"
         try:
             progress.note(f"preloading {n} dossiers, spread over "
-                          f"{len(expected)} agency and desk queues")
-            publish((inlet, key, body, props) for key, _sid, body, props in messages)
-            queues = {topology.agency_queue(k[2:]) if k.startswith("a:")
-                      else topology.desk_queue(k[2:]): v for k, v in expected.items()}
+                          f"{len(queues)} agency and desk queues")
+            publish((inlet, key, body, props) for key, body, props in messages)
             progress.note(f"{n} preloaded ({size} B each); starting the shovel")
             conn = blocking()
             try:
                 ch = conn.channel()
                 started, cpu = time.monotonic(), CpuMeter()
-                mgmt.set_shovel(name, {
-                    "src-protocol": "amqp091", "src-uri": "amqp://",
-                    "src-queue": topology.intake_queue,
-                    "dest-protocol": "amqp091", "dest-uri": "amqp://",
-                    "dest-exchange": spread, "ack-mode": "on-confirm",
-                    "src-prefetch-count": prefetch_count})
+                mgmt.start_shovel(name, topology.intake_queue, spread, prefetch_count)
                 # the intake queue empties first (cheap to poll); then whole rounds
                 wait_until(lambda: depth(ch, topology.intake_queue) == 0,
                            timeout_s=timeout_s, interval_s=0.02, what="the intake queue")

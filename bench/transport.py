@@ -93,8 +93,14 @@ class Management:
         wait_until(lambda: set(PLUGINS) <= self.running_plugins(), timeout_s=60,
                    interval_s=0.5, what="the shovel and management plugins")
 
-    def set_shovel(self, name: str, value: dict[str, Any]) -> None:
-        self.call("PUT", f"/parameters/shovel/{self.vhost}/{name}", {"value": value})
+    def start_shovel(self, name: str, source_queue: str, exchange: str,
+                     prefetch_count: int) -> None:
+        """A dynamic shovel on this node, queue → exchange, acking each source message
+        once its publish is confirmed (the router's own rule)."""
+        self.call("PUT", f"/parameters/shovel/{self.vhost}/{name}", {"value": {
+            "src-protocol": "amqp091", "src-uri": "amqp://", "src-queue": source_queue,
+            "dest-protocol": "amqp091", "dest-uri": "amqp://", "dest-exchange": exchange,
+            "ack-mode": "on-confirm", "src-prefetch-count": prefetch_count}})
 
     def delete_prefixed(self, prefix: str) -> int:
         """Delete every queue, exchange and shovel whose name starts with ``prefix``.
@@ -201,11 +207,7 @@ def shovel(catalog: Catalog, n: int, progress: Progress, *, body_kb: float = 0.0
         size = queues.preload(catalog, n, body_kb, progress)
         progress.note(f"{n} preloaded ({size} B each); starting the shovel")
         started, cpu = time.monotonic(), CpuMeter()
-        mgmt.set_shovel(name, {
-            "src-protocol": "amqp091", "src-uri": "amqp://", "src-queue": queues.source,
-            "dest-protocol": "amqp091", "dest-uri": "amqp://",
-            "dest-exchange": queues.exchange, "ack-mode": "on-confirm",
-            "src-prefetch-count": prefetch_count})
+        mgmt.start_shovel(name, queues.source, queues.exchange, prefetch_count)
         done = queues.wait_full(n, started, progress, timeout_s)
         cpu.stop()
         return StageResult(n, done - started, size, cpu.per_message(n))

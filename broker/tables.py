@@ -172,6 +172,6 @@ def _json_dumps(value: Any) -> str:
         return value
     if value is None:
         return "null"
-    if value == {} and type(value) is dict:
+    if type(value) is dict and not value:
         return "{}"
     return _ENCODER.encode(value)
