@@ -36,6 +36,7 @@ from broker.amqp_worker import (
     REASON_HEADER,
     SOURCE_HEADER,
     BatchHandler,
+    CoalescingConnection,
     Delivery,
     QueueWorker,
     properties_for,
@@ -159,7 +160,7 @@ class ConsumerService:
         while not self.stopping:
             # after a failure the next cluster node is tried (one URL: the same one again)
             self.params = self._all_params[self._url_index % len(self._all_params)]
-            self.connection = SelectConnection(
+            self.connection = CoalescingConnection(
                 self.params, on_open_callback=self._on_open,
                 on_open_error_callback=self._on_open_error, on_close_callback=self._on_closed)
             self.connection.ioloop.start()

@@ -14,7 +14,8 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -76,6 +77,50 @@ def by_destination(outbound: list[Outbound]) -> list[Outbound]:
     """
     outbound.sort(key=_DESTINATION)
     return outbound
+
+
+class CoalescingConnection(SelectConnection):  # type: ignore[misc]
+    """A pika ``SelectConnection`` whose frames emitted inside :meth:`coalesced` leave
+    in one socket write.
+
+    pika hands each frame to the socket on its own: a publish is three ``send`` calls
+    (method, header, body), so a batch of 250 dossiers is 1,500 TCP segments on
+    loopback, and RabbitMQ's reader wakes for each. Joined, the batch goes out in one
+    write: RabbitMQ spends about a fifth less CPU per routed dossier
+    (docs/BENCHMARKS.md). Frame order is unchanged; only the number of writes drops.
+    """
+
+    _held: list[bytes] | None = None
+
+    def _adapter_emit_data(self, data: bytes) -> None:  # pika's adapter hook for output
+        if self._held is not None:
+            self._held.append(data)
+        else:
+            super()._adapter_emit_data(data)
+
+    @contextmanager
+    def coalesced(self) -> Iterator[None]:
+        """Hold every frame emitted in the block; write them as one when it ends."""
+        if self._held is not None:  # nested: the outer block writes
+            yield
+            return
+        self._held = []
+        try:
+            yield
+        finally:
+            held, self._held = self._held, None
+            if held:
+                super()._adapter_emit_data(b"".join(held))
+
+
+@contextmanager
+def coalesced(connection: SelectConnection | None) -> Iterator[None]:
+    """:meth:`CoalescingConnection.coalesced` where the connection has it; else nothing."""
+    if isinstance(connection, CoalescingConnection):
+        with connection.coalesced():
+            yield
+    else:
+        yield
 
 
 def properties_for(out: Outbound, user_id: str | None) -> BasicProperties:
@@ -279,8 +324,9 @@ class QueueWorker:
     def _publish(self, last_tag: int, outbound: list[Outbound]) -> None:
         entry = _InFlight(last_tag, len(outbound))
         self.inflight.append(entry)
-        for out in outbound:
-            self._send(out, entry)
+        with coalesced(self.service.connection):
+            for out in outbound:
+                self._send(out, entry)
         self._ack_ready()
 
     def _send(self, out: Outbound, entry: _InFlight) -> None:
