@@ -167,6 +167,10 @@ def format_report(r: dict[str, Any]) -> str:
         ("full lifecycle", "lifecycle_dossiers_per_s", "dossiers/s"),
         ("receipt round trip p50", "receipt_p50_ms", "ms"),
         ("receipt round trip p99", "receipt_p99_ms", "ms"),
+        ("  desk → router's batch start, p50", "receipt_to_router_p50_ms", "ms"),
+        ("  desk → router's batch start, p99", "receipt_to_router_p99_ms", "ms"),
+        ("  router's batch start → desk, p50", "receipt_from_router_p50_ms", "ms"),
+        ("  router's batch start → desk, p99", "receipt_from_router_p99_ms", "ms"),
         ("router RSS growth", "router_rss_growth_mb", "MB"),
     ]
     m = r["machine"]

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -96,11 +97,13 @@ def _intake(topology: Topology, d: Dossier) -> Message:
 
 
 class _DeskListener:
-    """Consumes every desk queue (no-ack) and notes when each submission's receipt arrives."""
+    """Consumes every desk queue (no-ack) and notes when each submission's receipt arrives,
+    and when the router started the batch that made it (the receipt's ``issued_at``)."""
 
     def __init__(self, topology: Topology, catalog: Catalog) -> None:
         self.queues = [topology.desk_queue(d) for d in catalog.desk_ids]
-        self.arrived: dict[str, float] = {}
+        #: submission id → (arrival, monotonic clock; the router's batch start, wall clock)
+        self.arrived: dict[str, tuple[float, str]] = {}
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.ready = threading.Event()
@@ -108,9 +111,10 @@ class _DeskListener:
 
     def _on_message(self, _ch: Any, _method: Any, _props: Any, body: bytes) -> None:
         at = time.monotonic()
-        sid = str(json.loads(body).get("submission_id"))
+        notice = json.loads(body)
         with self.lock:
-            self.arrived.setdefault(sid, at)
+            self.arrived.setdefault(str(notice.get("submission_id")),
+                                    (at, notice.get("issued_at") or ""))
 
     def _run(self) -> None:
         conn = blocking()
@@ -141,6 +145,10 @@ class LatencyResult:
     max_ms: float
     #: CPU microseconds per offered dossier while the load was offered (bench.cpu)
     cpu: dict[str, float] = field(default_factory=dict)
+    #: the round trip in two legs, split where the router starts the batch holding the
+    #: dossier: "to_router" (the intake queue, then waiting for the batch before it) and
+    #: "from_router" (handling, ledger commit, publishing, the desk queue): p50 and p99 of each
+    legs: dict[str, float] = field(default_factory=dict)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -153,10 +161,11 @@ def receipt_latency(catalog: Catalog, n: int, progress: Progress, *,
                     timeout_s: float = 300.0) -> LatencyResult:
     """Desk publishes → desk receives its receipt, at a paced load, through `casebroker run`."""
     dossiers = list(dossier_stream(catalog, n, seed=7))
-    sent: dict[str, float] = {}
+    sent: dict[str, tuple[float, float]] = {}  # monotonic, wall
 
     def on_sent(message: Message) -> None:
-        sent[str(message[3].message_id).removeprefix("submit:")] = time.monotonic()
+        sent[str(message[3].message_id).removeprefix("submit:")] = (time.monotonic(),
+                                                                    time.time())
 
     with fresh_topology(catalog, "rc") as topology, sqlite_ledger_url() as url, \
             router_process(topology, url, catalog_path=catalog_path) as proc:
@@ -179,10 +188,36 @@ def receipt_latency(catalog: Catalog, n: int, progress: Progress, *,
             listener.stop.set()
             listener.thread.join(timeout=30)
     with listener.lock:
-        latencies = [(listener.arrived[s] - sent[s]) * 1000 for s in sent if s in listener.arrived]
+        arrived = dict(listener.arrived)
+    latencies = [(arrived[s][0] - at) * 1000 for s, (at, _) in sent.items() if s in arrived]
     return LatencyResult(n, offered_per_s, rate(result.sent, result.seconds),
                          _percentile(latencies, 0.50), _percentile(latencies, 0.99),
-                         round(max(latencies), 2), cpu.per_message(result.sent))
+                         round(max(latencies), 2), cpu.per_message(result.sent),
+                         _legs(sent, arrived))
+
+
+def _legs(sent: dict[str, tuple[float, float]], arrived: dict[str, tuple[float, str]]
+          ) -> dict[str, float]:
+    """p50/p99 of each leg of the round trip, split at the router's batch start.
+
+    The two legs compare wall clocks of two processes on one machine; the round trip
+    itself uses the monotonic clock of this one.
+    """
+    to_router: list[float] = []
+    from_router: list[float] = []
+    for sid, (sent_mono, sent_wall) in sent.items():
+        if sid not in arrived or not arrived[sid][1]:
+            continue
+        arrived_mono, issued_at = arrived[sid]
+        issued = datetime.fromisoformat(issued_at).timestamp()
+        to_router.append((issued - sent_wall) * 1000)
+        from_router.append((arrived_mono - sent_mono) * 1000 - to_router[-1])
+    if not to_router:
+        return {}
+    return {"to_router_p50_ms": _percentile(to_router, 0.50),
+            "to_router_p99_ms": _percentile(to_router, 0.99),
+            "from_router_p50_ms": _percentile(from_router, 0.50),
+            "from_router_p99_ms": _percentile(from_router, 0.99)}
 
 
 def _recycled(catalog: Catalog, n: int, *, pool: int) -> Iterator[Dossier]:

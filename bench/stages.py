@@ -97,7 +97,8 @@ def receipt_stage(catalog: Catalog, args: argparse.Namespace, p: Progress) -> di
                         catalog_path=args.catalog)
     return {"receipt_p50_ms": r.p50_ms, "receipt_p99_ms": r.p99_ms, "receipt_max_ms": r.max_ms,
             "receipt_dossiers": r.dossiers, "receipt_offered_per_s": r.offered_per_s,
-            "receipt_achieved_per_s": r.achieved_per_s, "receipt_cpu_us_per_msg": r.cpu}
+            "receipt_achieved_per_s": r.achieved_per_s, "receipt_cpu_us_per_msg": r.cpu,
+            **{f"receipt_{k}": v for k, v in r.legs.items()}}
 
 
 def rss_stage(catalog: Catalog, args: argparse.Namespace, p: Progress) -> dict[str, Any]:

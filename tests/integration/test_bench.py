@@ -46,6 +46,10 @@ def test_bench_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
                             "cores_busy", "steal"}, stage
         assert min(cpu.values()) >= 0, (stage, cpu)
     assert "router" in report["receipt_cpu_us_per_msg"]  # `casebroker run`, a group of its own
+    # the round trip's two legs, split at the router's batch start: each leg is part of it
+    for leg in ("to_router", "from_router"):
+        assert 0 < report[f"receipt_{leg}_p50_ms"] < report["receipt_max_ms"], leg
+        assert report[f"receipt_{leg}_p50_ms"] <= report[f"receipt_{leg}_p99_ms"], leg
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
