@@ -123,3 +123,14 @@ def test_nested_blocks_write_once_at_the_outer_end_and_plain_frames_go_at_once()
     assert transport.writes == [b"a", b"bcd", b"e"]
     with coalesced(None):  # a worker whose connection is gone: nothing to hold, no error
         pass
+
+
+def test_held_frames_are_written_whenever_they_pass_the_cap() -> None:
+    conn = CoalescingConnection.__new__(CoalescingConnection)
+    conn._transport = transport = _RecordingTransport()
+    conn.max_write_bytes = 10
+    with coalesced(conn):
+        for frame in (b"aaaa", b"bbbb", b"cccc", b"dd", b"ee"):
+            conn._adapter_emit_data(frame)
+    # 12 bytes passed the cap of 10: written; the last 4 when the block ended
+    assert transport.writes == [b"aaaabbbbcccc", b"ddee"]
