@@ -191,18 +191,47 @@ class Batch:
         self._events: list[dict[str, Any]] = []
         self._dossiers: list[dict[str, Any]] = []
 
-    def _rows_in(self, query: str, values: list[str]) -> Iterator[tuple[Any, ...]]:
+    @contextmanager
+    def _driver(self, statement: str) -> Iterator[Any]:
+        """A cursor of the driver's own connection, in this batch's transaction.
+
+        The hot statements (a few per batch: the reads, the code upsert, the inserts) go
+        to the driver directly: SQLAlchemy's ``exec_driver_sql`` spends tens of µs per
+        statement setting up its result, about a quarter of a one-dossier batch
+        (docs/BENCHMARKS.md). Driver errors come out as SQLAlchemy's, as from ``execute``:
+        a conflict is an IntegrityError, an outage an OperationalError.
+        """
+        driver = self.conn.connection.driver_connection
+        assert driver is not None
+        error_base = self.conn.dialect.loaded_dbapi.Error
+        cursor = None
+        try:
+            cursor = driver.cursor()
+            yield cursor
+        except error_base as e:
+            raise DBAPIError.instance(statement, None, e, error_base,
+                                      dialect=self.conn.dialect) from e
+        finally:
+            if cursor is not None:
+                cursor.close()
+
+    def _fetch(self, statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self._driver(statement) as cursor:
+            cursor.execute(statement, params)
+            return list(cursor.fetchall())
+
+    def _rows_in(self, query: str, values: list[str]) -> list[tuple[Any, ...]]:
         """Rows of ``query`` whose column is one of ``values`` (``query`` ends with
         ``WHERE <column>``). Driver SQL, not SQLAlchemy's ``select``: the hot reads run
         once per batch, and building and caching a statement cost a small batch more
         than the database did (docs/BENCHMARKS.md)."""
         if self.conn.dialect.name == "postgresql":
-            yield from self.conn.exec_driver_sql(f"{query} = ANY(%s)", (values,))
-            return
+            return self._fetch(f"{query} = ANY(%s)", (values,))
+        rows: list[tuple[Any, ...]] = []
         for i in range(0, len(values), _SQLITE_CHUNK):
             chunk = tuple(values[i:i + _SQLITE_CHUNK])
-            marks = ", ".join("?" * len(chunk))
-            yield from self.conn.exec_driver_sql(f"{query} IN ({marks})", chunk)
+            rows += self._fetch(f"{query} IN ({', '.join('?' * len(chunk))})", chunk)
+        return rows
 
     def seen(self, message_ids: Iterable[str]) -> dict[str, list[Outbound]]:
         """Message ids already processed, with the messages they published."""
@@ -241,14 +270,14 @@ class Batch:
             return {}
         keys = sorted(counts)
         if self.conn.dialect.name == "postgresql":
-            rows = list(self.conn.exec_driver_sql(_PG_CODE_UPSERT, (
-                [a for a, _ in keys], [d for _, d in keys], [counts[k] for k in keys])))
+            rows = self._fetch(_PG_CODE_UPSERT, (
+                [a for a, _ in keys], [d for _, d in keys], [counts[k] for k in keys]))
         else:
             rows = []
             for i in range(0, len(keys), _SQLITE_CHUNK // 3):
                 chunk = keys[i:i + _SQLITE_CHUNK // 3]
                 params = tuple(v for a, d in chunk for v in (a, d, counts[(a, d)]))
-                rows += self.conn.exec_driver_sql(
+                rows += self._fetch(
                     _SQLITE_CODE_UPSERT.format(", ".join(["(?, ?, ?)"] * len(chunk))), params)
         return {(a, d): last - counts[(a, d)] + 1 for a, d, last in rows}
 
@@ -329,27 +358,16 @@ class Batch:
             for keys, run in itertools.groupby(rows, key=tuple):
                 names, convert = _bulk_insert(table, keys, dialect)
                 params = [convert(r) for r in run]
-                if dialect == "postgresql":
-                    self._copy(f"COPY {names} FROM STDIN", params)
+                if dialect == "postgresql":  # COPY: a Bind/Execute per row cost twice as much
+                    statement = f"COPY {names} FROM STDIN"
+                    with self._driver(statement) as cursor, cursor.copy(statement) as copy:
+                        for row in params:
+                            copy.write_row(row)
                 else:
-                    marks = ", ".join("?" * len(keys))
-                    self.conn.exec_driver_sql(f"INSERT INTO {names} VALUES ({marks})", params)
+                    statement = f"INSERT INTO {names} VALUES ({', '.join('?' * len(keys))})"
+                    with self._driver(statement) as cursor:
+                        cursor.executemany(statement, params)
             rows.clear()
-
-    def _copy(self, statement: str, params: list[tuple[Any, ...]]) -> None:
-        """PostgreSQL: COPY the rows in, in this transaction (a Bind/Execute per row cost
-        the router twice as much). Driver errors come out as SQLAlchemy's, as from
-        ``execute``: a conflict is an IntegrityError, an outage an OperationalError."""
-        driver = self.conn.connection.driver_connection
-        assert driver is not None
-        error_base = self.conn.dialect.loaded_dbapi.Error
-        try:
-            with driver.cursor() as cursor, cursor.copy(statement) as copy:
-                for row in params:
-                    copy.write_row(row)
-        except error_base as e:
-            raise DBAPIError.instance(statement, None, e, error_base,
-                                      dialect=self.conn.dialect) from e
 
 
 class ConcurrentUpdate(TransientError):
