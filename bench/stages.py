@@ -94,11 +94,13 @@ def lifecycle_stage(_catalog: Catalog, args: argparse.Namespace, p: Progress
 def receipt_stage(catalog: Catalog, args: argparse.Namespace, p: Progress) -> dict[str, Any]:
     """Receipt round trip at a fixed offered load."""
     r = receipt_latency(catalog, args.receipt_dossiers, p, offered_per_s=args.receipt_rate,
-                        catalog_path=args.catalog)
+                        warmup=args.receipt_warmup, catalog_path=args.catalog)
     return {"receipt_p50_ms": r.p50_ms, "receipt_p99_ms": r.p99_ms, "receipt_max_ms": r.max_ms,
             "receipt_dossiers": r.dossiers, "receipt_offered_per_s": r.offered_per_s,
             "receipt_achieved_per_s": r.achieved_per_s, "receipt_cpu_us_per_msg": r.cpu,
-            **{f"receipt_{k}": v for k, v in r.legs.items()}}
+            **{f"receipt_{k}": v for k, v in r.legs.items()},
+            "receipt_warmup_dossiers": r.warmup,
+            **{f"receipt_warmup_{k}": v for k, v in r.warmup_figures.items()}}
 
 
 def rss_stage(catalog: Catalog, args: argparse.Namespace, p: Progress) -> dict[str, Any]:

@@ -21,7 +21,8 @@ KEYS = ("shovel_msgs_per_s", "shovel_spread_msgs_per_s", "forwarder_msgs_per_s",
 
 def test_bench_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["bench", "--dossiers", "200", "--rss-dossiers", "200", "--rss-chunk", "100",
-                 "--receipt-dossiers", "200", "--lifecycle-dossiers", "100", "--json", "--quiet",
+                 "--receipt-dossiers", "200", "--receipt-warmup", "50",
+                 "--lifecycle-dossiers", "100", "--json", "--quiet",
                  "--catalog", str(MINI_CATALOG)])
     report = json.loads(capsys.readouterr().out)
     assert code == 0, report.get("errors")
@@ -46,6 +47,10 @@ def test_bench_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
                             "cores_busy", "steal"}, stage
         assert min(cpu.values()) >= 0, (stage, cpu)
     assert "router" in report["receipt_cpu_us_per_msg"]  # `casebroker run`, a group of its own
+    # the warm-up went first, by the same path, and is reported apart
+    assert report["receipt_warmup_dossiers"] == 50
+    assert 0 < report["receipt_warmup_p50_ms"] <= report["receipt_warmup_p99_ms"]
+    assert report["receipt_dossiers"] == 200
     # the round trip's two legs, split at the router's batch start: each leg is part of it
     for leg in ("to_router", "from_router"):
         assert 0 < report[f"receipt_{leg}_p50_ms"] < report["receipt_max_ms"], leg
