@@ -118,7 +118,7 @@ class ConsumerService:
         self.params = self._all_params[0]
         self.user_id = user_id or self.params.credentials.username
         self.workers: list[QueueWorker] = []
-        self.connection: SelectConnection | None = None
+        self.connection: CoalescingConnection | None = None
         self.stopping = False
         self._stopped = threading.Event()
         self._on_connected: list[Callable[[], None]] = []

@@ -126,16 +126,6 @@ class CoalescingConnection(SelectConnection):  # type: ignore[misc]
             self._held = None
 
 
-@contextmanager
-def coalesced(connection: SelectConnection | None) -> Iterator[None]:
-    """:meth:`CoalescingConnection.coalesced` where the connection has it; else nothing."""
-    if isinstance(connection, CoalescingConnection):
-        with connection.coalesced():
-            yield
-    else:
-        yield
-
-
 def properties_for(out: Outbound, user_id: str | None) -> BasicProperties:
     """Persistent AMQP properties for an outbound message."""
     return BasicProperties(
@@ -337,7 +327,8 @@ class QueueWorker:
     def _publish(self, last_tag: int, outbound: list[Outbound]) -> None:
         entry = _InFlight(last_tag, len(outbound))
         self.inflight.append(entry)
-        with coalesced(self.service.connection):
+        assert self.service.connection is not None  # the I/O loop runs on it
+        with self.service.connection.coalesced():
             for out in outbound:
                 self._send(out, entry)
         self._ack_ready()

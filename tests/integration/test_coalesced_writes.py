@@ -10,7 +10,7 @@ import pika
 from pika.spec import BasicProperties
 
 from broker.amqp import amqp_url
-from broker.amqp_worker import CoalescingConnection, coalesced
+from broker.amqp_worker import CoalescingConnection
 
 
 class _Publisher:
@@ -57,7 +57,7 @@ class _Publisher:
         self._publish("plain")
         self.writes.append(self.calls - before)
         before = self.calls
-        with coalesced(self.conn):
+        with self.conn.coalesced():
             self._publish("coalesced")
         self.writes.append(self.calls - before)
 
@@ -113,23 +113,21 @@ def test_nested_blocks_write_once_at_the_outer_end_and_plain_frames_go_at_once()
     conn = CoalescingConnection.__new__(CoalescingConnection)  # no socket: the hold only
     conn._transport = transport = _RecordingTransport()
     conn._adapter_emit_data(b"a")
-    with coalesced(conn):
+    with conn.coalesced():
         conn._adapter_emit_data(b"b")
-        with coalesced(conn):
+        with conn.coalesced():
             conn._adapter_emit_data(b"c")
         assert transport.writes == [b"a"]
         conn._adapter_emit_data(b"d")
     conn._adapter_emit_data(b"e")
     assert transport.writes == [b"a", b"bcd", b"e"]
-    with coalesced(None):  # a worker whose connection is gone: nothing to hold, no error
-        pass
 
 
 def test_held_frames_are_written_whenever_they_pass_the_cap() -> None:
     conn = CoalescingConnection.__new__(CoalescingConnection)
     conn._transport = transport = _RecordingTransport()
     conn.max_write_bytes = 10
-    with coalesced(conn):
+    with conn.coalesced():
         for frame in (b"aaaa", b"bbbb", b"cccc", b"dd", b"ee"):
             conn._adapter_emit_data(frame)
     # 12 bytes passed the cap of 10: written; the last 4 when the block ended
