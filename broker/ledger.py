@@ -18,7 +18,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -204,21 +204,18 @@ class Batch:
         driver = self.conn.connection.driver_connection
         assert driver is not None
         error_base = self.conn.dialect.loaded_dbapi.Error
-        cursor = None
         try:
-            cursor = driver.cursor()
-            yield cursor
+            with closing(driver.cursor()) as cursor:
+                yield cursor
         except error_base as e:
             raise DBAPIError.instance(statement, None, e, error_base,
                                       dialect=self.conn.dialect) from e
-        finally:
-            if cursor is not None:
-                cursor.close()
 
     def _fetch(self, statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         with self._driver(statement) as cursor:
             cursor.execute(statement, params)
-            return list(cursor.fetchall())
+            rows: list[tuple[Any, ...]] = cursor.fetchall()
+            return rows
 
     def _rows_in(self, query: str, values: list[str]) -> list[tuple[Any, ...]]:
         """Rows of ``query`` whose column is one of ``values`` (``query`` ends with
