@@ -211,19 +211,21 @@ def receipt_latency(catalog: Catalog, n: int, progress: Progress, *,
             listener.thread.join(timeout=30)
     with listener.lock:
         arrived = dict(listener.arrived)
-    latencies = _round_trips(sent, arrived)
+    measured = _round_trips(sent, arrived)
     warm = _round_trips(warm_sent, arrived)
     return LatencyResult(n, offered_per_s, rate(result.sent, result.seconds),
-                         _percentile(latencies, 0.50), _percentile(latencies, 0.99),
-                         round(max(latencies), 2), cpu.per_message(result.sent),
-                         _legs(sent, arrived), warmup,
-                         {"p50_ms": _percentile(warm, 0.50), "p99_ms": _percentile(warm, 0.99),
-                          "max_ms": round(max(warm), 2)} if warm else {})
+                         measured["p50_ms"], measured["p99_ms"], measured["max_ms"],
+                         cpu.per_message(result.sent), _legs(sent, arrived), warmup, warm)
 
 
 def _round_trips(sent: dict[str, tuple[float, float]],
-                 arrived: dict[str, tuple[float, str]]) -> list[float]:
-    return [(arrived[s][0] - at) * 1000 for s, (at, _) in sent.items() if s in arrived]
+                 arrived: dict[str, tuple[float, str]]) -> dict[str, float]:
+    """p50, p99 and max of the round trips of ``sent`` (empty if none arrived)."""
+    ms = [(arrived[s][0] - at) * 1000 for s, (at, _) in sent.items() if s in arrived]
+    if not ms:
+        return {}
+    return {"p50_ms": _percentile(ms, 0.50), "p99_ms": _percentile(ms, 0.99),
+            "max_ms": round(max(ms), 2)}
 
 
 def _legs(sent: dict[str, tuple[float, float]], arrived: dict[str, tuple[float, str]]
