@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -69,6 +70,35 @@ def test_handler_bench_reports_each_batch_size(kind: str,
     for _batch, wall, cpu, per_batch in rows:
         assert float(wall.replace(",", "")) > 0 and float(cpu.replace(",", "")) > 0
         assert float(per_batch.replace(",", "")) > 0
+
+
+def test_wal_bench_counts_each_batch_commit_and_names_what_it_wrote(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.wal import main as wal_main
+
+    assert wal_main(["--prefill", "250", "--dossiers", "60", "--batch", "6"]) == 0
+    out = capsys.readouterr().out
+    kb = float(re.search(r"([\d.]+) KB of log per dossier", out).group(1))  # type: ignore[union-attr]
+    frames, commits = (int(n.replace(",", "")) for n in re.search(  # type: ignore[union-attr]
+        r"([\d,]+) pages of 4,096 bytes in ([\d,]+) commits", out).groups())
+    assert commits == 10  # one per batch of 6: the router commits each batch once
+    rows = {r[0].strip(): float(r[1]) for r in
+            (line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| "))
+            if r[1].strip()[0].isdigit()}
+    # every table a dossier writes is named, from the pages of the WAL itself
+    assert {"dossiers", "events", "inbox", "outbox"} <= set(rows)
+    # (each figure is rounded to 0.01 page per dossier)
+    assert sum(rows.values()) * 60 == pytest.approx(frames, abs=0.005 * 60 * len(rows))
+    assert kb == pytest.approx(frames * (4096 + 24) / 1024 / 60, abs=0.06)
+
+
+def test_wal_bench_on_postgresql(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.wal import main as wal_main
+
+    assert wal_main(["--ledger", "postgresql", "--prefill", "250", "--dossiers", "30"]) == 0
+    kb = float(re.search(r"([\d.]+) KB of log per dossier",  # type: ignore[union-attr]
+                         capsys.readouterr().out).group(1))
+    assert kb > 0.5  # five rows and their index entries per dossier, at the least
 
 
 def test_cleanup_finds_what_a_lifecycle_stage_left(capsys: pytest.CaptureFixture[str]) -> None:
