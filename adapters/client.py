@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, cast
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from amqp.exceptions import AMQPError, MessageNacked
 from kombu import connection as _connection
@@ -46,11 +46,13 @@ from broker.messages import (
     decode,
     encode,
     kind_of,
+    new_id,
     utc_now,
 )
 from broker.topology import INTAKE_KEY, STATUS_KEY, Topology
 
-__all__ = ["AgencyClient", "BrokerClient", "DeskClient", "Inbox", "PublishError", "Received"]
+__all__ = ["AgencyClient", "BrokerClient", "DeskClient", "Inbox", "PublishError", "Received",
+           "new_id"]
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +159,11 @@ class DeskClient(BrokerClient):
         self.desk_id = desk_id
 
     def submit(self, dossier: DossierSubmitted) -> str:
-        """Submit a dossier to intake; a retried submit keeps its id so it is deduplicated."""
+        """Submit a dossier to intake; a retried submit keeps its id so it is deduplicated.
+
+        Give a new dossier a ``submission_id`` from :func:`new_id` (time-ordered, so the
+        ledger's indexes grow at their end); any UUID is accepted.
+        """
         message_id = f"submit:{dossier.submission_id}"
         self.publish(dossier, exchange=self.topology.intake_exchange, routing_key=INTAKE_KEY,
                      message_id=message_id)
@@ -166,20 +172,20 @@ class DeskClient(BrokerClient):
     def returned(self, dossier_code: str, *, satisfaction: int | None = None,
                  returned_at: datetime | None = None) -> str:
         """Report that the result was handed to the citizen."""
-        event = DossierReturned(event_id=uuid4(), dossier_code=dossier_code,
+        event = DossierReturned(event_id=new_id(), dossier_code=dossier_code,
                                 desk_id=self.desk_id, returned_at=returned_at or utc_now(),
                                 satisfaction=satisfaction)
         return self._event(event, event.event_id)
 
     def supplemented(self, dossier_code: str, documents: list[Document]) -> str:
         """Report that the citizen brought the requested documents."""
-        event = DossierSupplemented(event_id=uuid4(), dossier_code=dossier_code,
+        event = DossierSupplemented(event_id=new_id(), dossier_code=dossier_code,
                                     desk_id=self.desk_id, documents=documents, sent_at=utc_now())
         return self._event(event, event.event_id)
 
     def withdrawn(self, dossier_code: str, reason: str | None = None) -> str:
         """Report that the citizen withdrew the dossier."""
-        event = DossierWithdrawn(event_id=uuid4(), dossier_code=dossier_code,
+        event = DossierWithdrawn(event_id=new_id(), dossier_code=dossier_code,
                                  desk_id=self.desk_id, reason=reason, sent_at=utc_now())
         return self._event(event, event.event_id)
 
@@ -206,7 +212,7 @@ class AgencyClient(BrokerClient):
                requested_documents: Iterable[str] = (), amount_vnd: int | None = None,
                update_id: UUID | None = None) -> str:
         """Report a status update; pass the same update_id when retrying the same update."""
-        update = DossierStatus(update_id=update_id or uuid4(), dossier_code=dossier_code,
+        update = DossierStatus(update_id=update_id or new_id(), dossier_code=dossier_code,
                                agency_id=self.agency_id, status=AgencyStatus(status),
                                reason=reason, documents=list(documents),
                                requested_documents=list(requested_documents),

@@ -42,6 +42,7 @@ from broker.messages import (
     DossierStatus,
     DossierSubmitted,
     NoticeKind,
+    new_id,
 )
 from broker.rules.catalog import load_catalog
 from broker.service import declare_topology, delete_topology
@@ -139,7 +140,7 @@ class _Agencies:
                           sha256=uuid.uuid5(uuid.NAMESPACE_URL, msg.dossier_code).hex * 2,
                           size=120_000, media_type="application/pdf")
         for status, docs in ((AgencyStatus.ACCEPTED, []), (AgencyStatus.RESOLVED, [result])):
-            update = DossierStatus(update_id=uuid.uuid4(), dossier_code=msg.dossier_code,
+            update = DossierStatus(update_id=new_id(), dossier_code=msg.dossier_code,
                                    agency_id=msg.agency_id, status=status, documents=docs,
                                    sent_at=now)
             self.client.publish(update, exchange=self.topology.status_exchange,
@@ -177,7 +178,7 @@ class _Desks:
         with tally.lock:
             tally.results.add(code)
             satisfaction = self.rng.choice((3, 4, 4, 5, 5, 5))
-        event = DossierReturned(event_id=uuid.uuid4(), dossier_code=code,
+        event = DossierReturned(event_id=new_id(), dossier_code=code,
                                 desk_id=notice.desk_id, returned_at=datetime.now(UTC),
                                 satisfaction=satisfaction)
         self.client.publish(event, exchange=self.topology.status_exchange,

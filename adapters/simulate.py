@@ -9,11 +9,10 @@ far more often than the long tail. Names and id numbers are invented.
 from __future__ import annotations
 
 import random
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from broker.messages import DossierSubmitted
+from broker.messages import DossierSubmitted, new_id
 from broker.rules.catalog import Catalog, Desk
 from broker.rules.validate import WARD_CODE_LENGTH
 
@@ -73,7 +72,7 @@ class DossierFactory:
         code = rng.choices(self.procedures, self.weights)[0]
         return DossierSubmitted.model_validate({
             "schema": "casebroker.dossier.submitted/v1",
-            "submission_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            "submission_id": str(new_id(random_bits=rng.getrandbits(74))),
             "procedure_code": code,
             "desk_id": desk.id,
             "return_desk_id": return_desk,

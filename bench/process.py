@@ -15,7 +15,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from bench.ledgers import sqlite_ledger_url
 from bench.publisher import Message, publish
 from bench.router import fresh_topology
 from broker.ledger import Ledger
+from broker.messages import new_id
 from broker.rules.catalog import Catalog
 from broker.topology import INTAKE_KEY, Topology
 
@@ -261,7 +261,7 @@ def _recycled(catalog: Catalog, n: int, *, pool: int) -> Iterator[Dossier]:
     templates = list(dossier_stream(catalog, pool, seed=8))
     for i in range(n):
         t = templates[i % pool]
-        sid = str(uuid.uuid4())
+        sid = str(new_id())
         yield Dossier(sid, t.body.replace(t.submission_id.encode(), sid.encode(), 1))
 
 

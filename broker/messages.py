@@ -9,6 +9,8 @@ with a stable reason code and a description free of personal data.
 from __future__ import annotations
 
 import json
+import os
+import time
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -351,3 +353,35 @@ def utc_now() -> datetime:
     from datetime import UTC
 
     return datetime.now(UTC)
+
+
+_UNIX_MS_MAX = (1 << 48) - 1
+_RANDOM_BITS_MAX = (1 << 74) - 1
+
+
+def new_id(unix_ms: int | None = None, random_bits: int | None = None) -> UUID:
+    """A new id for a submission, a desk event or a status update: a UUID of version 7.
+
+    Version 7 (RFC 9562) starts with the Unix time in milliseconds, so ids made later
+    sort later. The ledger keys its idempotency rows on these ids (``inbox`` by message
+    id, ``dossiers`` by submission id, ``outbox`` by the delivery that caused it): new
+    time-ordered ids land on the last page of each index, where random ones (version
+    4) each dirty a page of their own, which a SQLite ledger writes whole to its log
+    for every small batch: about a third of the router's log per dossier
+    (docs/BENCHMARKS.md, "What the ledger writes per dossier"). Any UUID is accepted;
+    this is what the SDK and the simulators use.
+
+    ``unix_ms`` (default: now) and ``random_bits`` (74 bits; default: from the
+    system's random source) exist so that simulators can make reproducible ids.
+    """
+    if unix_ms is None:
+        unix_ms = time.time_ns() // 1_000_000
+    if random_bits is None:
+        random_bits = int.from_bytes(os.urandom(10)) >> 6
+    if not 0 <= unix_ms <= _UNIX_MS_MAX:
+        raise ValueError(f"unix_ms out of range for a UUIDv7: {unix_ms}")
+    if not 0 <= random_bits <= _RANDOM_BITS_MAX:
+        raise ValueError("random_bits must be a non-negative integer of at most 74 bits")
+    # 48 bits of time, version 7, 12 random bits, variant 0b10, 62 random bits
+    return UUID(int=(unix_ms << 80) | (0x7 << 76) | ((random_bits >> 62) << 64)
+                | (0b10 << 62) | (random_bits & ((1 << 62) - 1)))

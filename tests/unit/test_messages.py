@@ -20,6 +20,7 @@ from broker.messages import (
     encode,
     json_schemas,
     kind_of,
+    new_id,
 )
 from tests.helpers import dossier
 
@@ -130,3 +131,27 @@ def test_published_asyncapi_document_matches_the_models() -> None:
     published = Path(__file__).parents[2] / "docs" / "asyncapi.yaml"
     assert yaml.safe_load(published.read_text()) == asyncapi(), (
         "docs/asyncapi.yaml is stale: casebroker schema --asyncapi > docs/asyncapi.yaml")
+
+
+def test_new_ids_are_version_7_and_sort_by_time() -> None:
+    ids = [new_id(unix_ms=ms, random_bits=bits) for ms, bits in
+           ((1_800_000_000_002, 0), (1_800_000_000_000, (1 << 74) - 1), (1_800_000_000_001, 5))]
+    assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
+    assert sorted(ids) == [ids[1], ids[2], ids[0]]  # by time, whatever the random bits
+    assert ids[0].int >> 80 == 1_800_000_000_002  # the first 48 bits are the time in ms
+    assert str(new_id(unix_ms=0, random_bits=0)) == "00000000-0000-7000-8000-000000000000"
+    # the random bits survive whole around the version and variant fields
+    assert new_id(unix_ms=0, random_bits=(1 << 74) - 1).int == (
+        (0x7 << 76) | (0xFFF << 64) | (0b10 << 62) | ((1 << 62) - 1))
+    now = new_id()
+    assert now != new_id() and now.version == 7
+    assert abs((now.int >> 80) / 1000 - datetime.now(UTC).timestamp()) < 60
+    # a dossier takes one as its submission id, through the contract's UUID field
+    assert decode(encode(dossier(submission_id=now))).submission_id == now
+
+
+@pytest.mark.parametrize("kw", [{"unix_ms": -1}, {"unix_ms": 1 << 48}, {"random_bits": -1},
+                                {"random_bits": 1 << 74}])
+def test_new_id_refuses_what_does_not_fit(kw: dict[str, int]) -> None:
+    with pytest.raises(ValueError):
+        new_id(**kw)
