@@ -56,12 +56,16 @@ dossiers = Table(
            autoincrement=True),
     Column("code", String(96), nullable=False, unique=True),
     Column("submission_id", String(36), nullable=False, unique=True),
-    Column("procedure_code", String(16), nullable=False, index=True),
+    # procedure_code and agency_id have no index: no query looks a dossier up by either
+    # (the per-agency overdue count goes through the state index), and each index took a
+    # page of the SQLite log per dossier of a small batch (docs/BENCHMARKS.md, "What the
+    # ledger writes per dossier"). A ledger made before keeps them; they do no harm
+    Column("procedure_code", String(16), nullable=False),
     Column("intake_desk_id", String(64), nullable=False),
     Column("return_desk_id", String(64), nullable=False),
     Column("channel", String(16), nullable=False),
     Column("state", Integer, nullable=False, index=True),
-    Column("agency_id", String(64), nullable=False, index=True),
+    Column("agency_id", String(64), nullable=False),
     Column("step", Integer, nullable=False),
     Column("steps", JSON, nullable=False),
     Column("rule_id", String(96), nullable=False),
