@@ -78,7 +78,10 @@ class DossierSubmitted(_Model):
     schema_: Literal["casebroker.dossier.submitted/v1"] = Field(
         "casebroker.dossier.submitted/v1", alias="schema"
     )
-    submission_id: UUID
+    submission_id: UUID = Field(description=(
+        "The desk's idempotency key: a submission sent again with the same id makes no "
+        "second dossier. Any UUID; a time-ordered one (version 7, RFC 9562) keeps the "
+        "ledger's indexes growing at their end."))
     procedure_code: ProcedureCode
     desk_id: PartyId
     return_desk_id: PartyId | None = None
