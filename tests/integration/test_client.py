@@ -140,6 +140,11 @@ def test_desk_events_and_agency_reports_land_on_status_queue(live: Live) -> None
     assert [getattr(m, "desk_id", None) for m in messages[:3]] == ["T.MC.A"] * 3
     assert messages[0].satisfaction == 5  # type: ignore[union-attr]
     assert messages[3].agency_id == "T.UBND.A"  # type: ignore[union-attr]
+    # ids the SDK makes itself are time-ordered (version 7); a given one is kept as it is
+    made = [uuid.UUID(mid.partition(":")[2]) for mid in sent]
+    assert [u.version for u in made] == [7, 7, 7, 4]
+    times = [u.int >> 80 for u in made[:3]]  # milliseconds: later events, later or equal
+    assert times == sorted(times)
 
 
 def test_unroutable_or_refused_publish_raises_and_client_recovers(live: Live) -> None:
