@@ -47,16 +47,19 @@ _FRAME_HEADER = 24
 
 def wal_frames(path: Path) -> tuple[int, list[int], int]:
     """(page size, the page number of every frame, commits) of a SQLite WAL file."""
-    data = path.read_bytes()
+    data = path.read_bytes() if path.exists() else b""
     if len(data) < _WAL_HEADER:
         return 0, [], 0
     magic, _version, page_size = struct.unpack(">III", data[:12])
     if magic not in (0x377F0682, 0x377F0683):
         raise ValueError(f"{path} is not a SQLite WAL file")
+    salts = data[16:24]
     pages: list[int] = []
     commits = 0
     for offset in range(_WAL_HEADER, len(data) - _FRAME_HEADER - page_size + 1,
                         _FRAME_HEADER + page_size):
+        if data[offset + 8:offset + 16] != salts:  # left over from before a reset: not valid
+            break
         page, size_after_commit = struct.unpack(">II", data[offset:offset + 8])
         pages.append(page)
         commits += size_after_commit != 0
@@ -139,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dossiers", type=int, default=3000, help="measured (default 3,000)")
     p.add_argument("--batch", type=int, default=6, help="dossiers per batch (default 6)")
     args = p.parse_args(argv)
+    if args.dossiers < 1 or args.batch < 1 or args.prefill < 0:
+        p.error("--dossiers and --batch must be at least 1, --prefill at least 0")
     result = measure(args.ledger, args.prefill, args.dossiers, args.batch)
     print(f"{result['ledger']}: {result['dossiers']:,} dossiers in batches of "
           f"{result['batch']} after {args.prefill:,}: "
