@@ -578,9 +578,10 @@ def _make_engine(url: str, sqlite: dict[str, bool]) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")
-            # 8 MB of page cache instead of 2: the indexes keyed by random ids (inbox,
-            # outbox, submission id) stay in memory longer; about 15% more dossiers/s
-            # for a bounded few MB per connection (docs/BENCHMARKS.md)
+            # 8 MB of page cache instead of 2: the indexes whose new entries land anywhere
+            # (dossier code; inbox, outbox and submission id when a desk sends random
+            # ids) stay in memory longer; about 15% more dossiers/s, measured with random
+            # ids, for a bounded few MB per connection (docs/BENCHMARKS.md)
             cur.execute("PRAGMA cache_size=-8192")
             if not sqlite["autocheckpoint"]:
                 cur.execute("PRAGMA wal_autocheckpoint=0")  # Ledger.background_checkpoints
