@@ -370,7 +370,7 @@ def new_id(unix_ms: int | None = None, random_bits: int | None = None) -> UUID:
     id, ``dossiers`` by submission id, ``outbox`` by the delivery that caused it): new
     time-ordered ids land on the last page of each index, where random ones (version
     4) each dirty a page of their own, which a SQLite ledger writes whole to its log
-    for every small batch: about a third of the router's log per dossier
+    for every small batch: about a quarter of the router's log per dossier
     (docs/BENCHMARKS.md, "What the ledger writes per dossier"). Any UUID is accepted;
     this is what the SDK and the simulators use.
 
