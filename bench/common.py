@@ -19,7 +19,7 @@ import pika
 from pika.spec import BasicProperties
 
 from adapters.simulate import DossierFactory
-from broker.amqp import amqp_url
+from broker.amqp import Delivery, amqp_url
 from broker.messages import CONTENT_TYPE, encode
 from broker.rules.catalog import Catalog
 
@@ -82,6 +82,14 @@ def submit_properties(submission_id: str) -> BasicProperties:
     """The properties a desk gives a submission (persistent, JSON, its message id)."""
     return BasicProperties(content_type=CONTENT_TYPE, delivery_mode=2,
                            message_id=f"submit:{submission_id}", type="dossier.submitted")
+
+
+def intake_deliveries(catalog: Catalog, count: int, *, start: int = 1, seed: int = 6
+                      ) -> list[Delivery]:
+    """Dossiers as the router's worker hands them over (delivery tags from ``start``),
+    for benchmarks that call the handler directly, without RabbitMQ."""
+    return [Delivery(start + i, d.body, submit_properties(d.submission_id), False, "intake")
+            for i, d in enumerate(dossier_stream(catalog, count, seed=seed))]
 
 
 def blocking(url: str | None = None) -> pika.BlockingConnection:

@@ -17,9 +17,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from bench.common import dossier_stream, submit_properties
+from bench.common import intake_deliveries
 from bench.ledgers import ledger_url
-from broker.amqp import Delivery
 from broker.consumers.router import Router
 from broker.ledger import Ledger
 from broker.rules.catalog import load_catalog
@@ -31,8 +30,7 @@ def measure(batch: int, dossiers: int, ledger_kind: str) -> tuple[float, float]:
     """(wall µs, CPU µs) per dossier for ``dossiers`` handled in batches of ``batch``."""
     catalog = load_catalog()
     engine = Engine(catalog)
-    deliveries = [Delivery(i + 1, d.body, submit_properties(d.submission_id), False, "intake")
-                  for i, d in enumerate(dossier_stream(catalog, dossiers))]
+    deliveries = intake_deliveries(catalog, dossiers)
     with ledger_url(ledger_kind) as url:
         ledger = Ledger(url)
         stop_checkpoints = ledger.background_checkpoints()  # as `casebroker run` has them

@@ -32,7 +32,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from bench.common import dossier_stream, submit_properties
+from bench.common import intake_deliveries
 from bench.ledgers import ledger_url
 from broker.amqp import Delivery
 from broker.consumers.router import Router
@@ -66,24 +66,24 @@ def wal_frames(path: Path) -> tuple[int, list[int], int]:
     return page_size, pages, commits
 
 
-def _deliveries(count: int, start: int, seed: int) -> list[Delivery]:
-    return [Delivery(start + i, d.body, submit_properties(d.submission_id), False, "intake")
-            for i, d in enumerate(dossier_stream(load_catalog(), count, seed=seed))]
+def _feed(router: Router, deliveries: list[Delivery], batch: int) -> None:
+    for i in range(0, len(deliveries), batch):
+        router.handle(deliveries[i:i + batch])
 
 
 def measure(ledger_kind: str, prefill: int, dossiers: int, batch: int) -> dict[str, Any]:
     """Log bytes per dossier (and, for SQLite, frames per table or index)."""
-    engine = Engine(load_catalog())
-    first = _deliveries(prefill, 1, seed=61)
-    measured = _deliveries(dossiers, prefill + 1, seed=62)
+    catalog = load_catalog()
+    engine = Engine(catalog)
+    first = intake_deliveries(catalog, prefill, seed=61)
+    measured = intake_deliveries(catalog, dossiers, start=prefill + 1, seed=62)
     with ledger_url(ledger_kind) as url:
         ledger = Ledger(url)
         router = Router(lambda: engine, ledger, Topology("benchwal"))
         try:
             stop = ledger.background_checkpoints()  # as `casebroker run` fills it
             try:
-                for i in range(0, prefill, 250):
-                    router.handle(first[i:i + 250])
+                _feed(router, first, 250)
             finally:
                 stop()
             if ledger_kind == "sqlite":
@@ -104,11 +104,10 @@ def _measure_sqlite(ledger: Ledger, router: Router, measured: list[Delivery], ba
     # run`) and nothing copies the WAL back while it is measured
     stop = ledger.background_checkpoints(every_s=1e9)
     try:
-        for i in range(0, len(measured), batch):
-            router.handle(measured[i:i + batch])
+        _feed(router, measured, batch)
         page_size, pages, commits = wal_frames(wal)
         with sqlite3.connect(database) as conn:
-            owner = dict((p, n) for n, p in conn.execute("SELECT name, pageno FROM dbstat"))
+            owner = {p: n for n, p in conn.execute("SELECT name, pageno FROM dbstat")}
     finally:
         stop()
     by_btree = Counter(owner.get(p, "(free or new)") for p in pages)
@@ -124,8 +123,7 @@ def _measure_postgres(ledger: Ledger, router: Router, measured: list[Delivery], 
     lsn = "SELECT pg_current_wal_lsn()"
     with ledger.engine.connect() as conn:
         before = conn.execute(text(lsn)).scalar_one()
-    for i in range(0, len(measured), batch):
-        router.handle(measured[i:i + batch])
+    _feed(router, measured, batch)
     with ledger.engine.connect() as conn:
         written = conn.execute(text(f"SELECT pg_wal_lsn_diff(({lsn}), '{before}')")
                                ).scalar_one()
