@@ -81,12 +81,12 @@ def test_a_coalesced_batch_is_one_write_and_arrives_whole_and_in_order() -> None
     n = 40
     pub = _Publisher(queue, n)
     pub.run()
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
     try:
         assert pub.error is None
         assert pub.confirmed == 2 * n
         # plain pika: method, header and body frames each written on their own
         assert pub.writes == [3 * n, 1]
-        conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
         ch = conn.channel()
         bodies = []
         for _ in range(2 * n):
@@ -96,7 +96,6 @@ def test_a_coalesced_batch_is_one_write_and_arrives_whole_and_in_order() -> None
         assert bodies == [f"plain-{i}" for i in range(n)] + [f"coalesced-{i}" for i in range(n)]
         assert ch.basic_get(queue, auto_ack=True)[0] is None
     finally:
-        conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
         conn.channel().queue_delete(queue)
         conn.close()
 
