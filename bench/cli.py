@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.common import Progress
-from bench.machine import describe_machine
+from bench.machine import describe_machine, gauges
 from broker.rules.catalog import Catalog, load_catalog
 
 STAGES = ("shovel", "shovel_spread", "forwarder", "router_sqlite", "router_postgres",
@@ -122,7 +122,10 @@ def measure(args: argparse.Namespace, stages: list[str], progress: Progress) -> 
     from bench import stages as st
 
     catalog = load_catalog(args.catalog)
-    report: dict[str, Any] = {"machine": describe_machine(), "dossiers": args.dossiers,
+    machine = describe_machine()
+    # the machine's speed drifts: read it before and after, so runs can be told apart
+    machine["gauges"] = {"start": gauges()}
+    report: dict[str, Any] = {"machine": machine, "dossiers": args.dossiers,
                               "prefetch_count": args.prefetch_count, "body_kb": args.body_kb}
     errors: dict[str, str] = {}
     actions: dict[str, Callable[[Catalog, argparse.Namespace, Progress], dict[str, Any]]] = {
@@ -147,6 +150,7 @@ def measure(args: argparse.Namespace, stages: list[str], progress: Progress) -> 
             if router and shovel:
                 report[f"ratio_router_{kind}_to_{yardstick}"] = round(router / shovel, 3)
     report["elapsed_s"] = round(time.monotonic() - started, 1)
+    machine["gauges"]["end"] = gauges()
     if errors:
         report["errors"] = errors
     return report
@@ -182,6 +186,9 @@ def format_report(r: dict[str, Any]) -> str:
     lines = [f"N={r['dossiers']}  body {r.get('message_bytes', '?')} B  "
              f"prefetch {r['prefetch_count']}  on {m.get('cpus')} CPUs, "
              f"RabbitMQ {m.get('rabbitmq')}"]
+    for when, g in m.get("gauges", {}).items():
+        lines.append(f"  machine at the {when}: fsync p50/p99 {g['fsync_p50_ms']}/"
+                     f"{g['fsync_p99_ms']} ms, fixed Python work {g['python_work_ms']} ms")
     for label, key, unit in rows:
         if key in r:
             lines.append(f"  {label:<48} {r[key]:>10} {unit}")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import statistics
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +48,57 @@ def describe_machine() -> dict[str, Any]:
     except Exception as e:  # the figures matter more than the version string
         info["rabbitmq"] = f"unknown ({type(e).__name__})"
     return info
+
+
+def _fsync_ms(directory: str | None, writes: int) -> list[float]:
+    """Milliseconds each of ``writes`` synced 4 KB appends took, in ``directory``."""
+    fd, path = tempfile.mkstemp(prefix="casebroker-gauge-", dir=directory)
+    try:
+        took = []
+        for _ in range(writes):
+            os.write(fd, b"\0" * 4096)
+            started = time.perf_counter()
+            os.fsync(fd)
+            took.append((time.perf_counter() - started) * 1000)
+        return took
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
+def _python_work() -> int:
+    """A fixed piece of the kind of work the router's interpreter does: JSON in and out
+    of a dossier-like document, dicts, sorting. About 18 ms on the machine of
+    docs/BENCHMARKS.md."""
+    doc = {"submission_id": "0192f0c4-7d2a-7c3e-9a51-3f4e5d6c7b8a", "desk_id": "desk-001",
+           "documents": [{"name": f"doc{i}", "pages": i, "kind": "copy"} for i in range(12)],
+           "attributes": {f"k{i}": str(i) * 4 for i in range(12)}}
+    total = 0
+    for i in range(400):
+        copy = json.loads(json.dumps(doc))
+        copy["n"] = i
+        total += len(sorted(copy["attributes"].items()))
+        total += sum(d["pages"] for d in copy["documents"])
+    return total
+
+
+def gauges(directory: str | None = None, *, writes: int = 300, runs: int = 5
+           ) -> dict[str, float]:
+    """How fast the machine is right now, read in well under a second.
+
+    The machine these figures come from drifts (docs/BENCHMARKS.md): the same code
+    gave receipt p99 of 25 ms one evening and 200-500 ms the next morning. Two readings
+    tell such states apart: the disk's synced 4 KB write in ``directory`` (where the
+    benchmark's SQLite ledgers go; every quorum-queue commit and every ledger commit
+    waits for one), p50 and p99; and the wall time of a fixed piece of Python work,
+    median of ``runs``. Taken at the start and at the end of a run.
+    """
+    synced = sorted(_fsync_ms(directory, writes))
+    python_ms = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        _python_work()
+        python_ms.append((time.perf_counter() - started) * 1000)
+    return {"fsync_p50_ms": round(synced[len(synced) // 2], 3),
+            "fsync_p99_ms": round(synced[min(len(synced) - 1, int(0.99 * len(synced)))], 3),
+            "python_work_ms": round(statistics.median(python_ms), 2)}
