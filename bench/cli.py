@@ -188,7 +188,9 @@ def format_report(r: dict[str, Any]) -> str:
              f"RabbitMQ {m.get('rabbitmq')}"]
     for when, g in m.get("gauges", {}).items():
         lines.append(f"  machine at the {when}: fsync p50/p99 {g['fsync_p50_ms']}/"
-                     f"{g['fsync_p99_ms']} ms, fixed Python work {g['python_work_ms']} ms")
+                     f"{g['fsync_p99_ms']} ms, fixed Python work {g['python_work_ms']} ms"
+                     + (f", {g['busy_elsewhere_cores']} cores busy elsewhere"
+                        if "busy_elsewhere_cores" in g else ""))
     for label, key, unit in rows:
         if key in r:
             lines.append(f"  {label:<48} {r[key]:>10} {unit}")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import blocking
+from bench.cpu import CpuMeter
 
 
 def _cpu_model() -> str:
@@ -87,18 +88,29 @@ def gauges(directory: str | None = None, *, writes: int = 300, runs: int = 5
     """How fast the machine is right now, read in well under a second.
 
     The machine these figures come from drifts (docs/BENCHMARKS.md): the same code
-    gave receipt p99 of 25 ms one evening and 200-500 ms the next morning. Two readings
-    tell such states apart: the disk's synced 4 KB write in ``directory`` (where the
-    benchmark's SQLite ledgers go; every quorum-queue commit and every ledger commit
-    waits for one), p50 and p99; and the wall time of a fixed piece of Python work,
-    median of ``runs``. Taken at the start and at the end of a run.
+    gave receipt p99 of 25-68 ms in one session and 200-500 ms in the next, an hour
+    later. Two readings tell such states apart: the disk's synced 4 KB write in
+    ``directory`` (where the benchmark's SQLite ledgers go; every quorum-queue commit
+    and every ledger commit waits for one), p50 and p99; and the wall time of a fixed
+    piece of Python work, median of ``runs``. Taken at the start and at the end of a
+    run. With them, where ``/proc/stat`` exists, ``busy_elsewhere_cores``: the cores
+    the rest of the machine kept busy meanwhile (RabbitMQ still deleting a stage's
+    queues slows the second reading, and says so here).
     """
+    meter = CpuMeter()
+    own_cpu = time.process_time()
     synced = sorted(_fsync_ms(directory, writes))
     python_ms = []
     for _ in range(runs):
         started = time.perf_counter()
         _python_work()
         python_ms.append((time.perf_counter() - started) * 1000)
-    return {"fsync_p50_ms": round(synced[len(synced) // 2], 3),
-            "fsync_p99_ms": round(synced[min(len(synced) - 1, int(0.99 * len(synced)))], 3),
-            "python_work_ms": round(statistics.median(python_ms), 2)}
+    reading = {"fsync_p50_ms": round(synced[len(synced) // 2], 3),
+               "fsync_p99_ms": round(synced[min(len(synced) - 1, int(0.99 * len(synced)))], 3),
+               "python_work_ms": round(statistics.median(python_ms), 2)}
+    own_cpu = time.process_time() - own_cpu
+    spent = meter.seconds()
+    if spent and spent["wall"] > 0:
+        elsewhere = max(0.0, spent["machine"] - own_cpu) / spent["wall"]
+        reading["busy_elsewhere_cores"] = round(elsewhere, 2)
+    return reading
