@@ -23,6 +23,9 @@ STAGES = ("shovel", "shovel_spread", "forwarder", "router_sqlite", "router_postg
 DEFAULT_STAGES = STAGES[:8]
 DEFAULT_SIZES_KB = (1.0, 16.0, 128.0)
 DEFAULT_PREFETCHES = (100, 1000, 5000)
+#: RabbitMQ's open-file limit under which two shipped-catalog topologies do not fit
+#: (about 3 handles per quorum queue, 233 queues each: docs/BENCHMARKS.md, Caveat)
+FD_ENOUGH = 2048
 #: stages that report where the machine's CPU went, and the columns of that table
 CPU_STAGES = ("shovel", "shovel_spread", "forwarder", "router_sqlite", "router_postgres",
               "receipt")
@@ -122,7 +125,12 @@ def measure(args: argparse.Namespace, stages: list[str], progress: Progress) -> 
     from bench import stages as st
 
     catalog = load_catalog(args.catalog)
+    progress.begin("machine")
     machine = describe_machine()
+    if machine.get("rabbitmq_fd_limit", FD_ENOUGH) < FD_ENOUGH:
+        progress.note(f"RabbitMQ may open only {machine['rabbitmq_fd_limit']} files: a "
+                      "second topology alive at once (a demo, the tests) would stall its "
+                      "connections; run nothing else meanwhile (docs/BENCHMARKS.md, Caveat)")
     # the machine's speed drifts: read it before and after, so runs can be told apart
     machine["gauges"] = {"start": gauges()}
     report: dict[str, Any] = {"machine": machine, "dossiers": args.dossiers,
@@ -185,7 +193,9 @@ def format_report(r: dict[str, Any]) -> str:
     m = r["machine"]
     lines = [f"N={r['dossiers']}  body {r.get('message_bytes', '?')} B  "
              f"prefetch {r['prefetch_count']}  on {m.get('cpus')} CPUs, "
-             f"RabbitMQ {m.get('rabbitmq')}"]
+             f"RabbitMQ {m.get('rabbitmq')}"
+             + (f" (open-file limit {m['rabbitmq_fd_limit']})" if "rabbitmq_fd_limit" in m
+                else "")]
     for when, g in m.get("gauges", {}).items():
         lines.append(f"  machine at the {when}: fsync p50/p99 {g['fsync_p50_ms']}/"
                      f"{g['fsync_p99_ms']} ms, fixed Python work {g['python_work_ms']} ms"

@@ -34,7 +34,7 @@ def _memory_gb() -> float | None:
 
 
 def describe_machine() -> dict[str, Any]:
-    """CPU, memory, load, Python and RabbitMQ versions."""
+    """CPU, memory, load, Python and RabbitMQ versions, RabbitMQ's open-file limit."""
     info: dict[str, Any] = {"cpus": os.cpu_count(), "cpu_model": _cpu_model(),
                             "memory_gb": _memory_gb(), "python": platform.python_version(),
                             "load_avg_1m": round(os.getloadavg()[0], 2)}
@@ -48,6 +48,13 @@ def describe_machine() -> dict[str, Any]:
             conn.close()
     except Exception as e:  # the figures matter more than the version string
         info["rabbitmq"] = f"unknown ({type(e).__name__})"
+    try:  # over the management API, which the shovel stages need anyway
+        from bench.transport import Management
+
+        nodes = Management().call("GET", "/nodes?columns=name,fd_total")
+        info["rabbitmq_fd_limit"] = int(nodes[0]["fd_total"])
+    except Exception:  # not enabled yet, or not reachable: the stages will say so
+        pass
     return info
 
 

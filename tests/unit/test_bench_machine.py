@@ -29,8 +29,10 @@ def test_the_report_shows_both_readings() -> None:
     end = {"fsync_p50_ms": 0.37, "fsync_p99_ms": 1.4, "python_work_ms": 26.0,
            "busy_elsewhere_cores": 0.9}
     text = format_report({"machine": {"cpus": 2, "rabbitmq": "3.10.8",
+                                      "rabbitmq_fd_limit": 1024,
                                       "gauges": {"start": start, "end": end}},
                           "dossiers": 10, "prefetch_count": 1000})
+    assert "RabbitMQ 3.10.8 (open-file limit 1024)" in text
     assert "machine at the start: fsync p50/p99 0.08/0.4 ms, fixed Python work 18.1 ms" in text
     assert ("machine at the end: fsync p50/p99 0.37/1.4 ms, fixed Python work 26.0 ms, "
             "0.9 cores busy elsewhere") in text
