@@ -13,6 +13,7 @@ from typing import Any
 
 from bench.common import blocking
 from bench.cpu import CpuMeter
+from bench.transport import Management
 
 
 def _cpu_model() -> str:
@@ -49,8 +50,6 @@ def describe_machine() -> dict[str, Any]:
     except Exception as e:  # the figures matter more than the version string
         info["rabbitmq"] = f"unknown ({type(e).__name__})"
     try:  # over the management API, which the shovel stages need anyway
-        from bench.transport import Management
-
         nodes = Management().call("GET", "/nodes?columns=name,fd_total")
         info["rabbitmq_fd_limit"] = int(nodes[0]["fd_total"])
     except Exception:  # not enabled yet, or not reachable: the stages will say so
@@ -76,8 +75,8 @@ def _fsync_ms(directory: str | None, writes: int) -> list[float]:
 
 def _python_work() -> int:
     """A fixed piece of the kind of work the router's interpreter does: JSON in and out
-    of a dossier-like document, dicts, sorting. About 18 ms on the machine of
-    docs/BENCHMARKS.md."""
+    of a dossier-like document, dicts, sorting. 11-27 ms on the machine of
+    docs/BENCHMARKS.md, whose speed varies that much within minutes."""
     doc = {"submission_id": "0192f0c4-7d2a-7c3e-9a51-3f4e5d6c7b8a", "desk_id": "desk-001",
            "documents": [{"name": f"doc{i}", "pages": i, "kind": "copy"} for i in range(12)],
            "attributes": {f"k{i}": str(i) * 4 for i in range(12)}}
@@ -95,7 +94,7 @@ def gauges(directory: str | None = None, *, writes: int = 300, runs: int = 5
     """How fast the machine is right now, read in well under a second.
 
     The machine these figures come from drifts (docs/BENCHMARKS.md): the same code
-    gave receipt p99 of 25-68 ms in one session and 200-500 ms in the next, an hour
+    gave receipt p99 of 25-68 ms in one session and 206-680 ms in the next, an hour
     later. Two readings tell such states apart: the disk's synced 4 KB write in
     ``directory`` (where the benchmark's SQLite ledgers go; every quorum-queue commit
     and every ledger commit waits for one), p50 and p99; and the wall time of a fixed
