@@ -188,6 +188,9 @@ def format_report(r: dict[str, Any]) -> str:
         ("  desk → router's batch start, p99", "receipt_to_router_p99_ms", "ms"),
         ("  router's batch start → desk, p50", "receipt_from_router_p50_ms", "ms"),
         ("  router's batch start → desk, p99", "receipt_from_router_p99_ms", "ms"),
+        ("  router's intake batches while offered", "receipt_router_batch_count", ""),
+        ("  their mean size", "receipt_router_batch_mean_size", "dossiers"),
+        ("  their mean time, hand-off to result", "receipt_router_batch_mean_ms", "ms"),
         ("router RSS growth", "router_rss_growth_mb", "MB"),
     ]
     m = r["machine"]

@@ -10,17 +10,21 @@ import itertools
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.demo import stop_process
 from bench.common import (
@@ -56,12 +60,15 @@ def rss_mb(pid: int) -> float:
 
 @contextmanager
 def router_process(topology: Topology, db_url: str, *, prefetch_count: int = 1000,
-                   catalog_path: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """`casebroker run` on ``topology``, consuming, stopped (SIGTERM) afterwards."""
+                   catalog_path: str | None = None, metrics_port: int = 0
+                   ) -> Iterator[subprocess.Popen[bytes]]:
+    """`casebroker run` on ``topology``, consuming, stopped (SIGTERM) afterwards; its
+    /metrics on 127.0.0.1:``metrics_port`` when that is not 0."""
     workdir = Path(tempfile.mkdtemp(prefix="casebroker-bench-router-"))
     log_path = workdir / "router.log"
     cmd = [sys.executable, "-m", "broker.cli", "run", "--prefix", topology.prefix,
-           "--db-url", db_url, "--metrics-port", "0", "--prefetch-count", str(prefetch_count)]
+           "--db-url", db_url, "--metrics-port", str(metrics_port),
+           "--prefetch-count", str(prefetch_count)]
     if catalog_path:
         cmd += ["--catalog", str(Path(catalog_path).resolve())]
     env = dict(os.environ, CASEBROKER_LOG_LEVEL="WARNING")
@@ -153,6 +160,10 @@ class LatencyResult:
     warmup: int = 0
     #: their own round trip: p50_ms, p99_ms, max_ms
     warmup_figures: dict[str, float] = field(default_factory=dict)
+    #: the router's intake batches while the load was offered (its /metrics): how many,
+    #: their mean size and mean time from hand-off to result. Small batches: the router
+    #: waits for work; batches near rate × batch time: it is at its capacity
+    batches: dict[str, float] = field(default_factory=dict)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -180,8 +191,10 @@ def receipt_latency(catalog: Catalog, n: int, progress: Progress, *,
                                                                         time.time())
         return on_sent
 
+    metrics_port = free_port()
     with fresh_topology(catalog, "rc") as topology, sqlite_ledger_url() as url, \
-            router_process(topology, url, catalog_path=catalog_path) as proc:
+            router_process(topology, url, catalog_path=catalog_path,
+                           metrics_port=metrics_port) as proc:
         listener = _DeskListener(topology, catalog)
         listener.thread.start()
 
@@ -202,9 +215,11 @@ def receipt_latency(catalog: Catalog, n: int, progress: Progress, *,
                 receipts(warmup)
             progress.note(f"offering {n} dossiers at {offered_per_s:.0f}/s")
             cpu = CpuMeter({proc.pid: "router"})
+            batches_before = intake_batches(metrics_port)
             result = publish((_intake(topology, d) for d in dossiers[warmup:]), window=5000,
                              rate_per_s=offered_per_s, on_sent=noting(sent))
             cpu.stop()  # the offered load's span: the backlog after it is the router's alone
+            batches = _batch_figures(batches_before, intake_batches(metrics_port))
             receipts(warmup + n)
         finally:
             listener.stop.set()
@@ -215,7 +230,45 @@ def receipt_latency(catalog: Catalog, n: int, progress: Progress, *,
     warm = _round_trips(warm_sent, arrived)
     return LatencyResult(n, offered_per_s, rate(result.sent, result.seconds),
                          measured["p50_ms"], measured["p99_ms"], measured["max_ms"],
-                         cpu.per_message(result.sent), _legs(sent, arrived), warmup, warm)
+                         cpu.per_message(result.sent), _legs(sent, arrived), warmup, warm,
+                         batches)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def intake_batches(port: int) -> tuple[float, float, float] | None:
+    """(batches, deliveries, seconds) the router's intake worker has handled so far, from
+    its /metrics (``casebroker_batch_size`` and ``casebroker_batch_seconds``); None if
+    the scrape failed (the stage's other figures matter more)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    found = {"casebroker_batch_size_count": 0.0, "casebroker_batch_size_sum": 0.0,
+             "casebroker_batch_seconds_sum": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in found and sample.labels.get("source") == "intake":
+                found[sample.name] = sample.value
+    return (found["casebroker_batch_size_count"], found["casebroker_batch_size_sum"],
+            found["casebroker_batch_seconds_sum"])
+
+
+def _batch_figures(before: tuple[float, float, float] | None,
+                   after: tuple[float, float, float] | None) -> dict[str, float]:
+    if before is None or after is None:
+        return {}
+    batches, deliveries, seconds = (b - a for a, b in zip(before, after, strict=True))
+    if batches <= 0:
+        return {}
+    return {"count": int(batches), "mean_size": round(deliveries / batches, 1),
+            "mean_ms": round(seconds / batches * 1000, 2)}
 
 
 def _round_trips(sent: dict[str, tuple[float, float]],

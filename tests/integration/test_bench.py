@@ -39,6 +39,8 @@ def test_bench_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
     assert report["router_sqlite_outcomes"] == report["router_postgres_outcomes"]
     assert sum(report["router_sqlite_outcomes"].values()) == 200
     assert report["machine"]["cpus"] >= 1
+    for when in ("start", "end"):  # the machine's speed, read before and after (bench.machine)
+        assert report["machine"]["gauges"][when]["fsync_p50_ms"] > 0, when
     # where the CPU went, per stage that moves messages (bench/cpu.py; its accuracy is
     # tests/unit/test_bench_cpu.py's): every group reported, none negative
     for stage in ("shovel", "shovel_spread", "forwarder", "router_sqlite", "router_postgres",
@@ -52,6 +54,12 @@ def test_bench_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
     assert report["receipt_warmup_dossiers"] == 50
     assert 0 < report["receipt_warmup_p50_ms"] <= report["receipt_warmup_p99_ms"]
     assert report["receipt_dossiers"] == 200
+    # the router's batches while the 200 were offered, from its /metrics
+    assert report["receipt_router_batch_count"] >= 1
+    assert report["receipt_router_batch_mean_size"] >= 1
+    assert report["receipt_router_batch_mean_ms"] > 0
+    handled = report["receipt_router_batch_count"] * report["receipt_router_batch_mean_size"]
+    assert handled <= 200 * 1.05  # rounded mean; none of the warm-up's
     # the round trip's two legs, split at the router's batch start: each leg is part of it
     for leg in ("to_router", "from_router"):
         assert 0 < report[f"receipt_{leg}_p50_ms"] < report["receipt_max_ms"], leg
