@@ -11,7 +11,6 @@ import itertools
 import logging
 import operator
 import queue
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -23,6 +22,7 @@ from pika.adapters.select_connection import SelectConnection
 from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
+from broker import threads
 from broker.envelope import Outbound
 from broker.errors import TransientError
 
@@ -140,7 +140,7 @@ class _HandlerThread:
 
     def __init__(self, name: str) -> None:
         self.jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        threading.Thread(target=self._loop, name=name, daemon=True).start()
+        threads.start(self._loop, name)
 
     def submit(self, job: Callable[[], None]) -> None:
         self.jobs.put(job)

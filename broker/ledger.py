@@ -42,6 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
+from broker import threads
 from broker.envelope import Outbound
 from broker.errors import LedgerSchemaError, TransientError
 from broker.tables import (
@@ -551,8 +552,7 @@ class Ledger:
             finally:
                 conn.close()
 
-        thread = threading.Thread(target=loop, name="ledger-checkpoint", daemon=True)
-        thread.start()
+        thread = threads.start(loop, "wal-checkpoint")
 
         def halt() -> None:
             stop.set()

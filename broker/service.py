@@ -23,6 +23,7 @@ from typing import Any
 
 import pika
 
+from broker import threads
 from broker.amqp import ConsumerService, ConsumerSettings
 from broker.consumers.common import Clock
 from broker.consumers.deadlines import DeadlineWatch, WatchSettings
@@ -169,7 +170,7 @@ class Broker:
 
     def _on_reload_signal(self, _signum: int, _frame: FrameType | None) -> None:
         # the reload parses YAML and talks to RabbitMQ: not inside a signal handler
-        threading.Thread(target=self.reload, name="catalog-reload", daemon=True).start()
+        threads.start(self.reload, "catalog-reload")
 
 
 def catalog_path_arg(value: str | None) -> str | None:

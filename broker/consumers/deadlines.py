@@ -30,6 +30,7 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import NackError, UnroutableError
 
+from broker import threads
 from broker.amqp import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER, amqp_url, properties_for
 from broker.calendar import WorkingCalendar
 from broker.consumers.common import Clock, EngineProvider, to_agency, to_desk
@@ -271,8 +272,7 @@ class DeadlineWatch:
     def start(self) -> None:
         """Run :meth:`tick` every ``interval_s`` in a daemon thread until :meth:`stop`."""
         self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="deadline-watch", daemon=True)
-        self._thread.start()
+        self._thread = threads.start(self._loop, "deadline-watch")
 
     def _loop(self) -> None:
         while not self._stop.is_set():
