@@ -207,6 +207,9 @@ def format_report(r: dict[str, Any]) -> str:
     for label, key, unit in rows:
         if key in r:
             lines.append(f"  {label:<48} {r[key]:>10} {unit}")
+    if r.get("receipt_router_threads_us_per_msg"):
+        lines.append("  receipt: casebroker run's CPU µs per dossier by thread: " + ", ".join(
+            f"{name} {us}" for name, us in r["receipt_router_threads_us_per_msg"].items()))
     cpu = [(stage, r[f"{stage}_cpu_us_per_msg"]) for stage in CPU_STAGES
            if r.get(f"{stage}_cpu_us_per_msg")]
     if cpu:

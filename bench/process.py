@@ -38,7 +38,7 @@ from bench.common import (
     submit_properties,
     wait_until,
 )
-from bench.cpu import CpuMeter
+from bench.cpu import CpuMeter, thread_ticks, thread_us_per_message
 from bench.ledgers import sqlite_ledger_url
 from bench.publisher import Message, publish
 from bench.router import fresh_topology
@@ -164,6 +164,9 @@ class LatencyResult:
     #: their mean size and mean time from hand-off to result. Small batches: the router
     #: waits for work; batches near rate × batch time: it is at its capacity
     batches: dict[str, float] = field(default_factory=dict)
+    #: the router's CPU per offered dossier by thread (bench.cpu.thread_ticks): ``main``
+    #: (the AMQP I/O loop), ``handler-intake``, ``wal-checkpoint``...
+    threads: dict[str, float] = field(default_factory=dict)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -216,9 +219,11 @@ def receipt_latency(catalog: Catalog, n: int, progress: Progress, *,
             progress.note(f"offering {n} dossiers at {offered_per_s:.0f}/s")
             cpu = CpuMeter({proc.pid: "router"})
             batches_before = intake_batches(metrics_port)
+            threads_before = thread_ticks(proc.pid)
             result = publish((_intake(topology, d) for d in dossiers[warmup:]), window=5000,
                              rate_per_s=offered_per_s, on_sent=noting(sent))
             cpu.stop()  # the offered load's span: the backlog after it is the router's alone
+            threads_after = thread_ticks(proc.pid)
             batches = _batch_figures(batches_before, intake_batches(metrics_port))
             receipts(warmup + n)
         finally:
@@ -231,7 +236,8 @@ def receipt_latency(catalog: Catalog, n: int, progress: Progress, *,
     return LatencyResult(n, offered_per_s, rate(result.sent, result.seconds),
                          measured["p50_ms"], measured["p99_ms"], measured["max_ms"],
                          cpu.per_message(result.sent), _legs(sent, arrived), warmup, warm,
-                         batches)
+                         batches, thread_us_per_message(threads_before, threads_after,
+                                                        result.sent))
 
 
 def free_port() -> int:

@@ -100,6 +100,7 @@ def receipt_stage(catalog: Catalog, args: argparse.Namespace, p: Progress) -> di
             "receipt_achieved_per_s": r.achieved_per_s, "receipt_cpu_us_per_msg": r.cpu,
             **{f"receipt_{k}": v for k, v in r.legs.items()},
             **{f"receipt_router_batch_{k}": v for k, v in r.batches.items()},
+            "receipt_router_threads_us_per_msg": r.threads,
             "receipt_warmup_dossiers": r.warmup,
             **{f"receipt_warmup_{k}": v for k, v in r.warmup_figures.items()}}
 

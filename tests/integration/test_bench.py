@@ -59,6 +59,9 @@ def test_bench_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
     assert report["receipt_router_batch_mean_size"] >= 1
     assert report["receipt_router_batch_mean_ms"] > 0
     handled = report["receipt_router_batch_count"] * report["receipt_router_batch_mean_size"]
+    # and its CPU by thread: the I/O loop and the intake handler, named in the OS
+    threads = report["receipt_router_threads_us_per_msg"]
+    assert threads["main"] > 0 and threads["handler-intake"] > 0, threads
     assert handled <= 200 * 1.05  # rounded mean; none of the warm-up's
     # the round trip's two legs, split at the router's batch start: each leg is part of it
     for leg in ("to_router", "from_router"):

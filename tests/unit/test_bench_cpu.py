@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from pathlib import Path
 
@@ -60,3 +62,31 @@ def test_a_named_process_is_a_group_of_its_own() -> None:
         child.wait()
     assert 0.27 <= seconds["router"] <= 0.45
     assert seconds["benchmark"] < 0.2  # this process only waited
+
+
+def test_thread_ticks_tell_a_named_busy_thread_from_the_main_one() -> None:
+    from bench.cpu import thread_ticks, thread_us_per_message
+    from broker import threads
+
+    burnt, release = threading.Event(), threading.Event()
+
+    def burn_then_wait() -> None:  # an ended thread's ticks leave /proc with it
+        started = time.thread_time()
+        while time.thread_time() - started < 0.3:
+            pass
+        burnt.set()
+        release.wait(10)
+
+    before = thread_ticks(os.getpid())
+    thread = threads.start(burn_then_wait, "bench-burner")
+    try:
+        assert burnt.wait(10)
+        after = thread_ticks(os.getpid())
+    finally:
+        release.set()
+        thread.join(10)
+    assert "main" in after
+    per = thread_us_per_message(before, after, 1000)
+    assert 250 <= per["bench-burner"] <= 400  # µs per message: 0.3 s over 1,000
+    assert list(per)[0] == "bench-burner"  # the busiest thread first
+    assert thread_us_per_message(before, after, 0) == {}
