@@ -11,7 +11,6 @@ the name is for people watching, never something the broker depends on.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 import threading
 from collections.abc import Callable
@@ -25,9 +24,9 @@ NAME_BYTES = 15
 def _prctl() -> Callable[..., int] | None:
     if not sys.platform.startswith("linux"):
         return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return libc.prctl
+    try:  # the running interpreter's own symbols: libc's are among them (find_library
+        # would start a subprocess, tens of ms at every import)
+        return ctypes.CDLL(None).prctl
     except (OSError, AttributeError):
         return None
 
