@@ -46,6 +46,12 @@ def _group_of(pid: int, comm: str, named: dict[int, str]) -> str | None:
     return None
 
 
+def _cpu_ticks(after_comm: str) -> int:
+    """utime + stime, in clock ticks, from what follows ``(comm)`` in a ``stat`` file."""
+    fields = after_comm.split()
+    return int(fields[11]) + int(fields[12])
+
+
 def _process_ticks(named: dict[int, str]) -> dict[int, tuple[str, int]]:
     """pid → (group, utime + stime in clock ticks) for the processes of a group."""
     found: dict[int, tuple[str, int]] = {}
@@ -62,8 +68,7 @@ def _process_ticks(named: dict[int, str]) -> dict[int, tuple[str, int]]:
         group = _group_of(int(entry.name), comm, named)
         if group is None:
             continue
-        fields = rest.split()
-        found[int(entry.name)] = (group, int(fields[11]) + int(fields[12]))
+        found[int(entry.name)] = (group, _cpu_ticks(rest))
     return found
 
 
@@ -84,8 +89,7 @@ def thread_ticks(pid: int) -> dict[str, int]:
             name = "main" if task.name == str(pid) else (task / "comm").read_text().strip()
         except OSError:  # ended since the listing
             continue
-        fields = raw.rpartition(")")[2].split()
-        ticks[name] = ticks.get(name, 0) + int(fields[11]) + int(fields[12])
+        ticks[name] = ticks.get(name, 0) + _cpu_ticks(raw.rpartition(")")[2])
     return ticks
 
 
