@@ -45,12 +45,12 @@ def name_this_thread(name: str) -> None:
         _PRCTL(_PR_SET_NAME, ctypes.c_char_p(os_name(name)), 0, 0, 0)
 
 
-def start(target: Callable[..., Any], name: str, *args: Any) -> threading.Thread:
+def start(target: Callable[[], Any], name: str) -> threading.Thread:
     """Start a daemon thread called ``name`` in Python and in the OS, running ``target``."""
 
     def run() -> None:
         name_this_thread(name)
-        target(*args)
+        target()
 
     thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()

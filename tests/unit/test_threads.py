@@ -22,19 +22,18 @@ def test_start_names_the_thread_in_python_and_in_the_os() -> None:
     seen: dict[str, str] = {}
     release = threading.Event()
 
-    def target(label: str) -> None:
-        seen["label"] = label
+    def target() -> None:
         seen["python"] = threading.current_thread().name
         seen["os"] = Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text()
         release.wait(5)
 
-    thread = threads.start(target, "handler-intake", "given")
+    thread = threads.start(target, "handler-intake")
     try:
         for _ in range(500):
             if "os" in seen:
                 break
             threading.Event().wait(0.01)
-        assert seen == {"label": "given", "python": "handler-intake", "os": "handler-intake\n"}
+        assert seen == {"python": "handler-intake", "os": "handler-intake\n"}
         assert thread.daemon
         # the other threads of the process keep their names
         main = Path(f"/proc/self/task/{os.getpid()}/comm").read_text()
