@@ -104,7 +104,6 @@ def gauges(directory: str | None = None, *, writes: int = 300, runs: int = 5
     queues slows the second reading, and says so here).
     """
     meter = CpuMeter()
-    own_cpu = time.process_time()
     synced = sorted(_fsync_ms(directory, writes))
     python_ms = []
     for _ in range(runs):
@@ -114,9 +113,8 @@ def gauges(directory: str | None = None, *, writes: int = 300, runs: int = 5
     reading = {"fsync_p50_ms": round(synced[len(synced) // 2], 3),
                "fsync_p99_ms": round(synced[min(len(synced) - 1, int(0.99 * len(synced)))], 3),
                "python_work_ms": round(statistics.median(python_ms), 2)}
-    own_cpu = time.process_time() - own_cpu
     spent = meter.seconds()
     if spent and spent["wall"] > 0:
-        elsewhere = max(0.0, spent["machine"] - own_cpu) / spent["wall"]
+        elsewhere = max(0.0, spent["machine"] - spent["benchmark"]) / spent["wall"]
         reading["busy_elsewhere_cores"] = round(elsewhere, 2)
     return reading
