@@ -88,7 +88,11 @@ class ConsumerSettings:
 class Hooks:
     """Observation points for metrics; each does nothing by default and never raises."""
 
-    def batch_done(self, source: str, size: int, published: int, seconds: float) -> None: ...
+    def batch_done(self, source: str, size: int, published: int, seconds: float,
+                   waiting: int = 0) -> None:
+        """A batch of ``size`` deliveries was handled and its ``published`` messages sent,
+        ``seconds`` after its hand-off to the handler; ``waiting`` deliveries were left
+        waiting behind it at that hand-off (more than one batch had arrived)."""
 
     def acked(self, source: str, count: int) -> None: ...
 

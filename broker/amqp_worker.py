@@ -253,6 +253,7 @@ class QueueWorker:
                 or self.service.stopping:
             return
         batch = self.pending[: self.settings.batch_size]
+        waiting = len(self.pending) - len(batch)  # left behind a full batch: a backlog
         singly = self.retries >= MAX_BOUNDED_RETRIES
         generation, started = self.generation, time.perf_counter()
         self.busy = True
@@ -265,12 +266,12 @@ class QueueWorker:
             except TransientError as e:
                 error = e
             self.service.call_threadsafe(
-                lambda: self._handled(generation, batch, outbound, error, started))
+                lambda: self._handled(generation, batch, outbound, error, started, waiting))
 
         self.thread.submit(job)
 
     def _handled(self, generation: int, batch: list[Delivery], outbound: list[Outbound],
-                 error: TransientError | None, started: float) -> None:
+                 error: TransientError | None, started: float, waiting: int) -> None:
         """Back in the I/O loop: publish the batch's messages, or schedule its retry."""
         if generation != self.generation:
             return
@@ -284,7 +285,7 @@ class QueueWorker:
         del self.pending[: len(batch)]
         self._publish(batch[-1].tag, outbound)
         self.service.hooks.batch_done(self.handler.source, len(batch), len(outbound),
-                                      time.perf_counter() - started)
+                                      time.perf_counter() - started, waiting)
         self._flush()
 
     def _handle(self, batch: list[Delivery], *, singly: bool) -> list[Outbound]:

@@ -31,6 +31,11 @@ class Metrics(Hooks):
         self.batch_size = Histogram(
             "casebroker_batch_size", "Deliveries per batch", ["source"], registry=r,
             buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000))
+        self.full_batches_total = Counter(
+            "casebroker_full_batches_total",
+            "Batches handed to the handler with more deliveries left waiting behind them "
+            "(the batch size was reached): the handler is behind its queue", ["source"],
+            registry=r)
         self.published_total = Counter(
             "casebroker_published_total", "Messages published (confirmed or pending)",
             ["source"], registry=r)
@@ -66,9 +71,12 @@ class Metrics(Hooks):
         counter.labels(outcome, reason).inc(n)
 
     # transport hooks
-    def batch_done(self, source: str, size: int, published: int, seconds: float) -> None:
+    def batch_done(self, source: str, size: int, published: int, seconds: float,
+                   waiting: int = 0) -> None:
         self.batch_seconds.labels(source).observe(seconds)
         self.batch_size.labels(source).observe(size)
+        if waiting:
+            self.full_batches_total.labels(source).inc()
         self.published_total.labels(source).inc(published)
 
     def acked(self, source: str, count: int) -> None:

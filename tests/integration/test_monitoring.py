@@ -106,3 +106,32 @@ def test_real_prometheus_scrapes_the_router(run_broker: Callable[..., RunningBro
     finally:
         prom.terminate()
         prom.wait(timeout=20)
+
+
+def test_full_batches_count_a_backlog_and_not_a_trickle(
+        run_broker: Callable[..., RunningBroker], declared) -> None:
+    """``casebroker_full_batches_total`` (alert CasebrokerAtCapacity) counts batches that
+    left deliveries waiting behind them, and only those."""
+    amqp = Amqp()
+    for _ in range(60):  # queued before the router starts: a backlog of twelve batches
+        amqp.submit(declared, dossier())
+    registry = run_broker(batch_size=5).broker.metrics.registry
+
+    def value(name: str, labels: dict[str, str]) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    def routed() -> float:
+        return value("casebroker_intake_total", {"outcome": "routed", "reason": ""})
+
+    def full() -> float:
+        return value("casebroker_full_batches_total", {"source": "intake"})
+
+    wait_for(lambda: routed() == 60, what="the backlog routed")
+    backlog_full = full()
+    batches = value("casebroker_batch_size_count", {"source": "intake"})
+    assert 1 <= backlog_full < batches  # the last batch leaves nothing behind
+    for n in range(61, 65):  # a trickle: each dossier routed before the next is sent
+        amqp.submit(declared, dossier())
+        wait_for(lambda n=n: routed() == n, what=f"dossier {n} routed")
+    amqp.close()
+    assert full() == backlog_full
