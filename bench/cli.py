@@ -191,6 +191,7 @@ def format_report(r: dict[str, Any]) -> str:
         ("  router's intake batches while offered", "receipt_router_batch_count", ""),
         ("  their mean size", "receipt_router_batch_mean_size", "dossiers"),
         ("  their mean time, hand-off to result", "receipt_router_batch_mean_ms", "ms"),
+        ("  full, with more waiting behind them", "receipt_router_batch_full", ""),
         ("router RSS growth", "router_rss_growth_mb", "MB"),
     ]
     m = r["machine"]

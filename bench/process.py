@@ -161,8 +161,8 @@ class LatencyResult:
     #: their own round trip: p50_ms, p99_ms, max_ms
     warmup_figures: dict[str, float] = field(default_factory=dict)
     #: the router's intake batches while the load was offered (its /metrics): how many,
-    #: their mean size and mean time from hand-off to result. Small batches: the router
-    #: waits for work; batches near rate × batch time: it is at its capacity
+    #: their mean size, their mean time from hand-off to result, and how many were full
+    #: with deliveries waiting behind them (the router at its capacity; README, Monitoring)
     batches: dict[str, float] = field(default_factory=dict)
     #: the router's CPU per offered dossier by thread (bench.cpu.thread_ticks): ``main``
     #: (the AMQP I/O loop), ``handler-intake``, ``wal-checkpoint``...
@@ -247,34 +247,41 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def intake_batches(port: int) -> tuple[float, float, float] | None:
-    """(batches, deliveries, seconds) the router's intake worker has handled so far, from
-    its /metrics (``casebroker_batch_size`` and ``casebroker_batch_seconds``); None if
-    the scrape failed (the stage's other figures matter more)."""
+#: what the receipt stage reads of the router's intake batches, by metric sample name
+BATCH_SAMPLES = {"casebroker_batch_size_count": "batches",
+                 "casebroker_batch_size_sum": "deliveries",
+                 "casebroker_batch_seconds_sum": "seconds",
+                 "casebroker_full_batches_total": "full"}
+
+
+def intake_batches(port: int) -> dict[str, float] | None:
+    """Batches, deliveries, seconds and full batches the router's intake worker has
+    handled so far, from its /metrics (:data:`BATCH_SAMPLES`); None if the scrape failed
+    (the stage's other figures matter more)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
             text = resp.read().decode()
     except OSError:
         return None
-    found = {"casebroker_batch_size_count": 0.0, "casebroker_batch_size_sum": 0.0,
-             "casebroker_batch_seconds_sum": 0.0}
+    found = dict.fromkeys(BATCH_SAMPLES.values(), 0.0)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name in found and sample.labels.get("source") == "intake":
-                found[sample.name] = sample.value
-    return (found["casebroker_batch_size_count"], found["casebroker_batch_size_sum"],
-            found["casebroker_batch_seconds_sum"])
+            if sample.name in BATCH_SAMPLES and sample.labels.get("source") == "intake":
+                found[BATCH_SAMPLES[sample.name]] = sample.value
+    return found
 
 
-def _batch_figures(before: tuple[float, float, float] | None,
-                   after: tuple[float, float, float] | None) -> dict[str, float]:
+def _batch_figures(before: dict[str, float] | None,
+                   after: dict[str, float] | None) -> dict[str, float]:
     if before is None or after is None:
         return {}
-    batches, deliveries, seconds = (b - a for a, b in zip(before, after, strict=True))
+    delta = {key: after[key] - before[key] for key in before}
+    batches = delta["batches"]
     if batches <= 0:
         return {}
-    return {"count": int(batches), "mean_size": round(deliveries / batches, 1),
-            "mean_ms": round(seconds / batches * 1000, 2)}
+    return {"count": int(batches), "mean_size": round(delta["deliveries"] / batches, 1),
+            "mean_ms": round(delta["seconds"] / batches * 1000, 2),
+            "full": int(delta["full"])}
 
 
 def _round_trips(sent: dict[str, tuple[float, float]],

@@ -59,6 +59,7 @@ def test_bench_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
     assert report["receipt_router_batch_mean_size"] >= 1
     assert report["receipt_router_batch_mean_ms"] > 0
     handled = report["receipt_router_batch_count"] * report["receipt_router_batch_mean_size"]
+    assert 0 <= report["receipt_router_batch_full"] <= report["receipt_router_batch_count"]
     # and its CPU by thread: the I/O loop and the intake handler, named in the OS
     threads = report["receipt_router_threads_us_per_msg"]
     assert threads["main"] > 0 and threads["handler-intake"] > 0, threads
