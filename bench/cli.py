@@ -16,6 +16,7 @@ from typing import Any
 
 from bench.common import Progress
 from bench.machine import describe_machine, gauges
+from broker.cli import above, at_least, listed
 from broker.rules.catalog import Catalog, load_catalog
 
 STAGES = ("shovel", "shovel_spread", "forwarder", "router_sqlite", "router_postgres",
@@ -36,31 +37,33 @@ CPU_COLUMNS = ("rabbitmq", "benchmark", "router", "postgresql", "other", "machin
 def register(sub: Any, groups: dict[str, Any]) -> None:
     """Add ``casebroker bench`` to the command line."""
     p = sub.add_parser("bench", help="benchmark the router beside RabbitMQ's shovel")
-    p.add_argument("--dossiers", type=int, default=20_000,
+    p.add_argument("--dossiers", type=at_least(1), default=20_000,
                    help="N for shovel, forwarder and router stages (default 20000)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--body-kb", type=float, default=0.0,
+    p.add_argument("--body-kb", type=at_least(0, float), default=0.0,
                    help="pad each dossier to this size (default: natural, about 0.7 KB)")
-    p.add_argument("--prefetch-count", type=int, default=1000,
+    p.add_argument("--prefetch-count", type=at_least(1), default=1000,
                    help="prefetch of the shovel, forwarder and router (default 1000)")
-    p.add_argument("--shovel-runs", type=int, default=3,
+    p.add_argument("--shovel-runs", type=at_least(1), default=3,
                    help="runs of the shovel stage; the fastest is the yardstick (default 3)")
-    p.add_argument("--receipt-dossiers", type=int, default=10_000,
+    p.add_argument("--receipt-dossiers", type=at_least(1), default=10_000,
                    help="dossiers offered in the receipt stage (default 10000)")
-    p.add_argument("--receipt-rate", type=float, default=1000.0,
+    p.add_argument("--receipt-rate", type=above(0), default=1000.0,
                    help="offered load of the receipt stage, dossiers/s (default 1000)")
-    p.add_argument("--receipt-warmup", type=int, default=1000,
+    p.add_argument("--receipt-warmup", type=at_least(0), default=1000,
                    help="dossiers offered first in the receipt stage, at the same rate, and "
                         "reported apart as receipt_warmup_* (default 1000; 0: none)")
-    p.add_argument("--lifecycle-dossiers", type=int, default=2_000,
+    p.add_argument("--lifecycle-dossiers", type=at_least(1), default=2_000,
                    help="dossiers through the whole lifecycle (default 2000)")
-    p.add_argument("--rss-dossiers", type=int, default=1_000_000,
+    p.add_argument("--rss-dossiers", type=at_least(1), default=1_000_000,
                    help="dossiers fed to `casebroker run` for the memory stage (default 1e6)")
-    p.add_argument("--rss-chunk", type=int, default=20_000,
+    p.add_argument("--rss-chunk", type=at_least(1), default=20_000,
                    help="dossiers published at a time in the memory stage (default 20000)")
-    p.add_argument("--sizes-kb", default=",".join(f"{s:g}" for s in DEFAULT_SIZES_KB),
+    p.add_argument("--sizes-kb", type=listed(above(0)),
+                   default=",".join(f"{s:g}" for s in DEFAULT_SIZES_KB),
                    help="body sizes of the 'sizes' stage, KB (default 1,16,128)")
-    p.add_argument("--prefetches", default=",".join(map(str, DEFAULT_PREFETCHES)),
+    p.add_argument("--prefetches", type=listed(at_least(1)),
+                   default=",".join(map(str, DEFAULT_PREFETCHES)),
                    help="router prefetch counts of the 'prefetch' stage (default 100,1000,5000)")
     p.add_argument("--stages", default=",".join(DEFAULT_STAGES),
                    help=f"comma-separated, from {','.join(STAGES)} (default: all but the "
@@ -72,10 +75,6 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
                    help="only delete what interrupted benchmarks left (queues, exchanges, "
                    "shovels, PostgreSQL schemas named bench<hex>...), then exit")
     p.set_defaults(handler=run)
-
-
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
 
 
 def run(args: argparse.Namespace) -> int:

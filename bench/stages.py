@@ -119,7 +119,7 @@ def rss_stage(catalog: Catalog, args: argparse.Namespace, p: Progress) -> dict[s
 def sizes_stage(catalog: Catalog, args: argparse.Namespace, p: Progress) -> dict[str, Any]:
     """Shovel and router (SQLite) at each --sizes-kb."""
     rows: dict[str, Any] = {}
-    for kb in [float(x) for x in args.sizes_kb.split(",") if x.strip()]:
+    for kb in args.sizes_kb:
         p.note(f"body {kb:g} KB")
         sh = shovel(catalog, args.dossiers, p, body_kb=kb, prefetch_count=args.prefetch_count)
         rt = router(catalog, args.dossiers, p, ledger_kind="sqlite", body_kb=kb,
@@ -134,7 +134,7 @@ def prefetch_stage(catalog: Catalog, args: argparse.Namespace, p: Progress
                    ) -> dict[str, Any]:
     """The router (SQLite) at each --prefetches."""
     rows: dict[str, Any] = {}
-    for prefetch in [int(x) for x in args.prefetches.split(",") if x.strip()]:
+    for prefetch in args.prefetches:
         p.note(f"prefetch {prefetch}")
         rt = router(catalog, args.dossiers, p, ledger_kind="sqlite", body_kb=args.body_kb,
                     settings=_settings(prefetch), catalog_path=args.catalog)

@@ -84,6 +84,13 @@ class ConsumerSettings:
     heartbeat_s: int = 30
     shutdown_grace_s: float = 10.0
 
+    def __post_init__(self) -> None:
+        if self.prefetch_count < 1 or self.batch_size < 1 or self.flush_interval_ms < 0:
+            raise ValueError(
+                "prefetch_count and batch_size must be at least 1 and flush_interval_ms at "
+                f"least 0, not {self.prefetch_count}, {self.batch_size} and "
+                f"{self.flush_interval_ms}")
+
 
 class Hooks:
     """Observation points for metrics; each does nothing by default and never raises."""

@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,45 @@ EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 #: subparsers; parsers they add set ``handler=callable(args) -> int`` as a default
 COMMAND_MODULES: tuple[str, ...] = ("broker.rules_cli", "bench.cli", "broker.ops.deadletters",
                                      "broker.ops.audit")
+
+
+def _bounded(kind: Callable[[str], float], rule: str,
+             ok: Callable[[float], bool]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, not {text}")
+        return value
+    return parse
+
+
+def at_least(minimum: float, kind: Callable[[str], float] = int) -> Callable[[str], Any]:
+    """An argparse ``type``: a number (``int`` unless ``kind`` says) of at least ``minimum``,
+    so that a count of 0 or below is refused at once instead of quietly doing nothing."""
+    return _bounded(kind, f"at least {minimum}", lambda v: v >= minimum)
+
+
+def above(bound: float, kind: Callable[[str], float] = float) -> Callable[[str], Any]:
+    """An argparse ``type``: a number greater than ``bound`` (a rate, a timeout)."""
+    return _bounded(kind, f"above {bound}", lambda v: v > bound)
+
+
+#: an argparse ``type`` for a TCP port (0 where the option says what 0 means)
+tcp_port = _bounded(int, "a TCP port, 0 to 65535", lambda v: 0 <= v <= 65535)
+
+
+def listed(item: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    """An argparse ``type``: comma-separated values, each parsed by ``item``."""
+    def parse(text: str) -> list[Any]:
+        values = [item(x.strip()) for x in text.split(",") if x.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError(f"no values in {text!r}")
+        return values
+    return parse
 
 
 def _common(p: argparse.ArgumentParser, *, catalog: bool = True, db: bool = False,
@@ -48,15 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the router and status router until Ctrl-C")
     _common(run, db=True, prefix=True)
-    run.add_argument("--metrics-port", type=int,
+    run.add_argument("--metrics-port", type=tcp_port,
                      default=int(os.environ.get("CASEBROKER_METRICS_PORT", "9464")),
                      help="Prometheus /metrics port (0: off; default 9464)")
     defaults = ConsumerSettings
-    run.add_argument("--prefetch-count", type=int, default=defaults.prefetch_count,
+    run.add_argument("--prefetch-count", type=at_least(1), default=defaults.prefetch_count,
                      help=f"unacked deliveries per queue (default {defaults.prefetch_count})")
-    run.add_argument("--batch-size", type=int, default=defaults.batch_size,
+    run.add_argument("--batch-size", type=at_least(1), default=defaults.batch_size,
                      help=f"deliveries per ledger transaction (default {defaults.batch_size})")
-    run.add_argument("--flush-interval-ms", type=int, default=defaults.flush_interval_ms,
+    run.add_argument("--flush-interval-ms", type=at_least(0),
+                     default=defaults.flush_interval_ms,
                      help="wait this long for a batch to fill (default 0: flush what one "
                           "network read brought)")
 
@@ -86,15 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     _common(show, catalog=False, db=True)
 
     demo = sub.add_parser("demo", help="drive real traffic through RabbitMQ and report")
-    demo.add_argument("--dossiers", type=int, default=500, help="how many (default 500)")
+    demo.add_argument("--dossiers", type=at_least(1), default=500, help="how many (default 500)")
     demo.add_argument("--json", action="store_true", help="print one JSON object")
     demo.add_argument("--seed", type=int, default=66)
-    demo.add_argument("--rate", type=float, default=0.0,
+    demo.add_argument("--rate", type=at_least(0, float), default=0.0,
                       help="submissions per second (0: as fast as confirms allow)")
-    demo.add_argument("--parallel", type=int, default=4,
+    demo.add_argument("--parallel", type=at_least(1), default=4,
                       help="agency systems, desk systems and submitting desks working at "
                       "once, each on its own connection (default 4; --rate submits from one)")
-    demo.add_argument("--timeout-s", type=float, default=600.0,
+    demo.add_argument("--timeout-s", type=above(0), default=600.0,
                       help="give up when nothing progresses for this long")
     demo.add_argument("--keep", action="store_true",
                       help="keep the demo's queues and ledger afterwards")

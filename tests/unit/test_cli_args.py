@@ -1,0 +1,55 @@
+"""Counts, rates and ports on the command line: nonsense is refused before anything runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.amqp import ConsumerSettings
+from broker.cli import build_parser, main
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["run", "--batch-size", "0"], "argument --batch-size: must be at least 1, not 0"),
+    (["run", "--prefetch-count", "-5"], "argument --prefetch-count: must be at least 1, not -5"),
+    (["run", "--flush-interval-ms", "-1"], "argument --flush-interval-ms: must be at least 0"),
+    (["run", "--metrics-port", "70000"], "must be a TCP port, 0 to 65535, not 70000"),
+    (["run", "--batch-size", "many"], "argument --batch-size: not a whole number: 'many'"),
+    (["demo", "--dossiers", "-3"], "argument --dossiers: must be at least 1, not -3"),
+    (["demo", "--timeout-s", "0"], "argument --timeout-s: must be above 0, not 0"),
+    (["demo", "--rate", "fast"], "argument --rate: not a number: 'fast'"),
+    (["bench", "--dossiers", "0"], "argument --dossiers: must be at least 1, not 0"),
+    (["bench", "--shovel-runs", "0"], "argument --shovel-runs: must be at least 1, not 0"),
+    (["bench", "--receipt-rate", "0"], "argument --receipt-rate: must be above 0, not 0"),
+    (["bench", "--receipt-warmup", "-1"], "argument --receipt-warmup: must be at least 0"),
+    (["bench", "--sizes-kb", "1,0"], "argument --sizes-kb: must be above 0, not 0"),
+    (["bench", "--prefetches", "100,x"], "argument --prefetches: not a whole number: 'x'"),
+    (["bench", "--prefetches", ","], "argument --prefetches: no values in ','"),
+])
+def test_bad_numbers_are_refused_with_the_option_named(
+        argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2  # argparse's usage error, before any connection is made
+    assert message in capsys.readouterr().err
+
+
+def test_good_numbers_are_parsed_to_their_kinds() -> None:
+    args = build_parser().parse_args(["bench", "--dossiers", "5", "--receipt-rate", "2.5",
+                                      "--sizes-kb", "1, 16,128", "--prefetches", "100,1000",
+                                      "--receipt-warmup", "0"])
+    assert (args.dossiers, args.receipt_rate, args.receipt_warmup) == (5, 2.5, 0)
+    assert args.sizes_kb == [1.0, 16.0, 128.0] and args.prefetches == [100, 1000]
+    run = build_parser().parse_args(["run", "--metrics-port", "0", "--flush-interval-ms", "0"])
+    assert (run.metrics_port, run.flush_interval_ms) == (0, 0)
+    defaults = build_parser().parse_args(["bench"])  # string defaults go through the types
+    assert defaults.sizes_kb == [1.0, 16.0, 128.0] and defaults.prefetches == [100, 1000, 5000]
+
+
+def test_consumer_settings_refuse_an_empty_batch_or_window() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        ConsumerSettings(batch_size=0)
+    with pytest.raises(ValueError, match="at least 1"):
+        ConsumerSettings(prefetch_count=0)
+    with pytest.raises(ValueError, match="flush_interval_ms at least 0"):
+        ConsumerSettings(flush_interval_ms=-2)
+    assert ConsumerSettings(prefetch_count=1, batch_size=1).batch_size == 1
