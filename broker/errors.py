@@ -89,6 +89,11 @@ class LedgerSchemaError(CasebrokerError):
             "(broker/tables.py defines them)")
 
 
+class StartupError(CasebrokerError):
+    """Something the process needs at its start is not there: a port is taken, the ledger
+    cannot be reached. Said in words, with where, and the process exits."""
+
+
 class TransientError(CasebrokerError):
     """A dependency is away for now; the work is retried, never dropped.
 

@@ -36,6 +36,7 @@ from sqlalchemy import (
     func,
     insert,
     inspect,
+    make_url,
     or_,
     select,
     update,
@@ -44,7 +45,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from broker import threads
 from broker.envelope import Outbound
-from broker.errors import LedgerSchemaError, TransientError
+from broker.errors import LedgerSchemaError, StartupError, TransientError
 from broker.tables import (
     _OPEN,
     RawJSON,
@@ -386,9 +387,19 @@ class Ledger:
             self.create_schema()
 
     def create_schema(self) -> None:
-        """Create missing tables (idempotent), then check the ones that were there."""
-        with _outages_are_transient():
-            metadata.create_all(self.engine)
+        """Create missing tables (idempotent), then check the ones that were there.
+
+        A ledger out of reach here is a :class:`StartupError` naming it (its password
+        hidden) and the driver's first line: no dossier is involved yet, so the driver's
+        words cannot carry one's data."""
+        try:
+            with _outages_are_transient():
+                metadata.create_all(self.engine)
+        except TransientError as e:
+            cause = str(e.__cause__.orig if isinstance(e.__cause__, DBAPIError) else e)
+            where = make_url(self.url).render_as_string(hide_password=True)
+            raise StartupError(f"ledger unavailable at {where}: "
+                               f"{cause.strip().splitlines()[0] if cause.strip() else e}") from e
         self.check_schema()
 
     def check_schema(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from broker.amqp import Hooks
+from broker.errors import StartupError
 
 
 class Metrics(Hooks):
@@ -102,5 +103,10 @@ class Metrics(Hooks):
         self.catalog_info.labels(name, content_hash).set(1)
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
-        """Expose /metrics over HTTP on ``addr:port`` (a daemon thread)."""
-        start_http_server(port, addr=addr, registry=self.registry)
+        """Expose /metrics over HTTP on ``addr:port`` (a daemon thread); a port that is
+        taken (another router on this host?) is a :class:`StartupError`."""
+        try:
+            start_http_server(port, addr=addr, registry=self.registry)
+        except OSError as e:
+            raise StartupError(f"cannot serve metrics on {addr}:{port}: {e.strerror or e} "
+                               "(--metrics-port, CASEBROKER_METRICS_PORT; 0: off)") from e

@@ -147,3 +147,32 @@ def test_demo_main_job_counts_every_dossier() -> None:
     assert 0 < s["boundary_free_share"] < 1
     assert 0 < s["receipt_latency_ms"]["p50"] <= s["receipt_latency_ms"]["p99"]
     assert s["elapsed_s"] > 0
+
+
+def test_run_refuses_a_taken_metrics_port_in_words(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "broker.cli", "run", "--catalog", str(MINI_CATALOG),
+             "--prefix", "cbportcheck", "--db-url", f"sqlite:///{tmp_path / 'l.sqlite3'}",
+             "--metrics-port", str(port)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"error: cannot serve metrics on 127.0.0.1:{port}: Address already in use" \
+        in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_run_names_a_ledger_it_cannot_reach_and_hides_its_password() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "run", "--catalog", str(MINI_CATALOG),
+         "--prefix", "cbledgercheck", "--metrics-port", "0",
+         "--db-url", "postgresql+psycopg://casebroker:s3cret@127.0.0.1:1/ledger"],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "error: ledger unavailable at postgresql+psycopg://casebroker:***@127.0.0.1:1/" \
+           "ledger: " in result.stderr
+    assert "s3cret" not in result.stderr and "Traceback" not in result.stderr
