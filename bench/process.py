@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -81,6 +81,25 @@ def router_process(topology: Topology, db_url: str, *, prefetch_count: int = 100
     finally:
         stop_process(proc)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def router_with_metrics(topology: Topology, db_url: str, *, catalog_path: str | None = None,
+                        attempts: int = 3) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """:func:`router_process` serving /metrics on a port free a moment before; if another
+    process took that port in the meantime (the router then exits saying so), again on
+    another. Yields the process and its metrics port."""
+    with ExitStack() as stack:
+        for attempt in range(1, attempts + 1):
+            port = free_port()
+            try:
+                proc = stack.enter_context(router_process(
+                    topology, db_url, catalog_path=catalog_path, metrics_port=port))
+                break
+            except RuntimeError as e:
+                if "cannot serve metrics" not in str(e) or attempt == attempts:
+                    raise
+        yield proc, port
 
 
 def _wait_consuming(topology: Topology, proc: subprocess.Popen[bytes], log_path: Path) -> None:
@@ -194,10 +213,9 @@ def receipt_latency(catalog: Catalog, n: int, progress: Progress, *,
                                                                         time.time())
         return on_sent
 
-    metrics_port = free_port()
     with fresh_topology(catalog, "rc") as topology, sqlite_ledger_url() as url, \
-            router_process(topology, url, catalog_path=catalog_path,
-                           metrics_port=metrics_port) as proc:
+            router_with_metrics(topology, url, catalog_path=catalog_path) as (proc,
+                                                                               metrics_port):
         listener = _DeskListener(topology, catalog)
         listener.thread.start()
 

@@ -151,3 +151,24 @@ def test_time_ordered_ids_keep_the_id_keyed_indexes_appending() -> None:
         assert pages[index] < 0.8, (index, pages)
     # the two indexes no query used are gone
     assert not {"ix_dossiers_agency_id", "ix_dossiers_procedure_code"} & set(pages)
+
+
+def test_the_receipt_stage_router_moves_to_another_port_when_its_port_is_taken(
+        declared, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import urllib.request
+
+    from bench import process
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        taken_port = taken.getsockname()[1]
+        ports = iter([taken_port])  # the first "free" port is taken by then
+        real_free_port = process.free_port
+        monkeypatch.setattr(process, "free_port", lambda: next(ports, None) or real_free_port())
+        with process.router_with_metrics(declared, f"sqlite:///{tmp_path / 'l.sqlite3'}",
+                                         catalog_path=str(MINI_CATALOG)) as (proc, port):
+            assert port != taken_port and proc.poll() is None
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                assert b"casebroker_batch_size" in r.read()
