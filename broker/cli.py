@@ -87,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the router and status router until Ctrl-C")
     _common(run, db=True, prefix=True)
-    run.add_argument("--metrics-port", type=tcp_port,
-                     default=int(os.environ.get("CASEBROKER_METRICS_PORT", "9464")),
+    run.add_argument("--metrics-port", type=tcp_port,  # a string default goes through it too
+                     default=os.environ.get("CASEBROKER_METRICS_PORT", "9464"),
                      help="Prometheus /metrics port (0: off; default 9464)")
     defaults = ConsumerSettings
     run.add_argument("--prefetch-count", type=at_least(1), default=defaults.prefetch_count,

@@ -395,11 +395,11 @@ class Ledger:
         try:
             with _outages_are_transient():
                 metadata.create_all(self.engine)
-        except TransientError as e:
-            cause = str(e.__cause__.orig if isinstance(e.__cause__, DBAPIError) else e)
+        except TransientError as e:  # raised from the driver's error, which it wraps
+            said = str(getattr(e.__cause__, "orig", "")).strip()
             where = make_url(self.url).render_as_string(hide_password=True)
             raise StartupError(f"ledger unavailable at {where}: "
-                               f"{cause.strip().splitlines()[0] if cause.strip() else e}") from e
+                               f"{said.splitlines()[0] if said else e}") from e
         self.check_schema()
 
     def check_schema(self) -> None:

@@ -53,3 +53,14 @@ def test_consumer_settings_refuse_an_empty_batch_or_window() -> None:
     with pytest.raises(ValueError, match="flush_interval_ms at least 0"):
         ConsumerSettings(flush_interval_ms=-2)
     assert ConsumerSettings(prefetch_count=1, batch_size=1).batch_size == 1
+
+
+def test_a_bad_metrics_port_in_the_environment_is_refused_like_one_on_the_line(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("CASEBROKER_METRICS_PORT", "nine")
+    with pytest.raises(SystemExit) as exit_:
+        main(["run"])
+    assert exit_.value.code == 2
+    assert "argument --metrics-port: not a whole number: 'nine'" in capsys.readouterr().err
+    monkeypatch.setenv("CASEBROKER_METRICS_PORT", "9500")
+    assert build_parser().parse_args(["run"]).metrics_port == 9500
