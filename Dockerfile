@@ -4,6 +4,8 @@ COPY pyproject.toml README.md ./
 COPY broker broker
 COPY adapters adapters
 COPY monitoring monitoring
+# `casebroker bench` measures on the hardware the province runs (docs/BENCHMARKS.md)
+COPY bench bench
 RUN pip install --no-cache-dir .
 # /metrics must be reachable from outside the container
 ENV CASEBROKER_METRICS_ADDR=0.0.0.0
