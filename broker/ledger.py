@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -385,22 +386,45 @@ class Ledger:
         self.engine: Engine = _make_engine(self.url, self._sqlite)
         if create:
             self.create_schema()
+        else:
+            self._require_existing()
 
-    def create_schema(self) -> None:
-        """Create missing tables (idempotent), then check the ones that were there.
+    @property
+    def where(self) -> str:
+        """The ledger's URL with its password hidden, for messages."""
+        return make_url(self.url).render_as_string(hide_password=True)
 
-        A ledger out of reach here is a :class:`StartupError` naming it (its password
-        hidden) and the driver's first line: no dossier is involved yet, so the driver's
-        words cannot carry one's data."""
+    @contextmanager
+    def _reached(self) -> Iterator[None]:
+        """At start: a ledger out of reach is a :class:`StartupError` naming it and giving
+        the driver's first line (no dossier is in play yet, so the driver's words cannot
+        carry one's data)."""
         try:
             with _outages_are_transient():
-                metadata.create_all(self.engine)
+                yield
         except TransientError as e:  # raised from the driver's error, which it wraps
             said = str(getattr(e.__cause__, "orig", "")).strip()
-            where = make_url(self.url).render_as_string(hide_password=True)
-            raise StartupError(f"ledger unavailable at {where}: "
+            raise StartupError(f"ledger unavailable at {self.where}: "
                                f"{said.splitlines()[0] if said else e}") from e
+
+    def create_schema(self) -> None:
+        """Create missing tables (idempotent), then check the ones that were there."""
+        with self._reached():
+            metadata.create_all(self.engine)
         self.check_schema()
+
+    def _require_existing(self) -> None:
+        """For the commands that only read: a URL with no ledger behind it is said so,
+        and nothing is created (SQLite would make an empty file of a mistyped path)."""
+        url = make_url(self.url)
+        hint = "(--db-url, CASEBROKER_DB_URL)"
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
+                and not Path(url.database).exists():
+            raise StartupError(f"no ledger at {self.where}: no such file {hint}")
+        with self._reached(), self.engine.connect() as conn:
+            if not inspect(conn).has_table(dossiers.name):
+                raise StartupError(f"no casebroker ledger at {self.where}: it has no "
+                                   f"{dossiers.name} table {hint}")
 
     def check_schema(self) -> None:
         """Refuse, in words, a ledger made by another version of casebroker.

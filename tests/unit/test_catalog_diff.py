@@ -137,4 +137,19 @@ def test_unreadable_ledger_is_reported(tmp_path: Path, catalogs: tuple[Path, Pat
     old, new = catalogs
     url = f"sqlite:///{tmp_path / 'empty.sqlite3'}"
     assert main(["rules", "diff", str(old), str(new), "--db-url", url]) == 1
-    assert "cannot read the ledger" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"error: no ledger at {url}: no such file" in err
+    assert not (tmp_path / "empty.sqlite3").exists()  # a mistyped path is not created
+
+
+def test_a_database_without_a_ledger_is_reported(tmp_path: Path, catalogs: tuple[Path, Path],
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import sqlite3
+
+    old, new = catalogs
+    other = tmp_path / "other.sqlite3"
+    sqlite3.connect(other).close()  # a database, but not a casebroker ledger
+    url = f"sqlite:///{other}"
+    assert main(["rules", "diff", str(old), str(new), "--db-url", url]) == 1
+    assert f"error: no casebroker ledger at {url}: it has no dossiers table" \
+        in capsys.readouterr().err
