@@ -120,6 +120,11 @@ class ConsumerService:
         self.dead_letter_exchange = dead_letter_exchange
         self.dead_source_of = dead_source_of
         self.hooks = hooks or Hooks()
+        if settings.prefetch_count <= settings.batch_size:
+            log.warning("prefetch %d is not above the batch size %d: each batch waits for the "
+                        "confirms of the one before, and a backlog cannot show as full "
+                        "batches (casebroker_full_batches_total)", settings.prefetch_count,
+                        settings.batch_size)
         urls = list(dict.fromkeys((settings.url, *settings.failover_urls)))
         self._all_params = [pika.URLParameters(u) for u in urls]
         for p in self._all_params:

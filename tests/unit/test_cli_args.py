@@ -64,3 +64,17 @@ def test_a_bad_metrics_port_in_the_environment_is_refused_like_one_on_the_line(
     assert "argument --metrics-port: not a whole number: 'nine'" in capsys.readouterr().err
     monkeypatch.setenv("CASEBROKER_METRICS_PORT", "9500")
     assert build_parser().parse_args(["run"]).metrics_port == 9500
+
+
+def test_a_window_no_wider_than_a_batch_is_warned_about(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from broker.amqp import ConsumerService
+
+    with caplog.at_level("WARNING", logger="broker.amqp"):
+        ConsumerService(ConsumerSettings(prefetch_count=250, batch_size=250), "x.dead",
+                        lambda _exchange: None)
+    assert "prefetch 250 is not above the batch size 250" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="broker.amqp"):
+        ConsumerService(ConsumerSettings(), "x.dead", lambda _exchange: None)
+    assert caplog.text == ""
