@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -69,3 +72,13 @@ class Amqp:
 
     def json_all(self, queue: str) -> list[dict[str, Any]]:
         return [json.loads(body) for _, body in self.get_all(queue)]
+
+
+@contextmanager
+def held_port() -> Iterator[int]:
+    """A TCP port on 127.0.0.1 that this test holds (bound and listening) until the block
+    ends: what a process wanting it finds when another already has it."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        yield int(held.getsockname()[1])

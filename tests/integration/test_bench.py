@@ -10,6 +10,7 @@ import pytest
 
 from broker.cli import main
 from tests.conftest import MINI_CATALOG
+from tests.helpers import held_port
 
 pytestmark = pytest.mark.integration
 
@@ -155,15 +156,11 @@ def test_time_ordered_ids_keep_the_id_keyed_indexes_appending() -> None:
 
 def test_the_receipt_stage_router_moves_to_another_port_when_its_port_is_taken(
         declared, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import socket
     import urllib.request
 
     from bench import process
 
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        taken_port = taken.getsockname()[1]
+    with held_port() as taken_port:
         ports = iter([taken_port])  # the first "free" port is taken by then
         real_free_port = process.free_port
         monkeypatch.setattr(process, "free_port", lambda: next(ports, None) or real_free_port())

@@ -17,7 +17,7 @@ from broker.cli import main
 from broker.ledger import Ledger
 from broker.topology import Topology
 from tests.conftest import MINI_CATALOG, queue_depth, wait_for
-from tests.helpers import Amqp, dossier
+from tests.helpers import Amqp, dossier, held_port
 
 pytestmark = pytest.mark.integration
 
@@ -150,12 +150,7 @@ def test_demo_main_job_counts_every_dossier() -> None:
 
 
 def test_run_refuses_a_taken_metrics_port_in_words(tmp_path: Path) -> None:
-    import socket
-
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with held_port() as port:
         result = subprocess.run(
             [sys.executable, "-m", "broker.cli", "run", "--catalog", str(MINI_CATALOG),
              "--prefix", "cbportcheck", "--db-url", f"sqlite:///{tmp_path / 'l.sqlite3'}",
