@@ -74,6 +74,13 @@ class Amqp:
         return [json.loads(body) for _, body in self.get_all(queue)]
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on now (the kernel's pick)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @contextmanager
 def held_port() -> Iterator[int]:
     """A TCP port on 127.0.0.1 that this test holds (bound and listening) until the block

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import urllib.parse
 import urllib.request
@@ -16,7 +15,7 @@ import pytest
 
 from monitoring.metrics import Metrics
 from tests.conftest import RunningBroker, wait_for
-from tests.helpers import Amqp, dossier
+from tests.helpers import Amqp, dossier, free_port
 
 pytestmark = pytest.mark.integration
 PROM_DIR = Path(__file__).parents[2] / "monitoring" / "prometheus"
@@ -24,11 +23,6 @@ DASHBOARD = Path(__file__).parents[2] / "monitoring" / "grafana" / "casebroker.j
 needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
                                     reason="promtool not installed (apt-get install prometheus)")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _defined_names() -> set[str]:
@@ -75,7 +69,7 @@ def _query(port: int, expr: str) -> float | None:
 def test_real_prometheus_scrapes_the_router(run_broker: Callable[..., RunningBroker],
                                             declared, tmp_path: Path) -> None:
     running = run_broker()
-    metrics_port, prom_port = _free_port(), _free_port()
+    metrics_port, prom_port = free_port(), free_port()
     running.broker.metrics.serve(metrics_port)
     config = tmp_path / "prometheus.yml"
     config.write_text(

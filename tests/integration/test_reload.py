@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,7 +30,7 @@ from broker.rules.catalog import load_catalog
 from broker.service import delete_topology
 from broker.topology import Topology
 from tests.conftest import MINI_CATALOG, queue_depth, wait_for
-from tests.helpers import Amqp, dossier
+from tests.helpers import Amqp, dossier, free_port
 
 PROCEDURE = "1.004227"  # fixed to T.SO.TP in the mini catalog
 OLD_AGENCY, NEW_AGENCY, NEW_RULE = "T.SO.TP", "T.CA", "reload-moves-records"
@@ -41,11 +40,6 @@ MOVE_RULE = f"""\
     route: {{agency: {NEW_AGENCY}}}
 """
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -133,7 +127,7 @@ def running(tmp_path: Path, topology: Topology) -> Iterator[RunProcess]:
     catalog = tmp_path / "catalog.yaml"
     catalog.write_bytes(MINI_CATALOG.read_bytes())
     db_url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "run.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
