@@ -29,8 +29,26 @@ def delivery_id(delivery: Delivery) -> str:
     return delivery.message_id or "sha256:" + hashlib.sha256(delivery.body).hexdigest()
 
 
+def _json_safe(value: Any) -> Any:
+    """A header value as the ledger's JSON can hold it: AMQP tables may carry bytes (a
+    long string that is not UTF-8), timestamps and decimals, which JSON cannot."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)  # Decimal and whatever else pika decodes
+
+
 def _keep_headers(delivery: Delivery) -> dict[str, Any]:
-    return dict(delivery.properties.headers or {})
+    """The delivery's own headers, kept on its dead-letter or triage copy (which is stored
+    in the outbox as JSON, to be re-published identically on a redelivery)."""
+    return {str(k): _json_safe(v) for k, v in (delivery.properties.headers or {}).items()}
 
 
 def dead_letter(topology: Topology, source: str, delivery: Delivery, reason: str,
@@ -105,12 +123,12 @@ class Screen:
         batch_ids: set[str] = set()
         for d in deliveries:
             mid = delivery_id(d)
-            if mid in seen:
-                result.out += seen.pop(mid)  # redelivered: the very same messages again
-                continue
             if mid in batch_ids:
                 continue  # the same message twice in one batch: once is enough
             batch_ids.add(mid)
+            if mid in seen:
+                result.out += seen[mid]  # redelivered: the very same messages again
+                continue
             try:
                 msg = decode(d.body, content_type=d.properties.content_type,
                              expected=self.expected)
