@@ -32,6 +32,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Table,
+    and_,
     create_engine,
     event,
     func,
@@ -47,6 +48,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from broker import threads
 from broker.envelope import Outbound
 from broker.errors import LedgerSchemaError, StartupError, TransientError
+from broker.lifecycle import State
 from broker.tables import (
     _OPEN,
     RawJSON,
@@ -302,15 +304,37 @@ class Batch:
     def add_event(self, row: dict[str, Any]) -> None:
         self._events.append(row)
 
-    def watch_candidates(self, due_before: datetime, limit: int) -> list[dict[str, Any]]:
-        """Open dossiers due by ``due_before`` whose overdue notices are not sent yet."""
+    def watch_candidates(self, now: datetime, at_risk_before: datetime, limit: int
+                         ) -> list[dict[str, Any]]:
+        """Open dossiers whose deadline-watch level can rise at ``now``, earliest due first.
+
+        Only those (:func:`broker.consumers.deadlines.level_for` decides; this must agree
+        with it): nothing sent yet and due before ``at_risk_before`` (where the at-risk
+        margin of working time after ``now`` ends), or at-risk notices sent and due
+        before ``now``. A dossier paused for a supplement only if it was already late
+        when paused: its clock stands still, so until the desk brings the supplement it
+        cannot be flagged. Selecting those too let ``limit`` of them (citizens who never
+        come back, or at-risk dossiers not late yet) fill every round and starve every
+        dossier due after them.
+
+        One query per level: each is a range of ``ix_dossiers_watch`` (watch level, due
+        date) read in order up to ``limit`` rows. Both levels in one ``OR`` made SQLite
+        pick the state index, read every open dossier and sort them.
+        """
         c = dossiers.c
-        rows = self.conn.execute(
-            select(c.code, c.state, c.agency_id, c.return_desk_id, c.procedure_code,
-                   c.submission_id, c.received_at, c.due_at, c.paused_at, c.seq, c.watch_level)
-            .where(_OPEN, c.watch_level < 2, c.due_at <= due_before)
-            .order_by(c.due_at).limit(limit))
-        return [dict(r._mapping) for r in rows]
+        clock_runs = or_(c.state != int(State.SUPPLEMENT_REQUESTED), c.paused_at > c.due_at,
+                         and_(c.paused_at.is_(None), c.due_at < now))
+        found: list[dict[str, Any]] = []
+        for level, due_before in ((0, at_risk_before), (1, now)):
+            rows = self.conn.execute(
+                select(c.code, c.state, c.agency_id, c.return_desk_id, c.procedure_code,
+                       c.submission_id, c.received_at, c.due_at, c.paused_at, c.seq,
+                       c.watch_level)
+                .where(_OPEN, c.watch_level == level, c.due_at < due_before, clock_runs)
+                .order_by(c.due_at).limit(limit))
+            found += [dict(r._mapping) for r in rows]
+        found.sort(key=operator.itemgetter("due_at"))
+        return found[:limit]
 
     def raise_watch_level(self, code: str, expected_seq: int, expected_level: int,
                           level: int, at: datetime) -> bool:

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Table,
     TypeDecorator,
     UniqueConstraint,
+    bindparam,
 )
 
 from broker.lifecycle import OPEN_STATES
@@ -84,7 +85,11 @@ dossiers = Table(
     #: deadline watch: 0 nothing sent, 1 at-risk notices sent, 2 overdue notices sent
     Column("watch_level", Integer, nullable=False, server_default="0"),
 )
-_OPEN = dossiers.c.state.in_(sorted(int(s) for s in OPEN_STATES))
+#: open states as literals, in queries as in the index: SQLite uses a partial index only
+#: when the query's WHERE spells out the index's, and ``state IN (?, ?, ...)`` with bound
+#: values does not, so the deadline watch's query read every open dossier by the state index
+_OPEN = dossiers.c.state.in_(bindparam("open_states", sorted(int(s) for s in OPEN_STATES),
+                                       expanding=True, literal_execute=True))
 #: the deadline watch's query: open dossiers not yet flagged, by due date
 Index("ix_dossiers_watch", dossiers.c.watch_level, dossiers.c.due_at,
       postgresql_where=_OPEN, sqlite_where=_OPEN)

@@ -1,8 +1,9 @@
 """DEADLINE WATCH: flags dossiers at risk or overdue and tells their agency and desk once.
 
-Every ``interval_s`` one ledger transaction selects the open dossiers due within the
-at-risk margin whose notices are not sent yet (``watch_level`` < 2, a partial index),
-decides with the pure :func:`decide` which deserve a notice now, raises their
+Every ``interval_s`` one ledger transaction selects the open dossiers whose level can
+rise now (not flagged and due within the at-risk margin, or flagged at risk and past
+due; not those paused in time for a supplement: their clock stands still), through a
+partial index, decides with the pure :func:`decide` which deserve a notice, raises their
 ``watch_level`` with an optimistic check (so two `casebroker run` processes never
 both notify), adds the flag to the process-control history, and writes the notices
 to ``watch_outbox``, all in that one transaction. Only after the commit are they
@@ -172,10 +173,10 @@ class DeadlineWatch:
         """One ledger transaction: raise watch levels, record them, keep their notices."""
         engine = self.engine()
         cal, s, now = engine.calendar, self.settings, self.clock()
-        cutoff = cal.add_working_seconds(now, s.at_risk_working_s)
+        at_risk_before = cal.add_working_seconds(now, s.at_risk_working_s)
         out: list[Outbound] = []
         with self.ledger.batch() as batch:
-            rows = batch.watch_candidates(cutoff, s.limit)
+            rows = batch.watch_candidates(now, at_risk_before, s.limit)
             for row, level in decide(rows, now, cal, s.at_risk_working_s):
                 out += self._flag_one(batch, row, level, now, cal)
         return out

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import event
 
-from broker.consumers.deadlines import DeadlineWatch, WatchSettings
+from broker.consumers.deadlines import (
+    AT_RISK,
+    NOTHING_SENT,
+    OVERDUE,
+    DeadlineWatch,
+    WatchSettings,
+    decide,
+)
 from broker.ledger import Ledger
+from broker.lifecycle import OPEN_STATES, State
 from broker.messages import DossierStatus
 from broker.rules.catalog import load_catalog
 from broker.rules.engine import Engine
@@ -157,3 +169,107 @@ def test_casebroker_run_sends_the_overdue_notice_and_counts_it(
     assert result["notice"] == "result_ready"
     wait_for(lambda: gauge.labels("T.UBND.A")._value.get() == 0, what="gauge back to 0")
     assert amqp.json_all(declared.desk_queue("T.MC.B")) == []
+
+
+# --- which dossiers the watch looks at: only those whose level can rise now -----------
+
+def _row(code: str, state: State, due: str, level: int = NOTHING_SENT,
+         paused: str | None = None) -> dict[str, Any]:
+    """A dossier row as the router and status router leave it (no personal data needed)."""
+    at, due_at = vn("2026-11-25 09:00"), vn(due)
+    return {
+        "code": code, "submission_id": str(uuid.uuid4()), "procedure_code": "1.004227",
+        "intake_desk_id": "T.MC.B", "return_desk_id": "T.MC.B", "channel": "in_person",
+        "state": int(state), "agency_id": "T.SO.TP", "step": 1,
+        "steps": [{"agency_id": "T.SO.TP", "amount": 10, "unit": "working_days"}],
+        "rule_id": "procedure:1.004227", "catalog_hash": "0" * 32, "boundary_free": True,
+        "received_at": at, "due_at": due_at, "step_due_at": due_at,
+        "paused_at": vn(paused) if paused else None, "finished_at": None,
+        "satisfaction": None, "flags": {}, "seq": 1, "submission": {}, "updated_at": at,
+        "watch_level": level,
+    }
+
+
+def _store(ledger: Ledger, rows: list[dict[str, Any]]) -> None:
+    with ledger.batch() as batch:
+        for row in rows:
+            batch.add_dossier(row)
+
+
+def _watch(ledger: Ledger, clock: FakeClock, limit: int) -> DeadlineWatch:
+    engine = Engine(load_catalog(MINI_CATALOG))
+    return DeadlineWatch(lambda: engine, ledger, Topology("unused"),
+                         WatchSettings(limit=limit), clock=clock)
+
+
+def test_dossiers_that_cannot_be_flagged_do_not_starve_the_watch(
+        ledger: Ledger, clock: FakeClock) -> None:
+    clock.set("2026-12-09 10:00")  # Wed
+    stuck = [  # paused before their due date: no notice while the desk owes a supplement
+        _row(f"PAUSED-{i}", State.SUPPLEMENT_REQUESTED, f"2026-12-0{i + 1} 09:00",
+             paused=f"2026-12-0{i + 1} 08:00") for i in range(5)]
+    stuck += [  # at-risk notices sent, not overdue yet
+        _row(f"AT-RISK-{i}", State.PROCESSING, "2026-12-09 11:00", level=AT_RISK)
+        for i in range(5)]
+    late_pause = _row("PAUSED-LATE", State.SUPPLEMENT_REQUESTED, "2026-12-07 09:00",
+                      paused="2026-12-08 09:00")  # late when paused: still overdue
+    overdue = _row("OVERDUE", State.PROCESSING, "2026-12-08 09:00")
+    at_risk = _row("SOON", State.RECEIVED, "2026-12-10 08:00")  # 6 working hours left
+    _store(ledger, [*stuck, late_pause, overdue, at_risk])
+
+    watch = _watch(ledger, clock, limit=3)
+    flagged = watch.flag()
+    assert sorted((o.correlation_id, o.message_id.split(":")[1]) for o in flagged
+                  if o.type == "agency.notice") == [
+        ("OVERDUE", "overdue"), ("PAUSED-LATE", "overdue"), ("SOON", "at_risk")]
+    assert [(r["code"], r["watch_level"]) for r in (ledger.dossier(s["code"]) for s in stuck)
+            if r is not None] == [(s["code"], s["watch_level"]) for s in stuck]
+    assert watch.flag() == []
+
+
+def test_watch_candidates_are_exactly_the_dossiers_whose_level_rises(
+        ledger: Ledger) -> None:
+    """The SQL prefilter and :func:`decide` agree, over a grid of states and dates, in
+    office hours and at night (where the at-risk margin ends at 17:00 the next day)."""
+    engine = Engine(load_catalog(MINI_CATALOG))
+    cal, at_risk_s = engine.calendar, WatchSettings().at_risk_working_s
+    dues = ["2026-12-01 09:00", "2026-12-09 09:59", "2026-12-09 10:00", "2026-12-09 10:01",
+            "2026-12-09 20:00", "2026-12-10 09:59", "2026-12-10 10:00", "2026-12-10 10:01",
+            "2026-12-10 16:59", "2026-12-10 17:00", "2026-12-11 07:00", "2026-12-20 09:00"]
+    pauses = [None, "2026-11-30 09:00", "2026-12-09 09:30", "2026-12-09 10:00"]
+    rows = [_row(f"D-{n}", state, due, level, paused)
+            for n, (state, due, level, paused) in enumerate(itertools.product(
+                sorted(OPEN_STATES), dues, (NOTHING_SENT, AT_RISK, OVERDUE), pauses))
+            if paused is None or state == State.SUPPLEMENT_REQUESTED]
+    _store(ledger, rows)
+    for now in (vn("2026-12-09 10:00"), vn("2026-12-09 20:00")):
+        expected = {r["code"] for r, _ in decide(rows, now, cal, at_risk_s)}
+        with ledger.batch() as batch:
+            found = batch.watch_candidates(now, cal.add_working_seconds(now, at_risk_s),
+                                           10_000)
+        assert {r["code"] for r in found} == expected, now
+        assert [r["due_at"] for r in found] == sorted(r["due_at"] for r in found)
+
+
+def test_sqlite_reads_watch_candidates_through_the_watch_index(tmp_path: Path) -> None:
+    """SQLite uses a partial index only when the query spells out its WHERE: the open
+    states go to it as literals, not as bound values."""
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+    statements: list[tuple[str, Any]] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        statements.append((statement, params))
+
+    event.listen(ledger.engine, "before_cursor_execute", seen)
+    now = vn("2026-12-09 10:00")
+    with ledger.batch() as batch:
+        batch.watch_candidates(now, vn("2026-12-10 10:00"), 10)
+    event.remove(ledger.engine, "before_cursor_execute", seen)
+    with ledger.read() as conn:
+        plans = [" ".join(str(r[-1]) for r in conn.exec_driver_sql(
+                 f"EXPLAIN QUERY PLAN {s}", p).all()) for s, p in statements]
+    ledger.dispose()
+    assert len(plans) == 2
+    for plan in plans:
+        assert "USING INDEX ix_dossiers_watch (watch_level=? AND due_at<?)" in plan, plan
+        assert "TEMP B-TREE" not in plan, plan  # read in due-date order, nothing sorted
