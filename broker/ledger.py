@@ -36,13 +36,14 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
-    insert,
     inspect,
     make_url,
     or_,
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from broker import threads
@@ -345,15 +346,28 @@ class Batch:
         ).values(watch_level=level, seq=expected_seq + 1, updated_at=at))
         return bool(result.rowcount == 1)
 
-    def add_watch_notices(self, dossier_code: str, published: Sequence[Outbound],
-                          at: datetime) -> None:
-        """Keep deadline notices until RabbitMQ confirms them."""
-        if published:
-            self.conn.execute(insert(watch_outbox), [{
-                "dossier_code": dossier_code, "exchange": o.exchange,
-                "routing_key": o.routing_key, "message_id": o.message_id, "type": o.type,
-                "correlation_id": o.correlation_id, "body": o.body, "created_at": at,
-            } for o in published])
+    def add_watch_notices(self, dossier_code: str, notices: Sequence[Outbound],
+                          at: datetime) -> list[Outbound]:
+        """Keep deadline notices until RabbitMQ confirms them; return those not kept before.
+
+        A notice whose id is already kept is that same message (ids are deterministic),
+        so it is not written twice, and one such row cannot fail the watch's whole
+        transaction round after round.
+        """
+        if not notices:
+            return []
+        insert_ = pg_insert if self.conn.dialect.name == "postgresql" else sqlite_insert
+        stmt = insert_(watch_outbox).on_conflict_do_nothing(index_elements=["message_id"])
+        new = set(self.conn.scalars(stmt.returning(watch_outbox.c.message_id), [{
+            "dossier_code": dossier_code, "exchange": o.exchange,
+            "routing_key": o.routing_key, "message_id": o.message_id, "type": o.type,
+            "correlation_id": o.correlation_id, "body": o.body, "created_at": at,
+        } for o in notices]))
+        for o in notices:
+            if o.message_id not in new:
+                log.warning("deadline notice %s was kept before; not written again",
+                            o.message_id)
+        return [o for o in notices if o.message_id in new]
 
     def record(self, message_id: str, source: str, outcome: str, dossier_code: str | None,
                published: Sequence[Outbound], at: datetime) -> None:

@@ -96,8 +96,16 @@ def decide(rows: Iterable[Mapping[str, Any]], now: datetime, calendar: WorkingCa
 
 
 def message_id(code: str, kind: NoticeKind, due_at: datetime, party: str) -> str:
-    """Deterministic id of a deadline notice: one per dossier, kind, due date and party."""
-    return f"{code}:{kind.value}:{due_at.astimezone(UTC):%Y%m%dT%H%M%SZ}:{party}"
+    """Deterministic id of a deadline notice: one per dossier, kind, due date and party.
+
+    The due date to the microsecond the ledger keeps (``20261209T020000Z``, or
+    ``20261209T020000.400000Z`` when it has a fraction): a pause shorter than a working
+    second moves it by less than a second, and its new notices must not take the ids
+    of the old ones (desks would drop them as repeats).
+    """
+    due = due_at.astimezone(UTC)
+    fraction = f".{due.microsecond:06d}" if due.microsecond else ""
+    return f"{code}:{kind.value}:{due:%Y%m%dT%H%M%S}{fraction}Z:{party}"
 
 
 def apology(topology: Topology, row: Mapping[str, Any], now: datetime, appointment: datetime,
@@ -195,8 +203,7 @@ class DeadlineWatch:
             "detail": {"due_at": row["due_at"].isoformat(), "agency_id": row["agency_id"],
                        "desk_id": row["return_desk_id"]},
             "at": now})
-        batch.add_watch_notices(row["code"], notices, now)
-        return notices
+        return batch.add_watch_notices(row["code"], notices, now)
 
     def tick(self) -> int:
         """Publish leftovers, flag what is due, refresh the gauge; return notices confirmed."""

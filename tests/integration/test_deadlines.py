@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select, update
 
 from broker.consumers.deadlines import (
     AT_RISK,
@@ -21,9 +22,9 @@ from broker.consumers.deadlines import (
     WatchSettings,
     decide,
 )
-from broker.ledger import Ledger
+from broker.ledger import Ledger, dossiers, watch_outbox
 from broker.lifecycle import OPEN_STATES, State
-from broker.messages import DossierStatus
+from broker.messages import DossierStatus, DossierSupplemented
 from broker.rules.catalog import load_catalog
 from broker.rules.engine import Engine
 from broker.topology import Topology
@@ -31,7 +32,7 @@ from monitoring.metrics import Metrics
 from tests.conftest import MINI_CATALOG, wait_for
 from tests.helpers import Amqp, dossier
 from tests.integration.conftest import FakeClock, vn
-from tests.integration.test_lifecycle_flow import take
+from tests.integration.test_lifecycle_flow import doc, report, take
 
 pytestmark = pytest.mark.integration
 
@@ -273,3 +274,61 @@ def test_sqlite_reads_watch_candidates_through_the_watch_index(tmp_path: Path) -
     for plan in plans:
         assert "USING INDEX ix_dossiers_watch (watch_level=? AND due_at<?)" in plan, plan
         assert "TEMP B-TREE" not in plan, plan  # read in due-date order, nothing sorted
+
+
+def test_a_pause_shorter_than_a_second_gives_the_new_notices_new_ids(
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock,
+        make_watch: Callable[[], DeadlineWatch]) -> None:
+    """A supplement 0.4 s after the request moves the due date by 0.4 s and sends the
+    dossier back to the watch: its at-risk notices are new messages, with new ids."""
+    start_broker()
+    agency, desk = declared.agency_queue("T.SO.TP"), declared.desk_queue("T.MC.B")
+    code = _route(amqp, declared, "1.004227", "T.SO.TP")  # due Wed 9 Dec 09:00
+    take(amqp, desk, 1, "receipt")
+    watch = make_watch()
+    clock.set("2026-12-08 10:00")
+    assert watch.tick() == 2
+    first = {p.message_id for p, _ in amqp.get_all(agency)}
+    take(amqp, desk, 1, "first at-risk notice")
+
+    clock.set("2026-12-08 10:30")
+    report(amqp, declared, code, "T.SO.TP", "supplement_requested", reason="thiếu bản sao")
+    take(amqp, desk, 1, "supplement request")
+    clock.now += timedelta(milliseconds=400)
+    amqp.status(declared, DossierSupplemented(
+        event_id=uuid.uuid4(), dossier_code=code, desk_id="T.MC.B",
+        documents=[doc("ban-sao.pdf")], sent_at=datetime.now(UTC)))
+    take(amqp, agency, 1, "supplement to the agency")
+    take(amqp, desk, 1, "back in processing")
+    row = ledger.dossier(code)
+    assert row is not None and row["watch_level"] == 0
+    assert row["due_at"] == vn("2026-12-09 09:00") + timedelta(milliseconds=400)
+
+    assert watch.tick() == 2  # before: the same ids again, the transaction rolled back
+    again = amqp.get_all(agency)
+    assert [json.loads(b)["notice"] for _, b in again] == ["at_risk"]
+    assert again[0][0].message_id not in first
+    assert [n["notice"] for n in amqp.json_all(desk)] == ["at_risk"]
+    assert [e["kind"] for e in ledger.history(code)] == [
+        "received", "at_risk", "request_supplement", "supplement", "at_risk"]
+
+
+def test_a_notice_id_already_kept_does_not_roll_back_the_watch(
+        ledger: Ledger, clock: FakeClock) -> None:
+    """A notice whose id is already in watch_outbox is that very message: the watch
+    keeps it once and flags the other dossiers of the round all the same."""
+    clock.set("2026-12-09 10:00")
+    _store(ledger, [_row("LATE-1", State.PROCESSING, "2026-12-08 09:00")])
+    kept = _watch(ledger, clock, limit=10).flag()[0]
+    _store(ledger, [_row("LATE-2", State.PROCESSING, "2026-12-08 10:00")])
+    with ledger.batch() as batch:  # LATE-1 set back to level 0 with its due date unchanged
+        batch.conn.execute(update(dossiers).where(dossiers.c.code == "LATE-1")
+                           .values(watch_level=NOTHING_SENT))
+    again = _watch(ledger, clock, limit=10).flag()  # before: IntegrityError, all rolled back
+    assert sorted(o.correlation_id or "" for o in again) == ["LATE-2", "LATE-2"]
+    assert kept.message_id not in {o.message_id for o in again}
+    assert {r["code"]: r["watch_level"] for r in map(ledger.dossier, ("LATE-1", "LATE-2"))
+            if r is not None} == {"LATE-1": OVERDUE, "LATE-2": OVERDUE}
+    with ledger.read() as conn:
+        ids = list(conn.scalars(select(watch_outbox.c.message_id)))
+    assert len(ids) == len(set(ids)) == 4

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -123,3 +123,11 @@ def test_deadline_notice_ids_are_deterministic_per_due_date_and_party() -> None:
     assert len(ids) == 8
     assert message_id("X-261125-0001", NoticeKind.AT_RISK, DUE, "desk") == \
         "X-261125-0001:at_risk:20261209T020000Z:desk"
+
+
+def test_deadline_notice_ids_differ_for_due_dates_less_than_a_second_apart() -> None:
+    moved = DUE + timedelta(milliseconds=400)  # a pause of 0.4 working seconds
+    assert message_id("X-261125-0001", NoticeKind.AT_RISK, moved, "agency") == \
+        "X-261125-0001:at_risk:20261209T020000.400000Z:agency"
+    assert message_id("X-261125-0001", NoticeKind.AT_RISK, DUE + timedelta(microseconds=1),
+                      "agency") != message_id("X-261125-0001", NoticeKind.AT_RISK, DUE, "agency")
