@@ -84,6 +84,9 @@ dossiers = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     #: deadline watch: 0 nothing sent, 1 at-risk notices sent, 2 overdue notices sent
     Column("watch_level", Integer, nullable=False, server_default="0"),
+    #: sent_at of the current agency's last applied status update (capped a few minutes
+    #: ahead of the broker's clock); an older one from it is stale. None after a hand-off
+    Column("status_sent_at", UTCDateTime),
 )
 #: open states as literals, in queries as in the index: SQLite uses a partial index only
 #: when the query's WHERE spells out the index's, and ``state IN (?, ?, ...)`` with bound

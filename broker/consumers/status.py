@@ -6,9 +6,11 @@ desk events). A refused update changes nothing and tells the sender why. Accepte
 ones are applied in arrival order within the batch, written once per dossier with
 an optimistic check on the dossier's event sequence, and announced: to the return
 desk, to the agency, or, for a finished chain step, to the next agency (with the
-supplements and every earlier step's results). A supplement moves the due dates by
-the working time the dossier was paused; a result later than its due date, not yet
-apologized for by the deadline watch, brings the desk an apology.
+supplements and every earlier step's results). An agency update sent before the last
+one applied from that agency is refused as stale: competing status routers or a
+redelivery may hand them over in another order than they were sent. A supplement
+moves the due dates by the working time the dossier was paused; a result later than
+its due date, not yet apologized for by the deadline watch, brings the desk an apology.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from broker.amqp import Delivery
@@ -73,6 +75,11 @@ DESK_NOTICE_FOR = {
     State.WITHDRAWN: NoticeKind.WITHDRAWN,
 }
 FINISHED = frozenset({State.REFUSED, State.STOPPED, State.RESOLVED, State.WITHDRAWN})
+#: the metric reason of an agency update sent before the last one applied
+STALE = "stale"
+#: how far ahead of the broker's clock an agency's sent_at is believed: one update from
+#: a clock set wrong (a local time labelled UTC) must not make every later one stale
+SENT_AT_AHEAD_MAX = timedelta(minutes=5)
 
 
 @dataclass(slots=True)
@@ -116,9 +123,9 @@ class StatusRouter(Consumer):
                     out.append(self.screen.dead(batch, mid, d, "unknown_dossier",
                                           "no dossier with this code", now))
                     continue
-                published, outcome = self._apply(engine, dossier, mid, msg, batch, now)
+                published, outcome, reason = self._apply(engine, dossier, mid, msg, batch, now)
                 batch.record(mid, self.source, outcome, msg.dossier_code, published, now)
-                self._count(outcome)
+                self._count(outcome, reason)
                 out += published
             for code, dossier in dossiers.items():
                 if dossier.changes:
@@ -126,8 +133,11 @@ class StatusRouter(Consumer):
         return out
 
     def _apply(self, engine: Engine, dossier: _Dossier, mid: str, msg: Update, batch: Batch,
-               now: datetime) -> tuple[list[Outbound], str]:
-        refusal = self._sender_problem(dossier, msg)
+               now: datetime) -> tuple[list[Outbound], str, str]:
+        """Apply one update, or refuse it; (messages, inbox outcome, metric reason)."""
+        refusal, reason = self._sender_problem(dossier, msg), ""
+        if refusal is None and (stale := self._stale(dossier, msg)) is not None:
+            refusal, reason = stale, STALE
         event = self._event_for(dossier, msg)
         if refusal is None:
             try:
@@ -136,10 +146,12 @@ class StatusRouter(Consumer):
                 refusal = (f"{event.value} is not allowed: dossier is "
                            f"{State(dossier['state']).name.lower()}")
         if refusal is not None:
-            return [self._refuse(dossier, msg, refusal, now)], "refused_update"
+            return [self._refuse(dossier, msg, refusal, now)], "refused_update", reason
         old_state, old_agency = State(dossier["state"]), dossier["agency_id"]
         seq = dossier["seq"] + 1
         dossier.set(state=int(new_state), seq=seq, updated_at=now)
+        if isinstance(msg, DossierStatus):
+            dossier.set(status_sent_at=min(msg.sent_at, now + SENT_AT_AHEAD_MAX))
         out = self._effects(engine, dossier, msg, event, old_state, seq, now)
         hand_off = event == Event.HAND_OFF
         batch.add_event({
@@ -149,7 +161,16 @@ class StatusRouter(Consumer):
             "to_agency": dossier["agency_id"] if hand_off else None,
             "message_id": mid, "detail": _detail(msg), "at": now,
         })
-        return out, "applied"
+        return out, "applied", ""
+
+    @staticmethod
+    def _stale(dossier: _Dossier, msg: Update) -> str | None:
+        """Why an agency update sent before the last one applied from it is refused."""
+        last = dossier["status_sent_at"]
+        if not isinstance(msg, DossierStatus) or last is None or msg.sent_at >= last:
+            return None
+        return (f"stale: sent {msg.sent_at.isoformat()}, before the update applied last "
+                f"(sent {last.isoformat()})")
 
     @staticmethod
     def _event_for(dossier: _Dossier, msg: Update) -> Event:
@@ -247,7 +268,9 @@ class StatusRouter(Consumer):
         plan = dossier["steps"][step - 1]
         step_plan = StepPlan(plan["agency_id"], plan["amount"], DurationUnit(plan["unit"]))
         step_due = engine.step_due_at(step_plan, now, dossier["due_at"])
-        dossier.set(step=step, agency_id=step_plan.agency_id, step_due_at=step_due)
+        # the next agency's updates are not compared with this one's clock
+        dossier.set(step=step, agency_id=step_plan.agency_id, step_due_at=step_due,
+                    status_sent_at=None)
         sub = DossierSubmitted.model_validate(dossier["submission"])
         assigned = DossierAssigned(
             dossier_code=dossier["code"], submission_id=sub.submission_id,

@@ -11,7 +11,7 @@ import contextlib
 import io
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -306,3 +306,60 @@ def test_two_routers_number_1000_dossiers_uniquely_and_without_gaps(
     routed = [r.broker.metrics.intake_total.labels("routed", "")._value.get()
               for r in (first, second)]
     assert sum(routed) == 1000 and min(routed) > 0, f"both routers take part: {routed}"
+
+
+def _status(code: str, agency: str, status: str, sent_at: datetime, **kw: Any) -> DossierStatus:
+    return DossierStatus(update_id=uuid.uuid4(), dossier_code=code, agency_id=agency,
+                         status=status, sent_at=sent_at, **kw)
+
+
+def test_an_agency_update_older_than_the_last_applied_one_is_refused_as_stale(
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock) -> None:
+    """DESIGN §10: sent_at decides, not arrival order (competing status routers, a
+    redelivery). Fee due at t1, then paid at t2, arriving reversed: the dossier is in
+    processing, and the fee notice is refused as stale, counted and told."""
+    running = start_broker()
+    desk, agency = declared.desk_queue("T.MC.B"), declared.agency_queue("T.SO.TP")
+    code = submit(amqp, declared, "T.SO.TP", procedure_code="1.004227")["dossier_code"]
+    take(amqp, desk, 1, "receipt")
+    t1 = datetime(2026, 11, 25, 1, 59, 50, tzinfo=UTC)
+    assert t1 == clock() - timedelta(seconds=10)
+    t2 = t1 + timedelta(milliseconds=1)
+    amqp.status(declared, _status(code, "T.SO.TP", "processing", t2))
+    amqp.status(declared, _status(code, "T.SO.TP", "financial_obligation", t1,
+                                  amount_vnd=200_000))
+    refused = take(amqp, agency, 1, "stale refusal")[0]
+    assert refused["notice"] == "update_refused" and refused["state"] == 4
+    assert refused["reason"] == ("stale: sent 2026-11-25T01:59:50+00:00, before the update "
+                                 "applied last (sent 2026-11-25T01:59:50.001000+00:00)")
+    assert [n["notice"] for n in take(amqp, desk, 1, "processing")] == ["status_changed"]
+    row = ledger.dossier(code)
+    assert row is not None and row["state"] == 4 and row["status_sent_at"] == t2
+    assert [e["kind"] for e in ledger.history(code)] == ["received", "process"]
+    wait_for(lambda: running.broker.metrics.status_total.labels(
+        "refused_update", "stale")._value.get() == 1, what="stale refusal counted")
+    assert ledger.count_inbox_outcomes()["refused_update"] == 1
+
+    amqp.status(declared, _status(code, "T.SO.TP", "financial_obligation", t2,
+                                  amount_vnd=200_000))  # sent at the same instant: applied
+    assert take(amqp, desk, 1, "fee")[0]["notice"] == "financial_obligation"
+    # an agency clock far ahead is believed only a few minutes ahead of the broker's,
+    # so one bad timestamp cannot make every later update of the dossier stale
+    amqp.status(declared, _status(code, "T.SO.TP", "processing", t2 + timedelta(days=365)))
+    take(amqp, desk, 1, "paid")
+    amqp.status(declared, _status(code, "T.SO.TP", "resolved", t2 + timedelta(hours=1)))
+    assert take(amqp, desk, 1, "result")[0]["notice"] == "result_ready"
+
+
+def test_after_a_hand_off_the_next_agency_is_not_compared_with_the_previous_one(
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock) -> None:
+    """Each agency's clock is its own: a hand-off forgets the last update's sent_at."""
+    start_broker()
+    code, _ = _chain(amqp, declared, clock)
+    sent = datetime(2026, 11, 26, 2, 0, tzinfo=UTC)
+    amqp.status(declared, _status(code, "T.UBND.A", "resolved", sent))
+    take(amqp, declared.agency_queue("T.CA"), 1, "step 2")
+    amqp.status(declared, _status(code, "T.CA", "accepted", sent - timedelta(minutes=2)))
+    assert take(amqp, declared.desk_queue("T.CENTRE"), 1)[0]["notice"] == "status_changed"
+    wait_for(lambda: [e["kind"] for e in ledger.history(code)] == [
+        "received", "hand_off", "accept"], what="accepted by T.CA")
