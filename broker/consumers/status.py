@@ -74,6 +74,7 @@ DESK_NOTICE_FOR = {
     State.RESOLVED: NoticeKind.RESULT_READY,
     State.WITHDRAWN: NoticeKind.WITHDRAWN,
 }
+_DESK_KINDS = frozenset(DESK_NOTICE_FOR.values())
 FINISHED = frozenset({State.REFUSED, State.STOPPED, State.RESOLVED, State.WITHDRAWN})
 #: the metric reason of an agency update sent before the last one applied
 STALE = "stale"
@@ -288,7 +289,10 @@ class StatusRouter(Consumer):
         notice = AgencyNotice(notice=kind, dossier_code=dossier["code"],
                               agency_id=dossier["agency_id"], state=dossier["state"],
                               reason=reason, documents=documents or [], issued_at=now)
-        return to_agency(self.topology, notice, f"{dossier['code']}:{kind.value}:{seq}")
+        # one id per message: a kind the desk is told too (withdrawn) would otherwise give
+        # both notices one id, and dead-letter show/replay --id would take one for the other
+        party = ":agency" if kind in _DESK_KINDS else ""
+        return to_agency(self.topology, notice, f"{dossier['code']}:{kind.value}:{seq}{party}")
 
     def _desk_notice(self, dossier: _Dossier, kind: NoticeKind, state: State, seq: int,
                      now: datetime, msg: Update, results: list[dict[str, Any]]) -> Outbound:

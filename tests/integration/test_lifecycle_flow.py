@@ -363,3 +363,19 @@ def test_after_a_hand_off_the_next_agency_is_not_compared_with_the_previous_one(
     assert take(amqp, declared.desk_queue("T.CENTRE"), 1)[0]["notice"] == "status_changed"
     wait_for(lambda: [e["kind"] for e in ledger.history(code)] == [
         "received", "hand_off", "accept"], what="accepted by T.CA")
+
+
+def test_a_withdrawal_tells_agency_and_desk_under_ids_of_their_own(
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp) -> None:
+    """One id per message: dead-letter show/replay --id and a dedupe store shared by a
+    commune's desk and its committee must not take one notice for the other."""
+    start_broker()
+    code = submit(amqp, declared, "T.UBND.A")["dossier_code"]
+    take(amqp, declared.desk_queue("T.MC.B"), 1, "receipt")
+    amqp.status(declared, DossierWithdrawn(event_id=uuid.uuid4(), dossier_code=code,
+                                           desk_id="T.MC.B", sent_at=datetime.now(UTC)))
+    agency = wait_for(lambda: amqp.get_all(declared.agency_queue("T.UBND.A")), what="agency")
+    desk = wait_for(lambda: amqp.get_all(declared.desk_queue("T.MC.B")), what="desk")
+    assert [json.loads(b)["notice"] for _, b in agency + desk] == ["withdrawn", "withdrawn"]
+    assert [p.message_id for p, _ in agency] == [f"{code}:withdrawn:2:agency"]
+    assert [p.message_id for p, _ in desk] == [f"{code}:withdrawn:2"]
