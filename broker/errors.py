@@ -8,9 +8,13 @@
     ├── TransitionRefused      a status update the lifecycle table forbids
     ├── LedgerSchemaError      a ledger whose tables this version cannot write (→ refuse to start)
     └── TransientError         the database or broker is away for now (→ retry with backoff)
+        └── HandlerFault       casebroker's own code failed on a batch (→ retry with backoff)
 """
 
 from __future__ import annotations
+
+import traceback
+from pathlib import Path
 
 
 class CasebrokerError(Exception):
@@ -103,3 +107,38 @@ class TransientError(CasebrokerError):
     """
 
     bounded = False
+
+    @property
+    def kind(self) -> str:
+        """The retry's kind in ``casebroker_retries_total``."""
+        return "conflict" if self.bounded else "transient"
+
+
+class HandlerFault(TransientError):
+    """casebroker's own code failed on a batch where its handler catches nothing (a bug;
+    the log says where). The batch is retried with backoff, never acked unprocessed."""
+
+    @property
+    def kind(self) -> str:
+        return "fault"
+
+
+def without_values(error: BaseException, frames: int = 6) -> str:
+    """An exception as a log line may show it: its type and where it was raised, never its
+    message.
+
+    A message can quote the data that failed: pydantic quotes the input value, the
+    database driver the statement's parameters, and a dossier's data holds names, id
+    numbers and phones, which never go to a log (DESIGN.md, security rules). What is
+    kept is enough to find the fault: the type, the innermost ``frames`` as
+    ``file:line function``, and the type of the exception it came from.
+    """
+    where = [f"{Path(f.filename).name}:{f.lineno} {f.name}"
+             for f in traceback.extract_tb(error.__traceback__)[-frames:]]
+    line = f"{type(error).__module__}.{type(error).__qualname__}"
+    if where:
+        line += " at " + " < ".join(reversed(where))
+    cause = error.__cause__ or error.__context__
+    if cause is not None:
+        line += f" (from {type(cause).__module__}.{type(cause).__qualname__})"
+    return line

@@ -36,6 +36,7 @@ from broker.amqp import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER, amqp_url, p
 from broker.calendar import WorkingCalendar
 from broker.consumers.common import Clock, EngineProvider, to_agency, to_desk
 from broker.envelope import Outbound
+from broker.errors import without_values
 from broker.ledger import Batch, Ledger
 from broker.lifecycle import State
 from broker.messages import AgencyNotice, DeskNotice, NoticeKind, utc_now
@@ -286,10 +287,11 @@ class DeadlineWatch:
         while not self._stop.is_set():
             try:
                 self.tick()
-            except Exception:
+            except Exception as e:
                 # the ledger or RabbitMQ is away, or a competing watch won a write race
-                log.exception("deadline watch round failed; retrying in %.0fs",
-                              self.settings.interval_s)
+                # (the driver's message can quote the rows' values: not logged)
+                log.error("deadline watch round failed (%s); retrying in %.0fs",
+                          without_values(e), self.settings.interval_s)
                 self._republish_all = True
                 self.close()
             self._stop.wait(self.settings.interval_s)

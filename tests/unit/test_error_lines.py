@@ -1,0 +1,39 @@
+"""What a log line may say of an exception: its type and where, never its message."""
+
+from __future__ import annotations
+
+import pydantic
+import pytest
+
+from broker.errors import without_values
+
+
+class _Applicant(pydantic.BaseModel):
+    id_number: int
+
+
+def _parse(raw: str) -> _Applicant:
+    return _Applicant(id_number=raw)  # type: ignore[arg-type]
+
+
+def test_a_validation_error_is_logged_without_the_value_it_quotes() -> None:
+    with pytest.raises(pydantic.ValidationError) as caught:
+        _parse("Nguyễn Văn An 066090001234")
+    assert "066090001234" in str(caught.value)  # what log.exception would have printed
+    line = without_values(caught.value)
+    assert "066090001234" not in line and "Nguyễn" not in line
+    assert line.startswith("pydantic_core._pydantic_core.ValidationError at ")
+    assert "test_error_lines.py:" in line and "_parse" in line
+
+
+def test_the_exception_it_came_from_is_named_by_type() -> None:
+    try:
+        try:
+            raise KeyError("0905000000")
+        except KeyError as e:
+            raise RuntimeError("phone 0905000000") from e
+    except RuntimeError as e:
+        line = without_values(e)
+    assert "0905000000" not in line
+    assert line.startswith("builtins.RuntimeError at ")
+    assert line.endswith("(from builtins.KeyError)")
