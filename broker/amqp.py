@@ -11,9 +11,14 @@ Outcomes, decided here once:
 * handler raises TransientError → keep the batch, retry with capped backoff (pauses work)
 * handler raises anything else → retry one delivery at a time; one that still fails is
   dead-lettered with ``internal_error`` (a failing message never stops the queue)
-* broker nacks a publish, or a dead-letter publish is unroutable → reopen the channel;
-  the unacked deliveries come back and the ledger's inbox republishes the same messages
 * a publish is returned unroutable → republished to ``dead.<source>`` with the reason
+* broker nacks a publish, or a dead-letter publish is unroutable → that batch alone is
+  nacked back to the queue (the channel stays open), the worker pauses with capped
+  backoff, and its deliveries are redone one at a time while refusals go on: the
+  inbox republishes the same messages, and one the broker keeps refusing reaches the
+  quorum queue's delivery limit alone
+* the broker cancels the consumer (its queue deleted) → close the channel and reopen it
+  with capped backoff until the queue is back
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ __all__ = ["DEFAULT_AMQP_URL", "DETAIL_HEADER", "MAX_BOUNDED_RETRIES", "REASON_H
 log = logging.getLogger(__name__)
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+#: how long a closing connection waits for RabbitMQ's close-ok before the loop stops anyway
+CLOSE_TIMEOUT_S = 5.0
 
 
 def amqp_urls() -> list[str]:
@@ -179,6 +186,8 @@ class ConsumerService:
             self.connection = CoalescingConnection(
                 self.params, on_open_callback=self._on_open,
                 on_open_error_callback=self._on_open_error, on_close_callback=self._on_closed)
+            self.connection.add_on_connection_blocked_callback(self._on_blocked)
+            self.connection.add_on_connection_unblocked_callback(self._on_unblocked)
             self.connection.ioloop.start()
             if self.stopping:
                 break
@@ -198,6 +207,9 @@ class ConsumerService:
         return p.host, p.port
 
     def _on_open(self, connection: SelectConnection) -> None:
+        if self.stopping:  # stop() came while this connection was being made
+            connection.close()
+            return
         log.info("connected to RabbitMQ at %s:%s", self.params.host, self.params.port)
         self._opened = True
         self.hooks.connection(True)
@@ -205,6 +217,13 @@ class ConsumerService:
             callback()
         for worker in self.workers:
             worker.open(connection)
+
+    def _on_blocked(self, _connection: SelectConnection, _frame: Any) -> None:
+        log.warning("RabbitMQ blocked this connection (a memory or disk alarm): publishes "
+                    "wait, and nothing is acked until it unblocks")
+
+    def _on_unblocked(self, _connection: SelectConnection, _frame: Any) -> None:
+        log.info("RabbitMQ unblocked this connection")
 
     def _on_open_error(self, connection: SelectConnection, error: BaseException) -> None:
         log.warning("cannot connect to RabbitMQ: %s", error)
@@ -239,6 +258,9 @@ class ConsumerService:
         if all(w.idle for w in self.workers) or time.monotonic() > deadline or not conn.is_open:
             if conn.is_open:
                 conn.close()
+                # a blocked connection (resource alarm) is not read by RabbitMQ, whose
+                # close-ok would never come: stop anyway; unacked deliveries go back
+                conn.ioloop.call_later(CLOSE_TIMEOUT_S, conn.ioloop.stop)
             else:
                 conn.ioloop.stop()
             return

@@ -24,7 +24,7 @@ from pika.spec import Basic, BasicProperties
 
 from broker import threads
 from broker.envelope import Outbound
-from broker.errors import TransientError
+from broker.errors import HandlerFault, TransientError, without_values
 
 if TYPE_CHECKING:
     from broker.amqp import ConsumerService
@@ -147,14 +147,61 @@ class _HandlerThread:
 
     def _loop(self) -> None:
         while True:
-            self.jobs.get()()
+            job = self.jobs.get()
+            try:
+                job()
+            except Exception as e:  # a job reports its own failures; this is the last guard
+                log.error("handler thread: a job failed: %s", without_values(e))
 
 
 @dataclass(slots=True)
 class _InFlight:
+    """A handled batch whose messages are published: acked once ``outstanding`` is 0."""
+
     last_tag: int
     outstanding: int
-    failed: bool = False
+    batch: list[Delivery]
+    failed: bool = False  # a publish was nacked, or returned and not dead-lettered
+
+
+class _Refusals:
+    """After the broker refused a batch's publish: how long to pause, doubling while
+    refusals keep coming and starting afresh after a quiet spell, and which messages
+    were in refused batches (``suspects``). While refusals come, each suspect is handled
+    in a batch of its own, so a message the broker keeps refusing holds back only
+    itself; the others are batched as usual."""
+
+    def __init__(self, initial_s: float, max_s: float) -> None:
+        self.initial_s, self.max_s = initial_s, max_s
+        self.delay_s = 0.0
+        self.at = -1e9
+        self.suspects: set[str | None] = set()
+
+    def _recent(self) -> bool:
+        return time.monotonic() - self.at < max(10.0, 4 * self.delay_s)
+
+    def refused(self, batch: list[Delivery]) -> float:
+        """Note a refused batch; return the pause before its deliveries are redone."""
+        if not self._recent():
+            self.delay_s = 0.0
+            self.suspects.clear()
+        self.delay_s = min(self.max_s, max(self.initial_s, self.delay_s * 2))
+        self.at = time.monotonic()
+        self.suspects.update(d.message_id for d in batch)
+        return self.delay_s
+
+    def next_batch(self, pending: list[Delivery], size: int) -> list[Delivery]:
+        """The next batch: a suspect alone, else up to ``size`` deliveries before one."""
+        if self.suspects and not self._recent():
+            self.suspects.clear()
+        if not self.suspects:
+            return pending[:size]
+        if pending[0].message_id in self.suspects:
+            return pending[:1]
+        n = 1
+        while n < min(size, len(pending)) and pending[n].message_id not in self.suspects:
+            n += 1
+        return pending[:n]
 
 
 class QueueWorker:
@@ -171,6 +218,8 @@ class QueueWorker:
         self.consumer_tag: str | None = None
         self.thread = _HandlerThread(f"handler-{handler.source}")
         self.generation = 0
+        self.refusals = _Refusals(self.settings.retry_initial_s, self.settings.retry_max_s)
+        self.reopen_delay_s = 1.0
         self._reset()
 
     def _reset(self) -> None:
@@ -180,8 +229,9 @@ class QueueWorker:
         self.busy = False
         self.pending: list[Delivery] = []
         self.inflight: deque[_InFlight] = deque()
-        self.unconfirmed: dict[int, _InFlight] = {}
-        self.by_message_id: dict[str, _InFlight] = {}
+        #: publish sequence number -> (its batch, its message id), in publish order
+        self.unconfirmed: dict[int, tuple[_InFlight, str]] = {}
+        self.returned: set[int] = set()  # unconfirmed publishes the broker returned
         self.next_seq = 1
         self.flush_timer: Any = None
         self.retry_timer: Any = None
@@ -201,24 +251,47 @@ class QueueWorker:
         self.channel = channel
         channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_return_callback(self._on_return)
+        channel.add_on_cancel_callback(self._on_cancelled)
         channel.confirm_delivery(self._on_confirm, callback=lambda _f: channel.basic_qos(
             prefetch_count=self.settings.prefetch_count, callback=self._on_qos_ok))
 
     def _on_qos_ok(self, _frame: Any) -> None:
-        assert self.channel is not None
-        self.consumer_tag = self.channel.basic_consume(self.queue, self._on_message)
+        if self.channel is None or not self.channel.is_open or self.service.stopping:
+            return
+        self.consumer_tag = self.channel.basic_consume(
+            self.queue, self._on_message, callback=self._on_consume_ok)
+
+    def _on_consume_ok(self, _frame: Any) -> None:
+        self.reopen_delay_s = 1.0
         log.info("consuming %s", self.queue)
 
-    def _on_channel_closed(self, _channel: Channel, reason: Exception) -> None:
+    def _on_cancelled(self, _frame: Any) -> None:
+        """The broker cancelled the consumer (its queue was deleted, or its node left):
+        nothing would arrive on this channel again. Close it; it is reopened, and
+        consumes again once the queue is back."""
+        log.warning("RabbitMQ cancelled the consumer of %s (queue deleted?); reopening",
+                    self.queue)
+        channel = self.channel
+        self._cancel_timers()
+        self._reset()  # what the handler thread still holds belongs to this channel
+        if channel is not None and channel.is_open:
+            channel.close()
+
+    def _on_channel_closed(self, channel: Channel, reason: Exception) -> None:
+        if channel is not self.channel and self.channel is not None:
+            return  # an old channel's close, after a new one was opened
         self.channel = None
         self._cancel_timers()
-        dropped = len(self.pending) + sum(1 for _ in self.inflight)
+        waiting, published = len(self.pending), len(self.inflight)
         self._reset()
         if self.service.stopping or not self.service.connection_open:
             return
-        log.warning("channel for %s closed (%s); %d batches will be redelivered; reopening",
-                    self.queue, reason, dropped)
-        self.service.call_later(1.0, self.service.reopen_worker, self)
+        delay_s, self.reopen_delay_s = self.reopen_delay_s, min(
+            self.settings.reconnect_max_s, self.reopen_delay_s * 2)
+        log.warning("channel for %s closed (%s); its unacked deliveries (%d waiting, %d "
+                    "batches published) will be redelivered; reopening in %.0fs",
+                    self.queue, reason, waiting, published, delay_s)
+        self.service.call_later(delay_s, self.service.reopen_worker, self)
 
     def cancel(self) -> None:
         """Stop receiving; unprocessed deliveries stay unacked and go back to the queue."""
@@ -234,8 +307,11 @@ class QueueWorker:
         self.flush_timer = self.retry_timer = None
 
     # consuming ---------------------------------------------------------------------
-    def _on_message(self, _ch: Channel, method: Basic.Deliver, props: BasicProperties,
+    def _on_message(self, ch: Channel, method: Basic.Deliver, props: BasicProperties,
                     body: bytes) -> None:
+        channel = self.channel
+        if channel is None or ch is not channel or not channel.is_open:
+            return  # a channel being closed: unacked, the delivery goes back to the queue
         self.pending.append(Delivery(method.delivery_tag, body, props, method.redelivered,
                                      method.routing_key))
         if self.retry_timer is not None:
@@ -250,9 +326,9 @@ class QueueWorker:
         """Hand the next batch to the handler thread (one batch there at a time)."""
         self.flush_timer = None
         if self.busy or not self.pending or self.retry_timer is not None \
-                or self.service.stopping:
+                or self.service.stopping or self.channel is None or not self.channel.is_open:
             return
-        batch = self.pending[: self.settings.batch_size]
+        batch = self.refusals.next_batch(self.pending, self.settings.batch_size)
         waiting = len(self.pending) - len(batch)  # left behind a full batch: a backlog
         singly = self.retries >= MAX_BOUNDED_RETRIES
         generation, started = self.generation, time.perf_counter()
@@ -265,6 +341,9 @@ class QueueWorker:
                 outbound = by_destination(self._handle(batch, singly=singly))
             except TransientError as e:
                 error = e
+            except Exception as e:  # a fault of casebroker's own: retried with backoff
+                log.error("handling a batch from %s failed: %s", self.queue, without_values(e))
+                error = HandlerFault(f"internal fault ({type(e).__name__})")
             self.service.call_threadsafe(
                 lambda: self._handled(generation, batch, outbound, error, started, waiting))
 
@@ -278,12 +357,12 @@ class QueueWorker:
         self.busy = False
         if error is not None:
             self.retries += 1 if error.bounded else 0
-            self._schedule_retry(str(error))
+            self._schedule_retry(str(error), error.kind)
             return
         self.retries = 0
         self.retry_delay_s = 0.0
         del self.pending[: len(batch)]
-        self._publish(batch[-1].tag, outbound)
+        self._publish(batch, outbound)
         self.service.hooks.batch_done(self.handler.source, len(batch), len(outbound),
                                       time.perf_counter() - started, waiting)
         self._flush()
@@ -294,39 +373,46 @@ class QueueWorker:
                 return self.handler.handle(batch)
             except TransientError:
                 raise
-            except Exception:
-                log.exception("handler failed on a batch of %d from %s; retrying one by one",
-                              len(batch), self.queue)
+            except Exception as e:
+                log.error("handler failed on a batch of %d from %s (%s); retrying one by one",
+                          len(batch), self.queue, without_values(e))
         outbound: list[Outbound] = []
         for delivery in batch:
             try:
                 outbound += self.handler.handle([delivery])
             except TransientError as e:
-                if not e.bounded:
-                    raise  # the ledger is away: everything waits, nothing is dead-lettered
+                if not e.bounded or not singly:
+                    # the ledger is away, or a conflict not yet retried: the batch waits
+                    raise
                 log.error("delivery %s from %s still conflicts after %d retries; dead-lettering",
                           delivery.tag, self.queue, self.retries)
                 outbound += self.handler.internal_error(delivery, e)
             except Exception as e:
-                log.exception("handler failed on one delivery of %s; dead-lettering it",
-                              self.queue)
+                log.error("handler failed on one delivery of %s (%s); dead-lettering it",
+                          self.queue, without_values(e))
                 outbound += self.handler.internal_error(delivery, e)
         return outbound
 
-    def _schedule_retry(self, reason: str) -> None:
+    def _schedule_retry(self, reason: str, kind: str) -> None:
         s = self.settings
         self.retry_delay_s = min(s.retry_max_s, max(s.retry_initial_s, self.retry_delay_s * 2))
         log.warning("%s paused: %s; retrying in %.1fs", self.queue, reason, self.retry_delay_s)
-        self.service.hooks.retry(self.handler.source, "transient")
-        self.retry_timer = self.service.call_later(self.retry_delay_s, self._retry)
+        self.service.hooks.retry(self.handler.source, kind)
+        self._pause(self.retry_delay_s)
+
+    def _pause(self, delay_s: float) -> None:
+        """Hand no batch to the handler for ``delay_s``."""
+        if self.retry_timer is not None:
+            self.service.remove_timeout(self.retry_timer)
+        self.retry_timer = self.service.call_later(delay_s, self._retry)
 
     def _retry(self) -> None:
         self.retry_timer = None
         self._flush()
 
     # publishing and confirms ---------------------------------------------------------
-    def _publish(self, last_tag: int, outbound: list[Outbound]) -> None:
-        entry = _InFlight(last_tag, len(outbound))
+    def _publish(self, batch: list[Delivery], outbound: list[Outbound]) -> None:
+        entry = _InFlight(batch[-1].tag, len(outbound), batch)
         self.inflight.append(entry)
         assert self.service.connection is not None  # the I/O loop runs on it
         with self.service.connection.coalesced():
@@ -338,8 +424,7 @@ class QueueWorker:
         assert self.channel is not None
         self.channel.basic_publish(out.exchange, out.routing_key, out.body,
                                    properties_for(out, self.service.user_id), mandatory=True)
-        self.unconfirmed[self.next_seq] = entry
-        self.by_message_id[out.message_id] = entry
+        self.unconfirmed[self.next_seq] = (entry, out.message_id)
         self.next_seq += 1
 
     def _on_confirm(self, frame: Any) -> None:
@@ -351,18 +436,30 @@ class QueueWorker:
             seqs = [tag]
         nacked = isinstance(method, Basic.Nack)
         for seq in seqs:
-            entry = self.unconfirmed.pop(seq, None)
-            if entry is not None:
-                entry.outstanding -= 1
-                entry.failed |= nacked
-        if len(self.by_message_id) > 4 * self.settings.prefetch_count:
-            self.by_message_id = {k: v for k, v in self.by_message_id.items()
-                                  if v.outstanding > 0}
+            found = self.unconfirmed.pop(seq, None)
+            if found is not None:
+                found[0].outstanding -= 1
+                found[0].failed |= nacked
+        if self.returned:
+            self.returned.intersection_update(self.unconfirmed)
         self._ack_ready()
 
-    def _on_return(self, _ch: Channel, method: Basic.Return, props: BasicProperties,
+    def _returned_entry(self, message_id: str | None) -> _InFlight | None:
+        """The batch a returned publish belongs to. RabbitMQ returns a mandatory publish
+        before confirming it, in publish order, so it is the oldest unconfirmed publish of
+        that message id not returned yet (a redelivery can have two in flight)."""
+        for seq, (entry, mid) in self.unconfirmed.items():
+            if mid == message_id and seq not in self.returned:
+                self.returned.add(seq)
+                return entry
+        return None
+
+    def _on_return(self, ch: Channel, method: Basic.Return, props: BasicProperties,
                    body: bytes) -> None:
-        entry = self.by_message_id.get(props.message_id)
+        channel = self.channel
+        if channel is None or ch is not channel or not channel.is_open:
+            return  # its batch belonged to a channel being closed: it is redone anyway
+        entry = self._returned_entry(props.message_id)
         self.service.hooks.returned(self.handler.source, method.exchange)
         source = self.dead_source_of(method.exchange)
         if entry is None or source is None:
@@ -383,19 +480,41 @@ class QueueWorker:
                             props.type or "", props.correlation_id, headers, body), entry)
 
     def _ack_ready(self) -> None:
+        """Ack, in order, the batches whose publishes are all confirmed; give a refused
+        batch's deliveries back to the queue to be redone."""
+        if self.channel is None or not self.channel.is_open:
+            return
         last = None
         while self.inflight and self.inflight[0].outstanding <= 0:
             entry = self.inflight.popleft()
             if entry.failed:
-                self._fail_channel()
-                return
+                if last is not None:
+                    self.channel.basic_ack(last, multiple=True)
+                    self.service.hooks.acked(self.handler.source, 1)
+                    last = None
+                self._refused(entry)
+                continue
             last = entry.last_tag
-        if last is not None and self.channel is not None and self.channel.is_open:
+        if last is not None:
             self.channel.basic_ack(last, multiple=True)
             self.service.hooks.acked(self.handler.source, 1)
 
-    def _fail_channel(self) -> None:
-        log.error("a publish from %s was refused by the broker; reopening the channel so "
-                  "its deliveries are redone", self.queue)
-        if self.channel is not None and self.channel.is_open:
-            self.channel.close()
+    def _refused(self, entry: _InFlight) -> None:
+        """A publish of this batch was nacked, or returned and not dead-lettered.
+
+        Every batch before it is acked, so a multiple nack up to its last tag gives back
+        exactly its deliveries, and nothing else: the channel stays open, and the
+        deliveries behind it, already handled or not, are not redelivered (each
+        redelivery counts towards the quorum queue's delivery limit). They come back
+        first; the worker pauses, doubling while refusals go on, and hands them over one
+        at a time, so a message the broker keeps refusing holds back only itself until
+        the delivery limit dead-letters it. The inbox republishes what was committed.
+        """
+        assert self.channel is not None
+        delay_s = self.refusals.refused(entry.batch)
+        log.error("a publish from %s was refused by RabbitMQ; its %d deliveries go back to "
+                  "the queue, redone one at a time after %.1fs", self.queue, len(entry.batch),
+                  delay_s)
+        self.service.hooks.retry(self.handler.source, "refused")
+        self.channel.basic_nack(entry.last_tag, multiple=True, requeue=True)
+        self._pause(delay_s)

@@ -166,7 +166,9 @@ class Broker:
 
     def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info("signal %s: stopping", signal.Signals(signum).name)
-        self.stop()
+        # not here: the handler runs in the I/O thread between two of its steps, and the
+        # wake-up stop() sends takes a lock that step may hold (pika's is not reentrant)
+        threads.start(self.stop, "stop")
 
     def _on_reload_signal(self, _signum: int, _frame: FrameType | None) -> None:
         # the reload parses YAML and talks to RabbitMQ: not inside a signal handler

@@ -44,7 +44,9 @@ class Metrics(Hooks):
             "casebroker_ack_calls_total", "basic.ack calls (multiple=True) after confirms",
             ["source"], registry=r)
         self.retries_total = Counter(
-            "casebroker_retries_total", "Batches put back for a retry (ledger away, conflicts)",
+            "casebroker_retries_total",
+            "Batches put back for a retry, by kind: transient (ledger away), conflict "
+            "(a competing writer), refused (RabbitMQ refused a publish), fault (a bug)",
             ["source", "kind"], registry=r)
         self.returned_total = Counter(
             "casebroker_unroutable_total", "Publishes returned unroutable and dead-lettered",

@@ -1,0 +1,99 @@
+"""When RabbitMQ refuses what the router does: a publish with nowhere to go, a consumer
+cancelled because its queue was deleted. Nothing is lost or doubled, the process keeps
+running, and work resumes once the topology is back."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import pika
+import pytest
+
+from broker.amqp import amqp_url
+from broker.ledger import Ledger
+from broker.rules.catalog import Catalog
+from broker.service import declare_topology
+from broker.topology import Topology
+from tests.conftest import RunningBroker, queue_depth, wait_for
+from tests.helpers import Amqp, dossier
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def amqp() -> Iterator[Amqp]:
+    a = Amqp()
+    yield a
+    a.close()
+
+
+def _delete_queues(*queues: str) -> None:
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
+    try:
+        ch = conn.channel()
+        for q in queues:
+            ch.queue_delete(q)
+    finally:
+        conn.close()
+
+
+def _receipt_ids(amqp: Amqp, queue: str) -> list[str]:
+    return [p.message_id for p, _ in amqp.get_all(queue)]
+
+
+def test_a_refused_publish_holds_back_only_its_own_dossier(
+        declared: Topology, mini_catalog: Catalog, ledger: Ledger,
+        run_broker: Callable[..., RunningBroker], amqp: Amqp) -> None:
+    running = run_broker(batch_size=50, retry_initial_s=0.2, retry_max_s=1.0)
+    amqp.submit(declared, dossier(desk_id="T.MC.A"))  # the router has declared and consumes
+    wait_for(lambda: queue_depth(declared.desk_queue("T.MC.A")), what="the first receipt")
+    # desk B's queue is gone, and so is dead.desk, where an unroutable notice would go:
+    # RabbitMQ returns desk B's receipts and their dead-letter copies
+    _delete_queues(declared.desk_queue("T.MC.B"), declared.dead_queue("desk"))
+    good = [dossier(desk_id="T.MC.A") for _ in range(12)]
+    stuck = [dossier(desk_id="T.MC.B") for _ in range(3)]
+    for i, d in enumerate(good):
+        amqp.submit(declared, d)
+        if i % 4 == 0:
+            amqp.submit(declared, stuck[i // 4])
+
+    desk_a: set[str] = set()
+    wait_for(lambda: desk_a.update(_receipt_ids(amqp, declared.desk_queue("T.MC.A")))
+             or len(desk_a) == len(good) + 1, what="every good dossier's receipt")
+    refused = running.broker.metrics.registry.get_sample_value(
+        "casebroker_retries_total", {"source": "intake", "kind": "refused"})
+    assert refused and refused >= 1
+    # the refused batches' good dossiers are redone once, on their own, and then left
+    # alone: while desk B's receipts keep being refused (a pause of at most 1 s between
+    # tries here), desk A receives nothing more
+    time.sleep(3)
+    amqp.get_all(declared.desk_queue("T.MC.A"))
+    time.sleep(3)
+    assert _receipt_ids(amqp, declared.desk_queue("T.MC.A")) == []
+    refused_later = running.broker.metrics.registry.get_sample_value(
+        "casebroker_retries_total", {"source": "intake", "kind": "refused"})
+    assert refused_later and refused_later > refused + 2  # desk B's still going round
+    assert running.thread.is_alive()
+
+    declare_topology(amqp_url(), declared, mini_catalog)  # desk B's queue is back
+    wait_for(lambda: queue_depth(declared.desk_queue("T.MC.B")) >= len(stuck),
+             timeout_s=30, what="the held-back receipts")
+    wait_for(lambda: ledger.count_by_state() == {2: 1 + len(good) + len(stuck)},
+             what="every dossier once in the ledger")
+    assert len(set(_receipt_ids(amqp, declared.desk_queue("T.MC.B")))) == len(stuck)
+    assert running.thread.is_alive()
+
+
+def test_a_consumer_the_broker_cancels_consumes_again_once_its_queue_is_back(
+        declared: Topology, mini_catalog: Catalog, ledger: Ledger,
+        run_broker: Callable[..., RunningBroker], amqp: Amqp) -> None:
+    run_broker()
+    amqp.submit(declared, dossier())
+    wait_for(lambda: ledger.count_by_state() == {2: 1}, what="the first dossier")
+    _delete_queues(declared.intake_queue)  # RabbitMQ cancels the router's consumer
+    time.sleep(1.5)  # the router's first try to consume again finds no queue
+    declare_topology(amqp_url(), declared, mini_catalog)
+    amqp.submit(declared, dossier())
+    wait_for(lambda: ledger.count_by_state() == {2: 2}, timeout_s=30,
+             what="a dossier sent after the queue came back")
