@@ -32,6 +32,7 @@ from broker.amqp import amqp_url
 from broker.errors import CasebrokerError, DecodeError
 from broker.messages import (
     CONTENT_TYPE,
+    MAX_BODY_BYTES,
     AgencyNotice,
     AgencyStatus,
     DeskNotice,
@@ -66,10 +67,22 @@ Queue: Any = _entity.Queue
 INBOX_KINDS = frozenset({"desk.notice", "agency.notice", "dossier.assigned"})
 #: how often a draining inbox wakes up to notice stop() and its idle timeout
 POLL_INTERVAL_S = 0.1
+#: heartbeats on an inbox's connection: a peer gone silently (a NAT or firewall dropping
+#: the connection) is noticed within two of them, and the inbox reconnects; a handler
+#: that runs longer than two of them loses the connection, and its message comes again
+INBOX_HEARTBEAT_S = 60
 
 
 class PublishError(CasebrokerError):
-    """A publish the broker refused (nack), could not route (basic.return) or never took."""
+    """A publish the broker refused (nack), could not route (basic.return) or never took.
+
+    ``message_id`` is the id it was published under: the broker may have taken it even
+    so (a confirm lost with the connection), so a retry must reuse it to be deduplicated.
+    """
+
+    def __init__(self, text: str, message_id: str) -> None:
+        super().__init__(text)
+        self.message_id = message_id
 
 
 class BrokerClient:
@@ -118,6 +131,10 @@ class BrokerClient:
             "user_id": self.connection.userid,
         }
         body = encode(message)
+        if len(body) > MAX_BODY_BYTES:  # the router would dead-letter it as too_large
+            raise PublishError(f"publish {message_id}: {len(body)} bytes, over the "
+                               f"{MAX_BODY_BYTES}-byte limit (documents go by reference)",
+                               message_id)
         self._returned.pop(message_id, None)
         try:
             producer = self._ensure_producer()
@@ -127,13 +144,18 @@ class BrokerClient:
                     confirm_timeout=self.confirm_timeout_s, **properties)
         except (KombuError, AMQPError, MessageNacked, OSError) as e:
             raise PublishError(f"publish {message_id} to {exchange}/{routing_key} failed: "
-                               f"{e}") from e
+                               f"{e}", message_id) from e
+        except BaseException:
+            # interrupted mid-wait (a signal, a timeout around the call): this publish's
+            # confirm or return may still come, and would be read as the next one's
+            self.close()
+            raise
         # RabbitMQ sends basic.return before the basic.ack of the same publish, so the
         # return (if any) has been dispatched by the time the confirm wait ended
         reason = self._returned.pop(message_id, None)
         if reason is not None:
             raise PublishError(f"publish {message_id} to {exchange}/{routing_key} was "
-                               f"returned: {reason}")
+                               f"returned: {reason}", message_id)
 
     def _ensure_producer(self) -> Any:
         if self._producer is None:
@@ -162,30 +184,39 @@ class DeskClient(BrokerClient):
         """Submit a dossier to intake; a retried submit keeps its id so it is deduplicated.
 
         Give a new dossier a ``submission_id`` from :func:`new_id` (time-ordered, so the
-        ledger's indexes grow at their end); any UUID is accepted.
+        ledger's indexes grow at their end); any UUID is accepted. The dossier must name
+        this desk as the one that received it.
         """
+        if dossier.desk_id != self.desk_id:
+            raise ValueError(f"dossier names desk {dossier.desk_id}, this client is desk "
+                             f"{self.desk_id}: nothing was sent")
         message_id = f"submit:{dossier.submission_id}"
         self.publish(dossier, exchange=self.topology.intake_exchange, routing_key=INTAKE_KEY,
                      message_id=message_id)
         return message_id
 
+    # desk events: pass the same event_id when retrying the same event (after a
+    # PublishError the broker may have taken it), so the status router applies it once
+
     def returned(self, dossier_code: str, *, satisfaction: int | None = None,
-                 returned_at: datetime | None = None) -> str:
+                 returned_at: datetime | None = None, event_id: UUID | None = None) -> str:
         """Report that the result was handed to the citizen."""
-        event = DossierReturned(event_id=new_id(), dossier_code=dossier_code,
+        event = DossierReturned(event_id=event_id or new_id(), dossier_code=dossier_code,
                                 desk_id=self.desk_id, returned_at=returned_at or utc_now(),
                                 satisfaction=satisfaction)
         return self._event(event, event.event_id)
 
-    def supplemented(self, dossier_code: str, documents: list[Document]) -> str:
+    def supplemented(self, dossier_code: str, documents: list[Document], *,
+                     event_id: UUID | None = None) -> str:
         """Report that the citizen brought the requested documents."""
-        event = DossierSupplemented(event_id=new_id(), dossier_code=dossier_code,
+        event = DossierSupplemented(event_id=event_id or new_id(), dossier_code=dossier_code,
                                     desk_id=self.desk_id, documents=documents, sent_at=utc_now())
         return self._event(event, event.event_id)
 
-    def withdrawn(self, dossier_code: str, reason: str | None = None) -> str:
+    def withdrawn(self, dossier_code: str, reason: str | None = None, *,
+                  event_id: UUID | None = None) -> str:
         """Report that the citizen withdrew the dossier."""
-        event = DossierWithdrawn(event_id=new_id(), dossier_code=dossier_code,
+        event = DossierWithdrawn(event_id=event_id or new_id(), dossier_code=dossier_code,
                                  desk_id=self.desk_id, reason=reason, sent_at=utc_now())
         return self._event(event, event.event_id)
 
@@ -246,7 +277,11 @@ class Inbox:
     notice/assignment → ``reject(requeue=False)``, which the quorum queue dead-letters
     to ``dead.<source>`` (requeueing would loop on the same poison message). A lost
     connection is re-established; deliveries not yet acked are redelivered, so a
-    handler may see a message twice (``redelivered`` is set) and must be idempotent.
+    handler may see a message twice and must be idempotent: drop repeats by
+    ``message_id`` (``redelivered`` is set only on the broker's redeliveries; a message
+    the router published again after its own restart arrives as new, with the same id).
+    The connection carries heartbeats (:data:`INBOX_HEARTBEAT_S`): a handler should
+    return within a minute or two.
     """
 
     def __init__(self, client: BrokerClient, queues: list[str], *,
@@ -267,17 +302,20 @@ class Inbox:
     def drain(self, handler: Callable[[Received], None], *, timeout_s: float | None) -> int:
         """Handle messages until none arrives for timeout_s (None: until stop); return count."""
         self._handled = 0
-        self._last_delivery = time.monotonic()
         # its own connection: a handler that publishes through the client must not
         # read this inbox's frames while waiting for its confirm
-        conn = self.connection = self.client.connection.clone()
+        conn = self.connection = self.client.connection.clone(heartbeat=INBOX_HEARTBEAT_S)
         try:
             self._consume(conn, handler)
             while not self._stop.is_set():
+                # idle since the last handler returned, or since consuming began: a slow
+                # handler or a slow connect does not end the drain with deliveries in hand
+                # (each would go back to its queue, a step towards its delivery limit)
                 idle_s = time.monotonic() - self._last_delivery
                 if timeout_s is not None and idle_s >= timeout_s:
                     break
                 try:
+                    conn.heartbeat_check()
                     conn.drain_events(timeout=POLL_INTERVAL_S)
                 except TimeoutError:
                     continue
@@ -303,11 +341,17 @@ class Inbox:
                                 auto_declare=False, prefetch_count=self.prefetch_count,
                                 on_message=self._on_message(name, handler))
             consumer.consume()
+        self._last_delivery = time.monotonic()
 
     def _on_message(self, queue: str, handler: Callable[[Received], None]
                     ) -> Callable[[Any], None]:
         def on_message(delivery: Any) -> None:
-            self._last_delivery = time.monotonic()
+            try:
+                handle(delivery)
+            finally:
+                self._last_delivery = time.monotonic()
+
+        def handle(delivery: Any) -> None:
             props = delivery.properties
             body = delivery.body
             try:

@@ -249,3 +249,55 @@ def test_inbox_reconnects_and_redelivers_what_it_had_not_acked(live: Live) -> No
     assert [r.message_id for r in seen].count("notice:0") == 2
     assert any(r.redelivered for r in seen if r.message_id == "notice:0")
     assert live.depth(t.desk_queue("T.MC.A")) == 0
+
+
+def test_a_slow_handler_does_not_end_the_drain_with_deliveries_in_hand(live: Live) -> None:
+    # idle is counted from the last handler's return: a handler slower than the timeout
+    # used to end the drain after one message and send the prefetched ones back (each a
+    # step towards the quorum queue's delivery limit)
+    t = live.topology
+    seen: list[Received] = []
+    heartbeats: list[int] = []
+    with DeskClient("T.MC.A", topology=t) as desk:
+        for i in range(3):
+            desk.publish(desk_notice("T.MC.A", i), exchange=t.desk_exchange,
+                         routing_key="T.MC.A", message_id=f"notice:{i}")
+        inbox = desk.inbox()
+
+        def slow(r: Received) -> None:
+            heartbeats.append(inbox.connection.connection.heartbeat)
+            seen.append(r)
+            time.sleep(0.5)
+
+        assert inbox.drain(slow, timeout_s=0.3) == 3
+    assert [r.message_id for r in seen] == ["notice:0", "notice:1", "notice:2"]
+    assert not any(r.redelivered for r in seen)
+    assert live.depth(t.desk_queue("T.MC.A")) == 0
+    assert heartbeats[0] > 0  # negotiated with RabbitMQ: a silent peer is noticed
+
+
+def test_a_retried_desk_event_keeps_its_id(live: Live) -> None:
+    t = live.topology
+    with DeskClient("T.MC.A", topology=t) as desk:
+        with pytest.raises(PublishError) as failed:
+            desk.publish(dossier(), exchange=t.status_exchange, routing_key="nobody",
+                         message_id="event:lost")
+        assert failed.value.message_id == "event:lost"
+        event_id = uuid.uuid4()
+        first = desk.withdrawn(CODE, "moved away", event_id=event_id)
+        again = desk.withdrawn(CODE, "moved away", event_id=event_id)  # the caller's retry
+    assert first == again == f"event:{event_id}"
+    got = live.get_all(t.status_queue)
+    assert [p.message_id for p, _ in got] == [first, first]  # the router applies it once
+
+
+def test_what_the_router_would_refuse_is_refused_before_sending(live: Live) -> None:
+    t = live.topology
+    with DeskClient("T.MC.A", topology=t) as desk:
+        with pytest.raises(ValueError, match="names desk T.MC.B"):
+            desk.submit(dossier(desk_id="T.MC.B"))
+        big = dossier().model_copy(update={"attributes": {"note": "x" * 300_000}})
+        with pytest.raises(PublishError, match="over the 262144-byte limit") as too_big:
+            desk.submit(big)
+        assert too_big.value.message_id == f"submit:{big.submission_id}"
+    assert live.depth(t.intake_queue) == 0
