@@ -28,7 +28,7 @@ from kombu import entity as _entity
 from kombu import messaging as _messaging
 from kombu.exceptions import KombuError
 
-from broker.amqp import amqp_url
+from broker.amqp import amqp_urls
 from broker.errors import CasebrokerError, DecodeError
 from broker.messages import (
     CONTENT_TYPE,
@@ -93,8 +93,11 @@ class BrokerClient:
         self.topology = topology or Topology.from_env()
         self.max_retries = max_retries
         self.confirm_timeout_s = confirm_timeout_s
-        # confirm_publish makes py-amqp wait for basic.ack/nack after every basic.publish
-        self.connection = Connection(url or amqp_url(), connect_timeout=5,
+        # confirm_publish makes py-amqp wait for basic.ack/nack after every basic.publish;
+        # the other nodes of CASEBROKER_AMQP_URL are kombu's alternates, tried in turn
+        # when a node cannot be reached
+        urls = [url] if url else amqp_urls()
+        self.connection = Connection(urls[0], alternates=urls[1:], connect_timeout=5,
                                      transport_options={"confirm_publish": True})
         self._producer: Any = None
         # message_id -> why it came back; filled by the basic.return callback

@@ -26,6 +26,7 @@ from broker.messages import (
     decode,
 )
 from broker.topology import STATUS_KEY, Topology
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -301,3 +302,12 @@ def test_what_the_router_would_refuse_is_refused_before_sending(live: Live) -> N
             desk.submit(big)
         assert too_big.value.message_id == f"submit:{big.submission_id}"
     assert live.depth(t.intake_queue) == 0
+
+
+def test_the_sdk_tries_the_next_node_of_the_cluster(live: Live,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    nobody = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"  # a node that is down
+    monkeypatch.setenv("CASEBROKER_AMQP_URL", f"{nobody},{amqp_url()}")
+    with DeskClient("T.MC.A", topology=live.topology, max_retries=3) as desk:
+        desk.submit(dossier())
+    assert live.depth(live.topology.intake_queue) == 1
