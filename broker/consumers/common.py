@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -18,6 +19,8 @@ from broker.messages import DeskNotice, Message, decode, encode, kind_of, utc_no
 from broker.rules.engine import Engine
 from broker.security import user_for
 from broker.topology import TRIAGE_KEY, Topology
+
+log = logging.getLogger(__name__)
 
 #: the engine in force now; swapped on catalog reload, read once per batch
 EngineProvider = Callable[[], Engine]
@@ -196,8 +199,22 @@ class Consumer:
                 self.metrics.count(self.source, outcome, reason, n)
 
     def internal_error(self, delivery: Delivery, error: BaseException) -> list[Outbound]:
-        """Dead-letter a delivery the handler could not process at all."""
+        """Dead-letter a delivery the handler could not process at all.
+
+        Recorded in the inbox when the ledger takes it, like every other outcome: if the
+        delivery comes again (its ack lost), the same dead letter is published again
+        instead of the delivery being processed after all, which would leave both a
+        result and a dead letter that a replay could apply a second time.
+        """
+        dl = dead_letter(self.topology, self.source, delivery, "internal_error",
+                         type(error).__name__)
+        try:
+            with self._batch() as batch:
+                batch.record(delivery_id(delivery), self.source, "dead:internal_error", None,
+                             [dl], self.clock())
+        except Exception as e:  # the ledger itself may be what fails: dead-letter anyway
+            log.warning("dead letter of a delivery from %s not recorded (%s); a redelivery "
+                        "would be dead-lettered again", self.source, type(e).__name__)
         if self.metrics is not None:
             self.metrics.count(self.source, "dead_lettered", "internal_error")
-        return [dead_letter(self.topology, self.source, delivery, "internal_error",
-                            type(error).__name__)]
+        return [dl]

@@ -72,3 +72,16 @@ def test_headers_json_cannot_hold_are_kept_as_text_and_the_reason_stays(
     json.dumps(headers)
     # a redelivery re-publishes the very same dead letter from the outbox
     assert _sent(router.handle([bad])) == _sent(dead)
+
+
+def test_a_dead_letter_for_an_internal_error_is_kept_and_published_again(
+        router: Router) -> None:
+    # the handler failed on a delivery in a way it could not handle; it is dead-lettered.
+    # If it comes again (its ack lost), the same dead letter goes out again: processing
+    # it now would leave a dossier beside a dead letter a replay could route again
+    d = _delivery(1, encode(dossier()), "submit:1")
+    dead = router.internal_error(d, RuntimeError("a bug"))
+    assert dead[0].headers is not None
+    assert dead[0].headers[REASON_HEADER] == "internal_error"
+    assert _sent(router.handle([d])) == _sent(dead)
+    assert router.ledger.count_by_state() == {}
