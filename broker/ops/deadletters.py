@@ -72,24 +72,67 @@ def replay_id(msg: Taken) -> tuple[str, str, int]:
     return f"{original}#replay{generation}", original, generation
 
 
+class NoTarget(ValueError):
+    """A dead letter that says nowhere where it is to be replayed to."""
+
+
 def replay_target(topology: Topology, which: str, msg: Taken) -> tuple[str, str, bool]:
-    """(exchange, routing key, through our inbox?) where a dead letter is replayed to."""
+    """(exchange, routing key, through our inbox?) where a dead letter is replayed to.
+
+    The queue says which exchange a dead letter was meant for, whoever wrote it: the
+    router and the status router dead-letter (``dead.intake``, ``dead.status``) and
+    triage what came in through their own input; ``dead.agency`` and ``dead.desk`` hold
+    what was meant for an agency or a desk: returned as unroutable (``x-original-*``
+    headers, whatever the ``x-casebroker-source`` of the process that published it),
+    dead-lettered by the quorum queue's delivery limit (``x-death``), or by the deadline
+    watch (neither: the notice's own ``agency_id``/``desk_id`` is its routing key, as
+    when it was published). Headers a sender could have put on its message never send
+    an intake or status message anywhere but back through the router.
+    """
     headers = msg.headers
-    source = str(headers.get(SOURCE_HEADER) or which)
-    if which == "triage" or source == "intake":
-        return topology.intake_exchange, INTAKE_KEY, True
-    if source == "status":
-        return topology.status_exchange, STATUS_KEY, True
-    exchange, key = headers.get("x-original-exchange"), headers.get("x-original-routing-key")
-    deaths = headers.get("x-death") or []
-    if (not exchange or not key) and deaths:
-        exchange = deaths[0].get("exchange")
-        key = (deaths[0].get("routing-keys") or [None])[0]
-    if not exchange or not key:
-        raise ValueError(f"no original destination for {msg.message_id!r} in {which}")
-    exchange = exchange.decode() if isinstance(exchange, bytes) else str(exchange)
-    key = key.decode() if isinstance(key, bytes) else str(key)
+    if which in ("intake", "status", "triage"):
+        source = which if which != "triage" else _text(headers.get(SOURCE_HEADER)) or "intake"
+        if source == "intake":
+            return topology.intake_exchange, INTAKE_KEY, True
+        if source == "status":
+            return topology.status_exchange, STATUS_KEY, True
+        raise NoTarget(f"{which}: {msg.message_id!r} came from {source!r}, not from the "
+                       "router's intake or status queue")
+    if which == "agency":
+        exchange, field = topology.agency_exchange, "agency_id"
+    elif which == "desk":
+        exchange, field = topology.desk_exchange, "desk_id"
+    else:
+        raise NoTarget(f"{which}: not a dead-letter queue")
+    key = _original_key(topology, exchange, headers) or _party_of(msg.body, field)
+    if not key:
+        raise NoTarget(f"{which}: {msg.message_id!r} names no {field} (no x-original-routing"
+                       f"-key, no x-death, no {field} in its body)")
     return exchange, key, False
+
+
+def _original_key(topology: Topology, exchange: str, headers: dict[str, Any]) -> str | None:
+    """The routing key the headers record for a publish to ``exchange``, if any."""
+    if _text(headers.get("x-original-exchange")) == exchange:
+        key = _text(headers.get("x-original-routing-key"))
+        if key:
+            return key
+    deaths = headers.get("x-death")
+    for death in reversed(deaths if isinstance(deaths, list) else []):  # oldest first
+        if isinstance(death, dict) and _text(death.get("exchange")) == exchange:
+            keys = death.get("routing-keys") or []
+            if keys and _text(keys[0]):
+                return _text(keys[0])
+    return None
+
+
+def _party_of(body: bytes, field: str) -> str | None:
+    """The ``agency_id`` or ``desk_id`` in a message body: its routing key when published."""
+    try:
+        value = json.loads(body.decode("utf-8")).get(field)
+    except (UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
 
 
 def replay(ch: BlockingChannel, topology: Topology, which: str, msg: Taken) -> dict[str, Any]:

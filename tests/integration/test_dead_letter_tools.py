@@ -1,0 +1,146 @@
+"""`casebroker dead-letters` and `casebroker audit` against what the router, the status
+router, the deadline watch and RabbitMQ itself put in the dead-letter queues (the real
+RabbitMQ and ledger of this machine)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pika
+import pytest
+
+from broker.amqp import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER, amqp_url
+from broker.cli import main
+from broker.consumers.common import to_agency, to_desk
+from broker.envelope import Outbound
+from broker.ledger import Ledger
+from broker.messages import AgencyNotice, DeskNotice, NoticeKind
+from broker.rules.catalog import Catalog
+from broker.service import declare_topology
+from broker.topology import DELIVERY_LIMIT, Topology
+from tests.conftest import RunningBroker, queue_depth, wait_for
+from tests.helpers import Amqp, dossier
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
+SUBMISSION = "0b9c6a57-3f7e-4c1e-9d3a-5d2f1e6b7a80"
+
+
+@pytest.fixture
+def amqp() -> Iterator[Amqp]:
+    a = Amqp()
+    yield a
+    a.close()
+
+
+def _cli(capsys: pytest.CaptureFixture[str], t: Topology, *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main([*args, "--prefix", t.prefix])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _delete_queues(*queues: str) -> None:
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
+    try:
+        ch = conn.channel()
+        for q in queues:
+            ch.queue_delete(q)
+    finally:
+        conn.close()
+
+
+def _publish_dead(amqp: Amqp, t: Topology, key: str, out: Outbound,
+                  headers: dict[str, Any]) -> None:
+    """A dead letter published the way its producer publishes it."""
+    amqp.ch.basic_publish(t.dead_letter_exchange, key, out.body, pika.BasicProperties(
+        content_type="application/json", delivery_mode=2, message_id=out.message_id,
+        correlation_id=out.correlation_id, type=out.type, headers=headers), mandatory=True)
+
+
+def _ids(amqp: Amqp, queue: str) -> list[str]:
+    return [str(p.message_id) for p, _ in amqp.get_all(queue)]
+
+
+def _desk_notice(t: Topology, code: str, desk: str = "T.MC.A") -> Outbound:
+    return to_desk(t, DeskNotice(
+        notice=NoticeKind.AT_RISK, dossier_code=code, submission_id=SUBMISSION, desk_id=desk,
+        procedure_code="1.001193", state=2, agency_id="T.UBND.A", issued_at=NOW),
+        f"{code}:at_risk:2026-11-28T09:00:00+07:00:desk")
+
+
+def _agency_notice(t: Topology, code: str, agency: str = "T.UBND.A") -> Outbound:
+    return to_agency(t, AgencyNotice(
+        notice=NoticeKind.AT_RISK, dossier_code=code, agency_id=agency, state=2,
+        issued_at=NOW), f"{code}:at_risk:2026-11-28T09:00:00+07:00:agency")
+
+
+def test_an_unroutable_assignment_is_replayed_to_its_agency_not_to_the_router(
+        declared: Topology, mini_catalog: Catalog, ledger: Ledger,
+        run_broker: Callable[..., RunningBroker], amqp: Amqp,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    t = declared
+    run_broker()
+    amqp.submit(t, dossier(applicant_ward="10002"))  # the router has declared and consumes
+    wait_for(lambda: queue_depth(t.agency_queue("T.UBND.B")), what="the first assignment")
+    _delete_queues(t.agency_queue("T.UBND.A"))     # the agency's queue is gone
+    d = dossier()                                  # ward 10001: for T.UBND.A
+    amqp.submit(t, d)
+    wait_for(lambda: queue_depth(t.dead_queue("agency")) == 1, what="the dead assignment")
+    (code, _, _), = ledger.states_for_submissions([str(d.submission_id)]).values()
+    declare_topology(amqp_url(), t, mini_catalog)  # the queue is back: replay
+
+    rc, out, err = _cli(capsys, t, "dead-letters", "replay", "--all", "--queue", "agency",
+                        "--json")
+    assert rc == 0, err
+    assert json.loads(out)["messages"][0]["exchange"] == t.agency_exchange
+    got = wait_for(lambda: amqp.get_all(t.agency_queue("T.UBND.A")), timeout_s=5,
+                   what="the assignment in the agency's queue")
+    assert [(p.message_id, p.type) for p, _ in got] == [(f"{code}:assigned:1",
+                                                        "dossier.assigned")]
+    assert queue_depth(t.dead_queue("agency")) == 0
+    assert queue_depth(t.dead_queue("intake")) == 0     # not sent through the router
+
+
+def test_replay_finds_the_destination_each_dead_letter_producer_wrote(
+        declared: Topology, amqp: Amqp, capsys: pytest.CaptureFixture[str]) -> None:
+    t = declared
+    code = "T.UBND.A-261125-0001"
+    # the deadline watch: no original exchange or routing key in the headers
+    watch = {REASON_HEADER: "unroutable", SOURCE_HEADER: "watch"}
+    desk_notice, agency_notice = _desk_notice(t, code), _agency_notice(t, code)
+    _publish_dead(amqp, t, "desk", desk_notice, {
+        **watch, DETAIL_HEADER: f"no queue for T.MC.A on {t.desk_exchange}"})
+    _publish_dead(amqp, t, "agency", agency_notice, {
+        **watch, DETAIL_HEADER: f"no queue for T.UBND.A on {t.agency_exchange}"})
+    # the status router's unroutable notice (amqp_worker._on_return): source "status"
+    returned = _desk_notice(t, "T.UBND.A-261125-0002", desk="T.MC.B")
+    _publish_dead(amqp, t, "desk", returned, {
+        REASON_HEADER: "unroutable", SOURCE_HEADER: "status",
+        DETAIL_HEADER: f"no queue for T.MC.B on {t.desk_exchange}",
+        "x-original-exchange": t.desk_exchange, "x-original-routing-key": "T.MC.B"})
+    # an assignment the agency never managed to take: the quorum queue's delivery limit
+    # dead-letters it with x-death
+    poison = _agency_notice(t, "T.UBND.A-261125-0003", agency="T.UBND.B")
+    amqp.publish(t.agency_exchange, "T.UBND.B", poison.body, message_id=poison.message_id,
+                 type=poison.type)
+    for _ in range(DELIVERY_LIMIT + 5):
+        method, _, _ = amqp.ch.basic_get(t.agency_queue("T.UBND.B"))
+        if method is None:
+            break
+        amqp.ch.basic_nack(method.delivery_tag, requeue=True)
+    wait_for(lambda: queue_depth(t.dead_queue("agency")) == 2, what="the delivery limit")
+
+    rc, out, err = _cli(capsys, t, "dead-letters", "replay", "--all", "--json")
+    assert rc == 0, err
+    assert json.loads(out)["replayed"] == 4
+    assert _ids(amqp, t.desk_queue("T.MC.A")) == [desk_notice.message_id]
+    assert _ids(amqp, t.desk_queue("T.MC.B")) == [returned.message_id]
+    assert _ids(amqp, t.agency_queue("T.UBND.A")) == [agency_notice.message_id]
+    assert _ids(amqp, t.agency_queue("T.UBND.B")) == [poison.message_id]
+    for q in (t.dead_queue("agency"), t.dead_queue("desk"), t.intake_queue, t.status_queue):
+        assert queue_depth(q) == 0, q
