@@ -15,7 +15,9 @@ Replay, and why it is safe to repeat (docs/RELIABILITY.md has the long form):
 * Messages for agencies and desks (``dead.agency``, ``dead.desk``) go back to
   their exchange with their own deterministic id: receivers drop what they have.
 
-Each message is published (confirmed) before the one it replaces is acked.
+Each message is published (confirmed) before the one it replaces is acked, one by one:
+a message that cannot be replayed (nowhere to send it, still unroutable, nacked) is put
+back and reported, and does not hold back or repeat the others.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from pika.adapters.blocking_connection import BlockingChannel
+from pika.exceptions import AMQPError
 from pika.spec import BasicProperties
 
 from broker.amqp import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER
@@ -190,9 +193,16 @@ def _topology(args: argparse.Namespace) -> Topology:
     return Topology(args.prefix) if args.prefix else Topology.from_env()
 
 
-def list_dead(topology: Topology, queues: Iterable[str]) -> list[dict[str, Any]]:
-    """Every message in the named operator queues; each is put back unchanged."""
+def _failures(which: str, failed: list[tuple[Taken, str]]) -> list[dict[str, Any]]:
+    return [{"queue": which, "message_id": m.message_id, "error": why} for m, why in failed]
+
+
+def list_dead(topology: Topology, queues: Iterable[str]
+              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every message in the named operator queues, each put back unchanged; and the
+    messages that could not be put back (left unacked: they return to their queue)."""
     found: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
     with channel() as ch:
         for which in queues:
             queue, _ = queue_and_key(topology, which)
@@ -201,15 +211,21 @@ def list_dead(topology: Topology, queues: Iterable[str]) -> list[dict[str, Any]]
             def keep(msg: Taken, w: str = which) -> None:
                 put_back(ch, topology, w, msg)
 
-            settle(ch, taken, keep)
+            failed += _failures(which, settle(ch, taken, keep))
             found += [dict(describe(which, m), body=redacted_body(m.body)) for m in taken]
-    return found
+    return found, failed
 
 
 def replay_dead(topology: Topology, queues: Iterable[str], ids: set[str] | None
-                ) -> list[dict[str, Any]]:
-    """Replay the messages with ``ids`` (None: all) from the queues; put the rest back."""
+                ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Replay the messages with ``ids`` (None: all) from the queues; put the rest back.
+
+    Returns (what was replayed, what was not and why). Each message is acked once its
+    own publish is confirmed; one that cannot be replayed is put back and reported, and
+    the others are replayed all the same.
+    """
     done: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
     with channel() as ch:
         for which in queues:
             queue, _ = queue_and_key(topology, which)
@@ -220,47 +236,68 @@ def replay_dead(topology: Topology, queues: Iterable[str], ids: set[str] | None
                 else:
                     put_back(ch, topology, w, msg)
 
-            settle(ch, take_all(ch, queue), act)
-    return done
+            def keep(msg: Taken, w: str = which) -> None:
+                put_back(ch, topology, w, msg)
+
+            try:
+                failed += _failures(which, settle(ch, take_all(ch, queue), act, keep))
+            except AMQPError as e:  # what was acked is done; the rest goes back
+                failed.append({"queue": which, "message_id": None, "error": (
+                    f"RabbitMQ {type(e).__name__}: {e}; the messages not yet replayed are "
+                    f"left in {queue}, and the queues after it were not read")})
+                break
+    return done, failed
+
+
+def _report_failures(failed: list[dict[str, Any]], what: str) -> None:
+    for f in failed:
+        print(f"error: {f['queue']}: {f['message_id'] or '-'}: {f['error']}", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} message(s) {what}", file=sys.stderr)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    found = list_dead(_topology(args), _queues(args.queue))
+    found, failed = list_dead(_topology(args), _queues(args.queue))
     if args.json:
         print(json.dumps([{k: v for k, v in f.items() if k != "body"} for f in found]))
-        return 0
-    for f in found:
-        print(f"{f['queue']:<7} {f['message_id']:<50} {f['reason'] or '-':<20} "
-              f"{f['size']:>7} B  replays {f['replays']}  {f['detail'] or ''}")
-    print(f"{len(found)} message(s)")
-    return 0
+    else:
+        for f in found:
+            print(f"{f['queue']:<7} {f['message_id']:<50} {f['reason'] or '-':<20} "
+                  f"{f['size']:>7} B  replays {f['replays']}  {f['detail'] or ''}")
+        print(f"{len(found)} message(s)")
+    _report_failures(failed, "not put back (left unacked: back in their queue)")
+    return 1 if failed else 0
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    found = [f for f in list_dead(_topology(args), _queues(args.queue))
-             if f["message_id"] == args.id]
+    found, failed = list_dead(_topology(args), _queues(args.queue))
+    found = [f for f in found if f["message_id"] == args.id]
+    _report_failures(failed, "not put back (left unacked: back in their queue)")
     if not found:
         print(f"error: no dead letter with message id {args.id!r}", file=sys.stderr)
         return 1
     print(json.dumps(found if args.json else found[0], indent=None if args.json else 2,
                      ensure_ascii=False, default=str))
-    return 0
+    return 1 if failed else 0
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     ids = None if args.all else set(args.id)
-    done = replay_dead(_topology(args), _queues(args.queue), ids)
+    done, failed = replay_dead(_topology(args), _queues(args.queue), ids)
     if args.json:
-        print(json.dumps({"replayed": len(done), "messages": done}))
+        print(json.dumps({"replayed": len(done), "messages": done,
+                          "not_replayed": len(failed), "failed": failed}))
     else:
         for d in done:
             print(f"{d['queue']}: {d['message_id']} -> {d['exchange']} as {d['replayed_as']}")
         print(f"{len(done)} message(s) replayed")
-    if ids is not None and len({d["message_id"] for d in done}) < len(ids):
-        missing = ids - {d["message_id"] for d in done}
-        print(f"error: not found: {', '.join(sorted(missing))}", file=sys.stderr)
-        return 1
-    return 0
+    _report_failures(failed, "not replayed")
+    rc = 1 if failed else 0
+    attempted = {d["message_id"] for d in done} | {f["message_id"] for f in failed}
+    if ids is not None and not ids <= attempted:
+        print(f"error: not found: {', '.join(sorted(ids - attempted))}", file=sys.stderr)
+        rc = 1
+    return rc
 
 
 def register(sub: Any, groups: dict[str, Any]) -> None:

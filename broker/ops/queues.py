@@ -5,8 +5,9 @@ dead-letter exchange of its own: a message returned to it (nack, or a channel
 closed before the ack) more than ``DELIVERY_LIMIT`` times would be dropped. So an
 operator's read never returns messages: it takes them, publishes each one back
 (a fresh copy, same properties and body, delivery count zero) or to where it is
-replayed, waits for the confirms, and only then acks what it took. A crash in
-between leaves a duplicate (same message id), never a loss.
+replayed, waits for that publish's confirm, and only then acks that message. A crash
+in between leaves a duplicate (same message id), never a loss; a message that cannot
+be sent where it should go is put back and reported without holding back the others.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
+from pika.exceptions import NackError, UnroutableError
 from pika.spec import BasicProperties
 
 from broker.amqp import amqp_urls
@@ -94,10 +96,41 @@ def put_back(ch: BlockingChannel, topology: Topology, which: str, msg: Taken) ->
                      mandatory=True)
 
 
-def settle(ch: BlockingChannel, taken: list[Taken],
-           action: Callable[[Taken], None]) -> None:
-    """Run ``action`` (a confirmed publish) for each message, then ack them all."""
+def settle(ch: BlockingChannel, taken: list[Taken], action: Callable[[Taken], None],
+           keep: Callable[[Taken], None] | None = None) -> list[tuple[Taken, str]]:
+    """Run ``action`` (a confirmed publish) for each message and ack each one as soon as
+    its own publish is confirmed; return the messages it failed for, with why.
+
+    A message whose action fails (``ValueError``: nowhere to send it; returned
+    unroutable; nacked) is given to ``keep`` (put back: a fresh copy, then acked); if
+    there is no ``keep`` or that fails too, it is left unacked and RabbitMQ returns it
+    to the queue when the connection closes. Either way the messages before and after
+    it are settled on their own. A lost channel or connection propagates: what was
+    acked is done, the rest goes back to the queue.
+    """
+    failed: list[tuple[Taken, str]] = []
     for msg in taken:
-        action(msg)
-    if taken:
-        ch.basic_ack(max(m.tag for m in taken), multiple=True)
+        try:
+            action(msg)
+        except (ValueError, UnroutableError, NackError) as e:
+            why = _why(e)
+            if keep is None:
+                failed.append((msg, f"{why}; left in the queue"))
+                continue
+            try:
+                keep(msg)
+            except (UnroutableError, NackError) as e2:
+                failed.append((msg, f"{why}; not put back ({_why(e2)}), left in the queue "
+                               "unacked"))
+                continue
+            failed.append((msg, f"{why}; put back"))
+        ch.basic_ack(msg.tag)
+    return failed
+
+
+def _why(e: Exception) -> str:
+    if isinstance(e, UnroutableError):
+        return "returned unroutable by RabbitMQ (no queue bound for it)"
+    if isinstance(e, NackError):
+        return "refused (nacked) by RabbitMQ"
+    return str(e)

@@ -144,3 +144,33 @@ def test_replay_finds_the_destination_each_dead_letter_producer_wrote(
     assert _ids(amqp, t.agency_queue("T.UBND.B")) == [poison.message_id]
     for q in (t.dead_queue("agency"), t.dead_queue("desk"), t.intake_queue, t.status_queue):
         assert queue_depth(q) == 0, q
+
+
+def test_a_message_that_cannot_be_replayed_holds_back_only_itself(
+        declared: Topology, amqp: Amqp, capsys: pytest.CaptureFixture[str]) -> None:
+    t = declared
+    watch = {REASON_HEADER: "unroutable", SOURCE_HEADER: "watch"}
+    first = _agency_notice(t, "T.UBND.A-261125-0001")
+    last = _agency_notice(t, "T.UBND.B-261125-0004", agency="T.UBND.B")
+    no_target = Outbound(t.agency_exchange, "", "garbled:1", "", None, None, b"\xff\xfe")
+    gone = _agency_notice(t, "T.UBND.A-261125-0003", agency="T.GONE")
+    _publish_dead(amqp, t, "agency", first, watch)
+    _publish_dead(amqp, t, "agency", no_target, watch)     # names no agency: no target
+    _publish_dead(amqp, t, "agency", gone, {                # its agency still has no queue
+        **watch, "x-original-exchange": t.agency_exchange, "x-original-routing-key": "T.GONE"})
+    _publish_dead(amqp, t, "agency", last, watch)
+
+    for run in (1, 2):
+        rc, out, err = _cli(capsys, t, "dead-letters", "replay", "--all", "--queue", "agency")
+        assert rc == 1
+        assert "garbled:1" in err and gone.message_id in err and "Traceback" not in err
+        assert f"{2 if run == 1 else 0} message(s) replayed" in out
+        assert "2 message(s) not replayed" in err
+        # each good message reached its agency once, in the first run only
+        assert _ids(amqp, t.agency_queue("T.UBND.A")) == ([first.message_id] if run == 1 else [])
+        assert _ids(amqp, t.agency_queue("T.UBND.B")) == ([last.message_id] if run == 1 else [])
+        assert queue_depth(t.dead_queue("agency")) == 2
+    rc, out, _ = _cli(capsys, t, "dead-letters", "list", "--queue", "agency", "--json")
+    assert rc == 0
+    assert sorted(m["message_id"] for m in json.loads(out)) == sorted(["garbled:1",
+                                                                        gone.message_id])
