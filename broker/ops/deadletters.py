@@ -30,16 +30,18 @@ from typing import Any
 
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPError
-from pika.spec import BasicProperties
 
 from broker.amqp import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER
 from broker.messages import CONTENT_TYPE
 from broker.ops.queues import (
     QUEUE_CHOICES,
+    SENT_BY_HEADER,
     Taken,
     channel,
+    copy_properties,
     put_back,
     queue_and_key,
+    sent_by,
     settle,
     take_all,
 )
@@ -52,19 +54,9 @@ _DEAD_HEADERS = frozenset({REASON_HEADER, DETAIL_HEADER, SOURCE_HEADER, "x-death
                            "x-first-death-exchange", "x-first-death-queue",
                            "x-first-death-reason", "x-delivery-count", "x-original-type",
                            "x-original-content-type", "x-original-exchange",
-                           "x-original-routing-key"})
+                           "x-original-routing-key", SENT_BY_HEADER})
 #: applicant fields an operator's view leaves out
 _PERSONAL = ("name", "id_number", "phone", "email", "address")
-
-
-def copy_properties(props: BasicProperties, **changes: Any) -> BasicProperties:
-    """The same AMQP properties with ``changes``; no user_id (RabbitMQ checks it)."""
-    fields = {k: getattr(props, k) for k in (
-        "content_type", "content_encoding", "headers", "delivery_mode", "priority",
-        "correlation_id", "reply_to", "expiration", "message_id", "timestamp", "type",
-        "app_id")}
-    fields.update(changes)
-    return BasicProperties(**fields)
 
 
 def replay_id(msg: Taken) -> tuple[str, str, int]:
@@ -163,7 +155,8 @@ def describe(which: str, msg: Taken) -> dict[str, Any]:
             "source": _text(h.get(SOURCE_HEADER)), "type": msg.properties.type,
             "content_type": _text(h.get("x-original-content-type"))
             or msg.properties.content_type,
-            "correlation_id": msg.properties.correlation_id, "size": len(msg.body),
+            "correlation_id": msg.properties.correlation_id, "sent_by": sent_by(msg.properties),
+            "size": len(msg.body),
             "replays": int(h.get(REPLAYS_HEADER) or 0)}
 
 

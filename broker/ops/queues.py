@@ -27,6 +27,31 @@ from broker.topology import DEAD_SOURCES, TRIAGE_KEY, Topology
 
 #: queue names an operator may give: a dead-letter source or "triage"
 QUEUE_CHOICES = (*DEAD_SOURCES, "triage")
+#: the user_id a message was published with, kept when an operator's tool republishes it
+SENT_BY_HEADER = "x-casebroker-sent-by"
+
+
+def copy_properties(props: BasicProperties, **changes: Any) -> BasicProperties:
+    """The same AMQP properties with ``changes``; no user_id.
+
+    RabbitMQ refuses (406 PRECONDITION_FAILED, closing the channel) a publish whose
+    user_id is not the publishing connection's login, and the operator's login is
+    rarely the router's or a desk's.
+    """
+    fields = {k: getattr(props, k) for k in (
+        "content_type", "content_encoding", "headers", "delivery_mode", "priority",
+        "correlation_id", "reply_to", "expiration", "message_id", "timestamp", "type",
+        "app_id")}
+    fields.update(changes)
+    return BasicProperties(**fields)
+
+
+def sent_by(props: BasicProperties) -> str | None:
+    """Who published a message: its user_id, or the one an operator's copy recorded."""
+    value = props.user_id or (props.headers or {}).get(SENT_BY_HEADER)
+    if value is None:
+        return None
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +115,13 @@ def take_all(ch: BlockingChannel, queue: str, limit: int = 100_000) -> list[Take
 
 
 def put_back(ch: BlockingChannel, topology: Topology, which: str, msg: Taken) -> None:
-    """Publish a fresh copy of ``msg`` to the queue it came from (confirmed)."""
+    """Publish a fresh copy of ``msg`` to the queue it came from (confirmed), under the
+    operator's login: its user_id is dropped and kept in ``x-casebroker-sent-by``."""
     _, key = queue_and_key(topology, which)
-    ch.basic_publish(topology.dead_letter_exchange, key, msg.body, msg.properties,
-                     mandatory=True)
+    props = msg.properties
+    if props.user_id:
+        props = copy_properties(props, headers={**msg.headers, SENT_BY_HEADER: props.user_id})
+    ch.basic_publish(topology.dead_letter_exchange, key, msg.body, props, mandatory=True)
 
 
 def settle(ch: BlockingChannel, taken: list[Taken], action: Callable[[Taken], None],

@@ -5,6 +5,8 @@ RabbitMQ and ledger of this machine)."""
 from __future__ import annotations
 
 import json
+import secrets
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +21,7 @@ from broker.envelope import Outbound
 from broker.ledger import Ledger
 from broker.messages import AgencyNotice, DeskNotice, NoticeKind
 from broker.rules.catalog import Catalog
+from broker.security import Grant, Management, ManagementError
 from broker.service import declare_topology
 from broker.topology import DELIVERY_LIMIT, Topology
 from tests.conftest import RunningBroker, queue_depth, wait_for
@@ -174,3 +177,43 @@ def test_a_message_that_cannot_be_replayed_holds_back_only_itself(
     assert rc == 0
     assert sorted(m["message_id"] for m in json.loads(out)) == sorted(["garbled:1",
                                                                         gone.message_id])
+
+
+@pytest.fixture
+def operator_url() -> Iterator[str]:
+    """The URL of a RabbitMQ login of its own for the operator, with every permission."""
+    api = Management()
+    try:
+        api.user_exists("guest")
+    except ManagementError as e:
+        pytest.skip(f"RabbitMQ management plugin not reachable: {e}")
+    user, password = f"op-{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(16)
+    api.put_user(user, password)
+    api.put_permissions(Grant(user, "", "operator", ".*", ".*", ".*"))
+    yield f"amqp://{user}:{password}@127.0.0.1:5672/%2F"
+    api.delete_user(user)
+
+
+def test_the_operators_login_need_not_be_the_dead_letters_sender(
+        declared: Topology, amqp: Amqp, operator_url: str,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    t = declared
+    # the router stamps its own login (here guest) on what it dead-letters
+    for mid in ("bad:1", "bad:2"):
+        amqp.ch.basic_publish(t.dead_letter_exchange, "intake", b"{", pika.BasicProperties(
+            content_type="application/json", delivery_mode=2, message_id=mid, user_id="guest",
+            headers={REASON_HEADER: "malformed_json", SOURCE_HEADER: "intake"}),
+            mandatory=True)
+    monkeypatch.setenv("CASEBROKER_AMQP_URL", operator_url)
+    for _ in range(2):
+        rc, out, err = _cli(capsys, t, "dead-letters", "list", "--json")
+        assert rc == 0, err
+        listed = json.loads(out)
+        assert [m["message_id"] for m in listed] == ["bad:1", "bad:2"]
+        assert {m["sent_by"] for m in listed} == {"guest"}     # the original sender, kept
+    rc, _, err = _cli(capsys, t, "dead-letters", "show", "bad:2")
+    assert rc == 0, err
+    rc, out, err = _cli(capsys, t, "dead-letters", "replay", "--id", "bad:2")
+    assert rc == 0, err
+    assert _ids(amqp, t.intake_queue) == ["bad:2#replay1"]   # no router runs here
+    assert _ids(amqp, t.dead_queue("intake")) == ["bad:1"]
