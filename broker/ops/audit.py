@@ -17,6 +17,11 @@ A submission a desk says it sent (``--submissions FILE``) is accounted for when 
 is a dossier, or its delivery was dead-lettered, triaged or recorded as a duplicate
 (inbox, or the body kept in outbox). Messages still waiting in the intake or
 status queue are reported as ``pending``; run the audit again once they drain.
+
+An outbox row proves a message was published, not that it arrived: one for an agency or
+a desk that RabbitMQ could not deliver (no queue; the receiver's delivery limit) waits
+in ``dead.agency`` or ``dead.desk``. Their depth is ``undelivered``; it, like anything
+unaccounted for or queues that could not be read, makes the exit status 1.
 """
 
 from __future__ import annotations
@@ -94,7 +99,8 @@ def _submission_problems(ledger: Ledger, submission_ids: list[str]) -> list[dict
             for s in rest if s not in handled]
 
 
-def _queue_depths(topology: Topology) -> dict[str, int] | None:
+def _queue_depths(topology: Topology) -> tuple[dict[str, int] | None, str | None]:
+    """Each queue's depth (a passive declare: nothing is taken), or None and why."""
     from broker.ops.queues import channel, depth
 
     names = {"intake": topology.intake_queue, "status": topology.status_queue,
@@ -102,27 +108,36 @@ def _queue_depths(topology: Topology) -> dict[str, int] | None:
     names |= {f"dead.{s}": topology.dead_queue(s) for s in DEAD_SOURCES}
     try:
         with channel() as ch:
-            return {k: depth(ch, q) for k, q in names.items()}
-    except Exception:
-        return None
+            return {k: depth(ch, q) for k, q in names.items()}, None
+    except Exception as e:  # unreachable, refused, a queue missing (404 closes the channel)
+        return None, f"{type(e).__name__}: {str(e)[:300]}"
 
 
 def audit(ledger: Ledger, topology: Topology, submission_ids: list[str] | None = None
           ) -> dict[str, Any]:
-    """The audit report; ``unaccounted`` counts dossiers and submissions not accounted for."""
+    """The audit report; ``unaccounted`` counts dossiers and submissions not accounted for,
+    ``undelivered`` the messages for agencies and desks waiting in ``dead.agency`` and
+    ``dead.desk`` (None, with ``queues_error``, when the queues could not be read)."""
     n, dossier_problems = _ledger_problems(ledger)
     sub_problems = _submission_problems(ledger, submission_ids) if submission_ids else []
-    depths = _queue_depths(topology)
+    depths, queues_error = _queue_depths(topology)
     return {
         "dossiers": n, "states": ledger.count_by_state(),
         "submissions_checked": len(submission_ids or []),
         "unaccounted": len(dossier_problems) + len(sub_problems),
         "unaccounted_dossiers": dossier_problems,
         "unaccounted_submissions": sub_problems,
+        "undelivered": None if depths is None else depths["dead.agency"] + depths["dead.desk"],
         "inbox": ledger.count_inbox_outcomes(),
         "queues": depths,
+        "queues_error": queues_error,
         "pending": None if depths is None else depths["intake"] + depths["status"],
     }
+
+
+def clean(report: dict[str, Any]) -> bool:
+    """Nothing unaccounted for, nothing undelivered, and the queues were read."""
+    return not report["unaccounted"] and report["undelivered"] == 0
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
@@ -139,18 +154,28 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         print(json.dumps(report, default=str))
     else:
         print(f"{report['dossiers']} dossiers, {report['submissions_checked']} submissions "
-              f"checked: {report['unaccounted']} unaccounted; pending {report['pending']}")
+              f"checked: {report['unaccounted']} unaccounted, {report['undelivered']} "
+              f"undelivered; pending {report['pending']}")
         for p in report["unaccounted_dossiers"]:
             print(f"  dossier {p['dossier_code']}: {p['problem']}")
         for p in report["unaccounted_submissions"]:
             print(f"  submission {p['submission_id']}: {p['problem']}")
-    return 1 if report["unaccounted"] else 0
+        queues = report["queues"]
+        if queues is None:
+            print(f"  queues unreadable ({report['queues_error']}): undelivered and pending "
+                  "unknown")
+        elif report["undelivered"]:
+            print(f"  {queues['dead.agency']} in dead.agency, {queues['dead.desk']} in "
+                  "dead.desk: assignments or notices that did not reach their agency or desk "
+                  "(casebroker dead-letters list --queue agency|desk, then replay)")
+    return 0 if clean(report) else 1
 
 
 def register(sub: Any, groups: dict[str, Any]) -> None:
     """Add `casebroker audit`."""
     p = sub.add_parser("audit", help="reconcile the ledger with queues and submissions; "
-                       "exit 1 when anything is unaccounted for")
+                       "exit 1 when anything is unaccounted for or undelivered, or the "
+                       "queues cannot be read")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--submissions", help="file of submission ids the desks sent, one a "
                    "line ('-': stdin)")

@@ -25,7 +25,7 @@ from broker.security import Grant, Management, ManagementError
 from broker.service import declare_topology
 from broker.topology import DELIVERY_LIMIT, Topology
 from tests.conftest import RunningBroker, queue_depth, wait_for
-from tests.helpers import Amqp, dossier
+from tests.helpers import Amqp, dossier, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -217,3 +217,39 @@ def test_the_operators_login_need_not_be_the_dead_letters_sender(
     assert rc == 0, err
     assert _ids(amqp, t.intake_queue) == ["bad:2#replay1"]   # no router runs here
     assert _ids(amqp, t.dead_queue("intake")) == ["bad:1"]
+
+
+def test_audit_counts_what_sits_in_dead_agency_and_dead_desk_and_unreadable_queues(
+        declared: Topology, ledger: Ledger, run_broker: Callable[..., RunningBroker],
+        amqp: Amqp, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    t = declared
+    monkeypatch.setenv("CASEBROKER_DB_URL", ledger.engine.url.render_as_string(
+        hide_password=False))
+    run_broker()
+    amqp.submit(t, dossier(applicant_ward="10002"))  # the router has declared and consumes
+    wait_for(lambda: queue_depth(t.agency_queue("T.UBND.B")), what="the first assignment")
+    rc, out, err = _cli(capsys, t, "audit", "--json")
+    report = json.loads(out)
+    assert rc == 0, err
+    assert report["undelivered"] == 0 and report["queues_error"] is None
+
+    _delete_queues(t.agency_queue("T.UBND.A"))
+    amqp.submit(t, dossier())                       # its assignment: dead.agency
+    wait_for(lambda: queue_depth(t.dead_queue("agency")) == 1, what="the dead assignment")
+    wait_for(lambda: queue_depth(t.intake_queue) == 0, what="intake drained")
+    rc, out, _ = _cli(capsys, t, "audit", "--json")
+    report = json.loads(out)
+    assert rc == 1 and report["unaccounted"] == 0    # the outbox has it; the agency has not
+    assert report["undelivered"] == 1 and report["queues"]["dead.agency"] == 1
+    rc, out, _ = _cli(capsys, t, "audit")
+    assert rc == 1 and "1 undelivered" in out and "dead.agency" in out
+
+    # RabbitMQ unreachable: said so, and not a clean bill
+    monkeypatch.setenv("CASEBROKER_AMQP_URL", f"amqp://guest:guest@127.0.0.1:{free_port()}/")
+    amqp.get_all(t.dead_queue("agency"))
+    rc, out, _ = _cli(capsys, t, "audit", "--json")
+    report = json.loads(out)
+    assert rc == 1 and report["queues"] is None and report["queues_error"]
+    rc, out, _ = _cli(capsys, t, "audit")
+    assert rc == 1 and "queues unreadable" in out
