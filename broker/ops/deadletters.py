@@ -23,16 +23,18 @@ back and reported, and does not hold back or repeat the others.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import re
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, get_args
 
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPError
 
 from broker.amqp import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER
-from broker.messages import CONTENT_TYPE
+from broker.messages import CONTENT_TYPE, Applicant, Message, Subject
 from broker.ops.queues import (
     QUEUE_CHOICES,
     SENT_BY_HEADER,
@@ -55,8 +57,19 @@ _DEAD_HEADERS = frozenset({REASON_HEADER, DETAIL_HEADER, SOURCE_HEADER, "x-death
                            "x-first-death-reason", "x-delivery-count", "x-original-type",
                            "x-original-content-type", "x-original-exchange",
                            "x-original-routing-key", SENT_BY_HEADER})
-#: applicant fields an operator's view leaves out
-_PERSONAL = ("name", "id_number", "phone", "email", "address")
+#: message fields `show` prints: ids, codes, kinds, states, timestamps (no personal data)
+_SHOWN = frozenset({
+    "schema", "submission_id", "update_id", "event_id", "dossier_code", "procedure_code",
+    "desk_id", "return_desk_id", "agency_id", "channel", "step", "steps", "status", "notice",
+    "state", "rule_id", "catalog_hash", "submitted_at", "received_at", "due_at",
+    "step_due_at", "sent_at", "returned_at", "issued_at"})
+_SHOWN_NESTED = {"applicant": frozenset({"kind", "ward_code"}),
+                 "subject": frozenset({"ward_code"})}
+#: every field of the message contract: the others are only counted, never named
+_KNOWN = frozenset(f.alias or n for m in get_args(Message) for n, f in m.model_fields.items())
+_KNOWN_NESTED = frozenset(n for m in (Applicant, Subject) for n in m.model_fields)
+#: what an allowed field's value must look like to be shown
+_TOKEN = re.compile(r"[A-Za-z0-9._:+/-]{0,100}")
 
 
 def replay_id(msg: Taken) -> tuple[str, str, int]:
@@ -155,21 +168,70 @@ def describe(which: str, msg: Taken) -> dict[str, Any]:
             "source": _text(h.get(SOURCE_HEADER)), "type": msg.properties.type,
             "content_type": _text(h.get("x-original-content-type"))
             or msg.properties.content_type,
-            "correlation_id": msg.properties.correlation_id, "sent_by": sent_by(msg.properties),
+            "correlation_id": _token_or_withheld(msg.properties.correlation_id),
+            "sent_by": sent_by(msg.properties),
             "size": len(msg.body),
             "replays": int(h.get(REPLAYS_HEADER) or 0)}
 
 
 def redacted_body(body: bytes) -> Any:
-    """The body with the applicant's personal data left out (or a short preview)."""
+    """What of a body an operator may see: an allowlist of fields known to carry no
+    personal data (ids, codes, kinds, states, timestamps), each value a short token.
+
+    Every other field of the contract (names, id numbers, contact details, descriptions,
+    documents, attributes, free-text reasons) is named in ``withheld``, its value never
+    shown; fields outside the contract are only counted (a key could be a name). A body
+    that is not a JSON object is given as its size and SHA-256 only.
+    """
     try:
         data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return {"undecodable": True, "size": len(body), "preview": repr(body[:80])}
-    if isinstance(data, dict) and isinstance(data.get("applicant"), dict):
-        data["applicant"] = {k: ("***" if k in _PERSONAL else v)
-                             for k, v in data["applicant"].items()}
-    return data
+    except (UnicodeDecodeError, ValueError):
+        data = None
+    if not isinstance(data, dict):
+        return {"undecodable": True, "size": len(body),
+                "sha256": hashlib.sha256(body).hexdigest()}
+    withheld: list[str] = []
+    others = [0]
+    shown = _allowed(data, _SHOWN, _KNOWN, "", withheld, others)
+    for name, fields in _SHOWN_NESTED.items():
+        value = data.get(name)
+        if isinstance(value, dict):
+            shown[name] = _allowed(value, fields, _KNOWN_NESTED, f"{name}.", withheld, others)
+        elif name in data:
+            withheld.append(name)
+    shown["withheld"] = sorted(withheld)
+    if others[0]:
+        shown["other_fields"] = others[0]
+    return shown
+
+
+def _allowed(data: dict[str, Any], fields: frozenset[str], known: frozenset[str],
+             prefix: str, withheld: list[str], others: list[int]) -> dict[str, Any]:
+    """The ``fields`` of ``data`` whose value is a token; the other known fields' names
+    go to ``withheld``, and unknown ones are counted in ``others``."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if k in fields and _is_token(v):
+            out[k] = v
+        elif not prefix and k in _SHOWN_NESTED:
+            continue  # applicant, subject: their own allowlist
+        elif k in fields or k in known:
+            withheld.append(prefix + k)
+        else:
+            others[0] += 1
+    return out
+
+
+def _token_or_withheld(value: Any) -> Any:
+    """A sender-chosen value (a correlation id): shown only if it is a plain token."""
+    return value if _is_token(value) else "<withheld>"
+
+
+def _is_token(value: Any) -> bool:
+    """An id, code, kind, number or timestamp: never a name or a sentence."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return True
+    return isinstance(value, str) and _TOKEN.fullmatch(value) is not None
 
 
 def _text(value: Any) -> str | None:
@@ -308,7 +370,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     p = dl_sub.add_parser("list", help="every dead letter and triaged message")
     common(p)
     p.set_defaults(handler=_cmd_list)
-    p = dl_sub.add_parser("show", help="one message: headers and body (personal data hidden)")
+    p = dl_sub.add_parser("show", help="one message: headers and the body's fields that carry "
+                          "no personal data (ids, codes, states, timestamps)")
     p.add_argument("id", help="message id")
     common(p)
     p.set_defaults(handler=_cmd_show)

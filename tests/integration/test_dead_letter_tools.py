@@ -4,6 +4,7 @@ RabbitMQ and ledger of this machine)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import uuid
@@ -253,3 +254,49 @@ def test_audit_counts_what_sits_in_dead_agency_and_dead_desk_and_unreadable_queu
     assert rc == 1 and report["queues"] is None and report["queues_error"]
     rc, out, _ = _cli(capsys, t, "audit")
     assert rc == 1 and "queues unreadable" in out
+
+
+def test_show_prints_only_fields_known_to_carry_no_personal_data(
+        declared: Topology, amqp: Amqp, capsys: pytest.CaptureFixture[str]) -> None:
+    t = declared
+    secret = ["Nguy", "066090001234", "0905000000", "Trần Văn Bình", "Lê Thị", "cccd-an",
+              "s3://docs/an", "Phạm", "Ng\\u", "\\xff"]
+    d = dossier(subject={"ward_code": "10001", "description": "Thửa đất của Trần Văn Bình"},
+                attributes={"owner_note": "Lê Thị Cúc"},
+                documents=[{"name": "cccd-an.pdf", "uri": "s3://docs/an/cccd", "sha256": "a" * 64,
+                            "size": 1, "media_type": "application/pdf"}])
+    status = {"schema": "casebroker.dossier.status/v1", "update_id": SUBMISSION,
+              "dossier_code": "T.UBND.A-261125-0001", "agency_id": "T.UBND.A",
+              "status": "rejected", "reason": "Ông Phạm Văn Dũng thiếu giấy tờ",
+              "sent_at": "2026-11-28T09:00:00+07:00"}
+    odd = {"desk_id": "Nguyễn Văn An", "Nguyễn Thị Hoa": "066090001234", "channel": 1}
+    raw = "Nguyễn Văn An 066090001234".encode() + b"\xff"
+    bodies = {"submit:d": d.model_dump_json(by_alias=True).encode(),
+              "status:s": json.dumps(status, ensure_ascii=False).encode(),
+              "bad:odd": json.dumps(odd, ensure_ascii=False).encode(), "bad:raw": raw}
+    for mid, body in bodies.items():
+        amqp.ch.basic_publish(t.dead_letter_exchange, "intake", body, pika.BasicProperties(
+            content_type="application/json", delivery_mode=2, message_id=mid,
+            headers={REASON_HEADER: "malformed_json", SOURCE_HEADER: "intake"}),
+            mandatory=True)
+
+    shown: dict[str, Any] = {}
+    for mid in bodies:
+        rc, out, err = _cli(capsys, t, "dead-letters", "show", mid, "--queue", "intake")
+        assert rc == 0, err
+        for s in secret:
+            assert s not in out, (mid, s)
+        shown[mid] = json.loads(out)["body"]
+    sub = shown["submit:d"]
+    assert sub["submission_id"] == str(d.submission_id) and sub["procedure_code"] == "1.001193"
+    assert sub["applicant"]["kind"] == "citizen" and sub["applicant"]["ward_code"] == "10001"
+    assert sub["subject"]["ward_code"] == "10001"
+    assert {"applicant.name", "applicant.id_number", "subject.description", "documents",
+            "attributes"} <= set(sub["withheld"])
+    st = shown["status:s"]
+    assert st["status"] == "rejected" and st["dossier_code"] == "T.UBND.A-261125-0001"
+    assert "reason" in st["withheld"]
+    assert shown["bad:odd"]["channel"] == 1 and "desk_id" in shown["bad:odd"]["withheld"]
+    assert shown["bad:raw"] == {"undecodable": True, "size": len(raw),
+                                "sha256": hashlib.sha256(raw).hexdigest()}
+    assert queue_depth(t.dead_queue("intake")) == 4
