@@ -38,6 +38,8 @@ from pika.adapters.select_connection import SelectConnection
 from broker.amqp_worker import (
     DETAIL_HEADER,
     MAX_BOUNDED_RETRIES,
+    ORIGINAL_EXCHANGE_HEADER,
+    ORIGINAL_KEY_HEADER,
     REASON_HEADER,
     SOURCE_HEADER,
     BatchHandler,
@@ -47,7 +49,8 @@ from broker.amqp_worker import (
     properties_for,
 )
 
-__all__ = ["DEFAULT_AMQP_URL", "DETAIL_HEADER", "MAX_BOUNDED_RETRIES", "REASON_HEADER",
+__all__ = ["DEFAULT_AMQP_URL", "DETAIL_HEADER", "MAX_BOUNDED_RETRIES", "ORIGINAL_EXCHANGE_HEADER",
+           "ORIGINAL_KEY_HEADER", "REASON_HEADER",
            "SOURCE_HEADER", "BatchHandler", "ConsumerService", "ConsumerSettings", "Delivery",
            "Hooks", "amqp_url", "amqp_urls", "properties_for"]
 

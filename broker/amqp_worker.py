@@ -34,6 +34,9 @@ log = logging.getLogger("broker.amqp")
 REASON_HEADER = "x-casebroker-reason"
 DETAIL_HEADER = "x-casebroker-detail"
 SOURCE_HEADER = "x-casebroker-source"
+#: where an unroutable message was going, on its dead-letter copy (replay sends it there)
+ORIGINAL_EXCHANGE_HEADER = "x-original-exchange"
+ORIGINAL_KEY_HEADER = "x-original-routing-key"
 #: conflicts between competing routers are retried this often before one-by-one handling
 MAX_BOUNDED_RETRIES = 5
 
@@ -471,8 +474,8 @@ class QueueWorker:
         headers = dict(props.headers or {})
         headers.update({REASON_HEADER: "unroutable", SOURCE_HEADER: self.handler.source,
                         DETAIL_HEADER: f"no queue for {method.routing_key} on {method.exchange}",
-                        "x-original-exchange": method.exchange,
-                        "x-original-routing-key": method.routing_key})
+                        ORIGINAL_EXCHANGE_HEADER: method.exchange,
+                        ORIGINAL_KEY_HEADER: method.routing_key})
         log.warning("publish to %s/%s unroutable; dead-lettered to %s", method.exchange,
                     method.routing_key, source)
         entry.outstanding += 1

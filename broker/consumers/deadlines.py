@@ -32,7 +32,15 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import NackError, UnroutableError
 
 from broker import threads
-from broker.amqp import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER, amqp_url, properties_for
+from broker.amqp import (
+    DETAIL_HEADER,
+    ORIGINAL_EXCHANGE_HEADER,
+    ORIGINAL_KEY_HEADER,
+    REASON_HEADER,
+    SOURCE_HEADER,
+    amqp_url,
+    properties_for,
+)
 from broker.calendar import WorkingCalendar
 from broker.consumers.common import Clock, EngineProvider, to_agency, to_desk
 from broker.envelope import Outbound
@@ -253,7 +261,9 @@ class DeadlineWatch:
             # like the consumers: an unroutable message is dead-lettered, never dropped
             source = "agency" if out.exchange == self.topology.agency_exchange else "desk"
             headers = {REASON_HEADER: "unroutable", SOURCE_HEADER: "watch",
-                       DETAIL_HEADER: f"no queue for {out.routing_key} on {out.exchange}"}
+                       DETAIL_HEADER: f"no queue for {out.routing_key} on {out.exchange}",
+                       ORIGINAL_EXCHANGE_HEADER: out.exchange,
+                       ORIGINAL_KEY_HEADER: out.routing_key}
             dead = Outbound(self.topology.dead_letter_exchange, source, out.message_id,
                             out.type, out.correlation_id, headers, out.body)
             channel.basic_publish(dead.exchange, dead.routing_key, dead.body,

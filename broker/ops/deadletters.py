@@ -33,7 +33,13 @@ from typing import Any, get_args
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPError
 
-from broker.amqp import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER
+from broker.amqp import (
+    DETAIL_HEADER,
+    ORIGINAL_EXCHANGE_HEADER,
+    ORIGINAL_KEY_HEADER,
+    REASON_HEADER,
+    SOURCE_HEADER,
+)
 from broker.messages import CONTENT_TYPE, Applicant, Message, Subject
 from broker.ops.queues import (
     QUEUE_CHOICES,
@@ -55,8 +61,8 @@ REPLAYS_HEADER = "x-casebroker-replays"
 _DEAD_HEADERS = frozenset({REASON_HEADER, DETAIL_HEADER, SOURCE_HEADER, "x-death",
                            "x-first-death-exchange", "x-first-death-queue",
                            "x-first-death-reason", "x-delivery-count", "x-original-type",
-                           "x-original-content-type", "x-original-exchange",
-                           "x-original-routing-key", SENT_BY_HEADER})
+                           "x-original-content-type", ORIGINAL_EXCHANGE_HEADER,
+                           ORIGINAL_KEY_HEADER, SENT_BY_HEADER})
 #: message fields `show` prints: ids, codes, kinds, states, timestamps (no personal data)
 _SHOWN = frozenset({
     "schema", "submission_id", "update_id", "event_id", "dossier_code", "procedure_code",
@@ -121,8 +127,8 @@ def replay_target(topology: Topology, which: str, msg: Taken) -> tuple[str, str,
 
 def _original_key(topology: Topology, exchange: str, headers: dict[str, Any]) -> str | None:
     """The routing key the headers record for a publish to ``exchange``, if any."""
-    if _text(headers.get("x-original-exchange")) == exchange:
-        key = _text(headers.get("x-original-routing-key"))
+    if _text(headers.get(ORIGINAL_EXCHANGE_HEADER)) == exchange:
+        key = _text(headers.get(ORIGINAL_KEY_HEADER))
         if key:
             return key
     deaths = headers.get("x-death")
