@@ -7,6 +7,7 @@ reconnects are :class:`broker.amqp.ConsumerService`'s.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import operator
@@ -39,6 +40,9 @@ ORIGINAL_EXCHANGE_HEADER = "x-original-exchange"
 ORIGINAL_KEY_HEADER = "x-original-routing-key"
 #: conflicts between competing routers are retried this often before one-by-one handling
 MAX_BOUNDED_RETRIES = 5
+#: the longest pause after refused publishes: short, since the whole queue waits, and a
+#: message RabbitMQ keeps refusing then reaches the delivery limit (20) in under a minute
+REFUSAL_MAX_PAUSE_S = 2.0
 
 
 @dataclass(slots=True)
@@ -178,7 +182,12 @@ class _Refusals:
         self.initial_s, self.max_s = initial_s, max_s
         self.delay_s = 0.0
         self.at = -1e9
-        self.suspects: set[str | None] = set()
+        self.suspects: set[str] = set()
+
+    @staticmethod
+    def key(delivery: Delivery) -> str:
+        """What identifies a delivery across redeliveries: its message id, else its body."""
+        return delivery.message_id or hashlib.sha256(delivery.body).hexdigest()
 
     def _recent(self) -> bool:
         return time.monotonic() - self.at < max(10.0, 4 * self.delay_s)
@@ -190,7 +199,7 @@ class _Refusals:
             self.suspects.clear()
         self.delay_s = min(self.max_s, max(self.initial_s, self.delay_s * 2))
         self.at = time.monotonic()
-        self.suspects.update(d.message_id for d in batch)
+        self.suspects.update(self.key(d) for d in batch)
         return self.delay_s
 
     def next_batch(self, pending: list[Delivery], size: int) -> list[Delivery]:
@@ -199,10 +208,10 @@ class _Refusals:
             self.suspects.clear()
         if not self.suspects:
             return pending[:size]
-        if pending[0].message_id in self.suspects:
+        if self.key(pending[0]) in self.suspects:
             return pending[:1]
         n = 1
-        while n < min(size, len(pending)) and pending[n].message_id not in self.suspects:
+        while n < min(size, len(pending)) and self.key(pending[n]) not in self.suspects:
             n += 1
         return pending[:n]
 
@@ -221,7 +230,8 @@ class QueueWorker:
         self.consumer_tag: str | None = None
         self.thread = _HandlerThread(f"handler-{handler.source}")
         self.generation = 0
-        self.refusals = _Refusals(self.settings.retry_initial_s, self.settings.retry_max_s)
+        self.refusals = _Refusals(self.settings.retry_initial_s,
+                                  min(REFUSAL_MAX_PAUSE_S, self.settings.retry_max_s))
         self.reopen_delay_s = 1.0
         self._reset()
 
@@ -238,6 +248,7 @@ class QueueWorker:
         self.next_seq = 1
         self.flush_timer: Any = None
         self.retry_timer: Any = None
+        self.paused_until = 0.0
         self.retry_delay_s = 0.0
         self.retries = 0
 
@@ -364,7 +375,8 @@ class QueueWorker:
             return
         self.retries = 0
         self.retry_delay_s = 0.0
-        del self.pending[: len(batch)]
+        if self.pending and self.pending[0] is batch[0]:  # cancel() may have cleared it
+            del self.pending[: len(batch)]
         self._publish(batch, outbound)
         self.service.hooks.batch_done(self.handler.source, len(batch), len(outbound),
                                       time.perf_counter() - started, waiting)
@@ -404,9 +416,14 @@ class QueueWorker:
         self._pause(self.retry_delay_s)
 
     def _pause(self, delay_s: float) -> None:
-        """Hand no batch to the handler for ``delay_s``."""
+        """Hand no batch to the handler for ``delay_s``, or longer if a pause already runs
+        longer (a ledger outage's backoff is not cut short by a refusal, nor the reverse)."""
+        until = time.monotonic() + delay_s
         if self.retry_timer is not None:
+            if self.paused_until >= until:
+                return
             self.service.remove_timeout(self.retry_timer)
+        self.paused_until = until
         self.retry_timer = self.service.call_later(delay_s, self._retry)
 
     def _retry(self) -> None:
@@ -444,7 +461,7 @@ class QueueWorker:
                 found[0].outstanding -= 1
                 found[0].failed |= nacked
         if self.returned:
-            self.returned.intersection_update(self.unconfirmed)
+            self.returned.difference_update(seqs)
         self._ack_ready()
 
     def _returned_entry(self, message_id: str | None) -> _InFlight | None:
@@ -505,13 +522,14 @@ class QueueWorker:
     def _refused(self, entry: _InFlight) -> None:
         """A publish of this batch was nacked, or returned and not dead-lettered.
 
-        Every batch before it is acked, so a multiple nack up to its last tag gives back
-        exactly its deliveries, and nothing else: the channel stays open, and the
-        deliveries behind it, already handled or not, are not redelivered (each
-        redelivery counts towards the quorum queue's delivery limit). They come back
-        first; the worker pauses, doubling while refusals go on, and hands them over one
-        at a time, so a message the broker keeps refusing holds back only itself until
-        the delivery limit dead-letters it. The inbox republishes what was committed.
+        Its deliveries, and nothing else, go back to the queue: each is rejected with
+        requeue (``basic.reject``, which RabbitMQ counts towards the quorum queue's
+        delivery limit on every version; from 4.3 ``basic.nack`` does not). The channel
+        stays open, so the deliveries behind it, handled or not, are not redelivered.
+        They come back first; the worker pauses (doubling up to
+        :data:`REFUSAL_MAX_PAUSE_S` while refusals go on) and hands them over one at a
+        time, so a message the broker keeps refusing holds back only itself until the
+        delivery limit dead-letters it. The inbox republishes what was committed.
         """
         assert self.channel is not None
         delay_s = self.refusals.refused(entry.batch)
@@ -519,5 +537,6 @@ class QueueWorker:
                   "the queue, redone one at a time after %.1fs", self.queue, len(entry.batch),
                   delay_s)
         self.service.hooks.retry(self.handler.source, "refused")
-        self.channel.basic_nack(entry.last_tag, multiple=True, requeue=True)
+        for delivery in entry.batch:
+            self.channel.basic_reject(delivery.tag, requeue=True)
         self._pause(delay_s)

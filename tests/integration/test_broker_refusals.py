@@ -101,3 +101,26 @@ def test_a_consumer_the_broker_cancels_consumes_again_once_its_queue_is_back(
     amqp.submit(declared, dossier())
     wait_for(lambda: ledger.count_by_state() == {2: 2}, timeout_s=30,
              what="a dossier sent after the queue came back")
+
+
+@pytest.mark.parametrize("ledger", ["sqlite"], indirect=True)  # 20 rounds: one ledger will do
+def test_a_message_rabbitmq_keeps_refusing_reaches_the_delivery_limit_alone(
+        declared: Topology, ledger: Ledger, run_broker: Callable[..., RunningBroker],
+        amqp: Amqp) -> None:
+    # each refusal sends the delivery back with basic.reject, which the quorum queue
+    # counts; after DELIVERY_LIMIT tries RabbitMQ moves it to dead.intake, where it can be
+    # replayed once desk B's queue is back (the inbox republishes its receipt)
+    run_broker(batch_size=50, retry_initial_s=0.2, retry_max_s=1.0)
+    amqp.submit(declared, dossier(desk_id="T.MC.A"))
+    wait_for(lambda: queue_depth(declared.desk_queue("T.MC.A")), what="the first receipt")
+    _delete_queues(declared.desk_queue("T.MC.B"), declared.dead_queue("desk"))
+    stuck = dossier(desk_id="T.MC.B")
+    amqp.submit(declared, stuck)
+    for _ in range(5):
+        amqp.submit(declared, dossier(desk_id="T.MC.A"))
+    dead = wait_for(lambda: amqp.get_all(declared.dead_queue("intake")), timeout_s=60,
+                    what="the refused dossier in dead.intake")
+    assert [p.message_id for p, _ in dead] == [f"submit:{stuck.submission_id}"]
+    assert dead[0][0].headers["x-first-death-reason"] == "delivery_limit"
+    wait_for(lambda: queue_depth(declared.intake_queue) == 0, what="intake drained")
+    assert ledger.count_by_state() == {2: 7}  # committed once; only its receipt is missing
