@@ -151,7 +151,10 @@ class BrokerClient:
         except BaseException:
             # interrupted mid-wait (a signal, a timeout around the call): this publish's
             # confirm or return may still come, and would be read as the next one's
-            self.close()
+            try:
+                self.close()
+            except Exception:  # the interruption is what the caller must see
+                log.debug("closing after an interrupted publish failed", exc_info=True)
             raise
         # RabbitMQ sends basic.return before the basic.ack of the same publish, so the
         # return (if any) has been dispatched by the time the confirm wait ended

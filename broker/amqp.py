@@ -13,7 +13,7 @@ Outcomes, decided here once:
   dead-lettered with ``internal_error`` (a failing message never stops the queue)
 * a publish is returned unroutable → republished to ``dead.<source>`` with the reason
 * broker nacks a publish, or a dead-letter publish is unroutable → that batch alone is
-  nacked back to the queue (the channel stays open), the worker pauses with capped
+  rejected back to the queue (the channel stays open), the worker pauses with capped
   backoff, and its deliveries are redone one at a time while refusals go on: the
   inbox republishes the same messages, and one the broker keeps refusing reaches the
   quorum queue's delivery limit alone

@@ -90,7 +90,8 @@ class LedgerSchemaError(CasebrokerError):
             + "\n".join(f"  {p}" for p in problems)
             + "\nit was made by another version; casebroker has no migrations yet: point "
             "CASEBROKER_DB_URL (--db-url) at a new ledger, or change the tables by hand "
-            "(broker/tables.py defines them)")
+            "(broker/tables.py defines them; docs/RELIABILITY.md gives the statements "
+            "for each change so far)")
 
 
 class StartupError(CasebrokerError):
