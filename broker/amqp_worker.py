@@ -291,9 +291,7 @@ class QueueWorker:
         if channel is not None and channel.is_open:
             channel.close()
 
-    def _on_channel_closed(self, channel: Channel, reason: Exception) -> None:
-        if channel is not self.channel and self.channel is not None:
-            return  # an old channel's close, after a new one was opened
+    def _on_channel_closed(self, _channel: Channel, reason: Exception) -> None:
         self.channel = None
         self._cancel_timers()
         waiting, published = len(self.pending), len(self.inflight)
