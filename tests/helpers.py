@@ -73,6 +73,11 @@ class Amqp:
     def json_all(self, queue: str) -> list[dict[str, Any]]:
         return [json.loads(body) for _, body in self.get_all(queue)]
 
+    def delete_queues(self, *queues: str) -> None:
+        """Delete queues as an operator would by mistake (what they held is gone)."""
+        for queue in queues:
+            self.ch.queue_delete(queue)
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 nothing listens on now (the kernel's pick)."""

@@ -5,9 +5,8 @@ running, and work resumes once the topology is back."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import pika
 import pytest
 
 from broker.amqp import amqp_url
@@ -21,21 +20,6 @@ from tests.helpers import Amqp, dossier
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def amqp() -> Iterator[Amqp]:
-    a = Amqp()
-    yield a
-    a.close()
-
-
-def _delete_queues(*queues: str) -> None:
-    conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
-    try:
-        ch = conn.channel()
-        for q in queues:
-            ch.queue_delete(q)
-    finally:
-        conn.close()
 
 
 def _receipt_ids(amqp: Amqp, queue: str) -> list[str]:
@@ -50,7 +34,7 @@ def test_a_refused_publish_holds_back_only_its_own_dossier(
     wait_for(lambda: queue_depth(declared.desk_queue("T.MC.A")), what="the first receipt")
     # desk B's queue is gone, and so is dead.desk, where an unroutable notice would go:
     # RabbitMQ returns desk B's receipts and their dead-letter copies
-    _delete_queues(declared.desk_queue("T.MC.B"), declared.dead_queue("desk"))
+    amqp.delete_queues(declared.desk_queue("T.MC.B"), declared.dead_queue("desk"))
     good = [dossier(desk_id="T.MC.A") for _ in range(12)]
     stuck = [dossier(desk_id="T.MC.B") for _ in range(3)]
     for i, d in enumerate(good):
@@ -100,7 +84,7 @@ def test_a_consumer_the_broker_cancels_consumes_again_once_its_queue_is_back(
     run_broker()
     amqp.submit(declared, dossier())
     wait_for(lambda: ledger.count_by_state() == {2: 1}, what="the first dossier")
-    _delete_queues(declared.intake_queue)  # RabbitMQ cancels the router's consumer
+    amqp.delete_queues(declared.intake_queue)  # RabbitMQ cancels the router's consumer
     time.sleep(1.5)  # the router's first try to consume again finds no queue
     declare_topology(amqp_url(), declared, mini_catalog)
     amqp.submit(declared, dossier())
@@ -118,7 +102,7 @@ def test_a_message_rabbitmq_keeps_refusing_reaches_the_delivery_limit_alone(
     run_broker(batch_size=50, retry_initial_s=0.2, retry_max_s=1.0)
     amqp.submit(declared, dossier(desk_id="T.MC.A"))
     wait_for(lambda: queue_depth(declared.desk_queue("T.MC.A")), what="the first receipt")
-    _delete_queues(declared.desk_queue("T.MC.B"), declared.dead_queue("desk"))
+    amqp.delete_queues(declared.desk_queue("T.MC.B"), declared.dead_queue("desk"))
     stuck = dossier(desk_id="T.MC.B")
     amqp.submit(declared, stuck)
     for _ in range(5):

@@ -96,6 +96,13 @@ def desk_notice(desk_id: str, n: int) -> DeskNotice:
                       state=2, issued_at=datetime.now(UTC))
 
 
+def publish_desk_notices(client: BrokerClient, t: Topology, desk: str, n: int) -> None:
+    """``n`` notices to one desk, ids ``notice:0`` onwards."""
+    for i in range(n):
+        client.publish(desk_notice(desk, i), exchange=t.desk_exchange, routing_key=desk,
+                       message_id=f"notice:{i}")
+
+
 def send_notices(client: BrokerClient, t: Topology) -> set[str]:
     """Two desk notices per desk and one agency notice; return their message ids."""
     ids = set()
@@ -235,9 +242,7 @@ def test_inbox_reconnects_and_redelivers_what_it_had_not_acked(live: Live) -> No
     t = live.topology
     seen: list[Received] = []
     with DeskClient("T.MC.A", topology=t) as desk:
-        for i in range(3):
-            desk.publish(desk_notice("T.MC.A", i), exchange=t.desk_exchange,
-                         routing_key="T.MC.A", message_id=f"notice:{i}")
+        publish_desk_notices(desk, t, "T.MC.A", 3)
         inbox = desk.inbox()
 
         def handler(r: Received) -> None:
@@ -260,9 +265,7 @@ def test_a_slow_handler_does_not_end_the_drain_with_deliveries_in_hand(live: Liv
     seen: list[Received] = []
     heartbeats: list[int] = []
     with DeskClient("T.MC.A", topology=t) as desk:
-        for i in range(3):
-            desk.publish(desk_notice("T.MC.A", i), exchange=t.desk_exchange,
-                         routing_key="T.MC.A", message_id=f"notice:{i}")
+        publish_desk_notices(desk, t, "T.MC.A", 3)
         inbox = desk.inbox()
 
         def slow(r: Received) -> None:

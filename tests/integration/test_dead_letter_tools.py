@@ -34,12 +34,6 @@ NOW = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
 SUBMISSION = "0b9c6a57-3f7e-4c1e-9d3a-5d2f1e6b7a80"
 
 
-@pytest.fixture
-def amqp() -> Iterator[Amqp]:
-    a = Amqp()
-    yield a
-    a.close()
-
 
 def _cli(capsys: pytest.CaptureFixture[str], t: Topology, *args: str) -> tuple[int, str, str]:
     capsys.readouterr()
@@ -47,15 +41,6 @@ def _cli(capsys: pytest.CaptureFixture[str], t: Topology, *args: str) -> tuple[i
     out, err = capsys.readouterr()
     return code, out, err
 
-
-def _delete_queues(*queues: str) -> None:
-    conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
-    try:
-        ch = conn.channel()
-        for q in queues:
-            ch.queue_delete(q)
-    finally:
-        conn.close()
 
 
 def _publish_dead(amqp: Amqp, t: Topology, key: str, out: Outbound,
@@ -91,7 +76,7 @@ def test_an_unroutable_assignment_is_replayed_to_its_agency_not_to_the_router(
     run_broker()
     amqp.submit(t, dossier(applicant_ward="10002"))  # the router has declared and consumes
     wait_for(lambda: queue_depth(t.agency_queue("T.UBND.B")), what="the first assignment")
-    _delete_queues(t.agency_queue("T.UBND.A"))     # the agency's queue is gone
+    amqp.delete_queues(t.agency_queue("T.UBND.A"))  # the agency's queue is gone
     d = dossier()                                  # ward 10001: for T.UBND.A
     amqp.submit(t, d)
     wait_for(lambda: queue_depth(t.dead_queue("agency")) == 1, what="the dead assignment")
@@ -235,7 +220,7 @@ def test_audit_counts_what_sits_in_dead_agency_and_dead_desk_and_unreadable_queu
     assert rc == 0, err
     assert report["undelivered"] == 0 and report["queues_error"] is None
 
-    _delete_queues(t.agency_queue("T.UBND.A"))
+    amqp.delete_queues(t.agency_queue("T.UBND.A"))
     amqp.submit(t, dossier())                       # its assignment: dead.agency
     wait_for(lambda: queue_depth(t.dead_queue("agency")) == 1, what="the dead assignment")
     wait_for(lambda: queue_depth(t.intake_queue) == 0, what="intake drained")

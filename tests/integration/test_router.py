@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -19,12 +18,6 @@ from tests.helpers import Amqp, dossier
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture
-def amqp() -> Iterator[Amqp]:
-    a = Amqp()
-    yield a
-    a.close()
 
 
 def _wait_routed(ledger: Ledger, n: int) -> None:
