@@ -97,10 +97,11 @@ def replay_target(topology: Topology, which: str, msg: Taken) -> tuple[str, str,
     router and the status router dead-letter (``dead.intake``, ``dead.status``) and
     triage what came in through their own input; ``dead.agency`` and ``dead.desk`` hold
     what was meant for an agency or a desk: returned as unroutable (``x-original-*``
-    headers, whatever the ``x-casebroker-source`` of the process that published it),
-    dead-lettered by the quorum queue's delivery limit (``x-death``), or by the deadline
-    watch (neither: the notice's own ``agency_id``/``desk_id`` is its routing key, as
-    when it was published). Headers a sender could have put on its message never send
+    headers, whatever the ``x-casebroker-source`` of the process that published it; the
+    deadline watch's too), or dead-lettered by the quorum queue's delivery limit
+    (``x-death``). A dead letter with neither (the deadline watch's, before it wrote
+    ``x-original-*``) goes by the notice's own ``agency_id``/``desk_id``, its routing key
+    when it was published. Headers a sender could have put on its message never send
     an intake or status message anywhere but back through the router.
     """
     headers = msg.headers
