@@ -262,6 +262,20 @@ class Batch:
         return dict(self._rows_in(
             "SELECT submission_id, code FROM dossiers WHERE submission_id", ids))
 
+    def openings(self, codes: Iterable[str]) -> dict[str, tuple[Any, list[Outbound]]]:
+        """For dossiers in the ledger: the submission each was opened with (as stored) and
+        what the delivery that opened it published. Rare (a submission sent again under a
+        new message id), so through SQLAlchemy; both lookups go by an index."""
+        wanted = list(set(codes))
+        if not wanted:
+            return {}
+        rows = self.conn.execute(
+            select(dossiers.c.code, dossiers.c.submission, events.c.message_id)
+            .join(events, and_(events.c.dossier_code == dossiers.c.code, events.c.seq == 1))
+            .where(dossiers.c.code.in_(wanted))).all()
+        published = self.seen(r.message_id for r in rows if r.message_id)
+        return {r.code: (r.submission, published.get(r.message_id or "", [])) for r in rows}
+
     def allocate_codes(self, counts: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
         """Reserve ``n`` numbers per (agency, YYMMDD); return the first of each block.
 

@@ -1,18 +1,19 @@
 """ROUTER: a batch of submitted dossiers in, assignments and receipts out, one commit.
 
 For each delivery, in order: already processed (inbox) → re-publish what it published;
-not a valid ``dossier.submitted`` → dead letter; a submission id already in the
-ledger → recorded as a duplicate, nothing published; not routable → triage; not
-open for boundary-free receipt here → refused (state 3) with a notice to the desk;
-otherwise → received (state 2), ``dossier.assigned`` to the first agency and a
-receipt ``desk.notice`` to the intake desk.
+not a valid ``dossier.submitted`` → dead letter; a submission id already taken → the
+same dossier again gets its first notice again, a different one is dead-lettered; not
+routable → triage; not open for boundary-free receipt here → refused (state 3) with a
+notice to the desk; otherwise → received (state 2), ``dossier.assigned`` to the first
+agency and a receipt ``desk.notice`` to the intake desk.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -24,7 +25,7 @@ from broker.consumers.common import (
     triage,
 )
 from broker.envelope import Outbound
-from broker.errors import RoutingError
+from broker.errors import DecodeError, RoutingError
 from broker.ledger import Batch, RawJSON
 from broker.lifecycle import Event, State, apply
 from broker.messages import (
@@ -32,6 +33,7 @@ from broker.messages import (
     DossierAssigned,
     DossierSubmitted,
     NoticeKind,
+    decode,
 )
 from broker.rules.engine import Decision, Engine
 
@@ -46,6 +48,7 @@ class _Routed:
     dossier: DossierSubmitted
     decision: Decision
     code: str = ""
+    published: list[Outbound] = field(default_factory=list)
 
 
 class Router(Consumer):
@@ -73,13 +76,14 @@ class Router(Consumer):
         out: list[Outbound] = []
         existing = batch.existing_submissions(str(m.submission_id) for _, _, m in fresh)
         routed: list[_Routed] = []
+        first: dict[str, DossierSubmitted] = {}  # submission id → its first copy in this batch
+        again: list[tuple[str, Delivery, DossierSubmitted]] = []
         for mid, delivery, msg in fresh:
             sid = str(msg.submission_id)
-            if sid in existing:
-                batch.record(mid, self.source, "duplicate", existing[sid], [], now)
-                self._count("duplicate", "submission_id")
+            if sid in existing or sid in first:
+                again.append((mid, delivery, msg))
                 continue
-            existing[sid] = ""  # later copies in this batch are duplicates too
+            first[sid] = msg
             received_at = min(msg.submitted_at, now)
             try:
                 decision = engine.decide(msg, received_at)
@@ -92,9 +96,51 @@ class Router(Consumer):
             routed.append(_Routed(mid, delivery.body, msg, decision))
         self._number(batch, engine, routed)
         for r in routed:
-            published = self._publish_for(r, now)
-            self._record(batch, r, published, now)
-            out += published
+            r.published = self._publish_for(r, now)
+            self._record(batch, r, r.published, now)
+            out += r.published
+        if again:
+            out += self._again(batch, again, existing, first, routed, now)
+        return out
+
+    def _again(self, batch: Batch, again: list[tuple[str, Delivery, DossierSubmitted]],
+               existing: dict[str, str], first: dict[str, DossierSubmitted],
+               routed: list[_Routed], now: datetime) -> list[Outbound]:
+        """Submissions whose id is already taken, by a dossier in the ledger or earlier in
+        this batch. The same dossier sent again (a desk retrying under a new message id)
+        gets the notice its first copy got, under the same message id, so a desk that lost
+        its receipt has it again and one that did not drops the copy. A different dossier
+        under a taken id is dead-lettered: the desk reused a key it must not reuse, and
+        routing it as a duplicate would lose it without a word."""
+        out: list[Outbound] = []
+        openings = batch.openings(existing[str(m.submission_id)] for _, _, m in again
+                                  if str(m.submission_id) in existing)
+        in_batch = {str(r.dossier.submission_id): r for r in routed}
+        for mid, delivery, msg in again:
+            sid = str(msg.submission_id)
+            notices: list[Outbound] = []
+            if sid in existing:
+                code = existing[sid]
+                stored, published = openings.get(code, (None, []))
+                original = _stored_submission(stored)
+                notices = [o for o in published if o.exchange == self.topology.desk_exchange]
+            else:  # the first copy is in this batch: routed, or triaged (no dossier, no code)
+                original = first[sid]
+                r = in_batch.get(sid)
+                code = r.code if r is not None else ""
+                notices = [] if r is None else [
+                    o for o in r.published if o.exchange == self.topology.desk_exchange]
+            differs = _differing_fields(original, msg)
+            if differs:
+                used_by = f"dossier {code}" if code else "a submission earlier in its batch"
+                out.append(self.screen.dead(
+                    batch, mid, delivery, "submission_id_reused",
+                    f"submission id already used by {used_by}; this one differs in: "
+                    f"{', '.join(differs)}", now))
+                continue
+            batch.record(mid, self.source, "duplicate", code or None, notices, now)
+            self._count("duplicate", "submission_id")
+            out += notices
         return out
 
     def _number(self, batch: Batch, engine: Engine, routed: list[_Routed]) -> None:
@@ -162,3 +208,25 @@ class Router(Consumer):
         outcome = "refused" if dec.refusal else "routed"
         batch.record(r.mid, self.source, outcome, r.code, published, now)
         self._count(outcome, "")
+
+
+def _stored_submission(stored: Any) -> DossierSubmitted | None:
+    """The submission a dossier was opened with, from the ledger's JSON column; None if
+    it no longer passes the contract (stored under an older one)."""
+    if stored is None:
+        return None
+    try:
+        msg = decode(json.dumps(stored).encode(), expected=ACCEPTED_KINDS)
+    except DecodeError:
+        return None
+    return msg if isinstance(msg, DossierSubmitted) else None
+
+
+def _differing_fields(original: DossierSubmitted | None, again: DossierSubmitted) -> list[str]:
+    """The fields (by contract name, never their values: they hold personal data) in
+    which a submission differs from the one first sent under its id. Compared as
+    validated values, so key order, spacing and a timestamp's offset do not count."""
+    if original is None:
+        return []
+    return [info.alias or name for name, info in DossierSubmitted.model_fields.items()
+            if getattr(original, name) != getattr(again, name)]

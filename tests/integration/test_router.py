@@ -125,6 +125,10 @@ def test_same_submission_twice_makes_one_dossier(
     assigned = amqp.get_all(declared.agency_queue("T.UBND.A"))
     # at most the same assignment twice (a redelivery), never a second dossier
     assert len({p.message_id for p, _ in assigned}) == 1
+    # the retry under a new id got the receipt again, the same notice under the same id
+    receipts = amqp.get_all(declared.desk_queue("T.MC.B"))
+    assert len(receipts) >= 2
+    assert {p.message_id for p, _ in receipts} == {f"{assigned[0][0].correlation_id}:receipt"}
 
 
 def test_not_open_for_boundary_free_is_refused_with_notice(

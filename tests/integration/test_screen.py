@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 from pika.spec import BasicProperties
 
-from broker.amqp import REASON_HEADER, Delivery
+from broker.amqp import DETAIL_HEADER, REASON_HEADER, Delivery
 from broker.consumers.router import Router
 from broker.envelope import Outbound
 from broker.ledger import Ledger
@@ -85,3 +86,72 @@ def test_a_dead_letter_for_an_internal_error_is_kept_and_published_again(
     assert dead[0].headers[REASON_HEADER] == "internal_error"
     assert _sent(router.handle([d])) == _sent(dead)
     assert router.ledger.count_by_state() == {}
+
+
+def _receipts(out: list[Outbound]) -> list[tuple[str, str, bytes]]:
+    return [s for s in _sent(out) if s[0] == "T.MC.B"]  # the intake desk's notices
+
+
+def test_the_same_dossier_under_a_new_message_id_gets_its_first_notice_again(
+        router: Router) -> None:
+    # a desk retrying with a fresh message id (it lost the receipt, or its outbox did not
+    # keep the id): no second dossier, and the very receipt it was sent the first time
+    d = dossier()
+    first = router.handle([_delivery(1, encode(d), "submit:1")])
+    receipt = _receipts(first)
+    assert len(receipt) == 1 and json.loads(receipt[0][2])["notice"] == "receipt"
+    # the same values, serialized another way: other key order, another offset
+    data = json.loads(encode(d))
+    data["submitted_at"] = d.submitted_at.astimezone(ZoneInfo("Asia/Ho_Chi_Minh")).isoformat()
+    reordered = json.dumps(dict(reversed(list(data.items())))).encode()
+    again = router.handle([_delivery(2, encode(d), "retry:1"),
+                           _delivery(3, reordered, "retry:2")])
+    assert _sent(again) == receipt * 2
+    assert router.ledger.count_inbox_outcomes() == {"routed": 1, "duplicate": 2}
+    assert router.ledger.count_by_state() == {2: 1}
+    # the retry redelivered: its own outbox row, the same receipt
+    assert _sent(router.handle([_delivery(4, encode(d), "retry:1")])) == receipt
+
+
+def test_a_refused_dossier_sent_again_gets_its_refusal_again(router: Router) -> None:
+    d = dossier("1.000002", desk_id="T.MC.B")  # not open to boundary-free receipt there
+    refusal = _sent(router.handle([_delivery(1, encode(d), "submit:1")]))
+    assert [json.loads(b)["notice"] for _, _, b in refusal] == ["refused"]
+    assert _sent(router.handle([_delivery(2, encode(d), "retry:1")])) == refusal
+
+
+def test_a_different_dossier_under_a_used_submission_id_is_dead_lettered(
+        router: Router) -> None:
+    # a desk reused a submission id for another citizen's dossier: treated as a duplicate
+    # it would vanish without a word; it is dead-lettered, naming the fields that differ
+    d = dossier()
+    router.handle([_delivery(1, encode(d), "submit:1")])
+    other = d.model_copy(update={
+        "applicant": d.applicant.model_copy(update={"name": "Trần Thị Bình"}),
+        "procedure_code": "1.004227"})
+    out = router.handle([_delivery(2, encode(other), "submit:2")])
+    assert len(out) == 1 and out[0].headers is not None
+    assert out[0].routing_key == "intake" and out[0].body == encode(other)
+    assert out[0].headers[REASON_HEADER] == "submission_id_reused"
+    detail = out[0].headers[DETAIL_HEADER]
+    assert "applicant" in detail and "procedure_code" in detail and "Bình" not in detail
+    code = next(iter(router.ledger.states_for_submissions([str(d.submission_id)]).values()))[0]
+    assert code in detail
+    assert router.ledger.count_inbox_outcomes() == {"routed": 1,
+                                                    "dead:submission_id_reused": 1}
+    assert router.ledger.count_by_state() == {2: 1}
+
+
+def test_copies_of_a_submission_in_one_batch_are_told_apart_too(router: Router) -> None:
+    d = dossier()
+    other = d.model_copy(update={"attributes": {"copies": 2}})
+    out = router.handle([_delivery(1, encode(d), "submit:1"),
+                         _delivery(2, encode(d), "retry:1"),
+                         _delivery(3, encode(other), "other:1")])
+    receipt = _receipts(out)
+    assert len(receipt) == 2 and receipt[0] == receipt[1]
+    dead = [o for o in out if o.headers and REASON_HEADER in o.headers]
+    assert [o.message_id for o in dead] == ["other:1"]
+    assert dead[0].headers is not None and "attributes" in dead[0].headers[DETAIL_HEADER]
+    assert router.ledger.count_inbox_outcomes() == {
+        "routed": 1, "duplicate": 1, "dead:submission_id_reused": 1}
