@@ -521,10 +521,28 @@ class Ledger:
             raise ConcurrentUpdate(f"conflict: {type(e.orig).__name__}") from e
 
     @contextmanager
-    def read(self) -> Iterator[Connection]:
-        """A connection for queries."""
+    def read(self, *, snapshot: bool = False) -> Iterator[Connection]:
+        """A connection for queries. With ``snapshot``, every query on it sees the ledger
+        as it was at the first one, whatever commits meanwhile: a report made of several
+        queries (the audit) on a ledger routers are writing to would otherwise compare
+        rows from different moments (a dossier committed between two queries, with its
+        assignment missing from the first)."""
         with self.engine.connect() as conn:
+            if snapshot:
+                if conn.dialect.name == "postgresql":
+                    conn = conn.execution_options(isolation_level="REPEATABLE READ",
+                                                  postgresql_readonly=True)
+                else:  # pysqlite sends no BEGIN before a SELECT: each would see its own
+                    conn.exec_driver_sql("BEGIN")
             yield conn
+
+    @contextmanager
+    def _reading(self, conn: Connection | None) -> Iterator[Connection]:
+        if conn is not None:
+            yield conn
+            return
+        with self.read() as own:
+            yield own
 
     def dossier(self, code: str) -> dict[str, Any] | None:
         """One dossier's row, or None."""
@@ -539,24 +557,25 @@ class Ledger:
                                 .order_by(events.c.seq))
             return [dict(r._mapping) for r in rows]
 
-    def count_by_state(self) -> dict[int, int]:
+    def count_by_state(self, conn: Connection | None = None) -> dict[int, int]:
         """How many dossiers are in each state."""
-        with self.read() as conn:
+        with self._reading(conn) as conn:
             rows = conn.execute(select(dossiers.c.state, func.count()).group_by(
                 dossiers.c.state))
             return {int(s): int(n) for s, n in rows}
 
-    def count_inbox_outcomes(self) -> dict[str, int]:
+    def count_inbox_outcomes(self, conn: Connection | None = None) -> dict[str, int]:
         """How many processed deliveries ended in each outcome."""
-        with self.read() as conn:
+        with self._reading(conn) as conn:
             rows = conn.execute(select(inbox.c.outcome, func.count()).group_by(inbox.c.outcome))
             return {str(o): int(n) for o, n in rows}
 
-    def states_for_submissions(self, submission_ids: Sequence[str]
+    def states_for_submissions(self, submission_ids: Sequence[str],
+                               conn: Connection | None = None
                                ) -> dict[str, tuple[str, int, bool]]:
         """submission id → (dossier code, state, boundary-free) for those in the ledger."""
         found: dict[str, tuple[str, int, bool]] = {}
-        with self.read() as conn:
+        with self._reading(conn) as conn:
             for i in range(0, len(submission_ids), 500):
                 chunk = list(submission_ids[i:i + 500])
                 rows = conn.execute(select(dossiers.c.submission_id, dossiers.c.code,

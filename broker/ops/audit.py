@@ -32,31 +32,30 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Connection, and_, or_, select
 
 from broker.ledger import Ledger, dossiers, events, inbox, outbox
 from broker.topology import DEAD_SOURCES, Topology
 
 
-def _ledger_problems(ledger: Ledger) -> tuple[int, list[dict[str, str]]]:
+def _ledger_problems(conn: Connection) -> tuple[int, list[dict[str, str]]]:
     problems: list[dict[str, str]] = []
-    with ledger.read() as conn:
-        wanted = conn.execute(select(outbox.c.message_id).where(or_(
-            outbox.c.message_id.like("%:assigned:%"), outbox.c.message_id.like("%:refused"),
-            outbox.c.message_id.like("%:result_ready:%"))))
-        published = {r for (r,) in wanted}
-        results = {m.rsplit(":", 2)[0] for m in published if ":result_ready:" in m}
-        rows = conn.execute(select(dossiers.c.code, dossiers.c.state, dossiers.c.step,
-                                   dossiers.c.seq)).all()
-        counts = dict(conn.execute(
-            select(events.c.dossier_code, events.c.seq).where(events.c.seq == 1)).all())
-        n_events: dict[str, int] = {}
-        for code, _ in conn.execute(select(events.c.dossier_code, events.c.seq)):
-            n_events[code] = n_events.get(code, 0) + 1
-        orphan = {code for (code,) in conn.execute(
-            select(events.c.dossier_code).select_from(events.outerjoin(
-                inbox, inbox.c.message_id == events.c.message_id))
-            .where(and_(events.c.seq == 1, inbox.c.message_id.is_(None))))}
+    wanted = conn.execute(select(outbox.c.message_id).where(or_(
+        outbox.c.message_id.like("%:assigned:%"), outbox.c.message_id.like("%:refused"),
+        outbox.c.message_id.like("%:result_ready:%"))))
+    published = {r for (r,) in wanted}
+    results = {m.rsplit(":", 2)[0] for m in published if ":result_ready:" in m}
+    rows = conn.execute(select(dossiers.c.code, dossiers.c.state, dossiers.c.step,
+                               dossiers.c.seq)).all()
+    counts = dict(conn.execute(
+        select(events.c.dossier_code, events.c.seq).where(events.c.seq == 1)).all())
+    n_events: dict[str, int] = {}
+    for code, _ in conn.execute(select(events.c.dossier_code, events.c.seq)):
+        n_events[code] = n_events.get(code, 0) + 1
+    orphan = {code for (code,) in conn.execute(
+        select(events.c.dossier_code).select_from(events.outerjoin(
+            inbox, inbox.c.message_id == events.c.message_id))
+        .where(and_(events.c.seq == 1, inbox.c.message_id.is_(None))))}
     for code, state, step, seq in rows:
         problem = None
         if code not in counts or code in orphan:
@@ -72,29 +71,29 @@ def _ledger_problems(ledger: Ledger) -> tuple[int, list[dict[str, str]]]:
     return len(rows), problems
 
 
-def _submission_problems(ledger: Ledger, submission_ids: list[str]) -> list[dict[str, str]]:
-    found = set(ledger.states_for_submissions(submission_ids))
+def _submission_problems(ledger: Ledger, conn: Connection, submission_ids: list[str]
+                         ) -> list[dict[str, str]]:
+    found = set(ledger.states_for_submissions(submission_ids, conn))
     rest = [s for s in submission_ids if s not in found]
     if not rest:
         return []
     handled: set[str] = set()
-    with ledger.read() as conn:
-        for i in range(0, len(rest), 500):
-            chunk = rest[i:i + 500]
-            rows = conn.execute(select(inbox.c.message_id).where(
-                inbox.c.message_id.in_([f"submit:{s}" for s in chunk])))
-            handled |= {m.removeprefix("submit:") for (m,) in rows}
-        # dead letters and triage keep the body: match desks that used other message ids
-        bodies = conn.execute(select(outbox.c.body).join(
-            inbox, inbox.c.message_id == outbox.c.inbox_message_id).where(or_(
-                inbox.c.outcome.like("dead:%"), inbox.c.outcome.like("triaged:%"))))
-        for (body,) in bodies:
-            try:
-                sid = json.loads(bytes(body)).get("submission_id")
-            except (ValueError, AttributeError):
-                continue
-            if isinstance(sid, str):
-                handled.add(sid)
+    for i in range(0, len(rest), 500):
+        chunk = rest[i:i + 500]
+        rows = conn.execute(select(inbox.c.message_id).where(
+            inbox.c.message_id.in_([f"submit:{s}" for s in chunk])))
+        handled |= {m.removeprefix("submit:") for (m,) in rows}
+    # dead letters and triage keep the body: match desks that used other message ids
+    bodies = conn.execute(select(outbox.c.body).join(
+        inbox, inbox.c.message_id == outbox.c.inbox_message_id).where(or_(
+            inbox.c.outcome.like("dead:%"), inbox.c.outcome.like("triaged:%"))))
+    for (body,) in bodies:
+        try:
+            sid = json.loads(bytes(body)).get("submission_id")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(sid, str):
+            handled.add(sid)
     return [{"submission_id": s, "problem": "not in the ledger, dead letters or triage"}
             for s in rest if s not in handled]
 
@@ -118,17 +117,22 @@ def audit(ledger: Ledger, topology: Topology, submission_ids: list[str] | None =
     """The audit report; ``unaccounted`` counts dossiers and submissions not accounted for,
     ``undelivered`` the messages for agencies and desks waiting in ``dead.agency`` and
     ``dead.desk`` (None, with ``queues_error``, when the queues could not be read)."""
-    n, dossier_problems = _ledger_problems(ledger)
-    sub_problems = _submission_problems(ledger, submission_ids) if submission_ids else []
+    # one snapshot of the ledger for every query, so that routers writing meanwhile do
+    # not make a dossier committed between two of them look incomplete
+    with ledger.read(snapshot=True) as conn:
+        n, dossier_problems = _ledger_problems(conn)
+        sub_problems = (_submission_problems(ledger, conn, submission_ids)
+                        if submission_ids else [])
+        states, outcomes = ledger.count_by_state(conn), ledger.count_inbox_outcomes(conn)
     depths, queues_error = _queue_depths(topology)
     return {
-        "dossiers": n, "states": ledger.count_by_state(),
+        "dossiers": n, "states": states,
         "submissions_checked": len(submission_ids or []),
         "unaccounted": len(dossier_problems) + len(sub_problems),
         "unaccounted_dossiers": dossier_problems,
         "unaccounted_submissions": sub_problems,
         "undelivered": None if depths is None else depths["dead.agency"] + depths["dead.desk"],
-        "inbox": ledger.count_inbox_outcomes(),
+        "inbox": outcomes,
         "queues": depths,
         "queues_error": queues_error,
         "pending": None if depths is None else depths["intake"] + depths["status"],

@@ -152,6 +152,23 @@ def test_a_conflict_in_the_bulk_insert_is_a_concurrent_update(ledger: Ledger) ->
     assert ledger.history("c-B") == []
 
 
+def test_a_snapshot_read_sees_the_ledger_as_at_its_first_query(ledger: Ledger) -> None:
+    # the audit's several queries must agree while routers commit beside it
+    with ledger.batch() as batch:
+        batch.add_dossier(_dossier("s-A"))
+        batch.record("m-A", "intake", "routed", "s-A", [], AT)
+    with ledger.read(snapshot=True) as snap, ledger.read() as plain:
+        assert ledger.count_by_state(snap) == ledger.count_by_state(plain) == {2: 1}
+        with ledger.batch() as batch:  # a router commits meanwhile
+            batch.add_dossier(_dossier("s-B", state=4))
+            batch.record("m-B", "intake", "routed", "s-B", [], AT)
+        assert ledger.count_by_state(plain) == {2: 1, 4: 1}
+        assert ledger.count_by_state(snap) == {2: 1}
+        assert ledger.count_inbox_outcomes(snap) == {"routed": 1}
+        assert list(ledger.states_for_submissions(["s-A-sid", "s-B-sid"], snap)) == ["s-A-sid"]
+    assert ledger.count_by_state() == {2: 1, 4: 1}
+
+
 def _checkpointed_dossiers(path: Path) -> int:
     # immutable=1 reads the database file alone, ignoring the WAL: what was checkpointed
     with contextlib.closing(sqlite3.connect(f"file:{path}?immutable=1", uri=True)) as conn:
