@@ -88,10 +88,9 @@ class LedgerSchemaError(CasebrokerError):
         super().__init__(
             f"the ledger at {where} does not match this version of casebroker:\n"
             + "\n".join(f"  {p}" for p in problems)
-            + "\nit was made by another version; casebroker has no migrations yet: point "
-            "CASEBROKER_DB_URL (--db-url) at a new ledger, or change the tables by hand "
-            "(broker/tables.py defines them; docs/RELIABILITY.md gives the statements "
-            "for each change so far)")
+            + "\nit was made by another version: stop every `casebroker run` on it and "
+            "run `casebroker ledger upgrade` (`--dry-run` prints the statements first), "
+            "or point CASEBROKER_DB_URL (--db-url) at a new ledger")
 
 
 class StartupError(CasebrokerError):

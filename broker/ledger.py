@@ -45,10 +45,11 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
 
 from broker import threads
 from broker.envelope import Outbound
-from broker.errors import LedgerSchemaError, StartupError, TransientError
+from broker.errors import CasebrokerError, LedgerSchemaError, StartupError, TransientError
 from broker.lifecycle import State
 from broker.tables import (
     _OPEN,
@@ -69,6 +70,13 @@ __all__ = ["DEFAULT_DB_URL", "Batch", "ConcurrentUpdate", "Ledger", "RawJSON", "
            "dossiers", "events", "inbox", "is_transient", "metadata", "outbox", "watch_outbox"]
 
 DEFAULT_DB_URL = "sqlite:///casebroker.sqlite3"
+
+#: indexes earlier versions made and this one dropped (no query used them; each cost the
+#: writes a page per dossier): `casebroker ledger upgrade` removes them, table by table
+RETIRED_INDEXES: dict[str, frozenset[str]] = {
+    "dossiers": frozenset({"ix_dossiers_procedure_code", "ix_dossiers_agency_id"}),
+    "events": frozenset({"ix_events_dossier_code"}),
+}
 
 log = logging.getLogger(__name__)
 
@@ -478,6 +486,62 @@ class Ledger:
                 raise StartupError(f"no casebroker ledger at {self.where}: it has no "
                                    f"{dossiers.name} table {hint}")
 
+    def upgrade(self, *, dry_run: bool = False) -> list[str]:
+        """Bring a ledger made by an earlier version up to this one; return the statements
+        (run, or with ``dry_run`` only said). Idempotent: an up-to-date ledger gets none.
+
+        What it does: creates missing tables and the indexes this version defines; adds
+        missing columns that may be added to tables holding rows (nullable, or with a
+        server default); drops the indexes earlier versions made and this one retired
+        (:data:`RETIRED_INDEXES`; any other index, one a DBA added, is left alone). A
+        missing column that is required and has no default cannot be added to rows that
+        exist: that is an error, raised before anything is changed.
+        """
+        with self._reached(), self.engine.connect() as conn:
+            found = inspect(conn)
+            dialect = conn.dialect
+            steps: list[tuple[str, Callable[[Connection], Any]]] = []
+            impossible: list[str] = []
+            for table in metadata.sorted_tables:
+                if not found.has_table(table.name):
+                    steps.append((str(CreateTable(table).compile(dialect=dialect)).strip(),
+                                  functools.partial(table.create, checkfirst=True)))
+                    steps += [(str(CreateIndex(ix).compile(dialect=dialect)),
+                               functools.partial(ix.create, checkfirst=True))
+                              for ix in sorted(table.indexes, key=lambda i: str(i.name))]
+                    continue
+                have = {c["name"] for c in found.get_columns(table.name)}
+                for column in table.columns:
+                    if column.name in have:
+                        continue
+                    if not column.nullable and column.server_default is None:
+                        impossible.append(f"{table.name}.{column.name} is missing and required "
+                                          "(NOT NULL, no default): it cannot be added to the "
+                                          "rows there are")
+                        continue
+                    ddl = (f"ALTER TABLE {dialect.identifier_preparer.format_table(table)} "
+                           f"ADD COLUMN {CreateColumn(column).compile(dialect=dialect)}")
+                    steps.append((ddl, functools.partial(_execute_ddl, ddl)))
+                indexes = {ix["name"] for ix in found.get_indexes(table.name)}
+                for ix in sorted(table.indexes, key=lambda i: str(i.name)):
+                    if ix.name not in indexes:
+                        steps.append((str(CreateIndex(ix).compile(dialect=dialect)),
+                                      functools.partial(ix.create, checkfirst=True)))
+                for name in sorted(RETIRED_INDEXES.get(table.name, frozenset()) & indexes):
+                    ddl = f"DROP INDEX {dialect.identifier_preparer.quote(name)}"
+                    steps.append((ddl, functools.partial(_execute_ddl, ddl)))
+        if impossible:
+            raise CasebrokerError(f"cannot upgrade the ledger at {self.where}:\n"
+                                  + "\n".join(f"  {p}" for p in impossible)
+                                  + "\nnothing was changed; point CASEBROKER_DB_URL "
+                                  "(--db-url) at a new ledger")
+        if not dry_run and steps:
+            with self._reached(), self.engine.begin() as conn:
+                for _, run in steps:
+                    run(conn)
+            self.check_schema()
+        return [ddl for ddl, _ in steps]
+
     def check_schema(self) -> None:
         """Refuse, in words, a ledger made by another version of casebroker.
 
@@ -670,6 +734,10 @@ class Ledger:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _execute_ddl(ddl: str, conn: Connection) -> None:
+    conn.exec_driver_sql(ddl)
 
 
 def _make_engine(url: str, sqlite: dict[str, bool]) -> Engine:

@@ -60,7 +60,8 @@ dossiers = Table(
     # procedure_code and agency_id have no index: no query looks a dossier up by either
     # (the per-agency overdue count goes through the state index), and each index took a
     # page of the SQLite log per dossier of a small batch (docs/BENCHMARKS.md, "What the
-    # ledger writes per dossier"). A ledger made before keeps them; they do no harm
+    # ledger writes per dossier"). A ledger made before keeps them (harmless, but slower)
+    # until `casebroker ledger upgrade` drops them (ledger.RETIRED_INDEXES)
     Column("procedure_code", String(16), nullable=False),
     Column("intake_desk_id", String(64), nullable=False),
     Column("return_desk_id", String(64), nullable=False),

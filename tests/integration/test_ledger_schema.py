@@ -8,15 +8,17 @@ forever; on PostgreSQL as a programming error, dead-lettering every dossier.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.exc import ProgrammingError
 
 from broker.cli import EXIT_PROBLEM, main
 from broker.envelope import Outbound
 from broker.errors import LedgerSchemaError, TransientError
 from broker.ledger import Ledger
+from tests.integration.test_ledger_bulk import _dossier
 
 pytestmark = pytest.mark.integration
 
@@ -72,3 +74,64 @@ def test_casebroker_run_says_so_and_exits(ledger: Ledger,
     err = capsys.readouterr().err
     assert "outbox.headers is missing" in err
     assert "password" not in err.lower()
+
+
+def _indexes(ledger: Ledger, table: str) -> set[str]:
+    with ledger.engine.connect() as conn:
+        return {str(ix["name"]) for ix in inspect(conn).get_indexes(table)}
+
+
+def test_ledger_upgrade_brings_an_earlier_ledger_up_to_this_version(
+        ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
+    # a ledger as versions before status_sent_at, watch_level and the watch index left it,
+    # with the indexes they made and this one dropped, a row, and an index a DBA added
+    with ledger.batch() as batch:
+        batch.add_dossier(_dossier("OLD-1"))
+    _alter(ledger, "DROP INDEX ix_dossiers_watch",
+           "ALTER TABLE dossiers DROP COLUMN watch_level",
+           "ALTER TABLE dossiers DROP COLUMN status_sent_at",
+           "CREATE INDEX ix_dossiers_agency_id ON dossiers (agency_id)",
+           "CREATE INDEX ix_events_dossier_code ON events (dossier_code)",
+           "CREATE INDEX dba_reporting ON dossiers (procedure_code)")
+    with pytest.raises(LedgerSchemaError):
+        Ledger(ledger.url)
+
+    assert main(["ledger", "upgrade", "--dry-run", "--db-url", ledger.url]) == 0
+    said = capsys.readouterr().out
+    assert "ADD COLUMN status_sent_at" in said and "ADD COLUMN watch_level" in said
+    assert "CREATE INDEX ix_dossiers_watch" in said
+    assert "DROP INDEX ix_dossiers_agency_id" in said and "ix_events_dossier_code" in said
+    assert "dba_reporting" not in said and "would run 5 statements" in said
+    with pytest.raises(LedgerSchemaError):  # a dry run changes nothing
+        Ledger(ledger.url)
+
+    assert main(["ledger", "upgrade", "--db-url", ledger.url]) == 0
+    assert "ran 5 statements" in capsys.readouterr().out
+    upgraded = Ledger(ledger.url)  # starts: the schema check passes
+    row = upgraded.dossier("OLD-1")
+    assert row is not None and row["watch_level"] == 0 and row["status_sent_at"] is None
+    assert _indexes(upgraded, "dossiers") >= {"ix_dossiers_watch", "dba_reporting"}
+    assert not _indexes(upgraded, "dossiers") & {"ix_dossiers_agency_id"}
+    assert "ix_events_dossier_code" not in _indexes(upgraded, "events")
+    upgraded.dispose()
+    assert main(["ledger", "upgrade", "--db-url", ledger.url]) == 0
+    assert "is up to date" in capsys.readouterr().out
+
+
+def test_ledger_upgrade_refuses_a_column_it_cannot_add_and_changes_nothing(
+        ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
+    _alter(ledger, "ALTER TABLE events DROP COLUMN actor",  # NOT NULL, no default
+           "ALTER TABLE dossiers DROP COLUMN status_sent_at")
+    assert main(["ledger", "upgrade", "--db-url", ledger.url]) == EXIT_PROBLEM
+    err = capsys.readouterr().err
+    assert "events.actor is missing and required" in err and "nothing was changed" in err
+    with ledger.engine.connect() as conn:
+        assert "status_sent_at" not in {c["name"] for c in inspect(conn).get_columns("dossiers")}
+
+
+def test_ledger_upgrade_needs_a_ledger_there(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'typo.sqlite3'}"
+    assert main(["ledger", "upgrade", "--db-url", url]) == EXIT_PROBLEM
+    assert "no ledger at" in capsys.readouterr().err
+    assert not (tmp_path / "typo.sqlite3").exists()
