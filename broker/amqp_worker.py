@@ -38,6 +38,10 @@ SOURCE_HEADER = "x-casebroker-source"
 #: where an unroutable message was going, on its dead-letter copy (replay sends it there)
 ORIGINAL_EXCHANGE_HEADER = "x-original-exchange"
 ORIGINAL_KEY_HEADER = "x-original-routing-key"
+#: the RabbitMQ login a message was first published by (its user_id, which RabbitMQ
+#: checks), kept on the router's dead-letter and triage copies and on an operator's
+#: republished ones, which are published under another login
+SENT_BY_HEADER = "x-casebroker-sent-by"
 #: conflicts between competing routers are retried this often before one-by-one handling
 MAX_BOUNDED_RETRIES = 5
 #: the longest pause after refused publishes: short, since the whole queue waits, and a

@@ -84,10 +84,14 @@ class Broker:
         self.service = ConsumerService(
             self.settings, self.topology.dead_letter_exchange, self._dead_source_of,
             hooks=self.metrics)
+        # the router's own login: dead letters replayed under it keep their first sender
+        own = self.service.user_id
         self.service.add(self.topology.intake_queue, Router(
-            self.engine, self.ledger, self.topology, clock=self.clock, metrics=self.metrics))
+            self.engine, self.ledger, self.topology, clock=self.clock, metrics=self.metrics,
+            trusted_user=own))
         self.service.add(self.topology.status_queue, StatusRouter(
-            self.engine, self.ledger, self.topology, clock=self.clock, metrics=self.metrics))
+            self.engine, self.ledger, self.topology, clock=self.clock, metrics=self.metrics,
+            trusted_user=own))
         self.watch = None if self.watch_settings is None else DeadlineWatch(
             self.engine, self.ledger, self.topology, self.watch_settings, clock=self.clock,
             metrics=self.metrics, url=self.settings.url)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from broker.amqp import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER, Delivery
+from broker.amqp import DETAIL_HEADER, REASON_HEADER, SENT_BY_HEADER, SOURCE_HEADER, Delivery
 from broker.envelope import Outbound
 from broker.errors import DecodeError
 from broker.ledger import Batch, Ledger
@@ -48,16 +48,43 @@ def _json_safe(value: Any) -> Any:
     return str(value)  # Decimal and whatever else pika decodes
 
 
-def _keep_headers(delivery: Delivery) -> dict[str, Any]:
+def sent_by(delivery: Delivery, trusted: str | None) -> str | None:
+    """The RabbitMQ login that published a delivery first, as RabbitMQ vouched for it.
+
+    That is its ``user_id`` (RabbitMQ refuses a publish whose user_id is not the
+    connection's login), except on a copy published under ``trusted``, the router's own
+    login, which the operator tools use to replay dead letters: such a copy carries the
+    first sender in ``x-casebroker-sent-by``, recorded from a user_id RabbitMQ checked.
+    Whoever holds that login can already publish to every agency and desk, so its word
+    about the sender gives it nothing; anyone else's ``x-casebroker-sent-by`` is ignored.
+    """
+    uid = delivery.properties.user_id
+    if uid is not None and uid == trusted:
+        recorded = (delivery.properties.headers or {}).get(SENT_BY_HEADER)
+        if isinstance(recorded, bytes):
+            recorded = recorded.decode(errors="replace")
+        if recorded:
+            return str(recorded)
+    return str(uid) if uid is not None else None
+
+
+def _keep_headers(delivery: Delivery, trusted: str | None) -> dict[str, Any]:
     """The delivery's own headers, kept on its dead-letter or triage copy (which is stored
-    in the outbox as JSON, to be re-published identically on a redelivery)."""
-    return {str(k): _json_safe(v) for k, v in (delivery.properties.headers or {}).items()}
+    in the outbox as JSON, to be re-published identically on a redelivery), with its
+    first sender in ``x-casebroker-sent-by`` for a replay (none: a claimed one is dropped)."""
+    headers = {str(k): _json_safe(v) for k, v in (delivery.properties.headers or {}).items()}
+    headers.pop(SENT_BY_HEADER, None)
+    sender = sent_by(delivery, trusted)
+    if sender is not None:
+        headers[SENT_BY_HEADER] = sender
+    return headers
 
 
 def dead_letter(topology: Topology, source: str, delivery: Delivery, reason: str,
-                detail: str) -> Outbound:
-    """The original body to ``dead.<source>`` with the reason in headers."""
-    headers = _keep_headers(delivery)
+                detail: str, trusted: str | None = None) -> Outbound:
+    """The original body to ``dead.<source>`` with the reason in headers; ``trusted``: the
+    router's own login (see :func:`sent_by`)."""
+    headers = _keep_headers(delivery, trusted)
     headers.update({REASON_HEADER: reason, DETAIL_HEADER: detail[:500], SOURCE_HEADER: source,
                     "x-original-type": delivery.properties.type or "",
                     "x-original-content-type": delivery.properties.content_type or ""})
@@ -67,9 +94,9 @@ def dead_letter(topology: Topology, source: str, delivery: Delivery, reason: str
 
 
 def triage(topology: Topology, source: str, delivery: Delivery, reason: str,
-           detail: str) -> Outbound:
+           detail: str, trusted: str | None = None) -> Outbound:
     """A valid message that cannot be routed, to the triage queue with the reason."""
-    headers = _keep_headers(delivery)
+    headers = _keep_headers(delivery, trusted)
     headers.update({REASON_HEADER: reason, DETAIL_HEADER: detail[:500], SOURCE_HEADER: source})
     return Outbound(topology.dead_letter_exchange, TRIAGE_KEY, delivery_id(delivery),
                     delivery.properties.type or "dossier.submitted",
@@ -118,6 +145,8 @@ class Screen:
     sender_of: Callable[[Any], str]
     count: Callable[[str, str], None]
     party_users: bool = False
+    #: the router's own RabbitMQ login, whose replays carry their first sender (sent_by)
+    trusted: str | None = None
 
     def __call__(self, batch: Batch, deliveries: Sequence[Delivery],
                  now: datetime) -> Screened:
@@ -139,10 +168,11 @@ class Screen:
                 result.out.append(self.dead(batch, mid, d, e.reason, e.detail, now))
                 continue
             claimed = self.sender_of(msg)
-            if self.party_users and d.properties.user_id != user_for(self.topology, claimed):
+            if self.party_users and (
+                    sender := sent_by(d, self.trusted)) != user_for(self.topology, claimed):
                 result.out.append(self.dead(
                     batch, mid, d, "sender_mismatch",
-                    f"published by {d.properties.user_id!r}, not by {claimed}", now))
+                    f"published by {sender!r}, not by {claimed}", now))
                 continue
             result.fresh.append((mid, d, msg))
         return result
@@ -150,7 +180,7 @@ class Screen:
     def dead(self, batch: Batch, mid: str, d: Delivery, reason: str, detail: str,
              now: datetime) -> Outbound:
         """Dead-letter a delivery and record it as processed."""
-        dl = dead_letter(self.topology, self.source, d, reason, detail)
+        dl = dead_letter(self.topology, self.source, d, reason, detail, self.trusted)
         batch.record(mid, self.source, f"dead:{reason}", None, [dl], now)
         self.count("dead_lettered", reason)
         return dl
@@ -164,7 +194,7 @@ class Consumer:
 
     def __init__(self, engine: EngineProvider, ledger: Ledger, topology: Topology,
                  clock: Clock = utc_now, metrics: Any = None,
-                 party_users: bool | None = None) -> None:
+                 party_users: bool | None = None, trusted_user: str | None = None) -> None:
         self.engine = engine
         self.ledger = ledger
         self.topology = topology
@@ -175,7 +205,8 @@ class Consumer:
         #: must come from the party it names: RabbitMQ checks user_id is the sender's login
         self.screen = Screen(topology, self.source, self.accepted_kinds,
                              sender_of=self.sender_of, count=self._count,
-                             party_users=party_users_enabled(party_users))
+                             party_users=party_users_enabled(party_users),
+                             trusted=trusted_user)
 
     def sender_of(self, message: Any) -> str:
         """The desk or agency a message says it comes from."""
@@ -207,7 +238,7 @@ class Consumer:
         result and a dead letter that a replay could apply a second time.
         """
         dl = dead_letter(self.topology, self.source, delivery, "internal_error",
-                         type(error).__name__)
+                         type(error).__name__, self.screen.trusted)
         try:
             with self._batch() as batch:
                 batch.record(delivery_id(delivery), self.source, "dead:internal_error", None,

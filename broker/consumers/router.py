@@ -88,7 +88,8 @@ class Router(Consumer):
             try:
                 decision = engine.decide(msg, received_at)
             except RoutingError as e:
-                tr = triage(self.topology, self.source, delivery, e.reason, e.detail)
+                tr = triage(self.topology, self.source, delivery, e.reason, e.detail,
+                            self.screen.trusted)
                 batch.record(mid, self.source, f"triaged:{e.reason}", None, [tr], now)
                 out.append(tr)
                 self._count("triaged", e.reason)

@@ -38,15 +38,16 @@ from broker.amqp import (
     ORIGINAL_EXCHANGE_HEADER,
     ORIGINAL_KEY_HEADER,
     REASON_HEADER,
+    SENT_BY_HEADER,
     SOURCE_HEADER,
 )
 from broker.messages import CONTENT_TYPE, Applicant, Message, Subject
 from broker.ops.queues import (
     QUEUE_CHOICES,
-    SENT_BY_HEADER,
     Taken,
     channel,
     copy_properties,
+    login,
     put_back,
     queue_and_key,
     sent_by,
@@ -157,8 +158,14 @@ def replay(ch: BlockingChannel, topology: Topology, which: str, msg: Taken) -> d
     if via_inbox:
         new_id, original, generation = replay_id(msg)
         headers.update({REPLAY_OF_HEADER: original, REPLAYS_HEADER: generation})
+        first_sender = sent_by(msg.properties)
+        if first_sender is not None:
+            # under the operator's login, which must be the router's own for the router to
+            # take its word for the first sender (with CASEBROKER_PARTY_USERS=1)
+            headers[SENT_BY_HEADER] = first_sender
         props = copy_properties(msg.properties, message_id=new_id, headers=headers,
-                                content_type=CONTENT_TYPE)
+                                content_type=CONTENT_TYPE,
+                                user_id=login() if first_sender is not None else None)
     else:
         new_id = msg.message_id
         props = copy_properties(msg.properties, headers=headers or None)

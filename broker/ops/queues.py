@@ -22,17 +22,21 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import NackError, UnroutableError
 from pika.spec import BasicProperties
 
-from broker.amqp import amqp_urls
+from broker.amqp import SENT_BY_HEADER, amqp_urls
 from broker.topology import DEAD_SOURCES, TRIAGE_KEY, Topology
 
 #: queue names an operator may give: a dead-letter source or "triage"
 QUEUE_CHOICES = (*DEAD_SOURCES, "triage")
-#: the user_id a message was published with, kept when an operator's tool republishes it
-SENT_BY_HEADER = "x-casebroker-sent-by"
+
+
+def login() -> str:
+    """The RabbitMQ login the operator tools use: the first URL's (every node of one
+    cluster has the same users)."""
+    return str(pika.URLParameters(amqp_urls()[0]).credentials.username)
 
 
 def copy_properties(props: BasicProperties, **changes: Any) -> BasicProperties:
-    """The same AMQP properties with ``changes``; no user_id.
+    """The same AMQP properties with ``changes``; no user_id unless ``changes`` gives one.
 
     RabbitMQ refuses (406 PRECONDITION_FAILED, closing the channel) a publish whose
     user_id is not the publishing connection's login, and the operator's login is

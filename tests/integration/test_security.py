@@ -10,13 +10,14 @@ import pika
 import pika.exceptions
 import pytest
 
-from broker.amqp import REASON_HEADER, amqp_url
+from broker.amqp import DETAIL_HEADER, REASON_HEADER, SENT_BY_HEADER, amqp_url
+from broker.cli import main
 from broker.ledger import Ledger
 from broker.messages import encode
 from broker.rules.catalog import Catalog
 from broker.security import Management, ManagementError, apply, grants, user_for
-from broker.topology import INTAKE_KEY, Topology
-from tests.conftest import wait_for
+from broker.topology import INTAKE_KEY, TRIAGE_KEY, Topology
+from tests.conftest import queue_depth, wait_for
 from tests.helpers import Amqp, dossier
 
 pytestmark = pytest.mark.integration
@@ -123,3 +124,70 @@ def test_router_refuses_a_dossier_naming_another_desk(
         assert ledger.states_for_submissions([str(honest.submission_id)])
     finally:
         amqp.close()
+
+
+def test_a_replayed_dead_letter_keeps_its_first_sender(
+        declared: Topology, users: Path, run_broker, ledger: Ledger,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The operator replays under the router's login, not the desk's: the router takes
+    the first sender from the dead letter, recorded from a user_id RabbitMQ checked. An
+    honest dossier replayed is routed as its desk's; a spoofed one stays refused; and a
+    desk cannot claim another sender by setting the header itself."""
+    monkeypatch.setenv("CASEBROKER_PARTY_USERS", "1")
+    run_broker()
+    desk, other = user_for(declared, "T.MC.A"), user_for(declared, "T.MC.B")
+    conn = _connect(desk, users)
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        for mid, body, headers in [
+                ("unknown", encode(dossier("9.999999", desk_id="T.MC.A")), None),  # triaged
+                ("spoof", encode(dossier(desk_id="T.MC.B")), None),                # claims B
+                ("forged", encode(dossier(desk_id="T.MC.B")), {SENT_BY_HEADER: other})]:
+            ch.basic_publish(declared.intake_exchange, INTAKE_KEY, body, pika.BasicProperties(
+                delivery_mode=2, content_type="application/json", message_id=mid,
+                user_id=desk, headers=headers), mandatory=True)
+    finally:
+        conn.close()
+    amqp = Amqp()
+    try:
+        dead = wait_for(lambda: amqp.get_all(declared.dead_queue("intake"))
+                        if queue_depth(declared.dead_queue("intake")) >= 2 else None,
+                        what="two dead letters")
+        assert {p.message_id: (p.headers[REASON_HEADER], p.headers[SENT_BY_HEADER])
+                for p, _ in dead} == {"spoof": ("sender_mismatch", desk),
+                                      "forged": ("sender_mismatch", desk)}
+        triaged = wait_for(lambda: amqp.get_all(declared.triage_queue), what="triaged")
+        assert [(p.message_id, p.headers[SENT_BY_HEADER]) for p, _ in triaged] == [
+            ("unknown", desk)]
+        # the operator replays with the router's login (guest here, CASEBROKER_AMQP_URL)
+        for p, body in dead:
+            _publish_dead_letter(amqp, declared, "intake", p, body)
+        _publish_dead_letter(amqp, declared, "triage", *triaged[0])
+        for queue in ("intake", "triage"):
+            assert main(["dead-letters", "replay", "--all", "--queue", queue,
+                         "--prefix", declared.prefix]) == 0
+        again = wait_for(lambda: amqp.get_all(declared.triage_queue), what="triaged again")
+        # the honest one passed the sender check: triaged again for its procedure
+        assert [(p.message_id, p.headers[REASON_HEADER], p.headers[SENT_BY_HEADER])
+                for p, _ in again] == [("unknown#replay1", "unknown_procedure", desk)]
+        dead = wait_for(lambda: amqp.get_all(declared.dead_queue("intake"))
+                        if queue_depth(declared.dead_queue("intake")) >= 2 else None,
+                        what="spoofs dead again")
+        assert {p.message_id: (p.headers[REASON_HEADER], p.headers[DETAIL_HEADER])
+                for p, _ in dead} == {
+            "spoof#replay1": ("sender_mismatch", f"published by {desk!r}, not by T.MC.B"),
+            "forged#replay1": ("sender_mismatch", f"published by {desk!r}, not by T.MC.B")}
+        assert ledger.count_by_state() == {}
+    finally:
+        amqp.close()
+    capsys.readouterr()
+
+
+def _publish_dead_letter(amqp: Amqp, t: Topology, which: str,
+                         props: pika.BasicProperties, body: bytes) -> None:
+    """Put a dead letter taken to look at back where it was (as `casebroker dead-letters`
+    does): the same properties, under this connection's login, so without user_id."""
+    key = TRIAGE_KEY if which == "triage" else which
+    props.user_id = None
+    amqp.ch.basic_publish(t.dead_letter_exchange, key, body, props, mandatory=True)
