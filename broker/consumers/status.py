@@ -2,7 +2,9 @@
 
 Each update is checked against its dossier's current state (the lifecycle table)
 and its sender (the current assignee for agency updates, the dossier's desks for
-desk events). A refused update changes nothing and tells the sender why. Accepted
+desk events). A refused update changes nothing and tells the sender why; one from a
+stranger to the dossier (never one of its agencies, neither of its desks) is
+dead-lettered as ``not_a_party`` and not answered. Accepted
 ones are applied in arrival order within the batch, written once per dossier with
 an optimistic check on the dossier's event sequence, and announced: to the return
 desk, to the agency, or, for a finished chain step, to the next agency (with the
@@ -122,7 +124,10 @@ class StatusRouter(Consumer):
                 dossier = dossiers.get(msg.dossier_code)
                 if dossier is None:
                     out.append(self.screen.dead(batch, mid, d, "unknown_dossier",
-                                          "no dossier with this code", now))
+                                                "no dossier with this code", now))
+                    continue
+                if (stranger := _stranger(dossier, msg)) is not None:
+                    out.append(self.screen.dead(batch, mid, d, "not_a_party", stranger, now))
                     continue
                 published, outcome, reason = self._apply(engine, dossier, mid, msg, batch, now)
                 batch.record(mid, self.source, outcome, msg.dossier_code, published, now)
@@ -192,10 +197,10 @@ class StatusRouter(Consumer):
             if msg.agency_id != dossier["agency_id"]:
                 return f"{msg.agency_id} is not the dossier's current agency"
             return None
-        desks = ({dossier["return_desk_id"]} if isinstance(msg, DossierReturned)
-                 else {dossier["return_desk_id"], dossier["intake_desk_id"]})
-        if msg.desk_id not in desks:
-            return f"desk {msg.desk_id} is not a desk of this dossier"
+        # a stranger never gets here (_stranger): this is the intake or the return desk
+        if isinstance(msg, DossierReturned) and msg.desk_id != dossier["return_desk_id"]:
+            return (f"desk {msg.desk_id} is not the return desk: only "
+                    f"{dossier['return_desk_id']} hands the result over")
         return None
 
     def _effects(self, engine: Engine, dossier: _Dossier, msg: Update, event: Event,
@@ -324,6 +329,20 @@ class StatusRouter(Consumer):
             procedure_code=sub["procedure_code"], state=dossier["state"],
             agency_id=dossier["agency_id"], reason=reason, issued_at=now)
         return to_desk(self.topology, desk_notice, message_id)
+
+
+def _stranger(dossier: _Dossier, msg: Update) -> str | None:
+    """Why the sender has no part in the dossier at all (None: it has): never one of its
+    agencies, or neither its intake nor its return desk. Such an update is dead-lettered,
+    not answered: an answer would tell a stranger the dossier's state, agency, procedure
+    and submission id, and codes are sequential, so any desk could read them all."""
+    if isinstance(msg, DossierStatus):
+        if all(step["agency_id"] != msg.agency_id for step in dossier["steps"]):
+            return f"agency {msg.agency_id} is not an agency of this dossier"
+        return None
+    if msg.desk_id not in (dossier["intake_desk_id"], dossier["return_desk_id"]):
+        return f"desk {msg.desk_id} is neither this dossier's intake nor its return desk"
+    return None
 
 
 def _sender(msg: Update) -> str:

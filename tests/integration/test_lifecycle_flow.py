@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from broker.amqp import DETAIL_HEADER, REASON_HEADER
 from broker.cli import main
 from broker.ledger import Ledger, dossiers
 from broker.messages import (
@@ -82,10 +83,14 @@ def test_forbidden_update_changes_nothing_and_tells_the_sender(
     refused = take(amqp, declared.agency_queue("T.UBND.A"), 1, "refusal")[0]
     assert refused["notice"] == "update_refused" and refused["state"] == 7
     assert refused["reason"] == "resolve is not allowed: dossier is withdrawn"
-    other = take(amqp, declared.agency_queue("T.UBND.B"), 1, "refusal to B")[0]
-    assert other["notice"] == "update_refused"
-    assert other["reason"] == "T.UBND.B is not the dossier's current agency"
-    wait_for(lambda: ledger.count_inbox_outcomes().get("refused_update") == 2, what="recorded")
+    # T.UBND.B never had the dossier: it is told nothing of it (its state, agency, ids);
+    # its update is dead-lettered for the operators
+    dead = wait_for(lambda: amqp.get_all(declared.dead_queue("status")), what="dead letter")
+    assert [(p.headers[REASON_HEADER], p.headers[DETAIL_HEADER]) for p, _ in dead] == [
+        ("not_a_party", "agency T.UBND.B is not an agency of this dossier")]
+    assert queue_depth(declared.agency_queue("T.UBND.B")) == 0
+    wait_for(lambda: ledger.count_inbox_outcomes().get("refused_update") == 1, what="recorded")
+    assert ledger.count_inbox_outcomes()["dead:not_a_party"] == 1
     assert ledger.dossier(code) == before  # not a column changed, not even updated_at
     assert [e["kind"] for e in ledger.history(code)] == ["received", "withdraw"]
     assert queue_depth(declared.desk_queue("T.MC.B")) == 0
@@ -244,6 +249,11 @@ def test_withdrawal_mid_chain_tells_the_current_agency(
     report(amqp, declared, code, "T.CA", "resolved")  # too late: refused, nothing moves
     refused = take(amqp, declared.agency_queue("T.CA"), 1, "refusal")[0]
     assert refused["notice"] == "update_refused"
+    # the chain's first agency had the dossier once: it is a party, answered, not dead
+    report(amqp, declared, code, "T.UBND.A", "processing")
+    earlier = take(amqp, declared.agency_queue("T.UBND.A"), 1, "refusal to step 1")[0]
+    assert earlier["reason"] == "T.UBND.A is not the dossier's current agency"
+    assert queue_depth(declared.dead_queue("status")) == 0
     row = ledger.dossier(code)
     assert row is not None and (row["state"], row["agency_id"], row["step"]) == (7, "T.CA", 2)
 
@@ -258,10 +268,19 @@ def test_postal_return_desk_gets_the_result_and_keeps_the_rating(
     assert result["notice"] == "result_ready" and result["desk_id"] == "T.POST"
     assert [n["notice"] for n in amqp.json_all(declared.desk_queue("T.MC.A"))] == ["receipt"]
 
-    # only the return desk can say the result was handed over
+    # only the return desk can say the result was handed over; the intake desk is told so,
+    # a desk with no part in the dossier is told nothing about it
     amqp.status(declared, DossierReturned(event_id=uuid.uuid4(), dossier_code=code,
                                           desk_id="T.MC.A", returned_at=datetime.now(UTC)))
-    assert take(amqp, declared.desk_queue("T.MC.A"), 1)[0]["notice"] == "update_refused"
+    refused = take(amqp, declared.desk_queue("T.MC.A"), 1)[0]
+    assert refused["notice"] == "update_refused"
+    assert refused["reason"] == "desk T.MC.A is not the return desk: only T.POST hands the " \
+        "result over"
+    amqp.status(declared, DossierReturned(event_id=uuid.uuid4(), dossier_code=code,
+                                          desk_id="T.MC.B", returned_at=datetime.now(UTC)))
+    dead = wait_for(lambda: amqp.get_all(declared.dead_queue("status")), what="dead letter")
+    assert [p.headers[REASON_HEADER] for p, _ in dead] == ["not_a_party"]
+    assert queue_depth(declared.desk_queue("T.MC.B")) == 0
     amqp.status(declared, DossierReturned(event_id=uuid.uuid4(), dossier_code=code,
                                           desk_id="T.POST", returned_at=datetime.now(UTC),
                                           satisfaction=4))
