@@ -6,7 +6,7 @@ state implies (docs/RELIABILITY.md, "Audit"):
 * the delivery that created it is in ``inbox`` (its first event's message id);
 * its history is whole: events numbered 1..seq;
 * unless refused at intake, its latest assignment ``<code>:assigned:<step>`` is in
-  ``outbox`` (the outbox row is committed with the dossier, and the intake delivery
+  ``outbox``, published by one of the deliveries in its history (the outbox row is committed with the dossier, and the intake delivery
   is acked only once that message is confirmed, so it reached the agency's queue
   or will be published again on redelivery); a dossier refused at intake has
   ``<code>:refused`` instead;
@@ -29,46 +29,88 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from collections.abc import Callable
+from datetime import datetime
+from datetime import time as day_start
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, and_, or_, select
+from sqlalchemy import Connection, and_, func, or_, select
 
 from broker.ledger import Ledger, dossiers, events, inbox, outbox
 from broker.topology import DEAD_SOURCES, Topology
 
+#: dossiers checked per round: memory stays bounded by this, not by the ledger's size
+CHUNK = 10000
+Progress = Callable[[int, int], None]
 
-def _ledger_problems(conn: Connection) -> tuple[int, list[dict[str, str]]]:
+
+def _dossier_problem(code: str, state: int, step: int, seq: int, history: list[str | None],
+                     created_in_inbox: bool, published: set[str], results: set[str]
+                     ) -> str | None:
+    if not history or not created_in_inbox:
+        return "creating delivery not in inbox"
+    if len(history) != seq:
+        return f"history has {len(history)} events, expected {seq}"
+    if f"{code}:assigned:{step}" not in published and f"{code}:refused" not in published:
+        return f"assignment {code}:assigned:{step} not in outbox"
+    if state in (9, 10) and code not in results:
+        return "result_ready notice not in outbox"
+    return None
+
+
+def _ledger_problems(conn: Connection, since: datetime | None = None,
+                     progress: Progress | None = None) -> tuple[int, list[dict[str, str]]]:
+    """Check the dossiers (received since ``since``) a chunk at a time, in code order.
+
+    A dossier's proofs are found through its own history: its events' message ids are
+    the deliveries that changed it, and what each delivery published is in ``outbox``
+    under that id. Per chunk, three queries walk indexes (a range of the events'
+    ``(dossier_code, seq)``, the inbox's key, the outbox's ``inbox_message_id``), so
+    time grows with the ledger and memory only with :data:`CHUNK`.
+    """
     problems: list[dict[str, str]] = []
-    wanted = conn.execute(select(outbox.c.message_id).where(or_(
-        outbox.c.message_id.like("%:assigned:%"), outbox.c.message_id.like("%:refused"),
-        outbox.c.message_id.like("%:result_ready:%"))))
-    published = {r for (r,) in wanted}
-    results = {m.rsplit(":", 2)[0] for m in published if ":result_ready:" in m}
-    rows = conn.execute(select(dossiers.c.code, dossiers.c.state, dossiers.c.step,
-                               dossiers.c.seq)).all()
-    counts = dict(conn.execute(
-        select(events.c.dossier_code, events.c.seq).where(events.c.seq == 1)).all())
-    n_events: dict[str, int] = {}
-    for code, _ in conn.execute(select(events.c.dossier_code, events.c.seq)):
-        n_events[code] = n_events.get(code, 0) + 1
-    orphan = {code for (code,) in conn.execute(
-        select(events.c.dossier_code).select_from(events.outerjoin(
-            inbox, inbox.c.message_id == events.c.message_id))
-        .where(and_(events.c.seq == 1, inbox.c.message_id.is_(None))))}
-    for code, state, step, seq in rows:
-        problem = None
-        if code not in counts or code in orphan:
-            problem = "creating delivery not in inbox"
-        elif n_events.get(code) != seq:
-            problem = f"history has {n_events.get(code, 0)} events, expected {seq}"
-        elif f"{code}:assigned:{step}" not in published and f"{code}:refused" not in published:
-            problem = f"assignment {code}:assigned:{step} not in outbox"
-        elif state in (9, 10) and code not in results:
-            problem = "result_ready notice not in outbox"
-        if problem:
-            problems.append({"dossier_code": code, "problem": problem})
-    return len(rows), problems
+    period = [] if since is None else [dossiers.c.received_at >= since]
+    total = int(conn.execute(select(func.count()).select_from(dossiers).where(*period))
+                .scalar_one())
+    done, last = 0, ""
+    while True:
+        rows = conn.execute(
+            select(dossiers.c.code, dossiers.c.state, dossiers.c.step, dossiers.c.seq)
+            .where(dossiers.c.code > last, *period).order_by(dossiers.c.code)
+            .limit(CHUNK)).all()
+        if not rows:
+            break
+        first, last = rows[0].code, rows[-1].code
+        in_range = events.c.dossier_code.between(first, last)
+        # codes in the range but outside the period come along; they are not looked at
+        history: dict[str, list[str | None]] = {r.code: [] for r in rows}
+        created: set[str] = set()
+        for code, seq, mid, found in conn.execute(
+                select(events.c.dossier_code, events.c.seq, events.c.message_id,
+                       inbox.c.message_id.is_not(None))
+                .select_from(events.outerjoin(inbox, and_(
+                    inbox.c.message_id == events.c.message_id, events.c.seq == 1)))
+                .where(in_range).order_by(events.c.dossier_code, events.c.seq)):
+            if code in history:
+                history[code].append(mid)
+                if seq == 1 and found:
+                    created.add(code)
+        published = {m for (m,) in conn.execute(
+            select(outbox.c.message_id).select_from(events.join(
+                outbox, outbox.c.inbox_message_id == events.c.message_id)).where(in_range))}
+        results = {m.rsplit(":", 2)[0] for m in published if ":result_ready:" in m}
+        for code, state, step, seq in rows:
+            problem = _dossier_problem(code, state, step, seq, history[code],
+                                       code in created, published, results)
+            if problem:
+                problems.append({"dossier_code": code, "problem": problem})
+        done += len(rows)
+        if progress is not None:
+            progress(done, total)
+    return done, problems
 
 
 def _submission_problems(ledger: Ledger, conn: Connection, submission_ids: list[str]
@@ -112,21 +154,22 @@ def _queue_depths(topology: Topology) -> tuple[dict[str, int] | None, str | None
         return None, f"{type(e).__name__}: {str(e)[:300]}"
 
 
-def audit(ledger: Ledger, topology: Topology, submission_ids: list[str] | None = None
-          ) -> dict[str, Any]:
+def audit(ledger: Ledger, topology: Topology, submission_ids: list[str] | None = None,
+          since: datetime | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """The audit report; ``unaccounted`` counts dossiers and submissions not accounted for,
     ``undelivered`` the messages for agencies and desks waiting in ``dead.agency`` and
-    ``dead.desk`` (None, with ``queues_error``, when the queues could not be read)."""
+    ``dead.desk`` (None, with ``queues_error``, when the queues could not be read).
+    ``since``: check only the dossiers received since then; ``states`` counts them all."""
     # one snapshot of the ledger for every query, so that routers writing meanwhile do
     # not make a dossier committed between two of them look incomplete
     with ledger.read(snapshot=True) as conn:
-        n, dossier_problems = _ledger_problems(conn)
+        n, dossier_problems = _ledger_problems(conn, since, progress)
         sub_problems = (_submission_problems(ledger, conn, submission_ids)
                         if submission_ids else [])
         states, outcomes = ledger.count_by_state(conn), ledger.count_inbox_outcomes(conn)
     depths, queues_error = _queue_depths(topology)
     return {
-        "dossiers": n, "states": states,
+        "dossiers": n, "since": since.isoformat() if since else None, "states": states,
         "submissions_checked": len(submission_ids or []),
         "unaccounted": len(dossier_problems) + len(sub_problems),
         "unaccounted_dossiers": dossier_problems,
@@ -152,8 +195,10 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         text = sys.stdin.read() if args.submissions == "-" else Path(
             args.submissions).read_text()
         sids = [line.strip() for line in text.splitlines() if line.strip()]
-    report = audit(ledger, topology, sids)
-    ledger.dispose()
+    try:
+        report = audit(ledger, topology, sids, args.since, _Progress())
+    finally:
+        ledger.dispose()
     if args.json:
         print(json.dumps(report, default=str))
     else:
@@ -183,6 +228,38 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--submissions", help="file of submission ids the desks sent, one a "
                    "line ('-': stdin)")
+    p.add_argument("--since", type=_since, help="check only the dossiers received since "
+                   "then: a date (midnight, Vietnam time) or an ISO 8601 time with offset")
     p.add_argument("--db-url", help="ledger URL (default: $CASEBROKER_DB_URL)")
     p.add_argument("--prefix", help="topology prefix (default: $CASEBROKER_PREFIX or cb)")
     p.set_defaults(handler=_cmd_audit)
+
+
+def _since(text: str) -> datetime:
+    try:
+        if len(text) == 10:
+            day = datetime.fromisoformat(text).date()
+            return datetime.combine(day, day_start(), tzinfo=ZoneInfo("Asia/Ho_Chi_Minh"))
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a date (2026-10-01) nor an ISO 8601 time") from None
+    if when.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no offset (+07:00, Z)")
+    return when
+
+
+class _Progress:
+    """How far a long audit is, on stderr, every few seconds (the report goes to stdout)."""
+
+    EVERY_S = 3.0
+
+    def __init__(self) -> None:
+        self.started = self.said = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.said >= self.EVERY_S:
+            self.said = now
+            print(f"audit: {done:,} of {total:,} dossiers checked "
+                  f"({now - self.started:.0f} s)", file=sys.stderr, flush=True)

@@ -24,6 +24,8 @@ from broker.cli import build_parser, main
     (["bench", "--sizes-kb", "1,0"], "argument --sizes-kb: must be above 0, not 0"),
     (["bench", "--prefetches", "100,x"], "argument --prefetches: not a whole number: 'x'"),
     (["bench", "--prefetches", ","], "argument --prefetches: no values in ','"),
+    (["audit", "--since", "last week"], "argument --since: 'last week' is neither a date"),
+    (["audit", "--since", "2026-11-01T00:00"], "'2026-11-01T00:00' has no offset"),
 ])
 def test_bad_numbers_are_refused_with_the_option_named(
         argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -43,6 +45,13 @@ def test_good_numbers_are_parsed_to_their_kinds() -> None:
     assert (run.metrics_port, run.flush_interval_ms) == (0, 0)
     defaults = build_parser().parse_args(["bench"])  # string defaults go through the types
     assert defaults.sizes_kb == [1.0, 16.0, 128.0] and defaults.prefetches == [100, 1000, 5000]
+
+
+def test_audit_since_a_date_means_its_midnight_in_vietnam() -> None:
+    args = build_parser().parse_args(["audit", "--since", "2026-11-01"])
+    assert args.since.isoformat() == "2026-11-01T00:00:00+07:00"
+    args = build_parser().parse_args(["audit", "--since", "2026-11-01T08:00:00Z"])
+    assert args.since.isoformat() == "2026-11-01T08:00:00+00:00"
 
 
 def test_consumer_settings_refuse_an_empty_batch_or_window() -> None:

@@ -1,0 +1,106 @@
+"""The audit's ledger checks, on ledgers the router and status router wrote (SQLite and
+PostgreSQL), a few dossiers per round so that the rounds' edges are crossed."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from pika.spec import BasicProperties
+from sqlalchemy import delete
+
+from broker.amqp import Delivery
+from broker.consumers.router import Router
+from broker.consumers.status import StatusRouter
+from broker.ledger import Ledger, events, inbox, outbox
+from broker.messages import CONTENT_TYPE, DossierStatus, Message, encode
+from broker.ops import audit as audit_module
+from broker.rules.catalog import load_catalog
+from broker.rules.engine import Engine
+from broker.topology import Topology
+from tests.conftest import MINI_CATALOG
+from tests.helpers import dossier
+
+pytestmark = pytest.mark.integration
+
+OCTOBER = datetime(2026, 10, 5, 2, 0, tzinfo=UTC)
+NOVEMBER = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
+
+
+def _deliveries(messages: list[Message], prefix: str) -> list[Delivery]:
+    return [Delivery(i, encode(m), BasicProperties(content_type=CONTENT_TYPE,
+                                                   message_id=f"{prefix}:{i}"), False, "k")
+            for i, m in enumerate(messages, 1)]
+
+
+def _ledger_with_dossiers(ledger: Ledger) -> list[dict[str, Any]]:
+    """Seven dossiers, five received in November and two in October; four resolved."""
+    engine = Engine(load_catalog(MINI_CATALOG))
+    t = Topology("audit")
+    when = [NOVEMBER] * 5 + [OCTOBER] * 2
+    Router(lambda: engine, ledger, t).handle(_deliveries(
+        [dossier(submitted_at=w.isoformat()) for w in when], "submit"))
+    rows = sorted((ledger.dossier(code) for code in _codes(ledger)),
+                  key=lambda r: r["code"] if r else "")
+    StatusRouter(lambda: engine, ledger, t).handle(_deliveries(
+        [DossierStatus(update_id=uuid.uuid4(), dossier_code=r["code"], agency_id=r["agency_id"],
+                       status="resolved", sent_at=datetime.now(UTC))
+         for r in rows[:4] if r], "status"))
+    return [r for r in (ledger.dossier(r["code"]) for r in rows if r) if r]
+
+
+def _codes(ledger: Ledger) -> list[str]:
+    with ledger.read() as conn:
+        return [c for (c,) in conn.execute(events.select().with_only_columns(
+            events.c.dossier_code).where(events.c.seq == 1))]
+
+
+def _problems(ledger: Ledger, since: datetime | None = None) -> dict[str, str]:
+    with ledger.read(snapshot=True) as conn:
+        _, problems = audit_module._ledger_problems(conn, since)
+    return {p["dossier_code"]: p["problem"] for p in problems}
+
+
+def test_each_missing_proof_is_found_across_rounds(
+        ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(audit_module, "CHUNK", 2)
+    rows = _ledger_with_dossiers(ledger)
+    assert [r["state"] for r in rows].count(9) == 4 and len(rows) == 7
+    assert _problems(ledger) == {}
+    resolved = [r["code"] for r in rows if r["state"] == 9]
+    received = [r["code"] for r in rows if r["state"] == 2]
+    october = [r["code"] for r in rows if r["received_at"] < NOVEMBER]
+    (a, old), (b, c) = ([r for r in resolved if (r in october) == was_october]
+                        for was_october in (True, False))
+    d = received[0]
+    assert d not in october
+    with ledger.engine.begin() as conn:
+        first = conn.execute(events.select().where(events.c.dossier_code == a,
+                                                   events.c.seq == 1)).one()
+        conn.execute(delete(inbox).where(inbox.c.message_id == first.message_id))
+        conn.execute(delete(events).where(events.c.dossier_code == b, events.c.seq == 2))
+        conn.execute(delete(outbox).where(outbox.c.message_id.like(f"{c}:result_ready:%")))
+        for code in (d, old):
+            conn.execute(delete(outbox).where(outbox.c.message_id == f"{code}:assigned:1"))
+    expected = {
+        a: "creating delivery not in inbox",
+        b: "history has 1 events, expected 2",
+        c: "result_ready notice not in outbox",
+        d: f"assignment {d}:assigned:1 not in outbox",
+        old: f"assignment {old}:assigned:1 not in outbox",
+    }
+    assert _problems(ledger) == expected
+    # a period leaves out what was received before it, wherever its code falls
+    since = datetime(2026, 11, 1, tzinfo=UTC)
+    assert _problems(ledger, since) == {k: v for k, v in expected.items() if k not in october}
+
+
+def test_progress_is_told_each_round(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(audit_module, "CHUNK", 3)
+    _ledger_with_dossiers(ledger)
+    told: list[tuple[int, int]] = []
+    with ledger.read(snapshot=True) as conn:
+        n, _ = audit_module._ledger_problems(conn, None, lambda d, t: told.append((d, t)))
+    assert n == 7 and told == [(3, 7), (6, 7), (7, 7)]
