@@ -6,10 +6,10 @@ state implies (docs/RELIABILITY.md, "Audit"):
 * the delivery that created it is in ``inbox`` (its first event's message id);
 * its history is whole: events numbered 1..seq;
 * unless refused at intake, its latest assignment ``<code>:assigned:<step>`` is in
-  ``outbox``, published by one of the deliveries in its history (the outbox row is committed with the dossier, and the intake delivery
-  is acked only once that message is confirmed, so it reached the agency's queue
-  or will be published again on redelivery); a dossier refused at intake has
-  ``<code>:refused`` instead;
+  ``outbox``, published by one of the deliveries in its history (the outbox row is
+  committed with the dossier, and the intake delivery is acked only once that message
+  is confirmed, so it reached the agency's queue or will be published again on
+  redelivery); a dossier refused at intake has ``<code>:refused`` instead;
 * resolved (9) or returned (10): a ``result_ready`` notice for its return desk is in
   ``outbox``.
 
