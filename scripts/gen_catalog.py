@@ -692,6 +692,9 @@ def build() -> dict[str, Any]:
         "calendar": "VN",
         "timezone": "Asia/Ho_Chi_Minh",
         "office_hours": ["07:00-11:30", "13:30-17:00"],
+        # a month: past any router outage or desk closure (Tết is about nine days), well
+        # short of a desk clock reset to an earlier year
+        "max_backdate_days": 30,
         "agencies": agencies(units),
         "desks": desks(units),
         "procedures": real + generated_procedures(real),
@@ -840,7 +843,7 @@ def render(cat: dict[str, Any]) -> str:
         "",
     ]
     lines += [f"{k}: {flow(cat[k])}" for k in ("catalog", "format", "calendar", "timezone",
-                                                "office_hours")]
+                                                "office_hours", "max_backdate_days")]
     n_prov = len(PROVINCIAL_AGENCIES)
     lines += ["", "agencies:", f"  # provincial agencies ({n_prov}), competent province-wide"]
     lines += [f"  - {flow(a)}" for a in cat["agencies"][:n_prov]]

@@ -84,9 +84,8 @@ class Router(Consumer):
                 again.append((mid, delivery, msg))
                 continue
             first[sid] = msg
-            received_at = min(msg.submitted_at, now)
             try:
-                decision = engine.decide(msg, received_at)
+                decision = engine.decide(msg, engine.received_at(msg, now))
             except RoutingError as e:
                 tr = triage(self.topology, self.source, delivery, e.reason, e.detail,
                             self.screen.trusted)

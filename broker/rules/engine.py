@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from broker.calendar import DurationUnit, OfficeHours, WorkingCalendar
@@ -170,6 +170,8 @@ class Engine:
             country=spec.calendar, timezone=spec.timezone,
             office_hours=OfficeHours.parse(spec.office_hours),
             extra_holidays=spec.extra_holidays, extra_workdays=spec.extra_workdays)
+        self.max_backdate = (None if spec.max_backdate_days is None
+                             else timedelta(days=spec.max_backdate_days))
         self.procedures: dict[str, Procedure] = {p.code: p for p in spec.procedures}
         self.desks: dict[str, Desk] = {d.id: d for d in spec.desks}
         self.agencies = {a.id: a for a in spec.agencies}
@@ -267,6 +269,21 @@ class Engine:
         return (f"procedure {procedure.code} is not open to boundary-free receipt"
                 + (f" before {since.isoformat()}" if since else "")
                 + f"; submit it at a desk of {agency_id}")
+
+    def received_at(self, dossier: DossierSubmitted, now: datetime) -> datetime:
+        """When the legal clock starts: the desk's ``submitted_at``, never later than now
+        (a desk clock ahead gains nothing). One further back than the catalog's
+        ``max_backdate_days`` raises RoutingError (→ triage): a desk clock gone wrong, or
+        a dossier held somewhere too long to be dated by the desk's word alone."""
+        submitted = dossier.submitted_at
+        if self.max_backdate is not None and now - submitted > self.max_backdate:
+            days = (now - submitted) / timedelta(days=1)
+            raise RoutingError(
+                "submitted_long_ago",
+                f"submitted_at is {days:,.1f} days before the broker's clock, more than the "
+                f"catalog's max_backdate_days ({self.max_backdate.days}); check the desk's "
+                "clock, then have the desk send it again or raise the limit and replay")
+        return min(submitted, now)
 
     def decide(self, dossier: DossierSubmitted, received_at: datetime) -> Decision:
         """Route one dossier and compute its due dates; raise RoutingError (→ triage)."""

@@ -16,7 +16,7 @@ from broker.consumers.router import Router
 from broker.envelope import Outbound
 from broker.ledger import Ledger
 from broker.messages import CONTENT_TYPE, encode
-from broker.rules.catalog import load_catalog
+from broker.rules.catalog import load_catalog, parse_catalog
 from broker.rules.engine import Engine
 from broker.topology import Topology
 from tests.conftest import MINI_CATALOG
@@ -155,3 +155,21 @@ def test_copies_of_a_submission_in_one_batch_are_told_apart_too(router: Router) 
     assert dead[0].headers is not None and "attributes" in dead[0].headers[DETAIL_HEADER]
     assert router.ledger.count_inbox_outcomes() == {
         "routed": 1, "duplicate": 1, "dead:submission_id_reused": 1}
+
+
+def test_a_dossier_dated_before_the_catalogs_bound_is_triaged_and_can_come_again(
+        ledger: Ledger) -> None:
+    # a desk whose clock was reset to 2000: its dossier would be numbered and due in 2000,
+    # overdue on arrival. Triaged; once the clock is fixed, the desk sends it again
+    bounded = Engine(parse_catalog(MINI_CATALOG.read_bytes().replace(
+        b"\nagencies:", b"\nmax_backdate_days: 30\nagencies:"), "mini.yaml"))
+    router = Router(lambda: bounded, ledger, Topology("t"))
+    wrong = dossier(submitted_at="2000-01-01T08:00:00+07:00")
+    out = router.handle([_delivery(1, encode(wrong), "submit:1")])
+    assert len(out) == 1 and out[0].routing_key == "triage" and out[0].headers is not None
+    assert out[0].headers[REASON_HEADER] == "submitted_long_ago"
+    assert ledger.count_by_state() == {}
+    fixed = wrong.model_copy(update={"submitted_at": datetime.now(UTC)})
+    out = router.handle([_delivery(2, encode(fixed), "submit:1#clock-fixed")])
+    assert [json.loads(o.body).get("notice") for o in out] == [None, "receipt"]
+    assert ledger.count_by_state() == {2: 1}

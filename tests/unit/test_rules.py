@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -312,3 +312,31 @@ def test_rules_naming_values_no_dossier_has_are_reported() -> None:
     # `true` never equals 1 in the engine, so one-later is reachable
     assert "one-later" not in text
     assert len(e.value.problems) == 7
+
+
+def test_the_clock_starts_at_submission_never_later_than_now_nor_too_long_before(
+        engine: Engine) -> None:
+    now = TUE_9AM
+    ahead = dossier(submitted_at=(now + timedelta(hours=7)).isoformat())  # local time as UTC
+    assert engine.received_at(ahead, now) == now
+    assert engine.max_backdate is None  # no bound unless the catalog sets one
+    long_ago = dossier(submitted_at=datetime(2000, 1, 1, tzinfo=ICT).isoformat())
+    assert engine.received_at(long_ago, now) == long_ago.submitted_at
+
+    bounded = Engine(parse_catalog(
+        MINI.read_bytes().replace(b"\nagencies:", b"\nmax_backdate_days: 30\nagencies:"),
+        "mini.yaml"))
+    month = dossier(submitted_at=(now - timedelta(days=30)).isoformat())
+    assert bounded.received_at(month, now) == month.submitted_at
+    with pytest.raises(RoutingError) as caught:
+        bounded.received_at(long_ago, now)
+    assert caught.value.reason == "submitted_long_ago"
+    assert "9,817.4 days before the broker's clock" in caught.value.detail
+    assert "max_backdate_days (30)" in caught.value.detail
+
+
+def test_max_backdate_days_must_be_a_positive_whole_number() -> None:
+    for bad in (b"0", b"-3", b"soon"):
+        with pytest.raises(CatalogError, match="max_backdate_days"):
+            parse_catalog(MINI.read_bytes().replace(
+                b"\nagencies:", b"\nmax_backdate_days: " + bad + b"\nagencies:"), "mini.yaml")
