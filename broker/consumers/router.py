@@ -76,14 +76,13 @@ class Router(Consumer):
         out: list[Outbound] = []
         existing = batch.existing_submissions(str(m.submission_id) for _, _, m in fresh)
         routed: list[_Routed] = []
-        first: dict[str, DossierSubmitted] = {}  # submission id → its first copy in this batch
+        first: dict[str, _Routed] = {}  # submission id → its dossier routed in this batch
         again: list[tuple[str, Delivery, DossierSubmitted]] = []
         for mid, delivery, msg in fresh:
             sid = str(msg.submission_id)
             if sid in existing or sid in first:
                 again.append((mid, delivery, msg))
                 continue
-            first[sid] = msg
             try:
                 decision = engine.decide(msg, engine.received_at(msg, now))
             except RoutingError as e:
@@ -92,20 +91,21 @@ class Router(Consumer):
                 batch.record(mid, self.source, f"triaged:{e.reason}", None, [tr], now)
                 out.append(tr)
                 self._count("triaged", e.reason)
-                continue
-            routed.append(_Routed(mid, delivery.body, msg, decision))
+                continue  # no dossier: a later copy, corrected or not, is decided afresh
+            first[sid] = r = _Routed(mid, delivery.body, msg, decision)
+            routed.append(r)
         self._number(batch, engine, routed)
         for r in routed:
             r.published = self._publish_for(r, now)
             self._record(batch, r, r.published, now)
             out += r.published
         if again:
-            out += self._again(batch, again, existing, first, routed, now)
+            out += self._again(batch, again, existing, first, now)
         return out
 
     def _again(self, batch: Batch, again: list[tuple[str, Delivery, DossierSubmitted]],
-               existing: dict[str, str], first: dict[str, DossierSubmitted],
-               routed: list[_Routed], now: datetime) -> list[Outbound]:
+               existing: dict[str, str], first: dict[str, _Routed],
+               now: datetime) -> list[Outbound]:
         """Submissions whose id is already taken, by a dossier in the ledger or earlier in
         this batch. The same dossier sent again (a desk retrying under a new message id)
         gets the notice its first copy got, under the same message id, so a desk that lost
@@ -115,30 +115,24 @@ class Router(Consumer):
         out: list[Outbound] = []
         openings = batch.openings(existing[str(m.submission_id)] for _, _, m in again
                                   if str(m.submission_id) in existing)
-        in_batch = {str(r.dossier.submission_id): r for r in routed}
         for mid, delivery, msg in again:
             sid = str(msg.submission_id)
-            notices: list[Outbound] = []
             if sid in existing:
                 code = existing[sid]
                 stored, published = openings.get(code, (None, []))
                 original = _stored_submission(stored)
-                notices = [o for o in published if o.exchange == self.topology.desk_exchange]
-            else:  # the first copy is in this batch: routed, or triaged (no dossier, no code)
-                original = first[sid]
-                r = in_batch.get(sid)
-                code = r.code if r is not None else ""
-                notices = [] if r is None else [
-                    o for o in r.published if o.exchange == self.topology.desk_exchange]
+            else:  # its dossier was opened earlier in this batch
+                r = first[sid]
+                code, original, published = r.code, r.dossier, r.published
             differs = _differing_fields(original, msg)
             if differs:
-                used_by = f"dossier {code}" if code else "a submission earlier in its batch"
                 out.append(self.screen.dead(
                     batch, mid, delivery, "submission_id_reused",
-                    f"submission id already used by {used_by}; this one differs in: "
+                    f"submission id already used by dossier {code}; this one differs in: "
                     f"{', '.join(differs)}", now))
                 continue
-            batch.record(mid, self.source, "duplicate", code or None, notices, now)
+            notices = [o for o in published if o.exchange == self.topology.desk_exchange]
+            batch.record(mid, self.source, "duplicate", code, notices, now)
             self._count("duplicate", "submission_id")
             out += notices
         return out

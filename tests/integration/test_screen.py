@@ -4,6 +4,7 @@ on a real ledger (SQLite and PostgreSQL): what it publishes for repeats and for 
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -173,3 +174,10 @@ def test_a_dossier_dated_before_the_catalogs_bound_is_triaged_and_can_come_again
     out = router.handle([_delivery(2, encode(fixed), "submit:1#clock-fixed")])
     assert [json.loads(o.body).get("notice") for o in out] == [None, "receipt"]
     assert ledger.count_by_state() == {2: 1}
+    # the same within one batch: the triaged copy opened no dossier, so the corrected one
+    # is decided afresh, not taken for a reuse of its submission id
+    wrong, fixed = (d.model_copy(update={"submission_id": uuid.uuid4()}) for d in (wrong, fixed))
+    out = router.handle([_delivery(3, encode(wrong), "submit:2"),
+                         _delivery(4, encode(fixed), "submit:2#clock-fixed")])
+    assert [o.routing_key for o in out] == ["triage", "T.UBND.A", "T.MC.B"]
+    assert ledger.count_by_state() == {2: 2}
