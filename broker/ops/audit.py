@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Callable
 from datetime import datetime
 from datetime import time as day_start
@@ -40,11 +39,12 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, and_, func, or_, select
 
 from broker.ledger import Ledger, dossiers, events, inbox, outbox
+from broker.ops.progress import Progress
 from broker.topology import DEAD_SOURCES, Topology
 
 #: dossiers checked per round: memory stays bounded by this, not by the ledger's size
 CHUNK = 10000
-Progress = Callable[[int, int], None]
+ProgressFn = Callable[[int, int], None]
 
 
 def _dossier_problem(code: str, state: int, step: int, seq: int, history: list[str | None],
@@ -62,7 +62,7 @@ def _dossier_problem(code: str, state: int, step: int, seq: int, history: list[s
 
 
 def _ledger_problems(conn: Connection, since: datetime | None = None,
-                     progress: Progress | None = None) -> tuple[int, list[dict[str, str]]]:
+                     progress: ProgressFn | None = None) -> tuple[int, list[dict[str, str]]]:
     """Check the dossiers (received since ``since``) a chunk at a time, in code order.
 
     A dossier's proofs are found through its own history: its events' message ids are
@@ -155,7 +155,7 @@ def _queue_depths(topology: Topology) -> tuple[dict[str, int] | None, str | None
 
 
 def audit(ledger: Ledger, topology: Topology, submission_ids: list[str] | None = None,
-          since: datetime | None = None, progress: Progress | None = None) -> dict[str, Any]:
+          since: datetime | None = None, progress: ProgressFn | None = None) -> dict[str, Any]:
     """The audit report; ``unaccounted`` counts dossiers and submissions not accounted for,
     ``undelivered`` the messages for agencies and desks waiting in ``dead.agency`` and
     ``dead.desk`` (None, with ``queues_error``, when the queues could not be read).
@@ -196,7 +196,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
             args.submissions).read_text()
         sids = [line.strip() for line in text.splitlines() if line.strip()]
     try:
-        report = audit(ledger, topology, sids, args.since, _Progress())
+        report = audit(ledger, topology, sids, args.since,
+                       Progress("audit: {done} of {total} dossiers checked"))
     finally:
         ledger.dispose()
     if args.json:
@@ -248,18 +249,3 @@ def _since(text: str) -> datetime:
         raise argparse.ArgumentTypeError(f"{text!r} has no offset (+07:00, Z)")
     return when
 
-
-class _Progress:
-    """How far a long audit is, on stderr, every few seconds (the report goes to stdout)."""
-
-    EVERY_S = 3.0
-
-    def __init__(self) -> None:
-        self.started = self.said = time.monotonic()
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - self.said >= self.EVERY_S:
-            self.said = now
-            print(f"audit: {done:,} of {total:,} dossiers checked "
-                  f"({now - self.started:.0f} s)", file=sys.stderr, flush=True)

@@ -42,6 +42,7 @@ from broker.amqp import (
     SOURCE_HEADER,
 )
 from broker.messages import CONTENT_TYPE, Applicant, Message, Subject
+from broker.ops.progress import Progress
 from broker.ops.queues import (
     QUEUE_CHOICES,
     Taken,
@@ -280,7 +281,7 @@ def list_dead(topology: Topology, queues: Iterable[str]
             def keep(msg: Taken, w: str = which) -> None:
                 put_back(ch, topology, w, msg)
 
-            failed += _failures(which, settle(ch, taken, keep))
+            failed += _failures(which, settle(ch, taken, keep, progress=_progress(queue)))
             found += [dict(describe(which, m), body=redacted_body(m.body)) for m in taken]
     return found, failed
 
@@ -309,13 +310,18 @@ def replay_dead(topology: Topology, queues: Iterable[str], ids: set[str] | None
                 put_back(ch, topology, w, msg)
 
             try:
-                failed += _failures(which, settle(ch, take_all(ch, queue), act, keep))
+                failed += _failures(which, settle(ch, take_all(ch, queue), act, keep,
+                                                  _progress(queue)))
             except AMQPError as e:  # what was acked is done; the rest goes back
                 failed.append({"queue": which, "message_id": None, "error": (
                     f"RabbitMQ {type(e).__name__}: {e}; the messages not yet replayed are "
                     f"left in {queue}, and the queues after it were not read")})
                 break
     return done, failed
+
+
+def _progress(queue: str) -> Progress:
+    return Progress(f"{queue}: {{done}} of {{total}} messages settled")
 
 
 def _report_failures(failed: list[dict[str, Any]], what: str) -> None:

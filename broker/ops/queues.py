@@ -129,7 +129,8 @@ def put_back(ch: BlockingChannel, topology: Topology, which: str, msg: Taken) ->
 
 
 def settle(ch: BlockingChannel, taken: list[Taken], action: Callable[[Taken], None],
-           keep: Callable[[Taken], None] | None = None) -> list[tuple[Taken, str]]:
+           keep: Callable[[Taken], None] | None = None,
+           progress: Callable[[int, int], None] | None = None) -> list[tuple[Taken, str]]:
     """Run ``action`` (a confirmed publish) for each message and ack each one as soon as
     its own publish is confirmed; return the messages it failed for, with why.
 
@@ -138,10 +139,12 @@ def settle(ch: BlockingChannel, taken: list[Taken], action: Callable[[Taken], No
     there is no ``keep`` or that fails too, it is left unacked and RabbitMQ returns it
     to the queue when the connection closes. Either way the messages before and after
     it are settled on their own. A lost channel or connection propagates: what was
-    acked is done, the rest goes back to the queue.
+    acked is done, the rest goes back to the queue. ``progress`` is told (settled, all).
     """
     failed: list[tuple[Taken, str]] = []
-    for msg in taken:
+    for n, msg in enumerate(taken):
+        if progress is not None:
+            progress(n, len(taken))
         try:
             action(msg)
         except (ValueError, UnroutableError, NackError) as e:
