@@ -51,9 +51,15 @@ def copy_properties(props: BasicProperties, **changes: Any) -> BasicProperties:
 
 
 def sent_by(props: BasicProperties) -> str | None:
-    """Who published a message: its user_id, or the one an operator's copy recorded."""
-    value = props.user_id or (props.headers or {}).get(SENT_BY_HEADER)
-    if value is None:
+    """Who first published a message: the sender recorded in ``x-casebroker-sent-by`` on
+    a copy made without a user_id (the router's dead letters, an operator's copies) or
+    under the operator's own login (a replay that came back through a delivery limit),
+    else its user_id."""
+    value = props.user_id
+    recorded = (props.headers or {}).get(SENT_BY_HEADER)
+    if recorded and (not value or value == login()):
+        value = recorded
+    if not value:
         return None
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
@@ -124,7 +130,7 @@ def put_back(ch: BlockingChannel, topology: Topology, which: str, msg: Taken) ->
     _, key = queue_and_key(topology, which)
     props = msg.properties
     if props.user_id:
-        props = copy_properties(props, headers={**msg.headers, SENT_BY_HEADER: props.user_id})
+        props = copy_properties(props, headers={**msg.headers, SENT_BY_HEADER: sent_by(props)})
     ch.basic_publish(topology.dead_letter_exchange, key, msg.body, props, mandatory=True)
 
 
