@@ -216,11 +216,16 @@ def _stored_submission(stored: Any) -> DossierSubmitted | None:
     return msg if isinstance(msg, DossierSubmitted) else None
 
 
+#: a retry may stamp its own time: the dossier is the same, and keeps its first one
+_RETRY_MAY_CHANGE = frozenset({"submitted_at"})
+
+
 def _differing_fields(original: DossierSubmitted | None, again: DossierSubmitted) -> list[str]:
     """The fields (by contract name, never their values: they hold personal data) in
     which a submission differs from the one first sent under its id. Compared as
-    validated values, so key order, spacing and a timestamp's offset do not count."""
+    validated values, so key order, spacing and a timestamp's offset do not count, nor
+    does ``submitted_at`` (a desk retrying may stamp the time of its retry)."""
     if original is None:
         return []
     return [info.alias or name for name, info in DossierSubmitted.model_fields.items()
-            if getattr(original, name) != getattr(again, name)]
+            if name not in _RETRY_MAY_CHANGE and getattr(original, name) != getattr(again, name)]

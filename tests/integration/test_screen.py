@@ -101,14 +101,17 @@ def test_the_same_dossier_under_a_new_message_id_gets_its_first_notice_again(
     first = router.handle([_delivery(1, encode(d), "submit:1")])
     receipt = _receipts(first)
     assert len(receipt) == 1 and json.loads(receipt[0][2])["notice"] == "receipt"
-    # the same values, serialized another way: other key order, another offset
+    # the same values, serialized another way: other key order, another offset; and a
+    # retry stamped with the time of the retry (the dossier keeps its first time)
     data = json.loads(encode(d))
     data["submitted_at"] = d.submitted_at.astimezone(ZoneInfo("Asia/Ho_Chi_Minh")).isoformat()
     reordered = json.dumps(dict(reversed(list(data.items())))).encode()
+    restamped = d.model_copy(update={"submitted_at": datetime.now(UTC)})
     again = router.handle([_delivery(2, encode(d), "retry:1"),
-                           _delivery(3, reordered, "retry:2")])
-    assert _sent(again) == receipt * 2
-    assert router.ledger.count_inbox_outcomes() == {"routed": 1, "duplicate": 2}
+                           _delivery(3, reordered, "retry:2"),
+                           _delivery(5, encode(restamped), "retry:3")])
+    assert _sent(again) == receipt * 3
+    assert router.ledger.count_inbox_outcomes() == {"routed": 1, "duplicate": 3}
     assert router.ledger.count_by_state() == {2: 1}
     # the retry redelivered: its own outbox row, the same receipt
     assert _sent(router.handle([_delivery(4, encode(d), "retry:1")])) == receipt
