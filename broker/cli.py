@@ -168,7 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else os.environ.get("CASEBROKER_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    # the operator commands say in their own words what RabbitMQ refused (a missing queue
+    # in an audit); pika's own warnings are for the long-running service and the demo
+    logging.getLogger("pika").setLevel(
+        logging.WARNING if args.command in ("run", "demo", "bench") else logging.ERROR)
     try:
         return int(_dispatch(args) or EXIT_OK)
     except CatalogError as e:

@@ -621,11 +621,13 @@ class Ledger:
                                 .order_by(events.c.seq))
             return [dict(r._mapping) for r in rows]
 
-    def count_by_state(self, conn: Connection | None = None) -> dict[int, int]:
-        """How many dossiers are in each state."""
+    def count_by_state(self, conn: Connection | None = None,
+                       received_since: datetime | None = None) -> dict[int, int]:
+        """How many dossiers are in each state (of those received since then)."""
+        period = [] if received_since is None else [dossiers.c.received_at >= received_since]
         with self._reading(conn) as conn:
-            rows = conn.execute(select(dossiers.c.state, func.count()).group_by(
-                dossiers.c.state))
+            rows = conn.execute(select(dossiers.c.state, func.count()).where(*period)
+                                .group_by(dossiers.c.state))
             return {int(s): int(n) for s, n in rows}
 
     def count_inbox_outcomes(self, conn: Connection | None = None) -> dict[str, int]:

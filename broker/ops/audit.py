@@ -159,14 +159,15 @@ def audit(ledger: Ledger, topology: Topology, submission_ids: list[str] | None =
     """The audit report; ``unaccounted`` counts dossiers and submissions not accounted for,
     ``undelivered`` the messages for agencies and desks waiting in ``dead.agency`` and
     ``dead.desk`` (None, with ``queues_error``, when the queues could not be read).
-    ``since``: check only the dossiers received since then; ``states`` counts them all."""
+    ``since``: check and count (``states``) only the dossiers received since then."""
     # one snapshot of the ledger for every query, so that routers writing meanwhile do
     # not make a dossier committed between two of them look incomplete
     with ledger.read(snapshot=True) as conn:
         n, dossier_problems = _ledger_problems(conn, since, progress)
         sub_problems = (_submission_problems(ledger, conn, submission_ids)
                         if submission_ids else [])
-        states, outcomes = ledger.count_by_state(conn), ledger.count_inbox_outcomes(conn)
+        states = ledger.count_by_state(conn, received_since=since)
+        outcomes = ledger.count_inbox_outcomes(conn)
     depths, queues_error = _queue_depths(topology)
     return {
         "dossiers": n, "since": since.isoformat() if since else None, "states": states,

@@ -104,3 +104,14 @@ def test_progress_is_told_each_round(ledger: Ledger, monkeypatch: pytest.MonkeyP
     with ledger.read(snapshot=True) as conn:
         n, _ = audit_module._ledger_problems(conn, None, lambda d, t: told.append((d, t)))
     assert n == 7 and told == [(3, 7), (6, 7), (7, 7)]
+
+
+def test_a_period_audit_counts_the_period_only(ledger: Ledger) -> None:
+    _ledger_with_dossiers(ledger)
+    since = datetime(2026, 11, 1, tzinfo=UTC)
+    whole = audit_module.audit(ledger, Topology("audit-nothing-declared"))
+    period = audit_module.audit(ledger, Topology("audit-nothing-declared"), since=since)
+    assert (whole["dossiers"], sum(whole["states"].values())) == (7, 7)
+    assert (period["dossiers"], sum(period["states"].values())) == (5, 5)
+    assert period["since"] == since.isoformat() and period["unaccounted"] == 0
+    assert period["queues"] is None and "NOT_FOUND" in period["queues_error"]
