@@ -47,13 +47,13 @@ CHUNK = 10000
 ProgressFn = Callable[[int, int], None]
 
 
-def _dossier_problem(code: str, state: int, step: int, seq: int, history: list[str | None],
+def _dossier_problem(code: str, state: int, step: int, seq: int, n_events: int,
                      created_in_inbox: bool, published: set[str], results: set[str]
                      ) -> str | None:
-    if not history or not created_in_inbox:
+    if not created_in_inbox:  # also when it has no first event at all
         return "creating delivery not in inbox"
-    if len(history) != seq:
-        return f"history has {len(history)} events, expected {seq}"
+    if n_events != seq:
+        return f"history has {n_events} events, expected {seq}"
     if f"{code}:assigned:{step}" not in published and f"{code}:refused" not in published:
         return f"assignment {code}:assigned:{step} not in outbox"
     if state in (9, 10) and code not in results:
@@ -86,16 +86,15 @@ def _ledger_problems(conn: Connection, since: datetime | None = None,
         first, last = rows[0].code, rows[-1].code
         in_range = events.c.dossier_code.between(first, last)
         # codes in the range but outside the period come along; they are not looked at
-        history: dict[str, list[str | None]] = {r.code: [] for r in rows}
+        n_events = {r.code: 0 for r in rows}
         created: set[str] = set()
-        for code, seq, mid, found in conn.execute(
-                select(events.c.dossier_code, events.c.seq, events.c.message_id,
-                       inbox.c.message_id.is_not(None))
+        for code, seq, found in conn.execute(
+                select(events.c.dossier_code, events.c.seq, inbox.c.message_id.is_not(None))
                 .select_from(events.outerjoin(inbox, and_(
                     inbox.c.message_id == events.c.message_id, events.c.seq == 1)))
-                .where(in_range).order_by(events.c.dossier_code, events.c.seq)):
-            if code in history:
-                history[code].append(mid)
+                .where(in_range)):
+            if code in n_events:
+                n_events[code] += 1
                 if seq == 1 and found:
                     created.add(code)
         published = {m for (m,) in conn.execute(
@@ -103,7 +102,7 @@ def _ledger_problems(conn: Connection, since: datetime | None = None,
                 outbox, outbox.c.inbox_message_id == events.c.message_id)).where(in_range))}
         results = {m.rsplit(":", 2)[0] for m in published if ":result_ready:" in m}
         for code, state, step, seq in rows:
-            problem = _dossier_problem(code, state, step, seq, history[code],
+            problem = _dossier_problem(code, state, step, seq, n_events[code],
                                        code in created, published, results)
             if problem:
                 problems.append({"dossier_code": code, "problem": problem})
