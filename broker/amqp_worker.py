@@ -248,7 +248,8 @@ class QueueWorker:
         self.inflight: deque[_InFlight] = deque()
         #: publish sequence number -> (its batch, its message id), in publish order
         self.unconfirmed: dict[int, tuple[_InFlight, str]] = {}
-        self.returned: set[int] = set()  # unconfirmed publishes the broker returned
+        #: the last publish the broker returned (returns come in publish order)
+        self.returned_upto = 0
         self.next_seq = 1
         self.flush_timer: Any = None
         self.retry_timer: Any = None
@@ -462,18 +463,20 @@ class QueueWorker:
             if found is not None:
                 found[0].outstanding -= 1
                 found[0].failed |= nacked
-        if self.returned:
-            self.returned.difference_update(seqs)
         self._ack_ready()
 
     def _returned_entry(self, message_id: str | None) -> _InFlight | None:
         """The batch a returned publish belongs to. RabbitMQ returns a mandatory publish
-        before confirming it, in publish order, so it is the oldest unconfirmed publish of
-        that message id not returned yet (a redelivery can have two in flight)."""
-        for seq, (entry, mid) in self.unconfirmed.items():
-            if mid == message_id and seq not in self.returned:
-                self.returned.add(seq)
-                return entry
+        before confirming it, in publish order, so it is the first unconfirmed publish of
+        that message id after the one returned last (a redelivery can have two in
+        flight). Looked for from there: a storm of returns (a queue gone during a burst)
+        reads each publish about once, not the whole window per return."""
+        oldest = next(iter(self.unconfirmed), self.next_seq)
+        for seq in range(max(self.returned_upto + 1, oldest), self.next_seq):
+            found = self.unconfirmed.get(seq)
+            if found is not None and found[1] == message_id:
+                self.returned_upto = seq
+                return found[0]
         return None
 
     def _on_return(self, ch: Channel, method: Basic.Return, props: BasicProperties,
