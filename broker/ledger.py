@@ -66,8 +66,9 @@ from broker.tables import (
 )
 
 #: the tables are defined in broker.tables; callers may take them from here
-__all__ = ["DEFAULT_DB_URL", "Batch", "ConcurrentUpdate", "Ledger", "RawJSON", "code_sequences",
-           "dossiers", "events", "inbox", "is_transient", "metadata", "outbox", "watch_outbox"]
+__all__ = ["DEFAULT_DB_URL", "Batch", "Checkpoints", "ConcurrentUpdate", "Ledger", "RawJSON",
+           "code_sequences", "dossiers", "events", "inbox", "is_transient", "metadata", "outbox",
+           "watch_outbox"]
 
 DEFAULT_DB_URL = "sqlite:///casebroker.sqlite3"
 
@@ -436,6 +437,23 @@ class ConcurrentUpdate(TransientError):
     bounded = True
 
 
+class Checkpoints:
+    """The background WAL checkpoints of a SQLite ledger: call to stop them (and give
+    SQLite its own back); counts what they did."""
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+        self.halt: Callable[[], None] = lambda: None
+        #: RESTART checkpoints run (the WAL started over, or tried to)
+        self.restarts = 0
+        #: turns a RESTART was due but left: a reader held pages of the WAL
+        self.held_back = 0
+
+    def __call__(self) -> None:
+        self.stopping.set()
+        self.halt()
+
+
 class Ledger:
     """Connection to the ledger database."""
 
@@ -681,9 +699,9 @@ class Ledger:
             return {str(a): int(n) for a, n in rows}
 
     def background_checkpoints(self, every_s: float = 0.5, restart_frames: int = 4096
-                               ) -> Callable[[], None]:
-        """SQLite: checkpoint the WAL in a thread of its own; return the function that
-        stops it. PostgreSQL: nothing to do.
+                               ) -> Checkpoints:
+        """SQLite: checkpoint the WAL in a thread of its own; return what stops it (and
+        counts what it did). PostgreSQL: nothing to do.
 
         By default SQLite checkpoints inside a ``COMMIT`` once the WAL passes 1,000
         pages, and a router's batch dirties more than that (every random-keyed index
@@ -697,28 +715,39 @@ class Ledger:
         lets the WAL start over and it grows without bound. ``journal_size_limit``
         truncates the file after a restart. Committed data is as durable either way:
         it is synced in the WAL before the commit returns.
+
+        While a reader keeps a snapshot older than the WAL's last pages (a CLI scan such
+        as ``casebroker audit``), the PASSIVE step cannot copy those pages, and a RESTART
+        would wait for that reader, holding new writes back, only to give up: it is left
+        for a turn when the PASSIVE step copied everything (:attr:`Checkpoints.held_back`
+        counts the turns it waited). The WAL grows meanwhile, as it must.
         """
+        done = Checkpoints()
         database = self.engine.url.database
         if self.engine.dialect.name != "sqlite" or not database or database == ":memory:":
-            return lambda: None  # PostgreSQL checkpoints itself; in memory, no WAL
+            return done  # PostgreSQL checkpoints itself; in memory, no WAL
         self._sqlite["autocheckpoint"] = False
         self.engine.dispose()  # pooled connections made before keep checkpointing
-        stop = threading.Event()
 
         def loop() -> None:
             # a connection of its own, outside the pool: no page cache to fill, and the
             # writer's pooled connection is never lent to the checkpoints. A short busy
             # timeout: a RESTART holds new writers back while it waits for the writer's
-            # transaction and for readers (a CLI scan), so it gives up after 0.2 s and
-            # tries again next turn rather than stall the router for seconds
+            # transaction, so it gives up after 0.2 s and tries again next turn rather
+            # than stall the router
             conn = sqlite3.connect(database, timeout=0.2, isolation_level=None)
             try:
-                while not stop.wait(every_s):
+                while not done.stopping.wait(every_s):
                     try:
-                        _busy, frames, _done = conn.execute(
+                        _busy, frames, copied = conn.execute(
                             "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                        if frames > restart_frames:
-                            conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                        if frames <= restart_frames:
+                            continue
+                        if copied < frames:  # a reader holds the rest: not this turn
+                            done.held_back += 1
+                            continue
+                        conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                        done.restarts += 1
                     except sqlite3.Error as e:  # busy or away: the next turn tries again
                         log.warning("WAL checkpoint failed: %s", e)
             finally:
@@ -727,12 +756,12 @@ class Ledger:
         thread = threads.start(loop, "wal-checkpoint")
 
         def halt() -> None:
-            stop.set()
             thread.join(timeout=30)
             self._sqlite["autocheckpoint"] = True
             self.engine.dispose()
 
-        return halt
+        done.halt = halt
+        return done
 
     def dispose(self) -> None:
         self.engine.dispose()
