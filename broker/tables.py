@@ -51,6 +51,10 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 metadata = MetaData()
 
+#: the longest message id the ledger keeps (AMQP allows 255 characters: consumers shorten
+#: longer ones, broker.consumers.common.delivery_id)
+MESSAGE_ID_MAX = 128
+
 dossiers = Table(
     "dossiers", metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
@@ -112,7 +116,7 @@ events = Table(
     Column("actor", String(64), nullable=False),
     Column("from_agency", String(64)),
     Column("to_agency", String(64)),
-    Column("message_id", String(128)),
+    Column("message_id", String(MESSAGE_ID_MAX)),
     Column("detail", JSON, nullable=False),
     Column("at", UTCDateTime, nullable=False),
     UniqueConstraint("dossier_code", "seq"),
@@ -121,7 +125,7 @@ events = Table(
 #: one row per processed delivery: the idempotency key of every consumer
 inbox = Table(
     "inbox", metadata,
-    Column("message_id", String(128), primary_key=True),
+    Column("message_id", String(MESSAGE_ID_MAX), primary_key=True),
     Column("source", String(16), nullable=False),
     Column("outcome", String(32), nullable=False, index=True),
     Column("dossier_code", String(96)),
@@ -133,10 +137,10 @@ outbox = Table(
     "outbox", metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
            autoincrement=True),
-    Column("inbox_message_id", String(128), nullable=False, index=True),
+    Column("inbox_message_id", String(MESSAGE_ID_MAX), nullable=False, index=True),
     Column("exchange", String(255), nullable=False),
     Column("routing_key", String(255), nullable=False),
-    Column("message_id", String(128), nullable=False),
+    Column("message_id", String(MESSAGE_ID_MAX), nullable=False),
     Column("type", String(32), nullable=False),
     Column("correlation_id", String(96)),
     Column("headers", JSON),
@@ -152,7 +156,7 @@ watch_outbox = Table(
     Column("dossier_code", String(96), nullable=False),
     Column("exchange", String(255), nullable=False),
     Column("routing_key", String(255), nullable=False),
-    Column("message_id", String(128), nullable=False, unique=True),
+    Column("message_id", String(MESSAGE_ID_MAX), nullable=False, unique=True),
     Column("type", String(32), nullable=False),
     Column("correlation_id", String(96)),
     Column("body", LargeBinary, nullable=False),

@@ -18,6 +18,7 @@ from broker.ledger import Batch, Ledger
 from broker.messages import DeskNotice, Message, decode, encode, kind_of, utc_now
 from broker.rules.engine import Engine
 from broker.security import user_for
+from broker.tables import MESSAGE_ID_MAX
 from broker.topology import TRIAGE_KEY, Topology
 
 log = logging.getLogger(__name__)
@@ -27,9 +28,19 @@ EngineProvider = Callable[[], Engine]
 Clock = Callable[[], datetime]
 
 
+_ID_DIGEST = "~sha256:"
+
+
 def delivery_id(delivery: Delivery) -> str:
-    """The idempotency key of a delivery: its message id, else a hash of its body."""
-    return delivery.message_id or "sha256:" + hashlib.sha256(delivery.body).hexdigest()
+    """The idempotency key of a delivery: its message id, else a hash of its body. An id
+    longer than the inbox keeps is shortened to its start and a digest of the whole."""
+    mid = delivery.message_id
+    if not mid:
+        return "sha256:" + hashlib.sha256(delivery.body).hexdigest()
+    if len(mid) <= MESSAGE_ID_MAX:
+        return mid
+    digest = hashlib.sha256(mid.encode()).hexdigest()
+    return mid[:MESSAGE_ID_MAX - len(_ID_DIGEST) - len(digest)] + _ID_DIGEST + digest
 
 
 def _json_safe(value: Any) -> Any:

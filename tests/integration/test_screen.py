@@ -184,3 +184,16 @@ def test_a_dossier_dated_before_the_catalogs_bound_is_triaged_and_can_come_again
                          _delivery(4, encode(fixed), "submit:2#clock-fixed")])
     assert [o.routing_key for o in out] == ["triage", "T.UBND.A", "T.MC.B"]
     assert ledger.count_by_state() == {2: 2}
+
+
+def test_a_message_id_longer_than_the_inbox_holds_is_kept_by_a_digest(
+        router: Router) -> None:
+    # AMQP allows 255 characters, the ledger keeps 128: a longer id is shortened with a
+    # digest of the whole, so it is routed on PostgreSQL as on SQLite, and once
+    d1, d2 = dossier(), dossier()
+    long_id, other_id = "x" * 200 + "-1", "x" * 200 + "-2"  # alike in what is kept
+    first = router.handle([_delivery(1, encode(d1), long_id)])
+    assert len(first) == 2
+    assert len(router.handle([_delivery(2, encode(d2), other_id)])) == 2
+    assert _sent(router.handle([_delivery(3, encode(d1), long_id)])) == _sent(first)
+    assert router.ledger.count_by_state() == {2: 2}
