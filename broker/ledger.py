@@ -19,6 +19,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -66,9 +67,9 @@ from broker.tables import (
 )
 
 #: the tables are defined in broker.tables; callers may take them from here
-__all__ = ["DEFAULT_DB_URL", "Batch", "Checkpoints", "ConcurrentUpdate", "Ledger", "RawJSON",
-           "code_sequences", "dossiers", "events", "inbox", "is_transient", "metadata", "outbox",
-           "watch_outbox"]
+__all__ = ["DEFAULT_DB_URL", "Batch", "Checkpoints", "ConcurrentUpdate", "Ledger", "Prior",
+           "RawJSON", "code_sequences", "dossiers", "events", "inbox", "is_transient", "metadata",
+           "outbox", "watch_outbox"]
 
 DEFAULT_DB_URL = "sqlite:///casebroker.sqlite3"
 
@@ -196,6 +197,17 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
 
 
+@dataclass(slots=True)
+class Prior:
+    """How a message id was processed before: its inbox row and what it published."""
+
+    outcome: str
+    dossier_code: str | None
+    #: the fingerprint of the delivery processed (Consumer.fingerprint_of; None: not known)
+    fingerprint: bytes | None
+    published: list[Outbound] = field(default_factory=list)
+
+
 class Batch:
     """One transaction over a batch of deliveries."""
 
@@ -205,6 +217,9 @@ class Batch:
         self._outbox: list[dict[str, Any]] = []
         self._events: list[dict[str, Any]] = []
         self._dossiers: list[dict[str, Any]] = []
+        #: message id → fingerprint of the delivery being processed under it, noted by the
+        #: screen and written with its inbox row by :meth:`record`
+        self.fingerprints: dict[str, bytes] = {}
 
     @contextmanager
     def _driver(self, statement: str) -> Iterator[Any]:
@@ -245,20 +260,21 @@ class Batch:
             rows += self._fetch(f"{query} IN ({', '.join('?' * len(chunk))})", chunk)
         return rows
 
-    def seen(self, message_ids: Iterable[str]) -> dict[str, list[Outbound]]:
-        """Message ids already processed, with the messages they published."""
+    def seen(self, message_ids: Iterable[str]) -> dict[str, Prior]:
+        """Message ids already processed: how, and the messages they published."""
         ids = list(set(message_ids))
         if not ids:
             return {}
-        found: dict[str, list[Outbound]] = {
-            mid: [] for mid, in self._rows_in("SELECT message_id FROM inbox WHERE message_id",
-                                              ids)}
+        found = {mid: Prior(outcome, code, None if fp is None else bytes(fp)) for
+                 mid, outcome, code, fp in self._rows_in(
+                     "SELECT message_id, outcome, dossier_code, fingerprint FROM inbox "
+                     "WHERE message_id", ids)}
         if found:  # redeliveries: rare, so SQLAlchemy's conveniences are worth their cost
             rows = self.conn.execute(
                 select(outbox).where(outbox.c.inbox_message_id.in_(list(found)))
                 .order_by(outbox.c.id))
             for r in rows:
-                found[r.inbox_message_id].append(Outbound(
+                found[r.inbox_message_id].published.append(Outbound(
                     r.exchange, r.routing_key, r.message_id, r.type, r.correlation_id,
                     r.headers, bytes(r.body)))
         return found
@@ -282,8 +298,9 @@ class Batch:
             select(dossiers.c.code, dossiers.c.submission, events.c.message_id)
             .join(events, and_(events.c.dossier_code == dossiers.c.code, events.c.seq == 1))
             .where(dossiers.c.code.in_(wanted))).all()
-        published = self.seen(r.message_id for r in rows if r.message_id)
-        return {r.code: (r.submission, published.get(r.message_id or "", [])) for r in rows}
+        seen = self.seen(r.message_id for r in rows if r.message_id)
+        return {r.code: (r.submission, seen[r.message_id].published
+                         if r.message_id in seen else []) for r in rows}
 
     def allocate_codes(self, counts: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
         """Reserve ``n`` numbers per (agency, YYMMDD); return the first of each block.
@@ -394,9 +411,11 @@ class Batch:
 
     def record(self, message_id: str, source: str, outcome: str, dossier_code: str | None,
                published: Sequence[Outbound], at: datetime) -> None:
-        """Mark a delivery processed, with what it published."""
+        """Mark a delivery processed, with what it published (and its fingerprint, if
+        :attr:`fingerprints` has one for it)."""
         self._inbox.append({"message_id": message_id, "source": source, "outcome": outcome,
-                            "dossier_code": dossier_code, "processed_at": at})
+                            "dossier_code": dossier_code, "processed_at": at,
+                            "fingerprint": self.fingerprints.get(message_id)})
         self._outbox.extend({
             "inbox_message_id": message_id, "exchange": o.exchange,
             "routing_key": o.routing_key, "message_id": o.message_id, "type": o.type,

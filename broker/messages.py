@@ -8,12 +8,13 @@ with a stable reason code and a description free of personal data.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -32,6 +33,11 @@ AttributeValue = str | int | float | bool
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: fields a sender may stamp afresh when it retries the same message (the SDK sets
+    #: them to the time of the retry); they do not make a retry a different message.
+    #: A dossier's submitted_at is not one: it can decide where the dossier goes
+    retry_stamped: ClassVar[frozenset[str]] = frozenset()
 
 
 class Channel(StrEnum):
@@ -139,6 +145,8 @@ class AgencyStatus(StrEnum):
 class DossierStatus(_Model):
     """agency → broker: a status update from the dossier's current assignee."""
 
+    retry_stamped: ClassVar[frozenset[str]] = frozenset({"sent_at"})
+
     schema_: Literal["casebroker.dossier.status/v1"] = Field(
         "casebroker.dossier.status/v1", alias="schema"
     )
@@ -156,6 +164,8 @@ class DossierStatus(_Model):
 class DossierReturned(_Model):
     """desk → broker: the result was handed to the citizen."""
 
+    retry_stamped: ClassVar[frozenset[str]] = frozenset({"returned_at"})
+
     schema_: Literal["casebroker.dossier.returned/v1"] = Field(
         "casebroker.dossier.returned/v1", alias="schema"
     )
@@ -169,6 +179,8 @@ class DossierReturned(_Model):
 class DossierSupplemented(_Model):
     """desk → broker: the citizen brought the documents the agency asked for."""
 
+    retry_stamped: ClassVar[frozenset[str]] = frozenset({"sent_at"})
+
     schema_: Literal["casebroker.dossier.supplemented/v1"] = Field(
         "casebroker.dossier.supplemented/v1", alias="schema"
     )
@@ -181,6 +193,8 @@ class DossierSupplemented(_Model):
 
 class DossierWithdrawn(_Model):
     """desk → broker: the citizen withdrew the dossier."""
+
+    retry_stamped: ClassVar[frozenset[str]] = frozenset({"sent_at"})
 
     schema_: Literal["casebroker.dossier.withdrawn/v1"] = Field(
         "casebroker.dossier.withdrawn/v1", alias="schema"
@@ -286,6 +300,26 @@ def kind_of(message: _Model) -> str:
 def encode(message: _Model) -> bytes:
     """Serialize a message to its canonical UTF-8 JSON body."""
     return message.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+def fingerprint(message: _Model) -> bytes:
+    """16 bytes telling a message apart from a different one sent under the same id.
+
+    A digest of the validated values, as :func:`encode` would write them, without the
+    fields a retry may stamp afresh (:attr:`_Model.retry_stamped`): a retry by the SDK,
+    or the same values with other spacing or field order, gives the same fingerprint; a
+    changed value gives another (and so does another key order inside ``attributes``,
+    a plain mapping). Costs a few µs (a
+    serialization in Rust and a SHA-256).
+    """
+    data = type(message).__pydantic_serializer__.to_json(
+        message, by_alias=True, exclude_none=True, exclude=set(message.retry_stamped))
+    return hashlib.sha256(data).digest()[:16]
+
+
+def body_fingerprint(body: bytes) -> bytes:
+    """The fingerprint of a body that is not a message of the contract: of its bytes."""
+    return hashlib.sha256(body).digest()[:16]
 
 
 def decode(

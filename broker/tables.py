@@ -130,6 +130,10 @@ inbox = Table(
     Column("outcome", String(32), nullable=False, index=True),
     Column("dossier_code", String(96)),
     Column("processed_at", UTCDateTime, nullable=False),
+    #: the delivery's fingerprint (Consumer.fingerprint_of): a copy under the same message
+    #: id with another one is not a redelivery (None: recorded by an earlier version, or
+    #: an internal error)
+    Column("fingerprint", LargeBinary(16)),
 )
 
 #: what each processed delivery published, to re-publish identically on redelivery

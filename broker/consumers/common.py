@@ -15,7 +15,16 @@ from broker.amqp import DETAIL_HEADER, REASON_HEADER, SENT_BY_HEADER, SOURCE_HEA
 from broker.envelope import Outbound
 from broker.errors import DecodeError
 from broker.ledger import Batch, Ledger
-from broker.messages import DeskNotice, Message, decode, encode, kind_of, utc_now
+from broker.messages import (
+    DeskNotice,
+    Message,
+    body_fingerprint,
+    decode,
+    encode,
+    fingerprint,
+    kind_of,
+    utc_now,
+)
 from broker.rules.engine import Engine
 from broker.security import user_for
 from broker.tables import MESSAGE_ID_MAX
@@ -132,6 +141,44 @@ def party_users_enabled(explicit: bool | None) -> bool:
     return os.environ.get("CASEBROKER_PARTY_USERS") == "1" if explicit is None else explicit
 
 
+#: the most of a message id kept in the id of a changed copy
+_KEPT_OF_ID = MESSAGE_ID_MAX - 33
+
+
+def changed_copy_id(mid: str, fingerprint: bytes) -> str:
+    """The inbox id of a copy that differs from the message first processed under ``mid``."""
+    return f"{mid[:_KEPT_OF_ID]}#{fingerprint.hex()}"
+
+
+@dataclass(slots=True)
+class _Copy:
+    """One delivery as the screen sees it: its id, its message (or why it has none) and
+    its fingerprint."""
+
+    delivery: Delivery
+    mid: str
+    message: Any
+    error: DecodeError | None
+    fingerprint: bytes
+    #: it differs from the message first processed under its id
+    changed: bool = False
+    #: that message's outcome (None: it came earlier in this batch)
+    before: str | None = None
+
+    @classmethod
+    def of(cls, d: Delivery, expected: frozenset[str],
+           fingerprint_of: Callable[[Any, bytes], bytes]) -> _Copy:
+        try:
+            msg = decode(d.body, content_type=d.properties.content_type, expected=expected)
+        except DecodeError as e:
+            return cls(d, delivery_id(d), None, e, body_fingerprint(d.body))
+        return cls(d, delivery_id(d), msg, None, fingerprint_of(msg, d.body))
+
+    @property
+    def own_id(self) -> str:
+        return changed_copy_id(self.mid, self.fingerprint)
+
+
 @dataclass
 class Screened:
     """A batch after the checks every consumer makes before its own logic."""
@@ -144,10 +191,19 @@ class Screened:
 class Screen:
     """Redelivery, duplicate, contract and sender checks, one place for every consumer.
 
-    A message id already in the inbox re-publishes what it published; a second copy
-    in the same batch is dropped; a body outside the contract, or (with per-party
-    users) a message whose claimed desk or agency is not its RabbitMQ sender, is
-    dead-lettered and recorded. What is left is ``fresh``.
+    A message id already processed, from a message with the same fingerprint (the same
+    values, whatever a retry may stamp afresh: :func:`~broker.messages.fingerprint`),
+    re-publishes what it published, and a second such copy in the same batch is
+    dropped. A body outside the contract, or (with per-party users) a message whose
+    claimed desk or agency is not its RabbitMQ sender, is dead-lettered and recorded.
+    What is left is ``fresh``.
+
+    A copy with another fingerprint under a message id already taken is no redelivery:
+    the sender changed the message and kept its id. ``afresh`` says, from how the id
+    was processed before (its inbox outcome; None: by a copy earlier in this batch),
+    whether the consumer judges the changed copy as a message of its own, recorded under
+    :func:`changed_copy_id`; if not, it is dead-lettered as ``message_id_reused``.
+    Either way it is not lost, and its own redeliveries find it by that id.
     """
 
     topology: Topology
@@ -158,34 +214,58 @@ class Screen:
     party_users: bool = False
     #: the router's own RabbitMQ login, whose replays carry their first sender (sent_by)
     trusted: str | None = None
+    afresh: Callable[[str | None], bool] = lambda outcome: False
+    fingerprint_of: Callable[[Any, bytes], bytes] = lambda msg, body: fingerprint(msg)
 
     def __call__(self, batch: Batch, deliveries: Sequence[Delivery],
                  now: datetime) -> Screened:
         result = Screened()
-        seen = batch.seen(delivery_id(d) for d in deliveries)
-        batch_ids: set[str] = set()
-        for d in deliveries:
-            mid = delivery_id(d)
-            if mid in batch_ids:
+        copies = [_Copy.of(d, self.expected, self.fingerprint_of) for d in deliveries]
+        seen = batch.seen(c.mid for c in copies)
+        # copies that differ from the first message under their id: the message ids of
+        # their own, looked up too (their redeliveries are rare, so a second query)
+        firsts: dict[str, bytes] = {}
+        for c in copies:
+            prior = seen.get(c.mid)
+            if prior is not None:
+                first = prior.fingerprint
+            else:
+                first = firsts.setdefault(c.mid, c.fingerprint)
+            if first is not None and first != c.fingerprint:
+                c.changed, c.before = True, prior.outcome if prior is not None else None
+        seen.update(batch.seen(c.own_id for c in copies if c.changed))
+        taken: set[str] = set()
+        for c in copies:
+            key = c.own_id if c.changed else c.mid
+            if key in taken:
                 continue  # the same message twice in one batch: once is enough
-            batch_ids.add(mid)
-            if mid in seen:
-                result.out += seen[mid]  # redelivered: the very same messages again
+            taken.add(key)
+            if key in seen:
+                result.out += seen[key].published  # redelivered: the very same messages again
                 continue
-            try:
-                msg = decode(d.body, content_type=d.properties.content_type,
-                             expected=self.expected)
-            except DecodeError as e:
-                result.out.append(self.dead(batch, mid, d, e.reason, e.detail, now))
-                continue
-            claimed = self.sender_of(msg)
-            if self.party_users and (
-                    sender := sent_by(d, self.trusted)) != user_for(self.topology, claimed):
+            batch.fingerprints[key] = c.fingerprint
+            if c.changed and not self.afresh(c.before):
+                before = ("by an earlier message in this batch" if c.before is None
+                          else f"as {c.before}")
                 result.out.append(self.dead(
-                    batch, mid, d, "sender_mismatch",
+                    batch, key, c.delivery, "message_id_reused",
+                    f"its message id was processed before, {before}, from a message that "
+                    "differs from this one: this one was not applied (a changed message "
+                    "needs a new message id)", now))
+                continue
+            if c.error is not None:
+                result.out.append(self.dead(batch, key, c.delivery, c.error.reason,
+                                            c.error.detail, now))
+                continue
+            claimed = self.sender_of(c.message)
+            if self.party_users and (
+                    sender := sent_by(c.delivery, self.trusted)) != user_for(self.topology,
+                                                                            claimed):
+                result.out.append(self.dead(
+                    batch, key, c.delivery, "sender_mismatch",
                     f"published by {sender!r}, not by {claimed}", now))
                 continue
-            result.fresh.append((mid, d, msg))
+            result.fresh.append((key, c.delivery, c.message))
         return result
 
     def dead(self, batch: Batch, mid: str, d: Delivery, reason: str, detail: str,
@@ -217,11 +297,22 @@ class Consumer:
         self.screen = Screen(topology, self.source, self.accepted_kinds,
                              sender_of=self.sender_of, count=self._count,
                              party_users=party_users_enabled(party_users),
-                             trusted=trusted_user)
+                             trusted=trusted_user, afresh=self.judges_changed_copy,
+                             fingerprint_of=self.fingerprint_of)
 
     def sender_of(self, message: Any) -> str:
         """The desk or agency a message says it comes from."""
         raise NotImplementedError
+
+    def fingerprint_of(self, message: Any, body: bytes) -> bytes:
+        """What tells a message from a changed one under the same id (see :class:`Screen`):
+        by default :func:`~broker.messages.fingerprint`, blind to what a retry stamps."""
+        return fingerprint(message)
+
+    def judges_changed_copy(self, before: str | None) -> bool:
+        """Whether a changed copy under a message id already taken is judged as a message
+        of its own (see :class:`Screen`), given how the id was processed ``before``."""
+        return False
 
     def _count(self, outcome: str, reason: str = "") -> None:
         """Note one outcome of the batch in hand; reported when it commits."""

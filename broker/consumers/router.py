@@ -33,6 +33,7 @@ from broker.messages import (
     DossierAssigned,
     DossierSubmitted,
     NoticeKind,
+    body_fingerprint,
     decode,
 )
 from broker.rules.engine import Decision, Engine
@@ -59,6 +60,20 @@ class Router(Consumer):
 
     def sender_of(self, message: Any) -> str:
         return str(message.desk_id)
+
+    def fingerprint_of(self, message: Any, body: bytes) -> bytes:
+        # the body's bytes: a fifth of the time of the values' fingerprint, serialized
+        # (1.3 against 6-9 µs a dossier here), and as good for the router, which judges
+        # any changed copy by its submission id: one serialized another way only costs
+        # its desk a receipt sent again
+        return body_fingerprint(body)
+
+    def judges_changed_copy(self, before: str | None) -> bool:
+        # always: a dossier is known by its submission id, which the changed copy is
+        # checked against like any submission (the same dossier gets its first notice
+        # again, a different one under a taken id is dead-lettered); one whose first copy
+        # opened no dossier (triaged, dead-lettered), corrected, is decided afresh
+        return True
 
     def handle(self, deliveries: Sequence[Delivery]) -> list[Outbound]:
         """Process one batch in one transaction; return every message to publish."""
@@ -216,8 +231,10 @@ def _stored_submission(stored: Any) -> DossierSubmitted | None:
     return msg if isinstance(msg, DossierSubmitted) else None
 
 
-#: a retry may stamp its own time: the dossier is the same, and keeps its first one
-_RETRY_MAY_CHANGE = frozenset({"submitted_at"})
+#: a retry may stamp its own time: the dossier is the same, and keeps its first one. (Under
+#: the same message id it is still a changed copy, judged again: submitted_at may decide
+#: routing, e.g. for a dossier triaged as submitted long ago and dated anew)
+_KEPT_FROM_FIRST = frozenset({"submitted_at"})
 
 
 def _differing_fields(original: DossierSubmitted | None, again: DossierSubmitted) -> list[str]:
@@ -228,4 +245,5 @@ def _differing_fields(original: DossierSubmitted | None, again: DossierSubmitted
     if original is None:
         return []
     return [info.alias or name for name, info in DossierSubmitted.model_fields.items()
-            if name not in _RETRY_MAY_CHANGE and getattr(original, name) != getattr(again, name)]
+            if name not in _KEPT_FROM_FIRST
+            and getattr(original, name) != getattr(again, name)]

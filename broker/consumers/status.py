@@ -109,6 +109,12 @@ class StatusRouter(Consumer):
     def sender_of(self, message: Any) -> str:
         return _sender(message)
 
+    def judges_changed_copy(self, before: str | None) -> bool:
+        # an update changed under an id already applied would be applied twice (a second
+        # supplement, another status): dead-lettered. One refused or dead-lettered before
+        # changed nothing; corrected, it is judged afresh
+        return before is not None and before != "applied"
+
     def handle(self, deliveries: Sequence[Delivery]) -> list[Outbound]:
         """Process one batch in one transaction; return every message to publish."""
         engine = self.engine()

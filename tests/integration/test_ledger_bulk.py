@@ -107,6 +107,7 @@ def test_rows_with_other_keys_keep_every_value_and_their_order(ledger: Ledger) -
         batch.add_event(_event("k-A", 1))
         batch.add_event({k: v for k, v in _event("k-A", 2).items() if k != "from_agency"})
         batch.add_event(_event("k-A", 3, from_agency="so.tu-phap"))
+        batch.fingerprints["k-m"] = bytes(range(16))
         batch.record("k-m", "intake", "routed", "k-A", [
             Outbound("cb.agency", f"a{i}", f"k-o{i}", "assignment", None, None, b"x")
             for i in range(3)], AT)
@@ -115,7 +116,9 @@ def test_rows_with_other_keys_keep_every_value_and_their_order(ledger: Ledger) -
     assert history[2]["from_agency"] == "so.tu-phap"
     with ledger.batch() as batch:
         again = batch.seen(["k-m"])["k-m"]
-    assert [o.message_id for o in again] == ["k-o0", "k-o1", "k-o2"]
+    assert [o.message_id for o in again.published] == ["k-o0", "k-o1", "k-o2"]
+    assert (again.outcome, again.dossier_code, again.fingerprint) == (
+        "routed", "k-A", bytes(range(16)))
 
 
 def test_naive_datetime_fails_the_batch_and_stores_nothing(ledger: Ledger) -> None:

@@ -14,9 +14,10 @@ from pika.spec import BasicProperties
 
 from broker.amqp import DETAIL_HEADER, REASON_HEADER, Delivery
 from broker.consumers.router import Router
+from broker.consumers.status import StatusRouter
 from broker.envelope import Outbound
-from broker.ledger import Ledger
-from broker.messages import CONTENT_TYPE, encode
+from broker.ledger import Ledger, inbox
+from broker.messages import CONTENT_TYPE, DossierStatus, encode
 from broker.rules.catalog import load_catalog, parse_catalog
 from broker.rules.engine import Engine
 from broker.topology import Topology
@@ -173,17 +174,128 @@ def test_a_dossier_dated_before_the_catalogs_bound_is_triaged_and_can_come_again
     assert len(out) == 1 and out[0].routing_key == "triage" and out[0].headers is not None
     assert out[0].headers[REASON_HEADER] == "submitted_long_ago"
     assert ledger.count_by_state() == {}
+    # sent again by the SDK, under the same message id (submit:<submission id>): a copy
+    # that differs from the triaged one is no redelivery
     fixed = wrong.model_copy(update={"submitted_at": datetime.now(UTC)})
-    out = router.handle([_delivery(2, encode(fixed), "submit:1#clock-fixed")])
+    out = router.handle([_delivery(2, encode(fixed), "submit:1")])
     assert [json.loads(o.body).get("notice") for o in out] == [None, "receipt"]
     assert ledger.count_by_state() == {2: 1}
     # the same within one batch: the triaged copy opened no dossier, so the corrected one
     # is decided afresh, not taken for a reuse of its submission id
     wrong, fixed = (d.model_copy(update={"submission_id": uuid.uuid4()}) for d in (wrong, fixed))
     out = router.handle([_delivery(3, encode(wrong), "submit:2"),
-                         _delivery(4, encode(fixed), "submit:2#clock-fixed")])
+                         _delivery(4, encode(fixed), "submit:2")])
     assert [o.routing_key for o in out] == ["triage", "T.UBND.A", "T.MC.B"]
     assert ledger.count_by_state() == {2: 2}
+
+
+def test_a_changed_dossier_under_a_used_message_id_is_not_taken_for_a_redelivery(
+        router: Router) -> None:
+    # the SDK's message id is submit:<submission id>: a desk that changes a dossier and
+    # submits it again under its submission id sends it under the same message id. That
+    # is no redelivery (whose re-publish would drop the change without a word): it is
+    # checked as a submission, so a different dossier under a taken id is dead-lettered
+    d = dossier()
+    first = router.handle([_delivery(1, encode(d), "submit:1")])
+    other = d.model_copy(update={"procedure_code": "1.004227"})
+    out = router.handle([_delivery(2, encode(other), "submit:1")])
+    assert len(out) == 1 and out[0].headers is not None and out[0].body == encode(other)
+    assert out[0].headers[REASON_HEADER] == "submission_id_reused"
+    assert "procedure_code" in out[0].headers[DETAIL_HEADER]
+    # its redelivery finds it: the same dead letter, not a second judgement
+    assert _sent(router.handle([_delivery(3, encode(other), "submit:1")])) == _sent(out)
+    # the SDK retrying the first dossier stamps a new submitted_at, which may decide
+    # routing: judged again, the same dossier, so its receipt again and nothing more
+    restamped = d.model_copy(update={"submitted_at": datetime.now(UTC)})
+    assert _sent(router.handle([_delivery(4, encode(restamped), "submit:1")])) == \
+        _receipts(first)
+    # the same two within one batch: the changed copy is dead-lettered, nothing doubled
+    d2 = dossier()
+    other2 = d2.model_copy(update={"attributes": {"copies": 2}})
+    out = router.handle([_delivery(5, encode(d2), "submit:2"),
+                         _delivery(6, encode(other2), "submit:2"),
+                         _delivery(7, encode(other2), "submit:2")])
+    dead = [o for o in out if o.headers and REASON_HEADER in o.headers]
+    assert len(out) == 3 and len(dead) == 1 and dead[0].body == encode(other2)
+    assert router.ledger.count_inbox_outcomes() == {
+        "routed": 2, "duplicate": 1, "dead:submission_id_reused": 2}
+    assert router.ledger.count_by_state() == {2: 2}
+
+
+def test_a_dead_lettered_dossier_corrected_under_its_message_id_is_routed(
+        router: Router) -> None:
+    # the first copy broke the contract (a ward code of letters) and opened no dossier;
+    # the desk corrects it and submits it again under the same id: decided afresh
+    d = dossier()
+    data = json.loads(encode(d))
+    data["applicant"]["ward_code"] = "ward 1"
+    out = router.handle([_delivery(1, json.dumps(data).encode(), "submit:1")])
+    assert [o.headers[REASON_HEADER] for o in out if o.headers] == ["invalid_fields"]
+    out = router.handle([_delivery(2, encode(d), "submit:1")])
+    assert [json.loads(o.body)["schema"] for o in out] == [
+        "casebroker.dossier.assigned/v1", "casebroker.desk.notice/v1"]
+    assert router.ledger.count_by_state() == {2: 1}
+    # and both, redelivered together, publish what each published
+    again = router.handle([_delivery(3, json.dumps(data).encode(), "submit:1"),
+                           _delivery(4, encode(d), "submit:1")])
+    assert len(again) == 3 and _sent(again)[1:] == _sent(out)
+    assert router.ledger.count_by_state() == {2: 1}
+
+
+def test_a_message_recorded_without_a_fingerprint_is_redelivered_as_before(
+        router: Router) -> None:
+    # inbox rows written before fingerprints were kept (NULL after `ledger upgrade`):
+    # any copy under such an id is taken for a redelivery, as that version did
+    d = dossier()
+    first = router.handle([_delivery(1, encode(d), "submit:1")])
+    with router.ledger.engine.begin() as conn:
+        conn.execute(inbox.update().values(fingerprint=None))
+    other = d.model_copy(update={"procedure_code": "1.004227"})
+    assert _sent(router.handle([_delivery(2, encode(other), "submit:1")])) == _sent(first)
+
+
+def _status(agency: str, code: str, status: str, update_id: uuid.UUID,
+            **fields: object) -> bytes:
+    return encode(DossierStatus(update_id=update_id, dossier_code=code, agency_id=agency,
+                                status=status, sent_at=datetime.now(UTC), **fields))
+
+
+def _status_delivery(tag: int, body: bytes, message_id: str) -> Delivery:
+    return Delivery(tag, body, BasicProperties(
+        content_type=CONTENT_TYPE, message_id=message_id, type="dossier.status"),
+        True, "status")
+
+
+def test_a_status_update_changed_under_an_applied_id_is_dead_lettered(
+        router: Router) -> None:
+    assigned = json.loads(router.handle([_delivery(1, encode(dossier()), "submit:1")])[0].body)
+    code, agency = assigned["dossier_code"], assigned["agency_id"]
+    status = StatusRouter(router.engine, router.ledger, Topology("t"))
+    u1 = uuid.uuid4()
+    applied = status.handle([_status_delivery(1, _status(agency, code, "accepted", u1),
+                                              f"status:{u1}")])
+    # the SDK retrying it stamps a new sent_at: the same update, its messages again
+    assert _sent(status.handle([_status_delivery(
+        2, _status(agency, code, "accepted", u1), f"status:{u1}")])) == _sent(applied)
+    # another status under the same update id would apply a second change: refused
+    changed = _status(agency, code, "resolved", u1)
+    out = status.handle([_status_delivery(3, changed, f"status:{u1}")])
+    assert len(out) == 1 and out[0].headers is not None and out[0].body == changed
+    assert out[0].headers[REASON_HEADER] == "message_id_reused"
+    assert "as applied" in out[0].headers[DETAIL_HEADER]
+    assert _sent(status.handle([_status_delivery(4, changed, f"status:{u1}")])) == _sent(out)
+    row = router.ledger.dossier(code)
+    assert row is not None and row["state"] == 4  # processing, not resolved
+    # an update refused before changed nothing: corrected, under its id, it is applied
+    u2 = uuid.uuid4()
+    refused = status.handle([_status_delivery(5, _status(agency, code, "rejected", u2),
+                                              f"status:{u2}")])
+    assert [json.loads(o.body)["notice"] for o in refused] == ["update_refused"]
+    status.handle([_status_delivery(6, _status(agency, code, "resolved", u2), f"status:{u2}")])
+    row = router.ledger.dossier(code)
+    assert row is not None and row["state"] == 9
+    assert router.ledger.count_inbox_outcomes() == {
+        "routed": 1, "applied": 2, "refused_update": 1, "dead:message_id_reused": 1}
 
 
 def test_a_message_id_longer_than_the_inbox_holds_is_kept_by_a_digest(
