@@ -7,12 +7,13 @@ import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pika
 
 from broker.amqp import amqp_url
+from broker.ledger import RawJSON
 from broker.messages import DossierSubmitted, encode
 from broker.topology import INTAKE_KEY, STATUS_KEY, Topology
 
@@ -94,3 +95,24 @@ def held_port() -> Iterator[int]:
         held.bind(("127.0.0.1", 0))
         held.listen()
         yield int(held.getsockname()[1])
+
+
+#: the receipt time of dossier_row's rows: Vietnam's offset and microseconds, both kept
+ROW_AT = datetime(2026, 3, 2, 9, 15, 7, 123456, tzinfo=timezone(timedelta(hours=7)))
+
+
+def dossier_row(code: str, **over: Any) -> dict[str, Any]:
+    """A ledger row of a received dossier (for Batch.add_dossier), with ``over`` changed."""
+    row = {
+        "code": code, "submission_id": f"{code}-sid"[-36:], "procedure_code": "1.001193",
+        "intake_desk_id": "desk.xa-ea-kar", "return_desk_id": "desk.portal", "channel": "desk",
+        "state": 2, "agency_id": "ubnd.xa-ea-kar", "step": 0,
+        "steps": [{"agency_id": "ubnd.xa-ea-kar", "amount": 5.0, "unit": "working_days"}],
+        "rule_id": "procedure:1.001193", "catalog_hash": "0123456789abcdef0123456789abcdef",
+        "boundary_free": True, "received_at": ROW_AT, "due_at": ROW_AT + timedelta(days=7),
+        "step_due_at": ROW_AT.astimezone(UTC) + timedelta(days=3), "paused_at": None,
+        "finished_at": None, "satisfaction": None, "flags": {"note": "Đắk Lắk – hồ sơ"},
+        "seq": 1, "submission": RawJSON('{"applicant":{"name":"Nguyễn Văn An"}}'),
+        "updated_at": ROW_AT,
+    }
+    return {**row, **over}

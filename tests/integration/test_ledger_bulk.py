@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,26 +14,10 @@ import pytest
 from sqlalchemy import LargeBinary, Table, insert, text
 
 from broker.envelope import Outbound
-from broker.ledger import ConcurrentUpdate, Ledger, RawJSON, dossiers, events, inbox, outbox
+from broker.ledger import ConcurrentUpdate, Ledger, dossiers, events, inbox, outbox
+from tests.helpers import ROW_AT, dossier_row
 
-ICT = timezone(timedelta(hours=7))
-AT = datetime(2026, 3, 2, 9, 15, 7, 123456, tzinfo=ICT)
-
-
-def _dossier(code: str, **over: Any) -> dict[str, Any]:
-    row = {
-        "code": code, "submission_id": f"{code}-sid"[-36:], "procedure_code": "1.001193",
-        "intake_desk_id": "desk.xa-ea-kar", "return_desk_id": "desk.portal", "channel": "desk",
-        "state": 2, "agency_id": "ubnd.xa-ea-kar", "step": 0,
-        "steps": [{"agency_id": "ubnd.xa-ea-kar", "amount": 5.0, "unit": "working_days"}],
-        "rule_id": "procedure:1.001193", "catalog_hash": "0123456789abcdef0123456789abcdef",
-        "boundary_free": True, "received_at": AT, "due_at": AT + timedelta(days=7),
-        "step_due_at": AT.astimezone(UTC) + timedelta(days=3), "paused_at": None,
-        "finished_at": None, "satisfaction": None, "flags": {"note": "Đắk Lắk – hồ sơ"},
-        "seq": 1, "submission": RawJSON('{"applicant":{"name":"Nguyễn Văn An"}}'),
-        "updated_at": AT,
-    }
-    return {**row, **over}
+AT = ROW_AT
 
 
 def _event(code: str, seq: int, **over: Any) -> dict[str, Any]:
@@ -58,7 +42,7 @@ def _text_rows(ledger: Ledger, table: Table, key: str, prefix: str) -> list[tupl
 def test_bulk_insert_stores_what_sqlalchemy_stores(ledger: Ledger) -> None:
     def rows(p: str) -> dict[Table, list[dict[str, Any]]]:
         return {
-            dossiers: [_dossier(f"{p}-A"), _dossier(f"{p}-B", boundary_free=False,
+            dossiers: [dossier_row(f"{p}-A"), dossier_row(f"{p}-B", boundary_free=False,
                                                     paused_at=AT, satisfaction=4, flags={})],
             events: [_event(f"{p}-A", 1), _event(f"{p}-A", 2, state_from=2, detail={})],
             inbox: [{"message_id": f"{p}-m1", "source": "intake", "outcome": "routed",
@@ -103,7 +87,7 @@ def test_bulk_insert_stores_what_sqlalchemy_stores(ledger: Ledger) -> None:
 
 def test_rows_with_other_keys_keep_every_value_and_their_order(ledger: Ledger) -> None:
     with ledger.batch() as batch:
-        batch.add_dossier(_dossier("k-A"))
+        batch.add_dossier(dossier_row("k-A"))
         batch.add_event(_event("k-A", 1))
         batch.add_event({k: v for k, v in _event("k-A", 2).items() if k != "from_agency"})
         batch.add_event(_event("k-A", 3, from_agency="so.tu-phap"))
@@ -124,7 +108,7 @@ def test_rows_with_other_keys_keep_every_value_and_their_order(ledger: Ledger) -
 def test_naive_datetime_fails_the_batch_and_stores_nothing(ledger: Ledger) -> None:
     with pytest.raises(ValueError, match="naive datetime"), ledger.batch() as batch:
         batch.add_event(_event("n-A", 1))
-        batch.add_dossier(_dossier("n-A", received_at=datetime(2026, 3, 2, 9, 0)))
+        batch.add_dossier(dossier_row("n-A", received_at=datetime(2026, 3, 2, 9, 0)))
     assert ledger.dossier("n-A") is None
     assert ledger.history("n-A") == []
 
@@ -148,22 +132,22 @@ def test_code_blocks_follow_on_per_agency_and_day(ledger: Ledger) -> None:
 def test_a_conflict_in_the_bulk_insert_is_a_concurrent_update(ledger: Ledger) -> None:
     # what a competing router's commit looks like from here: retried, never dead-lettered
     with ledger.batch() as batch:
-        batch.add_dossier(_dossier("c-A"))
+        batch.add_dossier(dossier_row("c-A"))
     with pytest.raises(ConcurrentUpdate), ledger.batch() as batch:
         batch.add_event(_event("c-B", 1))
-        batch.add_dossier(_dossier("c-A"))
+        batch.add_dossier(dossier_row("c-A"))
     assert ledger.history("c-B") == []
 
 
 def test_a_snapshot_read_sees_the_ledger_as_at_its_first_query(ledger: Ledger) -> None:
     # the audit's several queries must agree while routers commit beside it
     with ledger.batch() as batch:
-        batch.add_dossier(_dossier("s-A"))
+        batch.add_dossier(dossier_row("s-A"))
         batch.record("m-A", "intake", "routed", "s-A", [], AT)
     with ledger.read(snapshot=True) as snap, ledger.read() as plain:
         assert ledger.count_by_state(snap) == ledger.count_by_state(plain) == {2: 1}
         with ledger.batch() as batch:  # a router commits meanwhile
-            batch.add_dossier(_dossier("s-B", state=4))
+            batch.add_dossier(dossier_row("s-B", state=4))
             batch.record("m-B", "intake", "routed", "s-B", [], AT)
         assert ledger.count_by_state(plain) == {2: 1, 4: 1}
         assert ledger.count_by_state(snap) == {2: 1}
@@ -184,7 +168,7 @@ def test_the_batch_reads_find_rows_and_prepare_nothing_on_the_server(ledger: Led
     scanned the whole inbox on every batch as it grew."""
     with ledger.batch() as b:
         b.record("m-1", "intake", "routed", "C-1", [], AT)
-        b.add_dossier(_dossier("C-1"))
+        b.add_dossier(dossier_row("C-1"))
     for _ in range(8):  # past psycopg's default threshold of 5 runs before it prepares
         with ledger.batch() as b:
             assert set(b.seen(["m-1", "m-2"])) == {"m-1"}
@@ -208,7 +192,7 @@ def test_background_checkpoints_move_the_wal_into_the_database(tmp_path: Path) -
             assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
         with ledger.batch() as batch:
             for i in range(20):
-                batch.add_dossier(_dossier(f"w-{i}"))
+                batch.add_dossier(dossier_row(f"w-{i}"))
         deadline = time.monotonic() + 10
         while _checkpointed_dossiers(path) < 20 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -218,7 +202,7 @@ def test_background_checkpoints_move_the_wal_into_the_database(tmp_path: Path) -
     with ledger.engine.connect() as conn:  # stopped: SQLite's own checkpoints again
         assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 1000
     with ledger.batch() as batch:
-        batch.add_dossier(_dossier("w-after"))
+        batch.add_dossier(dossier_row("w-after"))
     assert _checkpointed_dossiers(path) == 20  # a small commit stays in the WAL
     assert ledger.dossier("w-after") is not None
     ledger.dispose()
@@ -236,7 +220,7 @@ def test_the_wal_stays_bounded_under_a_writer_that_never_pauses(tmp_path: Path) 
         for b in range(150):
             with ledger.batch() as batch:
                 for i in range(20):
-                    batch.add_dossier(_dossier(f"g-{b}-{i}",
+                    batch.add_dossier(dossier_row(f"g-{b}-{i}",
                                                flags={"pad": "x" * 2000}))
             largest = max(largest, wal.stat().st_size)
             time.sleep(0.002)  # the router's I/O loop publishes and acks between batches
@@ -258,7 +242,7 @@ def test_a_long_reader_does_not_stall_the_writer_behind_a_checkpoint(tmp_path: P
     path = tmp_path / "ledger.sqlite3"
     ledger = Ledger(f"sqlite:///{path}")
     with ledger.batch() as batch:
-        batch.add_dossier(_dossier("r-0"))
+        batch.add_dossier(dossier_row("r-0"))
     stop = ledger.background_checkpoints(every_s=0.02, restart_frames=8)
     reader = sqlite3.connect(path, isolation_level=None)
     probe = sqlite3.connect(path, isolation_level=None)
@@ -269,7 +253,7 @@ def test_a_long_reader_does_not_stall_the_writer_behind_a_checkpoint(tmp_path: P
         nonlocal b, slowest
         started = time.monotonic()
         with ledger.batch() as batch:
-            batch.add_dossier(_dossier(f"r-{b + 1}", flags={"pad": "x" * 2000}))
+            batch.add_dossier(dossier_row(f"r-{b + 1}", flags={"pad": "x" * 2000}))
         slowest = max(slowest, time.monotonic() - started)
         b += 1
         time.sleep(0.002)

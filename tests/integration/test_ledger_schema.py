@@ -18,7 +18,7 @@ from broker.cli import EXIT_PROBLEM, main
 from broker.envelope import Outbound
 from broker.errors import LedgerSchemaError, TransientError
 from broker.ledger import Ledger
-from tests.integration.test_ledger_bulk import _dossier
+from tests.helpers import dossier_row
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +87,7 @@ def test_ledger_upgrade_brings_an_earlier_ledger_up_to_this_version(
     # fingerprints left it, with the indexes they made and this one dropped, rows, and an
     # index a DBA added
     with ledger.batch() as batch:
-        batch.add_dossier(_dossier("OLD-1"))
+        batch.add_dossier(dossier_row("OLD-1"))
         batch.record("submit:old", "intake", "routed", "OLD-1", [], datetime.now(UTC))
     _alter(ledger, "DROP INDEX ix_dossiers_watch",
            "ALTER TABLE dossiers DROP COLUMN watch_level",
