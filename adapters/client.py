@@ -192,6 +192,13 @@ class DeskClient(BrokerClient):
         Give a new dossier a ``submission_id`` from :func:`new_id` (time-ordered, so the
         ledger's indexes grow at their end); any UUID is accepted. The dossier must name
         this desk as the one that received it.
+
+        A dossier changed and submitted again under its ``submission_id`` goes under the
+        same message id, but is no retry: the router checks it against the first. The
+        same dossier (whatever its ``submitted_at``) gets its receipt again; a different
+        one is dead-lettered as ``submission_id_reused`` and the desk hears nothing, so
+        a correction to a dossier already received needs a new ``submission_id``. One
+        whose first copy was triaged or dead-lettered is routed.
         """
         if dossier.desk_id != self.desk_id:
             raise ValueError(f"dossier names desk {dossier.desk_id}, this client is desk "
