@@ -17,6 +17,7 @@ import operator
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
@@ -456,6 +457,14 @@ class ConcurrentUpdate(TransientError):
     bounded = True
 
 
+def _pinned(conn: sqlite3.Connection, copied: int, wait_s: float = 0.02) -> bool:
+    """Whether the WAL's copying stays at ``copied`` pages for ``wait_s``: a reader keeps
+    a snapshot from before the rest (short transactions come and go, and it moves on)."""
+    time.sleep(wait_s)
+    _busy, _frames, now = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return bool(now == copied)
+
+
 class Checkpoints:
     """The background WAL checkpoints of a SQLite ledger: call to stop them (and give
     SQLite its own back); counts what they did."""
@@ -735,11 +744,13 @@ class Ledger:
         truncates the file after a restart. Committed data is as durable either way:
         it is synced in the WAL before the commit returns.
 
-        While a reader keeps a snapshot older than the WAL's last pages (a CLI scan such
-        as ``casebroker audit``), the PASSIVE step cannot copy those pages, and a RESTART
-        would wait for that reader, holding new writes back, only to give up: it is left
-        for a turn when the PASSIVE step copied everything (:attr:`Checkpoints.held_back`
-        counts the turns it waited). The WAL grows meanwhile, as it must.
+        While a reader keeps a snapshot older than the WAL's last pages, the PASSIVE step
+        cannot copy those pages. A transaction of the other consumer does so for
+        milliseconds, and the RESTART waits it out; a CLI scan (``casebroker audit``)
+        for seconds, and a RESTART would hold new writes back all its timeout, only to
+        give up. So when the pages copied do not move in 20 ms, the RESTART is left for
+        a later turn (:attr:`Checkpoints.held_back` counts them); the WAL grows
+        meanwhile, as it must while the reader needs it.
         """
         done = Checkpoints()
         database = self.engine.url.database
@@ -762,8 +773,8 @@ class Ledger:
                             "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                         if frames <= restart_frames:
                             continue
-                        if copied < frames:  # a reader holds the rest: not this turn
-                            done.held_back += 1
+                        if copied < frames and _pinned(conn, copied):
+                            done.held_back += 1  # a long reader holds the rest
                             continue
                         conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
                         done.restarts += 1
