@@ -131,6 +131,34 @@ def test_same_submission_twice_makes_one_dossier(
     assert {p.message_id for p, _ in receipts} == {f"{assigned[0][0].correlation_id}:receipt"}
 
 
+def test_a_dossier_corrected_under_its_first_message_id_is_routed_not_dropped(
+        declared: Topology, ledger: Ledger, run_broker, amqp: Amqp) -> None:
+    # the SDK's message id is submit:<submission id>: a desk that corrects a triaged
+    # dossier and submits it again sends it under the same id. Through the real broker:
+    # the correction is routed, and a different dossier under that id is dead-lettered
+    run_broker()
+    wrong = dossier(applicant_ward="99999")  # a ward no unit serves
+    amqp.submit(declared, wrong)
+    wait_for(lambda: queue_depth(declared.triage_queue) >= 1, what="the first copy triaged")
+    fixed = wrong.model_copy(update={"applicant": wrong.applicant.model_copy(
+        update={"ward_code": "10001"})})
+    amqp.submit(declared, fixed)
+    _wait_routed(ledger, 1)
+    receipts = amqp.json_all(declared.desk_queue("T.MC.B"))
+    assert [r["notice"] for r in receipts] == ["receipt"]
+    other = fixed.model_copy(update={"procedure_code": "1.004227"})
+    amqp.submit(declared, other)
+    wait_for(lambda: queue_depth(declared.dead_queue("intake")) >= 1, what="the dead letter")
+    (props, body), = amqp.get_all(declared.dead_queue("intake"))
+    assert props.headers[REASON_HEADER] == "submission_id_reused"
+    assert props.message_id == f"submit:{wrong.submission_id}"
+    assert json.loads(body)["procedure_code"] == "1.004227"
+    wait_for(lambda: queue_depth(declared.intake_queue) == 0, what="intake drained")
+    assert ledger.count_by_state() == {2: 1}
+    assert ledger.count_inbox_outcomes() == {"triaged:area_not_served": 1, "routed": 1,
+                                             "dead:submission_id_reused": 1}
+
+
 def test_not_open_for_boundary_free_is_refused_with_notice(
         declared: Topology, ledger: Ledger, run_broker, amqp: Amqp) -> None:
     run_broker()
