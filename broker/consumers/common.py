@@ -191,10 +191,10 @@ class Screened:
 class Screen:
     """Redelivery, duplicate, contract and sender checks, one place for every consumer.
 
-    A message id already processed, from a message with the same fingerprint (the same
-    values, whatever a retry may stamp afresh: :func:`~broker.messages.fingerprint`),
-    re-publishes what it published, and a second such copy in the same batch is
-    dropped. A body outside the contract, or (with per-party users) a message whose
+    A message id already processed, from a message with the same fingerprint (the
+    consumer's ``fingerprint_of``: by default of the values, blind to what a retry
+    stamps afresh), re-publishes what it published, and a second such copy in the same
+    batch is dropped. A body outside the contract, or (with per-party users) a message whose
     claimed desk or agency is not its RabbitMQ sender, is dead-lettered and recorded.
     What is left is ``fresh``.
 
@@ -202,7 +202,8 @@ class Screen:
     the sender changed the message and kept its id. ``afresh`` says, from how the id
     was processed before (its inbox outcome; None: by a copy earlier in this batch),
     whether the consumer judges the changed copy as a message of its own, recorded under
-    :func:`changed_copy_id`; if not, it is dead-lettered as ``message_id_reused``.
+    :func:`changed_copy_id`; if not, it is dead-lettered as ``message_id_reused`` (once
+    it has passed the contract and sender checks: a reason of theirs says more).
     Either way it is not lost, and its own redeliveries find it by that id.
     """
 
@@ -244,15 +245,6 @@ class Screen:
                 result.out += seen[key].published  # redelivered: the very same messages again
                 continue
             batch.fingerprints[key] = c.fingerprint
-            if c.changed and not self.afresh(c.before):
-                before = ("by an earlier message in this batch" if c.before is None
-                          else f"as {c.before}")
-                result.out.append(self.dead(
-                    batch, key, c.delivery, "message_id_reused",
-                    f"its message id was processed before, {before}, from a message that "
-                    "differs from this one: this one was not applied (a changed message "
-                    "needs a new message id)", now))
-                continue
             if c.error is not None:
                 result.out.append(self.dead(batch, key, c.delivery, c.error.reason,
                                             c.error.detail, now))
@@ -264,6 +256,15 @@ class Screen:
                 result.out.append(self.dead(
                     batch, key, c.delivery, "sender_mismatch",
                     f"published by {sender!r}, not by {claimed}", now))
+                continue
+            if c.changed and not self.afresh(c.before):
+                before = ("by an earlier message in this batch" if c.before is None
+                          else f"as {c.before}")
+                result.out.append(self.dead(
+                    batch, key, c.delivery, "message_id_reused",
+                    f"its message id was processed before, {before}, from a message that "
+                    "differs from this one: this one was not applied (a changed message "
+                    "needs a new message id)", now))
                 continue
             result.fresh.append((key, c.delivery, c.message))
         return result

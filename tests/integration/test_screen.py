@@ -260,10 +260,11 @@ def _status(agency: str, code: str, status: str, update_id: uuid.UUID,
                                 status=status, sent_at=datetime.now(UTC), **fields))
 
 
-def _status_delivery(tag: int, body: bytes, message_id: str) -> Delivery:
+def _status_delivery(tag: int, body: bytes, message_id: str,
+                     user_id: str | None = None) -> Delivery:
     return Delivery(tag, body, BasicProperties(
-        content_type=CONTENT_TYPE, message_id=message_id, type="dossier.status"),
-        True, "status")
+        content_type=CONTENT_TYPE, message_id=message_id, type="dossier.status",
+        user_id=user_id), True, "status")
 
 
 def test_a_status_update_changed_under_an_applied_id_is_dead_lettered(
@@ -309,3 +310,21 @@ def test_a_message_id_longer_than_the_inbox_holds_is_kept_by_a_digest(
     assert len(router.handle([_delivery(2, encode(d2), other_id)])) == 2
     assert _sent(router.handle([_delivery(3, encode(d1), long_id)])) == _sent(first)
     assert router.ledger.count_by_state() == {2: 2}
+
+
+def test_a_stranger_reusing_an_applied_update_id_is_named_a_stranger(router: Router) -> None:
+    # with one RabbitMQ user per party, a changed copy under an applied update's id from
+    # another login is a sender mismatch first: that reason says more than the reuse
+    assigned = json.loads(router.handle([_delivery(1, encode(dossier()), "submit:1")])[0].body)
+    code, agency = assigned["dossier_code"], assigned["agency_id"]
+    status = StatusRouter(router.engine, router.ledger, Topology("t"), party_users=True)
+    u1 = uuid.uuid4()
+    status.handle([_status_delivery(1, _status(agency, code, "accepted", u1), f"status:{u1}",
+                                    user_id=f"t.{agency}")])
+    changed = _status(agency, code, "resolved", u1)
+    out = status.handle([_status_delivery(2, changed, f"status:{u1}", user_id="t.T.MC.B")])
+    assert [o.headers[REASON_HEADER] for o in out if o.headers] == ["sender_mismatch"]
+    # the agency itself changing it: a reuse
+    changed = _status(agency, code, "rejected", u1)
+    out = status.handle([_status_delivery(3, changed, f"status:{u1}", user_id=f"t.{agency}")])
+    assert [o.headers[REASON_HEADER] for o in out if o.headers] == ["message_id_reused"]
