@@ -53,7 +53,7 @@ from broker.amqp_worker import (
 __all__ = ["DEFAULT_AMQP_URL", "DETAIL_HEADER", "MAX_BOUNDED_RETRIES", "ORIGINAL_EXCHANGE_HEADER",
            "ORIGINAL_KEY_HEADER", "REASON_HEADER", "SENT_BY_HEADER",
            "SOURCE_HEADER", "BatchHandler", "ConsumerService", "ConsumerSettings", "Delivery",
-           "Hooks", "amqp_url", "amqp_urls", "properties_for"]
+           "Hooks", "amqp_url", "amqp_urls", "properties_for", "shown_url"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,11 @@ def amqp_urls() -> list[str]:
     """Every URL in ``CASEBROKER_AMQP_URL``: several (comma-separated) name cluster nodes."""
     raw = os.environ.get("CASEBROKER_AMQP_URL", DEFAULT_AMQP_URL)
     return [u for u in re.split(r"[\s,;]+", raw) if u] or [DEFAULT_AMQP_URL]
+
+
+def shown_url(url: str) -> str:
+    """A broker URL fit for a message or a log: its password left out."""
+    return re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 def amqp_url() -> str:

@@ -7,6 +7,7 @@ import importlib
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -168,10 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else os.environ.get("CASEBROKER_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    # the operator commands say in their own words what RabbitMQ refused (a missing queue
-    # in an audit); pika's own warnings are for the long-running service and the demo
+    # the operator commands say in their own words what RabbitMQ refused or why it could
+    # not be reached (a missing queue, a refused login), in one line; pika's own warnings
+    # and errors (a traceback per failed connection) are for the service and the demo
     logging.getLogger("pika").setLevel(
-        logging.WARNING if args.command in ("run", "demo", "bench") else logging.ERROR)
+        logging.WARNING if args.command in ("run", "demo", "bench") else logging.CRITICAL)
     try:
         return int(_dispatch(args) or EXIT_OK)
     except CatalogError as e:
@@ -185,6 +187,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_PROBLEM
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        from pika.exceptions import AMQPError  # pika loads only for the commands using it
+        # a host name that does not resolve fails in the socket module, under pika
+        if not isinstance(e, AMQPError | socket.gaierror):
+            raise
+        print(f"error: {_rabbitmq_problem(e)}", file=sys.stderr)
+        return EXIT_PROBLEM
+
+
+def _rabbitmq_problem(error: Exception) -> str:
+    """What RabbitMQ did to a one-shot command, in a line (`run` reconnects instead)."""
+    from pika.exceptions import AMQPChannelError, AMQPConnectionError
+
+    from broker.amqp import amqp_urls, shown_url
+    reply = getattr(error, "reply_text", None)
+    if isinstance(error, AMQPConnectionError | socket.gaierror):
+        where = ", ".join(shown_url(u) for u in amqp_urls())
+        why = (error.strerror or str(error) if isinstance(error, OSError)
+               else "; ".join(str(a) or repr(a) for a in error.args))
+        return f"RabbitMQ unreachable at {where} (CASEBROKER_AMQP_URL)" + (
+            f": {why}" if why else "")
+    if isinstance(error, AMQPChannelError) and reply:
+        return f"RabbitMQ refused: {reply}"
+    return f"RabbitMQ: {type(error).__name__} {error}".rstrip()
 
 
 def _dispatch(args: argparse.Namespace) -> int | None:

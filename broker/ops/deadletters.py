@@ -49,6 +49,7 @@ from broker.ops.queues import (
     channel,
     copy_properties,
     login,
+    missing,
     put_back,
     queue_and_key,
     sent_by,
@@ -276,6 +277,9 @@ def list_dead(topology: Topology, queues: Iterable[str]
     with channel() as ch:
         for which in queues:
             queue, _ = queue_and_key(topology, which)
+            if (why := missing(ch, queue)) is not None:
+                failed.append({"queue": which, "message_id": None, "error": why})
+                continue
             taken = take_all(ch, queue)
 
             def keep(msg: Taken, w: str = which) -> None:
@@ -299,6 +303,9 @@ def replay_dead(topology: Topology, queues: Iterable[str], ids: set[str] | None
     with channel() as ch:
         for which in queues:
             queue, _ = queue_and_key(topology, which)
+            if (why := missing(ch, queue)) is not None:
+                failed.append({"queue": which, "message_id": None, "error": why})
+                continue
 
             def act(msg: Taken, w: str = which) -> None:
                 if ids is None or msg.message_id in ids:
@@ -326,9 +333,10 @@ def _progress(queue: str) -> Progress:
 
 def _report_failures(failed: list[dict[str, Any]], what: str) -> None:
     for f in failed:
-        print(f"error: {f['queue']}: {f['message_id'] or '-'}: {f['error']}", file=sys.stderr)
-    if failed:
-        print(f"{len(failed)} message(s) {what}", file=sys.stderr)
+        about = f"{f['queue']}: {f['message_id']}" if f["message_id"] is not None else f["queue"]
+        print(f"error: {about}: {f['error']}", file=sys.stderr)
+    if messages := sum(1 for f in failed if f["message_id"] is not None):
+        print(f"{messages} message(s) {what}", file=sys.stderr)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

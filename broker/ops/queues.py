@@ -19,7 +19,7 @@ from typing import Any
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
-from pika.exceptions import NackError, UnroutableError
+from pika.exceptions import ChannelClosedByBroker, NackError, UnroutableError
 from pika.spec import BasicProperties
 
 from broker.amqp import SENT_BY_HEADER, amqp_urls
@@ -100,6 +100,23 @@ def queue_and_key(topology: Topology, which: str) -> tuple[str, str]:
     if which == "triage":
         return topology.triage_queue, TRIAGE_KEY
     return topology.dead_queue(which), which
+
+
+def missing(ch: BlockingChannel, queue: str) -> str | None:
+    """Why ``queue`` cannot be read (None: it is there). Asked on a channel of its own:
+    RabbitMQ closes the channel that asks for a queue it does not have."""
+    probe = ch.connection.channel()
+    try:
+        probe.queue_declare(queue, passive=True)
+        return None
+    except ChannelClosedByBroker as e:
+        if e.reply_code != 404:
+            raise
+        return (f"no queue {queue} (a wrong --prefix or CASEBROKER_PREFIX, or the topology "
+                "not declared: casebroker topology declare)")
+    finally:
+        if probe.is_open:
+            probe.close()
 
 
 def depth(ch: BlockingChannel, queue: str) -> int:

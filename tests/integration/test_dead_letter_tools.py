@@ -165,6 +165,37 @@ def test_a_message_that_cannot_be_replayed_holds_back_only_itself(
                                                                         gone.message_id])
 
 
+def test_a_missing_queue_is_named_and_the_others_are_read(
+        declared: Topology, amqp: Amqp, capsys: pytest.CaptureFixture[str]) -> None:
+    # one operator queue deleted (or a topology declared by an older version): the tools
+    # name it and go on with the rest, where RabbitMQ's 404 was a traceback before
+    t = declared
+    notice = _agency_notice(t, "T.UBND.A-261125-0001")
+    _publish_dead(amqp, t, "agency", notice, {REASON_HEADER: "unroutable",
+                                              SOURCE_HEADER: "watch"})
+    amqp.delete_queues(t.dead_queue("status"))
+    rc, out, err = _cli(capsys, t, "dead-letters", "list", "--json")
+    assert rc == 1 and "Traceback" not in err
+    assert [m["message_id"] for m in json.loads(out)] == [notice.message_id]
+    assert f"error: status: no queue {t.dead_queue('status')}" in err
+    assert "casebroker topology declare" in err and "message(s)" not in err
+    rc, out, err = _cli(capsys, t, "dead-letters", "replay", "--all")
+    assert rc == 1 and "1 message(s) replayed" in out and "no queue" in err
+    assert _ids(amqp, t.agency_queue("T.UBND.A")) == [notice.message_id]
+
+
+def test_rabbitmq_out_of_reach_is_one_line_without_the_password(
+        declared: Topology, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CASEBROKER_AMQP_URL",
+                       f"amqp://guest:s3cret-pw@127.0.0.1:{free_port()}/")
+    for args in (("dead-letters", "list"), ("topology", "declare")):
+        rc, out, err = _cli(capsys, declared, *args)
+        assert rc == 1 and "Traceback" not in err and "s3cret-pw" not in err + out
+        assert "error: RabbitMQ unreachable at amqp://guest:***@127.0.0.1:" in err
+        assert "Connection refused" in err
+
+
 @pytest.fixture
 def operator_url() -> Iterator[str]:
     """The URL of a RabbitMQ login of its own for the operator, with every permission."""
