@@ -70,7 +70,7 @@ def amqp_urls() -> list[str]:
 
 def shown_url(url: str) -> str:
     """A broker URL fit for a message or a log: its password left out."""
-    return re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:***@", url)
+    return re.sub(r"(//[^:/@]*):[^@]*@", r"\1:***@", url)
 
 
 def amqp_url() -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.amqp import ConsumerSettings
+from broker.amqp import ConsumerSettings, shown_url
 from broker.cli import build_parser, main
 
 
@@ -87,3 +87,13 @@ def test_a_window_no_wider_than_a_batch_is_warned_about(
     with caplog.at_level("WARNING", logger="broker.amqp"):
         ConsumerService(ConsumerSettings(), "x.dead", lambda _exchange: None)
     assert caplog.text == ""
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("amqp://guest:guest@127.0.0.1:5672/%2F", "amqp://guest:***@127.0.0.1:5672/%2F"),
+    ("amqps://ops:p%40ss/w0rd@mq.daklak.gov.vn/", "amqps://ops:***@mq.daklak.gov.vn/"),
+    ("amqp://127.0.0.1:5672/", "amqp://127.0.0.1:5672/"),
+    ("amqp://user@host/", "amqp://user@host/"),
+])
+def test_a_broker_url_is_shown_without_its_password(url: str, shown: str) -> None:
+    assert shown_url(url) == shown
