@@ -726,8 +726,8 @@ class Ledger:
                 .group_by(c.agency_id))
             return {str(a): int(n) for a, n in rows}
 
-    def background_checkpoints(self, every_s: float = 0.5, restart_frames: int = 4096
-                               ) -> Checkpoints:
+    def background_checkpoints(self, every_s: float = 0.5, restart_frames: int = 4096,
+                               count: Callable[[str], None] | None = None) -> Checkpoints:
         """SQLite: checkpoint the WAL in a thread of its own; return what stops it (and
         counts what it did). PostgreSQL: nothing to do.
 
@@ -750,7 +750,8 @@ class Ledger:
         for seconds, and a RESTART would hold new writes back all its timeout, only to
         give up. So when the pages copied do not move in 20 ms, the RESTART is left for
         a later turn (:attr:`Checkpoints.held_back` counts them); the WAL grows
-        meanwhile, as it must while the reader needs it.
+        meanwhile, as it must while the reader needs it. ``count`` (the metrics) hears
+        of each due turn: ``restarted`` or ``held_back``.
         """
         done = Checkpoints()
         database = self.engine.url.database
@@ -775,9 +776,13 @@ class Ledger:
                             continue
                         if copied < frames and _pinned(conn, copied):
                             done.held_back += 1  # a long reader holds the rest
+                            if count is not None:
+                                count("held_back")
                             continue
                         conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
                         done.restarts += 1
+                        if count is not None:
+                            count("restarted")
                     except sqlite3.Error as e:  # busy or away: the next turn tries again
                         log.warning("WAL checkpoint failed: %s", e)
             finally:

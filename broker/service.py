@@ -147,7 +147,8 @@ class Broker:
             signal.signal(signal.SIGTERM, self._on_stop_signal)
             signal.signal(signal.SIGHUP, self._on_reload_signal)
         # before anything uses the ledger: its connections are made without checkpoints
-        stop_checkpoints = self.ledger.background_checkpoints()
+        stop_checkpoints = self.ledger.background_checkpoints(
+            count=self.metrics.wal_checkpoint_turn)
         if self.watch is not None:
             self.watch.start()
         # the catalog, engine and libraries are long-lived: keep them out of the garbage

@@ -63,6 +63,12 @@ class Metrics(Hooks):
             "casebroker_deadline_notices_total",
             "Deadline notices confirmed, by kind (at_risk, overdue, overdue_apology) and party",
             ["kind", "party"], registry=r)
+        self.wal_checkpoint_turns_total = Counter(
+            "casebroker_wal_checkpoint_turns_total",
+            "SQLite ledger: checkpoint turns that found the WAL due to start over, by result: "
+            "restarted, or held_back (a reader keeps an older snapshot, a CLI scan or a "
+            "forgotten open transaction; the WAL file grows until it ends)", ["result"],
+            registry=r)
         self.catalog_info = Gauge(
             "casebroker_catalog_info", "The catalog in force (value 1)", ["catalog", "hash"],
             registry=r)
@@ -99,6 +105,10 @@ class Metrics(Hooks):
         self.overdue_dossiers.clear()
         for agency, n in by_agency.items():
             self.overdue_dossiers.labels(agency).set(n)
+
+    def wal_checkpoint_turn(self, result: str) -> None:
+        """One turn of the ledger's checkpoint thread that was due to restart the WAL."""
+        self.wal_checkpoint_turns_total.labels(result).inc()
 
     def catalog_loaded(self, name: str, content_hash: str) -> None:
         self.catalog_info.clear()

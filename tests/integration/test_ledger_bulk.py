@@ -16,6 +16,7 @@ from sqlalchemy import LargeBinary, Table, insert, text
 
 from broker.envelope import Outbound
 from broker.ledger import ConcurrentUpdate, Ledger, dossiers, events, inbox, outbox
+from monitoring.metrics import Metrics
 from tests.helpers import ROW_AT, dossier_row
 
 AT = ROW_AT
@@ -267,7 +268,9 @@ def test_a_long_reader_does_not_stall_the_writer_behind_a_checkpoint(tmp_path: P
     ledger = Ledger(f"sqlite:///{path}")
     with ledger.batch() as batch:
         batch.add_dossier(dossier_row("r-0"))
-    stop = ledger.background_checkpoints(every_s=0.02, restart_frames=8)
+    metrics = Metrics()  # what `casebroker run` hands the thread
+    stop = ledger.background_checkpoints(every_s=0.02, restart_frames=8,
+                                         count=metrics.wal_checkpoint_turn)
     reader = sqlite3.connect(path, isolation_level=None)
     probe = sqlite3.connect(path, isolation_level=None)
     slowest = 0.0
@@ -306,6 +309,8 @@ def test_a_long_reader_does_not_stall_the_writer_behind_a_checkpoint(tmp_path: P
         probe.close()
         stop()
     assert restarts_while_read == 0 and held_back > 0  # no RESTART waited on the reader
+    assert metrics.registry.get_sample_value(  # what ops see (an alert after 20 minutes)
+        "casebroker_wal_checkpoint_turns_total", {"result": "held_back"}) == stop.held_back
     assert grown > 8 >= frames, (grown, frames)
     assert slowest < 0.75, slowest  # loose: the stalls were 0.43 s, writes take ms
     ledger.dispose()
