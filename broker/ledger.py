@@ -467,15 +467,25 @@ def _pinned(conn: sqlite3.Connection, copied: int, wait_s: float = 0.02) -> bool
 
 class Checkpoints:
     """The background WAL checkpoints of a SQLite ledger: call to stop them (and give
-    SQLite its own back); counts what they did."""
+    SQLite its own back); counts what they did, and tells ``count`` (the metrics)."""
 
-    def __init__(self) -> None:
+    def __init__(self, count: Callable[[str], None] | None = None) -> None:
         self.stopping = threading.Event()
         self.halt: Callable[[], None] = lambda: None
+        self.count = count
         #: RESTART checkpoints run (the WAL started over, or tried to)
         self.restarts = 0
         #: turns a RESTART was due but left: a reader held pages of the WAL
         self.held_back = 0
+
+    def turn(self, result: str) -> None:
+        """A turn that found the WAL due to start over: ``restarted`` or ``held_back``."""
+        if result == "restarted":
+            self.restarts += 1
+        else:
+            self.held_back += 1
+        if self.count is not None:
+            self.count(result)
 
     def __call__(self) -> None:
         self.stopping.set()
@@ -753,7 +763,7 @@ class Ledger:
         meanwhile, as it must while the reader needs it. ``count`` (the metrics) hears
         of each due turn: ``restarted`` or ``held_back``.
         """
-        done = Checkpoints()
+        done = Checkpoints(count)
         database = self.engine.url.database
         if self.engine.dialect.name != "sqlite" or not database or database == ":memory:":
             return done  # PostgreSQL checkpoints itself; in memory, no WAL
@@ -775,14 +785,10 @@ class Ledger:
                         if frames <= restart_frames:
                             continue
                         if copied < frames and _pinned(conn, copied):
-                            done.held_back += 1  # a long reader holds the rest
-                            if count is not None:
-                                count("held_back")
+                            done.turn("held_back")  # a long reader holds the rest
                             continue
                         conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
-                        done.restarts += 1
-                        if count is not None:
-                            count("restarted")
+                        done.turn("restarted")
                     except sqlite3.Error as e:  # busy or away: the next turn tries again
                         log.warning("WAL checkpoint failed: %s", e)
             finally:

@@ -212,11 +212,12 @@ class Screen:
     expected: frozenset[str]
     sender_of: Callable[[Any], str]
     count: Callable[[str, str], None]
+    #: the consumer's: Consumer.fingerprint_of, Consumer.judges_changed_copy
+    fingerprint_of: Callable[[Any, bytes], bytes]
+    afresh: Callable[[str | None], bool]
     party_users: bool = False
     #: the router's own RabbitMQ login, whose replays carry their first sender (sent_by)
     trusted: str | None = None
-    afresh: Callable[[str | None], bool] = lambda outcome: False
-    fingerprint_of: Callable[[Any, bytes], bytes] = lambda msg, body: fingerprint(msg)
 
     def __call__(self, batch: Batch, deliveries: Sequence[Delivery],
                  now: datetime) -> Screened:
@@ -297,9 +298,10 @@ class Consumer:
         #: must come from the party it names: RabbitMQ checks user_id is the sender's login
         self.screen = Screen(topology, self.source, self.accepted_kinds,
                              sender_of=self.sender_of, count=self._count,
+                             fingerprint_of=self.fingerprint_of,
+                             afresh=self.judges_changed_copy,
                              party_users=party_users_enabled(party_users),
-                             trusted=trusted_user, afresh=self.judges_changed_copy,
-                             fingerprint_of=self.fingerprint_of)
+                             trusted=trusted_user)
 
     def sender_of(self, message: Any) -> str:
         """The desk or agency a message says it comes from."""
