@@ -252,7 +252,12 @@ def test_the_wal_stays_bounded_under_a_writer_that_never_pauses(tmp_path: Path,
         stop()
     written = 150 * 20 * 2500  # bytes of rows at least
     assert stop.held_back == 0  # short transactions are waited out, not taken for a scan
-    assert largest < written / 4, (largest, written)
+    # the WAL started over again and again, so its file holds what was written between
+    # two restarts, not the whole run: 1.1-2.0 MB here on a fast machine state (the
+    # writer then gets 6-16 batches in between), where a WAL never started over would
+    # hold every frame, at least ``written``
+    assert stop.restarts >= 5
+    assert largest < written / 2, (largest, written)
     assert _checkpointed_dossiers(path) <= 3000
     with ledger.read() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM dossiers").scalar() == 3000
