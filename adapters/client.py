@@ -196,9 +196,14 @@ class DeskClient(BrokerClient):
         A dossier changed and submitted again under its ``submission_id`` goes under the
         same message id, but is no retry: the router checks it against the first. The
         same dossier (whatever its ``submitted_at``) gets its receipt again; a different
-        one is dead-lettered as ``submission_id_reused`` and the desk hears nothing, so
-        a correction to a dossier already received needs a new ``submission_id``. One
-        whose first copy was triaged or dead-lettered is routed.
+        one is dead-lettered as ``submission_id_reused`` and the desk gets a ``held``
+        notice saying so, so a correction to a dossier already received needs a new
+        ``submission_id``. One whose first copy was triaged or dead-lettered is routed.
+
+        What comes back to the desk's :class:`Inbox`: a receipt (or a refusal, state 3)
+        with the dossier's code; or a ``held`` notice with no code, matched by
+        ``submission_id``, whose ``reason`` says why no dossier was opened (triaged for an
+        operator, whose replay brings the receipt; or the submission id reused).
         """
         if dossier.desk_id != self.desk_id:
             raise ValueError(f"dossier names desk {dossier.desk_id}, this client is desk "

@@ -166,6 +166,9 @@ class _Desks:
         tally, code = self.tally, notice.dossier_code
         with tally.lock:
             tally.notices[f"desk:{notice.notice.value}"] += 1
+        if code is None:
+            return  # held: no dossier was opened (the summary counts the triaged)
+        with tally.lock:
             if notice.notice == NoticeKind.RECEIPT:
                 sent = tally.submitted_at.get(str(notice.submission_id))
                 if sent is not None:

@@ -17,7 +17,15 @@ from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from broker.errors import DecodeError
 
@@ -211,6 +219,9 @@ class NoticeKind(StrEnum):
 
     RECEIPT = "receipt"
     REFUSED = "refused"
+    #: to the desk: no dossier was opened; it is held for an operator (triage) or must be
+    #: sent again under a new submission id. ``reason`` says which and why
+    HELD = "held"
     STATUS_CHANGED = "status_changed"
     SUPPLEMENT_REQUESTED = "supplement_requested"
     FINANCIAL_OBLIGATION = "financial_obligation"
@@ -226,13 +237,16 @@ class NoticeKind(StrEnum):
 
 
 class DeskNotice(_Model):
-    """broker → desk: receipt, status change, supplement request, result ready, apology."""
+    """broker → desk: receipt, status change, supplement request, result ready, apology;
+    or a dossier held, not received (``held``: no dossier code)."""
 
     schema_: Literal["casebroker.desk.notice/v1"] = Field(
         "casebroker.desk.notice/v1", alias="schema"
     )
     notice: NoticeKind
-    dossier_code: str
+    dossier_code: str | None = Field(None, description=(
+        "the dossier's code; in every notice but a held one, which has none: no dossier "
+        "was opened, the submission id says which dossier it is"))
     submission_id: UUID
     desk_id: PartyId
     procedure_code: ProcedureCode
@@ -245,6 +259,12 @@ class DeskNotice(_Model):
     requested_documents: list[str] = Field(default_factory=list)
     amount_vnd: int | None = None
     issued_at: AwareDatetime
+
+    @model_validator(mode="after")
+    def _code_unless_held(self) -> DeskNotice:
+        if (self.dossier_code is None) != (self.notice == NoticeKind.HELD):
+            raise ValueError("dossier_code is required, except in a held notice, which has none")
+        return self
 
 
 class AgencyNotice(_Model):

@@ -271,10 +271,11 @@ class Screen:
         return result
 
     def dead(self, batch: Batch, mid: str, d: Delivery, reason: str, detail: str,
-             now: datetime) -> Outbound:
-        """Dead-letter a delivery and record it as processed."""
+             now: datetime, also: Sequence[Outbound] = ()) -> Outbound:
+        """Dead-letter a delivery and record it as processed, with what is published
+        ``also`` (a notice to its sender), which its redeliveries publish again too."""
         dl = dead_letter(self.topology, self.source, d, reason, detail, self.trusted)
-        batch.record(mid, self.source, f"dead:{reason}", None, [dl], now)
+        batch.record(mid, self.source, f"dead:{reason}", None, [dl, *also], now)
         self.count("dead_lettered", reason)
         return dl
 

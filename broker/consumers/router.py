@@ -6,6 +6,9 @@ same dossier again gets its first notice again, a different one is dead-lettered
 routable → triage; not open for boundary-free receipt here → refused (state 3) with a
 notice to the desk; otherwise → received (state 2), ``dossier.assigned`` to the first
 agency and a receipt ``desk.notice`` to the intake desk.
+
+A triaged dossier, and one dead-lettered for a taken submission id, gets its desk a
+``held`` notice (no dossier code): the desk knows it was not received, and why.
 """
 
 from __future__ import annotations
@@ -101,10 +104,11 @@ class Router(Consumer):
             try:
                 decision = engine.decide(msg, engine.received_at(msg, now))
             except RoutingError as e:
-                tr = triage(self.topology, self.source, delivery, e.reason, e.detail,
-                            self.screen.trusted)
-                batch.record(mid, self.source, f"triaged:{e.reason}", None, [tr], now)
-                out.append(tr)
+                sent = [triage(self.topology, self.source, delivery, e.reason, e.detail,
+                               self.screen.trusted),
+                        *self._held(engine, mid, msg, f"{e.reason}: {e.detail}", now)]
+                batch.record(mid, self.source, f"triaged:{e.reason}", None, sent, now)
+                out += sent
                 self._count("triaged", e.reason)
                 continue  # no dossier: a later copy, corrected or not, is decided afresh
             first[sid] = r = _Routed(mid, delivery.body, msg, decision)
@@ -115,10 +119,25 @@ class Router(Consumer):
             self._record(batch, r, r.published, now)
             out += r.published
         if again:
-            out += self._again(batch, again, existing, first, now)
+            out += self._again(batch, engine, again, existing, first, now)
         return out
 
-    def _again(self, batch: Batch, again: list[tuple[str, Delivery, DossierSubmitted]],
+    def _held(self, engine: Engine, mid: str, msg: DossierSubmitted, reason: str,
+              now: datetime) -> list[Outbound]:
+        """A ``held`` notice to the desk of a valid dossier that was not received (no
+        dossier code), so that it does not wait for a receipt that will not come: what
+        happened, and what it or an operator must do. None for a desk the catalog does
+        not know: it has no queue to be told in."""
+        if msg.desk_id not in engine.desks:
+            return []
+        notice = DeskNotice(notice=NoticeKind.HELD, dossier_code=None,
+                            submission_id=msg.submission_id, desk_id=msg.desk_id,
+                            procedure_code=msg.procedure_code, state=State.SUBMITTED,
+                            reason=reason, issued_at=now)
+        return [to_desk(self.topology, notice, f"{mid}:held")]
+
+    def _again(self, batch: Batch, engine: Engine,
+               again: list[tuple[str, Delivery, DossierSubmitted]],
                existing: dict[str, str], first: dict[str, _Routed],
                now: datetime) -> list[Outbound]:
         """Submissions whose id is already taken, by a dossier in the ledger or earlier in
@@ -141,10 +160,13 @@ class Router(Consumer):
                 code, original, published = r.code, r.dossier, r.published
             differs = _differing_fields(original, msg)
             if differs:
+                # the desk is told it was not received, never which dossier has the id
+                held = self._held(engine, mid, msg, _REUSED_FOR_DESK, now)
                 out.append(self.screen.dead(
                     batch, mid, delivery, "submission_id_reused",
                     f"submission id already used by dossier {code}; this one differs in: "
-                    f"{', '.join(differs)}", now))
+                    f"{', '.join(differs)}", now, also=held))
+                out += held
                 continue
             notices = [o for o in published if o.exchange == self.topology.desk_exchange]
             batch.record(mid, self.source, "duplicate", code, notices, now)
@@ -230,6 +252,10 @@ def _stored_submission(stored: Any) -> DossierSubmitted | None:
         return None
     return msg if isinstance(msg, DossierSubmitted) else None
 
+
+#: the reason a desk is given for a dossier dead-lettered as submission_id_reused
+_REUSED_FOR_DESK = ("submission_id_reused: its submission id was given to another dossier "
+                    "before; this one was not received: send it under a new submission id")
 
 #: a retry may stamp its own time: the dossier is the same, and keeps its first one. (Under
 #: the same message id it is still a changed copy, judged again: submitted_at may decide

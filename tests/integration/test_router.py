@@ -144,11 +144,19 @@ def test_a_dossier_corrected_under_its_first_message_id_is_routed_not_dropped(
         update={"ward_code": "10001"})})
     amqp.submit(declared, fixed)
     _wait_routed(ledger, 1)
-    receipts = amqp.json_all(declared.desk_queue("T.MC.B"))
-    assert [r["notice"] for r in receipts] == ["receipt"]
+    # the desk was told the first copy was held (not received, and why), then its receipt
+    wait_for(lambda: queue_depth(declared.desk_queue("T.MC.B")) >= 2, what="two notices")
+    notices = amqp.json_all(declared.desk_queue("T.MC.B"))
+    assert [n["notice"] for n in notices] == ["held", "receipt"]
+    assert "dossier_code" not in notices[0] and notices[0]["reason"].startswith(
+        "area_not_served: ")
     other = fixed.model_copy(update={"procedure_code": "1.004227"})
     amqp.submit(declared, other)
     wait_for(lambda: queue_depth(declared.dead_queue("intake")) >= 1, what="the dead letter")
+    wait_for(lambda: queue_depth(declared.desk_queue("T.MC.B")) >= 1, what="a held notice")
+    (held,) = amqp.json_all(declared.desk_queue("T.MC.B"))
+    assert held["notice"] == "held" and held["submission_id"] == str(wrong.submission_id)
+    assert held["reason"].startswith("submission_id_reused: ")
     (props, body), = amqp.get_all(declared.dead_queue("intake"))
     assert props.headers[REASON_HEADER] == "submission_id_reused"
     assert props.message_id == f"submit:{wrong.submission_id}"

@@ -91,7 +91,8 @@ def test_a_dead_letter_for_an_internal_error_is_kept_and_published_again(
 
 
 def _receipts(out: list[Outbound]) -> list[tuple[str, str, bytes]]:
-    return [s for s in _sent(out) if s[0] == "T.MC.B"]  # the intake desk's notices
+    """The intake desk's receipts and refusals (not its held notices)."""
+    return [s for s in _sent(out) if s[0] == "T.MC.B" and not s[1].endswith(":held")]
 
 
 def test_the_same_dossier_under_a_new_message_id_gets_its_first_notice_again(
@@ -135,8 +136,9 @@ def test_a_different_dossier_under_a_used_submission_id_is_dead_lettered(
         "applicant": d.applicant.model_copy(update={"name": "Trần Thị Bình"}),
         "procedure_code": "1.004227"})
     out = router.handle([_delivery(2, encode(other), "submit:2")])
-    assert len(out) == 1 and out[0].headers is not None
+    assert len(out) == 2 and out[0].headers is not None  # the dead letter, the desk's notice
     assert out[0].routing_key == "intake" and out[0].body == encode(other)
+    assert [n["notice"] for n in _held(out)] == ["held"]
     assert out[0].headers[REASON_HEADER] == "submission_id_reused"
     detail = out[0].headers[DETAIL_HEADER]
     assert "applicant" in detail and "procedure_code" in detail and "Bình" not in detail
@@ -162,6 +164,51 @@ def test_copies_of_a_submission_in_one_batch_are_told_apart_too(router: Router) 
         "routed": 1, "duplicate": 1, "dead:submission_id_reused": 1}
 
 
+def _held(out: list[Outbound]) -> list[dict[str, object]]:
+    return [json.loads(o.body) for o in out
+            if json.loads(o.body).get("notice") == "held"]
+
+
+def test_a_desk_is_told_its_dossier_was_held_and_why_but_not_whose_id_it_took(
+        router: Router) -> None:
+    # triaged: the desk would wait for a receipt that is not coming; it gets a held
+    # notice (no dossier code, state 1, the reason), and a redelivery the same one again
+    lost = dossier(applicant_ward="99999")  # a ward no unit serves
+    out = router.handle([_delivery(1, encode(lost), "submit:1")])
+    assert [o.routing_key for o in out] == ["triage", "T.MC.B"]
+    (held,) = _held(out)
+    assert "dossier_code" not in held and held["state"] == 1
+    assert held["submission_id"] == str(lost.submission_id)
+    assert str(held["reason"]).startswith("area_not_served: ")
+    assert out[1].message_id == "submit:1:held" and out[1].correlation_id is None
+    assert _sent(router.handle([_delivery(2, encode(lost), "submit:1")])) == _sent(out)
+    # a desk the catalog does not know has no queue to be told in
+    stray = dossier(desk_id="T.NOWHERE")
+    out = router.handle([_delivery(3, encode(stray), "submit:3")])
+    assert [o.routing_key for o in out] == ["triage"]
+    # another dossier under a taken submission id: told it was not received and what to
+    # do, never which dossier holds the id (the dead letter's detail, for operators, does)
+    d = dossier()
+    router.handle([_delivery(4, encode(d), "submit:4")])
+    code = next(iter(router.ledger.states_for_submissions([str(d.submission_id)]).values()))[0]
+    other = d.model_copy(update={"procedure_code": "1.004227"})
+    out = router.handle([_delivery(5, encode(other), "submit:5")])
+    assert [o.routing_key for o in out] == ["intake", "T.MC.B"]
+    (held,) = _held(out)
+    assert "dossier_code" not in held and str(held["reason"]).startswith(
+        "submission_id_reused: ")
+    assert code in str(out[0].headers) and code not in out[1].body.decode()
+    assert _sent(router.handle([_delivery(6, encode(other), "submit:5")])) == _sent(out)
+    # a body outside the contract names no desk to be trusted: nobody is told
+    broken = json.loads(encode(dossier()))
+    broken["applicant"]["ward_code"] = "ward 1"
+    out = router.handle([_delivery(7, json.dumps(broken).encode(), "submit:7")])
+    assert [o.routing_key for o in out] == ["intake"] and not _held(out)
+    assert router.ledger.count_inbox_outcomes() == {
+        "triaged:area_not_served": 1, "triaged:unknown_desk": 1, "routed": 1,
+        "dead:submission_id_reused": 1, "dead:invalid_fields": 1}
+
+
 def test_a_dossier_dated_before_the_catalogs_bound_is_triaged_and_can_come_again(
         ledger: Ledger) -> None:
     # a desk whose clock was reset to 2000: its dossier would be numbered and due in 2000,
@@ -171,8 +218,9 @@ def test_a_dossier_dated_before_the_catalogs_bound_is_triaged_and_can_come_again
     router = Router(lambda: bounded, ledger, Topology("t"))
     wrong = dossier(submitted_at="2000-01-01T08:00:00+07:00")
     out = router.handle([_delivery(1, encode(wrong), "submit:1")])
-    assert len(out) == 1 and out[0].routing_key == "triage" and out[0].headers is not None
+    assert [o.routing_key for o in out] == ["triage", "T.MC.B"] and out[0].headers is not None
     assert out[0].headers[REASON_HEADER] == "submitted_long_ago"
+    assert str(_held(out)[0]["reason"]).startswith("submitted_long_ago: ")
     assert ledger.count_by_state() == {}
     # sent again by the SDK, under the same message id (submit:<submission id>): a copy
     # that differs from the triaged one is no redelivery
@@ -185,7 +233,7 @@ def test_a_dossier_dated_before_the_catalogs_bound_is_triaged_and_can_come_again
     wrong, fixed = (d.model_copy(update={"submission_id": uuid.uuid4()}) for d in (wrong, fixed))
     out = router.handle([_delivery(3, encode(wrong), "submit:2"),
                          _delivery(4, encode(fixed), "submit:2")])
-    assert [o.routing_key for o in out] == ["triage", "T.UBND.A", "T.MC.B"]
+    assert [o.routing_key for o in out] == ["triage", "T.MC.B", "T.UBND.A", "T.MC.B"]
     assert ledger.count_by_state() == {2: 2}
 
 
@@ -199,7 +247,7 @@ def test_a_changed_dossier_under_a_used_message_id_is_not_taken_for_a_redelivery
     first = router.handle([_delivery(1, encode(d), "submit:1")])
     other = d.model_copy(update={"procedure_code": "1.004227"})
     out = router.handle([_delivery(2, encode(other), "submit:1")])
-    assert len(out) == 1 and out[0].headers is not None and out[0].body == encode(other)
+    assert len(out) == 2 and out[0].headers is not None and out[0].body == encode(other)
     assert out[0].headers[REASON_HEADER] == "submission_id_reused"
     assert "procedure_code" in out[0].headers[DETAIL_HEADER]
     # its redelivery finds it: the same dead letter, not a second judgement
@@ -216,7 +264,8 @@ def test_a_changed_dossier_under_a_used_message_id_is_not_taken_for_a_redelivery
                          _delivery(6, encode(other2), "submit:2"),
                          _delivery(7, encode(other2), "submit:2")])
     dead = [o for o in out if o.headers and REASON_HEADER in o.headers]
-    assert len(out) == 3 and len(dead) == 1 and dead[0].body == encode(other2)
+    assert len(out) == 4 and len(dead) == 1 and dead[0].body == encode(other2)
+    assert len(_held(out)) == 1
     assert router.ledger.count_inbox_outcomes() == {
         "routed": 2, "duplicate": 1, "dead:submission_id_reused": 2}
     assert router.ledger.count_by_state() == {2: 2}

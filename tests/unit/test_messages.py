@@ -15,6 +15,7 @@ from broker.messages import (
     KINDS,
     MAX_BODY_BYTES,
     AgencyStatus,
+    DeskNotice,
     DossierStatus,
     decode,
     encode,
@@ -36,6 +37,21 @@ def test_status_round_trips() -> None:
                       status=AgencyStatus.SUPPLEMENT_REQUESTED, reason="need ID copy",
                       requested_documents=["CCCD"], sent_at=datetime.now(UTC))
     assert decode(encode(s)) == s
+
+
+def test_a_desk_notice_has_a_dossier_code_unless_it_is_a_held_one() -> None:
+    # held: the router opened no dossier; every other notice is about one
+    common = {"submission_id": uuid.uuid4(), "desk_id": "T.MC.B",
+              "procedure_code": "1.001193", "issued_at": datetime.now(UTC)}
+    held = DeskNotice(notice="held", dossier_code=None, state=1, reason="no_area: ...",
+                      **common)
+    assert decode(encode(held)) == held and kind_of(held) == "desk.notice"
+    for notice, code in (("held", "X-261128-0001"), ("receipt", None)):
+        body = json.loads(encode(held))
+        body.update(notice=notice, dossier_code=code)
+        with pytest.raises(DecodeError) as e:
+            decode(json.dumps(body).encode())
+        assert e.value.reason == "invalid_fields"
 
 
 def _body(**changes: object) -> bytes:
