@@ -171,10 +171,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # the operator commands say in their own words what RabbitMQ refused or why it could
     # not be reached (a missing queue, a refused login), in one line; pika's own warnings
-    # and errors (a traceback per failed connection) are for the service and the demo
-    logging.getLogger("pika").setLevel(
-        logging.WARNING if args.command in ("run", "demo", "bench") else logging.CRITICAL)
+    # and errors (a traceback per failed connection) are for the service, and for the
+    # demo and the benchmark once they have reached RabbitMQ
+    pika_log = logging.getLogger("pika")
+    pika_log.setLevel(logging.WARNING if args.command == "run" else logging.CRITICAL)
     try:
+        if args.command in ("demo", "bench"):
+            _reach_rabbitmq()
+            pika_log.setLevel(logging.WARNING)
         return int(_dispatch(args) or EXIT_OK)
     except CatalogError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -196,9 +200,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_PROBLEM
 
 
+def _reach_rabbitmq() -> None:
+    """Connect once and leave: RabbitMQ out of reach, or refusing the login, ends a demo
+    or a benchmark in one line before it starts anything (a router, a shovel)."""
+    import pika
+
+    from broker.amqp import amqp_urls
+    pika.BlockingConnection([pika.URLParameters(u) for u in amqp_urls()]).close()
+
+
 def _rabbitmq_problem(error: Exception) -> str:
     """What RabbitMQ did to a one-shot command, in a line (`run` reconnects instead)."""
-    from pika.exceptions import AMQPChannelError, AMQPConnectionError
+    from pika.exceptions import (
+        AMQPChannelError,
+        AMQPConnectionError,
+        ConnectionClosedByBroker,
+        ProbableAccessDeniedError,
+        ProbableAuthenticationError,
+    )
 
     from broker.amqp import amqp_urls, shown_url
     reply = getattr(error, "reply_text", None)
@@ -206,8 +225,13 @@ def _rabbitmq_problem(error: Exception) -> str:
         where = ", ".join(shown_url(u) for u in amqp_urls())
         why = (error.strerror or str(error) if isinstance(error, OSError)
                else "; ".join(str(a) or repr(a) for a in error.args))
-        return f"RabbitMQ unreachable at {where} (CASEBROKER_AMQP_URL)" + (
-            f": {why}" if why else "")
+        # reached, and turned away: a login or a virtual host to fix, not the network
+        what = ("refused the login" if isinstance(error, ProbableAuthenticationError)
+                else "refused the virtual host" if isinstance(error, ProbableAccessDeniedError)
+                else "closed the connection" if isinstance(error, ConnectionClosedByBroker)
+                else None)
+        head = f"RabbitMQ at {where} {what}" if what else f"RabbitMQ unreachable at {where}"
+        return f"{head} (CASEBROKER_AMQP_URL)" + (f": {why}" if why else "")
     if isinstance(error, AMQPChannelError) and reply:
         return f"RabbitMQ refused: {reply}"
     return f"RabbitMQ: {type(error).__name__} {error}".rstrip()

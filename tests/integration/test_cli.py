@@ -17,7 +17,7 @@ from broker.cli import main
 from broker.ledger import Ledger
 from broker.topology import Topology
 from tests.conftest import MINI_CATALOG, queue_depth, wait_for
-from tests.helpers import Amqp, dossier, held_port
+from tests.helpers import Amqp, dossier, free_port, held_port
 
 pytestmark = pytest.mark.integration
 
@@ -171,3 +171,26 @@ def test_run_names_a_ledger_it_cannot_reach_and_hides_its_password() -> None:
     assert "error: ledger unavailable at postgresql+psycopg://casebroker:***@127.0.0.1:1/" \
            "ledger: " in result.stderr
     assert "s3cret" not in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [
+    ("demo", "--dossiers", "10"), ("bench", "--dossiers", "10"),
+    ("dead-letters", "list"), ("topology", "declare")])
+def test_rabbitmq_out_of_reach_or_refusing_the_login_is_one_line(
+        command: tuple[str, ...]) -> None:
+    # as an operator sees it, in a process of its own: in a test's process pika's log
+    # goes to pytest, not to stderr, so its traceback per failed connection would not show
+    cases = {
+        f"amqp://guest:s3cret@127.0.0.1:{free_port()}/": "RabbitMQ unreachable at "
+                                                        "amqp://guest:***@127.0.0.1:",
+        f"amqp://guest:s3cret-{os.getpid()}@127.0.0.1:5672/": "RabbitMQ at "
+            "amqp://guest:***@127.0.0.1:5672/ refused the login (CASEBROKER_AMQP_URL): ",
+    }
+    for url, said in cases.items():
+        result = subprocess.run(
+            [sys.executable, "-m", "broker.cli", *command], capture_output=True, text=True,
+            timeout=60, env={**os.environ, "CASEBROKER_AMQP_URL": url,
+                             "CASEBROKER_PREFIX": "cbreachcheck"})
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.startswith(f"error: {said}") and result.stderr.count("\n") == 1
+        assert "s3cret" not in result.stderr + result.stdout
