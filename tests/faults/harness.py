@@ -430,6 +430,7 @@ class Scenario:
         resolved = {c for c, s, _ in states.values() if s == 9}
         results: dict[str, set[str]] = defaultdict(set)
         receipts: dict[str, set[str]] = defaultdict(set)
+        held: set[str] = set()
         notices = 0
         for q, msgs in self.desk_msgs.items():
             for props, body in msgs:
@@ -438,6 +439,12 @@ class Scenario:
                 kind = {"result_ready": results, "receipt": receipts}.get(body["notice"])
                 if kind is not None:
                     kind[body["dossier_code"]].add(props.message_id)
+                elif body["notice"] == "held":
+                    held.add(props.message_id)
+        # each triaged dossier's desk was told it was held, under one id per delivery
+        assert held == {f"{mid}:held" for mid in self.expected_triage}, \
+            _diff({m: "held" for m in held},
+                  {f"{m}:held": "held" for m in self.expected_triage})
         assert set(results) == resolved, (f"results at desks for {len(results)}, "
                                           f"resolved {len(resolved)}")
         assert all(len(ids) == 1 for ids in results.values()), "a result under two ids"
