@@ -120,8 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     dossier = sub.add_parser("dossier", help="look up dossiers in the ledger")
     dossier_sub = dossier.add_subparsers(dest="action", required=True)
-    show = dossier_sub.add_parser("show", help="a dossier and its process-control history")
-    show.add_argument("code")
+    show = dossier_sub.add_parser(
+        "show", help="a dossier and its process-control history, by its code or by the "
+                     "submission id its desk sent it under (also one that opened no dossier)")
+    show.add_argument("code", help="a dossier code, or a submission id")
     show.add_argument("--json", action="store_true")
     show.add_argument("--tz", default="Asia/Ho_Chi_Minh", help="time zone of the times shown")
     _common(show, catalog=False, db=True)
@@ -337,10 +339,16 @@ def _dossier(args: argparse.Namespace) -> int:
 
     ledger = Ledger(args.db_url, create=False)
     row = ledger.dossier(args.code)
+    submission = _submission_id(args.code) if row is None else None
+    if submission is not None:  # a desk asking after what it sent
+        opened = ledger.states_for_submissions([submission])
+        if not opened:
+            return _unopened_submission(ledger, submission, args)
+        row = ledger.dossier(opened[submission][0])
     if row is None:
         print(f"error: no dossier {args.code} in {ledger.url.split('@')[-1]}", file=sys.stderr)
         return EXIT_PROBLEM
-    history = ledger.history(args.code)
+    history = ledger.history(row["code"])
     # the ledger keeps the applicant for the agencies; the operator's view leaves it out
     row.pop("submission", None)
     if args.json:
@@ -364,6 +372,39 @@ def _dossier(args: argparse.Namespace) -> int:
         hand = f"  {e['from_agency'] or ''} -> {e['to_agency']}" if e["to_agency"] else ""
         print(f"    {e['seq']:>3} {local(e['at'])}  {e['kind']:<18} "
               f"{e['state_from']}->{e['state_to']}  by {e['actor']}{hand}")
+    return EXIT_OK
+
+
+def _submission_id(text: str) -> str | None:
+    """``text`` as a submission id (a UUID, written as the contract writes it), or None."""
+    from uuid import UUID
+
+    try:
+        return str(UUID(text))
+    except ValueError:
+        return None
+
+
+def _unopened_submission(ledger: Any, submission: str, args: argparse.Namespace) -> int:
+    """What became of a submission that opened no dossier: each delivery of it that was
+    dead-lettered or triaged, and where to look at it; exit 1 when the ledger has none."""
+    deliveries = ledger.unopened_submission(submission)
+    if args.json:
+        print(json.dumps({"submission_id": submission, "dossier": None,
+                          "deliveries": deliveries}, default=str))
+    elif deliveries:
+        tz = ZoneInfo(args.tz)
+        print(f"submission {submission}: no dossier opened")
+        for d in deliveries:
+            at = d["processed_at"].astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
+            print(f"  {at}  {d['outcome']:<30} message {d['message_id']}")
+        print("  what each reason means and what to do: docs/RELIABILITY.md; the message "
+              "itself, until replayed: casebroker dead-letters show <message id>")
+    if not deliveries:
+        print(f"error: no dossier and no dead-lettered or triaged delivery of submission "
+              f"{submission} in {ledger.url.split('@')[-1]} (not sent, or still in the "
+              "intake queue)", file=sys.stderr)
+        return EXIT_PROBLEM
     return EXIT_OK
 
 

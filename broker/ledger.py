@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import logging
 import operator
 import os
@@ -706,6 +707,37 @@ class Ledger:
                 found.update({r.submission_id: (r.code, int(r.state), bool(r.boundary_free))
                               for r in rows})
         return found
+
+    def unopened_submission(self, submission_id: str) -> list[dict[str, Any]]:
+        """The deliveries of a submission that opened no dossier, oldest first: each one
+        dead-lettered or triaged, as ``message_id`` (of the copy in the dead-letter or
+        triage queue), ``outcome``, ``processed_at``. Found
+        by the dossier each kept for its dead letter or triage copy (a scan of those rows
+        only, read a chunk at a time: an operator's question, not the router's)."""
+        needle = submission_id.encode()
+        found: dict[str, dict[str, Any]] = {}
+        with self.read() as conn:
+            rows = conn.execution_options(yield_per=500).execute(
+                select(inbox.c.message_id, inbox.c.outcome, inbox.c.processed_at,
+                       outbox.c.message_id.label("sent_as"), outbox.c.body)
+                .join(outbox, outbox.c.inbox_message_id == inbox.c.message_id)
+                .where(or_(inbox.c.outcome.like("dead:%"), inbox.c.outcome.like("triaged:%")))
+                .order_by(inbox.c.processed_at, inbox.c.message_id))
+            for r in rows:
+                if needle not in r.body:
+                    continue
+                try:
+                    kept = json.loads(bytes(r.body))
+                except ValueError:
+                    continue  # a body kept as sent, outside the contract
+                if (isinstance(kept, dict) and kept.get("submission_id") == submission_id
+                        and str(kept.get("schema")).startswith("casebroker.dossier.submitted/")):
+                    # under the id it waits under in its queue (a changed copy's own
+                    # inbox id adds a fingerprint to it)
+                    found.setdefault(r.message_id, {"message_id": r.sent_as,
+                                                    "outcome": r.outcome,
+                                                    "processed_at": r.processed_at})
+        return list(found.values())
 
     def unconfirmed_notices(self, created_before: datetime, limit: int = 500
                             ) -> list[Outbound]:

@@ -11,10 +11,11 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pika
+from pika.spec import BasicProperties
 
-from broker.amqp import amqp_url
+from broker.amqp import Delivery, amqp_url
 from broker.ledger import RawJSON
-from broker.messages import DossierSubmitted, encode
+from broker.messages import CONTENT_TYPE, DossierSubmitted, encode
 from broker.topology import INTAKE_KEY, STATUS_KEY, Topology
 
 
@@ -32,6 +33,13 @@ def dossier(procedure_code: str = "1.001193", desk_id: str = "T.MC.B",
     }
     data.update(extra)
     return DossierSubmitted.model_validate(data)
+
+
+def intake_delivery(tag: int, body: bytes, message_id: str, **headers: object) -> Delivery:
+    """A delivery from the intake queue as the router's handler gets it (redelivered)."""
+    return Delivery(tag, body, BasicProperties(
+        content_type=CONTENT_TYPE, message_id=message_id, type="dossier.submitted",
+        headers=headers or None), True, "dossier")
 
 
 class Amqp:

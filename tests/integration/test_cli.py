@@ -9,15 +9,20 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from broker.cli import main
+from broker.consumers.router import Router
 from broker.ledger import Ledger
+from broker.messages import encode
+from broker.rules.catalog import load_catalog
+from broker.rules.engine import Engine
 from broker.topology import Topology
 from tests.conftest import MINI_CATALOG, queue_depth, wait_for
-from tests.helpers import Amqp, dossier, free_port, held_port
+from tests.helpers import Amqp, dossier, free_port, held_port, intake_delivery
 
 pytestmark = pytest.mark.integration
 
@@ -194,3 +199,43 @@ def test_rabbitmq_out_of_reach_or_refusing_the_login_is_one_line(
         assert result.returncode == 1, result.stderr
         assert result.stderr.startswith(f"error: {said}") and result.stderr.count("\n") == 1
         assert "s3cret" not in result.stderr + result.stdout
+
+
+def test_dossier_show_finds_a_submission_by_its_id_whether_it_opened_a_dossier_or_not(
+        ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
+    # a desk asks after what it sent, by the submission id it has
+    engine = Engine(load_catalog(MINI_CATALOG))
+    router = Router(lambda: engine, ledger, Topology("t"))
+    routed, lost = dossier(), dossier(applicant_ward="99999")  # a ward no unit serves
+    broken = json.loads(encode(dossier()))
+    broken["applicant"]["ward_code"] = "ward 1"  # outside the contract
+    router.handle([intake_delivery(1, encode(routed), f"submit:{routed.submission_id}"),
+                   intake_delivery(2, encode(lost), f"submit:{lost.submission_id}"),
+                   intake_delivery(3, json.dumps(broken).encode(), "desk-system-7")])
+
+    def show(*args: str) -> tuple[int, str, str]:
+        rc = main(["dossier", "show", *args, "--db-url", ledger.url])
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    rc, out, _ = show(str(routed.submission_id))
+    assert rc == 0 and "received (2)" in out and "desk T.MC.B" in out
+    # corrected, sent again under the same message id and triaged again: both shown, by
+    # the id each waits under in the triage queue
+    again = lost.model_copy(update={"procedure_code": "9.999999"})
+    router.handle([intake_delivery(4, encode(again), f"submit:{lost.submission_id}")])
+    rc, out, _ = show(str(lost.submission_id))
+    assert rc == 0 and f"submission {lost.submission_id}: no dossier opened" in out
+    lines = [line.split() for line in out.splitlines() if line.startswith("  20")]
+    assert [(w[2], w[4]) for w in lines] == [
+        ("triaged:area_not_served", f"submit:{lost.submission_id}"),
+        ("triaged:unknown_procedure", f"submit:{lost.submission_id}")]
+    # dead-lettered under a message id of its desk's own, found by the body it kept
+    rc, out, _ = show(broken["submission_id"], "--json")
+    shown = json.loads(out)
+    assert rc == 0 and shown["dossier"] is None
+    assert [(d["message_id"], d["outcome"]) for d in shown["deliveries"]] == [
+        ("desk-system-7", "dead:invalid_fields")]
+    assert "066090001234" not in out and "Nguyễn" not in out  # no personal data
+    rc, out, err = show(str(uuid.uuid4()))
+    assert rc == 1 and out == "" and "no dead-lettered or triaged delivery" in err

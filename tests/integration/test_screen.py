@@ -23,6 +23,7 @@ from broker.rules.engine import Engine
 from broker.topology import Topology
 from tests.conftest import MINI_CATALOG
 from tests.helpers import dossier
+from tests.helpers import intake_delivery as _delivery
 
 pytestmark = pytest.mark.integration
 
@@ -31,12 +32,6 @@ pytestmark = pytest.mark.integration
 def router(ledger: Ledger) -> Router:
     engine = Engine(load_catalog(MINI_CATALOG))
     return Router(lambda: engine, ledger, Topology("t"))
-
-
-def _delivery(tag: int, body: bytes, message_id: str, **headers: object) -> Delivery:
-    return Delivery(tag, body, BasicProperties(
-        content_type=CONTENT_TYPE, message_id=message_id, type="dossier.submitted",
-        headers=headers or None), True, "dossier")
 
 
 def _sent(out: list[Outbound]) -> list[tuple[str, str, bytes]]:
