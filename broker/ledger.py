@@ -711,9 +711,9 @@ class Ledger:
     def unopened_submission(self, submission_id: str) -> list[dict[str, Any]]:
         """The deliveries of a submission that opened no dossier, oldest first: each one
         dead-lettered or triaged, as ``message_id`` (of the copy in the dead-letter or
-        triage queue), ``outcome``, ``processed_at``. Found
-        by the dossier each kept for its dead letter or triage copy (a scan of those rows
-        only, read a chunk at a time: an operator's question, not the router's)."""
+        triage queue), ``outcome``, ``processed_at``. Found by the dossier each kept for
+        its dead letter or triage copy (a scan of those rows only, read a chunk at a
+        time: an operator's question, not the router's)."""
         needle = submission_id.encode()
         found: dict[str, dict[str, Any]] = {}
         with self.read() as conn:

@@ -46,10 +46,16 @@ def delivery_id(delivery: Delivery) -> str:
     mid = delivery.message_id
     if not mid:
         return "sha256:" + hashlib.sha256(delivery.body).hexdigest()
-    if len(mid) <= MESSAGE_ID_MAX:
-        return mid
-    digest = hashlib.sha256(mid.encode()).hexdigest()
-    return mid[:MESSAGE_ID_MAX - len(_ID_DIGEST) - len(digest)] + _ID_DIGEST + digest
+    return kept_id(mid)
+
+
+def kept_id(message_id: str) -> str:
+    """A message id as the ledger keeps it: itself, or, longer than its columns hold
+    (AMQP allows 255 characters), its start and a SHA-256 of the whole."""
+    if len(message_id) <= MESSAGE_ID_MAX:
+        return message_id
+    digest = hashlib.sha256(message_id.encode()).hexdigest()
+    return message_id[:MESSAGE_ID_MAX - len(_ID_DIGEST) - len(digest)] + _ID_DIGEST + digest
 
 
 def _json_safe(value: Any) -> Any:

@@ -23,6 +23,7 @@ from typing import Any
 from broker.amqp import Delivery
 from broker.consumers.common import (
     Consumer,
+    kept_id,
     to_agency,
     to_desk,
     triage,
@@ -134,7 +135,8 @@ class Router(Consumer):
                             submission_id=msg.submission_id, desk_id=msg.desk_id,
                             procedure_code=msg.procedure_code, state=State.SUBMITTED,
                             reason=reason, issued_at=now)
-        return [to_desk(self.topology, notice, f"{mid}:held")]
+        # the inbox id may take all the outbox's column holds: the suffix must not overflow
+        return [to_desk(self.topology, notice, kept_id(f"{mid}:held"))]
 
     def _again(self, batch: Batch, engine: Engine,
                again: list[tuple[str, Delivery, DossierSubmitted]],

@@ -356,6 +356,18 @@ def test_a_message_id_longer_than_the_inbox_holds_is_kept_by_a_digest(
     assert router.ledger.count_by_state() == {2: 2}
 
 
+def test_a_held_notice_for_a_message_id_the_inbox_only_just_holds_fits_the_outbox(
+        router: Router) -> None:
+    # the notice's id is the delivery's plus ":held": from an id of 128 characters that
+    # would not fit the outbox's column, and PostgreSQL would fail the whole batch
+    lost = dossier(applicant_ward="99999")
+    out = router.handle([_delivery(1, encode(lost), "x" * 128)])
+    assert [o.routing_key for o in out] == ["triage", "T.MC.B"]
+    assert len(out[1].message_id) == 128 and out[1].message_id.startswith("x" * 40)
+    assert _sent(router.handle([_delivery(2, encode(lost), "x" * 128)])) == _sent(out)
+    assert router.ledger.count_inbox_outcomes() == {"triaged:area_not_served": 1}
+
+
 def test_a_stranger_reusing_an_applied_update_id_is_named_a_stranger(router: Router) -> None:
     # with one RabbitMQ user per party, a changed copy under an applied update's id from
     # another login is a sender mismatch first: that reason says more than the reuse
