@@ -27,6 +27,7 @@ from broker.amqp import Delivery
 from broker.calendar import DurationUnit
 from broker.consumers.common import (
     Consumer,
+    kept_id,
     to_agency,
     to_desk,
 )
@@ -322,7 +323,8 @@ class StatusRouter(Consumer):
     def _refuse(self, dossier: _Dossier, msg: Update, reason: str, now: datetime) -> Outbound:
         """Tell the sender its update changed nothing, and why."""
         update_id = str(getattr(msg, "update_id", None) or getattr(msg, "event_id", ""))
-        message_id = f"{dossier['code']}:update_refused:{update_id}"
+        # a 64-character agency id and a five-digit daily number would overflow 128
+        message_id = kept_id(f"{dossier['code']}:update_refused:{update_id}")
         if isinstance(msg, DossierStatus):
             notice = AgencyNotice(notice=NoticeKind.UPDATE_REFUSED,
                                   dossier_code=dossier["code"], agency_id=msg.agency_id,
