@@ -41,6 +41,7 @@ from broker.amqp_worker import (
     ORIGINAL_EXCHANGE_HEADER,
     ORIGINAL_KEY_HEADER,
     REASON_HEADER,
+    REPLAY_OF_HEADER,
     SENT_BY_HEADER,
     SOURCE_HEADER,
     BatchHandler,
@@ -51,7 +52,7 @@ from broker.amqp_worker import (
 )
 
 __all__ = ["DEFAULT_AMQP_URL", "DETAIL_HEADER", "MAX_BOUNDED_RETRIES", "ORIGINAL_EXCHANGE_HEADER",
-           "ORIGINAL_KEY_HEADER", "REASON_HEADER", "SENT_BY_HEADER",
+           "ORIGINAL_KEY_HEADER", "REASON_HEADER", "REPLAY_OF_HEADER", "SENT_BY_HEADER",
            "SOURCE_HEADER", "BatchHandler", "ConsumerService", "ConsumerSettings", "Delivery",
            "Hooks", "amqp_url", "amqp_urls", "properties_for", "shown_url"]
 

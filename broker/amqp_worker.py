@@ -42,6 +42,8 @@ ORIGINAL_KEY_HEADER = "x-original-routing-key"
 #: checks), kept on the router's dead-letter and triage copies and on an operator's
 #: republished ones, which are published under another login
 SENT_BY_HEADER = "x-casebroker-sent-by"
+#: on a replayed dead letter: the message id it was first dead-lettered under
+REPLAY_OF_HEADER = "x-casebroker-replay-of"
 #: conflicts between competing routers are retried this often before one-by-one handling
 MAX_BOUNDED_RETRIES = 5
 #: the longest pause after refused publishes: short, since the whole queue waits, and a

@@ -110,6 +110,23 @@ def _sqlite_datetime(value: datetime | None) -> str | None:
 _SQLITE_TEXT: dict[datetime, str] = {}
 
 
+def _kept_submission(body: bytes) -> str | None:
+    """The submission id of a dossier kept whole in the outbox (a dead letter's or a
+    triage copy's body), or None: another kind, or a body outside the contract."""
+    try:
+        kept = json.loads(bytes(body))
+    except ValueError:
+        return None
+    if not isinstance(kept, dict) or not str(kept.get("schema")).startswith(
+            "casebroker.dossier.submitted/"):
+        return None
+    sid = kept.get("submission_id")
+    return sid if isinstance(sid, str) else None
+
+#: inbox outcomes of deliveries that opened nothing and kept their message
+_SET_ASIDE = or_(inbox.c.outcome.like("dead:%"), inbox.c.outcome.like("triaged:%"))
+
+
 def _utc_datetime(value: datetime | None) -> datetime | None:
     if value is None:
         return None
@@ -303,6 +320,23 @@ class Batch:
         seen = self.seen(r.message_id for r in rows if r.message_id)
         return {r.code: (r.submission, seen[r.message_id].published
                          if r.message_id in seen else []) for r in rows}
+
+    def first_arrivals(self, replays: Iterable[tuple[str, str]]
+                       ) -> dict[tuple[str, str], datetime]:
+        """For replays of dossiers set aside (each an original message id and the
+        submission id the replay carries): when the original was processed, for those
+        whose delivery was dead-lettered or triaged carrying that very submission. Rare
+        (an operator's replay), so through SQLAlchemy, by the inbox's key."""
+        wanted = set(replays)
+        if not wanted:
+            return {}
+        rows = self.conn.execute(
+            select(inbox.c.message_id, inbox.c.processed_at, outbox.c.body)
+            .join(outbox, outbox.c.inbox_message_id == inbox.c.message_id)
+            .where(inbox.c.message_id.in_({mid for mid, _ in wanted}), _SET_ASIDE))
+        return {(r.message_id, sid): r.processed_at for r in rows
+                if (sid := _kept_submission(r.body)) is not None
+                and (r.message_id, sid) in wanted}
 
     def allocate_codes(self, counts: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
         """Reserve ``n`` numbers per (agency, YYMMDD); return the first of each block.
@@ -721,17 +755,12 @@ class Ledger:
                 select(inbox.c.message_id, inbox.c.outcome, inbox.c.processed_at,
                        outbox.c.message_id.label("sent_as"), outbox.c.body)
                 .join(outbox, outbox.c.inbox_message_id == inbox.c.message_id)
-                .where(or_(inbox.c.outcome.like("dead:%"), inbox.c.outcome.like("triaged:%")))
+                .where(_SET_ASIDE)
                 .order_by(inbox.c.processed_at, inbox.c.message_id))
             for r in rows:
                 if needle not in r.body:
                     continue
-                try:
-                    kept = json.loads(bytes(r.body))
-                except ValueError:
-                    continue  # a body kept as sent, outside the contract
-                if (isinstance(kept, dict) and kept.get("submission_id") == submission_id
-                        and str(kept.get("schema")).startswith("casebroker.dossier.submitted/")):
+                if _kept_submission(r.body) == submission_id:
                     # under the id it waits under in its queue (a changed copy's own
                     # inbox id adds a fingerprint to it)
                     found.setdefault(r.message_id, {"message_id": r.sent_as,

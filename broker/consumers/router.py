@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from broker.amqp import Delivery
+from broker.amqp import REPLAY_OF_HEADER, Delivery
 from broker.consumers.common import (
     Consumer,
     kept_id,
@@ -97,13 +97,14 @@ class Router(Consumer):
         routed: list[_Routed] = []
         first: dict[str, _Routed] = {}  # submission id → its dossier routed in this batch
         again: list[tuple[str, Delivery, DossierSubmitted]] = []
+        arrived = self._first_arrivals(batch, fresh)
         for mid, delivery, msg in fresh:
             sid = str(msg.submission_id)
             if sid in existing or sid in first:
                 again.append((mid, delivery, msg))
                 continue
             try:
-                decision = engine.decide(msg, engine.received_at(msg, now))
+                decision = engine.decide(msg, engine.received_at(msg, arrived.get(mid, now)))
             except RoutingError as e:
                 sent = [triage(self.topology, self.source, delivery, e.reason, e.detail,
                                self.screen.trusted),
@@ -122,6 +123,28 @@ class Router(Consumer):
         if again:
             out += self._again(batch, engine, again, existing, first, now)
         return out
+
+    @staticmethod
+    def _first_arrivals(batch: Batch, fresh: list[tuple[str, Delivery, DossierSubmitted]]
+                        ) -> dict[str, datetime]:
+        """Replays (``casebroker dead-letters replay``) of dossiers triaged or
+        dead-lettered before: when the broker first had each, which dates it as its
+        first arrival would have, instead of the replay's time. A dossier left in triage
+        for longer than the catalog's ``max_backdate_days`` (waiting for a catalog fix)
+        was not held back by its desk, and is not triaged again as submitted long ago.
+        Only a delivery set aside with this same submission counts, so a header naming
+        another one's delivery changes nothing."""
+        replays: dict[str, tuple[str, str]] = {}
+        for mid, delivery, msg in fresh:
+            original = (delivery.properties.headers or {}).get(REPLAY_OF_HEADER)
+            if isinstance(original, bytes):
+                original = original.decode("utf-8", "replace")
+            if isinstance(original, str) and original:
+                replays[mid] = (kept_id(original), str(msg.submission_id))
+        if not replays:
+            return {}
+        firsts = batch.first_arrivals(replays.values())
+        return {mid: firsts[key] for mid, key in replays.items() if key in firsts}
 
     def _held(self, engine: Engine, mid: str, msg: DossierSubmitted, reason: str,
               now: datetime) -> list[Outbound]:

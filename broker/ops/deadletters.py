@@ -38,6 +38,7 @@ from broker.amqp import (
     ORIGINAL_EXCHANGE_HEADER,
     ORIGINAL_KEY_HEADER,
     REASON_HEADER,
+    REPLAY_OF_HEADER,
     SENT_BY_HEADER,
     SOURCE_HEADER,
 )
@@ -58,7 +59,6 @@ from broker.ops.queues import (
 )
 from broker.topology import INTAKE_KEY, STATUS_KEY, Topology
 
-REPLAY_OF_HEADER = "x-casebroker-replay-of"
 REPLAYS_HEADER = "x-casebroker-replays"
 #: headers that describe a dead-lettering, not the message: dropped on replay
 _DEAD_HEADERS = frozenset({REASON_HEADER, DETAIL_HEADER, SOURCE_HEADER, "x-death",

@@ -274,7 +274,9 @@ class Engine:
         """When the legal clock starts: the desk's ``submitted_at``, never later than now
         (a desk clock ahead gains nothing). One further back than the catalog's
         ``max_backdate_days`` raises RoutingError (→ triage): a desk clock gone wrong, or
-        a dossier held somewhere too long to be dated by the desk's word alone."""
+        a dossier held somewhere too long to be dated by the desk's word alone. ``now``
+        is when the broker first had the dossier: for a replay, its first delivery's
+        processing time (the router's ``_first_arrivals``)."""
         submitted = dossier.submitted_at
         if self.max_backdate is not None and now - submitted > self.max_backdate:
             days = (now - submitted) / timedelta(days=1)

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
 from pika.spec import BasicProperties
 
-from broker.amqp import DETAIL_HEADER, REASON_HEADER, Delivery
+from broker.amqp import DETAIL_HEADER, REASON_HEADER, REPLAY_OF_HEADER, Delivery
 from broker.consumers.router import Router
 from broker.consumers.status import StatusRouter
 from broker.envelope import Outbound
@@ -230,6 +230,37 @@ def test_a_dossier_dated_before_the_catalogs_bound_is_triaged_and_can_come_again
                          _delivery(4, encode(fixed), "submit:2")])
     assert [o.routing_key for o in out] == ["triage", "T.MC.B", "T.UBND.A", "T.MC.B"]
     assert ledger.count_by_state() == {2: 2}
+
+
+def test_a_dossier_replayed_from_triage_long_after_is_dated_by_its_first_arrival(
+        ledger: Ledger) -> None:
+    # triaged because the catalog served no unit for its ward; the catalog is fixed 40
+    # days later and the dossier replayed. Its desk sent it in time: the limit on
+    # backdating is for desks' clocks, not for the broker's own triage, so it is routed
+    # as it would have been, not triaged again as submitted long ago
+    text = MINI_CATALOG.read_bytes().replace(b"\nagencies:", b"\nmax_backdate_days: 30\nagencies:")
+    fixed = Engine(parse_catalog(text, "mini.yaml"))
+    lacking = Engine(parse_catalog(text.replace(b'serves: ["10001"]', b'serves: ["19999"]'),
+                                   "mini.yaml"))
+    engine, now = [lacking], [datetime(2026, 11, 25, 3, 0, tzinfo=UTC)]
+    router = Router(lambda: engine[0], ledger, Topology("t"), clock=lambda: now[0])
+    d = dossier()  # submitted 2026-11-25 02:00 UTC, an hour before
+    out = router.handle([_delivery(1, encode(d), "submit:1")])
+    assert [o.routing_key for o in out] == ["triage", "T.MC.B"]
+    engine[0], now[0] = fixed, now[0] + timedelta(days=40)
+    replayed = _delivery(2, encode(d), "submit:1#replay1", **{REPLAY_OF_HEADER: "submit:1"})
+    out = router.handle([replayed])
+    assert [o.routing_key for o in out] == ["T.UBND.A", "T.MC.B"]
+    assigned = json.loads(out[0].body)
+    assert datetime.fromisoformat(assigned["received_at"]) == d.submitted_at
+    # a header naming the delivery of another submission counts for nothing
+    late = dossier()
+    forged = _delivery(3, encode(late), "submit:3", **{REPLAY_OF_HEADER: "submit:1"})
+    out = router.handle([forged])
+    assert out[0].routing_key == "triage" and out[0].headers is not None
+    assert out[0].headers[REASON_HEADER] == "submitted_long_ago"
+    assert ledger.count_inbox_outcomes() == {"triaged:area_not_served": 1, "routed": 1,
+                                             "triaged:submitted_long_ago": 1}
 
 
 def test_a_changed_dossier_under_a_used_message_id_is_not_taken_for_a_redelivery(
