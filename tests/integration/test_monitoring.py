@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
 import urllib.parse
 import urllib.request
@@ -12,7 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
+from broker.messages import encode
 from monitoring.metrics import Metrics
 from tests.conftest import RunningBroker, wait_for
 from tests.helpers import Amqp, dossier, free_port
@@ -97,6 +100,53 @@ def test_real_prometheus_scrapes_the_router(run_broker: Callable[..., RunningBro
         # personal data never in metric labels; dossier codes neither (unbounded)
         assert "066090001234" not in exposition and "Nguy" not in exposition
         assert "-0001" not in exposition
+    finally:
+        prom.terminate()
+        prom.wait(timeout=20)
+
+
+def _series(port: int, expr: str) -> dict[str, float] | None:
+    """Each series of an instant query by its ``queue`` label; None while unreachable."""
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            data = json.load(r)["data"]["result"]
+    except OSError:
+        return None
+    return {s["metric"].get("queue", ""): float(s["value"][1]) for s in data}
+
+
+@needs_promtool
+def test_real_prometheus_sees_what_waits_in_triage_through_the_shipped_scrape_job(
+        declared, tmp_path: Path) -> None:
+    # CasebrokerSetAsideWaiting reads each queue's depth from RabbitMQ's own plugin, by
+    # the scrape job prometheus.yml ships: its metric must be there, under that name
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", 15692)) != 0:
+            pytest.skip("RabbitMQ's prometheus plugin is not on 15692 (scripts/services.sh "
+                        "enables it)")
+    shipped = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
+    (job,) = [j for j in shipped["scrape_configs"] if j["job_name"] == "rabbitmq_queues"]
+    rules = yaml.safe_load((PROM_DIR / "alerts.yml").read_text())
+    (expr,) = [r["expr"] for g in rules["groups"] for r in g["rules"]
+               if r.get("alert") == "CasebrokerSetAsideWaiting"]
+    prom_port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump({"global": {"scrape_interval": "1s"},
+                                      "scrape_configs": [job]}))
+    prom = subprocess.Popen(
+        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{prom_port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        amqp = Amqp()
+        amqp.publish("", declared.triage_queue, encode(dossier()), message_id="waiting")
+        amqp.close()
+        # RabbitMQ emits queue statistics every few seconds
+        wait_for(lambda: (_series(prom_port, expr) or {}).get(declared.triage_queue) == 1,
+                 timeout_s=60, what="the triaged message seen through the alert's query")
+        waiting = _series(prom_port, expr) or {}
+        assert declared.intake_queue not in waiting  # only what is set aside counts
     finally:
         prom.terminate()
         prom.wait(timeout=20)
