@@ -123,6 +123,7 @@ def _kept_submission(body: bytes) -> str | None:
     sid = kept.get("submission_id")
     return sid if isinstance(sid, str) else None
 
+
 #: inbox outcomes of deliveries that opened nothing and kept their message
 _SET_ASIDE = or_(inbox.c.outcome.like("dead:%"), inbox.c.outcome.like("triaged:%"))
 
