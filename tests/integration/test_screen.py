@@ -20,6 +20,7 @@ from broker.ledger import Ledger, inbox
 from broker.messages import CONTENT_TYPE, DossierStatus, encode
 from broker.rules.catalog import load_catalog, parse_catalog
 from broker.rules.engine import Engine
+from broker.tables import code_sequences
 from broker.topology import Topology
 from tests.conftest import MINI_CATALOG
 from tests.helpers import dossier
@@ -372,6 +373,31 @@ def test_a_status_update_changed_under_an_applied_id_is_dead_lettered(
     assert row is not None and row["state"] == 9
     assert router.ledger.count_inbox_outcomes() == {
         "routed": 1, "applied": 2, "refused_update": 1, "dead:message_id_reused": 1}
+
+
+def test_a_refusal_for_the_longest_dossier_code_keeps_its_id_within_the_outbox(
+        ledger: Ledger) -> None:
+    # a 64-character agency id and a five-digit daily number make a 77-character code;
+    # "<code>:update_refused:<update id>" is then 129 characters, one over the column
+    long_id = "T.UBND." + "A" * 57
+    engine = Engine(parse_catalog(MINI_CATALOG.read_bytes().replace(
+        b"T.UBND.A", long_id.encode()), "mini.yaml"))
+    with ledger.engine.begin() as conn:  # the unit's 9,999th dossier of the day is behind it
+        conn.execute(code_sequences.insert().values(agency_id=long_id, day="261125",
+                                                    last=9999))
+    router = Router(lambda: engine, ledger, Topology("t"))
+    assigned = json.loads(router.handle([_delivery(1, encode(dossier()), "submit:1")])[0].body)
+    code = assigned["dossier_code"]
+    assert code == f"{long_id}-261125-10000"
+    status = StatusRouter(lambda: engine, ledger, Topology("t"))
+    u1, u2 = uuid.uuid4(), uuid.uuid4()
+    status.handle([_status_delivery(1, _status(long_id, code, "accepted", u1), "s:1")])
+    out = status.handle([_status_delivery(2, _status(long_id, code, "rejected", u2), "s:2")])
+    assert [json.loads(o.body)["notice"] for o in out] == ["update_refused"]
+    assert len(out[0].message_id) == 128 and out[0].message_id.startswith(code[:40])
+    assert _sent(status.handle([_status_delivery(3, _status(long_id, code, "rejected", u2),
+                                                 "s:2")])) == _sent(out)
+    assert ledger.count_inbox_outcomes() == {"routed": 1, "applied": 1, "refused_update": 1}
 
 
 def test_a_message_id_longer_than_the_inbox_holds_is_kept_by_a_digest(
