@@ -9,8 +9,10 @@ import socket
 import subprocess
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -58,33 +60,54 @@ def test_prometheus_config_and_alert_rules() -> None:
         assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _query(port: int, expr: str) -> float | None:
+def _results(port: int, expr: str) -> list[dict[str, Any]] | None:
+    """The series of an instant query; None while Prometheus does not answer."""
     url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
-            data = json.load(r)["data"]["result"]
+            return list(json.load(r)["data"]["result"])
     except OSError:
         return None
+
+
+def _query(port: int, expr: str) -> float | None:
+    data = _results(port, expr)
     return float(data[0]["value"][1]) if data else None
+
+
+def _series(port: int, expr: str) -> dict[str, float] | None:
+    """Each series of an instant query by its ``queue`` label; None while unreachable."""
+    data = _results(port, expr)
+    return None if data is None else {
+        s["metric"].get("queue", ""): float(s["value"][1]) for s in data}
+
+
+@contextmanager
+def _prometheus(config: dict[str, Any], tmp_path: Path) -> Iterator[int]:
+    """A real Prometheus with this config, scraping every second; yields its port."""
+    port = free_port()
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump({"global": {"scrape_interval": "1s"}, **config}))
+    prom = subprocess.Popen(
+        ["prometheus", f"--config.file={path}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield port
+    finally:
+        prom.terminate()
+        prom.wait(timeout=20)
 
 
 @needs_promtool
 def test_real_prometheus_scrapes_the_router(run_broker: Callable[..., RunningBroker],
                                             declared, tmp_path: Path) -> None:
     running = run_broker()
-    metrics_port, prom_port = free_port(), free_port()
+    metrics_port = free_port()
     running.broker.metrics.serve(metrics_port)
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s}\n"
-        "scrape_configs:\n"
-        "  - job_name: casebroker\n"
-        f"    static_configs: [{{targets: ['127.0.0.1:{metrics_port}']}}]\n")
-    prom = subprocess.Popen(
-        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{prom_port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    job = {"job_name": "casebroker",
+           "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]}
+    with _prometheus({"scrape_configs": [job]}, tmp_path) as prom_port:
         amqp = Amqp()
         for _ in range(20):
             amqp.submit(declared, dossier())
@@ -100,20 +123,6 @@ def test_real_prometheus_scrapes_the_router(run_broker: Callable[..., RunningBro
         # personal data never in metric labels; dossier codes neither (unbounded)
         assert "066090001234" not in exposition and "Nguy" not in exposition
         assert "-0001" not in exposition
-    finally:
-        prom.terminate()
-        prom.wait(timeout=20)
-
-
-def _series(port: int, expr: str) -> dict[str, float] | None:
-    """Each series of an instant query by its ``queue`` label; None while unreachable."""
-    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            data = json.load(r)["data"]["result"]
-    except OSError:
-        return None
-    return {s["metric"].get("queue", ""): float(s["value"][1]) for s in data}
 
 
 @needs_promtool
@@ -130,15 +139,7 @@ def test_real_prometheus_sees_what_waits_in_triage_through_the_shipped_scrape_jo
     rules = yaml.safe_load((PROM_DIR / "alerts.yml").read_text())
     (expr,) = [r["expr"] for g in rules["groups"] for r in g["rules"]
                if r.get("alert") == "CasebrokerSetAsideWaiting"]
-    prom_port = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(yaml.safe_dump({"global": {"scrape_interval": "1s"},
-                                      "scrape_configs": [job]}))
-    prom = subprocess.Popen(
-        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{prom_port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with _prometheus({"scrape_configs": [job]}, tmp_path) as prom_port:
         amqp = Amqp()
         amqp.publish("", declared.triage_queue, encode(dossier()), message_id="waiting")
         amqp.close()
@@ -147,9 +148,6 @@ def test_real_prometheus_sees_what_waits_in_triage_through_the_shipped_scrape_jo
                  timeout_s=60, what="the triaged message seen through the alert's query")
         waiting = _series(prom_port, expr) or {}
         assert declared.intake_queue not in waiting  # only what is set aside counts
-    finally:
-        prom.terminate()
-        prom.wait(timeout=20)
 
 
 def test_full_batches_count_a_backlog_and_not_a_trickle(
