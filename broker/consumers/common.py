@@ -147,13 +147,9 @@ def party_users_enabled(explicit: bool | None) -> bool:
     return os.environ.get("CASEBROKER_PARTY_USERS") == "1" if explicit is None else explicit
 
 
-#: the most of a message id kept in the id of a changed copy
-_KEPT_OF_ID = MESSAGE_ID_MAX - 33
-
-
 def changed_copy_id(mid: str, fingerprint: bytes) -> str:
     """The inbox id of a copy that differs from the message first processed under ``mid``."""
-    return f"{mid[:_KEPT_OF_ID]}#{fingerprint.hex()}"
+    return kept_id(f"{mid}#{fingerprint.hex()}")
 
 
 @dataclass(slots=True)
