@@ -12,10 +12,13 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from broker.errors import CasebrokerError, CatalogError, DecodeError, RoutingError
+
+if TYPE_CHECKING:  # the ledger loads only for the commands using it
+    from broker.ledger import Ledger
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
@@ -385,7 +388,7 @@ def _submission_id(text: str) -> str | None:
         return None
 
 
-def _unopened_submission(ledger: Any, submission: str, args: argparse.Namespace) -> int:
+def _unopened_submission(ledger: Ledger, submission: str, args: argparse.Namespace) -> int:
     """What became of a submission that opened no dossier: each delivery of it that was
     dead-lettered or triaged, and where to look at it; exit 1 when the ledger has none."""
     deliveries = ledger.unopened_submission(submission)
