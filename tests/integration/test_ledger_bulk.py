@@ -17,9 +17,8 @@ from sqlalchemy import LargeBinary, Table, insert, text
 from broker.envelope import Outbound
 from broker.ledger import ConcurrentUpdate, Ledger, dossiers, events, inbox, outbox
 from monitoring.metrics import Metrics
-from tests.helpers import ROW_AT, dossier_row
-
-AT = ROW_AT
+from tests.helpers import ROW_AT as AT
+from tests.helpers import dossier_row
 
 
 def _event(code: str, seq: int, **over: Any) -> dict[str, Any]:
