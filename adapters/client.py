@@ -203,7 +203,10 @@ class DeskClient(BrokerClient):
         What comes back to the desk's :class:`Inbox`: a receipt (or a refusal, state 3)
         with the dossier's code; or a ``held`` notice with no code, matched by
         ``submission_id``, whose ``reason`` says why no dossier was opened (triaged for an
-        operator, whose replay brings the receipt; or the submission id reused).
+        operator, whose replay brings the receipt; or the submission id reused). A held
+        dossier that no rule will ever route (a procedure the province does not handle)
+        may end in a refusal with no code, state 3, from the operator
+        (``casebroker dead-letters refuse``): final, like any refusal at intake.
         """
         if dossier.desk_id != self.desk_id:
             raise ValueError(f"dossier names desk {dossier.desk_id}, this client is desk "

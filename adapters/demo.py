@@ -167,7 +167,8 @@ class _Desks:
         with tally.lock:
             tally.notices[f"desk:{notice.notice.value}"] += 1
         if code is None:
-            return  # held: no dossier was opened (the summary counts the triaged)
+            return  # held, or refused from triage: no dossier was opened (the summary
+            # counts the triaged)
         with tally.lock:
             if notice.notice == NoticeKind.RECEIPT:
                 sent = tally.submitted_at.get(str(notice.submission_id))

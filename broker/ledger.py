@@ -19,7 +19,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -65,6 +65,7 @@ from broker.tables import (
     inbox,
     metadata,
     outbox,
+    refusals,
     watch_outbox,
 )
 
@@ -84,6 +85,9 @@ RETIRED_INDEXES: dict[str, frozenset[str]] = {
 
 log = logging.getLogger(__name__)
 
+
+#: where :meth:`Batch._rows_in` puts the match of a column against the values
+_IN = "{IN}"
 
 #: SQLite: bound values per statement, well under SQLITE_MAX_VARIABLE_NUMBER (32,766
 #: since SQLite 3.32; 999 before)
@@ -268,16 +272,21 @@ class Batch:
             return rows
 
     def _rows_in(self, query: str, values: list[str]) -> list[tuple[Any, ...]]:
-        """Rows of ``query`` whose column is one of ``values`` (``query`` ends with
-        ``WHERE <column>``). Driver SQL, not SQLAlchemy's ``select``: the hot reads run
-        once per batch, and building and caching a statement cost a small batch more
-        than the database did (docs/BENCHMARKS.md)."""
+        """Rows of ``query`` whose column is one of ``values``: ``query`` ends with
+        ``WHERE <column>``, or says ``{IN}`` after each column to match (a UNION).
+        Driver SQL, not SQLAlchemy's ``select``: the hot reads run once per batch, and
+        building and caching a statement cost a small batch more than the database did
+        (docs/BENCHMARKS.md)."""
+        if _IN not in query:
+            query += f" {_IN}"
+        n = query.count(_IN)
         if self.conn.dialect.name == "postgresql":
-            return self._fetch(f"{query} = ANY(%s)", (values,))
+            return self._fetch(query.replace(_IN, "= ANY(%s)"), (values,) * n)
         rows: list[tuple[Any, ...]] = []
         for i in range(0, len(values), _SQLITE_CHUNK):
             chunk = tuple(values[i:i + _SQLITE_CHUNK])
-            rows += self._fetch(f"{query} IN ({', '.join('?' * len(chunk))})", chunk)
+            rows += self._fetch(query.replace(_IN, f"IN ({', '.join('?' * len(chunk))})"),
+                                chunk * n)
         return rows
 
     def seen(self, message_ids: Iterable[str]) -> dict[str, Prior]:
@@ -299,13 +308,29 @@ class Batch:
                     r.headers, bytes(r.body)))
         return found
 
-    def existing_submissions(self, submission_ids: Iterable[str]) -> dict[str, str]:
-        """submission id → dossier code for those already in the ledger."""
+    def existing_submissions(self, submission_ids: Iterable[str]) -> dict[str, str | None]:
+        """submission id → dossier code for those already in the ledger, or None for one
+        an operator refused at intake (no dossier: :meth:`refusals` has its notice)."""
         ids = list(set(submission_ids))
         if not ids:
             return {}
+        # one statement: the refusals' probe of an index (of a few rows) costs nothing
+        # beside a round trip of its own per batch
         return dict(self._rows_in(
-            "SELECT submission_id, code FROM dossiers WHERE submission_id", ids))
+            f"SELECT submission_id, code FROM dossiers WHERE submission_id {_IN} UNION ALL "
+            f"SELECT submission_id, NULL FROM refusals WHERE submission_id {_IN}", ids))
+
+    def refusals(self, submission_ids: Iterable[str], desk_exchange: str
+                 ) -> dict[str, tuple[Any, Outbound]]:
+        """For submissions an operator refused at intake: the submission as stored and
+        its refusal notice, to be sent again as it was first sent (rare: through
+        SQLAlchemy)."""
+        wanted = list(set(submission_ids))
+        if not wanted:
+            return {}
+        rows = self.conn.execute(select(refusals).where(refusals.c.submission_id.in_(wanted)))
+        return {r.submission_id: (r.submission, refusal_notice(r._mapping, desk_exchange))
+                for r in rows}
 
     def openings(self, codes: Iterable[str]) -> dict[str, tuple[Any, list[Outbound]]]:
         """For dossiers in the ledger: the submission each was opened with (as stored) and
@@ -485,6 +510,20 @@ class Batch:
                     with self._driver(statement) as cursor:
                         cursor.executemany(statement, params)
             rows.clear()
+
+
+def refusal_notice(row: Mapping[Any, Any], desk_exchange: str) -> Outbound:
+    """The notice of a refusal at intake (a ``refusals`` row), as first published."""
+    return Outbound(desk_exchange, row["desk_id"], row["notice_id"], "desk.notice", None,
+                    None, bytes(row["notice"]))
+
+
+class SubmissionOpened(CasebrokerError):
+    """A submission to be refused has opened a dossier: there is nothing to refuse."""
+
+    def __init__(self, submission_id: str, code: str) -> None:
+        super().__init__(f"submission {submission_id} opened dossier {code}")
+        self.code = code
 
 
 class ConcurrentUpdate(TransientError):
@@ -768,6 +807,40 @@ class Ledger:
                                                     "outcome": r.outcome,
                                                     "processed_at": r.processed_at})
         return list(found.values())
+
+    def refuse(self, row: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Record an operator's refusal at intake (a ``refusals`` row), unless the
+        submission has one already; return the refusal in force and whether it is new.
+        A submission that opened a dossier has nothing to refuse: :class:`SubmissionOpened`.
+
+        A dossier opened by a router committing at the same moment (a corrected copy of
+        the very submission being refused) is not excluded by a constraint; the refusal
+        is an operator's decision about a dossier no rule routes, so that takes a catalog
+        fix and the operator's refusal crossing in the same second.
+        """
+        sid = row["submission_id"]
+        with _outages_are_transient(), self.engine.begin() as conn:
+            code = conn.execute(select(dossiers.c.code)
+                                .where(dossiers.c.submission_id == sid)).scalar()
+            if code is not None:
+                raise SubmissionOpened(sid, str(code))
+            prior = conn.execute(select(refusals)
+                                 .where(refusals.c.submission_id == sid)).first()
+            if prior is not None:
+                return dict(prior._mapping), False
+            conn.execute(refusals.insert().values(row))
+            return row, True
+
+    def refusal(self, submission_id: str) -> dict[str, Any] | None:
+        """An operator's refusal of a submission (without the submission and the notice's
+        body), or None."""
+        c = refusals.c
+        with self.read() as conn:
+            row = conn.execute(select(c.submission_id, c.message_id, c.desk_id,
+                                      c.procedure_code, c.reason, c.refused_by,
+                                      c.refused_at, c.notice_id)
+                               .where(c.submission_id == submission_id)).first()
+            return dict(row._mapping) if row else None
 
     def unconfirmed_notices(self, created_before: datetime, limit: int = 500
                             ) -> list[Outbound]:

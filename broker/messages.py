@@ -238,15 +238,17 @@ class NoticeKind(StrEnum):
 
 class DeskNotice(_Model):
     """broker → desk: receipt, status change, supplement request, result ready, apology;
-    or a dossier held, not received (``held``: no dossier code)."""
+    or a dossier held, not received (``held``: no dossier code), or refused at intake
+    from triage by an operator (``refused`` without a dossier code)."""
 
     schema_: Literal["casebroker.desk.notice/v1"] = Field(
         "casebroker.desk.notice/v1", alias="schema"
     )
     notice: NoticeKind
     dossier_code: str | None = Field(None, description=(
-        "the dossier's code; in every notice but a held one, which has none: no dossier "
-        "was opened, the submission id says which dossier it is"))
+        "the dossier's code; in every notice but a held one and a refusal of a dossier "
+        "no rule could route (refused from triage by an operator), which have none: no "
+        "dossier was opened, the submission id says which dossier it is"))
     submission_id: UUID
     desk_id: PartyId
     procedure_code: ProcedureCode
@@ -261,9 +263,13 @@ class DeskNotice(_Model):
     issued_at: AwareDatetime
 
     @model_validator(mode="after")
-    def _code_unless_held(self) -> DeskNotice:
-        if (self.dossier_code is None) != (self.notice == NoticeKind.HELD):
-            raise ValueError("dossier_code is required, except in a held notice, which has none")
+    def _code_unless_never_opened(self) -> DeskNotice:
+        if self.notice == NoticeKind.HELD:
+            if self.dossier_code is not None:
+                raise ValueError("a held notice has no dossier_code: no dossier was opened")
+        elif self.dossier_code is None and self.notice != NoticeKind.REFUSED:
+            raise ValueError("dossier_code is required, except in a held notice and in a "
+                             "refusal of a dossier that opened none")
         return self
 
 

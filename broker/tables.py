@@ -22,6 +22,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     TypeDecorator,
     UniqueConstraint,
     bindparam,
@@ -166,6 +167,28 @@ watch_outbox = Table(
     Column("body", LargeBinary, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("confirmed_at", UTCDateTime, index=True),
+)
+
+#: submissions refused at intake (state 3) by an operator, from triage: valid dossiers no
+#: rule routes and none will (a procedure the province does not handle), which opened no
+#: dossier and get none: nothing was received, so there is no code to give. The router
+#: answers a copy sent again with the same refusal (``notice``, under ``notice_id``), as it
+#: answers a dossier's copy with its first receipt
+refusals = Table(
+    "refusals", metadata,
+    Column("submission_id", String(36), primary_key=True),
+    #: the triaged delivery that was refused (its copy waited in triage under this id)
+    Column("message_id", String(MESSAGE_ID_MAX), nullable=False),
+    Column("desk_id", String(64), nullable=False),
+    Column("procedure_code", String(16), nullable=False),
+    Column("reason", Text, nullable=False),
+    #: who refused it: the operator's name as given to ``dead-letters refuse``
+    Column("refused_by", String(64), nullable=False),
+    Column("refused_at", UTCDateTime, nullable=False),
+    #: the submission as the desk sent it, to tell a copy sent again from another dossier
+    Column("submission", JSON, nullable=False),
+    Column("notice_id", String(MESSAGE_ID_MAX), nullable=False),
+    Column("notice", LargeBinary, nullable=False),
 )
 
 #: per competent unit and receipt day: the last dossier number handed out

@@ -8,7 +8,9 @@ notice to the desk; otherwise → received (state 2), ``dossier.assigned`` to th
 agency and a receipt ``desk.notice`` to the intake desk.
 
 A triaged dossier, and one dead-lettered for a taken submission id, gets its desk a
-``held`` notice (no dossier code): the desk knows it was not received, and why.
+``held`` notice (no dossier code): the desk knows it was not received, and why. One
+that no rule will route may be refused from triage by an operator (``casebroker
+dead-letters refuse``): its submission id is then taken by that refusal, as by a dossier.
 """
 
 from __future__ import annotations
@@ -163,22 +165,28 @@ class Router(Consumer):
 
     def _again(self, batch: Batch, engine: Engine,
                again: list[tuple[str, Delivery, DossierSubmitted]],
-               existing: dict[str, str], first: dict[str, _Routed],
+               existing: dict[str, str | None], first: dict[str, _Routed],
                now: datetime) -> list[Outbound]:
         """Submissions whose id is already taken, by a dossier in the ledger or earlier in
-        this batch. The same dossier sent again (a desk retrying under a new message id)
-        gets the notice its first copy got, under the same message id, so a desk that lost
-        its receipt has it again and one that did not drops the copy. A different dossier
+        this batch, or by a submission an operator refused at intake. The same dossier sent
+        again (a desk retrying under a new message id) gets the notice its first copy got
+        (receipt or refusal), under the same message id, so a desk that lost it has it
+        again and one that did not drops the copy. A different dossier
         under a taken id is dead-lettered: the desk reused a key it must not reuse, and
         routing it as a duplicate would lose it without a word."""
         out: list[Outbound] = []
-        openings = batch.openings(existing[str(m.submission_id)] for _, _, m in again
-                                  if str(m.submission_id) in existing)
+        sids = [str(m.submission_id) for _, _, m in again]
+        openings = batch.openings(code for s in sids if (code := existing.get(s)))
+        refusals = batch.refusals((s for s in sids if s in existing and existing[s] is None),
+                                  self.topology.desk_exchange)
         for mid, delivery, msg in again:
             sid = str(msg.submission_id)
-            if sid in existing:
+            if sid in refusals:  # refused at intake by an operator: no dossier, no code
+                code, (stored, notice) = None, refusals[sid]
+                original, published = _stored_submission(stored), [notice]
+            elif sid in existing:
                 code = existing[sid]
-                stored, published = openings.get(code, (None, []))
+                stored, published = openings.get(str(code), (None, []))
                 original = _stored_submission(stored)
             else:  # its dossier was opened earlier in this batch
                 r = first[sid]
@@ -187,9 +195,10 @@ class Router(Consumer):
             if differs:
                 # the desk is told it was not received, never which dossier has the id
                 held = self._held(engine, mid, msg, _REUSED_FOR_DESK, now)
+                used_by = f"dossier {code}" if code else "a submission refused at intake"
                 out.append(self.screen.dead(
                     batch, mid, delivery, "submission_id_reused",
-                    f"submission id already used by dossier {code}; this one differs in: "
+                    f"submission id already used by {used_by}; this one differs in: "
                     f"{', '.join(differs)}", now, also=held))
                 out += held
                 continue

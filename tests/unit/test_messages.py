@@ -39,14 +39,19 @@ def test_status_round_trips() -> None:
     assert decode(encode(s)) == s
 
 
-def test_a_desk_notice_has_a_dossier_code_unless_it_is_a_held_one() -> None:
-    # held: the router opened no dossier; every other notice is about one
+def test_a_desk_notice_has_a_dossier_code_unless_no_dossier_was_opened() -> None:
+    # held: the router opened no dossier; refused: with a code from the router, without
+    # one from an operator refusing a triaged dossier; every other notice is about one
     common = {"submission_id": uuid.uuid4(), "desk_id": "T.MC.B",
               "procedure_code": "1.001193", "issued_at": datetime.now(UTC)}
     held = DeskNotice(notice="held", dossier_code=None, state=1, reason="no_area: ...",
                       **common)
     assert decode(encode(held)) == held and kind_of(held) == "desk.notice"
-    for notice, code in (("held", "X-261128-0001"), ("receipt", None)):
+    for code in ("X-261128-0001", None):
+        refused = DeskNotice(notice="refused", dossier_code=code, state=3, reason="...",
+                             **common)
+        assert decode(encode(refused)) == refused
+    for notice, code in (("held", "X-261128-0001"), ("receipt", None), ("result_ready", None)):
         body = json.loads(encode(held))
         body.update(notice=notice, dossier_code=code)
         with pytest.raises(DecodeError) as e:
