@@ -390,20 +390,31 @@ def _submission_id(text: str) -> str | None:
 
 def _unopened_submission(ledger: Ledger, submission: str, args: argparse.Namespace) -> int:
     """What became of a submission that opened no dossier: each delivery of it that was
-    dead-lettered or triaged, and where to look at it; exit 1 when the ledger has none."""
+    dead-lettered or triaged, and where to look at it, and its refusal at intake if an
+    operator refused it; exit 1 when the ledger has none of these."""
     deliveries = ledger.unopened_submission(submission)
+    refusal = ledger.refusal(submission)
     if args.json:
         print(json.dumps({"submission_id": submission, "dossier": None,
-                          "deliveries": deliveries}, default=str))
-    elif deliveries:
+                          "deliveries": deliveries, "refusal": refusal}, default=str,
+                         ensure_ascii=False))
+    elif deliveries or refusal:
         tz = ZoneInfo(args.tz)
+
+        def local(value: datetime) -> str:
+            return value.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
+
         print(f"submission {submission}: no dossier opened")
         for d in deliveries:
-            at = d["processed_at"].astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
-            print(f"  {at}  {d['outcome']:<30} message {d['message_id']}")
-        print("  what each reason means and what to do: docs/RELIABILITY.md; the message "
-              "itself, until replayed: casebroker dead-letters show <message id>")
-    if not deliveries:
+            print(f"  {local(d['processed_at'])}  {d['outcome']:<30} message {d['message_id']}")
+        if refusal:
+            print(f"  {local(refusal['refused_at'])}  refused at intake (3) by "
+                  f"{refusal['refused_by']}: desk {refusal['desk_id']} told as "
+                  f"{refusal['notice_id']}\n    reason: {refusal['reason']}")
+        else:
+            print("  what each reason means and what to do: docs/RELIABILITY.md; the message "
+                  "itself, until replayed: casebroker dead-letters show <message id>")
+    if not deliveries and not refusal:
         print(f"error: no dossier and no dead-lettered or triaged delivery of submission "
               f"{submission} in {ledger.url.split('@')[-1]} (not sent, or still in the "
               "intake queue)", file=sys.stderr)

@@ -1,4 +1,8 @@
-"""`casebroker dead-letters list|show|replay`: dead letters and triage as a workflow.
+"""`casebroker dead-letters list|show|replay|refuse`: dead letters and triage as a workflow.
+
+``refuse`` ends a triaged dossier that no catalog fix will route at intake (state 3):
+the refusal is committed to the ledger first, then its desk's notice published, then the
+triage copy acked; see :func:`refuse` and docs/RELIABILITY.md.
 
 Replay, and why it is safe to repeat (docs/RELIABILITY.md has the long form):
 
@@ -23,11 +27,13 @@ back and reported, and does not hold back or repeat the others.
 from __future__ import annotations
 
 import argparse
+import getpass
 import hashlib
 import json
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any, get_args
 
 from pika.adapters.blocking_connection import BlockingChannel
@@ -41,8 +47,23 @@ from broker.amqp import (
     REPLAY_OF_HEADER,
     SENT_BY_HEADER,
     SOURCE_HEADER,
+    properties_for,
 )
-from broker.messages import CONTENT_TYPE, Applicant, Message, Subject
+from broker.consumers.common import kept_id, to_desk
+from broker.errors import DecodeError
+from broker.ledger import Ledger, RawJSON, SubmissionOpened, refusal_notice
+from broker.lifecycle import State
+from broker.messages import (
+    CONTENT_TYPE,
+    Applicant,
+    DeskNotice,
+    DossierSubmitted,
+    Message,
+    NoticeKind,
+    Subject,
+    decode,
+    utc_now,
+)
 from broker.ops.progress import Progress
 from broker.ops.queues import (
     QUEUE_CHOICES,
@@ -60,6 +81,11 @@ from broker.ops.queues import (
 from broker.topology import INTAKE_KEY, STATUS_KEY, Topology
 
 REPLAYS_HEADER = "x-casebroker-replays"
+#: the longest reason an operator may give a refusal
+REASON_MAX = 500
+#: the longest name ``--by`` may give (the ledger's column)
+BY_MAX = 64
+_SUBMITTED = frozenset({"dossier.submitted"})
 #: headers that describe a dead-lettering, not the message: dropped on replay
 _DEAD_HEADERS = frozenset({REASON_HEADER, DETAIL_HEADER, SOURCE_HEADER, "x-death",
                            "x-first-death-exchange", "x-first-death-queue",
@@ -174,6 +200,44 @@ def replay(ch: BlockingChannel, topology: Topology, which: str, msg: Taken) -> d
     ch.basic_publish(exchange, key, msg.body, props, mandatory=True)
     return {"queue": which, "message_id": msg.message_id, "replayed_as": new_id,
             "exchange": exchange, "routing_key": key}
+
+
+def refuse(ch: BlockingChannel, topology: Topology, ledger: Ledger, msg: Taken, reason: str,
+           by: str, now: datetime) -> dict[str, Any]:
+    """Refuse one triaged dossier at intake (state 3): the refusal is committed to the
+    ledger, then its desk's notice published (confirmed); the caller acks the triage copy
+    after. Run again after a crash in between, it finds the refusal and publishes the same
+    notice under the same id (the desk drops a copy it has). ``ValueError``: not refused,
+    and why (the copy is put back)."""
+    try:
+        dossier = decode(msg.body, expected=_SUBMITTED)
+    except DecodeError as e:
+        raise ValueError(f"not a dossier the contract accepts ({e.reason}): nothing to "
+                         "refuse") from None
+    assert isinstance(dossier, DossierSubmitted)
+    if (why := missing(ch, topology.desk_queue(dossier.desk_id))) is not None:
+        raise ValueError(f"desk {dossier.desk_id} has nobody to tell: {why}")
+    sid = str(dossier.submission_id)
+    notice = to_desk(topology, DeskNotice(
+        notice=NoticeKind.REFUSED, dossier_code=None, submission_id=dossier.submission_id,
+        desk_id=dossier.desk_id, procedure_code=dossier.procedure_code, state=State.REFUSED,
+        reason=reason, issued_at=now), kept_id(f"{msg.message_id}:refused"))
+    try:
+        kept, new = ledger.refuse({
+            "submission_id": sid, "message_id": msg.message_id, "desk_id": dossier.desk_id,
+            "procedure_code": dossier.procedure_code, "reason": reason, "refused_by": by,
+            "refused_at": now, "submission": RawJSON(msg.body.decode()),
+            "notice_id": notice.message_id, "notice": notice.body})
+    except SubmissionOpened as e:
+        raise ValueError(f"submission {sid} opened dossier {e.code} since it was triaged: "
+                         "nothing to refuse (replay it: the router answers it with that "
+                         "dossier's notice)") from None
+    sent = refusal_notice(kept, topology.desk_exchange)
+    ch.basic_publish(sent.exchange, sent.routing_key, sent.body, properties_for(sent, None),
+                     mandatory=True)
+    return {"queue": "triage", "message_id": msg.message_id, "submission_id": sid,
+            "desk_id": dossier.desk_id, "notice_id": sent.message_id,
+            "refused_before": not new}
 
 
 def describe(which: str, msg: Taken) -> dict[str, Any]:
@@ -327,6 +391,31 @@ def replay_dead(topology: Topology, queues: Iterable[str], ids: set[str] | None
     return done, failed
 
 
+def refuse_triaged(topology: Topology, ledger: Ledger, ids: set[str], reason: str, by: str
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Refuse the triaged dossiers with ``ids``; put every other triage copy back.
+    Returns (what was refused, what was not and why), as :func:`replay_dead`."""
+    done: list[dict[str, Any]] = []
+    now = utc_now()
+    with channel() as ch:
+        queue = topology.triage_queue
+        if (why := missing(ch, queue)) is not None:
+            return done, [{"queue": "triage", "message_id": None, "error": why}]
+
+        def act(msg: Taken) -> None:
+            if msg.message_id in ids:
+                done.append(refuse(ch, topology, ledger, msg, reason, by, now))
+            else:
+                put_back(ch, topology, "triage", msg)
+
+        def keep(msg: Taken) -> None:
+            put_back(ch, topology, "triage", msg)
+
+        failed = _failures("triage", settle(ch, take_all(ch, queue), act, keep,
+                                            _progress(queue)))
+    return done, failed
+
+
 def _progress(queue: str) -> Progress:
     return Progress(f"{queue}: {{done}} of {{total}} messages settled")
 
@@ -383,9 +472,45 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return rc
 
 
+def _cmd_refuse(args: argparse.Namespace) -> int:
+    ids = set(args.id)
+    ledger = Ledger(args.db_url, create=False)
+    try:
+        ledger.check_schema()  # a ledger from before refusals: `casebroker ledger upgrade`
+        done, failed = refuse_triaged(_topology(args), ledger, ids, args.reason, args.by)
+    finally:
+        ledger.dispose()
+    if args.json:
+        print(json.dumps({"refused": len(done), "messages": done,
+                          "not_refused": len(failed), "failed": failed}))
+    else:
+        for d in done:
+            again = " (refused before: its notice sent again)" if d["refused_before"] else ""
+            print(f"triage: {d['message_id']}: submission {d['submission_id']} refused, "
+                  f"desk {d['desk_id']} told as {d['notice_id']}{again}")
+        print(f"{len(done)} dossier(s) refused")
+    _report_failures(failed, "not refused")
+    attempted = {d["message_id"] for d in done} | {f["message_id"] for f in failed}
+    if not ids <= attempted:
+        print(f"error: not in triage: {', '.join(sorted(ids - attempted))}", file=sys.stderr)
+        return 1
+    return 1 if failed else 0
+
+
+def _words(most: int) -> Callable[[str], str]:
+    """An argparse type: text of 1 to ``most`` characters, without surrounding blanks."""
+    def parse(text: str) -> str:
+        text = text.strip()
+        if not 0 < len(text) <= most:
+            raise argparse.ArgumentTypeError(f"1 to {most} characters, not {len(text)}")
+        return text
+    return parse
+
+
 def register(sub: Any, groups: dict[str, Any]) -> None:
-    """Add `casebroker dead-letters list|show|replay`."""
-    dl = sub.add_parser("dead-letters", help="list, show and replay dead letters and triage")
+    """Add `casebroker dead-letters list|show|replay|refuse`."""
+    dl = sub.add_parser("dead-letters", help="list, show and replay dead letters and triage; "
+                        "refuse what triage holds that no rule will route")
     dl_sub = dl.add_subparsers(dest="action", required=True)
     groups["dead-letters"] = dl_sub
 
@@ -409,3 +534,17 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     what.add_argument("--all", action="store_true", help="every message in the queue(s)")
     common(p)
     p.set_defaults(handler=_cmd_replay)
+    p = dl_sub.add_parser(
+        "refuse", help="refuse triaged dossiers at intake (state 3) that no rule will route "
+        "(a procedure the province does not handle): recorded, and their desks told; final")
+    p.add_argument("--id", action="append", required=True,
+                   help="message id of the dossier in triage (repeatable)")
+    p.add_argument("--reason", required=True, type=_words(REASON_MAX),
+                   help="why, for the desk to give the applicant (sent to the desk and kept "
+                   "in the ledger; never logged)")
+    p.add_argument("--by", default=getpass.getuser(), type=_words(BY_MAX),
+                   help="who refuses, for the ledger (default: this system user)")
+    p.add_argument("--db-url", help="ledger URL (default: $CASEBROKER_DB_URL)")
+    p.add_argument("--prefix", help="topology prefix (default: $CASEBROKER_PREFIX or cb)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=_cmd_refuse)

@@ -20,7 +20,7 @@ from broker.cli import main
 from broker.consumers.common import to_agency, to_desk
 from broker.envelope import Outbound
 from broker.ledger import Ledger
-from broker.messages import AgencyNotice, DeskNotice, NoticeKind
+from broker.messages import AgencyNotice, DeskNotice, NoticeKind, encode
 from broker.rules.catalog import Catalog
 from broker.security import Grant, Management, ManagementError
 from broker.service import declare_topology
@@ -316,3 +316,82 @@ def test_show_prints_only_fields_known_to_carry_no_personal_data(
     assert shown["bad:raw"] == {"undecodable": True, "size": len(raw),
                                 "sha256": hashlib.sha256(raw).hexdigest()}
     assert queue_depth(t.dead_queue("intake")) == 4
+
+
+def test_refuse_closes_a_triaged_dossier_once_and_its_desk_hears_it_once(
+        declared: Topology, ledger: Ledger, run_broker: Callable[..., RunningBroker],
+        amqp: Amqp, capsys: pytest.CaptureFixture[str]) -> None:
+    # a procedure the province does not handle: triaged, and no catalog fix will route it
+    t = declared
+    run_broker()
+    never = dossier("9.999999")
+    stray = dossier(desk_id="T.NOWHERE", applicant_ward="99999")  # a desk with no queue
+    lost = dossier(applicant_ward="99999")                         # a ward no unit serves
+    for d in (never, stray, lost):
+        amqp.submit(t, d)
+    wait_for(lambda: queue_depth(t.triage_queue) == 3, what="three dossiers triaged")
+    wait_for(lambda: queue_depth(t.desk_queue("T.MC.B")) == 2, what="two held notices")
+    amqp.get_all(t.desk_queue("T.MC.B"))
+    reason = "Thủ tục 9.999999 không thuộc danh mục tiếp nhận không phụ thuộc địa giới"
+    refuse = ("dead-letters", "refuse", "--reason", reason, "--by", "operator-1",
+              "--db-url", ledger.url)
+    never_id, stray_id, lost_id = (f"submit:{d.submission_id}" for d in (never, stray, lost))
+
+    rc, out, err = _cli(capsys, t, *refuse, "--id", never_id, "--json")
+    assert rc == 0, err
+    (done,) = json.loads(out)["messages"]
+    assert done["refused_before"] is False and done["notice_id"] == f"{never_id}:refused"
+    (props, body), = amqp.get_all(t.desk_queue("T.MC.B"))
+    notice = json.loads(body)
+    assert props.message_id == f"{never_id}:refused" and props.type == "desk.notice"
+    assert (notice["notice"], notice["state"], notice["reason"]) == ("refused", 3, reason)
+    assert "dossier_code" not in notice and notice["submission_id"] == str(never.submission_id)
+    assert sorted(_ids(amqp, t.triage_queue)) == sorted([stray_id, lost_id])
+    for d in (stray, lost):  # back in triage, for the next tests below
+        amqp.publish(t.dead_letter_exchange, "triage", encode(d),
+                     message_id=f"submit:{d.submission_id}", type="dossier.submitted")
+
+    # its triage copy again (a crash after the refusal was committed, before the ack):
+    # refused again as before, its desk told under the same message id
+    amqp.publish(t.dead_letter_exchange, "triage", encode(never), message_id=never_id,
+                 type="dossier.submitted")
+    rc, out, err = _cli(capsys, t, *refuse, "--reason", "another reason", "--id", never_id,
+                        "--json")
+    assert rc == 0, err
+    assert json.loads(out)["messages"][0]["refused_before"] is True
+    (props, body), = amqp.get_all(t.desk_queue("T.MC.B"))
+    assert props.message_id == f"{never_id}:refused" and json.loads(body) == notice
+
+    # the desk sends it again under a new message id: the same refusal, no dossier; a
+    # different dossier under its submission id is dead-lettered, its desk told it is held
+    amqp.submit(t, never, message_id="desk-retry-1")
+    amqp.submit(t, never.model_copy(update={"procedure_code": "1.001193"}),
+                message_id="desk-retry-2")
+    wait_for(lambda: queue_depth(t.dead_queue("intake")) == 1, what="the reused id")
+    wait_for(lambda: queue_depth(t.desk_queue("T.MC.B")) == 2, what="two notices")
+    notices = {p.message_id: json.loads(b) for p, b in amqp.get_all(t.desk_queue("T.MC.B"))}
+    assert notices[f"{never_id}:refused"] == notice
+    assert notices["desk-retry-2:held"]["reason"].startswith("submission_id_reused: ")
+    (dead, _), = amqp.get_all(t.dead_queue("intake"))
+    assert "a submission refused at intake" in dead.headers[DETAIL_HEADER]
+    assert ledger.count_by_state() == {}
+    assert ledger.count_inbox_outcomes()["duplicate"] == 1
+
+    # nobody to tell: put back, nothing recorded
+    rc, out, err = _cli(capsys, t, *refuse, "--id", stray_id)
+    assert rc == 1 and "desk T.NOWHERE has nobody to tell: no queue" in err
+    assert ledger.refusal(str(stray.submission_id)) is None
+    # corrected and received since it was triaged: nothing to refuse
+    amqp.submit(t, lost.model_copy(update={"applicant": lost.applicant.model_copy(
+        update={"ward_code": "10001"})}), message_id="desk-corrected")
+    wait_for(lambda: ledger.count_by_state() == {2: 1}, what="the corrected dossier")
+    rc, out, err = _cli(capsys, t, *refuse, "--id", lost_id, "--id", "no-such-id")
+    assert rc == 1 and "opened dossier T.UBND.A-" in err and "not in triage: no-such-id" in err
+    assert ledger.refusal(str(lost.submission_id)) is None
+    assert sorted(_ids(amqp, t.triage_queue)) == sorted([stray_id, lost_id])  # put back
+
+    # what the desk's helpdesk sees
+    assert main(["dossier", "show", str(never.submission_id), "--db-url", ledger.url]) == 0
+    out = capsys.readouterr().out
+    assert "refused at intake (3) by operator-1" in out and reason in out
+    assert "066090001234" not in out  # the applicant stays out of it

@@ -26,6 +26,12 @@ from broker.cli import build_parser, main
     (["bench", "--prefetches", ","], "argument --prefetches: no values in ','"),
     (["audit", "--since", "last week"], "argument --since: 'last week' is neither a date"),
     (["audit", "--since", "2026-11-01T00:00"], "'2026-11-01T00:00' has no offset"),
+    (["dead-letters", "refuse", "--id", "m", "--reason", "  "],
+     "argument --reason: 1 to 500 characters, not 0"),
+    (["dead-letters", "refuse", "--id", "m", "--reason", "x" * 501],
+     "argument --reason: 1 to 500 characters, not 501"),
+    (["dead-letters", "refuse", "--id", "m", "--reason", "r", "--by", "b" * 65],
+     "argument --by: 1 to 64 characters, not 65"),
 ])
 def test_bad_numbers_are_refused_with_the_option_named(
         argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
