@@ -71,8 +71,8 @@ from broker.tables import (
 
 #: the tables are defined in broker.tables; callers may take them from here
 __all__ = ["DEFAULT_DB_URL", "Batch", "Checkpoints", "ConcurrentUpdate", "Ledger", "Prior",
-           "RawJSON", "code_sequences", "dossiers", "events", "inbox", "is_transient", "metadata",
-           "outbox", "watch_outbox"]
+           "RawJSON", "SubmissionOpened", "code_sequences", "dossiers", "events", "inbox",
+           "is_transient", "metadata", "outbox", "refusal_notice", "refusals", "watch_outbox"]
 
 DEFAULT_DB_URL = "sqlite:///casebroker.sqlite3"
 

@@ -30,6 +30,7 @@ import argparse
 import getpass
 import hashlib
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Iterable
@@ -411,8 +412,14 @@ def refuse_triaged(topology: Topology, ledger: Ledger, ids: set[str], reason: st
         def keep(msg: Taken) -> None:
             put_back(ch, topology, "triage", msg)
 
-        failed = _failures("triage", settle(ch, take_all(ch, queue), act, keep,
-                                            _progress(queue)))
+        try:
+            failed = _failures("triage", settle(ch, take_all(ch, queue), act, keep,
+                                                _progress(queue)))
+        except AMQPError as e:  # what was acked is done; the rest goes back
+            failed = [{"queue": "triage", "message_id": None, "error": (
+                f"RabbitMQ {type(e).__name__}: {e}; the messages not yet settled are left "
+                f"in {queue} (a refusal committed but not acked is sent again, the same, "
+                "when refused again)")}]
     return done, failed
 
 
@@ -464,12 +471,19 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             print(f"{d['queue']}: {d['message_id']} -> {d['exchange']} as {d['replayed_as']}")
         print(f"{len(done)} message(s) replayed")
     _report_failures(failed, "not replayed")
-    rc = 1 if failed else 0
-    attempted = {d["message_id"] for d in done} | {f["message_id"] for f in failed}
-    if ids is not None and not ids <= attempted:
-        print(f"error: not found: {', '.join(sorted(ids - attempted))}", file=sys.stderr)
-        rc = 1
-    return rc
+    unseen = _unseen(ids, done, failed) if ids is not None else set()
+    if unseen:
+        print(f"error: not found: {', '.join(sorted(unseen))}", file=sys.stderr)
+    return 1 if failed or unseen else 0
+
+
+def _unseen(ids: set[str], done: list[dict[str, Any]], failed: list[dict[str, Any]]
+            ) -> set[str]:
+    """The message ids asked for that were in none of the queues read (none said when a
+    queue could not be read through: the error says so, and they may be there)."""
+    if any(f["message_id"] is None for f in failed):
+        return set()
+    return ids - {d["message_id"] for d in done} - {f["message_id"] for f in failed}
 
 
 def _cmd_refuse(args: argparse.Namespace) -> int:
@@ -477,7 +491,8 @@ def _cmd_refuse(args: argparse.Namespace) -> int:
     ledger = Ledger(args.db_url, create=False)
     try:
         ledger.check_schema()  # a ledger from before refusals: `casebroker ledger upgrade`
-        done, failed = refuse_triaged(_topology(args), ledger, ids, args.reason, args.by)
+        done, failed = refuse_triaged(_topology(args), ledger, ids, args.reason,
+                                      args.by or _system_user())
     finally:
         ledger.dispose()
     if args.json:
@@ -490,11 +505,18 @@ def _cmd_refuse(args: argparse.Namespace) -> int:
                   f"desk {d['desk_id']} told as {d['notice_id']}{again}")
         print(f"{len(done)} dossier(s) refused")
     _report_failures(failed, "not refused")
-    attempted = {d["message_id"] for d in done} | {f["message_id"] for f in failed}
-    if not ids <= attempted:
-        print(f"error: not in triage: {', '.join(sorted(ids - attempted))}", file=sys.stderr)
-        return 1
-    return 1 if failed else 0
+    unseen = _unseen(ids, done, failed)
+    if unseen:
+        print(f"error: not in triage: {', '.join(sorted(unseen))}", file=sys.stderr)
+    return 1 if failed or unseen else 0
+
+
+def _system_user() -> str:
+    """Who runs this command, for the ledger when ``--by`` does not say."""
+    try:
+        return getpass.getuser()[:BY_MAX]
+    except (OSError, KeyError):  # no name for this uid (a bare container)
+        return f"uid {os.getuid()}"
 
 
 def _words(most: int) -> Callable[[str], str]:
@@ -542,7 +564,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     p.add_argument("--reason", required=True, type=_words(REASON_MAX),
                    help="why, for the desk to give the applicant (sent to the desk and kept "
                    "in the ledger; never logged)")
-    p.add_argument("--by", default=getpass.getuser(), type=_words(BY_MAX),
+    p.add_argument("--by", type=_words(BY_MAX),
                    help="who refuses, for the ledger (default: this system user)")
     p.add_argument("--db-url", help="ledger URL (default: $CASEBROKER_DB_URL)")
     p.add_argument("--prefix", help="topology prefix (default: $CASEBROKER_PREFIX or cb)")

@@ -21,6 +21,7 @@ from broker.consumers.common import to_agency, to_desk
 from broker.envelope import Outbound
 from broker.ledger import Ledger
 from broker.messages import AgencyNotice, DeskNotice, NoticeKind, encode
+from broker.ops.audit import audit
 from broker.rules.catalog import Catalog
 from broker.security import Grant, Management, ManagementError
 from broker.service import declare_topology
@@ -390,6 +391,8 @@ def test_refuse_closes_a_triaged_dossier_once_and_its_desk_hears_it_once(
     assert ledger.refusal(str(lost.submission_id)) is None
     assert sorted(_ids(amqp, t.triage_queue)) == sorted([stray_id, lost_id])  # put back
 
+    report = audit(ledger, t, [str(d.submission_id) for d in (never, stray, lost)])
+    assert report["refused_from_triage"] == 1 and report["unaccounted"] == 0
     # what the desk's helpdesk sees
     assert main(["dossier", "show", str(never.submission_id), "--db-url", ledger.url]) == 0
     out = capsys.readouterr().out
