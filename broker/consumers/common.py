@@ -217,6 +217,11 @@ class Screen:
     #: the consumer's: Consumer.fingerprint_of, Consumer.judges_changed_copy
     fingerprint_of: Callable[[Any, bytes], bytes]
     afresh: Callable[[str | None], bool]
+    #: the consumer's Consumer.answer_reused: what tells the sender of a changed copy that
+    #: is dead-lettered as message_id_reused (given the batch, its message, its own id and
+    #: the detail)
+    answer_reused: Callable[[Batch, Any, str, str, datetime], list[Outbound]] = (
+        lambda *_: [])
     party_users: bool = False
     #: the router's own RabbitMQ login, whose replays carry their first sender (sent_by)
     trusted: str | None = None
@@ -263,11 +268,13 @@ class Screen:
             if c.changed and not self.afresh(c.before):
                 before = ("by an earlier message in this batch" if c.before is None
                           else f"as {c.before}")
-                result.out.append(self.dead(
-                    batch, key, c.delivery, "message_id_reused",
-                    f"its message id was processed before, {before}, from a message that "
-                    "differs from this one: this one was not applied (a changed message "
-                    "needs a new message id)", now))
+                detail = (f"its message id was processed before, {before}, from a message "
+                          "that differs from this one: this one was not applied (a changed "
+                          "message needs a new message id)")
+                answer = self.answer_reused(batch, c.message, key, detail, now)
+                result.out.append(self.dead(batch, key, c.delivery, "message_id_reused",
+                                            detail, now, also=answer))
+                result.out += answer
                 continue
             result.fresh.append((key, c.delivery, c.message))
         return result
@@ -303,6 +310,7 @@ class Consumer:
                              sender_of=self.sender_of, count=self._count,
                              fingerprint_of=self.fingerprint_of,
                              afresh=self.judges_changed_copy,
+                             answer_reused=self.answer_reused,
                              party_users=party_users_enabled(party_users),
                              trusted=trusted_user)
 
@@ -319,6 +327,12 @@ class Consumer:
         """Whether a changed copy under a message id already taken is judged as a message
         of its own (see :class:`Screen`), given how the id was processed ``before``."""
         return False
+
+    def answer_reused(self, batch: Batch, message: Any, own_id: str, detail: str,
+                      now: datetime) -> list[Outbound]:
+        """What to tell the sender of a changed copy dead-lettered as ``message_id_reused``
+        (see :class:`Screen`; ``own_id``: the copy's own inbox id): by default nothing."""
+        return []
 
     def _count(self, outcome: str, reason: str = "") -> None:
         """Note one outcome of the batch in hand; reported when it commits."""

@@ -116,6 +116,23 @@ class StatusRouter(Consumer):
         # changed nothing; corrected, it is judged afresh
         return before is not None and before != "applied"
 
+    def answer_reused(self, batch: Batch, message: Any, own_id: str, detail: str,
+                      now: datetime) -> list[Outbound]:
+        """An update or desk event changed under an id already applied is dead-lettered
+        (applying it would apply that id twice); its sender is told, as for any update
+        refused, when it has a part in the dossier. A stranger is not answered (see
+        :func:`_stranger`), nor is anyone about a code the ledger does not have. Rare (a
+        sender's bug), so the dossier is read for it alone."""
+        row = batch.load_dossiers([message.dossier_code]).get(message.dossier_code)
+        if row is None:
+            return []
+        dossier = _Dossier(row, row["seq"])
+        if _stranger(dossier, message) is not None:
+            return []
+        # under the copy's own id: the first message under that id may have had a refusal
+        return [self._refuse(dossier, message, f"message_id_reused: {detail}", now,
+                             answered=own_id)]
+
     def handle(self, deliveries: Sequence[Delivery]) -> list[Outbound]:
         """Process one batch in one transaction; return every message to publish."""
         engine = self.engine()
@@ -320,11 +337,14 @@ class StatusRouter(Consumer):
             amount_vnd=getattr(msg, "amount_vnd", None), issued_at=now)
         return to_desk(self.topology, notice, f"{dossier['code']}:{kind.value}:{seq}")
 
-    def _refuse(self, dossier: _Dossier, msg: Update, reason: str, now: datetime) -> Outbound:
-        """Tell the sender its update changed nothing, and why."""
-        update_id = str(getattr(msg, "update_id", None) or getattr(msg, "event_id", ""))
+    def _refuse(self, dossier: _Dossier, msg: Update, reason: str, now: datetime,
+                answered: str | None = None) -> Outbound:
+        """Tell the sender its update changed nothing, and why; ``answered``: the id the
+        notice answers (default: the update's ``update_id`` or ``event_id``)."""
+        if answered is None:
+            answered = str(getattr(msg, "update_id", None) or getattr(msg, "event_id", ""))
         # a 64-character agency id and a five-digit daily number would overflow 128
-        message_id = kept_id(f"{dossier['code']}:update_refused:{update_id}")
+        message_id = kept_id(f"{dossier['code']}:update_refused:{answered}")
         if isinstance(msg, DossierStatus):
             notice = AgencyNotice(notice=NoticeKind.UPDATE_REFUSED,
                                   dossier_code=dossier["code"], agency_id=msg.agency_id,

@@ -354,12 +354,18 @@ def test_a_status_update_changed_under_an_applied_id_is_dead_lettered(
     # the SDK retrying it stamps a new sent_at: the same update, its messages again
     assert _sent(status.handle([_status_delivery(
         2, _status(agency, code, "accepted", u1), f"status:{u1}")])) == _sent(applied)
-    # another status under the same update id would apply a second change: refused
+    # another status under the same update id would apply a second change: refused, and
+    # the agency told so (under an id of this copy's own: not the first update's)
     changed = _status(agency, code, "resolved", u1)
     out = status.handle([_status_delivery(3, changed, f"status:{u1}")])
-    assert len(out) == 1 and out[0].headers is not None and out[0].body == changed
+    assert len(out) == 2 and out[0].headers is not None and out[0].body == changed
     assert out[0].headers[REASON_HEADER] == "message_id_reused"
     assert "as applied" in out[0].headers[DETAIL_HEADER]
+    told = json.loads(out[1].body)
+    assert (out[1].exchange, out[1].routing_key) == ("t.agency", agency)
+    assert told["notice"] == "update_refused" and told["state"] == 4
+    assert told["reason"].startswith("message_id_reused: its message id was processed")
+    assert out[1].message_id.startswith(f"{code}:update_refused:status:{u1}#")
     assert _sent(status.handle([_status_delivery(4, changed, f"status:{u1}")])) == _sent(out)
     row = router.ledger.dossier(code)
     assert row is not None and row["state"] == 4  # processing, not resolved
@@ -437,7 +443,23 @@ def test_a_stranger_reusing_an_applied_update_id_is_named_a_stranger(router: Rou
     changed = _status(agency, code, "resolved", u1)
     out = status.handle([_status_delivery(2, changed, f"status:{u1}", user_id="t.T.MC.B")])
     assert [o.headers[REASON_HEADER] for o in out if o.headers] == ["sender_mismatch"]
-    # the agency itself changing it: a reuse
+    # the agency itself changing it: a reuse, and the agency is told
     changed = _status(agency, code, "rejected", u1)
     out = status.handle([_status_delivery(3, changed, f"status:{u1}", user_id=f"t.{agency}")])
     assert [o.headers[REASON_HEADER] for o in out if o.headers] == ["message_id_reused"]
+    assert [o.routing_key for o in out if not o.headers] == [agency]
+
+
+def test_a_reused_id_from_a_stranger_is_dead_lettered_unanswered(router: Router) -> None:
+    # without per-party users nobody vouches for the sender: an update under an applied
+    # id that names an agency with no part in the dossier gets no answer, which would
+    # tell that agency the dossier's state
+    assigned = json.loads(router.handle([_delivery(1, encode(dossier()), "submit:1")])[0].body)
+    code, agency = assigned["dossier_code"], assigned["agency_id"]
+    status = StatusRouter(router.engine, router.ledger, Topology("t"))
+    u1 = uuid.uuid4()
+    status.handle([_status_delivery(1, _status(agency, code, "accepted", u1), f"status:{u1}")])
+    out = status.handle([_status_delivery(2, _status("T.SO.TP", code, "accepted", u1),
+                                          f"status:{u1}")])
+    assert [(o.routing_key, o.headers[REASON_HEADER] if o.headers else None) for o in out] == [
+        ("status", "message_id_reused")]
