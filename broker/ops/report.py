@@ -1,0 +1,240 @@
+"""`casebroker report`: what a province reports of a period, from the ledger.
+
+DOMAIN.md ("What a province reports"): per agency and per period, dossiers received,
+resolved early, on time and late, still open and overdue, the online share and
+satisfaction; for this reform also the boundary-free share, per desk and per procedure.
+(The share of catalogue procedures open to boundary-free receipt is `casebroker rules
+coverage`; the digitized share needs what the ledger does not hold.)
+
+The report follows the dossiers **received in the period** (a cohort), each as the
+ledger stands now: a dossier received on the period's last day and resolved a week
+later counts as resolved. Definitions, all on local dates (``--tz``):
+
+* ``received``: dossiers given a receipt (state 2 at intake); ``refused_at_intake``:
+  numbered but refused by the router (not open to boundary-free receipt here), not
+  received. Submissions an operator refused from triage opened no dossier; the total
+  counts them as ``refused_from_triage`` (by the day they were refused).
+* ``resolved``: a result was produced (state 9 or 10), ``early`` / ``on_time`` / ``late``
+  by the day it was produced against the due day (moved by supplement pauses, never by
+  an apology's new appointment);
+* ``rejected`` (refused by the agency after receipt), ``stopped``, ``withdrawn``;
+* ``open``: still with an agency or the desk (states 2, 4, 5, 6), ``overdue`` among them
+  when past the due time now, unless the clock was paused before that (state 5);
+* ``online``, ``boundary_free``: received online; received at a desk outside the
+  competent unit's area;
+* ``satisfied``: resolved, not late, and not rated 1 or 2 by the citizen at return (no
+  complaint, dissatisfaction or delay); ``rated`` have a rating.
+
+A dossier belongs to the agency that numbered it (its code's prefix: the first
+competent unit, also for a chain of agencies), its intake desk and its procedure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from datetime import date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select
+
+from broker.ledger import Ledger, dossiers, refusals
+from broker.lifecycle import State
+
+#: what a report may be grouped by, and the column that says it
+GROUPS = ("agency", "desk", "procedure")
+_OPEN = frozenset({State.RECEIVED, State.PROCESSING, State.SUPPLEMENT_REQUESTED,
+                   State.FINANCIAL_OBLIGATION})
+_RESOLVED = frozenset({State.RESOLVED, State.RETURNED})
+#: ratings at return that say the citizen was dissatisfied (1 to 5)
+DISSATISFIED = frozenset({1, 2})
+
+
+@dataclass
+class Tally:
+    """The counts of one group of dossiers."""
+
+    received: int = 0
+    refused_at_intake: int = 0
+    resolved: int = 0
+    early: int = 0
+    on_time: int = 0
+    late: int = 0
+    rejected: int = 0
+    stopped: int = 0
+    withdrawn: int = 0
+    open: int = 0
+    overdue: int = 0
+    online: int = 0
+    boundary_free: int = 0
+    rated: int = 0
+    satisfied: int = 0
+
+    def add(self, row: Any, tz: ZoneInfo, now: datetime) -> None:
+        """Count one dossier (a row of the columns :func:`report` reads)."""
+        state = State(row.state)
+        if state == State.REFUSED and row.seq == 1:  # refused by the router: not received
+            self.refused_at_intake += 1
+            return
+        self.received += 1
+        self.online += row.channel == "online"
+        self.boundary_free += bool(row.boundary_free)
+        if state in _RESOLVED:
+            self.resolved += 1
+            finished = row.finished_at.astimezone(tz).date()
+            due = row.due_at.astimezone(tz).date()
+            late = finished > due
+            if late:
+                self.late += 1
+            elif finished == due:
+                self.on_time += 1
+            else:
+                self.early += 1
+            self.rated += row.satisfaction is not None
+            self.satisfied += not late and row.satisfaction not in DISSATISFIED
+        elif state in _OPEN:
+            self.open += 1
+            paused_in_time = row.paused_at is not None and row.paused_at <= row.due_at
+            self.overdue += row.due_at < now and not paused_in_time
+        elif state == State.REFUSED:
+            self.rejected += 1
+        elif state == State.STOPPED:
+            self.stopped += 1
+        elif state == State.WITHDRAWN:
+            self.withdrawn += 1
+
+    def shares(self) -> dict[str, float | None]:
+        """The shares a report gives (None where there is nothing to divide by)."""
+        def share(part: int, whole: int) -> float | None:
+            return round(part / whole, 4) if whole else None
+
+        return {"on_time_share": share(self.early + self.on_time, self.resolved),
+                "online_share": share(self.online, self.received),
+                "boundary_free_share": share(self.boundary_free, self.received),
+                "satisfaction_share": share(self.satisfied, self.resolved)}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), **self.shares()}
+
+
+def _group_of(by: str | None, row: Any) -> str | None:
+    if by == "agency":
+        return str(row.code).rsplit("-", 2)[0]
+    if by == "desk":
+        return str(row.intake_desk_id)
+    if by == "procedure":
+        return str(row.procedure_code)
+    return None
+
+
+def tally(rows: Iterable[Any], by: str | None, tz: ZoneInfo, now: datetime
+          ) -> tuple[Tally, dict[str, Tally]]:
+    """The total and, with ``by``, each group's tally of the dossiers in ``rows``."""
+    total, groups = Tally(), dict[str, Tally]()
+    for row in rows:
+        total.add(row, tz, now)
+        key = _group_of(by, row)
+        if key is not None:
+            groups.setdefault(key, Tally()).add(row, tz, now)
+    return total, dict(sorted(groups.items()))
+
+
+def report(ledger: Ledger, first: date, last: date, by: str | None, tz: ZoneInfo,
+           now: datetime) -> dict[str, Any]:
+    """The report of dossiers received from ``first`` to ``last`` (local days, both
+    included), read a chunk at a time in one snapshot of the ledger."""
+    start = datetime.combine(first, time(), tzinfo=tz)
+    end = datetime.combine(last + timedelta(days=1), time(), tzinfo=tz)
+    c = dossiers.c
+    with ledger.read(snapshot=True) as conn:
+        rows = conn.execution_options(yield_per=5000).execute(
+            select(c.code, c.procedure_code, c.intake_desk_id, c.channel, c.state, c.seq,
+                   c.boundary_free, c.due_at, c.finished_at, c.paused_at, c.satisfaction)
+            .where(c.received_at >= start, c.received_at < end))
+        total, groups = tally(rows, by, tz, now)
+        refused_from_triage = int(conn.execute(
+            select(func.count()).select_from(refusals)
+            .where(refusals.c.refused_at >= start, refusals.c.refused_at < end)).scalar_one())
+    return {"from": first.isoformat(), "to": last.isoformat(), "tz": str(tz),
+            "as_of": now.isoformat(timespec="seconds"), "by": by,
+            "total": {**total.as_dict(), "refused_from_triage": refused_from_triage},
+            "groups": {k: t.as_dict() for k, t in groups.items()}}
+
+
+def quarter_start(day: date) -> date:
+    """The first day of ``day``'s quarter."""
+    return date(day.year, 3 * ((day.month - 1) // 3) + 1, 1)
+
+
+_COLUMNS = (("received", "received", 8), ("resolved", "resolved", 8), ("early", "early", 6),
+            ("on_time", "on time", 7), ("late", "late", 5), ("on_time_share", "in time%", 8),
+            ("open", "open", 6), ("overdue", "overdue", 7),
+            ("refused_at_intake", "refused", 7), ("rejected", "rejected", 8),
+            ("withdrawn", "withdrawn", 9), ("stopped", "stopped", 7),
+            ("online_share", "online%", 7), ("boundary_free_share", "bfree%", 6),
+            ("satisfaction_share", "satisf%", 7))
+
+
+def format_report(data: dict[str, Any]) -> str:
+    """The report as a text table: the total, then each group."""
+    def cells(values: dict[str, Any]) -> str:
+        out = []
+        for key, _, width in _COLUMNS:
+            v = values[key]
+            text = "-" if v is None else f"{100 * v:.1f}" if key.endswith("_share") else str(v)
+            out.append(text.rjust(width))
+        return " ".join(out)
+
+    width = max([len("total"), *(len(k) for k in data["groups"])])
+    lines = [f"dossiers received {data['from']} to {data['to']} ({data['tz']}), as the "
+             f"ledger stands at {data['as_of']}",
+             f"{'':<{width}} " + " ".join(title.rjust(w) for _, title, w in _COLUMNS),
+             f"{'total':<{width}} {cells(data['total'])}"]
+    lines += [f"{k:<{width}} {cells(v)}" for k, v in data["groups"].items()]
+    lines.append(f"refused from triage by an operator (no dossier): "
+                 f"{data['total']['refused_from_triage']}")
+    return "\n".join(lines)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    tz = ZoneInfo(args.tz)
+    now = datetime.now(tz)
+    last = args.to or now.date()
+    first = args.from_ or quarter_start(last)
+    if first > last:
+        print(f"error: --from {first} is after --to {last}", file=sys.stderr)
+        return 2
+    ledger = Ledger(args.db_url, create=False)
+    try:
+        ledger.check_schema()
+        data = report(ledger, first, last, args.by, tz, now)
+    finally:
+        ledger.dispose()
+    print(json.dumps(data) if args.json else format_report(data))
+    return 0
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (2026-10-01)") from None
+
+
+def register(sub: Any, groups: dict[str, Any]) -> None:
+    """Add `casebroker report`."""
+    p = sub.add_parser("report", help="what a province reports of a period: dossiers "
+                       "received, resolved early/on time/late, open and overdue, online, "
+                       "boundary-free and satisfaction shares, per agency, desk or procedure")
+    p.add_argument("--from", dest="from_", type=_day,
+                   help="first day received (default: the first day of --to's quarter)")
+    p.add_argument("--to", type=_day, help="last day received, included (default: today)")
+    p.add_argument("--by", choices=GROUPS, help="a row per agency, desk or procedure")
+    p.add_argument("--tz", default="Asia/Ho_Chi_Minh", help="whose days (default: Vietnam)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--db-url", help="ledger URL (default: $CASEBROKER_DB_URL)")
+    p.set_defaults(handler=_cmd_report)

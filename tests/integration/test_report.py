@@ -1,0 +1,123 @@
+"""`casebroker report` on a ledger the router and the status router wrote (SQLite and
+PostgreSQL), with the broker's clock moved day by day."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from pika.spec import BasicProperties
+
+from broker.amqp import Delivery
+from broker.cli import main
+from broker.consumers.router import Router
+from broker.consumers.status import StatusRouter
+from broker.ledger import Ledger
+from broker.messages import (
+    CONTENT_TYPE,
+    DossierReturned,
+    DossierStatus,
+    DossierSubmitted,
+    DossierWithdrawn,
+    encode,
+    kind_of,
+)
+from broker.rules.catalog import load_catalog
+from broker.rules.engine import Engine
+from broker.topology import Topology
+from tests.conftest import MINI_CATALOG
+from tests.helpers import dossier, intake_delivery
+from tests.integration.conftest import FakeClock
+
+pytestmark = pytest.mark.integration
+
+
+def _status_delivery(n: int, message: DossierStatus | DossierReturned | DossierWithdrawn
+                     ) -> Delivery:
+    return Delivery(n, encode(message), BasicProperties(
+        content_type=CONTENT_TYPE, message_id=f"m{n}", type=kind_of(message)), True, "status")
+
+
+def test_the_report_counts_each_dossier_received_in_the_period_once_by_its_outcome(
+        ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
+    clock = FakeClock("2026-11-24 09:00")  # a Tuesday; 1.001193 takes one working day
+    engine = Engine(load_catalog(MINI_CATALOG))
+    router = Router(lambda: engine, ledger, Topology("t"), clock=clock)
+    status = StatusRouter(lambda: engine, ledger, Topology("t"), clock=clock)
+    n = iter(range(1, 1000))
+    codes: dict[str, str] = {}
+
+    def submit(name: str, d: DossierSubmitted) -> None:
+        out = router.handle([intake_delivery(next(n), encode(d), f"submit:{name}")])
+        codes[name] = json.loads(out[-1].body)["dossier_code"]
+
+    def agency(name: str, what: str) -> None:
+        status.handle([_status_delivery(next(n), DossierStatus(
+            update_id=uuid.uuid4(), dossier_code=codes[name], agency_id="T.UBND.A",
+            status=what, sent_at=clock.now))])
+
+    submit("before", dossier())                   # received the day before the period
+    clock.set("2026-11-25 09:00")
+    for name in ("early", "on_time", "late", "overdue", "paused", "rejected"):
+        submit(name, dossier())                   # desk B, a ward of A: boundary-free
+    submit("withdrawn", dossier(desk_id="T.MC.A", channel="online"))  # A's own desk
+    submit("refused", dossier("1.000002", desk_id="T.MC.A"))  # not open here yet
+    agency("early", "resolved")                   # due 26 Nov: done the day before
+    agency("paused", "supplement_requested")      # paused before its due time
+    agency("rejected", "rejected")
+    agency("overdue", "accepted")
+    status.handle([_status_delivery(next(n), DossierWithdrawn(
+        event_id=uuid.uuid4(), dossier_code=codes["withdrawn"], desk_id="T.MC.A",
+        sent_at=clock.now))])
+    clock.set("2026-11-26 16:30")
+    agency("on_time", "resolved")
+    status.handle([_status_delivery(next(n), DossierReturned(
+        event_id=uuid.uuid4(), dossier_code=codes["on_time"], desk_id="T.MC.B",
+        returned_at=clock.now, satisfaction=2))])  # resolved in time, the citizen unhappy
+    clock.set("2026-11-27 07:30")                 # the next morning: a day late
+    agency("late", "resolved")
+
+    assert main(["report", "--from", "2026-11-25", "--to", "2026-11-30", "--by", "agency",
+                 "--json", "--db-url", ledger.url]) == 0
+    data = json.loads(capsys.readouterr().out)
+    total = data["total"]
+    assert {k: total[k] for k in (
+        "received", "refused_at_intake", "resolved", "early", "on_time", "late", "rejected",
+        "withdrawn", "stopped", "open", "overdue", "online", "boundary_free", "rated",
+        "satisfied", "refused_from_triage")} == {
+        "received": 7, "refused_at_intake": 1, "resolved": 3, "early": 1, "on_time": 1,
+        "late": 1, "rejected": 1, "withdrawn": 1, "stopped": 0, "open": 2, "overdue": 1,
+        "online": 1, "boundary_free": 6, "rated": 1, "satisfied": 1,
+        "refused_from_triage": 0}
+    assert total["on_time_share"] == round(2 / 3, 4)
+    assert total["satisfaction_share"] == round(1 / 3, 4)
+    assert total["boundary_free_share"] == round(6 / 7, 4)
+    refusing_unit = codes["refused"].rsplit("-", 2)[0]
+    assert set(data["groups"]) == {"T.UBND.A", refusing_unit}
+    assert data["groups"]["T.UBND.A"]["received"] == 7
+    assert data["groups"][refusing_unit]["refused_at_intake"] == 1
+
+    # a period of its own for the day before; the text report names what it counts
+    assert main(["report", "--from", "2026-11-24", "--to", "2026-11-24", "--by", "desk",
+                 "--db-url", ledger.url]) == 0
+    out = capsys.readouterr().out
+    assert "dossiers received 2026-11-24 to 2026-11-24 (Asia/Ho_Chi_Minh)" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:-1]}
+    assert set(rows) == {"total", "T.MC.B"} and rows["T.MC.B"][1] == "1"
+    assert "066090001234" not in out  # no personal data
+
+
+def test_the_report_refuses_a_period_that_ends_before_it_starts(
+        ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--from", "2026-12-01", "--to", "2026-11-01",
+                 "--db-url", ledger.url]) == 2
+    assert "--from 2026-12-01 is after --to 2026-11-01" in capsys.readouterr().err
+
+
+def test_an_empty_period_reports_zeros_and_no_shares(
+        ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--from", "2020-01-01", "--to", "2020-03-31", "--json",
+                 "--db-url", ledger.url]) == 0
+    total = json.loads(capsys.readouterr().out)["total"]
+    assert total["received"] == 0 and total["on_time_share"] is None
