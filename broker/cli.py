@@ -130,6 +130,20 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true")
     show.add_argument("--tz", default="Asia/Ho_Chi_Minh", help="time zone of the times shown")
     _common(show, catalog=False, db=True)
+    listing = dossier_sub.add_parser(
+        "list", help="dossiers by due date, soonest first: an agency's, a desk's, in some "
+                     "states, or open and overdue now (codes, states, parties, times)")
+    listing.add_argument("--agency", help="with this agency now")
+    listing.add_argument("--desk", help="received or to be returned at this desk")
+    listing.add_argument("--state", type=_state, action="append", default=[],
+                         help="in this state, 1-10 (repeatable)")
+    listing.add_argument("--overdue", action="store_true",
+                         help="open and past the due time now (a paused clock is not late)")
+    listing.add_argument("--limit", type=at_least(1), default=100,
+                         help="at most this many (default 100)")
+    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--tz", default="Asia/Ho_Chi_Minh", help="time zone of the times shown")
+    _common(listing, catalog=False, db=True)
 
     demo = sub.add_parser("demo", help="drive real traffic through RabbitMQ and report")
     demo.add_argument("--dossiers", type=at_least(1), default=500, help="how many (default 500)")
@@ -336,10 +350,55 @@ def _explain(args: argparse.Namespace, catalog: Any) -> int:
     return EXIT_OK
 
 
+def _state(text: str) -> int:
+    from broker.lifecycle import State
+
+    try:
+        return int(State(int(text)))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a dossier state (1 to 10): {text!r}") from None
+
+
+def _dossier_list(args: argparse.Namespace) -> int:
+    from datetime import UTC
+
+    from broker.ledger import Ledger
+    from broker.lifecycle import State, is_overdue
+
+    ledger = Ledger(args.db_url, create=False)
+    try:
+        now = datetime.now(UTC)
+        rows = ledger.list_dossiers(agency=args.agency, desk=args.desk, states=args.state,
+                                    overdue_at=now if args.overdue else None,
+                                    limit=args.limit + 1)
+    finally:
+        ledger.dispose()
+    more, rows = len(rows) > args.limit, rows[:args.limit]
+    if args.json:
+        print(json.dumps({"dossiers": rows, "more": more}, default=str))
+        return EXIT_OK
+    tz = ZoneInfo(args.tz)
+    width = max([len("code"), *(len(r["code"]) for r in rows)])
+    print(f"{'code':<{width}}  {'state':<26} {'agency (step)':<24} {'intake -> return':<30} "
+          f"due ({args.tz})")
+    for r in rows:
+        state = f"{State(r['state']).name.lower()} ({r['state']})"
+        agency = f"{r['agency_id']} ({r['step']})"
+        desks = f"{r['intake_desk_id']} -> {r['return_desk_id']}"
+        due = r["due_at"].astimezone(tz).strftime("%Y-%m-%d %H:%M")
+        late = "  overdue" if is_overdue(r["state"], r["due_at"], r["paused_at"], now) else ""
+        print(f"{r['code']:<{width}}  {state:<26} {agency:<24} {desks:<30} {due}{late}")
+    print(f"{len(rows)} dossier(s)" + (f"; more not shown (--limit {args.limit})" if more
+                                       else ""))
+    return EXIT_OK
+
+
 def _dossier(args: argparse.Namespace) -> int:
     from broker.ledger import Ledger
     from broker.lifecycle import State
 
+    if args.action == "list":
+        return _dossier_list(args)
     ledger = Ledger(args.db_url, create=False)
     row = ledger.dossier(args.code)
     submission = _submission_id(args.code) if row is None else None

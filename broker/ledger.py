@@ -132,6 +132,13 @@ def _kept_submission(body: bytes) -> str | None:
 _SET_ASIDE = or_(inbox.c.outcome.like("dead:%"), inbox.c.outcome.like("triaged:%"))
 
 
+def _overdue(now: datetime) -> list[Any]:
+    """Open and past the due time at ``now``, unless the clock was paused in time (a
+    supplement requested before the due time: the due date moves when it comes back)."""
+    c = dossiers.c
+    return [_OPEN, c.due_at < now, or_(c.paused_at.is_(None), c.paused_at > c.due_at)]
+
+
 def _utc_datetime(value: datetime | None) -> datetime | None:
     if value is None:
         return None
@@ -866,10 +873,32 @@ class Ledger:
         c = dossiers.c
         with self.read() as conn:
             rows = conn.execute(
-                select(c.agency_id, func.count()).where(
-                    _OPEN, c.due_at < now, or_(c.paused_at.is_(None), c.paused_at > c.due_at))
-                .group_by(c.agency_id))
+                select(c.agency_id, func.count()).where(*_overdue(now)).group_by(c.agency_id))
             return {str(a): int(n) for a, n in rows}
+
+    def list_dossiers(self, *, agency: str | None = None, desk: str | None = None,
+                      states: Sequence[int] = (), overdue_at: datetime | None = None,
+                      limit: int = 100) -> list[dict[str, Any]]:
+        """Dossiers by due date, soonest first, at most ``limit``: with their current
+        ``agency``, at ``desk`` (intake or return), in ``states``, open and overdue at
+        ``overdue_at``. Codes, states, parties and times only (no submission)."""
+        c = dossiers.c
+        where: list[Any] = []
+        if agency is not None:
+            where.append(c.agency_id == agency)
+        if desk is not None:
+            where.append(or_(c.intake_desk_id == desk, c.return_desk_id == desk))
+        if states:
+            where.append(c.state.in_([int(s) for s in states]))
+        if overdue_at is not None:
+            where += _overdue(overdue_at)
+        with self.read() as conn:
+            rows = conn.execute(
+                select(c.code, c.state, c.agency_id, c.step, c.procedure_code,
+                       c.intake_desk_id, c.return_desk_id, c.received_at, c.due_at,
+                       c.paused_at, c.finished_at)
+                .where(*where).order_by(c.due_at, c.code).limit(limit))
+            return [dict(r._mapping) for r in rows]
 
     def background_checkpoints(self, every_s: float = 0.5, restart_frames: int = 4096,
                                count: Callable[[str], None] | None = None) -> Checkpoints:

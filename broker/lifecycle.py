@@ -6,6 +6,7 @@ Overdue is not a state: it is derived from the due date.
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import IntEnum, StrEnum
 
 from broker.errors import TransitionRefused
@@ -75,6 +76,15 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (S.RESOLVED, E.RETURN): S.RETURNED,
     **{(s, E.WITHDRAW): S.WITHDRAWN for s in OPEN_STATES},
 }
+
+
+def is_overdue(state: State | int, due_at: datetime, paused_at: datetime | None,
+               now: datetime) -> bool:
+    """Whether a dossier is late now: open past its due time, unless its clock was paused
+    in time (a supplement requested by then: the due time moves when it comes back).
+    Overdue is not a state; the ledger's query for it is ``broker.ledger._overdue``."""
+    paused_in_time = paused_at is not None and paused_at <= due_at
+    return State(state) in OPEN_STATES and due_at < now and not paused_in_time
 
 
 def apply(state: State | int, event: Event) -> State:

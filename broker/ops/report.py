@@ -43,12 +43,10 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 
 from broker.ledger import Ledger, dossiers, refusals
-from broker.lifecycle import State
+from broker.lifecycle import OPEN_STATES, State, is_overdue
 
 #: what a report may be grouped by, and the column that says it
 GROUPS = ("agency", "desk", "procedure")
-_OPEN = frozenset({State.RECEIVED, State.PROCESSING, State.SUPPLEMENT_REQUESTED,
-                   State.FINANCIAL_OBLIGATION})
 _RESOLVED = frozenset({State.RESOLVED, State.RETURNED})
 #: ratings at return that say the citizen was dissatisfied (1 to 5)
 DISSATISFIED = frozenset({1, 2})
@@ -96,10 +94,9 @@ class Tally:
                 self.early += 1
             self.rated += row.satisfaction is not None
             self.satisfied += not late and row.satisfaction not in DISSATISFIED
-        elif state in _OPEN:
+        elif state in OPEN_STATES:
             self.open += 1
-            paused_in_time = row.paused_at is not None and row.paused_at <= row.due_at
-            self.overdue += row.due_at < now and not paused_in_time
+            self.overdue += is_overdue(state, row.due_at, row.paused_at, now)
         elif state == State.REFUSED:
             self.rejected += 1
         elif state == State.STOPPED:

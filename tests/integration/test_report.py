@@ -98,6 +98,19 @@ def test_the_report_counts_each_dossier_received_in_the_period_once_by_its_outco
     assert data["groups"]["T.UBND.A"]["received"] == 7
     assert data["groups"][refusing_unit]["refused_at_intake"] == 1
 
+    # the dossiers behind the figures, by due time: the overdue ones (the day before's
+    # too, never taken up), and those resolved
+    assert main(["dossier", "list", "--overdue", "--json", "--db-url", ledger.url]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [d["code"] for d in listed["dossiers"]] == [codes["before"], codes["overdue"]]
+    assert "submission" not in listed["dossiers"][0]  # the applicant stays out of it
+    assert main(["dossier", "list", "--agency", "T.UBND.A", "--state", "9", "--state", "10",
+                 "--limit", "2", "--db-url", ledger.url]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[0] for line in out.splitlines()[1:-1]] == [
+        codes["early"], codes["on_time"]]  # the same due time: in code order
+    assert out.splitlines()[-1] == "2 dossier(s); more not shown (--limit 2)"
+
     # a period of its own for the day before; the text report names what it counts
     assert main(["report", "--from", "2026-11-24", "--to", "2026-11-24", "--by", "desk",
                  "--db-url", ledger.url]) == 0
