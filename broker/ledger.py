@@ -840,9 +840,11 @@ class Ledger:
 
     def refusal(self, submission_id: str) -> dict[str, Any] | None:
         """An operator's refusal of a submission (without the submission and the notice's
-        body), or None."""
+        body), or None (also from a ledger made before refusals, not yet upgraded)."""
         c = refusals.c
         with self.read() as conn:
+            if not inspect(conn).has_table(refusals.name):
+                return None
             row = conn.execute(select(c.submission_id, c.message_id, c.desk_id,
                                       c.procedure_code, c.reason, c.refused_by,
                                       c.refused_at, c.notice_id)

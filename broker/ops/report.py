@@ -12,8 +12,9 @@ later counts as resolved. Definitions, all on local dates (``--tz``):
 
 * ``received``: dossiers given a receipt (state 2 at intake); ``refused_at_intake``:
   numbered but refused by the router (not open to boundary-free receipt here), not
-  received. Submissions an operator refused from triage opened no dossier; the total
-  counts them as ``refused_from_triage`` (by the day they were refused).
+  received. Submissions an operator refused from triage opened no dossier; they are
+  counted as ``refused_from_triage`` (by the day they were refused) in the total, and
+  per desk and per procedure (no unit numbered them: not per agency).
 * ``resolved``: a result was produced (state 9 or 10), ``early`` / ``on_time`` / ``late``
   by the day it was produced against the due day (moved by supplement pauses, never by
   an apology's new appointment);
@@ -153,13 +154,23 @@ def report(ledger: Ledger, first: date, last: date, by: str | None, tz: ZoneInfo
                    c.boundary_free, c.due_at, c.finished_at, c.paused_at, c.satisfaction)
             .where(c.received_at >= start, c.received_at < end))
         total, groups = tally(rows, by, tz, now)
-        refused_from_triage = int(conn.execute(
-            select(func.count()).select_from(refusals)
-            .where(refusals.c.refused_at >= start, refusals.c.refused_at < end)).scalar_one())
+        # refusals from triage opened no dossier: no unit numbered them, but they have
+        # a desk and a procedure
+        column = refusals.c.desk_id if by == "desk" else refusals.c.procedure_code
+        refused: dict[str, int] = {str(k): int(n) for k, n in conn.execute(
+            select(column, func.count()).select_from(refusals)
+            .where(refusals.c.refused_at >= start, refusals.c.refused_at < end)
+            .group_by(column))}
+    out = {k: t.as_dict() for k, t in groups.items()}
+    if by in ("desk", "procedure"):
+        for key, n in refused.items():
+            out.setdefault(key, Tally().as_dict())["refused_from_triage"] = n
+        for values in out.values():
+            values.setdefault("refused_from_triage", 0)
     return {"from": first.isoformat(), "to": last.isoformat(), "tz": str(tz),
             "as_of": now.isoformat(timespec="seconds"), "by": by,
-            "total": {**total.as_dict(), "refused_from_triage": refused_from_triage},
-            "groups": {k: t.as_dict() for k, t in groups.items()}}
+            "total": {**total.as_dict(), "refused_from_triage": sum(refused.values())},
+            "groups": dict(sorted(out.items()))}
 
 
 def quarter_start(day: date) -> date:
@@ -173,7 +184,7 @@ _COLUMNS = (("received", "received", 8), ("resolved", "resolved", 8), ("early", 
             ("refused_at_intake", "refused", 7), ("rejected", "rejected", 8),
             ("withdrawn", "withdrawn", 9), ("stopped", "stopped", 7),
             ("online_share", "online%", 7), ("boundary_free_share", "bfree%", 6),
-            ("satisfaction_share", "satisf%", 7))
+            ("satisfaction_share", "satisf%", 7), ("refused_from_triage", "triage-refused", 14))
 
 
 def format_report(data: dict[str, Any]) -> str:
@@ -181,7 +192,7 @@ def format_report(data: dict[str, Any]) -> str:
     def cells(values: dict[str, Any]) -> str:
         out = []
         for key, _, width in _COLUMNS:
-            v = values[key]
+            v = values.get(key)  # a unit's row has no refusals from triage: "-"
             text = "-" if v is None else f"{100 * v:.1f}" if key.endswith("_share") else str(v)
             out.append(text.rjust(width))
         return " ".join(out)
@@ -192,8 +203,6 @@ def format_report(data: dict[str, Any]) -> str:
              f"{'':<{width}} " + " ".join(title.rjust(w) for _, title, w in _COLUMNS),
              f"{'total':<{width}} {cells(data['total'])}"]
     lines += [f"{k:<{width}} {cells(v)}" for k, v in data["groups"].items()]
-    lines.append(f"refused from triage by an operator (no dossier): "
-                 f"{data['total']['refused_from_triage']}")
     return "\n".join(lines)
 
 

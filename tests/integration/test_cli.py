@@ -239,3 +239,8 @@ def test_dossier_show_finds_a_submission_by_its_id_whether_it_opened_a_dossier_o
     assert "066090001234" not in out and "Nguyễn" not in out  # no personal data
     rc, out, err = show(str(uuid.uuid4()))
     assert rc == 1 and out == "" and "no dead-lettered or triaged delivery" in err
+    # a ledger of a version before refusals from triage (a newer command line on it)
+    with ledger.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE refusals")
+    rc, out, _ = show(str(lost.submission_id))
+    assert rc == 0 and f"submission {lost.submission_id}: no dossier opened" in out

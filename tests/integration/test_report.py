@@ -13,7 +13,7 @@ from broker.amqp import Delivery
 from broker.cli import main
 from broker.consumers.router import Router
 from broker.consumers.status import StatusRouter
-from broker.ledger import Ledger
+from broker.ledger import Ledger, RawJSON
 from broker.messages import (
     CONTENT_TYPE,
     DossierReturned,
@@ -77,6 +77,12 @@ def test_the_report_counts_each_dossier_received_in_the_period_once_by_its_outco
         returned_at=clock.now, satisfaction=2))])  # resolved in time, the citizen unhappy
     clock.set("2026-11-27 07:30")                 # the next morning: a day late
     agency("late", "resolved")
+    never = dossier("9.999999", desk_id="T.MC.A")  # triaged, then refused by an operator
+    ledger.refuse({"submission_id": str(never.submission_id), "message_id": "submit:never",
+                   "desk_id": "T.MC.A", "procedure_code": "9.999999", "reason": "not here",
+                   "refused_by": "operator-1", "refused_at": clock.now,
+                   "submission": RawJSON(encode(never).decode()),
+                   "notice_id": "submit:never:refused", "notice": b"{}"})
 
     assert main(["report", "--from", "2026-11-25", "--to", "2026-11-30", "--by", "agency",
                  "--json", "--db-url", ledger.url]) == 0
@@ -89,7 +95,7 @@ def test_the_report_counts_each_dossier_received_in_the_period_once_by_its_outco
         "received": 7, "refused_at_intake": 1, "resolved": 3, "early": 1, "on_time": 1,
         "late": 1, "rejected": 1, "withdrawn": 1, "stopped": 0, "open": 2, "overdue": 1,
         "online": 1, "boundary_free": 6, "rated": 1, "satisfied": 1,
-        "refused_from_triage": 0}
+        "refused_from_triage": 1}
     assert total["on_time_share"] == round(2 / 3, 4)
     assert total["satisfaction_share"] == round(1 / 3, 4)
     assert total["boundary_free_share"] == round(6 / 7, 4)
@@ -97,6 +103,12 @@ def test_the_report_counts_each_dossier_received_in_the_period_once_by_its_outco
     assert set(data["groups"]) == {"T.UBND.A", refusing_unit}
     assert data["groups"]["T.UBND.A"]["received"] == 7
     assert data["groups"][refusing_unit]["refused_at_intake"] == 1
+    assert "refused_from_triage" not in data["groups"]["T.UBND.A"]  # no unit numbered it
+    assert main(["report", "--from", "2026-11-25", "--to", "2026-11-30", "--by", "desk",
+                 "--json", "--db-url", ledger.url]) == 0
+    by_desk = json.loads(capsys.readouterr().out)["groups"]
+    assert {k: (v["received"], v["refused_from_triage"]) for k, v in by_desk.items()} == {
+        "T.MC.A": (1, 1), "T.MC.B": (6, 0)}
 
     # the dossiers behind the figures, by due time: the overdue ones (the day before's
     # too, never taken up), and those resolved
@@ -116,7 +128,7 @@ def test_the_report_counts_each_dossier_received_in_the_period_once_by_its_outco
                  "--db-url", ledger.url]) == 0
     out = capsys.readouterr().out
     assert "dossiers received 2026-11-24 to 2026-11-24 (Asia/Ho_Chi_Minh)" in out
-    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:-1]}
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
     assert set(rows) == {"total", "T.MC.B"} and rows["T.MC.B"][1] == "1"
     assert "066090001234" not in out  # no personal data
 
