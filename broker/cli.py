@@ -385,7 +385,7 @@ def _dossier_list(args: argparse.Namespace) -> int:
         state = f"{State(r['state']).name.lower()} ({r['state']})"
         agency = f"{r['agency_id']} ({r['step']})"
         desks = f"{r['intake_desk_id']} -> {r['return_desk_id']}"
-        due = r["due_at"].astimezone(tz).strftime("%Y-%m-%d %H:%M")
+        due = _local(r["due_at"], tz, seconds=False)
         late = "  overdue" if is_overdue(r["state"], r["due_at"], r["paused_at"], now) else ""
         print(f"{r['code']:<{width}}  {state:<26} {agency:<24} {desks:<30} {due}{late}")
     print(f"{len(rows)} dossier(s)" + (f"; more not shown (--limit {args.limit})" if more
@@ -424,17 +424,19 @@ def _dossier(args: argparse.Namespace) -> int:
     print(f"  agency {row['agency_id']} (step {row['step']} of {len(row['steps'])}: {steps})")
     tz = ZoneInfo(args.tz)
 
-    def local(value: datetime) -> str:
-        return value.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
-
-    print(f"  received {local(row['received_at'])}  due {local(row['due_at'])} ({args.tz})  "
-          f"rule {row['rule_id']}")
+    print(f"  received {_local(row['received_at'], tz)}  due {_local(row['due_at'], tz)} "
+          f"({args.tz})  rule {row['rule_id']}")
     print("  history:")
     for e in history:
         hand = f"  {e['from_agency'] or ''} -> {e['to_agency']}" if e["to_agency"] else ""
-        print(f"    {e['seq']:>3} {local(e['at'])}  {e['kind']:<18} "
+        print(f"    {e['seq']:>3} {_local(e['at'], tz)}  {e['kind']:<18} "
               f"{e['state_from']}->{e['state_to']}  by {e['actor']}{hand}")
     return EXIT_OK
+
+
+def _local(value: datetime, tz: ZoneInfo, *, seconds: bool = True) -> str:
+    """A ledger time as the operator reads it, in ``tz``."""
+    return value.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
 
 
 def _submission_id(text: str) -> str | None:
@@ -460,14 +462,12 @@ def _unopened_submission(ledger: Ledger, submission: str, args: argparse.Namespa
     elif deliveries or refusal:
         tz = ZoneInfo(args.tz)
 
-        def local(value: datetime) -> str:
-            return value.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
-
         print(f"submission {submission}: no dossier opened")
         for d in deliveries:
-            print(f"  {local(d['processed_at'])}  {d['outcome']:<30} message {d['message_id']}")
+            print(f"  {_local(d['processed_at'], tz)}  {d['outcome']:<30} "
+                  f"message {d['message_id']}")
         if refusal:
-            print(f"  {local(refusal['refused_at'])}  refused at intake (3) by "
+            print(f"  {_local(refusal['refused_at'], tz)}  refused at intake (3) by "
                   f"{refusal['refused_by']}: desk {refusal['desk_id']} told as "
                   f"{refusal['notice_id']}\n    reason: {refusal['reason']}")
         else:
