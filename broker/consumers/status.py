@@ -4,7 +4,8 @@ Each update is checked against its dossier's current state (the lifecycle table)
 and its sender (the current assignee for agency updates, the dossier's desks for
 desk events). A refused update changes nothing and tells the sender why; one from a
 stranger to the dossier (never one of its agencies, neither of its desks) is
-dead-lettered as ``not_a_party`` and not answered. Accepted
+dead-lettered as ``not_a_party`` and not answered. One changed under an id already
+applied is dead-lettered as ``message_id_reused``, and its sender told. Accepted
 ones are applied in arrival order within the batch, written once per dossier with
 an optimistic check on the dossier's event sequence, and announced: to the return
 desk, to the agency, or, for a finished chain step, to the next agency (with the
