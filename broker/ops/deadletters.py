@@ -149,7 +149,7 @@ def replay_target(topology: Topology, which: str, msg: Taken) -> tuple[str, str,
         exchange, field = topology.desk_exchange, "desk_id"
     else:
         raise NoTarget(f"{which}: not a dead-letter queue")
-    key = _original_key(topology, exchange, headers) or _party_of(msg.body, field)
+    key = _original_key(topology, exchange, headers) or _field_of(msg.body, field)
     if not key:
         raise NoTarget(f"{which}: {msg.message_id!r} names no {field} (no x-original-routing"
                        f"-key, no x-death, no {field} in its body)")
@@ -171,8 +171,9 @@ def _original_key(topology: Topology, exchange: str, headers: dict[str, Any]) ->
     return None
 
 
-def _party_of(body: bytes, field: str) -> str | None:
-    """The ``agency_id`` or ``desk_id`` in a message body: its routing key when published."""
+def _field_of(body: bytes, field: str) -> str | None:
+    """A text field of a message body (its ``agency_id`` or ``desk_id``: its routing key
+    when published; a dossier's ``procedure_code``), or None."""
     try:
         value = json.loads(body.decode("utf-8")).get(field)
     except (UnicodeDecodeError, ValueError, AttributeError):
@@ -392,9 +393,9 @@ def replay_dead(topology: Topology, queues: Iterable[str], ids: set[str] | None
     return done, failed
 
 
-def refuse_triaged(topology: Topology, ledger: Ledger, ids: set[str], reason: str, by: str
-                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Refuse the triaged dossiers with ``ids``; put every other triage copy back.
+def refuse_triaged(topology: Topology, ledger: Ledger, chosen: Callable[[Taken], bool],
+                   reason: str, by: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Refuse the triaged dossiers ``chosen`` picks; put every other triage copy back.
     Returns (what was refused, what was not and why), as :func:`replay_dead`."""
     done: list[dict[str, Any]] = []
     now = utc_now()
@@ -404,7 +405,7 @@ def refuse_triaged(topology: Topology, ledger: Ledger, ids: set[str], reason: st
             return done, [{"queue": "triage", "message_id": None, "error": why}]
 
         def act(msg: Taken) -> None:
-            if msg.message_id in ids:
+            if chosen(msg):
                 done.append(refuse(ch, topology, ledger, msg, reason, by, now))
             else:
                 put_back(ch, topology, "triage", msg)
@@ -487,11 +488,19 @@ def _unseen(ids: set[str], done: list[dict[str, Any]], failed: list[dict[str, An
 
 
 def _cmd_refuse(args: argparse.Namespace) -> int:
-    ids = set(args.id)
+    ids = set(args.id or ())
+
+    procedure: str | None = args.procedure
+
+    def chosen(msg: Taken) -> bool:
+        if procedure is not None:
+            return _field_of(msg.body, "procedure_code") == procedure
+        return msg.message_id in ids
+
     ledger = Ledger(args.db_url, create=False)
     try:
         ledger.check_schema()  # a ledger from before refusals: `casebroker ledger upgrade`
-        done, failed = refuse_triaged(_topology(args), ledger, ids, args.reason,
+        done, failed = refuse_triaged(_topology(args), ledger, chosen, args.reason,
                                       args.by or _system_user())
     finally:
         ledger.dispose()
@@ -508,6 +517,9 @@ def _cmd_refuse(args: argparse.Namespace) -> int:
     unseen = _unseen(ids, done, failed)
     if unseen:
         print(f"error: not in triage: {', '.join(sorted(unseen))}", file=sys.stderr)
+    if args.procedure is not None and not done and not failed:
+        print(f"error: no dossier of procedure {args.procedure} in triage", file=sys.stderr)
+        return 1
     return 1 if failed or unseen else 0
 
 
@@ -559,8 +571,11 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     p = dl_sub.add_parser(
         "refuse", help="refuse triaged dossiers at intake (state 3) that no rule will route "
         "(a procedure the province does not handle): recorded, and their desks told; final")
-    p.add_argument("--id", action="append", required=True,
-                   help="message id of the dossier in triage (repeatable)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", action="append",
+                       help="message id of the dossier in triage (repeatable)")
+    which.add_argument("--procedure", help="every dossier of this procedure code in triage "
+                       "(one the province does not take)")
     p.add_argument("--reason", required=True, type=_words(REASON_MAX),
                    help="why, for the desk to give the applicant (sent to the desk and kept "
                    "in the ledger; never logged)")

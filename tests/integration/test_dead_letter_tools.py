@@ -398,3 +398,25 @@ def test_refuse_closes_a_triaged_dossier_once_and_its_desk_hears_it_once(
     out = capsys.readouterr().out
     assert "refused at intake (3) by operator-1" in out and reason in out
     assert "066090001234" not in out  # the applicant stays out of it
+
+
+def test_refuse_takes_every_triaged_dossier_of_a_procedure_the_province_does_not_take(
+        declared: Topology, ledger: Ledger, run_broker: Callable[..., RunningBroker],
+        amqp: Amqp, capsys: pytest.CaptureFixture[str]) -> None:
+    t = declared
+    run_broker()
+    others = [dossier("9.999998"), dossier("9.999998", desk_id="T.MC.A")]
+    lost = dossier(applicant_ward="99999")  # another procedure, another reason: stays
+    for d in (*others, lost):
+        amqp.submit(t, d)
+    wait_for(lambda: queue_depth(t.triage_queue) == 3, what="three dossiers triaged")
+    refuse = ("dead-letters", "refuse", "--procedure", "9.999998", "--reason", "not here",
+              "--db-url", ledger.url)
+    rc, out, err = _cli(capsys, t, *refuse)
+    assert rc == 0, err
+    assert out.splitlines()[-1] == "2 dossier(s) refused"
+    assert _ids(amqp, t.triage_queue) == [f"submit:{lost.submission_id}"]
+    for d in others:
+        assert ledger.refusal(str(d.submission_id)) is not None
+    rc, out, err = _cli(capsys, t, *refuse)  # nothing of it left
+    assert rc == 1 and "no dossier of procedure 9.999998 in triage" in err
