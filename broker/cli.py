@@ -210,6 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_PROBLEM
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`| head`): nothing more to say to it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PROBLEM
     except Exception as e:
         from pika.exceptions import AMQPError  # pika loads only for the commands using it
         # a host name that does not resolve fails in the socket module, under pika

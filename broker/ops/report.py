@@ -33,12 +33,13 @@ competent unit, also for a chain of agencies), its intake desk and its procedure
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, time, timedelta
-from typing import Any
+from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
@@ -220,8 +221,23 @@ def _cmd_report(args: argparse.Namespace) -> int:
         data = report(ledger, first, last, args.by, tz, now)
     finally:
         ledger.dispose()
-    print(json.dumps(data) if args.json else format_report(data))
+    if args.json:
+        print(json.dumps(data))
+    elif args.csv:
+        write_csv(data, sys.stdout)
+    else:
+        print(format_report(data))
     return 0
+
+
+def write_csv(data: dict[str, Any], out: TextIO) -> None:
+    """The report as CSV, for a spreadsheet: a row for the total, then one per group, with
+    every count and share (shares as fractions; empty where there is nothing to divide)."""
+    fields = [*asdict(Tally()), *Tally().shares(), "refused_from_triage"]
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([data["by"] or "group", *fields])
+    for name, values in [("total", data["total"]), *data["groups"].items()]:
+        writer.writerow([name, *("" if values.get(f) is None else values[f] for f in fields)])
 
 
 def _day(text: str) -> date:
@@ -241,6 +257,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     p.add_argument("--to", type=_day, help="last day received, included (default: today)")
     p.add_argument("--by", choices=GROUPS, help="a row per agency, desk or procedure")
     p.add_argument("--tz", default="Asia/Ho_Chi_Minh", help="whose days (default: Vietnam)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="print one JSON object")
+    form.add_argument("--csv", action="store_true", help="print CSV, for a spreadsheet")
     p.add_argument("--db-url", help="ledger URL (default: $CASEBROKER_DB_URL)")
     p.set_defaults(handler=_cmd_report)

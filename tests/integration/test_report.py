@@ -3,6 +3,8 @@ PostgreSQL), with the broker's clock moved day by day."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import uuid
 
@@ -122,6 +124,14 @@ def test_the_report_counts_each_dossier_received_in_the_period_once_by_its_outco
     assert [line.split()[0] for line in out.splitlines()[1:-1]] == [
         codes["early"], codes["on_time"]]  # the same due time: in code order
     assert out.splitlines()[-1] == "2 dossier(s); more not shown (--limit 2)"
+
+    # for a spreadsheet: the same figures, a row each
+    assert main(["report", "--from", "2026-11-25", "--to", "2026-11-30", "--by", "agency",
+                 "--csv", "--db-url", ledger.url]) == 0
+    table = {r["agency"]: r for r in csv.DictReader(io.StringIO(capsys.readouterr().out))}
+    assert list(table) == ["total", *data["groups"]]
+    assert table["total"]["late"] == "1" and table["total"]["on_time_share"] == "0.6667"
+    assert table["T.UBND.A"]["refused_from_triage"] == ""  # no unit numbered those
 
     # a period of its own for the day before; the text report names what it counts
     assert main(["report", "--from", "2026-11-24", "--to", "2026-11-24", "--by", "desk",

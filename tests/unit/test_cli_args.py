@@ -103,3 +103,19 @@ def test_a_window_no_wider_than_a_batch_is_warned_about(
 ])
 def test_a_broker_url_is_shown_without_its_password(url: str, shown: str) -> None:
     assert shown_url(url) == shown
+
+
+def test_a_reader_that_goes_away_ends_a_command_without_a_traceback() -> None:
+    # `casebroker report --csv | head`: the pipe closes while the command still writes
+    import fcntl
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "broker.cli", "schema"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    fcntl.fcntl(proc.stdout, fcntl.F_SETPIPE_SZ, 4096)  # the 30 KB schema will not fit
+    assert proc.stdout.read(10).startswith(b"{")
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=30) == 1 and "Traceback" not in err and "BrokenPipe" not in err
