@@ -47,7 +47,7 @@ from sqlalchemy import func, select
 from broker.ledger import Ledger, dossiers, refusals
 from broker.lifecycle import OPEN_STATES, State, is_overdue
 
-#: what a report may be grouped by, and the column that says it
+#: what a report may be grouped by (`--by`)
 GROUPS = ("agency", "desk", "procedure")
 _RESOLVED = frozenset({State.RESOLVED, State.RETURNED})
 #: ratings at return that say the citizen was dissatisfied (1 to 5)
