@@ -10,7 +10,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -56,6 +56,14 @@ def above(bound: float, kind: Callable[[str], float] = float) -> Callable[[str],
 
 #: an argparse ``type`` for a TCP port (0 where the option says what 0 means)
 tcp_port = _bounded(int, "a TCP port, 0 to 65535", lambda v: 0 <= v <= 65535)
+
+
+def day(text: str) -> date:
+    """An argparse ``type``: a calendar date, YYYY-MM-DD."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
 def listed(item: Callable[[str], Any]) -> Callable[[str], list[Any]]:

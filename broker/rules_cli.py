@@ -11,11 +11,12 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator
-from datetime import date, datetime, time
+from datetime import datetime, time
 from typing import Any
 
 from pydantic import ValidationError
 
+from broker.cli import day
 from broker.messages import DossierSubmitted
 from broker.rules.catalog import load_catalog
 from broker.rules.engine import Engine
@@ -31,7 +32,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     cov = rules.add_parser("coverage", help="share of procedures open to boundary-free "
                            "receipt on a date")
     cov.add_argument("--catalog", help="catalog YAML (default: the shipped Đắk Lắk catalog)")
-    cov.add_argument("--on", type=_date, help="the date (YYYY-MM-DD; default: today, local)")
+    cov.add_argument("--on", type=day, help="the date (YYYY-MM-DD; default: today, local)")
     cov.add_argument("--json", action="store_true", help="print one JSON object")
     cov.set_defaults(handler=run_coverage)
 
@@ -41,17 +42,12 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     diff.add_argument("new", help="the changed catalog (YAML)")
     diff.add_argument("--db-url", help="ledger URL (default: $CASEBROKER_DB_URL or "
                       "sqlite:///casebroker.sqlite3)")
-    diff.add_argument("--since", type=_date,
+    diff.add_argument("--since", type=day,
                       help="only dossiers received on or after this local date (YYYY-MM-DD)")
     diff.add_argument("--json", action="store_true", help="print one JSON object")
     diff.set_defaults(handler=run_diff)
 
 
-def _date(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
 def run_coverage(args: argparse.Namespace) -> int:

@@ -44,6 +44,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 
+from broker.cli import day
 from broker.ledger import Ledger, dossiers, refusals
 from broker.lifecycle import OPEN_STATES, State, is_overdue
 
@@ -240,21 +241,14 @@ def write_csv(data: dict[str, Any], out: TextIO) -> None:
         writer.writerow([name, *("" if values.get(f) is None else values[f] for f in fields)])
 
 
-def _day(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date (2026-10-01)") from None
-
-
 def register(sub: Any, groups: dict[str, Any]) -> None:
     """Add `casebroker report`."""
     p = sub.add_parser("report", help="what a province reports of a period: dossiers "
                        "received, resolved early/on time/late, open and overdue, online, "
                        "boundary-free and satisfaction shares, per agency, desk or procedure")
-    p.add_argument("--from", dest="from_", type=_day,
+    p.add_argument("--from", dest="from_", type=day,
                    help="first day received (default: the first day of --to's quarter)")
-    p.add_argument("--to", type=_day, help="last day received, included (default: today)")
+    p.add_argument("--to", type=day, help="last day received, included (default: today)")
     p.add_argument("--by", choices=GROUPS, help="a row per agency, desk or procedure")
     p.add_argument("--tz", default="Asia/Ho_Chi_Minh", help="whose days (default: Vietnam)")
     form = p.add_mutually_exclusive_group()
