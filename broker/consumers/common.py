@@ -220,8 +220,7 @@ class Screen:
     #: the consumer's Consumer.answer_reused: what tells the sender of a changed copy that
     #: is dead-lettered as message_id_reused (given the batch, its message, its own id and
     #: the detail)
-    answer_reused: Callable[[Batch, Any, str, str, datetime], list[Outbound]] = (
-        lambda *_: [])
+    answer_reused: Callable[[Batch, Any, str, str, datetime], list[Outbound]]
     party_users: bool = False
     #: the router's own RabbitMQ login, whose replays carry their first sender (sent_by)
     trusted: str | None = None
