@@ -368,27 +368,13 @@ def replay_dead(topology: Topology, queues: Iterable[str], ids: set[str] | None
     failed: list[dict[str, Any]] = []
     with channel() as ch:
         for which in queues:
-            queue, _ = queue_and_key(topology, which)
-            if (why := missing(ch, queue)) is not None:
-                failed.append({"queue": which, "message_id": None, "error": why})
-                continue
+            def act(ch: BlockingChannel, msg: Taken, w: str = which) -> None:
+                done.append(replay(ch, topology, w, msg))
 
-            def act(msg: Taken, w: str = which) -> None:
-                if ids is None or msg.message_id in ids:
-                    done.append(replay(ch, topology, w, msg))
-                else:
-                    put_back(ch, topology, w, msg)
-
-            def keep(msg: Taken, w: str = which) -> None:
-                put_back(ch, topology, w, msg)
-
-            try:
-                failed += _failures(which, settle(ch, take_all(ch, queue), act, keep,
-                                                  _progress(queue)))
-            except AMQPError as e:  # what was acked is done; the rest goes back
-                failed.append({"queue": which, "message_id": None, "error": (
-                    f"RabbitMQ {type(e).__name__}: {e}; the messages not yet replayed are "
-                    f"left in {queue}, and the queues after it were not read")})
+            problems, usable = _work(ch, topology, which,
+                                     lambda m: ids is None or m.message_id in ids, act)
+            failed += problems
+            if not usable:
                 break
     return done, failed
 
@@ -396,32 +382,45 @@ def replay_dead(topology: Topology, queues: Iterable[str], ids: set[str] | None
 def refuse_triaged(topology: Topology, ledger: Ledger, chosen: Callable[[Taken], bool],
                    reason: str, by: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Refuse the triaged dossiers ``chosen`` picks; put every other triage copy back.
-    Returns (what was refused, what was not and why), as :func:`replay_dead`."""
+    Returns (what was refused, what was not and why), as :func:`replay_dead`. A refusal
+    committed but not acked (the connection lost in between) is sent again, the same,
+    when refused again."""
     done: list[dict[str, Any]] = []
     now = utc_now()
     with channel() as ch:
-        queue = topology.triage_queue
-        if (why := missing(ch, queue)) is not None:
-            return done, [{"queue": "triage", "message_id": None, "error": why}]
+        def act(ch: BlockingChannel, msg: Taken) -> None:
+            done.append(refuse(ch, topology, ledger, msg, reason, by, now))
 
-        def act(msg: Taken) -> None:
-            if chosen(msg):
-                done.append(refuse(ch, topology, ledger, msg, reason, by, now))
-            else:
-                put_back(ch, topology, "triage", msg)
-
-        def keep(msg: Taken) -> None:
-            put_back(ch, topology, "triage", msg)
-
-        try:
-            failed = _failures("triage", settle(ch, take_all(ch, queue), act, keep,
-                                                _progress(queue)))
-        except AMQPError as e:  # what was acked is done; the rest goes back
-            failed = [{"queue": "triage", "message_id": None, "error": (
-                f"RabbitMQ {type(e).__name__}: {e}; the messages not yet settled are left "
-                f"in {queue} (a refusal committed but not acked is sent again, the same, "
-                "when refused again)")}]
+        failed, _ = _work(ch, topology, "triage", chosen, act)
     return done, failed
+
+
+def _work(ch: BlockingChannel, topology: Topology, which: str, chosen: Callable[[Taken], bool],
+          act: Callable[[BlockingChannel, Taken], None]) -> tuple[list[dict[str, Any]], bool]:
+    """Take every message of the operator queue ``which``; ``act`` on (and ack) those
+    ``chosen`` picks, put the others back. Returns what failed, and whether the channel
+    is still usable (False: RabbitMQ closed it; what was acked is done, the rest is back
+    in the queue)."""
+    queue, _ = queue_and_key(topology, which)
+    if (why := missing(ch, queue)) is not None:
+        return [{"queue": which, "message_id": None, "error": why}], True
+
+    def keep(msg: Taken) -> None:
+        put_back(ch, topology, which, msg)
+
+    def action(msg: Taken) -> None:
+        if chosen(msg):
+            act(ch, msg)
+        else:
+            keep(msg)
+
+    try:
+        return _failures(which, settle(ch, take_all(ch, queue), action, keep,
+                                       _progress(queue))), True
+    except AMQPError as e:
+        return [{"queue": which, "message_id": None, "error": (
+            f"RabbitMQ {type(e).__name__}: {e}; the messages not yet settled are left in "
+            f"{queue} (no queue after it is read)")}], False
 
 
 def _progress(queue: str) -> Progress:
