@@ -420,3 +420,24 @@ def test_refuse_takes_every_triaged_dossier_of_a_procedure_the_province_does_not
         assert ledger.refusal(str(d.submission_id)) is not None
     rc, out, err = _cli(capsys, t, *refuse)  # nothing of it left
     assert rc == 1 and "no dossier of procedure 9.999998 in triage" in err
+
+
+def test_a_channel_rabbitmq_closes_mid_replay_is_one_line_and_loses_nothing(
+        declared: Topology, mini_catalog: Catalog, amqp: Amqp,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # the agency exchange deleted under the operator: RabbitMQ closes the channel of the
+    # publish (404), with the dead letter taken and not yet acked
+    t = declared
+    notice = _agency_notice(t, "T.UBND.A-261125-0001")
+    _publish_dead(amqp, t, "agency", notice, {REASON_HEADER: "unroutable",
+                                              SOURCE_HEADER: "watch"})
+    amqp.ch.exchange_delete(t.agency_exchange)
+    rc, out, err = _cli(capsys, t, "dead-letters", "replay", "--all")
+    assert rc == 1 and "Traceback" not in err
+    assert "error: agency: RabbitMQ ChannelClosedByBroker: (404" in err
+    assert f"left in {t.dead_queue('agency')} (no queue after it is read)" in err
+    wait_for(lambda: queue_depth(t.dead_queue("agency")) == 1, what="the dead letter back")
+    declare_topology(amqp_url(), t, mini_catalog)  # the exchange is back: replay works
+    rc, out, err = _cli(capsys, t, "dead-letters", "replay", "--all")
+    assert rc == 0, err
+    assert _ids(amqp, t.agency_queue("T.UBND.A")) == [notice.message_id]
