@@ -93,6 +93,14 @@ _IN = "{IN}"
 #: since SQLite 3.32; 999 before)
 _SQLITE_CHUNK = 300
 
+#: PostgreSQL's advisory lock (a fixed key, ASCII "cb-subm") that keeps the opening of a
+#: dossier and an operator's refusal of the same submission from crossing: a router batch
+#: holds it shared from its duplicate check to its commit, a refusal alone from its check
+#: of the dossiers to its commit, so each sees what the other committed. Without it
+#: both checks could pass at once and the desk get a receipt and a refusal. SQLite needs
+#: no key: both take its one write lock first (``BEGIN IMMEDIATE``).
+SUBMISSION_GATE = 0x63622D7375626D
+
 
 def _sqlite_datetime(value: datetime | None) -> str | None:
     # SQLAlchemy's SQLite DATETIME storage format, of the UTC instant (see UTCDateTime).
@@ -321,11 +329,25 @@ class Batch:
         ids = list(set(submission_ids))
         if not ids:
             return {}
+        self._enter_submission_gate()
         # one statement: the refusals' probe of an index (of a few rows) costs nothing
         # beside a round trip of its own per batch
         return dict(self._rows_in(
             f"SELECT submission_id, code FROM dossiers WHERE submission_id {_IN} UNION ALL "
             f"SELECT submission_id, NULL FROM refusals WHERE submission_id {_IN}", ids))
+
+    def _enter_submission_gate(self) -> None:
+        """Hold :data:`SUBMISSION_GATE` shared until this batch commits; on SQLite, take
+        the write lock now (pysqlite begins a transaction only at the first write, so the
+        reads before it would see the ledger as it was before a refusal committed)."""
+        if self.conn.dialect.name == "postgresql":
+            self._fetch("SELECT pg_advisory_xact_lock_shared(%s)", (SUBMISSION_GATE,))
+            return
+        driver = self.conn.connection.driver_connection
+        assert driver is not None
+        if not driver.in_transaction:  # in one: a write has taken the lock already
+            with self._driver("BEGIN IMMEDIATE") as cursor:
+                cursor.execute("BEGIN IMMEDIATE")
 
     def refusals(self, submission_ids: Iterable[str], desk_exchange: str
                  ) -> dict[str, tuple[Any, Outbound]]:
@@ -815,18 +837,30 @@ class Ledger:
                                                     "processed_at": r.processed_at})
         return list(found.values())
 
+    @contextmanager
+    def _refusing(self) -> Iterator[Connection]:
+        """A transaction holding :data:`SUBMISSION_GATE` alone (SQLite: the write lock)
+        until it ends; database outages surface as TransientError."""
+        with _outages_are_transient(), self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (SUBMISSION_GATE,))
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            yield conn
+
     def refuse(self, row: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Record an operator's refusal at intake (a ``refusals`` row), unless the
         submission has one already; return the refusal in force and whether it is new.
         A submission that opened a dossier has nothing to refuse: :class:`SubmissionOpened`.
 
-        A dossier opened by a router committing at the same moment (a corrected copy of
-        the very submission being refused) is not excluded by a constraint; the refusal
-        is an operator's decision about a dossier no rule routes, so that takes a catalog
-        fix and the operator's refusal crossing in the same second.
+        A router opening a dossier for the same submission at the same moment (a
+        corrected copy) and the refusal exclude each other: the refusal holds
+        :data:`SUBMISSION_GATE` alone (SQLite: the write lock) from its check to its
+        commit, so it waits for a router batch past its duplicate check, and a router
+        batch waits for it.
         """
         sid = row["submission_id"]
-        with _outages_are_transient(), self.engine.begin() as conn:
+        with self._refusing() as conn:
             code = conn.execute(select(dossiers.c.code)
                                 .where(dossiers.c.submission_id == sid)).scalar()
             if code is not None:
