@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import importlib
 import json
 import logging
@@ -64,6 +65,28 @@ def day(text: str) -> date:
         return date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def words(most: int) -> Callable[[str], str]:
+    """An argparse ``type``: text of 1 to ``most`` characters, without surrounding blanks."""
+    def parse(text: str) -> str:
+        text = text.strip()
+        if not 0 < len(text) <= most:
+            raise argparse.ArgumentTypeError(f"1 to {most} characters, not {len(text)}")
+        return text
+    return parse
+
+
+#: the longest name ``--by`` may give: who refused or pruned (the ledger's columns)
+BY_MAX = 64
+
+
+def system_user() -> str:
+    """Who runs this command, for the ledger when ``--by`` does not say."""
+    try:
+        return getpass.getuser()[:BY_MAX]
+    except (OSError, KeyError):  # no name for this uid (a bare container)
+        return f"uid {os.getuid()}"
 
 
 def listed(item: Callable[[str], Any]) -> Callable[[str], list[Any]]:

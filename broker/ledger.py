@@ -63,8 +63,10 @@ from broker.tables import (
     dossiers,
     events,
     inbox,
+    is_pruned,
     metadata,
     outbox,
+    prunes,
     refusals,
     watch_outbox,
 )
@@ -72,7 +74,8 @@ from broker.tables import (
 #: the tables are defined in broker.tables; callers may take them from here
 __all__ = ["DEFAULT_DB_URL", "Batch", "Checkpoints", "ConcurrentUpdate", "Ledger", "Prior",
            "RawJSON", "SubmissionOpened", "code_sequences", "dossiers", "events", "inbox",
-           "is_transient", "metadata", "outbox", "refusal_notice", "refusals", "watch_outbox"]
+           "is_transient", "metadata", "outbox", "prunes", "refusal_notice", "refusals",
+           "watch_outbox"]
 
 DEFAULT_DB_URL = "sqlite:///casebroker.sqlite3"
 
@@ -129,15 +132,17 @@ def _kept_submission(body: bytes) -> str | None:
         kept = json.loads(bytes(body))
     except ValueError:
         return None
-    if not isinstance(kept, dict) or not str(kept.get("schema")).startswith(
-            "casebroker.dossier.submitted/"):
+    # pruned (`ledger prune`): the stub keeps the schema it had as "was"
+    kind = kept.get("was" if is_pruned(kept) else "schema") if isinstance(kept, dict) else None
+    if not str(kind).startswith("casebroker.dossier.submitted/"):
         return None
     sid = kept.get("submission_id")
     return sid if isinstance(sid, str) else None
 
 
-#: inbox outcomes of deliveries that opened nothing and kept their message
-_SET_ASIDE = or_(inbox.c.outcome.like("dead:%"), inbox.c.outcome.like("triaged:%"))
+#: inbox outcomes of deliveries that opened nothing and kept their message (a dead letter,
+#: a triage copy)
+SET_ASIDE = or_(inbox.c.outcome.like("dead:%"), inbox.c.outcome.like("triaged:%"))
 
 
 def _overdue(now: datetime) -> list[Any]:
@@ -318,6 +323,11 @@ class Batch:
                 select(outbox).where(outbox.c.inbox_message_id.in_(list(found)))
                 .order_by(outbox.c.id))
             for r in rows:
+                if is_pruned(r.body):
+                    # erased by `ledger prune` once its dossier had closed: it was
+                    # confirmed then, and its delivery acked; publishing the stub would
+                    # send an agency something outside the contract
+                    continue
                 found[r.inbox_message_id].published.append(Outbound(
                     r.exchange, r.routing_key, r.message_id, r.type, r.correlation_id,
                     r.headers, bytes(r.body)))
@@ -388,7 +398,7 @@ class Batch:
         rows = self.conn.execute(
             select(inbox.c.message_id, inbox.c.processed_at, outbox.c.body)
             .join(outbox, outbox.c.inbox_message_id == inbox.c.message_id)
-            .where(inbox.c.message_id.in_({mid for mid, _ in wanted}), _SET_ASIDE))
+            .where(inbox.c.message_id.in_({mid for mid, _ in wanted}), SET_ASIDE))
         return {(r.message_id, sid): r.processed_at for r in rows
                 if (sid := _kept_submission(r.body)) is not None
                 and (r.message_id, sid) in wanted}
@@ -824,7 +834,7 @@ class Ledger:
                 select(inbox.c.message_id, inbox.c.outcome, inbox.c.processed_at,
                        outbox.c.message_id.label("sent_as"), outbox.c.body)
                 .join(outbox, outbox.c.inbox_message_id == inbox.c.message_id)
-                .where(_SET_ASIDE)
+                .where(SET_ASIDE)
                 .order_by(inbox.c.processed_at, inbox.c.message_id))
             for r in rows:
                 if needle not in r.body:

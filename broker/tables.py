@@ -191,6 +191,46 @@ refusals = Table(
     Column("notice", LargeBinary, nullable=False),
 )
 
+#: each completed `casebroker ledger prune`: personal data erased from what closed before
+#: ``cutoff`` (the next run starts there), by whom, and how many rows it erased
+prunes = Table(
+    "prunes", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("cutoff", UTCDateTime, nullable=False),
+    Column("ran_at", UTCDateTime, nullable=False),
+    Column("pruned_by", String(64), nullable=False),
+    Column("dossiers", Integer, nullable=False),
+    Column("bodies", Integer, nullable=False),
+    Column("refusals", Integer, nullable=False),
+)
+
+#: the first key of what `casebroker ledger prune` leaves in place of a submission or a
+#: message body holding personal data: ``{"pruned_at": ..., "sha256": ..., ...}`` (see
+#: :func:`pruned_stub`); no message of the contract has it (each starts with "schema")
+PRUNED_KEY = "pruned_at"
+_PRUNED_PREFIX = b'{"' + PRUNED_KEY.encode() + b'":'
+
+
+def pruned_stub(at: datetime, sha256: str | None, **kept: str) -> dict[str, Any]:
+    """What stands in for pruned personal data: when, a digest of what was there (None
+    where it could not be taken), and the identifiers ``kept`` (a submission id)."""
+    return {PRUNED_KEY: at.astimezone(UTC).isoformat(), "sha256": sha256, **kept}
+
+
+def is_pruned(value: Any) -> bool:
+    """Whether a stored submission (a JSON column's value) or a message body (bytes) is
+    a :func:`pruned_stub`."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value[:len(_PRUNED_PREFIX)]) == _PRUNED_PREFIX
+    return isinstance(value, dict) and PRUNED_KEY in value
+
+
+def pruned_body(stub: dict[str, Any]) -> bytes:
+    """A stub as a message body (its first key first: :func:`is_pruned` reads it)."""
+    return json.dumps(stub, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 #: per competent unit and receipt day: the last dossier number handed out
 code_sequences = Table(
     "code_sequences", metadata,

@@ -15,11 +15,13 @@ dead-letters refuse``): its submission id is then taken by that refusal, as by a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from enum import Enum
 from typing import Any
 
 from broker.amqp import REPLAY_OF_HEADER, Delivery
@@ -43,6 +45,7 @@ from broker.messages import (
     decode,
 )
 from broker.rules.engine import Decision, Engine
+from broker.tables import is_pruned
 
 log = logging.getLogger(__name__)
 ACCEPTED_KINDS = frozenset({"dossier.submitted"})
@@ -181,17 +184,17 @@ class Router(Consumer):
                                   self.topology.desk_exchange)
         for mid, delivery, msg in again:
             sid = str(msg.submission_id)
+            stored: Any
             if sid in refusals:  # refused at intake by an operator: no dossier, no code
                 code, (stored, notice) = None, refusals[sid]
-                original, published = _stored_submission(stored), [notice]
+                published = [notice]
             elif sid in existing:
                 code = existing[sid]
                 stored, published = openings.get(str(code), (None, []))
-                original = _stored_submission(stored)
             else:  # its dossier was opened earlier in this batch
                 r = first[sid]
-                code, original, published = r.code, r.dossier, r.published
-            differs = _differing_fields(original, msg)
+                code, stored, published = r.code, r.dossier, r.published
+            differs = _differing_from_stored(stored, msg)
             if differs:
                 # the desk is told it was not received, never which dossier has the id
                 held = self._held(engine, mid, msg, _REUSED_FOR_DESK, now)
@@ -275,7 +278,7 @@ class Router(Consumer):
         self._count(outcome, "")
 
 
-def _stored_submission(stored: Any) -> DossierSubmitted | None:
+def stored_submission(stored: Any) -> DossierSubmitted | None:
     """The submission a dossier was opened with, from the ledger's JSON column; None if
     it no longer passes the contract (stored under an older one)."""
     if stored is None:
@@ -285,6 +288,40 @@ def _stored_submission(stored: Any) -> DossierSubmitted | None:
     except DecodeError:
         return None
     return msg if isinstance(msg, DossierSubmitted) else None
+
+
+def _differing_from_stored(stored: Any, again: DossierSubmitted) -> list[str]:
+    """:func:`_differing_fields` of a submission sent again and the first one as the
+    ledger has it: validated, as JSON, or pruned (`ledger prune`), when only a digest
+    of its values is left to compare with (:func:`submission_digest`)."""
+    if isinstance(stored, DossierSubmitted):
+        return _differing_fields(stored, again)
+    if is_pruned(stored):
+        digest = stored.get("sha256")
+        if digest is None or digest == submission_digest(again):
+            return []
+        return ["its values (the first copy's were erased by `ledger prune`: only their "
+                "digest was kept, and it differs)"]
+    return _differing_fields(stored_submission(stored), again)
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    return str(value)  # a UUID, a date, a Decimal
+
+
+def submission_digest(msg: DossierSubmitted) -> str:
+    """A digest of a submission's values as :func:`_differing_fields` compares them
+    (``submitted_at`` left out, times in UTC, keys sorted): what `ledger prune` keeps of
+    a submission it erases, so that a copy sent again is still told from another
+    dossier under the same id."""
+    values = msg.model_dump(by_alias=True, exclude=set(_KEPT_FROM_FIRST))
+    text = json.dumps(values, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+                      default=_canonical)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 #: the reason a desk is given for a dossier dead-lettered as submission_id_reused

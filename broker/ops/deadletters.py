@@ -27,10 +27,8 @@ back and reported, and does not hold back or repeat the others.
 from __future__ import annotations
 
 import argparse
-import getpass
 import hashlib
 import json
-import os
 import re
 import sys
 from collections.abc import Callable, Iterable
@@ -50,6 +48,7 @@ from broker.amqp import (
     SOURCE_HEADER,
     properties_for,
 )
+from broker.cli import BY_MAX, system_user, words
 from broker.consumers.common import kept_id, to_desk
 from broker.errors import DecodeError
 from broker.ledger import Ledger, RawJSON, SubmissionOpened, refusal_notice
@@ -84,8 +83,6 @@ from broker.topology import INTAKE_KEY, STATUS_KEY, Topology
 REPLAYS_HEADER = "x-casebroker-replays"
 #: the longest reason an operator may give a refusal
 REASON_MAX = 500
-#: the longest name ``--by`` may give (the ledger's column)
-BY_MAX = 64
 _SUBMITTED = frozenset({"dossier.submitted"})
 #: headers that describe a dead-lettering, not the message: dropped on replay
 _DEAD_HEADERS = frozenset({REASON_HEADER, DETAIL_HEADER, SOURCE_HEADER, "x-death",
@@ -500,7 +497,7 @@ def _cmd_refuse(args: argparse.Namespace) -> int:
     try:
         ledger.check_schema()  # a ledger from before refusals: `casebroker ledger upgrade`
         done, failed = refuse_triaged(_topology(args), ledger, chosen, args.reason,
-                                      args.by or _system_user())
+                                      args.by or system_user())
     finally:
         ledger.dispose()
     if args.json:
@@ -520,24 +517,6 @@ def _cmd_refuse(args: argparse.Namespace) -> int:
         print(f"error: no dossier of procedure {args.procedure} in triage", file=sys.stderr)
         return 1
     return 1 if failed or unseen else 0
-
-
-def _system_user() -> str:
-    """Who runs this command, for the ledger when ``--by`` does not say."""
-    try:
-        return getpass.getuser()[:BY_MAX]
-    except (OSError, KeyError):  # no name for this uid (a bare container)
-        return f"uid {os.getuid()}"
-
-
-def _words(most: int) -> Callable[[str], str]:
-    """An argparse type: text of 1 to ``most`` characters, without surrounding blanks."""
-    def parse(text: str) -> str:
-        text = text.strip()
-        if not 0 < len(text) <= most:
-            raise argparse.ArgumentTypeError(f"1 to {most} characters, not {len(text)}")
-        return text
-    return parse
 
 
 def register(sub: Any, groups: dict[str, Any]) -> None:
@@ -575,10 +554,10 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
                        help="message id of the dossier in triage (repeatable)")
     which.add_argument("--procedure", help="every dossier of this procedure code in triage "
                        "(one the province does not take)")
-    p.add_argument("--reason", required=True, type=_words(REASON_MAX),
+    p.add_argument("--reason", required=True, type=words(REASON_MAX),
                    help="why, for the desk to give the applicant (sent to the desk and kept "
                    "in the ledger; never logged)")
-    p.add_argument("--by", type=_words(BY_MAX),
+    p.add_argument("--by", type=words(BY_MAX),
                    help="who refuses, for the ledger (default: this system user)")
     p.add_argument("--db-url", help="ledger URL (default: $CASEBROKER_DB_URL)")
     p.add_argument("--prefix", help="topology prefix (default: $CASEBROKER_PREFIX or cb)")

@@ -26,7 +26,7 @@ def _cmd_upgrade(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any, groups: dict[str, Any]) -> None:
-    """Add `casebroker ledger upgrade`."""
+    """Add `casebroker ledger upgrade|prune`."""
     p = sub.add_parser("ledger", help="maintain the ledger's tables")
     actions = p.add_subparsers(dest="action", required=True)
     up = actions.add_parser(
@@ -37,3 +37,6 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     up.add_argument("--db-url", help="ledger URL (default: $CASEBROKER_DB_URL or "
                     "sqlite:///casebroker.sqlite3)")
     up.set_defaults(handler=_cmd_upgrade)
+    from broker.ops import prune
+
+    prune.register(actions)

@@ -1,0 +1,180 @@
+"""`casebroker ledger prune` on a ledger the router and status router wrote (SQLite and
+PostgreSQL): the personal data of what closed before the cutoff is gone from every table,
+what is open or recent is untouched, and the audit, the duplicate check and redeliveries
+work as before on what was pruned."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from pika.spec import BasicProperties
+from sqlalchemy import select
+
+from broker.amqp import Delivery
+from broker.amqp_worker import REASON_HEADER
+from broker.cli import main
+from broker.consumers.router import Router
+from broker.consumers.status import StatusRouter
+from broker.ledger import (
+    Ledger,
+    RawJSON,
+    _kept_submission,
+    dossiers,
+    events,
+    outbox,
+    prunes,
+    refusals,
+)
+from broker.messages import (
+    CONTENT_TYPE,
+    DossierReturned,
+    DossierStatus,
+    DossierSubmitted,
+    encode,
+    kind_of,
+)
+from broker.ops.audit import audit
+from broker.ops.prune import prune
+from broker.rules.catalog import load_catalog
+from broker.rules.engine import Engine
+from broker.tables import is_pruned, watch_outbox
+from broker.topology import Topology
+from tests.conftest import MINI_CATALOG
+from tests.helpers import dossier, intake_delivery
+from tests.integration.conftest import FakeClock
+
+pytestmark = pytest.mark.integration
+
+
+def _applicant(id_number: str) -> dict[str, Any]:
+    return {"kind": "citizen", "name": f"Người {id_number}", "id_number": id_number,
+            "phone": "0905" + id_number[-6:], "ward_code": "10001"}
+
+
+def _ledger_text(ledger: Ledger) -> str:
+    """Everything the ledger stores that may hold personal data, as one text."""
+    with ledger.read() as conn:
+        parts = [json.dumps(r, ensure_ascii=False, default=str) for r in (
+            *conn.execute(select(dossiers.c.submission)).scalars(),
+            *conn.execute(select(refusals.c.submission)).scalars(),
+            *conn.execute(select(events.c.detail)).scalars(),
+            *conn.execute(select(outbox.c.headers)).scalars())]
+        parts += [bytes(b).decode() for b in (
+            *conn.execute(select(outbox.c.body)).scalars(),
+            *conn.execute(select(refusals.c.notice)).scalars(),
+            *conn.execute(select(watch_outbox.c.body)).scalars())]
+    return "\n".join(parts)
+
+
+def test_prune_erases_what_closed_before_the_cutoff_and_keeps_the_rest_working(
+        ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
+    clock = FakeClock("2026-09-01 09:00")
+    engine = Engine(load_catalog(MINI_CATALOG))
+    router = Router(lambda: engine, ledger, Topology("t"), clock=clock)
+    status = StatusRouter(lambda: engine, ledger, Topology("t"), clock=clock)
+    n = iter(range(1, 1000))
+    sent: dict[str, DossierSubmitted] = {}
+    codes: dict[str, str] = {}
+
+    def submit(name: str, procedure: str = "1.001193") -> list[Any]:
+        sent[name] = d = dossier(procedure, desk_id="T.MC.A",
+                                 applicant=_applicant(f"0660900{len(sent):05d}"))
+        out = router.handle([intake_delivery(next(n), encode(d), f"submit:{name}")])
+        if out[-1].type == "desk.notice" and json.loads(out[-1].body).get("dossier_code"):
+            codes[name] = json.loads(out[-1].body)["dossier_code"]
+        return out
+
+    def close(name: str) -> None:
+        status.handle([Delivery(next(n), encode(DossierStatus(
+            update_id=uuid.uuid4(), dossier_code=codes[name], agency_id="T.UBND.A",
+            status="resolved", sent_at=clock.now)), BasicProperties(
+                content_type=CONTENT_TYPE, message_id=f"m{next(n)}",
+                type="dossier.status"), True, "status")])
+        returned = DossierReturned(event_id=uuid.uuid4(), dossier_code=codes[name],
+                                   desk_id="T.MC.A", returned_at=clock.now)
+        status.handle([Delivery(next(n), encode(returned), BasicProperties(
+            content_type=CONTENT_TYPE, message_id=f"m{next(n)}", type=kind_of(returned)),
+            True, "status")])
+
+    first_out = submit("old")
+    close("old")
+    submit("open")
+    triaged = submit("triaged", "9.999999")  # no rule routes it: a triage copy is kept
+    assert any(o.headers and REASON_HEADER in o.headers for o in triaged)
+    refused = dossier("9.999999", desk_id="T.MC.A", applicant=_applicant("066090099999"))
+    ledger.refuse({"submission_id": str(refused.submission_id), "message_id": "submit:ref",
+                   "desk_id": "T.MC.A", "procedure_code": "9.999999", "reason": "not here",
+                   "refused_by": "operator-1", "refused_at": clock.now,
+                   "submission": RawJSON(encode(refused).decode()),
+                   "notice_id": "submit:ref:refused", "notice": b'{"notice":"refused"}'})
+    clock.set("2026-11-20 09:00")
+    submit("recent")
+    close("recent")
+    erased = [a["id_number"] for a in (sent["old"].applicant.model_dump(),
+                                       sent["triaged"].applicant.model_dump())]
+    erased.append(refused.applicant.id_number)
+    kept = [sent[k].applicant.id_number for k in ("open", "recent")]
+    before = _ledger_text(ledger)
+    assert all(i in before for i in erased + kept)
+
+    now = FakeClock("2026-11-29 09:00").now
+    assert main(["ledger", "prune", "--keep-days", "30", "--dry-run", "--json",
+                 "--db-url", ledger.url]) == 0
+    dry = json.loads(capsys.readouterr().out)
+    assert (dry["dossiers"], dry["bodies"], dry["refusals"], dry["dry_run"]) == (1, 2, 1, True)
+    assert _ledger_text(ledger) == before
+
+    done = prune(ledger, 30, "ops-1", now=now)
+    # the dossier returned in September, its assignment, the triage copy, the refusal
+    assert (done.dossiers, done.bodies, done.refusals, done.since) == (1, 2, 1, None)
+    after = _ledger_text(ledger)
+    assert [i for i in erased if i in after] == []
+    assert [i for i in kept if i in after] == kept
+    assert sent["old"].applicant.name not in after
+    old = ledger.dossier(codes["old"])
+    assert old is not None and is_pruned(old["submission"])
+    assert old["state"] == 10 and old["submission_id"] == str(sent["old"].submission_id)
+    assert len(ledger.history(codes["old"])) == 3  # the process-control sheet stays whole
+
+    # a replay of the triage copy still finds when it first arrived, by the stub's id
+    with ledger.read() as conn:
+        copy_body = conn.execute(select(outbox.c.body).where(
+            outbox.c.inbox_message_id == "submit:triaged",
+            outbox.c.type == "dossier.submitted")).scalar_one()
+    assert is_pruned(copy_body)
+    assert _kept_submission(copy_body) == str(sent["triaged"].submission_id)
+
+    # the audit still accounts for everything, the triaged submission by its stub
+    report = audit(ledger, Topology("t"), [str(d.submission_id) for d in sent.values()])
+    assert (report["unaccounted"], report["unaccounted_dossiers"],
+            report["unaccounted_submissions"]) == (0, [], [])
+
+    # the intake delivery again: its receipt again, and no stub for an agency
+    again = router.handle([intake_delivery(next(n), encode(sent["old"]), "submit:old")])
+    receipt = [o for o in first_out if o.type == "desk.notice"]
+    assert [(o.message_id, o.body) for o in again] == [(o.message_id, o.body) for o in receipt]
+    # the same dossier under a new message id: its receipt again, told apart by the digest
+    copy = router.handle([intake_delivery(next(n), encode(sent["old"]), "submit:old-retry")])
+    assert [o.message_id for o in copy] == [receipt[0].message_id]
+    # another dossier under its submission id: dead-lettered, the desk told
+    other = dossier(desk_id="T.MC.A", submission_id=str(sent["old"].submission_id))
+    reused = router.handle([intake_delivery(next(n), encode(other), "submit:other")])
+    dead = [o for o in reused if o.headers and REASON_HEADER in o.headers]
+    assert [o.headers[REASON_HEADER] for o in dead] == ["submission_id_reused"]
+    assert "ledger prune" in str(dead[0].headers)
+    # the refused submission sent again: the refusal again; another under its id: reused
+    assert [o.message_id for o in router.handle([intake_delivery(
+        next(n), encode(refused), "submit:ref-again")])] == ["submit:ref:refused"]
+
+    # the next run starts at this one's cutoff and finds nothing new
+    later = prune(ledger, 30, "ops-1", now=now + timedelta(days=1))
+    assert (later.dossiers, later.bodies, later.refusals) == (0, 0, 0)
+    assert later.since == done.cutoff
+    with ledger.read() as conn:
+        runs = conn.execute(select(prunes.c.pruned_by, prunes.c.dossiers, prunes.c.bodies,
+                                   prunes.c.refusals).order_by(prunes.c.id)).all()
+    assert [tuple(r) for r in runs] == [("ops-1", 1, 2, 1), ("ops-1", 0, 0, 0)]
