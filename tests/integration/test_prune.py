@@ -147,6 +147,9 @@ def test_prune_erases_what_closed_before_the_cutoff_and_keeps_the_rest_working(
             outbox.c.type == "dossier.submitted")).scalar_one()
     assert is_pruned(copy_body)
     assert _kept_submission(copy_body) == str(sent["triaged"].submission_id)
+    # and `dossier show <submission id>` still finds what became of it
+    assert [d["outcome"] for d in ledger.unopened_submission(
+        str(sent["triaged"].submission_id))] == ["triaged:unknown_procedure"]
 
     # the audit still accounts for everything, the triaged submission by its stub
     report = audit(ledger, Topology("t"), [str(d.submission_id) for d in sent.values()])
