@@ -914,6 +914,12 @@ class Ledger:
                     watch_outbox.c.message_id.in_(list(message_ids)),
                     watch_outbox.c.confirmed_at.is_(None)).values(confirmed_at=at))
 
+    def last_prune(self) -> datetime | None:
+        """When `casebroker ledger prune` last completed on this ledger, or None."""
+        with self.read() as conn:
+            at: datetime | None = conn.execute(select(func.max(prunes.c.ran_at))).scalar()
+            return at
+
     def overdue_by_agency(self, now: datetime) -> dict[str, int]:
         """Open dossiers past their due date, per current agency (paused in time: not late)."""
         c = dossiers.c

@@ -6,6 +6,8 @@ agency ids. Never a dossier code, a name or an id number.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from broker.amqp import Hooks
@@ -69,6 +71,11 @@ class Metrics(Hooks):
             "restarted, or held_back (a reader keeps an older snapshot, a CLI scan or a "
             "forgotten open transaction; the WAL file grows until it ends)", ["result"],
             registry=r)
+        self.last_prune = Gauge(
+            "casebroker_ledger_last_prune_timestamp_seconds",
+            "When `casebroker ledger prune` last completed on this ledger (Unix time; 0: "
+            "never): a scheduled prune that stopped keeps personal data past its retention",
+            registry=r)
         self.catalog_info = Gauge(
             "casebroker_catalog_info", "The catalog in force (value 1)", ["catalog", "hash"],
             registry=r)
@@ -105,6 +112,10 @@ class Metrics(Hooks):
         self.overdue_dossiers.clear()
         for agency, n in by_agency.items():
             self.overdue_dossiers.labels(agency).set(n)
+
+    def pruned(self, at: datetime | None) -> None:
+        """The last completed `ledger prune` (None: never)."""
+        self.last_prune.set(0 if at is None else at.timestamp())
 
     def wal_checkpoint_turn(self, result: str) -> None:
         """One turn of the ledger's checkpoint thread that was due to restart the WAL."""

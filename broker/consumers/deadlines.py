@@ -215,7 +215,8 @@ class DeadlineWatch:
         return batch.add_watch_notices(row["code"], notices, now)
 
     def tick(self) -> int:
-        """Publish leftovers, flag what is due, refresh the gauge; return notices confirmed."""
+        """Publish leftovers, flag what is due, refresh the gauges (overdue dossiers, the
+        last prune); return notices confirmed."""
         now = self.clock()
         before = now if self._republish_all else now - timedelta(
             seconds=self.settings.stale_after_s)
@@ -226,6 +227,7 @@ class DeadlineWatch:
             counts = dict.fromkeys(self.engine().agencies, 0)
             counts.update(self.ledger.overdue_by_agency(now))
             self.metrics.overdue(counts)
+            self.metrics.pruned(self.ledger.last_prune())
         return confirmed
 
     # publishing --------------------------------------------------------------------

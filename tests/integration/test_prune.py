@@ -17,6 +17,7 @@ from sqlalchemy import select
 from broker.amqp import Delivery
 from broker.amqp_worker import REASON_HEADER
 from broker.cli import main
+from broker.consumers.deadlines import DeadlineWatch
 from broker.consumers.router import Router
 from broker.consumers.status import StatusRouter
 from broker.ledger import (
@@ -43,6 +44,7 @@ from broker.rules.catalog import load_catalog
 from broker.rules.engine import Engine
 from broker.tables import is_pruned, watch_outbox
 from broker.topology import Topology
+from monitoring.metrics import Metrics
 from tests.conftest import MINI_CATALOG
 from tests.helpers import dossier, intake_delivery
 from tests.integration.conftest import FakeClock
@@ -128,7 +130,17 @@ def test_prune_erases_what_closed_before_the_cutoff_and_keeps_the_rest_working(
     assert (dry["dossiers"], dry["bodies"], dry["refusals"], dry["dry_run"]) == (1, 2, 1, True)
     assert _ledger_text(ledger) == before
 
+    # `casebroker run`'s deadline watch exports when the last prune completed (0: never)
+    metrics = Metrics()
+    watch = DeadlineWatch(lambda: engine, ledger, Topology("t"), metrics=metrics,
+                          clock=FakeClock("2026-08-01 09:00"))  # nothing due: no publish
+    watch.tick()
+    gauge = "casebroker_ledger_last_prune_timestamp_seconds"
+    assert metrics.registry.get_sample_value(gauge) == 0
+
     done = prune(ledger, 30, "ops-1", now=now)
+    watch.tick()
+    assert metrics.registry.get_sample_value(gauge) == now.timestamp()
     # the dossier returned in September, its assignment, the triage copy, the refusal
     assert (done.dossiers, done.bodies, done.refusals, done.since) == (1, 2, 1, None)
     after = _ledger_text(ledger)
