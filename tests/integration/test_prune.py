@@ -193,3 +193,38 @@ def test_prune_erases_what_closed_before_the_cutoff_and_keeps_the_rest_working(
         runs = conn.execute(select(prunes.c.pruned_by, prunes.c.dossiers, prunes.c.bodies,
                                    prunes.c.refusals).order_by(prunes.c.id)).all()
     assert [tuple(r) for r in runs] == [("ops-1", 1, 2, 1), ("ops-1", 0, 0, 0)]
+
+
+def test_a_prune_cut_short_is_redone_from_the_last_completed_run_without_counting_twice(
+        ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock("2026-09-01 09:00")
+    engine = Engine(load_catalog(MINI_CATALOG))
+    router = Router(lambda: engine, ledger, Topology("t"), clock=clock)
+    submitted = [dossier("9.999999", desk_id="T.MC.A") for _ in range(3)]  # triaged
+    router.handle([intake_delivery(i, encode(d), f"submit:{i}")
+                   for i, d in enumerate(submitted, 1)])
+    refused = dossier("9.999999", desk_id="T.MC.A")
+    ledger.refuse({"submission_id": str(refused.submission_id), "message_id": "submit:9",
+                   "desk_id": "T.MC.A", "procedure_code": "9.999999", "reason": "not here",
+                   "refused_by": "operator-1", "refused_at": clock.now,
+                   "submission": RawJSON(encode(refused).decode()),
+                   "notice_id": "submit:9:refused", "notice": b'{"notice":"refused"}'})
+    now = FakeClock("2026-11-29 09:00").now
+
+    def killed(*_: Any) -> None:
+        raise KeyboardInterrupt  # the process stopped after the triage copies' bodies
+
+    monkeypatch.setattr("broker.ops.prune._prune_refusals", killed)
+    with pytest.raises(KeyboardInterrupt):
+        prune(ledger, 30, "ops-1", now=now)
+    monkeypatch.undo()
+    with ledger.read() as conn:
+        assert conn.execute(select(prunes.c.id)).all() == []  # not completed: not recorded
+        bodies = conn.execute(select(outbox.c.body).where(
+            outbox.c.type == "dossier.submitted")).scalars().all()
+    assert len(bodies) == 3 and all(is_pruned(b) for b in bodies)
+
+    done = prune(ledger, 30, "ops-1", now=now)
+    assert (done.since, done.bodies, done.refusals) == (None, 0, 1)  # stubs passed over
+    assert str(refused.applicant.id_number) not in _ledger_text(ledger)
+    assert all(str(d.applicant.id_number) not in _ledger_text(ledger) for d in submitted)
