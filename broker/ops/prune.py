@@ -86,6 +86,19 @@ def _body_stub(body: bytes, at: datetime) -> bytes:
     return pruned_body(pruned_stub(at, hashlib.sha256(body).hexdigest(), **kept))
 
 
+def _erase_submissions(conn: Connection, key: Any, rows: Sequence[Any], at: datetime,
+                       dry_run: bool) -> int:
+    """Replace the submissions of these rows (key, submission) of ``key``'s table by stubs
+    keeping the digest of their values; those not stubs yet."""
+    fresh = [(k, stored) for k, stored in rows if not is_pruned(stored)]
+    if fresh and not dry_run:
+        conn.execute(update(key.table).where(key == bindparam("row_key"))
+                     .values(submission=bindparam("stub")),
+                     [{"row_key": k, "stub": pruned_stub(at, _digest_of_submission(stored))}
+                      for k, stored in fresh])
+    return len(fresh)
+
+
 def _window(column: Any, since: datetime | None, cutoff: datetime) -> list[Any]:
     where = [column < cutoff]
     if since is not None:
@@ -118,13 +131,8 @@ def _prune_dossiers(ledger: Ledger, done: Pruned, at: datetime, dry_run: bool,
             if not rows:
                 return
             last, seen = rows[-1].id, seen + len(rows)
-            fresh = [r for r in rows if not is_pruned(r.submission)]
-            if fresh and not dry_run:
-                conn.execute(update(dossiers).where(c.id == bindparam("row_id"))
-                             .values(submission=bindparam("stub")),
-                             [{"row_id": r.id, "stub": pruned_stub(
-                                 at, _digest_of_submission(r.submission))} for r in fresh])
-            done.dossiers += len(fresh)
+            done.dossiers += _erase_submissions(
+                conn, c.id, [(r.id, r.submission) for r in rows], at, dry_run)
             assigned = conn.execute(
                 select(outbox.c.id, outbox.c.body).distinct()
                 .join(events, events.c.message_id == outbox.c.inbox_message_id)
@@ -160,13 +168,7 @@ def _prune_refusals(ledger: Ledger, done: Pruned, at: datetime, dry_run: bool) -
     with ledger.engine.begin() as conn:
         rows = conn.execute(select(c.submission_id, c.submission).where(
             *_window(c.refused_at, done.since, done.cutoff))).all()
-        fresh = [r for r in rows if not is_pruned(r.submission)]
-        if fresh and not dry_run:
-            conn.execute(update(refusals).where(c.submission_id == bindparam("sid"))
-                         .values(submission=bindparam("stub")),
-                         [{"sid": r.submission_id, "stub": pruned_stub(
-                             at, _digest_of_submission(r.submission))} for r in fresh])
-        done.refusals += len(fresh)
+        done.refusals += _erase_submissions(conn, c.submission_id, rows, at, dry_run)
 
 
 def prune(ledger: Ledger, keep_days: int, by: str, *, now: datetime | None = None,
