@@ -48,6 +48,9 @@ S, E = State, Event
 OPEN_STATES = frozenset({S.SUBMITTED, S.RECEIVED, S.PROCESSING, S.SUPPLEMENT_REQUESTED,
                          S.FINANCIAL_OBLIGATION})
 TERMINAL_STATES = frozenset({S.REFUSED, S.WITHDRAWN, S.STOPPED, S.RETURNED})
+#: events that end one agency's step with its work done: the next agency takes over, or
+#: the result is ready (the events record the step's own due date for the report)
+STEP_ENDS = frozenset({E.HAND_OFF, E.RESOLVE})
 #: states in which the agency works on the dossier (its clock runs)
 WORKING_STATES = frozenset({S.RECEIVED, S.PROCESSING, S.FINANCIAL_OBLIGATION})
 

@@ -36,7 +36,7 @@ from broker.consumers.deadlines import NOTHING_SENT, OVERDUE, apology
 from broker.envelope import Outbound
 from broker.errors import TransitionRefused
 from broker.ledger import Batch
-from broker.lifecycle import Event, State, apply
+from broker.lifecycle import STEP_ENDS, Event, State, apply
 from broker.messages import (
     AgencyNotice,
     AgencyStatus,
@@ -179,18 +179,22 @@ class StatusRouter(Consumer):
         if refusal is not None:
             return [self._refuse(dossier, msg, refusal, now)], "refused_update", reason
         old_state, old_agency = State(dossier["state"]), dossier["agency_id"]
+        finishing = {"step": dossier["step"], "step_due_at": dossier["step_due_at"].isoformat()}
         seq = dossier["seq"] + 1
         dossier.set(state=int(new_state), seq=seq, updated_at=now)
         if isinstance(msg, DossierStatus):
             dossier.set(status_sent_at=min(msg.sent_at, now + SENT_AT_AHEAD_MAX))
         out = self._effects(engine, dossier, msg, event, old_state, seq, now)
         hand_off = event == Event.HAND_OFF
+        detail = _detail(msg)
+        if event in STEP_ENDS:  # the step's own due date, for the report's steps by agency
+            detail.update(finishing)
         batch.add_event({
             "dossier_code": dossier["code"], "seq": seq, "kind": event.value,
             "state_from": int(old_state), "state_to": int(new_state), "actor": _sender(msg),
             "from_agency": old_agency if hand_off else None,
             "to_agency": dossier["agency_id"] if hand_off else None,
-            "message_id": mid, "detail": _detail(msg), "at": now,
+            "message_id": mid, "detail": detail, "at": now,
         })
         return out, "applied", ""
 

@@ -27,7 +27,16 @@ later counts as resolved. Definitions, all on local dates (``--tz``):
   complaint, dissatisfaction or delay); ``rated`` have a rating.
 
 A dossier belongs to the agency that numbered it (its code's prefix: the first
-competent unit, also for a chain of agencies), its intake desk and its procedure.
+competent unit, also for a chain of agencies), its intake desk and its procedure. With
+``--by agency`` each agency also gets the **steps** it handled of those dossiers (a
+chain has a step per agency; a dossier of one agency, one step), so the later agencies
+of a chain are judged on their own part:
+
+* ``steps_finished``: steps it ended by handing the dossier on or resolving it,
+  ``steps_early`` / ``steps_on_time`` / ``steps_late`` by that day against the step's own
+  due day (recorded in the event since 2026-11-29; steps ended before are not counted);
+* ``steps_open``: dossiers it holds now, ``steps_overdue`` among them when past the
+  step's due time (unless paused before it).
 """
 
 from __future__ import annotations
@@ -45,8 +54,8 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 
 from broker.cli import day
-from broker.ledger import Ledger, dossiers, refusals
-from broker.lifecycle import OPEN_STATES, State, is_overdue
+from broker.ledger import Ledger, dossiers, events, refusals
+from broker.lifecycle import OPEN_STATES, STEP_ENDS, Event, State, is_overdue
 
 #: what a report may be grouped by (`--by`)
 GROUPS = ("agency", "desk", "procedure")
@@ -86,15 +95,9 @@ class Tally:
         self.boundary_free += bool(row.boundary_free)
         if state in _RESOLVED:
             self.resolved += 1
-            finished = row.finished_at.astimezone(tz).date()
-            due = row.due_at.astimezone(tz).date()
-            late = finished > due
-            if late:
-                self.late += 1
-            elif finished == due:
-                self.on_time += 1
-            else:
-                self.early += 1
+            when = timeliness(row.finished_at, row.due_at, tz)
+            setattr(self, when, getattr(self, when) + 1)
+            late = when == "late"
             self.rated += row.satisfaction is not None
             self.satisfied += not late and row.satisfaction not in DISSATISFIED
         elif state in OPEN_STATES:
@@ -121,6 +124,47 @@ class Tally:
         return {**asdict(self), **self.shares()}
 
 
+def timeliness(finished_at: datetime, due_at: datetime, tz: ZoneInfo) -> str:
+    """``early``, ``on_time`` or ``late``: the local day finished against the due day."""
+    finished, due = finished_at.astimezone(tz).date(), due_at.astimezone(tz).date()
+    return "late" if finished > due else "on_time" if finished == due else "early"
+
+
+@dataclass
+class Steps:
+    """One agency's steps of the dossiers in a report (a chain has a step per agency, a
+    dossier of one agency one step): those it finished, handing the dossier on or
+    resolving it, early, on time or late against the step's own due day; those it holds
+    now, overdue among them when past the step's due time."""
+
+    finished: int = 0
+    early: int = 0
+    on_time: int = 0
+    late: int = 0
+    open: int = 0
+    overdue: int = 0
+
+    def finish(self, at: datetime, due_at: datetime, tz: ZoneInfo) -> None:
+        self.finished += 1
+        when = timeliness(at, due_at, tz)
+        setattr(self, when, getattr(self, when) + 1)
+
+    def hold(self, row: Any, now: datetime) -> None:
+        self.open += 1
+        self.overdue += is_overdue(State(row.state), row.step_due_at, row.paused_at, now)
+
+    def __iadd__(self, other: Steps) -> Steps:
+        for name, value in asdict(other).items():
+            setattr(self, name, getattr(self, name) + value)
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        whole = self.finished
+        return {**{f"steps_{k}": v for k, v in asdict(self).items()},
+                "steps_in_time_share": round((self.early + self.on_time) / whole, 4)
+                if whole else None}
+
+
 def _group_of(by: str | None, row: Any) -> str | None:
     if by == "agency":
         return str(row.code).rsplit("-", 2)[0]
@@ -131,16 +175,38 @@ def _group_of(by: str | None, row: Any) -> str | None:
     return None
 
 
-def tally(rows: Iterable[Any], by: str | None, tz: ZoneInfo, now: datetime
-          ) -> tuple[Tally, dict[str, Tally]]:
-    """The total and, with ``by``, each group's tally of the dossiers in ``rows``."""
+def tally(rows: Iterable[Any], by: str | None, tz: ZoneInfo, now: datetime,
+          steps: dict[str, Steps] | None = None) -> tuple[Tally, dict[str, Tally]]:
+    """The total and, with ``by``, each group's tally of the dossiers in ``rows``; with
+    ``steps``, each open dossier's step counted for its current agency there."""
     total, groups = Tally(), dict[str, Tally]()
     for row in rows:
         total.add(row, tz, now)
         key = _group_of(by, row)
         if key is not None:
             groups.setdefault(key, Tally()).add(row, tz, now)
+        if steps is not None and State(row.state) in OPEN_STATES:
+            steps.setdefault(str(row.agency_id), Steps()).hold(row, now)
     return total, dict(sorted(groups.items()))
+
+
+def _finished_steps(conn: Any, start: datetime, end: datetime, tz: ZoneInfo,
+                    steps: dict[str, Steps]) -> None:
+    """Count the steps the dossiers received from ``start`` to ``end`` finished, for the
+    agency whose step it was. A step finished before casebroker recorded a step's due
+    date in its event (2026-11-29) has none, and is not counted."""
+    e = events.c
+    rows = conn.execution_options(yield_per=5000).execute(
+        select(e.kind, e.actor, e.from_agency, e.detail, e.at)
+        .select_from(events.join(dossiers, dossiers.c.code == e.dossier_code))
+        .where(dossiers.c.received_at >= start, dossiers.c.received_at < end,
+               e.kind.in_([str(k) for k in STEP_ENDS])))
+    for r in rows:
+        due = r.detail.get("step_due_at") if isinstance(r.detail, dict) else None
+        if due is None:
+            continue
+        agency = r.from_agency if r.kind == str(Event.HAND_OFF) else r.actor
+        steps.setdefault(str(agency), Steps()).finish(r.at, datetime.fromisoformat(due), tz)
 
 
 def report(ledger: Ledger, first: date, last: date, by: str | None, tz: ZoneInfo,
@@ -150,12 +216,16 @@ def report(ledger: Ledger, first: date, last: date, by: str | None, tz: ZoneInfo
     start = datetime.combine(first, time(), tzinfo=tz)
     end = datetime.combine(last + timedelta(days=1), time(), tzinfo=tz)
     c = dossiers.c
+    steps: dict[str, Steps] | None = {} if by == "agency" else None
     with ledger.read(snapshot=True) as conn:
         rows = conn.execution_options(yield_per=5000).execute(
             select(c.code, c.procedure_code, c.intake_desk_id, c.channel, c.state, c.seq,
-                   c.boundary_free, c.due_at, c.finished_at, c.paused_at, c.satisfaction)
+                   c.boundary_free, c.due_at, c.finished_at, c.paused_at, c.satisfaction,
+                   c.agency_id, c.step_due_at)
             .where(c.received_at >= start, c.received_at < end))
-        total, groups = tally(rows, by, tz, now)
+        total, groups = tally(rows, by, tz, now, steps)
+        if steps is not None:
+            _finished_steps(conn, start, end, tz, steps)
         # refusals from triage opened no dossier: no unit numbered them, but they have
         # a desk and a procedure
         column = refusals.c.desk_id if by == "desk" else refusals.c.procedure_code
@@ -164,6 +234,17 @@ def report(ledger: Ledger, first: date, last: date, by: str | None, tz: ZoneInfo
             .where(refusals.c.refused_at >= start, refusals.c.refused_at < end)
             .group_by(column))}
     out = {k: t.as_dict() for k, t in groups.items()}
+    totals: dict[str, Any] = {}
+    if steps is not None:  # an agency that only took over later steps numbered none
+        for agency, counted in steps.items():
+            out.setdefault(agency, Tally().as_dict()).update(counted.as_dict())
+        for values in out.values():
+            for key, value in Steps().as_dict().items():
+                values.setdefault(key, value)
+        all_steps = Steps()
+        for counted in steps.values():
+            all_steps += counted
+        totals = all_steps.as_dict()
     if by in ("desk", "procedure"):
         for key, n in refused.items():
             out.setdefault(key, Tally().as_dict())["refused_from_triage"] = n
@@ -171,7 +252,8 @@ def report(ledger: Ledger, first: date, last: date, by: str | None, tz: ZoneInfo
             values.setdefault("refused_from_triage", 0)
     return {"from": first.isoformat(), "to": last.isoformat(), "tz": str(tz),
             "as_of": now.isoformat(timespec="seconds"), "by": by,
-            "total": {**total.as_dict(), "refused_from_triage": sum(refused.values())},
+            "total": {**total.as_dict(), "refused_from_triage": sum(refused.values()),
+                      **totals},
             "groups": dict(sorted(out.items()))}
 
 
@@ -187,13 +269,19 @@ _COLUMNS = (("received", "received", 8), ("resolved", "resolved", 8), ("early", 
             ("withdrawn", "withdrawn", 9), ("stopped", "stopped", 7),
             ("online_share", "online%", 7), ("boundary_free_share", "bfree%", 6),
             ("satisfaction_share", "satisf%", 7), ("refused_from_triage", "triage-refused", 14))
+#: with --by agency: the steps each agency handled
+_STEP_COLUMNS = (("steps_finished", "steps done", 10),
+                 ("steps_in_time_share", "steps in time%", 14), ("steps_open", "steps open", 10),
+                 ("steps_overdue", "steps overdue", 13))
 
 
 def format_report(data: dict[str, Any]) -> str:
     """The report as a text table: the total, then each group."""
+    columns = _COLUMNS + (_STEP_COLUMNS if data["by"] == "agency" else ())
+
     def cells(values: dict[str, Any]) -> str:
         out = []
-        for key, _, width in _COLUMNS:
+        for key, _, width in columns:
             v = values.get(key)  # a unit's row has no refusals from triage: "-"
             text = "-" if v is None else f"{100 * v:.1f}" if key.endswith("_share") else str(v)
             out.append(text.rjust(width))
@@ -202,7 +290,7 @@ def format_report(data: dict[str, Any]) -> str:
     width = max([len("total"), *(len(k) for k in data["groups"])])
     lines = [f"dossiers received {data['from']} to {data['to']} ({data['tz']}), as the "
              f"ledger stands at {data['as_of']}",
-             f"{'':<{width}} " + " ".join(title.rjust(w) for _, title, w in _COLUMNS),
+             f"{'':<{width}} " + " ".join(title.rjust(w) for _, title, w in columns),
              f"{'total':<{width}} {cells(data['total'])}"]
     lines += [f"{k:<{width}} {cells(v)}" for k, v in data["groups"].items()]
     return "\n".join(lines)
@@ -234,7 +322,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def write_csv(data: dict[str, Any], out: TextIO) -> None:
     """The report as CSV, for a spreadsheet: a row for the total, then one per group, with
     every count and share (shares as fractions; empty where there is nothing to divide)."""
-    fields = [*asdict(Tally()), *Tally().shares(), "refused_from_triage"]
+    fields = [*asdict(Tally()), *Tally().shares(), "refused_from_triage",
+              *(Steps().as_dict() if data["by"] == "agency" else ())]
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow([data["by"] or "group", *fields])
     for name, values in [("total", data["total"]), *data["groups"].items()]:

@@ -7,6 +7,9 @@ import csv
 import io
 import json
 import uuid
+from datetime import date
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from pika.spec import BasicProperties
@@ -25,12 +28,13 @@ from broker.messages import (
     encode,
     kind_of,
 )
+from broker.ops.report import format_report, report, write_csv
 from broker.rules.catalog import load_catalog
 from broker.rules.engine import Engine
 from broker.topology import Topology
 from tests.conftest import MINI_CATALOG
 from tests.helpers import dossier, intake_delivery
-from tests.integration.conftest import FakeClock
+from tests.integration.conftest import FakeClock, vn
 
 pytestmark = pytest.mark.integration
 
@@ -156,3 +160,67 @@ def test_an_empty_period_reports_zeros_and_no_shares(
                  "--db-url", ledger.url]) == 0
     total = json.loads(capsys.readouterr().out)["total"]
     assert total["received"] == 0 and total["on_time_share"] is None
+
+
+def test_with_by_agency_each_agency_gets_the_steps_it_handled_judged_by_the_steps_due_day(
+        ledger: Ledger) -> None:
+    clock = FakeClock("2026-11-24 09:00")  # a Tuesday
+    engine = Engine(load_catalog(MINI_CATALOG))
+    router = Router(lambda: engine, ledger, Topology("t"), clock=clock)
+    status = StatusRouter(lambda: engine, ledger, Topology("t"), clock=clock)
+    n = iter(range(1, 1000))
+    codes: dict[str, str] = {}
+    for name, procedure in (("x", "1.000001"), ("y", "1.000001"),  # chains of 3 agencies
+                            ("z", "1.001193"), ("w", "1.001193")):  # one agency, 1 day
+        out = router.handle([intake_delivery(next(n), encode(dossier(procedure)),
+                                             f"submit:{name}")])
+        codes[name] = json.loads(out[-1].body)["dossier_code"]
+
+    def done(name: str, agency: str, at: str) -> None:
+        clock.set(at)
+        status.handle([_status_delivery(next(n), DossierStatus(
+            update_id=uuid.uuid4(), dossier_code=codes[name], agency_id=agency,
+            status="resolved", sent_at=clock.now))])
+
+    # step 1 of each chain is due Thu 26 Nov, 17:00; w and z are due Wed 25 Nov, 09:00
+    done("w", "T.UBND.A", "2026-11-24 15:00")  # resolved, a day early
+    done("x", "T.UBND.A", "2026-11-25 10:00")  # handed on a day early; T.CA's due Fri 27
+    done("y", "T.UBND.A", "2026-11-26 16:00")  # on its due day; T.CA's due Mon 30, 16:00
+    done("x", "T.CA", "2026-11-30 09:00")  # after its due day: late; T.BHXH's due Wed 2 Dec
+    assert ledger.dossier(codes["y"])["agency_id"] == "T.CA"
+
+    tz = ZoneInfo("Asia/Ho_Chi_Minh")
+    data = report(ledger, date(2026, 11, 24), date(2026, 11, 24), "agency", tz,
+                  vn("2026-11-30 17:00"))
+    steps = {agency: {k.removeprefix("steps_"): v for k, v in values.items()
+                      if k.startswith("steps_") and not k.endswith("_share")}
+             for agency, values in data["groups"].items()}
+    assert steps == {
+        # w and x early, y on time; z (never taken up) still held, overdue since Wed
+        "T.UBND.A": {"finished": 3, "early": 2, "on_time": 1, "late": 0, "open": 1,
+                     "overdue": 1},
+        # x late; y held past its step's due time (16:00 today; the dossier's is Wed 2 Dec)
+        "T.CA": {"finished": 1, "early": 0, "on_time": 0, "late": 1, "open": 1,
+                 "overdue": 1},
+        "T.BHXH": {"finished": 0, "early": 0, "on_time": 0, "late": 0, "open": 1,
+                   "overdue": 0},
+    }
+    # the dossiers themselves stay with the unit that numbered them
+    assert {a: v["received"] for a, v in data["groups"].items()} == {
+        "T.UBND.A": 4, "T.CA": 0, "T.BHXH": 0}
+    total = data["total"]
+    assert (total["steps_finished"], total["steps_late"], total["steps_open"],
+            total["steps_overdue"], total["steps_in_time_share"]) == (4, 1, 3, 2, 0.75)
+    assert "steps done" in format_report(data)
+    table = list(csv.DictReader(io.StringIO(_csv(data))))
+    assert [(r["agency"], r["steps_late"]) for r in table] == [
+        ("total", "1"), ("T.BHXH", "0"), ("T.CA", "1"), ("T.UBND.A", "0")]
+    # grouped otherwise, or not at all, a report has no steps
+    assert "steps_finished" not in report(ledger, date(2026, 11, 24), date(2026, 11, 24),
+                                          "desk", tz, vn("2026-11-30 17:00"))["total"]
+
+
+def _csv(data: dict[str, Any]) -> str:
+    out = io.StringIO()
+    write_csv(data, out)
+    return out.getvalue()
