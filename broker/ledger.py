@@ -848,14 +848,23 @@ class Ledger:
         return list(found.values())
 
     @contextmanager
-    def _refusing(self) -> Iterator[Connection]:
-        """A transaction holding :data:`SUBMISSION_GATE` alone (SQLite: the write lock)
-        until it ends; database outages surface as TransientError."""
+    def write(self) -> Iterator[Connection]:
+        """A transaction for an operator's command that reads, then writes; database
+        outages surface as TransientError. SQLite: it takes the write lock first, so
+        that a router committing between its reads and its writes makes it wait, not fail
+        (a read snapshot cannot become a write once another writer has committed)."""
         with _outages_are_transient(), self.engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            yield conn
+
+    @contextmanager
+    def _refusing(self) -> Iterator[Connection]:
+        """A :meth:`write` transaction holding :data:`SUBMISSION_GATE` alone (SQLite: the
+        write lock) until it ends."""
+        with self.write() as conn:
             if conn.dialect.name == "postgresql":
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (SUBMISSION_GATE,))
-            else:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
             yield conn
 
     def refuse(self, row: dict[str, Any]) -> tuple[dict[str, Any], bool]:

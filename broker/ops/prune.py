@@ -108,7 +108,7 @@ def _window(column: Any, since: datetime | None, cutoff: datetime) -> list[Any]:
 
 def _erase_bodies(conn: Connection, rows: Sequence[Any], at: datetime, dry_run: bool) -> int:
     """Replace the bodies of these outbox rows (id, body) by stubs; those not stubs yet."""
-    todo = [(r.id, bytes(r.body)) for r in rows if not is_pruned(bytes(r.body))]
+    todo = list({r.id: bytes(r.body) for r in rows if not is_pruned(bytes(r.body))}.items())
     if todo and not dry_run:
         conn.execute(update(outbox).where(outbox.c.id == bindparam("row_id"))
                      .values(body=bindparam("stub")),
@@ -121,11 +121,11 @@ def _prune_dossiers(ledger: Ledger, done: Pruned, at: datetime, dry_run: bool,
     c = dossiers.c
     where = [c.state.in_([int(s) for s in TERMINAL_STATES]),
              *_window(c.updated_at, done.since, done.cutoff)]
-    with ledger.read() as conn:
+    with ledger.write() as conn:  # as every statement here: an outage, said in a line
         total = conn.execute(select(func.count()).select_from(dossiers).where(*where)).scalar()
     last, seen = 0, 0
     while True:
-        with ledger.engine.begin() as conn:
+        with ledger.write() as conn:
             rows = conn.execute(select(c.id, c.code, c.submission).where(*where, c.id > last)
                                 .order_by(c.id).limit(CHUNK)).all()
             if not rows:
@@ -134,7 +134,7 @@ def _prune_dossiers(ledger: Ledger, done: Pruned, at: datetime, dry_run: bool,
             done.dossiers += _erase_submissions(
                 conn, c.id, [(r.id, r.submission) for r in rows], at, dry_run)
             assigned = conn.execute(
-                select(outbox.c.id, outbox.c.body).distinct()
+                select(outbox.c.id, outbox.c.body)
                 .join(events, events.c.message_id == outbox.c.inbox_message_id)
                 .where(events.c.dossier_code.in_([r.code for r in rows]),
                        outbox.c.type == "dossier.assigned")).all()
@@ -147,7 +147,7 @@ def _prune_set_aside(ledger: Ledger, done: Pruned, at: datetime, dry_run: bool) 
     notices published beside it do not, and hold no personal data)."""
     last = ""
     while True:
-        with ledger.engine.begin() as conn:
+        with ledger.write() as conn:
             mids = conn.execute(
                 select(inbox.c.message_id).where(
                     SET_ASIDE, *_window(inbox.c.processed_at, done.since, done.cutoff),
@@ -165,7 +165,7 @@ def _prune_set_aside(ledger: Ledger, done: Pruned, at: datetime, dry_run: bool) 
 
 def _prune_refusals(ledger: Ledger, done: Pruned, at: datetime, dry_run: bool) -> None:
     c = refusals.c
-    with ledger.engine.begin() as conn:
+    with ledger.write() as conn:
         rows = conn.execute(select(c.submission_id, c.submission).where(
             *_window(c.refused_at, done.since, done.cutoff))).all()
         done.refusals += _erase_submissions(conn, c.submission_id, rows, at, dry_run)
@@ -178,7 +178,7 @@ def prune(ledger: Ledger, keep_days: int, by: str, *, now: datetime | None = Non
     if keep_days < MIN_KEEP_DAYS:
         raise ValueError(f"--keep-days must be at least {MIN_KEEP_DAYS}, not {keep_days}")
     at = now or datetime.now(UTC)
-    with ledger.read() as conn:
+    with ledger.write() as conn:
         since = conn.execute(select(func.max(prunes.c.cutoff))).scalar()
     done = Pruned(cutoff=at - timedelta(days=keep_days), since=since)
     if since is not None and since >= done.cutoff:
@@ -188,7 +188,7 @@ def prune(ledger: Ledger, keep_days: int, by: str, *, now: datetime | None = Non
     _prune_set_aside(ledger, done, at, dry_run)
     _prune_refusals(ledger, done, at, dry_run)
     if not dry_run:
-        with ledger.engine.begin() as conn:
+        with ledger.write() as conn:
             conn.execute(prunes.insert().values(
                 cutoff=done.cutoff, ran_at=at, pruned_by=by, dossiers=done.dossiers,
                 bodies=done.bodies, refusals=done.refusals))

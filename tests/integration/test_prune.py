@@ -6,8 +6,10 @@ work as before on what was pruned."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -228,3 +230,20 @@ def test_a_prune_cut_short_is_redone_from_the_last_completed_run_without_countin
     assert (done.since, done.bodies, done.refusals) == (None, 0, 1)  # stubs passed over
     assert str(refused.applicant.id_number) not in _ledger_text(ledger)
     assert all(str(d.applicant.id_number) not in _ledger_text(ledger) for d in submitted)
+
+
+def test_a_ledger_that_stays_locked_stops_prune_with_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    Ledger(url).dispose()
+    holder = sqlite3.connect(tmp_path / "ledger.sqlite3", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another writer that does not let go (5 s and more)
+    try:
+        assert main(["ledger", "prune", "--keep-days", "30", "--db-url", url]) == 1
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    captured = capsys.readouterr()
+    assert captured.err == "error: ledger unavailable: OperationalError\n"
+    assert captured.out == ""
+    assert main(["ledger", "prune", "--keep-days", "30", "--db-url", url]) == 0  # let go
