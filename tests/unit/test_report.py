@@ -60,7 +60,7 @@ def test_groups_by_the_unit_that_numbered_the_dossier() -> None:
     _, by_desk = tally(rows, "desk", VN, NOW)
     assert list(by_desk) == ["T.CENTRE", "T.MC.B"]
     text = format_report({"from": "2026-11-25", "to": "2026-11-25", "tz": "Asia/Ho_Chi_Minh",
-                          "as_of": "2026-11-29T10:00:00+07:00",
+                          "as_of": "2026-11-29T10:00:00+07:00", "by": "agency",
                           "total": {**total.as_dict(), "refused_from_triage": 0},
                           "groups": {k: t.as_dict() for k, t in by_agency.items()}})
     assert text.splitlines()[3].split()[:2] == ["T.SO.TP", "2"]
