@@ -464,8 +464,21 @@ def _dossier(args: argparse.Namespace) -> int:
     for e in history:
         hand = f"  {e['from_agency'] or ''} -> {e['to_agency']}" if e["to_agency"] else ""
         print(f"    {e['seq']:>3} {_local(e['at'], tz)}  {e['kind']:<18} "
-              f"{e['state_from']}->{e['state_to']}  by {e['actor']}{hand}")
+              f"{e['state_from']}->{e['state_to']}  by {e['actor']}{hand}{_step_end(e, tz)}")
     return EXIT_OK
+
+
+def _step_end(event: dict[str, Any], tz: ZoneInfo) -> str:
+    """For an event that ended a step (recorded with its due date): when that step was
+    due, and whether it ended early, on time or late."""
+    from broker.lifecycle import timeliness
+
+    detail = event["detail"] if isinstance(event["detail"], dict) else {}
+    if "step_due_at" not in detail:
+        return ""
+    due = datetime.fromisoformat(detail["step_due_at"])
+    when = timeliness(event["at"], due, tz).replace("_", " ")
+    return f"  (step {detail['step']} due {_local(due, tz, seconds=False)}: {when})"
 
 
 def _local(value: datetime, tz: ZoneInfo, *, seconds: bool = True) -> str:

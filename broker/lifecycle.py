@@ -6,7 +6,7 @@ Overdue is not a state: it is derived from the due date.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, tzinfo
 from enum import IntEnum, StrEnum
 
 from broker.errors import TransitionRefused
@@ -88,6 +88,13 @@ def is_overdue(state: State | int, due_at: datetime, paused_at: datetime | None,
     Overdue is not a state; the ledger's query for it is ``broker.ledger._overdue``."""
     paused_in_time = paused_at is not None and paused_at <= due_at
     return State(state) in OPEN_STATES and due_at < now and not paused_in_time
+
+
+def timeliness(finished_at: datetime, due_at: datetime, tz: tzinfo) -> str:
+    """``early``, ``on_time`` or ``late`` (DOMAIN.md: dates, not times, are compared):
+    the local day a dossier or a step finished against its due day."""
+    finished, due = finished_at.astimezone(tz).date(), due_at.astimezone(tz).date()
+    return "late" if finished > due else "on_time" if finished == due else "early"
 
 
 def apply(state: State | int, event: Event) -> State:

@@ -55,7 +55,7 @@ from sqlalchemy import func, select
 
 from broker.cli import day
 from broker.ledger import Ledger, dossiers, events, refusals
-from broker.lifecycle import OPEN_STATES, STEP_ENDS, Event, State, is_overdue
+from broker.lifecycle import OPEN_STATES, STEP_ENDS, Event, State, is_overdue, timeliness
 
 #: what a report may be grouped by (`--by`)
 GROUPS = ("agency", "desk", "procedure")
@@ -122,12 +122,6 @@ class Tally:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), **self.shares()}
-
-
-def timeliness(finished_at: datetime, due_at: datetime, tz: ZoneInfo) -> str:
-    """``early``, ``on_time`` or ``late``: the local day finished against the due day."""
-    finished, due = finished_at.astimezone(tz).date(), due_at.astimezone(tz).date()
-    return "late" if finished > due else "on_time" if finished == due else "early"
 
 
 @dataclass

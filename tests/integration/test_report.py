@@ -163,7 +163,7 @@ def test_an_empty_period_reports_zeros_and_no_shares(
 
 
 def test_with_by_agency_each_agency_gets_the_steps_it_handled_judged_by_the_steps_due_day(
-        ledger: Ledger) -> None:
+        ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
     clock = FakeClock("2026-11-24 09:00")  # a Tuesday
     engine = Engine(load_catalog(MINI_CATALOG))
     router = Router(lambda: engine, ledger, Topology("t"), clock=clock)
@@ -215,6 +215,11 @@ def test_with_by_agency_each_agency_gets_the_steps_it_handled_judged_by_the_step
     table = list(csv.DictReader(io.StringIO(_csv(data))))
     assert [(r["agency"], r["steps_late"]) for r in table] == [
         ("total", "1"), ("T.BHXH", "0"), ("T.CA", "1"), ("T.UBND.A", "0")]
+    # the process-control sheet says the same of each step that ended
+    assert main(["dossier", "show", codes["x"], "--db-url", ledger.url]) == 0
+    ends = [line.split("  (")[1] for line in capsys.readouterr().out.splitlines()
+            if "  (step" in line]
+    assert ends == ["step 1 due 2026-11-26 17:00: early)", "step 2 due 2026-11-27 10:00: late)"]
     # grouped otherwise, or not at all, a report has no steps
     assert "steps_finished" not in report(ledger, date(2026, 11, 24), date(2026, 11, 24),
                                           "desk", tz, vn("2026-11-30 17:00"))["total"]
