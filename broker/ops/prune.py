@@ -126,8 +126,10 @@ def _prune_dossiers(ledger: Ledger, done: Pruned, at: datetime, dry_run: bool,
     last, seen = 0, 0
     while True:
         with ledger.write() as conn:
+            # FOR UPDATE (PostgreSQL; SQLite's write lock does it): a prune running at
+            # the same moment waits for this chunk, then finds its stubs and passes over
             rows = conn.execute(select(c.id, c.code, c.submission).where(*where, c.id > last)
-                                .order_by(c.id).limit(CHUNK)).all()
+                                .order_by(c.id).limit(CHUNK).with_for_update()).all()
             if not rows:
                 return
             last, seen = rows[-1].id, seen + len(rows)
@@ -137,7 +139,8 @@ def _prune_dossiers(ledger: Ledger, done: Pruned, at: datetime, dry_run: bool,
                 select(outbox.c.id, outbox.c.body)
                 .join(events, events.c.message_id == outbox.c.inbox_message_id)
                 .where(events.c.dossier_code.in_([r.code for r in rows]),
-                       outbox.c.type == "dossier.assigned")).all()
+                       outbox.c.type == "dossier.assigned")
+                .with_for_update(of=outbox)).all()
             done.bodies += _erase_bodies(conn, assigned, at, dry_run)
         progress(seen, int(total or 0))
 
@@ -157,7 +160,8 @@ def _prune_set_aside(ledger: Ledger, done: Pruned, at: datetime, dry_run: bool) 
                 return
             last = mids[-1]
             rows = conn.execute(select(outbox.c.id, outbox.c.body, outbox.c.headers)
-                                .where(outbox.c.inbox_message_id.in_(mids))).all()
+                                .where(outbox.c.inbox_message_id.in_(mids))
+                                .with_for_update()).all()
             copies = [r for r in rows if isinstance(r.headers, dict)
                       and REASON_HEADER in r.headers]
             done.bodies += _erase_bodies(conn, copies, at, dry_run)
@@ -167,7 +171,7 @@ def _prune_refusals(ledger: Ledger, done: Pruned, at: datetime, dry_run: bool) -
     c = refusals.c
     with ledger.write() as conn:
         rows = conn.execute(select(c.submission_id, c.submission).where(
-            *_window(c.refused_at, done.since, done.cutoff))).all()
+            *_window(c.refused_at, done.since, done.cutoff)).with_for_update()).all()
         done.refusals += _erase_submissions(conn, c.submission_id, rows, at, dry_run)
 
 

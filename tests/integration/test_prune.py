@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from pika.spec import BasicProperties
 from sqlalchemy import select
 
+import broker.ops.prune
 from broker.amqp import Delivery
 from broker.amqp_worker import REASON_HEADER
 from broker.cli import main
@@ -37,6 +39,7 @@ from broker.messages import (
     DossierReturned,
     DossierStatus,
     DossierSubmitted,
+    DossierWithdrawn,
     encode,
     kind_of,
 )
@@ -247,3 +250,45 @@ def test_a_ledger_that_stays_locked_stops_prune_with_one_line(
     assert captured.err == "error: ledger unavailable: OperationalError\n"
     assert captured.out == ""
     assert main(["ledger", "prune", "--keep-days", "30", "--db-url", url]) == 0  # let go
+
+
+def test_two_prunes_at_once_erase_each_row_once(
+        ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock("2026-09-01 09:00")
+    engine = Engine(load_catalog(MINI_CATALOG))
+    router = Router(lambda: engine, ledger, Topology("t"), clock=clock)
+    status = StatusRouter(lambda: engine, ledger, Topology("t"), clock=clock)
+    out = router.handle([intake_delivery(i, encode(dossier(desk_id="T.MC.A")), f"submit:{i}")
+                         for i in range(1, 4)])
+    status.handle([Delivery(10 + i, encode(w), BasicProperties(
+        content_type=CONTENT_TYPE, message_id=str(w.event_id), type=kind_of(w)), True,
+        "status") for i, w in enumerate(DossierWithdrawn(
+            event_id=uuid.uuid4(), dossier_code=json.loads(o.body)["dossier_code"],
+            desk_id="T.MC.A", sent_at=clock.now) for o in out if o.type == "desk.notice")])
+    assert ledger.count_by_state() == {7: 3}
+    now = FakeClock("2026-11-29 09:00").now
+
+    # the first run is held inside its first chunk's transaction, its stubs not committed
+    erase = broker.ops.prune._erase_submissions
+    inside, go = threading.Event(), threading.Event()
+
+    def held(*args: Any) -> int:
+        if threading.current_thread().name == "first":
+            inside.set()
+            assert go.wait(30)
+        return erase(*args)
+
+    monkeypatch.setattr(broker.ops.prune, "_erase_submissions", held)
+    runs: dict[str, Any] = {}
+    threads = [threading.Thread(name=name, target=lambda name=name: runs.__setitem__(
+        name, prune(ledger, 30, name, now=now))) for name in ("first", "second")]
+    threads[0].start()
+    assert inside.wait(30)
+    threads[1].start()
+    threads[1].join(1.0)
+    assert threads[1].is_alive(), f"the second run did not wait: {runs}"
+    go.set()
+    for t in threads:
+        t.join(30)
+    assert (runs["first"].dossiers, runs["first"].bodies) == (3, 3)
+    assert (runs["second"].dossiers, runs["second"].bodies) == (0, 0)
