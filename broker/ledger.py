@@ -760,8 +760,9 @@ class Ledger:
         as it was at the first one, whatever commits meanwhile: a report made of several
         queries (the audit) on a ledger routers are writing to would otherwise compare
         rows from different moments (a dossier committed between two queries, with its
-        assignment missing from the first)."""
-        with self.engine.connect() as conn:
+        assignment missing from the first). Database outages surface as TransientError,
+        as from a batch: a command says so in a line, a watch retries."""
+        with _outages_are_transient(), self.engine.connect() as conn:
             if snapshot:
                 if conn.dialect.name == "postgresql":
                     conn = conn.execution_options(isolation_level="REPEATABLE READ",
