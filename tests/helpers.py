@@ -15,7 +15,7 @@ from pika.spec import BasicProperties
 
 from broker.amqp import Delivery, amqp_url
 from broker.ledger import RawJSON
-from broker.messages import CONTENT_TYPE, DossierSubmitted, encode
+from broker.messages import CONTENT_TYPE, DossierSubmitted, encode, kind_of
 from broker.topology import INTAKE_KEY, STATUS_KEY, Topology
 
 
@@ -33,6 +33,13 @@ def dossier(procedure_code: str = "1.001193", desk_id: str = "T.MC.B",
     }
     data.update(extra)
     return DossierSubmitted.model_validate(data)
+
+
+def status_delivery(tag: int, message: Any) -> Delivery:
+    """An update or desk event from the status queue as the status router's handler gets
+    it, under the message id ``m<tag>``."""
+    return Delivery(tag, encode(message), BasicProperties(
+        content_type=CONTENT_TYPE, message_id=f"m{tag}", type=kind_of(message)), True, "status")
 
 
 def intake_delivery(tag: int, body: bytes, message_id: str, **headers: object) -> Delivery:

@@ -14,11 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pika.spec import BasicProperties
 from sqlalchemy import select
 
 import broker.ops.prune
-from broker.amqp import Delivery
 from broker.amqp_worker import REASON_HEADER
 from broker.cli import main
 from broker.consumers.deadlines import DeadlineWatch
@@ -35,13 +33,11 @@ from broker.ledger import (
     refusals,
 )
 from broker.messages import (
-    CONTENT_TYPE,
     DossierReturned,
     DossierStatus,
     DossierSubmitted,
     DossierWithdrawn,
     encode,
-    kind_of,
 )
 from broker.ops.audit import audit
 from broker.ops.prune import prune
@@ -51,7 +47,7 @@ from broker.tables import is_pruned, watch_outbox
 from broker.topology import Topology
 from monitoring.metrics import Metrics
 from tests.conftest import MINI_CATALOG
-from tests.helpers import dossier, intake_delivery
+from tests.helpers import dossier, intake_delivery, status_delivery
 from tests.integration.conftest import FakeClock
 
 pytestmark = pytest.mark.integration
@@ -96,16 +92,12 @@ def test_prune_erases_what_closed_before_the_cutoff_and_keeps_the_rest_working(
         return out
 
     def close(name: str) -> None:
-        status.handle([Delivery(next(n), encode(DossierStatus(
+        status.handle([status_delivery(next(n), DossierStatus(
             update_id=uuid.uuid4(), dossier_code=codes[name], agency_id="T.UBND.A",
-            status="resolved", sent_at=clock.now)), BasicProperties(
-                content_type=CONTENT_TYPE, message_id=f"m{next(n)}",
-                type="dossier.status"), True, "status")])
-        returned = DossierReturned(event_id=uuid.uuid4(), dossier_code=codes[name],
-                                   desk_id="T.MC.A", returned_at=clock.now)
-        status.handle([Delivery(next(n), encode(returned), BasicProperties(
-            content_type=CONTENT_TYPE, message_id=f"m{next(n)}", type=kind_of(returned)),
-            True, "status")])
+            status="resolved", sent_at=clock.now))])
+        status.handle([status_delivery(next(n), DossierReturned(
+            event_id=uuid.uuid4(), dossier_code=codes[name], desk_id="T.MC.A",
+            returned_at=clock.now))])
 
     first_out = submit("old")
     close("old")
@@ -260,11 +252,10 @@ def test_two_prunes_at_once_erase_each_row_once(
     status = StatusRouter(lambda: engine, ledger, Topology("t"), clock=clock)
     out = router.handle([intake_delivery(i, encode(dossier(desk_id="T.MC.A")), f"submit:{i}")
                          for i in range(1, 4)])
-    status.handle([Delivery(10 + i, encode(w), BasicProperties(
-        content_type=CONTENT_TYPE, message_id=str(w.event_id), type=kind_of(w)), True,
-        "status") for i, w in enumerate(DossierWithdrawn(
-            event_id=uuid.uuid4(), dossier_code=json.loads(o.body)["dossier_code"],
-            desk_id="T.MC.A", sent_at=clock.now) for o in out if o.type == "desk.notice")])
+    status.handle([status_delivery(10 + i, DossierWithdrawn(
+        event_id=uuid.uuid4(), dossier_code=json.loads(o.body)["dossier_code"],
+        desk_id="T.MC.A", sent_at=clock.now))
+        for i, o in enumerate(o for o in out if o.type == "desk.notice")])
     assert ledger.count_by_state() == {7: 3}
     now = FakeClock("2026-11-29 09:00").now
 

@@ -12,37 +12,27 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from pika.spec import BasicProperties
 
-from broker.amqp import Delivery
 from broker.cli import main
 from broker.consumers.router import Router
 from broker.consumers.status import StatusRouter
 from broker.ledger import Ledger, RawJSON
 from broker.messages import (
-    CONTENT_TYPE,
     DossierReturned,
     DossierStatus,
     DossierSubmitted,
     DossierWithdrawn,
     encode,
-    kind_of,
 )
 from broker.ops.report import format_report, report, write_csv
 from broker.rules.catalog import load_catalog
 from broker.rules.engine import Engine
 from broker.topology import Topology
 from tests.conftest import MINI_CATALOG
-from tests.helpers import dossier, intake_delivery
+from tests.helpers import dossier, intake_delivery, status_delivery
 from tests.integration.conftest import FakeClock, vn
 
 pytestmark = pytest.mark.integration
-
-
-def _status_delivery(n: int, message: DossierStatus | DossierReturned | DossierWithdrawn
-                     ) -> Delivery:
-    return Delivery(n, encode(message), BasicProperties(
-        content_type=CONTENT_TYPE, message_id=f"m{n}", type=kind_of(message)), True, "status")
 
 
 def test_the_report_counts_each_dossier_received_in_the_period_once_by_its_outcome(
@@ -59,7 +49,7 @@ def test_the_report_counts_each_dossier_received_in_the_period_once_by_its_outco
         codes[name] = json.loads(out[-1].body)["dossier_code"]
 
     def agency(name: str, what: str) -> None:
-        status.handle([_status_delivery(next(n), DossierStatus(
+        status.handle([status_delivery(next(n), DossierStatus(
             update_id=uuid.uuid4(), dossier_code=codes[name], agency_id="T.UBND.A",
             status=what, sent_at=clock.now))])
 
@@ -73,12 +63,12 @@ def test_the_report_counts_each_dossier_received_in_the_period_once_by_its_outco
     agency("paused", "supplement_requested")      # paused before its due time
     agency("rejected", "rejected")
     agency("overdue", "accepted")
-    status.handle([_status_delivery(next(n), DossierWithdrawn(
+    status.handle([status_delivery(next(n), DossierWithdrawn(
         event_id=uuid.uuid4(), dossier_code=codes["withdrawn"], desk_id="T.MC.A",
         sent_at=clock.now))])
     clock.set("2026-11-26 16:30")
     agency("on_time", "resolved")
-    status.handle([_status_delivery(next(n), DossierReturned(
+    status.handle([status_delivery(next(n), DossierReturned(
         event_id=uuid.uuid4(), dossier_code=codes["on_time"], desk_id="T.MC.B",
         returned_at=clock.now, satisfaction=2))])  # resolved in time, the citizen unhappy
     clock.set("2026-11-27 07:30")                 # the next morning: a day late
@@ -178,7 +168,7 @@ def test_with_by_agency_each_agency_gets_the_steps_it_handled_judged_by_the_step
 
     def done(name: str, agency: str, at: str) -> None:
         clock.set(at)
-        status.handle([_status_delivery(next(n), DossierStatus(
+        status.handle([status_delivery(next(n), DossierStatus(
             update_id=uuid.uuid4(), dossier_code=codes[name], agency_id=agency,
             status="resolved", sent_at=clock.now))])
 
