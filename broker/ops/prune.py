@@ -186,7 +186,7 @@ def prune(ledger: Ledger, keep_days: int, by: str, *, now: datetime | None = Non
         since = conn.execute(select(func.max(prunes.c.cutoff))).scalar()
     done = Pruned(cutoff=at - timedelta(days=keep_days), since=since)
     if since is not None and since >= done.cutoff:
-        return done  # a run with a longer retention, or a later clock, went further
+        return done  # a run with a shorter retention, or a later clock, went further
     _prune_dossiers(ledger, done, at, dry_run, Progress("prune: {done} of {total} closed "
                                                         "dossiers read"))
     _prune_set_aside(ledger, done, at, dry_run)
