@@ -234,11 +234,20 @@ class DeskClient(BrokerClient):
                                     desk_id=self.desk_id, documents=documents, sent_at=utc_now())
         return self._event(event, event.event_id)
 
-    def withdrawn(self, dossier_code: str, reason: str | None = None, *,
+    def withdrawn(self, dossier_code: str | None = None, reason: str | None = None, *,
+                  submission_id: UUID | str | None = None,
                   event_id: UUID | None = None) -> str:
-        """Report that the citizen withdrew the dossier."""
-        event = DossierWithdrawn(event_id=event_id or new_id(), dossier_code=dossier_code,
-                                 desk_id=self.desk_id, reason=reason, sent_at=utc_now())
+        """Report that the citizen withdrew the dossier: by its code, or, for one this
+        desk was told is ``held`` (no code), by the ``submission_id`` it sent it under.
+        Exactly one of the two (``ValueError`` otherwise). The answer comes to this
+        desk's inbox: a ``withdrawn`` notice, or ``update_refused`` and why."""
+        if (dossier_code is None) == (submission_id is None):
+            raise ValueError("withdrawn() takes a dossier_code or, for a dossier held "
+                             "without one, a submission_id: exactly one of the two")
+        event = DossierWithdrawn(
+            event_id=event_id or new_id(), dossier_code=dossier_code,
+            submission_id=UUID(str(submission_id)) if submission_id is not None else None,
+            desk_id=self.desk_id, reason=reason, sent_at=utc_now())
         return self._event(event, event.event_id)
 
     def _event(self, event: Message, event_id: UUID) -> str:

@@ -514,7 +514,9 @@ def _unopened_submission(ledger: Ledger, submission: str, args: argparse.Namespa
             print(f"  {_local(d['processed_at'], tz)}  {d['outcome']:<30} "
                   f"message {d['message_id']}")
         if refusal:
-            print(f"  {_local(refusal['refused_at'], tz)}  refused at intake (3) by "
+            how = ("withdrawn at intake (7) by the desk" if refusal["state"] == 7
+                   else "refused at intake (3) by")
+            print(f"  {_local(refusal['refused_at'], tz)}  {how} "
                   f"{refusal['refused_by']}: desk {refusal['desk_id']} told as "
                   f"{refusal['notice_id']}\n    reason: {refusal['reason']}")
         else:

@@ -40,6 +40,7 @@ from sqlalchemy import (
     event,
     func,
     inspect,
+    literal,
     make_url,
     or_,
     select,
@@ -62,6 +63,7 @@ from broker.tables import (
     code_sequences,
     dossiers,
     events,
+    held,
     inbox,
     is_pruned,
     metadata,
@@ -73,7 +75,7 @@ from broker.tables import (
 
 #: the tables are defined in broker.tables; callers may take them from here
 __all__ = ["DEFAULT_DB_URL", "Batch", "Checkpoints", "ConcurrentUpdate", "Ledger", "Prior",
-           "RawJSON", "SubmissionOpened", "code_sequences", "dossiers", "events", "inbox",
+           "RawJSON", "SubmissionOpened", "code_sequences", "dossiers", "events", "held", "inbox",
            "is_transient", "metadata", "outbox", "prunes", "refusal_notice", "refusals",
            "watch_outbox"]
 
@@ -261,6 +263,7 @@ class Batch:
         self._outbox: list[dict[str, Any]] = []
         self._events: list[dict[str, Any]] = []
         self._dossiers: list[dict[str, Any]] = []
+        self._held: list[dict[str, Any]] = []
         #: message id → fingerprint of the delivery being processed under it, noted by the
         #: screen and written with its inbox row by :meth:`record`
         self.fingerprints: dict[str, bytes] = {}
@@ -339,19 +342,22 @@ class Batch:
         ids = list(set(submission_ids))
         if not ids:
             return {}
-        self._enter_submission_gate()
+        self.enter_submission_gate()
         # one statement: the refusals' probe of an index (of a few rows) costs nothing
         # beside a round trip of its own per batch
         return dict(self._rows_in(
             f"SELECT submission_id, code FROM dossiers WHERE submission_id {_IN} UNION ALL "
             f"SELECT submission_id, NULL FROM refusals WHERE submission_id {_IN}", ids))
 
-    def _enter_submission_gate(self) -> None:
-        """Hold :data:`SUBMISSION_GATE` shared until this batch commits; on SQLite, take
-        the write lock now (pysqlite begins a transaction only at the first write, so the
-        reads before it would see the ledger as it was before a refusal committed)."""
+    def enter_submission_gate(self, *, alone: bool = False) -> None:
+        """Hold :data:`SUBMISSION_GATE` until this batch commits: shared (the router,
+        about to open dossiers), or ``alone`` (closing a held submission at intake); on
+        SQLite, take the write lock now (pysqlite begins a transaction only at the first
+        write, so the reads before it would see the ledger as it was before a refusal
+        committed)."""
         if self.conn.dialect.name == "postgresql":
-            self._fetch("SELECT pg_advisory_xact_lock_shared(%s)", (SUBMISSION_GATE,))
+            how = "" if alone else "_shared"
+            self._fetch(f"SELECT pg_advisory_xact_lock{how}(%s)", (SUBMISSION_GATE,))
             return
         driver = self.conn.connection.driver_connection
         assert driver is not None
@@ -403,6 +409,55 @@ class Batch:
                 if (sid := _kept_submission(r.body)) is not None
                 and (r.message_id, sid) in wanted}
 
+    def opened(self, submission_ids: Iterable[str]) -> dict[str, str]:
+        """submission id → the code of the dossier it opened, for those that opened one."""
+        wanted = list(set(submission_ids))
+        if not wanted:
+            return {}
+        rows = self.conn.execute(select(dossiers.c.submission_id, dossiers.c.code)
+                                 .where(dossiers.c.submission_id.in_(wanted)))
+        return {r.submission_id: r.code for r in rows}
+
+    def closed_at_intake(self, submission_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """submission id → its ``refusals`` row (without the submission), for those closed
+        at intake: refused by an operator or withdrawn while held."""
+        wanted = list(set(submission_ids))
+        if not wanted:
+            return {}
+        c = refusals.c
+        rows = self.conn.execute(select(c.submission_id, c.message_id, c.desk_id,
+                                        c.procedure_code, c.state, c.notice_id)
+                                 .where(c.submission_id.in_(wanted)))
+        return {r.submission_id: dict(r._mapping) for r in rows}
+
+    def held_copies(self, submission_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+        """submission id → its deliveries held in triage (:data:`held`), latest first:
+        ``message_id`` (the inbox id), ``desk_id``, ``procedure_code``, ``held_at``,
+        ``copy_id`` (what its copy waits under in triage) and ``submission`` (the copy's
+        body as the ledger keeps it: the dossier, or the stub `ledger prune` left)."""
+        wanted = list(set(submission_ids))
+        if not wanted:
+            return {}
+        found: dict[str, list[dict[str, Any]]] = {}
+        rows = self.conn.execute(
+            select(held, outbox.c.message_id.label("copy_id"), outbox.c.body)
+            .join(outbox, outbox.c.inbox_message_id == held.c.message_id)
+            .where(held.c.submission_id.in_(wanted))
+            .order_by(held.c.held_at.desc(), outbox.c.id))
+        for r in rows:
+            # the delivery's outbox rows are its triage copy and its desk's held notice
+            if _kept_submission(r.body) != r.submission_id:
+                continue
+            row = dict(r._mapping)
+            row["submission"] = json.loads(bytes(row.pop("body")))
+            found.setdefault(r.submission_id, []).append(row)
+        return found
+
+    def close_at_intake(self, row: dict[str, Any]) -> None:
+        """Record a held submission closed at intake (a ``refusals`` row) now, so that a
+        later delivery of the same batch finds it."""
+        self.conn.execute(refusals.insert().values(row))
+
     def allocate_codes(self, counts: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
         """Reserve ``n`` numbers per (agency, YYMMDD); return the first of each block.
 
@@ -435,6 +490,10 @@ class Batch:
 
     def add_dossier(self, row: dict[str, Any]) -> None:
         self._dossiers.append(row)
+
+    def add_held(self, row: dict[str, Any]) -> None:
+        """A delivery held in triage (a :data:`held` row), written with the batch."""
+        self._held.append(row)
 
     def update_dossier(self, code: str, expected_seq: int, values: dict[str, Any]) -> None:
         """Write a dossier's new state; fail the batch if another writer got there first."""
@@ -533,7 +592,8 @@ class Batch:
         """
         dialect = self.conn.dialect.name
         for table, rows in ((dossiers, self._dossiers), (events, self._events),
-                            (inbox, self._inbox), (outbox, self._outbox)):
+                            (inbox, self._inbox), (outbox, self._outbox),
+                            (held, self._held)):
             # consecutive rows with the same keys go in one statement, in the order added
             # (ids follow it: outbox rows are re-published in id order)
             for keys, run in itertools.groupby(rows, key=tuple):
@@ -638,9 +698,15 @@ class Ledger:
                                f"{said.splitlines()[0] if said else e}") from e
 
     def create_schema(self) -> None:
-        """Create missing tables (idempotent), then check the ones that were there."""
-        with self._reached():
-            metadata.create_all(self.engine)
+        """Create missing tables (idempotent), then check the ones that were there. A
+        ``held`` table made for a ledger that has dossiers is filled from its triage
+        copies (:func:`_fill_held`)."""
+        with self._reached(), self.engine.begin() as conn:
+            found = inspect(conn)
+            fill = found.has_table(dossiers.name) and not found.has_table(held.name)
+            metadata.create_all(conn)
+            if fill:
+                _fill_held(conn)
         self.check_schema()
 
     def _require_existing(self) -> None:
@@ -674,11 +740,7 @@ class Ledger:
             impossible: list[str] = []
             for table in metadata.sorted_tables:
                 if not found.has_table(table.name):
-                    steps.append((str(CreateTable(table).compile(dialect=dialect)).strip(),
-                                  functools.partial(table.create, checkfirst=True)))
-                    steps += [(str(CreateIndex(ix).compile(dialect=dialect)),
-                               functools.partial(ix.create, checkfirst=True))
-                              for ix in sorted(table.indexes, key=lambda i: str(i.name))]
+                    steps += _creation(table, dialect, found.has_table(dossiers.name))
                     continue
                 have = {c["name"] for c in found.get_columns(table.name)}
                 for column in table.columns:
@@ -893,14 +955,21 @@ class Ledger:
             return row, True
 
     def refusal(self, submission_id: str) -> dict[str, Any] | None:
-        """An operator's refusal of a submission (without the submission and the notice's
-        body), or None (also from a ledger made before refusals, not yet upgraded)."""
+        """How a submission that opened no dossier was closed at intake (refused by an
+        operator, or withdrawn by its desk while held), without the submission and the
+        notice's body; or None (also from a ledger made before refusals, not yet
+        upgraded)."""
         c = refusals.c
         with self.read() as conn:
-            if not inspect(conn).has_table(refusals.name):
+            found = inspect(conn)
+            if not found.has_table(refusals.name):
                 return None
+            # state: added later (`ledger upgrade`); before it, every row was a refusal
+            state = (c.state if any(col["name"] == "state" for col in
+                                    found.get_columns(refusals.name))
+                     else literal(int(State.REFUSED)).label("state"))
             row = conn.execute(select(c.submission_id, c.message_id, c.desk_id,
-                                      c.procedure_code, c.reason, c.refused_by,
+                                      c.procedure_code, state, c.reason, c.refused_by,
                                       c.refused_at, c.notice_id)
                                .where(c.submission_id == submission_id)).first()
             return dict(row._mapping) if row else None
@@ -1032,6 +1101,55 @@ class Ledger:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _creation(table: Table, dialect: Any, has_rows: bool
+              ) -> list[tuple[str, Callable[[Connection], Any]]]:
+    """`ledger upgrade`'s steps for a missing table: create it and its indexes (and fill
+    ``held`` for a ledger that has rows to fill it from)."""
+    steps: list[tuple[str, Callable[[Connection], Any]]] = [
+        (str(CreateTable(table).compile(dialect=dialect)).strip(),
+         functools.partial(table.create, checkfirst=True))]
+    steps += [(str(CreateIndex(ix).compile(dialect=dialect)),
+               functools.partial(ix.create, checkfirst=True))
+              for ix in sorted(table.indexes, key=lambda i: str(i.name))]
+    if table is held and has_rows:
+        steps.append((FILL_HELD, _fill_held))
+    return steps
+
+
+#: what `ledger upgrade` says it does after making the ``held`` table
+FILL_HELD = "-- fill held from the triage copies kept in outbox"
+
+
+def _fill_held(conn: Connection) -> None:
+    """Fill a ``held`` table just made for a ledger made before it: a row for each
+    triaged delivery whose copy the outbox keeps whole, so that a dossier held before
+    the upgrade can be withdrawn by its submission id too. A copy `ledger prune` erased
+    names no desk to check a withdrawal's sender against, and is left out (read a chunk
+    at a time; kept in memory as a few ids per delivery)."""
+    rows: list[dict[str, Any]] = []
+    # yield_per on the statement: on the connection it would stay for the inserts, and
+    # psycopg's server-side cursors take no executemany
+    found = conn.execute(
+        select(inbox.c.message_id, inbox.c.processed_at, outbox.c.body)
+        .join(outbox, outbox.c.inbox_message_id == inbox.c.message_id)
+        .where(inbox.c.outcome.like("triaged:%")).execution_options(yield_per=500))
+    for r in found:
+        try:
+            kept = json.loads(bytes(r.body))
+        except ValueError:
+            continue
+        if not isinstance(kept, dict) or not str(kept.get("schema")).startswith(
+                "casebroker.dossier.submitted/"):
+            continue  # the desk's held notice, or a stub
+        values = (kept.get("submission_id"), kept.get("desk_id"), kept.get("procedure_code"))
+        if all(isinstance(v, str) for v in values):
+            rows.append({"submission_id": values[0], "message_id": r.message_id,
+                         "desk_id": values[1], "procedure_code": values[2],
+                         "held_at": r.processed_at})
+    for i in range(0, len(rows), 500):
+        conn.execute(held.insert(), rows[i:i + 500])
 
 
 def _execute_ddl(ddl: str, conn: Connection) -> None:

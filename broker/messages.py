@@ -200,7 +200,9 @@ class DossierSupplemented(_Model):
 
 
 class DossierWithdrawn(_Model):
-    """desk → broker: the citizen withdrew the dossier."""
+    """desk → broker: the citizen withdrew the dossier: named by its code, or, held and
+    never received (a ``held`` notice, no code), by the submission id its intake desk
+    sent it under."""
 
     retry_stamped: ClassVar[frozenset[str]] = frozenset({"sent_at"})
 
@@ -208,10 +210,24 @@ class DossierWithdrawn(_Model):
         "casebroker.dossier.withdrawn/v1", alias="schema"
     )
     event_id: UUID
-    dossier_code: str
+    dossier_code: str | None = Field(None, description=(
+        "the dossier withdrawn; or leave it out and give submission_id: exactly one of "
+        "the two"))
+    submission_id: UUID | None = Field(None, description=(
+        "for a dossier its intake desk has no code for (held: triaged, waiting for an "
+        "operator): the submission id it was sent under. Only the intake desk may "
+        "withdraw by it; a submission that has opened a dossier since is that dossier "
+        "withdrawn"))
     desk_id: PartyId
     reason: Annotated[str, Field(max_length=2000)] | None = None
     sent_at: AwareDatetime
+
+    @model_validator(mode="after")
+    def _code_or_submission(self) -> DossierWithdrawn:
+        if (self.dossier_code is None) == (self.submission_id is None):
+            raise ValueError("a withdrawal names its dossier by dossier_code, or one held "
+                             "without a code by submission_id: exactly one of the two")
+        return self
 
 
 class NoticeKind(StrEnum):
@@ -236,19 +252,28 @@ class NoticeKind(StrEnum):
     CLOSED = "closed"
 
 
+#: notices that may be about a submission that opened no dossier (no dossier code): held,
+#: refused at intake from triage by an operator, withdrawn while held, and a withdrawal
+#: of such a submission refused
+UNOPENED_NOTICES = frozenset({NoticeKind.HELD, NoticeKind.REFUSED, NoticeKind.WITHDRAWN,
+                              NoticeKind.UPDATE_REFUSED})
+
+
 class DeskNotice(_Model):
     """broker → desk: receipt, status change, supplement request, result ready, apology;
-    or a dossier held, not received (``held``: no dossier code), or refused at intake
-    from triage by an operator (``refused`` without a dossier code)."""
+    or, about a submission that opened no dossier (no dossier code), held (``held``),
+    refused at intake from triage by an operator (``refused``), withdrawn by its desk
+    while held (``withdrawn``), or such a withdrawal refused (``update_refused``)."""
 
     schema_: Literal["casebroker.desk.notice/v1"] = Field(
         "casebroker.desk.notice/v1", alias="schema"
     )
     notice: NoticeKind
     dossier_code: str | None = Field(None, description=(
-        "the dossier's code; in every notice but a held one and a refusal of a dossier "
-        "no rule could route (refused from triage by an operator), which have none: no "
-        "dossier was opened, the submission id says which dossier it is"))
+        "the dossier's code; in every notice but those about a submission that opened "
+        "no dossier, which have none and the submission id says which dossier it is: "
+        "held, refused from triage by an operator (no rule could route it), withdrawn "
+        "by its desk while held, or such a withdrawal refused (update_refused)"))
     submission_id: UUID
     desk_id: PartyId
     procedure_code: ProcedureCode
@@ -267,9 +292,10 @@ class DeskNotice(_Model):
         if self.notice == NoticeKind.HELD:
             if self.dossier_code is not None:
                 raise ValueError("a held notice has no dossier_code: no dossier was opened")
-        elif self.dossier_code is None and self.notice != NoticeKind.REFUSED:
-            raise ValueError("dossier_code is required, except in a held notice and in a "
-                             "refusal of a dossier that opened none")
+        elif self.dossier_code is None and self.notice not in UNOPENED_NOTICES:
+            raise ValueError("dossier_code is required, except in a notice about a "
+                             "submission that opened no dossier (held, refused, withdrawn, "
+                             "update_refused)")
         return self
 
 

@@ -169,26 +169,45 @@ watch_outbox = Table(
     Column("confirmed_at", UTCDateTime, index=True),
 )
 
-#: submissions refused at intake (state 3) by an operator, from triage: valid dossiers no
-#: rule routes and none will (a procedure the province does not handle), which opened no
-#: dossier and get none: nothing was received, so there is no code to give. The router
-#: answers a copy sent again with the same refusal (``notice``, under ``notice_id``), as it
-#: answers a dossier's copy with its first receipt
+#: submissions closed at intake while held in triage, which opened no dossier and get none
+#: (nothing was received, so there is no code to give): refused (state 3) by an operator,
+#: valid dossiers no rule routes and none will (a procedure the province does not handle);
+#: or withdrawn (state 7) by the citizen through the intake desk (a ``dossier.withdrawn``
+#: by submission id). The router answers a copy sent again with the same notice
+#: (``notice``, under ``notice_id``), as it answers a dossier's copy with its first receipt
 refusals = Table(
     "refusals", metadata,
     Column("submission_id", String(36), primary_key=True),
-    #: the triaged delivery that was refused (its copy waited in triage under this id)
+    #: the triaged delivery that was closed (its copy waited in triage under this id)
     Column("message_id", String(MESSAGE_ID_MAX), nullable=False),
+    #: the intake desk, which was told
     Column("desk_id", String(64), nullable=False),
     Column("procedure_code", String(16), nullable=False),
+    #: 3 refused by an operator, 7 withdrawn by the desk (rows made before this column: 3)
+    Column("state", Integer, nullable=False, server_default="3"),
     Column("reason", Text, nullable=False),
-    #: who refused it: the operator's name as given to ``dead-letters refuse``
+    #: who closed it: the operator's name as given to ``dead-letters refuse``, or the desk
     Column("refused_by", String(64), nullable=False),
     Column("refused_at", UTCDateTime, nullable=False),
     #: the submission as the desk sent it, to tell a copy sent again from another dossier
     Column("submission", JSON, nullable=False),
     Column("notice_id", String(MESSAGE_ID_MAX), nullable=False),
     Column("notice", LargeBinary, nullable=False),
+)
+
+#: each valid dossier the router held in triage (no rule routed it): no dossier was opened,
+#: and the desk was told ``held``, with the submission id and no code. A withdrawal by that
+#: submission id finds it here (its intake desk, and the triage copy kept in ``outbox``
+#: under ``message_id``'s inbox row); no personal data. A submission triaged more than
+#: once (replayed, or corrected and sent again) has a row per delivery
+held = Table(
+    "held", metadata,
+    Column("submission_id", String(36), primary_key=True),
+    #: the inbox id of the triaged delivery (its outbox rows hold the triage copy)
+    Column("message_id", String(MESSAGE_ID_MAX), primary_key=True),
+    Column("desk_id", String(64), nullable=False),
+    Column("procedure_code", String(16), nullable=False),
+    Column("held_at", UTCDateTime, nullable=False),
 )
 
 #: each completed `casebroker ledger prune`: personal data erased from what closed before
@@ -210,6 +229,11 @@ prunes = Table(
 #: :func:`pruned_stub`); no message of the contract has it (each starts with "schema")
 PRUNED_KEY = "pruned_at"
 _PRUNED_PREFIX = b'{"' + PRUNED_KEY.encode() + b'":'
+
+
+#: in the stub of a submission's message body (a dead letter's, a triage copy's): the
+#: digest of its values as the router compares them, beside ``sha256``, its bytes'
+VALUES_DIGEST = "values_sha256"
 
 
 def pruned_stub(at: datetime, sha256: str | None, **kept: str) -> dict[str, Any]:

@@ -115,6 +115,10 @@ class Router(Consumer):
                                self.screen.trusted),
                         *self._held(engine, mid, msg, f"{e.reason}: {e.detail}", now)]
                 batch.record(mid, self.source, f"triaged:{e.reason}", None, sent, now)
+                # for a withdrawal by its submission id while it waits (status router)
+                batch.add_held({"submission_id": sid, "message_id": mid,
+                                "desk_id": msg.desk_id, "procedure_code": msg.procedure_code,
+                                "held_at": now})
                 out += sent
                 self._count("triaged", e.reason)
                 continue  # no dossier: a later copy, corrected or not, is decided afresh
@@ -198,7 +202,8 @@ class Router(Consumer):
             if differs:
                 # the desk is told it was not received, never which dossier has the id
                 held = self._held(engine, mid, msg, _REUSED_FOR_DESK, now)
-                used_by = f"dossier {code}" if code else "a submission refused at intake"
+                used_by = (f"dossier {code}" if code else "a submission closed at intake "
+                           "(refused by an operator or withdrawn while held)")
                 out.append(self.screen.dead(
                     batch, mid, delivery, "submission_id_reused",
                     f"submission id already used by {used_by}; this one differs in: "

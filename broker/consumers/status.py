@@ -14,6 +14,12 @@ one applied from that agency is refused as stale: competing status routers or a
 redelivery may hand them over in another order than they were sent. A supplement
 moves the due dates by the working time the dossier was paused; a result later than
 its due date, not yet apologized for by the deadline watch, brings the desk an apology.
+
+A withdrawal may name its dossier by submission id instead of code: a dossier held in
+triage (its desk was told ``held``, with no code) is withdrawn at intake (state 7, a
+``refusals`` row, like an operator's refusal), so that a later copy or replay of it is
+answered with the withdrawal and opens nothing; one that has opened a dossier since is
+that dossier withdrawn. See :meth:`StatusRouter._by_submission`.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from broker.messages import (
     NoticeKind,
 )
 from broker.rules.engine import Engine, StepPlan
+from broker.tables import PRUNED_KEY, VALUES_DIGEST, is_pruned, pruned_stub
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +131,11 @@ class StatusRouter(Consumer):
         refused, when it has a part in the dossier. A stranger is not answered (see
         :func:`_stranger`), nor is anyone about a code the ledger does not have. Rare (a
         sender's bug), so the dossier is read for it alone."""
-        row = batch.load_dossiers([message.dossier_code]).get(message.dossier_code)
+        code = message.dossier_code
+        if code is None:  # a withdrawal by submission id: of the dossier it opened, if any
+            sid = str(message.submission_id)
+            code = batch.opened([sid]).get(sid)
+        row = batch.load_dossiers([code]).get(code) if code is not None else None
         if row is None:
             return []
         dossier = _Dossier(row, row["seq"])
@@ -143,10 +154,16 @@ class StatusRouter(Consumer):
             screened = self.screen(batch, deliveries, now)
             out += screened.out
             decoded: list[tuple[str, Delivery, Update]] = screened.fresh  # type: ignore[assignment]
-            loaded = batch.load_dossiers(m.dossier_code for _, _, m in decoded)
+            by_sid = [(mid, d, m) for mid, d, m in decoded
+                      if isinstance(m, DossierWithdrawn) and m.dossier_code is None]
+            if by_sid:
+                opened, unopened = self._by_submission(batch, by_sid)
+                decoded = [x for x in decoded if x[2].dossier_code is not None] + opened
+                out += self._withdraw_unopened(batch, unopened, now)
+            loaded = batch.load_dossiers(str(m.dossier_code) for _, _, m in decoded)
             dossiers = {code: _Dossier(row, row["seq"]) for code, row in loaded.items()}
             for mid, d, msg in decoded:
-                dossier = dossiers.get(msg.dossier_code)
+                dossier = dossiers.get(str(msg.dossier_code))
                 if dossier is None:
                     out.append(self.screen.dead(batch, mid, d, "unknown_dossier",
                                                 "no dossier with this code", now))
@@ -161,6 +178,89 @@ class StatusRouter(Consumer):
             for code, dossier in dossiers.items():
                 if dossier.changes:
                     batch.update_dossier(code, dossier.loaded_seq, dossier.changes)
+        return out
+
+    @staticmethod
+    def _by_submission(batch: Batch, withdrawals: list[tuple[str, Delivery, DossierWithdrawn]]
+                       ) -> tuple[list[tuple[str, Delivery, Update]],
+                                  list[tuple[str, Delivery, DossierWithdrawn]]]:
+        """Withdrawals by submission id: (those of a submission that opened a dossier, as
+        withdrawals of that dossier's code; those of one that opened none).
+
+        The batch holds :data:`~broker.ledger.SUBMISSION_GATE` alone from here to its
+        commit, as an operator's refusal does: a router opening a dossier for the same
+        submission (a replay from triage) at the same moment either committed it before
+        (the dossier is withdrawn) or waits and then finds the withdrawal (it answers
+        the copy with it and opens nothing). Rare, so the lock costs the router nothing
+        to speak of."""
+        batch.enter_submission_gate(alone=True)
+        codes = batch.opened(str(m.submission_id) for _, _, m in withdrawals)
+        opened: list[tuple[str, Delivery, Update]] = []
+        unopened: list[tuple[str, Delivery, DossierWithdrawn]] = []
+        for mid, d, msg in withdrawals:
+            code = codes.get(str(msg.submission_id))
+            if code is None:
+                unopened.append((mid, d, msg))
+            else:
+                opened.append((mid, d, msg.model_copy(update={"dossier_code": code})))
+        return opened, unopened
+
+    def _withdraw_unopened(self, batch: Batch,
+                           withdrawals: list[tuple[str, Delivery, DossierWithdrawn]],
+                           now: datetime) -> list[Outbound]:
+        """Withdraw submissions held in triage (no dossier): each gets a ``refusals`` row
+        in state 7 and its intake desk a ``withdrawn`` notice without a code; the copy
+        waiting in triage is answered with that notice when replayed, or refused
+        (``dead-letters refuse`` finds it closed and sends the notice again). Only the
+        intake desk may withdraw by submission id (the id is its own key; another desk
+        has no part in a dossier never received: dead-lettered as ``not_a_party``, not
+        answered). A submission closed already is answered ``update_refused``; one the
+        ledger never held (not yet routed, or never sent) is dead-lettered as
+        ``unknown_dossier``, to be replayed once its ``held`` notice has come."""
+        out: list[Outbound] = []
+        sids = [str(m.submission_id) for _, _, m in withdrawals]
+        closed = batch.closed_at_intake(sids)
+        copies = batch.held_copies(sids)
+        for mid, d, msg in withdrawals:
+            sid = str(msg.submission_id)
+            intake_desks = ({closed[sid]["desk_id"]} if sid in closed
+                            else {h["desk_id"] for h in copies.get(sid, [])})
+            if not intake_desks:
+                out.append(self.screen.dead(
+                    batch, mid, d, "unknown_dossier", "no dossier, and no submission held "
+                    "in triage, under this submission id", now))
+                continue
+            if msg.desk_id not in intake_desks:
+                out.append(self.screen.dead(
+                    batch, mid, d, "not_a_party", f"desk {msg.desk_id} is not the intake "
+                    "desk of the submission held under this id", now))
+                continue
+            if sid in closed:
+                row = closed[sid]
+                state = State(row["state"])
+                notice = _unopened_notice(
+                    self, NoticeKind.UPDATE_REFUSED, msg, row["procedure_code"], state,
+                    f"withdraw is not allowed: the submission is {state.name.lower()} at "
+                    "intake (no dossier was opened)", now,
+                    kept_id(f"{sid}:update_refused:{msg.event_id}"))
+                batch.record(mid, self.source, "refused_update", None, [notice], now)
+                self._count("refused_update", "")
+                out.append(notice)
+                continue
+            copy = next(h for h in copies[sid] if h["desk_id"] == msg.desk_id)  # latest
+            notice = _unopened_notice(self, NoticeKind.WITHDRAWN, msg, copy["procedure_code"],
+                                      State.WITHDRAWN, msg.reason, now,
+                                      kept_id(f"{copy['copy_id']}:withdrawn"))
+            closed[sid] = row = {
+                "submission_id": sid, "message_id": copy["copy_id"], "desk_id": msg.desk_id,
+                "procedure_code": copy["procedure_code"], "state": int(State.WITHDRAWN),
+                "reason": msg.reason or "withdrawn by the citizen", "refused_by": msg.desk_id,
+                "refused_at": now, "submission": _as_kept(copy["submission"], sid),
+                "notice_id": notice.message_id, "notice": notice.body}
+            batch.close_at_intake(row)
+            batch.record(mid, self.source, "applied", None, [notice], now)
+            self._count("applied", "")
+            out.append(notice)
         return out
 
     def _apply(self, engine: Engine, dossier: _Dossier, mid: str, msg: Update, batch: Batch,
@@ -376,6 +476,28 @@ def _stranger(dossier: _Dossier, msg: Update) -> str | None:
     if msg.desk_id not in (dossier["intake_desk_id"], dossier["return_desk_id"]):
         return f"desk {msg.desk_id} is neither this dossier's intake nor its return desk"
     return None
+
+
+def _as_kept(copy: Any, submission_id: str) -> Any:
+    """A triage copy's body as a closure at intake keeps it (``refusals.submission``):
+    the dossier, or, erased by `ledger prune`, a stub with the digest of its values (what
+    the router compares a copy sent again with; None, from a prune before stubs kept it:
+    then any copy counts as the same dossier)."""
+    if not is_pruned(copy):
+        return copy
+    return pruned_stub(datetime.fromisoformat(copy[PRUNED_KEY]), copy.get(VALUES_DIGEST),
+                       submission_id=submission_id)
+
+
+def _unopened_notice(router: StatusRouter, kind: NoticeKind, msg: DossierWithdrawn,
+                     procedure_code: str, state: State, reason: str | None, now: datetime,
+                     message_id: str) -> Outbound:
+    """A notice to the intake desk about a submission that opened no dossier (no code)."""
+    assert msg.submission_id is not None
+    return to_desk(router.topology, DeskNotice(
+        notice=kind, dossier_code=None, submission_id=msg.submission_id, desk_id=msg.desk_id,
+        procedure_code=procedure_code, state=int(state), reason=reason, issued_at=now),
+        message_id)
 
 
 def _sender(msg: Update) -> str:

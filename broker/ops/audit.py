@@ -15,10 +15,11 @@ state implies (docs/RELIABILITY.md, "Audit"):
 
 A submission a desk says it sent (``--submissions FILE``) is accounted for when it
 is a dossier, or its delivery was dead-lettered, triaged or recorded as a duplicate
-(inbox, or the body kept in outbox); one an operator refused from triage was triaged
-first, and is counted in ``refused_from_triage`` (by when it was refused, for
-``since``). Messages still waiting in the intake or status queue are reported as
-``pending``; run the audit again once they drain.
+(inbox, or the body kept in outbox); one closed while held in triage was triaged
+first, and is counted in ``refused_from_triage`` (refused by an operator) or
+``withdrawn_while_held`` (withdrawn by its desk), by when it was closed, for ``since``.
+Messages still waiting in the intake or status queue are reported as ``pending``; run
+the audit again once they drain.
 
 An outbox row proves a message was published, not that it arrived: one for an agency or
 a desk that RabbitMQ could not deliver (no queue; the receiver's delivery limit) waits
@@ -41,6 +42,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, and_, func, or_, select
 
 from broker.ledger import Ledger, dossiers, events, inbox, outbox, refusals
+from broker.lifecycle import State
 from broker.ops.progress import Progress
 from broker.topology import DEAD_SOURCES, Topology
 
@@ -170,12 +172,14 @@ def audit(ledger: Ledger, topology: Topology, submission_ids: list[str] | None =
         states = ledger.count_by_state(conn, received_since=since)
         outcomes = ledger.count_inbox_outcomes(conn)
         period = [] if since is None else [refusals.c.refused_at >= since]
-        refused = int(conn.execute(select(func.count()).select_from(refusals)
-                                   .where(*period)).scalar_one())
+        closed = {int(state): int(n) for state, n in conn.execute(
+            select(refusals.c.state, func.count()).where(*period)
+            .group_by(refusals.c.state))}
     depths, queues_error = _queue_depths(topology)
     return {
         "dossiers": n, "since": since.isoformat() if since else None, "states": states,
-        "refused_from_triage": refused,
+        "refused_from_triage": closed.get(int(State.REFUSED), 0),
+        "withdrawn_while_held": closed.get(int(State.WITHDRAWN), 0),
         "submissions_checked": len(submission_ids or []),
         "unaccounted": len(dossier_problems) + len(sub_problems),
         "unaccounted_dossiers": dossier_problems,
@@ -212,7 +216,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         print(f"{report['dossiers']} dossiers, {report['submissions_checked']} submissions "
               f"checked: {report['unaccounted']} unaccounted, {report['undelivered']} "
               f"undelivered; pending {report['pending']}; "
-              f"{report['refused_from_triage']} refused from triage (no dossier)")
+              f"{report['refused_from_triage']} refused from triage and "
+              f"{report['withdrawn_while_held']} withdrawn while held (no dossier)")
         for p in report["unaccounted_dossiers"]:
             print(f"  dossier {p['dossier_code']}: {p['problem']}")
         for p in report["unaccounted_submissions"]:

@@ -224,7 +224,8 @@ def refuse(ch: BlockingChannel, topology: Topology, ledger: Ledger, msg: Taken, 
     try:
         kept, new = ledger.refuse({
             "submission_id": sid, "message_id": msg.message_id, "desk_id": dossier.desk_id,
-            "procedure_code": dossier.procedure_code, "reason": reason, "refused_by": by,
+            "procedure_code": dossier.procedure_code, "state": int(State.REFUSED),
+            "reason": reason, "refused_by": by,
             "refused_at": now, "submission": RawJSON(msg.body.decode()),
             "notice_id": notice.message_id, "notice": notice.body})
     except SubmissionOpened as e:
@@ -234,9 +235,13 @@ def refuse(ch: BlockingChannel, topology: Topology, ledger: Ledger, msg: Taken, 
     sent = refusal_notice(kept, topology.desk_exchange)
     ch.basic_publish(sent.exchange, sent.routing_key, sent.body, properties_for(sent, None),
                      mandatory=True)
+    # closed before: refused by an operator (a run cut short, done again), or withdrawn by
+    # its desk while it waited; either way the notice it got is sent again, and the copy
+    # leaves triage
+    before = None if new else State(kept["state"]).name.lower()
     return {"queue": "triage", "message_id": msg.message_id, "submission_id": sid,
-            "desk_id": dossier.desk_id, "notice_id": sent.message_id,
-            "refused_before": not new}
+            "desk_id": kept["desk_id"], "notice_id": sent.message_id,
+            "refused_before": before == "refused", "closed_before": before}
 
 
 def describe(which: str, msg: Taken) -> dict[str, Any]:
@@ -505,6 +510,11 @@ def _cmd_refuse(args: argparse.Namespace) -> int:
                           "not_refused": len(failed), "failed": failed}))
     else:
         for d in done:
+            if d["closed_before"] == "withdrawn":
+                print(f"triage: {d['message_id']}: submission {d['submission_id']} was "
+                      f"withdrawn by desk {d['desk_id']} while held: not refused; its "
+                      f"withdrawal notice {d['notice_id']} sent again, the copy removed")
+                continue
             again = " (refused before: its notice sent again)" if d["refused_before"] else ""
             print(f"triage: {d['message_id']}: submission {d['submission_id']} refused, "
                   f"desk {d['desk_id']} told as {d['notice_id']}{again}")

@@ -45,7 +45,7 @@ from broker.consumers.router import stored_submission, submission_digest
 from broker.ledger import SET_ASIDE, Ledger, dossiers, events, inbox, outbox, prunes, refusals
 from broker.lifecycle import TERMINAL_STATES
 from broker.ops.progress import Progress
-from broker.tables import is_pruned, pruned_body, pruned_stub
+from broker.tables import VALUES_DIGEST, is_pruned, pruned_body, pruned_stub
 
 #: the shortest retention `prune` accepts: a closed dossier's messages were confirmed
 #: before it closed, but audits and a desk's questions about a dossier just returned
@@ -67,13 +67,17 @@ class Pruned:
 
 
 def _digest_of_submission(stored: Any) -> str | None:
+    """The digest of a submission's values, or None: not a submission the contract
+    takes."""
     msg = stored_submission(stored)
     return None if msg is None else submission_digest(msg)
 
 
 def _body_stub(body: bytes, at: datetime) -> bytes:
     """A stub for a message body: its digest, and its schema and submission id if it is a
-    JSON object that has them."""
+    JSON object that has them; for a submission also the digest of its values
+    (``values_sha256``), which a withdrawal of it while held keeps for the router's
+    duplicate check (:func:`broker.consumers.router.submission_digest`)."""
     kept: dict[str, str] = {}
     try:
         value = json.loads(body)
@@ -83,6 +87,8 @@ def _body_stub(body: bytes, at: datetime) -> bytes:
         for key, as_ in (("schema", "was"), ("submission_id", "submission_id")):
             if isinstance(value.get(key), str):
                 kept[as_] = value[key]
+        if (digest := _digest_of_submission(value)) is not None:
+            kept[VALUES_DIGEST] = digest
     return pruned_body(pruned_stub(at, hashlib.sha256(body).hexdigest(), **kept))
 
 

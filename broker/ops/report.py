@@ -12,9 +12,10 @@ later counts as resolved. Definitions, all on local dates (``--tz``):
 
 * ``received``: dossiers given a receipt (state 2 at intake); ``refused_at_intake``:
   numbered but refused by the router (not open to boundary-free receipt here), not
-  received. Submissions an operator refused from triage opened no dossier; they are
-  counted as ``refused_from_triage`` (by the day they were refused) in the total, and
-  per desk and per procedure (no unit numbered them: not per agency).
+  received. Submissions closed while held in triage opened no dossier: refused by an
+  operator (``refused_from_triage``) or withdrawn by the citizen at the intake desk
+  (``withdrawn_while_held``); they are counted by the day they were closed, in the total
+  and per desk and per procedure (no unit numbered them: not per agency).
 * ``resolved``: a result was produced (state 9 or 10), ``early`` / ``on_time`` / ``late``
   by the day it was produced against the due day (moved by supplement pauses, never by
   an apology's new appointment);
@@ -220,13 +221,15 @@ def report(ledger: Ledger, first: date, last: date, by: str | None, tz: ZoneInfo
         total, groups = tally(rows, by, tz, now, steps)
         if steps is not None:
             _finished_steps(conn, start, end, tz, steps)
-        # refusals from triage opened no dossier: no unit numbered them, but they have
-        # a desk and a procedure
+        # submissions closed while held opened no dossier: no unit numbered them, but
+        # they have a desk and a procedure
         column = refusals.c.desk_id if by == "desk" else refusals.c.procedure_code
-        refused: dict[str, int] = {str(k): int(n) for k, n in conn.execute(
-            select(column, func.count()).select_from(refusals)
-            .where(refusals.c.refused_at >= start, refusals.c.refused_at < end)
-            .group_by(column))}
+        closed: dict[str, dict[str, int]] = {name: {} for name in UNOPENED.values()}
+        for key, state, n in conn.execute(
+                select(column, refusals.c.state, func.count()).select_from(refusals)
+                .where(refusals.c.refused_at >= start, refusals.c.refused_at < end)
+                .group_by(column, refusals.c.state)):
+            closed[UNOPENED[int(state)]][str(key)] = int(n)
     out = {k: t.as_dict() for k, t in groups.items()}
     totals: dict[str, Any] = {}
     if steps is not None:  # an agency that only took over later steps numbered none
@@ -240,15 +243,23 @@ def report(ledger: Ledger, first: date, last: date, by: str | None, tz: ZoneInfo
             all_steps += counted
         totals = all_steps.as_dict()
     if by in ("desk", "procedure"):
-        for key, n in refused.items():
-            out.setdefault(key, Tally().as_dict())["refused_from_triage"] = n
-        for values in out.values():
-            values.setdefault("refused_from_triage", 0)
+        for name, counts in closed.items():
+            for key, n in counts.items():
+                out.setdefault(key, Tally().as_dict())[name] = n
+            for values in out.values():
+                values.setdefault(name, 0)
     return {"from": first.isoformat(), "to": last.isoformat(), "tz": str(tz),
             "as_of": now.isoformat(timespec="seconds"), "by": by,
-            "total": {**total.as_dict(), "refused_from_triage": sum(refused.values()),
+            "total": {**total.as_dict(),
+                      **{name: sum(counts.values()) for name, counts in closed.items()},
                       **totals},
             "groups": dict(sorted(out.items()))}
+
+
+#: submissions closed while held (a ``refusals`` row, no dossier), by state: the report's
+#: count of each
+UNOPENED = {int(State.REFUSED): "refused_from_triage",
+            int(State.WITHDRAWN): "withdrawn_while_held"}
 
 
 def quarter_start(day: date) -> date:
@@ -262,7 +273,8 @@ _COLUMNS = (("received", "received", 8), ("resolved", "resolved", 8), ("early", 
             ("refused_at_intake", "refused", 7), ("rejected", "rejected", 8),
             ("withdrawn", "withdrawn", 9), ("stopped", "stopped", 7),
             ("online_share", "online%", 7), ("boundary_free_share", "bfree%", 6),
-            ("satisfaction_share", "satisf%", 7), ("refused_from_triage", "triage-refused", 14))
+            ("satisfaction_share", "satisf%", 7), ("refused_from_triage", "triage-refused", 14),
+            ("withdrawn_while_held", "held-withdrawn", 14))
 #: with --by agency: the steps each agency handled
 _STEP_COLUMNS = (("steps_finished", "steps done", 10),
                  ("steps_in_time_share", "steps in time%", 14), ("steps_open", "steps open", 10),
@@ -316,7 +328,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def write_csv(data: dict[str, Any], out: TextIO) -> None:
     """The report as CSV, for a spreadsheet: a row for the total, then one per group, with
     every count and share (shares as fractions; empty where there is nothing to divide)."""
-    fields = [*asdict(Tally()), *Tally().shares(), "refused_from_triage",
+    fields = [*asdict(Tally()), *Tally().shares(), *UNOPENED.values(),
               *(Steps().as_dict() if data["by"] == "agency" else ())]
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow([data["by"] or "group", *fields])

@@ -22,6 +22,7 @@ from broker.messages import (
     DeskNotice,
     Document,
     DossierSubmitted,
+    DossierWithdrawn,
     NoticeKind,
     decode,
 )
@@ -153,6 +154,22 @@ def test_desk_events_and_agency_reports_land_on_status_queue(live: Live) -> None
     assert [u.version for u in made] == [7, 7, 7, 4]
     times = [u.int >> 80 for u in made[:3]]  # milliseconds: later events, later or equal
     assert times == sorted(times)
+
+
+def test_a_held_dossier_is_withdrawn_by_submission_id_and_one_key_is_required(
+        live: Live) -> None:
+    t = live.topology
+    sid = uuid.uuid4()
+    with DeskClient("T.MC.A", topology=t) as desk:
+        for keys in ({}, {"dossier_code": CODE, "submission_id": sid}):
+            with pytest.raises(ValueError, match="exactly one"):
+                desk.withdrawn(reason="moved away", **keys)  # type: ignore[arg-type]
+        sent = desk.withdrawn(submission_id=str(sid), reason="moved away")
+    [(props, body)] = live.get_all(t.status_queue)  # the refused calls sent nothing
+    assert props.message_id == sent and props.correlation_id == str(sid)
+    message = decode(body)
+    assert isinstance(message, DossierWithdrawn)
+    assert (message.submission_id, message.dossier_code) == (sid, None)
 
 
 def test_unroutable_or_refused_publish_raises_and_client_recovers(live: Live) -> None:

@@ -374,7 +374,7 @@ def test_refuse_closes_a_triaged_dossier_once_and_its_desk_hears_it_once(
     assert notices[f"{never_id}:refused"] == notice
     assert notices["desk-retry-2:held"]["reason"].startswith("submission_id_reused: ")
     (dead, _), = amqp.get_all(t.dead_queue("intake"))
-    assert "a submission refused at intake" in dead.headers[DETAIL_HEADER]
+    assert "a submission closed at intake" in dead.headers[DETAIL_HEADER]
     assert ledger.count_by_state() == {}
     assert ledger.count_inbox_outcomes()["duplicate"] == 1
 

@@ -79,6 +79,11 @@ def test_the_report_counts_each_dossier_received_in_the_period_once_by_its_outco
                    "refused_by": "operator-1", "refused_at": clock.now,
                    "submission": RawJSON(encode(never).decode()),
                    "notice_id": "submit:never:refused", "notice": b"{}"})
+    held = dossier(applicant_ward="99999")  # triaged, then withdrawn by the citizen at B
+    router.handle([intake_delivery(next(n), encode(held), "submit:held")])
+    status.handle([status_delivery(next(n), DossierWithdrawn(
+        event_id=uuid.uuid4(), submission_id=held.submission_id, desk_id="T.MC.B",
+        sent_at=clock.now))])
 
     assert main(["report", "--from", "2026-11-25", "--to", "2026-11-30", "--by", "agency",
                  "--json", "--db-url", ledger.url]) == 0
@@ -87,11 +92,11 @@ def test_the_report_counts_each_dossier_received_in_the_period_once_by_its_outco
     assert {k: total[k] for k in (
         "received", "refused_at_intake", "resolved", "early", "on_time", "late", "rejected",
         "withdrawn", "stopped", "open", "overdue", "online", "boundary_free", "rated",
-        "satisfied", "refused_from_triage")} == {
+        "satisfied", "refused_from_triage", "withdrawn_while_held")} == {
         "received": 7, "refused_at_intake": 1, "resolved": 3, "early": 1, "on_time": 1,
         "late": 1, "rejected": 1, "withdrawn": 1, "stopped": 0, "open": 2, "overdue": 1,
         "online": 1, "boundary_free": 6, "rated": 1, "satisfied": 1,
-        "refused_from_triage": 1}
+        "refused_from_triage": 1, "withdrawn_while_held": 1}
     assert total["on_time_share"] == round(2 / 3, 4)
     assert total["satisfaction_share"] == round(1 / 3, 4)
     assert total["boundary_free_share"] == round(6 / 7, 4)
@@ -103,8 +108,8 @@ def test_the_report_counts_each_dossier_received_in_the_period_once_by_its_outco
     assert main(["report", "--from", "2026-11-25", "--to", "2026-11-30", "--by", "desk",
                  "--json", "--db-url", ledger.url]) == 0
     by_desk = json.loads(capsys.readouterr().out)["groups"]
-    assert {k: (v["received"], v["refused_from_triage"]) for k, v in by_desk.items()} == {
-        "T.MC.A": (1, 1), "T.MC.B": (6, 0)}
+    assert {k: (v["received"], v["refused_from_triage"], v["withdrawn_while_held"])
+            for k, v in by_desk.items()} == {"T.MC.A": (1, 1, 0), "T.MC.B": (6, 0, 1)}
 
     # the dossiers behind the figures, by due time: the overdue ones (the day before's
     # too, never taken up), and those resolved

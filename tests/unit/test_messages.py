@@ -17,6 +17,7 @@ from broker.messages import (
     AgencyStatus,
     DeskNotice,
     DossierStatus,
+    DossierWithdrawn,
     decode,
     encode,
     json_schemas,
@@ -47,16 +48,36 @@ def test_a_desk_notice_has_a_dossier_code_unless_no_dossier_was_opened() -> None
     held = DeskNotice(notice="held", dossier_code=None, state=1, reason="no_area: ...",
                       **common)
     assert decode(encode(held)) == held and kind_of(held) == "desk.notice"
-    for code in ("X-261128-0001", None):
-        refused = DeskNotice(notice="refused", dossier_code=code, state=3, reason="...",
-                             **common)
-        assert decode(encode(refused)) == refused
-    for notice, code in (("held", "X-261128-0001"), ("receipt", None), ("result_ready", None)):
+    # refused, withdrawn, update_refused: of a dossier, or of a submission held in triage
+    for notice, state in (("refused", 3), ("withdrawn", 7), ("update_refused", 7)):
+        for code in ("X-261128-0001", None):
+            closed = DeskNotice(notice=notice, dossier_code=code, state=state, reason="...",
+                                **common)
+            assert decode(encode(closed)) == closed
+    for notice, code in (("held", "X-261128-0001"), ("receipt", None), ("result_ready", None),
+                         ("supplement_requested", None), ("at_risk", None)):
         body = json.loads(encode(held))
         body.update(notice=notice, dossier_code=code)
         with pytest.raises(DecodeError) as e:
             decode(json.dumps(body).encode())
         assert e.value.reason == "invalid_fields"
+
+
+def test_a_withdrawal_names_its_dossier_by_code_or_by_submission_id_never_both() -> None:
+    common = {"event_id": uuid.uuid4(), "desk_id": "T.MC.B", "sent_at": datetime.now(UTC)}
+    by_code = DossierWithdrawn(dossier_code="X-261128-0001", **common)
+    by_submission = DossierWithdrawn(submission_id=uuid.uuid4(), reason="rút", **common)
+    for withdrawal in (by_code, by_submission):
+        assert decode(encode(withdrawal)) == withdrawal
+    assert "dossier_code" not in json.loads(encode(by_submission))
+    for keys in ({}, {"dossier_code": "X-261128-0001",
+                      "submission_id": str(by_submission.submission_id)}):
+        body = {**json.loads(encode(by_code)), **keys}
+        if not keys:
+            body.pop("dossier_code")
+        with pytest.raises(DecodeError) as e:
+            decode(json.dumps(body).encode())
+        assert e.value.reason == "invalid_fields" and "exactly one" in e.value.detail
 
 
 def _body(**changes: object) -> bytes:

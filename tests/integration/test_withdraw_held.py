@@ -1,0 +1,305 @@
+"""A citizen withdraws a dossier that was held in triage (never received: its desk has a
+``held`` notice and no code), by the submission id it was sent under; on SQLite and
+PostgreSQL, through the real RabbitMQ, and against a router replaying the same
+submission at the same moment."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from broker.amqp import DETAIL_HEADER, REASON_HEADER
+from broker.cli import main
+from broker.consumers.router import Router, submission_digest
+from broker.consumers.status import StatusRouter
+from broker.ledger import Batch, Ledger
+from broker.messages import DossierSubmitted, DossierWithdrawn, encode
+from broker.ops.audit import audit
+from broker.ops.prune import prune
+from broker.rules.catalog import load_catalog
+from broker.rules.engine import Engine
+from broker.topology import Topology
+from tests.conftest import MINI_CATALOG, RunningBroker, queue_depth, wait_for
+from tests.helpers import Amqp, dossier, intake_delivery, status_delivery
+
+pytestmark = pytest.mark.integration
+
+SENT = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)
+#: long enough for a thread that is not held back to finish its step on a slow machine
+HELD_S = 1.0
+
+
+def _withdrawal(d: DossierSubmitted, desk: str | None = None, *, by_code: str | None = None,
+                submission_id: uuid.UUID | None = None) -> DossierWithdrawn:
+    by_sid = None if by_code else (submission_id or d.submission_id)
+    return DossierWithdrawn(event_id=uuid.uuid4(), dossier_code=by_code,
+                            submission_id=by_sid, desk_id=desk or d.desk_id,
+                            reason="công dân rút hồ sơ", sent_at=SENT)
+
+
+def _cli(capsys: pytest.CaptureFixture[str], t: Topology, *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main([*args, "--prefix", t.prefix])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_held_dossier_is_withdrawn_by_its_submission_id_and_never_opens(
+        declared: Topology, ledger: Ledger, run_broker: Callable[..., RunningBroker],
+        amqp: Amqp, capsys: pytest.CaptureFixture[str]) -> None:
+    t = declared
+    run_broker()
+    held = dossier(applicant_ward="99999")  # a ward no unit serves: triaged
+    amqp.submit(t, held)
+    desk = t.desk_queue("T.MC.B")
+    wait_for(lambda: queue_depth(desk) == 1, what="the held notice")
+    (first,) = amqp.json_all(desk)
+    assert first["notice"] == "held" and "dossier_code" not in first
+    sid, copy_id = str(held.submission_id), f"submit:{held.submission_id}"
+
+    amqp.status(t, _withdrawal(held))
+    wait_for(lambda: queue_depth(desk) == 1, what="the withdrawal's notice")
+    ((props, body),) = amqp.get_all(desk)
+    notice = json.loads(body)
+    assert props.message_id == f"{copy_id}:withdrawn" and props.type == "desk.notice"
+    assert (notice["notice"], notice["state"], notice["submission_id"]) == (
+        "withdrawn", 7, sid)
+    assert "dossier_code" not in notice and notice["reason"] == "công dân rút hồ sơ"
+    refusal = ledger.refusal(sid)
+    assert refusal is not None
+    assert (refusal["state"], refusal["refused_by"], refusal["message_id"]) == (
+        7, "T.MC.B", copy_id)
+
+    # another desk has no part in a dossier never received: dead-lettered, not answered;
+    # the same desk again: refused (it is closed); a submission id never held: unknown
+    amqp.status(t, _withdrawal(held, "T.MC.A"))
+    again = _withdrawal(held)
+    amqp.status(t, again)
+    amqp.status(t, _withdrawal(held, submission_id=uuid.uuid4()))
+    wait_for(lambda: queue_depth(t.dead_queue("status")) == 2, what="two dead letters")
+    wait_for(lambda: queue_depth(desk) == 1, what="the refused withdrawal")
+    ((props, body),) = amqp.get_all(desk)
+    refused = json.loads(body)
+    assert props.message_id == f"{sid}:update_refused:{again.event_id}"
+    assert (refused["notice"], refused["state"]) == ("update_refused", 7)
+    assert "withdrawn at intake" in refused["reason"] and "dossier_code" not in refused
+    reasons = sorted(p.headers[REASON_HEADER] for p, _ in amqp.get_all(t.dead_queue("status")))
+    assert reasons == ["not_a_party", "unknown_dossier"]
+    assert queue_depth(t.desk_queue("T.MC.A")) == 0
+
+    # the operator replays triage (a catalog fix): the copy is answered with the
+    # withdrawal, under the same id (the desk drops it), and opens nothing
+    rc, out, err = _cli(capsys, t, "dead-letters", "replay", "--all", "--queue", "triage")
+    assert rc == 0, err
+    wait_for(lambda: queue_depth(desk) == 1, what="the withdrawal sent again")
+    ((props, body),) = amqp.get_all(desk)
+    assert props.message_id == f"{copy_id}:withdrawn" and json.loads(body) == notice
+    assert queue_depth(t.triage_queue) == 0
+    assert ledger.count_by_state() == {}
+    # a copy of it in triage again (the replay crashed before its ack): `refuse` finds it
+    # withdrawn, sends the same notice, and takes the copy out; the withdrawal stands
+    amqp.publish(t.dead_letter_exchange, "triage", encode(held), message_id=copy_id,
+                 type="dossier.submitted")
+    rc, out, err = _cli(capsys, t, "dead-letters", "refuse", "--id", copy_id, "--reason",
+                        "not taken here", "--db-url", ledger.url)
+    assert rc == 0, err
+    assert "was withdrawn by desk T.MC.B while held: not refused" in out
+    ((props, body),) = amqp.get_all(desk)
+    assert props.message_id == f"{copy_id}:withdrawn" and json.loads(body) == notice
+    assert queue_depth(t.triage_queue) == 0
+    assert ledger.refusal(sid)["state"] == 7  # type: ignore[index]
+
+    report = audit(ledger, t, [sid])
+    assert (report["withdrawn_while_held"], report["refused_from_triage"],
+            report["unaccounted"]) == (1, 0, 0)
+    assert main(["dossier", "show", sid, "--db-url", ledger.url]) == 0
+    out = capsys.readouterr().out
+    assert "withdrawn at intake (7) by the desk T.MC.B" in out
+    assert "066090001234" not in out
+
+
+def test_a_withdrawal_by_submission_id_of_a_dossier_received_since_withdraws_that_dossier(
+        declared: Topology, ledger: Ledger, run_broker: Callable[..., RunningBroker],
+        amqp: Amqp) -> None:
+    # the desk asked by submission id before it saw the receipt of a replay
+    t = declared
+    run_broker()
+    d = dossier(desk_id="T.MC.A")
+    amqp.submit(t, d)
+    wait_for(lambda: ledger.count_by_state() == {2: 1}, what="the dossier received")
+    ((code, _, _),) = ledger.states_for_submissions([str(d.submission_id)]).values()
+    amqp.get_all(t.desk_queue("T.MC.A"))
+    amqp.status(t, _withdrawal(d))
+    wait_for(lambda: ledger.count_by_state() == {7: 1}, what="the dossier withdrawn")
+    (notice,) = wait_for(lambda: amqp.json_all(t.desk_queue("T.MC.A")), what="the notice")
+    assert (notice["notice"], notice["dossier_code"]) == ("withdrawn", code)
+    agency = wait_for(lambda: amqp.json_all(t.agency_queue("T.UBND.A")), what="the agency")
+    assert [m.get("notice") for m in agency] == [None, "withdrawn"]  # assignment, notice
+    assert ledger.refusal(str(d.submission_id)) is None
+    history = ledger.history(code)
+    assert [e["kind"] for e in history] == ["received", "withdraw"]
+
+
+def _routers(ledger: Ledger) -> tuple[Router, StatusRouter]:
+    engine = Engine(load_catalog(MINI_CATALOG))
+    return (Router(lambda: engine, ledger, Topology("t")),
+            StatusRouter(lambda: engine, ledger, Topology("t")))
+
+
+def test_a_withdrawal_waits_for_a_router_opening_the_dossier_then_withdraws_it(
+        ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    router, status = _routers(ledger)
+    d = dossier(desk_id="T.MC.A", applicant_ward="99999")
+    router.handle([intake_delivery(1, encode(d), "submit:first")])  # held
+    corrected = d.model_copy(update={"applicant": d.applicant.model_copy(
+        update={"ward_code": "10001"})})
+    # the router's batch for the corrected copy is held past its duplicate check
+    checked, go = threading.Event(), threading.Event()
+    allocate = Batch.allocate_codes
+
+    def allocate_when_told(self: Batch, counts: dict[tuple[str, str], int]
+                           ) -> dict[tuple[str, str], int]:
+        checked.set()
+        assert go.wait(30)
+        return allocate(self, counts)
+
+    monkeypatch.setattr(Batch, "allocate_codes", allocate_when_told)
+    routing = threading.Thread(target=lambda: router.handle(
+        [intake_delivery(2, encode(corrected), "submit:corrected")]))
+    routing.start()
+    assert checked.wait(30)
+    answered: list[Any] = []
+    withdrawing = threading.Thread(target=lambda: answered.extend(status.handle(
+        [status_delivery(3, _withdrawal(d))])))
+    withdrawing.start()
+    withdrawing.join(HELD_S)
+    assert withdrawing.is_alive(), f"the withdrawal did not wait for the router: {answered}"
+    go.set()
+    routing.join(30)
+    withdrawing.join(30)
+    assert not routing.is_alive() and not withdrawing.is_alive()
+    assert ledger.count_by_state() == {7: 1}  # opened, then withdrawn: one dossier
+    assert ledger.refusal(str(d.submission_id)) is None
+    assert {json.loads(o.body)["notice"] for o in answered} == {"withdrawn"}
+    assert all(json.loads(o.body).get("dossier_code") for o in answered)
+
+
+def test_a_router_replay_waits_for_a_withdrawal_being_committed_then_answers_with_it(
+        ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    router, status = _routers(ledger)
+    d = dossier(desk_id="T.MC.A", applicant_ward="99999")
+    router.handle([intake_delivery(1, encode(d), "submit:first")])  # held
+    corrected = d.model_copy(update={"applicant": d.applicant.model_copy(
+        update={"ward_code": "10001"})})
+    # the withdrawal is held between recording the closure and its commit
+    closed, go = threading.Event(), threading.Event()
+    close = Batch.close_at_intake
+
+    def close_and_wait(self: Batch, row: dict[str, Any]) -> None:
+        close(self, row)
+        closed.set()
+        assert go.wait(30)
+
+    monkeypatch.setattr(Batch, "close_at_intake", close_and_wait)
+    answered: list[Any] = []
+    withdrawing = threading.Thread(target=lambda: answered.extend(status.handle(
+        [status_delivery(3, _withdrawal(d))])))
+    withdrawing.start()
+    assert closed.wait(30)
+    published: list[Any] = []
+    routing = threading.Thread(target=lambda: published.extend(router.handle(
+        [intake_delivery(2, encode(corrected), "submit:first#replay1")])))
+    routing.start()
+    routing.join(HELD_S)
+    assert routing.is_alive(), f"the router did not wait for the withdrawal: {published}"
+    go.set()
+    withdrawing.join(30)
+    routing.join(30)
+    assert not routing.is_alive() and not withdrawing.is_alive()
+    assert ledger.count_by_state() == {}
+    ((withdrawn),) = answered
+    # the corrected copy differs from the one held: another dossier under a taken id, so
+    # it is dead-lettered, and its desk told it is held; a copy like the first would get
+    # the withdrawal again
+    assert [o.routing_key for o in published] == ["intake", "T.MC.A"]
+    assert json.loads(published[1].body)["notice"] == "held"
+    assert "a submission closed at intake" in published[0].headers[DETAIL_HEADER]
+    again = router.handle([intake_delivery(4, encode(d), "submit:first#replay2")])
+    assert [(o.message_id, o.body) for o in again] == [(withdrawn.message_id,
+                                                        withdrawn.body)]
+
+
+def test_a_dossier_held_before_the_upgrade_can_be_withdrawn_after_it(
+        ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
+    router, _ = _routers(ledger)
+    held, refused = (dossier(desk_id="T.MC.A", applicant_ward="99999") for _ in range(2))
+    router.handle([intake_delivery(1, encode(held), "submit:held"),
+                   intake_delivery(2, encode(refused), "submit:refused")])
+    ledger.refuse({"submission_id": str(refused.submission_id), "message_id": "submit:refused",
+                   "desk_id": "T.MC.A", "procedure_code": refused.procedure_code,
+                   "reason": "not taken here", "refused_by": "operator-1", "refused_at": SENT,
+                   "submission": json.loads(encode(refused)), "notice_id": "submit:refused:r",
+                   "notice": b"{}"})
+    # the ledger as the version before held and refusals.state left it
+    with ledger.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE held")
+        conn.exec_driver_sql("ALTER TABLE refusals DROP COLUMN state")
+    ledger.dispose()
+    assert ledger.refusal(str(refused.submission_id))["state"] == 3  # type: ignore[index]
+    assert main(["ledger", "upgrade", "--dry-run", "--db-url", ledger.url]) == 0
+    said = capsys.readouterr().out
+    assert "CREATE TABLE held" in said and "fill held from the triage copies" in said
+    assert "ADD COLUMN state" in said
+    assert main(["ledger", "upgrade", "--db-url", ledger.url]) == 0
+    upgraded = Ledger(ledger.url)
+    _, status = _routers(upgraded)
+    out = status.handle([status_delivery(3, _withdrawal(held)),
+                         status_delivery(4, _withdrawal(refused))])
+    assert [(json.loads(o.body)["notice"], json.loads(o.body)["state"]) for o in out] == [
+        ("withdrawn", 7), ("update_refused", 3)]
+    assert upgraded.refusal(str(refused.submission_id))["state"] == 3  # type: ignore[index]
+    upgraded.dispose()
+
+
+def test_casebroker_run_fills_a_held_table_it_makes_for_an_earlier_ledger(
+        ledger: Ledger) -> None:
+    router, _ = _routers(ledger)
+    held = dossier(desk_id="T.MC.A", applicant_ward="99999")
+    router.handle([intake_delivery(1, encode(held), "submit:held")])
+    with ledger.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE held")
+    ledger.dispose()
+    again = Ledger(ledger.url)  # what `casebroker run` does at start: create what is missing
+    _, status = _routers(again)
+    (out,) = status.handle([status_delivery(2, _withdrawal(held))])
+    assert json.loads(out.body)["notice"] == "withdrawn"
+    again.dispose()
+
+
+def test_a_held_dossier_pruned_while_it_waited_is_withdrawn_and_told_from_another(
+        ledger: Ledger) -> None:
+    router, status = _routers(ledger)
+    held = dossier(desk_id="T.MC.A", applicant_ward="99999")
+    router.handle([intake_delivery(1, encode(held), "submit:held")])
+    # it waited in triage past the retention: the ledger's copy is a stub now
+    done = prune(ledger, 30, "operator-1", now=datetime.now(UTC) + timedelta(days=60))
+    assert done.bodies == 1  # the triage copy (its held notice holds no personal data)
+    (notice,) = status.handle([status_delivery(2, _withdrawal(held))])
+    assert (json.loads(notice.body)["notice"], json.loads(notice.body)["state"]) == (
+        "withdrawn", 7)
+    # the copy still in triage (prune does not reach RabbitMQ), replayed: the same
+    # dossier, answered with its withdrawal; another under its submission id is not
+    again = router.handle([intake_delivery(3, encode(held), "submit:held#replay1")])
+    assert [(o.message_id, o.body) for o in again] == [(notice.message_id, notice.body)]
+    other = held.model_copy(update={"procedure_code": "1.004227"})
+    assert submission_digest(other) != submission_digest(held)
+    reused = router.handle([intake_delivery(4, encode(other), "desk-retry")])
+    assert [o.routing_key for o in reused] == ["intake", "T.MC.A"]
+    assert "only their digest was kept" in reused[0].headers[DETAIL_HEADER]
+    assert ledger.count_by_state() == {}
