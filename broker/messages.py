@@ -205,6 +205,10 @@ class DossierWithdrawn(_Model):
     sent it under."""
 
     retry_stamped: ClassVar[frozenset[str]] = frozenset({"sent_at"})
+    #: the published schema says "exactly one of the two" as the validator below does
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": [key], "properties": {key: {"type": "string"}}}
+        for key in ("dossier_code", "submission_id")]})
 
     schema_: Literal["casebroker.dossier.withdrawn/v1"] = Field(
         "casebroker.dossier.withdrawn/v1", alias="schema"
@@ -216,8 +220,8 @@ class DossierWithdrawn(_Model):
     submission_id: UUID | None = Field(None, description=(
         "for a dossier its intake desk has no code for (held: triaged, waiting for an "
         "operator): the submission id it was sent under. Only the intake desk may "
-        "withdraw by it; a submission that has opened a dossier since is that dossier "
-        "withdrawn"))
+        "withdraw by it; one that has opened a dossier is answered update_refused with "
+        "that dossier's code, to withdraw it by"))
     desk_id: PartyId
     reason: Annotated[str, Field(max_length=2000)] | None = None
     sent_at: AwareDatetime

@@ -18,8 +18,9 @@ its due date, not yet apologized for by the deadline watch, brings the desk an a
 A withdrawal may name its dossier by submission id instead of code: a dossier held in
 triage (its desk was told ``held``, with no code) is withdrawn at intake (state 7, a
 ``refusals`` row, like an operator's refusal), so that a later copy or replay of it is
-answered with the withdrawal and opens nothing; one that has opened a dossier since is
-that dossier withdrawn. See :meth:`StatusRouter._by_submission`.
+answered with the withdrawal and opens nothing. A submission id that has opened a
+dossier is answered with that dossier's code, to withdraw it by; see
+:meth:`StatusRouter._by_submission`.
 """
 
 from __future__ import annotations
@@ -157,9 +158,8 @@ class StatusRouter(Consumer):
             by_sid = [(mid, d, m) for mid, d, m in decoded
                       if isinstance(m, DossierWithdrawn) and m.dossier_code is None]
             if by_sid:
-                opened, unopened = self._by_submission(batch, by_sid)
-                decoded = [x for x in decoded if x[2].dossier_code is not None] + opened
-                out += self._withdraw_unopened(batch, unopened, now)
+                decoded = [x for x in decoded if x[2].dossier_code is not None]
+                out += self._by_submission(batch, by_sid, now)
             loaded = batch.load_dossiers(str(m.dossier_code) for _, _, m in decoded)
             dossiers = {code: _Dossier(row, row["seq"]) for code, row in loaded.items()}
             for mid, d, msg in decoded:
@@ -180,30 +180,46 @@ class StatusRouter(Consumer):
                     batch.update_dossier(code, dossier.loaded_seq, dossier.changes)
         return out
 
-    @staticmethod
-    def _by_submission(batch: Batch, withdrawals: list[tuple[str, Delivery, DossierWithdrawn]]
-                       ) -> tuple[list[tuple[str, Delivery, Update]],
-                                  list[tuple[str, Delivery, DossierWithdrawn]]]:
-        """Withdrawals by submission id: (those of a submission that opened a dossier, as
-        withdrawals of that dossier's code; those of one that opened none).
+    def _by_submission(self, batch: Batch,
+                       withdrawals: list[tuple[str, Delivery, DossierWithdrawn]],
+                       now: datetime) -> list[Outbound]:
+        """Withdrawals by submission id. One whose submission opened a dossier withdraws
+        nothing: it is refused (``update_refused``) naming the dossier's code, to withdraw
+        it by. The submission id need not be the held dossier's: a desk that reused it
+        for another dossier (dead-lettered as ``submission_id_reused``, its desk told
+        ``held``) would otherwise withdraw the first dossier, another citizen's. Its
+        intake desk already has the code (its receipt); a stranger to it is
+        dead-lettered as ``not_a_party``, as for any update. The others go on to
+        :meth:`_withdraw_unopened`.
 
         The batch holds :data:`~broker.ledger.SUBMISSION_GATE` alone from here to its
         commit, as an operator's refusal does: a router opening a dossier for the same
         submission (a replay from triage) at the same moment either committed it before
-        (the dossier is withdrawn) or waits and then finds the withdrawal (it answers
-        the copy with it and opens nothing). Rare, so the lock costs the router nothing
-        to speak of."""
+        (the withdrawal is refused with its code) or waits and then finds the withdrawal
+        (it answers the copy with it and opens nothing). Rare, so the lock costs the
+        router nothing to speak of."""
         batch.enter_submission_gate(alone=True)
         codes = batch.opened(str(m.submission_id) for _, _, m in withdrawals)
-        opened: list[tuple[str, Delivery, Update]] = []
+        rows = batch.load_dossiers(codes.values())
+        out: list[Outbound] = []
         unopened: list[tuple[str, Delivery, DossierWithdrawn]] = []
         for mid, d, msg in withdrawals:
             code = codes.get(str(msg.submission_id))
             if code is None:
                 unopened.append((mid, d, msg))
-            else:
-                opened.append((mid, d, msg.model_copy(update={"dossier_code": code})))
-        return opened, unopened
+                continue
+            dossier = _Dossier(rows[code], rows[code]["seq"])
+            if (stranger := _stranger(dossier, msg)) is not None:
+                out.append(self.screen.dead(batch, mid, d, "not_a_party", stranger, now))
+                continue
+            refusal = self._refuse(dossier, msg, (
+                f"this submission id opened dossier {code}: to withdraw that dossier, name "
+                "it by its code (dossier_code); a submission id names only a dossier held "
+                "without one"), now)
+            batch.record(mid, self.source, "refused_update", code, [refusal], now)
+            self._count("refused_update", "")
+            out.append(refusal)
+        return out + self._withdraw_unopened(batch, unopened, now)
 
     def _withdraw_unopened(self, batch: Batch,
                            withdrawals: list[tuple[str, Delivery, DossierWithdrawn]],

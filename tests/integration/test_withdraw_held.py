@@ -124,26 +124,36 @@ def test_a_held_dossier_is_withdrawn_by_its_submission_id_and_never_opens(
     assert "066090001234" not in out
 
 
-def test_a_withdrawal_by_submission_id_of_a_dossier_received_since_withdraws_that_dossier(
+def test_a_submission_id_that_opened_a_dossier_withdraws_nothing_and_names_the_code(
         declared: Topology, ledger: Ledger, run_broker: Callable[..., RunningBroker],
         amqp: Amqp) -> None:
-    # the desk asked by submission id before it saw the receipt of a replay
+    # the desk reused a dossier's submission id for another one: that one is held (the id
+    # is taken), and a withdrawal by the id must not withdraw the first, another citizen's
     t = declared
     run_broker()
     d = dossier(desk_id="T.MC.A")
     amqp.submit(t, d)
     wait_for(lambda: ledger.count_by_state() == {2: 1}, what="the dossier received")
     ((code, _, _),) = ledger.states_for_submissions([str(d.submission_id)]).values()
-    amqp.get_all(t.desk_queue("T.MC.A"))
-    amqp.status(t, _withdrawal(d))
-    wait_for(lambda: ledger.count_by_state() == {7: 1}, what="the dossier withdrawn")
-    (notice,) = wait_for(lambda: amqp.json_all(t.desk_queue("T.MC.A")), what="the notice")
-    assert (notice["notice"], notice["dossier_code"]) == ("withdrawn", code)
-    agency = wait_for(lambda: amqp.json_all(t.agency_queue("T.UBND.A")), what="the agency")
-    assert [m.get("notice") for m in agency] == [None, "withdrawn"]  # assignment, notice
-    assert ledger.refusal(str(d.submission_id)) is None
-    history = ledger.history(code)
-    assert [e["kind"] for e in history] == ["received", "withdraw"]
+    other = d.model_copy(update={"procedure_code": "1.004227"})
+    amqp.submit(t, other, message_id="submit:other")
+    wait_for(lambda: queue_depth(t.dead_queue("intake")) == 1, what="the reused id")
+    desk = t.desk_queue("T.MC.A")
+    wait_for(lambda: queue_depth(desk) == 2, what="the receipt and the held notice")
+    assert [n["notice"] for n in amqp.json_all(desk)] == ["receipt", "held"]
+    withdrawal = _withdrawal(other)
+    amqp.status(t, withdrawal)
+    amqp.status(t, _withdrawal(d, "T.MC.B"))  # a stranger to the dossier
+    wait_for(lambda: queue_depth(t.dead_queue("status")) == 1, what="the stranger's")
+    ((props, body),) = wait_for(lambda: amqp.get_all(desk), what="the answer")
+    notice = json.loads(body)
+    assert props.message_id == f"{code}:update_refused:{withdrawal.event_id}"
+    assert (notice["notice"], notice["dossier_code"], notice["state"]) == (
+        "update_refused", code, 2)
+    assert f"opened dossier {code}" in notice["reason"]
+    assert ledger.count_by_state() == {2: 1} and ledger.refusal(str(d.submission_id)) is None
+    assert [e["kind"] for e in ledger.history(code)] == ["received"]
+    assert queue_depth(t.desk_queue("T.MC.B")) == 0
 
 
 def _routers(ledger: Ledger) -> tuple[Router, StatusRouter]:
@@ -152,7 +162,7 @@ def _routers(ledger: Ledger) -> tuple[Router, StatusRouter]:
             StatusRouter(lambda: engine, ledger, Topology("t")))
 
 
-def test_a_withdrawal_waits_for_a_router_opening_the_dossier_then_withdraws_it(
+def test_a_withdrawal_waits_for_a_router_opening_the_dossier_then_names_its_code(
         ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
     router, status = _routers(ledger)
     d = dossier(desk_id="T.MC.A", applicant_ward="99999")
@@ -170,8 +180,9 @@ def test_a_withdrawal_waits_for_a_router_opening_the_dossier_then_withdraws_it(
         return allocate(self, counts)
 
     monkeypatch.setattr(Batch, "allocate_codes", allocate_when_told)
-    routing = threading.Thread(target=lambda: router.handle(
-        [intake_delivery(2, encode(corrected), "submit:corrected")]))
+    published: list[Any] = []
+    routing = threading.Thread(target=lambda: published.extend(router.handle(
+        [intake_delivery(2, encode(corrected), "submit:corrected")])))
     routing.start()
     assert checked.wait(30)
     answered: list[Any] = []
@@ -184,10 +195,12 @@ def test_a_withdrawal_waits_for_a_router_opening_the_dossier_then_withdraws_it(
     routing.join(30)
     withdrawing.join(30)
     assert not routing.is_alive() and not withdrawing.is_alive()
-    assert ledger.count_by_state() == {7: 1}  # opened, then withdrawn: one dossier
+    assert ledger.count_by_state() == {2: 1}  # opened, and not closed at intake
     assert ledger.refusal(str(d.submission_id)) is None
-    assert {json.loads(o.body)["notice"] for o in answered} == {"withdrawn"}
-    assert all(json.loads(o.body).get("dossier_code") for o in answered)
+    code = json.loads(published[-1].body)["dossier_code"]
+    ((answer),) = answered
+    assert (json.loads(answer.body)["notice"], json.loads(answer.body)["dossier_code"]) == (
+        "update_refused", code)
 
 
 def test_a_router_replay_waits_for_a_withdrawal_being_committed_then_answers_with_it(
