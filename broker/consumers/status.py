@@ -254,8 +254,8 @@ class StatusRouter(Consumer):
             if sid in closed:
                 row = closed[sid]
                 state = State(row["state"])
-                notice = _unopened_notice(
-                    self, NoticeKind.UPDATE_REFUSED, msg, row["procedure_code"], state,
+                notice = self._unopened_notice(
+                    NoticeKind.UPDATE_REFUSED, msg, row["procedure_code"], state,
                     f"withdraw is not allowed: the submission is {state.name.lower()} at "
                     "intake (no dossier was opened)", now,
                     kept_id(f"{sid}:update_refused:{msg.event_id}"))
@@ -264,9 +264,9 @@ class StatusRouter(Consumer):
                 out.append(notice)
                 continue
             copy = next(h for h in copies[sid] if h["desk_id"] == msg.desk_id)  # latest
-            notice = _unopened_notice(self, NoticeKind.WITHDRAWN, msg, copy["procedure_code"],
-                                      State.WITHDRAWN, msg.reason, now,
-                                      kept_id(f"{copy['copy_id']}:withdrawn"))
+            notice = self._unopened_notice(NoticeKind.WITHDRAWN, msg, copy["procedure_code"],
+                                           State.WITHDRAWN, msg.reason, now,
+                                           kept_id(f"{copy['copy_id']}:withdrawn"))
             closed[sid] = row = {
                 "submission_id": sid, "message_id": copy["copy_id"], "desk_id": msg.desk_id,
                 "procedure_code": copy["procedure_code"], "state": int(State.WITHDRAWN),
@@ -278,6 +278,17 @@ class StatusRouter(Consumer):
             self._count("applied", "")
             out.append(notice)
         return out
+
+    def _unopened_notice(self, kind: NoticeKind, msg: DossierWithdrawn, procedure_code: str,
+                         state: State, reason: str | None, now: datetime,
+                         message_id: str) -> Outbound:
+        """A notice to the intake desk about a submission that opened no dossier (no
+        code)."""
+        assert msg.submission_id is not None
+        return to_desk(self.topology, DeskNotice(
+            notice=kind, dossier_code=None, submission_id=msg.submission_id,
+            desk_id=msg.desk_id, procedure_code=procedure_code, state=int(state),
+            reason=reason, issued_at=now), message_id)
 
     def _apply(self, engine: Engine, dossier: _Dossier, mid: str, msg: Update, batch: Batch,
                now: datetime) -> tuple[list[Outbound], str, str]:
@@ -503,17 +514,6 @@ def _as_kept(copy: Any, submission_id: str) -> Any:
         return copy
     return pruned_stub(datetime.fromisoformat(copy[PRUNED_KEY]), copy.get(VALUES_DIGEST),
                        submission_id=submission_id)
-
-
-def _unopened_notice(router: StatusRouter, kind: NoticeKind, msg: DossierWithdrawn,
-                     procedure_code: str, state: State, reason: str | None, now: datetime,
-                     message_id: str) -> Outbound:
-    """A notice to the intake desk about a submission that opened no dossier (no code)."""
-    assert msg.submission_id is not None
-    return to_desk(router.topology, DeskNotice(
-        notice=kind, dossier_code=None, submission_id=msg.submission_id, desk_id=msg.desk_id,
-        procedure_code=procedure_code, state=int(state), reason=reason, issued_at=now),
-        message_id)
 
 
 def _sender(msg: Update) -> str:
