@@ -514,11 +514,12 @@ def _unopened_submission(ledger: Ledger, submission: str, args: argparse.Namespa
             print(f"  {_local(d['processed_at'], tz)}  {d['outcome']:<30} "
                   f"message {d['message_id']}")
         if refusal:
-            how = ("withdrawn at intake (7) by the desk" if refusal["state"] == 7
-                   else "refused at intake (3) by")
-            print(f"  {_local(refusal['refused_at'], tz)}  {how} "
-                  f"{refusal['refused_by']}: desk {refusal['desk_id']} told as "
-                  f"{refusal['notice_id']}\n    reason: {refusal['reason']}")
+            told = f"desk {refusal['desk_id']} told as {refusal['notice_id']}"
+            how = (f"withdrawn at intake (7) by the citizen at desk {refusal['refused_by']}: "
+                   f"told as {refusal['notice_id']}" if refusal["state"] == 7
+                   else f"refused at intake (3) by {refusal['refused_by']}: {told}")
+            print(f"  {_local(refusal['refused_at'], tz)}  {how}\n"
+                  f"    reason: {refusal['reason']}")
         else:
             print("  what each reason means and what to do: docs/RELIABILITY.md; the message "
                   "itself, until replayed: casebroker dead-letters show <message id>")

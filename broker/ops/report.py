@@ -52,7 +52,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 
 from broker.cli import day
 from broker.ledger import Ledger, dossiers, events, refusals
@@ -221,15 +221,7 @@ def report(ledger: Ledger, first: date, last: date, by: str | None, tz: ZoneInfo
         total, groups = tally(rows, by, tz, now, steps)
         if steps is not None:
             _finished_steps(conn, start, end, tz, steps)
-        # submissions closed while held opened no dossier: no unit numbered them, but
-        # they have a desk and a procedure
-        column = refusals.c.desk_id if by == "desk" else refusals.c.procedure_code
-        closed: dict[str, dict[str, int]] = {name: {} for name in UNOPENED.values()}
-        for key, state, n in conn.execute(
-                select(column, refusals.c.state, func.count()).select_from(refusals)
-                .where(refusals.c.refused_at >= start, refusals.c.refused_at < end)
-                .group_by(column, refusals.c.state)):
-            closed[UNOPENED[int(state)]][str(key)] = int(n)
+        closed = _closed_while_held(conn, by, start, end)
     out = {k: t.as_dict() for k, t in groups.items()}
     totals: dict[str, Any] = {}
     if steps is not None:  # an agency that only took over later steps numbered none
@@ -246,7 +238,8 @@ def report(ledger: Ledger, first: date, last: date, by: str | None, tz: ZoneInfo
         for name, counts in closed.items():
             for key, n in counts.items():
                 out.setdefault(key, Tally().as_dict())[name] = n
-            for values in out.values():
+        for values in out.values():  # each row its count of both (after: rows added above)
+            for name in closed:
                 values.setdefault(name, 0)
     return {"from": first.isoformat(), "to": last.isoformat(), "tz": str(tz),
             "as_of": now.isoformat(timespec="seconds"), "by": by,
@@ -260,6 +253,21 @@ def report(ledger: Ledger, first: date, last: date, by: str | None, tz: ZoneInfo
 #: count of each
 UNOPENED = {int(State.REFUSED): "refused_from_triage",
             int(State.WITHDRAWN): "withdrawn_while_held"}
+
+
+def _closed_while_held(conn: Connection, by: str | None, start: datetime, end: datetime
+                       ) -> dict[str, dict[str, int]]:
+    """Per :data:`UNOPENED` count, per desk or procedure (``by``; else per procedure, for
+    the total): the submissions closed while held from ``start`` to ``end``. They opened
+    no dossier: no unit numbered them, but they have a desk and a procedure."""
+    column = refusals.c.desk_id if by == "desk" else refusals.c.procedure_code
+    closed: dict[str, dict[str, int]] = {name: {} for name in UNOPENED.values()}
+    for key, state, n in conn.execute(
+            select(column, refusals.c.state, func.count()).select_from(refusals)
+            .where(refusals.c.refused_at >= start, refusals.c.refused_at < end)
+            .group_by(column, refusals.c.state)):
+        closed[UNOPENED[int(state)]][str(key)] = int(n)
+    return closed
 
 
 def quarter_start(day: date) -> date:

@@ -110,6 +110,12 @@ def test_the_report_counts_each_dossier_received_in_the_period_once_by_its_outco
     by_desk = json.loads(capsys.readouterr().out)["groups"]
     assert {k: (v["received"], v["refused_from_triage"], v["withdrawn_while_held"])
             for k, v in by_desk.items()} == {"T.MC.A": (1, 1, 0), "T.MC.B": (6, 0, 1)}
+    # a desk that only withdrew a held dossier still has a count of refusals (0, not "-")
+    assert main(["report", "--from", "2026-11-27", "--to", "2026-11-27", "--by", "desk",
+                 "--json", "--db-url", ledger.url]) == 0
+    groups = json.loads(capsys.readouterr().out)["groups"]
+    assert {k: (v["received"], v["refused_from_triage"], v["withdrawn_while_held"])
+            for k, v in groups.items()} == {"T.MC.A": (0, 1, 0), "T.MC.B": (0, 0, 1)}
 
     # the dossiers behind the figures, by due time: the overdue ones (the day before's
     # too, never taken up), and those resolved

@@ -120,7 +120,8 @@ def test_a_held_dossier_is_withdrawn_by_its_submission_id_and_never_opens(
             report["unaccounted"]) == (1, 0, 0)
     assert main(["dossier", "show", sid, "--db-url", ledger.url]) == 0
     out = capsys.readouterr().out
-    assert "withdrawn at intake (7) by the desk T.MC.B" in out
+    assert f"withdrawn at intake (7) by the citizen at desk T.MC.B: told as {copy_id}:withdrawn" \
+        in out
     assert "066090001234" not in out
 
 
