@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -14,7 +15,7 @@ import pika
 from pika.spec import BasicProperties
 
 from broker.amqp import Delivery, amqp_url
-from broker.ledger import RawJSON
+from broker.ledger import Batch, RawJSON
 from broker.messages import CONTENT_TYPE, DossierSubmitted, encode, kind_of
 from broker.topology import INTAKE_KEY, STATUS_KEY, Topology
 
@@ -131,3 +132,37 @@ def dossier_row(code: str, **over: Any) -> dict[str, Any]:
         "updated_at": ROW_AT,
     }
     return {**row, **over}
+
+
+def hold_router_past_duplicate_check(monkeypatch: Any) -> tuple[threading.Event,
+                                                                threading.Event]:
+    """Hold every router batch between its duplicate check (and the submission gate it
+    takes) and its first write: ``(checked, go)``, set when a batch got there, and to be
+    set to let it go on."""
+    checked, go = threading.Event(), threading.Event()
+    allocate = Batch.allocate_codes
+
+    def allocate_when_told(self: Batch, counts: dict[tuple[str, str], int]
+                           ) -> dict[tuple[str, str], int]:
+        checked.set()
+        assert go.wait(30)
+        return allocate(self, counts)
+
+    monkeypatch.setattr(Batch, "allocate_codes", allocate_when_told)
+    return checked, go
+
+
+def assert_waits(waiting: threading.Thread, release: Callable[[], None],
+                 holding: threading.Thread, why: Callable[[], str],
+                 held_s: float = 1.0) -> None:
+    """Start ``waiting`` while ``holding`` holds what it needs: it must still be running
+    after ``held_s`` (long enough for a thread that is not held back to finish its step on
+    a slow machine; ``why()`` says what it did instead); then ``release`` the holder, and
+    both must end."""
+    waiting.start()
+    waiting.join(held_s)
+    assert waiting.is_alive(), why()
+    release()
+    for thread in (holding, waiting):
+        thread.join(30)
+    assert not holding.is_alive() and not waiting.is_alive()

@@ -13,13 +13,18 @@ from typing import Any
 import pytest
 
 from broker.consumers.router import Router
-from broker.ledger import Batch, Ledger, RawJSON, SubmissionOpened, refusals
+from broker.ledger import Ledger, RawJSON, SubmissionOpened, refusals
 from broker.messages import DossierSubmitted, encode
 from broker.rules.catalog import load_catalog
 from broker.rules.engine import Engine
 from broker.topology import Topology
 from tests.conftest import MINI_CATALOG
-from tests.helpers import dossier, intake_delivery
+from tests.helpers import (
+    assert_waits,
+    dossier,
+    hold_router_past_duplicate_check,
+    intake_delivery,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -45,16 +50,7 @@ def test_a_refusal_waits_for_a_router_batch_past_its_duplicate_check_then_finds_
         ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
     d = dossier(desk_id="T.MC.A")
     # the router's batch is held between its duplicate check and its first write
-    checked, go = threading.Event(), threading.Event()
-    allocate = Batch.allocate_codes
-
-    def allocate_when_told(self: Batch, counts: dict[tuple[str, str], int]
-                           ) -> dict[tuple[str, str], int]:
-        checked.set()
-        assert go.wait(30)
-        return allocate(self, counts)
-
-    monkeypatch.setattr(Batch, "allocate_codes", allocate_when_told)
+    checked, go = hold_router_past_duplicate_check(monkeypatch)
     published: list[Any] = []
     routing = threading.Thread(target=lambda: published.extend(_router(ledger).handle(
         [intake_delivery(1, encode(d), "submit:corrected")])))
@@ -69,14 +65,8 @@ def test_a_refusal_waits_for_a_router_batch_past_its_duplicate_check_then_finds_
         except SubmissionOpened as e:
             outcome.append(e)
 
-    refusing = threading.Thread(target=refuse)
-    refusing.start()
-    refusing.join(HELD_S)
-    assert refusing.is_alive(), f"the refusal did not wait for the router: {outcome}"
-    go.set()
-    routing.join(30)
-    refusing.join(30)
-    assert not routing.is_alive() and not refusing.is_alive()
+    assert_waits(threading.Thread(target=refuse), go.set, routing,
+                 lambda: f"the refusal did not wait for the router: {outcome}")
     code = json.loads(published[-1].body)["dossier_code"]
     assert [type(o) for o in outcome] == [SubmissionOpened]
     assert outcome[0].code == code

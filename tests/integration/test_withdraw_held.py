@@ -26,13 +26,18 @@ from broker.rules.catalog import load_catalog
 from broker.rules.engine import Engine
 from broker.topology import Topology
 from tests.conftest import MINI_CATALOG, RunningBroker, queue_depth, wait_for
-from tests.helpers import Amqp, dossier, intake_delivery, status_delivery
+from tests.helpers import (
+    Amqp,
+    assert_waits,
+    dossier,
+    hold_router_past_duplicate_check,
+    intake_delivery,
+    status_delivery,
+)
 
 pytestmark = pytest.mark.integration
 
 SENT = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)
-#: long enough for a thread that is not held back to finish its step on a slow machine
-HELD_S = 1.0
 
 
 def _withdrawal(d: DossierSubmitted, desk: str | None = None, *, by_code: str | None = None,
@@ -163,24 +168,20 @@ def _routers(ledger: Ledger) -> tuple[Router, StatusRouter]:
             StatusRouter(lambda: engine, ledger, Topology("t")))
 
 
+def _held_then_corrected(router: Router) -> tuple[DossierSubmitted, DossierSubmitted]:
+    """A dossier held in triage (a ward no unit serves) and its corrected copy."""
+    d = dossier(desk_id="T.MC.A", applicant_ward="99999")
+    router.handle([intake_delivery(1, encode(d), "submit:first")])
+    return d, d.model_copy(update={"applicant": d.applicant.model_copy(
+        update={"ward_code": "10001"})})
+
+
 def test_a_withdrawal_waits_for_a_router_opening_the_dossier_then_names_its_code(
         ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
     router, status = _routers(ledger)
-    d = dossier(desk_id="T.MC.A", applicant_ward="99999")
-    router.handle([intake_delivery(1, encode(d), "submit:first")])  # held
-    corrected = d.model_copy(update={"applicant": d.applicant.model_copy(
-        update={"ward_code": "10001"})})
+    d, corrected = _held_then_corrected(router)
     # the router's batch for the corrected copy is held past its duplicate check
-    checked, go = threading.Event(), threading.Event()
-    allocate = Batch.allocate_codes
-
-    def allocate_when_told(self: Batch, counts: dict[tuple[str, str], int]
-                           ) -> dict[tuple[str, str], int]:
-        checked.set()
-        assert go.wait(30)
-        return allocate(self, counts)
-
-    monkeypatch.setattr(Batch, "allocate_codes", allocate_when_told)
+    checked, go = hold_router_past_duplicate_check(monkeypatch)
     published: list[Any] = []
     routing = threading.Thread(target=lambda: published.extend(router.handle(
         [intake_delivery(2, encode(corrected), "submit:corrected")])))
@@ -189,13 +190,8 @@ def test_a_withdrawal_waits_for_a_router_opening_the_dossier_then_names_its_code
     answered: list[Any] = []
     withdrawing = threading.Thread(target=lambda: answered.extend(status.handle(
         [status_delivery(3, _withdrawal(d))])))
-    withdrawing.start()
-    withdrawing.join(HELD_S)
-    assert withdrawing.is_alive(), f"the withdrawal did not wait for the router: {answered}"
-    go.set()
-    routing.join(30)
-    withdrawing.join(30)
-    assert not routing.is_alive() and not withdrawing.is_alive()
+    assert_waits(withdrawing, go.set, routing,
+                 lambda: f"the withdrawal did not wait for the router: {answered}")
     assert ledger.count_by_state() == {2: 1}  # opened, and not closed at intake
     assert ledger.refusal(str(d.submission_id)) is None
     code = json.loads(published[-1].body)["dossier_code"]
@@ -207,10 +203,7 @@ def test_a_withdrawal_waits_for_a_router_opening_the_dossier_then_names_its_code
 def test_a_router_replay_waits_for_a_withdrawal_being_committed_then_answers_with_it(
         ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
     router, status = _routers(ledger)
-    d = dossier(desk_id="T.MC.A", applicant_ward="99999")
-    router.handle([intake_delivery(1, encode(d), "submit:first")])  # held
-    corrected = d.model_copy(update={"applicant": d.applicant.model_copy(
-        update={"ward_code": "10001"})})
+    d, corrected = _held_then_corrected(router)
     # the withdrawal is held between recording the closure and its commit
     closed, go = threading.Event(), threading.Event()
     close = Batch.close_at_intake
@@ -229,13 +222,8 @@ def test_a_router_replay_waits_for_a_withdrawal_being_committed_then_answers_wit
     published: list[Any] = []
     routing = threading.Thread(target=lambda: published.extend(router.handle(
         [intake_delivery(2, encode(corrected), "submit:first#replay1")])))
-    routing.start()
-    routing.join(HELD_S)
-    assert routing.is_alive(), f"the router did not wait for the withdrawal: {published}"
-    go.set()
-    withdrawing.join(30)
-    routing.join(30)
-    assert not routing.is_alive() and not withdrawing.is_alive()
+    assert_waits(routing, go.set, withdrawing,
+                 lambda: f"the router did not wait for the withdrawal: {published}")
     assert ledger.count_by_state() == {}
     ((withdrawn),) = answered
     # the corrected copy differs from the one held: another dossier under a taken id, so
@@ -283,9 +271,7 @@ def test_a_dossier_held_before_the_upgrade_can_be_withdrawn_after_it(
 
 def test_casebroker_run_fills_a_held_table_it_makes_for_an_earlier_ledger(
         ledger: Ledger) -> None:
-    router, _ = _routers(ledger)
-    held = dossier(desk_id="T.MC.A", applicant_ward="99999")
-    router.handle([intake_delivery(1, encode(held), "submit:held")])
+    held, _ = _held_then_corrected(_routers(ledger)[0])
     with ledger.engine.begin() as conn:
         conn.exec_driver_sql("DROP TABLE held")
     ledger.dispose()
@@ -299,8 +285,7 @@ def test_casebroker_run_fills_a_held_table_it_makes_for_an_earlier_ledger(
 def test_a_held_dossier_pruned_while_it_waited_is_withdrawn_and_told_from_another(
         ledger: Ledger) -> None:
     router, status = _routers(ledger)
-    held = dossier(desk_id="T.MC.A", applicant_ward="99999")
-    router.handle([intake_delivery(1, encode(held), "submit:held")])
+    held, _ = _held_then_corrected(router)
     # it waited in triage past the retention: the ledger's copy is a stub now
     done = prune(ledger, 30, "operator-1", now=datetime.now(UTC) + timedelta(days=60))
     assert done.bodies == 1  # the triage copy (its held notice holds no personal data)
@@ -309,7 +294,7 @@ def test_a_held_dossier_pruned_while_it_waited_is_withdrawn_and_told_from_anothe
         "withdrawn", 7)
     # the copy still in triage (prune does not reach RabbitMQ), replayed: the same
     # dossier, answered with its withdrawal; another under its submission id is not
-    again = router.handle([intake_delivery(3, encode(held), "submit:held#replay1")])
+    again = router.handle([intake_delivery(3, encode(held), "submit:first#replay1")])
     assert [(o.message_id, o.body) for o in again] == [(notice.message_id, notice.body)]
     other = held.model_copy(update={"procedure_code": "1.004227"})
     assert submission_digest(other) != submission_digest(held)
