@@ -505,9 +505,10 @@ def _cmd_refuse(args: argparse.Namespace) -> int:
                                       args.by or system_user())
     finally:
         ledger.dispose()
+    withdrawn = sum(1 for d in done if d["closed_before"] == "withdrawn")
     if args.json:
-        print(json.dumps({"refused": len(done), "messages": done,
-                          "not_refused": len(failed), "failed": failed}))
+        print(json.dumps({"refused": len(done) - withdrawn, "withdrawn_before": withdrawn,
+                          "messages": done, "not_refused": len(failed), "failed": failed}))
     else:
         for d in done:
             if d["closed_before"] == "withdrawn":
@@ -518,7 +519,8 @@ def _cmd_refuse(args: argparse.Namespace) -> int:
             again = " (refused before: its notice sent again)" if d["refused_before"] else ""
             print(f"triage: {d['message_id']}: submission {d['submission_id']} refused, "
                   f"desk {d['desk_id']} told as {d['notice_id']}{again}")
-        print(f"{len(done)} dossier(s) refused")
+        print(f"{len(done) - withdrawn} dossier(s) refused"
+              + (f", {withdrawn} withdrawn before (taken out of triage)" if withdrawn else ""))
     _report_failures(failed, "not refused")
     unseen = _unseen(ids, done, failed)
     if unseen:

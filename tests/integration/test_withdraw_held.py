@@ -115,6 +115,8 @@ def test_a_held_dossier_is_withdrawn_by_its_submission_id_and_never_opens(
                         "not taken here", "--db-url", ledger.url)
     assert rc == 0, err
     assert "was withdrawn by desk T.MC.B while held: not refused" in out
+    assert out.splitlines()[-1] == "0 dossier(s) refused, 1 withdrawn before (taken out of " \
+        "triage)"
     ((props, body),) = amqp.get_all(desk)
     assert props.message_id == f"{copy_id}:withdrawn" and json.loads(body) == notice
     assert queue_depth(t.triage_queue) == 0
