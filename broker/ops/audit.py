@@ -206,6 +206,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
             args.submissions).read_text()
         sids = [line.strip() for line in text.splitlines() if line.strip()]
     try:
+        ledger.check_schema()  # a ledger from an earlier version: `casebroker ledger upgrade`
         report = audit(ledger, topology, sids, args.since,
                        Progress("audit: {done} of {total} dossiers checked"))
     finally:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from broker.amqp import DETAIL_HEADER, REASON_HEADER
-from broker.cli import main
+from broker.cli import EXIT_PROBLEM, main
 from broker.consumers.router import Router, submission_digest
 from broker.consumers.status import StatusRouter
 from broker.ledger import Batch, Ledger
@@ -256,6 +256,10 @@ def test_a_dossier_held_before_the_upgrade_can_be_withdrawn_after_it(
         conn.exec_driver_sql("ALTER TABLE refusals DROP COLUMN state")
     ledger.dispose()
     assert ledger.refusal(str(refused.submission_id))["state"] == 3  # type: ignore[index]
+    capsys.readouterr()
+    assert main(["audit", "--db-url", ledger.url, "--prefix", "upgradecheck"]) == EXIT_PROBLEM
+    err = capsys.readouterr().err  # in words, not as the ledger being away
+    assert "refusals.state is missing" in err and "ledger upgrade" in err
     assert main(["ledger", "upgrade", "--dry-run", "--db-url", ledger.url]) == 0
     said = capsys.readouterr().out
     assert "CREATE TABLE held" in said and "fill held from the triage copies" in said
