@@ -437,14 +437,35 @@ def _report_failures(failed: list[dict[str, Any]], what: str) -> None:
         print(f"{messages} message(s) {what}", file=sys.stderr)
 
 
+def closed_in_ledger(ledger: Ledger, found: list[dict[str, Any]]) -> None:
+    """Mark each triage copy whose submission was closed at intake meanwhile (withdrawn by
+    its desk while held, or refused): ``closed`` is ``withdrawn``, ``refused`` or None. A
+    replay takes such a copy out (the router answers it with that notice again), as does
+    ``refuse`` (which refuses nothing more)."""
+    for f in found:
+        body = f.get("body")
+        sid = body.get("submission_id") if f["queue"] == "triage" and isinstance(
+            body, dict) else None
+        refusal = ledger.refusal(sid) if isinstance(sid, str) else None
+        f["closed"] = None if refusal is None else State(refusal["state"]).name.lower()
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     found, failed = list_dead(_topology(args), _queues(args.queue))
+    if args.db_url:
+        ledger = Ledger(args.db_url, create=False)
+        try:
+            closed_in_ledger(ledger, found)
+        finally:
+            ledger.dispose()
     if args.json:
         print(json.dumps([{k: v for k, v in f.items() if k != "body"} for f in found]))
     else:
         for f in found:
+            closed = (f"  [closed at intake: {f['closed']}; replay takes it out]"
+                      if f.get("closed") else "")
             print(f"{f['queue']:<7} {f['message_id']:<50} {f['reason'] or '-':<20} "
-                  f"{f['size']:>7} B  replays {f['replays']}  {f['detail'] or ''}")
+                  f"{f['size']:>7} B  replays {f['replays']}  {f['detail'] or ''}{closed}")
         print(f"{len(found)} message(s)")
     _report_failures(failed, "not put back (left unacked: back in their queue)")
     return 1 if failed else 0
@@ -546,6 +567,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
 
     p = dl_sub.add_parser("list", help="every dead letter and triaged message")
     common(p)
+    p.add_argument("--db-url", help="also mark triage copies closed at intake meanwhile "
+                   "(withdrawn while held, or refused), from this ledger")
     p.set_defaults(handler=_cmd_list)
     p = dl_sub.add_parser("show", help="one message: headers and the body's fields that carry "
                           "no personal data (ids, codes, states, timestamps)")

@@ -21,6 +21,7 @@ from broker.consumers.status import StatusRouter
 from broker.ledger import Batch, Ledger
 from broker.messages import DossierSubmitted, DossierWithdrawn, encode
 from broker.ops.audit import audit
+from broker.ops.deadletters import closed_in_ledger
 from broker.ops.prune import prune
 from broker.rules.catalog import load_catalog
 from broker.rules.engine import Engine
@@ -98,6 +99,18 @@ def test_a_held_dossier_is_withdrawn_by_its_submission_id_and_never_opens(
     assert reasons == ["not_a_party", "unknown_dossier"]
     assert queue_depth(t.desk_queue("T.MC.A")) == 0
 
+    # the operator's list marks the copy closed (from the ledger)
+    rc, out, err = _cli(capsys, t, "dead-letters", "list", "--queue", "triage", "--db-url",
+                        ledger.url, "--json")
+    assert rc == 0, err
+    assert [(f["message_id"], f["closed"]) for f in json.loads(out)] == [(copy_id, "withdrawn")]
+    rc, out, err = _cli(capsys, t, "dead-letters", "list", "--queue", "triage", "--db-url",
+                        ledger.url)
+    assert "[closed at intake: withdrawn; replay takes it out]" in out
+    others = [{"queue": "triage", "body": {"submission_id": str(uuid.uuid4())}},  # not closed
+              {"queue": "intake", "body": {"submission_id": sid}}]  # not a triage copy
+    closed_in_ledger(ledger, others)
+    assert [f["closed"] for f in others] == [None, None]
     # the operator replays triage (a catalog fix): the copy is answered with the
     # withdrawal, under the same id (the desk drops it), and opens nothing
     rc, out, err = _cli(capsys, t, "dead-letters", "replay", "--all", "--queue", "triage")
