@@ -12,9 +12,11 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pika
+import pytest
 from pika.spec import BasicProperties
 
 from broker.amqp import Delivery, amqp_url
+from broker.cli import main
 from broker.ledger import Batch, RawJSON
 from broker.messages import CONTENT_TYPE, DossierSubmitted, encode, kind_of
 from broker.topology import INTAKE_KEY, STATUS_KEY, Topology
@@ -166,3 +168,11 @@ def assert_waits(waiting: threading.Thread, release: Callable[[], None],
     for thread in (holding, waiting):
         thread.join(30)
     assert not holding.is_alive() and not waiting.is_alive()
+
+
+def cli(capsys: pytest.CaptureFixture[str], t: Topology, *args: str) -> tuple[int, str, str]:
+    """Run ``casebroker <args> --prefix <t's>``: (exit status, stdout, stderr)."""
+    capsys.readouterr()
+    code = main([*args, "--prefix", t.prefix])
+    out, err = capsys.readouterr()
+    return code, out, err

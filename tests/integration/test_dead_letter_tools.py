@@ -27,7 +27,7 @@ from broker.security import Grant, Management, ManagementError
 from broker.service import declare_topology
 from broker.topology import DELIVERY_LIMIT, Topology
 from tests.conftest import RunningBroker, queue_depth, wait_for
-from tests.helpers import Amqp, dossier, free_port
+from tests.helpers import Amqp, cli, dossier, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -36,11 +36,6 @@ SUBMISSION = "0b9c6a57-3f7e-4c1e-9d3a-5d2f1e6b7a80"
 
 
 
-def _cli(capsys: pytest.CaptureFixture[str], t: Topology, *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([*args, "--prefix", t.prefix])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 
@@ -84,7 +79,7 @@ def test_an_unroutable_assignment_is_replayed_to_its_agency_not_to_the_router(
     (code, _, _), = ledger.states_for_submissions([str(d.submission_id)]).values()
     declare_topology(amqp_url(), t, mini_catalog)  # the queue is back: replay
 
-    rc, out, err = _cli(capsys, t, "dead-letters", "replay", "--all", "--queue", "agency",
+    rc, out, err = cli(capsys, t, "dead-letters", "replay", "--all", "--queue", "agency",
                         "--json")
     assert rc == 0, err
     assert json.loads(out)["messages"][0]["exchange"] == t.agency_exchange
@@ -125,7 +120,7 @@ def test_replay_finds_the_destination_each_dead_letter_producer_wrote(
         amqp.ch.basic_nack(method.delivery_tag, requeue=True)
     wait_for(lambda: queue_depth(t.dead_queue("agency")) == 2, what="the delivery limit")
 
-    rc, out, err = _cli(capsys, t, "dead-letters", "replay", "--all", "--json")
+    rc, out, err = cli(capsys, t, "dead-letters", "replay", "--all", "--json")
     assert rc == 0, err
     assert json.loads(out)["replayed"] == 4
     assert _ids(amqp, t.desk_queue("T.MC.A")) == [desk_notice.message_id]
@@ -151,7 +146,7 @@ def test_a_message_that_cannot_be_replayed_holds_back_only_itself(
     _publish_dead(amqp, t, "agency", last, watch)
 
     for run in (1, 2):
-        rc, out, err = _cli(capsys, t, "dead-letters", "replay", "--all", "--queue", "agency")
+        rc, out, err = cli(capsys, t, "dead-letters", "replay", "--all", "--queue", "agency")
         assert rc == 1
         assert "garbled:1" in err and gone.message_id in err and "Traceback" not in err
         assert f"{2 if run == 1 else 0} message(s) replayed" in out
@@ -160,7 +155,7 @@ def test_a_message_that_cannot_be_replayed_holds_back_only_itself(
         assert _ids(amqp, t.agency_queue("T.UBND.A")) == ([first.message_id] if run == 1 else [])
         assert _ids(amqp, t.agency_queue("T.UBND.B")) == ([last.message_id] if run == 1 else [])
         assert queue_depth(t.dead_queue("agency")) == 2
-    rc, out, _ = _cli(capsys, t, "dead-letters", "list", "--queue", "agency", "--json")
+    rc, out, _ = cli(capsys, t, "dead-letters", "list", "--queue", "agency", "--json")
     assert rc == 0
     assert sorted(m["message_id"] for m in json.loads(out)) == sorted(["garbled:1",
                                                                         gone.message_id])
@@ -175,12 +170,12 @@ def test_a_missing_queue_is_named_and_the_others_are_read(
     _publish_dead(amqp, t, "agency", notice, {REASON_HEADER: "unroutable",
                                               SOURCE_HEADER: "watch"})
     amqp.delete_queues(t.dead_queue("status"))
-    rc, out, err = _cli(capsys, t, "dead-letters", "list", "--json")
+    rc, out, err = cli(capsys, t, "dead-letters", "list", "--json")
     assert rc == 1 and "Traceback" not in err
     assert [m["message_id"] for m in json.loads(out)] == [notice.message_id]
     assert f"error: status: no queue {t.dead_queue('status')}" in err
     assert "casebroker topology declare" in err and "message(s)" not in err
-    rc, out, err = _cli(capsys, t, "dead-letters", "replay", "--all")
+    rc, out, err = cli(capsys, t, "dead-letters", "replay", "--all")
     assert rc == 1 and "1 message(s) replayed" in out and "no queue" in err
     assert _ids(amqp, t.agency_queue("T.UBND.A")) == [notice.message_id]
 
@@ -191,7 +186,7 @@ def test_rabbitmq_out_of_reach_is_one_line_without_the_password(
     monkeypatch.setenv("CASEBROKER_AMQP_URL",
                        f"amqp://guest:s3cret-pw@127.0.0.1:{free_port()}/")
     for args in (("dead-letters", "list"), ("topology", "declare")):
-        rc, out, err = _cli(capsys, declared, *args)
+        rc, out, err = cli(capsys, declared, *args)
         assert rc == 1 and "Traceback" not in err and "s3cret-pw" not in err + out
         assert "error: RabbitMQ unreachable at amqp://guest:***@127.0.0.1:" in err
         assert "Connection refused" in err
@@ -224,14 +219,14 @@ def test_the_operators_login_need_not_be_the_dead_letters_sender(
             mandatory=True)
     monkeypatch.setenv("CASEBROKER_AMQP_URL", operator_url)
     for _ in range(2):
-        rc, out, err = _cli(capsys, t, "dead-letters", "list", "--json")
+        rc, out, err = cli(capsys, t, "dead-letters", "list", "--json")
         assert rc == 0, err
         listed = json.loads(out)
         assert [m["message_id"] for m in listed] == ["bad:1", "bad:2"]
         assert {m["sent_by"] for m in listed} == {"guest"}     # the original sender, kept
-    rc, _, err = _cli(capsys, t, "dead-letters", "show", "bad:2")
+    rc, _, err = cli(capsys, t, "dead-letters", "show", "bad:2")
     assert rc == 0, err
-    rc, out, err = _cli(capsys, t, "dead-letters", "replay", "--id", "bad:2")
+    rc, out, err = cli(capsys, t, "dead-letters", "replay", "--id", "bad:2")
     assert rc == 0, err
     assert _ids(amqp, t.intake_queue) == ["bad:2#replay1"]   # no router runs here
     assert _ids(amqp, t.dead_queue("intake")) == ["bad:1"]
@@ -247,7 +242,7 @@ def test_audit_counts_what_sits_in_dead_agency_and_dead_desk_and_unreadable_queu
     run_broker()
     amqp.submit(t, dossier(applicant_ward="10002"))  # the router has declared and consumes
     wait_for(lambda: queue_depth(t.agency_queue("T.UBND.B")), what="the first assignment")
-    rc, out, err = _cli(capsys, t, "audit", "--json")
+    rc, out, err = cli(capsys, t, "audit", "--json")
     report = json.loads(out)
     assert rc == 0, err
     assert report["undelivered"] == 0 and report["queues_error"] is None
@@ -256,20 +251,20 @@ def test_audit_counts_what_sits_in_dead_agency_and_dead_desk_and_unreadable_queu
     amqp.submit(t, dossier())                       # its assignment: dead.agency
     wait_for(lambda: queue_depth(t.dead_queue("agency")) == 1, what="the dead assignment")
     wait_for(lambda: queue_depth(t.intake_queue) == 0, what="intake drained")
-    rc, out, _ = _cli(capsys, t, "audit", "--json")
+    rc, out, _ = cli(capsys, t, "audit", "--json")
     report = json.loads(out)
     assert rc == 1 and report["unaccounted"] == 0    # the outbox has it; the agency has not
     assert report["undelivered"] == 1 and report["queues"]["dead.agency"] == 1
-    rc, out, _ = _cli(capsys, t, "audit")
+    rc, out, _ = cli(capsys, t, "audit")
     assert rc == 1 and "1 undelivered" in out and "dead.agency" in out
 
     # RabbitMQ unreachable: said so, and not a clean bill
     monkeypatch.setenv("CASEBROKER_AMQP_URL", f"amqp://guest:guest@127.0.0.1:{free_port()}/")
     amqp.get_all(t.dead_queue("agency"))
-    rc, out, _ = _cli(capsys, t, "audit", "--json")
+    rc, out, _ = cli(capsys, t, "audit", "--json")
     report = json.loads(out)
     assert rc == 1 and report["queues"] is None and report["queues_error"]
-    rc, out, _ = _cli(capsys, t, "audit")
+    rc, out, _ = cli(capsys, t, "audit")
     assert rc == 1 and "queues unreadable" in out
 
 
@@ -299,7 +294,7 @@ def test_show_prints_only_fields_known_to_carry_no_personal_data(
 
     shown: dict[str, Any] = {}
     for mid in bodies:
-        rc, out, err = _cli(capsys, t, "dead-letters", "show", mid, "--queue", "intake")
+        rc, out, err = cli(capsys, t, "dead-letters", "show", mid, "--queue", "intake")
         assert rc == 0, err
         for s in secret:
             assert s not in out, (mid, s)
@@ -338,7 +333,7 @@ def test_refuse_closes_a_triaged_dossier_once_and_its_desk_hears_it_once(
               "--db-url", ledger.url)
     never_id, stray_id, lost_id = (f"submit:{d.submission_id}" for d in (never, stray, lost))
 
-    rc, out, err = _cli(capsys, t, *refuse, "--id", never_id, "--json")
+    rc, out, err = cli(capsys, t, *refuse, "--id", never_id, "--json")
     assert rc == 0, err
     (done,) = json.loads(out)["messages"]
     assert done["refused_before"] is False and done["notice_id"] == f"{never_id}:refused"
@@ -356,7 +351,7 @@ def test_refuse_closes_a_triaged_dossier_once_and_its_desk_hears_it_once(
     # refused again as before, its desk told under the same message id
     amqp.publish(t.dead_letter_exchange, "triage", encode(never), message_id=never_id,
                  type="dossier.submitted")
-    rc, out, err = _cli(capsys, t, *refuse, "--reason", "another reason", "--id", never_id,
+    rc, out, err = cli(capsys, t, *refuse, "--reason", "another reason", "--id", never_id,
                         "--json")
     assert rc == 0, err
     assert json.loads(out)["messages"][0]["refused_before"] is True
@@ -379,14 +374,14 @@ def test_refuse_closes_a_triaged_dossier_once_and_its_desk_hears_it_once(
     assert ledger.count_inbox_outcomes()["duplicate"] == 1
 
     # nobody to tell: put back, nothing recorded
-    rc, out, err = _cli(capsys, t, *refuse, "--id", stray_id)
+    rc, out, err = cli(capsys, t, *refuse, "--id", stray_id)
     assert rc == 1 and "desk T.NOWHERE has nobody to tell: no queue" in err
     assert ledger.refusal(str(stray.submission_id)) is None
     # corrected and received since it was triaged: nothing to refuse
     amqp.submit(t, lost.model_copy(update={"applicant": lost.applicant.model_copy(
         update={"ward_code": "10001"})}), message_id="desk-corrected")
     wait_for(lambda: ledger.count_by_state() == {2: 1}, what="the corrected dossier")
-    rc, out, err = _cli(capsys, t, *refuse, "--id", lost_id, "--id", "no-such-id")
+    rc, out, err = cli(capsys, t, *refuse, "--id", lost_id, "--id", "no-such-id")
     assert rc == 1 and "opened dossier T.UBND.A-" in err and "not in triage: no-such-id" in err
     assert ledger.refusal(str(lost.submission_id)) is None
     assert sorted(_ids(amqp, t.triage_queue)) == sorted([stray_id, lost_id])  # put back
@@ -412,13 +407,13 @@ def test_refuse_takes_every_triaged_dossier_of_a_procedure_the_province_does_not
     wait_for(lambda: queue_depth(t.triage_queue) == 3, what="three dossiers triaged")
     refuse = ("dead-letters", "refuse", "--procedure", "9.999998", "--reason", "not here",
               "--db-url", ledger.url)
-    rc, out, err = _cli(capsys, t, *refuse)
+    rc, out, err = cli(capsys, t, *refuse)
     assert rc == 0, err
     assert out.splitlines()[-1] == "2 dossier(s) refused"
     assert _ids(amqp, t.triage_queue) == [f"submit:{lost.submission_id}"]
     for d in others:
         assert ledger.refusal(str(d.submission_id)) is not None
-    rc, out, err = _cli(capsys, t, *refuse)  # nothing of it left
+    rc, out, err = cli(capsys, t, *refuse)  # nothing of it left
     assert rc == 1 and "no dossier of procedure 9.999998 in triage" in err
 
 
@@ -432,12 +427,12 @@ def test_a_channel_rabbitmq_closes_mid_replay_is_one_line_and_loses_nothing(
     _publish_dead(amqp, t, "agency", notice, {REASON_HEADER: "unroutable",
                                               SOURCE_HEADER: "watch"})
     amqp.ch.exchange_delete(t.agency_exchange)
-    rc, out, err = _cli(capsys, t, "dead-letters", "replay", "--all")
+    rc, out, err = cli(capsys, t, "dead-letters", "replay", "--all")
     assert rc == 1 and "Traceback" not in err
     assert "error: agency: RabbitMQ ChannelClosedByBroker: (404" in err
     assert f"left in {t.dead_queue('agency')} (no queue after it is read)" in err
     wait_for(lambda: queue_depth(t.dead_queue("agency")) == 1, what="the dead letter back")
     declare_topology(amqp_url(), t, mini_catalog)  # the exchange is back: replay works
-    rc, out, err = _cli(capsys, t, "dead-letters", "replay", "--all")
+    rc, out, err = cli(capsys, t, "dead-letters", "replay", "--all")
     assert rc == 0, err
     assert _ids(amqp, t.agency_queue("T.UBND.A")) == [notice.message_id]

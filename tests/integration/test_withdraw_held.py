@@ -30,6 +30,7 @@ from tests.conftest import MINI_CATALOG, RunningBroker, queue_depth, wait_for
 from tests.helpers import (
     Amqp,
     assert_waits,
+    cli,
     dossier,
     hold_router_past_duplicate_check,
     intake_delivery,
@@ -41,19 +42,16 @@ pytestmark = pytest.mark.integration
 SENT = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)
 
 
-def _withdrawal(d: DossierSubmitted, desk: str | None = None, *, by_code: str | None = None,
+def _withdrawal(d: DossierSubmitted, desk: str | None = None, *,
                 submission_id: uuid.UUID | None = None) -> DossierWithdrawn:
-    by_sid = None if by_code else (submission_id or d.submission_id)
-    return DossierWithdrawn(event_id=uuid.uuid4(), dossier_code=by_code,
-                            submission_id=by_sid, desk_id=desk or d.desk_id,
-                            reason="công dân rút hồ sơ", sent_at=SENT)
+    """The citizen's withdrawal of ``d`` by its submission id (or another one), from its
+    intake desk (or another one)."""
+    return DossierWithdrawn(event_id=uuid.uuid4(),
+                            submission_id=submission_id or d.submission_id,
+                            desk_id=desk or d.desk_id, reason="công dân rút hồ sơ",
+                            sent_at=SENT)
 
 
-def _cli(capsys: pytest.CaptureFixture[str], t: Topology, *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([*args, "--prefix", t.prefix])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_a_held_dossier_is_withdrawn_by_its_submission_id_and_never_opens(
@@ -100,11 +98,11 @@ def test_a_held_dossier_is_withdrawn_by_its_submission_id_and_never_opens(
     assert queue_depth(t.desk_queue("T.MC.A")) == 0
 
     # the operator's list marks the copy closed (from the ledger)
-    rc, out, err = _cli(capsys, t, "dead-letters", "list", "--queue", "triage", "--db-url",
+    rc, out, err = cli(capsys, t, "dead-letters", "list", "--queue", "triage", "--db-url",
                         ledger.url, "--json")
     assert rc == 0, err
     assert [(f["message_id"], f["closed"]) for f in json.loads(out)] == [(copy_id, "withdrawn")]
-    rc, out, err = _cli(capsys, t, "dead-letters", "list", "--queue", "triage", "--db-url",
+    rc, out, err = cli(capsys, t, "dead-letters", "list", "--queue", "triage", "--db-url",
                         ledger.url)
     assert "[closed at intake: withdrawn; replay takes it out]" in out
     others = [{"queue": "triage", "body": {"submission_id": str(uuid.uuid4())}},  # not closed
@@ -113,7 +111,7 @@ def test_a_held_dossier_is_withdrawn_by_its_submission_id_and_never_opens(
     assert [f["closed"] for f in others] == [None, None]
     # the operator replays triage (a catalog fix): the copy is answered with the
     # withdrawal, under the same id (the desk drops it), and opens nothing
-    rc, out, err = _cli(capsys, t, "dead-letters", "replay", "--all", "--queue", "triage")
+    rc, out, err = cli(capsys, t, "dead-letters", "replay", "--all", "--queue", "triage")
     assert rc == 0, err
     wait_for(lambda: queue_depth(desk) == 1, what="the withdrawal sent again")
     ((props, body),) = amqp.get_all(desk)
@@ -124,7 +122,7 @@ def test_a_held_dossier_is_withdrawn_by_its_submission_id_and_never_opens(
     # withdrawn, sends the same notice, and takes the copy out; the withdrawal stands
     amqp.publish(t.dead_letter_exchange, "triage", encode(held), message_id=copy_id,
                  type="dossier.submitted")
-    rc, out, err = _cli(capsys, t, "dead-letters", "refuse", "--id", copy_id, "--reason",
+    rc, out, err = cli(capsys, t, "dead-letters", "refuse", "--id", copy_id, "--reason",
                         "not taken here", "--db-url", ledger.url)
     assert rc == 0, err
     assert "was withdrawn by desk T.MC.B while held: not refused" in out
