@@ -80,7 +80,7 @@ def test_an_unroutable_assignment_is_replayed_to_its_agency_not_to_the_router(
     declare_topology(amqp_url(), t, mini_catalog)  # the queue is back: replay
 
     rc, out, err = cli(capsys, t, "dead-letters", "replay", "--all", "--queue", "agency",
-                        "--json")
+                       "--json")
     assert rc == 0, err
     assert json.loads(out)["messages"][0]["exchange"] == t.agency_exchange
     got = wait_for(lambda: amqp.get_all(t.agency_queue("T.UBND.A")), timeout_s=5,
@@ -352,7 +352,7 @@ def test_refuse_closes_a_triaged_dossier_once_and_its_desk_hears_it_once(
     amqp.publish(t.dead_letter_exchange, "triage", encode(never), message_id=never_id,
                  type="dossier.submitted")
     rc, out, err = cli(capsys, t, *refuse, "--reason", "another reason", "--id", never_id,
-                        "--json")
+                       "--json")
     assert rc == 0, err
     assert json.loads(out)["messages"][0]["refused_before"] is True
     (props, body), = amqp.get_all(t.desk_queue("T.MC.B"))

@@ -99,11 +99,11 @@ def test_a_held_dossier_is_withdrawn_by_its_submission_id_and_never_opens(
 
     # the operator's list marks the copy closed (from the ledger)
     rc, out, err = cli(capsys, t, "dead-letters", "list", "--queue", "triage", "--db-url",
-                        ledger.url, "--json")
+                       ledger.url, "--json")
     assert rc == 0, err
     assert [(f["message_id"], f["closed"]) for f in json.loads(out)] == [(copy_id, "withdrawn")]
     rc, out, err = cli(capsys, t, "dead-letters", "list", "--queue", "triage", "--db-url",
-                        ledger.url)
+                       ledger.url)
     assert "[closed at intake: withdrawn; replay takes it out]" in out
     others = [{"queue": "triage", "body": {"submission_id": str(uuid.uuid4())}},  # not closed
               {"queue": "intake", "body": {"submission_id": sid}}]  # not a triage copy
@@ -123,7 +123,7 @@ def test_a_held_dossier_is_withdrawn_by_its_submission_id_and_never_opens(
     amqp.publish(t.dead_letter_exchange, "triage", encode(held), message_id=copy_id,
                  type="dossier.submitted")
     rc, out, err = cli(capsys, t, "dead-letters", "refuse", "--id", copy_id, "--reason",
-                        "not taken here", "--db-url", ledger.url)
+                       "not taken here", "--db-url", ledger.url)
     assert rc == 0, err
     assert "was withdrawn by desk T.MC.B while held: not refused" in out
     assert out.splitlines()[-1] == "0 dossier(s) refused, 1 withdrawn before (taken out of " \
