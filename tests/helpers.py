@@ -1,4 +1,5 @@
-"""Plain pika helpers for tests: publish raw bodies, fetch what queues hold."""
+"""Helpers for tests: messages and deliveries, plain pika to publish raw bodies and fetch
+what queues hold, the CLI under a test prefix, and holding a thread at a step of a race."""
 
 from __future__ import annotations
 
@@ -136,8 +137,8 @@ def dossier_row(code: str, **over: Any) -> dict[str, Any]:
     return {**row, **over}
 
 
-def hold_router_past_duplicate_check(monkeypatch: Any) -> tuple[threading.Event,
-                                                                threading.Event]:
+def hold_router_past_duplicate_check(monkeypatch: pytest.MonkeyPatch
+                                     ) -> tuple[threading.Event, threading.Event]:
     """Hold every router batch between its duplicate check (and the submission gate it
     takes) and its first write: ``(checked, go)``, set when a batch got there, and to be
     set to let it go on."""
