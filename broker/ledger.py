@@ -336,13 +336,16 @@ class Batch:
                     r.headers, bytes(r.body)))
         return found
 
-    def existing_submissions(self, submission_ids: Iterable[str]) -> dict[str, str | None]:
+    def existing_submissions(self, submission_ids: Iterable[str], *, alone: bool = False
+                             ) -> dict[str, str | None]:
         """submission id → dossier code for those already in the ledger, or None for one
-        an operator refused at intake (no dossier: :meth:`refusals` has its notice)."""
+        closed at intake with no dossier (:meth:`refusals` has its notice); the batch
+        holds :data:`SUBMISSION_GATE` from here on (``alone``: see
+        :meth:`enter_submission_gate`)."""
         ids = list(set(submission_ids))
         if not ids:
             return {}
-        self.enter_submission_gate()
+        self.enter_submission_gate(alone=alone)
         # one statement: the refusals' probe of an index (of a few rows) costs nothing
         # beside a round trip of its own per batch
         return dict(self._rows_in(
@@ -408,15 +411,6 @@ class Batch:
         return {(r.message_id, sid): r.processed_at for r in rows
                 if (sid := _kept_submission(r.body)) is not None
                 and (r.message_id, sid) in wanted}
-
-    def opened(self, submission_ids: Iterable[str]) -> dict[str, str]:
-        """submission id → the code of the dossier it opened, for those that opened one."""
-        wanted = list(set(submission_ids))
-        if not wanted:
-            return {}
-        rows = self.conn.execute(select(dossiers.c.submission_id, dossiers.c.code)
-                                 .where(dossiers.c.submission_id.in_(wanted)))
-        return {r.submission_id: r.code for r in rows}
 
     def closed_at_intake(self, submission_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """submission id → its ``refusals`` row (without the submission), for those closed

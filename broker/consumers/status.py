@@ -132,10 +132,9 @@ class StatusRouter(Consumer):
         refused, when it has a part in the dossier. A stranger is not answered (see
         :func:`_stranger`), nor is anyone about a code the ledger does not have. Rare (a
         sender's bug), so the dossier is read for it alone."""
+        # a withdrawal by submission id has no code: one applied closed a held submission,
+        # which has no dossier (one whose id opened a dossier was refused, not applied)
         code = message.dossier_code
-        if code is None:  # a withdrawal by submission id: of the dossier it opened, if any
-            sid = str(message.submission_id)
-            code = batch.opened([sid]).get(sid)
         row = batch.load_dossiers([code]).get(code) if code is not None else None
         if row is None:
             return []
@@ -198,8 +197,9 @@ class StatusRouter(Consumer):
         (the withdrawal is refused with its code) or waits and then finds the withdrawal
         (it answers the copy with it and opens nothing). Rare, so the lock costs the
         router nothing to speak of."""
-        batch.enter_submission_gate(alone=True)
-        codes = batch.opened(str(m.submission_id) for _, _, m in withdrawals)
+        known = batch.existing_submissions((str(m.submission_id) for _, _, m in withdrawals),
+                                           alone=True)
+        codes = {sid: code for sid, code in known.items() if code is not None}
         rows = batch.load_dossiers(codes.values())
         out: list[Outbound] = []
         unopened: list[tuple[str, Delivery, DossierWithdrawn]] = []
