@@ -127,19 +127,26 @@ def _sqlite_datetime(value: datetime | None) -> str | None:
 _SQLITE_TEXT: dict[datetime, str] = {}
 
 
-def _kept_submission(body: bytes) -> str | None:
-    """The submission id of a dossier kept whole in the outbox (a dead letter's or a
-    triage copy's body), or None: another kind, or a body outside the contract."""
+def _kept_dossier(body: bytes) -> dict[str, Any] | None:
+    """A dossier's submission kept in the outbox (a dead letter's or a triage copy's
+    body), parsed: whole, or the stub `ledger prune` left (which keeps the schema it had
+    as "was", and the submission id); None: another kind, or a body outside the
+    contract."""
     try:
         kept = json.loads(bytes(body))
     except ValueError:
         return None
-    # pruned (`ledger prune`): the stub keeps the schema it had as "was"
     kind = kept.get("was" if is_pruned(kept) else "schema") if isinstance(kept, dict) else None
     if not str(kind).startswith("casebroker.dossier.submitted/"):
         return None
-    sid = kept.get("submission_id")
-    return sid if isinstance(sid, str) else None
+    return kept if isinstance(kept.get("submission_id"), str) else None
+
+
+def _kept_submission(body: bytes) -> str | None:
+    """The submission id of a dossier kept in the outbox (:func:`_kept_dossier`), or
+    None."""
+    kept = _kept_dossier(body)
+    return None if kept is None else str(kept["submission_id"])
 
 
 #: inbox outcomes of deliveries that opened nothing and kept their message (a dead letter,
@@ -440,10 +447,12 @@ class Batch:
             .order_by(held.c.held_at.desc(), outbox.c.id))
         for r in rows:
             # the delivery's outbox rows are its triage copy and its desk's held notice
-            if _kept_submission(r.body) != r.submission_id:
+            kept = _kept_dossier(r.body)
+            if kept is None or kept["submission_id"] != r.submission_id:
                 continue
             row = dict(r._mapping)
-            row["submission"] = json.loads(bytes(row.pop("body")))
+            del row["body"]
+            row["submission"] = kept
             found.setdefault(r.submission_id, []).append(row)
         return found
 
@@ -1130,17 +1139,13 @@ def _fill_held(conn: Connection) -> None:
         .join(outbox, outbox.c.inbox_message_id == inbox.c.message_id)
         .where(inbox.c.outcome.like("triaged:%")).execution_options(yield_per=500))
     for r in found:
-        try:
-            kept = json.loads(bytes(r.body))
-        except ValueError:
+        kept = _kept_dossier(r.body)  # None: the desk's held notice
+        if kept is None or is_pruned(kept):
             continue
-        if not isinstance(kept, dict) or not str(kept.get("schema")).startswith(
-                "casebroker.dossier.submitted/"):
-            continue  # the desk's held notice, or a stub
-        values = (kept.get("submission_id"), kept.get("desk_id"), kept.get("procedure_code"))
-        if all(isinstance(v, str) for v in values):
-            rows.append({"submission_id": values[0], "message_id": r.message_id,
-                         "desk_id": values[1], "procedure_code": values[2],
+        desk, procedure = kept.get("desk_id"), kept.get("procedure_code")
+        if isinstance(desk, str) and isinstance(procedure, str):
+            rows.append({"submission_id": kept["submission_id"], "message_id": r.message_id,
+                         "desk_id": desk, "procedure_code": procedure,
                          "held_at": r.processed_at})
     for i in range(0, len(rows), 500):
         conn.execute(held.insert(), rows[i:i + 500])
