@@ -142,6 +142,22 @@ def _kept_dossier(body: bytes) -> dict[str, Any] | None:
     return kept if isinstance(kept.get("submission_id"), str) else None
 
 
+def _closed_at_intake(conn: Connection, submission_ids: Iterable[str]
+                      ) -> dict[str, dict[str, Any]]:
+    """submission id → its ``refusals`` row (without the submission and the notice), for
+    those closed at intake: refused by an operator or withdrawn while held (500 ids a
+    query)."""
+    wanted = sorted(set(submission_ids))
+    c = refusals.c
+    found: dict[str, dict[str, Any]] = {}
+    for i in range(0, len(wanted), 500):
+        rows = conn.execute(select(c.submission_id, c.message_id, c.desk_id,
+                                   c.procedure_code, c.state, c.notice_id)
+                            .where(c.submission_id.in_(wanted[i:i + 500])))
+        found.update({r.submission_id: dict(r._mapping) for r in rows})
+    return found
+
+
 def _kept_submission(body: bytes) -> str | None:
     """The submission id of a dossier kept in the outbox (:func:`_kept_dossier`), or
     None."""
@@ -420,16 +436,8 @@ class Batch:
                 and (r.message_id, sid) in wanted}
 
     def closed_at_intake(self, submission_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """submission id → its ``refusals`` row (without the submission), for those closed
-        at intake: refused by an operator or withdrawn while held."""
-        wanted = list(set(submission_ids))
-        if not wanted:
-            return {}
-        c = refusals.c
-        rows = self.conn.execute(select(c.submission_id, c.message_id, c.desk_id,
-                                        c.procedure_code, c.state, c.notice_id)
-                                 .where(c.submission_id.in_(wanted)))
-        return {r.submission_id: dict(r._mapping) for r in rows}
+        """:func:`_closed_at_intake`, in this batch."""
+        return _closed_at_intake(self.conn, submission_ids)
 
     def held_copies(self, submission_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
         """submission id → its deliveries held in triage (:data:`held`), latest first:
@@ -956,6 +964,12 @@ class Ledger:
                 return dict(prior._mapping), False
             conn.execute(refusals.insert().values(row))
             return row, True
+
+    def closed_at_intake(self, submission_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """:func:`_closed_at_intake`, for an operator's command (a ledger of this
+        version: :meth:`check_schema` first)."""
+        with self.read() as conn:
+            return _closed_at_intake(conn, submission_ids)
 
     def refusal(self, submission_id: str) -> dict[str, Any] | None:
         """How a submission that opened no dossier was closed at intake (refused by an

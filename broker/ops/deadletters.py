@@ -442,12 +442,17 @@ def closed_in_ledger(ledger: Ledger, found: list[dict[str, Any]]) -> None:
     its desk while held, or refused): ``closed`` is ``withdrawn``, ``refused`` or None. A
     replay takes such a copy out (the router answers it with that notice again), as does
     ``refuse`` (which refuses nothing more)."""
-    for f in found:
+    sids: dict[int, str] = {}
+    for i, f in enumerate(found):
         body = f.get("body")
         sid = body.get("submission_id") if f["queue"] == "triage" and isinstance(
             body, dict) else None
-        refusal = ledger.refusal(sid) if isinstance(sid, str) else None
-        f["closed"] = None if refusal is None else State(refusal["state"]).name.lower()
+        if isinstance(sid, str):
+            sids[i] = sid
+    closed = ledger.closed_at_intake(sids.values())  # one query for the whole list
+    for i, f in enumerate(found):
+        row = closed.get(sids.get(i, ""))
+        f["closed"] = None if row is None else State(row["state"]).name.lower()
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -455,6 +460,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if args.db_url:
         ledger = Ledger(args.db_url, create=False)
         try:
+            ledger.check_schema()  # a ledger from before refusals.state: `ledger upgrade`
             closed_in_ledger(ledger, found)
         finally:
             ledger.dispose()
