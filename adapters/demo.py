@@ -32,6 +32,7 @@ import pika
 from adapters.client import BrokerClient, Inbox, Received
 from adapters.simulate import DossierFactory
 from broker.amqp import amqp_url
+from broker.errors import StartupError
 from broker.ledger import Ledger
 from broker.messages import (
     AgencyStatus,
@@ -247,13 +248,35 @@ def _percentile(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
 
 
+def _require_empty(db_url: str) -> None:
+    """The demo's router numbers its dossiers in the ledger it is given, and its deadline
+    watch would take the notices of any open dossier there and send them to the demo's
+    queues, deleted afterwards: a ledger that holds anything is refused, before anything
+    is written to it. (``CASEBROKER_DB_URL`` is not read for the same reason: it names
+    the working ledger on a host that runs casebroker.)"""
+    try:
+        ledger = Ledger(db_url, create=False)
+    except StartupError:
+        return  # no ledger there yet (out of reach: the demo's own Ledger says so)
+    try:
+        if not ledger.is_empty():
+            raise StartupError(
+                f"the ledger at {ledger.where} already holds dossiers or deliveries: the "
+                "demo's router would number its dossiers among them and send their deadline "
+                "notices to the demo's queues, deleted afterwards; give --db-url an empty "
+                "ledger (a new database or schema), or leave it out for a throw-away one")
+    finally:
+        ledger.dispose()
+
+
 def run_demo(settings: DemoSettings) -> dict[str, Any]:
     """Run the demo end to end and return its summary (see the module docstring)."""
     catalog = load_catalog(settings.catalog)
     topology = Topology(settings.prefix or f"demo{uuid.uuid4().hex[:8]}")
     workdir = Path(tempfile.mkdtemp(prefix="casebroker-demo-"))
-    db_url = settings.db_url or os.environ.get("CASEBROKER_DB_URL") \
-        or f"sqlite:///{workdir / 'ledger.sqlite3'}"
+    db_url = settings.db_url or f"sqlite:///{workdir / 'ledger.sqlite3'}"
+    if settings.db_url is not None:
+        _require_empty(db_url)
     ledger = Ledger(db_url)
     rng = random.Random(settings.seed)
     factory = DossierFactory(catalog, rng)

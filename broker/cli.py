@@ -189,7 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="give up when nothing progresses for this long")
     demo.add_argument("--keep", action="store_true",
                       help="keep the demo's queues and ledger afterwards")
-    _common(demo, db=True)
+    _common(demo)
+    demo.add_argument("--db-url", help="an empty ledger to use, e.g. a new PostgreSQL "
+                      "database (default: a throw-away SQLite file; $CASEBROKER_DB_URL, "
+                      "the working ledger, is not read)")
 
     users = sub.add_parser("users", help="one RabbitMQ user per desk and agency")
     users_sub = users.add_subparsers(dest="action", required=True)

@@ -874,6 +874,13 @@ class Ledger:
                                 .group_by(dossiers.c.state))
             return {int(s): int(n) for s, n in rows}
 
+    def is_empty(self) -> bool:
+        """Whether no delivery was ever processed into this ledger (no inbox row, no
+        dossier: ``ledger prune`` keeps both)."""
+        with self.read() as conn:
+            return all(conn.execute(select(column).limit(1)).first() is None
+                       for column in (inbox.c.message_id, dossiers.c.code))
+
     def count_inbox_outcomes(self, conn: Connection | None = None) -> dict[str, int]:
         """How many processed deliveries ended in each outcome."""
         with self._reading(conn) as conn:

@@ -154,6 +154,42 @@ def test_demo_main_job_counts_every_dossier() -> None:
     assert s["elapsed_s"] > 0
 
 
+def test_demo_never_writes_into_a_working_ledger(tmp_path: Path) -> None:
+    """On a host running casebroker, CASEBROKER_DB_URL names the working ledger: the demo
+    does not read it (its router would number dossiers there and take the deadline
+    notices of the open ones), and a ledger given with --db-url must be empty."""
+    working = Ledger(f"sqlite:///{tmp_path / 'working.sqlite3'}")
+    router = Router(lambda: Engine(load_catalog(MINI_CATALOG)), working, Topology("t"))
+    d = dossier()
+    router.handle([intake_delivery(1, encode(d), f"submit:{d.submission_id}")])
+
+    def rows() -> dict[str, int]:
+        with sqlite3.connect(tmp_path / "working.sqlite3") as conn:
+            return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                    for t in ("inbox", "outbox", "dossiers", "events", "code_sequences")}
+
+    before = rows()
+    assert before["dossiers"] == 1
+    demo = [sys.executable, "-m", "broker.cli", "demo", "--dossiers", "5", "--json",
+            "--catalog", str(MINI_CATALOG)]
+    result = subprocess.run(demo, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "CASEBROKER_DB_URL": working.url})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["returned"] == 5
+    assert rows() == before  # its five dossiers went to a throw-away ledger
+    result = subprocess.run([*demo, "--db-url", working.url], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1 and result.stdout == ""
+    assert f"error: the ledger at {working.url} already holds dossiers or deliveries" \
+        in result.stderr and "Traceback" not in result.stderr
+    assert rows() == before
+    empty = f"sqlite:///{tmp_path / 'empty.sqlite3'}"  # no ledger yet: made there
+    result = subprocess.run([*demo, "--db-url", empty], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert Ledger(empty, create=False).count_by_state() == {10: 5}
+
+
 def test_run_refuses_a_taken_metrics_port_in_words(tmp_path: Path) -> None:
     with held_port() as port:
         result = subprocess.run(
