@@ -94,7 +94,7 @@ class Broker:
             trusted_user=own))
         self.watch = None if self.watch_settings is None else DeadlineWatch(
             self.engine, self.ledger, self.topology, self.watch_settings, clock=self.clock,
-            metrics=self.metrics, url=self.settings.url)
+            metrics=self.metrics, urls=(self.settings.url, *self.settings.failover_urls))
 
     def engine(self) -> Engine:
         """The engine in force now."""

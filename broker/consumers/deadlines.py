@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,7 +38,7 @@ from broker.amqp import (
     ORIGINAL_KEY_HEADER,
     REASON_HEADER,
     SOURCE_HEADER,
-    amqp_url,
+    amqp_urls,
     properties_for,
 )
 from broker.calendar import WorkingCalendar
@@ -169,16 +169,18 @@ class DeadlineWatch:
 
     def __init__(self, engine: EngineProvider, ledger: Ledger, topology: Topology,
                  settings: WatchSettings | None = None, clock: Clock = utc_now,
-                 metrics: Any = None, url: str | None = None) -> None:
+                 metrics: Any = None, urls: Sequence[str] | None = None) -> None:
         self.engine = engine
         self.ledger = ledger
         self.topology = topology
         self.settings = settings or WatchSettings()
         self.clock = clock
         self.metrics = metrics
-        self.url = url or amqp_url()
+        #: the nodes, tried in turn for each round's connection (pika's BlockingConnection
+        #: takes the next when one cannot be reached), as the consumers' reconnects do
+        self.params = [pika.URLParameters(u) for u in (urls or amqp_urls())]
         #: RabbitMQ validates user_id against the connection's user, like the consumers'
-        self.user_id: str = pika.URLParameters(self.url).credentials.username
+        self.user_id: str = self.params[0].credentials.username
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._republish_all = True  # on start: whatever a previous process left unconfirmed
@@ -222,7 +224,13 @@ class DeadlineWatch:
             seconds=self.settings.stale_after_s)
         leftovers = self.ledger.unconfirmed_notices(before, self.settings.limit)
         self._republish_all = False
-        confirmed = self.publish(leftovers) + self.publish(self.flag())
+        try:
+            confirmed = self.publish(leftovers) + self.publish(self.flag())
+        finally:
+            # no connection is kept between rounds: idle for a round's interval, it answers
+            # no heartbeat, and RabbitMQ drops it (60 s), so that the next round's first
+            # publish would fail, a round late; a round with notices opens one afresh
+            self.close()
         if self.metrics is not None:
             counts = dict.fromkeys(self.engine().agencies, 0)
             counts.update(self.ledger.overdue_by_agency(now))
@@ -275,7 +283,7 @@ class DeadlineWatch:
     def _open(self) -> BlockingChannel:
         if self._channel is None or not self._channel.is_open:
             self.close()
-            self._connection = pika.BlockingConnection(pika.URLParameters(self.url))
+            self._connection = pika.BlockingConnection(self.params)
             self._channel = self._connection.channel()
             self._channel.confirm_delivery()
         return self._channel

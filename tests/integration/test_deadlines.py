@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select, update
 
+from broker.amqp import amqp_url
 from broker.consumers.deadlines import (
     AT_RISK,
     NOTHING_SENT,
@@ -145,6 +147,34 @@ def test_notices_left_unconfirmed_by_a_dead_process_are_published_on_start(
     assert _notices(amqp, declared.desk_queue("T.MC.B")) == [("overdue_apology", code),
                                                              ("receipt", code)]
     assert ledger.unconfirmed_notices(vn("2027-01-01 00:00")) == []
+
+
+def test_a_round_after_an_idle_spell_longer_than_the_heartbeat_timeout_publishes(
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp,
+        clock: FakeClock) -> None:
+    """Between rounds the watch does no I/O: a connection kept open would answer no
+    heartbeat and RabbitMQ would drop it (after 60 s by default; 1 s here), failing the
+    next round's first publish. Each round with notices connects afresh, to the first
+    node that answers (the first URL here names no broker)."""
+    start_broker()
+    quick = _route(amqp, declared, "1.001193", "T.UBND.A")  # due Thu 26 Nov 09:00
+    slow = _route(amqp, declared, "1.004227", "T.SO.TP")  # due Wed 9 Dec 09:00
+    take(amqp, declared.desk_queue("T.MC.B"), 2, "receipts")
+    engine = Engine(load_catalog(MINI_CATALOG))
+    sep = "&" if "?" in amqp_url() else "?"
+    watch = DeadlineWatch(lambda: engine, ledger, declared, WatchSettings(), clock=clock,
+                          urls=["amqp://guest:guest@127.0.0.1:1/%2F",
+                                f"{amqp_url()}{sep}heartbeat=1"])
+    try:
+        clock.set("2026-11-27 08:00")
+        assert watch.tick() == 2
+        time.sleep(4)  # four heartbeat intervals without a frame from the watch
+        clock.set("2026-12-08 10:00")
+        assert watch.tick() == 2
+    finally:
+        watch.close()
+    assert _notices(amqp, declared.agency_queue("T.UBND.A")) == [("overdue", quick)]
+    assert _notices(amqp, declared.agency_queue("T.SO.TP")) == [("at_risk", slow)]
 
 
 def test_casebroker_run_sends_the_overdue_notice_and_counts_it(
