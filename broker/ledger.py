@@ -419,19 +419,21 @@ class Batch:
                          if r.message_id in seen else []) for r in rows}
 
     def first_arrivals(self, replays: Iterable[tuple[str, str]]
-                       ) -> dict[tuple[str, str], datetime]:
+                       ) -> dict[tuple[str, str], tuple[datetime, bool]]:
         """For replays of dossiers set aside (each an original message id and the
-        submission id the replay carries): when the original was processed, for those
-        whose delivery was dead-lettered or triaged carrying that very submission. Rare
-        (an operator's replay), so through SQLAlchemy, by the inbox's key."""
+        submission id the replay carries): when the original was processed, and whether
+        it was triaged (else dead-lettered), for those whose delivery was set aside
+        carrying that very submission. Rare (an operator's replay), so through
+        SQLAlchemy, by the inbox's key."""
         wanted = set(replays)
         if not wanted:
             return {}
         rows = self.conn.execute(
-            select(inbox.c.message_id, inbox.c.processed_at, outbox.c.body)
+            select(inbox.c.message_id, inbox.c.processed_at, inbox.c.outcome, outbox.c.body)
             .join(outbox, outbox.c.inbox_message_id == inbox.c.message_id)
             .where(inbox.c.message_id.in_({mid for mid, _ in wanted}), SET_ASIDE))
-        return {(r.message_id, sid): r.processed_at for r in rows
+        return {(r.message_id, sid): (r.processed_at, r.outcome.startswith("triaged:"))
+                for r in rows
                 if (sid := _kept_submission(r.body)) is not None
                 and (r.message_id, sid) in wanted}
 

@@ -109,7 +109,8 @@ class Router(Consumer):
                 again.append((mid, delivery, msg))
                 continue
             try:
-                decision = engine.decide(msg, engine.received_at(msg, arrived.get(mid, now)))
+                at = arrived[mid][0] if mid in arrived else now
+                decision = engine.decide(msg, engine.received_at(msg, at))
             except RoutingError as e:
                 sent = [triage(self.topology, self.source, delivery, e.reason, e.detail,
                                self.screen.trusted),
@@ -130,17 +131,19 @@ class Router(Consumer):
             self._record(batch, r, r.published, now)
             out += r.published
         if again:
-            out += self._again(batch, engine, again, existing, first, now)
+            held_before = {mid for mid, (_, triaged) in arrived.items() if triaged}
+            out += self._again(batch, engine, again, existing, first, held_before, now)
         return out
 
     @staticmethod
     def _first_arrivals(batch: Batch, fresh: list[tuple[str, Delivery, DossierSubmitted]]
-                        ) -> dict[str, datetime]:
+                        ) -> dict[str, tuple[datetime, bool]]:
         """Replays (``casebroker dead-letters replay``) of dossiers triaged or
-        dead-lettered before: when the broker first had each, which dates it as its
-        first arrival would have, instead of the replay's time. A dossier left in triage
-        for longer than the catalog's ``max_backdate_days`` (waiting for a catalog fix)
-        was not held back by its desk, and is not triaged again as submitted long ago.
+        dead-lettered before: when the broker first had each, and whether it was triaged.
+        The time dates it as its first arrival would have, instead of the replay's time:
+        a dossier left in triage for longer than the catalog's ``max_backdate_days``
+        (waiting for a catalog fix) was not held back by its desk, and is not triaged
+        again as submitted long ago.
         Only a delivery set aside with this same submission counts, so a header naming
         another one's delivery changes nothing."""
         replays: dict[str, tuple[str, str]] = {}
@@ -173,14 +176,18 @@ class Router(Consumer):
     def _again(self, batch: Batch, engine: Engine,
                again: list[tuple[str, Delivery, DossierSubmitted]],
                existing: dict[str, str | None], first: dict[str, _Routed],
-               now: datetime) -> list[Outbound]:
+               held_before: set[str], now: datetime) -> list[Outbound]:
         """Submissions whose id is already taken, by a dossier in the ledger or earlier in
         this batch, or by a submission an operator refused at intake. The same dossier sent
         again (a desk retrying under a new message id) gets the notice its first copy got
         (receipt or refusal), under the same message id, so a desk that lost it has it
         again and one that did not drops the copy. A different dossier
         under a taken id is dead-lettered: the desk reused a key it must not reuse, and
-        routing it as a duplicate would lose it without a word."""
+        routing it as a duplicate would lose it without a word. A replayed copy that was
+        held in triage under the id (``held_before``) is no other dossier, whatever it
+        carries: with no dossier opened, the id stayed free for a corrected copy, which
+        has since been routed (or the submission closed at intake), and the stale copy
+        gets that one's notice."""
         out: list[Outbound] = []
         sids = [str(m.submission_id) for _, _, m in again]
         openings = batch.openings(code for s in sids if (code := existing.get(s)))
@@ -199,7 +206,8 @@ class Router(Consumer):
                 r = first[sid]
                 code, stored, published = r.code, r.dossier, r.published
             differs = _differing_from_stored(stored, msg)
-            if differs:
+            superseded = bool(differs) and mid in held_before
+            if differs and not superseded:
                 # the desk is told it was not received, never which dossier has the id
                 held = self._held(engine, mid, msg, _REUSED_FOR_DESK, now)
                 used_by = (f"dossier {code}" if code else "a submission closed at intake "
@@ -212,7 +220,7 @@ class Router(Consumer):
                 continue
             notices = [o for o in published if o.exchange == self.topology.desk_exchange]
             batch.record(mid, self.source, "duplicate", code, notices, now)
-            self._count("duplicate", "submission_id")
+            self._count("duplicate", "superseded" if superseded else "submission_id")
             out += notices
         return out
 

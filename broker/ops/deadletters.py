@@ -438,10 +438,12 @@ def _report_failures(failed: list[dict[str, Any]], what: str) -> None:
 
 
 def closed_in_ledger(ledger: Ledger, found: list[dict[str, Any]]) -> None:
-    """Mark each triage copy whose submission was closed at intake meanwhile (withdrawn by
-    its desk while held, or refused): ``closed`` is ``withdrawn``, ``refused`` or None. A
-    replay takes such a copy out (the router answers it with that notice again), as does
-    ``refuse`` (which refuses nothing more)."""
+    """Mark each triage copy whose submission was settled meanwhile: ``closed`` is
+    ``withdrawn`` or ``refused`` (at intake: by its desk while held, or by an operator),
+    else None; ``opened`` the code of the dossier a corrected copy under its submission
+    id opened, else None. A replay takes such a copy out (the router answers it with
+    that notice, or that dossier's, again), as does ``refuse`` for a closed one (which
+    refuses nothing more)."""
     sids: dict[int, str] = {}
     for i, f in enumerate(found):
         body = f.get("body")
@@ -449,10 +451,12 @@ def closed_in_ledger(ledger: Ledger, found: list[dict[str, Any]]) -> None:
             body, dict) else None
         if isinstance(sid, str):
             sids[i] = sid
-    closed = ledger.closed_at_intake(sids.values())  # one query for the whole list
+    closed = ledger.closed_at_intake(sids.values())  # one query each for the whole list
+    opened = ledger.states_for_submissions(list(sids.values()))
     for i, f in enumerate(found):
         row = closed.get(sids.get(i, ""))
         f["closed"] = None if row is None else State(row["state"]).name.lower()
+        f["opened"] = opened[sids[i]][0] if sids.get(i) in opened else None
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -469,7 +473,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
     else:
         for f in found:
             closed = (f"  [closed at intake: {f['closed']}; replay takes it out]"
-                      if f.get("closed") else "")
+                      if f.get("closed") else
+                      f"  [received since as {f['opened']}; replay takes it out]"
+                      if f.get("opened") else "")
             print(f"{f['queue']:<7} {f['message_id']:<50} {f['reason'] or '-':<20} "
                   f"{f['size']:>7} B  replays {f['replays']}  {f['detail'] or ''}{closed}")
         print(f"{len(found)} message(s)")
@@ -573,8 +579,9 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
 
     p = dl_sub.add_parser("list", help="every dead letter and triaged message")
     common(p)
-    p.add_argument("--db-url", help="also mark triage copies closed at intake meanwhile "
-                   "(withdrawn while held, or refused), from this ledger")
+    p.add_argument("--db-url", help="also mark triage copies settled meanwhile: closed "
+                   "at intake (withdrawn while held, or refused) or received since (a "
+                   "corrected copy opened a dossier), from this ledger")
     p.set_defaults(handler=_cmd_list)
     p = dl_sub.add_parser("show", help="one message: headers and the body's fields that carry "
                           "no personal data (ids, codes, states, timestamps)")

@@ -385,6 +385,27 @@ def test_refuse_closes_a_triaged_dossier_once_and_its_desk_hears_it_once(
     assert rc == 1 and "opened dossier T.UBND.A-" in err and "not in triage: no-such-id" in err
     assert ledger.refusal(str(lost.submission_id)) is None
     assert sorted(_ids(amqp, t.triage_queue)) == sorted([stray_id, lost_id])  # put back
+    # replayed as `refuse` advises, the stale copy is answered with the corrected copy's
+    # receipt, under its id (the desk drops it), and opens nothing: no held notice saying
+    # the id was reused, which would have the desk send it again under a new one
+    (receipt, _), = amqp.get_all(t.desk_queue("T.MC.B"))
+    amqp.publish(t.dead_letter_exchange, "triage", encode(lost), message_id=lost_id,
+                 type="dossier.submitted")  # taken off by the look just above
+    code = receipt.message_id.removesuffix(":receipt")
+    rc, out, err = cli(capsys, t, "dead-letters", "list", "--queue", "triage", "--db-url",
+                       ledger.url)
+    assert rc == 0 and f"[received since as {code}; replay takes it out]" in out, err
+    rc, out, err = cli(capsys, t, "dead-letters", "list", "--queue", "triage", "--db-url",
+                       ledger.url, "--json")
+    assert [(f["message_id"], f["opened"], f["closed"]) for f in json.loads(out)] == [
+        (lost_id, code, None)]
+    rc, out, err = cli(capsys, t, "dead-letters", "replay", "--id", lost_id)
+    assert rc == 0, err
+    wait_for(lambda: queue_depth(t.desk_queue("T.MC.B")) == 1, what="the receipt again")
+    (again, _), = amqp.get_all(t.desk_queue("T.MC.B"))
+    assert again.message_id == receipt.message_id and again.message_id.endswith(":receipt")
+    assert queue_depth(t.dead_queue("intake")) == 0 and queue_depth(t.triage_queue) == 0
+    assert ledger.count_by_state() == {2: 1}
 
     report = audit(ledger, t, [str(d.submission_id) for d in (never, stray, lost)])
     assert report["refused_from_triage"] == 1 and report["unaccounted"] == 0

@@ -143,6 +143,13 @@ def test_a_different_dossier_under_a_used_submission_id_is_dead_lettered(
     assert router.ledger.count_inbox_outcomes() == {"routed": 1,
                                                     "dead:submission_id_reused": 1}
     assert router.ledger.count_by_state() == {2: 1}
+    # replayed, it is still another dossier: only a copy held in triage before a
+    # corrected one opened the dossier is the same submission (answered with its receipt)
+    out = router.handle([_delivery(3, encode(other), "submit:2#replay1",
+                                   **{REPLAY_OF_HEADER: "submit:2"})])
+    assert out[0].headers is not None and out[0].headers[REASON_HEADER] == \
+        "submission_id_reused"
+    assert [n["notice"] for n in _held(out)] == ["held"]
 
 
 def test_copies_of_a_submission_in_one_batch_are_told_apart_too(router: Router) -> None:

@@ -108,7 +108,7 @@ def test_a_held_dossier_is_withdrawn_by_its_submission_id_and_never_opens(
     others = [{"queue": "triage", "body": {"submission_id": str(uuid.uuid4())}},  # not closed
               {"queue": "intake", "body": {"submission_id": sid}}]  # not a triage copy
     closed_in_ledger(ledger, others)
-    assert [f["closed"] for f in others] == [None, None]
+    assert [(f["closed"], f["opened"]) for f in others] == [(None, None), (None, None)]
     # the operator replays triage (a catalog fix): the copy is answered with the
     # withdrawal, under the same id (the desk drops it), and opens nothing
     rc, out, err = cli(capsys, t, "dead-letters", "replay", "--all", "--queue", "triage")
