@@ -16,6 +16,7 @@ from broker.envelope import Outbound
 from broker.errors import DecodeError
 from broker.ledger import Batch, Ledger
 from broker.messages import (
+    MAX_BODY_BYTES,
     DeskNotice,
     Message,
     body_fingerprint,
@@ -35,6 +36,10 @@ log = logging.getLogger(__name__)
 #: the engine in force now; swapped on catalog reload, read once per batch
 EngineProvider = Callable[[], Engine]
 Clock = Callable[[], datetime]
+
+#: on a dead letter whose body was over the size limit: its size (the copy keeps the
+#: first MAX_BODY_BYTES bytes)
+ORIGINAL_SIZE_HEADER = "x-casebroker-original-size"
 
 
 _ID_DIGEST = "~sha256:"
@@ -109,14 +114,23 @@ def _keep_headers(delivery: Delivery, trusted: str | None) -> dict[str, Any]:
 def dead_letter(topology: Topology, source: str, delivery: Delivery, reason: str,
                 detail: str, trusted: str | None = None) -> Outbound:
     """The original body to ``dead.<source>`` with the reason in headers; ``trusted``: the
-    router's own login (see :func:`sent_by`)."""
+    router's own login (see :func:`sent_by`).
+
+    A body over the size limit keeps only its first :data:`MAX_BODY_BYTES` bytes, its
+    size in ``x-casebroker-original-size``: the dead letter is kept in the ledger's outbox
+    (a redelivery publishes it again), and no delivery may cost the ledger more than the
+    largest message the contract allows. Refused for its size, it is never replayable."""
     headers = _keep_headers(delivery, trusted)
     headers.update({REASON_HEADER: reason, DETAIL_HEADER: detail[:500], SOURCE_HEADER: source,
                     "x-original-type": delivery.properties.type or "",
                     "x-original-content-type": delivery.properties.content_type or ""})
+    body = delivery.body
+    if len(body) > MAX_BODY_BYTES:
+        headers[ORIGINAL_SIZE_HEADER] = len(body)
+        body = body[:MAX_BODY_BYTES]
     return Outbound(topology.dead_letter_exchange, source, delivery_id(delivery),
                     delivery.properties.type or "", delivery.properties.correlation_id,
-                    headers, delivery.body)
+                    headers, body)
 
 
 def triage(topology: Topology, source: str, delivery: Delivery, reason: str,

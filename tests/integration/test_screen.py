@@ -11,13 +11,15 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from pika.spec import BasicProperties
+from sqlalchemy import func, select
 
 from broker.amqp import DETAIL_HEADER, REASON_HEADER, REPLAY_OF_HEADER, Delivery
+from broker.consumers.common import ORIGINAL_SIZE_HEADER
 from broker.consumers.router import Router
 from broker.consumers.status import StatusRouter
 from broker.envelope import Outbound
-from broker.ledger import Ledger, inbox
-from broker.messages import CONTENT_TYPE, DossierStatus, encode
+from broker.ledger import Ledger, inbox, outbox
+from broker.messages import CONTENT_TYPE, MAX_BODY_BYTES, DossierStatus, encode
 from broker.rules.catalog import load_catalog, parse_catalog
 from broker.rules.engine import Engine
 from broker.tables import code_sequences
@@ -71,6 +73,23 @@ def test_headers_json_cannot_hold_are_kept_as_text_and_the_reason_stays(
     json.dumps(headers)
     # a redelivery re-publishes the very same dead letter from the outbox
     assert _sent(router.handle([bad])) == _sent(dead)
+
+
+def test_a_body_over_the_size_limit_costs_the_ledger_no_more_than_the_limit(
+        router: Router) -> None:
+    # RabbitMQ takes messages up to 128 MB; one refused for its size keeps its first
+    # MAX_BODY_BYTES bytes in its dead letter, which the outbox stores whole
+    huge = b'{"schema": "casebroker.dossier.submitted/v1", "pad": "' + b"x" * (3 << 20) + b'"}'
+    out = router.handle([_delivery(1, huge, "big:1"), _delivery(2, encode(dossier()), "ok:2")])
+    (dead,) = [o for o in out if o.headers and REASON_HEADER in o.headers]
+    assert dead.headers is not None and dead.headers[REASON_HEADER] == "too_large"
+    assert dead.body == huge[:MAX_BODY_BYTES]
+    assert dead.headers[ORIGINAL_SIZE_HEADER] == len(huge)
+    with router.ledger.read() as conn:
+        stored = conn.execute(select(func.max(func.length(outbox.c.body)))).scalar()
+    assert stored == MAX_BODY_BYTES
+    assert _sent(router.handle([_delivery(1, huge, "big:1")])) == _sent([dead])
+    assert router.ledger.count_inbox_outcomes() == {"dead:too_large": 1, "routed": 1}
 
 
 def test_a_dead_letter_for_an_internal_error_is_kept_and_published_again(
