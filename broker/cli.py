@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from broker.errors import CasebrokerError, CatalogError, DecodeError, RoutingError
 
@@ -65,6 +65,28 @@ def day(text: str) -> date:
         return date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def instant(text: str) -> datetime:
+    """An argparse ``type``: a moment, ISO 8601 with its UTC offset."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"not a moment with its UTC offset (e.g. 2026-02-10T09:00:00+07:00): {text!r}")
+    return value
+
+
+def zone(text: str) -> str:
+    """An argparse ``type``: an IANA time zone name, e.g. Asia/Ho_Chi_Minh."""
+    try:
+        ZoneInfo(text)
+    except (ValueError, ZoneInfoNotFoundError):
+        raise argparse.ArgumentTypeError(
+            f"not a time zone name (e.g. Asia/Ho_Chi_Minh): {text!r}") from None
+    return text
 
 
 def words(most: int) -> Callable[[str], str]:
@@ -145,8 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     rules_sub = rules.add_subparsers(dest="action", required=True)
     explain = rules_sub.add_parser("explain", help="route one dossier.submitted JSON file")
     explain.add_argument("file", help="a dossier.submitted/v1 JSON file ('-' for stdin)")
-    explain.add_argument("--at", help="received at (ISO 8601 with offset; default "
-                         "submitted_at)")
+    explain.add_argument("--at", type=instant, help="received at (ISO 8601 with offset; "
+                         "default submitted_at)")
     explain.add_argument("--json", action="store_true", help="print one JSON object")
     _common(explain)
     check = rules_sub.add_parser("check", help="validate a catalog; exit 1 on problems")
@@ -159,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "submission id its desk sent it under (also one that opened no dossier)")
     show.add_argument("code", help="a dossier code, or a submission id")
     show.add_argument("--json", action="store_true")
-    show.add_argument("--tz", default="Asia/Ho_Chi_Minh", help="time zone of the times shown")
+    show.add_argument("--tz", type=zone, default="Asia/Ho_Chi_Minh",
+                      help="time zone of the times shown")
     _common(show, catalog=False, db=True)
     listing = dossier_sub.add_parser(
         "list", help="dossiers by due date, soonest first: an agency's, a desk's, in some "
@@ -173,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=at_least(1), default=100,
                          help="at most this many (default 100)")
     listing.add_argument("--json", action="store_true")
-    listing.add_argument("--tz", default="Asia/Ho_Chi_Minh", help="time zone of the times shown")
+    listing.add_argument("--tz", type=zone, default="Asia/Ho_Chi_Minh",
+                         help="time zone of the times shown")
     _common(listing, catalog=False, db=True)
 
     demo = sub.add_parser("demo", help="drive real traffic through RabbitMQ and report")
@@ -367,10 +391,7 @@ def _explain(args: argparse.Namespace, catalog: Any) -> int:
         return EXIT_USAGE
     message = decode(body, expected=frozenset({"dossier.submitted"}))
     assert isinstance(message, DossierSubmitted)
-    received_at = datetime.fromisoformat(args.at) if args.at else message.submitted_at
-    if received_at.tzinfo is None:
-        print("error: --at needs a UTC offset, e.g. 2026-02-10T09:00:00+07:00", file=sys.stderr)
-        return EXIT_USAGE
+    received_at = args.at or message.submitted_at
     result = Engine(catalog).explain(message, received_at)
     if args.json:
         print(json.dumps(result, ensure_ascii=False))

@@ -16,6 +16,7 @@ import json
 import logging
 import operator
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -48,7 +49,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DatabaseError,
+    DBAPIError,
+    IntegrityError,
+    OperationalError,
+)
 from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
 
 from broker import threads
@@ -686,7 +693,14 @@ class Ledger:
         self.url = url or os.environ.get("CASEBROKER_DB_URL") or DEFAULT_DB_URL
         #: SQLite: whether committing connections checkpoint the WAL themselves
         self._sqlite = {"autocheckpoint": True}
-        self.engine: Engine = _make_engine(self.url, self._sqlite)
+        try:
+            self.engine: Engine = _make_engine(self.url, self._sqlite)
+        except (ArgumentError, ImportError) as e:  # not a URL, or a driver not installed
+            shown = re.sub(r"(//[^:/@]*):[^@]*@", r"\1:***@", self.url)
+            raise StartupError(
+                f"not a ledger URL casebroker can use: {shown} ({type(e).__name__}); give "
+                "sqlite:///PATH or postgresql://USER@HOST/DB (--db-url, CASEBROKER_DB_URL)"
+            ) from e
         if create:
             self.create_schema()
         else:
@@ -709,6 +723,11 @@ class Ledger:
             said = str(getattr(e.__cause__, "orig", "")).strip()
             raise StartupError(f"ledger unavailable at {self.where}: "
                                f"{said.splitlines()[0] if said else e}") from e
+        except DatabaseError as e:  # reached, but no database of ours (a file of text)
+            said = str(e.orig).strip()
+            raise StartupError(f"no usable ledger at {self.where}: "
+                               f"{said.splitlines()[0] if said else type(e.orig).__name__}"
+                               ) from e
 
     def create_schema(self) -> None:
         """Create missing tables (idempotent), then check the ones that were there. A

@@ -54,7 +54,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, func, select
 
-from broker.cli import day
+from broker.cli import day, zone
 from broker.ledger import Ledger, dossiers, events, refusals
 from broker.lifecycle import OPEN_STATES, STEP_ENDS, Event, State, is_overdue, timeliness
 
@@ -353,7 +353,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
                    help="first day received (default: the first day of --to's quarter)")
     p.add_argument("--to", type=day, help="last day received, included (default: today)")
     p.add_argument("--by", choices=GROUPS, help="a row per agency, desk or procedure")
-    p.add_argument("--tz", default="Asia/Ho_Chi_Minh", help="whose days (default: Vietnam)")
+    p.add_argument("--tz", type=zone, default="Asia/Ho_Chi_Minh",
+                   help="whose days (default: Vietnam)")
     form = p.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_true", help="print one JSON object")
     form.add_argument("--csv", action="store_true", help="print CSV, for a spreadsheet")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from broker.amqp import ConsumerSettings, shown_url
@@ -32,6 +34,12 @@ from broker.cli import build_parser, main
      "argument --reason: 1 to 500 characters, not 501"),
     (["dead-letters", "refuse", "--id", "m", "--reason", "r", "--by", "b" * 65],
      "argument --by: 1 to 64 characters, not 65"),
+    (["rules", "explain", "d.json", "--at", "2026-13-01"],
+     "argument --at: not a moment with its UTC offset (e.g. 2026-02-10T09:00:00+07:00)"),
+    (["rules", "explain", "d.json", "--at", "2026-11-01T09:00"], "argument --at: not a moment"),
+    (["report", "--tz", "Mars/Base"], "argument --tz: not a time zone name"),
+    (["dossier", "list", "--tz", ""], "argument --tz: not a time zone name"),
+    (["dossier", "show", "X", "--tz", "../etc"], "argument --tz: not a time zone name"),
 ])
 def test_bad_numbers_are_refused_with_the_option_named(
         argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -119,3 +127,21 @@ def test_a_reader_that_goes_away_ends_a_command_without_a_traceback() -> None:
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=30) == 1 and "Traceback" not in err and "BrokenPipe" not in err
+
+
+@pytest.mark.parametrize(("url", "said"), [
+    ("garbage", "not a ledger URL casebroker can use: garbage (ArgumentError); give "
+                "sqlite:///PATH or postgresql://USER@HOST/DB"),
+    ("mysql://ops:s3cret@db/x", "not a ledger URL casebroker can use: mysql://ops:***@db/x "
+                                "(ModuleNotFoundError)"),
+    ("sqlite:///{tmp}/text.sqlite3", "no usable ledger at sqlite:///{tmp}/text.sqlite3: file "
+                                     "is not a database"),
+])
+def test_a_ledger_url_that_names_no_usable_ledger_is_said_in_one_line(
+        url: str, said: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "text.sqlite3").write_text("not a database\n")
+    url, said = url.format(tmp=tmp_path), said.format(tmp=tmp_path)
+    for argv in (["report"], ["dossier", "list"], ["run", "--metrics-port", "0"]):
+        assert main([*argv, "--db-url", url]) == 1
+        err = capsys.readouterr().err
+        assert f"error: {said}" in err and "s3cret" not in err and "Traceback" not in err
