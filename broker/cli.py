@@ -276,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # a host name that does not resolve fails in the socket module, under pika
         if not isinstance(e, AMQPError | socket.gaierror):
             raise
-        print(f"error: {_rabbitmq_problem(e)}", file=sys.stderr)
+        print(f"error: {rabbitmq_problem(e)}", file=sys.stderr)
         return EXIT_PROBLEM
 
 
@@ -289,7 +289,7 @@ def _reach_rabbitmq() -> None:
     pika.BlockingConnection([pika.URLParameters(u) for u in amqp_urls()]).close()
 
 
-def _rabbitmq_problem(error: Exception) -> str:
+def rabbitmq_problem(error: Exception) -> str:
     """What RabbitMQ did to a one-shot command, in a line (`run` reconnects instead)."""
     from pika.exceptions import (
         AMQPChannelError,

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from datetime import time as day_start
@@ -116,12 +117,25 @@ def _ledger_problems(conn: Connection, since: datetime | None = None,
     return done, problems
 
 
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _submission_problems(ledger: Ledger, conn: Connection, submission_ids: list[str]
                          ) -> list[dict[str, str]]:
+    # a line that is no UUID (two ids run together, a header) is no submission the
+    # contract allows: said so, rather than looked for
+    bad = [{"submission_id": s, "problem": "not a submission id (a UUID)"}
+           for s in submission_ids if not _is_uuid(s)]
+    submission_ids = [s for s in submission_ids if _is_uuid(s)]
     found = set(ledger.states_for_submissions(submission_ids, conn))
     rest = [s for s in submission_ids if s not in found]
     if not rest:
-        return []
+        return bad
     handled: set[str] = set()
     for i in range(0, len(rest), 500):
         chunk = rest[i:i + 500]
@@ -139,8 +153,8 @@ def _submission_problems(ledger: Ledger, conn: Connection, submission_ids: list[
             continue
         if isinstance(sid, str):
             handled.add(sid)
-    return [{"submission_id": s, "problem": "not in the ledger, dead letters or triage"}
-            for s in rest if s not in handled]
+    return bad + [{"submission_id": s, "problem": "not in the ledger, dead letters or triage"}
+                  for s in rest if s not in handled]
 
 
 def _queue_depths(topology: Topology) -> tuple[dict[str, int] | None, str | None]:
@@ -154,7 +168,9 @@ def _queue_depths(topology: Topology) -> tuple[dict[str, int] | None, str | None
         with channel() as ch:
             return {k: depth(ch, q) for k, q in names.items()}, None
     except Exception as e:  # unreachable, refused, a queue missing (404 closes the channel)
-        return None, f"{type(e).__name__}: {str(e)[:300]}"
+        from broker.cli import rabbitmq_problem
+
+        return None, rabbitmq_problem(e)[:300]
 
 
 def audit(ledger: Ledger, topology: Topology, submission_ids: list[str] | None = None,
@@ -214,23 +230,28 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, default=str))
     else:
+        queues = report["queues"]
+        unknown = "unknown" if queues is None else None
         print(f"{report['dossiers']} dossiers, {report['submissions_checked']} submissions "
-              f"checked: {report['unaccounted']} unaccounted, {report['undelivered']} "
-              f"undelivered; pending {report['pending']}; "
-              f"{report['refused_from_triage']} refused from triage and "
-              f"{report['withdrawn_while_held']} withdrawn while held (no dossier)")
+              f"checked: {report['unaccounted']} unaccounted, "
+              f"{unknown or report['undelivered']} undelivered; pending "
+              f"{unknown or report['pending']}; {report['refused_from_triage']} refused from "
+              f"triage and {report['withdrawn_while_held']} withdrawn while held (no dossier)")
         for p in report["unaccounted_dossiers"]:
             print(f"  dossier {p['dossier_code']}: {p['problem']}")
         for p in report["unaccounted_submissions"]:
             print(f"  submission {p['submission_id']}: {p['problem']}")
-        queues = report["queues"]
         if queues is None:
-            print(f"  queues unreadable ({report['queues_error']}): undelivered and pending "
-                  "unknown")
-        elif report["undelivered"]:
+            print(f"  queues unreadable: {report['queues_error']}")
+            return 1
+        if report["undelivered"]:
             print(f"  {queues['dead.agency']} in dead.agency, {queues['dead.desk']} in "
                   "dead.desk: assignments or notices that did not reach their agency or desk "
                   "(casebroker dead-letters list --queue agency|desk, then replay)")
+        aside = {q: queues[q] for q in ("triage", "dead.intake", "dead.status") if queues[q]}
+        if aside:
+            print(f"  set aside: {', '.join(f'{n} in {q}' for q, n in aside.items())} "
+                  "(casebroker dead-letters list: replay after a fix, or refuse)")
     return 0 if clean(report) else 1
 
 

@@ -257,15 +257,27 @@ def test_audit_counts_what_sits_in_dead_agency_and_dead_desk_and_unreadable_queu
     assert report["undelivered"] == 1 and report["queues"]["dead.agency"] == 1
     rc, out, _ = cli(capsys, t, "audit")
     assert rc == 1 and "1 undelivered" in out and "dead.agency" in out
+    assert "set aside" not in out
+    # what waits for an operator is said in the text too, not only in --json
+    amqp.submit(t, dossier("9.999999"))  # triaged
+    amqp.publish(t.intake_exchange, "dossier", b"{", message_id="broken-1",
+                 type="dossier.submitted")
+    wait_for(lambda: queue_depth(t.dead_queue("intake")) == 1, what="the broken dossier")
+    wait_for(lambda: queue_depth(t.triage_queue) == 1, what="the triaged dossier")
+    rc, out, _ = cli(capsys, t, "audit")
+    assert "  set aside: 1 in triage, 1 in dead.intake (casebroker dead-letters list" in out
 
-    # RabbitMQ unreachable: said so, and not a clean bill
-    monkeypatch.setenv("CASEBROKER_AMQP_URL", f"amqp://guest:guest@127.0.0.1:{free_port()}/")
+    # RabbitMQ unreachable: said so, where, and not a clean bill
+    port = free_port()
+    monkeypatch.setenv("CASEBROKER_AMQP_URL", f"amqp://guest:s3cret@127.0.0.1:{port}/")
     amqp.get_all(t.dead_queue("agency"))
     rc, out, _ = cli(capsys, t, "audit", "--json")
     report = json.loads(out)
     assert rc == 1 and report["queues"] is None and report["queues_error"]
     rc, out, _ = cli(capsys, t, "audit")
-    assert rc == 1 and "queues unreadable" in out
+    assert rc == 1 and "undelivered; pending unknown;" in out and "None" not in out
+    assert f"  queues unreadable: RabbitMQ unreachable at amqp://guest:***@127.0.0.1:{port}/" \
+        in out and "s3cret" not in out
 
 
 def test_show_prints_only_fields_known_to_carry_no_personal_data(
@@ -409,6 +421,10 @@ def test_refuse_closes_a_triaged_dossier_once_and_its_desk_hears_it_once(
 
     report = audit(ledger, t, [str(d.submission_id) for d in (never, stray, lost)])
     assert report["refused_from_triage"] == 1 and report["unaccounted"] == 0
+    glued = f"{never.submission_id}{lost.submission_id}"  # a line of the desk's list gone bad
+    report = audit(ledger, t, [str(never.submission_id), glued])
+    assert report["unaccounted_submissions"] == [
+        {"submission_id": glued, "problem": "not a submission id (a UUID)"}]
     # what the desk's helpdesk sees
     assert main(["dossier", "show", str(never.submission_id), "--db-url", ledger.url]) == 0
     out = capsys.readouterr().out
