@@ -78,7 +78,7 @@ from broker.ops.queues import (
     settle,
     take_all,
 )
-from broker.topology import INTAKE_KEY, STATUS_KEY, Topology
+from broker.topology import DEAD_SOURCES, INTAKE_KEY, STATUS_KEY, Topology
 
 REPLAYS_HEADER = "x-casebroker-replays"
 #: the longest reason an operator may give a refusal
@@ -366,15 +366,31 @@ def replay_dead(topology: Topology, queues: Iterable[str], ids: set[str] | None
     own publish is confirmed; one that cannot be replayed is put back and reported, and
     the others are replayed all the same.
     """
+    return _each(topology, queues, ids, lambda ch, which, msg: replay(ch, topology, which, msg))
+
+
+def discard_dead(topology: Topology, queues: Iterable[str], ids: set[str] | None
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Take the messages with ``ids`` (None: all) out of the dead-letter queues for good
+    (acked, published nowhere); put the rest back. Returns (what was discarded, as
+    :func:`describe` gives it, and what failed), as :func:`replay_dead`."""
+    return _each(topology, queues, ids, lambda _ch, which, msg: describe(which, msg))
+
+
+def _each(topology: Topology, queues: Iterable[str], ids: set[str] | None,
+          act: Callable[[BlockingChannel, str, Taken], dict[str, Any]]
+          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``act`` on (and ack) the messages with ``ids`` (None: all) of each queue in turn,
+    collecting what it returns; put the others back. Stops at a channel RabbitMQ closed."""
     done: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     with channel() as ch:
         for which in queues:
-            def act(ch: BlockingChannel, msg: Taken, w: str = which) -> None:
-                done.append(replay(ch, topology, w, msg))
+            def each(ch: BlockingChannel, msg: Taken, w: str = which) -> None:
+                done.append(act(ch, w, msg))
 
             problems, usable = _work(ch, topology, which,
-                                     lambda m: ids is None or m.message_id in ids, act)
+                                     lambda m: ids is None or m.message_id in ids, each)
             failed += problems
             if not usable:
                 break
@@ -512,6 +528,32 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 1 if failed or unseen else 0
 
 
+def _cmd_discard(args: argparse.Namespace) -> int:
+    if args.all and args.queue is None:
+        print("error: --all needs --queue: say which dead-letter queue to empty",
+              file=sys.stderr)
+        return 2
+    ids = None if args.all else set(args.id)
+    queues = list(DEAD_SOURCES) if args.queue in (None, "all") else [args.queue]
+    done, failed = discard_dead(_topology(args), queues, ids)
+    if args.json:
+        print(json.dumps({"discarded": len(done), "messages": done,
+                          "not_discarded": len(failed), "failed": failed}))
+    else:
+        for d in done:
+            print(f"{d['queue']}: {d['message_id']} discarded ({d['reason'] or '-'})")
+        print(f"{len(done)} message(s) discarded")
+        lost = sum(1 for d in done if d["queue"] in ("agency", "desk"))
+        if lost:
+            print(f"warning: {lost} of them never reached their agency or desk, which will "
+                  "not have them", file=sys.stderr)
+    _report_failures(failed, "not discarded")
+    unseen = _unseen(ids, done, failed) if ids is not None else set()
+    if unseen:
+        print(f"error: not found: {', '.join(sorted(unseen))}", file=sys.stderr)
+    return 1 if failed or unseen else 0
+
+
 def _unseen(ids: set[str], done: list[dict[str, Any]], failed: list[dict[str, Any]]
             ) -> set[str]:
     """The message ids asked for that were in none of the queues read (none said when a
@@ -565,9 +607,10 @@ def _cmd_refuse(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any, groups: dict[str, Any]) -> None:
-    """Add `casebroker dead-letters list|show|replay|refuse`."""
+    """Add `casebroker dead-letters list|show|replay|discard|refuse`."""
     dl = sub.add_parser("dead-letters", help="list, show and replay dead letters and triage; "
-                        "refuse what triage holds that no rule will route")
+                        "refuse what triage holds that no rule will route; discard dead "
+                        "letters nobody will replay")
     dl_sub = dl.add_subparsers(dest="action", required=True)
     groups["dead-letters"] = dl_sub
 
@@ -594,6 +637,19 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     what.add_argument("--all", action="store_true", help="every message in the queue(s)")
     common(p)
     p.set_defaults(handler=_cmd_replay)
+    p = dl_sub.add_parser(
+        "discard", help="take dead letters out for good, published nowhere (bad input "
+        "nobody will replay); the ledger keeps the copy of what the routers dead-lettered")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--id", action="append", help="message id (repeatable)")
+    what.add_argument("--all", action="store_true",
+                      help="every message in the --queue named (required with --all)")
+    p.add_argument("--queue", choices=[*DEAD_SOURCES, "all"],
+                   help="dead.<source> (default with --id: all of them; never triage, "
+                   "whose dossiers are replayed or refused)")
+    p.add_argument("--prefix", help="topology prefix (default: $CASEBROKER_PREFIX or cb)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=_cmd_discard)
     p = dl_sub.add_parser(
         "refuse", help="refuse triaged dossiers at intake (state 3) that no rule will route "
         "(a procedure the province does not handle): recorded, and their desks told; final")

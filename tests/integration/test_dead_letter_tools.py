@@ -161,6 +161,40 @@ def test_a_message_that_cannot_be_replayed_holds_back_only_itself(
                                                                         gone.message_id])
 
 
+def test_discard_takes_out_only_the_dead_letters_named_and_never_triage(
+        declared: Topology, amqp: Amqp, capsys: pytest.CaptureFixture[str]) -> None:
+    # bad input nobody will replay would wait for an operator for ever (and keep
+    # CasebrokerSetAsideWaiting firing): discarded by id, or a whole queue named
+    t = declared
+    bad = {REASON_HEADER: "malformed_json", SOURCE_HEADER: "router"}
+    for i in (1, 2):
+        _publish_dead(amqp, t, "intake", Outbound(t.intake_exchange, "dossier", f"junk:{i}",
+                                                  "", None, None, b"{"), bad)
+    notice = _desk_notice(t, "T.UBND.A-261125-0001")
+    _publish_dead(amqp, t, "desk", notice, {REASON_HEADER: "unroutable", SOURCE_HEADER: "watch"})
+    amqp.publish(t.dead_letter_exchange, "triage", encode(dossier("9.999999")),
+                 message_id="held:1", type="dossier.submitted")
+
+    rc, out, err = cli(capsys, t, "dead-letters", "discard", "--id", "junk:1", "--id", "held:1")
+    assert rc == 1 and "intake: junk:1 discarded (malformed_json)" in out
+    assert "1 message(s) discarded" in out and "error: not found: held:1" in err
+    assert queue_depth(t.dead_queue("intake")) == 1  # junk:2, below
+    assert queue_depth(t.triage_queue) == 1  # triage is replayed or refused, never discarded
+    rc, _, err = cli(capsys, t, "dead-letters", "discard", "--all")
+    assert rc == 2 and "--all needs --queue" in err
+    assert queue_depth(t.dead_queue("desk")) == 1
+    rc, out, err = cli(capsys, t, "dead-letters", "discard", "--all", "--queue", "desk")
+    assert rc == 0 and f"desk: {notice.message_id} discarded (unroutable)" in out
+    assert "warning: 1 of them never reached their agency or desk" in err
+    rc, out, err = cli(capsys, t, "dead-letters", "discard", "--all", "--queue", "intake",
+                       "--json")
+    assert rc == 0 and json.loads(out)["discarded"] == 1
+    assert [m["message_id"] for m in json.loads(out)["messages"]] == ["junk:2"]
+    for which in ("intake", "desk"):
+        assert queue_depth(t.dead_queue(which)) == 0
+    assert queue_depth(t.triage_queue) == 1
+
+
 def test_a_missing_queue_is_named_and_the_others_are_read(
         declared: Topology, amqp: Amqp, capsys: pytest.CaptureFixture[str]) -> None:
     # one operator queue deleted (or a topology declared by an older version): the tools
