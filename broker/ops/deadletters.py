@@ -215,6 +215,10 @@ def refuse(ch: BlockingChannel, topology: Topology, ledger: Ledger, msg: Taken, 
                          "refuse") from None
     assert isinstance(dossier, DossierSubmitted)
     if (why := missing(ch, topology.desk_queue(dossier.desk_id))) is not None:
+        if _text(msg.headers.get(REASON_HEADER)) == "unknown_desk":
+            why = ("the catalog has no such desk (triaged as unknown_desk), so it has no "
+                   "queue: add the desk to the catalog (a running router declares its "
+                   "queue on reload, SIGHUP), then refuse or replay")
         raise ValueError(f"desk {dossier.desk_id} has nobody to tell: {why}")
     sid = str(dossier.submission_id)
     notice = to_desk(topology, DeskNotice(

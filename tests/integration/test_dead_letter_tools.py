@@ -388,10 +388,11 @@ def test_refuse_closes_a_triaged_dossier_once_and_its_desk_hears_it_once(
     assert props.message_id == f"{never_id}:refused" and props.type == "desk.notice"
     assert (notice["notice"], notice["state"], notice["reason"]) == ("refused", 3, reason)
     assert "dossier_code" not in notice and notice["submission_id"] == str(never.submission_id)
-    assert sorted(_ids(amqp, t.triage_queue)) == sorted([stray_id, lost_id])
-    for d in (stray, lost):  # back in triage, for the next tests below
-        amqp.publish(t.dead_letter_exchange, "triage", encode(d),
-                     message_id=f"submit:{d.submission_id}", type="dossier.submitted")
+    left = amqp.get_all(t.triage_queue)
+    assert sorted(p.message_id for p, _ in left) == sorted([stray_id, lost_id])
+    for props, body in left:  # back in triage as they were, for the next tests below
+        amqp.publish(t.dead_letter_exchange, "triage", body, message_id=props.message_id,
+                     type="dossier.submitted", headers=props.headers)
 
     # its triage copy again (a crash after the refusal was committed, before the ack):
     # refused again as before, its desk told under the same message id
@@ -421,7 +422,9 @@ def test_refuse_closes_a_triaged_dossier_once_and_its_desk_hears_it_once(
 
     # nobody to tell: put back, nothing recorded
     rc, out, err = cli(capsys, t, *refuse, "--id", stray_id)
-    assert rc == 1 and "desk T.NOWHERE has nobody to tell: no queue" in err
+    # the router triaged it for a desk the catalog lacks: that is what is said
+    assert rc == 1 and "desk T.NOWHERE has nobody to tell: the catalog has no such desk " \
+        "(triaged as unknown_desk)" in err
     assert ledger.refusal(str(stray.submission_id)) is None
     # corrected and received since it was triaged: nothing to refuse
     amqp.submit(t, lost.model_copy(update={"applicant": lost.applicant.model_copy(
