@@ -51,10 +51,11 @@ from broker.amqp_worker import (
     properties_for,
 )
 
-__all__ = ["DEFAULT_AMQP_URL", "DETAIL_HEADER", "MAX_BOUNDED_RETRIES", "ORIGINAL_EXCHANGE_HEADER",
-           "ORIGINAL_KEY_HEADER", "REASON_HEADER", "REPLAY_OF_HEADER", "SENT_BY_HEADER",
-           "SOURCE_HEADER", "BatchHandler", "ConsumerService", "ConsumerSettings", "Delivery",
-           "Hooks", "amqp_url", "amqp_urls", "properties_for", "shown_url"]
+__all__ = ["CONNECT_NARRATORS", "DEFAULT_AMQP_URL", "DETAIL_HEADER", "MAX_BOUNDED_RETRIES",
+           "ORIGINAL_EXCHANGE_HEADER", "ORIGINAL_KEY_HEADER", "REASON_HEADER", "REPLAY_OF_HEADER",
+           "SENT_BY_HEADER", "SOURCE_HEADER", "BatchHandler", "ConsumerService",
+           "ConsumerSettings", "Delivery", "Hooks", "amqp_url", "amqp_urls",
+           "connection_error_text", "properties_for", "shown_url"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,21 @@ def amqp_urls() -> list[str]:
 def shown_url(url: str) -> str:
     """A broker URL fit for a message or a log: its password left out."""
     return re.sub(r"(//[^:/@]*):[^@]*@", r"\1:***@", url)
+
+
+def connection_error_text(error: BaseException) -> str:
+    """Why a connection could not be made, in a line: pika's errors often have an empty
+    ``str`` (a bare ``AMQPConnectionError``) or wrap the socket's error in their args."""
+    said = "; ".join(str(a) or repr(a) for a in getattr(error, "args", ()))
+    return said or str(error) or type(error).__name__
+
+
+#: pika's loggers that narrate each failed connection attempt (6 to 8 ERROR lines and a
+#: traceback per attempt): casebroker says in one line that it could not connect and why,
+#: and when it tries again
+CONNECT_NARRATORS = ("pika.adapters.utils.connection_workflow",
+                     "pika.adapters.utils.io_services_utils",
+                     "pika.adapters.blocking_connection", "pika.adapters.base_connection")
 
 
 def amqp_url() -> str:
@@ -203,9 +219,11 @@ class ConsumerService:
                 break
             self.hooks.connection(False)
             self._url_index += 1
-            if self._opened:  # a connection that worked for a while starts the backoff afresh
+            lost = self._opened
+            if lost:  # a connection that worked for a while starts the backoff afresh
                 delay_s, self._opened = 0.5, False
-            log.warning("connection to RabbitMQ lost; reconnecting to %s:%s in %.1fs",
+            log.warning("%s; connecting to %s:%s in %.1fs",
+                        "connection to RabbitMQ lost" if lost else "not connected",
                         *self._next_host(), delay_s)
             if self._stopped.wait(delay_s):
                 break
@@ -236,7 +254,8 @@ class ConsumerService:
         log.info("RabbitMQ unblocked this connection")
 
     def _on_open_error(self, connection: SelectConnection, error: BaseException) -> None:
-        log.warning("cannot connect to RabbitMQ: %s", error)
+        log.warning("cannot connect to RabbitMQ at %s:%s: %s", self.params.host,
+                    self.params.port, connection_error_text(error))
         connection.ioloop.stop()
 
     def _on_closed(self, connection: SelectConnection, reason: BaseException) -> None:

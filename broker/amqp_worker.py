@@ -378,6 +378,8 @@ class QueueWorker:
             self.retries += 1 if error.bounded else 0
             self._schedule_retry(str(error), error.kind)
             return
+        if self.retry_delay_s:  # the pause's warning said "retrying in"; now it is over
+            log.info("%s resumed: a batch went through after the pause", self.queue)
         self.retries = 0
         self.retry_delay_s = 0.0
         if self.pending and self.pending[0] is batch[0]:  # cancel() may have cleared it

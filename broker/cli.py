@@ -252,6 +252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # demo and the benchmark once they have reached RabbitMQ
     pika_log = logging.getLogger("pika")
     pika_log.setLevel(logging.WARNING if args.command == "run" else logging.CRITICAL)
+    if not args.verbose:  # each failed attempt is said once, by casebroker, in a line
+        from broker.amqp import CONNECT_NARRATORS
+        for name in CONNECT_NARRATORS:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         if args.command in ("demo", "bench"):
             _reach_rabbitmq()
@@ -299,12 +303,12 @@ def rabbitmq_problem(error: Exception) -> str:
         ProbableAuthenticationError,
     )
 
-    from broker.amqp import amqp_urls, shown_url
+    from broker.amqp import amqp_urls, connection_error_text, shown_url
     reply = getattr(error, "reply_text", None)
     if isinstance(error, AMQPConnectionError | socket.gaierror):
         where = ", ".join(shown_url(u) for u in amqp_urls())
         why = (error.strerror or str(error) if isinstance(error, OSError)
-               else "; ".join(str(a) or repr(a) for a in error.args))
+               else connection_error_text(error))
         # reached, and turned away: a login or a virtual host to fix, not the network
         what = ("refused the login" if isinstance(error, ProbableAuthenticationError)
                 else "refused the virtual host" if isinstance(error, ProbableAccessDeniedError)
@@ -347,17 +351,17 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _topology(args: argparse.Namespace) -> int:
-    from broker.amqp import amqp_url
+    from broker.amqp import amqp_urls
     from broker.rules.catalog import load_catalog
     from broker.service import declare_topology, delete_topology
 
     catalog, topology = load_catalog(args.catalog), _topology_of(args)
     if args.action == "declare":
-        n = declare_topology(amqp_url(), topology, catalog)
+        n = declare_topology(amqp_urls(), topology, catalog)
         print(f"declared {len(topology.exchanges)} exchanges and {n} queues under "
               f"{topology.prefix!r}")
     else:
-        delete_topology(amqp_url(), topology, catalog)
+        delete_topology(amqp_urls(), topology, catalog)
         print(f"deleted the topology under {topology.prefix!r}")
     return EXIT_OK
 

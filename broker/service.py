@@ -16,6 +16,7 @@ import gc
 import logging
 import signal
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -40,18 +41,25 @@ from monitoring.metrics import Metrics
 log = logging.getLogger(__name__)
 
 
-def declare_topology(url: str, topology: Topology, catalog: Catalog) -> int:
-    """Declare every exchange, queue and binding of a catalog (idempotent)."""
-    connection = pika.BlockingConnection(pika.URLParameters(url))
+def _connect(urls: str | Sequence[str]) -> pika.BlockingConnection:
+    """A connection to the first of the nodes that answers (pika tries them in turn)."""
+    listed = [urls] if isinstance(urls, str) else list(urls)
+    return pika.BlockingConnection([pika.URLParameters(u) for u in listed])
+
+
+def declare_topology(urls: str | Sequence[str], topology: Topology, catalog: Catalog) -> int:
+    """Declare every exchange, queue and binding of a catalog (idempotent), through the
+    first of the cluster's nodes that answers."""
+    connection = _connect(urls)
     try:
         return topology.declare(connection.channel(), catalog.agency_ids, catalog.desk_ids)
     finally:
         connection.close()
 
 
-def delete_topology(url: str, topology: Topology, catalog: Catalog) -> None:
+def delete_topology(urls: str | Sequence[str], topology: Topology, catalog: Catalog) -> None:
     """Delete a catalog's queues and exchanges (tests and demos clean up after themselves)."""
-    connection = pika.BlockingConnection(pika.URLParameters(url))
+    connection = _connect(urls)
     try:
         channel = connection.channel()
         for queue in topology.queues(catalog.agency_ids, catalog.desk_ids):
@@ -94,7 +102,12 @@ class Broker:
             trusted_user=own))
         self.watch = None if self.watch_settings is None else DeadlineWatch(
             self.engine, self.ledger, self.topology, self.watch_settings, clock=self.clock,
-            metrics=self.metrics, urls=(self.settings.url, *self.settings.failover_urls))
+            metrics=self.metrics, urls=self.urls)
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The cluster's nodes, in the order they are tried."""
+        return (self.settings.url, *self.settings.failover_urls)
 
     def engine(self) -> Engine:
         """The engine in force now."""
@@ -107,7 +120,7 @@ class Broker:
 
     def declare(self) -> int:
         """Declare the topology of the catalog in force."""
-        return declare_topology(self.settings.url, self.topology, self.catalog)
+        return declare_topology(self.urls, self.topology, self.catalog)
 
     def reload(self) -> bool:
         """Load the catalog file again; swap it in only if valid and its topology declared."""
@@ -115,7 +128,7 @@ class Broker:
             try:
                 catalog = load_catalog(self.catalog_path)
                 engine = Engine(catalog)
-                declare_topology(self.settings.url, self.topology, catalog)
+                declare_topology(self.urls, self.topology, catalog)
             except CatalogError as e:
                 log.error("catalog reload refused, %d problem(s); keeping %s:\n%s",
                           len(e.problems), self.catalog.content_hash, e)

@@ -88,6 +88,7 @@ def test_postgresql_down_20s_under_load(
     assert delays, "the router said it paused"
     assert max(delays) <= 15.0, "backoff is bounded"
     assert len(delays) <= 30, f"no hot retry loop ({len(delays)} retries in ~20 s)"
+    assert "resumed: a batch went through after the pause" in router.log()
     s.resolve_all()
     f = s.check()
     f.extra = {"outage_s": 20, "retries": len(delays), "max_backoff_s": max(delays),

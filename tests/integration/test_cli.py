@@ -73,6 +73,38 @@ def test_run_routes_then_stops_cleanly_on_sigterm(declared: Topology, tmp_path: 
     assert "066090001234" not in log and "Nguyễn Văn An" not in log
 
 
+def test_run_starts_through_the_next_node_when_the_first_is_down(
+        declared: Topology, tmp_path: Path) -> None:
+    """The topology is declared, and the deadline watch publishes, through the first of
+    CASEBROKER_AMQP_URL's nodes that answers, as the consumers connect; a node down at
+    start does not stop the service. With none up, one line says so."""
+    from broker.amqp import amqp_url
+
+    port = free_port()
+    down = f"amqp://guest:s3cret@127.0.0.1:{port}/"
+    env = {**os.environ, "CASEBROKER_AMQP_URL": f"{down},{amqp_url()}"}
+    cmd = [sys.executable, "-m", "broker.cli", "run", "--catalog", str(MINI_CATALOG),
+           "--prefix", declared.prefix, "--db-url", f"sqlite:///{tmp_path / 'l.sqlite3'}",
+           "--metrics-port", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for(lambda: _consumers(declared.intake_queue) == 1, what="router consuming")
+    finally:
+        code, log = _stop(proc)
+    assert code == 0, log
+    assert f"WARNING broker.amqp: cannot connect to RabbitMQ at 127.0.0.1:{port}: " \
+        "AMQPConnectionWorkflowFailed" in log and "not connected; connecting to" in log
+    assert "connected to RabbitMQ at" in log and "s3cret" not in log
+    assert "ERROR pika" not in log and "Traceback" not in log, log
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "CASEBROKER_AMQP_URL": down})
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"error: RabbitMQ unreachable at {down.replace(':s3cret@', ':***@')} "
+        "(CASEBROKER_AMQP_URL): AMQPConnectorSocketConnectError: "
+        "ConnectionRefusedError(111, 'Connection refused')"]
+
+
 def test_shutdown_while_the_ledger_is_locked_acks_nothing(declared: Topology,
                                                           tmp_path: Path) -> None:
     """Work that could not be committed is not acked: it is all back in the queue."""
