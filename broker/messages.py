@@ -40,7 +40,9 @@ AttributeValue = str | int | float | bool
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # by alias by default: a message an integrator dumps with pydantic's defaults carries
+    # "schema", as the contract says, not the Python name "schema_" it would then refuse
+    model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True)
 
     #: fields a sender may stamp afresh when it retries the same message (the SDK sets
     #: them to the time of the retry); they do not make a retry a different message.

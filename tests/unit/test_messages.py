@@ -33,6 +33,13 @@ def test_submitted_round_trips() -> None:
     assert back == d and kind_of(back) == "dossier.submitted" and back.collect_at == "T.CENTRE"
 
 
+def test_a_message_dumped_with_pydantics_defaults_is_one_the_contract_takes() -> None:
+    # an integrator serializing by hand: "schema", not the Python name "schema_"
+    d = dossier()
+    assert decode(d.model_dump_json().encode()) == d
+    assert decode(json.dumps(d.model_dump(mode="json")).encode()) == d
+
+
 def test_status_round_trips() -> None:
     s = DossierStatus(update_id=uuid.uuid4(), dossier_code="X-261128-0001", agency_id="A",
                       status=AgencyStatus.SUPPLEMENT_REQUESTED, reason="need ID copy",
