@@ -483,8 +483,11 @@ def _dossier(args: argparse.Namespace) -> int:
     print(f"  desk {row['intake_desk_id']} -> return at {row['return_desk_id']}  "
           f"({row['channel']}, {'boundary-free' if row['boundary_free'] else 'own area'})")
     steps = " -> ".join(s["agency_id"] for s in row["steps"])
-    print(f"  agency {row['agency_id']} (step {row['step']} of {len(row['steps'])}: {steps})")
     tz = ZoneInfo(args.tz)
+    step_due = ("" if row["finished_at"] is not None or row["step_due_at"] is None
+                else f"; this step due {_local(row['step_due_at'], tz, seconds=False)}")
+    print(f"  agency {row['agency_id']} (step {row['step']} of {len(row['steps'])}: {steps}"
+          f"{step_due})")
 
     print(f"  received {_local(row['received_at'], tz)}  due {_local(row['due_at'], tz)} "
           f"({args.tz})  rule {row['rule_id']}")
@@ -492,8 +495,33 @@ def _dossier(args: argparse.Namespace) -> int:
     for e in history:
         hand = f"  {e['from_agency'] or ''} -> {e['to_agency']}" if e["to_agency"] else ""
         print(f"    {e['seq']:>3} {_local(e['at'], tz)}  {e['kind']:<18} "
-              f"{e['state_from']}->{e['state_to']}  by {e['actor']}{hand}{_step_end(e, tz)}")
+              f"{e['state_from']}->{e['state_to']}  by {e['actor']}{hand}{_step_end(e, tz)}"
+              f"{_event_note(e, tz)}")
     return EXIT_OK
+
+
+def _event_note(event: dict[str, Any], tz: ZoneInfo) -> str:
+    """What else the process-control sheet keeps of an event, in its words: no free text
+    (a reason may name someone), only numbers and times."""
+    d = event["detail"] if isinstance(event["detail"], dict) else {}
+
+    def at(key: str) -> str:
+        return _local(datetime.fromisoformat(d[key]), tz, seconds=False)
+
+    notes = []
+    if d.get("satisfaction") is not None:
+        notes.append(f"satisfaction {d['satisfaction']}")
+    if event["kind"] == "request_supplement":
+        notes.append(f"{len(d.get('requested_documents') or [])} document(s) requested")
+    if event["kind"] == "supplement":
+        notes.append(f"{len(d.get('documents') or [])} document(s) brought")
+        if d.get("due_at"):
+            notes.append(f"due moved to {at('due_at')}")
+    if event["kind"] in ("at_risk", "overdue") and d.get("due_at"):
+        notes.append(f"due {at('due_at')}")
+    if d.get("appointment"):
+        notes.append(f"apology: new appointment {at('appointment')}")
+    return f"  ({'; '.join(notes)})" if notes else ""
 
 
 def _step_end(event: dict[str, Any], tz: ZoneInfo) -> str:

@@ -316,6 +316,8 @@ class StatusRouter(Consumer):
         detail = _detail(msg)
         if event in STEP_ENDS:  # the step's own due date, for the report's steps by agency
             detail.update(finishing)
+        if event == Event.SUPPLEMENT:  # the due date as the pause moved it
+            detail["due_at"] = dossier["due_at"].isoformat()
         batch.add_event({
             "dossier_code": dossier["code"], "seq": seq, "kind": event.value,
             "state_from": int(old_state), "state_to": int(new_state), "actor": _sender(msg),
@@ -420,8 +422,16 @@ class StatusRouter(Consumer):
                         step_due_at=cal.add_working_seconds(dossier["step_due_at"], paused_s))
             if due_at > now:  # a new due date still ahead: the watch judges it afresh
                 dossier.set(watch_level=NOTHING_SENT)
-        return self._agency_notice(dossier, NoticeKind.SUPPLEMENTED, seq, now,
-                                   documents=list(msg.documents))
+        # the agency's assignment carries the due dates the pause has moved: it is told
+        # the new ones (in words: agency.notice/v1 has no due date field)
+        due, step_due = (dossier[k].astimezone(cal.tz).isoformat(timespec="minutes")
+                         for k in ("due_at", "step_due_at"))
+        moved = (f"moved by the {paused_s / 3600:.1f} working hours paused" if paused_s > 0
+                 else "unchanged: no working time was paused")
+        return self._agency_notice(
+            dossier, NoticeKind.SUPPLEMENTED, seq, now, documents=list(msg.documents),
+            reason=f"the clock runs again: legal due date {due}, this step's {step_due} "
+                   f"({moved})")
 
     def _hand_off(self, engine: Engine, dossier: _Dossier, results: list[Document],
                   now: datetime) -> Outbound:

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import event, select, update
 
 from broker.amqp import amqp_url
+from broker.cli import main
 from broker.consumers.deadlines import (
     AT_RISK,
     NOTHING_SENT,
@@ -87,7 +88,7 @@ def _notices(amqp: Amqp, queue: str) -> list[tuple[str, str]]:
 
 def test_at_risk_then_overdue_once_each_across_two_watches_and_a_restart(
         declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock,
-        make_watch: Callable[[], DeadlineWatch]) -> None:
+        make_watch: Callable[[], DeadlineWatch], capsys: pytest.CaptureFixture[str]) -> None:
     start_broker()
     slow = _route(amqp, declared, "1.004227", "T.SO.TP")  # due Wed 9 Dec 09:00
     quick = _route(amqp, declared, "1.001193", "T.UBND.A")  # due Thu 26 Nov 09:00
@@ -126,6 +127,13 @@ def test_at_risk_then_overdue_once_each_across_two_watches_and_a_restart(
     kinds = [(e["kind"], e["actor"]) for e in ledger.history(slow)]
     assert kinds == [("received", "T.MC.B"), ("at_risk", "deadline-watch"),
                      ("overdue", "deadline-watch")]
+    # the process-control sheet keeps what the apology promised (8 working hours on)
+    overdue = ledger.history(slow)[-1]["detail"]
+    assert datetime.fromisoformat(overdue["appointment"]) == vn("2026-12-10 09:30")
+    assert main(["dossier", "show", slow, "--db-url", ledger.url]) == 0
+    shown = [line for line in capsys.readouterr().out.splitlines() if " overdue " in line]
+    assert len(shown) == 1 and shown[0].endswith(
+        "(due 2026-12-09 09:00; apology: new appointment 2026-12-10 09:30)")
     assert ledger.unconfirmed_notices(vn("2027-01-01 00:00")) == []
 
 

@@ -97,7 +97,8 @@ def test_forbidden_update_changes_nothing_and_tells_the_sender(
 
 
 def test_supplement_round_trip_moves_due_date_by_paused_working_time(
-        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock) -> None:
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock,
+        capsys: pytest.CaptureFixture[str]) -> None:
     start_broker()
     desk, agency = declared.desk_queue("T.MC.B"), declared.agency_queue("T.SO.TP")
     code = submit(amqp, declared, "T.SO.TP", procedure_code="1.004227")["dossier_code"]
@@ -120,6 +121,9 @@ def test_supplement_round_trip_moves_due_date_by_paused_working_time(
     supplemented = take(amqp, agency, 1, "supplement to agency")[0]
     assert supplemented["notice"] == "supplemented" and supplemented["state"] == 4
     assert [d["name"] for d in supplemented["documents"]] == ["cccd.pdf", "khai-sinh.pdf"]
+    assert supplemented["reason"] == (  # its assignment's due dates have moved: the new ones
+        "the clock runs again: legal due date 2026-12-10T10:00+07:00, this step's "
+        "2026-12-10T10:00+07:00 (moved by the 9.0 working hours paused)")
     assert take(amqp, desk, 1)[0]["notice"] == "status_changed"
     row = ledger.dossier(code)
     assert row is not None and row["state"] == 4 and row["paused_at"] is None
@@ -127,6 +131,11 @@ def test_supplement_round_trip_moves_due_date_by_paused_working_time(
     assert row["due_at"] == vn("2026-12-10 10:00") == row["step_due_at"]
     assert [e["kind"] for e in ledger.history(code)] == [
         "received", "request_supplement", "supplement"]
+    assert main(["dossier", "show", code, "--db-url", ledger.url]) == 0
+    out = capsys.readouterr().out
+    assert "(step 1 of 1: T.SO.TP; this step due 2026-12-10 10:00)" in out
+    assert "  (2 document(s) requested)" in out
+    assert "  (2 document(s) brought; due moved to 2026-12-10 10:00)" in out
 
 
 def test_financial_obligation_and_stop_reach_the_desk_with_reasons(
@@ -259,7 +268,8 @@ def test_withdrawal_mid_chain_tells_the_current_agency(
 
 
 def test_postal_return_desk_gets_the_result_and_keeps_the_rating(
-        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp) -> None:
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp,
+        capsys: pytest.CaptureFixture[str]) -> None:
     start_broker()
     code = submit(amqp, declared, "T.UBND.A", desk_id="T.MC.A",
                   return_desk_id="T.POST")["dossier_code"]
@@ -287,6 +297,11 @@ def test_postal_return_desk_gets_the_result_and_keeps_the_rating(
     wait_for(lambda: (ledger.dossier(code) or {}).get("state") == 10, what="returned")
     row = ledger.dossier(code)
     assert row is not None and row["satisfaction"] == 4 and row["return_desk_id"] == "T.POST"
+    assert main(["dossier", "show", code, "--db-url", ledger.url]) == 0
+    out = capsys.readouterr().out
+    (line,) = [x for x in out.splitlines() if x.startswith("    ") and " return " in x]
+    assert line.endswith("9->10  by T.POST  (satisfaction 4)")
+    assert "  agency T.UBND.A (step 1 of 1: T.UBND.A)\n" in out  # finished: no step due
 
 
 def test_late_result_carries_an_apology(
