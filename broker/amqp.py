@@ -285,6 +285,11 @@ class ConsumerService:
         if conn is None:
             return
         if all(w.idle for w in self.workers) or time.monotonic() > deadline or not conn.is_open:
+            for w in self.workers:
+                if w.unacked > 0:  # not handled, not confirmed in time, or to be retried
+                    log.info("%s: %d deliveries not acked at close go back to the queue, "
+                             "to be redone (what a batch of them committed is republished "
+                             "from the ledger)", w.queue, w.unacked)
             if conn.is_open:
                 conn.close()
                 # a blocked connection (resource alarm) is not read by RabbitMQ, whose

@@ -246,6 +246,8 @@ class QueueWorker:
         # dropped (the deliveries come back, and the inbox republishes what it committed)
         self.generation += 1
         self.busy = False
+        #: deliveries received on this channel and neither acked nor rejected yet
+        self.unacked = 0
         self.pending: list[Delivery] = []
         self.inflight: deque[_InFlight] = deque()
         #: publish sequence number -> (its batch, its message id), in publish order
@@ -333,6 +335,7 @@ class QueueWorker:
             return  # a channel being closed: unacked, the delivery goes back to the queue
         self.pending.append(Delivery(method.delivery_tag, body, props, method.redelivered,
                                      method.routing_key))
+        self.unacked += 1
         if self.retry_timer is not None:
             return
         if len(self.pending) >= self.settings.batch_size:
@@ -516,6 +519,7 @@ class QueueWorker:
         last = None
         while self.inflight and self.inflight[0].outstanding <= 0:
             entry = self.inflight.popleft()
+            self.unacked -= len(entry.batch)  # acked below, or rejected by _refused
             if entry.failed:
                 if last is not None:
                     self.channel.basic_ack(last, multiple=True)

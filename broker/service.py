@@ -26,7 +26,7 @@ import pika
 
 from broker import threads
 from broker.amqp import ConsumerService, ConsumerSettings
-from broker.consumers.common import Clock
+from broker.consumers.common import Clock, party_users_enabled
 from broker.consumers.deadlines import DeadlineWatch, WatchSettings
 from broker.consumers.router import Router
 from broker.consumers.status import StatusRouter
@@ -142,7 +142,10 @@ class Broker:
             self.catalog, self._engine = catalog, engine
             self.metrics.catalog_loaded(catalog.spec.catalog, catalog.content_hash)
             self.metrics.catalog_reloads_total.labels("applied").inc()
-            log.info("catalog reloaded: %s -> %s", old, catalog.content_hash)
+            if old == catalog.content_hash:
+                log.info("catalog reloaded: unchanged (%s)", old)
+            else:
+                log.info("catalog reloaded: %s -> %s", old, catalog.content_hash)
             return True
 
     def run(self, *, install_signals: bool = True) -> None:
@@ -151,6 +154,9 @@ class Broker:
         log.info("catalog %s (%s): %d procedures; %d queues under prefix %r",
                  self.catalog.spec.catalog, self.catalog.content_hash,
                  len(self.catalog.spec.procedures), queues, self.topology.prefix)
+        log.info("senders %s", "must be the RabbitMQ user of the desk or agency they name "
+                 "(CASEBROKER_PARTY_USERS=1)" if party_users_enabled(None) else "are not "
+                 "checked against RabbitMQ users (CASEBROKER_PARTY_USERS is not 1)")
         self.serve(install_signals=install_signals)
 
     def serve(self, *, install_signals: bool = True) -> None:

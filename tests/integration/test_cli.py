@@ -67,6 +67,9 @@ def test_run_routes_then_stops_cleanly_on_sigterm(declared: Topology, tmp_path: 
         code, log = _stop(proc)
     assert code == 0, log
     assert "stopped" in log
+    assert "senders are not checked against RabbitMQ users (CASEBROKER_PARTY_USERS is " \
+        "not 1)" in log  # said at start, whichever way it is
+    assert "not acked at close" not in log  # all 300 were acked before it stopped
     assert queue_depth(declared.intake_queue) == 0
     assert queue_depth(declared.agency_queue("T.UBND.A")) == 300
     # personal data never reaches the log
@@ -127,6 +130,8 @@ def test_shutdown_while_the_ledger_is_locked_acks_nothing(declared: Topology,
     lock.close()
     assert code == 0, log
     assert "paused" in log  # it noticed, and retried rather than crashing
+    # stopped while paused: what it held is said to go back, none of it acked
+    assert ".intake: 50 deliveries not acked at close go back to the queue" in log, log
     assert queue_depth(declared.intake_queue) == 50  # requeued, none acked
     assert Ledger(db_url).count_by_state() == {}
     assert queue_depth(declared.agency_queue("T.UBND.A")) == 0

@@ -204,3 +204,7 @@ def test_reload_under_load(running: RunProcess, topology: Topology) -> None:
     assert f"catalog reloaded: {old_hash} -> {new_hash}" in log
     assert "catalog reload refused" in log and "unknown agency T.GHOST" in log
     assert running.proc.poll() is None
+    # the catalog in force again: a reload that changes nothing says so
+    running.catalog.write_text(new_text, encoding="utf-8")
+    running.reload("applied")
+    assert f"catalog reloaded: unchanged ({new_hash})" in running.log_text()
