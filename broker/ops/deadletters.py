@@ -103,6 +103,13 @@ _KNOWN = frozenset(f.alias or n for m in get_args(Message) for n, f in m.model_f
 _KNOWN_NESTED = frozenset(n for m in (Applicant, Subject) for n in m.model_fields)
 #: what an allowed field's value must look like to be shown
 _TOKEN = re.compile(r"[A-Za-z0-9._:+/-]{0,100}")
+#: nine digits or more in a row: a phone number (10) or an id number (9 or 12), put in
+#: the wrong field of a message that failed its checks for that reason. No id, code,
+#: state or time of the contract has such a run, but for hexadecimal ones (UUIDs, the
+#: catalog's hash), shown when they are well-formed
+_DIGIT_RUN = re.compile(r"\d{9,}")
+_HEX_ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+                     r"[0-9a-fA-F]{12}|[0-9a-f]{16,64}")
 
 
 def replay_id(msg: Taken) -> tuple[str, str, int]:
@@ -316,10 +323,14 @@ def _token_or_withheld(value: Any) -> Any:
 
 
 def _is_token(value: Any) -> bool:
-    """An id, code, kind, number or timestamp: never a name or a sentence."""
-    if value is None or isinstance(value, (bool, int, float)):
+    """An id, code, kind, number or timestamp: never a name, a sentence, or a number as
+    long as a phone or id number."""
+    if value is None or isinstance(value, (bool, float)):
         return True
-    return isinstance(value, str) and _TOKEN.fullmatch(value) is not None
+    if isinstance(value, int):
+        return _DIGIT_RUN.search(str(value)) is None
+    return isinstance(value, str) and _TOKEN.fullmatch(value) is not None and (
+        _DIGIT_RUN.search(value) is None or _HEX_ID.fullmatch(value) is not None)
 
 
 def _text(value: Any) -> str | None:

@@ -327,7 +327,10 @@ def test_show_prints_only_fields_known_to_carry_no_personal_data(
               "dossier_code": "T.UBND.A-261125-0001", "agency_id": "T.UBND.A",
               "status": "rejected", "reason": "Ông Phạm Văn Dũng thiếu giấy tờ",
               "sent_at": "2026-11-28T09:00:00+07:00"}
-    odd = {"desk_id": "Nguyễn Văn An", "Nguyễn Thị Hoa": "066090001234", "channel": 1}
+    odd = {"desk_id": "Nguyễn Văn An", "Nguyễn Thị Hoa": "066090001234", "channel": 1,
+           # failed its checks for this: a phone and an id number in the wrong fields
+           "applicant": {"ward_code": "0905000000"}, "status": "066090001234",
+           "state": 66090001234, "catalog_hash": "0123456789abcdef0123456789abcdef"}
     raw = "Nguyễn Văn An 066090001234".encode() + b"\xff"
     bodies = {"submit:d": d.model_dump_json(by_alias=True).encode(),
               "status:s": json.dumps(status, ensure_ascii=False).encode(),
@@ -355,6 +358,8 @@ def test_show_prints_only_fields_known_to_carry_no_personal_data(
     assert st["status"] == "rejected" and st["dossier_code"] == "T.UBND.A-261125-0001"
     assert "reason" in st["withheld"]
     assert shown["bad:odd"]["channel"] == 1 and "desk_id" in shown["bad:odd"]["withheld"]
+    assert {"applicant.ward_code", "status", "state"} <= set(shown["bad:odd"]["withheld"])
+    assert shown["bad:odd"]["catalog_hash"] == "0123456789abcdef0123456789abcdef"
     assert shown["bad:raw"] == {"undecodable": True, "size": len(raw),
                                 "sha256": hashlib.sha256(raw).hexdigest()}
     assert queue_depth(t.dead_queue("intake")) == 4
