@@ -177,6 +177,9 @@ class _LineLoader(yaml.SafeLoader):
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[str, Any]:
     mapping: dict[Any, Any] = loader.construct_mapping(node, deep=True)
     mapping["__line__"] = node.start_mark.line + 1
+    # each key's own line: a problem with one field is reported where that field is
+    mapping["__keys__"] = {loader.construct_object(k): k.start_mark.line + 1
+                           for k, _ in node.value}
     return mapping
 
 
@@ -196,17 +199,21 @@ _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _rej
 
 def _strip_lines(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _strip_lines(v) for k, v in value.items() if k != "__line__"}
+        return {k: _strip_lines(v) for k, v in value.items()
+                if k not in ("__line__", "__keys__")}
     if isinstance(value, list):
         return [_strip_lines(v) for v in value]
     return value
 
 
 def _line_of(raw: Any, loc: tuple[int | str, ...]) -> int | None:
-    """The line of the innermost mapping on a validation error's path."""
+    """The line of a validation error's field: its key's, else the innermost mapping's on
+    its path (a field missing from a mapping is reported at the mapping)."""
     line = raw.get("__line__") if isinstance(raw, dict) else None
     node = raw
     for part in loc:
+        if isinstance(node, dict) and part in node.get("__keys__", {}):
+            line = node["__keys__"][part]
         try:
             node = node[part]
         except (KeyError, IndexError, TypeError):

@@ -162,6 +162,22 @@ def test_schema_problems_are_reported_with_lines() -> None:
     assert "broken.yaml:11: procedures.2.code: String should match pattern" in text
 
 
+def test_a_field_problem_is_reported_at_the_fields_own_line() -> None:
+    block = (b"catalog: x\n"                      # 1
+             b"agencies:\n"                       # 2
+             b"  - id: A\n"                       # 3
+             b"    name: a\n"                     # 4
+             b"    colour: blue\n"                # 5: not a field of an agency
+             b"desks: []\n"                       # 6
+             b"procedures: []\n"                  # 7
+             b"unknown_key: 1\n")                 # 8: not a field of a catalog
+    with pytest.raises(CatalogError) as e:
+        parse_catalog(block, "b.yaml")
+    text = "\n".join(str(p) for p in e.value.problems)
+    assert "b.yaml:5: agencies.0.colour: Extra inputs are not permitted" in text, text
+    assert "b.yaml:8: unknown_key: Extra inputs are not permitted" in text, text
+
+
 def test_yaml_errors_and_duplicate_keys() -> None:
     with pytest.raises(CatalogError) as e:
         parse_catalog(b"catalog: x\nagencies: [\n", "x.yaml")
