@@ -388,8 +388,14 @@ class StatusRouter(Consumer):
             dossier.set(satisfaction=msg.satisfaction)
         kind = DESK_NOTICE_FOR.get(state)
         if kind is not None and state != old_state:  # hand-offs stay 4 → 4: desk not told
-            out.append(self._desk_notice(dossier, kind, state, seq, now, msg,
-                                         results if state == State.RESOLVED else []))
+            shown = results if state == State.RESOLVED else []
+            out.append(self._desk_notice(dossier, kind, state, seq, now, msg, shown))
+            sender = None if isinstance(msg, DossierStatus) else msg.desk_id
+            if sender is not None and sender != dossier["return_desk_id"]:
+                # the intake desk's own event (a withdrawal, a supplement) took effect: it
+                # is told so, as the return desk is, else it would never know
+                out.append(self._desk_notice(dossier, kind, state, seq, now, msg, shown,
+                                             to=sender))
         if state == State.RESOLVED and now > dossier["due_at"] and (
                 dossier["watch_level"] < OVERDUE):
             out.append(self._late_apology(engine, dossier, now))
@@ -466,18 +472,22 @@ class StatusRouter(Consumer):
         return to_agency(self.topology, notice, f"{dossier['code']}:{kind.value}:{seq}{party}")
 
     def _desk_notice(self, dossier: _Dossier, kind: NoticeKind, state: State, seq: int,
-                     now: datetime, msg: Update, results: list[dict[str, Any]]) -> Outbound:
+                     now: datetime, msg: Update, results: list[dict[str, Any]],
+                     to: str | None = None) -> Outbound:
+        """The return desk's notice; ``to``: the same for the intake desk, under its own id
+        (``...:intake``)."""
         sub = dossier["submission"]
         notice = DeskNotice(
             notice=kind, dossier_code=dossier["code"], submission_id=sub["submission_id"],
-            desk_id=dossier["return_desk_id"], procedure_code=sub["procedure_code"],
+            desk_id=to or dossier["return_desk_id"], procedure_code=sub["procedure_code"],
             state=int(state), agency_id=dossier["agency_id"],
             received_at=dossier["received_at"], due_at=dossier["due_at"],
             reason=getattr(msg, "reason", None),
             documents=[Document(**r) for r in results],
             requested_documents=getattr(msg, "requested_documents", []),
             amount_vnd=getattr(msg, "amount_vnd", None), issued_at=now)
-        return to_desk(self.topology, notice, f"{dossier['code']}:{kind.value}:{seq}")
+        party = "" if to is None else ":intake"
+        return to_desk(self.topology, notice, f"{dossier['code']}:{kind.value}:{seq}{party}")
 
     def _refuse(self, dossier: _Dossier, msg: Update, reason: str, now: datetime,
                 answered: str | None = None) -> Outbound:

@@ -214,7 +214,12 @@ def test_three_agency_chain_hands_off_with_results_and_shows_history(
     assert datetime.fromisoformat(result["due_at"]) == vn("2026-12-03 11:00")
     assert [d["name"] for d in result["documents"]] == [
         "khai-sinh.pdf", "thuong-tru.pdf", "bhyt.pdf"]
-    assert [n["notice"] for n in amqp.json_all(declared.desk_queue("T.MC.B"))] == ["receipt"]
+    # the intake desk: its receipt, and that the supplement it brought took effect (the
+    # return desk's notice, under an id of its own), never the result
+    intake = [(p.message_id, json.loads(b)["notice"])
+              for p, b in amqp.get_all(declared.desk_queue("T.MC.B"))]
+    assert intake == [(f"{code}:receipt", "receipt"),
+                      (f"{code}:status_changed:4:intake", "status_changed")]
 
     history = ledger.history(code)
     hand_offs = [(e["actor"], e["from_agency"], e["to_agency"], e["at"]) for e in history
@@ -302,6 +307,27 @@ def test_postal_return_desk_gets_the_result_and_keeps_the_rating(
     (line,) = [x for x in out.splitlines() if x.startswith("    ") and " return " in x]
     assert line.endswith("9->10  by T.POST  (satisfaction 4)")
     assert "  agency T.UBND.A (step 1 of 1: T.UBND.A)\n" in out  # finished: no step due
+
+
+def test_the_intake_desk_is_told_its_own_withdrawal_took_effect(
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp) -> None:
+    # the citizen withdraws where they submitted, to collect elsewhere: both desks told
+    start_broker()
+    code = submit(amqp, declared, "T.UBND.A", desk_id="T.MC.A",
+                  return_desk_id="T.POST")["dossier_code"]
+    take(amqp, declared.desk_queue("T.MC.A"), 1, "receipt")
+    amqp.status(declared, DossierWithdrawn(event_id=uuid.uuid4(), dossier_code=code,
+                                           desk_id="T.MC.A", reason="citizen moved",
+                                           sent_at=datetime.now(UTC)))
+    ret = take(amqp, declared.desk_queue("T.POST"), 1, "the return desk's notice")
+    (props, body), = wait_for(lambda: amqp.get_all(declared.desk_queue("T.MC.A")),
+                              what="the intake desk's notice")
+    intake = json.loads(body)
+    assert props.message_id == f"{code}:withdrawn:2:intake"
+    assert (intake["notice"], intake["state"], intake["desk_id"]) == ("withdrawn", 7, "T.MC.A")
+    assert {k: v for k, v in intake.items() if k != "desk_id"} == {
+        k: v for k, v in ret[0].items() if k != "desk_id"}
+    assert take(amqp, declared.agency_queue("T.UBND.A"), 1)[0]["notice"] == "withdrawn"
 
 
 def test_late_result_carries_an_apology(
