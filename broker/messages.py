@@ -399,14 +399,16 @@ def decode(
     try:
         message: Message = _ANY_KIND.validate_json(body)  # one pass, in Rust
     except ValidationError as e:
-        raise _classify(body, e) from None
+        raise _classify(body, e, expected) from None
     if expected is not None and kind_of(message) not in expected:
         raise DecodeError("unexpected_kind", f"{kind_of(message)} is not accepted on this queue")
     return message
 
 
-def _classify(body: bytes, error: ValidationError) -> DecodeError:
-    """The reason code of a body the contract refused."""
+def _classify(body: bytes, error: ValidationError,
+              expected: frozenset[str] | None = None) -> DecodeError:
+    """The reason code of a body the contract refused: a kind this queue does not take is
+    ``unexpected_kind`` whatever else is wrong with it (it is on the wrong queue first)."""
     first = error.errors(include_input=False, include_url=False)[0]
     if first["type"] == "json_invalid":
         try:
@@ -422,6 +424,11 @@ def _classify(body: bytes, error: ValidationError) -> DecodeError:
         return DecodeError("malformed_json", "body is not a JSON object")
     if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
         return DecodeError("unknown_kind", "unknown or missing schema")
+    tag = first["loc"][0] if first["loc"] else None
+    if expected is not None and isinstance(tag, str) and tag.startswith("casebroker."):
+        kind = tag.removeprefix("casebroker.").split("/")[0]
+        if kind not in expected:
+            return DecodeError("unexpected_kind", f"{kind} is not accepted on this queue")
     return DecodeError("invalid_fields", describe_validation_error(error))
 
 

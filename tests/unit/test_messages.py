@@ -123,6 +123,15 @@ def test_unexpected_kind_on_a_queue() -> None:
     with pytest.raises(DecodeError) as e:
         decode(encode(dossier()), expected=frozenset({"dossier.status"}))
     assert e.value.reason == "unexpected_kind"
+    # on the wrong queue first, whatever else is wrong with it; on its own, invalid
+    event = {"schema": "casebroker.dossier.withdrawn/v1", "desk_id": "T.MC.B"}
+    with pytest.raises(DecodeError) as e:
+        decode(json.dumps(event).encode(), expected=frozenset({"dossier.submitted"}))
+    assert (e.value.reason, e.value.detail) == (
+        "unexpected_kind", "dossier.withdrawn is not accepted on this queue")
+    with pytest.raises(DecodeError) as e:
+        decode(json.dumps(event).encode(), expected=frozenset({"dossier.withdrawn"}))
+    assert e.value.reason == "invalid_fields"
 
 
 def test_errors_never_echo_personal_data() -> None:
