@@ -406,6 +406,11 @@ def _explain(args: argparse.Namespace, catalog: Any) -> int:
     if result["refusal"]:
         print(f"REFUSED     {result['refusal']}")
     print(f"received    {result['received_at']}\ndue         {result['due_at']}")
+    if len(result["step_plan"]) > 1:  # a chain: each step at the latest
+        for i, step in enumerate(result["step_plan"], 1):
+            print(f"  step {i} {step['agency_id']}: {step['amount']:g} "
+                  f"{step['unit'].replace('_', ' ')}, due {step['due_at']}"
+                  f"{'' if i == 1 else ' if the steps before take all their time'}")
     for r in result["rules_considered"]:
         print(f"  rule {r['rule_id']}: {'MATCH' if r['matched'] else 'no'} ({r['why']})")
     print(f"catalog     {result['catalog_hash']}")

@@ -333,11 +333,21 @@ class Engine:
             if failure is None:
                 winner = rule.rule.id
         decision = self.decide(dossier, received_at)
+        # each step's due date if every step before it takes all its time (the status
+        # router dates a step from its hand-off); none later than the dossier's
+        plan, start = [], decision.received_at
+        for i, step in enumerate(decision.steps):
+            due = decision.first_step_due_at if i == 0 else self.step_due_at(
+                step, start, decision.due_at)
+            plan.append({"agency_id": step.agency_id, "amount": step.amount,
+                         "unit": step.unit.value, "due_at": due.isoformat()})
+            start = due
         return {
             "procedure_code": compiled.procedure.code,
             "procedure_name": compiled.procedure.name,
             "agency_id": decision.agency_id,
             "steps": [s.agency_id for s in decision.steps],
+            "step_plan": plan,
             "rule_id": decision.rule_id,
             "rules_considered": considered,
             "rules_not_applicable": len(self.rules) - len(considered),

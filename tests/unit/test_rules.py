@@ -113,6 +113,18 @@ def test_due_dates(engine: Engine) -> None:
     assert chain.first_step_due_at == datetime(2026, 11, 19, 9, 0, tzinfo=ICT)  # 6 / 3 steps
 
 
+def test_explain_gives_a_chains_steps_their_latest_due_dates(engine: Engine) -> None:
+    # 6 working days over 3 agencies, received Wed 25 Nov 09:00: 2 days (16 office hours)
+    # each, from the end of the step before when it takes all its time
+    result = engine.explain(dossier("1.000001"), datetime(2026, 11, 25, 9, 0, tzinfo=ICT))
+    assert [(s["agency_id"], s["amount"], s["unit"], s["due_at"])
+            for s in result["step_plan"]] == [
+        ("T.UBND.A", 2.0, "working_days", "2026-11-27T09:00:00+07:00"),
+        ("T.CA", 2.0, "working_days", "2026-12-01T09:00:00+07:00"),
+        ("T.BHXH", 2.0, "working_days", "2026-12-03T09:00:00+07:00")]
+    assert result["due_at"] == "2026-12-03T09:00:00+07:00"
+
+
 def test_explain_lists_every_rule(engine: Engine) -> None:
     d = dossier("1.003000", subject={"ward_code": "10002"}, attributes={"area_m2": 9000})
     result = engine.explain(d, TUE_9AM)
