@@ -536,11 +536,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         for d in done:
             print(f"{d['queue']}: {d['message_id']} -> {d['exchange']} as {d['replayed_as']}")
         print(f"{len(done)} message(s) replayed")
-    _report_failures(failed, "not replayed")
-    unseen = _unseen(ids, done, failed) if ids is not None else set()
-    if unseen:
-        print(f"error: not found: {', '.join(sorted(unseen))}", file=sys.stderr)
-    return 1 if failed or unseen else 0
+    return _ended(ids, done, failed, "not replayed")
 
 
 def _cmd_discard(args: argparse.Namespace) -> int:
@@ -562,7 +558,13 @@ def _cmd_discard(args: argparse.Namespace) -> int:
         if lost:
             print(f"warning: {lost} of them never reached their agency or desk, which will "
                   "not have them", file=sys.stderr)
-    _report_failures(failed, "not discarded")
+    return _ended(ids, done, failed, "not discarded")
+
+
+def _ended(ids: set[str] | None, done: list[dict[str, Any]], failed: list[dict[str, Any]],
+           what: str) -> int:
+    """Say what failed and which ids asked for were found nowhere; the exit status."""
+    _report_failures(failed, what)
     unseen = _unseen(ids, done, failed) if ids is not None else set()
     if unseen:
         print(f"error: not found: {', '.join(sorted(unseen))}", file=sys.stderr)
