@@ -50,6 +50,7 @@ from broker.amqp_worker import (
     QueueWorker,
     properties_for,
 )
+from broker.errors import shown_url
 
 __all__ = ["CONNECT_NARRATORS", "DEFAULT_AMQP_URL", "DETAIL_HEADER", "MAX_BOUNDED_RETRIES",
            "ORIGINAL_EXCHANGE_HEADER", "ORIGINAL_KEY_HEADER", "REASON_HEADER", "REPLAY_OF_HEADER",
@@ -68,11 +69,6 @@ def amqp_urls() -> list[str]:
     """Every URL in ``CASEBROKER_AMQP_URL``: several (comma-separated) name cluster nodes."""
     raw = os.environ.get("CASEBROKER_AMQP_URL", DEFAULT_AMQP_URL)
     return [u for u in re.split(r"[\s,;]+", raw) if u] or [DEFAULT_AMQP_URL]
-
-
-def shown_url(url: str) -> str:
-    """A broker URL fit for a message or a log: its password left out."""
-    return re.sub(r"(//[^:/@]*):[^@]*@", r"\1:***@", url)
 
 
 def connection_error_text(error: BaseException) -> str:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import re
 import traceback
 from pathlib import Path
 
@@ -142,3 +143,9 @@ def without_values(error: BaseException, frames: int = 6) -> str:
     if cause is not None:
         line += f" (from {type(cause).__module__}.{type(cause).__qualname__})"
     return line
+
+
+def shown_url(url: str) -> str:
+    """A server URL (RabbitMQ's, the ledger's) fit for a message or a log: its password
+    left out."""
+    return re.sub(r"(//[^:/@]*):[^@]*@", r"\1:***@", url)

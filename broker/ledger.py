@@ -16,7 +16,6 @@ import json
 import logging
 import operator
 import os
-import re
 import sqlite3
 import threading
 import time
@@ -60,7 +59,13 @@ from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
 
 from broker import threads
 from broker.envelope import Outbound
-from broker.errors import CasebrokerError, LedgerSchemaError, StartupError, TransientError
+from broker.errors import (
+    CasebrokerError,
+    LedgerSchemaError,
+    StartupError,
+    TransientError,
+    shown_url,
+)
 from broker.lifecycle import State
 from broker.tables import (
     _OPEN,
@@ -696,9 +701,9 @@ class Ledger:
         try:
             self.engine: Engine = _make_engine(self.url, self._sqlite)
         except (ArgumentError, ImportError) as e:  # not a URL, or a driver not installed
-            shown = re.sub(r"(//[^:/@]*):[^@]*@", r"\1:***@", self.url)
             raise StartupError(
-                f"not a ledger URL casebroker can use: {shown} ({type(e).__name__}); give "
+                f"not a ledger URL casebroker can use: {shown_url(self.url)} "
+                f"({type(e).__name__}); give "
                 "sqlite:///PATH or postgresql://USER@HOST/DB (--db-url, CASEBROKER_DB_URL)"
             ) from e
         if create:
