@@ -518,11 +518,9 @@ def _event_note(event: dict[str, Any], tz: ZoneInfo) -> str:
         notes.append(f"satisfaction {d['satisfaction']}")
     if event["kind"] == "request_supplement":
         notes.append(f"{len(d.get('requested_documents') or [])} document(s) requested")
-    if event["kind"] == "supplement":
+    if event["kind"] == "supplement":  # its due date is the one the pause moved
         notes.append(f"{len(d.get('documents') or [])} document(s) brought")
-        if d.get("due_at"):
-            notes.append(f"due moved to {at('due_at')}")
-    if event["kind"] in ("at_risk", "overdue") and d.get("due_at"):
+    if event["kind"] in ("supplement", "at_risk", "overdue") and d.get("due_at"):
         notes.append(f"due {at('due_at')}")
     if d.get("appointment"):
         notes.append(f"apology: new appointment {at('appointment')}")

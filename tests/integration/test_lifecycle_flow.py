@@ -135,7 +135,7 @@ def test_supplement_round_trip_moves_due_date_by_paused_working_time(
     out = capsys.readouterr().out
     assert "(step 1 of 1: T.SO.TP; this step due 2026-12-10 10:00)" in out
     assert "  (2 document(s) requested)" in out
-    assert "  (2 document(s) brought; due moved to 2026-12-10 10:00)" in out
+    assert "  (2 document(s) brought; due 2026-12-10 10:00)" in out  # moved from 9 Dec
 
 
 def test_financial_obligation_and_stop_reach_the_desk_with_reasons(
