@@ -267,8 +267,19 @@ def _outages_are_transient() -> Iterator[None]:
         raise
     except DBAPIError as e:
         if is_transient(e):
-            raise TransientError(f"ledger unavailable: {type(e.orig).__name__}") from e
+            raise TransientError(f"ledger unavailable: {_driver_said(e)}") from e
         raise
+
+
+def _driver_said(error: DBAPIError) -> str:
+    """Why the database is away, for a log line: the driver's error type and, for an
+    ``OperationalError``, the first line of its own message ("database is locked",
+    "connection failed: ... Connection refused"): those speak of the connection, the
+    server and locks, never of a row's values (SQLAlchemy's own text, which quotes the
+    statement's parameters, is left out, as is any other kind's message)."""
+    name = type(error.orig).__name__
+    said = str(error.orig).strip().splitlines() if isinstance(error, OperationalError) else []
+    return f"{name} ({said[0][:200]})" if said and said[0] else name
 
 
 def is_transient(error: BaseException) -> bool:

@@ -239,7 +239,7 @@ def test_a_ledger_that_stays_locked_stops_prune_with_one_line(
         holder.execute("ROLLBACK")
         holder.close()
     captured = capsys.readouterr()
-    assert captured.err == "error: ledger unavailable: OperationalError\n"
+    assert captured.err == "error: ledger unavailable: OperationalError (database is locked)\n"
     assert captured.out == ""
     assert main(["ledger", "prune", "--keep-days", "30", "--db-url", url]) == 0  # let go
 
