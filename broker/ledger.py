@@ -939,6 +939,16 @@ class Ledger:
                               for r in rows})
         return found
 
+    def intake_desks(self, codes: Sequence[str]) -> dict[str, str]:
+        """dossier code → its intake desk, for those in the ledger."""
+        found: dict[str, str] = {}
+        with self.read() as conn:
+            for i in range(0, len(codes), 500):
+                rows = conn.execute(select(dossiers.c.code, dossiers.c.intake_desk_id)
+                                    .where(dossiers.c.code.in_(list(codes[i:i + 500]))))
+                found.update({r.code: r.intake_desk_id for r in rows})
+        return found
+
     def unopened_submission(self, submission_id: str) -> list[dict[str, Any]]:
         """The deliveries of a submission that opened no dossier, oldest first: each one
         dead-lettered or triaged, as ``message_id`` (of the copy in the dead-letter or

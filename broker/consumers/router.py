@@ -185,9 +185,11 @@ class Router(Consumer):
         under a taken id is dead-lettered: the desk reused a key it must not reuse, and
         routing it as a duplicate would lose it without a word. A replayed copy that was
         held in triage under the id (``held_before``) is no other dossier, whatever it
-        carries: with no dossier opened, the id stayed free for a corrected copy, which
-        has since been routed (or the submission closed at intake), and the stale copy
-        gets that one's notice."""
+        carries, when its desk sent the one under the id since: with no dossier opened,
+        the id stayed free for a corrected copy, which has since been routed (or the
+        submission closed at intake), and the stale copy gets that one's notice. Another
+        desk's dossier under the id is another citizen's: the copy is dead-lettered as
+        reused, and its desk told to send it under a new id."""
         out: list[Outbound] = []
         sids = [str(m.submission_id) for _, _, m in again]
         openings = batch.openings(code for s in sids if (code := existing.get(s)))
@@ -206,7 +208,11 @@ class Router(Consumer):
                 r = first[sid]
                 code, stored, published = r.code, r.dossier, r.published
             differs = _differing_from_stored(stored, msg)
-            superseded = bool(differs) and mid in held_before
+            # its own desk's stale copy, not another desk's dossier that took a free id:
+            # the notice it would get again went to this copy's desk
+            answered = {o.routing_key for o in published
+                        if o.exchange == self.topology.desk_exchange}
+            superseded = bool(differs) and mid in held_before and msg.desk_id in answered
             if differs and not superseded:
                 # the desk is told it was not received, never which dossier has the id
                 held = self._held(engine, mid, msg, _REUSED_FOR_DESK, now)

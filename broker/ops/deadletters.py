@@ -472,9 +472,9 @@ def closed_in_ledger(ledger: Ledger, found: list[dict[str, Any]]) -> None:
     """Mark each triage copy whose submission was settled meanwhile: ``closed`` is
     ``withdrawn`` or ``refused`` (at intake: by its desk while held, or by an operator),
     else None; ``opened`` the code of the dossier a corrected copy under its submission
-    id opened, else None. A replay takes such a copy out (the router answers it with
-    that notice, or that dossier's, again), as does ``refuse`` for a closed one (which
-    refuses nothing more)."""
+    id opened at the same desk, else None. A replay takes such a copy out (the router
+    answers it with that notice, or that dossier's, again), as does ``refuse`` for a
+    closed one (which refuses nothing more)."""
     sids: dict[int, str] = {}
     for i, f in enumerate(found):
         body = f.get("body")
@@ -483,11 +483,16 @@ def closed_in_ledger(ledger: Ledger, found: list[dict[str, Any]]) -> None:
         if isinstance(sid, str):
             sids[i] = sid
     closed = ledger.closed_at_intake(sids.values())  # one query each for the whole list
-    opened = ledger.states_for_submissions(list(sids.values()))
+    opened = {sid: s[0] for sid, s in ledger.states_for_submissions(list(sids.values())).items()}
+    desks = ledger.intake_desks(list(opened.values()))
     for i, f in enumerate(found):
         row = closed.get(sids.get(i, ""))
         f["closed"] = None if row is None else State(row["state"]).name.lower()
-        f["opened"] = opened[sids[i]][0] if sids.get(i) in opened else None
+        code = opened.get(sids.get(i, ""))
+        # only its own desk's dossier settles it: another desk's under the id is another
+        # citizen's (a replay dead-letters the copy as reused, its desk told to send again)
+        f["opened"] = code if code is not None and desks.get(code) == f["body"].get(
+            "desk_id") else None
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

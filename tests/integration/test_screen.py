@@ -19,7 +19,14 @@ from broker.consumers.router import Router
 from broker.consumers.status import StatusRouter
 from broker.envelope import Outbound
 from broker.ledger import Ledger, inbox, outbox
-from broker.messages import CONTENT_TYPE, MAX_BODY_BYTES, DossierStatus, encode
+from broker.messages import (
+    CONTENT_TYPE,
+    MAX_BODY_BYTES,
+    DossierStatus,
+    DossierSubmitted,
+    encode,
+)
+from broker.ops.deadletters import closed_in_ledger
 from broker.rules.catalog import load_catalog, parse_catalog
 from broker.rules.engine import Engine
 from broker.tables import code_sequences
@@ -169,6 +176,37 @@ def test_a_different_dossier_under_a_used_submission_id_is_dead_lettered(
     assert out[0].headers is not None and out[0].headers[REASON_HEADER] == \
         "submission_id_reused"
     assert [n["notice"] for n in _held(out)] == ["held"]
+
+
+def test_a_stale_triage_copy_gets_the_receipt_of_its_own_desks_correction_only(
+        router: Router) -> None:
+    # held in triage (no such procedure), then sent again corrected: replayed, the stale
+    # copy gets the dossier's receipt again; but if another desk's dossier took the free
+    # id meanwhile, it is another citizen's, and this copy's desk is told to send it again
+    def replay(tag: int, d: DossierSubmitted, original: str) -> list[Outbound]:
+        return router.handle([_delivery(tag, encode(d), f"{original}#replay1",
+                                        **{REPLAY_OF_HEADER: original})])
+
+    stale = dossier("9.999999", desk_id="T.MC.B")
+    router.handle([_delivery(1, encode(stale), "submit:1")])
+    fixed = stale.model_copy(update={"procedure_code": "1.001193"})
+    (receipt,) = _receipts(router.handle([_delivery(2, encode(fixed), "submit:2")]))
+    assert receipt[1].endswith(":receipt")
+    assert _sent(replay(3, stale, "submit:1")) == [receipt]
+
+    theirs = dossier("9.999999", desk_id="T.MC.B")
+    router.handle([_delivery(4, encode(theirs), "submit:4")])
+    other = theirs.model_copy(update={"procedure_code": "1.001193", "desk_id": "T.MC.A"})
+    router.handle([_delivery(5, encode(other), "submit:5")])  # desk A's, under B's id
+    out = replay(6, theirs, "submit:4")
+    assert out[0].headers is not None and out[0].headers[REASON_HEADER] == \
+        "submission_id_reused"
+    assert [(n["notice"], n["desk_id"]) for n in _held(out)] == [("held", "T.MC.B")]
+    assert router.ledger.count_by_state() == {2: 2}
+    # the operator's list says the same: only the first copy was received since
+    copies = [{"queue": "triage", "body": json.loads(encode(d))} for d in (stale, theirs)]
+    closed_in_ledger(router.ledger, copies)
+    assert [f["opened"] for f in copies] == [receipt[1].removesuffix(":receipt"), None]
 
 
 def test_copies_of_a_submission_in_one_batch_are_told_apart_too(router: Router) -> None:
