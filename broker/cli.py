@@ -83,7 +83,7 @@ def zone(text: str) -> str:
     """An argparse ``type``: an IANA time zone name, e.g. Asia/Ho_Chi_Minh."""
     try:
         ZoneInfo(text)
-    except (ValueError, ZoneInfoNotFoundError):
+    except (ValueError, OSError, ZoneInfoNotFoundError):  # "Asia": a folder of the database
         raise argparse.ArgumentTypeError(
             f"not a time zone name (e.g. Asia/Ho_Chi_Minh): {text!r}") from None
     return text
@@ -491,6 +491,9 @@ def _dossier(args: argparse.Namespace) -> int:
     tz = ZoneInfo(args.tz)
     step_due = ("" if row["finished_at"] is not None or row["step_due_at"] is None
                 else f"; this step due {_local(row['step_due_at'], tz, seconds=False)}")
+    if row["paused_at"] is not None and row["finished_at"] is None:
+        step_due += (f"; clock stopped since {_local(row['paused_at'], tz, seconds=False)} "
+                     "for a supplement: the due dates move by the time it stays stopped")
     print(f"  agency {row['agency_id']} (step {row['step']} of {len(row['steps'])}: {steps}"
           f"{step_due})")
 
@@ -569,17 +572,18 @@ def _unopened_submission(ledger: Ledger, submission: str, args: argparse.Namespa
         tz = ZoneInfo(args.tz)
 
         print(f"submission {submission}: no dossier opened")
-        for d in deliveries:
-            print(f"  {_local(d['processed_at'], tz)}  {d['outcome']:<30} "
-                  f"message {d['message_id']}")
+        lines = [(d["processed_at"], f"  {_local(d['processed_at'], tz)}  {d['outcome']:<30} "
+                                     f"message {d['message_id']}") for d in deliveries]
         if refusal:
             told = f"desk {refusal['desk_id']} told as {refusal['notice_id']}"
             how = (f"withdrawn at intake (7) by the citizen at desk {refusal['refused_by']}: "
                    f"told as {refusal['notice_id']}" if refusal["state"] == 7
                    else f"refused at intake (3) by {refusal['refused_by']}: {told}")
-            print(f"  {_local(refusal['refused_at'], tz)}  {how}\n"
-                  f"    reason: {refusal['reason']}")
-        else:
+            lines.append((refusal["refused_at"], f"  {_local(refusal['refused_at'], tz)}  "
+                                                 f"{how}\n    reason: {refusal['reason']}"))
+        for _, line in sorted(lines, key=lambda x: x[0]):  # in time order, as they happened
+            print(line)
+        if not refusal:
             print("  what each reason means and what to do: docs/RELIABILITY.md; the message "
                   "itself, until replayed: casebroker dead-letters show <message id>")
     if not deliveries and not refusal:

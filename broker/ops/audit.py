@@ -215,12 +215,18 @@ def clean(report: dict[str, Any]) -> bool:
 
 def _cmd_audit(args: argparse.Namespace) -> int:
     topology = Topology(args.prefix) if args.prefix else Topology.from_env()
-    ledger = Ledger(args.db_url, create=False)
     sids = None
     if args.submissions:
-        text = sys.stdin.read() if args.submissions == "-" else Path(
-            args.submissions).read_text()
-        sids = [line.strip() for line in text.splitlines() if line.strip()]
+        try:
+            text = sys.stdin.read() if args.submissions == "-" else Path(
+                args.submissions).read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            print(f"error: cannot read {args.submissions}: "
+                  f"{getattr(e, 'strerror', None) or e}", file=sys.stderr)
+            return 2
+        # each id once, in the file's order (a desk's list may name one twice)
+        sids = list(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))
+    ledger = Ledger(args.db_url, create=False)
     try:
         ledger.check_schema()  # a ledger from an earlier version: `casebroker ledger upgrade`
         report = audit(ledger, topology, sids, args.since,
@@ -251,7 +257,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         aside = {q: queues[q] for q in ("triage", "dead.intake", "dead.status") if queues[q]}
         if aside:
             print(f"  set aside: {', '.join(f'{n} in {q}' for q, n in aside.items())} "
-                  "(casebroker dead-letters list: replay after a fix, or refuse)")
+                  "(casebroker dead-letters list; then replay after a fix, refuse from "
+                  "triage what no rule will route, discard what nobody will replay)")
     return 0 if clean(report) else 1
 
 

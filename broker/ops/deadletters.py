@@ -559,10 +559,10 @@ def _cmd_discard(args: argparse.Namespace) -> int:
         for d in done:
             print(f"{d['queue']}: {d['message_id']} discarded ({d['reason'] or '-'})")
         print(f"{len(done)} message(s) discarded")
-        lost = sum(1 for d in done if d["queue"] in ("agency", "desk"))
-        if lost:
-            print(f"warning: {lost} of them never reached their agency or desk, which will "
-                  "not have them", file=sys.stderr)
+    lost = sum(1 for d in done if d["queue"] in ("agency", "desk"))
+    if lost:  # on stderr with --json too
+        print(f"warning: {lost} of them were for an agency or a desk, which will not have "
+              "them", file=sys.stderr)
     return _ended(ids, done, failed, "not discarded")
 
 

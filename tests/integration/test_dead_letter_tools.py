@@ -10,6 +10,7 @@ import secrets
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pika
@@ -183,9 +184,15 @@ def test_discard_takes_out_only_the_dead_letters_named_and_never_triage(
     rc, _, err = cli(capsys, t, "dead-letters", "discard", "--all")
     assert rc == 2 and "--all needs --queue" in err
     assert queue_depth(t.dead_queue("desk")) == 1
-    rc, out, err = cli(capsys, t, "dead-letters", "discard", "--all", "--queue", "desk")
+    _publish_dead(amqp, t, "desk", _desk_notice(t, "T.UBND.A-261125-0002"),
+                  {REASON_HEADER: "unroutable", SOURCE_HEADER: "watch"})
+    rc, out, err = cli(capsys, t, "dead-letters", "discard", "--id", notice.message_id)
     assert rc == 0 and f"desk: {notice.message_id} discarded (unroutable)" in out
-    assert "warning: 1 of them never reached their agency or desk" in err
+    assert "warning: 1 of them were for an agency or a desk, which will not have them" in err
+    rc, out, err = cli(capsys, t, "dead-letters", "discard", "--all", "--queue", "desk",
+                       "--json")
+    assert rc == 0 and json.loads(out)["discarded"] == 1
+    assert "warning: 1 of them were for an agency or a desk" in err  # with --json too
     rc, out, err = cli(capsys, t, "dead-letters", "discard", "--all", "--queue", "intake",
                        "--json")
     assert rc == 0 and json.loads(out)["discarded"] == 1
@@ -269,7 +276,7 @@ def test_the_operators_login_need_not_be_the_dead_letters_sender(
 def test_audit_counts_what_sits_in_dead_agency_and_dead_desk_and_unreadable_queues(
         declared: Topology, ledger: Ledger, run_broker: Callable[..., RunningBroker],
         amqp: Amqp, capsys: pytest.CaptureFixture[str],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     t = declared
     monkeypatch.setenv("CASEBROKER_DB_URL", ledger.engine.url.render_as_string(
         hide_password=False))
@@ -280,6 +287,11 @@ def test_audit_counts_what_sits_in_dead_agency_and_dead_desk_and_unreadable_queu
     report = json.loads(out)
     assert rc == 0, err
     assert report["undelivered"] == 0 and report["queues_error"] is None
+    listed = tmp_path / "sent.txt"  # a desk's list naming one submission twice
+    sid = str(uuid.uuid4())
+    listed.write_text(f"{sid}\n  {sid}  \n\n")
+    rc, out, err = cli(capsys, t, "audit", "--json", "--submissions", str(listed))
+    assert json.loads(out)["submissions_checked"] == 1
 
     amqp.delete_queues(t.agency_queue("T.UBND.A"))
     amqp.submit(t, dossier())                       # its assignment: dead.agency

@@ -113,6 +113,9 @@ def test_supplement_round_trip_moves_due_date_by_paused_working_time(
     assert request["notice"] == "supplement_requested" and request["state"] == 5
     assert request["reason"] == "bản sao mờ"
     assert request["requested_documents"] == ["CCCD bản sao chứng thực", "Giấy khai sinh"]
+    assert main(["dossier", "show", code, "--db-url", ledger.url]) == 0
+    assert "; clock stopped since 2026-11-26 09:00 for a supplement: the due dates move by " \
+        "the time it stays stopped)" in capsys.readouterr().out
 
     clock.set("2026-11-27 10:00")  # paused Thu 09:00-17:00 (6 h) + Fri 07:00-10:00 (3 h)
     amqp.status(declared, DossierSupplemented(

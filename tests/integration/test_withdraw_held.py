@@ -132,6 +132,9 @@ def test_a_held_dossier_is_withdrawn_by_its_submission_id_and_never_opens(
     assert props.message_id == f"{copy_id}:withdrawn" and json.loads(body) == notice
     assert queue_depth(t.triage_queue) == 0
     assert ledger.refusal(sid)["state"] == 7  # type: ignore[index]
+    # after the withdrawal, another dossier under its id: dead-lettered as reused
+    amqp.submit(t, held.model_copy(update={"procedure_code": "1.004227"}), "desk-reuse-1")
+    wait_for(lambda: queue_depth(t.dead_queue("intake")) == 1, what="the reused id")
 
     report = audit(ledger, t, [sid])
     assert (report["withdrawn_while_held"], report["refused_from_triage"],
@@ -141,6 +144,9 @@ def test_a_held_dossier_is_withdrawn_by_its_submission_id_and_never_opens(
     assert f"withdrawn at intake (7) by the citizen at desk T.MC.B: told as {copy_id}:withdrawn" \
         in out
     assert "066090001234" not in out
+    # in the order they happened: held, withdrawn, then the reused id
+    order = [x.split()[2] for x in out.splitlines() if x.startswith("  20")]
+    assert order == ["triaged:area_not_served", "withdrawn", "dead:submission_id_reused"], out
 
 
 def test_a_submission_id_that_opened_a_dossier_withdraws_nothing_and_names_the_code(

@@ -40,6 +40,7 @@ from broker.cli import build_parser, main
     (["report", "--tz", "Mars/Base"], "argument --tz: not a time zone name"),
     (["dossier", "list", "--tz", ""], "argument --tz: not a time zone name"),
     (["dossier", "show", "X", "--tz", "../etc"], "argument --tz: not a time zone name"),
+    (["dossier", "show", "X", "--tz", "Asia"], "argument --tz: not a time zone name"),
 ])
 def test_bad_numbers_are_refused_with_the_option_named(
         argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -145,3 +146,11 @@ def test_a_ledger_url_that_names_no_usable_ledger_is_said_in_one_line(
         assert main([*argv, "--db-url", url]) == 1
         err = capsys.readouterr().err
         assert f"error: {said}" in err and "s3cret" not in err and "Traceback" not in err
+
+
+def test_audit_says_in_one_line_that_its_submissions_file_cannot_be_read(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope.txt"
+    assert main(["audit", "--submissions", str(missing)]) == 2  # before any connection
+    assert capsys.readouterr().err == \
+        f"error: cannot read {missing}: No such file or directory\n"
