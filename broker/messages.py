@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from datetime import datetime
 from enum import StrEnum
@@ -32,6 +33,19 @@ from broker.errors import DecodeError
 #: Bodies over this size are refused before parsing (documents travel by reference).
 MAX_BODY_BYTES = 256 * 1024
 CONTENT_TYPE = "application/json"
+
+#: nine digits or more in a row: what a phone number (10) or an id number (9 or 12) is
+PERSONAL_DIGITS = re.compile(r"\d{9,}")
+
+
+def shown_id(value: str) -> str:
+    """A desk's or agency's id as a dead letter's detail or a log may quote it: as it is,
+    unless it holds a phone or id number (a sender's mistake the contract's pattern lets
+    through), which is withheld."""
+    if PERSONAL_DIGITS.search(value) is None:
+        return value
+    return f"<{len(value)} characters withheld: a phone or id number?>"
+
 
 ProcedureCode = Annotated[str, Field(pattern=r"^\d\.\d{6}$")]
 PartyId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]

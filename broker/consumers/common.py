@@ -24,6 +24,7 @@ from broker.messages import (
     encode,
     fingerprint,
     kind_of,
+    shown_id,
     utc_now,
 )
 from broker.rules.engine import Engine
@@ -276,7 +277,7 @@ class Screen:
                                                                             claimed):
                 result.out.append(self.dead(
                     batch, key, c.delivery, "sender_mismatch",
-                    f"published by {sender!r}, not by {claimed}", now))
+                    f"published by {sender!r}, not by {shown_id(claimed)}", now))
                 continue
             if c.changed and not self.afresh(c.before):
                 before = ("by an earlier message in this batch" if c.before is None

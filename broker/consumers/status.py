@@ -56,6 +56,7 @@ from broker.messages import (
     DossierSupplemented,
     DossierWithdrawn,
     NoticeKind,
+    shown_id,
 )
 from broker.rules.engine import Engine, StepPlan
 from broker.tables import PRUNED_KEY, VALUES_DIGEST, is_pruned, pruned_stub
@@ -248,7 +249,7 @@ class StatusRouter(Consumer):
                 continue
             if msg.desk_id not in intake_desks:
                 out.append(self.screen.dead(
-                    batch, mid, d, "not_a_party", f"desk {msg.desk_id} is not the intake "
+                    batch, mid, d, "not_a_party", f"desk {shown_id(msg.desk_id)} is not the intake "
                     "desk of the submission held under this id", now))
                 continue
             if sid in closed:
@@ -518,10 +519,11 @@ def _stranger(dossier: _Dossier, msg: Update) -> str | None:
     and submission id, and codes are sequential, so any desk could read them all."""
     if isinstance(msg, DossierStatus):
         if all(step["agency_id"] != msg.agency_id for step in dossier["steps"]):
-            return f"agency {msg.agency_id} is not an agency of this dossier"
+            return f"agency {shown_id(msg.agency_id)} is not an agency of this dossier"
         return None
     if msg.desk_id not in (dossier["intake_desk_id"], dossier["return_desk_id"]):
-        return f"desk {msg.desk_id} is neither this dossier's intake nor its return desk"
+        return (f"desk {shown_id(msg.desk_id)} is neither this dossier's intake nor its "
+                "return desk")
     return None
 
 

@@ -55,6 +55,7 @@ from broker.ledger import Ledger, RawJSON, SubmissionOpened, refusal_notice
 from broker.lifecycle import State
 from broker.messages import (
     CONTENT_TYPE,
+    PERSONAL_DIGITS,
     Applicant,
     DeskNotice,
     DossierSubmitted,
@@ -103,11 +104,10 @@ _KNOWN = frozenset(f.alias or n for m in get_args(Message) for n, f in m.model_f
 _KNOWN_NESTED = frozenset(n for m in (Applicant, Subject) for n in m.model_fields)
 #: what an allowed field's value must look like to be shown
 _TOKEN = re.compile(r"[A-Za-z0-9._:+/-]{0,100}")
-#: nine digits or more in a row: a phone number (10) or an id number (9 or 12), put in
-#: the wrong field of a message that failed its checks for that reason. No id, code,
-#: state or time of the contract has such a run, but for hexadecimal ones (UUIDs, the
-#: catalog's hash), shown when they are well-formed
-_DIGIT_RUN = re.compile(r"\d{9,}")
+#: a phone or id number (PERSONAL_DIGITS) may sit in the wrong field of a message that
+#: failed its checks for that reason. No id, code, state or time of the contract has such
+#: a run of digits, but for hexadecimal ones (UUIDs, the catalog's hash), shown when they
+#: are well-formed
 _HEX_ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
                      r"[0-9a-fA-F]{12}|[0-9a-f]{16,64}")
 
@@ -328,9 +328,9 @@ def _is_token(value: Any) -> bool:
     if value is None or isinstance(value, (bool, float)):
         return True
     if isinstance(value, int):
-        return _DIGIT_RUN.search(str(value)) is None
+        return PERSONAL_DIGITS.search(str(value)) is None
     return isinstance(value, str) and _TOKEN.fullmatch(value) is not None and (
-        _DIGIT_RUN.search(value) is None or _HEX_ID.fullmatch(value) is not None)
+        PERSONAL_DIGITS.search(value) is None or _HEX_ID.fullmatch(value) is not None)
 
 
 def _text(value: Any) -> str | None:

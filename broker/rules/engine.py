@@ -23,7 +23,7 @@ from typing import Any
 
 from broker.calendar import DurationUnit, OfficeHours, WorkingCalendar
 from broker.errors import RoutingError, UnknownParty
-from broker.messages import DossierSubmitted
+from broker.messages import DossierSubmitted, shown_id
 from broker.rules.catalog import (
     AtIntake,
     ByArea,
@@ -365,10 +365,12 @@ class Engine:
                                f"procedure {dossier.procedure_code} is not in the catalog")
         desk = self.desks.get(dossier.desk_id)
         if desk is None:
-            raise UnknownParty("unknown_desk", f"desk {dossier.desk_id} is not in the catalog")
+            raise UnknownParty("unknown_desk",
+                               f"desk {shown_id(dossier.desk_id)} is not in the catalog")
         if dossier.return_desk_id is not None and dossier.return_desk_id not in self.desks:
             raise UnknownParty("unknown_desk",
-                               f"return desk {dossier.return_desk_id} is not in the catalog")
+                               f"return desk {shown_id(dossier.return_desk_id)} is not in "
+                               "the catalog")
         return compiled, desk
 
     def _resolver(self, step: Step) -> str | Callable[[DossierSubmitted, Desk], str]:

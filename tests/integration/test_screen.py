@@ -209,6 +209,17 @@ def test_a_stale_triage_copy_gets_the_receipt_of_its_own_desks_correction_only(
     assert [f["opened"] for f in copies] == [receipt[1].removesuffix(":receipt"), None]
 
 
+def test_a_phone_number_in_an_id_field_is_not_quoted_in_a_detail(router: Router) -> None:
+    # the contract's pattern for desk ids lets digits through: a desk system that put the
+    # citizen's phone there has its dossier triaged, and the detail does not repeat it
+    out = router.handle([_delivery(1, encode(dossier(desk_id="0905123456789")), "submit:1")])
+    (triaged,) = out
+    assert triaged.headers is not None and triaged.headers[REASON_HEADER] == "unknown_desk"
+    assert triaged.headers[DETAIL_HEADER] == \
+        "desk <13 characters withheld: a phone or id number?> is not in the catalog"
+    assert "0905123456789" not in json.dumps(triaged.headers)
+
+
 def test_copies_of_a_submission_in_one_batch_are_told_apart_too(router: Router) -> None:
     d = dossier()
     other = d.model_copy(update={"attributes": {"copies": 2}})
