@@ -448,7 +448,12 @@ class Scenario:
         assert set(results) == resolved, (f"results at desks for {len(results)}, "
                                           f"resolved {len(resolved)}")
         assert all(len(ids) == 1 for ids in results.values()), "a result under two ids"
-        assert set(receipts) == codes and all(len(i) == 1 for i in receipts.values())
+        twice = {c: ids for c, ids in receipts.items() if len(ids) != 1}
+        assert set(receipts) == codes and not twice, (
+            f"receipts: {len(codes - set(receipts))} dossiers without one (e.g. "
+            f"{sorted(codes - set(receipts))[:3]}), {len(set(receipts) - codes)} for no "
+            f"dossier, {len(twice)} under several ids (e.g. {list(twice.items())[:2]}); "
+            f"desk queues drained: {sorted((q, len(m)) for q, m in self.desk_msgs.items())}")
         f.resolved = len(resolved)
         distinct = {(q, p.message_id) for q, msgs in self.desk_msgs.items() for p, _ in msgs}
         f.duplicate_deliveries_to_desks = notices - len(distinct)
