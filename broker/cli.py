@@ -468,7 +468,7 @@ def _dossier(args: argparse.Namespace) -> int:
         return _dossier_list(args)
     ledger = Ledger(args.db_url, create=False)
     row = ledger.dossier(args.code)
-    submission = _submission_id(args.code) if row is None else None
+    submission = submission_id_of(args.code) if row is None else None
     if submission is not None:  # a desk asking after what it sent
         opened = ledger.states_for_submissions([submission])
         if not opened:
@@ -548,7 +548,7 @@ def _local(value: datetime, tz: ZoneInfo, *, seconds: bool = True) -> str:
     return value.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
 
 
-def _submission_id(text: str) -> str | None:
+def submission_id_of(text: str) -> str | None:
     """``text`` as a submission id (a UUID, written as the contract writes it), or None."""
     from uuid import UUID
 

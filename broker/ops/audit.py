@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import uuid
 from collections.abc import Callable
 from datetime import datetime
 from datetime import time as day_start
@@ -42,6 +41,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, and_, func, or_, select
 
+from broker.cli import rabbitmq_problem, submission_id_of
 from broker.ledger import Ledger, dossiers, events, inbox, outbox, refusals
 from broker.lifecycle import State
 from broker.ops.progress import Progress
@@ -117,21 +117,15 @@ def _ledger_problems(conn: Connection, since: datetime | None = None,
     return done, problems
 
 
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _submission_problems(ledger: Ledger, conn: Connection, submission_ids: list[str]
                          ) -> list[dict[str, str]]:
     # a line that is no UUID (two ids run together, a header) is no submission the
-    # contract allows: said so, rather than looked for
+    # contract allows: said so, rather than looked for; the others are looked for as the
+    # ledger writes them (a desk's list may write them in capitals)
+    canonical = {s: submission_id_of(s) for s in submission_ids}
     bad = [{"submission_id": s, "problem": "not a submission id (a UUID)"}
-           for s in submission_ids if not _is_uuid(s)]
-    submission_ids = [s for s in submission_ids if _is_uuid(s)]
+           for s, c in canonical.items() if c is None]
+    submission_ids = list(dict.fromkeys(c for c in canonical.values() if c is not None))
     found = set(ledger.states_for_submissions(submission_ids, conn))
     rest = [s for s in submission_ids if s not in found]
     if not rest:
@@ -168,8 +162,6 @@ def _queue_depths(topology: Topology) -> tuple[dict[str, int] | None, str | None
         with channel() as ch:
             return {k: depth(ch, q) for k, q in names.items()}, None
     except Exception as e:  # unreachable, refused, a queue missing (404 closes the channel)
-        from broker.cli import rabbitmq_problem
-
         return None, rabbitmq_problem(e)[:300]
 
 
@@ -224,8 +216,10 @@ def _cmd_audit(args: argparse.Namespace) -> int:
             print(f"error: cannot read {args.submissions}: "
                   f"{getattr(e, 'strerror', None) or e}", file=sys.stderr)
             return 2
-        # each id once, in the file's order (a desk's list may name one twice)
-        sids = list(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))
+        # each id once, in the file's order, as the ledger writes it (a desk's list may
+        # name one twice, or in capitals); a line that is no id stays as it is, reported
+        sids = list(dict.fromkeys(submission_id_of(line.strip()) or line.strip()
+                                  for line in text.splitlines() if line.strip()))
     ledger = Ledger(args.db_url, create=False)
     try:
         ledger.check_schema()  # a ledger from an earlier version: `casebroker ledger upgrade`

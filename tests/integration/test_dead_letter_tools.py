@@ -289,7 +289,7 @@ def test_audit_counts_what_sits_in_dead_agency_and_dead_desk_and_unreadable_queu
     assert report["undelivered"] == 0 and report["queues_error"] is None
     listed = tmp_path / "sent.txt"  # a desk's list naming one submission twice
     sid = str(uuid.uuid4())
-    listed.write_text(f"{sid}\n  {sid}  \n\n")
+    listed.write_text(f"{sid}\n  {sid.upper()}  \n\n")  # the same id, as a desk may write it
     rc, out, err = cli(capsys, t, "audit", "--json", "--submissions", str(listed))
     assert json.loads(out)["submissions_checked"] == 1
 
