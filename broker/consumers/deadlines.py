@@ -135,19 +135,14 @@ def apology(topology: Topology, row: Mapping[str, Any], now: datetime, appointme
                    message_id(row["code"], NoticeKind.OVERDUE_APOLOGY, row["due_at"], "desk"))
 
 
-def new_appointment(now: datetime, calendar: WorkingCalendar,
-                    extension_working_s: float) -> datetime:
-    """The new appointment an overdue dossier's apology gives (Form 04)."""
-    return calendar.add_working_seconds(now, extension_working_s)
-
-
 def notices_for(topology: Topology, row: Mapping[str, Any], level: int, now: datetime,
-                calendar: WorkingCalendar, extension_working_s: float) -> list[Outbound]:
-    """The agency's and the return desk's notice for a dossier reaching ``level``."""
+                calendar: WorkingCalendar, appointment: datetime | None) -> list[Outbound]:
+    """The agency's and the return desk's notice for a dossier reaching ``level``;
+    ``appointment``: the new one an overdue dossier's apology gives (Form 04)."""
     code, due_at = row["code"], row["due_at"]
     due_text = due_at.astimezone(calendar.tz).isoformat(timespec="minutes")
     if level == OVERDUE:
-        appointment = new_appointment(now, calendar, extension_working_s)
+        assert appointment is not None
         reason = f"legal due date {due_text} has passed"
         agency_kind = NoticeKind.OVERDUE
         desk = apology(topology, row, now, appointment,
@@ -210,14 +205,14 @@ class DeadlineWatch:
                   cal: WorkingCalendar) -> list[Outbound]:
         if not batch.raise_watch_level(row["code"], row["seq"], row["watch_level"], level, now):
             return []  # a status update or another watch got there first
-        notices = notices_for(self.topology, row, level, now, cal,
-                              self.settings.extension_working_s)
+        appointment = (cal.add_working_seconds(now, self.settings.extension_working_s)
+                       if level == OVERDUE else None)
+        notices = notices_for(self.topology, row, level, now, cal, appointment)
         kind = "overdue" if level == OVERDUE else "at_risk"
         detail = {"due_at": row["due_at"].isoformat(), "agency_id": row["agency_id"],
                   "desk_id": row["return_desk_id"]}
-        if level == OVERDUE:  # what the apology promised, for the process-control sheet
-            detail["appointment"] = new_appointment(
-                now, cal, self.settings.extension_working_s).isoformat()
+        if appointment is not None:  # what the apology promised, for the process-control sheet
+            detail["appointment"] = appointment.isoformat()
         batch.add_event({
             "dossier_code": row["code"], "seq": row["seq"] + 1, "kind": kind,
             "state_from": int(row["state"]), "state_to": int(row["state"]), "actor": ACTOR,
