@@ -210,9 +210,9 @@ class Router(Consumer):
             differs = _differing_from_stored(stored, msg)
             # its own desk's stale copy, not another desk's dossier that took a free id:
             # the notice it would get again went to this copy's desk
-            answered = {o.routing_key for o in published
-                        if o.exchange == self.topology.desk_exchange}
-            superseded = bool(differs) and mid in held_before and msg.desk_id in answered
+            superseded = bool(differs) and mid in held_before and any(
+                o.exchange == self.topology.desk_exchange and o.routing_key == msg.desk_id
+                for o in published)
             if differs and not superseded:
                 # the desk is told it was not received, never which dossier has the id
                 held = self._held(engine, mid, msg, _REUSED_FOR_DESK, now)
