@@ -525,6 +525,8 @@ def _event_note(event: dict[str, Any], tz: ZoneInfo) -> str:
         notes.append(f"{len(d.get('documents') or [])} document(s) brought")
     if event["kind"] in ("supplement", "at_risk", "overdue") and d.get("due_at"):
         notes.append(f"due {at('due_at')}")
+    if event["kind"] in ("step_at_risk", "step_overdue") and d.get("due_at"):
+        notes.append(f"step {d.get('step')} due {at('due_at')}")
     if d.get("appointment"):
         notes.append(f"apology: new appointment {at('appointment')}")
     return f"  ({'; '.join(notes)})" if notes else ""

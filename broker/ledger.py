@@ -69,6 +69,7 @@ from broker.errors import (
 from broker.lifecycle import State
 from broker.tables import (
     _OPEN,
+    STEP_AHEAD,
     RawJSON,
     UTCDateTime,
     _json_dumps,
@@ -559,27 +560,45 @@ class Batch:
         pick the state index, read every open dossier and sort them.
         """
         c = dossiers.c
-        clock_runs = or_(c.state != int(State.SUPPLEMENT_REQUESTED), c.paused_at > c.due_at,
-                         and_(c.paused_at.is_(None), c.due_at < now))
+        return self._watch_range(c.watch_level, c.due_at, [], [], now, at_risk_before,
+                                 limit)
+
+    def step_watch_candidates(self, now: datetime, at_risk_before: datetime, limit: int
+                              ) -> list[dict[str, Any]]:
+        """The same for chain steps due before their dossier, by the step's due date
+        (``ix_dossiers_step_watch``), with the step's number, plan and watch level."""
+        c = dossiers.c
+        return self._watch_range(c.step_watch_level, c.step_due_at, [STEP_AHEAD],
+                                 [c.step, c.steps, c.step_due_at, c.step_watch_level],
+                                 now, at_risk_before, limit)
+
+    def _watch_range(self, level: Any, due: Any, where: list[Any], more: list[Any],
+                     now: datetime, at_risk_before: datetime, limit: int
+                     ) -> list[dict[str, Any]]:
+        c = dossiers.c
+        clock_runs = or_(c.state != int(State.SUPPLEMENT_REQUESTED), c.paused_at > due,
+                         and_(c.paused_at.is_(None), due < now))
         found: list[dict[str, Any]] = []
-        for level, due_before in ((0, at_risk_before), (1, now)):
+        for value, due_before in ((0, at_risk_before), (1, now)):
             rows = self.conn.execute(
                 select(c.code, c.state, c.agency_id, c.return_desk_id, c.procedure_code,
                        c.submission_id, c.received_at, c.due_at, c.paused_at, c.seq,
-                       c.watch_level)
-                .where(_OPEN, c.watch_level == level, c.due_at < due_before, clock_runs)
-                .order_by(c.due_at).limit(limit))
+                       c.watch_level, *more)
+                .where(_OPEN, *where, level == value, due < due_before, clock_runs)
+                .order_by(due).limit(limit))
             found += [dict(r._mapping) for r in rows]
-        found.sort(key=operator.itemgetter("due_at"))
+        found.sort(key=operator.itemgetter(due.name))
         return found[:limit]
 
     def raise_watch_level(self, code: str, expected_seq: int, expected_level: int,
-                          level: int, at: datetime) -> bool:
-        """Set a dossier's watch level (and bump its seq) unless someone changed it first."""
+                          level: int, at: datetime, *, step: bool = False) -> bool:
+        """Set a dossier's watch level, or with ``step`` its step's (and bump its seq),
+        unless someone changed it first."""
         c = dossiers.c
+        column = c.step_watch_level if step else c.watch_level
         result = self.conn.execute(update(dossiers).where(
-            c.code == code, c.seq == expected_seq, c.watch_level == expected_level,
-        ).values(watch_level=level, seq=expected_seq + 1, updated_at=at))
+            c.code == code, c.seq == expected_seq, column == expected_level,
+        ).values({column: level, c.seq: expected_seq + 1, c.updated_at: at}))
         return bool(result.rowcount == 1)
 
     def add_watch_notices(self, dossier_code: str, notices: Sequence[Outbound],

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    and_,
     bindparam,
 )
 
@@ -90,6 +91,10 @@ dossiers = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     #: deadline watch: 0 nothing sent, 1 at-risk notices sent, 2 overdue notices sent
     Column("watch_level", Integer, nullable=False, server_default="0"),
+    #: the same for the current chain step's own due date, while it is before the
+    #: dossier's (a later one is the dossier's, watched by ``watch_level``); 0 again at
+    #: each hand-off
+    Column("step_watch_level", Integer, nullable=False, server_default="0"),
     #: sent_at of the current agency's last applied status update (capped a few minutes
     #: ahead of the broker's clock); an older one from it is stale. None after a hand-off
     Column("status_sent_at", UTCDateTime),
@@ -102,6 +107,11 @@ _OPEN = dossiers.c.state.in_(bindparam("open_states", sorted(int(s) for s in OPE
 #: the deadline watch's query: open dossiers not yet flagged, by due date
 Index("ix_dossiers_watch", dossiers.c.watch_level, dossiers.c.due_at,
       postgresql_where=_OPEN, sqlite_where=_OPEN)
+#: a chain step due before its dossier: only such dossiers have an entry in the step
+#: watch's index, so a dossier of one agency (most of them) writes nothing to it
+STEP_AHEAD = dossiers.c.step_due_at < dossiers.c.due_at
+Index("ix_dossiers_step_watch", dossiers.c.step_watch_level, dossiers.c.step_due_at,
+      postgresql_where=and_(_OPEN, STEP_AHEAD), sqlite_where=and_(_OPEN, STEP_AHEAD))
 
 #: the process-control sheet: every hand-off and state change, append-only
 events = Table(

@@ -63,7 +63,8 @@ class Metrics(Hooks):
             ["agency"], registry=r)
         self.deadline_notices_total = Counter(
             "casebroker_deadline_notices_total",
-            "Deadline notices confirmed, by kind (at_risk, overdue, overdue_apology) and party",
+            "Deadline notices confirmed, by kind (at_risk, overdue, overdue_apology) and party "
+            "(a chain step's agency counts as agency)",
             ["kind", "party"], registry=r)
         self.wal_checkpoint_turns_total = Counter(
             "casebroker_wal_checkpoint_turns_total",

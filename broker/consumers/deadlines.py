@@ -11,6 +11,11 @@ published, with publisher confirms; confirmed rows are marked. Rows left unconfi
 (the process died, RabbitMQ was away) are published again, with the same
 deterministic message ids, on the next start and after ``stale_after_s``.
 
+A chain step due before its dossier is watched the same way by its own due date and
+level (``step_due_at``, ``step_watch_level``, its own partial index): its agency alone
+is told, since the citizen's due date has not moved; a hand-off starts the next step's
+watch afresh, and a supplement that moves the step's due date likewise.
+
 The watch runs in a thread of its own with its own blocking connection, so a slow
 query never stalls the consumers' I/O loop and a failing tick never touches them.
 Deadline notices are few (at most two per dossier and party), so waiting for each
@@ -81,31 +86,38 @@ class WatchSettings:
 
 
 def level_for(row: Mapping[str, Any], now: datetime, calendar: WorkingCalendar,
-              at_risk_working_s: float) -> int:
-    """The watch level a dossier deserves at ``now``; a paused clock stops at its pause."""
+              at_risk_working_s: float, due_key: str = "due_at") -> int:
+    """The watch level a dossier (``due_key`` ``step_due_at``: its chain step) deserves at
+    ``now``; a paused clock stops at its pause."""
+    due = row[due_key]
     paused = row["state"] == State.SUPPLEMENT_REQUESTED
     clock_at = row["paused_at"] if paused and row["paused_at"] is not None else now
-    if clock_at > row["due_at"]:
+    if clock_at > due:
         return OVERDUE
     if paused:
         return NOTHING_SENT  # its time left is frozen until the supplement comes
-    left_s = calendar.working_seconds_between(clock_at, row["due_at"])
+    left_s = calendar.working_seconds_between(clock_at, due)
     return AT_RISK if left_s < at_risk_working_s else NOTHING_SENT
 
 
 def decide(rows: Iterable[Mapping[str, Any]], now: datetime, calendar: WorkingCalendar,
-           at_risk_working_s: float) -> list[tuple[Mapping[str, Any], int]]:
-    """(row, new level) for each dossier whose level must rise now."""
+           at_risk_working_s: float, *, step: bool = False
+           ) -> list[tuple[Mapping[str, Any], int]]:
+    """(row, new level) for each dossier (with ``step``: each chain step, by its own due
+    date and level) whose level must rise now."""
+    due_key, level_key = ("step_due_at", "step_watch_level") if step else ("due_at",
+                                                                           "watch_level")
     out = []
     for row in rows:
-        level = level_for(row, now, calendar, at_risk_working_s)
-        if level > row["watch_level"]:
+        level = level_for(row, now, calendar, at_risk_working_s, due_key)
+        if level > row[level_key]:
             out.append((row, level))
     return out
 
 
 def message_id(code: str, kind: NoticeKind, due_at: datetime, party: str) -> str:
-    """Deterministic id of a deadline notice: one per dossier, kind, due date and party.
+    """Deterministic id of a deadline notice: one per dossier, kind, due date and party
+    (``agency``, ``desk``, or ``step<n>`` for chain step n's agency).
 
     The due date to the microsecond the ledger keeps (``20261209T020000Z``, or
     ``20261209T020000.400000Z`` when it has a fraction): a pause shorter than a working
@@ -115,6 +127,13 @@ def message_id(code: str, kind: NoticeKind, due_at: datetime, party: str) -> str
     due = due_at.astimezone(UTC)
     fraction = f".{due.microsecond:06d}" if due.microsecond else ""
     return f"{code}:{kind.value}:{due:%Y%m%dT%H%M%S}{fraction}Z:{party}"
+
+
+def notice_labels(message_id: str) -> tuple[str, str]:
+    """(kind, party) of a deadline notice's id for the metric: a step's agency counts
+    as ``agency`` (a label per step number would say nothing more)."""
+    _, kind, _, party = message_id.rsplit(":", 3)
+    return kind, "agency" if party.startswith("step") else party
 
 
 def apology(topology: Topology, row: Mapping[str, Any], now: datetime, appointment: datetime,
@@ -165,6 +184,28 @@ def notices_for(topology: Topology, row: Mapping[str, Any], level: int, now: dat
     return [agency, desk]
 
 
+def step_notice(topology: Topology, row: Mapping[str, Any], level: int, now: datetime,
+                calendar: WorkingCalendar) -> Outbound:
+    """The notice to a chain step's agency that its step, due before the dossier, is at
+    risk or overdue (the desk is told only of the dossier's own due date)."""
+    step, due_at = row["step"], row["step_due_at"]
+    of = f"step {step} of {len(row['steps'])}"
+    due_text = due_at.astimezone(calendar.tz).isoformat(timespec="minutes")
+    dossier_due = row["due_at"].astimezone(calendar.tz).isoformat(timespec="minutes")
+    if level == OVERDUE:
+        kind = NoticeKind.OVERDUE
+        reason = f"{of} was due {due_text} and has passed; the dossier is due {dossier_due}"
+    else:
+        kind = NoticeKind.AT_RISK
+        left_h = calendar.working_seconds_between(now, due_at) / 3600
+        reason = (f"{of} due {due_text}: {left_h:.1f} working hours left; "
+                  f"the dossier is due {dossier_due}")
+    return to_agency(topology, AgencyNotice(
+        notice=kind, dossier_code=row["code"], agency_id=row["agency_id"],
+        state=int(row["state"]), reason=reason, issued_at=now),
+        message_id(row["code"], kind, due_at, f"step{step}"))
+
+
 class DeadlineWatch:
     """Flags at-risk and overdue dossiers in the ledger, then publishes their notices."""
 
@@ -199,6 +240,10 @@ class DeadlineWatch:
             rows = batch.watch_candidates(now, at_risk_before, s.limit)
             for row, level in decide(rows, now, cal, s.at_risk_working_s):
                 out += self._flag_one(batch, row, level, now, cal)
+            # a dossier flagged just above has a new seq: its step waits for the next round
+            rows = batch.step_watch_candidates(now, at_risk_before, s.limit)
+            for row, level in decide(rows, now, cal, s.at_risk_working_s, step=True):
+                out += self._flag_step(batch, row, level, now, cal)
         return out
 
     def _flag_one(self, batch: Batch, row: Mapping[str, Any], level: int, now: datetime,
@@ -219,6 +264,21 @@ class DeadlineWatch:
             "from_agency": None, "to_agency": None, "message_id": notices[0].message_id,
             "detail": detail, "at": now})
         return batch.add_watch_notices(row["code"], notices, now)
+
+    def _flag_step(self, batch: Batch, row: Mapping[str, Any], level: int, now: datetime,
+                   cal: WorkingCalendar) -> list[Outbound]:
+        if not batch.raise_watch_level(row["code"], row["seq"], row["step_watch_level"],
+                                       level, now, step=True):
+            return []
+        notice = step_notice(self.topology, row, level, now, cal)
+        batch.add_event({
+            "dossier_code": row["code"], "seq": row["seq"] + 1,
+            "kind": "step_overdue" if level == OVERDUE else "step_at_risk",
+            "state_from": int(row["state"]), "state_to": int(row["state"]), "actor": ACTOR,
+            "from_agency": None, "to_agency": None, "message_id": notice.message_id,
+            "detail": {"step": row["step"], "due_at": row["step_due_at"].isoformat(),
+                       "agency_id": row["agency_id"]}, "at": now})
+        return batch.add_watch_notices(row["code"], [notice], now)
 
     def tick(self) -> int:
         """Publish leftovers, flag what is due, refresh the gauges (overdue dossiers, the
@@ -258,9 +318,8 @@ class DeadlineWatch:
             if len(confirmed) < len(outbound):
                 self._republish_all = True
         if self.metrics is not None:
-            for mid in confirmed:  # <code>:<kind>:<due>:<party>
-                _, kind, _, party = mid.rsplit(":", 3)
-                self.metrics.deadline_notices_total.labels(kind, party).inc()
+            for mid in confirmed:
+                self.metrics.deadline_notices_total.labels(*notice_labels(mid)).inc()
         return len(confirmed)
 
     def _publish_one(self, channel: BlockingChannel, out: Outbound) -> bool:

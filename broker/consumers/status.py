@@ -425,10 +425,12 @@ class StatusRouter(Consumer):
             + supplements})
         if paused_s > 0:  # adding 0 s would still move a 17:00 due date to 07:00 next day
             due_at = cal.add_working_seconds(dossier["due_at"], paused_s)
-            dossier.set(due_at=due_at,
-                        step_due_at=cal.add_working_seconds(dossier["step_due_at"], paused_s))
+            step_due_at = cal.add_working_seconds(dossier["step_due_at"], paused_s)
+            dossier.set(due_at=due_at, step_due_at=step_due_at)
             if due_at > now:  # a new due date still ahead: the watch judges it afresh
                 dossier.set(watch_level=NOTHING_SENT)
+            if step_due_at > now:  # and the step's likewise
+                dossier.set(step_watch_level=NOTHING_SENT)
         # the agency's assignment carries the due dates the pause has moved: it is told
         # the new ones (in words: agency.notice/v1 has no due date field)
         due, step_due = (dossier[k].astimezone(cal.tz).isoformat(timespec="minutes")
@@ -449,7 +451,7 @@ class StatusRouter(Consumer):
         step_due = engine.step_due_at(step_plan, now, dossier["due_at"])
         # the next agency's updates are not compared with this one's clock
         dossier.set(step=step, agency_id=step_plan.agency_id, step_due_at=step_due,
-                    status_sent_at=None)
+                    status_sent_at=None, step_watch_level=NOTHING_SENT)
         sub = DossierSubmitted.model_validate(dossier["submission"])
         assigned = DossierAssigned(
             dossier_code=dossier["code"], submission_id=sub.submission_id,

@@ -35,7 +35,7 @@ from monitoring.metrics import Metrics
 from tests.conftest import MINI_CATALOG, wait_for
 from tests.helpers import Amqp, dossier
 from tests.integration.conftest import FakeClock, vn
-from tests.integration.test_lifecycle_flow import doc, report, take
+from tests.integration.test_lifecycle_flow import doc, report, submit, take
 
 pytestmark = pytest.mark.integration
 
@@ -213,8 +213,10 @@ def test_casebroker_run_sends_the_overdue_notice_and_counts_it(
 # --- which dossiers the watch looks at: only those whose level can rise now -----------
 
 def _row(code: str, state: State, due: str, level: int = NOTHING_SENT,
-         paused: str | None = None) -> dict[str, Any]:
-    """A dossier row as the router and status router leave it (no personal data needed)."""
+         paused: str | None = None, step_due: str | None = None,
+         step_level: int = NOTHING_SENT) -> dict[str, Any]:
+    """A dossier row as the router and status router leave it (no personal data needed);
+    with ``step_due``, at step 1 of a chain due then."""
     at, due_at = vn("2026-11-25 09:00"), vn(due)
     return {
         "code": code, "submission_id": str(uuid.uuid4()), "procedure_code": "1.004227",
@@ -222,10 +224,11 @@ def _row(code: str, state: State, due: str, level: int = NOTHING_SENT,
         "state": int(state), "agency_id": "T.SO.TP", "step": 1,
         "steps": [{"agency_id": "T.SO.TP", "amount": 10, "unit": "working_days"}],
         "rule_id": "procedure:1.004227", "catalog_hash": "0" * 32, "boundary_free": True,
-        "received_at": at, "due_at": due_at, "step_due_at": due_at,
+        "received_at": at, "due_at": due_at,
+        "step_due_at": vn(step_due) if step_due else due_at,
         "paused_at": vn(paused) if paused else None, "finished_at": None,
         "satisfaction": None, "flags": {}, "seq": 1, "submission": {}, "updated_at": at,
-        "watch_level": level,
+        "watch_level": level, "step_watch_level": step_level,
     }
 
 
@@ -266,28 +269,40 @@ def test_dossiers_that_cannot_be_flagged_do_not_starve_the_watch(
     assert watch.flag() == []
 
 
+@pytest.mark.parametrize("step", [False, True], ids=["dossier", "chain step"])
 def test_watch_candidates_are_exactly_the_dossiers_whose_level_rises(
-        ledger: Ledger) -> None:
+        ledger: Ledger, step: bool) -> None:
     """The SQL prefilter and :func:`decide` agree, over a grid of states and dates, in
-    office hours and at night (where the at-risk margin ends at 17:00 the next day)."""
+    office hours and at night (where the at-risk margin ends at 17:00 the next day); for
+    chain steps by the step's due date and level, and only for steps due before their
+    dossier (a step due with it is the dossier's own due date)."""
     engine = Engine(load_catalog(MINI_CATALOG))
     cal, at_risk_s = engine.calendar, WatchSettings().at_risk_working_s
     dues = ["2026-12-01 09:00", "2026-12-09 09:59", "2026-12-09 10:00", "2026-12-09 10:01",
             "2026-12-09 20:00", "2026-12-10 09:59", "2026-12-10 10:00", "2026-12-10 10:01",
             "2026-12-10 16:59", "2026-12-10 17:00", "2026-12-11 07:00", "2026-12-20 09:00"]
     pauses = [None, "2026-11-30 09:00", "2026-12-09 09:30", "2026-12-09 10:00"]
-    rows = [_row(f"D-{n}", state, due, level, paused)
-            for n, (state, due, level, paused) in enumerate(itertools.product(
-                sorted(OPEN_STATES), dues, (NOTHING_SENT, AT_RISK, OVERDUE), pauses))
-            if paused is None or state == State.SUPPLEMENT_REQUESTED]
+    grid = itertools.product(sorted(OPEN_STATES), dues, (NOTHING_SENT, AT_RISK, OVERDUE),
+                             pauses)
+    if step:  # the dossier is due later (or, in the last rows, with the step: not watched)
+        rows = [_row(f"D-{n}", state, "2027-01-20 09:00" if n % 7 else due, paused=paused,
+                     step_due=due, step_level=level)
+                for n, (state, due, level, paused) in enumerate(grid)
+                if paused is None or state == State.SUPPLEMENT_REQUESTED]
+    else:
+        rows = [_row(f"D-{n}", state, due, level, paused)
+                for n, (state, due, level, paused) in enumerate(grid)
+                if paused is None or state == State.SUPPLEMENT_REQUESTED]
     _store(ledger, rows)
+    due_key = "step_due_at" if step else "due_at"
     for now in (vn("2026-12-09 10:00"), vn("2026-12-09 20:00")):
-        expected = {r["code"] for r, _ in decide(rows, now, cal, at_risk_s)}
+        expected = {r["code"] for r, _ in decide(rows, now, cal, at_risk_s, step=step)
+                    if r["step_due_at"] < r["due_at"] or not step}
         with ledger.batch() as batch:
-            found = batch.watch_candidates(now, cal.add_working_seconds(now, at_risk_s),
-                                           10_000)
-        assert {r["code"] for r in found} == expected, now
-        assert [r["due_at"] for r in found] == sorted(r["due_at"] for r in found)
+            candidates = batch.step_watch_candidates if step else batch.watch_candidates
+            found = candidates(now, cal.add_working_seconds(now, at_risk_s), 10_000)
+        assert expected and {r["code"] for r in found} == expected, now
+        assert [r[due_key] for r in found] == sorted(r[due_key] for r in found)
 
 
 def test_sqlite_reads_watch_candidates_through_the_watch_index(tmp_path: Path) -> None:
@@ -303,14 +318,19 @@ def test_sqlite_reads_watch_candidates_through_the_watch_index(tmp_path: Path) -
     now = vn("2026-12-09 10:00")
     with ledger.batch() as batch:
         batch.watch_candidates(now, vn("2026-12-10 10:00"), 10)
+        batch.step_watch_candidates(now, vn("2026-12-10 10:00"), 10)
     event.remove(ledger.engine, "before_cursor_execute", seen)
     with ledger.read() as conn:
         plans = [" ".join(str(r[-1]) for r in conn.exec_driver_sql(
                  f"EXPLAIN QUERY PLAN {s}", p).all()) for s, p in statements]
     ledger.dispose()
-    assert len(plans) == 2
-    for plan in plans:
+    assert len(plans) == 4
+    for plan in plans[:2]:
         assert "USING INDEX ix_dossiers_watch (watch_level=? AND due_at<?)" in plan, plan
+    for plan in plans[2:]:
+        assert ("USING INDEX ix_dossiers_step_watch (step_watch_level=? AND step_due_at<?)"
+                in plan), plan
+    for plan in plans:
         assert "TEMP B-TREE" not in plan, plan  # read in due-date order, nothing sorted
 
 
@@ -370,3 +390,99 @@ def test_a_notice_id_already_kept_does_not_roll_back_the_watch(
     with ledger.read() as conn:
         ids = list(conn.scalars(select(watch_outbox.c.message_id)))
     assert len(ids) == len(set(ids)) == 4
+
+
+# --- chain steps: each step's agency is told of its own due date -----------------------
+
+def test_a_chain_step_due_before_its_dossier_is_watched_for_its_agency_alone(
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock,
+        make_watch: Callable[[], DeadlineWatch], capsys: pytest.CaptureFixture[str]) -> None:
+    """DOMAIN.md: each step has its own due date. Its agency hears when its step is at
+    risk and when it is late, once each; the desk hears only of the dossier's due date;
+    the next step is watched afresh from its hand-off."""
+    start_broker()
+    first = submit(amqp, declared, "T.UBND.A", procedure_code="1.000001",
+                   return_desk_id="T.CENTRE")
+    code = first["dossier_code"]
+    assert first["step_due_at"] == vn("2026-11-27 09:00").isoformat()  # 2 of 6 working days
+    take(amqp, declared.desk_queue("T.MC.B"), 1, "receipt")
+    watch, other = make_watch(), make_watch()
+    a, ca = declared.agency_queue("T.UBND.A"), declared.agency_queue("T.CA")
+
+    clock.set("2026-11-26 10:00")  # 1.5 + 3.5 + 2 = 7 working hours to step 1's due date
+    _race([watch, other])
+    assert watch.tick() == other.tick() == 0
+    notices = amqp.json_all(a)
+    assert [(n["notice"], n["dossier_code"]) for n in notices] == [("at_risk", code)]
+    assert notices[0]["reason"] == ("step 1 of 3 due 2026-11-27T09:00+07:00: 7.0 working "
+                                    "hours left; the dossier is due 2026-12-03T09:00+07:00")
+
+    clock.set("2026-11-27 09:30")
+    assert watch.tick() == 1 and other.tick() == 0
+    notices = amqp.json_all(a)
+    assert [(n["notice"], n["dossier_code"]) for n in notices] == [("overdue", code)]
+    assert notices[0]["reason"] == ("step 1 of 3 was due 2026-11-27T09:00+07:00 and has "
+                                    "passed; the dossier is due 2026-12-03T09:00+07:00")
+    # the citizen's due date stands: no apology, no at-risk notice at either desk
+    assert amqp.json_all(declared.desk_queue("T.MC.B")) == []
+    assert amqp.json_all(declared.desk_queue("T.CENTRE")) == []
+
+    clock.set("2026-11-27 10:00")  # step 1 done late: step 2 has two working days
+    report(amqp, declared, code, "T.UBND.A", "resolved", documents=[doc("khai-sinh.pdf")])
+    second = take(amqp, ca, 1, "step 2")[0]
+    assert second["step_due_at"] == vn("2026-12-01 10:00").isoformat()
+    assert watch.tick() == 0
+
+    clock.set("2026-11-30 14:00")  # 3 + 3 = 6 working hours to step 2's due date
+    assert watch.tick() == 1
+    notices = amqp.json_all(ca)
+    assert [(n["notice"], n["dossier_code"]) for n in notices] == [("at_risk", code)]
+    assert notices[0]["reason"].startswith("step 2 of 3 due 2026-12-01T10:00+07:00: 6.0 ")
+    assert amqp.json_all(a) == []
+    assert watch.tick() == 0
+
+    def sent(kind: str, party: str) -> float:
+        return sum(w.metrics.deadline_notices_total.labels(kind, party)._value.get()
+                   for w in (watch, other))
+
+    assert (sent("at_risk", "agency"), sent("overdue", "agency")) == (2, 1)
+    assert sent("at_risk", "desk") == sent("overdue_apology", "desk") == 0
+    steps = [(e["kind"], e["detail"]["step"], e["detail"]["agency_id"])
+             for e in ledger.history(code) if e["kind"].startswith("step_")]
+    assert steps == [("step_at_risk", 1, "T.UBND.A"), ("step_overdue", 1, "T.UBND.A"),
+                     ("step_at_risk", 2, "T.CA")]
+    assert main(["dossier", "show", code, "--db-url", ledger.url]) == 0
+    shown = [line for line in capsys.readouterr().out.splitlines() if " step_" in line]
+    assert [line.rsplit("  ", 1)[-1] for line in shown] == [
+        "(step 1 due 2026-11-27 09:00)", "(step 1 due 2026-11-27 09:00)",
+        "(step 2 due 2026-12-01 10:00)"]
+    assert ledger.unconfirmed_notices(vn("2027-01-01 00:00")) == []
+
+
+def test_a_supplement_that_moves_a_step_due_date_has_it_watched_again(
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock,
+        make_watch: Callable[[], DeadlineWatch]) -> None:
+    start_broker()
+    code = submit(amqp, declared, "T.UBND.A", procedure_code="1.000001",
+                  return_desk_id="T.CENTRE")["dossier_code"]
+    a = declared.agency_queue("T.UBND.A")
+    watch = make_watch()
+    clock.set("2026-11-26 10:00")
+    assert watch.tick() == 1
+    first = [p.message_id for p, _ in amqp.get_all(a)]
+    report(amqp, declared, code, "T.UBND.A", "supplement_requested", reason="thiếu tờ khai")
+    wait_for(lambda: (ledger.dossier(code) or {}).get("paused_at") is not None,
+             what="the clock paused")
+    clock.set("2026-11-26 15:00")  # 3 working hours paused (10:00–11:30, 13:30–15:00)
+    amqp.status(declared, DossierSupplemented(
+        event_id=uuid.uuid4(), dossier_code=code, desk_id="T.MC.B",
+        documents=[doc("to-khai.pdf")], sent_at=datetime.now(UTC)))
+    assert take(amqp, a, 1, "supplement to the agency")[0]["notice"] == "supplemented"
+    row = ledger.dossier(code)
+    assert row is not None and row["step_due_at"] == vn("2026-11-27 14:00")
+    assert row["step_watch_level"] == NOTHING_SENT
+    assert watch.tick() == 1  # 2 + 4.5 + 0.5 working hours left: at risk again, a new id
+    again = amqp.get_all(a)
+    assert [json.loads(b)["notice"] for _, b in again] == ["at_risk"]
+    assert again[0][0].message_id not in first
+    assert again[0][0].message_id.endswith(":step1")

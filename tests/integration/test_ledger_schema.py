@@ -83,13 +83,14 @@ def _indexes(ledger: Ledger, table: str) -> set[str]:
 
 def test_ledger_upgrade_brings_an_earlier_ledger_up_to_this_version(
         ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
-    # a ledger as versions before status_sent_at, watch_level, the watch index and inbox
-    # fingerprints left it, with the indexes they made and this one dropped, rows, and an
-    # index a DBA added
+    # a ledger as versions before status_sent_at, watch_level, the watch indexes, inbox
+    # fingerprints and step_watch_level left it, with the indexes they made and this one
+    # dropped, rows, and an index a DBA added
     with ledger.batch() as batch:
         batch.add_dossier(dossier_row("OLD-1"))
         batch.record("submit:old", "intake", "routed", "OLD-1", [], datetime.now(UTC))
-    _alter(ledger, "DROP INDEX ix_dossiers_watch",
+    _alter(ledger, "DROP INDEX ix_dossiers_watch", "DROP INDEX ix_dossiers_step_watch",
+           "ALTER TABLE dossiers DROP COLUMN step_watch_level",
            "ALTER TABLE dossiers DROP COLUMN watch_level",
            "ALTER TABLE dossiers DROP COLUMN status_sent_at",
            "ALTER TABLE inbox DROP COLUMN fingerprint",
@@ -102,21 +103,24 @@ def test_ledger_upgrade_brings_an_earlier_ledger_up_to_this_version(
     assert main(["ledger", "upgrade", "--dry-run", "--db-url", ledger.url]) == 0
     said = capsys.readouterr().out
     assert "ADD COLUMN status_sent_at" in said and "ADD COLUMN watch_level" in said
-    assert "ADD COLUMN fingerprint" in said
+    assert "ADD COLUMN fingerprint" in said and "ADD COLUMN step_watch_level" in said
     assert "CREATE INDEX ix_dossiers_watch" in said
+    assert "CREATE INDEX ix_dossiers_step_watch" in said
     assert "DROP INDEX ix_dossiers_agency_id" in said and "ix_events_dossier_code" in said
-    assert "dba_reporting" not in said and "would run 6 statements" in said
+    assert "dba_reporting" not in said and "would run 8 statements" in said
     with pytest.raises(LedgerSchemaError):  # a dry run changes nothing
         Ledger(ledger.url)
 
     assert main(["ledger", "upgrade", "--db-url", ledger.url]) == 0
-    assert "ran 6 statements" in capsys.readouterr().out
+    assert "ran 8 statements" in capsys.readouterr().out
     upgraded = Ledger(ledger.url)  # starts: the schema check passes
     row = upgraded.dossier("OLD-1")
     assert row is not None and row["watch_level"] == 0 and row["status_sent_at"] is None
+    assert row["step_watch_level"] == 0
     with upgraded.batch() as batch:  # a copy under the old id is taken for a redelivery
         assert batch.seen(["submit:old"])["submit:old"].fingerprint is None
-    assert _indexes(upgraded, "dossiers") >= {"ix_dossiers_watch", "dba_reporting"}
+    assert _indexes(upgraded, "dossiers") >= {"ix_dossiers_watch", "ix_dossiers_step_watch",
+                                              "dba_reporting"}
     assert not _indexes(upgraded, "dossiers") & {"ix_dossiers_agency_id"}
     assert "ix_events_dossier_code" not in _indexes(upgraded, "events")
     upgraded.dispose()
