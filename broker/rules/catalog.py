@@ -235,7 +235,11 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
 
 
 def parse_catalog(data: bytes, name: str = "<catalog>") -> Catalog:
-    """Validate catalog bytes; raise CatalogError listing every problem."""
+    """Validate catalog bytes; raise CatalogError listing every problem.
+
+    Format problems do not hide the semantic ones: what they are in is left out and the
+    rest is checked too (:func:`_without_bad_entries`).
+    """
     try:
         raw = yaml.load(data, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
@@ -245,16 +249,61 @@ def parse_catalog(data: bytes, name: str = "<catalog>") -> Catalog:
         raise CatalogError([CatalogProblem(name, line, f"YAML: {problem}")]) from None
     if not isinstance(raw, dict):
         raise CatalogError([CatalogProblem(name, 1, "a catalog is a YAML mapping")])
-    try:
-        spec = CatalogFile.model_validate(_strip_lines(raw))
-    except ValidationError as e:
-        raise CatalogError(_validation_problems(e, raw, name)) from None
     from broker.rules.validate import check_catalog
 
+    plain = _strip_lines(raw)
+    try:
+        spec = CatalogFile.model_validate(plain)
+    except ValidationError as e:
+        problems = _validation_problems(e, raw, name)
+        rest = _without_bad_entries(e, plain)
+        if rest is not None:
+            sound, dropped = rest
+            problems += check_catalog(sound, raw, name, dropped=dropped)
+        raise CatalogError(sorted(problems, key=lambda p: p.line or 0)) from None
     problems = check_catalog(spec, raw, name)
     if problems:
         raise CatalogError(problems)
     return Catalog(spec=spec, content_hash=hashlib.sha256(data).hexdigest()[:16], path=name)
+
+
+#: the top-level lists whose entries a format problem leaves out of the semantic checks
+ENTRY_LISTS = ("agencies", "desks", "procedures", "rules")
+
+
+def _without_bad_entries(error: ValidationError, plain: dict[str, Any]
+                         ) -> tuple[CatalogFile, dict[str, set[int]]] | None:
+    """The catalog without what the format problems are in, and the original indexes of
+    the entries left out per list; None when a problem is in a required field or a
+    required list as a whole, which leaves nothing sound to check.
+
+    So that one round of ``rules check`` shows the semantic problems too: an entry with a
+    bad field is left out, and so is an optional top-level field (its default stands in,
+    and the checks find nothing wrong with a default) or a key the format does not know.
+    """
+    dropped: dict[str, set[int]] = {}
+    bad_fields: set[str] = set()
+    for err in error.errors(include_input=False, include_url=False):
+        loc = err["loc"]
+        if len(loc) >= 2 and loc[0] in ENTRY_LISTS and isinstance(loc[1], int):
+            dropped.setdefault(loc[0], set()).add(loc[1])
+        elif loc and isinstance(loc[0], str) and not _is_required(loc[0]):
+            bad_fields.add(loc[0])
+        else:
+            return None
+    rest = {k: v for k, v in plain.items() if k not in bad_fields}
+    for section, indexes in dropped.items():
+        rest[section] = [e for i, e in enumerate(plain[section]) if i not in indexes]
+    try:
+        return CatalogFile.model_validate(rest), dropped
+    except ValidationError:
+        return None  # leaving entries out should leave nothing wrong; if not, say no more
+
+
+def _is_required(field: str) -> bool:
+    """Whether a top-level field must be there (a key the format does not know need not)."""
+    info = CatalogFile.model_fields.get(field)
+    return info is not None and info.is_required()
 
 
 def _is_union_tag(part: int | str) -> bool:

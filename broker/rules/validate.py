@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator, Mapping, Set
 from typing import Any
 
 from broker.errors import CatalogProblem
@@ -27,17 +27,26 @@ def steps_of(competence: Competence) -> list[Step]:
     return list(competence.chain) if isinstance(competence, Chain) else [competence]
 
 
-def check_catalog(spec: CatalogFile, raw: dict[str, Any], name: str) -> list[CatalogProblem]:
-    """Every semantic problem of a schema-valid catalog, with file and line."""
-    lines = _Lines(raw, name)
+def check_catalog(spec: CatalogFile, raw: dict[str, Any], name: str,
+                  dropped: Mapping[str, Set[int]] | None = None) -> list[CatalogProblem]:
+    """Every semantic problem of a schema-valid catalog, with file and line.
+
+    ``dropped`` names, by list and original index in ``raw``, the entries left out of
+    ``spec`` for a format problem: what they are called still counts as known, so nothing
+    naming them is reported, and lines are those of ``raw``.
+    """
+    dropped = dropped or {}
+    lines = _Lines(raw, name, dropped)
     problems: list[CatalogProblem] = []
     problems += _duplicates("agencies", "id", (a.id for a in spec.agencies), lines)
     problems += _duplicates("desks", "id", (d.id for d in spec.desks), lines)
     problems += _duplicates("procedures", "code", (p.code for p in spec.procedures), lines)
     problems += _duplicates("rules", "id", (r.id for r in spec.rules), lines)
-    agencies = {a.id for a in spec.agencies}
+    agencies = _Known((a.id for a in spec.agencies), _left_out(raw, dropped, "agencies", "id"))
     problems += _areas_served_twice(spec, lines)
-    wards_served = any(len(c) == WARD_CODE_LENGTH for a in spec.agencies for c in a.serves)
+    # a left-out agency may serve a ward: its serves cannot be trusted either way
+    wards_served = bool(dropped.get("agencies")) or any(
+        len(c) == WARD_CODE_LENGTH for a in spec.agencies for c in a.serves)
     for i, desk in enumerate(spec.desks):
         problems += [lines.at("desks", i, f"desk {desk.id}: unknown unit agency {u}")
                      for u in desk.unit if u not in agencies]
@@ -46,14 +55,16 @@ def check_catalog(spec: CatalogFile, raw: dict[str, Any], name: str) -> list[Cat
         problems += _competence_problems(proc.competence, agencies, wards_served,
                                          lambda m, i=i, w=where: lines.at("procedures", i,
                                                                           f"{w}: {m}"))
-    codes = {p.code for p in spec.procedures}
+    codes = _Known((p.code for p in spec.procedures),
+                   _left_out(raw, dropped, "procedures", "code"))
+    known = _known_values(spec, raw, dropped)
     for i, rule in enumerate(spec.rules):
         def report(m: str, i: int = i, w: str = f"rule {rule.id}") -> CatalogProblem:
             return lines.at("rules", i, f"{w}: {m}")
 
         problems += _competence_problems(rule.route, agencies, wards_served, report)
         problems += [report(m) for m in _rule_field_problems(rule.when, codes)]
-        problems += [report(m) for m in _rule_value_problems(rule.when, spec)]
+        problems += [report(m) for m in _rule_value_problems(rule.when, known)]
         for j in range(i):
             if _covers(spec.rules[j].when, rule.when):
                 problems.append(report(f"can never match: rule {spec.rules[j].id} "
@@ -76,18 +87,66 @@ def check_catalog(spec: CatalogFile, raw: dict[str, Any], name: str) -> list[Cat
 
 
 class _Lines:
-    """Finds the line of the i-th entry of a top-level list in the raw YAML."""
+    """Finds the line of the i-th entry of a top-level list in the raw YAML.
 
-    def __init__(self, raw: dict[str, Any], name: str) -> None:
+    ``i`` counts the checked entries; with entries dropped it is mapped back to the
+    entry's index in the raw list.
+    """
+
+    def __init__(self, raw: dict[str, Any], name: str,
+                 dropped: Mapping[str, Set[int]] | None = None) -> None:
         self.raw = raw
         self.name = name
+        self.kept = {section: [i for i in range(len(raw.get(section) or []))
+                               if i not in indexes]
+                     for section, indexes in (dropped or {}).items()}
 
     def at(self, section: str, index: int, message: str) -> CatalogProblem:
         entries = self.raw.get(section) or []
+        if section in self.kept:
+            index = self.kept[section][index]
         line = None
         if index < len(entries) and isinstance(entries[index], dict):
             line = entries[index].get("__line__")
         return CatalogProblem(self.name, line, message)
+
+
+class _Known:
+    """The names a reference may use: those of the checked entries and those read from
+    the dropped ones. A dropped entry whose name cannot be read (missing, not a string)
+    may be the one any reference means, so then every name counts as known."""
+
+    def __init__(self, names: Iterable[str], dropped_names: Iterable[Any]) -> None:
+        self.names = set(names)
+        self.any_name = False
+        for value in dropped_names:
+            if isinstance(value, str):
+                self.names.add(value)
+            else:
+                self.any_name = True
+
+    def __contains__(self, name: object) -> bool:
+        return self.any_name or name in self.names
+
+
+#: what a dropped entry holds where its name cannot be read (any non-string will do)
+_UNREADABLE = object()
+
+
+def _left_out(raw: dict[str, Any], dropped: Mapping[str, Set[int]], section: str, key: str,
+              optional: bool = False) -> list[Any]:
+    """What the dropped entries of a section hold under ``key`` in the raw YAML; an entry
+    that is not a mapping, or lacks a key that is not ``optional``, gives an unreadable
+    value (an entry lacking an optional key gives nothing)."""
+    entries = raw.get(section)
+    values = []
+    for i in sorted(dropped.get(section, ())):
+        entry = entries[i] if isinstance(entries, list) and i < len(entries) else None
+        if isinstance(entry, dict) and key in entry:
+            values.append(entry[key])
+        elif not (optional and isinstance(entry, dict)):
+            values.append(_UNREADABLE)
+    return values
 
 
 def _duplicates(section: str, key: str, values: Iterable[str], lines: _Lines) -> Iterator[
@@ -115,7 +174,7 @@ def _areas_served_twice(spec: CatalogFile, lines: _Lines) -> Iterator[CatalogPro
                 served_by.setdefault(area, agency.id)
 
 
-def _competence_problems(competence: Competence, agencies: set[str], wards_served: bool,
+def _competence_problems(competence: Competence, agencies: Container[str], wards_served: bool,
                          report: Any) -> list[CatalogProblem]:
     problems = []
     for step in steps_of(competence):
@@ -126,7 +185,7 @@ def _competence_problems(competence: Competence, agencies: set[str], wards_serve
     return problems
 
 
-def _rule_field_problems(when: dict[str, Matcher], codes: set[str]) -> list[str]:
+def _rule_field_problems(when: dict[str, Matcher], codes: Container[str]) -> list[str]:
     problems = []
     for key, matcher in when.items():
         if key not in RULE_FIELDS and not key.startswith("attributes."):
@@ -150,11 +209,19 @@ _ENUMERATED = {"channel": frozenset({"in_person", "online", "postal", "agent"}),
 _STRING_KEYS = RULE_FIELDS
 
 
-def _rule_value_problems(when: dict[str, Matcher], spec: CatalogFile) -> list[str]:
+def _known_values(spec: CatalogFile, raw: dict[str, Any], dropped: Mapping[str, Set[int]]
+                  ) -> dict[str, Container[str]]:
+    """The values a dossier can have for each enumerated key a rule may name."""
+    known: dict[str, Container[str]] = dict(_ENUMERATED)
+    known["desk_id"] = _Known((d.id for d in spec.desks), _left_out(raw, dropped, "desks", "id"))
+    known["desk.area"] = _Known((d.area for d in spec.desks if d.area is not None),
+                                _left_out(raw, dropped, "desks", "area", optional=True))
+    return known
+
+
+def _rule_value_problems(when: dict[str, Matcher], known: Mapping[str, Container[str]]
+                         ) -> list[str]:
     """Values a rule names that no dossier can have: unknown desks, desk areas, channels."""
-    known = dict(_ENUMERATED)
-    known["desk_id"] = frozenset(d.id for d in spec.desks)
-    known["desk.area"] = frozenset(d.area for d in spec.desks if d.area is not None)
     what = {"desk_id": "desk", "desk.area": "desk area", "channel": "channel",
             "applicant.kind": "applicant kind"}
     problems = []

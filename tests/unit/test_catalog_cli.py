@@ -100,7 +100,9 @@ procedures:
             ":7: procedure 1.000002: unknown agency NOBODY",
             ":9: rule y: can never match: rule x",
             ":10: rule z: unknown desk 'GHOST' in when.desk_id"]),
-    (NO_WARDS, [":7: procedures.2.code: String should match pattern"]),
+    # the bad code leaves its procedure out; the others are checked all the same
+    (NO_WARDS, [":6: procedure 1.000002: by_area subject: no agency serves any ward",
+                ":7: procedures.2.code: String should match pattern"]),
 ])
 def test_check_reports_every_planted_problem(capsys: pytest.CaptureFixture[str],
                                              tmp_path: Path, text: str,

@@ -1,0 +1,132 @@
+"""Format and semantic catalog problems reported together, in one round."""
+# ruff: noqa: E501 - catalog YAML in flow style reads best one entry per line
+
+from __future__ import annotations
+
+import pytest
+
+from broker.errors import CatalogError
+from broker.rules.catalog import parse_catalog
+
+
+def _problems(text: str, name: str = "c.yaml") -> list[str]:
+    with pytest.raises(CatalogError) as e:
+        parse_catalog(text.encode(), name)
+    return [str(p) for p in e.value.problems]
+
+
+MIXED = """\
+catalog: mixed
+agencies:
+  - {id: A, name: a, serves: ["10001"]}
+  - {id: X, name: x, serves: ["1000x"]}
+  - {id: B, name: b, serves: ["10001"]}
+desks:
+  - {id: D, name: d, area: "10001", unit: A}
+  - {id: E, name: e, channel: fax}
+  - {id: D, name: d again}
+  - {id: E, name: e again}
+procedures:
+  - {code: "1.000001", name: p, processing: {amount: -1}, competence: at_intake}
+  - {code: "1.000002", name: q, processing: {amount: 1}, competence: {agency: GHOST}}
+rules:
+  - {id: r1, when: {channel: online}, route: {agency: A}}
+  - {id: r-bad, when: {channel: online}, route: {agency: A}, colour: red}
+  - {id: r2, when: {channel: online, desk_id: D}, route: {agency: A}}
+"""
+
+
+def test_format_and_semantic_problems_are_reported_together_at_their_lines() -> None:
+    # each semantic problem comes right after an entry dropped for a format problem, so a
+    # line counted among the checked entries only would be one too early; the second E
+    # repeats a dropped desk, which is left unsaid
+    assert _problems(MIXED, "m.yaml") == [
+        r"m.yaml:4: agencies.1.serves.0: String should match pattern '^\d{2}(\d{3})?$'",
+        "m.yaml:5: area 10001 is served by both A and B",
+        "m.yaml:8: desks.1.channel: Input should be 'in_person', 'online', 'postal' or 'agent'",
+        "m.yaml:9: duplicate desk id 'D' (first at line 7)",
+        "m.yaml:12: procedures.0.processing.amount: Input should be greater than or equal to 0",
+        "m.yaml:13: procedure 1.000002: unknown agency GHOST",
+        "m.yaml:16: rules.1.colour: Extra inputs are not permitted",
+        "m.yaml:17: rule r2: can never match: rule r1 matches everything it matches and comes first"]
+
+
+NAMED_WHILE_DROPPED = """\
+catalog: named
+agencies:
+  - {id: A, name: a, serves: ["10001"]}
+  - {id: X, name: x, serves: ["10"], colour: blue}
+desks:
+  - {id: D, name: d, area: "10001", unit: [A, X]}
+  - {id: P, name: portal, area: 10, unit: X}
+procedures:
+  - {code: "1.000001", name: p, processing: {amount: 1}, competence: {agency: X}}
+  - {code: "1.000002", name: q, processing: {amount: 1}, competence: {chain: [{agency: A}, {agency: X}]}}
+  - {code: "1.000003", name: r, processing: {amount: 1, unit: fortnights}, competence: {agency: A}}
+  - {code: "1.000004", name: s, processing: {amount: 1}, competence: {agency: GHOST}}
+rules:
+  - {id: to-x, when: {procedure_code: "1.000003", desk_id: P, desk.area: "10"}, route: {agency: X}}
+"""
+
+
+def test_what_names_an_entry_dropped_for_a_format_problem_is_not_reported_unknown() -> None:
+    # agency X, desk P (an unquoted area) and procedure 1.000003 are dropped; the desk
+    # units, competences, chain step, rule route and rule values naming them are fine,
+    # and GHOST, which nothing defines, is still reported
+    assert _problems(NAMED_WHILE_DROPPED) == [
+        "c.yaml:4: agencies.1.colour: Extra inputs are not permitted",
+        "c.yaml:7: desks.1.area: Input should be a valid string",
+        "c.yaml:11: procedures.2.processing.unit: Input should be 'working_days', "
+        "'calendar_days' or 'working_hours'",
+        "c.yaml:12: procedure 1.000004: unknown agency GHOST"]
+
+
+NAMELESS = """\
+catalog: nameless
+agencies:
+  - {id: P, name: province, serves: ["10"]}
+  - {name: commune without an id, serves: ["10001"]}
+desks: [{id: D, name: d, area: "10", unit: CA}]
+procedures:
+  - {code: "1.000001", name: p, processing: {amount: 1}, competence: {by_area: applicant}}
+  - {code: "1.000002", name: q, processing: {amount: 1}, competence: {agency: CA}}
+  - {code: "1.000002", name: q twice, processing: {amount: 1}, competence: {agency: P}}
+"""
+
+
+def test_a_dropped_entry_without_a_readable_name_may_be_what_any_reference_means() -> None:
+    # the nameless agency may be CA, and it may serve a ward: neither is reported, but the
+    # problems that do not depend on it are
+    assert _problems(NAMELESS) == [
+        "c.yaml:4: agencies.1.id: Field required",
+        "c.yaml:9: duplicate procedure code '1.000002' (first at line 8)"]
+
+
+TOP_LEVEL = """\
+catalog: top
+timezone: 7
+agencies: [{id: A, name: a, serves: ["10001"]}]
+desks: [{id: D, name: d, area: "10001", unit: NOPE}]
+procedures: [{code: "1.000001", name: p, processing: {amount: 1}, competence: {agency: A}}]
+"""
+
+
+def test_a_top_level_format_problem_is_reported_clearly() -> None:
+    # an optional field that is wrong is left to its default while the rest is checked
+    assert _problems(TOP_LEVEL) == [
+        "c.yaml:2: timezone: Input should be a valid string",
+        "c.yaml:4: desk D: unknown unit agency NOPE"]
+    assert _problems(TOP_LEVEL.replace("timezone: 7\n", "extra_holidays: [soon]\n")) == [
+        "c.yaml:2: extra_holidays.0: Input should be a valid date or datetime, "
+        "input is too short",
+        "c.yaml:4: desk D: unknown unit agency NOPE"]
+    # a required field or a whole list that is wrong leaves nothing sound to check: the
+    # format problems alone, not one "unknown agency" for every reference to the list
+    sound = TOP_LEVEL.replace("timezone: 7", "timezone: Asia/Ho_Chi_Minh")
+    no_name = sound.replace("catalog: top\n", "catalogue: top\n")
+    assert _problems(no_name) == ["c.yaml:1: catalog: Field required",
+                                  "c.yaml:1: catalogue: Extra inputs are not permitted"]
+    not_a_list = sound.replace('agencies: [{id: A, name: a, serves: ["10001"]}]',
+                                   "agencies: {id: A, name: a}")
+    assert _problems(not_a_list) == ["c.yaml:3: agencies: Input should be a valid list"]
+
