@@ -44,6 +44,7 @@ from sqlalchemy import (
     make_url,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -542,53 +543,42 @@ class Batch:
     def add_event(self, row: dict[str, Any]) -> None:
         self._events.append(row)
 
-    def watch_candidates(self, now: datetime, at_risk_before: datetime, limit: int
-                         ) -> list[dict[str, Any]]:
-        """Open dossiers whose deadline-watch level can rise at ``now``, earliest due first.
+    def watch_range(self, level: int, due_before: datetime, now: datetime, limit: int, *,
+                    step: bool = False, after: tuple[datetime, int] | None = None
+                    ) -> list[dict[str, Any]]:
+        """Open dossiers at deadline-watch ``level`` due before ``due_before``, at most
+        ``limit`` in (due date, id) order after ``after``; with ``step``, chain steps due
+        before their dossier, by the step's level and due date, with the step's number,
+        plan and level. :func:`broker.consumers.deadlines.decide` picks those whose level
+        rises.
 
-        Only those (:func:`broker.consumers.deadlines.level_for` decides; this must agree
-        with it): nothing sent yet and due before ``at_risk_before`` (where the at-risk
-        margin of working time after ``now`` ends), or at-risk notices sent and due
-        before ``now``. A dossier paused for a supplement only if it was already late
-        when paused: its clock stands still, so until the desk brings the supplement it
-        cannot be flagged. Selecting those too let ``limit`` of them (citizens who never
-        come back, or at-risk dossiers not late yet) fill every round and starve every
-        dossier due after them.
+        A dossier paused for a supplement only if it was already late when paused: its
+        clock stands still, so until the desk brings the supplement it cannot be flagged.
+        Selecting those too let ``limit`` of them (citizens who never come back) fill
+        every round and starve every dossier due after them.
 
-        One query per level: each is a range of ``ix_dossiers_watch`` (watch level, due
-        date) read in order up to ``limit`` rows. Both levels in one ``OR`` made SQLite
-        pick the state index, read every open dossier and sort them.
+        One range of ``ix_dossiers_watch`` (watch level, due date), or of
+        ``ix_dossiers_step_watch``, read in order: SQLite's index entries end with the
+        rowid, so the id breaks ties among equal due dates without a sort. Both levels in
+        one ``OR`` made SQLite pick the state index, read every open dossier and sort
+        them.
         """
         c = dossiers.c
-        return self._watch_range(c.watch_level, c.due_at, [], [], now, at_risk_before,
-                                 limit)
-
-    def step_watch_candidates(self, now: datetime, at_risk_before: datetime, limit: int
-                              ) -> list[dict[str, Any]]:
-        """The same for chain steps due before their dossier, by the step's due date
-        (``ix_dossiers_step_watch``), with the step's number, plan and watch level."""
-        c = dossiers.c
-        return self._watch_range(c.step_watch_level, c.step_due_at, [STEP_AHEAD],
-                                 [c.step, c.steps, c.step_due_at, c.step_watch_level],
-                                 now, at_risk_before, limit)
-
-    def _watch_range(self, level: Any, due: Any, where: list[Any], more: list[Any],
-                     now: datetime, at_risk_before: datetime, limit: int
-                     ) -> list[dict[str, Any]]:
-        c = dossiers.c
+        level_col, due, where, more = (
+            (c.step_watch_level, c.step_due_at, [STEP_AHEAD],
+             [c.step, c.steps, c.step_due_at, c.step_watch_level]) if step
+            else (c.watch_level, c.due_at, [], []))
         clock_runs = or_(c.state != int(State.SUPPLEMENT_REQUESTED), c.paused_at > due,
                          and_(c.paused_at.is_(None), due < now))
-        found: list[dict[str, Any]] = []
-        for value, due_before in ((0, at_risk_before), (1, now)):
-            rows = self.conn.execute(
-                select(c.code, c.state, c.agency_id, c.return_desk_id, c.procedure_code,
-                       c.submission_id, c.received_at, c.due_at, c.paused_at, c.seq,
-                       c.watch_level, *more)
-                .where(_OPEN, *where, level == value, due < due_before, clock_runs)
-                .order_by(due).limit(limit))
-            found += [dict(r._mapping) for r in rows]
-        found.sort(key=operator.itemgetter(due.name))
-        return found[:limit]
+        if after is not None:
+            where.append(tuple_(due, c.id) > tuple_(*after))
+        rows = self.conn.execute(
+            select(c.id, c.code, c.state, c.agency_id, c.return_desk_id, c.procedure_code,
+                   c.submission_id, c.received_at, c.due_at, c.paused_at, c.seq,
+                   c.watch_level, *more)
+            .where(_OPEN, *where, level_col == level, due < due_before, clock_runs)
+            .order_by(due, c.id).limit(limit))
+        return [dict(r._mapping) for r in rows]
 
     def raise_watch_level(self, code: str, expected_seq: int, expected_level: int,
                           level: int, at: datetime, *, step: bool = False) -> bool:

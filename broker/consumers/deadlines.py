@@ -46,10 +46,10 @@ from broker.amqp import (
     amqp_urls,
     properties_for,
 )
-from broker.calendar import WorkingCalendar
+from broker.calendar import DurationUnit, WorkingCalendar
 from broker.consumers.common import Clock, EngineProvider, to_agency, to_desk
 from broker.envelope import Outbound
-from broker.errors import without_values
+from broker.errors import StartupError, without_values
 from broker.ledger import Batch, Ledger
 from broker.lifecycle import State
 from broker.messages import AgencyNotice, DeskNotice, NoticeKind, utc_now
@@ -67,29 +67,70 @@ class WatchSettings:
     """How often the watch looks and what counts as at risk."""
 
     interval_s: float = 60.0
-    #: less working time than this left before the due date: at risk
+    #: less working time than this left before the due date: at risk...
     at_risk_working_s: float = 8 * 3600.0
+    #: ...or, for a dossier (a chain step) given less time, less than this share of the
+    #: working time it was given: a certification due two working hours after it came
+    #: is at risk 30 minutes before, not the moment it arrives
+    at_risk_share: float = 0.25
     #: an overdue dossier's new appointment: this much working time after the notice
     extension_working_s: float = 8 * 3600.0
     #: unconfirmed notices older than this are published again
     stale_after_s: float = 120.0
+    #: at most this many dossiers (and as many chain steps) flagged in one round, and
+    #: candidates read this many at a time
     limit: int = 500
+
+    def __post_init__(self) -> None:
+        if not 0 < self.at_risk_share <= 1:
+            raise ValueError(f"the at-risk share is a fraction above 0 and at most 1, "
+                             f"not {self.at_risk_share}")
 
     @classmethod
     def from_env(cls) -> WatchSettings:
-        """Settings from ``CASEBROKER_DEADLINE_*`` variables (hours are working hours)."""
-        env = os.environ.get
-        return cls(
-            interval_s=float(env("CASEBROKER_DEADLINE_INTERVAL_S", "60")),
-            at_risk_working_s=float(env("CASEBROKER_DEADLINE_AT_RISK_HOURS", "8")) * 3600,
-            extension_working_s=float(env("CASEBROKER_DEADLINE_EXTENSION_HOURS", "8")) * 3600)
+        """Settings from ``CASEBROKER_DEADLINE_*`` variables (hours are working hours);
+        a value that is not a number, or out of range, is a :class:`StartupError`."""
+        def number(name: str, default: str) -> float:
+            text = os.environ.get(name, default)
+            try:
+                value = float(text)
+            except ValueError:
+                raise StartupError(f"{name}={text!r} is not a number") from None
+            if not value > 0:
+                raise StartupError(f"{name}={text!r}: a number above 0, please")
+            return value
+
+        try:
+            return cls(
+                interval_s=number("CASEBROKER_DEADLINE_INTERVAL_S", "60"),
+                at_risk_working_s=number("CASEBROKER_DEADLINE_AT_RISK_HOURS", "8") * 3600,
+                at_risk_share=number("CASEBROKER_DEADLINE_AT_RISK_SHARE", "0.25"),
+                extension_working_s=number("CASEBROKER_DEADLINE_EXTENSION_HOURS", "8") * 3600)
+        except ValueError as e:
+            raise StartupError(f"CASEBROKER_DEADLINE_AT_RISK_SHARE: {e}") from None
+
+
+def given_s(row: Mapping[str, Any], calendar: WorkingCalendar, *, step: bool = False
+            ) -> float:
+    """The working time a dossier was given (from its clock's start to its due date, a
+    pause included), or with ``step`` what its current chain step's plan gives it."""
+    if not step:
+        return calendar.working_seconds_between(row["received_at"], row["due_at"])
+    plan = row["steps"][row["step"] - 1]
+    amount, unit = float(plan["amount"]), DurationUnit(plan["unit"])
+    if unit == DurationUnit.WORKING_HOURS:
+        return amount * 3600
+    if unit == DurationUnit.WORKING_DAYS:
+        return amount * calendar.office_hours.seconds_per_day
+    due = row["step_due_at"]  # calendar days: the working time in as many days before
+    return calendar.working_seconds_between(due - timedelta(days=amount), due)
 
 
 def level_for(row: Mapping[str, Any], now: datetime, calendar: WorkingCalendar,
-              at_risk_working_s: float, due_key: str = "due_at") -> int:
-    """The watch level a dossier (``due_key`` ``step_due_at``: its chain step) deserves at
-    ``now``; a paused clock stops at its pause."""
-    due = row[due_key]
+              settings: WatchSettings, *, step: bool = False) -> int:
+    """The watch level a dossier (with ``step``: its chain step, by the step's due date)
+    deserves at ``now``; a paused clock stops at its pause."""
+    due = row["step_due_at" if step else "due_at"]
     paused = row["state"] == State.SUPPLEMENT_REQUESTED
     clock_at = row["paused_at"] if paused and row["paused_at"] is not None else now
     if clock_at > due:
@@ -97,19 +138,22 @@ def level_for(row: Mapping[str, Any], now: datetime, calendar: WorkingCalendar,
     if paused:
         return NOTHING_SENT  # its time left is frozen until the supplement comes
     left_s = calendar.working_seconds_between(clock_at, due)
-    return AT_RISK if left_s < at_risk_working_s else NOTHING_SENT
+    if left_s >= settings.at_risk_working_s:
+        return NOTHING_SENT
+    if left_s >= settings.at_risk_share * given_s(row, calendar, step=step):
+        return NOTHING_SENT  # a short one: most of its little time is still ahead
+    return AT_RISK
 
 
 def decide(rows: Iterable[Mapping[str, Any]], now: datetime, calendar: WorkingCalendar,
-           at_risk_working_s: float, *, step: bool = False
+           settings: WatchSettings, *, step: bool = False
            ) -> list[tuple[Mapping[str, Any], int]]:
     """(row, new level) for each dossier (with ``step``: each chain step, by its own due
     date and level) whose level must rise now."""
-    due_key, level_key = ("step_due_at", "step_watch_level") if step else ("due_at",
-                                                                           "watch_level")
+    level_key = "step_watch_level" if step else "watch_level"
     out = []
     for row in rows:
-        level = level_for(row, now, calendar, at_risk_working_s, due_key)
+        level = level_for(row, now, calendar, settings, step=step)
         if level > row[level_key]:
             out.append((row, level))
     return out
@@ -232,19 +276,37 @@ class DeadlineWatch:
     # one round ---------------------------------------------------------------------
     def flag(self) -> list[Outbound]:
         """One ledger transaction: raise watch levels, record them, keep their notices."""
-        engine = self.engine()
-        cal, s, now = engine.calendar, self.settings, self.clock()
-        at_risk_before = cal.add_working_seconds(now, s.at_risk_working_s)
+        cal, now = self.engine().calendar, self.clock()
         out: list[Outbound] = []
         with self.ledger.batch() as batch:
-            rows = batch.watch_candidates(now, at_risk_before, s.limit)
-            for row, level in decide(rows, now, cal, s.at_risk_working_s):
+            for row, level in self._due(batch, now, cal, step=False):
                 out += self._flag_one(batch, row, level, now, cal)
             # a dossier flagged just above has a new seq: its step waits for the next round
-            rows = batch.step_watch_candidates(now, at_risk_before, s.limit)
-            for row, level in decide(rows, now, cal, s.at_risk_working_s, step=True):
+            for row, level in self._due(batch, now, cal, step=True):
                 out += self._flag_step(batch, row, level, now, cal)
         return out
+
+    def _due(self, batch: Batch, now: datetime, cal: WorkingCalendar, *, step: bool
+             ) -> list[tuple[Mapping[str, Any], int]]:
+        """Up to ``limit`` (row, level) whose level must rise now, overdue ones first.
+
+        The ledger can only narrow the candidates down by due date: a short dossier due
+        within the at-risk hours may still have most of its time ahead (the share of it
+        it was given). Those are read past, a page at a time in due-date order, so that
+        however many of them there are they never keep the others from their notices."""
+        s = self.settings
+        at_risk_before = cal.add_working_seconds(now, s.at_risk_working_s)
+        found: list[tuple[Mapping[str, Any], int]] = []
+        for level, due_before in ((AT_RISK, now), (NOTHING_SENT, at_risk_before)):
+            after: tuple[datetime, int] | None = None
+            while len(found) < s.limit:
+                rows = batch.watch_range(level, due_before, now, s.limit, step=step,
+                                         after=after)
+                found += decide(rows, now, cal, s, step=step)
+                if len(rows) < s.limit:
+                    break
+                after = (rows[-1]["step_due_at" if step else "due_at"], rows[-1]["id"])
+        return found[:s.limit]
 
     def _flag_one(self, batch: Batch, row: Mapping[str, Any], level: int, now: datetime,
                   cal: WorkingCalendar) -> list[Outbound]:

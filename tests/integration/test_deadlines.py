@@ -214,10 +214,11 @@ def test_casebroker_run_sends_the_overdue_notice_and_counts_it(
 
 def _row(code: str, state: State, due: str, level: int = NOTHING_SENT,
          paused: str | None = None, step_due: str | None = None,
-         step_level: int = NOTHING_SENT) -> dict[str, Any]:
+         step_level: int = NOTHING_SENT, received: str = "2026-11-25 09:00"
+         ) -> dict[str, Any]:
     """A dossier row as the router and status router leave it (no personal data needed);
     with ``step_due``, at step 1 of a chain due then."""
-    at, due_at = vn("2026-11-25 09:00"), vn(due)
+    at, due_at = vn(received), vn(due)
     return {
         "code": code, "submission_id": str(uuid.uuid4()), "procedure_code": "1.004227",
         "intake_desk_id": "T.MC.B", "return_desk_id": "T.MC.B", "channel": "in_person",
@@ -257,6 +258,9 @@ def test_dossiers_that_cannot_be_flagged_do_not_starve_the_watch(
                       paused="2026-12-08 09:00")  # late when paused: still overdue
     overdue = _row("OVERDUE", State.PROCESSING, "2026-12-08 09:00")
     at_risk = _row("SOON", State.RECEIVED, "2026-12-10 08:00")  # 6 working hours left
+    # given 2 working hours, 1.5 of them left: not at risk yet, and due before SOON
+    stuck += [_row(f"SHORT-{i}", State.RECEIVED, "2026-12-09 11:30", received="2026-12-09 "
+                   "09:30") for i in range(7)]
     _store(ledger, [*stuck, late_pause, overdue, at_risk])
 
     watch = _watch(ledger, clock, limit=3)
@@ -277,7 +281,7 @@ def test_watch_candidates_are_exactly_the_dossiers_whose_level_rises(
     chain steps by the step's due date and level, and only for steps due before their
     dossier (a step due with it is the dossier's own due date)."""
     engine = Engine(load_catalog(MINI_CATALOG))
-    cal, at_risk_s = engine.calendar, WatchSettings().at_risk_working_s
+    cal, settings = engine.calendar, WatchSettings(limit=10_000)
     dues = ["2026-12-01 09:00", "2026-12-09 09:59", "2026-12-09 10:00", "2026-12-09 10:01",
             "2026-12-09 20:00", "2026-12-10 09:59", "2026-12-10 10:00", "2026-12-10 10:01",
             "2026-12-10 16:59", "2026-12-10 17:00", "2026-12-11 07:00", "2026-12-20 09:00"]
@@ -295,14 +299,17 @@ def test_watch_candidates_are_exactly_the_dossiers_whose_level_rises(
                 if paused is None or state == State.SUPPLEMENT_REQUESTED]
     _store(ledger, rows)
     due_key = "step_due_at" if step else "due_at"
+    watch = DeadlineWatch(lambda: engine, ledger, Topology("unused"), settings)
     for now in (vn("2026-12-09 10:00"), vn("2026-12-09 20:00")):
-        expected = {r["code"] for r, _ in decide(rows, now, cal, at_risk_s, step=step)
+        expected = {r["code"] for r, _ in decide(rows, now, cal, settings, step=step)
                     if r["step_due_at"] < r["due_at"] or not step}
         with ledger.batch() as batch:
-            candidates = batch.step_watch_candidates if step else batch.watch_candidates
-            found = candidates(now, cal.add_working_seconds(now, at_risk_s), 10_000)
+            found = [r for r, _ in watch._due(batch, now, cal, step=step)]
+            ranges = [batch.watch_range(level, before, now, 10_000, step=step)
+                      for level, before in ((AT_RISK, now), (NOTHING_SENT, vn("2027-02-01")))]
         assert expected and {r["code"] for r in found} == expected, now
-        assert [r[due_key] for r in found] == sorted(r[due_key] for r in found)
+        for rows_read in ranges:  # read in due-date order
+            assert [r[due_key] for r in rows_read] == sorted(r[due_key] for r in rows_read)
 
 
 def test_sqlite_reads_watch_candidates_through_the_watch_index(tmp_path: Path) -> None:
@@ -317,8 +324,10 @@ def test_sqlite_reads_watch_candidates_through_the_watch_index(tmp_path: Path) -
     event.listen(ledger.engine, "before_cursor_execute", seen)
     now = vn("2026-12-09 10:00")
     with ledger.batch() as batch:
-        batch.watch_candidates(now, vn("2026-12-10 10:00"), 10)
-        batch.step_watch_candidates(now, vn("2026-12-10 10:00"), 10)
+        for step in (False, True):  # a first page, and a page after one
+            for after in (None, (now, 7)):
+                batch.watch_range(NOTHING_SENT, vn("2026-12-10 10:00"), now, 10, step=step,
+                                  after=after)
     event.remove(ledger.engine, "before_cursor_execute", seen)
     with ledger.read() as conn:
         plans = [" ".join(str(r[-1]) for r in conn.exec_driver_sql(
@@ -326,10 +335,9 @@ def test_sqlite_reads_watch_candidates_through_the_watch_index(tmp_path: Path) -
     ledger.dispose()
     assert len(plans) == 4
     for plan in plans[:2]:
-        assert "USING INDEX ix_dossiers_watch (watch_level=? AND due_at<?)" in plan, plan
+        assert "USING INDEX ix_dossiers_watch (watch_level=? AND " in plan, plan
     for plan in plans[2:]:
-        assert ("USING INDEX ix_dossiers_step_watch (step_watch_level=? AND step_due_at<?)"
-                in plan), plan
+        assert "USING INDEX ix_dossiers_step_watch (step_watch_level=? AND " in plan, plan
     for plan in plans:
         assert "TEMP B-TREE" not in plan, plan  # read in due-date order, nothing sorted
 
@@ -398,8 +406,9 @@ def test_a_chain_step_due_before_its_dossier_is_watched_for_its_agency_alone(
         declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock,
         make_watch: Callable[[], DeadlineWatch], capsys: pytest.CaptureFixture[str]) -> None:
     """DOMAIN.md: each step has its own due date. Its agency hears when its step is at
-    risk and when it is late, once each; the desk hears only of the dossier's due date;
-    the next step is watched afresh from its hand-off."""
+    risk (a quarter of the step's two working days left) and when it is late, once each;
+    the desk hears only of the dossier's due date; the next step is watched afresh from
+    its hand-off."""
     start_broker()
     first = submit(amqp, declared, "T.UBND.A", procedure_code="1.000001",
                    return_desk_id="T.CENTRE")
@@ -409,12 +418,14 @@ def test_a_chain_step_due_before_its_dossier_is_watched_for_its_agency_alone(
     watch, other = make_watch(), make_watch()
     a, ca = declared.agency_queue("T.UBND.A"), declared.agency_queue("T.CA")
 
-    clock.set("2026-11-26 10:00")  # 1.5 + 3.5 + 2 = 7 working hours to step 1's due date
+    clock.set("2026-11-26 13:30")  # 5.5 working hours left of 16: not at risk yet
+    assert watch.tick() == 0
+    clock.set("2026-11-27 07:30")  # 1.5 working hours left of 16
     _race([watch, other])
     assert watch.tick() == other.tick() == 0
     notices = amqp.json_all(a)
     assert [(n["notice"], n["dossier_code"]) for n in notices] == [("at_risk", code)]
-    assert notices[0]["reason"] == ("step 1 of 3 due 2026-11-27T09:00+07:00: 7.0 working "
+    assert notices[0]["reason"] == ("step 1 of 3 due 2026-11-27T09:00+07:00: 1.5 working "
                                     "hours left; the dossier is due 2026-12-03T09:00+07:00")
 
     clock.set("2026-11-27 09:30")
@@ -433,11 +444,13 @@ def test_a_chain_step_due_before_its_dossier_is_watched_for_its_agency_alone(
     assert second["step_due_at"] == vn("2026-12-01 10:00").isoformat()
     assert watch.tick() == 0
 
-    clock.set("2026-11-30 14:00")  # 3 + 3 = 6 working hours to step 2's due date
+    clock.set("2026-11-30 14:00")  # 6 working hours left of 16
+    assert watch.tick() == 0
+    clock.set("2026-12-01 07:00")  # 3 left
     assert watch.tick() == 1
     notices = amqp.json_all(ca)
     assert [(n["notice"], n["dossier_code"]) for n in notices] == [("at_risk", code)]
-    assert notices[0]["reason"].startswith("step 2 of 3 due 2026-12-01T10:00+07:00: 6.0 ")
+    assert notices[0]["reason"].startswith("step 2 of 3 due 2026-12-01T10:00+07:00: 3.0 ")
     assert amqp.json_all(a) == []
     assert watch.tick() == 0
 
@@ -467,13 +480,13 @@ def test_a_supplement_that_moves_a_step_due_date_has_it_watched_again(
                   return_desk_id="T.CENTRE")["dossier_code"]
     a = declared.agency_queue("T.UBND.A")
     watch = make_watch()
-    clock.set("2026-11-26 10:00")
+    clock.set("2026-11-27 07:30")  # 1.5 working hours left of step 1's 16
     assert watch.tick() == 1
     first = [p.message_id for p, _ in amqp.get_all(a)]
     report(amqp, declared, code, "T.UBND.A", "supplement_requested", reason="thiếu tờ khai")
     wait_for(lambda: (ledger.dossier(code) or {}).get("paused_at") is not None,
              what="the clock paused")
-    clock.set("2026-11-26 15:00")  # 3 working hours paused (10:00–11:30, 13:30–15:00)
+    clock.set("2026-11-27 10:30")  # 3 working hours paused
     amqp.status(declared, DossierSupplemented(
         event_id=uuid.uuid4(), dossier_code=code, desk_id="T.MC.B",
         documents=[doc("to-khai.pdf")], sent_at=datetime.now(UTC)))
@@ -481,7 +494,7 @@ def test_a_supplement_that_moves_a_step_due_date_has_it_watched_again(
     row = ledger.dossier(code)
     assert row is not None and row["step_due_at"] == vn("2026-11-27 14:00")
     assert row["step_watch_level"] == NOTHING_SENT
-    assert watch.tick() == 1  # 2 + 4.5 + 0.5 working hours left: at risk again, a new id
+    assert watch.tick() == 1  # 1 + 0.5 working hours left: at risk again, a new id
     again = amqp.get_all(a)
     assert [json.loads(b)["notice"] for _, b in again] == ["at_risk"]
     assert again[0][0].message_id not in first

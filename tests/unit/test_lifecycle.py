@@ -10,8 +10,17 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from broker.calendar import WorkingCalendar
-from broker.consumers.deadlines import AT_RISK, NOTHING_SENT, OVERDUE, decide, level_for, message_id
-from broker.errors import TransitionRefused
+from broker.consumers.deadlines import (
+    AT_RISK,
+    NOTHING_SENT,
+    OVERDUE,
+    WatchSettings,
+    decide,
+    given_s,
+    level_for,
+    message_id,
+)
+from broker.errors import StartupError, TransitionRefused
 from broker.lifecycle import OPEN_STATES, TERMINAL_STATES, TRANSITIONS, Event, State, apply
 from broker.messages import NoticeKind
 
@@ -74,7 +83,7 @@ def test_withdraw_from_every_open_state_only() -> None:
 VN = ZoneInfo("Asia/Ho_Chi_Minh")
 CAL = WorkingCalendar()
 DUE = datetime(2026, 12, 9, 9, 0, tzinfo=VN)  # Wed
-EIGHT_HOURS = 8 * 3600.0
+SETTINGS = WatchSettings()  # at risk: under 8 working hours, or a quarter of the time given
 
 
 def _vn(text: str) -> datetime:
@@ -84,6 +93,7 @@ def _vn(text: str) -> datetime:
 def _row(state: State = S.PROCESSING, paused_at: str | None = None,
          level: int = NOTHING_SENT) -> dict[str, Any]:
     return {"state": int(state), "due_at": DUE, "watch_level": level,
+            "received_at": _vn("2026-11-25 09:00"),  # 10 working days before DUE
             "paused_at": _vn(paused_at) if paused_at else None}
 
 
@@ -104,16 +114,70 @@ def _row(state: State = S.PROCESSING, paused_at: str | None = None,
     ],
 )
 def test_deadline_level(now: str, state: State, paused_at: str | None, expected: int) -> None:
-    assert level_for(_row(state, paused_at), _vn(now), CAL, EIGHT_HOURS) == expected
+    assert level_for(_row(state, paused_at), _vn(now), CAL, SETTINGS) == expected
 
 
 def test_deadline_levels_only_rise() -> None:
     rows = [_row(level=NOTHING_SENT), _row(level=AT_RISK), _row(level=OVERDUE)]
     assert [(r["watch_level"], lvl) for r, lvl in decide(rows, _vn("2026-12-09 10:00"), CAL,
-                                                         EIGHT_HOURS)] == [(0, 2), (1, 2)]
+                                                         SETTINGS)] == [(0, 2), (1, 2)]
     assert [(r["watch_level"], lvl) for r, lvl in decide(rows, _vn("2026-12-08 16:00"), CAL,
-                                                         EIGHT_HOURS)] == [(0, 1)]
-    assert decide(rows, _vn("2026-12-01 10:00"), CAL, EIGHT_HOURS) == []
+                                                         SETTINGS)] == [(0, 1)]
+    assert decide(rows, _vn("2026-12-01 10:00"), CAL, SETTINGS) == []
+
+
+@pytest.mark.parametrize(
+    ("received", "due", "now", "expected"),
+    [
+        # a certification given 2 working hours is at risk for its last 30 minutes only
+        ("2026-12-09 07:00", "2026-12-09 09:00", "2026-12-09 07:05", NOTHING_SENT),
+        ("2026-12-09 07:00", "2026-12-09 09:00", "2026-12-09 08:30", NOTHING_SENT),
+        ("2026-12-09 07:00", "2026-12-09 09:00", "2026-12-09 08:31", AT_RISK),
+        # one working day (8 h): its last 2; the clock starts when the office opens
+        ("2026-12-08 20:00", "2026-12-09 17:00", "2026-12-09 07:00", NOTHING_SENT),
+        ("2026-12-08 20:00", "2026-12-09 17:00", "2026-12-09 14:59", NOTHING_SENT),
+        ("2026-12-08 20:00", "2026-12-09 17:00", "2026-12-09 15:01", AT_RISK),
+        # given 40 hours or more: the 8 working hours, as before
+        ("2026-12-02 09:00", "2026-12-09 09:00", "2026-12-08 09:01", AT_RISK),
+    ],
+)
+def test_a_short_dossier_is_at_risk_for_the_last_share_of_its_time(
+        received: str, due: str, now: str, expected: int) -> None:
+    row = {**_row(), "received_at": _vn(received), "due_at": _vn(due)}
+    assert level_for(row, _vn(now), CAL, SETTINGS) == expected
+
+
+def test_a_chain_step_is_given_what_its_plan_gives() -> None:
+    def step(amount: float, unit: str) -> dict[str, Any]:
+        return {"step": 2, "step_due_at": _vn("2026-12-14 09:00"),  # a Monday
+                "steps": [{"agency_id": "A", "amount": 1, "unit": "working_days"},
+                          {"agency_id": "B", "amount": amount, "unit": unit}]}
+
+    assert given_s(step(4, "working_hours"), CAL, step=True) == 4 * 3600
+    assert given_s(step(1.5, "working_days"), CAL, step=True) == 12 * 3600
+    # 3 calendar days before Monday 09:00: Friday 09:00, so Friday's 6 hours and Monday's 2
+    assert given_s(step(3, "calendar_days"), CAL, step=True) == 8 * 3600
+    row = {**_row(), **step(4, "working_hours"), "step_watch_level": NOTHING_SENT}
+    assert decide([row], _vn("2026-12-14 08:01"), CAL, SETTINGS, step=True) == [
+        (row, AT_RISK)]  # 59 minutes left of 4 hours
+    assert decide([row], _vn("2026-12-14 07:59"), CAL, SETTINGS, step=True) == []
+
+
+@pytest.mark.parametrize(("name", "value", "said"), [
+    ("CASEBROKER_DEADLINE_AT_RISK_HOURS", "eight", "CASEBROKER_DEADLINE_AT_RISK_HOURS='eight' "
+                                                   "is not a number"),
+    ("CASEBROKER_DEADLINE_INTERVAL_S", "0", "CASEBROKER_DEADLINE_INTERVAL_S='0': a number "
+                                             "above 0, please"),
+    ("CASEBROKER_DEADLINE_AT_RISK_SHARE", "25", "CASEBROKER_DEADLINE_AT_RISK_SHARE: the at-risk "
+                                                 "share is a fraction above 0 and at most 1, "
+                                                 "not 25.0"),
+])
+def test_watch_settings_from_the_environment_say_what_is_wrong(
+        monkeypatch: pytest.MonkeyPatch, name: str, value: str, said: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(StartupError) as e:
+        WatchSettings.from_env()
+    assert str(e.value) == said
 
 
 def test_deadline_notice_ids_are_deterministic_per_due_date_and_party() -> None:
