@@ -77,6 +77,11 @@ class Metrics(Hooks):
             "When `casebroker ledger prune` last completed on this ledger (Unix time; 0: "
             "never): a scheduled prune that stopped keeps personal data past its retention",
             registry=r)
+        self.watch_last_round = Gauge(
+            "casebroker_deadline_watch_last_round_timestamp_seconds",
+            "When this process's deadline watch last completed a round (Unix time; its "
+            "start until one has; 0: no watch here): while it fails, no at-risk or overdue "
+            "notice goes out and the overdue gauge stands still", registry=r)
         self.catalog_info = Gauge(
             "casebroker_catalog_info", "The catalog in force (value 1)", ["catalog", "hash"],
             registry=r)
@@ -117,6 +122,10 @@ class Metrics(Hooks):
     def pruned(self, at: datetime | None) -> None:
         """The last completed `ledger prune` (None: never)."""
         self.last_prune.set(0 if at is None else at.timestamp())
+
+    def watch_round(self) -> None:
+        """The deadline watch completed a round (or started: it has not failed yet)."""
+        self.watch_last_round.set_to_current_time()
 
     def wal_checkpoint_turn(self, result: str) -> None:
         """One turn of the ledger's checkpoint thread that was due to restart the WAL."""

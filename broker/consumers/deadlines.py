@@ -362,6 +362,7 @@ class DeadlineWatch:
             counts.update(self.ledger.overdue_by_agency(now))
             self.metrics.overdue(counts)
             self.metrics.pruned(self.ledger.last_prune())
+            self.metrics.watch_round()
         return confirmed
 
     # publishing --------------------------------------------------------------------
@@ -426,6 +427,8 @@ class DeadlineWatch:
     def start(self) -> None:
         """Run :meth:`tick` every ``interval_s`` in a daemon thread until :meth:`stop`."""
         self._stop.clear()
+        if self.metrics is not None:  # a watch that never completes a round is seen too
+            self.metrics.watch_round()
         self._thread = threads.start(self._loop, "deadline-watch")
 
     def _loop(self) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pika.exceptions import AMQPConnectionError
 from sqlalchemy import event, select, update
 
 from broker.amqp import amqp_url
@@ -187,7 +188,11 @@ def test_a_round_after_an_idle_spell_longer_than_the_heartbeat_timeout_publishes
 
 def test_casebroker_run_sends_the_overdue_notice_and_counts_it(
         declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock) -> None:
+    started = time.time()
     running = start_broker(watch=WatchSettings(interval_s=0.05))
+    heartbeat = running.broker.metrics.watch_last_round
+    # set at its start, then by each round
+    wait_for(lambda: heartbeat._value.get() >= started, what="the watch's heartbeat")
     code = _route(amqp, declared, "1.001193", "T.UBND.A")
     take(amqp, declared.desk_queue("T.MC.B"), 1, "receipt")
     gauge = running.broker.metrics.overdue_dossiers
@@ -499,3 +504,26 @@ def test_a_supplement_that_moves_a_step_due_date_has_it_watched_again(
     assert [json.loads(b)["notice"] for _, b in again] == ["at_risk"]
     assert again[0][0].message_id not in first
     assert again[0][0].message_id.endswith(":step1")
+
+
+def test_the_watch_heartbeat_moves_only_when_a_round_completes(
+        ledger: Ledger, clock: FakeClock) -> None:
+    """What CasebrokerDeadlineWatchStalled watches: a round that fails (RabbitMQ cannot
+    be reached here) leaves the gauge where the last complete round set it."""
+    engine = Engine(load_catalog(MINI_CATALOG))
+    metrics = Metrics()
+    watch = DeadlineWatch(lambda: engine, ledger, Topology("unused"), WatchSettings(),
+                          clock=clock, metrics=metrics,
+                          urls=["amqp://guest:guest@127.0.0.1:1/%2F"])
+    heartbeat = metrics.watch_last_round
+    assert heartbeat._value.get() == 0
+    before = time.time()
+    assert watch.tick() == 0  # nothing due: no connection needed, the round completes
+    last = heartbeat._value.get()
+    assert last >= before
+    clock.set("2026-12-09 10:00")
+    _store(ledger, [_row("LATE-1", State.PROCESSING, "2026-12-08 09:00")])
+    time.sleep(0.01)
+    with pytest.raises(AMQPConnectionError):
+        watch.tick()
+    assert heartbeat._value.get() == last
