@@ -563,7 +563,21 @@ def _cmd_discard(args: argparse.Namespace) -> int:
     if lost:  # on stderr with --json too
         print(f"warning: {lost} of them were for an agency or a desk, which will not have "
               "them", file=sys.stderr)
-    return _ended(ids, done, failed, "not discarded")
+    held = _in_triage(_topology(args), _unseen(ids, done, failed)) if ids else set()
+    for mid in sorted(held):
+        print(f"error: {mid} is in triage, which is never discarded: its desk waits for an "
+              f"answer. `dead-letters replay --id {mid}` once a rule routes it, or "
+              f"`dead-letters refuse --id {mid} --reason ...`", file=sys.stderr)
+    return max(_ended(ids - held if ids else ids, done, failed, "not discarded"),
+               1 if held else 0)
+
+
+def _in_triage(topology: Topology, ids: set[str]) -> set[str]:
+    """Which of ``ids`` wait in triage (each message there put back as it was)."""
+    if not ids:
+        return set()
+    found, _ = list_dead(topology, ["triage"])
+    return ids & {d["message_id"] for d in found}
 
 
 def _ended(ids: set[str] | None, done: list[dict[str, Any]], failed: list[dict[str, Any]],

@@ -176,9 +176,15 @@ def test_discard_takes_out_only_the_dead_letters_named_and_never_triage(
     amqp.publish(t.dead_letter_exchange, "triage", encode(dossier("9.999999")),
                  message_id="held:1", type="dossier.submitted")
 
-    rc, out, err = cli(capsys, t, "dead-letters", "discard", "--id", "junk:1", "--id", "held:1")
+    rc, out, err = cli(capsys, t, "dead-letters", "discard", "--id", "junk:1", "--id", "held:1",
+                       "--id", "nowhere:1")
     assert rc == 1 and "intake: junk:1 discarded (malformed_json)" in out
-    assert "1 message(s) discarded" in out and "error: not found: held:1" in err
+    assert "1 message(s) discarded" in out and "error: not found: nowhere:1" in err
+    # a triage copy asked for by id is named as such, with what to do instead
+    assert ("error: held:1 is in triage, which is never discarded: its desk waits for an "
+            "answer. `dead-letters replay --id held:1` once a rule routes it, or "
+            "`dead-letters refuse --id held:1 --reason ...`") in err
+    assert "not found: held:1" not in err
     assert queue_depth(t.dead_queue("intake")) == 1  # junk:2, below
     assert queue_depth(t.triage_queue) == 1  # triage is replayed or refused, never discarded
     rc, _, err = cli(capsys, t, "dead-letters", "discard", "--all")
