@@ -353,7 +353,7 @@ class Engine:
             "rules_not_applicable": len(self.rules) - len(considered),
             "boundary_free": decision.boundary_free,
             "refusal": decision.refusal,
-            "received_at": decision.received_at.isoformat(),
+            "received_at": decision.received_at.astimezone(self.calendar.tz).isoformat(),
             "due_at": decision.due_at.isoformat(),
             "catalog_hash": decision.catalog_hash,
         }

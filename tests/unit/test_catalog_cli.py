@@ -155,9 +155,13 @@ def test_explain_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Non
 
 def test_explain_text_shows_refusal(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     file = _dossier_file(tmp_path, procedure_code="1.000002", desk_id="T.MC.A")
-    code, out, _ = _run(capsys, "rules", "explain", file, "--catalog", str(MINI))
+    code, out, _ = _run(capsys, "rules", "explain", file, "--catalog", str(MINI), "--at",
+                        "2026-11-25T02:00:00Z")
     assert code == 0
     assert "REFUSED     procedure 1.000002 is not open to boundary-free receipt before 2099" in out
+    # both times in the catalog's zone, as the due date always was (a Z time read as UTC)
+    assert ("received    2026-11-25T09:00:00+07:00\n"
+            "due         2026-11-30T09:00:00+07:00\n") in out
 
 
 @pytest.mark.parametrize(("kw", "message"), [
