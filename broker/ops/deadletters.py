@@ -526,8 +526,14 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if not found:
         print(f"error: no dead letter with message id {args.id!r}", file=sys.stderr)
         return 1
-    print(json.dumps(found if args.json else found[0], indent=None if args.json else 2,
-                     ensure_ascii=False, default=str))
+    if args.json:  # a list: one id can wait in several queues (a copy replayed twice)
+        print(json.dumps(found, ensure_ascii=False, default=str))
+    else:
+        if len(found) > 1:
+            print(f"{len(found)} messages with this id, in "
+                  f"{', '.join(f['queue'] for f in found)}:")
+        for f in found:
+            print(json.dumps(f, indent=2, ensure_ascii=False, default=str))
     return 1 if failed else 0
 
 

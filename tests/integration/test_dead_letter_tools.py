@@ -208,6 +208,22 @@ def test_discard_takes_out_only_the_dead_letters_named_and_never_triage(
     assert queue_depth(t.triage_queue) == 1
 
 
+def test_show_gives_every_copy_of_an_id_in_text_as_in_json(
+        declared: Topology, amqp: Amqp, capsys: pytest.CaptureFixture[str]) -> None:
+    t = declared
+    body = encode(dossier("9.999999"))
+    amqp.publish(t.dead_letter_exchange, "triage", body, message_id="twice:1",
+                 type="dossier.submitted")
+    _publish_dead(amqp, t, "intake", Outbound(t.intake_exchange, "dossier", "twice:1",
+                                              "dossier.submitted", None, None, body),
+                  {REASON_HEADER: "stale", SOURCE_HEADER: "router"})
+    rc, out, _ = cli(capsys, t, "dead-letters", "show", "twice:1", "--json")
+    assert rc == 0 and sorted(m["queue"] for m in json.loads(out)) == ["intake", "triage"]
+    rc, out, _ = cli(capsys, t, "dead-letters", "show", "twice:1")
+    assert rc == 0 and out.startswith("2 messages with this id, in intake, triage:\n")
+    assert out.count('"message_id": "twice:1"') == 2
+
+
 def test_a_missing_queue_is_named_and_the_others_are_read(
         declared: Topology, amqp: Amqp, capsys: pytest.CaptureFixture[str]) -> None:
     # one operator queue deleted (or a topology declared by an older version): the tools
