@@ -547,10 +547,10 @@ class Batch:
                     step: bool = False, after: tuple[datetime, int] | None = None
                     ) -> list[dict[str, Any]]:
         """Open dossiers at deadline-watch ``level`` due before ``due_before``, at most
-        ``limit`` in (due date, id) order after ``after``; with ``step``, chain steps due
-        before their dossier, by the step's level and due date, with the step's number,
-        plan and level. :func:`broker.consumers.deadlines.decide` picks those whose level
-        rises.
+        ``limit`` in (due date, id) order after ``after``, with their plan (``steps``);
+        with ``step``, chain steps due before their dossier, by the step's level and due
+        date, with the step's number and level too.
+        :func:`broker.consumers.deadlines.decide` picks those whose level rises.
 
         A dossier paused for a supplement only if it was already late when paused: its
         clock stands still, so until the desk brings the supplement it cannot be flagged.
@@ -567,7 +567,7 @@ class Batch:
         level_col, due, where, more = (
             (c.step_watch_level, c.step_due_at, [STEP_AHEAD],
              [c.step, c.steps, c.step_due_at, c.step_watch_level]) if step
-            else (c.watch_level, c.due_at, [], []))
+            else (c.watch_level, c.due_at, [], [c.steps]))
         clock_runs = or_(c.state != int(State.SUPPLEMENT_REQUESTED), c.paused_at > due,
                          and_(c.paused_at.is_(None), due < now))
         if after is not None:

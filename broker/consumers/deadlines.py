@@ -89,40 +89,46 @@ class WatchSettings:
     @classmethod
     def from_env(cls) -> WatchSettings:
         """Settings from ``CASEBROKER_DEADLINE_*`` variables (hours are working hours);
-        a value that is not a number, or out of range, is a :class:`StartupError`."""
-        def number(name: str, default: str) -> float:
+        a value that is not a number, or out of range, is a :class:`StartupError` (the
+        watch thread would fail every round on it, or die, while routing went on)."""
+        def number(name: str, default: str, most: float) -> float:
             text = os.environ.get(name, default)
             try:
                 value = float(text)
             except ValueError:
                 raise StartupError(f"{name}={text!r} is not a number") from None
-            if not value > 0:
-                raise StartupError(f"{name}={text!r}: a number above 0, please")
+            if not 0 < value <= most:  # NaN and infinity fail this too
+                raise StartupError(f"{name}={text!r}: a number above 0 and at most "
+                                   f"{most:g}, please")
             return value
 
-        try:
-            return cls(
-                interval_s=number("CASEBROKER_DEADLINE_INTERVAL_S", "60"),
-                at_risk_working_s=number("CASEBROKER_DEADLINE_AT_RISK_HOURS", "8") * 3600,
-                at_risk_share=number("CASEBROKER_DEADLINE_AT_RISK_SHARE", "0.25"),
-                extension_working_s=number("CASEBROKER_DEADLINE_EXTENSION_HOURS", "8") * 3600)
-        except ValueError as e:
-            raise StartupError(f"CASEBROKER_DEADLINE_AT_RISK_SHARE: {e}") from None
+        hours = 10_000  # five years of working hours: more is a typing mistake
+        return cls(
+            interval_s=number("CASEBROKER_DEADLINE_INTERVAL_S", "60", 86_400),
+            at_risk_working_s=number("CASEBROKER_DEADLINE_AT_RISK_HOURS", "8", hours) * 3600,
+            at_risk_share=number("CASEBROKER_DEADLINE_AT_RISK_SHARE", "0.25", 1),
+            extension_working_s=number("CASEBROKER_DEADLINE_EXTENSION_HOURS", "8",
+                                       hours) * 3600)
 
 
 def given_s(row: Mapping[str, Any], calendar: WorkingCalendar, *, step: bool = False
             ) -> float:
-    """The working time a dossier was given (from its clock's start to its due date, a
-    pause included), or with ``step`` what its current chain step's plan gives it."""
-    if not step:
-        return calendar.working_seconds_between(row["received_at"], row["due_at"])
-    plan = row["steps"][row["step"] - 1]
+    """The working time a dossier was given by its plan (its steps' times together), or
+    with ``step`` its current chain step. The plan, not the time from receipt to the due
+    date: a supplement pause moves the due date, and the time it stood still was not
+    given to anyone (counted in, it made a short dossier at risk on its return)."""
+    if step:
+        return _planned_s(row["steps"][row["step"] - 1], row["step_due_at"], calendar)
+    return sum(_planned_s(plan, row["due_at"], calendar) for plan in row["steps"])
+
+
+def _planned_s(plan: Mapping[str, Any], due: datetime, calendar: WorkingCalendar) -> float:
     amount, unit = float(plan["amount"]), DurationUnit(plan["unit"])
     if unit == DurationUnit.WORKING_HOURS:
         return amount * 3600
     if unit == DurationUnit.WORKING_DAYS:
         return amount * calendar.office_hours.seconds_per_day
-    due = row["step_due_at"]  # calendar days: the working time in as many days before
+    # calendar days: the working time in as many days before the due date
     return calendar.working_seconds_between(due - timedelta(days=amount), due)
 
 

@@ -219,16 +219,16 @@ def test_casebroker_run_sends_the_overdue_notice_and_counts_it(
 
 def _row(code: str, state: State, due: str, level: int = NOTHING_SENT,
          paused: str | None = None, step_due: str | None = None,
-         step_level: int = NOTHING_SENT, received: str = "2026-11-25 09:00"
-         ) -> dict[str, Any]:
+         step_level: int = NOTHING_SENT, received: str = "2026-11-25 09:00",
+         given: tuple[float, str] = (10, "working_days")) -> dict[str, Any]:
     """A dossier row as the router and status router leave it (no personal data needed);
-    with ``step_due``, at step 1 of a chain due then."""
+    with ``step_due``, at step 1 of a chain due then; ``given``: its plan's time."""
     at, due_at = vn(received), vn(due)
     return {
         "code": code, "submission_id": str(uuid.uuid4()), "procedure_code": "1.004227",
         "intake_desk_id": "T.MC.B", "return_desk_id": "T.MC.B", "channel": "in_person",
         "state": int(state), "agency_id": "T.SO.TP", "step": 1,
-        "steps": [{"agency_id": "T.SO.TP", "amount": 10, "unit": "working_days"}],
+        "steps": [{"agency_id": "T.SO.TP", "amount": given[0], "unit": given[1]}],
         "rule_id": "procedure:1.004227", "catalog_hash": "0" * 32, "boundary_free": True,
         "received_at": at, "due_at": due_at,
         "step_due_at": vn(step_due) if step_due else due_at,
@@ -265,7 +265,7 @@ def test_dossiers_that_cannot_be_flagged_do_not_starve_the_watch(
     at_risk = _row("SOON", State.RECEIVED, "2026-12-10 08:00")  # 6 working hours left
     # given 2 working hours, 1.5 of them left: not at risk yet, and due before SOON
     stuck += [_row(f"SHORT-{i}", State.RECEIVED, "2026-12-09 11:30", received="2026-12-09 "
-                   "09:30") for i in range(7)]
+                   "09:30", given=(2, "working_hours")) for i in range(7)]
     _store(ledger, [*stuck, late_pause, overdue, at_risk])
 
     watch = _watch(ledger, clock, limit=3)

@@ -93,7 +93,7 @@ def _vn(text: str) -> datetime:
 def _row(state: State = S.PROCESSING, paused_at: str | None = None,
          level: int = NOTHING_SENT) -> dict[str, Any]:
     return {"state": int(state), "due_at": DUE, "watch_level": level,
-            "received_at": _vn("2026-11-25 09:00"),  # 10 working days before DUE
+            "steps": [{"agency_id": "A", "amount": 10, "unit": "working_days"}],
             "paused_at": _vn(paused_at) if paused_at else None}
 
 
@@ -127,24 +127,36 @@ def test_deadline_levels_only_rise() -> None:
 
 
 @pytest.mark.parametrize(
-    ("received", "due", "now", "expected"),
+    ("amount", "unit", "due", "now", "expected"),
     [
         # a certification given 2 working hours is at risk for its last 30 minutes only
-        ("2026-12-09 07:00", "2026-12-09 09:00", "2026-12-09 07:05", NOTHING_SENT),
-        ("2026-12-09 07:00", "2026-12-09 09:00", "2026-12-09 08:30", NOTHING_SENT),
-        ("2026-12-09 07:00", "2026-12-09 09:00", "2026-12-09 08:31", AT_RISK),
-        # one working day (8 h): its last 2; the clock starts when the office opens
-        ("2026-12-08 20:00", "2026-12-09 17:00", "2026-12-09 07:00", NOTHING_SENT),
-        ("2026-12-08 20:00", "2026-12-09 17:00", "2026-12-09 14:59", NOTHING_SENT),
-        ("2026-12-08 20:00", "2026-12-09 17:00", "2026-12-09 15:01", AT_RISK),
+        (2, "working_hours", "2026-12-09 09:00", "2026-12-09 07:05", NOTHING_SENT),
+        (2, "working_hours", "2026-12-09 09:00", "2026-12-09 08:30", NOTHING_SENT),
+        (2, "working_hours", "2026-12-09 09:00", "2026-12-09 08:31", AT_RISK),
+        # ...also when a supplement pause moved its due date: the pause was given to nobody
+        (2, "working_hours", "2026-12-09 14:00", "2026-12-09 10:10", NOTHING_SENT),
+        (2, "working_hours", "2026-12-09 14:00", "2026-12-09 13:31", AT_RISK),
+        # one working day (8 h): its last 2
+        (1, "working_days", "2026-12-09 17:00", "2026-12-09 14:59", NOTHING_SENT),
+        (1, "working_days", "2026-12-09 17:00", "2026-12-09 15:01", AT_RISK),
+        # 3 calendar days before Wed 09:00: Mon 09:00, so 6 + 8 + 2 = 16 working hours
+        (3, "calendar_days", "2026-12-09 09:00", "2026-12-08 11:29", NOTHING_SENT),
+        (3, "calendar_days", "2026-12-09 09:00", "2026-12-08 16:01", AT_RISK),
         # given 40 hours or more: the 8 working hours, as before
-        ("2026-12-02 09:00", "2026-12-09 09:00", "2026-12-08 09:01", AT_RISK),
+        (5, "working_days", "2026-12-09 09:00", "2026-12-08 09:01", AT_RISK),
     ],
 )
 def test_a_short_dossier_is_at_risk_for_the_last_share_of_its_time(
-        received: str, due: str, now: str, expected: int) -> None:
-    row = {**_row(), "received_at": _vn(received), "due_at": _vn(due)}
+        amount: float, unit: str, due: str, now: str, expected: int) -> None:
+    row = {**_row(), "due_at": _vn(due),
+           "steps": [{"agency_id": "A", "amount": amount, "unit": unit}]}
     assert level_for(row, _vn(now), CAL, SETTINGS) == expected
+
+
+def test_a_chain_dossier_is_given_its_steps_times_together() -> None:
+    row = {**_row(), "steps": [{"agency_id": "A", "amount": 2, "unit": "working_days"},
+                               {"agency_id": "B", "amount": 4, "unit": "working_hours"}]}
+    assert given_s(row, CAL) == 20 * 3600
 
 
 def test_a_chain_step_is_given_what_its_plan_gives() -> None:
@@ -167,10 +179,17 @@ def test_a_chain_step_is_given_what_its_plan_gives() -> None:
     ("CASEBROKER_DEADLINE_AT_RISK_HOURS", "eight", "CASEBROKER_DEADLINE_AT_RISK_HOURS='eight' "
                                                    "is not a number"),
     ("CASEBROKER_DEADLINE_INTERVAL_S", "0", "CASEBROKER_DEADLINE_INTERVAL_S='0': a number "
-                                             "above 0, please"),
-    ("CASEBROKER_DEADLINE_AT_RISK_SHARE", "25", "CASEBROKER_DEADLINE_AT_RISK_SHARE: the at-risk "
-                                                 "share is a fraction above 0 and at most 1, "
-                                                 "not 25.0"),
+                                             "above 0 and at most 86400, please"),
+    # the watch thread died on these, or failed every round, while routing went on
+    ("CASEBROKER_DEADLINE_INTERVAL_S", "inf", "CASEBROKER_DEADLINE_INTERVAL_S='inf': a "
+                                               "number above 0 and at most 86400, please"),
+    ("CASEBROKER_DEADLINE_AT_RISK_HOURS", "nan", "CASEBROKER_DEADLINE_AT_RISK_HOURS='nan': "
+                                                 "a number above 0 and at most 10000, please"),
+    ("CASEBROKER_DEADLINE_EXTENSION_HOURS", "1e300", "CASEBROKER_DEADLINE_EXTENSION_HOURS="
+                                                     "'1e300': a number above 0 and at most "
+                                                     "10000, please"),
+    ("CASEBROKER_DEADLINE_AT_RISK_SHARE", "25", "CASEBROKER_DEADLINE_AT_RISK_SHARE='25': a "
+                                                 "number above 0 and at most 1, please"),
 ])
 def test_watch_settings_from_the_environment_say_what_is_wrong(
         monkeypatch: pytest.MonkeyPatch, name: str, value: str, said: str) -> None:
