@@ -167,7 +167,8 @@ def decide(rows: Iterable[Mapping[str, Any]], now: datetime, calendar: WorkingCa
 
 def message_id(code: str, kind: NoticeKind, due_at: datetime, party: str) -> str:
     """Deterministic id of a deadline notice: one per dossier, kind, due date and party
-    (``agency``, ``desk``, or ``step<n>`` for chain step n's agency).
+    (``agency``, ``desk``, ``step<n>`` for chain step n's agency, ``agency<n>`` for the
+    agency a hand-off gave the dossier at step n).
 
     The due date to the microsecond the ledger keeps (``20261209T020000Z``, or
     ``20261209T020000.400000Z`` when it has a fraction): a pause shorter than a working
@@ -180,10 +181,10 @@ def message_id(code: str, kind: NoticeKind, due_at: datetime, party: str) -> str
 
 
 def notice_labels(message_id: str) -> tuple[str, str]:
-    """(kind, party) of a deadline notice's id for the metric: a step's agency counts
-    as ``agency`` (a label per step number would say nothing more)."""
+    """(kind, party) of a deadline notice's id for the metric: a step's agency, or the
+    one a hand-off told, counts as ``agency`` (a label per step says nothing more)."""
     _, kind, _, party = message_id.rsplit(":", 3)
-    return kind, "agency" if party.startswith("step") else party
+    return kind, "agency" if party.startswith(("step", "agency")) else party
 
 
 def apology(topology: Topology, row: Mapping[str, Any], now: datetime, appointment: datetime,
@@ -204,23 +205,28 @@ def apology(topology: Topology, row: Mapping[str, Any], now: datetime, appointme
                    message_id(row["code"], NoticeKind.OVERDUE_APOLOGY, row["due_at"], "desk"))
 
 
+def _dossier_reason(level: int, due_at: datetime, now: datetime, calendar: WorkingCalendar
+                    ) -> tuple[NoticeKind, str]:
+    """The agency's notice kind and reason for a dossier at ``level``."""
+    due_text = due_at.astimezone(calendar.tz).isoformat(timespec="minutes")
+    if level == OVERDUE:
+        return NoticeKind.OVERDUE, f"legal due date {due_text} has passed"
+    left_h = max(0.0, calendar.working_seconds_between(now, due_at) / 3600)
+    return NoticeKind.AT_RISK, f"due {due_text}: {left_h:.1f} working hours left"
+
+
 def notices_for(topology: Topology, row: Mapping[str, Any], level: int, now: datetime,
                 calendar: WorkingCalendar, appointment: datetime | None) -> list[Outbound]:
     """The agency's and the return desk's notice for a dossier reaching ``level``;
     ``appointment``: the new one an overdue dossier's apology gives (Form 04)."""
     code, due_at = row["code"], row["due_at"]
-    due_text = due_at.astimezone(calendar.tz).isoformat(timespec="minutes")
+    agency_kind, reason = _dossier_reason(level, due_at, now, calendar)
     if level == OVERDUE:
         assert appointment is not None
-        reason = f"legal due date {due_text} has passed"
-        agency_kind = NoticeKind.OVERDUE
         desk = apology(topology, row, now, appointment,
                        f"{reason}; new appointment "
                        f"{appointment.isoformat(timespec='minutes')}")
     else:
-        left_h = calendar.working_seconds_between(now, due_at) / 3600
-        reason = f"due {due_text}: {left_h:.1f} working hours left"
-        agency_kind = NoticeKind.AT_RISK
         desk = to_desk(topology, DeskNotice(
             notice=NoticeKind.AT_RISK, dossier_code=code, submission_id=row["submission_id"],
             desk_id=row["return_desk_id"], procedure_code=row["procedure_code"],
@@ -232,6 +238,19 @@ def notices_for(topology: Topology, row: Mapping[str, Any], level: int, now: dat
         state=int(row["state"]), reason=reason, issued_at=now),
         message_id(code, agency_kind, due_at, "agency"))
     return [agency, desk]
+
+
+def handed_on(topology: Topology, code: str, agency_id: str, step: int, state: int,
+              level: int, due_at: datetime, now: datetime, calendar: WorkingCalendar
+              ) -> Outbound:
+    """What the watch told the last step's agency of the dossier (at risk, overdue), for
+    the agency a hand-off gives it to: the watch tells each level once, so the new one
+    would never hear it."""
+    kind, reason = _dossier_reason(level, due_at, now, calendar)
+    return to_agency(topology, AgencyNotice(
+        notice=kind, dossier_code=code, agency_id=agency_id, state=state,
+        reason=f"{reason} (told to the agency before you)", issued_at=now),
+        message_id(code, kind, due_at, f"agency{step}"))
 
 
 def step_notice(topology: Topology, row: Mapping[str, Any], level: int, now: datetime,

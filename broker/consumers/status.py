@@ -39,7 +39,7 @@ from broker.consumers.common import (
     to_agency,
     to_desk,
 )
-from broker.consumers.deadlines import NOTHING_SENT, OVERDUE, apology
+from broker.consumers.deadlines import AT_RISK, NOTHING_SENT, OVERDUE, apology, handed_on
 from broker.envelope import Outbound
 from broker.errors import TransitionRefused
 from broker.ledger import Batch
@@ -381,6 +381,10 @@ class StatusRouter(Consumer):
             # the next agency gets the dossier as it stands: supplements and earlier results
             extra = dossier["flags"].get("supplements", []) + results
             out.append(self._hand_off(engine, dossier, [Document(**r) for r in extra], now))
+            if dossier["watch_level"] >= AT_RISK:  # the watch told the agency before
+                out.append(handed_on(
+                    self.topology, dossier["code"], dossier["agency_id"], dossier["step"],
+                    int(state), dossier["watch_level"], dossier["due_at"], now, engine.calendar))
         elif event == Event.WITHDRAW:
             out.append(self._agency_notice(dossier, NoticeKind.WITHDRAWN, seq, now,
                                            reason=getattr(msg, "reason", None)))

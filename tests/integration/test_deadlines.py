@@ -527,3 +527,35 @@ def test_the_watch_heartbeat_moves_only_when_a_round_completes(
     with pytest.raises(AMQPConnectionError):
         watch.tick()
     assert heartbeat._value.get() == last
+
+
+def test_the_agency_a_hand_off_gives_an_at_risk_dossier_is_told_it_is_at_risk(
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock,
+        make_watch: Callable[[], DeadlineWatch]) -> None:
+    """The watch tells each level once, to the agency that holds the dossier then: the
+    next step's agency hears it with its assignment, or it would never hear it."""
+    start_broker()
+    code = submit(amqp, declared, "T.UBND.A", procedure_code="1.000001",
+                  return_desk_id="T.CENTRE")["dossier_code"]  # due Thu 3 Dec 09:00
+    a, ca = declared.agency_queue("T.UBND.A"), declared.agency_queue("T.CA")
+    watch = make_watch()
+    clock.set("2026-12-02 10:00")  # 7 working hours left of 48; step 1 long overdue
+    assert watch.tick() == 3
+    assert sorted(n["notice"] for n in amqp.json_all(a)) == ["at_risk", "overdue"]
+    report(amqp, declared, code, "T.UBND.A", "resolved", documents=[doc("khai-sinh.pdf")])
+    got: list[tuple[Any, bytes]] = []
+
+    def both() -> bool:
+        got.extend(amqp.get_all(ca))
+        return len(got) >= 2
+
+    wait_for(both, what="step 2's assignment and the at-risk notice")
+    assert [p.type for p, _ in got] == ["dossier.assigned", "agency.notice"]
+    notice_id, notice = got[1][0].message_id, json.loads(got[1][1])
+    assert notice["notice"] == "at_risk"
+    assert notice_id == f"{code}:at_risk:20261203T020000Z:agency2"
+    assert (notice["agency_id"], notice["dossier_code"]) == ("T.CA", code)
+    assert notice["reason"] == ("due 2026-12-03T09:00+07:00: 7.0 working hours left (told "
+                                "to the agency before you)")
+    assert watch.tick() == 0  # the dossier's level stands; no second notice
+    assert amqp.json_all(ca) == []
