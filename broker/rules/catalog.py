@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+)
 
 from broker.calendar import DurationUnit
 from broker.errors import CatalogError, CatalogProblem
@@ -83,14 +91,46 @@ def _step(value: Any) -> Any:
     return {"at_intake": True} if value == "at_intake" else value
 
 
-StepField = Annotated[Step, BeforeValidator(_step)]
+#: the key that says which kind of competence a mapping is (its union member's tag)
+_KINDS = (("chain", "Chain"), ("agency", "FixedAgency"), ("by_area", "ByArea"),
+          ("at_intake", "AtIntake"))
+
+
+_KIND_TAGS = frozenset(tag for _, tag in _KINDS)
+
+
+def _kind(value: Any) -> str | None:
+    """Which kind a competence is, by its key: so that a bad one is reported for what it
+    is ("agency: should match ...") rather than as every other kind's missing field."""
+    if isinstance(value, dict):
+        return next((tag for key, tag in _KINDS if key in value), None)
+    return None
+
+
+def _by_kind(what: str) -> Discriminator:
+    """Tells a union's members apart by :func:`_kind`; their tags are their class names,
+    which problem reports leave out of a field's path."""
+    return Discriminator(_kind, custom_error_type="competence_kind", custom_error_message=what)
+
+
+StepField = Annotated[
+    Annotated[FixedAgency, Tag("FixedAgency")] | Annotated[ByArea, Tag("ByArea")]
+    | Annotated[AtIntake, Tag("AtIntake")],
+    _by_kind("a chain step is {agency: ID}, {by_area: applicant|subject} or at_intake "
+             "(chains do not nest)"),
+    BeforeValidator(_step)]
 
 
 class Chain(_Model):
     chain: Annotated[list[StepField], Field(min_length=2, max_length=10)]
 
 
-Competence = Annotated[FixedAgency | ByArea | AtIntake | Chain, BeforeValidator(_step)]
+Competence = Annotated[
+    Annotated[FixedAgency, Tag("FixedAgency")] | Annotated[ByArea, Tag("ByArea")]
+    | Annotated[AtIntake, Tag("AtIntake")] | Annotated[Chain, Tag("Chain")],
+    _by_kind("a competence is {agency: ID}, {by_area: applicant|subject}, at_intake or "
+             "{chain: [...]}"),
+    BeforeValidator(_step)]
 
 
 class Range(_Model):
@@ -195,6 +235,19 @@ def _reject_duplicate_keys(loader: _LineLoader, node: yaml.MappingNode) -> dict[
 
 
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _reject_duplicate_keys)
+
+
+def _timestamp(loader: _LineLoader, node: yaml.ScalarNode) -> Any:
+    """A YAML date or time; one that looks like a date but is none (2026-02-30) is a
+    problem at its line, where PyYAML raised a bare ValueError (a traceback)."""
+    try:
+        return yaml.SafeLoader.construct_yaml_timestamp(loader, node)
+    except ValueError as e:
+        raise yaml.MarkedYAMLError(problem=f"{node.value!r} is not a date: {e}",
+                                   problem_mark=node.start_mark) from None
+
+
+_LineLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp)
 
 
 def _strip_lines(value: Any) -> Any:
@@ -306,21 +359,35 @@ def _is_required(field: str) -> bool:
     return info is not None and info.is_required()
 
 
-def _is_union_tag(part: int | str) -> bool:
-    """pydantic names union members (``FixedAgency``, ``function-before[...]``) in paths."""
-    return isinstance(part, str) and (part[:1].isupper() or part.startswith("function-"))
+def _data_path(raw: Any, loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """The part of an error's path that is in the file, up to the first union member's
+    name (``str``, ``Range``): the alternatives of one value are one problem. A kind of
+    competence is no alternative (only that kind was tried): its fields count."""
+    node, path = raw, []
+    for part in loc:
+        if part in _KIND_TAGS or str(part).startswith("function-"):  # a validator's name
+            continue
+        in_file = (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node))
+        if not in_file:  # (a string is indexable, but not a place in the file)
+            break
+        node = node[part]
+        path.append(part)
+    return tuple(path)
 
 
 def _validation_problems(error: ValidationError, raw: Any, name: str) -> list[CatalogProblem]:
-    """One problem per bad field; a union's alternatives are reported once."""
+    """One problem per bad field, every one of them; a value that fits none of a union's
+    alternatives (a rule's matcher) is reported once, for the first."""
     seen: set[tuple[Any, ...]] = set()
     problems = []
     for err in error.errors(include_input=False, include_url=False):
-        loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
-        key = loc[:3]
+        key = _data_path(raw, err["loc"])  # where in the file, without member names
+        if err["type"] == "missing":  # the field that is not there, named after its path
+            key += (err["loc"][-1],)
         if key in seen:
             continue
         seen.add(key)
-        where = ".".join(str(p) for p in loc)
-        problems.append(CatalogProblem(name, _line_of(raw, loc), f"{where}: {err['msg']}"))
+        where = ".".join(str(p) for p in key)
+        problems.append(CatalogProblem(name, _line_of(raw, key), f"{where}: {err['msg']}"))
     return problems

@@ -75,14 +75,21 @@ def check_catalog(spec: CatalogFile, raw: dict[str, Any], name: str,
 
         OfficeHours.parse(spec.office_hours)
     except ValueError as e:
-        problems.append(CatalogProblem(name, None, f"office_hours: {e}"))
+        problems.append(lines.top("office_hours", f"office_hours: {e}"))
     try:
         from zoneinfo import ZoneInfo
 
         ZoneInfo(spec.timezone)
     except (KeyError, ValueError):
-        problems.append(CatalogProblem(name, None,
-                                       f"timezone: unknown time zone {spec.timezone!r}"))
+        problems.append(lines.top("timezone", f"timezone: unknown time zone {spec.timezone!r}"))
+    try:
+        import holidays
+
+        holidays.country_holidays(spec.calendar)
+    except NotImplementedError:  # `run` could not start on it, nor a reload take it
+        problems.append(lines.top(
+            "calendar", f"calendar: no holiday calendar for country {spec.calendar!r} (a "
+            "two-letter country code the holidays package knows, such as VN)"))
     return sorted(problems, key=lambda p: p.line or 0)
 
 
@@ -100,6 +107,10 @@ class _Lines:
         self.kept = {section: [i for i in range(len(raw.get(section) or []))
                                if i not in indexes]
                      for section, indexes in (dropped or {}).items()}
+
+    def top(self, field: str, message: str) -> CatalogProblem:
+        """A problem with a top-level field, at its key's line (none for a default)."""
+        return CatalogProblem(self.name, self.raw.get("__keys__", {}).get(field), message)
 
     def at(self, section: str, index: int, message: str) -> CatalogProblem:
         entries = self.raw.get(section) or []

@@ -130,3 +130,63 @@ def test_a_top_level_format_problem_is_reported_clearly() -> None:
                                    "agencies: {id: A, name: a}")
     assert _problems(not_a_list) == ["c.yaml:3: agencies: Input should be a valid list"]
 
+
+
+def test_top_level_settings_nothing_can_run_on_are_problems_at_their_lines() -> None:
+    # each stopped `casebroker run` with a traceback (a reload: "failed", not "refused")
+    # where `rules check` said ok, or gave no line
+    sound = TOP_LEVEL.replace("timezone: 7", "timezone: Asia/Ho_Chi_Minh").replace(
+        "unit: NOPE", "unit: A")
+    assert parse_catalog(sound.encode(), "c.yaml").spec.timezone == "Asia/Ho_Chi_Minh"
+    wrong = sound.replace("catalog: top\n", 'catalog: top\ncalendar: ZZ\noffice_hours: '
+                          '["11:00-09:00"]\n').replace("Asia/Ho_Chi_Minh", "Mars/Olympus")
+    assert _problems(wrong) == [
+        "c.yaml:2: calendar: no holiday calendar for country 'ZZ' (a two-letter country "
+        "code the holidays package knows, such as VN)",
+        "c.yaml:3: office_hours: office period 11:00:00-09:00:00: start must be before end",
+        "c.yaml:4: timezone: unknown time zone 'Mars/Olympus'"]
+
+
+def test_a_date_that_does_not_exist_is_a_problem_at_its_line() -> None:
+    # PyYAML raised a bare ValueError: a traceback from `rules check`, `run` and a reload
+    impossible = TOP_LEVEL.replace("timezone: 7\n", "extra_holidays: [2026-01-01, 2026-02-30]\n")
+    assert _problems(impossible) == [
+        "c.yaml:2: YAML: '2026-02-30' is not a date: day is out of range for month"]
+
+
+KINDS = """\
+catalog: kinds
+agencies: [{id: A, name: a, serves: ["1", "2"]}]
+desks: [{id: D, name: d, unit: "A B"}]
+procedures:
+  - {code: "1.000001", name: p, processing: {amount: x, unit: weeks}, competence: {agency: A}}
+  - {code: "1.000002", name: q, processing: {amount: 1}, competence: {by_area: applicantt}}
+  - {code: "1.000003", name: r, processing: {amount: 1}, competence: {chain: [{agency: A}, {agency: "A B"}]}}
+  - {code: "1.000004", name: s, processing: {amount: 1}, competence: {chain: [{agency: A}, {chain: []}]}}
+  - {code: "1.000005", name: t, processing: {amount: 1}, competence: {nobody: 1}}
+rules:
+  - {id: r, when: {channel: {colour: 1}}, route: {agency: A}}
+"""
+
+
+def test_every_problem_of_an_entry_is_reported_for_the_kind_it_is() -> None:
+    # before: one problem per entry's field (amount hid unit, serves.0 hid serves.1), and
+    # a bad competence reported as another kind's missing field ("agency: Field required")
+    assert _problems(KINDS) == [
+        r"c.yaml:2: agencies.0.serves.0: String should match pattern '^\d{2}(\d{3})?$'",
+        r"c.yaml:2: agencies.0.serves.1: String should match pattern '^\d{2}(\d{3})?$'",
+        # one unit may be written without its list: the problem is the unit, not a letter
+        "c.yaml:3: desks.0.unit: String should match pattern '^[A-Za-z0-9._-]+$'",
+        "c.yaml:5: procedures.0.processing.amount: Input should be a valid integer, unable "
+        "to parse string as an integer",
+        "c.yaml:5: procedures.0.processing.unit: Input should be 'working_days', "
+        "'calendar_days' or 'working_hours'",
+        "c.yaml:6: procedures.1.competence.by_area: Input should be 'applicant' or 'subject'",
+        "c.yaml:7: procedures.2.competence.chain.1.agency: String should match pattern "
+        "'^[A-Za-z0-9._-]+$'",
+        "c.yaml:8: procedures.3.competence.chain.1: a chain step is {agency: ID}, "
+        "{by_area: applicant|subject} or at_intake (chains do not nest)",
+        "c.yaml:9: procedures.4.competence: a competence is {agency: ID}, "
+        "{by_area: applicant|subject}, at_intake or {chain: [...]}",
+        # a value none of a matcher's forms fits is said once, not once per form
+        "c.yaml:11: rules.0.when.channel: Input should be a valid string"]
