@@ -60,6 +60,29 @@ def test_prometheus_config_and_alert_rules() -> None:
         assert result.returncode == 0, result.stdout + result.stderr
 
 
+@needs_promtool
+def test_the_dashboard_shows_the_watch_most_behind(tmp_path: Path) -> None:
+    """With several `casebroker run` processes, the panel shows the watch that has gone
+    longest without a round (the one the alert fires for), not the freshest; one that
+    runs no watch (0) counts for nothing."""
+    panel = next(p for p in json.loads(DASHBOARD.read_text())["panels"]
+                 if "watch" in p["title"] and "last round" in p["title"])
+    name = "casebroker_deadline_watch_last_round_timestamp_seconds"
+    test = {"rule_files": [], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [
+            {"series": f'{name}{{instance="a"}}', "values": "0+60x30"},  # a round a minute
+            {"series": f'{name}{{instance="b"}}', "values": "0+60x5 300x25"},  # none after 5m
+            {"series": f'{name}{{instance="c"}}', "values": "0x30"}],  # no watch here
+        "promql_expr_test": [{"expr": panel["targets"][0]["expr"], "eval_time": "20m",
+                              "exp_samples": [{"labels": "{}", "value": 15}]}]}]}
+    path = tmp_path / "dashboard_test.yml"
+    path.write_text(yaml.safe_dump(test))
+    result = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def _results(port: int, expr: str) -> list[dict[str, Any]] | None:
     """The series of an instant query; None while Prometheus does not answer."""
     url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
