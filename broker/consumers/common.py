@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
 
 from broker.amqp import DETAIL_HEADER, REASON_HEADER, SENT_BY_HEADER, SOURCE_HEADER, Delivery
@@ -142,6 +142,12 @@ def triage(topology: Topology, source: str, delivery: Delivery, reason: str,
     return Outbound(topology.dead_letter_exchange, TRIAGE_KEY, delivery_id(delivery),
                     delivery.properties.type or "dossier.submitted",
                     delivery.properties.correlation_id, headers, delivery.body)
+
+
+def in_zone(row: dict[str, Any], tz: tzinfo) -> dict[str, Any]:
+    """A ledger row with its times in ``tz`` (the ledger gives them in UTC), so that the
+    notices made from it give times as the receipt did: in the catalog's zone."""
+    return {k: v.astimezone(tz) if isinstance(v, datetime) else v for k, v in row.items()}
 
 
 def to_desk(topology: Topology, notice: DeskNotice, message_id: str) -> Outbound:

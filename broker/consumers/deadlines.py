@@ -47,7 +47,7 @@ from broker.amqp import (
     properties_for,
 )
 from broker.calendar import DurationUnit, WorkingCalendar
-from broker.consumers.common import Clock, EngineProvider, to_agency, to_desk
+from broker.consumers.common import Clock, EngineProvider, in_zone, to_agency, to_desk
 from broker.envelope import Outbound
 from broker.errors import StartupError, without_values
 from broker.ledger import Batch, Ledger
@@ -187,6 +187,12 @@ def notice_labels(message_id: str) -> tuple[str, str]:
     return kind, "agency" if party.startswith(("step", "agency")) else party
 
 
+def to_the_minute(at: datetime) -> datetime:
+    """An appointment to the minute, as the citizen is given it (the watch's clock has
+    microseconds)."""
+    return at.replace(second=0, microsecond=0)
+
+
 def apology(topology: Topology, row: Mapping[str, Any], now: datetime, appointment: datetime,
             reason: str) -> Outbound:
     """The return desk's apology for a late dossier, with its new appointment date.
@@ -305,10 +311,10 @@ class DeadlineWatch:
         out: list[Outbound] = []
         with self.ledger.batch() as batch:
             for row, level in self._due(batch, now, cal, step=False):
-                out += self._flag_one(batch, row, level, now, cal)
+                out += self._flag_one(batch, in_zone(dict(row), cal.tz), level, now, cal)
             # a dossier flagged just above has a new seq: its step waits for the next round
             for row, level in self._due(batch, now, cal, step=True):
-                out += self._flag_step(batch, row, level, now, cal)
+                out += self._flag_step(batch, in_zone(dict(row), cal.tz), level, now, cal)
         return out
 
     def _due(self, batch: Batch, now: datetime, cal: WorkingCalendar, *, step: bool
@@ -337,7 +343,8 @@ class DeadlineWatch:
                   cal: WorkingCalendar) -> list[Outbound]:
         if not batch.raise_watch_level(row["code"], row["seq"], row["watch_level"], level, now):
             return []  # a status update or another watch got there first
-        appointment = (cal.add_working_seconds(now, self.settings.extension_working_s)
+        extension = self.settings.extension_working_s
+        appointment = (to_the_minute(cal.add_working_seconds(now, extension))
                        if level == OVERDUE else None)
         notices = notices_for(self.topology, row, level, now, cal, appointment)
         kind = "overdue" if level == OVERDUE else "at_risk"

@@ -26,7 +26,7 @@ dossier is answered with that dossier's code, to withdraw it by; see
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,11 +35,19 @@ from broker.amqp import Delivery
 from broker.calendar import DurationUnit
 from broker.consumers.common import (
     Consumer,
+    in_zone,
     kept_id,
     to_agency,
     to_desk,
 )
-from broker.consumers.deadlines import AT_RISK, NOTHING_SENT, OVERDUE, apology, handed_on
+from broker.consumers.deadlines import (
+    AT_RISK,
+    NOTHING_SENT,
+    OVERDUE,
+    apology,
+    handed_on,
+    to_the_minute,
+)
 from broker.envelope import Outbound
 from broker.errors import TransitionRefused
 from broker.ledger import Batch
@@ -136,7 +144,7 @@ class StatusRouter(Consumer):
         # a withdrawal by submission id has no code: one applied closed a held submission,
         # which has no dossier (one whose id opened a dossier was refused, not applied)
         code = message.dossier_code
-        row = batch.load_dossiers([code]).get(code) if code is not None else None
+        row = self._load(batch, [code]).get(code) if code is not None else None
         if row is None:
             return []
         dossier = _Dossier(row, row["seq"])
@@ -145,6 +153,11 @@ class StatusRouter(Consumer):
         # under the copy's own id: the first message under that id may have had a refusal
         return [self._refuse(dossier, message, f"message_id_reused: {detail}", now,
                              answered=own_id)]
+
+    def _load(self, batch: Batch, codes: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Dossier rows by code, their times in the catalog's zone (see :func:`in_zone`)."""
+        tz = self.engine().calendar.tz
+        return {code: in_zone(row, tz) for code, row in batch.load_dossiers(codes).items()}
 
     def handle(self, deliveries: Sequence[Delivery]) -> list[Outbound]:
         """Process one batch in one transaction; return every message to publish."""
@@ -160,7 +173,7 @@ class StatusRouter(Consumer):
             if by_sid:
                 decoded = [x for x in decoded if x[2].dossier_code is not None]
                 out += self._by_submission(batch, by_sid, now)
-            loaded = batch.load_dossiers(str(m.dossier_code) for _, _, m in decoded)
+            loaded = self._load(batch, (str(m.dossier_code) for _, _, m in decoded))
             dossiers = {code: _Dossier(row, row["seq"]) for code, row in loaded.items()}
             for mid, d, msg in decoded:
                 dossier = dossiers.get(str(msg.dossier_code))
@@ -201,7 +214,7 @@ class StatusRouter(Consumer):
         known = batch.existing_submissions((str(m.submission_id) for _, _, m in withdrawals),
                                            alone=True)
         codes = {sid: code for sid, code in known.items() if code is not None}
-        rows = batch.load_dossiers(codes.values())
+        rows = self._load(batch, codes.values())
         out: list[Outbound] = []
         unopened: list[tuple[str, Delivery, DossierWithdrawn]] = []
         for mid, d, msg in withdrawals:
@@ -413,7 +426,8 @@ class StatusRouter(Consumer):
         row = {k: dossier[k] for k in ("code", "return_desk_id", "procedure_code", "state",
                                        "agency_id", "received_at", "due_at")}
         row["submission_id"] = dossier["submission"]["submission_id"]
-        return apology(self.topology, row, now, now,
+        ready = to_the_minute(now.astimezone(engine.calendar.tz))
+        return apology(self.topology, row, now, ready,
                        f"the result is late: legal due date {due}; it is ready now")
 
     def _resume(self, engine: Engine, dossier: _Dossier, msg: Update, seq: int,

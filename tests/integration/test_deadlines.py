@@ -196,11 +196,13 @@ def test_casebroker_run_sends_the_overdue_notice_and_counts_it(
     code = _route(amqp, declared, "1.001193", "T.UBND.A")
     take(amqp, declared.desk_queue("T.MC.B"), 1, "receipt")
     gauge = running.broker.metrics.overdue_dossiers
-    clock.set("2026-11-26 09:01")
+    clock.now = vn("2026-11-26 09:01") + timedelta(seconds=7, microseconds=123456)
     overdue = take(amqp, declared.agency_queue("T.UBND.A"), 1, "overdue notice")[0]
     assert (overdue["notice"], overdue["dossier_code"]) == ("overdue", code)
     apology = take(amqp, declared.desk_queue("T.MC.B"), 1, "apology")[0]
     assert apology["notice"] == "overdue_apology"
+    # 8 working hours on, to the minute the citizen is given, in the catalog's zone
+    assert apology["due_at"] == "2026-11-27T09:01:00+07:00"
     wait_for(lambda: gauge.labels("T.UBND.A")._value.get() == 1, what="gauge at 1")
     sent = running.broker.metrics.deadline_notices_total
     assert sent.labels("overdue", "agency")._value.get() == 1

@@ -175,7 +175,7 @@ def _chain(amqp: Amqp, t: Topology, clock: FakeClock) -> tuple[str, dict[str, An
 def test_three_agency_chain_hands_off_with_results_and_shows_history(
         declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock) -> None:
     start_broker()
-    code, _ = _chain(amqp, declared, clock)
+    code, first = _chain(amqp, declared, clock)
     centre = declared.desk_queue("T.CENTRE")
 
     clock.set("2026-11-26 10:00")
@@ -183,6 +183,9 @@ def test_three_agency_chain_hands_off_with_results_and_shows_history(
     second = take(amqp, declared.agency_queue("T.CA"), 1, "step 2")[0]
     assert (second["step"], second["agency_id"]) == (2, "T.CA")
     assert second["step_due_at"] == vn("2026-11-30 10:00").isoformat()
+    # the dossier's due date as the first assignment and the receipt gave it: in the
+    # catalog's zone, not as the ledger keeps it (UTC)
+    assert second["due_at"] == first["due_at"] == "2026-12-03T09:00:00+07:00"
     assert [d["name"] for d in second["documents"]] == ["to-khai.pdf", "khai-sinh.pdf"]
 
     clock.set("2026-11-27 07:00")  # step 2 pauses for 2 working hours
