@@ -220,6 +220,9 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[str,
     # each key's own line: a problem with one field is reported where that field is
     mapping["__keys__"] = {loader.construct_object(k): k.start_mark.line + 1
                            for k, _ in node.value}
+    # and the line of each item of a list it holds: an item that is no mapping has none
+    mapping["__items__"] = {loader.construct_object(k): [i.start_mark.line + 1 for i in v.value]
+                            for k, v in node.value if isinstance(v, yaml.SequenceNode)}
     return mapping
 
 
@@ -253,7 +256,7 @@ _LineLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp)
 def _strip_lines(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _strip_lines(v) for k, v in value.items()
-                if k not in ("__line__", "__keys__")}
+                if k not in ("__line__", "__keys__", "__items__")}
     if isinstance(value, list):
         return [_strip_lines(v) for v in value]
     return value
@@ -263,10 +266,14 @@ def _line_of(raw: Any, loc: tuple[int | str, ...]) -> int | None:
     """The line of a validation error's field: its key's, else the innermost mapping's on
     its path (a field missing from a mapping is reported at the mapping)."""
     line = raw.get("__line__") if isinstance(raw, dict) else None
-    node = raw
+    node, items = raw, None
     for part in loc:
         if isinstance(node, dict) and part in node.get("__keys__", {}):
             line = node["__keys__"][part]
+            items = node.get("__items__", {}).get(part)
+        elif isinstance(node, list) and items is not None and isinstance(part, int) \
+                and 0 <= part < len(items):
+            line = items[part]
         try:
             node = node[part]
         except (KeyError, IndexError, TypeError):

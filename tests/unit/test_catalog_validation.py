@@ -190,3 +190,11 @@ def test_every_problem_of_an_entry_is_reported_for_the_kind_it_is() -> None:
         "{by_area: applicant|subject}, at_intake or {chain: [...]}",
         # a value none of a matcher's forms fits is said once, not once per form
         "c.yaml:11: rules.0.when.channel: Input should be a valid string"]
+
+
+def test_a_list_item_that_is_no_mapping_is_reported_at_its_own_line() -> None:
+    # it was reported at its list's key, which may be hundreds of lines above
+    text = TOP_LEVEL.replace("timezone: 7", "timezone: Asia/Ho_Chi_Minh").replace(
+        "unit: NOPE", "unit: A") + "rules:\n  - {id: r, route: {agency: A}}\n  - 42\n"
+    assert _problems(text) == [
+        "c.yaml:8: rules.1: Input should be a valid dictionary or instance of Rule"]
