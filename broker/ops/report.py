@@ -24,8 +24,10 @@ later counts as resolved. Definitions, all on local dates (``--tz``):
   when past the due time now, unless the clock was paused before that (state 5);
 * ``online``, ``boundary_free``: received online; received at a desk outside the
   competent unit's area;
-* ``satisfied``: resolved, not late, and not rated 1 or 2 by the citizen at return (no
-  complaint, dissatisfaction or delay); ``rated`` have a rating.
+* ``satisfied``: received dossiers without complaint, dissatisfaction or delay: resolved
+  not late and not rated 1 or 2 by the citizen at return, open and not overdue, or
+  rejected, stopped or withdrawn not after their due day; ``satisfaction_share`` is over
+  all received (DOMAIN.md), ``rated`` have a rating.
 
 A dossier belongs to the agency that numbered it (its code's prefix: the first
 competent unit, also for a chain of agencies), its intake desk and its procedure. With
@@ -98,18 +100,19 @@ class Tally:
             self.resolved += 1
             when = timeliness(row.finished_at, row.due_at, tz)
             setattr(self, when, getattr(self, when) + 1)
-            late = when == "late"
             self.rated += row.satisfaction is not None
-            self.satisfied += not late and row.satisfaction not in DISSATISFIED
+            self.satisfied += when != "late" and row.satisfaction not in DISSATISFIED
         elif state in OPEN_STATES:
             self.open += 1
-            self.overdue += is_overdue(state, row.due_at, row.paused_at, now)
-        elif state == State.REFUSED:
-            self.rejected += 1
-        elif state == State.STOPPED:
-            self.stopped += 1
-        elif state == State.WITHDRAWN:
-            self.withdrawn += 1
+            overdue = is_overdue(state, row.due_at, row.paused_at, now)
+            self.overdue += overdue
+            self.satisfied += not overdue  # no delay (yet); nobody has complained
+        else:  # refused by the agency, stopped, withdrawn: delayed if ended late
+            self.rejected += state == State.REFUSED
+            self.stopped += state == State.STOPPED
+            self.withdrawn += state == State.WITHDRAWN
+            self.satisfied += (row.finished_at is None
+                               or timeliness(row.finished_at, row.due_at, tz) != "late")
 
     def shares(self) -> dict[str, float | None]:
         """The shares a report gives (None where there is nothing to divide by)."""
@@ -119,7 +122,9 @@ class Tally:
         return {"on_time_share": share(self.early + self.on_time, self.resolved),
                 "online_share": share(self.online, self.received),
                 "boundary_free_share": share(self.boundary_free, self.received),
-                "satisfaction_share": share(self.satisfied, self.resolved)}
+                # DOMAIN.md: dossiers without complaint, dissatisfaction or delay over
+                # all dossiers (received), not over those resolved
+                "satisfaction_share": share(self.satisfied, self.received)}
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), **self.shares()}

@@ -95,10 +95,12 @@ def test_the_report_counts_each_dossier_received_in_the_period_once_by_its_outco
         "satisfied", "refused_from_triage", "withdrawn_while_held")} == {
         "received": 7, "refused_at_intake": 1, "resolved": 3, "early": 1, "on_time": 1,
         "late": 1, "rejected": 1, "withdrawn": 1, "stopped": 0, "open": 2, "overdue": 1,
-        "online": 1, "boundary_free": 6, "rated": 1, "satisfied": 1,
+        "online": 1, "boundary_free": 6, "rated": 1, "satisfied": 4,
         "refused_from_triage": 1, "withdrawn_while_held": 1}
     assert total["on_time_share"] == round(2 / 3, 4)
-    assert total["satisfaction_share"] == round(1 / 3, 4)
+    # over all 7 received: early, paused in time, rejected and withdrawn before the due
+    # day; not the unhappy one, the late one nor the overdue one
+    assert total["satisfaction_share"] == round(4 / 7, 4)
     assert total["boundary_free_share"] == round(6 / 7, 4)
     refusing_unit = codes["refused"].rsplit("-", 2)[0]
     assert set(data["groups"]) == {"T.UBND.A", refusing_unit}

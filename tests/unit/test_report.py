@@ -46,9 +46,23 @@ def test_refusals_at_intake_are_not_received_and_rejections_after_receipt_are() 
     total, _ = tally(rows, None, VN, NOW)
     assert (total.refused_at_intake, total.received, total.rejected, total.withdrawn,
             total.stopped) == (1, 4, 1, 1, 1)
-    assert (total.rated, total.satisfied, total.online, total.boundary_free) == (1, 0, 1, 3)
+    # satisfaction over all received (DOMAIN.md): the rejected, withdrawn and stopped ones
+    # ended without delay; the one rated 1 was dissatisfied
+    assert (total.rated, total.satisfied, total.online, total.boundary_free) == (1, 3, 1, 3)
     shares = total.shares()
-    assert shares["online_share"] == 0.25 and shares["satisfaction_share"] == 0.0
+    assert shares["online_share"] == 0.25 and shares["satisfaction_share"] == 0.75
+
+
+def test_satisfaction_counts_every_dossier_received_and_delay_wherever_it_is() -> None:
+    late_end = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)  # the day after the due day
+    rows = [_row(state=9, finished_at=DUE),                        # in time
+            _row(state=4),                                         # open, overdue now
+            _row(state=2, due_at=datetime(2026, 12, 1, tzinfo=UTC)),  # open, in time
+            _row(state=3, seq=4, finished_at=late_end),            # rejected a day late
+            _row(state=8, finished_at=DUE)]                        # stopped in time
+    total, _ = tally(rows, None, VN, NOW)
+    assert (total.received, total.resolved, total.satisfied) == (5, 1, 3)
+    assert total.shares()["satisfaction_share"] == 0.6  # was 1 of 1 resolved: 1.0
 
 
 def test_groups_by_the_unit_that_numbered_the_dossier() -> None:
