@@ -33,7 +33,7 @@ def coverage(catalog: Catalog, on: date) -> dict[str, Any]:
     return {"catalog": catalog.spec.catalog, "catalog_hash": catalog.content_hash,
             "on": on.isoformat(), "procedures": total, "open": open_now,
             "opening_later": total - open_now - never, "never": never,
-            "share": open_now / total if total else 0.0}
+            "share": round(open_now / total, 4) if total else 0.0}  # as the report rounds
 
 
 def format_coverage(report: dict[str, Any]) -> str:
