@@ -92,8 +92,8 @@ dossiers = Table(
     #: deadline watch: 0 nothing sent, 1 at-risk notices sent, 2 overdue notices sent
     Column("watch_level", Integer, nullable=False, server_default="0"),
     #: the same for the current chain step's own due date, while it is before the
-    #: dossier's (a later one is the dossier's, watched by ``watch_level``); 0 again at
-    #: each hand-off
+    #: dossier's (a step due with its dossier is watched as the dossier, by
+    #: ``watch_level``); 0 again at each hand-off
     Column("step_watch_level", Integer, nullable=False, server_default="0"),
     #: sent_at of the current agency's last applied status update (capped a few minutes
     #: ahead of the broker's clock); an older one from it is stale. None after a hand-off

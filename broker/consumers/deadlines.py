@@ -312,7 +312,8 @@ class DeadlineWatch:
         with self.ledger.batch() as batch:
             for row, level in self._due(batch, now, cal, step=False):
                 out += self._flag_one(batch, in_zone(dict(row), cal.tz), level, now, cal)
-            # a dossier flagged just above has a new seq: its step waits for the next round
+            # read after those flags, a dossier's step row carries its new seq: both can
+            # rise in one round
             for row, level in self._due(batch, now, cal, step=True):
                 out += self._flag_step(batch, in_zone(dict(row), cal.tz), level, now, cal)
         return out
