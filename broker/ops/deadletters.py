@@ -540,14 +540,22 @@ def _cmd_show(args: argparse.Namespace) -> int:
 def _cmd_replay(args: argparse.Namespace) -> int:
     ids = None if args.all else set(args.id)
     done, failed = replay_dead(_topology(args), _queues(args.queue), ids)
-    if args.json:
-        print(json.dumps({"replayed": len(done), "messages": done,
-                          "not_replayed": len(failed), "failed": failed}))
-    else:
-        for d in done:
-            print(f"{d['queue']}: {d['message_id']} -> {d['exchange']} as {d['replayed_as']}")
-        print(f"{len(done)} message(s) replayed")
+    _print_done(args.json, "replayed", done, failed,
+                lambda d: f"-> {d['exchange']} as {d['replayed_as']}")
     return _ended(ids, done, failed, "not replayed")
+
+
+def _print_done(as_json: bool, verb: str, done: list[dict[str, Any]],
+                failed: list[dict[str, Any]], what: Callable[[dict[str, Any]], str]) -> None:
+    """What `replay` or `discard` did: a line a message (``what`` it became) and a count,
+    or one JSON object."""
+    if as_json:
+        print(json.dumps({verb: len(done), "messages": done, f"not_{verb}": len(failed),
+                          "failed": failed}))
+        return
+    for d in done:
+        print(f"{d['queue']}: {d['message_id']} {what(d)}")
+    print(f"{len(done)} message(s) {verb}")
 
 
 def _cmd_discard(args: argparse.Namespace) -> int:
@@ -557,19 +565,15 @@ def _cmd_discard(args: argparse.Namespace) -> int:
         return 2
     ids = None if args.all else set(args.id)
     queues = list(DEAD_SOURCES) if args.queue in (None, "all") else [args.queue]
-    done, failed = discard_dead(_topology(args), queues, ids)
-    if args.json:
-        print(json.dumps({"discarded": len(done), "messages": done,
-                          "not_discarded": len(failed), "failed": failed}))
-    else:
-        for d in done:
-            print(f"{d['queue']}: {d['message_id']} discarded ({d['reason'] or '-'})")
-        print(f"{len(done)} message(s) discarded")
+    topology = _topology(args)
+    done, failed = discard_dead(topology, queues, ids)
+    _print_done(args.json, "discarded", done, failed,
+                lambda d: f"discarded ({d['reason'] or '-'})")
     lost = sum(1 for d in done if d["queue"] in ("agency", "desk"))
     if lost:  # on stderr with --json too
         print(f"warning: {lost} of them were for an agency or a desk, which will not have "
               "them", file=sys.stderr)
-    held = _in_triage(_topology(args), _unseen(ids, done, failed)) if ids else set()
+    held = _in_triage(topology, _unseen(ids, done, failed)) if ids else set()
     for mid in sorted(held):
         print(f"error: {mid} is in triage, which is never discarded: its desk waits for an "
               f"answer. `dead-letters replay --id {mid}` once a rule routes it, or "
