@@ -347,6 +347,9 @@ class StatusRouter(Consumer):
         last = dossier["status_sent_at"]
         if not isinstance(msg, DossierStatus) or last is None or msg.sent_at >= last:
             return None
+        # both in the offset the agency wrote: the last one may come from this batch or
+        # from the ledger (in the catalog's zone), and the text must not depend on which
+        last = last.astimezone(msg.sent_at.tzinfo)
         return (f"stale: sent {msg.sent_at.isoformat()}, before the update applied last "
                 f"(sent {last.isoformat()})")
 
