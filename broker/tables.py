@@ -244,11 +244,15 @@ _PRUNED_PREFIX = b'{"' + PRUNED_KEY.encode() + b'":'
 #: in the stub of a submission's message body (a dead letter's, a triage copy's): the
 #: digest of its values as the router compares them, beside ``sha256``, its bytes'
 VALUES_DIGEST = "values_sha256"
+#: a submission's list of documents; in the stub of a dossier's pruned submission, how
+#: many there were (the report's digitized share reads either)
+DOCUMENTS = "documents"
 
 
-def pruned_stub(at: datetime, sha256: str | None, **kept: str) -> dict[str, Any]:
+def pruned_stub(at: datetime, sha256: str | None, **kept: str | int) -> dict[str, Any]:
     """What stands in for pruned personal data: when, a digest of what was there (None
-    where it could not be taken), and the identifiers ``kept`` (a submission id)."""
+    where it could not be taken), and what else is ``kept`` (a submission id, a count of
+    documents)."""
     return {PRUNED_KEY: at.astimezone(UTC).isoformat(), "sha256": sha256, **kept}
 
 

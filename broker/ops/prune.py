@@ -11,8 +11,9 @@ keeps every row, code, state, time and message id:
 
 * dossiers closed (state 3, 7, 8 or 10) before the cutoff: ``dossiers.submission``, whose
   stub keeps the digest of its values (:func:`broker.consumers.router.submission_digest`,
-  so that a copy sent again is still told from another dossier under the same id), and
-  the ``dossier.assigned`` bodies in ``outbox``;
+  so that a copy sent again is still told from another dossier under the same id) and
+  how many documents it had (for the report's digitized share), and the
+  ``dossier.assigned`` bodies in ``outbox``;
 * dead letters' and triage copies' bodies in ``outbox`` processed before the cutoff
   (the stub keeps the submission id, for ``audit --submissions``, and the schema);
 * refusals at intake made before the cutoff: ``refusals.submission``.
@@ -45,7 +46,7 @@ from broker.consumers.router import stored_submission, submission_digest
 from broker.ledger import SET_ASIDE, Ledger, dossiers, events, inbox, outbox, prunes, refusals
 from broker.lifecycle import TERMINAL_STATES
 from broker.ops.progress import Progress
-from broker.tables import VALUES_DIGEST, is_pruned, pruned_body, pruned_stub
+from broker.tables import DOCUMENTS, VALUES_DIGEST, is_pruned, pruned_body, pruned_stub
 
 #: the shortest retention `prune` accepts: a closed dossier's messages were confirmed
 #: before it closed, but audits and a desk's questions about a dossier just returned
@@ -92,15 +93,24 @@ def _body_stub(body: bytes, at: datetime) -> bytes:
     return pruned_body(pruned_stub(at, hashlib.sha256(body).hexdigest(), **kept))
 
 
+def _submission_stub(stored: Any, at: datetime) -> dict[str, Any]:
+    """The stub of a stored submission: the digest of its values, and how many documents
+    it had (the report's digitized share counts them; the documents' names, addresses
+    and hashes go)."""
+    documents = stored.get(DOCUMENTS) if isinstance(stored, dict) else None
+    kept = {DOCUMENTS: len(documents)} if isinstance(documents, list) else {}
+    return pruned_stub(at, _digest_of_submission(stored), **kept)
+
+
 def _erase_submissions(conn: Connection, key: Any, rows: Sequence[Any], at: datetime,
                        dry_run: bool) -> int:
     """Replace the submissions of these rows (key, submission) of ``key``'s table by stubs
-    keeping the digest of their values; those not stubs yet."""
+    (:func:`_submission_stub`); those not stubs yet."""
     fresh = [(k, stored) for k, stored in rows if not is_pruned(stored)]
     if fresh and not dry_run:
         conn.execute(update(key.table).where(key == bindparam("row_key"))
                      .values(submission=bindparam("stub")),
-                     [{"row_key": k, "stub": pruned_stub(at, _digest_of_submission(stored))}
+                     [{"row_key": k, "stub": _submission_stub(stored, at)}
                       for k, stored in fresh])
     return len(fresh)
 

@@ -1,10 +1,10 @@
 """`casebroker report`: what a province reports of a period, from the ledger.
 
 DOMAIN.md ("What a province reports"): per agency and per period, dossiers received,
-resolved early, on time and late, still open and overdue, the online share and
-satisfaction; for this reform also the boundary-free share, per desk and per procedure.
-(The share of catalogue procedures open to boundary-free receipt is `casebroker rules
-coverage`; the digitized share needs what the ledger does not hold.)
+resolved early, on time and late, still open and overdue, the online and digitized
+shares and satisfaction; for this reform also the boundary-free share, per desk and per
+procedure. (The share of catalogue procedures open to boundary-free receipt is
+`casebroker rules coverage`.)
 
 The report follows the dossiers **received in the period** (a cohort), each as the
 ledger stands now: a dossier received on the period's last day and resolved a week
@@ -24,6 +24,13 @@ later counts as resolved. Definitions, all on local dates (``--tz``):
   when past the due time now, unless the clock was paused before that (state 5);
 * ``online``, ``boundary_free``: received online; received at a desk outside the
   competent unit's area;
+* ``digitized``: received with its records digitized, at least one document by
+  reference (the desk scanned what the citizen brought, or the portal took files);
+  ``results_digitized``: resolved with a result the desk was sent as a document by
+  reference (a chain's earlier agencies' results count). Contracts carry documents only
+  by reference, so a dossier with none was kept on paper. ``ledger prune`` keeps the
+  count of a dossier's documents; one pruned by a version before 2026-11-29 lost it and
+  counts as not digitized;
 * ``satisfied``: received dossiers without complaint, dissatisfaction or delay: resolved
   not late and not rated 1 or 2 by the citizen at return, open and not overdue, or
   rejected, stopped or withdrawn not after their due day; ``satisfaction_share`` is over
@@ -59,6 +66,7 @@ from sqlalchemy import Connection, func, select
 from broker.cli import day, zone
 from broker.ledger import Ledger, dossiers, events, refusals
 from broker.lifecycle import OPEN_STATES, STEP_ENDS, Event, State, is_overdue, timeliness
+from broker.tables import DOCUMENTS
 
 #: what a report may be grouped by (`--by`)
 GROUPS = ("agency", "desk", "procedure")
@@ -84,6 +92,8 @@ class Tally:
     overdue: int = 0
     online: int = 0
     boundary_free: int = 0
+    digitized: int = 0
+    results_digitized: int = 0
     rated: int = 0
     satisfied: int = 0
 
@@ -96,8 +106,10 @@ class Tally:
         self.received += 1
         self.online += row.channel == "online"
         self.boundary_free += bool(row.boundary_free)
+        self.digitized += _documents(row.documents) > 0
         if state in _RESOLVED:
             self.resolved += 1
+            self.results_digitized += bool(row.results)
             when = timeliness(row.finished_at, row.due_at, tz)
             setattr(self, when, getattr(self, when) + 1)
             self.rated += row.satisfaction is not None
@@ -122,12 +134,23 @@ class Tally:
         return {"on_time_share": share(self.early + self.on_time, self.resolved),
                 "online_share": share(self.online, self.received),
                 "boundary_free_share": share(self.boundary_free, self.received),
+                "digitized_share": share(self.digitized, self.received),
+                "results_digitized_share": share(self.results_digitized, self.resolved),
                 # DOMAIN.md: dossiers without complaint, dissatisfaction or delay over
                 # all dossiers (received), not over those resolved
                 "satisfaction_share": share(self.satisfied, self.received)}
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), **self.shares()}
+
+
+def _documents(stored: Any) -> int:
+    """How many documents a dossier was received with: ``stored`` is its submission's
+    ``documents`` (a list), or a pruned submission's count of them (an int), or None (a
+    submission pruned before prune kept the count)."""
+    if isinstance(stored, list):
+        return len(stored)
+    return stored if isinstance(stored, int) else 0
 
 
 @dataclass
@@ -221,7 +244,9 @@ def report(ledger: Ledger, first: date, last: date, by: str | None, tz: ZoneInfo
         rows = conn.execution_options(yield_per=5000).execute(
             select(c.code, c.procedure_code, c.intake_desk_id, c.channel, c.state, c.seq,
                    c.boundary_free, c.due_at, c.finished_at, c.paused_at, c.satisfaction,
-                   c.agency_id, c.step_due_at)
+                   c.agency_id, c.step_due_at,
+                   c.submission[DOCUMENTS].label("documents"),
+                   c.flags["results"].label("results"))
             .where(c.received_at >= start, c.received_at < end))
         total, groups = tally(rows, by, tz, now, steps)
         if steps is not None:
@@ -286,6 +311,7 @@ _COLUMNS = (("received", "received", 8), ("resolved", "resolved", 8), ("early", 
             ("refused_at_intake", "refused", 7), ("rejected", "rejected", 8),
             ("withdrawn", "withdrawn", 9), ("stopped", "stopped", 7),
             ("online_share", "online%", 7), ("boundary_free_share", "bfree%", 6),
+            ("digitized_share", "digit%", 6), ("results_digitized_share", "res.digit%", 10),
             ("satisfaction_share", "satisf%", 7), ("refused_from_triage", "triage-refused", 14),
             ("withdrawn_while_held", "held-withdrawn", 14))
 #: with --by agency: the steps each agency handled
@@ -353,7 +379,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     """Add `casebroker report`."""
     p = sub.add_parser("report", help="what a province reports of a period: dossiers "
                        "received, resolved early/on time/late, open and overdue, online, "
-                       "boundary-free and satisfaction shares, per agency, desk or procedure")
+                       "boundary-free, digitized and satisfaction shares, per agency, desk "
+                       "or procedure")
     p.add_argument("--from", dest="from_", type=day,
                    help="first day received (default: the first day of --to's quarter)")
     p.add_argument("--to", type=day, help="last day received, included (default: today)")

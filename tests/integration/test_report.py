@@ -18,15 +18,18 @@ from broker.consumers.router import Router
 from broker.consumers.status import StatusRouter
 from broker.ledger import Ledger, RawJSON
 from broker.messages import (
+    Document,
     DossierReturned,
     DossierStatus,
     DossierSubmitted,
     DossierWithdrawn,
     encode,
 )
+from broker.ops.prune import prune
 from broker.ops.report import format_report, report, write_csv
 from broker.rules.catalog import load_catalog
 from broker.rules.engine import Engine
+from broker.tables import is_pruned
 from broker.topology import Topology
 from tests.conftest import MINI_CATALOG
 from tests.helpers import dossier, intake_delivery, status_delivery
@@ -48,16 +51,17 @@ def test_the_report_counts_each_dossier_received_in_the_period_once_by_its_outco
         out = router.handle([intake_delivery(next(n), encode(d), f"submit:{name}")])
         codes[name] = json.loads(out[-1].body)["dossier_code"]
 
-    def agency(name: str, what: str) -> None:
+    def agency(name: str, what: str, *result: Document) -> None:
         status.handle([status_delivery(next(n), DossierStatus(
             update_id=uuid.uuid4(), dossier_code=codes[name], agency_id="T.UBND.A",
-            status=what, sent_at=clock.now))])
+            status=what, sent_at=clock.now, documents=list(result)))])
 
     submit("before", dossier())                   # received the day before the period
     clock.set("2026-11-25 09:00")
     for name in ("early", "on_time", "late", "overdue", "paused", "rejected"):
         submit(name, dossier())                   # desk B, a ward of A: boundary-free
-    submit("withdrawn", dossier(desk_id="T.MC.A", channel="online"))  # A's own desk
+    # A's own desk, online, no document attached: not digitized
+    submit("withdrawn", dossier(desk_id="T.MC.A", channel="online", documents=[]))
     submit("refused", dossier("1.000002", desk_id="T.MC.A"))  # not open here yet
     agency("early", "resolved")                   # due 26 Nov: done the day before
     agency("paused", "supplement_requested")      # paused before its due time
@@ -67,7 +71,9 @@ def test_the_report_counts_each_dossier_received_in_the_period_once_by_its_outco
         event_id=uuid.uuid4(), dossier_code=codes["withdrawn"], desk_id="T.MC.A",
         sent_at=clock.now))])
     clock.set("2026-11-26 16:30")
-    agency("on_time", "resolved")
+    agency("on_time", "resolved", Document(  # the only result sent as a document
+        name="giay-chung-nhan.pdf", uri="s3://results/1", sha256="b" * 64, size=2000,
+        media_type="application/pdf"))
     status.handle([status_delivery(next(n), DossierReturned(
         event_id=uuid.uuid4(), dossier_code=codes["on_time"], desk_id="T.MC.B",
         returned_at=clock.now, satisfaction=2))])  # resolved in time, the citizen unhappy
@@ -102,6 +108,9 @@ def test_the_report_counts_each_dossier_received_in_the_period_once_by_its_outco
     # day; not the unhappy one, the late one nor the overdue one
     assert total["satisfaction_share"] == round(4 / 7, 4)
     assert total["boundary_free_share"] == round(6 / 7, 4)
+    assert (total["digitized"], total["results_digitized"]) == (6, 1)
+    assert (total["digitized_share"], total["results_digitized_share"]) == (
+        round(6 / 7, 4), round(1 / 3, 4))
     refusing_unit = codes["refused"].rsplit("-", 2)[0]
     assert set(data["groups"]) == {"T.UBND.A", refusing_unit}
     assert data["groups"]["T.UBND.A"]["received"] == 7
@@ -148,6 +157,15 @@ def test_the_report_counts_each_dossier_received_in_the_period_once_by_its_outco
     rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
     assert set(rows) == {"total", "T.MC.B"} and rows["T.MC.B"][1] == "1"
     assert "066090001234" not in out  # no personal data
+
+    # a month on, prune erases the closed dossiers' submissions (the returned one with
+    # the result, the withdrawn one without documents among them): the shares stay
+    assert prune(ledger, 7, "ops-1", now=vn("2026-12-28 09:00")).dossiers == 4
+    assert is_pruned(ledger.dossier(codes["on_time"])["submission"])
+    again = report(ledger, date(2026, 11, 25), date(2026, 11, 30), None,
+                   ZoneInfo("Asia/Ho_Chi_Minh"), vn("2026-12-28 09:00"))["total"]
+    assert {k: again[k] for k in ("received", "digitized", "resolved", "results_digitized")
+            } == {"received": 7, "digitized": 6, "resolved": 3, "results_digitized": 1}
 
 
 def test_the_report_refuses_a_period_that_ends_before_it_starts(

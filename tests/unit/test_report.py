@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from broker.ops.report import format_report, quarter_start, tally
+from broker.ops.report import Tally, format_report, quarter_start, tally
 
 VN = ZoneInfo("Asia/Ho_Chi_Minh")
 DUE = datetime(2026, 11, 26, 2, 0, tzinfo=UTC)  # 09:00 on 26 November in Vietnam
@@ -17,7 +17,8 @@ NOW = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
 def _row(code: str = "T.UBND.A-261125-0001", state: int = 9, **values: Any) -> Any:
     row = {"code": code, "procedure_code": "1.001193", "intake_desk_id": "T.MC.B",
            "channel": "in_person", "state": state, "seq": 3, "boundary_free": True,
-           "due_at": DUE, "finished_at": None, "paused_at": None, "satisfaction": None}
+           "due_at": DUE, "finished_at": None, "paused_at": None, "satisfaction": None,
+           "documents": [{"name": "to-khai.pdf"}], "results": None}
     return SimpleNamespace(**{**row, **values})
 
 
@@ -63,6 +64,20 @@ def test_satisfaction_counts_every_dossier_received_and_delay_wherever_it_is() -
     total, _ = tally(rows, None, VN, NOW)
     assert (total.received, total.resolved, total.satisfied) == (5, 1, 3)
     assert total.shares()["satisfaction_share"] == 0.6  # was 1 of 1 resolved: 1.0
+
+
+def test_digitized_records_are_over_received_and_digitized_results_over_resolved() -> None:
+    rows = [_row(state=9, finished_at=DUE, results=[{"name": "giay-khai-sinh.pdf"}]),
+            _row(state=10, finished_at=DUE, documents=[]),  # paper in, paper out
+            _row(state=4, documents=2),      # pruned: the stub kept the count
+            _row(state=4, documents=None),   # pruned before the count was kept
+            _row(state=3, seq=1, results=[{"name": "x"}])]  # refused at intake: not counted
+    total, _ = tally(rows, None, VN, NOW)
+    assert (total.received, total.digitized, total.resolved, total.results_digitized) == (
+        4, 2, 2, 1)
+    shares = total.shares()
+    assert (shares["digitized_share"], shares["results_digitized_share"]) == (0.5, 0.5)
+    assert Tally().shares()["results_digitized_share"] is None  # nothing resolved
 
 
 def test_groups_by_the_unit_that_numbered_the_dossier() -> None:
