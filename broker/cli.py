@@ -463,6 +463,7 @@ def _dossier_list(args: argparse.Namespace) -> int:
 def _dossier(args: argparse.Namespace) -> int:
     from broker.ledger import Ledger
     from broker.lifecycle import State
+    from broker.tables import STEP_OWN_DUE
 
     if args.action == "list":
         return _dossier_list(args)
@@ -491,6 +492,9 @@ def _dossier(args: argparse.Namespace) -> int:
     tz = ZoneInfo(args.tz)
     step_due = ("" if row["finished_at"] is not None or row["step_due_at"] is None
                 else f"; this step due {_local(row['step_due_at'], tz, seconds=False)}")
+    own = (row["flags"] or {}).get(STEP_OWN_DUE)
+    if step_due and own is not None:  # handed on late: told the dossier's due date
+        step_due += f", its own time to {_local(datetime.fromisoformat(own), tz, seconds=False)}"
     if row["paused_at"] is not None and row["finished_at"] is None:
         step_due += (f"; clock stopped since {_local(row['paused_at'], tz, seconds=False)} "
                      "for a supplement: the due dates move by the time it stays stopped")
@@ -536,13 +540,18 @@ def _step_end(event: dict[str, Any], tz: ZoneInfo) -> str:
     """For an event that ended a step (recorded with its due date): when that step was
     due, and whether it ended early, on time or late."""
     from broker.lifecycle import timeliness
+    from broker.tables import STEP_OWN_DUE
 
     detail = event["detail"] if isinstance(event["detail"], dict) else {}
     if "step_due_at" not in detail:
         return ""
     due = datetime.fromisoformat(detail["step_due_at"])
+    shown = f"step {detail['step']} due {_local(due, tz, seconds=False)}"
+    if (own := detail.get(STEP_OWN_DUE)) is not None:  # handed on late: its own time
+        due = datetime.fromisoformat(own)
+        shown += f", its own time to {_local(due, tz, seconds=False)}"
     when = timeliness(event["at"], due, tz).replace("_", " ")
-    return f"  (step {detail['step']} due {_local(due, tz, seconds=False)}: {when})"
+    return f"  ({shown}: {when})"
 
 
 def _local(value: datetime, tz: ZoneInfo, *, seconds: bool = True) -> str:

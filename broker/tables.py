@@ -247,6 +247,10 @@ VALUES_DIGEST = "values_sha256"
 #: a submission's list of documents; in the stub of a dossier's pruned submission, how
 #: many there were (the report's digitized share reads either)
 DOCUMENTS = "documents"
+#: in a dossier's ``flags``: when its current step's own time runs out, where that is
+#: after the dossier's due date, which then caps the step's ``step_due_at`` (a step
+#: handed a dossier late keeps its own time: the report judges the step by it)
+STEP_OWN_DUE = "step_own_due_at"
 
 
 def pruned_stub(at: datetime, sha256: str | None, **kept: str | int) -> dict[str, Any]:

@@ -67,7 +67,7 @@ from broker.messages import (
     shown_id,
 )
 from broker.rules.engine import Engine, StepPlan
-from broker.tables import PRUNED_KEY, VALUES_DIGEST, is_pruned, pruned_stub
+from broker.tables import PRUNED_KEY, STEP_OWN_DUE, VALUES_DIGEST, is_pruned, pruned_stub
 
 log = logging.getLogger(__name__)
 
@@ -321,6 +321,8 @@ class StatusRouter(Consumer):
             return [self._refuse(dossier, msg, refusal, now)], "refused_update", reason
         old_state, old_agency = State(dossier["state"]), dossier["agency_id"]
         finishing = {"step": dossier["step"], "step_due_at": dossier["step_due_at"].isoformat()}
+        if STEP_OWN_DUE in dossier["flags"]:
+            finishing[STEP_OWN_DUE] = dossier["flags"][STEP_OWN_DUE]
         seq = dossier["seq"] + 1
         dossier.set(state=int(new_state), seq=seq, updated_at=now)
         if isinstance(msg, DossierStatus):
@@ -448,6 +450,9 @@ class StatusRouter(Consumer):
             due_at = cal.add_working_seconds(dossier["due_at"], paused_s)
             step_due_at = cal.add_working_seconds(dossier["step_due_at"], paused_s)
             dossier.set(due_at=due_at, step_due_at=step_due_at)
+            if (own := dossier["flags"].get(STEP_OWN_DUE)) is not None:
+                own_due = cal.add_working_seconds(datetime.fromisoformat(own), paused_s)
+                dossier.set(flags={**dossier["flags"], STEP_OWN_DUE: own_due.isoformat()})
             if due_at > now:  # a new due date still ahead: the watch judges it afresh
                 dossier.set(watch_level=NOTHING_SENT)
             if step_due_at > now:  # and the step's likewise
@@ -469,10 +474,14 @@ class StatusRouter(Consumer):
         step = dossier["step"] + 1
         plan = dossier["steps"][step - 1]
         step_plan = StepPlan(plan["agency_id"], plan["amount"], DurationUnit(plan["unit"]))
-        step_due = engine.step_due_at(step_plan, now, dossier["due_at"])
+        own_due = engine.step_end(step_plan, now)
+        step_due = min(own_due, dossier["due_at"])
+        flags = {k: v for k, v in dossier["flags"].items() if k != STEP_OWN_DUE}
+        if own_due > step_due:  # told the dossier's due date; judged by its own time
+            flags[STEP_OWN_DUE] = own_due.isoformat()
         # the next agency's updates are not compared with this one's clock
         dossier.set(step=step, agency_id=step_plan.agency_id, step_due_at=step_due,
-                    status_sent_at=None, step_watch_level=NOTHING_SENT)
+                    status_sent_at=None, step_watch_level=NOTHING_SENT, flags=flags)
         sub = DossierSubmitted.model_validate(dossier["submission"])
         assigned = DossierAssigned(
             dossier_code=dossier["code"], submission_id=sub.submission_id,

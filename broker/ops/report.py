@@ -47,6 +47,11 @@ of a chain are judged on their own part:
   due day (recorded in the event since 2026-11-29; steps ended before are not counted);
 * ``steps_open``: dossiers it holds now, ``steps_overdue`` among them when past the
   step's due time (unless paused before it).
+
+A step's due date is the end of its own time from its hand-off. The agency is told the
+dossier's due date when that comes first, but an agency handed a dossier late is judged
+by its own time: the delay before it is the earlier agencies' (a step started before
+casebroker kept its own time, on 2026-11-29, is judged by the earlier of the two).
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ from sqlalchemy import Connection, func, select
 from broker.cli import day, zone
 from broker.ledger import Ledger, dossiers, events, refusals
 from broker.lifecycle import OPEN_STATES, STEP_ENDS, Event, State, is_overdue, timeliness
-from broker.tables import DOCUMENTS
+from broker.tables import DOCUMENTS, STEP_OWN_DUE
 
 #: what a report may be grouped by (`--by`)
 GROUPS = ("agency", "desk", "procedure")
@@ -174,7 +179,9 @@ class Steps:
 
     def hold(self, row: Any, now: datetime) -> None:
         self.open += 1
-        self.overdue += is_overdue(State(row.state), row.step_due_at, row.paused_at, now)
+        due = row.step_due_at if row.step_own_due is None else datetime.fromisoformat(
+            row.step_own_due)
+        self.overdue += is_overdue(State(row.state), due, row.paused_at, now)
 
     def __iadd__(self, other: Steps) -> Steps:
         for name, value in asdict(other).items():
@@ -225,7 +232,8 @@ def _finished_steps(conn: Any, start: datetime, end: datetime, tz: ZoneInfo,
         .where(dossiers.c.received_at >= start, dossiers.c.received_at < end,
                e.kind.in_([str(k) for k in STEP_ENDS])))
     for r in rows:
-        due = r.detail.get("step_due_at") if isinstance(r.detail, dict) else None
+        detail = r.detail if isinstance(r.detail, dict) else {}
+        due = detail.get(STEP_OWN_DUE, detail.get("step_due_at"))
         if due is None:
             continue
         agency = r.from_agency if r.kind == str(Event.HAND_OFF) else r.actor
@@ -246,6 +254,7 @@ def report(ledger: Ledger, first: date, last: date, by: str | None, tz: ZoneInfo
                    c.boundary_free, c.due_at, c.finished_at, c.paused_at, c.satisfaction,
                    c.agency_id, c.step_due_at,
                    c.submission[DOCUMENTS].label("documents"),
+                   c.flags[STEP_OWN_DUE].as_string().label("step_own_due"),
                    c.flags["results"].label("results"))
             .where(c.received_at >= start, c.received_at < end))
         total, groups = tally(rows, by, tz, now, steps)

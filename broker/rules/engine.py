@@ -302,16 +302,19 @@ class Engine:
             boundary_free=r.boundary_free, refusal=r.refusal, received_at=received_at,
             due_at=due_at, first_step_due_at=first_step_due_at, catalog_hash=self.catalog_hash)
 
-    def step_due_at(self, step: StepPlan, start: datetime, due_at: datetime) -> datetime:
-        """When one step is due if it starts at ``start`` (never after the whole dossier)."""
+    def step_end(self, step: StepPlan, start: datetime) -> datetime:
+        """When one step's own time, started at ``start``, runs out."""
         cal = self.calendar
         if step.unit == DurationUnit.CALENDAR_DAYS:
-            end = cal.due_at(start, round(step.amount), DurationUnit.CALENDAR_DAYS)
-        else:
-            per_unit = (cal.office_hours.seconds_per_day
-                        if step.unit == DurationUnit.WORKING_DAYS else 3600)
-            end = cal.add_working_seconds(cal.clock_start(start), step.amount * per_unit)
-        return min(end, due_at)
+            return cal.due_at(start, round(step.amount), DurationUnit.CALENDAR_DAYS)
+        per_unit = (cal.office_hours.seconds_per_day
+                    if step.unit == DurationUnit.WORKING_DAYS else 3600)
+        return cal.add_working_seconds(cal.clock_start(start), step.amount * per_unit)
+
+    def step_due_at(self, step: StepPlan, start: datetime, due_at: datetime) -> datetime:
+        """When one step is due if it starts at ``start``: at the end of its own time
+        (:meth:`step_end`), never after the whole dossier (``due_at``)."""
+        return min(self.step_end(step, start), due_at)
 
     def explain(self, dossier: DossierSubmitted, received_at: datetime) -> dict[str, Any]:
         """The decision with every rule considered and why it did or did not match.

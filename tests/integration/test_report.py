@@ -7,7 +7,7 @@ import csv
 import io
 import json
 import uuid
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -22,6 +22,7 @@ from broker.messages import (
     DossierReturned,
     DossierStatus,
     DossierSubmitted,
+    DossierSupplemented,
     DossierWithdrawn,
     encode,
 )
@@ -29,7 +30,7 @@ from broker.ops.prune import prune
 from broker.ops.report import format_report, report, write_csv
 from broker.rules.catalog import load_catalog
 from broker.rules.engine import Engine
-from broker.tables import is_pruned
+from broker.tables import STEP_OWN_DUE, is_pruned
 from broker.topology import Topology
 from tests.conftest import MINI_CATALOG
 from tests.helpers import dossier, intake_delivery, status_delivery
@@ -244,6 +245,69 @@ def test_with_by_agency_each_agency_gets_the_steps_it_handled_judged_by_the_step
     # grouped otherwise, or not at all, a report has no steps
     assert "steps_finished" not in report(ledger, date(2026, 11, 24), date(2026, 11, 24),
                                           "desk", tz, vn("2026-11-30 17:00"))["total"]
+
+
+def test_an_agency_handed_a_dossier_late_is_judged_by_its_own_time_and_told_the_dossiers(
+        ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
+    clock = FakeClock("2026-11-24 09:00")  # a Tuesday; 1.000001: 3 agencies, 6 working days
+    engine = Engine(load_catalog(MINI_CATALOG))
+    router = Router(lambda: engine, ledger, Topology("t"), clock=clock)
+    status = StatusRouter(lambda: engine, ledger, Topology("t"), clock=clock)
+    n = iter(range(1, 1000))
+    out = router.handle([intake_delivery(next(n), encode(dossier("1.000001")), "submit:v")])
+    code = json.loads(out[-1].body)["dossier_code"]
+    tz = ZoneInfo("Asia/Ho_Chi_Minh")
+
+    def send(at: str, message: Any) -> list[Any]:
+        clock.set(at)
+        return status.handle([status_delivery(next(n), message)])
+
+    def agency(at: str, agency_id: str, what: str) -> list[Any]:
+        return send(at, DossierStatus(update_id=uuid.uuid4(), dossier_code=code,
+                                      agency_id=agency_id, status=what, sent_at=vn(at)))
+
+    # step 1 was due Thu 26 Nov; handed on on the dossier's due day, Wed 2 Dec, T.CA's own
+    # two working days run to Fri 4 Dec, 09:00: it is told the dossier's 17:00 today
+    sent = agency("2026-12-02 09:00", "T.UBND.A", "resolved")
+    assigned = next(json.loads(m.body) for m in sent if m.type == "dossier.assigned")
+    row = ledger.dossier(code)
+    assert row is not None and row["agency_id"] == "T.CA"
+    assert (datetime.fromisoformat(assigned["step_due_at"]) == datetime.fromisoformat(
+        assigned["due_at"]) == row["due_at"] == vn("2026-12-02 17:00"))
+    assert row["flags"][STEP_OWN_DUE] == vn("2026-12-04 09:00").isoformat()
+    # a supplement stops the clock a working day (Wed 13:30 to Thu 13:30): both move
+    agency("2026-12-02 13:30", "T.CA", "supplement_requested")
+    send("2026-12-03 13:30", DossierSupplemented(
+        event_id=uuid.uuid4(), dossier_code=code, desk_id="T.MC.B",
+        documents=[Document(name="ban-sao.pdf", uri="s3://docs/2", sha256="c" * 64,
+                            size=10, media_type="application/pdf")],
+        sent_at=vn("2026-12-03 13:30")))
+    row = ledger.dossier(code)
+    assert row is not None and row["step_due_at"] == row["due_at"] == vn("2026-12-03 17:00")
+    assert row["flags"][STEP_OWN_DUE] == vn("2026-12-07 09:00").isoformat()
+
+    def t_ca(now: str) -> dict[str, Any]:
+        data = report(ledger, date(2026, 11, 24), date(2026, 11, 24), "agency", tz, vn(now))
+        return {k: data["groups"]["T.CA"][f"steps_{k}"]
+                for k in ("finished", "early", "on_time", "late", "open", "overdue")} | {
+            "dossiers_overdue": data["total"]["overdue"]}
+
+    # that evening the dossier is overdue, T.CA's step is not
+    assert t_ca("2026-12-03 18:00") == {"finished": 0, "early": 0, "on_time": 0, "late": 0,
+                                        "open": 1, "overdue": 0, "dossiers_overdue": 1}
+    # handed on Fri 4 Dec, 10:00: a day after the dossier's due day, before its own
+    agency("2026-12-04 10:00", "T.CA", "resolved")
+    assert t_ca("2026-12-04 11:00") == {"finished": 1, "early": 1, "on_time": 0, "late": 0,
+                                        "open": 0, "overdue": 0, "dossiers_overdue": 1}
+    row = ledger.dossier(code)
+    assert row is not None and row["agency_id"] == "T.BHXH"
+    assert row["flags"][STEP_OWN_DUE] == vn("2026-12-08 10:00").isoformat()
+    # the process-control sheet says both
+    assert main(["dossier", "show", code, "--db-url", ledger.url]) == 0
+    ends = [line.split("  (")[1] for line in capsys.readouterr().out.splitlines()
+            if "  (step" in line]
+    assert ends == ["step 1 due 2026-11-26 17:00: late)",
+                    "step 2 due 2026-12-03 17:00, its own time to 2026-12-07 09:00: early)"]
 
 
 def _csv(data: dict[str, Any]) -> str:
