@@ -328,7 +328,9 @@ class AgencyNotice(_Model):
     notice: NoticeKind
     dossier_code: str
     agency_id: PartyId
-    state: Annotated[int, Field(ge=1, le=10)] | None = None
+    state: Annotated[int, Field(ge=1, le=10)] | None = Field(None, description=(
+        "the dossier's state; absent in an update_refused whose reason starts not_yours: "
+        "the update named a dossier never assigned to this agency, or no dossier at all"))
     reason: str | None = None
     documents: list[Document] = Field(default_factory=list)
     issued_at: AwareDatetime

@@ -4,7 +4,8 @@ Each update is checked against its dossier's current state (the lifecycle table)
 and its sender (the current assignee for agency updates, the dossier's desks for
 desk events). A refused update changes nothing and tells the sender why; one from a
 stranger to the dossier (never one of its agencies, neither of its desks) is
-dead-lettered as ``not_a_party`` and not answered. One changed under an id already
+dead-lettered as ``not_a_party``; an agency is answered ``not_yours`` in the same words
+as for a code the ledger does not have. One changed under an id already
 applied is dead-lettered as ``message_id_reused``, and its sender told. Accepted
 ones are applied in arrival order within the batch, written once per dossier with
 an optimistic check on the dossier's event sequence, and announced: to the return
@@ -99,6 +100,8 @@ _DESK_KINDS = frozenset(DESK_NOTICE_FOR.values())
 FINISHED = frozenset({State.REFUSED, State.STOPPED, State.RESOLVED, State.WITHDRAWN})
 #: the metric reason of an agency update sent before the last one applied
 STALE = "stale"
+#: how the answer to an agency's update about a dossier it never had begins
+NOT_YOURS = "not_yours"
 #: how far ahead of the broker's clock an agency's sent_at is believed: one update from
 #: a clock set wrong (a local time labelled UTC) must not make every later one stale
 SENT_AT_AHEAD_MAX = timedelta(minutes=5)
@@ -177,12 +180,14 @@ class StatusRouter(Consumer):
             dossiers = {code: _Dossier(row, row["seq"]) for code, row in loaded.items()}
             for mid, d, msg in decoded:
                 dossier = dossiers.get(str(msg.dossier_code))
-                if dossier is None:
-                    out.append(self.screen.dead(batch, mid, d, "unknown_dossier",
-                                                "no dossier with this code", now))
-                    continue
-                if (stranger := _stranger(dossier, msg)) is not None:
-                    out.append(self.screen.dead(batch, mid, d, "not_a_party", stranger, now))
+                stranger = None if dossier is None else _stranger(dossier, msg)
+                if dossier is None or stranger is not None:
+                    reason, detail = (("not_a_party", stranger) if stranger is not None
+                                      else ("unknown_dossier", "no dossier with this code"))
+                    answer = self._not_yours(engine, msg, now)
+                    out.append(self.screen.dead(batch, mid, d, reason, detail, now,
+                                                also=answer))
+                    out += answer
                     continue
                 published, outcome, reason = self._apply(engine, dossier, mid, msg, batch, now)
                 batch.record(mid, self.source, outcome, msg.dossier_code, published, now)
@@ -522,6 +527,24 @@ class StatusRouter(Consumer):
         party = "" if to is None else ":intake"
         return to_desk(self.topology, notice, f"{dossier['code']}:{kind.value}:{seq}{party}")
 
+    def _not_yours(self, engine: Engine, msg: Update, now: datetime) -> list[Outbound]:
+        """What an agency of the catalog is told of an update about a dossier it never
+        had, whether the code exists or not (``not_yours``): the same words either way,
+        so that it learns nothing of a dossier that is not its own, but a mistyped code
+        does not go unanswered. A desk event is not answered (a desk notice names the
+        dossier's submission and procedure), nor is an agency the catalog does not
+        name: it has no queue."""
+        if not isinstance(msg, DossierStatus) or msg.agency_id not in engine.agencies:
+            return []
+        notice = AgencyNotice(
+            notice=NoticeKind.UPDATE_REFUSED, dossier_code=msg.dossier_code,
+            agency_id=msg.agency_id, reason=(
+                f"{NOT_YOURS}: no dossier {msg.dossier_code} was ever assigned to "
+                f"{msg.agency_id}; check the code (the update is set aside for the "
+                "operators)"), issued_at=now)
+        return [to_agency(self.topology, notice,
+                          kept_id(f"{msg.dossier_code}:update_refused:{msg.update_id}"))]
+
     def _refuse(self, dossier: _Dossier, msg: Update, reason: str, now: datetime,
                 answered: str | None = None) -> Outbound:
         """Tell the sender its update changed nothing, and why; ``answered``: the id the
@@ -546,9 +569,11 @@ class StatusRouter(Consumer):
 
 def _stranger(dossier: _Dossier, msg: Update) -> str | None:
     """Why the sender has no part in the dossier at all (None: it has): never one of its
-    agencies, or neither its intake nor its return desk. Such an update is dead-lettered,
-    not answered: an answer would tell a stranger the dossier's state, agency, procedure
-    and submission id, and codes are sequential, so any desk could read them all."""
+    agencies, or neither its intake nor its return desk. Such an update is dead-lettered
+    and not answered as a party's is: that answer would tell a stranger the dossier's
+    state, agency, procedure and submission id, and codes are sequential, so any desk
+    could read them all. An agency is told only what it would be told of a code the
+    ledger does not have (:meth:`StatusRouter._not_yours`)."""
     if isinstance(msg, DossierStatus):
         if all(step["agency_id"] != msg.agency_id for step in dossier["steps"]):
             return f"agency {shown_id(msg.agency_id)} is not an agency of this dossier"

@@ -83,12 +83,25 @@ def test_forbidden_update_changes_nothing_and_tells_the_sender(
     refused = take(amqp, declared.agency_queue("T.UBND.A"), 1, "refusal")[0]
     assert refused["notice"] == "update_refused" and refused["state"] == 7
     assert refused["reason"] == "resolve is not allowed: dossier is withdrawn"
-    # T.UBND.B never had the dossier: it is told nothing of it (its state, agency, ids);
-    # its update is dead-lettered for the operators
-    dead = wait_for(lambda: amqp.get_all(declared.dead_queue("status")), what="dead letter")
-    assert [(p.headers[REASON_HEADER], p.headers[DETAIL_HEADER]) for p, _ in dead] == [
-        ("not_a_party", "agency T.UBND.B is not an agency of this dossier")]
-    assert queue_depth(declared.agency_queue("T.UBND.B")) == 0
+    # T.UBND.B never had the dossier: it is told nothing of it (its state, agency, ids),
+    # only what it is told of a code that does not exist; its update is dead-lettered
+    # for the operators
+    missing = code[:-4] + ("9999" if not code.endswith("9999") else "9998")
+    report(amqp, declared, missing, "T.UBND.B", "processing")
+    dead: list[tuple[Any, bytes]] = []
+    wait_for(lambda: dead.extend(amqp.get_all(declared.dead_queue("status")))
+             or len(dead) >= 2, what="dead letters")
+    assert sorted((p.headers[REASON_HEADER], p.headers[DETAIL_HEADER]) for p, _ in dead) == [
+        ("not_a_party", "agency T.UBND.B is not an agency of this dossier"),
+        ("unknown_dossier", "no dossier with this code")]
+    answers = take(amqp, declared.agency_queue("T.UBND.B"), 2, "answers")
+    for answer, asked in zip(sorted(answers, key=lambda a: a["dossier_code"] != code),
+                             (code, missing), strict=True):
+        assert {k: v for k, v in answer.items() if k not in ("issued_at", "schema")} == {
+            "notice": "update_refused", "dossier_code": asked, "agency_id": "T.UBND.B",
+            "documents": [], "reason": (  # no state: nothing of the dossier
+                f"not_yours: no dossier {asked} was ever assigned to T.UBND.B; check the "
+                "code (the update is set aside for the operators)")}
     wait_for(lambda: ledger.count_inbox_outcomes().get("refused_update") == 1, what="recorded")
     assert ledger.count_inbox_outcomes()["dead:not_a_party"] == 1
     assert ledger.dossier(code) == before  # not a column changed, not even updated_at
