@@ -50,7 +50,7 @@ from broker.amqp_worker import (
     QueueWorker,
     properties_for,
 )
-from broker.errors import shown_url
+from broker.errors import shown_url, without_values
 
 __all__ = ["CONNECT_NARRATORS", "DEFAULT_AMQP_URL", "DETAIL_HEADER", "MAX_BOUNDED_RETRIES",
            "ORIGINAL_EXCHANGE_HEADER", "ORIGINAL_KEY_HEADER", "REASON_HEADER", "REPLAY_OF_HEADER",
@@ -210,7 +210,10 @@ class ConsumerService:
                 on_open_error_callback=self._on_open_error, on_close_callback=self._on_closed)
             self.connection.add_on_connection_blocked_callback(self._on_blocked)
             self.connection.add_on_connection_unblocked_callback(self._on_unblocked)
-            self.connection.ioloop.start()
+            try:
+                self.connection.ioloop.start()
+            except Exception as e:  # the last guard of the I/O loop
+                self._after_fault(self.connection, e)
             if self.stopping:
                 break
             self.hooks.connection(False)
@@ -225,6 +228,32 @@ class ConsumerService:
                 break
             delay_s = min(self.settings.reconnect_max_s, delay_s * 2)
         self._stopped.set()
+
+    def _after_fault(self, connection: SelectConnection, error: Exception) -> None:
+        """A callback raised in the I/O loop: a fault of casebroker's own (RabbitMQ's
+        errors arrive as callbacks, never as exceptions). Give the connection up as if it
+        were lost, so that its unacked deliveries go back to the queue to be redone, and
+        reconnect; a process that exited instead would take every consumer in it down
+        and, restarted, meet the same delivery again."""
+        log.error("fault in the I/O loop of the connection to RabbitMQ (%s); closing it and "
+                  "reconnecting: its unacked deliveries go back to the queue",
+                  without_values(error))
+        for worker in self.workers:
+            worker.channel = None
+            worker._cancel_timers()
+        # a close RabbitMQ answers; else (no answer in time) the socket dropped
+        for give_up, when in ((connection.close, lambda: connection.is_open),
+                              (connection._adapter_disconnect_stream,
+                               lambda: not connection.is_closed)):
+            if not when():
+                continue
+            try:
+                give_up()
+                connection.ioloop.call_later(CLOSE_TIMEOUT_S, connection.ioloop.stop)
+                connection.ioloop.start()  # until _on_closed stops it, or the timeout
+            except Exception as again:
+                log.error("closing the connection after a fault failed too (%s)",
+                          without_values(again))
 
     def _next_host(self) -> tuple[str, int]:
         p = self._all_params[self._url_index % len(self._all_params)]

@@ -12,19 +12,21 @@ import itertools
 import logging
 import operator
 import queue
+import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pika.adapters.select_connection import SelectConnection
 from pika.channel import Channel
+from pika.exceptions import ShortStringTooLong, UnsupportedAMQPFieldException
 from pika.spec import Basic, BasicProperties
 
 from broker import threads
-from broker.envelope import Outbound
+from broker.envelope import Outbound, portable_headers
 from broker.errors import HandlerFault, TransientError, without_values
 
 if TYPE_CHECKING:
@@ -63,7 +65,12 @@ class Delivery:
 
     @property
     def message_id(self) -> str | None:
-        return self.properties.message_id  # type: ignore[no-any-return]
+        """The sender's message id; one that is not UTF-8, which pika hands over as
+        bytes, as text with its bytes escaped (the same text on every delivery)."""
+        mid = self.properties.message_id
+        if isinstance(mid, bytes | bytearray):
+            return bytes(mid).decode("utf-8", "backslashreplace")
+        return mid  # type: ignore[no-any-return]
 
 
 class BatchHandler(Protocol):
@@ -137,6 +144,12 @@ class CoalescingConnection(SelectConnection):  # type: ignore[misc]
         finally:
             self._write_held()
             self._held = None
+
+
+#: what pika raises when a message cannot be marshalled (a header name over 255 bytes, an
+#: int beyond 64 bits, a value of a type it has no encoding for)
+UNENCODABLE = (ShortStringTooLong, UnsupportedAMQPFieldException, struct.error, TypeError,
+               ValueError)
 
 
 def properties_for(out: Outbound, user_id: str | None) -> BasicProperties:
@@ -452,8 +465,21 @@ class QueueWorker:
 
     def _send(self, out: Outbound, entry: _InFlight) -> None:
         assert self.channel is not None
-        self.channel.basic_publish(out.exchange, out.routing_key, out.body,
-                                   properties_for(out, self.service.user_id), mandatory=True)
+        try:
+            self.channel.basic_publish(out.exchange, out.routing_key, out.body,
+                                       properties_for(out, self.service.user_id),
+                                       mandatory=True)
+        except UNENCODABLE as e:
+            # pika marshals a message whole before writing any of it: nothing was sent.
+            # Only a sender's headers copied onto a dead letter can do this, from an outbox
+            # row written before they were made portable: send them made portable now
+            log.warning("message %s to %s could not be encoded (%s); publishing it with "
+                        "its headers made portable", out.message_id, out.exchange,
+                        type(e).__name__)
+            self.channel.basic_publish(
+                out.exchange, out.routing_key, out.body, properties_for(
+                    replace(out, headers=portable_headers(out.headers or {})),
+                    self.service.user_id), mandatory=True)
         self.unconfirmed[self.next_seq] = (entry, out.message_id)
         self.next_seq += 1
 

@@ -6,8 +6,16 @@ outbox) and the transport (which publishes them); it knows nothing of any of the
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+
+#: the longest header name AMQP carries (a short string: 255 bytes)
+HEADER_NAME_MAX = 255
+#: AMQP's widest integer (pika decodes a double as an int, of a subclass of int)
+_INT64_MIN, _INT64_END = -2**63, 2**63
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,3 +29,54 @@ class Outbound:
     correlation_id: str | None
     headers: dict[str, Any] | None
     body: bytes
+
+
+def portable_headers(headers: Mapping[Any, Any]) -> dict[str, Any]:
+    """Headers as both an AMQP table and JSON can hold them: a copy of what a sender
+    sent, kept in the ledger and published again on its dead letter. pika hands over what
+    AMQP can carry and neither can take back: a name that is not UTF-8 (as bytes), a
+    double decoded as an int beyond 64 bits, bytes, timestamps, decimals. Names become
+    text of at most 255 bytes (a longer one: its start and a digest of the whole); values
+    strings, 64-bit integers, booleans, None, lists and tables of them."""
+    return {_header_name(k): _header_value(v) for k, v in headers.items()}
+
+
+def _header_name(name: Any) -> str:
+    text = (bytes(name).decode("utf-8", "backslashreplace")
+            if isinstance(name, bytes | bytearray) else str(name))
+    raw = text.encode()
+    if len(raw) <= HEADER_NAME_MAX:
+        return text
+    digest = "~" + hashlib.sha256(raw).hexdigest()[:16]
+    return raw[:HEADER_NAME_MAX - len(digest)].decode("utf-8", "ignore") + digest
+
+
+def _header_value(value: Any) -> Any:
+    if value is None or isinstance(value, str | bool):
+        return value
+    if isinstance(value, int):
+        return int(value) if _INT64_MIN <= value < _INT64_END else str(int(value))
+    if isinstance(value, float):  # pika sends no floats; JSON takes no NaN
+        return str(value)
+    if isinstance(value, Mapping):
+        return portable_headers(value)
+    if isinstance(value, list | tuple):
+        return [_header_value(v) for v in value]
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)  # Decimal and whatever else pika decodes
+
+
+def short_text(value: Any, limit: int) -> str:
+    """A property a sender set (bytes where it is not UTF-8) as text of at most ``limit``
+    characters: itself, or its start and a digest of the whole."""
+    text = (bytes(value).decode("utf-8", "backslashreplace")
+            if isinstance(value, bytes | bytearray) else str(value))
+    if len(text) <= limit:
+        return text
+    digest = "~sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    if len(digest) >= limit:
+        return digest[-limit:]
+    return text[:limit - len(digest)] + digest

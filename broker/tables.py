@@ -56,6 +56,10 @@ metadata = MetaData()
 #: the longest message id the ledger keeps (AMQP allows 255 characters: consumers shorten
 #: longer ones, broker.consumers.common.delivery_id)
 MESSAGE_ID_MAX = 128
+#: the longest type and correlation id an outbox row keeps (a dead letter's, copied from
+#: what its sender set, is shortened: broker.consumers.common.dead_letter)
+OUTBOX_TYPE_MAX = 32
+CORRELATION_MAX = 96
 
 dossiers = Table(
     "dossiers", metadata,
@@ -156,8 +160,8 @@ outbox = Table(
     Column("exchange", String(255), nullable=False),
     Column("routing_key", String(255), nullable=False),
     Column("message_id", String(MESSAGE_ID_MAX), nullable=False),
-    Column("type", String(32), nullable=False),
-    Column("correlation_id", String(96)),
+    Column("type", String(OUTBOX_TYPE_MAX), nullable=False),
+    Column("correlation_id", String(CORRELATION_MAX)),
     Column("headers", JSON),
     Column("body", LargeBinary, nullable=False),
 )
@@ -172,8 +176,8 @@ watch_outbox = Table(
     Column("exchange", String(255), nullable=False),
     Column("routing_key", String(255), nullable=False),
     Column("message_id", String(MESSAGE_ID_MAX), nullable=False, unique=True),
-    Column("type", String(32), nullable=False),
-    Column("correlation_id", String(96)),
+    Column("type", String(OUTBOX_TYPE_MAX), nullable=False),
+    Column("correlation_id", String(CORRELATION_MAX)),
     Column("body", LargeBinary, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("confirmed_at", UTCDateTime, index=True),

@@ -12,7 +12,7 @@ from datetime import datetime, tzinfo
 from typing import Any
 
 from broker.amqp import DETAIL_HEADER, REASON_HEADER, SENT_BY_HEADER, SOURCE_HEADER, Delivery
-from broker.envelope import Outbound
+from broker.envelope import Outbound, portable_headers, short_text
 from broker.errors import DecodeError
 from broker.ledger import Batch, Ledger
 from broker.messages import (
@@ -29,7 +29,7 @@ from broker.messages import (
 )
 from broker.rules.engine import Engine
 from broker.security import user_for
-from broker.tables import MESSAGE_ID_MAX
+from broker.tables import CORRELATION_MAX, MESSAGE_ID_MAX, OUTBOX_TYPE_MAX
 from broker.topology import TRIAGE_KEY, Topology
 
 log = logging.getLogger(__name__)
@@ -41,9 +41,6 @@ Clock = Callable[[], datetime]
 #: on a dead letter whose body was over the size limit: its size (the copy keeps the
 #: first MAX_BODY_BYTES bytes)
 ORIGINAL_SIZE_HEADER = "x-casebroker-original-size"
-
-
-_ID_DIGEST = "~sha256:"
 
 
 def delivery_id(delivery: Delivery) -> str:
@@ -58,26 +55,7 @@ def delivery_id(delivery: Delivery) -> str:
 def kept_id(message_id: str) -> str:
     """A message id as the ledger keeps it: itself, or, longer than its columns hold
     (AMQP allows 255 characters), its start and a SHA-256 of the whole."""
-    if len(message_id) <= MESSAGE_ID_MAX:
-        return message_id
-    digest = hashlib.sha256(message_id.encode()).hexdigest()
-    return message_id[:MESSAGE_ID_MAX - len(_ID_DIGEST) - len(digest)] + _ID_DIGEST + digest
-
-
-def _json_safe(value: Any) -> Any:
-    """A header value as the ledger's JSON can hold it: AMQP tables may carry bytes (a
-    long string that is not UTF-8), timestamps and decimals, which JSON cannot."""
-    if value is None or isinstance(value, (str, bool, int, float)):
-        return value
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode("utf-8", "backslashreplace")
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return str(value)  # Decimal and whatever else pika decodes
+    return short_text(message_id, MESSAGE_ID_MAX)
 
 
 def sent_by(delivery: Delivery, trusted: str | None) -> str | None:
@@ -104,7 +82,7 @@ def _keep_headers(delivery: Delivery, trusted: str | None) -> dict[str, Any]:
     """The delivery's own headers, kept on its dead-letter or triage copy (which is stored
     in the outbox as JSON, to be re-published identically on a redelivery), with its
     first sender in ``x-casebroker-sent-by`` for a replay (none: a claimed one is dropped)."""
-    headers = {str(k): _json_safe(v) for k, v in (delivery.properties.headers or {}).items()}
+    headers = portable_headers(delivery.properties.headers or {})
     headers.pop(SENT_BY_HEADER, None)
     sender = sent_by(delivery, trusted)
     if sender is not None:
@@ -123,14 +101,19 @@ def dead_letter(topology: Topology, source: str, delivery: Delivery, reason: str
     largest message the contract allows. Refused for its size, it is never replayable."""
     headers = _keep_headers(delivery, trusted)
     headers.update({REASON_HEADER: reason, DETAIL_HEADER: detail[:500], SOURCE_HEADER: source,
-                    "x-original-type": delivery.properties.type or "",
-                    "x-original-content-type": delivery.properties.content_type or ""})
+                    "x-original-type": short_text(delivery.properties.type or "", 255),
+                    "x-original-content-type": short_text(
+                        delivery.properties.content_type or "", 255)})
     body = delivery.body
     if len(body) > MAX_BODY_BYTES:
         headers[ORIGINAL_SIZE_HEADER] = len(body)
         body = body[:MAX_BODY_BYTES]
+    # the outbox's columns hold a type of 32 characters and a correlation id of 96; the
+    # sender's own, whatever their length or encoding, are in the headers above
+    correlation = delivery.properties.correlation_id
     return Outbound(topology.dead_letter_exchange, source, delivery_id(delivery),
-                    delivery.properties.type or "", delivery.properties.correlation_id,
+                    short_text(delivery.properties.type or "", OUTBOX_TYPE_MAX),
+                    None if correlation is None else short_text(correlation, CORRELATION_MAX),
                     headers, body)
 
 
@@ -379,8 +362,17 @@ class Consumer:
         instead of the delivery being processed after all, which would leave both a
         result and a dead letter that a replay could apply a second time.
         """
-        dl = dead_letter(self.topology, self.source, delivery, "internal_error",
-                         type(error).__name__, self.screen.trusted)
+        try:
+            dl = dead_letter(self.topology, self.source, delivery, "internal_error",
+                             type(error).__name__, self.screen.trusted)
+        except Exception as e:  # what the sender set defeats even that: keep the body
+            log.error("dead letter of a delivery from %s built without its properties (%s)",
+                      self.source, type(e).__name__)
+            dl = Outbound(self.topology.dead_letter_exchange, self.source,
+                          "sha256:" + hashlib.sha256(delivery.body).hexdigest(), "", None,
+                          {REASON_HEADER: "internal_error", SOURCE_HEADER: self.source,
+                           DETAIL_HEADER: type(error).__name__},
+                          delivery.body[:MAX_BODY_BYTES])
         try:
             with self._batch() as batch:
                 batch.record(delivery_id(delivery), self.source, "dead:internal_error", None,

@@ -1,0 +1,130 @@
+"""What any publisher can set on a message, through the real RabbitMQ: properties AMQP
+carries but casebroker cannot store or send on as they came, and a fault in the I/O loop.
+None of it may stop the routers, block the queue behind it, or lose what it carried."""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from datetime import UTC, datetime
+from typing import Any
+
+import pika
+import pika.data
+import pytest
+
+from broker.amqp import REASON_HEADER
+from broker.amqp_worker import QueueWorker
+from broker.envelope import HEADER_NAME_MAX, Outbound
+from broker.ledger import Ledger
+from broker.topology import INTAKE_KEY, Topology
+from tests.conftest import queue_depth, wait_for
+from tests.helpers import Amqp, dossier
+
+pytestmark = pytest.mark.integration
+
+
+def _take(amqp: Amqp, queue: str, n: int) -> list[tuple[Any, bytes]]:
+    got: list[tuple[Any, bytes]] = []
+    wait_for(lambda: got.extend(amqp.get_all(queue)) or len(got) >= n,
+             what=f"{n} message(s) on {queue}")
+    assert len(got) == n
+    return got
+
+
+def test_properties_the_ledger_and_pika_cannot_take_back_are_dead_lettered_made_portable(
+        declared: Topology, ledger: Ledger, start_broker: Any, amqp: Amqp,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    start_broker()
+    odd = {b"\xff" * 100: 1,        # a name that is not UTF-8: 400 characters escaped
+           "x-huge": 1e300,          # a double pika decodes as an int AMQP cannot carry
+           "x-ok": "kept"}
+    encode_value = pika.data.encode_value
+
+    def with_doubles(pieces: list[bytes], value: Any) -> int:
+        if isinstance(value, float):  # as other clients send them: pika sends none
+            pieces.append(struct.pack(">cd", b"d", value))
+            return 9
+        return encode_value(pieces, value)  # type: ignore[no-any-return]
+
+    with monkeypatch.context() as patched:
+        patched.setattr(pika.data, "encode_value", with_doubles)
+        for message_id in (b"\xfe" * 200, b"\xfd" * 100):  # not UTF-8; over/under 128
+            amqp.ch.basic_publish(
+                declared.intake_exchange, INTAKE_KEY, b"{", pika.BasicProperties(
+                    content_type="application/json", delivery_mode=2, message_id=message_id,
+                    correlation_id="c" * 200, type="t" * 100, headers=odd), mandatory=True)
+    good = dossier()
+    amqp.submit(declared, good)
+
+    # the dossier behind them is routed: the routers neither died nor stalled
+    (_, assigned), = _take(amqp, declared.agency_queue("T.UBND.A"), 1)
+    assert json.loads(assigned)["submission_id"] == str(good.submission_id)
+    dead = _take(amqp, declared.dead_queue("intake"), 2)
+    for props, body in dead:
+        headers = props.headers
+        assert headers[REASON_HEADER] == "malformed_json" and body == b"{"
+        (name,) = [k for k in headers if k.startswith("\\xff")]
+        assert len(name.encode()) == HEADER_NAME_MAX
+        assert headers["x-huge"] == str(int(1e300)) and headers["x-ok"] == "kept"
+        assert headers["x-original-type"] == "t" * 100
+        assert len(props.type) == 32 and len(props.correlation_id) == 96
+    # told apart by their ids, each kept as text the inbox holds
+    ids = sorted(props.message_id for props, _ in dead)
+    assert [(i[:4], len(i), "~sha256:" in i) for i in ids] == [
+        ("\\xfd", 128, True), ("\\xfe", 128, True)]  # 400 and 800 characters escaped
+    assert ledger.count_inbox_outcomes() == {"dead:malformed_json": 2, "routed": 1}
+    assert "fault in the I/O loop" not in caplog.text
+
+
+def test_a_fault_in_the_io_loop_reconnects_and_the_delivery_is_redone_once(
+        declared: Topology, ledger: Ledger, start_broker: Any, amqp: Amqp,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    send = QueueWorker._send
+    faults: list[str] = []
+
+    def send_or_fail(self: QueueWorker, out: Any, entry: Any) -> None:
+        if not faults:  # the first publish of all: its batch is committed, nothing sent
+            faults.append(out.message_id)
+            raise RuntimeError("a bug of casebroker's own")
+        send(self, out, entry)
+
+    monkeypatch.setattr(QueueWorker, "_send", send_or_fail)
+    caplog.set_level(logging.INFO)
+    start_broker()
+    d = dossier()
+    amqp.submit(declared, d)
+    (_, assigned), = _take(amqp, declared.agency_queue("T.UBND.A"), 1)
+    (_, receipt), = _take(amqp, declared.desk_queue("T.MC.B"), 1)
+    assert json.loads(receipt)["notice"] == "receipt" and faults
+    assert ("fault in the I/O loop of the connection to RabbitMQ (builtins.RuntimeError"
+            in caplog.text)
+    # the redelivery republished the batch from the ledger: one dossier, nothing twice,
+    # and the delivery itself acked
+    assert ledger.count_by_state() == {2: 1}
+    wait_for(lambda: queue_depth(declared.intake_queue) == 0, what="intake drained")
+    amqp.submit(declared, dossier())  # and the routers go on
+    _take(amqp, declared.agency_queue("T.UBND.A"), 1)
+    assert queue_depth(declared.agency_queue("T.UBND.A")) == 0
+
+
+def test_a_dead_letter_stored_with_headers_pika_cannot_send_goes_out_made_portable(
+        declared: Topology, ledger: Ledger, start_broker: Any, amqp: Amqp) -> None:
+    # kept in the outbox by a version that copied a sender's headers as they came; its
+    # delivery comes again (its ack was lost) and the dead letter is published again
+    stored = Outbound(declared.dead_letter_exchange, "intake", "old:1", "dossier.submitted",
+                      None, {"n" * 300: 1, "x-wide": 2**70, REASON_HEADER: "malformed_json"},
+                      b"{")
+    with ledger.batch() as batch:
+        batch.record("old:1", "intake", "dead:malformed_json", None, [stored],
+                     datetime.now(UTC))
+    start_broker()
+    amqp.publish(declared.intake_exchange, INTAKE_KEY, b"{", message_id="old:1")
+    (props, body), = _take(amqp, declared.dead_queue("intake"), 1)
+    assert body == b"{" and props.message_id == "old:1"
+    (name,) = [k for k in props.headers if k.startswith("nnn")]
+    assert len(name) == HEADER_NAME_MAX and "~" in name
+    assert props.headers["x-wide"] == str(2**70)
+    assert props.headers[REASON_HEADER] == "malformed_json"
+    wait_for(lambda: queue_depth(declared.intake_queue) == 0, what="intake drained")
