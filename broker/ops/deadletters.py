@@ -190,8 +190,14 @@ def replay(ch: BlockingChannel, topology: Topology, which: str, msg: Taken) -> d
     exchange, key, via_inbox = replay_target(topology, which, msg)
     headers = {k: v for k, v in msg.headers.items() if k not in _DEAD_HEADERS}
     if via_inbox:
-        new_id, original, generation = replay_id(msg)
-        headers.update({REPLAY_OF_HEADER: original, REPLAYS_HEADER: generation})
+        if which == "triage" or REASON_HEADER in msg.headers:  # judged by casebroker
+            new_id, original, generation = replay_id(msg)
+            headers.update({REPLAY_OF_HEADER: original, REPLAYS_HEADER: generation})
+        else:
+            # the delivery itself, dead-lettered by RabbitMQ (its delivery limit), maybe
+            # after its batch committed and while its publishes were refused: under its
+            # own id the inbox republishes what it recorded, or it is processed afresh
+            new_id = msg.message_id
         first_sender = sent_by(msg.properties)
         if first_sender is not None:
             # under the operator's login, which must be the router's own for the router to

@@ -19,16 +19,18 @@ import pytest
 from broker.amqp import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER, amqp_url
 from broker.cli import main
 from broker.consumers.common import to_agency, to_desk
+from broker.consumers.router import Router
 from broker.envelope import Outbound
 from broker.ledger import Ledger
 from broker.messages import AgencyNotice, DeskNotice, NoticeKind, encode
 from broker.ops.audit import audit
-from broker.rules.catalog import Catalog
+from broker.rules.catalog import Catalog, load_catalog
+from broker.rules.engine import Engine
 from broker.security import Grant, Management, ManagementError
 from broker.service import declare_topology
-from broker.topology import DELIVERY_LIMIT, Topology
-from tests.conftest import RunningBroker, queue_depth, wait_for
-from tests.helpers import Amqp, cli, dossier, free_port
+from broker.topology import DELIVERY_LIMIT, INTAKE_KEY, Topology
+from tests.conftest import MINI_CATALOG, RunningBroker, queue_depth, wait_for
+from tests.helpers import Amqp, cli, dossier, free_port, intake_delivery
 
 pytestmark = pytest.mark.integration
 
@@ -549,3 +551,40 @@ def test_a_channel_rabbitmq_closes_mid_replay_is_one_line_and_loses_nothing(
     rc, out, err = cli(capsys, t, "dead-letters", "replay", "--all")
     assert rc == 0, err
     assert _ids(amqp, t.agency_queue("T.UBND.A")) == [notice.message_id]
+
+
+def test_a_delivery_rabbitmq_dead_lettered_after_its_batch_committed_is_replayed_in_full(
+        declared: Topology, ledger: Ledger, amqp: Amqp, start_broker: Any,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # the router committed the dossier, then RabbitMQ refused its publishes (a full agency
+    # queue) until the intake delivery reached the quorum queue's delivery limit: the
+    # assignment and the receipt are in the outbox, and nobody has them
+    t = declared
+    d = dossier()
+    body, mid = encode(d), f"submit:{d.submission_id}"
+    engine = Engine(load_catalog(MINI_CATALOG))
+    committed = Router(lambda: engine, ledger, t).handle([intake_delivery(1, body, mid)])
+    assert sorted(o.type for o in committed) == ["desk.notice", "dossier.assigned"]
+    amqp.publish(t.intake_exchange, INTAKE_KEY, body, message_id=mid,
+                 type="dossier.submitted")
+    for _ in range(DELIVERY_LIMIT + 5):
+        method, _, _ = amqp.ch.basic_get(t.intake_queue)
+        if method is None:
+            break
+        amqp.ch.basic_nack(method.delivery_tag, requeue=True)
+    wait_for(lambda: queue_depth(t.dead_queue("intake")) == 1, what="the delivery limit")
+
+    rc, out, err = cli(capsys, t, "dead-letters", "replay", "--all", "--queue", "intake",
+                       "--json")
+    assert rc == 0, err
+    (done,) = json.loads(out)["messages"]
+    assert done["replayed_as"] == mid  # its own id: the inbox has it
+    start_broker()
+    wait_for(lambda: queue_depth(t.agency_queue("T.UBND.A")) == 1, what="the assignment")
+    assigned = amqp.json_all(t.agency_queue("T.UBND.A"))
+    assert [a["submission_id"] for a in assigned] == [str(d.submission_id)]
+    wait_for(lambda: queue_depth(t.desk_queue("T.MC.B")) == 1, what="the receipt")
+    assert [n["notice"] for n in amqp.json_all(t.desk_queue("T.MC.B"))] == ["receipt"]
+    wait_for(lambda: queue_depth(t.intake_queue) == 0, what="the replay acked")
+    assert ledger.count_inbox_outcomes() == {"routed": 1}  # not taken for a new copy
+    assert ledger.count_by_state() == {2: 1}
