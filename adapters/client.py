@@ -33,6 +33,7 @@ from broker.errors import CasebrokerError, DecodeError
 from broker.messages import (
     CONTENT_TYPE,
     MAX_BODY_BYTES,
+    MAX_BROKER_BODY_BYTES,
     AgencyNotice,
     AgencyStatus,
     DeskNotice,
@@ -387,7 +388,7 @@ class Inbox:
             try:
                 message = decode(body.encode() if isinstance(body, str) else body,
                                  content_type=delivery.content_type,
-                                 expected=INBOX_KINDS)
+                                 expected=INBOX_KINDS, max_bytes=MAX_BROKER_BODY_BYTES)
             except DecodeError as e:
                 # the reason code and detail never echo field values (no personal data)
                 log.error("poison message %s on %s (%s); dead-lettering",

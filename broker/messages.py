@@ -32,6 +32,10 @@ from broker.errors import DecodeError
 
 #: Bodies over this size are refused before parsing (documents travel by reference).
 MAX_BODY_BYTES = 256 * 1024
+#: The largest body a desk or agency takes from casebroker: an assignment or a notice
+#: carries a dossier (up to MAX_BODY_BYTES) and the documents its agencies and desk added
+#: since (each step's results, the supplements), so it may be larger than what came in
+MAX_BROKER_BODY_BYTES = 16 * 1024 * 1024
 CONTENT_TYPE = "application/json"
 
 #: nine digits or more in a row: what a phone number (10) or an id number (9 or 12) is
@@ -402,16 +406,18 @@ def decode(
     *,
     content_type: str | None = CONTENT_TYPE,
     expected: frozenset[str] | None = None,
+    max_bytes: int = MAX_BODY_BYTES,
 ) -> Message:
     """Parse and validate one AMQP body; raise DecodeError with a reason code otherwise.
 
     ``expected`` limits the kinds accepted on a queue (a desk event on the intake
-    queue is as wrong as a malformed body).
+    queue is as wrong as a malformed body); ``max_bytes``, the size (what comes from
+    casebroker may be larger than what goes to it: :data:`MAX_BROKER_BODY_BYTES`).
     """
     if content_type not in (CONTENT_TYPE, None, ""):
         raise DecodeError("wrong_content_type", f"content type {content_type!r} is not JSON")
-    if len(body) > MAX_BODY_BYTES:
-        raise DecodeError("too_large", f"{len(body)} bytes over the {MAX_BODY_BYTES}-byte limit")
+    if len(body) > max_bytes:
+        raise DecodeError("too_large", f"{len(body)} bytes over the {max_bytes}-byte limit")
     try:
         message: Message = _ANY_KIND.validate_json(body)  # one pass, in Rust
     except ValidationError as e:

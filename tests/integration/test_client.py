@@ -18,6 +18,7 @@ import pytest
 from adapters.client import AgencyClient, BrokerClient, DeskClient, Inbox, PublishError, Received
 from broker.amqp import amqp_url
 from broker.messages import (
+    MAX_BODY_BYTES,
     AgencyNotice,
     DeskNotice,
     Document,
@@ -25,6 +26,7 @@ from broker.messages import (
     DossierWithdrawn,
     NoticeKind,
     decode,
+    encode,
 )
 from broker.topology import STATUS_KEY, Topology
 from tests.helpers import free_port
@@ -331,3 +333,21 @@ def test_the_sdk_tries_the_next_node_of_the_cluster(live: Live,
     with DeskClient("T.MC.A", topology=live.topology, max_retries=3) as desk:
         desk.submit(dossier())
     assert live.depth(live.topology.intake_queue) == 1
+
+
+def test_a_notice_larger_than_what_a_desk_may_send_is_taken(live: Live) -> None:
+    # a result notice carries every step's results: larger than the 256 KiB a desk may
+    # send, it is what casebroker built, and the inbox takes it
+    t = live.topology
+    notice = desk_notice("T.MC.A", 1).model_copy(update={"documents": [
+        DOC.model_copy(update={"name": f"ket-qua-{i:04d}.pdf"}) for i in range(2000)]})
+    assert len(encode(notice)) > MAX_BODY_BYTES
+    got: list[Received] = []
+    with DeskClient("T.MC.A", topology=t) as desk:
+        live.channel.basic_publish(t.desk_exchange, "T.MC.A", encode(notice),
+                                   pika.BasicProperties(message_id="notice:large",
+                                                        content_type="application/json",
+                                                        type="desk.notice"))
+        assert desk.inbox().drain(got.append, timeout_s=0.3) == 1
+    assert [len(r.message.documents) for r in got] == [2000]
+    assert live.depth(t.desk_queue("T.MC.A")) == live.depth(t.dead_queue("desk")) == 0
