@@ -61,8 +61,14 @@ def asyncapi(topology: Topology | None = None) -> dict[str, Any]:
         "info": {"title": "casebroker", "version": "1",
                  "description": "Dossiers from any desk to the competent agency and results "
                                 "back. Every message is persistent JSON with a stable "
-                                "message_id (receivers drop duplicates by it), correlation_id "
-                                "= dossier code, type = message kind."},
+                                "message_id, by which receivers drop duplicates, casebroker "
+                                "too: a message sent again (a retry after a lost confirm) "
+                                "must carry the same message_id, or it is taken for a new "
+                                "one. The SDK sends submit:<submission_id>, "
+                                "status:<update_id> and event:<event_id>; do the same. "
+                                "correlation_id = the dossier code (a submission: its "
+                                "submission id; a notice about a submission that opened no "
+                                "dossier: none); type = message kind."},
         "defaultContentType": "application/json",
         "channels": channels,
         "components": {"messages": messages, "schemas": dict(sorted(schemas.items()))},
