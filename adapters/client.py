@@ -321,6 +321,10 @@ class Inbox:
         self.queues = list(queues)
         self.prefetch_count = prefetch_count
         self._stop = threading.Event()
+        #: set while the drain's connection closes: deliveries the client had buffered
+        #: are dispatched then, and go back to their queue unhandled (the caller may have
+        #: released what its handler needs, and an ack could no longer be sent)
+        self._closing = False
         self._handled = 0
         self._last_delivery = 0.0
         #: the connection of the running drain (None when idle); tests cut it to force a reconnect
@@ -359,7 +363,11 @@ class Inbox:
             self._stop.clear()
             self.connection = None
             # unacked prefetched deliveries go back to their queues when the channel closes
-            conn.release()
+            self._closing = True
+            try:
+                conn.release()
+            finally:
+                self._closing = False
 
     def _consume(self, conn: Any, handler: Callable[[Received], None]) -> None:
         conn.ensure_connection(**self.client.retry_policy)
@@ -377,6 +385,8 @@ class Inbox:
     def _on_message(self, queue: str, handler: Callable[[Received], None]
                     ) -> Callable[[Any], None]:
         def on_message(delivery: Any) -> None:
+            if self._closing:
+                return  # not acked: back to its queue as the channel closes
             try:
                 handle(delivery)
             finally:

@@ -264,8 +264,13 @@ def refuse(ch: BlockingChannel, topology: Topology, ledger: Ledger, msg: Taken, 
 def describe(which: str, msg: Taken) -> dict[str, Any]:
     """One dead letter as the operator sees it (no body)."""
     h = msg.headers
+    # one RabbitMQ dead-lettered itself has no reason of casebroker's: RabbitMQ's, then
+    # (a reject by a desk's or agency's Inbox, whose handler failed: "rejected")
+    reason = _text(h.get(REASON_HEADER)) or (
+        f"rabbitmq:{_text(h.get('x-first-death-reason'))}"
+        if h.get("x-first-death-reason") else None)
     return {"queue": which, "message_id": msg.message_id,
-            "reason": _text(h.get(REASON_HEADER)), "detail": _text(h.get(DETAIL_HEADER)),
+            "reason": reason, "detail": _text(h.get(DETAIL_HEADER)),
             "source": _text(h.get(SOURCE_HEADER)), "type": msg.properties.type,
             "content_type": _text(h.get("x-original-content-type"))
             or msg.properties.content_type,

@@ -243,6 +243,25 @@ def test_stop_from_another_thread_ends_drain(live: Live) -> None:
         timer.join()
 
 
+def test_after_stop_the_handler_is_not_called_and_what_it_did_not_take_stays_queued(
+        live: Live) -> None:
+    t = live.topology
+    calls: list[str | None] = []
+    with DeskClient("T.MC.A", topology=t) as desk:
+        publish_desk_notices(desk, t, "T.MC.A", 5)
+        inbox = desk.inbox()
+
+        def handler(r: Received) -> None:  # the desk shuts down after the first
+            calls.append(r.message_id)
+            inbox.stop()
+
+        handled = inbox.drain(handler, timeout_s=2.0)
+    # every call was acked: none came while the connection closed, its ack lost
+    assert len(calls) == handled >= 1
+    assert live.wait_depth(t.desk_queue("T.MC.A"), 5 - handled) == 5 - handled
+    assert live.depth(t.dead_queue("desk")) == 0
+
+
 def cut(connection: Any) -> None:
     """Simulate a network failure under a kombu connection."""
     connection.connection.transport.sock.shutdown(socket.SHUT_RDWR)

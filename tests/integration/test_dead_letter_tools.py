@@ -573,6 +573,8 @@ def test_a_delivery_rabbitmq_dead_lettered_after_its_batch_committed_is_replayed
             break
         amqp.ch.basic_nack(method.delivery_tag, requeue=True)
     wait_for(lambda: queue_depth(t.dead_queue("intake")) == 1, what="the delivery limit")
+    rc, out, err = cli(capsys, t, "dead-letters", "list", "--queue", "intake")
+    assert rc == 0 and f"{mid}" in out and "rabbitmq:delivery_limit" in out, out
 
     rc, out, err = cli(capsys, t, "dead-letters", "replay", "--all", "--queue", "intake",
                        "--json")
