@@ -241,7 +241,10 @@ class DeskClient(BrokerClient):
         """Report that the citizen withdrew the dossier: by its code, or, for one this
         desk was told is ``held`` (no code), by the ``submission_id`` it sent it under.
         Exactly one of the two (``ValueError`` otherwise). The answer comes to this
-        desk's inbox: a ``withdrawn`` notice, or ``update_refused`` and why."""
+        desk's inbox: a ``withdrawn`` notice, or ``update_refused`` and why. By
+        submission id before any answer about the dossier came (a receipt or ``held``),
+        the ``withdrawn`` notice comes when casebroker has the dossier; if it has
+        opened it meanwhile, ``update_refused`` gives its code to withdraw it by."""
         if (dossier_code is None) == (submission_id is None):
             raise ValueError("withdrawn() takes a dossier_code or, for a dossier held "
                              "without one, a submission_id: exactly one of the two")

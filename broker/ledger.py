@@ -76,6 +76,7 @@ from broker.tables import (
     _json_dumps,
     code_sequences,
     dossiers,
+    early_withdrawals,
     events,
     held,
     inbox,
@@ -89,7 +90,8 @@ from broker.tables import (
 
 #: the tables are defined in broker.tables; callers may take them from here
 __all__ = ["DEFAULT_DB_URL", "Batch", "Checkpoints", "ConcurrentUpdate", "Ledger", "Prior",
-           "RawJSON", "SubmissionOpened", "code_sequences", "dossiers", "events", "held", "inbox",
+           "RawJSON", "SubmissionOpened", "code_sequences", "dossiers", "early_withdrawals",
+           "events", "held", "inbox",
            "is_transient", "metadata", "outbox", "prunes", "refusal_notice", "refusals",
            "watch_outbox"]
 
@@ -119,6 +121,9 @@ _SQLITE_CHUNK = 300
 #: both checks could pass at once and the desk get a receipt and a refusal. SQLite needs
 #: no key: both take its one write lock first (``BEGIN IMMEDIATE``).
 SUBMISSION_GATE = 0x63622D7375626D
+#: what :meth:`Batch.existing_submissions` gives for a submission withdrawn before the
+#: router had it (no dossier code starts with "~")
+WITHDRAWN_EARLY = "~withdrawn-early"
 
 
 def _sqlite_datetime(value: datetime | None) -> str | None:
@@ -384,21 +389,44 @@ class Batch:
                     r.headers, bytes(r.body)))
         return found
 
-    def existing_submissions(self, submission_ids: Iterable[str], *, alone: bool = False
-                             ) -> dict[str, str | None]:
+    def existing_submissions(self, submission_ids: Iterable[str], *, alone: bool = False,
+                             with_early: bool = False) -> dict[str, str | None]:
         """submission id → dossier code for those already in the ledger, or None for one
-        closed at intake with no dossier (:meth:`refusals` has its notice); the batch
-        holds :data:`SUBMISSION_GATE` from here on (``alone``: see
-        :meth:`enter_submission_gate`)."""
+        closed at intake with no dossier (:meth:`refusals` has its notice), or, with
+        ``with_early``, :data:`WITHDRAWN_EARLY` for one withdrawn before it came
+        (:meth:`early_withdrawals`); the batch holds :data:`SUBMISSION_GATE` from here on
+        (``alone``: see :meth:`enter_submission_gate`)."""
         ids = list(set(submission_ids))
         if not ids:
             return {}
         self.enter_submission_gate(alone=alone)
         # one statement: the refusals' probe of an index (of a few rows) costs nothing
-        # beside a round trip of its own per batch
+        # beside a round trip of its own per batch; early withdrawals first, so that a
+        # dossier or refusal of the same id (there is none) would win
+        early = (f"SELECT submission_id, '{WITHDRAWN_EARLY}' FROM early_withdrawals "
+                 f"WHERE submission_id {_IN} UNION ALL " if with_early else "")
         return dict(self._rows_in(
-            f"SELECT submission_id, code FROM dossiers WHERE submission_id {_IN} UNION ALL "
+            early
+            + f"SELECT submission_id, code FROM dossiers WHERE submission_id {_IN} UNION ALL "
             f"SELECT submission_id, NULL FROM refusals WHERE submission_id {_IN}", ids))
+
+    def early_withdrawals(self, submission_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """submission id → its withdrawal sent before the router had it (rare)."""
+        wanted = list(set(submission_ids))
+        if not wanted:
+            return {}
+        rows = self.conn.execute(select(early_withdrawals).where(
+            early_withdrawals.c.submission_id.in_(wanted)))
+        return {r.submission_id: dict(r._mapping) for r in rows}
+
+    def withdraw_early(self, row: dict[str, Any]) -> None:
+        """Keep a withdrawal of a submission the ledger does not have yet."""
+        self.conn.execute(early_withdrawals.insert().values(row))
+
+    def drop_early_withdrawal(self, submission_id: str) -> None:
+        """The submission came and was closed at intake: its early withdrawal is done."""
+        self.conn.execute(early_withdrawals.delete().where(
+            early_withdrawals.c.submission_id == submission_id))
 
     def enter_submission_gate(self, *, alone: bool = False) -> None:
         """Hold :data:`SUBMISSION_GATE` until this batch commits: shared (the router,

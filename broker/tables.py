@@ -209,6 +209,21 @@ refusals = Table(
     Column("notice", LargeBinary, nullable=False),
 )
 
+#: withdrawals by submission id of a submission the ledger did not have yet: its desk
+#: withdrew it before the router had taken it (at once, or while intake had a backlog).
+#: The router closes the submission at intake when it comes (a ``refusals`` row in state
+#: 7, the desk told ``withdrawn``) and deletes the row; no personal data but the reason
+#: the desk gave, which `ledger prune` erases with the row once past the cutoff
+early_withdrawals = Table(
+    "early_withdrawals", metadata,
+    Column("submission_id", String(36), primary_key=True),
+    Column("desk_id", String(64), nullable=False),
+    #: the withdrawal's delivery (its inbox row)
+    Column("message_id", String(MESSAGE_ID_MAX), nullable=False),
+    Column("reason", Text),
+    Column("withdrawn_at", UTCDateTime, nullable=False),
+)
+
 #: each valid dossier the router held in triage (no rule routed it): no dossier was opened,
 #: and the desk was told ``held``, with the submission id and no code. A withdrawal by that
 #: submission id finds it here (its intake desk, and the triage copy kept in ``outbox``

@@ -34,7 +34,7 @@ from broker.consumers.common import (
 )
 from broker.envelope import Outbound
 from broker.errors import DecodeError, RoutingError
-from broker.ledger import Batch, RawJSON
+from broker.ledger import WITHDRAWN_EARLY, Batch, RawJSON
 from broker.lifecycle import Event, State, apply
 from broker.messages import (
     DeskNotice,
@@ -43,6 +43,7 @@ from broker.messages import (
     NoticeKind,
     body_fingerprint,
     decode,
+    shown_id,
 )
 from broker.rules.engine import Decision, Engine
 from broker.tables import is_pruned
@@ -98,7 +99,11 @@ class Router(Consumer):
                fresh: list[tuple[str, Delivery, DossierSubmitted]],
                now: datetime) -> list[Outbound]:
         out: list[Outbound] = []
-        existing = batch.existing_submissions(str(m.submission_id) for _, _, m in fresh)
+        existing = batch.existing_submissions((str(m.submission_id) for _, _, m in fresh),
+                                              with_early=True)
+        if WITHDRAWN_EARLY in existing.values():
+            fresh, closed = self._withdrawn_early(batch, fresh, existing, now)
+            out += closed
         routed: list[_Routed] = []
         first: dict[str, _Routed] = {}  # submission id → its dossier routed in this batch
         again: list[tuple[str, Delivery, DossierSubmitted]] = []
@@ -157,6 +162,54 @@ class Router(Consumer):
             return {}
         firsts = batch.first_arrivals(replays.values())
         return {mid: firsts[key] for mid, key in replays.items() if key in firsts}
+
+    def _withdrawn_early(self, batch: Batch,
+                         fresh: list[tuple[str, Delivery, DossierSubmitted]],
+                         existing: dict[str, str | None], now: datetime
+                         ) -> tuple[list[tuple[str, Delivery, DossierSubmitted]],
+                                    list[Outbound]]:
+        """Submissions their intake desk withdrew (by submission id) before the router
+        had them: each is closed at intake as withdrawn, as if it had been held (a
+        ``refusals`` row in state 7; its desk told ``withdrawn``, no code), and opens no
+        dossier; later copies get that notice (``existing`` now says closed). A
+        withdrawal from another desk is void: the submission is routed. Returns the
+        deliveries left to route, and what to publish."""
+        early = batch.early_withdrawals(
+            s for s, code in existing.items() if code == WITHDRAWN_EARLY)
+        left: list[tuple[str, Delivery, DossierSubmitted]] = []
+        out: list[Outbound] = []
+        for mid, delivery, msg in fresh:
+            sid = str(msg.submission_id)
+            withdrawal = early.pop(sid, None)
+            if withdrawal is None:  # no early withdrawal, or a copy of one closed above
+                left.append((mid, delivery, msg))
+                continue
+            batch.drop_early_withdrawal(sid)
+            if withdrawal["desk_id"] != msg.desk_id:
+                log.warning("a withdrawal by submission id from desk %s before its "
+                            "submission came was void: the submission is desk %s's",
+                            shown_id(withdrawal["desk_id"]), shown_id(msg.desk_id))
+                del existing[sid]
+                left.append((mid, delivery, msg))
+                continue
+            reason = withdrawal["reason"]
+            notice = to_desk(self.topology, DeskNotice(
+                notice=NoticeKind.WITHDRAWN, dossier_code=None,
+                submission_id=msg.submission_id, desk_id=msg.desk_id,
+                procedure_code=msg.procedure_code, state=State.WITHDRAWN, reason=reason,
+                issued_at=now), kept_id(f"{mid}:withdrawn"))
+            batch.close_at_intake({
+                "submission_id": sid, "message_id": mid, "desk_id": msg.desk_id,
+                "procedure_code": msg.procedure_code, "state": int(State.WITHDRAWN),
+                "reason": reason or "withdrawn by the citizen before it was received",
+                "refused_by": msg.desk_id, "refused_at": now,
+                "submission": RawJSON(delivery.body.decode()),
+                "notice_id": notice.message_id, "notice": notice.body})
+            existing[sid] = None  # closed at intake: a copy later in the batch is a repeat
+            batch.record(mid, self.source, "withdrawn_early", None, [notice], now)
+            self._count("withdrawn_early", "")
+            out.append(notice)
+        return left, out
 
     def _held(self, engine: Engine, mid: str, msg: DossierSubmitted, reason: str,
               now: datetime) -> list[Outbound]:

@@ -250,20 +250,29 @@ class StatusRouter(Consumer):
         intake desk may withdraw by submission id (the id is its own key; another desk
         has no part in a dossier never received: dead-lettered as ``not_a_party``, not
         answered). A submission closed already is answered ``update_refused``; one the
-        ledger never held (not yet routed, or never sent) is dead-lettered as
-        ``unknown_dossier``, to be replayed once its ``held`` notice has come."""
+        ledger does not have yet (not yet routed, or never sent) is kept as an early
+        withdrawal (:data:`~broker.tables.early_withdrawals`): the router closes it at
+        intake when it comes, and the desk is told then."""
         out: list[Outbound] = []
         sids = [str(m.submission_id) for _, _, m in withdrawals]
         closed = batch.closed_at_intake(sids)
         copies = batch.held_copies(sids)
+        early = batch.early_withdrawals(sids)
         for mid, d, msg in withdrawals:
             sid = str(msg.submission_id)
             intake_desks = ({closed[sid]["desk_id"]} if sid in closed
                             else {h["desk_id"] for h in copies.get(sid, [])})
             if not intake_desks:
-                out.append(self.screen.dead(
-                    batch, mid, d, "unknown_dossier", "no dossier, and no submission held "
-                    "in triage, under this submission id", now))
+                # not come yet (sent at once, or intake has a backlog): the router closes
+                # it at intake when it comes, if this desk sent it, and the desk is told
+                # then; a withdrawal sent again meanwhile changes nothing
+                if sid not in early:
+                    early[sid] = pending = {"submission_id": sid, "desk_id": msg.desk_id,
+                                            "message_id": mid, "reason": msg.reason,
+                                            "withdrawn_at": now}
+                    batch.withdraw_early(pending)
+                batch.record(mid, self.source, "withdrawn_early", None, [], now)
+                self._count("withdrawn_early", "")
                 continue
             if msg.desk_id not in intake_desks:
                 out.append(self.screen.dead(

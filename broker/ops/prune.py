@@ -16,7 +16,8 @@ keeps every row, code, state, time and message id:
   ``dossier.assigned`` bodies in ``outbox``;
 * dead letters' and triage copies' bodies in ``outbox`` processed before the cutoff
   (the stub keeps the submission id, for ``audit --submissions``, and the schema);
-* refusals at intake made before the cutoff: ``refusals.submission``.
+* refusals at intake made before the cutoff: ``refusals.submission``; and the reason a
+  desk gave for withdrawing a submission that never came (``early_withdrawals``).
 
 Desk notices, the events (the process-control sheet) and deadline notices carry codes,
 states, dates and reasons, and are kept. A pruned body is never published again: a
@@ -43,7 +44,17 @@ from sqlalchemy import Connection, bindparam, func, select, update
 from broker.amqp_worker import REASON_HEADER
 from broker.cli import BY_MAX, at_least, system_user, words
 from broker.consumers.router import stored_submission, submission_digest
-from broker.ledger import SET_ASIDE, Ledger, dossiers, events, inbox, outbox, prunes, refusals
+from broker.ledger import (
+    SET_ASIDE,
+    Ledger,
+    dossiers,
+    early_withdrawals,
+    events,
+    inbox,
+    outbox,
+    prunes,
+    refusals,
+)
 from broker.lifecycle import TERMINAL_STATES
 from broker.ops.progress import Progress
 from broker.tables import DOCUMENTS, VALUES_DIGEST, is_pruned, pruned_body, pruned_stub
@@ -189,6 +200,13 @@ def _prune_refusals(ledger: Ledger, done: Pruned, at: datetime, dry_run: bool) -
         rows = conn.execute(select(c.submission_id, c.submission).where(
             *_window(c.refused_at, done.since, done.cutoff)).with_for_update()).all()
         done.refusals += _erase_submissions(conn, c.submission_id, rows, at, dry_run)
+        # withdrawals of submissions that never came: the row stays (one coming late is
+        # still closed at intake), the desk's free-text reason goes
+        e = early_withdrawals.c
+        if not dry_run:
+            conn.execute(update(early_withdrawals).where(
+                *_window(e.withdrawn_at, done.since, done.cutoff), e.reason.is_not(None))
+                .values(reason=None))
 
 
 def prune(ledger: Ledger, keep_days: int, by: str, *, now: datetime | None = None,

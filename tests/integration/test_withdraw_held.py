@@ -13,12 +13,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from broker.amqp import DETAIL_HEADER, REASON_HEADER
 from broker.cli import EXIT_PROBLEM, main
 from broker.consumers.router import Router, submission_digest
 from broker.consumers.status import StatusRouter
-from broker.ledger import Batch, Ledger
+from broker.ledger import Batch, Ledger, early_withdrawals
 from broker.messages import DossierSubmitted, DossierWithdrawn, encode
 from broker.ops.audit import audit
 from broker.ops.deadletters import closed_in_ledger
@@ -54,6 +55,43 @@ def _withdrawal(d: DossierSubmitted, desk: str | None = None, *,
 
 
 
+def test_a_dossier_withdrawn_before_the_router_had_it_is_closed_at_intake_when_it_comes(
+        declared: Topology, ledger: Ledger, run_broker: Callable[..., RunningBroker],
+        amqp: Amqp) -> None:
+    # the desk withdrew at once, and the withdrawal overtook the dossier (intake had a
+    # backlog): the citizen's withdrawal stands, and the desk hears it when it comes
+    t = declared
+    run_broker()
+    d, other = dossier(), dossier()
+    amqp.status(t, _withdrawal(d))
+    amqp.status(t, _withdrawal(other, "T.MC.A"))  # not other's desk: void
+    wait_for(lambda: ledger.count_inbox_outcomes().get("withdrawn_early") == 2,
+             what="both kept")
+    desk = t.desk_queue("T.MC.B")
+    assert queue_depth(desk) == 0  # nothing to tell yet
+    amqp.submit(t, d)
+    amqp.submit(t, other)
+    wait_for(lambda: queue_depth(desk) == 2, what="a withdrawal and a receipt")
+    notices = {n["submission_id"]: n for n in amqp.json_all(desk)}
+    withdrawn, receipt = notices[str(d.submission_id)], notices[str(other.submission_id)]
+    assert (withdrawn["notice"], withdrawn["state"], withdrawn["reason"]) == (
+        "withdrawn", 7, "công dân rút hồ sơ")
+    assert "dossier_code" not in withdrawn and receipt["notice"] == "receipt"
+    wait_for(lambda: queue_depth(t.agency_queue("T.UBND.A")) == 1, what="one assignment")
+    assert [a["submission_id"] for a in amqp.json_all(t.agency_queue("T.UBND.A"))] == [
+        str(other.submission_id)]
+    refusal = ledger.refusal(str(d.submission_id))
+    assert refusal is not None and (refusal["state"], refusal["refused_by"]) == (7, "T.MC.B")
+    assert ledger.count_by_state() == {2: 1}
+    # the desk sends it again (a retry under a new message id): told the same
+    amqp.submit(t, d, message_id="desk-retry")
+    wait_for(lambda: queue_depth(desk) == 1, what="the withdrawal again")
+    assert amqp.json_all(desk) == [withdrawn]
+    assert ledger.count_inbox_outcomes() == {"withdrawn_early": 3, "routed": 1,
+                                              "duplicate": 1}
+    assert queue_depth(t.dead_queue("status")) == queue_depth(t.dead_queue("intake")) == 0
+
+
 def test_a_held_dossier_is_withdrawn_by_its_submission_id_and_never_opens(
         declared: Topology, ledger: Ledger, run_broker: Callable[..., RunningBroker],
         amqp: Amqp, capsys: pytest.CaptureFixture[str]) -> None:
@@ -81,12 +119,15 @@ def test_a_held_dossier_is_withdrawn_by_its_submission_id_and_never_opens(
         7, "T.MC.B", copy_id)
 
     # another desk has no part in a dossier never received: dead-lettered, not answered;
-    # the same desk again: refused (it is closed); a submission id never held: unknown
+    # the same desk again: refused (it is closed); a submission id the ledger does not
+    # have: kept for when it comes (see the test below), not answered yet
     amqp.status(t, _withdrawal(held, "T.MC.A"))
     again = _withdrawal(held)
     amqp.status(t, again)
     amqp.status(t, _withdrawal(held, submission_id=uuid.uuid4()))
-    wait_for(lambda: queue_depth(t.dead_queue("status")) == 2, what="two dead letters")
+    wait_for(lambda: ledger.count_inbox_outcomes().get("withdrawn_early") == 1,
+             what="the early withdrawal kept")
+    wait_for(lambda: queue_depth(t.dead_queue("status")) == 1, what="a dead letter")
     wait_for(lambda: queue_depth(desk) == 1, what="the refused withdrawal")
     ((props, body),) = amqp.get_all(desk)
     refused = json.loads(body)
@@ -94,7 +135,7 @@ def test_a_held_dossier_is_withdrawn_by_its_submission_id_and_never_opens(
     assert (refused["notice"], refused["state"]) == ("update_refused", 7)
     assert "withdrawn at intake" in refused["reason"] and "dossier_code" not in refused
     reasons = sorted(p.headers[REASON_HEADER] for p, _ in amqp.get_all(t.dead_queue("status")))
-    assert reasons == ["not_a_party", "unknown_dossier"]
+    assert reasons == ["not_a_party"]
     assert queue_depth(t.desk_queue("T.MC.A")) == 0
 
     # the operator's list marks the copy closed (from the ledger)
@@ -325,3 +366,19 @@ def test_a_held_dossier_pruned_while_it_waited_is_withdrawn_and_told_from_anothe
     assert [o.routing_key for o in reused] == ["intake", "T.MC.A"]
     assert "only their digest was kept" in reused[0].headers[DETAIL_HEADER]
     assert ledger.count_by_state() == {}
+
+
+def test_prune_erases_the_reason_of_a_withdrawal_whose_submission_never_came(
+        ledger: Ledger) -> None:
+    engine = Engine(load_catalog(MINI_CATALOG))
+    status = StatusRouter(lambda: engine, ledger, Topology("t"), clock=lambda: SENT)
+    d = dossier()
+    assert status.handle([status_delivery(1, _withdrawal(d))]) == []  # nothing to tell yet
+    with ledger.read() as conn:
+        kept = conn.execute(select(early_withdrawals)).mappings().one()
+    assert (kept["submission_id"], kept["desk_id"], kept["reason"]) == (
+        str(d.submission_id), "T.MC.B", "công dân rút hồ sơ")
+    prune(ledger, 7, "ops-1", now=SENT + timedelta(days=30))
+    with ledger.read() as conn:
+        after = conn.execute(select(early_withdrawals)).mappings().one()
+    assert after["reason"] is None and after["desk_id"] == "T.MC.B"  # still withdrawn
