@@ -10,15 +10,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any
+from uuid import UUID
 
 from broker.amqp import DETAIL_HEADER, REASON_HEADER, SENT_BY_HEADER, SOURCE_HEADER, Delivery
 from broker.envelope import Outbound, portable_headers, short_text
 from broker.errors import DecodeError
 from broker.ledger import Batch, Ledger
+from broker.lifecycle import State
 from broker.messages import (
     MAX_BODY_BYTES,
     DeskNotice,
     Message,
+    NoticeKind,
     body_fingerprint,
     decode,
     encode,
@@ -137,6 +140,27 @@ def to_desk(topology: Topology, notice: DeskNotice, message_id: str) -> Outbound
     """A notice for a desk's queue."""
     return Outbound(topology.desk_exchange, notice.desk_id, message_id, kind_of(notice),
                     notice.dossier_code, None, encode(notice))
+
+
+def withdraw_at_intake(batch: Batch, topology: Topology, *, submission_id: UUID, desk_id: str,
+                       procedure_code: str, reason: str | None, submission: Any,
+                       closed_id: str, now: datetime) -> tuple[dict[str, Any], Outbound]:
+    """Close at intake a submission its intake desk withdrew before it opened a dossier
+    (held in triage, or not come yet when the withdrawal came): a ``refusals`` row in
+    state 7 for ``closed_id`` (the delivery closed), and the desk's ``withdrawn`` notice
+    with no code under ``<closed_id>:withdrawn``, which a copy sent again gets again.
+    Returns the row and the notice."""
+    notice = to_desk(topology, DeskNotice(
+        notice=NoticeKind.WITHDRAWN, dossier_code=None, submission_id=submission_id,
+        desk_id=desk_id, procedure_code=procedure_code, state=int(State.WITHDRAWN),
+        reason=reason, issued_at=now), kept_id(f"{closed_id}:withdrawn"))
+    row = {"submission_id": str(submission_id), "message_id": closed_id, "desk_id": desk_id,
+           "procedure_code": procedure_code, "state": int(State.WITHDRAWN),
+           "reason": reason or "withdrawn by the citizen", "refused_by": desk_id,
+           "refused_at": now, "submission": submission, "notice_id": notice.message_id,
+           "notice": notice.body}
+    batch.close_at_intake(row)
+    return row, notice
 
 
 def to_agency(topology: Topology, message: Any, message_id: str) -> Outbound:

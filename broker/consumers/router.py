@@ -31,6 +31,7 @@ from broker.consumers.common import (
     to_agency,
     to_desk,
     triage,
+    withdraw_at_intake,
 )
 from broker.envelope import Outbound
 from broker.errors import DecodeError, RoutingError
@@ -192,19 +193,10 @@ class Router(Consumer):
                 del existing[sid]
                 left.append((mid, delivery, msg))
                 continue
-            reason = withdrawal["reason"]
-            notice = to_desk(self.topology, DeskNotice(
-                notice=NoticeKind.WITHDRAWN, dossier_code=None,
-                submission_id=msg.submission_id, desk_id=msg.desk_id,
-                procedure_code=msg.procedure_code, state=State.WITHDRAWN, reason=reason,
-                issued_at=now), kept_id(f"{mid}:withdrawn"))
-            batch.close_at_intake({
-                "submission_id": sid, "message_id": mid, "desk_id": msg.desk_id,
-                "procedure_code": msg.procedure_code, "state": int(State.WITHDRAWN),
-                "reason": reason or "withdrawn by the citizen before it was received",
-                "refused_by": msg.desk_id, "refused_at": now,
-                "submission": RawJSON(delivery.body.decode()),
-                "notice_id": notice.message_id, "notice": notice.body})
+            _, notice = withdraw_at_intake(
+                batch, self.topology, submission_id=msg.submission_id, desk_id=msg.desk_id,
+                procedure_code=msg.procedure_code, reason=withdrawal["reason"],
+                submission=RawJSON(delivery.body.decode()), closed_id=mid, now=now)
             existing[sid] = None  # closed at intake: a copy later in the batch is a repeat
             batch.record(mid, self.source, "withdrawn_early", None, [notice], now)
             self._count("withdrawn_early", "")

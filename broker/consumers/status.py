@@ -31,6 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 from broker.amqp import Delivery
 from broker.calendar import DurationUnit
@@ -40,6 +41,7 @@ from broker.consumers.common import (
     kept_id,
     to_agency,
     to_desk,
+    withdraw_at_intake,
 )
 from broker.consumers.deadlines import (
     AT_RISK,
@@ -292,16 +294,11 @@ class StatusRouter(Consumer):
                 out.append(notice)
                 continue
             copy = next(h for h in copies[sid] if h["desk_id"] == msg.desk_id)  # latest
-            notice = self._unopened_notice(NoticeKind.WITHDRAWN, msg, copy["procedure_code"],
-                                           State.WITHDRAWN, msg.reason, now,
-                                           kept_id(f"{copy['copy_id']}:withdrawn"))
-            closed[sid] = row = {
-                "submission_id": sid, "message_id": copy["copy_id"], "desk_id": msg.desk_id,
-                "procedure_code": copy["procedure_code"], "state": int(State.WITHDRAWN),
-                "reason": msg.reason or "withdrawn by the citizen", "refused_by": msg.desk_id,
-                "refused_at": now, "submission": _as_kept(copy["submission"], sid),
-                "notice_id": notice.message_id, "notice": notice.body}
-            batch.close_at_intake(row)
+            closed[sid], notice = withdraw_at_intake(
+                batch, self.topology, submission_id=UUID(sid), desk_id=msg.desk_id,
+                procedure_code=copy["procedure_code"], reason=msg.reason,
+                submission=_as_kept(copy["submission"], sid), closed_id=copy["copy_id"],
+                now=now)
             batch.record(mid, self.source, "applied", None, [notice], now)
             self._count("applied", "")
             out.append(notice)
