@@ -26,7 +26,7 @@ from pika.exceptions import ShortStringTooLong, UnsupportedAMQPFieldException
 from pika.spec import Basic, BasicProperties
 
 from broker import threads
-from broker.envelope import Outbound, portable_headers
+from broker.envelope import Outbound, as_text, portable_headers
 from broker.errors import HandlerFault, TransientError, without_values
 
 if TYPE_CHECKING:
@@ -68,9 +68,7 @@ class Delivery:
         """The sender's message id; one that is not UTF-8, which pika hands over as
         bytes, as text with its bytes escaped (the same text on every delivery)."""
         mid = self.properties.message_id
-        if isinstance(mid, bytes | bytearray):
-            return bytes(mid).decode("utf-8", "backslashreplace")
-        return mid  # type: ignore[no-any-return]
+        return None if mid is None else as_text(mid)
 
 
 class BatchHandler(Protocol):

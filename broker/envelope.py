@@ -41,9 +41,15 @@ def portable_headers(headers: Mapping[Any, Any]) -> dict[str, Any]:
     return {_header_name(k): _header_value(v) for k, v in headers.items()}
 
 
+def as_text(value: Any) -> str:
+    """What pika hands over as text: bytes (not UTF-8) with their bytes escaped."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    return str(value)
+
+
 def _header_name(name: Any) -> str:
-    text = (bytes(name).decode("utf-8", "backslashreplace")
-            if isinstance(name, bytes | bytearray) else str(name))
+    text = as_text(name)
     raw = text.encode()
     if len(raw) <= HEADER_NAME_MAX:
         return text
@@ -62,18 +68,15 @@ def _header_value(value: Any) -> Any:
         return portable_headers(value)
     if isinstance(value, list | tuple):
         return [_header_value(v) for v in value]
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8", "backslashreplace")
     if isinstance(value, datetime):
         return value.isoformat()
-    return str(value)  # Decimal and whatever else pika decodes
+    return as_text(value)  # bytes, Decimal and whatever else pika decodes
 
 
 def short_text(value: Any, limit: int) -> str:
     """A property a sender set (bytes where it is not UTF-8) as text of at most ``limit``
     characters: itself, or its start and a digest of the whole."""
-    text = (bytes(value).decode("utf-8", "backslashreplace")
-            if isinstance(value, bytes | bytearray) else str(value))
+    text = as_text(value)
     if len(text) <= limit:
         return text
     digest = "~sha256:" + hashlib.sha256(text.encode()).hexdigest()
