@@ -5,8 +5,10 @@ from adapters.client import (
     BrokerClient,
     DeskClient,
     Inbox,
+    MessageTooLarge,
     PublishError,
     Received,
 )
 
-__all__ = ["AgencyClient", "BrokerClient", "DeskClient", "Inbox", "PublishError", "Received"]
+__all__ = ["AgencyClient", "BrokerClient", "DeskClient", "Inbox", "MessageTooLarge",
+           "PublishError", "Received"]

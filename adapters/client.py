@@ -53,8 +53,8 @@ from broker.messages import (
 )
 from broker.topology import INTAKE_KEY, STATUS_KEY, Topology
 
-__all__ = ["AgencyClient", "BrokerClient", "DeskClient", "Inbox", "PublishError", "Received",
-           "new_id"]
+__all__ = ["AgencyClient", "BrokerClient", "DeskClient", "Inbox", "MessageTooLarge",
+           "PublishError", "Received", "new_id"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,13 @@ class PublishError(CasebrokerError):
     def __init__(self, text: str, message_id: str) -> None:
         super().__init__(text)
         self.message_id = message_id
+
+
+class MessageTooLarge(PublishError, ValueError):
+    """A message over the size the router takes: nothing was sent, and a retry never helps.
+
+    Documents go by reference; a ``PublishError`` of any other kind may pass with a retry.
+    """
 
 
 class BrokerClient:
@@ -136,7 +143,7 @@ class BrokerClient:
         }
         body = encode(message)
         if len(body) > MAX_BODY_BYTES:  # the router would dead-letter it as too_large
-            raise PublishError(f"publish {message_id}: {len(body)} bytes, over the "
+            raise MessageTooLarge(f"publish {message_id}: {len(body)} bytes, over the "
                                f"{MAX_BODY_BYTES}-byte limit (documents go by reference)",
                                message_id)
         self._returned.pop(message_id, None)

@@ -15,7 +15,15 @@ from typing import Any
 import pika
 import pytest
 
-from adapters.client import AgencyClient, BrokerClient, DeskClient, Inbox, PublishError, Received
+from adapters.client import (
+    AgencyClient,
+    BrokerClient,
+    DeskClient,
+    Inbox,
+    MessageTooLarge,
+    PublishError,
+    Received,
+)
 from broker.amqp import amqp_url
 from broker.messages import (
     MAX_BODY_BYTES,
@@ -339,9 +347,10 @@ def test_what_the_router_would_refuse_is_refused_before_sending(live: Live) -> N
         with pytest.raises(ValueError, match="names desk T.MC.B"):
             desk.submit(dossier(desk_id="T.MC.B"))
         big = dossier().model_copy(update={"attributes": {"note": "x" * 300_000}})
-        with pytest.raises(PublishError, match="over the 262144-byte limit") as too_big:
+        with pytest.raises(MessageTooLarge, match="over the 262144-byte limit") as too_big:
             desk.submit(big)
         assert too_big.value.message_id == f"submit:{big.submission_id}"
+        assert isinstance(too_big.value, PublishError)  # callers catching that still do
     assert live.depth(t.intake_queue) == 0
 
 
