@@ -24,10 +24,18 @@ from broker.ledger import Ledger
 from broker.rules.catalog import Catalog, load_catalog
 from broker.service import Broker, declare_topology, delete_topology
 from broker.topology import Topology
+from tests.sweep import sweep
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MINI_CATALOG = FIXTURES / "mini.yaml"
 PG_URL = os.environ.get("CASEBROKER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Delete what killed runs left on the shared RabbitMQ and PostgreSQL (tests/sweep.py)."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(sweep(PG_URL))
 
 
 @pytest.fixture

@@ -1,0 +1,29 @@
+"""What the session-start sweep (tests/sweep.py) may delete, and what it must not."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+from bench.common import unique_prefix
+from broker.topology import DEFAULT_PREFIX, Topology
+from tests.sweep import LEFTOVER, LEFTOVER_SCHEMA, other_owners
+
+
+def test_the_random_prefixes_of_tests_demos_and_benchmarks_are_swept() -> None:
+    for prefix in (f"t{uuid.uuid4().hex[:10]}", f"t{uuid.uuid4().hex[:8]}",
+                   f"demo{uuid.uuid4().hex[:8]}", unique_prefix("lc"), unique_prefix("fwd")):
+        assert LEFTOVER.match(Topology(prefix).intake_queue), prefix
+    assert LEFTOVER_SCHEMA.match(f"t{uuid.uuid4().hex[:10]}")
+
+
+def test_an_operators_names_are_never_swept() -> None:
+    for name in (Topology(DEFAULT_PREFIX).intake_queue, "opsrev1.intake", "t.intake",
+                 "tX.keep", "demo.intake", "t0123456789abc.intake", "bench.intake"):
+        assert not LEFTOVER.match(name), name
+    for schema in ("public", "t", "test", "t0123"):
+        assert not LEFTOVER_SCHEMA.match(schema), schema
+
+
+def test_this_test_run_is_not_another_owner() -> None:
+    assert os.getpid() not in other_owners()
