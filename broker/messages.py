@@ -255,7 +255,31 @@ class DossierWithdrawn(_Model):
 
 
 class NoticeKind(StrEnum):
-    """What a notice to a desk or an agency is about."""
+    """What a notice to a desk or an agency is about; who gets each, and when:
+
+    - receipt (intake desk): the dossier is received (state 2); it carries the code and
+      the legal due date.
+    - refused (intake desk at intake; the return desk when the agency refuses it later):
+      state 3, ``reason`` says why. From triage, refused by an operator: no code.
+    - held (intake desk): no dossier was opened, no code; matched by ``submission_id``.
+    - status_changed, supplement_requested, financial_obligation, stopped, result_ready
+      (return desk): the agency's update took effect (states 4, 5, 6, 8, 9);
+      supplement_requested lists ``requested_documents``, financial_obligation
+      ``amount_vnd``, result_ready the result ``documents``.
+    - withdrawn (return desk, the intake desk if it withdrew, the current agency):
+      state 7. Without a code: withdrawn while held.
+    - supplemented (current agency): the citizen brought the documents; the clock runs
+      again, ``reason`` gives the moved due dates.
+    - at_risk (agency and return desk) and overdue (agency): the legal due date is near
+      or past; a chain step's agency hears of its own step's date too.
+    - overdue_apology (return desk): the dossier is late; ``due_at`` is the new
+      appointment to give the citizen.
+    - update_refused (the sender): an update or desk event that did not take effect;
+      ``reason`` says why, and begins ``not_yours:`` for a dossier that is not the
+      agency's (or no dossier at all).
+    - closed (return desk and the agency that resolved): the return desk's ``returned``
+      took effect, state 10; nothing more will happen to the dossier.
+    """
 
     RECEIPT = "receipt"
     REFUSED = "refused"

@@ -97,6 +97,7 @@ DESK_NOTICE_FOR = {
     State.STOPPED: NoticeKind.STOPPED,
     State.RESOLVED: NoticeKind.RESULT_READY,
     State.WITHDRAWN: NoticeKind.WITHDRAWN,
+    State.RETURNED: NoticeKind.CLOSED,  # the return desk's `returned` took effect
 }
 _DESK_KINDS = frozenset(DESK_NOTICE_FOR.values())
 FINISHED = frozenset({State.REFUSED, State.STOPPED, State.RESOLVED, State.WITHDRAWN})
@@ -420,6 +421,9 @@ class StatusRouter(Consumer):
         elif event == Event.RETURN:
             assert isinstance(msg, DossierReturned)
             dossier.set(satisfaction=msg.satisfaction)
+            # the agency that gave the result learns the citizen has it: its case is closed
+            out.append(self._agency_notice(dossier, NoticeKind.CLOSED, seq, now,
+                                           reason="the result was handed to the citizen"))
         kind = DESK_NOTICE_FOR.get(state)
         if kind is not None and state != old_state:  # hand-offs stay 4 → 4: desk not told
             shown = results if state == State.RESOLVED else []

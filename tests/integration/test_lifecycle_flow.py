@@ -321,6 +321,17 @@ def test_postal_return_desk_gets_the_result_and_keeps_the_rating(
     wait_for(lambda: (ledger.dossier(code) or {}).get("state") == 10, what="returned")
     row = ledger.dossier(code)
     assert row is not None and row["satisfaction"] == 4 and row["return_desk_id"] == "T.POST"
+    # the return desk learns its `returned` took effect, the agency that its case is closed
+    closed = take(amqp, declared.desk_queue("T.POST"), 1, "the return desk's closed")[0]
+    assert (closed["notice"], closed["state"], closed["dossier_code"]) == ("closed", 10, code)
+    (props, body), = wait_for(lambda: amqp.get_all(declared.agency_queue("T.UBND.A")),
+                              what="the agency's closed")
+    assert props.message_id == f"{code}:closed:{row['seq']}:agency"
+    assert json.loads(body) | {"issued_at": None} == {
+        "schema": "casebroker.agency.notice/v1", "notice": "closed", "dossier_code": code,
+        "agency_id": "T.UBND.A", "state": 10, "reason": "the result was handed to the citizen",
+        "documents": [], "issued_at": None}
+    assert queue_depth(declared.desk_queue("T.MC.A")) == 0  # the intake desk: not its event
     assert main(["dossier", "show", code, "--db-url", ledger.url]) == 0
     out = capsys.readouterr().out
     (line,) = [x for x in out.splitlines() if x.startswith("    ") and " return " in x]
