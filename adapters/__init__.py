@@ -6,9 +6,10 @@ from adapters.client import (
     DeskClient,
     Inbox,
     MessageTooLarge,
+    NotInTopology,
     PublishError,
     Received,
 )
 
 __all__ = ["AgencyClient", "BrokerClient", "DeskClient", "Inbox", "MessageTooLarge",
-           "PublishError", "Received"]
+           "NotInTopology", "PublishError", "Received"]

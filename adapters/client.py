@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any, Self, cast
 from uuid import UUID
 
-from amqp.exceptions import AMQPError, MessageNacked
+from amqp.exceptions import AMQPError, MessageNacked, NotFound
 from kombu import connection as _connection
 from kombu import entity as _entity
 from kombu import messaging as _messaging
@@ -54,7 +54,7 @@ from broker.messages import (
 from broker.topology import INTAKE_KEY, STATUS_KEY, Topology
 
 __all__ = ["AgencyClient", "BrokerClient", "DeskClient", "Inbox", "MessageTooLarge",
-           "PublishError", "Received", "new_id"]
+           "NotInTopology", "PublishError", "Received", "new_id"]
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,17 @@ class MessageTooLarge(PublishError, ValueError):
     """
 
 
+class NotInTopology(PublishError, ValueError):
+    """The desk or agency has no queue: the catalog does not know it, or the topology is
+    not declared. Nothing was sent: casebroker could not answer it."""
+
+
 class BrokerClient:
     """One kombu connection that publishes persistent, mandatory, confirmed messages."""
+
+    #: the queue answers to this client's messages come to (set by DeskClient and
+    #: AgencyClient); its first publish checks it exists
+    own_queue: str | None = None
 
     def __init__(self, url: str | None = None, topology: Topology | None = None, *,
                  max_retries: int = 10, confirm_timeout_s: float = 30.0) -> None:
@@ -148,6 +157,8 @@ class BrokerClient:
                                message_id)
         self._returned.pop(message_id, None)
         try:
+            if self.own_queue is not None:
+                self._check_own_queue(message_id)
             producer = self._ensure_producer()
             publish = self.connection.ensure(producer, producer.publish, **self.retry_policy)
             publish(body, exchange=exchange, routing_key=routing_key, mandatory=True,
@@ -171,6 +182,30 @@ class BrokerClient:
             raise PublishError(f"publish {message_id} to {exchange}/{routing_key} was "
                                f"returned: {reason}", message_id)
 
+    def _check_own_queue(self, message_id: str) -> None:
+        """Once per client: a desk or agency id the catalog does not know has no queue, and
+        what it sends would be dead-lettered with no answer to wait for."""
+        queue, self.own_queue = self.own_queue, None
+        assert queue is not None
+        self.connection.ensure_connection(**self.retry_policy)
+        channel = self.connection.channel()
+        try:
+            channel.queue_declare(queue=queue, passive=True)
+        except NotFound:
+            self.own_queue = queue  # checked again next time: the topology may be declared
+            raise NotInTopology(
+                f"publish {message_id}: no queue {queue!r} to answer in: the catalog has no "
+                f"such party, or the topology (prefix {self.topology.prefix!r}) is not "
+                f"declared; nothing was sent", message_id) from None
+        except BaseException:
+            self.own_queue = queue
+            raise
+        finally:
+            try:
+                channel.close()
+            except Exception:  # a 404 closed it already
+                log.debug("closing the queue check's channel failed", exc_info=True)
+
     def _ensure_producer(self) -> Any:
         if self._producer is None:
             self.connection.ensure_connection(**self.retry_policy)
@@ -193,6 +228,7 @@ class DeskClient(BrokerClient):
     def __init__(self, desk_id: str, **kw: Any) -> None:
         super().__init__(**kw)
         self.desk_id = desk_id
+        self.own_queue = self.topology.desk_queue(desk_id)
 
     def submit(self, dossier: DossierSubmitted) -> str:
         """Submit a dossier to intake; a retried submit keeps its id so it is deduplicated.
@@ -278,6 +314,7 @@ class AgencyClient(BrokerClient):
     def __init__(self, agency_id: str, **kw: Any) -> None:
         super().__init__(**kw)
         self.agency_id = agency_id
+        self.own_queue = self.topology.agency_queue(agency_id)
 
     def report(self, dossier_code: str, status: AgencyStatus | str, *,
                reason: str | None = None, documents: Iterable[Document] = (),

@@ -21,6 +21,7 @@ from adapters.client import (
     DeskClient,
     Inbox,
     MessageTooLarge,
+    NotInTopology,
     PublishError,
     Received,
 )
@@ -352,6 +353,25 @@ def test_what_the_router_would_refuse_is_refused_before_sending(live: Live) -> N
         assert too_big.value.message_id == f"submit:{big.submission_id}"
         assert isinstance(too_big.value, PublishError)  # callers catching that still do
     assert live.depth(t.intake_queue) == 0
+
+
+def test_a_party_the_topology_does_not_know_is_told_before_sending(live: Live) -> None:
+    # a mistyped desk or agency id: the router would dead-letter what it sends, and no
+    # answer could reach it (it has no queue); the first publish says so and sends nothing
+    t = live.topology
+    with DeskClient("T.MC.Z", topology=t) as desk:
+        for _ in range(2):  # not remembered as checked
+            with pytest.raises(NotInTopology, match=f"no queue '{t.desk_queue('T.MC.Z')}'"):
+                desk.submit(dossier(desk_id="T.MC.Z"))
+    with AgencyClient("T.NOBODY", topology=t) as agency:
+        with pytest.raises(NotInTopology, match="nothing was sent") as failed:
+            agency.report(CODE, "accepted")
+        assert isinstance(failed.value, PublishError)
+    assert live.depth(t.intake_queue) == live.depth(t.status_queue) == 0
+    with DeskClient("T.MC.A", topology=t) as desk:  # a known desk: checked once, then sent
+        desk.submit(dossier())
+        desk.submit(dossier())
+    assert live.depth(t.intake_queue) == 2
 
 
 def test_the_sdk_tries_the_next_node_of_the_cluster(live: Live,

@@ -10,6 +10,7 @@ import pika
 import pika.exceptions
 import pytest
 
+from adapters.client import DeskClient
 from broker.amqp import DETAIL_HEADER, REASON_HEADER, SENT_BY_HEADER, amqp_url
 from broker.cli import main
 from broker.ledger import Ledger
@@ -84,6 +85,15 @@ def test_desk_and_agency_can_do_their_part_only(declared: Topology, users: Path)
             assert e.value.reply_code in (403, 406)
     finally:
         conn.close()
+
+    # the SDK under the desk's own user: its check of the desk queue needs no configure
+    password = (users / f"{desk}.password").read_text().strip()
+    base = urllib.parse.urlsplit(amqp_url())
+    with DeskClient("T.MC.A", topology=declared, url=(
+            f"amqp://{urllib.parse.quote(desk, safe='')}:{urllib.parse.quote(password)}@"
+            f"{base.hostname}:{base.port or 5672}/%2F")) as client:
+        client.submit(dossier(desk_id="T.MC.A"))
+    assert queue_depth(declared.intake_queue) == 2
 
     agency = user_for(declared, "T.UBND.A")
     conn = _connect(agency, users)
