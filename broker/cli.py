@@ -317,6 +317,9 @@ def rabbitmq_problem(error: Exception) -> str:
         head = f"RabbitMQ at {where} {what}" if what else f"RabbitMQ unreachable at {where}"
         return f"{head} (CASEBROKER_AMQP_URL)" + (f": {why}" if why else "")
     if isinstance(error, AMQPChannelError) and reply:
+        if "inequivalent arg" in str(reply):  # a queue declared by hand or by an old version
+            return (f"RabbitMQ refused: {reply} (it cannot change a queue's arguments: see "
+                    "docs/RELIABILITY.md, 'A queue declared with other arguments')")
         return f"RabbitMQ refused: {reply}"
     return f"RabbitMQ: {type(error).__name__} {error}".rstrip()
 

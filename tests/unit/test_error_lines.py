@@ -37,3 +37,16 @@ def test_the_exception_it_came_from_is_named_by_type() -> None:
     assert "0905000000" not in line
     assert line.startswith("builtins.RuntimeError at ")
     assert line.endswith("(from builtins.KeyError)")
+
+
+def test_a_queue_declared_with_other_arguments_points_at_the_remedy() -> None:
+    from pika.exceptions import ChannelClosedByBroker
+
+    from broker.cli import rabbitmq_problem
+    reply = ("PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit' for queue "
+             "'cb.dead.intake' in vhost '/': received none but current is the value '20'")
+    assert rabbitmq_problem(ChannelClosedByBroker(406, reply)) == (
+        f"RabbitMQ refused: {reply} (it cannot change a queue's arguments: see "
+        "docs/RELIABILITY.md, 'A queue declared with other arguments')")
+    assert rabbitmq_problem(ChannelClosedByBroker(404, "NOT_FOUND - no queue 'x'")) == \
+        "RabbitMQ refused: NOT_FOUND - no queue 'x'"
