@@ -159,7 +159,19 @@ class DossierAssigned(_Model):
 
 
 class AgencyStatus(StrEnum):
-    """What an agency may report about a dossier assigned to it."""
+    """What an agency may report about a dossier assigned to it, by the dossier's state
+    (anything else is answered ``update_refused``, saying what is allowed now):
+
+    - received (2): accepted, processing, supplement_requested, rejected, resolved
+    - processing (4): accepted, processing, supplement_requested, financial_obligation,
+      stopped, resolved
+    - supplement_requested (5): stopped (the desk's supplemented resumes it)
+    - financial_obligation (6): processing, stopped, resolved
+    - any other state: nothing
+
+    ``resolved`` from a chain step before the last hands the dossier to the next step's
+    agency (state 4); from the last, the result goes to the return desk (state 9).
+    """
 
     ACCEPTED = "accepted"
     PROCESSING = "processing"
@@ -190,7 +202,8 @@ class DossierStatus(_Model):
 
 
 class DossierReturned(_Model):
-    """desk → broker: the result was handed to the citizen."""
+    """desk → broker: the result was handed to the citizen. Only the return desk, only
+    once the dossier is resolved (9)."""
 
     retry_stamped: ClassVar[frozenset[str]] = frozenset({"returned_at"})
 
@@ -205,7 +218,8 @@ class DossierReturned(_Model):
 
 
 class DossierSupplemented(_Model):
-    """desk → broker: the citizen brought the documents the agency asked for."""
+    """desk → broker: the citizen brought the documents the agency asked for. Only while
+    a supplement is requested (5)."""
 
     retry_stamped: ClassVar[frozenset[str]] = frozenset({"sent_at"})
 
@@ -222,7 +236,8 @@ class DossierSupplemented(_Model):
 class DossierWithdrawn(_Model):
     """desk → broker: the citizen withdrew the dossier: named by its code, or, held and
     never received (a ``held`` notice, no code), by the submission id its intake desk
-    sent it under."""
+    sent it under. Only while the dossier is open: submitted (1), received (2),
+    processing (4), supplement_requested (5), financial_obligation (6)."""
 
     retry_stamped: ClassVar[frozenset[str]] = frozenset({"sent_at"})
     #: the published schema says "exactly one of the two" as the validator below does

@@ -54,7 +54,7 @@ from broker.consumers.deadlines import (
 from broker.envelope import Outbound
 from broker.errors import TransitionRefused
 from broker.ledger import Batch
-from broker.lifecycle import STEP_ENDS, Event, State, apply
+from broker.lifecycle import STEP_ENDS, TRANSITIONS, Event, State, apply
 from broker.messages import (
     AgencyNotice,
     AgencyStatus,
@@ -327,8 +327,7 @@ class StatusRouter(Consumer):
             try:
                 new_state = apply(dossier["state"], event)
             except TransitionRefused:
-                refusal = (f"{event.value} is not allowed: dossier is "
-                           f"{State(dossier['state']).name.lower()}")
+                refusal = _not_allowed(dossier, msg)
         if refusal is not None:
             return [self._refuse(dossier, msg, refusal, now)], "refused_update", reason
         old_state, old_agency = State(dossier["state"]), dossier["agency_id"]
@@ -575,6 +574,28 @@ class StatusRouter(Consumer):
             procedure_code=sub["procedure_code"], state=dossier["state"],
             agency_id=dossier["agency_id"], reason=reason, issued_at=now)
         return to_desk(self.topology, desk_notice, message_id)
+
+
+def _said(msg: Update) -> str:
+    """An update as its sender wrote it: the agency's status, or the desk event's kind."""
+    if isinstance(msg, DossierStatus):
+        return f"status {msg.status.value}"
+    if isinstance(msg, DossierReturned):
+        return "returned"
+    return "supplemented" if isinstance(msg, DossierSupplemented) else "withdrawn"
+
+
+def _not_allowed(dossier: _Dossier, msg: Update) -> str:
+    """Why the lifecycle table refuses an update, in the sender's words, with what its
+    sender may send now (integrators do not see the table's internal events)."""
+    state = State(dossier["state"])
+    text = f"{_said(msg)} is not allowed: dossier is {state.name.lower()} ({int(state)})"
+    if isinstance(msg, DossierStatus):
+        last = dossier["step"] >= len(dossier["steps"])
+        allowed = [s.value for s, e in STATUS_EVENTS.items() if (state, Event.HAND_OFF if (
+            e == Event.RESOLVE and not last) else e) in TRANSITIONS]
+        return f"{text}; allowed now: {', '.join(allowed) or 'none'}"
+    return text
 
 
 def _stranger(dossier: _Dossier, msg: Update) -> str | None:

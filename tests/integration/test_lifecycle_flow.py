@@ -82,7 +82,8 @@ def test_forbidden_update_changes_nothing_and_tells_the_sender(
     report(amqp, declared, code, "T.UBND.B", "processing")  # not the dossier's agency
     refused = take(amqp, declared.agency_queue("T.UBND.A"), 1, "refusal")[0]
     assert refused["notice"] == "update_refused" and refused["state"] == 7
-    assert refused["reason"] == "resolve is not allowed: dossier is withdrawn"
+    assert refused["reason"] == ("status resolved is not allowed: dossier is withdrawn (7); "
+                                 "allowed now: none")
     # T.UBND.B never had the dossier: it is told nothing of it (its state, agency, ids),
     # only what it is told of a code that does not exist; its update is dead-lettered
     # for the operators
@@ -129,6 +130,16 @@ def test_supplement_round_trip_moves_due_date_by_paused_working_time(
     assert main(["dossier", "show", code, "--db-url", ledger.url]) == 0
     assert "; clock stopped since 2026-11-26 09:00 for a supplement: the due dates move by " \
         "the time it stays stopped)" in capsys.readouterr().out
+    # while it waits for the citizen, the agency may only stop it, and the desk may not
+    # say it returned a result: each is told so in the words it used
+    report(amqp, declared, code, "T.SO.TP", "resolved")
+    assert take(amqp, agency, 1, "the refusal")[0]["reason"] == (
+        "status resolved is not allowed: dossier is supplement_requested (5); allowed now: "
+        "stopped")
+    amqp.status(declared, DossierReturned(event_id=uuid.uuid4(), dossier_code=code,
+                                          desk_id="T.MC.B", returned_at=datetime.now(UTC)))
+    assert take(amqp, desk, 1, "the desk's refusal")[0]["reason"] == (
+        "returned is not allowed: dossier is supplement_requested (5)")
 
     clock.set("2026-11-27 10:00")  # paused Thu 09:00-17:00 (6 h) + Fri 07:00-10:00 (3 h)
     amqp.status(declared, DossierSupplemented(

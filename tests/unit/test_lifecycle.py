@@ -214,3 +214,33 @@ def test_deadline_notice_ids_differ_for_due_dates_less_than_a_second_apart() -> 
         "X-261125-0001:at_risk:20261209T020000.400000Z:agency"
     assert message_id("X-261125-0001", NoticeKind.AT_RISK, DUE + timedelta(microseconds=1),
                       "agency") != message_id("X-261125-0001", NoticeKind.AT_RISK, DUE, "agency")
+
+
+def test_what_the_contract_tells_integrators_is_the_transition_table() -> None:
+    """AgencyStatus and the desk events' docs (asyncapi) list what each state allows:
+    they must say what TRANSITIONS says, for a chain step's resolve as for the last's.
+    State 1 is the router's alone (a dossier reaches an agency received)."""
+    import re
+
+    from broker.consumers.status import STATUS_EVENTS
+    from broker.messages import (
+        AgencyStatus,
+        DossierReturned,
+        DossierSupplemented,
+        DossierWithdrawn,
+    )
+
+    text = " ".join((AgencyStatus.__doc__ or "").split())
+    documented = {name: allowed.split(", ") for name, allowed in re.findall(
+        r"- (\w+) \(\d+\): ([a-z_, ]+?)(?= \(| - |$)", text)}
+    assert documented and "any other state: nothing" in text
+    for state in set(State) - {State.SUBMITTED}:
+        for resolve in (Event.RESOLVE, Event.HAND_OFF):
+            allowed = [s.value for s, e in STATUS_EVENTS.items() if (
+                state, resolve if e == Event.RESOLVE else e) in TRANSITIONS]
+            assert allowed == documented.get(state.name.lower(), []), state
+    for event, model in ((Event.RETURN, DossierReturned),
+                         (Event.SUPPLEMENT, DossierSupplemented),
+                         (Event.WITHDRAW, DossierWithdrawn)):
+        said = {int(n) for n in re.findall(r"\((\d+)\)", model.__doc__ or "")}
+        assert said == {int(s) for s in State if (s, event) in TRANSITIONS}, model
