@@ -15,9 +15,10 @@ state implies (docs/RELIABILITY.md, "Audit"):
 
 A submission a desk says it sent (``--submissions FILE``) is accounted for when it
 is a dossier, or its delivery was dead-lettered, triaged or recorded as a duplicate
-(inbox, or the body kept in outbox); one closed while held in triage was triaged
-first, and is counted in ``refused_from_triage`` (refused by an operator) or
-``withdrawn_while_held`` (withdrawn by its desk), by when it was closed, for ``since``.
+(inbox, or the body kept in outbox); one closed at intake opened no dossier, and is
+counted in ``refused_from_triage`` (refused by an operator) or ``withdrawn_while_held``
+(withdrawn by its desk while held, or before the router had it), by when it was closed,
+for ``since``.
 Messages still waiting in the intake or status queue are reported as ``pending``; run
 the audit again once they drain.
 
