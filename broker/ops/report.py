@@ -14,8 +14,9 @@ later counts as resolved. Definitions, all on local dates (``--tz``):
   numbered but refused by the router (not open to boundary-free receipt here), not
   received. Submissions closed at intake opened no dossier: refused in triage by an
   operator (``refused_from_triage``) or withdrawn by the citizen at the intake desk,
-  while held or before the router had it (``withdrawn_while_held``); they are counted by the day they were closed, in the total
-  and per desk and per procedure (no unit numbered them: not per agency).
+  while held or before the router had it (``withdrawn_while_held``); they are counted
+  by the day they were closed, in the total and per desk and per procedure (no unit
+  numbered them: not per agency).
 * ``resolved``: a result was produced (state 9 or 10), ``early`` / ``on_time`` / ``late``
   by the day it was produced against the due day (moved by supplement pauses, never by
   an apology's new appointment);
