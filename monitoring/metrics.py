@@ -13,6 +13,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from broker.amqp import Hooks
 from broker.errors import StartupError
 
+#: the consumers' sources (their handlers' ``source``) and what their retries are
+SOURCES = ("intake", "status")
+RETRY_KINDS = ("transient", "conflict", "refused", "fault")
+RELOAD_RESULTS = ("applied", "refused", "failed")
+
 
 class Metrics(Hooks):
     """Every casebroker metric, in its own registry (tests make as many as they like)."""
@@ -85,6 +90,13 @@ class Metrics(Hooks):
         self.catalog_info = Gauge(
             "casebroker_catalog_info", "The catalog in force (value 1)", ["catalog", "hash"],
             registry=r)
+        # bounded label sets exported at 0 from the start: increase() over a series born
+        # at 1 is 0, and an alert would miss the first event after a start
+        for source in SOURCES:
+            for kind in RETRY_KINDS:
+                self.retries_total.labels(source, kind)
+        for result in RELOAD_RESULTS:
+            self.catalog_reloads_total.labels(result)
 
     # consumers
     def count(self, source: str, outcome: str, reason: str, n: int = 1) -> None:

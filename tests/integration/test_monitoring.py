@@ -51,6 +51,19 @@ def test_alerts_and_dashboard_only_use_metrics_that_exist() -> None:
     json.loads(DASHBOARD.read_text())
 
 
+def test_series_with_a_bounded_label_set_are_exported_at_zero_from_the_start() -> None:
+    # an alert on increase() sees the first retry or refused reload after a start only if
+    # the series was there before it, at 0 (alerts_test.yml covers the unbounded ones)
+    from prometheus_client import generate_latest
+
+    text = generate_latest(Metrics().registry).decode()
+    for source in ("intake", "status"):
+        for kind in ("transient", "conflict", "refused", "fault"):
+            assert f'casebroker_retries_total{{kind="{kind}",source="{source}"}} 0.0' in text
+    for result in ("applied", "refused", "failed"):
+        assert f'casebroker_catalog_reloads_total{{result="{result}"}} 0.0' in text
+
+
 @needs_promtool
 def test_prometheus_config_and_alert_rules() -> None:
     for args in (["check", "config", str(PROM_DIR / "prometheus.yml")],
