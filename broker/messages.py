@@ -21,6 +21,7 @@ from uuid import UUID
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     TypeAdapter,
@@ -55,6 +56,24 @@ ProcedureCode = Annotated[str, Field(pattern=r"^\d\.\d{6}$")]
 PartyId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
 WardCode = Annotated[str, Field(pattern=r"^\d{2,5}$")]
 AttributeValue = str | int | float | bool
+
+#: how an ISO 8601 date-time begins: a date, then T (or a space)
+_ISO_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]")
+
+
+def _iso_8601(value: Any) -> Any:
+    """A time as the contract writes it. pydantic alone also takes a number of seconds
+    since 1970, as a number or as a string of digits: a phone number or a desk's counter
+    sent by mistake would become a legal date in 1998 or 2025."""
+    if isinstance(value, str) and not _ISO_DATE_TIME.match(value):
+        raise ValueError("not an ISO 8601 date-time with offset (2026-11-25T09:00:00+07:00)")
+    if isinstance(value, int | float):
+        raise ValueError("a number is no date-time: ISO 8601 with offset, as a string")
+    return value
+
+
+#: a date-time with its offset, written in ISO 8601 (never a Unix time)
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_iso_8601)]
 
 
 class _Model(BaseModel):
@@ -120,7 +139,7 @@ class DossierSubmitted(_Model):
     desk_id: PartyId
     return_desk_id: PartyId | None = None
     channel: Channel
-    submitted_at: AwareDatetime
+    submitted_at: Timestamp
     applicant: Applicant
     subject: Subject | None = None
     documents: list[Document] = Field(default_factory=list, max_length=100)
@@ -147,9 +166,9 @@ class DossierAssigned(_Model):
     desk_id: PartyId
     return_desk_id: PartyId
     channel: Channel
-    received_at: AwareDatetime
-    due_at: AwareDatetime
-    step_due_at: AwareDatetime
+    received_at: Timestamp
+    due_at: Timestamp
+    step_due_at: Timestamp
     applicant: Applicant
     subject: Subject | None = None
     documents: list[Document] = Field(default_factory=list)
@@ -198,7 +217,7 @@ class DossierStatus(_Model):
     documents: list[Document] = Field(default_factory=list, max_length=100)
     requested_documents: list[str] = Field(default_factory=list, max_length=100)
     amount_vnd: Annotated[int, Field(ge=0)] | None = None
-    sent_at: AwareDatetime
+    sent_at: Timestamp
 
 
 class DossierReturned(_Model):
@@ -213,7 +232,7 @@ class DossierReturned(_Model):
     event_id: UUID
     dossier_code: str
     desk_id: PartyId
-    returned_at: AwareDatetime
+    returned_at: Timestamp
     satisfaction: Annotated[int, Field(ge=1, le=5)] | None = None
 
 
@@ -230,7 +249,7 @@ class DossierSupplemented(_Model):
     dossier_code: str
     desk_id: PartyId
     documents: list[Document] = Field(min_length=1, max_length=100)
-    sent_at: AwareDatetime
+    sent_at: Timestamp
 
 
 class DossierWithdrawn(_Model):
@@ -259,7 +278,7 @@ class DossierWithdrawn(_Model):
         "that dossier's code, to withdraw it by"))
     desk_id: PartyId
     reason: Annotated[str, Field(max_length=2000)] | None = None
-    sent_at: AwareDatetime
+    sent_at: Timestamp
 
     @model_validator(mode="after")
     def _code_or_submission(self) -> DossierWithdrawn:
@@ -342,13 +361,13 @@ class DeskNotice(_Model):
     procedure_code: ProcedureCode
     state: Annotated[int, Field(ge=1, le=10)]
     agency_id: PartyId | None = None
-    received_at: AwareDatetime | None = None
-    due_at: AwareDatetime | None = None
+    received_at: Timestamp | None = None
+    due_at: Timestamp | None = None
     reason: str | None = None
     documents: list[Document] = Field(default_factory=list)
     requested_documents: list[str] = Field(default_factory=list)
     amount_vnd: int | None = None
-    issued_at: AwareDatetime
+    issued_at: Timestamp
 
     @model_validator(mode="after")
     def _code_unless_never_opened(self) -> DeskNotice:
@@ -376,7 +395,7 @@ class AgencyNotice(_Model):
         "the update named a dossier never assigned to this agency, or no dossier at all"))
     reason: str | None = None
     documents: list[Document] = Field(default_factory=list)
-    issued_at: AwareDatetime
+    issued_at: Timestamp
 
 
 Message = (

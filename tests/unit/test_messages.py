@@ -213,3 +213,21 @@ def test_new_ids_are_version_7_and_sort_by_time() -> None:
 def test_new_id_refuses_what_does_not_fit(kw: dict[str, int]) -> None:
     with pytest.raises(ValueError):
         new_id(**kw)
+
+
+@pytest.mark.parametrize("when", ["0912345678", "1764460800", 1764460800, 1764460800.5])
+def test_a_time_is_iso_8601_never_seconds_since_1970(when: object) -> None:
+    # pydantic alone reads these as Unix times: a phone number became a dossier received
+    # in 1998, overdue on arrival (found by a review)
+    body = json.loads(dossier().model_dump_json(by_alias=True)) | {"submitted_at": when}
+    with pytest.raises(DecodeError) as refused:
+        decode(json.dumps(body).encode(), content_type="application/json")
+    assert refused.value.reason == "invalid_fields" and "submitted_at" in str(refused.value)
+    assert str(when) not in str(refused.value)
+    status = {"schema": "casebroker.dossier.status/v1", "update_id": str(uuid.uuid4()),
+              "dossier_code": "T.UBND.A-261125-0001", "agency_id": "T.UBND.A",
+              "status": "accepted", "sent_at": when}
+    with pytest.raises(DecodeError, match="sent_at"):
+        decode(json.dumps(status).encode(), content_type="application/json")
+    status["sent_at"] = "2026-11-25T09:00:00+07:00"
+    assert decode(json.dumps(status).encode(), content_type="application/json")
