@@ -63,6 +63,7 @@ from broker.messages import (
     NoticeKind,
     Subject,
     decode,
+    shown_id,
     utc_now,
 )
 from broker.ops.progress import Progress
@@ -215,24 +216,29 @@ def replay(ch: BlockingChannel, topology: Topology, which: str, msg: Taken) -> d
 
 
 def refuse(ch: BlockingChannel, topology: Topology, ledger: Ledger, msg: Taken, reason: str,
-           by: str, now: datetime) -> dict[str, Any]:
+           by: str, now: datetime, without_notice: bool = False) -> dict[str, Any]:
     """Refuse one triaged dossier at intake (state 3): the refusal is committed to the
     ledger, then its desk's notice published (confirmed); the caller acks the triage copy
     after. Run again after a crash in between, it finds the refusal and publishes the same
     notice under the same id (the desk drops a copy it has). ``ValueError``: not refused,
-    and why (the copy is put back)."""
+    and why (the copy is put back). A desk with no queue (one the catalog does not know)
+    cannot be told: refused only ``without_notice``, the notice kept in the ledger (sent
+    if the desk submits the dossier again) and not published."""
     try:
         dossier = decode(msg.body, expected=_SUBMITTED)
     except DecodeError as e:
         raise ValueError(f"not a dossier the contract accepts ({e.reason}): nothing to "
                          "refuse") from None
     assert isinstance(dossier, DossierSubmitted)
-    if (why := missing(ch, topology.desk_queue(dossier.desk_id))) is not None:
+    untold = missing(ch, topology.desk_queue(dossier.desk_id))
+    if untold is not None and not without_notice:
+        why = untold
         if _text(msg.headers.get(REASON_HEADER)) == "unknown_desk":
             why = ("the catalog has no such desk (triaged as unknown_desk), so it has no "
                    "queue: add the desk to the catalog (a running router declares its "
-                   "queue on reload, SIGHUP), then refuse or replay")
-        raise ValueError(f"desk {dossier.desk_id} has nobody to tell: {why}")
+                   "queue on reload, SIGHUP), then refuse or replay; or, for a desk that "
+                   "does not exist, refuse --without-notice")
+        raise ValueError(f"desk {shown_id(dossier.desk_id)} has nobody to tell: {why}")
     sid = str(dossier.submission_id)
     notice = to_desk(topology, DeskNotice(
         notice=NoticeKind.REFUSED, dossier_code=None, submission_id=dossier.submission_id,
@@ -250,15 +256,17 @@ def refuse(ch: BlockingChannel, topology: Topology, ledger: Ledger, msg: Taken, 
                          "nothing to refuse (replay it: the router answers it with that "
                          "dossier's notice)") from None
     sent = refusal_notice(kept, topology.desk_exchange)
-    ch.basic_publish(sent.exchange, sent.routing_key, sent.body, properties_for(sent, None),
-                     mandatory=True)
+    if untold is None:
+        ch.basic_publish(sent.exchange, sent.routing_key, sent.body,
+                         properties_for(sent, None), mandatory=True)
     # closed before: refused by an operator (a run cut short, done again), or withdrawn by
     # its desk while it waited; either way the notice it got is sent again, and the copy
     # leaves triage
     before = None if new else State(kept["state"]).name.lower()
     return {"queue": "triage", "message_id": msg.message_id, "submission_id": sid,
-            "desk_id": kept["desk_id"], "notice_id": sent.message_id,
-            "refused_before": before == "refused", "closed_before": before}
+            "desk_id": shown_id(kept["desk_id"]), "notice_id": sent.message_id,
+            "told": untold is None, "refused_before": before == "refused",
+            "closed_before": before}
 
 
 def describe(which: str, msg: Taken) -> dict[str, Any]:
@@ -424,7 +432,8 @@ def _each(topology: Topology, queues: Iterable[str], ids: set[str] | None,
 
 
 def refuse_triaged(topology: Topology, ledger: Ledger, chosen: Callable[[Taken], bool],
-                   reason: str, by: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+                   reason: str, by: str, without_notice: bool = False
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Refuse the triaged dossiers ``chosen`` picks; put every other triage copy back.
     Returns (what was refused, what was not and why), as :func:`replay_dead`. A refusal
     committed but not acked (the connection lost in between) is sent again, the same,
@@ -433,7 +442,7 @@ def refuse_triaged(topology: Topology, ledger: Ledger, chosen: Callable[[Taken],
     now = utc_now()
     with channel() as ch:
         def act(ch: BlockingChannel, msg: Taken) -> None:
-            done.append(refuse(ch, topology, ledger, msg, reason, by, now))
+            done.append(refuse(ch, topology, ledger, msg, reason, by, now, without_notice))
 
         failed, _ = _work(ch, topology, "triage", chosen, act)
     return done, failed
@@ -634,7 +643,7 @@ def _cmd_refuse(args: argparse.Namespace) -> int:
     try:
         ledger.check_schema()  # a ledger from before refusals: `casebroker ledger upgrade`
         done, failed = refuse_triaged(_topology(args), ledger, chosen, args.reason,
-                                      args.by or system_user())
+                                      args.by or system_user(), args.without_notice)
     finally:
         ledger.dispose()
     withdrawn = sum(1 for d in done if d["closed_before"] == "withdrawn")
@@ -647,6 +656,10 @@ def _cmd_refuse(args: argparse.Namespace) -> int:
                 print(f"triage: {d['message_id']}: submission {d['submission_id']} was "
                       f"withdrawn by desk {d['desk_id']} while held: not refused; its "
                       f"withdrawal notice {d['notice_id']} sent again, the copy removed")
+                continue
+            if not d["told"]:
+                print(f"triage: {d['message_id']}: submission {d['submission_id']} refused; "
+                      f"desk {d['desk_id']} has no queue, nobody told")
                 continue
             again = " (refused before: its notice sent again)" if d["refused_before"] else ""
             print(f"triage: {d['message_id']}: submission {d['submission_id']} refused, "
@@ -720,6 +733,10 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
                    "in the ledger; never logged)")
     p.add_argument("--by", type=words(BY_MAX),
                    help="who refuses, for the ledger (default: this system user)")
+    p.add_argument("--without-notice", action="store_true",
+                   help="refuse also a dossier whose desk has no queue (not in the catalog: "
+                   "junk, or a mistyped desk id), telling nobody; without it such a dossier "
+                   "is left in triage")
     p.add_argument("--db-url", help="ledger URL (default: $CASEBROKER_DB_URL)")
     p.add_argument("--prefix", help="topology prefix (default: $CASEBROKER_PREFIX or cb)")
     p.add_argument("--json", action="store_true", help="print JSON")

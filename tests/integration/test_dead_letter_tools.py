@@ -510,6 +510,36 @@ def test_refuse_closes_a_triaged_dossier_once_and_its_desk_hears_it_once(
     assert "066090001234" not in out  # the applicant stays out of it
 
 
+def test_a_dossier_from_a_desk_that_does_not_exist_leaves_triage_told_to_nobody(
+        declared: Topology, ledger: Ledger, run_broker: Callable[..., RunningBroker],
+        amqp: Amqp, capsys: pytest.CaptureFixture[str]) -> None:
+    # junk, or a phone number in desk_id: triaged as unknown_desk, and no catalog fix is
+    # right for it; refused only when the operator says nobody will be told, and the
+    # id, which may be a phone number, is never printed
+    t = declared
+    run_broker()
+    junk = dossier(desk_id="0912345678901")
+    amqp.submit(t, junk)
+    wait_for(lambda: queue_depth(t.triage_queue) == 1, what="triaged")
+    mid, sid = f"submit:{junk.submission_id}", str(junk.submission_id)
+    refuse = ("dead-letters", "refuse", "--id", mid, "--reason", "no such desk",
+              "--db-url", ledger.url)
+    rc, out, err = cli(capsys, t, *refuse)
+    assert rc == 1 and "desk <13 characters withheld: a phone or id number?> has nobody " \
+        "to tell" in err and "refuse --without-notice" in err
+    assert ledger.refusal(sid) is None and queue_depth(t.triage_queue) == 1
+    rc, out, err = cli(capsys, t, *refuse, "--without-notice")
+    assert rc == 0, err
+    assert f"triage: {mid}: submission {sid} refused; desk <13 characters withheld: a " \
+        "phone or id number?> has no queue, nobody told" in out
+    assert "0912345678901" not in out + err
+    refused = ledger.refusal(sid)
+    assert refused is not None and refused["state"] == 3
+    assert queue_depth(t.triage_queue) == 0
+    report = audit(ledger, t, [sid])
+    assert report["refused_from_triage"] == 1 and report["unaccounted"] == 0
+
+
 def test_refuse_takes_every_triaged_dossier_of_a_procedure_the_province_does_not_take(
         declared: Topology, ledger: Ledger, run_broker: Callable[..., RunningBroker],
         amqp: Amqp, capsys: pytest.CaptureFixture[str]) -> None:
