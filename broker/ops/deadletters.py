@@ -376,7 +376,7 @@ def list_dead(topology: Topology, queues: Iterable[str]
     messages that could not be put back (left unacked: they return to their queue)."""
     found: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
-    with channel() as ch:
+    with channel(lock=topology) as ch:
         for which in queues:
             queue, _ = queue_and_key(topology, which)
             if (why := missing(ch, queue)) is not None:
@@ -418,7 +418,7 @@ def _each(topology: Topology, queues: Iterable[str], ids: set[str] | None,
     collecting what it returns; put the others back. Stops at a channel RabbitMQ closed."""
     done: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
-    with channel() as ch:
+    with channel(lock=topology) as ch:
         for which in queues:
             def each(ch: BlockingChannel, msg: Taken, w: str = which) -> None:
                 done.append(act(ch, w, msg))
@@ -440,7 +440,7 @@ def refuse_triaged(topology: Topology, ledger: Ledger, chosen: Callable[[Taken],
     when refused again."""
     done: list[dict[str, Any]] = []
     now = utc_now()
-    with channel() as ch:
+    with channel(lock=topology) as ch:
         def act(ch: BlockingChannel, msg: Taken) -> None:
             done.append(refuse(ch, topology, ledger, msg, reason, by, now, without_notice))
 

@@ -23,6 +23,7 @@ from pika.exceptions import ChannelClosedByBroker, NackError, UnroutableError
 from pika.spec import BasicProperties
 
 from broker.amqp import SENT_BY_HEADER, amqp_urls
+from broker.errors import CasebrokerError
 from broker.topology import DEAD_SOURCES, TRIAGE_KEY, Topology
 
 #: queue names an operator may give: a dead-letter source or "triage"
@@ -82,11 +83,39 @@ class Taken:
         return dict(self.properties.headers or {})
 
 
+class OperatorBusy(CasebrokerError):
+    """Another operator command is taking and putting back the same topology's messages."""
+
+
+def lock_queue(topology: Topology) -> str:
+    """The exclusive queue an operator command holds while it works (see :func:`channel`)."""
+    return topology.prefix + ".lock.operator-queues"
+
+
 @contextmanager
-def channel() -> Iterator[BlockingChannel]:
-    """A confirming channel on the first reachable node of ``CASEBROKER_AMQP_URL``."""
+def channel(lock: Topology | None = None) -> Iterator[BlockingChannel]:
+    """A confirming channel on the first reachable node of ``CASEBROKER_AMQP_URL``.
+
+    ``lock``: hold that topology's operator lock while the channel is open. Each command
+    takes every message of a queue and publishes it back; a second one at the same time
+    would find the queue short of what the first holds, or see a message it discarded
+    come back as the first one puts its copy back. The lock is an exclusive queue: one
+    connection at a time may have it, and RabbitMQ releases it when that connection
+    closes, the process killed included.
+    """
     conn = pika.BlockingConnection([pika.URLParameters(u) for u in amqp_urls()])
     try:
+        if lock is not None:
+            try:
+                conn.channel().queue_declare(lock_queue(lock), exclusive=True,
+                                             auto_delete=True)
+            except ChannelClosedByBroker as e:
+                if e.reply_code != 405:  # RESOURCE_LOCKED: another connection holds it
+                    raise
+                raise OperatorBusy(
+                    f"another operator command (dead-letters list, show, replay, discard "
+                    f"or refuse) is working on the queues under {lock.prefix!r}; run this "
+                    "one when it has ended (nothing was taken)") from None
         ch = conn.channel()
         ch.confirm_delivery()
         yield ch

@@ -620,3 +620,32 @@ def test_a_delivery_rabbitmq_dead_lettered_after_its_batch_committed_is_replayed
     wait_for(lambda: queue_depth(t.intake_queue) == 0, what="the replay acked")
     assert ledger.count_inbox_outcomes() == {"routed": 1}  # not taken for a new copy
     assert ledger.count_by_state() == {2: 1}
+
+
+def test_two_operator_commands_never_work_on_the_same_queues_at_once(
+        declared: Topology, amqp: Amqp, capsys: pytest.CaptureFixture[str]) -> None:
+    # each takes every message and puts it back: a second one at the same time saw the
+    # queue short, or a message it discarded came back with the first one's copy (found
+    # by a review: 60 discarded, 27 back)
+    from broker.ops.queues import channel
+
+    t = declared
+    for n in range(5):
+        amqp.publish(t.dead_letter_exchange, "intake", b"{}", message_id=f"poison-{n}",
+                     headers={REASON_HEADER: "malformed_json"})
+    wait_for(lambda: queue_depth(t.dead_queue("intake")) == 5, what="five dead letters")
+    with channel(lock=t) as ch:  # an operator command working
+        ch.basic_get(t.dead_queue("intake"))  # holds one, unacked
+        for args in (("list",), ("discard", "--all", "--queue", "intake"),
+                     ("replay", "--id", "poison-1"), ("show", "poison-2")):
+            rc, out, err = cli(capsys, t, "dead-letters", *args)
+            assert rc == 1 and out == "" and err == (
+                "error: another operator command (dead-letters list, show, replay, discard "
+                f"or refuse) is working on the queues under {t.prefix!r}; run this one when "
+                "it has ended (nothing was taken)\n"), args
+    # released with its connection: the next command sees all five, the unacked one back
+    rc, out, err = cli(capsys, t, "dead-letters", "list", "--queue", "intake")
+    assert rc == 0 and out.endswith("5 message(s)\n"), err
+    other = Topology(t.prefix + "x")  # another topology's lock is another lock
+    with channel(lock=t), channel(lock=other):
+        pass
