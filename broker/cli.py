@@ -159,9 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     topo = sub.add_parser("topology", help="declare or delete exchanges and queues")
     topo_sub = topo.add_subparsers(dest="action", required=True)
-    for action in ("declare", "delete"):
-        p = topo_sub.add_parser(action, help=f"{action} the catalog's topology")
-        _common(p, prefix=True)
+    p = topo_sub.add_parser("declare", help="declare the catalog's topology (idempotent; "
+                            "`run` does it too, and declares new agencies' queues on reload)")
+    _common(p, prefix=True)
+    p = topo_sub.add_parser("delete", help="delete every queue and exchange under the prefix; "
+                            "refused while a queue holds messages or has consumers")
+    _common(p, prefix=True)
+    p.add_argument("--force", action="store_true",
+                   help="delete queues that hold messages or have consumers: what they hold "
+                   "is lost")
+    p.add_argument("--management-url", default=os.environ.get(
+        "CASEBROKER_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672"),
+        help="to find queues under the prefix that the catalog does not name")
 
     rules = sub.add_parser("rules", help="check the catalog, explain a routing decision")
     rules_sub = rules.add_subparsers(dest="action", required=True)
@@ -356,7 +365,7 @@ def _run(args: argparse.Namespace) -> int:
 def _topology(args: argparse.Namespace) -> int:
     from broker.amqp import amqp_urls
     from broker.rules.catalog import load_catalog
-    from broker.service import declare_topology, delete_topology
+    from broker.service import declare_topology
 
     catalog, topology = load_catalog(args.catalog), _topology_of(args)
     if args.action == "declare":
@@ -364,8 +373,67 @@ def _topology(args: argparse.Namespace) -> int:
         print(f"declared {len(topology.exchanges)} exchanges and {n} queues under "
               f"{topology.prefix!r}")
     else:
-        delete_topology(amqp_urls(), topology, catalog)
-        print(f"deleted the topology under {topology.prefix!r}")
+        return _delete_topology(args, topology, catalog)
+    return EXIT_OK
+
+
+def _delete_topology(args: argparse.Namespace, topology: Any, catalog: Any) -> int:
+    """`topology delete`: every queue and exchange under the prefix, the catalog's and any
+    other (an agency dropped from the catalog, a topology declared from another one), but
+    none that holds messages or has a consumer unless ``--force``: RabbitMQ deletes a
+    queue's messages with it, and what was waiting there for an agency or a desk is gone."""
+    import pika
+    from pika.exceptions import ChannelClosedByBroker
+
+    from broker.amqp import amqp_urls
+    from broker.ops.queues import lock_queue
+    from broker.security import Management, ManagementError
+
+    queues = topology.queues(catalog.agency_ids, catalog.desk_ids)
+    exchanges = list(topology.exchanges)
+    under = topology.prefix + "."
+    try:
+        api = Management.from_url(args.management_url)
+        queues += [q for q in api.names("queues") if q.startswith(under)
+                   and q not in queues and q != lock_queue(topology)]
+        exchanges += [x for x in api.names("exchanges") if x.startswith(under)
+                      and x not in exchanges]
+    except ManagementError as e:
+        print(f"warning: only the catalog's queues and exchanges are deleted: {e}",
+              file=sys.stderr)
+    conn = pika.BlockingConnection([pika.URLParameters(u) for u in amqp_urls()])
+    try:
+        found: dict[str, tuple[int, int]] = {}
+        for q in queues:
+            try:  # a channel each: RabbitMQ closes the one that asks for a missing queue
+                ok = conn.channel().queue_declare(q, passive=True).method
+            except ChannelClosedByBroker as e:
+                if e.reply_code != 404:
+                    raise
+                continue
+            found[q] = (int(ok.message_count), int(ok.consumer_count))
+        busy = {q: mc for q, mc in found.items() if mc != (0, 0)}
+        if busy and not args.force:
+            for q, (messages, consumers) in sorted(busy.items()):
+                print(f"  {q}: {messages} message(s), {consumers} consumer(s)",
+                      file=sys.stderr)
+            print(f"error: {len(busy)} queue(s) under {topology.prefix!r} hold messages or "
+                  "have consumers (a router, an agency's or a desk's inbox): deleting them "
+                  "loses what they hold. Stop the consumers and let the queues drain, or "
+                  "move what they hold; --force deletes them all the same. Nothing was "
+                  "deleted", file=sys.stderr)
+            return EXIT_PROBLEM
+        channel = conn.channel()
+        for q in found:
+            channel.queue_delete(q)
+        for x in exchanges:
+            channel.exchange_delete(x)
+    finally:
+        if conn.is_open:
+            conn.close()
+    lost = sum(m for m, _ in found.values())
+    print(f"deleted {len(found)} queues and the exchanges under {topology.prefix!r}"
+          + (f" ({lost} message(s) with them)" if lost else ""))
     return EXIT_OK
 
 
@@ -628,8 +696,6 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _users(args: argparse.Namespace) -> int:
-    from urllib.parse import urlsplit
-
     from broker.rules.catalog import load_catalog
     from broker.security import Management, apply, grants
 
@@ -641,9 +707,7 @@ def _users(args: argparse.Namespace) -> int:
             for g in planned:
                 print(f"{g.user:<40} {g.kind:<6} write {g.write}  read {g.read}")
         return EXIT_OK
-    parts = urlsplit(args.management_url)
-    base = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    api = Management(base, parts.username or "guest", parts.password or "guest")
+    api = Management.from_url(args.management_url)
     result = apply(planned, api, Path(args.secrets_dir), rotate=args.rotate)
     print(f"{result['users']} users with permissions; {result['created']} created "
           f"(passwords in {args.secrets_dir})")

@@ -89,6 +89,18 @@ class Management:
             raise ManagementError(f"management API at {self.url} unreachable: {e}") from e
         return json.loads(raw) if raw else None
 
+    @classmethod
+    def from_url(cls, url: str) -> Management:
+        """From ``http://user:password@host:port`` (guest/guest when it names nobody)."""
+        parts = urllib.parse.urlsplit(url)
+        base = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return cls(base, parts.username or "guest", parts.password or "guest")
+
+    def names(self, kind: str) -> list[str]:
+        """The names of the virtual host's ``queues`` or ``exchanges``."""
+        rows = self._call("GET", f"/api/{kind}/{self.vhost}?columns=name") or []
+        return [str(r["name"]) for r in rows]
+
     def user_exists(self, user: str) -> bool:
         return self._call("GET", f"/api/users/{urllib.parse.quote(user, safe='')}") is not None
 

@@ -317,3 +317,41 @@ def test_dossier_show_finds_a_submission_by_its_id_whether_it_opened_a_dossier_o
         conn.exec_driver_sql("DROP TABLE refusals")
     rc, out, _ = show(str(lost.submission_id))
     assert rc == 0 and f"submission {lost.submission_id}: no dossier opened" in out
+
+
+def test_topology_delete_keeps_what_queues_hold_unless_forced(
+        amqp: Amqp, capsys: pytest.CaptureFixture[str]) -> None:
+    # found by a review: it deleted queues with what they held (assignments, held
+    # dossiers) and said all was well; declared from another catalog, it left that
+    # catalog's queues behind, messages and all, and said the topology was deleted
+    from broker.amqp import amqp_url
+    from broker.security import Management
+    from broker.service import declare_topology, delete_topology
+    from tests.helpers import cli
+
+    t, mini = Topology(f"t{uuid.uuid4().hex[:10]}"), load_catalog(MINI_CATALOG)
+    extra = f"{t.prefix}.agency.T.GONE"  # an agency since dropped from the catalog
+    declare_topology(amqp_url(), t, mini)
+    try:
+        amqp.ch.queue_declare(extra, durable=True, arguments={"x-queue-type": "quorum"})
+        amqp.publish("", extra, b"{}", message_id="waiting-1")
+        amqp.publish(t.agency_exchange, "T.UBND.A", b"{}", message_id="waiting-2")
+        wait_for(lambda: queue_depth(extra) == queue_depth(t.agency_queue("T.UBND.A")) == 1)
+        rc, out, err = cli(capsys, t, "topology", "delete", "--catalog", str(MINI_CATALOG))
+        assert rc == 1 and out == ""
+        assert f"  {t.agency_queue('T.UBND.A')}: 1 message(s), 0 consumer(s)\n" in err
+        assert f"  {extra}: 1 message(s), 0 consumer(s)\n" in err
+        assert err.endswith("Nothing was deleted\n")
+        assert queue_depth(t.intake_queue) == 0 and queue_depth(extra) == 1  # all there
+        rc, out, err = cli(capsys, t, "topology", "delete", "--catalog", str(MINI_CATALOG),
+                           "--force")
+        assert rc == 0 and out == (f"deleted 20 queues and the exchanges under {t.prefix!r} "
+                                   "(2 message(s) with them)\n"), err
+        api = Management()
+        assert [n for n in api.names("queues") + api.names("exchanges")
+                if n.startswith(t.prefix + ".")] == []
+        rc, out, err = cli(capsys, t, "topology", "delete", "--catalog", str(MINI_CATALOG))
+        assert rc == 0 and out == f"deleted 0 queues and the exchanges under {t.prefix!r}\n"
+    finally:
+        delete_topology(amqp_url(), t, mini)
+        amqp.ch.queue_delete(extra)
