@@ -42,6 +42,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, and_, func, or_, select
 
+from broker.amqp import REASON_HEADER
 from broker.cli import rabbitmq_problem, submission_id_of
 from broker.ledger import Ledger, dossiers, events, inbox, outbox, refusals
 from broker.lifecycle import State
@@ -166,6 +167,36 @@ def _queue_depths(topology: Topology) -> tuple[dict[str, int] | None, str | None
         return None, rabbitmq_problem(e)[:300]
 
 
+def _exhausted(topology: Topology, depths: dict[str, int]) -> tuple[list[str] | None, str]:
+    """The message ids in dead.intake and dead.status that RabbitMQ itself dead-lettered
+    at their delivery limit, with no reason of casebroker's: a delivery whose batch may
+    have been recorded while its publishes were refused (a queue missing, the node's
+    alarm), so that its desk has a receipt and its agency nothing, until it is replayed
+    (under its own id: the inbox publishes what the batch recorded). Read under the
+    operator lock, each message back in its queue as it was (a requeue, not a copy);
+    None and why when the lock is held or the queues cannot be read."""
+    from broker.ops.queues import OperatorBusy, channel, take_all
+
+    found: list[str] = []
+    try:
+        with channel(lock=topology) as ch:
+            for source in ("intake", "status"):
+                if not depths[f"dead.{source}"]:
+                    continue
+                taken = take_all(ch, topology.dead_queue(source))
+                found += [m.message_id for m in taken if REASON_HEADER not in m.headers
+                          and m.headers.get("x-first-death-reason") in (
+                              "delivery_limit", b"delivery_limit")]
+                if taken:
+                    ch.basic_nack(taken[-1].tag, multiple=True, requeue=True)
+    except OperatorBusy:
+        return None, ("not read: an operator command holds the queues (dead-letters); "
+                      "run the audit again when it has ended")
+    except Exception as e:
+        return None, rabbitmq_problem(e)[:300]
+    return found, ""
+
+
 def audit(ledger: Ledger, topology: Topology, submission_ids: list[str] | None = None,
           since: datetime | None = None, progress: ProgressFn | None = None) -> dict[str, Any]:
     """The audit report; ``unaccounted`` counts dossiers and submissions not accounted for,
@@ -185,6 +216,11 @@ def audit(ledger: Ledger, topology: Topology, submission_ids: list[str] | None =
             select(refusals.c.state, func.count()).where(*period)
             .group_by(refusals.c.state))}
     depths, queues_error = _queue_depths(topology)
+    exhausted: list[str] | None = []
+    if depths is not None and (depths["dead.intake"] or depths["dead.status"]):
+        exhausted, why = _exhausted(topology, depths)
+        if exhausted is None:
+            queues_error = f"dead.intake and dead.status {why}"
     return {
         "dossiers": n, "since": since.isoformat() if since else None, "states": states,
         "refused_from_triage": closed.get(int(State.REFUSED), 0),
@@ -198,12 +234,15 @@ def audit(ledger: Ledger, topology: Topology, submission_ids: list[str] | None =
         "queues": depths,
         "queues_error": queues_error,
         "pending": None if depths is None else depths["intake"] + depths["status"],
+        "exhausted": exhausted,
     }
 
 
 def clean(report: dict[str, Any]) -> bool:
-    """Nothing unaccounted for, nothing undelivered, and the queues were read."""
-    return not report["unaccounted"] and report["undelivered"] == 0
+    """Nothing unaccounted for, nothing undelivered, no delivery RabbitMQ set aside at its
+    delivery limit, and the queues were read."""
+    return (not report["unaccounted"] and report["undelivered"] == 0
+            and report["exhausted"] == [])
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
@@ -245,6 +284,17 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         if queues is None:
             print(f"  queues unreadable: {report['queues_error']}")
             return 1
+        if report["exhausted"] is None:
+            print(f"  {report['queues_error']}")
+        elif report["exhausted"]:
+            ids = report["exhausted"]
+            print(f"  {len(ids)} in dead.intake or dead.status that RabbitMQ set aside after "
+                  "their last allowed delivery, not judged by casebroker: its batch may be "
+                  "recorded with assignments or notices that never went out. Replay them "
+                  "(under their own ids: what was recorded is published): casebroker "
+                  f"dead-letters replay --id {' --id '.join(ids[:10])}"
+                  + (f" ... ({len(ids) - 10} more: dead-letters list)" if len(ids) > 10
+                     else ""))
         if report["undelivered"]:
             print(f"  {queues['dead.agency']} in dead.agency, {queues['dead.desk']} in "
                   "dead.desk: assignments or notices that did not reach their agency or desk "

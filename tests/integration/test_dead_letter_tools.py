@@ -603,8 +603,30 @@ def test_a_delivery_rabbitmq_dead_lettered_after_its_batch_committed_is_replayed
             break
         amqp.ch.basic_nack(method.delivery_tag, requeue=True)
     wait_for(lambda: queue_depth(t.dead_queue("intake")) == 1, what="the delivery limit")
+    # beside a poison message casebroker judged, which is no such case
+    amqp.publish(t.dead_letter_exchange, "intake", b"{", message_id="poison",
+                 headers={REASON_HEADER: "malformed_json"})
+    wait_for(lambda: queue_depth(t.dead_queue("intake")) == 2, what="the poison")
+    # the audit finds it (the ledger alone says all was published), reads the queue
+    # without taking anything, and says what to do
+    rc, out, err = cli(capsys, t, "audit", "--db-url", ledger.url)
+    assert rc == 1 and (
+        "  1 in dead.intake or dead.status that RabbitMQ set aside after their last allowed "
+        "delivery, not judged by casebroker: its batch may be recorded with assignments or "
+        "notices that never went out. Replay them (under their own ids: what was recorded "
+        f"is published): casebroker dead-letters replay --id {mid}\n") in out, out + err
+    assert queue_depth(t.dead_queue("intake")) == 2
+    rc, out, err = cli(capsys, t, "audit", "--db-url", ledger.url, "--json")
+    assert rc == 1 and json.loads(out)["exhausted"] == [mid]
+    from broker.ops.queues import channel
+    with channel(lock=t):  # an operator at work on the queues: the audit cannot tell
+        rc, out, err = cli(capsys, t, "audit", "--db-url", ledger.url)
+    assert rc == 1 and "dead.intake and dead.status not read: an operator command holds " \
+        "the queues" in out
     rc, out, err = cli(capsys, t, "dead-letters", "list", "--queue", "intake")
     assert rc == 0 and f"{mid}" in out and "rabbitmq:delivery_limit" in out, out
+    rc, out, err = cli(capsys, t, "dead-letters", "discard", "--id", "poison")
+    assert rc == 0, err
 
     rc, out, err = cli(capsys, t, "dead-letters", "replay", "--all", "--queue", "intake",
                        "--json")
@@ -620,6 +642,8 @@ def test_a_delivery_rabbitmq_dead_lettered_after_its_batch_committed_is_replayed
     wait_for(lambda: queue_depth(t.intake_queue) == 0, what="the replay acked")
     assert ledger.count_inbox_outcomes() == {"routed": 1}  # not taken for a new copy
     assert ledger.count_by_state() == {2: 1}
+    rc, out, err = cli(capsys, t, "audit", "--db-url", ledger.url, "--json")
+    assert rc == 0 and json.loads(out)["exhausted"] == [], out
 
 
 def test_two_operator_commands_never_work_on_the_same_queues_at_once(
