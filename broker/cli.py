@@ -27,7 +27,8 @@ EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 #: top-level subparsers and ``groups`` maps a group name ("rules", ...) to its
 #: subparsers; parsers they add set ``handler=callable(args) -> int`` as a default
 COMMAND_MODULES: tuple[str, ...] = ("broker.rules_cli", "bench.cli", "broker.ops.deadletters",
-                                     "broker.ops.audit", "broker.ops.report", "broker.ops.upgrade")
+                                     "broker.ops.audit", "broker.ops.report", "broker.ops.upgrade",
+                                     "broker.ops.resend")
 
 
 def _bounded(kind: Callable[[str], float], rule: str,
