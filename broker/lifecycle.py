@@ -90,6 +90,11 @@ def is_overdue(state: State | int, due_at: datetime, paused_at: datetime | None,
     return State(state) in OPEN_STATES and due_at < now and not paused_in_time
 
 
+#: whose days a result is judged by (DOMAIN.md: dates, not times): Vietnam's, one zone
+#: for the whole country, whatever zone a report shows its period in
+LEGAL_TIMEZONE = "Asia/Ho_Chi_Minh"
+
+
 def timeliness(finished_at: datetime, due_at: datetime, tz: tzinfo) -> str:
     """``early``, ``on_time`` or ``late`` (DOMAIN.md: dates, not times, are compared):
     the local day a dossier or a step finished against its due day."""

@@ -8,7 +8,9 @@ procedure. (The share of catalogue procedures open to boundary-free receipt is
 
 The report follows the dossiers **received in the period** (a cohort), each as the
 ledger stands now: a dossier received on the period's last day and resolved a week
-later counts as resolved. Definitions, all on local dates (``--tz``):
+later counts as resolved. The period's days are those of ``--tz`` (Vietnam by default);
+a result is judged early, on time or late on Vietnam's days whatever ``--tz`` is.
+Definitions:
 
 * ``received``: dossiers given a receipt (state 2 at intake); ``refused_at_intake``:
   numbered but refused by the router (not open to boundary-free receipt here), not
@@ -71,7 +73,15 @@ from sqlalchemy import Connection, func, select
 
 from broker.cli import day, zone
 from broker.ledger import Ledger, dossiers, events, refusals
-from broker.lifecycle import OPEN_STATES, STEP_ENDS, Event, State, is_overdue, timeliness
+from broker.lifecycle import (
+    LEGAL_TIMEZONE,
+    OPEN_STATES,
+    STEP_ENDS,
+    Event,
+    State,
+    is_overdue,
+    timeliness,
+)
 from broker.tables import DOCUMENTS, STEP_OWN_DUE
 
 #: what a report may be grouped by (`--by`)
@@ -258,9 +268,12 @@ def report(ledger: Ledger, first: date, last: date, by: str | None, tz: ZoneInfo
                    c.flags[STEP_OWN_DUE].as_string().label("step_own_due"),
                    c.flags["results"].label("results"))
             .where(c.received_at >= start, c.received_at < end))
-        total, groups = tally(rows, by, tz, now, steps)
+        # the period in the zone asked for; each result judged on Vietnam's days, as the
+        # law judges it: a report shown in UTC must not make a result early or late
+        legal = ZoneInfo(LEGAL_TIMEZONE)
+        total, groups = tally(rows, by, legal, now, steps)
         if steps is not None:
-            _finished_steps(conn, start, end, tz, steps)
+            _finished_steps(conn, start, end, legal, steps)
         closed = _closed_while_held(conn, by, start, end)
     out = {k: t.as_dict() for k, t in groups.items()}
     totals: dict[str, Any] = {}
@@ -395,8 +408,9 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
                    help="first day received (default: the first day of --to's quarter)")
     p.add_argument("--to", type=day, help="last day received, included (default: today)")
     p.add_argument("--by", choices=GROUPS, help="a row per agency, desk or procedure")
-    p.add_argument("--tz", type=zone, default="Asia/Ho_Chi_Minh",
-                   help="whose days (default: Vietnam)")
+    p.add_argument("--tz", type=zone, default=LEGAL_TIMEZONE,
+                   help="whose days the period covers (default: Vietnam); results are "
+                   "judged on Vietnam's days whatever it is")
     form = p.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_true", help="print one JSON object")
     form.add_argument("--csv", action="store_true", help="print CSV, for a spreadsheet")

@@ -7,7 +7,7 @@ import csv
 import io
 import json
 import uuid
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -245,6 +245,33 @@ def test_with_by_agency_each_agency_gets_the_steps_it_handled_judged_by_the_step
     # grouped otherwise, or not at all, a report has no steps
     assert "steps_finished" not in report(ledger, date(2026, 11, 24), date(2026, 11, 24),
                                           "desk", tz, vn("2026-11-30 17:00"))["total"]
+
+
+def test_a_result_is_judged_on_vietnams_days_whatever_zone_the_report_is_shown_in(
+        ledger: Ledger) -> None:
+    # found by a review: shown in UTC, every on-time result was early; here one finished
+    # at 06:30 the day after its due day, in Vietnam (23:30 UTC on the due day): late
+    clock = FakeClock("2026-11-24 09:00")
+    engine = Engine(load_catalog(MINI_CATALOG))
+    router = Router(lambda: engine, ledger, Topology("t"), clock=clock)
+    status = StatusRouter(lambda: engine, ledger, Topology("t"), clock=clock)
+    out = router.handle([intake_delivery(1, encode(dossier()), "submit:a")])
+    code = json.loads(out[-1].body)["dossier_code"]
+    row = ledger.dossier(code)
+    assert row is not None
+    due = row["due_at"].astimezone(ZoneInfo("Asia/Ho_Chi_Minh"))
+    assert due.hour >= 7  # on the same date in UTC
+    at = f"{(due.date() + timedelta(days=1)).isoformat()} 06:30"
+    clock.set(at)
+    status.handle([status_delivery(2, DossierStatus(
+        update_id=uuid.uuid4(), dossier_code=code, agency_id="T.UBND.A", status="resolved",
+        sent_at=vn(at)))])
+    for zone, first, last in (("Asia/Ho_Chi_Minh", 24, 24), ("UTC", 24, 24),
+                              ("America/Los_Angeles", 23, 23)):
+        total = report(ledger, date(2026, 11, first), date(2026, 11, last), None,
+                       ZoneInfo(zone), vn("2026-12-30 09:00"))["total"]
+        assert (total["received"], total["early"], total["on_time"], total["late"]) == (
+            1, 0, 0, 1), zone
 
 
 def test_an_agency_handed_a_dossier_late_is_judged_by_its_own_time_and_told_the_dossiers(
