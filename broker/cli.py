@@ -122,13 +122,16 @@ def listed(item: Callable[[str], Any]) -> Callable[[str], list[Any]]:
     return parse
 
 
+#: what --db-url says of itself wherever a command takes it
+DB_URL_HELP = "ledger URL (default: $CASEBROKER_DB_URL or sqlite:///casebroker.sqlite3)"
+
+
 def _common(p: argparse.ArgumentParser, *, catalog: bool = True, db: bool = False,
             prefix: bool = False) -> None:
     if catalog:
         p.add_argument("--catalog", help="catalog YAML (default: the shipped Đắk Lắk catalog)")
     if db:
-        p.add_argument("--db-url", help="ledger URL (default: $CASEBROKER_DB_URL or "
-                       "sqlite:///casebroker.sqlite3)")
+        p.add_argument("--db-url", help=DB_URL_HELP)
     if prefix:
         p.add_argument("--prefix", help="topology prefix (default: $CASEBROKER_PREFIX or cb)")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from broker.cli import day
+from broker.cli import DB_URL_HELP, day
 from broker.messages import DossierSubmitted
 from broker.rules.catalog import load_catalog
 from broker.rules.engine import Engine
@@ -40,8 +40,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
                             "and report those that would go elsewhere")
     diff.add_argument("old", help="the catalog in force (YAML)")
     diff.add_argument("new", help="the changed catalog (YAML)")
-    diff.add_argument("--db-url", help="ledger URL (default: $CASEBROKER_DB_URL or "
-                      "sqlite:///casebroker.sqlite3)")
+    diff.add_argument("--db-url", help=DB_URL_HELP)
     diff.add_argument("--since", type=day,
                       help="only dossiers received on or after this local date (YYYY-MM-DD)")
     diff.add_argument("--json", action="store_true", help="print one JSON object")

@@ -43,7 +43,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, and_, func, or_, select
 
 from broker.amqp import REASON_HEADER
-from broker.cli import rabbitmq_problem, submission_id_of
+from broker.cli import DB_URL_HELP, rabbitmq_problem, submission_id_of
 from broker.ledger import Ledger, dossiers, events, inbox, outbox, refusals
 from broker.lifecycle import State
 from broker.ops.progress import Progress
@@ -317,7 +317,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
                    "line ('-': stdin)")
     p.add_argument("--since", type=_since, help="check only the dossiers received since "
                    "then: a date (midnight, Vietnam time) or an ISO 8601 time with offset")
-    p.add_argument("--db-url", help="ledger URL (default: $CASEBROKER_DB_URL)")
+    p.add_argument("--db-url", help=DB_URL_HELP)
     p.add_argument("--prefix", help="topology prefix (default: $CASEBROKER_PREFIX or cb)")
     p.set_defaults(handler=_cmd_audit)
 

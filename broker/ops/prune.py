@@ -42,7 +42,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, func, select, update
 
 from broker.amqp_worker import REASON_HEADER
-from broker.cli import BY_MAX, at_least, system_user, words
+from broker.cli import BY_MAX, DB_URL_HELP, at_least, system_user, words
 from broker.consumers.router import stored_submission, submission_digest
 from broker.ledger import (
     SET_ASIDE,
@@ -267,7 +267,6 @@ def register(actions: Any) -> None:
     p.add_argument("--dry-run", action="store_true", help="count, erase nothing")
     p.add_argument("--by", type=words(BY_MAX),
                    help="who prunes, for the ledger (default: this system user)")
-    p.add_argument("--db-url", help="ledger URL (default: $CASEBROKER_DB_URL or "
-                   "sqlite:///casebroker.sqlite3)")
+    p.add_argument("--db-url", help=DB_URL_HELP)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_cmd_prune)

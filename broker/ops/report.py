@@ -71,7 +71,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, func, select
 
-from broker.cli import day, zone
+from broker.cli import DB_URL_HELP, day, zone
 from broker.ledger import Ledger, dossiers, events, refusals
 from broker.lifecycle import (
     LEGAL_TIMEZONE,
@@ -414,5 +414,5 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     form = p.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_true", help="print one JSON object")
     form.add_argument("--csv", action="store_true", help="print CSV, for a spreadsheet")
-    p.add_argument("--db-url", help="ledger URL (default: $CASEBROKER_DB_URL)")
+    p.add_argument("--db-url", help=DB_URL_HELP)
     p.set_defaults(handler=_cmd_report)

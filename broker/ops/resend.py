@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import select
 
 from broker.amqp_worker import properties_for
+from broker.cli import DB_URL_HELP
 from broker.envelope import Outbound
 from broker.ledger import Ledger, dossiers, events, outbox
 from broker.lifecycle import State
@@ -110,6 +111,5 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     p.add_argument("--agency", required=True, help="the agency whose queue lost them")
     p.add_argument("--dry-run", action="store_true", help="list them, send nothing")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--db-url", help="ledger URL (default: $CASEBROKER_DB_URL or "
-                   "sqlite:///casebroker.sqlite3)")
+    p.add_argument("--db-url", help=DB_URL_HELP)
     p.set_defaults(handler=_cmd_resend)

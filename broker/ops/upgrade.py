@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from broker.cli import DB_URL_HELP
 from broker.ledger import Ledger
 
 
@@ -34,8 +35,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
         "the indexes it retired; stop every `casebroker run` on the ledger first")
     up.add_argument("--dry-run", action="store_true",
                     help="print the statements without running them")
-    up.add_argument("--db-url", help="ledger URL (default: $CASEBROKER_DB_URL or "
-                    "sqlite:///casebroker.sqlite3)")
+    up.add_argument("--db-url", help=DB_URL_HELP)
     up.set_defaults(handler=_cmd_upgrade)
     from broker.ops import prune
 
