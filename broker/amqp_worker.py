@@ -519,8 +519,12 @@ class QueueWorker:
         self.service.hooks.returned(self.handler.source, method.exchange)
         source = self.dead_source_of(method.exchange)
         if entry is None or source is None:
-            log.error("unroutable publish to %s/%s could not be dead-lettered; will redo",
-                      method.exchange, method.routing_key)
+            # a dead letter itself unroutable: its dead-letter queue is missing
+            log.error("unroutable publish to %s/%s could not be dead-lettered (%s); its "
+                      "batch goes back to its queue to be redone",
+                      method.exchange, method.routing_key,
+                      "a dead letter: its queue is missing" if source is None
+                      else "its batch is gone")
             if entry is not None:
                 entry.failed = True
             return
@@ -529,8 +533,8 @@ class QueueWorker:
                         DETAIL_HEADER: f"no queue for {method.routing_key} on {method.exchange}",
                         ORIGINAL_EXCHANGE_HEADER: method.exchange,
                         ORIGINAL_KEY_HEADER: method.routing_key})
-        log.warning("publish to %s/%s unroutable; dead-lettered to %s", method.exchange,
-                    method.routing_key, source)
+        log.warning("publish to %s/%s unroutable; dead-lettering it to dead.%s",
+                    method.exchange, method.routing_key, source)
         entry.outstanding += 1
         self._send(Outbound(self.service.dead_letter_exchange, source, props.message_id,
                             props.type or "", props.correlation_id, headers, body), entry)
