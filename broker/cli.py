@@ -243,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     apply_.add_argument("--secrets-dir", required=True,
                         help="new users' passwords go to DIR/<user>.password (mode 0600)")
     apply_.add_argument("--rotate", action="store_true", help="new passwords for all")
+    apply_.add_argument("--retire", action="store_true",
+                        help="delete the users under the prefix whose desk or agency the "
+                        "catalog no longer has (without it they are only named)")
 
     schema = sub.add_parser("schema", help="print the JSON Schema of every message kind")
     schema.add_argument("--asyncapi", action="store_true",
@@ -701,7 +704,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _users(args: argparse.Namespace) -> int:
     from broker.rules.catalog import load_catalog
-    from broker.security import Management, apply, grants
+    from broker.security import Management, apply, grants, stale
 
     planned = grants(_topology_of(args), load_catalog(args.catalog))
     if args.action == "plan":
@@ -715,6 +718,15 @@ def _users(args: argparse.Namespace) -> int:
     result = apply(planned, api, Path(args.secrets_dir), rotate=args.rotate)
     print(f"{result['users']} users with permissions; {result['created']} created "
           f"(passwords in {args.secrets_dir})")
+    left = stale(planned, api, _topology_of(args))
+    for user in left:
+        if args.retire:
+            api.delete_user(user)
+            print(f"retired {user}: its desk or agency is not in the catalog")
+    if left and not args.retire:
+        print(f"warning: {len(left)} user(s) whose desk or agency is not in the catalog "
+              f"still hold their permissions: {', '.join(left)} (--retire deletes them)",
+              file=sys.stderr)
     return EXIT_OK
 
 

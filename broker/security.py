@@ -101,6 +101,16 @@ class Management:
         rows = self._call("GET", f"/api/{kind}/{self.vhost}?columns=name") or []
         return [str(r["name"]) for r in rows]
 
+    def users(self) -> list[str]:
+        """Every user's name."""
+        return [str(u["name"]) for u in self._call("GET", "/api/users?columns=name") or []]
+
+    def permissions(self, user: str) -> dict[str, str] | None:
+        """The user's configure/write/read patterns on the virtual host (None: none)."""
+        got = self._call("GET", f"/api/permissions/{self.vhost}/"
+                         f"{urllib.parse.quote(user, safe='')}")
+        return None if got is None else {k: str(got[k]) for k in ("configure", "write", "read")}
+
     def user_exists(self, user: str) -> bool:
         return self._call("GET", f"/api/users/{urllib.parse.quote(user, safe='')}") is not None
 
@@ -115,6 +125,17 @@ class Management:
         self._call("PUT", f"/api/permissions/{self.vhost}/"
                    f"{urllib.parse.quote(grant.user, safe='')}",
                    {"configure": grant.configure, "write": grant.write, "read": grant.read})
+
+
+def stale(grants_: list[Grant], api: Management, topology: Topology) -> list[str]:
+    """Users named as a party of ``topology`` (``<prefix>.<id>``) whose party the catalog
+    no longer has: a desk or agency taken out keeps its permissions until retired."""
+    planned = {g.user for g in grants_}
+    under = user_for(topology, "")
+    # a party's user configures nothing; one that may (the routers', an operator's, named
+    # under the prefix too) is no party's, and never retired here
+    return sorted(u for u in api.users() if u.startswith(under) and u not in planned
+                  and (api.permissions(u) or {}).get("configure") == "^$")
 
 
 def apply(grants_: list[Grant], api: Management, secrets_dir: Path,

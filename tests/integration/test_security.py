@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +17,9 @@ from broker.cli import main
 from broker.ledger import Ledger
 from broker.messages import encode
 from broker.rules.catalog import Catalog
-from broker.security import Management, ManagementError, apply, grants, user_for
+from broker.security import Grant, Management, ManagementError, apply, grants, user_for
 from broker.topology import INTAKE_KEY, TRIAGE_KEY, Topology
-from tests.conftest import queue_depth, wait_for
+from tests.conftest import MINI_CATALOG, queue_depth, wait_for
 from tests.helpers import Amqp, dossier
 
 pytestmark = pytest.mark.integration
@@ -201,3 +202,35 @@ def _publish_dead_letter(amqp: Amqp, t: Topology, which: str,
     key = TRIAGE_KEY if which == "triage" else which
     props.user_id = None
     amqp.ch.basic_publish(t.dead_letter_exchange, key, body, props, mandatory=True)
+
+
+def test_a_party_taken_out_of_the_catalog_is_named_then_retired(
+        declared: Topology, users: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # found by a review: a decommissioned desk kept write access to intake and status
+    api = _api()
+    router_like = user_for(declared, "router")  # configures: no party's, never retired
+    api.put_user(router_like, secrets.token_urlsafe(16))
+    api.put_permissions(Grant(router_like, "router", "service", ".*", ".*", ".*"))
+    try:
+        smaller = tmp_path / "smaller.yaml"
+        smaller.write_text(MINI_CATALOG.read_text().replace(
+            "  - {id: T.POST", "  # - {id: T.POST"))
+        assert "# - {id: T.POST" in smaller.read_text()
+        apply_ = ["users", "apply", "--catalog", str(smaller), "--prefix", declared.prefix,
+                  "--secrets-dir", str(users)]
+        capsys.readouterr()
+        assert main(apply_) == 0
+        out, err = capsys.readouterr()
+        gone = user_for(declared, "T.POST")
+        assert err == (f"warning: 1 user(s) whose desk or agency is not in the catalog still "
+                       f"hold their permissions: {gone} (--retire deletes them)\n")
+        assert api.user_exists(gone)
+        assert main([*apply_, "--retire"]) == 0
+        out, err = capsys.readouterr()
+        assert out.endswith(f"retired {gone}: its desk or agency is not in the catalog\n")
+        assert err == "" and not api.user_exists(gone) and api.user_exists(router_like)
+        assert main(apply_) == 0 and capsys.readouterr().err == ""
+    finally:
+        api.delete_user(router_like)
+        api.put_user(user_for(declared, "T.POST"), "x")  # for the fixture's teardown
