@@ -395,6 +395,7 @@ def _delete_topology(args: argparse.Namespace, topology: Any, catalog: Any) -> i
     from broker.amqp import amqp_urls
     from broker.ops.queues import lock_queue
     from broker.security import Management, ManagementError
+    from broker.service import delete_names
 
     queues = topology.queues(catalog.agency_ids, catalog.desk_ids)
     exchanges = list(topology.exchanges)
@@ -430,11 +431,7 @@ def _delete_topology(args: argparse.Namespace, topology: Any, catalog: Any) -> i
                   "move what they hold; --force deletes them all the same. Nothing was "
                   "deleted", file=sys.stderr)
             return EXIT_PROBLEM
-        channel = conn.channel()
-        for q in found:
-            channel.queue_delete(q)
-        for x in exchanges:
-            channel.exchange_delete(x)
+        delete_names(conn.channel(), found, exchanges)
     finally:
         if conn.is_open:
             conn.close()

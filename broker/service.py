@@ -16,7 +16,7 @@ import gc
 import logging
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -61,13 +61,19 @@ def delete_topology(urls: str | Sequence[str], topology: Topology, catalog: Cata
     """Delete a catalog's queues and exchanges (tests and demos clean up after themselves)."""
     connection = _connect(urls)
     try:
-        channel = connection.channel()
-        for queue in topology.queues(catalog.agency_ids, catalog.desk_ids):
-            channel.queue_delete(queue)
-        for exchange in topology.exchanges:
-            channel.exchange_delete(exchange)
+        delete_names(connection.channel(), topology.queues(catalog.agency_ids,
+                                                           catalog.desk_ids),
+                     topology.exchanges)
     finally:
         connection.close()
+
+
+def delete_names(channel: Any, queues: Iterable[str], exchanges: Iterable[str]) -> None:
+    """Delete these queues (with what they hold) and exchanges; one missing is no error."""
+    for queue in queues:
+        channel.queue_delete(queue)
+    for exchange in exchanges:
+        channel.exchange_delete(exchange)
 
 
 @dataclass

@@ -12,18 +12,17 @@ process is running on this machine: theirs may be live. Names under any other pr
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import re
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pika
 from sqlalchemy import create_engine, text
 
 from broker.amqp import amqp_url
+from broker.security import Management, ManagementError
+from broker.service import delete_names
 
 #: the prefixes tests/conftest.py, adapters/demo.py and bench/common.py draw at random
 LEFTOVER = re.compile(r"^(t[0-9a-f]{8,10}|demo[0-9a-f]{8}|bench[0-9a-f]{8}[a-z]*)\.")
@@ -60,16 +59,6 @@ def other_owners() -> list[int]:
     return found
 
 
-def _management(path: str) -> list[dict[str, object]]:
-    parts = urllib.parse.urlsplit(os.environ.get("CASEBROKER_MANAGEMENT_URL",
-                                                 "http://guest:guest@127.0.0.1:15672"))
-    token = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
-    base = f"{parts.scheme}://{parts.hostname}:{parts.port}"
-    req = urllib.request.Request(base + path, headers={"Authorization": f"Basic {token}"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return list(json.loads(resp.read()))
-
-
 def sweep(pg_url: str) -> str:
     """Delete leftovers; say what was done (or why nothing was), for the session header."""
     host = urllib.parse.urlsplit(amqp_url()).hostname
@@ -78,21 +67,17 @@ def sweep(pg_url: str) -> str:
     others = other_owners()
     if others:
         return f"leftover sweep: skipped (other runs may be live: pids {others[:5]})"
+    api = Management.from_url(os.environ.get("CASEBROKER_MANAGEMENT_URL",
+                                             "http://guest:guest@127.0.0.1:15672"))
     try:
-        queues = [q["name"] for q in _management("/api/queues/%2F?columns=name")]
-        exchanges = [x["name"] for x in _management("/api/exchanges/%2F?columns=name")]
-    except OSError as e:
-        return f"leftover sweep: skipped (management API: {e})"
-    queues = [q for q in queues if isinstance(q, str) and LEFTOVER.match(q)]
-    exchanges = [x for x in exchanges if isinstance(x, str) and LEFTOVER.match(x)]
+        queues = [q for q in api.names("queues") if LEFTOVER.match(q)]
+        exchanges = [x for x in api.names("exchanges") if LEFTOVER.match(x)]
+    except ManagementError as e:
+        return f"leftover sweep: skipped ({e})"
     if queues or exchanges:
         conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
         try:
-            ch = conn.channel()
-            for q in queues:
-                ch.queue_delete(q)
-            for x in exchanges:
-                ch.exchange_delete(x)
+            delete_names(conn.channel(), queues, exchanges)
         finally:
             conn.close()
     schemas: list[str] = []
