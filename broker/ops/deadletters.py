@@ -684,11 +684,11 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     dl_sub = dl.add_subparsers(dest="action", required=True)
     groups["dead-letters"] = dl_sub
 
-    def common(p: argparse.ArgumentParser) -> None:
+    def common(p: argparse.ArgumentParser, json_help: str = "print JSON") -> None:
         p.add_argument("--queue", choices=[*QUEUE_CHOICES, "all"], default="all",
                        help="dead.<source> or triage (default: all of them)")
         p.add_argument("--prefix", help="topology prefix (default: $CASEBROKER_PREFIX or cb)")
-        p.add_argument("--json", action="store_true", help="print JSON")
+        p.add_argument("--json", action="store_true", help=json_help)
 
     p = dl_sub.add_parser("list", help="every dead letter and triaged message")
     common(p)
@@ -699,7 +699,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     p = dl_sub.add_parser("show", help="one message: headers and the body's fields that carry "
                           "no personal data (ids, codes, states, timestamps)")
     p.add_argument("id", help="message id")
-    common(p)
+    common(p, "print a JSON list, one object per copy (without it: each copy as indented "
+              "JSON): one id may wait in several queues, a copy replayed twice")
     p.set_defaults(handler=_cmd_show)
     p = dl_sub.add_parser("replay", help="publish messages back to their source, idempotently")
     what = p.add_mutually_exclusive_group(required=True)
