@@ -132,10 +132,18 @@ def stale(grants_: list[Grant], api: Management, topology: Topology) -> list[str
     no longer has: a desk or agency taken out keeps its permissions until retired."""
     planned = {g.user for g in grants_}
     under = user_for(topology, "")
-    # a party's user configures nothing; one that may (the routers', an operator's, named
-    # under the prefix too) is no party's, and never retired here
-    return sorted(u for u in api.users() if u.startswith(under) and u not in planned
-                  and (api.permissions(u) or {}).get("configure") == "^$")
+
+    def a_partys(user: str) -> bool:
+        # exactly what `users apply` gave a desk or agency of that id: a user named under
+        # the prefix with other permissions (the routers', an operator's, a monitor's) is
+        # none of its making, and never retired here
+        party = user[len(under):]
+        perms = api.permissions(user)
+        return perms is not None and perms["configure"] == "^$" and perms["read"] in (
+            _exact(topology.desk_queue(party)), _exact(topology.agency_queue(party)))
+
+    return sorted(u for u in api.users()
+                  if u.startswith(under) and u not in planned and a_partys(u))
 
 
 def apply(grants_: list[Grant], api: Management, secrets_dir: Path,

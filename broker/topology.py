@@ -14,10 +14,13 @@ RabbitMQ.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Protocol
+
+from broker.errors import CasebrokerError
 
 DEFAULT_PREFIX = "cb"
 #: the quorum queue's last guard against a redelivery loop
@@ -26,6 +29,14 @@ INTAKE_KEY = "dossier"
 STATUS_KEY = "status"
 TRIAGE_KEY = "triage"
 DEAD_SOURCES = ("intake", "status", "agency", "desk")
+
+
+#: what a topology prefix may be
+PREFIX = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class TopologyError(CasebrokerError, ValueError):
+    """A topology prefix that cannot name a topology of its own."""
 
 
 class DeclaringChannel(Protocol):
@@ -43,6 +54,15 @@ class Topology:
     """Names of every exchange and queue under one prefix."""
 
     prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        # no dot: every name is `<prefix>.<kind>...`, and a prefix with a dot would put
+        # one topology's names under another's (`cb.x.intake` under `cb`), for
+        # `topology delete` and `users apply --retire` to take for their own
+        if not PREFIX.fullmatch(self.prefix):
+            raise TopologyError(
+                f"topology prefix {self.prefix!r} is not 1 to 64 letters, digits, '_' or "
+                "'-' (--prefix, CASEBROKER_PREFIX)")
 
     @classmethod
     def from_env(cls) -> Topology:

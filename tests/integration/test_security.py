@@ -212,6 +212,9 @@ def test_a_party_taken_out_of_the_catalog_is_named_then_retired(
     router_like = user_for(declared, "router")  # configures: no party's, never retired
     api.put_user(router_like, secrets.token_urlsafe(16))
     api.put_permissions(Grant(router_like, "router", "service", ".*", ".*", ".*"))
+    monitor = user_for(declared, "monitor")  # configures nothing, reads no party's queue
+    api.put_user(monitor, secrets.token_urlsafe(16))
+    api.put_permissions(Grant(monitor, "monitor", "service", "^$", "^$", "^$"))
     try:
         smaller = tmp_path / "smaller.yaml"
         smaller.write_text(MINI_CATALOG.read_text().replace(
@@ -229,8 +232,10 @@ def test_a_party_taken_out_of_the_catalog_is_named_then_retired(
         assert main([*apply_, "--retire"]) == 0
         out, err = capsys.readouterr()
         assert out.endswith(f"retired {gone}: its desk or agency is not in the catalog\n")
-        assert err == "" and not api.user_exists(gone) and api.user_exists(router_like)
+        assert err == "" and not api.user_exists(gone)
+        assert api.user_exists(router_like) and api.user_exists(monitor)
         assert main(apply_) == 0 and capsys.readouterr().err == ""
     finally:
         api.delete_user(router_like)
+        api.delete_user(monitor)
         api.put_user(user_for(declared, "T.POST"), "x")  # for the fixture's teardown
