@@ -380,64 +380,8 @@ def _topology(args: argparse.Namespace) -> int:
         print(f"declared {len(topology.exchanges)} exchanges and {n} queues under "
               f"{topology.prefix!r}")
     else:
-        return _delete_topology(args, topology, catalog)
-    return EXIT_OK
-
-
-def _delete_topology(args: argparse.Namespace, topology: Any, catalog: Any) -> int:
-    """`topology delete`: every queue and exchange under the prefix, the catalog's and any
-    other (an agency dropped from the catalog, a topology declared from another one), but
-    none that holds messages or has a consumer unless ``--force``: RabbitMQ deletes a
-    queue's messages with it, and what was waiting there for an agency or a desk is gone."""
-    import pika
-    from pika.exceptions import ChannelClosedByBroker
-
-    from broker.amqp import amqp_urls
-    from broker.ops.queues import lock_queue
-    from broker.security import Management, ManagementError
-    from broker.service import delete_names
-
-    queues = topology.queues(catalog.agency_ids, catalog.desk_ids)
-    exchanges = list(topology.exchanges)
-    under = topology.prefix + "."
-    try:
-        api = Management.from_url(args.management_url)
-        queues += [q for q in api.names("queues") if q.startswith(under)
-                   and q not in queues and q != lock_queue(topology)]
-        exchanges += [x for x in api.names("exchanges") if x.startswith(under)
-                      and x not in exchanges]
-    except ManagementError as e:
-        print(f"warning: only the catalog's queues and exchanges are deleted: {e}",
-              file=sys.stderr)
-    conn = pika.BlockingConnection([pika.URLParameters(u) for u in amqp_urls()])
-    try:
-        found: dict[str, tuple[int, int]] = {}
-        for q in queues:
-            try:  # a channel each: RabbitMQ closes the one that asks for a missing queue
-                ok = conn.channel().queue_declare(q, passive=True).method
-            except ChannelClosedByBroker as e:
-                if e.reply_code != 404:
-                    raise
-                continue
-            found[q] = (int(ok.message_count), int(ok.consumer_count))
-        busy = {q: mc for q, mc in found.items() if mc != (0, 0)}
-        if busy and not args.force:
-            for q, (messages, consumers) in sorted(busy.items()):
-                print(f"  {q}: {messages} message(s), {consumers} consumer(s)",
-                      file=sys.stderr)
-            print(f"error: {len(busy)} queue(s) under {topology.prefix!r} hold messages or "
-                  "have consumers (a router, an agency's or a desk's inbox): deleting them "
-                  "loses what they hold. Stop the consumers and let the queues drain, or "
-                  "move what they hold; --force deletes them all the same. Nothing was "
-                  "deleted", file=sys.stderr)
-            return EXIT_PROBLEM
-        delete_names(conn.channel(), found, exchanges)
-    finally:
-        if conn.is_open:
-            conn.close()
-    lost = sum(m for m, _ in found.values())
-    print(f"deleted {len(found)} queues and the exchanges under {topology.prefix!r}"
-          + (f" ({lost} message(s) with them)" if lost else ""))
+        from broker.ops.teardown import delete
+        return delete(topology, catalog, args.management_url, args.force)
     return EXIT_OK
 
 

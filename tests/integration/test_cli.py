@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -319,6 +320,41 @@ def test_dossier_show_finds_a_submission_by_its_id_whether_it_opened_a_dossier_o
     assert rc == 0 and f"submission {lost.submission_id}: no dossier opened" in out
 
 
+def test_a_queue_that_takes_a_message_while_the_topology_goes_down_is_left_with_it(
+        amqp: Amqp, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # found by a review: checked, then deleted, the intake queue lost what a desk
+    # published in between; now its exchanges go first and each queue is looked at again
+    from broker.amqp import amqp_url
+    from broker.ops import teardown
+    from broker.service import declare_topology, delete_topology
+
+    t, mini = Topology(f"t{uuid.uuid4().hex[:10]}"), load_catalog(MINI_CATALOG)
+    declare_topology(amqp_url(), t, mini)
+    looked: dict[str, int] = {}
+    state = teardown._state
+
+    def meanwhile(ch: Any, queue: str) -> Any:
+        looked[queue] = looked.get(queue, 0) + 1
+        if queue == t.intake_queue and looked[queue] == 2:  # after the first look
+            amqp.publish("", queue, b"{}", message_id="in-between")
+            wait_for(lambda: queue_depth(queue) == 1)
+        return state(ch, queue)
+
+    monkeypatch.setattr(teardown, "_state", meanwhile)
+    try:
+        assert teardown.delete(t, mini, "http://guest:guest@127.0.0.1:15672", False) == 1
+        out, err = capsys.readouterr()
+        assert out == f"deleted 18 queues and the exchanges under {t.prefix!r}\n"
+        assert err == (f"  {t.intake_queue}: 1 message(s), 0 consumer(s)\n"
+                       "error: 1 queue(s) took messages or consumers while the topology was "
+                       "taken down, and were left with them; its exchanges are gone "
+                       "(`topology declare` restores them)\n")
+        assert queue_depth(t.intake_queue) == 1
+    finally:
+        delete_topology(amqp_url(), t, mini)
+
+
 def test_topology_delete_keeps_what_queues_hold_unless_forced(
         amqp: Amqp, capsys: pytest.CaptureFixture[str]) -> None:
     # found by a review: it deleted queues with what they held (assignments, held
@@ -343,6 +379,11 @@ def test_topology_delete_keeps_what_queues_hold_unless_forced(
         assert f"  {extra}: 1 message(s), 0 consumer(s)\n" in err
         assert err.endswith("Nothing was deleted\n")
         assert queue_depth(t.intake_queue) == 0 and queue_depth(extra) == 1  # all there
+        # without the management API it cannot see T.GONE: it deletes nothing
+        rc, out, err = cli(capsys, t, "topology", "delete", "--catalog", str(MINI_CATALOG),
+                           "--force", "--management-url", f"http://127.0.0.1:{free_port()}")
+        assert rc == 1 and out == "" and err.endswith("Nothing was deleted\n"), err
+        assert queue_depth(extra) == 1 and queue_depth(t.intake_queue) == 0
         rc, out, err = cli(capsys, t, "topology", "delete", "--catalog", str(MINI_CATALOG),
                            "--force")
         assert rc == 0 and out == (f"deleted 20 queues and the exchanges under {t.prefix!r} "

@@ -1,0 +1,98 @@
+"""`casebroker topology delete`: take a topology down without losing what it holds.
+
+RabbitMQ deletes a queue's messages with the queue, and quorum queues do not take
+``queue.delete``'s ``if-empty`` (3.10 closes the connection on it). So the command finds
+every queue under the prefix (the catalog's, and through the management API any other:
+an agency since dropped, a topology declared from another catalog), refuses while one
+holds messages or has a consumer, then deletes the exchanges first (nothing routed
+through them can arrive any more; a desk publishing meanwhile is refused, and told so by
+its confirm) and looks again before it deletes each queue: one that took messages in
+between is left, and named. It holds the operator lock throughout, so no dead-letters
+command is taking and putting back messages meanwhile. ``--force`` deletes them all.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.exceptions import ChannelClosedByBroker
+
+from broker.ops.queues import channel, lock_queue
+from broker.rules.catalog import Catalog
+from broker.security import Management, ManagementError
+from broker.topology import Topology
+
+
+def _names(topology: Topology, catalog: Catalog, management_url: str
+           ) -> tuple[list[str], list[str]]:
+    """Every queue and exchange under the prefix (ManagementError: the API is needed)."""
+    queues = topology.queues(catalog.agency_ids, catalog.desk_ids)
+    exchanges = list(topology.exchanges)
+    under = topology.prefix + "."
+    api = Management.from_url(management_url)
+    queues += [q for q in api.names("queues") if q.startswith(under)
+               and q not in queues and q != lock_queue(topology)]
+    exchanges += [x for x in api.names("exchanges") if x.startswith(under)
+                  and x not in exchanges]
+    return queues, exchanges
+
+
+def _state(ch: BlockingChannel, queue: str) -> tuple[int, int] | None:
+    """(messages, consumers) of a queue, or None when it is not there."""
+    try:  # a channel each: RabbitMQ closes the one that asks for a missing queue
+        ok = ch.connection.channel().queue_declare(queue, passive=True).method
+    except ChannelClosedByBroker as e:
+        if e.reply_code != 404:
+            raise
+        return None
+    return int(ok.message_count), int(ok.consumer_count)
+
+
+def delete(topology: Topology, catalog: Catalog, management_url: str, force: bool) -> int:
+    """Delete the topology as the module says; print what was done; the exit status."""
+    try:
+        queues, exchanges = _names(topology, catalog, management_url)
+    except ManagementError as e:
+        print(f"error: {e}: without the management API, queues under {topology.prefix!r} "
+              "that the catalog does not name would be left behind with what they hold "
+              "(--management-url, CASEBROKER_MANAGEMENT_URL). Nothing was deleted",
+              file=sys.stderr)
+        return 1
+    with channel(lock=topology) as ch:
+        found = {q: s for q in queues if (s := _state(ch, q)) is not None}
+        busy = {q: s for q, s in found.items() if s != (0, 0)}
+        if busy and not force:
+            _name_busy(busy)
+            print(f"error: {len(busy)} queue(s) under {topology.prefix!r} hold messages or "
+                  "have consumers (a router, an agency's or a desk's inbox): deleting them "
+                  "loses what they hold. Stop the consumers and let the queues drain, or "
+                  "move what they hold; --force deletes them all the same. Nothing was "
+                  "deleted", file=sys.stderr)
+            return 1
+        for x in exchanges:
+            ch.exchange_delete(x)
+        deleted, lost, late = 0, 0, {}
+        for q in found:
+            now = _state(ch, q)
+            if now is None:
+                continue
+            if now != (0, 0) and not force:
+                late[q] = now
+                continue
+            ch.queue_delete(q)
+            deleted, lost = deleted + 1, lost + now[0]
+    print(f"deleted {deleted} queues and the exchanges under {topology.prefix!r}"
+          + (f" ({lost} message(s) with them)" if lost else ""))
+    if late:
+        _name_busy(late)
+        print(f"error: {len(late)} queue(s) took messages or consumers while the topology "
+              "was taken down, and were left with them; its exchanges are gone (`topology "
+              "declare` restores them)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _name_busy(busy: dict[str, tuple[int, int]]) -> None:
+    for q, (messages, consumers) in sorted(busy.items()):
+        print(f"  {q}: {messages} message(s), {consumers} consumer(s)", file=sys.stderr)
