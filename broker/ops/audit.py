@@ -153,33 +153,35 @@ def _submission_problems(ledger: Ledger, conn: Connection, submission_ids: list[
                   for s in rest if s not in handled]
 
 
-def _queue_depths(topology: Topology) -> tuple[dict[str, int] | None, str | None]:
-    """Each queue's depth (a passive declare: nothing is taken), or None and why."""
-    from broker.ops.queues import channel, depth
+def _queues(topology: Topology) -> tuple[dict[str, int] | None, list[str] | None, str | None]:
+    """Each queue's depth, and the message ids in dead.intake and dead.status that RabbitMQ
+    itself dead-lettered at their delivery limit, with no reason of casebroker's: a delivery
+    whose batch may have been recorded while its publishes were refused (a queue missing,
+    the node's alarm), so that its desk has a receipt and its agency nothing, until it is
+    replayed (under its own id: the inbox publishes what the batch recorded).
+
+    Read under the operator lock: a dead-letters command holds what it reads unacked, and
+    a depth read meanwhile would be short of it. Depths by passive declare; the two dead
+    queues read as `dead-letters list` reads them (each message put back as a fresh copy,
+    never returned, which a queue with a delivery limit counts). None for what could not
+    be read, and why."""
+    from broker.ops.queues import (
+        OperatorBusy,
+        Taken,
+        channel,
+        depth,
+        put_back,
+        settle,
+        take_all,
+    )
 
     names = {"intake": topology.intake_queue, "status": topology.status_queue,
              "triage": topology.triage_queue}
     names |= {f"dead.{s}": topology.dead_queue(s) for s in DEAD_SOURCES}
     try:
-        with channel() as ch:
-            return {k: depth(ch, q) for k, q in names.items()}, None
-    except Exception as e:  # unreachable, refused, a queue missing (404 closes the channel)
-        return None, rabbitmq_problem(e)[:300]
-
-
-def _exhausted(topology: Topology, depths: dict[str, int]) -> tuple[list[str] | None, str]:
-    """The message ids in dead.intake and dead.status that RabbitMQ itself dead-lettered
-    at their delivery limit, with no reason of casebroker's: a delivery whose batch may
-    have been recorded while its publishes were refused (a queue missing, the node's
-    alarm), so that its desk has a receipt and its agency nothing, until it is replayed
-    (under its own id: the inbox publishes what the batch recorded). Read under the
-    operator lock, each message back in its queue as it was (a requeue, not a copy);
-    None and why when the lock is held or the queues cannot be read."""
-    from broker.ops.queues import OperatorBusy, channel, take_all
-
-    found: list[str] = []
-    try:
         with channel(lock=topology) as ch:
+            depths = {k: depth(ch, q) for k, q in names.items()}
+            found: list[str] = []
             for source in ("intake", "status"):
                 if not depths[f"dead.{source}"]:
                     continue
@@ -187,14 +189,23 @@ def _exhausted(topology: Topology, depths: dict[str, int]) -> tuple[list[str] | 
                 found += [m.message_id for m in taken if REASON_HEADER not in m.headers
                           and m.headers.get("x-first-death-reason") in (
                               "delivery_limit", b"delivery_limit")]
-                if taken:
-                    ch.basic_nack(taken[-1].tag, multiple=True, requeue=True)
+
+                def keep(msg: Taken, which: str = source) -> None:
+                    put_back(ch, topology, which, msg)
+
+                failed = settle(ch, taken, keep)
+                if failed:
+                    return depths, None, (f"dead.{source}: {len(failed)} message(s) not put "
+                                          "back (left unacked: back in the queue)")
+                if len(taken) < depths[f"dead.{source}"]:
+                    return depths, None, (f"dead.{source}: read {len(taken)} of "
+                                          f"{depths[f'dead.{source}']} messages")
+            return depths, found, None
     except OperatorBusy:
-        return None, ("not read: an operator command holds the queues (dead-letters); "
-                      "run the audit again when it has ended")
-    except Exception as e:
-        return None, rabbitmq_problem(e)[:300]
-    return found, ""
+        return None, None, ("not read: an operator command holds the queues (dead-letters, "
+                            "topology delete); run the audit again when it has ended")
+    except Exception as e:  # unreachable, refused, a queue missing (404 closes the channel)
+        return None, None, rabbitmq_problem(e)[:300]
 
 
 def audit(ledger: Ledger, topology: Topology, submission_ids: list[str] | None = None,
@@ -215,12 +226,7 @@ def audit(ledger: Ledger, topology: Topology, submission_ids: list[str] | None =
         closed = {int(state): int(n) for state, n in conn.execute(
             select(refusals.c.state, func.count()).where(*period)
             .group_by(refusals.c.state))}
-    depths, queues_error = _queue_depths(topology)
-    exhausted: list[str] | None = []
-    if depths is not None and (depths["dead.intake"] or depths["dead.status"]):
-        exhausted, why = _exhausted(topology, depths)
-        if exhausted is None:
-            queues_error = f"dead.intake and dead.status {why}"
+    depths, exhausted, queues_error = _queues(topology)
     return {
         "dossiers": n, "since": since.isoformat() if since else None, "states": states,
         "refused_from_triage": closed.get(int(State.REFUSED), 0),
@@ -285,7 +291,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
             print(f"  queues unreadable: {report['queues_error']}")
             return 1
         if report["exhausted"] is None:
-            print(f"  {report['queues_error']}")
+            print(f"  dead.intake and dead.status not checked: {report['queues_error']}")
         elif report["exhausted"]:
             ids = report["exhausted"]
             print(f"  {len(ids)} in dead.intake or dead.status that RabbitMQ set aside after "

@@ -110,6 +110,11 @@ def channel(lock: Topology | None = None) -> Iterator[BlockingChannel]:
                 conn.channel().queue_declare(lock_queue(lock), exclusive=True,
                                              auto_delete=True)
             except ChannelClosedByBroker as e:
+                if e.reply_code == 403:
+                    raise CasebrokerError(
+                        f"RabbitMQ login {login()!r} may not declare the operator lock "
+                        f"{lock_queue(lock)!r}: operator commands (dead-letters, audit, "
+                        "topology delete) need configure permission on it") from None
                 if e.reply_code != 405:  # RESOURCE_LOCKED: another connection holds it
                     raise
                 raise OperatorBusy(

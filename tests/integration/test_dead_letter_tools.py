@@ -621,8 +621,8 @@ def test_a_delivery_rabbitmq_dead_lettered_after_its_batch_committed_is_replayed
     from broker.ops.queues import channel
     with channel(lock=t):  # an operator at work on the queues: the audit cannot tell
         rc, out, err = cli(capsys, t, "audit", "--db-url", ledger.url)
-    assert rc == 1 and "dead.intake and dead.status not read: an operator command holds " \
-        "the queues" in out
+    assert rc == 1 and "  queues unreadable: not read: an operator command holds the " \
+        "queues" in out
     rc, out, err = cli(capsys, t, "dead-letters", "list", "--queue", "intake")
     assert rc == 0 and f"{mid}" in out and "rabbitmq:delivery_limit" in out, out
     rc, out, err = cli(capsys, t, "dead-letters", "discard", "--id", "poison")
@@ -673,3 +673,23 @@ def test_two_operator_commands_never_work_on_the_same_queues_at_once(
     other = Topology(t.prefix + "x")  # another topology's lock is another lock
     with channel(lock=t), channel(lock=other):
         pass
+
+
+def test_the_audit_never_wears_out_a_dead_letter_queue_with_a_delivery_limit(
+        declared: Topology, ledger: Ledger, amqp: Amqp,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # dead.intake as a version before a198525 declared it, with a delivery limit (2 here,
+    # 20 then): found by a review, the audit returned what it read (a nack), and the 21st
+    # audit found the queue empty and said all was well
+    t = declared
+    amqp.ch.queue_delete(t.dead_queue("intake"))
+    amqp.ch.queue_declare(t.dead_queue("intake"), durable=True, arguments={
+        "x-queue-type": "quorum", "x-delivery-limit": 2})
+    amqp.ch.queue_bind(t.dead_queue("intake"), t.dead_letter_exchange, "intake")
+    amqp.publish(t.dead_letter_exchange, "intake", b"{}", message_id="submit:stuck",
+                 headers={"x-first-death-reason": "delivery_limit"})  # as RabbitMQ writes it
+    wait_for(lambda: queue_depth(t.dead_queue("intake")) == 1, what="the dead letter")
+    for _ in range(5):
+        rc, out, err = cli(capsys, t, "audit", "--db-url", ledger.url, "--json")
+        assert rc == 1 and json.loads(out)["exhausted"] == ["submit:stuck"], out + err
+    assert queue_depth(t.dead_queue("intake")) == 1
