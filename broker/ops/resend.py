@@ -17,7 +17,7 @@ import json
 import sys
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from broker.amqp_worker import properties_for
 from broker.cli import DB_URL_HELP
@@ -33,12 +33,18 @@ WITH_THE_AGENCY = (State.RECEIVED, State.PROCESSING, State.SUPPLEMENT_REQUESTED,
 CHUNK = 500
 
 
-def assignments(ledger: Ledger, agency_id: str) -> tuple[list[Outbound], list[str]]:
+def assignments(ledger: Ledger, agency_id: str) -> tuple[list[Outbound], list[str]] | None:
     """The current assignment of every open dossier with ``agency_id``, as recorded; and
-    the codes whose assignment the ledger no longer holds whole (pruned: none should be)."""
+    the codes whose assignment the ledger no longer holds whole (pruned: none should be).
+    None when no dossier was ever with that agency (a mistyped id)."""
     found: list[Outbound] = []
     missing: list[str] = []
     with ledger.read() as conn:
+        if conn.execute(select(events.c.dossier_code).where(or_(
+                events.c.actor == agency_id, events.c.to_agency == agency_id)).limit(1)
+                ).first() is None and conn.execute(select(dossiers.c.code).where(
+                    dossiers.c.agency_id == agency_id).limit(1)).first() is None:
+            return None
         rows = conn.execute(
             select(dossiers.c.code, dossiers.c.step)
             .where(dossiers.c.agency_id == agency_id,
@@ -64,16 +70,22 @@ def assignments(ledger: Ledger, agency_id: str) -> tuple[list[Outbound], list[st
 
 
 def _cmd_resend(args: argparse.Namespace) -> int:
-    from pika.exceptions import NackError, UnroutableError
+    from pika.exceptions import ChannelClosedByBroker, NackError, UnroutableError
 
     from broker.ops.queues import channel
 
     ledger = Ledger(args.db_url, create=False)
     try:
         ledger.check_schema()
-        found, missing = assignments(ledger, args.agency)
+        listed = assignments(ledger, args.agency)
     finally:
         ledger.dispose()
+    if listed is None:
+        print(f"error: no dossier in this ledger was ever with agency {args.agency!r} (ids "
+              "are as the catalog spells them, capitals included): nothing to send",
+              file=sys.stderr)
+        return 1
+    found, missing = listed
     sent: list[str] = []
     if found and not args.dry_run:
         with channel() as ch:
@@ -81,9 +93,12 @@ def _cmd_resend(args: argparse.Namespace) -> int:
                 try:
                     ch.basic_publish(out.exchange, out.routing_key, out.body,
                                      properties_for(out, None), mandatory=True)
-                except (UnroutableError, NackError) as e:
+                except (UnroutableError, NackError, ChannelClosedByBroker) as e:
                     why = ("no queue for it: `casebroker topology declare` first"
-                           if isinstance(e, UnroutableError) else "refused (nacked)")
+                           if isinstance(e, UnroutableError) else
+                           f"no exchange {out.exchange!r}: `casebroker topology declare` "
+                           "first" if getattr(e, "reply_code", 0) == 404
+                           else f"refused by RabbitMQ ({e})")
                     print(f"error: {out.message_id}: {why}; {len(sent)} of {len(found)} "
                           "sent", file=sys.stderr)
                     return 1

@@ -65,8 +65,19 @@ def test_an_agency_queue_deleted_with_assignments_gets_them_again(
     assert sorted(json.loads(b)["dossier_code"] for _, b in got) == codes[1:]
     assert queue_depth(t.agency_queue("T.SO.TP")) == 1  # the other agency's untouched
 
+    # a mistyped agency is not told "0 sent" as if all were well (found by a review)
+    capsys.readouterr()
+    assert main(["dossier", "resend", "--agency", "t.ubnd.a", "--db-url", ledger.url]) == 1
+    assert capsys.readouterr().err == (
+        "error: no dossier in this ledger was ever with agency 't.ubnd.a' (ids are as the "
+        "catalog spells them, capitals included): nothing to send\n")
+
     amqp.ch.queue_delete(queue)  # and not declared again: nothing can be sent
     rc, out, err = resend(capsys, ledger)
     assert rc == 1 and "no queue for it: `casebroker topology declare` first; 0 of 2 sent" \
         in err
+    amqp.ch.exchange_delete(t.agency_exchange)  # no exchange at all: said so too
+    rc, out, err = resend(capsys, ledger)
+    assert rc == 1 and f"no exchange '{t.agency_exchange}': `casebroker topology declare` " \
+        "first; 0 of 2 sent" in err
     declare_topology(amqp_url(), t, mini_catalog)
