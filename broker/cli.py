@@ -292,9 +292,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_PROBLEM
     except Exception as e:
-        from pika.exceptions import AMQPError  # pika loads only for the commands using it
-        # a host name that does not resolve fails in the socket module, under pika
-        if not isinstance(e, AMQPError | socket.gaierror):
+        # pika loads only for the commands using it
+        from pika.adapters.utils.connection_workflow import AMQPConnectorException
+        from pika.exceptions import AMQPError
+        # a host name that does not resolve fails in the socket module, under pika; a
+        # handshake that times out (a node out of file handles) in pika's connector
+        if not isinstance(e, AMQPError | AMQPConnectorException | socket.gaierror):
             raise
         print(f"error: {rabbitmq_problem(e)}", file=sys.stderr)
         return EXIT_PROBLEM
@@ -311,6 +314,7 @@ def _reach_rabbitmq() -> None:
 
 def rabbitmq_problem(error: Exception) -> str:
     """What RabbitMQ did to a one-shot command, in a line (`run` reconnects instead)."""
+    from pika.adapters.utils.connection_workflow import AMQPConnectorException
     from pika.exceptions import (
         AMQPChannelError,
         AMQPConnectionError,
@@ -321,7 +325,7 @@ def rabbitmq_problem(error: Exception) -> str:
 
     from broker.amqp import amqp_urls, connection_error_text, shown_url
     reply = getattr(error, "reply_text", None)
-    if isinstance(error, AMQPConnectionError | socket.gaierror):
+    if isinstance(error, AMQPConnectionError | AMQPConnectorException | socket.gaierror):
         where = ", ".join(shown_url(u) for u in amqp_urls())
         why = (error.strerror or str(error) if isinstance(error, OSError)
                else connection_error_text(error))

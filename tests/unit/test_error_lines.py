@@ -50,3 +50,14 @@ def test_a_queue_declared_with_other_arguments_points_at_the_remedy() -> None:
         "docs/RELIABILITY.md, 'A queue declared with other arguments')")
     assert rabbitmq_problem(ChannelClosedByBroker(404, "NOT_FOUND - no queue 'x'")) == \
         "RabbitMQ refused: NOT_FOUND - no queue 'x'"
+
+
+def test_a_handshake_that_times_out_is_one_line_not_a_traceback() -> None:
+    # pika's connector raises it outside its AMQPError tree: a node out of file handles
+    # takes the TCP connection and never answers the handshake (found by a review)
+    from pika.adapters.utils.connection_workflow import AMQPConnectorStackTimeout
+
+    from broker.cli import rabbitmq_problem
+    line = rabbitmq_problem(AMQPConnectorStackTimeout("Timeout during AMQP handshake"))
+    assert line.startswith("RabbitMQ unreachable at ") and line.endswith(
+        "(CASEBROKER_AMQP_URL): Timeout during AMQP handshake")
