@@ -64,11 +64,17 @@ _ISO_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]")
 def _iso_8601(value: Any) -> Any:
     """A time as the contract writes it. pydantic alone also takes a number of seconds
     since 1970, as a number or as a string of digits: a phone number or a desk's counter
-    sent by mistake would become a legal date in 1998 or 2025."""
+    sent by mistake would become a legal date in 1998 or 2025. Years 1900 to 2999 only:
+    at the ends of what Python's datetime holds, the working-day calendar's arithmetic
+    overflows (year 1 at +14:00 stopped the router's batch with an OverflowError)."""
     if isinstance(value, str) and not _ISO_DATE_TIME.match(value):
         raise ValueError("not an ISO 8601 date-time with offset (2026-11-25T09:00:00+07:00)")
     if isinstance(value, int | float):
         raise ValueError("a number is no date-time: ISO 8601 with offset, as a string")
+    year = value.year if isinstance(value, datetime) else int(value[:4]) if isinstance(
+        value, str) else None
+    if year is not None and not 1900 <= year <= 2999:
+        raise ValueError("a date-time between the years 1900 and 2999")
     return value
 
 
