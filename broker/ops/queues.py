@@ -118,9 +118,9 @@ def channel(lock: Topology | None = None) -> Iterator[BlockingChannel]:
                 if e.reply_code != 405:  # RESOURCE_LOCKED: another connection holds it
                     raise
                 raise OperatorBusy(
-                    f"another operator command (dead-letters list, show, replay, discard "
-                    f"or refuse) is working on the queues under {lock.prefix!r}; run this "
-                    "one when it has ended (nothing was taken)") from None
+                    f"another operator command (dead-letters, audit or topology delete) is "
+                    f"working on the queues under {lock.prefix!r}; run this one when it has "
+                    "ended (nothing was taken)") from None
         ch = conn.channel()
         ch.confirm_delivery()
         yield ch

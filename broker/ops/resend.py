@@ -40,16 +40,17 @@ def assignments(ledger: Ledger, agency_id: str) -> tuple[list[Outbound], list[st
     found: list[Outbound] = []
     missing: list[str] = []
     with ledger.read() as conn:
-        if conn.execute(select(events.c.dossier_code).where(or_(
-                events.c.actor == agency_id, events.c.to_agency == agency_id)).limit(1)
-                ).first() is None and conn.execute(select(dossiers.c.code).where(
-                    dossiers.c.agency_id == agency_id).limit(1)).first() is None:
-            return None
         rows = conn.execute(
             select(dossiers.c.code, dossiers.c.step)
             .where(dossiers.c.agency_id == agency_id,
                    dossiers.c.state.in_([int(s) for s in WITH_THE_AGENCY]))
             .order_by(dossiers.c.due_at, dossiers.c.code)).all()
+        # none open: was the agency ever in this ledger (its updates, a hand-off to it)?
+        if not rows and conn.execute(select(events.c.dossier_code).where(or_(
+                events.c.actor == agency_id, events.c.to_agency == agency_id)).limit(1)
+                ).first() is None and conn.execute(select(dossiers.c.code).where(
+                    dossiers.c.agency_id == agency_id).limit(1)).first() is None:
+            return None
         for i in range(0, len(rows), CHUNK):
             wanted = {f"{code}:assigned:{step}": code for code, step in rows[i:i + CHUNK]}
             # through each dossier's history: the outbox is indexed by the delivery that

@@ -664,9 +664,9 @@ def test_two_operator_commands_never_work_on_the_same_queues_at_once(
                      ("replay", "--id", "poison-1"), ("show", "poison-2")):
             rc, out, err = cli(capsys, t, "dead-letters", *args)
             assert rc == 1 and out == "" and err == (
-                "error: another operator command (dead-letters list, show, replay, discard "
-                f"or refuse) is working on the queues under {t.prefix!r}; run this one when "
-                "it has ended (nothing was taken)\n"), args
+                "error: another operator command (dead-letters, audit or topology delete) is "
+                f"working on the queues under {t.prefix!r}; run this one when it has ended "
+                "(nothing was taken)\n"), args
     # released with its connection: the next command sees all five, the unacked one back
     rc, out, err = cli(capsys, t, "dead-letters", "list", "--queue", "intake")
     assert rc == 0 and out.endswith("5 message(s)\n"), err
