@@ -153,8 +153,8 @@ class BrokerClient:
         body = encode(message)
         if len(body) > MAX_BODY_BYTES:  # the router would dead-letter it as too_large
             raise MessageTooLarge(f"publish {message_id}: {len(body)} bytes, over the "
-                               f"{MAX_BODY_BYTES}-byte limit (documents go by reference)",
-                               message_id)
+                                  f"{MAX_BODY_BYTES}-byte limit (documents go by "
+                                  "reference)", message_id)
         self._returned.pop(message_id, None)
         try:
             if self.own_queue is not None:

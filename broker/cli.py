@@ -139,6 +139,7 @@ def _common(p: argparse.ArgumentParser, *, catalog: bool = True, db: bool = Fals
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     from broker.amqp import ConsumerSettings
+    from broker.security import management_url
 
     parser = argparse.ArgumentParser(
         prog="casebroker", description="Route administrative-procedure dossiers from any desk "
@@ -172,9 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="delete queues that hold messages or have consumers: what they hold "
                    "is lost")
-    p.add_argument("--management-url", default=os.environ.get(
-        "CASEBROKER_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672"),
-        help="to find queues under the prefix that the catalog does not name")
+    p.add_argument("--management-url", default=management_url(),
+                   help="to find queues under the prefix that the catalog does not name "
+                   "(default: $CASEBROKER_MANAGEMENT_URL or this machine's)")
 
     rules = sub.add_parser("rules", help="check the catalog, explain a routing decision")
     rules_sub = rules.add_subparsers(dest="action", required=True)
@@ -238,8 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(plan, prefix=True)
     apply_ = users_sub.add_parser("apply", help="create missing users, set permissions")
     _common(apply_, prefix=True)
-    apply_.add_argument("--management-url", default=os.environ.get(
-        "CASEBROKER_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672"))
+    apply_.add_argument("--management-url", default=management_url(),
+                        help="default: $CASEBROKER_MANAGEMENT_URL or this machine's")
     apply_.add_argument("--secrets-dir", required=True,
                         help="new users' passwords go to DIR/<user>.password (mode 0600)")
     apply_.add_argument("--rotate", action="store_true", help="new passwords for all")

@@ -60,6 +60,11 @@ def grants(topology: Topology, catalog: Catalog) -> list[Grant]:
     return out
 
 
+def management_url() -> str:
+    """The management API's URL: ``CASEBROKER_MANAGEMENT_URL``, else this machine's."""
+    return os.environ.get("CASEBROKER_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672")
+
+
 class ManagementError(CasebrokerError):
     """The RabbitMQ management API refused or could not be reached."""
 

@@ -21,7 +21,7 @@ import pika
 from sqlalchemy import create_engine, text
 
 from broker.amqp import amqp_url
-from broker.security import Management, ManagementError
+from broker.security import Management, ManagementError, management_url
 from broker.service import delete_names
 
 #: the prefixes tests/conftest.py, adapters/demo.py and bench/common.py draw at random
@@ -67,8 +67,7 @@ def sweep(pg_url: str) -> str:
     others = other_owners()
     if others:
         return f"leftover sweep: skipped (other runs may be live: pids {others[:5]})"
-    api = Management.from_url(os.environ.get("CASEBROKER_MANAGEMENT_URL",
-                                             "http://guest:guest@127.0.0.1:15672"))
+    api = Management.from_url(management_url())
     try:
         queues = [q for q in api.names("queues") if LEFTOVER.match(q)]
         exchanges = [x for x in api.names("exchanges") if LEFTOVER.match(x)]
