@@ -28,7 +28,7 @@ from broker.service import delete_names
 LEFTOVER = re.compile(r"^(t[0-9a-f]{8,10}|demo[0-9a-f]{8}|bench[0-9a-f]{8}[a-z]*)\.")
 LEFTOVER_SCHEMA = re.compile(r"^t[0-9a-f]{10}$")
 #: a process whose command line holds one of these may own such a topology
-OWNERS = re.compile(rb"pytest|broker\.cli|bin/casebroker")
+OWNERS = re.compile(rb"pytest|broker\.cli|bin/casebroker|\x00bench\.")
 
 
 def _ancestors() -> set[int]:

@@ -27,3 +27,13 @@ def test_an_operators_names_are_never_swept() -> None:
 
 def test_this_test_run_is_not_another_owner() -> None:
     assert os.getpid() not in other_owners()
+
+
+def test_a_benchmark_module_run_by_itself_is_an_owner() -> None:
+    from tests.sweep import OWNERS
+
+    for cmdline in (b"/usr/bin/python3\x00-m\x00bench.transport\x00--dossiers\x001000",
+                    b"/x/.venv/bin/python\x00/x/.venv/bin/casebroker\x00demo",
+                    b"python\x00-m\x00broker.cli\x00run", b"python\x00-m\x00pytest"):
+        assert OWNERS.search(cmdline), cmdline
+    assert not OWNERS.search(b"/usr/sbin/rabbitmq-server\x00-detached")
