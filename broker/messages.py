@@ -78,7 +78,9 @@ def _iso_8601(value: Any) -> Any:
     return value
 
 
-#: a date-time with its offset, written in ISO 8601 (never a Unix time)
+#: a date-time with its offset, written in ISO 8601 (never a Unix time), in what desks and
+#: agencies send; what casebroker builds from times it holds (assignments, notices) keeps
+#: pydantic's own check, without a Python call per field on the hot path
 Timestamp = Annotated[AwareDatetime, BeforeValidator(_iso_8601)]
 
 
@@ -172,9 +174,9 @@ class DossierAssigned(_Model):
     desk_id: PartyId
     return_desk_id: PartyId
     channel: Channel
-    received_at: Timestamp
-    due_at: Timestamp
-    step_due_at: Timestamp
+    received_at: AwareDatetime
+    due_at: AwareDatetime
+    step_due_at: AwareDatetime
     applicant: Applicant
     subject: Subject | None = None
     documents: list[Document] = Field(default_factory=list)
@@ -367,13 +369,13 @@ class DeskNotice(_Model):
     procedure_code: ProcedureCode
     state: Annotated[int, Field(ge=1, le=10)]
     agency_id: PartyId | None = None
-    received_at: Timestamp | None = None
-    due_at: Timestamp | None = None
+    received_at: AwareDatetime | None = None
+    due_at: AwareDatetime | None = None
     reason: str | None = None
     documents: list[Document] = Field(default_factory=list)
     requested_documents: list[str] = Field(default_factory=list)
     amount_vnd: int | None = None
-    issued_at: Timestamp
+    issued_at: AwareDatetime
 
     @model_validator(mode="after")
     def _code_unless_never_opened(self) -> DeskNotice:
@@ -401,7 +403,7 @@ class AgencyNotice(_Model):
         "the update named a dossier never assigned to this agency, or no dossier at all"))
     reason: str | None = None
     documents: list[Document] = Field(default_factory=list)
-    issued_at: Timestamp
+    issued_at: AwareDatetime
 
 
 Message = (
