@@ -165,15 +165,7 @@ def _queues(topology: Topology) -> tuple[dict[str, int] | None, list[str] | None
     queues read as `dead-letters list` reads them (each message put back as a fresh copy,
     never returned, which a queue with a delivery limit counts). None for what could not
     be read, and why."""
-    from broker.ops.queues import (
-        OperatorBusy,
-        Taken,
-        channel,
-        depth,
-        put_back,
-        settle,
-        take_all,
-    )
+    from broker.ops.queues import OperatorBusy, channel, depth, read_back
 
     names = {"intake": topology.intake_queue, "status": topology.status_queue,
              "triage": topology.triage_queue}
@@ -185,15 +177,10 @@ def _queues(topology: Topology) -> tuple[dict[str, int] | None, list[str] | None
             for source in ("intake", "status"):
                 if not depths[f"dead.{source}"]:
                     continue
-                taken = take_all(ch, topology.dead_queue(source))
+                taken, failed = read_back(ch, topology, source)
                 found += [m.message_id for m in taken if REASON_HEADER not in m.headers
                           and m.headers.get("x-first-death-reason") in (
                               "delivery_limit", b"delivery_limit")]
-
-                def keep(msg: Taken, which: str = source) -> None:
-                    put_back(ch, topology, which, msg)
-
-                failed = settle(ch, taken, keep)
                 if failed:
                     return depths, None, (f"dead.{source}: {len(failed)} message(s) not put "
                                           "back (left unacked: back in the queue)")

@@ -76,6 +76,7 @@ from broker.ops.queues import (
     missing,
     put_back,
     queue_and_key,
+    read_back,
     sent_by,
     settle,
     take_all,
@@ -382,12 +383,8 @@ def list_dead(topology: Topology, queues: Iterable[str]
             if (why := missing(ch, queue)) is not None:
                 failed.append({"queue": which, "message_id": None, "error": why})
                 continue
-            taken = take_all(ch, queue)
-
-            def keep(msg: Taken, w: str = which) -> None:
-                put_back(ch, topology, w, msg)
-
-            failed += _failures(which, settle(ch, taken, keep, progress=_progress(queue)))
+            taken, kept_back = read_back(ch, topology, which, _progress(queue))
+            failed += _failures(which, kept_back)
             found += [dict(describe(which, m), body=redacted_body(m.body)) for m in taken]
     return found, failed
 

@@ -136,21 +136,29 @@ def queue_and_key(topology: Topology, which: str) -> tuple[str, str]:
     return topology.dead_queue(which), which
 
 
-def missing(ch: BlockingChannel, queue: str) -> str | None:
-    """Why ``queue`` cannot be read (None: it is there). Asked on a channel of its own:
-    RabbitMQ closes the channel that asks for a queue it does not have."""
+def queue_state(ch: BlockingChannel, queue: str) -> tuple[int, int] | None:
+    """(messages ready, consumers) of ``queue``, or None when it is not there. Asked on a
+    channel of its own: RabbitMQ closes the channel that asks for a queue it does not
+    have."""
     probe = ch.connection.channel()
     try:
-        probe.queue_declare(queue, passive=True)
-        return None
+        ok = probe.queue_declare(queue, passive=True).method
+        return int(ok.message_count), int(ok.consumer_count)
     except ChannelClosedByBroker as e:
         if e.reply_code != 404:
             raise
-        return (f"no queue {queue} (a wrong --prefix or CASEBROKER_PREFIX, or the topology "
-                "not declared: casebroker topology declare)")
+        return None
     finally:
         if probe.is_open:
             probe.close()
+
+
+def missing(ch: BlockingChannel, queue: str) -> str | None:
+    """Why ``queue`` cannot be read (None: it is there)."""
+    if queue_state(ch, queue) is not None:
+        return None
+    return (f"no queue {queue} (a wrong --prefix or CASEBROKER_PREFIX, or the topology "
+            "not declared: casebroker topology declare)")
 
 
 def depth(ch: BlockingChannel, queue: str) -> int:
@@ -173,6 +181,20 @@ def take_all(ch: BlockingChannel, queue: str, limit: int = 100_000) -> list[Take
             break
     ch.cancel()
     return taken
+
+
+def read_back(ch: BlockingChannel, topology: Topology, which: str,
+              progress: Callable[[int, int], None] | None = None
+              ) -> tuple[list[Taken], list[tuple[Taken, str]]]:
+    """Every message now in the operator queue ``which``, each put back as a fresh copy
+    (never returned: see the module); and those that could not be put back (left unacked,
+    they return to the queue when the connection closes), with why."""
+    taken = take_all(ch, queue_and_key(topology, which)[0])
+
+    def keep(msg: Taken) -> None:
+        put_back(ch, topology, which, msg)
+
+    return taken, settle(ch, taken, keep, progress=progress)
 
 
 def put_back(ch: BlockingChannel, topology: Topology, which: str, msg: Taken) -> None:

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from pika.adapters.blocking_connection import BlockingChannel
-from pika.exceptions import ChannelClosedByBroker
-
-from broker.ops.queues import channel, lock_queue
+from broker.ops.queues import channel, lock_queue, queue_state
 from broker.rules.catalog import Catalog
 from broker.security import Management, ManagementError
 from broker.topology import Topology
@@ -38,17 +35,6 @@ def _names(topology: Topology, catalog: Catalog, management_url: str
     return queues, exchanges
 
 
-def _state(ch: BlockingChannel, queue: str) -> tuple[int, int] | None:
-    """(messages, consumers) of a queue, or None when it is not there."""
-    try:  # a channel each: RabbitMQ closes the one that asks for a missing queue
-        ok = ch.connection.channel().queue_declare(queue, passive=True).method
-    except ChannelClosedByBroker as e:
-        if e.reply_code != 404:
-            raise
-        return None
-    return int(ok.message_count), int(ok.consumer_count)
-
-
 def delete(topology: Topology, catalog: Catalog, management_url: str, force: bool) -> int:
     """Delete the topology as the module says; print what was done; the exit status."""
     try:
@@ -60,7 +46,7 @@ def delete(topology: Topology, catalog: Catalog, management_url: str, force: boo
               file=sys.stderr)
         return 1
     with channel(lock=topology) as ch:
-        found = {q: s for q in queues if (s := _state(ch, q)) is not None}
+        found = {q: s for q in queues if (s := queue_state(ch, q)) is not None}
         busy = {q: s for q, s in found.items() if s != (0, 0)}
         if busy and not force:
             _name_busy(busy)
@@ -74,7 +60,7 @@ def delete(topology: Topology, catalog: Catalog, management_url: str, force: boo
             ch.exchange_delete(x)
         deleted, lost, late = 0, 0, {}
         for q in found:
-            now = _state(ch, q)
+            now = queue_state(ch, q)
             if now is None:
                 continue
             if now != (0, 0) and not force:

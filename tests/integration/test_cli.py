@@ -332,7 +332,7 @@ def test_a_queue_that_takes_a_message_while_the_topology_goes_down_is_left_with_
     t, mini = Topology(f"t{uuid.uuid4().hex[:10]}"), load_catalog(MINI_CATALOG)
     declare_topology(amqp_url(), t, mini)
     looked: dict[str, int] = {}
-    state = teardown._state
+    state = teardown.queue_state
 
     def meanwhile(ch: Any, queue: str) -> Any:
         looked[queue] = looked.get(queue, 0) + 1
@@ -341,7 +341,7 @@ def test_a_queue_that_takes_a_message_while_the_topology_goes_down_is_left_with_
             wait_for(lambda: queue_depth(queue) == 1)
         return state(ch, queue)
 
-    monkeypatch.setattr(teardown, "_state", meanwhile)
+    monkeypatch.setattr(teardown, "queue_state", meanwhile)
     try:
         assert teardown.delete(t, mini, "http://guest:guest@127.0.0.1:15672", False) == 1
         out, err = capsys.readouterr()
