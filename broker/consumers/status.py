@@ -369,10 +369,7 @@ class StatusRouter(Consumer):
     @staticmethod
     def _event_for(dossier: _Dossier, msg: Update) -> Event:
         if isinstance(msg, DossierStatus):
-            event = STATUS_EVENTS[msg.status]
-            if event == Event.RESOLVE and dossier["step"] < len(dossier["steps"]):
-                return Event.HAND_OFF
-            return event
+            return _status_event(dossier, msg.status)
         if isinstance(msg, DossierReturned):
             return Event.RETURN
         if isinstance(msg, DossierSupplemented):
@@ -576,6 +573,15 @@ class StatusRouter(Consumer):
         return to_desk(self.topology, desk_notice, message_id)
 
 
+def _status_event(dossier: _Dossier, status: AgencyStatus) -> Event:
+    """What an agency's status does to the dossier: ``resolved`` before the chain's last
+    step hands it on."""
+    event = STATUS_EVENTS[status]
+    if event == Event.RESOLVE and dossier["step"] < len(dossier["steps"]):
+        return Event.HAND_OFF
+    return event
+
+
 def _said(msg: Update) -> str:
     """An update as its sender wrote it: the agency's status, or the desk event's kind."""
     if isinstance(msg, DossierStatus):
@@ -591,9 +597,8 @@ def _not_allowed(dossier: _Dossier, msg: Update) -> str:
     state = State(dossier["state"])
     text = f"{_said(msg)} is not allowed: dossier is {state.name.lower()} ({int(state)})"
     if isinstance(msg, DossierStatus):
-        last = dossier["step"] >= len(dossier["steps"])
-        allowed = [s.value for s, e in STATUS_EVENTS.items() if (state, Event.HAND_OFF if (
-            e == Event.RESOLVE and not last) else e) in TRANSITIONS]
+        allowed = [s.value for s in AgencyStatus
+                   if (state, _status_event(dossier, s)) in TRANSITIONS]
         return f"{text}; allowed now: {', '.join(allowed) or 'none'}"
     return text
 
