@@ -318,7 +318,10 @@ class NoticeKind(StrEnum):
       appointment to give the citizen.
     - update_refused (the sender): an update or desk event that did not take effect;
       ``reason`` says why, and begins ``not_yours:`` for a dossier that is not the
-      agency's (or no dossier at all).
+      sender's (or no dossier at all). Such a notice tells nothing of the dossier: to an
+      agency it has no ``state``; to a desk it has only what the desk sent (the code, or
+      the submission id of a withdrawal) and no ``submission_id``, ``procedure_code`` or
+      ``state`` of its own.
     - closed (return desk and the agency that resolved): the return desk's ``returned``
       took effect, state 10; nothing more will happen to the dossier.
     """
@@ -342,6 +345,10 @@ class NoticeKind(StrEnum):
     CLOSED = "closed"
 
 
+#: how a refusal begins that tells its sender the dossier is not its own (or does not
+#: exist): the same words either way, so a stranger learns nothing of another's dossier
+NOT_YOURS = "not_yours"
+
 #: notices that may be about a submission that opened no dossier (no dossier code): held,
 #: refused at intake from triage by an operator, withdrawn while held, and a withdrawal
 #: of such a submission refused
@@ -355,6 +362,15 @@ class DeskNotice(_Model):
     refused at intake from triage by an operator (``refused``), withdrawn by its desk
     while held (``withdrawn``), or such a withdrawal refused (``update_refused``)."""
 
+    # what the validator below says, for those who read the schema: submission_id,
+    # procedure_code and state are absent only from a not_yours refusal
+    model_config = ConfigDict(json_schema_extra={
+        "if": {"required": ["notice", "reason"], "properties": {
+            "notice": {"const": "update_refused"},
+            "reason": {"type": "string", "pattern": "^not_yours:"}}},
+        "then": {"not": {"anyOf": [{"required": [k]} for k in ("procedure_code", "state")]}},
+        "else": {"required": ["submission_id", "procedure_code", "state"]}})
+
     schema_: Literal["casebroker.desk.notice/v1"] = Field(
         "casebroker.desk.notice/v1", alias="schema"
     )
@@ -364,21 +380,48 @@ class DeskNotice(_Model):
         "no dossier, which have none and the submission id says which dossier it is: "
         "held, refused from triage by an operator (no rule could route it), withdrawn "
         "by its desk while held, or such a withdrawal refused (update_refused)"))
-    submission_id: UUID
+    submission_id: UUID | None = Field(None, description=(
+        "the submission that opened the dossier, or was held; absent only in an "
+        "update_refused whose reason begins not_yours (see reason)"))
     desk_id: PartyId
-    procedure_code: ProcedureCode
-    state: Annotated[int, Field(ge=1, le=10)]
+    procedure_code: ProcedureCode | None = Field(None, description=(
+        "absent only in an update_refused whose reason begins not_yours"))
+    state: Annotated[int, Field(ge=1, le=10)] | None = Field(None, description=(
+        "the dossier's state; absent only in an update_refused whose reason begins "
+        "not_yours"))
     agency_id: PartyId | None = None
     received_at: AwareDatetime | None = None
     due_at: AwareDatetime | None = None
-    reason: str | None = None
+    reason: str | None = Field(None, description=(
+        "why, in words; in an update_refused that begins not_yours, the desk event named "
+        "a dossier (or a held submission) that is not this desk's, or none at all: the "
+        "notice then carries only what the desk sent"))
     documents: list[Document] = Field(default_factory=list)
     requested_documents: list[str] = Field(default_factory=list)
     amount_vnd: int | None = None
     issued_at: AwareDatetime
 
+    @property
+    def not_yours(self) -> bool:
+        """An ``update_refused`` of an event about a dossier that is not the desk's."""
+        return (self.notice == NoticeKind.UPDATE_REFUSED and self.reason is not None
+                and self.reason.startswith(f"{NOT_YOURS}:"))
+
     @model_validator(mode="after")
     def _code_unless_never_opened(self) -> DeskNotice:
+        if self.not_yours:
+            if self.dossier_code is None and self.submission_id is None:
+                raise ValueError("a not_yours refusal names what the desk sent: a "
+                                 "dossier_code or a submission_id")
+            if self.procedure_code is not None or self.state is not None:
+                raise ValueError("a not_yours refusal tells nothing of the dossier: no "
+                                 "procedure_code, no state")
+            return self
+        missing = [name for name in ("submission_id", "procedure_code", "state")
+                   if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} required, except in an update_refused "
+                             f"whose reason begins {NOT_YOURS}:")
         if self.notice == NoticeKind.HELD:
             if self.dossier_code is not None:
                 raise ValueError("a held notice has no dossier_code: no dossier was opened")

@@ -4,8 +4,8 @@ Each update is checked against its dossier's current state (the lifecycle table)
 and its sender (the current assignee for agency updates, the dossier's desks for
 desk events). A refused update changes nothing and tells the sender why; one from a
 stranger to the dossier (never one of its agencies, neither of its desks) is
-dead-lettered as ``not_a_party``; an agency is answered ``not_yours`` in the same words
-as for a code the ledger does not have. One changed under an id already
+dead-lettered as ``not_a_party``, and its sender answered ``not_yours`` in the same
+words as for a code the ledger does not have. One changed under an id already
 applied is dead-lettered as ``message_id_reused``, and its sender told. Accepted
 ones are applied in arrival order within the batch, written once per dossier with
 an optimistic check on the dossier's event sequence, and announced: to the return
@@ -56,6 +56,7 @@ from broker.errors import TransitionRefused
 from broker.ledger import Batch
 from broker.lifecycle import STEP_ENDS, TRANSITIONS, Event, State, apply
 from broker.messages import (
+    NOT_YOURS,
     AgencyNotice,
     AgencyStatus,
     DeskNotice,
@@ -103,8 +104,6 @@ _DESK_KINDS = frozenset(DESK_NOTICE_FOR.values())
 FINISHED = frozenset({State.REFUSED, State.STOPPED, State.RESOLVED, State.WITHDRAWN})
 #: the metric reason of an agency update sent before the last one applied
 STALE = "stale"
-#: how the answer to an agency's update about a dossier it never had begins
-NOT_YOURS = "not_yours"
 #: how far ahead of the broker's clock an agency's sent_at is believed: one update from
 #: a clock set wrong (a local time labelled UTC) must not make every later one stale
 SENT_AT_AHEAD_MAX = timedelta(minutes=5)
@@ -232,7 +231,10 @@ class StatusRouter(Consumer):
                 continue
             dossier = _Dossier(rows[code], rows[code]["seq"])
             if (stranger := _stranger(dossier, msg)) is not None:
-                out.append(self.screen.dead(batch, mid, d, "not_a_party", stranger, now))
+                answer = self._not_yours(self.engine(), msg, now)
+                out.append(self.screen.dead(batch, mid, d, "not_a_party", stranger, now,
+                                            also=answer))
+                out += answer
                 continue
             refusal = self._refuse(dossier, msg, (
                 f"this submission id opened dossier {code}: to withdraw that dossier, name "
@@ -251,8 +253,8 @@ class StatusRouter(Consumer):
         waiting in triage is answered with that notice when replayed, or refused
         (``dead-letters refuse`` finds it closed and sends the notice again). Only the
         intake desk may withdraw by submission id (the id is its own key; another desk
-        has no part in a dossier never received: dead-lettered as ``not_a_party``, not
-        answered). A submission closed already is answered ``update_refused``; one the
+        has no part in a dossier never received: dead-lettered as ``not_a_party`` and
+        answered ``not_yours``). A submission closed already is answered ``update_refused``; one the
         ledger does not have yet (not yet routed, or never sent) is kept as an early
         withdrawal (:data:`~broker.tables.early_withdrawals`): the router closes it at
         intake when it comes, and the desk is told then."""
@@ -278,9 +280,11 @@ class StatusRouter(Consumer):
                 self._count("withdrawn_early", "")
                 continue
             if msg.desk_id not in intake_desks:
+                answer = self._not_yours(self.engine(), msg, now)
                 out.append(self.screen.dead(
                     batch, mid, d, "not_a_party", f"desk {shown_id(msg.desk_id)} is not the intake "
-                    "desk of the submission held under this id", now))
+                    "desk of the submission held under this id", now, also=answer))
+                out += answer
                 continue
             if sid in closed:
                 row = closed[sid]
@@ -534,22 +538,36 @@ class StatusRouter(Consumer):
         return to_desk(self.topology, notice, f"{dossier['code']}:{kind.value}:{seq}{party}")
 
     def _not_yours(self, engine: Engine, msg: Update, now: datetime) -> list[Outbound]:
-        """What an agency of the catalog is told of an update about a dossier it never
-        had, whether the code exists or not (``not_yours``): the same words either way,
-        so that it learns nothing of a dossier that is not its own, but a mistyped code
-        does not go unanswered. A desk event is not answered (a desk notice names the
-        dossier's submission and procedure), nor is an agency the catalog does not
-        name: it has no queue."""
-        if not isinstance(msg, DossierStatus) or msg.agency_id not in engine.agencies:
+        """What a party of the catalog is told of an update about a dossier it has no part
+        in, whether the code exists or not (``not_yours``): the same words either way, so
+        that it learns nothing of a dossier that is not its own, but a mistyped code does
+        not go unanswered. The notice carries only what the sender sent; a sender the
+        catalog does not name is not answered: it has no queue."""
+        if isinstance(msg, DossierStatus):
+            if msg.agency_id not in engine.agencies:
+                return []
+            refusal = AgencyNotice(
+                notice=NoticeKind.UPDATE_REFUSED, dossier_code=msg.dossier_code,
+                agency_id=msg.agency_id, reason=(
+                    f"{NOT_YOURS}: no dossier {msg.dossier_code} was ever assigned to "
+                    f"{msg.agency_id}; check the code (the update is set aside for the "
+                    "operators)"), issued_at=now)
+            return [to_agency(self.topology, refusal,
+                              kept_id(f"{msg.dossier_code}:update_refused:{msg.update_id}"))]
+        if msg.desk_id not in engine.desks:
             return []
-        notice = AgencyNotice(
-            notice=NoticeKind.UPDATE_REFUSED, dossier_code=msg.dossier_code,
-            agency_id=msg.agency_id, reason=(
-                f"{NOT_YOURS}: no dossier {msg.dossier_code} was ever assigned to "
-                f"{msg.agency_id}; check the code (the update is set aside for the "
-                "operators)"), issued_at=now)
-        return [to_agency(self.topology, notice,
-                          kept_id(f"{msg.dossier_code}:update_refused:{msg.update_id}"))]
+        code = msg.dossier_code
+        sid = msg.submission_id if isinstance(msg, DossierWithdrawn) and code is None else None
+        what = (f"no submission {sid} is held at desk {msg.desk_id}; check the id"
+                if code is None else f"no dossier {code} has desk {msg.desk_id} as its "
+                "intake or return desk; check the code")
+        notice = DeskNotice(
+            notice=NoticeKind.UPDATE_REFUSED, dossier_code=code, submission_id=sid,
+            desk_id=msg.desk_id,
+            reason=f"{NOT_YOURS}: {what} (the event is set aside for the operators)",
+            issued_at=now)
+        return [to_desk(self.topology, notice,
+                        kept_id(f"{code or sid}:update_refused:{msg.event_id}"))]
 
     def _refuse(self, dossier: _Dossier, msg: Update, reason: str, now: datetime,
                 answered: str | None = None) -> Outbound:
@@ -608,7 +626,7 @@ def _stranger(dossier: _Dossier, msg: Update) -> str | None:
     agencies, or neither its intake nor its return desk. Such an update is dead-lettered
     and not answered as a party's is: that answer would tell a stranger the dossier's
     state, agency, procedure and submission id, and codes are sequential, so any desk
-    could read them all. An agency is told only what it would be told of a code the
+    could read them all. The sender is told only what it would be told of a code the
     ledger does not have (:meth:`StatusRouter._not_yours`)."""
     if isinstance(msg, DossierStatus):
         if all(step["agency_id"] != msg.agency_id for step in dossier["steps"]):

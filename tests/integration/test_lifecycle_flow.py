@@ -21,6 +21,7 @@ from broker.amqp import DETAIL_HEADER, REASON_HEADER
 from broker.cli import main
 from broker.ledger import Ledger, dossiers
 from broker.messages import (
+    DeskNotice,
     Document,
     DossierReturned,
     DossierStatus,
@@ -314,18 +315,35 @@ def test_postal_return_desk_gets_the_result_and_keeps_the_rating(
     assert [n["notice"] for n in amqp.json_all(declared.desk_queue("T.MC.A"))] == ["receipt"]
 
     # only the return desk can say the result was handed over; the intake desk is told so,
-    # a desk with no part in the dossier is told nothing about it
+    # a desk with no part in the dossier is told nothing about it: only what it is told of
+    # a code that does not exist (it mistyped one, most likely), and the event is set aside
     amqp.status(declared, DossierReturned(event_id=uuid.uuid4(), dossier_code=code,
                                           desk_id="T.MC.A", returned_at=datetime.now(UTC)))
     refused = take(amqp, declared.desk_queue("T.MC.A"), 1)[0]
     assert refused["notice"] == "update_refused"
     assert refused["reason"] == "desk T.MC.A is not the return desk: only T.POST hands the " \
         "result over"
-    amqp.status(declared, DossierReturned(event_id=uuid.uuid4(), dossier_code=code,
-                                          desk_id="T.MC.B", returned_at=datetime.now(UTC)))
-    dead = wait_for(lambda: amqp.get_all(declared.dead_queue("status")), what="dead letter")
-    assert [p.headers[REASON_HEADER] for p, _ in dead] == ["not_a_party"]
-    assert queue_depth(declared.desk_queue("T.MC.B")) == 0
+    missing = code[:-4] + ("9999" if not code.endswith("9999") else "9998")
+    stray = [DossierReturned(event_id=uuid.uuid4(), dossier_code=asked, desk_id="T.MC.B",
+                             returned_at=datetime.now(UTC)) for asked in (code, missing)]
+    for event in stray:
+        amqp.status(declared, event)
+    dead: list[tuple[Any, bytes]] = []
+    wait_for(lambda: dead.extend(amqp.get_all(declared.dead_queue("status")))
+             or len(dead) >= 2, what="dead letters")
+    assert sorted(p.headers[REASON_HEADER] for p, _ in dead) == ["not_a_party",
+                                                                  "unknown_dossier"]
+    answers = take(amqp, declared.desk_queue("T.MC.B"), 2, "answers")
+    for answer, event in zip(sorted(answers, key=lambda a: a["dossier_code"] != code),
+                             stray, strict=True):
+        assert {k: v for k, v in answer.items() if k not in ("issued_at", "schema")} == {
+            "notice": "update_refused", "dossier_code": event.dossier_code,
+            "desk_id": "T.MC.B", "documents": [], "requested_documents": [], "reason": (
+                f"not_yours: no dossier {event.dossier_code} has desk T.MC.B as its intake "
+                "or return desk; check the code (the event is set aside for the operators)")}
+        # the SDK's model reads it: nothing of the dossier, what the desk sent
+        parsed = DeskNotice.model_validate(answer)
+        assert parsed.not_yours and parsed.submission_id is None and parsed.state is None
     amqp.status(declared, DossierReturned(event_id=uuid.uuid4(), dossier_code=code,
                                           desk_id="T.POST", returned_at=datetime.now(UTC),
                                           satisfaction=4))

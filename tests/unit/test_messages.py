@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from broker.errors import DecodeError
 from broker.messages import (
@@ -68,6 +69,31 @@ def test_a_desk_notice_has_a_dossier_code_unless_no_dossier_was_opened() -> None
         with pytest.raises(DecodeError) as e:
             decode(json.dumps(body).encode())
         assert e.value.reason == "invalid_fields"
+
+
+def test_only_a_not_yours_refusal_leaves_out_the_dossiers_own_fields() -> None:
+    # a desk told that the code (or held submission id) it sent is not its own learns
+    # nothing of the dossier: the notice echoes what it sent, and nothing else
+    now = datetime.now(UTC)
+    reason = "not_yours: no dossier X-261128-0009 has desk T.MC.B as ...; check the code"
+    for sent in ({"dossier_code": "X-261128-0009"}, {"submission_id": uuid.uuid4()}):
+        notice = DeskNotice(notice="update_refused", desk_id="T.MC.B", reason=reason,
+                            issued_at=now, **sent)
+        assert decode(encode(notice)) == notice and notice.not_yours
+        assert {"state", "procedure_code"}.isdisjoint(json.loads(encode(notice)))
+    base = {"notice": "update_refused", "desk_id": "T.MC.B", "issued_at": now,
+            "dossier_code": "X-261128-0009", "reason": reason}
+    dossier_fields = {"submission_id": uuid.uuid4(), "procedure_code": "1.001193",
+                      "state": 2}
+    for wrong in ({"dossier_code": None},  # names nothing
+                  {"state": 2}, {"procedure_code": "1.001193"},  # tells of the dossier
+                  {"reason": "withdraw is not allowed"},  # an ordinary refusal: all three
+                  {"notice": "receipt", "reason": None},
+                  {"reason": "withdraw ... not_yours:", **dossier_fields, "state": None}):
+        with pytest.raises(ValidationError):
+            DeskNotice(**(base | wrong))
+    # an ordinary refusal with the dossier's fields is what it always was
+    assert not DeskNotice(**(base | dossier_fields | {"reason": "too late"})).not_yours
 
 
 def test_a_withdrawal_names_its_dossier_by_code_or_by_submission_id_never_both() -> None:
