@@ -462,8 +462,14 @@ def _dossier_list(args: argparse.Namespace) -> int:
         rows = ledger.list_dossiers(agency=args.agency, desk=args.desk, states=args.state,
                                     overdue_at=now if args.overdue else None,
                                     limit=args.limit + 1)
+        strangers = [] if rows else [
+            f"{kind} {party}" for kind, party in (("agency", args.agency), ("desk", args.desk))
+            if party is not None and not ledger.ever_had(**{kind: party})]
     finally:
         ledger.dispose()
+    for stranger in strangers:  # a mistyped id, most likely: said, not a silent 0
+        print(f"note: no dossier in this ledger was ever with {stranger}; check the id "
+              "(as the catalog spells it, case and dots included)", file=sys.stderr)
     more, rows = len(rows) > args.limit, rows[:args.limit]
     if args.json:
         print(json.dumps({"dossiers": rows, "more": more}, default=str))

@@ -1139,6 +1139,24 @@ class Ledger:
                 .where(*where).order_by(c.due_at, c.code).limit(limit))
             return [dict(r._mapping) for r in rows]
 
+    def ever_had(self, *, agency: str | None = None, desk: str | None = None) -> bool:
+        """Whether any dossier in the ledger was ever with ``agency`` (received by it,
+        handed to it, or updated by it), or any submission ever came to or was to be
+        returned at ``desk``: what tells a mistyped id from a party with nothing now.
+        Only asked when a listing came back empty (it may read a whole table)."""
+        d, e = dossiers.c, events.c
+        asks: list[Any] = []
+        if agency is not None:
+            asks += [select(d.id).where(d.agency_id == agency),
+                     select(e.id).where(or_(e.to_agency == agency, e.actor == agency))]
+        if desk is not None:
+            asks += [select(d.id).where(or_(d.intake_desk_id == desk,
+                                            d.return_desk_id == desk)),
+                     select(refusals.c.submission_id).where(refusals.c.desk_id == desk),
+                     select(held.c.desk_id).where(held.c.desk_id == desk)]
+        with self.read() as conn:
+            return any(conn.execute(ask.limit(1)).first() is not None for ask in asks)
+
     def background_checkpoints(self, every_s: float = 0.5, restart_frames: int = 4096,
                                count: Callable[[str], None] | None = None) -> Checkpoints:
         """SQLite: checkpoint the WAL in a thread of its own; return what stops it (and

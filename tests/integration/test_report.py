@@ -141,6 +141,18 @@ def test_the_report_counts_each_dossier_received_in_the_period_once_by_its_outco
     assert [line.split()[0] for line in out.splitlines()[1:-1]] == [
         codes["early"], codes["on_time"]]  # the same due time: in code order
     assert out.splitlines()[-1] == "2 dossier(s); more not shown (--limit 2)"
+    # nothing listed: for a party the ledger knows, just that; for an id it never saw (a
+    # typo, most likely), said so on stderr
+    for args, unknown in ((["--agency", "T.UBND.A", "--state", "1"], []),
+                          (["--desk", "T.MC.A", "--state", "1"], []),
+                          (["--agency", "t.ubnd.a"], ["agency t.ubnd.a"]),
+                          (["--agency", "T.UBND.A", "--desk", "T.MC.Z"], ["desk T.MC.Z"])):
+        assert main(["dossier", "list", *args, "--db-url", ledger.url]) == 0
+        out, err = capsys.readouterr()
+        assert out.splitlines()[-1] == "0 dossier(s)"
+        assert err.splitlines() == [
+            f"note: no dossier in this ledger was ever with {party}; check the id (as the "
+            "catalog spells it, case and dots included)" for party in unknown]
 
     # for a spreadsheet: the same figures, a row each
     assert main(["report", "--from", "2026-11-25", "--to", "2026-11-30", "--by", "agency",
