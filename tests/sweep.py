@@ -1,4 +1,5 @@
-"""Remove what killed test, demo and benchmark runs left on the shared RabbitMQ.
+"""Remove what killed test, demo and benchmark runs left on the shared RabbitMQ, and the
+servers of their own the fault suite started.
 
 Every test declares its queues under a random prefix and deletes them at teardown; a
 run killed mid-test cannot, and its quorum queues stay. Enough of them (each holds
@@ -8,12 +9,25 @@ session starts by deleting queues and exchanges under the random prefixes the te
 ledger fixture makes, but only when no other test, demo, benchmark or ``casebroker``
 process is running on this machine: theirs may be live. Names under any other prefix
 (an operator's, a helper's) are never touched.
+
+The fault suite (tests/faults) runs RabbitMQ nodes and a PostgreSQL server of its own,
+each in a ``casebroker-faults-*`` temporary directory, and routers (``casebroker run``)
+pointed at them, marked by :data:`FAULT_RUN_ENV` in their environment; it stops them all
+at teardown. A run killed before that leaves them running, the routers retrying their
+vanished servers for ever. Under the same condition the sweep stops every process whose
+command line names such a directory or whose environment has the mark, and removes the
+directories. A marked router is not an owner: without a test run, it is a stray.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
+import signal
+import tempfile
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -29,6 +43,10 @@ LEFTOVER = re.compile(r"^(t[0-9a-f]{8,10}|demo[0-9a-f]{8}|bench[0-9a-f]{8}[a-z]*
 LEFTOVER_SCHEMA = re.compile(r"^t[0-9a-f]{10}$")
 #: a process whose command line holds one of these may own such a topology
 OWNERS = re.compile(rb"pytest|broker\.cli|bin/casebroker|\x00bench\.")
+#: what tests/faults/servers.py names its temporary directories
+FAULT_DIR_PREFIX = "casebroker-faults-"
+#: in the environment of every router the fault suite starts (tests/faults/harness.py)
+FAULT_RUN_ENV = "CASEBROKER_FAULT_RUN"
 
 
 def _ancestors() -> set[int]:
@@ -44,8 +62,19 @@ def _ancestors() -> set[int]:
     return pids
 
 
+def _fault_router(pid: int, mark: str = FAULT_RUN_ENV) -> bool:
+    """Whether the process is a router the fault suite started (its environment has
+    ``mark``)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return (b"\x00" + environ).find(b"\x00" + mark.encode() + b"=") >= 0
+
+
 def other_owners() -> list[int]:
-    """Other processes that may be using a test, demo or benchmark topology right now."""
+    """Other processes that may be using a test, demo or benchmark topology right now
+    (not the fault suite's routers: strays once no test run is left)."""
     mine, found = _ancestors(), []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) in mine:
@@ -54,9 +83,52 @@ def other_owners() -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if OWNERS.search(cmdline):
+        if OWNERS.search(cmdline) and not _fault_router(int(entry.name)):
             found.append(int(entry.name))
     return found
+
+
+def stray_servers(base: Path | None = None,
+                  mark: str = FAULT_RUN_ENV) -> list[tuple[int, str]]:
+    """Processes (pid, program) whose command line names a fault-suite directory under
+    ``base`` (default: the temporary directory): its RabbitMQ nodes (``beam.smp`` has the
+    node's directories among its arguments) and its PostgreSQL (``postgres -D …``); and
+    its routers, by the mark in their environment."""
+    marker = str(base or Path(tempfile.gettempdir())).encode() + b"/" + FAULT_DIR_PREFIX.encode()
+    mine, found = _ancestors(), []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in mine:
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker in cmdline or (cmdline and _fault_router(int(entry.name), mark)):
+            found.append((int(entry.name), Path(cmdline.split(b"\x00")[0].decode(
+                errors="replace")).name))
+    return found
+
+
+def stop_stray_servers(base: Path | None = None, wait_s: float = 20,
+                       mark: str = FAULT_RUN_ENV) -> tuple[int, int]:
+    """Stop what :func:`stray_servers` finds and remove the fault-suite directories under
+    ``base``; return (processes stopped, directories removed). PostgreSQL gets SIGQUIT
+    (an immediate shutdown: its backends go with it), anything else SIGKILL."""
+    root = base or Path(tempfile.gettempdir())
+    stopped = stray_servers(root, mark)
+    for pid, program in stopped:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGQUIT if program in ("postgres", "postmaster")
+                    else signal.SIGKILL)
+    deadline = time.monotonic() + wait_s
+    while stray_servers(root, mark) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if stray_servers(root, mark):  # still there: leave their directories alone
+        return len(stopped), 0
+    dirs = [d for d in root.glob(f"{FAULT_DIR_PREFIX}*") if d.is_dir()]
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
+    return len(stopped), len(dirs)
 
 
 def sweep(pg_url: str) -> str:
@@ -67,12 +139,15 @@ def sweep(pg_url: str) -> str:
     others = other_owners()
     if others:
         return f"leftover sweep: skipped (other runs may be live: pids {others[:5]})"
+    servers, dirs = stop_stray_servers()
+    said = (f"; {servers} fault-suite server processes stopped, {dirs} directories removed"
+            if servers or dirs else "")
     api = Management.from_url(management_url())
     try:
         queues = [q for q in api.names("queues") if LEFTOVER.match(q)]
         exchanges = [x for x in api.names("exchanges") if LEFTOVER.match(x)]
     except ManagementError as e:
-        return f"leftover sweep: skipped ({e})"
+        return f"leftover sweep: skipped ({e}){said}"
     if queues or exchanges:
         conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
         try:
@@ -89,8 +164,8 @@ def sweep(pg_url: str) -> str:
                 db.execute(text(f'DROP SCHEMA "{s}" CASCADE'))
     except Exception as e:  # PostgreSQL is not needed by unit tests: say so, go on
         return (f"leftover sweep: {len(queues)} queues, {len(exchanges)} exchanges "
-                f"deleted; schemas skipped ({type(e).__name__})")
+                f"deleted; schemas skipped ({type(e).__name__}){said}")
     finally:
         engine.dispose()
     return (f"leftover sweep: {len(queues)} queues, {len(exchanges)} exchanges, "
-            f"{len(schemas)} schemas deleted")
+            f"{len(schemas)} schemas deleted{said}")

@@ -36,6 +36,7 @@ from broker.messages import DossierStatus, encode
 from broker.ops.audit import audit
 from broker.topology import INTAKE_KEY, STATUS_KEY, Topology
 from tests.helpers import dossier
+from tests.sweep import FAULT_RUN_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 MINI_CATALOG = ROOT / "tests" / "fixtures" / "mini.yaml"
@@ -204,7 +205,7 @@ class RouterProc:
 
     def start(self) -> RouterProc:
         env = dict(os.environ, CASEBROKER_AMQP_URL=",".join(self.urls),
-                   CASEBROKER_LOG_LEVEL="INFO")
+                   CASEBROKER_LOG_LEVEL="INFO", **{FAULT_RUN_ENV: "1"})  # tests/sweep.py
         cmd = [sys.executable, "-m", "broker.cli", "run", "--prefix", self.prefix,
                "--db-url", self.db_url, "--metrics-port", "0", "--catalog", str(self.catalog)]
         with self.log_path.open("ab") as log:

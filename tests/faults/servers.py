@@ -27,6 +27,7 @@ import pika
 from sqlalchemy import create_engine, text
 
 from tests.helpers import free_port
+from tests.sweep import FAULT_DIR_PREFIX
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -281,6 +282,6 @@ class PgServer:
 
 def make_base_dir() -> Path:
     """A temporary directory the postgres user may traverse."""
-    base = Path(tempfile.mkdtemp(prefix="casebroker-faults-"))
+    base = Path(tempfile.mkdtemp(prefix=FAULT_DIR_PREFIX))  # what tests/sweep.py looks for
     base.chmod(0o755)
     return base

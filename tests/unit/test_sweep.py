@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 from bench.common import unique_prefix
 from broker.topology import DEFAULT_PREFIX, Topology
-from tests.sweep import LEFTOVER, LEFTOVER_SCHEMA, other_owners
+from tests.conftest import wait_for
+from tests.sweep import (
+    FAULT_DIR_PREFIX,
+    FAULT_RUN_ENV,
+    LEFTOVER,
+    LEFTOVER_SCHEMA,
+    other_owners,
+    stop_stray_servers,
+    stray_servers,
+)
 
 
 def test_the_random_prefixes_of_tests_demos_and_benchmarks_are_swept() -> None:
@@ -37,3 +50,47 @@ def test_a_benchmark_module_run_by_itself_is_an_owner() -> None:
                     b"python\x00-m\x00broker.cli\x00run", b"python\x00-m\x00pytest"):
         assert OWNERS.search(cmdline), cmdline
     assert not OWNERS.search(b"/usr/sbin/rabbitmq-server\x00-detached")
+
+
+def test_a_killed_fault_runs_servers_are_stopped_and_their_directories_removed(
+        tmp_path: Path) -> None:
+    # stand-ins for a node and a database server left by a killed fault run: processes
+    # whose command lines name their casebroker-faults-* directory; and one that does not
+    left = tmp_path / f"{FAULT_DIR_PREFIX}x1"
+    (left / "pg" / "data").mkdir(parents=True)
+    (left / "n1" / "mnesia").mkdir(parents=True)
+    # and a router it started, known by the mark in its environment (this test's own
+    # mark: a real fault run's routers are none of its business)
+    mark = f"CASEBROKER_TEST_MARK_{uuid.uuid4().hex}"
+    nap = [sys.executable, "-c", "import time; time.sleep(120)"]
+    strays = [subprocess.Popen([*nap, str(left / "pg" / "data")]),
+              subprocess.Popen([*nap, "-mnesia", str(left / "n1" / "mnesia")]),
+              subprocess.Popen([*nap, "broker.cli", "run"], env={**os.environ, mark: "1"})]
+    bystander = subprocess.Popen([*nap, str(tmp_path / "elsewhere")])
+    try:
+        found = wait_for(lambda: sorted(pid for pid, _ in stray_servers(tmp_path, mark))
+                         if len(stray_servers(tmp_path, mark)) == 3 else None, timeout_s=10,
+                         what="the strays' command lines")
+        assert found == sorted(p.pid for p in strays)
+        assert stop_stray_servers(tmp_path, wait_s=10, mark=mark) == (3, 1)
+        assert [p.wait(timeout=10) for p in strays] == [-signal.SIGKILL] * 3
+        assert not left.exists() and bystander.poll() is None
+        assert stray_servers(tmp_path, mark) == []
+        assert stop_stray_servers(tmp_path, mark=mark) == (0, 0)
+    finally:
+        for p in (*strays, bystander):
+            p.kill()
+            p.wait()
+
+
+def test_a_fault_runs_router_is_not_an_owner_but_another_router_is() -> None:
+    nap = [sys.executable, "-c", "import time; time.sleep(120)", "broker.cli", "run"]
+    router = subprocess.Popen(nap)
+    fault_router = subprocess.Popen(nap, env={**os.environ, FAULT_RUN_ENV: "1"})
+    try:
+        wait_for(lambda: router.pid in other_owners(), timeout_s=10, what="an owner")
+        assert fault_router.pid not in other_owners()
+    finally:
+        for p in (router, fault_router):
+            p.kill()
+            p.wait()
