@@ -311,7 +311,8 @@ class NoticeKind(StrEnum):
     - withdrawn (return desk, the intake desk if it withdrew, the current agency):
       state 7. Without a code: withdrawn while held.
     - supplemented (current agency): the citizen brought the documents; the clock runs
-      again, ``reason`` gives the moved due dates.
+      again, ``due_at`` and ``step_due_at`` are the moved due dates (``reason`` says
+      them in words).
     - at_risk (agency and return desk) and overdue (agency): the legal due date is near
       or past; a chain step's agency hears of its own step's date too.
     - overdue_apology (return desk): the dossier is late; ``due_at`` is the new
@@ -446,6 +447,11 @@ class AgencyNotice(_Model):
         "the update named a dossier never assigned to this agency, or no dossier at all"))
     reason: str | None = None
     documents: list[Document] = Field(default_factory=list)
+    due_at: AwareDatetime | None = Field(None, description=(
+        "in a supplemented notice: the dossier's legal due date, moved by the working time "
+        "the clock was stopped (the assignment's due_at no longer holds)"))
+    step_due_at: AwareDatetime | None = Field(None, description=(
+        "in a supplemented notice: this step's due date, moved likewise"))
     issued_at: AwareDatetime
 
 

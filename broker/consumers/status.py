@@ -473,15 +473,16 @@ class StatusRouter(Consumer):
             if step_due_at > now:  # and the step's likewise
                 dossier.set(step_watch_level=NOTHING_SENT)
         # the agency's assignment carries the due dates the pause has moved: it is told
-        # the new ones (in words: agency.notice/v1 has no due date field)
-        due, step_due = (dossier[k].astimezone(cal.tz).isoformat(timespec="minutes")
-                         for k in ("due_at", "step_due_at"))
+        # the new ones, as fields and in words
+        due, step_due = (dossier[k].astimezone(cal.tz) for k in ("due_at", "step_due_at"))
         moved = (f"moved by the {paused_s / 3600:.1f} working hours paused" if paused_s > 0
                  else "unchanged: no working time was paused")
         return self._agency_notice(
             dossier, NoticeKind.SUPPLEMENTED, seq, now, documents=list(msg.documents),
-            reason=f"the clock runs again: legal due date {due}, this step's {step_due} "
-                   f"({moved})")
+            reason=f"the clock runs again: legal due date "
+                   f"{due.isoformat(timespec='minutes')}, this step's "
+                   f"{step_due.isoformat(timespec='minutes')} ({moved})",
+            due_at=due, step_due_at=step_due)
 
     def _hand_off(self, engine: Engine, dossier: _Dossier, results: list[Document],
                   now: datetime) -> Outbound:
@@ -509,11 +510,13 @@ class StatusRouter(Consumer):
         return to_agency(self.topology, assigned, f"{dossier['code']}:assigned:{step}")
 
     def _agency_notice(self, dossier: _Dossier, kind: NoticeKind, seq: int, now: datetime,
-                       reason: str | None = None,
-                       documents: list[Document] | None = None) -> Outbound:
+                       reason: str | None = None, documents: list[Document] | None = None,
+                       due_at: datetime | None = None,
+                       step_due_at: datetime | None = None) -> Outbound:
         notice = AgencyNotice(notice=kind, dossier_code=dossier["code"],
                               agency_id=dossier["agency_id"], state=dossier["state"],
-                              reason=reason, documents=documents or [], issued_at=now)
+                              reason=reason, documents=documents or [], due_at=due_at,
+                              step_due_at=step_due_at, issued_at=now)
         # one id per message: a kind the desk is told too (withdrawn) would otherwise give
         # both notices one id, and dead-letter show/replay --id would take one for the other
         party = ":agency" if kind in _DESK_KINDS else ""

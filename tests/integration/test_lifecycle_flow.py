@@ -152,6 +152,7 @@ def test_supplement_round_trip_moves_due_date_by_paused_working_time(
     assert supplemented["reason"] == (  # its assignment's due dates have moved: the new ones
         "the clock runs again: legal due date 2026-12-10T10:00+07:00, this step's "
         "2026-12-10T10:00+07:00 (moved by the 9.0 working hours paused)")
+    assert supplemented["due_at"] == supplemented["step_due_at"] == "2026-12-10T10:00:00+07:00"
     assert take(amqp, desk, 1)[0]["notice"] == "status_changed"
     row = ledger.dossier(code)
     assert row is not None and row["state"] == 4 and row["paused_at"] is None
@@ -221,10 +222,14 @@ def test_three_agency_chain_hands_off_with_results_and_shows_history(
     amqp.status(declared, DossierSupplemented(
         event_id=uuid.uuid4(), dossier_code=code, desk_id="T.MC.B",
         documents=[doc("to-khai-thuong-tru.pdf")], sent_at=datetime.now(UTC)))
-    assert take(amqp, declared.agency_queue("T.CA"), 1)[0]["notice"] == "supplemented"
+    supplemented = take(amqp, declared.agency_queue("T.CA"), 1)[0]
+    assert supplemented["notice"] == "supplemented"
     row = ledger.dossier(code)
     assert row is not None and row["step_due_at"] == vn("2026-11-30 14:00")
     assert row["due_at"] == vn("2026-12-03 11:00")
+    # the step's agency is told both moved dates, as its assignment gave them
+    assert (supplemented["due_at"], supplemented["step_due_at"]) == (
+        vn("2026-12-03 11:00").isoformat(), vn("2026-11-30 14:00").isoformat())
 
     clock.set("2026-11-30 08:00")
     report(amqp, declared, code, "T.CA", "resolved", documents=[doc("thuong-tru.pdf")])
