@@ -80,6 +80,24 @@ def instant(text: str) -> datetime:
     return value
 
 
+def moment_or_day(text: str) -> datetime:
+    """An argparse ``type``: a date (its midnight, Vietnam time) or a moment, ISO 8601
+    with its UTC offset."""
+    from broker.lifecycle import LEGAL_TIMEZONE
+
+    try:
+        if len(text) == 10:
+            return datetime.combine(date.fromisoformat(text), datetime.min.time(),
+                                    tzinfo=ZoneInfo(LEGAL_TIMEZONE))
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a date (2026-10-01) nor an ISO 8601 time") from None
+    if when.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no offset (+07:00, Z)")
+    return when
+
+
 def zone(text: str) -> str:
     """An argparse ``type``: an IANA time zone name, e.g. Asia/Ho_Chi_Minh."""
     try:

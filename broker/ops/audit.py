@@ -35,15 +35,13 @@ import json
 import sys
 from collections.abc import Callable
 from datetime import datetime
-from datetime import time as day_start
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, and_, func, or_, select
 
 from broker.amqp import REASON_HEADER
-from broker.cli import DB_URL_HELP, rabbitmq_problem, submission_id_of
+from broker.cli import DB_URL_HELP, moment_or_day, rabbitmq_problem, submission_id_of
 from broker.ledger import Ledger, dossiers, events, inbox, outbox, refusals
 from broker.lifecycle import State
 from broker.ops.progress import Progress
@@ -308,23 +306,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--submissions", help="file of submission ids the desks sent, one a "
                    "line ('-': stdin)")
-    p.add_argument("--since", type=_since, help="check only the dossiers received since "
+    p.add_argument("--since", type=moment_or_day, help="check only the dossiers received since "
                    "then: a date (midnight, Vietnam time) or an ISO 8601 time with offset")
     p.add_argument("--db-url", help=DB_URL_HELP)
     p.add_argument("--prefix", help="topology prefix (default: $CASEBROKER_PREFIX or cb)")
     p.set_defaults(handler=_cmd_audit)
-
-
-def _since(text: str) -> datetime:
-    try:
-        if len(text) == 10:
-            day = datetime.fromisoformat(text).date()
-            return datetime.combine(day, day_start(), tzinfo=ZoneInfo("Asia/Ho_Chi_Minh"))
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is neither a date (2026-10-01) nor an ISO 8601 time") from None
-    if when.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{text!r} has no offset (+07:00, Z)")
-    return when
-

@@ -1,13 +1,20 @@
-"""`casebroker dossier resend`: publish again the assignments an agency's queue lost.
+"""`casebroker dossier resend`: publish again what a deleted or purged queue lost.
 
 RabbitMQ deletes a queue's messages with the queue. An agency queue deleted by hand (or
 purged) while it held assignments leaves dossiers received, numbered and due, that their
 agency never got; no dead letter records them, and the audit finds every proof in the
-ledger. Once the queue is declared again, this command publishes, for each open dossier
+ledger. Once the queue is declared again, ``--agency`` publishes, for each open dossier
 now with the agency (states 2, 4, 5, 6), the assignment the ledger recorded for its
 current step, under the same message id: an agency that has it drops the copy, as it
 drops any redelivery. Notices sent to the agency since (a supplement, a withdrawal
 refused...) are not sent again; ``dossier show`` gives a dossier's history.
+
+A desk's notices are events, not one message that says it all: ``--desk ID --since
+WHEN`` publishes again every notice the ledger recorded for that desk since then, in the
+order recorded (receipts, status changes, results, refusals of its events, notices about
+submissions held or refused at intake, the deadline watch's), under the same message
+ids: a desk that has one drops the copy. WHEN is the last moment the desk is known to
+have had its queue's messages (when it last consumed, or when the queue was deleted).
 """
 
 from __future__ import annotations
@@ -15,14 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 
 from broker.amqp_worker import properties_for
-from broker.cli import DB_URL_HELP
+from broker.cli import DB_URL_HELP, moment_or_day
 from broker.envelope import Outbound
-from broker.ledger import Ledger, dossiers, events, outbox
+from broker.ledger import Ledger, dossiers, events, inbox, outbox, watch_outbox
 from broker.lifecycle import State
 from broker.tables import is_pruned
 
@@ -45,12 +53,10 @@ def assignments(ledger: Ledger, agency_id: str) -> tuple[list[Outbound], list[st
             .where(dossiers.c.agency_id == agency_id,
                    dossiers.c.state.in_([int(s) for s in WITH_THE_AGENCY]))
             .order_by(dossiers.c.due_at, dossiers.c.code)).all()
-        # none open: was the agency ever in this ledger (its updates, a hand-off to it)?
-        if not rows and conn.execute(select(events.c.dossier_code).where(or_(
-                events.c.actor == agency_id, events.c.to_agency == agency_id)).limit(1)
-                ).first() is None and conn.execute(select(dossiers.c.code).where(
-                    dossiers.c.agency_id == agency_id).limit(1)).first() is None:
-            return None
+    # none open: was the agency ever in this ledger (its updates, a hand-off to it)?
+    if not rows and not ledger.ever_had(agency=agency_id):
+        return None
+    with ledger.read() as conn:
         for i in range(0, len(rows), CHUNK):
             wanted = {f"{code}:assigned:{step}": code for code, step in rows[i:i + CHUNK]}
             # through each dossier's history: the outbox is indexed by the delivery that
@@ -70,19 +76,67 @@ def assignments(ledger: Ledger, agency_id: str) -> tuple[list[Outbound], list[st
     return found, missing
 
 
+def desk_notices(ledger: Ledger, desk_id: str, since: datetime
+                 ) -> tuple[list[Outbound], list[str]] | None:
+    """Every notice to ``desk_id`` the ledger recorded since ``since``, in the order
+    recorded: those published with a delivery's effects (the outbox, by the time the
+    delivery was processed) and the deadline watch's (its own outbox); and the ids of
+    those whose body a prune erased. None when no submission ever came to the desk nor
+    was to be returned there (a mistyped id).
+
+    Both outboxes are read whole, filtered by desk: no index serves a desk (each would
+    cost every write), and this is a rare repair."""
+    if not ledger.ever_had(desk=desk_id):
+        return None
+    timed: list[tuple[datetime, int, int, Any]] = []
+    with ledger.read() as conn:
+        for r in conn.execute(
+                select(outbox, inbox.c.processed_at)
+                .join(inbox, inbox.c.message_id == outbox.c.inbox_message_id)
+                .where(outbox.c.routing_key == desk_id, outbox.c.type == "desk.notice",
+                       inbox.c.processed_at >= since)):
+            timed.append((r.processed_at, 0, r.id, r))
+        for r in conn.execute(
+                select(watch_outbox)
+                .where(watch_outbox.c.routing_key == desk_id,
+                       watch_outbox.c.type == "desk.notice",
+                       watch_outbox.c.created_at >= since)):
+            timed.append((r.created_at, 1, r.id, r))
+    found: list[Outbound] = []
+    missing: list[str] = []
+    for _, _, _, r in sorted(timed, key=lambda t: t[:3]):
+        if is_pruned(bytes(r.body)):
+            missing.append(r.message_id)
+            continue
+        found.append(Outbound(r.exchange, r.routing_key, r.message_id, r.type,
+                              r.correlation_id, getattr(r, "headers", None), bytes(r.body)))
+    return found, missing
+
+
 def _cmd_resend(args: argparse.Namespace) -> int:
     from pika.exceptions import ChannelClosedByBroker, NackError, UnroutableError
 
     from broker.ops.queues import channel
 
+    party, party_id = ("agency", args.agency) if args.agency else ("desk", args.desk)
+    if party == "desk" and args.since is None:
+        print("error: --desk needs --since: a desk's notices are events, and those it had "
+              "consumed before its queue was lost must not all come again", file=sys.stderr)
+        return 2
+    if party == "agency" and args.since is not None:
+        print("error: --since is for --desk: an agency gets the current assignment of "
+              "each open dossier, whenever it was made", file=sys.stderr)
+        return 2
+    what = "assignment(s)" if party == "agency" else "notice(s)"
     ledger = Ledger(args.db_url, create=False)
     try:
         ledger.check_schema()
-        listed = assignments(ledger, args.agency)
+        listed = (assignments(ledger, party_id) if party == "agency"
+                  else desk_notices(ledger, party_id, args.since))
     finally:
         ledger.dispose()
     if listed is None:
-        print(f"error: no dossier in this ledger was ever with agency {args.agency!r} (ids "
+        print(f"error: no dossier in this ledger was ever with {party} {party_id!r} (ids "
               "are as the catalog spells them, capitals included): nothing to send",
               file=sys.stderr)
         return 1
@@ -104,27 +158,38 @@ def _cmd_resend(args: argparse.Namespace) -> int:
                           "sent", file=sys.stderr)
                     return 1
                 sent.append(out.message_id)
-    codes = [o.message_id for o in found]
+    ids = [o.message_id for o in found]
     if args.json:
-        print(json.dumps({"agency": args.agency, "dry_run": args.dry_run,
-                          "assignments": codes, "sent": len(sent), "missing": missing}))
+        report: dict[str, Any] = {party: party_id, "dry_run": args.dry_run}
+        if party == "desk":
+            report["since"] = args.since.isoformat()
+        print(json.dumps(report | {"assignments" if party == "agency" else "notices": ids,
+                                   "sent": len(sent), "missing": missing}))
     else:
-        for mid in codes:
+        for mid in ids:
             print(f"  {mid}")
         verb = "would send" if args.dry_run else "sent"
-        print(f"{verb} {len(codes)} assignment(s) to {args.agency} again, under their own "
-              "ids (an agency that has one drops the copy)")
-    for code in missing:
-        print(f"error: {code}: its assignment is no longer in the ledger", file=sys.stderr)
+        article = "an" if party == "agency" else "a"
+        print(f"{verb} {len(ids)} {what} to {party_id} again, under their own ids "
+              f"({article} {party} that has one drops the copy)")
+    for item in missing:
+        print(f"error: {item}: its {'assignment' if party == 'agency' else 'body'} is no "
+              "longer in the ledger", file=sys.stderr)
     return 1 if missing else 0
 
 
 def register(sub: Any, groups: dict[str, Any]) -> None:
     """Add `casebroker dossier resend`."""
     p = groups["dossier"].add_parser(
-        "resend", help="publish again the current assignment of every open dossier with an "
-        "agency (same message ids): after its queue was deleted or purged with them")
-    p.add_argument("--agency", required=True, help="the agency whose queue lost them")
+        "resend", help="publish again what a deleted or purged queue lost (same message "
+        "ids): an agency's open dossiers' current assignments, or a desk's notices since "
+        "a moment")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--agency", help="the agency whose queue lost them")
+    who.add_argument("--desk", help="the desk whose queue lost them (with --since)")
+    p.add_argument("--since", type=moment_or_day, help="with --desk: the notices recorded "
+                   "since then (a date: its midnight, Vietnam time; or an ISO 8601 time "
+                   "with offset), when the desk last had its queue's messages")
     p.add_argument("--dry-run", action="store_true", help="list them, send nothing")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--db-url", help=DB_URL_HELP)

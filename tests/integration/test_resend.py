@@ -11,12 +11,14 @@ import pytest
 
 from broker.amqp import amqp_url
 from broker.cli import main
+from broker.consumers.deadlines import WatchSettings
 from broker.ledger import Ledger
-from broker.messages import DossierStatus
+from broker.messages import DossierReturned, DossierStatus
 from broker.service import declare_topology
 from broker.topology import Topology
 from tests.conftest import queue_depth, wait_for
 from tests.helpers import Amqp, dossier
+from tests.integration.conftest import FakeClock
 
 pytestmark = pytest.mark.integration
 
@@ -81,3 +83,86 @@ def test_an_agency_queue_deleted_with_assignments_gets_them_again(
     assert rc == 1 and f"no exchange '{t.agency_exchange}': `casebroker topology declare` " \
         "first; 0 of 2 sent" in err
     declare_topology(amqp_url(), t, mini_catalog)
+
+
+def _take(amqp: Amqp, queue: str, n: int, what: str) -> list[tuple[str, dict[str, Any]]]:
+    """Exactly the next ``n`` messages of a queue: (message id, body)."""
+    got: list[tuple[str, dict[str, Any]]] = []
+
+    def enough() -> bool:
+        got.extend((p.message_id, json.loads(b)) for p, b in amqp.get_all(queue))
+        return len(got) >= n
+
+    wait_for(enough, what=what)
+    assert len(got) == n, got
+    return got
+
+
+def _status(amqp: Amqp, t: Topology, code: str, status: str) -> None:
+    amqp.status(t, DossierStatus(update_id=uuid.uuid4(), dossier_code=code,
+                                 agency_id="T.UBND.A", status=status,
+                                 sent_at=datetime.now(UTC)))
+
+
+def test_a_desk_queue_deleted_with_notices_gets_those_since_then_again(
+        declared: Topology, ledger: Ledger, start_broker: Any, amqp: Amqp,
+        mini_catalog: Any, clock: FakeClock, capsys: pytest.CaptureFixture[str]) -> None:
+    t, queue = declared, declared.desk_queue("T.MC.B")
+    start_broker(watch=WatchSettings(interval_s=0.05))
+    for d in (dossier(), dossier(), dossier(desk_id="T.MC.A")):  # the last: another desk's
+        amqp.submit(t, d)
+    receipts = _take(amqp, queue, 2, "the receipts")  # the desk had these
+    first, second = sorted(body["dossier_code"] for _, body in receipts)
+    # what it had not consumed yet when its queue was deleted: a status change, the watch's
+    # apologies, a refusal of its own event, a result
+    clock.set("2026-11-25 10:00")
+    _status(amqp, t, first, "accepted")
+    lost = _take(amqp, queue, 1, "a status change")
+    clock.set("2026-11-26 09:05")  # both due 09:00: overdue
+    lost += sorted(_take(amqp, queue, 2, "the apologies"), key=lambda m: m[0])
+    clock.set("2026-11-26 10:00")
+    amqp.status(t, DossierReturned(event_id=uuid.uuid4(), dossier_code=second,
+                                   desk_id="T.MC.B", returned_at=datetime.now(UTC)))
+    lost += _take(amqp, queue, 1, "the refusal")
+    clock.set("2026-11-26 11:00")
+    _status(amqp, t, first, "resolved")
+    lost += _take(amqp, queue, 1, "the result")
+    assert [body["notice"] for _, body in lost] == [
+        "status_changed", "overdue_apology", "overdue_apology", "update_refused",
+        "result_ready"]
+    amqp.ch.queue_delete(queue)  # by hand
+    declare_topology(amqp_url(), t, mini_catalog)
+
+    def resend_desk(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        rc = main(["dossier", "resend", "--desk", "T.MC.B", "--db-url", ledger.url, *args])
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    # a desk's notices are events: without a moment, every one it ever had would come again
+    rc, _, err = resend_desk()
+    assert rc == 2 and err.startswith("error: --desk needs --since")
+    rc, out, err = resend_desk("--since", "2026-11-25T09:30:00+07:00", "--json")
+    assert rc == 0, err
+    report = json.loads(out)
+    assert report == {"desk": "T.MC.B", "dry_run": False,
+                      "since": "2026-11-25T09:30:00+07:00", "sent": 5, "missing": [],
+                      "notices": [mid for mid, _ in lost]}  # in the order recorded
+    again = [(p.message_id, p.type, json.loads(b)) for p, b in amqp.get_all(queue)]
+    assert [(mid, body) for mid, _, body in again] == lost  # the same messages, same ids
+    assert {kind for _, kind, _ in again} == {"desk.notice"}
+    assert [n["notice"] for n in amqp.json_all(t.desk_queue("T.MC.A"))] == [
+        "receipt", "overdue_apology"]  # the other desk's: sent once, not again
+    # from a date: its midnight in Vietnam, the receipts too
+    rc, out, _ = resend_desk("--since", "2026-11-25", "--dry-run", "--json")
+    assert rc == 0 and json.loads(out)["notices"] == [
+        *sorted(mid for mid, _ in receipts), *(mid for mid, _ in lost)]
+    assert queue_depth(queue) == 0  # a dry run sends nothing
+
+    capsys.readouterr()
+    assert main(["dossier", "resend", "--desk", "T.MC.Z", "--since", "2026-11-25",
+                 "--db-url", ledger.url]) == 1
+    assert "no dossier in this ledger was ever with desk 'T.MC.Z'" in capsys.readouterr().err
+    assert main(["dossier", "resend", "--agency", "T.UBND.A", "--since", "2026-11-25",
+                 "--db-url", ledger.url]) == 2
+    assert capsys.readouterr().err.startswith("error: --since is for --desk")
