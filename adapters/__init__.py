@@ -9,7 +9,8 @@ from adapters.client import (
     NotInTopology,
     PublishError,
     Received,
+    RetryLater,
 )
 
 __all__ = ["AgencyClient", "BrokerClient", "DeskClient", "Inbox", "MessageTooLarge",
-           "NotInTopology", "PublishError", "Received"]
+           "NotInTopology", "PublishError", "Received", "RetryLater"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -53,7 +54,7 @@ from broker.messages import (
 )
 from broker.topology import INTAKE_KEY, STATUS_KEY, Topology
 
-__all__ = ["AgencyClient", "BrokerClient", "DeskClient", "Inbox", "MessageTooLarge",
+__all__ = ["AgencyClient", "BrokerClient", "DeskClient", "Inbox", "MessageTooLarge", "RetryLater",
            "NotInTopology", "PublishError", "Received", "new_id"]
 
 log = logging.getLogger(__name__)
@@ -337,6 +338,26 @@ class AgencyClient(BrokerClient):
                      prefetch_count=prefetch_count)
 
 
+class RetryLater(Exception):  # noqa: N818 (not an error: an outcome the handler chooses)
+    """Raised by an inbox handler when the message is fine but cannot be handled now (the
+    agency's own database is down, say): not a failure, which dead-letters the message,
+    but a request to be handed it again ``after_s`` seconds from now.
+
+    The inbox keeps the delivery (unacked: it stays the party's) and keeps every later one
+    behind it, so that notices about one dossier are still handled in the order sent;
+    it goes on answering RabbitMQ's heartbeats meanwhile, and tries again, as many times
+    as the handler asks. Nothing goes back to the queue (where each return would count
+    towards the queue's delivery limit) unless the drain ends first: by
+    :meth:`Inbox.stop`, by its timeout with nothing handled for that long, or by a lost
+    connection (then RabbitMQ redelivers, ``redelivered`` set)."""
+
+    def __init__(self, after_s: float = 5.0) -> None:
+        if not after_s >= 0:
+            raise ValueError(f"after_s must be 0 or more seconds, not {after_s!r}")
+        super().__init__(f"retry in {after_s:g} s")
+        self.after_s = after_s
+
+
 @dataclass(frozen=True)
 class Received:
     """One decoded delivery handed to an inbox handler."""
@@ -351,9 +372,11 @@ class Received:
 class Inbox:
     """Receives messages from one or more queues and acks each only after the handler returns.
 
-    Outcomes: handler returns → ack; handler raises, or the body is not a valid
-    notice/assignment → ``reject(requeue=False)``, which the quorum queue dead-letters
-    to ``dead.<source>`` (requeueing would loop on the same poison message). A lost
+    Outcomes: handler returns → ack; handler raises :class:`RetryLater` → handed to it
+    again after the delay it gives, later deliveries held back meanwhile; handler raises
+    anything else, or the body is not a valid notice/assignment →
+    ``reject(requeue=False)``, which the quorum queue dead-letters to ``dead.<source>``
+    (requeueing would loop on the same poison message). A lost
     connection is re-established; deliveries not yet acked are redelivered, so a
     handler may see a message twice and must be idempotent: drop repeats by
     ``message_id`` (``redelivered`` is set only on the broker's redeliveries; a message
@@ -376,6 +399,10 @@ class Inbox:
         self._last_delivery = 0.0
         #: the connection of the running drain (None when idle); tests cut it to force a reconnect
         self.connection: Any = None
+        #: deliveries held back, in order, while the first of them waits for its retry
+        #: (RetryLater), and when that retry is due (time.monotonic())
+        self._held: deque[tuple[str, Any]] = deque()
+        self._retry_at = 0.0
 
     def stop(self) -> None:
         """Make the running drain (or the next one) return soon; thread-safe."""
@@ -396,18 +423,27 @@ class Inbox:
                 idle_s = time.monotonic() - self._last_delivery
                 if timeout_s is not None and idle_s >= timeout_s:
                     break
+                wait_s = POLL_INTERVAL_S
+                if self._held:
+                    wait_s = self._retry_at - time.monotonic()
+                    if wait_s <= 0:
+                        self._retry_held(handler)
+                        continue
                 try:
                     conn.heartbeat_check()
-                    conn.drain_events(timeout=POLL_INTERVAL_S)
+                    conn.drain_events(timeout=min(wait_s, POLL_INTERVAL_S))
                 except TimeoutError:
                     continue
                 except conn.recoverable_connection_errors as e:
                     log.warning("inbox connection lost (%s); reconnecting", type(e).__name__)
+                    # what it held died with the channel: RabbitMQ delivers it again
+                    self._held.clear()
                     conn.collect()
                     self._consume(conn, handler)
             return self._handled
         finally:
             self._stop.clear()
+            self._held.clear()  # unacked: back to their queues as the channel closes
             self.connection = None
             # unacked prefetched deliveries go back to their queues when the channel closes
             self._closing = True
@@ -429,45 +465,70 @@ class Inbox:
             consumer.consume()
         self._last_delivery = time.monotonic()
 
+    def _retry_held(self, handler: Callable[[Received], None]) -> None:
+        """Hand the held deliveries to the handler again, in order, until one asks for
+        another retry or the drain is told to stop."""
+        while self._held and not self._stop.is_set():
+            queue, delivery = self._held.popleft()
+            try:
+                self._handle(queue, delivery, handler)
+            finally:
+                self._last_delivery = time.monotonic()
+            if self._held and self._held[0][1] is delivery:  # asked again: wait
+                return
+
     def _on_message(self, queue: str, handler: Callable[[Received], None]
                     ) -> Callable[[Any], None]:
         def on_message(delivery: Any) -> None:
             if self._closing:
                 return  # not acked: back to its queue as the channel closes
+            if self._held:  # behind one waiting for its retry: in order, after it
+                self._held.append((queue, delivery))
+                return
             try:
-                handle(delivery)
+                self._handle(queue, delivery, handler)
             finally:
                 self._last_delivery = time.monotonic()
 
-        def handle(delivery: Any) -> None:
-            props = delivery.properties
-            body = delivery.body
-            try:
-                message = decode(body.encode() if isinstance(body, str) else body,
-                                 content_type=delivery.content_type,
-                                 expected=INBOX_KINDS, max_bytes=MAX_BROKER_BODY_BYTES)
-            except DecodeError as e:
-                # the reason code and detail never echo field values (no personal data)
-                log.error("poison message %s on %s (%s); dead-lettering",
-                          props.get("message_id"), queue, e)
-                delivery.reject(requeue=False)
-                return
-            received = Received(queue, props.get("message_id"), props.get("type"),
-                                bool(delivery.delivery_info.get("redelivered")),
-                                cast(DeskNotice | AgencyNotice | DossierAssigned, message))
-            try:
-                handler(received)
-            except Exception as e:
-                # only the type is logged: handler errors may carry personal data
-                log.error("handler failed on %s from %s (%s); dead-lettering",
-                          received.message_id, queue, type(e).__name__)
-                log.debug("handler failure", exc_info=True)
-                delivery.reject(requeue=False)
-                return
-            delivery.ack()
-            self._handled += 1
-
         return on_message
+
+    def _handle(self, queue: str, delivery: Any, handler: Callable[[Received], None]
+                ) -> None:
+        """Decode one delivery and hand it to the handler: ack, dead-letter, or hold it
+        first in line for a retry."""
+        props = delivery.properties
+        body = delivery.body
+        try:
+            message = decode(body.encode() if isinstance(body, str) else body,
+                             content_type=delivery.content_type,
+                             expected=INBOX_KINDS, max_bytes=MAX_BROKER_BODY_BYTES)
+        except DecodeError as e:
+            # the reason code and detail never echo field values (no personal data)
+            log.error("poison message %s on %s (%s); dead-lettering",
+                      props.get("message_id"), queue, e)
+            delivery.reject(requeue=False)
+            return
+        received = Received(queue, props.get("message_id"), props.get("type"),
+                            bool(delivery.delivery_info.get("redelivered")),
+                            cast(DeskNotice | AgencyNotice | DossierAssigned, message))
+        try:
+            handler(received)
+        except RetryLater as e:
+            # the message is fine: no reason to log more than its id
+            log.info("handler asked to retry %s from %s in %g s", received.message_id,
+                     queue, e.after_s)
+            self._held.appendleft((queue, delivery))
+            self._retry_at = time.monotonic() + e.after_s
+            return
+        except Exception as e:
+            # only the type is logged: handler errors may carry personal data
+            log.error("handler failed on %s from %s (%s); dead-lettering",
+                      received.message_id, queue, type(e).__name__)
+            log.debug("handler failure", exc_info=True)
+            delivery.reject(requeue=False)
+            return
+        delivery.ack()
+        self._handled += 1
 
 
 def _log_retry(exc: BaseException, interval_s: float) -> None:

@@ -24,6 +24,7 @@ from adapters.client import (
     NotInTopology,
     PublishError,
     Received,
+    RetryLater,
 )
 from broker.amqp import amqp_url
 from broker.messages import (
@@ -325,6 +326,51 @@ def test_a_slow_handler_does_not_end_the_drain_with_deliveries_in_hand(live: Liv
     assert not any(r.redelivered for r in seen)
     assert live.depth(t.desk_queue("T.MC.A")) == 0
     assert heartbeats[0] > 0  # negotiated with RabbitMQ: a silent peer is noticed
+
+
+def test_a_handler_that_cannot_take_a_message_now_gets_it_again_in_order(
+        live: Live) -> None:
+    # the desk's own database is down for a moment: RetryLater, not a dead letter; the
+    # notices behind it wait, so the desk still sees them in the order sent
+    t = live.topology
+    calls: list[tuple[str | None, float, bool]] = []
+    with DeskClient("T.MC.A", topology=t) as desk:
+        publish_desk_notices(desk, t, "T.MC.A", 3)
+
+        def handler(r: Received) -> None:
+            calls.append((r.message_id, time.monotonic(), r.redelivered))
+            if len(calls) <= 2:
+                raise RetryLater(0.3)
+
+        assert desk.inbox().drain(handler, timeout_s=1.0) == 3
+    assert [mid for mid, _, _ in calls] == ["notice:0"] * 3 + ["notice:1", "notice:2"]
+    assert all(b - a >= 0.3 for (_, a, _), (_, b, _) in zip(calls, calls[1:3], strict=False))
+    assert not any(redelivered for _, _, redelivered in calls)  # never left the desk
+    assert live.depth(t.desk_queue("T.MC.A")) == 0 and live.depth(t.dead_queue("desk")) == 0
+
+
+def test_a_drain_stopped_while_a_retry_waits_gives_it_back_to_its_queue(live: Live) -> None:
+    t = live.topology
+    calls: list[str | None] = []
+    with DeskClient("T.MC.A", topology=t) as desk:
+        publish_desk_notices(desk, t, "T.MC.A", 3)
+        inbox = desk.inbox()
+
+        def handler(r: Received) -> None:
+            calls.append(r.message_id)
+            raise RetryLater(30)
+
+        timer = threading.Timer(0.5, inbox.stop)
+        started = time.monotonic()
+        timer.start()
+        assert inbox.drain(handler, timeout_s=None) == 0
+        assert time.monotonic() - started < 5
+        timer.join()
+    assert calls == ["notice:0"]  # the others waited behind it, never handed over
+    assert live.wait_depth(t.desk_queue("T.MC.A"), 3) == 3
+    assert live.depth(t.dead_queue("desk")) == 0
+    with pytest.raises(ValueError, match="after_s"):
+        RetryLater(-1)
 
 
 def test_a_retried_desk_event_keeps_its_id(live: Live) -> None:
