@@ -29,6 +29,7 @@ import signal
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 
 import pika
@@ -72,20 +73,23 @@ def _fault_router(pid: int, mark: str = FAULT_RUN_ENV) -> bool:
     return (b"\x00" + environ).find(b"\x00" + mark.encode() + b"=") >= 0
 
 
-def other_owners() -> list[int]:
-    """Other processes that may be using a test, demo or benchmark topology right now
-    (not the fault suite's routers: strays once no test run is left)."""
-    mine, found = _ancestors(), []
+def _others() -> Iterator[tuple[int, bytes]]:
+    """Every other process but this one's ancestors: (pid, command line)."""
+    mine = _ancestors()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) in mine:
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes()
+            yield int(entry.name), (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if OWNERS.search(cmdline) and not _fault_router(int(entry.name)):
-            found.append(int(entry.name))
-    return found
+
+
+def other_owners() -> list[int]:
+    """Other processes that may be using a test, demo or benchmark topology right now
+    (not the fault suite's routers: strays once no test run is left)."""
+    return [pid for pid, cmdline in _others()
+            if OWNERS.search(cmdline) and not _fault_router(pid)]
 
 
 def stray_servers(base: Path | None = None,
@@ -95,18 +99,9 @@ def stray_servers(base: Path | None = None,
     node's directories among its arguments) and its PostgreSQL (``postgres -D …``); and
     its routers, by the mark in their environment."""
     marker = str(base or Path(tempfile.gettempdir())).encode() + b"/" + FAULT_DIR_PREFIX.encode()
-    mine, found = _ancestors(), []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) in mine:
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if marker in cmdline or (cmdline and _fault_router(int(entry.name), mark)):
-            found.append((int(entry.name), Path(cmdline.split(b"\x00")[0].decode(
-                errors="replace")).name))
-    return found
+    return [(pid, Path(cmdline.split(b"\x00")[0].decode(errors="replace")).name)
+            for pid, cmdline in _others()
+            if marker in cmdline or (cmdline and _fault_router(pid, mark))]
 
 
 def stop_stray_servers(base: Path | None = None, wait_s: float = 20,
