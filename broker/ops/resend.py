@@ -30,9 +30,19 @@ from sqlalchemy import select
 from broker.amqp_worker import properties_for
 from broker.cli import DB_URL_HELP, moment_or_day
 from broker.envelope import Outbound
-from broker.ledger import Ledger, dossiers, events, inbox, outbox, watch_outbox
+from broker.ledger import (
+    Ledger,
+    dossiers,
+    events,
+    inbox,
+    outbox,
+    refusal_notice,
+    refusals,
+    watch_outbox,
+)
 from broker.lifecycle import State
 from broker.tables import is_pruned
+from broker.topology import Topology
 
 #: the states a dossier waits in with its agency
 WITH_THE_AGENCY = (State.RECEIVED, State.PROCESSING, State.SUPPLEMENT_REQUESTED,
@@ -78,39 +88,65 @@ def assignments(ledger: Ledger, agency_id: str) -> tuple[list[Outbound], list[st
 
 def desk_notices(ledger: Ledger, desk_id: str, since: datetime
                  ) -> tuple[list[Outbound], list[str]] | None:
-    """Every notice to ``desk_id`` the ledger recorded since ``since``, in the order
-    recorded: those published with a delivery's effects (the outbox, by the time the
-    delivery was processed) and the deadline watch's (its own outbox); and the ids of
-    those whose body a prune erased. None when no submission ever came to the desk nor
-    was to be returned there (a mistyped id).
+    """Every notice to ``desk_id`` the ledger recorded since ``since``, each once, in the
+    order recorded: those published with a delivery's effects (the outbox, by the time
+    the delivery was processed), the deadline watch's (its own outbox) and those of
+    submissions closed at intake (``refusals``: an operator's ``dead-letters refuse``, a
+    withdrawal while held); and the ids of those whose body a prune erased. None when
+    the ledger has nothing for the desk and no submission ever came to it nor was to be
+    returned there (a mistyped id).
 
-    Both outboxes are read whole, filtered by desk: no index serves a desk (each would
-    cost every write), and this is a rare repair."""
-    if not ledger.ever_had(desk=desk_id):
-        return None
-    timed: list[tuple[datetime, int, int, Any]] = []
+    The tables are read whole, filtered by desk: no index serves a desk (each would cost
+    every write), and this is a rare repair."""
+    timed: list[tuple[datetime, int, int, Outbound]] = []
     with ledger.read() as conn:
         for r in conn.execute(
                 select(outbox, inbox.c.processed_at)
                 .join(inbox, inbox.c.message_id == outbox.c.inbox_message_id)
                 .where(outbox.c.routing_key == desk_id, outbox.c.type == "desk.notice",
                        inbox.c.processed_at >= since)):
-            timed.append((r.processed_at, 0, r.id, r))
+            timed.append((r.processed_at, 0, r.id, Outbound(
+                r.exchange, r.routing_key, r.message_id, r.type, r.correlation_id,
+                r.headers, bytes(r.body))))
         for r in conn.execute(
                 select(watch_outbox)
                 .where(watch_outbox.c.routing_key == desk_id,
                        watch_outbox.c.type == "desk.notice",
                        watch_outbox.c.created_at >= since)):
-            timed.append((r.created_at, 1, r.id, r))
+            timed.append((r.created_at, 1, r.id, Outbound(
+                r.exchange, r.routing_key, r.message_id, r.type, r.correlation_id, None,
+                bytes(r.body))))
+        desk_exchange = None
+        for r in conn.execute(
+                select(refusals).where(refusals.c.desk_id == desk_id,
+                                       refusals.c.refused_at >= since)):
+            desk_exchange = desk_exchange or _desk_exchange(conn, desk_id)
+            timed.append((r.refused_at, 2, 0, refusal_notice(r._mapping, desk_exchange)))
+    if not timed and not ledger.ever_had(desk=desk_id):
+        return None
     found: list[Outbound] = []
     missing: list[str] = []
-    for _, _, _, r in sorted(timed, key=lambda t: t[:3]):
-        if is_pruned(bytes(r.body)):
-            missing.append(r.message_id)
+    seen: set[str] = set()
+    for _, _, _, out in sorted(timed, key=lambda t: t[:3]):
+        # one notice may be recorded twice: a withdrawal while held is in the outbox of
+        # the desk's event and in its refusals row; the same receipt answers two copies
+        if out.message_id in seen:
             continue
-        found.append(Outbound(r.exchange, r.routing_key, r.message_id, r.type,
-                              r.correlation_id, getattr(r, "headers", None), bytes(r.body)))
+        seen.add(out.message_id)
+        if is_pruned(out.body):
+            missing.append(out.message_id)
+            continue
+        found.append(out)
     return found, missing
+
+
+def _desk_exchange(conn: Any, desk_id: str) -> str:
+    """The desk exchange a refusal's notice goes to: the one the desk's notices went to
+    (the refusals table does not keep it); the current topology's when none did."""
+    recorded = conn.execute(
+        select(outbox.c.exchange).where(outbox.c.routing_key == desk_id,
+                                        outbox.c.type == "desk.notice").limit(1)).scalar()
+    return str(recorded) if recorded is not None else Topology.from_env().desk_exchange
 
 
 def _cmd_resend(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -106,10 +106,13 @@ def _status(amqp: Amqp, t: Topology, code: str, status: str) -> None:
 
 def test_a_desk_queue_deleted_with_notices_gets_those_since_then_again(
         declared: Topology, ledger: Ledger, start_broker: Any, amqp: Amqp,
-        mini_catalog: Any, clock: FakeClock, capsys: pytest.CaptureFixture[str]) -> None:
+        mini_catalog: Any, clock: FakeClock, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     t, queue = declared, declared.desk_queue("T.MC.B")
+    monkeypatch.setenv("CASEBROKER_PREFIX", t.prefix)
     start_broker(watch=WatchSettings(interval_s=0.05))
-    for d in (dossier(), dossier(), dossier(desk_id="T.MC.A")):  # the last: another desk's
+    submitted = [dossier(), dossier(), dossier(desk_id="T.MC.A")]  # the last: another desk's
+    for d in submitted:
         amqp.submit(t, d)
     receipts = _take(amqp, queue, 2, "the receipts")  # the desk had these
     first, second = sorted(body["dossier_code"] for _, body in receipts)
@@ -127,9 +130,26 @@ def test_a_desk_queue_deleted_with_notices_gets_those_since_then_again(
     clock.set("2026-11-26 11:00")
     _status(amqp, t, first, "resolved")
     lost += _take(amqp, queue, 1, "the result")
+    # a submission held (no unit serves its ward), then refused by an operator: the
+    # refusal is recorded with the submission closed at intake, not in an outbox
+    clock.set("2026-11-26 11:30")
+    held = dossier(applicant_ward="99999")
+    amqp.submit(t, held)
+    lost += _take(amqp, queue, 1, "the held notice")
+    assert main(["dead-letters", "refuse", "--id", f"submit:{held.submission_id}",
+                 "--reason", "không phường nào phục vụ", "--by", "operator-1",
+                 "--db-url", ledger.url]) == 0
+    lost += _take(amqp, queue, 1, "the operator's refusal")
+    # a dossier the desk sent again under another message id: its receipt again, the
+    # same message; the desk had it (before the moment), and it is sent once. (The
+    # operator's refusal above was stamped by the real clock, not the broker's.)
+    clock.now = max(clock.now, datetime.now(UTC)) + timedelta(hours=1)
+    amqp.submit(t, submitted[0], message_id="desk-retry")
+    (again_receipt,) = _take(amqp, queue, 1, "the receipt again")
+    assert again_receipt in receipts
     assert [body["notice"] for _, body in lost] == [
         "status_changed", "overdue_apology", "overdue_apology", "update_refused",
-        "result_ready"]
+        "result_ready", "held", "refused"]
     amqp.ch.queue_delete(queue)  # by hand
     declare_topology(amqp_url(), t, mini_catalog)
 
@@ -146,16 +166,16 @@ def test_a_desk_queue_deleted_with_notices_gets_those_since_then_again(
     assert rc == 0, err
     report = json.loads(out)
     assert report == {"desk": "T.MC.B", "dry_run": False,
-                      "since": "2026-11-25T09:30:00+07:00", "sent": 5, "missing": [],
-                      "notices": [mid for mid, _ in lost]}  # in the order recorded
+                      "since": "2026-11-25T09:30:00+07:00", "sent": 8, "missing": [],
+                      "notices": [mid for mid, _ in [*lost, again_receipt]]}  # as recorded
     again = [(p.message_id, p.type, json.loads(b)) for p, b in amqp.get_all(queue)]
-    assert [(mid, body) for mid, _, body in again] == lost  # the same messages, same ids
+    assert [(mid, body) for mid, _, body in again] == [*lost, again_receipt]  # same ids
     assert {kind for _, kind, _ in again} == {"desk.notice"}
     assert [n["notice"] for n in amqp.json_all(t.desk_queue("T.MC.A"))] == [
         "receipt", "overdue_apology"]  # the other desk's: sent once, not again
     # from a date: its midnight in Vietnam, the receipts too
     rc, out, _ = resend_desk("--since", "2026-11-25", "--dry-run", "--json")
-    assert rc == 0 and json.loads(out)["notices"] == [
+    assert rc == 0 and json.loads(out)["notices"] == [  # each once, where it came first
         *sorted(mid for mid, _ in receipts), *(mid for mid, _ in lost)]
     assert queue_depth(queue) == 0  # a dry run sends nothing
 
