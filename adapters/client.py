@@ -69,6 +69,9 @@ Queue: Any = _entity.Queue
 INBOX_KINDS = frozenset({"desk.notice", "agency.notice", "dossier.assigned"})
 #: how often a draining inbox wakes up to notice stop() and its idle timeout
 POLL_INTERVAL_S = 0.1
+#: the least time between two calls of a handler with the same delivery (RetryLater(0)
+#: must not spin: the inbox reads its socket and answers heartbeats in between)
+RETRY_MIN_S = 0.05
 #: heartbeats on an inbox's connection: a peer gone silently (a NAT or firewall dropping
 #: the connection) is noticed within two of them, and the inbox reconnects; a handler
 #: that runs longer than two of them loses the connection, and its message comes again
@@ -341,7 +344,8 @@ class AgencyClient(BrokerClient):
 class RetryLater(Exception):  # noqa: N818 (not an error: an outcome the handler chooses)
     """Raised by an inbox handler when the message is fine but cannot be handled now (the
     agency's own database is down, say): not a failure, which dead-letters the message,
-    but a request to be handed it again ``after_s`` seconds from now.
+    but a request to be handed it again ``after_s`` seconds from now (at least
+    :data:`RETRY_MIN_S`).
 
     The inbox keeps the delivery (unacked: it stays the party's) and keeps every later one
     behind it, so that notices about one dossier are still handled in the order sent;
@@ -423,15 +427,16 @@ class Inbox:
                 idle_s = time.monotonic() - self._last_delivery
                 if timeout_s is not None and idle_s >= timeout_s:
                     break
-                wait_s = POLL_INTERVAL_S
-                if self._held:
-                    wait_s = self._retry_at - time.monotonic()
-                    if wait_s <= 0:
-                        self._retry_held(handler)
-                        continue
                 try:
+                    # a retry that is due first (its ack, like any, may find the
+                    # connection gone); then the socket, whatever the delay asked
+                    if self._held and self._retry_at <= time.monotonic():
+                        self._retry_held(handler)
                     conn.heartbeat_check()
-                    conn.drain_events(timeout=min(wait_s, POLL_INTERVAL_S))
+                    # never 0: a socket timeout of 0 makes it non-blocking, and an empty
+                    # read would then look like a lost connection
+                    conn.drain_events(timeout=POLL_INTERVAL_S if not self._held else min(
+                        POLL_INTERVAL_S, max(0.01, self._retry_at - time.monotonic())))
                 except TimeoutError:
                     continue
                 except conn.recoverable_connection_errors as e:
@@ -518,7 +523,7 @@ class Inbox:
             log.info("handler asked to retry %s from %s in %g s", received.message_id,
                      queue, e.after_s)
             self._held.appendleft((queue, delivery))
-            self._retry_at = time.monotonic() + e.after_s
+            self._retry_at = time.monotonic() + max(e.after_s, RETRY_MIN_S)
             return
         except Exception as e:
             # only the type is logged: handler errors may carry personal data

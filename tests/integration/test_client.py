@@ -349,6 +349,50 @@ def test_a_handler_that_cannot_take_a_message_now_gets_it_again_in_order(
     assert live.depth(t.desk_queue("T.MC.A")) == 0 and live.depth(t.dead_queue("desk")) == 0
 
 
+def test_a_handler_asking_again_and_again_neither_spins_nor_starves_the_heartbeats(
+        live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+    # RetryLater(0) over and over, for longer than RabbitMQ waits for a heartbeat: the
+    # inbox paces the calls and keeps its connection (a busy loop had lost it)
+    import adapters.client
+
+    monkeypatch.setattr(adapters.client, "INBOX_HEARTBEAT_S", 1)
+    t = live.topology
+    calls: list[Received] = []
+    with DeskClient("T.MC.A", topology=t) as desk:
+        publish_desk_notices(desk, t, "T.MC.A", 1)
+        started = time.monotonic()
+
+        def handler(r: Received) -> None:
+            calls.append(r)
+            if time.monotonic() - started < 4:
+                raise RetryLater(0)
+
+        assert desk.inbox().drain(handler, timeout_s=1.0) == 1
+    assert len(calls) <= 4 / adapters.client.RETRY_MIN_S + 10
+    assert not any(r.redelivered for r in calls)  # the same delivery all along
+    assert live.depth(t.desk_queue("T.MC.A")) == 0 and live.depth(t.dead_queue("desk")) == 0
+
+
+def test_a_connection_lost_during_a_retry_is_made_again(live: Live) -> None:
+    t = live.topology
+    seen: list[Received] = []
+    with DeskClient("T.MC.A", topology=t) as desk:
+        publish_desk_notices(desk, t, "T.MC.A", 3)
+        inbox = desk.inbox()
+
+        def handler(r: Received) -> None:
+            seen.append(r)
+            if len(seen) == 1:
+                raise RetryLater(0.1)
+            if len(seen) == 2:
+                cut(inbox.connection)  # the retried one's ack cannot be sent
+
+        assert inbox.drain(handler, timeout_s=1.0) == 3
+    assert [r.message_id for r in seen] == ["notice:0"] * 3 + ["notice:1", "notice:2"]
+    assert seen[2].redelivered  # RabbitMQ's, after the new connection
+    assert live.depth(t.desk_queue("T.MC.A")) == 0 and live.depth(t.dead_queue("desk")) == 0
+
+
 def test_a_drain_stopped_while_a_retry_waits_gives_it_back_to_its_queue(live: Live) -> None:
     t = live.topology
     calls: list[str | None] = []
