@@ -48,6 +48,9 @@ OWNERS = re.compile(rb"pytest|broker\.cli|bin/casebroker|\x00bench\.")
 FAULT_DIR_PREFIX = "casebroker-faults-"
 #: in the environment of every router the fault suite starts (tests/faults/harness.py)
 FAULT_RUN_ENV = "CASEBROKER_FAULT_RUN"
+#: the servers the fault suite starts: only these are stopped for naming its directory
+#: (not an operator's `tail -f` of a log in it, nor a copy of it being made)
+FAULT_SERVERS = frozenset({"beam.smp", "postgres", "postmaster"})
 
 
 def _ancestors() -> set[int]:
@@ -94,14 +97,18 @@ def other_owners() -> list[int]:
 
 def stray_servers(base: Path | None = None,
                   mark: str = FAULT_RUN_ENV) -> list[tuple[int, str]]:
-    """Processes (pid, program) whose command line names a fault-suite directory under
-    ``base`` (default: the temporary directory): its RabbitMQ nodes (``beam.smp`` has the
-    node's directories among its arguments) and its PostgreSQL (``postgres -D …``); and
-    its routers, by the mark in their environment."""
+    """Processes (pid, program) the fault suite started: RabbitMQ nodes and PostgreSQL
+    servers whose command line names one of its directories under ``base`` (default:
+    the temporary directory; ``beam.smp`` has the node's directories among its
+    arguments, ``postgres`` its ``-D``), and routers, by the mark in their environment."""
     marker = str(base or Path(tempfile.gettempdir())).encode() + b"/" + FAULT_DIR_PREFIX.encode()
-    return [(pid, Path(cmdline.split(b"\x00")[0].decode(errors="replace")).name)
-            for pid, cmdline in _others()
-            if marker in cmdline or (cmdline and _fault_router(pid, mark))]
+    found = []
+    for pid, cmdline in _others():
+        program = Path(cmdline.split(b"\x00")[0].decode(errors="replace")).name
+        if ((program in FAULT_SERVERS and marker in cmdline)
+                or (cmdline and _fault_router(pid, mark))):
+            found.append((pid, program))
+    return found
 
 
 def stop_stray_servers(base: Path | None = None, wait_s: float = 20,

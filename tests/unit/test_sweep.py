@@ -60,25 +60,37 @@ def test_a_killed_fault_runs_servers_are_stopped_and_their_directories_removed(
     (left / "pg" / "data").mkdir(parents=True)
     (left / "n1" / "mnesia").mkdir(parents=True)
     # and a router it started, known by the mark in its environment (this test's own
-    # mark: a real fault run's routers are none of its business)
+    # mark: a real fault run's routers are none of its business). The servers are
+    # Python under the servers' names; an operator reading a log in the directory, or
+    # a server of another directory, is left alone
     mark = f"CASEBROKER_TEST_MARK_{uuid.uuid4().hex}"
-    nap = [sys.executable, "-c", "import time; time.sleep(120)"]
-    strays = [subprocess.Popen([*nap, str(left / "pg" / "data")]),
-              subprocess.Popen([*nap, "-mnesia", str(left / "n1" / "mnesia")]),
-              subprocess.Popen([*nap, "broker.cli", "run"], env={**os.environ, mark: "1"})]
-    bystander = subprocess.Popen([*nap, str(tmp_path / "elsewhere")])
+    (tmp_path / "bin").mkdir()
+    for name in ("postgres", "beam.smp"):
+        (tmp_path / "bin" / name).symlink_to(sys.executable)
+
+    def nap(program: str = sys.executable) -> list[str]:
+        return [program, "-c", "import time; time.sleep(120)"]
+
+    postgres, beam = (str(tmp_path / "bin" / name) for name in ("postgres", "beam.smp"))
+    strays = [subprocess.Popen([*nap(postgres), "-D", str(left / "pg" / "data")]),
+              subprocess.Popen([*nap(beam), "-mnesia", str(left / "n1" / "mnesia")]),
+              subprocess.Popen([*nap(), "broker.cli", "run"], env={**os.environ, mark: "1"})]
+    bystanders = [subprocess.Popen([*nap(postgres), "-D", str(tmp_path / "elsewhere")]),
+                  subprocess.Popen([*nap(), "tail", "-f", str(left / "router0.log")])]
     try:
         found = wait_for(lambda: sorted(pid for pid, _ in stray_servers(tmp_path, mark))
                          if len(stray_servers(tmp_path, mark)) == 3 else None, timeout_s=10,
                          what="the strays' command lines")
         assert found == sorted(p.pid for p in strays)
         assert stop_stray_servers(tmp_path, wait_s=10, mark=mark) == (3, 1)
-        assert [p.wait(timeout=10) for p in strays] == [-signal.SIGKILL] * 3
-        assert not left.exists() and bystander.poll() is None
+        # PostgreSQL is asked to shut down at once (SIGQUIT), the others killed
+        assert [p.wait(timeout=10) for p in strays] == [-signal.SIGQUIT, -signal.SIGKILL,
+                                                         -signal.SIGKILL]
+        assert not left.exists() and [b.poll() for b in bystanders] == [None, None]
         assert stray_servers(tmp_path, mark) == []
         assert stop_stray_servers(tmp_path, mark=mark) == (0, 0)
     finally:
-        for p in (*strays, bystander):
+        for p in (*strays, *bystanders):
             p.kill()
             p.wait()
 
