@@ -320,9 +320,8 @@ class NoticeKind(StrEnum):
     - update_refused (the sender): an update or desk event that did not take effect;
       ``reason`` says why, and begins ``not_yours:`` for a dossier that is not the
       sender's (or no dossier at all). Such a notice tells nothing of the dossier: to an
-      agency it has no ``state``; to a desk it has only what the desk sent (the code, or
-      the submission id of a withdrawal) and no ``submission_id``, ``procedure_code`` or
-      ``state`` of its own.
+      agency it has no ``state``; to a desk it has only the code the desk sent, no
+      ``submission_id``, ``procedure_code`` or ``state``.
     - closed (return desk and the agency that resolved): the return desk's ``returned``
       took effect, state 10; nothing more will happen to the dossier.
     """
@@ -369,7 +368,8 @@ class DeskNotice(_Model):
         "if": {"required": ["notice", "reason"], "properties": {
             "notice": {"const": "update_refused"},
             "reason": {"type": "string", "pattern": "^not_yours:"}}},
-        "then": {"not": {"anyOf": [{"required": [k]} for k in ("procedure_code", "state")]}},
+        "then": {"required": ["dossier_code"], "not": {"anyOf": [
+            {"required": [k]} for k in ("submission_id", "procedure_code", "state")]}},
         "else": {"required": ["submission_id", "procedure_code", "state"]}})
 
     schema_: Literal["casebroker.desk.notice/v1"] = Field(
@@ -395,8 +395,8 @@ class DeskNotice(_Model):
     due_at: AwareDatetime | None = None
     reason: str | None = Field(None, description=(
         "why, in words; in an update_refused that begins not_yours, the desk event named "
-        "a dossier (or a held submission) that is not this desk's, or none at all: the "
-        "notice then carries only what the desk sent"))
+        "a dossier that is not this desk's, or none at all: the notice then carries only "
+        "the code the desk sent"))
     documents: list[Document] = Field(default_factory=list)
     requested_documents: list[str] = Field(default_factory=list)
     amount_vnd: int | None = None
@@ -411,12 +411,11 @@ class DeskNotice(_Model):
     @model_validator(mode="after")
     def _code_unless_never_opened(self) -> DeskNotice:
         if self.not_yours:
-            if self.dossier_code is None and self.submission_id is None:
-                raise ValueError("a not_yours refusal names what the desk sent: a "
-                                 "dossier_code or a submission_id")
-            if self.procedure_code is not None or self.state is not None:
+            if self.dossier_code is None:
+                raise ValueError("a not_yours refusal names the dossier_code the desk sent")
+            if (self.submission_id, self.procedure_code, self.state) != (None, None, None):
                 raise ValueError("a not_yours refusal tells nothing of the dossier: no "
-                                 "procedure_code, no state")
+                                 "submission_id, procedure_code or state")
             return self
         missing = [name for name in ("submission_id", "procedure_code", "state")
                    if getattr(self, name) is None]

@@ -231,10 +231,8 @@ class StatusRouter(Consumer):
                 continue
             dossier = _Dossier(rows[code], rows[code]["seq"])
             if (stranger := _stranger(dossier, msg)) is not None:
-                answer = self._not_yours(self.engine(), msg, now)
-                out.append(self.screen.dead(batch, mid, d, "not_a_party", stranger, now,
-                                            also=answer))
-                out += answer
+                # not answered: see _withdraw_unopened
+                out.append(self.screen.dead(batch, mid, d, "not_a_party", stranger, now))
                 continue
             refusal = self._refuse(dossier, msg, (
                 f"this submission id opened dossier {code}: to withdraw that dossier, name "
@@ -253,8 +251,10 @@ class StatusRouter(Consumer):
         waiting in triage is answered with that notice when replayed, or refused
         (``dead-letters refuse`` finds it closed and sends the notice again). Only the
         intake desk may withdraw by submission id (the id is its own key; another desk
-        has no part in a dossier never received: dead-lettered as ``not_a_party`` and
-        answered ``not_yours``). A submission closed already is answered ``update_refused``; one the
+        has no part in a dossier never received: dead-lettered as ``not_a_party``, and
+        not answered, unlike a code that is not its own: an id the ledger does not have
+        yet is kept, unanswered, so an answer here would tell the stranger that another
+        desk sent that id). A submission closed already is answered ``update_refused``; one the
         ledger does not have yet (not yet routed, or never sent) is kept as an early
         withdrawal (:data:`~broker.tables.early_withdrawals`): the router closes it at
         intake when it comes, and the desk is told then."""
@@ -280,11 +280,9 @@ class StatusRouter(Consumer):
                 self._count("withdrawn_early", "")
                 continue
             if msg.desk_id not in intake_desks:
-                answer = self._not_yours(self.engine(), msg, now)
                 out.append(self.screen.dead(
                     batch, mid, d, "not_a_party", f"desk {shown_id(msg.desk_id)} is not the intake "
-                    "desk of the submission held under this id", now, also=answer))
-                out += answer
+                    "desk of the submission held under this id", now))
                 continue
             if sid in closed:
                 row = closed[sid]
@@ -557,20 +555,16 @@ class StatusRouter(Consumer):
                     "operators)"), issued_at=now)
             return [to_agency(self.topology, refusal,
                               kept_id(f"{msg.dossier_code}:update_refused:{msg.update_id}"))]
-        if msg.desk_id not in engine.desks:
-            return []
-        code = msg.dossier_code
-        sid = msg.submission_id if isinstance(msg, DossierWithdrawn) and code is None else None
-        what = (f"no submission {sid} is held at desk {msg.desk_id}; check the id"
-                if code is None else f"no dossier {code} has desk {msg.desk_id} as its "
-                "intake or return desk; check the code")
+        if msg.desk_id not in engine.desks or msg.dossier_code is None:
+            return []  # by submission id: see _withdraw_unopened
         notice = DeskNotice(
-            notice=NoticeKind.UPDATE_REFUSED, dossier_code=code, submission_id=sid,
-            desk_id=msg.desk_id,
-            reason=f"{NOT_YOURS}: {what} (the event is set aside for the operators)",
-            issued_at=now)
+            notice=NoticeKind.UPDATE_REFUSED, dossier_code=msg.dossier_code,
+            desk_id=msg.desk_id, reason=(
+                f"{NOT_YOURS}: no dossier {msg.dossier_code} has desk {msg.desk_id} as its "
+                "intake or return desk; check the code (the event is set aside for the "
+                "operators)"), issued_at=now)
         return [to_desk(self.topology, notice,
-                        kept_id(f"{code or sid}:update_refused:{msg.event_id}"))]
+                        kept_id(f"{msg.dossier_code}:update_refused:{msg.event_id}"))]
 
     def _refuse(self, dossier: _Dossier, msg: Update, reason: str, now: datetime,
                 answered: str | None = None) -> Outbound:

@@ -72,21 +72,22 @@ def test_a_desk_notice_has_a_dossier_code_unless_no_dossier_was_opened() -> None
 
 
 def test_only_a_not_yours_refusal_leaves_out_the_dossiers_own_fields() -> None:
-    # a desk told that the code (or held submission id) it sent is not its own learns
-    # nothing of the dossier: the notice echoes what it sent, and nothing else
+    # a desk told that the code it sent is not its own learns nothing of the dossier: the
+    # notice echoes the code, and nothing else
     now = datetime.now(UTC)
     reason = "not_yours: no dossier X-261128-0009 has desk T.MC.B as ...; check the code"
-    for sent in ({"dossier_code": "X-261128-0009"}, {"submission_id": uuid.uuid4()}):
-        notice = DeskNotice(notice="update_refused", desk_id="T.MC.B", reason=reason,
-                            issued_at=now, **sent)
-        assert decode(encode(notice)) == notice and notice.not_yours
-        assert {"state", "procedure_code"}.isdisjoint(json.loads(encode(notice)))
+    notice = DeskNotice(notice="update_refused", desk_id="T.MC.B", reason=reason,
+                        issued_at=now, dossier_code="X-261128-0009")
+    assert decode(encode(notice)) == notice and notice.not_yours
+    assert {"state", "procedure_code", "submission_id"}.isdisjoint(json.loads(encode(notice)))
     base = {"notice": "update_refused", "desk_id": "T.MC.B", "issued_at": now,
             "dossier_code": "X-261128-0009", "reason": reason}
     dossier_fields = {"submission_id": uuid.uuid4(), "procedure_code": "1.001193",
                       "state": 2}
     for wrong in ({"dossier_code": None},  # names nothing
+                  {"dossier_code": None, "submission_id": uuid.uuid4()},
                   {"state": 2}, {"procedure_code": "1.001193"},  # tells of the dossier
+                  {"submission_id": uuid.uuid4()},
                   {"reason": "withdraw is not allowed"},  # an ordinary refusal: all three
                   {"notice": "receipt", "reason": None},
                   {"reason": "withdraw ... not_yours:", **dossier_fields, "state": None}):
