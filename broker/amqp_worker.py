@@ -51,6 +51,12 @@ MAX_BOUNDED_RETRIES = 5
 #: the longest pause after refused publishes: short, since the whole queue waits, and a
 #: message RabbitMQ keeps refusing then reaches the delivery limit (20) in under a minute
 REFUSAL_MAX_PAUSE_S = 2.0
+#: batches nacked in a row on one channel before it is closed and opened afresh: RabbitMQ
+#: 3.10 keeps a channel refusing a quorum queue it has once told to refuse (reject-publish
+#: overflow over a length cap) after the queue accepts again (the cap lifted), and a
+#: cluster failover left a channel refusing for minutes in a fault test; a new channel
+#: publishes at once (docs/RELIABILITY.md, "Publishes RabbitMQ keeps refusing")
+NACKED_BEFORE_REOPEN = 5
 
 
 @dataclass(slots=True)
@@ -186,6 +192,8 @@ class _InFlight:
     outstanding: int
     batch: list[Delivery]
     failed: bool = False  # a publish was nacked, or returned and not dead-lettered
+    #: where the nacked publishes were going (exchange/routing key), for the log
+    refused_to: set[str] | None = None
 
 
 class _Refusals:
@@ -262,7 +270,7 @@ class QueueWorker:
         self.pending: list[Delivery] = []
         self.inflight: deque[_InFlight] = deque()
         #: publish sequence number -> (its batch, its message id), in publish order
-        self.unconfirmed: dict[int, tuple[_InFlight, str]] = {}
+        self.unconfirmed: dict[int, tuple[_InFlight, Outbound]] = {}
         #: the last publish the broker returned (returns come in publish order)
         self.returned_upto = 0
         self.next_seq = 1
@@ -271,6 +279,8 @@ class QueueWorker:
         self.paused_until = 0.0
         self.retry_delay_s = 0.0
         self.retries = 0
+        #: batches nacked in a row on this channel (NACKED_BEFORE_REOPEN)
+        self.nacked_in_a_row = 0
 
     @property
     def idle(self) -> bool:
@@ -478,7 +488,7 @@ class QueueWorker:
                 out.exchange, out.routing_key, out.body, properties_for(
                     replace(out, headers=portable_headers(out.headers or {})),
                     self.service.user_id), mandatory=True)
-        self.unconfirmed[self.next_seq] = (entry, out.message_id)
+        self.unconfirmed[self.next_seq] = (entry, out)
         self.next_seq += 1
 
     def _on_confirm(self, frame: Any) -> None:
@@ -492,8 +502,13 @@ class QueueWorker:
         for seq in seqs:
             found = self.unconfirmed.pop(seq, None)
             if found is not None:
-                found[0].outstanding -= 1
-                found[0].failed |= nacked
+                entry, out = found
+                entry.outstanding -= 1
+                if nacked:
+                    entry.failed = True
+                    if entry.refused_to is None:
+                        entry.refused_to = set()
+                    entry.refused_to.add(f"{out.exchange}/{out.routing_key}")
         self._ack_ready()
 
     def _returned_entry(self, message_id: str | None) -> _InFlight | None:
@@ -505,7 +520,7 @@ class QueueWorker:
         oldest = next(iter(self.unconfirmed), self.next_seq)
         for seq in range(max(self.returned_upto + 1, oldest), self.next_seq):
             found = self.unconfirmed.get(seq)
-            if found is not None and found[1] == message_id:
+            if found is not None and found[1].message_id == message_id:
                 self.returned_upto = seq
                 return found[0]
         return None
@@ -554,7 +569,10 @@ class QueueWorker:
                     self.service.hooks.acked(self.handler.source, 1)
                     last = None
                 self._refused(entry)
+                if self.channel is None or not self.channel.is_open:
+                    return  # closed to be opened afresh: what is left comes back
                 continue
+            self.nacked_in_a_row = 0
             last = entry.last_tag
         if last is not None:
             self.channel.basic_ack(last, multiple=True)
@@ -574,10 +592,22 @@ class QueueWorker:
         """
         assert self.channel is not None
         delay_s = self.refusals.refused(entry.batch)
-        log.error("a publish from %s was refused by RabbitMQ; its %d deliveries go back to "
-                  "the queue, redone one at a time after %.1fs", self.queue, len(entry.batch),
-                  delay_s)
+        # nacked: its queue had no leader (a quorum lost) or refused it (reject-publish);
+        # otherwise returned and not dead-lettered (logged where it was returned)
+        to = (f" (nacked: {', '.join(sorted(entry.refused_to))})" if entry.refused_to
+              else "")
+        log.error("a publish from %s was refused by RabbitMQ%s; its %d deliveries go back "
+                  "to the queue, redone one at a time after %.1fs", self.queue, to,
+                  len(entry.batch), delay_s)
         self.service.hooks.retry(self.handler.source, "refused")
         for delivery in entry.batch:
             self.channel.basic_reject(delivery.tag, requeue=True)
+        if entry.refused_to:
+            self.nacked_in_a_row += 1
+            if self.nacked_in_a_row >= NACKED_BEFORE_REOPEN:
+                log.warning("%d batches from %s nacked in a row on one channel; closing it "
+                            "to publish on a new one (a channel can go on refusing a queue "
+                            "that accepts again)", self.nacked_in_a_row, self.queue)
+                self.channel.close()  # _on_channel_closed opens another
+                return
         self._pause(delay_s)

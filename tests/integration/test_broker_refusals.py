@@ -4,6 +4,8 @@ running, and work resumes once the topology is back."""
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 from collections.abc import Callable
 
@@ -12,6 +14,7 @@ import pytest
 from broker.amqp import amqp_url
 from broker.ledger import Ledger
 from broker.rules.catalog import Catalog
+from broker.security import Management, management_url
 from broker.service import declare_topology
 from broker.topology import Topology
 from tests.conftest import RunningBroker, queue_depth, wait_for
@@ -113,3 +116,52 @@ def test_a_message_rabbitmq_keeps_refusing_reaches_the_delivery_limit_alone(
     assert dead[0][0].headers["x-first-death-reason"] == "delivery_limit"
     wait_for(lambda: queue_depth(declared.intake_queue) == 0, what="intake drained")
     assert ledger.count_by_state() == {2: 7}  # committed once; only its receipt is missing
+
+
+def test_publishes_rabbitmq_keeps_nacking_go_out_on_a_new_channel_and_the_log_names_the_queue(
+        declared: Topology, ledger: Ledger, run_broker: Callable[..., RunningBroker],
+        amqp: Amqp, caplog: pytest.LogCaptureFixture) -> None:
+    # a policy caps desk B's queue at 1 message, and it holds one: with the topology's
+    # reject-publish overflow RabbitMQ nacks publishes to it (a quorum queue tells a
+    # channel once it is over, so the first may still go in), as it does when a quorum
+    # queue has no leader; the log says which queue, so an operator knows where to look
+    api = Management.from_url(management_url())
+    policy = f"/api/policies/%2F/{declared.prefix}-full"
+    queue = declared.desk_queue("T.MC.B")
+    amqp.publish(declared.desk_exchange, "T.MC.B", b"{}", message_id="filler")
+    api._call("PUT", policy, {"pattern": f"^{re.escape(queue)}$", "apply-to": "queues",
+                              "definition": {"max-length": 1}, "priority": 10})
+    sent = 0
+    try:
+        wait_for(lambda: api._call("GET", f"/api/queues/%2F/{queue}").get(
+            "effective_policy_definition"), what="the cap in effect")
+        run_broker(retry_initial_s=0.2, retry_max_s=1.0)
+        with caplog.at_level(logging.ERROR, logger="broker.amqp"):
+            def refused() -> bool:
+                nonlocal sent
+                if sent < 10:
+                    amqp.submit(declared, dossier(desk_id="T.MC.B"))
+                    sent += 1
+                    time.sleep(0.5)
+                return any("was refused by RabbitMQ" in r.getMessage()
+                           for r in caplog.records)
+
+            wait_for(refused, timeout_s=30, what="a refusal")
+        (line, *_) = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+        assert f"(nacked: {declared.desk_exchange}/T.MC.B)" in line, line
+    finally:
+        api._call("DELETE", policy)
+    # the cap gone, RabbitMQ 3.10 still refuses on the channel it told to refuse, and
+    # would for ever: after a few refused batches in a row the router publishes on a new
+    # channel, and the receipts go out, redone from the intake queue, none doubled
+    ids: list[str] = []
+    with caplog.at_level(logging.WARNING, logger="broker.amqp"):
+        wait_for(lambda: ids.extend(p.message_id for p, _ in amqp.get_all(queue))
+                 or len(ids) >= 1 + sent, timeout_s=30, what="every receipt")
+    assert any("nacked in a row on one channel; closing it" in r.getMessage()
+               for r in caplog.records)
+    wait_for(lambda: api._call("GET", f"/api/queues/%2F/{declared.intake_queue}")[
+        "messages"] == 0, what="every delivery acked")  # unacked ones too
+    ids += [p.message_id for p, _ in amqp.get_all(queue)]
+    assert ids.count("filler") == 1 and len(ids) == len(set(ids)) == 1 + sent
+    assert ledger.count_by_state() == {2: sent}
