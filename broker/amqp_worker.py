@@ -54,8 +54,8 @@ REFUSAL_MAX_PAUSE_S = 2.0
 #: batches nacked in a row on one channel before it is closed and opened afresh: RabbitMQ
 #: 3.10 keeps a channel refusing a quorum queue it has once told to refuse (reject-publish
 #: overflow over a length cap) after the queue accepts again (the cap lifted), and a
-#: cluster failover left a channel refusing for minutes in a fault test; a new channel
-#: publishes at once (docs/RELIABILITY.md, "Publishes RabbitMQ keeps refusing")
+#: channel was refused for minutes after a node of a cluster stopped in a fault test; a
+#: new channel publishes at once (docs/RELIABILITY.md, "Publishes RabbitMQ keeps refusing")
 NACKED_BEFORE_REOPEN = 5
 
 

@@ -13,6 +13,7 @@ is stopped and removed even when a test fails.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -189,6 +190,19 @@ class RabbitCluster:
             node.ctl("join_cluster", first.node)
             node.ctl("start_app")
             _wait(node.accepts_amqp, 90, f"{node.node} back after joining")
+        # every node running as the first sees it: a quorum queue declared before takes
+        # its members from the nodes running then, and with two of three it would lose
+        # its quorum when one of them stops
+        _wait(lambda: self.running_as_seen_by(first) == {n.node for n in self.nodes}, 60,
+              "every node running in the cluster")
+
+    def running_as_seen_by(self, node: RabbitNode) -> set[str]:
+        """The cluster's running nodes, as ``node`` reports them."""
+        result = node.ctl("cluster_status", "--formatter", "json", check=False)
+        try:
+            return set(json.loads(result.stdout)["running_nodes"])
+        except (ValueError, KeyError, TypeError):
+            return set()
 
     def node(self, name: str) -> RabbitNode:
         return next(n for n in self.nodes if n.node == name or n.name == name)
