@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from broker.amqp_worker import QueueWorker, _InFlight
+from broker.envelope import Outbound
 
 
 class _Counted(dict[int, Any]):
@@ -32,7 +33,8 @@ def _worker() -> QueueWorker:
 
 def _publish(worker: QueueWorker, entry: _InFlight, message_id: str) -> int:
     seq = worker.next_seq
-    worker.unconfirmed[seq] = (entry, message_id)
+    worker.unconfirmed[seq] = (entry, Outbound("x.desk", "T.MC.A", message_id, "desk.notice",
+                                               None, None, b"{}"))
     worker.next_seq += 1
     return seq
 
