@@ -410,16 +410,16 @@ class DeskNotice(_Model):
 
     @model_validator(mode="after")
     def _code_unless_never_opened(self) -> DeskNotice:
-        if self.not_yours:
+        if self.notice is NoticeKind.UPDATE_REFUSED and self.not_yours:
             if self.dossier_code is None:
                 raise ValueError("a not_yours refusal names the dossier_code the desk sent")
             if (self.submission_id, self.procedure_code, self.state) != (None, None, None):
                 raise ValueError("a not_yours refusal tells nothing of the dossier: no "
                                  "submission_id, procedure_code or state")
             return self
-        missing = [name for name in ("submission_id", "procedure_code", "state")
-                   if getattr(self, name) is None]
-        if missing:
+        if self.submission_id is None or self.procedure_code is None or self.state is None:
+            missing = [name for name in ("submission_id", "procedure_code", "state")
+                       if getattr(self, name) is None]
             raise ValueError(f"{', '.join(missing)} required, except in an update_refused "
                              f"whose reason begins {NOT_YOURS}:")
         if self.notice == NoticeKind.HELD:
