@@ -54,8 +54,8 @@ from broker.messages import (
 )
 from broker.topology import INTAKE_KEY, STATUS_KEY, Topology
 
-__all__ = ["AgencyClient", "BrokerClient", "DeskClient", "Inbox", "MessageTooLarge", "RetryLater",
-           "NotInTopology", "PublishError", "Received", "new_id"]
+__all__ = ["AgencyClient", "BrokerClient", "DeskClient", "Inbox", "MessageTooLarge",
+           "NotInTopology", "PublishError", "Received", "RetryLater", "new_id"]
 
 log = logging.getLogger(__name__)
 
@@ -352,7 +352,8 @@ class RetryLater(Exception):  # noqa: N818 (not an error: an outcome the handler
     it goes on answering RabbitMQ's heartbeats meanwhile, and tries again, as many times
     as the handler asks. Nothing goes back to the queue (where each return would count
     towards the queue's delivery limit) unless the drain ends first: by
-    :meth:`Inbox.stop`, by its timeout with nothing handled for that long, or by a lost
+    :meth:`Inbox.stop`, by its timeout (a retry counts as the handler's work, so a
+    handler that keeps asking within the timeout keeps the drain going), or by a lost
     connection (then RabbitMQ redelivers, ``redelivered`` set)."""
 
     def __init__(self, after_s: float = 5.0) -> None:

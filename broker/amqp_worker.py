@@ -269,7 +269,7 @@ class QueueWorker:
         self.unacked = 0
         self.pending: list[Delivery] = []
         self.inflight: deque[_InFlight] = deque()
-        #: publish sequence number -> (its batch, its message id), in publish order
+        #: publish sequence number -> (its batch, the message), in publish order
         self.unconfirmed: dict[int, tuple[_InFlight, Outbound]] = {}
         #: the last publish the broker returned (returns come in publish order)
         self.returned_upto = 0
