@@ -57,6 +57,10 @@ REFUSAL_MAX_PAUSE_S = 2.0
 #: channel was refused for minutes after a node of a cluster stopped in a fault test; a
 #: new channel publishes at once (docs/RELIABILITY.md, "Publishes RabbitMQ keeps refusing")
 NACKED_BEFORE_REOPEN = 5
+#: at most one such reopen this often: closing a channel gives back every delivery in
+#: its prefetch window, and RabbitMQ counts that towards each one's delivery limit (20),
+#: so a queue that really goes on refusing must not send good dossiers to dead.intake
+NACK_REOPEN_INTERVAL_S = 60.0
 
 
 @dataclass(slots=True)
@@ -258,6 +262,8 @@ class QueueWorker:
         self.refusals = _Refusals(self.settings.retry_initial_s,
                                   min(REFUSAL_MAX_PAUSE_S, self.settings.retry_max_s))
         self.reopen_delay_s = 1.0
+        #: when a channel was last closed for nacks (NACK_REOPEN_INTERVAL_S)
+        self.nack_reopened_at = -1e9
         self._reset()
 
     def _reset(self) -> None:
@@ -604,10 +610,19 @@ class QueueWorker:
             self.channel.basic_reject(delivery.tag, requeue=True)
         if entry.refused_to:
             self.nacked_in_a_row += 1
-            if self.nacked_in_a_row >= NACKED_BEFORE_REOPEN:
+            now = time.monotonic()
+            if (self.nacked_in_a_row >= NACKED_BEFORE_REOPEN
+                    and now - self.nack_reopened_at >= NACK_REOPEN_INTERVAL_S):
                 log.warning("%d batches from %s nacked in a row on one channel; closing it "
                             "to publish on a new one (a channel can go on refusing a queue "
-                            "that accepts again)", self.nacked_in_a_row, self.queue)
-                self.channel.close()  # _on_channel_closed opens another
+                            "that accepts again; at most once in %.0fs)",
+                            self.nacked_in_a_row, self.queue, NACK_REOPEN_INTERVAL_S)
+                self.nack_reopened_at = now
+                channel = self.channel
+                self._cancel_timers()
+                # as when the broker cancels: a batch still with the handler thread
+                # belongs to this channel, and must not be published on it as it closes
+                self._reset()
+                channel.close()  # _on_channel_closed opens another
                 return
         self._pause(delay_s)
