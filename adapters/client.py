@@ -354,7 +354,9 @@ class RetryLater(Exception):  # noqa: N818 (not an error: an outcome the handler
     towards the queue's delivery limit) unless the drain ends first: by
     :meth:`Inbox.stop`, by its timeout (a retry counts as the handler's work, so a
     handler that keeps asking within the timeout keeps the drain going), or by a lost
-    connection (then RabbitMQ redelivers, ``redelivered`` set)."""
+    connection (then RabbitMQ redelivers, ``redelivered`` set). RabbitMQ closes a channel
+    that holds a delivery unacked longer than its ``consumer_timeout`` (30 minutes by
+    default), and the drain then raises: past that, stop and drain again later."""
 
     def __init__(self, after_s: float = 5.0) -> None:
         if not after_s >= 0:
