@@ -4,10 +4,12 @@ running, and work resumes once the topology is back."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -118,39 +120,57 @@ def test_a_message_rabbitmq_keeps_refusing_reaches_the_delivery_limit_alone(
     assert ledger.count_by_state() == {2: 7}  # committed once; only its receipt is missing
 
 
-def test_publishes_rabbitmq_keeps_nacking_go_out_on_a_new_channel_and_the_log_names_the_queue(
-        declared: Topology, ledger: Ledger, run_broker: Callable[..., RunningBroker],
-        amqp: Amqp, caplog: pytest.LogCaptureFixture) -> None:
-    # a policy caps desk B's queue at 1 message, and it holds one: with the topology's
-    # reject-publish overflow RabbitMQ nacks publishes to it (a quorum queue tells a
-    # channel once it is over, so the first may still go in), as it does when a quorum
-    # queue has no leader; the log says which queue, so an operator knows where to look
+@contextlib.contextmanager
+def _capped_desk_queue(declared: Topology, amqp: Amqp, desk: str) -> Iterator[Management]:
+    """A desk queue capped at 1 message by a policy, and holding one: with the topology's
+    reject-publish overflow RabbitMQ nacks publishes to it, as it does when a quorum queue
+    has no leader. The policy is deleted on leaving."""
     api = Management.from_url(management_url())
     policy = f"/api/policies/%2F/{declared.prefix}-full"
-    queue = declared.desk_queue("T.MC.B")
-    amqp.publish(declared.desk_exchange, "T.MC.B", b"{}", message_id="filler")
+    queue = declared.desk_queue(desk)
+    amqp.publish(declared.desk_exchange, desk, b"{}", message_id="filler")
     api._call("PUT", policy, {"pattern": f"^{re.escape(queue)}$", "apply-to": "queues",
                               "definition": {"max-length": 1}, "priority": 10})
-    sent = 0
     try:
         wait_for(lambda: api._call("GET", f"/api/queues/%2F/{queue}").get(
             "effective_policy_definition"), what="the cap in effect")
-        run_broker(retry_initial_s=0.2, retry_max_s=1.0)
-        with caplog.at_level(logging.ERROR, logger="broker.amqp"):
-            def refused() -> bool:
-                nonlocal sent
-                if sent < 10:
-                    amqp.submit(declared, dossier(desk_id="T.MC.B"))
-                    sent += 1
-                    time.sleep(0.5)
-                return any("was refused by RabbitMQ" in r.getMessage()
-                           for r in caplog.records)
-
-            wait_for(refused, timeout_s=30, what="a refusal")
-        (line, *_) = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
-        assert f"(nacked: {declared.desk_exchange}/T.MC.B)" in line, line
+        yield api
     finally:
         api._call("DELETE", policy)
+
+
+def _feed_until_refused(amqp: Amqp, declared: Topology, dossiers: list[Any],
+                        caplog: pytest.LogCaptureFixture) -> int:
+    """Submit the dossiers one by one until the router logs a refusal (a quorum queue
+    tells a channel to refuse once it is over its cap, so the first may still go in);
+    return how many were sent."""
+    sent = 0
+
+    def refused() -> bool:
+        nonlocal sent
+        if sent < min(10, len(dossiers)):
+            amqp.submit(declared, dossiers[sent])
+            sent += 1
+            time.sleep(0.5)
+        return any("was refused by RabbitMQ" in r.getMessage() for r in caplog.records)
+
+    wait_for(refused, timeout_s=30, what="a refusal")
+    return sent
+
+
+def test_publishes_rabbitmq_keeps_nacking_go_out_on_a_new_channel_and_the_log_names_the_queue(
+        declared: Topology, ledger: Ledger, run_broker: Callable[..., RunningBroker],
+        amqp: Amqp, caplog: pytest.LogCaptureFixture) -> None:
+    # desk B's queue over its cap: the log says which queue refused, so an operator knows
+    # where to look
+    queue = declared.desk_queue("T.MC.B")
+    with _capped_desk_queue(declared, amqp, "T.MC.B") as api:
+        run_broker(retry_initial_s=0.2, retry_max_s=1.0)
+        with caplog.at_level(logging.ERROR, logger="broker.amqp"):
+            sent = _feed_until_refused(
+                amqp, declared, [dossier(desk_id="T.MC.B") for _ in range(10)], caplog)
+        (line, *_) = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+        assert f"(nacked: {declared.desk_exchange}/T.MC.B)" in line, line
     # the cap gone, RabbitMQ 3.10 still refuses on the channel it told to refuse, and
     # would for ever: after a few refused batches in a row the router publishes on a new
     # channel, and the receipts go out, redone from the intake queue, none doubled
@@ -176,30 +196,12 @@ def test_a_queue_that_goes_on_refusing_gets_one_new_channel_and_others_go_throug
     # step nearer its delivery limit (found by a review: desk A's good dossiers ended in
     # dead.intake in 24 s, and a batch with the handler thread was published on the
     # closing channel, which took the connection down)
-    api = Management.from_url(management_url())
-    policy = f"/api/policies/%2F/{declared.prefix}-full"
-    queue = declared.desk_queue("T.MC.B")
-    amqp.publish(declared.desk_exchange, "T.MC.B", b"{}", message_id="filler")
-    api._call("PUT", policy, {"pattern": f"^{re.escape(queue)}$", "apply-to": "queues",
-                              "definition": {"max-length": 1}, "priority": 10})
-    try:
-        wait_for(lambda: api._call("GET", f"/api/queues/%2F/{queue}").get(
-            "effective_policy_definition"), what="the cap in effect")
+    with _capped_desk_queue(declared, amqp, "T.MC.B"):
         caplog.set_level(logging.INFO, logger="broker.amqp")
         run_broker(retry_initial_s=0.05, retry_max_s=0.1)
         stuck = [dossier(desk_id="T.MC.B") for _ in range(100)]
         good = [dossier(desk_id="T.MC.A") for _ in range(20)]
-        fed = 0
-
-        def refused() -> bool:  # over the cap, RabbitMQ tells the channel to refuse
-            nonlocal fed
-            if fed < 10:
-                amqp.submit(declared, stuck[fed])
-                fed += 1
-                time.sleep(0.5)
-            return any("was refused by RabbitMQ" in r.getMessage() for r in caplog.records)
-
-        wait_for(refused, timeout_s=30, what="a refusal")
+        fed = _feed_until_refused(amqp, declared, stuck, caplog)
         for d in stuck[fed:] + good:
             amqp.submit(declared, d)
         receipts: set[str] = set()
@@ -213,5 +215,3 @@ def test_a_queue_that_goes_on_refusing_gets_one_new_channel_and_others_go_throug
                     or "fault in the I/O loop" in m]
         dead = {p.message_id for p, _ in amqp.get_all(declared.dead_queue("intake"))}
         assert not dead & {f"submit:{d.submission_id}" for d in good}
-    finally:
-        api._call("DELETE", policy)
