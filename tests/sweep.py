@@ -14,9 +14,11 @@ The fault suite (tests/faults) runs RabbitMQ nodes and a PostgreSQL server of it
 each in a ``casebroker-faults-*`` temporary directory, and routers (``casebroker run``)
 pointed at them, marked by :data:`FAULT_RUN_ENV` in their environment; it stops them all
 at teardown. A run killed before that leaves them running, the routers retrying their
-vanished servers for ever. Under the same condition the sweep stops every process whose
-command line names such a directory or whose environment has the mark, and removes the
-directories. A marked router is not an owner: without a test run, it is a stray.
+vanished servers for ever. Under the same condition the sweep stops the RabbitMQ nodes
+and PostgreSQL servers whose command line names such a directory (nothing else that
+names one: an operator's `tail -f` of a log there) and every process whose environment
+has the mark, and removes the directories. A marked router is not an owner: without a
+test run, it is a stray.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def _fault_router(pid: int, mark: str = FAULT_RUN_ENV) -> bool:
         environ = Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
         return False
-    return (b"\x00" + environ).find(b"\x00" + mark.encode() + b"=") >= 0
+    return b"\x00" + mark.encode() + b"=" in b"\x00" + environ
 
 
 def _others() -> Iterator[tuple[int, bytes]]:
