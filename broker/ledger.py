@@ -33,6 +33,7 @@ from sqlalchemy import (
     Engine,
     Integer,
     LargeBinary,
+    MetaData,
     String,
     Table,
     and_,
@@ -410,21 +411,27 @@ class Batch:
             + f"SELECT submission_id, code FROM dossiers WHERE submission_id {_IN} UNION ALL "
             f"SELECT submission_id, NULL FROM refusals WHERE submission_id {_IN}", ids))
 
-    def early_withdrawals(self, submission_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """submission id → its withdrawal sent before the router had it (rare)."""
+    def early_withdrawals(self, submission_ids: Iterable[str]
+                          ) -> dict[str, dict[str, dict[str, Any]]]:
+        """submission id → desk id → that desk's withdrawal of it, sent before the router
+        had the submission (rare; more than one desk only if a desk named another's id)."""
         wanted = list(set(submission_ids))
         if not wanted:
             return {}
         rows = self.conn.execute(select(early_withdrawals).where(
             early_withdrawals.c.submission_id.in_(wanted)))
-        return {r.submission_id: dict(r._mapping) for r in rows}
+        found: dict[str, dict[str, dict[str, Any]]] = {}
+        for r in rows:
+            found.setdefault(r.submission_id, {})[r.desk_id] = dict(r._mapping)
+        return found
 
     def withdraw_early(self, row: dict[str, Any]) -> None:
         """Keep a withdrawal of a submission the ledger does not have yet."""
         self.conn.execute(early_withdrawals.insert().values(row))
 
-    def drop_early_withdrawal(self, submission_id: str) -> None:
-        """The submission came and was closed at intake: its early withdrawal is done."""
+    def drop_early_withdrawals(self, submission_id: str) -> None:
+        """The submission came: its early withdrawals are done (its desk's closed it at
+        intake, any other desk's was void)."""
         self.conn.execute(early_withdrawals.delete().where(
             early_withdrawals.c.submission_id == submission_id))
 
@@ -813,40 +820,26 @@ class Ledger:
 
         What it does: creates missing tables and the indexes this version defines; adds
         missing columns that may be added to tables holding rows (nullable, or with a
-        server default); drops the indexes earlier versions made and this one retired
+        server default); re-keys a table whose primary key this version widened, by
+        copying its rows into a table made as this version makes it (:func:`_rekeying`);
+        drops the indexes earlier versions made and this one retired
         (:data:`RETIRED_INDEXES`; any other index, one a DBA added, is left alone). A
         missing column that is required and has no default cannot be added to rows that
-        exist: that is an error, raised before anything is changed.
+        exist, nor can rows be re-keyed by a key that is not wider than theirs: those
+        are errors, raised before anything is changed. Every step runs in one
+        transaction (both databases change their schema transactionally).
         """
         with self._reached(), self.engine.connect() as conn:
             found = inspect(conn)
-            dialect = conn.dialect
             steps: list[tuple[str, Callable[[Connection], Any]]] = []
             impossible: list[str] = []
             for table in metadata.sorted_tables:
                 if not found.has_table(table.name):
-                    steps += _creation(table, dialect, found.has_table(dossiers.name))
+                    steps += _creation(table, conn.dialect, found.has_table(dossiers.name))
                     continue
-                have = {c["name"] for c in found.get_columns(table.name)}
-                for column in table.columns:
-                    if column.name in have:
-                        continue
-                    if not column.nullable and column.server_default is None:
-                        impossible.append(f"{table.name}.{column.name} is missing and required "
-                                          "(NOT NULL, no default): it cannot be added to the "
-                                          "rows there are")
-                        continue
-                    ddl = (f"ALTER TABLE {dialect.identifier_preparer.format_table(table)} "
-                           f"ADD COLUMN {CreateColumn(column).compile(dialect=dialect)}")
-                    steps.append((ddl, functools.partial(_execute_ddl, ddl)))
-                indexes = {ix["name"] for ix in found.get_indexes(table.name)}
-                for ix in sorted(table.indexes, key=lambda i: str(i.name)):
-                    if ix.name not in indexes:
-                        steps.append((str(CreateIndex(ix).compile(dialect=dialect)),
-                                      functools.partial(ix.create, checkfirst=True)))
-                for name in sorted(RETIRED_INDEXES.get(table.name, frozenset()) & indexes):
-                    ddl = f"DROP INDEX {dialect.identifier_preparer.quote(name)}"
-                    steps.append((ddl, functools.partial(_execute_ddl, ddl)))
+                more, problems = _changes(table, conn.dialect, found)
+                steps += more
+                impossible += problems
         if impossible:
             raise CasebrokerError(f"cannot upgrade the ledger at {self.where}:\n"
                                   + "\n".join(f"  {p}" for p in impossible)
@@ -879,6 +872,10 @@ class Ledger:
                 have = {c["name"]: c for c in found.get_columns(table.name)}
                 problems += [f"{table.name}.{c.name} is missing" for c in table.columns
                              if c.name not in have]
+                keyed_by = _key_of(found, table.name)
+                if keyed_by != _key(table):
+                    problems.append(f"{table.name} is keyed by ({', '.join(keyed_by)}); this "
+                                    f"version keys it by ({', '.join(_key(table))})")
                 problems += [f"{table.name}.{name} is required (NOT NULL, no default) but "
                              "this version does not know it"
                              for name, c in have.items() if name not in table.c
@@ -1242,6 +1239,95 @@ def _creation(table: Table, dialect: Any, has_rows: bool
     if table is held and has_rows:
         steps.append((FILL_HELD, _fill_held))
     return steps
+
+
+def _changes(table: Table, dialect: Any, found: Any
+             ) -> tuple[list[tuple[str, Callable[[Connection], Any]]], list[str]]:
+    """`ledger upgrade`'s steps for a table the ledger has, and what cannot be done."""
+    have = {c["name"] for c in found.get_columns(table.name)}
+    keyed_by = _key_of(found, table.name)
+    if keyed_by != _key(table):
+        rekey, problem = _rekeying(table, dialect, keyed_by, have)
+        return rekey, [problem] if problem else []
+    steps: list[tuple[str, Callable[[Connection], Any]]] = []
+    impossible: list[str] = []
+    for column in table.columns:
+        if column.name in have:
+            continue
+        if not column.nullable and column.server_default is None:
+            impossible.append(f"{table.name}.{column.name} is missing and required "
+                              "(NOT NULL, no default): it cannot be added to the "
+                              "rows there are")
+            continue
+        ddl = (f"ALTER TABLE {dialect.identifier_preparer.format_table(table)} "
+               f"ADD COLUMN {CreateColumn(column).compile(dialect=dialect)}")
+        steps.append((ddl, functools.partial(_execute_ddl, ddl)))
+    indexes = {ix["name"] for ix in found.get_indexes(table.name)}
+    for ix in sorted(table.indexes, key=lambda i: str(i.name)):
+        if ix.name not in indexes:
+            steps.append((str(CreateIndex(ix).compile(dialect=dialect)),
+                          functools.partial(ix.create, checkfirst=True)))
+    for name in sorted(RETIRED_INDEXES.get(table.name, frozenset()) & indexes):
+        ddl = f"DROP INDEX {dialect.identifier_preparer.quote(name)}"
+        steps.append((ddl, functools.partial(_execute_ddl, ddl)))
+    return steps, impossible
+
+
+def _key(table: Table) -> tuple[str, ...]:
+    """The primary key's columns as this version defines them, in the table's order."""
+    return tuple(c.name for c in table.columns if c.primary_key)
+
+
+def _key_of(found: Any, name: str) -> tuple[str, ...]:
+    """The primary key's columns of the table ``name`` in the database, in the order of
+    :func:`_key` (the inspector lists them in the key's order)."""
+    keyed = set(found.get_pk_constraint(name).get("constrained_columns") or ())
+    return tuple(c["name"] for c in found.get_columns(name) if c["name"] in keyed)
+
+
+def _rekeying(table: Table, dialect: Any, keyed_by: tuple[str, ...], have: set[str]
+              ) -> tuple[list[tuple[str, Callable[[Connection], Any]]], str | None]:
+    """`ledger upgrade`'s steps for a table whose primary key this version changed: make
+    the table as this version does under a passing name (dropping one an interrupted run
+    left), copy the rows, drop the old table and give the new one its name and indexes.
+    Neither database can change a primary key in place for both (SQLite cannot at all).
+    Only a wider key is safe: rows
+    unique by the old key are unique by the new one; anything else, and a required
+    column the rows lack, is a problem (no steps).
+
+    On PostgreSQL the key's index takes the passing table's name; it is renamed too, so
+    a later re-key of the same table can use the same passing name."""
+    new_key = _key(table)
+    if not set(keyed_by) <= set(new_key):
+        return [], (f"{table.name} is keyed by ({', '.join(keyed_by)}) and this version keys "
+                    f"it by ({', '.join(new_key)}): its rows cannot be re-keyed")
+    lacking = [c.name for c in table.columns
+               if c.name not in have and not c.nullable and c.server_default is None]
+    if lacking:
+        return [], (f"{table.name} must be re-keyed but lacks the required column(s) "
+                    f"{', '.join(lacking)}: its rows cannot be copied")
+    passing = table.to_metadata(MetaData(), name=f"{table.name}_rekeyed")
+    for ix in list(passing.indexes):  # made under the final name, after the rename
+        passing.indexes.discard(ix)
+    quote = dialect.identifier_preparer
+    columns = ", ".join(quote.quote(c.name) for c in table.columns if c.name in have)
+    # a passing table there already is an interrupted run's, and empty: SQLite commits
+    # its CREATE at once, the copy only with the drop and the rename that end it
+    ddl = [f"DROP TABLE IF EXISTS {quote.format_table(passing)}",
+           str(CreateTable(passing).compile(dialect=dialect)).strip(),
+           f"INSERT INTO {quote.format_table(passing)} ({columns}) "
+           f"SELECT {columns} FROM {quote.format_table(table)}",
+           f"DROP TABLE {quote.format_table(table)}",
+           f"ALTER TABLE {quote.format_table(passing)} RENAME TO {quote.format_table(table)}"]
+    if dialect.name == "postgresql":
+        ddl.append(f"ALTER INDEX {quote.quote(passing.name + '_pkey')} "
+                   f"RENAME TO {quote.quote(table.name + '_pkey')}")
+    steps: list[tuple[str, Callable[[Connection], Any]]] = [
+        (statement, functools.partial(_execute_ddl, statement)) for statement in ddl]
+    steps += [(str(CreateIndex(ix).compile(dialect=dialect)),
+               functools.partial(ix.create, checkfirst=True))
+              for ix in sorted(table.indexes, key=lambda i: str(i.name))]
+    return steps, None
 
 
 #: what `ledger upgrade` says it does after making the ``held`` table

@@ -213,11 +213,15 @@ refusals = Table(
 #: withdrew it before the router had taken it (at once, or while intake had a backlog).
 #: The router closes the submission at intake when it comes (a ``refusals`` row in state
 #: 7, the desk told ``withdrawn``) and deletes the row; no personal data but the reason
-#: the desk gave, which `ledger prune` erases with the row once past the cutoff
+#: the desk gave, which `ledger prune` erases with the row once past the cutoff.
+#: Keyed by submission id *and* desk: which desk sent the submission is known only when
+#: it comes, so a withdrawal from another desk must not take the place of its own desk's
+#: (the router keeps the one from the submission's desk and voids the others). Ledgers
+#: made before were keyed by submission id alone: `ledger upgrade` re-keys them
 early_withdrawals = Table(
     "early_withdrawals", metadata,
     Column("submission_id", String(36), primary_key=True),
-    Column("desk_id", String(64), nullable=False),
+    Column("desk_id", String(64), primary_key=True),
     #: the withdrawal's delivery (its inbox row)
     Column("message_id", String(MESSAGE_ID_MAX), nullable=False),
     Column("reason", Text),

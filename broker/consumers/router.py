@@ -173,23 +173,26 @@ class Router(Consumer):
         had them: each is closed at intake as withdrawn, as if it had been held (a
         ``refusals`` row in state 7; its desk told ``withdrawn``, no code), and opens no
         dossier; later copies get that notice (``existing`` now says closed). A
-        withdrawal from another desk is void: the submission is routed. Returns the
-        deliveries left to route, and what to publish."""
+        withdrawal from another desk is void, and takes nothing from the submission's own
+        desk's: without one, the submission is routed. Returns the deliveries left to
+        route, and what to publish."""
         early = batch.early_withdrawals(
             s for s, code in existing.items() if code == WITHDRAWN_EARLY)
         left: list[tuple[str, Delivery, DossierSubmitted]] = []
         out: list[Outbound] = []
         for mid, delivery, msg in fresh:
             sid = str(msg.submission_id)
-            withdrawal = early.pop(sid, None)
-            if withdrawal is None:  # no early withdrawal, or a copy of one closed above
+            by_desk = early.pop(sid, None)
+            if by_desk is None:  # no early withdrawal, or a copy of one done above
                 left.append((mid, delivery, msg))
                 continue
-            batch.drop_early_withdrawal(sid)
-            if withdrawal["desk_id"] != msg.desk_id:
+            batch.drop_early_withdrawals(sid)
+            withdrawal = by_desk.pop(msg.desk_id, None)
+            for stranger in by_desk:
                 log.warning("a withdrawal by submission id from desk %s before its "
                             "submission came was void: the submission is desk %s's",
-                            shown_id(withdrawal["desk_id"]), shown_id(msg.desk_id))
+                            shown_id(stranger), shown_id(msg.desk_id))
+            if withdrawal is None:
                 del existing[sid]
                 left.append((mid, delivery, msg))
                 continue

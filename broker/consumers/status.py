@@ -270,11 +270,12 @@ class StatusRouter(Consumer):
             if not intake_desks:
                 # not come yet (sent at once, or intake has a backlog): the router closes
                 # it at intake when it comes, if this desk sent it, and the desk is told
-                # then; a withdrawal sent again meanwhile changes nothing
-                if sid not in early:
-                    early[sid] = pending = {"submission_id": sid, "desk_id": msg.desk_id,
-                                            "message_id": mid, "reason": msg.reason,
-                                            "withdrawn_at": now}
+                # then; a withdrawal sent again meanwhile changes nothing. Kept per desk:
+                # another desk's (void when the submission comes) takes nothing from it
+                if msg.desk_id not in early.setdefault(sid, {}):
+                    early[sid][msg.desk_id] = pending = {
+                        "submission_id": sid, "desk_id": msg.desk_id, "message_id": mid,
+                        "reason": msg.reason, "withdrawn_at": now}
                     batch.withdraw_early(pending)
                 batch.record(mid, self.source, "withdrawn_early", None, [], now)
                 self._count("withdrawn_early", "")

@@ -11,13 +11,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import Column, MetaData, Table, inspect, select, text
 from sqlalchemy.exc import ProgrammingError
 
 from broker.cli import EXIT_PROBLEM, main
 from broker.envelope import Outbound
 from broker.errors import LedgerSchemaError, TransientError
-from broker.ledger import Ledger
+from broker.ledger import Ledger, early_withdrawals
 from tests.helpers import dossier_row
 
 pytestmark = pytest.mark.integration
@@ -123,6 +123,56 @@ def test_ledger_upgrade_brings_an_earlier_ledger_up_to_this_version(
                                               "dba_reporting"}
     assert not _indexes(upgraded, "dossiers") & {"ix_dossiers_agency_id"}
     assert "ix_events_dossier_code" not in _indexes(upgraded, "events")
+    upgraded.dispose()
+    assert main(["ledger", "upgrade", "--db-url", ledger.url]) == 0
+    assert "is up to date" in capsys.readouterr().out
+
+
+def test_ledger_upgrade_rekeys_early_withdrawals_by_submission_and_desk(
+        ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
+    # the table as versions keying it by submission id alone made it, with a row
+    old = Table("early_withdrawals", MetaData(), *(
+        Column(c.name, c.type, primary_key=c.name == "submission_id", nullable=c.nullable)
+        for c in early_withdrawals.columns))
+    kept = {"submission_id": "0190d8a4-0000-7000-8000-000000000001", "desk_id": "T.MC.B",
+            "message_id": "m1", "reason": "công dân rút hồ sơ",
+            "withdrawn_at": datetime(2026, 11, 25, 3, 0, tzinfo=UTC)}
+    with ledger.engine.begin() as conn:
+        early_withdrawals.drop(conn)
+        old.create(conn)
+        conn.execute(old.insert(), [kept])
+        # and what an upgrade interrupted after its first statement leaves on SQLite
+        # (which commits a CREATE at once): the passing table, empty
+        early_withdrawals.to_metadata(MetaData(), name="early_withdrawals_rekeyed").create(
+            conn)
+    ledger.dispose()
+    with pytest.raises(LedgerSchemaError) as caught:
+        Ledger(ledger.url)
+    assert caught.value.problems == [
+        "early_withdrawals is keyed by (submission_id); this version keys it by "
+        "(submission_id, desk_id)"]
+
+    assert main(["ledger", "upgrade", "--dry-run", "--db-url", ledger.url]) == 0
+    said = capsys.readouterr().out
+    assert "CREATE TABLE early_withdrawals_rekeyed" in said
+    assert "INSERT INTO early_withdrawals_rekeyed" in said
+    assert main(["ledger", "upgrade", "--db-url", ledger.url]) == 0
+    capsys.readouterr()
+    upgraded = Ledger(ledger.url)  # starts: the schema check passes
+    with upgraded.engine.connect() as conn:
+        key = inspect(conn).get_pk_constraint("early_withdrawals")
+        assert key["constrained_columns"] == ["submission_id", "desk_id"]
+        # PostgreSQL's key index has its usual name again (a later re-key makes another)
+        assert key["name"] == ("early_withdrawals_pkey" if conn.dialect.name == "postgresql"
+                               else None)
+        assert not inspect(conn).has_table("early_withdrawals_rekeyed")
+    with upgraded.batch() as batch:  # another desk's withdrawal of the same id has room
+        assert batch.early_withdrawals([kept["submission_id"]]) == {
+            kept["submission_id"]: {"T.MC.B": kept}}
+        batch.withdraw_early({**kept, "desk_id": "T.MC.A", "message_id": "m2"})
+    with upgraded.read() as conn:
+        assert sorted(r.desk_id for r in conn.execute(select(early_withdrawals))) == [
+            "T.MC.A", "T.MC.B"]
     upgraded.dispose()
     assert main(["ledger", "upgrade", "--db-url", ledger.url]) == 0
     assert "is up to date" in capsys.readouterr().out

@@ -92,6 +92,31 @@ def test_a_dossier_withdrawn_before_the_router_had_it_is_closed_at_intake_when_i
     assert queue_depth(t.dead_queue("status")) == queue_depth(t.dead_queue("intake")) == 0
 
 
+@pytest.mark.parametrize("stranger_first", [True, False], ids=["stranger_first",
+                                                              "own_desk_first"])
+def test_a_strangers_early_withdrawal_takes_nothing_from_the_own_desks(
+        ledger: Ledger, stranger_first: bool) -> None:
+    # keyed by submission id alone, a stranger's withdrawal kept first left no room for
+    # the intake desk's own, and the router, finding only the stranger's, voided it and
+    # opened the dossier the citizen had withdrawn
+    router, status = _routers(ledger)
+    d = dossier()  # from T.MC.B
+    withdrawals = [_withdrawal(d, "T.MC.A"), _withdrawal(d)]
+    for tag, withdrawal in enumerate(withdrawals if stranger_first else withdrawals[::-1]):
+        assert status.handle([status_delivery(tag, withdrawal)]) == []  # nothing to tell yet
+    with ledger.read() as conn:
+        assert sorted(r.desk_id for r in conn.execute(select(early_withdrawals))) == [
+            "T.MC.A", "T.MC.B"]
+    published = router.handle([intake_delivery(5, encode(d), "submit:1")])
+    assert [(o.routing_key, json.loads(o.body)["notice"]) for o in published] == [
+        ("T.MC.B", "withdrawn")]
+    assert ledger.count_by_state() == {}
+    refusal = ledger.refusal(str(d.submission_id))
+    assert refusal is not None and (refusal["state"], refusal["refused_by"]) == (7, "T.MC.B")
+    with ledger.read() as conn:  # both done: the own desk's applied, the stranger's void
+        assert conn.execute(select(early_withdrawals)).all() == []
+
+
 def test_a_held_dossier_is_withdrawn_by_its_submission_id_and_never_opens(
         declared: Topology, ledger: Ledger, run_broker: Callable[..., RunningBroker],
         amqp: Amqp, capsys: pytest.CaptureFixture[str]) -> None:
