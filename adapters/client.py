@@ -12,6 +12,7 @@ broker; at-least-once on reconnects, and receivers dedupe by the stable ``messag
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -163,11 +164,7 @@ class BrokerClient:
         try:
             if self.own_queue is not None:
                 self._check_own_queue(message_id)
-            producer = self._ensure_producer()
-            publish = self.connection.ensure(producer, producer.publish, **self.retry_policy)
-            publish(body, exchange=exchange, routing_key=routing_key, mandatory=True,
-                    delivery_mode=2, content_type=CONTENT_TYPE, content_encoding="utf-8",
-                    confirm_timeout=self.confirm_timeout_s, **properties)
+            self._publish_confirmed(body, exchange, routing_key, message_id, properties)
         except (KombuError, AMQPError, MessageNacked, OSError) as e:
             raise PublishError(f"publish {message_id} to {exchange}/{routing_key} failed: "
                                f"{e}", message_id) from e
@@ -185,6 +182,49 @@ class BrokerClient:
         if reason is not None:
             raise PublishError(f"publish {message_id} to {exchange}/{routing_key} was "
                                f"returned: {reason}", message_id)
+
+    def _publish_confirmed(self, body: bytes, exchange: str, routing_key: str,
+                           message_id: str, properties: dict[str, Any]) -> None:
+        """Publish and wait for the confirm, through lost connections (kombu's ensure), and
+        through refusals (nacks: the queue is over its length cap, or has no leader for
+        the moment): each is tried again after a pause growing as the retry policy's, up
+        to ``max_retries`` times, then raised as a :class:`PublishError` that says so.
+
+        Left to kombu, a nack counts as a lost connection: every retry came at once, on a
+        new connection each, and the error said nothing. A new connection is still
+        needed: RabbitMQ 3.10 goes on refusing, on a channel a quorum queue once told to
+        refuse, every publish to that queue after it has room again."""
+        producer = self._ensure_producer()
+        for refusals in itertools.count(1):
+            publish = self.connection.ensure(producer, self._publish_once,
+                                             **self.retry_policy)
+            try:
+                publish(body, exchange=exchange, routing_key=routing_key, mandatory=True,
+                        delivery_mode=2, content_type=CONTENT_TYPE, content_encoding="utf-8",
+                        confirm_timeout=self.confirm_timeout_s, **properties)
+                return
+            except _Refused:
+                self.close()  # the next try on a new connection, hence a new channel
+                if refusals > self.max_retries:
+                    raise PublishError(
+                        f"publish {message_id} to {exchange}/{routing_key} was refused by "
+                        f"RabbitMQ (nack), {refusals} times: the queue it goes to is over "
+                        "its length limit, or has no leader for now; retry later under the "
+                        "same message id", message_id) from None
+            pause = min(0.2 + 0.5 * (refusals - 1), 5.0)  # as retry_policy's backoff
+            log.warning("publish %s to %s/%s was refused by RabbitMQ (nack); retrying in "
+                        "%.1fs", message_id, exchange, routing_key, pause)
+            time.sleep(pause)
+            producer = self._ensure_producer()
+
+    def _publish_once(self, *args: Any, **kwargs: Any) -> Any:
+        """The producer's publish (revived by kombu's ensure() after a reconnect), a nack
+        raised as :class:`_Refused`: py-amqp counts a nack among the recoverable
+        connection errors, which ensure() retries at once."""
+        try:
+            return self._producer.publish(*args, **kwargs)
+        except MessageNacked as e:
+            raise _Refused() from e
 
     def _check_own_queue(self, message_id: str) -> None:
         """Once per client: a desk or agency id the catalog does not know has no queue, and
@@ -537,6 +577,10 @@ class Inbox:
             return
         delivery.ack()
         self._handled += 1
+
+
+class _Refused(Exception):  # noqa: N818 (kept from kombu's ensure(), which would retry it)
+    """RabbitMQ nacked a publish."""
 
 
 def _log_retry(exc: BaseException, interval_s: float) -> None:

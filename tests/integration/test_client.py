@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import re
 import socket
 import threading
 import time
@@ -27,6 +30,7 @@ from adapters.client import (
     RetryLater,
 )
 from broker.amqp import amqp_url
+from broker.security import Management, management_url
 from broker.messages import (
     MAX_BODY_BYTES,
     AgencyNotice,
@@ -198,6 +202,61 @@ def test_unroutable_or_refused_publish_raises_and_client_recovers(live: Live) ->
         desk.submit(d)
         desk.withdrawn(CODE)
     assert live.depth(t.intake_queue) == 1 and live.depth(t.status_queue) == 1
+
+
+def test_a_refused_publish_is_retried_on_a_new_connection_and_said_in_words(
+        live: Live, caplog: pytest.LogCaptureFixture) -> None:
+    # the intake queue over a cap (reject-publish): RabbitMQ nacks. Left to kombu, a nack
+    # was retried at once, ten times, each on a new connection, and the error read
+    # "failed: " and nothing more
+    t = live.topology
+    api = Management.from_url(management_url())
+    policy = f"/api/policies/%2F/{t.prefix}-full"
+    api._call("PUT", policy, {"pattern": f"^{re.escape(t.intake_queue)}$",
+                              "apply-to": "queues", "definition": {"max-length": 1},
+                              "priority": 10})
+    try:
+        assert _eventually(lambda: api._call("GET", f"/api/queues/%2F/{t.intake_queue}")
+                           .get("effective_policy_definition"))
+        with DeskClient("T.MC.A", topology=t, max_retries=1) as desk:
+            refused: list[PublishError] = []
+            for _ in range(10):  # the queue tells a channel to refuse once over its cap
+                try:
+                    desk.submit(dossier())
+                except PublishError as e:
+                    refused.append(e)
+                    break
+                time.sleep(0.2)
+        (error,) = refused
+        assert "was refused by RabbitMQ (nack), 2 times" in str(error)
+        assert "over its length limit" in str(error) and "same message id" in str(error)
+        # a submission made while the queue is full goes in once it has room: RabbitMQ
+        # 3.10 would go on refusing on the channel it told to refuse, so the retry after
+        # the pause must be on a new one
+        d, done = dossier(), threading.Event()
+        caplog.clear()
+        with DeskClient("T.MC.A", topology=t) as desk:
+            submitting = threading.Thread(target=lambda: (desk.submit(d), done.set()))
+            with caplog.at_level(logging.WARNING, logger="adapters.client"):
+                submitting.start()
+                assert _eventually(lambda: any(
+                    "was refused by RabbitMQ (nack); retrying in" in r.getMessage()
+                    for r in caplog.records))
+                api._call("DELETE", policy)
+                submitting.join(30)
+        assert done.is_set()
+    finally:
+        with contextlib.suppress(Exception):
+            api._call("DELETE", policy)
+    taken = [json.loads(body)["submission_id"] for _, body in live.get_all(t.intake_queue)]
+    assert taken.count(str(d.submission_id)) == 1
+
+
+def _eventually(check: Any, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not (ok := check()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return bool(ok)
 
 
 def test_inbox_drains_several_queues_and_acks(live: Live) -> None:
