@@ -826,8 +826,9 @@ class Ledger:
         (:data:`RETIRED_INDEXES`; any other index, one a DBA added, is left alone). A
         missing column that is required and has no default cannot be added to rows that
         exist, nor can rows be re-keyed by a key that is not wider than theirs: those
-        are errors, raised before anything is changed. Every step runs in one
-        transaction (both databases change their schema transactionally).
+        are errors, raised before anything is changed. The steps run in one transaction;
+        on SQLite (pysqlite commits DDL as it goes) each is one a re-run skips or redoes
+        once done.
         """
         with self._reached(), self.engine.connect() as conn:
             found = inspect(conn)
@@ -1291,9 +1292,8 @@ def _rekeying(table: Table, dialect: Any, keyed_by: tuple[str, ...], have: set[s
     the table as this version does under a passing name (dropping one an interrupted run
     left), copy the rows, drop the old table and give the new one its name and indexes.
     Neither database can change a primary key in place for both (SQLite cannot at all).
-    Only a wider key is safe: rows
-    unique by the old key are unique by the new one; anything else, and a required
-    column the rows lack, is a problem (no steps).
+    Only a wider key is safe: rows unique by the old key are unique by the new one;
+    anything else, and a required column the rows lack, is a problem (no steps).
 
     On PostgreSQL the key's index takes the passing table's name; it is renamed too, so
     a later re-key of the same table can use the same passing name."""
