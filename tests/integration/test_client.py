@@ -30,7 +30,6 @@ from adapters.client import (
     RetryLater,
 )
 from broker.amqp import amqp_url
-from broker.security import Management, management_url
 from broker.messages import (
     MAX_BODY_BYTES,
     AgencyNotice,
@@ -42,6 +41,7 @@ from broker.messages import (
     decode,
     encode,
 )
+from broker.security import Management, management_url
 from broker.topology import STATUS_KEY, Topology
 from tests.helpers import free_port
 
