@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pika
 from pika.adapters.select_connection import SelectConnection
@@ -50,7 +51,7 @@ from broker.amqp_worker import (
     QueueWorker,
     properties_for,
 )
-from broker.errors import shown_url, without_values
+from broker.errors import StartupError, shown_url, without_values
 
 __all__ = ["CONNECT_NARRATORS", "DEFAULT_AMQP_URL", "DETAIL_HEADER", "MAX_BOUNDED_RETRIES",
            "ORIGINAL_EXCHANGE_HEADER", "ORIGINAL_KEY_HEADER", "REASON_HEADER", "REPLAY_OF_HEADER",
@@ -66,9 +67,28 @@ CLOSE_TIMEOUT_S = 5.0
 
 
 def amqp_urls() -> list[str]:
-    """Every URL in ``CASEBROKER_AMQP_URL``: several (comma-separated) name cluster nodes."""
+    """Every URL in ``CASEBROKER_AMQP_URL``: several (comma-separated) name cluster nodes,
+    all under one login and virtual host (:class:`~broker.errors.StartupError` if not)."""
     raw = os.environ.get("CASEBROKER_AMQP_URL", DEFAULT_AMQP_URL)
-    return [u for u in re.split(r"[\s,;]+", raw) if u] or [DEFAULT_AMQP_URL]
+    urls = [u for u in re.split(r"[\s,;]+", raw) if u] or [DEFAULT_AMQP_URL]
+    logins = {_login(u) for u in urls}
+    if len(logins) > 1:
+        # a publish carries user_id = the first URL's login, and RabbitMQ refuses it on a
+        # connection under another one; the topology lives in one virtual host
+        raise StartupError(
+            "CASEBROKER_AMQP_URL names its nodes under different logins or virtual hosts ("
+            + ", ".join(sorted(f"{user} on {vhost!r}" for user, vhost in logins))
+            + "): the nodes of one cluster share their users and virtual hosts, so give "
+            "every URL the same login and virtual host; RabbitMQ checks each message's "
+            "user_id against the login it came in on")
+    return urls
+
+
+def _login(url: str) -> tuple[str, str]:
+    """The login and virtual host a URL connects with (pika's defaults: guest, /)."""
+    parts = urlsplit(url)
+    return (unquote(parts.username or "guest"), unquote(parts.path[1:]) if parts.path[1:]
+            else "/")
 
 
 def connection_error_text(error: BaseException) -> str:

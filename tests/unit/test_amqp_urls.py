@@ -1,0 +1,43 @@
+"""CASEBROKER_AMQP_URL's nodes: one login and one virtual host for all, or a clear error
+at start (a publish carries user_id = the first URL's login, which RabbitMQ refuses on a
+connection made under another)."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.amqp import amqp_urls
+from broker.cli import EXIT_PROBLEM, main
+from broker.errors import StartupError
+
+
+def test_nodes_under_one_login_are_all_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    # passwords may be written differently; an empty path is the default virtual host
+    monkeypatch.setenv("CASEBROKER_AMQP_URL",
+                       "amqp://cb:one@node-a:5672/%2F, amqp://cb:two@node-b:5672")
+    assert amqp_urls() == ["amqp://cb:one@node-a:5672/%2F", "amqp://cb:two@node-b:5672"]
+
+
+@pytest.mark.parametrize(("second", "said"), [
+    ("amqp://other:secret@node-b:5672/%2F", "other on '/'"),
+    ("amqp://cb:secret@node-b:5672/province", "cb on 'province'"),
+], ids=["login", "vhost"])
+def test_nodes_under_different_logins_or_vhosts_are_refused_in_words(
+        monkeypatch: pytest.MonkeyPatch, second: str, said: str) -> None:
+    monkeypatch.setenv("CASEBROKER_AMQP_URL", f"amqp://cb:secret@node-a:5672/%2F,{second}")
+    with pytest.raises(StartupError) as caught:
+        amqp_urls()
+    text = str(caught.value)
+    assert "different logins or virtual hosts" in text
+    assert "cb on '/'" in text and said in text
+    assert "secret" not in text
+
+
+def test_casebroker_says_so_and_exits(monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("CASEBROKER_AMQP_URL",
+                       "amqp://cb:secret@node-a:5672/%2F,amqp://guest:guest@node-b:5672/%2F")
+    assert main(["topology", "declare", "--prefix", "urlcheck"]) == EXIT_PROBLEM
+    err = capsys.readouterr().err
+    assert err.startswith("error: CASEBROKER_AMQP_URL names its nodes under different")
+    assert "secret" not in err
