@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import pika
 from pika.adapters.select_connection import SelectConnection
@@ -67,11 +67,13 @@ CLOSE_TIMEOUT_S = 5.0
 
 
 def amqp_urls() -> list[str]:
-    """Every URL in ``CASEBROKER_AMQP_URL``: several (comma-separated) name cluster nodes,
-    all under one login and virtual host (:class:`~broker.errors.StartupError` if not)."""
-    raw = os.environ.get("CASEBROKER_AMQP_URL", DEFAULT_AMQP_URL)
-    urls = [u for u in re.split(r"[\s,;]+", raw) if u] or [DEFAULT_AMQP_URL]
-    logins = {_login(u) for u in urls}
+    """Every URL in ``CASEBROKER_AMQP_URL``: several name cluster nodes, separated by
+    commas, semicolons or blanks before each ``amqp://`` (a password may hold a comma),
+    all under one login and virtual host (:class:`~broker.errors.StartupError` if not,
+    or if one is not an AMQP URL; the error never quotes a URL's text)."""
+    raw = os.environ.get("CASEBROKER_AMQP_URL", DEFAULT_AMQP_URL).strip().rstrip(",;")
+    urls = [u for u in re.split(r"[\s,;]+(?=amqps?://)", raw) if u] or [DEFAULT_AMQP_URL]
+    logins = {_login(u, i) for i, u in enumerate(urls, 1)}
     if len(logins) > 1:
         # a publish carries user_id = the first URL's login, and RabbitMQ refuses it on a
         # connection under another one; the topology lives in one virtual host
@@ -84,11 +86,26 @@ def amqp_urls() -> list[str]:
     return urls
 
 
-def _login(url: str) -> tuple[str, str]:
-    """The login and virtual host a URL connects with (pika's defaults: guest, /)."""
-    parts = urlsplit(url)
-    return (unquote(parts.username or "guest"), unquote(parts.path[1:]) if parts.path[1:]
-            else "/")
+def _login(url: str, number: int) -> tuple[str, str]:
+    """The login and virtual host a URL connects with, as pika reads it (``casebroker
+    run`` connects with pika)."""
+    if not re.match(r"amqps?://", url):
+        # not quoted: what precedes the host may be a password
+        raise StartupError(f"CASEBROKER_AMQP_URL: URL {number} does not start with amqp:// "
+                           "or amqps://; each is amqp://user:password@host:port/vhost, "
+                           "separated by commas")
+    if "@" in urlsplit(url).path:
+        # an "@" in the vhost: another URL, its amqp:// left out, ran into this one
+        raise StartupError(f"CASEBROKER_AMQP_URL: URL {number} has an '@' in its virtual "
+                           "host: start every URL with amqp:// or amqps://, and write an "
+                           "'@' in a vhost as %40")
+    try:
+        params = pika.URLParameters(url)
+    except ValueError as e:  # its text may quote part of a password
+        raise StartupError(f"CASEBROKER_AMQP_URL: URL {number} cannot be read "
+                           f"({type(e).__name__}): amqp://user:password@host:port/vhost, "
+                           "with the password and vhost URL-encoded") from None
+    return str(params.credentials.username), str(params.virtual_host)
 
 
 def connection_error_text(error: BaseException) -> str:

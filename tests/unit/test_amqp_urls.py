@@ -18,6 +18,28 @@ def test_nodes_under_one_login_are_all_taken(monkeypatch: pytest.MonkeyPatch) ->
     assert amqp_urls() == ["amqp://cb:one@node-a:5672/%2F", "amqp://cb:two@node-b:5672"]
 
 
+def test_a_password_may_hold_the_separators(monkeypatch: pytest.MonkeyPatch) -> None:
+    # only a separator before amqp:// or amqps:// starts another URL
+    monkeypatch.setenv("CASEBROKER_AMQP_URL",
+                       " amqp://cb:top;se,cret@node-a:5672/%2F;amqps://cb:x@node-b/%2F, ")
+    assert amqp_urls() == ["amqp://cb:top;se,cret@node-a:5672/%2F", "amqps://cb:x@node-b/%2F"]
+
+
+@pytest.mark.parametrize("raw", [
+    # no scheme after the comma: one URL whose vhost would hold the second's password
+    "amqp://cb:s3cretZq9@node-a:5672/%2F,cb:s3cretZq9@node-b",
+    "cb:s3cretZq9@node-b:5672",
+    "amqp://cb:s3cret@node-a:Zq9/%2F",  # a port pika cannot read; its error quotes it
+], ids=["second_without_scheme", "without_scheme", "bad_port"])
+def test_what_is_not_an_amqp_url_is_said_without_quoting_it(
+        monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    monkeypatch.setenv("CASEBROKER_AMQP_URL", raw)
+    with pytest.raises(StartupError) as caught:
+        amqp_urls()
+    assert "URL 1 " in str(caught.value) or "URL 2 " in str(caught.value)
+    assert "s3cret" not in str(caught.value) and "Zq9" not in str(caught.value)
+
+
 @pytest.mark.parametrize(("second", "said"), [
     ("amqp://other:secret@node-b:5672/%2F", "other on '/'"),
     ("amqp://cb:secret@node-b:5672/province", "cb on 'province'"),
