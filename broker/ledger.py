@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Boolean,
+    Column,
     Connection,
     Engine,
     Integer,
@@ -820,10 +821,11 @@ class Ledger:
 
         What it does: creates missing tables and the indexes this version defines; adds
         missing columns that may be added to tables holding rows (nullable, or with a
-        server default); re-keys a table whose primary key this version widened, by
-        copying its rows into a table made as this version makes it (:func:`_rekeying`);
-        drops the indexes earlier versions made and this one retired
-        (:data:`RETIRED_INDEXES`; any other index, one a DBA added, is left alone). A
+        server default); re-keys a table whose primary key this version widened (in
+        place on PostgreSQL, :func:`_key_in_place`; on SQLite by copying its rows into a
+        table made as this version makes it, :func:`_rebuilt`); drops the indexes
+        earlier versions made and this one retired (:data:`RETIRED_INDEXES`; any other
+        index, one a DBA added, is left alone). A
         missing column that is required and has no default cannot be added to rows that
         exist, nor can rows be re-keyed by a key that is not wider than theirs: those
         are errors, raised before anything is changed. The steps run in one transaction;
@@ -1247,9 +1249,14 @@ def _changes(table: Table, dialect: Any, found: Any
     """`ledger upgrade`'s steps for a table the ledger has, and what cannot be done."""
     have = {c["name"] for c in found.get_columns(table.name)}
     keyed_by = _key_of(found, table.name)
+    rekey: list[tuple[str, Callable[[Connection], Any]]] = []
     if keyed_by != _key(table):
-        rekey, problem = _rekeying(table, dialect, keyed_by, have)
-        return rekey, [problem] if problem else []
+        problem = _rekey_problem(table, keyed_by, have)
+        if problem is not None:
+            return [], [problem]
+        if dialect.name != "postgresql":
+            return _rebuilt(table, dialect, found, have), []
+        rekey = [_key_in_place(table, dialect, found)]  # after the columns it may need
     steps: list[tuple[str, Callable[[Connection], Any]]] = []
     impossible: list[str] = []
     for column in table.columns:
@@ -1271,7 +1278,7 @@ def _changes(table: Table, dialect: Any, found: Any
     for name in sorted(RETIRED_INDEXES.get(table.name, frozenset()) & indexes):
         ddl = f"DROP INDEX {dialect.identifier_preparer.quote(name)}"
         steps.append((ddl, functools.partial(_execute_ddl, ddl)))
-    return steps, impossible
+    return steps + rekey, impossible
 
 
 def _key(table: Table) -> tuple[str, ...]:
@@ -1286,31 +1293,54 @@ def _key_of(found: Any, name: str) -> tuple[str, ...]:
     return tuple(c["name"] for c in found.get_columns(name) if c["name"] in keyed)
 
 
-def _rekeying(table: Table, dialect: Any, keyed_by: tuple[str, ...], have: set[str]
-              ) -> tuple[list[tuple[str, Callable[[Connection], Any]]], str | None]:
-    """`ledger upgrade`'s steps for a table whose primary key this version changed: make
-    the table as this version does under a passing name (dropping one an interrupted run
-    left), copy the rows, drop the old table and give the new one its name and indexes.
-    Neither database can change a primary key in place for both (SQLite cannot at all).
-    Only a wider key is safe: rows unique by the old key are unique by the new one;
-    anything else, and a required column the rows lack, is a problem (no steps).
-
-    On PostgreSQL the key's index takes the passing table's name; it is renamed too, so
-    a later re-key of the same table can use the same passing name."""
+def _rekey_problem(table: Table, keyed_by: tuple[str, ...], have: set[str]) -> str | None:
+    """Why a table whose primary key this version changed cannot be re-keyed, if it
+    cannot: only a wider key is safe (rows unique by the old key are unique by the new
+    one; a table with no key at all promises nothing), and the rows must have every
+    column of the new key."""
     new_key = _key(table)
-    if not set(keyed_by) <= set(new_key):
-        return [], (f"{table.name} is keyed by ({', '.join(keyed_by)}) and this version keys "
-                    f"it by ({', '.join(new_key)}): its rows cannot be re-keyed")
+    if not keyed_by or not set(keyed_by) <= set(new_key):
+        return (f"{table.name} is keyed by ({', '.join(keyed_by) or 'nothing'}) and this "
+                f"version keys it by ({', '.join(new_key)}): its rows cannot be re-keyed")
     lacking = [c.name for c in table.columns
                if c.name not in have and not c.nullable and c.server_default is None]
     if lacking:
-        return [], (f"{table.name} must be re-keyed but lacks the required column(s) "
-                    f"{', '.join(lacking)}: its rows cannot be copied")
+        return (f"{table.name} must be re-keyed but lacks the required column(s) "
+                f"{', '.join(lacking)}: its rows cannot be copied")
+    return None
+
+
+def _key_in_place(table: Table, dialect: Any, found: Any
+                  ) -> tuple[str, Callable[[Connection], Any]]:
+    """PostgreSQL changes a primary key in place: the table keeps what a DBA gave it
+    (columns, indexes, grants), and the key's index its usual name."""
+    quote = dialect.identifier_preparer
+    old = found.get_pk_constraint(table.name).get("name") or f"{table.name}_pkey"
+    ddl = (f"ALTER TABLE {quote.format_table(table)} DROP CONSTRAINT {quote.quote(old)}, "
+           f"ADD PRIMARY KEY ({', '.join(quote.quote(c) for c in _key(table))})")
+    return ddl, functools.partial(_execute_ddl, ddl)
+
+
+def _rebuilt(table: Table, dialect: Any, found: Any, have: set[str]
+             ) -> list[tuple[str, Callable[[Connection], Any]]]:
+    """SQLite cannot change a primary key: `ledger upgrade` makes the table as this
+    version does under a passing name (dropping one an interrupted run left), copies the
+    rows, drops the old table and gives the new one its name and indexes. Columns and
+    indexes a DBA added come along: such a column (nullable now, its default not kept)
+    with its values, such an index made again on its columns; an index on an expression
+    cannot be, and the statements say so."""
+    quote = dialect.identifier_preparer
     passing = table.to_metadata(MetaData(), name=f"{table.name}_rekeyed")
     for ix in list(passing.indexes):  # made under the final name, after the rename
         passing.indexes.discard(ix)
-    quote = dialect.identifier_preparer
-    columns = ", ".join(quote.quote(c.name) for c in table.columns if c.name in have)
+    extra = [c for c in found.get_columns(table.name) if c["name"] not in table.c]
+    for c in extra:
+        passing.append_column(Column(c["name"], c["type"]))
+    columns = ", ".join(quote.quote(name) for name in
+                        [c.name for c in table.columns if c.name in have]
+                        + [c["name"] for c in extra])
+    ours = {str(ix.name) for ix in table.indexes} | RETIRED_INDEXES.get(table.name, frozenset())
+    theirs = [ix for ix in found.get_indexes(table.name) if ix["name"] not in ours]
     # a passing table there already is an interrupted run's, and empty: SQLite commits
     # its CREATE at once, the copy only with the drop and the rename that end it
     ddl = [f"DROP TABLE IF EXISTS {quote.format_table(passing)}",
@@ -1319,15 +1349,21 @@ def _rekeying(table: Table, dialect: Any, keyed_by: tuple[str, ...], have: set[s
            f"SELECT {columns} FROM {quote.format_table(table)}",
            f"DROP TABLE {quote.format_table(table)}",
            f"ALTER TABLE {quote.format_table(passing)} RENAME TO {quote.format_table(table)}"]
-    if dialect.name == "postgresql":
-        ddl.append(f"ALTER INDEX {quote.quote(passing.name + '_pkey')} "
-                   f"RENAME TO {quote.quote(table.name + '_pkey')}")
     steps: list[tuple[str, Callable[[Connection], Any]]] = [
         (statement, functools.partial(_execute_ddl, statement)) for statement in ddl]
     steps += [(str(CreateIndex(ix).compile(dialect=dialect)),
                functools.partial(ix.create, checkfirst=True))
               for ix in sorted(table.indexes, key=lambda i: str(i.name))]
-    return steps, None
+    for ix in sorted(theirs, key=lambda i: str(i["name"])):
+        if None in ix["column_names"] or ix.get("dialect_options"):
+            steps.append((f"-- index {ix['name']} (on an expression, or partial) is not made "
+                          "again: make it again by hand", lambda _: None))
+            continue
+        statement = (f"CREATE {'UNIQUE ' if ix['unique'] else ''}INDEX "
+                     f"{quote.quote(ix['name'])} ON {quote.format_table(table)} "
+                     f"({', '.join(quote.quote(c) for c in ix['column_names'])})")
+        steps.append((statement, functools.partial(_execute_ddl, statement)))
+    return steps
 
 
 #: what `ledger upgrade` says it does after making the ``held`` table

@@ -130,7 +130,9 @@ def test_ledger_upgrade_brings_an_earlier_ledger_up_to_this_version(
 
 def test_ledger_upgrade_rekeys_early_withdrawals_by_submission_and_desk(
         ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
-    # the table as versions keying it by submission id alone made it, with a row
+    # the table as versions keying it by submission id alone made it, with a row, and a
+    # column and an index a DBA added
+    sqlite = ledger.engine.dialect.name == "sqlite"
     old = Table("early_withdrawals", MetaData(), *(
         Column(c.name, c.type, primary_key=c.name == "submission_id", nullable=c.nullable)
         for c in early_withdrawals.columns))
@@ -141,10 +143,14 @@ def test_ledger_upgrade_rekeys_early_withdrawals_by_submission_and_desk(
         early_withdrawals.drop(conn)
         old.create(conn)
         conn.execute(old.insert(), [kept])
-        # and what an upgrade interrupted after its first statement leaves on SQLite
-        # (which commits a CREATE at once): the passing table, empty
-        early_withdrawals.to_metadata(MetaData(), name="early_withdrawals_rekeyed").create(
-            conn)
+        conn.execute(text("ALTER TABLE early_withdrawals ADD COLUMN ticket VARCHAR(20)"))
+        conn.execute(text("UPDATE early_withdrawals SET ticket = 'OPS-7'"))
+        conn.execute(text("CREATE INDEX dba_withdrawn ON early_withdrawals (withdrawn_at)"))
+        if sqlite:
+            # and what a re-key interrupted after its first statement leaves on SQLite
+            # (which commits a CREATE at once): the passing table, empty
+            early_withdrawals.to_metadata(MetaData(), name="early_withdrawals_rekeyed").create(
+                conn)
     ledger.dispose()
     with pytest.raises(LedgerSchemaError) as caught:
         Ledger(ledger.url)
@@ -154,18 +160,25 @@ def test_ledger_upgrade_rekeys_early_withdrawals_by_submission_and_desk(
 
     assert main(["ledger", "upgrade", "--dry-run", "--db-url", ledger.url]) == 0
     said = capsys.readouterr().out
-    assert "CREATE TABLE early_withdrawals_rekeyed" in said
-    assert "INSERT INTO early_withdrawals_rekeyed" in said
+    if sqlite:  # SQLite cannot change a key: the table is made again and the rows copied
+        assert "CREATE TABLE early_withdrawals_rekeyed" in said
+        assert "INSERT INTO early_withdrawals_rekeyed" in said
+        assert "CREATE INDEX dba_withdrawn ON early_withdrawals (withdrawn_at)" in said
+    else:  # PostgreSQL changes it in place: the table keeps its columns, indexes, grants
+        assert ("ALTER TABLE early_withdrawals DROP CONSTRAINT early_withdrawals_pkey, "
+                "ADD PRIMARY KEY (submission_id, desk_id)") in said
+        assert "early_withdrawals_rekeyed" not in said
     assert main(["ledger", "upgrade", "--db-url", ledger.url]) == 0
     capsys.readouterr()
     upgraded = Ledger(ledger.url)  # starts: the schema check passes
     with upgraded.engine.connect() as conn:
         key = inspect(conn).get_pk_constraint("early_withdrawals")
         assert key["constrained_columns"] == ["submission_id", "desk_id"]
-        # PostgreSQL's key index has its usual name again (a later re-key makes another)
-        assert key["name"] == ("early_withdrawals_pkey" if conn.dialect.name == "postgresql"
-                               else None)
+        assert key["name"] == ("early_withdrawals_pkey" if not sqlite else None)
         assert not inspect(conn).has_table("early_withdrawals_rekeyed")
+        assert [ix["name"] for ix in inspect(conn).get_indexes("early_withdrawals")] == [
+            "dba_withdrawn"]
+        assert conn.execute(text("SELECT ticket FROM early_withdrawals")).scalar() == "OPS-7"
     with upgraded.batch() as batch:  # another desk's withdrawal of the same id has room
         assert batch.early_withdrawals([kept["submission_id"]]) == {
             kept["submission_id"]: {"T.MC.B": kept}}
@@ -176,6 +189,25 @@ def test_ledger_upgrade_rekeys_early_withdrawals_by_submission_and_desk(
     upgraded.dispose()
     assert main(["ledger", "upgrade", "--db-url", ledger.url]) == 0
     assert "is up to date" in capsys.readouterr().out
+
+
+def test_ledger_upgrade_will_not_rekey_a_table_with_no_key(
+        ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
+    # rows a key never kept unique may repeat under the new one: refused, nothing changed
+    old = Table("early_withdrawals", MetaData(), *(
+        Column(c.name, c.type, nullable=c.nullable) for c in early_withdrawals.columns))
+    row = {"submission_id": "s1", "desk_id": "T.MC.B", "message_id": "m1", "reason": None,
+           "withdrawn_at": datetime(2026, 11, 25, 3, 0, tzinfo=UTC)}
+    with ledger.engine.begin() as conn:
+        early_withdrawals.drop(conn)
+        old.create(conn)
+        conn.execute(old.insert(), [row, row])
+    ledger.dispose()
+    assert main(["ledger", "upgrade", "--db-url", ledger.url]) == EXIT_PROBLEM
+    err = capsys.readouterr().err
+    assert "early_withdrawals is keyed by (nothing)" in err and "nothing was changed" in err
+    with ledger.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM early_withdrawals")).scalar() == 2
 
 
 def test_ledger_upgrade_refuses_a_column_it_cannot_add_and_changes_nothing(
