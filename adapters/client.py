@@ -111,7 +111,7 @@ class BrokerClient:
     own_queue: str | None = None
 
     def __init__(self, url: str | None = None, topology: Topology | None = None, *,
-                 max_retries: int = 10, confirm_timeout_s: float = 30.0) -> None:
+                 max_retries: int | None = 10, confirm_timeout_s: float = 30.0) -> None:
         self.topology = topology or Topology.from_env()
         self.max_retries = max_retries
         self.confirm_timeout_s = confirm_timeout_s
@@ -191,9 +191,10 @@ class BrokerClient:
         to ``max_retries`` times, then raised as a :class:`PublishError` that says so.
 
         Left to kombu, a nack counts as a lost connection: every retry came at once, on a
-        new connection each, and the error said nothing. A new connection is still
-        needed: RabbitMQ 3.10 goes on refusing, on a channel a quorum queue once told to
-        refuse, every publish to that queue after it has room again."""
+        new connection each, and the error said nothing. The retry must still not use the
+        same channel: RabbitMQ 3.10 goes on refusing, on a channel a quorum queue told to
+        refuse over a length cap, every publish to that queue after the cap is lifted. A
+        new channel would do; kombu's producer gets one with a new connection."""
         producer = self._ensure_producer()
         for refusals in itertools.count(1):
             publish = self.connection.ensure(producer, self._publish_once,
@@ -205,11 +206,12 @@ class BrokerClient:
                 return
             except _Refused:
                 self.close()  # the next try on a new connection, hence a new channel
-                if refusals > self.max_retries:
+                if self.max_retries is not None and refusals > self.max_retries:
+                    tries = "once" if refusals == 1 else f"{refusals} times"
                     raise PublishError(
                         f"publish {message_id} to {exchange}/{routing_key} was refused by "
-                        f"RabbitMQ (nack), {refusals} times: the queue it goes to is over "
-                        "its length limit, or has no leader for now; retry later under the "
+                        f"RabbitMQ (nack), {tries}: the queue it goes to is over its "
+                        "length limit, or has no leader for now; retry later under the "
                         "same message id", message_id) from None
             pause = min(0.2 + 0.5 * (refusals - 1), 5.0)  # as retry_policy's backoff
             log.warning("publish %s to %s/%s was refused by RabbitMQ (nack); retrying in "

@@ -232,10 +232,10 @@ def test_a_refused_publish_is_retried_on_a_new_connection_and_said_in_words(
         assert "over its length limit" in str(error) and "same message id" in str(error)
         # a submission made while the queue is full goes in once it has room: RabbitMQ
         # 3.10 would go on refusing on the channel it told to refuse, so the retry after
-        # the pause must be on a new one
+        # the pause must be on a new one (max_retries None: for as long as it takes)
         d, done = dossier(), threading.Event()
         caplog.clear()
-        with DeskClient("T.MC.A", topology=t) as desk:
+        with DeskClient("T.MC.A", topology=t, max_retries=None) as desk:
             submitting = threading.Thread(target=lambda: (desk.submit(d), done.set()))
             with caplog.at_level(logging.WARNING, logger="adapters.client"):
                 submitting.start()
