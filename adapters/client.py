@@ -195,10 +195,10 @@ class BrokerClient:
         same channel: RabbitMQ 3.10 goes on refusing, on a channel a quorum queue told to
         refuse over a length cap, every publish to that queue after the cap is lifted. A
         new channel would do; kombu's producer gets one with a new connection."""
-        producer = self._ensure_producer()
+        policy = self.retry_policy
         for refusals in itertools.count(1):
-            publish = self.connection.ensure(producer, self._publish_once,
-                                             **self.retry_policy)
+            publish = self.connection.ensure(self._ensure_producer(), self._publish_once,
+                                             **policy)
             try:
                 publish(body, exchange=exchange, routing_key=routing_key, mandatory=True,
                         delivery_mode=2, content_type=CONTENT_TYPE, content_encoding="utf-8",
@@ -213,11 +213,11 @@ class BrokerClient:
                         f"RabbitMQ (nack), {tries}: the queue it goes to is over its "
                         "length limit, or has no leader for now; retry later under the "
                         "same message id", message_id) from None
-            pause = min(0.2 + 0.5 * (refusals - 1), 5.0)  # as retry_policy's backoff
+            pause = min(policy["interval_start"] + policy["interval_step"] * (refusals - 1),
+                        policy["interval_max"])
             log.warning("publish %s to %s/%s was refused by RabbitMQ (nack); retrying in "
                         "%.1fs", message_id, exchange, routing_key, pause)
             time.sleep(pause)
-            producer = self._ensure_producer()
 
     def _publish_once(self, *args: Any, **kwargs: Any) -> Any:
         """The producer's publish (revived by kombu's ensure() after a reconnect), a nack
