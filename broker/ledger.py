@@ -877,8 +877,7 @@ class Ledger:
                 have = {c["name"]: c for c in found.get_columns(table.name)}
                 problems += [f"{table.name}.{c.name} is missing" for c in table.columns
                              if c.name not in have]
-                keyed_by = _key_of(found, table.name)
-                if keyed_by != _key(table):
+                if (keyed_by := _keyed_otherwise(found, table)) is not None:
                     problems.append(f"{table.name} is keyed by ({', '.join(keyed_by)}); this "
                                     f"version keys it by ({', '.join(_key(table))})")
                 problems += [f"{table.name}.{name} is required (NOT NULL, no default) but "
@@ -1250,9 +1249,8 @@ def _changes(table: Table, dialect: Any, found: Any
              ) -> tuple[list[tuple[str, Callable[[Connection], Any]]], list[str]]:
     """`ledger upgrade`'s steps for a table the ledger has, and what cannot be done."""
     have = {c["name"] for c in found.get_columns(table.name)}
-    keyed_by = _key_of(found, table.name)
     rekey: list[tuple[str, Callable[[Connection], Any]]] = []
-    if keyed_by != _key(table):
+    if (keyed_by := _keyed_otherwise(found, table)) is not None:
         problem = _rekey_problem(table, keyed_by, have)
         if problem is not None:
             return [], [problem]
@@ -1293,11 +1291,11 @@ def _key(table: Table) -> tuple[str, ...]:
     return tuple(c.name for c in table.columns if c.primary_key)
 
 
-def _key_of(found: Any, name: str) -> tuple[str, ...]:
-    """The primary key's columns of the table ``name`` in the database, in the order of
-    :func:`_key` (the inspector lists them in the key's order)."""
-    keyed = set(found.get_pk_constraint(name).get("constrained_columns") or ())
-    return tuple(c["name"] for c in found.get_columns(name) if c["name"] in keyed)
+def _keyed_otherwise(found: Any, table: Table) -> tuple[str, ...] | None:
+    """The table's primary key in the database, when its columns are not this
+    version's (``()``: no key at all)."""
+    keyed_by = tuple(found.get_pk_constraint(table.name).get("constrained_columns") or ())
+    return keyed_by if set(keyed_by) != set(_key(table)) else None
 
 
 def _rekey_problem(table: Table, keyed_by: tuple[str, ...], have: set[str]) -> str | None:
