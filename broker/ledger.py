@@ -1237,9 +1237,7 @@ def _creation(table: Table, dialect: Any, has_rows: bool
     steps: list[tuple[str, Callable[[Connection], Any]]] = [
         (str(CreateTable(table).compile(dialect=dialect)).strip(),
          functools.partial(table.create, checkfirst=True))]
-    steps += [(str(CreateIndex(ix).compile(dialect=dialect)),
-               functools.partial(ix.create, checkfirst=True))
-              for ix in sorted(table.indexes, key=lambda i: str(i.name))]
+    steps += _index_steps(table, dialect)
     if table is held and has_rows:
         steps.append((FILL_HELD, _fill_held))
     return steps
@@ -1276,10 +1274,7 @@ def _changes(table: Table, dialect: Any, found: Any
         warnings.filterwarnings("ignore", "Skipped unsupported reflection",
                                 category=SAWarning)
         indexes = {ix["name"] for ix in found.get_indexes(table.name)}
-    for ix in sorted(table.indexes, key=lambda i: str(i.name)):
-        if ix.name not in indexes:
-            steps.append((str(CreateIndex(ix).compile(dialect=dialect)),
-                          functools.partial(ix.create, checkfirst=True)))
+    steps += _index_steps(table, dialect, made=indexes)
     for name in sorted(RETIRED_INDEXES.get(table.name, frozenset()) & indexes):
         ddl = f"DROP INDEX {dialect.identifier_preparer.quote(name)}"
         steps.append((ddl, functools.partial(_execute_ddl, ddl)))
@@ -1359,11 +1354,18 @@ def _rebuilt(table: Table, dialect: Any, found: Any, have: set[str]
            f"ALTER TABLE {quote.format_table(passing)} RENAME TO {quote.format_table(table)}"]
     steps: list[tuple[str, Callable[[Connection], Any]]] = [
         (statement, functools.partial(_execute_ddl, statement)) for statement in ddl]
-    steps += [(str(CreateIndex(ix).compile(dialect=dialect)),
-               functools.partial(ix.create, checkfirst=True))
-              for ix in sorted(table.indexes, key=lambda i: str(i.name))]
+    steps += _index_steps(table, dialect)
     steps += [(sql, functools.partial(_execute_ddl, sql)) for sql in theirs]
     return steps
+
+
+def _index_steps(table: Table, dialect: Any, made: frozenset[str] | set[str] = frozenset()
+                 ) -> list[tuple[str, Callable[[Connection], Any]]]:
+    """`ledger upgrade`'s steps making this version's indexes of a table, but those
+    ``made`` already."""
+    return [(str(CreateIndex(ix).compile(dialect=dialect)),
+             functools.partial(ix.create, checkfirst=True))
+            for ix in sorted(table.indexes, key=lambda i: str(i.name)) if ix.name not in made]
 
 
 #: what `ledger upgrade` says it does after making the ``held`` table
