@@ -410,6 +410,8 @@ class DeskNotice(_Model):
 
     @model_validator(mode="after")
     def _code_unless_never_opened(self) -> DeskNotice:
+        # the kind first: the router builds a receipt per dossier, and the property's
+        # checks cost more than this one comparison
         if self.notice is NoticeKind.UPDATE_REFUSED and self.not_yours:
             if self.dossier_code is None:
                 raise ValueError("a not_yours refusal names the dossier_code the desk sent")
