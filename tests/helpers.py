@@ -4,11 +4,13 @@ what queues hold, the CLI under a test prefix, and holding a thread at a step of
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -20,6 +22,7 @@ from broker.amqp import Delivery, amqp_url
 from broker.cli import main
 from broker.ledger import Batch, RawJSON
 from broker.messages import CONTENT_TYPE, DossierSubmitted, encode, kind_of
+from broker.security import Management, management_url
 from broker.topology import INTAKE_KEY, STATUS_KEY, Topology
 
 
@@ -177,3 +180,36 @@ def cli(capsys: pytest.CaptureFixture[str], t: Topology, *args: str) -> tuple[in
     code = main([*args, "--prefix", t.prefix])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+@dataclass
+class LengthCap:
+    """A length-cap policy on a queue (:func:`length_cap`)."""
+
+    api: Management
+    path: str
+    lifted: bool = False
+
+    def lift(self) -> None:
+        """Delete the policy (once)."""
+        if not self.lifted:
+            self.api._call("DELETE", self.path)
+            self.lifted = True
+
+
+@contextmanager
+def length_cap(queue: str, name: str) -> Iterator[LengthCap]:
+    """``queue`` capped at one message by a policy ``name``, in effect on entering: with
+    the topology's reject-publish overflow RabbitMQ nacks publishes to it once it holds
+    one, as it does when a quorum queue has no leader. Lifted on leaving, if not before."""
+    from tests.conftest import wait_for
+
+    cap = LengthCap(Management.from_url(management_url()), f"/api/policies/%2F/{name}")
+    cap.api._call("PUT", cap.path, {"pattern": f"^{re.escape(queue)}$", "apply-to": "queues",
+                                    "definition": {"max-length": 1}, "priority": 10})
+    try:
+        wait_for(lambda: cap.api._call("GET", f"/api/queues/%2F/{queue}").get(
+            "effective_policy_definition"), what="the cap in effect")
+        yield cap
+    finally:
+        cap.lift()

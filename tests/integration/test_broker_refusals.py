@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,11 +15,11 @@ import pytest
 from broker.amqp import amqp_url
 from broker.ledger import Ledger
 from broker.rules.catalog import Catalog
-from broker.security import Management, management_url
+from broker.security import Management
 from broker.service import declare_topology
 from broker.topology import Topology
 from tests.conftest import RunningBroker, queue_depth, wait_for
-from tests.helpers import Amqp, dossier
+from tests.helpers import Amqp, dossier, length_cap
 
 pytestmark = pytest.mark.integration
 
@@ -125,18 +124,9 @@ def _capped_desk_queue(declared: Topology, amqp: Amqp, desk: str) -> Iterator[Ma
     """A desk queue capped at 1 message by a policy, and holding one: with the topology's
     reject-publish overflow RabbitMQ nacks publishes to it, as it does when a quorum queue
     has no leader. The policy is deleted on leaving."""
-    api = Management.from_url(management_url())
-    policy = f"/api/policies/%2F/{declared.prefix}-full"
-    queue = declared.desk_queue(desk)
     amqp.publish(declared.desk_exchange, desk, b"{}", message_id="filler")
-    api._call("PUT", policy, {"pattern": f"^{re.escape(queue)}$", "apply-to": "queues",
-                              "definition": {"max-length": 1}, "priority": 10})
-    try:
-        wait_for(lambda: api._call("GET", f"/api/queues/%2F/{queue}").get(
-            "effective_policy_definition"), what="the cap in effect")
-        yield api
-    finally:
-        api._call("DELETE", policy)
+    with length_cap(declared.desk_queue(desk), f"{declared.prefix}-full") as cap:
+        yield cap.api
 
 
 def _feed_until_refused(amqp: Amqp, declared: Topology, dossiers: list[Any],

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import re
 import socket
 import threading
 import time
@@ -41,9 +39,9 @@ from broker.messages import (
     decode,
     encode,
 )
-from broker.security import Management, management_url
 from broker.topology import STATUS_KEY, Topology
-from tests.helpers import free_port
+from tests.conftest import wait_for
+from tests.helpers import free_port, length_cap
 
 pytestmark = pytest.mark.integration
 
@@ -210,14 +208,7 @@ def test_a_refused_publish_is_retried_on_a_new_connection_and_said_in_words(
     # was retried at once, ten times, each on a new connection, and the error read
     # "failed: " and nothing more
     t = live.topology
-    api = Management.from_url(management_url())
-    policy = f"/api/policies/%2F/{t.prefix}-full"
-    api._call("PUT", policy, {"pattern": f"^{re.escape(t.intake_queue)}$",
-                              "apply-to": "queues", "definition": {"max-length": 1},
-                              "priority": 10})
-    try:
-        assert _eventually(lambda: api._call("GET", f"/api/queues/%2F/{t.intake_queue}")
-                           .get("effective_policy_definition"))
+    with length_cap(t.intake_queue, f"{t.prefix}-full") as cap:
         with DeskClient("T.MC.A", topology=t, max_retries=1) as desk:
             refused: list[PublishError] = []
             for _ in range(10):  # the queue tells a channel to refuse once over its cap
@@ -239,24 +230,14 @@ def test_a_refused_publish_is_retried_on_a_new_connection_and_said_in_words(
             submitting = threading.Thread(target=lambda: (desk.submit(d), done.set()))
             with caplog.at_level(logging.WARNING, logger="adapters.client"):
                 submitting.start()
-                assert _eventually(lambda: any(
+                wait_for(lambda: any(
                     "was refused by RabbitMQ (nack); retrying in" in r.getMessage()
-                    for r in caplog.records))
-                api._call("DELETE", policy)
+                    for r in caplog.records), timeout_s=10, what="a refusal and its retry")
+                cap.lift()
                 submitting.join(30)
         assert done.is_set()
-    finally:
-        with contextlib.suppress(Exception):
-            api._call("DELETE", policy)
     taken = [json.loads(body)["submission_id"] for _, body in live.get_all(t.intake_queue)]
     assert taken.count(str(d.submission_id)) == 1
-
-
-def _eventually(check: Any, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not (ok := check()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return bool(ok)
 
 
 def test_inbox_drains_several_queues_and_acks(live: Live) -> None:
