@@ -128,14 +128,19 @@ def test_ledger_upgrade_brings_an_earlier_ledger_up_to_this_version(
     assert "is up to date" in capsys.readouterr().out
 
 
+def _early_withdrawals_keyed_by(*key: str) -> Table:
+    """``early_withdrawals`` with this version's columns under another primary key."""
+    return Table("early_withdrawals", MetaData(), *(
+        Column(c.name, c.type, primary_key=c.name in key, nullable=c.nullable)
+        for c in early_withdrawals.columns))
+
+
 def test_ledger_upgrade_rekeys_early_withdrawals_by_submission_and_desk(
         ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
     # the table as versions keying it by submission id alone made it, with a row, and a
     # column and an index a DBA added
     sqlite = ledger.engine.dialect.name == "sqlite"
-    old = Table("early_withdrawals", MetaData(), *(
-        Column(c.name, c.type, primary_key=c.name == "submission_id", nullable=c.nullable)
-        for c in early_withdrawals.columns))
+    old = _early_withdrawals_keyed_by("submission_id")
     kept = {"submission_id": "0190d8a4-0000-7000-8000-000000000001", "desk_id": "T.MC.B",
             "message_id": "m1", "reason": "công dân rút hồ sơ",
             "withdrawn_at": datetime(2026, 11, 25, 3, 0, tzinfo=UTC)}
@@ -201,8 +206,7 @@ def test_ledger_upgrade_rekeys_early_withdrawals_by_submission_and_desk(
 def test_ledger_upgrade_will_not_rekey_a_table_with_no_key(
         ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
     # rows a key never kept unique may repeat under the new one: refused, nothing changed
-    old = Table("early_withdrawals", MetaData(), *(
-        Column(c.name, c.type, nullable=c.nullable) for c in early_withdrawals.columns))
+    old = _early_withdrawals_keyed_by()
     row = {"submission_id": "s1", "desk_id": "T.MC.B", "message_id": "m1", "reason": None,
            "withdrawn_at": datetime(2026, 11, 25, 3, 0, tzinfo=UTC)}
     with ledger.engine.begin() as conn:
