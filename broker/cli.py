@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the router and status router until Ctrl-C")
+    run = sub.add_parser("run", help="run the router, status router and deadline watch "
+                         "until Ctrl-C")
     _common(run, db=True, prefix=True)
     run.add_argument("--metrics-port", type=tcp_port,  # a string default goes through it too
                      default=os.environ.get("CASEBROKER_METRICS_PORT", "9464"),
@@ -235,14 +236,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="drive real traffic through RabbitMQ and report")
     demo.add_argument("--dossiers", type=at_least(1), default=500, help="how many (default 500)")
     demo.add_argument("--json", action="store_true", help="print one JSON object")
-    demo.add_argument("--seed", type=int, default=66)
+    demo.add_argument("--seed", type=int, default=66,
+                      help="seed of the generated dossiers and parties' choices (default 66)")
     demo.add_argument("--rate", type=at_least(0, float), default=0.0,
                       help="submissions per second (0: as fast as confirms allow)")
     demo.add_argument("--parallel", type=at_least(1), default=4,
                       help="agency systems, desk systems and submitting desks working at "
                       "once, each on its own connection (default 4; --rate submits from one)")
     demo.add_argument("--timeout-s", type=above(0), default=600.0,
-                      help="give up when nothing progresses for this long")
+                      help="give up when nothing progresses for this long (default 600)")
     demo.add_argument("--keep", action="store_true",
                       help="keep the demo's queues and ledger afterwards")
     _common(demo)
