@@ -103,7 +103,7 @@ def test_a_message_rabbitmq_keeps_refusing_reaches_the_delivery_limit_alone(
     # each refusal sends the delivery back with basic.reject, which the quorum queue
     # counts; after DELIVERY_LIMIT tries RabbitMQ moves it to dead.intake, where it can be
     # replayed once desk B's queue is back (the inbox republishes its receipt)
-    run_broker(batch_size=50, retry_initial_s=0.2, retry_max_s=1.0)
+    run_broker(batch_size=50, retry_initial_s=0.2, retry_max_s=0.2)
     amqp.submit(declared, dossier(desk_id="T.MC.A"))
     wait_for(lambda: queue_depth(declared.desk_queue("T.MC.A")), what="the first receipt")
     amqp.delete_queues(declared.desk_queue("T.MC.B"), declared.dead_queue("desk"))
