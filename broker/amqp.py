@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 #: how long a closing connection waits for RabbitMQ's close-ok before the loop stops anyway
 CLOSE_TIMEOUT_S = 5.0
+#: how often the I/O loop notes that it turns (ConsumerService.turned_at)
+TURN_EVERY_S = 1.0
 
 
 def amqp_urls() -> list[str]:
@@ -204,6 +206,11 @@ class ConsumerService:
         self.stopping = False
         self._stopped = threading.Event()
         self._on_connected: list[Callable[[], None]] = []
+        #: RabbitMQ blocks the connection (a memory or disk alarm): readiness
+        self.blocked = False
+        #: the last turn of the I/O loop, or of the reconnect loop between connections,
+        #: on the monotonic clock: liveness (broker/health.py)
+        self.turned_at = time.monotonic()
 
     def add(self, queue: str, handler: BatchHandler) -> None:
         """Consume ``queue`` with ``handler`` (before :meth:`run`)."""
@@ -247,6 +254,7 @@ class ConsumerService:
                 on_open_error_callback=self._on_open_error, on_close_callback=self._on_closed)
             self.connection.add_on_connection_blocked_callback(self._on_blocked)
             self.connection.add_on_connection_unblocked_callback(self._on_unblocked)
+            self._turn(self.connection)
             try:
                 self.connection.ioloop.start()
             except Exception as e:  # the last guard of the I/O loop
@@ -261,6 +269,7 @@ class ConsumerService:
             log.warning("%s; connecting to %s:%s in %.1fs",
                         "connection to RabbitMQ lost" if lost else "not connected",
                         *self._next_host(), delay_s)
+            self.turned_at = time.monotonic()
             if self._stopped.wait(delay_s):
                 break
             delay_s = min(self.settings.reconnect_max_s, delay_s * 2)
@@ -292,6 +301,12 @@ class ConsumerService:
                 log.error("closing the connection after a fault failed too (%s)",
                           without_values(again))
 
+    def _turn(self, connection: SelectConnection) -> None:
+        """Note a turn of this connection's I/O loop, and again each second while it runs."""
+        self.turned_at = time.monotonic()
+        if not connection.is_closed:
+            connection.ioloop.call_later(TURN_EVERY_S, lambda: self._turn(connection))
+
     def _next_host(self) -> tuple[str, int]:
         p = self._all_params[self._url_index % len(self._all_params)]
         return p.host, p.port
@@ -302,6 +317,7 @@ class ConsumerService:
             return
         log.info("connected to RabbitMQ at %s:%s", self.params.host, self.params.port)
         self._opened = True
+        self.blocked = False
         self.hooks.connection(True)
         for callback in self._on_connected:
             callback()
@@ -309,10 +325,12 @@ class ConsumerService:
             worker.open(connection)
 
     def _on_blocked(self, _connection: SelectConnection, _frame: Any) -> None:
+        self.blocked = True
         log.warning("RabbitMQ blocked this connection (a memory or disk alarm): publishes "
                     "wait, and nothing is acked until it unblocks")
 
     def _on_unblocked(self, _connection: SelectConnection, _frame: Any) -> None:
+        self.blocked = False
         log.info("RabbitMQ unblocked this connection")
 
     def _on_open_error(self, connection: SelectConnection, error: BaseException) -> None:

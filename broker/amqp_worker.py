@@ -173,8 +173,9 @@ class _HandlerThread:
     while the ledger commits (SQLite and PostgreSQL calls release the GIL)."""
 
     def __init__(self, name: str) -> None:
+        self.name = name
         self.jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        threads.start(self._loop, name)
+        self.os_thread = threads.start(self._loop, name)
 
     def submit(self, job: Callable[[], None]) -> None:
         self.jobs.put(job)
@@ -287,6 +288,14 @@ class QueueWorker:
         self.retries = 0
         #: batches nacked in a row on this channel (NACKED_BEFORE_REOPEN)
         self.nacked_in_a_row = 0
+        #: the broker said consume-ok on this channel (readiness, broker/health.py)
+        self.consuming = False
+        #: when the batch now with the handler thread was handed to it (liveness)
+        self.busy_since = 0.0
+        #: since when no batch went through, paused after a failure, and the last reason
+        #: (readiness): None once a batch goes through, or a pause ends with none waiting
+        self.trouble_since: float | None = None
+        self.trouble = ""
 
     @property
     def idle(self) -> bool:
@@ -313,6 +322,7 @@ class QueueWorker:
 
     def _on_consume_ok(self, _frame: Any) -> None:
         self.reopen_delay_s = 1.0
+        self.consuming = True
         log.info("consuming %s", self.queue)
 
     def _on_cancelled(self, _frame: Any) -> None:
@@ -381,7 +391,7 @@ class QueueWorker:
         waiting = len(self.pending) - len(batch)  # left behind a full batch: a backlog
         singly = self.retries >= MAX_BOUNDED_RETRIES
         generation, started = self.generation, time.perf_counter()
-        self.busy = True
+        self.busy, self.busy_since = True, time.monotonic()
 
         def job() -> None:
             outbound: list[Outbound] = []
@@ -412,6 +422,7 @@ class QueueWorker:
             log.info("%s resumed: a batch went through after the pause", self.queue)
         self.retries = 0
         self.retry_delay_s = 0.0
+        self.trouble_since = None
         if self.pending and self.pending[0] is batch[0]:  # cancel() may have cleared it
             del self.pending[: len(batch)]
         self._publish(batch, outbound)
@@ -450,12 +461,16 @@ class QueueWorker:
         self.retry_delay_s = min(s.retry_max_s, max(s.retry_initial_s, self.retry_delay_s * 2))
         log.warning("%s paused: %s; retrying in %.1fs", self.queue, reason, self.retry_delay_s)
         self.service.hooks.retry(self.handler.source, kind)
-        self._pause(self.retry_delay_s)
+        self._pause(self.retry_delay_s, reason)
 
-    def _pause(self, delay_s: float) -> None:
+    def _pause(self, delay_s: float, reason: str) -> None:
         """Hand no batch to the handler for ``delay_s``, or longer if a pause already runs
         longer (a ledger outage's backoff is not cut short by a refusal, nor the reverse)."""
-        until = time.monotonic() + delay_s
+        now = time.monotonic()
+        if self.trouble_since is None:
+            self.trouble_since = now
+        self.trouble = reason
+        until = now + delay_s
         if self.retry_timer is not None:
             if self.paused_until >= until:
                 return
@@ -465,6 +480,8 @@ class QueueWorker:
 
     def _retry(self) -> None:
         self.retry_timer = None
+        if not self.pending:  # nothing to try again: no longer held up
+            self.trouble_since = None
         self._flush()
 
     # publishing and confirms ---------------------------------------------------------
@@ -625,4 +642,4 @@ class QueueWorker:
                 self._reset()
                 channel.close()  # _on_channel_closed opens another
                 return
-        self._pause(delay_s)
+        self._pause(delay_s, f"RabbitMQ refused a publish{to}")

@@ -381,6 +381,7 @@ def _topology_of(args: argparse.Namespace) -> Any:
 
 def _run(args: argparse.Namespace) -> int:
     from broker.amqp import ConsumerSettings
+    from broker.health import Probes
     from broker.ledger import Ledger
     from broker.service import Broker
 
@@ -389,7 +390,8 @@ def _run(args: argparse.Namespace) -> int:
     broker = Broker(args.catalog, _topology_of(args), Ledger(args.db_url), settings)
     if args.metrics_port:
         broker.metrics.serve(args.metrics_port,
-                             os.environ.get("CASEBROKER_METRICS_ADDR", "127.0.0.1"))
+                             os.environ.get("CASEBROKER_METRICS_ADDR", "127.0.0.1"),
+                             Probes(broker).routes())
     broker.run()
     return EXIT_OK
 

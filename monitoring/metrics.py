@@ -6,7 +6,10 @@ agency ids. Never a dossier code, a name or an id number.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -147,11 +150,50 @@ class Metrics(Hooks):
         self.catalog_info.clear()
         self.catalog_info.labels(name, content_hash).set(1)
 
-    def serve(self, port: int, addr: str = "127.0.0.1") -> None:
-        """Expose /metrics over HTTP on ``addr:port`` (a daemon thread); a port that is
-        taken (another router on this host?) is a :class:`StartupError`."""
+    def serve(self, port: int, addr: str = "127.0.0.1",
+              probes: Mapping[str, Probe] | None = None) -> Callable[[], None]:
+        """Expose /metrics over HTTP on ``addr:port`` (a daemon thread), and each of
+        ``probes`` (path -> check) as a JSON answer, 200 or 503; return what stops it. A
+        port that is taken (another router on this host?) is a :class:`StartupError`."""
         try:
-            start_http_server(port, addr=addr, registry=self.registry)
+            server, _thread = start_http_server(port, addr=addr, registry=self.registry)
         except OSError as e:
             raise StartupError(f"cannot serve metrics on {addr}:{port}: {e.strerror or e} "
                                "(--metrics-port, CASEBROKER_METRICS_PORT; 0: off)") from e
+        if probes:
+            metrics_app = server.get_app()
+            assert metrics_app is not None  # start_http_server gave it one
+            server.set_app(_with_probes(metrics_app, dict(probes)))
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+
+        return stop
+
+
+#: a health check: whether all is well, and what it found (JSON-serializable)
+Probe = Callable[[], tuple[bool, dict[str, Any]]]
+_WSGI = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def _with_probes(metrics_app: _WSGI, probes: dict[str, Probe]) -> _WSGI:
+    """The metrics WSGI app, with ``probes`` answered at their paths."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        probe = probes.get(environ.get("PATH_INFO", ""))
+        if probe is None:
+            return metrics_app(environ, start_response)
+        try:
+            ok, found = probe()
+            status = "200 OK" if ok else "503 Service Unavailable"
+        except Exception as e:  # a fault of the check itself: said, and not "ok"
+            status, found = "500 Internal Server Error", {
+                "status": "error", "problems": [f"the check failed ({type(e).__name__})"]}
+        body = json.dumps(found).encode()
+        start_response(status, [("Content-Type", "application/json"),
+                                ("Content-Length", str(len(body))),
+                                ("Cache-Control", "no-store")])
+        return [body]
+
+    return app

@@ -7,6 +7,8 @@ import json
 import re
 import socket
 import threading
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -213,3 +215,12 @@ def length_cap(queue: str, name: str) -> Iterator[LengthCap]:
         yield cap
     finally:
         cap.lift()
+
+
+def probe(port: int, path: str) -> tuple[int, dict[str, Any]]:
+    """GET a health probe of a router's metrics server: its status and JSON answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())

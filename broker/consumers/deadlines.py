@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -303,6 +304,8 @@ class DeadlineWatch:
         self._republish_all = True  # on start: whatever a previous process left unconfirmed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: when the last round completed (or the watch started), on the monotonic clock
+        self.last_round_at: float | None = None
 
     # one round ---------------------------------------------------------------------
     def flag(self) -> list[Outbound]:
@@ -396,6 +399,7 @@ class DeadlineWatch:
             self.metrics.overdue(counts)
             self.metrics.pruned(self.ledger.last_prune())
             self.metrics.watch_round()
+        self.last_round_at = time.monotonic()
         return confirmed
 
     # publishing --------------------------------------------------------------------
@@ -462,7 +466,14 @@ class DeadlineWatch:
         self._stop.clear()
         if self.metrics is not None:  # a watch that never completes a round is seen too
             self.metrics.watch_round()
+        self.last_round_at = time.monotonic()
         self._thread = threads.start(self._loop, "deadline-watch")
+
+    @property
+    def thread_lost(self) -> bool:
+        """Started, not stopped, and its thread is gone (liveness, broker/health.py)."""
+        return (self._thread is not None and not self._stop.is_set()
+                and not self._thread.is_alive())
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -23,15 +23,15 @@ from broker.rules.catalog import load_catalog
 from broker.rules.engine import Engine
 from broker.topology import Topology
 from tests.conftest import MINI_CATALOG, queue_depth, wait_for
-from tests.helpers import Amqp, dossier, free_port, held_port, intake_delivery
+from tests.helpers import Amqp, dossier, free_port, held_port, intake_delivery, probe
 
 pytestmark = pytest.mark.integration
 
 
-def _run(prefix: str, db_url: str) -> subprocess.Popen[bytes]:
+def _run(prefix: str, db_url: str, metrics_port: int = 0) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "broker.cli", "run", "--catalog", str(MINI_CATALOG),
-         "--prefix", prefix, "--db-url", db_url, "--metrics-port", "0"],
+         "--prefix", prefix, "--db-url", db_url, "--metrics-port", str(metrics_port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
 
 
@@ -54,9 +54,16 @@ def _stop(proc: subprocess.Popen[bytes]) -> tuple[int, str]:
 
 def test_run_routes_then_stops_cleanly_on_sigterm(declared: Topology, tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
-    proc = _run(declared.prefix, db_url)
+    port = free_port()
+    proc = _run(declared.prefix, db_url, port)
     try:
         wait_for(lambda: _consumers(declared.intake_queue) == 1, what="router consuming")
+        # what an orchestrator asks (the compose file's health check): consuming both
+        ready = wait_for(lambda: (got := probe(port, "/readyz"))[0] == 200 and got[1],
+                         what="/readyz answering 200")
+        assert ready["problems"] == [] and all(
+            q["consuming"] for q in ready["queues"].values()) and len(ready["queues"]) == 2
+        assert probe(port, "/livez")[0] == 200
         amqp = Amqp()
         subs = [dossier() for _ in range(300)]
         for d in subs:
