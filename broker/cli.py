@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from broker import logs
 from broker.errors import CasebrokerError, CatalogError, DecodeError, RoutingError
 
 if TYPE_CHECKING:  # the ledger loads only for the commands using it
@@ -280,9 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `casebroker` console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else os.environ.get("CASEBROKER_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        logs.configure(verbose=args.verbose)
+    except logs.LogSettingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     # the operator commands say in their own words what RabbitMQ refused or why it could
     # not be reached (a missing queue, a refused login), in one line; pika's own warnings
     # and errors (a traceback per failed connection) are for the service, and for the

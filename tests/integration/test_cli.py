@@ -84,6 +84,29 @@ def test_run_routes_then_stops_cleanly_on_sigterm(declared: Topology, tmp_path: 
     assert "066090001234" not in log and "Nguyễn Văn An" not in log
 
 
+def test_run_logs_json_lines_for_a_log_shipper(declared: Topology, tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "broker.cli", "run", "--catalog", str(MINI_CATALOG),
+           "--prefix", declared.prefix, "--db-url", f"sqlite:///{tmp_path / 'l.sqlite3'}",
+           "--metrics-port", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "CASEBROKER_LOG_FORMAT": "json"})
+    try:
+        wait_for(lambda: _consumers(declared.intake_queue) == 1, what="router consuming")
+        amqp = Amqp()
+        amqp.submit(declared, dossier(applicant_ward="99999"))  # triaged
+        amqp.close()
+        wait_for(lambda: queue_depth(declared.triage_queue) == 1, what="the triaged dossier")
+    finally:
+        code, log = _stop(proc)
+    assert code == 0, log
+    entries = [json.loads(line) for line in log.splitlines()]  # every line one object
+    assert all(set(e) == {"time", "level", "logger", "thread", "message"} for e in entries)
+    said = {(e["level"], e["logger"], e["thread"], e["message"]) for e in entries}
+    assert ("INFO", "broker.amqp", "MainThread", f"consuming {declared.intake_queue}") in said
+    assert ("INFO", "broker.service", "MainThread", "stopped") in said
+    assert "066090001234" not in log and "Nguy" not in log  # personal data: not in any form
+
+
 def test_run_starts_through_the_next_node_when_the_first_is_down(
         declared: Topology, tmp_path: Path) -> None:
     """The topology is declared, and the deadline watch publishes, through the first of
