@@ -162,7 +162,7 @@ class Broker:
                  len(self.catalog.spec.procedures), queues, self.topology.prefix)
         log.info("senders %s", "must be the RabbitMQ user of the desk or agency they name "
                  "(CASEBROKER_PARTY_USERS=1)" if party_users_enabled(None) else "are not "
-                 "checked against RabbitMQ users (CASEBROKER_PARTY_USERS is not 1)")
+                 "checked against RabbitMQ users (CASEBROKER_PARTY_USERS is off)")
         self.serve(install_signals=install_signals)
 
     def serve(self, *, install_signals: bool = True) -> None:

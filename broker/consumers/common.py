@@ -14,7 +14,7 @@ from uuid import UUID
 
 from broker.amqp import DETAIL_HEADER, REASON_HEADER, SENT_BY_HEADER, SOURCE_HEADER, Delivery
 from broker.envelope import Outbound, portable_headers, short_text
-from broker.errors import DecodeError
+from broker.errors import DecodeError, StartupError
 from broker.ledger import Batch, Ledger
 from broker.lifecycle import State
 from broker.messages import (
@@ -170,9 +170,27 @@ def to_agency(topology: Topology, message: Any, message_id: str) -> Outbound:
 
 
 
+#: what ``CASEBROKER_PARTY_USERS`` takes, in any case (unset: off)
+PARTY_USERS_ON = ("1", "true", "yes", "on")
+PARTY_USERS_OFF = ("", "0", "false", "no", "off")
+
+
 def party_users_enabled(explicit: bool | None) -> bool:
-    """Whether each desk and agency has its own RabbitMQ user (``CASEBROKER_PARTY_USERS=1``)."""
-    return os.environ.get("CASEBROKER_PARTY_USERS") == "1" if explicit is None else explicit
+    """Whether each desk and agency has its own RabbitMQ user (``CASEBROKER_PARTY_USERS=1``).
+
+    Another value is a :class:`StartupError`: read as off, an ``enabled`` meant as on would
+    let any login send in any desk's or agency's name."""
+    if explicit is not None:
+        return explicit
+    raw = os.environ.get("CASEBROKER_PARTY_USERS", "")
+    value = raw.strip().lower()
+    if value in PARTY_USERS_ON:
+        return True
+    if value in PARTY_USERS_OFF:
+        return False
+    raise StartupError(f"CASEBROKER_PARTY_USERS={raw!r} is neither on "
+                       f"({', '.join(PARTY_USERS_ON)}) nor off "
+                       f"({', '.join(PARTY_USERS_OFF[1:])}, or unset)")
 
 
 def changed_copy_id(mid: str, fingerprint: bytes) -> str:

@@ -8,6 +8,8 @@ import pytest
 
 from broker.amqp import ConsumerSettings, shown_url
 from broker.cli import build_parser, main
+from broker.consumers.common import party_users_enabled
+from tests.conftest import MINI_CATALOG
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -154,3 +156,26 @@ def test_audit_says_in_one_line_that_its_submissions_file_cannot_be_read(
     assert main(["audit", "--submissions", str(missing)]) == 2  # before any connection
     assert capsys.readouterr().err == \
         f"error: cannot read {missing}: No such file or directory\n"
+
+
+@pytest.mark.parametrize(("value", "on"), [
+    ("1", True), ("true", True), (" Yes ", True), ("ON", True),
+    ("0", False), ("false", False), ("no", False), ("Off", False), ("", False)])
+def test_party_users_takes_on_and_off_in_words_and_any_case(
+        monkeypatch: pytest.MonkeyPatch, value: str, on: bool) -> None:
+    monkeypatch.setenv("CASEBROKER_PARTY_USERS", value)
+    assert party_users_enabled(None) is on
+    assert party_users_enabled(not on) is (not on)  # an explicit choice wins
+
+
+def test_a_party_users_value_meant_as_on_is_not_taken_as_off(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # a security setting: read as off, "enabled" would let any login send in any name
+    monkeypatch.setenv("CASEBROKER_PARTY_USERS", "enabled")
+    code = main(["run", "--catalog", str(MINI_CATALOG), "--metrics-port", "0",
+                 "--db-url", f"sqlite:///{tmp_path / 'ledger.sqlite3'}"])
+    assert code == 1
+    assert capsys.readouterr().err == (
+        "error: CASEBROKER_PARTY_USERS='enabled' is neither on (1, true, yes, on) nor off "
+        "(0, false, no, off, or unset)\n")
