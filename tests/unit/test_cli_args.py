@@ -9,6 +9,7 @@ import pytest
 from broker.amqp import ConsumerSettings, shown_url
 from broker.cli import build_parser, main
 from broker.consumers.common import party_users_enabled
+from broker.security import Management, ManagementError
 from tests.conftest import MINI_CATALOG
 
 
@@ -179,3 +180,21 @@ def test_a_party_users_value_meant_as_on_is_not_taken_as_off(
     assert capsys.readouterr().err == (
         "error: CASEBROKER_PARTY_USERS='enabled' is neither on (1, true, yes, on) nor off "
         "(0, false, no, off, or unset)\n")
+
+
+@pytest.mark.parametrize("url", [
+    "notaurl", "http://guest:s3cret@host:abc", "ftp://guest:s3cret@host", "http://:s3cret@",
+    "http://guest:s3cret@host:99999"])
+def test_a_management_url_of_another_form_is_refused_without_quoting_it(url: str) -> None:
+    with pytest.raises(ManagementError) as e:
+        Management.from_url(url)
+    assert str(e.value) == ("the management API's URL is not "
+                            "http(s)://user:password@host:port (--management-url, "
+                            "CASEBROKER_MANAGEMENT_URL)")
+
+
+def test_a_management_url_gives_its_base_and_login() -> None:
+    api = Management.from_url(" https://ops:pw@rabbit.example:15671/ ")
+    assert api.url == "https://rabbit.example:15671"
+    assert api.headers["Authorization"] == "Basic b3BzOnB3"  # ops:pw
+    assert Management.from_url("http://127.0.0.1").url == "http://127.0.0.1"
