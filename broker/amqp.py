@@ -302,8 +302,11 @@ class ConsumerService:
                           without_values(again))
 
     def _turn(self, connection: SelectConnection) -> None:
-        """Note a turn of this connection's I/O loop, and again each second while it runs."""
+        """Note a turn of this connection's I/O loop, and again each second while it runs;
+        let the workers settle what no longer holds them up."""
         self.turned_at = time.monotonic()
+        for worker in self.workers:
+            worker.settle()
         if not connection.is_closed:
             connection.ioloop.call_later(TURN_EVERY_S, lambda: self._turn(connection))
 

@@ -175,6 +175,9 @@ class _HandlerThread:
     def __init__(self, name: str) -> None:
         self.name = name
         self.jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        #: when the job it runs now began (monotonic clock); None between jobs. Its own,
+        #: not the worker's: a batch left running by a closed channel still holds it
+        self.job_started: float | None = None
         self.os_thread = threads.start(self._loop, name)
 
     def submit(self, job: Callable[[], None]) -> None:
@@ -183,10 +186,13 @@ class _HandlerThread:
     def _loop(self) -> None:
         while True:
             job = self.jobs.get()
+            self.job_started = time.monotonic()
             try:
                 job()
             except Exception as e:  # a job reports its own failures; this is the last guard
                 log.error("handler thread: a job failed: %s", without_values(e))
+            finally:
+                self.job_started = None
 
 
 @dataclass(slots=True)
@@ -265,6 +271,12 @@ class QueueWorker:
         self.reopen_delay_s = 1.0
         #: when a channel was last closed for nacks (NACK_REOPEN_INTERVAL_S)
         self.nack_reopened_at = -1e9
+        #: readiness (broker/health.py): since when this queue has been held up, paused
+        #: after a failure with no batch acked since, and the last failure in words (no
+        #: dossier's data or code). Kept across channels, which a refusal can close;
+        #: cleared by an acked batch, or by :meth:`settle` once nothing waits
+        self.trouble_since: float | None = None
+        self.trouble = ""
         self._reset()
 
     def _reset(self) -> None:
@@ -290,12 +302,6 @@ class QueueWorker:
         self.nacked_in_a_row = 0
         #: the broker said consume-ok on this channel (readiness, broker/health.py)
         self.consuming = False
-        #: when the batch now with the handler thread was handed to it (liveness)
-        self.busy_since = 0.0
-        #: since when no batch went through, paused after a failure, and the last reason
-        #: (readiness): None once a batch goes through, or a pause ends with none waiting
-        self.trouble_since: float | None = None
-        self.trouble = ""
 
     @property
     def idle(self) -> bool:
@@ -391,7 +397,7 @@ class QueueWorker:
         waiting = len(self.pending) - len(batch)  # left behind a full batch: a backlog
         singly = self.retries >= MAX_BOUNDED_RETRIES
         generation, started = self.generation, time.perf_counter()
-        self.busy, self.busy_since = True, time.monotonic()
+        self.busy = True
 
         def job() -> None:
             outbound: list[Outbound] = []
@@ -416,13 +422,12 @@ class QueueWorker:
         self.busy = False
         if error is not None:
             self.retries += 1 if error.bounded else 0
-            self._schedule_retry(str(error), error.kind)
+            self._schedule_retry(error)
             return
         if self.retry_delay_s:  # the pause's warning said "retrying in"; now it is over
             log.info("%s resumed: a batch went through after the pause", self.queue)
         self.retries = 0
         self.retry_delay_s = 0.0
-        self.trouble_since = None
         if self.pending and self.pending[0] is batch[0]:  # cancel() may have cleared it
             del self.pending[: len(batch)]
         self._publish(batch, outbound)
@@ -456,12 +461,12 @@ class QueueWorker:
                 outbound += self.handler.internal_error(delivery, e)
         return outbound
 
-    def _schedule_retry(self, reason: str, kind: str) -> None:
+    def _schedule_retry(self, error: TransientError) -> None:
         s = self.settings
         self.retry_delay_s = min(s.retry_max_s, max(s.retry_initial_s, self.retry_delay_s * 2))
-        log.warning("%s paused: %s; retrying in %.1fs", self.queue, reason, self.retry_delay_s)
-        self.service.hooks.retry(self.handler.source, kind)
-        self._pause(self.retry_delay_s, reason)
+        log.warning("%s paused: %s; retrying in %.1fs", self.queue, error, self.retry_delay_s)
+        self.service.hooks.retry(self.handler.source, error.kind)
+        self._pause(self.retry_delay_s, error.summary)
 
     def _pause(self, delay_s: float, reason: str) -> None:
         """Hand no batch to the handler for ``delay_s``, or longer if a pause already runs
@@ -478,10 +483,16 @@ class QueueWorker:
         self.paused_until = until
         self.retry_timer = self.service.call_later(delay_s, self._retry)
 
+    def settle(self) -> None:
+        """In the I/O loop, now and then: no longer held up once nothing waits here (no
+        pause, no batch with the handler, nothing unacked) while consuming: the failed
+        deliveries went to another consumer or to their dead-letter queue."""
+        if (self.trouble_since is not None and self.consuming and not self.busy
+                and self.unacked == 0 and self.retry_timer is None):
+            self.trouble_since = None
+
     def _retry(self) -> None:
         self.retry_timer = None
-        if not self.pending:  # nothing to try again: no longer held up
-            self.trouble_since = None
         self._flush()
 
     # publishing and confirms ---------------------------------------------------------
@@ -596,6 +607,7 @@ class QueueWorker:
                     return  # closed to be opened afresh: what is left comes back
                 continue
             self.nacked_in_a_row = 0
+            self.trouble_since = None  # a batch through: not held up
             last = entry.last_tag
         if last is not None:
             self.channel.basic_ack(last, multiple=True)

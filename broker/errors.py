@@ -114,6 +114,12 @@ class TransientError(CasebrokerError):
         """The retry's kind in ``casebroker_retries_total``."""
         return "conflict" if self.bounded else "transient"
 
+    @property
+    def summary(self) -> str:
+        """The error as a health probe may show it, on a port anyone on the network may
+        ask: no dossier's data, nor its code."""
+        return str(self)
+
 
 class HandlerFault(TransientError):
     """casebroker's own code failed on a batch where its handler catches nothing (a bug;

@@ -8,8 +8,9 @@ For an orchestrator (a Docker health check, Kubernetes probes, a load balancer's
   watch's thread, if any, is there. An outage of RabbitMQ or the ledger is not a liveness
   failure: the process rides it out, and a restart would not help.
 * **ready**: it routes now. Connected to RabbitMQ, not blocked by an alarm, consuming
-  every queue, and none paused after a failure (the ledger away, publishes refused)
-  without a batch through since.
+  every queue, none held up after a failure (the ledger away, publishes refused) without
+  a batch acked since, and no handler on one batch for half a minute (a ledger call
+  that does not return, which no error ends).
 
 Each answers 200 or 503 with a JSON object: ``status``, ``problems`` (sentences, ids of
 queues and threads only, never a message's content), and what it judged from.
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from broker.amqp_worker import _HandlerThread
     from broker.service import Broker
     from monitoring.metrics import Probe
 
@@ -34,7 +36,9 @@ class Probes:
     #: the I/O loop notes a turn each second, the reconnect loop at least every
     #: ``reconnect_max_s`` (10 s); past this, it is stuck
     loop_stale_s: float = 30.0
-    #: a batch of 250 takes well under a second; past this, a call does not return
+    #: a batch of 250 takes well under a second, and a ledger away fails in 5 s; past
+    #: this, not ready; past ``stuck_batch_s``, not live (a call that does not return)
+    slow_batch_s: float = 30.0
     stuck_batch_s: float = 120.0
 
     def routes(self) -> dict[str, Probe]:
@@ -52,10 +56,8 @@ class Probes:
             thread = worker.thread
             if not thread.os_thread.is_alive():
                 problems.append(f"thread {thread.name} has ended")
-            elif worker.busy and now - worker.busy_since > self.stuck_batch_s:
-                problems.append(f"thread {thread.name} has been on one batch for "
-                                f"{now - worker.busy_since:.0f} s (a ledger call that does "
-                                "not return?)")
+            else:
+                problems += _on_one_batch(worker.thread, now, self.stuck_batch_s)
         watch = self.broker.watch
         if watch is not None and watch.thread_lost:
             problems.append("thread deadline-watch has ended")
@@ -83,12 +85,21 @@ class Probes:
                 if paused_s is not None:
                     problems.append(f"{worker.queue}: held up for {paused_s:.0f} s: "
                                     f"{worker.trouble}")
+            problems += _on_one_batch(worker.thread, now, self.slow_batch_s)
         details: dict[str, Any] = {"queues": queues}
         watch = self.broker.watch
         if watch is not None and watch.last_round_at is not None:
             # routing goes on without it: told, not judged (CasebrokerDeadlineWatchStalled)
             details["deadline_watch_last_round_s_ago"] = round(now - watch.last_round_at, 1)
         return _answer(problems, "ready", details)
+
+
+def _on_one_batch(thread: _HandlerThread, now: float, limit_s: float) -> list[str]:
+    started = thread.job_started
+    if started is None or now - started <= limit_s:
+        return []
+    return [f"thread {thread.name} has been on one batch for {now - started:.0f} s (a ledger "
+            "call that does not return?)"]
 
 
 def _answer(problems: list[str], good: str, details: dict[str, Any]

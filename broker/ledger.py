@@ -713,6 +713,10 @@ class ConcurrentUpdate(TransientError):
 
     bounded = True
 
+    @property
+    def summary(self) -> str:
+        return "a write conflict with another writer of the ledger (a competing router?)"
+
 
 def _pinned(conn: sqlite3.Connection, copied: int, wait_s: float = 0.02) -> bool:
     """Whether the WAL's copying stays at ``copied`` pages for ``wait_s``: a reader keeps

@@ -178,12 +178,19 @@ _WSGI = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 def _with_probes(metrics_app: _WSGI, probes: dict[str, Probe]) -> _WSGI:
-    """The metrics WSGI app, with ``probes`` answered at their paths."""
+    """The metrics WSGI app at ``/metrics``, ``probes`` at their paths (a trailing ``/``
+    either way), and 404 elsewhere."""
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        probe = probes.get(environ.get("PATH_INFO", ""))
-        if probe is None:
+        path = environ.get("PATH_INFO", "").rstrip("/")
+        if path == "/metrics":
             return metrics_app(environ, start_response)
+        probe = probes.get(path)
+        if probe is None:  # a probe's path mistyped must fail, not answer with metrics
+            body = f"no such path: use /metrics, {', '.join(probes)}\n".encode()
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8"),
+                                             ("Content-Length", str(len(body)))])
+            return [body]
         try:
             ok, found = probe()
             status = "200 OK" if ok else "503 Service Unavailable"

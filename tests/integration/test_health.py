@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from broker.amqp import amqp_url
 from broker.health import Probes
@@ -16,7 +20,7 @@ from broker.rules.catalog import Catalog
 from broker.service import declare_topology
 from broker.topology import Topology
 from tests.conftest import RunningBroker, wait_for
-from tests.helpers import Amqp, dossier, free_port, probe
+from tests.helpers import Amqp, dossier, free_port, length_cap, probe
 
 
 @pytest.fixture
@@ -25,11 +29,12 @@ def served(run_broker: Callable[..., RunningBroker]
     """A router and its metrics server with the probes; the server stopped afterwards."""
     stops: list[Callable[[], None]] = []
 
-    def start(stuck_batch_s: float = 120.0, **settings: Any) -> tuple[RunningBroker, int]:
+    def start(stuck_batch_s: float = 120.0, slow_batch_s: float = 30.0,
+              **settings: Any) -> tuple[RunningBroker, int]:
         running = run_broker(**settings)
         port = free_port()
-        stops.append(running.broker.metrics.serve(
-            port, probes=Probes(running.broker, stuck_batch_s=stuck_batch_s).routes()))
+        probes = Probes(running.broker, stuck_batch_s=stuck_batch_s, slow_batch_s=slow_batch_s)
+        stops.append(running.broker.metrics.serve(port, probes=probes.routes()))
         return running, port
 
     yield start
@@ -93,6 +98,7 @@ def test_ready_once_consuming_held_up_while_the_ledger_is_locked_then_ready_agai
     assert running.thread.is_alive()
 
 
+@pytest.mark.parametrize("ledger", ["sqlite"], indirect=True)  # no ledger at stake
 def test_not_ready_while_rabbitmq_has_cancelled_a_consumer_yet_live(
         declared: Topology, mini_catalog: Catalog,
         served: Callable[..., tuple[RunningBroker, int]], amqp: Amqp) -> None:
@@ -110,7 +116,97 @@ def test_not_ready_while_rabbitmq_has_cancelled_a_consumer_yet_live(
 
 
 def _metrics(port: int) -> bytes:
-    import urllib.request
-
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         return bytes(r.read())
+
+
+_ON_ONE_BATCH = re.compile(r"thread handler-intake has been on one batch for (\d+) s \(a "
+                           r"ledger call that does not return\?\)")
+
+
+@pytest.mark.parametrize("ledger", ["postgresql"], indirect=True)  # a lock that never ends
+def test_a_ledger_call_that_hangs_is_seen_by_both_probes_across_a_reconnect(
+        declared: Topology, ledger: Ledger, served: Callable[..., tuple[RunningBroker, int]],
+        amqp: Amqp) -> None:
+    running, port = served(stuck_batch_s=1.0, slow_batch_s=1.0)
+    _answer(port, "/readyz", 200)
+    with ledger.engine.connect() as lock:
+        lock.execute(text("LOCK TABLE dossiers IN ACCESS EXCLUSIVE MODE"))
+        amqp.submit(declared, dossier())
+        live = _answer(port, "/livez", 503)
+        assert len(live["problems"]) == 1 and _ON_ONE_BATCH.fullmatch(live["problems"][0]), live
+        assert any(_ON_ONE_BATCH.fullmatch(p) for p in _answer(port, "/readyz", 503)["problems"])
+
+        def on_one_batch_s() -> int:
+            found = _ON_ONE_BATCH.fullmatch(probe(port, "/livez")[1]["problems"][0])
+            assert found
+            return int(found[1])
+
+        before = wait_for(lambda: (s := on_one_batch_s()) >= 4 and s, what="4 s on it")
+        # the connection lost and made again: the batch goes back to the queue and comes
+        # again, behind the one the handler thread is still on; that one is still seen
+        service = running.broker.service
+        connection = service.connection
+        assert connection is not None
+        service.call_threadsafe(connection.close)
+        wait_for(lambda: service.connection is not connection and all(
+            w.consuming for w in service.workers), what="connected and consuming again")
+        time.sleep(1.1)
+        # timed from when the thread took it, not from the batch handed over again
+        assert on_one_batch_s() > before
+        lock.rollback()
+    wait_for(lambda: ledger.count_by_state() == {2: 1}, what="the dossier routed once")
+    _answer(port, "/readyz", 200)
+    assert _answer(port, "/livez", 200)["problems"] == []
+
+
+@pytest.mark.parametrize("ledger", ["sqlite"], indirect=True)  # no ledger at stake
+def test_held_up_grows_while_rabbitmq_goes_on_refusing_and_clears_once_it_takes_again(
+        declared: Topology, served: Callable[..., tuple[RunningBroker, int]],
+        amqp: Amqp) -> None:
+    agency = declared.agency_queue("T.UBND.A")
+    amqp.publish(declared.agency_exchange, "T.UBND.A", b"{}", message_id="filler")
+    _, port = served(retry_initial_s=0.05, retry_max_s=0.2)
+    _answer(port, "/readyz", 200)
+    with length_cap(agency, f"{declared.prefix}-full") as cap:
+        # a quorum queue starts refusing a channel only once over its cap: the first
+        # dossiers may still go in
+        first: dict[str, Any] = {}
+
+        def refused() -> bool:
+            nonlocal first
+            amqp.submit(declared, dossier())
+            time.sleep(0.3)
+            status, first = probe(port, "/readyz")
+            return status == 503
+
+        wait_for(refused, timeout_s=30, what="a refusal")
+        assert any(p.startswith(f"{declared.intake_queue}: held up for ") and p.endswith(
+            f"RabbitMQ refused a publish (nacked: {declared.agency_exchange}/T.UBND.A)")
+            for p in first["problems"]), first
+        # refused batch after batch, pauses of 0.2 s and a new channel: never ready, and
+        # held up since the first refusal, not since the last
+        seen: list[tuple[int, Any]] = []
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            status, found = probe(port, "/readyz")
+            seen.append((status, found["queues"][declared.intake_queue]["paused_s"]))
+            time.sleep(0.02)
+        assert {status for status, _ in seen} == {503}, seen
+        assert max(paused for _, paused in seen if paused is not None) > 3.5, seen
+        cap.lift()
+        amqp.ch.queue_purge(agency)  # the filler out: the queue takes again
+        _answer(port, "/readyz", 200)
+
+
+@pytest.mark.parametrize("ledger", ["sqlite"], indirect=True)  # no ledger at stake
+def test_a_path_that_is_no_probe_answers_404_not_metrics(
+        served: Callable[..., tuple[RunningBroker, int]]) -> None:
+    _, port = served()
+    _answer(port, "/readyz/", 200)  # a trailing slash is the same probe
+    assert b"casebroker_intake_total" in _metrics(port)
+    for path in ("/healthz", "/ready", "/", "/readyz/x"):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5)
+        assert e.value.code == 404
+        assert e.value.read() == b"no such path: use /metrics, /livez, /readyz\n"

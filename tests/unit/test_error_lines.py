@@ -61,3 +61,12 @@ def test_a_handshake_that_times_out_is_one_line_not_a_traceback() -> None:
     line = rabbitmq_problem(AMQPConnectorStackTimeout("Timeout during AMQP handshake"))
     assert line.startswith("RabbitMQ unreachable at ") and line.endswith(
         "(CASEBROKER_AMQP_URL): Timeout during AMQP handshake")
+
+
+def test_what_a_health_probe_shows_of_a_write_conflict_names_no_dossier() -> None:
+    from broker.ledger import ConcurrentUpdate
+
+    conflict = ConcurrentUpdate("T.UBND.A-261125-0010")  # the log may name it
+    assert "T.UBND.A-261125-0010" in str(conflict)
+    assert "T.UBND.A" not in conflict.summary and "0010" not in conflict.summary
+    assert conflict.summary.startswith("a write conflict with another writer")
