@@ -148,6 +148,7 @@ def _feed_until_refused(amqp: Amqp, declared: Topology, dossiers: list[Any],
     return sent
 
 
+@pytest.mark.parametrize("ledger", ["sqlite"], indirect=True)  # the worker's doing: one will do
 def test_publishes_rabbitmq_keeps_nacking_go_out_on_a_new_channel_and_the_log_names_the_queue(
         declared: Topology, ledger: Ledger, run_broker: Callable[..., RunningBroker],
         amqp: Amqp, caplog: pytest.LogCaptureFixture) -> None:
