@@ -196,10 +196,12 @@ class RouterProc:
     """`casebroker run` in its own process, pointed at the private servers."""
 
     def __init__(self, urls: list[str], prefix: str, db_url: str, log_path: Path,
-                 catalog: Path = MINI_CATALOG) -> None:
+                 catalog: Path = MINI_CATALOG, metrics_port: int = 0) -> None:
         self.urls, self.prefix, self.db_url = urls, prefix, db_url
         self.log_path = log_path
         self.catalog = catalog
+        #: its /metrics, /livez and /readyz (0: none)
+        self.metrics_port = metrics_port
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -207,7 +209,8 @@ class RouterProc:
         env = dict(os.environ, CASEBROKER_AMQP_URL=",".join(self.urls),
                    CASEBROKER_LOG_LEVEL="INFO", **{FAULT_RUN_ENV: "1"})  # tests/sweep.py
         cmd = [sys.executable, "-m", "broker.cli", "run", "--prefix", self.prefix,
-               "--db-url", self.db_url, "--metrics-port", "0", "--catalog", str(self.catalog)]
+               "--db-url", self.db_url, "--metrics-port", str(self.metrics_port),
+               "--catalog", str(self.catalog)]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                          cwd=ROOT)
@@ -300,9 +303,10 @@ class Scenario:
     def connect(self) -> pika.BlockingConnection:
         return pika.BlockingConnection([pika.URLParameters(u) for u in self.urls])
 
-    def router(self, urls: list[str] | None = None) -> RouterProc:
+    def router(self, urls: list[str] | None = None, metrics_port: int = 0) -> RouterProc:
         r = RouterProc(urls or self.urls, self.topology.prefix, self.db_url,
-                       self.workdir / f"router{len(self.routers)}.log")
+                       self.workdir / f"router{len(self.routers)}.log",
+                       metrics_port=metrics_port)
         self.routers.append(r)
         return r
 

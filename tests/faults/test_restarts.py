@@ -1,4 +1,5 @@
-"""RabbitMQ restarted, the router SIGKILLed, PostgreSQL away: nothing lost, nothing doubled."""
+"""RabbitMQ restarted or in a resource alarm, the router SIGKILLed, PostgreSQL away: nothing
+lost, nothing doubled."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from tests.faults.harness import Load, Scenario, record, wait_until
 from tests.faults.servers import PgServer, RabbitNode
+from tests.helpers import free_port, probe
 
 pytestmark = pytest.mark.faults
 
@@ -104,3 +106,39 @@ def _intake_total(node: RabbitNode, s: Scenario) -> int:
         if len(parts) == 2 and parts[0] == s.topology.intake_queue:
             return int(parts[1])
     raise AssertionError(f"{s.topology.intake_queue} not listed: {out}")
+
+
+def test_rabbitmq_disk_alarm_under_load_blocks_the_router_which_waits_and_says_so(
+        rabbit: RabbitNode, scenario: Callable[..., Scenario]) -> None:
+    s = scenario([rabbit.url], "rabbitmq disk alarm")
+    port = free_port()
+    router = s.router(metrics_port=port).start()
+    router.wait_consuming()
+    wait_until(lambda: probe(port, "/readyz")[0] == 200, 30, "the router ready")
+    load = Load(s.urls, s.dossiers(800), window=50, rate_per_s=100).start()  # ~8 s of load
+    wait_until(lambda: s.ledger_count() >= 100, 30, "traffic flowing")
+    # a free-disk limit above any disk: RabbitMQ raises its disk alarm and blocks every
+    # connection that publishes, the router's among them, until the limit is back
+    rabbit.ctl("set_disk_free_limit", str(10**18))
+    try:
+        blocked = wait_until(lambda: (got := probe(port, "/readyz"))[0] == 503
+                             and "RabbitMQ blocks the connection (a memory or disk alarm)"
+                             in got[1]["problems"] and got[1], 30, "/readyz saying blocked")
+        time.sleep(3)
+        assert probe(port, "/readyz")[0] == 503, "still blocked"
+        assert probe(port, "/livez")[0] == 200, "waiting is no reason to restart"
+        routed_while_blocked = s.ledger_count()
+    finally:
+        rabbit.ctl("set_disk_free_limit", "50MB")
+    wait_until(lambda: probe(port, "/readyz")[0] == 200, 60, "the router ready again")
+    load.join()
+    s.wait_routed(800)
+    assert router.alive() and router.starts == 1, "no crash, no restart"
+    assert "RabbitMQ blocked this connection" in router.log()
+    assert "RabbitMQ unblocked this connection" in router.log()
+    s.resolve_all()
+    f = s.check()
+    f.extra = {"routed_while_blocked": routed_while_blocked,
+               "unacked_when_blocked": blocked["queues"][s.topology.intake_queue]["unacked"],
+               "publisher_reconnects": load.reconnects}
+    record(f)
