@@ -93,6 +93,17 @@ class Metrics(Hooks):
         self.catalog_info = Gauge(
             "casebroker_catalog_info", "The catalog in force (value 1)", ["catalog", "hash"],
             registry=r)
+        self.ready = Gauge(
+            "casebroker_ready",
+            "1 while /readyz answers 200 (routing: connected, unblocked, consuming every "
+            "queue, none held up, no handler on one batch for 30 s), 0 while it answers 503 "
+            "and says why; -1: no probes in this process", registry=r)
+        self.live = Gauge(
+            "casebroker_live",
+            "1 while /livez answers 200, 0 while it answers 503 (stuck: a restart is the "
+            "cure); -1: no probes in this process", registry=r)
+        self.ready.set(-1)
+        self.live.set(-1)
         # bounded label sets exported at 0 from the start: increase() over a series born
         # at 1 is 0, and an alert would miss the first event after a start
         for source in SOURCES:
@@ -160,6 +171,9 @@ class Metrics(Hooks):
         except OSError as e:
             raise StartupError(f"cannot serve metrics on {addr}:{port}: {e.strerror or e} "
                                "(--metrics-port, CASEBROKER_METRICS_PORT; 0: off)") from e
+        for gauge, path in ((self.ready, "/readyz"), (self.live, "/livez")):
+            if probes and path in probes:
+                gauge.set_function(_judged_by(probes[path]))
         if probes:
             metrics_app = server.get_app()
             assert metrics_app is not None  # start_http_server gave it one
@@ -175,6 +189,11 @@ class Metrics(Hooks):
 #: a health check: whether all is well, and what it found (JSON-serializable)
 Probe = Callable[[], tuple[bool, dict[str, Any]]]
 _WSGI = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def _judged_by(probe: Probe) -> Callable[[], float]:
+    """A gauge's value at each scrape: 1 if the probe passes, else 0."""
+    return lambda: float(probe()[0])
 
 
 def _with_probes(metrics_app: _WSGI, probes: dict[str, Probe]) -> _WSGI:

@@ -67,7 +67,8 @@ def test_ready_once_consuming_held_up_while_the_ledger_is_locked_then_ready_agai
         for q in (declared.intake_queue, declared.status_queue)}
     assert ready["deadline_watch_last_round_s_ago"] >= 0
     assert probe(port, "/livez")[0] == 200
-    assert b"casebroker_intake_total" in _metrics(port)  # /metrics is still there
+    # /metrics is still there, with what the probes say, for CasebrokerNotRouting
+    assert {"casebroker_ready 1.0", "casebroker_live 1.0"} <= _gauges(port)
 
     lock = sqlite3.connect(ledger.url.removeprefix("sqlite:///"), isolation_level=None)
     lock.execute("BEGIN EXCLUSIVE")  # the router's writes wait, 5 s each, then fail
@@ -87,6 +88,7 @@ def test_ready_once_consuming_held_up_while_the_ledger_is_locked_then_ready_agai
         paused_s = not_ready["queues"][declared.intake_queue]["paused_s"]
         assert isinstance(paused_s, float) and paused_s >= 0  # since its first failure
         assert not_ready["queues"][declared.intake_queue]["unacked"] == 1
+        assert "casebroker_ready 0.0" in _gauges(port)
     finally:
         lock.execute("ROLLBACK")
         lock.close()
@@ -118,6 +120,10 @@ def test_not_ready_while_rabbitmq_has_cancelled_a_consumer_yet_live(
 def _metrics(port: int) -> bytes:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         return bytes(r.read())
+
+
+def _gauges(port: int) -> set[str]:
+    return set(_metrics(port).decode().splitlines())
 
 
 _ON_ONE_BATCH = re.compile(r"thread handler-intake has been on one batch for (\d+) s \(a "
