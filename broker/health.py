@@ -53,11 +53,7 @@ class Probes:
         if idle_s > self.loop_stale_s:
             problems.append(f"the AMQP I/O loop has not turned for {idle_s:.0f} s")
         for worker in service.workers:
-            thread = worker.thread
-            if not thread.os_thread.is_alive():
-                problems.append(f"thread {thread.name} has ended")
-            else:
-                problems += _on_one_batch(worker.thread, now, self.stuck_batch_s)
+            problems += _handler_problems(worker.thread, now, self.stuck_batch_s)
         watch = self.broker.watch
         if watch is not None and watch.thread_lost:
             problems.append("thread deadline-watch has ended")
@@ -85,7 +81,7 @@ class Probes:
                 if paused_s is not None:
                     problems.append(f"{worker.queue}: held up for {paused_s:.0f} s: "
                                     f"{worker.trouble}")
-            problems += _on_one_batch(worker.thread, now, self.slow_batch_s)
+            problems += _handler_problems(worker.thread, now, self.slow_batch_s)
         details: dict[str, Any] = {"queues": queues}
         watch = self.broker.watch
         if watch is not None and watch.last_round_at is not None:
@@ -94,7 +90,10 @@ class Probes:
         return _answer(problems, "ready", details)
 
 
-def _on_one_batch(thread: _HandlerThread, now: float, limit_s: float) -> list[str]:
+def _handler_problems(thread: _HandlerThread, now: float, limit_s: float) -> list[str]:
+    """A handler thread that has ended, or has been on one batch for over ``limit_s``."""
+    if not thread.os_thread.is_alive():
+        return [f"thread {thread.name} has ended"]
     started = thread.job_started
     if started is None or now - started <= limit_s:
         return []

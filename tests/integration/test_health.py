@@ -216,3 +216,22 @@ def test_a_path_that_is_no_probe_answers_404_not_metrics(
             urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5)
         assert e.value.code == 404
         assert e.value.read() == b"no such path: use /metrics, /livez, /readyz\n"
+
+
+@pytest.mark.parametrize("ledger", ["sqlite"], indirect=True)  # no ledger at stake
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # wanted
+def test_a_handler_thread_that_ended_fails_both_probes(
+        served: Callable[..., tuple[RunningBroker, int]]) -> None:
+    running, port = served()
+    _answer(port, "/readyz", 200)
+    intake = running.broker.service.workers[0]
+    assert intake.thread.name == "handler-intake"
+
+    def end_the_thread() -> None:
+        raise SystemExit  # past the loop's guard, which catches Exception only
+
+    intake.thread.submit(end_the_thread)
+    intake.thread.os_thread.join(5)
+    assert not intake.thread.os_thread.is_alive()
+    for path in ("/livez", "/readyz"):
+        assert "thread handler-intake has ended" in _answer(port, path, 503)["problems"]
