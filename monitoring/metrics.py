@@ -7,6 +7,7 @@ agency ids. Never a dossier code, a name or an id number.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -192,8 +193,16 @@ _WSGI = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 def _judged_by(probe: Probe) -> Callable[[], float]:
-    """A gauge's value at each scrape: 1 if the probe passes, else 0."""
-    return lambda: float(probe()[0])
+    """A gauge's value at each scrape: 1 if the probe passes, else 0; NaN if the check
+    itself fails (the scrape goes on; the probe's path answers 500 and says so)."""
+
+    def value() -> float:
+        try:
+            return float(probe()[0])
+        except Exception:
+            return math.nan
+
+    return value
 
 
 def _with_probes(metrics_app: _WSGI, probes: dict[str, Probe]) -> _WSGI:
