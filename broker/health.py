@@ -72,14 +72,14 @@ class Probes:
         queues: dict[str, Any] = {}
         for worker in service.workers:
             since = worker.trouble_since
-            paused_s = None if since is None else round(now - since, 1)
-            queues[worker.queue] = {"consuming": worker.consuming, "paused_s": paused_s,
+            held_up_s = None if since is None else round(now - since, 1)
+            queues[worker.queue] = {"consuming": worker.consuming, "held_up_s": held_up_s,
                                     "unacked": worker.unacked}
             if service.connection_open and not service.stopping:
                 if not worker.consuming:
                     problems.append(f"{worker.queue}: not consuming")
-                if paused_s is not None:
-                    problems.append(f"{worker.queue}: held up for {paused_s:.0f} s: "
+                if held_up_s is not None:
+                    problems.append(f"{worker.queue}: held up for {held_up_s:.0f} s: "
                                     f"{worker.trouble}")
             problems += _handler_problems(worker.thread, now, self.slow_batch_s)
         details: dict[str, Any] = {"queues": queues}

@@ -63,7 +63,7 @@ def test_ready_once_consuming_held_up_while_the_ledger_is_locked_then_ready_agai
     ready = _answer(port, "/readyz", 200)
     assert ready["status"] == "ready" and ready["problems"] == []
     assert ready["queues"] == {
-        q: {"consuming": True, "paused_s": None, "unacked": 0}
+        q: {"consuming": True, "held_up_s": None, "unacked": 0}
         for q in (declared.intake_queue, declared.status_queue)}
     assert ready["deadline_watch_last_round_s_ago"] >= 0
     assert probe(port, "/livez")[0] == 200
@@ -85,8 +85,8 @@ def test_ready_once_consuming_held_up_while_the_ledger_is_locked_then_ready_agai
         assert len(not_ready["problems"]) == 1 and re.fullmatch(
             rf"{re.escape(declared.intake_queue)}: held up for \d+ s: ledger unavailable: .+",
             not_ready["problems"][0]), not_ready
-        paused_s = not_ready["queues"][declared.intake_queue]["paused_s"]
-        assert isinstance(paused_s, float) and paused_s >= 0  # since its first failure
+        held_up_s = not_ready["queues"][declared.intake_queue]["held_up_s"]
+        assert isinstance(held_up_s, float) and held_up_s >= 0  # since its first failure
         assert not_ready["queues"][declared.intake_queue]["unacked"] == 1
         assert "casebroker_ready 0.0" in _gauges(port)
     finally:
@@ -95,7 +95,7 @@ def test_ready_once_consuming_held_up_while_the_ledger_is_locked_then_ready_agai
     wait_for(lambda: ledger.count_by_state() == {2: 1}, what="the dossier routed")
     again = _answer(port, "/readyz", 200)
     assert again["queues"][declared.intake_queue] == {
-        "consuming": True, "paused_s": None, "unacked": 0}
+        "consuming": True, "held_up_s": None, "unacked": 0}
     assert _answer(port, "/livez", 200)["problems"] == []
     assert running.thread.is_alive()
 
@@ -196,7 +196,7 @@ def test_held_up_grows_while_rabbitmq_goes_on_refusing_and_clears_once_it_takes_
         deadline = time.monotonic() + 4
         while time.monotonic() < deadline:
             status, found = probe(port, "/readyz")
-            seen.append((status, found["queues"][declared.intake_queue]["paused_s"]))
+            seen.append((status, found["queues"][declared.intake_queue]["held_up_s"]))
             time.sleep(0.02)
         assert {status for status, _ in seen} == {503}, seen
         assert max(paused for _, paused in seen if paused is not None) > 3.5, seen
