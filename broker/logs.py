@@ -55,14 +55,17 @@ def configure(*, verbose: bool = False) -> None:
 def settings(*, verbose: bool = False) -> tuple[str, str]:
     """The level and format the environment asks for; a value they do not take is a
     :class:`LogSettingError` naming the ones they do."""
-    level = os.environ.get("CASEBROKER_LOG_LEVEL", "INFO").strip().upper()
-    if level not in LEVELS:
-        raise LogSettingError(
-            f"CASEBROKER_LOG_LEVEL={os.environ['CASEBROKER_LOG_LEVEL']!r} is no log level: "
-            f"use {', '.join(LEVELS[:-1])} or {LEVELS[-1]}")
-    form = os.environ.get("CASEBROKER_LOG_FORMAT", "text").strip().lower()
-    if form not in FORMATS:
-        raise LogSettingError(
-            f"CASEBROKER_LOG_FORMAT={os.environ['CASEBROKER_LOG_FORMAT']!r} is no log "
-            f"format: use {' or '.join(FORMATS)}")
+    level = _chosen("CASEBROKER_LOG_LEVEL", "INFO", LEVELS, "log level")
+    form = _chosen("CASEBROKER_LOG_FORMAT", "text", FORMATS, "log format")
     return ("DEBUG" if verbose else level), form
+
+
+def _chosen(name: str, default: str, allowed: tuple[str, ...], what: str) -> str:
+    """The environment's ``name``, in the case ``allowed`` is written in (all upper or all
+    lower), or ``default`` if unset."""
+    raw = os.environ.get(name, default)
+    value = raw.strip().upper() if allowed[0].isupper() else raw.strip().lower()
+    if value not in allowed:
+        raise LogSettingError(f"{name}={raw!r} is no {what}: use "
+                              f"{', '.join(allowed[:-1])} or {allowed[-1]}")
+    return value
