@@ -99,15 +99,16 @@ class Management:
         """From ``http://user:password@host:port`` (guest/guest when it names nobody); a
         URL of another form is a :class:`ManagementError` that does not quote it (it may
         hold a password)."""
+        refused = ManagementError("the management API's URL is not "
+                                  "http(s)://user:password@host:port (--management-url, "
+                                  "CASEBROKER_MANAGEMENT_URL)")
         parts = urllib.parse.urlsplit(url.strip())
         try:
             port = parts.port
         except ValueError:  # a port that is no number, or out of range
-            port = -1
-        if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
-            raise ManagementError(
-                "the management API's URL is not http(s)://user:password@host:port "
-                "(--management-url, CASEBROKER_MANAGEMENT_URL)")
+            raise refused from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise refused
         base = f"{parts.scheme}://{parts.hostname}" + (f":{port}" if port else "")
         return cls(base, parts.username or "guest", parts.password or "guest")
 
