@@ -172,10 +172,10 @@ class Metrics(Hooks):
         except OSError as e:
             raise StartupError(f"cannot serve metrics on {addr}:{port}: {e.strerror or e} "
                                "(--metrics-port, CASEBROKER_METRICS_PORT; 0: off)") from e
-        for gauge, path in ((self.ready, "/readyz"), (self.live, "/livez")):
-            if probes and path in probes:
-                gauge.set_function(_judged_by(probes[path]))
         if probes:
+            for gauge, path in ((self.ready, "/readyz"), (self.live, "/livez")):
+                if path in probes:
+                    gauge.set_function(_judged_by(probes[path]))
             metrics_app = server.get_app()
             assert metrics_app is not None  # start_http_server gave it one
             server.set_app(_with_probes(metrics_app, dict(probes)))
