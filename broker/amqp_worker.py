@@ -173,12 +173,15 @@ class _HandlerThread:
     while the ledger commits (SQLite and PostgreSQL calls release the GIL)."""
 
     def __init__(self, name: str) -> None:
-        self.name = name
         self.jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         #: when the job it runs now began (monotonic clock); None between jobs. Its own,
         #: not the worker's: a batch left running by a closed channel still holds it
         self.job_started: float | None = None
         self.os_thread = threads.start(self._loop, name)
+
+    @property
+    def name(self) -> str:
+        return self.os_thread.name
 
     def submit(self, job: Callable[[], None]) -> None:
         self.jobs.put(job)
