@@ -71,8 +71,14 @@ def test_a_killed_fault_runs_servers_are_stopped_and_their_directories_removed(
     def nap(program: str = sys.executable) -> list[str]:
         return [program, "-c", "import time; time.sleep(120)"]
 
+    def quittable() -> None:
+        # SIGQUIT ends the stand-in, as it does a real server, whatever this run
+        # inherited: a shell's background job starts with it ignored
+        signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
     postgres, beam = (str(tmp_path / "bin" / name) for name in ("postgres", "beam.smp"))
-    strays = [subprocess.Popen([*nap(postgres), "-D", str(left / "pg" / "data")]),
+    strays = [subprocess.Popen([*nap(postgres), "-D", str(left / "pg" / "data")],
+                               preexec_fn=quittable),
               subprocess.Popen([*nap(beam), "-mnesia", str(left / "n1" / "mnesia")]),
               subprocess.Popen([*nap(), "broker.cli", "run"], env={**os.environ, mark: "1"})]
     bystanders = [subprocess.Popen([*nap(postgres), "-D", str(tmp_path / "elsewhere")]),
