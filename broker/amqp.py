@@ -96,11 +96,18 @@ def _login(url: str, number: int) -> tuple[str, str]:
         raise StartupError(f"CASEBROKER_AMQP_URL: URL {number} does not start with amqp:// "
                            "or amqps://; each is amqp://user:password@host:port/vhost, "
                            "separated by commas")
-    if "@" in urlsplit(url).path:
+    path = urlsplit(url).path
+    if "@" in path:
         # an "@" in the vhost: another URL, its amqp:// left out, ran into this one
         raise StartupError(f"CASEBROKER_AMQP_URL: URL {number} has an '@' in its virtual "
                            "host: start every URL with amqp:// or amqps://, and write an "
                            "'@' in a vhost as %40")
+    if "/" in path[1:]:
+        # pika and kombu read it apart: /prov/ is 'prov' to the router, 'prov/' to the
+        # SDK; // is '' to one and '/' to the other
+        raise StartupError(f"CASEBROKER_AMQP_URL: URL {number} has a '/' in its virtual "
+                           "host: write it as %2F (the default virtual host '/' is /%2F "
+                           "or nothing after the port), with no '/' at the end")
     try:
         params = pika.URLParameters(url)
     except ValueError as e:  # its text may quote part of a password

@@ -12,10 +12,12 @@ from broker.errors import StartupError
 
 
 def test_nodes_under_one_login_are_all_taken(monkeypatch: pytest.MonkeyPatch) -> None:
-    # passwords may be written differently; an empty path is the default virtual host
-    monkeypatch.setenv("CASEBROKER_AMQP_URL",
-                       "amqp://cb:one@node-a:5672/%2F, amqp://cb:two@node-b:5672")
-    assert amqp_urls() == ["amqp://cb:one@node-a:5672/%2F", "amqp://cb:two@node-b:5672"]
+    # passwords may be written differently; an empty path, or a "/" alone, is the default
+    # virtual host
+    monkeypatch.setenv("CASEBROKER_AMQP_URL", "amqp://cb:one@node-a:5672/%2F, "
+                       "amqp://cb:two@node-b:5672,amqp://cb:three@node-c/")
+    assert amqp_urls() == ["amqp://cb:one@node-a:5672/%2F", "amqp://cb:two@node-b:5672",
+                           "amqp://cb:three@node-c/"]
 
 
 def test_a_password_may_hold_the_separators(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -38,6 +40,17 @@ def test_what_is_not_an_amqp_url_is_said_without_quoting_it(
         amqp_urls()
     assert "URL 1 " in str(caught.value) or "URL 2 " in str(caught.value)
     assert "s3cret" not in str(caught.value) and "Zq9" not in str(caught.value)
+
+
+@pytest.mark.parametrize("path", ["/prov/", "//", "/prov/intake"])
+def test_a_slash_in_the_virtual_host_is_refused_not_read_two_ways(
+        monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    # the router (pika) and the SDK (kombu) would connect to different virtual hosts
+    monkeypatch.setenv("CASEBROKER_AMQP_URL", f"amqp://cb:s3cret@node-a:5672{path}")
+    with pytest.raises(StartupError) as caught:
+        amqp_urls()
+    assert "URL 1 has a '/' in its virtual host: write it as %2F" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
 
 
 @pytest.mark.parametrize(("second", "said"), [
