@@ -175,16 +175,15 @@ def _queues(topology: Topology) -> tuple[dict[str, int] | None, list[str] | None
             for source in ("intake", "status"):
                 if not depths[f"dead.{source}"]:
                     continue
-                taken, failed = read_back(ch, topology, source)
-                found += [m.message_id for m in taken if REASON_HEADER not in m.headers
+                read = read_back(ch, topology, source)
+                found += [m.message_id for m in read.taken if REASON_HEADER not in m.headers
                           and m.headers.get("x-first-death-reason") in (
                               "delivery_limit", b"delivery_limit")]
-                if failed:
-                    return depths, None, (f"dead.{source}: {len(failed)} message(s) not put "
-                                          "back (left unacked: back in the queue)")
-                if len(taken) < depths[f"dead.{source}"]:
-                    return depths, None, (f"dead.{source}: read {len(taken)} of "
-                                          f"{depths[f'dead.{source}']} messages")
+                if read.failed:
+                    return depths, None, (f"dead.{source}: {len(read.failed)} message(s) not "
+                                          "put back (left unacked: back in the queue)")
+                if read.short is not None:
+                    return depths, None, f"dead.{source}: {read.short}"
             return depths, found, None
     except OperatorBusy:
         return None, None, ("not read: an operator command holds the queues (dead-letters, "

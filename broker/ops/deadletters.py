@@ -69,6 +69,7 @@ from broker.messages import (
 from broker.ops.progress import Progress
 from broker.ops.queues import (
     QUEUE_CHOICES,
+    Settled,
     Taken,
     channel,
     copy_properties,
@@ -78,8 +79,7 @@ from broker.ops.queues import (
     queue_and_key,
     read_back,
     sent_by,
-    settle,
-    take_all,
+    settle_queue,
 )
 from broker.topology import DEAD_SOURCES, INTAKE_KEY, STATUS_KEY, Topology
 
@@ -367,8 +367,14 @@ def _topology(args: argparse.Namespace) -> Topology:
     return Topology(args.prefix) if args.prefix else Topology.from_env()
 
 
-def _failures(which: str, failed: list[tuple[Taken, str]]) -> list[dict[str, Any]]:
-    return [{"queue": which, "message_id": m.message_id, "error": why} for m, why in failed]
+def _failures(which: str, settled: Settled) -> list[dict[str, Any]]:
+    """What failed in a queue: each message, and a reading that stopped short (no
+    message id: ids asked for and not seen may be in what was not read)."""
+    failed: list[dict[str, Any]] = [{"queue": which, "message_id": m.message_id, "error": why}
+                                    for m, why in settled.failed]
+    if settled.short is not None:
+        failed.append({"queue": which, "message_id": None, "error": settled.short})
+    return failed
 
 
 def list_dead(topology: Topology, queues: Iterable[str]
@@ -383,9 +389,9 @@ def list_dead(topology: Topology, queues: Iterable[str]
             if (why := missing(ch, queue)) is not None:
                 failed.append({"queue": which, "message_id": None, "error": why})
                 continue
-            taken, kept_back = read_back(ch, topology, which, _progress(queue))
-            failed += _failures(which, kept_back)
-            found += [dict(describe(which, m), body=redacted_body(m.body)) for m in taken]
+            read = read_back(ch, topology, which, _progress(queue))
+            failed += _failures(which, read)
+            found += [dict(describe(which, m), body=redacted_body(m.body)) for m in read.taken]
     return found, failed
 
 
@@ -465,8 +471,7 @@ def _work(ch: BlockingChannel, topology: Topology, which: str, chosen: Callable[
             keep(msg)
 
     try:
-        return _failures(which, settle(ch, take_all(ch, queue), action, keep,
-                                       _progress(queue))), True
+        return _failures(which, settle_queue(ch, queue, action, keep, _progress(queue))), True
     except AMQPError as e:
         return [{"queue": which, "message_id": None, "error": (
             f"RabbitMQ {type(e).__name__}: {e}; the messages not yet settled are left in "

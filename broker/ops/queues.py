@@ -166,14 +166,66 @@ def depth(ch: BlockingChannel, queue: str) -> int:
     return int(ch.queue_declare(queue, passive=True).method.message_count)
 
 
-def take_all(ch: BlockingChannel, queue: str, limit: int = 100_000) -> list[Taken]:
-    """Take up to ``limit`` messages now ready in ``queue`` (unacked, prefetch-bounded)."""
-    wanted = min(depth(ch, queue), limit)
-    if wanted == 0:
-        return []
-    ch.basic_qos(prefetch_count=min(wanted, 65535))
+#: the most deliveries one consumer may hold unacked (prefetch_count is a 16-bit field)
+MAX_ROUND = 65535
+#: how long a round waits for a delivery before it takes the queue to be read through
+ROUND_IDLE_S = 5.0
+
+
+@dataclass
+class Settled:
+    """What :func:`settle_queue` did with a queue: every message taken, the ones its
+    action failed for (with why), and, when the queue gave fewer messages than it held
+    at the start, why the reading stopped short."""
+
+    taken: list[Taken]
+    failed: list[tuple[Taken, str]]
+    short: str | None
+
+
+def settle_queue(ch: BlockingChannel, queue: str, action: Callable[[Taken], None],
+                 keep: Callable[[Taken], None] | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> Settled:
+    """:func:`settle` every message ready in ``queue`` when called, in rounds of at most
+    :data:`MAX_ROUND`: the prefetch window holds no more, and each round's acks make
+    room for the next. What ``keep`` puts back goes to the end of the queue, behind every
+    message counted at the start, so no message is taken twice. (Another consumer on the
+    queue taking some of them meanwhile, from a second round on the reading may take a
+    copy it put back: a message listed twice, or put back twice, never lost. When nothing
+    comes for :data:`ROUND_IDLE_S`, the reading ends and says it was short.)"""
+    wanted = depth(ch, queue)
+    round_size = MAX_ROUND
     taken: list[Taken] = []
-    for method, props, body in ch.consume(queue, inactivity_timeout=5.0):
+    failed: list[tuple[Taken, str]] = []
+    while len(taken) < wanted:
+        got = _take(ch, queue, min(wanted - len(taken), round_size))
+        if not got:
+            return Settled(taken, failed, (
+                f"read {len(taken)} of the {wanted} messages {queue} held: none came for "
+                f"{ROUND_IDLE_S:g} s (another consumer on it, or messages expired?); the "
+                "rest is still in it"))
+        failed += settle(ch, got, action, keep, progress=_counted_on(progress, len(taken),
+                                                                     wanted))
+        taken += got
+    return Settled(taken, failed, None)
+
+
+def _counted_on(progress: Callable[[int, int], None] | None, before: int, wanted: int
+                ) -> Callable[[int, int], None] | None:
+    """``progress`` told a round's count as the whole reading's."""
+    if progress is None:
+        return None
+    return lambda n, _round: progress(before + n, wanted)
+
+
+def _take(ch: BlockingChannel, queue: str, wanted: int) -> list[Taken]:
+    """Take up to ``wanted`` of the messages ready in ``queue`` (unacked). The prefetch
+    window is exactly ``wanted``, so none is delivered that this does not keep: one
+    delivered and not yielded would be returned to the queue on cancel, a step towards
+    its delivery limit."""
+    ch.basic_qos(prefetch_count=wanted)
+    taken: list[Taken] = []
+    for method, props, body in ch.consume(queue, inactivity_timeout=ROUND_IDLE_S):
         if method is None:
             break
         taken.append(Taken(queue, method.delivery_tag, props, body))
@@ -184,17 +236,15 @@ def take_all(ch: BlockingChannel, queue: str, limit: int = 100_000) -> list[Take
 
 
 def read_back(ch: BlockingChannel, topology: Topology, which: str,
-              progress: Callable[[int, int], None] | None = None
-              ) -> tuple[list[Taken], list[tuple[Taken, str]]]:
+              progress: Callable[[int, int], None] | None = None) -> Settled:
     """Every message now in the operator queue ``which``, each put back as a fresh copy
-    (never returned: see the module); and those that could not be put back (left unacked,
-    they return to the queue when the connection closes), with why."""
-    taken = take_all(ch, queue_and_key(topology, which)[0])
+    (never returned: see the module); those that could not be put back are left unacked
+    (they return to the queue when the connection closes)."""
 
     def keep(msg: Taken) -> None:
         put_back(ch, topology, which, msg)
 
-    return taken, settle(ch, taken, keep, progress=progress)
+    return settle_queue(ch, queue_and_key(topology, which)[0], keep, progress=progress)
 
 
 def put_back(ch: BlockingChannel, topology: Topology, which: str, msg: Taken) -> None:
