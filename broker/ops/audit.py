@@ -136,6 +136,10 @@ def _submission_problems(ledger: Ledger, conn: Connection, submission_ids: list[
         rows = conn.execute(select(inbox.c.message_id).where(
             inbox.c.message_id.in_([f"submit:{s}" for s in chunk])))
         handled |= {m.removeprefix("submit:") for (m,) in rows}
+        # closed at intake (refused from triage, withdrawn while held or before it came),
+        # whatever message id the desk sent it under
+        handled |= set(conn.execute(select(refusals.c.submission_id).where(
+            refusals.c.submission_id.in_(chunk))).scalars())
     # dead letters and triage keep the body: match desks that used other message ids
     bodies = conn.execute(select(outbox.c.body).join(
         inbox, inbox.c.message_id == outbox.c.inbox_message_id).where(or_(

@@ -69,7 +69,7 @@ def test_a_dossier_withdrawn_before_the_router_had_it_is_closed_at_intake_when_i
              what="both kept")
     desk = t.desk_queue("T.MC.B")
     assert queue_depth(desk) == 0  # nothing to tell yet
-    amqp.submit(t, d)
+    amqp.submit(t, d, message_id="desk-own-1")  # a desk's own id, not submit:<id>
     amqp.submit(t, other)
     wait_for(lambda: queue_depth(desk) == 2, what="a withdrawal and a receipt")
     notices = {n["submission_id"]: n for n in amqp.json_all(desk)}
@@ -83,6 +83,9 @@ def test_a_dossier_withdrawn_before_the_router_had_it_is_closed_at_intake_when_i
     refusal = ledger.refusal(str(d.submission_id))
     assert refusal is not None and (refusal["state"], refusal["refused_by"]) == (7, "T.MC.B")
     assert ledger.count_by_state() == {2: 1}
+    # closed at intake is accounted for, by the refusals row (it was "not in the ledger")
+    report = audit(ledger, t, [str(d.submission_id), str(other.submission_id)])
+    assert (report["unaccounted_submissions"], report["withdrawn_while_held"]) == ([], 1)
     # the desk sends it again (a retry under a new message id): told the same
     amqp.submit(t, d, message_id="desk-retry")
     wait_for(lambda: queue_depth(desk) == 1, what="the withdrawal again")
