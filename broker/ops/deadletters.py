@@ -518,13 +518,17 @@ def closed_in_ledger(ledger: Ledger, found: list[dict[str, Any]]) -> None:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    found, failed = list_dead(_topology(args), _queues(args.queue))
-    if args.db_url:
-        ledger = Ledger(args.db_url, create=False)
-        try:
+    # the ledger opened first: one that is missing or old is said before every queue is
+    # read through
+    ledger = Ledger(args.db_url, create=False) if args.db_url else None
+    try:
+        if ledger is not None:
             ledger.check_schema()  # a ledger from before refusals.state: `ledger upgrade`
+        found, failed = list_dead(_topology(args), _queues(args.queue))
+        if ledger is not None:
             closed_in_ledger(ledger, found)
-        finally:
+    finally:
+        if ledger is not None:
             ledger.dispose()
     if args.json:
         print(json.dumps([{k: v for k, v in f.items() if k != "body"} for f in found]))

@@ -669,6 +669,11 @@ def test_two_operator_commands_never_work_on_the_same_queues_at_once(
                 "error: another operator command (dead-letters, audit or topology delete) is "
                 f"working on the queues under {t.prefix!r}; run this one when it has ended "
                 "(nothing was taken)\n"), args
+        # a ledger that is not there is said before any queue is asked for
+        rc, out, err = cli(capsys, t, "dead-letters", "list", "--db-url",
+                           "sqlite:////nonexistent/ledger.db")
+        assert rc != 0 and out == "" and "another operator command" not in err
+        assert "ledger" in err
     # released with its connection: the next command sees all five, the unacked one back
     rc, out, err = cli(capsys, t, "dead-letters", "list", "--queue", "intake")
     assert rc == 0 and out.endswith("5 message(s)\n"), err
