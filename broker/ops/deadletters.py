@@ -112,6 +112,13 @@ _TOKEN = re.compile(r"[A-Za-z0-9._:+/-]{0,100}")
 #: are well-formed
 _HEX_ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
                      r"[0-9a-fA-F]{12}|[0-9a-f]{16,64}")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+                   r"[0-9a-fA-F]{12}")
+#: what a message id casebroker or its SDK makes looks like: ids, codes, times, kinds,
+#: and a replay's #replayN (AMQP allows 255 characters)
+_MESSAGE_ID = re.compile(r"[A-Za-z0-9._:+/#@-]{0,255}")
+#: a message id as shown when it is not one of those (:func:`shown_message_id`)
+_WITHHELD_ID = re.compile(r"withheld-[0-9a-f]{16}")
 
 
 def replay_id(msg: Taken) -> tuple[str, str, int]:
@@ -147,7 +154,7 @@ def replay_target(topology: Topology, which: str, msg: Taken) -> tuple[str, str,
             return topology.intake_exchange, INTAKE_KEY, True
         if source == "status":
             return topology.status_exchange, STATUS_KEY, True
-        raise NoTarget(f"{which}: {msg.message_id!r} came from {source!r}, not from the "
+        raise NoTarget(f"{which}: {_shown(msg)!r} came from {source!r}, not from the "
                        "router's intake or status queue")
     if which == "agency":
         exchange, field = topology.agency_exchange, "agency_id"
@@ -157,7 +164,7 @@ def replay_target(topology: Topology, which: str, msg: Taken) -> tuple[str, str,
         raise NoTarget(f"{which}: not a dead-letter queue")
     key = _original_key(topology, exchange, headers) or _field_of(msg.body, field)
     if not key:
-        raise NoTarget(f"{which}: {msg.message_id!r} names no {field} (no x-original-routing"
+        raise NoTarget(f"{which}: {_shown(msg)!r} names no {field} (no x-original-routing"
                        f"-key, no x-death, no {field} in its body)")
     return exchange, key, False
 
@@ -212,7 +219,8 @@ def replay(ch: BlockingChannel, topology: Topology, which: str, msg: Taken) -> d
         new_id = msg.message_id
         props = copy_properties(msg.properties, headers=headers or None)
     ch.basic_publish(exchange, key, msg.body, props, mandatory=True)
-    return {"queue": which, "message_id": msg.message_id, "replayed_as": new_id,
+    return {"queue": which, "message_id": _shown(msg),
+            "replayed_as": shown_message_id(new_id),
             "exchange": exchange, "routing_key": key}
 
 
@@ -264,8 +272,9 @@ def refuse(ch: BlockingChannel, topology: Topology, ledger: Ledger, msg: Taken, 
     # its desk while it waited; either way the notice it got is sent again, and the copy
     # leaves triage
     before = None if new else State(kept["state"]).name.lower()
-    return {"queue": "triage", "message_id": msg.message_id, "submission_id": sid,
-            "desk_id": shown_id(kept["desk_id"]), "notice_id": sent.message_id,
+    return {"queue": "triage", "message_id": _shown(msg),
+            "submission_id": sid, "desk_id": shown_id(kept["desk_id"]),
+            "notice_id": shown_message_id(sent.message_id),
             "told": untold is None, "refused_before": before == "refused",
             "closed_before": before}
 
@@ -278,7 +287,7 @@ def describe(which: str, msg: Taken) -> dict[str, Any]:
     reason = _text(h.get(REASON_HEADER)) or (
         f"rabbitmq:{_text(h.get('x-first-death-reason'))}"
         if h.get("x-first-death-reason") else None)
-    return {"queue": which, "message_id": msg.message_id,
+    return {"queue": which, "message_id": _shown(msg),
             "reason": reason, "detail": _text(h.get(DETAIL_HEADER)),
             "source": _text(h.get(SOURCE_HEADER)), "type": msg.properties.type,
             "content_type": _text(h.get("x-original-content-type"))
@@ -337,6 +346,21 @@ def _allowed(data: dict[str, Any], fields: frozenset[str], known: frozenset[str]
     return out
 
 
+def shown_message_id(mid: str) -> str:
+    """A message id as the dead-letter tools print it and take it back (``--id``): as it
+    is when it is a plain id (every id casebroker and its SDK make); else, since a
+    sender may have put a name or an id number in it, ``withheld-`` and 16 hex digits of
+    its SHA-256. ``--id`` takes either form."""
+    if _WITHHELD_ID.fullmatch(mid) or (_MESSAGE_ID.fullmatch(mid) and PERSONAL_DIGITS.search(
+            _UUID.sub("", mid)) is None):
+        return mid
+    return "withheld-" + hashlib.sha256(mid.encode()).hexdigest()[:16]
+
+
+def _shown(msg: Taken) -> str:
+    return shown_message_id(msg.message_id)
+
+
 def _token_or_withheld(value: Any) -> Any:
     """A sender-chosen value (a correlation id): shown only if it is a plain token."""
     return value if _is_token(value) else "<withheld>"
@@ -370,7 +394,7 @@ def _topology(args: argparse.Namespace) -> Topology:
 def _failures(which: str, settled: Settled) -> list[dict[str, Any]]:
     """What failed in a queue: each message, and a reading that stopped short (no
     message id: ids asked for and not seen may be in what was not read)."""
-    failed: list[dict[str, Any]] = [{"queue": which, "message_id": m.message_id, "error": why}
+    failed: list[dict[str, Any]] = [{"queue": which, "message_id": _shown(m), "error": why}
                                     for m, why in settled.failed]
     if settled.short is not None:
         failed.append({"queue": which, "message_id": None, "error": settled.short})
@@ -427,7 +451,7 @@ def _each(topology: Topology, queues: Iterable[str], ids: set[str] | None,
                 done.append(act(ch, w, msg))
 
             problems, usable = _work(ch, topology, which,
-                                     lambda m: ids is None or m.message_id in ids, each)
+                                     lambda m: ids is None or _shown(m) in ids, each)
             failed += problems
             if not usable:
                 break
@@ -547,7 +571,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_show(args: argparse.Namespace) -> int:
     found, failed = list_dead(_topology(args), _queues(args.queue))
-    found = [f for f in found if f["message_id"] == args.id]
+    found = [f for f in found if f["message_id"] == shown_message_id(args.id)]
     _report_failures(failed, "not put back (left unacked: back in their queue)")
     if not found:
         print(f"error: no dead letter with message id {args.id!r}", file=sys.stderr)
@@ -564,7 +588,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    ids = None if args.all else set(args.id)
+    ids = None if args.all else {shown_message_id(i) for i in args.id}
     done, failed = replay_dead(_topology(args), _queues(args.queue), ids)
     _print_done(args.json, "replayed", done, failed,
                 lambda d: f"-> {d['exchange']} as {d['replayed_as']}")
@@ -589,7 +613,7 @@ def _cmd_discard(args: argparse.Namespace) -> int:
         print("error: --all needs --queue: say which dead-letter queue to empty",
               file=sys.stderr)
         return 2
-    ids = None if args.all else set(args.id)
+    ids = None if args.all else {shown_message_id(i) for i in args.id}
     queues = list(DEAD_SOURCES) if args.queue in (None, "all") else [args.queue]
     topology = _topology(args)
     done, failed = discard_dead(topology, queues, ids)
@@ -636,14 +660,14 @@ def _unseen(ids: set[str], done: list[dict[str, Any]], failed: list[dict[str, An
 
 
 def _cmd_refuse(args: argparse.Namespace) -> int:
-    ids = set(args.id or ())
+    ids = {shown_message_id(i) for i in args.id or ()}
 
     procedure: str | None = args.procedure
 
     def chosen(msg: Taken) -> bool:
         if procedure is not None:
             return _field_of(msg.body, "procedure_code") == procedure
-        return msg.message_id in ids
+        return _shown(msg) in ids
 
     ledger = Ledger(args.db_url, create=False)
     try:
@@ -704,13 +728,15 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     p.set_defaults(handler=_cmd_list)
     p = dl_sub.add_parser("show", help="one message: headers and the body's fields that carry "
                           "no personal data (ids, codes, states, timestamps)")
-    p.add_argument("id", help="message id")
+    p.add_argument("id", help="message id (as list shows it: one that could hold personal "
+                   "data is shown, and taken, as withheld-<16 hex digits>)")
     common(p, "print a JSON list, one object per copy (without it: each copy as indented "
               "JSON): one id may wait in several queues, a copy replayed twice")
     p.set_defaults(handler=_cmd_show)
     p = dl_sub.add_parser("replay", help="publish messages back to their source, idempotently")
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--id", action="append", help="message id (repeatable)")
+    what.add_argument("--id", action="append",
+                      help="message id, as list shows it (repeatable)")
     what.add_argument("--all", action="store_true", help="every message in the queue(s)")
     common(p)
     p.set_defaults(handler=_cmd_replay)
@@ -718,7 +744,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
         "discard", help="take dead letters out for good, published nowhere (bad input "
         "nobody will replay); the ledger keeps the copy of what the routers dead-lettered")
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--id", action="append", help="message id (repeatable)")
+    what.add_argument("--id", action="append",
+                      help="message id, as list shows it (repeatable)")
     what.add_argument("--all", action="store_true",
                       help="every message in the --queue named (required with --all)")
     p.add_argument("--queue", choices=[*DEAD_SOURCES, "all"],
