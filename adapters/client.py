@@ -12,6 +12,7 @@ broker; at-least-once on reconnects, and receivers dedupe by the stable ``messag
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
@@ -24,14 +25,14 @@ from types import TracebackType
 from typing import Any, Self, cast
 from uuid import UUID
 
-from amqp.exceptions import AMQPError, MessageNacked, NotFound
+from amqp.exceptions import AMQPError, ConsumerCancelled, MessageNacked, NotFound
 from kombu import connection as _connection
 from kombu import entity as _entity
 from kombu import messaging as _messaging
 from kombu.exceptions import KombuError
 
 from broker.amqp import amqp_urls
-from broker.errors import CasebrokerError, DecodeError
+from broker.errors import CasebrokerError, DecodeError, without_values
 from broker.messages import (
     CONTENT_TYPE,
     MAX_BODY_BYTES,
@@ -56,7 +57,8 @@ from broker.messages import (
 from broker.topology import INTAKE_KEY, STATUS_KEY, Topology
 
 __all__ = ["AgencyClient", "BrokerClient", "DeskClient", "Inbox", "MessageTooLarge",
-           "NotInTopology", "PublishError", "Received", "RetryLater", "new_id"]
+           "NotInTopology", "PublishError", "QueueMissing", "Received", "RetryLater",
+           "new_id"]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,17 @@ class NotInTopology(PublishError, ValueError):
     not declared. Nothing was sent: casebroker could not answer it."""
 
 
+class QueueMissing(CasebrokerError):
+    """A queue an inbox reads is not in RabbitMQ: deleted, or the topology not declared.
+    ``queue`` names it. The drain ended; declare the topology and drain again."""
+
+    def __init__(self, queue: str) -> None:
+        super().__init__(f"inbox: RabbitMQ has no queue {queue!r} (deleted, or the topology "
+                         "not declared): declare the topology (`casebroker topology "
+                         "declare`), then drain again")
+        self.queue = queue
+
+
 class BrokerClient:
     """One kombu connection that publishes persistent, mandatory, confirmed messages."""
 
@@ -112,6 +125,9 @@ class BrokerClient:
 
     def __init__(self, url: str | None = None, topology: Topology | None = None, *,
                  max_retries: int | None = 10, confirm_timeout_s: float = 30.0) -> None:
+        if not confirm_timeout_s > 0:  # py-amqp would read 0 as "wait for ever"
+            raise ValueError(f"confirm_timeout_s must be more than 0 seconds, not "
+                             f"{confirm_timeout_s!r}")
         self.topology = topology or Topology.from_env()
         self.max_retries = max_retries
         self.confirm_timeout_s = confirm_timeout_s
@@ -145,7 +161,11 @@ class BrokerClient:
 
     def publish(self, message: Message, *, exchange: str, routing_key: str,
                 message_id: str) -> None:
-        """Publish one message and wait for its confirm; raise PublishError if not taken."""
+        """Publish one message and wait for its confirm; raise PublishError if not taken.
+
+        A confirm that does not come within ``confirm_timeout_s`` raises PublishError at
+        once (the connection is closed, nothing is published again): RabbitMQ may have
+        the message, so send it again under the same ``message_id``."""
         correlation_id = getattr(message, "dossier_code", None) or getattr(
             message, "submission_id", None)
         properties = {
@@ -188,7 +208,9 @@ class BrokerClient:
         """Publish and wait for the confirm, through lost connections (kombu's ensure), and
         through refusals (nacks: the queue is over its length cap, or has no leader for
         the moment): each is tried again after a pause growing as the retry policy's, up
-        to ``max_retries`` times, then raised as a :class:`PublishError` that says so.
+        to ``max_retries`` times, then raised as a :class:`PublishError` that says so. A
+        confirm later than ``confirm_timeout_s`` is raised at once as a
+        :class:`PublishError` (kombu would take it for a lost connection and publish again).
 
         Left to kombu, a nack counts as a lost connection: every retry came at once, on a
         new connection each, and the error said nothing. The retry must still not use the
@@ -204,6 +226,16 @@ class BrokerClient:
                         delivery_mode=2, content_type=CONTENT_TYPE, content_encoding="utf-8",
                         confirm_timeout=self.confirm_timeout_s, **properties)
                 return
+            except _ConfirmTimeout:
+                # its confirm may still come, and would be read as the next publish's: drop
+                # the connection, without the close handshake a stalled peer would not answer
+                self._producer = None
+                self.connection.collect()
+                raise PublishError(
+                    f"publish {message_id} to {exchange}/{routing_key}: no confirm from "
+                    f"RabbitMQ within {self.confirm_timeout_s:g} s; it may have the message: "
+                    "send it again under the same message id (receivers drop repeats "
+                    "by it)", message_id) from None
             except _Refused:
                 self.close()  # the next try on a new connection, hence a new channel
                 if self.max_retries is not None and refusals > self.max_retries:
@@ -213,20 +245,22 @@ class BrokerClient:
                         f"RabbitMQ (nack), {tries}: the queue it goes to is over its "
                         "length limit, or has no leader for now; retry later under the "
                         "same message id", message_id) from None
-            pause = min(policy["interval_start"] + policy["interval_step"] * (refusals - 1),
-                        policy["interval_max"])
+            pause = _backoff_s(policy, refusals)
             log.warning("publish %s to %s/%s was refused by RabbitMQ (nack); retrying in "
                         "%.1fs", message_id, exchange, routing_key, pause)
             time.sleep(pause)
 
     def _publish_once(self, *args: Any, **kwargs: Any) -> Any:
         """The producer's publish (revived by kombu's ensure() after a reconnect), a nack
-        raised as :class:`_Refused`: py-amqp counts a nack among the recoverable
-        connection errors, which ensure() retries at once."""
+        raised as :class:`_Refused` and a confirm timeout as :class:`_ConfirmTimeout`:
+        py-amqp counts both among the recoverable connection errors (the timeout is an
+        OSError), which ensure() retries at once."""
         try:
             return self._producer.publish(*args, **kwargs)
         except MessageNacked as e:
             raise _Refused() from e
+        except TimeoutError as e:
+            raise _ConfirmTimeout() from e
 
     def _check_own_queue(self, message_id: str) -> None:
         """Once per client: a desk or agency id the catalog does not know has no queue, and
@@ -426,7 +460,8 @@ class Inbox:
     anything else, or the body is not a valid notice/assignment →
     ``reject(requeue=False)``, which the quorum queue dead-letters to ``dead.<source>``
     (requeueing would loop on the same poison message). A lost
-    connection is re-established; deliveries not yet acked are redelivered, so a
+    connection is re-established, for as long as it takes (see :meth:`drain`); deliveries
+    not yet acked are redelivered, so a
     handler may see a message twice and must be idempotent: drop repeats by
     ``message_id`` (``redelivered`` is set only on the broker's redeliveries; a message
     the router published again after its own restart arrives as new, with the same id).
@@ -458,38 +493,37 @@ class Inbox:
         self._stop.set()
 
     def drain(self, handler: Callable[[Received], None], *, timeout_s: float | None) -> int:
-        """Handle messages until none arrives for timeout_s (None: until stop); return count."""
+        """Handle messages until none arrives for ``timeout_s`` (None: until stop); return
+        how many were acked.
+
+        Idle time counts from the last handler's return, or from when consuming began:
+        a slow handler or a slow connect does not end the drain with deliveries in hand.
+        A lost connection (or a consumer RabbitMQ cancelled) is re-made and every queue
+        subscribed again, at once and then, while RabbitMQ cannot be reached, after a
+        pause growing from 0.2 s to 5 s, for as long as it takes: ``max_retries`` is for
+        publishes. Each failed attempt is logged in one line; :meth:`stop` (or the idle
+        timeout) ends the wait between two attempts. Raises :class:`QueueMissing` for a
+        queue RabbitMQ does not have."""
         self._handled = 0
         # its own connection: a handler that publishes through the client must not
         # read this inbox's frames while waiting for its confirm
         conn = self.connection = self.client.connection.clone(heartbeat=INBOX_HEARTBEAT_S)
+        self._last_delivery = time.monotonic()
+        subscribed = False
+        failures = 0  # attempts to subscribe that failed in a row
         try:
-            self._consume(conn, handler)
-            while not self._stop.is_set():
-                # idle since the last handler returned, or since consuming began: a slow
-                # handler or a slow connect does not end the drain with deliveries in hand
-                # (each would go back to its queue, a step towards its delivery limit)
-                idle_s = time.monotonic() - self._last_delivery
-                if timeout_s is not None and idle_s >= timeout_s:
-                    break
+            while not self._stop.is_set() and not self._idle_past(timeout_s):
+                # deliveries reach the handler while later queues are still subscribed:
+                # a loss then is recovered like any other
                 try:
-                    # a retry that is due first (its ack, like any, may find the
-                    # connection gone); then the socket, whatever the delay asked
-                    if self._held and self._retry_at <= time.monotonic():
-                        self._retry_held(handler)
-                    conn.heartbeat_check()
-                    # never 0: a socket timeout of 0 makes it non-blocking, and an empty
-                    # read would then look like a lost connection
-                    conn.drain_events(timeout=POLL_INTERVAL_S if not self._held else min(
-                        POLL_INTERVAL_S, max(0.01, self._retry_at - time.monotonic())))
-                except TimeoutError:
-                    continue
+                    if not subscribed:
+                        self._consume(conn, handler)
+                        subscribed, failures = True, 0
+                    self._step(conn, handler)
                 except conn.recoverable_connection_errors as e:
-                    log.warning("inbox connection lost (%s); reconnecting", type(e).__name__)
-                    # what it held died with the channel: RabbitMQ delivers it again
-                    self._held.clear()
-                    conn.collect()
-                    self._consume(conn, handler)
+                    failures = 0 if subscribed else failures + 1
+                    subscribed = False
+                    self._recover(conn, e, failures, timeout_s)
             return self._handled
         finally:
             self._stop.clear()
@@ -502,35 +536,73 @@ class Inbox:
             finally:
                 self._closing = False
 
+    def _idle_past(self, timeout_s: float | None) -> bool:
+        return timeout_s is not None and time.monotonic() - self._last_delivery >= timeout_s
+
     def _consume(self, conn: Any, handler: Callable[[Received], None]) -> None:
-        conn.ensure_connection(**self.client.retry_policy)
+        """Connect (one try) and subscribe to every queue; deliveries of the queues
+        subscribed first may reach the handler meanwhile. A recoverable connection error
+        is for the caller to retry; a queue RabbitMQ does not have raises QueueMissing."""
+        conn.ensure_connection(max_retries=0, reraise_as_library_errors=False)
         channel = conn.channel()
         # py-amqp would turn bodies with a content_encoding into str; decode() wants the bytes
         channel.auto_decode = False
         for name in self.queues:
-            # queues belong to the broker's topology: never declared here
+            # queues belong to the broker's topology: never declared here; the tag names
+            # the queue, for the log line when RabbitMQ cancels its consumer
             consumer = Consumer(channel, queues=[Queue(name, no_declare=True)],
                                 auto_declare=False, prefetch_count=self.prefetch_count,
-                                on_message=self._on_message(name, handler))
-            consumer.consume()
+                                on_message=self._on_message(name, handler),
+                                tag_prefix=f"{name}:")
+            try:
+                consumer.consume()
+            except NotFound:
+                raise QueueMissing(name) from None
         self._last_delivery = time.monotonic()
 
-    def _retry_held(self, handler: Callable[[Received], None]) -> None:
-        """Hand the held deliveries to the handler again, in order, until one asks for
-        another retry or the drain is told to stop."""
-        while self._held and not self._stop.is_set():
+    def _step(self, conn: Any, handler: Callable[[Received], None]) -> None:
+        """One turn of the drain: the first held delivery if its retry is due (one per
+        turn, so that heartbeats are answered between two), then the socket, for at most
+        POLL_INTERVAL_S (less when a retry comes due sooner)."""
+        if self._held and self._retry_at <= time.monotonic():
             queue, delivery = self._held.popleft()
             try:
-                self._handle(queue, delivery, handler)
+                self._handle(queue, delivery, handler)  # its ack may find the connection gone
             finally:
                 self._last_delivery = time.monotonic()
-            if self._held and self._held[0][1] is delivery:  # asked again: wait
-                return
+        conn.heartbeat_check()
+        wait_s = POLL_INTERVAL_S
+        if self._held:
+            # never 0: a socket timeout of 0 makes it non-blocking, and an empty read
+            # would then look like a lost connection
+            wait_s = min(wait_s, max(0.01, self._retry_at - time.monotonic()))
+        with contextlib.suppress(TimeoutError):  # nothing came: the next turn
+            conn.drain_events(timeout=wait_s)
+
+    def _recover(self, conn: Any, error: BaseException, failures: int,
+                 timeout_s: float | None) -> None:
+        """After a lost connection (``failures`` 0) or a failed attempt to subscribe: say
+        so in one line (the error's type, never the URL), drop what the connection held,
+        and wait before the next attempt as the client's retry policy says (not at all
+        after a loss), until stop() or the drain's idle timeout."""
+        # what it held died with the channel: RabbitMQ delivers it again
+        self._held.clear()
+        conn.collect()
+        if failures == 0:
+            log.warning("%s; reconnecting", _loss(error))
+            return
+        conn.maybe_switch_next()  # the next node of CASEBROKER_AMQP_URL, if it has several
+        pause = _backoff_s(self.client.retry_policy, failures)
+        log.warning("inbox could not subscribe (%s); retrying in %.1fs",
+                    type(error).__name__, pause)
+        if timeout_s is not None:
+            pause = min(pause, timeout_s - (time.monotonic() - self._last_delivery))
+        self._stop.wait(max(pause, 0.0))
 
     def _on_message(self, queue: str, handler: Callable[[Received], None]
                     ) -> Callable[[Any], None]:
         def on_message(delivery: Any) -> None:
-            if self._closing:
+            if self._closing or self._stop.is_set():
                 return  # not acked: back to its queue as the channel closes
             if self._held:  # behind one waiting for its retry: in order, after it
                 self._held.append((queue, delivery))
@@ -571,10 +643,9 @@ class Inbox:
             self._retry_at = time.monotonic() + max(e.after_s, RETRY_MIN_S)
             return
         except Exception as e:
-            # only the type is logged: handler errors may carry personal data
+            # the type and where it was raised, never the message: it may quote personal data
             log.error("handler failed on %s from %s (%s); dead-lettering",
-                      received.message_id, queue, type(e).__name__)
-            log.debug("handler failure", exc_info=True)
+                      received.message_id, queue, without_values(e))
             delivery.reject(requeue=False)
             return
         delivery.ack()
@@ -583,6 +654,25 @@ class Inbox:
 
 class _Refused(Exception):  # noqa: N818 (kept from kombu's ensure(), which would retry it)
     """RabbitMQ nacked a publish."""
+
+
+class _ConfirmTimeout(Exception):  # noqa: N818 (kept from kombu's ensure(), as _Refused)
+    """No confirm came within the client's confirm_timeout_s."""
+
+
+def _loss(error: BaseException) -> str:
+    """What an inbox lost, as its log line says it."""
+    if isinstance(error, ConsumerCancelled):
+        queue = str(error.reply_text).rpartition(":")[0]  # the consumer tag names its queue
+        return f"the consumer on {queue} was cancelled by RabbitMQ (queue deleted?)"
+    return f"inbox connection lost ({type(error).__name__})"
+
+
+def _backoff_s(policy: dict[str, Any], attempt: int) -> float:
+    """The pause before try ``attempt + 1`` under a retry policy: ``interval_start``,
+    growing by ``interval_step`` per try, to at most ``interval_max``."""
+    return float(min(policy["interval_start"] + policy["interval_step"] * (attempt - 1),
+                     policy["interval_max"]))
 
 
 def _log_retry(exc: BaseException, interval_s: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import pika
 import pytest
@@ -24,6 +26,7 @@ from adapters.client import (
     MessageTooLarge,
     NotInTopology,
     PublishError,
+    QueueMissing,
     Received,
     RetryLater,
 )
@@ -282,6 +285,26 @@ def test_handler_failure_and_poison_are_dead_lettered_not_acked(live: Live) -> N
     assert json.loads(bad)["dossier_code"] == "T.UBND.A-261125-0002"
 
 
+def test_a_handler_failure_is_logged_by_type_and_place_never_by_its_message(
+        live: Live, caplog: pytest.LogCaptureFixture) -> None:
+    t = live.topology
+
+    def handler_quoting_the_citizen(r: Received) -> None:
+        raise ValueError("citizen id 066090001234 is not in our register")
+
+    caplog.set_level(logging.DEBUG)
+    with DeskClient("T.MC.A", topology=t) as desk:
+        publish_desk_notices(desk, t, "T.MC.A", 1)
+        assert desk.inbox().drain(handler_quoting_the_citizen, timeout_s=0.3) == 0
+    assert "066090001234" not in caplog.text  # the formatted records, tracebacks included
+    for r in caplog.records:
+        assert "066090001234" not in r.getMessage() + (r.exc_text or "")
+        assert r.exc_info is None or "066090001234" not in str(r.exc_info[1])
+    [failed] = [r.getMessage() for r in caplog.records if "handler failed" in r.getMessage()]
+    assert "ValueError" in failed and "handler_quoting_the_citizen" in failed
+    assert live.wait_depth(t.dead_queue("desk"), 1) == 1
+
+
 def test_stop_from_another_thread_ends_drain(live: Live) -> None:
     with DeskClient("T.MC.B", topology=live.topology) as desk:
         inbox = desk.inbox()
@@ -326,6 +349,87 @@ def test_publish_reconnects_after_connection_loss(live: Live) -> None:
     assert live.depth(t.intake_queue) == 2
 
 
+class SlowLink:
+    """A TCP relay to RabbitMQ that holds back what RabbitMQ sends on the connections open
+    when told to (:meth:`stall`), until :meth:`release`: a confirm that comes late."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.target = urlsplit(amqp_url())
+        self.url = self.target._replace(netloc=(
+            f"{self.target.username}:{self.target.password}"
+            f"@127.0.0.1:{self.listener.getsockname()[1]}")).geturl()
+        self.flowing: list[threading.Event] = []
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection((self.target.hostname, self.target.port or 5672))
+            flowing = threading.Event()
+            flowing.set()
+            self.flowing.append(flowing)
+            self.sockets += [client, server]
+            for src, dst, gate in ((client, server, None), (server, client, flowing)):
+                threading.Thread(target=self._pump, args=(src, dst, gate), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket, gate: threading.Event | None) -> None:
+        try:
+            while data := src.recv(65536):
+                if gate is not None:
+                    gate.wait()
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def stall(self) -> None:
+        for gate in self.flowing:
+            gate.clear()
+
+    def release(self) -> None:
+        for gate in self.flowing:
+            gate.set()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.release()
+        for s in self.sockets:
+            s.close()
+
+
+def test_a_late_confirm_is_said_at_once_and_not_published_again(live: Live) -> None:
+    # a confirm that timed out was taken by kombu for a lost connection: it published the
+    # message again at once on a new connection, and said RabbitMQ was unavailable
+    t = live.topology
+    with pytest.raises(ValueError, match="confirm_timeout_s"):
+        DeskClient("T.MC.A", topology=t, confirm_timeout_s=0)  # py-amqp: "wait for ever"
+    link = SlowLink()
+    try:
+        with DeskClient("T.MC.A", url=link.url, topology=t, confirm_timeout_s=1.0) as desk:
+            desk.submit(dossier())
+            link.stall()
+            late = dossier()
+            with pytest.raises(PublishError, match="no confirm from RabbitMQ within 1 s") as e:
+                desk.submit(late)
+            assert e.value.message_id == f"submit:{late.submission_id}"
+            assert "same message id" in str(e.value)
+            link.release()
+            desk.submit(dossier())  # on a new connection: the late confirm is not taken for it
+    finally:
+        link.close()
+    taken = [p.message_id for p, _ in live.get_all(t.intake_queue)]
+    assert len(taken) == 3 and taken.count(f"submit:{late.submission_id}") == 1
+
+
 @pytest.mark.parametrize("retried", [False, True], ids=["handled", "retried"])
 def test_inbox_reconnects_and_redelivers_what_it_had_not_acked(live: Live,
                                                                retried: bool) -> None:
@@ -349,6 +453,107 @@ def test_inbox_reconnects_and_redelivers_what_it_had_not_acked(live: Live,
         "notice:1", "notice:2"]
     assert [r.redelivered for r in seen[:2 + retried]] == [False] * (1 + retried) + [True]
     assert live.depth(t.desk_queue("T.MC.A")) == 0 and live.depth(t.dead_queue("desk")) == 0
+
+
+def test_a_connection_lost_while_the_inbox_subscribes_is_recovered(live: Live) -> None:
+    # with several queues, the first queue's deliveries reach the handler while the inbox
+    # still subscribes to the others: a loss then, or again while subscribing anew after
+    # it, made drain() raise
+    t = live.topology
+    queues = [t.desk_queue(d) for d in DESKS] + [t.agency_queue(AGENCIES[0])]
+    seen: list[Received] = []
+    with BrokerClient(topology=t) as client:
+        ids = send_notices(client, t)
+        inbox = Inbox(client, queues, prefetch_count=1)
+
+        def handler(r: Received) -> None:
+            seen.append(r)
+            if len(seen) == 1 or [x.redelivered for x in seen].count(True) == 1 == r.redelivered:
+                cut(inbox.connection)
+
+        handled = inbox.drain(handler, timeout_s=1.0)
+    assert handled == 5
+    assert {r.message_id for r in seen} == ids
+    assert sum(r.redelivered for r in seen) >= 2  # both cuts cost an ack
+    assert [live.depth(q) for q in queues] == [0, 0, 0]
+
+
+def test_an_inbox_that_cannot_reach_rabbitmq_keeps_trying_until_stopped(
+        live: Live, caplog: pytest.LogCaptureFixture) -> None:
+    # an inbox is a long-running consumer: past the client's max_retries (its publishes'),
+    # it waits out a RabbitMQ restart, however long, and stop() still ends it
+    nobody = f"amqp://guest:not-the-password@127.0.0.1:{free_port()}/%2F"
+    handled: list[int] = []
+
+    def failed_attempts() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "inbox could not subscribe "
+                "(ConnectionRefusedError); retrying in" in r.getMessage()]
+
+    with DeskClient("T.MC.A", url=nobody, topology=live.topology, max_retries=1) as desk:
+        inbox = desk.inbox()
+        draining = threading.Thread(target=lambda: handled.append(
+            inbox.drain(lambda r: None, timeout_s=None)))
+        with caplog.at_level(logging.WARNING, logger="adapters.client"):
+            draining.start()
+            wait_for(lambda: len(failed_attempts()) >= 3, timeout_s=10,
+                     what="three failed attempts")
+            assert draining.is_alive()
+            inbox.stop()
+            draining.join(5)
+        assert not draining.is_alive() and handled == [0]
+        assert [line[-4:] for line in failed_attempts()[:2]] == ["0.2s", "0.7s"]
+        assert "not-the-password" not in caplog.text
+        # with a timeout, the drain ends when nothing came for that long, as when connected
+        started = time.monotonic()
+        assert inbox.drain(lambda r: None, timeout_s=0.5) == 0
+        assert time.monotonic() - started < 5
+
+
+def test_a_queue_deleted_under_the_inbox_or_never_declared_is_said_in_words(
+        live: Live, caplog: pytest.LogCaptureFixture) -> None:
+    t = live.topology
+    qa, qb = t.desk_queue("T.MC.A"), t.desk_queue("T.MC.B")
+    with BrokerClient(topology=t) as client:
+        publish_desk_notices(client, t, "T.MC.B", 1)
+
+        def handler(r: Received) -> None:
+            live.channel.queue_delete(qa)  # an operator's mistake, while B's notice is handled
+
+        with caplog.at_level(logging.WARNING, logger="adapters.client"), pytest.raises(
+                QueueMissing, match="declare the topology") as missing:
+            Inbox(client, [qa, qb]).drain(handler, timeout_s=2.0)
+        assert missing.value.queue == qa and qa in str(missing.value)
+        assert f"the consumer on {qa} was cancelled by RabbitMQ (queue deleted?)" in caplog.text
+        with pytest.raises(QueueMissing, match="no queue 'nowhere'"):
+            Inbox(client, ["nowhere"]).drain(lambda r: None, timeout_s=0.3)
+    assert live.depth(qb) == 0
+
+
+def test_a_long_run_of_held_deliveries_leaves_the_heartbeats_answered(
+        live: Live, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # after a RetryLater, the deliveries held behind it are handed over one per turn of
+    # the drain loop, which reads the socket between two: handed over in one go, for
+    # longer than two heartbeats, py-amqp had declared the connection dead
+    import adapters.client
+
+    monkeypatch.setattr(adapters.client, "INBOX_HEARTBEAT_S", 1)
+    t = live.topology
+    seen: list[Received] = []
+    with DeskClient("T.MC.A", topology=t) as desk:
+        publish_desk_notices(desk, t, "T.MC.A", 10)
+
+        def handler(r: Received) -> None:
+            seen.append(r)
+            if len(seen) == 1:
+                time.sleep(0.3)  # the other nine come meanwhile, and are held behind it
+                raise RetryLater(0.1)
+            time.sleep(0.4)  # well within a heartbeat, but nine of them are not
+
+        with caplog.at_level(logging.WARNING, logger="adapters.client"):
+            assert desk.inbox(prefetch_count=10).drain(handler, timeout_s=1.0) == 10
+    assert [r.message_id for r in seen] == ["notice:0"] + [f"notice:{i}" for i in range(10)]
+    assert not any(r.redelivered for r in seen)
+    assert "connection lost" not in caplog.text  # py-amqp: "Too many heartbeats missed"
 
 
 def test_a_slow_handler_does_not_end_the_drain_with_deliveries_in_hand(live: Live) -> None:
