@@ -25,7 +25,13 @@ from types import TracebackType
 from typing import Any, Self, cast
 from uuid import UUID
 
-from amqp.exceptions import AMQPError, ConsumerCancelled, MessageNacked, NotFound
+from amqp.exceptions import (
+    AccessRefused,
+    AMQPError,
+    ConsumerCancelled,
+    MessageNacked,
+    NotFound,
+)
 from kombu import connection as _connection
 from kombu import entity as _entity
 from kombu import messaging as _messaging
@@ -56,9 +62,9 @@ from broker.messages import (
 )
 from broker.topology import INTAKE_KEY, STATUS_KEY, Topology
 
-__all__ = ["AgencyClient", "BrokerClient", "DeskClient", "Inbox", "MessageTooLarge",
-           "NotInTopology", "PublishError", "QueueMissing", "Received", "RetryLater",
-           "new_id"]
+__all__ = ["AgencyClient", "BrokerClient", "DeskClient", "Inbox", "InboxRefused",
+           "MessageTooLarge", "NotInTopology", "PublishError", "QueueMissing", "Received",
+           "RetryLater", "new_id"]
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +120,11 @@ class QueueMissing(CasebrokerError):
                          "not declared): declare the topology (`casebroker topology "
                          "declare`), then drain again")
         self.queue = queue
+
+
+class InboxRefused(CasebrokerError):
+    """RabbitMQ refused an inbox its login, or the login may not read one of its queues.
+    The drain ended; nothing was taken."""
 
 
 class BrokerClient:
@@ -542,8 +553,13 @@ class Inbox:
     def _consume(self, conn: Any, handler: Callable[[Received], None]) -> None:
         """Connect (one try) and subscribe to every queue; deliveries of the queues
         subscribed first may reach the handler meanwhile. A recoverable connection error
-        is for the caller to retry; a queue RabbitMQ does not have raises QueueMissing."""
-        conn.ensure_connection(max_retries=0, reraise_as_library_errors=False)
+        is for the caller to retry; a queue RabbitMQ does not have raises QueueMissing,
+        a login or queue it refuses InboxRefused."""
+        try:
+            conn.ensure_connection(max_retries=0, reraise_as_library_errors=False)
+        except AccessRefused as e:
+            raise InboxRefused(f"inbox: RabbitMQ refused the login ({e.reply_text}): check "
+                               "the user and password in the URL") from None
         channel = conn.channel()
         # py-amqp would turn bodies with a content_encoding into str; decode() wants the bytes
         channel.auto_decode = False
@@ -558,6 +574,9 @@ class Inbox:
                 consumer.consume()
             except NotFound:
                 raise QueueMissing(name) from None
+            except AccessRefused as e:  # the login may not read this queue
+                raise InboxRefused(f"inbox: RabbitMQ refused to let this login read {name!r} "
+                                   f"({e.reply_text}): see `casebroker users plan`") from None
         self._last_delivery = time.monotonic()
 
     def _step(self, conn: Any, handler: Callable[[Received], None]) -> None:

@@ -11,7 +11,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from adapters.client import DeskClient
+from adapters.client import DeskClient, Inbox, InboxRefused
 from broker.amqp import DETAIL_HEADER, REASON_HEADER, SENT_BY_HEADER, amqp_url
 from broker.cli import main
 from broker.ledger import Ledger
@@ -94,7 +94,18 @@ def test_desk_and_agency_can_do_their_part_only(declared: Topology, users: Path)
             f"amqp://{urllib.parse.quote(desk, safe='')}:{urllib.parse.quote(password)}@"
             f"{base.hostname}:{base.port or 5672}/%2F")) as client:
         client.submit(dossier(desk_id="T.MC.A"))
+        # its inbox may read its own queue only, and says so in words (not amqp's error)
+        with pytest.raises(InboxRefused, match="refused to let this login read "
+                           f"'{declared.desk_queue('T.MC.B')}'"):
+            Inbox(client, [declared.desk_queue("T.MC.B")]).drain(lambda r: None,
+                                                                   timeout_s=2)
     assert queue_depth(declared.intake_queue) == 2
+    with DeskClient("T.MC.A", topology=declared, url=(
+            f"amqp://{urllib.parse.quote(desk, safe='')}:not-{urllib.parse.quote(password)}@"
+            f"{base.hostname}:{base.port or 5672}/%2F")) as client:
+        with pytest.raises(InboxRefused, match="refused the login") as e:
+            client.inbox().drain(lambda r: None, timeout_s=2)
+        assert password not in str(e.value)
 
     agency = user_for(declared, "T.UBND.A")
     conn = _connect(agency, users)
