@@ -477,7 +477,8 @@ class Inbox:
     ``message_id`` (``redelivered`` is set only on the broker's redeliveries; a message
     the router published again after its own restart arrives as new, with the same id).
     The connection carries heartbeats (:data:`INBOX_HEARTBEAT_S`): a handler should
-    return within a minute or two.
+    return within a minute or two. ``prefetch_count`` is each queue's: an inbox on three
+    queues may hold three times as many deliveries unacked.
     """
 
     def __init__(self, client: BrokerClient, queues: list[str], *,
@@ -505,7 +506,8 @@ class Inbox:
 
     def drain(self, handler: Callable[[Received], None], *, timeout_s: float | None) -> int:
         """Handle messages until none arrives for ``timeout_s`` (None: until stop); return
-        how many were acked.
+        how many the handler took and were acked (an ack sent as the connection was lost
+        is counted, and its message comes again: the count may exceed the messages).
 
         Idle time counts from the last handler's return, or from when consuming began:
         a slow handler or a slow connect does not end the drain with deliveries in hand.
