@@ -574,7 +574,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
     found = [f for f in found if f["message_id"] == shown_message_id(args.id)]
     _report_failures(failed, "not put back (left unacked: back in their queue)")
     if not found:
-        print(f"error: no dead letter with message id {args.id!r}", file=sys.stderr)
+        print(f"error: no dead letter with message id {shown_message_id(args.id)!r}",
+              file=sys.stderr)
         return 1
     if args.json:  # a list: one id can wait in several queues (a copy replayed twice)
         print(json.dumps(found, ensure_ascii=False, default=str))

@@ -189,16 +189,15 @@ def settle_queue(ch: BlockingChannel, queue: str, action: Callable[[Taken], None
     """:func:`settle` every message ready in ``queue`` when called, in rounds of at most
     :data:`MAX_ROUND`: the prefetch window holds no more, and each round's acks make
     room for the next. What ``keep`` puts back goes to the end of the queue, behind every
-    message counted at the start, so no message is taken twice. (Another consumer on the
-    queue taking some of them meanwhile, from a second round on the reading may take a
-    copy it put back: a message listed twice, or put back twice, never lost. When nothing
-    comes for :data:`ROUND_IDLE_S`, the reading ends and says it was short.)"""
+    message counted at the start, so no message is taken twice. If another consumer takes
+    some of them meanwhile, a later round may take a copy this reading put back (listed,
+    or put back, twice; never lost). When nothing comes for :data:`ROUND_IDLE_S`, the
+    reading ends and says it was short."""
     wanted = depth(ch, queue)
-    round_size = MAX_ROUND
     taken: list[Taken] = []
     failed: list[tuple[Taken, str]] = []
     while len(taken) < wanted:
-        got = _take(ch, queue, min(wanted - len(taken), round_size))
+        got = _take(ch, queue, min(wanted - len(taken), MAX_ROUND))
         if not got:
             return Settled(taken, failed, (
                 f"read {len(taken)} of the {wanted} messages {queue} held: none came for "
