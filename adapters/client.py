@@ -516,7 +516,8 @@ class Inbox:
         pause growing from 0.2 s to 5 s, for as long as it takes: ``max_retries`` is for
         publishes. Each failed attempt is logged in one line; :meth:`stop` (or the idle
         timeout) ends the wait between two attempts. Raises :class:`QueueMissing` for a
-        queue RabbitMQ does not have."""
+        queue RabbitMQ does not have, :class:`InboxRefused` for a login it refuses or a
+        queue the login may not read."""
         self._handled = 0
         # its own connection: a handler that publishes through the client must not
         # read this inbox's frames while waiting for its confirm
