@@ -393,6 +393,19 @@ class Batch:
                     r.headers, bytes(r.body)))
         return found
 
+    def applied_under(self, copies: Mapping[str, tuple[str, str]]) -> set[str]:
+        """Of the message ids ``copies`` maps to (the start of their changed copies' inbox
+        ids, the dossier they name), those under which a changed copy changed that
+        dossier: its events name the message each change came from (an index read)."""
+        ids: dict[str, list[str]] = {}
+        for code, mid in self.conn.execute(
+                select(events.c.dossier_code, events.c.message_id).where(
+                    events.c.dossier_code.in_({code for _, code in copies.values()}),
+                    events.c.message_id.is_not(None))):
+            ids.setdefault(code, []).append(mid)
+        return {mid for mid, (prefix, code) in copies.items()
+                if any(i.startswith(prefix) for i in ids.get(code, ()))}
+
     def existing_submissions(self, submission_ids: Iterable[str], *, alone: bool = False,
                              with_early: bool = False) -> dict[str, str | None]:
         """submission id → dossier code for those already in the ledger, or None for one

@@ -198,6 +198,17 @@ def changed_copy_id(mid: str, fingerprint: bytes) -> str:
     return kept_id(f"{mid}#{fingerprint.hex()}")
 
 
+def changed_copies_prefix(mid: str, own_id: str) -> str:
+    """What the inbox id of every changed copy under ``mid`` starts with, given one of
+    them: ``<mid>#``, or the start :func:`kept_id` keeps of an id too long to keep whole
+    (there, other long ids with the same start match too: taken for this one's, a copy
+    is dead-lettered rather than applied twice)."""
+    literal = f"{mid}#"
+    if own_id.startswith(literal):
+        return literal
+    return own_id[:own_id.rindex("~sha256:")]
+
+
 @dataclass(slots=True)
 class _Copy:
     """One delivery as the screen sees it: its id, its message (or why it has none) and
@@ -288,6 +299,12 @@ class Screen:
             if first is not None and first != c.fingerprint:
                 c.changed, c.before = True, prior.outcome if prior is not None else None
         seen.update(batch.seen(c.own_id for c in copies if c.changed))
+        # a changed copy applied under the id since its first: the id is spent, whatever
+        # that first one's outcome was
+        spent = batch.applied_under({
+            c.mid: (changed_copies_prefix(c.mid, c.own_id), code) for c in copies
+            if c.changed and (code := getattr(c.message, "dossier_code", None)) is not None})
+        judged: set[str] = set()  # ids a changed copy of went on to be judged in this batch
         taken: set[str] = set()
         for c in copies:
             key = c.own_id if c.changed else c.mid
@@ -310,6 +327,8 @@ class Screen:
                     batch, key, c.delivery, "sender_mismatch",
                     f"published by {sender!r}, not by {shown_id(claimed)}", now))
                 continue
+            if c.changed and (c.mid in spent or c.mid in judged):
+                c.before = "applied" if c.mid in spent else None
             if c.changed and not self.afresh(c.before):
                 before = ("by an earlier message in this batch" if c.before is None
                           else f"as {c.before}")
@@ -321,6 +340,8 @@ class Screen:
                                             detail, now, also=answer))
                 result.out += answer
                 continue
+            if c.changed:
+                judged.add(c.mid)
             result.fresh.append((key, c.delivery, c.message))
         return result
 

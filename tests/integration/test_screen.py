@@ -456,6 +456,31 @@ def test_a_status_update_changed_under_an_applied_id_is_dead_lettered(
         "routed": 1, "applied": 2, "refused_update": 1, "dead:message_id_reused": 1}
 
 
+@pytest.mark.parametrize("one_batch", [False, True], ids=["batch_by_batch", "one_batch"])
+def test_a_message_id_spent_by_a_corrected_copy_is_not_applied_again(
+        router: Router, one_batch: bool) -> None:
+    # refused, then corrected and applied under the same id: a third copy, different
+    # again, was judged against the first copy's refusal and applied too (found by a
+    # review: 4 -> 5 -> 8 under one update id)
+    assigned = json.loads(router.handle([_delivery(1, encode(dossier()), "submit:1")])[0].body)
+    code, agency = assigned["dossier_code"], assigned["agency_id"]
+    status = StatusRouter(router.engine, router.ledger, Topology("t"))
+    u0, u = uuid.uuid4(), uuid.uuid4()
+    status.handle([_status_delivery(1, _status(agency, code, "processing", u0), f"status:{u0}")])
+    status.handle([_status_delivery(2, _status(agency, code, "rejected", u), f"status:{u}")])
+    corrected = _status_delivery(3, _status(agency, code, "supplement_requested", u,
+                                            requested_documents=["CCCD"]), f"status:{u}")
+    third = _status_delivery(4, _status(agency, code, "stopped", u, reason="khác"),
+                             f"status:{u}")
+    out = (status.handle([corrected, third]) if one_batch
+           else status.handle([corrected]) + status.handle([third]))
+    row = router.ledger.dossier(code)
+    assert row is not None and row["state"] == 5  # supplement requested, not stopped
+    assert [o.headers[REASON_HEADER] for o in out if o.headers] == ["message_id_reused"]
+    assert router.ledger.count_inbox_outcomes() == {
+        "routed": 1, "applied": 2, "refused_update": 1, "dead:message_id_reused": 1}
+
+
 def test_a_refusal_for_the_longest_dossier_code_keeps_its_id_within_the_outbox(
         ledger: Ledger) -> None:
     # a 64-character agency id and a five-digit daily number make a 77-character code;
