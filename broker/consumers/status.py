@@ -37,6 +37,7 @@ from broker.amqp import Delivery
 from broker.calendar import DurationUnit
 from broker.consumers.common import (
     Consumer,
+    delivery_id,
     in_zone,
     kept_id,
     to_agency,
@@ -191,7 +192,8 @@ class StatusRouter(Consumer):
                                                 also=answer))
                     out += answer
                     continue
-                published, outcome, reason = self._apply(engine, dossier, mid, msg, batch, now)
+                published, outcome, reason = self._apply(engine, dossier, mid, msg, batch, now,
+                                                         changed=mid != delivery_id(d))
                 batch.record(mid, self.source, outcome, msg.dossier_code, published, now)
                 self._count(outcome, reason)
                 out += published
@@ -320,8 +322,11 @@ class StatusRouter(Consumer):
             reason=reason, issued_at=now), message_id)
 
     def _apply(self, engine: Engine, dossier: _Dossier, mid: str, msg: Update, batch: Batch,
-               now: datetime) -> tuple[list[Outbound], str, str]:
-        """Apply one update, or refuse it; (messages, inbox outcome, metric reason)."""
+               now: datetime, changed: bool = False) -> tuple[list[Outbound], str, str]:
+        """Apply one update, or refuse it; (messages, inbox outcome, metric reason).
+        ``changed``: a copy that differs from the first under its message id, ``mid`` its
+        own id: refused, it is answered under that id (the first copy's refusal went out
+        under the update's, with other words, which a receiver would drop as a repeat)."""
         refusal, reason = self._sender_problem(dossier, msg), ""
         if refusal is None and (stale := self._stale(dossier, msg)) is not None:
             refusal, reason = stale, STALE
@@ -332,7 +337,8 @@ class StatusRouter(Consumer):
             except TransitionRefused:
                 refusal = _not_allowed(dossier, msg)
         if refusal is not None:
-            return [self._refuse(dossier, msg, refusal, now)], "refused_update", reason
+            return [self._refuse(dossier, msg, refusal, now, answered=mid if changed else None)
+                    ], "refused_update", reason
         old_state, old_agency = State(dossier["state"]), dossier["agency_id"]
         finishing = {"step": dossier["step"], "step_due_at": dossier["step_due_at"].isoformat()}
         if STEP_OWN_DUE in dossier["flags"]:

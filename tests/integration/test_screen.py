@@ -481,6 +481,25 @@ def test_a_message_id_spent_by_a_corrected_copy_is_not_applied_again(
         "routed": 1, "applied": 2, "refused_update": 1, "dead:message_id_reused": 1}
 
 
+def test_a_corrected_update_refused_again_is_answered_under_an_id_of_its_own(
+        router: Router) -> None:
+    # its refusal went out under the first refusal's id, with other words: a receiver
+    # dropping repeats by id never read why the correction was refused (found by a review)
+    assigned = json.loads(router.handle([_delivery(1, encode(dossier()), "submit:1")])[0].body)
+    code, agency = assigned["dossier_code"], assigned["agency_id"]
+    status = StatusRouter(router.engine, router.ledger, Topology("t"))
+    u = uuid.uuid4()
+    first = status.handle([_status_delivery(1, _status(agency, code, "financial_obligation",
+                                                       u), f"status:{u}")])
+    again = status.handle([_status_delivery(2, _status(agency, code, "stopped", u,
+                                                       reason="khác"), f"status:{u}")])
+    told = [json.loads(o.body) for o in first + again]
+    assert [t["notice"] for t in told] == ["update_refused", "update_refused"]
+    assert "financial_obligation" in told[0]["reason"] and "stopped" in told[1]["reason"]
+    assert first[0].message_id == f"{code}:update_refused:{u}"
+    assert again[0].message_id.startswith(f"{code}:update_refused:status:{u}#")
+
+
 def test_a_refusal_for_the_longest_dossier_code_keeps_its_id_within_the_outbox(
         ledger: Ledger) -> None:
     # a 64-character agency id and a five-digit daily number make a 77-character code;
