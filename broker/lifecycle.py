@@ -2,6 +2,15 @@
 
 Everything that changes a dossier's state asks :func:`apply`; nothing else decides.
 Overdue is not a state: it is derived from the due date.
+
+DOMAIN.md lists the typical transitions (1→2|3; 2→4; 4→4; 4→5|6|8|9; 5→4; 6→4|9;
+9→10; open→7). The table also takes what an agency does without a processing step
+between: 2→9, a dossier settled on the day it is received (a certified copy); 2→3, the
+competent agency finding on receipt that it cannot take the dossier (refused at
+intake, with the reason); 2→5, documents missing found on receipt; a chain's step
+handed on from 2 (the step done on receipt); and 5→8, 6→8, a dossier stopped because
+the documents or the fees never came. Each is in :data:`TRANSITIONS`, and the agency is
+told what is allowed in each state (:class:`~broker.messages.AgencyStatus`).
 """
 
 from __future__ import annotations
