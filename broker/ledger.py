@@ -1100,6 +1100,17 @@ class Ledger:
                                .where(c.submission_id == submission_id)).first()
             return dict(row._mapping) if row else None
 
+    def database_now(self) -> datetime:
+        """The database server's clock, for a check of this process's (on SQLite, this
+        machine's own)."""
+        with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                now: datetime = conn.exec_driver_sql("SELECT clock_timestamp()").scalar_one()
+                return now
+            stamp = conn.exec_driver_sql("SELECT strftime('%Y-%m-%dT%H:%M:%f', 'now')"
+                                         ).scalar_one()
+            return datetime.fromisoformat(stamp).replace(tzinfo=UTC)
+
     def unconfirmed_notices(self, created_before: datetime, limit: int = 500
                             ) -> list[Outbound]:
         """Deadline notices written before ``created_before`` and not confirmed yet."""

@@ -63,6 +63,12 @@ NOTHING_SENT, AT_RISK, OVERDUE = 0, 1, 2
 ACTOR = "deadline-watch"
 
 
+#: how far the wall clock may run ahead of the monotonic clock between two rounds
+CLOCK_JUMP_S = 120.0
+#: how far this process's clock may be off the database's
+CLOCK_SKEW_S = 120.0
+
+
 @dataclass(frozen=True)
 class WatchSettings:
     """How often the watch looks and what counts as at risk."""
@@ -287,7 +293,8 @@ class DeadlineWatch:
 
     def __init__(self, engine: EngineProvider, ledger: Ledger, topology: Topology,
                  settings: WatchSettings | None = None, clock: Clock = utc_now,
-                 metrics: Any = None, urls: Sequence[str] | None = None) -> None:
+                 metrics: Any = None, urls: Sequence[str] | None = None,
+                 check_clock: bool | None = None) -> None:
         self.engine = engine
         self.ledger = ledger
         self.topology = topology
@@ -306,6 +313,11 @@ class DeadlineWatch:
         self._thread: threading.Thread | None = None
         #: when the last round completed (or the watch started), on the monotonic clock
         self.last_round_at: float | None = None
+        #: whether a round first checks the clock it decides by (:meth:`clock_problem`):
+        #: by default when that clock is the system's (tests set theirs where they like)
+        self.check_clock = clock is utc_now if check_clock is None else check_clock
+        #: the clock's reading at the last round, and the monotonic clock's then
+        self._last_clock: tuple[datetime, float] | None = None
 
     # one round ---------------------------------------------------------------------
     def flag(self) -> list[Outbound]:
@@ -378,10 +390,37 @@ class DeadlineWatch:
                        "agency_id": row["agency_id"]}, "at": now})
         return batch.add_watch_notices(row["code"], [notice], now)
 
+    def clock_problem(self, now: datetime) -> str | None:
+        """Why ``now`` is not to be trusted for this round, or None. A notice sent is sent
+        for good (levels only rise): a clock that jumped ahead, set by hand or by a
+        resumed virtual machine, would tell desks and citizens of a lateness that is not.
+        So a round is skipped when the clock ran ahead of the monotonic clock since the
+        last round by more than :data:`CLOCK_JUMP_S` (once: from then on, a clock put
+        right stays right), and for as long as it is more than :data:`CLOCK_SKEW_S` off
+        the database's (one of them is wrong: an operator must look)."""
+        mono = time.monotonic()
+        last, self._last_clock = self._last_clock, (now, mono)
+        if last is not None:
+            ahead = (now - last[0]).total_seconds() - (mono - last[1])
+            if ahead > CLOCK_JUMP_S:
+                return (f"the clock jumped {ahead:.0f} s ahead since the last round (set by "
+                        "hand, a virtual machine resumed?); no notice is decided on it "
+                        "until the next round")
+        off = (now - self.ledger.database_now()).total_seconds()
+        if abs(off) > CLOCK_SKEW_S:
+            return (f"this process's clock is {off:+.0f} s off the database's: no notice is "
+                    "decided until they agree within "
+                    f"{CLOCK_SKEW_S:.0f} s (set both by NTP)")
+        return None
+
     def tick(self) -> int:
         """Publish leftovers, flag what is due, refresh the gauges (overdue dossiers, the
-        last prune); return notices confirmed."""
+        last prune); return notices confirmed. A round whose clock is not to be trusted
+        (:meth:`clock_problem`) does none of it, says why and returns 0."""
         now = self.clock()
+        if self.check_clock and (problem := self.clock_problem(now)) is not None:
+            log.warning("deadline watch: round skipped: %s", problem)
+            return 0
         before = now if self._republish_all else now - timedelta(
             seconds=self.settings.stale_after_s)
         leftovers = self.ledger.unconfirmed_notices(before, self.settings.limit)

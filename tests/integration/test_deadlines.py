@@ -561,3 +561,55 @@ def test_the_agency_a_hand_off_gives_an_at_risk_dossier_is_told_it_is_at_risk(
                                 "to the agency before you)")
     assert watch.tick() == 0  # the dossier's level stands; no second notice
     assert amqp.json_all(ca) == []
+
+
+class _OffsetClock:
+    """The real time, moved by ``offset_s``: a clock an operator or a resumed virtual
+    machine set wrong."""
+
+    def __init__(self) -> None:
+        self.offset_s = 0.0
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=self.offset_s)
+
+
+def test_a_round_on_a_clock_that_jumped_ahead_or_is_off_the_databases_decides_nothing(
+        ledger: Ledger, declared: Topology, amqp: Amqp,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # a notice sent is sent for good: a clock a day ahead for one round told agencies
+    # and desks of lateness that was not, and nothing at the real due time (found by a
+    # review)
+    soon = (datetime.now(UTC) + timedelta(seconds=50)).astimezone(vn("2026-01-01").tzinfo)
+    _store(ledger, [_row("SOON", State.PROCESSING, soon.strftime("%Y-%m-%d %H:%M:%S"))])
+    engine, clock = Engine(load_catalog(MINI_CATALOG)), _OffsetClock()
+    watch = DeadlineWatch(lambda: engine, ledger, declared, WatchSettings(), clock=clock,
+                          check_clock=True)
+
+    def level() -> int:
+        row = ledger.dossier("SOON")
+        assert row is not None
+        return int(row["watch_level"])
+
+    try:
+        with caplog.at_level("WARNING", logger="broker.consumers.deadlines"):
+            clock.offset_s = -100  # within the database's tolerance, before the due time
+            watch.tick()
+            before = level()
+            assert before < OVERDUE and "round skipped" not in caplog.text
+            clock.offset_s = 100  # 200 s ahead in no time: past the due time
+            assert watch.tick() == 0 and level() == before
+            assert "round skipped: the clock jumped 200 s ahead" in caplog.text
+            watch.tick()  # the clock stays where it was put: believed from now on
+            assert level() == OVERDUE
+            caplog.clear()
+            clock.offset_s = 86_400  # a day ahead: a jump, then off the database's,
+            assert watch.tick() == 0  # round after round while it lasts
+            assert "round skipped: the clock jumped 86300 s ahead" in caplog.text
+            for _ in range(2):
+                assert watch.tick() == 0
+            assert caplog.text.count("round skipped: this process's clock is +86400 s off "
+                                     "the database's") == 2
+            assert level() == OVERDUE
+    finally:
+        watch.close()
