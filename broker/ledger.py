@@ -1111,13 +1111,14 @@ class Ledger:
                                          ).scalar_one()
             return datetime.fromisoformat(stamp).replace(tzinfo=UTC)
 
-    def unconfirmed_notices(self, created_before: datetime, limit: int = 500
+    def unconfirmed_notices(self, created_before: datetime | None, limit: int = 500
                             ) -> list[Outbound]:
-        """Deadline notices written before ``created_before`` and not confirmed yet."""
+        """Deadline notices written before ``created_before`` (None: whenever) and not
+        confirmed yet."""
+        written = [] if created_before is None else [watch_outbox.c.created_at < created_before]
         with self.read() as conn:
             rows = conn.execute(select(watch_outbox).where(
-                watch_outbox.c.confirmed_at.is_(None),
-                watch_outbox.c.created_at < created_before,
+                watch_outbox.c.confirmed_at.is_(None), *written,
             ).order_by(watch_outbox.c.id).limit(limit))
             return [Outbound(r.exchange, r.routing_key, r.message_id, r.type,
                              r.correlation_id, None, bytes(r.body)) for r in rows]

@@ -421,7 +421,9 @@ class DeadlineWatch:
         if self.check_clock and (problem := self.clock_problem(now)) is not None:
             log.warning("deadline watch: round skipped: %s", problem)
             return 0
-        before = now if self._republish_all else now - timedelta(
+        # on start, all a previous process left, whatever its clock said (one ahead of
+        # this one's dated them later); then those a round of this process left behind
+        before = None if self._republish_all else now - timedelta(
             seconds=self.settings.stale_after_s)
         leftovers = self.ledger.unconfirmed_notices(before, self.settings.limit)
         self._republish_all = False
