@@ -63,9 +63,10 @@ class Desk(_Model):
 
 
 class Processing(_Model):
-    """A legal processing time."""
+    """A legal processing time. Not 0: every dossier would be due the moment it was
+    received, late a second later, its desk told to apologise."""
 
-    amount: Annotated[int, Field(ge=0, le=3650)]
+    amount: Annotated[int, Field(ge=1, le=3650)]
     unit: DurationUnit = DurationUnit.WORKING_DAYS
 
 

@@ -82,6 +82,12 @@ def check_catalog(spec: CatalogFile, raw: dict[str, Any], name: str,
         ZoneInfo(spec.timezone)
     except (KeyError, ValueError):
         problems.append(lines.top("timezone", f"timezone: unknown time zone {spec.timezone!r}"))
+    both = sorted(set(spec.extra_holidays) & set(spec.extra_workdays))
+    if both:  # the calendar would take the day as worked, whichever was meant
+        problems.append(lines.top("extra_workdays", (
+            f"extra_workdays: {', '.join(d.isoformat() for d in both)} also in "
+            "extra_holidays: a day is one or the other (a decree that moves a working day "
+            "names it in one list, the day it moves to in the other)")))
     try:
         import holidays
 

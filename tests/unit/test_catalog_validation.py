@@ -45,7 +45,7 @@ def test_format_and_semantic_problems_are_reported_together_at_their_lines() -> 
         "m.yaml:5: area 10001 is served by both A and B",
         "m.yaml:8: desks.1.channel: Input should be 'in_person', 'online', 'postal' or 'agent'",
         "m.yaml:9: duplicate desk id 'D' (first at line 7)",
-        "m.yaml:12: procedures.0.processing.amount: Input should be greater than or equal to 0",
+        "m.yaml:12: procedures.0.processing.amount: Input should be greater than or equal to 1",
         "m.yaml:13: procedure 1.000002: unknown agency GHOST",
         "m.yaml:16: rules.1.colour: Extra inputs are not permitted",
         "m.yaml:17: rule r2: can never match: rule r1 matches everything it matches and comes first"]
@@ -152,6 +152,22 @@ def test_a_date_that_does_not_exist_is_a_problem_at_its_line() -> None:
     impossible = TOP_LEVEL.replace("timezone: 7\n", "extra_holidays: [2026-01-01, 2026-02-30]\n")
     assert _problems(impossible) == [
         "c.yaml:2: YAML: '2026-02-30' is not a date: day is out of range for month"]
+
+
+def test_a_day_both_off_and_worked_and_a_time_of_nothing_are_problems() -> None:
+    # both were taken silently: the working day won, and a dossier due the moment it
+    # came was late a second later, its desk told to apologise (found by a review)
+    sound = TOP_LEVEL.replace("timezone: 7", "timezone: Asia/Ho_Chi_Minh").replace(
+        "unit: NOPE", "unit: A")
+    both = sound.replace("catalog: top\n", "catalog: top\nextra_holidays: [2027-02-06, "
+                         "2027-02-12]\nextra_workdays: [2027-02-06]\n")
+    assert _problems(both) == [
+        "c.yaml:3: extra_workdays: 2027-02-06 also in extra_holidays: a day is one or the "
+        "other (a decree that moves a working day names it in one list, the day it moves "
+        "to in the other)"]
+    assert _problems(sound.replace("amount: 1", "amount: 0")) == [
+        "c.yaml:5: procedures.0.processing.amount: Input should be greater than or equal "
+        "to 1"]
 
 
 KINDS = """\
