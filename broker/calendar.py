@@ -309,7 +309,13 @@ class WorkingCalendar:
             return self._working_days_due(received_at, amount)
         if unit is DurationUnit.WORKING_HOURS:
             return self.add_working_seconds(received_at, amount * 3600)
-        due = self._wall_clock_start(self._to_wall(received_at)) + timedelta(days=amount)
-        if not self.is_working_day(due.date()):
-            due = datetime.combine(self._next_working_day(due.date()), due.time())
-        return due.replace(tzinfo=self.tz)
+        wall = self._wall_clock_start(self._to_wall(received_at)) + timedelta(days=amount)
+        return self.on_a_working_day(wall.replace(tzinfo=self.tz))
+
+    def on_a_working_day(self, when: datetime) -> datetime:
+        """``when`` (in the calendar's zone), or, if it falls on a day off, the same time
+        of day on the next working day: where a time counted in calendar days ends."""
+        wall = self._to_wall(when)
+        if not self.is_working_day(wall.date()):
+            wall = datetime.combine(self._next_working_day(wall.date()), wall.time())
+        return wall.replace(tzinfo=self.tz)

@@ -457,21 +457,37 @@ class StatusRouter(Consumer):
 
     def _resume(self, engine: Engine, dossier: _Dossier, msg: Update, seq: int,
                 now: datetime) -> Outbound:
-        """The supplement is in: move the due dates by the paused working time."""
+        """The supplement is in: move the due dates by the time paused, counted as each
+        one's time is (DOMAIN.md: "the due date moves by the paused time"): the working
+        time paused for one in working days or hours; the whole time paused for one in
+        calendar days, whose count stopped on days off too (then, as any, onto a working
+        day)."""
         cal = engine.calendar
         paused_at = dossier["paused_at"] or now
         paused_s = cal.working_seconds_between(paused_at, now)
+        wall = now - paused_at
         assert isinstance(msg, DossierSupplemented)
         supplements = [d.model_dump(mode="json") for d in msg.documents]
         dossier.set(paused_at=None, flags={
             **dossier["flags"], "supplements": dossier["flags"].get("supplements", [])
             + supplements})
-        if paused_s > 0:  # adding 0 s would still move a 17:00 due date to 07:00 next day
-            due_at = cal.add_working_seconds(dossier["due_at"], paused_s)
-            step_due_at = cal.add_working_seconds(dossier["step_due_at"], paused_s)
+        procedure = engine.procedures.get(dossier["procedure_code"])
+        whole_unit = (DurationUnit(procedure.processing.unit) if procedure is not None
+                      else DurationUnit.WORKING_DAYS)
+        step_unit = DurationUnit(dossier["steps"][dossier["step"] - 1]["unit"])
+
+        def moved(due: datetime, unit: DurationUnit) -> datetime:
+            if unit is DurationUnit.CALENDAR_DAYS:
+                return due if wall <= timedelta(0) else cal.on_a_working_day(due + wall)
+            # adding 0 s would still move a 17:00 due date to 07:00 next day
+            return due if paused_s <= 0 else cal.add_working_seconds(due, paused_s)
+
+        due_at, step_due_at = (moved(dossier["due_at"], whole_unit),
+                               moved(dossier["step_due_at"], step_unit))
+        if (due_at, step_due_at) != (dossier["due_at"], dossier["step_due_at"]):
             dossier.set(due_at=due_at, step_due_at=step_due_at)
             if (own := dossier["flags"].get(STEP_OWN_DUE)) is not None:
-                own_due = cal.add_working_seconds(datetime.fromisoformat(own), paused_s)
+                own_due = moved(datetime.fromisoformat(own), step_unit)
                 dossier.set(flags={**dossier["flags"], STEP_OWN_DUE: own_due.isoformat()})
             if due_at > now:  # a new due date still ahead: the watch judges it afresh
                 dossier.set(watch_level=NOTHING_SENT)
@@ -480,13 +496,17 @@ class StatusRouter(Consumer):
         # the agency's assignment carries the due dates the pause has moved: it is told
         # the new ones, as fields and in words
         due, step_due = (dossier[k].astimezone(cal.tz) for k in ("due_at", "step_due_at"))
-        moved = (f"moved by the {paused_s / 3600:.1f} working hours paused" if paused_s > 0
-                 else "unchanged: no working time was paused")
+        if whole_unit is DurationUnit.CALENDAR_DAYS:
+            how = (f"moved by the {wall / timedelta(days=1):.1f} days paused"
+                   if wall > timedelta(0) else "unchanged: no time was paused")
+        else:
+            how = (f"moved by the {paused_s / 3600:.1f} working hours paused" if paused_s > 0
+                   else "unchanged: no working time was paused")
         return self._agency_notice(
             dossier, NoticeKind.SUPPLEMENTED, seq, now, documents=list(msg.documents),
             reason=f"the clock runs again: legal due date "
                    f"{due.isoformat(timespec='minutes')}, this step's "
-                   f"{step_due.isoformat(timespec='minutes')} ({moved})",
+                   f"{step_due.isoformat(timespec='minutes')} ({how})",
             due_at=due, step_due_at=step_due)
 
     def _hand_off(self, engine: Engine, dossier: _Dossier, results: list[Document],

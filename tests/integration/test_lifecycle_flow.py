@@ -506,3 +506,49 @@ def test_a_withdrawal_tells_agency_and_desk_under_ids_of_their_own(
     assert [json.loads(b)["notice"] for _, b in agency + desk] == ["withdrawn", "withdrawn"]
     assert [p.message_id for p, _ in agency] == [f"{code}:withdrawn:2:agency"]
     assert [p.message_id for p, _ in desk] == [f"{code}:withdrawn:2"]
+
+
+def test_a_pause_moves_a_calendar_days_due_date_by_the_whole_time_paused(
+        ledger: Ledger, clock: FakeClock) -> None:
+    # DOMAIN.md: "the due date moves by the paused time". A procedure counted in calendar
+    # days stops its count on days off too: moved by the working time paused, a pause
+    # over a weekend moved it by nothing (found by a review)
+    from pathlib import Path
+
+    from broker.consumers.router import Router
+    from broker.consumers.status import StatusRouter
+    from broker.messages import encode
+    from broker.rules.catalog import parse_catalog
+    from broker.rules.engine import Engine
+    from tests.conftest import MINI_CATALOG
+    from tests.helpers import intake_delivery, status_delivery
+
+    text = Path(MINI_CATALOG).read_text().replace(
+        "procedures:\n", 'procedures:\n  - {code: "1.000009", name: "Calendar days", '
+        "processing: {amount: 5, unit: calendar_days}, competence: {agency: T.SO.TP}, "
+        "boundary_free: true}\n", 1)
+    engine = Engine(parse_catalog(text.encode(), "mini.yaml"))
+    t = Topology("t")
+    router = Router(lambda: engine, ledger, t, clock=clock)
+    status = StatusRouter(lambda: engine, ledger, t, clock=clock)
+    clock.set("2026-11-25 09:00")  # Wed
+    d = dossier(procedure_code="1.000009")
+    code = json.loads(router.handle([intake_delivery(1, encode(d), "submit:1")])[0].body)[
+        "dossier_code"]
+    row = ledger.dossier(code)
+    assert row is not None and row["due_at"] == vn("2026-11-30 09:00")  # Mon: 5 days
+    clock.set("2026-11-27 16:00")  # Fri
+    status.handle([status_delivery(2, DossierStatus(
+        update_id=uuid.uuid4(), dossier_code=code, agency_id="T.SO.TP",
+        status="supplement_requested", requested_documents=["CCCD"],
+        sent_at=datetime.now(UTC)))])
+    clock.set("2026-11-30 08:00")  # Mon: paused 2 days 16 hours, 1 working hour of them
+    out = status.handle([status_delivery(3, DossierSupplemented(
+        event_id=uuid.uuid4(), dossier_code=code, desk_id="T.MC.B",
+        documents=[doc("cccd.pdf")], sent_at=datetime.now(UTC)))])
+    row = ledger.dossier(code)
+    assert row is not None and row["due_at"] == vn("2026-12-03 01:00") == row["step_due_at"]
+    told = [json.loads(o.body) for o in out if o.type == "agency.notice"]
+    assert told[0]["reason"] == (
+        "the clock runs again: legal due date 2026-12-03T01:00+07:00, this step's "
+        "2026-12-03T01:00+07:00 (moved by the 2.7 days paused)")
