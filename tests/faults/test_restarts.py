@@ -4,6 +4,7 @@ lost, nothing doubled."""
 from __future__ import annotations
 
 import re
+import signal
 import time
 from collections.abc import Callable
 
@@ -118,9 +119,17 @@ def test_rabbitmq_disk_alarm_under_load_blocks_the_router_which_waits_and_says_s
     load = Load(s.urls, s.dossiers(800), window=50, rate_per_s=100).start()  # ~8 s of load
     wait_until(lambda: s.ledger_count() >= 100, 30, "traffic flowing")
     # a free-disk limit above any disk: RabbitMQ raises its disk alarm and blocks every
-    # connection that publishes, the router's among them, until the limit is back
-    rabbit.ctl("set_disk_free_limit", str(10**18))
+    # connection that publishes, the router's among them, until the limit is back. It
+    # blocks a connection when it next publishes: the router is held still meanwhile, so
+    # that it has a backlog to route once the alarm is in force (one that had routed all
+    # before then was never blocked: seen once in a full run)
+    assert router.proc is not None
+    router.proc.send_signal(signal.SIGSTOP)
     try:
+        rabbit.ctl("set_disk_free_limit", str(10**18))
+        wait_until(lambda: "disk" in rabbit.ctl("eval", "rabbit_alarm:get_alarms().").stdout,
+                   30, "the disk alarm in force")
+        router.proc.send_signal(signal.SIGCONT)
         blocked = wait_until(lambda: (got := probe(port, "/readyz"))[0] == 503
                              and "RabbitMQ blocks the connection (a memory or disk alarm)"
                              in got[1]["problems"] and got[1], 30, "/readyz saying blocked")
@@ -129,6 +138,7 @@ def test_rabbitmq_disk_alarm_under_load_blocks_the_router_which_waits_and_says_s
         assert probe(port, "/livez")[0] == 200, "waiting is no reason to restart"
         routed_while_blocked = s.ledger_count()
     finally:
+        router.proc.send_signal(signal.SIGCONT)  # again, if the alarm never came
         rabbit.ctl("set_disk_free_limit", "50MB")
     wait_until(lambda: probe(port, "/readyz")[0] == 200, 60, "the router ready again")
     load.join()
