@@ -4,7 +4,9 @@ Due-date semantics (``WorkingCalendar.due_at``):
 
 * The clock starts at ``clock_start(received_at)``: unchanged inside an office period;
   before opening or at lunch on a working day it moves to the next period's start; after
-  closing or on a non-working day it moves to the next working day's opening.
+  closing or on a non-working day it moves to the next working day's opening; so it does
+  from ``next_day_after`` on, where a province sets an earlier cut-off (DOMAIN.md: not
+  settled in law, so configurable).
 * ``working_days``: ``add_working_seconds(start, amount * seconds_per_day)``. A dossier
   received Tue 2026-02-10 09:00 with 10 working days is due Tue 2026-03-03 09:00 (Tết
   16-20 Feb skipped); one received Mon after 17:00 with 1 working day is due Tue 17:00.
@@ -53,7 +55,7 @@ def _us_of_day(t: time | datetime) -> int:
     return ((t.hour * 60 + t.minute) * 60 + t.second) * _US + t.microsecond
 
 
-def _parse_hhmm(text: str) -> time:
+def parse_hhmm(text: str) -> time:
     hh, sep, mm = text.strip().partition(":")
     if not sep or not (hh.isdigit() and mm.isdigit()) or len(mm) != 2:
         raise ValueError(f"invalid time {text!r}, expected HH:MM")
@@ -96,7 +98,7 @@ class OfficeHours:
             start, sep, end = item.partition("-")
             if not sep:
                 raise ValueError(f"invalid office period {item!r}, expected HH:MM-HH:MM")
-            periods.append((_parse_hhmm(start), _parse_hhmm(end)))
+            periods.append((parse_hhmm(start), parse_hhmm(end)))
         return cls(tuple(periods))
 
     @property
@@ -120,6 +122,7 @@ class WorkingCalendar:
         office_hours: OfficeHours = OfficeHours(),  # noqa: B008 - frozen, so sharing is safe
         extra_holidays: Iterable[date] = (),
         extra_workdays: Iterable[date] = (),
+        next_day_after: time | None = None,
     ) -> None:
         try:
             holidays.country_holidays(country)
@@ -130,6 +133,9 @@ class WorkingCalendar:
         self.office_hours = office_hours
         self.extra_holidays = frozenset(extra_holidays)
         self.extra_workdays = frozenset(extra_workdays)
+        #: received at or after this time of a working day, a dossier's clock starts at
+        #: the next working day's opening (None: at closing, as after any period)
+        self.next_day_after = next_day_after
         # Periods as microseconds since midnight: integer arithmetic keeps
         # add_working_seconds and working_seconds_between exact inverses.
         self._periods = tuple((_us_of_day(s), _us_of_day(e)) for s, e in office_hours.periods)
@@ -221,9 +227,18 @@ class WorkingCalendar:
                     return wall
         return self._at(self._next_working_day(day), self._periods[0][0])
 
+    def _receipt_start(self, wall: datetime) -> datetime:
+        """Where the clock of a dossier received at ``wall`` starts: as
+        :meth:`_wall_clock_start`, but from :attr:`next_day_after` on, at the next working
+        day's opening."""
+        if (self.next_day_after is not None and self.is_working_day(wall.date())
+                and _us_of_day(wall) >= _us_of_day(self.next_day_after)):
+            return self._at(self._next_working_day(wall.date()), self._periods[0][0])
+        return self._wall_clock_start(wall)
+
     def clock_start(self, received_at: datetime) -> datetime:
         """When the processing clock starts for a dossier received at ``received_at``."""
-        return self._wall_clock_start(self._to_wall(received_at)).replace(tzinfo=self.tz)
+        return self._receipt_start(self._to_wall(received_at)).replace(tzinfo=self.tz)
 
     def add_working_seconds(self, start: datetime, seconds: float) -> datetime:
         """The instant ``seconds`` of office time after ``clock_start(start)``."""
@@ -260,7 +275,7 @@ class WorkingCalendar:
         the one meant, as in ``add_working_seconds``: the end of the period before it.
         Two memoized lookups instead of a walk: the router computes one per dossier.
         """
-        wall = self._wall_clock_start(self._to_wall(received_at))
+        wall = self._receipt_start(self._to_wall(received_at))
         if amount == 0:
             return wall.replace(tzinfo=self.tz)
         now = _us_of_day(wall)
@@ -308,8 +323,8 @@ class WorkingCalendar:
         if unit is DurationUnit.WORKING_DAYS:
             return self._working_days_due(received_at, amount)
         if unit is DurationUnit.WORKING_HOURS:
-            return self.add_working_seconds(received_at, amount * 3600)
-        wall = self._wall_clock_start(self._to_wall(received_at)) + timedelta(days=amount)
+            return self.add_working_seconds(self.clock_start(received_at), amount * 3600)
+        wall = self._receipt_start(self._to_wall(received_at)) + timedelta(days=amount)
         return self.on_a_working_day(wall.replace(tzinfo=self.tz))
 
     def on_a_working_day(self, when: datetime) -> datetime:

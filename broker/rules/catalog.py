@@ -178,6 +178,9 @@ class CatalogFile(_Model):
     calendar: str = "VN"
     timezone: str = "Asia/Ho_Chi_Minh"
     office_hours: list[str] = Field(default_factory=lambda: ["07:00-11:30", "13:30-17:00"])
+    #: "HH:MM": a dossier received from then on starts its clock the next working morning
+    #: (None: from closing)
+    next_day_after: str | None = None
     #: a dossier whose submitted_at is more days before the broker's clock is triaged (a
     #: desk clock reset to a past year would otherwise date its code and due date there)
     max_backdate_days: Annotated[int, Field(ge=1)] | None = None

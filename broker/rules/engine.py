@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from broker.calendar import DurationUnit, OfficeHours, WorkingCalendar
+from broker.calendar import DurationUnit, OfficeHours, WorkingCalendar, parse_hhmm
 from broker.errors import RoutingError, UnknownParty
 from broker.messages import DossierSubmitted, shown_id
 from broker.rules.catalog import (
@@ -169,7 +169,9 @@ class Engine:
         self.calendar = WorkingCalendar(
             country=spec.calendar, timezone=spec.timezone,
             office_hours=OfficeHours.parse(spec.office_hours),
-            extra_holidays=spec.extra_holidays, extra_workdays=spec.extra_workdays)
+            extra_holidays=spec.extra_holidays, extra_workdays=spec.extra_workdays,
+            next_day_after=(None if spec.next_day_after is None
+                            else parse_hhmm(spec.next_day_after)))
         self.max_backdate = (None if spec.max_backdate_days is None
                              else timedelta(days=spec.max_backdate_days))
         self.procedures: dict[str, Procedure] = {p.code: p for p in spec.procedures}

@@ -70,21 +70,43 @@ def check_catalog(spec: CatalogFile, raw: dict[str, Any], name: str,
                 problems.append(report(f"can never match: rule {spec.rules[j].id} "
                                        "matches everything it matches and comes first"))
                 break
+    problems += _calendar_problems(spec, lines)
+    return sorted(problems, key=lambda p: p.line or 0)
+
+
+def _calendar_problems(spec: CatalogFile, lines: _Lines) -> list[CatalogProblem]:
+    """The top-level settings the working calendar is made of that nothing can run on."""
+    found: list[CatalogProblem] = []
     try:
         from broker.calendar import OfficeHours
 
-        OfficeHours.parse(spec.office_hours)
+        hours = OfficeHours.parse(spec.office_hours)
     except ValueError as e:
-        problems.append(lines.top("office_hours", f"office_hours: {e}"))
+        found.append(lines.top("office_hours", f"office_hours: {e}"))
+        hours = None
+    if spec.next_day_after is not None:
+        from broker.calendar import parse_hhmm
+
+        try:
+            cutoff = parse_hhmm(spec.next_day_after)
+        except ValueError as e:
+            found.append(lines.top("next_day_after", f"next_day_after: {e}"))
+        else:
+            if hours is not None and not (
+                    hours.periods[0][0] < cutoff <= hours.periods[-1][1]):
+                found.append(lines.top("next_day_after", (
+                    f"next_day_after: {spec.next_day_after} is not within office hours "
+                    f"({hours.periods[0][0]:%H:%M}-{hours.periods[-1][1]:%H:%M}): a dossier "
+                    "received after closing starts the next morning anyway")))
     try:
         from zoneinfo import ZoneInfo
 
         ZoneInfo(spec.timezone)
     except (KeyError, ValueError):
-        problems.append(lines.top("timezone", f"timezone: unknown time zone {spec.timezone!r}"))
+        found.append(lines.top("timezone", f"timezone: unknown time zone {spec.timezone!r}"))
     both = sorted(set(spec.extra_holidays) & set(spec.extra_workdays))
     if both:  # the calendar would take the day as worked, whichever was meant
-        problems.append(lines.top("extra_workdays", (
+        found.append(lines.top("extra_workdays", (
             f"extra_workdays: {', '.join(d.isoformat() for d in both)} also in "
             "extra_holidays: a day is one or the other (a decree that moves a working day "
             "names it in one list, the day it moves to in the other)")))
@@ -93,10 +115,10 @@ def check_catalog(spec: CatalogFile, raw: dict[str, Any], name: str,
 
         holidays.country_holidays(spec.calendar)
     except NotImplementedError:  # `run` could not start on it, nor a reload take it
-        problems.append(lines.top(
+        found.append(lines.top(
             "calendar", f"calendar: no holiday calendar for country {spec.calendar!r} (a "
             "two-letter country code the holidays package knows, such as VN)"))
-    return sorted(problems, key=lambda p: p.line or 0)
+    return found
 
 
 class _Lines:

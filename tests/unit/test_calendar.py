@@ -458,3 +458,23 @@ def test_ten_working_days_from_10_february_2026_skip_tet(hhmm: str, expected: st
     assert CAL.working_seconds_between(start, due) == 10 * DAY
     assert due == _oracle_due(start, 10, DurationUnit.WORKING_DAYS)
     assert_local(due, expected)
+
+
+def test_a_province_may_start_the_clock_next_morning_from_an_earlier_cut_off() -> None:
+    # DOMAIN.md: "a dossier received after closing starts the next working morning
+    # (unconfirmed as law; make it configurable)": some provinces count from the next
+    # day what comes in after 15:00
+    cal = WorkingCalendar(next_day_after=time(15, 0))
+    w = DurationUnit.WORKING_DAYS
+    assert_local(cal.due_at(vn("2026-12-07 14:59"), 1, w), "2026-12-08 14:59")  # Mon
+    assert_local(cal.due_at(vn("2026-12-07 15:00"), 1, w), "2026-12-08 17:00")
+    assert_local(CAL.due_at(vn("2026-12-07 15:00"), 1, w), "2026-12-08 15:00")  # default
+    assert_local(cal.due_at(vn("2026-12-07 15:30"), 2, DurationUnit.WORKING_HOURS),
+                 "2026-12-08 09:00")
+    # Tue 07:00 + 5 days is a Sunday: the next working day, same time
+    assert_local(cal.due_at(vn("2026-12-07 15:30"), 5, DurationUnit.CALENDAR_DAYS),
+                 "2026-12-14 07:00")
+    assert_local(cal.clock_start(vn("2026-12-07 16:00")), "2026-12-08 07:00")
+    # only a receipt: time added from a later instant (a pause, a hand-off's at-risk
+    # margin) still counts the office time after the cut-off
+    assert_local(cal.add_working_seconds(vn("2026-12-07 16:00"), 1800), "2026-12-07 16:30")

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+from datetime import time
+
 import pytest
 
 from broker.errors import CatalogError
 from broker.rules.catalog import parse_catalog
+from broker.rules.engine import Engine
 
 
 def _problems(text: str, name: str = "c.yaml") -> list[str]:
@@ -168,6 +171,18 @@ def test_a_day_both_off_and_worked_and_a_time_of_nothing_are_problems() -> None:
     assert _problems(sound.replace("amount: 1", "amount: 0")) == [
         "c.yaml:5: procedures.0.processing.amount: Input should be greater than or equal "
         "to 1"]
+
+
+def test_a_cut_off_for_next_morning_is_a_time_within_office_hours() -> None:
+    sound = TOP_LEVEL.replace("timezone: 7", "timezone: Asia/Ho_Chi_Minh").replace(
+        "unit: NOPE", "unit: A")
+    taken = sound.replace("catalog: top\n", 'catalog: top\nnext_day_after: "15:00"\n')
+    assert Engine(parse_catalog(taken.encode(), "c.yaml")).calendar.next_day_after == time(15)
+    for cutoff, said in (("3pm", "invalid time '3pm', expected HH:MM"),
+                         ("18:00", "18:00 is not within office hours (07:00-17:00): a "
+                          "dossier received after closing starts the next morning anyway")):
+        assert _problems(sound.replace("catalog: top\n", f'catalog: top\nnext_day_after: '
+                                       f'"{cutoff}"\n')) == [f"c.yaml:2: next_day_after: {said}"]
 
 
 KINDS = """\
