@@ -418,11 +418,16 @@ def _status_delivery(tag: int, body: bytes, message_id: str,
         user_id=user_id), True, "status")
 
 
+def _one_routed(router: Router) -> tuple[str, str, StatusRouter]:
+    """A dossier routed: its code, its agency, and a status router for its updates."""
+    assigned = json.loads(router.handle([_delivery(1, encode(dossier()), "submit:1")])[0].body)
+    return (assigned["dossier_code"], assigned["agency_id"],
+            StatusRouter(router.engine, router.ledger, Topology("t")))
+
+
 def test_a_status_update_changed_under_an_applied_id_is_dead_lettered(
         router: Router) -> None:
-    assigned = json.loads(router.handle([_delivery(1, encode(dossier()), "submit:1")])[0].body)
-    code, agency = assigned["dossier_code"], assigned["agency_id"]
-    status = StatusRouter(router.engine, router.ledger, Topology("t"))
+    code, agency, status = _one_routed(router)
     u1 = uuid.uuid4()
     applied = status.handle([_status_delivery(1, _status(agency, code, "accepted", u1),
                                               f"status:{u1}")])
@@ -462,9 +467,7 @@ def test_a_message_id_spent_by_a_corrected_copy_is_not_applied_again(
     # refused, then corrected and applied under the same id: a third copy, different
     # again, was judged against the first copy's refusal and applied too (found by a
     # review: 4 -> 5 -> 8 under one update id)
-    assigned = json.loads(router.handle([_delivery(1, encode(dossier()), "submit:1")])[0].body)
-    code, agency = assigned["dossier_code"], assigned["agency_id"]
-    status = StatusRouter(router.engine, router.ledger, Topology("t"))
+    code, agency, status = _one_routed(router)
     u0, u = uuid.uuid4(), uuid.uuid4()
     status.handle([_status_delivery(1, _status(agency, code, "processing", u0), f"status:{u0}")])
     status.handle([_status_delivery(2, _status(agency, code, "rejected", u), f"status:{u}")])
@@ -485,9 +488,7 @@ def test_a_corrected_update_refused_again_is_answered_under_an_id_of_its_own(
         router: Router) -> None:
     # its refusal went out under the first refusal's id, with other words: a receiver
     # dropping repeats by id never read why the correction was refused (found by a review)
-    assigned = json.loads(router.handle([_delivery(1, encode(dossier()), "submit:1")])[0].body)
-    code, agency = assigned["dossier_code"], assigned["agency_id"]
-    status = StatusRouter(router.engine, router.ledger, Topology("t"))
+    code, agency, status = _one_routed(router)
     u = uuid.uuid4()
     first = status.handle([_status_delivery(1, _status(agency, code, "financial_obligation",
                                                        u), f"status:{u}")])
@@ -573,9 +574,7 @@ def test_a_reused_id_from_a_stranger_is_dead_lettered_unanswered(router: Router)
     # without per-party users nobody vouches for the sender: an update under an applied
     # id that names an agency with no part in the dossier gets no answer, which would
     # tell that agency the dossier's state
-    assigned = json.loads(router.handle([_delivery(1, encode(dossier()), "submit:1")])[0].body)
-    code, agency = assigned["dossier_code"], assigned["agency_id"]
-    status = StatusRouter(router.engine, router.ledger, Topology("t"))
+    code, agency, status = _one_routed(router)
     u1 = uuid.uuid4()
     status.handle([_status_delivery(1, _status(agency, code, "accepted", u1), f"status:{u1}")])
     out = status.handle([_status_delivery(2, _status("T.SO.TP", code, "accepted", u1),
