@@ -396,7 +396,10 @@ class Batch:
     def applied_under(self, copies: Mapping[str, tuple[str, str]]) -> set[str]:
         """Of the message ids ``copies`` maps to (the start of their changed copies' inbox
         ids, the dossier they name), those under which a changed copy changed that
-        dossier: its events name the message each change came from (an index read)."""
+        dossier: its events name the message each change came from (an index read;
+        none at all for a batch without changed copies, nearly every one)."""
+        if not copies:
+            return set()
         ids: dict[str, list[str]] = {}
         for code, mid in self.conn.execute(
                 select(events.c.dossier_code, events.c.message_id).where(
