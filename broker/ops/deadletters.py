@@ -110,10 +110,9 @@ _TOKEN = re.compile(r"[A-Za-z0-9._:+/-]{0,100}")
 #: failed its checks for that reason. No id, code, state or time of the contract has such
 #: a run of digits, but for hexadecimal ones (UUIDs, the catalog's hash), shown when they
 #: are well-formed
-_HEX_ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
-                     r"[0-9a-fA-F]{12}|[0-9a-f]{16,64}")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
                    r"[0-9a-fA-F]{12}")
+_HEX_ID = re.compile(_UUID.pattern + r"|[0-9a-f]{16,64}")
 #: what a message id casebroker or its SDK makes looks like: ids, codes, times, kinds,
 #: and a replay's #replayN (AMQP allows 255 characters)
 _MESSAGE_ID = re.compile(r"[A-Za-z0-9._:+/#@-]{0,255}")
