@@ -551,7 +551,13 @@ class Inbox:
                 self._closing = False
 
     def _idle_past(self, timeout_s: float | None) -> bool:
-        return timeout_s is not None and time.monotonic() - self._last_delivery >= timeout_s
+        return (left_s := self._idle_left_s(timeout_s)) is not None and left_s <= 0
+
+    def _idle_left_s(self, timeout_s: float | None) -> float | None:
+        """How long the drain may still wait for a delivery (None: no timeout)."""
+        if timeout_s is None:
+            return None
+        return timeout_s - (time.monotonic() - self._last_delivery)
 
     def _consume(self, conn: Any, handler: Callable[[Received], None]) -> None:
         """Connect (one try) and subscribe to every queue; deliveries of the queues
@@ -617,8 +623,8 @@ class Inbox:
         pause = _backoff_s(self.client.retry_policy, failures)
         log.warning("inbox could not subscribe (%s); retrying in %.1fs",
                     type(error).__name__, pause)
-        if timeout_s is not None:
-            pause = min(pause, timeout_s - (time.monotonic() - self._last_delivery))
+        if (left_s := self._idle_left_s(timeout_s)) is not None:
+            pause = min(pause, left_s)
         self._stop.wait(max(pause, 0.0))
 
     def _on_message(self, queue: str, handler: Callable[[Received], None]
