@@ -274,6 +274,10 @@ DOCUMENTS = "documents"
 #: after the dossier's due date, which then caps the step's ``step_due_at`` (a step
 #: handed a dossier late keeps its own time: the report judges the step by it)
 STEP_OWN_DUE = "step_own_due_at"
+#: in a dossier's ``flags``: the sent_at of the last update applied from each agency that
+#: finished a chain step, by agency id, so that one holding a later step again (a chain
+#: that comes back to it) still has its earlier updates judged stale against its own clock
+AGENCY_SENT_AT = "agency_sent_at"
 
 
 def pruned_stub(at: datetime, sha256: str | None, **kept: str | int) -> dict[str, Any]:

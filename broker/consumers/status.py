@@ -72,7 +72,14 @@ from broker.messages import (
     shown_id,
 )
 from broker.rules.engine import Engine, StepPlan
-from broker.tables import PRUNED_KEY, STEP_OWN_DUE, VALUES_DIGEST, is_pruned, pruned_stub
+from broker.tables import (
+    AGENCY_SENT_AT,
+    PRUNED_KEY,
+    STEP_OWN_DUE,
+    VALUES_DIGEST,
+    is_pruned,
+    pruned_stub,
+)
 
 log = logging.getLogger(__name__)
 
@@ -520,9 +527,17 @@ class StatusRouter(Consumer):
         flags = {k: v for k, v in dossier["flags"].items() if k != STEP_OWN_DUE}
         if own_due > step_due:  # told the dossier's due date; judged by its own time
             flags[STEP_OWN_DUE] = own_due.isoformat()
-        # the next agency's updates are not compared with this one's clock
+        # the next agency's updates are not compared with this one's clock, only with its
+        # own: an update it sent for an earlier step of a chain that comes back to it
+        # (delayed, redelivered) is stale, not applied to this step
+        sent_at = dict(flags.get(AGENCY_SENT_AT, {}))
+        if dossier["status_sent_at"] is not None:
+            sent_at[dossier["agency_id"]] = dossier["status_sent_at"].isoformat()
+            flags[AGENCY_SENT_AT] = sent_at
+        last = sent_at.get(step_plan.agency_id)
         dossier.set(step=step, agency_id=step_plan.agency_id, step_due_at=step_due,
-                    status_sent_at=None, step_watch_level=NOTHING_SENT, flags=flags)
+                    status_sent_at=None if last is None else datetime.fromisoformat(last),
+                    step_watch_level=NOTHING_SENT, flags=flags)
         sub = DossierSubmitted.model_validate(dossier["submission"])
         assigned = DossierAssigned(
             dossier_code=dossier["code"], submission_id=sub.submission_id,

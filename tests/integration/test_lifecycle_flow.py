@@ -492,6 +492,52 @@ def test_after_a_hand_off_the_next_agency_is_not_compared_with_the_previous_one(
         "received", "hand_off", "accept"], what="accepted by T.CA")
 
 
+def test_a_chain_that_comes_back_to_an_agency_judges_its_old_updates_stale(
+        ledger: Ledger, clock: FakeClock) -> None:
+    # a hand-off forgot the last update's sent_at; an agency holding a later step again
+    # had an update it sent for its first step (delayed, redelivered) applied to the
+    # later one: here a rejection sent before it resolved step 1 rejected the dossier
+    from pathlib import Path
+
+    from broker.consumers.router import Router
+    from broker.consumers.status import StatusRouter
+    from broker.messages import encode
+    from broker.rules.catalog import parse_catalog
+    from broker.rules.engine import Engine
+    from tests.conftest import MINI_CATALOG
+    from tests.helpers import intake_delivery, status_delivery
+
+    text = Path(MINI_CATALOG).read_text().replace(
+        "procedures:\n", 'procedures:\n  - {code: "1.000009", name: "There and back", '
+        "processing: {amount: 10, unit: working_days}, competence: {chain: [{agency: "
+        "T.SO.TP}, {agency: T.CA}, {agency: T.SO.TP}]}, boundary_free: true}\n", 1)
+    engine = Engine(parse_catalog(text.encode(), "mini.yaml"))
+    t = Topology("t")
+    router = Router(lambda: engine, ledger, t, clock=clock)
+    status = StatusRouter(lambda: engine, ledger, t, clock=clock)
+    code = json.loads(router.handle([intake_delivery(
+        1, encode(dossier(procedure_code="1.000009")), "submit:1")])[0].body)["dossier_code"]
+    sent = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
+    status.handle([status_delivery(2, _status(code, "T.SO.TP", "resolved", sent))])
+    status.handle([status_delivery(3, _status(code, "T.CA", "resolved",
+                                              sent + timedelta(hours=2)))])  # clock ahead
+    row = ledger.dossier(code)
+    assert row is not None and (row["step"], row["agency_id"]) == (3, "T.SO.TP")
+    assert row["status_sent_at"] == sent  # its own last update, not T.CA's
+    out = status.handle([status_delivery(4, _status(
+        code, "T.SO.TP", "rejected", sent - timedelta(minutes=1), reason="thiếu giấy tờ"))])
+    told = [json.loads(o.body) for o in out]
+    assert [(n["notice"], n["state"]) for n in told] == [("update_refused", 4)]
+    assert told[0]["reason"].startswith("stale: sent 2026-11-25T01:59:00+00:00")
+    row = ledger.dossier(code)
+    assert row is not None and row["state"] == 4  # processing, not refused
+    # nor is T.CA's clock held against T.SO.TP: an update after its own last applies
+    status.handle([status_delivery(5, _status(code, "T.SO.TP", "resolved",
+                                              sent + timedelta(seconds=1)))])
+    row = ledger.dossier(code)
+    assert row is not None and row["state"] == 9
+
+
 def test_a_withdrawal_tells_agency_and_desk_under_ids_of_their_own(
         declared: Topology, ledger: Ledger, start_broker, amqp: Amqp) -> None:
     """One id per message: dead-letter show/replay --id and a dedupe store shared by a
