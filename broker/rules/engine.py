@@ -278,7 +278,9 @@ class Engine:
         ``max_backdate_days`` raises RoutingError (→ triage): a desk clock gone wrong, or
         a dossier held somewhere too long to be dated by the desk's word alone. ``now``
         is when the broker first had the dossier: for a replay, its first delivery's
-        processing time (the router's ``_first_arrivals``)."""
+        processing time (the router's ``_first_arrivals``). Given in the catalog's zone,
+        whatever offset the desk wrote: the receipt and the assignment say it as every
+        later notice of the dossier does (:func:`~broker.consumers.common.in_zone`)."""
         submitted = dossier.submitted_at
         if self.max_backdate is not None and now - submitted > self.max_backdate:
             days = (now - submitted) / timedelta(days=1)
@@ -287,7 +289,7 @@ class Engine:
                 f"submitted_at is {days:,.1f} days before the broker's clock, more than the "
                 f"catalog's max_backdate_days ({self.max_backdate.days}); check the desk's "
                 "clock, then have the desk send it again or raise the limit and replay")
-        return min(submitted, now)
+        return min(submitted, now).astimezone(self.calendar.tz)
 
     def decide(self, dossier: DossierSubmitted, received_at: datetime) -> Decision:
         """Route one dossier and compute its due dates; raise RoutingError (→ triage)."""
@@ -308,7 +310,9 @@ class Engine:
         """When one step's own time, started at ``start``, runs out."""
         cal = self.calendar
         if step.unit == DurationUnit.CALENDAR_DAYS:
-            return cal.due_at(start, round(step.amount), DurationUnit.CALENDAR_DAYS)
+            # a share of a procedure's calendar days may be a fraction (5 over 2 steps):
+            # rounded, a step of 2.5 days had 2, and one of half a day none at all
+            return cal.on_a_working_day(cal.clock_start(start) + timedelta(days=step.amount))
         per_unit = (cal.office_hours.seconds_per_day
                     if step.unit == DurationUnit.WORKING_DAYS else 3600)
         return cal.add_working_seconds(cal.clock_start(start), step.amount * per_unit)
@@ -407,8 +411,16 @@ class Engine:
         for area in (desk.area, dossier.applicant.ward_code):
             if area and area in self.committee_of:
                 return self.committee_of[area]
-        raise RoutingError("no_intake_unit", f"desk {desk.id} has no unit of its own and the"
-                           " applicant's ward is unknown")
+        # what is missing, each part of it: a desk with several units was said to have none
+        units = f"several ({', '.join(desk.unit)})" if desk.unit else "none"
+        area = (f"no commune committee serves its area {desk.area}" if desk.area
+                else "it has no area")
+        ward = dossier.applicant.ward_code
+        applicant = (f"none serves applicant.ward_code {ward}" if ward
+                     else "the dossier has no applicant.ward_code")
+        raise RoutingError("no_intake_unit", f"procedure {dossier.procedure_code} is decided "
+                           f"by the intake desk's unit: desk {desk.id} has {units}, {area}, "
+                           f"and {applicant}")
 
     def _committee(self, area: str) -> str:
         agency = self.committee_of.get(area)

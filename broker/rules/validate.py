@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Container, Iterable, Iterator, Mapping, Set
 from typing import Any
 
@@ -52,6 +53,11 @@ def check_catalog(spec: CatalogFile, raw: dict[str, Any], name: str,
                      for u in desk.unit if u not in agencies]
     for i, proc in enumerate(spec.procedures):
         where = f"procedure {proc.code}"
+        if proc.boundary_free_from is not None and not proc.boundary_free:
+            # the engine reads a date without the flag as never: refused for good
+            problems.append(lines.at("procedures", i, (
+                f"{where}: boundary_free_from {proc.boundary_free_from.isoformat()} without "
+                "boundary_free: true never opens (add boundary_free: true, or drop the date)")))
         problems += _competence_problems(proc.competence, agencies, wards_served,
                                          lambda m, i=i, w=where: lines.at("procedures", i,
                                                                           f"{w}: {m}"))
@@ -246,6 +252,10 @@ _ENUMERATED = {"channel": frozenset({"in_person", "online", "postal", "agent"}),
                "applicant.kind": frozenset({"citizen", "organization"})}
 #: keys whose value is always a string: a numeric range on them never matches
 _STRING_KEYS = RULE_FIELDS
+#: keys whose value is a ward code, text of 2 to 5 digits in the contract (WardCode): YAML
+#: reads an unquoted 24133 as a number, which no dossier's ward code ever equals
+_WARD_KEYS = frozenset({"applicant.ward_code", "subject.ward_code"})
+_WARD_CODE = re.compile(r"\d{2,5}")
 
 
 def _known_values(spec: CatalogFile, raw: dict[str, Any], dropped: Mapping[str, Set[int]]
@@ -260,7 +270,8 @@ def _known_values(spec: CatalogFile, raw: dict[str, Any], dropped: Mapping[str, 
 
 def _rule_value_problems(when: dict[str, Matcher], known: Mapping[str, Container[str]]
                          ) -> list[str]:
-    """Values a rule names that no dossier can have: unknown desks, desk areas, channels."""
+    """Values a rule names that no dossier can have: unknown desks, desk areas, channels,
+    ward codes that are no ward code (an unquoted number)."""
     what = {"desk_id": "desk", "desk.area": "desk area", "channel": "channel",
             "applicant.kind": "applicant kind"}
     problems = []
@@ -271,9 +282,14 @@ def _rule_value_problems(when: dict[str, Matcher], known: Mapping[str, Container
             elif matcher.min is not None and matcher.max is not None and matcher.min > matcher.max:
                 problems.append(f"{key}: empty range (min {matcher.min} > max {matcher.max})")
             continue
+        values = matcher if isinstance(matcher, list) else [matcher]
+        if key in _WARD_KEYS:
+            problems += [f"{key}: {v!r} never matches: a dossier's ward code is 2 to 5 digits, "
+                         f"quoted (\"24133\")" for v in values
+                         if not (isinstance(v, str) and _WARD_CODE.fullmatch(v))]
+            continue
         if key not in known:
             continue
-        values = matcher if isinstance(matcher, list) else [matcher]
         problems += [f"unknown {what[key]} {v!r} in when.{key}" for v in values
                      if not isinstance(v, str) or v not in known[key]]
     return problems
