@@ -86,8 +86,11 @@ Timestamp = Annotated[AwareDatetime, BeforeValidator(_iso_8601)]
 
 class _Model(BaseModel):
     # by alias by default: a message an integrator dumps with pydantic's defaults carries
-    # "schema", as the contract says, not the Python name "schema_" it would then refuse
-    model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True)
+    # "schema", as the contract says, not the Python name "schema_" it would then refuse.
+    # NaN and Infinity (Python's json reads and writes them) are no JSON numbers: taken,
+    # PostgreSQL's json refused the batch, and the assignment said null in their place
+    model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True,
+                              allow_inf_nan=False)
 
     #: fields a sender may stamp afresh when it retries the same message (the SDK sets
     #: them to the time of the retry); they do not make a retry a different message.
