@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -74,10 +75,15 @@ def _ledger_problems(conn: Connection, since: datetime | None = None,
     the deliveries that changed it, and what each delivery published is in ``outbox``
     under that id. Per chunk, three queries walk indexes (a range of the events'
     ``(dossier_code, seq)``, the inbox's key, the outbox's ``inbox_message_id``), so
-    time grows with the ledger and memory only with :data:`CHUNK`.
+    time grows with the ledger and memory only with :data:`CHUNK`. With ``since``, the
+    events and messages read are the period's dossiers' only: between two of its codes
+    lie those of every dossier received before it (an agency's earlier days sort before
+    its later ones), and a round of a week's audit took in, and kept, a year's.
     """
     problems: list[dict[str, str]] = []
     period = [] if since is None else [dossiers.c.received_at >= since]
+    of_period = events if since is None else events.join(
+        dossiers, and_(dossiers.c.code == events.c.dossier_code, *period))
     total = int(conn.execute(select(func.count()).select_from(dossiers).where(*period))
                 .scalar_one())
     done, last = 0, ""
@@ -90,20 +96,19 @@ def _ledger_problems(conn: Connection, since: datetime | None = None,
             break
         first, last = rows[0].code, rows[-1].code
         in_range = events.c.dossier_code.between(first, last)
-        # codes in the range but outside the period come along; they are not looked at
         n_events = {r.code: 0 for r in rows}
         created: set[str] = set()
         for code, seq, found in conn.execute(
                 select(events.c.dossier_code, events.c.seq, inbox.c.message_id.is_not(None))
-                .select_from(events.outerjoin(inbox, and_(
+                .select_from(of_period.outerjoin(inbox, and_(
                     inbox.c.message_id == events.c.message_id, events.c.seq == 1)))
                 .where(in_range)):
-            if code in n_events:
+            if code in n_events:  # not the events of a dossier row deleted (tampered)
                 n_events[code] += 1
                 if seq == 1 and found:
                     created.add(code)
         published = {m for (m,) in conn.execute(
-            select(outbox.c.message_id).select_from(events.join(
+            select(outbox.c.message_id).select_from(of_period.join(
                 outbox, outbox.c.inbox_message_id == events.c.message_id)).where(in_range))}
         results = {m.rsplit(":", 2)[0] for m in published if ":result_ready:" in m}
         for code, state, step, seq in rows:
@@ -117,13 +122,28 @@ def _ledger_problems(conn: Connection, since: datetime | None = None,
     return done, problems
 
 
+#: a line of ``--submissions`` that is no submission id and may be quoted: the characters
+#: of UUIDs only, as many as one has at least (ids run together, or one mistyped)
+_ID_DEBRIS = re.compile(r"[0-9A-Fa-f-]{32,}")
+
+
+def _shown_line(line: str) -> str:
+    """A line of ``--submissions`` that is no submission id, as the report quotes it:
+    withheld unless it is made of ids gone wrong, since a desk's export may have put the
+    applicant's name, id number or phone beside the id (or be a phone number alone)."""
+    if _ID_DEBRIS.fullmatch(line):
+        return line
+    return (f"<{len(line)} characters withheld: not a submission id, and it may hold "
+            "personal data>")
+
+
 def _submission_problems(ledger: Ledger, conn: Connection, submission_ids: list[str]
                          ) -> list[dict[str, str]]:
     # a line that is no UUID (two ids run together, a header) is no submission the
     # contract allows: said so, rather than looked for; the others are looked for as the
     # ledger writes them (a desk's list may write them in capitals)
     canonical = {s: submission_id_of(s) for s in submission_ids}
-    bad = [{"submission_id": s, "problem": "not a submission id (a UUID)"}
+    bad = [{"submission_id": _shown_line(s), "problem": "not a submission id (a UUID)"}
            for s, c in canonical.items() if c is None]
     submission_ids = list(dict.fromkeys(c for c in canonical.values() if c is not None))
     found = set(ledger.states_for_submissions(submission_ids, conn))
@@ -140,7 +160,8 @@ def _submission_problems(ledger: Ledger, conn: Connection, submission_ids: list[
         # whatever message id the desk sent it under
         handled |= set(conn.execute(select(refusals.c.submission_id).where(
             refusals.c.submission_id.in_(chunk))).scalars())
-    # dead letters and triage keep the body: match desks that used other message ids
+    # dead letters and triage keep the body as sent: match desks that used other message
+    # ids, by the id as the router reads it (a desk may write it in capitals)
     bodies = conn.execute(select(outbox.c.body).join(
         inbox, inbox.c.message_id == outbox.c.inbox_message_id).where(or_(
             inbox.c.outcome.like("dead:%"), inbox.c.outcome.like("triaged:%"))))
@@ -149,8 +170,8 @@ def _submission_problems(ledger: Ledger, conn: Connection, submission_ids: list[
             sid = json.loads(bytes(body)).get("submission_id")
         except (ValueError, AttributeError):
             continue
-        if isinstance(sid, str):
-            handled.add(sid)
+        if isinstance(sid, str) and (read := submission_id_of(sid)) is not None:
+            handled.add(read)
     return bad + [{"submission_id": s, "problem": "not in the ledger, dead letters or triage"}
                   for s in rest if s not in handled]
 

@@ -36,8 +36,9 @@ Definitions:
   counts as not digitized;
 * ``satisfied``: received dossiers without complaint, dissatisfaction or delay: resolved
   not late and not rated 1 or 2 by the citizen at return, open and not overdue, or
-  rejected, stopped or withdrawn not after their due day; ``satisfaction_share`` is over
-  all received (DOMAIN.md), ``rated`` have a rating.
+  rejected, stopped or withdrawn not after their due day (none paused in time: the
+  supplement never came, its due date never moved); ``satisfaction_share`` is over all
+  received (DOMAIN.md), ``rated`` have a rating.
 
 A dossier belongs to the agency that numbered it (its code's prefix: the first
 competent unit, also for a chain of agencies), its intake desk and its procedure. With
@@ -63,7 +64,7 @@ import argparse
 import csv
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any, TextIO
@@ -82,6 +83,7 @@ from broker.lifecycle import (
     is_overdue,
     timeliness,
 )
+from broker.ops.progress import Progress
 from broker.tables import DOCUMENTS, STEP_OWN_DUE
 
 #: what a report may be grouped by (`--by`)
@@ -139,8 +141,7 @@ class Tally:
             self.rejected += state == State.REFUSED
             self.stopped += state == State.STOPPED
             self.withdrawn += state == State.WITHDRAWN
-            self.satisfied += (row.finished_at is None
-                               or timeliness(row.finished_at, row.due_at, tz) != "late")
+            self.satisfied += not _ended_late(row, tz)
 
     def shares(self) -> dict[str, float | None]:
         """The shares a report gives (None where there is nothing to divide by)."""
@@ -158,6 +159,17 @@ class Tally:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), **self.shares()}
+
+
+def _ended_late(row: Any, tz: ZoneInfo) -> bool:
+    """Whether a dossier refused, stopped or withdrawn ended after its due day. Not one
+    whose clock was paused in time (a supplement requested before the due time, never
+    brought): its due date moves by the time paused (DOMAIN.md), which the ledger records
+    only when the supplement comes; open, it is not overdue, and stopping or withdrawing
+    it is no delay either."""
+    if row.finished_at is None or (row.paused_at is not None and row.paused_at <= row.due_at):
+        return False
+    return timeliness(row.finished_at, row.due_at, tz) == "late"
 
 
 def _documents(stored: Any) -> int:
@@ -252,22 +264,16 @@ def _finished_steps(conn: Any, start: datetime, end: datetime, tz: ZoneInfo,
 
 
 def report(ledger: Ledger, first: date, last: date, by: str | None, tz: ZoneInfo,
-           now: datetime) -> dict[str, Any]:
+           now: datetime, progress: Callable[[int, int], None] | None = None
+           ) -> dict[str, Any]:
     """The report of dossiers received from ``first`` to ``last`` (local days, both
-    included), read a chunk at a time in one snapshot of the ledger."""
+    included), read a chunk at a time in one snapshot of the ledger; ``progress`` is told
+    (dossiers read, dossiers in the period) as it goes: a year's take half a minute."""
     start = datetime.combine(first, time(), tzinfo=tz)
     end = datetime.combine(last + timedelta(days=1), time(), tzinfo=tz)
-    c = dossiers.c
     steps: dict[str, Steps] | None = {} if by == "agency" else None
     with ledger.read(snapshot=True) as conn:
-        rows = conn.execution_options(yield_per=5000).execute(
-            select(c.code, c.procedure_code, c.intake_desk_id, c.channel, c.state, c.seq,
-                   c.boundary_free, c.due_at, c.finished_at, c.paused_at, c.satisfaction,
-                   c.agency_id, c.step_due_at,
-                   c.submission[DOCUMENTS].label("documents"),
-                   c.flags[STEP_OWN_DUE].as_string().label("step_own_due"),
-                   c.flags["results"].label("results"))
-            .where(c.received_at >= start, c.received_at < end))
+        rows = _received(conn, start, end, progress)
         # the period in the zone asked for; each result judged on Vietnam's days, as the
         # law judges it: a report shown in UTC must not make a result early or late
         legal = ZoneInfo(LEGAL_TIMEZONE)
@@ -300,6 +306,33 @@ def report(ledger: Ledger, first: date, last: date, by: str | None, tz: ZoneInfo
                       **{name: sum(counts.values()) for name, counts in closed.items()},
                       **totals},
             "groups": dict(sorted(out.items()))}
+
+
+def _received(conn: Connection, start: datetime, end: datetime,
+              progress: Callable[[int, int], None] | None) -> Iterable[Any]:
+    """The columns :meth:`Tally.add` reads of the dossiers received from ``start`` to
+    ``end``, a chunk at a time; ``progress`` told (read, received then) as they are."""
+    c = dossiers.c
+    period = (c.received_at >= start, c.received_at < end)
+    total = None if progress is None else conn.execute(
+        select(func.count()).select_from(dossiers).where(*period)).scalar_one()
+    rows = conn.execution_options(yield_per=5000).execute(
+        select(c.code, c.procedure_code, c.intake_desk_id, c.channel, c.state, c.seq,
+               c.boundary_free, c.due_at, c.finished_at, c.paused_at, c.satisfaction,
+               c.agency_id, c.step_due_at,
+               c.submission[DOCUMENTS].label("documents"),
+               c.flags[STEP_OWN_DUE].as_string().label("step_own_due"),
+               c.flags["results"].label("results"))
+        .where(*period))
+    return rows if progress is None else _told(rows, int(total or 0), progress)
+
+
+def _told(rows: Iterable[Any], total: int, progress: Callable[[int, int], None]
+          ) -> Iterator[Any]:
+    """``rows``, ``progress`` told of each once it is counted."""
+    for done, row in enumerate(rows, 1):
+        yield row
+        progress(done, total)
 
 
 #: submissions closed while held (a ``refusals`` row, no dossier), by state: the report's
@@ -375,7 +408,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     ledger = Ledger(args.db_url, create=False)
     try:
         ledger.check_schema()
-        data = report(ledger, first, last, args.by, tz, now)
+        data = report(ledger, first, last, args.by, tz, now,
+                      Progress("report: {done} of {total} dossiers read"))
     finally:
         ledger.dispose()
     if args.json:

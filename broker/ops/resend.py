@@ -6,8 +6,10 @@ agency never got; no dead letter records them, and the audit finds every proof i
 ledger. Once the queue is declared again, ``--agency`` publishes, for each open dossier
 now with the agency (states 2, 4, 5, 6), the assignment the ledger recorded for its
 current step, under the same message id: an agency that has it drops the copy, as it
-drops any redelivery. Notices sent to the agency since (a supplement, a withdrawal
-refused...) are not sent again; ``dossier show`` gives a dossier's history.
+drops any redelivery; and after it the ``supplemented`` notices of that step, which alone
+carry the documents the citizen brought since and the due dates their pause moved.
+Other notices sent to the agency since (a withdrawal refused, a deadline warning...)
+are not sent again; ``dossier show`` gives a dossier's history.
 
 A desk's notices are events, not one message that says it all: ``--desk ID --since
 WHEN`` publishes again every notice the ledger recorded for that desk since then, in the
@@ -25,7 +27,7 @@ import sys
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 
 from broker.amqp_worker import properties_for
 from broker.cli import DB_URL_HELP, moment_or_day
@@ -41,6 +43,8 @@ from broker.ledger import (
     watch_outbox,
 )
 from broker.lifecycle import State
+from broker.messages import NoticeKind
+from broker.ops.progress import Progress
 from broker.tables import is_pruned
 from broker.topology import Topology
 
@@ -52,9 +56,10 @@ CHUNK = 500
 
 
 def assignments(ledger: Ledger, agency_id: str) -> tuple[list[Outbound], list[str]] | None:
-    """The current assignment of every open dossier with ``agency_id``, as recorded; and
-    the codes whose assignment the ledger no longer holds whole (pruned: none should be).
-    None when no dossier was ever with that agency (a mistyped id)."""
+    """The current assignment of every open dossier with ``agency_id``, as recorded, each
+    followed by the supplements brought since (``supplemented`` notices); and the codes
+    whose assignment the ledger no longer holds whole (pruned: none should be). None when
+    no dossier was ever with that agency (a mistyped id)."""
     found: list[Outbound] = []
     missing: list[str] = []
     with ledger.read() as conn:
@@ -66,24 +71,45 @@ def assignments(ledger: Ledger, agency_id: str) -> tuple[list[Outbound], list[st
     # none open: was the agency ever in this ledger (its updates, a hand-off to it)?
     if not rows and not ledger.ever_had(agency=agency_id):
         return None
+    supplemented = f"%:{NoticeKind.SUPPLEMENTED.value}:%"
     with ledger.read() as conn:
         for i in range(0, len(rows), CHUNK):
             wanted = {f"{code}:assigned:{step}": code for code, step in rows[i:i + CHUNK]}
             # through each dossier's history: the outbox is indexed by the delivery that
             # published a row, and the assignment was published by one of its events'
-            got = {r.message_id: r for r in conn.execute(
-                select(outbox).select_from(events.join(
-                    outbox, outbox.c.inbox_message_id == events.c.message_id))
-                .where(events.c.dossier_code.in_(list(wanted.values())),
-                       outbox.c.message_id.in_(list(wanted))))}
+            got: dict[str, Any] = {}
+            later: dict[str, dict[str, Any]] = {}
+            for r in conn.execute(
+                    select(outbox, events.c.dossier_code, events.c.seq.label("event_seq"))
+                    .select_from(events.join(
+                        outbox, outbox.c.inbox_message_id == events.c.message_id))
+                    .where(events.c.dossier_code.in_(list(wanted.values())), or_(
+                        outbox.c.message_id.in_(list(wanted)),
+                        and_(outbox.c.routing_key == agency_id,
+                             outbox.c.type == "agency.notice",
+                             outbox.c.message_id.like(supplemented))))):
+                if r.message_id in wanted:
+                    got[r.message_id] = r
+                else:
+                    later.setdefault(r.dossier_code, {})[r.message_id] = r
             for mid, code in wanted.items():
-                r = got.get(mid)
-                if r is None or is_pruned(bytes(r.body)):
+                assigned = got.get(mid)
+                if assigned is None or is_pruned(bytes(assigned.body)):
                     missing.append(code)
                     continue
-                found.append(Outbound(r.exchange, r.routing_key, r.message_id, r.type,
-                                      r.correlation_id, r.headers, bytes(r.body)))
+                found.append(_outbound(assigned))
+                # and the supplements brought since it was assigned: their documents and
+                # the due dates their pause moved are in those notices alone
+                found += [_outbound(n) for n in sorted(
+                    later.get(code, {}).values(), key=lambda n: (n.event_seq, n.id))
+                    if n.event_seq > assigned.event_seq]
     return found, missing
+
+
+def _outbound(r: Any) -> Outbound:
+    """An outbox row as the message it was."""
+    return Outbound(r.exchange, r.routing_key, r.message_id, r.type, r.correlation_id,
+                    r.headers, bytes(r.body))
 
 
 def desk_notices(ledger: Ledger, desk_id: str, since: datetime
@@ -177,8 +203,12 @@ def _cmd_resend(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     found, missing = listed
+    if party == "agency" and any(o.type != "dossier.assigned" for o in found):
+        what = "assignment(s) and supplement notice(s)"
     sent: list[str] = []
     if found and not args.dry_run:
+        # each publish waits for its confirm: thousands of open dossiers take seconds
+        progress = Progress(f"resend: {{done}} of {{total}} {what} sent")
         with channel() as ch:
             for out in found:
                 try:
@@ -194,13 +224,16 @@ def _cmd_resend(args: argparse.Namespace) -> int:
                           "sent", file=sys.stderr)
                     return 1
                 sent.append(out.message_id)
+                progress(len(sent), len(found))
     ids = [o.message_id for o in found]
     if args.json:
         report: dict[str, Any] = {party: party_id, "dry_run": args.dry_run}
         if party == "desk":
             report["since"] = args.since.isoformat()
-        print(json.dumps(report | {"assignments" if party == "agency" else "notices": ids,
-                                   "sent": len(sent), "missing": missing}))
+        listing = ({"assignments": [o.message_id for o in found if o.type == "dossier.assigned"],
+                    "supplements": [o.message_id for o in found if o.type != "dossier.assigned"]}
+                   if party == "agency" else {"notices": ids})
+        print(json.dumps(report | listing | {"sent": len(sent), "missing": missing}))
     else:
         for mid in ids:
             print(f"  {mid}")
@@ -218,8 +251,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     """Add `casebroker dossier resend`."""
     p = groups["dossier"].add_parser(
         "resend", help="publish again what a deleted or purged queue lost (same message "
-        "ids): an agency's open dossiers' current assignments, or a desk's notices since "
-        "a moment")
+        "ids): an agency's open dossiers' current assignments (and the supplements brought "
+        "since), or a desk's notices since a moment")
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--agency", help="the agency whose queue lost them")
     who.add_argument("--desk", help="the desk whose queue lost them (with --since)")
