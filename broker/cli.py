@@ -61,12 +61,25 @@ def above(bound: float, kind: Callable[[str], float] = float) -> Callable[[str],
 tcp_port = _bounded(int, "a TCP port, 0 to 65535", lambda v: 0 <= v <= 65535)
 
 
+#: the years a date or moment on the command line may fall in, as in a message's times: a
+#: period's bounds are shifted by a day and a zone, which overflowed at 0001 and 9999
+YEARS = range(1900, 3000)
+
+
+def _in_years(value: date, text: str) -> None:
+    if value.year not in YEARS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is outside the years {YEARS.start} to {YEARS.stop - 1}")
+
+
 def day(text: str) -> date:
     """An argparse ``type``: a calendar date, YYYY-MM-DD."""
     try:
-        return date.fromisoformat(text)
+        value = date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+    _in_years(value, text)
+    return value
 
 
 def instant(text: str) -> datetime:
@@ -78,6 +91,7 @@ def instant(text: str) -> datetime:
     if value is None or value.tzinfo is None:
         raise argparse.ArgumentTypeError(
             f"not a moment with its UTC offset (e.g. 2026-02-10T09:00:00+07:00): {text!r}")
+    _in_years(value, text)
     return value
 
 
@@ -88,14 +102,16 @@ def moment_or_day(text: str) -> datetime:
 
     try:
         if len(text) == 10:
-            return datetime.combine(date.fromisoformat(text), datetime.min.time(),
+            when = datetime.combine(date.fromisoformat(text), datetime.min.time(),
                                     tzinfo=ZoneInfo(LEGAL_TIMEZONE))
-        when = datetime.fromisoformat(text)
+        else:
+            when = datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is neither a date (2026-10-01) nor an ISO 8601 time") from None
     if when.tzinfo is None:
         raise argparse.ArgumentTypeError(f"{text!r} has no offset (+07:00, Z)")
+    _in_years(when, text)
     return when
 
 
