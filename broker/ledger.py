@@ -21,11 +21,12 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from sqlalchemy import (
     JSON,
@@ -156,13 +157,22 @@ def _kept_dossier(body: bytes) -> dict[str, Any] | None:
     as "was", and the submission id); None: another kind, or a body outside the
     contract."""
     try:
-        kept = json.loads(bytes(body))
+        kept: dict[str, Any] | Any = json.loads(bytes(body))
     except ValueError:
         return None
-    kind = kept.get("was" if is_pruned(kept) else "schema") if isinstance(kept, dict) else None
+    if not isinstance(kept, dict):
+        return None
+    kind = kept.get("was" if is_pruned(kept) else "schema")
     if not str(kind).startswith("casebroker.dossier.submitted/"):
         return None
-    return kept if isinstance(kept.get("submission_id"), str) else None
+    sid = kept.get("submission_id")
+    if not isinstance(sid, str):
+        return None
+    # as the router read it, and recorded it everywhere else: a desk may write it in
+    # capitals, and the held copy, a withdrawal or a replay by it must still match
+    with suppress(ValueError):
+        kept["submission_id"] = str(UUID(sid))
+    return kept
 
 
 def _closed_at_intake(conn: Connection, submission_ids: Iterable[str]
@@ -1013,7 +1023,8 @@ class Ledger:
         triage queue), ``outcome``, ``processed_at``. Found by the dossier each kept for
         its dead letter or triage copy (a scan of those rows only, read a chunk at a
         time: an operator's question, not the router's)."""
-        needle = submission_id.encode()
+        # a quick test before the body is parsed: its first 8 digits, in any case
+        needle = submission_id[:8].lower().encode()
         found: dict[str, dict[str, Any]] = {}
         with self.read() as conn:
             rows = conn.execution_options(yield_per=500).execute(
@@ -1023,7 +1034,7 @@ class Ledger:
                 .where(SET_ASIDE)
                 .order_by(inbox.c.processed_at, inbox.c.message_id))
             for r in rows:
-                if needle not in r.body:
+                if needle not in bytes(r.body).lower():
                     continue
                 if _kept_submission(r.body) == submission_id:
                     # under the id it waits under in its queue (a changed copy's own

@@ -266,6 +266,28 @@ def _held_then_corrected(router: Router) -> tuple[DossierSubmitted, DossierSubmi
         update={"ward_code": "10001"})})
 
 
+def test_a_held_dossier_whose_desk_wrote_its_submission_id_in_capitals_is_found_by_it(
+        ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
+    # the router reads the id as a UUID, whatever its case, and records the held copy
+    # under it; the copy kept in triage says it as the desk wrote it, which the withdrawal
+    # and `dossier show` compared as text: the citizen's withdrawal found nothing
+    router, status = _routers(ledger)
+    d = dossier(desk_id="T.MC.A", applicant_ward="99999")
+    sid = str(d.submission_id)
+    body = encode(d).replace(sid.encode(), sid.upper().encode())
+    assert sid.upper().encode() in body
+    (triaged, held) = router.handle([intake_delivery(1, body, "submit:first")])
+    assert json.loads(held.body)["notice"] == "held"
+    assert main(["dossier", "show", sid.upper(), "--db-url", ledger.url]) == 0
+    shown = capsys.readouterr().out
+    assert "submit:first" in shown and "triaged:area_not_served" in shown
+    (answer,) = status.handle([status_delivery(2, _withdrawal(d))])
+    told = json.loads(answer.body)
+    assert (told["notice"], told["state"], told["submission_id"]) == ("withdrawn", 7, sid)
+    refusal = ledger.refusal(sid)
+    assert refusal is not None and refusal["state"] == 7
+
+
 def test_a_withdrawal_waits_for_a_router_opening_the_dossier_then_names_its_code(
         ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
     router, status = _routers(ledger)
