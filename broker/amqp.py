@@ -19,6 +19,9 @@ Outcomes, decided here once:
   quorum queue's delivery limit alone
 * the broker cancels the consumer (its queue deleted) → close the channel and reopen it
   with capped backoff until the queue is back
+* the broker closes the channel (a publish to an exchange that is gone) → its unacked
+  deliveries go back; reopened with capped backoff, started afresh only after a channel
+  that consumed for a while (each close counts towards every delivery's limit)
 """
 
 from __future__ import annotations
@@ -206,6 +209,8 @@ class ConsumerService:
             p.heartbeat = settings.heartbeat_s
         self._url_index = 0
         self._opened = False
+        #: when the connection last opened, on the monotonic clock
+        self._opened_at = 0.0
         self.params = self._all_params[0]
         self.user_id = user_id or self.params.credentials.username
         self.workers: list[QueueWorker] = []
@@ -271,8 +276,13 @@ class ConsumerService:
             self.hooks.connection(False)
             self._url_index += 1
             lost = self._opened
-            if lost:  # a connection that worked for a while starts the backoff afresh
-                delay_s, self._opened = 0.5, False
+            self._opened = False
+            # a connection that worked for a while (up as long as the longest pause) starts
+            # the backoff afresh; one lost as soon as it opened (a fault met again on each,
+            # a node that drops it) does not: made again twice a second, each would give
+            # back every unacked delivery a step nearer its delivery limit
+            if lost and time.monotonic() - self._opened_at >= self.settings.reconnect_max_s:
+                delay_s = 0.5
             log.warning("%s; connecting to %s:%s in %.1fs",
                         "connection to RabbitMQ lost" if lost else "not connected",
                         *self._next_host(), delay_s)
@@ -326,7 +336,7 @@ class ConsumerService:
             connection.close()
             return
         log.info("connected to RabbitMQ at %s:%s", self.params.host, self.params.port)
-        self._opened = True
+        self._opened, self._opened_at = True, time.monotonic()
         self.blocked = False
         self.hooks.connection(True)
         for callback in self._on_connected:

@@ -272,6 +272,8 @@ class QueueWorker:
         self.refusals = _Refusals(self.settings.retry_initial_s,
                                   min(REFUSAL_MAX_PAUSE_S, self.settings.retry_max_s))
         self.reopen_delay_s = 1.0
+        #: when RabbitMQ said consume-ok on the channel (None: not on the one opened last)
+        self.consumed_at: float | None = None
         #: when a channel was last closed for nacks (NACK_REOPEN_INTERVAL_S)
         self.nack_reopened_at = -1e9
         #: readiness (broker/health.py): since when this queue has been held up, paused
@@ -313,6 +315,7 @@ class QueueWorker:
     # channel setup -----------------------------------------------------------------
     def open(self, connection: SelectConnection) -> None:
         self._reset()
+        self.consumed_at = None
         connection.channel(on_open_callback=self._on_channel_open)
 
     def _on_channel_open(self, channel: Channel) -> None:
@@ -330,7 +333,7 @@ class QueueWorker:
             self.queue, self._on_message, callback=self._on_consume_ok)
 
     def _on_consume_ok(self, _frame: Any) -> None:
-        self.reopen_delay_s = 1.0
+        self.consumed_at = time.monotonic()
         self.consuming = True
         log.info("consuming %s", self.queue)
 
@@ -353,6 +356,13 @@ class QueueWorker:
         self._reset()
         if self.service.stopping or not self.service.connection_open:
             return
+        # a channel that consumed for a while (as long as the longest pause) starts the
+        # backoff afresh; one closed as soon as it consumes (each redelivery published to
+        # an exchange that is gone: 404) does not: reopened every second, each close would
+        # give back every unacked delivery a step nearer its delivery limit
+        if (self.consumed_at is not None
+                and time.monotonic() - self.consumed_at >= self.settings.reconnect_max_s):
+            self.reopen_delay_s = 1.0
         delay_s, self.reopen_delay_s = self.reopen_delay_s, min(
             self.settings.reconnect_max_s, self.reopen_delay_s * 2)
         log.warning("channel for %s closed (%s); its unacked deliveries (%d waiting, %d "
@@ -397,7 +407,10 @@ class QueueWorker:
                 or self.service.stopping or self.channel is None or not self.channel.is_open:
             return
         batch = self.refusals.next_batch(self.pending, self.settings.batch_size)
-        waiting = len(self.pending) - len(batch)  # left behind a full batch: a backlog
+        # left behind a full batch: a backlog (not behind one cut short before a delivery
+        # RabbitMQ refused, handed over alone while refusals go on)
+        waiting = (len(self.pending) - len(batch)
+                   if len(batch) == self.settings.batch_size else 0)
         singly = self.retries >= MAX_BOUNDED_RETRIES
         generation, started = self.generation, time.perf_counter()
         self.busy = True

@@ -122,12 +122,19 @@ def dead_letter(topology: Topology, source: str, delivery: Delivery, reason: str
 
 def triage(topology: Topology, source: str, delivery: Delivery, reason: str,
            detail: str, trusted: str | None = None) -> Outbound:
-    """A valid message that cannot be routed, to the triage queue with the reason."""
+    """A valid message that cannot be routed, to the triage queue with the reason.
+
+    Its type and correlation id are the sender's, shortened as a dead letter's are to what
+    the outbox's columns hold: a valid dossier whose sender set longer ones would otherwise
+    fail its batch's commit (PostgreSQL) and be dead-lettered as ``internal_error``."""
     headers = _keep_headers(delivery, trusted)
     headers.update({REASON_HEADER: reason, DETAIL_HEADER: detail[:500], SOURCE_HEADER: source})
+    correlation = delivery.properties.correlation_id
     return Outbound(topology.dead_letter_exchange, TRIAGE_KEY, delivery_id(delivery),
-                    delivery.properties.type or "dossier.submitted",
-                    delivery.properties.correlation_id, headers, delivery.body)
+                    short_text(delivery.properties.type or "dossier.submitted",
+                               OUTBOX_TYPE_MAX),
+                    None if correlation is None else short_text(correlation, CORRELATION_MAX),
+                    headers, delivery.body)
 
 
 def in_zone(row: dict[str, Any], tz: tzinfo) -> dict[str, Any]:
