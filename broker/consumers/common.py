@@ -251,6 +251,9 @@ class Screened:
 
     out: list[Outbound] = field(default_factory=list)
     fresh: list[tuple[str, Delivery, Message]] = field(default_factory=list)
+    #: changed copies in ``fresh`` (by their own id) whose judgement waits for an earlier
+    #: copy under the same message id in this batch (:attr:`Screen.in_order`): that id
+    after: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -271,6 +274,12 @@ class Screen:
     :func:`changed_copy_id`; if not, it is dead-lettered as ``message_id_reused`` (once
     it has passed the contract and sender checks: a reason of theirs says more).
     Either way it is not lost, and its own redeliveries find it by that id.
+
+    With ``in_order``, a changed copy whose id an earlier copy in the same batch took is
+    not judged here, before that copy's outcome is known: it goes to ``fresh``, named in
+    ``after``, for the consumer to judge once the earlier ones are processed (dead-letter
+    it with :meth:`reused` if one of them was applied), so that a batch decides as the
+    same deliveries one by one would.
     """
 
     topology: Topology
@@ -288,6 +297,8 @@ class Screen:
     party_users: bool = False
     #: the router's own RabbitMQ login, whose replays carry their first sender (sent_by)
     trusted: str | None = None
+    #: whether changed copies after another copy of their id in the batch wait (see above)
+    in_order: bool = False
 
     def __call__(self, batch: Batch, deliveries: Sequence[Delivery],
                  now: datetime) -> Screened:
@@ -334,23 +345,39 @@ class Screen:
                     batch, key, c.delivery, "sender_mismatch",
                     f"published by {sender!r}, not by {shown_id(claimed)}", now))
                 continue
-            if c.changed and (c.mid in spent or c.mid in judged):
-                c.before = "applied" if c.mid in spent else None
-            if c.changed and not self.afresh(c.before):
-                before = ("by an earlier message in this batch" if c.before is None
-                          else f"as {c.before}")
-                detail = (f"its message id was processed before, {before}, from a message "
-                          "that differs from this one: this one was not applied (a changed "
-                          "message needs a new message id)")
-                answer = self.answer_reused(batch, c.message, key, detail, now)
-                result.out.append(self.dead(batch, key, c.delivery, "message_id_reused",
-                                            detail, now, also=answer))
-                result.out += answer
+            if c.changed and not self._goes_on(batch, c, key, spent, judged, result, now):
                 continue
-            if c.changed:
-                judged.add(c.mid)
             result.fresh.append((key, c.delivery, c.message))
         return result
+
+    def _goes_on(self, batch: Batch, c: _Copy, key: str, spent: set[str], judged: set[str],
+                 result: Screened, now: datetime) -> bool:
+        """Whether a changed copy goes on to the consumer (``judged`` then has its id);
+        if not, it is dead-lettered as ``message_id_reused`` into ``result``. ``spent``:
+        ids a changed copy was applied under before this batch."""
+        if c.mid in spent or c.mid in judged:
+            c.before = "applied" if c.mid in spent else None
+        if (c.before is None and c.mid not in spent and self.in_order
+                and getattr(c.message, "dossier_code", None) is not None):
+            result.after[key] = c.mid  # judged once the copies before it are
+        elif not self.afresh(c.before):
+            result.out += self.reused(batch, key, c.delivery, c.message, c.before, now)
+            return False
+        judged.add(c.mid)
+        return True
+
+    def reused(self, batch: Batch, key: str, d: Delivery, message: Any, before: str | None,
+               now: datetime) -> list[Outbound]:
+        """Dead-letter a changed copy (its own id ``key``) as ``message_id_reused``, given
+        how its id was processed ``before`` (None: by a copy earlier in this batch), and
+        tell its sender as the consumer's ``answer_reused`` does: what it publishes."""
+        said = "by an earlier message in this batch" if before is None else f"as {before}"
+        detail = (f"its message id was processed before, {said}, from a message that "
+                  "differs from this one: this one was not applied (a changed message "
+                  "needs a new message id)")
+        answer = self.answer_reused(batch, message, key, detail, now)
+        return [self.dead(batch, key, d, "message_id_reused", detail, now, also=answer),
+                *answer]
 
     def dead(self, batch: Batch, mid: str, d: Delivery, reason: str, detail: str,
              now: datetime, also: Sequence[Outbound] = ()) -> Outbound:
@@ -367,6 +394,9 @@ class Consumer:
 
     source: str
     accepted_kinds: frozenset[str]
+    #: whether a changed copy after another copy of its id in a batch is judged by the
+    #: consumer once that one is processed (:attr:`Screen.in_order`)
+    judges_in_order = False
 
     def __init__(self, engine: EngineProvider, ledger: Ledger, topology: Topology,
                  clock: Clock = utc_now, metrics: Any = None,
@@ -385,7 +415,7 @@ class Consumer:
                              afresh=self.judges_changed_copy,
                              answer_reused=self.answer_reused,
                              party_users=party_users_enabled(party_users),
-                             trusted=trusted_user)
+                             trusted=trusted_user, in_order=self.judges_in_order)
 
     def sender_of(self, message: Any) -> str:
         """The desk or agency a message says it comes from."""

@@ -137,6 +137,9 @@ class StatusRouter(Consumer):
 
     source = "status"
     accepted_kinds = ACCEPTED_KINDS
+    # a corrected update under the id of one refused earlier in the same batch is judged
+    # as it would be in a batch of its own: after that one, applied unless it was
+    judges_in_order = True
 
     def sender_of(self, message: Any) -> str:
         return _sender(message)
@@ -188,7 +191,11 @@ class StatusRouter(Consumer):
                 out += self._by_submission(batch, by_sid, now)
             loaded = self._load(batch, (str(m.dossier_code) for _, _, m in decoded))
             dossiers = {code: _Dossier(row, row["seq"]) for code, row in loaded.items()}
+            applied: set[str] = set()  # message ids a copy under which was applied
             for mid, d, msg in decoded:
+                if (first := screened.after.get(mid)) is not None and first in applied:
+                    out += self.screen.reused(batch, mid, d, msg, "applied", now)
+                    continue
                 dossier = dossiers.get(str(msg.dossier_code))
                 stranger = None if dossier is None else _stranger(dossier, msg)
                 if dossier is None or stranger is not None:
@@ -204,6 +211,8 @@ class StatusRouter(Consumer):
                 batch.record(mid, self.source, outcome, msg.dossier_code, published, now)
                 self._count(outcome, reason)
                 out += published
+                if outcome == "applied":
+                    applied.add(delivery_id(d))
             for code, dossier in dossiers.items():
                 if dossier.changes:
                     batch.update_dossier(code, dossier.loaded_seq, dossier.changes)

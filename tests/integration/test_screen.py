@@ -484,6 +484,40 @@ def test_a_message_id_spent_by_a_corrected_copy_is_not_applied_again(
         "routed": 1, "applied": 2, "refused_update": 1, "dead:message_id_reused": 1}
 
 
+@pytest.mark.parametrize("one_batch", [False, True], ids=["batch_by_batch", "one_batch"])
+def test_a_batch_judges_copies_under_one_id_as_the_same_copies_one_by_one(
+        router: Router, one_batch: bool) -> None:
+    # a corrected update right behind its refused first copy was dead-lettered as
+    # message_id_reused when both came in one batch, and applied when they came apart
+    code, agency, status = _one_routed(router)
+    u, v = uuid.uuid4(), uuid.uuid4()
+    copies = [
+        _status_delivery(1, _status(agency, code, "financial_obligation", u), f"status:{u}"),
+        _status_delivery(2, _status(agency, code, "stopped", u, reason="khác"), f"status:{u}"),
+        _status_delivery(3, _status(agency, code, "accepted", u), f"status:{u}"),
+        _status_delivery(4, _status(agency, code, "rejected", u, reason="khác"), f"status:{u}"),
+        _status_delivery(5, _status(agency, code, "supplement_requested", v,
+                                    requested_documents=["CCCD"]), f"status:{v}"),
+        _status_delivery(6, _status(agency, code, "stopped", v, reason="khác"), f"status:{v}"),
+    ]
+    out = (status.handle(copies) if one_batch
+           else [o for c in copies for o in status.handle([c])])
+    # refused, refused again (answered under its own id), applied; the fourth under a
+    # spent id, the sixth under one applied first: dead-lettered, their senders told
+    told = [(json.loads(o.body).get("notice"), o.headers.get(REASON_HEADER) if o.headers
+             else None) for o in out]
+    assert told == [("update_refused", None), ("update_refused", None),
+                    ("status_changed", None), (None, "message_id_reused"),
+                    ("update_refused", None), ("supplement_requested", None),
+                    (None, "message_id_reused"), ("update_refused", None)]
+    assert [o.headers[DETAIL_HEADER].split(",")[1] for o in out
+            if o.headers and REASON_HEADER in o.headers] == [" as applied"] * 2
+    row = router.ledger.dossier(code)
+    assert row is not None and row["state"] == 5
+    assert router.ledger.count_inbox_outcomes() == {
+        "routed": 1, "applied": 2, "refused_update": 2, "dead:message_id_reused": 2}
+
+
 def test_a_corrected_update_refused_again_is_answered_under_an_id_of_its_own(
         router: Router) -> None:
     # its refusal went out under the first refusal's id, with other words: a receiver
