@@ -518,6 +518,26 @@ def test_a_batch_judges_copies_under_one_id_as_the_same_copies_one_by_one(
         "routed": 1, "applied": 2, "refused_update": 2, "dead:message_id_reused": 2}
 
 
+def test_a_changed_copy_the_handler_failed_on_is_recorded_under_its_own_id(
+        router: Router, caplog: pytest.LogCaptureFixture) -> None:
+    # recorded under the message id, its row collided with the first copy's and was lost
+    # ("not recorded"), and a redelivery of it was judged afresh after its dead letter
+    code, agency, status = _one_routed(router)
+    u = uuid.uuid4()
+    status.handle([_status_delivery(1, _status(agency, code, "accepted", u), f"status:{u}")])
+    changed = _status_delivery(2, _status(agency, code, "resolved", u), f"status:{u}")
+    dead = status.internal_error(changed, RuntimeError("a bug"))
+    assert "not recorded" not in caplog.text
+    assert _sent(status.handle([changed])) == _sent(dead)  # its dead letter again, alone
+    assert dead[0].headers is not None and dead[0].headers[REASON_HEADER] == "internal_error"
+    assert router.ledger.count_inbox_outcomes() == {
+        "routed": 1, "applied": 1, "dead:internal_error": 1}
+    # the first copy's own redelivery is still its own
+    first = status.handle([_status_delivery(3, _status(agency, code, "accepted", u),
+                                            f"status:{u}")])
+    assert [json.loads(o.body)["notice"] for o in first] == ["status_changed"]
+
+
 def test_a_corrected_update_refused_again_is_answered_under_an_id_of_its_own(
         router: Router) -> None:
     # its refusal went out under the first refusal's id, with other words: a receiver
