@@ -245,13 +245,13 @@ _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _rej
 
 
 def _timestamp(loader: _LineLoader, node: yaml.ScalarNode) -> Any:
-    """A YAML date or time; one that looks like a date but is none (2026-02-30) is a
-    problem at its line, where PyYAML raised a bare ValueError (a traceback)."""
+    """A YAML date or time; one that looks like a date but is none (2026-02-30) stays
+    text, which the schema then refuses at its field's line, beside every other problem
+    (PyYAML raised a bare ValueError: a traceback, then a problem that hid the rest)."""
     try:
         return yaml.SafeLoader.construct_yaml_timestamp(loader, node)
-    except ValueError as e:
-        raise yaml.MarkedYAMLError(problem=f"{node.value!r} is not a date: {e}",
-                                   problem_mark=node.start_mark) from None
+    except ValueError:
+        return node.value
 
 
 _LineLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp)

@@ -150,11 +150,14 @@ def test_top_level_settings_nothing_can_run_on_are_problems_at_their_lines() -> 
         "c.yaml:4: timezone: unknown time zone 'Mars/Olympus'"]
 
 
-def test_a_date_that_does_not_exist_is_a_problem_at_its_line() -> None:
-    # PyYAML raised a bare ValueError: a traceback from `rules check`, `run` and a reload
+def test_a_date_that_does_not_exist_is_a_problem_at_its_line_beside_the_others() -> None:
+    # PyYAML raised a bare ValueError: a traceback from `rules check`, `run` and a reload;
+    # then a problem of its own that hid every other one (the unknown unit here)
     impossible = TOP_LEVEL.replace("timezone: 7\n", "extra_holidays: [2026-01-01, 2026-02-30]\n")
     assert _problems(impossible) == [
-        "c.yaml:2: YAML: '2026-02-30' is not a date: day is out of range for month"]
+        "c.yaml:2: extra_holidays.1: Input should be a valid date or datetime, day value is "
+        "outside expected range",
+        "c.yaml:4: desk D: unknown unit agency NOPE"]
 
 
 def test_a_day_both_off_and_worked_and_a_time_of_nothing_are_problems() -> None:
