@@ -187,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(run, db=True, prefix=True)
     run.add_argument("--metrics-port", type=tcp_port,  # a string default goes through it too
                      default=os.environ.get("CASEBROKER_METRICS_PORT", "9464"),
-                     help="Prometheus /metrics port (0: off; default 9464)")
+                     help="Prometheus /metrics port (0: off; default: "
+                          "$CASEBROKER_METRICS_PORT or 9464)")
     defaults = ConsumerSettings
     run.add_argument("--prefetch-count", type=at_least(1), default=defaults.prefetch_count,
                      help=f"unacked deliveries per queue (default {defaults.prefetch_count})")
@@ -213,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="to find queues under the prefix that the catalog does not name "
                    "(default: $CASEBROKER_MANAGEMENT_URL or this machine's)")
 
-    rules = sub.add_parser("rules", help="check the catalog, explain a routing decision")
+    rules = sub.add_parser("rules", help="check a catalog, explain a routing decision, coverage, "
+                                                    "diff of two catalogs")
     rules_sub = rules.add_subparsers(dest="action", required=True)
     explain = rules_sub.add_parser("explain", help="route one dossier.submitted JSON file")
     explain.add_argument("file", help="a dossier.submitted/v1 JSON file ('-' for stdin)")
@@ -224,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = rules_sub.add_parser("check", help="validate a catalog; exit 1 on problems")
     check.add_argument("path", nargs="?", help="catalog YAML (default: the shipped one)")
 
-    dossier = sub.add_parser("dossier", help="look up dossiers in the ledger")
+    dossier = sub.add_parser("dossier", help="look up dossiers in the ledger; resend what a "
+                                                        "lost queue held")
     dossier_sub = dossier.add_subparsers(dest="action", required=True)
     show = dossier_sub.add_parser(
         "show", help="a dossier and its process-control history, by its code or by the "
@@ -232,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("code", help="a dossier code, or a submission id")
     show.add_argument("--json", action="store_true")
     show.add_argument("--tz", type=zone, default="Asia/Ho_Chi_Minh",
-                      help="time zone of the times shown")
+                      help="time zone of the times shown (default Asia/Ho_Chi_Minh)")
     _common(show, catalog=False, db=True)
     listing = dossier_sub.add_parser(
         "list", help="dossiers by due date, soonest first: an agency's, a desk's, in some "
@@ -247,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="at most this many (default 100)")
     listing.add_argument("--json", action="store_true")
     listing.add_argument("--tz", type=zone, default="Asia/Ho_Chi_Minh",
-                         help="time zone of the times shown")
+                         help="time zone of the times shown (default Asia/Ho_Chi_Minh)")
     _common(listing, catalog=False, db=True)
 
     demo = sub.add_parser("demo", help="drive real traffic through RabbitMQ and report")

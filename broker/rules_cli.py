@@ -32,7 +32,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     cov = rules.add_parser("coverage", help="share of procedures open to boundary-free "
                            "receipt on a date")
     cov.add_argument("--catalog", help="catalog YAML (default: the shipped Đắk Lắk catalog)")
-    cov.add_argument("--on", type=day, help="the date (YYYY-MM-DD; default: today, local)")
+    cov.add_argument("--on", type=day, help="the date (YYYY-MM-DD; default: today in the "
+                     "catalog's time zone)")
     cov.add_argument("--json", action="store_true", help="print one JSON object")
     cov.set_defaults(handler=run_coverage)
 
