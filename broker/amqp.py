@@ -21,7 +21,8 @@ Outcomes, decided here once:
   with capped backoff until the queue is back
 * the broker closes the channel (a publish to an exchange that is gone) → its unacked
   deliveries go back; reopened with capped backoff, started afresh only after a channel
-  that consumed for a while (each close counts towards every delivery's limit)
+  that consumed for a while (each close counts towards every delivery's limit); while
+  the exchange is gone, each new channel looks for it before it consumes again
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import itertools
 import logging
 import operator
 import queue
+import re
 import struct
 import time
 from collections import deque
@@ -22,7 +23,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pika.adapters.select_connection import SelectConnection
 from pika.channel import Channel
-from pika.exceptions import ShortStringTooLong, UnsupportedAMQPFieldException
+from pika.exceptions import (
+    ChannelClosedByBroker,
+    ShortStringTooLong,
+    UnsupportedAMQPFieldException,
+)
 from pika.spec import Basic, BasicProperties
 
 from broker import threads
@@ -255,6 +260,18 @@ class _Refusals:
         return pending[:n]
 
 
+#: RabbitMQ's words when a publish names an exchange that does not exist (404)
+_NO_EXCHANGE = re.compile(r"no exchange '(.*)' in vhost")
+
+
+def _missing_exchange(reason: Exception) -> str | None:
+    """The exchange a channel was closed for not finding, if that is why it was closed."""
+    if not isinstance(reason, ChannelClosedByBroker) or reason.reply_code != 404:
+        return None
+    found = _NO_EXCHANGE.search(reason.reply_text)
+    return None if found is None else found.group(1)
+
+
 class QueueWorker:
     """Consumes one queue on its own channel and publishes what its handler returns."""
 
@@ -274,6 +291,9 @@ class QueueWorker:
         self.reopen_delay_s = 1.0
         #: when RabbitMQ said consume-ok on the channel (None: not on the one opened last)
         self.consumed_at: float | None = None
+        #: an exchange a publish found gone (the channel closed, 404): checked on each new
+        #: channel before consuming again (None: none missing)
+        self.missing_exchange: str | None = None
         #: when a channel was last closed for nacks (NACK_REOPEN_INTERVAL_S)
         self.nack_reopened_at = -1e9
         #: readiness (broker/health.py): since when this queue has been held up, paused
@@ -329,8 +349,21 @@ class QueueWorker:
     def _on_qos_ok(self, _frame: Any) -> None:
         if self.channel is None or not self.channel.is_open or self.service.stopping:
             return
+        if self.missing_exchange is not None:
+            # consumed again while it is gone, every delivery in the window would be
+            # handed over, fail its publish and close the channel, a step nearer its
+            # delivery limit each time (dead.<queue> in a few minutes): look first. Still
+            # gone, RabbitMQ closes this channel (404), and the look is made again later
+            self.channel.exchange_declare(self.missing_exchange, passive=True,
+                                          callback=self._on_exchange_back)
+            return
         self.consumer_tag = self.channel.basic_consume(
             self.queue, self._on_message, callback=self._on_consume_ok)
+
+    def _on_exchange_back(self, _frame: Any) -> None:
+        log.info("exchange %s is back; consuming %s again", self.missing_exchange, self.queue)
+        self.missing_exchange = None
+        self._on_qos_ok(_frame)
 
     def _on_consume_ok(self, _frame: Any) -> None:
         self.consumed_at = time.monotonic()
@@ -365,6 +398,12 @@ class QueueWorker:
             self.reopen_delay_s = 1.0
         delay_s, self.reopen_delay_s = self.reopen_delay_s, min(
             self.settings.reconnect_max_s, self.reopen_delay_s * 2)
+        gone = _missing_exchange(reason)
+        if gone is not None:
+            if self.missing_exchange is None:
+                log.error("exchange %s is gone (deleted?): %s is not consumed until it is "
+                          "back (`casebroker topology declare`)", gone, self.queue)
+            self.missing_exchange = gone
         log.warning("channel for %s closed (%s); its unacked deliveries (%d waiting, %d "
                     "batches published) will be redelivered; reopening in %.0fs",
                     self.queue, reason, waiting, published, delay_s)

@@ -104,6 +104,17 @@ def test_a_channel_closed_each_time_right_after_it_opens_is_reopened_with_growin
                r"reopening in (\d+)s")
     wait_for(lambda: len(_delays(caplog, pattern)) >= 3, what="three reopens")
     assert _delays(caplog, pattern)[:3] == [1.0, 2.0, 4.0]
+    # and the window is not handed over again while the exchange is gone: only the first
+    # close had the dossier in hand; the channels after it looked for the exchange first
+    held = [(int(m.group(1)), int(m.group(2))) for r in caplog.records if (m := re.search(
+        rf"channel for {re.escape(declared.intake_queue)} closed .*\((\d+) waiting, (\d+) "
+        r"batches published\)", r.getMessage()))]
+    assert sum(held[0]) >= 1 and held[1:3] == [(0, 0), (0, 0)], held
+    gone = [r.getMessage() for r in caplog.records if "is gone" in r.getMessage()]
+    assert gone == [f"exchange {declared.agency_exchange} is gone (deleted?): "
+                    f"{declared.intake_queue} is not consumed until it is back "
+                    "(`casebroker topology declare`)"]
+    assert queue_depth(declared.intake_queue) == 1  # waiting, not redelivered meanwhile
     # the exchange back, the dossier held back goes out, once
     declare_topology(amqp_url(), declared, mini_catalog)
     ids: list[str] = []
