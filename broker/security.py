@@ -24,7 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from broker.errors import CasebrokerError
+import pika
+
+from broker.amqp import amqp_url
+from broker.errors import CasebrokerError, CatalogError, CatalogProblem
 from broker.rules.catalog import Catalog
 from broker.topology import Topology
 
@@ -51,8 +54,16 @@ def _exact(*names: str) -> str:
 
 
 def grants(topology: Topology, catalog: Catalog) -> list[Grant]:
-    """Every party's user and permissions, derived from the catalog."""
+    """Every party's user and permissions, derived from the catalog. A desk and an agency
+    under one id is a :class:`CatalogError`: they would share one user, whose permissions
+    as the one would replace those as the other (and either could send as both)."""
     t = topology
+    shared = sorted(set(catalog.agency_ids) & set(catalog.desk_ids))
+    if shared:
+        raise CatalogError([CatalogProblem(catalog.path, None, (
+            f"{', '.join(shared)}: both a desk and an agency, and each desk and agency is a "
+            f"RabbitMQ user of its own ({user_for(t, shared[0])}): give the desk an id of "
+            "its own"))])
     out = [Grant(user_for(t, a), a, "agency", "^$", _exact(t.status_exchange),
                  _exact(t.agency_queue(a))) for a in catalog.agency_ids]
     out += [Grant(user_for(t, d), d, "desk", "^$", _exact(t.intake_exchange, t.status_exchange),
@@ -89,16 +100,18 @@ class Management:
         except urllib.error.HTTPError as e:
             if e.code == 404 and method == "GET":
                 return None
-            raise ManagementError(f"{method} {path}: HTTP {e.code}") from e
+            raise ManagementError(f"{method} {path}: HTTP {e.code}{_reason(e)}") from e
         except OSError as e:
             raise ManagementError(f"management API at {self.url} unreachable: {e}") from e
         return json.loads(raw) if raw else None
 
     @classmethod
-    def from_url(cls, url: str) -> Management:
-        """From ``http://user:password@host:port`` (guest/guest when it names nobody); a
-        URL of another form is a :class:`ManagementError` that does not quote it (it may
-        hold a password)."""
+    def from_url(cls, url: str, vhost: str | None = None) -> Management:
+        """From ``http://user:password@host:port`` (guest/guest when it names nobody; each
+        URL-encoded, as a password holding ``@``, ``:`` or ``/`` must be), on ``vhost``,
+        by default the virtual host of ``CASEBROKER_AMQP_URL``, where the routers, desks
+        and agencies work; a URL of another form is a :class:`ManagementError` that does
+        not quote it (it may hold a password)."""
         refused = ManagementError("the management API's URL is not "
                                   "http(s)://user:password@host:port (--management-url, "
                                   "CASEBROKER_MANAGEMENT_URL)")
@@ -110,7 +123,10 @@ class Management:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise refused
         base = f"{parts.scheme}://{parts.hostname}" + (f":{port}" if port else "")
-        return cls(base, parts.username or "guest", parts.password or "guest")
+        if vhost is None:
+            vhost = pika.URLParameters(amqp_url()).virtual_host
+        return cls(base, urllib.parse.unquote(parts.username or "guest"),
+                   urllib.parse.unquote(parts.password or "guest"), vhost)
 
     def names(self, kind: str) -> list[str]:
         """The names of the virtual host's ``queues`` or ``exchanges``."""
@@ -143,6 +159,17 @@ class Management:
                    {"configure": grant.configure, "write": grant.write, "read": grant.read})
 
 
+def _reason(error: urllib.error.HTTPError) -> str:
+    """What RabbitMQ said of a refused call (``Login failed``, ``Not administrator user``,
+    ``vhost_or_user_not_found``), which the status code alone does not tell apart."""
+    try:
+        reason = json.loads(error.read())["reason"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return ""
+    said = reason if isinstance(reason, str) else json.dumps(reason)
+    return f" ({said[:200]})"
+
+
 def stale(grants_: list[Grant], api: Management, topology: Topology) -> list[str]:
     """Users named as a party of ``topology`` (``<prefix>.<id>``) whose party the catalog
     no longer has: a desk or agency taken out keeps its permissions until retired."""
@@ -164,17 +191,28 @@ def stale(grants_: list[Grant], api: Management, topology: Topology) -> list[str
 
 def apply(grants_: list[Grant], api: Management, secrets_dir: Path,
           rotate: bool = False) -> dict[str, int]:
-    """Create missing users (password to ``secrets_dir/<user>.password``), set permissions."""
+    """Create missing users (password to ``secrets_dir/<user>.password``), set permissions.
+
+    A new password replaces the file's only once RabbitMQ has taken it: a rotation the API
+    refuses leaves every file holding the password its user still has."""
     secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     created = 0
     for grant in grants_:
         if rotate or not api.user_exists(grant.user):
             password = secrets.token_urlsafe(24)
             path = secrets_dir / f"{grant.user}.password"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            # written first (a password RabbitMQ has is never only in memory), put in
+            # place after
+            pending = path.with_name(path.name + ".new")
+            fd = os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(password + "\n")
-            api.put_user(grant.user, password)
+            try:
+                api.put_user(grant.user, password)
+            except ManagementError:
+                pending.unlink()
+                raise
+            pending.replace(path)
             created += 1
         api.put_permissions(grant)
     return {"users": len(grants_), "created": created}
