@@ -27,7 +27,7 @@ from typing import Any
 import pika
 
 from broker.amqp import amqp_url
-from broker.errors import CasebrokerError, CatalogError, CatalogProblem
+from broker.errors import CasebrokerError
 from broker.rules.catalog import Catalog
 from broker.topology import Topology
 
@@ -54,16 +54,9 @@ def _exact(*names: str) -> str:
 
 
 def grants(topology: Topology, catalog: Catalog) -> list[Grant]:
-    """Every party's user and permissions, derived from the catalog. A desk and an agency
-    under one id is a :class:`CatalogError`: they would share one user, whose permissions
-    as the one would replace those as the other (and either could send as both)."""
+    """Every party's user and permissions, derived from the catalog (whose check refuses
+    a desk and an agency under one id: they would be one user)."""
     t = topology
-    shared = sorted(set(catalog.agency_ids) & set(catalog.desk_ids))
-    if shared:
-        raise CatalogError([CatalogProblem(catalog.path, None, (
-            f"{', '.join(shared)}: both a desk and an agency, and each desk and agency is a "
-            f"RabbitMQ user of its own ({user_for(t, shared[0])}): give the desk an id of "
-            "its own"))])
     out = [Grant(user_for(t, a), a, "agency", "^$", _exact(t.status_exchange),
                  _exact(t.agency_queue(a))) for a in catalog.agency_ids]
     out += [Grant(user_for(t, d), d, "desk", "^$", _exact(t.intake_exchange, t.status_exchange),

@@ -48,9 +48,16 @@ def check_catalog(spec: CatalogFile, raw: dict[str, Any], name: str,
     # a left-out agency may serve a ward: its serves cannot be trusted either way
     wards_served = bool(dropped.get("agencies")) or any(
         len(c) == WARD_CODE_LENGTH for a in spec.agencies for c in a.serves)
+    agency_ids = {a.id for a in spec.agencies}
     for i, desk in enumerate(spec.desks):
         problems += [lines.at("desks", i, f"desk {desk.id}: unknown unit agency {u}")
                      for u in desk.unit if u not in agencies]
+        if desk.id in agency_ids:
+            # each party is a RabbitMQ user named by its id (`casebroker users`), and its
+            # messages are checked against that login: one user would be both
+            problems.append(lines.at("desks", i, (
+                f"desk {desk.id}: also an agency's id; a desk and an agency each need an id "
+                "of their own")))
     for i, proc in enumerate(spec.procedures):
         where = f"procedure {proc.code}"
         if proc.boundary_free_from is not None and not proc.boundary_free:

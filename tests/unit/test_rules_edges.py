@@ -123,3 +123,11 @@ def test_the_clock_starts_in_the_catalogs_zone_whatever_the_desks_offset() -> No
     ahead = dossier(submitted_at="2026-11-26T02:00:00+00:00")  # a desk clock a day ahead
     received = engine.received_at(ahead, now)
     assert received == now and received.utcoffset() == timedelta(hours=7)
+
+
+def test_a_desk_under_an_agencys_id_is_a_catalog_problem() -> None:
+    # each party is a RabbitMQ user named by its id: a desk and an agency under one id
+    # would share one login, either able to send as the other (`users` refused it only)
+    text = MINI.read_text().replace("  - {id: T.MC.B,", "  - {id: T.CA,", 1)
+    (problem,) = _problems(text.encode())
+    assert problem == "desk T.CA: also an agency's id; a desk and an agency each need an id of their own"
