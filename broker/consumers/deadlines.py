@@ -449,28 +449,37 @@ class DeadlineWatch:
         if not outbound:
             return 0
         confirmed: list[str] = []
+        sent: list[str] = []
         try:
             channel = self._open()
             for out in outbound:
-                if self._publish_one(channel, out):
+                outcome = self._publish_one(channel, out)
+                if outcome is not None:
                     confirmed.append(out.message_id)
+                if outcome == "sent":
+                    sent.append(out.message_id)
+                elif outcome == "dead_lettered" and self.metrics is not None:
+                    self.metrics.returned("watch", out.exchange)
         finally:
             self.ledger.confirm_notices(confirmed, self.clock())
             if len(confirmed) < len(outbound):
                 self._republish_all = True
         if self.metrics is not None:
-            for mid in confirmed:
+            for mid in sent:
                 self.metrics.deadline_notices_total.labels(*notice_labels(mid)).inc()
         return len(confirmed)
 
-    def _publish_one(self, channel: BlockingChannel, out: Outbound) -> bool:
+    def _publish_one(self, channel: BlockingChannel, out: Outbound) -> str | None:
+        """``sent``; ``dead_lettered`` (no queue took it: in ``dead.<agency|desk>`` to be
+        replayed, counted as unroutable, not as a notice sent); None: nacked, to publish
+        again."""
         try:
             channel.basic_publish(out.exchange, out.routing_key, out.body,
                                   properties_for(out, self.user_id), mandatory=True)
-            return True
+            return "sent"
         except NackError:
             log.warning("deadline notice %s nacked; will publish it again", out.message_id)
-            return False
+            return None
         except UnroutableError:
             # like the consumers: an unroutable message is dead-lettered, never dropped
             source = "agency" if out.exchange == self.topology.agency_exchange else "desk"
@@ -482,7 +491,7 @@ class DeadlineWatch:
                             out.type, out.correlation_id, headers, out.body)
             channel.basic_publish(dead.exchange, dead.routing_key, dead.body,
                                   properties_for(dead, self.user_id), mandatory=True)
-            return True
+            return "dead_lettered"
 
     def _open(self) -> BlockingChannel:
         if self._channel is None or not self._channel.is_open:

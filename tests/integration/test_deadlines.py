@@ -16,7 +16,7 @@ import pytest
 from pika.exceptions import AMQPConnectionError
 from sqlalchemy import event, select, update
 
-from broker.amqp import amqp_url
+from broker.amqp import REASON_HEADER, amqp_url
 from broker.cli import main
 from broker.consumers.deadlines import (
     AT_RISK,
@@ -219,6 +219,29 @@ def test_casebroker_run_sends_the_overdue_notice_and_counts_it(
     assert result["notice"] == "result_ready"
     wait_for(lambda: gauge.labels("T.UBND.A")._value.get() == 0, what="gauge back to 0")
     assert amqp.json_all(declared.desk_queue("T.MC.B")) == []
+
+
+def test_a_notice_no_queue_takes_is_counted_unroutable_not_sent(
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock,
+        make_watch: Callable[[], DeadlineWatch]) -> None:
+    # dead-lettered, it was counted in casebroker_deadline_notices_total as if the agency
+    # had it, and CasebrokerUnroutable never heard of it
+    start_broker()
+    code = _route(amqp, declared, "1.001193", "T.UBND.A")
+    take(amqp, declared.desk_queue("T.MC.B"), 1, "receipt")
+    amqp.ch.queue_unbind(declared.agency_queue("T.UBND.A"), declared.agency_exchange,
+                         "T.UBND.A")
+    watch = make_watch()
+    clock.set("2026-11-26 09:30")
+    assert watch.tick() == 2  # both kept: the agency's in dead.agency, the desk's delivered
+    (dead,) = amqp.get_all(declared.dead_queue("agency"))
+    assert dead[0].headers[REASON_HEADER] == "unroutable"
+    assert json.loads(dead[1])["dossier_code"] == code
+    sent, unroutable = watch.metrics.deadline_notices_total, watch.metrics.returned_total
+    assert sent.labels("overdue", "agency")._value.get() == 0
+    assert sent.labels("overdue_apology", "desk")._value.get() == 1
+    assert unroutable.labels("watch", declared.agency_exchange)._value.get() == 1
+    assert ledger.unconfirmed_notices(vn("2027-01-01 00:00")) == []
 
 
 # --- which dossiers the watch looks at: only those whose level can rise now -----------
