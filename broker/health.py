@@ -77,7 +77,10 @@ class Probes:
                                     "unacked": worker.unacked}
             if service.connection_open and not service.stopping:
                 if not worker.consuming:
-                    problems.append(f"{worker.queue}: not consuming")
+                    gone = worker.missing_exchange
+                    problems.append(f"{worker.queue}: not consuming" + (
+                        "" if gone is None else f" until exchange {gone} is back "
+                        "(`casebroker topology declare`)"))
                 if held_up_s is not None:
                     problems.append(f"{worker.queue}: held up for {held_up_s:.0f} s: "
                                     f"{worker.trouble}")

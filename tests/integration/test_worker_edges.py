@@ -16,6 +16,7 @@ import pytest
 from broker.amqp import REASON_HEADER, amqp_url
 from broker.amqp_worker import QueueWorker
 from broker.envelope import short_text
+from broker.health import Probes
 from broker.ledger import Ledger
 from broker.messages import encode
 from broker.rules.catalog import Catalog
@@ -94,7 +95,7 @@ def test_a_channel_closed_each_time_right_after_it_opens_is_reopened_with_growin
     # redelivered the dossier and closed it again, once a second without end, each time
     # giving back the whole prefetch window a step nearer its delivery limit
     caplog.set_level(logging.INFO, logger="broker.amqp")
-    start_broker(reconnect_max_s=4.0)
+    running = start_broker(reconnect_max_s=4.0)
     first, second = dossier(), dossier()
     amqp.submit(declared, first)
     wait_for(lambda: queue_depth(declared.agency_queue("T.UBND.A")) == 1, what="first routed")
@@ -115,6 +116,10 @@ def test_a_channel_closed_each_time_right_after_it_opens_is_reopened_with_growin
                     f"{declared.intake_queue} is not consumed until it is back "
                     "(`casebroker topology declare`)"]
     assert queue_depth(declared.intake_queue) == 1  # waiting, not redelivered meanwhile
+    ready, said = Probes(running.broker).ready()
+    assert not ready and (f"{declared.intake_queue}: not consuming until exchange "
+                          f"{declared.agency_exchange} is back (`casebroker topology "
+                          "declare`)") in said["problems"]
     # the exchange back, the dossier held back goes out, once
     declare_topology(amqp_url(), declared, mini_catalog)
     ids: list[str] = []
