@@ -24,7 +24,7 @@ from broker.amqp import Delivery, amqp_url
 from broker.cli import main
 from broker.ledger import Batch, RawJSON
 from broker.messages import CONTENT_TYPE, DossierSubmitted, encode, kind_of
-from broker.security import Management, management_url
+from broker.security import Management, ManagementError, management_url
 from broker.topology import INTAKE_KEY, STATUS_KEY, Topology
 
 
@@ -182,6 +182,16 @@ def cli(capsys: pytest.CaptureFixture[str], t: Topology, *args: str) -> tuple[in
     code = main([*args, "--prefix", t.prefix])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def management_api() -> Management:
+    """The management API as guest; the test is skipped where the plugin is not reachable."""
+    api = Management()
+    try:
+        api.user_exists("guest")
+    except ManagementError as e:
+        pytest.skip(f"RabbitMQ management plugin not reachable: {e}")
+    return api
 
 
 @dataclass

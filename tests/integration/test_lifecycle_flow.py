@@ -19,6 +19,8 @@ from sqlalchemy import select
 
 from broker.amqp import DETAIL_HEADER, REASON_HEADER
 from broker.cli import main
+from broker.consumers.router import Router
+from broker.consumers.status import StatusRouter
 from broker.ledger import Ledger, dossiers
 from broker.messages import (
     DeskNotice,
@@ -27,10 +29,13 @@ from broker.messages import (
     DossierStatus,
     DossierSupplemented,
     DossierWithdrawn,
+    encode,
 )
+from broker.rules.catalog import parse_catalog
+from broker.rules.engine import Engine
 from broker.topology import Topology
-from tests.conftest import queue_depth, wait_for
-from tests.helpers import Amqp, dossier
+from tests.conftest import MINI_CATALOG, queue_depth, wait_for
+from tests.helpers import Amqp, dossier, intake_delivery, status_delivery
 from tests.integration.conftest import FakeClock, vn
 
 pytestmark = pytest.mark.integration
@@ -492,29 +497,27 @@ def test_after_a_hand_off_the_next_agency_is_not_compared_with_the_previous_one(
         "received", "hand_off", "accept"], what="accepted by T.CA")
 
 
+def _handlers(ledger: Ledger, clock: FakeClock, procedure: str
+              ) -> tuple[Router, StatusRouter]:
+    """A router and a status router on the mini catalog with one more procedure, 1.000009
+    (``procedure``: its fields after the code, boundary-free), and the test's clock."""
+    text = MINI_CATALOG.read_text().replace(
+        "procedures:\n", f'procedures:\n  - {{code: "1.000009", {procedure}, '
+        "boundary_free: true}\n", 1)
+    engine = Engine(parse_catalog(text.encode(), "mini.yaml"))
+    t = Topology("t")
+    return (Router(lambda: engine, ledger, t, clock=clock),
+            StatusRouter(lambda: engine, ledger, t, clock=clock))
+
+
 def test_a_chain_that_comes_back_to_an_agency_judges_its_old_updates_stale(
         ledger: Ledger, clock: FakeClock) -> None:
     # a hand-off forgot the last update's sent_at; an agency holding a later step again
     # had an update it sent for its first step (delayed, redelivered) applied to the
     # later one: here a rejection sent before it resolved step 1 rejected the dossier
-    from pathlib import Path
-
-    from broker.consumers.router import Router
-    from broker.consumers.status import StatusRouter
-    from broker.messages import encode
-    from broker.rules.catalog import parse_catalog
-    from broker.rules.engine import Engine
-    from tests.conftest import MINI_CATALOG
-    from tests.helpers import intake_delivery, status_delivery
-
-    text = Path(MINI_CATALOG).read_text().replace(
-        "procedures:\n", 'procedures:\n  - {code: "1.000009", name: "There and back", '
-        "processing: {amount: 10, unit: working_days}, competence: {chain: [{agency: "
-        "T.SO.TP}, {agency: T.CA}, {agency: T.SO.TP}]}, boundary_free: true}\n", 1)
-    engine = Engine(parse_catalog(text.encode(), "mini.yaml"))
-    t = Topology("t")
-    router = Router(lambda: engine, ledger, t, clock=clock)
-    status = StatusRouter(lambda: engine, ledger, t, clock=clock)
+    router, status = _handlers(ledger, clock, (
+        'name: "There and back", processing: {amount: 10, unit: working_days}, competence: '
+        "{chain: [{agency: T.SO.TP}, {agency: T.CA}, {agency: T.SO.TP}]}"))
     code = json.loads(router.handle([intake_delivery(
         1, encode(dossier(procedure_code="1.000009")), "submit:1")])[0].body)["dossier_code"]
     sent = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
@@ -559,24 +562,9 @@ def test_a_pause_moves_a_calendar_days_due_date_by_the_whole_time_paused(
     # DOMAIN.md: "the due date moves by the paused time". A procedure counted in calendar
     # days stops its count on days off too: moved by the working time paused, a pause
     # over a weekend moved it by nothing (found by a review)
-    from pathlib import Path
-
-    from broker.consumers.router import Router
-    from broker.consumers.status import StatusRouter
-    from broker.messages import encode
-    from broker.rules.catalog import parse_catalog
-    from broker.rules.engine import Engine
-    from tests.conftest import MINI_CATALOG
-    from tests.helpers import intake_delivery, status_delivery
-
-    text = Path(MINI_CATALOG).read_text().replace(
-        "procedures:\n", 'procedures:\n  - {code: "1.000009", name: "Calendar days", '
-        "processing: {amount: 5, unit: calendar_days}, competence: {agency: T.SO.TP}, "
-        "boundary_free: true}\n", 1)
-    engine = Engine(parse_catalog(text.encode(), "mini.yaml"))
-    t = Topology("t")
-    router = Router(lambda: engine, ledger, t, clock=clock)
-    status = StatusRouter(lambda: engine, ledger, t, clock=clock)
+    router, status = _handlers(ledger, clock, (
+        'name: "Calendar days", processing: {amount: 5, unit: calendar_days}, '
+        "competence: {agency: T.SO.TP}"))
     clock.set("2026-11-25 09:00")  # Wed
     d = dossier(procedure_code="1.000009")
     code = json.loads(router.handle([intake_delivery(1, encode(d), "submit:1")])[0].body)[

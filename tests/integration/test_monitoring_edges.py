@@ -23,25 +23,17 @@ from broker.security import Grant, Management, ManagementError, grants, user_for
 from broker.service import declare_topology
 from broker.topology import Topology
 from tests.conftest import MINI_CATALOG
+from tests.helpers import management_api
 
 pytestmark = pytest.mark.integration
 
 API = "127.0.0.1:15672"
 
 
-def _api() -> Management:
-    api = Management()
-    try:
-        api.user_exists("guest")
-    except ManagementError as e:
-        pytest.skip(f"RabbitMQ management plugin not reachable: {e}")
-    return api
-
-
 @pytest.fixture
 def operators(topology: Topology) -> Iterator[Management]:
     """The management API as guest; every user under the test's prefix deleted after."""
-    api = _api()
+    api = management_api()
     yield api
     for user in api.users():
         if user.startswith(topology.prefix + "."):

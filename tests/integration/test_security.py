@@ -17,26 +17,17 @@ from broker.cli import main
 from broker.ledger import Ledger
 from broker.messages import encode
 from broker.rules.catalog import Catalog
-from broker.security import Grant, Management, ManagementError, apply, grants, user_for
+from broker.security import Grant, apply, grants, user_for
 from broker.topology import INTAKE_KEY, TRIAGE_KEY, Topology
 from tests.conftest import MINI_CATALOG, queue_depth, wait_for
-from tests.helpers import Amqp, dossier
+from tests.helpers import Amqp, dossier, management_api
 
 pytestmark = pytest.mark.integration
 
 
-def _api() -> Management:
-    api = Management()
-    try:
-        api.user_exists("guest")
-    except ManagementError as e:
-        pytest.skip(f"RabbitMQ management plugin not reachable: {e}")
-    return api
-
-
 @pytest.fixture
 def users(declared: Topology, mini_catalog: Catalog, tmp_path: Path) -> Iterator[Path]:
-    api = _api()
+    api = management_api()
     planned = grants(declared, mini_catalog)
     result = apply(planned, api, tmp_path / "secrets")
     assert result == {"users": len(planned), "created": len(planned)}
@@ -219,7 +210,7 @@ def test_a_party_taken_out_of_the_catalog_is_named_then_retired(
         declared: Topology, users: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     # found by a review: a decommissioned desk kept write access to intake and status
-    api = _api()
+    api = management_api()
     router_like = user_for(declared, "router")  # configures: no party's, never retired
     api.put_user(router_like, secrets.token_urlsafe(16))
     api.put_permissions(Grant(router_like, "router", "service", ".*", ".*", ".*"))
