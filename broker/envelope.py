@@ -42,10 +42,14 @@ def portable_headers(headers: Mapping[Any, Any]) -> dict[str, Any]:
 
 
 def as_text(value: Any) -> str:
-    """What pika hands over as text: bytes (not UTF-8) with their bytes escaped."""
+    """What pika hands over as text: bytes (not UTF-8) with their bytes escaped, and a
+    NUL character as ``\\x00`` (PostgreSQL's text cannot hold one: a message id with a
+    NUL failed every batch it came in there, the delivery ending as internal_error)."""
     if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8", "backslashreplace")
-    return str(value)
+        text = bytes(value).decode("utf-8", "backslashreplace")
+    else:
+        text = str(value)
+    return text.replace("\x00", "\\x00")
 
 
 def _header_name(name: Any) -> str:

@@ -543,7 +543,30 @@ def decode(
         raise _classify(body, e, expected) from None
     if expected is not None and kind_of(message) not in expected:
         raise DecodeError("unexpected_kind", f"{kind_of(message)} is not accepted on this queue")
+    if b"\\u0000" in body and (where := _nul_in(json.loads(body))) is not None:
+        raise DecodeError("invalid_fields", f"{where}: a NUL character (\\u0000) in text")
     return message
+
+
+def _nul_in(value: Any, path: str = "") -> str | None:
+    """Where a parsed body holds a NUL character in a string (a key or a value), or None.
+
+    JSON allows it, as \\u0000; PostgreSQL's text cannot hold it, and its json operators
+    refuse a value that has one anywhere: taken, the batch's commit failed (the message
+    dead-lettered as internal_error), or a later report did. Looked for only in a body
+    that spells one, which no valid message needs."""
+    if isinstance(value, str):
+        return (path or "(body)") if "\x00" in value else None
+    items = (value.items() if isinstance(value, dict)
+             else enumerate(value) if isinstance(value, list) else ())
+    for key, item in items:
+        name = str(key).replace("\x00", "\\u0000")  # the detail is stored: no NUL in it
+        where = f"{path}.{name}" if path else name
+        if name != str(key):
+            return where
+        if (found := _nul_in(item, where)) is not None:
+            return found
+    return None
 
 
 def _classify(body: bytes, error: ValidationError,

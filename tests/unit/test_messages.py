@@ -158,6 +158,25 @@ def test_a_number_json_does_not_have_is_refused(value: str) -> None:
     assert "attributes.area_m2.float: Input should be a finite number" in e.value.detail
 
 
+@pytest.mark.parametrize(("where", "path"), [
+    (("applicant", "name"), "applicant.name"),
+    (("attributes", "ghi\x00chu"), "attributes.ghi\\u0000chu"),
+])
+def test_a_nul_character_in_text_is_refused_and_not_quoted(where: tuple[str, str],
+                                                            path: str) -> None:
+    # JSON allows \\u0000; PostgreSQL's text and json operators do not (found by a review)
+    data = json.loads(encode(dossier()))
+    data[where[0]][where[1]] = "Nguyễn\x00An"
+    with pytest.raises(DecodeError) as e:
+        decode(json.dumps(data).encode())
+    assert (e.value.reason, e.value.detail) == (
+        "invalid_fields", f"{path}: a NUL character (\\u0000) in text")
+    assert "\x00" not in e.value.detail and "Nguyễn" not in e.value.detail
+    # the six characters \\u0000 as text are no NUL
+    assert decode(encode(dossier(attributes={"ghi_chu": "\\u0000"}))).attributes == {
+        "ghi_chu": "\\u0000"}
+
+
 def test_unexpected_kind_on_a_queue() -> None:
     with pytest.raises(DecodeError) as e:
         decode(encode(dossier()), expected=frozenset({"dossier.status"}))
