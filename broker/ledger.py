@@ -825,8 +825,12 @@ class Ledger:
     def create_schema(self) -> None:
         """Create missing tables (idempotent), then check the ones that were there. A
         ``held`` table made for a ledger that has dossiers is filled from its triage
-        copies (:func:`_fill_held`)."""
+        copies (:func:`_fill_held`), in the same transaction: on SQLite too, where
+        pysqlite would commit the ``CREATE`` at once and a filling cut short would leave
+        the table empty for good (the next start finds it there and fills nothing)."""
         with self._reached(), self.engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN")  # deferred: no write lock unless it creates
             found = inspect(conn)
             fill = found.has_table(dossiers.name) and not found.has_table(held.name)
             metadata.create_all(conn)
@@ -860,9 +864,10 @@ class Ledger:
         index, one a DBA added, is left alone). A
         missing column that is required and has no default cannot be added to rows that
         exist, nor can rows be re-keyed by a key that is not wider than theirs: those
-        are errors, raised before anything is changed. The steps run in one transaction;
-        on SQLite (pysqlite commits DDL as it goes) each is one a re-run skips or redoes
-        once done.
+        are errors, raised before anything is changed. The steps run in one transaction,
+        on SQLite too (:meth:`write` begins it: pysqlite would commit each DDL statement
+        as it goes, and a ``held`` table made but not yet filled when the run was cut
+        short would stay empty, a re-run finding it there and filling nothing).
         """
         with self._reached(), self.engine.connect() as conn:
             found = inspect(conn)
@@ -881,7 +886,7 @@ class Ledger:
                                   + "\nnothing was changed; point CASEBROKER_DB_URL "
                                   "(--db-url) at a new ledger")
         if not dry_run and steps:
-            with self._reached(), self.engine.begin() as conn:
+            with self._reached(), self.write() as conn:
                 for _, run in steps:
                     run(conn)
             self.check_schema()
@@ -1387,8 +1392,8 @@ def _rebuilt(table: Table, dialect: Any, found: Any, have: set[str]
     theirs = [str(sql) for name, sql in found.bind.exec_driver_sql(
         "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
         "AND sql IS NOT NULL ORDER BY name", (table.name,)) if name not in ours]
-    # a passing table there already is an interrupted run's, and empty: SQLite commits
-    # its CREATE at once, the copy only with the drop and the rename that end it
+    # a passing table there already is one an interrupted run of an earlier version left,
+    # empty (it committed its CREATE at once, the copy only with the drop and the rename)
     ddl = [f"DROP TABLE IF EXISTS {quote.format_table(passing)}",
            str(CreateTable(passing).compile(dialect=dialect)).strip(),
            f"INSERT INTO {quote.format_table(passing)} ({columns}) "

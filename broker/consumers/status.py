@@ -76,6 +76,7 @@ from broker.tables import (
     AGENCY_SENT_AT,
     PRUNED_KEY,
     STEP_OWN_DUE,
+    SUPPLEMENTS,
     VALUES_DIGEST,
     is_pruned,
     pruned_stub,
@@ -430,7 +431,7 @@ class StatusRouter(Consumer):
             out.append(self._resume(engine, dossier, msg, seq, now))
         elif event == Event.HAND_OFF:
             # the next agency gets the dossier as it stands: supplements and earlier results
-            extra = dossier["flags"].get("supplements", []) + results
+            extra = dossier["flags"].get(SUPPLEMENTS, []) + results
             out.append(self._hand_off(engine, dossier, [Document(**r) for r in extra], now))
             if dossier["watch_level"] >= AT_RISK:  # the watch told the agency before
                 out.append(handed_on(
@@ -465,8 +466,8 @@ class StatusRouter(Consumer):
         dossier.set(watch_level=OVERDUE)
         due = dossier["due_at"].astimezone(engine.calendar.tz).isoformat(timespec="minutes")
         row = {k: dossier[k] for k in ("code", "return_desk_id", "procedure_code", "state",
-                                       "agency_id", "received_at", "due_at")}
-        row["submission_id"] = dossier["submission"]["submission_id"]
+                                       "agency_id", "received_at", "due_at",
+                                       "submission_id")}
         ready = to_the_minute(now.astimezone(engine.calendar.tz))
         return apology(self.topology, row, now, ready,
                        f"the result is late: legal due date {due}; it is ready now")
@@ -485,7 +486,7 @@ class StatusRouter(Consumer):
         assert isinstance(msg, DossierSupplemented)
         supplements = [d.model_dump(mode="json") for d in msg.documents]
         dossier.set(paused_at=None, flags={
-            **dossier["flags"], "supplements": dossier["flags"].get("supplements", [])
+            **dossier["flags"], SUPPLEMENTS: dossier["flags"].get(SUPPLEMENTS, [])
             + supplements})
         procedure = engine.procedures.get(dossier["procedure_code"])
         whole_unit = (DurationUnit(procedure.processing.unit) if procedure is not None
@@ -576,10 +577,10 @@ class StatusRouter(Consumer):
                      to: str | None = None) -> Outbound:
         """The return desk's notice; ``to``: the same for the intake desk, under its own id
         (``...:intake``)."""
-        sub = dossier["submission"]
+        # from the row's columns: a pruned submission's stub (`ledger prune`) keeps neither
         notice = DeskNotice(
-            notice=kind, dossier_code=dossier["code"], submission_id=sub["submission_id"],
-            desk_id=to or dossier["return_desk_id"], procedure_code=sub["procedure_code"],
+            notice=kind, dossier_code=dossier["code"], submission_id=dossier["submission_id"],
+            desk_id=to or dossier["return_desk_id"], procedure_code=dossier["procedure_code"],
             state=int(state), agency_id=dossier["agency_id"],
             received_at=dossier["received_at"], due_at=dossier["due_at"],
             reason=getattr(msg, "reason", None),
@@ -630,11 +631,10 @@ class StatusRouter(Consumer):
                                   dossier_code=dossier["code"], agency_id=msg.agency_id,
                                   state=dossier["state"], reason=reason, issued_at=now)
             return to_agency(self.topology, notice, message_id)
-        sub = dossier["submission"]
-        desk_notice = DeskNotice(
+        desk_notice = DeskNotice(  # the ids from the row: a pruned submission has neither
             notice=NoticeKind.UPDATE_REFUSED, dossier_code=dossier["code"],
-            submission_id=sub["submission_id"], desk_id=msg.desk_id,
-            procedure_code=sub["procedure_code"], state=dossier["state"],
+            submission_id=dossier["submission_id"], desk_id=msg.desk_id,
+            procedure_code=dossier["procedure_code"], state=dossier["state"],
             agency_id=dossier["agency_id"], reason=reason, issued_at=now)
         return to_desk(self.topology, desk_notice, message_id)
 

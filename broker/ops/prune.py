@@ -13,7 +13,9 @@ keeps every row, code, state, time and message id:
   stub keeps the digest of its values (:func:`broker.consumers.router.submission_digest`,
   so that a copy sent again is still told from another dossier under the same id) and
   how many documents it had (for the report's digitized share), and the
-  ``dossier.assigned`` bodies in ``outbox``;
+  ``dossier.assigned`` bodies in ``outbox``; the documents the citizen brought later (a
+  supplement: the flags' ``supplements``, then how many, and the bodies of the agencies'
+  notices that carried them);
 * dead letters' and triage copies' bodies in ``outbox`` processed before the cutoff
   (the stub keeps the submission id, for ``audit --submissions``, and the schema);
 * refusals at intake made before the cutoff: ``refusals.submission``; and the reason a
@@ -57,7 +59,14 @@ from broker.ledger import (
 )
 from broker.lifecycle import TERMINAL_STATES
 from broker.ops.progress import Progress
-from broker.tables import DOCUMENTS, VALUES_DIGEST, is_pruned, pruned_body, pruned_stub
+from broker.tables import (
+    DOCUMENTS,
+    SUPPLEMENTS,
+    VALUES_DIGEST,
+    is_pruned,
+    pruned_body,
+    pruned_stub,
+)
 
 #: the shortest retention `prune` accepts: a closed dossier's messages were confirmed
 #: before it closed, but audits and a desk's questions about a dossier just returned
@@ -155,21 +164,48 @@ def _prune_dossiers(ledger: Ledger, done: Pruned, at: datetime, dry_run: bool,
         with ledger.write() as conn:
             # FOR UPDATE (PostgreSQL; SQLite's write lock does it): a prune running at
             # the same moment waits for this chunk, then finds its stubs and passes over
-            rows = conn.execute(select(c.id, c.code, c.submission).where(*where, c.id > last)
+            rows = conn.execute(select(c.id, c.code, c.submission, c.flags)
+                                .where(*where, c.id > last)
                                 .order_by(c.id).limit(CHUNK).with_for_update()).all()
             if not rows:
                 return
             last, seen = rows[-1].id, seen + len(rows)
             done.dossiers += _erase_submissions(
                 conn, c.id, [(r.id, r.submission) for r in rows], at, dry_run)
-            assigned = conn.execute(
-                select(outbox.c.id, outbox.c.body)
+            _erase_supplements(conn, rows, dry_run)
+            # the assignments, and the agencies' notices carrying the supplements
+            sent = conn.execute(
+                select(outbox.c.id, outbox.c.type, outbox.c.body)
                 .join(events, events.c.message_id == outbox.c.inbox_message_id)
                 .where(events.c.dossier_code.in_([r.code for r in rows]),
-                       outbox.c.type == "dossier.assigned")
+                       outbox.c.type.in_(["dossier.assigned", "agency.notice"]))
                 .with_for_update(of=outbox)).all()
-            done.bodies += _erase_bodies(conn, assigned, at, dry_run)
+            done.bodies += _erase_bodies(conn, [
+                r for r in sent if r.type == "dossier.assigned" or _carries_documents(r.body)
+            ], at, dry_run)
         progress(seen, int(total or 0))
+
+
+def _erase_supplements(conn: Connection, rows: Sequence[Any], dry_run: bool) -> None:
+    """Replace the documents the citizen brought later (the flags' :data:`SUPPLEMENTS`,
+    as the submission's own: names, addresses, hashes) of these dossiers by how many
+    there were."""
+    fresh = [(r.id, r.flags) for r in rows
+             if isinstance(r.flags, dict) and isinstance(r.flags.get(SUPPLEMENTS), list)]
+    if fresh and not dry_run:
+        conn.execute(update(dossiers).where(dossiers.c.id == bindparam("row_id"))
+                     .values(flags=bindparam("counted")),
+                     [{"row_id": i, "counted": {**flags, SUPPLEMENTS: len(flags[SUPPLEMENTS])}}
+                      for i, flags in fresh])
+
+
+def _carries_documents(body: bytes) -> bool:
+    """Whether a notice's body lists documents (an agency's ``supplemented`` notice)."""
+    try:
+        value = json.loads(bytes(body))
+    except ValueError:
+        return False
+    return isinstance(value, dict) and bool(value.get(DOCUMENTS))
 
 
 def _prune_set_aside(ledger: Ledger, done: Pruned, at: datetime, dry_run: bool) -> None:

@@ -1,0 +1,218 @@
+"""Edges of the ledger's data layer, on SQLite and PostgreSQL alike: an upgrade or a start
+cut short while it fills a new table, text PostgreSQL cannot hold that SQLite takes, and
+what `ledger prune` must leave of a closed dossier (for the status router) and erase (the
+documents the citizen brought later)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text
+
+import broker.ledger
+from broker.cli import main
+from broker.consumers.router import Router
+from broker.consumers.status import StatusRouter
+from broker.ledger import Ledger, dossiers, events, held, outbox
+from broker.messages import (
+    DossierReturned,
+    DossierStatus,
+    DossierSupplemented,
+    DossierWithdrawn,
+    encode,
+)
+from broker.ops.prune import prune
+from broker.rules.catalog import load_catalog
+from broker.rules.engine import Engine
+from broker.topology import Topology
+from tests.conftest import MINI_CATALOG
+from tests.helpers import dossier, intake_delivery, status_delivery
+from tests.integration.conftest import FakeClock
+
+pytestmark = pytest.mark.integration
+
+
+class Killed(Exception):
+    """The process stopped here (a SIGKILL, a power cut): nothing after it ran."""
+
+
+def _ledger_from_before_held(ledger: Ledger) -> str:
+    """The ledger as versions before ``held`` left it: a dossier held in triage, its copy
+    kept in the outbox, and no ``held`` table. Returns the held submission's id."""
+    engine = Engine(load_catalog(MINI_CATALOG))
+    router = Router(lambda: engine, ledger, Topology("t"), clock=FakeClock())
+    triaged = dossier("9.999999", desk_id="T.MC.A")  # no rule routes it
+    router.handle([intake_delivery(1, encode(triaged), "submit:held")])
+    with ledger.engine.begin() as conn:
+        conn.execute(text("DROP TABLE held"))
+    ledger.dispose()
+    return str(triaged.submission_id)
+
+
+def _cut_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the filling of ``held`` stop once it has written its rows, before the
+    commit."""
+    fill = broker.ledger._fill_held
+
+    def killed(conn: Any) -> None:
+        fill(conn)
+        raise Killed
+
+    monkeypatch.setattr(broker.ledger, "_fill_held", killed)
+
+
+def _held_rows(url: str) -> list[tuple[str, str, str]]:
+    led = Ledger(url, create=False)
+    try:
+        with led.read() as conn:
+            return [tuple(r) for r in conn.execute(
+                select(held.c.submission_id, held.c.message_id, held.c.desk_id))]
+    finally:
+        led.dispose()
+
+
+def test_an_upgrade_cut_short_while_filling_held_fills_it_when_run_again(
+        ledger: Ledger, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """SQLite committed the CREATE of ``held`` at once, outside the transaction: a run
+    stopped while filling it left the table there and empty, and the next run said
+    the ledger was up to date; the dossier held before the upgrade could then never be
+    withdrawn by its submission id."""
+    sid = _ledger_from_before_held(ledger)
+    _cut_short(monkeypatch)
+    with pytest.raises(Killed):
+        Ledger(ledger.url, create=False).upgrade()
+    monkeypatch.undo()
+
+    assert main(["ledger", "upgrade", "--db-url", ledger.url]) == 0
+    said = capsys.readouterr().out
+    assert "CREATE TABLE held" in said and broker.ledger.FILL_HELD in said
+    assert _held_rows(ledger.url) == [(sid, "submit:held", "T.MC.A")]
+    assert main(["ledger", "upgrade", "--db-url", ledger.url]) == 0
+    assert "is up to date" in capsys.readouterr().out
+
+
+def test_a_start_cut_short_while_filling_held_fills_it_at_the_next_start(
+        ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`casebroker run` makes the missing ``held`` table and fills it (Ledger.create_schema):
+    stopped in between, the next start must fill it, not find it there and go on."""
+    sid = _ledger_from_before_held(ledger)
+    _cut_short(monkeypatch)
+    with pytest.raises(Killed):
+        Ledger(ledger.url)
+    monkeypatch.undo()
+
+    Ledger(ledger.url).dispose()
+    assert _held_rows(ledger.url) == [(sid, "submit:held", "T.MC.A")]
+
+
+def test_text_with_a_nul_character_is_refused_alike_on_both_databases(
+        ledger: Ledger) -> None:
+    """JSON allows a NUL in text (\\u0000), and SQLite stores it; PostgreSQL's text cannot
+    hold one, and its json operators refuse a value that has one anywhere: a withdrawal
+    whose reason had one failed its batch there (internal_error, its desk never told),
+    and a dossier with one stopped the report. The contract refuses it now, on both; a
+    message id with a NUL is kept with the NUL escaped."""
+    clock = FakeClock()
+    engine = Engine(load_catalog(MINI_CATALOG))
+    router = Router(lambda: engine, ledger, Topology("t"), clock=clock)
+    status = StatusRouter(lambda: engine, ledger, Topology("t"), clock=clock)
+    held = dossier(desk_id="T.MC.A")
+    withdrawn = status.handle([status_delivery(1, DossierWithdrawn(
+        event_id=uuid.uuid4(), submission_id=held.submission_id, desk_id="T.MC.A",
+        reason="công dân rút\x00hồ sơ", sent_at=clock.now))])
+    named = dossier(applicant={"kind": "citizen", "name": "An\x00", "id_number": "0"})
+    refused = router.handle([intake_delivery(2, encode(named), "submit:named")])
+    for out, field in ((withdrawn, "reason"), (refused, "applicant.name")):
+        assert [(o.headers or {}).get("x-casebroker-reason") for o in out] == ["invalid_fields"]
+        assert (out[0].headers or {})["x-casebroker-detail"] == (
+            f"{field}: a NUL character (\\u0000) in text")
+    routed = router.handle([intake_delivery(3, encode(held), "submit\x00held")])
+    assert [json.loads(o.body)["notice"] for o in routed if o.type == "desk.notice"] == [
+        "receipt"]
+    assert ledger.count_inbox_outcomes() == {"dead:invalid_fields": 2, "routed": 1}
+    with ledger.read() as conn:
+        assert conn.execute(select(dossiers.c.code)).scalars().all() == [
+            json.loads(routed[0].body)["dossier_code"]]
+
+
+def test_a_desk_event_about_a_pruned_dossier_is_still_answered(ledger: Ledger) -> None:
+    """The status router answers a desk's event about a closed dossier with the
+    dossier's submission id and procedure code, read from its stored submission; the
+    stub prune left there kept neither, so the answer failed (KeyError) and the event
+    was dead-lettered as internal_error, its desk never told."""
+    clock = FakeClock("2026-09-01 09:00")
+    engine = Engine(load_catalog(MINI_CATALOG))
+    router = Router(lambda: engine, ledger, Topology("t"), clock=clock)
+    status = StatusRouter(lambda: engine, ledger, Topology("t"), clock=clock)
+    sent = dossier(desk_id="T.MC.A")
+    out = router.handle([intake_delivery(1, encode(sent), "submit:1")])
+    code = next(json.loads(o.body)["dossier_code"] for o in out if o.type == "desk.notice")
+    status.handle([status_delivery(2, DossierStatus(
+        update_id=uuid.uuid4(), dossier_code=code, agency_id="T.UBND.A",
+        status="resolved", sent_at=clock.now))])
+    status.handle([status_delivery(3, DossierReturned(
+        event_id=uuid.uuid4(), dossier_code=code, desk_id="T.MC.A", returned_at=clock.now))])
+    assert prune(ledger, 30, "ops-1", now=FakeClock("2026-11-29 09:00").now).dossiers == 1
+
+    clock.set("2026-11-30 09:00")
+    answer = status.handle([status_delivery(4, DossierWithdrawn(
+        event_id=uuid.uuid4(), dossier_code=code, desk_id="T.MC.A", sent_at=clock.now))])
+    notices = [json.loads(o.body) for o in answer]
+    assert [(n["notice"], n["dossier_code"], n["submission_id"], n["procedure_code"],
+             n["state"]) for n in notices] == [
+        ("update_refused", code, str(sent.submission_id), "1.001193", 10)]
+    row = ledger.dossier(code)
+    assert row is not None and sent.applicant.id_number not in json.dumps(row["submission"])
+
+
+def test_prune_erases_the_documents_a_citizen_brought_later_as_it_does_the_first(
+        ledger: Ledger) -> None:
+    """Prune erases a closed dossier's submission, its documents' names, addresses and
+    hashes among them; the documents the citizen brought later at the agency's request
+    stayed whole, in the dossier's flags and in the agency's ``supplemented`` notice."""
+    clock = FakeClock("2026-09-01 09:00")
+    engine = Engine(load_catalog(MINI_CATALOG))
+    router = Router(lambda: engine, ledger, Topology("t"), clock=clock)
+    status = StatusRouter(lambda: engine, ledger, Topology("t"), clock=clock)
+    out = router.handle([intake_delivery(1, encode(dossier(desk_id="T.MC.A")), "submit:1")])
+    code = next(json.loads(o.body)["dossier_code"] for o in out if o.type == "desk.notice")
+    brought: dict[str, Any] = {
+        "name": "CCCD Nguyễn Văn An.pdf", "uri": "s3://docs/066090001234/cccd.pdf",
+        "sha256": "b" * 64, "size": 2000, "media_type": "application/pdf"}
+
+    def agency(tag: int, state: str) -> None:
+        status.handle([status_delivery(tag, DossierStatus(
+            update_id=uuid.uuid4(), dossier_code=code, agency_id="T.UBND.A", status=state,
+            requested_documents=["CCCD"] if state == "supplement_requested" else [],
+            sent_at=clock.now))])
+
+    agency(2, "processing")
+    agency(3, "supplement_requested")
+    assert [json.loads(o.body)["notice"] for o in status.handle([status_delivery(
+        4, DossierSupplemented(event_id=uuid.uuid4(), dossier_code=code, desk_id="T.MC.A",
+                               documents=[brought], sent_at=clock.now))])
+        if o.type == "agency.notice"] == ["supplemented"]
+    agency(5, "resolved")
+    status.handle([status_delivery(6, DossierReturned(
+        event_id=uuid.uuid4(), dossier_code=code, desk_id="T.MC.A", returned_at=clock.now))])
+
+    def stored() -> str:
+        with ledger.read() as conn:
+            return "\n".join([
+                *(json.dumps(v, ensure_ascii=False) for v in conn.execute(
+                    select(dossiers.c.submission, dossiers.c.flags)).one()),
+                *(bytes(b).decode() for b in conn.execute(select(outbox.c.body)).scalars()),
+                *(json.dumps(d, ensure_ascii=False) for d in conn.execute(
+                    select(events.c.detail)).scalars())])
+
+    assert brought["uri"] in stored() and brought["sha256"] in stored()
+    done = prune(ledger, 30, "ops-1", now=FakeClock("2026-11-29 09:00").now)
+    assert (done.dossiers, done.bodies) == (1, 2)  # the assignment, the supplemented notice
+    after = stored()
+    assert [v for v in (brought["uri"], brought["sha256"], "066090001234") if v in after] == []
+    row = ledger.dossier(code)
+    assert row is not None and row["flags"]["supplements"] == 1  # how many, as for the first
