@@ -294,6 +294,9 @@ class QueueWorker:
         #: an exchange a publish found gone (the channel closed, 404): checked on each new
         #: channel before consuming again (None: none missing)
         self.missing_exchange: str | None = None
+        #: RabbitMQ's words when it last closed this queue's channel, until it consumes
+        #: again (readiness says why a queue is not consumed: access refused, no queue)
+        self.closed_by_broker: str | None = None
         #: when a channel was last closed for nacks (NACK_REOPEN_INTERVAL_S)
         self.nack_reopened_at = -1e9
         #: readiness (broker/health.py): since when this queue has been held up, paused
@@ -366,7 +369,7 @@ class QueueWorker:
         self._on_qos_ok(_frame)
 
     def _on_consume_ok(self, _frame: Any) -> None:
-        self.consumed_at = time.monotonic()
+        self.consumed_at, self.closed_by_broker = time.monotonic(), None
         self.consuming = True
         log.info("consuming %s", self.queue)
 
@@ -398,6 +401,8 @@ class QueueWorker:
             self.reopen_delay_s = 1.0
         delay_s, self.reopen_delay_s = self.reopen_delay_s, min(
             self.settings.reconnect_max_s, self.reopen_delay_s * 2)
+        if isinstance(reason, ChannelClosedByBroker):
+            self.closed_by_broker = f"{reason.reply_code} {reason.reply_text}"[:300]
         gone = _missing_exchange(reason)
         if gone is not None:
             if self.missing_exchange is None:

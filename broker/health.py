@@ -77,10 +77,12 @@ class Probes:
                                     "unacked": worker.unacked}
             if service.connection_open and not service.stopping:
                 if not worker.consuming:
-                    gone = worker.missing_exchange
+                    gone, said = worker.missing_exchange, worker.closed_by_broker
                     problems.append(f"{worker.queue}: not consuming" + (
-                        "" if gone is None else f" until exchange {gone} is back "
-                        "(`casebroker topology declare`)"))
+                        f" until exchange {gone} is back (`casebroker topology declare`)"
+                        if gone is not None else
+                        f" (RabbitMQ closed its channel: {said})" if said is not None
+                        else ""))
                 if held_up_s is not None:
                     problems.append(f"{worker.queue}: held up for {held_up_s:.0f} s: "
                                     f"{worker.trouble}")
