@@ -10,6 +10,7 @@ desks and agencies, and from what the ledger holds.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import shutil
@@ -242,10 +243,13 @@ class _Progress:
 
 
 def _percentile(values: list[float], q: float) -> float | None:
+    """Nearest rank: the smallest value with at least ``q`` of them at or below it (p99
+    of 100 receipts is the 99th, not the slowest); ``q * n`` rounded first, as floating
+    point may miss the whole rank by a hair."""
     if not values:
         return None
     ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+    return round(ordered[max(0, math.ceil(round(q * len(ordered), 9)) - 1)], 2)
 
 
 def _require_empty(db_url: str) -> None:
@@ -273,11 +277,15 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     """Run the demo end to end and return its summary (see the module docstring)."""
     catalog = load_catalog(settings.catalog)
     topology = Topology(settings.prefix or f"demo{uuid.uuid4().hex[:8]}")
+    if settings.db_url is not None:
+        _require_empty(settings.db_url)
     workdir = Path(tempfile.mkdtemp(prefix="casebroker-demo-"))
     db_url = settings.db_url or f"sqlite:///{workdir / 'ledger.sqlite3'}"
-    if settings.db_url is not None:
-        _require_empty(db_url)
-    ledger = Ledger(db_url)
+    try:
+        ledger = Ledger(db_url)
+    except BaseException:  # a ledger out of reach: leave no working directory behind
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
     rng = random.Random(settings.seed)
     factory = DossierFactory(catalog, rng)
     tally = _Tally()
@@ -306,13 +314,13 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
         for part in parts:
             part.client.close()
         stop_process(proc)
+        # a failed demo too: its throw-away ledger and log are nobody's afterwards
+        ledger.dispose()
         if not settings.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
             delete_topology(amqp_url(), topology, catalog)
     summary["router_exit_code"] = proc.returncode
-    ledger.dispose()
-    if not settings.keep:
-        shutil.rmtree(workdir, ignore_errors=True)
-    else:
+    if settings.keep:
         summary["workdir"] = str(workdir)
         summary["prefix"] = topology.prefix
     return summary
@@ -352,8 +360,13 @@ class _Submitters:
                 sent = 0
                 while (dossier := self._next()) is not None:
                     sid = str(dossier.submission_id)
+                    # paced: from when it was due, so that a slow confirm, which holds the
+                    # next submissions back, shows in their receipt latency instead of
+                    # moving their clock (coordinated omission)
+                    at = self.started + sent * self.interval if self.interval \
+                        else time.monotonic()
                     with self.tally.lock:
-                        self.tally.submitted_at[sid] = time.monotonic()
+                        self.tally.submitted_at[sid] = at
                     publisher.publish(dossier, exchange=self.topology.intake_exchange,
                                       routing_key=INTAKE_KEY, message_id=f"submit:{sid}")
                     sent += 1
@@ -417,7 +430,7 @@ def _summarize(topology: Topology, ledger: Ledger, tally: _Tally, submission_ids
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
     try:
         channel = conn.channel()
-        dead = sum(_queue_info(channel, topology.dead_queue(s))[0] for s in DEAD_SOURCES)
+        dead = {s: _queue_info(channel, topology.dead_queue(s))[0] for s in DEAD_SOURCES}
         triaged = _queue_info(channel, topology.triage_queue)[0]
     finally:
         conn.close()
@@ -433,9 +446,12 @@ def _summarize(topology: Topology, ledger: Ledger, tally: _Tally, submission_ids
             "receipts": len(tally.receipts),
             "resolved": len(tally.results),
             "returned": returned,
-            "lost": len(submission_ids) - len(states) - dead - triaged,
+            # a submission the ledger lacks is accounted for by a dead letter of intake or
+            # a triage copy (only intake triages); a dead-lettered status update or notice
+            # is not one, and must not cancel a lost submission out
+            "lost": len(submission_ids) - len(states) - dead["intake"] - triaged,
             "duplicates": tally.duplicates,
-            "dead_lettered": dead,
+            "dead_lettered": sum(dead.values()),
             "triaged": triaged,
             "boundary_free_share": round(sum(1 for s in routed if s[2]) / len(routed), 4)
             if routed else 0.0,

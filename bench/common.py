@@ -7,11 +7,12 @@ benchmark never touches another run's queues, and :func:`cleanup` finds leftover
 from __future__ import annotations
 
 import json
+import math
 import random
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,6 +120,15 @@ def wait_until(predicate: Callable[[], bool], *, timeout_s: float, interval_s: f
         if time.monotonic() > deadline:
             raise TimeoutError(f"benchmark gave up after {timeout_s:.0f} s waiting for {what}")
         time.sleep(interval_s)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The nearest-rank ``q`` quantile: the smallest value with at least ``q`` of them at
+    or below it (p99 of 100 values is the 99th, not the largest; p50 of an even count is
+    the lower middle one). ``q * n`` is rounded first: in floating point it may miss the
+    whole rank it should be by a hair."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(round(q * len(ordered), 9)) - 1)]
 
 
 def rate(count: int, seconds: float) -> float:

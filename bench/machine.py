@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import blocking
+from bench.common import blocking, percentile
 from bench.cpu import CpuMeter
 from bench.transport import Management
 
@@ -104,14 +104,14 @@ def gauges(directory: str | None = None, *, writes: int = 300, runs: int = 5
     queues slows the second reading, and says so here).
     """
     meter = CpuMeter()
-    synced = sorted(_fsync_ms(directory, writes))
+    synced = _fsync_ms(directory, writes)
     python_ms = []
     for _ in range(runs):
         started = time.perf_counter()
         _python_work()
         python_ms.append((time.perf_counter() - started) * 1000)
-    reading = {"fsync_p50_ms": round(synced[len(synced) // 2], 3),
-               "fsync_p99_ms": round(synced[min(len(synced) - 1, int(0.99 * len(synced)))], 3),
+    reading = {"fsync_p50_ms": round(percentile(synced, 0.50), 3),
+               "fsync_p99_ms": round(percentile(synced, 0.99), 3),
                "python_work_ms": round(statistics.median(python_ms), 2)}
     spent = meter.seconds()
     if spent and spent["wall"] > 0:

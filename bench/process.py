@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,13 +34,14 @@ from bench.common import (
     consumers,
     depth,
     dossier_stream,
+    percentile,
     rate,
     submit_properties,
     wait_until,
 )
 from bench.cpu import CpuMeter, thread_ticks, thread_us_per_message
 from bench.ledgers import sqlite_ledger_url
-from bench.publisher import Message, publish
+from bench.publisher import Message, OnSent, publish
 from bench.router import fresh_topology
 from broker.ledger import Ledger
 from broker.messages import new_id
@@ -50,12 +51,13 @@ from broker.topology import INTAKE_KEY, Topology
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process in MB (VmRSS)."""
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of a process in MB: now (VmRSS), or its peak since it started
+    (VmHWM, the kernel's high-water mark)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return round(int(line.split()[1]) / 1024, 1)
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    raise RuntimeError(f"no {field} for pid {pid}")
 
 
 @contextmanager
@@ -189,8 +191,7 @@ class LatencyResult:
 
 
 def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+    return round(percentile(values, q), 2)
 
 
 def receipt_latency(catalog: Catalog, n: int, progress: Progress, *,
@@ -204,13 +205,16 @@ def receipt_latency(catalog: Catalog, n: int, progress: Progress, *,
     there), a start-up cost a long-running router has long paid (docs/BENCHMARKS.md).
     """
     dossiers = list(dossier_stream(catalog, warmup + n, seed=7))
-    warm_sent: dict[str, tuple[float, float]] = {}  # monotonic, wall
+    warm_sent: dict[str, tuple[float, float]] = {}  # when each was due: monotonic, wall
     sent: dict[str, tuple[float, float]] = {}
 
-    def noting(into: dict[str, tuple[float, float]]) -> Callable[[Message], None]:
-        def on_sent(message: Message) -> None:
-            into[str(message[3].message_id).removeprefix("submit:")] = (time.monotonic(),
-                                                                        time.time())
+    def noting(into: dict[str, tuple[float, float]]) -> OnSent:
+        # from when each dossier was due at the offered rate, not when it went: a publish
+        # this process sent late (busy with receipts, or its window full while RabbitMQ
+        # was slow to confirm) would otherwise leave that delay out of its own round trip
+        def on_sent(message: Message, due: float) -> None:
+            into[str(message[3].message_id).removeprefix("submit:")] = (
+                due, time.time() - (time.monotonic() - due))
         return on_sent
 
     with fresh_topology(catalog, "rc") as topology, sqlite_ledger_url() as url, \
@@ -375,8 +379,7 @@ def router_rss(catalog: Catalog, n: int, progress: Progress, *, chunk: int = 20_
             router_process(topology, url, catalog_path=catalog_path) as proc:
         outputs = [topology.agency_queue(a) for a in catalog.agency_ids] + \
                   [topology.desk_queue(d) for d in catalog.desk_ids]
-        start_mb = peak_mb = rss_mb(proc.pid)
-        warm_mb = start_mb
+        start_mb = warm_mb = rss_mb(proc.pid)
         conn = blocking()
         started = time.monotonic()
         try:
@@ -391,7 +394,6 @@ def router_rss(catalog: Catalog, n: int, progress: Progress, *, chunk: int = 20_
                            timeout_s=timeout_s, interval_s=0.1, what="the router to catch up")
                 for q in outputs:  # nobody consumes them here; keep the broker small
                     ch.queue_purge(q)
-                peak_mb = max(peak_mb, rss_mb(proc.pid))
                 if fed == len(batch):
                     warm_mb = rss_mb(proc.pid)
                 progress.note(f"fed {fed}/{n}; router RSS {rss_mb(proc.pid)} MB "
@@ -404,6 +406,8 @@ def router_rss(catalog: Catalog, n: int, progress: Progress, *, chunk: int = 20_
                 ledger.dispose()
             seconds = time.monotonic() - started
             end_mb = rss_mb(proc.pid)
+            # the kernel's peak: a sample at each chunk's end misses one inside a chunk
+            peak_mb = rss_mb(proc.pid, "VmHWM")
         finally:
             conn.close()
-    return RssResult(n, seconds, start_mb, warm_mb, end_mb, max(peak_mb, end_mb))
+    return RssResult(n, seconds, start_mb, warm_mb, end_mb, peak_mb)

@@ -21,6 +21,11 @@ from broker.amqp import amqp_url
 
 #: exchange, routing key, body, properties
 Message = tuple[str, str, bytes, BasicProperties]
+#: called just before each publish with the message and the monotonic time it was due:
+#: its place in the schedule of a paced run, so that a publish held up (a full window
+#: while confirms are slow, a late timer) still counts from when it should have gone
+#: (no coordinated omission); the moment itself when not paced
+OnSent = Callable[[Message, float], None]
 
 
 class PublishFailed(RuntimeError):
@@ -38,7 +43,7 @@ class PublishResult:
 
 class _Pipeline:
     def __init__(self, messages: Iterable[Message], window: int, rate_per_s: float,
-                 on_sent: Callable[[Message], None] | None) -> None:
+                 on_sent: OnSent | None) -> None:
         self.messages: Iterator[Message] = iter(messages)
         self.window, self.rate_per_s, self.on_sent = window, rate_per_s, on_sent
         self.channel: Channel | None = None
@@ -74,11 +79,11 @@ class _Pipeline:
         self.timer = None
         assert self.channel is not None and self.connection is not None
         while len(self.pending) < self.window and not self.exhausted:
+            now = due = time.monotonic()
             if self.rate_per_s > 0:
                 due = self.started + self.sent / self.rate_per_s
-                wait_s = due - time.monotonic()
-                if wait_s > 0:
-                    self.timer = self.connection.ioloop.call_later(wait_s, self.pump)
+                if due > now:
+                    self.timer = self.connection.ioloop.call_later(due - now, self.pump)
                     return
             message = next(self.messages, None)
             if message is None:
@@ -86,7 +91,7 @@ class _Pipeline:
                 break
             exchange, key, body, props = message
             if self.on_sent is not None:
-                self.on_sent(message)
+                self.on_sent(message, due)
             self.channel.basic_publish(exchange, key, body, props)
             self.seq += 1
             self.sent += 1
@@ -112,7 +117,7 @@ class _Pipeline:
 
 
 def publish(messages: Iterable[Message], *, window: int = 2000, rate_per_s: float = 0.0,
-            on_sent: Callable[[Message], None] | None = None,
+            on_sent: OnSent | None = None,
             url: str | None = None) -> PublishResult:
     """Publish every message with pipelined confirms; block until all are confirmed."""
     pipe = _Pipeline(messages, window, rate_per_s, on_sent)

@@ -2,7 +2,8 @@
 
 A fresh topology of the shipped catalog under a prefix of its own; N real dossiers
 preloaded into its intake queue; then the router (in this process, in a thread) until
-the ledger's inbox holds N and the intake queue is empty.
+the ledger's inbox holds N, the intake queue is empty and every delivery is acked (the
+router acks once a dossier's two publishes are confirmed).
 """
 
 from __future__ import annotations
@@ -111,11 +112,15 @@ def router(catalog: Catalog, n: int, progress: Progress, *, ledger_kind: str = "
 
             def finished() -> bool:
                 # the router shares this process: count the ledger (a scan) only once the
-                # queue is empty, not every poll, or the benchmark slows what it measures
+                # queue is empty, not every poll, or the benchmark slows what it measures.
+                # The ledger holds the last batch before its publishes are confirmed: the
+                # clock stops once every delivery is acked (acks follow the confirms), as
+                # the shovel's stops once its copies are in their queues
                 waiting = depth(channel, topology.intake_queue)
                 progress.note(f"{n - waiting}/{n} taken ({time.monotonic() - started:.1f} s)",
                               every_s=1.0)
-                return waiting == 0 and sum(processed(reader).values()) >= n
+                return (waiting == 0 and all(w.unacked == 0 for w in broker.service.workers)
+                        and sum(processed(reader).values()) >= n)
 
             end = wait_until(finished, timeout_s=timeout_s, interval_s=0.05,
                              what=f"{n} dossiers in the {ledger_kind} ledger")
