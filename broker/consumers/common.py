@@ -379,6 +379,20 @@ class Screen:
         return [self.dead(batch, key, d, "message_id_reused", detail, now, also=answer),
                 *answer]
 
+    def recorded_id(self, batch: Batch, d: Delivery) -> str:
+        """The inbox id a delivery alone in its batch is recorded under: its message id,
+        or a changed copy's own (:func:`changed_copy_id`) when the inbox has another
+        message under it (a row under the message id would collide with that one's and
+        be lost, and a redelivery of the copy be judged afresh)."""
+        try:
+            copy = _Copy.of(d, self.expected, self.fingerprint_of)
+        except Exception:  # what failed the handler may fail this too: as it came
+            return delivery_id(d)
+        prior = batch.seen([copy.mid]).get(copy.mid)
+        if prior is None or prior.fingerprint in (None, copy.fingerprint):
+            return copy.mid
+        return copy.own_id
+
     def dead(self, batch: Batch, mid: str, d: Delivery, reason: str, detail: str,
              now: datetime, also: Sequence[Outbound] = ()) -> Outbound:
         """Dead-letter a delivery and record it as processed, with what is published
@@ -454,20 +468,6 @@ class Consumer:
             for (outcome, reason), n in counts.items():
                 self.metrics.count(self.source, outcome, reason, n)
 
-    def _inbox_id(self, batch: Batch, delivery: Delivery) -> str:
-        """The id the screen records a delivery under: its message id, or a changed
-        copy's own (:func:`changed_copy_id`) when the inbox has another message under it
-        (under the message id, the row would collide with that one's and be lost, and a
-        redelivery of the copy be judged afresh)."""
-        try:
-            copy = _Copy.of(delivery, self.accepted_kinds, self.fingerprint_of)
-        except Exception:  # what failed the handler may fail this too: as it came
-            return delivery_id(delivery)
-        prior = batch.seen([copy.mid]).get(copy.mid)
-        if prior is None or prior.fingerprint in (None, copy.fingerprint):
-            return copy.mid
-        return copy.own_id
-
     def internal_error(self, delivery: Delivery, error: BaseException) -> list[Outbound]:
         """Dead-letter a delivery the handler could not process at all.
 
@@ -489,7 +489,7 @@ class Consumer:
                           delivery.body[:MAX_BODY_BYTES])
         try:
             with self._batch() as batch:
-                batch.record(self._inbox_id(batch, delivery), self.source,
+                batch.record(self.screen.recorded_id(batch, delivery), self.source,
                              "dead:internal_error", None, [dl], self.clock())
         except Exception as e:  # the ledger itself may be what fails: dead-letter anyway
             log.warning("dead letter of a delivery from %s not recorded (%s); a redelivery "

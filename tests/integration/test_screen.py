@@ -461,6 +461,12 @@ def test_a_status_update_changed_under_an_applied_id_is_dead_lettered(
         "routed": 1, "applied": 2, "refused_update": 1, "dead:message_id_reused": 1}
 
 
+def _handled(status: StatusRouter, copies: list[Delivery], one_batch: bool) -> list[Outbound]:
+    """What the status router publishes for ``copies``: in one batch, or one by one."""
+    return (status.handle(copies) if one_batch
+            else [o for c in copies for o in status.handle([c])])
+
+
 @pytest.mark.parametrize("one_batch", [False, True], ids=["batch_by_batch", "one_batch"])
 def test_a_message_id_spent_by_a_corrected_copy_is_not_applied_again(
         router: Router, one_batch: bool) -> None:
@@ -475,8 +481,7 @@ def test_a_message_id_spent_by_a_corrected_copy_is_not_applied_again(
                                             requested_documents=["CCCD"]), f"status:{u}")
     third = _status_delivery(4, _status(agency, code, "stopped", u, reason="khác"),
                              f"status:{u}")
-    out = (status.handle([corrected, third]) if one_batch
-           else status.handle([corrected]) + status.handle([third]))
+    out = _handled(status, [corrected, third], one_batch)
     row = router.ledger.dossier(code)
     assert row is not None and row["state"] == 5  # supplement requested, not stopped
     assert [o.headers[REASON_HEADER] for o in out if o.headers] == ["message_id_reused"]
@@ -500,8 +505,7 @@ def test_a_batch_judges_copies_under_one_id_as_the_same_copies_one_by_one(
                                     requested_documents=["CCCD"]), f"status:{v}"),
         _status_delivery(6, _status(agency, code, "stopped", v, reason="khác"), f"status:{v}"),
     ]
-    out = (status.handle(copies) if one_batch
-           else [o for c in copies for o in status.handle([c])])
+    out = _handled(status, copies, one_batch)
     # refused, refused again (answered under its own id), applied; the fourth under a
     # spent id, the sixth under one applied first: dead-lettered, their senders told
     told = [(json.loads(o.body).get("notice"), o.headers.get(REASON_HEADER) if o.headers
