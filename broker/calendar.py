@@ -28,17 +28,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from enum import StrEnum
+from importlib.metadata import version
 from zoneinfo import ZoneInfo
 
 import holidays
 
-__all__ = ["DurationUnit", "OfficeHours", "WorkingCalendar"]
+__all__ = ["CalendarDay", "DurationUnit", "OfficeHours", "WorkingCalendar", "decrees_known_until",
+           "unconfirmed_ahead", "unconfirmed_note", "unconfirmed_years", "year_plan"]
 
 _US = 1_000_000
 _ONE_DAY = timedelta(days=1)
 # Bounds the search for the next working day so a misconfigured calendar fails loudly
 # instead of looping forever.
 _MAX_DAYS_OFF = 366
+#: the holidays package's version, named where its calendar is shown
+_PACKAGE_VERSION = version("holidays")
 #: bound of each memo: a year of days x 100 distinct processing times
 _MEMO_MAX = 36_500
 
@@ -123,6 +127,7 @@ class WorkingCalendar:
         extra_holidays: Iterable[date] = (),
         extra_workdays: Iterable[date] = (),
         next_day_after: time | None = None,
+        decree_checked: Iterable[int] = (),
     ) -> None:
         try:
             holidays.country_holidays(country)
@@ -133,6 +138,8 @@ class WorkingCalendar:
         self.office_hours = office_hours
         self.extra_holidays = frozenset(extra_holidays)
         self.extra_workdays = frozenset(extra_workdays)
+        #: years whose decree a person compared with this calendar (``unconfirmed_years``)
+        self.decree_checked = frozenset(decree_checked)
         #: received at or after this time of a working day, a dossier's clock starts at
         #: the next working day's opening (None: at closing, as after any period)
         self.next_day_after = next_day_after
@@ -334,3 +341,86 @@ class WorkingCalendar:
         if not self.is_working_day(wall.date()):
             wall = datetime.combine(self._next_working_day(wall.date()), wall.time())
         return wall.replace(tzinfo=self.tz)
+
+
+
+@dataclass(frozen=True)
+class CalendarDay:
+    """A day that differs from a plain week: off on a weekday, or worked on a weekend."""
+
+    day: date
+    working: bool
+    #: the holiday's name, or why a weekend day is worked
+    name: str
+    #: ``catalog`` (its extra_holidays / extra_workdays) or ``holidays <version>`` (the
+    #: package's yearly rules and the government decrees it lists)
+    source: str
+
+
+def _decree_years(country: str) -> frozenset[int]:
+    return frozenset(getattr(holidays.country_holidays(country), "special_public_holidays", {}))
+
+
+def year_plan(calendar: WorkingCalendar, year: int) -> list[CalendarDay]:
+    """Every day of ``year`` the calendar treats unlike a plain Monday-Friday week, in
+    date order: what to hold against the government's decree for that year."""
+    cal = holidays.country_holidays(calendar.country, years=year, language="en_US")
+    package = f"holidays {_PACKAGE_VERSION}"
+    days: list[CalendarDay] = []
+    day = date(year, 1, 1)
+    while day.year == year:
+        working = calendar.is_working_day(day)
+        if working != (day.weekday() < 5):
+            if day in calendar.extra_holidays:
+                days.append(CalendarDay(day, False, "extra holiday", "catalog"))
+            elif day in calendar.extra_workdays:
+                days.append(CalendarDay(day, True, "extra working day", "catalog"))
+            elif working:
+                days.append(CalendarDay(day, True, "working day in exchange for a day off",
+                                        package))
+            else:
+                days.append(CalendarDay(day, False, "; ".join(cal.get_list(day)), package))
+        day += _ONE_DAY
+    return days
+
+
+def unconfirmed_years(calendar: WorkingCalendar, years: Iterable[int]) -> list[int]:
+    """Those of ``years`` past the last one for which the holidays package lists a
+    government decree (Tết bridge days, swapped Saturdays), of which the catalog adds no
+    day and that it does not list as checked: their days off are only the law's yearly
+    holidays, and due dates may come a few working days early once the decree is out."""
+    last = decrees_known_until(calendar.country)
+    known = {d.year for d in calendar.extra_holidays | calendar.extra_workdays}
+    known |= calendar.decree_checked
+    return [y for y in years if (last is None or y > last) and y not in known]
+
+
+def decrees_known_until(country: str) -> int | None:
+    """The last year for which the holidays package lists a government decree."""
+    return max(_decree_years(country), default=None)
+
+
+def unconfirmed_note(calendar: WorkingCalendar, year: int) -> str:
+    """What an operator is told about a year ``unconfirmed_years`` returns."""
+    last = decrees_known_until(calendar.country)
+    known = f"up to {last}" if last is not None else "for no year"
+    return (f"{year}'s days off are only the law's yearly holidays: holidays "
+            f"{_PACKAGE_VERSION} lists {calendar.country} government decrees {known}, and "
+            f"the catalog adds no day of {year}. When the decree on Tết and bridge days is "
+            "out, add its days to extra_holidays and extra_workdays, or the year to "
+            f"decree_checked if it adds none (`casebroker rules calendar --year {year}` lists "
+            "what is counted now)")
+
+
+#: how far ahead start-up and `rules check` look for unconfirmed years: a due date this far
+#: off covers the longest processing times of the shipped catalog (30 working days, 45
+#: calendar days) with room to spare
+LOOK_AHEAD = timedelta(days=90)
+
+
+def unconfirmed_ahead(calendar: WorkingCalendar, now: datetime) -> list[str]:
+    """Notes on the years between ``now`` and ``LOOK_AHEAD`` later that no decree is known
+    for (``unconfirmed_years``)."""
+    first, last = (calendar._to_wall(t).year for t in (now, now + LOOK_AHEAD))
+    return [unconfirmed_note(calendar, y)
+            for y in unconfirmed_years(calendar, range(first, last + 1))]

@@ -11,7 +11,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -64,6 +64,8 @@ tcp_port = _bounded(int, "a TCP port, 0 to 65535", lambda v: 0 <= v <= 65535)
 #: the years a date or moment on the command line may fall in, as in a message's times: a
 #: period's bounds are shifted by a day and a zone, which overflowed at 0001 and 9999
 YEARS = range(1900, 3000)
+#: an argparse ``type`` for a year
+year = _bounded(int, f"a year from {YEARS.start} to {YEARS.stop - 1}", lambda v: v in YEARS)
 
 
 def _in_years(value: date, text: str) -> None:
@@ -434,6 +436,11 @@ def _topology(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _now() -> datetime:
+    """The moment `rules check` looks ahead from (tests move it)."""
+    return datetime.now(UTC)
+
+
 def _rules(args: argparse.Namespace) -> int:
     from broker.rules.catalog import load_catalog
 
@@ -448,6 +455,11 @@ def _rules(args: argparse.Namespace) -> int:
         s = catalog.spec
         print(f"ok: {len(s.procedures)} procedures, {len(s.agencies)} agencies, "
               f"{len(s.desks)} desks, {len(s.rules)} rules")
+        from broker.calendar import unconfirmed_ahead
+        from broker.rules.engine import Engine
+
+        for note in unconfirmed_ahead(Engine(catalog).calendar, _now()):
+            print(f"note: {note}.")
         return EXIT_OK
     return _explain(args, load_catalog(args.catalog))
 

@@ -1,4 +1,4 @@
-"""`casebroker rules coverage` and `casebroker rules diff`: registered through
+"""`casebroker rules coverage`, `rules diff` and `rules calendar`: registered through
 ``broker.cli.COMMAND_MODULES``.
 
 Kept out of ``broker/rules/`` because the diff reads the ledger (SQLAlchemy) and the
@@ -11,12 +11,12 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator
-from datetime import datetime, time
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from pydantic import ValidationError
 
-from broker.cli import DB_URL_HELP, day
+from broker.cli import DB_URL_HELP, day, year
 from broker.messages import DossierSubmitted
 from broker.rules.catalog import load_catalog
 from broker.rules.engine import Engine
@@ -27,7 +27,7 @@ CHUNK_ROWS = 1000
 
 
 def register(sub: Any, groups: dict[str, Any]) -> None:
-    """Add `rules coverage` and `rules diff` to the `rules` group."""
+    """Add `rules coverage`, `rules diff` and `rules calendar` to the `rules` group."""
     rules = groups["rules"]
     cov = rules.add_parser("coverage", help="share of procedures open to boundary-free "
                            "receipt on a date")
@@ -47,6 +47,13 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     diff.add_argument("--json", action="store_true", help="print one JSON object")
     diff.set_defaults(handler=run_diff)
 
+    cal = rules.add_parser("calendar", help="the days off and worked weekend days a catalog's "
+                           "calendar counts in a year, to hold against the year's decree")
+    cal.add_argument("--catalog", help="catalog YAML (default: the shipped Đắk Lắk catalog)")
+    cal.add_argument("--year", type=year, help="the year (default: this year in the "
+                     "catalog's time zone)")
+    cal.add_argument("--json", action="store_true", help="print one JSON object")
+    cal.set_defaults(handler=run_calendar)
 
 
 
@@ -58,6 +65,35 @@ def run_coverage(args: argparse.Namespace) -> int:
         on = datetime.now(Engine(catalog).calendar.tz).date()
     report = coverage(catalog, on)
     print(json.dumps(report) if args.json else format_coverage(report))
+    return EXIT_OK
+
+
+def run_calendar(args: argparse.Namespace) -> int:
+    """Print one year of a catalog's working calendar, and whether a decree is known."""
+    from broker.calendar import decrees_known_until, unconfirmed_note, unconfirmed_years, year_plan
+
+    catalog = load_catalog(args.catalog)
+    calendar = Engine(catalog).calendar
+    y = args.year or datetime.now(calendar.tz).year
+    days = year_plan(calendar, y)
+    working = sum(calendar.is_working_day(date(y, 1, 1) + timedelta(days=n))
+                  for n in range((date(y + 1, 1, 1) - date(y, 1, 1)).days))
+    last = decrees_known_until(calendar.country)
+    unconfirmed = bool(unconfirmed_years(calendar, [y]))
+    if args.json:
+        print(json.dumps({
+            "catalog": catalog.spec.catalog, "country": calendar.country, "year": y,
+            "working_days": working, "decrees_known_until": last,
+            "unconfirmed": unconfirmed,
+            "days": [{"date": d.day.isoformat(), "working": d.working, "name": d.name,
+                      "source": d.source} for d in days]}, ensure_ascii=False))
+        return EXIT_OK
+    print(f"{catalog.spec.catalog}: calendar {calendar.country}, {y}: {working} working days")
+    for d in days:
+        kind = "worked" if d.working else "off"
+        print(f"  {d.day.isoformat()} {d.day:%a}  {kind:<6}  {d.name}  ({d.source})")
+    if unconfirmed:
+        print(f"note: {unconfirmed_note(calendar, y)}.")
     return EXIT_OK
 
 

@@ -26,6 +26,7 @@ import pika
 
 from broker import threads
 from broker.amqp import ConsumerService, ConsumerSettings
+from broker.calendar import unconfirmed_ahead
 from broker.consumers.common import Clock, party_users_enabled
 from broker.consumers.deadlines import DeadlineWatch, WatchSettings
 from broker.consumers.router import Router
@@ -152,7 +153,12 @@ class Broker:
                 log.info("catalog reloaded: unchanged (%s)", old)
             else:
                 log.info("catalog reloaded: %s -> %s", old, catalog.content_hash)
+            self._warn_unconfirmed_years()
             return True
+
+    def _warn_unconfirmed_years(self) -> None:
+        for note in unconfirmed_ahead(self._engine.calendar, self.clock()):
+            log.warning("calendar: %s", note)
 
     def run(self, *, install_signals: bool = True) -> None:
         """Declare, consume until stopped; blocks."""
@@ -160,6 +166,7 @@ class Broker:
         log.info("catalog %s (%s): %d procedures; %d queues under prefix %r",
                  self.catalog.spec.catalog, self.catalog.content_hash,
                  len(self.catalog.spec.procedures), queues, self.topology.prefix)
+        self._warn_unconfirmed_years()
         log.info("senders %s", "must be the RabbitMQ user of the desk or agency they name "
                  "(CASEBROKER_PARTY_USERS=1)" if party_users_enabled(None) else "are not "
                  "checked against RabbitMQ users (CASEBROKER_PARTY_USERS is off)")

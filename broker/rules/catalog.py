@@ -186,6 +186,10 @@ class CatalogFile(_Model):
     max_backdate_days: Annotated[int, Field(ge=1)] | None = None
     extra_holidays: list[date] = Field(default_factory=list)
     extra_workdays: list[date] = Field(default_factory=list)
+    #: years whose government decree on days off the province has held against `rules
+    #: calendar` and found nothing to add: no warning for them (broker/calendar.py)
+    decree_checked: list[Annotated[int, Field(ge=1900, le=2999)]] = Field(
+        default_factory=list)
     agencies: list[Agency]
     desks: list[Desk]
     procedures: list[Procedure]

@@ -170,6 +170,7 @@ class Engine:
             country=spec.calendar, timezone=spec.timezone,
             office_hours=OfficeHours.parse(spec.office_hours),
             extra_holidays=spec.extra_holidays, extra_workdays=spec.extra_workdays,
+            decree_checked=spec.decree_checked,
             next_day_after=(None if spec.next_day_after is None
                             else parse_hhmm(spec.next_day_after)))
         self.max_backdate = (None if spec.max_backdate_days is None

@@ -1,0 +1,48 @@
+"""`casebroker run` warns, at start and on each reload, of a year ahead whose days off
+no government decree known to the holidays package confirms (broker/calendar.py)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import pytest
+
+from broker.calendar import decrees_known_until
+from tests.conftest import RunningBroker, wait_for
+from tests.integration.conftest import FakeClock
+
+LAST = decrees_known_until("VN")
+
+
+def _calendar_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "broker.service" and r.levelno == logging.WARNING
+            and r.getMessage().startswith("calendar: ")]
+
+
+def test_run_and_reload_warn_of_an_unconfirmed_year_ahead(
+        start_broker: Callable[..., RunningBroker], clock: FakeClock,
+        caplog: pytest.LogCaptureFixture) -> None:
+    assert LAST is not None
+    caplog.set_level(logging.INFO, logger="broker.service")
+    clock.set(f"{LAST}-11-25 09:00")   # a 30-working-day dossier is due next January
+    running = start_broker()
+    [warning] = wait_for(lambda: _calendar_warnings(caplog), what="the start-up warning")
+    assert warning.startswith(f"calendar: {LAST + 1}'s days off are only the law's")
+    assert running.broker.reload()
+    assert _calendar_warnings(caplog) == [warning, warning]
+
+
+def test_no_warning_while_every_year_ahead_is_confirmed(
+        start_broker: Callable[..., RunningBroker], clock: FakeClock,
+        caplog: pytest.LogCaptureFixture) -> None:
+    assert LAST is not None
+    caplog.set_level(logging.INFO, logger="broker.service")
+    clock.set(f"{LAST}-05-04 09:00")
+    running = start_broker()
+    # the warning comes before this line of the start-up log, or not at all
+    wait_for(lambda: any(r.getMessage().startswith("senders ") for r in caplog.records),
+             what="the start-up log")
+    assert running.broker.reload()
+    assert _calendar_warnings(caplog) == []
