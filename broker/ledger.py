@@ -1133,14 +1133,24 @@ class Ledger:
     def unconfirmed_notices(self, created_before: datetime | None, limit: int = 500
                             ) -> list[Outbound]:
         """Deadline notices written before ``created_before`` (None: whenever) and not
-        confirmed yet."""
-        written = [] if created_before is None else [watch_outbox.c.created_at < created_before]
+        confirmed yet, the oldest ``limit``."""
+        return self.unconfirmed_notice_page(created_before, limit)[0]
+
+    def unconfirmed_notice_page(self, created_before: datetime | None, limit: int = 500,
+                                after: int = 0) -> tuple[list[Outbound], int]:
+        """Like :meth:`unconfirmed_notices`, from the one after the place ``after`` a page
+        before returned; with the place to read on from (0: the end was reached, start
+        again). Read from the oldest each time, ``limit`` notices refused for good would
+        keep every later one from being tried again."""
+        c = watch_outbox.c
+        written = [] if created_before is None else [c.created_at < created_before]
         with self.read() as conn:
             rows = conn.execute(select(watch_outbox).where(
-                watch_outbox.c.confirmed_at.is_(None), *written,
-            ).order_by(watch_outbox.c.id).limit(limit))
-            return [Outbound(r.exchange, r.routing_key, r.message_id, r.type,
-                             r.correlation_id, None, bytes(r.body)) for r in rows]
+                c.confirmed_at.is_(None), c.id > after, *written,
+            ).order_by(c.id).limit(limit)).all()
+        page = [Outbound(r.exchange, r.routing_key, r.message_id, r.type, r.correlation_id,
+                         None, bytes(r.body)) for r in rows]
+        return page, (rows[-1].id if len(rows) == limit else 0)
 
     def confirm_notices(self, message_ids: Sequence[str], at: datetime) -> None:
         """Mark deadline notices confirmed by RabbitMQ."""

@@ -309,6 +309,8 @@ class DeadlineWatch:
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._republish_all = True  # on start: whatever a previous process left unconfirmed
+        #: where the next round's page of leftovers starts (``Ledger.unconfirmed_notice_page``)
+        self._leftovers_from = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         #: when the last round completed (or the watch started), on the monotonic clock
@@ -425,7 +427,9 @@ class DeadlineWatch:
         # this one's dated them later); then those a round of this process left behind
         before = None if self._republish_all else now - timedelta(
             seconds=self.settings.stale_after_s)
-        leftovers = self.ledger.unconfirmed_notices(before, self.settings.limit)
+        # a page at a time, on from where the last round's page ended
+        leftovers, self._leftovers_from = self.ledger.unconfirmed_notice_page(
+            before, self.settings.limit, self._leftovers_from)
         self._republish_all = False
         try:
             confirmed = self.publish(leftovers) + self.publish(self.flag())
@@ -471,8 +475,8 @@ class DeadlineWatch:
 
     def _publish_one(self, channel: BlockingChannel, out: Outbound) -> str | None:
         """``sent``; ``dead_lettered`` (no queue took it: in ``dead.<agency|desk>`` to be
-        replayed, counted as unroutable, not as a notice sent); None: nacked, to publish
-        again."""
+        replayed, counted as unroutable, not as a notice sent); None: nacked, or no queue
+        took it and its dead-letter queue neither, to publish again."""
         try:
             channel.basic_publish(out.exchange, out.routing_key, out.body,
                                   properties_for(out, self.user_id), mandatory=True)
@@ -489,8 +493,17 @@ class DeadlineWatch:
                        ORIGINAL_KEY_HEADER: out.routing_key}
             dead = Outbound(self.topology.dead_letter_exchange, source, out.message_id,
                             out.type, out.correlation_id, headers, out.body)
-            channel.basic_publish(dead.exchange, dead.routing_key, dead.body,
-                                  properties_for(dead, self.user_id), mandatory=True)
+            try:
+                channel.basic_publish(dead.exchange, dead.routing_key, dead.body,
+                                      properties_for(dead, self.user_id), mandatory=True)
+            except (NackError, UnroutableError):
+                # dead.<source> is gone or refuses it too: kept unconfirmed, to publish
+                # again; raised, it failed the round for every other party's notices
+                # and every round after it, and no dossier was flagged until an operator
+                # brought both queues back
+                log.warning("deadline notice %s: no queue took it, nor dead.%s; will "
+                            "publish it again", out.message_id, source)
+                return None
             return "dead_lettered"
 
     def _open(self) -> BlockingChannel:
