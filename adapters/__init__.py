@@ -5,12 +5,15 @@ from adapters.client import (
     BrokerClient,
     DeskClient,
     Inbox,
+    InboxRefused,
     MessageTooLarge,
     NotInTopology,
     PublishError,
+    QueueMissing,
     Received,
     RetryLater,
 )
 
-__all__ = ["AgencyClient", "BrokerClient", "DeskClient", "Inbox", "MessageTooLarge",
-           "NotInTopology", "PublishError", "Received", "RetryLater"]
+__all__ = ["AgencyClient", "BrokerClient", "DeskClient", "Inbox", "InboxRefused",
+           "MessageTooLarge", "NotInTopology", "PublishError", "QueueMissing", "Received",
+           "RetryLater"]

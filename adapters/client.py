@@ -18,11 +18,11 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, Self, TypeVar, cast
 from uuid import UUID
 
 from amqp.exceptions import (
@@ -30,12 +30,14 @@ from amqp.exceptions import (
     AMQPError,
     ConsumerCancelled,
     MessageNacked,
+    NotAllowed,
     NotFound,
 )
 from kombu import connection as _connection
 from kombu import entity as _entity
 from kombu import messaging as _messaging
 from kombu.exceptions import KombuError
+from pydantic import BaseModel, ValidationError
 
 from broker.amqp import amqp_urls
 from broker.errors import CasebrokerError, DecodeError, without_values
@@ -55,6 +57,7 @@ from broker.messages import (
     DossierWithdrawn,
     Message,
     decode,
+    describe_validation_error,
     encode,
     kind_of,
     new_id,
@@ -85,6 +88,13 @@ RETRY_MIN_S = 0.05
 #: the connection) is noticed within two of them, and the inbox reconnects; a handler
 #: that runs longer than two of them loses the connection, and its message comes again
 INBOX_HEARTBEAT_S = 60
+#: how long closing a connection waits for each of RabbitMQ's answers (channel and
+#: connection close-ok) before dropping it: a peer gone silently never answers, and the
+#: close, left unbounded, held Inbox.stop() or BrokerClient.close() for as long as TCP
+#: took to give up (a quarter of an hour); unacked deliveries go back all the same
+CLOSE_TIMEOUT_S = 5.0
+
+_M = TypeVar("_M", bound=BaseModel)
 
 
 class PublishError(CasebrokerError):
@@ -159,9 +169,16 @@ class BrokerClient:
                 "interval_step": 0.5, "interval_max": 5.0, "errback": _log_retry}
 
     def close(self) -> None:
-        """Close the connection (safe to call twice)."""
+        """Close the connection (safe to call twice), waiting at most
+        :data:`CLOSE_TIMEOUT_S` for each of RabbitMQ's answers."""
         self._producer = None
-        self.connection.release()
+        _release(self.connection)
+
+    def _drop(self) -> None:
+        """Drop the connection without the close handshake, which a stalled peer would
+        never answer; a confirm or return still on its way is dropped with it."""
+        self._producer = None
+        self.connection.collect()
 
     def __enter__(self) -> Self:
         return self
@@ -201,11 +218,12 @@ class BrokerClient:
                                f"{e}", message_id) from e
         except BaseException:
             # interrupted mid-wait (a signal, a timeout around the call): this publish's
-            # confirm or return may still come, and would be read as the next one's
+            # confirm or return may still come, and would be read as the next one's. The
+            # peer may be why it was interrupted (stalled): no close handshake to wait for
             try:
-                self.close()
+                self._drop()
             except Exception:  # the interruption is what the caller must see
-                log.debug("closing after an interrupted publish failed", exc_info=True)
+                log.debug("dropping after an interrupted publish failed", exc_info=True)
             raise
         # RabbitMQ sends basic.return before the basic.ack of the same publish, so the
         # return (if any) has been dispatched by the time the confirm wait ended
@@ -240,8 +258,7 @@ class BrokerClient:
             except _ConfirmTimeout:
                 # its confirm may still come, and would be read as the next publish's: drop
                 # the connection, without the close handshake a stalled peer would not answer
-                self._producer = None
-                self.connection.collect()
+                self._drop()
                 raise PublishError(
                     f"publish {message_id} to {exchange}/{routing_key}: no confirm from "
                     f"RabbitMQ within {self.confirm_timeout_s:g} s; it may have the message: "
@@ -357,16 +374,17 @@ class DeskClient(BrokerClient):
     def returned(self, dossier_code: str, *, satisfaction: int | None = None,
                  returned_at: datetime | None = None, event_id: UUID | None = None) -> str:
         """Report that the result was handed to the citizen."""
-        event = DossierReturned(event_id=event_id or new_id(), dossier_code=dossier_code,
-                                desk_id=self.desk_id, returned_at=returned_at or utc_now(),
-                                satisfaction=satisfaction)
+        event = _message(DossierReturned, event_id=event_id or new_id(),
+                         dossier_code=dossier_code, desk_id=self.desk_id,
+                         returned_at=returned_at or utc_now(), satisfaction=satisfaction)
         return self._event(event, event.event_id)
 
     def supplemented(self, dossier_code: str, documents: list[Document], *,
                      event_id: UUID | None = None) -> str:
         """Report that the citizen brought the requested documents."""
-        event = DossierSupplemented(event_id=event_id or new_id(), dossier_code=dossier_code,
-                                    desk_id=self.desk_id, documents=documents, sent_at=utc_now())
+        event = _message(DossierSupplemented, event_id=event_id or new_id(),
+                         dossier_code=dossier_code, desk_id=self.desk_id,
+                         documents=_listed("documents", documents), sent_at=utc_now())
         return self._event(event, event.event_id)
 
     def withdrawn(self, dossier_code: str | None = None, reason: str | None = None, *,
@@ -382,10 +400,9 @@ class DeskClient(BrokerClient):
         if (dossier_code is None) == (submission_id is None):
             raise ValueError("withdrawn() takes a dossier_code or, for a dossier held "
                              "without one, a submission_id: exactly one of the two")
-        event = DossierWithdrawn(
-            event_id=event_id or new_id(), dossier_code=dossier_code,
-            submission_id=UUID(str(submission_id)) if submission_id is not None else None,
-            desk_id=self.desk_id, reason=reason, sent_at=utc_now())
+        event = _message(DossierWithdrawn, event_id=event_id or new_id(),
+                         dossier_code=dossier_code, submission_id=submission_id,
+                         desk_id=self.desk_id, reason=reason, sent_at=utc_now())
         return self._event(event, event.event_id)
 
     def _event(self, event: Message, event_id: UUID) -> str:
@@ -411,12 +428,18 @@ class AgencyClient(BrokerClient):
                reason: str | None = None, documents: Iterable[Document] = (),
                requested_documents: Iterable[str] = (), amount_vnd: int | None = None,
                update_id: UUID | None = None) -> str:
-        """Report a status update; pass the same update_id when retrying the same update."""
-        update = DossierStatus(update_id=update_id or new_id(), dossier_code=dossier_code,
-                               agency_id=self.agency_id, status=AgencyStatus(status),
-                               reason=reason, documents=list(documents),
-                               requested_documents=list(requested_documents),
-                               amount_vnd=amount_vnd, sent_at=utc_now())
+        """Report a status update; pass the same update_id when retrying the same update.
+
+        Arguments the contract refuses raise ``ValueError`` (``TypeError`` for one
+        document, or one string, where a list of them goes), naming each field and why,
+        never its value; nothing is sent."""
+        update = _message(DossierStatus, update_id=update_id or new_id(),
+                          dossier_code=dossier_code, agency_id=self.agency_id,
+                          status=status, reason=reason,
+                          documents=_listed("documents", documents),
+                          requested_documents=_listed("requested_documents",
+                                                      requested_documents),
+                          amount_vnd=amount_vnd, sent_at=utc_now())
         message_id = f"status:{update.update_id}"
         self.publish(update, exchange=self.topology.status_exchange, routing_key=STATUS_KEY,
                      message_id=message_id)
@@ -483,6 +506,9 @@ class Inbox:
 
     def __init__(self, client: BrokerClient, queues: list[str], *,
                  prefetch_count: int = 200) -> None:
+        if isinstance(queues, str):  # list() would read it as one queue per character
+            raise TypeError(f"Inbox takes a list of queue names, not one string: "
+                            f"[{queues!r}]")
         self.client = client
         self.queues = list(queues)
         self.prefetch_count = prefetch_count
@@ -546,7 +572,7 @@ class Inbox:
             # unacked prefetched deliveries go back to their queues when the channel closes
             self._closing = True
             try:
-                conn.release()
+                _release(conn)
             finally:
                 self._closing = False
 
@@ -569,6 +595,10 @@ class Inbox:
         except AccessRefused as e:
             raise InboxRefused(f"inbox: RabbitMQ refused the login ({e.reply_text}): check "
                                "the user and password in the URL") from None
+        except NotAllowed as e:  # a login RabbitMQ knows, but not on this virtual host
+            raise InboxRefused(f"inbox: RabbitMQ refused the login ({e.reply_text}): check "
+                               "the virtual host in the URL, and that the user has "
+                               "permissions on it (`casebroker users plan`)") from None
         channel = conn.channel()
         # py-amqp would turn bodies with a content_encoding into str; decode() wants the bytes
         channel.auto_decode = False
@@ -686,6 +716,40 @@ class _Refused(Exception):  # noqa: N818 (kept from kombu's ensure(), which woul
 
 class _ConfirmTimeout(Exception):  # noqa: N818 (kept from kombu's ensure(), as _Refused)
     """No confirm came within the client's confirm_timeout_s."""
+
+
+def _message(model: type[_M], **fields: Any) -> _M:
+    """A message the SDK builds from its caller's arguments. One the contract refuses is a
+    ``ValueError`` naming each field and why, never its value (pydantic's own error quotes
+    the input: a citizen's name in a reason, an id number in a document's URI), with no
+    pydantic error chained to it, so that a log of it quotes nothing either."""
+    try:
+        return model.model_validate(fields)
+    except ValidationError as e:
+        problems = describe_validation_error(e)
+    kind = str(model.model_fields["schema_"].default).removeprefix("casebroker.")
+    raise ValueError(f"{kind.split('/')[0]}: {problems}; nothing was sent")
+
+
+def _listed(name: str, values: Iterable[Any]) -> list[Any]:
+    """``values`` as a list; one string or one document where a list of them goes is a
+    ``TypeError`` (``list()`` would make a string one item per character)."""
+    if isinstance(values, str | bytes | Mapping | BaseModel):
+        raise TypeError(f"{name} takes a list, not one {type(values).__name__}: "
+                        f"put it in a list; nothing was sent")
+    return list(values)
+
+
+def _release(conn: Any) -> None:
+    """Close a kombu connection, waiting at most :data:`CLOSE_TIMEOUT_S` for each answer
+    from RabbitMQ, then dropping it: a peer gone silently (a NAT or firewall dropping the
+    connection) answers nothing, and py-amqp waits for ever."""
+    if conn.connected:
+        sock = getattr(getattr(conn.connection, "transport", None), "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.settimeout(CLOSE_TIMEOUT_S)
+    conn.release()
 
 
 def _loss(error: BaseException) -> str:

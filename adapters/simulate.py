@@ -48,14 +48,19 @@ class DossierFactory:
                               if d.area and len(d.area) == WARD_CODE_LENGTH
                               and d.channel == "in_person"]
 
+    def _any_ward(self) -> str | None:
+        """A ward some agency serves; None in a catalog whose agencies serve only whole
+        provinces (a ward code is optional in a dossier)."""
+        return self.rng.choice(self.wards) if self.wards else None
+
     def make(self) -> DossierSubmitted:
         """One new dossier with a fresh submission id."""
         rng = self.rng
         channel = rng.choices(self.channels, self.channel_weights)[0]
         desk = rng.choice(self.desks_by_channel[channel])
         home = desk.area if desk.area and len(desk.area) == WARD_CODE_LENGTH else None
-        ward = home if home and rng.random() < SAME_AREA_SHARE else rng.choice(self.wards)
-        subject_ward = ward if rng.random() < 0.8 else rng.choice(self.wards)
+        ward = home if home and rng.random() < SAME_AREA_SHARE else self._any_ward()
+        subject_ward = ward if rng.random() < 0.8 else self._any_ward()
         return_desk = desk.id
         if self.commune_desks and rng.random() < OTHER_RETURN_DESK_SHARE:
             return_desk = rng.choice(self.commune_desks).id
@@ -79,7 +84,7 @@ class DossierFactory:
             "channel": channel,
             "submitted_at": datetime.now(UTC).isoformat(),
             "applicant": applicant,
-            "subject": {"ward_code": subject_ward},
+            "subject": {"ward_code": subject_ward} if subject_ward else None,
             "documents": [{
                 "name": "don-de-nghi.pdf", "uri": f"https://docs.example.invalid/{code}",
                 "sha256": f"{rng.getrandbits(256):064x}", "size": rng.randint(20_000, 900_000),

@@ -1,0 +1,266 @@
+"""The client SDK on what its users get wrong and what RabbitMQ does under it: a login not
+allowed on the virtual host, one string where a list goes, arguments the contract refuses
+(said without quoting personal data), a peer that stops answering while a connection
+closes; and the simulator on a catalog of provincial agencies only."""
+
+from __future__ import annotations
+
+import random
+import secrets
+import signal
+import threading
+import traceback
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+import pika
+import pytest
+
+import adapters.client
+from adapters.client import AgencyClient, DeskClient, Inbox, InboxRefused, Received
+from adapters.simulate import DossierFactory
+from broker.amqp import amqp_url
+from broker.messages import decode, encode
+from broker.rules.catalog import load_catalog
+from broker.topology import Topology
+from tests.helpers import management_api
+from tests.integration.test_client import (
+    AGENCIES,
+    CODE,
+    DESKS,
+    DOC,
+    Live,
+    SlowLink,
+    desk_notice,
+    dossier,
+)
+
+pytestmark = pytest.mark.integration
+
+#: personal data a caller's bad argument may hold: a citizen's id number and name
+ID_NUMBER = "066090001234"
+NAME = "Nguyễn Văn An"
+#: long enough for a fixed client to have closed, short enough for a test run
+WATCHDOG_S = 20.0
+
+
+@pytest.fixture
+def live() -> Iterator[Live]:
+    """A whole topology under a fresh prefix, deleted afterwards (as test_client's)."""
+    topology = Topology(f"t{uuid.uuid4().hex[:8]}")
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
+    channel = conn.channel()
+    try:
+        topology.declare(channel, AGENCIES, DESKS)
+        yield Live(topology, channel)
+    finally:
+        if not conn.is_open:
+            conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
+        cleanup = conn.channel()
+        for queue in topology.queues(AGENCIES, DESKS):
+            cleanup.queue_delete(queue)
+        for exchange in topology.exchanges:
+            cleanup.exchange_delete(exchange)
+        conn.close()
+
+
+class Watchdog:
+    """Lets a stalled link flow again after WATCHDOG_S, and remembers that it had to: a
+    close that waits for RabbitMQ's answer returns only then."""
+
+    def __init__(self, link: SlowLink) -> None:
+        self.fired = threading.Event()
+
+        def fire() -> None:
+            self.fired.set()
+            link.release()
+
+        self.timer = threading.Timer(WATCHDOG_S, fire)
+        self.timer.start()
+
+    def cancel(self) -> None:
+        self.timer.cancel()
+
+
+def test_an_inbox_whose_login_may_not_use_the_virtual_host_is_refused_in_words(
+        live: Live) -> None:
+    # a desk's user made, its permissions not yet applied: RabbitMQ refuses the connection
+    # with NOT_ALLOWED (530), which came out of drain() as amqp's NotAllowed
+    api = management_api()
+    user, password = f"{live.topology.prefix}-noperm", secrets.token_urlsafe(12)
+    api.put_user(user, password)
+    base = urllib.parse.urlsplit(amqp_url())
+    url = (f"amqp://{urllib.parse.quote(user, safe='')}:{urllib.parse.quote(password)}@"
+           f"{base.hostname}:{base.port or 5672}/%2F")
+    try:
+        with DeskClient("T.MC.A", url=url, topology=live.topology) as desk, \
+                pytest.raises(InboxRefused, match="refused the login") as refused:
+            desk.inbox().drain(lambda r: None, timeout_s=5)
+        assert "virtual host" in str(refused.value)
+        assert password not in str(refused.value)
+    finally:
+        api.delete_user(user)
+
+
+def test_one_string_where_a_list_goes_is_refused_not_split_into_characters(
+        live: Live) -> None:
+    # list("Bản sao giấy khai sinh") made one requested document per character, sent as
+    # the supplement the citizen is asked for; one Document, a list of its fields
+    t = live.topology
+    with AgencyClient("T.UBND.A", topology=t) as agency:
+        with pytest.raises(TypeError, match="requested_documents takes a list"):
+            agency.report(CODE, "supplement_requested",
+                          requested_documents="Bản sao giấy khai sinh")
+        with pytest.raises(TypeError, match="documents takes a list"):
+            agency.report(CODE, "resolved", documents=DOC)  # type: ignore[arg-type]
+        sent = agency.report(CODE, "supplement_requested",
+                             requested_documents=["Bản sao giấy khai sinh"])
+    [(props, body)] = live.get_all(t.status_queue)  # the refused calls sent nothing
+    assert props.message_id == sent
+    assert decode(body).requested_documents == ["Bản sao giấy khai sinh"]  # type: ignore[union-attr]
+
+
+def test_an_inbox_on_one_queue_name_not_in_a_list_is_refused_in_words(live: Live) -> None:
+    # list("t1234.agency.T.UBND.A") subscribed to one queue per character: the drain ended
+    # with QueueMissing("t"), telling the agency to declare the topology
+    t = live.topology
+    with AgencyClient("T.UBND.A", topology=t) as agency:
+        with pytest.raises(TypeError, match="list of queue names"):
+            Inbox(agency, t.agency_queue("T.UBND.A"))  # type: ignore[arg-type]
+        assert Inbox(agency, [t.agency_queue("T.UBND.A")]).drain(lambda r: None,
+                                                                  timeout_s=0.2) == 0
+
+
+def test_arguments_the_contract_refuses_are_named_never_quoted(live: Live) -> None:
+    # pydantic's error quotes the input: a document's name and URI, a withdrawal's reason,
+    # a mistyped submission id; a desk system logging it logged the citizen's data
+    t = live.topology
+    leaky_document = {"name": f"CCCD {NAME} {ID_NUMBER}.pdf",
+                      "uri": f"s3://docs/{ID_NUMBER}/cccd.pdf", "size": 10,
+                      "media_type": "application/pdf"}  # no sha256
+    with AgencyClient("T.UBND.A", topology=t) as agency, \
+            DeskClient("T.MC.A", topology=t) as desk:
+        calls = [
+            (lambda: agency.report(CODE, "resolved", documents=[leaky_document]),
+             "documents.0.sha256"),
+            (lambda: agency.report(CODE, f"done for {NAME}"), "status"),
+            (lambda: desk.supplemented(CODE, [leaky_document]),  # type: ignore[list-item]
+             "documents.0.sha256"),
+            (lambda: desk.withdrawn(CODE, f"{NAME}, {ID_NUMBER}: " + "x" * 2000), "reason"),
+            (lambda: desk.withdrawn(submission_id=ID_NUMBER), "submission_id"),
+            (lambda: desk.returned(CODE, satisfaction=9), "satisfaction"),
+        ]
+        for call, field in calls:
+            with pytest.raises(ValueError) as refused:
+                call()
+            error = refused.value
+            text = "".join(traceback.format_exception(error))  # as a log would show it
+            assert field in str(error) and "nothing was sent" in str(error)
+            assert ID_NUMBER not in text and NAME not in text
+            assert error.__cause__ is None and error.__context__ is None
+    assert live.depth(t.status_queue) == 0
+
+
+def test_stop_ends_the_drain_while_rabbitmq_does_not_answer(
+        live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a peer gone silently (a NAT dropping the connection) before the heartbeats tell:
+    # the drain's closing handshake waited for an answer that never comes, and stop()
+    # held the desk's shutdown for as long as TCP took to give up
+    monkeypatch.setattr(adapters.client, "CLOSE_TIMEOUT_S", 0.5, raising=False)
+    t = live.topology
+    link = SlowLink()
+    watchdog = Watchdog(link)
+    try:
+        with DeskClient("T.MC.A", url=link.url, topology=t) as desk:
+            desk.publish(desk_notice("T.MC.A", 1), exchange=t.desk_exchange,
+                         routing_key="T.MC.A", message_id="notice:1")
+            inbox = desk.inbox()
+
+            def handler(r: Received) -> None:
+                link.stall()  # RabbitMQ's answers stop coming from here on
+                inbox.stop()
+
+            assert inbox.drain(handler, timeout_s=None) == 1
+            assert not watchdog.fired.is_set(), "drain() waited for RabbitMQ to answer"
+    finally:
+        watchdog.cancel()
+        link.close()
+
+
+def test_closing_a_client_ends_while_rabbitmq_does_not_answer(
+        live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(adapters.client, "CLOSE_TIMEOUT_S", 0.5, raising=False)
+    t = live.topology
+    link = SlowLink()
+    watchdog = Watchdog(link)
+    try:
+        desk = DeskClient("T.MC.A", url=link.url, topology=t)
+        desk.submit(dossier())
+        link.stall()
+        desk.close()
+        assert not watchdog.fired.is_set(), "close() waited for RabbitMQ to answer"
+    finally:
+        watchdog.cancel()
+        link.close()
+    assert live.depth(t.intake_queue) == 1
+
+
+class Interrupted(BaseException):
+    """What a signal handler or a timeout around the call raises."""
+
+
+def test_an_interrupted_publish_ends_at_once_while_rabbitmq_does_not_answer(
+        live: Live) -> None:
+    # the caller interrupts a publish whose confirm does not come (its own timeout, a
+    # signal): the client then closed its connection with a handshake the same silent
+    # peer never answered, so the interruption itself hung
+    t = live.topology
+    link = SlowLink()
+    watchdog = Watchdog(link)
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise Interrupted()
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        with DeskClient("T.MC.A", url=link.url, topology=t) as desk:
+            desk.submit(dossier())
+            link.stall()
+            signal.setitimer(signal.ITIMER_REAL, 0.5)
+            with pytest.raises(Interrupted):
+                desk.submit(dossier())
+            assert not watchdog.fired.is_set(), "the interruption waited for RabbitMQ"
+            link.release()
+            desk.submit(dossier())  # on a new connection
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        watchdog.cancel()
+        link.close()
+    assert live.depth(t.intake_queue) in (2, 3)  # the interrupted one, as may be
+
+
+def test_the_simulator_serves_a_catalog_of_provincial_agencies_only(tmp_path: Path) -> None:
+    # no agency serving a ward: every dossier failed with IndexError (random.choice of [])
+    catalog = tmp_path / "province.yaml"
+    catalog.write_text("""\
+catalog: province
+calendar: VN
+agencies:
+  - {id: P.SO.TP, name: "Sở Tư pháp", serves: ["66"]}
+desks:
+  - {id: P.TTPVHCC, name: "Trung tâm phục vụ hành chính công", area: "66", unit: P.SO.TP}
+procedures:
+  - {code: "1.004227", name: "Lý lịch tư pháp", processing: {amount: 10, unit: working_days},
+     competence: {agency: P.SO.TP}, boundary_free: true}
+""", encoding="utf-8")
+    factory = DossierFactory(load_catalog(catalog), random.Random(5))
+    made = [factory.make() for _ in range(20)]
+    assert {d.desk_id for d in made} == {"P.TTPVHCC"}
+    assert {d.applicant.ward_code for d in made} == {None}
+    assert all(d.subject is None for d in made)
+    assert all(decode(encode(d)) == d for d in made)
+
