@@ -1,4 +1,5 @@
-"""`casebroker dead-letters list|show|replay|refuse`: dead letters and triage as a workflow.
+"""`casebroker dead-letters list|show|replay|refuse|discard`: dead letters and triage as a
+workflow.
 
 ``refuse`` ends a triaged dossier that no catalog fix will route at intake (state 3):
 the refusal is committed to the ledger first, then its desk's notice published, then the
@@ -36,7 +37,7 @@ from datetime import datetime
 from typing import Any, get_args
 
 from pika.adapters.blocking_connection import BlockingChannel
-from pika.exceptions import AMQPError
+from pika.exceptions import AMQPError, NackError, UnroutableError
 
 from broker.amqp import (
     DETAIL_HEADER,
@@ -80,6 +81,7 @@ from broker.ops.queues import (
     read_back,
     sent_by,
     settle_queue,
+    why_failed,
 )
 from broker.topology import DEAD_SOURCES, INTAKE_KEY, STATUS_KEY, Topology
 
@@ -116,6 +118,10 @@ _HEX_ID = re.compile(_UUID.pattern + r"|[0-9a-f]{16,64}")
 #: what a message id casebroker or its SDK makes looks like: ids, codes, times, kinds,
 #: and a replay's #replayN (AMQP allows 255 characters)
 _MESSAGE_ID = re.compile(r"[A-Za-z0-9._:+/#@-]{0,255}")
+#: a MIME content type, with parameters (``application/json; charset=utf-8``)
+_MIME_TOKEN = r"[A-Za-z0-9!#$&^_.+-]{1,64}"
+_CONTENT_TYPE = re.compile(rf"{_MIME_TOKEN}/{_MIME_TOKEN}"
+                           rf"(?:\s*;\s*{_MIME_TOKEN}=(\"?)[A-Za-z0-9!#$&^_.+/-]{{0,64}}\1)*")
 #: a message id as shown when it is not one of those (:func:`shown_message_id`)
 _WITHHELD_ID = re.compile(r"withheld-[0-9a-f]{16}")
 
@@ -123,9 +129,24 @@ _WITHHELD_ID = re.compile(r"withheld-[0-9a-f]{16}")
 def replay_id(msg: Taken) -> tuple[str, str, int]:
     """(new message id, original message id, replay generation) of a dead letter."""
     headers = msg.headers
-    original = str(headers.get(REPLAY_OF_HEADER) or msg.message_id)
-    generation = int(headers.get(REPLAYS_HEADER) or 0) + 1
+    of = headers.get(REPLAY_OF_HEADER)
+    original = (_text(of) if isinstance(of, str | bytes) else None) or msg.message_id
+    generation = replays(headers) + 1
     return f"{original}#replay{generation}", original, generation
+
+
+def replays(headers: dict[str, Any]) -> int:
+    """How many times a message was replayed before (``x-casebroker-replays``): 0 when the
+    header is not a count, as a sender may put anything in the headers a dead letter keeps
+    (a text, a list: neither may stop the tools, nor be quoted)."""
+    value = headers.get(REPLAYS_HEADER)
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 10:
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**9:
+        return value
+    return 0
 
 
 class NoTarget(ValueError):
@@ -147,6 +168,12 @@ def replay_target(topology: Topology, which: str, msg: Taken) -> tuple[str, str,
     an intake or status message anywhere but back through the router.
     """
     headers = msg.headers
+    if which in ("intake", "status") and _text(headers.get(REASON_HEADER)) == "too_large":
+        # its dead letter keeps only the body's first MAX_BODY_BYTES: replayed, that cut
+        # body came back as malformed_json, its reason and size lost
+        raise NoTarget(f"{which}: {_shown(msg)!r} was dead-lettered as too_large and keeps "
+                       "only the start of its body: it cannot be replayed (have its sender "
+                       "send it again within the limit, then discard this one)")
     if which in ("intake", "status", "triage"):
         source = which if which != "triage" else _text(headers.get(SOURCE_HEADER)) or "intake"
         if source == "intake":
@@ -224,14 +251,17 @@ def replay(ch: BlockingChannel, topology: Topology, which: str, msg: Taken) -> d
 
 
 def refuse(ch: BlockingChannel, topology: Topology, ledger: Ledger, msg: Taken, reason: str,
-           by: str, now: datetime, without_notice: bool = False) -> dict[str, Any]:
+           by: str, now: datetime, without_notice: bool = False,
+           committed: Callable[[], None] | None = None) -> dict[str, Any]:
     """Refuse one triaged dossier at intake (state 3): the refusal is committed to the
     ledger, then its desk's notice published (confirmed); the caller acks the triage copy
     after. Run again after a crash in between, it finds the refusal and publishes the same
     notice under the same id (the desk drops a copy it has). ``ValueError``: not refused,
     and why (the copy is put back). A desk with no queue (one the catalog does not know)
     cannot be told: refused only ``without_notice``, the notice kept in the ledger (sent
-    if the desk submits the dossier again) and not published."""
+    if the desk submits the dossier again) and not published. ``committed`` is called once
+    the refusal is in the ledger (final), before its notice is published;
+    :class:`NoticeNotSent` if RabbitMQ then refuses the notice."""
     try:
         dossier = decode(msg.body, expected=_SUBMITTED)
     except DecodeError as e:
@@ -263,10 +293,19 @@ def refuse(ch: BlockingChannel, topology: Topology, ledger: Ledger, msg: Taken, 
         raise ValueError(f"submission {sid} opened dossier {e.code} since it was triaged: "
                          "nothing to refuse (replay it: the router answers it with that "
                          "dossier's notice)") from None
+    if committed is not None:
+        committed()
     sent = refusal_notice(kept, topology.desk_exchange)
     if untold is None:
-        ch.basic_publish(sent.exchange, sent.routing_key, sent.body,
-                         properties_for(sent, None), mandatory=True)
+        try:
+            ch.basic_publish(sent.exchange, sent.routing_key, sent.body,
+                             properties_for(sent, None), mandatory=True)
+        except (UnroutableError, NackError) as e:
+            # committed: final whatever is done next (a replay is answered with it), so
+            # never to be reported as "not refused"
+            raise NoticeNotSent(
+                f"{State(kept['state']).name.lower()} in the ledger (final), but desk "
+                f"{shown_id(str(kept['desk_id']))} was not told: {why_failed(e)}") from None
     # closed before: refused by an operator (a run cut short, done again), or withdrawn by
     # its desk while it waited; either way the notice it got is sent again, and the copy
     # leaves triage
@@ -278,6 +317,11 @@ def refuse(ch: BlockingChannel, topology: Topology, ledger: Ledger, msg: Taken, 
             "closed_before": before}
 
 
+class NoticeNotSent(ValueError):
+    """A refusal committed to the ledger whose desk's notice RabbitMQ did not take: the
+    triage copy is put back, and refusing it again sends the same notice."""
+
+
 def describe(which: str, msg: Taken) -> dict[str, Any]:
     """One dead letter as the operator sees it (no body)."""
     h = msg.headers
@@ -286,15 +330,21 @@ def describe(which: str, msg: Taken) -> dict[str, Any]:
     reason = _text(h.get(REASON_HEADER)) or (
         f"rabbitmq:{_text(h.get('x-first-death-reason'))}"
         if h.get("x-first-death-reason") else None)
+    # the type and content type are the sender's (one RabbitMQ dead-lettered keeps the
+    # sender's headers too): shown only when they look like what they should
+    content_type = _text(h.get("x-original-content-type")) or _text(
+        msg.properties.content_type)
     return {"queue": which, "message_id": _shown(msg),
-            "reason": reason, "detail": _text(h.get(DETAIL_HEADER)),
-            "source": _text(h.get(SOURCE_HEADER)), "type": msg.properties.type,
-            "content_type": _text(h.get("x-original-content-type"))
-            or msg.properties.content_type,
+            "reason": _token_or_withheld(reason), "detail": _text(h.get(DETAIL_HEADER)),
+            "source": _token_or_withheld(_text(h.get(SOURCE_HEADER))),
+            "type": _token_or_withheld(_text(msg.properties.type)),
+            "content_type": content_type if content_type is None or (
+                _CONTENT_TYPE.fullmatch(content_type)
+                and PERSONAL_DIGITS.search(content_type) is None) else "<withheld>",
             "correlation_id": _token_or_withheld(msg.properties.correlation_id),
             "sent_by": sent_by(msg.properties),
             "size": len(msg.body),
-            "replays": int(h.get(REPLAYS_HEADER) or 0)}
+            "replays": replays(h)}
 
 
 def redacted_body(body: bytes) -> Any:
@@ -465,12 +515,26 @@ def refuse_triaged(topology: Topology, ledger: Ledger, chosen: Callable[[Taken],
     committed but not acked (the connection lost in between) is sent again, the same,
     when refused again."""
     done: list[dict[str, Any]] = []
+    recorded: set[str] = set()
     now = utc_now()
     with channel(lock=topology) as ch:
         def act(ch: BlockingChannel, msg: Taken) -> None:
-            done.append(refuse(ch, topology, ledger, msg, reason, by, now, without_notice))
+            mid = _shown(msg)
+            done.append(refuse(ch, topology, ledger, msg, reason, by, now, without_notice,
+                               committed=lambda: recorded.add(mid)))
+            recorded.discard(mid)  # and its desk told
 
         failed, _ = _work(ch, topology, "triage", chosen, act)
+    # what is left in ``recorded`` is refused all the same (final), its desk not told yet:
+    # RabbitMQ refused the notice (put back, failed), or the channel went before it was
+    # confirmed (the copy back in triage with the rest)
+    for f in failed:
+        if f["message_id"] is not None:
+            f["recorded"] = f["message_id"] in recorded
+    for mid in sorted(recorded - {f["message_id"] for f in failed}):
+        failed.append({"queue": "triage", "message_id": mid, "recorded": True, "error": (
+            "refused in the ledger (final), but its desk's notice was not confirmed by "
+            "RabbitMQ before the channel was lost; back in triage")})
     return done, failed
 
 
@@ -506,11 +570,18 @@ def _progress(queue: str) -> Progress:
 
 
 def _report_failures(failed: list[dict[str, Any]], what: str) -> None:
+    """Each failure on stderr, then how many messages ``what`` (no count if empty)."""
     for f in failed:
         about = f"{f['queue']}: {f['message_id']}" if f["message_id"] is not None else f["queue"]
         print(f"error: {about}: {f['error']}", file=sys.stderr)
-    if messages := sum(1 for f in failed if f["message_id"] is not None):
+    if (messages := _messages(failed)) and what:
         print(f"{messages} message(s) {what}", file=sys.stderr)
+
+
+def _messages(failed: list[dict[str, Any]]) -> int:
+    """How many messages failed: a queue that could not be read (or read through) is
+    named among the failures with no message id, and is no message."""
+    return sum(1 for f in failed if f["message_id"] is not None)
 
 
 def closed_in_ledger(ledger: Ledger, found: list[dict[str, Any]]) -> None:
@@ -600,8 +671,8 @@ def _print_done(as_json: bool, verb: str, done: list[dict[str, Any]],
     """What `replay` or `discard` did: a line a message (``what`` it became) and a count,
     or one JSON object."""
     if as_json:
-        print(json.dumps({verb: len(done), "messages": done, f"not_{verb}": len(failed),
-                          "failed": failed}))
+        print(json.dumps({verb: len(done), "messages": done,
+                          f"not_{verb}": _messages(failed), "failed": failed}))
         return
     for d in done:
         print(f"{d['queue']}: {d['message_id']} {what(d)}")
@@ -677,9 +748,14 @@ def _cmd_refuse(args: argparse.Namespace) -> int:
     finally:
         ledger.dispose()
     withdrawn = sum(1 for d in done if d["closed_before"] == "withdrawn")
+    # refused in the ledger, their desks not told (RabbitMQ refused the notice): final,
+    # never "not refused"; the same command again tells them
+    untold = [f for f in failed if f.get("recorded")]
+    failed_else = [f for f in failed if not f.get("recorded")]
     if args.json:
         print(json.dumps({"refused": len(done) - withdrawn, "withdrawn_before": withdrawn,
-                          "messages": done, "not_refused": len(failed), "failed": failed}))
+                          "messages": done, "not_refused": _messages(failed_else),
+                          "refused_untold": len(untold), "failed": failed}))
     else:
         for d in done:
             if d["closed_before"] == "withdrawn":
@@ -696,7 +772,11 @@ def _cmd_refuse(args: argparse.Namespace) -> int:
                   f"desk {d['desk_id']} told as {d['notice_id']}{again}")
         print(f"{len(done) - withdrawn} dossier(s) refused"
               + (f", {withdrawn} withdrawn before (taken out of triage)" if withdrawn else ""))
-    _report_failures(failed, "not refused")
+    _report_failures(failed_else, "not refused")
+    _report_failures(untold, "")
+    if untold:
+        print(f"{len(untold)} dossier(s) refused in the ledger whose desks were not told: "
+              "still in triage, run the same refuse again to tell them", file=sys.stderr)
     unseen = _unseen(ids, done, failed)
     if unseen:
         print(f"error: not in triage: {', '.join(sorted(unseen))}", file=sys.stderr)

@@ -22,7 +22,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import ChannelClosedByBroker, NackError, UnroutableError
 from pika.spec import BasicProperties
 
-from broker.amqp import SENT_BY_HEADER, amqp_urls
+from broker.amqp import REASON_HEADER, SENT_BY_HEADER, amqp_urls
 from broker.errors import CasebrokerError
 from broker.topology import DEAD_SOURCES, TRIAGE_KEY, Topology
 
@@ -53,16 +53,28 @@ def copy_properties(props: BasicProperties, **changes: Any) -> BasicProperties:
 
 def sent_by(props: BasicProperties) -> str | None:
     """Who first published a message: the sender recorded in ``x-casebroker-sent-by`` on
-    a copy made without a user_id (the router's dead letters, an operator's copies) or
-    under the operator's own login (a replay that came back through a delivery limit),
-    else its user_id."""
+    a copy made without a user_id (an operator's copies), under the operator's own login
+    (a replay that came back through a delivery limit), or by the router (its dead letters
+    and triage copies: under its own login, which need not be the operator's), else its
+    user_id."""
     value = props.user_id
-    recorded = (props.headers or {}).get(SENT_BY_HEADER)
-    if recorded and (not value or value == login()):
+    headers = props.headers or {}
+    recorded = headers.get(SENT_BY_HEADER)
+    if recorded and (not value or value == login() or _routers_own(headers)):
         value = recorded
     if not value:
         return None
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _routers_own(headers: dict[str, Any]) -> bool:
+    """Whether a message in an operator queue is one the router published there itself (a
+    dead letter or triage copy it judged: its reason on it), whose x-casebroker-sent-by it
+    wrote from the user_id RabbitMQ checked on the delivery (a sender's own is dropped).
+    One RabbitMQ dead-lettered (``x-death``) is the sender's message with the sender's
+    headers, a claimed x-casebroker-sent-by among them: not that."""
+    return (REASON_HEADER in headers and "x-death" not in headers
+            and "x-first-death-reason" not in headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,14 +288,14 @@ def settle(ch: BlockingChannel, taken: list[Taken], action: Callable[[Taken], No
         try:
             action(msg)
         except (ValueError, UnroutableError, NackError) as e:
-            why = _why(e)
+            why = why_failed(e)
             if keep is None:
                 failed.append((msg, f"{why}; left in the queue"))
                 continue
             try:
                 keep(msg)
             except (UnroutableError, NackError) as e2:
-                failed.append((msg, f"{why}; not put back ({_why(e2)}), left in the queue "
+                failed.append((msg, f"{why}; not put back ({why_failed(e2)}), left in the queue "
                                "unacked"))
                 continue
             failed.append((msg, f"{why}; put back"))
@@ -291,7 +303,8 @@ def settle(ch: BlockingChannel, taken: list[Taken], action: Callable[[Taken], No
     return failed
 
 
-def _why(e: Exception) -> str:
+def why_failed(e: Exception) -> str:
+    """Why an action or a put-back failed, in words: what RabbitMQ did, or the error's."""
     if isinstance(e, UnroutableError):
         return "returned unroutable by RabbitMQ (no queue bound for it)"
     if isinstance(e, NackError):
