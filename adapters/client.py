@@ -283,6 +283,9 @@ class BrokerClient:
         raised as :class:`_Refused` and a confirm timeout as :class:`_ConfirmTimeout`:
         py-amqp counts both among the recoverable connection errors (the timeout is an
         OSError), which ensure() retries at once."""
+        # a return recorded by an attempt whose connection was lost before its confirm
+        # says nothing of this attempt: left, it failed a publish that got through
+        self._returned.pop(kwargs.get("message_id"), None)
         try:
             return self._producer.publish(*args, **kwargs)
         except MessageNacked as e:
