@@ -52,9 +52,20 @@ def shown_id(value: str) -> str:
     return f"<{len(value)} characters withheld: a phone or id number?>"
 
 
-ProcedureCode = Annotated[str, Field(pattern=r"^\d\.\d{6}$")]
+# \d in the published JSON Schema is ECMA-262's: the ASCII digits 0-9. pydantic's own
+# regex engine reads it as any Unicode digit, so decode() took an Arabic-Indic or
+# full-width code the schema refuses (and no catalog holds: triaged as unknown). Compiled
+# with re.ASCII, the check is the schema's, and the schema's text stays what it was
+ProcedureCode = Annotated[str, Field(pattern=re.compile(r"^\d\.\d{6}$", re.ASCII))]
 PartyId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
-WardCode = Annotated[str, Field(pattern=r"^\d{2,5}$")]
+WardCode = Annotated[str, Field(pattern=re.compile(r"^\d{2,5}$", re.ASCII))]
+#: the longest dossier code: what the ledger's code columns hold (``String(96)`` in
+#: broker/tables.py: dossiers.code, events.dossier_code, outbox.correlation_id)
+DOSSIER_CODE_MAX = 96
+#: a dossier code ``<agency code>-<YYMMDD>-<NNNN>``. Unbounded, an update naming a longer
+#: one (no dossier has it) failed its whole batch on PostgreSQL: the refusal to its sender
+#: carries the code as its correlation id, which the outbox's column could not hold
+DossierCode = Annotated[str, Field(min_length=1, max_length=DOSSIER_CODE_MAX)]
 AttributeValue = str | int | float | bool
 
 #: how an ISO 8601 date-time begins: a date, then T (or a space)
@@ -168,7 +179,7 @@ class DossierAssigned(_Model):
     schema_: Literal["casebroker.dossier.assigned/v1"] = Field(
         "casebroker.dossier.assigned/v1", alias="schema"
     )
-    dossier_code: str
+    dossier_code: DossierCode
     submission_id: UUID
     procedure_code: ProcedureCode
     agency_id: PartyId
@@ -221,7 +232,7 @@ class DossierStatus(_Model):
         "casebroker.dossier.status/v1", alias="schema"
     )
     update_id: UUID
-    dossier_code: str
+    dossier_code: DossierCode
     agency_id: PartyId
     status: AgencyStatus
     reason: Annotated[str, Field(max_length=2000)] | None = None
@@ -241,7 +252,7 @@ class DossierReturned(_Model):
         "casebroker.dossier.returned/v1", alias="schema"
     )
     event_id: UUID
-    dossier_code: str
+    dossier_code: DossierCode
     desk_id: PartyId
     returned_at: Timestamp
     satisfaction: Annotated[int, Field(ge=1, le=5)] | None = None
@@ -257,7 +268,7 @@ class DossierSupplemented(_Model):
         "casebroker.dossier.supplemented/v1", alias="schema"
     )
     event_id: UUID
-    dossier_code: str
+    dossier_code: DossierCode
     desk_id: PartyId
     documents: list[Document] = Field(min_length=1, max_length=100)
     sent_at: Timestamp
@@ -279,7 +290,7 @@ class DossierWithdrawn(_Model):
         "casebroker.dossier.withdrawn/v1", alias="schema"
     )
     event_id: UUID
-    dossier_code: str | None = Field(None, description=(
+    dossier_code: DossierCode | None = Field(None, description=(
         "the dossier withdrawn; or leave it out and give submission_id: exactly one of "
         "the two"))
     submission_id: UUID | None = Field(None, description=(
@@ -379,7 +390,7 @@ class DeskNotice(_Model):
         "casebroker.desk.notice/v1", alias="schema"
     )
     notice: NoticeKind
-    dossier_code: str | None = Field(None, description=(
+    dossier_code: DossierCode | None = Field(None, description=(
         "the dossier's code; in every notice but those about a submission that opened "
         "no dossier, which have none and the submission id says which dossier it is: "
         "held, refused from triage by an operator (no rule could route it), withdrawn "
@@ -444,7 +455,7 @@ class AgencyNotice(_Model):
         "casebroker.agency.notice/v1", alias="schema"
     )
     notice: NoticeKind
-    dossier_code: str
+    dossier_code: DossierCode
     agency_id: PartyId
     state: Annotated[int, Field(ge=1, le=10)] | None = Field(None, description=(
         "the dossier's state; absent in an update_refused whose reason starts not_yours: "
@@ -560,9 +571,10 @@ def _nul_in(value: Any, path: str = "") -> str | None:
     items = (value.items() if isinstance(value, dict)
              else enumerate(value) if isinstance(value, list) else ())
     for key, item in items:
-        name = str(key).replace("\x00", "\\u0000")  # the detail is stored: no NUL in it
+        # the detail is stored: no NUL in it, nor a phone or id number as a key
+        name = _shown_key(str(key).replace("\x00", "\\u0000"))
         where = f"{path}.{name}" if path else name
-        if name != str(key):
+        if "\x00" in str(key):
             return where
         if (found := _nul_in(item, where)) is not None:
             return found
@@ -576,14 +588,16 @@ def _classify(body: bytes, error: ValidationError,
     first = error.errors(include_input=False, include_url=False)[0]
     if first["type"] == "json_invalid":
         try:
-            text = body.decode("utf-8")
+            body.decode("utf-8")
         except UnicodeDecodeError as e:
             return DecodeError("not_utf8", f"body is not UTF-8 (byte {e.start})")
-        try:
-            json.loads(text)
-        except json.JSONDecodeError as e:
-            return DecodeError("malformed_json", f"{e.msg} at line {e.lineno} column {e.colno}")
-        return DecodeError("malformed_json", "body is not valid JSON")
+        # the parser's own words, with where (no input quoted): "lone leading surrogate in
+        # hex escape", "recursion limit exceeded", "number out of range", "EOF while
+        # parsing..." at line and column. Python's json, asked instead, took some of these
+        # bodies (a lone surrogate: "body is not valid JSON", nothing more) and raised
+        # past this function on others (a 5,000-digit number: ValueError; arrays nested
+        # 3,000 deep: RecursionError), which the consumers took for their own failure
+        return DecodeError("malformed_json", str(first["msg"]).removeprefix("Invalid JSON: "))
     if first["type"] in ("model_attributes_type", "dict_type") and not first["loc"]:
         return DecodeError("malformed_json", "body is not a JSON object")
     if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
@@ -596,11 +610,20 @@ def _classify(body: bytes, error: ValidationError,
     return DecodeError("invalid_fields", describe_validation_error(error))
 
 
+def _shown_key(key: str) -> str:
+    """A name in an error's path as the error may quote it: a field's, or a key the sender
+    chose (in ``attributes``, or a field the contract does not have), which may hold a
+    phone or id number (``{"cccd_066090001234": ...}``): that key is withheld."""
+    if PERSONAL_DIGITS.search(key) is None:
+        return key
+    return f"<{len(key)}-character key withheld>"
+
+
 def describe_validation_error(error: ValidationError) -> str:
     """Summarize validation errors by field path and message, never echoing values."""
     problems = []
     for item in error.errors(include_input=False, include_url=False, include_context=False)[:10]:
-        path = [str(p) for p in item["loc"]]
+        path = [_shown_key(str(p)) for p in item["loc"]]
         if path and path[0].startswith("casebroker."):
             path = path[1:]  # the union's tag: the kind is known from the schema field
         problems.append(f"{'.'.join(path) or '(body)'}: {item['msg']}")
