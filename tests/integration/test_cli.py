@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,14 @@ from broker.rules.catalog import load_catalog
 from broker.rules.engine import Engine
 from broker.topology import Topology
 from tests.conftest import MINI_CATALOG, queue_depth, wait_for
-from tests.helpers import Amqp, dossier, free_port, held_port, intake_delivery, probe
+from tests.helpers import (
+    Amqp,
+    dossier,
+    free_port,
+    held_port,
+    intake_delivery,
+    probe,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -116,14 +124,29 @@ def test_run_starts_through_the_next_node_when_the_first_is_down(
 
     port = free_port()
     down = f"amqp://guest:s3cret@127.0.0.1:{port}/"
-    env = {**os.environ, "CASEBROKER_AMQP_URL": f"{down},{amqp_url()}"}
+    db_url = f"sqlite:///{tmp_path / 'l.sqlite3'}"
+    # a dossier received two weeks ago (one working day given) is overdue in the ledger:
+    # the watch's first round has a notice to send
+    received = datetime.now(UTC) - timedelta(days=14)
+    ledger = Ledger(db_url)
+    engine = Engine(load_catalog(MINI_CATALOG))
+    out = Router(lambda: engine, ledger, declared, clock=lambda: received).handle(
+        [intake_delivery(1, encode(dossier(submitted_at=received.isoformat())), "submit:1")])
+    overdue = json.loads(out[-1].body)["dossier_code"]
+    ledger.dispose()
+    env = {**os.environ, "CASEBROKER_AMQP_URL": f"{down},{amqp_url()}",
+           "CASEBROKER_DEADLINE_INTERVAL_S": "0.5"}
     cmd = [sys.executable, "-m", "broker.cli", "run", "--catalog", str(MINI_CATALOG),
-           "--prefix", declared.prefix, "--db-url", f"sqlite:///{tmp_path / 'l.sqlite3'}",
-           "--metrics-port", "0"]
+           "--prefix", declared.prefix, "--db-url", db_url, "--metrics-port", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    amqp = Amqp()
     try:
         wait_for(lambda: _consumers(declared.intake_queue) == 1, what="router consuming")
+        (notice,) = wait_for(lambda: amqp.json_all(declared.agency_queue("T.UBND.A")),
+                             what="the watch's overdue notice")
+        assert (notice["notice"], notice["dossier_code"]) == ("overdue", overdue)
     finally:
+        amqp.close()
         code, log = _stop(proc)
     assert code == 0, log
     assert f"WARNING broker.amqp: cannot connect to RabbitMQ at 127.0.0.1:{port}: " \

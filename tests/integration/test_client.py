@@ -306,14 +306,20 @@ def test_a_handler_failure_is_logged_by_type_and_place_never_by_its_message(
 
 
 def test_stop_from_another_thread_ends_drain(live: Live) -> None:
+    # ordered, not timed: without a timeout nothing but stop() ends the drain; it is still
+    # running a second on, and ends once stop() is called from this thread
+    handled: list[int] = []
     with DeskClient("T.MC.B", topology=live.topology) as desk:
         inbox = desk.inbox()
-        timer = threading.Timer(0.3, inbox.stop)
-        started = time.monotonic()
-        timer.start()
-        assert inbox.drain(lambda r: None, timeout_s=None) == 0
-        assert time.monotonic() - started < 2.0
-        timer.join()
+        draining = threading.Thread(target=lambda: handled.append(
+            inbox.drain(lambda r: None, timeout_s=None)))
+        draining.start()
+        draining.join(1.0)
+        assert draining.is_alive(), f"the drain ended before stop(): {handled}"
+        inbox.stop()
+        draining.join(30)
+        assert not draining.is_alive(), "stop() did not end the drain"
+    assert handled == [0]
 
 
 def test_after_stop_the_handler_is_not_called_and_what_it_did_not_take_stays_queued(

@@ -267,7 +267,9 @@ def test_a_long_reader_does_not_stall_the_writer_behind_a_checkpoint(tmp_path: P
     # a RESTART checkpoint holds new writers back while it waits for readers; a reader
     # keeping its snapshot for 1.5 s (a CLI scan, `casebroker audit`) must not hold the
     # router back. RESTARTs tried while it read held each batch for 0.43 s, twice their
-    # 0.2 s timeout, and failed: the WAL cannot start over under that reader anyway
+    # 0.2 s timeout, and failed: the WAL cannot start over under that reader anyway.
+    # Counted, not timed: a RESTART tried under the reader waits out its busy timeout and
+    # returns "busy" (no error), so the thread counts it as a restart; none may be tried
     path = tmp_path / "ledger.sqlite3"
     ledger = Ledger(f"sqlite:///{path}")
     with ledger.batch() as batch:
@@ -277,15 +279,12 @@ def test_a_long_reader_does_not_stall_the_writer_behind_a_checkpoint(tmp_path: P
                                          count=metrics.wal_checkpoint_turn)
     reader = sqlite3.connect(path, isolation_level=None)
     probe = sqlite3.connect(path, isolation_level=None)
-    slowest = 0.0
     b = 0
 
     def write() -> None:
-        nonlocal b, slowest
-        started = time.monotonic()
+        nonlocal b
         with ledger.batch() as batch:
             batch.add_dossier(dossier_row(f"r-{b + 1}", flags={"pad": "x" * 2000}))
-        slowest = max(slowest, time.monotonic() - started)
         b += 1
         time.sleep(0.002)
 
@@ -316,9 +315,12 @@ def test_a_long_reader_does_not_stall_the_writer_behind_a_checkpoint(tmp_path: P
         reader.close()
         probe.close()
         stop()
-    assert restarts_while_read == 0 and held_back > 0  # no RESTART waited on the reader
+    # no RESTART tried (and waited on the reader, holding the writer back) while it read,
+    # each due turn held back instead
+    assert restarts_while_read == 0 and held_back > 0
     assert metrics.registry.get_sample_value(  # what ops see (an alert after 20 minutes)
         "casebroker_wal_checkpoint_turns_total", {"result": "held_back"}) == stop.held_back
     assert grown > 8 >= frames, (grown, frames)
-    assert slowest < 0.75, slowest  # loose: the stalls were 0.43 s, writes take ms
+    with ledger.read() as conn:  # and every write went through
+        assert conn.exec_driver_sql("SELECT count(*) FROM dossiers").scalar() == b + 1
     ledger.dispose()
