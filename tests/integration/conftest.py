@@ -9,8 +9,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from broker.consumers.deadlines import WatchSettings
-from tests.conftest import RunningBroker
+from broker.consumers.deadlines import DeadlineWatch, WatchSettings
+from broker.ledger import Ledger
+from broker.rules.catalog import load_catalog
+from broker.rules.engine import Engine
+from broker.topology import Topology
+from monitoring.metrics import Metrics
+from tests.conftest import MINI_CATALOG, RunningBroker
 from tests.helpers import Amqp
 
 VN = ZoneInfo("Asia/Ho_Chi_Minh")
@@ -56,3 +61,21 @@ def start_broker(run_broker: Callable[..., RunningBroker], clock: FakeClock
         return run_broker(watch=watch, clock=clock, **settings)
 
     return start
+
+
+@pytest.fixture
+def make_watch(ledger: Ledger, declared: Topology, clock: FakeClock
+               ) -> Iterator[Callable[[], DeadlineWatch]]:
+    """Deadline watches as separate `casebroker run` processes would have, on the test's
+    clock; closed after."""
+    engine = Engine(load_catalog(MINI_CATALOG))
+    made: list[DeadlineWatch] = []
+
+    def make() -> DeadlineWatch:
+        made.append(DeadlineWatch(lambda: engine, ledger, declared, WatchSettings(),
+                                  clock=clock, metrics=Metrics()))
+        return made[-1]
+
+    yield make
+    for w in made:
+        w.close()

@@ -5,17 +5,13 @@ ones. Real RabbitMQ, both ledgers."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 from broker.consumers.deadlines import DeadlineWatch, WatchSettings
 from broker.ledger import Ledger
-from broker.rules.catalog import load_catalog
-from broker.rules.engine import Engine
 from broker.topology import Topology
-from monitoring.metrics import Metrics
-from tests.conftest import MINI_CATALOG
 from tests.helpers import Amqp
 from tests.integration.conftest import FakeClock
 from tests.integration.test_deadlines import _notices, _route
@@ -24,26 +20,9 @@ from tests.integration.test_lifecycle_flow import take
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def watches(ledger: Ledger, declared: Topology, clock: FakeClock
-            ) -> Iterator[Callable[[], DeadlineWatch]]:
-    """Deadline watches as `casebroker run` processes have them, on the test's clock."""
-    engine = Engine(load_catalog(MINI_CATALOG))
-    made: list[DeadlineWatch] = []
-
-    def make() -> DeadlineWatch:
-        made.append(DeadlineWatch(lambda: engine, ledger, declared, WatchSettings(),
-                                  clock=clock, metrics=Metrics()))
-        return made[-1]
-
-    yield make
-    for w in made:
-        w.close()
-
-
 def test_a_notice_neither_its_queue_nor_its_dead_letter_queue_takes_holds_up_no_other(
         declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock,
-        watches: Callable[[], DeadlineWatch]) -> None:
+        make_watch: Callable[[], DeadlineWatch]) -> None:
     """An agency's queue gone and ``dead.agency`` gone too (deleted by mistake, being
     declared again): its notice is kept to publish again. Before, the dead-letter publish
     raised out of the round: nothing after it in the round was published, no dossier was
@@ -57,7 +36,7 @@ def test_a_notice_neither_its_queue_nor_its_dead_letter_queue_takes_holds_up_no_
     lost, dead = declared.agency_queue("T.UBND.A"), declared.dead_queue("agency")
     amqp.ch.queue_unbind(lost, declared.agency_exchange, "T.UBND.A")
     amqp.ch.queue_unbind(dead, declared.dead_letter_exchange, "agency")
-    watch = watches()
+    watch = make_watch()
 
     clock.set("2026-12-08 10:00")  # quick long overdue (flagged first), slow at risk
     assert watch.tick() == 3
@@ -85,7 +64,7 @@ def test_a_notice_neither_its_queue_nor_its_dead_letter_queue_takes_holds_up_no_
 
 def test_leftovers_refused_for_good_do_not_keep_later_ones_from_being_tried(
         declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock,
-        watches: Callable[[], DeadlineWatch]) -> None:
+        make_watch: Callable[[], DeadlineWatch]) -> None:
     """Leftovers were read oldest first, ``limit`` a round: as many notices refused for
     good (a queue and its dead-letter queue both gone) as the limit kept every later
     leftover from being published again, though its own queue was back. Here the limit
@@ -99,7 +78,7 @@ def test_leftovers_refused_for_good_do_not_keep_later_ones_from_being_tried(
     amqp.ch.queue_unbind(gone, declared.agency_exchange, "T.UBND.A")
     amqp.ch.queue_unbind(back, declared.agency_exchange, "T.SO.TP")
     amqp.ch.queue_unbind(dead, declared.dead_letter_exchange, "agency")
-    watch = watches()
+    watch = make_watch()
     watch.settings = WatchSettings(limit=1)
 
     clock.set("2026-12-08 10:00")  # quick overdue (flagged first), then slow at risk

@@ -7,7 +7,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -39,23 +39,6 @@ from tests.integration.conftest import FakeClock, vn
 from tests.integration.test_lifecycle_flow import doc, report, submit, take
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def make_watch(ledger: Ledger, declared: Topology, clock: FakeClock
-               ) -> Iterator[Callable[[], DeadlineWatch]]:
-    """Deadline watches as separate `casebroker run` processes would have; closed after."""
-    engine = Engine(load_catalog(MINI_CATALOG))
-    made: list[DeadlineWatch] = []
-
-    def make() -> DeadlineWatch:
-        made.append(DeadlineWatch(lambda: engine, ledger, declared, WatchSettings(),
-                                  clock=clock, metrics=Metrics()))
-        return made[-1]
-
-    yield make
-    for w in made:
-        w.close()
 
 
 def _route(amqp: Amqp, t: Topology, procedure: str, agency: str) -> str:
