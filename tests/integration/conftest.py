@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import secrets
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pika
 import pytest
 
+from broker.amqp import amqp_url
 from broker.consumers.deadlines import DeadlineWatch, WatchSettings
 from broker.ledger import Ledger
 from broker.rules.catalog import load_catalog
 from broker.rules.engine import Engine
+from broker.security import Grant, Management, ManagementError
 from broker.topology import Topology
 from monitoring.metrics import Metrics
 from tests.conftest import MINI_CATALOG, RunningBroker
 from tests.helpers import Amqp
+from tests.integration.test_client import AGENCIES, DESKS, Live
 
 VN = ZoneInfo("Asia/Ho_Chi_Minh")
 
@@ -79,3 +85,40 @@ def make_watch(ledger: Ledger, declared: Topology, clock: FakeClock
     yield make
     for w in made:
         w.close()
+
+
+@pytest.fixture
+def live() -> Iterator[Live]:
+    """The client tests' RabbitMQ: a whole topology (quorum queues) under a fresh prefix,
+    deleted afterwards."""
+    topology = Topology(f"t{uuid.uuid4().hex[:8]}")
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
+    channel = conn.channel()
+    try:
+        topology.declare(channel, AGENCIES, DESKS)
+        yield Live(topology, channel)
+    finally:
+        cleanup = conn.channel() if conn.is_open else None
+        if cleanup is None:
+            conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
+            cleanup = conn.channel()
+        for queue in topology.queues(AGENCIES, DESKS):
+            cleanup.queue_delete(queue)
+        for exchange in topology.exchanges:
+            cleanup.exchange_delete(exchange)
+        conn.close()
+
+
+@pytest.fixture
+def operator_url() -> Iterator[str]:
+    """The URL of a RabbitMQ login of its own for the operator, with every permission."""
+    api = Management()
+    try:
+        api.user_exists("guest")
+    except ManagementError as e:
+        pytest.skip(f"RabbitMQ management plugin not reachable: {e}")
+    user, password = f"op-{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(16)
+    api.put_user(user, password)
+    api.put_permissions(Grant(user, "", "operator", ".*", ".*", ".*"))
+    yield f"amqp://{user}:{password}@127.0.0.1:5672/%2F"
+    api.delete_user(user)

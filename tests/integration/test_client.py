@@ -9,7 +9,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -77,27 +76,6 @@ class Live:
         while (depth := self.depth(queue)) < n and time.monotonic() < deadline:
             time.sleep(0.02)
         return depth
-
-
-@pytest.fixture
-def live() -> Iterator[Live]:
-    """A whole topology (quorum queues) under a fresh prefix, deleted afterwards."""
-    topology = Topology(f"t{uuid.uuid4().hex[:8]}")
-    conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
-    channel = conn.channel()
-    try:
-        topology.declare(channel, AGENCIES, DESKS)
-        yield Live(topology, channel)
-    finally:
-        cleanup = conn.channel() if conn.is_open else None
-        if cleanup is None:
-            conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
-            cleanup = conn.channel()
-        for queue in topology.queues(AGENCIES, DESKS):
-            cleanup.queue_delete(queue)
-        for exchange in topology.exchanges:
-            cleanup.exchange_delete(exchange)
-        conn.close()
 
 
 def dossier(desk_id: str = "T.MC.A") -> DossierSubmitted:

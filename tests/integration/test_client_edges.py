@@ -11,12 +11,9 @@ import signal
 import threading
 import traceback
 import urllib.parse
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
-import pika
 import pytest
 
 import adapters.client
@@ -25,12 +22,9 @@ from adapters.simulate import DossierFactory
 from broker.amqp import amqp_url
 from broker.messages import decode, encode
 from broker.rules.catalog import load_catalog
-from broker.topology import Topology
 from tests.helpers import management_api
 from tests.integration.test_client import (
-    AGENCIES,
     CODE,
-    DESKS,
     DOC,
     Live,
     SlowLink,
@@ -45,26 +39,6 @@ ID_NUMBER = "066090001234"
 NAME = "Nguyễn Văn An"
 #: long enough for a fixed client to have closed, short enough for a test run
 WATCHDOG_S = 20.0
-
-
-@pytest.fixture
-def live() -> Iterator[Live]:
-    """A whole topology under a fresh prefix, deleted afterwards (as test_client's)."""
-    topology = Topology(f"t{uuid.uuid4().hex[:8]}")
-    conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
-    channel = conn.channel()
-    try:
-        topology.declare(channel, AGENCIES, DESKS)
-        yield Live(topology, channel)
-    finally:
-        if not conn.is_open:
-            conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
-        cleanup = conn.channel()
-        for queue in topology.queues(AGENCIES, DESKS):
-            cleanup.queue_delete(queue)
-        for exchange in topology.exchanges:
-            cleanup.exchange_delete(exchange)
-        conn.close()
 
 
 class Watchdog:

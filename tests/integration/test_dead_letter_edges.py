@@ -5,9 +5,6 @@ and keep (the real RabbitMQ and ledger of this machine)."""
 from __future__ import annotations
 
 import json
-import secrets
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pika
@@ -18,7 +15,6 @@ from broker.amqp import REASON_HEADER, SENT_BY_HEADER, SOURCE_HEADER, amqp_url
 from broker.ledger import Ledger
 from broker.messages import encode
 from broker.rules.catalog import Catalog
-from broker.security import Grant, Management, ManagementError
 from broker.service import declare_topology
 from broker.topology import Topology
 from tests.conftest import queue_depth
@@ -28,21 +24,6 @@ pytestmark = pytest.mark.integration
 
 #: what a sender put where only ids and codes belong: a name and an id number
 PERSONAL = "Nguyễn Văn An 066090001234"
-
-
-@pytest.fixture
-def operator_url() -> Iterator[str]:
-    """The URL of a RabbitMQ login of its own for an operator, with every permission."""
-    api = Management()
-    try:
-        api.user_exists("guest")
-    except ManagementError as e:
-        pytest.skip(f"RabbitMQ management plugin not reachable: {e}")
-    user, password = f"op-{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(16)
-    api.put_user(user, password)
-    api.put_permissions(Grant(user, "", "operator", ".*", ".*", ".*"))
-    yield f"amqp://{user}:{password}@127.0.0.1:5672/%2F"
-    api.delete_user(user)
 
 
 def _routers_triage_copy(amqp: Amqp, t: Topology, mid: str, desk_login: str) -> bytes:

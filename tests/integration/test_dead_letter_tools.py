@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,6 @@ from broker.ops.audit import audit
 from broker.ops.queues import Taken
 from broker.rules.catalog import Catalog, load_catalog
 from broker.rules.engine import Engine
-from broker.security import Grant, Management, ManagementError
 from broker.service import declare_topology
 from broker.topology import DELIVERY_LIMIT, INTAKE_KEY, Topology
 from tests.conftest import MINI_CATALOG, RunningBroker, queue_depth, wait_for
@@ -257,21 +255,6 @@ def test_rabbitmq_out_of_reach_is_one_line_without_the_password(
         assert rc == 1 and "Traceback" not in err and "s3cret-pw" not in err + out
         assert "error: RabbitMQ unreachable at amqp://guest:***@127.0.0.1:" in err
         assert "Connection refused" in err
-
-
-@pytest.fixture
-def operator_url() -> Iterator[str]:
-    """The URL of a RabbitMQ login of its own for the operator, with every permission."""
-    api = Management()
-    try:
-        api.user_exists("guest")
-    except ManagementError as e:
-        pytest.skip(f"RabbitMQ management plugin not reachable: {e}")
-    user, password = f"op-{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(16)
-    api.put_user(user, password)
-    api.put_permissions(Grant(user, "", "operator", ".*", ".*", ".*"))
-    yield f"amqp://{user}:{password}@127.0.0.1:5672/%2F"
-    api.delete_user(user)
 
 
 def test_the_operators_login_need_not_be_the_dead_letters_sender(
