@@ -126,6 +126,13 @@ class Management:
         rows = self._call("GET", f"/api/{kind}/{self.vhost}?columns=name") or []
         return [str(r["name"]) for r in rows]
 
+    def unacked(self) -> dict[str, int]:
+        """Each queue of the virtual host: the messages it delivered to consumers that
+        were not acked yet, as the management API last counted them (every few seconds)."""
+        rows = self._call("GET", f"/api/queues/{self.vhost}?columns=name,"
+                          "messages_unacknowledged") or []
+        return {str(r["name"]): int(r.get("messages_unacknowledged") or 0) for r in rows}
+
     def users(self) -> list[str]:
         """Every user's name."""
         return [str(u["name"]) for u in self._call("GET", "/api/users?columns=name") or []]

@@ -7,7 +7,8 @@ SIGINT/SIGTERM stop it cleanly: consuming stops, published batches get their
 confirms and acks, nothing unfinished is acked. SIGHUP reloads the catalog: the new
 one is validated and its topology declared before it replaces the old; a batch
 always sees one catalog version; an invalid catalog is refused and the old one
-keeps serving.
+keeps serving. A SIGHUP during the start's declare is a reload too; one once stopping is
+not done.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def declare_topology(urls: str | Sequence[str], topology: Topology, catalog: Cat
     try:
         return topology.declare(connection.channel(), catalog.agency_ids, catalog.desk_ids)
     finally:
-        connection.close()
+        _close(connection)
 
 
 def delete_topology(urls: str | Sequence[str], topology: Topology, catalog: Catalog) -> None:
@@ -66,6 +67,14 @@ def delete_topology(urls: str | Sequence[str], topology: Topology, catalog: Cata
                                                            catalog.desk_ids),
                      topology.exchanges)
     finally:
+        _close(connection)
+
+
+def _close(connection: pika.BlockingConnection) -> None:
+    """Close a connection RabbitMQ has not closed already: closing one it closed (a node
+    going down, a connection-level refusal) raises, and that error would replace RabbitMQ's
+    own, saying "called on closed connection" where it should say what RabbitMQ did."""
+    if connection.is_open:
         connection.close()
 
 
@@ -132,6 +141,13 @@ class Broker:
     def reload(self) -> bool:
         """Load the catalog file again; swap it in only if valid and its topology declared."""
         with self._reload_lock:
+            if self.service.stopping:
+                # stopping (SIGTERM came first): the process is on its way out, and an
+                # operator may be taking its topology down (`topology delete`) as it
+                # goes; declaring it again now would bring the queues back
+                log.warning("catalog reload not done: stopping; keeping %s",
+                            self.catalog.content_hash)
+                return False
             try:
                 catalog = load_catalog(self.catalog_path)
                 engine = Engine(catalog)
@@ -162,6 +178,13 @@ class Broker:
 
     def run(self, *, install_signals: bool = True) -> None:
         """Declare, consume until stopped; blocks."""
+        if install_signals:
+            # before the declare, which takes seconds on a large catalog or a slow node:
+            # a SIGHUP meanwhile (a reload sent just after a start) would otherwise end
+            # the process, by the signal's default action, without a word. SIGINT and
+            # SIGTERM keep theirs until consuming starts: nothing is consumed yet, and a
+            # declare that hangs on an unanswering node is cut short at once
+            signal.signal(signal.SIGHUP, self._on_reload_signal)
         queues = self.declare()
         log.info("catalog %s (%s): %d procedures; %d queues under prefix %r",
                  self.catalog.spec.catalog, self.catalog.content_hash,

@@ -22,23 +22,28 @@ from broker.topology import Topology
 
 
 def _names(topology: Topology, catalog: Catalog, management_url: str
-           ) -> tuple[list[str], list[str]]:
-    """Every queue and exchange under the prefix (ManagementError: the API is needed)."""
+           ) -> tuple[list[str], list[str], dict[str, int]]:
+    """Every queue and exchange under the prefix, and the messages each queue has
+    delivered to its consumers and not had acked, as the management API last counted
+    them (ManagementError: the API is needed)."""
     queues = topology.queues(catalog.agency_ids, catalog.desk_ids)
     exchanges = list(topology.exchanges)
     under = topology.prefix + "."
     api = Management.from_url(management_url)
-    queues += [q for q in api.names("queues") if q.startswith(under)
-               and q not in queues and q != lock_queue(topology)]
+    # a passive declare counts only the messages ready: those delivered to a consumer
+    # (an agency's inbox, a router's prefetch window: up to 2,000) and not acked yet are
+    # lost with the queue too, and only the management API counts them
+    unacked = {q: n for q, n in api.unacked().items() if q.startswith(under)}
+    queues += [q for q in unacked if q not in queues and q != lock_queue(topology)]
     exchanges += [x for x in api.names("exchanges") if x.startswith(under)
                   and x not in exchanges]
-    return queues, exchanges
+    return queues, exchanges, unacked
 
 
 def delete(topology: Topology, catalog: Catalog, management_url: str, force: bool) -> int:
     """Delete the topology as the module says; print what was done; the exit status."""
     try:
-        queues, exchanges = _names(topology, catalog, management_url)
+        queues, exchanges, unacked = _names(topology, catalog, management_url)
     except ManagementError as e:
         print(f"error: {e}: without the management API, queues under {topology.prefix!r} "
               "that the catalog does not name would be left behind with what they hold "
@@ -49,7 +54,7 @@ def delete(topology: Topology, catalog: Catalog, management_url: str, force: boo
         found = {q: s for q in queues if (s := queue_state(ch, q)) is not None}
         busy = {q: s for q, s in found.items() if s != (0, 0)}
         if busy and not force:
-            _name_busy(busy)
+            _name_busy(busy, unacked)
             print(f"error: {len(busy)} queue(s) under {topology.prefix!r} hold messages or "
                   "have consumers (a router, an agency's or a desk's inbox): deleting them "
                   "loses what they hold. Stop the consumers and let the queues drain, or "
@@ -67,11 +72,12 @@ def delete(topology: Topology, catalog: Catalog, management_url: str, force: boo
                 late[q] = now
                 continue
             ch.queue_delete(q)
-            deleted, lost = deleted + 1, lost + now[0]
+            held = unacked.get(q, 0) if now[1] else 0  # a consumer's, lost with it
+            deleted, lost = deleted + 1, lost + now[0] + held
     print(f"deleted {deleted} queues and the exchanges under {topology.prefix!r}"
           + (f" ({lost} message(s) with them)" if lost else ""))
     if late:
-        _name_busy(late)
+        _name_busy(late, unacked)
         print(f"error: {len(late)} queue(s) took messages or consumers while the topology "
               "was taken down, and were left with them; its exchanges are gone (`topology "
               "declare` restores them)", file=sys.stderr)
@@ -79,6 +85,9 @@ def delete(topology: Topology, catalog: Catalog, management_url: str, force: boo
     return 0
 
 
-def _name_busy(busy: dict[str, tuple[int, int]]) -> None:
+def _name_busy(busy: dict[str, tuple[int, int]], unacked: dict[str, int]) -> None:
     for q, (messages, consumers) in sorted(busy.items()):
-        print(f"  {q}: {messages} message(s), {consumers} consumer(s)", file=sys.stderr)
+        held = unacked.get(q, 0) if consumers else 0
+        print(f"  {q}: {messages} message(s), {consumers} consumer(s)" + (
+            f" holding {held} more, delivered and not acked yet" if held else ""),
+            file=sys.stderr)
