@@ -400,7 +400,7 @@ def _dispatch(args: argparse.Namespace) -> int | None:
 def _topology_of(args: argparse.Namespace) -> Any:
     from broker.topology import Topology
 
-    return Topology(args.prefix) if getattr(args, "prefix", None) else Topology.from_env()
+    return Topology.named(getattr(args, "prefix", None))
 
 
 def _run(args: argparse.Namespace) -> int:

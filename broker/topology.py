@@ -69,6 +69,14 @@ class Topology:
         """The topology named by ``CASEBROKER_PREFIX`` (default ``cb``)."""
         return cls(os.environ.get("CASEBROKER_PREFIX", DEFAULT_PREFIX))
 
+    @classmethod
+    def named(cls, prefix: str | None) -> Topology:
+        """The topology a command's ``--prefix`` names; not given (None), the one
+        ``CASEBROKER_PREFIX`` names. An empty one is refused like any other bad prefix:
+        taken as not given (``--prefix "$P"`` with P unset), it put `topology delete
+        --force` onto the province's working topology."""
+        return cls.from_env() if prefix is None else cls(prefix)
+
     def _n(self, *parts: str) -> str:
         return ".".join((self.prefix, *parts))
 

@@ -261,7 +261,7 @@ def clean(report: dict[str, Any]) -> bool:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    topology = Topology(args.prefix) if args.prefix else Topology.from_env()
+    topology = Topology.named(args.prefix)
     sids = None
     if args.submissions:
         try:

@@ -437,7 +437,7 @@ def _queues(arg: str | None) -> list[str]:
 
 
 def _topology(args: argparse.Namespace) -> Topology:
-    return Topology(args.prefix) if args.prefix else Topology.from_env()
+    return Topology.named(args.prefix)
 
 
 def _failures(which: str, settled: Settled) -> list[dict[str, Any]]:

@@ -206,3 +206,19 @@ def test_a_management_url_gives_its_base_and_login() -> None:
     assert api.url == "https://rabbit.example:15671"
     assert api.headers["Authorization"] == "Basic b3BzOnB3"  # ops:pw
     assert Management.from_url("http://127.0.0.1").url == "http://127.0.0.1"
+
+
+@pytest.mark.parametrize("argv", [
+    ["topology", "delete", "--prefix", "", "--force", "--catalog", str(MINI_CATALOG)],
+    ["dead-letters", "list", "--prefix", ""],
+    ["audit", "--prefix", ""],
+])
+def test_an_empty_prefix_is_refused_not_taken_for_the_default(
+        argv: list[str], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # `--prefix "$P"` with P unset was read as no --prefix: the command acted on
+    # CASEBROKER_PREFIX's topology (the province's own, `cb`), --force deleting it. Here
+    # that is a prefix nothing has, so the old reading deleted nothing
+    monkeypatch.setenv("CASEBROKER_PREFIX", "nothing-here-7f3a")
+    assert main(argv) == 1
+    assert "error: topology prefix '' is not 1 to 64 letters" in capsys.readouterr().err
