@@ -125,14 +125,20 @@ def test_topology_delete_leaves_a_longer_prefix_alone(
 
 # --- broker/service.py ------------------------------------------------------------------
 
+def _broker_on_a_copy(tmp_path: Path, declared: Topology, ledger: Ledger
+                      ) -> tuple[Path, Broker]:
+    """A broker (not started) on a copy of the mini catalog, which the test then edits."""
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(MINI_CATALOG.read_text(encoding="utf-8"), encoding="utf-8")
+    return catalog, Broker(str(catalog), declared, ledger, ConsumerSettings(),
+                           watch_settings=None)
+
+
 def test_a_reload_declares_and_binds_new_parties_as_run_does(
         declared: Topology, sqlite_ledger: Ledger, tmp_path: Path) -> None:
     # a guard, not a fix: a new agency and desk are declared with the arguments of the
     # start's declare, and bound, before the catalog is swapped in
-    catalog = tmp_path / "catalog.yaml"
-    catalog.write_text(MINI_CATALOG.read_text(encoding="utf-8"), encoding="utf-8")
-    broker = Broker(str(catalog), declared, sqlite_ledger, ConsumerSettings(),
-                    watch_settings=None)
+    catalog, broker = _broker_on_a_copy(tmp_path, declared, sqlite_ledger)
     catalog.write_text(_with_new_parties(catalog.read_text(encoding="utf-8")),
                        encoding="utf-8")
     new = load_catalog(catalog)
@@ -162,10 +168,7 @@ def test_a_reload_once_stopping_declares_nothing(
     # batches) declared the whole topology again and swapped the catalog in, for a
     # process on its way out; an operator taking the topology down meanwhile (`topology
     # delete`, once the consumers are stopped) found its queues back
-    catalog = tmp_path / "catalog.yaml"
-    catalog.write_text(MINI_CATALOG.read_text(encoding="utf-8"), encoding="utf-8")
-    broker = Broker(str(catalog), declared, sqlite_ledger, ConsumerSettings(),
-                    watch_settings=None)
+    catalog, broker = _broker_on_a_copy(tmp_path, declared, sqlite_ledger)
     before = broker.catalog.content_hash
     broker.stop()
     catalog.write_text(_with_new_parties(catalog.read_text(encoding="utf-8")),
