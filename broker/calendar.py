@@ -197,6 +197,8 @@ class WorkingCalendar:
         for _ in range(_MAX_DAYS_OFF):
             following += _ONE_DAY
             if self.is_working_day(following):
+                if len(self._next_cache) >= _MEMO_MAX:
+                    self._next_cache.clear()
                 self._next_cache[day] = following
                 return following
         raise ValueError(f"no working day within {_MAX_DAYS_OFF} days after {day}")
@@ -248,7 +250,12 @@ class WorkingCalendar:
         return self._receipt_start(self._to_wall(received_at)).replace(tzinfo=self.tz)
 
     def add_working_seconds(self, start: datetime, seconds: float) -> datetime:
-        """The instant ``seconds`` of office time after ``clock_start(start)``."""
+        """The instant ``seconds`` of office time after ``start``, counted from where
+        office time next runs: ``start`` itself inside an office period, else the start
+        of the next one (after closing or on a day off, the next working day's opening).
+        Unlike :meth:`clock_start` it ignores ``next_day_after``, which only a receipt
+        takes: time added from a later instant (a pause, an at-risk margin) still counts
+        the office time after the cut-off. Zero seconds give that start."""
         if not math.isfinite(seconds) or seconds < 0:
             raise ValueError(f"seconds must be finite and >= 0, got {seconds!r}")
         wall = self._wall_clock_start(self._to_wall(start))
@@ -272,7 +279,8 @@ class WorkingCalendar:
             day, now = self._next_working_day(day), self._periods[0][0]
 
     def _working_days_due(self, received_at: datetime, amount: int) -> datetime:
-        """``add_working_seconds(received_at, amount whole office days)`` in closed form.
+        """``add_working_seconds(clock_start(received_at), amount whole office days)`` in
+        closed form.
 
         A whole number of office days keeps the clock's place within the day: from
         office time ``o`` into day D, the due instant is office time ``o`` into the
