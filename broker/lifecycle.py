@@ -3,14 +3,17 @@
 Everything that changes a dossier's state asks :func:`apply`; nothing else decides.
 Overdue is not a state: it is derived from the due date.
 
-DOMAIN.md lists the typical transitions (1→2|3; 2→4; 4→4; 4→5|6|8|9; 5→4; 6→4|9;
-9→10; open→7). The table also takes what an agency does without a processing step
-between: 2→9, a dossier settled on the day it is received (a certified copy); 2→3, the
-competent agency finding on receipt that it cannot take the dossier (refused at
-intake, with the reason); 2→5, documents missing found on receipt; a chain's step
-handed on from 2 (the step done on receipt); and 5→8, 6→8, a dossier stopped because
-the documents or the fees never came. Each is in :data:`TRANSITIONS`, and the agency is
-told what is allowed in each state (:class:`~broker.messages.AgencyStatus`).
+DOMAIN.md lists the typical transitions (1→2|3; 2→4; 4→4; 4→5|6|8|9; 5→4 (or 2);
+6→4|9; 9→10; open→7). A supplement brings a dossier back to the state its request found
+it in (:data:`RESUMES_TO`): to received (2) when the agency asked on receipt, before
+taking it up, so that it may still accept or refuse it; to processing (4) otherwise. The
+table also takes what an agency does without a processing step between: 2→9, a dossier
+settled on the day it is received (a certified copy); 2→3, the competent agency finding
+on receipt that it cannot take the dossier (refused at intake, with the reason); 2→5,
+documents missing found on receipt; a chain's step handed on from 2 (the step done on
+receipt); and 5→8, 6→8, a dossier stopped because the documents or the fees never came.
+Each is in :data:`TRANSITIONS`, and the agency is told what is allowed in each state
+(:class:`~broker.messages.AgencyStatus`).
 """
 
 from __future__ import annotations
@@ -111,12 +114,23 @@ def timeliness(finished_at: datetime, due_at: datetime, tz: tzinfo) -> str:
     return "late" if finished > due else "on_time" if finished == due else "early"
 
 
-def apply(state: State | int, event: Event) -> State:
-    """The state after ``event``; raise TransitionRefused if the table forbids it."""
+#: where a supplement resumes a dossier, by the state its request found it in; the table
+#: gives processing (4) for one whose state then is not known (asked for before this was
+#: recorded)
+RESUMES_TO: dict[State, State] = {S.RECEIVED: S.RECEIVED, S.PROCESSING: S.PROCESSING}
+
+
+def apply(state: State | int, event: Event, *, paused_from: State | int | None = None
+          ) -> State:
+    """The state after ``event``; raise TransitionRefused if the table forbids it.
+    ``paused_from``: for a supplement, the state the request for it found the dossier in."""
     try:
-        return TRANSITIONS[(State(state), event)]
+        new = TRANSITIONS[(State(state), event)]
     except KeyError:
         raise TransitionRefused(int(state), event.value) from None
+    if event == E.SUPPLEMENT and paused_from is not None:
+        return RESUMES_TO.get(State(paused_from), new)
+    return new
 
 
 def allowed(state: State | int, event: Event) -> bool:

@@ -206,7 +206,8 @@ class AgencyStatus(StrEnum):
     - received (2): accepted, processing, supplement_requested, rejected, resolved
     - processing (4): accepted, processing, supplement_requested, financial_obligation,
       stopped, resolved
-    - supplement_requested (5): stopped (the desk's supplemented resumes it)
+    - supplement_requested (5): stopped (the desk's supplemented resumes it: in received
+      (2) if the request came on receipt, else in processing (4))
     - financial_obligation (6): processing, stopped, resolved
     - any other state: nothing
 

@@ -281,6 +281,9 @@ STEP_OWN_DUE = "step_own_due_at"
 #: finished a chain step, by agency id, so that one holding a later step again (a chain
 #: that comes back to it) still has its earlier updates judged stale against its own clock
 AGENCY_SENT_AT = "agency_sent_at"
+#: in a dossier's ``flags`` while it waits for a supplement: the state the request found
+#: it in (2 or 4), where the supplement brings it back (``lifecycle.apply``)
+PAUSED_FROM = "paused_from"
 
 
 def pruned_stub(at: datetime, sha256: str | None, **kept: str | int) -> dict[str, Any]:

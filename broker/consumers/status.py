@@ -74,6 +74,7 @@ from broker.messages import (
 from broker.rules.engine import Engine, StepPlan
 from broker.tables import (
     AGENCY_SENT_AT,
+    PAUSED_FROM,
     PRUNED_KEY,
     STEP_OWN_DUE,
     SUPPLEMENTS,
@@ -100,6 +101,7 @@ STATUS_EVENTS = {
 }
 #: the desk notice each new state earns (None: the desk is not told)
 DESK_NOTICE_FOR = {
+    State.RECEIVED: NoticeKind.STATUS_CHANGED,  # back from a supplement asked on receipt
     State.PROCESSING: NoticeKind.STATUS_CHANGED,
     State.SUPPLEMENT_REQUESTED: NoticeKind.SUPPLEMENT_REQUESTED,
     State.FINANCIAL_OBLIGATION: NoticeKind.FINANCIAL_OBLIGATION,
@@ -350,7 +352,8 @@ class StatusRouter(Consumer):
         event = self._event_for(dossier, msg)
         if refusal is None:
             try:
-                new_state = apply(dossier["state"], event)
+                new_state = apply(dossier["state"], event,
+                                  paused_from=dossier["flags"].get(PAUSED_FROM))
             except TransitionRefused:
                 refusal = _not_allowed(dossier, msg)
         if refusal is not None:
@@ -426,7 +429,8 @@ class StatusRouter(Consumer):
         if state in FINISHED:
             dossier.set(finished_at=now)
         if event == Event.REQUEST_SUPPLEMENT:
-            dossier.set(paused_at=now)
+            # where the supplement brings it back: received, if asked for on receipt
+            dossier.set(paused_at=now, flags={**dossier["flags"], PAUSED_FROM: int(old_state)})
         elif event == Event.SUPPLEMENT:
             out.append(self._resume(engine, dossier, msg, seq, now))
         elif event == Event.HAND_OFF:
@@ -485,9 +489,9 @@ class StatusRouter(Consumer):
         wall = now - paused_at
         assert isinstance(msg, DossierSupplemented)
         supplements = [d.model_dump(mode="json") for d in msg.documents]
+        flags = {k: v for k, v in dossier["flags"].items() if k != PAUSED_FROM}
         dossier.set(paused_at=None, flags={
-            **dossier["flags"], SUPPLEMENTS: dossier["flags"].get(SUPPLEMENTS, [])
-            + supplements})
+            **flags, SUPPLEMENTS: flags.get(SUPPLEMENTS, []) + supplements})
         procedure = engine.procedures.get(dossier["procedure_code"])
         whole_unit = (DurationUnit(procedure.processing.unit) if procedure is not None
                       else DurationUnit.WORKING_DAYS)

@@ -152,15 +152,18 @@ def test_supplement_round_trip_moves_due_date_by_paused_working_time(
         event_id=uuid.uuid4(), dossier_code=code, desk_id="T.MC.B",
         documents=[doc("cccd.pdf"), doc("khai-sinh.pdf")], sent_at=datetime.now(UTC)))
     supplemented = take(amqp, agency, 1, "supplement to agency")[0]
-    assert supplemented["notice"] == "supplemented" and supplemented["state"] == 4
+    # asked for on receipt, before the agency took the dossier up: back to received (2)
+    assert supplemented["notice"] == "supplemented" and supplemented["state"] == 2
     assert [d["name"] for d in supplemented["documents"]] == ["cccd.pdf", "khai-sinh.pdf"]
     assert supplemented["reason"] == (  # its assignment's due dates have moved: the new ones
         "the clock runs again: legal due date 2026-12-10T10:00+07:00, this step's "
         "2026-12-10T10:00+07:00 (moved by the 9.0 working hours paused)")
     assert supplemented["due_at"] == supplemented["step_due_at"] == "2026-12-10T10:00:00+07:00"
-    assert take(amqp, desk, 1)[0]["notice"] == "status_changed"
+    back = take(amqp, desk, 1)[0]
+    assert (back["notice"], back["state"]) == ("status_changed", 2)
     row = ledger.dossier(code)
-    assert row is not None and row["state"] == 4 and row["paused_at"] is None
+    assert row is not None and row["state"] == 2 and row["paused_at"] is None
+    assert "paused_from" not in row["flags"]
     # 9 working hours after Wed 9 Dec 09:00: 09:00-11:30, 13:30-17:00, Thu 07:00-10:00
     assert row["due_at"] == vn("2026-12-10 10:00") == row["step_due_at"]
     assert [e["kind"] for e in ledger.history(code)] == [
@@ -586,3 +589,45 @@ def test_a_pause_moves_a_calendar_days_due_date_by_the_whole_time_paused(
     assert told[0]["reason"] == (
         "the clock runs again: legal due date 2026-12-03T01:00+07:00, this step's "
         "2026-12-03T01:00+07:00 (moved by the 2.7 days paused)")
+
+
+@pytest.mark.parametrize(("before", "back", "then", "ends"), [
+    # asked for on receipt: the agency may still refuse the dossier once it is complete
+    ([], 2, "rejected", 3),
+    # asked for once it took the dossier up: back to processing, where refusing is not
+    # allowed (stopping is)
+    (["accepted"], 4, "stopped", 8),
+])
+def test_a_supplement_brings_the_dossier_back_where_the_request_found_it(
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock,
+        before: list[str], back: int, then: str, ends: int) -> None:
+    """DOMAIN.md: 5→4 (or 2) after the supplement. It went back to processing (4) always,
+    where an agency that asked on receipt could no longer refuse the dossier (2→3)."""
+    start_broker()
+    desk, agency = declared.desk_queue("T.MC.B"), declared.agency_queue("T.SO.TP")
+    code = submit(amqp, declared, "T.SO.TP", procedure_code="1.004227")["dossier_code"]
+    take(amqp, desk, 1, "receipt")
+    for status in before:
+        report(amqp, declared, code, "T.SO.TP", status)
+    take(amqp, desk, len(before), "status changes")
+    clock.set("2026-11-26 09:00")
+    report(amqp, declared, code, "T.SO.TP", "supplement_requested", reason="thiếu tờ khai",
+           requested_documents=["Tờ khai"])
+    take(amqp, desk, 1, "supplement request")
+    clock.set("2026-11-26 10:00")
+    amqp.status(declared, DossierSupplemented(
+        event_id=uuid.uuid4(), dossier_code=code, desk_id="T.MC.B",
+        documents=[doc("to-khai.pdf")], sent_at=datetime.now(UTC)))
+    assert take(amqp, agency, 1, "supplement to agency")[0]["state"] == back
+    assert take(amqp, desk, 1, "status change")[0]["state"] == back
+    if back == 4:  # refusing is not among what processing allows
+        report(amqp, declared, code, "T.SO.TP", "rejected", reason="không đủ điều kiện")
+        assert take(amqp, agency, 1, "the refusal")[0]["reason"].startswith(
+            "status rejected is not allowed: dossier is processing (4)")
+    clock.set("2026-11-26 11:00")
+    report(amqp, declared, code, "T.SO.TP", then, reason="không đủ điều kiện")
+    assert take(amqp, desk, 1, "the end")[0]["state"] == ends
+    row = ledger.dossier(code)
+    assert row is not None and row["state"] == ends
+    assert [e["state_to"] for e in ledger.history(code)] == [2, *[4] * len(before), 5, back,
+                                                             ends]

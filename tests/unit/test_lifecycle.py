@@ -244,3 +244,18 @@ def test_what_the_contract_tells_integrators_is_the_transition_table() -> None:
                          (Event.WITHDRAW, DossierWithdrawn)):
         said = {int(n) for n in re.findall(r"\((\d+)\)", model.__doc__ or "")}
         assert said == {int(s) for s in State if (s, event) in TRANSITIONS}, model
+
+
+@pytest.mark.parametrize(("paused_from", "back"), [
+    (State.RECEIVED, State.RECEIVED), (State.PROCESSING, State.PROCESSING),
+    (None, State.PROCESSING),  # asked for before the state was recorded: as before
+])
+def test_a_supplement_resumes_where_its_request_found_the_dossier(
+        paused_from: State | None, back: State) -> None:
+    assert apply(State.SUPPLEMENT_REQUESTED, Event.SUPPLEMENT, paused_from=paused_from) == back
+
+
+def test_where_a_dossier_paused_from_changes_no_other_transition() -> None:
+    assert apply(State.PROCESSING, Event.RESOLVE, paused_from=State.RECEIVED) == State.RESOLVED
+    with pytest.raises(TransitionRefused):
+        apply(State.PROCESSING, Event.SUPPLEMENT, paused_from=State.RECEIVED)
