@@ -625,7 +625,7 @@ def _event_note(event: dict[str, Any], tz: ZoneInfo) -> str:
 def _step_end(event: dict[str, Any], tz: ZoneInfo) -> str:
     """For an event that ended a step (recorded with its due date): when that step was
     due, and whether it ended early, on time or late."""
-    from broker.lifecycle import timeliness
+    from broker.lifecycle import LEGAL_TIMEZONE, timeliness
     from broker.tables import STEP_OWN_DUE
 
     detail = event["detail"] if isinstance(event["detail"], dict) else {}
@@ -636,7 +636,8 @@ def _step_end(event: dict[str, Any], tz: ZoneInfo) -> str:
     if (own := detail.get(STEP_OWN_DUE)) is not None:  # handed on late: its own time
         due = datetime.fromisoformat(own)
         shown += f", its own time to {_local(due, tz, seconds=False)}"
-    when = timeliness(event["at"], due, tz).replace("_", " ")
+    # judged by Vietnam's dates as the report judges it, whatever zone the times are shown in
+    when = timeliness(event["at"], due, ZoneInfo(LEGAL_TIMEZONE)).replace("_", " ")
     return f"  ({shown}: {when})"
 
 
