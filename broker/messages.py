@@ -224,10 +224,33 @@ class AgencyStatus(StrEnum):
     RESOLVED = "resolved"
 
 
+#: the statuses that must say why (DOMAIN.md: a refusal is final "with reason"; a stop
+#: ends the dossier as finally), and what a supplement request must name
+_REASON_REQUIRED = ("rejected", "stopped")
+
+
 class DossierStatus(_Model):
-    """agency → broker: a status update from the dossier's current assignee."""
+    """agency → broker: a status update from the dossier's current assignee.
+
+    ``rejected`` and ``stopped`` carry a ``reason`` (the citizen is told why the dossier
+    ends); ``supplement_requested`` names what to bring, in ``requested_documents`` or in
+    the ``reason``."""
 
     retry_stamped: ClassVar[frozenset[str]] = frozenset({"sent_at"})
+    #: the published schema says what the validator below does
+    model_config = ConfigDict(json_schema_extra={"allOf": [
+        {"if": {"required": ["status"],
+                "properties": {"status": {"enum": list(_REASON_REQUIRED)}}},
+         "then": {"required": ["reason"],
+                  "properties": {"reason": {"type": "string", "pattern": r"\S"}}}},
+        {"if": {"required": ["status"],
+                "properties": {"status": {"const": "supplement_requested"}}},
+         "then": {"anyOf": [
+             {"required": ["reason"],
+              "properties": {"reason": {"type": "string", "pattern": r"\S"}}},
+             {"required": ["requested_documents"],
+              "properties": {"requested_documents": {"minItems": 1}}}]}},
+    ]})
 
     schema_: Literal["casebroker.dossier.status/v1"] = Field(
         "casebroker.dossier.status/v1", alias="schema"
@@ -241,6 +264,18 @@ class DossierStatus(_Model):
     requested_documents: list[str] = Field(default_factory=list, max_length=100)
     amount_vnd: Annotated[int, Field(ge=0)] | None = None
     sent_at: Timestamp
+
+    @model_validator(mode="after")
+    def _says_why(self) -> DossierStatus:
+        said = self.reason is not None and self.reason.strip() != ""
+        if self.status in _REASON_REQUIRED and not said:
+            raise ValueError(f"a {self.status.value} status says why, in reason: the "
+                             "citizen is told why the dossier ends")
+        if self.status == AgencyStatus.SUPPLEMENT_REQUESTED and not (
+                said or self.requested_documents):
+            raise ValueError("a supplement_requested status names what the citizen is to "
+                             "bring, in requested_documents or in reason")
+        return self
 
 
 class DossierReturned(_Model):

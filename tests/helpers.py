@@ -234,3 +234,14 @@ def probe(port: int, path: str) -> tuple[int, dict[str, Any]]:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
+
+
+def said(status: str, **fields: Any) -> dict[str, Any]:
+    """``fields`` with what a status must say (DossierStatus): a reason for a refusal or
+    a stop, the documents to bring for a supplement request, where the test gave none."""
+    if status in ("rejected", "stopped") and not fields.get("reason"):
+        return {**fields, "reason": "không đủ điều kiện"}
+    if status == "supplement_requested" and not (fields.get("reason")
+                                                 or fields.get("requested_documents")):
+        return {**fields, "requested_documents": ["Bản sao CCCD"]}
+    return fields

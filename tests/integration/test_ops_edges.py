@@ -35,7 +35,7 @@ from broker.rules.catalog import load_catalog
 from broker.rules.engine import Engine
 from broker.topology import Topology
 from tests.conftest import MINI_CATALOG, queue_depth
-from tests.helpers import Amqp, dossier, intake_delivery, status_delivery
+from tests.helpers import Amqp, dossier, intake_delivery, said, status_delivery
 from tests.integration.conftest import FakeClock, vn
 
 pytestmark = pytest.mark.integration
@@ -190,7 +190,7 @@ def test_the_report_counts_no_delay_for_dossiers_ended_while_waiting_for_a_suppl
     def agency(code: str, what: str) -> None:
         status.handle([status_delivery(next(n), DossierStatus(
             update_id=uuid.uuid4(), dossier_code=code, agency_id="T.UBND.A", status=what,
-            sent_at=clock.now))])
+            sent_at=clock.now, **said(what)))])
 
     clock.set("2026-11-25 08:00")  # due at 09:00
     for code in (stopped, withdrawn):
@@ -228,7 +228,7 @@ def test_an_agency_queue_lost_gets_the_supplements_brought_since_the_assignment_
     clock.set("2026-11-24 10:00")
     status.handle([status_delivery(10, DossierStatus(
         update_id=uuid.uuid4(), dossier_code=first, agency_id="T.UBND.A",
-        status="supplement_requested", sent_at=clock.now))])
+        status="supplement_requested", sent_at=clock.now, **said("supplement_requested")))])
     clock.set("2026-11-24 14:00")
     brought = Document(name="ban-sao-cccd.pdf", uri="s3://docs/9", sha256="c" * 64,
                        size=10, media_type="application/pdf")

@@ -33,7 +33,7 @@ from broker.rules.engine import Engine
 from broker.tables import STEP_OWN_DUE, is_pruned
 from broker.topology import Topology
 from tests.conftest import MINI_CATALOG
-from tests.helpers import dossier, intake_delivery, status_delivery
+from tests.helpers import dossier, intake_delivery, said, status_delivery
 from tests.integration.conftest import FakeClock, vn
 
 pytestmark = pytest.mark.integration
@@ -55,7 +55,7 @@ def test_the_report_counts_each_dossier_received_in_the_period_once_by_its_outco
     def agency(name: str, what: str, *result: Document) -> None:
         status.handle([status_delivery(next(n), DossierStatus(
             update_id=uuid.uuid4(), dossier_code=codes[name], agency_id="T.UBND.A",
-            status=what, sent_at=clock.now, documents=list(result)))])
+            status=what, sent_at=clock.now, **said(what, documents=list(result))))])
 
     submit("before", dossier())                   # received the day before the period
     clock.set("2026-11-25 09:00")
@@ -303,7 +303,8 @@ def test_an_agency_handed_a_dossier_late_is_judged_by_its_own_time_and_told_the_
 
     def agency(at: str, agency_id: str, what: str) -> list[Any]:
         return send(at, DossierStatus(update_id=uuid.uuid4(), dossier_code=code,
-                                      agency_id=agency_id, status=what, sent_at=vn(at)))
+                                      agency_id=agency_id, status=what, sent_at=vn(at),
+                                      **said(what)))
 
     # step 1 was due Thu 26 Nov; handed on on the dossier's due day, Wed 2 Dec, T.CA's own
     # two working days run to Fri 4 Dec, 09:00: it is told the dossier's 17:00 today

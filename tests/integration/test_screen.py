@@ -32,7 +32,7 @@ from broker.rules.engine import Engine
 from broker.tables import code_sequences
 from broker.topology import Topology
 from tests.conftest import MINI_CATALOG
-from tests.helpers import dossier
+from tests.helpers import dossier, said
 from tests.helpers import intake_delivery as _delivery
 
 pytestmark = pytest.mark.integration
@@ -408,7 +408,8 @@ def test_a_message_recorded_without_a_fingerprint_is_redelivered_as_before(
 def _status(agency: str, code: str, status: str, update_id: uuid.UUID,
             **fields: object) -> bytes:
     return encode(DossierStatus(update_id=update_id, dossier_code=code, agency_id=agency,
-                                status=status, sent_at=datetime.now(UTC), **fields))
+                                status=status, sent_at=datetime.now(UTC),
+                                **said(status, **fields)))
 
 
 def _status_delivery(tag: int, body: bytes, message_id: str,

@@ -293,3 +293,46 @@ def test_a_time_is_iso_8601_never_seconds_since_1970(when: object) -> None:
                  "2999-12-31T23:59:59+07:00"):  # a desk clock reset to 1970: triaged later
         status["sent_at"] = fine
         assert decode(json.dumps(status).encode(), content_type="application/json")
+
+
+def _status_body(status: str, **fields: object) -> bytes:
+    return json.dumps({"schema": "casebroker.dossier.status/v1",
+                       "update_id": str(uuid.uuid4()), "dossier_code": "T.UBND.A-261125-0001",
+                       "agency_id": "T.UBND.A", "status": status,
+                       "sent_at": "2026-11-25T10:00:00+07:00", **fields}).encode()
+
+
+@pytest.mark.parametrize(("status", "fields", "words"), [
+    ("rejected", {}, "a rejected status says why, in reason"),
+    ("rejected", {"reason": "  "}, "a rejected status says why, in reason"),
+    ("stopped", {"reason": None}, "a stopped status says why, in reason"),
+    ("supplement_requested", {}, "names what the citizen is to bring"),
+    ("supplement_requested", {"requested_documents": []}, "names what the citizen is to bring"),
+])
+def test_a_status_that_ends_or_pauses_a_dossier_says_why(
+        status: str, fields: dict[str, object], words: str) -> None:
+    # DOMAIN.md: a refusal is final "with reason"; the citizen is told what to bring
+    with pytest.raises(DecodeError) as e:
+        decode(_status_body(status, **fields))
+    assert e.value.reason == "invalid_fields" and words in str(e.value)
+
+
+@pytest.mark.parametrize(("status", "fields"), [
+    ("rejected", {"reason": "không thuộc thẩm quyền"}),
+    ("stopped", {"reason": "công dân không bổ sung"}),
+    ("supplement_requested", {"requested_documents": ["Tờ khai"]}),
+    ("supplement_requested", {"reason": "bản sao mờ, nộp lại"}),
+    ("accepted", {}), ("processing", {}), ("resolved", {}), ("financial_obligation", {}),
+])
+def test_a_status_that_says_what_it_must_is_taken(status: str,
+                                                   fields: dict[str, object]) -> None:
+    assert decode(_status_body(status, **fields)).status == status
+
+
+def test_the_published_schema_requires_what_the_status_must_say() -> None:
+    rules = DossierStatus.model_json_schema()["allOf"]
+    by_status = {json.dumps(r["if"]["properties"]["status"], sort_keys=True): r["then"]
+                 for r in rules}
+    assert by_status[json.dumps({"enum": ["rejected", "stopped"]})]["required"] == ["reason"]
+    supplement = by_status[json.dumps({"const": "supplement_requested"})]["anyOf"]
+    assert [r["required"] for r in supplement] == [["reason"], ["requested_documents"]]
