@@ -92,7 +92,11 @@ def _iso_8601(value: Any) -> Any:
 #: a date-time with its offset, written in ISO 8601 (never a Unix time), in what desks and
 #: agencies send; what casebroker builds from times it holds (assignments, notices) keeps
 #: pydantic's own check, without a Python call per field on the hot path
-Timestamp = Annotated[AwareDatetime, BeforeValidator(_iso_8601)]
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_iso_8601),
+                      Field(json_schema_extra={"pattern": r"^(19|2[0-9])[0-9]{2}-"})]
+#: the largest whole number every JSON reader keeps exact (a JavaScript or a double's
+#: 2**53 - 1): a larger size or amount would reach a desk's or an agency's system changed
+JSON_SAFE_INT = 2**53 - 1
 
 
 class _Model(BaseModel):
@@ -143,7 +147,7 @@ class Document(_Model):
     name: Annotated[str, Field(min_length=1, max_length=200)]
     uri: Annotated[str, Field(min_length=1, max_length=1000)]
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-    size: Annotated[int, Field(ge=0)]
+    size: Annotated[int, Field(ge=0, le=JSON_SAFE_INT)]
     media_type: Annotated[str, Field(min_length=1, max_length=100)]
 
 
@@ -262,7 +266,7 @@ class DossierStatus(_Model):
     reason: Annotated[str, Field(max_length=2000)] | None = None
     documents: list[Document] = Field(default_factory=list, max_length=100)
     requested_documents: list[str] = Field(default_factory=list, max_length=100)
-    amount_vnd: Annotated[int, Field(ge=0)] | None = None
+    amount_vnd: Annotated[int, Field(ge=0, le=JSON_SAFE_INT)] | None = None
     sent_at: Timestamp
 
     @model_validator(mode="after")

@@ -336,3 +336,37 @@ def test_the_published_schema_requires_what_the_status_must_say() -> None:
     assert by_status[json.dumps({"enum": ["rejected", "stopped"]})]["required"] == ["reason"]
     supplement = by_status[json.dumps({"const": "supplement_requested"})]["anyOf"]
     assert [r["required"] for r in supplement] == [["reason"], ["requested_documents"]]
+
+
+@pytest.mark.parametrize("field", ["amount_vnd", "size"])
+def test_a_number_no_json_reader_keeps_exact_is_refused(field: str) -> None:
+    # 2**53 and above reach a JavaScript or a double-reading system changed
+    doc = {"name": "a.pdf", "uri": "s3://d/1", "sha256": "a" * 64, "size": 10,
+           "media_type": "application/pdf"}
+    ok, too_big = 2**53 - 1, 2**53
+    for value, taken in ((ok, True), (too_big, False)):
+        fields: dict[str, object] = (
+            {"amount_vnd": value} if field == "amount_vnd"
+            else {"documents": [{**doc, "size": value}]})
+        body = _status_body("financial_obligation", **fields)
+        if taken:
+            decode(body)
+        else:
+            with pytest.raises(DecodeError, match=field):
+                decode(body)
+
+
+@pytest.mark.parametrize("when", ["1899-12-31T23:00:00+07:00", "1900-01-01T00:00:00+07:00",
+                                  "2026-11-25T09:00:00+07:00", "2999-12-31T09:00:00+07:00",
+                                  "3000-01-01T00:00:00+07:00"])
+def test_the_published_schema_bounds_years_as_decode_does(when: str) -> None:
+    import re
+
+    pattern = DossierStatus.model_json_schema()["properties"]["sent_at"]["pattern"]
+    try:
+        decode(_status_body("accepted", sent_at=when))
+        taken = True
+    except DecodeError:
+        taken = False
+    expected = 1900 <= int(when[:4]) <= 2999
+    assert taken == expected and (re.match(pattern, when) is not None) == expected
