@@ -8,6 +8,7 @@ import importlib
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -411,7 +412,14 @@ def _run(args: argparse.Namespace) -> int:
 
     settings = ConsumerSettings(prefetch_count=args.prefetch_count, batch_size=args.batch_size,
                                 flush_interval_ms=args.flush_interval_ms)
+    # a SIGHUP while the catalog loads and the ledger opens (a second or two) would end
+    # the process by its default action: remembered, it is a reload once the broker is
+    asked: list[int] = []
+    signal.signal(signal.SIGHUP, lambda signum, _frame: asked.append(signum))
     broker = Broker(args.catalog, _topology_of(args), Ledger(args.db_url), settings)
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: broker.reload_soon())
+    if asked:
+        broker.reload_soon()
     if args.metrics_port:
         broker.metrics.serve(args.metrics_port,
                              os.environ.get("CASEBROKER_METRICS_ADDR", "127.0.0.1"),

@@ -231,7 +231,11 @@ class Broker:
         threads.start(self.stop, "stop")
 
     def _on_reload_signal(self, _signum: int, _frame: FrameType | None) -> None:
-        # the reload parses YAML and talks to RabbitMQ: not inside a signal handler
+        self.reload_soon()
+
+    def reload_soon(self) -> None:
+        """:meth:`reload` in a thread of its own (what SIGHUP does): it parses YAML and
+        talks to RabbitMQ, which a signal handler must not."""
         threads.start(self.reload, "catalog-reload")
 
 

@@ -203,15 +203,36 @@ _HUP_WHILE_DECLARING = textwrap.dedent("""\
 """)
 
 
-def test_a_sighup_while_run_declares_at_start_reloads_instead_of_killing_it(
-        topology: Topology, mini_catalog: Catalog, tmp_path: Path) -> None:
-    # found by a review: the SIGHUP handler was installed only once the declare was
-    # done, and a SIGHUP in those seconds ended the router by its default action
-    # (killed by SIGHUP, no word in its log)
+_HUP_WHILE_LOADING = textwrap.dedent("""\
+    import os, signal, sys
+    import broker.service as service
+    from broker.cli import main
+
+    load = service.load_catalog
+    sent = []
+
+    def load_with_a_hup(path):
+        if not sent:
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGHUP)
+        return load(path)
+
+    service.load_catalog = load_with_a_hup
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.parametrize("script", [_HUP_WHILE_DECLARING, _HUP_WHILE_LOADING],
+                         ids=["declaring", "loading"])
+def test_a_sighup_while_run_starts_reloads_instead_of_killing_it(
+        topology: Topology, mini_catalog: Catalog, tmp_path: Path, script: str) -> None:
+    # the SIGHUP handler was installed only once the declare was done, and a SIGHUP in
+    # the seconds the catalog loads, the ledger opens and the topology is declared ended
+    # the router by its default action (killed by SIGHUP, no word in its log)
     log = tmp_path / "run.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-c", _HUP_WHILE_DECLARING, "run", "--catalog",
+            [sys.executable, "-c", script, "run", "--catalog",
              str(MINI_CATALOG), "--prefix", topology.prefix, "--db-url",
              f"sqlite:///{tmp_path / 'ledger.sqlite3'}", "--metrics-port", "0"],
             stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ.copy())
