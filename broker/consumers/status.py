@@ -675,13 +675,17 @@ def _not_allowed(dossier: _Dossier, msg: Update) -> str:
 
 def _stranger(dossier: _Dossier, msg: Update) -> str | None:
     """Why the sender has no part in the dossier at all (None: it has): never one of its
-    agencies, or neither its intake nor its return desk. Such an update is dead-lettered
+    agencies (the agencies of its steps reached so far: a later step's has no part in it
+    yet), or neither its intake nor its return desk. Such an update is dead-lettered
     and not answered as a party's is: that answer would tell a stranger the dossier's
     state, agency, procedure and submission id, and codes are sequential, so any desk
     could read them all. The sender is told only what it would be told of a code the
     ledger does not have (:meth:`StatusRouter._not_yours`)."""
     if isinstance(msg, DossierStatus):
-        if all(step["agency_id"] != msg.agency_id for step in dossier["steps"]):
+        # the agencies of the steps reached so far: a later step's agency has had nothing
+        # of the dossier yet (and may never have: withdrawn, refused, stopped before it)
+        reached = dossier["steps"][:max(dossier["step"], 1)]
+        if all(step["agency_id"] != msg.agency_id for step in reached):
             return f"agency {shown_id(msg.agency_id)} is not an agency of this dossier"
         return None
     if msg.desk_id not in (dossier["intake_desk_id"], dossier["return_desk_id"]):

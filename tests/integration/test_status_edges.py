@@ -1,0 +1,208 @@
+"""The status router around a supplement's return to the state its request found (2 or
+4), and who counts as a party of a chain dossier: handlers called directly
+on a real ledger (SQLite and PostgreSQL), on the test's clock."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from broker.amqp import DETAIL_HEADER, REASON_HEADER
+from broker.consumers.router import Router
+from broker.consumers.status import StatusRouter
+from broker.envelope import Outbound
+from broker.ledger import Ledger
+from broker.messages import (
+    Document,
+    DossierStatus,
+    DossierSupplemented,
+    DossierWithdrawn,
+    encode,
+)
+from broker.rules.catalog import load_catalog
+from broker.rules.engine import Engine
+from broker.topology import Topology
+from tests.conftest import MINI_CATALOG
+from tests.helpers import dossier, intake_delivery, said, status_delivery
+from tests.integration.conftest import FakeClock, vn
+
+pytestmark = pytest.mark.integration
+
+
+class Handlers:
+    """A router and a status router on the mini catalog and the test's clock."""
+
+    def __init__(self, ledger: Ledger, clock: FakeClock) -> None:
+        engine = Engine(load_catalog(MINI_CATALOG))
+        t = Topology("t")
+        self.ledger = ledger
+        self.router = Router(lambda: engine, ledger, t, clock=clock)
+        self.status = StatusRouter(lambda: engine, ledger, t, clock=clock)
+        self.tag = 0
+
+    def route(self, **kw: Any) -> str:
+        self.tag += 1
+        out = self.router.handle([intake_delivery(
+            self.tag, encode(dossier(**kw)), f"submit:{uuid.uuid4()}")])
+        return str(json.loads(out[0].body)["dossier_code"])
+
+    def handle(self, *messages: Any) -> list[Outbound]:
+        """The messages in one batch."""
+        deliveries = []
+        for m in messages:
+            self.tag += 1
+            deliveries.append(status_delivery(self.tag, m))
+        return self.status.handle(deliveries)
+
+    def row(self, code: str) -> dict[str, Any]:
+        row = self.ledger.dossier(code)
+        assert row is not None
+        return row
+
+
+@pytest.fixture
+def h(ledger: Ledger, clock: FakeClock) -> Handlers:
+    return Handlers(ledger, clock)
+
+
+def status(code: str, agency: str, state: str, **kw: Any) -> DossierStatus:
+    return DossierStatus(update_id=uuid.uuid4(), dossier_code=code, agency_id=agency,
+                         status=state, sent_at=datetime.now(UTC), **said(state, **kw))
+
+
+def doc(name: str) -> Document:
+    return Document(name=name, uri=f"s3://docs/{name}", sha256="b" * 64, size=10,
+                    media_type="application/pdf")
+
+
+def supplemented(code: str, desk: str = "T.MC.B") -> DossierSupplemented:
+    return DossierSupplemented(event_id=uuid.uuid4(), dossier_code=code, desk_id=desk,
+                               documents=[doc("to-khai.pdf")], sent_at=datetime.now(UTC))
+
+
+def withdrawn(code: str, desk: str = "T.MC.B") -> DossierWithdrawn:
+    return DossierWithdrawn(event_id=uuid.uuid4(), dossier_code=code, desk_id=desk,
+                            reason="không cần nữa", sent_at=datetime.now(UTC))
+
+
+def told(out: list[Outbound]) -> list[tuple[str, str, str | None, int | None]]:
+    """(routing key, message id, notice, state) of each message published; a dead
+    letter's notice is its reason."""
+    said_ = []
+    for o in out:
+        if o.headers and REASON_HEADER in o.headers:
+            said_.append((o.routing_key, o.message_id, f"dead:{o.headers[REASON_HEADER]}",
+                          None))
+            continue
+        body = json.loads(o.body)
+        said_.append((o.routing_key, o.message_id, body.get("notice"), body.get("state")))
+    return said_
+
+
+def test_a_later_chain_step_agency_is_a_stranger_until_the_dossier_reaches_it(
+        h: Handlers, clock: FakeClock) -> None:
+    """A chain's third agency, for a dossier still at its first step, was answered as a
+    party (update_refused with the dossier's state: "not the dossier's current agency"),
+    so an agency could learn by guessing codes of dossiers it may never get (withdrawn,
+    refused or stopped before its step). It is told only what a code the ledger does not
+    have would tell it, and its update is set aside, until the dossier reaches it."""
+    code = h.route(procedure_code="1.000001", return_desk_id="T.CENTRE")
+    assert (h.row(code)["step"], h.row(code)["agency_id"]) == (1, "T.UBND.A")
+    before = h.row(code)
+    out = h.handle(status(code, "T.BHXH", "processing"))
+    assert [(k, n, s) for k, _, n, s in told(out)] == [
+        ("status", "dead:not_a_party", None), ("T.BHXH", "update_refused", None)]
+    assert out[0].headers is not None and out[0].headers[DETAIL_HEADER] == (
+        "agency T.BHXH is not an agency of this dossier")
+    answer = json.loads(out[1].body)
+    assert "state" not in answer and answer["reason"].startswith(
+        f"not_yours: no dossier {code} was ever assigned to T.BHXH")
+    assert h.row(code) == before
+
+    # step 2 at T.CA: T.BHXH still has no part; the first agency has (it had the dossier)
+    clock.set("2026-11-25 10:00")
+    h.handle(status(code, "T.UBND.A", "resolved"))
+    assert (h.row(code)["step"], h.row(code)["agency_id"]) == (2, "T.CA")
+    assert [n for _, _, n, _ in told(h.handle(status(code, "T.BHXH", "accepted")))] == [
+        "dead:not_a_party", "update_refused"]
+    earlier = json.loads(h.handle(status(code, "T.UBND.A", "processing"))[0].body)
+    assert (earlier["notice"], earlier["state"], earlier["reason"]) == (
+        "update_refused", 4, "T.UBND.A is not the dossier's current agency")
+
+    # step 3: the dossier reached T.BHXH, its updates apply
+    h.handle(status(code, "T.CA", "resolved"))
+    assert h.row(code)["agency_id"] == "T.BHXH"
+    h.handle(status(code, "T.BHXH", "resolved", documents=[doc("bhyt.pdf")]))
+    assert h.row(code)["state"] == 9
+    assert h.ledger.count_inbox_outcomes() == {
+        "routed": 1, "applied": 3, "refused_update": 1, "dead:not_a_party": 2}
+
+
+def test_a_request_on_receipt_and_its_supplement_in_one_batch_come_back_to_received(
+        h: Handlers, clock: FakeClock) -> None:
+    """2 → 5 → 2 within one batch, as in two: the agency and both desks are told state 2,
+    and the dossier may still be refused (2 → 3)."""
+    code = h.route(procedure_code="1.004227", desk_id="T.MC.B", return_desk_id="T.POST")
+    out = h.handle(status(code, "T.SO.TP", "supplement_requested"), supplemented(code))
+    assert [(k, n, s) for k, _, n, s in told(out)] == [
+        ("T.POST", "supplement_requested", 5), ("T.SO.TP", "supplemented", 2),
+        ("T.POST", "status_changed", 2), ("T.MC.B", "status_changed", 2)]
+    row = h.row(code)
+    assert (row["state"], row["paused_at"]) == (2, None)
+    assert "paused_from" not in row["flags"]
+    out = h.handle(status(code, "T.SO.TP", "rejected", reason="không đủ điều kiện"))
+    assert [(k, n, s) for k, _, n, s in told(out)] == [("T.POST", "refused", 3)]
+    assert [(e["kind"], e["state_from"], e["state_to"]) for e in h.ledger.history(code)] == [
+        ("received", 1, 2), ("request_supplement", 2, 5), ("supplement", 5, 2),
+        ("refuse", 2, 3)]
+
+
+def test_a_chain_step_asked_on_receipt_resumes_received_then_hands_on_processing(
+        h: Handlers, clock: FakeClock) -> None:
+    """The first step's agency asks on receipt (2 → 5 → 2) and hands on from 2; the next
+    agency's request finds 4 and its supplement brings it back to 4."""
+    code = h.route(procedure_code="1.000001", return_desk_id="T.CENTRE")
+    clock.set("2026-11-25 10:00")
+    h.handle(status(code, "T.UBND.A", "supplement_requested"))
+    clock.set("2026-11-25 11:00")
+    back = told(h.handle(supplemented(code)))
+    assert [(k, n, s) for k, _, n, s in back] == [
+        ("T.UBND.A", "supplemented", 2), ("T.CENTRE", "status_changed", 2),
+        ("T.MC.B", "status_changed", 2)]
+    h.handle(status(code, "T.UBND.A", "resolved", documents=[doc("khai-sinh.pdf")]))
+    row = h.row(code)
+    assert (row["state"], row["step"], row["agency_id"]) == (4, 2, "T.CA")
+    h.handle(status(code, "T.CA", "supplement_requested"))
+    assert h.row(code)["flags"]["paused_from"] == 4
+    out = told(h.handle(supplemented(code, desk="T.CENTRE")))
+    assert [(k, n, s) for k, _, n, s in out] == [
+        ("T.CA", "supplemented", 4), ("T.CENTRE", "status_changed", 4)]
+    assert [e["state_to"] for e in h.ledger.history(code)] == [2, 5, 2, 4, 5, 4]
+
+
+@pytest.mark.parametrize("ending", ["withdrawn", "stopped"])
+def test_a_dossier_ended_while_paused_refuses_the_supplement_and_its_replays(
+        h: Handlers, clock: FakeClock, ending: str) -> None:
+    """Withdrawn or stopped while waiting for a supplement asked on receipt: the
+    supplement that comes after changes nothing, nor does a redelivery of the request."""
+    code = h.route(procedure_code="1.004227")
+    clock.set("2026-11-26 09:00")
+    request = status(code, "T.SO.TP", "supplement_requested")
+    first = h.status.handle([status_delivery(900, request)])
+    end = (withdrawn(code) if ending == "withdrawn"
+           else status(code, "T.SO.TP", "stopped", reason="quá hạn bổ sung"))
+    h.handle(end)
+    row = h.row(code)
+    assert row["state"] == (7 if ending == "withdrawn" else 8)
+    # the request again (its ack lost): its very messages again, nothing applied
+    assert h.status.handle([status_delivery(900, request)]) == first
+    refused = h.handle(supplemented(code))
+    assert [(n, s) for _, _, n, s in told(refused)] == [("update_refused", row["state"])]
+    assert json.loads(refused[0].body)["reason"] == (
+        f"supplemented is not allowed: dossier is {ending} ({row['state']})")
+    assert h.row(code) == row
+    assert row["finished_at"] == vn("2026-11-26 09:00")
