@@ -443,6 +443,8 @@ class AgencyClient(BrokerClient):
                           requested_documents=_listed("requested_documents",
                                                       requested_documents),
                           amount_vnd=amount_vnd, sent_at=utc_now())
+        if (unsaid := update.unsaid()) is not None:  # the status router would refuse it
+            raise ValueError(f"dossier.status: {unsaid}; nothing was sent")
         message_id = f"status:{update.update_id}"
         self.publish(update, exchange=self.topology.status_exchange, routing_key=STATUS_KEY,
                      message_id=message_id)

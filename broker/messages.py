@@ -238,7 +238,8 @@ class DossierStatus(_Model):
 
     ``rejected`` and ``stopped`` carry a ``reason`` (the citizen is told why the dossier
     ends); ``supplement_requested`` names what to bring, in ``requested_documents`` or in
-    the ``reason``."""
+    the ``reason``. The published schema says so; the status router answers one that does
+    not with ``update_refused`` (:meth:`unsaid`), and the SDK refuses to send it."""
 
     retry_stamped: ClassVar[frozenset[str]] = frozenset({"sent_at"})
     #: the published schema says what the validator below does
@@ -269,17 +270,19 @@ class DossierStatus(_Model):
     amount_vnd: Annotated[int, Field(ge=0, le=JSON_SAFE_INT)] | None = None
     sent_at: Timestamp
 
-    @model_validator(mode="after")
-    def _says_why(self) -> DossierStatus:
+    def unsaid(self) -> str | None:
+        """What this update leaves out that its status must say, in words (None: nothing).
+        Not a decode error: a message the contract took before this rule, redelivered,
+        must still be recognised as the one applied, and the agency is answered."""
         said = self.reason is not None and self.reason.strip() != ""
         if self.status in _REASON_REQUIRED and not said:
-            raise ValueError(f"a {self.status.value} status says why, in reason: the "
-                             "citizen is told why the dossier ends")
+            return (f"a {self.status.value} status says why, in reason: the citizen is "
+                    "told why the dossier ends")
         if self.status == AgencyStatus.SUPPLEMENT_REQUESTED and not (
-                said or self.requested_documents):
-            raise ValueError("a supplement_requested status names what the citizen is to "
-                             "bring, in requested_documents or in reason")
-        return self
+                said or any(d.strip() for d in self.requested_documents)):
+            return ("a supplement_requested status names what the citizen is to bring, in "
+                    "requested_documents or in reason")
+        return None
 
 
 class DossierReturned(_Model):
@@ -361,7 +364,9 @@ class NoticeKind(StrEnum):
     - status_changed, supplement_requested, financial_obligation, stopped, result_ready
       (return desk): the agency's update took effect (states 4, 5, 6, 8, 9);
       supplement_requested lists ``requested_documents``, financial_obligation
-      ``amount_vnd``, result_ready the result ``documents``.
+      ``amount_vnd``, result_ready the result ``documents``. status_changed also says a
+      supplement took effect: state 2 if it was asked for on receipt, else 4 (to the
+      intake desk too, when it brought the supplement).
     - withdrawn (return desk, the intake desk if it withdrew, the current agency):
       state 7. Without a code: withdrawn while held.
     - supplemented (current agency): the citizen brought the documents; the clock runs

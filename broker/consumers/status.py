@@ -349,6 +349,8 @@ class StatusRouter(Consumer):
         refusal, reason = self._sender_problem(dossier, msg), ""
         if refusal is None and (stale := self._stale(dossier, msg)) is not None:
             refusal, reason = stale, STALE
+        if refusal is None and isinstance(msg, DossierStatus):
+            refusal = msg.unsaid()  # a refusal or a stop without a reason, say
         event = self._event_for(dossier, msg)
         if refusal is None:
             try:

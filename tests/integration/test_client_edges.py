@@ -126,6 +126,11 @@ def test_arguments_the_contract_refuses_are_named_never_quoted(live: Live) -> No
             (lambda: desk.withdrawn(CODE, f"{NAME}, {ID_NUMBER}: " + "x" * 2000), "reason"),
             (lambda: desk.withdrawn(submission_id=ID_NUMBER), "submission_id"),
             (lambda: desk.returned(CODE, satisfaction=9), "satisfaction"),
+            # what the status router would answer update_refused: a refusal or a stop
+            # without its reason, a supplement request naming nothing
+            (lambda: agency.report(CODE, "rejected"), "says why, in reason"),
+            (lambda: agency.report(CODE, "stopped", reason=" "), "says why, in reason"),
+            (lambda: agency.report(CODE, "supplement_requested"), "requested_documents"),
         ]
         for call, field in calls:
             with pytest.raises(ValueError) as refused:

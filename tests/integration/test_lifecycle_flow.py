@@ -631,3 +631,29 @@ def test_a_supplement_brings_the_dossier_back_where_the_request_found_it(
     assert row is not None and row["state"] == ends
     assert [e["state_to"] for e in ledger.history(code)] == [2, *[4] * len(before), 5, back,
                                                              ends]
+
+
+@pytest.mark.parametrize(("status", "words", "said"), [
+    ("rejected", "a rejected status says why, in reason", {"reason": "không đủ điều kiện"}),
+    ("supplement_requested", "names what the citizen is to bring",
+     {"requested_documents": ["Tờ khai"]}),
+])
+def test_a_status_that_does_not_say_why_is_answered_and_changes_nothing(
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp,
+        status: str, words: str, said: dict[str, Any]) -> None:
+    """DOMAIN.md: a refusal is final "with reason". Without one, the agency is told (not
+    a dead letter it never hears of), and the dossier stays where it was."""
+    start_broker()
+    desk, agency = declared.desk_queue("T.MC.B"), declared.agency_queue("T.SO.TP")
+    code = submit(amqp, declared, "T.SO.TP", procedure_code="1.004227")["dossier_code"]
+    take(amqp, desk, 1, "receipt")
+    report(amqp, declared, code, "T.SO.TP", status)
+    answer = take(amqp, agency, 1, "the refusal")[0]
+    assert answer["notice"] == "update_refused" and words in answer["reason"]
+    row = ledger.dossier(code)
+    assert row is not None and row["state"] == 2
+    assert [e["kind"] for e in ledger.history(code)] == ["received"]
+    report(amqp, declared, code, "T.SO.TP", status, **said)
+    assert take(amqp, desk, 1, "the desk told")[0]["notice"] in ("refused",
+                                                                 "supplement_requested")
+    assert amqp.json_all(declared.dead_queue("status")) == []
