@@ -350,7 +350,7 @@ class StatusRouter(Consumer):
         if refusal is None and (stale := self._stale(dossier, msg)) is not None:
             refusal, reason = stale, STALE
         if refusal is None and isinstance(msg, DossierStatus):
-            refusal = msg.unsaid()  # a refusal or a stop without a reason, say
+            refusal = msg.unsaid()  # a refusal or a stop without its reason: answered
         event = self._event_for(dossier, msg)
         if refusal is None:
             try:
