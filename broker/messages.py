@@ -229,7 +229,7 @@ class AgencyStatus(StrEnum):
 
 
 #: the statuses that must say why (DOMAIN.md: a refusal is final "with reason"; a stop
-#: ends the dossier as finally), and what a supplement request must name
+#: ends the dossier as finally)
 _REASON_REQUIRED = ("rejected", "stopped")
 
 
@@ -242,7 +242,7 @@ class DossierStatus(_Model):
     not with ``update_refused`` (:meth:`unsaid`), and the SDK refuses to send it."""
 
     retry_stamped: ClassVar[frozenset[str]] = frozenset({"sent_at"})
-    #: the published schema says what the validator below does
+    #: the published schema says what :meth:`unsaid` checks
     model_config = ConfigDict(json_schema_extra={"allOf": [
         {"if": {"required": ["status"],
                 "properties": {"status": {"enum": list(_REASON_REQUIRED)}}},
@@ -617,7 +617,7 @@ def _nul_in(value: Any, path: str = "") -> str | None:
              else enumerate(value) if isinstance(value, list) else ())
     for key, item in items:
         # the detail is stored: no NUL in it, nor a phone or id number as a key
-        name = _shown_key(str(key).replace("\x00", "\\u0000"))
+        name = shown_id(str(key).replace("\x00", "\\u0000"))
         where = f"{path}.{name}" if path else name
         if "\x00" in str(key):
             return where
@@ -655,20 +655,13 @@ def _classify(body: bytes, error: ValidationError,
     return DecodeError("invalid_fields", describe_validation_error(error))
 
 
-def _shown_key(key: str) -> str:
-    """A name in an error's path as the error may quote it: a field's, or a key the sender
-    chose (in ``attributes``, or a field the contract does not have), which may hold a
-    phone or id number (``{"cccd_066090001234": ...}``): that key is withheld."""
-    if PERSONAL_DIGITS.search(key) is None:
-        return key
-    return f"<{len(key)}-character key withheld>"
-
-
 def describe_validation_error(error: ValidationError) -> str:
     """Summarize validation errors by field path and message, never echoing values."""
     problems = []
     for item in error.errors(include_input=False, include_url=False, include_context=False)[:10]:
-        path = [_shown_key(str(p)) for p in item["loc"]]
+        # a key the sender chose (in attributes, or a field the contract does not have) may
+        # hold a phone or id number ({"cccd_066090001234": ...}): withheld as such ids are
+        path = [shown_id(str(p)) for p in item["loc"]]
         if path and path[0].startswith("casebroker."):
             path = path[1:]  # the union's tag: the kind is known from the schema field
         problems.append(f"{'.'.join(path) or '(body)'}: {item['msg']}")

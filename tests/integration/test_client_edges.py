@@ -11,6 +11,7 @@ import signal
 import threading
 import traceback
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
@@ -57,6 +58,16 @@ class Watchdog:
 
     def cancel(self) -> None:
         self.timer.cancel()
+
+
+@pytest.fixture
+def watched() -> Iterator[tuple[SlowLink, Watchdog]]:
+    """A relay to RabbitMQ the test can stall, and the watchdog that frees it."""
+    link = SlowLink()
+    watchdog = Watchdog(link)
+    yield link, watchdog
+    watchdog.cancel()
+    link.close()
 
 
 def test_an_inbox_whose_login_may_not_use_the_virtual_host_is_refused_in_words(
@@ -144,46 +155,36 @@ def test_arguments_the_contract_refuses_are_named_never_quoted(live: Live) -> No
 
 
 def test_stop_ends_the_drain_while_rabbitmq_does_not_answer(
-        live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+        live: Live, watched: tuple[SlowLink, Watchdog],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     # a peer gone silently (a NAT dropping the connection) before the heartbeats tell:
     # the drain's closing handshake waited for an answer that never comes, and stop()
     # held the desk's shutdown for as long as TCP took to give up
     monkeypatch.setattr(adapters.client, "CLOSE_TIMEOUT_S", 0.5, raising=False)
-    t = live.topology
-    link = SlowLink()
-    watchdog = Watchdog(link)
-    try:
-        with DeskClient("T.MC.A", url=link.url, topology=t) as desk:
-            desk.publish(desk_notice("T.MC.A", 1), exchange=t.desk_exchange,
-                         routing_key="T.MC.A", message_id="notice:1")
-            inbox = desk.inbox()
+    t, (link, watchdog) = live.topology, watched
+    with DeskClient("T.MC.A", url=link.url, topology=t) as desk:
+        desk.publish(desk_notice("T.MC.A", 1), exchange=t.desk_exchange,
+                     routing_key="T.MC.A", message_id="notice:1")
+        inbox = desk.inbox()
 
-            def handler(r: Received) -> None:
-                link.stall()  # RabbitMQ's answers stop coming from here on
-                inbox.stop()
+        def handler(r: Received) -> None:
+            link.stall()  # RabbitMQ's answers stop coming from here on
+            inbox.stop()
 
-            assert inbox.drain(handler, timeout_s=None) == 1
-            assert not watchdog.fired.is_set(), "drain() waited for RabbitMQ to answer"
-    finally:
-        watchdog.cancel()
-        link.close()
+        assert inbox.drain(handler, timeout_s=None) == 1
+        assert not watchdog.fired.is_set(), "drain() waited for RabbitMQ to answer"
 
 
 def test_closing_a_client_ends_while_rabbitmq_does_not_answer(
-        live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+        live: Live, watched: tuple[SlowLink, Watchdog],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(adapters.client, "CLOSE_TIMEOUT_S", 0.5, raising=False)
-    t = live.topology
-    link = SlowLink()
-    watchdog = Watchdog(link)
-    try:
-        desk = DeskClient("T.MC.A", url=link.url, topology=t)
-        desk.submit(dossier())
-        link.stall()
-        desk.close()
-        assert not watchdog.fired.is_set(), "close() waited for RabbitMQ to answer"
-    finally:
-        watchdog.cancel()
-        link.close()
+    t, (link, watchdog) = live.topology, watched
+    desk = DeskClient("T.MC.A", url=link.url, topology=t)
+    desk.submit(dossier())
+    link.stall()
+    desk.close()
+    assert not watchdog.fired.is_set(), "close() waited for RabbitMQ to answer"
     assert live.depth(t.intake_queue) == 1
 
 
@@ -192,13 +193,11 @@ class Interrupted(BaseException):
 
 
 def test_an_interrupted_publish_ends_at_once_while_rabbitmq_does_not_answer(
-        live: Live) -> None:
+        live: Live, watched: tuple[SlowLink, Watchdog]) -> None:
     # the caller interrupts a publish whose confirm does not come (its own timeout, a
     # signal): the client then closed its connection with a handshake the same silent
     # peer never answered, so the interruption itself hung
-    t = live.topology
-    link = SlowLink()
-    watchdog = Watchdog(link)
+    t, (link, watchdog) = live.topology, watched
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise Interrupted()
@@ -217,8 +216,6 @@ def test_an_interrupted_publish_ends_at_once_while_rabbitmq_does_not_answer(
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-        watchdog.cancel()
-        link.close()
     assert live.depth(t.intake_queue) in (2, 3)  # the interrupted one, as may be
 
 

@@ -132,7 +132,7 @@ def test_a_key_holding_a_phone_or_id_number_is_not_quoted(place: str, key: str) 
     e = _refused(json.dumps(data).encode())
     assert e.reason == "invalid_fields"
     assert "0905123456" not in e.detail and "066090001234" not in e.detail
-    assert f"<{len(key)}-character key withheld>" in e.detail
+    assert f"<{len(key)} characters withheld: a phone or id number?>" in e.detail
     if place == "attributes":
         assert e.detail.startswith("attributes.<")  # where, still
 
@@ -142,8 +142,8 @@ def test_a_nul_under_such_a_key_is_located_without_quoting_it() -> None:
     data["attributes"] = {"so_dt_0905123456": "a\x00b", "ghi_chu": "ok"}
     e = _refused(json.dumps(data).encode())
     assert (e.reason, e.detail) == (
-        "invalid_fields", "attributes.<16-character key withheld>: a NUL character "
-                          "(\\u0000) in text")
+        "invalid_fields", "attributes.<16 characters withheld: a phone or id number?>: "
+                          "a NUL character (\\u0000) in text")
     # a key that is only long, with no NUL anywhere, is no NUL
     back = decode(encode(dossier(attributes={"so_dt_0905123456": "x"})))
     assert isinstance(back, DossierSubmitted) and back.attributes == {"so_dt_0905123456": "x"}
