@@ -759,9 +759,11 @@ def _cmd_refuse(args: argparse.Namespace) -> int:
     else:
         for d in done:
             if d["closed_before"] == "withdrawn":
+                told = (f"its withdrawal notice {d['notice_id']} sent again" if d["told"]
+                        else f"desk {d['desk_id']} has no queue, nobody told")
                 print(f"triage: {d['message_id']}: submission {d['submission_id']} was "
-                      f"withdrawn by desk {d['desk_id']} while held: not refused; its "
-                      f"withdrawal notice {d['notice_id']} sent again, the copy removed")
+                      f"withdrawn by desk {d['desk_id']} while held: not refused; {told}, "
+                      "the copy removed")
                 continue
             if not d["told"]:
                 print(f"triage: {d['message_id']}: submission {d['submission_id']} refused; "

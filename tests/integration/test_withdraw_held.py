@@ -195,7 +195,8 @@ def test_a_held_dossier_is_withdrawn_by_its_submission_id_and_never_opens(
     rc, out, err = cli(capsys, t, "dead-letters", "refuse", "--id", copy_id, "--reason",
                        "not taken here", "--db-url", ledger.url)
     assert rc == 0, err
-    assert "was withdrawn by desk T.MC.B while held: not refused" in out
+    assert (f"was withdrawn by desk T.MC.B while held: not refused; its withdrawal notice "
+            f"{copy_id}:withdrawn sent again, the copy removed") in out, out
     assert out.splitlines()[-1] == "0 dossier(s) refused, 1 withdrawn before (taken out of " \
         "triage)"
     ((props, body),) = amqp.get_all(desk)
@@ -217,6 +218,18 @@ def test_a_held_dossier_is_withdrawn_by_its_submission_id_and_never_opens(
     # in the order they happened: held, withdrawn, then the reused id
     order = [x.split()[2] for x in out.splitlines() if x.startswith("  20")]
     assert order == ["triaged:area_not_served", "withdrawn", "dead:submission_id_reused"], out
+
+    # once more, after the desk's queue was deleted: nobody can be told, and the line
+    # says so (it said the withdrawal notice was sent again)
+    amqp.delete_queues(desk)
+    amqp.publish(t.dead_letter_exchange, "triage", encode(held), message_id=copy_id,
+                 type="dossier.submitted")
+    rc, out, err = cli(capsys, t, "dead-letters", "refuse", "--id", copy_id, "--reason",
+                       "not taken here", "--db-url", ledger.url, "--without-notice")
+    assert rc == 0, err
+    assert ("was withdrawn by desk T.MC.B while held: not refused; desk T.MC.B has no "
+            "queue, nobody told, the copy removed") in out, out
+    assert "sent again" not in out and queue_depth(t.triage_queue) == 0
 
 
 def test_a_submission_id_that_opened_a_dossier_withdraws_nothing_and_names_the_code(
