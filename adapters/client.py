@@ -627,7 +627,8 @@ class Inbox:
         """One turn of the drain: the first held delivery if its retry is due (one per
         turn, so that heartbeats are answered between two), then the socket, for at most
         POLL_INTERVAL_S (less when a retry comes due sooner)."""
-        if self._held and self._retry_at <= time.monotonic():
+        # a stop() since the loop's check (while subscribing, say) hands nothing more on
+        if self._held and self._retry_at <= time.monotonic() and not self._stop.is_set():
             queue, delivery = self._held.popleft()
             try:
                 self._handle(queue, delivery, handler)  # its ack may find the connection gone

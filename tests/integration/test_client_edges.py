@@ -14,6 +14,7 @@ import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import pytest
 
@@ -240,3 +241,32 @@ procedures:
     assert all(d.subject is None for d in made)
     assert all(decode(encode(d)) == d for d in made)
 
+
+
+
+def test_a_return_left_by_a_lost_attempt_does_not_fail_the_retry_that_got_through(
+        live: Live) -> None:
+    # RabbitMQ sends an attempt's basic.return before its confirm: an attempt whose
+    # connection was lost between the two leaves its return recorded under the message
+    # id, and kombu's ensure() publishes again on a new connection. That return says
+    # nothing of the retry; it failed the retry although RabbitMQ had routed and
+    # confirmed it. The two frames come in one read here, so the first attempt is made
+    # to end as such a loss does: its return recorded, then the connection error.
+    t = live.topology
+    d = dossier()
+    message_id = f"submit:{d.submission_id}"
+    with DeskClient("T.MC.A", topology=t) as desk:
+        producer = desk._ensure_producer()
+        attempts: list[str] = []
+
+        def lost_after_its_return(*args: Any, **kwargs: Any) -> Any:
+            attempts.append(kwargs["message_id"])
+            if len(attempts) == 1:
+                desk._returned[message_id] = "NO_ROUTE ('intake')"
+                raise ConnectionResetError("the connection was lost before the confirm")
+            return type(producer).publish(producer, *args, **kwargs)
+
+        producer.publish = lost_after_its_return
+        assert desk.submit(d) == message_id
+        assert attempts == [message_id, message_id] and desk._returned == {}
+    assert live.depth(t.intake_queue) == 1
