@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from typing import Any
 from uuid import UUID
 
@@ -163,7 +163,8 @@ class StatusRouter(Consumer):
         # a withdrawal by submission id has no code: one applied closed a held submission,
         # which has no dossier (one whose id opened a dossier was refused, not applied)
         code = message.dossier_code
-        row = self._load(batch, [code]).get(code) if code is not None else None
+        row = (self._load(batch, [code], self.engine().calendar.tz).get(code)
+               if code is not None else None)
         if row is None:
             return []
         dossier = _Dossier(row, row["seq"])
@@ -173,9 +174,11 @@ class StatusRouter(Consumer):
         return [self._refuse(dossier, message, f"message_id_reused: {detail}", now,
                              answered=own_id)]
 
-    def _load(self, batch: Batch, codes: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """Dossier rows by code, their times in the catalog's zone (see :func:`in_zone`)."""
-        tz = self.engine().calendar.tz
+    def _load(self, batch: Batch, codes: Iterable[str], tz: tzinfo
+              ) -> dict[str, dict[str, Any]]:
+        """Dossier rows by code, their times in the catalog's zone (see :func:`in_zone`):
+        the zone of the engine the batch is judged by, asked of it once per batch (a
+        reload in between would otherwise mix two)."""
         return {code: in_zone(row, tz) for code, row in batch.load_dossiers(codes).items()}
 
     def handle(self, deliveries: Sequence[Delivery]) -> list[Outbound]:
@@ -191,8 +194,9 @@ class StatusRouter(Consumer):
                       if isinstance(m, DossierWithdrawn) and m.dossier_code is None]
             if by_sid:
                 decoded = [x for x in decoded if x[2].dossier_code is not None]
-                out += self._by_submission(batch, by_sid, now)
-            loaded = self._load(batch, (str(m.dossier_code) for _, _, m in decoded))
+                out += self._by_submission(batch, by_sid, now, engine.calendar.tz)
+            loaded = self._load(batch, (str(m.dossier_code) for _, _, m in decoded),
+                                engine.calendar.tz)
             dossiers = {code: _Dossier(row, row["seq"]) for code, row in loaded.items()}
             applied: set[str] = set()  # message ids a copy under which was applied
             for mid, d, msg in decoded:
@@ -223,7 +227,7 @@ class StatusRouter(Consumer):
 
     def _by_submission(self, batch: Batch,
                        withdrawals: list[tuple[str, Delivery, DossierWithdrawn]],
-                       now: datetime) -> list[Outbound]:
+                       now: datetime, tz: tzinfo) -> list[Outbound]:
         """Withdrawals by submission id. One whose submission opened a dossier withdraws
         nothing: it is refused (``update_refused``) naming the dossier's code, to withdraw
         it by. The submission id need not be the held dossier's: a desk that reused it
@@ -242,7 +246,7 @@ class StatusRouter(Consumer):
         known = batch.existing_submissions((str(m.submission_id) for _, _, m in withdrawals),
                                            alone=True)
         codes = {sid: code for sid, code in known.items() if code is not None}
-        rows = self._load(batch, codes.values())
+        rows = self._load(batch, codes.values(), tz)
         out: list[Outbound] = []
         unopened: list[tuple[str, Delivery, DossierWithdrawn]] = []
         for mid, d, msg in withdrawals:
