@@ -3,6 +3,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DOSSIERS ?= 2000
+# test workers (pytest-xdist): the suite waits on RabbitMQ and PostgreSQL more than it computes
+TEST_JOBS ?= 2
 
 .PHONY: demo test lint services install clean
 
@@ -21,7 +23,7 @@ demo: install services
 	$(VENV)/bin/casebroker demo --dossiers $(DOSSIERS)
 
 test: install services
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_JOBS)
 
 lint: install
 	$(VENV)/bin/ruff check .

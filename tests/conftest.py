@@ -7,6 +7,8 @@ PostgreSQL schema), and removes what it declared. ``CASEBROKER_AMQP_URL`` and
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import threading
 import time
@@ -24,6 +26,7 @@ from broker.ledger import Ledger
 from broker.rules.catalog import Catalog, load_catalog
 from broker.service import Broker, declare_topology, delete_topology
 from broker.topology import Topology
+from tests.faults.harness import FIGURES
 from tests.sweep import sweep
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -33,6 +36,8 @@ PG_URL = os.environ.get("CASEBROKER_TEST_PG_URL", "postgresql+psycopg://postgres
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Delete what killed runs left on the shared RabbitMQ and PostgreSQL (tests/sweep.py)."""
+    if hasattr(session.config, "workerinput"):
+        return  # a pytest-xdist worker: the controller swept before starting it
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(sweep(PG_URL))
@@ -138,3 +143,46 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float = 20.0, what: str = 
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout_s}s waiting for {what or predicate}")
         time.sleep(0.05)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With pytest-xdist (``-n``), the fault tests share one worker: they start RabbitMQ
+    nodes and a PostgreSQL server of their own once per session, not once per worker."""
+    for item in items:
+        if item.get_closest_marker("faults") is not None:
+            item.add_marker(pytest.mark.xdist_group("faults"))
+
+
+#: the fault scenarios' figures the pytest-xdist workers handed over (tests/faults/conftest.py)
+_WORKERS_FIGURES: list[dict[str, Any]] = []
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook, called in the controller
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    _WORKERS_FIGURES.extend(getattr(node, "workeroutput", {}).get("fault_figures", []))
+
+
+def _fault_figures() -> list[dict[str, Any]]:
+    """What the fault scenarios recorded, in this process or in the workers."""
+    return [dataclasses.asdict(f) for f in FIGURES] + _WORKERS_FIGURES
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """``CASEBROKER_FAULTS_FIGURES=path.json``: the fault scenarios' figures, as JSON."""
+    path = os.environ.get("CASEBROKER_FAULTS_FIGURES")
+    figures = _fault_figures()
+    if path and figures and not hasattr(session.config, "workeroutput"):
+        Path(path).write_text(json.dumps(figures, indent=2))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    figures = _fault_figures()
+    if not figures:
+        return
+    terminalreporter.section("fault figures")
+    for f in figures:
+        terminalreporter.write_line(
+            f"{f['name']}: submitted {f['submitted']}, dossiers {f['dossiers']}, resolved "
+            f"{f['resolved']}, bad {f['bad_inputs']}, triaged {f['triaged']}, lost "
+            f"{f['lost']}, dup→agency {f['duplicate_deliveries_to_agencies']}, dup→desk "
+            f"{f['duplicate_deliveries_to_desks']} {f['extra']}")

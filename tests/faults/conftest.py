@@ -4,19 +4,17 @@ Nothing here touches the system RabbitMQ (5672) or PostgreSQL (5432). Every
 private server gets free ports and a node name of its own per session, so two
 sessions (two developers running ``pytest -q``) never meet. A single node, a
 three-node cluster (started only when a test asks), one PostgreSQL.
-``CASEBROKER_FAULTS_FIGURES=path.json`` writes the figures each scenario recorded.
+``CASEBROKER_FAULTS_FIGURES=path.json`` writes the figures each scenario recorded
+(tests/conftest.py, which also prints them after the run, from whichever worker ran them).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -97,18 +95,8 @@ def scenario(pg: PgServer, tmp_path: Path) -> Iterator[Callable[..., Scenario]]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    path = os.environ.get("CASEBROKER_FAULTS_FIGURES")
-    if path and FIGURES:
-        Path(path).write_text(json.dumps([dataclasses.asdict(f) for f in FIGURES], indent=2))
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not FIGURES:
-        return
-    terminalreporter.section("fault figures")
-    for f in FIGURES:
-        terminalreporter.write_line(
-            f"{f.name}: submitted {f.submitted}, dossiers {f.dossiers}, resolved {f.resolved}, "
-            f"bad {f.bad_inputs}, triaged {f.triaged}, lost {f.lost}, dup→agency "
-            f"{f.duplicate_deliveries_to_agencies}, dup→desk {f.duplicate_deliveries_to_desks}"
-            f" {f.extra}")
+    """Under pytest-xdist, a worker hands its scenarios' figures to the controller, which
+    prints and writes them (tests/conftest.py); run alone, this process does."""
+    if FIGURES and hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["fault_figures"] = [
+            dataclasses.asdict(f) for f in FIGURES]

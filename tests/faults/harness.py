@@ -497,5 +497,5 @@ FIGURES: list[Figures] = []
 
 
 def record(f: Figures) -> None:
-    """Keep a scenario's figures for the session summary (tests/faults/conftest.py)."""
+    """Keep a scenario's figures for the session summary (tests/conftest.py)."""
     FIGURES.append(f)
