@@ -126,7 +126,23 @@ def given_s(row: Mapping[str, Any], calendar: WorkingCalendar, *, step: bool = F
     given to anyone (counted in, it made a short dossier at risk on its return)."""
     if step:
         return _planned_s(row["steps"][row["step"] - 1], row["step_due_at"], calendar)
+    if (plan := _calendar_days_alone(row)) is not None:
+        # one step in calendar days, whose end may have been moved past days off onto a
+        # working day (calendar.py): counted back from the due date, the days moved over
+        # were lost. Its due date as its receipt gives it says it was never paused; then
+        # the plan ran from the clock's start to the due date, the days moved over too
+        start = calendar.clock_start(row["received_at"])
+        if calendar.on_a_working_day(start + timedelta(days=float(plan["amount"]))) == row["due_at"]:
+            return calendar.working_seconds_between(start, row["due_at"])
     return sum(_planned_s(plan, row["due_at"], calendar) for plan in row["steps"])
+
+
+def _calendar_days_alone(row: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The plan of a dossier of one step, in calendar days, whose receipt is known."""
+    steps = row["steps"]
+    if len(steps) != 1 or row.get("received_at") is None:
+        return None
+    return steps[0] if DurationUnit(steps[0]["unit"]) == DurationUnit.CALENDAR_DAYS else None
 
 
 def _planned_s(plan: Mapping[str, Any], due: datetime, calendar: WorkingCalendar) -> float:

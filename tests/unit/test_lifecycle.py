@@ -153,6 +153,30 @@ def test_a_short_dossier_is_at_risk_for_the_last_share_of_its_time(
     assert level_for(row, _vn(now), CAL, SETTINGS) == expected
 
 
+@pytest.mark.parametrize(
+    ("due", "now", "expected"),
+    [
+        # received Thu 09:00 with 3 calendar days: due Sun 09:00, moved to Mon 09:00. It
+        # was given Thu 6 h + Fri 8 h + Mon 2 h = 16 h, so at risk for its last 4 h; counted
+        # back from Monday, only Fri + Mon (8 h): at risk 2 h before, with 3 h left
+        ("2026-12-14 09:00", "2026-12-11 13:59", NOTHING_SENT),  # 5 h left
+        ("2026-12-14 09:00", "2026-12-11 16:00", AT_RISK),  # 3 h left
+        # a due date the receipt does not give (a pause moved it): its plan is counted
+        # back from it, the paused days given to nobody: Mon 8 h + Tue 2 h = 10 h
+        ("2026-12-15 09:00", "2026-12-14 14:00", NOTHING_SENT),  # 5 h left
+        ("2026-12-15 09:00", "2026-12-14 16:00", NOTHING_SENT),  # 3 h left, over 2.5
+        ("2026-12-15 09:00", "2026-12-14 16:31", AT_RISK),
+    ],
+)
+def test_calendar_days_moved_past_days_off_were_given_the_days_moved_over(
+        due: str, now: str, expected: int) -> None:
+    row = {**_row(), "received_at": _vn("2026-12-10 09:00"), "due_at": _vn(due),
+           "steps": [{"agency_id": "A", "amount": 3, "unit": "calendar_days"}]}
+    assert CAL.due_at(row["received_at"], 3, "calendar_days") == _vn("2026-12-14 09:00")
+    assert given_s(row, CAL) == (16 if due.startswith("2026-12-14") else 10) * 3600
+    assert level_for(row, _vn(now), CAL, SETTINGS) == expected
+
+
 def test_a_chain_dossier_is_given_its_steps_times_together() -> None:
     row = {**_row(), "steps": [{"agency_id": "A", "amount": 2, "unit": "working_days"},
                                {"agency_id": "B", "amount": 4, "unit": "working_hours"}]}
