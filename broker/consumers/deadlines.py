@@ -132,7 +132,8 @@ def given_s(row: Mapping[str, Any], calendar: WorkingCalendar, *, step: bool = F
         # were lost. Its due date as its receipt gives it says it was never paused; then
         # the plan ran from the clock's start to the due date, the days moved over too
         start = calendar.clock_start(row["received_at"])
-        if calendar.on_a_working_day(start + timedelta(days=float(plan["amount"]))) == row["due_at"]:
+        planned_end = start + timedelta(days=float(plan["amount"]))
+        if calendar.on_a_working_day(planned_end) == row["due_at"]:
             return calendar.working_seconds_between(start, row["due_at"])
     return sum(_planned_s(plan, row["due_at"], calendar) for plan in row["steps"])
 
