@@ -61,6 +61,7 @@ from broker.messages import (
     encode,
     kind_of,
     new_id,
+    shown_id,
     utc_now,
 )
 from broker.topology import INTAKE_KEY, STATUS_KEY, Topology
@@ -364,8 +365,8 @@ class DeskClient(BrokerClient):
         (``casebroker dead-letters refuse``): final, like any refusal at intake.
         """
         if dossier.desk_id != self.desk_id:
-            raise ValueError(f"dossier names desk {dossier.desk_id}, this client is desk "
-                             f"{self.desk_id}: nothing was sent")
+            raise ValueError(f"dossier names desk {shown_id(dossier.desk_id)}, this client "
+                             f"is desk {self.desk_id}: nothing was sent")
         message_id = f"submit:{dossier.submission_id}"
         self.publish(dossier, exchange=self.topology.intake_exchange, routing_key=INTAKE_KEY,
                      message_id=message_id)

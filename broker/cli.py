@@ -668,8 +668,18 @@ def _unopened_submission(ledger: Ledger, submission: str, args: argparse.Namespa
     """What became of a submission that opened no dossier: each delivery of it that was
     dead-lettered or triaged, and where to look at it, and its refusal at intake if an
     operator refused it; exit 1 when the ledger has none of these."""
-    deliveries = ledger.unopened_submission(submission)
+    from broker.messages import shown_id
+    from broker.ops.deadletters import shown_message_id
+
+    # ids as the dead-letters commands show (and take) them: a desk's own message id, and
+    # the notice ids made from it, may hold a name or an id number, and a desk id the
+    # catalog lacks (refused --without-notice) a phone number
+    deliveries = [dict(d, message_id=shown_message_id(d["message_id"]))
+                  for d in ledger.unopened_submission(submission)]
     refusal = ledger.refusal(submission)
+    if refusal is not None:
+        refusal.update({k: shown_message_id(refusal[k]) for k in ("message_id", "notice_id")}
+                       | {k: shown_id(refusal[k]) for k in ("desk_id", "refused_by")})
     if args.json:
         print(json.dumps({"submission_id": submission, "dossier": None,
                           "deliveries": deliveries, "refusal": refusal}, default=str,

@@ -52,6 +52,21 @@ def shown_id(value: str) -> str:
     return f"<{len(value)} characters withheld: a phone or id number?>"
 
 
+#: a MIME content type, with parameters (``application/json; charset=utf-8``)
+_MIME_TOKEN = r"[A-Za-z0-9!#$&^_.+-]{1,64}"
+_CONTENT_TYPE = re.compile(rf"{_MIME_TOKEN}/{_MIME_TOKEN}"
+                           rf"(?:\s*;\s*{_MIME_TOKEN}=(\"?)[A-Za-z0-9!#$&^_.+/-]{{0,64}}\1)*")
+
+
+def shown_content_type(value: str) -> str:
+    """A sender's content type as a dead letter's detail, a log or the dead-letter tools
+    may quote it: as it is when it looks like one, else ``<withheld>`` (a sender may have
+    put a name or a phone number in it)."""
+    if _CONTENT_TYPE.fullmatch(value) and PERSONAL_DIGITS.search(value) is None:
+        return value
+    return "<withheld>"
+
+
 # \d in the published JSON Schema is ECMA-262's: the ASCII digits 0-9. pydantic's own
 # regex engine reads it as any Unicode digit, so decode() took an Arabic-Indic or
 # full-width code the schema refuses (and no catalog holds: triaged as unknown). Compiled
@@ -590,7 +605,8 @@ def decode(
     casebroker may be larger than what goes to it: :data:`MAX_BROKER_BODY_BYTES`).
     """
     if content_type not in (CONTENT_TYPE, None, ""):
-        raise DecodeError("wrong_content_type", f"content type {content_type!r} is not JSON")
+        raise DecodeError("wrong_content_type",
+                          f"content type {shown_content_type(content_type)!r} is not JSON")
     if len(body) > max_bytes:
         raise DecodeError("too_large", f"{len(body)} bytes over the {max_bytes}-byte limit")
     try:

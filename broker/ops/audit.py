@@ -188,6 +188,7 @@ def _queues(topology: Topology) -> tuple[dict[str, int] | None, list[str] | None
     queues read as `dead-letters list` reads them (each message put back as a fresh copy,
     never returned, which a queue with a delivery limit counts). None for what could not
     be read, and why."""
+    from broker.ops.deadletters import shown_message_id
     from broker.ops.queues import OperatorBusy, channel, depth, read_back
 
     names = {"intake": topology.intake_queue, "status": topology.status_queue,
@@ -201,7 +202,10 @@ def _queues(topology: Topology) -> tuple[dict[str, int] | None, list[str] | None
                 if not depths[f"dead.{source}"]:
                     continue
                 read = read_back(ch, topology, source)
-                found += [m.message_id for m in read.taken if REASON_HEADER not in m.headers
+                # as the dead-letters commands show (and take) them: a sender's id may
+                # hold a name or an id number
+                found += [shown_message_id(m.message_id) for m in read.taken
+                          if REASON_HEADER not in m.headers
                           and m.headers.get("x-first-death-reason") in (
                               "delivery_limit", b"delivery_limit")]
                 if read.failed:

@@ -64,6 +64,7 @@ from broker.messages import (
     NoticeKind,
     Subject,
     decode,
+    shown_content_type,
     shown_id,
     utc_now,
 )
@@ -118,10 +119,6 @@ _HEX_ID = re.compile(_UUID.pattern + r"|[0-9a-f]{16,64}")
 #: what a message id casebroker or its SDK makes looks like: ids, codes, times, kinds,
 #: and a replay's #replayN (AMQP allows 255 characters)
 _MESSAGE_ID = re.compile(r"[A-Za-z0-9._:+/#@-]{0,255}")
-#: a MIME content type, with parameters (``application/json; charset=utf-8``)
-_MIME_TOKEN = r"[A-Za-z0-9!#$&^_.+-]{1,64}"
-_CONTENT_TYPE = re.compile(rf"{_MIME_TOKEN}/{_MIME_TOKEN}"
-                           rf"(?:\s*;\s*{_MIME_TOKEN}=(\"?)[A-Za-z0-9!#$&^_.+/-]{{0,64}}\1)*")
 #: a message id as shown when it is not one of those (:func:`shown_message_id`)
 _WITHHELD_ID = re.compile(r"withheld-[0-9a-f]{16}")
 
@@ -270,7 +267,8 @@ def refuse(ch: BlockingChannel, topology: Topology, ledger: Ledger, msg: Taken, 
     assert isinstance(dossier, DossierSubmitted)
     untold = missing(ch, topology.desk_queue(dossier.desk_id))
     if untold is not None and not without_notice:
-        why = untold
+        # the queue's name holds the desk id, which may be a phone or id number
+        why = untold.replace(dossier.desk_id, shown_id(dossier.desk_id))
         if _text(msg.headers.get(REASON_HEADER)) == "unknown_desk":
             why = ("the catalog has no such desk (triaged as unknown_desk), so it has no "
                    "queue: add the desk to the catalog (a running router declares its "
@@ -338,9 +336,8 @@ def describe(which: str, msg: Taken) -> dict[str, Any]:
             "reason": _token_or_withheld(reason), "detail": _text(h.get(DETAIL_HEADER)),
             "source": _token_or_withheld(_text(h.get(SOURCE_HEADER))),
             "type": _token_or_withheld(_text(msg.properties.type)),
-            "content_type": content_type if content_type is None or (
-                _CONTENT_TYPE.fullmatch(content_type)
-                and PERSONAL_DIGITS.search(content_type) is None) else "<withheld>",
+            "content_type": content_type if content_type is None else shown_content_type(
+                content_type),
             "correlation_id": _token_or_withheld(msg.properties.correlation_id),
             "sent_by": sent_by(msg.properties),
             "size": len(msg.body),

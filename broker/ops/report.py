@@ -83,6 +83,7 @@ from broker.lifecycle import (
     is_overdue,
     timeliness,
 )
+from broker.messages import shown_id
 from broker.ops.progress import Progress
 from broker.tables import DOCUMENTS, STEP_OWN_DUE
 
@@ -352,7 +353,11 @@ def _closed_while_held(conn: Connection, by: str | None, start: datetime, end: d
             select(column, refusals.c.state, func.count()).select_from(refusals)
             .where(refusals.c.refused_at >= start, refusals.c.refused_at < end)
             .group_by(column, refusals.c.state)):
-        closed[UNOPENED[int(state)]][str(key)] = int(n)
+        # a desk id only refusals have (junk refused --without-notice) may be a phone
+        # number: withheld, and ids withheld alike counted together
+        name = shown_id(str(key)) if by == "desk" else str(key)
+        counts = closed[UNOPENED[int(state)]]
+        counts[name] = counts.get(name, 0) + int(n)
     return closed
 
 

@@ -44,6 +44,7 @@ from broker.ledger import (
 )
 from broker.lifecycle import State
 from broker.messages import NoticeKind
+from broker.ops.deadletters import shown_message_id
 from broker.ops.progress import Progress
 from broker.tables import is_pruned
 from broker.topology import Topology
@@ -220,18 +221,23 @@ def _cmd_resend(args: argparse.Namespace) -> int:
                            f"no exchange {out.exchange!r}: `casebroker topology declare` "
                            "first" if getattr(e, "reply_code", 0) == 404
                            else f"refused by RabbitMQ ({e})")
-                    print(f"error: {out.message_id}: {why}; {len(sent)} of {len(found)} "
-                          "sent", file=sys.stderr)
+                    print(f"error: {shown_message_id(out.message_id)}: {why}; {len(sent)} "
+                          f"of {len(found)} sent", file=sys.stderr)
                     return 1
                 sent.append(out.message_id)
                 progress(len(sent), len(found))
-    ids = [o.message_id for o in found]
+    # as the dead-letters commands show them: a notice's id may be made from a desk's own
+    # message id (held, refused), which may hold a name or an id number
+    ids = [shown_message_id(o.message_id) for o in found]
+    missing = [shown_message_id(m) for m in missing]
     if args.json:
         report: dict[str, Any] = {party: party_id, "dry_run": args.dry_run}
         if party == "desk":
             report["since"] = args.since.isoformat()
-        listing = ({"assignments": [o.message_id for o in found if o.type == "dossier.assigned"],
-                    "supplements": [o.message_id for o in found if o.type != "dossier.assigned"]}
+        listing = ({"assignments": [i for i, o in zip(ids, found, strict=True)
+                                    if o.type == "dossier.assigned"],
+                    "supplements": [i for i, o in zip(ids, found, strict=True)
+                                    if o.type != "dossier.assigned"]}
                    if party == "agency" else {"notices": ids})
         print(json.dumps(report | listing | {"sent": len(sent), "missing": missing}))
     else:

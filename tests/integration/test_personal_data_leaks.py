@@ -1,0 +1,207 @@
+"""Personal data that reached an operator's screen or a log line through a path the
+earlier reviews missed (the real RabbitMQ and ledger of this machine).
+
+A sender's content type, message id or desk id may hold a phone or id number or a name
+(the contract lets a desk's own mistakes through); each test sends one and reads what the
+operator is shown."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+
+from broker.ledger import Ledger
+from broker.topology import DELIVERY_LIMIT, INTAKE_KEY, Topology
+from tests.conftest import RunningBroker, queue_depth, wait_for
+from tests.helpers import Amqp, cli, dossier
+
+pytestmark = pytest.mark.integration
+
+PHONE = "0912345678"
+NAME = "Nguyễn Văn An"
+
+
+def test_a_content_type_holding_a_phone_number_is_not_quoted_in_the_dead_letters_detail(
+        declared: Topology, ledger: Ledger, run_broker: Callable[..., RunningBroker],
+        amqp: Amqp, capsys: pytest.CaptureFixture[str]) -> None:
+    # the router dead-lettered it as wrong_content_type with the detail "content type
+    # 'text/plain; name=0912345678' is not JSON", which `dead-letters list` prints whole
+    # (it withholds the same value in its content_type column)
+    t = declared
+    run_broker()
+    amqp.publish(t.intake_exchange, INTAKE_KEY, b"{}", message_id="odd:1",
+                 type="dossier.submitted", content_type=f"text/plain; name={PHONE}")
+    amqp.publish(t.intake_exchange, INTAKE_KEY, b"{}", message_id="odd:2",
+                 type="dossier.submitted", content_type=NAME)
+    amqp.publish(t.intake_exchange, INTAKE_KEY, b"{}", message_id="plain:1",
+                 type="dossier.submitted", content_type="text/plain")
+    wait_for(lambda: queue_depth(t.dead_queue("intake")) == 3, what="three dead letters")
+    rc, out, err = cli(capsys, t, "dead-letters", "list", "--queue", "intake")
+    assert rc == 0, err
+    assert PHONE not in out + err and "Nguy" not in out + err, out
+    rc, out, err = cli(capsys, t, "dead-letters", "list", "--queue", "intake", "--json")
+    assert rc == 0, err
+    details = {m["message_id"]: (m["reason"], m["detail"]) for m in json.loads(out)}
+    assert details["plain:1"] == ("wrong_content_type",
+                                  "content type 'text/plain' is not JSON")  # still said
+    assert {details[m][0] for m in ("odd:1", "odd:2")} == {"wrong_content_type"}
+    assert PHONE not in out and "Nguy" not in out, out
+
+
+def test_refusing_a_triaged_dossier_whose_desk_has_no_queue_never_names_its_queue(
+        declared: Topology, ledger: Ledger, run_broker: Callable[..., RunningBroker],
+        amqp: Amqp, capsys: pytest.CaptureFixture[str]) -> None:
+    # a phone number in desk_id and a procedure the catalog lacks: triaged as
+    # unknown_procedure (looked up before the desk), so `refuse` said "desk <withheld>
+    # has nobody to tell: no queue <prefix>.desk.0912345678901 (...)"
+    t = declared
+    run_broker()
+    junk = dossier("9.999999", desk_id=f"{PHONE}901")
+    amqp.submit(t, junk)
+    wait_for(lambda: queue_depth(t.triage_queue) == 1, what="triaged")
+    mid = f"submit:{junk.submission_id}"
+    refuse = ("dead-letters", "refuse", "--id", mid, "--reason", "no such procedure",
+              "--db-url", ledger.url)
+    rc, out, err = cli(capsys, t, *refuse)
+    assert rc == 1 and "has nobody to tell" in err, err
+    assert PHONE not in out + err, err
+    rc, out, err = cli(capsys, t, *refuse, "--json")
+    assert rc == 1 and "has nobody to tell" in out, out
+    assert PHONE not in out + err, out
+    assert ledger.refusal(str(junk.submission_id)) is None
+    assert queue_depth(t.triage_queue) == 1  # put back
+
+
+def test_the_audit_shows_a_sender_message_id_holding_personal_data_as_its_digest(
+        declared: Topology, ledger: Ledger, amqp: Amqp,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # a delivery RabbitMQ dead-lettered at its delivery limit: the audit advises
+    # `dead-letters replay --id <its message id>`, and printed the sender's id whole, where
+    # every dead-letters command shows (and takes) such an id as withheld-<digest>
+    t = declared
+    named = f"{NAME} {PHONE}"
+    amqp.publish(t.intake_exchange, INTAKE_KEY, b"{}", message_id=named,
+                 type="dossier.submitted")
+    for _ in range(DELIVERY_LIMIT + 5):
+        method, _, _ = amqp.ch.basic_get(t.intake_queue)
+        if method is None:
+            break
+        amqp.ch.basic_nack(method.delivery_tag, requeue=True)
+    wait_for(lambda: queue_depth(t.dead_queue("intake")) == 1, what="the delivery limit")
+    rc, out, err = cli(capsys, t, "dead-letters", "list", "--queue", "intake", "--json")
+    (listed,) = json.loads(out)
+    shown = listed["message_id"]
+    assert shown.startswith("withheld-")
+    rc, out, err = cli(capsys, t, "audit", "--db-url", ledger.url)
+    assert rc == 1 and f"dead-letters replay --id {shown}" in out, out + err
+    assert PHONE not in out + err and "Nguy" not in out + err, out
+    rc, out, err = cli(capsys, t, "audit", "--db-url", ledger.url, "--json")
+    assert rc == 1 and json.loads(out)["exhausted"] == [shown], out
+    assert queue_depth(t.dead_queue("intake")) == 1
+
+
+def test_dossier_show_of_a_triaged_submission_shows_a_personal_message_id_as_its_digest(
+        declared: Topology, ledger: Ledger, run_broker: Callable[..., RunningBroker],
+        amqp: Amqp, capsys: pytest.CaptureFixture[str]) -> None:
+    # `dossier show <submission id>` lists each delivery of a submission that opened no
+    # dossier by the id to give `dead-letters show`, and printed the desk's own message
+    # id whole: the dead-letters tools show and take it as withheld-<digest>
+    t = declared
+    run_broker()
+    held = dossier("9.999999")
+    named = f"{NAME} {PHONE}"
+    amqp.submit(t, held, message_id=named)
+    wait_for(lambda: queue_depth(t.triage_queue) == 1, what="triaged")
+    rc, out, err = cli(capsys, t, "dead-letters", "list", "--queue", "triage", "--json")
+    (listed,) = json.loads(out)
+    shown = listed["message_id"]
+    assert shown.startswith("withheld-")
+    for extra in ((), ("--json",)):
+        capsys.readouterr()
+        from broker.cli import main
+        rc = main(["dossier", "show", str(held.submission_id), "--db-url", ledger.url,
+                   *extra])
+        out, err = capsys.readouterr()
+        assert rc == 0, err
+        assert shown in out, out
+        assert PHONE not in out + err and "Nguy" not in out + err, out
+
+
+def test_dossier_show_of_a_submission_refused_without_notice_withholds_its_desk_and_ids(
+        declared: Topology, ledger: Ledger, run_broker: Callable[..., RunningBroker],
+        amqp: Amqp, capsys: pytest.CaptureFixture[str]) -> None:
+    # a phone number in desk_id and the desk's own message id with a name in it, refused
+    # from triage telling nobody: `refuse` withholds both, `dossier show` printed "desk
+    # 0912345678901 told as Nguyễn Văn An 0912345678:refused"
+    t = declared
+    run_broker()
+    junk = dossier(desk_id=f"{PHONE}901")
+    named = f"{NAME} {PHONE}"
+    amqp.submit(t, junk, message_id=named)
+    wait_for(lambda: queue_depth(t.triage_queue) == 1, what="triaged")
+    rc, out, err = cli(capsys, t, "dead-letters", "refuse", "--id", named, "--reason",
+                       "no such desk", "--without-notice", "--db-url", ledger.url)
+    assert rc == 0, err
+    assert PHONE not in out + err and "Nguy" not in out + err, out + err
+    from broker.cli import main
+    for extra in ((), ("--json",)):
+        capsys.readouterr()
+        rc = main(["dossier", "show", str(junk.submission_id), "--db-url", ledger.url,
+                   *extra])
+        out, err = capsys.readouterr()
+        assert rc == 0 and "no such desk" in out, err  # the operator's reason, as before
+        assert PHONE not in out + err and "Nguy" not in out + err, out
+
+
+def test_resend_lists_a_desk_notice_named_after_a_personal_message_id_as_its_digest(
+        declared: Topology, ledger: Ledger, run_broker: Callable[..., RunningBroker],
+        amqp: Amqp, capsys: pytest.CaptureFixture[str]) -> None:
+    # the held notice of a dossier its desk sent under its own message id is
+    # "<that id>:held": `dossier resend --desk` listed it whole, where the dead-letters
+    # commands show such an id as withheld-<digest>
+    t = declared
+    run_broker()
+    held = dossier("9.999999")
+    named = f"{NAME} {PHONE}"
+    amqp.submit(t, held, message_id=named)
+    wait_for(lambda: queue_depth(t.desk_queue("T.MC.B")) == 1, what="the held notice")
+    (props, _), = amqp.get_all(t.desk_queue("T.MC.B"))
+    assert props.message_id == f"{named}:held"  # what the desk gets is unchanged
+    from broker.cli import main
+    for extra in ((), ("--json",)):
+        capsys.readouterr()
+        rc = main(["dossier", "resend", "--desk", "T.MC.B", "--since", "2020-01-01",
+                   "--dry-run", "--db-url", ledger.url, *extra])
+        out, err = capsys.readouterr()
+        assert rc == 0 and "withheld-" in out, out + err
+        assert PHONE not in out + err and "Nguy" not in out + err, out
+
+
+def test_the_report_by_desk_withholds_a_desk_id_a_triaged_dossier_was_refused_under(
+        declared: Topology, ledger: Ledger, run_broker: Callable[..., RunningBroker],
+        amqp: Amqp, capsys: pytest.CaptureFixture[str]) -> None:
+    # junk with a phone number in desk_id, refused from triage telling nobody: its refusal
+    # is counted under its desk, and `report --by desk` made the phone number a row
+    t = declared
+    run_broker()
+    junk = dossier(desk_id=f"{PHONE}901")
+    amqp.submit(t, junk)
+    wait_for(lambda: queue_depth(t.triage_queue) == 1, what="triaged")
+    rc, out, err = cli(capsys, t, "dead-letters", "refuse", "--id",
+                       f"submit:{junk.submission_id}", "--reason", "no such desk",
+                       "--without-notice", "--db-url", ledger.url)
+    assert rc == 0, err
+    from broker.cli import main
+    for form in ((), ("--json",), ("--csv",)):
+        capsys.readouterr()
+        rc = main(["report", "--by", "desk", "--from", "2020-01-01", "--db-url", ledger.url,
+                   *form])
+        out, err = capsys.readouterr()
+        assert rc == 0, err
+        assert PHONE not in out + err, out
+    data = json.loads(main(["report", "--by", "desk", "--from", "2020-01-01", "--db-url",
+                            ledger.url, "--json"]) == 0 and capsys.readouterr().out)
+    assert data["total"]["refused_from_triage"] == 1  # still counted
+    assert [g["refused_from_triage"] for g in data["groups"].values()] == [1]
