@@ -6,6 +6,8 @@ what the models say, so the published contract cannot drift from the code.
 
 from __future__ import annotations
 
+import inspect
+import re
 from typing import Any
 
 from broker.messages import KINDS
@@ -23,6 +25,38 @@ _FLOWS = (
 )
 
 
+#: a Sphinx role in a docstring (:meth:`unsaid`, :class:`~x.Y`): shown as code
+_ROLE = re.compile(r":(?:meth|func|class|data|attr|mod|exc):`~?([^`]+)`")
+
+
+def _prose(doc: str) -> str:
+    """A docstring as the contract's readers see it: CommonMark, not reStructuredText.
+    Its indentation and line breaks go (a paragraph is one line; a list item keeps its
+    own), roles and double backquotes become code spans."""
+    text = _ROLE.sub(r"`\1`", inspect.cleandoc(doc)).replace("``", "`")
+    paragraphs = []
+    for block in text.split("\n\n"):
+        lines: list[str] = []
+        for line in block.splitlines():
+            if lines and not line.lstrip().startswith(("* ", "- ")):
+                lines[-1] += " " + line.strip()
+            else:
+                lines.append(line.strip())
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
+
+
+def _described(node: Any) -> Any:
+    """``node`` with every description in it (a JSON Schema's, at any depth) as
+    :func:`_prose`."""
+    if isinstance(node, dict):
+        return {k: _prose(v) if k == "description" and isinstance(v, str) else _described(v)
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_described(v) for v in node]
+    return node
+
+
 def asyncapi(topology: Topology | None = None) -> dict[str, Any]:
     """The AsyncAPI document of every channel and message kind."""
     t = topology or Topology()
@@ -34,10 +68,13 @@ def asyncapi(topology: Topology | None = None) -> dict[str, Any]:
         name = kind.replace(".", "_")
         schema = model.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
         for def_name, definition in schema.pop("$defs", {}).items():
-            schemas[def_name] = definition
-        schemas[name] = schema
+            schemas[def_name] = _described(definition)
+        schemas[name] = _described(schema)
+        # the first paragraph is the summary, the rest (if any) the description
+        summary, _, more = _prose(model.__doc__ or "").partition("\n\n")
         messages[name] = {
-            "name": kind, "title": model.__name__, "summary": (model.__doc__ or "").strip(),
+            "name": kind, "title": model.__name__, "summary": summary,
+            **({"description": more} if more else {}),
             "contentType": "application/json",
             "bindings": {"amqp": {"messageType": kind, "deliveryMode": 2,
                                   "bindingVersion": "0.2.0"}},

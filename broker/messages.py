@@ -254,7 +254,10 @@ class DossierStatus(_Model):
     ``rejected`` and ``stopped`` carry a ``reason`` (the citizen is told why the dossier
     ends); ``supplement_requested`` names what to bring, in ``requested_documents`` or in
     the ``reason``. The published schema says so; the status router answers one that does
-    not with ``update_refused`` (:meth:`unsaid`), and the SDK refuses to send it."""
+    not with ``update_refused``, and the SDK refuses to send it."""
+
+    # the docstring is the published contract's text (broker/contract.py): the status
+    # router and the SDK both ask unsaid(), below
 
     retry_stamped: ClassVar[frozenset[str]] = frozenset({"sent_at"})
     #: the published schema says what :meth:`unsaid` checks

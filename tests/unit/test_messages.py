@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import UTC, datetime
 
@@ -247,6 +248,38 @@ def test_published_asyncapi_document_matches_the_models() -> None:
     published = Path(__file__).parents[2] / "docs" / "asyncapi.yaml"
     assert yaml.safe_load(published.read_text()) == asyncapi(), (
         "docs/asyncapi.yaml is stale: casebroker schema --asyncapi > docs/asyncapi.yaml")
+
+
+def test_the_contract_reads_as_commonmark_not_as_a_python_docstring() -> None:
+    # the published text carried the docstrings' indentation, ``literals`` and a
+    # :meth:`unsaid` role, which mean nothing to an integrator
+    from broker.contract import asyncapi
+
+    texts: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("summary", "description") and isinstance(value, str):
+                    texts.append(value)
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    doc = asyncapi()
+    walk(doc)
+    assert len(texts) > 20
+    for text in texts:
+        assert "``" not in text and not re.search(r":\w+:`", text), text
+        assert "\n " not in text, text  # no docstring indentation
+    status = doc["components"]["messages"]["dossier_status"]
+    assert status["summary"] == ("agency → broker: a status update from the dossier's "
+                                 "current assignee.")
+    assert status["description"].startswith("`rejected` and `stopped` carry a `reason`")
+    allowed = doc["components"]["schemas"]["AgencyStatus"]["description"]
+    assert "\n- received (2): accepted, processing, supplement_requested, rejected, " \
+        "resolved\n- processing (4):" in allowed
 
 
 def test_new_ids_are_version_7_and_sort_by_time() -> None:
