@@ -205,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     topo = sub.add_parser("topology", help="declare or delete exchanges and queues")
     topo_sub = topo.add_subparsers(dest="action", required=True)
     p = topo_sub.add_parser("declare", help="declare the catalog's topology (idempotent; "
-                            "`run` does it too, and declares new agencies' queues on reload)")
+                            "`run` does it too, and again on each reload, so new desks' and "
+                            "agencies' queues appear)")
     _common(p, prefix=True)
     p = topo_sub.add_parser("delete", help="delete every queue and exchange under the prefix; "
                             "refused while a queue holds messages or has consumers")
@@ -236,7 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
         "show", help="a dossier and its process-control history, by its code or by the "
                      "submission id its desk sent it under (also one that opened no dossier)")
     show.add_argument("code", help="a dossier code, or a submission id")
-    show.add_argument("--json", action="store_true")
+    show.add_argument("--json", action="store_true",
+                      help="print one JSON object: the dossier and its history, or what "
+                      "became of a submission that opened none")
     show.add_argument("--tz", type=zone, default="Asia/Ho_Chi_Minh",
                       help="time zone of the times shown (default Asia/Ho_Chi_Minh)")
     _common(show, catalog=False, db=True)
@@ -251,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="open and past the due time now (a paused clock is not late)")
     listing.add_argument("--limit", type=at_least(1), default=100,
                          help="at most this many (default 100)")
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--json", action="store_true",
+                         help="print one JSON object: the dossiers, and whether more matched")
     listing.add_argument("--tz", type=zone, default="Asia/Ho_Chi_Minh",
                          help="time zone of the times shown (default Asia/Ho_Chi_Minh)")
     _common(listing, catalog=False, db=True)
@@ -278,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     users = sub.add_parser("users", help="one RabbitMQ user per desk and agency")
     users_sub = users.add_subparsers(dest="action", required=True)
     plan = users_sub.add_parser("plan", help="print every user and its permissions")
-    plan.add_argument("--json", action="store_true")
+    plan.add_argument("--json", action="store_true",
+                      help="print a JSON list, one object per user and its permissions")
     _common(plan, prefix=True)
     apply_ = users_sub.add_parser("apply", help="create missing users, set permissions")
     _common(apply_, prefix=True)

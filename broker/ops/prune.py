@@ -295,9 +295,11 @@ def _n(count: int, one: str, many: str | None = None) -> str:
 def register(actions: Any) -> None:
     """Add `casebroker ledger prune` to the ledger's actions."""
     p = actions.add_parser(
-        "prune", help="erase the personal data (submissions, assignments, dead letters' and "
-        "triage copies' bodies) of what closed more than --keep-days ago; ids, codes, "
-        "states, times and digests stay, for the audit, the report and duplicate checks")
+        "prune", help="erase the personal data (submissions, assignments, supplements' "
+        "documents, dead letters' and triage copies' bodies, the submissions of refusals "
+        "at intake, the reasons of withdrawals whose submission never came) of what closed "
+        "more than --keep-days ago; ids, codes, states, times and digests stay, for the "
+        "audit, the report and duplicate checks")
     p.add_argument("--keep-days", required=True, type=at_least(MIN_KEEP_DAYS),
                    help=f"retention in days after a dossier closed (at least {MIN_KEEP_DAYS})")
     p.add_argument("--dry-run", action="store_true", help="count, erase nothing")

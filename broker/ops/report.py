@@ -443,7 +443,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
                        "received, resolved early/on time/late, open and overdue, online, "
                        "boundary-free, digitized and satisfaction shares, per agency, desk "
                        "or procedure")
-    p.add_argument("--from", dest="from_", type=day,
+    p.add_argument("--from", dest="from_", type=day, metavar="FROM",
                    help="first day received (default: the first day of --to's quarter)")
     p.add_argument("--to", type=day, help="last day received, included (default: today)")
     p.add_argument("--by", choices=GROUPS, help="a row per agency, desk or procedure")
