@@ -62,6 +62,7 @@ from broker.messages import (
     kind_of,
     new_id,
     shown_id,
+    shown_message_id,
     utc_now,
 )
 from broker.topology import INTAKE_KEY, STATUS_KEY, Topology
@@ -692,7 +693,7 @@ class Inbox:
         except DecodeError as e:
             # the reason code and detail never echo field values (no personal data)
             log.error("poison message %s on %s (%s); dead-lettering",
-                      props.get("message_id"), queue, e)
+                      _logged_id(props.get("message_id")), queue, e)
             delivery.reject(requeue=False)
             return
         received = Received(queue, props.get("message_id"), props.get("type"),
@@ -702,15 +703,15 @@ class Inbox:
             handler(received)
         except RetryLater as e:
             # the message is fine: no reason to log more than its id
-            log.info("handler asked to retry %s from %s in %g s", received.message_id,
-                     queue, e.after_s)
+            log.info("handler asked to retry %s from %s in %g s",
+                     _logged_id(received.message_id), queue, e.after_s)
             self._held.appendleft((queue, delivery))
             self._retry_at = time.monotonic() + max(e.after_s, RETRY_MIN_S)
             return
         except Exception as e:
             # the type and where it was raised, never the message: it may quote personal data
             log.error("handler failed on %s from %s (%s); dead-lettering",
-                      received.message_id, queue, without_values(e))
+                      _logged_id(received.message_id), queue, without_values(e))
             delivery.reject(requeue=False)
             return
         delivery.ack()
@@ -736,6 +737,12 @@ def _message(model: type[_M], **fields: Any) -> _M:
         problems = describe_validation_error(e)
     kind = str(model.model_fields["schema_"].default).removeprefix("casebroker.")
     raise ValueError(f"{kind.split('/')[0]}: {problems}; nothing was sent")
+
+
+def _logged_id(message_id: str | None) -> str | None:
+    """A delivery's message id as the Inbox logs it: a notice's id may be made from the
+    desk's own message id, which may hold a name or an id number (withheld, digested)."""
+    return None if message_id is None else shown_message_id(message_id)
 
 
 def _listed(name: str, values: Iterable[Any]) -> list[Any]:

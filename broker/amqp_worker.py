@@ -33,6 +33,7 @@ from pika.spec import Basic, BasicProperties
 from broker import threads
 from broker.envelope import Outbound, as_text, portable_headers
 from broker.errors import HandlerFault, TransientError, without_values
+from broker.messages import shown_message_id
 
 if TYPE_CHECKING:
     from broker.amqp import ConsumerService
@@ -576,8 +577,8 @@ class QueueWorker:
             # Only a sender's headers copied onto a dead letter can do this, from an outbox
             # row written before they were made portable: send them made portable now
             log.warning("message %s to %s could not be encoded (%s); publishing it with "
-                        "its headers made portable", out.message_id, out.exchange,
-                        type(e).__name__)
+                        "its headers made portable", shown_message_id(out.message_id),
+                        out.exchange, type(e).__name__)
             self.channel.basic_publish(
                 out.exchange, out.routing_key, out.body, properties_for(
                     replace(out, headers=portable_headers(out.headers or {})),

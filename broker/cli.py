@@ -673,8 +673,7 @@ def _unopened_submission(ledger: Ledger, submission: str, args: argparse.Namespa
     """What became of a submission that opened no dossier: each delivery of it that was
     dead-lettered or triaged, and where to look at it, and its refusal at intake if an
     operator refused it; exit 1 when the ledger has none of these."""
-    from broker.messages import shown_id
-    from broker.ops.deadletters import shown_message_id
+    from broker.messages import shown_id, shown_message_id
 
     # ids as the dead-letters commands show (and take) them: a desk's own message id, and
     # the notice ids made from it, may hold a name or an id number, and a desk id the

@@ -52,6 +52,27 @@ def shown_id(value: str) -> str:
     return f"<{len(value)} characters withheld: a phone or id number?>"
 
 
+#: a UUID as text; its hexadecimal digits are no phone or id number
+UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+                       r"[0-9a-fA-F]{12}")
+#: what a message id casebroker or its SDK makes looks like: ids, codes, times, kinds,
+#: and a replay's #replayN (AMQP allows 255 characters)
+_MESSAGE_ID = re.compile(r"[A-Za-z0-9._:+/#@-]{0,255}")
+#: a message id as shown when it is not one of those (:func:`shown_message_id`)
+_WITHHELD_ID = re.compile(r"withheld-[0-9a-f]{16}")
+
+
+def shown_message_id(mid: str) -> str:
+    """A message id as logs and the operator's tools print it (the dead-letter tools take
+    it back, ``--id``): as it is when it is a plain id (every id casebroker and its SDK
+    make); else, since a sender may have put a name or an id number in it, ``withheld-``
+    and 16 hex digits of its SHA-256."""
+    if _WITHHELD_ID.fullmatch(mid) or (_MESSAGE_ID.fullmatch(mid) and PERSONAL_DIGITS.search(
+            UUID_TEXT.sub("", mid)) is None):
+        return mid
+    return "withheld-" + hashlib.sha256(mid.encode()).hexdigest()[:16]
+
+
 #: a MIME content type, with parameters (``application/json; charset=utf-8``)
 _MIME_TOKEN = r"[A-Za-z0-9!#$&^_.+-]{1,64}"
 _CONTENT_TYPE = re.compile(rf"{_MIME_TOKEN}/{_MIME_TOKEN}"

@@ -188,7 +188,7 @@ def _queues(topology: Topology) -> tuple[dict[str, int] | None, list[str] | None
     queues read as `dead-letters list` reads them (each message put back as a fresh copy,
     never returned, which a queue with a delivery limit counts). None for what could not
     be read, and why."""
-    from broker.ops.deadletters import shown_message_id
+    from broker.messages import shown_message_id
     from broker.ops.queues import OperatorBusy, channel, depth, read_back
 
     names = {"intake": topology.intake_queue, "status": topology.status_queue,

@@ -57,6 +57,7 @@ from broker.lifecycle import State
 from broker.messages import (
     CONTENT_TYPE,
     PERSONAL_DIGITS,
+    UUID_TEXT,
     Applicant,
     DeskNotice,
     DossierSubmitted,
@@ -66,6 +67,7 @@ from broker.messages import (
     decode,
     shown_content_type,
     shown_id,
+    shown_message_id,
     utc_now,
 )
 from broker.ops.progress import Progress
@@ -113,14 +115,7 @@ _TOKEN = re.compile(r"[A-Za-z0-9._:+/-]{0,100}")
 #: failed its checks for that reason. No id, code, state or time of the contract has such
 #: a run of digits, but for hexadecimal ones (UUIDs, the catalog's hash), shown when they
 #: are well-formed
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
-                   r"[0-9a-fA-F]{12}")
-_HEX_ID = re.compile(_UUID.pattern + r"|[0-9a-f]{16,64}")
-#: what a message id casebroker or its SDK makes looks like: ids, codes, times, kinds,
-#: and a replay's #replayN (AMQP allows 255 characters)
-_MESSAGE_ID = re.compile(r"[A-Za-z0-9._:+/#@-]{0,255}")
-#: a message id as shown when it is not one of those (:func:`shown_message_id`)
-_WITHHELD_ID = re.compile(r"withheld-[0-9a-f]{16}")
+_HEX_ID = re.compile(UUID_TEXT.pattern + r"|[0-9a-f]{16,64}")
 
 
 def replay_id(msg: Taken) -> tuple[str, str, int]:
@@ -390,17 +385,6 @@ def _allowed(data: dict[str, Any], fields: frozenset[str], known: frozenset[str]
         else:
             others[0] += 1
     return out
-
-
-def shown_message_id(mid: str) -> str:
-    """A message id as the dead-letter tools print it and take it back (``--id``): as it
-    is when it is a plain id (every id casebroker and its SDK make); else, since a
-    sender may have put a name or an id number in it, ``withheld-`` and 16 hex digits of
-    its SHA-256. ``--id`` takes either form."""
-    if _WITHHELD_ID.fullmatch(mid) or (_MESSAGE_ID.fullmatch(mid) and PERSONAL_DIGITS.search(
-            _UUID.sub("", mid)) is None):
-        return mid
-    return "withheld-" + hashlib.sha256(mid.encode()).hexdigest()[:16]
 
 
 def _shown(msg: Taken) -> str:

@@ -43,8 +43,7 @@ from broker.ledger import (
     watch_outbox,
 )
 from broker.lifecycle import State
-from broker.messages import NoticeKind
-from broker.ops.deadletters import shown_message_id
+from broker.messages import NoticeKind, shown_message_id
 from broker.ops.progress import Progress
 from broker.tables import is_pruned
 from broker.topology import Topology

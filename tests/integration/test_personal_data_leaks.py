@@ -8,14 +8,18 @@ operator is shown."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 
+import pika
 import pytest
 
+from adapters.client import DeskClient, Inbox, Received, RetryLater
 from broker.ledger import Ledger
 from broker.topology import DELIVERY_LIMIT, INTAKE_KEY, Topology
 from tests.conftest import RunningBroker, queue_depth, wait_for
 from tests.helpers import Amqp, cli, dossier
+from tests.integration.test_client import Live, desk_notice
 
 pytestmark = pytest.mark.integration
 
@@ -205,3 +209,34 @@ def test_the_report_by_desk_withholds_a_desk_id_a_triaged_dossier_was_refused_un
                             ledger.url, "--json"]) == 0 and capsys.readouterr().out)
     assert data["total"]["refused_from_triage"] == 1  # still counted
     assert [g["refused_from_triage"] for g in data["groups"].values()] == [1]
+
+
+def test_the_inbox_logs_a_notice_id_holding_personal_data_as_its_digest(
+        live: Live, caplog: pytest.LogCaptureFixture) -> None:
+    # a held or refused notice's id is made from the desk's own message id, which may
+    # hold a name or an id number; the Inbox logged it whole when its handler failed on
+    # it, asked for a retry, or when it could not decode it
+    t = live.topology
+    desk = "T.MC.A"
+    personal = f"{NAME} {PHONE}:refused"
+    with DeskClient(desk, topology=t) as client:
+        client.publish(desk_notice(desk, 1), exchange=t.desk_exchange, routing_key=desk,
+                       message_id=personal)
+        live.channel.basic_publish(t.desk_exchange, desk, b"not json", pika.BasicProperties(
+            message_id=f"{PHONE}:held", content_type="application/json", delivery_mode=2))
+        retried: list[str] = []
+
+        def handler(received: Received) -> None:
+            if not retried:
+                retried.append(str(received.message_id))
+                raise RetryLater(0.05)
+            raise RuntimeError("the desk system failed")
+
+        with caplog.at_level(logging.INFO, logger="adapters.client"):
+            Inbox(client, [t.desk_queue(desk)]).drain(handler, timeout_s=1.0)
+    said = [r.getMessage() for r in caplog.records if r.name == "adapters.client"]
+    assert retried == [personal]  # the handler itself is given the id as sent
+    assert any("asked to retry withheld-" in s for s in said), said
+    assert any(s.startswith("handler failed on withheld-") for s in said), said
+    assert any(s.startswith("poison message withheld-") for s in said), said
+    assert not any(PHONE in s or "Nguy" in s for s in said), said
