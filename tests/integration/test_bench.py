@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import uuid
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from broker.cli import main
-from tests.conftest import MINI_CATALOG
+from tests.conftest import MINI_CATALOG, PG_URL
 from tests.helpers import held_port
 
 pytestmark = pytest.mark.integration
@@ -114,28 +116,40 @@ def test_wal_bench_on_postgresql(capsys: pytest.CaptureFixture[str]) -> None:
     assert kb > 0.5  # five rows and their index entries per dossier, at the least
 
 
-def test_cleanup_finds_what_a_lifecycle_stage_left(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cleanup_finds_what_a_lifecycle_stage_left(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """The lifecycle stage runs the demo under a bench prefix, so `--cleanup` removes its
     topology when the stage is interrupted (here: kept on purpose)."""
     from adapters.demo import DemoSettings, run_demo
-    from bench.common import unique_prefix
+    from bench import common
     from bench.transport import Management
 
-    prefix = unique_prefix("lc")
-    summary = run_demo(DemoSettings(dossiers=5, progress=False, keep=True, prefix=prefix,
-                                    catalog=str(MINI_CATALOG), stall_timeout_s=60.0))
-    shutil.rmtree(summary["workdir"], ignore_errors=True)  # the kept ledger
-    assert summary["prefix"] == prefix and summary["returned"] == 5
+    # `bench --cleanup` deletes every bench<8 hex> topology and every bench<10 hex>
+    # PostgreSQL schema: under pytest-xdist those of test_bench_reports_every_figure and
+    # the handler and WAL benchmarks on the other worker too. Under a root of this test's
+    # own it finds only what this test left; its schemas are looked for in `postgres`,
+    # where no benchmark or test makes any
+    monkeypatch.setattr(common, "PREFIX_ROOT", f"bench{uuid.uuid4().hex[:8]}")
+    monkeypatch.setenv("CASEBROKER_BENCH_PG_URL", make_url(PG_URL).set(
+        database="postgres").render_as_string(hide_password=False))
+    prefix = common.unique_prefix("lc")
     mgmt = Management()
 
     def left() -> list[str]:
         return [q["name"] for q in mgmt.call("GET", f"/queues/{mgmt.vhost}?columns=name")
                 if q["name"].startswith(prefix + ".")]
 
-    assert left()
-    assert main(["bench", "--cleanup"]) == 0
-    assert left() == []
-    assert "deleted" in capsys.readouterr().out
+    try:
+        summary = run_demo(DemoSettings(dossiers=5, progress=False, keep=True, prefix=prefix,
+                                        catalog=str(MINI_CATALOG), stall_timeout_s=60.0))
+        shutil.rmtree(summary["workdir"], ignore_errors=True)  # the kept ledger
+        assert summary["prefix"] == prefix and summary["returned"] == 5
+        assert left()
+        assert main(["bench", "--cleanup"]) == 0
+        assert left() == []
+        assert "deleted" in capsys.readouterr().out
+    finally:  # the session's sweep would not know this root
+        mgmt.delete_prefixed(prefix + ".")
 
 
 def test_time_ordered_ids_keep_the_id_keyed_indexes_appending() -> None:
