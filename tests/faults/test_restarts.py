@@ -23,9 +23,20 @@ def test_rabbitmq_stopped_and_started_with_5000_in_flight(
     router = s.router().start()
     router.wait_consuming()
     load = Load(s.urls, s.dossiers(7000), window=2000).start()
-    # stop the broker once at least 5,000 dossiers are sent and not yet routed
-    in_flight = wait_until(lambda: (n := load.confirmed - s.ledger_count()) >= 5000 and n,
-                           60, "5,000 dossiers in flight", interval_s=0.05)
+    # stop the broker once at least 5,000 dossiers are sent and not yet routed. The
+    # router is held still until then: the publisher does not always outrun it (once,
+    # under two test workers, the backlog never reached 5,000 in 60 s)
+    assert router.proc is not None
+    router.proc.send_signal(signal.SIGSTOP)
+    try:
+        in_flight = wait_until(lambda: (n := load.confirmed - s.ledger_count()) >= 5000 and n,
+                               60, "5,000 dossiers in flight", interval_s=0.05)
+    finally:
+        router.proc.send_signal(signal.SIGCONT)
+    # ...and RabbitMQ stopped while the router works through them, mid-batch
+    resumed_at = s.ledger_count()
+    wait_until(lambda: s.ledger_count() > resumed_at, 30, "the router routing again",
+               interval_s=0.01)
     routed_at_stop = s.ledger_count()
     rabbit.stop()
     time.sleep(2)
