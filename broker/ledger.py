@@ -119,13 +119,17 @@ _IN = "{IN}"
 #: since SQLite 3.32; 999 before)
 _SQLITE_CHUNK = 300
 
-#: PostgreSQL's advisory lock (a fixed key, ASCII "cb-subm") that keeps the opening of a
-#: dossier and an operator's refusal of the same submission from crossing: a router batch
-#: holds it shared from its duplicate check to its commit, a refusal alone from its check
-#: of the dossiers to its commit, so each sees what the other committed. Without it
-#: both checks could pass at once and the desk get a receipt and a refusal. SQLite needs
-#: no key: both take its one write lock first (``BEGIN IMMEDIATE``).
-SUBMISSION_GATE = 0x63622D7375626D
+#: PostgreSQL's advisory lock that keeps the opening of a dossier and an operator's
+#: refusal of the same submission from crossing: a router batch holds it shared from its
+#: duplicate check to its commit, a refusal alone from its check of the dossiers to its
+#: commit, so each sees what the other committed. Without it both checks could pass at
+#: once and the desk get a receipt and a refusal. SQLite needs no key: both take its one
+#: write lock first (``BEGIN IMMEDIATE``). Its two keys are this (ASCII "cbsg") and the
+#: ledger's schema (``hashtext(current_schema())``): advisory locks are the database's,
+#: and ledgers in other schemas of it (another province's, a test's) do not wait on this
+#: one's gate.
+SUBMISSION_GATE = 0x63627367
+_GATE_KEYS = "%s, hashtext(current_schema())"
 #: what :meth:`Batch.existing_submissions` gives for a submission withdrawn before the
 #: router had it (no dossier code starts with "~")
 WITHDRAWN_EARLY = "~withdrawn-early"
@@ -472,7 +476,7 @@ class Batch:
         committed)."""
         if self.conn.dialect.name == "postgresql":
             how = "" if alone else "_shared"
-            self._fetch(f"SELECT pg_advisory_xact_lock{how}(%s)", (SUBMISSION_GATE,))
+            self._fetch(f"SELECT pg_advisory_xact_lock{how}({_GATE_KEYS})", (SUBMISSION_GATE,))
             return
         driver = self.conn.connection.driver_connection
         assert driver is not None
@@ -1066,7 +1070,8 @@ class Ledger:
         write lock) until it ends."""
         with self.write() as conn:
             if conn.dialect.name == "postgresql":
-                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (SUBMISSION_GATE,))
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_GATE_KEYS})",
+                                     (SUBMISSION_GATE,))
             yield conn
 
     def refuse(self, row: dict[str, Any]) -> tuple[dict[str, Any], bool]:

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from broker.consumers.router import Router
 from broker.ledger import Ledger, RawJSON, SubmissionOpened, refusals
@@ -18,7 +21,7 @@ from broker.messages import DossierSubmitted, encode
 from broker.rules.catalog import load_catalog
 from broker.rules.engine import Engine
 from broker.topology import Topology
-from tests.conftest import MINI_CATALOG
+from tests.conftest import MINI_CATALOG, PG_URL, _pg_schema_url
 from tests.helpers import (
     assert_waits,
     dossier,
@@ -91,3 +94,46 @@ def test_a_router_batch_waits_for_a_refusal_being_committed_then_answers_with_it
     assert [(o.message_id, o.body) for o in published] == [
         (refusal["notice_id"], refusal["notice"])]
     assert ledger.count_by_state() == {}
+
+
+@pytest.fixture
+def two_schemas() -> Iterator[tuple[Ledger, Ledger]]:
+    """Two PostgreSQL ledgers in schemas of one database (two provinces', say)."""
+    schemas = [f"t{uuid.uuid4().hex[:10]}" for _ in range(2)]
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for schema in schemas:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    ledgers = [Ledger(_pg_schema_url(schema)) for schema in schemas]
+    try:
+        yield ledgers[0], ledgers[1]
+    finally:
+        for led in ledgers:
+            led.dispose()
+        with admin.connect() as conn:
+            for schema in schemas:
+                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def test_the_gate_of_one_schemas_ledger_holds_up_nobody_in_another(
+        two_schemas: tuple[Ledger, Ledger], monkeypatch: pytest.MonkeyPatch) -> None:
+    # advisory locks are the database's: under one fixed key, a router batch of one
+    # ledger held every refusal of the other ledgers in the database until it committed
+    mine, other = two_schemas
+    d = dossier(desk_id="T.MC.A")
+    checked, go = hold_router_past_duplicate_check(monkeypatch)
+    routing = threading.Thread(target=lambda: _router(mine).handle(
+        [intake_delivery(1, encode(d), "submit:corrected")]))
+    routing.start()
+    try:
+        assert checked.wait(30)
+        refusing = threading.Thread(target=lambda: other.refuse(_refusal(d)))
+        refusing.start()
+        refusing.join(10 * HELD_S)
+        assert not refusing.is_alive(), "the other schema's refusal waited for this one's gate"
+    finally:
+        go.set()
+        routing.join(30)
+    assert other.refusal(str(d.submission_id)) is not None
+    assert mine.count_by_state() == {2: 1} and mine.refusal(str(d.submission_id)) is None
