@@ -177,8 +177,8 @@ class StatusRouter(Consumer):
     def _load(self, batch: Batch, codes: Iterable[str], tz: tzinfo
               ) -> dict[str, dict[str, Any]]:
         """Dossier rows by code, their times in the catalog's zone (see :func:`in_zone`):
-        the zone of the engine the batch is judged by, asked of it once per batch (a
-        reload in between would otherwise mix two)."""
+        that of the engine the caller judges them by (asking the provider again could
+        give another, after a reload in between)."""
         return {code: in_zone(row, tz) for code, row in batch.load_dossiers(codes).items()}
 
     def handle(self, deliveries: Sequence[Delivery]) -> list[Outbound]:
