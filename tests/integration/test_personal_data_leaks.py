@@ -15,6 +15,7 @@ import pika
 import pytest
 
 from adapters.client import DeskClient, Inbox, Received, RetryLater
+from broker.cli import main
 from broker.ledger import Ledger
 from broker.topology import DELIVERY_LIMIT, INTAKE_KEY, Topology
 from tests.conftest import RunningBroker, queue_depth, wait_for
@@ -122,12 +123,8 @@ def test_dossier_show_of_a_triaged_submission_shows_a_personal_message_id_as_its
     (listed,) = json.loads(out)
     shown = listed["message_id"]
     assert shown.startswith("withheld-")
-    for extra in ((), ("--json",)):
-        capsys.readouterr()
-        from broker.cli import main
-        rc = main(["dossier", "show", str(held.submission_id), "--db-url", ledger.url,
-                   *extra])
-        out, err = capsys.readouterr()
+    for rc, out, err in _each_form(capsys, "dossier", "show", str(held.submission_id),
+                                   "--db-url", ledger.url):
         assert rc == 0, err
         assert shown in out, out
         assert PHONE not in out + err and "Nguy" not in out + err, out
@@ -149,12 +146,8 @@ def test_dossier_show_of_a_submission_refused_without_notice_withholds_its_desk_
                        "no such desk", "--without-notice", "--db-url", ledger.url)
     assert rc == 0, err
     assert PHONE not in out + err and "Nguy" not in out + err, out + err
-    from broker.cli import main
-    for extra in ((), ("--json",)):
-        capsys.readouterr()
-        rc = main(["dossier", "show", str(junk.submission_id), "--db-url", ledger.url,
-                   *extra])
-        out, err = capsys.readouterr()
+    for rc, out, err in _each_form(capsys, "dossier", "show", str(junk.submission_id),
+                                   "--db-url", ledger.url):
         assert rc == 0 and "no such desk" in out, err  # the operator's reason, as before
         assert PHONE not in out + err and "Nguy" not in out + err, out
 
@@ -173,12 +166,9 @@ def test_resend_lists_a_desk_notice_named_after_a_personal_message_id_as_its_dig
     wait_for(lambda: queue_depth(t.desk_queue("T.MC.B")) == 1, what="the held notice")
     (props, _), = amqp.get_all(t.desk_queue("T.MC.B"))
     assert props.message_id == f"{named}:held"  # what the desk gets is unchanged
-    from broker.cli import main
-    for extra in ((), ("--json",)):
-        capsys.readouterr()
-        rc = main(["dossier", "resend", "--desk", "T.MC.B", "--since", "2020-01-01",
-                   "--dry-run", "--db-url", ledger.url, *extra])
-        out, err = capsys.readouterr()
+    for rc, out, err in _each_form(capsys, "dossier", "resend", "--desk", "T.MC.B",
+                                   "--since", "2020-01-01", "--dry-run", "--db-url",
+                                   ledger.url):
         assert rc == 0 and "withheld-" in out, out + err
         assert PHONE not in out + err and "Nguy" not in out + err, out
 
@@ -197,18 +187,27 @@ def test_the_report_by_desk_withholds_a_desk_id_a_triaged_dossier_was_refused_un
                        f"submit:{junk.submission_id}", "--reason", "no such desk",
                        "--without-notice", "--db-url", ledger.url)
     assert rc == 0, err
-    from broker.cli import main
-    for form in ((), ("--json",), ("--csv",)):
-        capsys.readouterr()
-        rc = main(["report", "--by", "desk", "--from", "2020-01-01", "--db-url", ledger.url,
-                   *form])
-        out, err = capsys.readouterr()
+    for rc, out, err in _each_form(capsys, "report", "--by", "desk", "--from", "2020-01-01",
+                                   "--db-url", ledger.url, forms=("--json", "--csv")):
         assert rc == 0, err
         assert PHONE not in out + err, out
     data = json.loads(main(["report", "--by", "desk", "--from", "2020-01-01", "--db-url",
                             ledger.url, "--json"]) == 0 and capsys.readouterr().out)
     assert data["total"]["refused_from_triage"] == 1  # still counted
     assert [g["refused_from_triage"] for g in data["groups"].values()] == [1]
+
+
+def _each_form(capsys: pytest.CaptureFixture[str], *args: str,
+               forms: tuple[str, ...] = ("--json",)) -> list[tuple[int, str, str]]:
+    """``casebroker <args>`` as text, then with each of ``forms``: (exit status, stdout,
+    stderr) of each."""
+    results = []
+    for extra in ((), *((f,) for f in forms)):
+        capsys.readouterr()
+        rc = main([*args, *extra])
+        out, err = capsys.readouterr()
+        results.append((rc, out, err))
+    return results
 
 
 def test_the_inbox_logs_a_notice_id_holding_personal_data_as_its_digest(
