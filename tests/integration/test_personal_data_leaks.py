@@ -17,6 +17,7 @@ import pytest
 from adapters.client import DeskClient, Inbox, Received, RetryLater
 from broker.cli import main
 from broker.ledger import Ledger
+from broker.messages import DossierSubmitted
 from broker.topology import DELIVERY_LIMIT, INTAKE_KEY, Topology
 from tests.conftest import RunningBroker, queue_depth, wait_for
 from tests.helpers import Amqp, cli, dossier
@@ -136,16 +137,8 @@ def test_dossier_show_of_a_submission_refused_without_notice_withholds_its_desk_
     # a phone number in desk_id and the desk's own message id with a name in it, refused
     # from triage telling nobody: `refuse` withholds both, `dossier show` printed "desk
     # 0912345678901 told as Nguyễn Văn An 0912345678:refused"
-    t = declared
     run_broker()
-    junk = dossier(desk_id=f"{PHONE}901")
-    named = f"{NAME} {PHONE}"
-    amqp.submit(t, junk, message_id=named)
-    wait_for(lambda: queue_depth(t.triage_queue) == 1, what="triaged")
-    rc, out, err = cli(capsys, t, "dead-letters", "refuse", "--id", named, "--reason",
-                       "no such desk", "--without-notice", "--db-url", ledger.url)
-    assert rc == 0, err
-    assert PHONE not in out + err and "Nguy" not in out + err, out + err
+    junk = _junk_refused(declared, ledger, amqp, capsys, f"{NAME} {PHONE}")
     for rc, out, err in _each_form(capsys, "dossier", "show", str(junk.submission_id),
                                    "--db-url", ledger.url):
         assert rc == 0 and "no such desk" in out, err  # the operator's reason, as before
@@ -178,15 +171,8 @@ def test_the_report_by_desk_withholds_a_desk_id_a_triaged_dossier_was_refused_un
         amqp: Amqp, capsys: pytest.CaptureFixture[str]) -> None:
     # junk with a phone number in desk_id, refused from triage telling nobody: its refusal
     # is counted under its desk, and `report --by desk` made the phone number a row
-    t = declared
     run_broker()
-    junk = dossier(desk_id=f"{PHONE}901")
-    amqp.submit(t, junk)
-    wait_for(lambda: queue_depth(t.triage_queue) == 1, what="triaged")
-    rc, out, err = cli(capsys, t, "dead-letters", "refuse", "--id",
-                       f"submit:{junk.submission_id}", "--reason", "no such desk",
-                       "--without-notice", "--db-url", ledger.url)
-    assert rc == 0, err
+    _junk_refused(declared, ledger, amqp, capsys, None)
     for rc, out, err in _each_form(capsys, "report", "--by", "desk", "--from", "2020-01-01",
                                    "--db-url", ledger.url, forms=("--json", "--csv")):
         assert rc == 0, err
@@ -195,6 +181,22 @@ def test_the_report_by_desk_withholds_a_desk_id_a_triaged_dossier_was_refused_un
                             ledger.url, "--json"]) == 0 and capsys.readouterr().out)
     assert data["total"]["refused_from_triage"] == 1  # still counted
     assert [g["refused_from_triage"] for g in data["groups"].values()] == [1]
+
+
+def _junk_refused(t: Topology, ledger: Ledger, amqp: Amqp,
+                  capsys: pytest.CaptureFixture[str], message_id: str | None
+                  ) -> DossierSubmitted:
+    """Junk with a phone number as its desk id (under ``message_id``, else the SDK's id),
+    triaged and refused by an operator telling nobody; neither step names it."""
+    junk = dossier(desk_id=f"{PHONE}901")
+    message_id = message_id or f"submit:{junk.submission_id}"
+    amqp.submit(t, junk, message_id=message_id)
+    wait_for(lambda: queue_depth(t.triage_queue) == 1, what="triaged")
+    rc, out, err = cli(capsys, t, "dead-letters", "refuse", "--id", message_id, "--reason",
+                       "no such desk", "--without-notice", "--db-url", ledger.url)
+    assert rc == 0, err
+    assert PHONE not in out + err and "Nguy" not in out + err, out + err
+    return junk
 
 
 def _each_form(capsys: pytest.CaptureFixture[str], *args: str,
