@@ -25,7 +25,7 @@ from broker.cli import main
 from broker.ledger import Batch, RawJSON
 from broker.messages import CONTENT_TYPE, DossierSubmitted, encode, kind_of
 from broker.security import Management, ManagementError, management_url
-from broker.topology import INTAKE_KEY, STATUS_KEY, Topology
+from broker.topology import DELIVERY_LIMIT, INTAKE_KEY, STATUS_KEY, Topology
 
 
 def dossier(procedure_code: str = "1.001193", desk_id: str = "T.MC.B",
@@ -97,6 +97,15 @@ class Amqp:
 
     def json_all(self, queue: str) -> list[dict[str, Any]]:
         return [json.loads(body) for _, body in self.get_all(queue)]
+
+    def nack_until_dead_lettered(self, queue: str) -> None:
+        """Take and requeue what ``queue`` holds until its delivery limit dead-letters it
+        (a consumer that never manages to handle it)."""
+        for _ in range(DELIVERY_LIMIT + 5):
+            method, _, _ = self.ch.basic_get(queue)
+            if method is None:
+                return
+            self.ch.basic_nack(method.delivery_tag, requeue=True)
 
     def delete_queues(self, *queues: str) -> None:
         """Delete queues as an operator would by mistake (what they held is gone)."""

@@ -28,7 +28,7 @@ from broker.ops.queues import Taken
 from broker.rules.catalog import Catalog, load_catalog
 from broker.rules.engine import Engine
 from broker.service import declare_topology
-from broker.topology import DELIVERY_LIMIT, INTAKE_KEY, Topology
+from broker.topology import INTAKE_KEY, Topology
 from tests.conftest import MINI_CATALOG, RunningBroker, queue_depth, wait_for
 from tests.helpers import Amqp, cli, dossier, free_port, intake_delivery
 
@@ -116,11 +116,7 @@ def test_replay_finds_the_destination_each_dead_letter_producer_wrote(
     poison = _agency_notice(t, "T.UBND.A-261125-0003", agency="T.UBND.B")
     amqp.publish(t.agency_exchange, "T.UBND.B", poison.body, message_id=poison.message_id,
                  type=poison.type)
-    for _ in range(DELIVERY_LIMIT + 5):
-        method, _, _ = amqp.ch.basic_get(t.agency_queue("T.UBND.B"))
-        if method is None:
-            break
-        amqp.ch.basic_nack(method.delivery_tag, requeue=True)
+    amqp.nack_until_dead_lettered(t.agency_queue("T.UBND.B"))
     wait_for(lambda: queue_depth(t.dead_queue("agency")) == 2, what="the delivery limit")
 
     rc, out, err = cli(capsys, t, "dead-letters", "replay", "--all", "--json")
@@ -612,11 +608,7 @@ def test_a_delivery_rabbitmq_dead_lettered_after_its_batch_committed_is_replayed
     assert sorted(o.type for o in committed) == ["desk.notice", "dossier.assigned"]
     amqp.publish(t.intake_exchange, INTAKE_KEY, body, message_id=mid,
                  type="dossier.submitted")
-    for _ in range(DELIVERY_LIMIT + 5):
-        method, _, _ = amqp.ch.basic_get(t.intake_queue)
-        if method is None:
-            break
-        amqp.ch.basic_nack(method.delivery_tag, requeue=True)
+    amqp.nack_until_dead_lettered(t.intake_queue)
     wait_for(lambda: queue_depth(t.dead_queue("intake")) == 1, what="the delivery limit")
     # beside a poison message casebroker judged, which is no such case
     amqp.publish(t.dead_letter_exchange, "intake", b"{", message_id="poison",

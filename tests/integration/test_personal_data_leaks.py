@@ -18,7 +18,7 @@ from adapters.client import DeskClient, Inbox, Received, RetryLater
 from broker.cli import main
 from broker.ledger import Ledger
 from broker.messages import DossierSubmitted
-from broker.topology import DELIVERY_LIMIT, INTAKE_KEY, Topology
+from broker.topology import INTAKE_KEY, Topology
 from tests.conftest import RunningBroker, queue_depth, wait_for
 from tests.helpers import Amqp, cli, dossier
 from tests.integration.test_client import Live, desk_notice
@@ -90,11 +90,7 @@ def test_the_audit_shows_a_sender_message_id_holding_personal_data_as_its_digest
     named = f"{NAME} {PHONE}"
     amqp.publish(t.intake_exchange, INTAKE_KEY, b"{}", message_id=named,
                  type="dossier.submitted")
-    for _ in range(DELIVERY_LIMIT + 5):
-        method, _, _ = amqp.ch.basic_get(t.intake_queue)
-        if method is None:
-            break
-        amqp.ch.basic_nack(method.delivery_tag, requeue=True)
+    amqp.nack_until_dead_lettered(t.intake_queue)
     wait_for(lambda: queue_depth(t.dead_queue("intake")) == 1, what="the delivery limit")
     rc, out, err = cli(capsys, t, "dead-letters", "list", "--queue", "intake", "--json")
     (listed,) = json.loads(out)
@@ -116,9 +112,7 @@ def test_dossier_show_of_a_triaged_submission_shows_a_personal_message_id_as_its
     # id whole: the dead-letters tools show and take it as withheld-<digest>
     t = declared
     run_broker()
-    held = dossier("9.999999")
-    named = f"{NAME} {PHONE}"
-    amqp.submit(t, held, message_id=named)
+    held, named = _held_under_a_name(t, amqp)
     wait_for(lambda: queue_depth(t.triage_queue) == 1, what="triaged")
     rc, out, err = cli(capsys, t, "dead-letters", "list", "--queue", "triage", "--json")
     (listed,) = json.loads(out)
@@ -153,9 +147,7 @@ def test_resend_lists_a_desk_notice_named_after_a_personal_message_id_as_its_dig
     # commands show such an id as withheld-<digest>
     t = declared
     run_broker()
-    held = dossier("9.999999")
-    named = f"{NAME} {PHONE}"
-    amqp.submit(t, held, message_id=named)
+    held, named = _held_under_a_name(t, amqp)
     wait_for(lambda: queue_depth(t.desk_queue("T.MC.B")) == 1, what="the held notice")
     (props, _), = amqp.get_all(t.desk_queue("T.MC.B"))
     assert props.message_id == f"{named}:held"  # what the desk gets is unchanged
@@ -181,6 +173,14 @@ def test_the_report_by_desk_withholds_a_desk_id_a_triaged_dossier_was_refused_un
                             ledger.url, "--json"]) == 0 and capsys.readouterr().out)
     assert data["total"]["refused_from_triage"] == 1  # still counted
     assert [g["refused_from_triage"] for g in data["groups"].values()] == [1]
+
+
+def _held_under_a_name(t: Topology, amqp: Amqp) -> tuple[DossierSubmitted, str]:
+    """A dossier of a procedure the catalog lacks (held: triaged, its desk told), sent
+    under a message id holding a name and a phone number; and that id."""
+    held, named = dossier("9.999999"), f"{NAME} {PHONE}"
+    amqp.submit(t, held, message_id=named)
+    return held, named
 
 
 def _withholds(text: str) -> None:
