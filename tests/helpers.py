@@ -3,7 +3,9 @@ what queues hold, the CLI under a test prefix, and holding a thread at a step of
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import socket
 import threading
@@ -14,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pika
@@ -234,6 +237,42 @@ def length_cap(queue: str, name: str) -> Iterator[LengthCap]:
         yield cap
     finally:
         cap.lift()
+
+
+class BrokerLog:
+    """What RabbitMQ's own log (on this machine) gains after it is opened."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.start = path, path.stat().st_size
+
+    def gained(self) -> str:
+        with self.path.open("rb") as f:
+            f.seek(self.start)
+            return f.read().decode(errors="replace")
+
+    def mark(self, prefix: str) -> None:
+        """Have RabbitMQ log a channel error naming a queue of ``prefix`` that is not
+        there, and wait until it is in the log: whatever it logged before is there too."""
+        from tests.conftest import wait_for
+
+        marker = f"{prefix}.log-marker-{uuid.uuid4().hex}"
+        conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
+        try:
+            with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
+                conn.channel().queue_declare(marker, passive=True)
+        finally:
+            conn.close()
+        wait_for(lambda: marker in self.gained(), what="RabbitMQ's log to name the marker")
+
+
+def broker_log() -> BrokerLog:
+    """RabbitMQ's log, read from its end on; the test is skipped where that log is not on
+    this machine (RabbitMQ in a container)."""
+    logs = [p for p in Path("/var/log/rabbitmq").glob("rabbit@*.log")
+            if not p.name.endswith("_upgrade.log")]
+    if len(logs) != 1 or not os.access(logs[0], os.R_OK):
+        pytest.skip("RabbitMQ's own log is not readable on this machine")
+    return BrokerLog(logs[0])
 
 
 def probe(port: int, path: str) -> tuple[int, dict[str, Any]]:

@@ -32,7 +32,7 @@ import hashlib
 import json
 import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from datetime import datetime
 from typing import Any, get_args
 
@@ -86,6 +86,7 @@ from broker.ops.queues import (
     settle_queue,
     why_failed,
 )
+from broker.rules.catalog import load_catalog
 from broker.topology import DEAD_SOURCES, INTAKE_KEY, STATUS_KEY, Topology
 
 REPLAYS_HEADER = "x-casebroker-replays"
@@ -243,15 +244,16 @@ def replay(ch: BlockingChannel, topology: Topology, which: str, msg: Taken) -> d
 
 
 def refuse(ch: BlockingChannel, topology: Topology, ledger: Ledger, msg: Taken, reason: str,
-           by: str, now: datetime, without_notice: bool = False,
+           by: str, now: datetime, desks: Collection[str], without_notice: bool = False,
            committed: Callable[[], None] | None = None) -> dict[str, Any]:
     """Refuse one triaged dossier at intake (state 3): the refusal is committed to the
     ledger, then its desk's notice published (confirmed); the caller acks the triage copy
     after. Run again after a crash in between, it finds the refusal and publishes the same
     notice under the same id (the desk drops a copy it has). ``ValueError``: not refused,
-    and why (the copy is put back). A desk with no queue (one the catalog does not know)
-    cannot be told: refused only ``without_notice``, the notice kept in the ledger (sent
-    if the desk submits the dossier again) and not published. ``committed`` is called once
+    and why (the copy is put back). A desk with no queue (one the catalog, ``desks``, does
+    not know) cannot be told: refused only ``without_notice``, the notice kept in the
+    ledger (sent if the desk submits the dossier again) and not published. ``committed``
+    is called once
     the refusal is in the ledger (final), before its notice is published;
     :class:`NoticeNotSent` if RabbitMQ then refuses the notice."""
     try:
@@ -260,16 +262,19 @@ def refuse(ch: BlockingChannel, topology: Topology, ledger: Ledger, msg: Taken, 
         raise ValueError(f"not a dossier the contract accepts ({e.reason}): nothing to "
                          "refuse") from None
     assert isinstance(dossier, DossierSubmitted)
-    untold = missing(ch, topology.desk_queue(dossier.desk_id))
+    if dossier.desk_id in desks:
+        untold = missing(ch, topology.desk_queue(dossier.desk_id))
+    else:
+        # RabbitMQ is not asked: its log names a queue a passive declare does not find,
+        # and the id of a desk the catalog lacks may be a phone or id number
+        triaged = _text(msg.headers.get(REASON_HEADER)) == "unknown_desk"
+        untold = (f"the catalog has no such desk{' (triaged as unknown_desk)' * triaged}, "
+                  "so it has no queue: add the desk to the catalog (a running router "
+                  "declares its queue on reload, SIGHUP), then refuse or replay; or, for a "
+                  "desk that does not exist, refuse --without-notice; refuse reads the "
+                  "catalog --catalog names, as the routers do")
     if untold is not None and not without_notice:
-        # the queue's name holds the desk id, which may be a phone or id number
-        why = untold.replace(dossier.desk_id, shown_id(dossier.desk_id))
-        if _text(msg.headers.get(REASON_HEADER)) == "unknown_desk":
-            why = ("the catalog has no such desk (triaged as unknown_desk), so it has no "
-                   "queue: add the desk to the catalog (a running router declares its "
-                   "queue on reload, SIGHUP), then refuse or replay; or, for a desk that "
-                   "does not exist, refuse --without-notice")
-        raise ValueError(f"desk {shown_id(dossier.desk_id)} has nobody to tell: {why}")
+        raise ValueError(f"desk {shown_id(dossier.desk_id)} has nobody to tell: {untold}")
     sid = str(dossier.submission_id)
     notice = to_desk(topology, DeskNotice(
         notice=NoticeKind.REFUSED, dossier_code=None, submission_id=dossier.submission_id,
@@ -489,9 +494,10 @@ def _each(topology: Topology, queues: Iterable[str], ids: set[str] | None,
 
 
 def refuse_triaged(topology: Topology, ledger: Ledger, chosen: Callable[[Taken], bool],
-                   reason: str, by: str, without_notice: bool = False
+                   reason: str, by: str, desks: Collection[str], without_notice: bool = False
                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Refuse the triaged dossiers ``chosen`` picks; put every other triage copy back.
+    """Refuse the triaged dossiers ``chosen`` picks (their desks among ``desks``, the
+    catalog's, told); put every other triage copy back.
     Returns (what was refused, what was not and why), as :func:`replay_dead`. A refusal
     committed but not acked (the connection lost in between) is sent again, the same,
     when refused again."""
@@ -501,8 +507,8 @@ def refuse_triaged(topology: Topology, ledger: Ledger, chosen: Callable[[Taken],
     with channel(lock=topology) as ch:
         def act(ch: BlockingChannel, msg: Taken) -> None:
             mid = _shown(msg)
-            done.append(refuse(ch, topology, ledger, msg, reason, by, now, without_notice,
-                               committed=lambda: recorded.add(mid)))
+            done.append(refuse(ch, topology, ledger, msg, reason, by, now, desks,
+                               without_notice, committed=lambda: recorded.add(mid)))
             recorded.discard(mid)  # and its desk told
 
         failed, _ = _work(ch, topology, "triage", chosen, act)
@@ -721,11 +727,12 @@ def _cmd_refuse(args: argparse.Namespace) -> int:
             return _field_of(msg.body, "procedure_code") == procedure
         return _shown(msg) in ids
 
+    desks = set(load_catalog(args.catalog).desk_ids)
     ledger = Ledger(args.db_url, create=False)
     try:
         ledger.check_schema()  # a ledger from before refusals: `casebroker ledger upgrade`
         done, failed = refuse_triaged(_topology(args), ledger, chosen, args.reason,
-                                      args.by or system_user(), args.without_notice)
+                                      args.by or system_user(), desks, args.without_notice)
     finally:
         ledger.dispose()
     withdrawn = sum(1 for d in done if d["closed_before"] == "withdrawn")
@@ -834,6 +841,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
                    help="refuse also a dossier whose desk has no queue (not in the catalog: "
                    "junk, or a mistyped desk id), telling nobody; without it such a dossier "
                    "is left in triage")
+    p.add_argument("--catalog", help="catalog YAML the routers run with, whose desks are "
+                   "told (default: the shipped Đắk Lắk catalog)")
     p.add_argument("--db-url", help=DB_URL_HELP)
     p.add_argument("--prefix", help="topology prefix (default: $CASEBROKER_PREFIX or cb)")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -17,7 +17,7 @@ from broker.messages import encode
 from broker.rules.catalog import Catalog
 from broker.service import declare_topology
 from broker.topology import Topology
-from tests.conftest import queue_depth
+from tests.conftest import MINI_CATALOG, queue_depth
 from tests.helpers import Amqp, cli, dossier, length_cap
 
 pytestmark = pytest.mark.integration
@@ -95,8 +95,8 @@ def test_a_refusal_recorded_whose_notice_rabbitmq_refused_is_not_called_not_refu
     mid = f"submit:{d.submission_id}"
     amqp.publish(t.dead_letter_exchange, "triage", encode(d), message_id=mid,
                  type="dossier.submitted")
-    refuse = ("dead-letters", "refuse", "--id", mid, "--reason", "not here", "--db-url",
-              ledger.url)
+    refuse = ("dead-letters", "refuse", "--id", mid, "--reason", "not here", "--catalog",
+              str(MINI_CATALOG), "--db-url", ledger.url)
     desk = t.desk_queue("T.MC.B")
     with length_cap(desk, f"{t.prefix}-cap") as cap:
         fillers = _fill(t, "T.MC.B")
@@ -226,8 +226,8 @@ def test_a_refusal_recorded_before_its_channel_was_lost_is_said_refused_not_told
         return kept
 
     monkeypatch.setattr(Ledger, "refuse", refuse_then_lose_the_desk_exchange)
-    refuse = ("dead-letters", "refuse", "--id", mid, "--reason", "not here", "--db-url",
-              ledger.url)
+    refuse = ("dead-letters", "refuse", "--id", mid, "--reason", "not here", "--catalog",
+              str(MINI_CATALOG), "--db-url", ledger.url)
     rc, out, err = cli(capsys, t, *refuse)
     assert rc == 1 and "Traceback" not in err
     assert f"left in {t.triage_queue}" in err

@@ -427,9 +427,18 @@ def test_refuse_closes_a_triaged_dossier_once_and_its_desk_hears_it_once(
     wait_for(lambda: queue_depth(t.desk_queue("T.MC.B")) == 2, what="two held notices")
     amqp.get_all(t.desk_queue("T.MC.B"))
     reason = "Thủ tục 9.999999 không thuộc danh mục tiếp nhận không phụ thuộc địa giới"
-    refuse = ("dead-letters", "refuse", "--reason", reason, "--by", "operator-1",
-              "--db-url", ledger.url)
+    on_shipped = ("dead-letters", "refuse", "--reason", reason, "--by", "operator-1",
+                  "--db-url", ledger.url)
+    refuse = (*on_shipped, "--catalog", str(MINI_CATALOG))
     never_id, stray_id, lost_id = (f"submit:{d.submission_id}" for d in (never, stray, lost))
+
+    # read against another catalog than the routers' (here the shipped one), its desk is
+    # one nobody can tell: said so, and nothing refused
+    rc, out, err = cli(capsys, t, *on_shipped, "--id", never_id)
+    assert rc == 1 and "desk T.MC.B has nobody to tell: the catalog has no such desk" in err
+    assert "refuse reads the catalog --catalog names, as the routers do" in err
+    assert ledger.refusal(str(never.submission_id)) is None
+    assert queue_depth(t.triage_queue) == 3 and queue_depth(t.desk_queue("T.MC.B")) == 0
 
     rc, out, err = cli(capsys, t, *refuse, "--id", never_id, "--json")
     assert rc == 0, err
@@ -534,7 +543,7 @@ def test_a_dossier_from_a_desk_that_does_not_exist_leaves_triage_told_to_nobody(
     wait_for(lambda: queue_depth(t.triage_queue) == 1, what="triaged")
     mid, sid = f"submit:{junk.submission_id}", str(junk.submission_id)
     refuse = ("dead-letters", "refuse", "--id", mid, "--reason", "no such desk",
-              "--db-url", ledger.url)
+              "--catalog", str(MINI_CATALOG), "--db-url", ledger.url)
     rc, out, err = cli(capsys, t, *refuse)
     assert rc == 1 and "desk <13 characters withheld: a phone or id number?> has nobody " \
         "to tell" in err and "refuse --without-notice" in err
@@ -562,7 +571,7 @@ def test_refuse_takes_every_triaged_dossier_of_a_procedure_the_province_does_not
         amqp.submit(t, d)
     wait_for(lambda: queue_depth(t.triage_queue) == 3, what="three dossiers triaged")
     refuse = ("dead-letters", "refuse", "--procedure", "9.999998", "--reason", "not here",
-              "--db-url", ledger.url)
+              "--catalog", str(MINI_CATALOG), "--db-url", ledger.url)
     rc, out, err = cli(capsys, t, *refuse)
     assert rc == 0, err
     assert out.splitlines()[-1] == "2 dossier(s) refused"

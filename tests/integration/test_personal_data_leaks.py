@@ -19,8 +19,8 @@ from broker.cli import main
 from broker.ledger import Ledger
 from broker.messages import DossierSubmitted
 from broker.topology import INTAKE_KEY, Topology
-from tests.conftest import RunningBroker, queue_depth, wait_for
-from tests.helpers import Amqp, cli, dossier
+from tests.conftest import MINI_CATALOG, RunningBroker, queue_depth, wait_for
+from tests.helpers import Amqp, broker_log, cli, dossier
 from tests.integration.test_client import Live, desk_notice
 
 pytestmark = pytest.mark.integration
@@ -61,7 +61,9 @@ def test_refusing_a_triaged_dossier_whose_desk_has_no_queue_never_names_its_queu
         amqp: Amqp, capsys: pytest.CaptureFixture[str]) -> None:
     # a phone number in desk_id and a procedure the catalog lacks: triaged as
     # unknown_procedure (looked up before the desk), so `refuse` said "desk <withheld>
-    # has nobody to tell: no queue <prefix>.desk.0912345678901 (...)"
+    # has nobody to tell: no queue <prefix>.desk.0912345678901 (...)"; and RabbitMQ's
+    # own log said "no queue '<prefix>.desk.0912345678901'", for the passive declare
+    # that asked whether the desk had a queue
     t = declared
     run_broker()
     junk = dossier("9.999999", desk_id=f"{PHONE}901")
@@ -69,7 +71,8 @@ def test_refusing_a_triaged_dossier_whose_desk_has_no_queue_never_names_its_queu
     wait_for(lambda: queue_depth(t.triage_queue) == 1, what="triaged")
     mid = f"submit:{junk.submission_id}"
     refuse = ("dead-letters", "refuse", "--id", mid, "--reason", "no such procedure",
-              "--db-url", ledger.url)
+              "--catalog", str(MINI_CATALOG), "--db-url", ledger.url)
+    log = broker_log()
     rc, out, err = cli(capsys, t, *refuse)
     assert rc == 1 and "has nobody to tell" in err, err
     assert PHONE not in out + err, err
@@ -78,6 +81,9 @@ def test_refusing_a_triaged_dossier_whose_desk_has_no_queue_never_names_its_queu
     assert PHONE not in out + err, out
     assert ledger.refusal(str(junk.submission_id)) is None
     assert queue_depth(t.triage_queue) == 1  # put back
+    log.mark(t.prefix)
+    named = PHONE in log.gained()
+    assert not named, "RabbitMQ's own log names the desk's queue"
 
 
 def test_the_audit_shows_a_sender_message_id_holding_personal_data_as_its_digest(
@@ -198,7 +204,8 @@ def _junk_refused(t: Topology, ledger: Ledger, amqp: Amqp,
     amqp.submit(t, junk, message_id=message_id)
     wait_for(lambda: queue_depth(t.triage_queue) == 1, what="triaged")
     rc, out, err = cli(capsys, t, "dead-letters", "refuse", "--id", message_id, "--reason",
-                       "no such desk", "--without-notice", "--db-url", ledger.url)
+                       "no such desk", "--without-notice", "--catalog", str(MINI_CATALOG),
+                       "--db-url", ledger.url)
     assert rc == 0, err
     _withholds(out + err)
     return junk

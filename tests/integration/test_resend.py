@@ -16,7 +16,7 @@ from broker.ledger import Ledger
 from broker.messages import DossierReturned, DossierStatus
 from broker.service import declare_topology
 from broker.topology import Topology
-from tests.conftest import queue_depth, wait_for
+from tests.conftest import MINI_CATALOG, queue_depth, wait_for
 from tests.helpers import Amqp, dossier
 from tests.integration.conftest import FakeClock
 
@@ -138,7 +138,7 @@ def test_a_desk_queue_deleted_with_notices_gets_those_since_then_again(
     lost += _take(amqp, queue, 1, "the held notice")
     assert main(["dead-letters", "refuse", "--id", f"submit:{held.submission_id}",
                  "--reason", "không phường nào phục vụ", "--by", "operator-1",
-                 "--db-url", ledger.url]) == 0
+                 "--catalog", str(MINI_CATALOG), "--db-url", ledger.url]) == 0
     lost += _take(amqp, queue, 1, "the operator's refusal")
     # a dossier the desk sent again under another message id: its receipt again, the
     # same message; the desk had it (before the moment), and it is sent once. (The

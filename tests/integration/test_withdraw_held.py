@@ -193,7 +193,8 @@ def test_a_held_dossier_is_withdrawn_by_its_submission_id_and_never_opens(
     amqp.publish(t.dead_letter_exchange, "triage", encode(held), message_id=copy_id,
                  type="dossier.submitted")
     rc, out, err = cli(capsys, t, "dead-letters", "refuse", "--id", copy_id, "--reason",
-                       "not taken here", "--db-url", ledger.url)
+                       "not taken here", "--catalog", str(MINI_CATALOG), "--db-url",
+                       ledger.url)
     assert rc == 0, err
     assert (f"was withdrawn by desk T.MC.B while held: not refused; its withdrawal notice "
             f"{copy_id}:withdrawn sent again, the copy removed") in out, out
@@ -225,7 +226,8 @@ def test_a_held_dossier_is_withdrawn_by_its_submission_id_and_never_opens(
     amqp.publish(t.dead_letter_exchange, "triage", encode(held), message_id=copy_id,
                  type="dossier.submitted")
     rc, out, err = cli(capsys, t, "dead-letters", "refuse", "--id", copy_id, "--reason",
-                       "not taken here", "--db-url", ledger.url, "--without-notice")
+                       "not taken here", "--catalog", str(MINI_CATALOG), "--db-url",
+                       ledger.url, "--without-notice")
     assert rc == 0, err
     assert ("was withdrawn by desk T.MC.B while held: not refused; desk T.MC.B has no "
             "queue, nobody told, the copy removed") in out, out
