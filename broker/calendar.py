@@ -23,6 +23,7 @@ in Vietnam) does not change the length of a working day.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -365,6 +366,7 @@ class CalendarDay:
     source: str
 
 
+@functools.cache  # the package's data, fixed in a process; asked at each scrape
 def _decree_years(country: str) -> frozenset[int]:
     return frozenset(getattr(holidays.country_holidays(country), "special_public_holidays", {}))
 
@@ -429,6 +431,14 @@ LOOK_AHEAD = timedelta(days=90)
 def unconfirmed_ahead(calendar: WorkingCalendar, now: datetime) -> list[str]:
     """Notes on the years between ``now`` and ``LOOK_AHEAD`` later that no decree is known
     for (``unconfirmed_years``)."""
+    return [unconfirmed_note(calendar, y) for y in _unconfirmed_ahead(calendar, now)]
+
+
+def first_unconfirmed_ahead(calendar: WorkingCalendar, now: datetime) -> int:
+    """The first of the years :func:`unconfirmed_ahead` warns of; 0: none."""
+    return min(_unconfirmed_ahead(calendar, now), default=0)
+
+
+def _unconfirmed_ahead(calendar: WorkingCalendar, now: datetime) -> list[int]:
     first, last = (calendar._to_wall(t).year for t in (now, now + LOOK_AHEAD))
-    return [unconfirmed_note(calendar, y)
-            for y in unconfirmed_years(calendar, range(first, last + 1))]
+    return unconfirmed_years(calendar, range(first, last + 1))

@@ -27,7 +27,7 @@ import pika
 
 from broker import threads
 from broker.amqp import ConsumerService, ConsumerSettings
-from broker.calendar import unconfirmed_ahead
+from broker.calendar import first_unconfirmed_ahead, unconfirmed_ahead
 from broker.consumers.common import Clock, party_users_enabled
 from broker.consumers.deadlines import DeadlineWatch, WatchSettings
 from broker.consumers.router import Router
@@ -104,6 +104,9 @@ class Broker:
         self.catalog = load_catalog(self.catalog_path)
         self._engine = Engine(self.catalog)
         self.metrics.catalog_loaded(self.catalog.spec.catalog, self.catalog.content_hash)
+        # a router runs for months: the year it warned of at start may come into view later
+        self.metrics.calendar_watched(
+            lambda: first_unconfirmed_ahead(self._engine.calendar, self.clock()))
         self._reload_lock = threading.Lock()
         self.service = ConsumerService(
             self.settings, self.topology.dead_letter_exchange, self._dead_source_of,

@@ -91,6 +91,12 @@ class Metrics(Hooks):
             "When this process's deadline watch last completed a round (Unix time; its "
             "start until one has; 0: no watch here): while it fails, no at-risk or overdue "
             "notice goes out and the overdue gauge stands still", registry=r)
+        self.calendar_unconfirmed_year = Gauge(
+            "casebroker_calendar_unconfirmed_year",
+            "The first year due dates may reach within 90 days whose government decree on "
+            "days off (Tết, bridge days, swapped Saturdays) neither the holidays package nor "
+            "the catalog has: due dates in it may come a few working days early (0: none; "
+            "read at each scrape)", registry=r)
         self.catalog_info = Gauge(
             "casebroker_catalog_info", "The catalog in force (value 1)", ["catalog", "hash"],
             registry=r)
@@ -157,6 +163,10 @@ class Metrics(Hooks):
     def wal_checkpoint_turn(self, result: str) -> None:
         """One turn of the ledger's checkpoint thread that was due to restart the WAL."""
         self.wal_checkpoint_turns_total.labels(result).inc()
+
+    def calendar_watched(self, first_unconfirmed: Callable[[], int]) -> None:
+        """Have each scrape ask ``first_unconfirmed`` for the calendar gauge."""
+        self.calendar_unconfirmed_year.set_function(first_unconfirmed)
 
     def catalog_loaded(self, name: str, content_hash: str) -> None:
         self.catalog_info.clear()

@@ -1,5 +1,6 @@
 """`casebroker run` warns, at start and on each reload, of a year ahead whose days off
-no government decree known to the holidays package confirms (broker/calendar.py)."""
+no government decree known to the holidays package confirms (broker/calendar.py); and its
+gauge, read at each scrape, names that year while it is ahead (the alert's source)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ from tests.conftest import RunningBroker, wait_for
 from tests.integration.conftest import FakeClock
 
 LAST = decrees_known_until("VN")
+
+
+def _unconfirmed_year(running: RunningBroker) -> float | None:
+    return running.broker.metrics.registry.get_sample_value(
+        "casebroker_calendar_unconfirmed_year")
 
 
 def _calendar_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -30,6 +36,7 @@ def test_run_and_reload_warn_of_an_unconfirmed_year_ahead(
     running = start_broker()
     [warning] = wait_for(lambda: _calendar_warnings(caplog), what="the start-up warning")
     assert warning.startswith(f"calendar: {LAST + 1}'s days off are only the law's")
+    assert _unconfirmed_year(running) == LAST + 1
     assert running.broker.reload()
     assert _calendar_warnings(caplog) == [warning, warning]
 
@@ -46,3 +53,8 @@ def test_no_warning_while_every_year_ahead_is_confirmed(
              what="the start-up log")
     assert running.broker.reload()
     assert _calendar_warnings(caplog) == []
+    assert _unconfirmed_year(running) == 0
+    # months later, the same router: the next year in view is said by the gauge, which
+    # each scrape reads, where the log warns only at a start or a reload
+    clock.set(f"{LAST}-11-25 09:00")
+    assert _unconfirmed_year(running) == LAST + 1
