@@ -253,8 +253,7 @@ def refuse(ch: BlockingChannel, topology: Topology, ledger: Ledger, msg: Taken, 
     and why (the copy is put back). A desk with no queue (one the catalog, ``desks``, does
     not know) cannot be told: refused only ``without_notice``, the notice kept in the
     ledger (sent if the desk submits the dossier again) and not published. ``committed``
-    is called once
-    the refusal is in the ledger (final), before its notice is published;
+    is called once the refusal is in the ledger (final), before its notice is published;
     :class:`NoticeNotSent` if RabbitMQ then refuses the notice."""
     try:
         dossier = decode(msg.body, expected=_SUBMITTED)
@@ -264,6 +263,8 @@ def refuse(ch: BlockingChannel, topology: Topology, ledger: Ledger, msg: Taken, 
     assert isinstance(dossier, DossierSubmitted)
     if dossier.desk_id in desks:
         untold = missing(ch, topology.desk_queue(dossier.desk_id))
+        if untold is not None:  # the queue's name holds the desk id: shown as below
+            untold = untold.replace(dossier.desk_id, shown_id(dossier.desk_id))
     else:
         # RabbitMQ is not asked: its log names a queue a passive declare does not find,
         # and the id of a desk the catalog lacks may be a phone or id number

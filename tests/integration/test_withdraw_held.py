@@ -225,9 +225,13 @@ def test_a_held_dossier_is_withdrawn_by_its_submission_id_and_never_opens(
     amqp.delete_queues(desk)
     amqp.publish(t.dead_letter_exchange, "triage", encode(held), message_id=copy_id,
                  type="dossier.submitted")
-    rc, out, err = cli(capsys, t, "dead-letters", "refuse", "--id", copy_id, "--reason",
-                       "not taken here", "--catalog", str(MINI_CATALOG), "--db-url",
-                       ledger.url, "--without-notice")
+    refuse = ("dead-letters", "refuse", "--id", copy_id, "--reason", "not taken here",
+              "--catalog", str(MINI_CATALOG), "--db-url", ledger.url)
+    rc, out, err = cli(capsys, t, *refuse)  # a desk of the catalog: RabbitMQ is asked
+    assert rc == 1 and (f"desk T.MC.B has nobody to tell: no queue {desk} (a wrong --prefix"
+                        in err), err
+    assert queue_depth(t.triage_queue) == 1
+    rc, out, err = cli(capsys, t, *refuse, "--without-notice")
     assert rc == 0, err
     assert ("was withdrawn by desk T.MC.B while held: not refused; desk T.MC.B has no "
             "queue, nobody told, the copy removed") in out, out
