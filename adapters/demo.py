@@ -417,11 +417,11 @@ def _drive(settings: DemoSettings, topology: Topology, ledger: Ledger,
         time.sleep(0.1)
     elapsed = time.monotonic() - desks.started
     progress.show(counts(), final=True)
-    return _summarize(topology, ledger, tally, desks.made, elapsed)
+    return _summarize(topology, ledger, tally, desks.made, elapsed, settings.rate)
 
 
 def _summarize(topology: Topology, ledger: Ledger, tally: _Tally, submission_ids: list[str],
-               elapsed: float) -> dict[str, Any]:
+               elapsed: float, rate: float) -> dict[str, Any]:
     states = ledger.states_for_submissions(submission_ids)
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
     try:
@@ -454,6 +454,8 @@ def _summarize(topology: Topology, ledger: Ledger, tally: _Tally, submission_ids
             "receipt_latency_ms": {"p50": _percentile(latencies, 0.50),
                                    "p99": _percentile(latencies, 0.99)},
             "elapsed_s": round(elapsed, 2),
+            # 0: every dossier submitted as fast as confirms allow (--rate)
+            "offered_per_s": rate,
             "notices": dict(sorted(tally.notices.items())),
         }
         summary["dossiers_per_s"] = round(returned / elapsed, 1) if elapsed else 0.0
@@ -469,5 +471,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"lost {s['lost']}  duplicates {s['duplicates']}  dead-lettered {s['dead_lettered']}  "
         f"triaged {s['triaged']}  refused {s['refused']}",
         f"boundary-free share {s['boundary_free_share']:.1%}  "
-        f"receipt latency p50 {lat['p50']} ms, p99 {lat['p99']} ms",
+        f"receipt latency p50 {lat['p50']} ms, p99 {lat['p99']} ms"
+        + (" (submitted all at once: mostly the wait behind the others; --rate R for a "
+           "steady load)" if not s["offered_per_s"] else f" at {s['offered_per_s']:g}/s"),
     ])

@@ -242,7 +242,7 @@ def test_demo_main_job_counts_every_dossier() -> None:
     assert s["dead_lettered"] == 0 and s["triaged"] == 0
     assert 0 < s["boundary_free_share"] < 1
     assert 0 < s["receipt_latency_ms"]["p50"] <= s["receipt_latency_ms"]["p99"]
-    assert s["elapsed_s"] > 0
+    assert s["elapsed_s"] > 0 and s["offered_per_s"] == 0
 
 
 def test_demo_never_writes_into_a_working_ledger(tmp_path: Path) -> None:

@@ -1,0 +1,26 @@
+"""The demo's summary in words: the receipt latency says under which load it was taken."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adapters.demo import format_summary
+
+
+def _summary(offered_per_s: float) -> dict[str, Any]:
+    return {"submitted": 10, "routed": 10, "resolved": 10, "returned": 10, "elapsed_s": 1.0,
+            "dossiers_per_s": 10.0, "lost": 0, "duplicates": 0, "dead_lettered": 0,
+            "triaged": 0, "refused": 0, "boundary_free_share": 0.5,
+            "receipt_latency_ms": {"p50": 12.5, "p99": 40.0}, "offered_per_s": offered_per_s}
+
+
+def test_a_latency_taken_with_every_dossier_submitted_at_once_says_so() -> None:
+    last = format_summary(_summary(0.0)).splitlines()[-1]
+    assert last == ("boundary-free share 50.0%  receipt latency p50 12.5 ms, p99 40.0 ms "
+                    "(submitted all at once: mostly the wait behind the others; --rate R "
+                    "for a steady load)")
+
+
+def test_a_latency_taken_at_a_steady_rate_names_the_rate() -> None:
+    last = format_summary(_summary(100.0)).splitlines()[-1]
+    assert last == "boundary-free share 50.0%  receipt latency p50 12.5 ms, p99 40.0 ms at 100/s"
