@@ -210,7 +210,7 @@ def test_demo_counts_a_lost_submission_beside_a_dead_lettered_status_update(
     ids = [str(uuid.uuid4()) for _ in range(3)]
     in_ledger = {sid: (f"C{i}", 10, False) for i, sid in enumerate(ids[:2])}  # one missing
     ledger = SimpleNamespace(states_for_submissions=lambda _ids: in_ledger)
-    summary = demo._summarize(topology, ledger, demo._Tally(), ids, 1.0)  # type: ignore[arg-type]
+    summary = demo._summarize(topology, ledger, demo._Tally(), ids, 1.0, 0.0)  # type: ignore[arg-type]
     assert summary["dead_lettered"] == 1
     assert summary["lost"] == 1
 
@@ -225,7 +225,7 @@ def test_demo_intake_dead_letters_still_account_for_missing_submissions(
     monkeypatch.setattr("adapters.demo.pika.BlockingConnection", _FakeBlocking)
     ids = [str(uuid.uuid4()) for _ in range(3)]
     ledger = SimpleNamespace(states_for_submissions=lambda _ids: {ids[0]: ("C0", 10, False)})
-    summary = demo._summarize(topology, ledger, demo._Tally(), ids, 1.0)  # type: ignore[arg-type]
+    summary = demo._summarize(topology, ledger, demo._Tally(), ids, 1.0, 0.0)  # type: ignore[arg-type]
     assert summary["lost"] == 0
 
 
