@@ -6,7 +6,7 @@ DOSSIERS ?= 2000
 # test workers (pytest-xdist): the suite waits on RabbitMQ and PostgreSQL more than it computes
 TEST_JOBS ?= 2
 
-.PHONY: demo test lint services install clean
+.PHONY: demo test lint compat services install clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -29,5 +29,9 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy broker adapters monitoring
 
+# the unit tests on each newer Python this machine has (scripts/compat.sh)
+compat:
+	@TEST_JOBS=$(TEST_JOBS) bash scripts/compat.sh
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .venv-python3.* .pytest_cache .mypy_cache .ruff_cache *.egg-info
