@@ -465,13 +465,14 @@ def _summarize(topology: Topology, ledger: Ledger, tally: _Tally, submission_ids
 def format_summary(s: dict[str, Any]) -> str:
     """The summary as a few readable lines."""
     lat = s["receipt_latency_ms"]
+    load = (f" at {s['offered_per_s']:g}/s" if s["offered_per_s"] else
+            " (submitted as fast as confirms allow: mostly the wait behind the others; "
+            "--rate R for a steady load)")
     return "\n".join([
         f"submitted {s['submitted']}  routed {s['routed']}  resolved {s['resolved']}  "
         f"returned {s['returned']}  in {s['elapsed_s']} s ({s['dossiers_per_s']} dossiers/s)",
         f"lost {s['lost']}  duplicates {s['duplicates']}  dead-lettered {s['dead_lettered']}  "
         f"triaged {s['triaged']}  refused {s['refused']}",
         f"boundary-free share {s['boundary_free_share']:.1%}  "
-        f"receipt latency p50 {lat['p50']} ms, p99 {lat['p99']} ms"
-        + (" (submitted all at once: mostly the wait behind the others; --rate R for a "
-           "steady load)" if not s["offered_per_s"] else f" at {s['offered_per_s']:g}/s"),
+        f"receipt latency p50 {lat['p50']} ms, p99 {lat['p99']} ms" + load,
     ])
