@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from broker.amqp import amqp_url
+from broker.consumers.deadlines import WatchSettings
 from broker.health import Probes
 from broker.ledger import Ledger
 from broker.rules.catalog import Catalog
@@ -59,7 +60,8 @@ def _answer(port: int, path: str, status: int) -> dict[str, Any]:
 def test_ready_once_consuming_held_up_while_the_ledger_is_locked_then_ready_again(
         declared: Topology, ledger: Ledger, served: Callable[..., tuple[RunningBroker, int]],
         amqp: Amqp) -> None:
-    running, port = served(stuck_batch_s=1.0, retry_initial_s=0.2, retry_max_s=0.5)
+    running, port = served(stuck_batch_s=1.0, retry_initial_s=0.2, retry_max_s=0.5,
+                           watch=WatchSettings())
     ready = _answer(port, "/readyz", 200)
     assert ready["status"] == "ready" and ready["problems"] == []
     assert ready["queues"] == {
