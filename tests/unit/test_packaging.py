@@ -42,6 +42,11 @@ def _compose() -> dict[str, Any]:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
+def _command_text(service: dict[str, Any]) -> str:
+    command = service.get("command") or ""
+    return command if isinstance(command, str) else " ".join(command)
+
+
 def _casebroker_commands() -> list[list[str]]:
     """Every `casebroker ...` command line of a compose service, as argv after the program
     name (a shell variable of the service's own given a plausible value)."""
@@ -51,8 +56,7 @@ def _casebroker_commands() -> list[list[str]]:
         if isinstance(command, list) and command[0] == "casebroker":
             found.append(command[1:])
             continue
-        text = command if isinstance(command, str) else " ".join(command or ())
-        for line in re.findall(r"\bcasebroker ([^;&|\n]+)", text):
+        for line in re.findall(r"\bcasebroker ([^;&|\n]+)", _command_text(service)):
             found.append(shlex.split(line.replace('"$$CASEBROKER_KEEP_DAYS"', "90")))
     return found
 
@@ -71,8 +75,7 @@ def test_every_casebroker_setting_of_the_images_is_one_the_code_reads() -> None:
                        for p in (ROOT / package).rglob("*.py"))
     services = _compose()["services"]
     for name, service in services.items():
-        own = " ".join(service.get("command") or ()) if isinstance(
-            service.get("command"), list) else str(service.get("command"))
+        own = _command_text(service)
         for key in service.get("environment", {}):
             if key.startswith("CASEBROKER_"):
                 assert f'"{key}"' in source or f"${key}" in own, f"{name}: {key} unread"
@@ -86,7 +89,9 @@ def test_the_broker_health_check_asks_a_probe_the_router_serves_on_its_metrics_p
 
     broker = _compose()["services"]["broker"]
     check = " ".join(broker["healthcheck"]["test"])
-    port, path = re.search(r"http://127\.0\.0\.1:(\d+)(/\w+)", check).groups()
+    asked = re.search(r"http://127\.0\.0\.1:(\d+)(/\w+)", check)
+    assert asked is not None, check
+    port, path = asked.groups()
     assert port == broker["environment"]["CASEBROKER_METRICS_PORT"]
     assert f"{port}:{port}" in broker["ports"]
     assert path in Probes(None).routes()  # type: ignore[arg-type]
