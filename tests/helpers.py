@@ -28,6 +28,7 @@ from broker.ledger import Batch, RawJSON
 from broker.messages import CONTENT_TYPE, DossierSubmitted, encode, kind_of
 from broker.security import Management, ManagementError, management_url
 from broker.topology import DELIVERY_LIMIT, INTAKE_KEY, STATUS_KEY, Topology
+from monitoring.metrics import Metrics
 
 
 def dossier(procedure_code: str = "1.001193", desk_id: str = "T.MC.B",
@@ -292,3 +293,17 @@ def said(status: str, **fields: Any) -> dict[str, Any]:
                                                  or fields.get("requested_documents")):
         return {**fields, "requested_documents": ["Bản sao CCCD"]}
     return fields
+
+
+def metric_names() -> set[str]:
+    """Every series name a router exports, or may once a label is used."""
+    names = set()
+    for metric in Metrics().registry.collect():
+        for sample in metric.samples:
+            names.add(sample.name)
+        names.add(metric.name)
+        if metric.type == "counter":  # labelled counters have no samples until used
+            names.add(f"{metric.name}_total")
+        if metric.type == "histogram":
+            names |= {f"{metric.name}_{s}" for s in ("bucket", "sum", "count")}
+    return names

@@ -20,7 +20,7 @@ import yaml
 from broker.messages import encode
 from monitoring.metrics import Metrics
 from tests.conftest import RunningBroker, wait_for
-from tests.helpers import Amqp, dossier, free_port
+from tests.helpers import Amqp, dossier, free_port, metric_names
 
 pytestmark = pytest.mark.integration
 PROM_DIR = Path(__file__).parents[2] / "monitoring" / "prometheus"
@@ -29,25 +29,11 @@ needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
                                     reason="promtool not installed (apt-get install prometheus)")
 
 
-
-def _defined_names() -> set[str]:
-    names = set()
-    for metric in Metrics().registry.collect():
-        for sample in metric.samples:
-            names.add(sample.name)
-        names.add(metric.name)
-        if metric.type == "counter":  # labelled counters have no samples until used
-            names.add(f"{metric.name}_total")
-        if metric.type == "histogram":
-            names |= {f"{metric.name}_{s}" for s in ("bucket", "sum", "count")}
-    return names
-
-
 def test_alerts_and_dashboard_only_use_metrics_that_exist() -> None:
     texts = [(PROM_DIR / "alerts.yml").read_text(), DASHBOARD.read_text()]
     used = {m for t in texts for m in re.findall(r"\bcasebroker_[a-z_]+", t)}
     assert used, "no casebroker metric referenced"
-    assert used <= _defined_names(), f"undefined: {used - _defined_names()}"
+    assert used <= metric_names(), f"undefined: {used - metric_names()}"
     json.loads(DASHBOARD.read_text())
 
 
