@@ -351,6 +351,13 @@ class WorkingCalendar:
             wall = datetime.combine(self._next_working_day(wall.date()), wall.time())
         return wall.replace(tzinfo=self.tz)
 
+    def office_day_at(self, when: datetime) -> bool:
+        """Whether ``when`` falls between the opening and the closing of a working day
+        (its lunch break included): when desks and agencies are expected at work."""
+        wall = self._to_wall(when)
+        return (self.is_working_day(wall.date())
+                and self._periods[0][0] <= _us_of_day(wall) < self._periods[-1][1])
+
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,7 @@ class Broker:
         # a router runs for months: the year it warned of at start may come into view later
         self.metrics.calendar_watched(
             lambda: first_unconfirmed_ahead(self._engine.calendar, self.clock()))
+        self.metrics.office_watched(lambda: self._engine.calendar.office_day_at(self.clock()))
         self._reload_lock = threading.Lock()
         self.service = ConsumerService(
             self.settings, self.topology.dead_letter_exchange, self._dead_source_of,

@@ -97,6 +97,11 @@ class Metrics(Hooks):
             "days off (Tết, bridge days, swapped Saturdays) neither the holidays package nor "
             "the catalog has: due dates in it may come a few working days early (0: none; "
             "read at each scrape)", registry=r)
+        self.office_open = Gauge(
+            "casebroker_office_open",
+            "1 from the opening to the closing of a working day on the catalog's calendar "
+            "(its lunch break included), when desks and agencies are expected to take what "
+            "waits in their queues; else 0 (read at each scrape)", registry=r)
         self.catalog_info = Gauge(
             "casebroker_catalog_info", "The catalog in force (value 1)", ["catalog", "hash"],
             registry=r)
@@ -167,6 +172,10 @@ class Metrics(Hooks):
     def calendar_watched(self, first_unconfirmed: Callable[[], int]) -> None:
         """Have each scrape ask ``first_unconfirmed`` for the calendar gauge."""
         self.calendar_unconfirmed_year.set_function(first_unconfirmed)
+
+    def office_watched(self, open_now: Callable[[], bool]) -> None:
+        """Have each scrape ask ``open_now`` for the office-day gauge."""
+        self.office_open.set_function(lambda: float(open_now()))
 
     def catalog_loaded(self, name: str, content_hash: str) -> None:
         self.catalog_info.clear()

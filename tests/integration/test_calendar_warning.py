@@ -58,3 +58,23 @@ def test_no_warning_while_every_year_ahead_is_confirmed(
     # each scrape reads, where the log warns only at a start or a reload
     clock.set(f"{LAST}-11-25 09:00")
     assert _unconfirmed_year(running) == LAST + 1
+
+
+def test_the_office_day_gauge_follows_the_catalogs_calendar_at_each_scrape(
+        start_broker: Callable[..., RunningBroker], clock: FakeClock) -> None:
+    """``casebroker_office_open``, which the alert on parties not collecting their queues
+    waits for, is read from the catalog in force and the router's clock at each scrape."""
+    running = start_broker()
+
+    def office_open() -> float | None:
+        return running.broker.metrics.registry.get_sample_value("casebroker_office_open")
+
+    assert office_open() == 1  # Wednesday 09:00 (the clock's start)
+    clock.set("2026-11-25 12:15")
+    assert office_open() == 1  # lunch: still the office day
+    clock.set("2026-11-25 17:00")
+    assert office_open() == 0  # closed
+    clock.set("2026-11-28 09:00")
+    assert office_open() == 0  # Saturday
+    clock.set("2027-02-08 09:00")
+    assert office_open() == 0  # Monday, but Tết (the law's days, whatever the decree)

@@ -14,9 +14,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pika
 import pytest
 import yaml
 
+from broker.amqp import amqp_url
 from broker.messages import encode
 from monitoring.metrics import Metrics
 from tests.conftest import RunningBroker, wait_for
@@ -147,20 +149,29 @@ def test_real_prometheus_scrapes_the_router(run_broker: Callable[..., RunningBro
         assert "-0001" not in exposition
 
 
-@needs_promtool
-def test_real_prometheus_sees_what_waits_in_triage_through_the_shipped_scrape_job(
-        declared, tmp_path: Path) -> None:
-    # CasebrokerSetAsideWaiting reads each queue's depth from RabbitMQ's own plugin, by
-    # the scrape job prometheus.yml ships: its metric must be there, under that name
+def _queues_job() -> dict[str, Any]:
+    """The shipped scrape job that reads each queue from RabbitMQ's own plugin."""
     with socket.socket() as s:
         if s.connect_ex(("127.0.0.1", 15692)) != 0:
             pytest.skip("RabbitMQ's prometheus plugin is not on 15692 (scripts/services.sh "
                         "enables it)")
     shipped = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
     (job,) = [j for j in shipped["scrape_configs"] if j["job_name"] == "rabbitmq_queues"]
+    return dict(job)
+
+
+def _alert_expr(name: str) -> str:
     rules = yaml.safe_load((PROM_DIR / "alerts.yml").read_text())
-    (expr,) = [r["expr"] for g in rules["groups"] for r in g["rules"]
-               if r.get("alert") == "CasebrokerSetAsideWaiting"]
+    (expr,) = [r["expr"] for g in rules["groups"] for r in g["rules"] if r.get("alert") == name]
+    return str(expr)
+
+
+@needs_promtool
+def test_real_prometheus_sees_what_waits_in_triage_through_the_shipped_scrape_job(
+        declared, tmp_path: Path) -> None:
+    # CasebrokerSetAsideWaiting reads each queue's depth from RabbitMQ's own plugin, by
+    # the scrape job prometheus.yml ships: its metric must be there, under that name
+    job, expr = _queues_job(), _alert_expr("CasebrokerSetAsideWaiting")
     with _prometheus({"scrape_configs": [job]}, tmp_path) as prom_port:
         amqp = Amqp()
         amqp.publish("", declared.triage_queue, encode(dossier()), message_id="waiting")
@@ -170,6 +181,54 @@ def test_real_prometheus_sees_what_waits_in_triage_through_the_shipped_scrape_jo
                  timeout_s=60, what="the triaged message seen through the alert's query")
         waiting = _series(prom_port, expr) or {}
         assert declared.intake_queue not in waiting  # only what is set aside counts
+
+
+@needs_promtool
+def test_real_prometheus_sees_a_party_not_collecting_through_the_shipped_scrape_jobs(
+        declared, tmp_path: Path) -> None:
+    # CasebrokerPartyNotCollecting joins RabbitMQ's queue depths and consumer counts, by the
+    # shipped job, with the router's office-day gauge: all three must be there, under those
+    # names and labels. An agency's queue nobody consumes is selected; a desk's queue whose
+    # consumer holds one message while another waits is not.
+    job, expr = _queues_job(), _alert_expr("CasebrokerPartyNotCollecting")
+    metrics = Metrics()
+    metrics.office_watched(lambda: True)
+    metrics_port = free_port()
+    stop_serving = metrics.serve(metrics_port)
+    router_job = {"job_name": "casebroker",
+                  "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]}
+    waiting, served = declared.agency_queue("T.SO.TP"), declared.desk_queue("T.MC.B")
+    consumer = pika.BlockingConnection(pika.URLParameters(amqp_url()))
+    try:
+        with _prometheus({"scrape_configs": [job, router_job]}, tmp_path) as prom_port:
+            amqp = Amqp()
+            amqp.publish("", waiting, encode(dossier()), message_id="nobody-takes-it")
+            for n in range(2):
+                amqp.publish("", served, b"{}", message_id=f"notice-{n}")
+            amqp.close()
+            channel = consumer.channel()
+            channel.basic_qos(prefetch_count=1)
+            channel.basic_consume(served, lambda *_: None)  # holds one, never acks
+            consumer.process_data_events(time_limit=1)
+
+            def seen() -> dict[str, float]:
+                ready = _series(prom_port, f'rabbitmq_detailed_queue_messages_ready'
+                                           f'{{queue="{served}"}}') or {}
+                taken = _series(prom_port, f'rabbitmq_detailed_queue_consumers'
+                                           f'{{queue="{served}"}}') or {}
+                firing = _series(prom_port, expr) or {}
+                return {"served ready": ready.get(served, 0), "served consumers":
+                        taken.get(served, 0), "waiting selected": firing.get(waiting, 0),
+                        "served selected": firing.get(served, 0)}
+
+            # RabbitMQ emits queue statistics every few seconds
+            wait_for(lambda: seen() == {"served ready": 1, "served consumers": 1,
+                                        "waiting selected": 1, "served selected": 0},
+                     timeout_s=60, what="the agency queue selected, the desk queue not")
+            assert set(_series(prom_port, expr) or {}) == {waiting}
+    finally:
+        consumer.close()
+        stop_serving()
 
 
 def test_full_batches_count_a_backlog_and_not_a_trickle(

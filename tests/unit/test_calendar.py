@@ -228,6 +228,30 @@ def test_custom_office_hours_and_timezone() -> None:
     assert cal.tz == ZoneInfo("UTC")
 
 
+@pytest.mark.parametrize(("when", "expected"), [
+    ("2026-03-11 06:59", False),  # Wed, before opening
+    ("2026-03-11 07:00", True),  # opening
+    ("2026-03-11 12:00", True),  # the lunch break is part of the office day
+    ("2026-03-11 16:59", True),
+    ("2026-03-11 17:00", False),  # closing
+    ("2026-03-14 10:00", False),  # Sat
+    ("2026-02-18 10:00", False),  # Tết
+    ("2026-08-22 10:00", True),  # the Saturday made up for the bridge day of 31 August
+])
+def test_office_day_at(when: str, expected: bool) -> None:
+    assert CAL.office_day_at(vn(when)) is expected
+
+
+def test_office_day_at_reads_the_calendars_own_zone_and_hours() -> None:
+    # 00:30 UTC is 07:30 in Vietnam: open there, not before opening in a UTC office
+    at = datetime(2026, 3, 11, 0, 30, tzinfo=UTC)
+    assert CAL.office_day_at(at)
+    utc_office = WorkingCalendar(timezone="UTC", office_hours=OfficeHours.parse(["08:00-12:00"]))
+    assert not utc_office.office_day_at(at)
+    assert utc_office.office_day_at(at.replace(hour=11, minute=59))
+    assert not utc_office.office_day_at(at.replace(hour=12))
+
+
 def test_unknown_country_rejected() -> None:
     with pytest.raises(ValueError, match="country"):
         WorkingCalendar(country="XX")
