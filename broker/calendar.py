@@ -340,8 +340,14 @@ class WorkingCalendar:
             return self._working_days_due(received_at, amount)
         if unit is DurationUnit.WORKING_HOURS:
             return self.add_working_seconds(self.clock_start(received_at), amount * 3600)
-        wall = self._receipt_start(self._to_wall(received_at)) + timedelta(days=amount)
-        return self.on_a_working_day(wall.replace(tzinfo=self.tz))
+        return self.on_a_working_day(self.calendar_days_end(received_at, amount))
+
+    def calendar_days_end(self, start: datetime, days: float) -> datetime:
+        """Where ``days`` calendar days counted from ``start``'s clock start end, before
+        :meth:`on_a_working_day` moves that end off a day off: a pause extends this end,
+        and the end it reaches is moved afresh (extending the moved one would give the
+        days off it skipped a second time)."""
+        return self.clock_start(start) + timedelta(days=days)
 
     def on_a_working_day(self, when: datetime) -> datetime:
         """``when`` (in the calendar's zone), or, if it falls on a day off, the same time

@@ -281,6 +281,11 @@ STEP_OWN_DUE = "step_own_due_at"
 #: finished a chain step, by agency id, so that one holding a later step again (a chain
 #: that comes back to it) still has its earlier updates judged stale against its own clock
 AGENCY_SENT_AT = "agency_sent_at"
+#: in a dossier's ``flags``: of its due dates counted in calendar days (``due_at``,
+#: ``step_due_at``, ``step_own_due_at``), the end each reached before it was moved off a
+#: day off onto a working day (``WorkingCalendar.calendar_days_end``), where a pause or a
+#: hand-off recorded it: the next pause extends that end, not the moved one
+CALENDAR_ENDS = "calendar_ends"
 #: in a dossier's ``flags`` while it waits for a supplement: the state the request found
 #: it in (2 or 4), where the supplement brings it back (``lifecycle.apply``)
 PAUSED_FROM = "paused_from"

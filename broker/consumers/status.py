@@ -74,6 +74,7 @@ from broker.messages import (
 from broker.rules.engine import Engine, StepPlan
 from broker.tables import (
     AGENCY_SENT_AT,
+    CALENDAR_ENDS,
     PAUSED_FROM,
     PRUNED_KEY,
     STEP_OWN_DUE,
@@ -133,6 +134,31 @@ class _Dossier:
 
     def set(self, **values: Any) -> None:
         self.changes.update(values)
+
+
+def _calendar_end(engine: Engine, dossier: _Dossier, recorded: dict[str, str], key: str,
+                  due: datetime) -> datetime:
+    """Where the calendar days of the due date ``key`` (now ``due``) ended before they
+    were moved off a day off onto a working day: as a pause or hand-off recorded it
+    (CALENDAR_ENDS), else as the plan gives it from the receipt, checked against ``due``.
+    ``due`` itself where neither tells (a chain step handed on before ends were recorded,
+    a procedure whose time the catalog has changed since): that end, extended, may give a
+    second time the days off it was moved over, as it did before ends were recorded."""
+    if key in recorded:
+        return datetime.fromisoformat(recorded[key])
+    if key == "step_due_at" and due == dossier["due_at"]:
+        return _calendar_end(engine, dossier, recorded, "due_at", due)  # the dossier's end
+    amounts: list[float] = []
+    if key == "due_at" and (procedure := engine.procedures.get(dossier["procedure_code"])):
+        amounts.append(procedure.processing.amount)
+    if dossier["step"] == 1 and key != "due_at" or len(dossier["steps"]) == 1:
+        amounts.append(float(dossier["steps"][0]["amount"]))
+    cal = engine.calendar
+    for amount in amounts:
+        end = cal.calendar_days_end(dossier["received_at"], amount)
+        if cal.on_a_working_day(end) == due:
+            return end
+    return due
 
 
 class StatusRouter(Consumer):
@@ -502,24 +528,32 @@ class StatusRouter(Consumer):
         whole_unit = (DurationUnit(procedure.processing.unit) if procedure is not None
                       else DurationUnit.WORKING_DAYS)
         step_unit = DurationUnit(dossier["steps"][dossier["step"] - 1]["unit"])
+        recorded: dict[str, str] = flags.get(CALENDAR_ENDS, {})
+        ends = dict(recorded)
 
-        def moved(due: datetime, unit: DurationUnit) -> datetime:
+        def moved(key: str, due: datetime, unit: DurationUnit) -> datetime:
             if unit is DurationUnit.CALENDAR_DAYS:
-                return due if wall <= timedelta(0) else cal.on_a_working_day(due + wall)
+                if wall <= timedelta(0):
+                    return due
+                end = _calendar_end(engine, dossier, recorded, key, due) + wall
+                ends[key] = end.isoformat()
+                return cal.on_a_working_day(end)
             # adding 0 s would still move a 17:00 due date to 07:00 next day
             return due if paused_s <= 0 else cal.add_working_seconds(due, paused_s)
 
-        due_at, step_due_at = (moved(dossier["due_at"], whole_unit),
-                               moved(dossier["step_due_at"], step_unit))
+        due_at, step_due_at = (moved("due_at", dossier["due_at"], whole_unit),
+                               moved("step_due_at", dossier["step_due_at"], step_unit))
         if (due_at, step_due_at) != (dossier["due_at"], dossier["step_due_at"]):
             dossier.set(due_at=due_at, step_due_at=step_due_at)
             if (own := dossier["flags"].get(STEP_OWN_DUE)) is not None:
-                own_due = moved(datetime.fromisoformat(own), step_unit)
+                own_due = moved(STEP_OWN_DUE, datetime.fromisoformat(own), step_unit)
                 dossier.set(flags={**dossier["flags"], STEP_OWN_DUE: own_due.isoformat()})
             if due_at > now:  # a new due date still ahead: the watch judges it afresh
                 dossier.set(watch_level=NOTHING_SENT)
             if step_due_at > now:  # and the step's likewise
                 dossier.set(step_watch_level=NOTHING_SENT)
+        if ends != recorded:
+            dossier.set(flags={**dossier["flags"], CALENDAR_ENDS: ends})
         # the agency's assignment carries the due dates the pause has moved: it is told
         # the new ones, as fields and in words
         due, step_due = (dossier[k].astimezone(cal.tz) for k in ("due_at", "step_due_at"))
@@ -547,6 +581,17 @@ class StatusRouter(Consumer):
         flags = {k: v for k, v in dossier["flags"].items() if k != STEP_OWN_DUE}
         if own_due > step_due:  # told the dossier's due date; judged by its own time
             flags[STEP_OWN_DUE] = own_due.isoformat()
+        # the step's own end in calendar days, before it was moved onto a working day,
+        # for a pause to extend (CALENDAR_ENDS); a step due with its dossier takes the
+        # dossier's end
+        ends = {k: v for k, v in flags.get(CALENDAR_ENDS, {}).items()
+                if k not in ("step_due_at", STEP_OWN_DUE)}
+        if step_plan.unit is DurationUnit.CALENDAR_DAYS:
+            end = engine.calendar.calendar_days_end(now, step_plan.amount).isoformat()
+            ends[STEP_OWN_DUE if own_due > step_due else "step_due_at"] = end
+        flags.pop(CALENDAR_ENDS, None)
+        if ends:
+            flags[CALENDAR_ENDS] = ends
         # the next agency's updates are not compared with this one's clock, only with its
         # own: an update it sent for an earlier step of a chain that comes back to it
         # (delayed, redelivered) is stale, not applied to this step

@@ -313,7 +313,7 @@ class Engine:
         if step.unit == DurationUnit.CALENDAR_DAYS:
             # a share of a procedure's calendar days may be a fraction (5 over 2 steps):
             # rounded, a step of 2.5 days had 2, and one of half a day none at all
-            return cal.on_a_working_day(cal.clock_start(start) + timedelta(days=step.amount))
+            return cal.on_a_working_day(cal.calendar_days_end(start, step.amount))
         per_unit = (cal.office_hours.seconds_per_day
                     if step.unit == DurationUnit.WORKING_DAYS else 3600)
         return cal.add_working_seconds(cal.clock_start(start), step.amount * per_unit)

@@ -591,6 +591,71 @@ def test_a_pause_moves_a_calendar_days_due_date_by_the_whole_time_paused(
         "2026-12-03T01:00+07:00 (moved by the 2.7 days paused)")
 
 
+def _pause(status: StatusRouter, clock: FakeClock, code: str, agency: str, asked: str,
+           back: str, tag: int) -> list[Any]:
+    """The agency asks for a supplement at ``asked``; the desk brings it at ``back``."""
+    clock.set(asked)
+    status.handle([status_delivery(tag, _status(code, agency, "supplement_requested",
+                                                clock().astimezone(UTC),
+                                                requested_documents=["CCCD"]))])
+    clock.set(back)
+    return status.handle([status_delivery(tag + 1, DossierSupplemented(
+        event_id=uuid.uuid4(), dossier_code=code, desk_id="T.MC.B",
+        documents=[doc("cccd.pdf")], sent_at=clock().astimezone(UTC)))])
+
+
+def test_a_pause_extends_the_calendar_days_end_not_the_working_day_it_was_moved_to(
+        ledger: Ledger, clock: FakeClock) -> None:
+    # 5 calendar days from Monday 09:00 end on Saturday, moved to Monday 30. Extended from
+    # that Monday, a pause of a day gave the weekend a second time (found by a review):
+    # 6 days from receipt end on Sunday, still Monday 30. The next pause extends the
+    # recorded end again (Sunday 09:00 + 12 h), not Monday
+    router, status = _handlers(ledger, clock, (
+        'name: "Calendar days", processing: {amount: 5, unit: calendar_days}, '
+        "competence: {agency: T.SO.TP}"))
+    clock.set("2026-11-23 09:00")
+    d = dossier(procedure_code="1.000009", submitted_at=clock().isoformat())
+    code = json.loads(router.handle([intake_delivery(1, encode(d), "submit:1")])[0].body)[
+        "dossier_code"]
+    row = ledger.dossier(code)
+    assert row is not None and row["due_at"] == vn("2026-11-30 09:00")
+    _pause(status, clock, code, "T.SO.TP", "2026-11-25 10:00", "2026-11-26 10:00", 2)
+    row = ledger.dossier(code)
+    assert row is not None and row["due_at"] == vn("2026-11-30 09:00") == row["step_due_at"]
+    assert row["flags"]["calendar_ends"] == {"due_at": "2026-11-29T09:00:00+07:00",
+                                             "step_due_at": "2026-11-29T09:00:00+07:00"}
+    _pause(status, clock, code, "T.SO.TP", "2026-11-27 10:00", "2026-11-27 22:00", 4)
+    row = ledger.dossier(code)
+    assert row is not None and row["due_at"] == vn("2026-11-30 21:00") == row["step_due_at"]
+
+
+def test_a_pause_extends_a_handed_on_calendar_days_step_from_its_own_end(
+        ledger: Ledger, clock: FakeClock) -> None:
+    # the hand-off records where the next step's calendar days end before they are moved
+    # onto a working day: step 2 handed on at 10:00 the day of receipt ends Saturday,
+    # moved to Monday; a day's pause leaves it there, and moves the dossier's Thursday by
+    # the day
+    router, status = _handlers(ledger, clock, (
+        'name: "Chain in calendar days", processing: {amount: 10, unit: calendar_days}, '
+        "competence: {chain: [{agency: T.SO.TP}, {agency: T.CA}]}"))
+    clock.set("2026-11-23 09:00")
+    d = dossier(procedure_code="1.000009", submitted_at=clock().isoformat())
+    code = json.loads(router.handle([intake_delivery(1, encode(d), "submit:1")])[0].body)[
+        "dossier_code"]
+    clock.set("2026-11-23 10:00")
+    status.handle([status_delivery(2, _status(code, "T.SO.TP", "resolved",
+                                              clock().astimezone(UTC)))])
+    row = ledger.dossier(code)
+    assert row is not None and (row["step"], row["agency_id"]) == (2, "T.CA")
+    assert (row["step_due_at"], row["due_at"]) == (vn("2026-11-30 10:00"),
+                                                   vn("2026-12-03 09:00"))
+    _pause(status, clock, code, "T.CA", "2026-11-25 10:00", "2026-11-26 10:00", 3)
+    row = ledger.dossier(code)
+    assert row is not None
+    assert (row["step_due_at"], row["due_at"]) == (vn("2026-11-30 10:00"),
+                                                   vn("2026-12-04 09:00"))
+
+
 @pytest.mark.parametrize(("before", "back", "then", "ends"), [
     # asked for on receipt: the agency may still refuse the dossier once it is complete
     ([], 2, "rejected", 3),
