@@ -12,8 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-#: the longest header name AMQP carries (a short string: 255 bytes)
-HEADER_NAME_MAX = 255
+#: the most bytes of UTF-8 an AMQP short string holds: a message id, type or correlation
+#: id, a header's name
+SHORT_STRING_MAX = 255
+#: the longest header name AMQP carries (a short string)
+HEADER_NAME_MAX = SHORT_STRING_MAX
 #: AMQP's widest integer (pika decodes a double as an int, of a subclass of int)
 _INT64_MIN, _INT64_END = -2**63, 2**63
 
@@ -79,11 +82,17 @@ def _header_value(value: Any) -> Any:
 
 def short_text(value: Any, limit: int) -> str:
     """A property a sender set (bytes where it is not UTF-8) as text of at most ``limit``
-    characters: itself, or its start and a digest of the whole."""
+    characters and :data:`SHORT_STRING_MAX` bytes of UTF-8: itself, or its start and a
+    digest of the whole. Both bounds: the ledger's columns count characters, and AMQP's
+    short strings (a message id, a type) bytes. An id of 85 "ệ" is 85 characters and 255
+    bytes; with ``:held`` after it pika could not encode it, and the fault in the I/O
+    loop reconnected, gave back every unacked delivery and came back to it, round after
+    round."""
     text = as_text(value)
-    if len(text) <= limit:
+    if len(text) <= limit and (text.isascii() or len(text.encode()) <= SHORT_STRING_MAX):
         return text
     digest = "~sha256:" + hashlib.sha256(text.encode()).hexdigest()
     if len(digest) >= limit:
         return digest[-limit:]
-    return text[:limit - len(digest)] + digest
+    start = text[:limit - len(digest)].encode()[:SHORT_STRING_MAX - len(digest)]
+    return start.decode("utf-8", "ignore") + digest

@@ -128,3 +128,37 @@ def test_a_dead_letter_stored_with_headers_pika_cannot_send_goes_out_made_portab
     assert props.headers["x-wide"] == str(2**70)
     assert props.headers[REASON_HEADER] == "malformed_json"
     wait_for(lambda: queue_depth(declared.intake_queue) == 0, what="intake drained")
+
+
+def test_an_id_of_many_bytes_is_answered_without_a_fault_in_the_io_loop(
+        declared: Topology, ledger: Ledger, start_broker: Any, amqp: Amqp,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # 85 "ệ" are 85 characters and 255 bytes, an id AMQP carries; the held notice's id
+    # (the id, ":held") was 260 bytes, which pika could not encode: the I/O loop's fault
+    # reconnected and the redelivery met it again, until the delivery limit dead-lettered
+    # it with every good delivery given back with it (found by a review). The same for a
+    # malformed body whose id grows past 255 bytes once its NULs are escaped
+    start_broker()
+    wide = "ệ" * 85
+    amqp.ch.basic_publish(declared.intake_exchange, INTAKE_KEY,
+                          dossier("9.999999").model_dump_json().encode(),  # no rule: triage
+                          pika.BasicProperties(content_type="application/json",
+                                               delivery_mode=2, message_id=wide,
+                                               type="dossier.submitted"), mandatory=True)
+    amqp.ch.basic_publish(declared.intake_exchange, INTAKE_KEY, b"{", pika.BasicProperties(
+        content_type="application/json", delivery_mode=2,
+        message_id="ệ" * 82 + "\x00" * 4), mandatory=True)
+    good = dossier()
+    amqp.submit(declared, good)
+    (_, assigned), = _take(amqp, declared.agency_queue("T.UBND.A"), 1)
+    assert json.loads(assigned)["submission_id"] == str(good.submission_id)
+    (held, notice), = [m for m in _take(amqp, declared.desk_queue("T.MC.B"), 2)
+                       if json.loads(m[1])["notice"] == "held"]
+    assert len(held.message_id.encode()) <= 255 and held.message_id.startswith("ệ")
+    (triaged, _), = _take(amqp, declared.triage_queue, 1)
+    assert triaged.message_id == wide  # 255 bytes: kept whole
+    (dead, body), = _take(amqp, declared.dead_queue("intake"), 1)
+    assert body == b"{" and len(dead.message_id.encode()) <= 255
+    assert "fault in the I/O loop" not in caplog.text
+    assert ledger.count_inbox_outcomes() == {"dead:malformed_json": 1, "routed": 1,
+                                             "triaged:unknown_procedure": 1}

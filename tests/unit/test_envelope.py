@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import pytest
 from pika.compat import long
 from pika.data import encode_table
 
@@ -44,3 +45,20 @@ def test_short_text_keeps_what_fits_and_digests_the_rest() -> None:
     cut = short_text("t" * 100, 32)
     assert len(cut) == 32 and cut != short_text("t" * 101, 32)
     assert short_text(b"\xfe", 32) == "\\xfe"
+
+
+@pytest.mark.parametrize("text", [
+    "ệ" * 85,                    # 85 characters, 255 bytes: fits both bounds, kept whole
+    "ệ" * 85 + ":held",          # 90 characters, 260 bytes: over AMQP's short string
+    "ệ" * 127 + "a",             # 128 characters, 382 bytes
+    "𝔸" * 100,                   # four bytes a character: never cut inside one
+])
+def test_short_text_fits_an_amqp_short_string_in_bytes_as_well_as_characters(
+        text: str) -> None:
+    kept = short_text(text, 128)
+    assert len(kept) <= 128 and len(kept.encode()) <= 255
+    if len(text.encode()) <= 255 and len(text) <= 128:
+        assert kept == text
+    else:
+        assert "~sha256:" in kept and text.startswith(kept.split("~sha256:")[0])
+        assert kept != short_text(text + "x", 128)  # the digest is of the whole
