@@ -307,11 +307,30 @@ def _driver_said(error: DBAPIError) -> str:
     return f"{name} ({said[0][:200]})" if said and said[0] else name
 
 
+#: PostgreSQL's errors (SQLSTATE) that say the server or the session takes no writes now,
+#: whatever the rows: not OperationalErrors in psycopg, so read as 'wrong' they
+#: dead-lettered every delivery as internal_error, one by one, until someone stepped in
+#: (found by a review). A read-only transaction (25006: the URL reaches a standby after a
+#: failover, or default_transaction_read_only), a session the server ended for idling in
+#: a transaction (25P03), a privilege revoked (42501)
+_PG_NOT_NOW = frozenset({"25006", "25P03", "42501"})
+#: of those, the ones a new connection may cure (the pool reconnects; the URL's host may
+#: lead to the new primary by now): the connection that met one is discarded, as on a
+#: disconnect, instead of going back to the pool still on the standby
+_PG_RECONNECT = frozenset({"25006", "25P03"})
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    code = getattr(getattr(error, "orig", None), "sqlstate", None)
+    return code if isinstance(code, str) else None
+
+
 def is_transient(error: BaseException) -> bool:
     """Whether a database error means 'away for now' rather than 'wrong'."""
     if isinstance(error, OperationalError):
         return True
-    return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
+    return isinstance(error, DBAPIError) and (bool(error.connection_invalidated)
+                                              or _sqlstate(error) in _PG_NOT_NOW)
 
 
 @dataclass(slots=True)
@@ -356,7 +375,14 @@ class Batch:
             with closing(driver.cursor()) as cursor:
                 yield cursor
         except error_base as e:
+            gone = getattr(e, "sqlstate", None) in _PG_RECONNECT
+            if gone:  # dropped, not back to the pool still on a standby, and its idle
+                # peers with it (as the engine's handle_error hook has it for its own
+                # statements): the retry connects afresh
+                self.conn.invalidate()
+                self.conn.engine.dispose(close=False)
             raise DBAPIError.instance(statement, None, e, error_base,
+                                      connection_invalidated=gone,
                                       dialect=self.conn.dialect) from e
 
     def _fetch(self, statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
@@ -1496,6 +1522,13 @@ def _make_engine(url: str, sqlite: dict[str, bool]) -> Engine:
     # ledger was nearly empty (a sequential scan of inbox for `message_id = ANY(...)`)
     # stayed as the tables grew: PostgreSQL's CPU per dossier tripled over 20,000
     # dossiers (docs/BENCHMARKS.md). Planning each run of these few statements is cheap.
-    return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2,
-                         connect_args={"connect_timeout": 5, "prepare_threshold": None},
-                         json_serializer=_json_dumps)
+    engine = create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2,
+                           connect_args={"connect_timeout": 5, "prepare_threshold": None},
+                           json_serializer=_json_dumps)
+
+    @event.listens_for(engine, "handle_error")
+    def _reconnect_after(context: Any) -> None:
+        if getattr(context.original_exception, "sqlstate", None) in _PG_RECONNECT:
+            context.is_disconnect = True  # the pool drops it (and its idle peers)
+
+    return engine

@@ -216,3 +216,71 @@ def test_prune_erases_the_documents_a_citizen_brought_later_as_it_does_the_first
     assert [v for v in (brought["uri"], brought["sha256"], "066090001234") if v in after] == []
     row = ledger.dossier(code)
     assert row is not None and row["flags"]["supplements"] == 1  # how many, as for the first
+
+
+def test_a_ledger_that_takes_no_writes_pauses_the_router_and_a_new_connection_resumes_it(
+        ) -> None:
+    # after a failover the ledger's URL may reach a standby: every write is refused as a
+    # read-only transaction, which psycopg raises as an InternalError, not an outage. Read
+    # as 'wrong', each delivery was dead-lettered as internal_error (found by a review);
+    # it is 'not now': the batch waits, and the connection that met it is dropped so
+    # that the retry connects afresh (here: the role is writable again)
+    from sqlalchemy import create_engine
+
+    from broker.errors import TransientError
+    from tests.conftest import PG_URL, _pg_schema_url
+
+    schema, role = f"t{uuid.uuid4().hex[:10]}", f"cb_ro_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    Ledger(_pg_schema_url(schema)).dispose()  # its tables, made by the owner
+    with admin.connect() as conn:
+        for statement in (f'CREATE ROLE "{role}" LOGIN',
+                          f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"',
+                          f'GRANT ALL ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"',
+                          f'GRANT ALL ON ALL SEQUENCES IN SCHEMA "{schema}" TO "{role}"',
+                          f'ALTER ROLE "{role}" SET default_transaction_read_only = on'):
+            conn.execute(text(statement))
+    url = _pg_schema_url(schema).replace("//postgres@", f"//{role}@", 1)
+    assert role in url
+    ledger = Ledger(url)
+    try:
+        router = Router(lambda: Engine(load_catalog(MINI_CATALOG)), ledger, Topology("t"),
+                        clock=FakeClock())
+        delivery = intake_delivery(1, encode(dossier()), "submit:1")
+        for _ in range(2):  # not once by luck: each retry meets it while it lasts
+            with pytest.raises(TransientError, match="ReadOnlySqlTransaction"):
+                router.handle([delivery])
+        assert ledger.count_inbox_outcomes() == {}
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER ROLE "{role}" RESET default_transaction_read_only'))
+        # retried as the worker retries: the count above took a connection while the role
+        # was read-only, and a connection keeps what its session began with; the batch
+        # that meets it drops it, and the next one goes through on a new connection
+        tries = []
+        while not tries or tries[-1] != "routed":
+            try:
+                router.handle([delivery])
+                tries.append("routed")
+            except TransientError:
+                tries.append("paused")
+            assert len(tries) <= 3, tries
+        assert tries in (["routed"], ["paused", "routed"])
+        assert ledger.count_inbox_outcomes() == {"routed": 1}
+        # a privilege revoked: every write refused alike, so the batch waits for it too
+        second = intake_delivery(2, encode(dossier()), "submit:2")
+        with admin.connect() as conn:
+            conn.execute(text(f'REVOKE INSERT ON "{schema}".inbox FROM "{role}"'))
+        with pytest.raises(TransientError, match="InsufficientPrivilege"):
+            router.handle([second])
+        with admin.connect() as conn:
+            conn.execute(text(f'GRANT INSERT ON "{schema}".inbox TO "{role}"'))
+        router.handle([second])
+        assert ledger.count_inbox_outcomes() == {"routed": 2}
+    finally:
+        ledger.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+            conn.execute(text(f'DROP ROLE "{role}"'))
+        admin.dispose()
