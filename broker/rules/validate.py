@@ -115,7 +115,7 @@ def _calendar_problems(spec: CatalogFile, lines: _Lines) -> list[CatalogProblem]
         from zoneinfo import ZoneInfo
 
         ZoneInfo(spec.timezone)
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, OSError):  # OSError: "Asia", a folder of zones, not one
         found.append(lines.top("timezone", f"timezone: unknown time zone {spec.timezone!r}"))
     both = sorted(set(spec.extra_holidays) & set(spec.extra_workdays))
     if both:  # the calendar would take the day as worked, whichever was meant
@@ -283,6 +283,9 @@ def _rule_value_problems(when: dict[str, Matcher], known: Mapping[str, Container
             "applicant.kind": "applicant kind"}
     problems = []
     for key, matcher in when.items():
+        if matcher == []:  # matches nothing: the rule would silently never apply
+            problems.append(f"{key}: an empty list never matches")
+            continue
         if isinstance(matcher, Range):
             if key in _STRING_KEYS:
                 problems.append(f"{key}: a numeric range never matches a text value")

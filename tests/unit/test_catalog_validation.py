@@ -148,6 +148,9 @@ def test_top_level_settings_nothing_can_run_on_are_problems_at_their_lines() -> 
         "code the holidays package knows, such as VN)",
         "c.yaml:3: office_hours: office period 11:00:00-09:00:00: start must be before end",
         "c.yaml:4: timezone: unknown time zone 'Mars/Olympus'"]
+    # a folder of zones (the city left off) raised IsADirectoryError out of the check
+    assert _problems(sound.replace("Asia/Ho_Chi_Minh", "Asia")) == [
+        "c.yaml:2: timezone: unknown time zone 'Asia'"]
 
 
 def test_a_date_that_does_not_exist_is_a_problem_at_its_line_beside_the_others() -> None:

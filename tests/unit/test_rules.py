@@ -320,6 +320,7 @@ rules:
   - {id: unquoted-code, when: {procedure_code: 1.004227}, route: {agency: T.CA}}
   - {id: true-first, when: {attributes.flag: true}, route: {agency: T.CA}}
   - {id: one-later, when: {attributes.flag: 1}, route: {agency: T.BHXH}}
+  - {id: empty-list, when: {procedure_code: "1.003000", applicant.kind: []}, route: {agency: T.CA}}
 """
 
 
@@ -334,12 +335,14 @@ def test_rules_naming_values_no_dossier_has_are_reported() -> None:
                      f"v.yaml:{first + 2}: rule fax: unknown applicant kind 'government'",
                      f"v.yaml:{first + 3}: rule range-on-text: procedure_code: a numeric range",
                      f"v.yaml:{first + 4}: rule empty-range: attributes.x: empty range",
-                     f"v.yaml:{first + 5}: rule unquoted-code: procedure code 1.004227 must be"]:
+                     f"v.yaml:{first + 5}: rule unquoted-code: procedure code 1.004227 must be",
+                     f"v.yaml:{first + 8}: rule empty-list: applicant.kind: an empty list "
+                     "never matches"]:
         assert expected in text, f"missing {expected!r} in:\n{text}"
     assert "T.MC.A" not in text
     # `true` never equals 1 in the engine, so one-later is reachable
     assert "one-later" not in text
-    assert len(e.value.problems) == 7
+    assert len(e.value.problems) == 8
 
 
 def test_the_clock_starts_at_submission_never_later_than_now_nor_too_long_before(
