@@ -284,7 +284,8 @@ class BrokerClient:
         """The producer's publish (revived by kombu's ensure() after a reconnect), a nack
         raised as :class:`_Refused` and a confirm timeout as :class:`_ConfirmTimeout`:
         py-amqp counts both among the recoverable connection errors (the timeout is an
-        OSError), which ensure() retries at once."""
+        OSError), which ensure() retries at once. A confirm's wait running out is a
+        TimeoutError without an errno; one with ETIMEDOUT is the connection lost."""
         # a return recorded by an attempt whose connection was lost before its confirm
         # says nothing of this attempt: left, it failed a publish that got through
         self._returned.pop(kwargs.get("message_id"), None)
@@ -293,6 +294,11 @@ class BrokerClient:
         except MessageNacked as e:
             raise _Refused() from e
         except TimeoutError as e:
+            if e.errno is not None:
+                # the kernel gave up on the peer (ETIMEDOUT: py-amqp sets TCP_USER_TIMEOUT,
+                # and a link that acknowledges nothing for a second ends so): a lost
+                # connection, which ensure() reconnects before publishing again
+                raise
             raise _ConfirmTimeout() from e
 
     def _check_own_queue(self, message_id: str) -> None:

@@ -335,15 +335,22 @@ def test_publish_reconnects_after_connection_loss(live: Live) -> None:
 
 class SlowLink:
     """A TCP relay to RabbitMQ that holds back what RabbitMQ sends on the connections open
-    when told to (:meth:`stall`), until :meth:`release`: a confirm that comes late."""
+    when told to (:meth:`stall`), until :meth:`release`: a confirm that comes late; with
+    ``sending``, what the client sends too: a link gone silent both ways. ``rcvbuf``: the
+    relay's receive buffer, small for a client's writes to back up soon."""
 
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
+    def __init__(self, rcvbuf: int | None = None) -> None:
+        self.listener = socket.socket()
+        if rcvbuf is not None:  # set before listen(): the accepted sockets inherit it
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
         self.target = urlsplit(amqp_url())
         self.url = self.target._replace(netloc=(
             f"{self.target.username}:{self.target.password}"
             f"@127.0.0.1:{self.listener.getsockname()[1]}")).geturl()
         self.flowing: list[threading.Event] = []
+        self.sending: list[threading.Event] = []
         self.sockets: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -354,19 +361,20 @@ class SlowLink:
             except OSError:
                 return
             server = socket.create_connection((self.target.hostname, self.target.port or 5672))
-            flowing = threading.Event()
+            flowing, sending = threading.Event(), threading.Event()
             flowing.set()
+            sending.set()
             self.flowing.append(flowing)
+            self.sending.append(sending)
             self.sockets += [client, server]
-            for src, dst, gate in ((client, server, None), (server, client, flowing)):
+            for src, dst, gate in ((client, server, sending), (server, client, flowing)):
                 threading.Thread(target=self._pump, args=(src, dst, gate), daemon=True).start()
 
     @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket, gate: threading.Event | None) -> None:
+    def _pump(src: socket.socket, dst: socket.socket, gate: threading.Event) -> None:
         try:
-            while data := src.recv(65536):
-                if gate is not None:
-                    gate.wait()
+            while gate.wait() and (data := src.recv(65536)):
+                gate.wait()
                 dst.sendall(data)
         except OSError:
             pass
@@ -375,12 +383,12 @@ class SlowLink:
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
 
-    def stall(self) -> None:
-        for gate in self.flowing:
+    def stall(self, *, sending: bool = False) -> None:
+        for gate in self.flowing + (self.sending if sending else []):
             gate.clear()
 
     def release(self) -> None:
-        for gate in self.flowing:
+        for gate in self.flowing + self.sending:
             gate.set()
 
     def close(self) -> None:

@@ -270,3 +270,29 @@ def test_a_return_left_by_a_lost_attempt_does_not_fail_the_retry_that_got_throug
         assert desk.submit(d) == message_id
         assert attempts == [message_id, message_id] and desk._returned == {}
     assert live.depth(t.intake_queue) == 1
+
+
+def test_a_link_that_times_out_under_a_publish_is_a_lost_connection_not_a_late_confirm(
+        live: Live) -> None:
+    # py-amqp has the kernel give up on a peer that acknowledges nothing for a second
+    # (TCP_USER_TIMEOUT): ETIMEDOUT, a TimeoutError like a confirm's wait running out. It
+    # was taken for one: a PublishError after about a second saying "no confirm within
+    # 30 s", and no reconnect, whatever max_retries (found by a review). A lost
+    # connection is reconnected and the message published again under its id
+    t = live.topology
+    link = SlowLink(rcvbuf=8192)
+    try:
+        with DeskClient("T.MC.A", url=link.url, topology=t, confirm_timeout_s=30.0) as desk:
+            desk.submit(dossier())
+            link.stall(sending=True)  # silent both ways, until the timer below
+            timer = threading.Timer(3.0, link.release)
+            timer.start()
+            big = dossier().model_copy(update={"attributes": {"note": "x" * 200_000}})
+            try:
+                desk.submit(big)  # returns once RabbitMQ confirmed it
+            finally:
+                timer.cancel()
+                link.release()
+    finally:
+        link.close()
+    assert live.depth(t.intake_queue) in (2, 3)  # the big one once, or again after a loss
