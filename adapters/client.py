@@ -557,6 +557,9 @@ class Inbox:
         timeout) ends the wait between two attempts. Raises :class:`QueueMissing` for a
         queue RabbitMQ does not have, :class:`InboxRefused` for a login it refuses or a
         queue the login may not read."""
+        if timeout_s is not None and not timeout_s > 0:  # 0 ended before the first delivery
+            raise ValueError(f"timeout_s must be more than 0 seconds (None: until stop()), "
+                             f"not {timeout_s!r}")
         self._handled = 0
         # its own connection: a handler that publishes through the client must not
         # read this inbox's frames while waiting for its confirm

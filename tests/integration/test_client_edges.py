@@ -296,3 +296,16 @@ def test_a_link_that_times_out_under_a_publish_is_a_lost_connection_not_a_late_c
     finally:
         link.close()
     assert live.depth(t.intake_queue) in (2, 3)  # the big one once, or again after a loss
+
+
+@pytest.mark.parametrize("timeout_s", [0, -1.0, float("nan")])
+def test_a_drain_that_could_take_nothing_is_refused_in_words(live: Live,
+                                                             timeout_s: float) -> None:
+    # 0 s of idle time ended the drain before it subscribed: nothing taken, no error
+    t = live.topology
+    with DeskClient("T.MC.A", url=amqp_url(), topology=t) as desk:
+        desk.publish(desk_notice("T.MC.A", 1), exchange=t.desk_exchange,
+                     routing_key="T.MC.A", message_id="notice:1")
+        with pytest.raises(ValueError, match="timeout_s must be more than 0 seconds"):
+            desk.inbox().drain(lambda r: None, timeout_s=timeout_s)
+        assert desk.inbox().drain(lambda r: None, timeout_s=1.0) == 1
