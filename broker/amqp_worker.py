@@ -214,6 +214,8 @@ class _InFlight:
     failed: bool = False  # a publish was nacked, or returned and not dead-lettered
     #: where the nacked publishes were going (exchange/routing key), for the log
     refused_to: set[str] | None = None
+    #: when its messages were published (time.monotonic), for readiness
+    published_at: float = 0.0
 
 
 class _Refusals:
@@ -335,6 +337,15 @@ class QueueWorker:
     @property
     def idle(self) -> bool:
         return not self.inflight and not self.busy
+
+    def confirms_awaited_s(self, now: float) -> float | None:
+        """How long the oldest batch still waiting for RabbitMQ's confirms has waited
+        (None: none waits); read from the probes' thread."""
+        try:
+            first = self.inflight[0]  # a batch leaves once all of its are confirmed
+        except IndexError:
+            return None
+        return now - first.published_at
 
     # channel setup -----------------------------------------------------------------
     def open(self, connection: SelectConnection) -> None:
@@ -558,7 +569,7 @@ class QueueWorker:
 
     # publishing and confirms ---------------------------------------------------------
     def _publish(self, batch: list[Delivery], outbound: list[Outbound]) -> None:
-        entry = _InFlight(batch[-1].tag, len(outbound), batch)
+        entry = _InFlight(batch[-1].tag, len(outbound), batch, published_at=time.monotonic())
         self.inflight.append(entry)
         assert self.service.connection is not None  # the I/O loop runs on it
         with self.service.connection.coalesced():

@@ -9,8 +9,9 @@ For an orchestrator (a Docker health check, Kubernetes probes, a load balancer's
   failure: the process rides it out, and a restart would not help.
 * **ready**: it routes now. Connected to RabbitMQ, not blocked by an alarm, consuming
   every queue, none held up after a failure (the ledger away, publishes refused) without
-  a batch acked since, and no handler on one batch for half a minute (a ledger call
-  that does not return, which no error ends).
+  a batch acked since, no handler on one batch for half a minute (a ledger call that
+  does not return, which no error ends), and no batch waiting half a minute for
+  RabbitMQ's confirms (a quorum queue without a leader may hold them back).
 
 Each answers 200 or 503 with a JSON object: ``status``, ``problems`` (sentences, ids of
 queues and threads only, never a message's content), and what it judged from.
@@ -37,7 +38,8 @@ class Probes:
     #: ``reconnect_max_s`` (10 s); past this, it is stuck
     loop_stale_s: float = 30.0
     #: a batch of 250 takes well under a second, and a ledger away fails in 5 s; past
-    #: this, not ready; past ``stuck_batch_s``, not live (a call that does not return)
+    #: this, not ready; past ``stuck_batch_s``, not live (a call that does not return).
+    #: The same for a batch's confirms, which come within milliseconds
     slow_batch_s: float = 30.0
     stuck_batch_s: float = 120.0
 
@@ -73,8 +75,10 @@ class Probes:
         for worker in service.workers:
             since = worker.trouble_since
             held_up_s = None if since is None else round(now - since, 1)
+            awaited = worker.confirms_awaited_s(now)
             queues[worker.queue] = {"consuming": worker.consuming, "held_up_s": held_up_s,
-                                    "unacked": worker.unacked}
+                                    "unacked": worker.unacked, "confirms_awaited_s":
+                                    None if awaited is None else round(awaited, 1)}
             if service.connection_open and not service.stopping:
                 if not worker.consuming:
                     gone, said = worker.missing_exchange, worker.closed_by_broker
@@ -86,6 +90,13 @@ class Probes:
                 if held_up_s is not None:
                     problems.append(f"{worker.queue}: held up for {held_up_s:.0f} s: "
                                     f"{worker.trouble}")
+                if awaited is not None and awaited > self.slow_batch_s:
+                    # a quorum queue without a majority may hold them back rather than
+                    # nack; every later ack on this queue waits behind this batch
+                    problems.append(f"{worker.queue}: RabbitMQ has not confirmed a batch's "
+                                    f"publishes for {awaited:.0f} s (a queue without a "
+                                    "leader?); its deliveries and those after it stay "
+                                    "unacked")
             problems += _handler_problems(worker.thread, now, self.slow_batch_s)
         details: dict[str, Any] = {"queues": queues}
         watch = self.broker.watch

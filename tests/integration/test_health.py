@@ -241,3 +241,40 @@ def test_a_handler_thread_that_ended_fails_both_probes(
     assert not intake.thread.os_thread.is_alive()
     for path in ("/livez", "/readyz"):
         assert "thread handler-intake has ended" in _answer(port, path, 503)["problems"]
+
+
+def test_not_ready_while_rabbitmq_holds_a_batchs_confirms_back_and_ready_once_they_come(
+        served: Callable[..., tuple[RunningBroker, int]], declared: Topology,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a quorum queue without a majority may hold confirms back rather than nack: every
+    # later ack on the queue waits behind that batch, and /readyz said nothing of it
+    # (found by a review). Here a relay holds back what RabbitMQ sends once the batch
+    # is handled: its publishes go out, their confirms do not come until released
+    from tests.helpers import hold_router_past_duplicate_check
+    from tests.integration.test_client import SlowLink
+
+    link = SlowLink()
+    try:
+        checked, go = hold_router_past_duplicate_check(monkeypatch)
+        _, port = served(slow_batch_s=1.0, url=link.url)
+        _answer(port, "/readyz", 200)
+        amqp = Amqp()
+        amqp.submit(declared, dossier())
+        assert checked.wait(30)
+        link.stall()
+        go.set()
+        not_ready = _answer(port, "/readyz", 503)
+        assert [p for p in not_ready["problems"] if "confirmed" in p] == [
+            p for p in not_ready["problems"]], not_ready
+        assert re.fullmatch(rf"{re.escape(declared.intake_queue)}: RabbitMQ has not "
+                            r"confirmed a batch's publishes for \d+ s \(a queue without a "
+                            r"leader\?\); its deliveries and those after it stay unacked",
+                            not_ready["problems"][0]), not_ready
+        assert not_ready["queues"][declared.intake_queue]["confirms_awaited_s"] >= 1.0
+        link.release()
+        ready = _answer(port, "/readyz", 200)
+        assert ready["queues"][declared.intake_queue]["confirms_awaited_s"] is None
+        wait_for(lambda: amqp.get_all(declared.agency_queue("T.UBND.A")), what="assigned")
+        amqp.close()
+    finally:
+        link.close()
