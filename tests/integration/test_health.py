@@ -65,7 +65,7 @@ def test_ready_once_consuming_held_up_while_the_ledger_is_locked_then_ready_agai
     ready = _answer(port, "/readyz", 200)
     assert ready["status"] == "ready" and ready["problems"] == []
     assert ready["queues"] == {
-        q: {"consuming": True, "held_up_s": None, "unacked": 0}
+        q: {"consuming": True, "held_up_s": None, "unacked": 0, "confirms_awaited_s": None}
         for q in (declared.intake_queue, declared.status_queue)}
     assert ready["deadline_watch_last_round_s_ago"] >= 0
     assert probe(port, "/livez")[0] == 200
@@ -97,7 +97,7 @@ def test_ready_once_consuming_held_up_while_the_ledger_is_locked_then_ready_agai
     wait_for(lambda: ledger.count_by_state() == {2: 1}, what="the dossier routed")
     again = _answer(port, "/readyz", 200)
     assert again["queues"][declared.intake_queue] == {
-        "consuming": True, "held_up_s": None, "unacked": 0}
+        "consuming": True, "held_up_s": None, "unacked": 0, "confirms_awaited_s": None}
     assert _answer(port, "/livez", 200)["problems"] == []
     assert running.thread.is_alive()
 
