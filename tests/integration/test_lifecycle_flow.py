@@ -604,19 +604,27 @@ def _pause(status: StatusRouter, clock: FakeClock, code: str, agency: str, asked
         documents=[doc("cccd.pdf")], sent_at=clock().astimezone(UTC)))])
 
 
+def _received_monday(ledger: Ledger, clock: FakeClock, procedure: str
+                     ) -> tuple[StatusRouter, str]:
+    """A dossier of ``procedure`` (1.000009, see :func:`_handlers`) received on Monday
+    2026-11-23 at 09:00: the status router and its code."""
+    router, status = _handlers(ledger, clock, procedure)
+    clock.set("2026-11-23 09:00")
+    d = dossier(procedure_code="1.000009", submitted_at=clock().isoformat())
+    code = json.loads(router.handle([intake_delivery(1, encode(d), "submit:1")])[0].body)[
+        "dossier_code"]
+    return status, code
+
+
 def test_a_pause_extends_the_calendar_days_end_not_the_working_day_it_was_moved_to(
         ledger: Ledger, clock: FakeClock) -> None:
     # 5 calendar days from Monday 09:00 end on Saturday, moved to Monday 30. Extended from
     # that Monday, a pause of a day gave the weekend a second time (found by a review):
     # 6 days from receipt end on Sunday, still Monday 30. The next pause extends the
     # recorded end again (Sunday 09:00 + 12 h), not Monday
-    router, status = _handlers(ledger, clock, (
+    status, code = _received_monday(ledger, clock, (
         'name: "Calendar days", processing: {amount: 5, unit: calendar_days}, '
         "competence: {agency: T.SO.TP}"))
-    clock.set("2026-11-23 09:00")
-    d = dossier(procedure_code="1.000009", submitted_at=clock().isoformat())
-    code = json.loads(router.handle([intake_delivery(1, encode(d), "submit:1")])[0].body)[
-        "dossier_code"]
     row = ledger.dossier(code)
     assert row is not None and row["due_at"] == vn("2026-11-30 09:00")
     _pause(status, clock, code, "T.SO.TP", "2026-11-25 10:00", "2026-11-26 10:00", 2)
@@ -635,13 +643,9 @@ def test_a_pause_extends_a_handed_on_calendar_days_step_from_its_own_end(
     # onto a working day: step 2 handed on at 10:00 the day of receipt ends Saturday,
     # moved to Monday; a day's pause leaves it there, and moves the dossier's Thursday by
     # the day
-    router, status = _handlers(ledger, clock, (
+    status, code = _received_monday(ledger, clock, (
         'name: "Chain in calendar days", processing: {amount: 10, unit: calendar_days}, '
         "competence: {chain: [{agency: T.SO.TP}, {agency: T.CA}]}"))
-    clock.set("2026-11-23 09:00")
-    d = dossier(procedure_code="1.000009", submitted_at=clock().isoformat())
-    code = json.loads(router.handle([intake_delivery(1, encode(d), "submit:1")])[0].body)[
-        "dossier_code"]
     clock.set("2026-11-23 10:00")
     status.handle([status_delivery(2, _status(code, "T.SO.TP", "resolved",
                                               clock().astimezone(UTC)))])
