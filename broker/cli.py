@@ -625,7 +625,9 @@ def _event_note(event: dict[str, Any], tz: ZoneInfo) -> str:
     if event["kind"] == "request_supplement":
         notes.append(f"{len(d.get('requested_documents') or [])} document(s) requested")
     if event["kind"] == "supplement":  # its due date is the one the pause moved
-        notes.append(f"{len(d.get('documents') or [])} document(s) brought")
+        brought = d.get("documents") or []  # `ledger prune` leaves how many
+        notes.append(f"{brought if isinstance(brought, int) else len(brought)} "
+                     "document(s) brought")
     if event["kind"] in ("supplement", "at_risk", "overdue") and d.get("due_at"):
         notes.append(f"due {at('due_at')}")
     if event["kind"] in ("step_at_risk", "step_overdue") and d.get("due_at"):

@@ -273,6 +273,9 @@ DOCUMENTS = "documents"
 #: in a dossier's ``flags``: the documents the citizen brought at an agency's request
 #: (``dossier.supplemented``); once `ledger prune` erased them, how many there were
 SUPPLEMENTS = "supplements"
+#: in a dossier's ``flags``: the result documents its agencies sent (by reference), for
+#: the desk and the next step; once `ledger prune` erased them, how many there were
+RESULTS = "results"
 #: in a dossier's ``flags``: when its current step's own time runs out, where that is
 #: after the dossier's due date, which then caps the step's ``step_due_at`` (a step
 #: handed a dossier late keeps its own time: the report judges the step by it)

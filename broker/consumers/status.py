@@ -77,6 +77,7 @@ from broker.tables import (
     CALENDAR_ENDS,
     PAUSED_FROM,
     PRUNED_KEY,
+    RESULTS,
     STEP_OWN_DUE,
     SUPPLEMENTS,
     VALUES_DIGEST,
@@ -453,11 +454,11 @@ class StatusRouter(Consumer):
                  old_state: State, seq: int, now: datetime) -> list[Outbound]:
         state = State(dossier["state"])
         out: list[Outbound] = []
-        results: list[dict[str, Any]] = list(dossier["flags"].get("results", []))
+        results: list[dict[str, Any]] = list(dossier["flags"].get(RESULTS, []))
         if isinstance(msg, DossierStatus) and msg.documents and event in (Event.HAND_OFF,
                                                                           Event.RESOLVE):
             results += [doc.model_dump(mode="json") for doc in msg.documents]
-            dossier.set(flags={**dossier["flags"], "results": results})
+            dossier.set(flags={**dossier["flags"], RESULTS: results})
         if state in FINISHED:
             dossier.set(finished_at=now)
         if event == Event.REQUEST_SUPPLEMENT:

@@ -15,15 +15,18 @@ keeps every row, code, state, time and message id:
   how many documents it had (for the report's digitized share), and the
   ``dossier.assigned`` bodies in ``outbox``; the documents the citizen brought later (a
   supplement: the flags' ``supplements``, then how many, and the bodies of the agencies'
-  notices that carried them);
+  notices that carried them) and the results the agencies sent (the flags' ``results``,
+  then how many, and the bodies of the desks' notices that carried them); in the events,
+  the documents' names (then how many);
 * dead letters' and triage copies' bodies in ``outbox`` processed before the cutoff
   (the stub keeps the submission id, for ``audit --submissions``, and the schema);
 * refusals at intake made before the cutoff: ``refusals.submission``; and the reason a
   desk gave for withdrawing a submission that never came (``early_withdrawals``).
 
 Desk notices, the events (the process-control sheet) and deadline notices carry codes,
-states, dates and reasons, and are kept. A pruned body is never published again: a
-redelivery of its message, long acked, re-sends the rest (:meth:`Batch.seen`).
+states, dates and reasons, and are kept (free text as written: docs/RELIABILITY.md). A
+pruned body is never published again: a redelivery of its message, long acked, re-sends
+the rest (:meth:`Batch.seen`).
 
 Each completed run is a ``prunes`` row (cutoff, who, counts); the next run starts at its
 cutoff, so a nightly run reads one day's closings. A run cut short is redone from the last
@@ -61,6 +64,7 @@ from broker.lifecycle import TERMINAL_STATES
 from broker.ops.progress import Progress
 from broker.tables import (
     DOCUMENTS,
+    RESULTS,
     SUPPLEMENTS,
     VALUES_DIGEST,
     is_pruned,
@@ -172,13 +176,16 @@ def _prune_dossiers(ledger: Ledger, done: Pruned, at: datetime, dry_run: bool,
             last, seen = rows[-1].id, seen + len(rows)
             done.dossiers += _erase_submissions(
                 conn, c.id, [(r.id, r.submission) for r in rows], at, dry_run)
-            _erase_supplements(conn, rows, dry_run)
-            # the assignments, and the agencies' notices carrying the supplements
+            _count_documents(conn, rows, dry_run)
+            _count_event_documents(conn, [r.code for r in rows], dry_run)
+            # the assignments, and the notices carrying documents: the agencies' with the
+            # supplements, the desks' with the results
             sent = conn.execute(
                 select(outbox.c.id, outbox.c.type, outbox.c.body)
                 .join(events, events.c.message_id == outbox.c.inbox_message_id)
                 .where(events.c.dossier_code.in_([r.code for r in rows]),
-                       outbox.c.type.in_(["dossier.assigned", "agency.notice"]))
+                       outbox.c.type.in_(["dossier.assigned", "agency.notice",
+                                          "desk.notice"]))
                 .with_for_update(of=outbox)).all()
             done.bodies += _erase_bodies(conn, [
                 r for r in sent if r.type == "dossier.assigned" or _carries_documents(r.body)
@@ -186,21 +193,40 @@ def _prune_dossiers(ledger: Ledger, done: Pruned, at: datetime, dry_run: bool,
         progress(seen, int(total or 0))
 
 
-def _erase_supplements(conn: Connection, rows: Sequence[Any], dry_run: bool) -> None:
-    """Replace the documents the citizen brought later (the flags' :data:`SUPPLEMENTS`,
-    as the submission's own: names, addresses, hashes) of these dossiers by how many
-    there were."""
-    fresh = [(r.id, r.flags) for r in rows
-             if isinstance(r.flags, dict) and isinstance(r.flags.get(SUPPLEMENTS), list)]
+def _count_documents(conn: Connection, rows: Sequence[Any], dry_run: bool) -> None:
+    """Replace the documents in these dossiers' flags (the citizen's brought later,
+    :data:`SUPPLEMENTS`, and the agencies' results, :data:`RESULTS`: names, addresses,
+    hashes, as the submission's own) by how many there were."""
+    fresh = []
+    for r in rows:
+        flags = r.flags if isinstance(r.flags, dict) else {}
+        counted = {key: len(flags[key]) for key in (SUPPLEMENTS, RESULTS)
+                   if isinstance(flags.get(key), list)}
+        if counted:
+            fresh.append((r.id, {**flags, **counted}))
     if fresh and not dry_run:
         conn.execute(update(dossiers).where(dossiers.c.id == bindparam("row_id"))
                      .values(flags=bindparam("counted")),
-                     [{"row_id": i, "counted": {**flags, SUPPLEMENTS: len(flags[SUPPLEMENTS])}}
-                      for i, flags in fresh])
+                     [{"row_id": i, "counted": flags} for i, flags in fresh])
+
+
+def _count_event_documents(conn: Connection, codes: list[str], dry_run: bool) -> None:
+    """In the process-control sheet of these dossiers, the names of the documents an
+    event brought (a supplement, a result) by how many: a file is often named after its
+    citizen. The rest of each event stays."""
+    rows = conn.execute(select(events.c.id, events.c.detail)
+                        .where(events.c.dossier_code.in_(codes))).all()
+    fresh = [(r.id, {**r.detail, DOCUMENTS: len(r.detail[DOCUMENTS])}) for r in rows
+             if isinstance(r.detail, dict) and isinstance(r.detail.get(DOCUMENTS), list)]
+    if fresh and not dry_run:
+        conn.execute(update(events).where(events.c.id == bindparam("row_id"))
+                     .values(detail=bindparam("counted")),
+                     [{"row_id": i, "counted": detail} for i, detail in fresh])
 
 
 def _carries_documents(body: bytes) -> bool:
-    """Whether a notice's body lists documents (an agency's ``supplemented`` notice)."""
+    """Whether a notice's body lists documents (an agency's ``supplemented`` notice, a
+    desk's notice of a result sent as a document)."""
     try:
         value = json.loads(bytes(body))
     except ValueError:
@@ -296,10 +322,10 @@ def register(actions: Any) -> None:
     """Add `casebroker ledger prune` to the ledger's actions."""
     p = actions.add_parser(
         "prune", help="erase the personal data (submissions, assignments, supplements' "
-        "documents, dead letters' and triage copies' bodies, the submissions of refusals "
-        "at intake, the reasons of withdrawals whose submission never came) of what closed "
-        "more than --keep-days ago; ids, codes, states, times and digests stay, for the "
-        "audit, the report and duplicate checks")
+        "and results' documents, dead letters' and triage copies' bodies, the submissions "
+        "of refusals at intake, the reasons of withdrawals whose submission never came) of "
+        "what closed more than --keep-days ago; ids, codes, states, times and digests "
+        "stay, for the audit, the report and duplicate checks")
     p.add_argument("--keep-days", required=True, type=at_least(MIN_KEEP_DAYS),
                    help=f"retention in days after a dossier closed (at least {MIN_KEEP_DAYS})")
     p.add_argument("--dry-run", action="store_true", help="count, erase nothing")

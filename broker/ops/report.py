@@ -85,7 +85,7 @@ from broker.lifecycle import (
 )
 from broker.messages import shown_id
 from broker.ops.progress import Progress
-from broker.tables import DOCUMENTS, STEP_OWN_DUE
+from broker.tables import DOCUMENTS, RESULTS, STEP_OWN_DUE
 
 #: what a report may be grouped by (`--by`)
 GROUPS = ("agency", "desk", "procedure")
@@ -323,7 +323,7 @@ def _received(conn: Connection, start: datetime, end: datetime,
                c.agency_id, c.step_due_at,
                c.submission[DOCUMENTS].label("documents"),
                c.flags[STEP_OWN_DUE].as_string().label("step_own_due"),
-               c.flags["results"].label("results"))
+               c.flags[RESULTS].label("results"))
         .where(*period))
     return rows if progress is None else _told(rows, int(total or 0), progress)
 

@@ -170,10 +170,13 @@ def test_a_desk_event_about_a_pruned_dossier_is_still_answered(ledger: Ledger) -
 
 
 def test_prune_erases_the_documents_a_citizen_brought_later_as_it_does_the_first(
-        ledger: Ledger) -> None:
+        ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
     """Prune erases a closed dossier's submission, its documents' names, addresses and
     hashes among them; the documents the citizen brought later at the agency's request
-    stayed whole, in the dossier's flags and in the agency's ``supplemented`` notice."""
+    stayed whole, in the dossier's flags and in the agency's ``supplemented`` notice. So
+    did (found by a review) their names in the process-control sheet, and the result the
+    agency sent: in the flags, the events and the desk's notices. How many stays, and the
+    report counts the result as digitized before and after."""
     clock = FakeClock("2026-09-01 09:00")
     engine = Engine(load_catalog(MINI_CATALOG))
     router = Router(lambda: engine, ledger, Topology("t"), clock=clock)
@@ -183,12 +186,15 @@ def test_prune_erases_the_documents_a_citizen_brought_later_as_it_does_the_first
     brought: dict[str, Any] = {
         "name": "CCCD Nguyễn Văn An.pdf", "uri": "s3://docs/066090001234/cccd.pdf",
         "sha256": "b" * 64, "size": 2000, "media_type": "application/pdf"}
+    result: dict[str, Any] = {
+        "name": "Giấy khai sinh Nguyễn Văn Bình.pdf", "uri": "s3://results/066090005678/ks",
+        "sha256": "c" * 64, "size": 3000, "media_type": "application/pdf"}
 
     def agency(tag: int, state: str) -> None:
         status.handle([status_delivery(tag, DossierStatus(
             update_id=uuid.uuid4(), dossier_code=code, agency_id="T.UBND.A", status=state,
             requested_documents=["CCCD"] if state == "supplement_requested" else [],
-            sent_at=clock.now))])
+            documents=[result] if state == "resolved" else [], sent_at=clock.now))])
 
     agency(2, "processing")
     agency(3, "supplement_requested")
@@ -209,13 +215,24 @@ def test_prune_erases_the_documents_a_citizen_brought_later_as_it_does_the_first
                 *(json.dumps(d, ensure_ascii=False) for d in conn.execute(
                     select(events.c.detail)).scalars())])
 
-    assert brought["uri"] in stored() and brought["sha256"] in stored()
+    def results_digitized() -> int:
+        assert main(["report", "--from", "2026-09-01", "--to", "2026-09-30", "--json",
+                     "--db-url", ledger.url]) == 0
+        return int(json.loads(capsys.readouterr().out)["total"]["results_digitized"])
+
+    private = [brought["name"], brought["uri"], brought["sha256"], "066090001234",
+               result["name"], result["uri"], result["sha256"]]
+    assert [v for v in private if v not in stored()] == []
+    assert results_digitized() == 1
     done = prune(ledger, 30, "ops-1", now=FakeClock("2026-11-29 09:00").now)
-    assert (done.dossiers, done.bodies) == (1, 2)  # the assignment, the supplemented notice
-    after = stored()
-    assert [v for v in (brought["uri"], brought["sha256"], "066090001234") if v in after] == []
+    # the assignment, the supplemented notice, the desk's notice of the result
+    assert (done.dossiers, done.bodies) == (1, 3)
+    assert [v for v in private if v in stored()] == []
     row = ledger.dossier(code)
-    assert row is not None and row["flags"]["supplements"] == 1  # how many, as for the first
+    assert row is not None and (row["flags"]["supplements"], row["flags"]["results"]) == (1, 1)
+    assert results_digitized() == 1
+    assert main(["dossier", "show", code, "--db-url", ledger.url]) == 0
+    assert "1 document(s) brought" in capsys.readouterr().out
 
 
 def test_a_ledger_that_takes_no_writes_pauses_the_router_and_a_new_connection_resumes_it(
