@@ -19,8 +19,10 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pika import data as pika_data
 from pika.adapters.select_connection import SelectConnection
 from pika.channel import Channel
 from pika.exceptions import (
@@ -164,6 +166,38 @@ class CoalescingConnection(SelectConnection):  # type: ignore[misc]
 #: int beyond 64 bits, a value of a type it has no encoding for)
 UNENCODABLE = (ShortStringTooLong, UnsupportedAMQPFieldException, struct.error, TypeError,
                ValueError)
+
+
+def _read_any_timestamp() -> None:
+    """Have pika read a header's timestamp past the year 9999 as its number of seconds.
+
+    pika decodes a timestamp in a header table (AMQP 'T': 64-bit seconds since 1970) as a
+    datetime, which raises for a year past 9999 (a Java client's ``Long.MAX_VALUE`` date,
+    say). It raises in pika's frame reader, where it ends the connection: the router
+    reconnected, met the same delivery again, and so on until the delivery limit
+    dead-lettered it with every delivery of both prefetch windows given back; the
+    operator tools could then not read the dead-letter queue at all (found by a review).
+    Read as an int, the value is kept (made portable as any other) and the message
+    handled as any. Applied once, at import: pika has no hook for it."""
+    decode = pika_data.decode_value
+    if getattr(decode, "reads_any_timestamp", False):
+        return
+
+    def decode_value(encoded: bytes, offset: int) -> tuple[Any, int]:
+        if encoded[offset:offset + 1] == b"T":
+            seconds = struct.unpack_from(">Q", encoded, offset + 1)[0]
+            try:
+                return datetime.fromtimestamp(seconds, UTC), offset + 9
+            except (ValueError, OverflowError, OSError):
+                return seconds, offset + 9
+        value, end = decode(encoded, offset)
+        return value, int(end)
+
+    decode_value.reads_any_timestamp = True  # type: ignore[attr-defined]
+    pika_data.decode_value = decode_value
+
+
+_read_any_timestamp()
 
 
 def properties_for(out: Outbound, user_id: str | None) -> BasicProperties:

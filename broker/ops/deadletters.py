@@ -79,6 +79,7 @@ from broker.ops.queues import (
     copy_properties,
     login,
     missing,
+    publish_copy,
     put_back,
     queue_and_key,
     read_back,
@@ -237,7 +238,7 @@ def replay(ch: BlockingChannel, topology: Topology, which: str, msg: Taken) -> d
     else:
         new_id = msg.message_id
         props = copy_properties(msg.properties, headers=headers or None)
-    ch.basic_publish(exchange, key, msg.body, props, mandatory=True)
+    publish_copy(ch, exchange, key, msg.body, props)
     return {"queue": which, "message_id": _shown(msg),
             "replayed_as": shown_message_id(new_id),
             "exchange": exchange, "routing_key": key}

@@ -23,6 +23,8 @@ from pika.exceptions import ChannelClosedByBroker, NackError, UnroutableError
 from pika.spec import BasicProperties
 
 from broker.amqp import REASON_HEADER, SENT_BY_HEADER, amqp_urls
+from broker.amqp_worker import UNENCODABLE
+from broker.envelope import portable_headers
 from broker.errors import CasebrokerError
 from broker.topology import DEAD_SOURCES, TRIAGE_KEY, Topology
 
@@ -53,14 +55,16 @@ def copy_properties(props: BasicProperties, **changes: Any) -> BasicProperties:
 
 def sent_by(props: BasicProperties) -> str | None:
     """Who first published a message: the sender recorded in ``x-casebroker-sent-by`` on
-    a copy made without a user_id (an operator's copies), under the operator's own login
-    (a replay that came back through a delivery limit), or by the router (its dead letters
-    and triage copies: under its own login, which need not be the operator's), else its
-    user_id."""
+    a copy made under the operator's own login (its copies put back, a replay that came
+    back through a delivery limit), or by the router (its dead letters and triage copies:
+    under its own login, which need not be the operator's), else its user_id."""
     value = props.user_id
     headers = props.headers or {}
     recorded = headers.get(SENT_BY_HEADER)
-    if recorded and (not value or value == login() or _routers_own(headers)):
+    # not on a copy without a user_id: RabbitMQ dead-letters a sender's message as it came,
+    # a claimed x-casebroker-sent-by among its headers, and one replayed on that word went
+    # to the router under its own login as the claimed party's (found by a review)
+    if recorded and ((value and value == login()) or _routers_own(headers)):
         value = recorded
     if not value:
         return None
@@ -260,12 +264,30 @@ def read_back(ch: BlockingChannel, topology: Topology, which: str,
 
 def put_back(ch: BlockingChannel, topology: Topology, which: str, msg: Taken) -> None:
     """Publish a fresh copy of ``msg`` to the queue it came from (confirmed), under the
-    operator's login: its user_id is dropped and kept in ``x-casebroker-sent-by``."""
+    operator's login: its first sender (:func:`sent_by`) is kept in
+    ``x-casebroker-sent-by``, the copy's user_id the operator's, which RabbitMQ checks."""
     _, key = queue_and_key(topology, which)
     props = msg.properties
-    if props.user_id:
-        props = copy_properties(props, headers={**msg.headers, SENT_BY_HEADER: sent_by(props)})
-    ch.basic_publish(topology.dead_letter_exchange, key, msg.body, props, mandatory=True)
+    if (sender := sent_by(props)) is not None:
+        props = copy_properties(props, headers={**msg.headers, SENT_BY_HEADER: sender},
+                                user_id=login())
+    elif props.user_id:
+        props = copy_properties(props)
+    publish_copy(ch, topology.dead_letter_exchange, key, msg.body, props)
+
+
+def publish_copy(ch: BlockingChannel, exchange: str, key: str, body: bytes,
+                 props: BasicProperties) -> None:
+    """Publish (mandatory, confirmed) a copy of a message a sender made. Headers pika read
+    and cannot write again (a double too large for AMQP's integers, read as one) go made
+    portable, as the routers' dead letters do: pika marshals a message whole before it
+    writes any of it, so nothing was sent by the first try."""
+    try:
+        ch.basic_publish(exchange, key, body, props, mandatory=True)
+    except UNENCODABLE:
+        portable = copy_properties(props, headers=portable_headers(props.headers or {}),
+                                   user_id=props.user_id)
+        ch.basic_publish(exchange, key, body, portable, mandatory=True)
 
 
 def settle(ch: BlockingChannel, taken: list[Taken], action: Callable[[Taken], None],

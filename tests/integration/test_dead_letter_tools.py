@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -13,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pika
+import pika.data
 import pytest
 
-from broker.amqp import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER, amqp_url
+from broker.amqp import DETAIL_HEADER, REASON_HEADER, SENT_BY_HEADER, SOURCE_HEADER, amqp_url
 from broker.cli import main
 from broker.consumers.common import to_agency, to_desk
 from broker.consumers.router import Router
@@ -763,3 +765,72 @@ def test_a_read_another_consumer_cuts_short_says_so_and_exits_1(
     assert (f"error: desk: read 9 of the 10 messages {t.dead_queue('desk')} held: none came "
             "for 0.5 s") in err
     assert _ids(amqp, t.dead_queue("desk")) == []
+
+
+def test_dead_letters_with_headers_pika_reads_badly_are_listed_and_replayed(
+        declared: Topology, amqp: Amqp, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a header timestamp past the year 9999 (a Java client's Long.MAX_VALUE date) ended
+    # pika's frame reader: list, show, replay and discard all stopped on it, saying
+    # RabbitMQ was unreachable; a double too large for AMQP's integers, which pika reads
+    # as one, could not be put back (found by a review)
+    t = declared
+    encode_value = pika.data.encode_value
+
+    class FarDate:
+        """A timestamp of 2**63 seconds, as another client may send."""
+
+    def as_others_send(pieces: list[bytes], value: Any) -> int:
+        if isinstance(value, FarDate):
+            pieces.append(struct.pack(">cQ", b"T", 2**63))
+            return 9
+        if isinstance(value, float):  # as other clients send them: pika sends none
+            pieces.append(struct.pack(">cd", b"d", value))
+            return 9
+        return encode_value(pieces, value)  # type: ignore[no-any-return]
+
+    with monkeypatch.context() as patched:
+        patched.setattr(pika.data, "encode_value", as_others_send)
+        for mid, odd in (("far-date", FarDate()), ("huge-double", 1e300)):
+            amqp.ch.basic_publish(t.dead_letter_exchange, "intake", b"{", pika.BasicProperties(
+                content_type="application/json", delivery_mode=2, message_id=mid,
+                user_id="guest", headers={REASON_HEADER: "malformed_json",
+                                          SOURCE_HEADER: "intake", "x-odd": odd}),
+                mandatory=True)
+    for _ in range(2):  # read, put back, read again
+        rc, out, err = cli(capsys, t, "dead-letters", "list", "--json")
+        assert rc == 0, err
+        assert sorted(m["message_id"] for m in json.loads(out)) == ["far-date", "huge-double"]
+    rc, out, err = cli(capsys, t, "dead-letters", "replay", "--all", "--queue", "intake")
+    assert rc == 0, err
+    replayed = {str(p.message_id): p.headers["x-odd"] for p, _ in amqp.get_all(t.intake_queue)}
+    # the values kept, as numbers where AMQP carries them, else as text
+    assert replayed == {"far-date#replay1": str(2**63),
+                        "huge-double#replay1": str(int(1e300))}
+
+
+def test_a_sender_only_claimed_in_a_header_is_never_taken_for_the_sender(
+        declared: Topology, amqp: Amqp, capsys: pytest.CaptureFixture[str]) -> None:
+    # RabbitMQ dead-letters a sender's message as it came (its delivery limit), with a
+    # claimed x-casebroker-sent-by and no user_id: it was listed as that party's, and a
+    # replay under the router's login handed the router that claim as checked (found by
+    # a review). Unchecked, it is no sender; the replay carries no claim
+    t = declared
+    amqp.ch.basic_publish(
+        t.dead_letter_exchange, "intake", encode(dossier(desk_id="T.MC.B")),
+        pika.BasicProperties(content_type="application/json", delivery_mode=2,
+                             message_id="claims-b", headers={
+                                 SENT_BY_HEADER: "someone.T.MC.B",
+                                 "x-first-death-reason": "delivery_limit", "x-death": [{
+                                     "reason": "delivery_limit", "queue": t.intake_queue,
+                                     "count": 1}]}), mandatory=True)
+    for _ in range(2):  # read, put back, read again
+        rc, out, err = cli(capsys, t, "dead-letters", "list", "--json")
+        assert rc == 0, err
+        assert [(m["message_id"], m["sent_by"]) for m in json.loads(out)] == [
+            ("claims-b", None)]
+    rc, out, err = cli(capsys, t, "dead-letters", "replay", "--id", "claims-b")
+    assert rc == 0, err
+    [(props, _)] = amqp.get_all(t.intake_queue)
+    assert props.message_id == "claims-b" and props.user_id is None
+    assert SENT_BY_HEADER not in (props.headers or {})

@@ -18,6 +18,7 @@ from broker.amqp import REASON_HEADER
 from broker.amqp_worker import QueueWorker
 from broker.envelope import HEADER_NAME_MAX, Outbound
 from broker.ledger import Ledger
+from broker.messages import encode
 from broker.topology import INTAKE_KEY, Topology
 from tests.conftest import queue_depth, wait_for
 from tests.helpers import Amqp, dossier
@@ -162,3 +163,32 @@ def test_an_id_of_many_bytes_is_answered_without_a_fault_in_the_io_loop(
     assert "fault in the I/O loop" not in caplog.text
     assert ledger.count_inbox_outcomes() == {"dead:malformed_json": 1, "routed": 1,
                                              "triaged:unknown_procedure": 1}
+
+
+def test_a_header_date_past_the_year_9999_is_routed_as_any_dossier(
+        declared: Topology, ledger: Ledger, start_broker: Any, amqp: Amqp,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # pika read a header's timestamp as a datetime, which has no year past 9999: its frame
+    # reader raised, the connection ended, and the redelivery met it again until the
+    # delivery limit dead-lettered it with every unacked delivery (found by a review)
+    start_broker()
+    encode_value = pika.data.encode_value
+
+    def far_dates(pieces: list[bytes], value: Any) -> int:
+        if value == "far-date":  # as a Java client sends a Long.MAX_VALUE date
+            pieces.append(struct.pack(">cQ", b"T", 2**63 - 1))
+            return 9
+        return encode_value(pieces, value)  # type: ignore[no-any-return]
+
+    good = dossier()
+    with monkeypatch.context() as patched:
+        patched.setattr(pika.data, "encode_value", far_dates)
+        amqp.ch.basic_publish(declared.intake_exchange, INTAKE_KEY, encode(good),
+                              pika.BasicProperties(content_type="application/json",
+                                                   delivery_mode=2, message_id="far",
+                                                   headers={"x-valid-until": "far-date"}),
+                              mandatory=True)
+    (_, assigned), = _take(amqp, declared.agency_queue("T.UBND.A"), 1)
+    assert json.loads(assigned)["submission_id"] == str(good.submission_id)
+    assert "fault in the I/O loop" not in caplog.text
+    assert ledger.count_inbox_outcomes() == {"routed": 1}
