@@ -482,17 +482,29 @@ def _each(topology: Topology, queues: Iterable[str], ids: set[str] | None,
     collecting what it returns; put the others back. Stops at a channel RabbitMQ closed."""
     done: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
-    with channel(lock=topology) as ch:
-        for which in queues:
-            def each(ch: BlockingChannel, msg: Taken, w: str = which) -> None:
-                done.append(act(ch, w, msg))
+    try:
+        with channel(lock=topology) as ch:
+            for which in queues:
+                def each(ch: BlockingChannel, msg: Taken, w: str = which) -> None:
+                    done.append(act(ch, w, msg))
 
-            problems, usable = _work(ch, topology, which,
-                                     lambda m: ids is None or _shown(m) in ids, each)
-            failed += problems
-            if not usable:
-                break
+                problems, usable = _work(ch, topology, which,
+                                         lambda m: ids is None or _shown(m) in ids, each)
+                failed += problems
+                if not usable:
+                    break
+    except KeyboardInterrupt:
+        raise Interrupted(done, failed) from None
     return done, failed
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C while messages were settled: what was done (acked) before it, which the
+    command still says (a discarded message has no copy anywhere else)."""
+
+    def __init__(self, done: list[dict[str, Any]], failed: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.done, self.failed = done, failed
 
 
 def refuse_triaged(topology: Topology, ledger: Ledger, chosen: Callable[[Taken], bool],
@@ -649,10 +661,25 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     ids = None if args.all else {shown_message_id(i) for i in args.id}
-    done, failed = replay_dead(_topology(args), _queues(args.queue), ids)
-    _print_done(args.json, "replayed", done, failed,
-                lambda d: f"-> {d['exchange']} as {d['replayed_as']}")
+
+    def what(d: dict[str, Any]) -> str:
+        return f"-> {d['exchange']} as {d['replayed_as']}"
+
+    try:
+        done, failed = replay_dead(_topology(args), _queues(args.queue), ids)
+    except Interrupted as stop:
+        return _interrupted(args.json, "replayed", stop, what)
+    _print_done(args.json, "replayed", done, failed, what)
     return _ended(ids, done, failed, "not replayed")
+
+
+def _interrupted(as_json: bool, verb: str, stop: Interrupted,
+                 what: Callable[[dict[str, Any]], str]) -> int:
+    """Ctrl-C: what was done before it, as the command says it when it ends; status 130."""
+    _print_done(as_json, verb, stop.done, stop.failed, what)
+    print(f"interrupted: only the messages above were {verb}; the others are where they "
+          f"were (the one in hand may be in both places, under one id)", file=sys.stderr)
+    return 130
 
 
 def _print_done(as_json: bool, verb: str, done: list[dict[str, Any]],
@@ -676,9 +703,15 @@ def _cmd_discard(args: argparse.Namespace) -> int:
     ids = None if args.all else {shown_message_id(i) for i in args.id}
     queues = list(DEAD_SOURCES) if args.queue in (None, "all") else [args.queue]
     topology = _topology(args)
-    done, failed = discard_dead(topology, queues, ids)
-    _print_done(args.json, "discarded", done, failed,
-                lambda d: f"discarded ({d['reason'] or '-'})")
+
+    def what(d: dict[str, Any]) -> str:
+        return f"discarded ({d['reason'] or '-'})"
+
+    try:
+        done, failed = discard_dead(topology, queues, ids)
+    except Interrupted as stop:
+        return _interrupted(args.json, "discarded", stop, what)
+    _print_done(args.json, "discarded", done, failed, what)
     lost = sum(1 for d in done if d["queue"] in ("agency", "desk"))
     if lost:  # on stderr with --json too
         print(f"warning: {lost} of them were for an agency or a desk, which will not have "
