@@ -716,6 +716,14 @@ def _cmd_discard(args: argparse.Namespace) -> int:
     if lost:  # on stderr with --json too
         print(f"warning: {lost} of them were for an agency or a desk, which will not have "
               "them", file=sys.stderr)
+    # one RabbitMQ dead-lettered itself (its delivery limit) never reached a router's
+    # judgement: the ledger holds no copy of what it carried (found by a review)
+    uncopied = sum(1 for d in done if d["queue"] in ("intake", "status")
+                   and str(d["reason"] or "").startswith("rabbitmq:"))
+    if uncopied:
+        print(f"warning: {uncopied} of them RabbitMQ dead-lettered itself (a delivery "
+              "limit, before a router judged them): the ledger holds no copy of what they "
+              "carried", file=sys.stderr)
     held = _in_triage(topology, _unseen(ids, done, failed)) if ids else set()
     for mid in sorted(held):
         print(f"error: {mid} is in triage, which is never discarded: its desk waits for an "

@@ -203,9 +203,19 @@ def test_discard_takes_out_only_the_dead_letters_named_and_never_triage(
                        "--json")
     assert rc == 0 and json.loads(out)["discarded"] == 1
     assert [m["message_id"] for m in json.loads(out)["messages"]] == ["junk:2"]
+    assert "RabbitMQ dead-lettered itself" not in err  # the router's: in the ledger
     for which in ("intake", "desk"):
         assert queue_depth(t.dead_queue(which)) == 0
     assert queue_depth(t.triage_queue) == 1
+    # one RabbitMQ dead-lettered itself (its delivery limit) no router judged: the ledger
+    # holds no copy of it, and the operator is told so (found by a review)
+    _publish_dead(amqp, t, "intake", Outbound(t.intake_exchange, "dossier", "worn:1", "",
+                                              None, None, encode(dossier())),
+                  {"x-first-death-reason": "delivery_limit"})
+    rc, out, err = cli(capsys, t, "dead-letters", "discard", "--id", "worn:1")
+    assert rc == 0 and "intake: worn:1 discarded (rabbitmq:delivery_limit)" in out
+    assert ("warning: 1 of them RabbitMQ dead-lettered itself (a delivery limit, before a "
+            "router judged them): the ledger holds no copy of what they carried") in err
 
 
 def test_show_gives_every_copy_of_an_id_in_text_as_in_json(
