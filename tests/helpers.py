@@ -307,3 +307,36 @@ def metric_names() -> set[str]:
         if metric.type == "histogram":
             names |= {f"{metric.name}_{s}" for s in ("bucket", "sum", "count")}
     return names
+
+
+class _FarDate:
+    """A header timestamp of 2**63 seconds: past the year 9999, as a Java client's
+    ``Long.MAX_VALUE`` date; pika cannot send one."""
+
+
+#: put in a header within :func:`as_other_clients_send`
+FAR_DATE = _FarDate()
+
+
+@contextmanager
+def as_other_clients_send(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Within the block, pika's header encoder also writes what other clients send and
+    pika never does: a float as an AMQP double, :data:`FAR_DATE` as a timestamp."""
+    import struct
+
+    import pika.data
+
+    encode_value = pika.data.encode_value
+
+    def encode(pieces: list[bytes], value: Any) -> int:
+        if value is FAR_DATE:
+            pieces.append(struct.pack(">cQ", b"T", 2**63))
+            return 9
+        if isinstance(value, float):
+            pieces.append(struct.pack(">cd", b"d", value))
+            return 9
+        return encode_value(pieces, value)  # type: ignore[no-any-return]
+
+    with monkeypatch.context() as patched:
+        patched.setattr(pika.data, "encode_value", encode)
+        yield

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -14,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pika
-import pika.data
 import pytest
 
 from broker.amqp import DETAIL_HEADER, REASON_HEADER, SENT_BY_HEADER, SOURCE_HEADER, amqp_url
@@ -32,7 +30,15 @@ from broker.rules.engine import Engine
 from broker.service import declare_topology
 from broker.topology import INTAKE_KEY, Topology
 from tests.conftest import MINI_CATALOG, RunningBroker, queue_depth, wait_for
-from tests.helpers import Amqp, cli, dossier, free_port, intake_delivery
+from tests.helpers import (
+    FAR_DATE,
+    Amqp,
+    as_other_clients_send,
+    cli,
+    dossier,
+    free_port,
+    intake_delivery,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -785,23 +791,8 @@ def test_dead_letters_with_headers_pika_reads_badly_are_listed_and_replayed(
     # RabbitMQ was unreachable; a double too large for AMQP's integers, which pika reads
     # as one, could not be put back (found by a review)
     t = declared
-    encode_value = pika.data.encode_value
-
-    class FarDate:
-        """A timestamp of 2**63 seconds, as another client may send."""
-
-    def as_others_send(pieces: list[bytes], value: Any) -> int:
-        if isinstance(value, FarDate):
-            pieces.append(struct.pack(">cQ", b"T", 2**63))
-            return 9
-        if isinstance(value, float):  # as other clients send them: pika sends none
-            pieces.append(struct.pack(">cd", b"d", value))
-            return 9
-        return encode_value(pieces, value)  # type: ignore[no-any-return]
-
-    with monkeypatch.context() as patched:
-        patched.setattr(pika.data, "encode_value", as_others_send)
-        for mid, odd in (("far-date", FarDate()), ("huge-double", 1e300)):
+    with as_other_clients_send(monkeypatch):
+        for mid, odd in (("far-date", FAR_DATE), ("huge-double", 1e300)):
             amqp.ch.basic_publish(t.dead_letter_exchange, "intake", b"{", pika.BasicProperties(
                 content_type="application/json", delivery_mode=2, message_id=mid,
                 user_id="guest", headers={REASON_HEADER: "malformed_json",

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
-import struct
 from datetime import UTC, datetime
 from typing import Any
 
 import pika
-import pika.data
 import pytest
 
 from broker.amqp import REASON_HEADER
@@ -21,7 +19,7 @@ from broker.ledger import Ledger
 from broker.messages import encode
 from broker.topology import INTAKE_KEY, Topology
 from tests.conftest import queue_depth, wait_for
-from tests.helpers import Amqp, dossier
+from tests.helpers import FAR_DATE, Amqp, as_other_clients_send, dossier
 
 pytestmark = pytest.mark.integration
 
@@ -41,16 +39,7 @@ def test_properties_the_ledger_and_pika_cannot_take_back_are_dead_lettered_made_
     odd = {b"\xff" * 100: 1,        # a name that is not UTF-8: 400 characters escaped
            "x-huge": 1e300,          # a double pika decodes as an int AMQP cannot carry
            "x-ok": "kept"}
-    encode_value = pika.data.encode_value
-
-    def with_doubles(pieces: list[bytes], value: Any) -> int:
-        if isinstance(value, float):  # as other clients send them: pika sends none
-            pieces.append(struct.pack(">cd", b"d", value))
-            return 9
-        return encode_value(pieces, value)  # type: ignore[no-any-return]
-
-    with monkeypatch.context() as patched:
-        patched.setattr(pika.data, "encode_value", with_doubles)
+    with as_other_clients_send(monkeypatch):  # doubles, which pika sends none of
         for message_id in (b"\xfe" * 200, b"\xfd" * 100):  # not UTF-8; over/under 128
             amqp.ch.basic_publish(
                 declared.intake_exchange, INTAKE_KEY, b"{", pika.BasicProperties(
@@ -172,21 +161,12 @@ def test_a_header_date_past_the_year_9999_is_routed_as_any_dossier(
     # reader raised, the connection ended, and the redelivery met it again until the
     # delivery limit dead-lettered it with every unacked delivery (found by a review)
     start_broker()
-    encode_value = pika.data.encode_value
-
-    def far_dates(pieces: list[bytes], value: Any) -> int:
-        if value == "far-date":  # as a Java client sends a Long.MAX_VALUE date
-            pieces.append(struct.pack(">cQ", b"T", 2**63 - 1))
-            return 9
-        return encode_value(pieces, value)  # type: ignore[no-any-return]
-
     good = dossier()
-    with monkeypatch.context() as patched:
-        patched.setattr(pika.data, "encode_value", far_dates)
+    with as_other_clients_send(monkeypatch):
         amqp.ch.basic_publish(declared.intake_exchange, INTAKE_KEY, encode(good),
                               pika.BasicProperties(content_type="application/json",
                                                    delivery_mode=2, message_id="far",
-                                                   headers={"x-valid-until": "far-date"}),
+                                                   headers={"x-valid-until": FAR_DATE}),
                               mandatory=True)
     (_, assigned), = _take(amqp, declared.agency_queue("T.UBND.A"), 1)
     assert json.loads(assigned)["submission_id"] == str(good.submission_id)
