@@ -677,8 +677,10 @@ def _interrupted(as_json: bool, verb: str, stop: Interrupted,
                  what: Callable[[dict[str, Any]], str]) -> int:
     """Ctrl-C: what was done before it, as the command says it when it ends; status 130."""
     _print_done(as_json, verb, stop.done, stop.failed, what)
+    in_hand = (" (the one in hand may be in both places, under one id: replaying it again "
+               "is harmless)" if verb == "replayed" else "")
     print(f"interrupted: only the messages above were {verb}; the others are where they "
-          f"were (the one in hand may be in both places, under one id)", file=sys.stderr)
+          f"were{in_hand}", file=sys.stderr)
     return 130
 
 

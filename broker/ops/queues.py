@@ -268,11 +268,9 @@ def put_back(ch: BlockingChannel, topology: Topology, which: str, msg: Taken) ->
     ``x-casebroker-sent-by``, the copy's user_id the operator's, which RabbitMQ checks."""
     _, key = queue_and_key(topology, which)
     props = msg.properties
-    if (sender := sent_by(props)) is not None:
+    if (sender := sent_by(props)) is not None:  # always, where it has a user_id
         props = copy_properties(props, headers={**msg.headers, SENT_BY_HEADER: sender},
                                 user_id=login())
-    elif props.user_id:
-        props = copy_properties(props)
     publish_copy(ch, topology.dead_letter_exchange, key, msg.body, props)
 
 
