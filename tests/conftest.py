@@ -14,12 +14,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pika
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from broker.amqp import ConsumerSettings, amqp_url
 from broker.ledger import Ledger
@@ -66,6 +67,22 @@ def _pg_schema_url(schema: str) -> str:
     return f"{PG_URL}?options=-csearch_path%3D{schema}"
 
 
+@contextmanager
+def pg_schema() -> Iterator[tuple[str, Engine]]:
+    """A schema of its own in the real PostgreSQL, dropped afterwards: its name, and an
+    AUTOCOMMIT engine of the database's owner for what else a test does there."""
+    schema = f"t{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield schema, admin
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
     """A fresh ledger: a SQLite file, or a schema of its own in the real PostgreSQL."""
@@ -74,16 +91,10 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
         yield led
         led.dispose()
         return
-    schema = f"t{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    led = Ledger(_pg_schema_url(schema))
-    yield led
-    led.dispose()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    with pg_schema() as (schema, _):
+        led = Ledger(_pg_schema_url(schema))
+        yield led
+        led.dispose()
 
 
 class RunningBroker:

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import socket
+import struct
 import threading
 import urllib.error
 import urllib.request
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pika
+import pika.data
 import pytest
 from pika.spec import BasicProperties
 
@@ -322,10 +324,6 @@ FAR_DATE = _FarDate()
 def as_other_clients_send(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Within the block, pika's header encoder also writes what other clients send and
     pika never does: a float as an AMQP double, :data:`FAR_DATE` as a timestamp."""
-    import struct
-
-    import pika.data
-
     encode_value = pika.data.encode_value
 
     def encode(pieces: list[bytes], value: Any) -> int:

@@ -21,7 +21,15 @@ from broker.rules.catalog import Catalog
 from broker.service import declare_topology
 from broker.topology import Topology
 from tests.conftest import RunningBroker, wait_for
-from tests.helpers import Amqp, dossier, free_port, length_cap, probe
+from tests.helpers import (
+    Amqp,
+    dossier,
+    free_port,
+    hold_router_past_duplicate_check,
+    length_cap,
+    probe,
+)
+from tests.integration.test_client import SlowLink
 
 
 @pytest.fixture
@@ -250,9 +258,6 @@ def test_not_ready_while_rabbitmq_holds_a_batchs_confirms_back_and_ready_once_th
     # later ack on the queue waits behind that batch, and /readyz said nothing of it
     # (found by a review). Here a relay holds back what RabbitMQ sends once the batch
     # is handled: its publishes go out, their confirms do not come until released
-    from tests.helpers import hold_router_past_duplicate_check
-    from tests.integration.test_client import SlowLink
-
     link = SlowLink()
     try:
         checked, go = hold_router_past_duplicate_check(monkeypatch)

@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine as SqlEngine
 from sqlalchemy import select, text
 
 import broker.ledger
 from broker.cli import main
 from broker.consumers.router import Router
 from broker.consumers.status import StatusRouter
+from broker.errors import TransientError
 from broker.ledger import Ledger, dossiers, events, held, outbox
 from broker.messages import (
     DossierReturned,
@@ -28,7 +31,7 @@ from broker.ops.prune import prune
 from broker.rules.catalog import load_catalog
 from broker.rules.engine import Engine
 from broker.topology import Topology
-from tests.conftest import MINI_CATALOG
+from tests.conftest import MINI_CATALOG, _pg_schema_url, pg_schema
 from tests.helpers import dossier, intake_delivery, status_delivery
 from tests.integration.conftest import FakeClock
 
@@ -235,30 +238,37 @@ def test_prune_erases_the_documents_a_citizen_brought_later_as_it_does_the_first
     assert "1 document(s) brought" in capsys.readouterr().out
 
 
+@pytest.fixture
+def read_only_role() -> Iterator[tuple[str, str, SqlEngine]]:
+    """A ledger's tables in a schema of their own, and a login role granted every write on
+    them whose sessions start read-only (``default_transaction_read_only``), as on a
+    standby: (schema, role, an engine of the database's owner)."""
+    role = f"cb_ro_{uuid.uuid4().hex[:8]}"
+    with pg_schema() as (schema, admin):
+        Ledger(_pg_schema_url(schema)).dispose()  # its tables, made by the owner
+        with admin.connect() as conn:
+            for statement in (f'CREATE ROLE "{role}" LOGIN',
+                              f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"',
+                              f'GRANT ALL ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"',
+                              f'GRANT ALL ON ALL SEQUENCES IN SCHEMA "{schema}" TO "{role}"',
+                              f'ALTER ROLE "{role}" SET default_transaction_read_only = on'):
+                conn.execute(text(statement))
+        try:
+            yield schema, role, admin
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP OWNED BY "{role}"'))
+                conn.execute(text(f'DROP ROLE "{role}"'))
+
+
 def test_a_ledger_that_takes_no_writes_pauses_the_router_and_a_new_connection_resumes_it(
-        ) -> None:
+        read_only_role: tuple[str, str, SqlEngine]) -> None:
     # after a failover the ledger's URL may reach a standby: every write is refused as a
     # read-only transaction, which psycopg raises as an InternalError, not an outage. Read
     # as 'wrong', each delivery was dead-lettered as internal_error (found by a review);
     # it is 'not now': the batch waits, and the connection that met it is dropped so
     # that the retry connects afresh (here: the role is writable again)
-    from sqlalchemy import create_engine
-
-    from broker.errors import TransientError
-    from tests.conftest import PG_URL, _pg_schema_url
-
-    schema, role = f"t{uuid.uuid4().hex[:10]}", f"cb_ro_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    Ledger(_pg_schema_url(schema)).dispose()  # its tables, made by the owner
-    with admin.connect() as conn:
-        for statement in (f'CREATE ROLE "{role}" LOGIN',
-                          f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"',
-                          f'GRANT ALL ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"',
-                          f'GRANT ALL ON ALL SEQUENCES IN SCHEMA "{schema}" TO "{role}"',
-                          f'ALTER ROLE "{role}" SET default_transaction_read_only = on'):
-            conn.execute(text(statement))
+    schema, role, admin = read_only_role
     url = _pg_schema_url(schema).replace("//postgres@", f"//{role}@", 1)
     assert role in url
     ledger = Ledger(url)
@@ -297,7 +307,3 @@ def test_a_ledger_that_takes_no_writes_pauses_the_router_and_a_new_connection_re
         assert ledger.count_inbox_outcomes() == {"routed": 2}
     finally:
         ledger.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-            conn.execute(text(f'DROP ROLE "{role}"'))
-        admin.dispose()

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from broker.consumers.router import Router
 from broker.ledger import Ledger, RawJSON, SubmissionOpened, refusals
@@ -21,7 +19,7 @@ from broker.messages import DossierSubmitted, encode
 from broker.rules.catalog import load_catalog
 from broker.rules.engine import Engine
 from broker.topology import Topology
-from tests.conftest import MINI_CATALOG, PG_URL, _pg_schema_url
+from tests.conftest import MINI_CATALOG, _pg_schema_url, pg_schema
 from tests.helpers import (
     assert_waits,
     dossier,
@@ -99,21 +97,13 @@ def test_a_router_batch_waits_for_a_refusal_being_committed_then_answers_with_it
 @pytest.fixture
 def two_schemas() -> Iterator[tuple[Ledger, Ledger]]:
     """Two PostgreSQL ledgers in schemas of one database (two provinces', say)."""
-    schemas = [f"t{uuid.uuid4().hex[:10]}" for _ in range(2)]
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        for schema in schemas:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    ledgers = [Ledger(_pg_schema_url(schema)) for schema in schemas]
-    try:
-        yield ledgers[0], ledgers[1]
-    finally:
-        for led in ledgers:
-            led.dispose()
-        with admin.connect() as conn:
-            for schema in schemas:
-                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with pg_schema() as (first, _), pg_schema() as (second, _):
+        ledgers = [Ledger(_pg_schema_url(schema)) for schema in (first, second)]
+        try:
+            yield ledgers[0], ledgers[1]
+        finally:
+            for led in ledgers:
+                led.dispose()
 
 
 def test_the_gate_of_one_schemas_ledger_holds_up_nobody_in_another(
