@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.util
 import io
 import re
@@ -41,6 +42,12 @@ def _lines() -> Iterator[tuple[str, str, bool]]:
             yield f"{doc.relative_to(ROOT)}:{number}", line, fenced
 
 
+@functools.cache
+def _parser() -> argparse.ArgumentParser:
+    """`casebroker`'s parser, built once: parsing leaves it as it was."""
+    return build_parser()
+
+
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -50,7 +57,7 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
 
 def _command(words: list[str]) -> tuple[list[str], argparse.ArgumentParser, list[str]]:
     """The subcommand path the words name, its parser, and the words after it."""
-    parser, path = build_parser(), ["casebroker"]
+    parser, path = _parser(), ["casebroker"]
     while words and words[0] in _subcommands(parser):
         path.append(words[0])
         parser = _subcommands(parser)[words.pop(0)]
@@ -90,7 +97,7 @@ def test_every_command_the_docs_give_whole_parses() -> None:
         said = io.StringIO()
         try:
             with contextlib.redirect_stderr(said), contextlib.redirect_stdout(io.StringIO()):
-                build_parser().parse_args(shlex.split(text)[1:])
+                _parser().parse_args(shlex.split(text)[1:])
         except SystemExit as exit_:
             error = said.getvalue().strip().splitlines()[-1]
             left_out = re.search(r"(?:are|is) required|expected one argument", error)
