@@ -320,8 +320,9 @@ _PG_NOT_NOW = frozenset({"25006", "25P03", "42501"})
 _PG_RECONNECT = frozenset({"25006", "25P03"})
 
 
-def _sqlstate(error: BaseException) -> str | None:
-    code = getattr(getattr(error, "orig", None), "sqlstate", None)
+def _sqlstate(driver_error: BaseException | None) -> str | None:
+    """PostgreSQL's code for a driver's error (psycopg's ``sqlstate``); None for others."""
+    code = getattr(driver_error, "sqlstate", None)
     return code if isinstance(code, str) else None
 
 
@@ -330,7 +331,7 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, OperationalError):
         return True
     return isinstance(error, DBAPIError) and (bool(error.connection_invalidated)
-                                              or _sqlstate(error) in _PG_NOT_NOW)
+                                              or _sqlstate(error.orig) in _PG_NOT_NOW)
 
 
 @dataclass(slots=True)
@@ -375,7 +376,7 @@ class Batch:
             with closing(driver.cursor()) as cursor:
                 yield cursor
         except error_base as e:
-            gone = getattr(e, "sqlstate", None) in _PG_RECONNECT
+            gone = _sqlstate(e) in _PG_RECONNECT
             if gone:  # dropped, not back to the pool still on a standby, and its idle
                 # peers with it (as the engine's handle_error hook has it for its own
                 # statements): the retry connects afresh
@@ -1528,7 +1529,7 @@ def _make_engine(url: str, sqlite: dict[str, bool]) -> Engine:
 
     @event.listens_for(engine, "handle_error")
     def _reconnect_after(context: Any) -> None:
-        if getattr(context.original_exception, "sqlstate", None) in _PG_RECONNECT:
+        if _sqlstate(context.original_exception) in _PG_RECONNECT:
             context.is_disconnect = True  # the pool drops it (and its idle peers)
 
     return engine
