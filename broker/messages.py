@@ -307,7 +307,11 @@ class DossierStatus(_Model):
     documents: list[Document] = Field(default_factory=list, max_length=100)
     requested_documents: list[str] = Field(default_factory=list, max_length=100)
     amount_vnd: Annotated[int, Field(ge=0, le=JSON_SAFE_INT)] | None = None
-    sent_at: Timestamp
+    sent_at: Timestamp = Field(description=(
+        "When the agency made the update. The dossier's clocks go by it (a result's "
+        "time against its due date, a pause's start, the next step's start), never "
+        "later than the broker's clock nor before the dossier's last event; an update "
+        "sent before the last one applied from the same agency is refused as stale."))
 
     def unsaid(self) -> str | None:
         """What this update leaves out that its status must say, in words (None: nothing).

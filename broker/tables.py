@@ -292,6 +292,11 @@ CALENDAR_ENDS = "calendar_ends"
 #: in a dossier's ``flags`` while it waits for a supplement: the state the request found
 #: it in (2 or 4), where the supplement brings it back (``lifecycle.apply``)
 PAUSED_FROM = "paused_from"
+#: in a dossier's ``flags``: when the last update applied to it happened, as its sender
+#: dated it (``sent_at``, ``returned_at``), within what the ledger knows (the status
+#: router's :func:`~broker.consumers.status.happened_at`): no later update of the dossier
+#: is dated before it
+EVENT_AT = "event_at"
 
 
 def pruned_stub(at: datetime, sha256: str | None, **kept: str | int) -> dict[str, Any]:

@@ -11,6 +11,13 @@ published, with publisher confirms; confirmed rows are marked. Rows left unconfi
 (the process died, RabbitMQ was away) are published again, with the same
 deterministic message ids, on the next start and after ``stale_after_s``.
 
+A round decides by the time the status queue was last seen empty, not later: an update
+waiting there (casebroker was stopped, a backlog built up) may be the result that makes a
+dossier on time (the status router goes by when it was sent), and a notice sent is sent
+for good. Right after a start with a backlog, the first rounds decide nothing; updates that
+keep waiting for :data:`CAUGHT_UP_LAG_S` hold the watch's heartbeat back, so that its
+alert says so.
+
 A chain step due before its dossier is watched the same way by its own due date and
 level (``step_due_at``, ``step_watch_level``, its own partial index): its agency alone
 is told, since the citizen's due date has not moved; a hand-off starts the next step's
@@ -67,6 +74,9 @@ ACTOR = "deadline-watch"
 CLOCK_JUMP_S = 120.0
 #: how far this process's clock may be off the database's
 CLOCK_SKEW_S = 120.0
+#: status updates waiting longer than this (the status queue not seen empty since) hold
+#: the watch's heartbeat back: notices are decided only up to when it was last empty
+CAUGHT_UP_LAG_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -337,18 +347,23 @@ class DeadlineWatch:
         self.check_clock = clock is utc_now if check_clock is None else check_clock
         #: the clock's reading at the last round, and the monotonic clock's then
         self._last_clock: tuple[datetime, float] | None = None
+        #: when a round last found no status update waiting (None: not since the start)
+        self.caught_up_at: datetime | None = None
 
     # one round ---------------------------------------------------------------------
-    def flag(self) -> list[Outbound]:
-        """One ledger transaction: raise watch levels, record them, keep their notices."""
+    def flag(self, decide_at: datetime | None = None) -> list[Outbound]:
+        """One ledger transaction: raise watch levels, record them, keep their notices.
+        Levels are decided at ``decide_at`` (default: now; see :meth:`status_caught_up`),
+        the notices dated now."""
         cal, now = self.engine().calendar, self.clock()
+        at = now if decide_at is None else min(decide_at, now)
         out: list[Outbound] = []
         with self.ledger.batch() as batch:
-            for row, level in self._due(batch, now, cal, step=False):
+            for row, level in self._due(batch, at, cal, step=False):
                 out += self._flag_one(batch, in_zone(dict(row), cal.tz), level, now, cal)
             # read after those flags, a dossier's step row carries its new seq: both can
             # rise in one round
-            for row, level in self._due(batch, now, cal, step=True):
+            for row, level in self._due(batch, at, cal, step=True):
                 out += self._flag_step(batch, in_zone(dict(row), cal.tz), level, now, cal)
         return out
 
@@ -432,10 +447,25 @@ class DeadlineWatch:
                     f"{CLOCK_SKEW_S:.0f} s (set both by NTP)")
         return None
 
+    def status_caught_up(self, now: datetime) -> datetime | None:
+        """Until when the status router has taken every update sent: ``now`` if the
+        status queue holds none waiting, else when a round last found it so (None: not
+        since this process started). An update still in the queue may be a result sent in
+        time, or a supplement request that stopped the clock."""
+        channel = self._open()
+        waiting = channel.queue_declare(self.topology.status_queue, passive=True).method
+        if waiting.message_count == 0:
+            self.caught_up_at = now
+        elif self.caught_up_at is None:
+            log.info("deadline watch: %d status updates wait to be applied; no notice is "
+                     "decided until they are", waiting.message_count)
+        return self.caught_up_at
+
     def tick(self) -> int:
-        """Publish leftovers, flag what is due, refresh the gauges (overdue dossiers, the
-        last prune); return notices confirmed. A round whose clock is not to be trusted
-        (:meth:`clock_problem`) does none of it, says why and returns 0."""
+        """Publish leftovers, flag what is due (:meth:`status_caught_up` permitting),
+        refresh the gauges (overdue dossiers, the last prune); return notices confirmed.
+        A round whose clock is not to be trusted (:meth:`clock_problem`) does none of it,
+        says why and returns 0."""
         now = self.clock()
         if self.check_clock and (problem := self.clock_problem(now)) is not None:
             log.warning("deadline watch: round skipped: %s", problem)
@@ -449,17 +479,29 @@ class DeadlineWatch:
             before, self.settings.limit, self._leftovers_from)
         self._republish_all = False
         try:
-            confirmed = self.publish(leftovers) + self.publish(self.flag())
+            decide_at = self.status_caught_up(now)
+            confirmed = self.publish(leftovers)
+            if decide_at is not None:
+                confirmed += self.publish(self.flag(decide_at))
         finally:
             # no connection is kept between rounds: idle for a round's interval, it answers
             # no heartbeat, and RabbitMQ drops it (60 s), so that the next round's first
-            # publish would fail, a round late; a round with notices opens one afresh
+            # publish would fail, a round late; each round opens one afresh
             self.close()
         if self.metrics is not None:
             counts = dict.fromkeys(self.engine().agencies, 0)
             counts.update(self.ledger.overdue_by_agency(now))
             self.metrics.overdue(counts)
             self.metrics.pruned(self.ledger.last_prune())
+        behind_s = (now - (decide_at or now)).total_seconds()
+        if decide_at is None or behind_s > CAUGHT_UP_LAG_S:
+            # the heartbeat stands still: the alert tells of notices decided late or not
+            if decide_at is not None:
+                log.warning("deadline watch: status updates have waited unapplied for "
+                            "%.0f s; notices are decided only up to %s", behind_s,
+                            decide_at.isoformat(timespec="seconds"))
+            return confirmed
+        if self.metrics is not None:
             self.metrics.watch_round()
         self.last_round_at = time.monotonic()
         return confirmed

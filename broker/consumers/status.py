@@ -75,6 +75,7 @@ from broker.rules.engine import Engine, StepPlan
 from broker.tables import (
     AGENCY_SENT_AT,
     CALENDAR_ENDS,
+    EVENT_AT,
     PAUSED_FROM,
     PRUNED_KEY,
     RESULTS,
@@ -135,6 +136,26 @@ class _Dossier:
 
     def set(self, **values: Any) -> None:
         self.changes.update(values)
+
+
+def happened_at(dossier: _Dossier, msg: Update, now: datetime) -> datetime:
+    """When an update's event happened, by which the dossier's clocks go: the time its
+    sender wrote (an agency's or a desk's ``sent_at``, a desk's ``returned_at``), never
+    later than ``now``, never before the dossier's receipt, its pause, or its last event
+    (:data:`~broker.tables.EVENT_AT`).
+
+    Applied late (casebroker was stopped, the ledger away, a backlog waited), a result an
+    agency gave in time is on time and gets no apology, a pause starts when it was asked
+    for, and the next step's time starts at its hand-off. The sender's clock is believed
+    as a desk's ``submitted_at`` is for the legal clock's start, within the dossier's own
+    history: an update cannot be dated before what the ledger already holds of it."""
+    said = msg.returned_at if isinstance(msg, DossierReturned) else msg.sent_at
+    floor: datetime = dossier["received_at"]
+    if dossier["paused_at"] is not None:
+        floor = max(floor, dossier["paused_at"])
+    if (last := dossier["flags"].get(EVENT_AT)) is not None:
+        floor = max(floor, datetime.fromisoformat(last))
+    return max(floor, min(said, now))
 
 
 def _calendar_end(engine: Engine, dossier: _Dossier, recorded: dict[str, str], key: str,
@@ -397,12 +418,16 @@ class StatusRouter(Consumer):
         if STEP_OWN_DUE in dossier["flags"]:
             finishing[STEP_OWN_DUE] = dossier["flags"][STEP_OWN_DUE]
         seq = dossier["seq"] + 1
-        dossier.set(state=int(new_state), seq=seq, updated_at=now)
+        at = happened_at(dossier, msg, now)
+        dossier.set(state=int(new_state), seq=seq, updated_at=now,
+                    flags={**dossier["flags"], EVENT_AT: at.isoformat()})
         if isinstance(msg, DossierStatus):
             dossier.set(status_sent_at=min(msg.sent_at, now + SENT_AT_AHEAD_MAX))
-        out = self._effects(engine, dossier, msg, event, old_state, seq, now)
+        out = self._effects(engine, dossier, msg, event, old_state, seq, at, now)
         hand_off = event == Event.HAND_OFF
         detail = _detail(msg)
+        if at != now:  # the process-control sheet: when it happened, and when recorded
+            detail["recorded_at"] = now.isoformat()
         if event in STEP_ENDS:  # the step's own due date, for the report's steps by agency
             detail.update(finishing)
         if event == Event.SUPPLEMENT:  # the due date as the pause moved it
@@ -412,7 +437,7 @@ class StatusRouter(Consumer):
             "state_from": int(old_state), "state_to": int(new_state), "actor": _sender(msg),
             "from_agency": old_agency if hand_off else None,
             "to_agency": dossier["agency_id"] if hand_off else None,
-            "message_id": mid, "detail": detail, "at": now,
+            "message_id": mid, "detail": detail, "at": at,
         })
         return out, "applied", ""
 
@@ -451,7 +476,9 @@ class StatusRouter(Consumer):
         return None
 
     def _effects(self, engine: Engine, dossier: _Dossier, msg: Update, event: Event,
-                 old_state: State, seq: int, now: datetime) -> list[Outbound]:
+                 old_state: State, seq: int, at: datetime, now: datetime) -> list[Outbound]:
+        """What applying ``msg`` changes and publishes: ``at`` is when its event happened
+        (:func:`happened_at`), by which the clocks go; ``now`` dates the notices."""
         state = State(dossier["state"])
         out: list[Outbound] = []
         results: list[dict[str, Any]] = list(dossier["flags"].get(RESULTS, []))
@@ -460,16 +487,16 @@ class StatusRouter(Consumer):
             results += [doc.model_dump(mode="json") for doc in msg.documents]
             dossier.set(flags={**dossier["flags"], RESULTS: results})
         if state in FINISHED:
-            dossier.set(finished_at=now)
+            dossier.set(finished_at=at)
         if event == Event.REQUEST_SUPPLEMENT:
             # where the supplement brings it back: received, if asked for on receipt
-            dossier.set(paused_at=now, flags={**dossier["flags"], PAUSED_FROM: int(old_state)})
+            dossier.set(paused_at=at, flags={**dossier["flags"], PAUSED_FROM: int(old_state)})
         elif event == Event.SUPPLEMENT:
-            out.append(self._resume(engine, dossier, msg, seq, now))
+            out.append(self._resume(engine, dossier, msg, seq, at, now))
         elif event == Event.HAND_OFF:
             # the next agency gets the dossier as it stands: supplements and earlier results
             extra = dossier["flags"].get(SUPPLEMENTS, []) + results
-            out.append(self._hand_off(engine, dossier, [Document(**r) for r in extra], now))
+            out.append(self._hand_off(engine, dossier, [Document(**r) for r in extra], at))
             if dossier["watch_level"] >= AT_RISK:  # the watch told the agency before
                 out.append(handed_on(
                     self.topology, dossier["code"], dossier["agency_id"], dossier["step"],
@@ -493,7 +520,7 @@ class StatusRouter(Consumer):
                 # is told so, as the return desk is, else it would never know
                 out.append(self._desk_notice(dossier, kind, state, seq, now, msg, shown,
                                              to=sender))
-        if state == State.RESOLVED and now > dossier["due_at"] and (
+        if state == State.RESOLVED and at > dossier["due_at"] and (
                 dossier["watch_level"] < OVERDUE):
             out.append(self._late_apology(engine, dossier, now))
         return out
@@ -510,16 +537,16 @@ class StatusRouter(Consumer):
                        f"the result is late: legal due date {due}; it is ready now")
 
     def _resume(self, engine: Engine, dossier: _Dossier, msg: Update, seq: int,
-                now: datetime) -> Outbound:
+                at: datetime, now: datetime) -> Outbound:
         """The supplement is in: move the due dates by the time paused, counted as each
         one's time is (DOMAIN.md: "the due date moves by the paused time"): the working
         time paused for one in working days or hours; the whole time paused for one in
         calendar days, whose count stopped on days off too (then, as any, onto a working
         day)."""
         cal = engine.calendar
-        paused_at = dossier["paused_at"] or now
-        paused_s = cal.working_seconds_between(paused_at, now)
-        wall = now - paused_at
+        paused_at = dossier["paused_at"] or at
+        paused_s = cal.working_seconds_between(paused_at, at)
+        wall = at - paused_at
         assert isinstance(msg, DossierSupplemented)
         supplements = [d.model_dump(mode="json") for d in msg.documents]
         flags = {k: v for k, v in dossier["flags"].items() if k != PAUSED_FROM}
@@ -572,12 +599,13 @@ class StatusRouter(Consumer):
             due_at=due, step_due_at=step_due)
 
     def _hand_off(self, engine: Engine, dossier: _Dossier, results: list[Document],
-                  now: datetime) -> Outbound:
-        """One chain step done: assign the dossier to the next step's agency."""
+                  at: datetime) -> Outbound:
+        """One chain step done at ``at``: assign the dossier to the next step's agency,
+        whose step's time starts then."""
         step = dossier["step"] + 1
         plan = dossier["steps"][step - 1]
         step_plan = StepPlan(plan["agency_id"], plan["amount"], DurationUnit(plan["unit"]))
-        own_due = engine.step_end(step_plan, now)
+        own_due = engine.step_end(step_plan, at)
         step_due = min(own_due, dossier["due_at"])
         flags = {k: v for k, v in dossier["flags"].items() if k != STEP_OWN_DUE}
         if own_due > step_due:  # told the dossier's due date; judged by its own time
@@ -588,7 +616,7 @@ class StatusRouter(Consumer):
         ends = {k: v for k, v in flags.get(CALENDAR_ENDS, {}).items()
                 if k not in ("step_due_at", STEP_OWN_DUE)}
         if step_plan.unit is DurationUnit.CALENDAR_DAYS:
-            end = engine.calendar.calendar_days_end(now, step_plan.amount).isoformat()
+            end = engine.calendar.calendar_days_end(at, step_plan.amount).isoformat()
             ends[STEP_OWN_DUE if own_due > step_due else "step_due_at"] = end
         flags.pop(CALENDAR_ENDS, None)
         if ends:

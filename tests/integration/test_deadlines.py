@@ -8,10 +8,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
+import pika
 import pytest
 from pika.exceptions import AMQPConnectionError
 from sqlalchemy import event, select, update
@@ -28,7 +30,8 @@ from broker.consumers.deadlines import (
 )
 from broker.ledger import Ledger, dossiers, watch_outbox
 from broker.lifecycle import OPEN_STATES, State
-from broker.messages import DossierStatus, DossierSupplemented
+from broker.messages import DossierReturned, DossierStatus, DossierSupplemented
+from broker.ops.report import report as report_of
 from broker.rules.catalog import load_catalog
 from broker.rules.engine import Engine
 from broker.topology import Topology
@@ -197,7 +200,7 @@ def test_casebroker_run_sends_the_overdue_notice_and_counts_it(
 
     amqp.status(declared, DossierStatus(update_id=uuid.uuid4(), dossier_code=code,
                                         agency_id="T.UBND.A", status="resolved",
-                                        sent_at=datetime.now(UTC)))
+                                        sent_at=clock.now))
     result = take(amqp, declared.desk_queue("T.MC.B"), 1, "result, no second apology")[0]
     assert result["notice"] == "result_ready"
     wait_for(lambda: gauge.labels("T.UBND.A")._value.get() == 0, what="gauge back to 0")
@@ -375,12 +378,13 @@ def test_a_pause_shorter_than_a_second_gives_the_new_notices_new_ids(
     take(amqp, desk, 1, "first at-risk notice")
 
     clock.set("2026-12-08 10:30")
-    report(amqp, declared, code, "T.SO.TP", "supplement_requested", reason="thiếu bản sao")
+    report(amqp, declared, code, "T.SO.TP", "supplement_requested", reason="thiếu bản sao",
+           sent_at=clock.now)
     take(amqp, desk, 1, "supplement request")
     clock.now += timedelta(milliseconds=400)
     amqp.status(declared, DossierSupplemented(
         event_id=uuid.uuid4(), dossier_code=code, desk_id="T.MC.B",
-        documents=[doc("ban-sao.pdf")], sent_at=datetime.now(UTC)))
+        documents=[doc("ban-sao.pdf")], sent_at=clock.now))
     take(amqp, agency, 1, "supplement to the agency")
     take(amqp, desk, 1, "back in processing")
     row = ledger.dossier(code)
@@ -456,7 +460,8 @@ def test_a_chain_step_due_before_its_dossier_is_watched_for_its_agency_alone(
     assert amqp.json_all(declared.desk_queue("T.CENTRE")) == []
 
     clock.set("2026-11-27 10:00")  # step 1 done late: step 2 has two working days
-    report(amqp, declared, code, "T.UBND.A", "resolved", documents=[doc("khai-sinh.pdf")])
+    report(amqp, declared, code, "T.UBND.A", "resolved", documents=[doc("khai-sinh.pdf")],
+           sent_at=clock.now)
     second = take(amqp, ca, 1, "step 2")[0]
     assert second["step_due_at"] == vn("2026-12-01 10:00").isoformat()
     assert watch.tick() == 0
@@ -500,13 +505,14 @@ def test_a_supplement_that_moves_a_step_due_date_has_it_watched_again(
     clock.set("2026-11-27 07:30")  # 1.5 working hours left of step 1's 16
     assert watch.tick() == 1
     first = [p.message_id for p, _ in amqp.get_all(a)]
-    report(amqp, declared, code, "T.UBND.A", "supplement_requested", reason="thiếu tờ khai")
+    report(amqp, declared, code, "T.UBND.A", "supplement_requested", reason="thiếu tờ khai",
+           sent_at=clock.now)
     wait_for(lambda: (ledger.dossier(code) or {}).get("paused_at") is not None,
              what="the clock paused")
     clock.set("2026-11-27 10:30")  # 3 working hours paused
     amqp.status(declared, DossierSupplemented(
         event_id=uuid.uuid4(), dossier_code=code, desk_id="T.MC.B",
-        documents=[doc("to-khai.pdf")], sent_at=datetime.now(UTC)))
+        documents=[doc("to-khai.pdf")], sent_at=clock.now))
     assert take(amqp, a, 1, "supplement to the agency")[0]["notice"] == "supplemented"
     row = ledger.dossier(code)
     assert row is not None and row["step_due_at"] == vn("2026-11-27 14:00")
@@ -519,26 +525,61 @@ def test_a_supplement_that_moves_a_step_due_date_has_it_watched_again(
 
 
 def test_the_watch_heartbeat_moves_only_when_a_round_completes(
-        ledger: Ledger, clock: FakeClock) -> None:
+        declared: Topology, ledger: Ledger, clock: FakeClock) -> None:
     """What CasebrokerDeadlineWatchStalled watches: a round that fails (RabbitMQ cannot
     be reached here) leaves the gauge where the last complete round set it."""
     engine = Engine(load_catalog(MINI_CATALOG))
     metrics = Metrics()
-    watch = DeadlineWatch(lambda: engine, ledger, Topology("unused"), WatchSettings(),
-                          clock=clock, metrics=metrics,
-                          urls=["amqp://guest:guest@127.0.0.1:1/%2F"])
+    watch = DeadlineWatch(lambda: engine, ledger, declared, WatchSettings(),
+                          clock=clock, metrics=metrics)
     heartbeat = metrics.watch_last_round
     assert heartbeat._value.get() == 0
     before = time.time()
-    assert watch.tick() == 0  # nothing due: no connection needed, the round completes
+    assert watch.tick() == 0  # nothing due: the round completes
     last = heartbeat._value.get()
     assert last >= before
+    watch.params = [pika.URLParameters("amqp://guest:guest@127.0.0.1:1/%2F")]
     clock.set("2026-12-09 10:00")
     _store(ledger, [_row("LATE-1", State.PROCESSING, "2026-12-08 09:00")])
     time.sleep(0.01)
     with pytest.raises(AMQPConnectionError):
         watch.tick()
     assert heartbeat._value.get() == last
+
+
+def test_the_watch_decides_nothing_an_update_waiting_in_the_status_queue_may_change(
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock,
+        make_watch: Callable[[], DeadlineWatch]) -> None:
+    """casebroker was stopped while the agency sent its result in time: on the start, the
+    watch's first round comes before the status router has applied it. Deciding on the
+    ledger alone, it told the agency of a lateness and the citizen an apology, both for
+    good. It decides only up to when the status queue was last seen empty, and updates
+    that keep waiting hold its heartbeat back (its alert tells ops)."""
+    running = start_broker()
+    amqp.submit(declared, dossier("1.001193"))  # received Wed 25 Nov 09:00, due Thu 09:00
+    agency, desk = declared.agency_queue("T.UBND.A"), declared.desk_queue("T.MC.B")
+    code = str(take(amqp, agency, 1, "assignment")[0]["dossier_code"])
+    take(amqp, desk, 1, "receipt")
+    running.stop()
+    watch = make_watch()
+    clock.set("2026-11-26 07:00")  # two working hours left of eight: not at risk yet
+    assert watch.tick() == 0 and watch.caught_up_at == clock.now
+    heartbeat = watch.metrics.watch_last_round._value.get()
+    report(amqp, declared, code, "T.UBND.A", "resolved", documents=[doc("ket-qua.pdf")],
+           sent_at=vn("2026-11-26 08:30"))  # in time; nobody applies it yet
+
+    clock.set("2026-11-26 09:30")  # past due, by the ledger alone
+    assert watch.tick() == 0  # decided as at 07:00: nothing rises
+    assert make_watch().tick() == 0  # a watch just started: nothing decided at all
+    row = ledger.dossier(code)
+    assert row is not None and (row["state"], row["watch_level"]) == (State.RECEIVED, 0)
+    assert watch.metrics.watch_last_round._value.get() == heartbeat  # 2.5 h behind
+
+    start_broker()  # the status router applies the result: on time, no apology
+    assert [n["notice"] for n in take(amqp, desk, 1, "the result")] == ["result_ready"]
+    assert watch.tick() == 0 and watch.caught_up_at == clock.now
+    assert watch.metrics.watch_last_round._value.get() > heartbeat
+    assert amqp.json_all(agency) == amqp.json_all(desk) == []
 
 
 def test_the_agency_a_hand_off_gives_an_at_risk_dossier_is_told_it_is_at_risk(
@@ -554,7 +595,8 @@ def test_the_agency_a_hand_off_gives_an_at_risk_dossier_is_told_it_is_at_risk(
     clock.set("2026-12-02 10:00")  # 7 working hours left of 48; step 1 long overdue
     assert watch.tick() == 3
     assert sorted(n["notice"] for n in amqp.json_all(a)) == ["at_risk", "overdue"]
-    report(amqp, declared, code, "T.UBND.A", "resolved", documents=[doc("khai-sinh.pdf")])
+    report(amqp, declared, code, "T.UBND.A", "resolved", documents=[doc("khai-sinh.pdf")],
+           sent_at=clock.now)
     got: list[tuple[Any, bytes]] = []
 
     def both() -> bool:
@@ -623,3 +665,74 @@ def test_a_round_on_a_clock_that_jumped_ahead_or_is_off_the_databases_decides_no
             assert level() == OVERDUE
     finally:
         watch.close()
+
+
+def test_an_update_applied_late_goes_by_the_time_its_sender_sent_it(
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock
+        ) -> None:
+    """casebroker stopped overnight (or the ledger was away, or a backlog waited): the
+    agency's request and result, sent in time, are applied the next morning. The pause
+    starts when the agency asked, and the result, given before its due time, is on time:
+    no apology, the report counts it so. The process-control sheet keeps both times."""
+    start_broker()
+    desk = declared.desk_queue("T.MC.B")
+    amqp.submit(declared, dossier("1.001193", submitted_at="2026-11-25T07:00:00+07:00"))
+    code = str(take(amqp, declared.agency_queue("T.UBND.A"), 1, "assignment")[0]
+               ["dossier_code"])  # one working day: due Wed 25 Nov 17:00
+    take(amqp, desk, 1, "receipt")
+
+    clock.set("2026-11-26 07:30")  # the next morning: the request waited all night
+    report(amqp, declared, code, "T.UBND.A", "supplement_requested", reason="thiếu tờ khai",
+           sent_at=vn("2026-11-25 15:00"))
+    take(amqp, desk, 1, "supplement request")
+    row = ledger.dossier(code)
+    assert row is not None and row["paused_at"] == vn("2026-11-25 15:00")
+    amqp.status(declared, DossierSupplemented(
+        event_id=uuid.uuid4(), dossier_code=code, desk_id="T.MC.B",
+        documents=[doc("to-khai.pdf")], sent_at=vn("2026-11-26 07:00")))
+    take(amqp, desk, 1, "back in processing")
+    row = ledger.dossier(code)  # two working hours paused: Wed 15:00 to 17:00
+    assert row is not None and row["due_at"] == vn("2026-11-26 09:00")
+
+    clock.set("2026-11-26 10:00")  # the result, given at 08:45, applied at 10:00
+    report(amqp, declared, code, "T.UBND.A", "resolved", documents=[doc("ket-qua.pdf")],
+           sent_at=vn("2026-11-26 08:45"))
+    assert [n["notice"] for n in take(amqp, desk, 1, "the result, no apology")] == [
+        "result_ready"]
+    row = ledger.dossier(code)
+    assert row is not None and row["finished_at"] == vn("2026-11-26 08:45")
+    assert row["watch_level"] == 0
+    resolved = ledger.history(code)[-1]
+    assert (resolved["kind"], resolved["at"]) == ("resolve", vn("2026-11-26 08:45"))
+    assert resolved["detail"]["recorded_at"] == vn("2026-11-26 10:00").isoformat()
+    counted = report_of(ledger, date(2026, 11, 25), date(2026, 11, 25), None,
+                        ZoneInfo("Asia/Ho_Chi_Minh"), clock.now)["total"]
+    assert (counted["on_time"], counted["late"]) == (1, 0)
+
+    # an update dated before what the ledger holds of its dossier goes at that time: the
+    # citizen cannot have collected the result before it was ready
+    amqp.status(declared, DossierReturned(event_id=uuid.uuid4(), dossier_code=code,
+                                          desk_id="T.MC.B", returned_at=vn("2026-11-26 08:00")))
+    take(amqp, desk, 1, "closed")
+    assert ledger.history(code)[-1]["at"] == vn("2026-11-26 08:45")
+
+
+def test_a_hand_off_applied_late_starts_the_next_step_when_it_was_sent(
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock
+        ) -> None:
+    """A chain step finished Wednesday and applied Friday: the next agency's two working
+    days run from Wednesday, and a result sent later than casebroker's clock (an agency's
+    clock ahead) counts from casebroker's now."""
+    start_broker()
+    code = submit(amqp, declared, "T.UBND.A", procedure_code="1.000001",
+                  return_desk_id="T.CENTRE")["dossier_code"]  # received Wed 25 Nov 09:00
+    take(amqp, declared.desk_queue("T.MC.B"), 1, "receipt")
+    clock.set("2026-11-27 10:00")
+    report(amqp, declared, code, "T.UBND.A", "resolved", documents=[doc("khai-sinh.pdf")],
+           sent_at=vn("2026-11-25 10:00"))
+    second = take(amqp, declared.agency_queue("T.CA"), 1, "step 2")[0]
+    assert second["step_due_at"] == vn("2026-11-27 10:00").isoformat()
+    report(amqp, declared, code, "T.CA", "resolved", documents=[doc("thuong-tru.pdf")],
+           sent_at=vn("2026-11-27 11:00"))  # an hour ahead of casebroker's clock
+    third = take(amqp, declared.agency_queue("T.BHXH"), 1, "step 3")[0]
+    assert third["step_due_at"] == vn("2026-12-01 10:00").isoformat()

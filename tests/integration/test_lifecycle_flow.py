@@ -47,8 +47,11 @@ def doc(name: str) -> Document:
 
 
 def report(amqp: Amqp, t: Topology, code: str, agency: str, status: str, **kw: Any) -> None:
+    """An agency's update, sent now (or at ``sent_at``: the broker's clock, if it is a
+    test's: the event's time is the one its sender wrote, up to the broker's now)."""
+    kw.setdefault("sent_at", datetime.now(UTC))
     amqp.status(t, DossierStatus(update_id=uuid.uuid4(), dossier_code=code, agency_id=agency,
-                                 status=status, sent_at=datetime.now(UTC), **kw))
+                                 status=status, **kw))
 
 
 def take(amqp: Amqp, queue: str, n: int, what: str = "") -> list[dict[str, Any]]:

@@ -74,7 +74,7 @@ def _ledger_text(ledger: Ledger) -> str:
 
 
 def test_prune_erases_what_closed_before_the_cutoff_and_keeps_the_rest_working(
-        ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
+        ledger: Ledger, declared: Topology, capsys: pytest.CaptureFixture[str]) -> None:
     clock = FakeClock("2026-09-01 09:00")
     engine = Engine(load_catalog(MINI_CATALOG))
     router = Router(lambda: engine, ledger, Topology("t"), clock=clock)
@@ -129,7 +129,7 @@ def test_prune_erases_what_closed_before_the_cutoff_and_keeps_the_rest_working(
 
     # `casebroker run`'s deadline watch exports when the last prune completed (0: never)
     metrics = Metrics()
-    watch = DeadlineWatch(lambda: engine, ledger, Topology("t"), metrics=metrics,
+    watch = DeadlineWatch(lambda: engine, ledger, declared, metrics=metrics,
                           clock=FakeClock("2026-08-01 09:00"))  # nothing due: no publish
     watch.tick()
     gauge = "casebroker_ledger_last_prune_timestamp_seconds"
