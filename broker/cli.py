@@ -162,12 +162,22 @@ def listed(item: Callable[[str], Any]) -> Callable[[str], list[Any]]:
 
 #: what --db-url says of itself wherever a command takes it
 DB_URL_HELP = "ledger URL (default: $CASEBROKER_DB_URL or sqlite:///casebroker.sqlite3)"
+#: what --catalog says of itself wherever a command takes it
+CATALOG_HELP = "catalog YAML (default: $CASEBROKER_CATALOG or the shipped Đắk Lắk catalog)"
+
+
+def catalog_option(p: argparse.ArgumentParser, help: str = CATALOG_HELP) -> None:
+    """``--catalog``, by default the one ``CASEBROKER_CATALOG`` names: set where `casebroker
+    run` runs and in the operator's shell, the commands an alert's runbook names (`topology
+    declare`, `rules calendar`) act on the catalog in force, not on the shipped one."""
+    p.add_argument("--catalog", default=os.environ.get("CASEBROKER_CATALOG") or None,
+                   help=help)
 
 
 def _common(p: argparse.ArgumentParser, *, catalog: bool = True, db: bool = False,
             prefix: bool = False) -> None:
     if catalog:
-        p.add_argument("--catalog", help="catalog YAML (default: the shipped Đắk Lắk catalog)")
+        catalog_option(p)
     if db:
         p.add_argument("--db-url", help=DB_URL_HELP)
     if prefix:

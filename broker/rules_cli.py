@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from broker.cli import DB_URL_HELP, day, year
+from broker.cli import DB_URL_HELP, catalog_option, day, year
 from broker.messages import DossierSubmitted
 from broker.rules.catalog import load_catalog
 from broker.rules.engine import Engine
@@ -31,7 +31,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     rules = groups["rules"]
     cov = rules.add_parser("coverage", help="share of procedures open to boundary-free "
                            "receipt on a date")
-    cov.add_argument("--catalog", help="catalog YAML (default: the shipped Đắk Lắk catalog)")
+    catalog_option(cov)
     cov.add_argument("--on", type=day, help="the date (YYYY-MM-DD; default: today in the "
                      "catalog's time zone)")
     cov.add_argument("--json", action="store_true", help="print one JSON object")
@@ -49,7 +49,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
 
     cal = rules.add_parser("calendar", help="the days off and worked weekend days a catalog's "
                            "calendar counts in a year, to hold against the year's decree")
-    cal.add_argument("--catalog", help="catalog YAML (default: the shipped Đắk Lắk catalog)")
+    catalog_option(cal)
     cal.add_argument("--year", type=year, help="the year (default: this year in the "
                      "catalog's time zone)")
     cal.add_argument("--json", action="store_true", help="print one JSON object")

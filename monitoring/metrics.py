@@ -21,6 +21,8 @@ from broker.errors import StartupError
 SOURCES = ("intake", "status")
 RETRY_KINDS = ("transient", "conflict", "refused", "fault")
 RELOAD_RESULTS = ("applied", "refused", "failed")
+#: the reason of a delivery dead-lettered because casebroker's own code failed on it
+INTERNAL_ERROR = "internal_error"
 
 
 class Metrics(Hooks):
@@ -123,6 +125,14 @@ class Metrics(Hooks):
                 self.retries_total.labels(source, kind)
         for result in RELOAD_RESULTS:
             self.catalog_reloads_total.labels(result)
+        for result in ("restarted", "held_back"):
+            self.wal_checkpoint_turns_total.labels(result)
+        # a deadline notice RabbitMQ refused (nacked, or no queue, its dead-letter queue's
+        # neither): kept, and published again each round
+        self.retries_total.labels("watch", "refused")
+        # a delivery casebroker's own code failed on, alone: dead-lettered (a bug)
+        for counter in (self.intake_total, self.status_total):
+            counter.labels("dead_lettered", INTERNAL_ERROR)
 
     # consumers
     def count(self, source: str, outcome: str, reason: str, n: int = 1) -> None:

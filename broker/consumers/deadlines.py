@@ -542,6 +542,7 @@ class DeadlineWatch:
             return "sent"
         except NackError:
             log.warning("deadline notice %s nacked; will publish it again", out.message_id)
+            self._refused()
             return None
         except UnroutableError:
             # like the consumers: an unroutable message is dead-lettered, never dropped
@@ -562,8 +563,14 @@ class DeadlineWatch:
                 # brought both queues back
                 log.warning("deadline notice %s: no queue took it, nor dead.%s; will "
                             "publish it again", out.message_id, source)
+                self._refused()
                 return None
             return "dead_lettered"
+
+    def _refused(self) -> None:
+        """Count a notice RabbitMQ refused, kept to publish again (an alert's series)."""
+        if self.metrics is not None:
+            self.metrics.retry("watch", "refused")
 
     def _open(self) -> BlockingChannel:
         if self._channel is None or not self._channel.is_open:

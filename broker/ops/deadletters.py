@@ -49,7 +49,7 @@ from broker.amqp import (
     SOURCE_HEADER,
     properties_for,
 )
-from broker.cli import BY_MAX, DB_URL_HELP, system_user, words
+from broker.cli import BY_MAX, DB_URL_HELP, catalog_option, system_user, words
 from broker.consumers.common import kept_id, to_desk
 from broker.errors import DecodeError
 from broker.ledger import Ledger, RawJSON, SubmissionOpened, refusal_notice
@@ -886,8 +886,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
                    help="refuse also a dossier whose desk has no queue (not in the catalog: "
                    "junk, or a mistyped desk id), telling nobody; without it such a dossier "
                    "is left in triage")
-    p.add_argument("--catalog", help="catalog YAML the routers run with, whose desks are "
-                   "told (default: the shipped Đắk Lắk catalog)")
+    catalog_option(p, "catalog YAML the routers run with, whose desks are told (default: "
+                   "$CASEBROKER_CATALOG or the shipped Đắk Lắk catalog)")
     p.add_argument("--db-url", help=DB_URL_HELP)
     p.add_argument("--prefix", help="topology prefix (default: $CASEBROKER_PREFIX or cb)")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -230,6 +230,30 @@ def test_a_notice_no_queue_takes_is_counted_unroutable_not_sent(
     assert ledger.unconfirmed_notices(vn("2027-01-01 00:00")) == []
 
 
+def test_a_notice_neither_its_queue_nor_its_dead_letter_queue_takes_is_counted_refused(
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock,
+        make_watch: Callable[[], DeadlineWatch]) -> None:
+    """Kept and published again each round, it moved no metric while the round completed:
+    apologies owed went nowhere, and no alert said so (CasebrokerDeadlineNoticesHeld)."""
+    start_broker()
+    _route(amqp, declared, "1.001193", "T.UBND.A")
+    take(amqp, declared.desk_queue("T.MC.B"), 1, "receipt")
+    queue, dead = declared.agency_queue("T.UBND.A"), declared.dead_queue("agency")
+    amqp.ch.queue_unbind(queue, declared.agency_exchange, "T.UBND.A")
+    amqp.ch.queue_unbind(dead, declared.dead_letter_exchange, "agency")
+    watch = make_watch()
+    refused = watch.metrics.retries_total.labels("watch", "refused")
+    clock.set("2026-11-26 09:30")
+    assert watch.tick() == 1  # the desk's apology; the agency's notice kept
+    assert refused._value.get() == 1
+    assert len(ledger.unconfirmed_notices(vn("2027-01-01 00:00"))) == 1
+    amqp.ch.queue_bind(queue, declared.agency_exchange, "T.UBND.A")
+    amqp.ch.queue_bind(dead, declared.dead_letter_exchange, "agency")
+    clock.set("2026-11-26 09:40")
+    assert watch.tick() == 1 and refused._value.get() == 1
+    assert [n["notice"] for n in amqp.json_all(queue)] == ["overdue"]
+
+
 # --- which dossiers the watch looks at: only those whose level can rise now -----------
 
 def _row(code: str, state: State, due: str, level: int = NOTHING_SENT,

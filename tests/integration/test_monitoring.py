@@ -50,6 +50,14 @@ def test_series_with_a_bounded_label_set_are_exported_at_zero_from_the_start() -
             assert f'casebroker_retries_total{{kind="{kind}",source="{source}"}} 0.0' in text
     for result in ("applied", "refused", "failed"):
         assert f'casebroker_catalog_reloads_total{{result="{result}"}} 0.0' in text
+    # born at 1, the first restart after a start hid from CasebrokerLedgerLogHeldBack's
+    # "unless it started over" (a ticket about a log that had just started over)
+    for result in ("restarted", "held_back"):
+        assert f'casebroker_wal_checkpoint_turns_total{{result="{result}"}} 0.0' in text
+    # CasebrokerDeadlineNoticesHeld and CasebrokerInternalErrors see their first event
+    assert 'casebroker_retries_total{kind="refused",source="watch"} 0.0' in text
+    for name in ("casebroker_intake_total", "casebroker_status_updates_total"):
+        assert f'{name}{{outcome="dead_lettered",reason="internal_error"}} 0.0' in text
 
 
 @needs_promtool

@@ -13,6 +13,7 @@ import pytest
 from broker import cli
 from broker.calendar import decrees_known_until
 from broker.cli import main
+from broker.rules.catalog import SHIPPED_CATALOG
 from tests.helpers import dossier
 
 MINI = Path(__file__).parents[1] / "fixtures" / "mini.yaml"
@@ -213,6 +214,23 @@ def test_coverage_text_and_custom_catalog(capsys: pytest.CaptureFixture[str]) ->
     # 7 procedures: 1.000002 opens in 2099, 1.000003 is never boundary-free
     assert out == ("mini on 2026-01-01: 5 of 7 procedures open to boundary-free receipt "
                    "(71.4%); 1 open later, 1 never\n")
+
+
+def test_casebroker_catalog_is_every_commands_catalog_unless_one_is_named(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Set where `casebroker run` runs and in the operator's shell, the commands alerts
+    name act on the catalog in force; before, they took the shipped one (a province with
+    a catalog of its own was shown Đắk Lắk's calendar, declared Đắk Lắk's queues)."""
+    monkeypatch.setenv("CASEBROKER_CATALOG", str(MINI))
+    for argv in (["rules", "calendar", "--year", "2026", "--json"],
+                 ["rules", "coverage", "--on", "2026-01-01", "--json"]):
+        code, out, _ = _run(capsys, *argv)
+        assert code == 0 and json.loads(out)["catalog"] == "mini", argv
+    args = cli.build_parser().parse_args(["topology", "declare"])
+    assert args.catalog == str(MINI)
+    code, out, _ = _run(capsys, "rules", "calendar", "--year", "2026", "--json",
+                        "--catalog", str(SHIPPED_CATALOG))
+    assert code == 0 and json.loads(out)["catalog"] == "daklak"
 
 
 def test_coverage_bad_date_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
