@@ -33,10 +33,13 @@ from broker.errors import DecodeError
 
 #: Bodies over this size are refused before parsing (documents travel by reference).
 MAX_BODY_BYTES = 256 * 1024
-#: The largest body a desk or agency takes from casebroker: an assignment or a notice
-#: carries a dossier (up to MAX_BODY_BYTES) and the documents its agencies and desk added
-#: since (each step's results, the supplements), so it may be larger than what came in
-MAX_BROKER_BODY_BYTES = 16 * 1024 * 1024
+#: The largest body casebroker sends a desk or an agency: an assignment or a notice carries
+#: a dossier (up to MAX_BODY_BYTES) and the documents its agencies and desk added since
+#: (each step's results, the supplements), so it may be larger than what came in. The
+#: status router refuses an update that would make a larger one: RabbitMQ refuses bodies
+#: over its ``max_message_size`` (docker-compose.yml: this size) by closing the channel,
+#: after the ledger has recorded the change the message was to announce
+MAX_BROKER_BODY_BYTES = 1024 * 1024
 CONTENT_TYPE = "application/json"
 
 #: nine digits or more in a row: what a phone number (10) or an id number (9 or 12) is

@@ -57,6 +57,7 @@ from broker.errors import TransitionRefused
 from broker.ledger import Batch
 from broker.lifecycle import STEP_ENDS, TRANSITIONS, Event, State, apply
 from broker.messages import (
+    MAX_BROKER_BODY_BYTES,
     NOT_YOURS,
     AgencyNotice,
     AgencyStatus,
@@ -118,6 +119,8 @@ _DESK_KINDS = frozenset(DESK_NOTICE_FOR.values())
 FINISHED = frozenset({State.REFUSED, State.STOPPED, State.RESOLVED, State.WITHDRAWN})
 #: the metric reason of an agency update sent before the last one applied
 STALE = "stale"
+#: the metric reason of an update whose messages would be too large to send
+TOO_LARGE = "too_large"
 #: how far ahead of the broker's clock an agency's sent_at is believed: one update from
 #: a clock set wrong (a local time labelled UTC) must not make every later one stale
 SENT_AT_AHEAD_MAX = timedelta(minutes=5)
@@ -414,6 +417,7 @@ class StatusRouter(Consumer):
             return [self._refuse(dossier, msg, refusal, now, answered=mid if changed else None)
                     ], "refused_update", reason
         old_state, old_agency = State(dossier["state"]), dossier["agency_id"]
+        before = dict(dossier.changes)  # what this batch changed before this update
         finishing = {"step": dossier["step"], "step_due_at": dossier["step_due_at"].isoformat()}
         if STEP_OWN_DUE in dossier["flags"]:
             finishing[STEP_OWN_DUE] = dossier["flags"][STEP_OWN_DUE]
@@ -424,6 +428,11 @@ class StatusRouter(Consumer):
         if isinstance(msg, DossierStatus):
             dossier.set(status_sent_at=min(msg.sent_at, now + SENT_AT_AHEAD_MAX))
         out = self._effects(engine, dossier, msg, event, old_state, seq, at, now)
+        if (too_large := _too_large(out)) is not None:  # nothing applied: the sender told
+            dossier.changes.clear()
+            dossier.changes.update(before)
+            return [self._refuse(dossier, msg, too_large, now,
+                                 answered=mid if changed else None)], "refused_update", TOO_LARGE
         hand_off = event == Event.HAND_OFF
         detail = _detail(msg)
         if at != now:  # the process-control sheet: when it happened, and when recorded
@@ -721,6 +730,20 @@ class StatusRouter(Consumer):
             procedure_code=dossier["procedure_code"], state=dossier["state"],
             agency_id=dossier["agency_id"], reason=reason, issued_at=now)
         return to_desk(self.topology, desk_notice, message_id)
+
+
+def _too_large(out: Sequence[Outbound]) -> str | None:
+    """Why messages applying an update would announce cannot be sent, or None: one over
+    :data:`MAX_BROKER_BODY_BYTES` (the documents a chain's assignment gathers: the
+    dossier's own, every supplement, every step's results) would be refused by RabbitMQ
+    after the ledger had recorded the change, and go round until its delivery limit."""
+    for o in out:
+        if len(o.body) > MAX_BROKER_BODY_BYTES:
+            return (f"{TOO_LARGE}: applied, it would send a {o.type} of {len(o.body):,} "
+                    f"bytes, over the {MAX_BROKER_BODY_BYTES:,} casebroker sends: the "
+                    "dossier's documents (its own, supplements, results) are too many; "
+                    "send fewer, or combine them")
+    return None
 
 
 def _status_event(dossier: _Dossier, status: AgencyStatus) -> Event:

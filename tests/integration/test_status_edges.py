@@ -206,3 +206,40 @@ def test_a_dossier_ended_while_paused_refuses_the_supplement_and_its_replays(
         f"supplemented is not allowed: dossier is {ending} ({row['state']})")
     assert h.row(code) == row
     assert row["finished_at"] == vn("2026-11-26 09:00")
+
+
+def _bulky(n: int, tag: str) -> list[Document]:
+    """``n`` documents of about 2.8 KB each (a long, non-ASCII address)."""
+    return [Document(name=f"{tag}-{i}.pdf", uri="s3://hồ-sơ/" + "ệ" * 900, sha256="c" * 64,
+                     size=1, media_type="application/pdf") for i in range(n)]
+
+
+def test_an_update_whose_messages_would_be_too_large_to_send_is_refused_unapplied(
+        h: Handlers) -> None:
+    """A chain's assignment carries every document the dossier gathered. Past RabbitMQ's
+    limit (1 MiB, as docker-compose.yml sets it), the channel was closed after the ledger
+    had recorded the hand-off: the update went round to its delivery limit, the status
+    queue stalled behind it, and the next agency never got the dossier."""
+    code = h.route(procedure_code="1.000001",
+                   documents=[d.model_dump() for d in _bulky(50, "nop")])
+    for n in range(5):  # five supplements of 50 documents: each message well within limits
+        h.handle(status(code, "T.UBND.A", "supplement_requested"))
+        h.handle(DossierSupplemented(event_id=uuid.uuid4(), dossier_code=code,
+                                     desk_id="T.MC.B", documents=_bulky(50, f"bs{n}"),
+                                     sent_at=datetime.now(UTC)))
+    before, history = h.row(code), h.ledger.history(code)
+    resolved = status(code, "T.UBND.A", "resolved", documents=_bulky(80, "kq"))
+    assert len(encode(resolved)) < 256 * 1024
+    out = h.handle(resolved)
+    assert [(o.routing_key, json.loads(o.body)["notice"]) for o in out] == [
+        ("T.UBND.A", "update_refused")]
+    reason = json.loads(out[0].body)["reason"]
+    assert reason.startswith("too_large: applied, it would send a dossier.assigned of ")
+    assert "over the 1,048,576 casebroker sends" in reason
+    assert h.row(code) == before and h.ledger.history(code) == history  # nothing applied
+
+    out = h.handle(status(code, "T.UBND.A", "resolved"))  # the same result, fewer documents
+    assigned = [o for o in out if o.type == "dossier.assigned"]
+    assert [o.routing_key for o in assigned] == ["T.CA"]
+    assert 1024 * 1024 * 0.75 < len(assigned[0].body) <= 1024 * 1024
+    assert (h.row(code)["step"], h.row(code)["agency_id"]) == (2, "T.CA")
