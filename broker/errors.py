@@ -153,5 +153,7 @@ def without_values(error: BaseException, frames: int = 6) -> str:
 
 def shown_url(url: str) -> str:
     """A server URL (RabbitMQ's, the ledger's) fit for a message or a log: its password
-    left out."""
-    return re.sub(r"(//[^:/@]*):[^@]*@", r"\1:***@", url)
+    left out, up to the last ``@`` before the host (pika takes one not URL-encoded), and
+    a ``password=`` in the query (libpq takes one there)."""
+    url = re.sub(r"(//[^:/@,]*):(?:(?!//).)*?@(?=[^@/,]*(?:[/,?#]|$))", r"\1:***@", url)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)

@@ -833,7 +833,7 @@ class Ledger:
     @property
     def where(self) -> str:
         """The ledger's URL with its password hidden, for messages."""
-        return make_url(self.url).render_as_string(hide_password=True)
+        return shown_url(make_url(self.url).render_as_string(hide_password=True))
 
     @contextmanager
     def _reached(self) -> Iterator[None]:

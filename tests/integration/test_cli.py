@@ -293,15 +293,20 @@ def test_run_refuses_a_taken_metrics_port_in_words(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_run_names_a_ledger_it_cannot_reach_and_hides_its_password() -> None:
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql+psycopg://casebroker:s3cret@127.0.0.1:1/ledger",
+     "postgresql+psycopg://casebroker:***@127.0.0.1:1/ledger"),
+    # libpq's password in the query: SQLAlchemy's hide_password leaves it
+    ("postgresql+psycopg://casebroker@127.0.0.1:1/ledger?password=s3cret",
+     "postgresql+psycopg://casebroker@127.0.0.1:1/ledger?password=***")])
+def test_run_names_a_ledger_it_cannot_reach_and_hides_its_password(url: str, shown: str
+                                                                     ) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "broker.cli", "run", "--catalog", str(MINI_CATALOG),
-         "--prefix", "cbledgercheck", "--metrics-port", "0",
-         "--db-url", "postgresql+psycopg://casebroker:s3cret@127.0.0.1:1/ledger"],
+         "--prefix", "cbledgercheck", "--metrics-port", "0", "--db-url", url],
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
-    assert "error: ledger unavailable at postgresql+psycopg://casebroker:***@127.0.0.1:1/" \
-           "ledger: " in result.stderr
+    assert f"error: ledger unavailable at {shown}: " in result.stderr
     assert "s3cret" not in result.stderr and "Traceback" not in result.stderr
 
 

@@ -120,6 +120,13 @@ def test_a_window_no_wider_than_a_batch_is_warned_about(
     ("amqps://ops:p%40ss/w0rd@mq.daklak.gov.vn/", "amqps://ops:***@mq.daklak.gov.vn/"),
     ("amqp://127.0.0.1:5672/", "amqp://127.0.0.1:5672/"),
     ("amqp://user@host/", "amqp://user@host/"),
+    # pika takes an @ not URL-encoded in a password: hidden up to the last one
+    ("amqp://guest:S3cr@t-Tail@127.0.0.1:5673/%2F", "amqp://guest:***@127.0.0.1:5673/%2F"),
+    ("amqp://a:p@1@h1/,amqp://b:q@h2:5672/", "amqp://a:***@h1/,amqp://b:***@h2:5672/"),
+    ("amqp://h1:5672/,amqp://u:p@h2/", "amqp://h1:5672/,amqp://u:***@h2/"),
+    # libpq takes a password in the query too
+    ("postgresql://postgres@db:5432/test?password=TopSecret&sslmode=require",
+     "postgresql://postgres@db:5432/test?password=***&sslmode=require"),
 ])
 def test_a_broker_url_is_shown_without_its_password(url: str, shown: str) -> None:
     assert shown_url(url) == shown
