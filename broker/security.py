@@ -83,7 +83,13 @@ class Management:
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         self.headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None, *,
+              absent_ok: bool = False) -> Any:
+        """The API's answer; with ``absent_ok``, None where a GET of one object (a user,
+        a permission) finds none. A list answered 404 is an error: a virtual host that
+        does not exist, or no management API at that URL (a wrong port, a path prefix
+        left out), which must not read as "nothing there" (`topology delete` said it had
+        deleted everything, and left queues)."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method,
                                      headers=self.headers)
@@ -91,9 +97,12 @@ class Management:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
-            if e.code == 404 and method == "GET":
+            if e.code == 404 and method == "GET" and absent_ok:
                 return None
-            raise ManagementError(f"{method} {path}: HTTP {e.code}{_reason(e)}") from e
+            hint = (" (no such virtual host, or no RabbitMQ management API at "
+                    f"{self.url}: check --management-url, CASEBROKER_MANAGEMENT_URL)"
+                    if e.code == 404 else "")
+            raise ManagementError(f"{method} {path}: HTTP {e.code}{_reason(e)}{hint}") from e
         except OSError as e:
             raise ManagementError(f"management API at {self.url} unreachable: {e}") from e
         return json.loads(raw) if raw else None
@@ -115,7 +124,9 @@ class Management:
             raise refused from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise refused
-        base = f"{parts.scheme}://{parts.hostname}" + (f":{port}" if port else "")
+        # a path kept: the API served under a prefix (a proxy's /rabbitmq)
+        base = (f"{parts.scheme}://{parts.hostname}" + (f":{port}" if port else "")
+                + parts.path.rstrip("/"))
         if vhost is None:
             vhost = pika.URLParameters(amqp_url()).virtual_host
         return cls(base, urllib.parse.unquote(parts.username or "guest"),
@@ -140,11 +151,12 @@ class Management:
     def permissions(self, user: str) -> dict[str, str] | None:
         """The user's configure/write/read patterns on the virtual host (None: none)."""
         got = self._call("GET", f"/api/permissions/{self.vhost}/"
-                         f"{urllib.parse.quote(user, safe='')}")
+                         f"{urllib.parse.quote(user, safe='')}", absent_ok=True)
         return None if got is None else {k: str(got[k]) for k in ("configure", "write", "read")}
 
     def user_exists(self, user: str) -> bool:
-        return self._call("GET", f"/api/users/{urllib.parse.quote(user, safe='')}") is not None
+        return self._call("GET", f"/api/users/{urllib.parse.quote(user, safe='')}",
+                          absent_ok=True) is not None
 
     def put_user(self, user: str, password: str) -> None:
         self._call("PUT", f"/api/users/{urllib.parse.quote(user, safe='')}",
@@ -194,8 +206,13 @@ def apply(grants_: list[Grant], api: Management, secrets_dir: Path,
     """Create missing users (password to ``secrets_dir/<user>.password``), set permissions.
 
     A new password replaces the file's only once RabbitMQ has taken it: a rotation the API
-    refuses leaves every file holding the password its user still has."""
-    secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    refuses leaves every file holding the password its user still has. A directory that
+    cannot be made or written is a :class:`~broker.errors.CasebrokerError` saying so."""
+    try:
+        secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as e:
+        raise CasebrokerError(f"cannot keep passwords in {secrets_dir}: {e.strerror} "
+                              "(--secrets-dir)") from None
     created = 0
     for grant in grants_:
         if rotate or not api.user_exists(grant.user):
@@ -204,7 +221,12 @@ def apply(grants_: list[Grant], api: Management, secrets_dir: Path,
             # written first (a password RabbitMQ has is never only in memory), put in
             # place after
             pending = path.with_name(path.name + ".new")
-            fd = os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                fd = os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            except OSError as e:
+                raise CasebrokerError(f"cannot write passwords to {secrets_dir}: "
+                                      f"{e.strerror} (--secrets-dir); {created} user(s) "
+                                      "created before it") from None
             with os.fdopen(fd, "w") as f:
                 f.write(password + "\n")
             try:

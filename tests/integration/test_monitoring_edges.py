@@ -64,6 +64,21 @@ def test_a_management_password_written_url_encoded_is_the_password(
     assert operators.user_exists(user_for(topology, "T.MC.A"))
 
 
+def test_a_secrets_dir_that_cannot_be_written_is_an_error_in_one_line(
+        topology: Topology, operators: Management, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # a file in its place, or under it: a traceback before, mkdir's FileExistsError
+    (tmp_path / "afile").write_text("")
+    for where, why in ((tmp_path / "afile", "File exists"),
+                       (tmp_path / "afile" / "sub", "Not a directory")):
+        capsys.readouterr()
+        code = main(["users", "apply", "--catalog", str(MINI_CATALOG), "--prefix",
+                     topology.prefix, "--secrets-dir", str(where)])
+        assert (code, capsys.readouterr().err) == (
+            1, f"error: cannot keep passwords in {where}: {why} (--secrets-dir)\n")
+    assert [u for u in operators.users() if u.startswith(topology.prefix)] == []
+
+
 def test_a_refused_management_call_says_what_rabbitmq_said(
         topology: Topology, operators: Management, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
