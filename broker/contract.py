@@ -10,7 +10,7 @@ import inspect
 import re
 from typing import Any
 
-from broker.messages import KINDS
+from broker.messages import KINDS, published_schema
 from broker.topology import INTAKE_KEY, STATUS_KEY, Topology
 
 #: (channel address, exchange, routing key, kind(s), who publishes, who consumes)
@@ -66,7 +66,7 @@ def asyncapi(topology: Topology | None = None) -> dict[str, Any]:
     schemas: dict[str, Any] = {}
     for kind, model in KINDS.items():
         name = kind.replace(".", "_")
-        schema = model.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+        schema = published_schema(model, ref_template="#/components/schemas/{model}")
         for def_name, definition in schema.pop("$defs", {}).items():
             schemas[def_name] = _described(definition)
         schemas[name] = _described(schema)
@@ -105,7 +105,14 @@ def asyncapi(topology: Topology | None = None) -> dict[str, Any]:
                                 "status:<update_id> and event:<event_id>; do the same. "
                                 "correlation_id = the dossier code (a submission: its "
                                 "submission id; a notice about a submission that opened no "
-                                "dossier: none); type = message kind."},
+                                "dossier: none); type = message kind; user_id = your "
+                                "RabbitMQ login, which RabbitMQ checks: where the province "
+                                "runs with a login per desk and agency "
+                                "(CASEBROKER_PARTY_USERS), a message without it, or from "
+                                "another login than the desk or agency it names, is "
+                                "dead-lettered as sender_mismatch; content_type = "
+                                "application/json (a charset parameter, utf-8 only, may "
+                                "follow)."},
         "defaultContentType": "application/json",
         "channels": channels,
         "components": {"messages": messages, "schemas": dict(sorted(schemas.items()))},

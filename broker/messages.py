@@ -24,6 +24,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
     TypeAdapter,
     ValidationError,
     model_validator,
@@ -91,13 +92,18 @@ def shown_content_type(value: str) -> str:
     return "<withheld>"
 
 
-# \d in the published JSON Schema is ECMA-262's: the ASCII digits 0-9. pydantic's own
-# regex engine reads it as any Unicode digit, so decode() took an Arabic-Indic or
-# full-width code the schema refuses (and no catalog holds: triaged as unknown). Compiled
-# with re.ASCII, the check is the schema's, and the schema's text stays what it was
-ProcedureCode = Annotated[str, Field(pattern=re.compile(r"^\d\.\d{6}$", re.ASCII))]
+# [0-9], not \d: pydantic's regex engine reads \d as any Unicode digit (decode() took an
+# Arabic-Indic or full-width code the schema refuses), and a pattern compiled with
+# Python's re, whose $ also matches before a final newline, took "1.001193\n" (triaged as
+# unknown, and echoed in a notice the published schema refuses). Plain text patterns are
+# checked alike by pydantic's engine and by ECMA-262's, the published schema's
+ProcedureCode = Annotated[str, Field(pattern=r"^[0-9]\.[0-9]{6}$")]
 PartyId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
-WardCode = Annotated[str, Field(pattern=re.compile(r"^\d{2,5}$", re.ASCII))]
+WardCode = Annotated[str, Field(pattern=r"^[0-9]{2,5}$")]
+#: at least one character that shows: neither a space nor a zero-width one
+_VISIBLE = "[^\\s\u200b\u200c\u200d\u2060\ufeff]"
+#: a whole number as JSON writes it: not true (which pydantic took as 1), not "5"
+Count = Annotated[int, Strict()]
 #: the longest dossier code: what the ledger's code columns hold (``String(96)`` in
 #: broker/tables.py: dossiers.code, events.dossier_code, outbox.correlation_id)
 DOSSIER_CODE_MAX = 96
@@ -165,8 +171,8 @@ class Applicant(_Model):
     """The citizen or organization; ``name``, ``id_number``, ``phone`` are personal data."""
 
     kind: Literal["citizen", "organization"]
-    name: Annotated[str, Field(min_length=1, max_length=200)]
-    id_number: Annotated[str, Field(min_length=1, max_length=32)]
+    name: Annotated[str, Field(min_length=1, max_length=200, pattern=_VISIBLE)]
+    id_number: Annotated[str, Field(min_length=1, max_length=32, pattern=_VISIBLE)]
     phone: str | None = None
     email: str | None = None
     address: str | None = None
@@ -186,7 +192,7 @@ class Document(_Model):
     name: Annotated[str, Field(min_length=1, max_length=200)]
     uri: Annotated[str, Field(min_length=1, max_length=1000)]
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-    size: Annotated[int, Field(ge=0, le=JSON_SAFE_INT)]
+    size: Annotated[Count, Field(ge=0, le=JSON_SAFE_INT)]
     media_type: Annotated[str, Field(min_length=1, max_length=100)]
 
 
@@ -309,7 +315,7 @@ class DossierStatus(_Model):
     reason: Annotated[str, Field(max_length=2000)] | None = None
     documents: list[Document] = Field(default_factory=list, max_length=100)
     requested_documents: list[str] = Field(default_factory=list, max_length=100)
-    amount_vnd: Annotated[int, Field(ge=0, le=JSON_SAFE_INT)] | None = None
+    amount_vnd: Annotated[Count, Field(ge=0, le=JSON_SAFE_INT)] | None = None
     sent_at: Timestamp = Field(description=(
         "When the agency made the update. The dossier's clocks go by it (a result's "
         "time against its due date, a pause's start, the next step's start), never "
@@ -344,7 +350,7 @@ class DossierReturned(_Model):
     dossier_code: DossierCode
     desk_id: PartyId
     returned_at: Timestamp
-    satisfaction: Annotated[int, Field(ge=1, le=5)] | None = None
+    satisfaction: Annotated[Count, Field(ge=1, le=5)] | None = None
 
 
 class DossierSupplemented(_Model):
@@ -498,11 +504,21 @@ class DeskNotice(_Model):
     agency_id: PartyId | None = None
     received_at: AwareDatetime | None = None
     due_at: AwareDatetime | None = None
+    applicant: Applicant | None = Field(None, description=(
+        "whose dossier it is: in a receipt (Form 01), and in a result_ready, for the "
+        "return desk to hand the result to that person (it may not be the desk that "
+        "received the dossier). Personal data: for the desk's records, never its logs"))
+    channel: Channel | None = Field(None, description=(
+        "how the dossier was received; in a receipt"))
+    return_desk_id: PartyId | None = Field(None, description=(
+        "where the citizen collects the result; in a receipt"))
     reason: str | None = Field(None, description=(
         "why, in words; in an update_refused that begins not_yours, the desk event named "
         "a dossier that is not this desk's, or none at all: the notice then carries only "
         "the code the desk sent"))
-    documents: list[Document] = Field(default_factory=list)
+    documents: list[Document] = Field(default_factory=list, description=(
+        "in a receipt, the documents received (Form 01); in a result_ready, the result "
+        "documents"))
     requested_documents: list[str] = Field(default_factory=list)
     amount_vnd: int | None = None
     issued_at: AwareDatetime
@@ -635,7 +651,7 @@ def decode(
     queue is as wrong as a malformed body); ``max_bytes``, the size (what comes from
     casebroker may be larger than what goes to it: :data:`MAX_BROKER_BODY_BYTES`).
     """
-    if content_type not in (CONTENT_TYPE, None, ""):
+    if content_type not in (CONTENT_TYPE, None, "") and not _json_with_utf8(content_type):
         raise DecodeError("wrong_content_type",
                           f"content type {shown_content_type(content_type)!r} is not JSON")
     if len(body) > max_bytes:
@@ -649,6 +665,21 @@ def decode(
     if b"\\u0000" in body and (where := _nul_in(json.loads(body))) is not None:
         raise DecodeError("invalid_fields", f"{where}: a NUL character (\\u0000) in text")
     return message
+
+
+def _json_with_utf8(content_type: str) -> bool:
+    """``application/json`` as clients write it too: in any case, with a ``charset``
+    parameter naming UTF-8 (JSON's only encoding, RFC 8259), quoted or not. Many HTTP-style
+    clients set ``application/json; charset=utf-8``; it was dead-lettered as not JSON."""
+    media, *params = (p.strip() for p in content_type.split(";"))
+    if media.lower() != CONTENT_TYPE:
+        return False
+    for param in params:
+        key, _, value = param.partition("=")
+        if key.strip().lower() != "charset" or value.strip().strip('"').lower() not in (
+                "utf-8", "utf8"):
+            return False
+    return True
 
 
 def _nul_in(value: Any, path: str = "") -> str | None:
@@ -715,12 +746,18 @@ def describe_validation_error(error: ValidationError) -> str:
     return "; ".join(problems)
 
 
+def published_schema(model: type[BaseModel], **options: Any) -> dict[str, Any]:
+    """A message kind's JSON Schema as integrators are given it: ``schema`` required,
+    as :func:`decode` requires it (it says which kind a body is; the models fill it in
+    for whoever builds one in Python, so pydantic alone would publish it optional)."""
+    schema = model.model_json_schema(by_alias=True, **options)
+    schema["required"] = ["schema", *(r for r in schema.get("required", []) if r != "schema")]
+    return schema
+
+
 def json_schemas() -> dict[str, dict[str, Any]]:
     """JSON Schema of every message kind, keyed by its schema id."""
-    return {
-        f"casebroker.{kind}/v1": model.model_json_schema(by_alias=True)
-        for kind, model in KINDS.items()
-    }
+    return {f"casebroker.{kind}/v1": published_schema(model) for kind, model in KINDS.items()}
 
 
 def utc_now() -> datetime:

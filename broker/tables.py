@@ -270,6 +270,9 @@ VALUES_DIGEST = "values_sha256"
 #: a submission's list of documents; in the stub of a dossier's pruned submission, how
 #: many there were (the report's digitized share reads either)
 DOCUMENTS = "documents"
+#: in a desk's receipt and result_ready: who the dossier is for (personal data), which
+#: `ledger prune` erases from the copy the ledger keeps
+APPLICANT = "applicant"
 #: in a dossier's ``flags``: the documents the citizen brought at an agency's request
 #: (``dossier.supplemented``); once `ledger prune` erased them, how many there were
 SUPPLEMENTS = "supplements"

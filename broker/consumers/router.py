@@ -295,13 +295,18 @@ class Router(Consumer):
         msg, dec, code = r.dossier, r.decision, r.code
         # plain construction: pydantic's model_construct is slower here (it inspects
         # signatures on each call) than validating already-validated values in Rust
+        # a receipt as Form 01 has it: who, how, what was received, where it is collected
+        form = {} if dec.refusal else {
+            "applicant": msg.applicant, "channel": msg.channel,
+            "return_desk_id": msg.collect_at, "documents": msg.documents}
         notice = DeskNotice(
             notice=NoticeKind.REFUSED if dec.refusal else NoticeKind.RECEIPT,
             dossier_code=code, submission_id=msg.submission_id, desk_id=msg.desk_id,
             procedure_code=msg.procedure_code,
             state=State.REFUSED if dec.refusal else State.RECEIVED,
             agency_id=dec.agency_id, received_at=dec.received_at,
-            due_at=None if dec.refusal else dec.due_at, reason=dec.refusal, issued_at=now)
+            due_at=None if dec.refusal else dec.due_at, reason=dec.refusal, issued_at=now,
+            **form)
         receipt = to_desk(self.topology, notice, f"{code}:{notice.notice.value}")
         if dec.refusal:
             return [receipt]

@@ -61,6 +61,7 @@ from broker.messages import (
     NOT_YOURS,
     AgencyNotice,
     AgencyStatus,
+    Applicant,
     DeskNotice,
     Document,
     DossierAssigned,
@@ -670,6 +671,10 @@ class StatusRouter(Consumer):
                      to: str | None = None) -> Outbound:
         """The return desk's notice; ``to``: the same for the intake desk, under its own id
         (``...:intake``)."""
+        # the return desk hands the result to the applicant the submission names (a
+        # submission `ledger prune` erased has none: only closed dossiers are pruned)
+        applicant = (dossier["submission"].get("applicant")
+                     if kind == NoticeKind.RESULT_READY else None)
         # from the row's columns: a pruned submission's stub (`ledger prune`) keeps neither
         notice = DeskNotice(
             notice=kind, dossier_code=dossier["code"], submission_id=dossier["submission_id"],
@@ -679,7 +684,8 @@ class StatusRouter(Consumer):
             reason=getattr(msg, "reason", None),
             documents=[Document(**r) for r in results],
             requested_documents=getattr(msg, "requested_documents", []),
-            amount_vnd=getattr(msg, "amount_vnd", None), issued_at=now)
+            amount_vnd=getattr(msg, "amount_vnd", None), issued_at=now,
+            applicant=None if applicant is None else Applicant(**applicant))
         party = "" if to is None else ":intake"
         return to_desk(self.topology, notice, f"{dossier['code']}:{kind.value}:{seq}{party}")
 

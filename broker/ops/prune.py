@@ -63,6 +63,7 @@ from broker.ledger import (
 from broker.lifecycle import TERMINAL_STATES
 from broker.ops.progress import Progress
 from broker.tables import (
+    APPLICANT,
     DOCUMENTS,
     RESULTS,
     SUPPLEMENTS,
@@ -147,13 +148,31 @@ def _window(column: Any, since: datetime | None, cutoff: datetime) -> list[Any]:
 
 
 def _erase_bodies(conn: Connection, rows: Sequence[Any], at: datetime, dry_run: bool) -> int:
-    """Replace the bodies of these outbox rows (id, body) by stubs; those not stubs yet."""
+    """Replace the bodies of these outbox rows (id, body) by stubs, those not stubs yet;
+    a receipt by itself without the applicant and the documents (:func:`_receipt_kept`)."""
     todo = list({r.id: bytes(r.body) for r in rows if not is_pruned(bytes(r.body))}.items())
     if todo and not dry_run:
         conn.execute(update(outbox).where(outbox.c.id == bindparam("row_id"))
                      .values(body=bindparam("stub")),
-                     [{"row_id": i, "stub": _body_stub(body, at)} for i, body in todo])
+                     [{"row_id": i, "stub": _receipt_kept(body) or _body_stub(body, at)}
+                      for i, body in todo])
     return len(todo)
+
+
+def _receipt_kept(body: bytes) -> bytes | None:
+    """A desk's receipt without what names the applicant or the documents, or None for
+    any other body. The router sends a dossier's receipt again when its desk sends the
+    dossier again, after the prune too: a stub would leave the desk unanswered, and the
+    receipt without them is one the contract takes (as receipts were before they named
+    the applicant)."""
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or value.get("notice") != "receipt":
+        return None
+    kept = {k: v for k, v in value.items() if k not in (APPLICANT, DOCUMENTS)}
+    return json.dumps(kept, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _prune_dossiers(ledger: Ledger, done: Pruned, at: datetime, dry_run: bool,
@@ -178,8 +197,8 @@ def _prune_dossiers(ledger: Ledger, done: Pruned, at: datetime, dry_run: bool,
                 conn, c.id, [(r.id, r.submission) for r in rows], at, dry_run)
             _count_documents(conn, rows, dry_run)
             _count_event_documents(conn, [r.code for r in rows], dry_run)
-            # the assignments, and the notices carrying documents: the agencies' with the
-            # supplements, the desks' with the results
+            # the assignments, and the notices carrying documents or the applicant: the
+            # agencies' with the supplements, the desks' receipts and results
             sent = conn.execute(
                 select(outbox.c.id, outbox.c.type, outbox.c.body)
                 .join(events, events.c.message_id == outbox.c.inbox_message_id)
@@ -188,7 +207,7 @@ def _prune_dossiers(ledger: Ledger, done: Pruned, at: datetime, dry_run: bool,
                                           "desk.notice"]))
                 .with_for_update(of=outbox)).all()
             done.bodies += _erase_bodies(conn, [
-                r for r in sent if r.type == "dossier.assigned" or _carries_documents(r.body)
+                r for r in sent if r.type == "dossier.assigned" or _personal(r.body)
             ], at, dry_run)
         progress(seen, int(total or 0))
 
@@ -224,14 +243,15 @@ def _count_event_documents(conn: Connection, codes: list[str], dry_run: bool) ->
                      [{"row_id": i, "counted": detail} for i, detail in fresh])
 
 
-def _carries_documents(body: bytes) -> bool:
+def _personal(body: bytes) -> bool:
     """Whether a notice's body lists documents (an agency's ``supplemented`` notice, a
-    desk's notice of a result sent as a document)."""
+    desk's receipt, a result sent as a document) or names the applicant (a desk's receipt
+    and result_ready)."""
     try:
         value = json.loads(bytes(body))
     except ValueError:
         return False
-    return isinstance(value, dict) and bool(value.get(DOCUMENTS))
+    return isinstance(value, dict) and bool(value.get(DOCUMENTS) or value.get(APPLICANT))
 
 
 def _prune_set_aside(ledger: Ledger, done: Pruned, at: datetime, dry_run: bool) -> None:

@@ -119,6 +119,29 @@ def test_forbidden_update_changes_nothing_and_tells_the_sender(
     assert queue_depth(declared.desk_queue("T.MC.B")) == 0
 
 
+def test_the_receipt_is_form_01_and_the_return_desk_knows_whose_result_it_holds(
+        declared: Topology, start_broker, amqp: Amqp) -> None:
+    """DOMAIN.md (Circular 03/2025, Form 01): the receipt carries the applicant, the
+    channel, the documents received and where the result is collected; it carried none of
+    them. A return desk other than the intake desk got a result for nobody it could
+    name."""
+    start_broker()
+    sent = dossier(return_desk_id="T.CENTRE")
+    amqp.submit(declared, sent)
+    code = take(amqp, declared.agency_queue("T.UBND.A"), 1, "assignment")[0]["dossier_code"]
+    receipt = take(amqp, declared.desk_queue("T.MC.B"), 1, "receipt")[0]
+    assert receipt["notice"] == "receipt"
+    assert receipt["applicant"] == sent.applicant.model_dump(mode="json", exclude_none=True)
+    assert (receipt["channel"], receipt["return_desk_id"]) == ("in_person", "T.CENTRE")
+    assert receipt["documents"] == [d.model_dump(mode="json") for d in sent.documents]
+    report(amqp, declared, code, "T.UBND.A", "resolved", documents=[doc("khai-sinh.pdf")])
+    ready = take(amqp, declared.desk_queue("T.CENTRE"), 1, "result ready")[0]
+    assert ready["notice"] == "result_ready"
+    assert ready["applicant"]["name"] == "Nguyễn Văn An"
+    assert ready["applicant"]["id_number"] == "066090001234"
+    assert [d["name"] for d in ready["documents"]] == ["khai-sinh.pdf"]
+
+
 def test_supplement_round_trip_moves_due_date_by_paused_working_time(
         declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock,
         capsys: pytest.CaptureFixture[str]) -> None:

@@ -37,6 +37,7 @@ from broker.messages import (
     DossierStatus,
     DossierSubmitted,
     DossierWithdrawn,
+    decode,
     encode,
 )
 from broker.ops.audit import audit
@@ -124,7 +125,7 @@ def test_prune_erases_what_closed_before_the_cutoff_and_keeps_the_rest_working(
     assert main(["ledger", "prune", "--keep-days", "30", "--dry-run", "--json",
                  "--db-url", ledger.url]) == 0
     dry = json.loads(capsys.readouterr().out)
-    assert (dry["dossiers"], dry["bodies"], dry["refusals"], dry["dry_run"]) == (1, 2, 1, True)
+    assert (dry["dossiers"], dry["bodies"], dry["refusals"], dry["dry_run"]) == (1, 4, 1, True)
     assert _ledger_text(ledger) == before
 
     # `casebroker run`'s deadline watch exports when the last prune completed (0: never)
@@ -138,8 +139,9 @@ def test_prune_erases_what_closed_before_the_cutoff_and_keeps_the_rest_working(
     done = prune(ledger, 30, "ops-1", now=now)
     watch.tick()
     assert metrics.registry.get_sample_value(gauge) == now.timestamp()
-    # the dossier returned in September, its assignment, the triage copy, the refusal
-    assert (done.dossiers, done.bodies, done.refusals, done.since) == (1, 2, 1, None)
+    # the dossier returned in September; its assignment, its receipt and result_ready (they
+    # name the applicant), the triage copy; the refusal
+    assert (done.dossiers, done.bodies, done.refusals, done.since) == (1, 4, 1, None)
     after = _ledger_text(ledger)
     assert [i for i in erased if i in after] == []
     assert [i for i in kept if i in after] == kept
@@ -165,10 +167,15 @@ def test_prune_erases_what_closed_before_the_cutoff_and_keeps_the_rest_working(
     assert (report["unaccounted"], report["unaccounted_dossiers"],
             report["unaccounted_submissions"]) == (0, [], [])
 
-    # the intake delivery again: its receipt again, and no stub for an agency
+    # the intake delivery again: its receipt again, without the applicant and the
+    # documents it named, and no stub for an agency
     again = router.handle([intake_delivery(next(n), encode(sent["old"]), "submit:old")])
     receipt = [o for o in first_out if o.type == "desk.notice"]
-    assert [(o.message_id, o.body) for o in again] == [(o.message_id, o.body) for o in receipt]
+    assert [o.message_id for o in again] == [o.message_id for o in receipt]
+    kept = json.loads(again[0].body)
+    assert kept == {k: v for k, v in json.loads(receipt[0].body).items()
+                    if k not in ("applicant", "documents")}
+    assert kept["notice"] == "receipt" and decode(again[0].body, expected=None)
     # the same dossier under a new message id: its receipt again, told apart by the digest
     copy = router.handle([intake_delivery(next(n), encode(sent["old"]), "submit:old-retry")])
     assert [o.message_id for o in copy] == [receipt[0].message_id]
@@ -189,7 +196,7 @@ def test_prune_erases_what_closed_before_the_cutoff_and_keeps_the_rest_working(
     with ledger.read() as conn:
         runs = conn.execute(select(prunes.c.pruned_by, prunes.c.dossiers, prunes.c.bodies,
                                    prunes.c.refusals).order_by(prunes.c.id)).all()
-    assert [tuple(r) for r in runs] == [("ops-1", 1, 2, 1), ("ops-1", 0, 0, 0)]
+    assert [tuple(r) for r in runs] == [("ops-1", 1, 4, 1), ("ops-1", 0, 0, 0)]
 
 
 def test_a_prune_cut_short_is_redone_from_the_last_completed_run_without_counting_twice(
@@ -281,5 +288,5 @@ def test_two_prunes_at_once_erase_each_row_once(
     go.set()
     for t in threads:
         t.join(30)
-    assert (runs["first"].dossiers, runs["first"].bodies) == (3, 3)
+    assert (runs["first"].dossiers, runs["first"].bodies) == (3, 6)  # assignments, receipts
     assert (runs["second"].dossiers, runs["second"].bodies) == (0, 0)

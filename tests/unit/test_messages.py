@@ -405,3 +405,70 @@ def test_the_published_schema_bounds_years_as_decode_does(when: str) -> None:
         taken = False
     expected = 1900 <= int(when[:4]) <= 2999
     assert taken == expected and (re.match(pattern, when) is not None) == expected
+
+
+def _returned_body(**fields: object) -> bytes:
+    return json.dumps({"schema": "casebroker.dossier.returned/v1",
+                       "event_id": str(uuid.uuid4()), "dossier_code": "T.UBND.A-261125-0001",
+                       "desk_id": "T.MC.B", "returned_at": "2026-11-26T10:00:00+07:00",
+                       **fields}).encode()
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    (_returned_body(satisfaction=True), "satisfaction"),  # was a rating of 1: dissatisfied
+    (_returned_body(satisfaction="5"), "satisfaction"),
+    (_returned_body(satisfaction=5.0), "satisfaction"),
+    (_status_body("financial_obligation", amount_vnd=True), "amount_vnd"),
+    (_body(documents=[{"name": "a.pdf", "uri": "s3://d/1", "sha256": "a" * 64,
+                       "size": "1000", "media_type": "application/pdf"}]), "size"),
+])
+def test_a_whole_number_is_a_json_number_as_the_published_schema_says(body: bytes,
+                                                                       field: str) -> None:
+    with pytest.raises(DecodeError, match=field) as e:
+        decode(body)
+    assert e.value.reason == "invalid_fields"
+    assert decode(_returned_body(satisfaction=5)).satisfaction == 5  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("changes", [
+    {"procedure_code": "1.001193\n"}, {"procedure_code": "١.٠٠١١٩٣"},
+    {"applicant": {"kind": "citizen", "name": "Nguyễn Văn An", "id_number": "066090001234",
+                   "ward_code": "10001\n"}},
+    {"applicant": {"kind": "citizen", "name": " ", "id_number": "066090001234"}},
+    {"applicant": {"kind": "citizen", "name": "\u200b", "id_number": "066090001234"}},
+    {"applicant": {"kind": "citizen", "name": "Nguyễn Văn An", "id_number": " \ufeff"}},
+])
+def test_codes_and_names_the_published_schema_refuses_are_refused(
+        changes: dict[str, object]) -> None:
+    """A newline after a code passed Python's $ (the dossier was triaged as unknown, and
+    its notice echoed it); a name or id number of spaces or zero-width characters passed
+    as one: agencies got dossiers of nobody."""
+    with pytest.raises(DecodeError) as e:
+        decode(_body(**changes))
+    assert e.value.reason == "invalid_fields"
+
+
+def test_every_published_schema_requires_schema_as_decode_does() -> None:
+    # optional in the schema, its absence was dead-lettered as unknown_kind
+    for kind, schema in json_schemas().items():
+        assert schema["required"][0] == "schema", kind
+        assert schema["required"].count("schema") == 1, kind
+    with pytest.raises(DecodeError) as e:
+        decode(_body(schema=None))
+    assert e.value.reason == "unknown_kind"
+
+
+@pytest.mark.parametrize(("content_type", "taken"), [
+    ("application/json", True), ("application/json; charset=utf-8", True),
+    ("Application/JSON;charset=\"UTF-8\"", True), ("application/json; charset=utf8", True),
+    ("application/json; charset=iso-8859-1", False), ("application/json; profile=x", False),
+    ("application/jsonx", False), ("text/json", False)])
+def test_json_with_its_utf8_charset_said_is_json(content_type: str, taken: bool) -> None:
+    """Many clients send application/json; charset=utf-8: it was dead-lettered as not
+    JSON, its desk never told."""
+    if taken:
+        decode(_body(), content_type=content_type)
+    else:
+        with pytest.raises(DecodeError) as e:
+            decode(_body(), content_type=content_type)
+        assert e.value.reason == "wrong_content_type"
