@@ -129,6 +129,10 @@ _SQLITE_CHUNK = 300
 #: and ledgers in other schemas of it (another province's, a test's) do not wait on this
 #: one's gate.
 SUBMISSION_GATE = 0x63627367
+#: the advisory lock (PostgreSQL) a start holds while it creates what the ledger lacks:
+#: two `casebroker run` starting at once on a new ledger both issued CREATE TABLE, and
+#: the second died of a unique violation in PostgreSQL's own catalog
+SCHEMA_GATE = 0x63627363
 _GATE_KEYS = "%s, hashtext(current_schema())"
 #: what :meth:`Batch.existing_submissions` gives for a submission withdrawn before the
 #: router had it (no dossier code starts with "~")
@@ -813,7 +817,11 @@ class Checkpoints:
 class Ledger:
     """Connection to the ledger database."""
 
-    def __init__(self, url: str | None = None, *, create: bool = True) -> None:
+    def __init__(self, url: str | None = None, *, create: bool = True,
+                 current: bool = True) -> None:
+        """``create``: make what the ledger lacks (`casebroker run`), else require one
+        there; ``current`` (without ``create``): and of this version (only `ledger
+        upgrade` opens one of another)."""
         self.url = url or os.environ.get("CASEBROKER_DB_URL") or DEFAULT_DB_URL
         #: SQLite: whether committing connections checkpoint the WAL themselves
         self._sqlite = {"autocheckpoint": True}
@@ -828,7 +836,7 @@ class Ledger:
         if create:
             self.create_schema()
         else:
-            self._require_existing()
+            self._require_existing(current=current)
 
     @property
     def where(self) -> str:
@@ -854,33 +862,52 @@ class Ledger:
                                ) from e
 
     def create_schema(self) -> None:
-        """Create missing tables (idempotent), then check the ones that were there. A
+        """Check the tables that are there, then create the missing ones (idempotent). A
         ``held`` table made for a ledger that has dossiers is filled from its triage
         copies (:func:`_fill_held`), in the same transaction: on SQLite too, where
         pysqlite would commit the ``CREATE`` at once and a filling cut short would leave
-        the table empty for good (the next start finds it there and fills nothing)."""
+        the table empty for good (the next start finds it there and fills nothing).
+
+        A ledger an earlier version made, which `ledger upgrade` must bring up first, is
+        refused before anything is created: a start that made and filled ``held`` and
+        then refused left it filled as of then, and the upgrade, finding it, filled
+        nothing of what the earlier version still running triaged meanwhile. On
+        PostgreSQL, starts wait for each other here (:data:`SCHEMA_GATE`)."""
         with self._reached(), self.engine.begin() as conn:
             if conn.dialect.name == "sqlite":
                 conn.exec_driver_sql("BEGIN")  # deferred: no write lock unless it creates
+            else:
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_GATE_KEYS})",
+                                     (SCHEMA_GATE,))
             found = inspect(conn)
+            if problems := _schema_problems(found, missing_tables=False):
+                raise LedgerSchemaError(self.where, problems)
             fill = found.has_table(dossiers.name) and not found.has_table(held.name)
             metadata.create_all(conn)
             if fill:
                 _fill_held(conn)
         self.check_schema()
 
-    def _require_existing(self) -> None:
+    def _require_existing(self, *, current: bool = True) -> None:
         """For the commands that only read: a URL with no ledger behind it is said so,
-        and nothing is created (SQLite would make an empty file of a mistyped path)."""
+        and nothing is created (SQLite would make an empty file of a mistyped path); one
+        whose tables lack columns of this version is a :class:`LedgerSchemaError`."""
         url = make_url(self.url)
         hint = "(--db-url, CASEBROKER_DB_URL)"
         if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
                 and not Path(url.database).exists():
             raise StartupError(f"no ledger at {self.where}: no such file {hint}")
         with self._reached(), self.engine.connect() as conn:
-            if not inspect(conn).has_table(dossiers.name):
+            found = inspect(conn)
+            if not found.has_table(dossiers.name):
                 raise StartupError(f"no casebroker ledger at {self.where}: it has no "
                                    f"{dossiers.name} table {hint}")
+            # one an earlier version made is said so (`ledger upgrade`), where a query of
+            # a column it lacks ended in a traceback, or read as the ledger being away; a
+            # table it lacks is left to the commands, which read around it
+            problems = _schema_problems(found, missing_tables=False) if current else []
+        if problems:
+            raise LedgerSchemaError(self.where, problems)
 
     def upgrade(self, *, dry_run: bool = False) -> list[str]:
         """Bring a ledger made by an earlier version up to this one; return the statements
@@ -933,27 +960,10 @@ class Ledger:
         every dossier would be dead-lettered. Extra nullable columns (or ones with a
         default) and extra indexes do no harm and are left alone.
         """
-        problems: list[str] = []
         with _outages_are_transient(), self.engine.connect() as conn:
-            found = inspect(conn)
-            for table in metadata.sorted_tables:
-                if not found.has_table(table.name):
-                    problems.append(f"table {table.name} is missing")
-                    continue
-                have = {c["name"]: c for c in found.get_columns(table.name)}
-                problems += [f"{table.name}.{c.name} is missing" for c in table.columns
-                             if c.name not in have]
-                if (keyed_by := _keyed_otherwise(found, table)) is not None:
-                    problems.append(f"{table.name} is keyed by ({', '.join(keyed_by)}); this "
-                                    f"version keys it by ({', '.join(_key(table))})")
-                problems += [f"{table.name}.{name} is required (NOT NULL, no default) but "
-                             "this version does not know it"
-                             for name, c in have.items() if name not in table.c
-                             and not c["nullable"] and c.get("default") is None
-                             and c.get("autoincrement") is not True]
+            problems = _schema_problems(inspect(conn))
         if problems:
-            where = self.engine.url.render_as_string(hide_password=True)
-            raise LedgerSchemaError(where, problems)
+            raise LedgerSchemaError(self.where, problems)
 
     @contextmanager
     def batch(self) -> Iterator[Batch]:
@@ -1374,6 +1384,30 @@ def _changes(table: Table, dialect: Any, found: Any
 def _key(table: Table) -> tuple[str, ...]:
     """The primary key's columns as this version defines them, in the table's order."""
     return tuple(c.name for c in table.columns if c.primary_key)
+
+
+def _schema_problems(found: Any, *, missing_tables: bool = True) -> list[str]:
+    """What keeps this version from working on the ledger ``found`` (an inspector)
+    describes (:meth:`Ledger.check_schema`); without ``missing_tables``, only in the
+    tables it has (a start creates the others)."""
+    problems: list[str] = []
+    for table in metadata.sorted_tables:
+        if not found.has_table(table.name):
+            if missing_tables:
+                problems.append(f"table {table.name} is missing")
+            continue
+        have = {c["name"]: c for c in found.get_columns(table.name)}
+        problems += [f"{table.name}.{c.name} is missing" for c in table.columns
+                     if c.name not in have]
+        if (keyed_by := _keyed_otherwise(found, table)) is not None:
+            problems.append(f"{table.name} is keyed by ({', '.join(keyed_by)}); this "
+                            f"version keys it by ({', '.join(_key(table))})")
+        problems += [f"{table.name}.{name} is required (NOT NULL, no default) but "
+                     "this version does not know it"
+                     for name, c in have.items() if name not in table.c
+                     and not c["nullable"] and c.get("default") is None
+                     and c.get("autoincrement") is not True]
+    return problems
 
 
 def _keyed_otherwise(found: Any, table: Table) -> tuple[str, ...] | None:

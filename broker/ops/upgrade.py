@@ -10,7 +10,7 @@ from broker.ledger import Ledger
 
 
 def _cmd_upgrade(args: argparse.Namespace) -> int:
-    ledger = Ledger(args.db_url, create=False)
+    ledger = Ledger(args.db_url, create=False, current=False)
     try:
         statements = ledger.upgrade(dry_run=args.dry_run)
     finally:

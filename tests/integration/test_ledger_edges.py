@@ -6,12 +6,14 @@ documents the citizen brought later)."""
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine as SqlEngine
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import select, text
 
 import broker.ledger
@@ -68,7 +70,7 @@ def _cut_short(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _held_rows(url: str) -> list[tuple[str, str, str]]:
-    led = Ledger(url, create=False)
+    led = Ledger(url, create=False, current=False)
     try:
         with led.read() as conn:
             return [tuple(r) for r in conn.execute(
@@ -87,7 +89,7 @@ def test_an_upgrade_cut_short_while_filling_held_fills_it_when_run_again(
     sid = _ledger_from_before_held(ledger)
     _cut_short(monkeypatch)
     with pytest.raises(Killed):
-        Ledger(ledger.url, create=False).upgrade()
+        Ledger(ledger.url, create=False, current=False).upgrade()
     monkeypatch.undo()
 
     assert main(["ledger", "upgrade", "--db-url", ledger.url]) == 0
@@ -228,8 +230,8 @@ def test_prune_erases_the_documents_a_citizen_brought_later_as_it_does_the_first
     assert [v for v in private if v not in stored()] == []
     assert results_digitized() == 1
     done = prune(ledger, 30, "ops-1", now=FakeClock("2026-11-29 09:00").now)
-    # the assignment, the supplemented notice, the desk's notice of the result
-    assert (done.dossiers, done.bodies) == (1, 3)
+    # the assignment, the receipt, the supplemented notice, the desk's notice of the result
+    assert (done.dossiers, done.bodies) == (1, 4)
     assert [v for v in private if v in stored()] == []
     row = ledger.dossier(code)
     assert row is not None and (row["flags"]["supplements"], row["flags"]["results"]) == (1, 1)
@@ -307,3 +309,69 @@ def test_a_ledger_that_takes_no_writes_pauses_the_router_and_a_new_connection_re
         assert ledger.count_inbox_outcomes() == {"routed": 2}
     finally:
         ledger.dispose()
+
+
+def test_a_start_refused_on_an_earlier_ledger_creates_nothing_and_the_upgrade_fills_held(
+        ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
+    """A start on a ledger `ledger upgrade` must bring up first made and filled ``held``,
+    then refused. The earlier version, still running, triaged more; the upgrade found
+    ``held`` there and filled nothing, so those dossiers' withdrawals by submission id
+    went unanswered."""
+    sid = _ledger_from_before_held(ledger)
+    with ledger.engine.begin() as conn:  # a column this version added, too
+        conn.execute(text("ALTER TABLE outbox DROP COLUMN headers"))
+    with pytest.raises(broker.ledger.LedgerSchemaError) as refused:
+        Ledger(ledger.url)
+    assert "outbox.headers is missing" in str(refused.value)
+    with ledger.engine.connect() as conn:
+        assert not sa_inspect(conn).has_table("held")
+    assert main(["ledger", "upgrade", "--db-url", ledger.url]) == 0
+    assert broker.ledger.FILL_HELD in capsys.readouterr().out
+    assert [r[0] for r in _held_rows(ledger.url)] == [sid]
+
+
+def test_several_processes_starting_at_once_on_a_new_postgresql_ledger_all_start() -> None:
+    """DESIGN.md section 10: several `casebroker run` on one PostgreSQL ledger. Started
+    together on a new one, both created its tables, and one died of a unique violation
+    in PostgreSQL's catalog ("no usable ledger")."""
+    for _ in range(3):
+        with pg_schema() as (schema, _admin):
+            made, failed = _start_at_once(_pg_schema_url(schema), 3)
+            for led in made:
+                led.dispose()
+            assert (len(made), failed) == (3, [])
+
+
+def _start_at_once(url: str, n: int) -> tuple[list[Ledger], list[BaseException]]:
+    """``n`` ledgers opened on ``url`` at the same moment, as processes starting."""
+    barrier = threading.Barrier(n)
+    made: list[Ledger] = []
+    failed: list[BaseException] = []
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            made.append(Ledger(url))
+        except BaseException as e:  # what the process would have died of
+            failed.append(e)
+
+    starts = [threading.Thread(target=start) for _ in range(n)]
+    for t in starts:
+        t.start()
+    for t in starts:
+        t.join(60)
+    return made, failed
+
+
+def test_a_read_only_command_on_an_earlier_ledger_says_to_upgrade_it(
+        ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
+    """`dossier show` queried columns the ledger lacked: a traceback with the SQL on
+    PostgreSQL, "ledger unavailable" (an outage, it read) on SQLite."""
+    with ledger.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE dossiers DROP COLUMN satisfaction"))
+    for argv in (["dossier", "show", "T.UBND.A-261125-0001"], ["dossier", "list"]):
+        capsys.readouterr()
+        assert main([*argv, "--db-url", ledger.url]) == 1
+        err = capsys.readouterr().err
+        assert "dossiers.satisfaction is missing" in err, err
+        assert "casebroker ledger upgrade" in err and "Traceback" not in err

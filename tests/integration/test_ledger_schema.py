@@ -49,7 +49,7 @@ def test_without_the_check_the_same_ledger_fails_every_batch(ledger: Ledger) -> 
     """What the check prevents: SQLite's error reads as an outage (a pause that never
     ends), PostgreSQL's as a bad batch (dead letters)."""
     _alter(ledger, "ALTER TABLE outbox DROP COLUMN headers")
-    unchecked = Ledger(ledger.url, create=False)
+    unchecked = Ledger(ledger.url, create=False, current=False)
     out = Outbound("x", "k", "m1:a", "desk.notice", None, None, b"{}")
     expected = TransientError if ledger.engine.dialect.name == "sqlite" else ProgrammingError
     with pytest.raises(expected), unchecked.batch() as batch:
