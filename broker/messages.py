@@ -13,6 +13,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
@@ -744,6 +745,22 @@ def describe_validation_error(error: ValidationError) -> str:
             path = path[1:]  # the union's tag: the kind is known from the schema field
         problems.append(f"{'.'.join(path) or '(body)'}: {item['msg']}")
     return "; ".join(problems)
+
+
+def as_received(data: Mapping[str, Any]) -> DossierSubmitted:
+    """A submission as the ledger keeps it, as it was received. One an earlier version
+    took under looser checks than this one's (an applicant's name of spaces, a code with a
+    newline) is built without them: a dossier already received must still move on (its
+    result told, its chain handed on), where validating it afresh raised on every update
+    and dead-lettered it as internal_error."""
+    try:
+        return DossierSubmitted.model_validate(data)
+    except ValidationError:
+        loose = dict(data)
+        loose["applicant"] = Applicant.model_construct(**data["applicant"])
+        if data.get("subject") is not None:
+            loose["subject"] = Subject.model_construct(**data["subject"])
+        return DossierSubmitted.model_validate(loose)
 
 
 def published_schema(model: type[BaseModel], **options: Any) -> dict[str, Any]:

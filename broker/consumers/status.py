@@ -67,10 +67,10 @@ from broker.messages import (
     DossierAssigned,
     DossierReturned,
     DossierStatus,
-    DossierSubmitted,
     DossierSupplemented,
     DossierWithdrawn,
     NoticeKind,
+    as_received,
     shown_id,
 )
 from broker.rules.engine import Engine, StepPlan
@@ -642,7 +642,7 @@ class StatusRouter(Consumer):
         dossier.set(step=step, agency_id=step_plan.agency_id, step_due_at=step_due,
                     status_sent_at=None if last is None else datetime.fromisoformat(last),
                     step_watch_level=NOTHING_SENT, flags=flags)
-        sub = DossierSubmitted.model_validate(dossier["submission"])
+        sub = as_received(dossier["submission"])
         assigned = DossierAssigned(
             dossier_code=dossier["code"], submission_id=sub.submission_id,
             procedure_code=sub.procedure_code, agency_id=step_plan.agency_id, step=step,
@@ -685,7 +685,7 @@ class StatusRouter(Consumer):
             documents=[Document(**r) for r in results],
             requested_documents=getattr(msg, "requested_documents", []),
             amount_vnd=getattr(msg, "amount_vnd", None), issued_at=now,
-            applicant=None if applicant is None else Applicant(**applicant))
+            applicant=None if applicant is None else Applicant.model_construct(**applicant))
         party = "" if to is None else ":intake"
         return to_desk(self.topology, notice, f"{dossier['code']}:{kind.value}:{seq}{party}")
 

@@ -10,12 +10,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from sqlalchemy import select, update
 
 from broker.amqp import DETAIL_HEADER, REASON_HEADER
 from broker.consumers.router import Router
 from broker.consumers.status import StatusRouter
 from broker.envelope import Outbound
-from broker.ledger import Ledger
+from broker.ledger import Ledger, dossiers
 from broker.messages import (
     Document,
     DossierStatus,
@@ -243,3 +244,24 @@ def test_an_update_whose_messages_would_be_too_large_to_send_is_refused_unapplie
     assert [o.routing_key for o in assigned] == ["T.CA"]
     assert 1024 * 1024 * 0.75 < len(assigned[0].body) <= 1024 * 1024
     assert (h.row(code)["step"], h.row(code)["agency_id"]) == (2, "T.CA")
+
+
+def test_a_dossier_received_under_looser_checks_still_moves(h: Handlers) -> None:
+    """An applicant's name or id number of spaces passed the contract of the version
+    before; validated afresh when the result was told or the chain handed on, it raised
+    on every update, each dead-lettered as internal_error: the dossier could never end."""
+    codes = [h.route(procedure_code=p) for p in ("1.001193", "1.000001")]
+    with h.ledger.write() as conn:  # as the earlier version kept them
+        for code in codes:
+            kept = conn.execute(select(dossiers.c.submission)
+                                .where(dossiers.c.code == code)).scalar_one()
+            kept["applicant"].update(name="   ", id_number=" ")
+            conn.execute(update(dossiers).where(dossiers.c.code == code)
+                         .values(submission=kept))
+    single, chain = codes
+    ready = [json.loads(o.body) for o in h.handle(status(single, "T.UBND.A", "resolved"))
+             if o.type == "desk.notice"]
+    assert [(n["notice"], n["applicant"]["name"]) for n in ready] == [("result_ready", "   ")]
+    out = h.handle(status(chain, "T.UBND.A", "resolved"))
+    assert [o.routing_key for o in out if o.type == "dossier.assigned"] == ["T.CA"]
+    assert (h.row(chain)["step"], h.row(chain)["agency_id"]) == (2, "T.CA")
