@@ -120,9 +120,11 @@ class Broker:
         self.service.add(self.topology.status_queue, StatusRouter(
             self.engine, self.ledger, self.topology, clock=self.clock, metrics=self.metrics,
             trusted_user=own))
+        status = next(w for w in self.service.workers
+                      if w.queue == self.topology.status_queue)
         self.watch = None if self.watch_settings is None else DeadlineWatch(
             self.engine, self.ledger, self.topology, self.watch_settings, clock=self.clock,
-            metrics=self.metrics, urls=self.urls)
+            metrics=self.metrics, urls=self.urls, holding=lambda: status.unacked)
 
     @property
     def urls(self) -> tuple[str, ...]:

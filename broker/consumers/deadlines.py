@@ -11,10 +11,10 @@ published, with publisher confirms; confirmed rows are marked. Rows left unconfi
 (the process died, RabbitMQ was away) are published again, with the same
 deterministic message ids, on the next start and after ``stale_after_s``.
 
-A round decides by the time the status queue was last seen empty, not later: an update
-waiting there (casebroker was stopped, a backlog built up) may be the result that makes a
-dossier on time (the status router goes by when it was sent), and a notice sent is sent
-for good. Right after a start with a backlog, the first rounds decide nothing; updates that
+A round decides by the time the status queue was last seen empty, and the process's own
+status consumer holding nothing it took, not later: an update not applied yet (casebroker
+was stopped, a backlog built up) may be the result that makes a dossier on time (the
+status router goes by when it was sent), and a notice sent is sent for good. Right after a start with a backlog, the first rounds decide nothing; updates that
 keep waiting for :data:`CAUGHT_UP_LAG_S` hold the watch's heartbeat back, so that its
 alert says so.
 
@@ -35,14 +35,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
-from pika.exceptions import NackError, UnroutableError
+from pika.exceptions import ChannelClosedByBroker, NackError, UnroutableError
 
 from broker import threads
 from broker.amqp import (
@@ -321,7 +321,8 @@ class DeadlineWatch:
     def __init__(self, engine: EngineProvider, ledger: Ledger, topology: Topology,
                  settings: WatchSettings | None = None, clock: Clock = utc_now,
                  metrics: Any = None, urls: Sequence[str] | None = None,
-                 check_clock: bool | None = None) -> None:
+                 check_clock: bool | None = None,
+                 holding: Callable[[], int] | None = None) -> None:
         self.engine = engine
         self.ledger = ledger
         self.topology = topology
@@ -349,6 +350,10 @@ class DeadlineWatch:
         self._last_clock: tuple[datetime, float] | None = None
         #: when a round last found no status update waiting (None: not since the start)
         self.caught_up_at: datetime | None = None
+        #: how many status deliveries this process's consumer holds, taken and not acked
+        #: (None: no consumer here); wired by broker.service
+        self.holding = holding
+        self._started: float | None = None
 
     # one round ---------------------------------------------------------------------
     def flag(self, decide_at: datetime | None = None) -> list[Outbound]:
@@ -448,17 +453,36 @@ class DeadlineWatch:
         return None
 
     def status_caught_up(self, now: datetime) -> datetime | None:
-        """Until when the status router has taken every update sent: ``now`` if the
-        status queue holds none waiting, else when a round last found it so (None: not
-        since this process started). An update still in the queue may be a result sent in
-        time, or a supplement request that stopped the clock."""
-        channel = self._open()
-        waiting = channel.queue_declare(self.topology.status_queue, passive=True).method
-        if waiting.message_count == 0:
+        """Until when the status router has applied every update sent: ``now`` if the
+        status queue holds none waiting and this process's status consumer holds none it
+        took (:attr:`holding`), else when a round last found it so (None: not since this
+        process started, or no status queue). An update not applied yet may be a result
+        sent in time, or a supplement request that stopped the clock.
+
+        The queue is read first: an update it hands over between the two reads is then
+        seen held. Another `casebroker run`'s consumer is not seen: what it takes it
+        applies within its batch's time, unless the ledger is away, which stops this
+        round's writes too."""
+        try:
+            ready = self._open().queue_declare(self.topology.status_queue,
+                                               passive=True).method.message_count
+        except ChannelClosedByBroker as e:
+            if e.reply_code != 404:
+                raise
+            self.close()
+            log.warning("deadline watch: no status queue %s: status updates wait nowhere "
+                        "to be applied, and no notice is decided until it is back "
+                        "(`casebroker topology declare`)", self.topology.status_queue)
+            return None
+        held = self.holding() if self.holding is not None else 0
+        if ready == 0 and held == 0:
             self.caught_up_at = now
         elif self.caught_up_at is None:
-            log.info("deadline watch: %d status updates wait to be applied; no notice is "
-                     "decided until they are", waiting.message_count)
+            since_start = time.monotonic() - (self._started or time.monotonic())
+            say = log.warning if since_start > CAUGHT_UP_LAG_S else log.info
+            say("deadline watch: status updates have waited unapplied since the start (%d "
+                "in the queue, %d held here); no notice is decided until they are applied",
+                ready, held)
         return self.caught_up_at
 
     def tick(self) -> int:
@@ -479,8 +503,9 @@ class DeadlineWatch:
             before, self.settings.limit, self._leftovers_from)
         self._republish_all = False
         try:
-            decide_at = self.status_caught_up(now)
+            # notices decided before go out whatever the status queue holds
             confirmed = self.publish(leftovers)
+            decide_at = self.status_caught_up(now)
             if decide_at is not None:
                 confirmed += self.publish(self.flag(decide_at))
         finally:
@@ -593,6 +618,7 @@ class DeadlineWatch:
     def start(self) -> None:
         """Run :meth:`tick` every ``interval_s`` in a daemon thread until :meth:`stop`."""
         self._stop.clear()
+        self._started = time.monotonic()
         if self.metrics is not None:  # a watch that never completes a round is seen too
             self.metrics.watch_round()
         self.last_round_at = time.monotonic()

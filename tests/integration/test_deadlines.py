@@ -28,6 +28,7 @@ from broker.consumers.deadlines import (
     WatchSettings,
     decide,
 )
+from broker.consumers.status import StatusRouter
 from broker.ledger import Ledger, dossiers, watch_outbox
 from broker.lifecycle import OPEN_STATES, State
 from broker.messages import DossierReturned, DossierStatus, DossierSupplemented
@@ -760,3 +761,60 @@ def test_a_hand_off_applied_late_starts_the_next_step_when_it_was_sent(
            sent_at=vn("2026-11-27 11:00"))  # an hour ahead of casebroker's clock
     third = take(amqp, declared.agency_queue("T.BHXH"), 1, "step 3")[0]
     assert third["step_due_at"] == vn("2026-12-01 10:00").isoformat()
+
+
+def test_the_watch_sees_updates_its_own_status_consumer_took_and_has_not_applied(
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The queue's count is of what waits there; a backlog taken into the consumer's
+    window (2,000 deliveries), being worked through or retried, is not in it: the watch
+    found the queue empty and apologized for a result sent in time."""
+    slow, release = threading.Event(), threading.Event()
+    handle = StatusRouter.handle
+
+    def held(self: StatusRouter, deliveries: Any) -> Any:
+        if slow.is_set():
+            release.wait(30)
+        return handle(self, deliveries)
+
+    monkeypatch.setattr(StatusRouter, "handle", held)
+    running = start_broker()
+    amqp.submit(declared, dossier("1.001193"))  # due Thu 26 Nov 09:00
+    agency, desk = declared.agency_queue("T.UBND.A"), declared.desk_queue("T.MC.B")
+    code = str(take(amqp, agency, 1, "assignment")[0]["dossier_code"])
+    take(amqp, desk, 1, "receipt")
+    status = next(w for w in running.broker.service.workers
+                  if w.queue == declared.status_queue)
+    engine = Engine(load_catalog(MINI_CATALOG))
+    watch = DeadlineWatch(lambda: engine, ledger, declared, WatchSettings(), clock=clock,
+                          metrics=Metrics(), holding=lambda: status.unacked)
+    try:
+        slow.set()
+        clock.set("2026-11-26 10:00")
+        report(amqp, declared, code, "T.UBND.A", "resolved", sent_at=vn("2026-11-26 08:00"))
+        wait_for(lambda: status.unacked == 1, what="the update taken, not applied")
+        assert watch.tick() == 0 and watch.caught_up_at is None
+        release.set()
+        assert [n["notice"] for n in take(amqp, desk, 1, "the result")] == ["result_ready"]
+        wait_for(lambda: status.unacked == 0, what="the update acked")
+        assert watch.tick() == 0 and watch.caught_up_at == clock.now
+        assert amqp.json_all(agency) == amqp.json_all(desk) == []
+    finally:
+        release.set()
+        watch.close()
+
+
+def test_without_a_status_queue_the_watch_still_sends_what_it_decided_and_decides_nothing(
+        declared: Topology, ledger: Ledger, amqp: Amqp, clock: FakeClock,
+        make_watch: Callable[[], DeadlineWatch], caplog: pytest.LogCaptureFixture) -> None:
+    _store(ledger, [_row("LATE-1", State.PROCESSING, "2026-12-08 09:00")])
+    watch = make_watch()
+    clock.set("2026-12-09 10:00")
+    kept = watch.flag()  # decided, then the process died before publishing them
+    assert len(kept) == 2
+    amqp.ch.queue_delete(declared.status_queue)
+    heartbeat = watch.metrics.watch_last_round._value.get()
+    with caplog.at_level("WARNING", logger="broker.consumers.deadlines"):
+        assert watch.tick() == 2  # before: the round failed (404) before sending them
+    assert f"no status queue {declared.status_queue}" in caplog.text
+    assert watch.metrics.watch_last_round._value.get() == heartbeat
