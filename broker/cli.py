@@ -644,6 +644,8 @@ def _event_note(event: dict[str, Any], tz: ZoneInfo) -> str:
         notes.append(f"step {d.get('step')} due {at('due_at')}")
     if d.get("appointment"):
         notes.append(f"apology: new appointment {at('appointment')}")
+    if d.get("recorded_at"):  # dated by its sender, applied later
+        notes.append(f"recorded {at('recorded_at')}")
     return f"  ({'; '.join(notes)})" if notes else ""
 
 

@@ -14,9 +14,9 @@ deterministic message ids, on the next start and after ``stale_after_s``.
 A round decides by the time the status queue was last seen empty, and the process's own
 status consumer holding nothing it took, not later: an update not applied yet (casebroker
 was stopped, a backlog built up) may be the result that makes a dossier on time (the
-status router goes by when it was sent), and a notice sent is sent for good. Right after a start with a backlog, the first rounds decide nothing; updates that
-keep waiting for :data:`CAUGHT_UP_LAG_S` hold the watch's heartbeat back, so that its
-alert says so.
+status router goes by when it was sent), and a notice sent is sent for good. Right after
+a start with a backlog, the first rounds decide nothing; updates that keep waiting for
+:data:`CAUGHT_UP_LAG_S` hold the watch's heartbeat back, so that its alert says so.
 
 A chain step due before its dossier is watched the same way by its own due date and
 level (``step_due_at``, ``step_watch_level``, its own partial index): its agency alone

@@ -142,24 +142,41 @@ class _Dossier:
         self.changes.update(values)
 
 
-def happened_at(dossier: _Dossier, msg: Update, now: datetime) -> datetime:
+def happened_at(dossier: _Dossier, msg: Update, now: datetime,
+                max_back: timedelta | None = None) -> datetime:
     """When an update's event happened, by which the dossier's clocks go: the time its
     sender wrote (an agency's or a desk's ``sent_at``, a desk's ``returned_at``), never
-    later than ``now``, never before the dossier's receipt, its pause, or its last event
-    (:data:`~broker.tables.EVENT_AT`).
+    later than ``now``, and never before
+    - the dossier's receipt, its pause, or its last event (:data:`~broker.tables.EVENT_AT`);
+    - its due time (or its step's), once the citizen or the agency was told it is late
+      (the watch decides that only when no update sent before is left unapplied, so
+      one dated before it comes too late to be believed);
+    - ``max_back`` before now (the catalog's ``max_backdate_days``, as for a desk's
+      ``submitted_at``).
 
     Applied late (casebroker was stopped, the ledger away, a backlog waited), a result an
     agency gave in time is on time and gets no apology, a pause starts when it was asked
     for, and the next step's time starts at its hand-off. The sender's clock is believed
-    as a desk's ``submitted_at`` is for the legal clock's start, within the dossier's own
-    history: an update cannot be dated before what the ledger already holds of it."""
+    as a desk's ``submitted_at`` is for the legal clock's start, within those bounds; the
+    process-control sheet keeps when each update was recorded (``recorded_at``)."""
     said = msg.returned_at if isinstance(msg, DossierReturned) else msg.sent_at
     floor: datetime = dossier["received_at"]
     if dossier["paused_at"] is not None:
         floor = max(floor, dossier["paused_at"])
     if (last := dossier["flags"].get(EVENT_AT)) is not None:
         floor = max(floor, datetime.fromisoformat(last))
+    told_late = _JUST_AFTER
+    if dossier["watch_level"] >= OVERDUE:
+        floor = max(floor, dossier["due_at"] + told_late)
+    if dossier["step_watch_level"] >= OVERDUE:
+        floor = max(floor, dossier["step_due_at"] + told_late)
+    if max_back is not None:
+        floor = max(floor, now - max_back)
     return max(floor, min(said, now))
+
+
+#: the first instant after a due time: late
+_JUST_AFTER = timedelta(microseconds=1)
 
 
 def _calendar_end(engine: Engine, dossier: _Dossier, recorded: dict[str, str], key: str,
@@ -423,7 +440,7 @@ class StatusRouter(Consumer):
         if STEP_OWN_DUE in dossier["flags"]:
             finishing[STEP_OWN_DUE] = dossier["flags"][STEP_OWN_DUE]
         seq = dossier["seq"] + 1
-        at = happened_at(dossier, msg, now)
+        at = happened_at(dossier, msg, now, engine.max_backdate)
         dossier.set(state=int(new_state), seq=seq, updated_at=now,
                     flags={**dossier["flags"], EVENT_AT: at.isoformat()})
         if isinstance(msg, DossierStatus):

@@ -693,8 +693,8 @@ def test_a_round_on_a_clock_that_jumped_ahead_or_is_off_the_databases_decides_no
 
 
 def test_an_update_applied_late_goes_by_the_time_its_sender_sent_it(
-        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock
-        ) -> None:
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """casebroker stopped overnight (or the ledger was away, or a backlog waited): the
     agency's request and result, sent in time, are applied the next morning. The pause
     starts when the agency asked, and the result, given before its due time, is on time:
@@ -730,6 +730,11 @@ def test_an_update_applied_late_goes_by_the_time_its_sender_sent_it(
     resolved = ledger.history(code)[-1]
     assert (resolved["kind"], resolved["at"]) == ("resolve", vn("2026-11-26 08:45"))
     assert resolved["detail"]["recorded_at"] == vn("2026-11-26 10:00").isoformat()
+    capsys.readouterr()
+    assert main(["dossier", "show", code, "--db-url", ledger.url]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if " resolve " in x)
+    assert line.split()[1:3] == ["2026-11-26", "08:45:00"]  # when the agency gave it
+    assert "recorded 2026-11-26 10:00" in line
     counted = report_of(ledger, date(2026, 11, 25), date(2026, 11, 25), None,
                         ZoneInfo("Asia/Ho_Chi_Minh"), clock.now)["total"]
     assert (counted["on_time"], counted["late"]) == (1, 0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -265,3 +265,33 @@ def test_a_dossier_received_under_looser_checks_still_moves(h: Handlers) -> None
     out = h.handle(status(chain, "T.UBND.A", "resolved"))
     assert [o.routing_key for o in out if o.type == "dossier.assigned"] == ["T.CA"]
     assert (h.row(chain)["step"], h.row(chain)["agency_id"]) == (2, "T.CA")
+
+
+def test_an_update_is_not_dated_before_the_lateness_already_told(
+        h: Handlers, clock: FakeClock) -> None:
+    """Once the watch told the agency and the citizen a dossier was late, a result dated
+    before its due time (a late agency's clock, or its wish) erased the lateness: the
+    report counted it early, after the apology."""
+    code = h.route()  # due Thu 26 Nov 09:00
+    with h.ledger.write() as conn:  # the watch's overdue round, as it leaves the row
+        conn.execute(update(dossiers).where(dossiers.c.code == code).values(
+            watch_level=2, seq=dossiers.c.seq + 1))
+    clock.set("2026-12-10 10:00")
+    h.handle(DossierStatus(update_id=uuid.uuid4(), dossier_code=code, agency_id="T.UBND.A",
+                           status="resolved", sent_at=vn("2026-11-25 09:31")))
+    row = h.row(code)
+    assert row["finished_at"] == row["due_at"] + timedelta(microseconds=1)
+
+
+def test_an_update_is_not_dated_further_back_than_the_catalog_lets_a_desk_date_one() -> None:
+    from broker.consumers.status import _Dossier, happened_at
+
+    row = {"received_at": vn("2026-11-02 09:00"), "paused_at": None, "flags": {},
+           "watch_level": 0, "step_watch_level": 0, "due_at": vn("2026-12-20 09:00"),
+           "step_due_at": vn("2026-12-20 09:00")}
+    msg = status("T.UBND.A-261102-0001", "T.UBND.A", "resolved")
+    msg = msg.model_copy(update={"sent_at": vn("2026-11-03 09:00")})
+    now = vn("2026-12-10 10:00")
+    assert happened_at(_Dossier(row, 1), msg, now) == vn("2026-11-03 09:00")
+    assert happened_at(_Dossier(row, 1), msg, now, timedelta(days=30)) == vn(
+        "2026-11-10 10:00")
