@@ -199,13 +199,22 @@ def _prune_dossiers(ledger: Ledger, done: Pruned, at: datetime, dry_run: bool,
             _count_event_documents(conn, [r.code for r in rows], dry_run)
             # the assignments, and the notices carrying documents or the applicant: the
             # agencies' with the supplements, the desks' receipts and results
-            sent = conn.execute(
+            sent = list(conn.execute(
                 select(outbox.c.id, outbox.c.type, outbox.c.body)
                 .join(events, events.c.message_id == outbox.c.inbox_message_id)
                 .where(events.c.dossier_code.in_([r.code for r in rows]),
                        outbox.c.type.in_(["dossier.assigned", "agency.notice",
                                           "desk.notice"]))
-                .with_for_update(of=outbox)).all()
+                .with_for_update(of=outbox)))
+            # and the receipt as it was answered again to a copy of the dossier sent under
+            # another message id, kept under that id (an inbox row of its own, no event)
+            sent += list(conn.execute(
+                select(outbox.c.id, outbox.c.type, outbox.c.body)
+                .join(inbox, inbox.c.message_id == outbox.c.inbox_message_id)
+                .where(inbox.c.outcome == "duplicate",  # through the outcome's index
+                       inbox.c.dossier_code.in_([r.code for r in rows]),
+                       outbox.c.type == "desk.notice")
+                .with_for_update(of=outbox)))
             done.bodies += _erase_bodies(conn, [
                 r for r in sent if r.type == "dossier.assigned" or _personal(r.body)
             ], at, dry_run)

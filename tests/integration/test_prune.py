@@ -290,3 +290,35 @@ def test_two_prunes_at_once_erase_each_row_once(
         t.join(30)
     assert (runs["first"].dossiers, runs["first"].bodies) == (3, 6)  # assignments, receipts
     assert (runs["second"].dossiers, runs["second"].bodies) == (0, 0)
+
+
+def test_prune_erases_the_receipt_answered_again_to_a_copy_under_another_id(
+        ledger: Ledger) -> None:
+    """A desk that lost its receipt sends the dossier again under a new message id: the
+    router answers with the first receipt, kept under that id with no event of its own,
+    and `ledger prune` (which finds what it erases through the events) left the
+    applicant in it, for `dossier resend --desk` to send again."""
+    clock = FakeClock("2026-09-01 09:00")
+    engine = Engine(load_catalog(MINI_CATALOG))
+    router = Router(lambda: engine, ledger, Topology("t"), clock=clock)
+    status = StatusRouter(lambda: engine, ledger, Topology("t"), clock=clock)
+    sent = dossier(desk_id="T.MC.A")
+    first = router.handle([intake_delivery(1, encode(sent), "submit:1")])
+    code = json.loads(first[-1].body)["dossier_code"]
+    again = router.handle([intake_delivery(2, encode(sent), "submit:1-again")])
+    assert [o.message_id for o in again] == [f"{code}:receipt"]
+    clock.set("2026-09-01 10:00")
+    status.handle([status_delivery(3, DossierStatus(
+        update_id=uuid.uuid4(), dossier_code=code, agency_id="T.UBND.A", status="resolved",
+        sent_at=clock.now))])
+    status.handle([status_delivery(4, DossierReturned(
+        event_id=uuid.uuid4(), dossier_code=code, desk_id="T.MC.A", returned_at=clock.now))])
+    prune(ledger, 30, "ops-1", now=FakeClock("2026-11-29 09:00").now)
+    with ledger.read() as conn:
+        kept = {r.inbox_message_id: bytes(r.body) for r in conn.execute(
+            select(outbox.c.inbox_message_id, outbox.c.body)
+            .where(outbox.c.message_id == f"{code}:receipt"))}
+    assert sorted(kept) == ["submit:1", "submit:1-again"]
+    for body in kept.values():
+        assert sent.applicant.id_number.encode() not in body
+        assert json.loads(body)["notice"] == "receipt"
