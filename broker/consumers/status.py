@@ -446,7 +446,10 @@ class StatusRouter(Consumer):
         if isinstance(msg, DossierStatus):
             dossier.set(status_sent_at=min(msg.sent_at, now + SENT_AT_AHEAD_MAX))
         out = self._effects(engine, dossier, msg, event, old_state, seq, at, now)
-        if (too_large := _too_large(out)) is not None:  # nothing applied: the sender told
+        # a supplement is measured by the hand-off it leads to: accepted, and that too large,
+        # no agency could hand the dossier on
+        later = self._next_assignment(dossier) if event == Event.SUPPLEMENT else []
+        if (too_large := _too_large(out + later)) is not None:  # nothing applied: told
             dossier.changes.clear()
             dossier.changes.update(before)
             return [self._refuse(dossier, msg, too_large, now,
@@ -659,16 +662,33 @@ class StatusRouter(Consumer):
         dossier.set(step=step, agency_id=step_plan.agency_id, step_due_at=step_due,
                     status_sent_at=None if last is None else datetime.fromisoformat(last),
                     step_watch_level=NOTHING_SENT, flags=flags)
+        return self._assignment(dossier, step, step_due, results)
+
+    def _assignment(self, dossier: _Dossier, step: int, step_due: datetime,
+                    results: list[Document]) -> Outbound:
+        """The dossier's assignment to its ``step``'s agency, with ``results`` (the
+        supplements, every earlier step's results) after its own documents."""
         sub = as_received(dossier["submission"])
+        agency_id = dossier["steps"][step - 1]["agency_id"]
         assigned = DossierAssigned(
             dossier_code=dossier["code"], submission_id=sub.submission_id,
-            procedure_code=sub.procedure_code, agency_id=step_plan.agency_id, step=step,
+            procedure_code=sub.procedure_code, agency_id=agency_id, step=step,
             steps=len(dossier["steps"]), desk_id=sub.desk_id, return_desk_id=sub.collect_at,
             channel=sub.channel, received_at=dossier["received_at"], due_at=dossier["due_at"],
             step_due_at=step_due, applicant=sub.applicant, subject=sub.subject,
             documents=list(sub.documents) + results, attributes=sub.attributes,
             rule_id=dossier["rule_id"], catalog_hash=dossier["catalog_hash"])
         return to_agency(self.topology, assigned, f"{dossier['code']}:assigned:{step}")
+
+    def _next_assignment(self, dossier: _Dossier) -> list[Outbound]:
+        """The assignment the chain's next step would get now (none at its last step):
+        what a supplement must leave room for, or no agency could ever hand it on."""
+        if dossier["step"] >= len(dossier["steps"]):
+            return []
+        gathered = (dossier["flags"].get(SUPPLEMENTS, [])
+                    + dossier["flags"].get(RESULTS, []))
+        return [self._assignment(dossier, dossier["step"] + 1, dossier["step_due_at"],
+                                 [Document(**d) for d in gathered])]
 
     def _agency_notice(self, dossier: _Dossier, kind: NoticeKind, seq: int, now: datetime,
                        reason: str | None = None, documents: list[Document] | None = None,

@@ -295,3 +295,30 @@ def test_an_update_is_not_dated_further_back_than_the_catalog_lets_a_desk_date_o
     assert happened_at(_Dossier(row, 1), msg, now) == vn("2026-11-03 09:00")
     assert happened_at(_Dossier(row, 1), msg, now, timedelta(days=30)) == vn(
         "2026-11-10 10:00")
+
+
+def test_a_supplement_that_would_make_the_next_hand_off_too_large_is_refused(
+        h: Handlers) -> None:
+    """Each supplement's own notice is small; the assignment that gathers them all was
+    measured only when the agency resolved, which was then refused for good ("send
+    fewer": the bulk was the citizen's). The supplement that would overflow it is
+    refused instead, and the dossier goes on."""
+    code = h.route(procedure_code="1.000001",
+                   documents=[d.model_dump() for d in _bulky(50, "nop")])
+    refused: list[str] = []
+    for n in range(10):
+        h.handle(status(code, "T.UBND.A", "supplement_requested"))
+        out = h.handle(DossierSupplemented(event_id=uuid.uuid4(), dossier_code=code,
+                                           desk_id="T.MC.B", documents=_bulky(50, f"bs{n}"),
+                                           sent_at=datetime.now(UTC)))
+        notices = [json.loads(o.body) for o in out]
+        if notices[0]["notice"] == "update_refused":
+            refused.append(notices[0]["reason"])
+            break
+    assert len(refused) == 1 and refused[0].startswith("too_large: applied, it would send "
+                                                       "a dossier.assigned of ")
+    assert h.row(code)["state"] == 5  # still waiting for a supplement it can take
+    h.handle(DossierSupplemented(event_id=uuid.uuid4(), dossier_code=code, desk_id="T.MC.B",
+                                 documents=[doc("to-khai.pdf")], sent_at=datetime.now(UTC)))
+    out = h.handle(status(code, "T.UBND.A", "resolved"))
+    assert [o.routing_key for o in out if o.type == "dossier.assigned"] == ["T.CA"]
