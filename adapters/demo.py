@@ -46,7 +46,7 @@ from broker.messages import (
     NoticeKind,
     new_id,
 )
-from broker.rules.catalog import load_catalog
+from broker.rules.catalog import SHIPPED_CATALOG, load_catalog
 from broker.service import declare_topology, delete_topology
 from broker.topology import DEAD_SOURCES, INTAKE_KEY, STATUS_KEY, Topology
 
@@ -195,10 +195,10 @@ class _Desks:
 
 def _start_router(topology: Topology, db_url: str, catalog: str | None,
                   log_path: Path) -> subprocess.Popen[bytes]:
+    # the catalog named always: the router's default would be $CASEBROKER_CATALOG
     cmd = [sys.executable, "-m", "broker.cli", "run", "--prefix", topology.prefix,
-           "--db-url", db_url, "--metrics-port", "0"]
-    if catalog:
-        cmd += ["--catalog", catalog]
+           "--db-url", db_url, "--metrics-port", "0",
+           "--catalog", str(catalog or SHIPPED_CATALOG)]
     log = log_path.open("wb")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
 

@@ -45,7 +45,7 @@ from bench.publisher import Message, OnSent, publish
 from bench.router import fresh_topology
 from broker.ledger import Ledger
 from broker.messages import new_id
-from broker.rules.catalog import Catalog
+from broker.rules.catalog import SHIPPED_CATALOG, Catalog
 from broker.topology import INTAKE_KEY, Topology
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -70,9 +70,10 @@ def router_process(topology: Topology, db_url: str, *, prefetch_count: int = 100
     log_path = workdir / "router.log"
     cmd = [sys.executable, "-m", "broker.cli", "run", "--prefix", topology.prefix,
            "--db-url", db_url, "--metrics-port", str(metrics_port),
-           "--prefetch-count", str(prefetch_count)]
-    if catalog_path:
-        cmd += ["--catalog", str(Path(catalog_path).resolve())]
+           "--prefetch-count", str(prefetch_count),
+           # named always: the router's default would be $CASEBROKER_CATALOG, and the
+           # benchmark's dossiers are made from the catalog it was given (or the shipped)
+           "--catalog", str(Path(catalog_path or SHIPPED_CATALOG).resolve())]
     env = dict(os.environ, CASEBROKER_LOG_LEVEL="WARNING")
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env,
