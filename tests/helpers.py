@@ -338,3 +338,16 @@ def as_other_clients_send(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     with monkeypatch.context() as patched:
         patched.setattr(pika.data, "encode_value", encode)
         yield
+
+
+def mini_handlers(ledger: Any, clock: Callable[[], datetime]) -> tuple[Any, Any]:
+    """A router and a status router on the mini catalog, the ledger and the clock given,
+    called directly (no RabbitMQ): what a test of their ledger effects needs."""
+    from broker.consumers.router import Router
+    from broker.consumers.status import StatusRouter
+    from broker.rules.catalog import load_catalog
+    from broker.rules.engine import Engine
+
+    engine = Engine(load_catalog(Path(__file__).parent / "fixtures" / "mini.yaml"))
+    return (Router(lambda: engine, ledger, Topology("t"), clock=clock),
+            StatusRouter(lambda: engine, ledger, Topology("t"), clock=clock))

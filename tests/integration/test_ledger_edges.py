@@ -34,7 +34,7 @@ from broker.rules.catalog import load_catalog
 from broker.rules.engine import Engine
 from broker.topology import Topology
 from tests.conftest import MINI_CATALOG, _pg_schema_url, pg_schema
-from tests.helpers import dossier, intake_delivery, status_delivery
+from tests.helpers import dossier, intake_delivery, mini_handlers, status_delivery
 from tests.integration.conftest import FakeClock
 
 pytestmark = pytest.mark.integration
@@ -150,9 +150,7 @@ def test_a_desk_event_about_a_pruned_dossier_is_still_answered(ledger: Ledger) -
     stub prune left there kept neither, so the answer failed (KeyError) and the event
     was dead-lettered as internal_error, its desk never told."""
     clock = FakeClock("2026-09-01 09:00")
-    engine = Engine(load_catalog(MINI_CATALOG))
-    router = Router(lambda: engine, ledger, Topology("t"), clock=clock)
-    status = StatusRouter(lambda: engine, ledger, Topology("t"), clock=clock)
+    router, status = mini_handlers(ledger, clock)
     sent = dossier(desk_id="T.MC.A")
     out = router.handle([intake_delivery(1, encode(sent), "submit:1")])
     code = next(json.loads(o.body)["dossier_code"] for o in out if o.type == "desk.notice")

@@ -48,7 +48,7 @@ from broker.tables import is_pruned, watch_outbox
 from broker.topology import Topology
 from monitoring.metrics import Metrics
 from tests.conftest import MINI_CATALOG
-from tests.helpers import dossier, intake_delivery, status_delivery
+from tests.helpers import dossier, intake_delivery, mini_handlers, status_delivery
 from tests.integration.conftest import FakeClock
 
 pytestmark = pytest.mark.integration
@@ -299,9 +299,7 @@ def test_prune_erases_the_receipt_answered_again_to_a_copy_under_another_id(
     and `ledger prune` (which finds what it erases through the events) left the
     applicant in it, for `dossier resend --desk` to send again."""
     clock = FakeClock("2026-09-01 09:00")
-    engine = Engine(load_catalog(MINI_CATALOG))
-    router = Router(lambda: engine, ledger, Topology("t"), clock=clock)
-    status = StatusRouter(lambda: engine, ledger, Topology("t"), clock=clock)
+    router, status = mini_handlers(ledger, clock)
     sent = dossier(desk_id="T.MC.A")
     first = router.handle([intake_delivery(1, encode(sent), "submit:1")])
     code = json.loads(first[-1].body)["dossier_code"]
