@@ -293,12 +293,12 @@ class Router(Consumer):
 
     def _publish_for(self, r: _Routed, now: datetime) -> list[Outbound]:
         msg, dec, code = r.dossier, r.decision, r.code
-        # plain construction: pydantic's model_construct is slower here (it inspects
-        # signatures on each call) than validating already-validated values in Rust
         # a receipt as Form 01 has it: who, how, what was received, where it is collected
         form = {} if dec.refusal else {
             "applicant": msg.applicant, "channel": msg.channel,
             "return_desk_id": msg.collect_at, "documents": msg.documents}
+        # plain construction: pydantic's model_construct is slower here (it inspects
+        # signatures on each call) than validating already-validated values in Rust
         notice = DeskNotice(
             notice=NoticeKind.REFUSED if dec.refusal else NoticeKind.RECEIPT,
             dossier_code=code, submission_id=msg.submission_id, desk_id=msg.desk_id,

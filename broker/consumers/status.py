@@ -142,6 +142,10 @@ class _Dossier:
         self.changes.update(values)
 
 
+#: the first instant after a due time: late
+_JUST_AFTER = timedelta(microseconds=1)
+
+
 def happened_at(dossier: _Dossier, msg: Update, now: datetime,
                 max_back: timedelta | None = None) -> datetime:
     """When an update's event happened, by which the dossier's clocks go: the time its
@@ -165,18 +169,13 @@ def happened_at(dossier: _Dossier, msg: Update, now: datetime,
         floor = max(floor, dossier["paused_at"])
     if (last := dossier["flags"].get(EVENT_AT)) is not None:
         floor = max(floor, datetime.fromisoformat(last))
-    told_late = _JUST_AFTER
     if dossier["watch_level"] >= OVERDUE:
-        floor = max(floor, dossier["due_at"] + told_late)
+        floor = max(floor, dossier["due_at"] + _JUST_AFTER)
     if dossier["step_watch_level"] >= OVERDUE:
-        floor = max(floor, dossier["step_due_at"] + told_late)
+        floor = max(floor, dossier["step_due_at"] + _JUST_AFTER)
     if max_back is not None:
         floor = max(floor, now - max_back)
     return max(floor, min(said, now))
-
-
-#: the first instant after a due time: late
-_JUST_AFTER = timedelta(microseconds=1)
 
 
 def _calendar_end(engine: Engine, dossier: _Dossier, recorded: dict[str, str], key: str,
