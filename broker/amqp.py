@@ -42,6 +42,7 @@ from pika.adapters.select_connection import SelectConnection
 
 from broker.amqp_worker import (
     DETAIL_HEADER,
+    INTERNAL_ERROR,
     MAX_BOUNDED_RETRIES,
     ORIGINAL_EXCHANGE_HEADER,
     ORIGINAL_KEY_HEADER,
@@ -57,7 +58,8 @@ from broker.amqp_worker import (
 )
 from broker.errors import StartupError, shown_url, without_values
 
-__all__ = ["CONNECT_NARRATORS", "DEFAULT_AMQP_URL", "DETAIL_HEADER", "MAX_BOUNDED_RETRIES",
+__all__ = ["CONNECT_NARRATORS", "DEFAULT_AMQP_URL", "DETAIL_HEADER", "INTERNAL_ERROR",
+           "MAX_BOUNDED_RETRIES",
            "ORIGINAL_EXCHANGE_HEADER", "ORIGINAL_KEY_HEADER", "REASON_HEADER", "REPLAY_OF_HEADER",
            "SENT_BY_HEADER", "SOURCE_HEADER", "BatchHandler", "ConsumerService",
            "ConsumerSettings", "Delivery", "Hooks", "amqp_url", "amqp_urls",

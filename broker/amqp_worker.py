@@ -54,6 +54,9 @@ ORIGINAL_KEY_HEADER = "x-original-routing-key"
 SENT_BY_HEADER = "x-casebroker-sent-by"
 #: on a replayed dead letter: the message id it was first dead-lettered under
 REPLAY_OF_HEADER = "x-casebroker-replay-of"
+#: the reason of a delivery dead-lettered because casebroker's own code failed on it
+#: alone (:meth:`BatchHandler.internal_error`): a bug, which an alert pages for
+INTERNAL_ERROR = "internal_error"
 #: conflicts between competing routers are retried this often before one-by-one handling
 MAX_BOUNDED_RETRIES = 5
 #: the longest pause after refused publishes: short, since the whole queue waits, and a

@@ -14,15 +14,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from broker.amqp import Hooks
+from broker.amqp import INTERNAL_ERROR, Hooks
 from broker.errors import StartupError
 
 #: the consumers' sources (their handlers' ``source``) and what their retries are
 SOURCES = ("intake", "status")
 RETRY_KINDS = ("transient", "conflict", "refused", "fault")
 RELOAD_RESULTS = ("applied", "refused", "failed")
-#: the reason of a delivery dead-lettered because casebroker's own code failed on it
-INTERNAL_ERROR = "internal_error"
 
 
 class Metrics(Hooks):

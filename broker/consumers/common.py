@@ -12,7 +12,14 @@ from datetime import datetime, tzinfo
 from typing import Any
 from uuid import UUID
 
-from broker.amqp import DETAIL_HEADER, REASON_HEADER, SENT_BY_HEADER, SOURCE_HEADER, Delivery
+from broker.amqp import (
+    DETAIL_HEADER,
+    INTERNAL_ERROR,
+    REASON_HEADER,
+    SENT_BY_HEADER,
+    SOURCE_HEADER,
+    Delivery,
+)
 from broker.envelope import Outbound, portable_headers, short_text
 from broker.errors import DecodeError, StartupError
 from broker.ledger import Batch, Ledger
@@ -477,23 +484,23 @@ class Consumer:
         result and a dead letter that a replay could apply a second time.
         """
         try:
-            dl = dead_letter(self.topology, self.source, delivery, "internal_error",
+            dl = dead_letter(self.topology, self.source, delivery, INTERNAL_ERROR,
                              type(error).__name__, self.screen.trusted)
         except Exception as e:  # what the sender set defeats even that: keep the body
             log.error("dead letter of a delivery from %s built without its properties (%s)",
                       self.source, type(e).__name__)
             dl = Outbound(self.topology.dead_letter_exchange, self.source,
                           "sha256:" + hashlib.sha256(delivery.body).hexdigest(), "", None,
-                          {REASON_HEADER: "internal_error", SOURCE_HEADER: self.source,
+                          {REASON_HEADER: INTERNAL_ERROR, SOURCE_HEADER: self.source,
                            DETAIL_HEADER: type(error).__name__},
                           delivery.body[:MAX_BODY_BYTES])
         try:
             with self._batch() as batch:
                 batch.record(self.screen.recorded_id(batch, delivery), self.source,
-                             "dead:internal_error", None, [dl], self.clock())
+                             f"dead:{INTERNAL_ERROR}", None, [dl], self.clock())
         except Exception as e:  # the ledger itself may be what fails: dead-letter anyway
             log.warning("dead letter of a delivery from %s not recorded (%s); a redelivery "
                         "would be dead-lettered again", self.source, type(e).__name__)
         if self.metrics is not None:
-            self.metrics.count(self.source, "dead_lettered", "internal_error")
+            self.metrics.count(self.source, "dead_lettered", INTERNAL_ERROR)
         return [dl]
