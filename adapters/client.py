@@ -366,7 +366,9 @@ class DeskClient(BrokerClient):
         What comes back to the desk's :class:`Inbox`: a receipt (or a refusal, state 3)
         with the dossier's code; or a ``held`` notice with no code, matched by
         ``submission_id``, whose ``reason`` says why no dossier was opened (triaged for an
-        operator, whose replay brings the receipt; or the submission id reused). A held
+        operator, whose replay brings the receipt; the submission id reused; or, caught by
+        the router rather than here, a dossier outside the contract or, with per-party
+        users, naming another desk than the one whose login sent it). A held
         dossier that no rule will ever route (a procedure the province does not handle)
         may end in a refusal with no code, state 3, from the operator
         (``casebroker dead-letters refuse``): final, like any refusal at intake.

@@ -415,7 +415,8 @@ class NoticeKind(StrEnum):
       the legal due date.
     - refused (intake desk at intake; the return desk when the agency refuses it later):
       state 3, ``reason`` says why. From triage, refused by an operator: no code.
-    - held (intake desk): no dossier was opened, no code; matched by ``submission_id``.
+    - held (intake desk; for a submission dead-lettered for its sender, the desk that sent
+      it): no dossier was opened, no code; matched by ``submission_id``.
     - status_changed, supplement_requested, financial_obligation, stopped, result_ready
       (return desk): the agency's update took effect (states 4, 5, 6, 8, 9);
       supplement_requested lists ``requested_documents``, financial_obligation
@@ -442,8 +443,9 @@ class NoticeKind(StrEnum):
 
     RECEIPT = "receipt"
     REFUSED = "refused"
-    #: to the desk: no dossier was opened; it is held for an operator (triage) or must be
-    #: sent again under a new submission id. ``reason`` says which and why
+    #: to the desk: no dossier was opened; it is held for an operator (triage), or must be
+    #: sent again under a new submission id, or corrected (it broke the contract, or with
+    #: per-party users named another desk). ``reason`` says which and why
     HELD = "held"
     STATUS_CHANGED = "status_changed"
     SUPPLEMENT_REQUESTED = "supplement_requested"

@@ -49,6 +49,13 @@ def user_for(topology: Topology, party_id: str) -> str:
     return f"{topology.prefix}.{party_id}"
 
 
+def party_of(topology: Topology, user: str | None) -> str | None:
+    """The desk or agency whose RabbitMQ user ``user`` is (:func:`user_for`), or None."""
+    if user is None or not user.startswith(f"{topology.prefix}."):
+        return None
+    return user.removeprefix(f"{topology.prefix}.") or None
+
+
 def _exact(*names: str) -> str:
     return "^(" + "|".join(re.escape(n) for n in names) + ")$"
 

@@ -301,6 +301,10 @@ class Screen:
     #: is dead-lettered as message_id_reused (given the batch, its message, its own id and
     #: the detail)
     answer_reused: Callable[[Batch, Any, str, str, datetime], list[Outbound]]
+    #: the consumer's Consumer.answer_unread: what tells the sender of a delivery
+    #: dead-lettered here for its contract or its sender (given its inbox id, the
+    #: delivery, the reason and the detail)
+    answer_unread: Callable[[str, Delivery, str, str, datetime], list[Outbound]]
     party_users: bool = False
     #: the router's own RabbitMQ login, whose replays carry their first sender (sent_by)
     trusted: str | None = None
@@ -341,21 +345,28 @@ class Screen:
                 continue
             batch.fingerprints[key] = c.fingerprint
             if c.error is not None:
-                result.out.append(self.dead(batch, key, c.delivery, c.error.reason,
-                                            c.error.detail, now))
+                result.out += self._unread(batch, key, c.delivery, c.error.reason,
+                                           c.error.detail, now)
                 continue
             claimed = self.sender_of(c.message)
             if self.party_users and (
                     sender := sent_by(c.delivery, self.trusted)) != user_for(self.topology,
                                                                             claimed):
-                result.out.append(self.dead(
+                result.out += self._unread(
                     batch, key, c.delivery, "sender_mismatch",
-                    f"published by {sender!r}, not by {shown_id(claimed)}", now))
+                    f"published by {sender!r}, not by {shown_id(claimed)}", now)
                 continue
             if c.changed and not self._goes_on(batch, c, key, spent, judged, result, now):
                 continue
             result.fresh.append((key, c.delivery, c.message))
         return result
+
+    def _unread(self, batch: Batch, key: str, d: Delivery, reason: str, detail: str,
+                now: datetime) -> list[Outbound]:
+        """Dead-letter a delivery refused before its consumer read it, and tell its
+        sender as the consumer's ``answer_unread`` does: what it publishes."""
+        answer = self.answer_unread(key, d, reason, detail, now)
+        return [self.dead(batch, key, d, reason, detail, now, also=answer), *answer]
 
     def _goes_on(self, batch: Batch, c: _Copy, key: str, spent: set[str], judged: set[str],
                  result: Screened, now: datetime) -> bool:
@@ -435,6 +446,7 @@ class Consumer:
                              fingerprint_of=self.fingerprint_of,
                              afresh=self.judges_changed_copy,
                              answer_reused=self.answer_reused,
+                             answer_unread=self.answer_unread,
                              party_users=party_users_enabled(party_users),
                              trusted=trusted_user, in_order=self.judges_in_order)
 
@@ -456,6 +468,14 @@ class Consumer:
                       now: datetime) -> list[Outbound]:
         """What to tell the sender of a changed copy dead-lettered as ``message_id_reused``
         (see :class:`Screen`; ``own_id``: the copy's own inbox id): by default nothing."""
+        return []
+
+    def answer_unread(self, key: str, delivery: Delivery, reason: str, detail: str,
+                      now: datetime) -> list[Outbound]:
+        """What to tell the sender of a delivery the screen dead-lettered (under the inbox
+        id ``key``) before this consumer read it: outside the contract (``reason`` a
+        decode reason), or, under per-party users, not sent by the party it names
+        (``sender_mismatch``). By default nothing."""
         return []
 
     def _count(self, outcome: str, reason: str = "") -> None:

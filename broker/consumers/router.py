@@ -24,10 +24,13 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
+from pydantic import ValidationError
+
 from broker.amqp import REPLAY_OF_HEADER, Delivery
 from broker.consumers.common import (
     Consumer,
     kept_id,
+    sent_by,
     to_agency,
     to_desk,
     triage,
@@ -38,6 +41,7 @@ from broker.errors import DecodeError, RoutingError
 from broker.ledger import WITHDRAWN_EARLY, Batch, RawJSON
 from broker.lifecycle import Event, State, apply
 from broker.messages import (
+    MAX_BROKER_BODY_BYTES,
     DeskNotice,
     DossierAssigned,
     DossierSubmitted,
@@ -47,6 +51,7 @@ from broker.messages import (
     shown_id,
 )
 from broker.rules.engine import Decision, Engine
+from broker.security import party_of
 from broker.tables import is_pruned
 
 log = logging.getLogger(__name__)
@@ -205,6 +210,29 @@ class Router(Consumer):
             self._count("withdrawn_early", "")
             out.append(notice)
         return left, out
+
+    def answer_unread(self, key: str, delivery: Delivery, reason: str, detail: str,
+                      now: datetime) -> list[Outbound]:
+        """A ``held`` notice to the desk of a submission dead-lettered unread (outside the
+        contract, or not sent by the desk it names), when its body still says which desk,
+        submission and procedure it is: a desk integrating without the SDK (which checks
+        first) waited for a receipt that never came. The desk is the one the body names,
+        or, with per-party users, the sender's own (never another desk: one desk's bug
+        is not told to another). None when the body says too little to be matched."""
+        said = _readable(delivery.body)
+        desk = (party_of(self.topology, sent_by(delivery, self.screen.trusted))
+                if self.screen.party_users else said.get("desk_id"))
+        if not isinstance(desk, str) or desk not in self.engine().desks:
+            return []
+        try:
+            notice = DeskNotice(
+                notice=NoticeKind.HELD, dossier_code=None, desk_id=desk,
+                submission_id=said.get("submission_id"),
+                procedure_code=said.get("procedure_code"), state=State.SUBMITTED,
+                reason=f"{reason}: {detail}: {_UNREAD_FOR_DESK}", issued_at=now)
+        except ValidationError:
+            return []
+        return [to_desk(self.topology, notice, kept_id(f"{key}:held"))]
 
     def _held(self, engine: Engine, mid: str, msg: DossierSubmitted, reason: str,
               now: datetime) -> list[Outbound]:
@@ -399,6 +427,23 @@ def submission_digest(msg: DossierSubmitted) -> str:
 #: the reason a desk is given for a dossier dead-lettered as submission_id_reused
 _REUSED_FOR_DESK = ("submission_id_reused: its submission id was given to another dossier "
                     "before; this one was not received: send it under a new submission id")
+
+#: what a desk is told of a submission dead-lettered unread, after the reason and detail
+_UNREAD_FOR_DESK = ("this one was not received: correct it and send it again (under the "
+                    "same submission id if you wish; no dossier was opened)")
+
+
+def _readable(body: bytes) -> dict[str, Any]:
+    """What a body refused by the contract still says, as a JSON object: its fields, or
+    none when it is no JSON object (or larger than casebroker sends a message itself)."""
+    if len(body) > MAX_BROKER_BODY_BYTES:
+        return {}
+    try:
+        said = json.loads(body)
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, too deep
+        return {}
+    return said if isinstance(said, dict) else {}
+
 
 #: a retry may stamp its own time: the dossier is the same, and keeps its first one. (Under
 #: the same message id it is still a changed copy, judged again: submitted_at may decide

@@ -30,33 +30,37 @@ def _valid() -> dict[str, object]:
     return data
 
 
-def _bad_intake(i: int) -> tuple[bytes, str | None, str]:
-    """(body, content type, expected reason) of the i-th kind of poison."""
+def _bad_intake(i: int) -> tuple[bytes, str | None, str, bool]:
+    """(body, content type, expected reason, whether its desk is told) of the i-th kind
+    of poison: a desk hears of a dossier dead-lettered unread when the body still names
+    it, the submission and the procedure."""
     d = _valid()
     kind = i % 9
     if kind == 0:
-        return encode(dossier())[: 20 + i % 200], "application/json", "malformed_json"
+        return encode(dossier())[: 20 + i % 200], "application/json", "malformed_json", False
     if kind == 1:
-        return b'{"schema": "casebroker.dossier.submitted/v1", "x": "\xff\xfe"}', None, "not_utf8"
+        return (b'{"schema": "casebroker.dossier.submitted/v1", "x": "\xff\xfe"}', None,
+                "not_utf8", False)
     if kind == 2:
         d["procedure_code"] = 1001193
-        return json.dumps(d).encode(), "application/json", "invalid_fields"
+        return json.dumps(d).encode(), "application/json", "invalid_fields", False
     if kind == 3:
-        del d[random.Random(i).choice(["applicant", "desk_id", "submitted_at", "channel"])]
-        return json.dumps(d).encode(), "application/json", "invalid_fields"
+        gone = random.Random(i).choice(["applicant", "desk_id", "submitted_at", "channel"])
+        del d[gone]
+        return json.dumps(d).encode(), "application/json", "invalid_fields", gone != "desk_id"
     if kind == 4:
         d["schema"] = random.Random(i).choice(["casebroker.dossier.submitted/v9", "x", 7, None])
-        return json.dumps(d).encode(), "application/json", "unknown_kind"
+        return json.dumps(d).encode(), "application/json", "unknown_kind", True
     if kind == 5:
-        return b"[" * 10 + b" " * (MAX_BODY_BYTES + 1), "application/json", "too_large"
+        return b"[" * 10 + b" " * (MAX_BODY_BYTES + 1), "application/json", "too_large", False
     if kind == 6:
-        return encode(dossier()), random.Random(i).choice(["text/plain", "application/xml"]), \
-            "wrong_content_type"
+        return (encode(dossier()), random.Random(i).choice(["text/plain", "application/xml"]),
+                "wrong_content_type", True)
     if kind == 7:
-        return json.dumps([1, 2, 3]).encode(), "application/json", "malformed_json"
+        return json.dumps([1, 2, 3]).encode(), "application/json", "malformed_json", False
     status = DossierStatus(update_id=uuid.UUID(int=i), dossier_code="X-261125-0001",
                            agency_id="T.CA", status="accepted", sent_at=datetime.now(UTC))
-    return encode(status), "application/json", "unexpected_kind"  # a status on intake
+    return encode(status), "application/json", "unexpected_kind", False  # a status on intake
 
 
 def test_poison_is_dead_lettered_valid_traffic_unaffected(
@@ -68,12 +72,14 @@ def test_poison_is_dead_lettered_valid_traffic_unaffected(
     good = s.dossiers(1000)
     bad: list[Msg] = []
     for i in range(1100):
-        body, ct, reason = _bad_intake(i)
+        body, ct, reason, told = _bad_intake(i)
         if reason == "too_large" and i > 300:
             body, ct, reason = b"{", "application/json", "malformed_json"  # a few big ones do
         mid = f"bad:{i}"
         bad.append(Msg(t.intake_exchange, INTAKE_KEY, body, mid, "dossier.submitted", ct))
         s.expected_dead[mid] = ("intake", reason)
+        if told:
+            s.expected_held.add(mid)
     for i in range(100):  # and on the status queue: garbage and updates for no dossier
         mid = f"badstatus:{i}"
         if i % 2:

@@ -131,10 +131,14 @@ def test_text_with_a_nul_character_is_refused_alike_on_both_databases(
         reason="công dân rút\x00hồ sơ", sent_at=clock.now))])
     named = dossier(applicant={"kind": "citizen", "name": "An\x00", "id_number": "0"})
     refused = router.handle([intake_delivery(2, encode(named), "submit:named")])
-    for out, field in ((withdrawn, "reason"), (refused, "applicant.name")):
-        assert [(o.headers or {}).get("x-casebroker-reason") for o in out] == ["invalid_fields"]
+    # the dossier's desk is told it was not received (held); the withdrawal, by a
+    # submission id nothing holds, names no dossier to answer about
+    for out, field, told in ((withdrawn, "reason", []), (refused, "applicant.name", ["held"])):
+        assert [(o.headers or {}).get("x-casebroker-reason") for o in out if o.headers] == [
+            "invalid_fields"]
         assert (out[0].headers or {})["x-casebroker-detail"] == (
             f"{field}: a NUL character (\\u0000) in text")
+        assert [json.loads(o.body)["notice"] for o in out[1:]] == told
     routed = router.handle([intake_delivery(3, encode(held), "submit\x00held")])
     assert [json.loads(o.body)["notice"] for o in routed if o.type == "desk.notice"] == [
         "receipt"]

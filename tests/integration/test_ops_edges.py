@@ -93,7 +93,10 @@ def test_a_submission_dead_lettered_under_its_id_in_capitals_is_accounted_for(
     body = json.loads(encode(d))
     body["submission_id"], body["applicant"]["name"] = sid.upper(), ""  # invalid: dead
     out = router.handle([intake_delivery(1, json.dumps(body).encode(), "desk-1")])
-    assert [(o.headers or {}).get("x-casebroker-reason") for o in out] == ["invalid_fields"]
+    assert [(o.headers or {}).get("x-casebroker-reason") for o in out] == ["invalid_fields",
+                                                                           None]
+    # its desk is told it was not received, under the id as the contract writes it
+    assert json.loads(out[1].body)["submission_id"] == sid
     never = str(uuid.uuid4())
     report = audit_module.audit(ledger, Topology("ho-nothing-declared"),
                                 [sid, sid.upper(), never])

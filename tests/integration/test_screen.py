@@ -270,11 +270,15 @@ def test_a_desk_is_told_its_dossier_was_held_and_why_but_not_whose_id_it_took(
         "submission_id_reused: ")
     assert code in str(out[0].headers) and code not in out[1].body.decode()
     assert _sent(router.handle([_delivery(6, encode(other), "submit:5")])) == _sent(out)
-    # a body outside the contract names no desk to be trusted: nobody is told
+    # a body outside the contract that still names its desk, submission and procedure:
+    # told it was not received, and what is wrong (never the value it sent)
     broken = json.loads(encode(dossier()))
     broken["applicant"]["ward_code"] = "ward 1"
     out = router.handle([_delivery(7, json.dumps(broken).encode(), "submit:7")])
-    assert [o.routing_key for o in out] == ["intake"] and not _held(out)
+    assert [o.routing_key for o in out] == ["intake", "T.MC.B"]
+    (held,) = _held(out)
+    assert str(held["reason"]).startswith("invalid_fields: applicant.ward_code: ")
+    assert "ward 1" not in str(held["reason"])
     assert router.ledger.count_inbox_outcomes() == {
         "triaged:area_not_served": 1, "triaged:unknown_desk": 1, "routed": 1,
         "dead:submission_id_reused": 1, "dead:invalid_fields": 1}
@@ -380,8 +384,9 @@ def test_a_dead_lettered_dossier_corrected_under_its_message_id_is_routed(
     d = dossier()
     data = json.loads(encode(d))
     data["applicant"]["ward_code"] = "ward 1"
-    out = router.handle([_delivery(1, json.dumps(data).encode(), "submit:1")])
-    assert [o.headers[REASON_HEADER] for o in out if o.headers] == ["invalid_fields"]
+    told = router.handle([_delivery(1, json.dumps(data).encode(), "submit:1")])
+    assert [o.headers[REASON_HEADER] for o in told if o.headers] == ["invalid_fields"]
+    assert [json.loads(o.body)["notice"] for o in told if not o.headers] == ["held"]
     out = router.handle([_delivery(2, encode(d), "submit:1")])
     assert [json.loads(o.body)["schema"] for o in out] == [
         "casebroker.dossier.assigned/v1", "casebroker.desk.notice/v1"]
@@ -389,7 +394,7 @@ def test_a_dead_lettered_dossier_corrected_under_its_message_id_is_routed(
     # and both, redelivered together, publish what each published
     again = router.handle([_delivery(3, json.dumps(data).encode(), "submit:1"),
                            _delivery(4, encode(d), "submit:1")])
-    assert len(again) == 3 and _sent(again)[1:] == _sent(out)
+    assert _sent(again) == _sent(told) + _sent(out)
     assert router.ledger.count_by_state() == {2: 1}
 
 

@@ -135,6 +135,18 @@ def test_router_refuses_a_dossier_naming_another_desk(
         assert [p.headers[REASON_HEADER] for p, _ in dead] == ["sender_mismatch"]
         wait_for(lambda: ledger.count_by_state() == {2: 1}, what="honest one routed")
         assert ledger.states_for_submissions([str(honest.submission_id)])
+        # desk A hears of both, in order; desk B, which it named, of neither
+        told: list[dict[str, object]] = []
+
+        def both_told() -> bool:
+            told.extend(amqp.json_all(declared.desk_queue("T.MC.A")))
+            return len(told) >= 2
+
+        wait_for(both_told, what="desk A's two notices")
+        assert [(n["notice"], n["desk_id"]) for n in told] == [("held", "T.MC.A"),
+                                                               ("receipt", "T.MC.A")]
+        assert str(told[0]["reason"]).startswith("sender_mismatch: published by ")
+        assert queue_depth(declared.desk_queue("T.MC.B")) == 0
     finally:
         amqp.close()
 
