@@ -293,6 +293,15 @@ def refuse(ch: BlockingChannel, topology: Topology, ledger: Ledger, msg: Taken, 
         raise ValueError(f"submission {sid} opened dossier {e.code} since it was triaged: "
                          "nothing to refuse (replay it: the router answers it with that "
                          "dossier's notice)") from None
+    if not new and kept["desk_id"] != dossier.desk_id:
+        # another desk's dossier under the id is another citizen's, as the router judges
+        # it: answered with that one's notice and acked, it was lost without a word
+        raise ValueError(
+            f"submission {sid} was closed at intake ({State(kept['state']).name.lower()}) "
+            f"for desk {shown_id(str(kept['desk_id']))}'s dossier; this copy, from desk "
+            f"{shown_id(dossier.desk_id)}, is another dossier under a taken submission id: "
+            "not refused, left in triage; replay it: the router dead-letters it as "
+            "submission_id_reused and tells its desk to send it under a new id") from None
     if committed is not None:
         committed()
     sent = refusal_notice(kept, topology.desk_exchange)
@@ -604,7 +613,10 @@ def closed_in_ledger(ledger: Ledger, found: list[dict[str, Any]]) -> None:
     desks = ledger.intake_desks(list(opened.values()))
     for i, f in enumerate(found):
         row = closed.get(sids.get(i, ""))
-        f["closed"] = None if row is None else State(row["state"]).name.lower()
+        # as for opened, below: another desk's submission closed under the id leaves
+        # this copy unsettled
+        f["closed"] = (State(row["state"]).name.lower() if row is not None
+                       and row["desk_id"] == f["body"].get("desk_id") else None)
         code = opened.get(sids.get(i, ""))
         # only its own desk's dossier settles it: another desk's under the id is another
         # citizen's (a replay dead-letters the copy as reused, its desk told to send again)

@@ -871,3 +871,45 @@ def test_ctrl_c_mid_way_still_says_what_was_done(
     assert sorted(_ids(amqp, t.dead_queue("intake"))) == ["bad:3", "bad:4", "bad:5"]
     if command == "replay":
         assert _ids(amqp, t.intake_queue) == ["bad:1#replay1", "bad:2#replay1"]
+
+
+def test_refuse_leaves_another_desks_dossier_under_a_taken_id_in_triage(
+        declared: Topology, ledger: Ledger, run_broker: Callable[..., RunningBroker],
+        amqp: Amqp, capsys: pytest.CaptureFixture[str]) -> None:
+    # two desks' dossiers under one submission id, both triaged (a procedure the province
+    # does not take): refusing both answered desk A's with desk B's refusal and acked it,
+    # so desk A's dossier, another citizen's, left triage unrefused and untold
+    t = declared
+    run_broker()
+    b = dossier("9.999997")
+    a = dossier("9.999997", desk_id="T.MC.A", submission_id=str(b.submission_id),
+                applicant={"kind": "citizen", "name": "Trần Thị Bình",
+                           "id_number": "066190001111", "ward_code": "10001"})
+    amqp.submit(t, b, message_id="from-b")
+    amqp.submit(t, a, message_id="from-a")
+    wait_for(lambda: queue_depth(t.triage_queue) == 2, what="both triaged")
+    rc, out, err = cli(capsys, t, "dead-letters", "refuse", "--procedure", "9.999997",
+                       "--reason", "not here", "--catalog", str(MINI_CATALOG),
+                       "--db-url", ledger.url)
+    assert rc == 1
+    assert out.splitlines() == [
+        f"triage: from-b: submission {b.submission_id} refused, desk T.MC.B told as "
+        "from-b:refused", "1 dossier(s) refused"]
+    assert (f"from-a: submission {b.submission_id} was closed at intake (refused) for desk "
+            "T.MC.B's dossier; this copy, from desk T.MC.A, is another dossier") in err
+    assert ledger.refusal(str(b.submission_id))["desk_id"] == "T.MC.B"
+    # left where it was, and `list` does not call it settled by desk B's refusal
+    rc, out, err = cli(capsys, t, "dead-letters", "list", "--queue", "triage", "--json",
+                       "--db-url", ledger.url)
+    assert rc == 0, err
+    [listed] = json.loads(out)
+    assert (listed["message_id"], listed["closed"]) == ("from-a", None)
+    # replayed, the router dead-letters it as reused and tells desk A, its own desk
+    amqp.get_all(t.desk_queue("T.MC.A"))
+    rc, out, err = cli(capsys, t, "dead-letters", "replay", "--queue", "triage", "--all")
+    assert rc == 0, err
+    wait_for(lambda: queue_depth(t.dead_queue("intake")) == 1, what="dead-lettered as reused")
+    [(dead, _)] = amqp.get_all(t.dead_queue("intake"))
+    assert dead.headers[REASON_HEADER] == "submission_id_reused"
+    [held] = wait_for(lambda: amqp.json_all(t.desk_queue("T.MC.A")), what="desk A told")
+    assert held["notice"] == "held" and held["reason"].startswith("submission_id_reused: ")
