@@ -31,10 +31,13 @@ import argparse
 import hashlib
 import json
 import re
+import signal
 import sys
-from collections.abc import Callable, Collection, Iterable
+import threading
+from collections.abc import Callable, Collection, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, get_args
+from typing import Any, NoReturn, get_args
 
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPError, NackError, UnroutableError
@@ -504,16 +507,48 @@ def _each(topology: Topology, queues: Iterable[str], ids: set[str] | None,
                     break
     except KeyboardInterrupt:
         raise Interrupted(done, failed) from None
+    except Exception as e:
+        if not done and not failed:
+            raise  # nothing done: the error says it all
+        raise CutShort(done, failed, e) from e
     return done, failed
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C while messages were settled: what was done (acked) before it, which the
-    command still says (a discarded message has no copy anywhere else)."""
+    """Ctrl-C (or SIGTERM) while messages were settled: what was done (acked) before it,
+    which the command still says (a discarded message has no copy anywhere else)."""
 
     def __init__(self, done: list[dict[str, Any]], failed: list[dict[str, Any]]) -> None:
         super().__init__()
         self.done, self.failed = done, failed
+
+
+class CutShort(Exception):
+    """An error (the ledger away, say) while messages were settled: what was done before
+    it, final, which the command says before the error. Before, the error alone was said,
+    and an operator could not tell that hundreds of refusals were committed and told."""
+
+    def __init__(self, done: list[dict[str, Any]], failed: list[dict[str, Any]],
+                 error: Exception) -> None:
+        super().__init__(str(error))
+        self.done, self.failed, self.error = done, failed, error
+
+
+@contextmanager
+def _term_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`timeout`, a service manager) taken as Ctrl-C while messages are settled:
+    what was done is said, not lost with the process."""
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set a handler
+        return
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def refuse_triaged(topology: Topology, ledger: Ledger, chosen: Callable[[Taken], bool],
@@ -526,18 +561,33 @@ def refuse_triaged(topology: Topology, ledger: Ledger, chosen: Callable[[Taken],
     when refused again."""
     done: list[dict[str, Any]] = []
     recorded: set[str] = set()
+    failed: list[dict[str, Any]] = []
     now = utc_now()
-    with channel(lock=topology) as ch:
-        def act(ch: BlockingChannel, msg: Taken) -> None:
-            mid = _shown(msg)
-            done.append(refuse(ch, topology, ledger, msg, reason, by, now, desks,
-                               without_notice, committed=lambda: recorded.add(mid)))
-            recorded.discard(mid)  # and its desk told
+    try:
+        with channel(lock=topology) as ch:
+            def act(ch: BlockingChannel, msg: Taken) -> None:
+                mid = _shown(msg)
+                done.append(refuse(ch, topology, ledger, msg, reason, by, now, desks,
+                                   without_notice, committed=lambda: recorded.add(mid)))
+                recorded.discard(mid)  # and its desk told
 
-        failed, _ = _work(ch, topology, "triage", chosen, act)
+            failed, _ = _work(ch, topology, "triage", chosen, act)
+    except KeyboardInterrupt:
+        raise Interrupted(done, _untold(failed, recorded)) from None
+    except Exception as e:
+        if not done and not recorded:
+            raise  # nothing done: the error says it all
+        raise CutShort(done, _untold(failed, recorded), e) from e
+    return done, _untold(failed, recorded)
+
+
+def _untold(failed: list[dict[str, Any]], recorded: set[str]) -> list[dict[str, Any]]:
+    """``failed``, each marked whether its refusal is in the ledger, with those refused
+    in the ledger whose notice was not confirmed (``recorded``) added."""
     # what is left in ``recorded`` is refused all the same (final), its desk not told yet:
     # RabbitMQ refused the notice (put back, failed), or the channel went before it was
     # confirmed (the copy back in triage with the rest)
+    failed = list(failed)
     for f in failed:
         if f["message_id"] is not None:
             f["recorded"] = f["message_id"] in recorded
@@ -545,7 +595,7 @@ def refuse_triaged(topology: Topology, ledger: Ledger, chosen: Callable[[Taken],
         failed.append({"queue": "triage", "message_id": mid, "recorded": True, "error": (
             "refused in the ledger (final), but its desk's notice was not confirmed by "
             "RabbitMQ before the channel was lost; back in triage")})
-    return done, failed
+    return failed
 
 
 def _work(ch: BlockingChannel, topology: Topology, which: str, chosen: Callable[[Taken], bool],
@@ -678,9 +728,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         return f"-> {d['exchange']} as {d['replayed_as']}"
 
     try:
-        done, failed = replay_dead(_topology(args), _queues(args.queue), ids)
+        with _term_as_interrupt():
+            done, failed = replay_dead(_topology(args), _queues(args.queue), ids)
     except Interrupted as stop:
         return _interrupted(args.json, "replayed", stop, what)
+    except CutShort as cut:
+        _cut_short(args.json, "replayed", cut, what)
     _print_done(args.json, "replayed", done, failed, what)
     return _ended(ids, done, failed, "not replayed")
 
@@ -694,6 +747,15 @@ def _interrupted(as_json: bool, verb: str, stop: Interrupted,
     print(f"interrupted: only the messages above were {verb}; the others are where they "
           f"were{in_hand}", file=sys.stderr)
     return 130
+
+
+def _cut_short(as_json: bool, verb: str, cut: CutShort,
+               what: Callable[[dict[str, Any]], str]) -> NoReturn:
+    """An error part-way: what was done before it, then the error (as the command's)."""
+    _print_done(as_json, verb, cut.done, cut.failed, what)
+    print(f"cut short: only the messages above were {verb}; the others are where they "
+          "were", file=sys.stderr)
+    raise cut.error from None
 
 
 def _print_done(as_json: bool, verb: str, done: list[dict[str, Any]],
@@ -722,9 +784,12 @@ def _cmd_discard(args: argparse.Namespace) -> int:
         return f"discarded ({d['reason'] or '-'})"
 
     try:
-        done, failed = discard_dead(topology, queues, ids)
+        with _term_as_interrupt():
+            done, failed = discard_dead(topology, queues, ids)
     except Interrupted as stop:
         return _interrupted(args.json, "discarded", stop, what)
+    except CutShort as cut:
+        _cut_short(args.json, "discarded", cut, what)
     _print_done(args.json, "discarded", done, failed, what)
     lost = sum(1 for d in done if d["queue"] in ("agency", "desk"))
     if lost:  # on stderr with --json too
@@ -774,30 +839,16 @@ def _unseen(ids: set[str], done: list[dict[str, Any]], failed: list[dict[str, An
     return ids - {d["message_id"] for d in done} - {f["message_id"] for f in failed}
 
 
-def _cmd_refuse(args: argparse.Namespace) -> int:
-    ids = {shown_message_id(i) for i in args.id or ()}
-
-    procedure: str | None = args.procedure
-
-    def chosen(msg: Taken) -> bool:
-        if procedure is not None:
-            return _field_of(msg.body, "procedure_code") == procedure
-        return _shown(msg) in ids
-
-    desks = set(load_catalog(args.catalog).desk_ids)
-    ledger = Ledger(args.db_url, create=False)
-    try:
-        ledger.check_schema()  # a ledger from before refusals: `casebroker ledger upgrade`
-        done, failed = refuse_triaged(_topology(args), ledger, chosen, args.reason,
-                                      args.by or system_user(), desks, args.without_notice)
-    finally:
-        ledger.dispose()
+def _print_refused(as_json: bool, done: list[dict[str, Any]],
+                   failed: list[dict[str, Any]]) -> None:
+    """What `refuse` did: a line a dossier and the counts, or one JSON object; then, on
+    stderr, what it did not do."""
     withdrawn = sum(1 for d in done if d["closed_before"] == "withdrawn")
     # refused in the ledger, their desks not told (RabbitMQ refused the notice): final,
     # never "not refused"; the same command again tells them
     untold = [f for f in failed if f.get("recorded")]
     failed_else = [f for f in failed if not f.get("recorded")]
-    if args.json:
+    if as_json:
         print(json.dumps({"refused": len(done) - withdrawn, "withdrawn_before": withdrawn,
                           "messages": done, "not_refused": _messages(failed_else),
                           "refused_untold": len(untold), "failed": failed}))
@@ -824,6 +875,39 @@ def _cmd_refuse(args: argparse.Namespace) -> int:
     if untold:
         print(f"{len(untold)} dossier(s) refused in the ledger whose desks were not told: "
               "still in triage, run the same refuse again to tell them", file=sys.stderr)
+
+
+def _cmd_refuse(args: argparse.Namespace) -> int:
+    ids = {shown_message_id(i) for i in args.id or ()}
+
+    procedure: str | None = args.procedure
+
+    def chosen(msg: Taken) -> bool:
+        if procedure is not None:
+            return _field_of(msg.body, "procedure_code") == procedure
+        return _shown(msg) in ids
+
+    desks = set(load_catalog(args.catalog).desk_ids)
+    ledger = Ledger(args.db_url, create=False)
+    try:
+        ledger.check_schema()  # a ledger from before refusals: `casebroker ledger upgrade`
+        with _term_as_interrupt():
+            done, failed = refuse_triaged(_topology(args), ledger, chosen, args.reason,
+                                          args.by or system_user(), desks,
+                                          args.without_notice)
+    except Interrupted as stop:
+        _print_refused(args.json, stop.done, stop.failed)
+        print("interrupted: only the dossiers above were refused; the others are where they "
+              "were", file=sys.stderr)
+        return 130
+    except CutShort as cut:
+        _print_refused(args.json, cut.done, cut.failed)
+        print("cut short: only the dossiers above were refused; the others are where they "
+              "were", file=sys.stderr)
+        raise cut.error from None
+    finally:
+        ledger.dispose()
+    _print_refused(args.json, done, failed)
     unseen = _unseen(ids, done, failed)
     if unseen:
         print(f"error: not in triage: {', '.join(sorted(unseen))}", file=sys.stderr)

@@ -5,6 +5,8 @@ and keep (the real RabbitMQ and ledger of this machine)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 from typing import Any
 
 import pika
@@ -12,6 +14,7 @@ import pytest
 from pika.exceptions import NackError
 
 from broker.amqp import REASON_HEADER, SENT_BY_HEADER, SOURCE_HEADER, amqp_url
+from broker.errors import TransientError
 from broker.ledger import Ledger
 from broker.messages import encode
 from broker.rules.catalog import Catalog
@@ -269,3 +272,51 @@ def test_a_body_cut_for_its_size_is_not_replayed_as_a_broken_message(
     (props, body), = amqp.get_all(t.dead_queue("intake"))
     assert props.message_id == "big:1" and body == cut
     assert props.headers[REASON_HEADER] == "too_large"
+
+
+def test_a_refuse_the_ledger_cuts_short_says_what_it_refused_before(
+        declared: Topology, ledger: Ledger, amqp: Amqp,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # the ledger goes away after the first of three refusals (final, its desk told, its
+    # copy acked): only "error: ledger unavailable" was said, on stderr, and stdout was
+    # empty, so the operator could not tell what was done
+    t = declared
+    triaged = [dossier("9.999999") for _ in range(3)]
+    for d in triaged:
+        amqp.publish(t.dead_letter_exchange, "triage", encode(d),
+                     message_id=f"submit:{d.submission_id}", type="dossier.submitted")
+    real_refuse = Ledger.refuse
+    calls: list[str] = []
+
+    def refuse_once_then_away(self: Ledger, row: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        calls.append(row["submission_id"])
+        if len(calls) > 1:
+            raise TransientError("ledger unavailable: OperationalError (database is locked)")
+        return real_refuse(self, row)
+
+    monkeypatch.setattr(Ledger, "refuse", refuse_once_then_away)
+    rc, out, err = cli(capsys, t, "dead-letters", "refuse", "--procedure", "9.999999",
+                       "--reason", "not here", "--catalog", str(MINI_CATALOG),
+                       "--db-url", ledger.url)
+    assert rc == 1 and "Traceback" not in err
+    first = calls[0]
+    assert out.splitlines() == [
+        f"triage: submit:{first}: submission {first} refused, desk T.MC.B told as "
+        f"submit:{first}:refused", "1 dossier(s) refused"]
+    assert err.splitlines()[-2:] == [
+        "cut short: only the dossiers above were refused; the others are where they were",
+        "error: ledger unavailable: OperationalError (database is locked)"]
+    assert queue_depth(t.triage_queue) == 2  # the other two, back where they were
+    assert [ledger.refusal(str(d.submission_id)) is not None for d in triaged].count(True) == 1
+
+
+def test_sigterm_during_a_settling_command_is_taken_as_ctrl_c_and_then_restored() -> None:
+    # `timeout` or a service manager stops a replay with SIGTERM: the process died with
+    # nothing said of what it had replayed or discarded (a discarded message has no copy)
+    from broker.ops.deadletters import _term_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), _term_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.sigtimedwait([], 1)  # the handler runs here at the latest
+    assert signal.getsignal(signal.SIGTERM) is before
