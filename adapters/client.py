@@ -159,10 +159,20 @@ class BrokerClient:
         # when a node cannot be reached
         urls = [url] if url else amqp_urls()
         self.connection = Connection(urls[0], alternates=urls[1:], connect_timeout=5,
-                                     transport_options={"confirm_publish": True})
+                                     transport_options=self._transport_options())
         self._producer: Any = None
         # message_id -> why it came back; filled by the basic.return callback
         self._returned: dict[str | None, str] = {}
+
+    def _transport_options(self) -> dict[str, Any]:
+        """py-amqp's, for every connection of this client (its inboxes' too): publisher
+        confirms, and a bound on each wait for RabbitMQ's answer (``read_timeout``, the
+        socket's SO_RCVTIMEO). Opening a channel, checking a queue, subscribing waited
+        with none: on a link gone silent there (a NAT dropping the connection), the first
+        publish and an inbox's subscription blocked for good, past ``confirm_timeout_s``,
+        the drain's ``timeout_s``, heartbeats (read only between two waits) and stop().
+        Silent that long, the link counts as lost: reconnected, or a PublishError."""
+        return {"confirm_publish": True, "read_timeout": self.confirm_timeout_s}
 
     @property
     def retry_policy(self) -> dict[str, Any]:
@@ -216,8 +226,13 @@ class BrokerClient:
                 self._check_own_queue(message_id)
             self._publish_confirmed(body, exchange, routing_key, message_id, properties)
         except (KombuError, AMQPError, MessageNacked, OSError) as e:
+            if isinstance(e, TimeoutError):
+                # RabbitMQ silent past confirm_timeout_s while a channel opened or a queue
+                # was checked: the connection is as good as lost, and a late answer would
+                # be read as the next wait's
+                self._drop()
             raise PublishError(f"publish {message_id} to {exchange}/{routing_key} failed: "
-                               f"{e}", message_id) from e
+                               f"{_failure(e, self.confirm_timeout_s)}", message_id) from e
         except BaseException:
             # interrupted mid-wait (a signal, a timeout around the call): this publish's
             # confirm or return may still come, and would be read as the next one's. The
@@ -308,6 +323,7 @@ class BrokerClient:
         assert queue is not None
         self.connection.ensure_connection(**self.retry_policy)
         channel = self.connection.channel()
+        silent = False
         try:
             channel.queue_declare(queue=queue, passive=True)
         except NotFound:
@@ -316,12 +332,14 @@ class BrokerClient:
                 f"publish {message_id}: no queue {queue!r} to answer in: the catalog has no "
                 f"such party, or the topology (prefix {self.topology.prefix!r}) is not "
                 f"declared; nothing was sent", message_id) from None
-        except BaseException:
+        except BaseException as e:
             self.own_queue = queue
+            silent = isinstance(e, TimeoutError)
             raise
         finally:
             try:
-                channel.close()
+                if not silent:  # a close-ok would not come either
+                    channel.close()
             except Exception:  # a 404 closed it already
                 log.debug("closing the queue check's channel failed", exc_info=True)
 
@@ -565,7 +583,8 @@ class Inbox:
         self._handled = 0
         # its own connection: a handler that publishes through the client must not
         # read this inbox's frames while waiting for its confirm
-        conn = self.connection = self.client.connection.clone(heartbeat=INBOX_HEARTBEAT_S)
+        conn = self.connection = self.client.connection.clone(
+            heartbeat=INBOX_HEARTBEAT_S, transport_options=self.client._transport_options())
         self._last_delivery = time.monotonic()
         subscribed = False
         failures = 0  # attempts to subscribe that failed in a row
@@ -790,6 +809,16 @@ def _backoff_s(policy: dict[str, Any], attempt: int) -> float:
     growing by ``interval_step`` per try, to at most ``interval_max``."""
     return float(min(policy["interval_start"] + policy["interval_step"] * (attempt - 1),
                      policy["interval_max"]))
+
+
+def _failure(error: BaseException, timeout_s: float) -> str:
+    """What failed a publish, in words: a wait for RabbitMQ that ran out says so (py-amqp's
+    socket.timeout has no text of its own)."""
+    if isinstance(error, TimeoutError) and error.errno is None:
+        return (f"RabbitMQ did not answer within {timeout_s:g} s (the link is lost, or the "
+                "node overloaded); it may not have the message: send it again under the "
+                "same message id")
+    return str(error)
 
 
 def _log_retry(exc: BaseException, interval_s: float) -> None:

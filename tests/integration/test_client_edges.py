@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 
 import adapters.client
-from adapters.client import AgencyClient, DeskClient, Inbox, InboxRefused, Received
+from adapters.client import (
+    AgencyClient,
+    DeskClient,
+    Inbox,
+    InboxRefused,
+    PublishError,
+    Received,
+)
 from adapters.simulate import DossierFactory
 from broker.amqp import amqp_url
 from broker.messages import decode, encode
@@ -309,3 +316,42 @@ def test_a_drain_that_could_take_nothing_is_refused_in_words(live: Live,
         with pytest.raises(ValueError, match="timeout_s must be more than 0 seconds"):
             desk.inbox().drain(lambda r: None, timeout_s=timeout_s)
         assert desk.inbox().drain(lambda r: None, timeout_s=1.0) == 1
+
+
+def test_a_first_publish_on_a_link_gone_silent_fails_in_words_within_its_timeout(
+        live: Live, watched: tuple[SlowLink, Watchdog]) -> None:
+    # the link goes silent after the connection opened: the client's channel and the
+    # check of its own queue waited for RabbitMQ with no bound, and the first publish
+    # blocked for good, past confirm_timeout_s (found by a review: still blocked at 150 s)
+    t, (link, watchdog) = live.topology, watched
+    with DeskClient("T.MC.A", url=link.url, topology=t, confirm_timeout_s=1.0,
+                    max_retries=1) as desk:
+        desk.connection.ensure_connection()
+        link.stall()
+        lost = dossier()
+        with pytest.raises(PublishError, match="RabbitMQ did not answer within 1 s") as e:
+            desk.submit(lost)
+        assert e.value.message_id == f"submit:{lost.submission_id}"
+        assert not watchdog.fired.is_set(), "the publish waited for RabbitMQ to answer"
+        link.release()
+        desk.submit(lost)  # sent again under its id, on a new connection
+    assert live.depth(t.intake_queue) == 1
+
+
+def test_an_inbox_whose_link_goes_silent_while_it_subscribes_ends_its_drain(
+        live: Live, watched: tuple[SlowLink, Watchdog],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # RabbitMQ's answer to the subscription never comes: drain(timeout_s=3) was still
+    # blocked after 420 s, and stop() did not end it (found by a review)
+    monkeypatch.setattr(adapters.client, "CLOSE_TIMEOUT_S", 0.5, raising=False)
+    t, (link, watchdog) = live.topology, watched
+    subscribe = adapters.client.Consumer
+
+    def stalling(*args: Any, **kwargs: Any) -> Any:
+        link.stall()  # each connection's answers stop as it subscribes
+        return subscribe(*args, **kwargs)
+
+    monkeypatch.setattr(adapters.client, "Consumer", stalling)
+    with DeskClient("T.MC.A", url=link.url, topology=t, confirm_timeout_s=1.0) as desk:
+        assert desk.inbox().drain(lambda r: None, timeout_s=3) == 0
+    assert not watchdog.fired.is_set(), "the drain waited for RabbitMQ past its timeout"
