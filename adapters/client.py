@@ -61,6 +61,7 @@ from broker.messages import (
     encode,
     kind_of,
     new_id,
+    nul_in_text,
     shown_id,
     shown_message_id,
     utc_now,
@@ -216,6 +217,9 @@ class BrokerClient:
             "user_id": self.connection.userid,
         }
         body = encode(message)
+        if (where := nul_in_text(body)) is not None:  # the broker would dead-letter it
+            raise ValueError(f"publish {message_id}: {where}: a NUL character (\\u0000) "
+                             "in text, which the contract refuses: nothing was sent")
         if len(body) > MAX_BODY_BYTES:  # the router would dead-letter it as too_large
             raise MessageTooLarge(f"publish {message_id}: {len(body)} bytes, over the "
                                   f"{MAX_BODY_BYTES}-byte limit (documents go by "

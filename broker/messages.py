@@ -667,9 +667,17 @@ def decode(
         raise _classify(body, e, expected) from None
     if expected is not None and kind_of(message) not in expected:
         raise DecodeError("unexpected_kind", f"{kind_of(message)} is not accepted on this queue")
-    if b"\\u0000" in body and (where := _nul_in(json.loads(body))) is not None:
+    if (where := nul_in_text(body)) is not None:
         raise DecodeError("invalid_fields", f"{where}: a NUL character (\\u0000) in text")
     return message
+
+
+def nul_in_text(body: bytes) -> str | None:
+    """Where a JSON body holds a NUL character in text, or None (see :func:`_nul_in`):
+    what :func:`decode` refuses and the SDK refuses to send."""
+    if b"\\u0000" not in body:
+        return None
+    return _nul_in(json.loads(body))
 
 
 def _json_with_utf8(content_type: str) -> bool:

@@ -355,3 +355,20 @@ def test_an_inbox_whose_link_goes_silent_while_it_subscribes_ends_its_drain(
     with DeskClient("T.MC.A", url=link.url, topology=t, confirm_timeout_s=1.0) as desk:
         assert desk.inbox().drain(lambda r: None, timeout_s=3) == 0
     assert not watchdog.fired.is_set(), "the drain waited for RabbitMQ past its timeout"
+
+
+def test_text_with_a_nul_character_is_refused_before_it_is_sent(live: Live) -> None:
+    # the contract refuses a NUL in text (PostgreSQL's text cannot hold one), in decode()
+    # only: the SDK sent such a dossier and such a report, and both were dead-lettered,
+    # the agency told nothing (found by a review)
+    t = live.topology
+    named = dossier().model_copy(update={"applicant": dossier().applicant.model_copy(
+        update={"name": "Nguyễn\x00Văn An"})})
+    with DeskClient("T.MC.A", topology=t) as desk, \
+            pytest.raises(ValueError, match=r"applicant\.name: a NUL character") as e:
+        desk.submit(named)
+    assert "nothing was sent" in str(e.value) and "Nguyễn" not in str(e.value)
+    with AgencyClient("T.UBND.A", topology=t) as agency, \
+            pytest.raises(ValueError, match=r": reason: a NUL character"):
+        agency.report(CODE, "rejected", reason="thiếu\x00giấy tờ")
+    assert live.depth(t.intake_queue) == 0 and live.depth(t.status_queue) == 0
