@@ -69,7 +69,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
                    help=f"comma-separated, from {','.join(STAGES)} (default: all but the "
                    "sizes and prefetch sweeps)")
     p.add_argument("--sweeps", action="store_true", help="also run the sizes and prefetch sweeps")
-    p.add_argument("--catalog", help="catalog YAML (default: the shipped Đắk Lắk catalog)")
+    p.add_argument("--catalog", help="catalog YAML (default: the shipped Đắk Lắk catalog, "
+                   "whatever CASEBROKER_CATALOG says: figures compare across machines)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--cleanup", action="store_true",
                    help="only delete what interrupted benchmarks left (queues, exchanges, "

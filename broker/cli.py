@@ -238,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--json", action="store_true", help="print one JSON object")
     _common(explain)
     check = rules_sub.add_parser("check", help="validate a catalog; exit 1 on problems")
-    check.add_argument("path", nargs="?", help="catalog YAML (default: the shipped one)")
+    check.add_argument("path", nargs="?", default=os.environ.get("CASEBROKER_CATALOG") or None,
+                       help="catalog YAML (default: $CASEBROKER_CATALOG, else the shipped one)")
 
     dossier = sub.add_parser("dossier", help="look up dossiers in the ledger; resend what a "
                                                         "lost queue held")
@@ -476,8 +477,10 @@ def _rules(args: argparse.Namespace) -> int:
                 print(f"  {problem}", file=sys.stderr)
             return EXIT_PROBLEM
         s = catalog.spec
-        print(f"ok: {len(s.procedures)} procedures, {len(s.agencies)} agencies, "
-              f"{len(s.desks)} desks, {len(s.rules)} rules")
+        # which file: the alert runbooks' `rules check` in a shell with CASEBROKER_CATALOG
+        # passed the shipped catalog while the one in force was broken
+        print(f"ok: {args.path or 'the shipped catalog'}: {len(s.procedures)} procedures, "
+              f"{len(s.agencies)} agencies, {len(s.desks)} desks, {len(s.rules)} rules")
         from broker.calendar import unconfirmed_ahead
         from broker.rules.engine import Engine
 

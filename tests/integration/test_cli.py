@@ -221,7 +221,7 @@ def test_rules_explain_and_check_exit_codes(tmp_path: Path, capsys: pytest.Captu
         assert err.startswith("error: ") and word in err
 
     assert main(["rules", "check", str(MINI_CATALOG)]) == 0
-    assert capsys.readouterr().out.startswith("ok: 7 procedures, 6 agencies")
+    assert capsys.readouterr().out.startswith(f"ok: {MINI_CATALOG}: 7 procedures, 6 agencies")
     broken = tmp_path / "broken.yaml"
     broken.write_text(MINI_CATALOG.read_text().replace("T.SO.TP}", "T.SO.NOPE}", 1))
     assert main(["rules", "check", str(broken)]) == 1

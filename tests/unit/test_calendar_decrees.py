@@ -90,11 +90,11 @@ def test_rules_check_adds_a_note_only_when_a_year_ahead_is_unconfirmed(
     assert LAST is not None
     monkeypatch.setattr(cli, "_now", lambda: datetime(LAST, 5, 4, tzinfo=UTC))
     assert _run(capsys, "rules", "check", str(MINI)) == (
-        0, "ok: 7 procedures, 6 agencies, 6 desks, 2 rules\n", "")
+        0, f"ok: {MINI}: 7 procedures, 6 agencies, 6 desks, 2 rules\n", "")
     monkeypatch.setattr(cli, "_now", lambda: datetime(LAST, 12, 1, tzinfo=UTC))
     code, out, err = _run(capsys, "rules", "check", str(MINI))
     ok, note = out.splitlines()
-    assert (code, err, ok) == (0, "", "ok: 7 procedures, 6 agencies, 6 desks, 2 rules")
+    assert (code, err, ok) == (0, "", f"ok: {MINI}: 7 procedures, 6 agencies, 6 desks, 2 rules")
     assert note.startswith(f"note: {LAST + 1}'s days off are only the law's yearly holidays")
 
 
@@ -139,7 +139,7 @@ def test_a_catalog_lists_the_years_it_checked(capsys: pytest.CaptureFixture[str]
     checked = tmp_path / "checked.yaml"
     checked.write_text(MINI.read_text().replace(zone, f"{zone}decree_checked: [{LAST + 1}]\n", 1))
     assert _run(capsys, "rules", "check", str(checked)) == (
-        0, "ok: 7 procedures, 6 agencies, 6 desks, 2 rules\n", "")
+        0, f"ok: {checked}: 7 procedures, 6 agencies, 6 desks, 2 rules\n", "")
     wrong = tmp_path / "wrong.yaml"
     wrong.write_text(MINI.read_text().replace(zone, f"{zone}decree_checked: [27]\n", 1))
     code, _, err = _run(capsys, "rules", "check", str(wrong))

@@ -31,8 +31,22 @@ def test_check_shipped_catalog(capsys: pytest.CaptureFixture[str],
     last = decrees_known_until("VN")
     assert last is not None
     monkeypatch.setattr(cli, "_now", lambda: datetime(last, 5, 4, tzinfo=UTC))
+    monkeypatch.delenv("CASEBROKER_CATALOG", raising=False)
     assert _run(capsys, "rules", "check") == (
-        0, "ok: 1408 procedures, 118 agencies, 108 desks, 12 rules\n", "")
+        0, "ok: the shipped catalog: 1408 procedures, 118 agencies, 108 desks, 12 rules\n", "")
+
+
+def test_check_takes_the_catalog_in_force(capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch,
+                                          tmp_path: Path) -> None:
+    # the runbooks' `rules check`, in a shell where CASEBROKER_CATALOG names the catalog
+    # the routers use, passed the shipped one while that one was broken (found by a review)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("catalog: [", encoding="utf-8")
+    monkeypatch.setenv("CASEBROKER_CATALOG", str(broken))
+    code, out, err = _run(capsys, "rules", "check")
+    assert (code, out) == (1, "") and err.startswith("1 problem(s):")
+    assert str(broken) in err
 
 
 BLOCK = """\
