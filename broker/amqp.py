@@ -127,7 +127,18 @@ def connection_error_text(error: BaseException) -> str:
     """Why a connection could not be made, in a line: pika's errors often have an empty
     ``str`` (a bare ``AMQPConnectionError``) or wrap the socket's error in their args."""
     said = "; ".join(str(a) or repr(a) for a in getattr(error, "args", ()))
+    if "Timeout during AMQP handshake" in said:
+        # pika's text goes on with a repr of the socket's address tuple: the case, in words
+        return HANDSHAKE_TIMED_OUT
     return said or str(error) or type(error).__name__
+
+
+#: a node that takes the TCP connection and never answers the AMQP header: one out of file
+#: handles does that (README, "RabbitMQ": quorum queues hold files open)
+HANDSHAKE_TIMED_OUT = ("it took the TCP connection but did not answer the AMQP handshake; "
+                       "a node out of file handles does that: `rabbitmqctl status` shows "
+                       "them (File Descriptors), and deleting left-over topologies or a "
+                       "higher open-file limit frees them")
 
 
 #: pika's loggers that narrate each failed connection attempt (6 to 8 ERROR lines and a
