@@ -12,7 +12,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -624,6 +624,10 @@ def _dossier(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: how much later than its event an update must be applied for `dossier show` to say when
+RECORDED_LATE = timedelta(minutes=1)
+
+
 def _event_note(event: dict[str, Any], tz: ZoneInfo) -> str:
     """What else the process-control sheet keeps of an event, in its words: no free text
     (a reason may name someone), only numbers and times."""
@@ -647,7 +651,10 @@ def _event_note(event: dict[str, Any], tz: ZoneInfo) -> str:
         notes.append(f"step {d.get('step')} due {at('due_at')}")
     if d.get("appointment"):
         notes.append(f"apology: new appointment {at('appointment')}")
-    if d.get("recorded_at"):  # dated by its sender, applied later
+    # dated by its sender, applied later: said when later by a minute or more (what the
+    # line shows); the sender's clock runs a few milliseconds ahead of every update's
+    if d.get("recorded_at") and (datetime.fromisoformat(d["recorded_at"]) - event["at"]
+                                 >= RECORDED_LATE):
         notes.append(f"recorded {at('recorded_at')}")
     return f"  ({'; '.join(notes)})" if notes else ""
 
