@@ -198,8 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the router, status router and deadline watch "
                          "until Ctrl-C")
     _common(run, db=True, prefix=True)
-    run.add_argument("--metrics-port", type=tcp_port,  # a string default goes through it too
-                     default=os.environ.get("CASEBROKER_METRICS_PORT", "9464"),
+    run.add_argument("--metrics-port", type=tcp_port,
                      help="Prometheus /metrics port (0: off; default: "
                           "$CASEBROKER_METRICS_PORT or 9464)")
     defaults = ConsumerSettings
@@ -420,12 +419,26 @@ def _topology_of(args: argparse.Namespace) -> Any:
     return Topology.named(getattr(args, "prefix", None))
 
 
+def _metrics_port() -> int:
+    """``CASEBROKER_METRICS_PORT`` (default 9464), refused by its own name: through the
+    option's type, a bad one was said as a bad ``--metrics-port`` nobody had typed."""
+    from broker.errors import StartupError
+
+    text = os.environ.get("CASEBROKER_METRICS_PORT", "9464")
+    try:
+        return int(tcp_port(text))
+    except argparse.ArgumentTypeError:
+        raise StartupError(f"CASEBROKER_METRICS_PORT={text!r}: a TCP port, 0 to 65535 "
+                           "(0: no metrics), please") from None
+
+
 def _run(args: argparse.Namespace) -> int:
     from broker.amqp import ConsumerSettings
     from broker.health import Probes
     from broker.ledger import Ledger
     from broker.service import Broker
 
+    port = args.metrics_port if args.metrics_port is not None else _metrics_port()
     settings = ConsumerSettings(prefetch_count=args.prefetch_count, batch_size=args.batch_size,
                                 flush_interval_ms=args.flush_interval_ms)
     # a SIGHUP while the catalog loads and the ledger opens (a second or two) would end
@@ -436,8 +449,8 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, lambda _signum, _frame: broker.reload_soon())
     if asked:
         broker.reload_soon()
-    if args.metrics_port:
-        broker.metrics.serve(args.metrics_port,
+    if port:
+        broker.metrics.serve(port,
                              os.environ.get("CASEBROKER_METRICS_ADDR", "127.0.0.1"),
                              Probes(broker).routes())
     broker.run()

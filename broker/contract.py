@@ -112,7 +112,8 @@ def asyncapi(topology: Topology | None = None) -> dict[str, Any]:
                                 "another login than the desk or agency it names, is "
                                 "dead-lettered as sender_mismatch; content_type = "
                                 "application/json (a charset parameter, utf-8 only, may "
-                                "follow)."},
+                                "follow; none at all is taken as JSON too, any other is "
+                                "dead-lettered as wrong_content_type)."},
         "defaultContentType": "application/json",
         "channels": channels,
         "components": {"messages": messages, "schemas": dict(sorted(schemas.items()))},

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import signal
 import sys
@@ -933,9 +934,11 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
 
     p = dl_sub.add_parser("list", help="every dead letter and triaged message")
     common(p)
-    p.add_argument("--db-url", help="also mark triage copies settled meanwhile: closed "
-                   "at intake (withdrawn while held, or refused) or received since (a "
-                   "corrected copy opened a dossier), from this ledger")
+    p.add_argument("--db-url", default=os.environ.get("CASEBROKER_DB_URL") or None,
+                   help="also mark triage copies settled meanwhile: closed at intake "
+                   "(withdrawn while held, or refused) or received since (a corrected "
+                   "copy opened a dossier), from this ledger (default: $CASEBROKER_DB_URL; "
+                   "unmarked without either)")
     p.set_defaults(handler=_cmd_list)
     p = dl_sub.add_parser("show", help="one message: headers and the body's fields that carry "
                           "no personal data (ids, codes, states, timestamps)")

@@ -122,7 +122,8 @@ def test_a_strangers_early_withdrawal_takes_nothing_from_the_own_desks(
 
 def test_a_held_dossier_is_withdrawn_by_its_submission_id_and_never_opens(
         declared: Topology, ledger: Ledger, run_broker: Callable[..., RunningBroker],
-        amqp: Amqp, capsys: pytest.CaptureFixture[str]) -> None:
+        amqp: Amqp, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     t = declared
     run_broker()
     held = dossier(applicant_ward="99999")  # a ward no unit serves: triaged
@@ -175,6 +176,11 @@ def test_a_held_dossier_is_withdrawn_by_its_submission_id_and_never_opens(
     rc, out, err = cli(capsys, t, "dead-letters", "list", "--queue", "triage", "--db-url",
                        ledger.url)
     assert "[closed at intake: withdrawn; replay takes it out]" in out
+    # the ledger every ledger command takes by default: list ignored it (found by a review)
+    monkeypatch.setenv("CASEBROKER_DB_URL", ledger.engine.url.render_as_string(
+        hide_password=False))
+    rc, out, err = cli(capsys, t, "dead-letters", "list", "--queue", "triage")
+    assert rc == 0 and "[closed at intake: withdrawn; replay takes it out]" in out
     others = [{"queue": "triage", "body": {"submission_id": str(uuid.uuid4())}},  # not closed
               {"queue": "intake", "body": {"submission_id": sid}}]  # not a triage copy
     closed_in_ledger(ledger, others)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from broker.amqp import ConsumerSettings, shown_url
-from broker.cli import build_parser, main
+from broker.cli import _metrics_port, build_parser, main
 from broker.consumers.common import party_users_enabled
 from broker.security import Management, ManagementError
 from tests.conftest import MINI_CATALOG
@@ -90,15 +90,20 @@ def test_consumer_settings_refuse_an_empty_batch_or_window() -> None:
     assert ConsumerSettings(prefetch_count=1, batch_size=1).batch_size == 1
 
 
-def test_a_bad_metrics_port_in_the_environment_is_refused_like_one_on_the_line(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_bad_metrics_port_in_the_environment_is_refused_by_its_name(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        tmp_path: Path) -> None:
+    # it was said as "argument --metrics-port: not a whole number", an option nobody typed
     monkeypatch.setenv("CASEBROKER_METRICS_PORT", "nine")
-    with pytest.raises(SystemExit) as exit_:
-        main(["run"])
-    assert exit_.value.code == 2
-    assert "argument --metrics-port: not a whole number: 'nine'" in capsys.readouterr().err
+    ledger = tmp_path / "ledger.sqlite3"
+    assert main(["run", "--db-url", f"sqlite:///{ledger}"]) == 1
+    assert capsys.readouterr().err == (
+        "error: CASEBROKER_METRICS_PORT='nine': a TCP port, 0 to 65535 (0: no metrics), "
+        "please\n")
+    assert not ledger.exists()  # refused before anything started
     monkeypatch.setenv("CASEBROKER_METRICS_PORT", "9500")
-    assert build_parser().parse_args(["run"]).metrics_port == 9500
+    assert _metrics_port() == 9500
+    assert build_parser().parse_args(["run", "--metrics-port", "0"]).metrics_port == 0
 
 
 def test_a_window_no_wider_than_a_batch_is_warned_about(
