@@ -46,13 +46,28 @@ CONTENT_TYPE = "application/json"
 
 #: nine digits or more in a row: what a phone number (10) or an id number (9 or 12) is
 PERSONAL_DIGITS = re.compile(r"\d{9,}")
+#: the same written in groups, as people write phones and id numbers: "0905.123.456",
+#: "0905 123 456", "090-512-3456", "066 090 001 234" (groups of 2 to 4 digits, one
+#: separator throughout; nine digits or more in all, counted apart). A dossier code's
+#: "261125-0001" (a group of six) and a date's "2026-11-25" (eight) are not
+_GROUPED_DIGITS = re.compile(r"(?<![0-9])[0-9]{2,4}([ .-])[0-9]{2,4}(?:\1[0-9]{2,4})+(?![0-9])")
+
+
+def has_personal_digits(value: str) -> bool:
+    """Whether ``value`` holds what may be a phone or id number: nine digits or more in a
+    row, or in groups. (Only run together, they let "0905.123.456" through, as a desk id
+    the contract's pattern allows, into dead letters' details and the operator's tools.)"""
+    if PERSONAL_DIGITS.search(value) is not None:
+        return True
+    return any(sum(c.isdigit() for c in m.group(0)) >= 9
+               for m in _GROUPED_DIGITS.finditer(value))
 
 
 def shown_id(value: str) -> str:
     """A desk's or agency's id as a dead letter's detail or a log may quote it: as it is,
     unless it holds a phone or id number (a sender's mistake the contract's pattern lets
     through), which is withheld."""
-    if PERSONAL_DIGITS.search(value) is None:
+    if not has_personal_digits(value):
         return value
     return f"<{len(value)} characters withheld: a phone or id number?>"
 
@@ -72,8 +87,8 @@ def shown_message_id(mid: str) -> str:
     it back, ``--id``): as it is when it is a plain id (every id casebroker and its SDK
     make); else, since a sender may have put a name or an id number in it, ``withheld-``
     and 16 hex digits of its SHA-256."""
-    if _WITHHELD_ID.fullmatch(mid) or (_MESSAGE_ID.fullmatch(mid) and PERSONAL_DIGITS.search(
-            UUID_TEXT.sub("", mid)) is None):
+    if _WITHHELD_ID.fullmatch(mid) or (_MESSAGE_ID.fullmatch(mid) and not has_personal_digits(
+            UUID_TEXT.sub("", mid))):
         return mid
     return "withheld-" + hashlib.sha256(mid.encode()).hexdigest()[:16]
 
@@ -88,7 +103,7 @@ def shown_content_type(value: str) -> str:
     """A sender's content type as a dead letter's detail, a log or the dead-letter tools
     may quote it: as it is when it looks like one, else ``<withheld>`` (a sender may have
     put a name or a phone number in it)."""
-    if _CONTENT_TYPE.fullmatch(value) and PERSONAL_DIGITS.search(value) is None:
+    if _CONTENT_TYPE.fullmatch(value) and not has_personal_digits(value):
         return value
     return "<withheld>"
 

@@ -69,6 +69,7 @@ from broker.messages import (
     NoticeKind,
     Subject,
     decode,
+    has_personal_digits,
     shown_content_type,
     shown_id,
     shown_message_id,
@@ -117,7 +118,7 @@ _KNOWN = frozenset(f.alias or n for m in get_args(Message) for n, f in m.model_f
 _KNOWN_NESTED = frozenset(n for m in (Applicant, Subject) for n in m.model_fields)
 #: what an allowed field's value must look like to be shown
 _TOKEN = re.compile(r"[A-Za-z0-9._:+/-]{0,100}")
-#: a phone or id number (PERSONAL_DIGITS) may sit in the wrong field of a message that
+#: a phone or id number (has_personal_digits) may sit in the wrong field of a message that
 #: failed its checks for that reason. No id, code, state or time of the contract has such
 #: a run of digits, but for hexadecimal ones (UUIDs, the catalog's hash), shown when they
 #: are well-formed
@@ -424,7 +425,7 @@ def _is_token(value: Any) -> bool:
     if isinstance(value, int):
         return PERSONAL_DIGITS.search(str(value)) is None
     return isinstance(value, str) and _TOKEN.fullmatch(value) is not None and (
-        PERSONAL_DIGITS.search(value) is None or _HEX_ID.fullmatch(value) is not None)
+        not has_personal_digits(value) or _HEX_ID.fullmatch(value) is not None)
 
 
 def _text(value: Any) -> str | None:

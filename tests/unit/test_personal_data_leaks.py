@@ -43,3 +43,30 @@ def test_the_sdk_refusing_a_dossier_of_another_desk_never_quotes_its_desk_id() -
         client.close()
     assert PHONE not in str(caught.value)
     assert "T.MC.B" in str(caught.value)
+
+
+@pytest.mark.parametrize("written", [
+    "0905.123.456", "0905 123 456", "090-512-3456", "066 090 001 234", "066.090.001.234",
+    "desk-0905.123.456", "0905123456"])
+def test_a_phone_or_id_number_written_in_groups_is_withheld_as_one_run_together(
+        written: str) -> None:
+    # only nine digits or more in a row were: a desk id "0905.123.456", which the
+    # contract's pattern allows, went whole into a triage detail, `dead-letters list` and
+    # `refuse`'s lines (found by a review)
+    from broker.messages import shown_id, shown_message_id
+    from broker.ops.deadletters import _is_token
+
+    assert shown_id(written) == f"<{len(written)} characters withheld: a phone or id number?>"
+    assert shown_message_id(f"submit:{written}").startswith("withheld-")
+    assert not _is_token(written)  # `dead-letters show` withholds the field
+
+
+@pytest.mark.parametrize("plain", [
+    "T.UBND.A-261125-0001", "T.UBND.A-261125-0001:assigned:1", "2026-11-25", "T.MC.B",
+    "10.0.0.1", "submit:0190a3b4-5c6d-7e8f-9a0b-1c2d3e4f5a6b", "P.SO-TP.12.34"])
+def test_codes_dates_and_ids_with_digits_in_groups_are_still_shown(plain: str) -> None:
+    from broker.messages import shown_id, shown_message_id
+    from broker.ops.deadletters import _is_token
+
+    assert shown_id(plain) == plain and shown_message_id(plain) == plain
+    assert _is_token(plain)
