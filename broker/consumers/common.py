@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +27,7 @@ from broker.ledger import Batch, Ledger
 from broker.lifecycle import State
 from broker.messages import (
     MAX_BODY_BYTES,
+    MAX_BROKER_BODY_BYTES,
     DeskNotice,
     Message,
     NoticeKind,
@@ -38,7 +40,7 @@ from broker.messages import (
     utc_now,
 )
 from broker.rules.engine import Engine
-from broker.security import user_for
+from broker.security import party_of, user_for
 from broker.tables import CORRELATION_MAX, MESSAGE_ID_MAX, OUTBOX_TYPE_MAX
 from broker.topology import TRIAGE_KEY, Topology
 
@@ -142,6 +144,29 @@ def triage(topology: Topology, source: str, delivery: Delivery, reason: str,
                                OUTBOX_TYPE_MAX),
                     None if correlation is None else short_text(correlation, CORRELATION_MAX),
                     headers, delivery.body)
+
+
+def readable_fields(body: bytes) -> dict[str, Any]:
+    """What a body the contract refused still says, as a JSON object: its fields, or none
+    when it is no JSON object (or larger than casebroker sends a message itself). For an
+    answer to its sender (``Consumer.answer_unread``): every value is unchecked."""
+    if len(body) > MAX_BROKER_BODY_BYTES:
+        return {}
+    try:
+        said = json.loads(body)
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, too deep
+        return {}
+    return said if isinstance(said, dict) else {}
+
+
+def unread_sender(consumer: Consumer, delivery: Delivery, named: Any) -> Any:
+    """Who sent a delivery dead-lettered unread, to be answered: with per-party users the
+    party whose login sent it (RabbitMQ vouches for it; never the one the body names,
+    which may be another's, not to be told of a bug not its own), else the party its
+    body ``named`` (unchecked: an id the catalog lacks has no queue to be told in)."""
+    if consumer.screen.party_users:
+        return party_of(consumer.topology, sent_by(delivery, consumer.screen.trusted))
+    return named
 
 
 def in_zone(row: dict[str, Any], tz: tzinfo) -> dict[str, Any]:
@@ -302,9 +327,9 @@ class Screen:
     #: the detail)
     answer_reused: Callable[[Batch, Any, str, str, datetime], list[Outbound]]
     #: the consumer's Consumer.answer_unread: what tells the sender of a delivery
-    #: dead-lettered here for its contract or its sender (given its inbox id, the
-    #: delivery, the reason and the detail)
-    answer_unread: Callable[[str, Delivery, str, str, datetime], list[Outbound]]
+    #: dead-lettered here for its contract or its sender (given the batch, its inbox id,
+    #: the delivery, the reason and the detail)
+    answer_unread: Callable[[Batch, str, Delivery, str, str, datetime], list[Outbound]]
     party_users: bool = False
     #: the router's own RabbitMQ login, whose replays carry their first sender (sent_by)
     trusted: str | None = None
@@ -365,7 +390,7 @@ class Screen:
                 now: datetime) -> list[Outbound]:
         """Dead-letter a delivery refused before its consumer read it, and tell its
         sender as the consumer's ``answer_unread`` does: what it publishes."""
-        answer = self.answer_unread(key, d, reason, detail, now)
+        answer = self.answer_unread(batch, key, d, reason, detail, now)
         return [self.dead(batch, key, d, reason, detail, now, also=answer), *answer]
 
     def _goes_on(self, batch: Batch, c: _Copy, key: str, spent: set[str], judged: set[str],
@@ -470,8 +495,8 @@ class Consumer:
         (see :class:`Screen`; ``own_id``: the copy's own inbox id): by default nothing."""
         return []
 
-    def answer_unread(self, key: str, delivery: Delivery, reason: str, detail: str,
-                      now: datetime) -> list[Outbound]:
+    def answer_unread(self, batch: Batch, key: str, delivery: Delivery, reason: str,
+                      detail: str, now: datetime) -> list[Outbound]:
         """What to tell the sender of a delivery the screen dead-lettered (under the inbox
         id ``key``) before this consumer read it: outside the contract (``reason`` a
         decode reason), or, under per-party users, not sent by the party it names

@@ -30,10 +30,11 @@ from broker.amqp import REPLAY_OF_HEADER, Delivery
 from broker.consumers.common import (
     Consumer,
     kept_id,
-    sent_by,
+    readable_fields,
     to_agency,
     to_desk,
     triage,
+    unread_sender,
     withdraw_at_intake,
 )
 from broker.envelope import Outbound
@@ -41,7 +42,6 @@ from broker.errors import DecodeError, RoutingError
 from broker.ledger import WITHDRAWN_EARLY, Batch, RawJSON
 from broker.lifecycle import Event, State, apply
 from broker.messages import (
-    MAX_BROKER_BODY_BYTES,
     DeskNotice,
     DossierAssigned,
     DossierSubmitted,
@@ -51,7 +51,6 @@ from broker.messages import (
     shown_id,
 )
 from broker.rules.engine import Decision, Engine
-from broker.security import party_of
 from broker.tables import is_pruned
 
 log = logging.getLogger(__name__)
@@ -211,17 +210,16 @@ class Router(Consumer):
             out.append(notice)
         return left, out
 
-    def answer_unread(self, key: str, delivery: Delivery, reason: str, detail: str,
-                      now: datetime) -> list[Outbound]:
+    def answer_unread(self, batch: Batch, key: str, delivery: Delivery, reason: str,
+                      detail: str, now: datetime) -> list[Outbound]:
         """A ``held`` notice to the desk of a submission dead-lettered unread (outside the
         contract, or not sent by the desk it names), when its body still says which desk,
         submission and procedure it is: a desk integrating without the SDK (which checks
         first) waited for a receipt that never came. The desk is the one the body names,
         or, with per-party users, the sender's own (never another desk: one desk's bug
         is not told to another). None when the body says too little to be matched."""
-        said = _readable(delivery.body)
-        desk = (party_of(self.topology, sent_by(delivery, self.screen.trusted))
-                if self.screen.party_users else said.get("desk_id"))
+        said = readable_fields(delivery.body)
+        desk = unread_sender(self, delivery, said.get("desk_id"))
         if not isinstance(desk, str) or desk not in self.engine().desks:
             return []
         try:
@@ -431,18 +429,6 @@ _REUSED_FOR_DESK = ("submission_id_reused: its submission id was given to anothe
 #: what a desk is told of a submission dead-lettered unread, after the reason and detail
 _UNREAD_FOR_DESK = ("this one was not received: correct it and send it again (under the "
                     "same submission id if you wish; no dossier was opened)")
-
-
-def _readable(body: bytes) -> dict[str, Any]:
-    """What a body refused by the contract still says, as a JSON object: its fields, or
-    none when it is no JSON object (or larger than casebroker sends a message itself)."""
-    if len(body) > MAX_BROKER_BODY_BYTES:
-        return {}
-    try:
-        said = json.loads(body)
-    except (ValueError, RecursionError):  # not UTF-8, not JSON, too deep
-        return {}
-    return said if isinstance(said, dict) else {}
 
 
 #: a retry may stamp its own time: the dossier is the same, and keeps its first one. (Under

@@ -40,8 +40,10 @@ from broker.consumers.common import (
     delivery_id,
     in_zone,
     kept_id,
+    readable_fields,
     to_agency,
     to_desk,
+    unread_sender,
     withdraw_at_intake,
 )
 from broker.consumers.deadlines import (
@@ -57,6 +59,7 @@ from broker.errors import TransitionRefused
 from broker.ledger import Batch
 from broker.lifecycle import STEP_ENDS, TRANSITIONS, Event, State, apply
 from broker.messages import (
+    DOSSIER_CODE_MAX,
     MAX_BROKER_BODY_BYTES,
     NOT_YOURS,
     AgencyNotice,
@@ -241,6 +244,41 @@ class StatusRouter(Consumer):
         # under the copy's own id: the first message under that id may have had a refusal
         return [self._refuse(dossier, message, f"message_id_reused: {detail}", now,
                              answered=own_id)]
+
+    def answer_unread(self, batch: Batch, key: str, delivery: Delivery, reason: str,
+                      detail: str, now: datetime) -> list[Outbound]:
+        """An update or desk event dead-lettered unread (outside the contract, or not sent
+        by the party it names) is answered ``update_refused``, as one refused for what it
+        asks, when its body still names a dossier its sender has a part in: an agency or
+        desk integrating without the SDK (which checks first) waited for an answer that
+        never came. The sender is the party the body names, or, with per-party users,
+        the one whose login sent it. Not answered: a stranger to the dossier, a code the
+        ledger does not have (the answer would tell whether it exists), a withdrawal by
+        submission id. Rare (a sender's bug), so the dossier is read for it alone."""
+        said = readable_fields(delivery.body)
+        code = said.get("dossier_code")
+        if not (isinstance(code, str) and 0 < len(code) <= DOSSIER_CODE_MAX
+                and code.isprintable()):  # what the ledger can be asked about
+            return []
+        engine = self.engine()
+        # an agency's status, by its schema (or, that unreadable, by naming no desk)
+        is_agency = str(said.get("schema", "")).startswith(
+            "casebroker.dossier.status/") or "desk_id" not in said
+        sender = unread_sender(self, delivery, said.get("agency_id" if is_agency
+                                                        else "desk_id"))
+        if self.screen.party_users:  # the login's party, whatever the body says
+            is_agency = sender in engine.agencies
+        if not isinstance(sender, str) or sender not in (engine.agencies if is_agency
+                                                         else engine.desks):
+            return []
+        row = self._load(batch, [code], engine.calendar.tz).get(code)
+        if row is None:
+            return []
+        dossier = _Dossier(row, row["seq"])
+        if _no_part(dossier, sender, is_agency) is not None:
+            return []
+        return [self._refusal(dossier, sender, is_agency,
+                              f"{reason}: {detail}: {_UNREAD_FOR_SENDER}", now, key)]
 
     def _load(self, batch: Batch, codes: Iterable[str], tz: tzinfo
               ) -> dict[str, dict[str, Any]]:
@@ -759,16 +797,23 @@ class StatusRouter(Consumer):
         notice answers (default: the update's ``update_id`` or ``event_id``)."""
         if answered is None:
             answered = str(getattr(msg, "update_id", None) or getattr(msg, "event_id", ""))
+        return self._refusal(dossier, _sender(msg), isinstance(msg, DossierStatus), reason,
+                             now, answered)
+
+    def _refusal(self, dossier: _Dossier, sender: str, is_agency: bool, reason: str,
+                 now: datetime, answered: str) -> Outbound:
+        """The ``update_refused`` notice to ``sender`` (an agency, or a desk), answering
+        the message id ``answered``."""
         # a 64-character agency id and a five-digit daily number would overflow 128
         message_id = kept_id(f"{dossier['code']}:update_refused:{answered}")
-        if isinstance(msg, DossierStatus):
+        if is_agency:
             notice = AgencyNotice(notice=NoticeKind.UPDATE_REFUSED,
-                                  dossier_code=dossier["code"], agency_id=msg.agency_id,
+                                  dossier_code=dossier["code"], agency_id=sender,
                                   state=dossier["state"], reason=reason, issued_at=now)
             return to_agency(self.topology, notice, message_id)
         desk_notice = DeskNotice(  # the ids from the row: a pruned submission has neither
             notice=NoticeKind.UPDATE_REFUSED, dossier_code=dossier["code"],
-            submission_id=dossier["submission_id"], desk_id=msg.desk_id,
+            submission_id=dossier["submission_id"], desk_id=sender,
             procedure_code=dossier["procedure_code"], state=dossier["state"],
             agency_id=dossier["agency_id"], reason=reason, issued_at=now)
         return to_desk(self.topology, desk_notice, message_id)
@@ -826,17 +871,27 @@ def _stranger(dossier: _Dossier, msg: Update) -> str | None:
     state, agency, procedure and submission id, and codes are sequential, so any desk
     could read them all. The sender is told only what it would be told of a code the
     ledger does not have (:meth:`StatusRouter._not_yours`)."""
-    if isinstance(msg, DossierStatus):
+    return _no_part(dossier, _sender(msg), isinstance(msg, DossierStatus))
+
+
+def _no_part(dossier: _Dossier, sender: str, is_agency: bool) -> str | None:
+    """Why ``sender`` (an agency, or a desk) has no part in the dossier (None: it has):
+    see :func:`_stranger`."""
+    if is_agency:
         # the agencies of the steps reached so far: a later step's agency has had nothing
         # of the dossier yet (and may never have: withdrawn, refused, stopped before it)
         reached = dossier["steps"][:max(dossier["step"], 1)]
-        if all(step["agency_id"] != msg.agency_id for step in reached):
-            return f"agency {shown_id(msg.agency_id)} is not an agency of this dossier"
+        if all(step["agency_id"] != sender for step in reached):
+            return f"agency {shown_id(sender)} is not an agency of this dossier"
         return None
-    if msg.desk_id not in (dossier["intake_desk_id"], dossier["return_desk_id"]):
-        return (f"desk {shown_id(msg.desk_id)} is neither this dossier's intake nor its "
+    if sender not in (dossier["intake_desk_id"], dossier["return_desk_id"]):
+        return (f"desk {shown_id(sender)} is neither this dossier's intake nor its "
                 "return desk")
     return None
+
+
+#: what the sender of an update dead-lettered unread is told, after the reason and detail
+_UNREAD_FOR_SENDER = "this one changed nothing: correct it and send it again"
 
 
 def _as_kept(copy: Any, submission_id: str) -> Any:

@@ -1,8 +1,9 @@
 """A submission dead-lettered unread (outside the contract, or sent by another desk than
 it names) tells its desk so, with a ``held`` notice, when its body still says which desk,
-submission and procedure it is. Before, a desk integrating without the SDK waited for a
-receipt that never came. The router's handler on the real ledger (SQLite and
-PostgreSQL), then through the real RabbitMQ."""
+submission and procedure it is; an update or desk event dead-lettered so is answered
+``update_refused`` when its body names a dossier its sender has a part in. Before, an
+agency or desk integrating without the SDK waited for an answer that never came. The
+handlers on the real ledger (SQLite and PostgreSQL), then through the real RabbitMQ."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pika.spec import BasicProperties
 
 from broker.amqp import REASON_HEADER, SENT_BY_HEADER, Delivery
 from broker.consumers.router import Router
+from broker.consumers.status import StatusRouter
 from broker.ledger import Ledger
 from broker.messages import CONTENT_TYPE, DeskNotice, decode, encode
 from broker.rules.catalog import load_catalog
@@ -141,3 +143,92 @@ def test_through_rabbitmq_the_desk_hears_and_its_correction_is_received(
                                                                  body["submission_id"])
     finally:
         amqp.close()
+
+
+def _status_router(ledger: Ledger, party_users: bool = False) -> StatusRouter:
+    engine = Engine(load_catalog(MINI_CATALOG))
+    return StatusRouter(lambda: engine, ledger, Topology("t"), clock=lambda: NOW,
+                        party_users=party_users, trusted_user="t.router")
+
+
+def _received(ledger: Ledger) -> tuple[str, str]:
+    """A dossier routed (desk T.MC.B): its code and its agency."""
+    out = _router(ledger).handle([intake_delivery(1, encode(dossier()), "submit:1")])
+    assigned = next(json.loads(o.body) for o in out if o.type == "dossier.assigned")
+    return assigned["dossier_code"], assigned["agency_id"]
+
+
+def _update(body: dict[str, Any], mid: str, user: str | None = None) -> Delivery:
+    return Delivery(1, json.dumps(body).encode(), BasicProperties(
+        content_type=CONTENT_TYPE, message_id=mid, type="dossier.status", user_id=user),
+        False, "status")
+
+
+def _status_body(code: str, agency: str, status: str = "finished") -> dict[str, Any]:
+    """An agency's status of no kind the contract knows: ``invalid_fields``."""
+    return {"schema": "casebroker.dossier.status/v1", "update_id": str(uuid.uuid4()),
+            "dossier_code": code, "agency_id": agency, "status": status,
+            "sent_at": "2026-11-25T10:00:00+07:00"}
+
+
+def test_an_invalid_update_is_answered_to_its_agency_with_the_dossiers_state(
+        ledger: Ledger) -> None:
+    code, agency = _received(ledger)
+    status = _status_router(ledger)
+    update = _update(_status_body(code, agency), "u1")
+    out = status.handle([update])
+    assert [o.exchange for o in out] == ["t.dlx", "t.agency"]
+    assert out[0].headers[REASON_HEADER] == "invalid_fields"
+    refused = json.loads(out[1].body)
+    assert (out[1].routing_key, out[1].message_id) == (agency, f"{code}:update_refused:u1")
+    assert {k: refused[k] for k in ("notice", "dossier_code", "agency_id", "state")} == {
+        "notice": "update_refused", "dossier_code": code, "agency_id": agency, "state": 2}
+    assert refused["reason"].startswith("invalid_fields: status: ")
+    assert refused["reason"].endswith("this one changed nothing: correct it and send it again")
+    assert "finished" not in refused["reason"]
+    # redelivered: the same again; corrected under the same id: applied
+    assert [(o.message_id, o.body) for o in status.handle([update])] == [
+        (o.message_id, o.body) for o in out]
+    fixed = _update(_status_body(code, agency, "accepted"), "u1")
+    assert [json.loads(o.body)["notice"] for o in status.handle([fixed])
+            if o.exchange == "t.desk"] == ["status_changed"]
+
+
+def test_an_invalid_desk_event_is_answered_to_its_desk_as_a_refusal_of_its_own(
+        ledger: Ledger) -> None:
+    code, _ = _received(ledger)
+    event = {"schema": "casebroker.dossier.returned/v1", "event_id": str(uuid.uuid4()),
+             "dossier_code": code, "desk_id": "T.MC.B", "satisfaction": "5",
+             "returned_at": "2026-11-25T10:00:00+07:00"}
+    out = _status_router(ledger).handle([_update(event, "e1")])
+    [(desk, _, refused)] = _notices(out, Topology("t"))
+    assert desk == "T.MC.B" and refused["notice"] == "update_refused"
+    assert refused["reason"].startswith("invalid_fields: satisfaction: ")
+    assert (refused["state"], refused["procedure_code"]) == (2, "1.001193")
+
+
+def test_a_stranger_or_a_code_nobody_has_gets_no_answer(ledger: Ledger) -> None:
+    # an answer would say whether the code exists, and the dossier's state
+    code, agency = _received(ledger)
+    status = _status_router(ledger)
+    for body in (_status_body(code, "T.SO.TP"),              # not this dossier's agency
+                 _status_body("T.UBND.A-261125-9999", agency),  # no such dossier
+                 _status_body(code, "T.NOWHERE"),            # no such agency
+                 {**_status_body(code, agency), "dossier_code": "X\u0000"},  # no code
+                 {**_status_body(code, agency), "dossier_code": "\ud800"}):  # a lone half
+        out = status.handle([_update(body, f"s{uuid.uuid4()}")])
+        assert [o.exchange for o in out] == ["t.dlx"], body
+
+
+def test_with_party_users_the_agency_whose_login_sent_it_is_answered(ledger: Ledger) -> None:
+    code, agency = _received(ledger)
+    status = _status_router(ledger, party_users=True)
+    # its own dossier, naming another agency (sender_mismatch): answered to itself
+    out = status.handle([_update(_status_body(code, "T.SO.TP", "accepted"), "p1",
+                                 user=f"t.{agency}")])
+    assert [(o.exchange, o.routing_key) for o in out] == [("t.dlx", "status"),
+                                                          ("t.agency", agency)]
+    assert json.loads(out[1].body)["reason"].startswith("sender_mismatch: published by ")
+    # another agency's login about this dossier: not its own, not answered
+    out = status.handle([_update(_status_body(code, agency), "p2", user="t.T.SO.TP")])
+    assert [o.exchange for o in out] == ["t.dlx"]
