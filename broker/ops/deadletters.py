@@ -12,9 +12,12 @@ Replay, and why it is safe to repeat (docs/RELIABILITY.md has the long form):
   back with that id would only replay the dead letter. A replay therefore gets a
   new id derived from the original: ``<original id>#replay<n>``, where ``n`` is one
   more than the ``x-casebroker-replays`` header the dead letter carries. The same
-  dead letter replayed twice (a crash between publish and ack) gets the same id
-  and the inbox drops the second; a replay that is dead-lettered again carries
-  ``n`` and its next replay is ``n + 1``, processed afresh.
+  dead letter replayed twice (a crash between publish and ack) gets the same id, and
+  the router answers the second with what it recorded for the first (set aside again,
+  if it was): two copies of one message then wait, which the next replay takes
+  together, replaying one and dropping the other (:func:`replay_dead`). A replay that
+  is dead-lettered again carries ``n`` and its next replay is ``n + 1``, processed
+  afresh.
 * A replayed dossier can never make a second dossier: the router dedupes on its
   ``submission_id`` whatever the message id.
 * Messages for agencies and desks (``dead.agency``, ``dead.desk``) go back to
@@ -477,8 +480,24 @@ def replay_dead(topology: Topology, queues: Iterable[str], ids: set[str] | None
     Returns (what was replayed, what was not and why). Each message is acked once its
     own publish is confirmed; one that cannot be replayed is put back and reported, and
     the others are replayed all the same.
+
+    A copy of a message already replayed in this run (the same original id and the same
+    body: a replay cut short before its ack leaves the copy in hand, and the router sets
+    its replay aside again beside it) is acked without being replayed again, and said
+    so (``duplicate_of``). Replayed, each copy came back as the other: two for ever.
     """
-    return _each(topology, queues, ids, lambda ch, which, msg: replay(ch, topology, which, msg))
+    replayed: dict[tuple[str, str, bytes], str] = {}
+
+    def act(ch: BlockingChannel, which: str, msg: Taken) -> dict[str, Any]:
+        same = (which, replay_id(msg)[1], hashlib.sha256(msg.body).digest())
+        if (first := replayed.get(same)) is not None:  # that one's publish is confirmed
+            return {"queue": which, "message_id": _shown(msg), "replayed_as": None,
+                    "duplicate_of": first, "exchange": None, "routing_key": None}
+        done = replay(ch, topology, which, msg)
+        replayed[same] = done["replayed_as"]
+        return done
+
+    return _each(topology, queues, ids, act)
 
 
 def discard_dead(topology: Topology, queues: Iterable[str], ids: set[str] | None
@@ -727,6 +746,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     ids = None if args.all else {shown_message_id(i) for i in args.id}
 
     def what(d: dict[str, Any]) -> str:
+        if d.get("duplicate_of"):
+            return (f"dropped: the same message as the copy replayed as "
+                    f"{d['duplicate_of']} in this run")
         return f"-> {d['exchange']} as {d['replayed_as']}"
 
     try:
@@ -737,6 +759,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     except CutShort as cut:
         _cut_short(args.json, "replayed", cut, what)
     _print_done(args.json, "replayed", done, failed, what)
+    if (dropped := sum(1 for d in done if d.get("duplicate_of"))) and not args.json:
+        print(f"({dropped} of them: a copy of a message replayed in this run, dropped, "
+              "not replayed again)")
     return _ended(ids, done, failed, "not replayed")
 
 
@@ -744,8 +769,8 @@ def _interrupted(as_json: bool, verb: str, stop: Interrupted,
                  what: Callable[[dict[str, Any]], str]) -> int:
     """Ctrl-C: what was done before it, as the command says it when it ends; status 130."""
     _print_done(as_json, verb, stop.done, stop.failed, what)
-    in_hand = (" (the one in hand may be in both places, under one id: replaying it again "
-               "is harmless)" if verb == "replayed" else "")
+    in_hand = (" (the one in hand may now be there twice: the next replay replays it once "
+               "and drops the other copy)" if verb == "replayed" else "")
     print(f"interrupted: only the messages above were {verb}; the others are where they "
           f"were{in_hand}", file=sys.stderr)
     return 130

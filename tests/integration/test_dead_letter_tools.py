@@ -913,3 +913,41 @@ def test_refuse_leaves_another_desks_dossier_under_a_taken_id_in_triage(
     assert dead.headers[REASON_HEADER] == "submission_id_reused"
     [held] = wait_for(lambda: amqp.json_all(t.desk_queue("T.MC.A")), what="desk A told")
     assert held["notice"] == "held" and held["reason"].startswith("submission_id_reused: ")
+
+
+def test_a_replay_cut_short_leaves_no_pair_that_every_later_replay_keeps(
+        declared: Topology, ledger: Ledger, run_broker: Callable[..., RunningBroker],
+        amqp: Amqp, capsys: pytest.CaptureFixture[str]) -> None:
+    # a replay killed after its publish, before its ack: the copy in hand came back, and
+    # the router set its replay aside again beside it. Each later replay sent each copy
+    # round as the other (#replay1 and #replay2, then #replay2 and #replay3...): two
+    # copies for ever, and two held notices to the desk each time (found by a review)
+    t = declared
+    run_broker()
+    d = dossier("9.999999")  # a procedure nobody routes: set aside at every replay
+    first = f"submit:{d.submission_id}"
+    amqp.submit(t, d)
+    wait_for(lambda: queue_depth(t.triage_queue) == 1, what="triaged")
+    # what the killed replay published, its ack never sent
+    amqp.publish(t.intake_exchange, INTAKE_KEY, encode(d), message_id=f"{first}#replay1",
+                 type="dossier.submitted", headers={"x-casebroker-replay-of": first,
+                                                    "x-casebroker-replays": 1})
+    wait_for(lambda: queue_depth(t.triage_queue) == 2, what="the pair in triage")
+    # the replay takes both (triage empty), replays one: set aside again, one copy
+    rc, out, err = cli(capsys, t, "dead-letters", "replay", "--queue", "triage", "--all")
+    assert rc == 0, err
+    assert out.splitlines()[:2] == [
+        f"triage: {first} -> {t.intake_exchange} as {first}#replay1",
+        f"triage: {first}#replay1 dropped: the same message as the copy replayed as "
+        f"{first}#replay1 in this run"]
+    assert out.splitlines()[-1] == ("(1 of them: a copy of a message replayed in this run, "
+                                    "dropped, not replayed again)")
+    wait_for(lambda: queue_depth(t.triage_queue) == 1, what="one copy set aside again")
+    # and so on: one copy at each replay, no pair
+    rc, out, err = cli(capsys, t, "dead-letters", "replay", "--queue", "triage", "--all")
+    assert rc == 0 and "dropped" not in out, err
+    wait_for(lambda: ledger.count_inbox_outcomes()["triaged:unknown_procedure"] == 3,
+             what="the second replay set aside")
+    wait_for(lambda: queue_depth(t.triage_queue) == 1, what="one copy set aside again")
+    [(props, body)] = amqp.get_all(t.triage_queue)
+    assert (props.message_id, body) == (f"{first}#replay2", encode(d))
