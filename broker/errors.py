@@ -71,6 +71,11 @@ class UnknownParty(RoutingError):
     """An unknown procedure, desk, agency or ward code."""
 
 
+#: the triage reason of a procedure the catalog does not have: the one no fix but a
+#: catalog change routes, and what `dead-letters refuse --procedure` refuses
+UNKNOWN_PROCEDURE = "unknown_procedure"
+
+
 class TransitionRefused(CasebrokerError):
     """A lifecycle transition the table forbids."""
 

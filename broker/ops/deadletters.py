@@ -38,6 +38,7 @@ import re
 import signal
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -58,7 +59,7 @@ from broker.amqp import (
 )
 from broker.cli import BY_MAX, DB_URL_HELP, catalog_option, system_user, words
 from broker.consumers.common import kept_id, to_desk
-from broker.errors import DecodeError
+from broker.errors import UNKNOWN_PROCEDURE, DecodeError
 from broker.ledger import Ledger, RawJSON, SubmissionOpened, refusal_notice
 from broker.lifecycle import State
 from broker.messages import (
@@ -908,11 +909,22 @@ def _cmd_refuse(args: argparse.Namespace) -> int:
     ids = {shown_message_id(i) for i in args.id or ()}
 
     procedure: str | None = args.procedure
+    #: copies of the procedure triaged for another reason than unknown_procedure: left
+    other_reasons: Counter[str] = Counter()
 
     def chosen(msg: Taken) -> bool:
-        if procedure is not None:
-            return _field_of(msg.body, "procedure_code") == procedure
-        return _shown(msg) in ids
+        if procedure is None:
+            return _shown(msg) in ids
+        if _field_of(msg.body, "procedure_code") != procedure:
+            return False
+        # only what no catalog fix routes: a procedure the catalog lacks. The same code
+        # triaged for a ward or a desk (area_not_served, unknown_desk...) may route once
+        # the catalog or the sender is fixed: refused by --procedure, it was lost for good
+        reason = _text(msg.headers.get(REASON_HEADER)) or "-"
+        if reason != UNKNOWN_PROCEDURE:
+            other_reasons[reason] += 1
+            return False
+        return True
 
     desks = set(load_catalog(args.catalog).desk_ids)
     ledger = Ledger(args.db_url, create=False)
@@ -938,8 +950,15 @@ def _cmd_refuse(args: argparse.Namespace) -> int:
     unseen = _unseen(ids, done, failed)
     if unseen:
         print(f"error: not in triage: {', '.join(sorted(unseen))}", file=sys.stderr)
+    if other_reasons:
+        told = ", ".join(f"{r}: {n}" for r, n in sorted(other_reasons.items()))
+        print(f"{sum(other_reasons.values())} dossier(s) of procedure {args.procedure} left "
+              f"in triage, set aside for another reason than {UNKNOWN_PROCEDURE} ({told}): "
+              "a fix of the catalog or of the dossier may route them; refuse one by --id",
+              file=sys.stderr)
     if args.procedure is not None and not done and not failed:
-        print(f"error: no dossier of procedure {args.procedure} in triage", file=sys.stderr)
+        print(f"error: no dossier of procedure {args.procedure} in triage as "
+              f"{UNKNOWN_PROCEDURE}", file=sys.stderr)
         return 1
     return 1 if failed or unseen else 0
 
@@ -1001,7 +1020,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     which.add_argument("--id", action="append",
                        help="message id of the dossier in triage (repeatable)")
     which.add_argument("--procedure", help="every dossier of this procedure code in triage "
-                       "(one the province does not take)")
+                       f"as {UNKNOWN_PROCEDURE} (one the province does not take); those "
+                       "set aside for another reason are left, and counted")
     p.add_argument("--reason", required=True, type=words(REASON_MAX),
                    help="why, for the desk to give the applicant (sent to the desk and kept "
                    "in the ledger; never logged)")

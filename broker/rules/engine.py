@@ -22,7 +22,7 @@ from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from broker.calendar import DurationUnit, OfficeHours, WorkingCalendar, parse_hhmm
-from broker.errors import RoutingError, UnknownParty
+from broker.errors import UNKNOWN_PROCEDURE, RoutingError, UnknownParty
 from broker.messages import DossierSubmitted, shown_id
 from broker.rules.catalog import (
     AtIntake,
@@ -371,7 +371,7 @@ class Engine:
     def _lookup(self, dossier: DossierSubmitted) -> tuple[_CompiledProcedure, Desk]:
         compiled = self._compiled.get(dossier.procedure_code)
         if compiled is None:
-            raise UnknownParty("unknown_procedure",
+            raise UnknownParty(UNKNOWN_PROCEDURE,
                                f"procedure {dossier.procedure_code} is not in the catalog")
         desk = self.desks.get(dossier.desk_id)
         if desk is None:

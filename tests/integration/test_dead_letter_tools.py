@@ -597,7 +597,22 @@ def test_refuse_takes_every_triaged_dossier_of_a_procedure_the_province_does_not
     for d in others:
         assert ledger.refusal(str(d.submission_id)) is not None
     rc, out, err = cli(capsys, t, *refuse)  # nothing of it left
-    assert rc == 1 and "no dossier of procedure 9.999998 in triage" in err
+    assert rc == 1 and "no dossier of procedure 9.999998 in triage as unknown_procedure" in err
+    # a procedure the catalog has, triaged for a ward no unit serves: a catalog fix may
+    # route it, so --procedure leaves it, and says so (it refused it for good)
+    amqp.submit(t, lost, message_id="lost-again")  # triage emptied by _ids above
+    wait_for(lambda: queue_depth(t.triage_queue) == 1, what="triaged again")
+    rc, out, err = cli(capsys, t, "dead-letters", "refuse", "--procedure", "1.001193",
+                       "--reason", "not here", "--catalog", str(MINI_CATALOG),
+                       "--db-url", ledger.url)
+    assert rc == 1 and out == "0 dossier(s) refused\n"
+    assert err.splitlines() == [
+        "1 dossier(s) of procedure 1.001193 left in triage, set aside for another reason "
+        "than unknown_procedure (area_not_served: 1): a fix of the catalog or of the dossier "
+        "may route them; refuse one by --id",
+        "error: no dossier of procedure 1.001193 in triage as unknown_procedure"]
+    assert _ids(amqp, t.triage_queue) == ["lost-again"]
+    assert ledger.refusal(str(lost.submission_id)) is None
 
 
 def test_a_channel_rabbitmq_closes_mid_replay_is_one_line_and_loses_nothing(
