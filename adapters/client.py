@@ -44,7 +44,6 @@ from broker.errors import CasebrokerError, DecodeError, without_values
 from broker.messages import (
     CONTENT_TYPE,
     MAX_BODY_BYTES,
-    MAX_BROKER_BODY_BYTES,
     AgencyNotice,
     AgencyStatus,
     DeskNotice,
@@ -56,7 +55,7 @@ from broker.messages import (
     DossierSupplemented,
     DossierWithdrawn,
     Message,
-    decode,
+    decode_sent,
     describe_validation_error,
     encode,
     kind_of,
@@ -721,9 +720,8 @@ class Inbox:
         props = delivery.properties
         body = delivery.body
         try:
-            message = decode(body.encode() if isinstance(body, str) else body,
-                             content_type=delivery.content_type,
-                             expected=INBOX_KINDS, max_bytes=MAX_BROKER_BODY_BYTES)
+            message = decode_sent(body.encode() if isinstance(body, str) else body,
+                                  content_type=delivery.content_type, expected=INBOX_KINDS)
         except DecodeError as e:
             # the reason code and detail never echo field values (no personal data)
             log.error("poison message %s on %s (%s); dead-lettering",

@@ -5,6 +5,7 @@ closes; and the simulator on a catalog of provincial agencies only."""
 
 from __future__ import annotations
 
+import json
 import random
 import secrets
 import signal
@@ -16,6 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import pika
 import pytest
 
 import adapters.client
@@ -372,3 +374,29 @@ def test_text_with_a_nul_character_is_refused_before_it_is_sent(live: Live) -> N
             pytest.raises(ValueError, match=r": reason: a NUL character"):
         agency.report(CODE, "rejected", reason="thiếu\x00giấy tờ")
     assert live.depth(t.intake_queue) == 0 and live.depth(t.status_queue) == 0
+
+
+def test_a_result_for_a_dossier_taken_under_looser_checks_reaches_the_handler(
+        live: Live) -> None:
+    # the broker moves on a dossier an earlier version took (an applicant's name of
+    # spaces: as_received), and its result_ready names that applicant as it is; the
+    # inbox refused it as poison and dead-lettered it, the result never handed over
+    t = live.topology
+    notice = json.loads(encode(desk_notice("T.MC.A", 1)))
+    notice.update(notice="result_ready", state=9, applicant={
+        "kind": "citizen", "name": "   ", "id_number": ID_NUMBER})
+    broken = json.loads(json.dumps(notice))
+    broken["state"] = 11  # no such state: still poison, whatever the applicant
+    got: list[Received] = []
+    with DeskClient("T.MC.A", topology=t) as desk:
+        for i, body in enumerate((notice, broken)):
+            live.channel.basic_publish(t.desk_exchange, "T.MC.A", json.dumps(body).encode(),
+                                       pika.BasicProperties(
+                                           content_type="application/json", delivery_mode=2,
+                                           message_id=f"old:{i}", type="desk.notice"))
+        assert desk.inbox().drain(got.append, timeout_s=1.0) == 1
+    [received] = got
+    assert received.message_id == "old:0"
+    assert received.message.applicant is not None
+    assert received.message.applicant.name == "   "  # type: ignore[union-attr]
+    assert live.wait_depth(t.dead_queue("desk"), 1) == 1  # the broken one, as before
