@@ -134,6 +134,12 @@ class QueueMissing(CasebrokerError):
         self.queue = queue
 
 
+class InboxUnreachable(CasebrokerError):
+    """An inbox's drain that ran out its ``timeout_s`` without ever subscribing: RabbitMQ
+    could not be reached, or did not answer, all that time. Nothing was taken; a drain run
+    on a schedule can tell this from a quiet queue, which returns 0."""
+
+
 class InboxRefused(CasebrokerError):
     """RabbitMQ refused an inbox its login, or the login may not read one of its queues.
     The drain ended; nothing was taken."""
@@ -589,7 +595,7 @@ class Inbox:
         conn = self.connection = self.client.connection.clone(
             heartbeat=INBOX_HEARTBEAT_S, transport_options=self.client._transport_options())
         self._last_delivery = time.monotonic()
-        subscribed = False
+        subscribed = ever = False
         failures = 0  # attempts to subscribe that failed in a row
         try:
             while not self._stop.is_set() and not self._idle_past(timeout_s):
@@ -598,12 +604,19 @@ class Inbox:
                 try:
                     if not subscribed:
                         self._consume(conn, handler)
-                        subscribed, failures = True, 0
+                        subscribed = ever = True
+                        failures = 0
                     self._step(conn, handler)
                 except conn.recoverable_connection_errors as e:
                     failures = 0 if subscribed else failures + 1
                     subscribed = False
                     self._recover(conn, e, failures, timeout_s)
+            if timeout_s is not None and not ever and failures and not self._stop.is_set():
+                # returned 0, a drain that could reach nothing was a quiet queue's
+                raise InboxUnreachable(
+                    f"inbox: could not subscribe to {', '.join(self.queues)} within "
+                    f"{timeout_s:g} s ({failures} attempt(s); the log says why): RabbitMQ "
+                    "out of reach, or not answering; nothing was taken")
             return self._handled
         finally:
             self._stop.clear()

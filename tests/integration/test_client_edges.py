@@ -26,6 +26,7 @@ from adapters.client import (
     DeskClient,
     Inbox,
     InboxRefused,
+    InboxUnreachable,
     PublishError,
     Received,
 )
@@ -354,9 +355,22 @@ def test_an_inbox_whose_link_goes_silent_while_it_subscribes_ends_its_drain(
         return subscribe(*args, **kwargs)
 
     monkeypatch.setattr(adapters.client, "Consumer", stalling)
-    with DeskClient("T.MC.A", url=link.url, topology=t, confirm_timeout_s=1.0) as desk:
-        assert desk.inbox().drain(lambda r: None, timeout_s=3) == 0
+    with DeskClient("T.MC.A", url=link.url, topology=t, confirm_timeout_s=1.0) as desk, \
+            pytest.raises(InboxUnreachable, match="could not subscribe to .* within 3 s"):
+        desk.inbox().drain(lambda r: None, timeout_s=3)
     assert not watchdog.fired.is_set(), "the drain waited for RabbitMQ past its timeout"
+
+
+@pytest.mark.parametrize("url", [
+    "amqp://guest:guest@nohost.invalid:5672/%2F",  # a name that does not resolve
+    "amqp://guest:guest@127.0.0.1:1/%2F",           # nothing listening
+])
+def test_a_drain_that_never_reached_rabbitmq_says_so_not_zero(live: Live, url: str) -> None:
+    # it returned 0, as for a queue with nothing in it: a drain on a schedule could not
+    # tell an outage from a quiet day (found by a review)
+    with DeskClient("T.MC.A", url=url, topology=live.topology) as desk, \
+            pytest.raises(InboxUnreachable, match=r"within 1\.5 s .*nothing was taken"):
+        desk.inbox().drain(lambda r: None, timeout_s=1.5)
 
 
 def test_text_with_a_nul_character_is_refused_before_it_is_sent(live: Live) -> None:
