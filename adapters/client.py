@@ -833,6 +833,14 @@ def _failure(error: BaseException, timeout_s: float) -> str:
         return (f"RabbitMQ did not answer within {timeout_s:g} s (the link is lost, or the "
                 "node overloaded); it may not have the message: send it again under the "
                 "same message id")
+    # the login: no retry under the same message id helps, the URL must change
+    if isinstance(error, AccessRefused):
+        return (f"RabbitMQ refused the login ({error.reply_text}): check the user and "
+                "password in the URL; nothing was sent")
+    if isinstance(error, NotAllowed):
+        return (f"RabbitMQ refused the login ({error.reply_text}): check the virtual host "
+                "in the URL, and that the user has permissions on it (`casebroker users "
+                "plan`); nothing was sent")
     return str(error)
 
 

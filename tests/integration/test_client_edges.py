@@ -414,3 +414,17 @@ def test_a_result_for_a_dossier_taken_under_looser_checks_reaches_the_handler(
     assert received.message.applicant is not None
     assert received.message.applicant.name == "   "  # type: ignore[union-attr]
     assert live.wait_depth(t.dead_queue("desk"), 1) == 1  # the broken one, as before
+
+
+def test_a_publish_whose_login_is_refused_says_so_in_words(live: Live) -> None:
+    # py-amqp's "(0, 0): (403) ACCESS_REFUSED - Login was refused using authentication
+    # mechanism PLAIN..." under a PublishError whose advice, retry under the same id,
+    # could never help (found by a review)
+    base = urllib.parse.urlsplit(amqp_url())
+    url = f"amqp://guest:not-the-password@{base.hostname}:{base.port or 5672}/%2F"
+    with DeskClient("T.MC.A", url=url, topology=live.topology) as desk, \
+            pytest.raises(PublishError) as e:
+        desk.submit(dossier())
+    assert "RabbitMQ refused the login (" in str(e.value)
+    assert "check the user and password in the URL; nothing was sent" in str(e.value)
+    assert "not-the-password" not in str(e.value)
