@@ -376,8 +376,13 @@ class DeskClient(BrokerClient):
         self.desk_id = desk_id
         self.own_queue = self.topology.desk_queue(desk_id)
 
-    def submit(self, dossier: DossierSubmitted) -> str:
+    def submit(self, dossier: DossierSubmitted | Mapping[str, Any]) -> str:
         """Submit a dossier to intake; a retried submit keeps its id so it is deduplicated.
+
+        The dossier is a :class:`DossierSubmitted`, or its fields as a mapping (as the
+        contract names them), which the SDK checks: a ``ValueError`` naming each field the
+        contract refuses and why, never its value (pydantic's own error, raised building a
+        ``DossierSubmitted``, quotes the input: a phone, an id number).
 
         Give a new dossier a ``submission_id`` from :func:`new_id` (time-ordered, so the
         ledger's indexes grow at their end); any UUID is accepted. The dossier must name
@@ -400,6 +405,8 @@ class DeskClient(BrokerClient):
         may end in a refusal with no code, state 3, from the operator
         (``casebroker dead-letters refuse``): final, like any refusal at intake.
         """
+        if isinstance(dossier, Mapping):
+            dossier = _message(DossierSubmitted, **dossier)
         if dossier.desk_id != self.desk_id:
             raise ValueError(f"dossier names desk {shown_id(dossier.desk_id)}, this client "
                              f"is desk {self.desk_id}: nothing was sent")

@@ -428,3 +428,17 @@ def test_a_publish_whose_login_is_refused_says_so_in_words(live: Live) -> None:
     assert "RabbitMQ refused the login (" in str(e.value)
     assert "check the user and password in the URL; nothing was sent" in str(e.value)
     assert "not-the-password" not in str(e.value)
+
+
+def test_a_dossier_given_as_its_fields_is_checked_naming_never_quoting(live: Live) -> None:
+    # submit() took only a DossierSubmitted: a dict failed with AttributeError, and the
+    # integrator building one met pydantic's error, which quotes the input (an id number)
+    t = live.topology
+    fields = json.loads(encode(dossier()))
+    bad = {**fields, "applicant": {**fields["applicant"], "ward_code": f"p{ID_NUMBER}"}}
+    with DeskClient("T.MC.A", topology=t) as desk:
+        with pytest.raises(ValueError, match=r"applicant\.ward_code") as e:
+            desk.submit(bad)
+        assert ID_NUMBER not in str(e.value) and "nothing was sent" in str(e.value)
+        assert desk.submit(fields) == f"submit:{fields['submission_id']}"
+    assert live.depth(t.intake_queue) == 1
