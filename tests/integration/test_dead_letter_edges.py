@@ -282,9 +282,10 @@ def test_a_refuse_the_ledger_cuts_short_says_what_it_refused_before(
     # empty, so the operator could not tell what was done
     t = declared
     triaged = [dossier("9.999999") for _ in range(3)]
-    for d in triaged:
+    for d in triaged:  # as the router sets them aside
         amqp.publish(t.dead_letter_exchange, "triage", encode(d),
-                     message_id=f"submit:{d.submission_id}", type="dossier.submitted")
+                     message_id=f"submit:{d.submission_id}", type="dossier.submitted",
+                     headers={REASON_HEADER: "unknown_procedure", SOURCE_HEADER: "intake"})
     real_refuse = Ledger.refuse
     calls: list[str] = []
 
