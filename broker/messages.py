@@ -808,6 +808,8 @@ def decode_sent(body: bytes, *, content_type: str | None, expected: frozenset[st
 def _loosely(body: bytes, expected: frozenset[str]) -> Message | None:
     """The message of a body whose applicant and subject are built unchecked, or None if
     it fails the contract all the same (elsewhere than in them)."""
+    if nul_in_text(body) is not None:  # refused in any field, as decode() refuses it
+        return None
     data = json.loads(body)
     if not isinstance(data, dict):
         return None

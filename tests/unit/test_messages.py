@@ -472,3 +472,30 @@ def test_json_with_its_utf8_charset_said_is_json(content_type: str, taken: bool)
         with pytest.raises(DecodeError) as e:
             decode(_body(), content_type=content_type)
         assert e.value.reason == "wrong_content_type"
+
+
+def test_what_casebroker_sends_is_taken_loosely_only_in_the_applicant_and_subject() -> None:
+    # an applicant an earlier version took (a name of spaces) is taken as it is, so that
+    # the SDK's inbox hands the result over; anything else outside the contract is not
+    import json as _json
+
+    from broker.errors import DecodeError
+    from broker.messages import DeskNotice, NoticeKind, decode_sent, encode
+
+    notice = _json.loads(encode(DeskNotice(
+        notice=NoticeKind.RESULT_READY, dossier_code="T.UBND.A-261125-0001",
+        submission_id=uuid.uuid4(), desk_id="T.MC.A", procedure_code="1.001193", state=9,
+        issued_at=datetime(2026, 11, 25, 3, 0, tzinfo=UTC))))
+    kinds = frozenset({"desk.notice"})
+    old = {**notice, "applicant": {"kind": "citizen", "name": "   ", "id_number": "1"}}
+    taken = decode_sent(_json.dumps(old).encode(), content_type=None, expected=kinds)
+    assert isinstance(taken, DeskNotice) and taken.applicant is not None
+    assert taken.applicant.name == "   "
+    for broken in ({**old, "state": 11},                      # elsewhere: refused
+                   {**old, "applicant": {**old["applicant"], "name": "An\x00"}},  # a NUL
+                   {**notice, "state": 11}):                  # no applicant to blame
+        with pytest.raises(DecodeError):
+            decode_sent(_json.dumps(broken).encode(), content_type=None, expected=kinds)
+    with pytest.raises(DecodeError, match="unexpected_kind|not accepted"):
+        decode_sent(_json.dumps(old).encode(), content_type=None,
+                    expected=frozenset({"agency.notice"}))
