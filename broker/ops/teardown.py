@@ -77,8 +77,8 @@ def delete(topology: Topology, catalog: Catalog, management_url: str, force: boo
     if not found:
         # a mistyped prefix deleted nothing and said "deleted 0 queues": as if done.
         # Still exit 0: a teardown run twice, or after a partial one, has nothing left
-        print(f"nothing to delete: no queue under {topology.prefix!r} (is that the prefix "
-              "meant? --prefix, CASEBROKER_PREFIX)")
+        print(f"no queue under {topology.prefix!r} to delete (its exchanges, if it had "
+              "any, are deleted): is that the prefix meant? --prefix, CASEBROKER_PREFIX")
         return 0
     print(f"deleted {deleted} queues and the exchanges under {topology.prefix!r}"
           + (f" ({lost} message(s) with them)" if lost else ""))

@@ -451,8 +451,9 @@ def test_topology_delete_keeps_what_queues_hold_unless_forced(
                 if n.startswith(t.prefix + ".")] == []
         # again (or under a mistyped prefix): nothing there, said so, and no failure
         rc, out, err = cli(capsys, t, "topology", "delete", "--catalog", str(MINI_CATALOG))
-        assert rc == 0 and out == (f"nothing to delete: no queue under {t.prefix!r} (is that "
-                                   "the prefix meant? --prefix, CASEBROKER_PREFIX)\n")
+        assert rc == 0 and out == (f"no queue under {t.prefix!r} to delete (its exchanges, "
+                                   "if it had any, are deleted): is that the prefix meant? "
+                                   "--prefix, CASEBROKER_PREFIX\n")
     finally:
         delete_topology(amqp_url(), t, mini)
         amqp.ch.queue_delete(extra)
