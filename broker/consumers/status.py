@@ -233,17 +233,12 @@ class StatusRouter(Consumer):
         sender's bug), so the dossier is read for it alone."""
         # a withdrawal by submission id has no code: one applied closed a held submission,
         # which has no dossier (one whose id opened a dossier was refused, not applied)
-        code = message.dossier_code
-        row = (self._load(batch, [code], self.engine().calendar.tz).get(code)
-               if code is not None else None)
-        if row is None:
-            return []
-        dossier = _Dossier(row, row["seq"])
-        if _stranger(dossier, message) is not None:
+        if message.dossier_code is None:
             return []
         # under the copy's own id: the first message under that id may have had a refusal
-        return [self._refuse(dossier, message, f"message_id_reused: {detail}", now,
-                             answered=own_id)]
+        return self._answer_party(batch, message.dossier_code, _sender(message),
+                                  isinstance(message, DossierStatus),
+                                  f"message_id_reused: {detail}", now, own_id)
 
     def answer_unread(self, batch: Batch, key: str, delivery: Delivery, reason: str,
                       detail: str, now: datetime) -> list[Outbound]:
@@ -271,14 +266,22 @@ class StatusRouter(Consumer):
         if not isinstance(sender, str) or sender not in (engine.agencies if is_agency
                                                          else engine.desks):
             return []
-        row = self._load(batch, [code], engine.calendar.tz).get(code)
+        return self._answer_party(batch, code, sender, is_agency,
+                                  f"{reason}: {detail}: {_UNREAD_FOR_SENDER}", now, key)
+
+    def _answer_party(self, batch: Batch, code: str, sender: str, is_agency: bool,
+                      reason: str, now: datetime, answered: str) -> list[Outbound]:
+        """The ``update_refused`` notice to ``sender`` of a message dead-lettered before it
+        was judged, if the ledger has the dossier ``code`` and ``sender`` has a part in it
+        (a stranger is told nothing, not even whether the code exists); else none. The
+        dossier is read for it alone: rare (a sender's bug)."""
+        row = self._load(batch, [code], self.engine().calendar.tz).get(code)
         if row is None:
             return []
         dossier = _Dossier(row, row["seq"])
         if _no_part(dossier, sender, is_agency) is not None:
             return []
-        return [self._refusal(dossier, sender, is_agency,
-                              f"{reason}: {detail}: {_UNREAD_FOR_SENDER}", now, key)]
+        return [self._refusal(dossier, sender, is_agency, reason, now, answered)]
 
     def _load(self, batch: Batch, codes: Iterable[str], tz: tzinfo
               ) -> dict[str, dict[str, Any]]:
@@ -562,8 +565,7 @@ class StatusRouter(Consumer):
             out.append(self._resume(engine, dossier, msg, seq, at, now))
         elif event == Event.HAND_OFF:
             # the next agency gets the dossier as it stands: supplements and earlier results
-            extra = dossier["flags"].get(SUPPLEMENTS, []) + results
-            out.append(self._hand_off(engine, dossier, [Document(**r) for r in extra], at))
+            out.append(self._hand_off(engine, dossier, _gathered(dossier), at))
             if dossier["watch_level"] >= AT_RISK:  # the watch told the agency before
                 out.append(handed_on(
                     self.topology, dossier["code"], dossier["agency_id"], dossier["step"],
@@ -722,10 +724,8 @@ class StatusRouter(Consumer):
         what a supplement must leave room for, or no agency could ever hand it on."""
         if dossier["step"] >= len(dossier["steps"]):
             return []
-        gathered = (dossier["flags"].get(SUPPLEMENTS, [])
-                    + dossier["flags"].get(RESULTS, []))
         return [self._assignment(dossier, dossier["step"] + 1, dossier["step_due_at"],
-                                 [Document(**d) for d in gathered])]
+                                 _gathered(dossier))]
 
     def _agency_notice(self, dossier: _Dossier, kind: NoticeKind, seq: int, now: datetime,
                        reason: str | None = None, documents: list[Document] | None = None,
@@ -872,6 +872,14 @@ def _stranger(dossier: _Dossier, msg: Update) -> str | None:
     could read them all. The sender is told only what it would be told of a code the
     ledger does not have (:meth:`StatusRouter._not_yours`)."""
     return _no_part(dossier, _sender(msg), isinstance(msg, DossierStatus))
+
+
+def _gathered(dossier: _Dossier) -> list[Document]:
+    """What the chain's next agency gets beside the dossier's own documents: the
+    supplements the citizen brought and every earlier step's results (this update's
+    too, once :meth:`StatusRouter._effects` has added them)."""
+    flags = dossier["flags"]
+    return [Document(**d) for d in flags.get(SUPPLEMENTS, []) + flags.get(RESULTS, [])]
 
 
 def _no_part(dossier: _Dossier, sender: str, is_agency: bool) -> str | None:
