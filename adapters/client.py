@@ -652,13 +652,8 @@ class Inbox:
         a login or queue it refuses InboxRefused."""
         try:
             conn.ensure_connection(max_retries=0, reraise_as_library_errors=False)
-        except AccessRefused as e:
-            raise InboxRefused(f"inbox: RabbitMQ refused the login ({e.reply_text}): check "
-                               "the user and password in the URL") from None
-        except NotAllowed as e:  # a login RabbitMQ knows, but not on this virtual host
-            raise InboxRefused(f"inbox: RabbitMQ refused the login ({e.reply_text}): check "
-                               "the virtual host in the URL, and that the user has "
-                               "permissions on it (`casebroker users plan`)") from None
+        except (AccessRefused, NotAllowed) as e:
+            raise InboxRefused(f"inbox: {_login_refused(e)}") from None
         channel = conn.channel()
         # py-amqp would turn bodies with a content_encoding into str; decode() wants the bytes
         channel.auto_decode = False
@@ -841,14 +836,18 @@ def _failure(error: BaseException, timeout_s: float) -> str:
                 "node overloaded); it may not have the message: send it again under the "
                 "same message id")
     # the login: no retry under the same message id helps, the URL must change
-    if isinstance(error, AccessRefused):
-        return (f"RabbitMQ refused the login ({error.reply_text}): check the user and "
-                "password in the URL; nothing was sent")
-    if isinstance(error, NotAllowed):
-        return (f"RabbitMQ refused the login ({error.reply_text}): check the virtual host "
-                "in the URL, and that the user has permissions on it (`casebroker users "
-                "plan`); nothing was sent")
+    if isinstance(error, AccessRefused | NotAllowed):
+        return f"{_login_refused(error)}; nothing was sent"
     return str(error)
+
+
+def _login_refused(error: AccessRefused | NotAllowed) -> str:
+    """A login RabbitMQ refused, in words: its user or password (AccessRefused), or a
+    virtual host it may not use (NotAllowed)."""
+    check = ("the user and password in the URL" if isinstance(error, AccessRefused) else
+             "the virtual host in the URL, and that the user has permissions on it "
+             "(`casebroker users plan`)")
+    return f"RabbitMQ refused the login ({error.reply_text}): check {check}"
 
 
 def _log_retry(exc: BaseException, interval_s: float) -> None:

@@ -783,11 +783,17 @@ def as_received(data: Mapping[str, Any]) -> DossierSubmitted:
     try:
         return DossierSubmitted.model_validate(data)
     except ValidationError:
-        loose = dict(data)
-        loose["applicant"] = Applicant.model_construct(**data["applicant"])
-        if data.get("subject") is not None:
-            loose["subject"] = Subject.model_construct(**data["subject"])
-        return DossierSubmitted.model_validate(loose)
+        return DossierSubmitted.model_validate(_people_unchecked(data))
+
+
+def _people_unchecked(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with its applicant and subject (when objects) built as they are, unchecked:
+    what an earlier version's looser checks may have let into them."""
+    loose = dict(data)
+    for key, model in (("applicant", Applicant), ("subject", Subject)):
+        if isinstance(data.get(key), Mapping):
+            loose[key] = model.model_construct(**data[key])
+    return loose
 
 
 def decode_sent(body: bytes, *, content_type: str | None, expected: frozenset[str],
@@ -818,12 +824,8 @@ def _loosely(body: bytes, expected: frozenset[str]) -> Message | None:
     if model is None or kind not in expected or not any(
             isinstance(data.get(k), dict) for k in ("applicant", "subject")):
         return None
-    if isinstance(data.get("applicant"), dict):
-        data["applicant"] = Applicant.model_construct(**data["applicant"])
-    if isinstance(data.get("subject"), dict):
-        data["subject"] = Subject.model_construct(**data["subject"])
     try:
-        return cast(Message, model.model_validate(data))
+        return cast(Message, model.model_validate(_people_unchecked(data)))
     except ValidationError:
         return None
 
