@@ -41,6 +41,7 @@ import pika
 from pika.adapters.select_connection import SelectConnection
 
 from broker.amqp_worker import (
+    DEAD_SINCE_HEADER,
     DETAIL_HEADER,
     INTERNAL_ERROR,
     MAX_BOUNDED_RETRIES,
@@ -54,16 +55,17 @@ from broker.amqp_worker import (
     CoalescingConnection,
     Delivery,
     QueueWorker,
+    header_time,
     properties_for,
 )
 from broker.errors import StartupError, shown_url, without_values
 
-__all__ = ["CONNECT_NARRATORS", "DEFAULT_AMQP_URL", "DETAIL_HEADER", "INTERNAL_ERROR",
-           "MAX_BOUNDED_RETRIES",
+__all__ = ["CONNECT_NARRATORS", "DEAD_SINCE_HEADER", "DEFAULT_AMQP_URL", "DETAIL_HEADER",
+           "INTERNAL_ERROR", "MAX_BOUNDED_RETRIES",
            "ORIGINAL_EXCHANGE_HEADER", "ORIGINAL_KEY_HEADER", "REASON_HEADER", "REPLAY_OF_HEADER",
            "SENT_BY_HEADER", "SOURCE_HEADER", "BatchHandler", "ConsumerService",
            "ConsumerSettings", "Delivery", "Hooks", "amqp_url", "amqp_urls",
-           "connection_error_text", "properties_for", "shown_url"]
+           "connection_error_text", "header_time", "properties_for", "shown_url"]
 
 log = logging.getLogger(__name__)
 

@@ -54,6 +54,10 @@ ORIGINAL_KEY_HEADER = "x-original-routing-key"
 SENT_BY_HEADER = "x-casebroker-sent-by"
 #: on a replayed dead letter: the message id it was first dead-lettered under
 REPLAY_OF_HEADER = "x-casebroker-replay-of"
+#: on a replayed dead letter: when it was set aside at the latest (ISO 8601), as RabbitMQ's
+#: ``x-death`` or casebroker's own dead letter dated it; a desk's supplement set aside
+#: before the supplement request now waiting was made answers an earlier one (stale)
+DEAD_SINCE_HEADER = "x-casebroker-dead-since"
 #: the reason of a delivery dead-lettered because casebroker's own code failed on it
 #: alone (:meth:`BatchHandler.internal_error`): a bug, which an alert pages for
 INTERNAL_ERROR = "internal_error"
@@ -201,6 +205,21 @@ def _read_any_timestamp() -> None:
 
 
 _read_any_timestamp()
+
+
+def header_time(value: Any) -> datetime | None:
+    """A time a header holds (an AMQP timestamp, or ISO 8601 text with its offset), or
+    None for anything else: a sender may put anything in a header."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str) and len(value) <= 64:
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    if isinstance(value, datetime) and value.utcoffset() is not None:
+        return value
+    return None
 
 
 def properties_for(out: Outbound, user_id: str | None) -> BasicProperties:

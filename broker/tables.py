@@ -295,6 +295,10 @@ CALENDAR_ENDS = "calendar_ends"
 #: in a dossier's ``flags`` while it waits for a supplement: the state the request found
 #: it in (2 or 4), where the supplement brings it back (``lifecycle.apply``)
 PAUSED_FROM = "paused_from"
+#: in a dossier's ``flags`` while it waits for a supplement: when casebroker recorded the
+#: request (its own clock; ``paused_at`` is when the agency says it asked): a supplement
+#: set aside before then, replayed, answers an earlier request
+PAUSE_RECORDED = "pause_recorded_at"
 #: in a dossier's ``flags``: when the last update applied to it happened, as its sender
 #: dated it (``sent_at``, ``returned_at``), within what the ledger knows (the status
 #: router's :func:`~broker.consumers.status.happened_at`): no later update of the dossier

@@ -33,7 +33,7 @@ from datetime import datetime, timedelta, tzinfo
 from typing import Any
 from uuid import UUID
 
-from broker.amqp import Delivery
+from broker.amqp import DEAD_SINCE_HEADER, Delivery, header_time
 from broker.calendar import DurationUnit
 from broker.consumers.common import (
     Consumer,
@@ -81,6 +81,7 @@ from broker.tables import (
     AGENCY_SENT_AT,
     CALENDAR_ENDS,
     EVENT_AT,
+    PAUSE_RECORDED,
     PAUSED_FROM,
     PRUNED_KEY,
     RESULTS,
@@ -179,6 +180,39 @@ def happened_at(dossier: _Dossier, msg: Update, now: datetime,
     if max_back is not None:
         floor = max(floor, now - max_back)
     return max(floor, min(said, now))
+
+
+#: the header's times are whole seconds (an AMQP timestamp): a supplement set aside within
+#: one of the request is not judged older than it
+_DEAD_SINCE_GRAIN = timedelta(seconds=1)
+
+
+def _dead_since(delivery: Delivery, msg: Update) -> datetime | None:
+    """When a replayed desk supplement was set aside (``x-casebroker-dead-since``, which
+    ``dead-letters replay`` sets): no later than the broker first had it. Only a
+    supplement is judged by it, and only ever to be refused: a sender that sets the
+    header on its own message harms nobody but itself."""
+    if not isinstance(msg, DossierSupplemented):
+        return None
+    return header_time((delivery.properties.headers or {}).get(DEAD_SINCE_HEADER))
+
+
+def _answers_earlier(dossier: _Dossier, dead_since: datetime | None) -> str | None:
+    """Why a supplement replayed from a dead-letter queue is refused as stale: it was set
+    aside before the supplement request now waiting was recorded, so it was sent for an
+    earlier one (its desk has sent that one's documents since, or the dossier would not
+    have been asked again), and it would answer this one with the old documents."""
+    if dead_since is None or dossier["state"] != State.SUPPLEMENT_REQUESTED:
+        return None
+    recorded = dossier["flags"].get(PAUSE_RECORDED)
+    # a request recorded before the flag was kept: when the agency said it asked, no
+    # later than its record
+    asked = datetime.fromisoformat(recorded) if recorded else dossier["paused_at"]
+    if asked is None or dead_since + _DEAD_SINCE_GRAIN > asked:
+        return None
+    return (f"stale: this supplement was set aside at {dead_since.isoformat()}, before the "
+            f"supplement request now waiting was made ({asked.isoformat()}): it answers an "
+            "earlier request; send the documents asked for now as a new supplement")
 
 
 def _calendar_end(engine: Engine, dossier: _Dossier, recorded: dict[str, str], key: str,
@@ -323,7 +357,8 @@ class StatusRouter(Consumer):
                     out += answer
                     continue
                 published, outcome, reason = self._apply(engine, dossier, mid, msg, batch, now,
-                                                         changed=mid != delivery_id(d))
+                                                         changed=mid != delivery_id(d),
+                                                         dead_since=_dead_since(d, msg))
                 batch.record(mid, self.source, outcome, msg.dossier_code, published, now)
                 self._count(outcome, reason)
                 out += published
@@ -454,13 +489,16 @@ class StatusRouter(Consumer):
             reason=reason, issued_at=now), message_id)
 
     def _apply(self, engine: Engine, dossier: _Dossier, mid: str, msg: Update, batch: Batch,
-               now: datetime, changed: bool = False) -> tuple[list[Outbound], str, str]:
+               now: datetime, changed: bool = False, dead_since: datetime | None = None
+               ) -> tuple[list[Outbound], str, str]:
         """Apply one update, or refuse it; (messages, inbox outcome, metric reason).
         ``changed``: a copy that differs from the first under its message id, ``mid`` its
         own id: refused, it is answered under that id (the first copy's refusal went out
-        under the update's, with other words, which a receiver would drop as a repeat)."""
+        under the update's, with other words, which a receiver would drop as a repeat).
+        ``dead_since``: a replayed supplement's time of being set aside (:func:`_dead_since`)."""
         refusal, reason = self._sender_problem(dossier, msg), ""
-        if refusal is None and (stale := self._stale(dossier, msg)) is not None:
+        if refusal is None and (stale := (self._stale(dossier, msg)
+                                          or _answers_earlier(dossier, dead_since))) is not None:
             refusal, reason = stale, STALE
         if refusal is None and isinstance(msg, DossierStatus):
             refusal = msg.unsaid()  # a refusal or a stop without its reason: answered
@@ -560,7 +598,8 @@ class StatusRouter(Consumer):
             dossier.set(finished_at=at)
         if event == Event.REQUEST_SUPPLEMENT:
             # where the supplement brings it back: received, if asked for on receipt
-            dossier.set(paused_at=at, flags={**dossier["flags"], PAUSED_FROM: int(old_state)})
+            dossier.set(paused_at=at, flags={**dossier["flags"], PAUSED_FROM: int(old_state),
+                                             PAUSE_RECORDED: now.isoformat()})
         elif event == Event.SUPPLEMENT:
             out.append(self._resume(engine, dossier, msg, seq, at, now))
         elif event == Event.HAND_OFF:
@@ -618,7 +657,8 @@ class StatusRouter(Consumer):
         wall = at - paused_at
         assert isinstance(msg, DossierSupplemented)
         supplements = [d.model_dump(mode="json") for d in msg.documents]
-        flags = {k: v for k, v in dossier["flags"].items() if k != PAUSED_FROM}
+        flags = {k: v for k, v in dossier["flags"].items()
+                 if k not in (PAUSED_FROM, PAUSE_RECORDED)}
         dossier.set(paused_at=None, flags={
             **flags, SUPPLEMENTS: flags.get(SUPPLEMENTS, []) + supplements})
         procedure = engine.procedures.get(dossier["procedure_code"])

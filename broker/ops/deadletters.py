@@ -41,13 +41,14 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NoReturn, get_args
 
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPError, NackError, UnroutableError
 
 from broker.amqp import (
+    DEAD_SINCE_HEADER,
     DETAIL_HEADER,
     ORIGINAL_EXCHANGE_HEADER,
     ORIGINAL_KEY_HEADER,
@@ -55,6 +56,7 @@ from broker.amqp import (
     REPLAY_OF_HEADER,
     SENT_BY_HEADER,
     SOURCE_HEADER,
+    header_time,
     properties_for,
 )
 from broker.cli import BY_MAX, DB_URL_HELP, catalog_option, system_user, words
@@ -108,7 +110,7 @@ _DEAD_HEADERS = frozenset({REASON_HEADER, DETAIL_HEADER, SOURCE_HEADER, "x-death
                            "x-first-death-exchange", "x-first-death-queue",
                            "x-first-death-reason", "x-delivery-count", "x-original-type",
                            "x-original-content-type", ORIGINAL_EXCHANGE_HEADER,
-                           ORIGINAL_KEY_HEADER, SENT_BY_HEADER})
+                           ORIGINAL_KEY_HEADER, SENT_BY_HEADER, DEAD_SINCE_HEADER})
 #: message fields `show` prints: ids, codes, kinds, states, timestamps (no personal data)
 _SHOWN = frozenset({
     "schema", "submission_id", "update_id", "event_id", "dossier_code", "procedure_code",
@@ -136,6 +138,24 @@ def replay_id(msg: Taken) -> tuple[str, str, int]:
     original = (_text(of) if isinstance(of, str | bytes) else None) or msg.message_id
     generation = replays(headers) + 1
     return f"{original}#replay{generation}", original, generation
+
+
+def dead_since(msg: Taken) -> datetime | None:
+    """When a dead letter was set aside at the latest: its oldest ``x-death`` (RabbitMQ's
+    delivery limit), the dead letter's own timestamp where casebroker set it aside (a
+    reason header: published by the router as it judged the delivery), or what an earlier
+    replay recorded; None where nothing says. Later than the delivery's first arrival, so
+    a replay judged by it is never taken for older than it is."""
+    headers = msg.headers
+    deaths = headers.get("x-death")
+    times = [t for death in (deaths if isinstance(deaths, list) else [])
+             if isinstance(death, dict) and (t := header_time(death.get("time"))) is not None]
+    stamp = msg.properties.timestamp
+    if REASON_HEADER in headers and isinstance(stamp, int) and 0 < stamp < 2**40:
+        times.append(datetime.fromtimestamp(stamp, UTC))
+    if (earlier := header_time(headers.get(DEAD_SINCE_HEADER))) is not None:
+        times.append(earlier)
+    return min(times, default=None)
 
 
 def replays(headers: dict[str, Any]) -> int:
@@ -236,6 +256,8 @@ def replay(ch: BlockingChannel, topology: Topology, which: str, msg: Taken) -> d
             # after its batch committed and while its publishes were refused: under its
             # own id the inbox republishes what it recorded, or it is processed afresh
             new_id = msg.message_id
+        if (since := dead_since(msg)) is not None:  # a supplement's staleness is judged by it
+            headers[DEAD_SINCE_HEADER] = since.astimezone(UTC).isoformat()
         first_sender = sent_by(msg.properties)
         if first_sender is not None:
             # under the operator's login, which must be the router's own for the router to

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -15,13 +16,29 @@ from typing import Any
 import pika
 import pytest
 
-from broker.amqp import DETAIL_HEADER, REASON_HEADER, SENT_BY_HEADER, SOURCE_HEADER, amqp_url
+from broker.amqp import (
+    DETAIL_HEADER,
+    REASON_HEADER,
+    SENT_BY_HEADER,
+    SOURCE_HEADER,
+    amqp_url,
+    properties_for,
+)
 from broker.cli import main
 from broker.consumers.common import to_agency, to_desk
 from broker.consumers.router import Router
+from broker.consumers.status import StatusRouter
 from broker.envelope import Outbound
 from broker.ledger import Ledger
-from broker.messages import AgencyNotice, DeskNotice, NoticeKind, encode
+from broker.messages import (
+    AgencyNotice,
+    DeskNotice,
+    Document,
+    DossierStatus,
+    DossierSupplemented,
+    NoticeKind,
+    encode,
+)
 from broker.ops import deadletters
 from broker.ops.audit import audit
 from broker.ops.queues import Taken
@@ -38,6 +55,7 @@ from tests.helpers import (
     dossier,
     free_port,
     intake_delivery,
+    status_delivery,
 )
 
 pytestmark = pytest.mark.integration
@@ -966,3 +984,72 @@ def test_a_replay_cut_short_leaves_no_pair_that_every_later_replay_keeps(
     wait_for(lambda: queue_depth(t.triage_queue) == 1, what="one copy set aside again")
     [(props, body)] = amqp.get_all(t.triage_queue)
     assert (props.message_id, body) == (f"{first}#replay2", encode(d))
+
+
+def test_a_supplement_set_aside_before_the_request_now_waiting_is_replayed_as_stale(
+        declared: Topology, ledger: Ledger, amqp: Amqp, run_broker: Any,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # the desk's supplement for the agency's first request was set aside (RabbitMQ's
+    # delivery limit, a bug's internal_error); the desk sent the documents again, they
+    # were applied, and the agency asked for more. Replayed then, the old supplement would
+    # answer the second request with the first one's documents and restart the clock
+    t = declared
+    engine = Engine(load_catalog(MINI_CATALOG))
+    router = Router(lambda: engine, ledger, t)
+    status = StatusRouter(lambda: engine, ledger, t)
+    d = dossier()
+    (assigned,) = [o for o in router.handle([intake_delivery(1, encode(d), "submit:x")])
+                   if o.type == "dossier.assigned"]
+    code = json.loads(assigned.body)["dossier_code"]
+    tags = iter(range(10, 100))
+
+    def handle(message: Any) -> list[Outbound]:
+        return status.handle([status_delivery(next(tags), message)])
+
+    def supplement(name: str) -> DossierSupplemented:
+        return DossierSupplemented(event_id=uuid.uuid4(), dossier_code=code, desk_id="T.MC.B",
+                                   documents=[Document(name=name, uri=f"s3://docs/{name}",
+                                                       sha256="c" * 64, size=10,
+                                                       media_type="application/pdf")],
+                                   sent_at=datetime.now(UTC))
+
+    def request() -> DossierStatus:
+        return DossierStatus(update_id=uuid.uuid4(), dossier_code=code, agency_id="T.UBND.A",
+                             status="supplement_requested", sent_at=datetime.now(UTC),
+                             requested_documents=["Bản sao CCCD"])
+
+    handle(request())
+    by_limit, by_bug = supplement("old-1.pdf"), supplement("old-2.pdf")
+    amqp.status(t, by_limit)
+    amqp.nack_until_dead_lettered(t.status_queue)
+    (dead,) = status.internal_error(status_delivery(next(tags), by_bug), RuntimeError("a bug"))
+    amqp.ch.basic_publish(dead.exchange, dead.routing_key, dead.body,
+                          properties_for(dead, None), mandatory=True)
+    wait_for(lambda: queue_depth(t.dead_queue("status")) == 2, what="both set aside")
+    handle(supplement("again.pdf"))  # the desk sent the documents again
+    time.sleep(1.1)  # the times RabbitMQ and a dead letter's timestamp give are whole seconds
+    handle(request())  # and the agency asked for more
+    # a supplement for the request now waiting, set aside by a bug, is no earlier one
+    (current,) = status.internal_error(status_delivery(next(tags), supplement("new.pdf")),
+                                       RuntimeError("a bug"))
+    amqp.ch.basic_publish(current.exchange, current.routing_key, current.body,
+                          properties_for(current, None), mandatory=True)
+    wait_for(lambda: queue_depth(t.dead_queue("status")) == 3, what="the third set aside")
+    assert ledger.dossier(code)["state"] == 5
+
+    rc, out, err = cli(capsys, t, "dead-letters", "replay", "--all", "--queue", "status")
+    assert rc == 0, err
+    run_broker()
+    wait_for(lambda: queue_depth(t.desk_queue("T.MC.B")) == 3, what="the desk's answers")
+    notices = amqp.json_all(t.desk_queue("T.MC.B"))
+    refused = [n for n in notices if n["notice"] == "update_refused"]
+    assert [n["reason"].split(":")[0] for n in refused] == ["stale", "stale"], notices
+    assert all("before the supplement request now waiting was made" in n["reason"]
+               for n in refused)
+    assert [n["notice"] for n in notices if n not in refused] == ["status_changed"]
+    row = ledger.dossier(code)
+    assert row["state"] == 2  # back where the second request found it: the new documents
+    assert [s["name"] for s in row["flags"]["supplements"]] == ["again.pdf", "new.pdf"]
+    (to_agency_,) = amqp.json_all(t.agency_queue("T.UBND.A"))
+    assert to_agency_["notice"] == "supplemented" and [
+        doc["name"] for doc in to_agency_["documents"]] == ["new.pdf"]
