@@ -39,8 +39,8 @@ from kombu import messaging as _messaging
 from kombu.exceptions import KombuError
 from pydantic import BaseModel, ValidationError
 
-from broker.amqp import amqp_urls
-from broker.errors import CasebrokerError, DecodeError, without_values
+from broker.amqp import amqp_urls, read_login
+from broker.errors import CasebrokerError, DecodeError, StartupError, without_values
 from broker.messages import (
     CONTENT_TYPE,
     MAX_BODY_BYTES,
@@ -163,6 +163,11 @@ class BrokerClient:
         # confirm_publish makes py-amqp wait for basic.ack/nack after every basic.publish;
         # the other nodes of CASEBROKER_AMQP_URL are kombu's alternates, tried in turn
         # when a node cannot be reached
+        if url:  # CASEBROKER_AMQP_URL is checked as it is read; an argument here
+            try:
+                read_login(url, "url")
+            except StartupError as e:  # a bad argument: kombu said it late and in its words
+                raise ValueError(str(e)) from None
         urls = [url] if url else amqp_urls()
         self.connection = Connection(urls[0], alternates=urls[1:], connect_timeout=5,
                                      transport_options=self._transport_options())

@@ -83,7 +83,8 @@ def amqp_urls() -> list[str]:
     or if one is not an AMQP URL; the error never quotes a URL's text)."""
     raw = os.environ.get("CASEBROKER_AMQP_URL", DEFAULT_AMQP_URL).strip().rstrip(",;")
     urls = [u for u in re.split(r"[\s,;]+(?=amqps?://)", raw) if u] or [DEFAULT_AMQP_URL]
-    logins = {_login(u, i) for i, u in enumerate(urls, 1)}
+    logins = {read_login(u, f"CASEBROKER_AMQP_URL: URL {i}")
+              for i, u in enumerate(urls, 1)}
     if len(logins) > 1:
         # a publish carries user_id = the first URL's login, and RabbitMQ refuses it on a
         # connection under another one; the topology lives in one virtual host
@@ -96,33 +97,36 @@ def amqp_urls() -> list[str]:
     return urls
 
 
-def _login(url: str, number: int) -> tuple[str, str]:
+def read_login(url: str, where: str) -> tuple[str, str]:
     """The login and virtual host a URL connects with, as pika reads it (``casebroker
-    run`` connects with pika)."""
+    run`` connects with pika); :class:`~broker.errors.StartupError` naming ``where`` (the
+    setting or argument) for one that is no AMQP URL, or that pika and kombu would read
+    apart. The error never quotes the URL: what precedes the host may be a password."""
     if not re.match(r"amqps?://", url):
-        # not quoted: what precedes the host may be a password
-        raise StartupError(f"CASEBROKER_AMQP_URL: URL {number} does not start with amqp:// "
-                           "or amqps://; each is amqp://user:password@host:port/vhost, "
-                           "separated by commas")
+        raise StartupError(f"{where} does not start with amqp:// or amqps://: "
+                           f"{URL_FORM}")
     path = urlsplit(url).path
     if "@" in path:
         # an "@" in the vhost: another URL, its amqp:// left out, ran into this one
-        raise StartupError(f"CASEBROKER_AMQP_URL: URL {number} has an '@' in its virtual "
-                           "host: start every URL with amqp:// or amqps://, and write an "
-                           "'@' in a vhost as %40")
+        raise StartupError(f"{where} has an '@' in its virtual host: start every URL with "
+                           "amqp:// or amqps://, and write an '@' in a vhost as %40")
     if "/" in path[1:]:
         # pika and kombu read it apart: /prov/ is 'prov' to the router, 'prov/' to the
         # SDK; // is '' to one and '/' to the other
-        raise StartupError(f"CASEBROKER_AMQP_URL: URL {number} has a '/' in its virtual "
-                           "host: write it as %2F (the default virtual host '/' is /%2F "
-                           "or nothing after the port), with no '/' at the end")
+        raise StartupError(f"{where} has a '/' in its virtual host: write it as %2F (the "
+                           "default virtual host '/' is /%2F or nothing after the port), "
+                           "with no '/' at the end")
     try:
         params = pika.URLParameters(url)
     except ValueError as e:  # its text may quote part of a password
-        raise StartupError(f"CASEBROKER_AMQP_URL: URL {number} cannot be read "
-                           f"({type(e).__name__}): amqp://user:password@host:port/vhost, "
+        raise StartupError(f"{where} cannot be read ({type(e).__name__}): {URL_FORM}, "
                            "with the password and vhost URL-encoded") from None
     return str(params.credentials.username), str(params.virtual_host)
+
+
+#: how an AMQP URL is written, for the errors about one that is not
+URL_FORM = ("amqp://user:password@host:port/vhost (several nodes in CASEBROKER_AMQP_URL: "
+            "separated by commas)")
 
 
 def connection_error_text(error: BaseException) -> str:

@@ -76,3 +76,22 @@ def test_casebroker_says_so_and_exits(monkeypatch: pytest.MonkeyPatch,
     err = capsys.readouterr().err
     assert err.startswith("error: CASEBROKER_AMQP_URL names its nodes under different")
     assert "secret" not in err
+
+
+@pytest.mark.parametrize(("url", "said"), [
+    ("http://cb:s3cretZq9@node-a:5672/", "url does not start with amqp:// or amqps://"),
+    ("amqp://cb:s3cret@node-a:Zq9/%2F", "url cannot be read (ValueError)"),
+    ("amqp://cb:s3cretZq9@node-a:5672/prov/", "url has a '/' in its virtual host"),
+], ids=["scheme", "bad_port", "slash_in_vhost"])
+def test_the_sdk_refuses_a_url_argument_as_it_refuses_the_setting(url: str, said: str
+                                                                   ) -> None:
+    # kombu said it at the first publish: a KeyError "No such transport: http", or
+    # pika's ValueError quoting the port; the vhost read apart from the router's
+    from adapters.client import AgencyClient, DeskClient
+
+    for client in (lambda: DeskClient("T.MC.B", url=url),
+                   lambda: AgencyClient("T.UBND.A", url=url)):
+        with pytest.raises(ValueError) as caught:
+            client()
+        assert str(caught.value).startswith(said), caught.value
+        assert "s3cret" not in str(caught.value) and "Zq9" not in str(caught.value)
