@@ -287,6 +287,9 @@ STEP_OWN_DUE = "step_own_due_at"
 #: finished a chain step, by agency id, so that one holding a later step again (a chain
 #: that comes back to it) still has its earlier updates judged stale against its own clock
 AGENCY_SENT_AT = "agency_sent_at"
+#: in a dossier's ``flags``, from its first hand-off on: when the step it is at began (its
+#: hand-off), where a pause of that step counts from
+STEP_STARTED = "step_started_at"
 #: in a dossier's ``flags``: of its due dates counted in calendar days (``due_at``,
 #: ``step_due_at``, ``step_own_due_at``), the end each reached before it was moved off a
 #: day off onto a working day (``WorkingCalendar.calendar_days_end``), where a pause or a

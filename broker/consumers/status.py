@@ -86,6 +86,7 @@ from broker.tables import (
     PRUNED_KEY,
     RESULTS,
     STEP_OWN_DUE,
+    STEP_STARTED,
     SUPPLEMENTS,
     VALUES_DIGEST,
     is_pruned,
@@ -653,8 +654,14 @@ class StatusRouter(Consumer):
         day)."""
         cal = engine.calendar
         paused_at = dossier["paused_at"] or at
-        paused_s = cal.working_seconds_between(paused_at, at)
-        wall = at - paused_at
+
+        def paused(start: datetime) -> tuple[float, timedelta]:
+            """(working seconds, whole time) paused of a time that began at ``start``:
+            counted from when its clock ran, since a pause asked for before (a receipt
+            after closing, on a day off, past ``next_day_after``) stopped nothing then."""
+            since = max(paused_at, cal.clock_start(start))
+            return cal.working_seconds_between(since, at), max(at - since, timedelta(0))
+
         assert isinstance(msg, DossierSupplemented)
         supplements = [d.model_dump(mode="json") for d in msg.documents]
         flags = {k: v for k, v in dossier["flags"].items()
@@ -667,24 +674,40 @@ class StatusRouter(Consumer):
         step_unit = DurationUnit(dossier["steps"][dossier["step"] - 1]["unit"])
         recorded: dict[str, str] = flags.get(CALENDAR_ENDS, {})
         ends = dict(recorded)
+        paused_s, wall = whole = paused(dossier["received_at"])
+        # a later step's time began at its hand-off (recorded since STEP_STARTED was kept)
+        started = flags.get(STEP_STARTED) if dossier["step"] > 1 else None
+        step = paused(datetime.fromisoformat(started)) if started else whole
 
-        def moved(key: str, due: datetime, unit: DurationUnit) -> datetime:
+        def moved(key: str, due: datetime, unit: DurationUnit,
+                  by: tuple[float, timedelta]) -> datetime:
+            seconds, days = by
             if unit is DurationUnit.CALENDAR_DAYS:
-                if wall <= timedelta(0):
+                if days <= timedelta(0):
                     return due
-                end = _calendar_end(engine, dossier, recorded, key, due) + wall
+                end = _calendar_end(engine, dossier, recorded, key, due) + days
                 ends[key] = end.isoformat()
                 return cal.on_a_working_day(end)
             # adding 0 s would still move a 17:00 due date to 07:00 next day
-            return due if paused_s <= 0 else cal.add_working_seconds(due, paused_s)
+            return due if seconds <= 0 else cal.add_working_seconds(due, seconds)
 
-        due_at, step_due_at = (moved("due_at", dossier["due_at"], whole_unit),
-                               moved("step_due_at", dossier["step_due_at"], step_unit))
+        due_at = moved("due_at", dossier["due_at"], whole_unit, whole)
+        # the step's own due date, which its due date is, unless that fell after the
+        # dossier's (then the dossier's, its own kept in STEP_OWN_DUE for the step watch):
+        # moved by its own unit, it may now fall on either side of the dossier's
+        own_key = STEP_OWN_DUE if STEP_OWN_DUE in flags else "step_due_at"
+        own = moved(own_key, datetime.fromisoformat(flags[STEP_OWN_DUE])
+                    if own_key == STEP_OWN_DUE else dossier["step_due_at"], step_unit, step)
+        step_due_at = min(own, due_at)
+        kept = {k: v for k, v in dossier["flags"].items() if k != STEP_OWN_DUE}
+        if own > step_due_at:
+            kept[STEP_OWN_DUE] = own.isoformat()
+        if own_key in ends and (key := STEP_OWN_DUE if own > step_due_at else "step_due_at"
+                                ) != own_key:
+            ends[key] = ends.pop(own_key)  # its calendar end, under the name it now has
+        dossier.set(flags=kept)
         if (due_at, step_due_at) != (dossier["due_at"], dossier["step_due_at"]):
             dossier.set(due_at=due_at, step_due_at=step_due_at)
-            if (own := dossier["flags"].get(STEP_OWN_DUE)) is not None:
-                own_due = moved(STEP_OWN_DUE, datetime.fromisoformat(own), step_unit)
-                dossier.set(flags={**dossier["flags"], STEP_OWN_DUE: own_due.isoformat()})
             if due_at > now:  # a new due date still ahead: the watch judges it afresh
                 dossier.set(watch_level=NOTHING_SENT)
             if step_due_at > now:  # and the step's likewise
@@ -717,6 +740,7 @@ class StatusRouter(Consumer):
         own_due = engine.step_end(step_plan, at)
         step_due = min(own_due, dossier["due_at"])
         flags = {k: v for k, v in dossier["flags"].items() if k != STEP_OWN_DUE}
+        flags[STEP_STARTED] = at.isoformat()  # where a pause of this step counts from
         if own_due > step_due:  # told the dossier's due date; judged by its own time
             flags[STEP_OWN_DUE] = own_due.isoformat()
         # the step's own end in calendar days, before it was moved onto a working day,

@@ -686,6 +686,77 @@ def test_a_pause_extends_a_handed_on_calendar_days_step_from_its_own_end(
                                                    vn("2026-12-04 09:00"))
 
 
+def test_a_pause_asked_for_before_the_clock_started_counts_only_from_its_start(
+        ledger: Ledger, clock: FakeClock) -> None:
+    # received on Friday after closing, the clock starts on Monday at 07:00; asked for
+    # documents that evening, brought on Monday at 09:00, the dossier was paused for the
+    # two hours its clock ran, not the weekend before it (found by a review: moved by
+    # 2.6 days, the due date fell in the night of Monday to Tuesday)
+    router, status = _handlers(ledger, clock, (
+        'name: "Calendar days", processing: {amount: 5, unit: calendar_days}, '
+        "competence: {agency: T.SO.TP}"))
+    clock.set("2026-11-27 17:30")  # Fri, after closing
+    d = dossier(procedure_code="1.000009", submitted_at=clock().isoformat())
+    code = json.loads(router.handle([intake_delivery(1, encode(d), "submit:1")])[0].body)[
+        "dossier_code"]
+    row = ledger.dossier(code)
+    assert row is not None and row["due_at"] == vn("2026-12-07 07:00")  # Sat 5 → Mon 7
+    out = _pause(status, clock, code, "T.SO.TP", "2026-11-27 17:45", "2026-11-30 09:00", 2)
+    row = ledger.dossier(code)
+    assert row is not None and row["due_at"] == vn("2026-12-07 09:00") == row["step_due_at"]
+    told = [json.loads(o.body) for o in out if o.type == "agency.notice"]
+    assert told[0]["reason"].endswith("(moved by the 0.1 days paused)"), told[0]["reason"]
+
+
+def test_a_pause_of_a_later_step_counts_from_its_hand_off_s_clock(
+        ledger: Ledger, clock: FakeClock) -> None:
+    # step 2, handed on after closing, starts the next morning; a pause asked for that
+    # evening and ended at 09:00 paused its step for the two hours since, and the
+    # dossier, whose clock ran since its receipt, for the whole 15 h 15 min
+    router, status = _handlers(ledger, clock, (
+        'name: "Chain", processing: {amount: 10, unit: calendar_days}, '
+        "competence: {chain: [{agency: T.SO.TP}, {agency: T.CA}]}"))
+    clock.set("2026-11-30 16:00")  # Mon
+    d = dossier(procedure_code="1.000009", submitted_at=clock().isoformat())
+    code = json.loads(router.handle([intake_delivery(1, encode(d), "submit:1")])[0].body)[
+        "dossier_code"]
+    clock.set("2026-11-30 17:30")  # step 1 done after closing: step 2 starts Tue 07:00
+    status.handle([status_delivery(2, _status(code, "T.SO.TP", "resolved",
+                                              clock().astimezone(UTC)))])
+    row = ledger.dossier(code)
+    assert row is not None and (row["step"], row["step_due_at"], row["due_at"]) == (
+        2, vn("2026-12-07 07:00"), vn("2026-12-10 16:00"))  # Sun 6 07:00 → Mon 7
+    _pause(status, clock, code, "T.CA", "2026-11-30 17:45", "2026-12-01 09:00", 3)
+    row = ledger.dossier(code)
+    assert row is not None and (row["step_due_at"], row["due_at"]) == (
+        vn("2026-12-07 09:00"), vn("2026-12-11 07:15"))
+
+
+def test_a_pause_never_leaves_a_step_due_after_its_dossier(
+        ledger: Ledger, clock: FakeClock) -> None:
+    # a step counted in calendar days, in a dossier counted in working days: paused
+    # overnight, the step moved by the 16 hours, the dossier by the 2 office hours among
+    # them, and the step came due after its dossier (found by a review). The step is due
+    # with its dossier, its own end kept for the step watch
+    router, status = _handlers(ledger, clock, (
+        'name: "Mixed units", processing: {amount: 2, unit: working_days}, competence: '
+        "{chain: [{agency: T.SO.TP, processing: {amount: 2, unit: calendar_days}}, "
+        "{agency: T.CA, processing: {amount: 1, unit: working_days}}]}"))
+    clock.set("2026-11-30 09:00")  # Mon
+    d = dossier(procedure_code="1.000009", submitted_at=clock().isoformat())
+    code = json.loads(router.handle([intake_delivery(1, encode(d), "submit:1")])[0].body)[
+        "dossier_code"]
+    row = ledger.dossier(code)
+    assert row is not None and (row["step_due_at"], row["due_at"]) == (
+        vn("2026-12-02 09:00"), vn("2026-12-02 09:00"))
+    _pause(status, clock, code, "T.SO.TP", "2026-11-30 16:00", "2026-12-01 08:00", 2)
+    row = ledger.dossier(code)
+    assert row is not None and (row["step_due_at"], row["due_at"]) == (
+        vn("2026-12-02 11:00"), vn("2026-12-02 11:00"))
+    assert row["flags"]["step_own_due_at"] == "2026-12-03T01:00:00+07:00"
+    assert row["flags"]["calendar_ends"] == {"step_own_due_at": "2026-12-03T01:00:00+07:00"}
+
+
 @pytest.mark.parametrize(("before", "back", "then", "ends"), [
     # asked for on receipt: the agency may still refuse the dossier once it is complete
     ([], 2, "rejected", 3),
