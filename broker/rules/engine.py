@@ -38,6 +38,10 @@ from broker.rules.catalog import (
 from broker.rules.predicates import Getter, getter, predicate
 from broker.rules.validate import WARD_CODE_LENGTH, steps_of
 
+#: desk channels that reach the competent agency wherever it sits: no receipt through
+#: them is boundary-free (see ``Engine._home``)
+REMOTE_CHANNELS = frozenset({"online", "postal"})
+
 
 @dataclass(frozen=True, slots=True)
 class StepPlan:
@@ -184,9 +188,15 @@ class Engine:
                 if len(area) == WARD_CODE_LENGTH:
                     self.committee_of.setdefault(area, agency.id)
         # the agencies a desk is "home" for: its units and every agency serving its area;
-        # receipt for any other agency is boundary-free
+        # receipt for any other agency is boundary-free. The portal and the post are no
+        # locality's desk: a citizen reaches the competent agency through them wherever
+        # it sits, as every online or postal submission always could, so they are home
+        # for every agency (compared by area, a province-wide desk was home for every
+        # department and for no commune)
+        everyone = frozenset(self.agencies)
         self._home: dict[str, frozenset[str]] = {
-            d.id: frozenset(d.unit) | {a.id for a in spec.agencies if d.area in a.serves}
+            d.id: everyone if d.channel in REMOTE_CHANNELS else frozenset(d.unit) | {
+                a.id for a in spec.agencies if d.area in a.serves}
             for d in spec.desks}
         self.rules = [self._compile(r) for r in spec.rules]
         self._interned: dict[tuple[StepPlan, ...], tuple[StepPlan, ...]] = {}

@@ -58,7 +58,20 @@ def engine() -> Engine:
      ["T.UBND.B"], "procedure:2.000815", False),
     ("at_intake, portal falls back to applicant", dict(procedure_code="2.000815",
                                                        desk_id="T.PORTAL", applicant_ward="10001"),
-     ["T.UBND.A"], "procedure:2.000815", True),
+     ["T.UBND.A"], "procedure:2.000815", False),
+    # the portal and the post reach the competent agency wherever it sits: never
+    # boundary-free, even for a commune (compared by area, a province-wide desk was
+    # home for every department and no commune, found by a review)
+    ("never boundary-free, online", dict(procedure_code="1.000003", desk_id="T.PORTAL",
+                                         applicant_ward="10002"),
+     ["T.UBND.B"], "procedure:1.000003", False),
+    ("never boundary-free, by post", dict(procedure_code="1.000003", desk_id="T.POST",
+                                          applicant_ward="10001"),
+     ["T.UBND.A"], "procedure:1.000003", False),
+    # a bank agent point is a place: another commune's dossier there is boundary-free
+    ("bank agent point, another commune", dict(procedure_code="1.001193", desk_id="T.BANK",
+                                               applicant_ward="10001"),
+     ["T.UBND.A"], "procedure:1.001193", True),
     ("fixed department from a commune desk", dict(procedure_code="1.004227", desk_id="T.MC.A"),
      ["T.SO.TP"], "procedure:1.004227", True),
     ("fixed department at the centre", dict(procedure_code="1.004227", desk_id="T.CENTRE"),
@@ -73,6 +86,7 @@ def test_routing(engine: Engine, case: str, kw: dict[str, Any], agencies: list[s
     assert [s.agency_id for s in decision.steps] == agencies, case
     assert decision.rule_id == rule, case
     assert decision.boundary_free is boundary_free, case
+    assert decision.refusal is None or boundary_free, case  # only receipt elsewhere is
     assert decision.catalog_hash == engine.catalog_hash
 
 
