@@ -440,6 +440,12 @@ RULES: list[dict[str, Any]] = [
      "description": "Land procedures filed by an organization are decided by the department.",
      "when": {"procedure_code": ["1.012753", "1.013992"], "applicant.kind": "organization"},
      "route": {"agency": "DLK.SO.NNMT"}},
+    {"id": "construction-in-industrial-zone",
+     # first: a large or tall building in a zone is still the zones' authority's (after
+     # the size rules, which the first match wins, it went to the department)
+     "description": "Works inside an industrial zone are permitted by the zones' authority.",
+     "when": {"procedure_code": CONSTRUCTION, "attributes.in_industrial_zone": True},
+     "route": {"agency": "DLK.BQLKCN"}},
     {"id": "construction-large-floor-area",
      "description": "Construction permits for 500 m2 of floor area or more go to the department.",
      "when": {"procedure_code": ["1.013225", "1.013226"],
@@ -449,10 +455,6 @@ RULES: list[dict[str, Any]] = [
      "description": "Buildings of 7 floors or more go to the department whatever their area.",
      "when": {"procedure_code": ["1.013225", "1.013226"], "attributes.floors": {"min": 7}},
      "route": {"agency": "DLK.SO.XD"}},
-    {"id": "construction-in-industrial-zone",
-     "description": "Works inside an industrial zone are permitted by the zones' authority.",
-     "when": {"procedure_code": CONSTRUCTION, "attributes.in_industrial_zone": True},
-     "route": {"agency": "DLK.BQLKCN"}},
     {"id": "household-business-as-company",
      "description": "A household business asking for a company form is an enterprise "
                     "registration.",
@@ -464,11 +466,11 @@ RULES: list[dict[str, Any]] = [
      "description": "Organizations cannot run a household business: the department decides.",
      "when": {"procedure_code": ["1.001612", "2.000720"], "applicant.kind": "organization"},
      "route": {"agency": "DLK.SO.TC"}},
-    {"id": "civil-status-foreign-element",
-     "description": "Civil-status cases with a foreign element go to the justice department.",
-     "when": {"procedure_code": ["1.001193", "1.000894", "1.000656", "1.004873"],
-              "attributes.foreign_element": True},
-     "route": {"agency": "DLK.SO.TP"}},
+    # no rule for civil status with a foreign element: since 2025-07-01 the commune's
+    # committee registers it (the district level is gone), as the catalog's own
+    # foreign-element procedures (2.000528, 2.000806) are routed; a rule sending the
+    # domestic codes with a foreign element to the department sent the same case to two
+    # agencies by the code the desk picked (found by a review)
     {"id": "adoption-foreign-element",
      "description": "Adoption with a foreign element goes to the justice department.",
      "when": {"procedure_code": "2.001263", "attributes.foreign_element": True},
