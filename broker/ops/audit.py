@@ -19,8 +19,9 @@ is a dossier, or its delivery was dead-lettered, triaged or recorded as a duplic
 counted in ``refused_from_triage`` (refused by an operator) or ``withdrawn_while_held``
 (withdrawn by its desk while held, or before the router had it), by when it was closed,
 for ``since``.
-Messages still waiting in the intake or status queue are reported as ``pending``; run
-the audit again once they drain.
+Messages still waiting in the intake or status queue, ready or held unacked by a router
+(the management API counts those), are reported as ``pending``; run the audit again once
+they drain.
 
 An outbox row proves a message was published, not that it arrived: one for an agency or
 a desk that RabbitMQ could not deliver (no queue; the receiver's delivery limit) waits
@@ -240,6 +241,7 @@ def audit(ledger: Ledger, topology: Topology, submission_ids: list[str] | None =
             select(refusals.c.state, func.count()).where(*period)
             .group_by(refusals.c.state))}
     depths, exhausted, queues_error = _queues(topology)
+    held, held_error = _held(topology) if depths is not None else (None, None)
     return {
         "dossiers": n, "since": since.isoformat() if since else None, "states": states,
         "refused_from_triage": closed.get(int(State.REFUSED), 0),
@@ -252,9 +254,28 @@ def audit(ledger: Ledger, topology: Topology, submission_ids: list[str] | None =
         "inbox": outcomes,
         "queues": depths,
         "queues_error": queues_error,
-        "pending": None if depths is None else depths["intake"] + depths["status"],
+        "pending": None if depths is None else (depths["intake"] + depths["status"]
+                                                + sum((held or {}).values())),
+        "held": held,
+        "held_error": held_error,
         "exhausted": exhausted,
     }
+
+
+def _held(topology: Topology) -> tuple[dict[str, int] | None, str | None]:
+    """The intake and status deliveries their consumers (the routers) hold unacked, as
+    the management API last counted them (every few seconds), and None with why when it
+    cannot be asked. A passive declare counts only the messages ready: a router paused
+    by a ledger outage holds up to its prefetch window (2,000) unacked, and those
+    submissions, not in the ledger yet, read as lost under "pending 0"."""
+    from broker.security import Management, ManagementError, management_url
+
+    try:
+        unacked = Management.from_url(management_url()).unacked()
+    except ManagementError as e:
+        return None, str(e)[:300]
+    return {"intake": unacked.get(topology.intake_queue, 0),
+            "status": unacked.get(topology.status_queue, 0)}, None
 
 
 def clean(report: dict[str, Any]) -> bool:
@@ -289,41 +310,52 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, default=str))
     else:
-        queues = report["queues"]
-        unknown = "unknown" if queues is None else None
-        print(f"{report['dossiers']} dossiers, {report['submissions_checked']} submissions "
-              f"checked: {report['unaccounted']} unaccounted, "
-              f"{unknown or report['undelivered']} undelivered; pending "
-              f"{unknown or report['pending']}; {report['refused_from_triage']} refused from "
-              f"triage and {report['withdrawn_while_held']} withdrawn while held (no dossier)")
-        for p in report["unaccounted_dossiers"]:
-            print(f"  dossier {p['dossier_code']}: {p['problem']}")
-        for p in report["unaccounted_submissions"]:
-            print(f"  submission {p['submission_id']}: {p['problem']}")
-        if queues is None:
-            print(f"  queues unreadable: {report['queues_error']}")
-            return 1
-        if report["exhausted"] is None:
-            print(f"  dead.intake and dead.status not checked: {report['queues_error']}")
-        elif report["exhausted"]:
-            ids = report["exhausted"]
-            print(f"  {len(ids)} in dead.intake or dead.status that RabbitMQ set aside after "
-                  "their last allowed delivery, not judged by casebroker: its batch may be "
-                  "recorded with assignments or notices that never went out. Replay them "
-                  "(under their own ids: what was recorded is published): casebroker "
-                  f"dead-letters replay --id {' --id '.join(ids[:10])}"
-                  + (f" ... ({len(ids) - 10} more: dead-letters list)" if len(ids) > 10
-                     else ""))
-        if report["undelivered"]:
-            print(f"  {queues['dead.agency']} in dead.agency, {queues['dead.desk']} in "
-                  "dead.desk: assignments or notices that did not reach their agency or desk "
-                  "(casebroker dead-letters list --queue agency|desk, then replay)")
-        aside = {q: queues[q] for q in ("triage", "dead.intake", "dead.status") if queues[q]}
-        if aside:
-            print(f"  set aside: {', '.join(f'{n} in {q}' for q, n in aside.items())} "
-                  "(casebroker dead-letters list; then replay after a fix, refuse from "
-                  "triage what no rule will route, discard what nobody will replay)")
+        _print_text(report)
     return 0 if clean(report) else 1
+
+
+def _print_text(report: dict[str, Any]) -> None:
+    """The report in lines, as `casebroker audit` prints it without --json."""
+    queues = report["queues"]
+    unknown = "unknown" if queues is None else None
+    print(f"{report['dossiers']} dossiers, {report['submissions_checked']} submissions "
+          f"checked: {report['unaccounted']} unaccounted, "
+          f"{unknown or report['undelivered']} undelivered; pending "
+          f"{unknown or report['pending']}; {report['refused_from_triage']} refused from "
+          f"triage and {report['withdrawn_while_held']} withdrawn while held (no dossier)")
+    if report["held"] is None and queues is not None:
+        print(f"  pending counts only the messages ready: those the routers hold unacked "
+              f"are not counted ({report['held_error']}; CASEBROKER_MANAGEMENT_URL)")
+    elif report["pending"] and report["unaccounted_submissions"]:
+        print("  a submission still pending is not in the ledger yet: run the audit "
+              "again once pending is 0")
+    for p in report["unaccounted_dossiers"]:
+        print(f"  dossier {p['dossier_code']}: {p['problem']}")
+    for p in report["unaccounted_submissions"]:
+        print(f"  submission {p['submission_id']}: {p['problem']}")
+    if queues is None:
+        print(f"  queues unreadable: {report['queues_error']}")
+        return
+    if report["exhausted"] is None:
+        print(f"  dead.intake and dead.status not checked: {report['queues_error']}")
+    elif report["exhausted"]:
+        ids = report["exhausted"]
+        print(f"  {len(ids)} in dead.intake or dead.status that RabbitMQ set aside after "
+              "their last allowed delivery, not judged by casebroker: its batch may be "
+              "recorded with assignments or notices that never went out. Replay them "
+              "(under their own ids: what was recorded is published): casebroker "
+              f"dead-letters replay --id {' --id '.join(ids[:10])}"
+              + (f" ... ({len(ids) - 10} more: dead-letters list)" if len(ids) > 10
+                 else ""))
+    if report["undelivered"]:
+        print(f"  {queues['dead.agency']} in dead.agency, {queues['dead.desk']} in "
+              "dead.desk: assignments or notices that did not reach their agency or desk "
+              "(casebroker dead-letters list --queue agency|desk, then replay)")
+    aside = {q: queues[q] for q in ("triage", "dead.intake", "dead.status") if queues[q]}
+    if aside:
+        print(f"  set aside: {', '.join(f'{n} in {q}' for q, n in aside.items())} "
+              "(casebroker dead-letters list; then replay after a fix, refuse from "
+              "triage what no rule will route, discard what nobody will replay)")
 
 
 def register(sub: Any, groups: dict[str, Any]) -> None:

@@ -3,8 +3,10 @@ PostgreSQL), a few dossiers per round so that the rounds' edges are crossed."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,8 +22,8 @@ from broker.ops import audit as audit_module
 from broker.rules.catalog import load_catalog
 from broker.rules.engine import Engine
 from broker.topology import Topology
-from tests.conftest import MINI_CATALOG
-from tests.helpers import dossier
+from tests.conftest import MINI_CATALOG, wait_for
+from tests.helpers import Amqp, cli, dossier, management_api
 
 pytestmark = pytest.mark.integration
 
@@ -115,3 +117,37 @@ def test_a_period_audit_counts_the_period_only(ledger: Ledger) -> None:
     assert (period["dossiers"], sum(period["states"].values())) == (5, 5)
     assert period["since"] == since.isoformat() and period["unaccounted"] == 0
     assert period["queues"] is None and "NOT_FOUND" in period["queues_error"]
+
+
+def test_submissions_a_router_holds_unacked_are_pending_not_lost(
+        declared: Topology, ledger: Ledger, amqp: Amqp, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # a router paused by a ledger outage holds its prefetch window unacked: a passive
+    # declare counted none of it, and the audit said "pending 0" and every such
+    # submission "not in the ledger" (found by a review). A consumer that takes the
+    # intake deliveries and acks nothing stands for it
+    api = management_api()
+    sent = [dossier() for _ in range(3)]
+    for d in sent:
+        amqp.submit(declared, d)
+    holder = Amqp()
+    try:
+        holder.ch.basic_qos(prefetch_count=10)
+        holder.ch.basic_consume(declared.intake_queue, lambda *_: None)
+        holder.conn.process_data_events(time_limit=0.5)
+        wait_for(lambda: api.unacked().get(declared.intake_queue) == 3, timeout_s=30,
+                 what="the management API's count of the deliveries held")
+        listed = tmp_path / "sent.txt"
+        listed.write_text("".join(f"{d.submission_id}\n" for d in sent))
+        rc, out, err = cli(capsys, declared, "audit", "--db-url", ledger.url, "--json",
+                           "--submissions", str(listed))
+        report = json.loads(out)
+        assert (rc, report["pending"], report["held"]) == (1, 3, {"intake": 3, "status": 0})
+        assert report["queues"]["intake"] == 0  # none ready: all held
+        rc, out, err = cli(capsys, declared, "audit", "--db-url", ledger.url,
+                           "--submissions", str(listed))
+        assert rc == 1 and "; pending 3;" in out and (
+            "a submission still pending is not in the ledger yet: run the audit again once "
+            "pending is 0") in out, out
+    finally:
+        holder.close()  # the deliveries go back to the queue
