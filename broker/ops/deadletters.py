@@ -35,12 +35,9 @@ import hashlib
 import json
 import os
 import re
-import signal
 import sys
-import threading
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Iterable
 from datetime import UTC, datetime
 from typing import Any, NoReturn, get_args
 
@@ -81,7 +78,7 @@ from broker.messages import (
     shown_message_id,
     utc_now,
 )
-from broker.ops.progress import Progress
+from broker.ops.progress import Progress, term_as_interrupt
 from broker.ops.queues import (
     QUEUE_CHOICES,
     Settled,
@@ -578,23 +575,6 @@ class CutShort(Exception):
         self.done, self.failed, self.error = done, failed, error
 
 
-@contextmanager
-def _term_as_interrupt() -> Iterator[None]:
-    """SIGTERM (`timeout`, a service manager) taken as Ctrl-C while messages are settled:
-    what was done is said, not lost with the process."""
-    def interrupt(_signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set a handler
-        return
-    before = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, before)
-
-
 def refuse_triaged(topology: Topology, ledger: Ledger, chosen: Callable[[Taken], bool],
                    reason: str, by: str, desks: Collection[str], without_notice: bool = False
                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -775,7 +755,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         return f"-> {d['exchange']} as {d['replayed_as']}"
 
     try:
-        with _term_as_interrupt():
+        with term_as_interrupt():
             done, failed = replay_dead(_topology(args), _queues(args.queue), ids)
     except Interrupted as stop:
         return _interrupted(args.json, "replayed", stop, what)
@@ -834,7 +814,7 @@ def _cmd_discard(args: argparse.Namespace) -> int:
         return f"discarded ({d['reason'] or '-'})"
 
     try:
-        with _term_as_interrupt():
+        with term_as_interrupt():
             done, failed = discard_dead(topology, queues, ids)
     except Interrupted as stop:
         return _interrupted(args.json, "discarded", stop, what)
@@ -952,7 +932,7 @@ def _cmd_refuse(args: argparse.Namespace) -> int:
     ledger = Ledger(args.db_url, create=False)
     try:
         ledger.check_schema()  # a ledger from before refusals: `casebroker ledger upgrade`
-        with _term_as_interrupt():
+        with term_as_interrupt():
             done, failed = refuse_triaged(_topology(args), ledger, chosen, args.reason,
                                           args.by or system_user(), desks,
                                           args.without_notice)

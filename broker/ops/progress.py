@@ -6,8 +6,13 @@ mixes with it; a command that ends within the first few seconds says nothing.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 
 class Progress:
@@ -26,3 +31,20 @@ class Progress:
             self.said = now
             print(f"{self.what.format(done=f'{done:,}', total=f'{total:,}')} "
                   f"({now - self.started:.0f} s)", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def term_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`timeout`, a service manager) taken as Ctrl-C while a command works: what
+    it did is said, not lost with the process."""
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set a handler
+        return
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)

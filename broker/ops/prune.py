@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -61,7 +62,7 @@ from broker.ledger import (
     refusals,
 )
 from broker.lifecycle import TERMINAL_STATES
-from broker.ops.progress import Progress
+from broker.ops.progress import Progress, term_as_interrupt
 from broker.tables import (
     APPLICANT,
     DOCUMENTS,
@@ -90,6 +91,16 @@ class Pruned:
     dossiers: int = 0
     bodies: int = 0
     refusals: int = 0
+
+
+class PruneCutShort(Exception):
+    """A run stopped part way (Ctrl-C, SIGTERM, the ledger away): ``done`` is what its
+    chunks erased and committed before ``error``; the run is not recorded in ``prunes``
+    (the next starts from the last completed one and passes over what this one erased)."""
+
+    def __init__(self, done: Pruned, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.done, self.error = done, error
 
 
 def _digest_of_submission(stored: Any) -> str | None:
@@ -310,12 +321,17 @@ def prune(ledger: Ledger, keep_days: int, by: str, *, now: datetime | None = Non
     with ledger.read() as conn:
         since = conn.execute(select(func.max(prunes.c.cutoff))).scalar()
     done = Pruned(cutoff=at - timedelta(days=keep_days), since=since)
-    if since is not None and since >= done.cutoff:
-        return done  # a run with a shorter retention, or a later clock, went further
-    _prune_dossiers(ledger, done, at, dry_run, Progress("prune: {done} of {total} closed "
-                                                        "dossiers read"))
-    _prune_set_aside(ledger, done, at, dry_run)
-    _prune_refusals(ledger, done, at, dry_run)
+    # a run with a shorter retention, or a later clock, went further: nothing in this
+    # one's window, and the run completed all the same (recorded: the alert on runs that
+    # stopped reads the last one's time, and a night's run with nothing to do is no stop)
+    if since is None or since < done.cutoff:
+        try:
+            _prune_dossiers(ledger, done, at, dry_run,
+                            Progress("prune: {done} of {total} closed dossiers read"))
+            _prune_set_aside(ledger, done, at, dry_run)
+            _prune_refusals(ledger, done, at, dry_run)
+        except (Exception, KeyboardInterrupt) as e:
+            raise PruneCutShort(done, e) from e
     if not dry_run:
         with ledger.write() as conn:
             conn.execute(prunes.insert().values(
@@ -328,19 +344,40 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     ledger = Ledger(args.db_url, create=False)  # a mistyped path: said, not made
     try:
         ledger.check_schema()  # a ledger from before `prunes`: `casebroker ledger upgrade`
-        done = prune(ledger, args.keep_days, args.by or system_user(), dry_run=args.dry_run)
+        with term_as_interrupt():
+            done = prune(ledger, args.keep_days, args.by or system_user(),
+                         dry_run=args.dry_run)
+    except PruneCutShort as e:
+        verb = "would have erased" if args.dry_run else "erased and committed"
+        erased = e.done.dossiers or e.done.bodies or e.done.refusals
+        if erased or isinstance(e.error, KeyboardInterrupt):
+            print(f"cut short: {verb} {_what(e.done)} before it stopped; not recorded as a run "
+                  "in the erasure log (`prunes` lists completed runs): run it again, it "
+                  "passes over what is erased and finishes the rest", file=sys.stderr)
+        if isinstance(e.error, KeyboardInterrupt):
+            return 130
+        raise e.error from None  # said in one line by `casebroker` (ledger unavailable...)
     finally:
         ledger.dispose()
     if args.json:
         print(json.dumps({**asdict(done), "dry_run": args.dry_run}, default=str))
         return 0
+    if done.since is not None and done.since >= done.cutoff:
+        print(f"nothing to erase: an earlier run erased up to {done.since.isoformat()}, "
+              f"after this run's cutoff ({done.cutoff.isoformat()}: a shorter --keep-days, "
+              f"or a clock set back); this run is recorded, in the ledger at {ledger.where}")
+        return 0
     verb = "would erase" if args.dry_run else "erased"
     since = f" and after {done.since.isoformat()} (the last run's cutoff)" if done.since else ""
-    print(f"{verb} the personal data of {_n(done.dossiers, 'closed dossier')}, "
-          f"{_n(done.bodies, 'message body', 'message bodies')} and "
-          f"{_n(done.refusals, 'refusal at intake', 'refusals at intake')} from before "
-          f"{done.cutoff.isoformat()}{since} in the ledger at {ledger.where}")
+    print(f"{verb} {_what(done)} from before {done.cutoff.isoformat()}{since} in the ledger "
+          f"at {ledger.where}")
     return 0
+
+
+def _what(done: Pruned) -> str:
+    return (f"the personal data of {_n(done.dossiers, 'closed dossier')}, "
+            f"{_n(done.bodies, 'message body', 'message bodies')} and "
+            f"{_n(done.refusals, 'refusal at intake', 'refusals at intake')}")
 
 
 def _n(count: int, one: str, many: str | None = None) -> str:

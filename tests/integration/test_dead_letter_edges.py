@@ -314,10 +314,10 @@ def test_a_refuse_the_ledger_cuts_short_says_what_it_refused_before(
 def test_sigterm_during_a_settling_command_is_taken_as_ctrl_c_and_then_restored() -> None:
     # `timeout` or a service manager stops a replay with SIGTERM: the process died with
     # nothing said of what it had replayed or discarded (a discarded message has no copy)
-    from broker.ops.deadletters import _term_as_interrupt
+    from broker.ops.progress import term_as_interrupt
 
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt), _term_as_interrupt():
+    with pytest.raises(KeyboardInterrupt), term_as_interrupt():
         os.kill(os.getpid(), signal.SIGTERM)
         signal.sigtimedwait([], 1)  # the handler runs here at the latest
     assert signal.getsignal(signal.SIGTERM) is before

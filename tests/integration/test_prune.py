@@ -41,7 +41,7 @@ from broker.messages import (
     encode,
 )
 from broker.ops.audit import audit
-from broker.ops.prune import prune
+from broker.ops.prune import PruneCutShort, prune
 from broker.rules.catalog import load_catalog
 from broker.rules.engine import Engine
 from broker.tables import is_pruned, watch_outbox
@@ -219,9 +219,12 @@ def test_a_prune_cut_short_is_redone_from_the_last_completed_run_without_countin
         raise KeyboardInterrupt  # the process stopped after the triage copies' bodies
 
     monkeypatch.setattr("broker.ops.prune._prune_refusals", killed)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(PruneCutShort) as cut:
         prune(ledger, 30, "ops-1", now=now)
     monkeypatch.undo()
+    # what its chunks committed, for the command to say
+    assert isinstance(cut.value.error, KeyboardInterrupt)
+    assert (cut.value.done.bodies, cut.value.done.refusals) == (3, 0)
     with ledger.read() as conn:
         assert conn.execute(select(prunes.c.id)).all() == []  # not completed: not recorded
         bodies = conn.execute(select(outbox.c.body).where(
@@ -320,3 +323,55 @@ def test_prune_erases_the_receipt_answered_again_to_a_copy_under_another_id(
     for body in kept.values():
         assert sent.applicant.id_number.encode() not in body
         assert json.loads(body)["notice"] == "receipt"
+
+
+def test_ctrl_c_mid_prune_says_what_was_erased_and_committed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # its chunks commit one by one: stopped, it said nothing, and the operator could not
+    # tell that thousands of dossiers were erased, and not in the erasure log
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    ledger = Ledger(url)
+    clock = FakeClock("2026-09-01 09:00")
+    engine = Engine(load_catalog(MINI_CATALOG))
+    Router(lambda: engine, ledger, Topology("t"), clock=clock).handle(
+        [intake_delivery(i, encode(dossier("9.999999", desk_id="T.MC.A")), f"submit:{i}")
+         for i in range(1, 3)])  # two triaged: their copies' bodies are erased
+    ledger.dispose()
+
+    def killed(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("broker.ops.prune._prune_refusals", killed)
+    assert main(["ledger", "prune", "--keep-days", "30", "--db-url", url]) == 130
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == (
+        "cut short: erased and committed the personal data of 0 closed dossiers, 2 message "
+        "bodies and 0 refusals at intake before it stopped; not recorded as a run in the "
+        "erasure log (`prunes` lists completed runs): run it again, it passes over what is "
+        "erased and finishes the rest\n")
+
+
+def test_a_run_with_nothing_in_its_window_is_recorded_and_says_why(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # after a run with a shorter retention, the nightly run's cutoff lies before the last
+    # one's: it erased nothing and recorded nothing, and the alert on prunes that stopped
+    # fired for as long as the difference (found by a review); it said "before <cutoff>
+    # and after <a later time>"
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    Ledger(url).dispose()
+    assert main(["ledger", "prune", "--keep-days", "7", "--db-url", url, "--by", "a"]) == 0
+    capsys.readouterr()
+    assert main(["ledger", "prune", "--keep-days", "30", "--db-url", url, "--by", "b"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("nothing to erase: an earlier run erased up to ") and (
+        "after this run's cutoff (") in out and "this run is recorded" in out, out
+    ledger = Ledger(url, create=False)
+    try:
+        with ledger.read() as conn:
+            runs = conn.execute(select(prunes.c.pruned_by, prunes.c.ran_at)
+                                .order_by(prunes.c.id)).all()
+        assert [r.pruned_by for r in runs] == ["a", "b"]
+        assert ledger.last_prune() == runs[1].ran_at
+    finally:
+        ledger.dispose()
