@@ -98,7 +98,7 @@ __all__ = ["DEFAULT_DB_URL", "Batch", "Checkpoints", "ConcurrentUpdate", "Ledger
            "RawJSON", "SubmissionOpened", "code_sequences", "dossiers", "early_withdrawals",
            "events", "held", "inbox",
            "is_transient", "metadata", "outbox", "prunes", "refusal_notice", "refusals",
-           "watch_outbox"]
+           "touched_since", "watch_outbox"]
 
 DEFAULT_DB_URL = "sqlite:///casebroker.sqlite3"
 
@@ -181,6 +181,13 @@ def _kept_dossier(body: bytes) -> dict[str, Any] | None:
     with suppress(ValueError):
         kept["submission_id"] = str(UUID(sid))
     return kept
+
+
+def touched_since(since: datetime) -> Any:
+    """Dossiers received since ``since`` (their desk's date), or changed since (recorded
+    late: a desk that synced days later, a backlog; or updated): what an audit of the
+    period checks."""
+    return or_(dossiers.c.received_at >= since, dossiers.c.updated_at >= since)
 
 
 def _closed_at_intake(conn: Connection, submission_ids: Iterable[str]
@@ -1017,9 +1024,9 @@ class Ledger:
             return [dict(r._mapping) for r in rows]
 
     def count_by_state(self, conn: Connection | None = None,
-                       received_since: datetime | None = None) -> dict[int, int]:
-        """How many dossiers are in each state (of those received since then)."""
-        period = [] if received_since is None else [dossiers.c.received_at >= received_since]
+                       since: datetime | None = None) -> dict[int, int]:
+        """How many dossiers are in each state (of those :func:`touched_since` then)."""
+        period = [] if since is None else [touched_since(since)]
         with self._reading(conn) as conn:
             rows = conn.execute(select(dossiers.c.state, func.count()).where(*period)
                                 .group_by(dossiers.c.state))

@@ -44,7 +44,7 @@ from sqlalchemy import Connection, and_, func, or_, select
 
 from broker.amqp import REASON_HEADER
 from broker.cli import DB_URL_HELP, moment_or_day, rabbitmq_problem, submission_id_of
-from broker.ledger import Ledger, dossiers, events, inbox, outbox, refusals
+from broker.ledger import Ledger, dossiers, events, inbox, outbox, refusals, touched_since
 from broker.lifecycle import State
 from broker.ops.progress import Progress
 from broker.topology import DEAD_SOURCES, Topology
@@ -82,7 +82,7 @@ def _ledger_problems(conn: Connection, since: datetime | None = None,
     its later ones), and a round of a week's audit took in, and kept, a year's.
     """
     problems: list[dict[str, str]] = []
-    period = [] if since is None else [dossiers.c.received_at >= since]
+    period = [] if since is None else [touched_since(since)]
     of_period = events if since is None else events.join(
         dossiers, and_(dossiers.c.code == events.c.dossier_code, *period))
     total = int(conn.execute(select(func.count()).select_from(dossiers).where(*period))
@@ -227,14 +227,15 @@ def audit(ledger: Ledger, topology: Topology, submission_ids: list[str] | None =
     """The audit report; ``unaccounted`` counts dossiers and submissions not accounted for,
     ``undelivered`` the messages for agencies and desks waiting in ``dead.agency`` and
     ``dead.desk`` (None, with ``queues_error``, when the queues could not be read).
-    ``since``: check and count (``states``) only the dossiers received since then."""
+    ``since``: check and count (``states``) only the dossiers received or changed since
+    then (:func:`~broker.ledger.touched_since`)."""
     # one snapshot of the ledger for every query, so that routers writing meanwhile do
     # not make a dossier committed between two of them look incomplete
     with ledger.read(snapshot=True) as conn:
         n, dossier_problems = _ledger_problems(conn, since, progress)
         sub_problems = (_submission_problems(ledger, conn, submission_ids)
                         if submission_ids else [])
-        states = ledger.count_by_state(conn, received_since=since)
+        states = ledger.count_by_state(conn, since=since)
         outcomes = ledger.count_inbox_outcomes(conn)
         period = [] if since is None else [refusals.c.refused_at >= since]
         closed = {int(state): int(n) for state, n in conn.execute(
@@ -366,8 +367,9 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--submissions", help="file of submission ids the desks sent, one a "
                    "line ('-': stdin)")
-    p.add_argument("--since", type=moment_or_day, help="check only the dossiers received since "
-                   "then: a date (midnight, Vietnam time) or an ISO 8601 time with offset")
+    p.add_argument("--since", type=moment_or_day, help="check only the dossiers received, "
+                   "recorded or changed since then: a date (midnight, Vietnam time) or an "
+                   "ISO 8601 time with offset")
     p.add_argument("--db-url", help=DB_URL_HELP)
     p.add_argument("--prefix", help="topology prefix (default: $CASEBROKER_PREFIX or cb)")
     p.set_defaults(handler=_cmd_audit)

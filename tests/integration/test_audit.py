@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +38,23 @@ def _deliveries(messages: list[Message], prefix: str) -> list[Delivery]:
 
 
 def _ledger_with_dossiers(ledger: Ledger) -> list[dict[str, Any]]:
-    """Seven dossiers, five received in November and two in October; four resolved."""
+    """Seven dossiers, five received in November and two in October, each recorded the
+    day it was received; four resolved (two of each month) a day later."""
     engine = Engine(load_catalog(MINI_CATALOG))
     t = Topology("audit")
-    when = [NOVEMBER] * 5 + [OCTOBER] * 2
-    Router(lambda: engine, ledger, t).handle(_deliveries(
-        [dossier(submitted_at=w.isoformat()) for w in when], "submit"))
+    for when, n in ((OCTOBER, 2), (NOVEMBER, 5)):
+        Router(lambda: engine, ledger, t, clock=lambda when=when: when).handle(_deliveries(
+            [dossier(submitted_at=when.isoformat()) for _ in range(n)], f"submit:{when:%m}"))
     rows = sorted((ledger.dossier(code) for code in _codes(ledger)),
                   key=lambda r: r["code"] if r else "")
-    StatusRouter(lambda: engine, ledger, t).handle(_deliveries(
-        [DossierStatus(update_id=uuid.uuid4(), dossier_code=r["code"], agency_id=r["agency_id"],
-                       status="resolved", sent_at=datetime.now(UTC))
-         for r in rows[:4] if r], "status"))
+    for when in (OCTOBER, NOVEMBER):
+        later = when + timedelta(days=1)
+        StatusRouter(lambda: engine, ledger, t, clock=lambda later=later: later).handle(
+            _deliveries([DossierStatus(update_id=uuid.uuid4(), dossier_code=r["code"],
+                                       agency_id=r["agency_id"], status="resolved",
+                                       sent_at=later)
+                         for r in [r for r in rows if r and r["received_at"] == when][:2]],
+                        f"status:{when:%m}"))
     return [r for r in (ledger.dossier(r["code"]) for r in rows if r) if r]
 
 
@@ -117,6 +122,25 @@ def test_a_period_audit_counts_the_period_only(ledger: Ledger) -> None:
     assert (period["dossiers"], sum(period["states"].values())) == (5, 5)
     assert period["since"] == since.isoformat() and period["unaccounted"] == 0
     assert period["queues"] is None and "NOT_FOUND" in period["queues_error"]
+
+
+def test_a_period_audit_checks_a_dossier_recorded_in_it_though_dated_before(
+        ledger: Ledger) -> None:
+    # a desk that synced late: its dossier dated in October (its submitted_at, the legal
+    # clock's start) was recorded in November. "Since November 1" left it out, so a
+    # routine audit of the last day never checked such dossiers (found by a review)
+    _ledger_with_dossiers(ledger)
+    engine = Engine(load_catalog(MINI_CATALOG))
+    late = dossier(submitted_at=datetime(2026, 10, 20, 2, 0, tzinfo=UTC).isoformat())
+    out = Router(lambda: engine, ledger, Topology("audit"), clock=lambda: NOVEMBER).handle(
+        _deliveries([late], "late"))
+    code = next(o.message_id for o in out if o.type == "dossier.assigned").split(":")[0]
+    since = datetime(2026, 11, 1, tzinfo=UTC)
+    period = audit_module.audit(ledger, Topology("audit-nothing-declared"), since=since)
+    assert (period["dossiers"], sum(period["states"].values())) == (6, 6)
+    with ledger.engine.begin() as conn:  # and its missing proof is found
+        conn.execute(delete(outbox).where(outbox.c.message_id == f"{code}:assigned:1"))
+    assert _problems(ledger, since) == {code: f"assignment {code}:assigned:1 not in outbox"}
 
 
 def test_submissions_a_router_holds_unacked_are_pending_not_lost(
