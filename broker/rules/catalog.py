@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    model_validator,
 )
 
 from broker.calendar import DurationUnit
@@ -97,7 +98,7 @@ _KINDS = (("chain", "Chain"), ("agency", "FixedAgency"), ("by_area", "ByArea"),
           ("at_intake", "AtIntake"))
 
 
-_KIND_TAGS = frozenset(tag for _, tag in _KINDS)
+_KIND_TAGS = frozenset(tag for _, tag in _KINDS) | {"Scalar", "ScalarList", "Range"}
 
 
 def _kind(value: Any) -> str | None:
@@ -140,8 +141,25 @@ class Range(_Model):
     min: float | None = None
     max: float | None = None
 
+    @model_validator(mode="after")
+    def _bounded(self) -> Range:
+        if self.min is None and self.max is None:  # matched every number, silently
+            raise ValueError("a range needs min, max or both: {} would match every number")
+        return self
 
-Matcher = Scalar | list[Scalar] | Range
+
+def _matcher_kind(value: Any) -> str:
+    """Which form a rule's value has, by its shape: a mapping is a range, a list a list;
+    tried in turn, a range written wrong was reported as "should be a valid string"."""
+    if isinstance(value, dict | Range):
+        return "Range"
+    return "ScalarList" if isinstance(value, list) else "Scalar"
+
+
+Matcher = Annotated[
+    Annotated[Scalar, Tag("Scalar")] | Annotated[list[Scalar], Tag("ScalarList")]
+    | Annotated[Range, Tag("Range")],
+    Discriminator(_matcher_kind)]
 
 
 class Rule(_Model):

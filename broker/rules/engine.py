@@ -225,7 +225,10 @@ class Engine:
         times = tuple((s.processing.amount, s.processing.unit) if s.processing is not None
                       else (share, total.unit) for s in steps)
         resolvers = tuple(self._resolver(s) for s in steps)
-        key = (times, tuple(r if isinstance(r, str) else r.__name__ for r in resolvers))
+        # a fixed agency by its id, a resolver by its name, told apart: an agency may be
+        # named like one (the id pattern allows "_at_intake"), and shared the other's plan
+        key = (times, tuple(("agency", r) if isinstance(r, str) else ("resolver", r.__name__)
+                            for r in resolvers))
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = _Plan(self, times, resolvers)
@@ -435,6 +438,12 @@ class Engine:
 
     def _committee(self, area: str) -> str:
         agency = self.committee_of.get(area)
+        if agency is None and len(area) != WARD_CODE_LENGTH:
+            # a province's code (2 digits) is served by its departments: "no agency serves
+            # area 66" contradicted the catalog
+            raise UnknownParty("area_not_served", (
+                f"area {area} is no ward (a ward code has {WARD_CODE_LENGTH} digits): by "
+                "area, the committee of the ward decides; send the ward's code"))
         if agency is None:
             raise UnknownParty("area_not_served", f"no agency serves area {area}")
         return agency

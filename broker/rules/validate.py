@@ -234,6 +234,15 @@ def _competence_problems(competence: Competence, agencies: Container[str], wards
             problems.append(report(f"unknown agency {step.agency}"))
         if isinstance(step, ByArea) and not wards_served:
             problems.append(report(f"by_area {step.by_area}: no agency serves any ward"))
+    steps = steps_of(competence)
+    for n, (step, after) in enumerate(zip(steps, steps[1:], strict=False), 1):
+        if isinstance(step, FixedAgency) and isinstance(after, FixedAgency) and (
+                step.agency == after.agency):
+            # the agency would hand the dossier to itself: its result for step n opens
+            # step n + 1 at the same agency, as a new assignment
+            problems.append(report(f"chain steps {n} and {n + 1} are both {step.agency}: "
+                                   "one agency's work is one step (a chain may come back "
+                                   "to an agency after another)"))
     return problems
 
 

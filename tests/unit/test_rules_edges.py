@@ -131,3 +131,57 @@ def test_a_desk_under_an_agencys_id_is_a_catalog_problem() -> None:
     text = MINI.read_text().replace("  - {id: T.MC.B,", "  - {id: T.CA,", 1)
     (problem,) = _problems(text.encode())
     assert problem == "desk T.CA: also an agency's id; a desk and an agency each need an id of their own"
+
+
+def test_an_agency_named_like_an_engine_resolver_gets_its_own_plan() -> None:
+    # plans were shared by their resolvers' names: an agency "_at_intake" took the plan
+    # of the at_intake competence of the same times, and its dossiers went to the desk's
+    # unit (found by a review)
+    text = MINI.read_text().replace(
+        "  - {id: T.CA,", "  - {id: _at_intake, name: \"Odd id\", serves: [\"10\"]}\n  - {id: T.CA,", 1
+    ).replace('competence: {agency: T.SO.TP}, boundary_free: true}',
+              'competence: {agency: _at_intake}, boundary_free: true}', 1)
+    text = text.replace('processing: {amount: 2, unit: working_hours}, competence: at_intake',
+                        'processing: {amount: 10, unit: working_days}, competence: at_intake', 1)
+    engine = Engine(parse_catalog(text.encode(), "mini.yaml"))
+    fixed = engine.route(dossier("1.004227", desk_id="T.MC.B"), WED_9AM)
+    at_intake = engine.route(dossier("2.000815", desk_id="T.MC.B"), WED_9AM)
+    assert ([s.agency_id for s in fixed.steps], [s.agency_id for s in at_intake.steps]) == (
+        ["_at_intake"], ["T.UBND.B"])
+
+
+@pytest.mark.parametrize(("value", "said"), [
+    ("{minimum: 500}", "rules.1.when.attributes.area_m2.minimum: Extra inputs are not permitted"),
+    ("{min: 500, max: lots}", "rules.1.when.attributes.area_m2.max: Input should be a valid number"),
+    ("{}", "rules.1.when.attributes.area_m2: Value error, a range needs min, max or both: {} "
+           "would match every number"),
+], ids=["misspelt_bound", "bound_not_a_number", "no_bound"])
+def test_a_range_written_wrong_is_said_as_a_range(value: str, said: str) -> None:
+    # every one was "Input should be a valid string" (the first form tried), and {} was
+    # taken, matching every number (found by a review)
+    text = MINI.read_text().replace("attributes.area_m2: {min: 5000}",
+                                    f"attributes.area_m2: {value}", 1)
+    (problem,) = _problems(text.encode())
+    assert problem.startswith(said), problem
+
+
+def test_a_chain_handing_an_agency_to_itself_is_a_catalog_problem() -> None:
+    (problem,) = _problems(_with(procedures=(
+        '  - {code: "1.000009", name: "Twice", processing: {amount: 4, unit: working_days}, '
+        "competence: {chain: [{agency: T.CA}, {agency: T.CA}]}}")))
+    assert problem == ("procedure 1.000009: chain steps 1 and 2 are both T.CA: one agency's "
+                       "work is one step (a chain may come back to an agency after another)")
+    # coming back after another is a chain's business
+    parse_catalog(_with(procedures=(
+        '  - {code: "1.000009", name: "Back", processing: {amount: 4, unit: working_days}, '
+        "competence: {chain: [{agency: T.CA}, {agency: T.BHXH}, {agency: T.CA}]}}")), "mini.yaml")
+
+
+def test_a_province_code_where_a_ward_goes_is_said_as_such() -> None:
+    # "no agency serves area 10" contradicted the catalog, where departments serve 10
+    engine = Engine(load_catalog(MINI))
+    with pytest.raises(RoutingError) as e:
+        engine.route(dossier("1.001193", applicant_ward="10"), WED_9AM)
+    assert (e.value.reason, e.value.detail) == (
+        "area_not_served", "area 10 is no ward (a ward code has 5 digits): by area, the "
+        "committee of the ward decides; send the ward's code")
