@@ -225,8 +225,9 @@ def test_every_problem_of_an_entry_is_reported_for_the_kind_it_is() -> None:
         "{by_area: applicant|subject} or at_intake (chains do not nest)",
         "c.yaml:9: procedures.4.competence: a competence is {agency: ID}, "
         "{by_area: applicant|subject}, at_intake or {chain: [...]}",
-        # a value none of a matcher's forms fits is said once, not once per form
-        "c.yaml:11: rules.0.when.channel: Input should be a valid string"]
+        # a mapping is a range: what is wrong is said of the range, once (not once per
+        # form, nor as the first form's "should be a valid string")
+        "c.yaml:11: rules.0.when.channel.colour: Extra inputs are not permitted"]
 
 
 def test_a_list_item_that_is_no_mapping_is_reported_at_its_own_line() -> None:
