@@ -409,13 +409,14 @@ def year_plan(calendar: WorkingCalendar, year: int) -> list[CalendarDay]:
 
 def unconfirmed_years(calendar: WorkingCalendar, years: Iterable[int]) -> list[int]:
     """Those of ``years`` past the last one for which the holidays package lists a
-    government decree (Tết bridge days, swapped Saturdays), of which the catalog adds no
-    day and that it does not list as checked: their days off are only the law's yearly
-    holidays, and due dates may come a few working days early once the decree is out."""
+    government decree (Tết bridge days, swapped Saturdays) that the catalog does not list
+    as checked (``decree_checked``): their days off may be only the law's yearly holidays,
+    and due dates may come a few working days early once the decree is out. A day of the
+    year in ``extra_holidays`` confirms nothing: it may be the province's own closure
+    (confirmed by it, a year whose decree nobody added went unwarned: found by a review)."""
     last = decrees_known_until(calendar.country)
-    known = {d.year for d in calendar.extra_holidays | calendar.extra_workdays}
-    known |= calendar.decree_checked
-    return [y for y in years if (last is None or y > last) and y not in known]
+    return [y for y in years if (last is None or y > last)
+            and y not in calendar.decree_checked]
 
 
 def decrees_known_until(country: str) -> int | None:
@@ -427,12 +428,16 @@ def unconfirmed_note(calendar: WorkingCalendar, year: int) -> str:
     """What an operator is told about a year ``unconfirmed_years`` returns."""
     last = decrees_known_until(calendar.country)
     known = f"up to {last}" if last is not None else "for no year"
-    return (f"{year}'s days off are only the law's yearly holidays: holidays "
-            f"{_PACKAGE_VERSION} lists {calendar.country} government decrees {known}, and "
-            f"the catalog adds no day of {year}. When the decree on Tết and bridge days is "
-            "out, add its days to extra_holidays and extra_workdays, or the year to "
-            f"decree_checked if it adds none (`casebroker rules calendar --year {year}` lists "
-            "what is counted now)")
+    added = sorted(d for d in calendar.extra_holidays | calendar.extra_workdays
+                   if d.year == year)
+    adds = (f"the catalog adds {len(added)} day(s) of {year} of its own" if added
+            else f"the catalog adds no day of {year}")
+    return (f"{year}'s government decree is not in the calendar: holidays "
+            f"{_PACKAGE_VERSION} lists {calendar.country} government decrees {known}, "
+            f"{adds}, and decree_checked does not list {year}. When the decree on Tết and "
+            "bridge days is out, add its days to extra_holidays and extra_workdays and the "
+            f"year to decree_checked (`casebroker rules calendar --year {year}` lists what "
+            "is counted now)")
 
 
 #: how far ahead start-up and `rules check` look for unconfirmed years: a due date this far

@@ -35,7 +35,7 @@ def test_run_and_reload_warn_of_an_unconfirmed_year_ahead(
     clock.set(f"{LAST}-11-25 09:00")   # a 30-working-day dossier is due next January
     running = start_broker()
     [warning] = wait_for(lambda: _calendar_warnings(caplog), what="the start-up warning")
-    assert warning.startswith(f"calendar: {LAST + 1}'s days off are only the law's")
+    assert warning.startswith(f"calendar: {LAST + 1}'s government decree is not in the")
     assert _unconfirmed_year(running) == LAST + 1
     assert running.broker.reload()
     assert _calendar_warnings(caplog) == [warning, warning]

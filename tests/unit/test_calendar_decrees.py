@@ -19,6 +19,7 @@ from broker.calendar import (
     WorkingCalendar,
     decrees_known_until,
     unconfirmed_ahead,
+    unconfirmed_note,
     unconfirmed_years,
     year_plan,
 )
@@ -56,15 +57,18 @@ def test_year_plan_lists_days_off_swaps_and_the_catalogs_own_days() -> None:
     assert all(d.working != (d.day.weekday() < 5) for d in plan.values())
 
 
-def test_a_year_past_the_last_decree_is_unconfirmed_until_the_catalog_adds_a_day() -> None:
+def test_a_year_past_the_last_decree_is_unconfirmed_until_the_catalog_says_it_checked(
+        ) -> None:
     assert LAST is not None
     assert unconfirmed_years(WorkingCalendar(), [LAST, LAST + 1, LAST + 2]) == [LAST + 1,
                                                                               LAST + 2]
-    told = WorkingCalendar(extra_holidays=[date(LAST + 1, 2, 3)])
-    assert unconfirmed_years(told, [LAST + 1, LAST + 2]) == [LAST + 2]
-    told = WorkingCalendar(extra_workdays=[date(LAST + 2, 1, 9)])
-    assert unconfirmed_years(told, [LAST + 1, LAST + 2]) == [LAST + 1]
-    # a decree that adds nothing: the province says it compared the year
+    # a day of the year added (the province's own closure, say) confirms nothing: it
+    # silenced the warning for a year whose decree nobody added (found by a review)
+    own = WorkingCalendar(extra_holidays=[date(LAST + 1, 9, 3)],
+                          extra_workdays=[date(LAST + 2, 1, 9)])
+    assert unconfirmed_years(own, [LAST + 1, LAST + 2]) == [LAST + 1, LAST + 2]
+    assert "the catalog adds 1 day(s) of" in unconfirmed_note(own, LAST + 1)
+    # the decree's days added, or none to add: the province says it compared the year
     checked = WorkingCalendar(decree_checked=[LAST + 1])
     assert unconfirmed_years(checked, [LAST + 1, LAST + 2]) == [LAST + 2]
 
@@ -76,7 +80,7 @@ def test_looking_ahead_covers_due_dates_into_next_year_in_the_calendars_zone() -
     assert unconfirmed_ahead(cal, mid_year) == []
     november = datetime(LAST, 11, 25, 3, tzinfo=UTC)   # a 30-working-day dossier ends in January
     [note] = unconfirmed_ahead(cal, november)
-    assert note.startswith(f"{LAST + 1}'s days off are only the law's yearly holidays")
+    assert note.startswith(f"{LAST + 1}'s government decree is not in the calendar")
     assert f"up to {LAST}" in note and f"--year {LAST + 1}" in note
     # 31 December 20:00 UTC is already New Year's Day in Vietnam: that year counts
     new_year = datetime(LAST, 12, 31, 20, tzinfo=UTC)
@@ -95,7 +99,7 @@ def test_rules_check_adds_a_note_only_when_a_year_ahead_is_unconfirmed(
     code, out, err = _run(capsys, "rules", "check", str(MINI))
     ok, note = out.splitlines()
     assert (code, err, ok) == (0, "", f"ok: {MINI}: 7 procedures, 6 agencies, 6 desks, 2 rules")
-    assert note.startswith(f"note: {LAST + 1}'s days off are only the law's yearly holidays")
+    assert note.startswith(f"note: {LAST + 1}'s government decree is not in the calendar")
 
 
 def test_rules_calendar_counts_the_years_working_days(
@@ -117,7 +121,7 @@ def test_rules_calendar_counts_the_years_working_days(
                         "--year", str(LAST + 1))
     lines = out.splitlines()
     assert code == 0 and lines[0].startswith(f"mini: calendar VN, {LAST + 1}: ")
-    assert lines[-1].startswith(f"note: {LAST + 1}'s days off are only")
+    assert lines[-1].startswith(f"note: {LAST + 1}'s government decree is not in the calendar")
     code, out, _ = _run(capsys, "rules", "calendar", "--catalog", str(MINI),
                         "--year", str(LAST))
     assert code == 0 and "note:" not in out
