@@ -273,9 +273,14 @@ def notices_for(topology: Topology, row: Mapping[str, Any], level: int, now: dat
             state=int(row["state"]), agency_id=row["agency_id"],
             received_at=row["received_at"], due_at=due_at, reason=reason, issued_at=now),
             message_id(code, NoticeKind.AT_RISK, due_at, "desk"))
+    # the agency is who must keep the appointment the desk gave the citizen: told it, in
+    # words (AgencyNotice v1 has no field for it, and a receiver of v1 may refuse a new one)
+    told = reason if appointment is None else (
+        f"{reason}; the citizen was given a new appointment "
+        f"{appointment.isoformat(timespec='minutes')}: have the result ready by then")
     agency = to_agency(topology, AgencyNotice(
         notice=agency_kind, dossier_code=code, agency_id=row["agency_id"],
-        state=int(row["state"]), reason=reason, issued_at=now),
+        state=int(row["state"]), reason=told, issued_at=now),
         message_id(code, agency_kind, due_at, "agency"))
     return [agency, desk]
 

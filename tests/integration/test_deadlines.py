@@ -104,7 +104,11 @@ def test_at_risk_then_overdue_once_each_across_two_watches_and_a_restart(
     clock.set("2026-12-09 09:30")
     _race([a, restarted])
     b.tick()
-    assert _notices(amqp, declared.agency_queue("T.SO.TP")) == [("overdue", slow)]
+    (told,) = amqp.json_all(declared.agency_queue("T.SO.TP"))
+    assert (told["notice"], told["dossier_code"]) == ("overdue", slow)
+    # the agency keeps the appointment the desk gave the citizen: it was told none
+    assert told["reason"].endswith("; the citizen was given a new appointment "
+                                   "2026-12-10T09:30+07:00: have the result ready by then")
     assert _notices(amqp, declared.desk_queue("T.MC.B")) == [("overdue_apology", slow)]
     assert _notices(amqp, declared.agency_queue("T.UBND.A")) == []
 
