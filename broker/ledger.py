@@ -314,8 +314,20 @@ def _driver_said(error: DBAPIError) -> str:
     server and locks, never of a row's values (SQLAlchemy's own text, which quotes the
     statement's parameters, is left out, as is any other kind's message)."""
     name = type(error.orig).__name__
+    if (why := _PG_WHY.get(getattr(error.orig, "sqlstate", None) or "")) is not None:
+        return f"{name} ({why})"
     said = str(error.orig).strip().splitlines() if isinstance(error, OperationalError) else []
     return f"{name} ({said[0][:200]})" if said and said[0] else name
+
+
+#: what PostgreSQL's "not now" errors mean for an operator: a privilege or a read-only
+#: server reads as an outage under its type's name alone (found by a review)
+_PG_WHY = {
+    "42501": "the database user lacks a privilege on the ledger's tables: grant it, or "
+             "use the owner's URL",
+    "25006": "the server takes no writes: a standby (after a failover?) or "
+             "default_transaction_read_only",
+}
 
 
 #: PostgreSQL's errors (SQLSTATE) that say the server or the session takes no writes now,

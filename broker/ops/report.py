@@ -408,7 +408,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     last = args.to or now.date()
     first = args.from_ or quarter_start(last)
     if first > last:
-        print(f"error: --from {first} is after --to {last}", file=sys.stderr)
+        to = f"--to {last}" if args.to else f"today ({last}, in {args.tz}: --to's default)"
+        print(f"error: --from {first} is after {to}", file=sys.stderr)
         return 2
     ledger = Ledger(args.db_url, create=False)
     try:

@@ -186,6 +186,11 @@ def test_the_report_refuses_a_period_that_ends_before_it_starts(
     assert main(["report", "--from", "2026-12-01", "--to", "2026-11-01",
                  "--db-url", ledger.url]) == 2
     assert "--from 2026-12-01 is after --to 2026-11-01" in capsys.readouterr().err
+    # --to not given: today, said as such (a --to the operator never wrote was named)
+    assert main(["report", "--from", "2999-01-01", "--db-url", ledger.url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --from 2999-01-01 is after today (") and err.endswith(
+        ", in Asia/Ho_Chi_Minh: --to's default)\n"), err
 
 
 def test_an_empty_period_reports_zeros_and_no_shares(
