@@ -28,6 +28,7 @@ from uuid import UUID
 from amqp.exceptions import (
     AccessRefused,
     AMQPError,
+    ChannelError,
     ConsumerCancelled,
     MessageNacked,
     NotAllowed,
@@ -520,7 +521,9 @@ class RetryLater(Exception):  # noqa: N818 (not an error: an outcome the handler
     handler that keeps asking within the timeout keeps the drain going), or by a lost
     connection (then RabbitMQ redelivers, ``redelivered`` set). RabbitMQ closes a channel
     that holds a delivery unacked longer than its ``consumer_timeout`` (30 minutes by
-    default), and the drain then raises: past that, stop and drain again later."""
+    default): the inbox says so in a line and subscribes again, and RabbitMQ delivers the
+    message anew (a return that counts towards the queue's delivery limit, 20: a handler
+    that keeps asking past that sends it to the dead-letter queue, to be replayed)."""
 
     def __init__(self, after_s: float = 5.0) -> None:
         if not after_s >= 0:
@@ -620,6 +623,15 @@ class Inbox:
                         failures = 0
                     self._step(conn, handler)
                 except conn.recoverable_connection_errors as e:
+                    failures = 0 if subscribed else failures + 1
+                    subscribed = False
+                    self._recover(conn, e, failures, timeout_s)
+                except conn.channel_errors as e:
+                    # RabbitMQ closed the channel: a delivery held unacked past its
+                    # consumer_timeout (a handler retrying for half an hour), said in words;
+                    # what it held is delivered again, as after a lost connection
+                    # (QueueMissing and InboxRefused, raised while subscribing, are not
+                    # these; another refusal while subscribing waits as a failed attempt)
                     failures = 0 if subscribed else failures + 1
                     subscribed = False
                     self._recover(conn, e, failures, timeout_s)
@@ -823,6 +835,9 @@ def _loss(error: BaseException) -> str:
     if isinstance(error, ConsumerCancelled):
         queue = str(error.reply_text).rpartition(":")[0]  # the consumer tag names its queue
         return f"the consumer on {queue} was cancelled by RabbitMQ (queue deleted?)"
+    if isinstance(error, ChannelError):  # RabbitMQ's own words: no message's values
+        return (f"RabbitMQ closed the inbox's channel ({error.reply_code} "
+                f"{str(error.reply_text)[:200]}); what it held is delivered again")
     return f"inbox connection lost ({type(error).__name__})"
 
 

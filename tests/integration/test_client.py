@@ -715,3 +715,37 @@ def test_a_notice_larger_than_what_a_desk_may_send_is_taken(live: Live) -> None:
         assert desk.inbox().drain(got.append, timeout_s=0.3) == 1
     assert [len(r.message.documents) for r in got] == [2000]
     assert live.depth(t.desk_queue("T.MC.A")) == live.depth(t.dead_queue("desk")) == 0
+
+
+def test_a_channel_rabbitmq_closes_under_the_inbox_is_subscribed_again(
+        live: Live, caplog: pytest.LogCaptureFixture) -> None:
+    # RabbitMQ closes a channel holding a delivery past its consumer_timeout (a handler
+    # asking for retries for half an hour) with 406 PRECONDITION_FAILED; the drain raised
+    # py-amqp's PreconditionFailed. An ack of a tag the channel never delivered gets the
+    # same closing from the server here, at once
+    t = live.topology
+    seen: list[Received] = []
+    with DeskClient("T.MC.A", topology=t) as desk:
+        publish_desk_notices(desk, t, "T.MC.A", 2)
+        inbox = desk.inbox()
+
+        def handler(r: Received) -> None:
+            seen.append(r)
+            if len(seen) == 1:
+                (channel,) = [c for n, c in inbox.connection.connection.channels.items()
+                              if n != 0]
+                channel.basic_ack(999_999)  # RabbitMQ: unknown delivery tag, channel closed
+
+        with caplog.at_level(logging.WARNING, logger="adapters.client"):
+            handled = inbox.drain(handler, timeout_s=1.0)
+    got = [(r.message_id, r.redelivered) for r in seen]
+    # what the closed channel held comes again (notice:1 too, if it was in hand before the
+    # close was read): a handler drops repeats by message id, as after a lost connection
+    assert got[0] == ("notice:0", False) and ("notice:0", True) in got, got
+    assert {m for m, _ in got} == {"notice:0", "notice:1"} and len(got) <= 4, got
+    assert handled == len(got)  # acks sent on the closed channel are counted, not taken
+    said = [m for r in caplog.records if "closed the inbox's channel" in (m := r.getMessage())]
+    assert len(said) == 1 and said[0].startswith(
+        "RabbitMQ closed the inbox's channel (406 PRECONDITION_FAILED - unknown delivery "
+        "tag"), said
+    assert live.depth(t.desk_queue("T.MC.A")) == 0 and live.depth(t.dead_queue("desk")) == 0
