@@ -580,6 +580,17 @@ class Batch:
                 if (sid := _kept_submission(r.body)) is not None
                 and (r.message_id, sid) in wanted}
 
+    def appointment(self, code: str) -> datetime | None:
+        """The new appointment the deadline watch's apology gave for a dossier overdue
+        (its last ``overdue`` event's detail), or None. Rare (a hand-off of a dossier
+        already overdue), so through SQLAlchemy."""
+        detail = self.conn.execute(
+            select(events.c.detail).where(events.c.dossier_code == code,
+                                          events.c.kind == "overdue")
+            .order_by(events.c.seq.desc()).limit(1)).scalar()
+        said = detail.get("appointment") if isinstance(detail, dict) else None
+        return datetime.fromisoformat(said) if isinstance(said, str) else None
+
     def closed_at_intake(self, submission_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """:func:`_closed_at_intake`, in this batch."""
         return _closed_at_intake(self.conn, submission_ids)

@@ -112,7 +112,12 @@ class Management:
             raise ManagementError(f"{method} {path}: HTTP {e.code}{_reason(e)}{hint}") from e
         except OSError as e:
             raise ManagementError(f"management API at {self.url} unreachable: {e}") from e
-        return json.loads(raw) if raw else None
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:  # a proxy's or another server's page: no management API there
+            raise ManagementError(f"{method} {path}: the answer is not JSON: no RabbitMQ "
+                                  f"management API at {self.url}? (--management-url, "
+                                  "CASEBROKER_MANAGEMENT_URL)") from None
 
     @classmethod
     def from_url(cls, url: str, vhost: str | None = None) -> Management:

@@ -286,15 +286,20 @@ def notices_for(topology: Topology, row: Mapping[str, Any], level: int, now: dat
 
 
 def handed_on(topology: Topology, code: str, agency_id: str, step: int, state: int,
-              level: int, due_at: datetime, now: datetime, calendar: WorkingCalendar
-              ) -> Outbound:
+              level: int, due_at: datetime, now: datetime, calendar: WorkingCalendar,
+              appointment: datetime | None = None) -> Outbound:
     """What the watch told the last step's agency of the dossier (at risk, overdue), for
     the agency a hand-off gives it to: the watch tells each level once, so the new one
-    would never hear it."""
+    would never hear it. ``appointment``: the one the apology gave the citizen, which the
+    new agency now has to keep."""
     kind, reason = _dossier_reason(level, due_at, now, calendar)
+    kept = "" if appointment is None else (
+        f"; the citizen was given a new appointment "
+        f"{appointment.astimezone(calendar.tz).isoformat(timespec='minutes')}: have the "
+        "result ready by then")
     return to_agency(topology, AgencyNotice(
         notice=kind, dossier_code=code, agency_id=agency_id, state=state,
-        reason=f"{reason} (told to the agency before you)", issued_at=now),
+        reason=f"{reason} (told to the agency before you){kept}", issued_at=now),
         message_id(code, kind, due_at, f"agency{step}"))
 
 

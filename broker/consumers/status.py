@@ -524,7 +524,7 @@ class StatusRouter(Consumer):
                     flags={**dossier["flags"], EVENT_AT: at.isoformat()})
         if isinstance(msg, DossierStatus):
             dossier.set(status_sent_at=min(msg.sent_at, now + SENT_AT_AHEAD_MAX))
-        out = self._effects(engine, dossier, msg, event, old_state, seq, at, now)
+        out = self._effects(engine, batch, dossier, msg, event, old_state, seq, at, now)
         # a supplement is measured by the hand-off it leads to: accepted, and that too large,
         # no agency could hand the dossier on
         later = self._next_assignment(dossier) if event == Event.SUPPLEMENT else []
@@ -584,8 +584,9 @@ class StatusRouter(Consumer):
                     f"{dossier['return_desk_id']} hands the result over")
         return None
 
-    def _effects(self, engine: Engine, dossier: _Dossier, msg: Update, event: Event,
-                 old_state: State, seq: int, at: datetime, now: datetime) -> list[Outbound]:
+    def _effects(self, engine: Engine, batch: Batch, dossier: _Dossier, msg: Update,
+                 event: Event, old_state: State, seq: int, at: datetime, now: datetime
+                 ) -> list[Outbound]:
         """What applying ``msg`` changes and publishes: ``at`` is when its event happened
         (:func:`happened_at`), by which the clocks go; ``now`` dates the notices."""
         state = State(dossier["state"])
@@ -607,9 +608,12 @@ class StatusRouter(Consumer):
             # the next agency gets the dossier as it stands: supplements and earlier results
             out.append(self._hand_off(engine, dossier, _gathered(dossier), at))
             if dossier["watch_level"] >= AT_RISK:  # the watch told the agency before
+                promised = (batch.appointment(dossier["code"])
+                            if dossier["watch_level"] >= OVERDUE else None)
                 out.append(handed_on(
                     self.topology, dossier["code"], dossier["agency_id"], dossier["step"],
-                    int(state), dossier["watch_level"], dossier["due_at"], now, engine.calendar))
+                    int(state), dossier["watch_level"], dossier["due_at"], now, engine.calendar,
+                    promised))
         elif event == Event.WITHDRAW:
             out.append(self._agency_notice(dossier, NoticeKind.WITHDRAWN, seq, now,
                                            reason=getattr(msg, "reason", None)))
@@ -693,7 +697,8 @@ class StatusRouter(Consumer):
 
         due_at = moved("due_at", dossier["due_at"], whole_unit, whole)
         # the step's own due date, which its due date is, unless that fell after the
-        # dossier's (then the dossier's, its own kept in STEP_OWN_DUE for the step watch):
+        # dossier's (then the dossier's, its own kept in STEP_OWN_DUE for the report and
+        # `dossier show`):
         # moved by its own unit, it may now fall on either side of the dossier's
         own_key = STEP_OWN_DUE if STEP_OWN_DUE in flags else "step_due_at"
         own = moved(own_key, datetime.fromisoformat(flags[STEP_OWN_DUE])

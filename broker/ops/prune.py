@@ -204,7 +204,7 @@ def _prune_dossiers(ledger: Ledger, done: Pruned, at: datetime, dry_run: bool,
             if not rows:
                 return
             last, seen = rows[-1].id, seen + len(rows)
-            done.dossiers += _erase_submissions(
+            erased = _erase_submissions(
                 conn, c.id, [(r.id, r.submission) for r in rows], at, dry_run)
             _count_documents(conn, rows, dry_run)
             _count_event_documents(conn, [r.code for r in rows], dry_run)
@@ -226,9 +226,12 @@ def _prune_dossiers(ledger: Ledger, done: Pruned, at: datetime, dry_run: bool,
                        inbox.c.dossier_code.in_([r.code for r in rows]),
                        outbox.c.type == "desk.notice")
                 .with_for_update(of=outbox)))
-            done.bodies += _erase_bodies(conn, [
+            bodies = _erase_bodies(conn, [
                 r for r in sent if r.type == "dossier.assigned" or _personal(r.body)
             ], at, dry_run)
+        # counted once committed: a chunk rolled back (Ctrl-C, the ledger away) erased
+        # nothing, and the line a run cut short prints says what is erased
+        done.dossiers, done.bodies = done.dossiers + erased, done.bodies + bodies
         progress(seen, int(total or 0))
 
 
@@ -293,7 +296,8 @@ def _prune_set_aside(ledger: Ledger, done: Pruned, at: datetime, dry_run: bool) 
                                 .with_for_update()).all()
             copies = [r for r in rows if isinstance(r.headers, dict)
                       and REASON_HEADER in r.headers]
-            done.bodies += _erase_bodies(conn, copies, at, dry_run)
+            bodies = _erase_bodies(conn, copies, at, dry_run)
+        done.bodies += bodies  # once committed
 
 
 def _prune_refusals(ledger: Ledger, done: Pruned, at: datetime, dry_run: bool) -> None:
@@ -301,7 +305,7 @@ def _prune_refusals(ledger: Ledger, done: Pruned, at: datetime, dry_run: bool) -
     with ledger.write() as conn:
         rows = conn.execute(select(c.submission_id, c.submission).where(
             *_window(c.refused_at, done.since, done.cutoff)).with_for_update()).all()
-        done.refusals += _erase_submissions(conn, c.submission_id, rows, at, dry_run)
+        erased = _erase_submissions(conn, c.submission_id, rows, at, dry_run)
         # withdrawals of submissions that never came: the row stays (one coming late is
         # still closed at intake), the desk's free-text reason goes
         e = early_withdrawals.c
@@ -309,6 +313,7 @@ def _prune_refusals(ledger: Ledger, done: Pruned, at: datetime, dry_run: bool) -
             conn.execute(update(early_withdrawals).where(
                 *_window(e.withdrawn_at, done.since, done.cutoff), e.reason.is_not(None))
                 .values(reason=None))
+    done.refusals += erased  # once committed
 
 
 def prune(ledger: Ledger, keep_days: int, by: str, *, now: datetime | None = None,
@@ -363,9 +368,10 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         print(json.dumps({**asdict(done), "dry_run": args.dry_run}, default=str))
         return 0
     if done.since is not None and done.since >= done.cutoff:
+        recorded = "a dry run, not recorded" if args.dry_run else "this run is recorded"
         print(f"nothing to erase: an earlier run erased up to {done.since.isoformat()}, "
               f"after this run's cutoff ({done.cutoff.isoformat()}: a shorter --keep-days, "
-              f"or a clock set back); this run is recorded, in the ledger at {ledger.where}")
+              f"or a clock set back); {recorded}, in the ledger at {ledger.where}")
         return 0
     verb = "would erase" if args.dry_run else "erased"
     since = f" and after {done.since.isoformat()} (the last run's cutoff)" if done.since else ""

@@ -644,6 +644,37 @@ def test_the_agency_a_hand_off_gives_an_at_risk_dossier_is_told_it_is_at_risk(
     assert amqp.json_all(ca) == []
 
 
+def test_the_agency_a_hand_off_gives_an_overdue_dossier_is_told_the_appointment(
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock,
+        make_watch: Callable[[], DeadlineWatch]) -> None:
+    """The apology gave the citizen a new appointment; after a hand-off the next agency is
+    the one to keep it, and it was told only that the due date had passed."""
+    start_broker()
+    code = submit(amqp, declared, "T.UBND.A", procedure_code="1.000001",
+                  return_desk_id="T.CENTRE")["dossier_code"]  # due Thu 3 Dec 09:00
+    ca = declared.agency_queue("T.CA")
+    clock.set("2026-12-03 10:00")  # an hour past the dossier's due date
+    make_watch().tick()
+    apologies = [n for n in amqp.json_all(declared.desk_queue("T.CENTRE"))
+                 if n["notice"] == "overdue_apology"]
+    assert [datetime.fromisoformat(n["due_at"]) for n in apologies] == [
+        vn("2026-12-04 10:00")]
+    report(amqp, declared, code, "T.UBND.A", "resolved", documents=[doc("khai-sinh.pdf")],
+           sent_at=clock.now)
+    got: list[tuple[Any, bytes]] = []
+
+    def both() -> bool:
+        got.extend(amqp.get_all(ca))
+        return len(got) >= 2
+
+    wait_for(both, what="step 2's assignment and the overdue notice")
+    notice = json.loads(got[1][1])
+    assert (notice["notice"], notice["agency_id"]) == ("overdue", "T.CA")
+    assert notice["reason"].endswith(
+        "(told to the agency before you); the citizen was given a new appointment "
+        "2026-12-04T10:00+07:00: have the result ready by then"), notice["reason"]
+
+
 class _OffsetClock:
     """The real time, moved by ``offset_s``: a clock an operator or a resumed virtual
     machine set wrong."""

@@ -366,6 +366,9 @@ def test_a_run_with_nothing_in_its_window_is_recorded_and_says_why(
     out = capsys.readouterr().out
     assert out.startswith("nothing to erase: an earlier run erased up to ") and (
         "after this run's cutoff (") in out and "this run is recorded" in out, out
+    assert main(["ledger", "prune", "--keep-days", "30", "--db-url", url, "--by", "c",
+                 "--dry-run"]) == 0
+    assert "; a dry run, not recorded, in the ledger at " in capsys.readouterr().out
     ledger = Ledger(url, create=False)
     try:
         with ledger.read() as conn:
@@ -375,3 +378,28 @@ def test_a_run_with_nothing_in_its_window_is_recorded_and_says_why(
         assert ledger.last_prune() == runs[1].ran_at
     finally:
         ledger.dispose()
+
+
+def test_a_chunk_cut_short_counts_nothing_it_did_not_commit(
+        ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    # stopped inside a chunk, its transaction rolled back; the submissions it had erased
+    # before were counted all the same, and the line said "erased and committed" of them
+    # (found by a review)
+    clock = FakeClock("2026-09-01 09:00")
+    router, status = mini_handlers(ledger, clock)
+    d = dossier(desk_id="T.MC.A")
+    out = router.handle([intake_delivery(1, encode(d), "submit:1")])
+    code = json.loads(out[-1].body)["dossier_code"]
+    status.handle([status_delivery(2, DossierStatus(
+        update_id=uuid.uuid4(), dossier_code=code, agency_id="T.UBND.A", status="rejected",
+        reason="không đủ điều kiện", sent_at=clock.now))])
+
+    def killed(*_: Any) -> None:
+        raise KeyboardInterrupt  # after the chunk erased the submission, before its commit
+
+    monkeypatch.setattr("broker.ops.prune._count_event_documents", killed)
+    with pytest.raises(PruneCutShort) as cut:
+        prune(ledger, 30, "ops-1", now=FakeClock("2026-11-29 09:00").now)
+    assert (cut.value.done.dossiers, cut.value.done.bodies) == (0, 0)
+    row = ledger.dossier(code)
+    assert row is not None and not is_pruned(row["submission"])  # rolled back, as said

@@ -17,7 +17,7 @@ from broker.cli import main
 from broker.ledger import Ledger
 from broker.messages import encode
 from broker.rules.catalog import Catalog
-from broker.security import Grant, apply, grants, user_for
+from broker.security import Grant, Management, ManagementError, apply, grants, user_for
 from broker.topology import INTAKE_KEY, TRIAGE_KEY, Topology
 from tests.conftest import MINI_CATALOG, queue_depth, wait_for
 from tests.helpers import Amqp, dossier, management_api
@@ -253,3 +253,34 @@ def test_a_party_taken_out_of_the_catalog_is_named_then_retired(
         api.delete_user(router_like)
         api.delete_user(monitor)
         api.put_user(user_for(declared, "T.POST"), "x")  # for the fixture's teardown
+
+
+def test_a_page_that_is_no_management_api_is_said_in_words() -> None:
+    # a proxy's or another server's page answered 200: json.loads raised on it, past the
+    # ManagementError every caller handles (the audit crashed; found by a review)
+    import http.server
+    import threading
+
+    class Portal(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
+            page = b"<html><body>Sign in</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Portal)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        api = Management.from_url(f"http://127.0.0.1:{server.server_address[1]}")
+        with pytest.raises(ManagementError) as e:
+            api.unacked()
+        assert "the answer is not JSON: no RabbitMQ management API at http://127.0.0.1:" in (
+            str(e.value))
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -78,20 +78,29 @@ def test_casebroker_says_so_and_exits(monkeypatch: pytest.MonkeyPatch,
     assert "secret" not in err
 
 
-@pytest.mark.parametrize(("url", "said"), [
-    ("http://cb:s3cretZq9@node-a:5672/", "url does not start with amqp:// or amqps://"),
-    ("amqp://cb:s3cret@node-a:Zq9/%2F", "url cannot be read (ValueError)"),
-    ("amqp://cb:s3cretZq9@node-a:5672/prov/", "url has a '/' in its virtual host"),
-], ids=["scheme", "bad_port", "slash_in_vhost"])
-def test_the_sdk_refuses_a_url_argument_as_it_refuses_the_setting(url: str, said: str
-                                                                   ) -> None:
-    # kombu said it at the first publish: a KeyError "No such transport: http", or
-    # pika's ValueError quoting the port; the vhost read apart from the router's
+@pytest.mark.parametrize("url", [
+    "http://cb:s3cretZq9@node-a:5672/", "cb:s3cretZq9@node-a:5672",
+    "amqp://cb:x@node-a/%2F;http://cb:s3cretZq9@node-b/%2F",
+], ids=["scheme", "no_scheme", "second_node"])
+def test_the_sdk_refuses_a_url_argument_that_is_no_amqp_url(url: str) -> None:
+    # kombu said it at the first publish, as a KeyError "No such transport: http"
     from adapters.client import AgencyClient, DeskClient
 
     for client in (lambda: DeskClient("T.MC.B", url=url),
                    lambda: AgencyClient("T.UBND.A", url=url)):
         with pytest.raises(ValueError) as caught:
             client()
-        assert str(caught.value).startswith(said), caught.value
+        assert str(caught.value).startswith("url does not start with amqp:// or amqps://")
         assert "s3cret" not in str(caught.value) and "Zq9" not in str(caught.value)
+
+
+@pytest.mark.parametrize("url", [
+    "amqp://cb:x@node-a:5672/%2F?ssl=1", "amqps://cb:x@node-a/%2F?login_method=PLAIN",
+    "amqp://cb:x@node-a/%2F;amqp://cb:x@node-b/%2F", "pyamqp://cb:x@node-a//",
+], ids=["ssl_option", "login_method", "failover", "pyamqp"])
+def test_the_sdk_takes_every_url_kombu_reads(url: str) -> None:
+    # the check first read a url= as pika reads CASEBROKER_AMQP_URL, and refused these,
+    # which kombu takes (found by a review); nothing connects until the first publish
+    from adapters.client import DeskClient
+
+    DeskClient("T.MC.B", url=url).close()
