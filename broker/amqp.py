@@ -225,10 +225,16 @@ class ConsumerService:
                         settings.batch_size)
         urls = list(dict.fromkeys((settings.url, *settings.failover_urls)))
         self._all_params = [pika.URLParameters(u) for u in urls]
+        # named in the management UI and `rabbitmqctl list_connections`: which process
+        # holds a connection, for an operator who must close one (or a test)
+        self.connection_name = f"casebroker run (pid {os.getpid()}, {id(self):x})"
         for p in self._all_params:
             p.heartbeat = settings.heartbeat_s
+            p.client_properties = {"connection_name": self.connection_name}
         self._url_index = 0
         self._opened = False
+        #: RabbitMQ's reason when the connection was last lost, until the log says it
+        self.lost_because: str | None = None
         #: when the connection last opened, on the monotonic clock
         self._opened_at = 0.0
         self.params = self._all_params[0]
@@ -303,8 +309,10 @@ class ConsumerService:
             # back every unacked delivery a step nearer its delivery limit
             if lost and time.monotonic() - self._opened_at >= self.settings.reconnect_max_s:
                 delay_s = 0.5
+            why, self.lost_because = self.lost_because, None
             log.warning("%s; connecting to %s:%s in %.1fs",
-                        "connection to RabbitMQ lost" if lost else "not connected",
+                        (f"connection to RabbitMQ lost ({why})" if why else
+                         "connection to RabbitMQ lost") if lost else "not connected",
                         *self._next_host(), delay_s)
             self.turned_at = time.monotonic()
             if self._stopped.wait(delay_s):
@@ -379,6 +387,11 @@ class ConsumerService:
         connection.ioloop.stop()
 
     def _on_closed(self, connection: SelectConnection, reason: BaseException) -> None:
+        if not self.stopping and not isinstance(reason, pika.exceptions.ConnectionClosedByClient):
+            # why, in RabbitMQ's words (a node stopping, an operator's close, a missed
+            # heartbeat): the reconnect line alone said the same of all. Not casebroker's
+            # own close after a fault, which the fault's line says
+            self.lost_because = connection_error_text(reason)[:300]
         for worker in self.workers:
             worker.channel = None
             worker._cancel_timers()

@@ -36,6 +36,7 @@ from broker import threads
 from broker.envelope import Outbound, as_text, portable_headers
 from broker.errors import HandlerFault, TransientError, without_values
 from broker.messages import shown_message_id
+from broker.topology import DELIVERY_LIMIT
 
 if TYPE_CHECKING:
     from broker.amqp import ConsumerService
@@ -358,6 +359,9 @@ class QueueWorker:
         self.closed_by_broker: str | None = None
         #: when a channel was last closed for nacks (NACK_REOPEN_INTERVAL_S)
         self.nack_reopened_at = -1e9
+        #: the unacked deliveries a channel closed on purpose gave back (_close_channel),
+        #: until _on_channel_closed says it
+        self.given_back: int | None = None
         #: readiness (broker/health.py): since when this queue has been held up, paused
         #: after a failure with no batch acked since, and the last failure in words (no
         #: dossier's data or code). Kept across channels, which a refusal can close;
@@ -447,16 +451,25 @@ class QueueWorker:
         consumes again once the queue is back."""
         log.warning("RabbitMQ cancelled the consumer of %s (queue deleted?); reopening",
                     self.queue)
+        self._close_channel()
+
+    def _close_channel(self) -> None:
+        """Close the channel for it to be reopened, dropping what it holds (a batch with
+        the handler thread belongs to it); the unacked deliveries it gives back are
+        counted first, for :meth:`_on_channel_closed` to say."""
         channel = self.channel
         self._cancel_timers()
-        self._reset()  # what the handler thread still holds belongs to this channel
+        self.given_back = self.unacked
+        self._reset()
         if channel is not None and channel.is_open:
             channel.close()
 
     def _on_channel_closed(self, _channel: Channel, reason: Exception) -> None:
         self.channel = None
         self._cancel_timers()
-        waiting, published = len(self.pending), len(self.inflight)
+        # counted before _close_channel reset them, when it closed the channel (said "0")
+        given_back = self.unacked if self.given_back is None else self.given_back
+        self.given_back = None
         self._reset()
         if self.service.stopping or not self.service.connection_open:
             return
@@ -477,9 +490,9 @@ class QueueWorker:
                 log.error("exchange %s is gone (deleted?): %s is not consumed until it is "
                           "back (`casebroker topology declare`)", gone, self.queue)
             self.missing_exchange = gone
-        log.warning("channel for %s closed (%s); its unacked deliveries (%d waiting, %d "
-                    "batches published) will be redelivered; reopening in %.0fs",
-                    self.queue, reason, waiting, published, delay_s)
+        log.warning("channel for %s closed (%s); its %d unacked deliveries go back to the "
+                    "queue (each a step nearer its delivery limit, %d); reopening in %.0fs",
+                    self.queue, reason, given_back, DELIVERY_LIMIT, delay_s)
         self.service.call_later(delay_s, self.service.reopen_worker, self)
 
     def cancel(self) -> None:
@@ -775,11 +788,8 @@ class QueueWorker:
                             "that accepts again; at most once in %.0fs)",
                             self.nacked_in_a_row, self.queue, NACK_REOPEN_INTERVAL_S)
                 self.nack_reopened_at = now
-                channel = self.channel
-                self._cancel_timers()
                 # as when the broker cancels: a batch still with the handler thread
                 # belongs to this channel, and must not be published on it as it closes
-                self._reset()
-                channel.close()  # _on_channel_closed opens another
+                self._close_channel()  # _on_channel_closed opens another
                 return
         self._pause(delay_s, f"RabbitMQ refused a publish{to}")

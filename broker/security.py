@@ -2,7 +2,10 @@
 
 An agency may read only its own queue and write only to the status exchange; a desk
 may write only to the intake and status exchanges and read only its own queue;
-neither may configure anything. RabbitMQ checks the ``user_id`` property of every
+neither may configure anything. "Read" is the messages: RabbitMQ checks no permission
+on a passive declare, so any login can learn a queue's depth and consumer count, and
+whether a queue of that name exists (and so which party ids the catalog has); no
+permission pattern can close that. RabbitMQ checks the ``user_id`` property of every
 publish against the connection's user, so with these users in place the routers can
 trust ``user_id`` to say who sent a message (see :func:`user_for`).
 
