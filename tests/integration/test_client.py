@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -423,24 +424,35 @@ def test_a_late_confirm_is_said_at_once_and_not_published_again(live: Live) -> N
     assert len(taken) == 3 and taken.count(f"submit:{late.submission_id}") == 1
 
 
+def _drain_desk_notices(live: Live, n: int, then: Callable[[Inbox, list[Received]], None]
+                        ) -> tuple[list[Received], int]:
+    """Desk T.MC.A's inbox drained of ``n`` notices (1 s idle), ``then`` called after each
+    one the handler takes with what it took so far: what it took, and the drain's count."""
+    seen: list[Received] = []
+    with DeskClient("T.MC.A", topology=live.topology) as desk:
+        publish_desk_notices(desk, live.topology, "T.MC.A", n)
+        inbox = desk.inbox()
+
+        def handler(r: Received) -> None:
+            seen.append(r)
+            then(inbox, seen)
+
+        return seen, inbox.drain(handler, timeout_s=1.0)
+
+
 @pytest.mark.parametrize("retried", [False, True], ids=["handled", "retried"])
 def test_inbox_reconnects_and_redelivers_what_it_had_not_acked(live: Live,
                                                                retried: bool) -> None:
     # retried: the handler asked for a retry first, and the retry's ack is the one lost
     t = live.topology
-    seen: list[Received] = []
-    with DeskClient("T.MC.A", topology=t) as desk:
-        publish_desk_notices(desk, t, "T.MC.A", 3)
-        inbox = desk.inbox()
 
-        def handler(r: Received) -> None:
-            seen.append(r)
-            if retried and len(seen) == 1:
-                raise RetryLater(0.1)
-            if len(seen) == 1 + retried:
-                cut(inbox.connection)  # the ack after this handler returns cannot be sent
+    def then(inbox: Inbox, seen: list[Received]) -> None:
+        if retried and len(seen) == 1:
+            raise RetryLater(0.1)
+        if len(seen) == 1 + retried:
+            cut(inbox.connection)  # the ack after this handler returns cannot be sent
 
-        handled = inbox.drain(handler, timeout_s=1.0)
+    seen, handled = _drain_desk_notices(live, 3, then)
     assert handled == 3
     assert [r.message_id for r in seen] == ["notice:0"] * (2 + retried) + [
         "notice:1", "notice:2"]
@@ -724,20 +736,14 @@ def test_a_channel_rabbitmq_closes_under_the_inbox_is_subscribed_again(
     # py-amqp's PreconditionFailed. An ack of a tag the channel never delivered gets the
     # same closing from the server here, at once
     t = live.topology
-    seen: list[Received] = []
-    with DeskClient("T.MC.A", topology=t) as desk:
-        publish_desk_notices(desk, t, "T.MC.A", 2)
-        inbox = desk.inbox()
 
-        def handler(r: Received) -> None:
-            seen.append(r)
-            if len(seen) == 1:
-                (channel,) = [c for n, c in inbox.connection.connection.channels.items()
-                              if n != 0]
-                channel.basic_ack(999_999)  # RabbitMQ: unknown delivery tag, channel closed
+    def then(inbox: Inbox, seen: list[Received]) -> None:
+        if len(seen) == 1:
+            (channel,) = [c for n, c in inbox.connection.connection.channels.items() if n]
+            channel.basic_ack(999_999)  # RabbitMQ: unknown delivery tag, channel closed
 
-        with caplog.at_level(logging.WARNING, logger="adapters.client"):
-            handled = inbox.drain(handler, timeout_s=1.0)
+    with caplog.at_level(logging.WARNING, logger="adapters.client"):
+        seen, handled = _drain_desk_notices(live, 2, then)
     got = [(r.message_id, r.redelivered) for r in seen]
     # what the closed channel held comes again (notice:1 too, if it was in hand before the
     # close was read): a handler drops repeats by message id, as after a lost connection

@@ -611,6 +611,19 @@ def test_the_watch_decides_nothing_an_update_waiting_in_the_status_queue_may_cha
     assert amqp.json_all(agency) == amqp.json_all(desk) == []
 
 
+def _assignment_and_notice(amqp: Amqp, queue: str, notice: str) -> list[tuple[Any, bytes]]:
+    """The next step's assignment and the notice that comes with it, as they reach the
+    agency's queue."""
+    got: list[tuple[Any, bytes]] = []
+
+    def both() -> bool:
+        got.extend(amqp.get_all(queue))
+        return len(got) >= 2
+
+    wait_for(both, what=f"step 2's assignment and {notice}")
+    return got
+
+
 def test_the_agency_a_hand_off_gives_an_at_risk_dossier_is_told_it_is_at_risk(
         declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock,
         make_watch: Callable[[], DeadlineWatch]) -> None:
@@ -626,13 +639,7 @@ def test_the_agency_a_hand_off_gives_an_at_risk_dossier_is_told_it_is_at_risk(
     assert sorted(n["notice"] for n in amqp.json_all(a)) == ["at_risk", "overdue"]
     report(amqp, declared, code, "T.UBND.A", "resolved", documents=[doc("khai-sinh.pdf")],
            sent_at=clock.now)
-    got: list[tuple[Any, bytes]] = []
-
-    def both() -> bool:
-        got.extend(amqp.get_all(ca))
-        return len(got) >= 2
-
-    wait_for(both, what="step 2's assignment and the at-risk notice")
+    got = _assignment_and_notice(amqp, ca, "the at-risk notice")
     assert [p.type for p, _ in got] == ["dossier.assigned", "agency.notice"]
     notice_id, notice = got[1][0].message_id, json.loads(got[1][1])
     assert notice["notice"] == "at_risk"
@@ -661,13 +668,7 @@ def test_the_agency_a_hand_off_gives_an_overdue_dossier_is_told_the_appointment(
         vn("2026-12-04 10:00")]
     report(amqp, declared, code, "T.UBND.A", "resolved", documents=[doc("khai-sinh.pdf")],
            sent_at=clock.now)
-    got: list[tuple[Any, bytes]] = []
-
-    def both() -> bool:
-        got.extend(amqp.get_all(ca))
-        return len(got) >= 2
-
-    wait_for(both, what="step 2's assignment and the overdue notice")
+    got = _assignment_and_notice(amqp, ca, "the overdue notice")
     notice = json.loads(got[1][1])
     assert (notice["notice"], notice["agency_id"]) == ("overdue", "T.CA")
     assert notice["reason"].endswith(

@@ -630,16 +630,22 @@ def _pause(status: StatusRouter, clock: FakeClock, code: str, agency: str, asked
         documents=[doc("cccd.pdf")], sent_at=clock().astimezone(UTC)))])
 
 
-def _received_monday(ledger: Ledger, clock: FakeClock, procedure: str
-                     ) -> tuple[StatusRouter, str]:
-    """A dossier of ``procedure`` (1.000009, see :func:`_handlers`) received on Monday
-    2026-11-23 at 09:00: the status router and its code."""
+def _received(ledger: Ledger, clock: FakeClock, procedure: str, at: str
+              ) -> tuple[StatusRouter, str]:
+    """A dossier of ``procedure`` (1.000009, see :func:`_handlers`) submitted and
+    received at ``at`` (Vietnam time): the status router and its code."""
     router, status = _handlers(ledger, clock, procedure)
-    clock.set("2026-11-23 09:00")
+    clock.set(at)
     d = dossier(procedure_code="1.000009", submitted_at=clock().isoformat())
     code = json.loads(router.handle([intake_delivery(1, encode(d), "submit:1")])[0].body)[
         "dossier_code"]
     return status, code
+
+
+def _received_monday(ledger: Ledger, clock: FakeClock, procedure: str
+                     ) -> tuple[StatusRouter, str]:
+    """As :func:`_received`, on Monday 2026-11-23 at 09:00."""
+    return _received(ledger, clock, procedure, "2026-11-23 09:00")
 
 
 def test_a_pause_extends_the_calendar_days_end_not_the_working_day_it_was_moved_to(
@@ -692,13 +698,9 @@ def test_a_pause_asked_for_before_the_clock_started_counts_only_from_its_start(
     # documents that evening, brought on Monday at 09:00, the dossier was paused for the
     # two hours its clock ran, not the weekend before it (found by a review: moved by
     # 2.6 days, the due date fell in the night of Monday to Tuesday)
-    router, status = _handlers(ledger, clock, (
+    status, code = _received(ledger, clock, (
         'name: "Calendar days", processing: {amount: 5, unit: calendar_days}, '
-        "competence: {agency: T.SO.TP}"))
-    clock.set("2026-11-27 17:30")  # Fri, after closing
-    d = dossier(procedure_code="1.000009", submitted_at=clock().isoformat())
-    code = json.loads(router.handle([intake_delivery(1, encode(d), "submit:1")])[0].body)[
-        "dossier_code"]
+        "competence: {agency: T.SO.TP}"), "2026-11-27 17:30")  # Fri, after closing
     row = ledger.dossier(code)
     assert row is not None and row["due_at"] == vn("2026-12-07 07:00")  # Sat 5 → Mon 7
     out = _pause(status, clock, code, "T.SO.TP", "2026-11-27 17:45", "2026-11-30 09:00", 2)
@@ -713,13 +715,9 @@ def test_a_pause_of_a_later_step_counts_from_its_hand_off_s_clock(
     # step 2, handed on after closing, starts the next morning; a pause asked for that
     # evening and ended at 09:00 paused its step for the two hours since, and the
     # dossier, whose clock ran since its receipt, for the whole 15 h 15 min
-    router, status = _handlers(ledger, clock, (
+    status, code = _received(ledger, clock, (
         'name: "Chain", processing: {amount: 10, unit: calendar_days}, '
-        "competence: {chain: [{agency: T.SO.TP}, {agency: T.CA}]}"))
-    clock.set("2026-11-30 16:00")  # Mon
-    d = dossier(procedure_code="1.000009", submitted_at=clock().isoformat())
-    code = json.loads(router.handle([intake_delivery(1, encode(d), "submit:1")])[0].body)[
-        "dossier_code"]
+        "competence: {chain: [{agency: T.SO.TP}, {agency: T.CA}]}"), "2026-11-30 16:00")  # Mon
     clock.set("2026-11-30 17:30")  # step 1 done after closing: step 2 starts Tue 07:00
     status.handle([status_delivery(2, _status(code, "T.SO.TP", "resolved",
                                               clock().astimezone(UTC)))])
@@ -737,15 +735,11 @@ def test_a_pause_never_leaves_a_step_due_after_its_dossier(
     # a step counted in calendar days, in a dossier counted in working days: paused
     # overnight, the step moved by the 16 hours, the dossier by the 2 office hours among
     # them, and the step came due after its dossier (found by a review). The step is due
-    # with its dossier, its own end kept for the step watch
-    router, status = _handlers(ledger, clock, (
+    # with its dossier, its own end kept for the report
+    status, code = _received(ledger, clock, (
         'name: "Mixed units", processing: {amount: 2, unit: working_days}, competence: '
         "{chain: [{agency: T.SO.TP, processing: {amount: 2, unit: calendar_days}}, "
-        "{agency: T.CA, processing: {amount: 1, unit: working_days}}]}"))
-    clock.set("2026-11-30 09:00")  # Mon
-    d = dossier(procedure_code="1.000009", submitted_at=clock().isoformat())
-    code = json.loads(router.handle([intake_delivery(1, encode(d), "submit:1")])[0].body)[
-        "dossier_code"]
+        "{agency: T.CA, processing: {amount: 1, unit: working_days}}]}"), "2026-11-30 09:00")  # Mon
     row = ledger.dossier(code)
     assert row is not None and (row["step_due_at"], row["due_at"]) == (
         vn("2026-12-02 09:00"), vn("2026-12-02 09:00"))
