@@ -104,6 +104,7 @@ class Broker:
         self.catalog = load_catalog(self.catalog_path)
         self._engine = Engine(self.catalog)
         self.metrics.catalog_loaded(self.catalog.spec.catalog, self.catalog.content_hash)
+        self.metrics.topology_named(self.topology.prefix)
         # a router runs for months: the year it warned of at start may come into view later
         self.metrics.calendar_watched(
             lambda: first_unconfirmed_ahead(self._engine.calendar, self.clock()))

@@ -105,6 +105,11 @@ class Metrics(Hooks):
         self.catalog_info = Gauge(
             "casebroker_catalog_info", "The catalog in force (value 1)", ["catalog", "hash"],
             registry=r)
+        self.topology_info = Gauge(
+            "casebroker_topology_info",
+            "The topology prefix this process routes under (value 1): the alerts on "
+            "RabbitMQ's per-queue metrics keep to the queues under a prefix a router serves "
+            "(several provinces or test runs may share one RabbitMQ)", ["prefix"], registry=r)
         self.ready = Gauge(
             "casebroker_ready",
             "1 while /readyz answers 200 (routing: connected, unblocked, consuming every "
@@ -184,6 +189,10 @@ class Metrics(Hooks):
     def office_watched(self, open_now: Callable[[], bool]) -> None:
         """Have each scrape ask ``open_now`` for the office-day gauge."""
         self.office_open.set_function(lambda: float(open_now()))
+
+    def topology_named(self, prefix: str) -> None:
+        self.topology_info.clear()
+        self.topology_info.labels(prefix).set(1)
 
     def catalog_loaded(self, name: str, content_hash: str) -> None:
         self.catalog_info.clear()

@@ -178,17 +178,29 @@ def _alert_expr(name: str) -> str:
 def test_real_prometheus_sees_what_waits_in_triage_through_the_shipped_scrape_job(
         declared, tmp_path: Path) -> None:
     # CasebrokerSetAsideWaiting reads each queue's depth from RabbitMQ's own plugin, by
-    # the scrape job prometheus.yml ships: its metric must be there, under that name
+    # the scrape job prometheus.yml ships: its metric must be there, under that name, and
+    # the router's prefix (casebroker_topology_info) picks this topology's queues
     job, expr = _queues_job(), _alert_expr("CasebrokerSetAsideWaiting")
-    with _prometheus({"scrape_configs": [job]}, tmp_path) as prom_port:
-        amqp = Amqp()
-        amqp.publish("", declared.triage_queue, encode(dossier()), message_id="waiting")
-        amqp.close()
-        # RabbitMQ emits queue statistics every few seconds
-        wait_for(lambda: (_series(prom_port, expr) or {}).get(declared.triage_queue) == 1,
-                 timeout_s=60, what="the triaged message seen through the alert's query")
-        waiting = _series(prom_port, expr) or {}
-        assert declared.intake_queue not in waiting  # only what is set aside counts
+    metrics = Metrics()
+    metrics.topology_named(declared.prefix)
+    metrics_port = free_port()
+    stop_serving = metrics.serve(metrics_port)
+    router_job = {"job_name": "casebroker",
+                  "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]}
+    try:
+        with _prometheus({"scrape_configs": [job, router_job]}, tmp_path) as prom_port:
+            amqp = Amqp()
+            amqp.publish("", declared.triage_queue, encode(dossier()), message_id="waiting")
+            amqp.close()
+            # RabbitMQ emits queue statistics every few seconds
+            wait_for(lambda: (_series(prom_port, expr) or {}).get(declared.triage_queue) == 1,
+                     timeout_s=60, what="the triaged message seen through the alert's query")
+            waiting = _series(prom_port, expr) or {}
+            assert declared.intake_queue not in waiting  # only what is set aside counts
+            # another prefix's (another test's, on this RabbitMQ) is no router's here
+            assert all(q.startswith(f"{declared.prefix}.") for q in waiting), waiting
+    finally:
+        stop_serving()
 
 
 @needs_promtool
@@ -201,6 +213,7 @@ def test_real_prometheus_sees_a_party_not_collecting_through_the_shipped_scrape_
     job, expr = _queues_job(), _alert_expr("CasebrokerPartyNotCollecting")
     metrics = Metrics()
     metrics.office_watched(lambda: True)
+    metrics.topology_named(declared.prefix)
     metrics_port = free_port()
     stop_serving = metrics.serve(metrics_port)
     router_job = {"job_name": "casebroker",
@@ -233,10 +246,9 @@ def test_real_prometheus_sees_a_party_not_collecting_through_the_shipped_scrape_
             wait_for(lambda: seen() == {"served ready": 1, "served consumers": 1,
                                         "waiting selected": 1, "served selected": 0},
                      timeout_s=60, what="the agency queue selected, the desk queue not")
-            # of this test's queues (other tests' may wait beside them on this RabbitMQ)
-            mine = {q for q in _series(prom_port, expr) or {}
-                    if q.startswith(f"{declared.prefix}.")}
-            assert mine == {waiting}
+            # this test's queues alone: other tests' may wait beside them on this RabbitMQ,
+            # under prefixes no router here serves
+            assert set(_series(prom_port, expr) or {}) == {waiting}
     finally:
         consumer.close()
         stop_serving()
@@ -253,6 +265,9 @@ def test_full_batches_count_a_backlog_and_not_a_trickle(
 
     def value(name: str, labels: dict[str, str]) -> float:
         return registry.get_sample_value(name, labels) or 0.0
+
+    # the prefix the queue alerts keep to (CasebrokerSetAsideWaiting, PartyNotCollecting)
+    assert value("casebroker_topology_info", {"prefix": declared.prefix}) == 1
 
     def routed() -> float:
         return value("casebroker_intake_total", {"outcome": "routed", "reason": ""})
