@@ -70,6 +70,10 @@ __all__ = ["CONNECT_NARRATORS", "DEAD_SINCE_HEADER", "DEFAULT_AMQP_URL", "DETAIL
 log = logging.getLogger(__name__)
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+#: at a stop, no batch is handed over this close to the end of the grace: one cut off by
+#: the close has its deliveries redone (what it committed republished), and counted twice
+#: towards their delivery limit for nothing
+DRAIN_MARGIN_S = 3.0
 #: how long a closing connection waits for RabbitMQ's close-ok before the loop stops anyway
 CLOSE_TIMEOUT_S = 5.0
 #: how often the I/O loop notes that it turns (ConsumerService.turned_at)
@@ -242,6 +246,8 @@ class ConsumerService:
         self.workers: list[QueueWorker] = []
         self.connection: CoalescingConnection | None = None
         self.stopping = False
+        #: until when (monotonic) a stopping service still hands batches over (draining)
+        self._drain_until: float | None = None
         self._stopped = threading.Event()
         self._on_connected: list[Callable[[], None]] = []
         #: RabbitMQ blocks the connection (a memory or disk alarm): readiness
@@ -408,16 +414,26 @@ class ConsumerService:
             conn.ioloop.add_callback_threadsafe(self._begin_shutdown)
 
     def _begin_shutdown(self) -> None:
+        deadline = time.monotonic() + self.settings.shutdown_grace_s
+        # batches are handed over while one can still finish before the deadline
+        self._drain_until = deadline - min(DRAIN_MARGIN_S, self.settings.shutdown_grace_s / 2)
         for worker in self.workers:
             worker.cancel()
-        self._wait_idle(time.monotonic() + self.settings.shutdown_grace_s)
+        self._wait_idle(deadline)
+
+    def draining(self) -> bool:
+        """Whether a stopping service still hands received deliveries to the handlers (the
+        shutdown's grace, short of the time a batch takes)."""
+        return self._drain_until is not None and time.monotonic() < self._drain_until
 
     def _wait_idle(self, deadline: float) -> None:
-        """Let confirms for published batches arrive (and be acked) before closing."""
+        """Let what was received be handled, and confirms for published batches arrive (and
+        be acked), before closing, within the shutdown's grace."""
         conn = self.connection
         if conn is None:
             return
-        if all(w.idle for w in self.workers) or time.monotonic() > deadline or not conn.is_open:
+        if all(w.drained for w in self.workers) or time.monotonic() > deadline \
+                or not conn.is_open:
             for w in self.workers:
                 if w.unacked > 0:  # not handled, not confirmed in time, or to be retried
                     log.info("%s: %d deliveries not acked at close go back to the queue, "

@@ -496,11 +496,25 @@ class QueueWorker:
         self.service.call_later(delay_s, self.service.reopen_worker, self)
 
     def cancel(self) -> None:
-        """Stop receiving; unprocessed deliveries stay unacked and go back to the queue."""
+        """Stop receiving. What was received is still handled within the shutdown's grace
+        (:meth:`ConsumerService.draining`): given back, each delivery would be a step
+        nearer its delivery limit, and a router restarted during a backlog gave back its
+        whole prefetch window each time. A worker paused after failures (the ledger away)
+        hands nothing more over: what it holds goes back to the queue, unacked."""
+        paused = self.retry_timer is not None
         self._cancel_timers()
         if self.channel is not None and self.channel.is_open and self.consumer_tag:
             self.channel.basic_cancel(self.consumer_tag)
-        self.pending.clear()
+        if paused:
+            self.pending.clear()
+        elif not self.busy:
+            self._flush()
+
+    @property
+    def drained(self) -> bool:
+        """Nothing with the handler or awaiting confirms, and nothing received left to hand
+        over but what a pause after failures holds back (shutdown)."""
+        return self.idle and (not self.pending or self.retry_timer is not None)
 
     def _cancel_timers(self) -> None:
         for timer in (self.flush_timer, self.retry_timer):
@@ -529,7 +543,8 @@ class QueueWorker:
         """Hand the next batch to the handler thread (one batch there at a time)."""
         self.flush_timer = None
         if self.busy or not self.pending or self.retry_timer is not None \
-                or self.service.stopping or self.channel is None or not self.channel.is_open:
+                or (self.service.stopping and not self.service.draining()) \
+                or self.channel is None or not self.channel.is_open:
             return
         batch = self.refusals.next_batch(self.pending, self.settings.batch_size)
         # left behind a full batch: a backlog (not behind one cut short before a delivery
