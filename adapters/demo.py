@@ -223,22 +223,27 @@ def _wait_for_consumer(topology: Topology, proc: subprocess.Popen[bytes], log_pa
 
 
 class _Progress:
-    """A one-line progress bar on stderr."""
+    """A one-line progress bar on stderr; where stderr is no terminal (a log file, CI), a
+    line every few seconds instead: the bar's carriage returns ran its frames into one
+    long line there."""
 
     def __init__(self, total: int, enabled: bool) -> None:
         self.total, self.enabled = total, enabled
         self.last = 0.0
+        self.bar = sys.stderr.isatty()
 
     def show(self, counts: dict[str, int], *, final: bool = False) -> None:
-        if not self.enabled or (not final and time.monotonic() - self.last < 0.25):
+        every = 0.25 if self.bar else 3.0
+        if not self.enabled or (not final and time.monotonic() - self.last < every):
             return
         self.last = time.monotonic()
         done = counts["returned"]
         width = 30
         filled = int(width * done / max(1, self.total))
-        line = (f"\r[{'#' * filled}{'.' * (width - filled)}] "
+        line = (f"[{'#' * filled}{'.' * (width - filled)}] "
                 + "  ".join(f"{k} {v}" for k, v in counts.items()) + f" / {self.total} ")
-        sys.stderr.write(line + ("\n" if final else ""))
+        sys.stderr.write(f"\r{line}" + ("\n" if final else "") if self.bar
+                         else f"{line.rstrip()}\n")
         sys.stderr.flush()
 
 

@@ -142,6 +142,14 @@ def words(most: int) -> Callable[[str], str]:
 BY_MAX = 64
 
 
+def json_value(value: Any) -> Any:
+    """How a command's ``--json`` writes what JSON has no type for: times in ISO 8601
+    (``str`` of a datetime has a space for the ``T``), anything else as text."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return str(value)
+
+
 def system_user() -> str:
     """Who runs this command, for the ledger when ``--by`` does not say."""
     try:
@@ -567,7 +575,7 @@ def _dossier_list(args: argparse.Namespace) -> int:
               "(as the catalog spells it, case and dots included)", file=sys.stderr)
     more, rows = len(rows) > args.limit, rows[:args.limit]
     if args.json:
-        print(json.dumps({"dossiers": rows, "more": more}, default=str))
+        print(json.dumps({"dossiers": rows, "more": more}, default=json_value))
         return EXIT_OK
     tz = ZoneInfo(args.tz)
     width = max([len("code"), *(len(r["code"]) for r in rows)])
@@ -607,7 +615,8 @@ def _dossier(args: argparse.Namespace) -> int:
     # the ledger keeps the applicant for the agencies; the operator's view leaves it out
     row.pop("submission", None)
     if args.json:
-        print(json.dumps({"dossier": row, "history": history}, default=str, ensure_ascii=False))
+        print(json.dumps({"dossier": row, "history": history}, default=json_value,
+                         ensure_ascii=False))
         return EXIT_OK
     print(f"{row['code']}  {State(row['state']).name.lower()} ({row['state']})  "
           f"procedure {row['procedure_code']}")

@@ -1579,8 +1579,11 @@ def _make_engine(url: str, sqlite: dict[str, bool]) -> Engine:
             cur.close()
 
         return engine
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    # postgres:// is the spelling libpq, Heroku and many a DATABASE_URL use; SQLAlchemy
+    # knows the dialect only as postgresql
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            url = "postgresql+psycopg://" + url.removeprefix(scheme)
     # a ledger that does not answer within seconds is "away": fail fast, retry with backoff.
     # No server-side prepared statements: psycopg prepares a statement after its fifth
     # run, and PostgreSQL may then keep one generic plan for it. A plan made while the

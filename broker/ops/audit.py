@@ -43,7 +43,13 @@ from typing import Any
 from sqlalchemy import Connection, and_, func, or_, select
 
 from broker.amqp import REASON_HEADER
-from broker.cli import DB_URL_HELP, moment_or_day, rabbitmq_problem, submission_id_of
+from broker.cli import (
+    DB_URL_HELP,
+    json_value,
+    moment_or_day,
+    rabbitmq_problem,
+    submission_id_of,
+)
 from broker.ledger import Ledger, dossiers, events, inbox, outbox, refusals, touched_since
 from broker.lifecycle import State
 from broker.ops.progress import Progress
@@ -309,7 +315,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     finally:
         ledger.dispose()
     if args.json:
-        print(json.dumps(report, default=str))
+        print(json.dumps(report, default=json_value))
     else:
         _print_text(report)
     return 0 if clean(report) else 1

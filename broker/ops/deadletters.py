@@ -56,7 +56,7 @@ from broker.amqp import (
     header_time,
     properties_for,
 )
-from broker.cli import BY_MAX, DB_URL_HELP, catalog_option, system_user, words
+from broker.cli import BY_MAX, DB_URL_HELP, catalog_option, json_value, system_user, words
 from broker.consumers.common import kept_id, to_desk
 from broker.errors import UNKNOWN_PROCEDURE, DecodeError
 from broker.ledger import Ledger, RawJSON, SubmissionOpened, refusal_notice
@@ -735,13 +735,13 @@ def _cmd_show(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     if args.json:  # a list: one id can wait in several queues (a copy replayed twice)
-        print(json.dumps(found, ensure_ascii=False, default=str))
+        print(json.dumps(found, ensure_ascii=False, default=json_value))
     else:
         if len(found) > 1:
             print(f"{len(found)} messages with this id, in "
                   f"{', '.join(f['queue'] for f in found)}:")
         for f in found:
-            print(json.dumps(f, indent=2, ensure_ascii=False, default=str))
+            print(json.dumps(f, indent=2, ensure_ascii=False, default=json_value))
     return 1 if failed else 0
 
 

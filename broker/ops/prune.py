@@ -48,7 +48,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, func, select, update
 
 from broker.amqp_worker import REASON_HEADER
-from broker.cli import BY_MAX, DB_URL_HELP, at_least, system_user, words
+from broker.cli import BY_MAX, DB_URL_HELP, at_least, json_value, system_user, words
 from broker.consumers.router import stored_submission, submission_digest
 from broker.ledger import (
     SET_ASIDE,
@@ -365,7 +365,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     finally:
         ledger.dispose()
     if args.json:
-        print(json.dumps({**asdict(done), "dry_run": args.dry_run}, default=str))
+        print(json.dumps({**asdict(done), "dry_run": args.dry_run}, default=json_value))
         return 0
     if done.since is not None and done.since >= done.cutoff:
         recorded = "a dry run, not recorded" if args.dry_run else "this run is recorded"

@@ -380,3 +380,15 @@ def test_a_read_only_command_on_an_earlier_ledger_says_to_upgrade_it(
         err = capsys.readouterr().err
         assert "dossiers.satisfaction is missing" in err, err
         assert "casebroker ledger upgrade" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("ledger", ["postgresql"], indirect=True)
+def test_a_postgres_url_is_taken_as_postgresql(ledger: Ledger) -> None:
+    # the spelling libpq and many a DATABASE_URL use: SQLAlchemy knows no "postgres"
+    # dialect, and the ledger refused it as not a ledger URL (found by a review)
+    url = "postgres://" + ledger.url.split("://", 1)[1]
+    other = Ledger(url, create=False)
+    try:
+        assert other.count_by_state() == {} and other.is_empty()
+    finally:
+        other.dispose()

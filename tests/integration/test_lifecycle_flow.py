@@ -311,6 +311,10 @@ def test_three_agency_chain_hands_off_with_results_and_shows_history(
     shown = json.loads(out.getvalue())
     assert [e["kind"] for e in shown["history"]] == [
         "received", "hand_off", "request_supplement", "supplement", "hand_off", "resolve"]
+    # times in ISO 8601, as every message gives them (str() wrote a space for the T)
+    assert datetime.fromisoformat(shown["dossier"]["received_at"]).utcoffset() is not None
+    assert "T" in shown["dossier"]["received_at"] and all("T" in e["at"]
+                                                          for e in shown["history"])
 
 
 def test_withdrawal_mid_chain_tells_the_current_agency(
