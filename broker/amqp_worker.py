@@ -472,6 +472,9 @@ class QueueWorker:
         self.given_back = None
         self._reset()
         if self.service.stopping or not self.service.connection_open:
+            if given_back and self.service.stopping:  # not counted at the close (reset)
+                log.info("%s: %d deliveries not acked at close go back to the queue, to be "
+                         "redone", self.queue, given_back)
             return
         # a channel that consumed for a while (as long as the longest pause) starts the
         # backoff afresh; one closed as soon as it consumes (each redelivery published to
@@ -500,7 +503,9 @@ class QueueWorker:
         (:meth:`ConsumerService.draining`): given back, each delivery would be a step
         nearer its delivery limit, and a router restarted during a backlog gave back its
         whole prefetch window each time. A worker paused after failures (the ledger away)
-        hands nothing more over: what it holds goes back to the queue, unacked."""
+        hands nothing more over: what it holds goes back to the queue, unacked. Deliveries
+        still on their way when the cancel goes out are rejected back to the queue by pika
+        as they come (a consumer it has cancelled): with large dossiers, much of a window."""
         paused = self.retry_timer is not None
         self._cancel_timers()
         if self.channel is not None and self.channel.is_open and self.consumer_tag:
@@ -513,8 +518,10 @@ class QueueWorker:
     @property
     def drained(self) -> bool:
         """Nothing with the handler or awaiting confirms, and nothing received left to hand
-        over but what a pause after failures holds back (shutdown)."""
-        return self.idle and (not self.pending or self.retry_timer is not None)
+        over but what a pause after failures holds back, or what the drain's end leaves
+        (shutdown)."""
+        return self.idle and (not self.pending or self.retry_timer is not None
+                              or not self.service.draining())
 
     def _cancel_timers(self) -> None:
         for timer in (self.flush_timer, self.retry_timer):
@@ -542,8 +549,11 @@ class QueueWorker:
     def _flush(self) -> None:
         """Hand the next batch to the handler thread (one batch there at a time)."""
         self.flush_timer = None
+        # stopping, a batch is handed over only while the drain lasts and the one before
+        # is confirmed: publishes piling up unconfirmed (a window of large dossiers, a
+        # blocked connection) would be committed, then redone all the same at the close
         if self.busy or not self.pending or self.retry_timer is not None \
-                or (self.service.stopping and not self.service.draining()) \
+                or (self.service.stopping and (not self.service.draining() or self.inflight)) \
                 or self.channel is None or not self.channel.is_open:
             return
         batch = self.refusals.next_batch(self.pending, self.settings.batch_size)
@@ -576,6 +586,10 @@ class QueueWorker:
         if generation != self.generation:
             return
         self.busy = False
+        if self.channel is None or not self.channel.is_open:
+            # closing (the stop's close came while the handler worked): the deliveries go
+            # back to the queue, and a redelivery republishes what the batch committed
+            return
         if error is not None:
             self.retries += 1 if error.bounded else 0
             self._schedule_retry(error)
@@ -768,6 +782,8 @@ class QueueWorker:
         if last is not None:
             self.channel.basic_ack(last, multiple=True)
             self.service.hooks.acked(self.handler.source, 1)
+        if self.service.stopping and not self.inflight:  # the drain's next batch (_flush)
+            self._flush()
 
     def _refused(self, entry: _InFlight) -> None:
         """A publish of this batch was nacked, or returned and not dead-lettered.
