@@ -87,8 +87,7 @@ def amqp_urls() -> list[str]:
     or if one is not an AMQP URL; the error never quotes a URL's text)."""
     raw = os.environ.get("CASEBROKER_AMQP_URL", DEFAULT_AMQP_URL).strip().rstrip(",;")
     urls = [u for u in re.split(r"[\s,;]+(?=amqps?://)", raw) if u] or [DEFAULT_AMQP_URL]
-    logins = {read_login(u, f"CASEBROKER_AMQP_URL: URL {i}")
-              for i, u in enumerate(urls, 1)}
+    logins = {_login(u, i) for i, u in enumerate(urls, 1)}
     if len(logins) > 1:
         # a publish carries user_id = the first URL's login, and RabbitMQ refuses it on a
         # connection under another one; the topology lives in one virtual host
@@ -101,11 +100,13 @@ def amqp_urls() -> list[str]:
     return urls
 
 
-def read_login(url: str, where: str) -> tuple[str, str]:
-    """The login and virtual host a URL connects with, as pika reads it (``casebroker
-    run`` connects with pika); :class:`~broker.errors.StartupError` naming ``where`` (the
-    setting or argument) for one that is no AMQP URL, or that pika and kombu would read
-    apart. The error never quotes the URL: what precedes the host may be a password."""
+def _login(url: str, number: int) -> tuple[str, str]:
+    """The login and virtual host the ``number``-th URL of ``CASEBROKER_AMQP_URL`` connects
+    with, as pika reads it (``casebroker run`` connects with pika);
+    :class:`~broker.errors.StartupError` for one that is no AMQP URL, or that pika and
+    kombu would read apart. The error never quotes the URL: what precedes the host may be
+    a password."""
+    where = f"CASEBROKER_AMQP_URL: URL {number}"
     if not re.match(r"amqps?://", url):
         raise StartupError(f"{where} does not start with amqp:// or amqps://: "
                            f"{URL_FORM}")
@@ -128,9 +129,8 @@ def read_login(url: str, where: str) -> tuple[str, str]:
     return str(params.credentials.username), str(params.virtual_host)
 
 
-#: how an AMQP URL is written, for the errors about one that is not
-URL_FORM = ("amqp://user:password@host:port/vhost (several nodes in CASEBROKER_AMQP_URL: "
-            "separated by commas)")
+#: how CASEBROKER_AMQP_URL is written, for the errors about a URL in it that is not
+URL_FORM = "amqp://user:password@host:port/vhost, several separated by commas"
 
 
 def connection_error_text(error: BaseException) -> str:
@@ -435,10 +435,7 @@ class ConsumerService:
         if all(w.drained for w in self.workers) or time.monotonic() > deadline \
                 or not conn.is_open:
             for w in self.workers:
-                if w.unacked > 0:  # not handled, not confirmed in time, or to be retried
-                    log.info("%s: %d deliveries not acked at close go back to the queue, "
-                             "to be redone (what a batch of them committed is republished "
-                             "from the ledger)", w.queue, w.unacked)
+                w.said_given_back(w.unacked)
             if conn.is_open:
                 conn.close()
                 # a blocked connection (resource alarm) is not read by RabbitMQ, whose

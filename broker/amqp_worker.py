@@ -472,9 +472,8 @@ class QueueWorker:
         self.given_back = None
         self._reset()
         if self.service.stopping or not self.service.connection_open:
-            if given_back and self.service.stopping:  # not counted at the close (reset)
-                log.info("%s: %d deliveries not acked at close go back to the queue, to be "
-                         "redone", self.queue, given_back)
+            if self.service.stopping:  # not counted at the close: reset here
+                self.said_given_back(given_back)
             return
         # a channel that consumed for a while (as long as the longest pause) starts the
         # backoff afresh; one closed as soon as it consumes (each redelivery published to
@@ -514,6 +513,13 @@ class QueueWorker:
             self.pending.clear()
         elif not self.busy:
             self._flush()
+
+    def said_given_back(self, count: int) -> None:
+        """Log, at a stop, the deliveries left unacked that go back to the queue."""
+        if count > 0:  # not handled, not confirmed in time, or to be retried
+            log.info("%s: %d deliveries not acked at close go back to the queue, to be "
+                     "redone (what a batch of them committed is republished from the "
+                     "ledger)", self.queue, count)
 
     @property
     def drained(self) -> bool:

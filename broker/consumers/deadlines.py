@@ -273,16 +273,22 @@ def notices_for(topology: Topology, row: Mapping[str, Any], level: int, now: dat
             state=int(row["state"]), agency_id=row["agency_id"],
             received_at=row["received_at"], due_at=due_at, reason=reason, issued_at=now),
             message_id(code, NoticeKind.AT_RISK, due_at, "desk"))
-    # the agency is who must keep the appointment the desk gave the citizen: told it, in
-    # words (AgencyNotice v1 has no field for it, and a receiver of v1 may refuse a new one)
-    told = reason if appointment is None else (
-        f"{reason}; the citizen was given a new appointment "
-        f"{appointment.isoformat(timespec='minutes')}: have the result ready by then")
     agency = to_agency(topology, AgencyNotice(
         notice=agency_kind, dossier_code=code, agency_id=row["agency_id"],
-        state=int(row["state"]), reason=told, issued_at=now),
+        state=int(row["state"]), reason=reason + _to_keep(appointment, calendar),
+        issued_at=now),
         message_id(code, agency_kind, due_at, "agency"))
     return [agency, desk]
+
+
+def _to_keep(appointment: datetime | None, calendar: WorkingCalendar) -> str:
+    """What an agency's overdue notice adds of the appointment the apology gave the
+    citizen ("" without one): the agency is who must keep it. In words: AgencyNotice v1
+    has no field for it, and a receiver of v1 may refuse a new one."""
+    if appointment is None:
+        return ""
+    at = appointment.astimezone(calendar.tz).isoformat(timespec="minutes")
+    return f"; the citizen was given a new appointment {at}: have the result ready by then"
 
 
 def handed_on(topology: Topology, code: str, agency_id: str, step: int, state: int,
@@ -293,13 +299,10 @@ def handed_on(topology: Topology, code: str, agency_id: str, step: int, state: i
     would never hear it. ``appointment``: the one the apology gave the citizen, which the
     new agency now has to keep."""
     kind, reason = _dossier_reason(level, due_at, now, calendar)
-    kept = "" if appointment is None else (
-        f"; the citizen was given a new appointment "
-        f"{appointment.astimezone(calendar.tz).isoformat(timespec='minutes')}: have the "
-        "result ready by then")
     return to_agency(topology, AgencyNotice(
         notice=kind, dossier_code=code, agency_id=agency_id, state=state,
-        reason=f"{reason} (told to the agency before you){kept}", issued_at=now),
+        reason=f"{reason} (told to the agency before you){_to_keep(appointment, calendar)}",
+        issued_at=now),
         message_id(code, kind, due_at, f"agency{step}"))
 
 

@@ -696,10 +696,9 @@ class StatusRouter(Consumer):
             return due if seconds <= 0 else cal.add_working_seconds(due, seconds)
 
         due_at = moved("due_at", dossier["due_at"], whole_unit, whole)
-        # the step's own due date, which its due date is, unless that fell after the
+        # the step's own due date, which its due date is unless that falls after the
         # dossier's (then the dossier's, its own kept in STEP_OWN_DUE for the report and
-        # `dossier show`):
-        # moved by its own unit, it may now fall on either side of the dossier's
+        # `dossier show`): moved by its own unit, it may land on either side of it
         own_key = STEP_OWN_DUE if STEP_OWN_DUE in flags else "step_due_at"
         own = moved(own_key, datetime.fromisoformat(flags[STEP_OWN_DUE])
                     if own_key == STEP_OWN_DUE else dossier["step_due_at"], step_unit, step)
