@@ -532,7 +532,8 @@ def _explain(args: argparse.Namespace, catalog: Any) -> int:
     print(f"boundary    {'boundary-free' if result['boundary_free'] else 'own area'}")
     if result["refusal"]:
         print(f"REFUSED     {result['refusal']}")
-    print(f"received    {result['received_at']}\ndue         {result['due_at']}")
+    print(f"received    {result['received_at']}\n"
+          f"due         {result['due_at'] or 'nothing: refused at intake, closed at once'}")
     if len(result["step_plan"]) > 1:  # a chain: each step at the latest
         for i, step in enumerate(result["step_plan"], 1):
             print(f"  step {i} {step['agency_id']}: {step['amount']:g} "
@@ -551,6 +552,21 @@ def _state(text: str) -> int:
         return int(State(int(text)))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a dossier state (1 to 10): {text!r}") from None
+
+
+def _nothing_due_if_refused_at_intake(row: dict[str, Any]) -> bool:
+    """Whether a ledger row is a dossier refused at intake (not open to boundary-free
+    receipt from its desk; the report's test), and if so take its due dates out: it was
+    closed at once, its desk told so with no due date, and the dates the ledger keeps for
+    it were never in force."""
+    from broker.lifecycle import State
+
+    if row["state"] != State.REFUSED or row["seq"] != 1:
+        return False
+    row["due_at"] = None
+    if "step_due_at" in row:
+        row["step_due_at"] = None
+    return True
 
 
 def _dossier_list(args: argparse.Namespace) -> int:
@@ -574,6 +590,7 @@ def _dossier_list(args: argparse.Namespace) -> int:
         print(f"note: no dossier in this ledger was ever with {stranger}; check the id "
               "(as the catalog spells it, case and dots included)", file=sys.stderr)
     more, rows = len(rows) > args.limit, rows[:args.limit]
+    refused_at_intake = {r["code"] for r in rows if _nothing_due_if_refused_at_intake(r)}
     if args.json:
         print(json.dumps({"dossiers": rows, "more": more}, default=json_value))
         return EXIT_OK
@@ -585,6 +602,10 @@ def _dossier_list(args: argparse.Namespace) -> int:
         state = f"{State(r['state']).name.lower()} ({r['state']})"
         agency = f"{r['agency_id']} ({r['step']})"
         desks = f"{r['intake_desk_id']} -> {r['return_desk_id']}"
+        if r["code"] in refused_at_intake:
+            print(f"{r['code']:<{width}}  {state:<26} {agency:<24} {desks:<30} "
+                  "nothing: refused at intake")
+            continue
         due = _local(r["due_at"], tz, seconds=False)
         late = "  overdue" if is_overdue(r["state"], r["due_at"], r["paused_at"], now) else ""
         print(f"{r['code']:<{width}}  {state:<26} {agency:<24} {desks:<30} {due}{late}")
@@ -614,6 +635,7 @@ def _dossier(args: argparse.Namespace) -> int:
     history = ledger.history(row["code"])
     # the ledger keeps the applicant for the agencies; the operator's view leaves it out
     row.pop("submission", None)
+    refused_at_intake = _nothing_due_if_refused_at_intake(row)
     if args.json:
         print(json.dumps({"dossier": row, "history": history}, default=json_value,
                          ensure_ascii=False))
@@ -635,7 +657,8 @@ def _dossier(args: argparse.Namespace) -> int:
     print(f"  agency {row['agency_id']} (step {row['step']} of {len(row['steps'])}: {steps}"
           f"{step_due})")
 
-    print(f"  received {_local(row['received_at'], tz)}  due {_local(row['due_at'], tz)} "
+    due = "nothing: refused at intake" if refused_at_intake else _local(row["due_at"], tz)
+    print(f"  received {_local(row['received_at'], tz)}  due {due} "
           f"({args.tz})  rule {row['rule_id']}")
     print("  history:")
     for e in history:

@@ -1266,7 +1266,7 @@ class Ledger:
             rows = conn.execute(
                 select(c.code, c.state, c.agency_id, c.step, c.procedure_code,
                        c.intake_desk_id, c.return_desk_id, c.received_at, c.due_at,
-                       c.paused_at, c.finished_at)
+                       c.paused_at, c.finished_at, c.seq)
                 .where(*where).order_by(c.due_at, c.code).limit(limit))
             return [dict(r._mapping) for r in rows]
 

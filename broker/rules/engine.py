@@ -358,8 +358,11 @@ class Engine:
         decision = self.decide(dossier, received_at)
         # each step's due date if every step before it takes all its time (the status
         # router dates a step from its hand-off); none later than the dossier's
-        plan, start = [], decision.received_at
-        for i, step in enumerate(decision.steps):
+        plan: list[dict[str, Any]] = []
+        start = decision.received_at
+        # refused at intake: the dossier is closed at once and nothing is ever due (the
+        # desk's notice has no due date); the steps it would have taken stay in "steps"
+        for i, step in enumerate(() if decision.refusal else decision.steps):
             due = decision.first_step_due_at if i == 0 else self.step_due_at(
                 step, start, decision.due_at)
             plan.append({"agency_id": step.agency_id, "amount": step.amount,
@@ -377,7 +380,7 @@ class Engine:
             "boundary_free": decision.boundary_free,
             "refusal": decision.refusal,
             "received_at": decision.received_at.astimezone(self.calendar.tz).isoformat(),
-            "due_at": decision.due_at.isoformat(),
+            "due_at": None if decision.refusal else decision.due_at.isoformat(),
             "catalog_hash": decision.catalog_hash,
         }
 

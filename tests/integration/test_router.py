@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from broker.amqp import REASON_HEADER
+from broker.cli import main
 from broker.ledger import Ledger
 from broker.messages import DossierReturned, DossierStatus
 from broker.topology import INTAKE_KEY, Topology
@@ -168,11 +169,24 @@ def test_a_dossier_corrected_under_its_first_message_id_is_routed_not_dropped(
 
 
 def test_not_open_for_boundary_free_is_refused_with_notice(
-        declared: Topology, ledger: Ledger, run_broker, amqp: Amqp) -> None:
+        declared: Topology, ledger: Ledger, run_broker, amqp: Amqp,
+        capsys: pytest.CaptureFixture[str]) -> None:
     run_broker()
     amqp.submit(declared, dossier("1.000002", desk_id="T.MC.A"))
     notices = wait_for(lambda: amqp.json_all(declared.desk_queue("T.MC.A")), what="refusal")
     assert notices[0]["notice"] == "refused" and notices[0]["state"] == 3
     assert "not open to boundary-free" in notices[0]["reason"]
+    assert "due_at" not in notices[0]  # None fields are left out of the JSON
     assert ledger.count_by_state() == {3: 1}
     assert queue_depth(declared.agency_queue("T.SO.TP")) == 0
+    # the operator's view says so too: nothing due (it showed a receipt's due date)
+    code = notices[0]["dossier_code"]
+    assert main(["dossier", "show", code, "--db-url", ledger.url]) == 0
+    out = capsys.readouterr().out
+    assert "refused (3)" in out and "due nothing: refused at intake" in out
+    assert main(["dossier", "show", code, "--db-url", ledger.url, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)["dossier"]
+    assert shown["due_at"] is None and shown["step_due_at"] is None
+    assert main(["dossier", "list", "--db-url", ledger.url]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith(code)]
+    assert line.endswith("nothing: refused at intake")

@@ -182,9 +182,15 @@ def test_explain_text_shows_refusal(capsys: pytest.CaptureFixture[str], tmp_path
                         "2026-11-25T02:00:00Z")
     assert code == 0
     assert "REFUSED     procedure 1.000002 is not open to boundary-free receipt before 2099" in out
-    # both times in the catalog's zone, as the due date always was (a Z time read as UTC)
+    # the receipt time in the catalog's zone (a Z time read as UTC); a dossier refused
+    # at intake is closed at once: nothing is due (it showed the due date of a receipt)
     assert ("received    2026-11-25T09:00:00+07:00\n"
-            "due         2026-11-30T09:00:00+07:00\n") in out
+            "due         nothing: refused at intake, closed at once\n") in out
+    code, out, _ = _run(capsys, "rules", "explain", file, "--catalog", str(MINI), "--at",
+                        "2026-11-25T02:00:00Z", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["due_at"] is None and result["step_plan"] == []
+    assert result["refusal"].startswith("procedure 1.000002 is not open")
 
 
 @pytest.mark.parametrize(("kw", "message"), [
