@@ -442,9 +442,11 @@ def _metrics_port() -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from broker.amqp import ConsumerSettings
-    from broker.health import Probes
+    from broker.health import Probes, starting
     from broker.ledger import Ledger
+    from broker.rules.catalog import load_catalog
     from broker.service import Broker
+    from monitoring.metrics import Metrics
 
     port = args.metrics_port if args.metrics_port is not None else _metrics_port()
     settings = ConsumerSettings(prefetch_count=args.prefetch_count, batch_size=args.batch_size,
@@ -453,14 +455,19 @@ def _run(args: argparse.Namespace) -> int:
     # the process by its default action: remembered, it is a reload once the broker is
     asked: list[int] = []
     signal.signal(signal.SIGHUP, lambda signum, _frame: asked.append(signum))
-    broker = Broker(args.catalog, _topology_of(args), Ledger(args.db_url), settings)
+    # a broken catalog or a taken metrics port is said before the ledger is opened: a
+    # first start left an empty new SQLite ledger behind
+    catalog, metrics = load_catalog(args.catalog), Metrics()
+    if port:  # ready: not yet (live: yes, a restart would not help)
+        metrics.serve(port, os.environ.get("CASEBROKER_METRICS_ADDR", "127.0.0.1"),
+                      starting())
+    broker = Broker(args.catalog, _topology_of(args), Ledger(args.db_url), settings,
+                    metrics=metrics, loaded=catalog)
     signal.signal(signal.SIGHUP, lambda _signum, _frame: broker.reload_soon())
     if asked:
         broker.reload_soon()
     if port:
-        broker.metrics.serve(port,
-                             os.environ.get("CASEBROKER_METRICS_ADDR", "127.0.0.1"),
-                             Probes(broker).routes())
+        metrics.answer_probes(Probes(broker).routes())
     broker.run()
     return EXIT_OK
 

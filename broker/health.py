@@ -106,6 +106,14 @@ class Probes:
         return _answer(problems, "ready", details)
 
 
+def starting() -> dict[str, Probe]:
+    """What the two paths answer while `casebroker run` opens the ledger and builds its
+    consumers, its metrics port already held: live (a restart would not help), not
+    ready."""
+    return {"/livez": lambda: _answer([], "live", {"starting": True}),
+            "/readyz": lambda: _answer(["starting: opening the ledger"], "ready", {})}
+
+
 def _handler_problems(thread: _HandlerThread, now: float, limit_s: float) -> list[str]:
     """A handler thread that has ended, or has been on one batch for over ``limit_s``."""
     if not thread.os_thread.is_alive():

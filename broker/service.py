@@ -18,7 +18,7 @@ import logging
 import signal
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -99,9 +99,12 @@ class Broker:
     watch_settings: WatchSettings | None = field(default_factory=WatchSettings.from_env)
     #: what the consumers and the watch take for "now" (tests move it)
     clock: Clock = utc_now
+    #: the catalog at ``catalog_path`` if the caller loaded it already (`run`: before it
+    #: opens the ledger)
+    loaded: InitVar[Catalog | None] = None
 
-    def __post_init__(self) -> None:
-        self.catalog = load_catalog(self.catalog_path)
+    def __post_init__(self, loaded: Catalog | None) -> None:
+        self.catalog = loaded if loaded is not None else load_catalog(self.catalog_path)
         self._engine = Engine(self.catalog)
         self.metrics.catalog_loaded(self.catalog.spec.catalog, self.catalog.content_hash)
         self.metrics.topology_named(self.topology.prefix)

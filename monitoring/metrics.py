@@ -28,6 +28,8 @@ class Metrics(Hooks):
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        #: what :meth:`serve` answers beside /metrics: one dict, replaced in place
+        self._probes: dict[str, Probe] = {}
         r = self.registry
         self.intake_total = Counter(
             "casebroker_intake_total", "Submitted dossiers processed by the router, by outcome",
@@ -209,18 +211,26 @@ class Metrics(Hooks):
             raise StartupError(f"cannot serve metrics on {addr}:{port}: {e.strerror or e} "
                                "(--metrics-port, CASEBROKER_METRICS_PORT; 0: off)") from e
         if probes:
-            for gauge, path in ((self.ready, "/readyz"), (self.live, "/livez")):
-                if path in probes:
-                    gauge.set_function(_judged_by(probes[path]))
+            self.answer_probes(probes)
             metrics_app = server.get_app()
             assert metrics_app is not None  # start_http_server gave it one
-            server.set_app(_with_probes(metrics_app, dict(probes)))
+            server.set_app(_with_probes(metrics_app, self._probes))
 
         def stop() -> None:
             server.shutdown()
             server.server_close()
 
         return stop
+
+    def answer_probes(self, probes: Mapping[str, Probe]) -> None:
+        """From now on answer ``probes`` (path -> check) where :meth:`serve` was given
+        probes (those a service answers while it starts, then its own), and judge the
+        readiness and liveness gauges by them."""
+        self._probes.clear()
+        self._probes.update(probes)
+        for gauge, path in ((self.ready, "/readyz"), (self.live, "/livez")):
+            if path in probes:
+                gauge.set_function(_judged_by(probes[path]))
 
 
 #: a health check: whether all is well, and what it found (JSON-serializable)

@@ -123,10 +123,13 @@ def run_broker(declared: Topology, ledger: Ledger) -> Iterator[Callable[..., Run
     in Vietnam) into the queues a test counts, whenever one of its rounds comes."""
     started: list[RunningBroker] = []
 
-    def start(*, watch: Any = None, clock: Any = None, **settings: Any) -> RunningBroker:
+    def start(*, watch: Any = None, clock: Any = None, metrics: Any = None,
+              **settings: Any) -> RunningBroker:
         options: dict[str, Any] = {"watch_settings": watch}
         if clock is not None:
             options["clock"] = clock
+        if metrics is not None:
+            options["metrics"] = metrics
         broker = Broker(str(MINI_CATALOG), declared, ledger,
                         ConsumerSettings(flush_interval_ms=2, **settings), **options)
         running = RunningBroker(broker).start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -315,6 +316,22 @@ def test_run_refuses_a_taken_metrics_port_in_words(tmp_path: Path) -> None:
     assert f"error: cannot serve metrics on 127.0.0.1:{port}: Address already in use" \
         in result.stderr
     assert "Traceback" not in result.stderr
+    # said before the ledger is opened: no empty new ledger left behind to puzzle over
+    assert not (tmp_path / "l.sqlite3").exists()
+
+
+def test_run_refuses_a_broken_catalog_before_it_makes_a_ledger(tmp_path: Path) -> None:
+    broken = tmp_path / "catalog.yaml"
+    broken.write_text(MINI_CATALOG.read_text(encoding="utf-8").replace(
+        "working_days", "workin_days", 1), encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "run", "--catalog", str(broken),
+         "--prefix", "cbcatcheck", "--db-url", f"sqlite:///{tmp_path / 'l.sqlite3'}",
+         "--metrics-port", "0"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: 1 problem(s) in catalog\n")
+    assert re.search(r"catalog\.yaml:\d+: procedures\.0\.processing\.unit: ", result.stderr)
+    assert not (tmp_path / "l.sqlite3").exists()
 
 
 @pytest.mark.parametrize(("url", "shown"), [

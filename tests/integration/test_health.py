@@ -15,11 +15,12 @@ from sqlalchemy import text
 
 from broker.amqp import amqp_url
 from broker.consumers.deadlines import WatchSettings
-from broker.health import Probes
+from broker.health import Probes, starting
 from broker.ledger import Ledger
 from broker.rules.catalog import Catalog
 from broker.service import declare_topology
 from broker.topology import Topology
+from monitoring.metrics import Metrics
 from tests.conftest import RunningBroker, wait_for
 from tests.helpers import (
     Amqp,
@@ -230,6 +231,28 @@ def test_a_path_that_is_no_probe_answers_404_not_metrics(
             urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5)
         assert e.value.code == 404
         assert e.value.read() == b"no such path: use /metrics, /livez, /readyz\n"
+
+
+@pytest.mark.parametrize("ledger", ["sqlite"], indirect=True)  # no ledger at stake
+def test_while_it_starts_live_not_ready_then_its_own_probes(
+        run_broker: Callable[..., RunningBroker]) -> None:
+    # `run` holds its metrics port before it opens the ledger: its probes, meanwhile
+    metrics, port = Metrics(), free_port()
+    stop = metrics.serve(port, probes=starting())
+    try:
+        status, ready = probe(port, "/readyz")
+        assert (status, ready) == (503, {"status": "not ready",
+                                         "problems": ["starting: opening the ledger"]})
+        assert probe(port, "/livez") == (200, {"status": "live", "problems": [],
+                                               "starting": True})
+        assert re.search(rb"^casebroker_ready 0\.0$", _metrics(port), re.MULTILINE)
+        running = run_broker(metrics=metrics)
+        metrics.answer_probes(Probes(running.broker).routes())
+        assert _answer(port, "/readyz", 200)["status"] == "ready"
+        assert re.search(rb"^casebroker_ready 1\.0$", _metrics(port), re.MULTILINE)
+        assert "starting" not in probe(port, "/livez")[1]
+    finally:
+        stop()
 
 
 @pytest.mark.parametrize("ledger", ["sqlite"], indirect=True)  # no ledger at stake
