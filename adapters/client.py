@@ -67,7 +67,7 @@ from broker.messages import (
     shown_message_id,
     utc_now,
 )
-from broker.topology import INTAKE_KEY, STATUS_KEY, Topology
+from broker.topology import DELIVERY_LIMIT, INTAKE_KEY, STATUS_KEY, Topology
 
 __all__ = ["AgencyClient", "BrokerClient", "DeskClient", "Inbox", "InboxRefused",
            "MessageTooLarge", "NotInTopology", "PublishError", "QueueMissing", "Received",
@@ -92,6 +92,13 @@ RETRY_MIN_S = 0.05
 #: the connection) is noticed within two of them, and the inbox reconnects; a handler
 #: that runs longer than two of them loses the connection, and its message comes again
 INBOX_HEARTBEAT_S = 60
+#: deliveries an inbox may hold unacked per queue. Those it holds unhandled when a drain
+#: ends go back to their queue, and RabbitMQ counts each return toward the queue's
+#: delivery limit (20): with 200, a job that stops after each message made a waiting
+#: message's 20th return within 20 stops, and RabbitMQ dead-lettered a notice nobody saw.
+#: With 10, a delivery is held back at most 9 times by such stops. A handler works one
+#: message at a time: more than a few ahead saves nothing but network round trips.
+INBOX_PREFETCH = 10
 #: how long closing a connection waits for each of RabbitMQ's answers (channel and
 #: connection close-ok) before dropping it: a peer gone silently never answers, and the
 #: close, left unbounded, held Inbox.stop() or BrokerClient.close() for as long as TCP
@@ -462,7 +469,7 @@ class DeskClient(BrokerClient):
                      message_id=message_id)
         return message_id
 
-    def inbox(self, *, prefetch_count: int = 200) -> Inbox:
+    def inbox(self, *, prefetch_count: int = INBOX_PREFETCH) -> Inbox:
         """An inbox on this desk's queue."""
         return Inbox(self, [self.topology.desk_queue(self.desk_id)], prefetch_count=prefetch_count)
 
@@ -498,7 +505,7 @@ class AgencyClient(BrokerClient):
                      message_id=message_id)
         return message_id
 
-    def inbox(self, *, prefetch_count: int = 200) -> Inbox:
+    def inbox(self, *, prefetch_count: int = INBOX_PREFETCH) -> Inbox:
         """An inbox on this agency's queue."""
         return Inbox(self, [self.topology.agency_queue(self.agency_id)],
                      prefetch_count=prefetch_count)
@@ -556,11 +563,13 @@ class Inbox:
     the router published again after its own restart arrives as new, with the same id).
     The connection carries heartbeats (:data:`INBOX_HEARTBEAT_S`): a handler should
     return within a minute or two. ``prefetch_count`` is each queue's: an inbox on three
-    queues may hold three times as many deliveries unacked.
+    queues may hold three times as many deliveries unacked. What it holds unhandled when
+    a drain ends (a stop, the timeout) goes back to its queue, and each such return counts
+    toward the queue's delivery limit (:data:`INBOX_PREFETCH` says why it is small).
     """
 
     def __init__(self, client: BrokerClient, queues: list[str], *,
-                 prefetch_count: int = 200) -> None:
+                 prefetch_count: int = INBOX_PREFETCH) -> None:
         if isinstance(queues, str):  # list() would read it as one queue per character
             raise TypeError(f"Inbox takes a list of queue names, not one string: "
                             f"[{queues!r}]")
@@ -573,6 +582,9 @@ class Inbox:
         #: released what its handler needs, and an ack could no longer be sent)
         self._closing = False
         self._handled = 0
+        #: deliveries that reached the inbox and went back to their queue unhandled as
+        #: the drain ended (counted toward the queue's delivery limit)
+        self._given_back = 0
         self._last_delivery = 0.0
         #: the connection of the running drain (None when idle); tests cut it to force a reconnect
         self.connection: Any = None
@@ -602,7 +614,7 @@ class Inbox:
         if timeout_s is not None and not timeout_s > 0:  # 0 ended before the first delivery
             raise ValueError(f"timeout_s must be more than 0 seconds (None: until stop()), "
                              f"not {timeout_s!r}")
-        self._handled = 0
+        self._handled = self._given_back = 0
         # its own connection: a handler that publishes through the client must not
         # read this inbox's frames while waiting for its confirm
         conn = self.connection = self.client.connection.clone(
@@ -642,6 +654,7 @@ class Inbox:
             return self._handled
         finally:
             self._stop.clear()
+            self._given_back += len(self._held)
             self._held.clear()  # unacked: back to their queues as the channel closes
             self.connection = None
             # unacked prefetched deliveries go back to their queues when the channel closes
@@ -650,6 +663,10 @@ class Inbox:
                 _release(conn)
             finally:
                 self._closing = False
+            if self._given_back:
+                log.info("inbox: %d deliveries received and not handled went back to "
+                         "their queues as the drain ended (each return counts toward the "
+                         "queue's delivery limit, %d)", self._given_back, DELIVERY_LIMIT)
 
     def _idle_past(self, timeout_s: float | None) -> bool:
         return (left_s := self._idle_left_s(timeout_s)) is not None and left_s <= 0
@@ -732,6 +749,7 @@ class Inbox:
                     ) -> Callable[[Any], None]:
         def on_message(delivery: Any) -> None:
             if self._closing or self._stop.is_set():
+                self._given_back += 1
                 return  # not acked: back to its queue as the channel closes
             if self._held:  # behind one waiting for its retry: in order, after it
                 self._held.append((queue, delivery))

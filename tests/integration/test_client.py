@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -319,6 +320,34 @@ def test_after_stop_the_handler_is_not_called_and_what_it_did_not_take_stays_que
     assert len(calls) == handled >= 1
     assert live.wait_depth(t.desk_queue("T.MC.A"), 5 - handled) == 5 - handled
     assert live.depth(t.dead_queue("desk")) == 0
+
+
+def test_a_job_that_stops_after_each_message_never_pushes_one_past_its_delivery_limit(
+        live: Live, caplog: pytest.LogCaptureFixture) -> None:
+    # each drain ends after one message; what it held unhandled went back to the queue,
+    # each return counted by RabbitMQ toward the delivery limit (20): with the default
+    # window of 200, the notices waiting longest were dead-lettered, unseen, by the 21st
+    t = live.topology
+    handled: list[str | None] = []
+    with DeskClient("T.MC.A", topology=t) as desk:
+        publish_desk_notices(desk, t, "T.MC.A", 30)
+        for _ in range(25):
+            inbox = desk.inbox()
+
+            def handler(r: Received, inbox: Inbox = inbox) -> None:
+                handled.append(r.message_id)
+                inbox.stop()
+
+            with caplog.at_level(logging.INFO, logger="adapters.client"):
+                assert inbox.drain(handler, timeout_s=5.0) == 1
+    assert handled == [f"notice:{i}" for i in range(25)]
+    assert live.wait_depth(t.desk_queue("T.MC.A"), 5) == 5
+    assert live.depth(t.dead_queue("desk")) == 0
+    # and each drain said what it gave back, as a count
+    backs = [r.getMessage() for r in caplog.records
+             if "went back to their queues as the drain ended" in r.getMessage()]
+    assert backs and all(re.match(r"inbox: \d+ deliveries received and not handled", b)
+                         for b in backs)
 
 
 def cut(connection: Any) -> None:
