@@ -118,8 +118,17 @@ PartyId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-
 WardCode = Annotated[str, Field(pattern=r"^[0-9]{2,5}$")]
 #: at least one character that shows: neither a space nor a zero-width one
 _VISIBLE = "[^\\s\u200b\u200c\u200d\u2060\ufeff]"
-#: a whole number as JSON writes it: not true (which pydantic took as 1), not "5"
-Count = Annotated[int, Strict()]
+def _whole(value: Any) -> Any:
+    """A whole number written with a fraction (``123.0``, as Jackson and BigDecimal write
+    one) as the int it is: JSON Schema's ``integer``, which the published contract says,
+    takes it, and a message the contract allows must not be dead-lettered."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+#: a whole number as JSON writes it (``123``, ``123.0``): not true (which pydantic took as
+#: 1), not "5", not 2.5. Its bounds go before the validator, or the published schema says
+#: them as pydantic's ``ge``/``le`` instead of JSON Schema's minimum/maximum
+Rating = Annotated[int, Strict(), Field(ge=1, le=5), BeforeValidator(_whole)]
 #: the longest dossier code: what the ledger's code columns hold (``String(96)`` in
 #: broker/tables.py: dossiers.code, events.dossier_code, outbox.correlation_id)
 DOSSIER_CODE_MAX = 96
@@ -158,6 +167,8 @@ Timestamp = Annotated[AwareDatetime, BeforeValidator(_iso_8601),
 #: the largest whole number every JSON reader keeps exact (a JavaScript or a double's
 #: 2**53 - 1): a larger size or amount would reach a desk's or an agency's system changed
 JSON_SAFE_INT = 2**53 - 1
+#: a size or an amount: a whole number from 0 to :data:`JSON_SAFE_INT`, as :data:`Rating`
+Amount = Annotated[int, Strict(), Field(ge=0, le=JSON_SAFE_INT), BeforeValidator(_whole)]
 
 
 class _Model(BaseModel):
@@ -208,7 +219,7 @@ class Document(_Model):
     name: Annotated[str, Field(min_length=1, max_length=200)]
     uri: Annotated[str, Field(min_length=1, max_length=1000)]
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-    size: Annotated[Count, Field(ge=0, le=JSON_SAFE_INT)]
+    size: Amount
     media_type: Annotated[str, Field(min_length=1, max_length=100)]
 
 
@@ -331,7 +342,7 @@ class DossierStatus(_Model):
     reason: Annotated[str, Field(max_length=2000)] | None = None
     documents: list[Document] = Field(default_factory=list, max_length=100)
     requested_documents: list[str] = Field(default_factory=list, max_length=100)
-    amount_vnd: Annotated[Count, Field(ge=0, le=JSON_SAFE_INT)] | None = None
+    amount_vnd: Amount | None = None
     sent_at: Timestamp = Field(description=(
         "When the agency made the update. The dossier's clocks go by it (a result's "
         "time against its due date, a pause's start, the next step's start), never "
@@ -368,7 +379,7 @@ class DossierReturned(_Model):
     dossier_code: DossierCode
     desk_id: PartyId
     returned_at: Timestamp
-    satisfaction: Annotated[Count, Field(ge=1, le=5)] | None = None
+    satisfaction: Rating | None = None
 
 
 class DossierSupplemented(_Model):

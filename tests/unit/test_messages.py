@@ -18,6 +18,7 @@ from broker.messages import (
     MAX_BODY_BYTES,
     AgencyStatus,
     DeskNotice,
+    DossierReturned,
     DossierStatus,
     DossierWithdrawn,
     decode,
@@ -417,7 +418,7 @@ def _returned_body(**fields: object) -> bytes:
 @pytest.mark.parametrize(("body", "field"), [
     (_returned_body(satisfaction=True), "satisfaction"),  # was a rating of 1: dissatisfied
     (_returned_body(satisfaction="5"), "satisfaction"),
-    (_returned_body(satisfaction=5.0), "satisfaction"),
+    (_returned_body(satisfaction=4.5), "satisfaction"),
     (_status_body("financial_obligation", amount_vnd=True), "amount_vnd"),
     (_body(documents=[{"name": "a.pdf", "uri": "s3://d/1", "sha256": "a" * 64,
                        "size": "1000", "media_type": "application/pdf"}]), "size"),
@@ -428,6 +429,20 @@ def test_a_whole_number_is_a_json_number_as_the_published_schema_says(body: byte
         decode(body)
     assert e.value.reason == "invalid_fields"
     assert decode(_returned_body(satisfaction=5)).satisfaction == 5  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("written", ["5", "5.0", "5e0"])
+def test_a_whole_number_written_with_a_fraction_is_taken_as_json_schema_takes_it(
+        written: str) -> None:
+    # JSON Schema's integer (the published contract's) takes 5.0, as Jackson writes it: a
+    # message the contract allows was dead-lettered as invalid_fields
+    body = _returned_body(satisfaction=0).replace(b'"satisfaction": 0', (
+        f'"satisfaction": {written}').encode())
+    returned = decode(body)
+    assert isinstance(returned, DossierReturned)
+    assert returned.satisfaction == 5 and type(returned.satisfaction) is int
+    schema = DossierReturned.model_json_schema()["properties"]["satisfaction"]
+    assert {"type": "integer", "minimum": 1, "maximum": 5} in schema["anyOf"]
 
 
 @pytest.mark.parametrize("changes", [
