@@ -317,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the JSON Schema of every message kind")
     schema.add_argument("--asyncapi", action="store_true",
                         help="print the AsyncAPI document (YAML) instead")
+    _common(schema, catalog=False, prefix=True)
     groups = {"rules": rules_sub, "topology": topo_sub, "dossier": dossier_sub}
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub, groups)
@@ -843,7 +844,8 @@ def _schema(args: argparse.Namespace) -> int:
 
         from broker.contract import asyncapi
 
-        print(yaml.safe_dump(asyncapi(), sort_keys=False, allow_unicode=True), end="")
+        print(yaml.safe_dump(asyncapi(_topology_of(args)), sort_keys=False,
+                             allow_unicode=True), end="")
         return EXIT_OK
     from broker.messages import json_schemas
 

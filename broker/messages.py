@@ -329,7 +329,9 @@ class DossierStatus(_Model):
              {"required": ["reason"],
               "properties": {"reason": {"type": "string", "pattern": r"\S"}}},
              {"required": ["requested_documents"],
-              "properties": {"requested_documents": {"minItems": 1}}}]}},
+              # one that shows: [" "] says nothing, as unsaid() finds
+              "properties": {"requested_documents": {
+                  "contains": {"type": "string", "pattern": r"\S"}}}}]}},
     ]})
 
     schema_: Literal["casebroker.dossier.status/v1"] = Field(
@@ -442,7 +444,11 @@ class NoticeKind(StrEnum):
     - refused (intake desk at intake; the return desk when the agency refuses it later):
       state 3, ``reason`` says why. From triage, refused by an operator: no code.
     - held (intake desk; for a submission dead-lettered for its sender, the desk that sent
-      it): no dossier was opened, no code; matched by ``submission_id``.
+      it): no dossier was opened from this message, no code; matched by
+      ``submission_id``. One whose ``reason`` begins ``submission_id_reused:`` is about
+      another dossier sent under a submission id already taken: what the desk was told
+      of the first one sent under that id (its receipt) stands; the other must go again
+      under a new id.
     - status_changed, supplement_requested, financial_obligation, stopped, result_ready
       (return desk): the agency's update took effect (states 4, 5, 6, 8, 9);
       supplement_requested lists ``requested_documents``, financial_obligation

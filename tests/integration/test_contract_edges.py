@@ -33,7 +33,7 @@ from broker.messages import (
 )
 from broker.rules.catalog import load_catalog
 from broker.rules.engine import Engine
-from broker.topology import STATUS_KEY, Topology
+from broker.topology import DELIVERY_LIMIT, STATUS_KEY, Topology
 from tests.conftest import MINI_CATALOG, RunningBroker, queue_depth, wait_for
 from tests.helpers import Amqp, dossier
 
@@ -240,3 +240,40 @@ def test_the_broker_dead_letters_such_a_status_and_goes_on(
                           what="not_yours to the agency")
     assert refusal["notice"] == "update_refused"
     assert refusal["dossier_code"] == "T.UBND.A-261125-9999"
+
+
+def test_the_published_channels_are_where_rabbitmq_has_them(declared: Topology) -> None:
+    # docs/asyncapi.yaml, read literally: a channel bound as a routing key is published to
+    # its exchange under that key (it said the queue's name, which RabbitMQ returned as
+    # unroutable); one bound as a queue is that queue, declared as it says
+    import pika
+
+    from broker.amqp import amqp_url
+    from broker.contract import asyncapi
+
+    channels = asyncapi(declared)["channels"]
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        keys = [k for k, c in channels.items() if c["bindings"]["amqp"]["is"] == "routingKey"]
+        queues = [k for k, c in channels.items() if c["bindings"]["amqp"]["is"] == "queue"]
+        assert sorted(keys) == ["dossier", "status"]
+        for key in keys:
+            binding = channels[key]["bindings"]["amqp"]
+            assert channels[key]["publish"]["bindings"]["amqp"]["mandatory"] is True
+            # an unroutable mandatory publish raises UnroutableError here
+            ch.basic_publish(binding["exchange"]["name"], key, b"{}", mandatory=True)
+        for name, party, some in ((queues[0], "agency", "T.UBND.A"),
+                                  (queues[1], "desk", "T.MC.A")):
+            assert name == f"{declared.prefix}.{party}.{{{party}_id}}"
+            assert list(channels[name]["parameters"]) == [f"{party}_id"]
+            queue = channels[name]["bindings"]["amqp"]["queue"]["name"]
+            ch.queue_declare(queue.replace(f"{{{party}_id}}", some), passive=True)
+            assert f"x-delivery-limit {DELIVERY_LIMIT}" in channels[name]["description"]
+            assert declared.dead_queue(party) in channels[name]["description"]
+        # what the two publishes left in the intake and status queues goes
+        ch.queue_purge(declared.intake_queue)
+        ch.queue_purge(declared.status_queue)
+    finally:
+        conn.close()

@@ -514,3 +514,50 @@ def test_what_casebroker_sends_is_taken_loosely_only_in_the_applicant_and_subjec
     with pytest.raises(DecodeError, match="unexpected_kind|not accepted"):
         decode_sent(_json.dumps(old).encode(), content_type=None,
                     expected=frozenset({"agency.notice"}))
+
+
+_DOC = {"name": "a.pdf", "uri": "s3://d/1", "sha256": "a" * 64, "size": 10,
+        "media_type": "application/pdf"}
+
+
+@pytest.mark.parametrize("body", [
+    _status_body("supplement_requested", requested_documents=[" "]),
+    _status_body("supplement_requested", requested_documents=[" ", "Tờ khai"]),
+    _status_body("supplement_requested", requested_documents=["Tờ khai"]),
+    _status_body("supplement_requested", reason=" "),
+    _status_body("rejected", reason="\t"),
+    _status_body("rejected", reason="không thuộc thẩm quyền"),
+    _status_body("financial_obligation", amount_vnd=150000.0),
+    _status_body("financial_obligation", amount_vnd=1.5),
+    _status_body("resolved", documents=[{**_DOC, "size": 123.0}]),
+    _status_body("resolved", documents=[{**_DOC, "size": -1}]),
+    _returned_body(satisfaction=5.0), _returned_body(satisfaction=4.5),
+    _returned_body(satisfaction=True), _returned_body(satisfaction="5"),
+    _returned_body(satisfaction=6),
+    _body(), _body(procedure_code="1.00119"), _body(desk_id="T MC"),
+], ids=["blank-documents", "one-document-shows", "documents", "blank-reason",
+        "tab-reason", "reason", "amount-150000.0", "amount-1.5", "size-123.0", "size--1",
+        "rating-5.0", "rating-4.5", "rating-true", "rating-'5'", "rating-6", "dossier",
+        "short-procedure-code", "desk-id-with-space"])
+def test_the_published_contract_takes_what_casebroker_takes_and_no_more(body: bytes) -> None:
+    # an integrator checks a message with a JSON Schema validator against the AsyncAPI
+    # document before sending it; what passes must be taken (it was dead-lettered: 5.0 for
+    # an integer) and answered as it would be, and what fails must not be (the schema took
+    # [" "] as the documents to bring, which the status router refuses)
+    from pathlib import Path
+
+    import jsonschema
+    import yaml
+
+    doc = yaml.safe_load((Path(__file__).parents[2] / "docs" / "asyncapi.yaml").read_text())
+    data = json.loads(body)
+    name = data["schema"].removeprefix("casebroker.").split("/")[0].replace(".", "_")
+    validator = jsonschema.Draft7Validator(
+        {"$ref": f"#/components/schemas/{name}", "components": doc["components"]})
+    published_takes = validator.is_valid(data)
+    try:
+        message = decode(body)
+        taken = not isinstance(message, DossierStatus) or message.unsaid() is None
+    except DecodeError:
+        taken = False
+    assert published_takes == taken
