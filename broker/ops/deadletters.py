@@ -58,7 +58,7 @@ from broker.amqp import (
 )
 from broker.cli import BY_MAX, DB_URL_HELP, catalog_option, json_value, system_user, words
 from broker.consumers.common import kept_id, to_desk
-from broker.errors import UNKNOWN_PROCEDURE, DecodeError
+from broker.errors import UNKNOWN_PROCEDURE, CasebrokerError, DecodeError
 from broker.ledger import Ledger, RawJSON, SubmissionOpened, refusal_notice
 from broker.lifecycle import State
 from broker.messages import (
@@ -481,7 +481,9 @@ def list_dead(topology: Topology, queues: Iterable[str]
     messages that could not be put back (left unacked: they return to their queue)."""
     found: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
+    queues = list(queues)
     with channel(lock=topology) as ch:
+        _some_there(ch, topology, queues)
         for which in queues:
             queue, _ = queue_and_key(topology, which)
             if (why := missing(ch, queue)) is not None:
@@ -535,8 +537,10 @@ def _each(topology: Topology, queues: Iterable[str], ids: set[str] | None,
     collecting what it returns; put the others back. Stops at a channel RabbitMQ closed."""
     done: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
+    queues = list(queues)
     try:
         with channel(lock=topology) as ch:
+            _some_there(ch, topology, queues)
             for which in queues:
                 def each(ch: BlockingChannel, msg: Taken, w: str = which) -> None:
                     done.append(act(ch, w, msg))
@@ -620,6 +624,22 @@ def _untold(failed: list[dict[str, Any]], recorded: set[str]) -> list[dict[str, 
             "refused in the ledger (final), but its desk's notice was not confirmed by "
             "RabbitMQ before the channel was lost; back in triage")})
     return failed
+
+
+class NoOperatorQueues(CasebrokerError):
+    """None of the operator queues asked for is there: the prefix is wrong, or the
+    topology was never declared."""
+
+
+def _some_there(ch: BlockingChannel, topology: Topology, queues: list[str]) -> None:
+    """Raise :class:`NoOperatorQueues` if none of the queues asked for is there: said
+    once, not once for each of them after a "0 message(s)" that reads as all clear."""
+    names = [queue_and_key(topology, which)[0] for which in queues]
+    if names and all(missing(ch, name) is not None for name in names):
+        raise NoOperatorQueues(
+            f"RabbitMQ has no {'queue' if len(names) == 1 else 'queues'} "
+            f"{', '.join(names)}: a wrong --prefix or CASEBROKER_PREFIX, or the topology "
+            "not declared (casebroker topology declare)")
 
 
 def _work(ch: BlockingChannel, topology: Topology, which: str, chosen: Callable[[Taken], bool],

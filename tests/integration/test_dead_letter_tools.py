@@ -277,6 +277,19 @@ def test_a_missing_queue_is_named_and_the_others_are_read(
     assert _ids(amqp, t.agency_queue("T.UBND.A")) == [notice.message_id]
 
 
+@pytest.mark.parametrize("args", [("list",), ("replay", "--all"), ("show", "x"),
+                                  ("discard", "--all", "--queue", "desk")])
+def test_a_wrong_prefix_is_said_once_not_read_as_no_message(
+        args: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
+    # no operator queue under the prefix: it said "0 message(s)", read as all clear, and
+    # an error per queue, five lines of the same cause
+    nowhere = Topology(f"cbnone{uuid.uuid4().hex[:8]}")
+    rc, out, err = cli(capsys, nowhere, "dead-letters", *args)
+    assert (rc, out) == (1, "")
+    assert err.count("\n") == 1 and err.startswith("error: RabbitMQ has no queue")
+    assert f"{nowhere.prefix}.dead.desk" in err and "a wrong --prefix" in err
+
+
 def test_rabbitmq_out_of_reach_is_one_line_without_the_password(
         declared: Topology, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
