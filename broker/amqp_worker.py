@@ -140,6 +140,10 @@ class CoalescingConnection(SelectConnection):  # type: ignore[misc]
     _held: list[bytes] | None = None
     _held_bytes = 0
 
+    def _create_channel(self, channel_number: int,
+                        on_open_callback: Callable[[Channel], Any] | None) -> Channel:
+        return KeepingChannel(self, channel_number, on_open_callback)  # pika's factory
+
     def _adapter_emit_data(self, data: bytes) -> None:  # pika's adapter hook for output
         if self._held is None:
             super()._adapter_emit_data(data)
@@ -168,6 +172,24 @@ class CoalescingConnection(SelectConnection):  # type: ignore[misc]
         finally:
             self._write_held()
             self._held = None
+
+
+class KeepingChannel(Channel):  # type: ignore[misc]
+    """A pika channel that hands a consumer the deliveries that arrive after its
+    ``basic.cancel`` went out and before RabbitMQ's cancel-ok, where pika rejects them
+    back to the queue. RabbitMQ sent them before it read the cancel: at a stop, those
+    were much of a window of large dossiers (read from the socket after the cancel), and
+    each rejection counted toward the queue's delivery limit. Handed over, they are
+    handled within the stop's grace like the rest, or left unacked to go back at the
+    close. After cancel-ok no delivery comes for the consumer (AMQP 0-9-1)."""
+
+    def _on_deliver(self, method_frame: Any, header_frame: Any, body: bytes) -> None:
+        tag = method_frame.method.consumer_tag
+        consumer = self._consumers.get(tag)
+        if tag in self._cancelled and consumer is not None:
+            consumer(self, method_frame.method, header_frame.properties, body)
+            return
+        super()._on_deliver(method_frame, header_frame, body)
 
 
 #: what pika raises when a message cannot be marshalled (a header name over 255 bytes, an
@@ -503,12 +525,14 @@ class QueueWorker:
         nearer its delivery limit, and a router restarted during a backlog gave back its
         whole prefetch window each time. A worker paused after failures (the ledger away)
         hands nothing more over: what it holds goes back to the queue, unacked. Deliveries
-        still on their way when the cancel goes out are rejected back to the queue by pika
-        as they come (a consumer it has cancelled): with large dossiers, much of a window."""
+        still on their way when the cancel goes out are received as the others
+        (:class:`KeepingChannel`), where pika rejected them back."""
         paused = self.retry_timer is not None
         self._cancel_timers()
         if self.channel is not None and self.channel.is_open and self.consumer_tag:
-            self.channel.basic_cancel(self.consumer_tag)
+            # with a callback, not nowait: pika keeps the consumer until the cancel-ok,
+            # and KeepingChannel hands it what comes meanwhile
+            self.channel.basic_cancel(self.consumer_tag, callback=lambda _frame: None)
         if paused:
             self.pending.clear()
         elif not self.busy:
