@@ -20,7 +20,7 @@ import pytest
 from broker.cli import main
 from broker.consumers.router import Router
 from broker.ledger import Ledger
-from broker.messages import encode
+from broker.messages import DossierSubmitted, encode
 from broker.rules.catalog import load_catalog
 from broker.rules.engine import Engine
 from broker.topology import Topology
@@ -93,16 +93,14 @@ def test_run_routes_then_stops_cleanly_on_sigterm(declared: Topology, tmp_path: 
     assert "066090001234" not in log and "Nguyễn Văn An" not in log
 
 
-def test_a_stop_during_a_backlog_handles_what_the_router_received(
-        declared: Topology, tmp_path: Path) -> None:
-    # its prefetch window went back to the queue unhandled at each stop, every delivery a
-    # step nearer its delivery limit (20): a router restarted during a backlog sent good
-    # dossiers towards dead.intake (found by a review). Within the grace, what it
-    # received is handled and acked first
+def _stopped_once_routing(declared: Topology, tmp_path: Path,
+                          backlog: list[DossierSubmitted]) -> Ledger:
+    """``backlog`` submitted, then `casebroker run` started and stopped (SIGTERM) once it
+    has routed the first; its ledger. The stop must be clean and leave nothing unacked."""
     db_url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
     amqp = Amqp()
-    for _ in range(1200):  # waiting before the router starts: all in its window (2,000)
-        amqp.submit(declared, dossier())
+    for d in backlog:
+        amqp.submit(declared, d)
     amqp.close()
     ledger = Ledger(db_url)
     proc = _run(declared.prefix, db_url)
@@ -112,6 +110,17 @@ def test_a_stop_during_a_backlog_handles_what_the_router_received(
         code, log = _stop(proc)
     assert code == 0, log
     assert "not acked at close" not in log, log
+    return ledger
+
+
+def test_a_stop_during_a_backlog_handles_what_the_router_received(
+        declared: Topology, tmp_path: Path) -> None:
+    # its prefetch window went back to the queue unhandled at each stop, every delivery a
+    # step nearer its delivery limit (20): a router restarted during a backlog sent good
+    # dossiers towards dead.intake (found by a review). Within the grace, what it
+    # received is handled and acked first
+    # waiting before the router starts: all in its window (2,000)
+    ledger = _stopped_once_routing(declared, tmp_path, [dossier() for _ in range(1200)])
     assert ledger.count_by_state() == {2: 1200}
     assert queue_depth(declared.intake_queue) == 0
     assert queue_depth(declared.agency_queue("T.UBND.A")) == 1200
@@ -122,22 +131,11 @@ def test_a_stop_takes_the_large_dossiers_still_coming_instead_of_rejecting_them(
     # what RabbitMQ had sent before it read the router's cancel, and the router read from
     # its socket after sending it, pika rejected back to the queue: with dossiers of 100
     # KB, 216 of 240 in a run, each a step nearer its delivery limit. Handled instead
-    db_url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
-    amqp = Amqp()
     documents = [{"name": f"trang-{i}.pdf", "uri": f"s3://docs/{i:03d}/" + "x" * 980,
                   "sha256": "a" * 64, "size": 1000, "media_type": "application/pdf"}
                  for i in range(100)]
-    for _ in range(240):
-        amqp.submit(declared, dossier(documents=documents))
-    amqp.close()
-    ledger = Ledger(db_url)
-    proc = _run(declared.prefix, db_url)
-    try:
-        wait_for(lambda: ledger.count_by_state().get(2, 0) > 0, what="the first routed")
-    finally:
-        code, log = _stop(proc)
-    assert code == 0, log
-    assert "not acked at close" not in log, log
+    ledger = _stopped_once_routing(declared, tmp_path,
+                                   [dossier(documents=documents) for _ in range(240)])
     routed = ledger.count_by_state().get(2, 0)
     left = Amqp().get_all(declared.intake_queue)
     assert routed + len(left) == 240
