@@ -128,7 +128,8 @@ class Broker:
                       if w.queue == self.topology.status_queue)
         self.watch = None if self.watch_settings is None else DeadlineWatch(
             self.engine, self.ledger, self.topology, self.watch_settings, clock=self.clock,
-            metrics=self.metrics, urls=self.urls, holding=lambda: status.unacked)
+            metrics=self.metrics, urls=self.urls, holding=lambda: status.unacked,
+            consuming=lambda: status.consuming)
 
     @property
     def urls(self) -> tuple[str, ...]:

@@ -43,6 +43,7 @@ from typing import Any
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import ChannelClosedByBroker, NackError, UnroutableError
+from sqlalchemy.exc import DBAPIError
 
 from broker import threads
 from broker.amqp import (
@@ -58,7 +59,7 @@ from broker.calendar import DurationUnit, WorkingCalendar
 from broker.consumers.common import Clock, EngineProvider, in_zone, to_agency, to_desk
 from broker.envelope import Outbound
 from broker.errors import StartupError, without_values
-from broker.ledger import Batch, Ledger
+from broker.ledger import Batch, Ledger, is_transient
 from broker.lifecycle import State
 from broker.messages import AgencyNotice, DeskNotice, NoticeKind, utc_now
 from broker.topology import Topology
@@ -77,6 +78,15 @@ CLOCK_SKEW_S = 120.0
 #: status updates waiting longer than this (the status queue not seen empty since) hold
 #: the watch's heartbeat back: notices are decided only up to when it was last empty
 CAUGHT_UP_LAG_S = 600.0
+#: attempts, a second apart, to mark a round's notices confirmed while the ledger is away
+CONFIRM_TRIES = 15
+#: while another `casebroker run` consumes the status queue too, notices are decided up
+#: to this long before the queue was last seen caught up: what that process holds, taken
+#: and not applied, this one cannot see, and a process that stops answering (frozen, its
+#: host paused) holds it until RabbitMQ finds it gone by its heartbeats (30 s each; a
+#: few missed) and gives it back to the queue. Deciding up to the last empty queue, a
+#: watch told of lateness results a frozen peer held, sent in time (found by a review)
+PEER_HOLD_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -335,7 +345,8 @@ class DeadlineWatch:
                  settings: WatchSettings | None = None, clock: Clock = utc_now,
                  metrics: Any = None, urls: Sequence[str] | None = None,
                  check_clock: bool | None = None,
-                 holding: Callable[[], int] | None = None) -> None:
+                 holding: Callable[[], int] | None = None,
+                 consuming: Callable[[], bool] | None = None) -> None:
         self.engine = engine
         self.ledger = ledger
         self.topology = topology
@@ -366,6 +377,11 @@ class DeadlineWatch:
         #: how many status deliveries this process's consumer holds, taken and not acked
         #: (None: no consumer here); wired by broker.service
         self.holding = holding
+        #: whether this process's status consumer consumes now (None: no consumer here)
+        self.consuming = consuming
+        #: how long before :attr:`caught_up_at` notices are decided: :data:`PEER_HOLD_S`
+        #: if another process consumed the status queue then
+        self._decide_lag = timedelta(0)
         self._started: float | None = None
 
     # one round ---------------------------------------------------------------------
@@ -473,12 +489,16 @@ class DeadlineWatch:
         sent in time, or a supplement request that stopped the clock.
 
         The queue is read first: an update it hands over between the two reads is then
-        seen held. Another `casebroker run`'s consumer is not seen: what it takes it
-        applies within its batch's time, unless the ledger is away, which stops this
-        round's writes too."""
+        seen held. Where this process has a status consumer (:attr:`consuming`), it must
+        be consuming, and RabbitMQ must count it: RabbitMQ 3.10 answers 0 messages and 0
+        consumers for a quorum queue whose leader it could not ask in time (no majority
+        of its nodes, or a leader slow to answer), and a watch that took that 0 for an
+        empty queue told of lateness results sent in time (found by a review). Another
+        `casebroker run`'s consumer is not seen: while there is one, notices are decided
+        :data:`PEER_HOLD_S` earlier."""
         try:
-            ready = self._open().queue_declare(self.topology.status_queue,
-                                               passive=True).method.message_count
+            answer = self._open().queue_declare(self.topology.status_queue,
+                                                passive=True).method
         except ChannelClosedByBroker as e:
             if e.reply_code != 404:
                 raise
@@ -487,16 +507,29 @@ class DeadlineWatch:
                         "to be applied, and no notice is decided until it is back "
                         "(`casebroker topology declare`)", self.topology.status_queue)
             return None
+        ready, consumers = answer.message_count, answer.consumer_count
         held = self.holding() if self.holding is not None else 0
-        if ready == 0 and held == 0:
+        own = self.consuming() if self.consuming is not None else None
+        doubt = None
+        if own is False:
+            doubt = "this process's status consumer is not consuming (reconnecting)"
+        elif own and consumers == 0:
+            doubt = ("RabbitMQ counts no consumer on the status queue this process "
+                     "consumes, so its count of waiting updates is no answer either (a "
+                     "quorum queue whose leader it could not ask: a majority of its nodes "
+                     "down, or a leader slow to answer)")
+            log.warning("deadline watch: %s; no notice is decided on it", doubt)
+        if ready == 0 and held == 0 and doubt is None:
             self.caught_up_at = now
+            peers = consumers > (1 if own else 0)
+            self._decide_lag = timedelta(seconds=PEER_HOLD_S if peers else 0)
         elif self.caught_up_at is None:
             since_start = time.monotonic() - (self._started or time.monotonic())
             say = log.warning if since_start > CAUGHT_UP_LAG_S else log.info
             say("deadline watch: status updates have waited unapplied since the start (%d "
-                "in the queue, %d held here); no notice is decided until they are applied",
-                ready, held)
-        return self.caught_up_at
+                "in the queue, %d held here%s); no notice is decided until they are applied",
+                ready, held, "" if doubt is None else f"; {doubt}")
+        return None if self.caught_up_at is None else self.caught_up_at - self._decide_lag
 
     def tick(self) -> int:
         """Publish leftovers, flag what is due (:meth:`status_caught_up` permitting),
@@ -514,7 +547,9 @@ class DeadlineWatch:
         # a page at a time, on from where the last round's page ended
         leftovers, self._leftovers_from = self.ledger.unconfirmed_notice_page(
             before, self.settings.limit, self._leftovers_from)
-        self._republish_all = False
+        # after a failure, all of them: the pages after this one too (later rounds read
+        # on from where it ended), not only those left past ``stale_after_s``
+        self._republish_all = self._republish_all and self._leftovers_from != 0
         try:
             # notices decided before go out whatever the status queue holds
             confirmed = self.publish(leftovers)
@@ -562,13 +597,26 @@ class DeadlineWatch:
                 elif outcome == "dead_lettered" and self.metrics is not None:
                     self.metrics.returned("watch", out.exchange)
         finally:
-            self.ledger.confirm_notices(confirmed, self.clock())
+            self._confirm(confirmed)
             if len(confirmed) < len(outbound):
                 self._republish_all = True
         if self.metrics is not None:
             for mid in sent:
                 self.metrics.deadline_notices_total.labels(*notice_labels(mid)).inc()
         return len(confirmed)
+
+    def _confirm(self, message_ids: list[str]) -> None:
+        """Mark the notices RabbitMQ confirmed. The ledger away for a moment (a restart
+        of PostgreSQL) is waited out for up to :data:`CONFIRM_TRIES` seconds: unmarked,
+        the round's notices were all published again (found by a review: 1,000 after an
+        8-second outage), which their receivers drop by id, but which they need not get."""
+        for attempt in range(1, CONFIRM_TRIES + 1):
+            try:
+                self.ledger.confirm_notices(message_ids, self.clock())
+                return
+            except DBAPIError as e:
+                if not is_transient(e) or attempt == CONFIRM_TRIES or self._stop.wait(1.0):
+                    raise
 
     def _publish_one(self, channel: BlockingChannel, out: Outbound) -> str | None:
         """``sent``; ``dead_lettered`` (no queue took it: in ``dead.<agency|desk>`` to be

@@ -859,3 +859,144 @@ def test_without_a_status_queue_the_watch_still_sends_what_it_decided_and_decide
         assert watch.tick() == 2  # before: the round failed (404) before sending them
     assert f"no status queue {declared.status_queue}" in caplog.text
     assert watch.metrics.watch_last_round._value.get() == heartbeat
+
+
+def test_while_another_process_consumes_the_status_queue_notices_wait_for_what_it_holds(
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp,
+        clock: FakeClock) -> None:
+    """Another `casebroker run` took the agency's result, sent in time, and stopped
+    answering (frozen, its host paused) before applying it: this process found the queue
+    empty and its own consumer idle, and told the agency and the citizen of a lateness,
+    for good (found by a review: 200 of 200). Its updates are not seen here: while it
+    consumes, notices are decided PEER_HOLD_S earlier, time for RabbitMQ to give back
+    what a process gone silent holds."""
+    agency, desk = declared.agency_queue("T.UBND.A"), declared.desk_queue("T.MC.B")
+    running = start_broker()
+    amqp.submit(declared, dossier("1.001193"))  # received Wed 25 Nov 09:00, due Thu 09:00
+    code = str(take(amqp, agency, 1, "assignment")[0]["dossier_code"])
+    take(amqp, desk, 1, "receipt")
+    running.stop()
+    # the other process: it takes the result and holds it, unacked
+    peer = pika.BlockingConnection(pika.URLParameters(amqp_url()))
+    taken: list[int] = []
+    try:
+        channel = peer.channel()
+        channel.basic_qos(prefetch_count=10)
+        channel.basic_consume(declared.status_queue,
+                              lambda ch, method, props, body: taken.append(method.delivery_tag))
+        report(amqp, declared, code, "T.UBND.A", "resolved", documents=[doc("ket-qua.pdf")],
+               sent_at=vn("2026-11-26 08:30"))  # half an hour before it is due
+        wait_for(lambda: peer.process_data_events(0.1) or taken, what="the peer's delivery")
+        running = start_broker()  # this process: consuming the status queue beside it
+        status = next(w for w in running.broker.service.workers
+                      if w.queue == declared.status_queue)
+        wait_for(lambda: status.consuming, what="this process consuming")
+        engine = Engine(load_catalog(MINI_CATALOG))
+        watch = DeadlineWatch(lambda: engine, ledger, declared, WatchSettings(), clock=clock,
+                              metrics=Metrics(), holding=lambda: status.unacked,
+                              consuming=lambda: status.consuming)
+        try:
+            # a minute past due, the queue empty and all idle here: decided as of two
+            # minutes before, when RabbitMQ had not yet found a silent peer gone
+            clock.set("2026-11-26 09:01")
+            assert watch.tick() == 2  # at risk as of 08:59 (its agency and desk), no more
+            assert watch.caught_up_at == clock.now
+            row = ledger.dossier(code)
+            assert row is not None and (row["state"], row["watch_level"]) == (
+                State.RECEIVED, AT_RISK)
+            assert [n["notice"] for n in take(amqp, agency, 1, "at risk")] == ["at_risk"]
+            assert [n["notice"] for n in take(amqp, desk, 1, "at risk")] == ["at_risk"]
+        finally:
+            watch.close()
+    finally:
+        peer.close()  # gone: RabbitMQ gives the result back, and this process applies it
+    # on time: the citizen hears of the result, with no apology, and the agency of nothing
+    assert [n["notice"] for n in take(amqp, desk, 1, "the result")] == ["result_ready"]
+    row = ledger.dossier(code)
+    assert row is not None and (row["state"], row["watch_level"]) == (
+        State.RESOLVED, AT_RISK)
+    assert row["finished_at"] < row["due_at"]
+    assert amqp.json_all(agency) == []
+
+
+def test_a_count_rabbitmq_could_not_take_is_not_read_as_an_empty_status_queue(
+        declared: Topology, ledger: Ledger, clock: FakeClock) -> None:
+    """RabbitMQ 3.10 answers a passive declare of a quorum queue whose leader it cannot
+    ask (a majority of its nodes down) with 0 messages and 0 consumers: a watch that took
+    it for an empty status queue told of lateness 2,831 of 3,000 results sent in time,
+    while they waited there (found by a review). Where this process consumes the status
+    queue, RabbitMQ counting no consumer on it says its count is no answer; and while
+    this process's consumer is not consuming, nothing is decided either."""
+    engine = Engine(load_catalog(MINI_CATALOG))
+    consuming = [True]
+    watch = DeadlineWatch(lambda: engine, ledger, declared, WatchSettings(), clock=clock,
+                          metrics=Metrics(), holding=lambda: 0,
+                          consuming=lambda: consuming[0])
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
+    try:
+        channel = conn.channel()
+        tag = channel.basic_consume(declared.status_queue, lambda *_: None)
+        earlier = clock.now
+        assert watch.status_caught_up(earlier) == earlier  # counted, and nothing waits
+        channel.basic_cancel(tag)  # RabbitMQ now counts 0 and 0, as when it cannot ask
+        clock.set("2026-11-26 10:00")
+        assert watch.status_caught_up(clock.now) == earlier
+        consuming[0] = False  # this process reconnecting: the same
+        channel.basic_consume(declared.status_queue, lambda *_: None)
+        assert watch.status_caught_up(clock.now) == earlier
+        consuming[0] = True
+        assert watch.status_caught_up(clock.now) == clock.now
+    finally:
+        watch.close()
+        conn.close()
+
+
+def test_after_a_failure_every_page_of_leftovers_goes_out_not_only_the_first(
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock,
+        make_watch: Callable[[], DeadlineWatch]) -> None:
+    """On a start (or after a failed round) every notice left unconfirmed is published
+    again; past the first page (``limit``), the rest waited until they were
+    ``stale_after_s`` old (found by a review: 460 of 960 held two minutes)."""
+    start_broker()
+    for _ in range(3):
+        _route(amqp, declared, "1.001193", "T.UBND.A")
+    clock.set("2026-11-27 08:00")
+    assert len(make_watch().flag()) == 6  # committed, then the process died
+    engine = Engine(load_catalog(MINI_CATALOG))
+    watch = DeadlineWatch(lambda: engine, ledger, declared, WatchSettings(limit=2),
+                          clock=clock, metrics=Metrics())
+    try:
+        assert [watch.tick() for _ in range(4)] == [2, 2, 2, 0]  # at the same minute
+    finally:
+        watch.close()
+    assert ledger.unconfirmed_notices(vn("2027-01-01 00:00")) == []
+    assert len(amqp.json_all(declared.agency_queue("T.UBND.A"))) == 3
+
+
+@pytest.mark.parametrize("ledger", ["sqlite"], indirect=True)  # a lock held by the test
+def test_notices_published_while_the_ledger_is_away_a_moment_are_marked_once_it_is_back(
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock,
+        make_watch: Callable[[], DeadlineWatch]) -> None:
+    """A round that published its notices and found the ledger away for a few seconds (a
+    restart) failed to mark them confirmed, and every one was published again at the
+    next round (found by a review: 1,000 after an 8-second outage); it waits a little."""
+    import sqlite3
+
+    start_broker()
+    _route(amqp, declared, "1.001193", "T.UBND.A")
+    take(amqp, declared.desk_queue("T.MC.B"), 1, "receipt")
+    clock.set("2026-11-27 08:00")
+    assert len(make_watch().flag()) == 2  # committed, then the process died
+    holder = sqlite3.connect(ledger.url.removeprefix("sqlite:///"), isolation_level=None,
+                             check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # a writer that lets go after 7 s (busy timeout: 5)
+    letting_go = threading.Timer(7.0, lambda: holder.execute("ROLLBACK"))
+    letting_go.start()
+    try:
+        assert make_watch().tick() == 2
+    finally:
+        letting_go.join()
+        holder.close()
+    assert ledger.unconfirmed_notices(vn("2027-01-01 00:00")) == []
+    assert len(amqp.json_all(declared.agency_queue("T.UBND.A"))) == 1
+    assert len(amqp.json_all(declared.desk_queue("T.MC.B"))) == 1
