@@ -625,7 +625,7 @@ def _dossier_list(args: argparse.Namespace) -> int:
 def _dossier(args: argparse.Namespace) -> int:
     from broker.ledger import Ledger
     from broker.lifecycle import State
-    from broker.tables import STEP_OWN_DUE
+    from broker.tables import RESULTS, STEP_OWN_DUE, SUPPLEMENTS
 
     if args.action == "list":
         return _dossier_list(args)
@@ -640,9 +640,13 @@ def _dossier(args: argparse.Namespace) -> int:
     if row is None:
         print(f"error: no dossier {args.code} in {ledger.url.split('@')[-1]}", file=sys.stderr)
         return EXIT_PROBLEM
-    history = ledger.history(row["code"])
-    # the ledger keeps the applicant for the agencies; the operator's view leaves it out
+    # the ledger keeps the applicant for the agencies, and the parties' words; the
+    # operator's view leaves them out, in JSON as in text
+    history = [dict(e, detail=_without_free_text(e)) for e in ledger.history(row["code"])]
     row.pop("submission", None)
+    flags = row["flags"] if isinstance(row["flags"], dict) else {}
+    row["flags"] = {k: len(v) if k in (SUPPLEMENTS, RESULTS) and isinstance(v, list) else v
+                    for k, v in flags.items()}
     refused_at_intake = _nothing_due_if_refused_at_intake(row)
     if args.json:
         print(json.dumps({"dossier": row, "history": history}, default=json_value,
@@ -681,6 +685,27 @@ def _dossier(args: argparse.Namespace) -> int:
 RECORDED_LATE = timedelta(minutes=1)
 
 
+#: what the operator's view shows of free text a party wrote (a reason may name the
+#: citizen, or give a phone number)
+WITHHELD = "<withheld: a party's own words>"
+
+
+def _without_free_text(event: dict[str, Any]) -> Any:
+    """An event's detail as the operator's view shows it: the names of documents and what
+    was asked for by how many (a file is often named after its citizen), and a reason a
+    party wrote (an agency, a desk, an operator refusing at intake) as withheld. The
+    router's own reason for a refusal at intake stays: its words, about the catalog."""
+    detail = event["detail"]
+    if not isinstance(detail, dict):
+        return detail
+    shown = {k: len(v) if k in ("documents", "requested_documents") and isinstance(v, list)
+             else v for k, v in detail.items()}
+    router_said = event["seq"] == 1 and event["kind"] in ("received", "refused")
+    if isinstance(shown.get("reason"), str) and shown["reason"] and not router_said:
+        shown["reason"] = WITHHELD
+    return shown
+
+
 def _event_note(event: dict[str, Any], tz: ZoneInfo) -> str:
     """What else the process-control sheet keeps of an event, in its words: no free text
     (a reason may name someone), only numbers and times."""
@@ -692,12 +717,14 @@ def _event_note(event: dict[str, Any], tz: ZoneInfo) -> str:
     notes = []
     if d.get("satisfaction") is not None:
         notes.append(f"satisfaction {d['satisfaction']}")
+    def counted(key: str) -> int:  # the operator's view, and `ledger prune`, keep how many
+        value = d.get(key) or 0
+        return value if isinstance(value, int) else len(value)
+
     if event["kind"] == "request_supplement":
-        notes.append(f"{len(d.get('requested_documents') or [])} document(s) requested")
+        notes.append(f"{counted('requested_documents')} document(s) requested")
     if event["kind"] == "supplement":  # its due date is the one the pause moved
-        brought = d.get("documents") or []  # `ledger prune` leaves how many
-        notes.append(f"{brought if isinstance(brought, int) else len(brought)} "
-                     "document(s) brought")
+        notes.append(f"{counted('documents')} document(s) brought")
     if event["kind"] in ("supplement", "at_risk", "overdue") and d.get("due_at"):
         notes.append(f"due {at('due_at')}")
     if event["kind"] in ("step_at_risk", "step_overdue") and d.get("due_at"):
@@ -759,8 +786,10 @@ def _unopened_submission(ledger: Ledger, submission: str, args: argparse.Namespa
                   for d in ledger.unopened_submission(submission)]
     refusal = ledger.refusal(submission)
     if refusal is not None:
+        # the reason is the desk's or the operator's own words, for the citizen
         refusal.update({k: shown_message_id(refusal[k]) for k in ("message_id", "notice_id")}
-                       | {k: shown_id(refusal[k]) for k in ("desk_id", "refused_by")})
+                       | {k: shown_id(refusal[k]) for k in ("desk_id", "refused_by")}
+                       | {"reason": WITHHELD})
     if args.json:
         print(json.dumps({"submission_id": submission, "dossier": None,
                           "deliveries": deliveries, "refusal": refusal}, default=str,
@@ -777,7 +806,7 @@ def _unopened_submission(ledger: Ledger, submission: str, args: argparse.Namespa
                    f"told as {refusal['notice_id']}" if refusal["state"] == 7
                    else f"refused at intake (3) by {refusal['refused_by']}: {told}")
             lines.append((refusal["refused_at"], f"  {_local(refusal['refused_at'], tz)}  "
-                                                 f"{how}\n    reason: {refusal['reason']}"))
+                                                 f"{how}"))
         for _, line in sorted(lines, key=lambda x: x[0]):  # in time order, as they happened
             print(line)
         if not refusal:

@@ -575,8 +575,9 @@ def test_refuse_closes_a_triaged_dossier_once_and_its_desk_hears_it_once(
     # what the desk's helpdesk sees
     assert main(["dossier", "show", str(never.submission_id), "--db-url", ledger.url]) == 0
     out = capsys.readouterr().out
-    assert "refused at intake (3) by operator-1" in out and reason in out
-    assert "066090001234" not in out  # the applicant stays out of it
+    assert "refused at intake (3) by operator-1" in out
+    assert "066090001234" not in out  # the applicant stays out of it, and the reason's
+    assert reason not in out  # words, for the citizen (the desk was told them)
 
 
 def test_a_dossier_from_a_desk_that_does_not_exist_leaves_triage_told_to_nobody(

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pika
 import pytest
@@ -17,7 +19,7 @@ import pytest
 from adapters.client import DeskClient, Inbox, Received, RetryLater
 from broker.cli import main
 from broker.ledger import Ledger
-from broker.messages import DossierSubmitted
+from broker.messages import Document, DossierSubmitted, DossierSupplemented
 from broker.topology import INTAKE_KEY, Topology
 from tests.conftest import MINI_CATALOG, RunningBroker, queue_depth, wait_for
 from tests.helpers import Amqp, broker_log, cli, dossier
@@ -141,7 +143,8 @@ def test_dossier_show_of_a_submission_refused_without_notice_withholds_its_desk_
     junk = _junk_refused(declared, ledger, amqp, capsys, f"{NAME} {PHONE}")
     for rc, out, err in _each_form(capsys, "dossier", "show", str(junk.submission_id),
                                    "--db-url", ledger.url):
-        assert rc == 0 and "no such desk" in out, err  # the operator's reason, as before
+        # the operator's reason is for the citizen, in words that may name them: withheld
+        assert rc == 0 and "no such desk" not in out, err
         _withholds(out + err)
 
 
@@ -253,3 +256,43 @@ def test_the_inbox_logs_a_notice_id_holding_personal_data_as_its_digest(
     assert any(s.startswith("handler failed on withheld-") for s in said), said
     assert any(s.startswith("poison message withheld-") for s in said), said
     assert not any(PHONE in s or "Nguy" in s for s in said), said
+
+
+def test_dossier_show_keeps_the_parties_words_out_in_json_as_in_text(
+        declared: Topology, ledger: Ledger, run_broker: Callable[..., RunningBroker],
+        amqp: Amqp, capsys: pytest.CaptureFixture[str]) -> None:
+    # the text form counted the documents and left the reasons out; --json printed the
+    # dossier's flags (every document's name and address) and each event's detail whole:
+    # "CCCD of <name> <id>.pdf", "call <phone>" (found by a review)
+    from tests.integration.test_lifecycle_flow import report, take
+
+    t = declared
+    run_broker()
+    amqp.submit(t, dossier("1.001193"))
+    code = str(take(amqp, t.agency_queue("T.UBND.A"), 1, "assignment")[0]["dossier_code"])
+    take(amqp, t.desk_queue("T.MC.B"), 1, "receipt")
+    named = f"CCCD {NAME} {PHONE}.pdf"
+    report(amqp, t, code, "T.UBND.A", "supplement_requested",
+           reason=f"gọi {NAME} {PHONE}", requested_documents=[named])
+    take(amqp, t.desk_queue("T.MC.B"), 1, "the request")
+    amqp.status(t, DossierSupplemented(
+        event_id=uuid.uuid4(), dossier_code=code, desk_id="T.MC.B",
+        documents=[Document(name=named, uri=f"s3://docs/{PHONE}", sha256="c" * 64,
+                            size=10, media_type="application/pdf")],
+        sent_at=datetime.now(UTC)))
+    take(amqp, t.agency_queue("T.UBND.A"), 1, "the supplement")
+    report(amqp, t, code, "T.UBND.A", "resolved", documents=[Document(
+        name=f"KQ {NAME}.pdf", uri=f"s3://kq/{PHONE}", sha256="d" * 64, size=10,
+        media_type="application/pdf")])
+    wait_for(lambda: (ledger.dossier(code) or {}).get("state") == 9, what="resolved")
+    for rc, out, err in _each_form(capsys, "dossier", "show", code, "--db-url", ledger.url):
+        assert rc == 0, err
+        _withholds(out + err)
+        assert "s3://" not in out
+    shown = json.loads(out)
+    assert shown["dossier"]["flags"]["supplements"] == 1  # how many, as `ledger prune` keeps
+    assert shown["dossier"]["flags"]["results"] == 1
+    kinds = {e["kind"]: e["detail"] for e in shown["history"]}
+    assert kinds["request_supplement"]["requested_documents"] == 1
+    assert kinds["request_supplement"]["reason"] == "<withheld: a party's own words>"
+    assert kinds["supplement"]["documents"] == 1 and kinds["resolve"]["documents"] == 1
