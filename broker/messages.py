@@ -739,8 +739,9 @@ def _nul_in(value: Any, path: str = "") -> str | None:
     items = (value.items() if isinstance(value, dict)
              else enumerate(value) if isinstance(value, list) else ())
     for key, item in items:
-        # the detail is stored: no NUL in it, nor a phone or id number as a key
-        name = shown_id(str(key).replace("\x00", "\\u0000"))
+        # the detail is stored: no NUL in it, nor a key the sender chose that may be a
+        # name or an id number (the contract's own keys read as field names)
+        name = str(key) if isinstance(key, int) else shown_key(str(key))
         where = f"{path}.{name}" if path else name
         if "\x00" in str(key):
             return where
@@ -782,13 +783,34 @@ def describe_validation_error(error: ValidationError) -> str:
     """Summarize validation errors by field path and message, never echoing values."""
     problems = []
     for item in error.errors(include_input=False, include_url=False, include_context=False)[:10]:
-        # a key the sender chose (in attributes, or a field the contract does not have) may
-        # hold a phone or id number ({"cccd_066090001234": ...}): withheld as such ids are
-        path = [shown_id(str(p)) for p in item["loc"]]
+        path = [str(p) for p in item["loc"]]
         if path and path[0].startswith("casebroker."):
             path = path[1:]  # the union's tag: the kind is known from the schema field
+        # a key the sender chose (an attribute's, or a field the contract does not have)
+        # may be a name or an id number ({"cccd_066090001234": ...}, {"Nguyễn Văn An":
+        # ...}): said as such, never quoted; the sender knows which of its keys it is
+        chosen = [i for i, p in enumerate(path)
+                  if (i and path[i - 1] == "attributes" and i == 1)
+                  or (item["type"] == "extra_forbidden" and i == len(path) - 1)]
+        for i in chosen:
+            path[i] = shown_key(path[i])
         problems.append(f"{'.'.join(path) or '(body)'}: {item['msg']}")
     return "; ".join(problems)
+
+
+#: how a validation error's detail names a key the sender chose that may name someone
+SENDERS_KEY = "<a key of the sender's>"
+#: a key as a form field is named (``area_m2``, ``so_tang``): quoted in a detail
+_FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def shown_key(key: str) -> str:
+    """A key the sender chose, as an error's detail may quote it: as it is when it reads
+    as a field's name (lower case, digits, ``_``; no phone or id number), else
+    :data:`SENDERS_KEY` ("Nguyễn Văn An", "CCCD 066090001234" are keys senders used)."""
+    if _FIELD_NAME.fullmatch(key) and not has_personal_digits(key):
+        return key
+    return SENDERS_KEY
 
 
 def as_received(data: Mapping[str, Any]) -> DossierSubmitted:
