@@ -42,7 +42,6 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, func, or_, select
 
-from broker.amqp import REASON_HEADER
 from broker.cli import (
     DB_URL_HELP,
     json_value,
@@ -196,7 +195,7 @@ def _queues(topology: Topology) -> tuple[dict[str, int] | None, list[str] | None
     never returned, which a queue with a delivery limit counts). None for what could not
     be read, and why."""
     from broker.messages import shown_message_id
-    from broker.ops.queues import OperatorBusy, channel, depth, read_back
+    from broker.ops.queues import OperatorBusy, channel, depth, read_back, routers_own
 
     names = {"intake": topology.intake_queue, "status": topology.status_queue,
              "triage": topology.triage_queue}
@@ -212,7 +211,7 @@ def _queues(topology: Topology) -> tuple[dict[str, int] | None, list[str] | None
                 # as the dead-letters commands show (and take) them: a sender's id may
                 # hold a name or an id number
                 found += [shown_message_id(m.message_id) for m in read.taken
-                          if REASON_HEADER not in m.headers
+                          if not routers_own(m.headers)
                           and m.headers.get("x-first-death-reason") in (
                               "delivery_limit", b"delivery_limit")]
                 if read.failed:

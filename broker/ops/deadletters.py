@@ -91,6 +91,7 @@ from broker.ops.queues import (
     put_back,
     queue_and_key,
     read_back,
+    routers_own,
     sent_by,
     settle_queue,
     why_failed,
@@ -124,8 +125,10 @@ _TOKEN = re.compile(r"[A-Za-z0-9._:+/-]{0,100}")
 #: a phone or id number (has_personal_digits) may sit in the wrong field of a message that
 #: failed its checks for that reason. No id, code, state or time of the contract has such
 #: a run of digits, but for hexadecimal ones (UUIDs, the catalog's hash), shown when they
-#: are well-formed
-_HEX_ID = re.compile(UUID_TEXT.pattern + r"|[0-9a-f]{16,64}")
+#: are well-formed and have a letter: a desk id of 22 digits, an id number and a phone run
+#: together, was printed whole as hexadecimal (found by a review). A random UUID or hash
+#: without one is rare enough to be withheld with them
+_HEX_ID = re.compile(rf"(?=.*[a-fA-F])(?:{UUID_TEXT.pattern}|[0-9a-f]{{16,64}})")
 
 
 def replay_id(msg: Taken) -> tuple[str, str, int]:
@@ -245,7 +248,7 @@ def replay(ch: BlockingChannel, topology: Topology, which: str, msg: Taken) -> d
     exchange, key, via_inbox = replay_target(topology, which, msg)
     headers = {k: v for k, v in msg.headers.items() if k not in _DEAD_HEADERS}
     if via_inbox:
-        if which == "triage" or REASON_HEADER in msg.headers:  # judged by casebroker
+        if which == "triage" or routers_own(msg.headers):  # judged by casebroker
             new_id, original, generation = replay_id(msg)
             headers.update({REPLAY_OF_HEADER: original, REPLAYS_HEADER: generation})
         else:
@@ -363,8 +366,11 @@ def describe(which: str, msg: Taken) -> dict[str, Any]:
     """One dead letter as the operator sees it (no body)."""
     h = msg.headers
     # one RabbitMQ dead-lettered itself has no reason of casebroker's: RabbitMQ's, then
-    # (a reject by a desk's or agency's Inbox, whose handler failed: "rejected")
-    reason = _text(h.get(REASON_HEADER)) or (
+    # (a reject by a desk's or agency's Inbox, whose handler failed: "rejected"); the
+    # reason and detail headers it may carry are the sender's own, shown as casebroker's
+    # (a sender's words, a name among them: found by a review), and not read
+    ours = routers_own(h)
+    reason = _text(h.get(REASON_HEADER)) if ours else (
         f"rabbitmq:{_text(h.get('x-first-death-reason'))}"
         if h.get("x-first-death-reason") else None)
     # the type and content type are the sender's (one RabbitMQ dead-lettered keeps the
@@ -372,8 +378,9 @@ def describe(which: str, msg: Taken) -> dict[str, Any]:
     content_type = _text(h.get("x-original-content-type")) or _text(
         msg.properties.content_type)
     return {"queue": which, "message_id": _shown(msg),
-            "reason": _token_or_withheld(reason), "detail": _text(h.get(DETAIL_HEADER)),
-            "source": _token_or_withheld(_text(h.get(SOURCE_HEADER))),
+            "reason": _token_or_withheld(reason),
+            "detail": _text(h.get(DETAIL_HEADER)) if ours else None,
+            "source": _token_or_withheld(_text(h.get(SOURCE_HEADER))) if ours else None,
             "type": _token_or_withheld(_text(msg.properties.type)),
             "content_type": content_type if content_type is None else shown_content_type(
                 content_type),

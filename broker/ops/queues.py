@@ -64,19 +64,19 @@ def sent_by(props: BasicProperties) -> str | None:
     # not on a copy without a user_id: RabbitMQ dead-letters a sender's message as it came,
     # a claimed x-casebroker-sent-by among its headers, and one replayed on that word went
     # to the router under its own login as the claimed party's (found by a review)
-    if recorded and ((value and value == login()) or _routers_own(headers)):
+    if recorded and ((value and value == login()) or routers_own(headers)):
         value = recorded
     if not value:
         return None
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def _routers_own(headers: dict[str, Any]) -> bool:
+def routers_own(headers: dict[str, Any]) -> bool:
     """Whether a message in an operator queue is one the router published there itself (a
     dead letter or triage copy it judged: its reason on it), whose x-casebroker-sent-by it
     wrote from the user_id RabbitMQ checked on the delivery (a sender's own is dropped).
     One RabbitMQ dead-lettered (``x-death``) is the sender's message with the sender's
-    headers, a claimed x-casebroker-sent-by among them: not that."""
+    headers, a claimed x-casebroker-sent-by, reason or detail among them: not that."""
     return (REASON_HEADER in headers and "x-death" not in headers
             and "x-first-death-reason" not in headers)
 

@@ -17,9 +17,10 @@ import pika
 import pytest
 
 from adapters.client import DeskClient, Inbox, Received, RetryLater
+from broker.amqp import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER
 from broker.cli import main
 from broker.ledger import Ledger
-from broker.messages import Document, DossierSubmitted, DossierSupplemented
+from broker.messages import Document, DossierSubmitted, DossierSupplemented, encode
 from broker.topology import INTAKE_KEY, Topology
 from tests.conftest import MINI_CATALOG, RunningBroker, queue_depth, wait_for
 from tests.helpers import Amqp, broker_log, cli, dossier
@@ -296,3 +297,31 @@ def test_dossier_show_keeps_the_parties_words_out_in_json_as_in_text(
     assert kinds["request_supplement"]["requested_documents"] == 1
     assert kinds["request_supplement"]["reason"] == "<withheld: a party's own words>"
     assert kinds["supplement"]["documents"] == 1 and kinds["resolve"]["documents"] == 1
+
+
+def test_a_senders_own_casebroker_headers_are_not_shown_as_casebrokers(
+        declared: Topology, ledger: Ledger, amqp: Amqp,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # a desk sent x-casebroker-reason and x-casebroker-detail of its own (its words, a
+    # name and a phone in them); RabbitMQ dead-lettered the message at its delivery limit,
+    # keeping the sender's headers, and the dead-letters tools showed that detail as
+    # casebroker's, while the audit took the reason for casebroker's and did not count
+    # it as set aside by RabbitMQ (found by a review)
+    t = declared
+    d = dossier()
+    mid = f"submit:{d.submission_id}"
+    amqp.publish(t.intake_exchange, INTAKE_KEY, encode(d), message_id=mid,
+                 type="dossier.submitted",
+                 headers={REASON_HEADER: "invalid_fields", SOURCE_HEADER: "intake",
+                          DETAIL_HEADER: f"{NAME} {PHONE}"})
+    amqp.nack_until_dead_lettered(t.intake_queue)
+    wait_for(lambda: queue_depth(t.dead_queue("intake")) == 1, what="the delivery limit")
+    for rc, out, err in (*_each_form(capsys, "dead-letters", "list", "--queue", "intake",
+                                     "--prefix", t.prefix),
+                         *_each_form(capsys, "dead-letters", "show", mid, "--queue",
+                                     "intake", "--prefix", t.prefix)):
+        assert rc == 0, err
+        _withholds(out + err)
+        assert "rabbitmq:delivery_limit" in out and "invalid_fields" not in out
+    rc, out, err = cli(capsys, t, "audit", "--db-url", ledger.url, "--json")
+    assert rc == 1 and json.loads(out)["exhausted"] == [mid], out + err

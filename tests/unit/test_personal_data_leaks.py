@@ -70,3 +70,18 @@ def test_codes_dates_and_ids_with_digits_in_groups_are_still_shown(plain: str) -
 
     assert shown_id(plain) == plain and shown_message_id(plain) == plain
     assert _is_token(plain)
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    ("0799123456780987654321", False),  # an id number and a phone run together: digits
+    ("0799123456780000", False),        # are hexadecimal too, and it was shown as a hash
+    ("12345678-1234-1234-1234-123456789012", False),
+    ("0190a0a0-0000-7000-8000-000000000000", True),
+    ("1234c5d6c9f2c423", True),          # the catalog's hash
+    ("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", True),
+])
+def test_only_hexadecimal_with_a_letter_passes_for_a_hash_in_dead_letters_show(
+        value: str, shown: bool) -> None:
+    from broker.ops.deadletters import _is_token
+
+    assert _is_token(value) is shown
