@@ -223,6 +223,7 @@ class BrokerClient:
         A confirm that does not come within ``confirm_timeout_s`` raises PublishError at
         once (the connection is closed, nothing is published again): RabbitMQ may have
         the message, so send it again under the same ``message_id``."""
+        shown = shown_message_id(message_id)  # it may hold a name or an id number
         correlation_id = getattr(message, "dossier_code", None) or getattr(
             message, "submission_id", None)
         properties = {
@@ -234,10 +235,10 @@ class BrokerClient:
         }
         body = encode(message)
         if (where := nul_in_text(body)) is not None:  # the broker would dead-letter it
-            raise ValueError(f"publish {message_id}: {where}: a NUL character (\\u0000) "
+            raise ValueError(f"publish {shown}: {where}: a NUL character (\\u0000) "
                              "in text, which the contract refuses: nothing was sent")
         if len(body) > MAX_BODY_BYTES:  # the router would dead-letter it as too_large
-            raise MessageTooLarge(f"publish {message_id}: {len(body)} bytes, over the "
+            raise MessageTooLarge(f"publish {shown}: {len(body)} bytes, over the "
                                   f"{MAX_BODY_BYTES}-byte limit (documents go by "
                                   "reference)", message_id)
         self._returned.pop(message_id, None)
@@ -251,7 +252,7 @@ class BrokerClient:
                 # was checked: the connection is as good as lost, and a late answer would
                 # be read as the next wait's
                 self._drop()
-            raise PublishError(f"publish {message_id} to {exchange}/{routing_key} failed: "
+            raise PublishError(f"publish {shown} to {exchange}/{routing_key} failed: "
                                f"{_failure(e, self.confirm_timeout_s)}", message_id) from e
         except BaseException:
             # interrupted mid-wait (a signal, a timeout around the call): this publish's
@@ -266,7 +267,7 @@ class BrokerClient:
         # return (if any) has been dispatched by the time the confirm wait ended
         reason = self._returned.pop(message_id, None)
         if reason is not None:
-            raise PublishError(f"publish {message_id} to {exchange}/{routing_key} was "
+            raise PublishError(f"publish {shown} to {exchange}/{routing_key} was "
                                f"returned: {reason}", message_id)
 
     def _publish_confirmed(self, body: bytes, exchange: str, routing_key: str,
@@ -283,6 +284,7 @@ class BrokerClient:
         same channel: RabbitMQ 3.10 goes on refusing, on a channel a quorum queue told to
         refuse over a length cap, every publish to that queue after the cap is lifted. A
         new channel would do; kombu's producer gets one with a new connection."""
+        shown = shown_message_id(message_id)  # it may hold a name or an id number
         policy = self.retry_policy
         for refusals in itertools.count(1):
             publish = self.connection.ensure(self._ensure_producer(), self._publish_once,
@@ -297,7 +299,7 @@ class BrokerClient:
                 # the connection, without the close handshake a stalled peer would not answer
                 self._drop()
                 raise PublishError(
-                    f"publish {message_id} to {exchange}/{routing_key}: no confirm from "
+                    f"publish {shown} to {exchange}/{routing_key}: no confirm from "
                     f"RabbitMQ within {self.confirm_timeout_s:g} s; it may have the message: "
                     "send it again under the same message id (receivers drop repeats "
                     "by it)", message_id) from None
@@ -306,13 +308,13 @@ class BrokerClient:
                 if self.max_retries is not None and refusals > self.max_retries:
                     tries = "once" if refusals == 1 else f"{refusals} times"
                     raise PublishError(
-                        f"publish {message_id} to {exchange}/{routing_key} was refused by "
+                        f"publish {shown} to {exchange}/{routing_key} was refused by "
                         f"RabbitMQ (nack), {tries}: the queue it goes to is over its "
                         "length limit, or has no leader for now; retry later under the "
                         "same message id", message_id) from None
             pause = _backoff_s(policy, refusals)
             log.warning("publish %s to %s/%s was refused by RabbitMQ (nack); retrying in "
-                        "%.1fs", message_id, exchange, routing_key, pause)
+                        "%.1fs", _logged_id(message_id), exchange, routing_key, pause)
             time.sleep(pause)
 
     def _publish_once(self, *args: Any, **kwargs: Any) -> Any:
@@ -339,6 +341,7 @@ class BrokerClient:
     def _check_own_queue(self, message_id: str) -> None:
         """Once per client: a desk or agency id the catalog does not know has no queue, and
         what it sends would be dead-lettered with no answer to wait for."""
+        shown = shown_message_id(message_id)  # it may hold a name or an id number
         queue, self.own_queue = self.own_queue, None
         assert queue is not None
         self.connection.ensure_connection(**self.retry_policy)
@@ -349,7 +352,7 @@ class BrokerClient:
         except NotFound:
             self.own_queue = queue  # checked again next time: the topology may be declared
             raise NotInTopology(
-                f"publish {message_id}: no queue {queue!r} to answer in: the catalog has no "
+                f"publish {shown}: no queue {queue!r} to answer in: the catalog has no "
                 f"such party, or the topology (prefix {self.topology.prefix!r}) is not "
                 f"declared; nothing was sent", message_id) from None
         except BaseException as e:
@@ -376,7 +379,8 @@ class BrokerClient:
         # without a basic_return handler py-amqp raises mid-wait and leaves the ack unread
         message_id = message.properties.get("message_id")
         self._returned[message_id] = f"{getattr(exc, 'reply_text', exc)} ({routing_key!r})"
-        log.warning("publish %s to %s was returned unroutable", message_id, exchange)
+        log.warning("publish %s to %s was returned unroutable", _logged_id(message_id),
+                    exchange)
 
 
 class DeskClient(BrokerClient):

@@ -325,3 +325,22 @@ def test_a_senders_own_casebroker_headers_are_not_shown_as_casebrokers(
         assert "rabbitmq:delivery_limit" in out and "invalid_fields" not in out
     rc, out, err = cli(capsys, t, "audit", "--db-url", ledger.url, "--json")
     assert rc == 1 and json.loads(out)["exhausted"] == [mid], out + err
+
+
+def test_the_sdk_says_a_publish_under_a_personal_message_id_by_its_digest(
+        live: Live, caplog: pytest.LogCaptureFixture) -> None:
+    # "publish Zqxname Vwtest 079912345678 to cb.desk was returned unroutable" in the log
+    # and in the PublishError, which integrators log (found by a review)
+    from adapters.client import PublishError
+
+    t = live.topology
+    personal = f"{NAME} {PHONE}"
+    with DeskClient("T.MC.A", topology=t) as client:
+        with caplog.at_level(logging.INFO, logger="adapters.client"), \
+                pytest.raises(PublishError) as e:
+            client.publish(desk_notice("T.MC.A", 1), exchange=t.desk_exchange,
+                           routing_key="T.NOWHERE", message_id=personal)
+    said = [r.getMessage() for r in caplog.records if r.name == "adapters.client"]
+    assert said and all("withheld-" in s for s in said), said
+    _withholds(" ".join(said) + str(e.value))
+    assert "withheld-" in str(e.value) and e.value.message_id == personal  # its own, whole
