@@ -415,6 +415,11 @@ class QueueWorker:
         self.nacked_in_a_row = 0
         #: the broker said consume-ok on this channel (readiness, broker/health.py)
         self.consuming = False
+        #: stopping: False from the cancel until RabbitMQ's cancel-ok, while deliveries it
+        #: sent before reading the cancel may still come (KeepingChannel)
+        self.cancel_confirmed = True
+        #: stopping while paused after failures: what comes is not handed over
+        self.held_back = False
 
     @property
     def idle(self) -> bool:
@@ -531,9 +536,16 @@ class QueueWorker:
         self._cancel_timers()
         if self.channel is not None and self.channel.is_open and self.consumer_tag:
             # with a callback, not nowait: pika keeps the consumer until the cancel-ok,
-            # and KeepingChannel hands it what comes meanwhile
-            self.channel.basic_cancel(self.consumer_tag, callback=lambda _frame: None)
+            # and KeepingChannel hands it what comes meanwhile; the stop waits for it
+            channel, self.cancel_confirmed = self.channel, False
+
+            def confirmed(_frame: Any) -> None:
+                if channel is self.channel:
+                    self.cancel_confirmed = True
+
+            self.channel.basic_cancel(self.consumer_tag, callback=confirmed)
         if paused:
+            self.held_back = True
             self.pending.clear()
         elif not self.busy:
             self._flush()
@@ -550,8 +562,9 @@ class QueueWorker:
         """Nothing with the handler or awaiting confirms, and nothing received left to hand
         over but what a pause after failures holds back, or what the drain's end leaves
         (shutdown)."""
-        return self.idle and (not self.pending or self.retry_timer is not None
-                              or not self.service.draining())
+        return self.idle and (
+            (not self.pending and self.cancel_confirmed) or self.held_back
+            or self.retry_timer is not None or not self.service.draining())
 
     def _cancel_timers(self) -> None:
         for timer in (self.flush_timer, self.retry_timer):
@@ -565,9 +578,11 @@ class QueueWorker:
         channel = self.channel
         if channel is None or ch is not channel or not channel.is_open:
             return  # a channel being closed: unacked, the delivery goes back to the queue
+        self.unacked += 1
+        if self.held_back:
+            return  # unacked: back to the queue at the close, as the rest of the window
         self.pending.append(Delivery(method.delivery_tag, body, props, method.redelivered,
                                      method.routing_key))
-        self.unacked += 1
         if self.retry_timer is not None:
             return
         if len(self.pending) >= self.settings.batch_size:
