@@ -79,7 +79,7 @@ CLOCK_SKEW_S = 120.0
 #: the watch's heartbeat back: notices are decided only up to when it was last empty
 CAUGHT_UP_LAG_S = 600.0
 #: attempts, a second apart, to mark a round's notices confirmed while the ledger is away
-CONFIRM_TRIES = 15
+CONFIRM_TRIES = 10
 #: while another `casebroker run` consumes the status queue too, notices are decided up
 #: to this long before the queue was last seen caught up: what that process holds, taken
 #: and not applied, this one cannot see, and a process that stops answering (frozen, its
@@ -379,6 +379,9 @@ class DeadlineWatch:
         self.holding = holding
         #: whether this process's status consumer consumes now (None: no consumer here)
         self.consuming = consuming
+        if (holding is None) != (consuming is None):
+            # with only one, this process's own consumer was counted as another's
+            raise ValueError("holding and consuming tell of one status consumer: give both")
         #: how long before :attr:`caught_up_at` notices are decided: :data:`PEER_HOLD_S`
         #: if another process consumed the status queue then
         self._decide_lag = timedelta(0)
@@ -496,6 +499,8 @@ class DeadlineWatch:
         empty queue told of lateness results sent in time (found by a review). Another
         `casebroker run`'s consumer is not seen: while there is one, notices are decided
         :data:`PEER_HOLD_S` earlier."""
+        # read first: a consumer that starts between the two is then counted, not missed
+        own = self.consuming() if self.consuming is not None else None
         try:
             answer = self._open().queue_declare(self.topology.status_queue,
                                                 passive=True).method
@@ -509,10 +514,9 @@ class DeadlineWatch:
             return None
         ready, consumers = answer.message_count, answer.consumer_count
         held = self.holding() if self.holding is not None else 0
-        own = self.consuming() if self.consuming is not None else None
         doubt = None
         if own is False:
-            doubt = "this process's status consumer is not consuming (reconnecting)"
+            doubt = "this process's status consumer is not consuming (starting, reconnecting)"
         elif own and consumers == 0:
             doubt = ("RabbitMQ counts no consumer on the status queue this process "
                      "consumes, so its count of waiting updates is no answer either (a "
@@ -596,20 +600,38 @@ class DeadlineWatch:
                     sent.append(out.message_id)
                 elif outcome == "dead_lettered" and self.metrics is not None:
                     self.metrics.returned("watch", out.exchange)
-        finally:
-            self._confirm(confirmed)
-            if len(confirmed) < len(outbound):
-                self._republish_all = True
+        except BaseException:
+            # RabbitMQ lost mid-round: what it confirmed is marked if the ledger can be
+            # written now, once; the round's own error is the one raised
+            self._publish_all_again()
+            try:
+                self.ledger.confirm_notices(confirmed, self.clock())
+            except DBAPIError as e:
+                log.warning("deadline watch: %d notices confirmed by RabbitMQ could not be "
+                            "marked (%s); they go out again, under the same ids",
+                            len(confirmed), without_values(e))
+            raise
+        self._confirm(confirmed)
+        if len(confirmed) < len(outbound):
+            # refused ones (nacked, or no queue took them): the pages go on from the
+            # cursor, so that notices refused for good do not hold every later one back
+            self._republish_all = True
         if self.metrics is not None:
             for mid in sent:
                 self.metrics.deadline_notices_total.labels(*notice_labels(mid)).inc()
         return len(confirmed)
 
+    def _publish_all_again(self) -> None:
+        """After a failure, the next rounds publish every notice left unconfirmed, from
+        the first page on (the one that failed among them), not only the stale ones."""
+        self._republish_all, self._leftovers_from = True, 0
+
     def _confirm(self, message_ids: list[str]) -> None:
         """Mark the notices RabbitMQ confirmed. The ledger away for a moment (a restart
-        of PostgreSQL) is waited out for up to :data:`CONFIRM_TRIES` seconds: unmarked,
-        the round's notices were all published again (found by a review: 1,000 after an
-        8-second outage), which their receivers drop by id, but which they need not get."""
+        of PostgreSQL) is waited out: :data:`CONFIRM_TRIES` attempts a second apart, each
+        up to the driver's own timeout (5 s), or until the watch stops. Unmarked, the
+        round's notices were all published again (found by a review: 1,000 after an
+        8-second outage), which their receivers drop by id, but need not get."""
         for attempt in range(1, CONFIRM_TRIES + 1):
             try:
                 self.ledger.confirm_notices(message_ids, self.clock())
@@ -700,7 +722,7 @@ class DeadlineWatch:
                 # (the driver's message can quote the rows' values: not logged)
                 log.error("deadline watch round failed (%s); retrying in %.0fs",
                           without_values(e), self.settings.interval_s)
-                self._republish_all = True
+                self._publish_all_again()
                 self.close()
             self._stop.wait(self.settings.interval_s)
         self.close()

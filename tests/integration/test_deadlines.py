@@ -828,7 +828,8 @@ def test_the_watch_sees_updates_its_own_status_consumer_took_and_has_not_applied
                   if w.queue == declared.status_queue)
     engine = Engine(load_catalog(MINI_CATALOG))
     watch = DeadlineWatch(lambda: engine, ledger, declared, WatchSettings(), clock=clock,
-                          metrics=Metrics(), holding=lambda: status.unacked)
+                          metrics=Metrics(), holding=lambda: status.unacked,
+                          consuming=lambda: status.consuming)
     try:
         slow.set()
         clock.set("2026-11-26 10:00")
