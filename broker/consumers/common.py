@@ -96,6 +96,12 @@ def _keep_headers(delivery: Delivery, trusted: str | None) -> dict[str, Any]:
     first sender in ``x-casebroker-sent-by`` for a replay (none: a claimed one is dropped)."""
     headers = portable_headers(delivery.properties.headers or {})
     headers.pop(SENT_BY_HEADER, None)
+    # RabbitMQ's dead-lettering marks, which a sender may have put on its message: kept,
+    # they made the router's own copy read as dead-lettered by RabbitMQ, its reason not
+    # casebroker's (broker.ops.queues.routers_own)
+    for name in [h for h in headers if h == "x-death" or h.startswith(
+            ("x-first-death-", "x-last-death-"))]:
+        del headers[name]
     sender = sent_by(delivery, trusted)
     if sender is not None:
         headers[SENT_BY_HEADER] = sender

@@ -125,10 +125,12 @@ _TOKEN = re.compile(r"[A-Za-z0-9._:+/-]{0,100}")
 #: a phone or id number (has_personal_digits) may sit in the wrong field of a message that
 #: failed its checks for that reason. No id, code, state or time of the contract has such
 #: a run of digits, but for hexadecimal ones (UUIDs, the catalog's hash), shown when they
-#: are well-formed and have a letter: a desk id of 22 digits, an id number and a phone run
-#: together, was printed whole as hexadecimal (found by a review). A random UUID or hash
-#: without one is rare enough to be withheld with them
-_HEX_ID = re.compile(rf"(?=.*[a-fA-F])(?:{UUID_TEXT.pattern}|[0-9a-f]{{16,64}})")
+#: are well-formed (a UUID; 16, 32 or 64 digits, as the catalog's hash and SHA-256 are)
+#: and have a letter: a desk id of 22 digits, an id number and a phone run together, was
+#: printed whole as hexadecimal (found by a review). A random UUID or hash without a
+#: letter is rare enough to be withheld with them
+_HEX_ID = re.compile(rf"(?=.*[a-fA-F])(?:{UUID_TEXT.pattern}|[0-9a-f]{{16}}|[0-9a-f]{{32}}"
+                     r"|[0-9a-f]{64})")
 
 
 def replay_id(msg: Taken) -> tuple[str, str, int]:
@@ -151,7 +153,7 @@ def dead_since(msg: Taken) -> datetime | None:
     times = [t for death in (deaths if isinstance(deaths, list) else [])
              if isinstance(death, dict) and (t := header_time(death.get("time"))) is not None]
     stamp = msg.properties.timestamp
-    if REASON_HEADER in headers and isinstance(stamp, int) and 0 < stamp < 2**40:
+    if routers_own(headers) and isinstance(stamp, int) and 0 < stamp < 2**40:
         times.append(datetime.fromtimestamp(stamp, UTC))
     if (earlier := header_time(headers.get(DEAD_SINCE_HEADER))) is not None:
         times.append(earlier)
@@ -191,7 +193,8 @@ def replay_target(topology: Topology, which: str, msg: Taken) -> tuple[str, str,
     an intake or status message anywhere but back through the router.
     """
     headers = msg.headers
-    if which in ("intake", "status") and _text(headers.get(REASON_HEADER)) == "too_large":
+    if (which in ("intake", "status") and routers_own(headers)
+            and _text(headers.get(REASON_HEADER)) == "too_large"):
         # its dead letter keeps only the body's first MAX_BODY_BYTES: replayed, that cut
         # body came back as malformed_json, its reason and size lost
         raise NoTarget(f"{which}: {_shown(msg)!r} was dead-lettered as too_large and keeps "

@@ -312,7 +312,7 @@ def test_a_senders_own_casebroker_headers_are_not_shown_as_casebrokers(
     mid = f"submit:{d.submission_id}"
     amqp.publish(t.intake_exchange, INTAKE_KEY, encode(d), message_id=mid,
                  type="dossier.submitted",
-                 headers={REASON_HEADER: "invalid_fields", SOURCE_HEADER: "intake",
+                 headers={REASON_HEADER: "too_large", SOURCE_HEADER: "intake",
                           DETAIL_HEADER: f"{NAME} {PHONE}"})
     amqp.nack_until_dead_lettered(t.intake_queue)
     wait_for(lambda: queue_depth(t.dead_queue("intake")) == 1, what="the delivery limit")
@@ -322,9 +322,33 @@ def test_a_senders_own_casebroker_headers_are_not_shown_as_casebrokers(
                                      "intake", "--prefix", t.prefix)):
         assert rc == 0, err
         _withholds(out + err)
-        assert "rabbitmq:delivery_limit" in out and "invalid_fields" not in out
+        assert "rabbitmq:delivery_limit" in out and "too_large" not in out
     rc, out, err = cli(capsys, t, "audit", "--db-url", ledger.url, "--json")
     assert rc == 1 and json.loads(out)["exhausted"] == [mid], out + err
+    # nor does a claimed too_large keep it from being replayed, under its own id
+    rc, out, err = cli(capsys, t, "dead-letters", "replay", "--id", mid, "--queue", "intake")
+    assert rc == 0 and "1 message(s) replayed" in out, out + err
+    (props, _), = amqp.get_all(t.intake_queue)
+    assert props.message_id == mid
+
+
+def test_the_routers_own_dead_letter_of_a_message_claiming_rabbitmqs_marks_is_its_own(
+        ) -> None:
+    # a sender's x-death on its message, kept on the router's dead letter, made the tools
+    # read casebroker's reason as RabbitMQ's
+    from broker.consumers.common import dead_letter
+    from broker.ops.queues import routers_own
+    from tests.helpers import intake_delivery
+
+    delivery = intake_delivery(1, b"{", "m1", **{
+        "x-death": [{"reason": "rejected", "queue": "q"}],
+        "x-first-death-reason": "delivery_limit", "x-last-death-queue": "q",
+        "x-shape": "kept"})
+    out = dead_letter(Topology("t"), "intake", delivery, "malformed_json", "not JSON")
+    assert out.headers is not None and routers_own(out.headers)
+    assert not any(h.startswith(("x-death", "x-first-death", "x-last-death"))
+                   for h in out.headers)
+    assert out.headers["x-shape"] == "kept"  # the sender's other headers stay
 
 
 def test_the_sdk_says_a_publish_under_a_personal_message_id_by_its_digest(
@@ -335,11 +359,11 @@ def test_the_sdk_says_a_publish_under_a_personal_message_id_by_its_digest(
 
     t = live.topology
     personal = f"{NAME} {PHONE}"
-    with DeskClient("T.MC.A", topology=t) as client:
-        with caplog.at_level(logging.INFO, logger="adapters.client"), \
-                pytest.raises(PublishError) as e:
-            client.publish(desk_notice("T.MC.A", 1), exchange=t.desk_exchange,
-                           routing_key="T.NOWHERE", message_id=personal)
+    with DeskClient("T.MC.A", topology=t) as client, \
+            caplog.at_level(logging.INFO, logger="adapters.client"), \
+            pytest.raises(PublishError) as e:
+        client.publish(desk_notice("T.MC.A", 1), exchange=t.desk_exchange,
+                       routing_key="T.NOWHERE", message_id=personal)
     said = [r.getMessage() for r in caplog.records if r.name == "adapters.client"]
     assert said and all("withheld-" in s for s in said), said
     _withholds(" ".join(said) + str(e.value))
