@@ -146,10 +146,10 @@ def asyncapi(topology: Topology | None = None) -> dict[str, Any]:
             "messageId": name, "name": kind, "title": model.__name__, "summary": summary,
             **({"description": more} if more else {}),
             "contentType": "application/json",
-            "correlationId": {"description": _CORRELATION[kind],
+            "correlationId": {"description": f"the AMQP correlation_id property: "
+                                             f"{_CORRELATION[kind]}",
                               "location": "$message.header#/correlation_id"},
-            "bindings": {"amqp": {"messageType": kind, "deliveryMode": 2,
-                                  "bindingVersion": "0.2.0"}},
+            "bindings": {"amqp": {"messageType": kind, "bindingVersion": "0.2.0"}},
             "payload": {"$ref": f"#/components/schemas/{name}"},
         }
     return {

@@ -125,6 +125,12 @@ def _whole(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+#: a character that says something, alike in Python's regular expressions and in
+#: ECMA-262's (the published schema's): neither's whitespace (Python's own takes in
+#: \x1c-\x1f and \x85, ECMA's \ufeff). With str.strip() and \S, a JSON Schema validator
+#: took a reason of "\x1c" that casebroker refused
+_SAID = "[^\\s\\x1c-\\x1f\\x85\\ufeff]"
+_SAYS = re.compile(_SAID)
 #: a whole number as JSON writes it (``123``, ``123.0``): not true (which pydantic took as
 #: 1), not "5", not 2.5. Its bounds go before the validator, or the published schema says
 #: them as pydantic's ``ge``/``le`` instead of JSON Schema's minimum/maximum
@@ -322,16 +328,16 @@ class DossierStatus(_Model):
         {"if": {"required": ["status"],
                 "properties": {"status": {"enum": list(_REASON_REQUIRED)}}},
          "then": {"required": ["reason"],
-                  "properties": {"reason": {"type": "string", "pattern": r"\S"}}}},
+                  "properties": {"reason": {"type": "string", "pattern": _SAID}}}},
         {"if": {"required": ["status"],
                 "properties": {"status": {"const": "supplement_requested"}}},
          "then": {"anyOf": [
              {"required": ["reason"],
-              "properties": {"reason": {"type": "string", "pattern": r"\S"}}},
+              "properties": {"reason": {"type": "string", "pattern": _SAID}}},
              {"required": ["requested_documents"],
               # one that shows: [" "] says nothing, as unsaid() finds
               "properties": {"requested_documents": {
-                  "contains": {"type": "string", "pattern": r"\S"}}}}]}},
+                  "contains": {"type": "string", "pattern": _SAID}}}}]}},
     ]})
 
     schema_: Literal["casebroker.dossier.status/v1"] = Field(
@@ -357,12 +363,12 @@ class DossierStatus(_Model):
         """What this update leaves out that its status must say, in words (None: nothing).
         Not a decode error: a message the contract took before this rule, redelivered,
         must still be recognised as the one applied, and the agency is answered."""
-        said = self.reason is not None and self.reason.strip() != ""
+        said = self.reason is not None and _SAYS.search(self.reason) is not None
         if self.status in _REASON_REQUIRED and not said:
             return (f"a {self.status.value} status says why, in reason: the citizen is "
                     "told why the dossier ends")
         if self.status == AgencyStatus.SUPPLEMENT_REQUESTED and not (
-                said or any(d.strip() for d in self.requested_documents)):
+                said or any(_SAYS.search(d) for d in self.requested_documents)):
             return ("a supplement_requested status names what the citizen is to bring, in "
                     "requested_documents or in reason")
         return None
@@ -789,8 +795,8 @@ def describe_validation_error(error: ValidationError) -> str:
         # a key the sender chose (an attribute's, or a field the contract does not have)
         # may be a name or an id number ({"cccd_066090001234": ...}, {"Nguyễn Văn An":
         # ...}): said as such, never quoted; the sender knows which of its keys it is
-        chosen = [i for i, p in enumerate(path)
-                  if (i and path[i - 1] == "attributes" and i == 1)
+        chosen = [i for i in range(len(path))
+                  if (i == 1 and path[0] == "attributes")
                   or (item["type"] == "extra_forbidden" and i == len(path) - 1)]
         for i in chosen:
             path[i] = shown_key(path[i])

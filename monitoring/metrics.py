@@ -226,8 +226,10 @@ class Metrics(Hooks):
         """From now on answer ``probes`` (path -> check) where :meth:`serve` was given
         probes (those a service answers while it starts, then its own), and judge the
         readiness and liveness gauges by them."""
-        self._probes.clear()
+        # the new ones first, then those gone: a probe asked meanwhile never gets a 404
         self._probes.update(probes)
+        for path in [p for p in self._probes if p not in probes]:
+            del self._probes[path]
         for gauge, path in ((self.ready, "/readyz"), (self.live, "/livez")):
             if path in probes:
                 gauge.set_function(_judged_by(probes[path]))

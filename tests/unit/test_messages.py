@@ -527,6 +527,8 @@ _DOC = {"name": "a.pdf", "uri": "s3://d/1", "sha256": "a" * 64, "size": 10,
     _status_body("supplement_requested", requested_documents=["Tờ khai"]),
     _status_body("supplement_requested", reason=" "),
     _status_body("rejected", reason="\t"),
+    _status_body("rejected", reason="\x1c"),  # blank to Python, not to ECMA's \S
+    _status_body("rejected", reason="\ufeff"),  # blank to ECMA, not to Python's \s
     _status_body("rejected", reason="không thuộc thẩm quyền"),
     _status_body("financial_obligation", amount_vnd=150000.0),
     _status_body("financial_obligation", amount_vnd=1.5),
@@ -537,7 +539,8 @@ _DOC = {"name": "a.pdf", "uri": "s3://d/1", "sha256": "a" * 64, "size": 10,
     _returned_body(satisfaction=6),
     _body(), _body(procedure_code="1.00119"), _body(desk_id="T MC"),
 ], ids=["blank-documents", "one-document-shows", "documents", "blank-reason",
-        "tab-reason", "reason", "amount-150000.0", "amount-1.5", "size-123.0", "size--1",
+        "tab-reason", "file-separator-reason", "bom-reason", "reason", "amount-150000.0",
+        "amount-1.5", "size-123.0", "size--1",
         "rating-5.0", "rating-4.5", "rating-true", "rating-'5'", "rating-6", "dossier",
         "short-procedure-code", "desk-id-with-space"])
 def test_the_published_contract_takes_what_casebroker_takes_and_no_more(body: bytes) -> None:
