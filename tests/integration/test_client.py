@@ -348,8 +348,9 @@ def test_a_job_that_stops_after_each_message_never_pushes_one_past_its_delivery_
              if "went back to their queues as the drain ended" in r.getMessage()]
     counts = [int(m.group(1)) for b in backs
               if (m := re.match(r"inbox: (\d+) deliveries received and not handled", b))]
-    # what each stop gave back: at most the window, less the one it handled
-    assert len(counts) == len(backs) >= 1 and all(1 <= n <= 9 for n in counts), backs
+    # what each stop gave back: at most the window (the ack of the one it handled lets
+    # RabbitMQ send one more before the close)
+    assert len(counts) == len(backs) >= 1 and all(1 <= n <= 10 for n in counts), backs
 
 
 def cut(connection: Any) -> None:

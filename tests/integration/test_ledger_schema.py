@@ -93,7 +93,7 @@ def test_an_unknown_required_column_is_refused(ledger: Ledger) -> None:
 def test_casebroker_run_says_so_and_exits(ledger: Ledger,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     _alter(ledger, "ALTER TABLE outbox DROP COLUMN headers")
-    code = main(["run", "--db-url", ledger.url, "--prefix", "schemacheck"])
+    code = main(["run", "--db-url", ledger.url, "--prefix", "schemacheck", "--metrics-port", "0"])
     assert code == EXIT_PROBLEM
     err = capsys.readouterr().err
     assert "outbox.headers is missing" in err

@@ -211,10 +211,10 @@ _HUP_WHILE_DECLARING = textwrap.dedent("""\
 
 _HUP_WHILE_LOADING = textwrap.dedent("""\
     import os, signal, sys
-    import broker.service as service
+    import broker.rules.catalog as catalog
     from broker.cli import main
 
-    load = service.load_catalog
+    load = catalog.load_catalog
     sent = []
 
     def load_with_a_hup(path):
@@ -223,7 +223,7 @@ _HUP_WHILE_LOADING = textwrap.dedent("""\
             os.kill(os.getpid(), signal.SIGHUP)
         return load(path)
 
-    service.load_catalog = load_with_a_hup
+    catalog.load_catalog = load_with_a_hup  # `run` loads it first, before the ledger
     sys.exit(main(sys.argv[1:]))
 """)
 
