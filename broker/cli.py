@@ -563,13 +563,12 @@ def _state(text: str) -> int:
 
 
 def _nothing_due_if_refused_at_intake(row: dict[str, Any]) -> bool:
-    """Whether a ledger row is a dossier refused at intake (not open to boundary-free
-    receipt from its desk; the report's test), and if so take its due dates out: it was
-    closed at once, its desk told so with no due date, and the dates the ledger keeps for
-    it were never in force."""
-    from broker.lifecycle import State
+    """Whether a ledger row is a dossier refused at intake, and if so take its due dates
+    out: its desk was told so with no due date, and the dates the ledger keeps for it were
+    never in force."""
+    from broker.lifecycle import refused_at_intake
 
-    if row["state"] != State.REFUSED or row["seq"] != 1:
+    if not refused_at_intake(row["state"], row["seq"]):
         return False
     row["due_at"] = None
     if "step_due_at" in row:

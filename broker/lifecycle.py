@@ -93,6 +93,12 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
 }
 
 
+def refused_at_intake(state: State | int, seq: int) -> bool:
+    """Whether a dossier was refused by the router on arrival (not open to boundary-free
+    receipt from its desk): closed at its first event, never received, nothing ever due."""
+    return state == State.REFUSED and seq == 1
+
+
 def is_overdue(state: State | int, due_at: datetime, paused_at: datetime | None,
                now: datetime) -> bool:
     """Whether a dossier is late now: open past its due time, unless its clock was paused

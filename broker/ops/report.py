@@ -81,6 +81,7 @@ from broker.lifecycle import (
     Event,
     State,
     is_overdue,
+    refused_at_intake,
     timeliness,
 )
 from broker.messages import shown_id
@@ -119,7 +120,7 @@ class Tally:
     def add(self, row: Any, tz: ZoneInfo, now: datetime) -> None:
         """Count one dossier (a row of the columns :func:`report` reads)."""
         state = State(row.state)
-        if state == State.REFUSED and row.seq == 1:  # refused by the router: not received
+        if refused_at_intake(state, row.seq):  # refused by the router: not received
             self.refused_at_intake += 1
             return
         self.received += 1
