@@ -162,12 +162,34 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float = 20.0, what: str = 
         time.sleep(0.05)
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config,
+                                  items: list[pytest.Item]) -> Iterator[None]:
     """With pytest-xdist (``-n``), the fault tests share one worker: they start RabbitMQ
-    nodes and a PostgreSQL server of their own once per session, not once per worker."""
+    nodes and a PostgreSQL server of their own once per session, not once per worker.
+
+    The fault tests fail at once if pytest-xdist spread them over its workers all the same,
+    as it silently did under pytest 9.2 (pyproject.toml): each worker then started its own
+    servers, and the scenarios slowed each other down past their timeouts."""
     for item in items:
         if item.get_closest_marker("faults") is not None:
             item.add_marker(pytest.mark.xdist_group("faults"))
+    yield  # the other implementations, pytest-xdist's naming of the groups among them
+    if hasattr(config, "workerinput") and config.getvalue("loadgroup"):
+        for item in items:
+            faults = item.get_closest_marker("faults") is not None
+            if faults and not item.nodeid.endswith("@faults"):
+                item.stash[_UNGROUPED] = True
+
+
+_UNGROUPED = pytest.StashKey[bool]()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.stash.get(_UNGROUPED, False):
+        pytest.fail("pytest-xdist did not put this fault test in group 'faults' with the "
+                    "others (--dist loadgroup); install the versions in constraints.txt",
+                    pytrace=False)
 
 
 #: the fault scenarios' figures the pytest-xdist workers handed over (tests/faults/conftest.py)
