@@ -58,7 +58,7 @@ _WITH_X = encode(dossier(attributes={"x": 7}))
     ("arrays nested 3,000 deep", _WITH_X.replace(b'"x":7',
                                                   b'"x":' + b"[" * 3000 + b"]" * 3000)),
     ("an unclosed nest 5,000 deep", b"[" * 5000),
-])
+], ids=["long_number", "deep_arrays", "unclosed_nest"])
 def test_a_body_pythons_json_cannot_read_is_malformed_json_not_a_crash(
         what: str, body: bytes) -> None:
     # a few kB a desk's bug can send: decode() raised ValueError ("Exceeds the limit

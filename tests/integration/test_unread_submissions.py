@@ -88,7 +88,7 @@ def test_an_invalid_submission_tells_its_desk_it_was_not_received(ledger: Ledger
                                       if k != "procedure_code"}).encode()),
     ("a submission id that is no UUID", json.dumps({**_bad_kind(),
                                                     "submission_id": "42"}).encode()),
-])
+], ids=["not_json", "array", "unknown_desk", "no_procedure", "id_not_uuid"])
 def test_a_body_that_says_too_little_to_be_matched_tells_no_desk(
         ledger: Ledger, what: str, raw: bytes) -> None:
     router = _router(ledger)

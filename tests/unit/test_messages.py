@@ -141,7 +141,9 @@ def _body(**changes: object) -> bytes:
     (_body(surprise="extra field"), None, "invalid_fields"),
     (_body(submission_id="not-a-uuid"), None, "invalid_fields"),
     (b" " * (MAX_BODY_BYTES + 1), None, "too_large"),
-])
+], ids=["unclosed", "array", "latin1", "text_plain", "no_schema", "schema_v2", "schema_number",
+        "no_applicant", "code_without_dot", "time_without_offset", "channel_fax", "extra_field",
+        "id_not_uuid", "over_limit"])
 def test_bad_bodies_get_a_reason(body: bytes, content_type: str | None, reason: str) -> None:
     with pytest.raises(DecodeError) as e:
         decode(body, content_type=content_type)
@@ -423,7 +425,8 @@ def _returned_body(**fields: object) -> bytes:
     (_status_body("financial_obligation", amount_vnd=True), "amount_vnd"),
     (_body(documents=[{"name": "a.pdf", "uri": "s3://d/1", "sha256": "a" * 64,
                        "size": "1000", "media_type": "application/pdf"}]), "size"),
-])
+], ids=["satisfaction_true", "satisfaction_string", "satisfaction_fraction", "amount_true",
+        "size_string"])
 def test_a_whole_number_is_a_json_number_as_the_published_schema_says(body: bytes,
                                                                        field: str) -> None:
     with pytest.raises(DecodeError, match=field) as e:
