@@ -11,8 +11,13 @@ Due-date semantics (``WorkingCalendar.due_at``):
   received Tue 2026-02-10 09:00 with 10 working days is due Tue 2026-03-03 09:00 (Tết
   16-20 Feb skipped); one received Mon after 17:00 with 1 working day is due Tue 17:00.
 * ``working_hours``: ``add_working_seconds(start, amount * 3600)``.
-* ``calendar_days``: ``start + amount`` days on the wall clock; if that falls on a day off
-  it moves to the same time of day on the next working day.
+* ``calendar_days``: ``calendar_start(received_at) + amount`` days on the wall clock; if
+  that falls on a day off it moves to the same time of day on the next working day. Days
+  off count, so their clock starts on the day of receipt, worked or not, at the receipt's
+  time held within office hours (``calendar_start``: from closing, or ``next_day_after``,
+  at closing). A dossier
+  received Fri 2026-12-04 after 17:00 with 30 calendar days is due Mon 2027-01-04 17:00
+  (Sun 3 Jan, moved), not 30 days after Monday morning.
 * Landing exactly on a period's end stays there (17:00, not next morning's 07:00).
 * ``amount`` must be a non-negative int; datetimes must be timezone-aware. Results are
   aware datetimes in the calendar's timezone.
@@ -342,12 +347,35 @@ class WorkingCalendar:
             return self.add_working_seconds(self.clock_start(received_at), amount * 3600)
         return self.on_a_working_day(self.calendar_days_end(received_at, amount))
 
+    def calendar_start(self, received_at: datetime) -> datetime:
+        """Where a time counted in calendar days starts for ``received_at``: on that day,
+        worked or not, at the receipt's time held within office hours: before opening or
+        at lunch at the next period's start; from closing, or from :attr:`next_day_after`,
+        at closing. Days off are counted, so the start is never moved to the next working
+        morning as :meth:`clock_start` moves it: that lost every day off in between, the
+        weekend of a Friday evening's receipt, a week on the eve of Tết (found by a
+        review). Held at closing, a receipt after closing is due no earlier than one
+        before it."""
+        wall = self._to_wall(received_at)
+        now, closing = _us_of_day(wall), self._periods[-1][1]
+        if self.next_day_after is not None and now >= _us_of_day(self.next_day_after):
+            now = closing
+        for start, end in self._periods:
+            if now < start:
+                now = start
+                break
+            if now < end:
+                break
+        else:
+            now = closing
+        return self._at(wall.date(), now).replace(tzinfo=self.tz)
+
     def calendar_days_end(self, start: datetime, days: float) -> datetime:
-        """Where ``days`` calendar days counted from ``start``'s clock start end, before
+        """Where ``days`` calendar days counted from :meth:`calendar_start` end, before
         :meth:`on_a_working_day` moves that end off a day off: a pause extends this end,
         and the end it reaches is moved afresh (extending the moved one would give the
         days off it skipped a second time)."""
-        return self.clock_start(start) + timedelta(days=days)
+        return self.calendar_start(start) + timedelta(days=days)
 
     def on_a_working_day(self, when: datetime) -> datetime:
         """``when`` (in the calendar's zone), or, if it falls on a day off, the same time

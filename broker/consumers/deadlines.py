@@ -151,8 +151,8 @@ def given_s(row: Mapping[str, Any], calendar: WorkingCalendar, *, step: bool = F
         # working day (calendar.py): counted back from the due date, the days moved over
         # were lost. Its due date as its receipt gives it says it was never paused; then
         # the plan ran from the clock's start to the due date, the days moved over too
-        start = calendar.clock_start(row["received_at"])
-        planned_end = start + timedelta(days=float(plan["amount"]))
+        start = calendar.calendar_start(row["received_at"])
+        planned_end = calendar.calendar_days_end(row["received_at"], float(plan["amount"]))
         if calendar.on_a_working_day(planned_end) == row["due_at"]:
             return calendar.working_seconds_between(start, row["due_at"])
     return sum(_planned_s(plan, row["due_at"], calendar) for plan in row["steps"])

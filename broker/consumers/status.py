@@ -661,10 +661,14 @@ class StatusRouter(Consumer):
 
         def paused(start: datetime) -> tuple[float, timedelta]:
             """(working seconds, whole time) paused of a time that began at ``start``:
-            counted from when its clock ran, since a pause asked for before (a receipt
-            after closing, on a day off, past ``next_day_after``) stopped nothing then."""
+            each counted from when its clock ran (a working time from ``clock_start``,
+            calendar days from ``calendar_start``), since a pause asked for before (a
+            receipt after closing, on a day off, past ``next_day_after``) stopped nothing
+            then."""
             since = max(paused_at, cal.clock_start(start))
-            return cal.working_seconds_between(since, at), max(at - since, timedelta(0))
+            since_days = max(paused_at, cal.calendar_start(start))
+            return (cal.working_seconds_between(since, at),
+                    max(at - since_days, timedelta(0)))
 
         assert isinstance(msg, DossierSupplemented)
         supplements = [d.model_dump(mode="json") for d in msg.documents]

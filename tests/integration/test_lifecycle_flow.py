@@ -698,40 +698,57 @@ def test_a_pause_extends_a_handed_on_calendar_days_step_from_its_own_end(
 
 def test_a_pause_asked_for_before_the_clock_started_counts_only_from_its_start(
         ledger: Ledger, clock: FakeClock) -> None:
-    # received on Friday after closing, the clock starts on Monday at 07:00; asked for
-    # documents that evening, brought on Monday at 09:00, the dossier was paused for the
-    # two hours its clock ran, not the weekend before it (found by a review: moved by
-    # 2.6 days, the due date fell in the night of Monday to Tuesday)
+    # received on Friday before opening, the clock starts at 07:00; asked for documents
+    # at once, brought at 09:00, the dossier was paused for the two hours its clock ran
     status, code = _received(ledger, clock, (
         'name: "Calendar days", processing: {amount: 5, unit: calendar_days}, '
-        "competence: {agency: T.SO.TP}"), "2026-11-27 17:30")  # Fri, after closing
+        "competence: {agency: T.SO.TP}"), "2026-11-27 06:00")  # Fri, before opening
     row = ledger.dossier(code)
-    assert row is not None and row["due_at"] == vn("2026-12-07 07:00")  # Sat 5 → Mon 7
-    out = _pause(status, clock, code, "T.SO.TP", "2026-11-27 17:45", "2026-11-30 09:00", 2)
+    assert row is not None and row["due_at"] == vn("2026-12-02 07:00")  # Wed 2
+    out = _pause(status, clock, code, "T.SO.TP", "2026-11-27 06:15", "2026-11-27 09:00", 2)
     row = ledger.dossier(code)
-    assert row is not None and row["due_at"] == vn("2026-12-07 09:00") == row["step_due_at"]
+    assert row is not None and row["due_at"] == vn("2026-12-02 09:00") == row["step_due_at"]
     told = [json.loads(o.body) for o in out if o.type == "agency.notice"]
     assert told[0]["reason"].endswith("(moved by the 0.1 days paused)"), told[0]["reason"]
 
 
+def test_calendar_days_received_after_closing_count_the_weekend_and_so_does_a_pause(
+        ledger: Ledger, clock: FakeClock) -> None:
+    # received on Friday after closing, 5 calendar days count from Friday's closing, the
+    # weekend among them: due Wed 2 Dec 17:00 (once the count began on Monday morning and
+    # lost the weekend: Mon 7 Dec 07:00, found by a review). Asked for documents that
+    # evening and brought on Monday at 09:00, its days stood still for the whole 2 days
+    # 15 h 15 min: Sat 5 Dec 08:15, a day off, so Mon 7 Dec 08:15
+    status, code = _received(ledger, clock, (
+        'name: "Calendar days", processing: {amount: 5, unit: calendar_days}, '
+        "competence: {agency: T.SO.TP}"), "2026-11-27 17:30")  # Fri, after closing
+    row = ledger.dossier(code)
+    assert row is not None and row["due_at"] == vn("2026-12-02 17:00")
+    out = _pause(status, clock, code, "T.SO.TP", "2026-11-27 17:45", "2026-11-30 09:00", 2)
+    row = ledger.dossier(code)
+    assert row is not None and row["due_at"] == vn("2026-12-07 08:15") == row["step_due_at"]
+    told = [json.loads(o.body) for o in out if o.type == "agency.notice"]
+    assert told[0]["reason"].endswith("(moved by the 2.6 days paused)"), told[0]["reason"]
+
+
 def test_a_pause_of_a_later_step_counts_from_its_hand_off_s_clock(
         ledger: Ledger, clock: FakeClock) -> None:
-    # step 2, handed on after closing, starts the next morning; a pause asked for that
-    # evening and ended at 09:00 paused its step for the two hours since, and the
-    # dossier, whose clock ran since its receipt, for the whole 15 h 15 min
+    # step 2, handed on before opening, starts at 07:00; a pause asked for at once and
+    # ended at 09:00 paused its step for the two hours since, and the dossier, whose
+    # clock ran since its receipt, for the whole 2 h 45 min
     status, code = _received(ledger, clock, (
         'name: "Chain", processing: {amount: 10, unit: calendar_days}, '
         "competence: {chain: [{agency: T.SO.TP}, {agency: T.CA}]}"), "2026-11-30 16:00")  # Mon
-    clock.set("2026-11-30 17:30")  # step 1 done after closing: step 2 starts Tue 07:00
+    clock.set("2026-12-01 06:00")  # step 1 done before opening: step 2 starts Tue 07:00
     status.handle([status_delivery(2, _status(code, "T.SO.TP", "resolved",
                                               clock().astimezone(UTC)))])
     row = ledger.dossier(code)
     assert row is not None and (row["step"], row["step_due_at"], row["due_at"]) == (
         2, vn("2026-12-07 07:00"), vn("2026-12-10 16:00"))  # Sun 6 07:00 → Mon 7
-    _pause(status, clock, code, "T.CA", "2026-11-30 17:45", "2026-12-01 09:00", 3)
+    _pause(status, clock, code, "T.CA", "2026-12-01 06:15", "2026-12-01 09:00", 3)
     row = ledger.dossier(code)
     assert row is not None and (row["step_due_at"], row["due_at"]) == (
-        vn("2026-12-07 09:00"), vn("2026-12-11 07:15"))
+        vn("2026-12-07 09:00"), vn("2026-12-10 18:45"))
 
 
 def test_a_pause_never_leaves_a_step_due_after_its_dossier(

@@ -125,8 +125,17 @@ WD, CD, WH = DurationUnit.WORKING_DAYS, DurationUnit.CALENDAR_DAYS, DurationUnit
         ("2026-03-11 09:00", 2, CD, "2026-03-13 09:00"),
         ("2026-08-24 10:00", 9, CD, "2026-09-03 10:00"),  # Wed 2 Sep -> Thu
         ("2026-02-10 09:00", 7, CD, "2026-02-23 09:00"),  # Tết -> Mon after
-        ("2026-03-09 18:00", 5, CD, "2026-03-16 07:00"),  # starts Tue 07:00 -> Sun -> Mon
-        ("2026-03-14 10:00", 0, CD, "2026-03-16 07:00"),
+        # after closing Monday: from Mon 17:00, so Sat 14 Mar, moved to Mon. The clock
+        # once started Tue 07:00 (the next working morning) and lost a day: Mon 16 Mar 07:00
+        ("2026-03-09 18:00", 5, CD, "2026-03-16 17:00"),
+        # received on a Saturday: the days count from it, the end moved to Mon
+        ("2026-03-14 10:00", 0, CD, "2026-03-16 10:00"),
+        ("2026-03-14 10:00", 1, CD, "2026-03-16 10:00"),
+        ("2026-03-14 10:00", 2, CD, "2026-03-16 10:00"),
+        ("2026-03-14 10:00", 3, CD, "2026-03-17 10:00"),
+        # before opening and at lunch, as the working clock: the next period's start
+        ("2026-03-11 06:00", 2, CD, "2026-03-13 07:00"),
+        ("2026-03-11 12:00", 2, CD, "2026-03-13 13:30"),
     ],
 )
 def test_due_at(received: str, amount: int, unit: DurationUnit, expected: str) -> None:
@@ -215,8 +224,9 @@ def test_extra_workdays_and_holidays() -> None:
     # Calendar days: landing on the extra holiday moves on; the extra Saturday holds.
     assert_local(cal.due_at(vn("2026-03-11 10:00"), 1, CD), "2026-03-13 10:00")
     assert_local(cal.due_at(vn("2026-03-11 10:00"), 3, CD), "2026-03-14 10:00")
-    # Received on the extra holiday: the clock starts Fri 07:00; Sun 15 -> Mon 16.
-    assert_local(cal.due_at(vn("2026-03-12 09:00"), 2, CD), "2026-03-16 07:00")
+    # Received on the extra holiday: its days count from it, to the extra Saturday.
+    # (The clock once started on Fri 07:00 and lost the holiday: Mon 16 Mar 07:00.)
+    assert_local(cal.due_at(vn("2026-03-12 09:00"), 2, CD), "2026-03-14 09:00")
     assert cal.working_seconds_between(vn("2026-03-11 07:00"), vn("2026-03-16 07:00")) == 3 * DAY
 
 
@@ -381,6 +391,35 @@ def test_working_days_due_date_is_the_walk_in_closed_form(
     assert cal.due_at(received, amount, DurationUnit.WORKING_DAYS) == expected
 
 
+@settings(deadline=None, max_examples=300)
+@given(
+    received=st.datetimes(
+        min_value=datetime(2025, 1, 1), max_value=datetime(2027, 12, 31), timezones=ZONES
+    ),
+    later_s=st.one_of(st.sampled_from([60.0, 120.0, 3600.0]),
+                      st.floats(min_value=0, max_value=3 * DAY)),
+    amount=st.integers(min_value=0, max_value=60),
+    unit=st.sampled_from(list(DurationUnit)),
+    cut_off=st.sampled_from([None, time(15, 0)]),
+)
+def test_a_later_receipt_is_never_due_earlier(
+    received: datetime, later_s: float, amount: int, unit: DurationUnit, cut_off: time | None
+) -> None:
+    # calendar days once started at the next working morning: a dossier received a
+    # minute after closing on a Friday was due two days after one received a minute
+    # before. Never earlier, in time for a working time; in date (the report compares
+    # dates) for calendar days: a receipt at 23:00 counts from that day's closing and one
+    # at 00:30 from the next morning, so two ends moved off the same day off onto a
+    # working day (at the time of day they had) may come in either order within it
+    cal = WorkingCalendar(next_day_after=cut_off)
+    later = received + timedelta(seconds=later_s)
+    first, second = cal.due_at(received, amount, unit), cal.due_at(later, amount, unit)
+    if unit is DurationUnit.CALENDAR_DAYS:
+        assert second.date() >= first.date()
+    else:
+        assert second >= first
+
+
 @settings(deadline=None, max_examples=200)
 @given(
     received=st.datetimes(
@@ -427,8 +466,14 @@ def _oracle_due(received: datetime, amount: int, unit: DurationUnit) -> datetime
     """Walk half hours from ``received`` (on the half hour): no calendar code involved."""
     t = received
     if unit is DurationUnit.CALENDAR_DAYS:
-        while not _oracle_office_slot(t):
-            t += HALF_HOUR
+        # from its own day, worked or not (days off are counted), within office hours
+        hm = (t.hour, t.minute)
+        if hm < (7, 0):
+            t = t.replace(hour=7, minute=0)
+        elif (11, 30) <= hm < (13, 30):
+            t = t.replace(hour=13, minute=30)
+        elif hm >= (17, 0):
+            t = t.replace(hour=17, minute=0)
         due = t + timedelta(days=amount)
         while not _oracle_working_day(due.date()):
             due += timedelta(days=1)
@@ -495,9 +540,12 @@ def test_a_province_may_start_the_clock_next_morning_from_an_earlier_cut_off() -
     assert_local(CAL.due_at(vn("2026-12-07 15:00"), 1, w), "2026-12-08 15:00")  # default
     assert_local(cal.due_at(vn("2026-12-07 15:30"), 2, DurationUnit.WORKING_HOURS),
                  "2026-12-08 09:00")
-    # Tue 07:00 + 5 days is a Sunday: the next working day, same time
+    # calendar days from the cut-off on count from closing: Mon 17:00 + 5 days is a
+    # Saturday, so the next working day, same time; a minute before the cut-off, 14:59
     assert_local(cal.due_at(vn("2026-12-07 15:30"), 5, DurationUnit.CALENDAR_DAYS),
-                 "2026-12-14 07:00")
+                 "2026-12-14 17:00")
+    assert_local(cal.due_at(vn("2026-12-07 14:59"), 5, DurationUnit.CALENDAR_DAYS),
+                 "2026-12-14 14:59")
     assert_local(cal.clock_start(vn("2026-12-07 16:00")), "2026-12-08 07:00")
     # only a receipt: time added from a later instant (a pause, a hand-off's at-risk
     # margin) still counts the office time after the cut-off

@@ -54,6 +54,14 @@ def test_add_working_seconds_counts_from_start_not_from_the_receipt_cut_off() ->
         ("2026-12-31 16:00", 1, WD, "2027-01-04 16:00"),
         # 3 calendar days land on Sat 2 Jan 2027: Mon 4 Jan, same time
         ("2026-12-30 09:00", 3, CD, "2027-01-04 09:00"),
+        # 30 calendar days from a Friday, before and after closing: Sun 3 Jan, moved to
+        # Mon 4 Jan. Once, after closing the count began Monday and ended Wed 6 Jan 07:00
+        ("2026-12-04 16:59", 30, CD, "2027-01-04 16:59"),
+        ("2026-12-04 17:01", 30, CD, "2027-01-04 17:00"),
+        # the eve of Tết 2027 (Thu 4 - Wed 10 Feb off): the days off count. Once, after
+        # closing the count began Thu 11 Feb and ended Mon 15 Mar
+        ("2027-02-03 16:59", 30, CD, "2027-03-05 16:59"),
+        ("2027-02-03 17:01", 30, CD, "2027-03-05 17:00"),
         # received at lunch on Fri: 3.5 h Fri afternoon + 4.5 h Mon morning
         ("2026-03-13 12:00", 1, WD, "2026-03-16 11:30"),
         # the make-up Saturday 22 Aug 2026 works; Mon 31 Aug - Wed 2 Sep do not

@@ -177,6 +177,18 @@ def test_calendar_days_moved_past_days_off_were_given_the_days_moved_over(
     assert level_for(row, _vn(now), CAL, SETTINGS) == expected
 
 
+def test_calendar_days_received_after_closing_were_given_the_office_time_to_their_end(
+        ) -> None:
+    # received Wed 9 Dec after closing, 3 calendar days count from Wed 17:00: Sat 12 Dec
+    # 17:00, moved to Mon 14 Dec 17:00; given Thu, Fri and Mon. Counted from the next
+    # working morning, the plan's end (Sun 07:00, so Mon 07:00) missed the due date, and
+    # the time given was counted back from it, 3 days before: Mon alone, 8 h
+    row = {**_row(), "received_at": _vn("2026-12-09 17:30"), "due_at": _vn("2026-12-14 17:00"),
+           "steps": [{"agency_id": "A", "amount": 3, "unit": "calendar_days"}]}
+    assert CAL.due_at(row["received_at"], 3, "calendar_days") == row["due_at"]
+    assert given_s(row, CAL) == 24 * 3600
+
+
 def test_a_chain_dossier_is_given_its_steps_times_together() -> None:
     row = {**_row(), "steps": [{"agency_id": "A", "amount": 2, "unit": "working_days"},
                                {"agency_id": "B", "amount": 4, "unit": "working_hours"}]}
