@@ -13,9 +13,18 @@ amqp_answers() {
 }
 start_rabbitmq() {
   # quorum queues hold files open: the default 1024 descriptors run out with a few
-  # hundred queues (RabbitMQ's own production advice is 65536)
-  ulimit -n 65536 2>/dev/null || true
-  rabbitmq-server -detached
+  # hundred queues (RabbitMQ's own production advice is 65536), and the node then takes
+  # TCP connections but answers no AMQP. Debian's rabbitmq-server, run as root, starts
+  # the node through `su rabbitmq`, whose PAM session sets the soft limit back to 1024
+  # whatever this shell's is: raise it there, to the hard limit
+  if [ "$(id -u)" = 0 ] && [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && id rabbitmq >/dev/null 2>&1; then
+    su rabbitmq -s /bin/sh -c 'ulimit -n "$(ulimit -Hn)" 2>/dev/null;
+      echo "services: RabbitMQ gets $(ulimit -n) file descriptors" >&2;
+      cd /var/lib/rabbitmq && exec /usr/lib/rabbitmq/bin/rabbitmq-server -detached'
+  else
+    ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+    rabbitmq-server -detached
+  fi
 }
 wait_port() {  # port, name, seconds
   for _ in $(seq 1 "$3"); do up "$1" && return 0; sleep 1; done
@@ -34,10 +43,18 @@ if ! up 5672; then
   fi
   wait_port 5672 RabbitMQ 90
 fi
+if command -v rabbitmqctl >/dev/null && [ "$(id -u)" = 0 ]; then
+  # a node still booting (recovering its quorum queues takes minutes with a few hundred)
+  # answers no AMQP header yet either, and a stop sent to it then hangs: wait for it first
+  timeout 300 rabbitmqctl await_startup >/dev/null 2>&1 || true
+fi
 if ! amqp_answers; then
   if command -v rabbitmqctl >/dev/null && [ "$(id -u)" = 0 ]; then
     echo "services: RabbitMQ accepts TCP but does not answer AMQP; restarting it" >&2
-    rabbitmqctl stop >/dev/null 2>&1 || true
+    if ! timeout 300 rabbitmqctl stop >/dev/null 2>&1; then
+      echo "services: RabbitMQ did not stop within 5 minutes; stop it by hand" >&2
+      exit 1
+    fi
     start_rabbitmq
     wait_port 5672 RabbitMQ 90
   else
