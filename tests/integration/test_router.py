@@ -190,3 +190,24 @@ def test_not_open_for_boundary_free_is_refused_with_notice(
     assert main(["dossier", "list", "--db-url", ledger.url]) == 0
     (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith(code)]
     assert line.endswith("nothing: refused at intake")
+
+
+def test_a_senders_headers_too_large_to_copy_are_dropped_from_its_dead_letter(
+        declared: Topology, ledger: Ledger, run_broker, amqp: Amqp) -> None:
+    # RabbitMQ took a header of 40,000 bytes that are no UTF-8; copied onto the dead
+    # letter as text ("\xff" each), it made a frame RabbitMQ refused by closing the
+    # connection, at every redelivery, until the delivery limit dead-lettered the valid
+    # dossiers the router held with it (found by a review)
+    run_broker()
+    amqp.publish(declared.intake_exchange, INTAKE_KEY, b"{not json", message_id="bad-1",
+                 type="dossier.submitted", headers={"x-blob": b"\xff" * 40_000, "x-n": 7})
+    good = dossier()
+    amqp.submit(declared, good)
+    _wait_routed(ledger, 1)
+    wait_for(lambda: queue_depth(declared.dead_queue("intake")) >= 1, what="the dead letter")
+    (props, body), = amqp.get_all(declared.dead_queue("intake"))
+    assert (props.message_id, body) == ("bad-1", b"{not json")
+    assert props.headers[REASON_HEADER] == "malformed_json"
+    assert "x-blob" not in props.headers and "x-n" not in props.headers
+    assert props.headers["x-casebroker-headers-dropped"].startswith("2 header(s), ")
+    assert ledger.count_inbox_outcomes() == {"routed": 1, "dead:malformed_json": 1}
