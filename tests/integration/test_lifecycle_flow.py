@@ -696,39 +696,34 @@ def test_a_pause_extends_a_handed_on_calendar_days_step_from_its_own_end(
                                                    vn("2026-12-04 09:00"))
 
 
-def test_a_pause_asked_for_before_the_clock_started_counts_only_from_its_start(
-        ledger: Ledger, clock: FakeClock) -> None:
-    # received on Friday before opening, the clock starts at 07:00; asked for documents
-    # at once, brought at 09:00, the dossier was paused for the two hours its clock ran
+@pytest.mark.parametrize(
+    ("received", "due", "asked", "back", "moved_due", "moved_by"),
+    [
+        # received on Friday before opening, the clock starts at 07:00; asked for
+        # documents at once, brought at 09:00: paused for the two hours its clock ran
+        ("2026-11-27 06:00", "2026-12-02 07:00", "2026-11-27 06:15", "2026-11-27 09:00",
+         "2026-12-02 09:00", "0.1"),
+        # received on Friday after closing, 5 calendar days count from Friday's closing,
+        # the weekend among them (once the count began on Monday morning and lost the
+        # weekend: due Mon 7 Dec 07:00, found by a review). Asked for documents that
+        # evening and brought on Monday at 09:00, its days stood still for the whole
+        # 2 days 15 h 15 min: Sat 5 Dec 08:15, a day off, so Mon 7 Dec 08:15
+        ("2026-11-27 17:30", "2026-12-02 17:00", "2026-11-27 17:45", "2026-11-30 09:00",
+         "2026-12-07 08:15", "2.6"),
+    ], ids=["before_opening", "after_closing"])
+def test_a_pause_of_calendar_days_counts_from_their_start(
+        ledger: Ledger, clock: FakeClock, received: str, due: str, asked: str, back: str,
+        moved_due: str, moved_by: str) -> None:
     status, code = _received(ledger, clock, (
         'name: "Calendar days", processing: {amount: 5, unit: calendar_days}, '
-        "competence: {agency: T.SO.TP}"), "2026-11-27 06:00")  # Fri, before opening
+        "competence: {agency: T.SO.TP}"), received)
     row = ledger.dossier(code)
-    assert row is not None and row["due_at"] == vn("2026-12-02 07:00")  # Wed 2
-    out = _pause(status, clock, code, "T.SO.TP", "2026-11-27 06:15", "2026-11-27 09:00", 2)
+    assert row is not None and row["due_at"] == vn(due)
+    out = _pause(status, clock, code, "T.SO.TP", asked, back, 2)
     row = ledger.dossier(code)
-    assert row is not None and row["due_at"] == vn("2026-12-02 09:00") == row["step_due_at"]
+    assert row is not None and row["due_at"] == vn(moved_due) == row["step_due_at"]
     told = [json.loads(o.body) for o in out if o.type == "agency.notice"]
-    assert told[0]["reason"].endswith("(moved by the 0.1 days paused)"), told[0]["reason"]
-
-
-def test_calendar_days_received_after_closing_count_the_weekend_and_so_does_a_pause(
-        ledger: Ledger, clock: FakeClock) -> None:
-    # received on Friday after closing, 5 calendar days count from Friday's closing, the
-    # weekend among them: due Wed 2 Dec 17:00 (once the count began on Monday morning and
-    # lost the weekend: Mon 7 Dec 07:00, found by a review). Asked for documents that
-    # evening and brought on Monday at 09:00, its days stood still for the whole 2 days
-    # 15 h 15 min: Sat 5 Dec 08:15, a day off, so Mon 7 Dec 08:15
-    status, code = _received(ledger, clock, (
-        'name: "Calendar days", processing: {amount: 5, unit: calendar_days}, '
-        "competence: {agency: T.SO.TP}"), "2026-11-27 17:30")  # Fri, after closing
-    row = ledger.dossier(code)
-    assert row is not None and row["due_at"] == vn("2026-12-02 17:00")
-    out = _pause(status, clock, code, "T.SO.TP", "2026-11-27 17:45", "2026-11-30 09:00", 2)
-    row = ledger.dossier(code)
-    assert row is not None and row["due_at"] == vn("2026-12-07 08:15") == row["step_due_at"]
-    told = [json.loads(o.body) for o in out if o.type == "agency.notice"]
-    assert told[0]["reason"].endswith("(moved by the 2.6 days paused)"), told[0]["reason"]
+    assert told[0]["reason"].endswith(f"(moved by the {moved_by} days paused)"), told[0]
 
 
 def test_a_pause_of_a_later_step_counts_from_its_hand_off_s_clock(
