@@ -15,9 +15,8 @@ Due-date semantics (``WorkingCalendar.due_at``):
   that falls on a day off it moves to the same time of day on the next working day. Days
   off count, so their clock starts on the day of receipt, worked or not, at the receipt's
   time held within office hours (``calendar_start``: from closing, or ``next_day_after``,
-  at closing). A dossier
-  received Fri 2026-12-04 after 17:00 with 30 calendar days is due Mon 2027-01-04 17:00
-  (Sun 3 Jan, moved), not 30 days after Monday morning.
+  at closing). A dossier received Fri 2026-12-04 after 17:00 with 30 calendar days is due
+  Mon 2027-01-04 17:00 (Sun 3 Jan, moved), not 30 days after Monday morning.
 * Landing exactly on a period's end stays there (17:00, not next morning's 07:00).
 * ``amount`` must be a non-negative int; datetimes must be timezone-aware. Results are
   aware datetimes in the calendar's timezone.

@@ -125,8 +125,8 @@ WD, CD, WH = DurationUnit.WORKING_DAYS, DurationUnit.CALENDAR_DAYS, DurationUnit
         ("2026-03-11 09:00", 2, CD, "2026-03-13 09:00"),
         ("2026-08-24 10:00", 9, CD, "2026-09-03 10:00"),  # Wed 2 Sep -> Thu
         ("2026-02-10 09:00", 7, CD, "2026-02-23 09:00"),  # Tết -> Mon after
-        # after closing Monday: from Mon 17:00, so Sat 14 Mar, moved to Mon. The clock
-        # once started Tue 07:00 (the next working morning) and lost a day: Mon 16 Mar 07:00
+        # after closing Monday: from Mon 17:00, so Sat 14 Mar 17:00, moved to Mon. (From
+        # the next working morning, Tue 07:00, it was Sun 07:00, moved: Mon 16 Mar 07:00)
         ("2026-03-09 18:00", 5, CD, "2026-03-16 17:00"),
         # received on a Saturday: the days count from it, the end moved to Mon
         ("2026-03-14 10:00", 0, CD, "2026-03-16 10:00"),
