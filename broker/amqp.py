@@ -182,11 +182,19 @@ class ConsumerSettings:
     flush_interval_ms: int = 0
     retry_initial_s: float = 0.5
     retry_max_s: float = 15.0
+    #: how long a queue's worker keeps its window of unacked deliveries while the ledger
+    #: is away before it gives them back to the queue and consumes nothing more until the
+    #: ledger takes writes again. Under RabbitMQ's consumer_timeout (30 minutes by
+    #: default), which would otherwise close the channel each time, every delivery in the
+    #: window a step nearer its delivery limit (docs/RELIABILITY.md)
+    hold_s: float = 600.0
     reconnect_max_s: float = 10.0
     heartbeat_s: int = 30
     shutdown_grace_s: float = 10.0
 
     def __post_init__(self) -> None:
+        if self.hold_s < 0:
+            raise ValueError(f"hold_s must be at least 0, not {self.hold_s}")
         if self.prefetch_count < 1 or self.batch_size < 1 or self.flush_interval_ms < 0:
             raise ValueError(
                 "prefetch_count and batch_size must be at least 1 and flush_interval_ms at "

@@ -106,6 +106,9 @@ class BatchHandler(Protocol):
 
     def internal_error(self, delivery: Delivery, error: BaseException) -> list[Outbound]: ...
 
+    def check_writable(self) -> None:
+        """Return once the ledger takes writes; raise TransientError while it does not."""
+
 
 _DESTINATION = operator.attrgetter("exchange", "routing_key")
 
@@ -390,6 +393,12 @@ class QueueWorker:
         #: cleared by an acked batch, or by :meth:`settle` once nothing waits
         self.trouble_since: float | None = None
         self.trouble = ""
+        #: since when every try of the handler has failed with the ledger away (None: a
+        #: batch went through since, or the ledger answered a probe); kept across channels
+        self.failing_since: float | None = None
+        #: the window was given back after ``hold_s`` of such failures: nothing is consumed
+        #: until the ledger takes writes again (:meth:`_probe`); kept across channels
+        self.parked = False
         self._reset()
 
     def _reset(self) -> None:
@@ -438,6 +447,7 @@ class QueueWorker:
     def open(self, connection: SelectConnection) -> None:
         self._reset()
         self.consumed_at = None
+        self.consumer_tag = None  # a consumer of the channel before: not on the new one
         connection.channel(on_open_callback=self._on_channel_open)
 
     def _on_channel_open(self, channel: Channel) -> None:
@@ -458,6 +468,9 @@ class QueueWorker:
             # gone, RabbitMQ closes this channel (404), and the look is made again later
             self.channel.exchange_declare(self.missing_exchange, passive=True,
                                           callback=self._on_exchange_back)
+            return
+        if self.parked:  # a new channel while the ledger is still away: ask it first
+            self._pause(self.settings.retry_initial_s, self.trouble)
             return
         self.consumer_tag = self.channel.basic_consume(
             self.queue, self._on_message, callback=self._on_consume_ok)
@@ -642,6 +655,7 @@ class QueueWorker:
         if self.retry_delay_s:  # the pause's warning said "retrying in"; now it is over
             log.info("%s resumed: a batch went through after the pause", self.queue)
         self.retries = 0
+        self.failing_since = None
         self.retry_delay_s = 0.0
         if self.pending and self.pending[0] is batch[0]:  # cancel() may have cleared it
             del self.pending[: len(batch)]
@@ -679,9 +693,86 @@ class QueueWorker:
     def _schedule_retry(self, error: TransientError) -> None:
         s = self.settings
         self.retry_delay_s = min(s.retry_max_s, max(s.retry_initial_s, self.retry_delay_s * 2))
+        if not error.bounded:
+            now = time.monotonic()
+            if self.failing_since is None:
+                self.failing_since = now
+            if not self.parked and now - self.failing_since >= s.hold_s:
+                self._give_back()
         log.warning("%s paused: %s; retrying in %.1fs", self.queue, error, self.retry_delay_s)
         self.service.hooks.retry(self.handler.source, error.kind)
-        self._pause(self.retry_delay_s, error.summary)
+        self._pause(self.retry_delay_s, error.summary + (
+            " (its deliveries given back to the queue until the ledger takes writes)"
+            if self.parked else ""))
+
+    def _give_back(self) -> None:
+        """Stop consuming, and give the deliveries held here back to the queue, until the
+        ledger takes writes again (:meth:`_probe`).
+
+        Held on through a long outage, they would be given back all the same: RabbitMQ
+        closes a channel whose oldest unacked delivery is older than its
+        ``consumer_timeout`` (30 minutes by default), each close a step nearer every held
+        delivery's delivery limit (20), and an outage of about 10 hours dead-lettered a
+        router's whole window, valid dossiers included. Given back once, they cost at
+        most one step, however long the outage. Not at the first failure: a ledger away
+        for seconds (a restart, a failover) costs none."""
+        self.parked = True
+        channel = self.channel
+        log.warning("%s: the ledger has been away for %.0f s; the %d deliveries held here "
+                    "go back to the queue, and it is not consumed until the ledger takes "
+                    "writes again", self.queue, time.monotonic() - (self.failing_since or 0),
+                    len(self.pending))
+        if channel is None or not channel.is_open:
+            return  # closed: what it held went back with it, and a new one will not consume
+        tag, self.consumer_tag = self.consumer_tag, None
+        self.consuming = False
+        if tag is None:
+            self._release(channel)
+        else:  # what RabbitMQ sends before it reads the cancel joins pending meanwhile
+            channel.basic_cancel(tag, callback=lambda _frame: self._release(channel))
+
+    def _release(self, channel: Channel) -> None:
+        """Give the deliveries not handed to the handler back to the queue (a batch awaiting
+        its confirms is acked as they come)."""
+        current = self.channel
+        if current is None or current is not channel or not current.is_open:
+            return
+        assert self.service.connection is not None  # the I/O loop runs on it
+        with self.service.connection.coalesced():
+            for delivery in self.pending:
+                current.basic_nack(delivery.tag, multiple=False, requeue=True)
+        self.unacked -= len(self.pending)
+        self.pending.clear()
+
+    def _probe(self) -> None:
+        """Ask, on the handler's thread, whether the ledger takes writes again."""
+        generation = self.generation
+
+        def job() -> None:
+            error: TransientError | None = None
+            try:
+                self.handler.check_writable()
+            except TransientError as e:
+                error = e
+            except Exception as e:  # a fault of casebroker's own: asked again with backoff
+                log.error("asking the ledger for %s failed: %s", self.queue, without_values(e))
+                error = HandlerFault(f"internal fault ({type(e).__name__})")
+            self.service.call_threadsafe(lambda: self._probed(generation, error))
+
+        self.thread.submit(job)
+
+    def _probed(self, generation: int, error: TransientError | None) -> None:
+        if generation != self.generation or self.service.stopping:
+            return  # a new channel asks afresh; a stop consumes nothing
+        if error is not None:
+            self._schedule_retry(error)
+            return
+        log.info("%s: the ledger takes writes again; consuming the queue again", self.queue)
+        self.parked = False
+        self.failing_since = None
+        self.retry_delay_s = 0.0
+        if self.channel is not None and self.channel.is_open:
+            self._on_qos_ok(None)
 
     def _pause(self, delay_s: float, reason: str) -> None:
         """Hand no batch to the handler for ``delay_s``, or longer if a pause already runs
@@ -708,7 +799,10 @@ class QueueWorker:
 
     def _retry(self) -> None:
         self.retry_timer = None
-        self._flush()
+        if self.parked:
+            self._probe()
+        else:
+            self._flush()
 
     # publishing and confirms ---------------------------------------------------------
     def _publish(self, batch: list[Delivery], outbound: list[Outbound]) -> None:

@@ -218,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
                      default=defaults.flush_interval_ms,
                      help="wait this long for a batch to fill (default 0: flush what one "
                           "network read brought)")
+    run.add_argument("--hold-s", type=at_least(0, float), default=defaults.hold_s,
+                     help="while the ledger is away, keep a queue's unacked deliveries this "
+                          "long, then give them back and consume again once it answers "
+                          f"(default {defaults.hold_s:.0f}; keep it under RabbitMQ's "
+                          "consumer_timeout, 30 minutes by default)")
 
     topo = sub.add_parser("topology", help="declare or delete exchanges and queues")
     topo_sub = topo.add_subparsers(dest="action", required=True)
@@ -451,7 +456,7 @@ def _run(args: argparse.Namespace) -> int:
 
     port = args.metrics_port if args.metrics_port is not None else _metrics_port()
     settings = ConsumerSettings(prefetch_count=args.prefetch_count, batch_size=args.batch_size,
-                                flush_interval_ms=args.flush_interval_ms)
+                                flush_interval_ms=args.flush_interval_ms, hold_s=args.hold_s)
     # a SIGHUP while the catalog loads and the ledger opens (a second or two) would end
     # the process by its default action: remembered, it is a reload once the broker is
     asked: list[int] = []

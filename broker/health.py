@@ -85,6 +85,8 @@ class Probes:
                     problems.append(f"{worker.queue}: not consuming" + (
                         f" until exchange {gone} is back (`casebroker topology declare`)"
                         if gone is not None else
+                        " until the ledger takes writes again (its deliveries given back "
+                        "to the queue)" if worker.parked else
                         f" (RabbitMQ closed its channel: {said})" if said is not None
                         else ""))
                 if held_up_s is not None:

@@ -1131,6 +1131,16 @@ class Ledger:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             yield conn
 
+    def check_writable(self) -> None:
+        """Return once the ledger takes a write again; raise :class:`TransientError`
+        while it does not (a worker waiting out an outage asks this, not a batch).
+
+        A write, not a ``SELECT 1``: SQLite's lock held by another writer and a
+        PostgreSQL standby (or a user without the privilege) answer a read all the same.
+        The update matches no row and changes nothing."""
+        with self.write() as conn:
+            conn.exec_driver_sql("UPDATE inbox SET outcome = outcome WHERE 1 = 0")
+
     @contextmanager
     def _refusing(self) -> Iterator[Connection]:
         """A :meth:`write` transaction holding :data:`SUBMISSION_GATE` alone (SQLite: the

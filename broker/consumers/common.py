@@ -546,6 +546,11 @@ class Consumer:
             for (outcome, reason), n in counts.items():
                 self.metrics.count(self.source, outcome, reason, n)
 
+    def check_writable(self) -> None:
+        """Return once the ledger takes writes again (TransientError while it does not):
+        asked by a worker that gave its deliveries back during an outage."""
+        self.ledger.check_writable()
+
     def internal_error(self, delivery: Delivery, error: BaseException) -> list[Outbound]:
         """Dead-letter a delivery the handler could not process at all.
 

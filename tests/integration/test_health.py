@@ -111,6 +111,58 @@ def test_ready_once_consuming_held_up_while_the_ledger_is_locked_then_ready_agai
     assert running.thread.is_alive()
 
 
+def _ready_and_consumers(queue: str) -> tuple[int, int]:
+    """Messages ready in ``queue`` and its consumers, as RabbitMQ counts them."""
+    import pika
+
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
+    try:
+        ok = conn.channel().queue_declare(queue, passive=True).method
+        return int(ok.message_count), int(ok.consumer_count)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("ledger", ["sqlite"], indirect=True)  # a lock held by the test
+def test_a_ledger_away_past_the_hold_gives_the_window_back_until_it_takes_writes(
+        declared: Topology, ledger: Ledger, served: Callable[..., tuple[RunningBroker, int]],
+        amqp: Amqp) -> None:
+    """Held through a long outage, the window would be given back by RabbitMQ's
+    consumer_timeout each half hour, a step nearer each delivery's limit every time: an
+    outage of ten hours dead-lettered valid dossiers (a review). Past the hold, the
+    router gives its deliveries back once and consumes nothing until the ledger answers;
+    the status queue, whose worker has failed on nothing, goes on consuming."""
+    running, port = served(hold_s=1.0, retry_initial_s=0.2, retry_max_s=0.5)
+    _answer(port, "/readyz", 200)
+    lock = sqlite3.connect(ledger.url.removeprefix("sqlite:///"), isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")  # every write of the router waits 5 s, then fails
+    try:
+        for _ in range(30):
+            amqp.submit(declared, dossier())
+        wait_for(lambda: _ready_and_consumers(declared.intake_queue) == (30, 0),
+                 timeout_s=40, what="the 30 deliveries given back and the consumer gone")
+        parked = _answer(port, "/readyz", 503)
+        assert parked["queues"][declared.intake_queue]["consuming"] is False
+        assert parked["queues"][declared.intake_queue]["unacked"] == 0
+        assert parked["queues"][declared.status_queue]["consuming"] is True
+        assert any(p == f"{declared.intake_queue}: not consuming until the ledger takes "
+                        "writes again (its deliveries given back to the queue)"
+                   for p in parked["problems"]), parked
+        time.sleep(3)  # asked again and again meanwhile: still away, still not consumed
+        assert _ready_and_consumers(declared.intake_queue) == (30, 0)
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    wait_for(lambda: ledger.count_by_state() == {2: 30}, timeout_s=30,
+             what="the 30 dossiers routed once the ledger answers")
+    assert _answer(port, "/readyz", 200)["queues"][declared.intake_queue] == {
+        "consuming": True, "held_up_s": None, "unacked": 0, "confirms_awaited_s": None}
+    receipts = amqp.json_all(declared.desk_queue("T.MC.B"))
+    assert len(receipts) == 30 and len({r["dossier_code"] for r in receipts}) == 30
+    assert _ready_and_consumers(declared.intake_queue) == (0, 1)
+    assert running.thread.is_alive()
+
+
 @pytest.mark.parametrize("ledger", ["sqlite"], indirect=True)  # no ledger at stake
 def test_not_ready_while_rabbitmq_has_cancelled_a_consumer_yet_live(
         declared: Topology, mini_catalog: Catalog,

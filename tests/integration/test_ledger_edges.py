@@ -265,6 +265,25 @@ def read_only_role() -> Iterator[tuple[str, str, SqlEngine]]:
                 conn.execute(text(f'DROP ROLE "{role}"'))
 
 
+def test_a_standby_is_not_writable_and_the_ledger_is_once_it_takes_writes_again(
+        read_only_role: tuple[str, str, SqlEngine]) -> None:
+    # what a worker that gave its deliveries back during an outage asks before it
+    # consumes again: a standby answers a read, and reads are not what routing does
+    schema, role, admin = read_only_role
+    ledger = Ledger(_pg_schema_url(schema).replace("//postgres@", f"//{role}@", 1))
+    try:
+        assert ledger.count_inbox_outcomes() == {}  # reads go through
+        with pytest.raises(TransientError, match=r"ReadOnlySqlTransaction \(the server "
+                           "takes no writes"):
+            ledger.check_writable()
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER ROLE "{role}" RESET default_transaction_read_only'))
+        ledger.check_writable()  # the connection that met it was dropped: a new session
+        assert ledger.count_inbox_outcomes() == {}  # and it changed nothing
+    finally:
+        ledger.dispose()
+
+
 def test_a_ledger_that_takes_no_writes_pauses_the_router_and_a_new_connection_resumes_it(
         read_only_role: tuple[str, str, SqlEngine]) -> None:
     # after a failover the ledger's URL may reach a standby: every write is refused as a
