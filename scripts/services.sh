@@ -65,6 +65,17 @@ fi
 if command -v rabbitmqctl >/dev/null && [ "$(id -u)" = 0 ]; then
   # wait until the node accepts connections, not just until the port is open
   rabbitmqctl await_startup >/dev/null 2>&1 || true
+  # a node started before (by the machine, by hand) may run with the default 1024
+  # descriptors: it works until a few hundred quorum queues are declared, then answers no
+  # AMQP. Not restarted here (others may be using it); said, with how to fix it
+  limit=$(rabbitmqctl -q status --formatter json 2>/dev/null | python3 -c \
+    'import json, sys; print(json.load(sys.stdin)["file_descriptors"]["total_limit"])' \
+    2>/dev/null || true)
+  if [ -n "$limit" ] && [ "$limit" -lt 4000 ]; then
+    echo "services: warning: RabbitMQ may open only $limit files; a few hundred quorum" \
+         "queues exhaust that and it then answers no AMQP. To raise it: rabbitmqctl stop" \
+         "&& bash scripts/services.sh" >&2
+  fi
   # management API (per-party users), shovel (the benchmark's yardstick), prometheus
   rabbitmq-plugins enable rabbitmq_management rabbitmq_shovel rabbitmq_prometheus \
     >/dev/null 2>&1 || echo "services: could not enable RabbitMQ plugins" >&2
