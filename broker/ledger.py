@@ -101,6 +101,13 @@ __all__ = ["DEFAULT_DB_URL", "Batch", "Checkpoints", "ConcurrentUpdate", "Ledger
            "touched_since", "watch_outbox"]
 
 DEFAULT_DB_URL = "sqlite:///casebroker.sqlite3"
+#: `casebroker run` on PostgreSQL: how long a statement waits for a lock another session
+#: holds (an operator's open transaction, a `ledger upgrade` run beside it) before its
+#: batch fails as the ledger being away, and is retried with backoff. Waiting for as
+#: long as the lock lasts held the batch past the liveness probe's 120 s (a restart that
+#: does not help) and past RabbitMQ's consumer_timeout (the window a step nearer its
+#: delivery limit); failing, the worker gives its window back after --hold-s instead
+RUN_LOCK_TIMEOUT_S = 60.0
 
 #: indexes earlier versions made and this one dropped (no query used them; each cost the
 #: writes a page per dossier): `casebroker ledger upgrade` removes them, table by table
@@ -848,15 +855,18 @@ class Ledger:
     """Connection to the ledger database."""
 
     def __init__(self, url: str | None = None, *, create: bool = True,
-                 current: bool = True) -> None:
+                 current: bool = True, lock_timeout_s: float | None = None) -> None:
         """``create``: make what the ledger lacks (`casebroker run`), else require one
         there; ``current`` (without ``create``): and of this version (only `ledger
-        upgrade` opens one of another)."""
+        upgrade` opens one of another). ``lock_timeout_s`` (PostgreSQL): a statement
+        waiting longer for a lock another session holds fails as the ledger being away
+        (:data:`RUN_LOCK_TIMEOUT_S`), instead of holding its batch for as long as the
+        lock lasts; None: it waits (SQLite waits 5 s in any case)."""
         self.url = url or os.environ.get("CASEBROKER_DB_URL") or DEFAULT_DB_URL
         #: SQLite: whether committing connections checkpoint the WAL themselves
         self._sqlite = {"autocheckpoint": True}
         try:
-            self.engine: Engine = _make_engine(self.url, self._sqlite)
+            self.engine: Engine = _make_engine(self.url, self._sqlite, lock_timeout_s)
         except (ArgumentError, ImportError) as e:  # not a URL, or a driver not installed
             raise StartupError(
                 f"not a ledger URL casebroker can use: {shown_url(self.url)} "
@@ -1566,7 +1576,7 @@ def _execute_ddl(ddl: str, conn: Connection) -> None:
     conn.exec_driver_sql(ddl)
 
 
-def _make_engine(url: str, sqlite: dict[str, bool]) -> Engine:
+def _make_engine(url: str, sqlite: dict[str, bool], lock_timeout_s: float | None) -> Engine:
     if url.startswith("sqlite"):
         # short busy timeout: the consumer's I/O loop waits on it, then retries later
         engine = create_engine(url, connect_args={"timeout": 5}, json_serializer=_json_dumps)
@@ -1603,6 +1613,14 @@ def _make_engine(url: str, sqlite: dict[str, bool]) -> Engine:
     engine = create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2,
                            connect_args={"connect_timeout": 5, "prepare_threshold": None},
                            json_serializer=_json_dumps)
+
+    if lock_timeout_s is not None:
+        @event.listens_for(engine, "connect")
+        def _lock_timeout(dbapi_conn: Any, _: Any) -> None:
+            # a SET of the session, not libpq's options=: a URL may carry options of its own
+            with dbapi_conn.cursor() as cur:
+                cur.execute(f"SET lock_timeout = {int(lock_timeout_s * 1000)}")
+            dbapi_conn.commit()
 
     @event.listens_for(engine, "handle_error")
     def _reconnect_after(context: Any) -> None:

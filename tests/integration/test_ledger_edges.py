@@ -265,6 +265,43 @@ def read_only_role() -> Iterator[tuple[str, str, SqlEngine]]:
                 conn.execute(text(f'DROP ROLE "{role}"'))
 
 
+@pytest.mark.parametrize("ledger", ["postgresql"], indirect=True)  # SQLite waits 5 s
+def test_a_lock_held_past_the_lock_timeout_is_the_ledger_away_not_a_hang(
+        ledger: Ledger) -> None:
+    # `run` sets lock_timeout: a lock another session holds (an operator's transaction
+    # left open) fails the batch as an outage, retried with backoff and given back after
+    # --hold-s; waited out, it held the batch past the liveness probe and RabbitMQ's
+    # consumer_timeout for as long as the lock lasted
+    timed = Ledger(ledger.url, lock_timeout_s=0.3)
+    router = Router(lambda: Engine(load_catalog(MINI_CATALOG)), timed, Topology("t"),
+                    clock=FakeClock())
+    delivery = intake_delivery(1, encode(dossier()), "submit:1")
+    outcome: list[BaseException | None] = []
+
+    def handle() -> None:
+        try:
+            router.handle([delivery])
+            outcome.append(None)
+        except BaseException as e:
+            outcome.append(e)
+
+    try:
+        with ledger.engine.connect() as lock:
+            lock.execute(text("LOCK TABLE dossiers IN ACCESS EXCLUSIVE MODE"))
+            waiting = threading.Thread(target=handle, daemon=True)
+            waiting.start()
+            waiting.join(timeout=30)  # without the timeout: there until the lock goes
+            assert outcome, "the batch still waits for the lock"
+            assert isinstance(outcome[0], TransientError)
+            assert "LockNotAvailable" in str(outcome[0]), outcome[0]
+            lock.rollback()
+        assert ledger.count_by_state() == {}
+        router.handle([delivery])  # the retry, once the lock is gone
+        assert ledger.count_by_state() == {2: 1}
+    finally:
+        timed.dispose()
+
+
 def test_a_standby_is_not_writable_and_the_ledger_is_once_it_takes_writes_again(
         read_only_role: tuple[str, str, SqlEngine]) -> None:
     # what a worker that gave its deliveries back during an outage asks before it
