@@ -72,7 +72,7 @@ from broker.errors import (
     TransientError,
     shown_url,
 )
-from broker.lifecycle import State
+from broker.lifecycle import State, day_start
 from broker.tables import (
     _OPEN,
     STEP_AHEAD,
@@ -226,10 +226,12 @@ SET_ASIDE = or_(inbox.c.outcome.like("dead:%"), inbox.c.outcome.like("triaged:%"
 
 
 def _overdue(now: datetime) -> list[Any]:
-    """Open and past the due time at ``now``, unless the clock was paused in time (a
-    supplement requested before the due time: the due date moves when it comes back)."""
+    """Open and past the due day at ``now`` (:func:`~broker.lifecycle.is_overdue`: due
+    before today began, in Vietnam), unless the clock was paused in time (a supplement
+    requested before the due time: the due date moves when it comes back)."""
     c = dossiers.c
-    return [_OPEN, c.due_at < now, or_(c.paused_at.is_(None), c.paused_at > c.due_at)]
+    return [_OPEN, c.due_at < day_start(now),
+            or_(c.paused_at.is_(None), c.paused_at > c.due_at)]
 
 
 def _utc_datetime(value: datetime | None) -> datetime | None:

@@ -18,8 +18,9 @@ Each is in :data:`TRANSITIONS`, and the agency is told what is allowed in each s
 
 from __future__ import annotations
 
-from datetime import datetime, tzinfo
+from datetime import datetime, time, timedelta, tzinfo
 from enum import IntEnum, StrEnum
+from zoneinfo import ZoneInfo
 
 from broker.errors import TransitionRefused
 
@@ -101,16 +102,33 @@ def refused_at_intake(state: State | int, seq: int) -> bool:
 
 def is_overdue(state: State | int, due_at: datetime, paused_at: datetime | None,
                now: datetime) -> bool:
-    """Whether a dossier is late now: open past its due time, unless its clock was paused
-    in time (a supplement requested by then: the due time moves when it comes back).
-    Overdue is not a state; the ledger's query for it is ``broker.ledger._overdue``."""
+    """Whether a dossier is late now: open past its due day (:func:`late_from`), unless
+    its clock was paused in time (a supplement requested by its due time: the due time
+    moves when it comes back). Overdue is not a state; the ledger's query for it is
+    ``broker.ledger._overdue``."""
     paused_in_time = paused_at is not None and paused_at <= due_at
-    return State(state) in OPEN_STATES and due_at < now and not paused_in_time
+    return State(state) in OPEN_STATES and late_from(due_at) <= now and not paused_in_time
 
 
 #: whose days a result is judged by (DOMAIN.md: dates, not times): Vietnam's, one zone
 #: for the whole country, whatever zone a report shows its period in
 LEGAL_TIMEZONE = "Asia/Ho_Chi_Minh"
+_LEGAL = ZoneInfo(LEGAL_TIMEZONE)
+
+
+def day_start(at: datetime) -> datetime:
+    """The first instant of ``at``'s day in Vietnam."""
+    return datetime.combine(at.astimezone(_LEGAL).date(), time(), tzinfo=_LEGAL)
+
+
+def late_from(due_at: datetime) -> datetime:
+    """The first instant at which a dossier or a step due at ``due_at`` is late
+    (DOMAIN.md: "late when it is still open after its due date, or finished after it"):
+    the start of the day after its due day, in Vietnam. A result given on the due day
+    after the due time is on time, as :func:`timeliness` and the report count it; the
+    deadline watch, the late-result apology and the overdue counts go by the same
+    instant, so no citizen is apologized to for a result the report calls on time."""
+    return day_start(due_at + timedelta(days=1))
 
 
 def timeliness(finished_at: datetime, due_at: datetime, tz: tzinfo) -> str:

@@ -60,7 +60,7 @@ from broker.consumers.common import Clock, EngineProvider, in_zone, to_agency, t
 from broker.envelope import Outbound
 from broker.errors import StartupError, without_values
 from broker.ledger import Batch, Ledger, is_transient
-from broker.lifecycle import State
+from broker.lifecycle import State, day_start, late_from
 from broker.messages import AgencyNotice, DeskNotice, NoticeKind, utc_now
 from broker.topology import Topology
 
@@ -179,15 +179,18 @@ def _planned_s(plan: Mapping[str, Any], due: datetime, calendar: WorkingCalendar
 def level_for(row: Mapping[str, Any], now: datetime, calendar: WorkingCalendar,
               settings: WatchSettings, *, step: bool = False) -> int:
     """The watch level a dossier (with ``step``: its chain step, by the step's due date)
-    deserves at ``now``; a paused clock stops at its pause."""
+    deserves at ``now``: overdue once its due day is over (:func:`late_from`, as the
+    report counts a result late), at risk while little of its time is left. A clock
+    paused in time stops at its pause; one paused after the due time does not."""
     due = row["step_due_at" if step else "due_at"]
     paused = row["state"] == State.SUPPLEMENT_REQUESTED
-    clock_at = row["paused_at"] if paused and row["paused_at"] is not None else now
-    if clock_at > due:
+    if paused and row["paused_at"] is not None and row["paused_at"] <= due:
+        return NOTHING_SENT  # its time left is frozen until the supplement comes
+    if now >= late_from(due):
         return OVERDUE
     if paused:
-        return NOTHING_SENT  # its time left is frozen until the supplement comes
-    left_s = calendar.working_seconds_between(clock_at, due)
+        return NOTHING_SENT  # paused after its due time: late once its due day is over
+    left_s = calendar.working_seconds_between(now, due)
     if left_s >= settings.at_risk_working_s:
         return NOTHING_SENT
     if left_s >= settings.at_risk_share * given_s(row, calendar, step=step):
@@ -415,7 +418,8 @@ class DeadlineWatch:
         s = self.settings
         at_risk_before = cal.add_working_seconds(now, s.at_risk_working_s)
         found: list[tuple[Mapping[str, Any], int]] = []
-        for level, due_before in ((AT_RISK, now), (NOTHING_SENT, at_risk_before)):
+        # overdue: due before today began (late_from); at risk: due within the hours
+        for level, due_before in ((AT_RISK, day_start(now)), (NOTHING_SENT, at_risk_before)):
             after: tuple[datetime, int] | None = None
             while len(found) < s.limit:
                 rows = batch.watch_range(level, due_before, now, s.limit, step=step,

@@ -57,7 +57,7 @@ from broker.consumers.deadlines import (
 from broker.envelope import Outbound
 from broker.errors import TransitionRefused
 from broker.ledger import Batch
-from broker.lifecycle import STEP_ENDS, TRANSITIONS, Event, State, apply
+from broker.lifecycle import STEP_ENDS, TRANSITIONS, Event, State, apply, late_from
 from broker.messages import (
     DOSSIER_CODE_MAX,
     MAX_BROKER_BODY_BYTES,
@@ -147,19 +147,17 @@ class _Dossier:
         self.changes.update(values)
 
 
-#: the first instant after a due time: late
-_JUST_AFTER = timedelta(microseconds=1)
-
-
 def happened_at(dossier: _Dossier, msg: Update, now: datetime,
                 max_back: timedelta | None = None) -> datetime:
     """When an update's event happened, by which the dossier's clocks go: the time its
     sender wrote (an agency's or a desk's ``sent_at``, a desk's ``returned_at``), never
     later than ``now``, and never before
     - the dossier's receipt, its pause, or its last event (:data:`~broker.tables.EVENT_AT`);
-    - its due time (or its step's), once the citizen or the agency was told it is late
-      (the watch decides that only when no update sent before is left unapplied, so
-      one dated before it comes too late to be believed);
+    - the end of its due day (or its step's, :func:`~broker.lifecycle.late_from`), once
+      the citizen or the agency was told it is late (the watch decides that only when no
+      update sent before is left unapplied, so one dated before it comes too late to be
+      believed: a result backdated into the due day would count on time in the report
+      after the citizen had an apology);
     - ``max_back`` before now (the catalog's ``max_backdate_days``, as for a desk's
       ``submitted_at``).
 
@@ -175,9 +173,9 @@ def happened_at(dossier: _Dossier, msg: Update, now: datetime,
     if (last := dossier["flags"].get(EVENT_AT)) is not None:
         floor = max(floor, datetime.fromisoformat(last))
     if dossier["watch_level"] >= OVERDUE:
-        floor = max(floor, dossier["due_at"] + _JUST_AFTER)
+        floor = max(floor, late_from(dossier["due_at"]))
     if dossier["step_watch_level"] >= OVERDUE:
-        floor = max(floor, dossier["step_due_at"] + _JUST_AFTER)
+        floor = max(floor, late_from(dossier["step_due_at"]))
     if max_back is not None:
         floor = max(floor, now - max_back)
     return max(floor, min(said, now))
@@ -633,7 +631,7 @@ class StatusRouter(Consumer):
                 # is told so, as the return desk is, else it would never know
                 out.append(self._desk_notice(dossier, kind, state, seq, now, msg, shown,
                                              to=sender))
-        if state == State.RESOLVED and at > dossier["due_at"] and (
+        if state == State.RESOLVED and at >= late_from(dossier["due_at"]) and (
                 dossier["watch_level"] < OVERDUE):
             out.append(self._late_apology(engine, dossier, now))
         return out

@@ -100,15 +100,17 @@ def test_at_risk_then_overdue_once_each_across_two_watches_and_a_restart(
 
     restarted = make_watch()
     assert restarted.tick() == 0
+    clock.set("2026-12-09 16:00")  # past its due time, but not its due day: on time yet
+    assert restarted.tick() == 0
 
-    clock.set("2026-12-09 09:30")
+    clock.set("2026-12-10 09:30")
     _race([a, restarted])
     b.tick()
     (told,) = amqp.json_all(declared.agency_queue("T.SO.TP"))
     assert (told["notice"], told["dossier_code"]) == ("overdue", slow)
     # the agency keeps the appointment the desk gave the citizen: it was told none
     assert told["reason"].endswith("; the citizen was given a new appointment "
-                                   "2026-12-10T09:30+07:00: have the result ready by then")
+                                   "2026-12-11T09:30+07:00: have the result ready by then")
     assert _notices(amqp, declared.desk_queue("T.MC.B")) == [("overdue_apology", slow)]
     assert _notices(amqp, declared.agency_queue("T.UBND.A")) == []
 
@@ -121,11 +123,11 @@ def test_at_risk_then_overdue_once_each_across_two_watches_and_a_restart(
                      ("overdue", "deadline-watch")]
     # the process-control sheet keeps what the apology promised (8 working hours on)
     overdue = ledger.history(slow)[-1]["detail"]
-    assert datetime.fromisoformat(overdue["appointment"]) == vn("2026-12-10 09:30")
+    assert datetime.fromisoformat(overdue["appointment"]) == vn("2026-12-11 09:30")
     assert main(["dossier", "show", slow, "--db-url", ledger.url]) == 0
     shown = [line for line in capsys.readouterr().out.splitlines() if " overdue " in line]
     assert len(shown) == 1 and shown[0].endswith(
-        "(due 2026-12-09 09:00; apology: new appointment 2026-12-10 09:30)")
+        "(due 2026-12-09 09:00; apology: new appointment 2026-12-11 09:30)")
     assert ledger.unconfirmed_notices(vn("2027-01-01 00:00")) == []
 
 
@@ -191,13 +193,13 @@ def test_casebroker_run_sends_the_overdue_notice_and_counts_it(
     code = _route(amqp, declared, "1.001193", "T.UBND.A")
     take(amqp, declared.desk_queue("T.MC.B"), 1, "receipt")
     gauge = running.broker.metrics.overdue_dossiers
-    clock.now = vn("2026-11-26 09:01") + timedelta(seconds=7, microseconds=123456)
+    clock.now = vn("2026-11-27 09:01") + timedelta(seconds=7, microseconds=123456)
     overdue = take(amqp, declared.agency_queue("T.UBND.A"), 1, "overdue notice")[0]
     assert (overdue["notice"], overdue["dossier_code"]) == ("overdue", code)
     apology = take(amqp, declared.desk_queue("T.MC.B"), 1, "apology")[0]
     assert apology["notice"] == "overdue_apology"
     # 8 working hours on, to the minute the citizen is given, in the catalog's zone
-    assert apology["due_at"] == "2026-11-27T09:01:00+07:00"
+    assert apology["due_at"] == "2026-11-30T09:01:00+07:00"  # Fri + 8 h: Mon
     wait_for(lambda: gauge.labels("T.UBND.A")._value.get() == 1, what="gauge at 1")
     sent = running.broker.metrics.deadline_notices_total
     assert sent.labels("overdue", "agency")._value.get() == 1
@@ -223,7 +225,7 @@ def test_a_notice_no_queue_takes_is_counted_unroutable_not_sent(
     amqp.ch.queue_unbind(declared.agency_queue("T.UBND.A"), declared.agency_exchange,
                          "T.UBND.A")
     watch = make_watch()
-    clock.set("2026-11-26 09:30")
+    clock.set("2026-11-27 09:30")
     assert watch.tick() == 2  # both kept: the agency's in dead.agency, the desk's delivered
     (dead,) = amqp.get_all(declared.dead_queue("agency"))
     assert dead[0].headers[REASON_HEADER] == "unroutable"
@@ -248,13 +250,13 @@ def test_a_notice_neither_its_queue_nor_its_dead_letter_queue_takes_is_counted_r
     amqp.ch.queue_unbind(dead, declared.dead_letter_exchange, "agency")
     watch = make_watch()
     refused = watch.metrics.retries_total.labels("watch", "refused")
-    clock.set("2026-11-26 09:30")
+    clock.set("2026-11-27 09:30")
     assert watch.tick() == 1  # the desk's apology; the agency's notice kept
     assert refused._value.get() == 1
     assert len(ledger.unconfirmed_notices(vn("2027-01-01 00:00"))) == 1
     amqp.ch.queue_bind(queue, declared.agency_exchange, "T.UBND.A")
     amqp.ch.queue_bind(dead, declared.dead_letter_exchange, "agency")
-    clock.set("2026-11-26 09:40")
+    clock.set("2026-11-27 09:40")
     assert watch.tick() == 1 and refused._value.get() == 1
     assert [n["notice"] for n in amqp.json_all(queue)] == ["overdue"]
 
@@ -478,7 +480,9 @@ def test_a_chain_step_due_before_its_dossier_is_watched_for_its_agency_alone(
     assert notices[0]["reason"] == ("step 1 of 3 due 2026-11-27T09:00+07:00: 1.5 working "
                                     "hours left; the dossier is due 2026-12-03T09:00+07:00")
 
-    clock.set("2026-11-27 09:30")
+    clock.set("2026-11-27 16:30")  # past its due time, not its due day: late tomorrow
+    assert watch.tick() == other.tick() == 0
+    clock.set("2026-11-28 09:30")
     assert watch.tick() == 1 and other.tick() == 0
     notices = amqp.json_all(a)
     assert [(n["notice"], n["dossier_code"]) for n in notices] == [("overdue", code)]
@@ -488,20 +492,20 @@ def test_a_chain_step_due_before_its_dossier_is_watched_for_its_agency_alone(
     assert amqp.json_all(declared.desk_queue("T.MC.B")) == []
     assert amqp.json_all(declared.desk_queue("T.CENTRE")) == []
 
-    clock.set("2026-11-27 10:00")  # step 1 done late: step 2 has two working days
+    clock.set("2026-11-30 10:00")  # step 1 done late: step 2 has two working days
     report(amqp, declared, code, "T.UBND.A", "resolved", documents=[doc("khai-sinh.pdf")],
            sent_at=clock.now)
     second = take(amqp, ca, 1, "step 2")[0]
-    assert second["step_due_at"] == vn("2026-12-01 10:00").isoformat()
+    assert second["step_due_at"] == vn("2026-12-02 10:00").isoformat()
     assert watch.tick() == 0
 
-    clock.set("2026-11-30 14:00")  # 6 working hours left of 16
+    clock.set("2026-12-01 14:00")  # 6 working hours left of 16
     assert watch.tick() == 0
-    clock.set("2026-12-01 07:00")  # 3 left
+    clock.set("2026-12-02 07:00")  # 3 left
     assert watch.tick() == 1
     notices = amqp.json_all(ca)
     assert [(n["notice"], n["dossier_code"]) for n in notices] == [("at_risk", code)]
-    assert notices[0]["reason"].startswith("step 2 of 3 due 2026-12-01T10:00+07:00: 3.0 ")
+    assert notices[0]["reason"].startswith("step 2 of 3 due 2026-12-02T10:00+07:00: 3.0 ")
     assert amqp.json_all(a) == []
     assert watch.tick() == 0
 
@@ -519,7 +523,7 @@ def test_a_chain_step_due_before_its_dossier_is_watched_for_its_agency_alone(
     shown = [line for line in capsys.readouterr().out.splitlines() if " step_" in line]
     assert [line.rsplit("  ", 1)[-1] for line in shown] == [
         "(step 1 due 2026-11-27 09:00)", "(step 1 due 2026-11-27 09:00)",
-        "(step 2 due 2026-12-01 10:00)"]
+        "(step 2 due 2026-12-02 10:00)"]
     assert ledger.unconfirmed_notices(vn("2027-01-01 00:00")) == []
 
 
@@ -597,12 +601,12 @@ def test_the_watch_decides_nothing_an_update_waiting_in_the_status_queue_may_cha
     report(amqp, declared, code, "T.UBND.A", "resolved", documents=[doc("ket-qua.pdf")],
            sent_at=vn("2026-11-26 08:30"))  # in time; nobody applies it yet
 
-    clock.set("2026-11-26 09:30")  # past due, by the ledger alone
-    assert watch.tick() == 0  # decided as at 07:00: nothing rises
+    clock.set("2026-11-27 09:30")  # past its due day, by the ledger alone
+    assert watch.tick() == 0  # decided as at 07:00 the day before: nothing rises
     assert make_watch().tick() == 0  # a watch just started: nothing decided at all
     row = ledger.dossier(code)
     assert row is not None and (row["state"], row["watch_level"]) == (State.RECEIVED, 0)
-    assert watch.metrics.watch_last_round._value.get() == heartbeat  # 2.5 h behind
+    assert watch.metrics.watch_last_round._value.get() == heartbeat  # 26.5 h behind
 
     start_broker()  # the status router applies the result: on time, no apology
     assert [n["notice"] for n in take(amqp, desk, 1, "the result")] == ["result_ready"]
@@ -660,12 +664,12 @@ def test_the_agency_a_hand_off_gives_an_overdue_dossier_is_told_the_appointment(
     code = submit(amqp, declared, "T.UBND.A", procedure_code="1.000001",
                   return_desk_id="T.CENTRE")["dossier_code"]  # due Thu 3 Dec 09:00
     ca = declared.agency_queue("T.CA")
-    clock.set("2026-12-03 10:00")  # an hour past the dossier's due date
+    clock.set("2026-12-04 10:00")  # the day after the dossier's due date
     make_watch().tick()
     apologies = [n for n in amqp.json_all(declared.desk_queue("T.CENTRE"))
                  if n["notice"] == "overdue_apology"]
     assert [datetime.fromisoformat(n["due_at"]) for n in apologies] == [
-        vn("2026-12-04 10:00")]
+        vn("2026-12-07 10:00")]  # Fri + 8 working hours
     report(amqp, declared, code, "T.UBND.A", "resolved", documents=[doc("khai-sinh.pdf")],
            sent_at=clock.now)
     got = _assignment_and_notice(amqp, ca, "the overdue notice")
@@ -673,7 +677,7 @@ def test_the_agency_a_hand_off_gives_an_overdue_dossier_is_told_the_appointment(
     assert (notice["notice"], notice["agency_id"]) == ("overdue", "T.CA")
     assert notice["reason"].endswith(
         "(told to the agency before you); the citizen was given a new appointment "
-        "2026-12-04T10:00+07:00: have the result ready by then"), notice["reason"]
+        "2026-12-07T10:00+07:00: have the result ready by then"), notice["reason"]
 
 
 class _OffsetClock:
@@ -693,24 +697,26 @@ def test_a_round_on_a_clock_that_jumped_ahead_or_is_off_the_databases_decides_no
     # a notice sent is sent for good: a clock a day ahead for one round told agencies
     # and desks of lateness that was not, and nothing at the real due time (found by a
     # review)
-    soon = (datetime.now(UTC) + timedelta(seconds=50)).astimezone(vn("2026-01-01").tzinfo)
-    _store(ledger, [_row("SOON", State.PROCESSING, soon.strftime("%Y-%m-%d %H:%M:%S"))])
+    # due two days ago: overdue by any clock near the real one (overdue from the start of
+    # the day after the due day), so every round that decides flags it
+    late = (datetime.now(UTC) - timedelta(days=2)).astimezone(vn("2026-01-01").tzinfo)
     engine, clock = Engine(load_catalog(MINI_CATALOG)), _OffsetClock()
     watch = DeadlineWatch(lambda: engine, ledger, declared, WatchSettings(), clock=clock,
                           check_clock=True)
 
     def level() -> int:
-        row = ledger.dossier("SOON")
+        row = ledger.dossier("LATE")
         assert row is not None
         return int(row["watch_level"])
 
     try:
         with caplog.at_level("WARNING", logger="broker.consumers.deadlines"):
-            clock.offset_s = -100  # within the database's tolerance, before the due time
-            watch.tick()
+            clock.offset_s = -100  # within the database's tolerance
+            assert watch.tick() == 0 and "round skipped" not in caplog.text  # no dossier yet
+            _store(ledger, [_row("LATE", State.PROCESSING, late.strftime("%Y-%m-%d %H:%M:%S"))])
             before = level()
-            assert before < OVERDUE and "round skipped" not in caplog.text
-            clock.offset_s = 100  # 200 s ahead in no time: past the due time
+            assert before < OVERDUE
+            clock.offset_s = 100  # 200 s ahead in no time
             assert watch.tick() == 0 and level() == before
             assert "round skipped: the clock jumped 200 s ahead" in caplog.text
             watch.tick()  # the clock stays where it was put: believed from now on
@@ -897,10 +903,10 @@ def test_while_another_process_consumes_the_status_queue_notices_wait_for_what_i
                               metrics=Metrics(), holding=lambda: status.unacked,
                               consuming=lambda: status.consuming)
         try:
-            # a minute past due, the queue empty and all idle here: decided as of two
-            # minutes before, when RabbitMQ had not yet found a silent peer gone
-            clock.set("2026-11-26 09:01")
-            assert watch.tick() == 2  # at risk as of 08:59 (its agency and desk), no more
+            # a minute past its due day, the queue empty and all idle here: decided as of
+            # two minutes before, when RabbitMQ had not yet found a silent peer gone
+            clock.set("2026-11-27 00:01")
+            assert watch.tick() == 2  # at risk as of 23:59 (its agency and desk), no more
             assert watch.caught_up_at == clock.now
             row = ledger.dossier(code)
             assert row is not None and (row["state"], row["watch_level"]) == (

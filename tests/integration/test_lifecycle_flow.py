@@ -13,6 +13,7 @@ import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import select
@@ -22,6 +23,7 @@ from broker.cli import main
 from broker.consumers.router import Router
 from broker.consumers.status import StatusRouter
 from broker.ledger import Ledger, dossiers
+from broker.lifecycle import LEGAL_TIMEZONE, timeliness
 from broker.messages import (
     DeskNotice,
     Document,
@@ -436,14 +438,31 @@ def test_late_result_carries_an_apology(
         declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock) -> None:
     start_broker()
     code = submit(amqp, declared, "T.UBND.A")["dossier_code"]  # 1 working day: Thu 09:00
-    clock.set("2026-11-26 09:30")
+    clock.set("2026-11-27 09:30")  # the day after its due day: late
     report(amqp, declared, code, "T.UBND.A", "resolved", documents=[doc("kq.pdf")])
     notices = take(amqp, declared.desk_queue("T.MC.B"), 3, "receipt, result, apology")
     assert [n["notice"] for n in notices] == ["receipt", "result_ready", "overdue_apology"]
     assert "legal due date 2026-11-26T09:00+07:00" in notices[2]["reason"]
-    assert notices[2]["due_at"] == vn("2026-11-26 09:30").isoformat()  # ready now
+    assert notices[2]["due_at"] == vn("2026-11-27 09:30").isoformat()  # ready now
     row = ledger.dossier(code)
     assert row is not None and row["watch_level"] == 2
+
+
+def test_a_result_on_its_due_day_after_its_due_time_is_on_time_without_an_apology(
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock) -> None:
+    """DOMAIN.md compares dates: the report counts it on time, so the citizen is not told
+    it is late (an apology for a result the province reports on time)."""
+    start_broker()
+    code = submit(amqp, declared, "T.UBND.A")["dossier_code"]  # 1 working day: Thu 09:00
+    clock.set("2026-11-26 16:30")
+    report(amqp, declared, code, "T.UBND.A", "resolved", documents=[doc("kq.pdf")])
+    notices = take(amqp, declared.desk_queue("T.MC.B"), 2, "receipt, result")
+    assert [n["notice"] for n in notices] == ["receipt", "result_ready"]
+    # an apology would have been published with the result, in the same batch
+    assert amqp.json_all(declared.desk_queue("T.MC.B")) == []
+    row = ledger.dossier(code)
+    assert row is not None and row["watch_level"] == 0
+    assert timeliness(row["finished_at"], row["due_at"], ZoneInfo(LEGAL_TIMEZONE)) == "on_time"
 
 
 def test_two_routers_number_1000_dossiers_uniquely_and_without_gaps(

@@ -230,7 +230,7 @@ def test_with_by_agency_each_agency_gets_the_steps_it_handled_judged_by_the_step
 
     tz = ZoneInfo("Asia/Ho_Chi_Minh")
     data = report(ledger, date(2026, 11, 24), date(2026, 11, 24), "agency", tz,
-                  vn("2026-11-30 17:00"))
+                  vn("2026-12-01 08:00"))
     steps = {agency: {k.removeprefix("steps_"): v for k, v in values.items()
                       if k.startswith("steps_") and not k.endswith("_share")}
              for agency, values in data["groups"].items()}
@@ -238,7 +238,7 @@ def test_with_by_agency_each_agency_gets_the_steps_it_handled_judged_by_the_step
         # w and x early, y on time; z (never taken up) still held, overdue since Wed
         "T.UBND.A": {"finished": 3, "early": 2, "on_time": 1, "late": 0, "open": 1,
                      "overdue": 1},
-        # x late; y held past its step's due time (16:00 today; the dossier's is Wed 2 Dec)
+        # x late; y held past its step's due day (16:00 yesterday; the dossier's is Wed 2 Dec)
         "T.CA": {"finished": 1, "early": 0, "on_time": 0, "late": 1, "open": 1,
                  "overdue": 1},
         "T.BHXH": {"finished": 0, "early": 0, "on_time": 0, "late": 0, "open": 1,
@@ -337,8 +337,10 @@ def test_an_agency_handed_a_dossier_late_is_judged_by_its_own_time_and_told_the_
                 for k in ("finished", "early", "on_time", "late", "open", "overdue")} | {
             "dossiers_overdue": data["total"]["overdue"]}
 
-    # that evening the dossier is overdue, T.CA's step is not
-    assert t_ca("2026-12-03 18:00") == {"finished": 0, "early": 0, "on_time": 0, "late": 0,
+    # the next morning the dossier is overdue (not that evening: DOMAIN.md compares
+    # dates), T.CA's step is not
+    assert t_ca("2026-12-03 18:00")["dossiers_overdue"] == 0
+    assert t_ca("2026-12-04 08:00") == {"finished": 0, "early": 0, "on_time": 0, "late": 0,
                                         "open": 1, "overdue": 0, "dossiers_overdue": 1}
     # handed on Fri 4 Dec, 10:00: a day after the dossier's due day, before its own
     agency("2026-12-04 10:00", "T.CA", "resolved")

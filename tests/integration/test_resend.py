@@ -121,18 +121,18 @@ def test_a_desk_queue_deleted_with_notices_gets_those_since_then_again(
     clock.set("2026-11-25 10:00")
     _status(amqp, t, first, "accepted")
     lost = _take(amqp, queue, 1, "a status change")
-    clock.set("2026-11-26 09:05")  # both due 09:00: overdue
+    clock.set("2026-11-27 09:05")  # both due 09:00 the day before: overdue
     lost += sorted(_take(amqp, queue, 2, "the apologies"), key=lambda m: m[0])
-    clock.set("2026-11-26 10:00")
+    clock.set("2026-11-27 10:00")
     amqp.status(t, DossierReturned(event_id=uuid.uuid4(), dossier_code=second,
                                    desk_id="T.MC.B", returned_at=datetime.now(UTC)))
     lost += _take(amqp, queue, 1, "the refusal")
-    clock.set("2026-11-26 11:00")
+    clock.set("2026-11-27 11:00")
     _status(amqp, t, first, "resolved")
     lost += _take(amqp, queue, 1, "the result")
     # a submission held (no unit serves its ward), then refused by an operator: the
     # refusal is recorded with the submission closed at intake, not in an outbox
-    clock.set("2026-11-26 11:30")
+    clock.set("2026-11-27 11:30")
     held = dossier(applicant_ward="99999")
     amqp.submit(t, held)
     lost += _take(amqp, queue, 1, "the held notice")

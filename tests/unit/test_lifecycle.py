@@ -105,12 +105,17 @@ def _row(state: State = S.PROCESSING, paused_at: str | None = None,
         ("2026-12-08 09:30", S.RECEIVED, None, AT_RISK),  # 7.5 h
         ("2026-12-08 18:00", S.FINANCIAL_OBLIGATION, None, AT_RISK),  # 2 h
         ("2026-12-09 09:00", S.PROCESSING, None, AT_RISK),  # due now: 0 h left, not past
-        ("2026-12-09 09:01", S.PROCESSING, None, OVERDUE),
+        # late is by dates (DOMAIN.md), as the report counts a result: on time all the due
+        # day, overdue from the start of the next
+        ("2026-12-09 09:01", S.PROCESSING, None, AT_RISK),
+        ("2026-12-09 23:59", S.PROCESSING, None, AT_RISK),
+        ("2026-12-10 00:00", S.PROCESSING, None, OVERDUE),
         ("2026-12-12 10:00", S.RECEIVED, None, OVERDUE),  # a Saturday: still late
         # a paused clock stops at its pause: never at risk while waiting for the desk...
         ("2026-12-20 10:00", S.SUPPLEMENT_REQUESTED, "2026-12-08 16:00", NOTHING_SENT),
-        # ...but late if it was already late when paused
+        # ...but late if it was already past its due time when paused, once its day is over
         ("2026-12-20 10:00", S.SUPPLEMENT_REQUESTED, "2026-12-09 10:00", OVERDUE),
+        ("2026-12-09 16:00", S.SUPPLEMENT_REQUESTED, "2026-12-09 10:00", NOTHING_SENT),
     ],
 )
 def test_deadline_level(now: str, state: State, paused_at: str | None, expected: int) -> None:
@@ -119,7 +124,7 @@ def test_deadline_level(now: str, state: State, paused_at: str | None, expected:
 
 def test_deadline_levels_only_rise() -> None:
     rows = [_row(level=NOTHING_SENT), _row(level=AT_RISK), _row(level=OVERDUE)]
-    assert [(r["watch_level"], lvl) for r, lvl in decide(rows, _vn("2026-12-09 10:00"), CAL,
+    assert [(r["watch_level"], lvl) for r, lvl in decide(rows, _vn("2026-12-10 10:00"), CAL,
                                                          SETTINGS)] == [(0, 2), (1, 2)]
     assert [(r["watch_level"], lvl) for r, lvl in decide(rows, _vn("2026-12-08 16:00"), CAL,
                                                          SETTINGS)] == [(0, 1)]

@@ -40,6 +40,17 @@ def test_an_open_dossier_is_overdue_unless_its_clock_was_paused_in_time() -> Non
     assert (total.open, total.overdue) == (4, 2)
 
 
+def test_an_open_dossier_is_overdue_from_the_day_after_its_due_day_in_vietnam() -> None:
+    # DOMAIN.md: late "when it is still open after its due date": a result given that
+    # evening counts on time, so the dossier open then is not yet overdue either
+    due = datetime(2026, 11, 29, 1, 0, tzinfo=UTC)  # 08:00 on 29 November in Vietnam
+    open_row = _row(state=4, due_at=due)
+    for now, overdue in ((datetime(2026, 11, 29, 16, 59, tzinfo=UTC), 0),  # 23:59 local
+                         (datetime(2026, 11, 29, 17, 0, tzinfo=UTC), 1)):  # 00:00 the 30th
+        total, _ = tally([open_row], None, VN, now)
+        assert (total.open, total.overdue, total.satisfied) == (1, overdue, 1 - overdue)
+
+
 def test_refusals_at_intake_are_not_received_and_rejections_after_receipt_are() -> None:
     rows = [_row(state=3, seq=1), _row(state=3, seq=2), _row(state=7), _row(state=8),
             _row(state=10, finished_at=DUE, satisfaction=1, channel="online",
