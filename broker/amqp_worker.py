@@ -394,11 +394,17 @@ class QueueWorker:
         self.trouble_since: float | None = None
         self.trouble = ""
         #: since when every try of the handler has failed with the ledger away (None: a
-        #: batch went through since, or the ledger answered a probe); kept across channels
+        #: batch went through since); kept while parked, cleared by a new channel otherwise
         self.failing_since: float | None = None
         #: the window was given back after ``hold_s`` of such failures: nothing is consumed
-        #: until the ledger takes writes again (:meth:`_probe`); kept across channels
+        #: until a delivery taken alone goes through (:meth:`_probe`, :meth:`_try_one`)
         self.parked = False
+        #: parked: since when the one delivery taken to try the ledger has been held
+        self.trial_since: float | None = None
+        #: parked: a probe of the ledger is on the handler's thread
+        self.probing = False
+        #: the last basic.get sent (its empty answer is told apart from an older one's)
+        self.get_token = 0
         self._reset()
 
     def _reset(self) -> None:
@@ -448,6 +454,11 @@ class QueueWorker:
         self._reset()
         self.consumed_at = None
         self.consumer_tag = None  # a consumer of the channel before: not on the new one
+        self.trial_since = None  # a delivery held on the channel before went back with it
+        if not self.parked:
+            # what failed here went back with the channel before: an outage met on this
+            # one holds its window from its own first failure
+            self.failing_since = None
         connection.channel(on_open_callback=self._on_channel_open)
 
     def _on_channel_open(self, channel: Channel) -> None:
@@ -650,7 +661,8 @@ class QueueWorker:
             return
         if error is not None:
             self.retries += 1 if error.bounded else 0
-            self._schedule_retry(error)
+            # the try began when the batch was handed over (a lock waited 5 s, say)
+            self._schedule_retry(error, time.monotonic() - (time.perf_counter() - started))
             return
         if self.retry_delay_s:  # the pause's warning said "retrying in"; now it is over
             log.info("%s resumed: a batch went through after the pause", self.queue)
@@ -662,6 +674,11 @@ class QueueWorker:
         self._publish(batch, outbound)
         self.service.hooks.batch_done(self.handler.source, len(batch), len(outbound),
                                       time.perf_counter() - started, waiting)
+        if self.parked:  # the delivery taken alone went through: the ledger is back
+            log.info("%s: a delivery went through the ledger; consuming the queue again",
+                     self.queue)
+            self.parked, self.trial_since = False, None
+            self._on_qos_ok(None)
         self._flush()
 
     def _handle(self, batch: list[Delivery], *, singly: bool) -> list[Outbound]:
@@ -690,18 +707,34 @@ class QueueWorker:
                 outbound += self.handler.internal_error(delivery, e)
         return outbound
 
-    def _schedule_retry(self, error: TransientError) -> None:
+    def _schedule_retry(self, error: TransientError, began: float | None = None) -> None:
+        """Pause after a failure (``began``: when the failed try started), giving the
+        window back once the ledger has been away for ``hold_s``."""
         s = self.settings
         self.retry_delay_s = min(s.retry_max_s, max(s.retry_initial_s, self.retry_delay_s * 2))
+        delay_s = self.retry_delay_s
         if not error.bounded:
             now = time.monotonic()
             if self.failing_since is None:
-                self.failing_since = now
+                self.failing_since = now if began is None else began
             if not self.parked and now - self.failing_since >= s.hold_s:
                 self._give_back()
-        log.warning("%s paused: %s; retrying in %.1fs", self.queue, error, self.retry_delay_s)
+            elif self.trial_since is not None and now - self.trial_since >= s.hold_s:
+                # the ledger answers a probe, yet a delivery fails (a disk full, a
+                # privilege on one table): the one taken to try it goes back, a step nearer
+                # its delivery limit, and the next try waits a hold, so that it takes a step
+                # only every two holds while this lasts; the window takes none
+                log.warning("%s: the ledger answers, yet the delivery taken to try it has "
+                            "failed for %.0f s; it goes back to the queue, and the ledger is "
+                            "tried again in %.0f s", self.queue, now - self.trial_since,
+                            s.hold_s)
+                self.trial_since = None
+                if self.channel is not None:
+                    self._release(self.channel)
+                delay_s = max(delay_s, s.hold_s)
+        log.warning("%s paused: %s; retrying in %.1fs", self.queue, error, delay_s)
         self.service.hooks.retry(self.handler.source, error.kind)
-        self._pause(self.retry_delay_s, error.summary + (
+        self._pause(delay_s, error.summary + (
             " (its deliveries given back to the queue until the ledger takes writes)"
             if self.parked else ""))
 
@@ -746,6 +779,9 @@ class QueueWorker:
 
     def _probe(self) -> None:
         """Ask, on the handler's thread, whether the ledger takes writes again."""
+        if self.probing:
+            return
+        self.probing = True
         generation = self.generation
 
         def job() -> None:
@@ -762,17 +798,48 @@ class QueueWorker:
         self.thread.submit(job)
 
     def _probed(self, generation: int, error: TransientError | None) -> None:
-        if generation != self.generation or self.service.stopping:
+        self.probing = False
+        if generation != self.generation or self.service.stopping or not self.parked:
             return  # a new channel asks afresh; a stop consumes nothing
         if error is not None:
             self._schedule_retry(error)
             return
-        log.info("%s: the ledger takes writes again; consuming the queue again", self.queue)
-        self.parked = False
-        self.failing_since = None
-        self.retry_delay_s = 0.0
-        if self.channel is not None and self.channel.is_open:
-            self._on_qos_ok(None)
+        self._try_one()
+
+    def _try_one(self) -> None:
+        """The ledger answers a probe: take one delivery (``basic.get``) and hand it over
+        alone. A probe writes nothing, and a ledger may take it yet refuse every batch (a
+        disk full, a privilege revoked on one table): consuming again on its word alone,
+        the window was given back again after each hold, a step nearer its delivery limit
+        each time (a review: dead-lettered within minutes with a short hold). Consuming
+        starts again once that one goes through; while the queue is empty, nothing is at
+        stake and the ledger is asked again later."""
+        channel = self.channel
+        if channel is None or not channel.is_open:
+            return  # a new channel starts over (_on_qos_ok)
+        self.get_token += 1
+        token = self.get_token
+
+        def got_none(_frame: Any) -> None:
+            if token == self.get_token and channel is self.channel and self.parked:
+                self._pause(self.settings.retry_max_s, self.trouble)
+
+        def got_one(ch: Channel, method: Basic.GetOk, props: BasicProperties,
+                    body: bytes) -> None:
+            channel.callbacks.remove(channel.channel_number, Basic.GetEmpty, got_none)
+            current = self.channel
+            if current is None or ch is not current or not current.is_open:
+                return  # unacked on a channel closed: back to the queue with it
+            self.unacked += 1
+            self.trial_since = time.monotonic()
+            log.info("%s: the ledger answers; trying one delivery before consuming again",
+                     self.queue)
+            self.pending.append(Delivery(method.delivery_tag, body, props, method.redelivered,
+                                         method.routing_key))
+            self._flush()
+
+        channel.add_callback(got_none, [Basic.GetEmpty], one_shot=True)
+        channel.basic_get(self.queue, got_one)
 
     def _pause(self, delay_s: float, reason: str) -> None:
         """Hand no batch to the handler for ``delay_s``, or longer if a pause already runs
@@ -799,9 +866,9 @@ class QueueWorker:
 
     def _retry(self) -> None:
         self.retry_timer = None
-        if self.parked:
+        if self.parked and not self.pending:
             self._probe()
-        else:
+        else:  # a batch to redo (parked: the delivery taken to try the ledger)
             self._flush()
 
     # publishing and confirms ---------------------------------------------------------

@@ -163,6 +163,54 @@ def test_a_ledger_away_past_the_hold_gives_the_window_back_until_it_takes_writes
     assert running.thread.is_alive()
 
 
+@pytest.mark.parametrize("ledger", ["sqlite"], indirect=True)  # a lock held by the test
+def test_an_outage_whose_deliveries_left_with_their_channel_does_not_shorten_the_next_hold(
+        declared: Topology, ledger: Ledger, served: Callable[..., tuple[RunningBroker, int]],
+        amqp: Amqp) -> None:
+    """The hold ran from an outage's first failure until a batch went through here. When
+    the deliveries that failed left with their channel (the connection lost, another
+    router took them), it ran on: a later outage gave the window back at its first
+    failure (a review). Each channel holds its window from its own first failure."""
+    import pika
+
+    running, port = served(hold_s=8.0, retry_initial_s=0.2, retry_max_s=0.5)
+    _answer(port, "/readyz", 200)
+    service = running.broker.service
+    lock = sqlite3.connect(ledger.url.removeprefix("sqlite:///"), isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")  # every write of the router waits 5 s, then fails
+    other = pika.BlockingConnection(pika.URLParameters(amqp_url()))
+    try:
+        amqp.submit(declared, dossier())
+        _answer(port, "/readyz", 503)  # held up: a try failed
+        # another consumer, there before the router is back, takes it when it returns
+        taken: list[int] = []
+        channel = other.channel()
+        channel.basic_qos(prefetch_count=1)
+        channel.basic_consume(declared.intake_queue,
+                              lambda ch, method, _p, _b: taken.append(method.delivery_tag))
+        connection = service.connection
+        assert connection is not None
+        service.call_threadsafe(connection.close)
+        wait_for(lambda: other.process_data_events(0.1) or taken, what="the other's delivery")
+        channel.basic_ack(taken[0])
+    finally:
+        lock.execute("ROLLBACK")
+        other.close()
+    time.sleep(4)  # the first failure is now over 8 s ago
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        amqp.submit(declared, dossier())
+        # held up anew (a try failed), and the delivery still held: not given back
+        wait_for(lambda: (got := probe(port, "/readyz")[1]["queues"][declared.intake_queue])
+                 ["held_up_s"] is not None and got["unacked"] == 1, what="a failed try")
+        time.sleep(1)
+        assert _ready_and_consumers(declared.intake_queue) == (0, 1)
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    wait_for(lambda: ledger.count_by_state() == {2: 1}, what="the second dossier routed")
+
+
 @pytest.mark.parametrize("ledger", ["sqlite"], indirect=True)  # no ledger at stake
 def test_not_ready_while_rabbitmq_has_cancelled_a_consumer_yet_live(
         declared: Topology, mini_catalog: Catalog,

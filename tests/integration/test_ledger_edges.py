@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import pika
 import pytest
 from sqlalchemy import Engine as SqlEngine
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import select, text
 
 import broker.ledger
+from broker.amqp import ConsumerSettings, amqp_url
 from broker.cli import main
 from broker.consumers.router import Router
 from broker.consumers.status import StatusRouter
@@ -32,9 +35,17 @@ from broker.messages import (
 from broker.ops.prune import prune
 from broker.rules.catalog import load_catalog
 from broker.rules.engine import Engine
+from broker.service import Broker
 from broker.topology import Topology
-from tests.conftest import MINI_CATALOG, _pg_schema_url, pg_schema
-from tests.helpers import dossier, intake_delivery, mini_handlers, status_delivery
+from tests.conftest import (
+    MINI_CATALOG,
+    RunningBroker,
+    _pg_schema_url,
+    pg_schema,
+    queue_depth,
+    wait_for,
+)
+from tests.helpers import Amqp, dossier, intake_delivery, mini_handlers, status_delivery
 from tests.integration.conftest import FakeClock
 
 pytestmark = pytest.mark.integration
@@ -318,6 +329,56 @@ def test_a_standby_is_not_writable_and_the_ledger_is_once_it_takes_writes_again(
         ledger.check_writable()  # the connection that met it was dropped: a new session
         assert ledger.count_inbox_outcomes() == {}  # and it changed nothing
     finally:
+        ledger.dispose()
+
+
+def test_a_ledger_that_answers_the_probe_but_fails_every_batch_costs_only_the_one_tried(
+        declared: Topology, amqp: Amqp, read_only_role: tuple[str, str, SqlEngine]) -> None:
+    """The probe writes nothing, and a ledger may take it yet refuse each batch (here a
+    privilege revoked on one table; a disk full does the same). Consuming again on the
+    probe's word, the router was given its window back after each hold, a step nearer
+    each delivery's limit each time: all dead-lettered within half a minute with a 1 s
+    hold (a review). It takes one delivery alone to try the ledger; only that one takes
+    a step, every two holds (RabbitMQ 3.10 hands the next one at the next try)."""
+    schema, role, admin = read_only_role
+    with admin.connect() as conn:
+        for statement in (f'ALTER ROLE "{role}" RESET default_transaction_read_only',
+                          f'REVOKE INSERT ON "{schema}".dossiers FROM "{role}"'):
+            conn.execute(text(statement))
+    ledger = Ledger(_pg_schema_url(schema).replace("//postgres@", f"//{role}@", 1))
+    broker = Broker(str(MINI_CATALOG), declared, ledger, ConsumerSettings(
+        flush_interval_ms=2, hold_s=1.0, retry_initial_s=0.2, retry_max_s=0.5))
+    running = RunningBroker(broker).start()
+    try:
+        for _ in range(10):
+            amqp.submit(declared, dossier())
+        time.sleep(12)  # a dozen holds of 1 s
+    finally:
+        running.stop()
+    # each delivery's count towards its limit, as RabbitMQ keeps it (read unacked: back
+    # to the queue at the close)
+    peek = pika.BlockingConnection(pika.URLParameters(amqp_url()))
+    counts = []
+    while (got := peek.channel().basic_get(declared.intake_queue))[0] is not None:
+        counts.append(int((got[1].headers or {}).get("x-delivery-count", 0)))
+    peek.close()
+    assert len(counts) == 10 and queue_depth(declared.dead_queue("intake")) == 0
+    assert min(counts) >= 1, f"{counts}"  # the window, given back once
+    # and since then a step for the one taken alone at each try (every two holds at
+    # most: 6 in 12 s), plus the one held at the stop; consuming again after each probe,
+    # every delivery took a step each hold
+    assert 1 <= sum(counts) - len(counts) <= 7, f"{counts}"
+    with admin.connect() as conn:
+        conn.execute(text(f'GRANT INSERT ON "{schema}".dossiers TO "{role}"'))
+    running = RunningBroker(Broker(str(MINI_CATALOG), declared, ledger,
+                                   ConsumerSettings(flush_interval_ms=2))).start()
+    try:
+        wait_for(lambda: ledger.count_by_state() == {2: 10}, timeout_s=30,
+                 what="the 10 dossiers routed once the ledger takes them")
+        receipts = amqp.json_all(declared.desk_queue("T.MC.B"))
+        assert len({r["dossier_code"] for r in receipts}) == len(receipts) == 10
+    finally:
+        running.stop()
         ledger.dispose()
 
 
