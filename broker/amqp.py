@@ -159,6 +159,19 @@ CONNECT_NARRATORS = ("pika.adapters.utils.connection_workflow",
                      "pika.adapters.blocking_connection", "pika.adapters.base_connection")
 
 
+class OpenGuesses(logging.Filter):
+    """Drops pika's ERROR lines guessing why a connection closed before it opened (a login
+    refused, a virtual host refused, another protocol): the exception pika raises says the
+    same, and casebroker says that, in its own line, with where (`run` printed pika's
+    guess first, then its own error)."""
+
+    GUESSES = ("Probably incompatible Protocol Versions", "Connection closed while ")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "pika.connection"
+                    and str(record.msg).startswith(self.GUESSES))
+
+
 def amqp_url() -> str:
     """The first broker URL of ``CASEBROKER_AMQP_URL`` (default: guest on localhost)."""
     return amqp_urls()[0]

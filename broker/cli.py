@@ -344,9 +344,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     pika_log = logging.getLogger("pika")
     pika_log.setLevel(logging.WARNING if args.command == "run" else logging.CRITICAL)
     if not args.verbose:  # each failed attempt is said once, by casebroker, in a line
-        from broker.amqp import CONNECT_NARRATORS
+        from broker.amqp import CONNECT_NARRATORS, OpenGuesses
         for name in CONNECT_NARRATORS:
             logging.getLogger(name).setLevel(logging.CRITICAL)
+        logging.getLogger("pika.connection").addFilter(OpenGuesses())
     try:
         if args.command in ("demo", "bench"):
             _reach_rabbitmq()
