@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--state", type=_state, action="append", default=[],
                          help="in this state, 1-10 (repeatable)")
     listing.add_argument("--overdue", action="store_true",
-                         help="open and past the due time now (a paused clock is not late)")
+                         help="open and past the due day now (a clock paused in time is not late)")
     listing.add_argument("--limit", type=at_least(1), default=100,
                          help="at most this many (default 100)")
     listing.add_argument("--json", action="store_true",

@@ -61,7 +61,9 @@ from sqlalchemy.exc import (
     OperationalError,
     SAWarning,
 )
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
+from sqlalchemy.sql.functions import FunctionElement
 
 from broker import threads
 from broker.envelope import Outbound
@@ -72,7 +74,7 @@ from broker.errors import (
     TransientError,
     shown_url,
 )
-from broker.lifecycle import State, day_start
+from broker.lifecycle import LEGAL_TIMEZONE, State, day_start
 from broker.tables import (
     _OPEN,
     STEP_AHEAD,
@@ -225,13 +227,40 @@ def _kept_submission(body: bytes) -> str | None:
 SET_ASIDE = or_(inbox.c.outcome.like("dead:%"), inbox.c.outcome.like("triaged:%"))
 
 
+class legal_day(FunctionElement[Any]):  # noqa: N801 (an SQL function's name)
+    """SQL: the day in Vietnam (:data:`~broker.lifecycle.LEGAL_TIMEZONE`) of an instant
+    the ledger keeps in UTC, for comparing days in a query as
+    :func:`~broker.lifecycle.late_from` compares them in Python. SQLite has no zones:
+    Vietnam has kept UTC+7, without summer time, since 1975."""
+
+    inherit_cache = True
+    name = "legal_day"
+
+
+@compiles(legal_day, "sqlite")
+def _legal_day_sqlite(element: legal_day, compiler: Any, **kw: Any) -> str:
+    return f"date({compiler.process(element.clauses, **kw)}, '+7 hours')"
+
+
+@compiles(legal_day, "postgresql")
+def _legal_day_postgresql(element: legal_day, compiler: Any, **kw: Any) -> str:
+    return (f"(({compiler.process(element.clauses, **kw)}) AT TIME ZONE "
+            f"'{LEGAL_TIMEZONE}')::date")
+
+
+def _not_paused_in_time(due: Any) -> Any:
+    """SQL: no pause recorded, or one asked for after the due day
+    (:func:`~broker.lifecycle.paused_in_time`)."""
+    c = dossiers.c
+    return or_(c.paused_at.is_(None), legal_day(c.paused_at) > legal_day(due))
+
+
 def _overdue(now: datetime) -> list[Any]:
     """Open and past the due day at ``now`` (:func:`~broker.lifecycle.is_overdue`: due
     before today began, in Vietnam), unless the clock was paused in time (a supplement
-    requested before the due time: the due date moves when it comes back)."""
+    requested by the end of the due day: the due date moves when it comes back)."""
     c = dossiers.c
-    return [_OPEN, c.due_at < day_start(now),
-            or_(c.paused_at.is_(None), c.paused_at > c.due_at)]
+    return [_OPEN, c.due_at < day_start(now), _not_paused_in_time(c.due_at)]
 
 
 def _utc_datetime(value: datetime | None) -> datetime | None:
@@ -706,7 +735,8 @@ class Batch:
             (c.step_watch_level, c.step_due_at, [STEP_AHEAD],
              [c.step, c.steps, c.step_due_at, c.step_watch_level]) if step
             else (c.watch_level, c.due_at, [], [c.steps]))
-        clock_runs = or_(c.state != int(State.SUPPLEMENT_REQUESTED), c.paused_at > due,
+        clock_runs = or_(c.state != int(State.SUPPLEMENT_REQUESTED),
+                         and_(c.paused_at.is_not(None), _not_paused_in_time(due)),
                          and_(c.paused_at.is_(None), due < now))
         if after is not None:
             where.append(tuple_(due, c.id) > tuple_(*after))

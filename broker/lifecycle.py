@@ -103,11 +103,19 @@ def refused_at_intake(state: State | int, seq: int) -> bool:
 def is_overdue(state: State | int, due_at: datetime, paused_at: datetime | None,
                now: datetime) -> bool:
     """Whether a dossier is late now: open past its due day (:func:`late_from`), unless
-    its clock was paused in time (a supplement requested by its due time: the due time
-    moves when it comes back). Overdue is not a state; the ledger's query for it is
+    its clock was paused in time (:func:`paused_in_time`: the due time moves when the
+    supplement comes back). Overdue is not a state; the ledger's query for it is
     ``broker.ledger._overdue``."""
-    paused_in_time = paused_at is not None and paused_at <= due_at
-    return State(state) in OPEN_STATES and late_from(due_at) <= now and not paused_in_time
+    return (State(state) in OPEN_STATES and late_from(due_at) <= now
+            and not paused_in_time(paused_at, due_at))
+
+
+def paused_in_time(paused_at: datetime | None, due_at: datetime) -> bool:
+    """Whether a supplement was asked for while the dossier (or step) was not yet late:
+    by the end of its due day (:func:`late_from`), as a result then would be on time. Its
+    clock stops until the supplement comes, and the due date then moves by the time
+    paused; asked for later, the lateness stands."""
+    return paused_at is not None and paused_at < late_from(due_at)
 
 
 #: whose days a result is judged by (DOMAIN.md: dates, not times): Vietnam's, one zone

@@ -355,7 +355,7 @@ class DossierStatus(_Model):
         "When the agency made the update. The dossier's clocks go by it (a result's "
         "time against its due date, a pause's start, the next step's start), never "
         "later than the broker's clock, nor before the dossier's last event, nor before "
-        "its due time once it was told it is late, nor further back than the catalog's "
+        "the end of its due day once it was told it is late, nor further back than the catalog's "
         "max_backdate_days; an update sent before the last one applied from the same "
         "agency is refused as stale."))
 

@@ -60,7 +60,7 @@ from broker.consumers.common import Clock, EngineProvider, in_zone, to_agency, t
 from broker.envelope import Outbound
 from broker.errors import StartupError, without_values
 from broker.ledger import Batch, Ledger, is_transient
-from broker.lifecycle import State, day_start, late_from
+from broker.lifecycle import State, day_start, late_from, paused_in_time
 from broker.messages import AgencyNotice, DeskNotice, NoticeKind, utc_now
 from broker.topology import Topology
 
@@ -181,15 +181,15 @@ def level_for(row: Mapping[str, Any], now: datetime, calendar: WorkingCalendar,
     """The watch level a dossier (with ``step``: its chain step, by the step's due date)
     deserves at ``now``: overdue once its due day is over (:func:`late_from`, as the
     report counts a result late), at risk while little of its time is left. A clock
-    paused in time stops at its pause; one paused after the due time does not."""
+    paused in time (:func:`paused_in_time`) stops at its pause; one paused later does not."""
     due = row["step_due_at" if step else "due_at"]
     paused = row["state"] == State.SUPPLEMENT_REQUESTED
-    if paused and row["paused_at"] is not None and row["paused_at"] <= due:
+    if paused and paused_in_time(row["paused_at"], due):
         return NOTHING_SENT  # its time left is frozen until the supplement comes
     if now >= late_from(due):
         return OVERDUE
     if paused:
-        return NOTHING_SENT  # paused after its due time: late once its due day is over
+        return NOTHING_SENT  # no pause recorded (an early version's row): frozen
     left_s = calendar.working_seconds_between(now, due)
     if left_s >= settings.at_risk_working_s:
         return NOTHING_SENT

@@ -178,7 +178,9 @@ def happened_at(dossier: _Dossier, msg: Update, now: datetime,
         floor = max(floor, late_from(dossier["step_due_at"]))
     if max_back is not None:
         floor = max(floor, now - max_back)
-    return max(floor, min(said, now))
+    # never later than now, floors included: a due date a pause moved to today, after
+    # the lateness was told, has its day's end still ahead (found by a review)
+    return min(now, max(floor, min(said, now)))
 
 
 #: the header's times are whole seconds (an AMQP timestamp): a supplement set aside within
@@ -714,9 +716,11 @@ class StatusRouter(Consumer):
         dossier.set(flags=kept)
         if (due_at, step_due_at) != (dossier["due_at"], dossier["step_due_at"]):
             dossier.set(due_at=due_at, step_due_at=step_due_at)
-            if due_at > now:  # a new due date still ahead: the watch judges it afresh
+            # a new due day not over yet (late_from, as the watch and the report judge
+            # lateness): the watch judges it afresh
+            if late_from(due_at) > now:
                 dossier.set(watch_level=NOTHING_SENT)
-            if step_due_at > now:  # and the step's likewise
+            if late_from(step_due_at) > now:  # and the step's likewise
                 dossier.set(step_watch_level=NOTHING_SENT)
         if ends != recorded:
             dossier.set(flags={**dossier["flags"], CALENDAR_ENDS: ends})

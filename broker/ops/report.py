@@ -24,7 +24,7 @@ Definitions:
   an apology's new appointment);
 * ``rejected`` (refused by the agency after receipt), ``stopped``, ``withdrawn``;
 * ``open``: still with an agency or the desk (states 2, 4, 5, 6), ``overdue`` among them
-  when past the due time now, unless the clock was paused before that (state 5);
+  when past the due day now (in Vietnam), unless the clock was paused by then (state 5);
 * ``online``, ``boundary_free``: received online; received at a desk outside the
   competent unit's area;
 * ``digitized``: received with its records digitized, at least one document by
@@ -50,7 +50,7 @@ of a chain are judged on their own part:
   ``steps_early`` / ``steps_on_time`` / ``steps_late`` by that day against the step's own
   due day (recorded in the event since 2026-11-29; steps ended before are not counted);
 * ``steps_open``: dossiers it holds now, ``steps_overdue`` among them when past the
-  step's due time (unless paused before it).
+  step's due day (unless paused by then).
 
 A step's due date is the end of its own time from its hand-off. The agency is told the
 dossier's due date when that comes first, but an agency handed a dossier late is judged
@@ -81,6 +81,7 @@ from broker.lifecycle import (
     Event,
     State,
     is_overdue,
+    paused_in_time,
     refused_at_intake,
     timeliness,
 )
@@ -165,11 +166,11 @@ class Tally:
 
 def _ended_late(row: Any, tz: ZoneInfo) -> bool:
     """Whether a dossier refused, stopped or withdrawn ended after its due day. Not one
-    whose clock was paused in time (a supplement requested before the due time, never
-    brought): its due date moves by the time paused (DOMAIN.md), which the ledger records
+    whose clock was paused in time (a supplement requested by the end of the due day,
+    never brought): its due date moves by the time paused (DOMAIN.md), which the ledger records
     only when the supplement comes; open, it is not overdue, and stopping or withdrawing
     it is no delay either."""
-    if row.finished_at is None or (row.paused_at is not None and row.paused_at <= row.due_at):
+    if row.finished_at is None or paused_in_time(row.paused_at, row.due_at):
         return False
     return timeliness(row.finished_at, row.due_at, tz) == "late"
 
@@ -188,7 +189,7 @@ class Steps:
     """One agency's steps of the dossiers in a report (a chain has a step per agency, a
     dossier of one agency one step): those it finished, handing the dossier on or
     resolving it, early, on time or late against the step's own due day; those it holds
-    now, overdue among them when past the step's due time."""
+    now, overdue among them when past the step's due day."""
 
     finished: int = 0
     early: int = 0

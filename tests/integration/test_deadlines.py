@@ -30,7 +30,7 @@ from broker.consumers.deadlines import (
 )
 from broker.consumers.status import StatusRouter
 from broker.ledger import Ledger, dossiers, watch_outbox
-from broker.lifecycle import OPEN_STATES, State
+from broker.lifecycle import OPEN_STATES, State, is_overdue
 from broker.messages import DossierReturned, DossierStatus, DossierSupplemented
 from broker.ops.report import report as report_of
 from broker.rules.catalog import load_catalog
@@ -361,6 +361,27 @@ def test_watch_candidates_are_exactly_the_dossiers_whose_level_rises(
         assert expected and {r["code"] for r in found} == expected, now
         for rows_read in ranges:  # read in due-date order
             assert [r[due_key] for r in rows_read] == sorted(r[due_key] for r in rows_read)
+
+
+def test_the_ledgers_overdue_count_is_the_report_and_the_watchs(ledger: Ledger) -> None:
+    """The overdue gauge and `dossier list --overdue` count in SQL what the report and the
+    watch decide in Python (is_overdue): by days in Vietnam, a pause asked for by the end
+    of the due day stopping the clock in time; around the days' edges, in UTC storage."""
+    dues = ["2026-12-08 16:59", "2026-12-09 00:00", "2026-12-09 09:00", "2026-12-09 23:59"]
+    pauses = [None, "2026-12-08 09:00", "2026-12-09 09:30", "2026-12-09 23:59:59",
+              "2026-12-10 00:00", "2026-12-10 09:00"]
+    rows = [_row(f"D-{n}", state, due, paused=paused)
+            for n, (state, due, paused) in enumerate(
+                itertools.product(sorted(OPEN_STATES), dues, pauses))
+            if paused is None or state == State.SUPPLEMENT_REQUESTED]
+    _store(ledger, rows)
+    for now in ("2026-12-09 23:59", "2026-12-10 00:00", "2026-12-10 07:00", "2026-12-11 10:00"):
+        expected = sum(is_overdue(r["state"], r["due_at"], r["paused_at"], vn(now))
+                       for r in rows)
+        assert expected > 0
+        assert sum(ledger.overdue_by_agency(vn(now)).values()) == expected, now
+        listed = ledger.list_dossiers(overdue_at=vn(now), limit=1000)
+        assert len(listed) == expected, now
 
 
 def test_sqlite_reads_watch_candidates_through_the_watch_index(tmp_path: Path) -> None:

@@ -288,6 +288,48 @@ def test_an_update_is_not_dated_before_the_lateness_already_told(
     assert timeliness(row["finished_at"], row["due_at"], ZoneInfo(LEGAL_TIMEZONE)) == "late"
 
 
+def test_a_supplement_asked_for_on_the_due_day_after_the_due_time_stops_the_clock_in_time(
+        h: Handlers, clock: FakeClock) -> None:
+    """Asked for after the due time but on the due day, when a result would still count
+    on time, the pause did not count as in time: the watch told the citizen of lateness
+    that night while the citizen owed the documents, the supplement moved the due date to
+    a time already past, and the result that afternoon was dated the next midnight, after
+    the clock, and counted late (found by a review)."""
+    from broker.consumers.deadlines import DeadlineWatch, WatchSettings
+
+    engine = Engine(load_catalog(MINI_CATALOG))
+    watch = DeadlineWatch(lambda: engine, h.ledger, Topology("t"), WatchSettings(),
+                          clock=clock)
+    code = h.route()  # received Wed 25 Nov 09:00, due Thu 26 Nov 09:00
+    clock.set("2026-11-26 10:00")
+    h.handle(status(code, "T.UBND.A", "supplement_requested"))
+    clock.set("2026-11-27 00:01")
+    assert watch.flag() == []  # paused in time: its clock stands
+    clock.set("2026-11-30 14:00")  # Mon: 18 working hours paused
+    h.handle(supplemented(code))
+    row = h.row(code)
+    assert (row["due_at"], row["watch_level"]) == (vn("2026-11-30 11:00"), 0)
+    clock.set("2026-11-30 15:00")
+    out = h.handle(status(code, "T.UBND.A", "resolved"))
+    assert [n for _, _, n, _ in told(out) if n == "overdue_apology"] == []
+    row = h.row(code)
+    assert row["finished_at"] == clock.now
+    assert timeliness(row["finished_at"], row["due_at"], ZoneInfo(LEGAL_TIMEZONE)) == "on_time"
+
+
+def test_an_update_is_never_dated_after_the_clock_whatever_its_floors() -> None:
+    """Told late, a dossier whose due date a pause then moved to today has its floor (the
+    end of that day) still ahead: the update is dated now, not then."""
+    from broker.consumers.status import _Dossier, happened_at
+
+    row = {"received_at": vn("2026-11-25 09:00"), "paused_at": None, "flags": {},
+           "watch_level": 2, "step_watch_level": 2, "due_at": vn("2026-11-30 11:00"),
+           "step_due_at": vn("2026-11-30 11:00")}
+    now = vn("2026-11-30 15:00")
+    msg = status("T.UBND.A-261125-0001", "T.UBND.A", "resolved")
+    assert happened_at(_Dossier(row, 1), msg.model_copy(update={"sent_at": now}), now) == now
+
+
 def test_an_update_is_not_dated_further_back_than_the_catalog_lets_a_desk_date_one() -> None:
     from broker.consumers.status import _Dossier, happened_at
 

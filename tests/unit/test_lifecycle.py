@@ -113,9 +113,11 @@ def _row(state: State = S.PROCESSING, paused_at: str | None = None,
         ("2026-12-12 10:00", S.RECEIVED, None, OVERDUE),  # a Saturday: still late
         # a paused clock stops at its pause: never at risk while waiting for the desk...
         ("2026-12-20 10:00", S.SUPPLEMENT_REQUESTED, "2026-12-08 16:00", NOTHING_SENT),
-        # ...but late if it was already past its due time when paused, once its day is over
-        ("2026-12-20 10:00", S.SUPPLEMENT_REQUESTED, "2026-12-09 10:00", OVERDUE),
-        ("2026-12-09 16:00", S.SUPPLEMENT_REQUESTED, "2026-12-09 10:00", NOTHING_SENT),
+        # ...also one asked for on its due day after its due time (not late yet: a
+        # result then is on time)...
+        ("2026-12-20 10:00", S.SUPPLEMENT_REQUESTED, "2026-12-09 10:00", NOTHING_SENT),
+        # ...but late if its due day was over when paused
+        ("2026-12-20 10:00", S.SUPPLEMENT_REQUESTED, "2026-12-10 00:00", OVERDUE),
     ],
 )
 def test_deadline_level(now: str, state: State, paused_at: str | None, expected: int) -> None:
