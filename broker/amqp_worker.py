@@ -77,6 +77,10 @@ NACKED_BEFORE_REOPEN = 5
 #: its prefetch window, and RabbitMQ counts that towards each one's delivery limit (20),
 #: so a queue that really goes on refusing must not send good dossiers to dead.intake
 NACK_REOPEN_INTERVAL_S = 60.0
+#: after a ledger outage, the longest wait between two tries of a delivery taken alone
+#: while the ledger answers its probe yet fails each try, in holds (8 x 600 s: each try a
+#: step nearer the delivery's limit, 20, so that one delivery reaches it after a day)
+TRIAL_WAIT_MAX_HOLDS = 8
 
 
 @dataclass(slots=True)
@@ -401,8 +405,9 @@ class QueueWorker:
         self.parked = False
         #: parked: since when the one delivery taken to try the ledger has been held
         self.trial_since: float | None = None
-        #: parked: a probe of the ledger is on the handler's thread
-        self.probing = False
+        #: failed tries of a delivery taken alone, in a row (each doubles the wait before
+        #: the next, from a hold up to TRIAL_WAIT_MAX_HOLDS of them)
+        self.trials_failed = 0
         #: the last basic.get sent (its empty answer is told apart from an older one's)
         self.get_token = 0
         self._reset()
@@ -412,6 +417,9 @@ class QueueWorker:
         # dropped (the deliveries come back, and the inbox republishes what it committed)
         self.generation += 1
         self.busy = False
+        #: parked: a probe of the ledger for this channel is on the handler's thread (one
+        #: for the channel before may be too: its answer is dropped, as a batch's is)
+        self.probing = False
         #: deliveries received on this channel and neither acked nor rejected yet
         self.unacked = 0
         self.pending: list[Delivery] = []
@@ -677,7 +685,7 @@ class QueueWorker:
         if self.parked:  # the delivery taken alone went through: the ledger is back
             log.info("%s: a delivery went through the ledger; consuming the queue again",
                      self.queue)
-            self.parked, self.trial_since = False, None
+            self.parked, self.trial_since, self.trials_failed = False, None, 0
             self._on_qos_ok(None)
         self._flush()
 
@@ -722,16 +730,18 @@ class QueueWorker:
             elif self.trial_since is not None and now - self.trial_since >= s.hold_s:
                 # the ledger answers a probe, yet a delivery fails (a disk full, a
                 # privilege on one table): the one taken to try it goes back, a step nearer
-                # its delivery limit, and the next try waits a hold, so that it takes a step
-                # only every two holds while this lasts; the window takes none
+                # its delivery limit, and the next try waits a hold, then two, four, up to
+                # eight; the window takes none
+                self.trials_failed += 1
+                wait_s = s.hold_s * min(2 ** (self.trials_failed - 1), TRIAL_WAIT_MAX_HOLDS)
                 log.warning("%s: the ledger answers, yet the delivery taken to try it has "
                             "failed for %.0f s; it goes back to the queue, and the ledger is "
                             "tried again in %.0f s", self.queue, now - self.trial_since,
-                            s.hold_s)
+                            wait_s)
                 self.trial_since = None
                 if self.channel is not None:
                     self._release(self.channel)
-                delay_s = max(delay_s, s.hold_s)
+                delay_s = max(delay_s, wait_s)
         log.warning("%s paused: %s; retrying in %.1fs", self.queue, error, delay_s)
         self.service.hooks.retry(self.handler.source, error.kind)
         self._pause(delay_s, error.summary + (
@@ -798,9 +808,11 @@ class QueueWorker:
         self.thread.submit(job)
 
     def _probed(self, generation: int, error: TransientError | None) -> None:
+        if generation != self.generation:
+            return  # the channel it was asked for is gone: the new one asks afresh
         self.probing = False
-        if generation != self.generation or self.service.stopping or not self.parked:
-            return  # a new channel asks afresh; a stop consumes nothing
+        if self.service.stopping or not self.parked:
+            return  # a stop consumes nothing
         if error is not None:
             self._schedule_retry(error)
             return
@@ -812,8 +824,10 @@ class QueueWorker:
         disk full, a privilege revoked on one table): consuming again on its word alone,
         the window was given back again after each hold, a step nearer its delivery limit
         each time (a review: dead-lettered within minutes with a short hold). Consuming
-        starts again once that one goes through; while the queue is empty, nothing is at
-        stake and the ledger is asked again later."""
+        starts again once that one goes through, or at once if the queue is empty: then
+        nothing is at stake, and another router may have emptied it (a review: waiting for
+        one to try, the second of two routers stayed parked, not ready, while the first
+        took everything)."""
         channel = self.channel
         if channel is None or not channel.is_open:
             return  # a new channel starts over (_on_qos_ok)
@@ -821,8 +835,14 @@ class QueueWorker:
         token = self.get_token
 
         def got_none(_frame: Any) -> None:
+            # nothing to try it with: another router emptied the queue (its ledger took
+            # the writes), or nothing came. Consumed again, the first failure (the
+            # hold is long over) gives back what came at once, and the next try takes one
             if token == self.get_token and channel is self.channel and self.parked:
-                self._pause(self.settings.retry_max_s, self.trouble)
+                log.info("%s: the ledger answers and the queue is empty; consuming it again",
+                         self.queue)
+                self.parked = False
+                self._on_qos_ok(None)
 
         def got_one(ch: Channel, method: Basic.GetOk, props: BasicProperties,
                     body: bytes) -> None:

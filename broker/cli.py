@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "network read brought)")
     run.add_argument("--hold-s", type=at_least(0, float), default=defaults.hold_s,
                      help="while the ledger is away, keep a queue's unacked deliveries this "
-                          "long, then give them back and consume again once it answers "
+                          "long, then give them back and consume again once one goes through "
                           f"(default {defaults.hold_s:.0f}; keep it under RabbitMQ's "
                           "consumer_timeout, 30 minutes by default)")
 

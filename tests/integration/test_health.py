@@ -164,6 +164,65 @@ def test_a_ledger_away_past_the_hold_gives_the_window_back_until_it_takes_writes
 
 
 @pytest.mark.parametrize("ledger", ["sqlite"], indirect=True)  # a lock held by the test
+def test_a_parked_queue_whose_probe_a_lost_connection_cut_short_is_probed_again(
+        declared: Topology, ledger: Ledger, served: Callable[..., tuple[RunningBroker, int]],
+        amqp: Amqp) -> None:
+    """A probe of the ledger on the handler's thread (waiting 5 s on the lock) when the
+    connection was lost: the new channel's probe was not started (one was running), and
+    the old one's answer was dropped with its channel. Nothing asked again, ever: the
+    queue stayed unconsumed after the ledger came back (a review)."""
+    running, port = served(hold_s=1.0, retry_initial_s=0.2, retry_max_s=0.5)
+    _answer(port, "/readyz", 200)
+    service = running.broker.service
+    lock = sqlite3.connect(ledger.url.removeprefix("sqlite:///"), isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")  # a probe waits 5 s on it, then fails
+    try:
+        for _ in range(3):
+            amqp.submit(declared, dossier())
+        wait_for(lambda: _ready_and_consumers(declared.intake_queue) == (3, 0),
+                 timeout_s=40, what="the deliveries given back")
+        time.sleep(1)  # probes follow each other 0.2-0.5 s apart: one is waiting now
+        connection = service.connection
+        assert connection is not None
+        service.call_threadsafe(connection.close)
+        wait_for(lambda: service.connection is not connection and service.connection_open,
+                 what="connected again")
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    wait_for(lambda: ledger.count_by_state() == {2: 3}, timeout_s=30,
+             what="the 3 dossiers routed once the ledger is back")
+    assert _answer(port, "/readyz", 200)["queues"][declared.intake_queue]["consuming"]
+
+
+@pytest.mark.parametrize("ledger", ["sqlite"], indirect=True)  # a lock held by the test
+def test_a_parked_queue_another_consumer_emptied_is_consumed_once_the_ledger_answers(
+        declared: Topology, ledger: Ledger, served: Callable[..., tuple[RunningBroker, int]],
+        amqp: Amqp) -> None:
+    """Parked, a worker takes one delivery to try the ledger before consuming again. With
+    a second router that took everything (its ledger writes went through), there was
+    none to take: it stayed parked, not ready, while the other routed (a review)."""
+    running, port = served(hold_s=1.0, retry_initial_s=0.2, retry_max_s=0.5)
+    _answer(port, "/readyz", 200)
+    lock = sqlite3.connect(ledger.url.removeprefix("sqlite:///"), isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        amqp.submit(declared, dossier())
+        wait_for(lambda: _ready_and_consumers(declared.intake_queue) == (1, 0),
+                 timeout_s=40, what="the delivery given back")
+        # the other router: it takes it (and routes it, as far as this one can tell)
+        wait_for(lambda: amqp.get_all(declared.intake_queue), what="the delivery taken")
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    wait_for(lambda: _ready_and_consumers(declared.intake_queue) == (0, 1), timeout_s=30,
+             what="the queue consumed again")
+    amqp.submit(declared, dossier())
+    wait_for(lambda: ledger.count_by_state() == {2: 1}, what="a new dossier routed")
+    assert _answer(port, "/readyz", 200)["problems"] == []
+
+
+@pytest.mark.parametrize("ledger", ["sqlite"], indirect=True)  # a lock held by the test
 def test_an_outage_whose_deliveries_left_with_their_channel_does_not_shorten_the_next_hold(
         declared: Topology, ledger: Ledger, served: Callable[..., tuple[RunningBroker, int]],
         amqp: Amqp) -> None:
