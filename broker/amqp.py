@@ -457,6 +457,7 @@ class ConsumerService:
                 or not conn.is_open:
             for w in self.workers:
                 w.said_given_back(w.unacked)
+                w.given_back = 0  # said: its channel's close does not say it again
             if conn.is_open:
                 conn.close()
                 # a blocked connection (resource alarm) is not read by RabbitMQ, whose
