@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pika import data as pika_data
 from pika.adapters.select_connection import SelectConnection
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from broker.amqp import ConsumerService
 
 log = logging.getLogger("broker.amqp")
+_T = TypeVar("_T")
 
 REASON_HEADER = "x-casebroker-reason"
 DETAIL_HEADER = "x-casebroker-detail"
@@ -642,18 +643,26 @@ class QueueWorker:
         generation, started = self.generation, time.perf_counter()
         self.busy = True
 
+        self._off_loop(lambda: by_destination(self._handle(batch, singly=singly)),
+                       "handling a batch from", lambda outbound, error: self._handled(
+                           generation, batch, outbound or [], error, started, waiting))
+
+    def _off_loop(self, call: Callable[[], _T], what: str,
+                  then: Callable[[_T | None, TransientError | None], None]) -> None:
+        """Run ``call`` on the handler's thread, then ``then(result, error)`` back in the
+        I/O loop: a TransientError as it came, any other failure (a fault of casebroker's
+        own, retried with backoff) logged without its values as a HandlerFault."""
         def job() -> None:
-            outbound: list[Outbound] = []
+            result: _T | None = None
             error: TransientError | None = None
             try:
-                outbound = by_destination(self._handle(batch, singly=singly))
+                result = call()
             except TransientError as e:
                 error = e
-            except Exception as e:  # a fault of casebroker's own: retried with backoff
-                log.error("handling a batch from %s failed: %s", self.queue, without_values(e))
+            except Exception as e:
+                log.error("%s %s failed: %s", what, self.queue, without_values(e))
                 error = HandlerFault(f"internal fault ({type(e).__name__})")
-            self.service.call_threadsafe(
-                lambda: self._handled(generation, batch, outbound, error, started, waiting))
+            self.service.call_threadsafe(lambda: then(result, error))
 
         self.thread.submit(job)
 
@@ -793,19 +802,8 @@ class QueueWorker:
             return
         self.probing = True
         generation = self.generation
-
-        def job() -> None:
-            error: TransientError | None = None
-            try:
-                self.handler.check_writable()
-            except TransientError as e:
-                error = e
-            except Exception as e:  # a fault of casebroker's own: asked again with backoff
-                log.error("asking the ledger for %s failed: %s", self.queue, without_values(e))
-                error = HandlerFault(f"internal fault ({type(e).__name__})")
-            self.service.call_threadsafe(lambda: self._probed(generation, error))
-
-        self.thread.submit(job)
+        self._off_loop(self.handler.check_writable, "asking the ledger for",
+                       lambda _none, error: self._probed(generation, error))
 
     def _probed(self, generation: int, error: TransientError | None) -> None:
         if generation != self.generation:
