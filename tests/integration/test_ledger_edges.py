@@ -375,11 +375,15 @@ def test_a_ledger_that_answers_the_probe_but_fails_every_batch_costs_only_the_on
     try:
         wait_for(lambda: ledger.count_by_state() == {2: 10}, timeout_s=30,
                  what="the 10 dossiers routed once the ledger takes them")
-        receipts = amqp.json_all(declared.desk_queue("T.MC.B"))
-        assert len({r["dossier_code"] for r in receipts}) == len(receipts) == 10
+        # committed before published: the receipts follow their confirms
+        receipts: list[dict[str, Any]] = []
+        wait_for(lambda: receipts.extend(amqp.json_all(declared.desk_queue("T.MC.B")))
+                 or len(receipts) >= 10, what="the 10 receipts")
     finally:
         running.stop()
         ledger.dispose()
+    assert len({r["dossier_code"] for r in receipts}) == len(receipts) == 10
+    assert amqp.json_all(declared.desk_queue("T.MC.B")) == []  # and no more
 
 
 def test_a_ledger_that_takes_no_writes_pauses_the_router_and_a_new_connection_resumes_it(
