@@ -406,8 +406,13 @@ class QueueWorker:
         self.parked = False
         #: parked: since when the one delivery taken to try the ledger has been held
         self.trial_since: float | None = None
-        #: failed tries of a delivery taken alone, in a row (each doubles the wait before
-        #: the next, from a hold up to TRIAL_WAIT_MAX_HOLDS of them)
+        #: since when the queue has been consumed again after its window was given back,
+        #: on trial: until a batch the consumer handed over goes through, a hold of
+        #: failures is a failed try as a delivery taken alone is (None: not on trial)
+        self.resumed_at: float | None = None
+        #: failed tries in a row since the window was given back (each doubles the wait
+        #: before the next, from a hold up to TRIAL_WAIT_MAX_HOLDS of them); cleared with
+        #: the trial, by a batch the consumer handed over that goes through
         self.trials_failed = 0
         #: the last basic.get sent (its empty answer is told apart from an older one's)
         self.get_token = 0
@@ -691,11 +696,18 @@ class QueueWorker:
         self._publish(batch, outbound)
         self.service.hooks.batch_done(self.handler.source, len(batch), len(outbound),
                                       time.perf_counter() - started, waiting)
-        if self.parked:  # the delivery taken alone went through: the ledger is back
+        if self.parked:
+            # the delivery taken alone went through. It may not have needed what fails
+            # (a malformed one is dead-lettered; a review: consuming again on its word
+            # alone brought back the window given back after each hold): consumed again,
+            # on trial
             log.info("%s: a delivery went through the ledger; consuming the queue again",
                      self.queue)
-            self.parked, self.trial_since, self.trials_failed = False, None, 0
-            self._on_qos_ok(None)
+            self.parked, self.trial_since = False, None
+            self._consume_on_trial()
+        elif self.resumed_at is not None or self.trials_failed:
+            log.info("%s: a batch went through the ledger; the outage is over", self.queue)
+            self.resumed_at, self.trials_failed = None, 0
         self._flush()
 
     def _handle(self, batch: list[Delivery], *, singly: bool) -> list[Outbound]:
@@ -734,28 +746,50 @@ class QueueWorker:
             now = time.monotonic()
             if self.failing_since is None:
                 self.failing_since = now if began is None else began
+                if (self.resumed_at is not None
+                        and self.failing_since - self.resumed_at >= s.hold_s):
+                    # consumed a hold on trial and nothing failed (nothing came): an
+                    # outage of its own, not the end of the trial's
+                    self.resumed_at, self.trials_failed = None, 0
             if not self.parked and now - self.failing_since >= s.hold_s:
+                on_trial = self.resumed_at is not None
                 self._give_back()
+                if on_trial:  # consumed again on trial, and a hold of failures since
+                    delay_s = max(delay_s, self._trial_failed(
+                        now - self.failing_since, "the deliveries consumed since"))
             elif self.trial_since is not None and now - self.trial_since >= s.hold_s:
                 # the ledger answers a probe, yet a delivery fails (a disk full, a
                 # privilege on one table): the one taken to try it goes back, a step nearer
-                # its delivery limit, and the next try waits a hold, then two, four, up to
-                # eight; the window takes none
-                self.trials_failed += 1
-                wait_s = s.hold_s * min(2 ** (self.trials_failed - 1), TRIAL_WAIT_MAX_HOLDS)
-                log.warning("%s: the ledger answers, yet the delivery taken to try it has "
-                            "failed for %.0f s; it goes back to the queue, and the ledger is "
-                            "tried again in %.0f s", self.queue, now - self.trial_since,
-                            wait_s)
+                # its delivery limit; the window takes none
+                delay_s = max(delay_s, self._trial_failed(
+                    now - self.trial_since, "the delivery taken to try it"))
                 self.trial_since = None
                 if self.channel is not None:
                     self._release(self.channel)
-                delay_s = max(delay_s, wait_s)
         log.warning("%s paused: %s; retrying in %.1fs", self.queue, error, delay_s)
         self.service.hooks.retry(self.handler.source, error.kind)
         self._pause(delay_s, error.summary + (
             " (its deliveries given back to the queue until the ledger takes writes)"
             if self.parked else ""))
+
+    def _trial_failed(self, failed_s: float, what: str) -> float:
+        """A try of the ledger failed for a hold: how long to wait before the next, a
+        hold, then two, four, up to TRIAL_WAIT_MAX_HOLDS (a ledger that takes the probe
+        yet no batch costs a step per try, not one per hold)."""
+        self.trials_failed += 1
+        hold_s = self.settings.hold_s
+        wait_s = hold_s * min(1 << min(self.trials_failed - 1, 16), TRIAL_WAIT_MAX_HOLDS)
+        log.warning("%s: the ledger answers, yet %s failed for %.0f s; given back to the "
+                    "queue, the ledger is tried again in %.0f s", self.queue, what,
+                    failed_s, wait_s)
+        return wait_s
+
+    def _consume_on_trial(self) -> None:
+        """Consume again after the window was given back, on trial: the hold runs from the
+        first failure from now on (one before is over, and was about other deliveries),
+        and a hold of failures is a failed try."""
+        self.resumed_at, self.failing_since = time.monotonic(), None
+        self._on_qos_ok(None)
 
     def _give_back(self) -> None:
         """Stop consuming, and give the deliveries held here back to the queue, until the
@@ -768,7 +802,7 @@ class QueueWorker:
         router's whole window, valid dossiers included. Given back once, they cost at
         most one step, however long the outage. Not at the first failure: a ledger away
         for seconds (a restart, a failover) costs none."""
-        self.parked = True
+        self.parked, self.resumed_at = True, None
         channel = self.channel
         log.warning("%s: the ledger has been away for %.0f s; the %d deliveries held here "
                     "go back to the queue, and it is not consumed until the ledger takes "
@@ -822,10 +856,10 @@ class QueueWorker:
         disk full, a privilege revoked on one table): consuming again on its word alone,
         the window was given back again after each hold, a step nearer its delivery limit
         each time (a review: dead-lettered within minutes with a short hold). Consuming
-        starts again once that one goes through, or at once if the queue is empty: then
-        nothing is at stake, and another router may have emptied it (a review: waiting for
-        one to try, the second of two routers stayed parked, not ready, while the first
-        took everything)."""
+        starts again, on trial (:meth:`_consume_on_trial`), once that one goes through, or
+        at once if the queue is empty: another router may have emptied it (a review:
+        waiting for one to try, the second of two routers stayed parked, not ready, while
+        the first took everything)."""
         channel = self.channel
         if channel is None or not channel.is_open:
             return  # a new channel starts over (_on_qos_ok)
@@ -834,13 +868,15 @@ class QueueWorker:
 
         def got_none(_frame: Any) -> None:
             # nothing to try it with: another router emptied the queue (its ledger took
-            # the writes), or nothing came. Consumed again, the first failure (the
-            # hold is long over) gives back what came at once, and the next try takes one
+            # the writes), or holds the one it tries, or nothing came. Consumed again on
+            # trial: what comes is held a hold from its first failure (given back at once,
+            # the hold being long over, another router's try cost a step more each time:
+            # a review), and a hold of failures waits as a failed try does
             if token == self.get_token and channel is self.channel and self.parked:
                 log.info("%s: the ledger answers and the queue is empty; consuming it again",
                          self.queue)
                 self.parked = False
-                self._on_qos_ok(None)
+                self._consume_on_trial()
 
         def got_one(ch: Channel, method: Basic.GetOk, props: BasicProperties,
                     body: bytes) -> None:

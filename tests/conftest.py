@@ -143,9 +143,15 @@ def run_broker(declared: Topology, ledger: Ledger) -> Iterator[Callable[..., Run
 
 def queue_depth(queue: str) -> int:
     """Messages ready in a queue (passive declare over AMQP)."""
+    return ready_and_consumers(queue)[0]
+
+
+def ready_and_consumers(queue: str) -> tuple[int, int]:
+    """Messages ready in ``queue`` and its consumers, as RabbitMQ counts them."""
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
     try:
-        return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
+        ok = conn.channel().queue_declare(queue, passive=True).method
+        return int(ok.message_count), int(ok.consumer_count)
     finally:
         conn.close()
 

@@ -21,7 +21,7 @@ from broker.rules.catalog import Catalog
 from broker.service import declare_topology
 from broker.topology import Topology
 from monitoring.metrics import Metrics
-from tests.conftest import RunningBroker, wait_for
+from tests.conftest import RunningBroker, ready_and_consumers, wait_for
 from tests.helpers import (
     Amqp,
     dossier,
@@ -111,18 +111,6 @@ def test_ready_once_consuming_held_up_while_the_ledger_is_locked_then_ready_agai
     assert running.thread.is_alive()
 
 
-def _ready_and_consumers(queue: str) -> tuple[int, int]:
-    """Messages ready in ``queue`` and its consumers, as RabbitMQ counts them."""
-    import pika
-
-    conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
-    try:
-        ok = conn.channel().queue_declare(queue, passive=True).method
-        return int(ok.message_count), int(ok.consumer_count)
-    finally:
-        conn.close()
-
-
 @pytest.mark.parametrize("ledger", ["sqlite"], indirect=True)  # a lock held by the test
 def test_a_ledger_away_past_the_hold_gives_the_window_back_until_it_takes_writes(
         declared: Topology, ledger: Ledger, served: Callable[..., tuple[RunningBroker, int]],
@@ -139,7 +127,7 @@ def test_a_ledger_away_past_the_hold_gives_the_window_back_until_it_takes_writes
     try:
         for _ in range(30):
             amqp.submit(declared, dossier())
-        wait_for(lambda: _ready_and_consumers(declared.intake_queue) == (30, 0),
+        wait_for(lambda: ready_and_consumers(declared.intake_queue) == (30, 0),
                  timeout_s=40, what="the 30 deliveries given back and the consumer gone")
         parked = _answer(port, "/readyz", 503)
         assert parked["queues"][declared.intake_queue]["consuming"] is False
@@ -149,7 +137,7 @@ def test_a_ledger_away_past_the_hold_gives_the_window_back_until_it_takes_writes
                         "writes again (its deliveries given back to the queue)"
                    for p in parked["problems"]), parked
         time.sleep(3)  # asked again and again meanwhile: still away, still not consumed
-        assert _ready_and_consumers(declared.intake_queue) == (30, 0)
+        assert ready_and_consumers(declared.intake_queue) == (30, 0)
     finally:
         lock.execute("ROLLBACK")
         lock.close()
@@ -159,7 +147,7 @@ def test_a_ledger_away_past_the_hold_gives_the_window_back_until_it_takes_writes
         "consuming": True, "held_up_s": None, "unacked": 0, "confirms_awaited_s": None}
     receipts = amqp.json_all(declared.desk_queue("T.MC.B"))
     assert len(receipts) == 30 and len({r["dossier_code"] for r in receipts}) == 30
-    assert _ready_and_consumers(declared.intake_queue) == (0, 1)
+    assert ready_and_consumers(declared.intake_queue) == (0, 1)
     assert running.thread.is_alive()
 
 
@@ -179,7 +167,7 @@ def test_a_parked_queue_whose_probe_a_lost_connection_cut_short_is_probed_again(
     try:
         for _ in range(3):
             amqp.submit(declared, dossier())
-        wait_for(lambda: _ready_and_consumers(declared.intake_queue) == (3, 0),
+        wait_for(lambda: ready_and_consumers(declared.intake_queue) == (3, 0),
                  timeout_s=40, what="the deliveries given back")
         time.sleep(1)  # probes follow each other 0.2-0.5 s apart: one is waiting now
         connection = service.connection
@@ -208,14 +196,14 @@ def test_a_parked_queue_another_consumer_emptied_is_consumed_once_the_ledger_ans
     lock.execute("BEGIN EXCLUSIVE")
     try:
         amqp.submit(declared, dossier())
-        wait_for(lambda: _ready_and_consumers(declared.intake_queue) == (1, 0),
+        wait_for(lambda: ready_and_consumers(declared.intake_queue) == (1, 0),
                  timeout_s=40, what="the delivery given back")
         # the other router: it takes it (and routes it, as far as this one can tell)
         wait_for(lambda: amqp.get_all(declared.intake_queue), what="the delivery taken")
     finally:
         lock.execute("ROLLBACK")
         lock.close()
-    wait_for(lambda: _ready_and_consumers(declared.intake_queue) == (0, 1), timeout_s=30,
+    wait_for(lambda: ready_and_consumers(declared.intake_queue) == (0, 1), timeout_s=30,
              what="the queue consumed again")
     amqp.submit(declared, dossier())
     wait_for(lambda: ledger.count_by_state() == {2: 1}, what="a new dossier routed")
@@ -263,7 +251,7 @@ def test_an_outage_whose_deliveries_left_with_their_channel_does_not_shorten_the
         wait_for(lambda: (got := probe(port, "/readyz")[1]["queues"][declared.intake_queue])
                  ["held_up_s"] is not None and got["unacked"] == 1, what="a failed try")
         time.sleep(1)
-        assert _ready_and_consumers(declared.intake_queue) == (0, 1)
+        assert ready_and_consumers(declared.intake_queue) == (0, 1)
     finally:
         lock.execute("ROLLBACK")
         lock.close()

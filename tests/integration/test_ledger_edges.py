@@ -9,7 +9,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pika
@@ -20,6 +20,7 @@ from sqlalchemy import select, text
 
 import broker.ledger
 from broker.amqp import ConsumerSettings, amqp_url
+from broker.amqp_worker import QueueWorker
 from broker.cli import main
 from broker.consumers.router import Router
 from broker.consumers.status import StatusRouter
@@ -36,13 +37,14 @@ from broker.ops.prune import prune
 from broker.rules.catalog import load_catalog
 from broker.rules.engine import Engine
 from broker.service import Broker
-from broker.topology import Topology
+from broker.topology import INTAKE_KEY, Topology
 from tests.conftest import (
     MINI_CATALOG,
     RunningBroker,
     _pg_schema_url,
     pg_schema,
     queue_depth,
+    ready_and_consumers,
     wait_for,
 )
 from tests.helpers import Amqp, dossier, intake_delivery, mini_handlers, status_delivery
@@ -332,6 +334,25 @@ def test_a_standby_is_not_writable_and_the_ledger_is_once_it_takes_writes_again(
         ledger.dispose()
 
 
+def _refusing_new_dossiers(read_only_role: tuple[str, str, SqlEngine]) -> Ledger:
+    """The role's ledger, writable but for new dossiers (``INSERT`` on ``dossiers``
+    revoked): it takes the probe, a malformed message's dead letter and a status update,
+    and refuses every valid submission, as a disk full refuses some writes and not
+    others. ``GRANT INSERT ON <schema>.dossiers`` brings it back."""
+    schema, role, admin = read_only_role
+    with admin.connect() as conn:
+        for statement in (f'ALTER ROLE "{role}" RESET default_transaction_read_only',
+                          f'REVOKE INSERT ON "{schema}".dossiers FROM "{role}"'):
+            conn.execute(text(statement))
+    return Ledger(_pg_schema_url(schema).replace("//postgres@", f"//{role}@", 1))
+
+
+def _grant_new_dossiers(read_only_role: tuple[str, str, SqlEngine]) -> None:
+    schema, role, admin = read_only_role
+    with admin.connect() as conn:
+        conn.execute(text(f'GRANT INSERT ON "{schema}".dossiers TO "{role}"'))
+
+
 def test_a_ledger_that_answers_the_probe_but_fails_every_batch_costs_only_the_one_tried(
         declared: Topology, amqp: Amqp, read_only_role: tuple[str, str, SqlEngine]) -> None:
     """The probe writes nothing, and a ledger may take it yet refuse each batch (here a
@@ -340,12 +361,7 @@ def test_a_ledger_that_answers_the_probe_but_fails_every_batch_costs_only_the_on
     each delivery's limit each time: all dead-lettered within half a minute with a 1 s
     hold (a review). It takes one delivery alone to try the ledger; only that one takes
     a step, every two holds (RabbitMQ 3.10 hands the next one at the next try)."""
-    schema, role, admin = read_only_role
-    with admin.connect() as conn:
-        for statement in (f'ALTER ROLE "{role}" RESET default_transaction_read_only',
-                          f'REVOKE INSERT ON "{schema}".dossiers FROM "{role}"'):
-            conn.execute(text(statement))
-    ledger = Ledger(_pg_schema_url(schema).replace("//postgres@", f"//{role}@", 1))
+    ledger = _refusing_new_dossiers(read_only_role)
     broker = Broker(str(MINI_CATALOG), declared, ledger, ConsumerSettings(
         flush_interval_ms=2, hold_s=1.0, retry_initial_s=0.2, retry_max_s=0.5))
     running = RunningBroker(broker).start()
@@ -368,8 +384,7 @@ def test_a_ledger_that_answers_the_probe_but_fails_every_batch_costs_only_the_on
     # next waits one, two, four holds: at most 4 tries in 12 s, the last held at the
     # stop); consuming again after each probe, every delivery took a step each hold
     assert 1 <= sum(counts) - len(counts) <= 5, f"{counts}"
-    with admin.connect() as conn:
-        conn.execute(text(f'GRANT INSERT ON "{schema}".dossiers TO "{role}"'))
+    _grant_new_dossiers(read_only_role)
     running = RunningBroker(Broker(str(MINI_CATALOG), declared, ledger,
                                    ConsumerSettings(flush_interval_ms=2))).start()
     try:
@@ -384,6 +399,122 @@ def test_a_ledger_that_answers_the_probe_but_fails_every_batch_costs_only_the_on
         ledger.dispose()
     assert len({r["dossier_code"] for r in receipts}) == len(receipts) == 10
     assert amqp.json_all(declared.desk_queue("T.MC.B")) == []  # and no more
+
+
+def _intake_worker(running: RunningBroker, declared: Topology) -> QueueWorker:
+    service = running.broker.service
+    worker, = (w for w in service.workers if w.queue == declared.intake_queue)
+    return worker
+
+
+def _stays(predicate: Callable[[], bool], seconds: float, what: str) -> None:
+    """``predicate`` holds now and throughout the next ``seconds`` (polled)."""
+    until = time.monotonic() + seconds
+    while True:
+        assert predicate(), what
+        if time.monotonic() >= until:
+            return
+        time.sleep(0.05)
+
+
+def test_a_queue_consumed_again_on_another_routers_try_holds_what_fails_for_a_hold(
+        declared: Topology, amqp: Amqp, read_only_role: tuple[str, str, SqlEngine]) -> None:
+    """Parked, a router asks for one delivery to try the ledger with, and consumes again
+    when the queue is empty: another router took everything, or holds the one it tries.
+    That one given back, its first failure here gave it back at once (the hold, counted
+    from the outage's first failure, long over), and the router tried again within a
+    second: two routers took a dossier to its delivery limit in a third of the time one
+    does (a review: ~8 h with the default hold). Consumed again, the queue is on trial:
+    what fails is held a hold from its own first failure, and a hold of failures waits as
+    a failed try does, until a batch taken from the queue goes through."""
+    ledger = _refusing_new_dossiers(read_only_role)
+    hold_s = 3.0
+    running = RunningBroker(Broker(str(MINI_CATALOG), declared, ledger, ConsumerSettings(
+        flush_interval_ms=2, hold_s=hold_s, retry_initial_s=0.2, retry_max_s=0.5))).start()
+    queue = declared.intake_queue
+    other = pika.BlockingConnection(pika.URLParameters(amqp_url()))
+    try:
+        amqp.submit(declared, dossier())
+        wait_for(lambda: ready_and_consumers(queue) == (0, 1), what="the router holding it")
+        # the other router (a consumer here, no ledger): subscribed now, it takes the
+        # delivery when the router gives it back after the hold, and holds it
+        taken: list[int] = []
+        channel = other.channel()
+        channel.basic_qos(prefetch_count=1)
+        tag = channel.basic_consume(
+            queue, lambda _ch, method, _p, _b: taken.append(method.delivery_tag))
+        wait_for(lambda: other.process_data_events(0.1) or taken, timeout_s=hold_s + 15,
+                 what="the delivery given back, to the other")
+        # the router's try finds the queue empty: it consumes again beside the other
+        wait_for(lambda: other.process_data_events(0.1) or ready_and_consumers(queue)
+                 == (0, 2), what="the router consuming again")
+        worker = _intake_worker(running, declared)
+        channel.basic_cancel(tag)
+        channel.basic_nack(taken[0], requeue=True)  # the other's try ends: given back
+        wait_for(lambda: ready_and_consumers(queue) == (0, 1), what="the router taking it")
+        # it fails at once (no INSERT), and is held from its own first failure
+        _stays(lambda: ready_and_consumers(queue) == (0, 1), hold_s / 2,
+               "given back before a hold of its own failures")
+        # after the hold it goes back: a failed try, and the next waits a hold
+        wait_for(lambda: ready_and_consumers(queue) == (1, 0), timeout_s=hold_s + 10,
+                 what="given back after a hold")
+        _stays(lambda: ready_and_consumers(queue) == (1, 0), hold_s * 2 / 3,
+               "tried again before a hold went by")
+        assert worker.trials_failed == 1
+        _grant_new_dossiers(read_only_role)
+        wait_for(lambda: ledger.count_by_state() == {2: 1}, timeout_s=hold_s + 20,
+                 what="the dossier routed once the ledger takes it")
+        # consumed again on trial: what ends it is a batch taken from the queue
+        wait_for(lambda: ready_and_consumers(queue) == (0, 1), what="consumed again")
+        assert worker.trials_failed == 1 and worker.resumed_at is not None
+        amqp.submit(declared, dossier())
+        wait_for(lambda: ledger.count_by_state() == {2: 2}, what="a new dossier routed")
+        assert (worker.trials_failed, worker.resumed_at) == (0, None)
+    finally:
+        other.close()
+        running.stop()
+        ledger.dispose()
+    receipts = amqp.json_all(declared.desk_queue("T.MC.B"))
+    assert len({r["dossier_code"] for r in receipts}) == len(receipts) == 2
+
+
+def test_a_try_that_goes_through_without_what_fails_is_no_end_of_the_outage(
+        declared: Topology, amqp: Amqp, read_only_role: tuple[str, str, SqlEngine]) -> None:
+    """The delivery a parked router takes alone may go through without the write that
+    fails (a malformed message, dead-lettered; the ledger refuses new dossiers alone).
+    Consuming again on its word, the window was given back after the next hold, and
+    tried again at once: a step for every delivery each time a malformed one came up (a
+    review). The queue is consumed again on trial, and its hold of failures is a failed
+    try: the next waits a hold."""
+    ledger = _refusing_new_dossiers(read_only_role)
+    hold_s = 3.0
+    queue = declared.intake_queue
+    # the malformed one first: given back with the window, it is the first one taken
+    amqp.publish(declared.intake_exchange, INTAKE_KEY, b"{not json", message_id="bad-1",
+                 type="dossier.submitted")
+    for _ in range(4):
+        amqp.submit(declared, dossier())
+    running = RunningBroker(Broker(str(MINI_CATALOG), declared, ledger, ConsumerSettings(
+        flush_interval_ms=2, hold_s=hold_s, retry_initial_s=0.2, retry_max_s=0.5))).start()
+    try:
+        wait_for(lambda: queue_depth(declared.dead_queue("intake")) == 1,
+                 timeout_s=hold_s + 20, what="the malformed one tried alone, dead-lettered")
+        wait_for(lambda: ready_and_consumers(queue) == (0, 1), what="consumed again")
+        # the four fail for a hold and go back; the ledger is tried again a hold later
+        wait_for(lambda: ready_and_consumers(queue) == (4, 0), timeout_s=hold_s + 10,
+                 what="the four given back after a hold")
+        _stays(lambda: ready_and_consumers(queue) == (4, 0), hold_s * 2 / 3,
+               "tried again before a hold went by")
+        worker = _intake_worker(running, declared)
+        assert worker.parked and worker.trials_failed == 1
+        _grant_new_dossiers(read_only_role)
+        wait_for(lambda: ledger.count_by_state() == {2: 4}, timeout_s=hold_s + 20,
+                 what="the four routed once the ledger takes them")
+    finally:
+        running.stop()
+        ledger.dispose()
+    assert ledger.count_inbox_outcomes() == {"routed": 4, "dead:malformed_json": 1}
+    assert queue_depth(declared.dead_queue("intake")) == 1
 
 
 def test_a_ledger_that_takes_no_writes_pauses_the_router_and_a_new_connection_resumes_it(
