@@ -449,6 +449,9 @@ class QueueWorker:
         self.cancel_confirmed = True
         #: stopping while paused after failures: what comes is not handed over
         self.held_back = False
+        #: between the cancel of a consumer giving its window back and RabbitMQ's
+        #: cancel-ok: what it holds is nacked then, so none of it is handed over meanwhile
+        self.giving_back = False
 
     @property
     def idle(self) -> bool:
@@ -635,7 +638,7 @@ class QueueWorker:
         # stopping, a batch is handed over only while the drain lasts and the one before
         # is confirmed: publishes piling up unconfirmed (a window of large dossiers, a
         # blocked connection) would be committed, then redone all the same at the close
-        if self.busy or not self.pending or self.retry_timer is not None \
+        if self.busy or not self.pending or self.retry_timer is not None or self.giving_back \
                 or (self.service.stopping and (not self.service.draining() or self.inflight)) \
                 or self.channel is None or not self.channel.is_open:
             return
@@ -815,7 +818,19 @@ class QueueWorker:
         if tag is None:
             self._release(channel)
         else:  # what RabbitMQ sends before it reads the cancel joins pending meanwhile
-            channel.basic_cancel(tag, callback=lambda _frame: self._release(channel))
+            self.giving_back = True
+            channel.basic_cancel(tag, callback=lambda _frame: self._on_give_back_cancel_ok(channel))
+
+    def _on_give_back_cancel_ok(self, channel: Channel) -> None:
+        """RabbitMQ's cancel-ok: nothing more comes; what is held goes back. Handed over
+        in between (a pause after failures shorter than the cancel's way), a batch would
+        be nacked while the handler has it, and its acks close the channel (a review)."""
+        if channel is not self.channel:
+            return  # closed meanwhile: what it held went back with it
+        self.giving_back = False
+        self._release(channel)
+        if self.parked and self.retry_timer is None and not self.probing:
+            self._pause(self.settings.retry_initial_s, self.trouble)  # its end found it held
 
     def _release(self, channel: Channel) -> None:
         """Give the deliveries not handed to the handler back to the queue (a batch awaiting

@@ -211,6 +211,44 @@ def test_a_parked_queue_another_consumer_emptied_is_consumed_once_the_ledger_ans
 
 
 @pytest.mark.parametrize("ledger", ["sqlite"], indirect=True)  # a lock held by the test
+def test_a_window_being_given_back_is_not_handed_over_while_the_cancel_is_on_its_way(
+        declared: Topology, ledger: Ledger, served: Callable[..., tuple[RunningBroker, int]],
+        amqp: Amqp) -> None:
+    """The window goes back at RabbitMQ's cancel-ok (what it sends before it reads the
+    cancel joins it). With no hold and a cancel-ok slower than the pause after the
+    failure, the pause's end handed the window to the handler again: nacked at the
+    cancel-ok while the handler had it, its acks then closed the channel (unknown
+    delivery tag), and its redelivery sent the desk a second receipt (a review)."""
+    link = SlowLink()
+    try:
+        _, port = served(hold_s=0.0, retry_initial_s=0.2, retry_max_s=0.5, url=link.url)
+        _answer(port, "/readyz", 200)
+        queue = declared.intake_queue
+        lock = sqlite3.connect(ledger.url.removeprefix("sqlite:///"), isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")  # a write waits 5 s on it, then fails
+        try:
+            amqp.submit(declared, dossier())
+            wait_for(lambda: probe(port, "/readyz")[1]["queues"][queue]["unacked"] == 1,
+                     what="the dossier with the handler")
+            link.stall()  # the cancel-ok, when it comes, is held back
+            wait_for(lambda: probe(port, "/readyz")[1]["queues"][queue]["held_up_s"]
+                     is not None, timeout_s=15, what="the first failure")
+            time.sleep(1)  # the pause after it (0.2 s) is over: the window is not handed
+            link.release()
+            time.sleep(1)  # the cancel-ok in: what was held is back in the queue
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        wait_for(lambda: ledger.count_by_state() == {2: 1}, timeout_s=30, what="routed")
+        time.sleep(3)  # a channel closed by a wrong ack is reopened in 1 s, and redelivers
+        assert len(amqp.json_all(declared.desk_queue("T.MC.B"))) == 1
+        assert ledger.count_inbox_outcomes() == {"routed": 1}
+        assert _answer(port, "/readyz", 200)["queues"][queue]["consuming"]
+    finally:
+        link.close()
+
+
+@pytest.mark.parametrize("ledger", ["sqlite"], indirect=True)  # a lock held by the test
 def test_an_outage_whose_deliveries_left_with_their_channel_does_not_shorten_the_next_hold(
         declared: Topology, ledger: Ledger, served: Callable[..., tuple[RunningBroker, int]],
         amqp: Amqp) -> None:
