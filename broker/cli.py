@@ -735,6 +735,8 @@ def _event_note(event: dict[str, Any], tz: ZoneInfo) -> str:
         notes.append(f"due {at('due_at')}")
     if event["kind"] in ("step_at_risk", "step_overdue") and d.get("due_at"):
         notes.append(f"step {d.get('step')} due {at('due_at')}")
+    if d.get("told"):  # a step late with its dossier: no notice of its own
+        notes.append(f"told {d['told']}")
     if d.get("appointment"):
         notes.append(f"apology: new appointment {at('appointment')}")
     # dated by its sender, applied later: said when later by a minute or more (what the

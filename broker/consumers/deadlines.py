@@ -455,15 +455,23 @@ class DeadlineWatch:
         if not batch.raise_watch_level(row["code"], row["seq"], row["step_watch_level"],
                                        level, now, step=True):
             return []
-        notice = step_notice(self.topology, row, level, now, cal)
+        # a step due earlier on its dossier's due day is late from the same midnight as
+        # the dossier: the dossier's own overdue notice tells its agency, a second one
+        # would say it again at the same moment. Its level rises all the same (read no more)
+        notice = None if level == OVERDUE and late_from(row["step_due_at"]) == late_from(
+            row["due_at"]) else step_notice(self.topology, row, level, now, cal)
+        detail = {"step": row["step"], "due_at": row["step_due_at"].isoformat(),
+                  "agency_id": row["agency_id"]}
+        if notice is None:
+            detail["told"] = "with the dossier's overdue notice"
         batch.add_event({
             "dossier_code": row["code"], "seq": row["seq"] + 1,
             "kind": "step_overdue" if level == OVERDUE else "step_at_risk",
             "state_from": int(row["state"]), "state_to": int(row["state"]), "actor": ACTOR,
-            "from_agency": None, "to_agency": None, "message_id": notice.message_id,
-            "detail": {"step": row["step"], "due_at": row["step_due_at"].isoformat(),
-                       "agency_id": row["agency_id"]}, "at": now})
-        return batch.add_watch_notices(row["code"], [notice], now)
+            "from_agency": None, "to_agency": None,
+            "message_id": None if notice is None else notice.message_id,
+            "detail": detail, "at": now})
+        return [] if notice is None else batch.add_watch_notices(row["code"], [notice], now)
 
     def clock_problem(self, now: datetime) -> str | None:
         """Why ``now`` is not to be trusted for this round, or None. A notice sent is sent

@@ -548,6 +548,46 @@ def test_a_chain_step_due_before_its_dossier_is_watched_for_its_agency_alone(
     assert ledger.unconfirmed_notices(vn("2027-01-01 00:00")) == []
 
 
+def test_a_step_late_on_its_dossiers_due_day_is_told_once_with_the_dossier(
+        declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock,
+        make_watch: Callable[[], DeadlineWatch], capsys: pytest.CaptureFixture[str]) -> None:
+    """A step handed on late may be due earlier on the dossier's own due day: both are
+    late from the same midnight, and its agency was told twice at once, by the step's
+    notice and by the dossier's. The dossier's alone is sent; the step's level rises
+    (it is read no more) and the process-control sheet says why no notice went."""
+    start_broker()
+    code = submit(amqp, declared, "T.UBND.A", procedure_code="1.000001",
+                  return_desk_id="T.CENTRE")["dossier_code"]
+    take(amqp, declared.desk_queue("T.MC.B"), 1, "receipt")
+    ca = declared.agency_queue("T.CA")
+    clock.set("2026-12-01 08:00")  # step 1 done late: step 2 gets two working days
+    report(amqp, declared, code, "T.UBND.A", "resolved", documents=[doc("khai-sinh.pdf")],
+           sent_at=clock.now)
+    second = take(amqp, ca, 1, "step 2")[0]
+    assert second["step_due_at"] == vn("2026-12-03 08:00").isoformat()  # before the
+    assert second["due_at"] == vn("2026-12-03 09:00").isoformat()  # dossier's, same day
+    watch = make_watch()
+    clock.set("2026-12-03 17:30")  # past both due times, not their day
+    watch.tick()
+    amqp.json_all(ca)  # the at-risk notices, step's and dossier's
+    amqp.json_all(declared.desk_queue("T.CENTRE"))
+    clock.set("2026-12-04 07:30")
+    watch.tick()
+    assert [(n["notice"], n["reason"].split(";")[0]) for n in amqp.json_all(ca)] == [
+        ("overdue", "legal due date 2026-12-03T09:00+07:00 has passed")]
+    assert [n["notice"] for n in amqp.json_all(declared.desk_queue("T.CENTRE"))] == [
+        "overdue_apology"]
+    assert watch.tick() == 0 and amqp.json_all(ca) == []
+    late = [(e["kind"], e["message_id"] is None, e["detail"].get("told"))
+            for e in ledger.history(code) if e["kind"] in ("overdue", "step_overdue")]
+    assert late == [("overdue", False, None),
+                    ("step_overdue", True, "with the dossier's overdue notice")]
+    assert main(["dossier", "show", code, "--db-url", ledger.url]) == 0
+    shown, = (line for line in capsys.readouterr().out.splitlines() if " step_overdue" in line)
+    assert shown.endswith("(step 2 due 2026-12-03 08:00; told with the dossier's overdue "
+                          "notice)"), shown
+
+
 def test_a_supplement_that_moves_a_step_due_date_has_it_watched_again(
         declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock,
         make_watch: Callable[[], DeadlineWatch]) -> None:
