@@ -759,14 +759,17 @@ def test_a_round_on_a_clock_that_jumped_ahead_or_is_off_the_databases_decides_no
     # and desks of lateness that was not, and nothing at the real due time (found by a
     # review)
     # due two days ago: overdue by any clock near the real one (overdue from the start of
-    # the day after the due day), so every round that decides flags it
-    late = (datetime.now(UTC) - timedelta(days=2)).astimezone(vn("2026-01-01").tzinfo)
+    # the day after the due day), so every round that decides flags it; and one due now:
+    # late only by a clock a day ahead
+    zone = vn("2026-01-01").tzinfo
+    late = (datetime.now(UTC) - timedelta(days=2)).astimezone(zone)
+    today = datetime.now(UTC).astimezone(zone)
     engine, clock = Engine(load_catalog(MINI_CATALOG)), _OffsetClock()
     watch = DeadlineWatch(lambda: engine, ledger, declared, WatchSettings(), clock=clock,
                           check_clock=True)
 
-    def level() -> int:
-        row = ledger.dossier("LATE")
+    def level(code: str = "LATE") -> int:
+        row = ledger.dossier(code)
         assert row is not None
         return int(row["watch_level"])
 
@@ -774,7 +777,8 @@ def test_a_round_on_a_clock_that_jumped_ahead_or_is_off_the_databases_decides_no
         with caplog.at_level("WARNING", logger="broker.consumers.deadlines"):
             clock.offset_s = -100  # within the database's tolerance
             assert watch.tick() == 0 and "round skipped" not in caplog.text  # no dossier yet
-            _store(ledger, [_row("LATE", State.PROCESSING, late.strftime("%Y-%m-%d %H:%M:%S"))])
+            _store(ledger, [_row(code, State.PROCESSING, due.strftime("%Y-%m-%d %H:%M:%S"))
+                            for code, due in (("LATE", late), ("TODAY", today))])
             before = level()
             assert before < OVERDUE
             clock.offset_s = 100  # 200 s ahead in no time
@@ -791,6 +795,7 @@ def test_a_round_on_a_clock_that_jumped_ahead_or_is_off_the_databases_decides_no
             assert caplog.text.count("round skipped: this process's clock is +86400 s off "
                                      "the database's") == 2
             assert level() == OVERDUE
+            assert level("TODAY") < OVERDUE  # a day ahead, it would be
     finally:
         watch.close()
 
