@@ -228,6 +228,10 @@ class Hooks:
 
     def retry(self, source: str, reason: str) -> None: ...
 
+    def given_back(self, source: str, parked: bool) -> None:
+        """``source``'s queue gave its window back for the ledger and is not consumed
+        (``parked``), or is consumed again."""
+
     def returned(self, source: str, exchange: str) -> None: ...
 
     def connection(self, up: bool) -> None: ...

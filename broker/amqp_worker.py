@@ -706,7 +706,8 @@ class QueueWorker:
             # on trial
             log.info("%s: a delivery went through the ledger; consuming the queue again",
                      self.queue)
-            self.parked, self.trial_since = False, None
+            self.trial_since = None
+            self._unpark()
             self._consume_on_trial()
         elif self.resumed_at is not None or self.trials_failed:
             log.info("%s: a batch went through the ledger; the outage is over", self.queue)
@@ -787,6 +788,10 @@ class QueueWorker:
                     failed_s, wait_s)
         return wait_s
 
+    def _unpark(self) -> None:
+        self.parked = False
+        self.service.hooks.given_back(self.handler.source, False)
+
     def _consume_on_trial(self) -> None:
         """Consume again after the window was given back, on trial: the hold runs from the
         first failure from now on (one before is over, and was about other deliveries),
@@ -806,6 +811,7 @@ class QueueWorker:
         most one step, however long the outage. Not at the first failure: a ledger away
         for seconds (a restart, a failover) costs none."""
         self.parked, self.resumed_at = True, None
+        self.service.hooks.given_back(self.handler.source, True)
         channel = self.channel
         log.warning("%s: the ledger has been away for %.0f s; the %d deliveries held here "
                     "go back to the queue, and it is not consumed until the ledger takes "
@@ -890,7 +896,7 @@ class QueueWorker:
             if token == self.get_token and channel is self.channel and self.parked:
                 log.info("%s: the ledger answers and the queue is empty; consuming it again",
                          self.queue)
-                self.parked = False
+                self._unpark()
                 self._consume_on_trial()
 
         def got_one(ch: Channel, method: Basic.GetOk, props: BasicProperties,

@@ -61,6 +61,11 @@ class Metrics(Hooks):
             "Batches put back for a retry, by kind: transient (ledger away), conflict "
             "(a competing writer), refused (RabbitMQ refused a publish), fault (a bug)",
             ["source", "kind"], registry=r)
+        self.ledger_given_back = Gauge(
+            "casebroker_ledger_given_back",
+            "1 while the queue's window is given back and the queue not consumed, the "
+            "ledger having failed for --hold-s: until a delivery taken alone goes through "
+            "(between tries too), else 0", ["source"], registry=r)
         self.returned_total = Counter(
             "casebroker_unroutable_total", "Publishes returned unroutable and dead-lettered",
             ["source", "exchange"], registry=r)
@@ -126,6 +131,7 @@ class Metrics(Hooks):
         # bounded label sets exported at 0 from the start: increase() over a series born
         # at 1 is 0, and an alert would miss the first event after a start
         for source in SOURCES:
+            self.ledger_given_back.labels(source)
             for kind in RETRY_KINDS:
                 self.retries_total.labels(source, kind)
         for result in RELOAD_RESULTS:
@@ -159,6 +165,9 @@ class Metrics(Hooks):
 
     def retry(self, source: str, reason: str) -> None:
         self.retries_total.labels(source, reason).inc()
+
+    def given_back(self, source: str, parked: bool) -> None:
+        self.ledger_given_back.labels(source).set(1 if parked else 0)
 
     def returned(self, source: str, exchange: str) -> None:
         self.returned_total.labels(source, exchange).inc()

@@ -130,6 +130,9 @@ def test_a_ledger_away_past_the_hold_gives_the_window_back_until_it_takes_writes
         wait_for(lambda: ready_and_consumers(declared.intake_queue) == (30, 0),
                  timeout_s=40, what="the 30 deliveries given back and the consumer gone")
         parked = _answer(port, "/readyz", 503)
+        given_back = running.broker.metrics.ledger_given_back
+        assert (given_back.labels("intake")._value.get(),
+                given_back.labels("status")._value.get()) == (1, 0)
         assert parked["queues"][declared.intake_queue]["consuming"] is False
         assert parked["queues"][declared.intake_queue]["unacked"] == 0
         assert parked["queues"][declared.status_queue]["consuming"] is True
@@ -143,8 +146,13 @@ def test_a_ledger_away_past_the_hold_gives_the_window_back_until_it_takes_writes
         lock.close()
     wait_for(lambda: ledger.count_by_state() == {2: 30}, timeout_s=30,
              what="the 30 dossiers routed once the ledger answers")
-    assert _answer(port, "/readyz", 200)["queues"][declared.intake_queue] == {
+    # committed before published: ready, its last batch may still await its confirms
+    wait_for(lambda: (got := probe(port, "/readyz"))[0] == 200
+             and got[1]["queues"][declared.intake_queue]["unacked"] == 0,
+             what="ready, every delivery acked")
+    assert probe(port, "/readyz")[1]["queues"][declared.intake_queue] == {
         "consuming": True, "held_up_s": None, "unacked": 0, "confirms_awaited_s": None}
+    assert given_back.labels("intake")._value.get() == 0
     receipts = amqp.json_all(declared.desk_queue("T.MC.B"))
     assert len(receipts) == 30 and len({r["dossier_code"] for r in receipts}) == 30
     assert ready_and_consumers(declared.intake_queue) == (0, 1)

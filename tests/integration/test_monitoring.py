@@ -58,6 +58,9 @@ def test_series_with_a_bounded_label_set_are_exported_at_zero_from_the_start() -
     assert 'casebroker_retries_total{kind="refused",source="watch"} 0.0' in text
     for name in ("casebroker_intake_total", "casebroker_status_updates_total"):
         assert f'{name}{{outcome="dead_lettered",reason="internal_error"}} 0.0' in text
+    # CasebrokerLedgerUnavailable's "or": a queue known not given back
+    for source in ("intake", "status"):
+        assert f'casebroker_ledger_given_back{{source="{source}"}} 0.0' in text
 
 
 @needs_promtool
