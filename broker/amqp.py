@@ -58,7 +58,7 @@ from broker.amqp_worker import (
     header_time,
     properties_for,
 )
-from broker.errors import StartupError, shown_url, without_values
+from broker.errors import SettingError, shown_url, without_values
 
 __all__ = ["CONNECT_NARRATORS", "DEAD_SINCE_HEADER", "DEFAULT_AMQP_URL", "DETAIL_HEADER",
            "INTERNAL_ERROR", "MAX_BOUNDED_RETRIES",
@@ -83,7 +83,7 @@ TURN_EVERY_S = 1.0
 def amqp_urls() -> list[str]:
     """Every URL in ``CASEBROKER_AMQP_URL``: several name cluster nodes, separated by
     commas, semicolons or blanks before each ``amqp://`` (a password may hold a comma),
-    all under one login and virtual host (:class:`~broker.errors.StartupError` if not,
+    all under one login and virtual host (:class:`~broker.errors.SettingError` if not,
     or if one is not an AMQP URL; the error never quotes a URL's text)."""
     raw = os.environ.get("CASEBROKER_AMQP_URL", DEFAULT_AMQP_URL).strip().rstrip(",;")
     urls = [u for u in re.split(r"[\s,;]+(?=amqps?://)", raw) if u] or [DEFAULT_AMQP_URL]
@@ -91,7 +91,7 @@ def amqp_urls() -> list[str]:
     if len(logins) > 1:
         # a publish carries user_id = the first URL's login, and RabbitMQ refuses it on a
         # connection under another one; the topology lives in one virtual host
-        raise StartupError(
+        raise SettingError(
             "CASEBROKER_AMQP_URL names its nodes under different logins or virtual hosts ("
             + ", ".join(sorted(f"{user} on {vhost!r}" for user, vhost in logins))
             + "): the nodes of one cluster share their users and virtual hosts, so give "
@@ -103,28 +103,28 @@ def amqp_urls() -> list[str]:
 def _login(url: str, number: int) -> tuple[str, str]:
     """The login and virtual host the ``number``-th URL of ``CASEBROKER_AMQP_URL`` connects
     with, as pika reads it (``casebroker run`` connects with pika);
-    :class:`~broker.errors.StartupError` for one that is no AMQP URL, or that pika and
+    :class:`~broker.errors.SettingError` for one that is no AMQP URL, or that pika and
     kombu would read apart. The error never quotes the URL: what precedes the host may be
     a password."""
     where = f"CASEBROKER_AMQP_URL: URL {number}"
     if not re.match(r"amqps?://", url):
-        raise StartupError(f"{where} does not start with amqp:// or amqps://: "
+        raise SettingError(f"{where} does not start with amqp:// or amqps://: "
                            f"{URL_FORM}")
     path = urlsplit(url).path
     if "@" in path:
         # an "@" in the vhost: another URL, its amqp:// left out, ran into this one
-        raise StartupError(f"{where} has an '@' in its virtual host: start every URL with "
+        raise SettingError(f"{where} has an '@' in its virtual host: start every URL with "
                            "amqp:// or amqps://, and write an '@' in a vhost as %40")
     if "/" in path[1:]:
         # pika and kombu read it apart: /prov/ is 'prov' to the router, 'prov/' to the
         # SDK; // is '' to one and '/' to the other
-        raise StartupError(f"{where} has a '/' in its virtual host: write it as %2F (the "
+        raise SettingError(f"{where} has a '/' in its virtual host: write it as %2F (the "
                            "default virtual host '/' is /%2F or nothing after the port), "
                            "with no '/' at the end")
     try:
         params = pika.URLParameters(url)
     except ValueError as e:  # its text may quote part of a password
-        raise StartupError(f"{where} cannot be read ({type(e).__name__}): {URL_FORM}, "
+        raise SettingError(f"{where} cannot be read ({type(e).__name__}): {URL_FORM}, "
                            "with the password and vhost URL-encoded") from None
     return str(params.credentials.username), str(params.virtual_host)
 

@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from broker import logs
-from broker.errors import CasebrokerError, CatalogError, DecodeError, RoutingError
+from broker.errors import (
+    CasebrokerError,
+    CatalogError,
+    DecodeError,
+    RoutingError,
+    SettingError,
+)
 
 if TYPE_CHECKING:  # the ledger loads only for the commands using it
     from broker.ledger import Ledger
@@ -356,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CatalogError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_PROBLEM if args.command == "rules" else EXIT_USAGE
-    except (RoutingError, DecodeError) as e:
+    except (RoutingError, DecodeError, SettingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except CasebrokerError as e:
@@ -437,13 +443,13 @@ def _topology_of(args: argparse.Namespace) -> Any:
 def _metrics_port() -> int:
     """``CASEBROKER_METRICS_PORT`` (default 9464), refused by its own name: through the
     option's type, a bad one was said as a bad ``--metrics-port`` nobody had typed."""
-    from broker.errors import StartupError
+    from broker.errors import SettingError
 
     text = os.environ.get("CASEBROKER_METRICS_PORT", "9464")
     try:
         return int(tcp_port(text))
     except argparse.ArgumentTypeError:
-        raise StartupError(f"CASEBROKER_METRICS_PORT={text!r}: a TCP port, 0 to 65535 "
+        raise SettingError(f"CASEBROKER_METRICS_PORT={text!r}: a TCP port, 0 to 65535 "
                            "(0: no metrics), please") from None
 
 

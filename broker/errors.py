@@ -104,6 +104,12 @@ class StartupError(CasebrokerError):
     cannot be reached. Said in words, with where, and the process exits."""
 
 
+class SettingError(StartupError):
+    """A setting (an option, or its ``CASEBROKER_*`` variable) holds what it cannot take.
+    Exits 2, as any wrong argument does: started again as it is, it would fail the same
+    way (a supervisor can be told not to restart on 2)."""
+
+
 class TransientError(CasebrokerError):
     """A dependency is away for now; the work is retried, never dropped.
 

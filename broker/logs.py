@@ -16,14 +16,14 @@ import os
 import sys
 from datetime import UTC, datetime
 
-from broker.errors import CasebrokerError
+from broker.errors import SettingError
 
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-class LogSettingError(CasebrokerError):
+class LogSettingError(SettingError):
     """``CASEBROKER_LOG_LEVEL`` or ``CASEBROKER_LOG_FORMAT`` holds no value they take."""
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import pika
 
 from broker.amqp import amqp_url
-from broker.errors import CasebrokerError
+from broker.errors import CasebrokerError, SettingError
 from broker.rules.catalog import Catalog
 from broker.topology import Topology
 
@@ -83,6 +83,10 @@ class ManagementError(CasebrokerError):
     """The RabbitMQ management API refused or could not be reached."""
 
 
+class ManagementUrlError(ManagementError, SettingError):
+    """``--management-url`` (``CASEBROKER_MANAGEMENT_URL``) is no management API URL."""
+
+
 class Management:
     """A minimal client of the RabbitMQ management HTTP API."""
 
@@ -129,7 +133,7 @@ class Management:
         by default the virtual host of ``CASEBROKER_AMQP_URL``, where the routers, desks
         and agencies work; a URL of another form is a :class:`ManagementError` that does
         not quote it (it may hold a password)."""
-        refused = ManagementError("the management API's URL is not "
+        refused = ManagementUrlError("the management API's URL is not "
                                   "http(s)://user:password@host:port (--management-url, "
                                   "CASEBROKER_MANAGEMENT_URL)")
         parts = urllib.parse.urlsplit(url.strip())

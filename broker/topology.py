@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Protocol
 
-from broker.errors import CasebrokerError
+from broker.errors import SettingError
 
 DEFAULT_PREFIX = "cb"
 #: the quorum queue's last guard against a redelivery loop
@@ -35,7 +35,7 @@ DEAD_SOURCES = ("intake", "status", "agency", "desk")
 PREFIX = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-class TopologyError(CasebrokerError, ValueError):
+class TopologyError(SettingError, ValueError):
     """A topology prefix that cannot name a topology of its own."""
 
 

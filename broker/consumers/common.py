@@ -24,7 +24,7 @@ from broker.amqp import (
     Delivery,
 )
 from broker.envelope import Outbound, portable_headers, short_text
-from broker.errors import DecodeError, StartupError
+from broker.errors import DecodeError, SettingError
 from broker.ledger import Batch, Ledger
 from broker.lifecycle import State
 from broker.messages import (
@@ -243,7 +243,7 @@ PARTY_USERS_OFF = ("", "0", "false", "no", "off")
 def party_users_enabled(explicit: bool | None) -> bool:
     """Whether each desk and agency has its own RabbitMQ user (``CASEBROKER_PARTY_USERS=1``).
 
-    Another value is a :class:`StartupError`: read as off, an ``enabled`` meant as on would
+    Another value is a :class:`SettingError`: read as off, an ``enabled`` meant as on would
     let any login send in any desk's or agency's name."""
     if explicit is not None:
         return explicit
@@ -253,7 +253,7 @@ def party_users_enabled(explicit: bool | None) -> bool:
         return True
     if value in PARTY_USERS_OFF:
         return False
-    raise StartupError(f"CASEBROKER_PARTY_USERS={raw!r} is neither on "
+    raise SettingError(f"CASEBROKER_PARTY_USERS={raw!r} is neither on "
                        f"({', '.join(PARTY_USERS_ON)}) nor off "
                        f"({', '.join(PARTY_USERS_OFF[1:])}, or unset)")
 

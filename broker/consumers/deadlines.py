@@ -58,7 +58,7 @@ from broker.amqp import (
 from broker.calendar import DurationUnit, WorkingCalendar
 from broker.consumers.common import Clock, EngineProvider, in_zone, to_agency, to_desk
 from broker.envelope import Outbound
-from broker.errors import StartupError, without_values
+from broker.errors import SettingError, without_values
 from broker.ledger import Batch, Ledger, is_transient
 from broker.lifecycle import State, day_start, late_from, paused_in_time
 from broker.messages import AgencyNotice, DeskNotice, NoticeKind, utc_now
@@ -116,16 +116,16 @@ class WatchSettings:
     @classmethod
     def from_env(cls) -> WatchSettings:
         """Settings from ``CASEBROKER_DEADLINE_*`` variables (hours are working hours);
-        a value that is not a number, or out of range, is a :class:`StartupError` (the
+        a value that is not a number, or out of range, is a :class:`SettingError` (the
         watch thread would fail every round on it, or die, while routing went on)."""
         def number(name: str, default: str, most: float) -> float:
             text = os.environ.get(name, default)
             try:
                 value = float(text)
             except ValueError:
-                raise StartupError(f"{name}={text!r} is not a number") from None
+                raise SettingError(f"{name}={text!r} is not a number") from None
             if not 0 < value <= most:  # NaN and infinity fail this too
-                raise StartupError(f"{name}={text!r}: a number above 0 and at most "
+                raise SettingError(f"{name}={text!r}: a number above 0 and at most "
                                    f"{most:g}, please")
             return value
 

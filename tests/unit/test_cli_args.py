@@ -96,7 +96,7 @@ def test_a_bad_metrics_port_in_the_environment_is_refused_by_its_name(
     # it was said as "argument --metrics-port: not a whole number", an option nobody typed
     monkeypatch.setenv("CASEBROKER_METRICS_PORT", "nine")
     ledger = tmp_path / "ledger.sqlite3"
-    assert main(["run", "--db-url", f"sqlite:///{ledger}"]) == 1
+    assert main(["run", "--db-url", f"sqlite:///{ledger}"]) == 2
     assert capsys.readouterr().err == (
         "error: CASEBROKER_METRICS_PORT='nine': a TCP port, 0 to 65535 (0: no metrics), "
         "please\n")
@@ -196,7 +196,7 @@ def test_a_party_users_value_meant_as_on_is_not_taken_as_off(
     monkeypatch.setenv("CASEBROKER_PARTY_USERS", "enabled")
     code = main(["run", "--catalog", str(MINI_CATALOG), "--metrics-port", "0",
                  "--db-url", f"sqlite:///{tmp_path / 'ledger.sqlite3'}"])
-    assert code == 1
+    assert code == 2  # a setting it cannot take, as a wrong argument
     assert capsys.readouterr().err == (
         "error: CASEBROKER_PARTY_USERS='enabled' is neither on (1, true, yes, on) nor off "
         "(0, false, no, off, or unset)\n")
@@ -232,5 +232,5 @@ def test_an_empty_prefix_is_refused_not_taken_for_the_default(
     # CASEBROKER_PREFIX's topology (the province's own, `cb`), --force deleting it. Here
     # that is a prefix nothing has, so the old reading deleted nothing
     monkeypatch.setenv("CASEBROKER_PREFIX", "nothing-here-7f3a")
-    assert main(argv) == 1
+    assert main(argv) == 2
     assert "error: topology prefix '' is not 1 to 64 letters" in capsys.readouterr().err
