@@ -406,14 +406,19 @@ class QueueWorker:
         self.parked = False
         #: parked: since when the one delivery taken to try the ledger has been held
         self.trial_since: float | None = None
-        #: since when the queue has been consumed again after its window was given back,
-        #: on trial: until a batch the consumer handed over goes through, a hold of
-        #: failures is a failed try as a delivery taken alone is (None: not on trial)
-        self.resumed_at: float | None = None
+        #: consumed again after its window was given back, on trial: a hold of failures
+        #: is a failed try, as for a delivery taken alone, until a batch the consumer
+        #: handed over goes through and publishes more than dead letters (a malformed
+        #: message goes through a ledger that refuses every dossier). Nothing else ends
+        #: it: a queue idle for a hold may be one another router's try holds (a review)
+        self.on_trial = False
         #: failed tries in a row since the window was given back (each doubles the wait
         #: before the next, from a hold up to TRIAL_WAIT_MAX_HOLDS of them); cleared with
-        #: the trial, by a batch the consumer handed over that goes through
+        #: the trial
         self.trials_failed = 0
+        #: parked: not tried again before this (monotonic), a new channel included (a
+        #: review: a reconnect tried again at once, however long the wait)
+        self.next_try_at = 0.0
         #: the last basic.get sent (its empty answer is told apart from an older one's)
         self.get_token = 0
         self._reset()
@@ -498,7 +503,8 @@ class QueueWorker:
                                           callback=self._on_exchange_back)
             return
         if self.parked:  # a new channel while the ledger is still away: ask it first
-            self._pause(self.settings.retry_initial_s, self.trouble)
+            self._pause(max(self.settings.retry_initial_s,
+                            self.next_try_at - time.monotonic()), self.trouble)
             return
         self.consumer_tag = self.channel.basic_consume(
             self.queue, self._on_message, callback=self._on_consume_ok)
@@ -709,9 +715,12 @@ class QueueWorker:
             self.trial_since = None
             self._unpark()
             self._consume_on_trial()
-        elif self.resumed_at is not None or self.trials_failed:
+        elif (self.on_trial or self.trials_failed) and any(
+                out.exchange != self.service.dead_letter_exchange for out in outbound):
+            # not on a batch of dead letters alone: a malformed message goes through a
+            # ledger that refuses every dossier (a review)
             log.info("%s: a batch went through the ledger; the outage is over", self.queue)
-            self.resumed_at, self.trials_failed = None, 0
+            self.on_trial, self.trials_failed = False, 0
         self._flush()
 
     def _handle(self, batch: list[Delivery], *, singly: bool) -> list[Outbound]:
@@ -750,13 +759,8 @@ class QueueWorker:
             now = time.monotonic()
             if self.failing_since is None:
                 self.failing_since = now if began is None else began
-                if (self.resumed_at is not None
-                        and self.failing_since - self.resumed_at >= s.hold_s):
-                    # consumed a hold on trial and nothing failed (nothing came): an
-                    # outage of its own, not the end of the trial's
-                    self.resumed_at, self.trials_failed = None, 0
             if not self.parked and now - self.failing_since >= s.hold_s:
-                on_trial = self.resumed_at is not None
+                on_trial = self.on_trial
                 self._give_back()
                 if on_trial:  # consumed again on trial, and a hold of failures since
                     delay_s = max(delay_s, self._trial_failed(
@@ -781,8 +785,10 @@ class QueueWorker:
         hold, then two, four, up to TRIAL_WAIT_MAX_HOLDS (a ledger that takes the probe
         yet no batch costs a step per try, not one per hold)."""
         self.trials_failed += 1
-        hold_s = self.settings.hold_s
+        # no hold (--hold-s 0): spaced as the retries are at their longest, not at once
+        hold_s = max(self.settings.hold_s, self.settings.retry_max_s)
         wait_s = hold_s * min(1 << min(self.trials_failed - 1, 16), TRIAL_WAIT_MAX_HOLDS)
+        self.next_try_at = time.monotonic() + wait_s
         log.warning("%s: the ledger answers, yet %s failed for %.0f s; given back to the "
                     "queue, the ledger is tried again in %.0f s", self.queue, what,
                     failed_s, wait_s)
@@ -796,7 +802,7 @@ class QueueWorker:
         """Consume again after the window was given back, on trial: the hold runs from the
         first failure from now on (one before is over, and was about other deliveries),
         and a hold of failures is a failed try."""
-        self.resumed_at, self.failing_since = time.monotonic(), None
+        self.on_trial, self.failing_since = True, None
         self._on_qos_ok(None)
 
     def _give_back(self) -> None:
@@ -810,7 +816,7 @@ class QueueWorker:
         router's whole window, valid dossiers included. Given back once, they cost at
         most one step, however long the outage. Not at the first failure: a ledger away
         for seconds (a restart, a failover) costs none."""
-        self.parked, self.resumed_at = True, None
+        self.parked, self.on_trial = True, False
         self.service.hooks.given_back(self.handler.source, True)
         channel = self.channel
         log.warning("%s: the ledger has been away for %.0f s; the %d deliveries held here "

@@ -426,9 +426,12 @@ def test_a_queue_consumed_again_on_another_routers_try_holds_what_fails_for_a_ho
     second: two routers took a dossier to its delivery limit in a third of the time one
     does (a review: ~8 h with the default hold). Consumed again, the queue is on trial:
     what fails is held a hold from its own first failure, and a hold of failures waits as
-    a failed try does, until a batch taken from the queue goes through."""
+    a failed try does, until a batch taken from the queue goes through. Neither a hold
+    with nothing to consume (the other's try lasting a hold) nor a malformed message
+    dead-lettered meanwhile ends the trial (a second review: each did, and the router
+    tried again at once)."""
     ledger = _refusing_new_dossiers(read_only_role)
-    hold_s = 3.0
+    hold_s = 4.0
     running = RunningBroker(Broker(str(MINI_CATALOG), declared, ledger, ConsumerSettings(
         flush_interval_ms=2, hold_s=hold_s, retry_initial_s=0.2, retry_max_s=0.5))).start()
     queue = declared.intake_queue
@@ -449,6 +452,15 @@ def test_a_queue_consumed_again_on_another_routers_try_holds_what_fails_for_a_ho
         wait_for(lambda: other.process_data_events(0.1) or ready_and_consumers(queue)
                  == (0, 2), what="the router consuming again")
         worker = _intake_worker(running, declared)
+        # meanwhile a malformed message goes through alone (dead-lettered) ...
+        amqp.publish(declared.intake_exchange, INTAKE_KEY, b"{not json",
+                     message_id="bad-1", type="dossier.submitted")
+        wait_for(lambda: other.process_data_events(0.1)
+                 or queue_depth(declared.dead_queue("intake")) == 1, what="dead-lettered")
+        # ... and the other's try lasts a hold and more
+        until = time.monotonic() + hold_s + 0.5
+        while time.monotonic() < until:
+            other.process_data_events(0.1)
         channel.basic_cancel(tag)
         channel.basic_nack(taken[0], requeue=True)  # the other's try ends: given back
         wait_for(lambda: ready_and_consumers(queue) == (0, 1), what="the router taking it")
@@ -458,18 +470,29 @@ def test_a_queue_consumed_again_on_another_routers_try_holds_what_fails_for_a_ho
         # after the hold it goes back: a failed try, and the next waits a hold
         wait_for(lambda: ready_and_consumers(queue) == (1, 0), timeout_s=hold_s + 10,
                  what="given back after a hold")
-        _stays(lambda: ready_and_consumers(queue) == (1, 0), hold_s * 2 / 3,
-               "tried again before a hold went by")
+        _stays(lambda: ready_and_consumers(queue) == (1, 0), 1.0, "tried again at once")
         assert worker.trials_failed == 1
+        # a lost connection does not cut the wait short: a new channel waits it out
+        service = running.broker.service
+        connection = service.connection
+        assert connection is not None
+        service.call_threadsafe(connection.close)
+        wait_for(lambda: service.connection is not connection and service.connection_open,
+                 what="connected again")
+        assert worker.trials_failed == 1 and worker.next_try_at > time.monotonic(), \
+            "the connection came back after the wait: no test of it"
+        _stays(lambda: ready_and_consumers(queue) == (1, 0),
+               worker.next_try_at - time.monotonic() - 0.3, "tried again on the new channel "
+               "before the wait was over")
         _grant_new_dossiers(read_only_role)
         wait_for(lambda: ledger.count_by_state() == {2: 1}, timeout_s=hold_s + 20,
                  what="the dossier routed once the ledger takes it")
         # consumed again on trial: what ends it is a batch taken from the queue
         wait_for(lambda: ready_and_consumers(queue) == (0, 1), what="consumed again")
-        assert worker.trials_failed == 1 and worker.resumed_at is not None
+        assert worker.trials_failed == 1 and worker.on_trial
         amqp.submit(declared, dossier())
         wait_for(lambda: ledger.count_by_state() == {2: 2}, what="a new dossier routed")
-        assert (worker.trials_failed, worker.resumed_at) == (0, None)
+        assert (worker.trials_failed, worker.on_trial) == (0, False)
     finally:
         other.close()
         running.stop()

@@ -55,3 +55,18 @@ def test_a_channel_closed_to_be_reopened_says_how_many_deliveries_it_gave_back(
     assert said.startswith("channel for cb.intake closed ((0, 'Normal shutdown')); its "
                            "1500 unacked deliveries go back to the queue"), said
     assert (w.unacked, w.pending, w.given_back) == (0, [], None)
+
+
+@pytest.mark.parametrize(("hold_s", "waits"), [
+    (600.0, [600, 1200, 2400, 4800, 4800]),
+    # no hold: the tries are spaced as the retries at their longest (15 s), not at once
+    # (a review: 0 s apart, a dossier dead-lettered within minutes)
+    (0.0, [15, 30, 60, 120, 120]),
+])
+def test_failed_tries_of_the_ledger_wait_longer_each_time_up_to_eight_holds(
+        hold_s: float, waits: list[float]) -> None:
+    w = _worker()
+    w.settings = ConsumerSettings(hold_s=hold_s)
+    w.trials_failed = 0
+    assert w.settings.retry_max_s == 15
+    assert [w._trial_failed(1.0, "the delivery taken to try it") for _ in waits] == waits
