@@ -456,7 +456,7 @@ def _metrics_port() -> int:
 def _run(args: argparse.Namespace) -> int:
     from broker.amqp import ConsumerSettings
     from broker.health import Probes, starting
-    from broker.ledger import RUN_LOCK_TIMEOUT_S, Ledger
+    from broker.ledger import RUN_LOCK_TIMEOUT_S, Ledger, hold_sole_runner
     from broker.rules.catalog import load_catalog
     from broker.service import Broker
     from monitoring.metrics import Metrics
@@ -474,15 +474,20 @@ def _run(args: argparse.Namespace) -> int:
     if port:  # ready: not yet (live: yes, a restart would not help)
         metrics.serve(port, os.environ.get("CASEBROKER_METRICS_ADDR", "127.0.0.1"),
                       starting())
-    broker = Broker(args.catalog, _topology_of(args),
-                    Ledger(args.db_url, lock_timeout_s=RUN_LOCK_TIMEOUT_S), settings,
-                    metrics=metrics, loaded=catalog)
-    signal.signal(signal.SIGHUP, lambda _signum, _frame: broker.reload_soon())
-    if asked:
-        broker.reload_soon()
-    if port:
-        metrics.answer_probes(Probes(broker).routes())
-    broker.run()
+    ledger = Ledger(args.db_url, lock_timeout_s=RUN_LOCK_TIMEOUT_S)
+    sole = hold_sole_runner(ledger.url, "`casebroker run`")  # SQLite: one run at a time
+    try:
+        broker = Broker(args.catalog, _topology_of(args), ledger, settings,
+                        metrics=metrics, loaded=catalog)
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: broker.reload_soon())
+        if asked:
+            broker.reload_soon()
+        if port:
+            metrics.answer_probes(Probes(broker).routes())
+        broker.run()
+    finally:
+        if sole is not None:
+            os.close(sole)
     return EXIT_OK
 
 

@@ -111,6 +111,45 @@ DEFAULT_DB_URL = "sqlite:///casebroker.sqlite3"
 #: delivery limit); failing, the worker gives its window back after --hold-s instead
 RUN_LOCK_TIMEOUT_S = 60.0
 
+def hold_sole_runner(url: str | None, doing: str) -> int | None:
+    """On a SQLite ledger, take the lock that lets one `casebroker run` (or `ledger
+    upgrade`) at a time use it (an ``flock`` on ``<file>.run-lock``, released when its
+    descriptor is closed, and by the kernel when the process ends, however it ends);
+    that descriptor, or None on PostgreSQL, where several run at once. Held by another
+    process: a :class:`StartupError` saying so. Two routers on one SQLite file took turns
+    at its write lock, each batch waiting up to 5 s for the other's and then paused as if
+    the ledger were away, and the dossier codes they allocated were serialised by that
+    lock alone."""
+    import fcntl
+
+    try:
+        parsed = make_url(url or os.environ.get("CASEBROKER_DB_URL") or DEFAULT_DB_URL)
+    except ArgumentError:
+        return None  # not a URL: Ledger says so
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    db = Path(os.path.realpath(parsed.database))  # the file, whatever path names it
+    path = db.with_name(db.name + ".run-lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise StartupError(f"cannot open {path} to hold the SQLite ledger for {doing}: "
+                           f"{e.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StartupError(
+            f"another process (pid {holder}) holds the SQLite ledger {db} for `casebroker "
+            f"run` or `ledger upgrade` (its lock: {path.name}): one process at a time "
+            f"routes on a SQLite ledger; several routers need PostgreSQL (--db-url, "
+            f"CASEBROKER_DB_URL)") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 #: indexes earlier versions made and this one dropped (no query used them; each cost the
 #: writes a page per dossier): `casebroker ledger upgrade` removes them, table by table
 RETIRED_INDEXES: dict[str, frozenset[str]] = {

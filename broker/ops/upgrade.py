@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from broker.cli import DB_URL_HELP
-from broker.ledger import Ledger
+from broker.ledger import Ledger, hold_sole_runner
 
 
 def _cmd_upgrade(args: argparse.Namespace) -> int:
     ledger = Ledger(args.db_url, create=False, current=False)
+    sole = None
     try:
+        if not args.dry_run:  # SQLite: not while a `casebroker run` uses it
+            sole = hold_sole_runner(ledger.url, "`ledger upgrade`")
         statements = ledger.upgrade(dry_run=args.dry_run)
     finally:
         ledger.dispose()
+        if sole is not None:
+            os.close(sole)
     if not statements:
         print(f"the ledger at {ledger.where} is up to date")
         return 0

@@ -93,6 +93,38 @@ def test_run_routes_then_stops_cleanly_on_sigterm(declared: Topology, tmp_path: 
     assert "066090001234" not in log and "Nguyễn Văn An" not in log
 
 
+def test_a_second_run_or_an_upgrade_on_a_sqlite_ledger_in_use_is_refused(
+        declared: Topology, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # several routers need PostgreSQL: on one SQLite file they took turns at its write
+    # lock, each batch waiting up to 5 s and then paused as if the ledger were away; and
+    # `ledger upgrade` must not change the tables under a running router
+    (tmp_path / "by").mkdir()
+    db_url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    # the same file by another path is the same ledger
+    other_path = f"sqlite:///{tmp_path / 'by' / '..' / 'ledger.sqlite3'}"
+    proc = _run(declared.prefix, db_url)
+    try:
+        wait_for(lambda: _consumers(declared.intake_queue) == 1, what="router consuming")
+        said = (f"error: another process (pid {proc.pid}) holds the SQLite ledger "
+                f"{tmp_path / 'ledger.sqlite3'} for `casebroker run` or `ledger upgrade` "
+                "(its lock: ledger.sqlite3.run-lock): one process at a time routes on a "
+                "SQLite ledger; several routers need PostgreSQL (--db-url, "
+                "CASEBROKER_DB_URL)\n")
+        assert main(["run", "--catalog", str(MINI_CATALOG), "--prefix", declared.prefix,
+                     "--db-url", other_path, "--metrics-port", "0"]) == 1
+        assert capsys.readouterr().err == said
+        assert main(["ledger", "upgrade", "--db-url", db_url]) == 1
+        assert capsys.readouterr().err == said
+        assert main(["ledger", "upgrade", "--dry-run", "--db-url", db_url]) == 0  # reads
+        assert _consumers(declared.intake_queue) == 1  # the first one routes on
+    finally:
+        code, log = _stop(proc)
+    assert code == 0, log
+    # stopped, it lets go (a killed one too: the kernel drops its lock)
+    assert main(["ledger", "upgrade", "--db-url", db_url]) == 0
+    assert "is up to date" in capsys.readouterr().out
+
+
 def _stopped_once_routing(declared: Topology, tmp_path: Path,
                           backlog: list[DossierSubmitted]) -> Ledger:
     """``backlog`` submitted, then `casebroker run` started and stopped (SIGTERM) once it
