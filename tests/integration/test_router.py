@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -123,12 +124,16 @@ def test_same_submission_twice_makes_one_dossier(
     wait_for(lambda: ledger.count_inbox_outcomes().get("duplicate", 0) >= 1, what="dup seen")
     wait_for(lambda: queue_depth(declared.intake_queue) == 0, what="intake drained")
     assert ledger.count_by_state() == {2: 1}
-    assigned = amqp.get_all(declared.agency_queue("T.UBND.A"))
+    # committed before published: what the last batch sent may still be on its way
+    assigned: list[Any] = []
+    wait_for(lambda: assigned.extend(amqp.get_all(declared.agency_queue("T.UBND.A")))
+             or assigned, what="the assignment")
     # at most the same assignment twice (a redelivery), never a second dossier
     assert len({p.message_id for p, _ in assigned}) == 1
     # the retry under a new id got the receipt again, the same notice under the same id
-    receipts = amqp.get_all(declared.desk_queue("T.MC.B"))
-    assert len(receipts) >= 2
+    receipts: list[Any] = []
+    wait_for(lambda: receipts.extend(amqp.get_all(declared.desk_queue("T.MC.B")))
+             or len(receipts) >= 2, what="the receipt and its copy")
     assert {p.message_id for p, _ in receipts} == {f"{assigned[0][0].correlation_id}:receipt"}
 
 
