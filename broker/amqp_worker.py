@@ -406,12 +406,14 @@ class QueueWorker:
         self.parked = False
         #: parked: since when the one delivery taken to try the ledger has been held
         self.trial_since: float | None = None
-        #: consumed again after its window was given back, on trial: a hold of failures
-        #: is a failed try, as for a delivery taken alone, until a batch the consumer
-        #: handed over goes through and publishes more than dead letters (a malformed
-        #: message goes through a ledger that refuses every dossier). Nothing else ends
-        #: it: a queue idle for a hold may be one another router's try holds (a review)
-        self.on_trial = False
+        #: consumed again after its window was given back, on trial, with no failure since
+        #: this (None: not on trial). A hold of failures is a failed try, as for a
+        #: delivery taken alone; the trial is over when a batch goes through a hold after
+        #: its last failure. Not at once: what goes through may need none of the writes
+        #: that fail (a malformed message dead-lettered, a dossier held in triage, a copy
+        #: answered from the ledger: two reviews). Not when a hold passes with nothing
+        #: consumed: another router's try may hold the one delivery (a review)
+        self.trial_clean_since: float | None = None
         #: failed tries in a row since the window was given back (each doubles the wait
         #: before the next, from a hold up to TRIAL_WAIT_MAX_HOLDS of them); cleared with
         #: the trial
@@ -715,12 +717,11 @@ class QueueWorker:
             self.trial_since = None
             self._unpark()
             self._consume_on_trial()
-        elif (self.on_trial or self.trials_failed) and any(
-                out.exchange != self.service.dead_letter_exchange for out in outbound):
-            # not on a batch of dead letters alone: a malformed message goes through a
-            # ledger that refuses every dossier (a review)
-            log.info("%s: a batch went through the ledger; the outage is over", self.queue)
-            self.on_trial, self.trials_failed = False, 0
+        elif (self.trial_clean_since is not None
+              and time.monotonic() - self.trial_clean_since >= self._trial_hold_s):
+            log.info("%s: batches have gone through the ledger for a hold; the outage is "
+                     "over", self.queue)
+            self.trial_clean_since, self.trials_failed = None, 0
         self._flush()
 
     def _handle(self, batch: list[Delivery], *, singly: bool) -> list[Outbound]:
@@ -759,8 +760,10 @@ class QueueWorker:
             now = time.monotonic()
             if self.failing_since is None:
                 self.failing_since = now if began is None else began
+            if self.trial_clean_since is not None:
+                self.trial_clean_since = now
             if not self.parked and now - self.failing_since >= s.hold_s:
-                on_trial = self.on_trial
+                on_trial = self.trial_clean_since is not None
                 self._give_back()
                 if on_trial:  # consumed again on trial, and a hold of failures since
                     delay_s = max(delay_s, self._trial_failed(
@@ -785,14 +788,20 @@ class QueueWorker:
         hold, then two, four, up to TRIAL_WAIT_MAX_HOLDS (a ledger that takes the probe
         yet no batch costs a step per try, not one per hold)."""
         self.trials_failed += 1
-        # no hold (--hold-s 0): spaced as the retries are at their longest, not at once
-        hold_s = max(self.settings.hold_s, self.settings.retry_max_s)
-        wait_s = hold_s * min(1 << min(self.trials_failed - 1, 16), TRIAL_WAIT_MAX_HOLDS)
+        wait_s = self._trial_hold_s * min(1 << min(self.trials_failed - 1, 16),
+                                          TRIAL_WAIT_MAX_HOLDS)
         self.next_try_at = time.monotonic() + wait_s
         log.warning("%s: the ledger answers, yet %s failed for %.0f s; given back to the "
                     "queue, the ledger is tried again in %.0f s", self.queue, what,
                     failed_s, wait_s)
         return wait_s
+
+    @property
+    def _trial_hold_s(self) -> float:
+        """The hold of the trials: a wait between tries is a number of them, and a trial
+        ends a hold after its last failure. With no hold (--hold-s 0), the longest retry
+        pause, not at once (a review: tries 0 s apart)."""
+        return max(self.settings.hold_s, self.settings.retry_max_s)
 
     def _unpark(self) -> None:
         self.parked = False
@@ -802,7 +811,7 @@ class QueueWorker:
         """Consume again after the window was given back, on trial: the hold runs from the
         first failure from now on (one before is over, and was about other deliveries),
         and a hold of failures is a failed try."""
-        self.on_trial, self.failing_since = True, None
+        self.trial_clean_since, self.failing_since = time.monotonic(), None
         self._on_qos_ok(None)
 
     def _give_back(self) -> None:
@@ -816,7 +825,7 @@ class QueueWorker:
         router's whole window, valid dossiers included. Given back once, they cost at
         most one step, however long the outage. Not at the first failure: a ledger away
         for seconds (a restart, a failover) costs none."""
-        self.parked, self.on_trial = True, False
+        self.parked, self.trial_clean_since = True, None
         self.service.hooks.given_back(self.handler.source, True)
         channel = self.channel
         log.warning("%s: the ledger has been away for %.0f s; the %d deliveries held here "

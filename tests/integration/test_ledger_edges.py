@@ -426,10 +426,10 @@ def test_a_queue_consumed_again_on_another_routers_try_holds_what_fails_for_a_ho
     second: two routers took a dossier to its delivery limit in a third of the time one
     does (a review: ~8 h with the default hold). Consumed again, the queue is on trial:
     what fails is held a hold from its own first failure, and a hold of failures waits as
-    a failed try does, until a batch taken from the queue goes through. Neither a hold
-    with nothing to consume (the other's try lasting a hold) nor a malformed message
-    dead-lettered meanwhile ends the trial (a second review: each did, and the router
-    tried again at once)."""
+    a failed try does, until batches go through a hold after the last failure. Neither a
+    hold with nothing to consume (the other's try lasting a hold) nor a dossier that goes
+    through needing no new dossier (held in triage) ends the trial (reviews: each did,
+    and the router tried again at once)."""
     ledger = _refusing_new_dossiers(read_only_role)
     hold_s = 4.0
     running = RunningBroker(Broker(str(MINI_CATALOG), declared, ledger, ConsumerSettings(
@@ -452,11 +452,11 @@ def test_a_queue_consumed_again_on_another_routers_try_holds_what_fails_for_a_ho
         wait_for(lambda: other.process_data_events(0.1) or ready_and_consumers(queue)
                  == (0, 2), what="the router consuming again")
         worker = _intake_worker(running, declared)
-        # meanwhile a malformed message goes through alone (dead-lettered) ...
-        amqp.publish(declared.intake_exchange, INTAKE_KEY, b"{not json",
-                     message_id="bad-1", type="dossier.submitted")
+        # meanwhile a dossier no unit serves goes through alone, held in triage (its desk
+        # told: more than a dead letter), needing no new dossier ...
+        amqp.submit(declared, dossier(applicant_ward="99999"))
         wait_for(lambda: other.process_data_events(0.1)
-                 or queue_depth(declared.dead_queue("intake")) == 1, what="dead-lettered")
+                 or queue_depth(declared.triage_queue) == 1, what="held in triage")
         # ... and the other's try lasts a hold and more
         until = time.monotonic() + hold_s + 0.5
         while time.monotonic() < until:
@@ -487,18 +487,24 @@ def test_a_queue_consumed_again_on_another_routers_try_holds_what_fails_for_a_ho
         _grant_new_dossiers(read_only_role)
         wait_for(lambda: ledger.count_by_state() == {2: 1}, timeout_s=hold_s + 20,
                  what="the dossier routed once the ledger takes it")
-        # consumed again on trial: what ends it is a batch taken from the queue
+        # consumed again on trial: what ends it is a batch that goes through a hold after
+        # the trial's last failure
         wait_for(lambda: ready_and_consumers(queue) == (0, 1), what="consumed again")
-        assert worker.trials_failed == 1 and worker.on_trial
+        assert worker.trials_failed == 1 and worker.trial_clean_since is not None
         amqp.submit(declared, dossier())
         wait_for(lambda: ledger.count_by_state() == {2: 2}, what="a new dossier routed")
-        assert (worker.trials_failed, worker.on_trial) == (0, False)
+        assert worker.trials_failed == 1 and worker.trial_clean_since is not None
+        time.sleep(hold_s)
+        amqp.submit(declared, dossier())
+        wait_for(lambda: ledger.count_by_state() == {2: 3}, what="another routed")
+        assert (worker.trials_failed, worker.trial_clean_since) == (0, None)
     finally:
         other.close()
         running.stop()
         ledger.dispose()
-    receipts = amqp.json_all(declared.desk_queue("T.MC.B"))
-    assert len({r["dossier_code"] for r in receipts}) == len(receipts) == 2
+    receipts = [n for n in amqp.json_all(declared.desk_queue("T.MC.B"))
+                if n["notice"] == "receipt"]
+    assert len({r["dossier_code"] for r in receipts}) == len(receipts) == 3
 
 
 def test_a_try_that_goes_through_without_what_fails_is_no_end_of_the_outage(
