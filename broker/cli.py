@@ -471,12 +471,13 @@ def _run(args: argparse.Namespace) -> int:
     # a broken catalog or a taken metrics port is said before the ledger is opened: a
     # first start left an empty new SQLite ledger behind
     catalog, metrics = load_catalog(args.catalog), Metrics()
-    if port:  # ready: not yet (live: yes, a restart would not help)
-        metrics.serve(port, os.environ.get("CASEBROKER_METRICS_ADDR", "127.0.0.1"),
-                      starting())
-    ledger = Ledger(args.db_url, lock_timeout_s=RUN_LOCK_TIMEOUT_S)
-    sole = hold_sole_runner(ledger.url, "`casebroker run`")  # SQLite: one run at a time
+    # SQLite: one run at a time, said before a metrics port the other one holds
+    sole = hold_sole_runner(args.db_url, "`casebroker run`")
     try:
+        if port:  # ready: not yet (live: yes, a restart would not help)
+            metrics.serve(port, os.environ.get("CASEBROKER_METRICS_ADDR", "127.0.0.1"),
+                          starting())
+        ledger = Ledger(args.db_url, lock_timeout_s=RUN_LOCK_TIMEOUT_S)
         broker = Broker(args.catalog, _topology_of(args), ledger, settings,
                         metrics=metrics, loaded=catalog)
         signal.signal(signal.SIGHUP, lambda _signum, _frame: broker.reload_soon())

@@ -126,12 +126,27 @@ def hold_sole_runner(url: str | None, doing: str) -> int | None:
         parsed = make_url(url or os.environ.get("CASEBROKER_DB_URL") or DEFAULT_DB_URL)
     except ArgumentError:
         return None  # not a URL: Ledger says so
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+    name = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite":
         return None
-    db = Path(os.path.realpath(parsed.database))  # the file, whatever path names it
+    if str(parsed.query.get("uri", "")).lower() in ("true", "1"):  # file:PATH?mode=…
+        name = name.removeprefix("file:")
+        if parsed.query.get("mode") == "memory":
+            return None
+    if name in ("", ":memory:"):
+        return None
+    db = Path(os.path.realpath(name))  # the file, whatever path names it
+    if not db.parent.is_dir():
+        return None  # nothing to hold: the ledger says where it cannot be made
     path = db.with_name(db.name + ".run-lock")
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except PermissionError:  # made by another user (root's `ledger upgrade`): flock
+        try:  # needs no write access
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as e:
+            raise StartupError(f"cannot open {path} to hold the SQLite ledger for "
+                               f"{doing}: {e.strerror}") from None
     except OSError as e:
         raise StartupError(f"cannot open {path} to hold the SQLite ledger for {doing}: "
                            f"{e.strerror}") from None
@@ -145,8 +160,9 @@ def hold_sole_runner(url: str | None, doing: str) -> int | None:
             f"run` or `ledger upgrade` (its lock: {path.name}): one process at a time "
             f"routes on a SQLite ledger; several routers need PostgreSQL (--db-url, "
             f"CASEBROKER_DB_URL)") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    with suppress(OSError):  # the holder's pid, for the next one to name (not read-only)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
 
 

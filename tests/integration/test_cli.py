@@ -102,7 +102,9 @@ def test_a_second_run_or_an_upgrade_on_a_sqlite_ledger_in_use_is_refused(
     db_url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
     # the same file by another path is the same ledger
     other_path = f"sqlite:///{tmp_path / 'by' / '..' / 'ledger.sqlite3'}"
-    proc = _run(declared.prefix, db_url)
+    as_uri = f"sqlite:///file:{tmp_path / 'ledger.sqlite3'}?uri=true"  # SQLite's URI form
+    port = free_port()
+    proc = _run(declared.prefix, db_url, port)
     try:
         wait_for(lambda: _consumers(declared.intake_queue) == 1, what="router consuming")
         said = (f"error: another process (pid {proc.pid}) holds the SQLite ledger "
@@ -110,9 +112,10 @@ def test_a_second_run_or_an_upgrade_on_a_sqlite_ledger_in_use_is_refused(
                 "(its lock: ledger.sqlite3.run-lock): one process at a time routes on a "
                 "SQLite ledger; several routers need PostgreSQL (--db-url, "
                 "CASEBROKER_DB_URL)\n")
-        assert main(["run", "--catalog", str(MINI_CATALOG), "--prefix", declared.prefix,
-                     "--db-url", other_path, "--metrics-port", "0"]) == 1
-        assert capsys.readouterr().err == said
+        for url in (other_path, as_uri):  # said before the metrics port the first holds
+            assert main(["run", "--catalog", str(MINI_CATALOG), "--prefix", declared.prefix,
+                         "--db-url", url, "--metrics-port", str(port)]) == 1
+            assert capsys.readouterr().err == said
         assert main(["ledger", "upgrade", "--db-url", db_url]) == 1
         assert capsys.readouterr().err == said
         assert main(["ledger", "upgrade", "--dry-run", "--db-url", db_url]) == 0  # reads
