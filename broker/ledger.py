@@ -70,6 +70,7 @@ from broker.envelope import Outbound
 from broker.errors import (
     CasebrokerError,
     LedgerSchemaError,
+    SettingError,
     StartupError,
     TransientError,
     shown_url,
@@ -955,7 +956,7 @@ class Ledger:
         try:
             self.engine: Engine = _make_engine(self.url, self._sqlite, lock_timeout_s)
         except (ArgumentError, ImportError) as e:  # not a URL, or a driver not installed
-            raise StartupError(
+            raise SettingError(
                 f"not a ledger URL casebroker can use: {shown_url(self.url)} "
                 f"({type(e).__name__}); give "
                 "sqlite:///PATH or postgresql://USER@HOST/DB (--db-url, CASEBROKER_DB_URL)"

@@ -6,8 +6,10 @@ agency ids. Never a dossier code, a name or an id number.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import socket
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -15,7 +17,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from broker.amqp import INTERNAL_ERROR, Hooks
-from broker.errors import StartupError
+from broker.errors import SettingError, StartupError
 
 #: the consumers' sources (their handlers' ``source``) and what their retries are
 SOURCES = ("intake", "status")
@@ -217,6 +219,11 @@ class Metrics(Hooks):
         try:
             server, _thread = start_http_server(port, addr=addr, registry=self.registry)
         except OSError as e:
+            if isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL:
+                # a setting, not a fault: started again, it fails again
+                raise SettingError(f"cannot serve metrics on {addr}:{port}: "
+                                   f"{e.strerror or e} (CASEBROKER_METRICS_ADDR: an address "
+                                   "of this host)") from e
             raise StartupError(f"cannot serve metrics on {addr}:{port}: {e.strerror or e} "
                                "(--metrics-port, CASEBROKER_METRICS_PORT; 0: off)") from e
         if probes:

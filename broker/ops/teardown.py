@@ -17,7 +17,7 @@ import sys
 
 from broker.ops.queues import channel, lock_queue, queue_state
 from broker.rules.catalog import Catalog
-from broker.security import Management, ManagementError
+from broker.security import Management, ManagementError, ManagementUrlError
 from broker.topology import Topology
 
 
@@ -44,6 +44,8 @@ def delete(topology: Topology, catalog: Catalog, management_url: str, force: boo
     """Delete the topology as the module says; print what was done; the exit status."""
     try:
         queues, exchanges, unacked = _names(topology, catalog, management_url)
+    except ManagementUrlError:
+        raise  # what it was given is wrong: exit 2, as for any setting
     except ManagementError as e:
         print(f"error: {e}: without the management API, queues under {topology.prefix!r} "
               "that the catalog does not name would be left behind with what they hold "

@@ -153,20 +153,24 @@ def test_a_reader_that_goes_away_ends_a_command_without_a_traceback() -> None:
     assert proc.wait(timeout=30) == 1 and "Traceback" not in err and "BrokenPipe" not in err
 
 
-@pytest.mark.parametrize(("url", "said"), [
+@pytest.mark.parametrize(("url", "said", "code"), [
+    # no URL it can use: a setting, exit 2 (started again, it fails again)
     ("garbage", "not a ledger URL casebroker can use: garbage (ArgumentError); give "
-                "sqlite:///PATH or postgresql://USER@HOST/DB"),
+                "sqlite:///PATH or postgresql://USER@HOST/DB", 2),
     ("mysql://ops:s3cret@db/x", "not a ledger URL casebroker can use: mysql://ops:***@db/x "
-                                "(ModuleNotFoundError)"),
+                                "(ModuleNotFoundError)", 2),
+    # a file that is no ledger (yet: a restore under way?): a fault, exit 1
     ("sqlite:///{tmp}/text.sqlite3", "no usable ledger at sqlite:///{tmp}/text.sqlite3: file "
-                                     "is not a database"),
+                                     "is not a database", 1),
 ])
 def test_a_ledger_url_that_names_no_usable_ledger_is_said_in_one_line(
-        url: str, said: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        url: str, said: str, code: int, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "text.sqlite3").write_text("not a database\n")
     url, said = url.format(tmp=tmp_path), said.format(tmp=tmp_path)
-    for argv in (["report"], ["dossier", "list"], ["run", "--metrics-port", "0"]):
-        assert main([*argv, "--db-url", url]) == 1
+    for argv in (["report"], ["dossier", "list"], ["run", "--metrics-port", "0"],
+                 ["ledger", "upgrade"]):
+        assert main([*argv, "--db-url", url]) == code
         err = capsys.readouterr().err
         assert f"error: {said}" in err and "s3cret" not in err and "Traceback" not in err
 
@@ -234,3 +238,29 @@ def test_an_empty_prefix_is_refused_not_taken_for_the_default(
     monkeypatch.setenv("CASEBROKER_PREFIX", "nothing-here-7f3a")
     assert main(argv) == 2
     assert "error: topology prefix '' is not 1 to 64 letters" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("address", "said"), [
+    ("no-such-host.invalid", "Name or service not known"),
+    ("192.0.2.1", "Cannot assign requested address"),  # TEST-NET-1: on no host
+])
+def test_a_metrics_address_not_of_this_host_is_a_setting(
+        address: str, said: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # exit 2: a supervisor must not restart it in a loop (a port taken is exit 1: the
+    # router it collides with may be leaving)
+    monkeypatch.setenv("CASEBROKER_METRICS_ADDR", address)
+    assert main(["run", "--catalog", str(MINI_CATALOG), "--metrics-port", "19997",
+                 "--db-url", f"sqlite:///{tmp_path / 'ledger.sqlite3'}"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: cannot serve metrics on {address}:19997: {said} (CASEBROKER_METRICS_ADDR: "
+        "an address of this host)\n")
+
+
+def test_topology_delete_with_a_management_url_of_another_form_exits_2(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["topology", "delete", "--prefix", "nothing-here-7f3a", "--force",
+                 "--catalog", str(MINI_CATALOG), "--management-url", "garbage"]) == 2
+    assert capsys.readouterr().err == (
+        "error: the management API's URL is not http(s)://user:password@host:port "
+        "(--management-url, CASEBROKER_MANAGEMENT_URL)\n")
