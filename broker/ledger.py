@@ -112,6 +112,7 @@ DEFAULT_DB_URL = "sqlite:///casebroker.sqlite3"
 #: delivery limit); failing, the worker gives its window back after --hold-s instead
 RUN_LOCK_TIMEOUT_S = 60.0
 
+
 def hold_sole_runner(url: str | None, doing: str) -> int | None:
     """On a SQLite ledger, take the lock that lets one `casebroker run` (or `ledger
     upgrade`) at a time use it (an ``flock`` on ``<file>.run-lock``, released when its
@@ -141,13 +142,10 @@ def hold_sole_runner(url: str | None, doing: str) -> int | None:
         return None  # nothing to hold: the ledger says where it cannot be made
     path = db.with_name(db.name + ".run-lock")
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except PermissionError:  # made by another user (root's `ledger upgrade`): flock
-        try:  # needs no write access
-            fd = os.open(path, os.O_RDONLY)
-        except OSError as e:
-            raise StartupError(f"cannot open {path} to hold the SQLite ledger for "
-                               f"{doing}: {e.strerror}") from None
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError:  # made by another user (root's `ledger upgrade`): flock
+            fd = os.open(path, os.O_RDONLY)  # needs no write access
     except OSError as e:
         raise StartupError(f"cannot open {path} to hold the SQLite ledger for {doing}: "
                            f"{e.strerror}") from None

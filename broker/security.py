@@ -134,8 +134,8 @@ class Management:
         and agencies work; a URL of another form is a :class:`ManagementError` that does
         not quote it (it may hold a password)."""
         refused = ManagementUrlError("the management API's URL is not "
-                                  "http(s)://user:password@host:port (--management-url, "
-                                  "CASEBROKER_MANAGEMENT_URL)")
+                                     "http(s)://user:password@host:port (--management-url, "
+                                     "CASEBROKER_MANAGEMENT_URL)")
         parts = urllib.parse.urlsplit(url.strip())
         try:
             port = parts.port
