@@ -763,11 +763,10 @@ class QueueWorker:
             if self.trial_clean_since is not None:
                 self.trial_clean_since = now
             if not self.parked and now - self.failing_since >= s.hold_s:
-                on_trial = self.trial_clean_since is not None
-                self._give_back()
-                if on_trial:  # consumed again on trial, and a hold of failures since
+                if self.trial_clean_since is not None:  # on trial, a hold of failures
                     delay_s = max(delay_s, self._trial_failed(
                         now - self.failing_since, "the deliveries consumed since"))
+                self._give_back()
             elif self.trial_since is not None and now - self.trial_since >= s.hold_s:
                 # the ledger answers a probe, yet a delivery fails (a disk full, a
                 # privilege on one table): the one taken to try it goes back, a step nearer

@@ -456,7 +456,7 @@ def _metrics_port() -> int:
 def _run(args: argparse.Namespace) -> int:
     from broker.amqp import ConsumerSettings
     from broker.health import Probes, starting
-    from broker.ledger import RUN_LOCK_TIMEOUT_S, Ledger, hold_sole_runner
+    from broker.ledger import RUN_LOCK_TIMEOUT_S, Ledger, sole_runner
     from broker.rules.catalog import load_catalog
     from broker.service import Broker
     from monitoring.metrics import Metrics
@@ -472,8 +472,7 @@ def _run(args: argparse.Namespace) -> int:
     # first start left an empty new SQLite ledger behind
     catalog, metrics = load_catalog(args.catalog), Metrics()
     # SQLite: one run at a time, said before a metrics port the other one holds
-    sole = hold_sole_runner(args.db_url, "`casebroker run`")
-    try:
+    with sole_runner(args.db_url, "`casebroker run`"):
         if port:  # ready: not yet (live: yes, a restart would not help)
             metrics.serve(port, os.environ.get("CASEBROKER_METRICS_ADDR", "127.0.0.1"),
                           starting())
@@ -486,9 +485,6 @@ def _run(args: argparse.Namespace) -> int:
         if port:
             metrics.answer_probes(Probes(broker).routes())
         broker.run()
-    finally:
-        if sole is not None:
-            os.close(sole)
     return EXIT_OK
 
 

@@ -30,6 +30,7 @@ from uuid import UUID
 
 from sqlalchemy import (
     JSON,
+    URL,
     Boolean,
     Column,
     Connection,
@@ -113,33 +114,40 @@ DEFAULT_DB_URL = "sqlite:///casebroker.sqlite3"
 RUN_LOCK_TIMEOUT_S = 60.0
 
 
-def hold_sole_runner(url: str | None, doing: str) -> int | None:
-    """On a SQLite ledger, take the lock that lets one `casebroker run` (or `ledger
-    upgrade`) at a time use it (an ``flock`` on ``<file>.run-lock``, released when its
-    descriptor is closed, and by the kernel when the process ends, however it ends);
-    that descriptor, or None on PostgreSQL, where several run at once. Held by another
-    process: a :class:`StartupError` saying so. Two routers on one SQLite file took turns
-    at its write lock, each batch waiting up to 5 s for the other's and then paused as if
-    the ledger were away, and the dossier codes they allocated were serialised by that
-    lock alone."""
-    import fcntl
-
+def sqlite_file(url: str | URL) -> str | None:
+    """The file of a SQLite ledger URL, as given (SQLite's URI form too:
+    ``sqlite:///file:PATH?uri=true``); None for another database, one in memory, or what
+    is no URL (:class:`Ledger` says so)."""
     try:
-        parsed = make_url(url or os.environ.get("CASEBROKER_DB_URL") or DEFAULT_DB_URL)
+        parsed = make_url(url)
     except ArgumentError:
-        return None  # not a URL: Ledger says so
+        return None
     name = parsed.database or ""
     if parsed.get_backend_name() != "sqlite":
         return None
-    if str(parsed.query.get("uri", "")).lower() in ("true", "1"):  # file:PATH?mode=…
+    if str(parsed.query.get("uri", "")).lower() in ("true", "1"):
         name = name.removeprefix("file:")
         if parsed.query.get("mode") == "memory":
             return None
-    if name in ("", ":memory:"):
-        return None
-    db = Path(os.path.realpath(name))  # the file, whatever path names it
-    if not db.parent.is_dir():
-        return None  # nothing to hold: the ledger says where it cannot be made
+    return None if name in ("", ":memory:") else name
+
+
+@contextmanager
+def sole_runner(url: str | None, doing: str) -> Iterator[None]:
+    """On a SQLite ledger, hold the lock that lets one `casebroker run` (or `ledger
+    upgrade`) at a time use it: an ``flock`` on ``<file>.run-lock``, released at the
+    end, and by the kernel when the process ends, however it ends. Nothing on
+    PostgreSQL, where several run at once. Held by another process: a
+    :class:`StartupError` saying so. Two routers on one SQLite file took turns at its
+    write lock, each batch waiting up to 5 s for the other's and then paused as if the
+    ledger were away."""
+    import fcntl
+
+    name = sqlite_file(url or os.environ.get("CASEBROKER_DB_URL") or DEFAULT_DB_URL)
+    db = None if name is None else Path(os.path.realpath(name))  # whatever path names it
+    if db is None or not db.parent.is_dir():
+        yield  # nothing to hold, or the ledger says where it cannot be made
+        return
     path = db.with_name(db.name + ".run-lock")
     try:
         try:
@@ -159,10 +167,13 @@ def hold_sole_runner(url: str | None, doing: str) -> int | None:
             f"run` or `ledger upgrade` (its lock: {path.name}): one process at a time "
             f"routes on a SQLite ledger; several routers need PostgreSQL (--db-url, "
             f"CASEBROKER_DB_URL)") from None
-    with suppress(OSError):  # the holder's pid, for the next one to name (not read-only)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+    try:
+        with suppress(OSError):  # the holder's pid, for the next one to name (not if
+            os.ftruncate(fd, 0)  # opened read-only)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 #: indexes earlier versions made and this one dropped (no query used them; each cost the
@@ -1018,10 +1029,8 @@ class Ledger:
         """For the commands that only read: a URL with no ledger behind it is said so,
         and nothing is created (SQLite would make an empty file of a mistyped path); one
         whose tables lack columns of this version is a :class:`LedgerSchemaError`."""
-        url = make_url(self.url)
         hint = "(--db-url, CASEBROKER_DB_URL)"
-        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
-                and not Path(url.database).exists():
+        if (path := sqlite_file(self.url)) is not None and not Path(path).exists():
             raise StartupError(f"no ledger at {self.where}: no such file {hint}")
         with self._reached(), self.engine.connect() as conn:
             found = inspect(conn)
@@ -1422,8 +1431,8 @@ class Ledger:
         of each due turn: ``restarted`` or ``held_back``.
         """
         done = Checkpoints(count)
-        database = self.engine.url.database
-        if self.engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        database = sqlite_file(self.engine.url)
+        if database is None:
             return done  # PostgreSQL checkpoints itself; in memory, no WAL
         self._sqlite["autocheckpoint"] = False
         self.engine.dispose()  # pooled connections made before keep checkpointing

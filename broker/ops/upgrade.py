@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 from broker.cli import DB_URL_HELP
-from broker.ledger import Ledger, hold_sole_runner
+from broker.ledger import Ledger, sole_runner
 
 
 def _cmd_upgrade(args: argparse.Namespace) -> int:
     ledger = Ledger(args.db_url, create=False, current=False)
-    sole = None
     try:
-        if not args.dry_run:  # SQLite: not while a `casebroker run` uses it
-            sole = hold_sole_runner(ledger.url, "`ledger upgrade`")
-        statements = ledger.upgrade(dry_run=args.dry_run)
+        if args.dry_run:
+            statements = ledger.upgrade(dry_run=True)
+        else:  # SQLite: not while a `casebroker run` uses it
+            with sole_runner(ledger.url, "`ledger upgrade`"):
+                statements = ledger.upgrade()
     finally:
         ledger.dispose()
-        if sole is not None:
-            os.close(sole)
     if not statements:
         print(f"the ledger at {ledger.where} is up to date")
         return 0

@@ -9,6 +9,7 @@ import pytest
 from broker.amqp import ConsumerSettings, shown_url
 from broker.cli import _metrics_port, build_parser, main
 from broker.consumers.common import party_users_enabled
+from broker.ledger import Ledger, sqlite_file
 from broker.security import Management, ManagementError
 from tests.conftest import MINI_CATALOG
 
@@ -264,3 +265,26 @@ def test_topology_delete_with_a_management_url_of_another_form_exits_2(
     assert capsys.readouterr().err == (
         "error: the management API's URL is not http(s)://user:password@host:port "
         "(--management-url, CASEBROKER_MANAGEMENT_URL)\n")
+
+
+@pytest.mark.parametrize(("url", "file"), [
+    ("sqlite:///ledger.sqlite3", "ledger.sqlite3"),
+    ("sqlite:////var/lib/cb/l.db?timeout=10", "/var/lib/cb/l.db"),
+    ("sqlite:///file:/var/lib/cb/l.db?mode=ro&uri=true", "/var/lib/cb/l.db"),
+    ("sqlite:///file::memory:?cache=shared&uri=true", None),
+    ("sqlite:///file:x?mode=memory&uri=true", None),
+    ("sqlite://", None), ("sqlite:///:memory:", None),
+    ("postgresql://cb@db/cb", None), ("garbage", None),
+])
+def test_the_file_of_a_sqlite_ledger_url(url: str, file: str | None) -> None:
+    # the run lock, the read-only commands' "no such file" and the WAL checkpoints all
+    # find the file by it: SQLite's URI form named "file:PATH" (a false refusal)
+    assert sqlite_file(url) == file
+
+
+def test_a_read_only_command_finds_a_ledger_named_in_sqlites_uri_form(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    Ledger(f"sqlite:///{tmp_path / 'l.sqlite3'}").dispose()
+    assert main(["dossier", "list", "--db-url",
+                 f"sqlite:///file:{tmp_path / 'l.sqlite3'}?uri=true"]) == 0, \
+        capsys.readouterr().err
