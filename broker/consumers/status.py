@@ -57,7 +57,15 @@ from broker.consumers.deadlines import (
 from broker.envelope import Outbound
 from broker.errors import TransitionRefused
 from broker.ledger import Batch
-from broker.lifecycle import STEP_ENDS, TRANSITIONS, Event, State, apply, late_from
+from broker.lifecycle import (
+    STEP_ENDS,
+    TRANSITIONS,
+    Event,
+    State,
+    apply,
+    late_from,
+    paused_in_time,
+)
 from broker.messages import (
     DOSSIER_CODE_MAX,
     MAX_BROKER_BODY_BYTES,
@@ -239,6 +247,23 @@ def _calendar_end(engine: Engine, dossier: _Dossier, recorded: dict[str, str], k
         if cal.on_a_working_day(end) == due:
             return end
     return due
+
+
+def _how_moved(paused_at: datetime, due: datetime, unit: DurationUnit,
+               by: tuple[float, timedelta]) -> str:
+    """How a supplement's return moved a due date paused at ``paused_at`` by ``by``
+    (working seconds, whole time), in words for the agency."""
+    seconds, days = by
+    if not paused_in_time(paused_at, due):
+        return "unchanged: the supplement was asked for after its due day"
+    if unit is DurationUnit.CALENDAR_DAYS:
+        if days <= timedelta(0):
+            return "unchanged: no time was paused"
+        return (f"moved by the {days / timedelta(days=1):.1f} days paused"
+                if days >= timedelta(days=1)
+                else f"moved by the {days / timedelta(hours=1):.1f} hours paused")
+    return (f"moved by the {seconds / 3600:.1f} working hours paused" if seconds > 0
+            else "unchanged: no working time was paused")
 
 
 class StatusRouter(Consumer):
@@ -682,7 +707,7 @@ class StatusRouter(Consumer):
         step_unit = DurationUnit(dossier["steps"][dossier["step"] - 1]["unit"])
         recorded: dict[str, str] = flags.get(CALENDAR_ENDS, {})
         ends = dict(recorded)
-        paused_s, wall = whole = paused(dossier["received_at"])
+        whole = paused(dossier["received_at"])
         # a later step's time began at its hand-off (recorded since STEP_STARTED was kept)
         started = flags.get(STEP_STARTED) if dossier["step"] > 1 else None
         step = paused(datetime.fromisoformat(started)) if started else whole
@@ -690,6 +715,10 @@ class StatusRouter(Consumer):
         def moved(key: str, due: datetime, unit: DurationUnit,
                   by: tuple[float, timedelta]) -> datetime:
             seconds, days = by
+            if not paused_in_time(paused_at, due):
+                # asked for once it was late (a review: the time paused since made a late
+                # dossier on time, after its apology): its lateness stands
+                return due
             if unit is DurationUnit.CALENDAR_DAYS:
                 if days <= timedelta(0):
                     return due
@@ -704,8 +733,11 @@ class StatusRouter(Consumer):
         # dossier's (then the dossier's, its own kept in STEP_OWN_DUE for the report and
         # `dossier show`): moved by its own unit, it may land on either side of it
         own_key = STEP_OWN_DUE if STEP_OWN_DUE in flags else "step_due_at"
-        own = moved(own_key, datetime.fromisoformat(flags[STEP_OWN_DUE])
-                    if own_key == STEP_OWN_DUE else dossier["step_due_at"], step_unit, step)
+        own_before = (datetime.fromisoformat(flags[STEP_OWN_DUE])
+                      if own_key == STEP_OWN_DUE else dossier["step_due_at"])
+        said = (_how_moved(paused_at, dossier["due_at"], whole_unit, whole),
+                _how_moved(paused_at, own_before, step_unit, step))
+        own = moved(own_key, own_before, step_unit, step)
         step_due_at = min(own, due_at)
         kept = {k: v for k, v in dossier["flags"].items() if k != STEP_OWN_DUE}
         if own > step_due_at:
@@ -714,31 +746,30 @@ class StatusRouter(Consumer):
                                 ) != own_key:
             ends[key] = ends.pop(own_key)  # its calendar end, under the name it now has
         dossier.set(flags=kept)
-        if (due_at, step_due_at) != (dossier["due_at"], dossier["step_due_at"]):
-            dossier.set(due_at=due_at, step_due_at=step_due_at)
-            # a new due day not over yet (late_from, as the watch and the report judge
-            # lateness): the watch judges it afresh
-            if late_from(due_at) > now:
-                dossier.set(watch_level=NOTHING_SENT)
-            if late_from(step_due_at) > now:  # and the step's likewise
-                dossier.set(step_watch_level=NOTHING_SENT)
+        # a due date moved to a day not over yet (late_from, as the watch and the report
+        # judge lateness) is judged afresh by the watch; one not moved keeps what it was
+        # told (a review: a pause that moved only the step's had the dossier told at risk
+        # twice)
+        for key, level_key, new_due in (("due_at", "watch_level", due_at),
+                                        ("step_due_at", "step_watch_level", step_due_at)):
+            if new_due != dossier[key]:
+                dossier.set(**{key: new_due})
+                if late_from(new_due) > now:
+                    dossier.set(**{level_key: NOTHING_SENT})
         if ends != recorded:
             dossier.set(flags={**dossier["flags"], CALENDAR_ENDS: ends})
         # the agency's assignment carries the due dates the pause has moved: it is told
         # the new ones, as fields and in words
         due, step_due = (dossier[k].astimezone(cal.tz) for k in ("due_at", "step_due_at"))
-        if whole_unit is DurationUnit.CALENDAR_DAYS:
-            how = (f"moved by the {wall / timedelta(days=1):.1f} days paused"
-                   if wall > timedelta(0) else "unchanged: no time was paused")
-        else:
-            how = (f"moved by the {paused_s / 3600:.1f} working hours paused" if paused_s > 0
-                   else "unchanged: no working time was paused")
+        dates = (f"legal due date {due.isoformat(timespec='minutes')}",
+                 f"this step's {step_due.isoformat(timespec='minutes')}")
+        # one way said once; the step's own when it differs (a review: a step in calendar
+        # days moved by a pause after hours was said unchanged with its dossier's)
+        words = (f"{dates[0]}, {dates[1]} ({said[0]})" if said[0] == said[1]
+                 else f"{dates[0]} ({said[0]}), {dates[1]} ({said[1]})")
         return self._agency_notice(
             dossier, NoticeKind.SUPPLEMENTED, seq, now, documents=list(msg.documents),
-            reason=f"the clock runs again: legal due date "
-                   f"{due.isoformat(timespec='minutes')}, this step's "
-                   f"{step_due.isoformat(timespec='minutes')} ({how})",
-            due_at=due, step_due_at=step_due)
+            reason=f"the clock runs again: {words}", due_at=due, step_due_at=step_due)
 
     def _hand_off(self, engine: Engine, dossier: _Dossier, results: list[Document],
                   at: datetime) -> Outbound:

@@ -11,7 +11,7 @@ import contextlib
 import io
 import json
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -20,9 +20,10 @@ from sqlalchemy import select
 
 from broker.amqp import DETAIL_HEADER, REASON_HEADER
 from broker.cli import main
+from broker.consumers.deadlines import DeadlineWatch, WatchSettings
 from broker.consumers.router import Router
 from broker.consumers.status import StatusRouter
-from broker.ledger import Ledger, dossiers
+from broker.ledger import Ledger, dossiers, events
 from broker.lifecycle import LEGAL_TIMEZONE, timeliness
 from broker.messages import (
     DeskNotice,
@@ -33,6 +34,7 @@ from broker.messages import (
     DossierWithdrawn,
     encode,
 )
+from broker.ops.report import report as period_report
 from broker.rules.catalog import parse_catalog
 from broker.rules.engine import Engine
 from broker.topology import Topology
@@ -549,14 +551,19 @@ def test_after_a_hand_off_the_next_agency_is_not_compared_with_the_previous_one(
         "received", "hand_off", "accept"], what="accepted by T.CA")
 
 
-def _handlers(ledger: Ledger, clock: FakeClock, procedure: str
-              ) -> tuple[Router, StatusRouter]:
-    """A router and a status router on the mini catalog with one more procedure, 1.000009
-    (``procedure``: its fields after the code, boundary-free), and the test's clock."""
+def _engine(procedure: str) -> Engine:
+    """The mini catalog with one more procedure, 1.000009 (``procedure``: its fields
+    after the code, boundary-free)."""
     text = MINI_CATALOG.read_text().replace(
         "procedures:\n", f'procedures:\n  - {{code: "1.000009", {procedure}, '
         "boundary_free: true}\n", 1)
-    engine = Engine(parse_catalog(text.encode(), "mini.yaml"))
+    return Engine(parse_catalog(text.encode(), "mini.yaml"))
+
+
+def _handlers(ledger: Ledger, clock: FakeClock, procedure: str
+              ) -> tuple[Router, StatusRouter]:
+    """A router and a status router on :func:`_engine`'s catalog and the test's clock."""
+    engine = _engine(procedure)
     t = Topology("t")
     return (Router(lambda: engine, ledger, t, clock=clock),
             StatusRouter(lambda: engine, ledger, t, clock=clock))
@@ -721,14 +728,14 @@ def test_a_pause_extends_a_handed_on_calendar_days_step_from_its_own_end(
         # received on Friday before opening, the clock starts at 07:00; asked for
         # documents at once, brought at 09:00: paused for the two hours its clock ran
         ("2026-11-27 06:00", "2026-12-02 07:00", "2026-11-27 06:15", "2026-11-27 09:00",
-         "2026-12-02 09:00", "0.1"),
+         "2026-12-02 09:00", "2.0 hours"),
         # received on Friday after closing, 5 calendar days count from Friday's closing,
         # the weekend among them (once the count began on Monday morning and lost the
         # weekend: due Mon 7 Dec 07:00, found by a review). Asked for documents that
         # evening and brought on Monday at 09:00, its days stood still for the whole
         # 2 days 15 h 15 min: Sat 5 Dec 08:15, a day off, so Mon 7 Dec 08:15
         ("2026-11-27 17:30", "2026-12-02 17:00", "2026-11-27 17:45", "2026-11-30 09:00",
-         "2026-12-07 08:15", "2.6"),
+         "2026-12-07 08:15", "2.6 days"),
     ], ids=["before_opening", "after_closing"])
 def test_a_pause_of_calendar_days_counts_from_their_start(
         ledger: Ledger, clock: FakeClock, received: str, due: str, asked: str, back: str,
@@ -742,7 +749,7 @@ def test_a_pause_of_calendar_days_counts_from_their_start(
     row = ledger.dossier(code)
     assert row is not None and row["due_at"] == vn(moved_due) == row["step_due_at"]
     told = [json.loads(o.body) for o in out if o.type == "agency.notice"]
-    assert told[0]["reason"].endswith(f"(moved by the {moved_by} days paused)"), told[0]
+    assert told[0]["reason"].endswith(f"(moved by the {moved_by} paused)"), told[0]
 
 
 def test_a_pause_of_a_later_step_counts_from_its_hand_off_s_clock(
@@ -852,3 +859,111 @@ def test_a_status_that_does_not_say_why_is_answered_and_changes_nothing(
     assert take(amqp, desk, 1, "the desk told")[0]["notice"] in ("refused",
                                                                  "supplement_requested")
     assert amqp.json_all(declared.dead_queue("status")) == []
+
+
+def _watch(ledger: Ledger, clock: FakeClock, procedure: str) -> DeadlineWatch:
+    """The deadline watch on :func:`_engine`'s catalog and the test's clock."""
+    engine = _engine(procedure)
+    return DeadlineWatch(lambda: engine, ledger, Topology("t"), WatchSettings(), clock=clock)
+
+
+def _kinds(ledger: Ledger, code: str) -> list[str]:
+    """The kinds of a dossier's events, in order."""
+    with ledger.read() as conn:
+        return list(conn.execute(select(events.c.kind).where(events.c.dossier_code == code)
+                                 .order_by(events.c.seq)).scalars())
+
+
+_ONE_DAY = ('name: "One day", processing: {amount: 1, unit: working_days}, '
+            "competence: {agency: T.SO.TP}")
+
+
+def test_a_supplement_asked_for_once_the_dossier_is_late_leaves_its_due_date(
+        ledger: Ledger, clock: FakeClock) -> None:
+    # asked for the morning after its due day, when the watch had told the citizen it
+    # was late, the pause still moved the due date by the time paused: onto the moment
+    # the supplement came back, the watch level back to nothing sent, and the result an
+    # hour later counted on time after the apology (found by a review). Its lateness
+    # stands (lifecycle.paused_in_time)
+    status, code = _received(ledger, clock, _ONE_DAY, "2026-11-30 09:00")  # Mon
+    watch = _watch(ledger, clock, _ONE_DAY)
+    clock.set("2026-12-02 00:05")  # Wed: due Tue 09:00
+    assert sorted(json.loads(o.body)["notice"] for o in watch.flag()) == [
+        "overdue", "overdue_apology"]
+    told = _pause(status, clock, code, "T.SO.TP", "2026-12-02 08:00", "2026-12-02 10:00", 2)
+    row = ledger.dossier(code)
+    assert row is not None and (row["due_at"], row["step_due_at"], row["watch_level"]) == (
+        vn("2026-12-01 09:00"), vn("2026-12-01 09:00"), 2)
+    assert json.loads(told[0].body)["reason"] == (
+        "the clock runs again: legal due date 2026-12-01T09:00+07:00, this step's "
+        "2026-12-01T09:00+07:00 (unchanged: the supplement was asked for after its due "
+        "day)")
+    clock.set("2026-12-02 10:01")
+    assert watch.flag() == []  # told at risk after its apology, before
+    clock.set("2026-12-02 11:00")
+    out = status.handle([status_delivery(4, _status(code, "T.SO.TP", "resolved",
+                                                    clock().astimezone(UTC)))])
+    assert "overdue_apology" not in [json.loads(o.body).get("notice") for o in out]
+    row = ledger.dossier(code)
+    assert row is not None
+    assert timeliness(row["finished_at"], row["due_at"], ZoneInfo(LEGAL_TIMEZONE)) == "late"
+    assert _kinds(ledger, code).count("overdue") == 1
+
+
+def test_a_supplement_asked_for_once_a_step_is_late_moves_only_its_dossier(
+        ledger: Ledger, clock: FakeClock) -> None:
+    # the same for a chain step told overdue: its own due date stays (the report judges
+    # the step late), while the dossier's, still ahead, moves by the two hours paused
+    chain = ('name: "Chain", processing: {amount: 5, unit: working_days}, competence: '
+             "{chain: [{agency: T.SO.TP, processing: {amount: 1, unit: working_days}}, "
+             "{agency: T.CA}]}")
+    status, code = _received(ledger, clock, chain, "2026-11-30 09:00")  # Mon
+    watch = _watch(ledger, clock, chain)
+    clock.set("2026-12-02 00:05")
+    assert [json.loads(o.body)["notice"] for o in watch.flag()] == ["overdue"]
+    assert _kinds(ledger, code)[-1] == "step_overdue"  # to its agency alone
+    told = _pause(status, clock, code, "T.SO.TP", "2026-12-02 08:00", "2026-12-02 10:00", 2)
+    row = ledger.dossier(code)
+    assert row is not None and (row["step_due_at"], row["due_at"]) == (
+        vn("2026-12-01 09:00"), vn("2026-12-07 11:00"))
+    assert (row["watch_level"], row["step_watch_level"]) == (0, 2)
+    assert json.loads(told[0].body)["reason"] == (
+        "the clock runs again: legal due date 2026-12-07T11:00+07:00 (moved by the 2.0 "
+        "working hours paused), this step's 2026-12-01T09:00+07:00 (unchanged: the "
+        "supplement was asked for after its due day)")
+    clock.set("2026-12-02 11:00")
+    status.handle([status_delivery(4, _status(code, "T.SO.TP", "resolved",
+                                              clock().astimezone(UTC)))])
+    figures = period_report(ledger, date(2026, 11, 30), date(2026, 11, 30), "agency",
+                     ZoneInfo(LEGAL_TIMEZONE), clock())["groups"]["T.SO.TP"]
+    assert (figures["steps_finished"], figures["steps_late"]) == (1, 1)
+
+
+def test_a_pause_that_moves_only_the_step_leaves_the_dossier_s_watch_level(
+        ledger: Ledger, clock: FakeClock) -> None:
+    # a pause after closing moves a step counted in calendar days by its half hour and
+    # its dossier, in working days, by nothing: the dossier's watch level went back to
+    # nothing sent all the same, and the next round recorded it at risk a second time
+    # (found by a review)
+    chain = ('name: "Chain", processing: {amount: 4, unit: working_days}, competence: '
+             "{chain: [{agency: T.SO.TP, processing: {amount: 3, unit: calendar_days}}, "
+             "{agency: T.CA}]}")
+    status, code = _received(ledger, clock, chain, "2026-11-30 09:00")  # Mon
+    watch = _watch(ledger, clock, chain)
+    row = ledger.dossier(code)
+    assert row is not None and (row["step_due_at"], row["due_at"]) == (
+        vn("2026-12-03 09:00"), vn("2026-12-04 09:00"))
+    clock.set("2026-12-03 16:00")  # Thu: 3 working hours left of the dossier's 32
+    watch.flag()
+    assert _kinds(ledger, code).count("at_risk") == 1
+    told = _pause(status, clock, code, "T.SO.TP", "2026-12-03 17:30", "2026-12-03 18:00", 2)
+    row = ledger.dossier(code)
+    assert row is not None and (row["step_due_at"], row["due_at"], row["watch_level"]) == (
+        vn("2026-12-03 09:30"), vn("2026-12-04 09:00"), 1)
+    assert json.loads(told[0].body)["reason"] == (
+        "the clock runs again: legal due date 2026-12-04T09:00+07:00 (unchanged: no "
+        "working time was paused), this step's 2026-12-03T09:30+07:00 (moved by the 0.5 "
+        "hours paused)")
+    clock.set("2026-12-03 18:01")
+    watch.flag()
+    assert _kinds(ledger, code).count("at_risk") == 1
