@@ -80,6 +80,7 @@ from broker.lifecycle import LEGAL_TIMEZONE, State, day_start
 from broker.tables import (
     _OPEN,
     STEP_AHEAD,
+    STEP_STARTED,
     RawJSON,
     UTCDateTime,
     _json_dumps,
@@ -798,7 +799,8 @@ class Batch:
         c = dossiers.c
         level_col, due, where, more = (
             (c.step_watch_level, c.step_due_at, [STEP_AHEAD],
-             [c.step, c.steps, c.step_due_at, c.step_watch_level]) if step
+             [c.step, c.steps, c.step_due_at, c.step_watch_level,
+              c.flags[STEP_STARTED].as_string().label("step_started")]) if step
             else (c.watch_level, c.due_at, [], [c.steps]))
         clock_runs = or_(c.state != int(State.SUPPLEMENT_REQUESTED),
                          and_(c.paused_at.is_not(None), _not_paused_in_time(due)),

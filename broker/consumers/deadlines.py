@@ -145,34 +145,34 @@ def given_s(row: Mapping[str, Any], calendar: WorkingCalendar, *, step: bool = F
     date: a supplement pause moves the due date, and the time it stood still was not
     given to anyone (counted in, it made a short dossier at risk on its return)."""
     if step:
-        return _planned_s(row["steps"][row["step"] - 1], row["step_due_at"], calendar)
-    if (plan := _calendar_days_alone(row)) is not None:
-        # one step in calendar days, whose end may have been moved past days off onto a
-        # working day (calendar.py): counted back from the due date, the days moved over
-        # were lost. Its due date as its receipt gives it says it was never paused; then
-        # the plan ran from the clock's start to the due date, the days moved over too
-        start = calendar.calendar_start(row["received_at"])
-        planned_end = calendar.calendar_days_end(row["received_at"], float(plan["amount"]))
-        if calendar.on_a_working_day(planned_end) == row["due_at"]:
-            return calendar.working_seconds_between(start, row["due_at"])
+        started = row.get("step_started") if row["step"] > 1 else row.get("received_at")
+        return _planned_s(row["steps"][row["step"] - 1], row["step_due_at"], calendar,
+                          _as_datetime(started))
+    if len(row["steps"]) == 1:
+        return _planned_s(row["steps"][0], row["due_at"], calendar, row.get("received_at"))
     return sum(_planned_s(plan, row["due_at"], calendar) for plan in row["steps"])
 
 
-def _calendar_days_alone(row: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The plan of a dossier of one step, in calendar days, whose receipt is known."""
-    steps = row["steps"]
-    if len(steps) != 1 or row.get("received_at") is None:
-        return None
-    return steps[0] if DurationUnit(steps[0]["unit"]) == DurationUnit.CALENDAR_DAYS else None
+def _as_datetime(value: datetime | str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
-def _planned_s(plan: Mapping[str, Any], due: datetime, calendar: WorkingCalendar) -> float:
+def _planned_s(plan: Mapping[str, Any], due: datetime, calendar: WorkingCalendar,
+               start: datetime | None = None) -> float:
+    """The working time ``plan`` gives. Calendar days give the working time from where
+    they start (``start``: the receipt, or the step's hand-off) to where they end, moved
+    past days off onto a working day, as their due date was set; counted back from the
+    due date (a later step's, not begun), the days moved over were lost, and a pause's
+    move changed what they gave (a review: at risk a day late)."""
     amount, unit = float(plan["amount"]), DurationUnit(plan["unit"])
     if unit == DurationUnit.WORKING_HOURS:
         return amount * 3600
     if unit == DurationUnit.WORKING_DAYS:
         return amount * calendar.office_hours.seconds_per_day
-    # calendar days: the working time in as many days before the due date
+    if start is not None:
+        return calendar.working_seconds_between(
+            calendar.calendar_start(start),
+            calendar.on_a_working_day(calendar.calendar_days_end(start, amount)))
     return calendar.working_seconds_between(due - timedelta(days=amount), due)
 
 

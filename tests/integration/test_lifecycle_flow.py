@@ -967,3 +967,27 @@ def test_a_pause_that_moves_only_the_step_leaves_the_dossier_s_watch_level(
     clock.set("2026-12-03 18:01")
     watch.flag()
     assert _kinds(ledger, code).count("at_risk") == 1
+
+
+def test_a_step_in_calendar_days_is_at_risk_by_the_working_time_it_was_given(
+        ledger: Ledger, clock: FakeClock) -> None:
+    # handed on Thursday 09:00, 2 calendar days end Saturday 09:00, moved to Monday: the
+    # step was given Thu 6 h + Fri 8 h + Mon 2 h, so at risk for its last 4 h. Counted
+    # back from Monday, it was given 2 h, and told at risk with half an hour left (found
+    # by a review)
+    chain = ('name: "Chain", processing: {amount: 10, unit: working_days}, competence: '
+             "{chain: [{agency: T.SO.TP, processing: {amount: 3, unit: working_days}}, "
+             "{agency: T.CA, processing: {amount: 2, unit: calendar_days}}]}")
+    status, code = _received(ledger, clock, chain, "2026-12-07 09:00")  # Mon
+    watch = _watch(ledger, clock, chain)
+    clock.set("2026-12-10 09:00")
+    status.handle([status_delivery(2, _status(code, "T.SO.TP", "resolved",
+                                              clock().astimezone(UTC)))])
+    row = ledger.dossier(code)
+    assert row is not None and (row["step"], row["step_due_at"]) == (
+        2, vn("2026-12-14 09:00"))
+    clock.set("2026-12-11 13:30")  # Fri: 5.5 h left
+    assert watch.flag() == []
+    clock.set("2026-12-11 15:30")  # 3.5 h left
+    assert [json.loads(o.body)["notice"] for o in watch.flag()] == ["at_risk"]
+    assert _kinds(ledger, code)[-1] == "step_at_risk"

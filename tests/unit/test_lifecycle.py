@@ -168,11 +168,11 @@ def test_a_short_dossier_is_at_risk_for_the_last_share_of_its_time(
         # back from Monday, only Fri + Mon (8 h): at risk 2 h before, with 3 h left
         ("2026-12-14 09:00", "2026-12-11 13:59", NOTHING_SENT),  # 5 h left
         ("2026-12-14 09:00", "2026-12-11 16:00", AT_RISK),  # 3 h left
-        # a due date the receipt does not give (a pause moved it): its plan is counted
-        # back from it, the paused days given to nobody: Mon 8 h + Tue 2 h = 10 h
+        # a due date a pause moved a day on: its plan gave the same 16 h (counted back
+        # from the moved date, Mon 8 h + Tue 2 h, it was at risk from 2.5 h left, not 4:
+        # a review), so at risk for its last 4 h
         ("2026-12-15 09:00", "2026-12-14 14:00", NOTHING_SENT),  # 5 h left
-        ("2026-12-15 09:00", "2026-12-14 16:00", NOTHING_SENT),  # 3 h left, over 2.5
-        ("2026-12-15 09:00", "2026-12-14 16:31", AT_RISK),
+        ("2026-12-15 09:00", "2026-12-14 16:00", AT_RISK),  # 3 h left
     ],
 )
 def test_calendar_days_moved_past_days_off_were_given_the_days_moved_over(
@@ -180,7 +180,7 @@ def test_calendar_days_moved_past_days_off_were_given_the_days_moved_over(
     row = {**_row(), "received_at": _vn("2026-12-10 09:00"), "due_at": _vn(due),
            "steps": [{"agency_id": "A", "amount": 3, "unit": "calendar_days"}]}
     assert CAL.due_at(row["received_at"], 3, "calendar_days") == _vn("2026-12-14 09:00")
-    assert given_s(row, CAL) == (16 if due.startswith("2026-12-14") else 10) * 3600
+    assert given_s(row, CAL) == 16 * 3600
     assert level_for(row, _vn(now), CAL, SETTINGS) == expected
 
 
@@ -210,7 +210,13 @@ def test_a_chain_step_is_given_what_its_plan_gives() -> None:
 
     assert given_s(step(4, "working_hours"), CAL, step=True) == 4 * 3600
     assert given_s(step(1.5, "working_days"), CAL, step=True) == 12 * 3600
-    # 3 calendar days before Monday 09:00: Friday 09:00, so Friday's 6 hours and Monday's 2
+    # handed on Thu 10 Dec 09:00, 2 calendar days end Sat 09:00, moved to Mon 09:00: Thu
+    # 6 h, Fri 8 h and Mon 2 h. Counted back from Monday, Sat and Sun alone: 2 h, and the
+    # step was told at risk with half an hour left (a review)
+    handed_on = {**step(2, "calendar_days"), "step_started": "2026-12-10T09:00:00+07:00"}
+    assert given_s(handed_on, CAL, step=True) == 16 * 3600
+    # a step whose start is not known (handed on before casebroker kept it): 3 calendar
+    # days counted back from Monday 09:00, from Friday 09:00, so Friday's 6 h and Monday's 2
     assert given_s(step(3, "calendar_days"), CAL, step=True) == 8 * 3600
     row = {**_row(), **step(4, "working_hours"), "step_watch_level": NOTHING_SENT}
     assert decide([row], _vn("2026-12-14 08:01"), CAL, SETTINGS, step=True) == [
