@@ -831,13 +831,38 @@ def as_received(data: Mapping[str, Any]) -> DossierSubmitted:
         return DossierSubmitted.model_validate(_people_unchecked(data))
 
 
+class _LooseApplicant(_Model):
+    """An :class:`Applicant`'s shape, its text unchecked: what an earlier version's
+    looser checks let in (a name of spaces, a ward code with a newline), no more."""
+
+    kind: Literal["citizen", "organization"]
+    name: str
+    id_number: str
+    phone: str | None = None
+    email: str | None = None
+    address: str | None = None
+    ward_code: str | None = None
+
+
+class _LooseSubject(_Model):
+    """A :class:`Subject`'s shape, its text unchecked."""
+
+    ward_code: str | None = None
+    description: str | None = None
+
+
 def _people_unchecked(data: Mapping[str, Any]) -> dict[str, Any]:
-    """``data`` with its applicant and subject (when objects) built as they are, unchecked:
-    what an earlier version's looser checks may have let into them."""
+    """``data`` with its applicant and subject (when objects) built with their text as
+    it is: what an earlier version's looser checks may have let into them. Their shape
+    is checked all the same (a review: an applicant with no kind or name, numbers for
+    its text or a field the contract lacks reached the SDK's handler): raises
+    ValidationError."""
     loose = dict(data)
-    for key, model in (("applicant", Applicant), ("subject", Subject)):
+    for key, shape, model in (("applicant", _LooseApplicant, Applicant),
+                              ("subject", _LooseSubject, Subject)):
         if isinstance(data.get(key), Mapping):
-            loose[key] = model.model_construct(**data[key])
+            checked = shape.model_validate(data[key])
+            loose[key] = model.model_construct(checked.model_fields_set, **dict(checked))
     return loose
 
 
