@@ -104,6 +104,10 @@ INBOX_PREFETCH = 10
 #: close, left unbounded, held Inbox.stop() or BrokerClient.close() for as long as TCP
 #: took to give up (a quarter of an hour); unacked deliveries go back all the same
 CLOSE_TIMEOUT_S = 5.0
+#: how long opening a connection (TCP, then RabbitMQ's handshake) may take, at most: a
+#: node that takes the connection and never answers (stopped, swamped) costs this per
+#: attempt, or ``confirm_timeout_s`` if shorter (a review: 5 s whatever it was)
+CONNECT_TIMEOUT_S = 5.0
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -175,8 +179,10 @@ class BrokerClient:
         if url:  # CASEBROKER_AMQP_URL is checked as it is read; an argument here
             _check_scheme(url)
         urls = [url] if url else amqp_urls()
-        self.connection = Connection(urls[0], alternates=urls[1:], connect_timeout=5,
-                                     transport_options=self._transport_options())
+        self.connection = Connection(
+            urls[0], alternates=urls[1:],
+            connect_timeout=min(CONNECT_TIMEOUT_S, confirm_timeout_s),
+            transport_options=self._transport_options())
         self._producer: Any = None
         # message_id -> why it came back; filled by the basic.return callback
         self._returned: dict[str | None, str] = {}
@@ -253,7 +259,7 @@ class BrokerClient:
                 # be read as the next wait's
                 self._drop()
             raise PublishError(f"publish {shown} to {exchange}/{routing_key} failed: "
-                               f"{_failure(e, self.confirm_timeout_s)}", message_id) from e
+                               f"{self._failure(e)}", message_id) from e
         except BaseException:
             # interrupted mid-wait (a signal, a timeout around the call): this publish's
             # confirm or return may still come, and would be read as the next one's. The
@@ -269,6 +275,10 @@ class BrokerClient:
         if reason is not None:
             raise PublishError(f"publish {shown} to {exchange}/{routing_key} was "
                                f"returned: {reason}", message_id)
+
+    def _failure(self, error: BaseException) -> str:
+        return _failure(error, self.confirm_timeout_s, self.connection.connect_timeout,
+                        None if self.max_retries is None else self.max_retries + 1)
 
     def _publish_confirmed(self, body: bytes, exchange: str, routing_key: str,
                            message_id: str, properties: dict[str, Any]) -> None:
@@ -880,17 +890,37 @@ def _backoff_s(policy: dict[str, Any], attempt: int) -> float:
                      policy["interval_max"]))
 
 
-def _failure(error: BaseException, timeout_s: float) -> str:
+def _failure(error: BaseException, timeout_s: float, connect_s: float | None,
+             attempts: int | None) -> str:
     """What failed a publish, in words: a wait for RabbitMQ that ran out says so (py-amqp's
-    socket.timeout has no text of its own)."""
+    socket.timeout has no text of its own), and so does a connection that could not be
+    opened ``attempts`` times in a row, each within ``connect_s`` (kombu gives it as an
+    OperationalError of the last attempt's "timed out")."""
+    if isinstance(error, KombuError) and isinstance(error.__cause__, TimeoutError):
+        tries = f"at each of {attempts} attempts" if attempts else "at any attempt"
+        return (f"RabbitMQ could not be reached, or did not answer, within {connect_s:g} s "
+                f"{tries} to connect (the node stopped, overloaded, or out of reach); send "
+                "it again later under the same message id")
     if isinstance(error, TimeoutError) and error.errno is None:
         return (f"RabbitMQ did not answer within {timeout_s:g} s (the link is lost, or the "
                 "node overloaded); it may not have the message: send it again under the "
                 "same message id")
     # the login: no retry under the same message id helps, the URL must change
     if isinstance(error, AccessRefused | NotAllowed):
+        if _on_a_channel(error):  # logged in; this user may not write there
+            return (f"RabbitMQ refused this user ({error.reply_text}): see its permissions "
+                    "(`casebroker users plan`), and that the client's topology prefix is "
+                    "the broker's; nothing was sent")
         return f"{_login_refused(error)}; nothing was sent"
     return str(error)
+
+
+def _on_a_channel(error: AMQPError) -> bool:
+    """Whether RabbitMQ refused a method on a channel (a publish, a queue's check), not
+    the connection's login or virtual host (a review: a permission missing was told to
+    check the password)."""
+    class_id = (error.method_sig or (0, 0))[0]
+    return class_id not in (0, 10)  # 10: the connection's own methods
 
 
 def _login_refused(error: AccessRefused | NotAllowed) -> str:

@@ -9,7 +9,9 @@ import json
 import random
 import secrets
 import signal
+import socket
 import threading
+import time
 import traceback
 import urllib.parse
 from collections.abc import Iterator
@@ -442,3 +444,23 @@ def test_a_dossier_given_as_its_fields_is_checked_naming_never_quoting(live: Liv
         assert ID_NUMBER not in str(e.value) and "nothing was sent" in str(e.value)
         assert desk.submit(fields) == f"submit:{fields['submission_id']}"
     assert live.depth(t.intake_queue) == 1
+
+
+def test_a_publish_to_a_node_that_never_answers_fails_within_its_timeouts_in_words(
+        live: Live) -> None:
+    # a node that takes the connection and never answers (stopped with SIGSTOP,
+    # swamped): each attempt to connect waited 5 s whatever confirm_timeout_s said, and
+    # the PublishError said "timed out" (found by a review: 80 s with the defaults). A
+    # listening socket nobody accepts on is such a node: the kernel completes the TCP
+    # handshake, and no AMQP answer comes
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"amqp://guest:guest@127.0.0.1:{silent.getsockname()[1]}/%2F"
+        started = time.monotonic()
+        with DeskClient("T.MC.A", url=url, topology=live.topology, confirm_timeout_s=1.0,
+                        max_retries=2) as desk, pytest.raises(PublishError) as e:
+            desk.submit(dossier(desk_id="T.MC.A"))
+        took = time.monotonic() - started
+    assert "did not answer, within 1 s at each of 3 attempts to connect" in str(e.value)
+    assert took < 3 * 5, f"{took:.1f} s: the attempts waited the 5 s connect timeout"

@@ -11,7 +11,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from adapters.client import DeskClient, Inbox, InboxRefused
+from adapters.client import BrokerClient, DeskClient, Inbox, InboxRefused, PublishError
 from broker.amqp import DETAIL_HEADER, REASON_HEADER, SENT_BY_HEADER, amqp_url
 from broker.cli import main
 from broker.ledger import Ledger
@@ -109,6 +109,19 @@ def test_desk_and_agency_can_do_their_part_only(declared: Topology, users: Path)
             _publish(conn, declared.intake_exchange, INTAKE_KEY, b"{}", agency)
     finally:
         conn.close()
+    # through the SDK, a permission missing is said to be one, not a password to check
+    # (found by a review)
+    password = (users / f"{agency}.password").read_text().strip()
+    with BrokerClient(topology=declared, url=(
+            f"amqp://{urllib.parse.quote(agency, safe='')}:{urllib.parse.quote(password)}@"
+            f"{base.hostname}:{base.port or 5672}/%2F")) as client, \
+            pytest.raises(PublishError) as refused:
+        client.publish(dossier(desk_id="T.MC.A"), exchange=declared.intake_exchange,
+                       routing_key=INTAKE_KEY, message_id="m2")
+    assert "RabbitMQ refused this user (ACCESS_REFUSED - access to exchange " in str(
+        refused.value)
+    assert "see its permissions (`casebroker users plan`)" in str(refused.value)
+    assert "password" not in str(refused.value)
 
 
 def test_router_refuses_a_dossier_naming_another_desk(
