@@ -16,6 +16,7 @@ from typing import Any
 
 from bench.common import Progress
 from bench.machine import describe_machine, gauges
+from broker.amqp import PREFETCH_MAX
 from broker.cli import above, at_least, listed
 from broker.rules.catalog import Catalog, load_catalog
 
@@ -42,7 +43,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--body-kb", type=at_least(0, float), default=0.0,
                    help="pad each dossier to this size (default: natural, about 0.7 KB)")
-    p.add_argument("--prefetch-count", type=at_least(1), default=1000,
+    p.add_argument("--prefetch-count", type=at_least(1, most=PREFETCH_MAX), default=1000,
                    help="prefetch of the shovel, forwarder and router (default 1000)")
     p.add_argument("--shovel-runs", type=at_least(1), default=3,
                    help="runs of the shovel stage; the fastest is the yardstick (default 3)")
@@ -62,7 +63,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     p.add_argument("--sizes-kb", type=listed(above(0)),
                    default=",".join(f"{s:g}" for s in DEFAULT_SIZES_KB),
                    help="body sizes of the 'sizes' stage, KB (default 1,16,128)")
-    p.add_argument("--prefetches", type=listed(at_least(1)),
+    p.add_argument("--prefetches", type=listed(at_least(1, most=PREFETCH_MAX)),
                    default=",".join(map(str, DEFAULT_PREFETCHES)),
                    help="router prefetch counts of the 'prefetch' stage (default 100,1000,5000)")
     p.add_argument("--stages", default=",".join(DEFAULT_STAGES),

@@ -181,6 +181,11 @@ def _failover_urls() -> tuple[str, ...]:
     return tuple(amqp_urls()[1:])
 
 
+#: AMQP's prefetch count is a 16-bit field: more could not be sent, and the worker's
+#: connection failed at each attempt, for good (a review: `run --prefetch-count 70000`)
+PREFETCH_MAX = 65_535
+
+
 @dataclass(frozen=True)
 class ConsumerSettings:
     """How a worker consumes: prefetch window, batch size and flush interval."""
@@ -208,11 +213,12 @@ class ConsumerSettings:
     def __post_init__(self) -> None:
         if self.hold_s < 0:
             raise ValueError(f"hold_s must be at least 0, not {self.hold_s}")
-        if self.prefetch_count < 1 or self.batch_size < 1 or self.flush_interval_ms < 0:
+        if (not 1 <= self.prefetch_count <= PREFETCH_MAX or self.batch_size < 1
+                or self.flush_interval_ms < 0):
             raise ValueError(
-                "prefetch_count and batch_size must be at least 1 and flush_interval_ms at "
-                f"least 0, not {self.prefetch_count}, {self.batch_size} and "
-                f"{self.flush_interval_ms}")
+                f"prefetch_count must be from 1 to {PREFETCH_MAX}, batch_size at least 1 and "
+                f"flush_interval_ms at least 0, not {self.prefetch_count}, "
+                f"{self.batch_size} and {self.flush_interval_ms}")
 
 
 class Hooks:

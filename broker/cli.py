@@ -39,24 +39,43 @@ COMMAND_MODULES: tuple[str, ...] = ("broker.rules_cli", "bench.cli", "broker.ops
                                      "broker.ops.resend")
 
 
+def _number(kind: Callable[[str], float], text: str) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+
+
 def _bounded(kind: Callable[[str], float], rule: str,
              ok: Callable[[float], bool]) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            what = "a whole number" if kind is int else "a number"
-            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        value = _number(kind, text)
         if not ok(value):
             raise argparse.ArgumentTypeError(f"must be {rule}, not {text}")
         return value
     return parse
 
 
-def at_least(minimum: float, kind: Callable[[str], float] = int) -> Callable[[str], Any]:
+#: the most a count or a number of days may be where an option gives no other bound: a
+#: typing mistake beyond it ended in a traceback (an SQL LIMIT, a date) where a usage
+#: error was due (a review)
+NUMBER_MAX = 2**31 - 1
+
+
+def at_least(minimum: float, kind: Callable[[str], float] = int,
+             most: float = NUMBER_MAX) -> Callable[[str], Any]:
     """An argparse ``type``: a number (``int`` unless ``kind`` says) of at least ``minimum``,
-    so that a count of 0 or below is refused at once instead of quietly doing nothing."""
-    return _bounded(kind, f"at least {minimum}", lambda v: v >= minimum)
+    so that a count of 0 or below is refused at once instead of quietly doing nothing, and
+    at most ``most`` (NaN and infinity are refused too)."""
+    def parse(text: str) -> Any:
+        value = _number(kind, text)
+        if not value >= minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {text}")
+        if not value <= most:
+            raise argparse.ArgumentTypeError(f"must be at most {most}, not {text}")
+        return value
+    return parse
 
 
 def above(bound: float, kind: Callable[[str], float] = float) -> Callable[[str], Any]:
@@ -71,14 +90,18 @@ tcp_port = _bounded(int, "a TCP port, 0 to 65535", lambda v: 0 <= v <= 65535)
 #: the years a date or moment on the command line may fall in, as in a message's times: a
 #: period's bounds are shifted by a day and a zone, which overflowed at 0001 and 9999
 YEARS = range(1900, 3000)
-#: an argparse ``type`` for a year
-year = _bounded(int, f"a year from {YEARS.start} to {YEARS.stop - 1}", lambda v: v in YEARS)
+#: the years the working-day calendar knows: the ``holidays`` package's Vietnamese
+#: calendar ends with 2100 (after it, not even New Year's Day was a day off: a review)
+CALENDAR_YEARS = range(1900, 2101)
+#: an argparse ``type`` for a year of the working-day calendar
+year = _bounded(int, f"a year from {CALENDAR_YEARS.start} to {CALENDAR_YEARS.stop - 1} (the "
+                "holiday calendar's)", lambda v: v in CALENDAR_YEARS)
 
 
-def _in_years(value: date, text: str) -> None:
-    if value.year not in YEARS:
+def _in_years(value: date, text: str, years: range = YEARS) -> None:
+    if value.year not in years:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is outside the years {YEARS.start} to {YEARS.stop - 1}")
+            f"{text!r} is outside the years {years.start} to {years.stop - 1}")
 
 
 def day(text: str) -> date:
@@ -101,6 +124,13 @@ def instant(text: str) -> datetime:
         raise argparse.ArgumentTypeError(
             f"not a moment with its UTC offset (e.g. 2026-02-10T09:00:00+07:00): {text!r}")
     _in_years(value, text)
+    return value
+
+
+def calendar_instant(text: str) -> datetime:
+    """:func:`instant`, in a year the working-day calendar knows (``CALENDAR_YEARS``)."""
+    value = instant(text)
+    _in_years(value, text, CALENDAR_YEARS)
     return value
 
 
@@ -200,7 +230,7 @@ def _common(p: argparse.ArgumentParser, *, catalog: bool = True, db: bool = Fals
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    from broker.amqp import ConsumerSettings
+    from broker.amqp import PREFETCH_MAX, ConsumerSettings
     from broker.security import management_url
 
     parser = argparse.ArgumentParser(
@@ -216,15 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Prometheus /metrics port (0: off; default: "
                           "$CASEBROKER_METRICS_PORT or 9464)")
     defaults = ConsumerSettings
-    run.add_argument("--prefetch-count", type=at_least(1), default=defaults.prefetch_count,
+    run.add_argument("--prefetch-count", type=at_least(1, most=PREFETCH_MAX),
+                     default=defaults.prefetch_count,
                      help=f"unacked deliveries per queue (default {defaults.prefetch_count})")
-    run.add_argument("--batch-size", type=at_least(1), default=defaults.batch_size,
+    run.add_argument("--batch-size", type=at_least(1, most=PREFETCH_MAX),
+                     default=defaults.batch_size,
                      help=f"deliveries per ledger transaction (default {defaults.batch_size})")
-    run.add_argument("--flush-interval-ms", type=at_least(0),
+    run.add_argument("--flush-interval-ms", type=at_least(0, most=60_000),
                      default=defaults.flush_interval_ms,
                      help="wait this long for a batch to fill (default 0: flush what one "
                           "network read brought)")
-    run.add_argument("--hold-s", type=at_least(0, float), default=defaults.hold_s,
+    run.add_argument("--hold-s", type=at_least(0, float, most=86_400), default=defaults.hold_s,
                      help="while the ledger is away, keep a queue's unacked deliveries this "
                           "long, then give them back and consume again once one goes through "
                           f"(default {defaults.hold_s:.0f}; keep it under RabbitMQ's "
@@ -251,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     rules_sub = rules.add_subparsers(dest="action", required=True)
     explain = rules_sub.add_parser("explain", help="route one dossier.submitted JSON file")
     explain.add_argument("file", help="a dossier.submitted/v1 JSON file ('-' for stdin)")
-    explain.add_argument("--at", type=instant, help="received at (ISO 8601 with offset; "
+    explain.add_argument("--at", type=calendar_instant, help="received at (ISO 8601 with offset; "
                          "default submitted_at)")
     explain.add_argument("--json", action="store_true", help="print one JSON object")
     _common(explain)
@@ -281,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="in this state, 1-10 (repeatable)")
     listing.add_argument("--overdue", action="store_true",
                          help="open and past the due day now (a clock paused in time is not late)")
-    listing.add_argument("--limit", type=at_least(1), default=100,
+    listing.add_argument("--limit", type=at_least(1, most=1_000_000_000), default=100,
                          help="at most this many (default 100)")
     listing.add_argument("--json", action="store_true",
                          help="print one JSON object: the dossiers, and whether more matched")

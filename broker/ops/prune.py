@@ -78,6 +78,8 @@ from broker.tables import (
 #: before it closed, but audits and a desk's questions about a dossier just returned
 #: need its data for a while
 MIN_KEEP_DAYS = 7
+#: the longest: a century (a cutoff before year 1 ended in a traceback: a review)
+MAX_KEEP_DAYS = 36_500
 #: dossiers (or set-aside deliveries, or refusals) per transaction
 CHUNK = 500
 
@@ -320,8 +322,9 @@ def prune(ledger: Ledger, keep_days: int, by: str, *, now: datetime | None = Non
           dry_run: bool = False) -> Pruned:
     """Erase the personal data of what closed more than ``keep_days`` days before ``now``
     and after the last completed run's cutoff; record the run (unless ``dry_run``)."""
-    if keep_days < MIN_KEEP_DAYS:
-        raise ValueError(f"--keep-days must be at least {MIN_KEEP_DAYS}, not {keep_days}")
+    if not MIN_KEEP_DAYS <= keep_days <= MAX_KEEP_DAYS:
+        raise ValueError(f"--keep-days must be from {MIN_KEEP_DAYS} to {MAX_KEEP_DAYS}, "
+                         f"not {keep_days}")
     at = now or datetime.now(UTC)
     with ledger.read() as conn:
         since = conn.execute(select(func.max(prunes.c.cutoff))).scalar()
@@ -398,8 +401,10 @@ def register(actions: Any) -> None:
         "of refusals at intake, the reasons of withdrawals whose submission never came) of "
         "what closed more than --keep-days ago; ids, codes, states, times and digests "
         "stay, for the audit, the report and duplicate checks")
-    p.add_argument("--keep-days", required=True, type=at_least(MIN_KEEP_DAYS),
-                   help=f"retention in days after a dossier closed (at least {MIN_KEEP_DAYS})")
+    p.add_argument("--keep-days", required=True,
+                   type=at_least(MIN_KEEP_DAYS, most=MAX_KEEP_DAYS),
+                   help=f"retention in days after a dossier closed ({MIN_KEEP_DAYS} to "
+                        f"{MAX_KEEP_DAYS})")
     p.add_argument("--dry-run", action="store_true", help="count, erase nothing")
     p.add_argument("--by", type=words(BY_MAX),
                    help="who prunes, for the ledger (default: this system user)")
