@@ -369,7 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `casebroker` console script."""
-    args = build_parser().parse_args(argv)
+    try:  # the command modules load here, for most of a second: a Ctrl-C then is one too
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:  # (a review: a traceback of 30 frames)
+        return 130
     try:
         logs.configure(verbose=args.verbose)
     except logs.LogSettingError as e:
@@ -840,8 +843,8 @@ def _unopened_submission(ledger: Ledger, submission: str, args: argparse.Namespa
                        | {"reason": WITHHELD})
     if args.json:
         print(json.dumps({"submission_id": submission, "dossier": None,
-                          "deliveries": deliveries, "refusal": refusal}, default=str,
-                         ensure_ascii=False))
+                          "deliveries": deliveries, "refusal": refusal},
+                         default=json_value, ensure_ascii=False))
     elif deliveries or refusal:
         tz = ZoneInfo(args.tz)
 

@@ -473,6 +473,9 @@ def test_dossier_show_finds_a_submission_by_its_id_whether_it_opened_a_dossier_o
     assert rc == 0 and shown["dossier"] is None
     assert [(d["message_id"], d["outcome"]) for d in shown["deliveries"]] == [
         ("desk-system-7", "dead:invalid_fields")]
+    # its times as every other --json writes them (a review: "2026-12-01 21:34:31+00:00")
+    assert datetime.fromisoformat(shown["deliveries"][0]["processed_at"]).isoformat() == (
+        shown["deliveries"][0]["processed_at"])
     assert "066090001234" not in out and "Nguyễn" not in out  # no personal data
     rc, out, err = show(str(uuid.uuid4()))
     assert rc == 1 and out == "" and "no dead-lettered or triaged delivery" in err

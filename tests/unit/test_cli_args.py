@@ -304,3 +304,15 @@ def test_a_read_only_command_finds_a_ledger_named_in_sqlites_uri_form(
     assert main(["dossier", "list", "--db-url",
                  f"sqlite:///file:{tmp_path / 'l.sqlite3'}?uri=true"]) == 0, \
         capsys.readouterr().err
+
+
+def test_a_ctrl_c_while_the_commands_load_exits_130_without_a_traceback(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # the command modules take most of a second to load, outside the handling of the
+    # rest: a Ctrl-C then printed a traceback of 30 frames (found by a review)
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("broker.cli.build_parser", interrupted)
+    assert main(["report"]) == 130
+    assert capsys.readouterr().err == ""
