@@ -378,17 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except logs.LogSettingError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    # the operator commands say in their own words what RabbitMQ refused or why it could
-    # not be reached (a missing queue, a refused login), in one line; pika's own warnings
-    # and errors (a traceback per failed connection) are for the service, and for the
-    # demo and the benchmark once they have reached RabbitMQ
-    pika_log = logging.getLogger("pika")
-    pika_log.setLevel(logging.WARNING if args.command == "run" else logging.CRITICAL)
-    if not args.verbose:  # each failed attempt is said once, by casebroker, in a line
-        from broker.amqp import CONNECT_NARRATORS, OpenGuesses
-        for name in CONNECT_NARRATORS:
-            logging.getLogger(name).setLevel(logging.CRITICAL)
-        logging.getLogger("pika.connection").addFilter(OpenGuesses())
+    pika_log = _quiet_pika(args)
     try:
         if args.command in ("demo", "bench"):
             _reach_rabbitmq()
@@ -418,6 +408,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {rabbitmq_problem(e)}", file=sys.stderr)
         return EXIT_PROBLEM
+
+
+def _quiet_pika(args: argparse.Namespace) -> logging.Logger:
+    """pika's logger, quiet but for `run`: the operator commands say in their own words
+    what RabbitMQ refused or why it could not be reached (a missing queue, a refused
+    login), in one line; pika's own warnings and errors (a traceback per failed
+    connection) are for the service, and for the demo and the benchmark once they have
+    reached RabbitMQ."""
+    pika_log = logging.getLogger("pika")
+    pika_log.setLevel(logging.WARNING if args.command == "run" else logging.CRITICAL)
+    if not args.verbose:  # each failed attempt is said once, by casebroker, in a line
+        from broker.amqp import CONNECT_NARRATORS, OpenGuesses
+        for name in CONNECT_NARRATORS:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        logging.getLogger("pika.connection").addFilter(OpenGuesses())
+    return pika_log
 
 
 def _reach_rabbitmq() -> None:
