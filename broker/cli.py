@@ -916,6 +916,8 @@ def _users(args: argparse.Namespace) -> int:
     for user in left:
         if args.retire:
             api.delete_user(user)
+            # its password opens nothing now (a review: the file stayed)
+            (Path(args.secrets_dir) / f"{user}.password").unlink(missing_ok=True)
             print(f"retired {user}: its desk or agency is not in the catalog")
     if left and not args.retire:
         print(f"warning: {len(left)} user(s) whose desk or agency is not in the catalog "

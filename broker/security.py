@@ -226,12 +226,13 @@ def apply(grants_: list[Grant], api: Management, secrets_dir: Path,
 
     A new password replaces the file's only once RabbitMQ has taken it: a rotation the API
     refuses leaves every file holding the password its user still has. A directory that
-    cannot be made or written is a :class:`~broker.errors.CasebrokerError` saying so."""
+    cannot be made is a :class:`~broker.errors.SettingError`, and one that cannot be
+    written a :class:`~broker.errors.CasebrokerError`, saying so."""
     try:
         secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as e:
-        raise CasebrokerError(f"cannot keep passwords in {secrets_dir}: {e.strerror} "
-                              "(--secrets-dir)") from None
+    except OSError as e:  # a file there, a directory not ours: the argument, exit 2
+        raise SettingError(f"cannot keep passwords in {secrets_dir}: {e.strerror} "
+                           "(--secrets-dir)") from None
     created = 0
     for grant in grants_:
         if rotate or not api.user_exists(grant.user):

@@ -255,11 +255,12 @@ def test_a_party_taken_out_of_the_catalog_is_named_then_retired(
         gone = user_for(declared, "T.POST")
         assert err == (f"warning: 1 user(s) whose desk or agency is not in the catalog still "
                        f"hold their permissions: {gone} (--retire deletes them)\n")
-        assert api.user_exists(gone)
+        assert api.user_exists(gone) and (users / f"{gone}.password").exists()
         assert main([*apply_, "--retire"]) == 0
         out, err = capsys.readouterr()
         assert out.endswith(f"retired {gone}: its desk or agency is not in the catalog\n")
         assert err == "" and not api.user_exists(gone)
+        assert not (users / f"{gone}.password").exists()  # it opens nothing now
         assert api.user_exists(router_like) and api.user_exists(monitor)
         assert main(apply_) == 0 and capsys.readouterr().err == ""
     finally:
