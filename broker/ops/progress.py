@@ -48,3 +48,33 @@ def term_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+@contextmanager
+def whole() -> Iterator[None]:
+    """Ctrl-C and SIGTERM held back until the block is over, then delivered as they would
+    have been (a KeyboardInterrupt, or the end of the process): a message settled in two
+    steps (its copy published and confirmed, then the original acked) is settled whole.
+    Interrupted in between, `dead-letters list` left the message twice in its queue (a
+    review). A second signal interrupts at once, for a RabbitMQ that does not answer."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set a handler
+        return
+    held: list[int] = []
+
+    def hold(signum: int, _frame: Any) -> None:
+        if held:
+            raise KeyboardInterrupt
+        held.append(signum)
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    taken = [sig for sig, handler in before.items() if handler not in (signal.SIG_IGN, None)]
+    for sig in taken:
+        signal.signal(sig, hold)
+    try:
+        yield
+    finally:
+        for sig in taken:
+            signal.signal(sig, before[sig])
+    if held:
+        signal.raise_signal(held[0])

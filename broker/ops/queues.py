@@ -26,6 +26,7 @@ from broker.amqp import REASON_HEADER, SENT_BY_HEADER, amqp_urls
 from broker.amqp_worker import UNENCODABLE
 from broker.envelope import portable_headers
 from broker.errors import CasebrokerError
+from broker.ops.progress import whole
 from broker.topology import DEAD_SOURCES, TRIAGE_KEY, Topology
 
 #: queue names an operator may give: a dead-letter source or "triage"
@@ -305,22 +306,30 @@ def settle(ch: BlockingChannel, taken: list[Taken], action: Callable[[Taken], No
     for n, msg in enumerate(taken):
         if progress is not None:
             progress(n, len(taken))
-        try:
-            action(msg)
-        except (ValueError, UnroutableError, NackError) as e:
-            why = why_failed(e)
-            if keep is None:
-                failed.append((msg, f"{why}; left in the queue"))
-                continue
-            try:
-                keep(msg)
-            except (UnroutableError, NackError) as e2:
-                failed.append((msg, f"{why}; not put back ({why_failed(e2)}), left in the queue "
-                               "unacked"))
-                continue
-            failed.append((msg, f"{why}; put back"))
-        ch.basic_ack(msg.tag)
+        with whole():  # a Ctrl-C comes between two messages, never between copy and ack
+            if (why := _settle_one(ch, msg, action, keep)) is not None:
+                failed.append((msg, why))
     return failed
+
+
+def _settle_one(ch: BlockingChannel, msg: Taken, action: Callable[[Taken], None],
+                keep: Callable[[Taken], None] | None) -> str | None:
+    """:func:`settle` of one message: None if it was settled (acted on, or put back, and
+    acked), else why not."""
+    try:
+        action(msg)
+    except (ValueError, UnroutableError, NackError) as e:
+        why = why_failed(e)
+        if keep is None:
+            return f"{why}; left in the queue"
+        try:
+            keep(msg)
+        except (UnroutableError, NackError) as e2:
+            return f"{why}; not put back ({why_failed(e2)}), left in the queue unacked"
+        ch.basic_ack(msg.tag)
+        return f"{why}; put back"
+    ch.basic_ack(msg.tag)
+    return None
 
 
 def why_failed(e: Exception) -> str:
