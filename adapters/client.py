@@ -104,6 +104,8 @@ INBOX_PREFETCH = 10
 #: close, left unbounded, held Inbox.stop() or BrokerClient.close() for as long as TCP
 #: took to give up (a quarter of an hour); unacked deliveries go back all the same
 CLOSE_TIMEOUT_S = 5.0
+#: the longest message id AMQP can carry (a short string), in UTF-8 bytes
+MESSAGE_ID_MAX_BYTES = 255
 #: how long opening a connection (TCP, then RabbitMQ's handshake) may take, at most: a
 #: node that takes the connection and never answers (stopped, swamped) costs this per
 #: attempt, or ``confirm_timeout_s`` if shorter (a review: 5 s whatever it was)
@@ -230,6 +232,9 @@ class BrokerClient:
         once (the connection is closed, nothing is published again): RabbitMQ may have
         the message, so send it again under the same ``message_id``."""
         shown = shown_message_id(message_id)  # it may hold a name or an id number
+        if len(message_id.encode()) > MESSAGE_ID_MAX_BYTES:  # py-amqp: a struct.error
+            raise ValueError(f"publish {shown}: a message id of {len(message_id.encode())} "
+                             f"bytes, over AMQP's {MESSAGE_ID_MAX_BYTES}: nothing was sent")
         correlation_id = getattr(message, "dossier_code", None) or getattr(
             message, "submission_id", None)
         properties = {

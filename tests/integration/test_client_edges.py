@@ -392,6 +392,20 @@ def test_text_with_a_nul_character_is_refused_before_it_is_sent(live: Live) -> N
     assert live.depth(t.intake_queue) == 0 and live.depth(t.status_queue) == 0
 
 
+def test_a_message_id_amqp_cannot_carry_is_refused_in_words(live: Live) -> None:
+    # over 255 bytes, py-amqp raised a bare struct.error, no PublishError nor ValueError
+    # (found by a review); the client works on
+    t = live.topology
+    with DeskClient("T.MC.A", topology=t) as desk:
+        with pytest.raises(ValueError, match="a message id of 256 bytes, over AMQP's 255: "
+                                             "nothing was sent"):
+            desk.publish(desk_notice("T.MC.A", 1), exchange=t.desk_exchange,
+                         routing_key="T.MC.A", message_id="ư" * 128)
+        desk.publish(desk_notice("T.MC.A", 1), exchange=t.desk_exchange,
+                     routing_key="T.MC.A", message_id="notice:" + "x" * 248)  # 255: taken
+    assert live.depth(t.desk_queue("T.MC.A")) == 1
+
+
 def test_a_result_for_a_dossier_taken_under_looser_checks_reaches_the_handler(
         live: Live) -> None:
     # the broker moves on a dossier an earlier version took (an applicant's name of
