@@ -693,7 +693,7 @@ def _dossier(args: argparse.Namespace) -> int:
             return _unopened_submission(ledger, submission, args)
         row = ledger.dossier(opened[submission][0])
     if row is None:
-        print(f"error: no dossier {args.code} in {ledger.url.split('@')[-1]}", file=sys.stderr)
+        print(f"error: no dossier {args.code!r} in {ledger.url.split('@')[-1]}", file=sys.stderr)
         return EXIT_PROBLEM
     # the ledger keeps the applicant for the agencies, and the parties' words; the
     # operator's view leaves them out, in JSON as in text

@@ -61,7 +61,7 @@ class Topology:
         # `topology delete` and `users apply --retire` to take for their own
         if not PREFIX.fullmatch(self.prefix):
             raise TopologyError(
-                f"topology prefix {self.prefix!r} is not 1 to 64 letters, digits, '_' or "
+                f"topology prefix {self.prefix!r} is not 1 to 64 ASCII letters, digits, '_' or "
                 "'-' (--prefix, CASEBROKER_PREFIX)")
 
     @classmethod

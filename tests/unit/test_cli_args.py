@@ -254,7 +254,7 @@ def test_an_empty_prefix_is_refused_not_taken_for_the_default(
     # that is a prefix nothing has, so the old reading deleted nothing
     monkeypatch.setenv("CASEBROKER_PREFIX", "nothing-here-7f3a")
     assert main(argv) == 2
-    assert "error: topology prefix '' is not 1 to 64 letters" in capsys.readouterr().err
+    assert "error: topology prefix '' is not 1 to 64 ASCII letters" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("address", "said"), [

@@ -16,5 +16,5 @@ def test_a_prefix_of_letters_digits_and_dashes_names_a_topology(prefix: str) -> 
 def test_a_prefix_that_could_reach_into_another_is_refused(prefix: str) -> None:
     # `cb.x` would put its names under `cb`'s (`cb.x.intake`), for topology delete and
     # users apply --retire to take for cb's own (found by a review)
-    with pytest.raises(TopologyError, match="is not 1 to 64 letters"):
+    with pytest.raises(TopologyError, match="is not 1 to 64 ASCII letters"):
         Topology(prefix)
