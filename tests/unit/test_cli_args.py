@@ -30,8 +30,6 @@ from tests.conftest import MINI_CATALOG
     (["demo", "--parallel", "99999999999"],
      "--parallel: must be at most 2147483647, not 99999999999"),
     (["bench", "--prefetches", "100,70000"], "--prefetches: must be at most 65535, not 70000"),
-    (["rules", "calendar", "--year", "2101"],
-     "argument --year: must be a year from 1900 to 2100 (the holiday calendar's), not 2101"),
     (["rules", "explain", "d.json", "--at", "2101-01-01T09:00:00+07:00"],
      "argument --at: '2101-01-01T09:00:00+07:00' is outside the years 1900 to 2100"),
     (["run", "--metrics-port", "70000"], "must be a TCP port, 0 to 65535, not 70000"),
@@ -316,15 +314,3 @@ def test_a_ctrl_c_while_the_commands_load_exits_130_without_a_traceback(
     monkeypatch.setattr("broker.cli.build_parser", interrupted)
     assert main(["report"]) == 130
     assert capsys.readouterr().err == ""
-
-
-def test_a_secrets_dir_that_is_a_file_is_a_wrong_argument(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # it exited 1, as a fault a restart may cure (found by a review); the directory is
-    # made before RabbitMQ is asked anything
-    taken = tmp_path / "afile"
-    taken.write_text("")
-    assert main(["users", "apply", "--catalog", str(MINI_CATALOG), "--secrets-dir",
-                 str(taken), "--management-url", "http://127.0.0.1:1"]) == 2
-    assert capsys.readouterr().err == (
-        f"error: cannot keep passwords in {taken}: File exists (--secrets-dir)\n")
