@@ -283,6 +283,10 @@ RESULTS = "results"
 #: after the dossier's due date, which then caps the step's ``step_due_at`` (a step
 #: handed a dossier late keeps its own time: the report judges the step by it)
 STEP_OWN_DUE = "step_own_due_at"
+#: in a dossier's ``flags``: the unit its procedure's time was counted in at receipt
+#: (kept since 2026-12-01): a pause moves the due date counted so, whatever a catalog
+#: reloaded since says
+PROCESSING_UNIT = "processing_unit"
 #: in a dossier's ``flags``: the sent_at of the last update applied from each agency that
 #: finished a chain step, by agency id, so that one holding a later step again (a chain
 #: that comes back to it) still has its earlier updates judged stale against its own clock

@@ -51,7 +51,7 @@ from broker.messages import (
     shown_id,
 )
 from broker.rules.engine import Decision, Engine
-from broker.tables import is_pruned
+from broker.tables import PROCESSING_UNIT, is_pruned
 
 log = logging.getLogger(__name__)
 ACCEPTED_KINDS = frozenset({"dossier.submitted"})
@@ -360,7 +360,10 @@ class Router(Consumer):
             "rule_id": dec.rule_id, "catalog_hash": dec.catalog_hash,
             "boundary_free": dec.boundary_free, "received_at": dec.received_at,
             "due_at": dec.due_at, "step_due_at": dec.first_step_due_at,
-            "finished_at": now if dec.refusal else None, "flags": {}, "seq": 1,
+            "finished_at": now if dec.refusal else None, "seq": 1,
+            # the procedure's unit: a pause counts its time so, whatever a catalog
+            # reloaded since says (a review)
+            "flags": {PROCESSING_UNIT: dec.unit.value},
             "submission": RawJSON(r.body.decode()), "updated_at": now,
         })
         batch.add_event({

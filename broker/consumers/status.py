@@ -91,6 +91,7 @@ from broker.tables import (
     EVENT_AT,
     PAUSE_RECORDED,
     PAUSED_FROM,
+    PROCESSING_UNIT,
     PRUNED_KEY,
     RESULTS,
     STEP_OWN_DUE,
@@ -247,6 +248,18 @@ def _calendar_end(engine: Engine, dossier: _Dossier, recorded: dict[str, str], k
         if cal.on_a_working_day(end) == due:
             return end
     return due
+
+
+def _processing_unit(engine: Engine, dossier: _Dossier) -> DurationUnit:
+    """The unit a dossier's procedure time was counted in when it was received: as kept
+    (PROCESSING_UNIT), else (received before it was kept) the catalog's now. The
+    catalog's alone made a dossier paused across a reload that changed the unit move by
+    the new one (a review)."""
+    if (kept := dossier["flags"].get(PROCESSING_UNIT)) is not None:
+        return DurationUnit(kept)
+    procedure = engine.procedures.get(dossier["procedure_code"])
+    return (DurationUnit(procedure.processing.unit) if procedure is not None
+            else DurationUnit.WORKING_DAYS)
 
 
 def _how_moved(paused_at: datetime, due: datetime, unit: DurationUnit,
@@ -701,9 +714,7 @@ class StatusRouter(Consumer):
                  if k not in (PAUSED_FROM, PAUSE_RECORDED)}
         dossier.set(paused_at=None, flags={
             **flags, SUPPLEMENTS: flags.get(SUPPLEMENTS, []) + supplements})
-        procedure = engine.procedures.get(dossier["procedure_code"])
-        whole_unit = (DurationUnit(procedure.processing.unit) if procedure is not None
-                      else DurationUnit.WORKING_DAYS)
+        whole_unit = _processing_unit(engine, dossier)
         step_unit = DurationUnit(dossier["steps"][dossier["step"] - 1]["unit"])
         recorded: dict[str, str] = flags.get(CALENDAR_ENDS, {})
         ends = dict(recorded)

@@ -65,6 +65,8 @@ class Decision:
     due_at: datetime
     first_step_due_at: datetime
     catalog_hash: str
+    #: how the procedure's time was counted (``due_at``'s unit)
+    unit: DurationUnit = DurationUnit.WORKING_DAYS
 
     @property
     def agency_id(self) -> str:
@@ -318,7 +320,8 @@ class Engine:
         return Decision(
             procedure_code=r.procedure_code, steps=r.steps, rule_id=r.rule_id,
             boundary_free=r.boundary_free, refusal=r.refusal, received_at=received_at,
-            due_at=due_at, first_step_due_at=first_step_due_at, catalog_hash=self.catalog_hash)
+            due_at=due_at, first_step_due_at=first_step_due_at, catalog_hash=self.catalog_hash,
+            unit=compiled.unit)
 
     def step_end(self, step: StepPlan, start: datetime) -> datetime:
         """When one step's own time, started at ``start``, runs out."""

@@ -991,3 +991,33 @@ def test_a_step_in_calendar_days_is_at_risk_by_the_working_time_it_was_given(
     clock.set("2026-12-11 15:30")  # 3.5 h left
     assert [json.loads(o.body)["notice"] for o in watch.flag()] == ["at_risk"]
     assert _kinds(ledger, code)[-1] == "step_at_risk"
+
+
+def test_a_pause_across_a_reload_moves_the_due_date_as_it_was_counted_at_receipt(
+        ledger: Ledger, clock: FakeClock) -> None:
+    # received in working days, supplemented after a reload made the procedure calendar
+    # days: its due date moved by the whole time paused, counted from an end in calendar
+    # days it never had (found by a review). It is counted as at its receipt
+    status, code = _received(ledger, clock, (
+        'name: "Ten days", processing: {amount: 10, unit: working_days}, '
+        "competence: {agency: T.SO.TP}"), "2026-11-30 09:00")  # Mon
+    row = ledger.dossier(code)
+    assert row is not None and row["due_at"] == vn("2026-12-14 09:00")
+    assert row["flags"] == {"processing_unit": "working_days"}
+    clock.set("2026-12-04 10:00")  # Fri
+    status.handle([status_delivery(2, _status(code, "T.SO.TP", "supplement_requested",
+                                              clock().astimezone(UTC),
+                                              requested_documents=["CCCD"]))])
+    _, reloaded = _handlers(ledger, clock, (
+        'name: "Ten days", processing: {amount: 10, unit: calendar_days}, '
+        "competence: {agency: T.SO.TP}"))
+    clock.set("2026-12-07 10:00")  # Mon: 8 working hours paused, 3 days
+    out = reloaded.handle([status_delivery(3, DossierSupplemented(
+        event_id=uuid.uuid4(), dossier_code=code, desk_id="T.MC.B",
+        documents=[doc("cccd.pdf")], sent_at=clock().astimezone(UTC)))])
+    row = ledger.dossier(code)
+    assert row is not None and (row["due_at"], row["step_due_at"]) == (
+        vn("2026-12-15 09:00"), vn("2026-12-15 09:00"))
+    assert json.loads(out[0].body)["reason"] == (
+        "the clock runs again: legal due date 2026-12-15T09:00+07:00, this step's "
+        "2026-12-15T09:00+07:00 (moved by the 8.0 working hours paused)")
