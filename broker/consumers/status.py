@@ -198,21 +198,38 @@ _DEAD_SINCE_GRAIN = timedelta(seconds=1)
 
 
 def _dead_since(delivery: Delivery, msg: Update) -> datetime | None:
-    """When a replayed desk supplement was set aside (``x-casebroker-dead-since``, which
-    ``dead-letters replay`` sets): no later than the broker first had it. Only a
-    supplement is judged by it, and only ever to be refused: a sender that sets the
-    header on its own message harms nobody but itself."""
-    if not isinstance(msg, DossierSupplemented):
+    """When a replayed desk supplement or agency update was set aside
+    (``x-casebroker-dead-since``, which ``dead-letters replay`` sets): no later than the
+    broker first had it. Only ever to refuse one: a sender that sets the header on its own
+    message harms nobody but itself."""
+    if not isinstance(msg, DossierSupplemented | DossierStatus):
         return None
     return header_time((delivery.properties.headers or {}).get(DEAD_SINCE_HEADER))
 
 
-def _answers_earlier(dossier: _Dossier, dead_since: datetime | None) -> str | None:
-    """Why a supplement replayed from a dead-letter queue is refused as stale: it was set
-    aside before the supplement request now waiting was recorded, so it was sent for an
-    earlier one (its desk has sent that one's documents since, or the dossier would not
-    have been asked again), and it would answer this one with the old documents."""
-    if dead_since is None or dossier["state"] != State.SUPPLEMENT_REQUESTED:
+def _answers_earlier(dossier: _Dossier, msg: Update, dead_since: datetime | None
+                     ) -> str | None:
+    """Why an update answers what is no longer there, refused as stale:
+
+    * a supplement sent (its desk's ``sent_at``) before the agency sent the request now
+      waiting (a review: one delayed behind it, across two routers, answered it with
+      other documents), or replayed from a dead-letter queue, set aside before that
+      request was recorded: it was sent for an earlier one;
+    * an agency's update replayed from a dead-letter queue, set aside (as from no party)
+      before the dossier was handed to that agency: it was sent before it had the
+      dossier (a review: replayed, it ended the step the moment it began)."""
+    if isinstance(msg, DossierStatus):
+        return _before_its_step(dossier, msg, dead_since)
+    if not isinstance(msg, DossierSupplemented) or (
+            dossier["state"] != State.SUPPLEMENT_REQUESTED):
+        return None
+    requested = dossier["status_sent_at"]  # the request's: no update is taken in state 5
+    if requested is not None and msg.sent_at < requested:
+        asked_at = requested.astimezone(msg.sent_at.tzinfo).isoformat()
+        return (f"stale: this supplement was sent at {msg.sent_at.isoformat()}, before the "
+                f"supplement request now waiting ({asked_at}): it answers an earlier "
+                "request; send the documents asked for now as a new supplement")
+    if dead_since is None:
         return None
     recorded = dossier["flags"].get(PAUSE_RECORDED)
     # a request recorded before the flag was kept: when the agency said it asked, no
@@ -223,6 +240,18 @@ def _answers_earlier(dossier: _Dossier, dead_since: datetime | None) -> str | No
     return (f"stale: this supplement was set aside at {dead_since.isoformat()}, before the "
             f"supplement request now waiting was made ({asked.isoformat()}): it answers an "
             "earlier request; send the documents asked for now as a new supplement")
+
+
+def _before_its_step(dossier: _Dossier, msg: DossierStatus, dead_since: datetime | None
+                     ) -> str | None:
+    """:func:`_answers_earlier` for an agency's replayed update."""
+    started = dossier["flags"].get(STEP_STARTED) if dossier["step"] > 1 else None
+    if (dead_since is None or started is None or msg.agency_id != dossier["agency_id"]
+            or dead_since + _DEAD_SINCE_GRAIN > datetime.fromisoformat(started)):
+        return None
+    return (f"stale: this update was set aside at {dead_since.isoformat()}, before the "
+            f"dossier was handed to {msg.agency_id} ({started}): it was sent before the "
+            "agency had the dossier; send it again if it still holds")
 
 
 def _calendar_end(engine: Engine, dossier: _Dossier, recorded: dict[str, str], key: str,
@@ -535,10 +564,12 @@ class StatusRouter(Consumer):
         own id: refused, it is answered under that id (the first copy's refusal went out
         under the update's, with other words, which a receiver would drop as a repeat).
         ``dead_since``: a replayed supplement's time of being set aside (:func:`_dead_since`)."""
-        refusal, reason = self._sender_problem(dossier, msg), ""
-        if refusal is None and (stale := (self._stale(dossier, msg)
-                                          or _answers_earlier(dossier, dead_since))) is not None:
-            refusal, reason = stale, STALE
+        # stale first: an agency's update that crossed its own hand-off is stale, not
+        # from an agency that is not the current one (a review)
+        refusal, reason = (self._stale(dossier, msg)
+                           or _answers_earlier(dossier, msg, dead_since)), STALE
+        if refusal is None:
+            refusal, reason = self._sender_problem(dossier, msg), ""
         if refusal is None and isinstance(msg, DossierStatus):
             refusal = msg.unsaid()  # a refusal or a stop without its reason: answered
         event = self._event_for(dossier, msg)
@@ -590,9 +621,16 @@ class StatusRouter(Consumer):
 
     @staticmethod
     def _stale(dossier: _Dossier, msg: Update) -> str | None:
-        """Why an agency update sent before the last one applied from it is refused."""
-        last = dossier["status_sent_at"]
-        if not isinstance(msg, DossierStatus) or last is None or msg.sent_at >= last:
+        """Why an agency update sent before the last one applied from it is refused: the
+        current agency's, or one that held an earlier step (AGENCY_SENT_AT)."""
+        if not isinstance(msg, DossierStatus):
+            return None
+        if msg.agency_id == dossier["agency_id"]:
+            last = dossier["status_sent_at"]
+        else:
+            held = dossier["flags"].get(AGENCY_SENT_AT, {}).get(msg.agency_id)
+            last = None if held is None else datetime.fromisoformat(held)
+        if last is None or msg.sent_at >= last:
             return None
         # both in the offset the agency wrote: the last one may come from this batch or
         # from the ledger (in the catalog's zone), and the text must not depend on which

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select, update
 
-from broker.amqp import DETAIL_HEADER, REASON_HEADER
+from broker.amqp import DEAD_SINCE_HEADER, DETAIL_HEADER, REASON_HEADER
 from broker.consumers.router import Router
 from broker.consumers.status import StatusRouter
 from broker.envelope import Outbound
@@ -369,3 +369,80 @@ def test_a_supplement_that_would_make_the_next_hand_off_too_large_is_refused(
                                  documents=[doc("to-khai.pdf")], sent_at=datetime.now(UTC)))
     out = h.handle(status(code, "T.UBND.A", "resolved"))
     assert [o.routing_key for o in out if o.type == "dossier.assigned"] == ["T.CA"]
+
+
+def test_a_supplement_sent_before_the_request_now_waiting_is_stale(
+        h: Handlers, clock: FakeClock) -> None:
+    # across two routers, a supplement the desk sent before the agency's second request
+    # was applied after it, and answered it with documents sent for nothing it asked
+    # (found by a review); by its desk's sent_at it answers an earlier request
+    code = h.route()  # received 09:00 in Vietnam, 02:00 UTC
+    clock.set("2026-11-25 12:00")
+    t0 = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)
+    asked = status(code, "T.UBND.A", "supplement_requested")
+    h.handle(asked.model_copy(update={"sent_at": t0}))
+    first = supplemented(code).model_copy(update={"sent_at": t0 + timedelta(minutes=1)})
+    early = supplemented(code).model_copy(update={"sent_at": t0 + timedelta(minutes=3)})
+    h.handle(first)
+    assert h.row(code)["state"] == 2
+    h.handle(asked.model_copy(update={"update_id": uuid.uuid4(),
+                                      "sent_at": t0 + timedelta(minutes=6)}))
+    out = h.handle(early)
+    assert [n for _, _, n, _ in told(out)] == ["update_refused"]
+    reason = json.loads(out[0].body)["reason"]
+    assert reason.startswith("stale: this supplement was sent at 2026-11-25T03:03:00+00:00, "
+                             "before the supplement request now waiting "
+                             "(2026-11-25T03:06:00+00:00)"), reason
+    assert h.row(code)["state"] == 5  # still waiting for what it asked
+    later = supplemented(code).model_copy(update={"sent_at": t0 + timedelta(minutes=7)})
+    assert [n for _, _, n, _ in told(h.handle(later))] == ["supplemented", "status_changed"]
+
+
+def test_an_update_that_crossed_its_agency_s_own_hand_off_is_stale(
+        h: Handlers, clock: FakeClock) -> None:
+    # an agency's update sent before the one that handed the dossier on, arriving after
+    # it, was refused as from "not the dossier's current agency" (found by a review):
+    # README says it is stale, by that agency's own last update
+    code = h.route(procedure_code="1.000001")  # T.UBND.A, then T.CA, then T.BHXH
+    clock.set("2026-11-25 12:00")
+    t0 = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)
+    h.handle(status(code, "T.UBND.A", "resolved").model_copy(
+        update={"sent_at": t0 + timedelta(minutes=5)}))
+    assert h.row(code)["agency_id"] == "T.CA"
+    out = h.handle(status(code, "T.UBND.A", "accepted").model_copy(update={"sent_at": t0}))
+    reason = json.loads(out[0].body)["reason"]
+    assert reason == ("stale: sent 2026-11-25T03:00:00+00:00, before the update applied last "
+                      "(sent 2026-11-25T03:05:00+00:00)"), reason
+    # one sent since is from an agency that is no longer the dossier's
+    out = h.handle(status(code, "T.UBND.A", "accepted").model_copy(
+        update={"sent_at": t0 + timedelta(minutes=9)}))
+    assert json.loads(out[0].body)["reason"] == "T.UBND.A is not the dossier's current agency"
+
+
+def test_an_update_set_aside_before_its_agency_had_the_dossier_is_stale_when_replayed(
+        h: Handlers, clock: FakeClock) -> None:
+    # T.CA resolved the dossier before T.UBND.A handed it on: dead-lettered as from no
+    # party, then replayed after the hand-off, it ended T.CA's step the moment it began
+    # (found by a review)
+    code = h.route(procedure_code="1.000001")
+    clock.set("2026-11-25 10:00")
+    h.handle(status(code, "T.UBND.A", "resolved"))
+    assert h.row(code)["agency_id"] == "T.CA"
+    early = status(code, "T.CA", "resolved")
+
+    def replayed(set_aside: str) -> Outbound:
+        h.tag += 1
+        delivery = status_delivery(h.tag, early)
+        delivery.properties.headers = {DEAD_SINCE_HEADER: vn(set_aside).isoformat()}
+        (out,) = h.status.handle([delivery])
+        return out
+
+    out = replayed("2026-11-25 09:30")
+    assert json.loads(out.body)["reason"] == (
+        "stale: this update was set aside at 2026-11-25T09:30:00+07:00, before the dossier "
+        "was handed to T.CA (2026-11-25T10:00:00+07:00): it was sent before the agency had "
+        "the dossier; send it again if it still holds")
+    assert h.row(code)["step"] == 2
+    # one set aside since is no earlier than its step: applied
+    out = replayed("2026-11-25 10:30")
+    assert h.row(code)["step"] == 3
