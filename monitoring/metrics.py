@@ -81,8 +81,9 @@ class Metrics(Hooks):
             ["agency"], registry=r)
         self.deadline_notices_total = Counter(
             "casebroker_deadline_notices_total",
-            "Deadline notices confirmed, by kind (at_risk, overdue, overdue_apology) and party "
-            "(a chain step's agency counts as agency)",
+            "Deadline notices sent, by kind (at_risk, overdue, overdue_apology) and party (a "
+            "chain step's agency counts as agency): the watch's once confirmed, a late "
+            "result's apology (the status router's) once its batch commits",
             ["kind", "party"], registry=r)
         self.wal_checkpoint_turns_total = Counter(
             "casebroker_wal_checkpoint_turns_total",

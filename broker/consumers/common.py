@@ -228,6 +228,13 @@ def withdraw_at_intake(batch: Batch, topology: Topology, *, submission_id: UUID,
     return row, notice
 
 
+def notice_labels(message_id: str) -> tuple[str, str]:
+    """(kind, party) of a deadline notice's id for the metric: a step's agency, or the
+    one a hand-off told, counts as ``agency`` (a label per step says nothing more)."""
+    _, kind, _, party = message_id.rsplit(":", 3)
+    return kind, "agency" if party.startswith(("step", "agency")) else party
+
+
 def to_agency(topology: Topology, message: Any, message_id: str) -> Outbound:
     """An assignment or a notice for an agency's queue."""
     return Outbound(topology.agency_exchange, message.agency_id, message_id, kind_of(message),
@@ -490,6 +497,9 @@ class Consumer:
         self.clock = clock
         self.metrics = metrics
         self._counts: dict[tuple[str, str], int] = {}
+        #: message ids of the deadline notices the batch in hand sends (a late result's
+        #: apology), for casebroker_deadline_notices_total once it commits
+        self._notices: list[str] = []
         #: with one RabbitMQ user per desk and agency (`casebroker users apply`), a message
         #: must come from the party it names: RabbitMQ checks user_id is the sender's login
         self.screen = Screen(topology, self.source, self.accepted_kinds,
@@ -534,17 +544,25 @@ class Consumer:
         key = (outcome, reason)
         self._counts[key] = self._counts.get(key, 0) + 1
 
+    def _count_notice(self, message_id: str) -> None:
+        """Note one deadline notice of the batch in hand; counted when it commits, as the
+        watch's are (a review: the status router's apologies were never counted)."""
+        self._notices.append(message_id)
+
     @contextmanager
     def _batch(self) -> Iterator[Batch]:
         """One ledger transaction; the outcomes counted in it reach the metrics, once per
         label, only after it commits (a rolled-back try, retried later, counts nothing)."""
-        self._counts = {}
+        self._counts, self._notices = {}, []
         with self.ledger.batch() as batch:
             yield batch
         counts, self._counts = self._counts, {}
+        notices, self._notices = self._notices, []
         if self.metrics is not None:
             for (outcome, reason), n in counts.items():
                 self.metrics.count(self.source, outcome, reason, n)
+            for mid in notices:
+                self.metrics.deadline_notices_total.labels(*notice_labels(mid)).inc()
 
     def check_writable(self) -> None:
         """Return once the ledger takes writes again (TransientError while it does not):

@@ -56,7 +56,14 @@ from broker.amqp import (
     properties_for,
 )
 from broker.calendar import DurationUnit, WorkingCalendar
-from broker.consumers.common import Clock, EngineProvider, in_zone, to_agency, to_desk
+from broker.consumers.common import (
+    Clock,
+    EngineProvider,
+    in_zone,
+    notice_labels,
+    to_agency,
+    to_desk,
+)
 from broker.envelope import Outbound
 from broker.errors import SettingError, without_values
 from broker.ledger import Batch, Ledger, is_transient
@@ -225,13 +232,6 @@ def message_id(code: str, kind: NoticeKind, due_at: datetime, party: str) -> str
     due = due_at.astimezone(UTC)
     fraction = f".{due.microsecond:06d}" if due.microsecond else ""
     return f"{code}:{kind.value}:{due:%Y%m%dT%H%M%S}{fraction}Z:{party}"
-
-
-def notice_labels(message_id: str) -> tuple[str, str]:
-    """(kind, party) of a deadline notice's id for the metric: a step's agency, or the
-    one a hand-off told, counts as ``agency`` (a label per step says nothing more)."""
-    _, kind, _, party = message_id.rsplit(":", 3)
-    return kind, "agency" if party.startswith(("step", "agency")) else party
 
 
 def to_the_minute(at: datetime) -> datetime:

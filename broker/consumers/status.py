@@ -593,6 +593,7 @@ class StatusRouter(Consumer):
                     flags={**dossier["flags"], EVENT_AT: at.isoformat()})
         if isinstance(msg, DossierStatus):
             dossier.set(status_sent_at=min(msg.sent_at, now + SENT_AT_AHEAD_MAX))
+        noted = len(self._notices)
         out = self._effects(engine, batch, dossier, msg, event, old_state, seq, at, now)
         # a supplement is measured by the hand-off it leads to: accepted, and that too large,
         # no agency could hand the dossier on
@@ -600,6 +601,7 @@ class StatusRouter(Consumer):
         if (too_large := _too_large(out + later)) is not None:  # nothing applied: told
             dossier.changes.clear()
             dossier.changes.update(before)
+            del self._notices[noted:]  # nor sent
             return [self._refuse(dossier, msg, too_large, now,
                                  answered=mid if changed else None)], "refused_update", TOO_LARGE
         hand_off = event == Event.HAND_OFF
@@ -711,7 +713,8 @@ class StatusRouter(Consumer):
                                              to=sender))
         if state == State.RESOLVED and at >= late_from(dossier["due_at"]) and (
                 dossier["watch_level"] < OVERDUE):
-            out.append(self._late_apology(engine, dossier, now))
+            out.append(apologized := self._late_apology(engine, dossier, now))
+            self._count_notice(str(apologized.message_id))
         return out
 
     def _late_apology(self, engine: Engine, dossier: _Dossier, now: datetime) -> Outbound:

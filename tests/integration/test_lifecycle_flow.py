@@ -438,7 +438,7 @@ def test_the_intake_desk_is_told_its_own_withdrawal_took_effect(
 
 def test_late_result_carries_an_apology(
         declared: Topology, ledger: Ledger, start_broker, amqp: Amqp, clock: FakeClock) -> None:
-    start_broker()
+    running = start_broker()
     code = submit(amqp, declared, "T.UBND.A")["dossier_code"]  # 1 working day: Thu 09:00
     clock.set("2026-11-27 09:30")  # the day after its due day: late
     report(amqp, declared, code, "T.UBND.A", "resolved", documents=[doc("kq.pdf")])
@@ -448,6 +448,9 @@ def test_late_result_carries_an_apology(
     assert notices[2]["due_at"] == vn("2026-11-27 09:30").isoformat()  # ready now
     row = ledger.dossier(code)
     assert row is not None and row["watch_level"] == 2
+    # counted with the watch's (a review: the status router's apologies never were)
+    sent = running.broker.metrics.deadline_notices_total
+    assert sent.labels("overdue_apology", "desk")._value.get() == 1
 
 
 def test_a_result_on_its_due_day_after_its_due_time_is_on_time_without_an_apology(
