@@ -366,13 +366,19 @@ class Router(Consumer):
             "flags": {PROCESSING_UNIT: dec.unit.value},
             "submission": RawJSON(r.body.decode()), "updated_at": now,
         })
+        detail = {"rule_id": dec.rule_id, "catalog_hash": dec.catalog_hash,
+                  "boundary_free": dec.boundary_free, "reason": dec.refusal}
+        if not dec.refusal and dec.received_at != now:
+            detail["recorded_at"] = now.isoformat()
         batch.add_event({
             "dossier_code": r.code, "seq": 1, "kind": "refused" if dec.refusal else "received",
             "state_from": int(State.SUBMITTED), "state_to": int(state), "actor": msg.desk_id,
             "from_agency": None, "to_agency": dec.agency_id, "message_id": r.mid,
-            "detail": {"rule_id": dec.rule_id, "catalog_hash": dec.catalog_hash,
-                       "boundary_free": dec.boundary_free, "reason": dec.refusal},
-            "at": now,
+            "detail": detail,
+            # the sheet dates a receipt when its desk received the dossier (a backdated
+            # one's first line came after the later ones: a review), and says when it was
+            # recorded, as an update's says
+            "at": now if dec.refusal else dec.received_at,
         })
         outcome = "refused" if dec.refusal else "routed"
         batch.record(r.mid, self.source, outcome, r.code, published, now)

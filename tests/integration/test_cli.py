@@ -565,3 +565,24 @@ def test_topology_delete_keeps_what_queues_hold_unless_forced(
     finally:
         delete_topology(amqp_url(), t, mini)
         amqp.ch.queue_delete(extra)
+
+
+def test_a_backdated_dossier_s_sheet_starts_when_its_desk_received_it(
+        ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
+    # a dossier its desk sent days after receiving it: the sheet's first line, its
+    # receipt, was dated when casebroker recorded it, after the updates dated since by
+    # their senders (found by a review). It is dated when the desk received it, and says
+    # when it was recorded
+    engine = Engine(load_catalog(MINI_CATALOG))
+    now = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
+    router = Router(lambda: engine, ledger, Topology("t"), clock=lambda: now)
+    sent = dossier()  # submitted 2026-11-25 02:00 UTC: two days before
+    (_, receipt) = router.handle([intake_delivery(1, encode(sent), "submit:1")])
+    code = json.loads(receipt.body)["dossier_code"]
+    (first,) = ledger.history(code)
+    assert first["at"] == sent.submitted_at
+    assert first["detail"]["recorded_at"] == now.isoformat()
+    assert main(["dossier", "show", code, "--db-url", ledger.url]) == 0
+    out = capsys.readouterr().out
+    assert ("1 2026-11-25 09:00:00  received           1->2  by T.MC.B   -> T.UBND.A  "
+            "(recorded 2026-11-27 09:00)") in out, out
