@@ -636,12 +636,8 @@ class Inbox:
         self._handled = self._given_back = 0
         # its own connection: a handler that publishes through the client must not
         # read this inbox's frames while waiting for its confirm
-        # an attempt to connect waits no longer than the drain may (a review: a 3 s drain
-        # ran 5 s against a node that took the connection and never answered)
-        connect_s = self.client.connection.connect_timeout
         conn = self.connection = self.client.connection.clone(
-            heartbeat=INBOX_HEARTBEAT_S, transport_options=self.client._transport_options(),
-            connect_timeout=connect_s if timeout_s is None else min(connect_s, timeout_s))
+            heartbeat=INBOX_HEARTBEAT_S, transport_options=self.client._transport_options())
         self._last_delivery = time.monotonic()
         subscribed = ever = False
         failures = 0  # attempts to subscribe that failed in a row

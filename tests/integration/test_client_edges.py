@@ -375,22 +375,6 @@ def test_a_drain_that_never_reached_rabbitmq_says_so_not_zero(live: Live, url: s
         desk.inbox().drain(lambda r: None, timeout_s=1.5)
 
 
-def test_a_drain_on_a_node_that_never_answers_ends_within_its_timeout(live: Live) -> None:
-    # an attempt to connect waited its 5 s whatever the drain's timeout (found by a
-    # review: a 3 s drain ran 5 s); a listening socket nobody accepts on takes the
-    # connection and never answers
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(16)
-        url = f"amqp://guest:guest@127.0.0.1:{silent.getsockname()[1]}/%2F"
-        started = time.monotonic()
-        with DeskClient("T.MC.A", url=url, topology=live.topology) as desk, \
-                pytest.raises(InboxUnreachable, match=r"within 1\.5 s"):
-            desk.inbox().drain(lambda r: None, timeout_s=1.5)
-        took = time.monotonic() - started
-    assert took < 5, f"{took:.1f} s: the attempt waited the client's 5 s connect timeout"
-
-
 def test_text_with_a_nul_character_is_refused_before_it_is_sent(live: Live) -> None:
     # the contract refuses a NUL in text (PostgreSQL's text cannot hold one), in decode()
     # only: the SDK sent such a dossier and such a report, and both were dead-lettered,
