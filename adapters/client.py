@@ -622,7 +622,9 @@ class Inbox:
         is counted, and its message comes again: the count may exceed the messages).
 
         Idle time counts from the last handler's return, or from when consuming began:
-        a slow handler or a slow connect does not end the drain with deliveries in hand.
+        a slow handler or a slow connect does not end the drain with deliveries in hand
+        (an attempt to connect runs its course, up to :data:`CONNECT_TIMEOUT_S`, past
+        ``timeout_s`` if need be).
         A lost connection (or a consumer RabbitMQ cancelled) is re-made and every queue
         subscribed again, at once and then, while RabbitMQ cannot be reached, after a
         pause growing from 0.2 s to 5 s, for as long as it takes: ``max_retries`` is for
