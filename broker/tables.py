@@ -294,6 +294,10 @@ AGENCY_SENT_AT = "agency_sent_at"
 #: in a dossier's ``flags``, from its first hand-off on: when the step it is at began (its
 #: hand-off), where a pause of that step counts from
 STEP_STARTED = "step_started_at"
+#: in a dossier's ``flags``: when casebroker recorded the hand-off that began its current
+#: step (its own clock, as a dead letter's time is): an update from the step's agency set
+#: aside before it was sent before that agency had the dossier
+STEP_RECORDED = "step_recorded_at"
 #: in a dossier's ``flags``: of its due dates counted in calendar days (``due_at``,
 #: ``step_due_at``, ``step_own_due_at``), the end each reached before it was moved off a
 #: day off onto a working day (``WorkingCalendar.calendar_days_end``), where a pause or a

@@ -95,6 +95,7 @@ from broker.tables import (
     PRUNED_KEY,
     RESULTS,
     STEP_OWN_DUE,
+    STEP_RECORDED,
     STEP_STARTED,
     SUPPLEMENTS,
     VALUES_DIGEST,
@@ -211,9 +212,9 @@ def _answers_earlier(dossier: _Dossier, msg: Update, dead_since: datetime | None
                      ) -> str | None:
     """Why an update answers what is no longer there, refused as stale:
 
-    * a supplement sent (its desk's ``sent_at``) before the agency sent the request now
-      waiting (a review: one delayed behind it, across two routers, answered it with
-      other documents), or replayed from a dead-letter queue, set aside before that
+    * a supplement sent (its desk's ``sent_at``) more than SENT_AT_AHEAD_MAX before the
+      agency sent the request now waiting (a review: one delayed behind it answered it
+      with other documents), or replayed from a dead-letter queue, set aside before that
       request was recorded: it was sent for an earlier one;
     * an agency's update replayed from a dead-letter queue, set aside (as from no party)
       before the dossier was handed to that agency: it was sent before it had the
@@ -223,8 +224,11 @@ def _answers_earlier(dossier: _Dossier, msg: Update, dead_since: datetime | None
     if not isinstance(msg, DossierSupplemented) or (
             dossier["state"] != State.SUPPLEMENT_REQUESTED):
         return None
-    requested = dossier["status_sent_at"]  # the request's: no update is taken in state 5
-    if requested is not None and msg.sent_at < requested:
+    # the request's: no update is taken in state 5. Two parties' clocks: only one sent
+    # more than SENT_AT_AHEAD_MAX before is judged (a review: a desk's clock a minute
+    # behind the agency's had its supplement to the only request refused)
+    requested = dossier["status_sent_at"]
+    if requested is not None and msg.sent_at + SENT_AT_AHEAD_MAX < requested:
         asked_at = requested.astimezone(msg.sent_at.tzinfo).isoformat()
         return (f"stale: this supplement was sent at {msg.sent_at.isoformat()}, before the "
                 f"supplement request now waiting ({asked_at}): it answers an earlier "
@@ -245,12 +249,16 @@ def _answers_earlier(dossier: _Dossier, msg: Update, dead_since: datetime | None
 def _before_its_step(dossier: _Dossier, msg: DossierStatus, dead_since: datetime | None
                      ) -> str | None:
     """:func:`_answers_earlier` for an agency's replayed update."""
-    started = dossier["flags"].get(STEP_STARTED) if dossier["step"] > 1 else None
-    if (dead_since is None or started is None or msg.agency_id != dossier["agency_id"]
-            or dead_since + _DEAD_SINCE_GRAIN > datetime.fromisoformat(started)):
+    flags = dossier["flags"]
+    # when the hand-off was recorded, on the broker's clock as the header's time is (its
+    # event's time is the sender's word: a review); before that was kept, the event's
+    handed = (flags.get(STEP_RECORDED) or flags.get(STEP_STARTED)
+              if dossier["step"] > 1 else None)
+    if (dead_since is None or handed is None or msg.agency_id != dossier["agency_id"]
+            or dead_since + _DEAD_SINCE_GRAIN > datetime.fromisoformat(handed)):
         return None
     return (f"stale: this update was set aside at {dead_since.isoformat()}, before the "
-            f"dossier was handed to {msg.agency_id} ({started}): it was sent before the "
+            f"dossier was handed to {msg.agency_id} ({handed}): it was sent before the "
             "agency had the dossier; send it again if it still holds")
 
 
@@ -289,6 +297,23 @@ def _processing_unit(engine: Engine, dossier: _Dossier) -> DurationUnit:
     procedure = engine.procedures.get(dossier["procedure_code"])
     return (DurationUnit(procedure.processing.unit) if procedure is not None
             else DurationUnit.WORKING_DAYS)
+
+
+def _moved_words(due: datetime, step_due: datetime, own: datetime | None,
+                 said: tuple[str, str]) -> str:
+    """The due dates a supplement's return leaves, and how each moved (``said``: the
+    dossier's, the step's own): one way said once; the step's own when it differs (a
+    review: a step in calendar days moved by a pause after hours was said unchanged with
+    its dossier's), and its own date named where it is capped by the dossier's (``own``:
+    the words are about it, not the date shown, a review)."""
+    dossier_words = f"legal due date {due.isoformat(timespec='minutes')}"
+    step_words = f"this step's {step_due.isoformat(timespec='minutes')}"
+    if own is not None:
+        return (f"{dossier_words} ({said[0]}), {step_words} (the dossier's; its own "
+                f"{own.isoformat(timespec='minutes')}, {said[1]})")
+    if said[0] == said[1]:
+        return f"{dossier_words}, {step_words} ({said[0]})"
+    return f"{dossier_words} ({said[0]}), {step_words} ({said[1]})"
 
 
 def _how_moved(paused_at: datetime, due: datetime, unit: DurationUnit,
@@ -684,7 +709,7 @@ class StatusRouter(Consumer):
             out.append(self._resume(engine, dossier, msg, seq, at, now))
         elif event == Event.HAND_OFF:
             # the next agency gets the dossier as it stands: supplements and earlier results
-            out.append(self._hand_off(engine, dossier, _gathered(dossier), at))
+            out.append(self._hand_off(engine, dossier, _gathered(dossier), at, now))
             if dossier["watch_level"] >= AT_RISK:  # the watch told the agency before
                 promised = (batch.appointment(dossier["code"])
                             if dossier["watch_level"] >= OVERDUE else None)
@@ -813,20 +838,16 @@ class StatusRouter(Consumer):
         # the agency's assignment carries the due dates the pause has moved: it is told
         # the new ones, as fields and in words
         due, step_due = (dossier[k].astimezone(cal.tz) for k in ("due_at", "step_due_at"))
-        dates = (f"legal due date {due.isoformat(timespec='minutes')}",
-                 f"this step's {step_due.isoformat(timespec='minutes')}")
-        # one way said once; the step's own when it differs (a review: a step in calendar
-        # days moved by a pause after hours was said unchanged with its dossier's)
-        words = (f"{dates[0]}, {dates[1]} ({said[0]})" if said[0] == said[1]
-                 else f"{dates[0]} ({said[0]}), {dates[1]} ({said[1]})")
+        words = _moved_words(due, step_due, own.astimezone(cal.tz) if own > step_due_at
+                             else None, said)
         return self._agency_notice(
             dossier, NoticeKind.SUPPLEMENTED, seq, now, documents=list(msg.documents),
             reason=f"the clock runs again: {words}", due_at=due, step_due_at=step_due)
 
     def _hand_off(self, engine: Engine, dossier: _Dossier, results: list[Document],
-                  at: datetime) -> Outbound:
-        """One chain step done at ``at``: assign the dossier to the next step's agency,
-        whose step's time starts then."""
+                  at: datetime, now: datetime) -> Outbound:
+        """One chain step done at ``at`` (recorded ``now``): assign the dossier to the
+        next step's agency, whose step's time starts then."""
         step = dossier["step"] + 1
         plan = dossier["steps"][step - 1]
         step_plan = StepPlan(plan["agency_id"], plan["amount"], DurationUnit(plan["unit"]))
@@ -834,6 +855,7 @@ class StatusRouter(Consumer):
         step_due = min(own_due, dossier["due_at"])
         flags = {k: v for k, v in dossier["flags"].items() if k != STEP_OWN_DUE}
         flags[STEP_STARTED] = at.isoformat()  # where a pause of this step counts from
+        flags[STEP_RECORDED] = now.isoformat()  # from when its agency could answer
         if own_due > step_due:  # told the dossier's due date; judged by its own time
             flags[STEP_OWN_DUE] = own_due.isoformat()
         # the step's own end in calendar days, before it was moved onto a working day,

@@ -386,16 +386,18 @@ def test_a_supplement_sent_before_the_request_now_waiting_is_stale(
     h.handle(first)
     assert h.row(code)["state"] == 2
     h.handle(asked.model_copy(update={"update_id": uuid.uuid4(),
-                                      "sent_at": t0 + timedelta(minutes=6)}))
+                                      "sent_at": t0 + timedelta(minutes=20)}))
     out = h.handle(early)
     assert [n for _, _, n, _ in told(out)] == ["update_refused"]
     reason = json.loads(out[0].body)["reason"]
     assert reason.startswith("stale: this supplement was sent at 2026-11-25T03:03:00+00:00, "
                              "before the supplement request now waiting "
-                             "(2026-11-25T03:06:00+00:00)"), reason
+                             "(2026-11-25T03:20:00+00:00)"), reason
     assert h.row(code)["state"] == 5  # still waiting for what it asked
-    later = supplemented(code).model_copy(update={"sent_at": t0 + timedelta(minutes=7)})
-    assert [n for _, _, n, _ in told(h.handle(later))] == ["supplemented", "status_changed"]
+    # two parties' clocks: one sent less than SENT_AT_AHEAD_MAX before the request may be
+    # a desk's clock behind the agency's, and answers it (a second review)
+    skewed = supplemented(code).model_copy(update={"sent_at": t0 + timedelta(minutes=16)})
+    assert [n for _, _, n, _ in told(h.handle(skewed))] == ["supplemented", "status_changed"]
 
 
 def test_an_update_that_crossed_its_agency_s_own_hand_off_is_stale(
@@ -425,8 +427,12 @@ def test_an_update_set_aside_before_its_agency_had_the_dossier_is_stale_when_rep
     # party, then replayed after the hand-off, it ended T.CA's step the moment it began
     # (found by a review)
     code = h.route(procedure_code="1.000001")
-    clock.set("2026-11-25 10:00")
-    h.handle(status(code, "T.UBND.A", "resolved"))
+    # recorded at 11:00, the hand-off dated 10:00 by its sender: T.CA could answer from
+    # 11:00 only (judged by the sender's time, a second review found one set aside at
+    # 10:30 applied)
+    clock.set("2026-11-25 11:00")
+    h.handle(status(code, "T.UBND.A", "resolved").model_copy(
+        update={"sent_at": vn("2026-11-25 10:00")}))
     assert h.row(code)["agency_id"] == "T.CA"
     early = status(code, "T.CA", "resolved")
 
@@ -437,12 +443,35 @@ def test_an_update_set_aside_before_its_agency_had_the_dossier_is_stale_when_rep
         (out,) = h.status.handle([delivery])
         return out
 
-    out = replayed("2026-11-25 09:30")
+    out = replayed("2026-11-25 10:30")
     assert json.loads(out.body)["reason"] == (
-        "stale: this update was set aside at 2026-11-25T09:30:00+07:00, before the dossier "
-        "was handed to T.CA (2026-11-25T10:00:00+07:00): it was sent before the agency had "
+        "stale: this update was set aside at 2026-11-25T10:30:00+07:00, before the dossier "
+        "was handed to T.CA (2026-11-25T11:00:00+07:00): it was sent before the agency had "
         "the dossier; send it again if it still holds")
     assert h.row(code)["step"] == 2
     # one set aside since is no earlier than its step: applied
-    out = replayed("2026-11-25 10:30")
+    out = replayed("2026-11-25 11:30")
     assert h.row(code)["step"] == 3
+
+
+def test_a_capped_step_s_own_date_is_named_where_the_notice_says_it_moved(
+        h: Handlers, clock: FakeClock) -> None:
+    # a step handed on late is due with its dossier, its own date after: a pause past the
+    # dossier's due day moved the step's own date alone, and the agency was told "this
+    # step's <the dossier's date> (moved by ...)", a date that had not moved (found by a
+    # review)
+    code = h.route(procedure_code="1.000001")
+    clock.set("2026-12-02 09:00")
+    h.handle(status(code, "T.UBND.A", "resolved").model_copy(
+        update={"sent_at": vn("2026-12-02 09:00")}))
+    clock.set("2026-12-04 08:00")
+    h.handle(status(code, "T.CA", "supplement_requested").model_copy(
+        update={"sent_at": vn("2026-12-04 08:00")}))
+    clock.set("2026-12-04 10:00")
+    (told_agency,) = [o for o in h.handle(supplemented(code).model_copy(
+        update={"sent_at": vn("2026-12-04 10:00")})) if o.type == "agency.notice"]
+    assert json.loads(told_agency.body)["reason"] == (
+        "the clock runs again: legal due date 2026-12-03T09:00+07:00 (unchanged: the "
+        "supplement was asked for after its due day), this step's 2026-12-03T09:00+07:00 "
+        "(the dossier's; its own 2026-12-04T11:00+07:00, moved by the 2.0 working hours "
+        "paused)")
