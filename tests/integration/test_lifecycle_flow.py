@@ -870,6 +870,19 @@ def _watch(ledger: Ledger, clock: FakeClock, procedure: str) -> DeadlineWatch:
     return DeadlineWatch(lambda: engine, ledger, Topology("t"), WatchSettings(), clock=clock)
 
 
+def _watched(ledger: Ledger, clock: FakeClock, procedure: str, at: str
+             ) -> tuple[StatusRouter, str, DeadlineWatch]:
+    """:func:`_received`, and the deadline watch on the same catalog."""
+    status, code = _received(ledger, clock, procedure, at)
+    return status, code, _watch(ledger, clock, procedure)
+
+
+def _chained(days: int, *steps: str) -> str:
+    """A procedure of ``days`` working days whose chain is ``steps``."""
+    return (f'name: "Chain", processing: {{amount: {days}, unit: working_days}}, '
+            f"competence: {{chain: [{', '.join(steps)}]}}")
+
+
 def _kinds(ledger: Ledger, code: str) -> list[str]:
     """The kinds of a dossier's events, in order."""
     with ledger.read() as conn:
@@ -888,8 +901,7 @@ def test_a_supplement_asked_for_once_the_dossier_is_late_leaves_its_due_date(
     # the supplement came back, the watch level back to nothing sent, and the result an
     # hour later counted on time after the apology (found by a review). Its lateness
     # stands (lifecycle.paused_in_time)
-    status, code = _received(ledger, clock, _ONE_DAY, "2026-11-30 09:00")  # Mon
-    watch = _watch(ledger, clock, _ONE_DAY)
+    status, code, watch = _watched(ledger, clock, _ONE_DAY, "2026-11-30 09:00")  # Mon
     clock.set("2026-12-02 00:05")  # Wed: due Tue 09:00
     assert sorted(json.loads(o.body)["notice"] for o in watch.flag()) == [
         "overdue", "overdue_apology"]
@@ -917,11 +929,9 @@ def test_a_supplement_asked_for_once_a_step_is_late_moves_only_its_dossier(
         ledger: Ledger, clock: FakeClock) -> None:
     # the same for a chain step told overdue: its own due date stays (the report judges
     # the step late), while the dossier's, still ahead, moves by the two hours paused
-    chain = ('name: "Chain", processing: {amount: 5, unit: working_days}, competence: '
-             "{chain: [{agency: T.SO.TP, processing: {amount: 1, unit: working_days}}, "
-             "{agency: T.CA}]}")
-    status, code = _received(ledger, clock, chain, "2026-11-30 09:00")  # Mon
-    watch = _watch(ledger, clock, chain)
+    status, code, watch = _watched(ledger, clock, _chained(
+        5, "{agency: T.SO.TP, processing: {amount: 1, unit: working_days}}", "{agency: T.CA}"),
+        "2026-11-30 09:00")  # Mon
     clock.set("2026-12-02 00:05")
     assert [json.loads(o.body)["notice"] for o in watch.flag()] == ["overdue"]
     assert _kinds(ledger, code)[-1] == "step_overdue"  # to its agency alone
@@ -938,7 +948,7 @@ def test_a_supplement_asked_for_once_a_step_is_late_moves_only_its_dossier(
     status.handle([status_delivery(4, _status(code, "T.SO.TP", "resolved",
                                               clock().astimezone(UTC)))])
     figures = period_report(ledger, date(2026, 11, 30), date(2026, 11, 30), "agency",
-                     ZoneInfo(LEGAL_TIMEZONE), clock())["groups"]["T.SO.TP"]
+                            ZoneInfo(LEGAL_TIMEZONE), clock())["groups"]["T.SO.TP"]
     assert (figures["steps_finished"], figures["steps_late"]) == (1, 1)
 
 
@@ -948,11 +958,9 @@ def test_a_pause_that_moves_only_the_step_leaves_the_dossier_s_watch_level(
     # its dossier, in working days, by nothing: the dossier's watch level went back to
     # nothing sent all the same, and the next round recorded it at risk a second time
     # (found by a review)
-    chain = ('name: "Chain", processing: {amount: 4, unit: working_days}, competence: '
-             "{chain: [{agency: T.SO.TP, processing: {amount: 3, unit: calendar_days}}, "
-             "{agency: T.CA}]}")
-    status, code = _received(ledger, clock, chain, "2026-11-30 09:00")  # Mon
-    watch = _watch(ledger, clock, chain)
+    status, code, watch = _watched(ledger, clock, _chained(
+        4, "{agency: T.SO.TP, processing: {amount: 3, unit: calendar_days}}", "{agency: T.CA}"),
+        "2026-11-30 09:00")  # Mon
     row = ledger.dossier(code)
     assert row is not None and (row["step_due_at"], row["due_at"]) == (
         vn("2026-12-03 09:00"), vn("2026-12-04 09:00"))
@@ -978,11 +986,10 @@ def test_a_step_in_calendar_days_is_at_risk_by_the_working_time_it_was_given(
     # step was given Thu 6 h + Fri 8 h + Mon 2 h, so at risk for its last 4 h. Counted
     # back from Monday, it was given 2 h, and told at risk with half an hour left (found
     # by a review)
-    chain = ('name: "Chain", processing: {amount: 10, unit: working_days}, competence: '
-             "{chain: [{agency: T.SO.TP, processing: {amount: 3, unit: working_days}}, "
-             "{agency: T.CA, processing: {amount: 2, unit: calendar_days}}]}")
-    status, code = _received(ledger, clock, chain, "2026-12-07 09:00")  # Mon
-    watch = _watch(ledger, clock, chain)
+    status, code, watch = _watched(ledger, clock, _chained(
+        10, "{agency: T.SO.TP, processing: {amount: 3, unit: working_days}}",
+        "{agency: T.CA, processing: {amount: 2, unit: calendar_days}}"),
+        "2026-12-07 09:00")  # Mon
     clock.set("2026-12-10 09:00")
     status.handle([status_delivery(2, _status(code, "T.SO.TP", "resolved",
                                               clock().astimezone(UTC)))])

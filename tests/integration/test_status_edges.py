@@ -77,6 +77,11 @@ def status(code: str, agency: str, state: str, **kw: Any) -> DossierStatus:
                          status=state, sent_at=datetime.now(UTC), **said(state, **kw))
 
 
+def sent(code: str, agency: str, state: str, at: str) -> DossierStatus:
+    """:func:`status`, sent at ``at`` in Vietnam by its agency's clock."""
+    return status(code, agency, state).model_copy(update={"sent_at": vn(at)})
+
+
 def doc(name: str) -> Document:
     return Document(name=name, uri=f"s3://docs/{name}", sha256="b" * 64, size=10,
                     media_type="application/pdf")
@@ -431,8 +436,7 @@ def test_an_update_set_aside_before_its_agency_had_the_dossier_is_stale_when_rep
     # 11:00 only (judged by the sender's time, a second review found one set aside at
     # 10:30 applied)
     clock.set("2026-11-25 11:00")
-    h.handle(status(code, "T.UBND.A", "resolved").model_copy(
-        update={"sent_at": vn("2026-11-25 10:00")}))
+    h.handle(sent(code, "T.UBND.A", "resolved", "2026-11-25 10:00"))
     assert h.row(code)["agency_id"] == "T.CA"
     early = status(code, "T.CA", "resolved")
 
@@ -462,11 +466,9 @@ def test_a_capped_step_s_own_date_is_named_where_the_notice_says_it_moved(
     # review)
     code = h.route(procedure_code="1.000001")
     clock.set("2026-12-02 09:00")
-    h.handle(status(code, "T.UBND.A", "resolved").model_copy(
-        update={"sent_at": vn("2026-12-02 09:00")}))
+    h.handle(sent(code, "T.UBND.A", "resolved", "2026-12-02 09:00"))
     clock.set("2026-12-04 08:00")
-    h.handle(status(code, "T.CA", "supplement_requested").model_copy(
-        update={"sent_at": vn("2026-12-04 08:00")}))
+    h.handle(sent(code, "T.CA", "supplement_requested", "2026-12-04 08:00"))
     clock.set("2026-12-04 10:00")
     (told_agency,) = [o for o in h.handle(supplemented(code).model_copy(
         update={"sent_at": vn("2026-12-04 10:00")})) if o.type == "agency.notice"]
