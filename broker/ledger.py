@@ -1064,28 +1064,43 @@ class Ledger:
         as it goes, and a ``held`` table made but not yet filled when the run was cut
         short would stay empty, a re-run finding it there and filling nothing).
         """
-        with self._reached(), self.engine.connect() as conn:
-            found = inspect(conn)
-            steps: list[tuple[str, Callable[[Connection], Any]]] = []
-            impossible: list[str] = []
-            for table in metadata.sorted_tables:
-                if not found.has_table(table.name):
-                    steps += _creation(table, conn.dialect, found.has_table(dossiers.name))
-                    continue
-                more, problems = _changes(table, conn.dialect, found)
-                steps += more
-                impossible += problems
+        if dry_run:
+            with self._reached(), self.engine.connect() as conn:
+                return [ddl for ddl, _ in self._upgrade_steps(conn)]
+        with self._reached(), self.write() as conn:
+            # planned in the transaction that runs it, behind the schema gate on
+            # PostgreSQL (SQLite's write lock is the transaction's): a second upgrade at
+            # once planned the same steps, ran them after the first, and said "no usable
+            # ledger" of one just upgraded (a review); it now finds nothing left to do
+            if conn.dialect.name != "sqlite":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_GATE_KEYS})",
+                                     (SCHEMA_GATE,))
+            steps = self._upgrade_steps(conn)
+            for _, run in steps:
+                run(conn)
+        if steps:
+            self.check_schema()
+        return [ddl for ddl, _ in steps]
+
+    def _upgrade_steps(self, conn: Connection) -> list[tuple[str, Callable[[Connection], Any]]]:
+        """:meth:`upgrade`'s steps for the ledger ``conn`` reaches, as (DDL, its run);
+        CasebrokerError, before anything is changed, if one cannot be done."""
+        found = inspect(conn)
+        steps: list[tuple[str, Callable[[Connection], Any]]] = []
+        impossible: list[str] = []
+        for table in metadata.sorted_tables:
+            if not found.has_table(table.name):
+                steps += _creation(table, conn.dialect, found.has_table(dossiers.name))
+                continue
+            more, problems = _changes(table, conn.dialect, found)
+            steps += more
+            impossible += problems
         if impossible:
             raise CasebrokerError(f"cannot upgrade the ledger at {self.where}:\n"
                                   + "\n".join(f"  {p}" for p in impossible)
                                   + "\nnothing was changed; point CASEBROKER_DB_URL "
                                   "(--db-url) at a new ledger")
-        if not dry_run and steps:
-            with self._reached(), self.write() as conn:
-                for _, run in steps:
-                    run(conn)
-            self.check_schema()
-        return [ddl for ddl, _ in steps]
+        return steps
 
     def check_schema(self) -> None:
         """Refuse, in words, a ledger made by another version of casebroker.

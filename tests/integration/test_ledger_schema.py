@@ -8,6 +8,7 @@ forever; on PostgreSQL as a programming error, dead-lettering every dossier.
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from broker.messages import encode
 from broker.rules.catalog import load_catalog
 from broker.rules.engine import Engine
 from broker.topology import Topology
-from tests.conftest import MINI_CATALOG
+from tests.conftest import MINI_CATALOG, wait_for
 from tests.helpers import dossier, dossier_row, intake_delivery
 
 pytestmark = pytest.mark.integration
@@ -262,3 +263,51 @@ def test_ledger_upgrade_needs_a_ledger_there(tmp_path: Path,
     assert main(["ledger", "upgrade", "--db-url", url]) == EXIT_PROBLEM
     assert "no ledger at" in capsys.readouterr().err
     assert not (tmp_path / "typo.sqlite3").exists()
+
+
+def test_two_upgrades_at_once_leave_the_second_nothing_to_do(ledger: Ledger) -> None:
+    # PostgreSQL (one SQLite upgrade at a time is the run lock's): both planned the same
+    # column, the second ran it after the first and said "no usable ledger ...: column
+    # already exists" of one just upgraded (found by a review). A session holding the
+    # table makes both wait where the first has planned; the second now plans after it
+    if ledger.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite ledgers are upgraded by one process at a time (sole_runner)")
+    _alter(ledger, "ALTER TABLE dossiers DROP COLUMN watch_level")
+    upgrading = [Ledger(ledger.url, create=False, current=False) for _ in range(2)]
+    results: list[list[str] | BaseException] = []
+
+    def upgrade(one: Ledger) -> None:
+        try:
+            results.append(one.upgrade())
+        except BaseException as e:  # noqa: BLE001 (the test reads it)
+            results.append(e)
+
+    holder = ledger.engine.connect()
+    holder.begin()
+    holder.execute(text("LOCK TABLE dossiers IN ACCESS SHARE MODE"))  # ALTER waits on it
+    threads = [threading.Thread(target=upgrade, args=(one,)) for one in upgrading]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: _waiting_sessions(ledger) == 2, what="both upgrades waiting")
+    finally:
+        holder.rollback()
+        holder.close()
+    for t in threads:
+        t.join(timeout=30)
+    for one in upgrading:
+        one.dispose()
+    # the column and its watch index, once; the other found nothing to do
+    assert sorted(f"{len(r)} steps" if isinstance(r, list) else repr(r)
+                  for r in results) == ["0 steps", "2 steps"], results
+    Ledger(ledger.url).dispose()  # up to date
+
+
+def _waiting_sessions(ledger: Ledger) -> int:
+    """Upgrades waiting on a lock: their column (behind the test's session), or the schema
+    gate (behind the other upgrade)."""
+    with ledger.engine.connect() as conn:
+        return int(conn.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND (query LIKE 'ALTER TABLE dossiers ADD COLUMN watch_level%' "
+            "OR query LIKE 'SELECT pg_advisory_xact_lock%')")).scalar_one())
